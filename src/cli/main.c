@@ -1,0 +1,31 @@
+/* main.c: llmesh's entry point; dispatches to a subcommand. */
+#include "cli/cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: llmesh <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  serve       run a mesh node: serve models, answer the API, join peers\n"
+    "  client      join a mesh with no model; answer the API by forwarding\n"
+    "  run         generate text from a prompt with a local model\n"
+    "  perplexity  measure a model's perplexity on a text file\n"
+    "\n"
+    "run 'llmesh <command> --help' for a command's options.\n";
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "client")) return cmd_client(argc - 1, argv + 1);
+    if (!strcmp(cmd, "run")) return cmd_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "perplexity")) return cmd_perplexity(argc - 1, argv + 1);
+    fprintf(stderr, "llmesh: unknown command '%s'\n\n%s", cmd, usage);
+    return 2;
+}

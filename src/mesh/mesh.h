@@ -1,0 +1,118 @@
+/* mesh.h: membership of the llmesh mesh, and typed message streams to peers.
+ *
+ * A mesh owns this node's identity (mesh/identity.h), its invite token, one
+ * QUIC endpoint (net/quic.h), and the table of known nodes, kept in sync by
+ * gossip over QUIC. Joining with one token is enough for every node to come
+ * to know every other one and connect to it (full mesh).
+ *
+ * Streams carry length-prefixed frames (see docs/PROTOCOL.md); the first byte
+ * of a stream names its type (mesh_stream_type) and the mesh hands incoming
+ * streams to whoever registered that type. The mesh knows nothing of models
+ * beyond their names, and nothing of HTTP or tensors.
+ *
+ * Threading: everything runs on the event-loop thread of the event_base given
+ * to mesh_new; no function here may be called from another thread. */
+#ifndef LLMESH_MESH_H
+#define LLMESH_MESH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+
+#define MESH_ID_BYTES 32
+#define MESH_ID_HEX 65           /* 64 hex digits + NUL */
+#define MESH_MAX_ADDRS 8
+#define MESH_MAX_MODELS 16
+#define MESH_MAX_NAME 128
+#define MESH_MAX_FRAME (16u << 20) /* hard bound on one frame's payload */
+
+/* Stream types: the first byte of every stream. Never renumber. */
+typedef enum {
+    MESH_STREAM_GOSSIP = 1,      /* node records, both ways */
+    MESH_STREAM_HTTP_TUNNEL = 2, /* an API request forwarded to a host node */
+} mesh_stream_type;
+
+typedef struct {
+    const char *home;            /* directory for the identity key (created 0700) */
+    const char *listen;          /* "HOST:PORT" for the UDP socket; NULL = "0.0.0.0:9337" */
+    const char *const *join_tokens;
+    int n_join;
+    const char *role;            /* "host", "standby" or "client" */
+} mesh_config;
+
+typedef struct mesh mesh;
+
+mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_t errlen);
+/* Closes all connections and frees everything. */
+void mesh_free(mesh *m);
+
+const char *mesh_token(const mesh *m);        /* invite token, stable for a given key and addresses */
+const char *mesh_node_id_hex(const mesh *m);
+const uint8_t *mesh_node_id(const mesh *m);
+
+/* What this node tells others about itself; gossiped on change. */
+void mesh_set_models(mesh *m, const char *const *model_ids, int n);
+void mesh_set_memory(mesh *m, uint64_t memory_bytes);
+
+/* A snapshot of one known peer (never this node). */
+typedef struct {
+    char id[MESH_ID_HEX];
+    char addresses[MESH_MAX_ADDRS][64];  /* "HOST:PORT" */
+    int n_addresses;
+    char role[16];
+    char models[MESH_MAX_MODELS][MESH_MAX_NAME];
+    int n_models;
+    uint64_t memory_bytes;
+    char state[16];                      /* "alive" (connected), "connecting", "dead" */
+} mesh_peer;
+
+/* Copies up to max peers into out; returns how many there are in all. */
+int mesh_peers(const mesh *m, mesh_peer *out, int max);
+/* Picks a connected peer that serves model_id. 0 with its id, or -1. */
+int mesh_pick_host(const mesh *m, const char *model_id, uint8_t id_out[MESH_ID_BYTES]);
+
+/* ---- typed streams of frames ---------------------------------------------*/
+
+typedef struct mesh_stream mesh_stream;
+
+typedef struct {
+    void (*on_frame)(void *user, mesh_stream *s, const uint8_t *payload, size_t len);
+    /* The peer will send no more frames; the stream is still open for sending. */
+    void (*on_fin)(void *user, mesh_stream *s);
+    /* Last callback: both sides finished (error NULL), or the stream was
+     * reset, broke a frame bound, or lost its connection (error says why).
+     * The handle is freed after this returns. */
+    void (*on_close)(void *user, mesh_stream *s, const char *error);
+} mesh_stream_handlers;
+
+/* Opens a stream of the given type to a connected peer. NULL with err when
+ * there is no live connection to it. */
+mesh_stream *mesh_stream_open(mesh *m, const uint8_t peer_id[MESH_ID_BYTES], uint8_t type,
+                              const mesh_stream_handlers *h, void *user, char *err, size_t errlen);
+void mesh_stream_set_handlers(mesh_stream *s, const mesh_stream_handlers *h, void *user);
+/* Queues one frame (len <= MESH_MAX_FRAME). 0 or -1. */
+int mesh_stream_send(mesh_stream *s, const void *payload, size_t len);
+/* No more frames from this side (FIN after the queued ones). */
+void mesh_stream_finish(mesh_stream *s);
+/* Resets the stream; no more callbacks; the handle is invalid on return. */
+void mesh_stream_abort(mesh_stream *s);
+/* Bytes queued and not yet acknowledged by the peer (back-pressure). */
+size_t mesh_stream_unacked(const mesh_stream *s);
+const uint8_t *mesh_stream_peer(const mesh_stream *s);
+
+/* Called for each incoming stream of a registered type, once its type byte
+ * arrived; the callee must set handlers (or abort the stream). Streams of an
+ * unregistered type are reset and counted as errors. */
+typedef void (*mesh_accept_fn)(void *ctx, mesh_stream *s);
+void mesh_register_stream_type(mesh *m, uint8_t type, mesh_accept_fn accept, void *ctx);
+
+/* Counters for /api/status. */
+typedef struct {
+    uint64_t bad_frames;         /* malformed or oversized frames, unknown stream types */
+    uint64_t streams_opened;
+    uint64_t streams_accepted;
+} mesh_counters;
+void mesh_get_counters(const mesh *m, mesh_counters *out);
+
+#endif

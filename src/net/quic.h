@@ -1,0 +1,111 @@
+/* quic.h: QUIC connections with streams, the only module that includes ngtcp2.
+ *
+ * One endpoint = one UDP socket on a libevent loop, acting as both client and
+ * server. TLS 1.3 via GnuTLS with RFC 7250 raw Ed25519 public keys, mutual
+ * authentication, ALPN "llmesh/1": every connection is authenticated to a
+ * 32-byte Ed25519 public key (the peer's node id). Outgoing connections pin
+ * the expected key and fail the handshake on any other; incoming connections
+ * accept any key and report it (the layer above decides whom to trust).
+ *
+ * What this module is not: it knows no message types or framing (see
+ * mesh/), only ordered byte streams. Keeping every ngtcp2 call here means a
+ * move to ngtcp2 1.x or to a TCP+TLS fallback touches this module only.
+ *
+ * Threading: every function must be called on the thread running the
+ * endpoint's event_base; callbacks run on that thread.
+ *
+ * Lifetimes: a quic_conn is valid from quic_connect (or stream/ready callback)
+ * until its conn_closed callback returns. A quic_stream is valid until its
+ * on_close callback returns, or until quic_stream_reset returns. Closing a
+ * connection delivers on_close to each of its open streams first, then
+ * conn_closed. */
+#ifndef LLMESH_QUIC_H
+#define LLMESH_QUIC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+struct event_base;
+
+typedef struct quic_endpoint quic_endpoint;
+typedef struct quic_conn quic_conn;
+typedef struct quic_stream quic_stream;
+
+#define QUIC_KEY_BYTES 32
+#define QUIC_ALPN "llmesh/1"
+
+typedef struct {
+    /* Handshake done and peer key verified. For incoming connections this
+     * is the first callback that sees the connection. */
+    void (*conn_ready)(void *user, quic_conn *c);
+    /* The connection is gone (handshake failure, timeout, idle timeout, peer
+     * closed it, quic_conn_close). reason is a short human message. Not
+     * called for incoming connections that never became ready. */
+    void (*conn_closed)(void *user, quic_conn *c, const char *reason);
+    /* The peer opened a bidirectional stream; set its callbacks with
+     * quic_stream_set_callbacks before returning, or reset it. */
+    void (*stream_opened)(void *user, quic_stream *s);
+} quic_endpoint_callbacks;
+
+typedef struct {
+    /* Bytes in order. fin=1 when the peer finished its side (data may be
+     * empty then). */
+    void (*on_data)(void *user, quic_stream *s, const uint8_t *data, size_t len, int fin);
+    /* The stream is over: both sides finished (error NULL), or it was reset
+     * by the peer, or its connection closed (error says why). Last callback. */
+    void (*on_close)(void *user, quic_stream *s, const char *error);
+} quic_stream_callbacks;
+
+typedef struct {
+    uint8_t private_key[QUIC_KEY_BYTES]; /* Ed25519 seed */
+    uint8_t public_key[QUIC_KEY_BYTES];
+    const char *bind_host;               /* e.g. "0.0.0.0", "127.0.0.1", "::" */
+    uint16_t port;                       /* 0 = any free port */
+    uint32_t handshake_timeout_ms;       /* 0 = 10000 */
+    uint32_t idle_timeout_ms;            /* 0 = 30000 */
+} quic_config;
+
+quic_endpoint *quic_endpoint_new(struct event_base *base, const quic_config *cfg,
+                                 const quic_endpoint_callbacks *cb, void *user,
+                                 char *err, size_t errlen);
+/* Closes every connection at once (a CONNECTION_CLOSE is sent best effort;
+ * on_close/conn_closed callbacks are delivered), then frees the endpoint. */
+void quic_endpoint_free(quic_endpoint *ep);
+/* The bound UDP port (useful with port 0). */
+uint16_t quic_endpoint_port(const quic_endpoint *ep);
+
+/* Starts a connection to addr, pinned to peer_key. Returns NULL (with err)
+ * only for immediate failures; a failed handshake is reported through
+ * conn_closed. */
+quic_conn *quic_connect(quic_endpoint *ep, const struct sockaddr *addr, socklen_t addrlen,
+                        const uint8_t peer_key[QUIC_KEY_BYTES], char *err, size_t errlen);
+/* Graceful close; conn_closed follows (possibly before this returns). */
+void quic_conn_close(quic_conn *c, const char *reason);
+int quic_conn_is_ready(const quic_conn *c);
+int quic_conn_is_outgoing(const quic_conn *c);
+/* The peer's verified key (for outgoing connections, the pinned key). */
+const uint8_t *quic_conn_peer_key(const quic_conn *c);
+const struct sockaddr *quic_conn_remote_addr(const quic_conn *c, socklen_t *len);
+/* Smoothed round-trip time in microseconds (0 before the first sample). */
+uint64_t quic_conn_rtt_us(const quic_conn *c);
+void quic_conn_set_user(quic_conn *c, void *user);
+void *quic_conn_user(const quic_conn *c);
+
+/* Opens a bidirectional stream on a ready connection; NULL when the peer's
+ * stream limit is reached or the connection is not ready. */
+quic_stream *quic_stream_open(quic_conn *c, const quic_stream_callbacks *cb, void *user);
+void quic_stream_set_callbacks(quic_stream *s, const quic_stream_callbacks *cb, void *user);
+/* Queues bytes (copied; kept until the peer acknowledges them). 0 or -1. */
+int quic_stream_write(quic_stream *s, const void *data, size_t len);
+/* Sends FIN after the queued bytes. */
+int quic_stream_finish(quic_stream *s);
+/* Aborts both directions (RESET_STREAM + STOP_SENDING); no more callbacks;
+ * s is invalid when this returns. */
+void quic_stream_reset(quic_stream *s, uint64_t app_error);
+/* Bytes queued but not yet acknowledged (for back-pressure). */
+size_t quic_stream_unacked(const quic_stream *s);
+quic_conn *quic_stream_conn(const quic_stream *s);
+int64_t quic_stream_id(const quic_stream *s);
+
+#endif
