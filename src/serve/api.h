@@ -1,0 +1,61 @@
+/* api.h: the OpenAI-compatible API, independent of where a request came from.
+ *
+ * A request reaches api_handle from the local HTTP server (serve/http.c) or
+ * from a peer through an HTTP tunnel stream (serve/tunnel.c). Either way the
+ * transport hands over an api_sink, and the API answers through it, maybe
+ * much later (generation runs on the scheduler's workers). A request for a
+ * model this node does not serve is forwarded to a peer that does, through
+ * the same sink, so a streamed answer passes through untouched.
+ *
+ * Threading: event-loop thread only. */
+#ifndef LLMESH_API_H
+#define LLMESH_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct sched;
+struct mesh;
+
+#define API_MAX_BODY (8u << 20)   /* bytes of request body accepted */
+
+/* Where a response goes. begin is called once, then write any number of
+ * times, then end once; after end the sink is not touched again. */
+typedef struct api_sink api_sink;
+typedef struct {
+    void (*begin)(api_sink *sink, int status, const char *content_type);
+    void (*write)(api_sink *sink, const char *data, size_t len);
+    void (*end)(api_sink *sink);
+} api_sink_ops;
+struct api_sink {
+    const api_sink_ops *ops;
+};
+
+typedef struct api api;
+typedef struct api_call api_call;
+
+typedef struct {
+    uint64_t requests;        /* every request handled */
+    uint64_t bad_requests;    /* answered 4xx */
+    uint64_t forwarded;       /* sent to a peer */
+    uint64_t failed;          /* answered 5xx, or ended with an error event */
+} api_counters;
+
+api *api_new(struct event_base *base, struct sched *sched, struct mesh *mesh);
+void api_free(api *a);
+
+/* Handles one request. from_peer marks requests that arrived through a
+ * tunnel: they are never forwarded again. Returns the call while its answer
+ * is still being produced, or NULL when sink->end was already called. */
+api_call *api_handle(api *a, const char *method, const char *path, const char *body,
+                     size_t body_len, api_sink *sink, int from_peer);
+/* The transport is gone (client disconnected, stream reset): no more sink
+ * calls; generation or forwarding is stopped. The call is invalid after. */
+void api_call_abort(api_call *c);
+
+void api_get_counters(const api *a, api_counters *out);
+/* A body for an OpenAI-shaped error; caller frees. */
+char *api_error_json(const char *message, const char *type, const char *code);
+
+#endif

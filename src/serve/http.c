@@ -1,0 +1,268 @@
+/* http.c: evhttp glue for the API and console servers. See http.h.
+ *
+ * One http_exchange per API request in flight. Its lifetime is the subtle
+ * part: it ends either when the API calls sink->end (reply sent) or when the
+ * client's connection closes first (the API call is aborted). evhttp detaches
+ * a request whose connection failed before the reply was complete and leaves
+ * it to us to free; a request still attached is freed by evhttp itself. */
+#include "serve/http.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "lib/log.h"
+
+struct http_server {
+    struct evhttp *http;
+    uint16_t port;
+    api *api;
+    http_json_fn status;
+    void *status_ctx;
+    struct http_exchange *live;     /* in-flight API exchanges */
+};
+
+typedef struct http_exchange {
+    api_sink sink;                  /* first: the api calls back with &x->sink */
+    http_server *server;
+    struct evhttp_request *req;
+    api_call *call;
+    int streaming;
+    int status;
+    char content_type[128];
+    struct evbuffer *body;
+    struct http_exchange *next, *prev;
+} http_exchange;
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    default: return "Status";
+    }
+}
+
+static void exchange_unlink(http_exchange *x)
+{
+    if (x->prev) x->prev->next = x->next;
+    else x->server->live = x->next;
+    if (x->next) x->next->prev = x->prev;
+    struct evhttp_connection *conn = evhttp_request_get_connection(x->req);
+    if (conn) evhttp_connection_set_closecb(conn, NULL, NULL);
+    if (x->body) evbuffer_free(x->body);
+}
+
+static void sink_begin(api_sink *sink, int status, const char *content_type)
+{
+    http_exchange *x = (http_exchange *)sink;
+    x->status = status;
+    snprintf(x->content_type, sizeof x->content_type, "%s", content_type);
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(x->req);
+    evhttp_add_header(headers, "Content-Type", x->content_type);
+    if (!strncmp(content_type, "text/event-stream", 17)) {
+        x->streaming = 1;
+        evhttp_add_header(headers, "Cache-Control", "no-cache");
+        evhttp_send_reply_start(x->req, status, reason_phrase(status));
+    }
+}
+
+static void sink_write(api_sink *sink, const char *data, size_t len)
+{
+    http_exchange *x = (http_exchange *)sink;
+    if (x->streaming) {
+        struct evbuffer *chunk = evbuffer_new();
+        if (!chunk) return;
+        evbuffer_add(chunk, data, len);
+        evhttp_send_reply_chunk(x->req, chunk);
+        evbuffer_free(chunk);
+    } else {
+        evbuffer_add(x->body, data, len);
+    }
+}
+
+static void sink_end(api_sink *sink)
+{
+    http_exchange *x = (http_exchange *)sink;
+    struct evbuffer *body = x->body;
+    x->body = NULL;
+    exchange_unlink(x);
+    if (x->streaming) evhttp_send_reply_end(x->req);
+    else evhttp_send_reply(x->req, x->status, reason_phrase(x->status), body);
+    evbuffer_free(body);
+    free(x);
+}
+
+static const api_sink_ops http_sink_ops = {sink_begin, sink_write, sink_end};
+
+/* The client went away before the reply was complete. */
+static void exchange_on_close(struct evhttp_connection *conn, void *arg)
+{
+    http_exchange *x = arg;
+    log_debug("http", "client closed the connection mid-request");
+    api_call *call = x->call;
+    struct evhttp_request *req = x->req;
+    exchange_unlink(x);
+    free(x);
+    if (call) api_call_abort(call);
+    /* evhttp frees attached requests itself; a detached one is ours. */
+    if (evhttp_request_get_connection(req) == NULL) evhttp_request_free(req);
+}
+
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+    switch (cmd) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    default: return "OTHER";
+    }
+}
+
+static void api_request_cb(struct evhttp_request *req, void *arg)
+{
+    http_server *h = arg;
+    http_exchange *x = calloc(1, sizeof *x);
+    struct evbuffer *body = x ? evbuffer_new() : NULL;
+    if (!x || !body) {
+        free(x);
+        if (body) evbuffer_free(body);
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    x->sink.ops = &http_sink_ops;
+    x->server = h;
+    x->req = req;
+    x->body = body;
+    x->next = h->live;
+    if (h->live) h->live->prev = x;
+    h->live = x;
+
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    /* evbuffer_pullup makes the body contiguous; NUL-terminate a copy for
+     * the JSON parser's sake (it also takes a length). */
+    char *data = malloc(len + 1);
+    if (!data) {
+        exchange_unlink(x);
+        free(x);
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    evbuffer_copyout(in, data, len);
+    data[len] = 0;
+
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), exchange_on_close, x);
+    const char *uri = evhttp_request_get_uri(req);
+    log_debug("http", "%s %s (%zu bytes)", method_name(evhttp_request_get_command(req)), uri, len);
+    /* x may be freed inside api_handle (when the answer is immediate); the
+     * call handle it returns is non-NULL only while x still lives. */
+    api_call *call = api_handle(h->api, method_name(evhttp_request_get_command(req)), uri, data, len,
+                                &x->sink, 0);
+    if (call) x->call = call;
+    free(data);
+}
+
+static void console_request_cb(struct evhttp_request *req, void *arg)
+{
+    http_server *h = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    size_t n = strcspn(uri, "?");
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    if (n == strlen("/api/status") && !strncmp(uri, "/api/status", n) &&
+        evhttp_request_get_command(req) == EVHTTP_REQ_GET) {
+        char *json = h->status(h->status_ctx);
+        struct evbuffer *body = evbuffer_new();
+        evbuffer_add(body, json ? json : "{}", json ? strlen(json) : 2);
+        evhttp_add_header(headers, "Content-Type", "application/json");
+        evhttp_send_reply(req, 200, "OK", body);
+        evbuffer_free(body);
+        free(json);
+        return;
+    }
+    char *err = api_error_json("no such console route", "invalid_request_error", NULL);
+    struct evbuffer *body = evbuffer_new();
+    evbuffer_add(body, err, strlen(err));
+    evhttp_add_header(headers, "Content-Type", "application/json");
+    evhttp_send_reply(req, 404, "Not Found", body);
+    evbuffer_free(body);
+    free(err);
+}
+
+static http_server *server_start(struct event_base *base, const char *host, uint16_t port,
+                                 void (*cb)(struct evhttp_request *, void *), char *err, size_t errlen)
+{
+    http_server *h = calloc(1, sizeof *h);
+    if (!h) { snprintf(err, errlen, "out of memory"); return NULL; }
+    h->http = evhttp_new(base);
+    if (!h->http) { free(h); snprintf(err, errlen, "evhttp_new failed"); return NULL; }
+    evhttp_set_max_body_size(h->http, API_MAX_BODY);
+    evhttp_set_max_headers_size(h->http, 64 << 10);
+    evhttp_set_timeout(h->http, 600);
+    evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE);
+    evhttp_set_gencb(h->http, cb, h);
+    struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(h->http, host, port);
+    if (!sock) {
+        snprintf(err, errlen, "cannot listen on %s:%u (in use, or not an address of this host)", host, port);
+        evhttp_free(h->http);
+        free(h);
+        return NULL;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&ss, &sl) == 0)
+        h->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    return h;
+}
+
+http_server *http_api_start(struct event_base *base, const char *host, uint16_t port, api *a,
+                            char *err, size_t errlen)
+{
+    http_server *h = server_start(base, host, port, api_request_cb, err, errlen);
+    if (h) h->api = a;
+    return h;
+}
+
+http_server *http_console_start(struct event_base *base, const char *host, uint16_t port,
+                                http_json_fn status, void *ctx, char *err, size_t errlen)
+{
+    http_server *h = server_start(base, host, port, console_request_cb, err, errlen);
+    if (h) { h->status = status; h->status_ctx = ctx; }
+    return h;
+}
+
+uint16_t http_server_port(const http_server *h) { return h->port; }
+
+void http_server_free(http_server *h)
+{
+    if (!h) return;
+    /* Abort what is in flight; evhttp_free then closes the connections and
+     * frees their (still attached) requests. */
+    while (h->live) {
+        http_exchange *x = h->live;
+        api_call *call = x->call;
+        exchange_unlink(x);
+        free(x);
+        if (call) api_call_abort(call);
+    }
+    evhttp_free(h->http);
+    free(h);
+}

@@ -1,0 +1,201 @@
+/* node.c: start-up, the status document, and shutdown of one node. See node.h.
+ *
+ * Order matters at start-up: models are loaded first, then the mesh and the
+ * HTTP servers start, and only then is the token printed, so that whoever
+ * waits for "token:" can send requests and join at once. */
+#include "serve/node.h"
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "lib/log.h"
+#include "lib/sysinfo.h"
+#include "mesh/mesh.h"
+#include "serve/api.h"
+#include "serve/http.h"
+#include "serve/scheduler.h"
+#include "serve/tunnel.h"
+
+#define NODE_MAX_PEERS 256
+#define LLMESH_VERSION "0.1.0"
+
+typedef struct {
+    const node_config *cfg;
+    struct event_base *base;
+    mesh *mesh;
+    sched *sched;
+    api *api;
+    http_server *api_http;
+    http_server *console_http;
+    struct event *sigint, *sigterm, *memory_timer;
+    int signals_seen;
+    const char *role;
+} node;
+
+static char *status_json(void *ctx)
+{
+    node *n = ctx;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "node_id", mesh_node_id_hex(n->mesh));
+    cJSON_AddStringToObject(root, "token", mesh_token(n->mesh));
+    cJSON_AddStringToObject(root, "role", n->role);
+    cJSON_AddStringToObject(root, "version", LLMESH_VERSION);
+    cJSON_AddNumberToObject(root, "memory_bytes", (double)sysinfo_memory_available());
+    cJSON *models = cJSON_AddArrayToObject(root, "models");
+    uint64_t model_bytes = 0;
+    for (int i = 0; i < sched_model_count(n->sched); i++) {
+        engine_model *m = sched_model_at(n->sched, i);
+        cJSON_AddItemToArray(models, cJSON_CreateString(engine_model_id(m)));
+        model_bytes += engine_model_bytes(m);
+    }
+    cJSON_AddNumberToObject(root, "model_bytes", (double)model_bytes);
+    cJSON_AddNumberToObject(root, "jobs_active", sched_jobs_active(n->sched));
+
+    static mesh_peer peers[NODE_MAX_PEERS];
+    int count = mesh_peers(n->mesh, peers, NODE_MAX_PEERS);
+    if (count > NODE_MAX_PEERS) count = NODE_MAX_PEERS;
+    cJSON *list = cJSON_AddArrayToObject(root, "peers");
+    for (int i = 0; i < count; i++) {
+        mesh_peer *p = &peers[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "id", p->id);
+        cJSON *addrs = cJSON_AddArrayToObject(o, "addresses");
+        for (int j = 0; j < p->n_addresses; j++) cJSON_AddItemToArray(addrs, cJSON_CreateString(p->addresses[j]));
+        cJSON_AddStringToObject(o, "role", p->role);
+        cJSON *pm = cJSON_AddArrayToObject(o, "models");
+        for (int j = 0; j < p->n_models; j++) cJSON_AddItemToArray(pm, cJSON_CreateString(p->models[j]));
+        cJSON_AddNumberToObject(o, "memory_bytes", (double)p->memory_bytes);
+        cJSON_AddStringToObject(o, "state", p->state);
+        cJSON_AddItemToArray(list, o);
+    }
+
+    api_counters ac;
+    api_get_counters(n->api, &ac);
+    mesh_counters mc;
+    mesh_get_counters(n->mesh, &mc);
+    cJSON *c = cJSON_AddObjectToObject(root, "counters");
+    cJSON_AddNumberToObject(c, "requests", (double)ac.requests);
+    cJSON_AddNumberToObject(c, "bad_requests", (double)ac.bad_requests);
+    cJSON_AddNumberToObject(c, "forwarded", (double)ac.forwarded);
+    cJSON_AddNumberToObject(c, "failed", (double)ac.failed);
+    cJSON_AddNumberToObject(c, "bad_frames", (double)mc.bad_frames);
+    cJSON_AddNumberToObject(c, "streams_opened", (double)mc.streams_opened);
+    cJSON_AddNumberToObject(c, "streams_accepted", (double)mc.streams_accepted);
+
+    char *out = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return out;
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    node *n = arg;
+    if (++n->signals_seen > 1) {
+        /* Second signal: the user wants out now. */
+        _exit(130);
+    }
+    log_info("node", "%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    event_base_loopexit(n->base, NULL);
+}
+
+/* Memory available changes as other programs run; refresh what we gossip. */
+static void on_memory_timer(evutil_socket_t fd, short what, void *arg)
+{
+    node *n = arg;
+    mesh_set_memory(n->mesh, sysinfo_memory_available());
+}
+
+static int load_models(node *n)
+{
+    for (int i = 0; i < n->cfg->n_models; i++) {
+        char err[512];
+        engine_model *m = engine_model_load(n->cfg->models[i], n->cfg->threads, err, sizeof err);
+        if (!m) {
+            fprintf(stderr, "llmesh: cannot load model %s: %s\n", n->cfg->models[i], err);
+            return -1;
+        }
+        if (sched_add_model(n->sched, m) != 0) {
+            fprintf(stderr, "llmesh: model %s: a model with id '%s' is already served\n",
+                    n->cfg->models[i], engine_model_id(m));
+            engine_model_free(m);
+            return -1;
+        }
+        log_info("node", "serving %s (%.1f MiB)", engine_model_id(m), engine_model_bytes(m) / 1048576.0);
+    }
+    return 0;
+}
+
+int node_run(const node_config *cfg)
+{
+    node n = {.cfg = cfg};
+    int rc = 1;
+    char err[512];
+    n.role = cfg->client ? "client" : cfg->n_models ? "host" : "standby";
+
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();   /* workers wake the loop with event_active */
+    n.base = event_base_new();
+    if (!n.base) { fprintf(stderr, "llmesh: cannot create the event loop\n"); return 1; }
+    n.sched = sched_new(n.base);
+    if (!n.sched || load_models(&n) != 0) goto out;
+
+    mesh_config mc = {
+        .home = cfg->home,
+        .listen = cfg->listen,
+        .join_tokens = cfg->joins,
+        .n_join = cfg->n_joins,
+        .role = n.role,
+    };
+    n.mesh = mesh_new(n.base, &mc, err, sizeof err);
+    if (!n.mesh) { fprintf(stderr, "llmesh: cannot start the mesh: %s\n", err); goto out; }
+    const char *ids[NODE_MAX_MODELS];
+    for (int i = 0; i < sched_model_count(n.sched); i++) ids[i] = engine_model_id(sched_model_at(n.sched, i));
+    mesh_set_models(n.mesh, ids, sched_model_count(n.sched));
+    mesh_set_memory(n.mesh, sysinfo_memory_available());
+
+    n.api = api_new(n.base, n.sched, n.mesh);
+    if (!n.api) goto out;
+    tunnel_register(n.mesh, n.api);
+    n.api_http = http_api_start(n.base, cfg->http_host, (uint16_t)cfg->api_port, n.api, err, sizeof err);
+    if (!n.api_http) { fprintf(stderr, "llmesh: API (--port): %s\n", err); goto out; }
+    n.console_http = http_console_start(n.base, cfg->http_host, (uint16_t)cfg->console_port,
+                                        status_json, &n, err, sizeof err);
+    if (!n.console_http) { fprintf(stderr, "llmesh: console (--console): %s\n", err); goto out; }
+
+    n.sigint = evsignal_new(n.base, SIGINT, on_signal, &n);
+    n.sigterm = evsignal_new(n.base, SIGTERM, on_signal, &n);
+    event_add(n.sigint, NULL);
+    event_add(n.sigterm, NULL);
+    n.memory_timer = event_new(n.base, -1, EV_PERSIST, on_memory_timer, &n);
+    struct timeval ten_s = {10, 0};
+    event_add(n.memory_timer, &ten_s);
+
+    printf("node: %s (%s)\n", mesh_node_id_hex(n.mesh), n.role);
+    printf("api: http://%s:%u/v1\n", cfg->http_host, http_server_port(n.api_http));
+    printf("console: http://%s:%u\n", cfg->http_host, http_server_port(n.console_http));
+    printf("token: %s\n", mesh_token(n.mesh));
+    fflush(stdout);
+
+    event_base_dispatch(n.base);
+    rc = 0;
+out:
+    if (n.memory_timer) event_free(n.memory_timer);
+    if (n.sigint) event_free(n.sigint);
+    if (n.sigterm) event_free(n.sigterm);
+    /* HTTP first (aborts calls, which cancel jobs), then the mesh (closes
+     * tunnels), then the scheduler (joins the workers). */
+    http_server_free(n.console_http);
+    http_server_free(n.api_http);
+    if (n.mesh) mesh_free(n.mesh);
+    api_free(n.api);
+    sched_free(n.sched);
+    event_base_free(n.base);
+    return rc;
+}

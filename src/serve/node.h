@@ -1,0 +1,31 @@
+/* node.h: one llmesh node: the event loop that ties together the mesh, the
+ * scheduler of local models, the API and the console. `llmesh serve` and
+ * `llmesh client` are thin argument parsers around node_run. */
+#ifndef LLMESH_NODE_H
+#define LLMESH_NODE_H
+
+#include <stdint.h>
+
+#define NODE_MAX_MODELS 16
+#define NODE_MAX_JOINS 16
+
+typedef struct {
+    const char *models[NODE_MAX_MODELS]; /* GGUF paths served here */
+    int n_models;
+    const char *joins[NODE_MAX_JOINS];   /* invite tokens */
+    int n_joins;
+    const char *home;                    /* identity dir, resolved already */
+    const char *listen;                  /* mesh UDP "HOST:PORT", NULL = default */
+    const char *http_host;               /* API and console bind address */
+    int api_port;                        /* 0 = any free port */
+    int console_port;
+    int threads;                         /* compute threads, <= 0 = all CPUs */
+    int client;                          /* llmesh client: no models, forward only */
+} node_config;
+
+/* Runs the node until SIGINT/SIGTERM. Prints "api: URL", "console: URL" and
+ * "token: TOKEN" on stdout once requests and peers are accepted. Returns the
+ * process exit code; errors are printed as one line on stderr. */
+int node_run(const node_config *cfg);
+
+#endif

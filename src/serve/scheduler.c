@@ -1,0 +1,299 @@
+/* scheduler.c: per-model worker threads and the hand-off of generated text to
+ * the event loop. See scheduler.h for the contract.
+ *
+ * Hand-off protocol (the one subtle part): a job is touched by two threads.
+ * The worker appends text to job->pending and, at the end, sets
+ * job->worker_done, each time under s->lock, and puts the job on s->ready.
+ * It never touches the job after setting worker_done. The loop thread drains
+ * s->ready under the same lock and is the only thread that frees jobs: when
+ * worker_done is set and the owner is gone (cancelled or on_done delivered).
+ * One wake-up event for the whole scheduler avoids freeing an event that
+ * another thread might still be activating. */
+#include "serve/scheduler.h"
+
+#include <event2/event.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/log.h"
+
+#define SCHED_MAX_MODELS 16
+
+struct sched_job {
+    sched *s;
+    struct sched_worker *worker;
+    char *prompt;
+    size_t prompt_len;
+    engine_sampling params;
+    sched_callbacks cb;
+    void *user;
+
+    atomic_int cancelled;      /* set by the loop; read by the worker's piece callback */
+    /* Under s->lock: */
+    char *pending;             /* text produced and not yet delivered */
+    size_t pending_len, pending_cap;
+    int worker_done;
+    int on_ready_list;
+    engine_result result;
+    char error[256];
+    /* Loop thread only: */
+    int owner_gone;
+    sched_job *next_queued;    /* worker FIFO, under worker->lock */
+    sched_job *next_ready;     /* s->ready, under s->lock */
+    sched_job *next_all, *prev_all; /* every live job, loop thread only */
+};
+
+typedef struct sched_worker {
+    sched *s;
+    engine_model *model;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    sched_job *head, *tail;
+    int stop;
+} sched_worker;
+
+struct sched {
+    struct event_base *base;
+    struct event *wake;
+    pthread_mutex_t lock;
+    sched_job *ready;
+    sched_job *all;
+    int n_active;
+    sched_worker *workers[SCHED_MAX_MODELS];
+    int n_workers;
+};
+
+/* ---- worker thread --------------------------------------------------------*/
+
+static void job_post_ready_locked(sched_job *job)
+{
+    if (!job->on_ready_list) {
+        job->on_ready_list = 1;
+        job->next_ready = job->s->ready;
+        job->s->ready = job;
+    }
+}
+
+static int worker_on_piece(void *user, const char *piece, size_t len)
+{
+    sched_job *job = user;
+    sched *s = job->s;
+    if (atomic_load(&job->cancelled)) return 1;
+    pthread_mutex_lock(&s->lock);
+    if (job->pending_len + len > job->pending_cap) {
+        size_t cap = job->pending_cap ? job->pending_cap * 2 : 256;
+        while (cap < job->pending_len + len) cap *= 2;
+        char *p = realloc(job->pending, cap);
+        if (!p) { pthread_mutex_unlock(&s->lock); return 1; }
+        job->pending = p;
+        job->pending_cap = cap;
+    }
+    memcpy(job->pending + job->pending_len, piece, len);
+    job->pending_len += len;
+    job_post_ready_locked(job);
+    pthread_mutex_unlock(&s->lock);
+    event_active(s->wake, EV_READ, 0);
+    return 0;
+}
+
+static void worker_run_job(sched_worker *w, sched_job *job)
+{
+    engine_result result = {0};
+    char err[256] = "";
+    int rc = 0;
+    if (!atomic_load(&job->cancelled))
+        rc = engine_generate(w->model, job->prompt, job->prompt_len, &job->params,
+                             worker_on_piece, job, &result, err, sizeof err);
+    sched *s = job->s;
+    pthread_mutex_lock(&s->lock);
+    job->result = result;
+    if (rc != 0) snprintf(job->error, sizeof job->error, "%s", err[0] ? err : "generation failed");
+    job->worker_done = 1;      /* the worker's last touch of the job */
+    job_post_ready_locked(job);
+    pthread_mutex_unlock(&s->lock);
+    event_active(s->wake, EV_READ, 0);
+}
+
+static void *worker_main(void *arg)
+{
+    sched_worker *w = arg;
+    for (;;) {
+        pthread_mutex_lock(&w->lock);
+        while (!w->head && !w->stop) pthread_cond_wait(&w->cond, &w->lock);
+        if (w->stop && !w->head) { pthread_mutex_unlock(&w->lock); break; }
+        sched_job *job = w->head;
+        w->head = job->next_queued;
+        if (!w->head) w->tail = NULL;
+        pthread_mutex_unlock(&w->lock);
+        worker_run_job(w, job);
+    }
+    return NULL;
+}
+
+/* ---- loop thread ----------------------------------------------------------*/
+
+static void job_free(sched_job *job)
+{
+    sched *s = job->s;
+    if (job->prev_all) job->prev_all->next_all = job->next_all;
+    else s->all = job->next_all;
+    if (job->next_all) job->next_all->prev_all = job->prev_all;
+    s->n_active--;
+    free(job->pending);
+    free(job->prompt);
+    free(job);
+}
+
+static void sched_on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    sched *s = arg;
+    pthread_mutex_lock(&s->lock);
+    sched_job *list = s->ready;
+    s->ready = NULL;
+    for (sched_job *j = list; j; j = j->next_ready) j->on_ready_list = 0;
+    pthread_mutex_unlock(&s->lock);
+
+    /* Callbacks run without the lock; a job may be cancelled by an earlier
+     * job's callback (e.g. a shared connection closing), hence the re-checks. */
+    while (list) {
+        sched_job *job = list;
+        list = job->next_ready;
+        pthread_mutex_lock(&s->lock);
+        char *text = job->pending;
+        size_t len = job->pending_len;
+        job->pending = NULL;
+        job->pending_len = job->pending_cap = 0;
+        int done = job->worker_done;
+        pthread_mutex_unlock(&s->lock);
+
+        if (!job->owner_gone && len) job->cb.on_piece(job->user, text, len);
+        free(text);
+        if (done) {
+            if (!job->owner_gone) {
+                job->owner_gone = 1;
+                job->cb.on_done(job->user, &job->result, job->error[0] ? job->error : NULL);
+            }
+            job_free(job);
+        }
+    }
+}
+
+sched *sched_new(struct event_base *base)
+{
+    sched *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->base = base;
+    pthread_mutex_init(&s->lock, NULL);
+    s->wake = event_new(base, -1, 0, sched_on_wake, s);
+    if (!s->wake) { free(s); return NULL; }
+    return s;
+}
+
+void sched_free(sched *s)
+{
+    if (!s) return;
+    for (sched_job *j = s->all; j; j = j->next_all) {
+        atomic_store(&j->cancelled, 1);
+        j->owner_gone = 1;
+    }
+    for (int i = 0; i < s->n_workers; i++) {
+        sched_worker *w = s->workers[i];
+        pthread_mutex_lock(&w->lock);
+        w->stop = 1;
+        pthread_cond_signal(&w->cond);
+        pthread_mutex_unlock(&w->lock);
+        pthread_join(w->thread, NULL);
+    }
+    /* Workers are gone; jobs never started are still on their queues. */
+    while (s->all) job_free(s->all);
+    for (int i = 0; i < s->n_workers; i++) {
+        sched_worker *w = s->workers[i];
+        engine_model_free(w->model);
+        pthread_mutex_destroy(&w->lock);
+        pthread_cond_destroy(&w->cond);
+        free(w);
+    }
+    event_free(s->wake);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+int sched_add_model(sched *s, engine_model *m)
+{
+    if (s->n_workers == SCHED_MAX_MODELS) return -1;
+    if (sched_find_model(s, engine_model_id(m))) return -1;
+    sched_worker *w = calloc(1, sizeof *w);
+    if (!w) return -1;
+    w->s = s;
+    w->model = m;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        pthread_mutex_destroy(&w->lock);
+        pthread_cond_destroy(&w->cond);
+        free(w);
+        return -1;
+    }
+    s->workers[s->n_workers++] = w;
+    return 0;
+}
+
+static sched_worker *find_worker(const sched *s, const char *model_id)
+{
+    for (int i = 0; i < s->n_workers; i++)
+        if (strcmp(engine_model_id(s->workers[i]->model), model_id) == 0) return s->workers[i];
+    return NULL;
+}
+
+engine_model *sched_find_model(const sched *s, const char *model_id)
+{
+    sched_worker *w = find_worker(s, model_id);
+    return w ? w->model : NULL;
+}
+
+int sched_model_count(const sched *s) { return s->n_workers; }
+engine_model *sched_model_at(const sched *s, int i) { return s->workers[i]->model; }
+int sched_jobs_active(const sched *s) { return s->n_active; }
+
+sched_job *sched_submit(sched *s, const char *model_id, const char *prompt, size_t prompt_len,
+                        const engine_sampling *params, const sched_callbacks *cb, void *user)
+{
+    sched_worker *w = find_worker(s, model_id);
+    if (!w) return NULL;
+    sched_job *job = calloc(1, sizeof *job);
+    if (!job) return NULL;
+    job->prompt = malloc(prompt_len + 1);
+    if (!job->prompt) { free(job); return NULL; }
+    memcpy(job->prompt, prompt, prompt_len);
+    job->prompt[prompt_len] = 0;
+    job->prompt_len = prompt_len;
+    job->s = s;
+    job->worker = w;
+    job->params = *params;
+    job->cb = *cb;
+    job->user = user;
+    atomic_init(&job->cancelled, 0);
+    job->next_all = s->all;
+    if (s->all) s->all->prev_all = job;
+    s->all = job;
+    s->n_active++;
+
+    pthread_mutex_lock(&w->lock);
+    if (w->tail) w->tail->next_queued = job;
+    else w->head = job;
+    w->tail = job;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    return job;
+}
+
+void sched_cancel(sched_job *job)
+{
+    atomic_store(&job->cancelled, 1);
+    job->owner_gone = 1;
+    /* Freed in sched_on_wake once the worker reports done (it stops at the
+     * next token, or skips the job if it had not started). */
+}

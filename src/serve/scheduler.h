@@ -1,0 +1,54 @@
+/* scheduler.h: runs generation jobs for the models this node serves.
+ *
+ * Each local model gets one worker thread and a FIFO of jobs (a model owns a
+ * single KV cache, so its jobs run one at a time; batching several requests
+ * is a later step). Generated text travels back to the event-loop thread:
+ * the worker appends it to the job under the scheduler's lock and wakes the
+ * loop with one shared event; callbacks then run on the loop thread.
+ *
+ * Threading: every function here is for the event-loop thread only. Workers
+ * never call back into the rest of the program.
+ *
+ * Ownership: jobs are freed by the scheduler, always on the loop thread, once
+ * the worker is done with them and the owner no longer is (sched_cancel or
+ * on_done). */
+#ifndef LLMESH_SCHEDULER_H
+#define LLMESH_SCHEDULER_H
+
+#include "engine/engine.h"
+
+struct event_base;
+
+typedef struct sched sched;
+typedef struct sched_job sched_job;
+
+typedef struct {
+    /* New text (never a split UTF-8 character). */
+    void (*on_piece)(void *user, const char *text, size_t len);
+    /* The job ended: error is NULL on success (then result is filled), else
+     * a message. Last callback; the job handle is invalid afterwards. */
+    void (*on_done)(void *user, const engine_result *result, const char *error);
+} sched_callbacks;
+
+sched *sched_new(struct event_base *base);
+/* Cancels every job, stops and joins the workers, frees the models. */
+void sched_free(sched *s);
+
+/* Takes ownership of m and starts its worker. 0, or -1 when a model with the
+ * same id is already served. */
+int sched_add_model(sched *s, engine_model *m);
+/* The served model with this id, or NULL. */
+engine_model *sched_find_model(const sched *s, const char *model_id);
+int sched_model_count(const sched *s);
+engine_model *sched_model_at(const sched *s, int i);
+
+/* Queues a generation. prompt is copied. NULL only when model_id is not served. */
+sched_job *sched_submit(sched *s, const char *model_id, const char *prompt, size_t prompt_len,
+                        const engine_sampling *params, const sched_callbacks *cb, void *user);
+/* The owner loses interest: no more callbacks; the worker stops at its next token. */
+void sched_cancel(sched_job *job);
+
+/* Jobs queued or running, over all models. */
+int sched_jobs_active(const sched *s);
+
+#endif
