@@ -75,6 +75,9 @@ typedef struct {
     gguf_type elem_type;
     uint64_t count;
     const uint8_t *data;
+    /* String arrays only: all count elements, indexed at open (owned by the
+     * gguf_file); NULL for every other kind of value. */
+    const gguf_str *str_index;
 } gguf_kv;
 
 typedef struct {
