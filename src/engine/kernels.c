@@ -1,0 +1,561 @@
+/* kernels.c: see kernels.h.
+ *
+ * Layout of this file: conversions, Q8_0 quantization, scalar dot products,
+ * AVX2 dot products, run-time dispatch, matrix products, vector operations.
+ *
+ * The dot products are the only ISA-specific code. Each exists as portable C
+ * (written with independent accumulators so the compiler can vectorise it)
+ * and, on x86-64, as AVX2+FMA+F16C intrinsics compiled with a target
+ * attribute, so the binary stays runnable on any x86-64 and picks the fast
+ * path at run time. */
+#include "engine/kernels.h"
+
+#include <assert.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define KERNELS_HAVE_AVX2 1
+#include <immintrin.h>
+#endif
+
+_Static_assert(sizeof(kernel_block_q8_0) == 34, "Q8_0 block must match ggml's 34 bytes");
+
+/* ======================================================================== */
+/* conversions                                                               */
+/* ======================================================================== */
+
+static inline uint32_t float_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float bits_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+float kernel_fp16_to_fp32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    if (exp == 0x1f) /* inf / NaN: keep the payload in the top mantissa bits */
+        return bits_float(sign | 0x7f800000u | (mant << 13));
+    if (exp == 0) {
+        if (mant == 0) return bits_float(sign);
+        /* Subnormal: mant * 2^-24. Normalise so the leading 1 becomes implicit. */
+        int e = -1;
+        do { mant <<= 1; e++; } while (!(mant & 0x400));
+        return bits_float(sign | ((uint32_t)(112 - e) << 23) | ((mant & 0x3ff) << 13));
+    }
+    return bits_float(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+uint16_t kernel_fp32_to_fp16(float f)
+{
+    uint32_t x = float_bits(f);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    uint32_t a = x & 0x7fffffffu;
+    if (a >= 0x7f800000u) { /* inf, or NaN forced quiet so it cannot become inf */
+        if (a == 0x7f800000u) return sign | 0x7c00;
+        return sign | 0x7e00 | (uint16_t)((a >> 13) & 0x3ff);
+    }
+    if (a >= 0x477ff000u) return sign | 0x7c00; /* >= 65520 rounds to inf */
+    if (a >= 0x38800000u) {                       /* normal half (>= 2^-14) */
+        uint32_t r = a - (112u << 23);            /* rebias 127 -> 15 */
+        r += 0xfff + ((r >> 13) & 1);             /* round to nearest even; carries into exp */
+        return sign | (uint16_t)(r >> 13);
+    }
+    if (a <= 0x33000000u) return sign;            /* <= 2^-25: rounds to zero (tie to even) */
+    /* Subnormal half: units of 2^-24. */
+    uint32_t e = a >> 23;                         /* 102..112 */
+    uint32_t mant = (a & 0x7fffff) | 0x800000;
+    uint32_t shift = 126 - e;                     /* 14..24 */
+    uint32_t q = mant >> shift;
+    uint32_t rem = mant & ((1u << shift) - 1);
+    uint32_t half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1))) q++;
+    return sign | (uint16_t)q;
+}
+
+float kernel_bf16_to_fp32(uint16_t h) { return bits_float((uint32_t)h << 16); }
+
+uint16_t kernel_fp32_to_bf16(float f)
+{
+    uint32_t x = float_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
+    x += 0x7fff + ((x >> 16) & 1);
+    return (uint16_t)(x >> 16);
+}
+
+/* ======================================================================== */
+/* Q8_0                                                                      */
+/* ======================================================================== */
+
+void kernel_quantize_row_q8_0(const float *x, kernel_block_q8_0 *out, int n)
+{
+    assert(n % KERNEL_Q8_0_BLOCK == 0);
+    for (int b = 0; b < n / KERNEL_Q8_0_BLOCK; b++) {
+        const float *v = x + b * KERNEL_Q8_0_BLOCK;
+        float amax = 0;
+        for (int i = 0; i < KERNEL_Q8_0_BLOCK; i++) amax = fmaxf(amax, fabsf(v[i]));
+        float d = amax / 127.0f;
+        float id = d != 0 ? 1.0f / d : 0.0f;
+        out[b].d = kernel_fp32_to_fp16(d);
+        for (int i = 0; i < KERNEL_Q8_0_BLOCK; i++) out[b].qs[i] = (int8_t)roundf(v[i] * id);
+    }
+}
+
+/* ======================================================================== */
+/* types                                                                     */
+/* ======================================================================== */
+
+int kernel_type_supported(ggml_type t)
+{
+    return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16 || t == GGML_TYPE_Q8_0;
+}
+
+size_t kernel_row_bytes(ggml_type t, int64_t n)
+{
+    switch (t) {
+    case GGML_TYPE_F32: return (size_t)n * 4;
+    case GGML_TYPE_F16:
+    case GGML_TYPE_BF16: return (size_t)n * 2;
+    case GGML_TYPE_Q8_0:
+        assert(n % KERNEL_Q8_0_BLOCK == 0);
+        return (size_t)(n / KERNEL_Q8_0_BLOCK) * sizeof(kernel_block_q8_0);
+    default: assert(!"unsupported type"); return 0;
+    }
+}
+
+void kernel_dequantize_row(ggml_type t, const void *src, float *dst, int n)
+{
+    switch (t) {
+    case GGML_TYPE_F32: memcpy(dst, src, (size_t)n * sizeof(float)); break;
+    case GGML_TYPE_F16: kernel_fp16_to_fp32_row(src, dst, n); break;
+    case GGML_TYPE_BF16: {
+        const uint16_t *s = src;
+        for (int i = 0; i < n; i++) dst[i] = kernel_bf16_to_fp32(s[i]);
+        break;
+    }
+    case GGML_TYPE_Q8_0: {
+        assert(n % KERNEL_Q8_0_BLOCK == 0);
+        const kernel_block_q8_0 *blk = src;
+        for (int b = 0; b < n / KERNEL_Q8_0_BLOCK; b++) {
+            float d = kernel_fp16_to_fp32(blk[b].d);
+            for (int i = 0; i < KERNEL_Q8_0_BLOCK; i++)
+                dst[b * KERNEL_Q8_0_BLOCK + i] = d * (float)blk[b].qs[i];
+        }
+        break;
+    }
+    default: assert(!"unsupported type");
+    }
+}
+
+/* ======================================================================== */
+/* scalar dot products                                                       */
+/* ======================================================================== */
+
+/* Eight independent accumulators: the compiler may vectorise them, and the
+ * summation order is fixed (part of the determinism contract). */
+#define ACC 8
+
+static float sum_acc(const float acc[ACC])
+{
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+static float dot_f32_scalar(const float *a, const float *b, int n)
+{
+    float acc[ACC] = {0};
+    int i = 0;
+    for (; i + ACC <= n; i += ACC)
+        for (int j = 0; j < ACC; j++) acc[j] += a[i + j] * b[i + j];
+    for (; i < n; i++) acc[0] += a[i] * b[i];
+    return sum_acc(acc);
+}
+
+static float dot_f16_f32_scalar(const uint16_t *a, const float *b, int n)
+{
+    float acc[ACC] = {0};
+    int i = 0;
+    for (; i + ACC <= n; i += ACC)
+        for (int j = 0; j < ACC; j++) acc[j] += kernel_fp16_to_fp32(a[i + j]) * b[i + j];
+    for (; i < n; i++) acc[0] += kernel_fp16_to_fp32(a[i]) * b[i];
+    return sum_acc(acc);
+}
+
+static float dot_bf16_f32_scalar(const uint16_t *a, const float *b, int n)
+{
+    float acc[ACC] = {0};
+    int i = 0;
+    for (; i + ACC <= n; i += ACC)
+        for (int j = 0; j < ACC; j++) acc[j] += kernel_bf16_to_fp32(a[i + j]) * b[i + j];
+    for (; i < n; i++) acc[0] += kernel_bf16_to_fp32(a[i]) * b[i];
+    return sum_acc(acc);
+}
+
+static float dot_q8_0_scalar(const kernel_block_q8_0 *a, const kernel_block_q8_0 *b, int n)
+{
+    float sum = 0;
+    for (int k = 0; k < n / KERNEL_Q8_0_BLOCK; k++) {
+        int32_t isum = 0;
+        for (int i = 0; i < KERNEL_Q8_0_BLOCK; i++) isum += (int32_t)a[k].qs[i] * b[k].qs[i];
+        sum += (float)isum * (kernel_fp16_to_fp32(a[k].d) * kernel_fp16_to_fp32(b[k].d));
+    }
+    return sum;
+}
+
+static void fp16_row_scalar(const uint16_t *src, float *dst, int n)
+{
+    for (int i = 0; i < n; i++) dst[i] = kernel_fp16_to_fp32(src[i]);
+}
+
+/* ======================================================================== */
+/* AVX2 dot products                                                         */
+/* ======================================================================== */
+
+#ifdef KERNELS_HAVE_AVX2
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+
+AVX2_TARGET static inline float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2_TARGET static float dot_f32_avx2(const float *a, const float *b, int n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float sum = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+AVX2_TARGET static inline __m256 load_f16x8(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+AVX2_TARGET static float dot_f16_f32_avx2(const uint16_t *a, const float *b, int n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(load_f16x8(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(load_f16x8(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(load_f16x8(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(load_f16x8(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(load_f16x8(a + i), _mm256_loadu_ps(b + i), s0);
+    float sum = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) sum += _cvtsh_ss(a[i]) * b[i];
+    return sum;
+}
+
+AVX2_TARGET static inline __m256 load_bf16x8(const uint16_t *p)
+{
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+AVX2_TARGET static float dot_bf16_f32_avx2(const uint16_t *a, const float *b, int n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(load_bf16x8(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(load_bf16x8(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(load_bf16x8(a + i), _mm256_loadu_ps(b + i), s0);
+    float sum = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) sum += kernel_bf16_to_fp32(a[i]) * b[i];
+    return sum;
+}
+
+/* Sign-extends to 16 bits before multiplying (rather than the faster
+ * maddubs sign trick) so that -128 * -128 is exact: a block's integer sum is
+ * the same as the scalar path's. */
+AVX2_TARGET static float dot_q8_0_avx2(const kernel_block_q8_0 *a, const kernel_block_q8_0 *b,
+                                       int n)
+{
+    __m256 acc = _mm256_setzero_ps();
+    for (int k = 0; k < n / KERNEL_Q8_0_BLOCK; k++) {
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a[k].qs);
+        __m256i qb = _mm256_loadu_si256((const __m256i *)b[k].qs);
+        __m256i a_lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(qa));
+        __m256i a_hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(qa, 1));
+        __m256i b_lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(qb));
+        __m256i b_hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(qb, 1));
+        __m256i p = _mm256_add_epi32(_mm256_madd_epi16(a_lo, b_lo), _mm256_madd_epi16(a_hi, b_hi));
+        __m256 d = _mm256_set1_ps(_cvtsh_ss(a[k].d) * _cvtsh_ss(b[k].d));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+    }
+    return hsum256(acc);
+}
+
+AVX2_TARGET static void fp16_row_avx2(const uint16_t *src, float *dst, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_f16x8(src + i));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
+}
+#endif /* KERNELS_HAVE_AVX2 */
+
+/* ======================================================================== */
+/* dispatch                                                                  */
+/* ======================================================================== */
+
+typedef struct {
+    kernel_isa isa;
+    float (*dot_f32)(const float *, const float *, int);
+    float (*dot_f16_f32)(const uint16_t *, const float *, int);
+    float (*dot_bf16_f32)(const uint16_t *, const float *, int);
+    float (*dot_q8_0)(const kernel_block_q8_0 *, const kernel_block_q8_0 *, int);
+    void (*fp16_row)(const uint16_t *, float *, int);
+} kernel_ops;
+
+static const kernel_ops ops_scalar = {
+    KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
+    dot_q8_0_scalar, fp16_row_scalar,
+};
+#ifdef KERNELS_HAVE_AVX2
+static const kernel_ops ops_avx2 = {
+    KERNEL_ISA_AVX2, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2,
+    dot_q8_0_avx2, fp16_row_avx2,
+};
+#endif
+
+static _Atomic(const kernel_ops *) active_ops;
+static pthread_once_t ops_once = PTHREAD_ONCE_INIT;
+
+static int isa_available(kernel_isa isa)
+{
+    switch (isa) {
+    case KERNEL_ISA_SCALAR: return 1;
+    case KERNEL_ISA_AVX2:
+#ifdef KERNELS_HAVE_AVX2
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+#else
+        return 0;
+#endif
+    }
+    return 0;
+}
+
+static const kernel_ops *ops_for(kernel_isa isa)
+{
+#ifdef KERNELS_HAVE_AVX2
+    if (isa == KERNEL_ISA_AVX2) return &ops_avx2;
+#endif
+    (void)isa;
+    return &ops_scalar;
+}
+
+static void ops_init(void)
+{
+    kernel_isa best = isa_available(KERNEL_ISA_AVX2) ? KERNEL_ISA_AVX2 : KERNEL_ISA_SCALAR;
+    const kernel_ops *expected = NULL;
+    atomic_compare_exchange_strong(&active_ops, &expected, ops_for(best));
+}
+
+static inline const kernel_ops *ops(void)
+{
+    const kernel_ops *o = atomic_load_explicit(&active_ops, memory_order_acquire);
+    if (!o) {
+        pthread_once(&ops_once, ops_init);
+        o = atomic_load_explicit(&active_ops, memory_order_acquire);
+    }
+    return o;
+}
+
+kernel_isa kernel_active_isa(void) { return ops()->isa; }
+
+const char *kernel_isa_name(kernel_isa isa)
+{
+    return isa == KERNEL_ISA_AVX2 ? "avx2" : "scalar";
+}
+
+int kernel_force_isa(kernel_isa isa)
+{
+    if (!isa_available(isa)) return -1;
+    (void)ops();
+    atomic_store(&active_ops, ops_for(isa));
+    return 0;
+}
+
+float kernel_dot_f32(const float *a, const float *b, int n) { return ops()->dot_f32(a, b, n); }
+float kernel_dot_f16_f32(const uint16_t *a, const float *b, int n)
+{
+    return ops()->dot_f16_f32(a, b, n);
+}
+float kernel_dot_bf16_f32(const uint16_t *a, const float *b, int n)
+{
+    return ops()->dot_bf16_f32(a, b, n);
+}
+float kernel_dot_q8_0(const kernel_block_q8_0 *a, const kernel_block_q8_0 *b, int n)
+{
+    assert(n % KERNEL_Q8_0_BLOCK == 0);
+    return ops()->dot_q8_0(a, b, n);
+}
+void kernel_fp16_to_fp32_row(const uint16_t *src, float *dst, int n) { ops()->fp16_row(src, dst, n); }
+
+/* ======================================================================== */
+/* matrix products                                                           */
+/* ======================================================================== */
+
+/* Input vectors handled per pass over a row block: enough reuse of the
+ * weight rows (which stay in L1) without pushing the inputs out of L2. */
+#define MATMUL_TOKEN_TILE 8
+
+typedef struct {
+    const kernel_matrix *w;
+    const kernel_ops *ops;
+    const uint8_t *x;      /* n input vectors, converted for the weight type */
+    size_t x_stride;       /* bytes between input vectors */
+    size_t w_stride;       /* bytes between weight rows */
+    int n;
+    int rows_per_task;
+    float *y;
+} matmul_job;
+
+static inline float row_dot(const matmul_job *job, const void *wrow, const void *x)
+{
+    int cols = job->w->cols;
+    switch (job->w->type) {
+    case GGML_TYPE_F32: return job->ops->dot_f32(wrow, x, cols);
+    case GGML_TYPE_F16: return job->ops->dot_f16_f32(wrow, x, cols);
+    case GGML_TYPE_BF16: return job->ops->dot_bf16_f32(wrow, x, cols);
+    case GGML_TYPE_Q8_0: return job->ops->dot_q8_0(wrow, x, cols);
+    default: assert(!"unsupported type"); return 0;
+    }
+}
+
+static void matmul_task(void *ctx, int task, int thread)
+{
+    const matmul_job *job = ctx;
+    int rows = job->w->rows;
+    int r0 = task * job->rows_per_task;
+    int r1 = r0 + job->rows_per_task < rows ? r0 + job->rows_per_task : rows;
+    const uint8_t *wbase = job->w->data;
+    for (int t0 = 0; t0 < job->n; t0 += MATMUL_TOKEN_TILE) {
+        int t1 = t0 + MATMUL_TOKEN_TILE < job->n ? t0 + MATMUL_TOKEN_TILE : job->n;
+        for (int r = r0; r < r1; r++) {
+            const void *wrow = wbase + (size_t)r * job->w_stride;
+            for (int t = t0; t < t1; t++)
+                job->y[(size_t)t * rows + r] = row_dot(job, wrow, job->x + (size_t)t * job->x_stride);
+        }
+    }
+}
+
+size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n)
+{
+    return t == GGML_TYPE_Q8_0 ? kernel_row_bytes(GGML_TYPE_Q8_0, cols) * (size_t)n : 0;
+}
+
+void kernel_matmul(threadpool *pool, const kernel_matrix *w, const float *x, int n, float *y,
+                   void *scratch)
+{
+    assert(kernel_type_supported(w->type));
+    assert(w->rows > 0 && w->cols > 0 && n > 0);
+    matmul_job job = {
+        .w = w, .ops = ops(), .n = n, .y = y,
+        .w_stride = kernel_row_bytes(w->type, w->cols),
+    };
+    if (w->type == GGML_TYPE_Q8_0) {
+        assert(scratch);
+        job.x_stride = kernel_row_bytes(GGML_TYPE_Q8_0, w->cols);
+        for (int t = 0; t < n; t++)
+            kernel_quantize_row_q8_0(x + (size_t)t * w->cols,
+                                     (kernel_block_q8_0 *)((uint8_t *)scratch + t * job.x_stride),
+                                     w->cols);
+        job.x = scratch;
+    } else {
+        job.x_stride = (size_t)w->cols * sizeof(float);
+        job.x = (const uint8_t *)x;
+    }
+    /* About four tasks per thread so a slow thread does not hold up the rest;
+     * the split does not affect the results (each row is one thread's). */
+    int want = threadpool_size(pool) * 4;
+    job.rows_per_task = (w->rows + want - 1) / want;
+    if (job.rows_per_task < 4) job.rows_per_task = 4;
+    int n_tasks = (w->rows + job.rows_per_task - 1) / job.rows_per_task;
+    threadpool_run(pool, n_tasks, matmul_task, &job);
+}
+
+void kernel_matmul_ref(const kernel_matrix *w, const float *x, int n, float *y)
+{
+    size_t stride = kernel_row_bytes(w->type, w->cols);
+    float row[w->cols];
+    for (int r = 0; r < w->rows; r++) {
+        kernel_dequantize_row(w->type, (const uint8_t *)w->data + (size_t)r * stride, row, w->cols);
+        for (int t = 0; t < n; t++) {
+            double sum = 0;
+            for (int i = 0; i < w->cols; i++) sum += (double)row[i] * x[(size_t)t * w->cols + i];
+            y[(size_t)t * w->rows + r] = (float)sum;
+        }
+    }
+}
+
+/* ======================================================================== */
+/* vector operations                                                         */
+/* ======================================================================== */
+
+void kernel_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0; /* double: a long sum of squares loses digits in float */
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+void kernel_softmax(float *x, int n)
+{
+    assert(n > 0);
+    float max = x[0];
+    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+void kernel_swiglu(float *x, const float *y, int n)
+{
+    for (int i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])) * y[i];
+}
+
+void kernel_add(float *x, const float *y, int n)
+{
+    for (int i = 0; i < n; i++) x[i] += y[i];
+}
+
+void kernel_axpy(float *out, float a, const float *v, int n)
+{
+    for (int i = 0; i < n; i++) out[i] += a * v[i];
+}

@@ -1,0 +1,122 @@
+/* kernels.h: the engine's numeric building blocks: element types (F32, F16,
+ * BF16, Q8_0) and their conversions, dot products, the matrix-vector product
+ * that dominates inference, and the small vector operations of a transformer.
+ *
+ * Every product has a plain reference path (dequantize to float, dot in
+ * double) that tests compare the fast paths against. Fast paths are chosen at
+ * run time from the CPU's features (scalar C, or AVX2+FMA+F16C on x86-64).
+ * Not here: what the tensors mean (model.c), memory mapping (gguf.c).
+ *
+ * Determinism: every output element of kernel_matmul is computed by one
+ * thread with the same code, whatever the thread count and batch size, so
+ * results are bit-identical across thread counts and batchings on one machine
+ * and ISA. Different ISAs may differ in the last bits.
+ *
+ * Threading: all functions are reentrant; kernel_matmul uses the given pool,
+ * so the usual threadpool rule applies (one run at a time per pool).
+ * kernel_force_isa must not run concurrently with any kernel. */
+#ifndef LLMESH_KERNELS_H
+#define LLMESH_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/gguf.h"
+#include "lib/threadpool.h"
+
+/* ---- scalar conversions (exact IEEE, round to nearest even) ------------- */
+
+float kernel_fp16_to_fp32(uint16_t h);
+uint16_t kernel_fp32_to_fp16(float f);  /* NaN stays NaN (quieted), overflow -> inf */
+float kernel_bf16_to_fp32(uint16_t h);
+uint16_t kernel_fp32_to_bf16(float f);
+
+/* Bulk fp16 -> fp32 (F16C when the CPU has it; same results either way). */
+void kernel_fp16_to_fp32_row(const uint16_t *src, float *dst, int n);
+
+/* ---- Q8_0: ggml's block layout ------------------------------------------ */
+
+/* 32 values share one fp16 scale: value[i] = fp16(d) * qs[i]. 34 bytes,
+ * 2-byte aligned, packed back to back in a row (as stored in GGUF). */
+#define KERNEL_Q8_0_BLOCK 32
+typedef struct {
+    uint16_t d;
+    int8_t qs[KERNEL_Q8_0_BLOCK];
+} kernel_block_q8_0;
+
+/* Quantizes n floats (n % 32 == 0) the way ggml does: d = max|x| / 127 stored
+ * as fp16, q = round(x / d). */
+void kernel_quantize_row_q8_0(const float *x, kernel_block_q8_0 *out, int n);
+
+/* ---- types -------------------------------------------------------------- */
+
+/* 1 for the weight types the kernels handle: F32, F16, BF16, Q8_0. */
+int kernel_type_supported(ggml_type t);
+/* Bytes of one row of n elements of type t (n a multiple of the block size). */
+size_t kernel_row_bytes(ggml_type t, int64_t n);
+/* Converts one row of n elements of a supported type to floats. */
+void kernel_dequantize_row(ggml_type t, const void *src, float *dst, int n);
+
+/* ---- dot products (dispatched to the best ISA) --------------------------- */
+
+float kernel_dot_f32(const float *a, const float *b, int n);
+float kernel_dot_f16_f32(const uint16_t *a, const float *b, int n);
+float kernel_dot_bf16_f32(const uint16_t *a, const float *b, int n);
+/* n % 32 == 0; the integer products of each block are summed exactly. */
+float kernel_dot_q8_0(const kernel_block_q8_0 *a, const kernel_block_q8_0 *b, int n);
+
+/* ---- matrix products ----------------------------------------------------- */
+
+/* A weight matrix as stored in GGUF: rows of `cols` elements (ne[0] = cols),
+ * row-major, pointing into the mapped file. */
+typedef struct {
+    ggml_type type;
+    int rows;
+    int cols;
+    const void *data;
+} kernel_matrix;
+
+/* Scratch bytes kernel_matmul needs for n input vectors against w's type (the
+ * input converted to the layout the weight type's dot product wants: Q8_0
+ * blocks for Q8_0 weights, nothing for the float types). */
+size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n);
+
+/* y = W x for n vectors at once: x is [n][cols], y is [n][rows] (both dense
+ * row-major floats, not overlapping). Rows are spread over the pool's
+ * threads. For Q8_0 weights x is first quantized to Q8_0 blocks in scratch,
+ * which lets each block be an integer dot product (as ggml does); the cost is
+ * the activation's rounding error, ~0.4% of a block's largest value. */
+void kernel_matmul(threadpool *pool, const kernel_matrix *w, const float *x, int n, float *y,
+                   void *scratch);
+
+/* Reference for tests: dequantizes each row and dots it with x in double,
+ * single-threaded, no quantization of x. */
+void kernel_matmul_ref(const kernel_matrix *w, const float *x, int n, float *y);
+
+/* ---- vector operations --------------------------------------------------- */
+
+/* out = x / sqrt(mean(x^2) + eps) * w; out may equal x. */
+void kernel_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+/* In-place softmax over n values (max subtracted first). */
+void kernel_softmax(float *x, int n);
+/* x[i] = silu(x[i]) * y[i] (the SwiGLU gate). */
+void kernel_swiglu(float *x, const float *y, int n);
+/* x += y */
+void kernel_add(float *x, const float *y, int n);
+/* out[i] += a * v[i] */
+void kernel_axpy(float *out, float a, const float *v, int n);
+
+/* ---- instruction sets ---------------------------------------------------- */
+
+typedef enum {
+    KERNEL_ISA_SCALAR = 0,   /* portable C (auto-vectorised by the compiler) */
+    KERNEL_ISA_AVX2 = 1,     /* x86-64 AVX2 + FMA + F16C */
+} kernel_isa;
+
+/* The ISA in use: the best the CPU supports unless forced. */
+kernel_isa kernel_active_isa(void);
+const char *kernel_isa_name(kernel_isa isa);
+/* Forces an ISA (tests, benchmarks). Returns -1 if this CPU or build lacks it. */
+int kernel_force_isa(kernel_isa isa);
+
+#endif

@@ -1,0 +1,434 @@
+/* test_kernels.c: conversions, Q8_0, dot products, matmul and the thread pool
+ * against plain references, on every ISA this CPU has.
+ * Not here: model-level numerics (test_model.c, test_perplexity.c). */
+#include "engine/kernels.h"
+#include "lib/threadpool.h"
+#include "testlib.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* Small deterministic generator for test data. */
+static uint64_t rng_state = 0x1234567887654321ull;
+static uint32_t rnd_u32(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+static float rnd_uniform(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)(rnd_u32() >> 8) / 16777216.0f;
+}
+
+static uint32_t bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* fp16 value computed from its definition, in double. */
+static double fp16_reference(uint16_t h)
+{
+    int sign = h >> 15, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+    double v;
+    if (exp == 0) v = ldexp(mant, -24);
+    else if (exp == 31) v = mant ? NAN : INFINITY;
+    else v = ldexp(1024 + mant, exp - 25);
+    return sign ? -v : v;
+}
+
+static void test_fp16_to_fp32_exhaustive(void)
+{
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float got = kernel_fp16_to_fp32((uint16_t)h);
+        double want = fp16_reference((uint16_t)h);
+        if (isnan(want)) {
+            /* NaN keeps sign and payload: the half's 10 bits land on top of the float's mantissa. */
+            if (!isnan(got) || (bits(got) >> 31) != (h >> 15) ||
+                ((bits(got) >> 13) & 0x3ff) != (h & 0x3ff))
+                bad++;
+        } else if ((double)got != want || !signbit(got) != !signbit(want)) {
+            bad++;
+        }
+    }
+    CHECK_EQ_INT(bad, 0);
+}
+
+static void test_fp16_round_trip_and_rounding(void)
+{
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = kernel_fp16_to_fp32((uint16_t)h);
+        uint16_t back = kernel_fp32_to_fp16(f);
+        if (isnan(f)) {
+            if ((back & 0x7c00) != 0x7c00 || !(back & 0x3ff) || (back & 0x8000) != (h & 0x8000)) bad++;
+            continue;
+        }
+        if (back != h) bad++;
+        /* Between this half and the next one up (same sign): below the midpoint
+         * rounds down, above rounds up, at it rounds to the even mantissa. */
+        if ((h & 0x7fff) >= 0x7bff) continue; /* the largest finite and inf: checked below */
+        double lo = fp16_reference((uint16_t)h), hi = fp16_reference((uint16_t)(h + 1));
+        double mid = (lo + hi) / 2;
+        float mid_f = (float)mid; /* exact: halves have 11 significant bits */
+        if ((double)mid_f != mid) { bad++; continue; }
+        uint16_t even = (h & 1) ? (uint16_t)(h + 1) : (uint16_t)h;
+        if (kernel_fp32_to_fp16(mid_f) != even) bad++;
+        if (kernel_fp32_to_fp16(nextafterf(mid_f, (float)lo)) != h) bad++;
+        if (kernel_fp32_to_fp16(nextafterf(mid_f, (float)hi)) != (uint16_t)(h + 1)) bad++;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(kernel_fp32_to_fp16(65504.0f), 0x7bff);
+    CHECK_EQ_INT(kernel_fp32_to_fp16(65519.99f), 0x7bff);
+    CHECK_EQ_INT(kernel_fp32_to_fp16(65520.0f), 0x7c00);
+    CHECK_EQ_INT(kernel_fp32_to_fp16(1e10f), 0x7c00);
+    CHECK_EQ_INT(kernel_fp32_to_fp16(-INFINITY), 0xfc00);
+    CHECK_EQ_INT(kernel_fp32_to_fp16(1e-10f), 0x0000);
+    CHECK_EQ_INT(kernel_fp32_to_fp16(-0.0f), 0x8000);
+    CHECK((kernel_fp32_to_fp16(NAN) & 0x7fff) > 0x7c00);
+    /* A NaN whose payload sits only in the low float bits must stay NaN. */
+    float low_nan;
+    uint32_t u = 0x7f800001u;
+    memcpy(&low_nan, &u, 4);
+    CHECK((kernel_fp32_to_fp16(low_nan) & 0x7fff) > 0x7c00);
+}
+
+#ifdef __FLT16_MAX__
+/* The compiler's own _Float16 conversion is an independent reference. */
+static void test_fp16_vs_compiler(void)
+{
+    int bad = 0;
+    for (int i = 0; i < 200000; i++) {
+        float f;
+        uint32_t u = rnd_u32();
+        if (i % 2) u = (u & 0x8fffffffu) | 0x30000000u; /* bias towards the half range */
+        memcpy(&f, &u, 4);
+        if (isnan(f)) continue;
+        _Float16 h = (_Float16)f;
+        uint16_t want;
+        memcpy(&want, &h, 2);
+        if (kernel_fp32_to_fp16(f) != want) bad++;
+    }
+    CHECK_EQ_INT(bad, 0);
+}
+#endif
+
+static void test_fp16_row_matches_scalar(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2};
+    kernel_isa saved = kernel_active_isa();
+    static uint16_t src[65536];
+    static float dst[65536];
+    for (uint32_t h = 0; h < 65536; h++) src[h] = (uint16_t)h;
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+        if (kernel_force_isa(isas[k]) != 0) continue;
+        kernel_fp16_to_fp32_row(src, dst, 65536);
+        int bad = 0;
+        for (uint32_t h = 0; h < 65536; h++) {
+            float want = kernel_fp16_to_fp32((uint16_t)h);
+            if (isnan(want) ? !isnan(dst[h]) : bits(dst[h]) != bits(want)) bad++;
+        }
+        CHECK_EQ_INT(bad, 0);
+    }
+    kernel_force_isa(saved);
+}
+
+static void test_bf16(void)
+{
+    CHECK_EQ_INT(kernel_fp32_to_bf16(1.0f), 0x3f80);
+    CHECK(kernel_bf16_to_fp32(0x3f80) == 1.0f);
+    CHECK_EQ_INT(kernel_fp32_to_bf16(1.00390625f), 0x3f80);   /* tie -> even */
+    CHECK_EQ_INT(kernel_fp32_to_bf16(1.01171875f), 0x3f82);   /* tie -> even (up) */
+    CHECK(isnan(kernel_bf16_to_fp32(kernel_fp32_to_bf16(NAN))));
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = kernel_bf16_to_fp32((uint16_t)h);
+        if (!isnan(f) && kernel_fp32_to_bf16(f) != h) bad++;
+    }
+    CHECK_EQ_INT(bad, 0);
+}
+
+/* Quantization error of one value is at most half a step, plus the error of
+ * rounding the scale itself to fp16, times |q| <= 127. */
+static void test_q8_0_quantize(void)
+{
+    enum { N = 32 * 64 };
+    float x[N], back[N];
+    kernel_block_q8_0 q[N / 32];
+    for (int i = 0; i < N; i++) x[i] = rnd_uniform(-3, 3) * (i % 96 < 32 ? 0.001f : 1.0f);
+    x[5] = 0;
+    for (int i = 64; i < 96; i++) x[i] = 0; /* an all-zero block */
+    kernel_quantize_row_q8_0(x, q, N);
+    kernel_dequantize_row(GGML_TYPE_Q8_0, q, back, N);
+    int bad = 0;
+    for (int b = 0; b < N / 32; b++) {
+        float amax = 0;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[b * 32 + i]));
+        float d = amax / 127;
+        double d_err = fabs((double)kernel_fp16_to_fp32(q[b].d) - d);
+        for (int i = 0; i < 32; i++) {
+            int k = b * 32 + i;
+            double tol = d * 0.5 + 127.0 * d_err + 1e-12;
+            if (fabs((double)back[k] - x[k]) > tol) bad++;
+            if (q[b].qs[i] == -128) bad++; /* our quantizer stays in [-127, 127] */
+        }
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK(back[70] == 0 && back[5] == 0);
+}
+
+static void test_dot_products(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2};
+    kernel_isa saved = kernel_active_isa();
+    enum { N = 32 * 23 }; /* not a multiple of the vector widths x 4 */
+    static float a[N], b[N], af[N];
+    static uint16_t a16[N], abf[N];
+    static kernel_block_q8_0 qa[N / 32], qb[N / 32];
+    for (int i = 0; i < N; i++) {
+        a[i] = rnd_uniform(-1, 1);
+        b[i] = rnd_uniform(-1, 1);
+        a16[i] = kernel_fp32_to_fp16(a[i]);
+        abf[i] = kernel_fp32_to_bf16(a[i]);
+    }
+    kernel_quantize_row_q8_0(a, qa, N);
+    kernel_quantize_row_q8_0(b, qb, N);
+    qa[3].qs[7] = -128; /* ggml files may hold -128: the integer sum must be exact */
+    qb[3].qs[7] = -128;
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+        if (kernel_force_isa(isas[k]) != 0) continue;
+        for (int n = 0; n <= N; n += (n < 40 ? 1 : 37)) {
+            double ref = 0, mag = 0;
+            for (int i = 0; i < n; i++) ref += (double)a[i] * b[i], mag += fabs((double)a[i] * b[i]);
+            double tol = mag * 2e-6 + 1e-6; /* float accumulation, n <= 736 in 8+ lanes */
+            CHECK(fabs(kernel_dot_f32(a, b, n) - ref) <= tol);
+
+            double r16 = 0;
+            for (int i = 0; i < n; i++) r16 += (double)kernel_fp16_to_fp32(a16[i]) * b[i];
+            CHECK(fabs(kernel_dot_f16_f32(a16, b, n) - r16) <= tol);
+
+            double rbf = 0;
+            for (int i = 0; i < n; i++) rbf += (double)kernel_bf16_to_fp32(abf[i]) * b[i];
+            CHECK(fabs(kernel_dot_bf16_f32(abf, b, n) - rbf) <= tol);
+
+            if (n % 32 == 0) {
+                kernel_dequantize_row(GGML_TYPE_Q8_0, qa, af, n);
+                float bq[N];
+                kernel_dequantize_row(GGML_TYPE_Q8_0, qb, bq, n);
+                double rq = 0, mq = 0;
+                for (int i = 0; i < n; i++) rq += (double)af[i] * bq[i], mq += fabs((double)af[i] * bq[i]);
+                CHECK(fabs(kernel_dot_q8_0(qa, qb, n) - rq) <= mq * 2e-6 + 1e-6);
+            }
+        }
+    }
+    kernel_force_isa(saved);
+}
+
+/* Builds a rows x cols matrix of the given type from random floats; returns
+ * the raw data (caller frees). */
+static void *make_matrix(ggml_type t, int rows, int cols, float scale)
+{
+    size_t stride = kernel_row_bytes(t, cols);
+    uint8_t *data = malloc(stride * rows);
+    float *row = malloc(sizeof(float) * cols);
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < cols; c++) row[c] = rnd_uniform(-scale, scale);
+        uint8_t *dst = data + (size_t)r * stride;
+        switch (t) {
+        case GGML_TYPE_F32: memcpy(dst, row, stride); break;
+        case GGML_TYPE_F16:
+            for (int c = 0; c < cols; c++) ((uint16_t *)dst)[c] = kernel_fp32_to_fp16(row[c]);
+            break;
+        case GGML_TYPE_BF16:
+            for (int c = 0; c < cols; c++) ((uint16_t *)dst)[c] = kernel_fp32_to_bf16(row[c]);
+            break;
+        case GGML_TYPE_Q8_0: kernel_quantize_row_q8_0(row, (kernel_block_q8_0 *)dst, cols); break;
+        default: break;
+        }
+    }
+    free(row);
+    return data;
+}
+
+/* Matmul against the reference for every type, ISA, thread count and a few
+ * batch sizes; also checks that thread count and batching change no bit. */
+static void test_matmul(void)
+{
+    ggml_type types[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0};
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2};
+    kernel_isa saved = kernel_active_isa();
+    enum { ROWS = 67, COLS = 96, NMAX = 11 };
+    char err[128];
+    threadpool *pools[3] = {threadpool_create(1, err, sizeof err), threadpool_create(2, err, sizeof err),
+                            threadpool_create(5, err, sizeof err)};
+    REQUIRE(pools[0] && pools[1] && pools[2]);
+    static float x[NMAX * COLS], y[NMAX * ROWS], y0[NMAX * ROWS], yref[NMAX * ROWS], y1[ROWS];
+    static uint8_t scratch[NMAX * COLS * 2];
+    for (int i = 0; i < NMAX * COLS; i++) x[i] = rnd_uniform(-2, 2);
+
+    for (size_t ti = 0; ti < 4; ti++) {
+        kernel_matrix w = {types[ti], ROWS, COLS, make_matrix(types[ti], ROWS, COLS, 0.5f)};
+        REQUIRE(kernel_matmul_scratch_bytes(w.type, COLS, NMAX) <= sizeof scratch);
+        kernel_matmul_ref(&w, x, NMAX, yref);
+        for (size_t k = 0; k < 2; k++) {
+            if (kernel_force_isa(isas[k]) != 0) continue;
+            kernel_matmul(pools[0], &w, x, NMAX, y0, scratch);
+            /* Tolerance: float accumulation, plus for Q8_0 the activation's
+             * quantization error (half a step and the fp16 scale rounding per
+             * value) weighted by |w|. */
+            int bad = 0;
+            for (int t = 0; t < NMAX; t++) {
+                const float *xt = x + t * COLS;
+                float wrow[COLS];
+                for (int r = 0; r < ROWS; r++) {
+                    kernel_dequantize_row(w.type, (uint8_t *)w.data + r * kernel_row_bytes(w.type, COLS),
+                                          wrow, COLS);
+                    double mag = 0, qerr = 0;
+                    for (int c = 0; c < COLS; c++) mag += fabs((double)wrow[c] * xt[c]);
+                    if (w.type == GGML_TYPE_Q8_0) {
+                        for (int b = 0; b < COLS / 32; b++) {
+                            float amax = 0;
+                            double wsum = 0;
+                            for (int i = 0; i < 32; i++) {
+                                amax = fmaxf(amax, fabsf(xt[b * 32 + i]));
+                                wsum += fabs(wrow[b * 32 + i]);
+                            }
+                            qerr += wsum * (amax / 127.0) * (0.5 + 127.0 * ldexp(1, -11));
+                        }
+                    }
+                    double tol = mag * 4e-6 + qerr + 1e-5;
+                    if (fabs(y0[t * ROWS + r] - yref[t * ROWS + r]) > tol) bad++;
+                }
+            }
+            CHECK_EQ_INT(bad, 0);
+            for (int p = 1; p < 3; p++) {
+                kernel_matmul(pools[p], &w, x, NMAX, y, scratch);
+                CHECK(memcmp(y, y0, sizeof(float) * NMAX * ROWS) == 0);
+            }
+            for (int t = 0; t < NMAX; t++) { /* one vector at a time: same bits */
+                kernel_matmul(pools[1], &w, x + t * COLS, 1, y1, scratch);
+                CHECK(memcmp(y1, y0 + t * ROWS, sizeof y1) == 0);
+            }
+        }
+        free((void *)w.data);
+    }
+    kernel_force_isa(saved);
+    for (int p = 0; p < 3; p++) threadpool_free(pools[p]);
+}
+
+static void test_vector_ops(void)
+{
+    float x[64], w[64], out[64];
+    double ss = 0;
+    for (int i = 0; i < 64; i++) {
+        x[i] = rnd_uniform(-2, 2);
+        w[i] = rnd_uniform(0.5f, 1.5f);
+        ss += (double)x[i] * x[i];
+    }
+    kernel_rmsnorm(out, x, w, 64, 1e-5f);
+    double scale = 1.0 / sqrt(ss / 64 + 1e-5);
+    for (int i = 0; i < 64; i++) CHECK(fabs(out[i] - x[i] * scale * w[i]) < 1e-5);
+
+    float s[5] = {1, 2, 3, 1000, -INFINITY};
+    kernel_softmax(s, 5);
+    CHECK(fabsf(s[3] - 1.0f) < 1e-6f && s[0] == 0 && s[4] == 0);
+    float s2[3] = {0, logf(2), logf(3)};
+    kernel_softmax(s2, 3);
+    CHECK(fabsf(s2[0] - 1 / 6.0f) < 1e-6f && fabsf(s2[2] - 0.5f) < 1e-6f);
+
+    float g[3] = {0, 1, -1}, u[3] = {2, 2, 2};
+    kernel_swiglu(g, u, 3);
+    CHECK(g[0] == 0);
+    CHECK(fabsf(g[1] - 2 * 0.7310586f) < 1e-6f && fabsf(g[2] + 2 * 0.2689414f) < 1e-6f);
+}
+
+/* ---- thread pool ---- */
+
+typedef struct {
+    atomic_int *hits;
+    atomic_int max_thread;
+    int n_threads;
+    atomic_int bad_thread;
+} pool_ctx;
+
+static void count_task(void *ctx, int task, int thread)
+{
+    pool_ctx *c = ctx;
+    atomic_fetch_add(&c->hits[task], 1);
+    if (thread < 0 || thread >= c->n_threads) atomic_fetch_add(&c->bad_thread, 1);
+}
+
+static void test_threadpool(void)
+{
+    char err[128];
+    int counts[] = {1, 2, 3, 8};
+    for (size_t k = 0; k < 4; k++) {
+        threadpool *pool = threadpool_create(counts[k], err, sizeof err);
+        REQUIRE(pool);
+        CHECK_EQ_INT(threadpool_size(pool), counts[k]);
+        enum { MAXT = 300 };
+        atomic_int hits[MAXT];
+        int bad = 0;
+        for (int round = 0; round < 2000; round++) {
+            int n_tasks = round % MAXT; /* includes 0 and 1 */
+            for (int i = 0; i < MAXT; i++) atomic_init(&hits[i], 0);
+            pool_ctx c = {.hits = hits, .n_threads = counts[k]};
+            atomic_init(&c.bad_thread, 0);
+            threadpool_run(pool, n_tasks, count_task, &c);
+            for (int i = 0; i < MAXT; i++)
+                if (atomic_load(&hits[i]) != (i < n_tasks)) bad++;
+            bad += atomic_load(&c.bad_thread);
+        }
+        CHECK_EQ_INT(bad, 0);
+        threadpool_free(pool);
+    }
+    threadpool *pool = threadpool_create(0, err, sizeof err);
+    REQUIRE(pool);
+    CHECK(threadpool_size(pool) >= 1);
+    threadpool_free(pool);
+    CHECK(threadpool_create(100000, err, sizeof err) == NULL);
+}
+
+/* Sleeping workers must wake: dispatch after the spin phase has passed. */
+static void test_threadpool_after_idle(void)
+{
+    char err[128];
+    threadpool *pool = threadpool_create(3, err, sizeof err);
+    REQUIRE(pool);
+    atomic_int hits[16];
+    for (int round = 0; round < 5; round++) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        for (int i = 0; i < 16; i++) atomic_init(&hits[i], 0);
+        pool_ctx c = {.hits = hits, .n_threads = 3};
+        atomic_init(&c.bad_thread, 0);
+        threadpool_run(pool, 16, count_task, &c);
+        for (int i = 0; i < 16; i++) CHECK_EQ_INT(atomic_load(&hits[i]), 1);
+    }
+    threadpool_free(pool);
+}
+
+int main(void)
+{
+    RUN(test_fp16_to_fp32_exhaustive);
+    RUN(test_fp16_round_trip_and_rounding);
+#ifdef __FLT16_MAX__
+    RUN(test_fp16_vs_compiler);
+#endif
+    RUN(test_fp16_row_matches_scalar);
+    RUN(test_bf16);
+    RUN(test_q8_0_quantize);
+    RUN(test_dot_products);
+    RUN(test_matmul);
+    RUN(test_vector_ops);
+    RUN(test_threadpool);
+    RUN(test_threadpool_after_idle);
+    return testlib_finish();
+}
