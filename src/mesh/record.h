@@ -1,0 +1,72 @@
+/* record.h: node records, what gossip carries about each node.
+ *
+ * A record says who a node is (id), where to dial it (addresses), what it
+ * does (role, models served, memory) and how new the information is (seq:
+ * a larger seq replaces a smaller one). Each record is signed by its node's
+ * key, so a record can travel through any number of peers and nobody but
+ * the node itself can make one in its name. Byte layout: docs/PROTOCOL.md
+ * ("Node record").
+ *
+ * Records are kept and forwarded as the exact bytes their node signed
+ * (extension bytes that a newer llmesh appends stay signed and pass through
+ * older nodes untouched); record_decode reads the fields this version knows.
+ *
+ * Not here: who learns what when (mesh.c). Threading: pure functions. */
+#ifndef LLMESH_MESH_RECORD_H
+#define LLMESH_MESH_RECORD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mesh/addr.h"
+#include "mesh/identity.h"
+#include "mesh/mesh.h"
+
+/* Gossip message kinds: the first payload byte of a frame on a GOSSIP stream. */
+#define RECORD_KIND_NODE 1
+
+/* Role codes on the wire. Unknown codes decode as "unknown" so that a newer
+ * role does not make older nodes drop the whole record. */
+#define RECORD_ROLE_HOST 1
+#define RECORD_ROLE_STANDBY 2
+#define RECORD_ROLE_CLIENT 3
+
+/* Bound on one encoded record (kind + body + signature). The largest record
+ * this version writes is about 2.3 KiB; the rest is room for extensions. */
+#define RECORD_MAX_BYTES 4096
+#define RECORD_MIN_BYTES (1 + MESH_ID_BYTES + 8 + 1 + 8 + 1 + 1 + IDENTITY_SIG_BYTES)
+
+typedef struct {
+    uint8_t id[MESH_ID_BYTES];
+    uint64_t seq;
+    uint8_t role;                 /* RECORD_ROLE_* or an unknown code */
+    uint64_t memory_bytes;
+    mesh_addr addrs[MESH_MAX_ADDRS];
+    int n_addrs;
+    char models[MESH_MAX_MODELS][MESH_MAX_NAME];
+    int n_models;
+} node_record;
+
+/* Encodes r and signs it with id (whose public key must be r->id) into out
+ * (RECORD_MAX_BYTES is enough). Returns the length, or -1 with err. */
+int record_encode(const node_record *r, const identity *id, uint8_t *out, size_t cap,
+                  char *err, size_t errlen);
+
+/* Reads an encoded record (the whole frame payload, kind byte included).
+ * Checks structure and bounds only; record_verify checks the signature.
+ * 0, or -1 with err. */
+int record_decode(const uint8_t *p, size_t len, node_record *out, char *err, size_t errlen);
+
+/* 1 when the signature at the end of a decoded record is valid for id. */
+int record_verify(const uint8_t *p, size_t len, const uint8_t id[MESH_ID_BYTES]);
+
+/* "host", "standby", "client" or "unknown". */
+const char *record_role_name(uint8_t role);
+/* RECORD_ROLE_* for a name, or 0 when it is none of the three. */
+uint8_t record_role_code(const char *name);
+
+/* 1 when name may be a model id in a record: 1..MESH_MAX_NAME-1 bytes, no
+ * control characters. */
+int record_model_name_ok(const char *name, size_t len);
+
+#endif
