@@ -55,4 +55,27 @@ int engine_generate(engine_model *m, const char *prompt, size_t prompt_len,
                     const engine_sampling *s, engine_piece_fn on_piece, void *user,
                     engine_result *result, char *err, size_t errlen);
 
+/* ---- additions (engine.c) ---- */
+
+/* Threads in the model's pool (the caller of engine_generate included). */
+int engine_model_threads(const engine_model *m);
+
+typedef struct {
+    double perplexity;  /* exp(mean_nll) */
+    double mean_nll;    /* nats per scored token */
+    int scored_tokens;
+    int chunks;
+} engine_perplexity_result;
+
+/* Perplexity of text, measured the way models/README.md describes: the text
+ * is tokenized without BOS and without special-token parsing, cut into
+ * consecutive chunks of n_ctx - 1 ids, each chunk is evaluated from an empty
+ * KV cache with BOS in front, and every chunk token is scored given all
+ * before it in its chunk. n_ctx <= 0 means 256 or the model's context if
+ * smaller; a larger n_ctx than the model's is an error. Needs a BOS token.
+ * Returns 0, or -1 with a message in err.
+ * Same threading rule as engine_generate (it uses the model's KV cache). */
+int engine_perplexity(engine_model *m, const char *text, size_t len, int n_ctx,
+                      engine_perplexity_result *result, char *err, size_t errlen);
+
 #endif

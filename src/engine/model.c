@@ -1,0 +1,638 @@
+/* model.c: see model.h.
+ *
+ * Layout: the weight structures, loading and validation, the state, and the
+ * forward pass (model_forward), which reads top to bottom like the maths:
+ * embed -> per layer (norm, q/k/v, RoPE, attention, residual, norm, SwiGLU
+ * FFN, residual) -> final norm -> classifier. The same computation as
+ * llama.cpp's llama graph, so its GGUF files mean the same thing here. */
+#include "engine/model.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/kernels.h"
+
+/* Tokens per pass through the layers. A batch shares each weight row across
+ * its tokens (see kernel_matmul), so bigger is faster up to the point where
+ * the activations stop fitting in cache; the scratch buffers scale with it. */
+#define MODEL_BATCH 64
+
+/* ======================================================================== */
+/* weights                                                                   */
+/* ======================================================================== */
+
+typedef struct {
+    float *attn_norm;     /* (n_embd) owned copy */
+    kernel_matrix wq;     /* (n_head * head_dim, n_embd) */
+    kernel_matrix wk;     /* (n_head_kv * head_dim, n_embd) */
+    kernel_matrix wv;     /* (n_head_kv * head_dim, n_embd) */
+    kernel_matrix wo;     /* (n_embd, n_head * head_dim) */
+    float *ffn_norm;      /* (n_embd) owned copy */
+    kernel_matrix w_gate; /* (n_ff, n_embd) */
+    kernel_matrix w_up;   /* (n_ff, n_embd) */
+    kernel_matrix w_down; /* (n_embd, n_ff) */
+} model_layer;
+
+struct model {
+    model_config c;
+    kernel_matrix token_embd;  /* (n_vocab, n_embd) */
+    float *output_norm;        /* (n_embd) owned copy */
+    kernel_matrix output;      /* (n_vocab, n_embd); token_embd's data when tied */
+    float *rope_freq_factors;  /* (n_rot / 2) divisors of each pair's frequency, or NULL */
+    model_layer *layers;       /* (n_layer) */
+    uint64_t weight_bytes;
+    size_t matmul_scratch;     /* bytes kernel_matmul needs for MODEL_BATCH tokens */
+};
+
+/* The per-layer tensors, by GGUF name suffix. */
+static const char *const layer_tensor_names[] = {
+    "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+    "ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
+};
+
+/* Fetches an integer config key into [lo, hi]. A missing key takes def when
+ * def >= 0 and is an error otherwise. */
+static int config_int(const gguf_file *f, const char *key, long def, long lo, long hi, int *out,
+                      char *err, size_t errlen)
+{
+    uint32_t v;
+    if (gguf_get_u32(f, key, &v) != 0) {
+        if (gguf_find(f, key)) {
+            snprintf(err, errlen, "metadata key %s is not a non-negative integer", key);
+            return -1;
+        }
+        if (def < 0) {
+            snprintf(err, errlen, "metadata key %s is missing", key);
+            return -1;
+        }
+        v = (uint32_t)def;
+    }
+    if ((long)v < lo || (long)v > hi) {
+        snprintf(err, errlen, "metadata key %s = %u is out of range [%ld, %ld]", key, v, lo, hi);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int config_float(const gguf_file *f, const char *key, float def, float *out, char *err,
+                        size_t errlen)
+{
+    if (gguf_get_f32(f, key, out) != 0) {
+        if (gguf_find(f, key)) {
+            snprintf(err, errlen, "metadata key %s is not a float", key);
+            return -1;
+        }
+        if (def < 0) {
+            snprintf(err, errlen, "metadata key %s is missing", key);
+            return -1;
+        }
+        *out = def;
+    }
+    if (!isfinite(*out) || *out <= 0) {
+        snprintf(err, errlen, "metadata key %s = %g must be a positive number", key, (double)*out);
+        return -1;
+    }
+    return 0;
+}
+
+static int read_config(const gguf_file *f, model_config *c, char *err, size_t errlen)
+{
+    gguf_str arch;
+    if (gguf_get_str(f, "general.architecture", &arch) != 0) {
+        snprintf(err, errlen, "metadata key general.architecture is missing");
+        return -1;
+    }
+    if (!gguf_str_eq(arch, "llama")) {
+        snprintf(err, errlen, "architecture '%.*s' is not supported (llmesh runs: llama)",
+                 (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+        return -1;
+    }
+    uint32_t experts;
+    if (gguf_get_u32(f, "llama.expert_count", &experts) == 0 && experts > 0) {
+        snprintf(err, errlen, "mixture-of-experts llama models (llama.expert_count = %u) are "
+                 "not supported", experts);
+        return -1;
+    }
+    if (config_int(f, "llama.embedding_length", -1, 1, 1 << 16, &c->n_embd, err, errlen) ||
+        config_int(f, "llama.block_count", -1, 1, 1024, &c->n_layer, err, errlen) ||
+        config_int(f, "llama.feed_forward_length", -1, 1, 1 << 20, &c->n_ff, err, errlen) ||
+        config_int(f, "llama.attention.head_count", -1, 1, 1024, &c->n_head, err, errlen) ||
+        config_int(f, "llama.attention.head_count_kv", c->n_head, 1, c->n_head, &c->n_head_kv,
+                   err, errlen) ||
+        config_int(f, "llama.context_length", -1, 1, 1 << 24, &c->n_ctx_train, err, errlen) ||
+        config_float(f, "llama.attention.layer_norm_rms_epsilon", -1, &c->norm_eps, err, errlen) ||
+        config_float(f, "llama.rope.freq_base", 10000.0f, &c->rope_base, err, errlen))
+        return -1;
+    if (c->n_embd % c->n_head != 0) {
+        snprintf(err, errlen, "llama.embedding_length %d is not a multiple of "
+                 "llama.attention.head_count %d", c->n_embd, c->n_head);
+        return -1;
+    }
+    if (c->n_head % c->n_head_kv != 0) {
+        snprintf(err, errlen, "llama.attention.head_count %d is not a multiple of "
+                 "llama.attention.head_count_kv %d", c->n_head, c->n_head_kv);
+        return -1;
+    }
+    c->head_dim = c->n_embd / c->n_head;
+    int key_len, value_len;
+    if (config_int(f, "llama.attention.key_length", c->head_dim, 1, 1 << 16, &key_len, err, errlen) ||
+        config_int(f, "llama.attention.value_length", c->head_dim, 1, 1 << 16, &value_len, err,
+                   errlen))
+        return -1;
+    if (key_len != c->head_dim || value_len != c->head_dim) {
+        snprintf(err, errlen, "attention key/value length %d/%d differs from embedding_length / "
+                 "head_count = %d: not supported", key_len, value_len, c->head_dim);
+        return -1;
+    }
+    if (config_int(f, "llama.rope.dimension_count", c->head_dim, 2, c->head_dim, &c->n_rot, err,
+                   errlen))
+        return -1;
+    if (c->n_rot % 2 != 0) {
+        snprintf(err, errlen, "llama.rope.dimension_count %d is odd", c->n_rot);
+        return -1;
+    }
+    c->rope_scale = 1.0f;
+    gguf_str scaling;
+    if (gguf_get_str(f, "llama.rope.scaling.type", &scaling) == 0 && !gguf_str_eq(scaling, "none")) {
+        if (!gguf_str_eq(scaling, "linear")) {
+            snprintf(err, errlen, "RoPE scaling '%.*s' is not supported (none, linear)",
+                     (int)(scaling.len > 32 ? 32 : scaling.len), scaling.ptr);
+            return -1;
+        }
+        if (config_float(f, "llama.rope.scaling.factor", 1.0f, &c->rope_scale, err, errlen))
+            return -1;
+    }
+    return 0;
+}
+
+/* A 2-D weight matrix: shape (rows, cols) = (ne[1], ne[0]), a type the
+ * kernels handle, and data of exactly the implied size, suitably aligned. */
+static int get_matrix(const gguf_file *f, const char *name, int rows, int cols, kernel_matrix *out,
+                      uint64_t *bytes, char *err, size_t errlen)
+{
+    const gguf_tensor *t = gguf_find_tensor(f, name);
+    if (!t) {
+        snprintf(err, errlen, "tensor %s is missing", name);
+        return -1;
+    }
+    if (t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows || t->ne[2] != 1 || t->ne[3] != 1) {
+        snprintf(err, errlen, "tensor %s has shape [%llu, %llu, %llu, %llu], expected [%d, %d]",
+                 name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                 (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], cols, rows);
+        return -1;
+    }
+    if (!kernel_type_supported(t->type)) {
+        snprintf(err, errlen, "tensor %s has type %s; supported: F32, F16, BF16, Q8_0", name,
+                 ggml_type_name(t->type));
+        return -1;
+    }
+    size_t block = ggml_type_block_elems(t->type);
+    if (block == 0 || (size_t)cols % block != 0) {
+        snprintf(err, errlen, "tensor %s: row length %d is not a multiple of the %s block", name,
+                 cols, ggml_type_name(t->type));
+        return -1;
+    }
+    uint64_t want = (uint64_t)kernel_row_bytes(t->type, cols) * (uint64_t)rows;
+    size_t align = t->type == GGML_TYPE_F32 ? 4 : 2;
+    if (t->nbytes != want || (uintptr_t)t->data % align != 0) {
+        snprintf(err, errlen, "tensor %s: %llu bytes of data, expected %llu (%zu-byte aligned)", name,
+                 (unsigned long long)t->nbytes, (unsigned long long)want, align);
+        return -1;
+    }
+    out->type = t->type;
+    out->rows = rows;
+    out->cols = cols;
+    out->data = t->data;
+    *bytes += t->nbytes;
+    return 0;
+}
+
+/* A 1-D vector of n values, converted to an owned float array (norm weights
+ * are tiny; converting them once keeps the forward pass type-free). */
+static float *get_vector(const gguf_file *f, const char *name, int n, uint64_t *bytes, char *err,
+                         size_t errlen)
+{
+    const gguf_tensor *t = gguf_find_tensor(f, name);
+    if (!t) {
+        snprintf(err, errlen, "tensor %s is missing", name);
+        return NULL;
+    }
+    if (t->ne[0] != (uint64_t)n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1) {
+        snprintf(err, errlen, "tensor %s has shape [%llu, %llu], expected [%d]", name,
+                 (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], n);
+        return NULL;
+    }
+    size_t block = ggml_type_block_elems(t->type);
+    if (!kernel_type_supported(t->type) || block == 0 || (size_t)n % block != 0 ||
+        t->nbytes != kernel_row_bytes(t->type, n) ||
+        (uintptr_t)t->data % (t->type == GGML_TYPE_F32 ? 4 : 2) != 0) {
+        snprintf(err, errlen, "tensor %s: type %s with %llu bytes is not usable as %d values", name,
+                 ggml_type_name(t->type), (unsigned long long)t->nbytes, n);
+        return NULL;
+    }
+    float *v = malloc(sizeof(float) * (size_t)n);
+    if (!v) {
+        snprintf(err, errlen, "out of memory loading %s", name);
+        return NULL;
+    }
+    kernel_dequantize_row(t->type, t->data, v, n);
+    *bytes += t->nbytes;
+    return v;
+}
+
+/* Refuses tensors the forward pass would silently ignore (biases, extra
+ * norms of other llama variants): better an error than wrong output. */
+static int check_no_unknown_tensors(const gguf_file *f, int n_layer, char *err, size_t errlen)
+{
+    static const char *const globals[] = {"token_embd.weight", "output_norm.weight",
+                                          "output.weight", "rope_freqs.weight"};
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        gguf_str name = f->tensors[i].name;
+        char buf[96];
+        if (name.len >= sizeof buf) goto unknown;
+        memcpy(buf, name.ptr, name.len);
+        buf[name.len] = 0;
+        int known = 0;
+        for (size_t g = 0; g < sizeof globals / sizeof globals[0]; g++) known |= !strcmp(buf, globals[g]);
+        int layer, used = 0;
+        char suffix[64];
+        if (!known && sscanf(buf, "blk.%d.%63[a-z_].weight%n", &layer, suffix, &used) == 2 &&
+            used == (int)name.len && layer >= 0 && layer < n_layer) {
+            for (size_t k = 0; k < sizeof layer_tensor_names / sizeof layer_tensor_names[0]; k++)
+                known |= !strcmp(suffix, layer_tensor_names[k]);
+        }
+        if (known) continue;
+    unknown:
+        snprintf(err, errlen, "tensor %.*s is not part of the llama architecture as llmesh runs it",
+                 (int)(name.len > 64 ? 64 : name.len), name.ptr);
+        return -1;
+    }
+    return 0;
+}
+
+static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
+
+model *model_load(const gguf_file *f, char *err, size_t errlen)
+{
+    model *m = calloc(1, sizeof *m);
+    if (!m) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    model_config *c = &m->c;
+    if (read_config(f, c, err, errlen) != 0) goto fail;
+
+    const gguf_tensor *embd = gguf_find_tensor(f, "token_embd.weight");
+    if (!embd) {
+        snprintf(err, errlen, "tensor token_embd.weight is missing");
+        goto fail;
+    }
+    if (embd->ne[1] < 1 || embd->ne[1] > (1 << 24)) {
+        snprintf(err, errlen, "tensor token_embd.weight: vocabulary size %llu out of range",
+                 (unsigned long long)embd->ne[1]);
+        goto fail;
+    }
+    c->n_vocab = (int)embd->ne[1];
+    const gguf_kv *tokens = gguf_find(f, "tokenizer.ggml.tokens");
+    if (tokens && tokens->count != (uint64_t)c->n_vocab) {
+        snprintf(err, errlen, "tokenizer.ggml.tokens has %llu tokens but token_embd.weight has %d rows",
+                 (unsigned long long)tokens->count, c->n_vocab);
+        goto fail;
+    }
+    if (check_no_unknown_tensors(f, c->n_layer, err, errlen) != 0) goto fail;
+
+    int q_dim = c->n_head * c->head_dim, kv_dim = c->n_head_kv * c->head_dim;
+    uint64_t *b = &m->weight_bytes;
+    if (get_matrix(f, "token_embd.weight", c->n_vocab, c->n_embd, &m->token_embd, b, err, errlen))
+        goto fail;
+    if (!(m->output_norm = get_vector(f, "output_norm.weight", c->n_embd, b, err, errlen))) goto fail;
+    if (gguf_find_tensor(f, "output.weight")) {
+        if (get_matrix(f, "output.weight", c->n_vocab, c->n_embd, &m->output, b, err, errlen))
+            goto fail;
+    } else {
+        m->output = m->token_embd; /* tied embeddings */
+    }
+    if (gguf_find_tensor(f, "rope_freqs.weight")) {
+        const gguf_tensor *t = gguf_find_tensor(f, "rope_freqs.weight");
+        if (t->type != GGML_TYPE_F32) {
+            snprintf(err, errlen, "tensor rope_freqs.weight must be F32");
+            goto fail;
+        }
+        if (!(m->rope_freq_factors = get_vector(f, "rope_freqs.weight", c->n_rot / 2, b, err, errlen)))
+            goto fail;
+    }
+
+    m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (int l = 0; l < c->n_layer; l++) {
+        model_layer *L = &m->layers[l];
+        char name[64];
+#define NAME(suffix) (snprintf(name, sizeof name, "blk.%d." suffix ".weight", l), name)
+        if (!(L->attn_norm = get_vector(f, NAME("attn_norm"), c->n_embd, b, err, errlen)) ||
+            get_matrix(f, NAME("attn_q"), q_dim, c->n_embd, &L->wq, b, err, errlen) ||
+            get_matrix(f, NAME("attn_k"), kv_dim, c->n_embd, &L->wk, b, err, errlen) ||
+            get_matrix(f, NAME("attn_v"), kv_dim, c->n_embd, &L->wv, b, err, errlen) ||
+            get_matrix(f, NAME("attn_output"), c->n_embd, q_dim, &L->wo, b, err, errlen) ||
+            !(L->ffn_norm = get_vector(f, NAME("ffn_norm"), c->n_embd, b, err, errlen)) ||
+            get_matrix(f, NAME("ffn_gate"), c->n_ff, c->n_embd, &L->w_gate, b, err, errlen) ||
+            get_matrix(f, NAME("ffn_up"), c->n_ff, c->n_embd, &L->w_up, b, err, errlen) ||
+            get_matrix(f, NAME("ffn_down"), c->n_embd, c->n_ff, &L->w_down, b, err, errlen))
+            goto fail;
+#undef NAME
+        const kernel_matrix *all[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+            m->matmul_scratch = max_size(m->matmul_scratch,
+                                         kernel_matmul_scratch_bytes(all[k]->type, all[k]->cols, MODEL_BATCH));
+    }
+    m->matmul_scratch = max_size(m->matmul_scratch,
+                                 kernel_matmul_scratch_bytes(m->output.type, c->n_embd, MODEL_BATCH));
+    return m;
+fail:
+    model_free(m);
+    return NULL;
+}
+
+void model_free(model *m)
+{
+    if (!m) return;
+    if (m->layers) {
+        for (int l = 0; l < m->c.n_layer; l++) {
+            free(m->layers[l].attn_norm);
+            free(m->layers[l].ffn_norm);
+        }
+    }
+    free(m->layers);
+    free(m->output_norm);
+    free(m->rope_freq_factors);
+    free(m);
+}
+
+const model_config *model_get_config(const model *m) { return &m->c; }
+uint64_t model_weight_bytes(const model *m) { return m->weight_bytes; }
+
+/* ======================================================================== */
+/* state                                                                     */
+/* ======================================================================== */
+
+struct model_state {
+    int n_ctx;
+    int n_past;
+    int kv_dim;
+    float *key_cache;   /* (n_layer, n_ctx, kv_dim) */
+    float *value_cache; /* (n_layer, n_ctx, kv_dim) */
+    float *x;           /* (MODEL_BATCH, n_embd) residual stream */
+    float *xb;          /* (MODEL_BATCH, n_embd) normed input of a block, then its output */
+    float *q;           /* (MODEL_BATCH, n_head * head_dim) */
+    float *att_out;     /* (MODEL_BATCH, n_head * head_dim) */
+    float *hb;          /* (MODEL_BATCH, n_ff) gate, then silu(gate) * up */
+    float *hb2;         /* (MODEL_BATCH, n_ff) up */
+    float *rope_cos;    /* (MODEL_BATCH, n_rot / 2) */
+    float *rope_sin;    /* (MODEL_BATCH, n_rot / 2) */
+    float *att;         /* (att_rows, n_ctx) attention weights, one row per pool thread */
+    int att_rows;
+    void *scratch;      /* kernel_matmul's converted inputs */
+};
+
+model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen)
+{
+    const model_config *c = &m->c;
+    if (n_ctx <= 0) n_ctx = c->n_ctx_train;
+    model_state *s = calloc(1, sizeof *s);
+    if (!s) goto oom;
+    s->n_ctx = n_ctx;
+    s->kv_dim = c->n_head_kv * c->head_dim;
+    size_t kv = (size_t)c->n_layer * (size_t)n_ctx * (size_t)s->kv_dim;
+    size_t q_dim = (size_t)c->n_head * c->head_dim;
+    s->key_cache = calloc(kv, sizeof(float));
+    s->value_cache = calloc(kv, sizeof(float));
+    s->x = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float));
+    s->xb = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float));
+    s->q = calloc(MODEL_BATCH * q_dim, sizeof(float));
+    s->att_out = calloc(MODEL_BATCH * q_dim, sizeof(float));
+    s->hb = calloc((size_t)MODEL_BATCH * c->n_ff, sizeof(float));
+    s->hb2 = calloc((size_t)MODEL_BATCH * c->n_ff, sizeof(float));
+    s->rope_cos = calloc((size_t)MODEL_BATCH * (c->n_rot / 2), sizeof(float));
+    s->rope_sin = calloc((size_t)MODEL_BATCH * (c->n_rot / 2), sizeof(float));
+    s->scratch = m->matmul_scratch ? malloc(m->matmul_scratch) : NULL;
+    if (!s->key_cache || !s->value_cache || !s->x || !s->xb || !s->q || !s->att_out || !s->hb ||
+        !s->hb2 || !s->rope_cos || !s->rope_sin || (m->matmul_scratch && !s->scratch))
+        goto oom;
+    return s;
+oom:
+    snprintf(err, errlen, "out of memory for a context of %d positions", n_ctx);
+    model_state_free(s);
+    return NULL;
+}
+
+void model_state_free(model_state *s)
+{
+    if (!s) return;
+    free(s->key_cache);
+    free(s->value_cache);
+    free(s->x);
+    free(s->xb);
+    free(s->q);
+    free(s->att_out);
+    free(s->hb);
+    free(s->hb2);
+    free(s->rope_cos);
+    free(s->rope_sin);
+    free(s->att);
+    free(s->scratch);
+    free(s);
+}
+
+int model_state_n_ctx(const model_state *s) { return s->n_ctx; }
+int model_state_n_past(const model_state *s) { return s->n_past; }
+
+void model_state_truncate(model_state *s, int n_past)
+{
+    assert(n_past >= 0 && n_past <= s->n_past);
+    s->n_past = n_past; /* stale cache rows are overwritten before they are read */
+}
+
+/* ======================================================================== */
+/* forward pass                                                              */
+/* ======================================================================== */
+
+/* cos/sin of every rotated pair's angle for positions pos0 .. pos0 + n - 1.
+ * Angles are computed in double: pos * base^(-2i/n_rot) loses digits in
+ * float at long contexts. */
+static void rope_tables(const model *m, model_state *s, int pos0, int n)
+{
+    const model_config *c = &m->c;
+    int half = c->n_rot / 2;
+    for (int i = 0; i < n; i++) {
+        double pos = (double)(pos0 + i) / c->rope_scale;
+        for (int j = 0; j < half; j++) {
+            double freq = pow(c->rope_base, -2.0 * j / c->n_rot);
+            if (m->rope_freq_factors) freq /= m->rope_freq_factors[j];
+            s->rope_cos[i * half + j] = (float)cos(pos * freq);
+            s->rope_sin[i * half + j] = (float)sin(pos * freq);
+        }
+    }
+}
+
+/* Rotates the adjacent pairs (v[2j], v[2j+1]) of each of n_heads heads of
+ * one token (llama.cpp's "NORM" RoPE; GGUF q/k weights are permuted for it). */
+static void rope_apply(const model_config *c, float *v, int n_heads, const float *cosv,
+                       const float *sinv)
+{
+    for (int h = 0; h < n_heads; h++) {
+        float *x = v + h * c->head_dim;
+        for (int j = 0; j < c->n_rot / 2; j++) {
+            float x0 = x[2 * j], x1 = x[2 * j + 1];
+            x[2 * j] = x0 * cosv[j] - x1 * sinv[j];
+            x[2 * j + 1] = x0 * sinv[j] + x1 * cosv[j];
+        }
+    }
+}
+
+typedef struct {
+    const model_config *c;
+    model_state *s;
+    int layer;
+    int pos0; /* position of the batch's first token */
+    int n_tokens;
+} attention_job;
+
+/* One (token, head) pair: causal softmax attention over the cache. */
+static void attention_task(void *ctx, int task, int thread)
+{
+    const attention_job *job = ctx;
+    const model_config *c = job->c;
+    model_state *s = job->s;
+    int i = task / c->n_head, h = task % c->n_head;
+    int pos = job->pos0 + i;
+    int hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
+    int kv_head = h / (c->n_head / c->n_head_kv);
+    size_t layer_off = (size_t)job->layer * s->n_ctx * kv_dim;
+    const float *q = s->q + (size_t)i * q_dim + h * hd;                    /* (head_dim) */
+    const float *keys = s->key_cache + layer_off + kv_head * hd;           /* (pos + 1, kv_dim) */
+    const float *values = s->value_cache + layer_off + kv_head * hd;       /* (pos + 1, kv_dim) */
+    float *att = s->att + (size_t)thread * s->n_ctx;                       /* (pos + 1) */
+    float *out = s->att_out + (size_t)i * q_dim + h * hd;                  /* (head_dim) */
+
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int t = 0; t <= pos; t++) att[t] = kernel_dot_f32(q, keys + (size_t)t * kv_dim, hd) * scale;
+    kernel_softmax(att, pos + 1);
+    memset(out, 0, sizeof(float) * hd);
+    for (int t = 0; t <= pos; t++) kernel_axpy(out, att[t], values + (size_t)t * kv_dim, hd);
+}
+
+/* Runs one batch of n <= MODEL_BATCH tokens through all layers. Leaves the
+ * final hidden states (after the last layer, before the final norm) in s->x. */
+static void forward_layers(const model *m, model_state *s, threadpool *pool, const int32_t *tokens,
+                           int n)
+{
+    const model_config *c = &m->c;
+    int dim = c->n_embd, hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
+    int half = c->n_rot / 2;
+    int pos0 = s->n_past;
+
+    /* ---- token embeddings: x[i] = token_embd[tokens[i]] ---- */
+    size_t embd_row = kernel_row_bytes(m->token_embd.type, dim);
+    for (int i = 0; i < n; i++)
+        kernel_dequantize_row(m->token_embd.type,
+                              (const uint8_t *)m->token_embd.data + (size_t)tokens[i] * embd_row,
+                              s->x + (size_t)i * dim, dim);
+    rope_tables(m, s, pos0, n);
+
+    for (int l = 0; l < c->n_layer; l++) {
+        const model_layer *L = &m->layers[l];
+        float *k_cache = s->key_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim;   /* (n, kv_dim) */
+        float *v_cache = s->value_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim; /* (n, kv_dim) */
+
+        /* ---- attention: xb = rmsnorm(x) * attn_norm; q, k, v = xb Wq, Wk, Wv ---- */
+        for (int i = 0; i < n; i++)
+            kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->attn_norm, dim,
+                           c->norm_eps);
+        kernel_matmul(pool, &L->wq, s->xb, n, s->q, s->scratch);    /* (n, q_dim) */
+        kernel_matmul(pool, &L->wk, s->xb, n, k_cache, s->scratch); /* (n, kv_dim), into the cache */
+        kernel_matmul(pool, &L->wv, s->xb, n, v_cache, s->scratch); /* (n, kv_dim), into the cache */
+
+        /* ---- RoPE on q and k ---- */
+        for (int i = 0; i < n; i++) {
+            rope_apply(c, s->q + (size_t)i * q_dim, c->n_head, s->rope_cos + i * half,
+                       s->rope_sin + i * half);
+            rope_apply(c, k_cache + (size_t)i * kv_dim, c->n_head_kv, s->rope_cos + i * half,
+                       s->rope_sin + i * half);
+        }
+
+        /* ---- grouped-query attention over positions 0 .. pos, one task per (token, head) ---- */
+        attention_job job = {c, s, l, pos0, n};
+        threadpool_run(pool, n * c->n_head, attention_task, &job); /* -> att_out (n, q_dim) */
+
+        /* ---- output projection and residual: x += att_out Wo ---- */
+        kernel_matmul(pool, &L->wo, s->att_out, n, s->xb, s->scratch); /* (n, dim) */
+        kernel_add(s->x, s->xb, n * dim);
+
+        /* ---- feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x) * ffn_norm ---- */
+        for (int i = 0; i < n; i++)
+            kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->ffn_norm, dim,
+                           c->norm_eps);
+        kernel_matmul(pool, &L->w_gate, s->xb, n, s->hb, s->scratch); /* (n, n_ff) */
+        kernel_matmul(pool, &L->w_up, s->xb, n, s->hb2, s->scratch);  /* (n, n_ff) */
+        kernel_swiglu(s->hb, s->hb2, n * c->n_ff);
+        kernel_matmul(pool, &L->w_down, s->hb, n, s->xb, s->scratch); /* (n, dim) */
+        kernel_add(s->x, s->xb, n * dim);
+    }
+    s->n_past += n;
+}
+
+int model_forward(const model *m, model_state *s, threadpool *pool, const int32_t *tokens, int n,
+                  float *logits, int all_logits, char *err, size_t errlen)
+{
+    const model_config *c = &m->c;
+    if (n <= 0) {
+        snprintf(err, errlen, "no tokens to evaluate");
+        return -1;
+    }
+    if (n > s->n_ctx - s->n_past) {
+        snprintf(err, errlen, "context full: %d positions used, %d more do not fit in %d",
+                 s->n_past, n, s->n_ctx);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->n_vocab) {
+            snprintf(err, errlen, "token id %d out of range [0, %d)", (int)tokens[i], c->n_vocab);
+            return -1;
+        }
+    }
+    int threads = threadpool_size(pool);
+    if (threads > s->att_rows) { /* per-thread attention rows, sized for the pool in use */
+        float *att = realloc(s->att, sizeof(float) * (size_t)threads * s->n_ctx);
+        if (!att) {
+            snprintf(err, errlen, "out of memory for attention scratch");
+            return -1;
+        }
+        s->att = att;
+        s->att_rows = threads;
+    }
+
+    int dim = c->n_embd;
+    for (int done = 0; done < n; done += MODEL_BATCH) {
+        int nb = n - done < MODEL_BATCH ? n - done : MODEL_BATCH;
+        forward_layers(m, s, pool, tokens + done, nb);
+
+        /* ---- final norm and classifier: logits = rmsnorm(x) * output_norm Wout ---- */
+        if (all_logits) {
+            for (int i = 0; i < nb; i++)
+                kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, m->output_norm, dim,
+                               c->norm_eps);
+            kernel_matmul(pool, &m->output, s->xb, nb, logits + (size_t)done * c->n_vocab,
+                          s->scratch); /* (nb, n_vocab) */
+        } else if (done + nb == n) {
+            kernel_rmsnorm(s->xb, s->x + (size_t)(nb - 1) * dim, m->output_norm, dim, c->norm_eps);
+            kernel_matmul(pool, &m->output, s->xb, 1, logits, s->scratch); /* (n_vocab) */
+        }
+    }
+    return 0;
+}

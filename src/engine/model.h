@@ -1,0 +1,71 @@
+/* model.h: the llama architecture: its configuration, its weights (zero-copy
+ * views into a GGUF file) and its forward pass over a KV cache.
+ *
+ * A `model` is the immutable part (config + weights) and may be shared; a
+ * `model_state` is one sequence's KV cache plus scratch buffers. Tokens are
+ * appended to a state in batches of any size; the logits of a token depend
+ * only on the tokens before it, never on how they were batched, nor on the
+ * thread count (see kernels.h on determinism).
+ * Not here: tokenization (tokenizer.h), sampling (sampler.h), generation
+ * loops (engine.c). Other architectures are refused at load with a message.
+ *
+ * Threading: a model may be read by any number of threads. A model_state is
+ * used by one thread at a time; model_forward runs its products on the given
+ * pool (one forward per pool at a time). */
+#ifndef LLMESH_MODEL_H
+#define LLMESH_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/gguf.h"
+#include "lib/threadpool.h"
+
+typedef struct {
+    int n_vocab;
+    int n_embd;       /* model width */
+    int n_layer;
+    int n_head;       /* query heads */
+    int n_head_kv;    /* key/value heads (grouped-query attention when < n_head) */
+    int head_dim;     /* n_embd / n_head */
+    int n_ff;         /* feed-forward hidden width */
+    int n_ctx_train;  /* llama.context_length */
+    int n_rot;        /* leading dimensions of each head that RoPE rotates */
+    float norm_eps;   /* RMSNorm epsilon */
+    float rope_base;  /* RoPE frequency base */
+    float rope_scale; /* positions are divided by this (linear RoPE scaling; 1 = none) */
+} model_config;
+
+typedef struct model model;
+typedef struct model_state model_state;
+
+/* Reads the config and checks the shape and type of every tensor. The model
+ * points into f's mapping: f must stay open until model_free. Returns NULL
+ * with a message (naming the key or tensor at fault) in err. */
+model *model_load(const gguf_file *f, char *err, size_t errlen);
+void model_free(model *m);
+
+const model_config *model_get_config(const model *m);
+/* Bytes of the tensor data the model uses. */
+uint64_t model_weight_bytes(const model *m);
+
+/* A state holding up to n_ctx positions (n_ctx <= 0: the model's training
+ * context). The KV cache is zero-filled memory from calloc, so pages that
+ * are never reached are typically never touched. Returns NULL with a message
+ * in err. The caller frees. */
+model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen);
+void model_state_free(model_state *s);
+int model_state_n_ctx(const model_state *s);
+/* Positions already in the cache. */
+int model_state_n_past(const model_state *s);
+/* Forgets positions from n_past on (0 empties the cache). n_past must not
+ * exceed the current count. */
+void model_state_truncate(model_state *s, int n_past);
+
+/* Appends n tokens to the state and computes their logits. With all_logits,
+ * logits receives [n][n_vocab]; otherwise only the last token's [n_vocab].
+ * Returns 0, or -1 with a message (token id out of range, context full). */
+int model_forward(const model *m, model_state *s, threadpool *pool, const int32_t *tokens, int n,
+                  float *logits, int all_logits, char *err, size_t errlen);
+
+#endif
