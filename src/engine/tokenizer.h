@@ -33,6 +33,13 @@ int tokenizer_add_bos(const tokenizer *t);     /* tokenizer.ggml.add_bos_token *
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_bos,
                      int32_t *out, int cap);
 
+/* The pre-tokenizer's split of text (for tests and debugging): writes the end
+ * offset of each piece (a piece starts where the previous one ended; the
+ * first at 0) to ends, at most cap of them, and returns the number of pieces
+ * (which may be > cap), or -1 on an internal error. Runs of invalid UTF-8
+ * come out as pieces of their own. */
+int tokenizer_split(const tokenizer *t, const char *text, size_t len, size_t *ends, int cap);
+
 /* The bytes token id stands for (byte-level decoding undone). Control tokens
  * (BOS, EOS, ...) decode to nothing. Returns the byte count (which may be >
  * cap: nothing is written past cap) or -1 for an id out of range. */

@@ -343,14 +343,12 @@ static float rng_uniform(uint64_t *s) /* [-1, 1) */
     return (float)((rng_next(s) >> 40) * (1.0 / (1ull << 24))) * 2.0f - 1.0f;
 }
 
-/* The GPT-2 byte-to-unicode symbol of byte b, as UTF-8 into out (<= 2 bytes). */
-static size_t byte_symbol(int b, char *out)
+size_t gguf_writer_byte_symbol(int b, char out[3])
 {
-    int cp;
-    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255)) {
-        cp = b;
-    } else {
-        int n = 0; /* the rank of b among the bytes that are remapped */
+    /* GPT-2 shows each byte as a printable character: 33-126, 161-172 and
+     * 174-255 stand for themselves, the other 68 bytes get U+0100 upward. */
+    int cp = b, n = 0;
+    if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255))) {
         for (int i = 0; i < b; i++)
             if (!((i >= 33 && i <= 126) || (i >= 161 && i <= 172) || (i >= 174 && i <= 255)))
                 n++;
@@ -358,11 +356,48 @@ static size_t byte_symbol(int b, char *out)
     }
     if (cp < 0x80) {
         out[0] = (char)cp;
+        out[1] = '\0';
         return 1;
     }
     out[0] = (char)(0xc0 | (cp >> 6));
     out[1] = (char)(0x80 | (cp & 0x3f));
+    out[2] = '\0';
     return 2;
+}
+
+int gguf_writer_add_gpt2_tokenizer(gguf_writer *w, const char *const *extra, int n_extra,
+                                   const char *const *merges, int n_merges, int add_bos)
+{
+    int n_vocab = 256 + n_extra + 2;
+    char (*syms)[3] = malloc(256 * sizeof *syms);
+    const char **tokens = malloc((size_t)n_vocab * sizeof *tokens);
+    int32_t *types = malloc((size_t)n_vocab * sizeof *types);
+    if (!syms || !tokens || !types) die("out of memory");
+    for (int b = 0; b < 256; b++) {
+        gguf_writer_byte_symbol(b, syms[b]);
+        tokens[b] = syms[b];
+        types[b] = 1; /* NORMAL */
+    }
+    for (int i = 0; i < n_extra; i++) {
+        tokens[256 + i] = extra[i];
+        types[256 + i] = 1;
+    }
+    tokens[n_vocab - 2] = "<|bos|>";
+    tokens[n_vocab - 1] = "<|endoftext|>";
+    types[n_vocab - 2] = types[n_vocab - 1] = 3; /* CONTROL */
+    gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2");
+    gguf_writer_add_str(w, "tokenizer.ggml.pre", "gpt-2");
+    gguf_writer_add_str_array(w, "tokenizer.ggml.tokens", tokens, (uint64_t)n_vocab);
+    gguf_writer_add_array(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types,
+                          (uint64_t)n_vocab);
+    gguf_writer_add_str_array(w, "tokenizer.ggml.merges", merges, (uint64_t)n_merges);
+    gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)(n_vocab - 2));
+    gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)(n_vocab - 1));
+    gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", add_bos);
+    free(syms);
+    free(tokens);
+    free(types);
+    return n_vocab;
 }
 
 static void add_weight(gguf_writer *w, const char *name, uint64_t ne0, uint64_t ne1,
@@ -415,33 +450,24 @@ int gguf_writer_tiny_llama_ex(const char *path, const gguf_writer_llama_params *
     int n_merges = n_vocab - 258 < n_merges_max ? n_vocab - 258 : n_merges_max;
 
     /* Vocabulary: bytes, merge results, fillers, then BOS and EOS. */
-    char **tokens = calloc((size_t)n_vocab, sizeof *tokens);
-    int32_t *types = calloc((size_t)n_vocab, sizeof *types);
-    if (!tokens || !types) die("out of memory");
-    for (int b = 0; b < 256; b++) {
-        char sym[3] = {0};
-        byte_symbol(b, sym);
-        tokens[b] = strdup(sym);
-        types[b] = 1;
-    }
+    int n_extra = n_vocab - 258;
+    char **extra = calloc((size_t)n_extra + 1, sizeof *extra);
+    if (!extra) die("out of memory");
     for (int m = 0; m < n_merges; m++) {
         const char *sp = strchr(tiny_merges[m], ' ');
         size_t a = (size_t)(sp - tiny_merges[m]);
         char *t = malloc(strlen(tiny_merges[m]));
+        if (!t) die("out of memory");
         memcpy(t, tiny_merges[m], a);
         strcpy(t + a, sp + 1);
-        tokens[256 + m] = t;
-        types[256 + m] = 1;
+        extra[m] = t;
     }
-    for (int i = 256 + n_merges; i < n_vocab - 2; i++) {
+    for (int i = n_merges; i < n_extra; i++) {
         char buf[32];
-        snprintf(buf, sizeof buf, "<|unused_%d|>", i);
-        tokens[i] = strdup(buf);
-        types[i] = 5; /* UNUSED */
+        snprintf(buf, sizeof buf, "<|unused_%d|>", 256 + i);
+        extra[i] = strdup(buf);
+        if (!extra[i]) die("out of memory");
     }
-    tokens[n_vocab - 2] = strdup("<|bos|>");
-    tokens[n_vocab - 1] = strdup("<|endoftext|>");
-    types[n_vocab - 2] = types[n_vocab - 1] = 3; /* CONTROL */
 
     gguf_writer *w = gguf_writer_new();
     gguf_writer_add_str(w, "general.architecture", "llama");
@@ -459,14 +485,8 @@ int gguf_writer_tiny_llama_ex(const char *path, const gguf_writer_llama_params *
     gguf_writer_add_f32(w, "llama.rope.freq_base", p->rope_freq_base > 0 ? p->rope_freq_base : 10000.0f);
     gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", p->rms_eps > 0 ? p->rms_eps : 1e-5f);
     gguf_writer_add_u32(w, "llama.vocab_size", (uint32_t)n_vocab);
-    gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2");
-    gguf_writer_add_str(w, "tokenizer.ggml.pre", "gpt-2");
-    gguf_writer_add_str_array(w, "tokenizer.ggml.tokens", (const char *const *)tokens, (uint64_t)n_vocab);
-    gguf_writer_add_array(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types, (uint64_t)n_vocab);
-    gguf_writer_add_str_array(w, "tokenizer.ggml.merges", tiny_merges, (uint64_t)n_merges);
-    gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)(n_vocab - 2));
-    gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)(n_vocab - 1));
-    gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", 1);
+    gguf_writer_add_gpt2_tokenizer(w, (const char *const *)extra, n_extra, tiny_merges,
+                                   n_merges, 1);
     gguf_writer_add_bool(w, "tokenizer.ggml.add_eos_token", 0);
 
     /* Weights: uniform with std ~ 1/sqrt(fan_in) keeps activations O(1). */
@@ -496,9 +516,8 @@ int gguf_writer_tiny_llama_ex(const char *path, const gguf_writer_llama_params *
     }
     int rc = gguf_writer_write_file(w, path);
     gguf_writer_free(w);
-    for (int i = 0; i < n_vocab; i++) free(tokens[i]);
-    free(tokens);
-    free(types);
+    for (int i = 0; i < n_extra; i++) free(extra[i]);
+    free(extra);
     return rc;
 }
 

@@ -88,6 +88,21 @@ float gguf_writer_f16_to_f32(uint16_t h);
  * d = max|x| / 127 and int8 q = round(x / d); out holds n / 32 * 34 bytes. */
 void gguf_writer_quantize_q8_0(const float *x, size_t n, void *out);
 
+/* ---- Tokenizer metadata ---- */
+
+/* The GPT-2 byte-level symbol of byte b as UTF-8 (1 or 2 bytes) into out,
+ * NUL-terminated; returns its length. E.g. 'a' -> "a", ' ' -> "Ġ". */
+size_t gguf_writer_byte_symbol(int b, char out[3]);
+
+/* Adds a "gpt2" tokenizer: ids 0..255 are the byte symbols in byte order,
+ * then the n_extra tokens given (byte-level symbol text such as "Ġthe",
+ * normal type), then "<|bos|>" and "<|endoftext|>" (control type), which are
+ * the bos and eos ids; merges are "A B" strings in rank order. Adds
+ * tokenizer.ggml.{model, pre, tokens, token_type, merges, bos_token_id,
+ * eos_token_id, add_bos_token}. Returns the vocabulary size. */
+int gguf_writer_add_gpt2_tokenizer(gguf_writer *w, const char *const *extra, int n_extra,
+                                   const char *const *merges, int n_merges, int add_bos);
+
 /* ---- A whole tiny llama model ---- */
 
 /* The byte-level vocabulary every tiny model gets: ids 0..255 are the bytes
