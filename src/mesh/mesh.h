@@ -50,6 +50,8 @@ void mesh_free(mesh *m);
 const char *mesh_token(const mesh *m);        /* invite token, stable for a given key and addresses */
 const char *mesh_node_id_hex(const mesh *m);
 const uint8_t *mesh_node_id(const mesh *m);
+/* The bound UDP port (useful with port 0 in cfg->listen). */
+uint16_t mesh_listen_port(const mesh *m);
 
 /* What this node tells others about itself; gossiped on change. */
 void mesh_set_models(mesh *m, const char *const *model_ids, int n);
@@ -106,6 +108,10 @@ const uint8_t *mesh_stream_peer(const mesh_stream *s);
  * unregistered type are reset and counted as errors. */
 typedef void (*mesh_accept_fn)(void *ctx, mesh_stream *s);
 void mesh_register_stream_type(mesh *m, uint8_t type, mesh_accept_fn accept, void *ctx);
+
+/* Open QUIC connections that completed their handshake (normally one per
+ * alive peer; briefly two while a duplicate is being closed). */
+int mesh_connections(const mesh *m);
 
 /* Counters for /api/status. */
 typedef struct {

@@ -1,0 +1,314 @@
+/* stream.c: typed streams of frames over QUIC streams (see mesh.h for the
+ * handler contract and docs/PROTOCOL.md for the bytes).
+ *
+ * The one subtle part is lifetime. A handler may abort its stream, or a
+ * stream the mesh is dispatching to, from inside any callback; so while a
+ * callback runs the handle is "busy" and is only marked dead, and whoever
+ * holds the busy count frees it last. QUIC's own stream is reset (or is
+ * already gone) the moment the handle is dead, so no callback can follow.
+ *
+ * Not here: which connection to use (mesh.c), what gossip says (gossip.c). */
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/log.h"
+#include "mesh/mesh_private.h"
+
+static uint32_t stream_frame_bound(uint8_t type)
+{
+    return type == MESH_STREAM_GOSSIP ? RECORD_MAX_BYTES : MESH_MAX_FRAME;
+}
+
+static void stream_attach(mesh_link *l, mesh_stream *s)
+{
+    s->link = l;
+    s->next = l->streams;
+    if (l->streams) l->streams->prev = s;
+    l->streams = s;
+    if (s->type != MESH_STREAM_GOSSIP) l->user_streams++;
+}
+
+/* Takes s off its link; the link may then be closed by the sweep. */
+static void stream_detach(mesh_stream *s)
+{
+    mesh_link *l = s->link;
+    if (!l) return;
+    if (s->prev) s->prev->next = s->next; else l->streams = s->next;
+    if (s->next) s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    s->link = NULL;
+    if (l->gossip == s) l->gossip = NULL;
+    if (s->typed && s->type != MESH_STREAM_GOSSIP) {
+        assert(l->user_streams > 0);
+        l->user_streams--;
+        mesh_link_stream_gone(l);
+    }
+}
+
+static void stream_free(mesh_stream *s)
+{
+    assert(s->dead && !s->busy && !s->link && !s->qs);
+    frame_reader_free(&s->reader);
+    free(s);
+}
+
+static void stream_release(mesh_stream *s)
+{
+    if (s->dead && !s->busy) stream_free(s);
+}
+
+/* Ends a stream from our side with an error: reset, then on_close once. */
+static void stream_fail(mesh_stream *s, uint64_t code, const char *why)
+{
+    if (s->dead) return;
+    s->dead = 1;
+    if (s->qs) {
+        quic_stream_reset(s->qs, code);
+        s->qs = NULL;
+    }
+    stream_detach(s);
+    if (s->has_handlers && s->h.on_close) {
+        s->busy++;
+        s->h.on_close(s->user, s, why);
+        s->busy--;
+    }
+}
+
+static mesh_stream *stream_new(mesh_link *l)
+{
+    mesh_stream *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->m = l->m;
+    memcpy(s->peer, l->node->id, MESH_ID_BYTES);
+    return s;
+}
+
+static void stream_set_type(mesh_stream *s, uint8_t type)
+{
+    s->type = type;
+    s->typed = 1;
+    frame_reader_init(&s->reader, stream_frame_bound(type));
+}
+
+/* The first byte of an incoming stream: hand it to whoever took the type.
+ * 0 to go on reading frames, -1 when the stream is over. */
+static int stream_take_type(mesh_stream *s, uint8_t type)
+{
+    mesh *m = s->m;
+    mesh_type_slot *slot = &m->types[type];
+    if (!slot->fn) {
+        m->counters.bad_frames++;
+        log_debug(MESH_LOG, "peer %.16s opened a stream of unknown type %u: reset",
+                  s->link ? s->link->node->id_hex : "?", type);
+        stream_fail(s, MESH_RESET_UNKNOWN_TYPE, "unknown stream type");
+        return -1;
+    }
+    stream_set_type(s, type);
+    if (s->link) s->link->user_streams += type != MESH_STREAM_GOSSIP;
+    m->counters.streams_accepted++;
+    slot->fn(slot->ctx, s);
+    if (s->dead) return -1;
+    if (!s->has_handlers) {
+        log_debug(MESH_LOG, "accept function for stream type %u set no handlers: reset", type);
+        stream_fail(s, MESH_RESET_REFUSED, "stream refused");
+        return -1;
+    }
+    return 0;
+}
+
+static void stream_on_data(void *user, quic_stream *qs, const uint8_t *data, size_t len, int fin)
+{
+    mesh_stream *s = user;
+    if (s->dead) return;
+    s->busy++;
+    if (!s->typed && len > 0) {
+        uint8_t type = data[0];
+        data++;
+        len--;
+        if (stream_take_type(s, type) != 0) goto out;
+    }
+    if (!s->typed) {
+        if (fin) {
+            s->m->counters.bad_frames++;
+            stream_fail(s, MESH_RESET_BAD_FRAME, "stream ended before its type byte");
+        }
+        goto out;
+    }
+    for (;;) {
+        const uint8_t *payload;
+        size_t plen;
+        frame_status st = frame_reader_next(&s->reader, &data, &len, &payload, &plen);
+        if (st == FRAME_NEED_MORE) break;
+        if (st == FRAME_ERROR) {
+            s->m->counters.bad_frames++;
+            log_debug(MESH_LOG, "stream from %.8s: %s: reset", s->link ? s->link->node->id_hex : "?",
+                      s->reader.error);
+            stream_fail(s, MESH_RESET_BAD_FRAME, s->reader.error);
+            goto out;
+        }
+        if (s->h.on_frame) s->h.on_frame(s->user, s, payload, plen);
+        if (s->dead) goto out;
+    }
+    if (fin && !s->fin_seen) {
+        if (!frame_reader_idle(&s->reader)) {
+            s->m->counters.bad_frames++;
+            stream_fail(s, MESH_RESET_BAD_FRAME, "stream ended in the middle of a frame");
+            goto out;
+        }
+        s->fin_seen = 1;
+        if (s->h.on_fin) s->h.on_fin(s->user, s);
+    }
+out:
+    s->busy--;
+    stream_release(s);
+}
+
+static void stream_on_close(void *user, quic_stream *qs, const char *error)
+{
+    mesh_stream *s = user;
+    s->qs = NULL;                     /* QUIC frees its stream after we return */
+    if (!s->dead) {
+        s->dead = 1;
+        stream_detach(s);
+        if (s->typed && s->has_handlers && s->h.on_close) {
+            s->busy++;
+            s->h.on_close(s->user, s, error);
+            s->busy--;
+        }
+    }
+    stream_detach(s);
+    stream_release(s);
+}
+
+const quic_stream_callbacks mesh_stream_quic_callbacks = {stream_on_data, stream_on_close};
+
+mesh_stream *mesh_stream_open_on(mesh_link *l, uint8_t type, const mesh_stream_handlers *h,
+                                 void *user)
+{
+    assert(l->ready && l->node);
+    mesh_stream *s = stream_new(l);
+    if (!s) return NULL;
+    s->qs = quic_stream_open(l->qc, &mesh_stream_quic_callbacks, s);
+    if (!s->qs) {
+        free(s);
+        return NULL;
+    }
+    stream_set_type(s, type);
+    if (h) {
+        s->h = *h;
+        s->has_handlers = 1;
+    }
+    s->user = user;
+    stream_attach(l, s);
+    l->m->counters.streams_opened++;
+    if (quic_stream_write(s->qs, &type, 1) != 0) {
+        s->dead = 1;
+        quic_stream_reset(s->qs, MESH_RESET_ABORTED);
+        s->qs = NULL;
+        stream_detach(s);
+        stream_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void mesh_stream_incoming(mesh_link *l, quic_stream *qs)
+{
+    mesh_stream *s = stream_new(l);
+    if (!s) {
+        quic_stream_reset(qs, MESH_RESET_REFUSED);
+        return;
+    }
+    s->qs = qs;
+    /* Not counted as a user stream until its type is known. */
+    s->link = l;
+    s->next = l->streams;
+    if (l->streams) l->streams->prev = s;
+    l->streams = s;
+    quic_stream_set_callbacks(qs, &mesh_stream_quic_callbacks, s);
+}
+
+void mesh_link_drop_streams(mesh_link *l, const char *reason)
+{
+    while (l->streams) {
+        mesh_stream *s = l->streams;
+        s->busy++;
+        if (s->qs) {
+            quic_stream_reset(s->qs, MESH_RESET_ABORTED);
+            s->qs = NULL;
+        }
+        if (!s->dead) {
+            s->dead = 1;
+            stream_detach(s);
+            if (s->typed && s->has_handlers && s->h.on_close) s->h.on_close(s->user, s, reason);
+        }
+        stream_detach(s);
+        s->busy--;
+        stream_release(s);
+    }
+}
+
+/* ---- public stream API ------------------------------------------------------*/
+
+mesh_stream *mesh_stream_open(mesh *m, const uint8_t peer_id[MESH_ID_BYTES], uint8_t type,
+                              const mesh_stream_handlers *h, void *user, char *err, size_t errlen)
+{
+    mesh_node *n = m->freeing ? NULL : mesh_node_find(m, peer_id);
+    if (!n || !n->link) {
+        char hex[MESH_ID_HEX];
+        identity_id_hex(peer_id, hex);
+        snprintf(err, errlen, "no live connection to node %.16s", hex);
+        return NULL;
+    }
+    mesh_stream *s = mesh_stream_open_on(n->link, type, h, user);
+    if (!s) snprintf(err, errlen, "cannot open a stream to node %.16s (stream limit or out of memory)",
+                     n->id_hex);
+    return s;
+}
+
+void mesh_stream_set_handlers(mesh_stream *s, const mesh_stream_handlers *h, void *user)
+{
+    s->h = *h;
+    s->has_handlers = 1;
+    s->user = user;
+}
+
+int mesh_stream_send(mesh_stream *s, const void *payload, size_t len)
+{
+    if (s->dead || !s->qs || len > MESH_MAX_FRAME) return -1;
+    uint8_t head[FRAME_HEADER_BYTES];
+    frame_header_encode(head, (uint32_t)len);
+    if (quic_stream_write(s->qs, head, sizeof head) != 0) return -1;
+    if (len && quic_stream_write(s->qs, payload, len) != 0) return -1;
+    return 0;
+}
+
+void mesh_stream_finish(mesh_stream *s)
+{
+    if (s->dead || !s->qs) return;
+    s->busy++;
+    quic_stream_finish(s->qs);
+    s->busy--;
+    stream_release(s);
+}
+
+void mesh_stream_abort(mesh_stream *s)
+{
+    if (s->dead) return;
+    s->dead = 1;
+    if (s->qs) {
+        quic_stream_reset(s->qs, MESH_RESET_ABORTED);
+        s->qs = NULL;
+    }
+    stream_detach(s);
+    stream_release(s);
+}
+
+size_t mesh_stream_unacked(const mesh_stream *s)
+{
+    return s->qs ? quic_stream_unacked(s->qs) : 0;
+}
+
+const uint8_t *mesh_stream_peer(const mesh_stream *s) { return s->peer; }
