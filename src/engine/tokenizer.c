@@ -323,8 +323,11 @@ static int compile_pattern(tokenizer *t, char *err, size_t errlen)
                 (const char *)msg);
         return -1;
     }
-    /* JIT is an optimisation: a library built without it still tokenizes. */
+    /* JIT is an optimisation: a library built without it still tokenizes.
+     * Building with -DTOKENIZER_NO_JIT exercises the interpreter path. */
+#ifndef TOKENIZER_NO_JIT
     t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
+#endif
     return 0;
 }
 
@@ -438,7 +441,8 @@ int tokenizer_token_bytes(const tokenizer *t, int32_t id, char *out, size_t cap)
     if (id < 0 || id >= t->n_vocab) return -1;
     uint64_t start = t->bytes_off[id], n = t->bytes_off[id + 1] - start;
     if (n > INT_MAX) return -1;
-    memcpy(out, t->bytes + start, n < cap ? (size_t)n : cap);
+    size_t k = n < cap ? (size_t)n : cap;
+    if (k) memcpy(out, t->bytes + start, k);
     return (int)n;
 }
 
