@@ -267,6 +267,7 @@ static int read_array(reader *r, gguf_kv *kv, uint64_t *n_strings)
 
 static int read_kv(reader *r, gguf_kv *kv, uint64_t *n_strings)
 {
+    char shown[80];
     uint64_t at = r->pos;
     if (read_str(r, &kv->key, GGUF_MAX_KEY_LEN, "metadata key") < 0) return -1;
     if (kv->key.len == 0)
@@ -275,8 +276,8 @@ static int read_kv(reader *r, gguf_kv *kv, uint64_t *n_strings)
     uint32_t t;
     if (read_u32(r, &t, "metadata value type") < 0) return -1;
     if (t >= GGUF_TYPE_COUNT)
-        return fail(r, "unknown metadata value type %u for key '%.*s' at offset %llu", t,
-                    (int)kv->key.len, kv->key.ptr, (unsigned long long)type_at);
+        return fail(r, "unknown metadata value type %u for key '%s' at offset %llu", t,
+                    gguf_str_printable(kv->key, shown, sizeof shown), (unsigned long long)type_at);
     kv->type = (gguf_type)t;
     if (t == GGUF_TYPE_STRING)
         return read_str(r, &kv->v.str, 0, "metadata string");
@@ -304,8 +305,9 @@ static int check_unique_keys(reader *r, const gguf_file *f)
         uint64_t s = hash_bytes(key.ptr, key.len) & (n_slots - 1);
         for (; slots[s]; s = (s + 1) & (n_slots - 1)) {
             if (str_same(f->kv[slots[s] - 1].key, key)) {
-                rc = fail(r, "duplicate metadata key '%.*s' at offset %llu",
-                          (int)(key.len > 200 ? 200 : key.len), key.ptr,
+                char shown[80];
+                rc = fail(r, "duplicate metadata key '%s' at offset %llu",
+                          gguf_str_printable(key, shown, sizeof shown),
                           (unsigned long long)((const uint8_t *)key.ptr - r->base - 8));
                 break;
             }
@@ -365,11 +367,12 @@ static int read_tensor_info(reader *r, gguf_tensor *t, uint64_t alignment)
 {
     uint64_t at = r->pos;
     if (read_str(r, &t->name, GGUF_MAX_NAME_LEN, "tensor name") < 0) return -1;
-    int nl = (int)t->name.len;
+    char name[80];
+    gguf_str_printable(t->name, name, sizeof name);
     if (read_u32(r, &t->n_dims, "tensor n_dims") < 0) return -1;
     if (t->n_dims == 0 || t->n_dims > GGUF_MAX_DIMS)
-        return fail(r, "tensor '%.*s' at offset %llu has %u dimensions (1..%d allowed)", nl,
-                    t->name.ptr, (unsigned long long)at, t->n_dims, GGUF_MAX_DIMS);
+        return fail(r, "tensor '%s' at offset %llu has %u dimensions (1..%d allowed)", name,
+                    (unsigned long long)at, t->n_dims, GGUF_MAX_DIMS);
     uint64_t n_elems = 1;
     for (int d = 0; d < GGUF_MAX_DIMS; d++) {
         t->ne[d] = 1;
@@ -379,31 +382,34 @@ static int read_tensor_info(reader *r, gguf_tensor *t, uint64_t alignment)
         if (t->ne[d] > (uint64_t)INT64_MAX ||
             __builtin_mul_overflow(n_elems, t->ne[d], &n_elems) ||
             n_elems > (uint64_t)INT64_MAX)
-            return fail(r, "tensor '%.*s' at offset %llu: element count overflows "
-                        "(dimension %d is %llu)", nl, t->name.ptr, (unsigned long long)at, d,
+            return fail(r, "tensor '%s' at offset %llu: element count overflows "
+                        "(dimension %d is %llu)", name, (unsigned long long)at, d,
                         (unsigned long long)t->ne[d]);
     }
     uint32_t type;
     if (read_u32(r, &type, "tensor type") < 0) return -1;
     const ggml_type_info *ti = ggml_type_lookup(type);
     if (!ti)
-        return fail(r, "tensor '%.*s' at offset %llu has unknown type %u", nl, t->name.ptr,
+        return fail(r, "tensor '%s' at offset %llu has unknown type %u", name,
                     (unsigned long long)at, type);
     t->type = ti->type;
     if (t->ne[0] % ti->block_elems != 0)
-        return fail(r, "tensor '%.*s' at offset %llu: row length %llu is not a multiple of "
-                    "the %s block size %u", nl, t->name.ptr, (unsigned long long)at,
+        return fail(r, "tensor '%s' at offset %llu: row length %llu is not a multiple of "
+                    "the %s block size %u", name, (unsigned long long)at,
                     (unsigned long long)t->ne[0], ti->name, ti->block_elems);
     if (read_u64(r, &t->offset, "tensor offset") < 0) return -1;
     if (t->offset % alignment != 0)
-        return fail(r, "tensor '%.*s' at offset %llu: data offset %llu is not a multiple of "
-                    "the alignment %llu", nl, t->name.ptr, (unsigned long long)at,
+        return fail(r, "tensor '%s' at offset %llu: data offset %llu is not a multiple of "
+                    "the alignment %llu", name, (unsigned long long)at,
                     (unsigned long long)t->offset, (unsigned long long)alignment);
-    uint64_t nbytes = (t->ne[0] / ti->block_elems) * ti->block_bytes; /* < ne[0] * 9.2 */
+    /* Bytes per element reach 4 (F32): below 2^63 elements can still overflow. */
+    uint64_t nbytes;
+    int overflow = __builtin_mul_overflow(t->ne[0] / ti->block_elems, ti->block_bytes, &nbytes);
     for (uint32_t d = 1; d < t->n_dims; d++)
-        if (__builtin_mul_overflow(nbytes, t->ne[d], &nbytes))
-            return fail(r, "tensor '%.*s' at offset %llu: byte size overflows", nl,
-                        t->name.ptr, (unsigned long long)at);
+        overflow |= __builtin_mul_overflow(nbytes, t->ne[d], &nbytes);
+    if (overflow)
+        return fail(r, "tensor '%s' at offset %llu: byte size overflows", name,
+                    (unsigned long long)at);
     t->nbytes = nbytes;
     return 0;
 }
@@ -417,13 +423,15 @@ static int index_tensors(reader *r, gguf_file *f, gguf_private *priv)
     if (!priv->tensor_slots)
         return fail(r, "out of memory indexing %llu tensors", (unsigned long long)f->n_tensors);
     priv->n_slots = n_slots;
+    char shown[80];
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         gguf_str name = f->tensors[i].name;
         uint64_t s = hash_bytes(name.ptr, name.len) & (n_slots - 1);
         for (; priv->tensor_slots[s]; s = (s + 1) & (n_slots - 1))
             if (str_same(f->tensors[priv->tensor_slots[s] - 1].name, name))
-                return fail(r, "duplicate tensor name '%.*s' (tensors %u and %llu)",
-                            (int)name.len, name.ptr, priv->tensor_slots[s] - 1,
+                return fail(r, "duplicate tensor name '%s' (tensors %u and %llu)",
+                            gguf_str_printable(name, shown, sizeof shown),
+                            priv->tensor_slots[s] - 1,
                             (unsigned long long)i);
         priv->tensor_slots[s] = (uint32_t)(i + 1);
     }
@@ -483,11 +491,12 @@ static int parse(reader *r, gguf_file *f)
     f->data_offset = r->pos + pad; /* pos <= size < 2^63: no overflow */
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         gguf_tensor *t = &f->tensors[i];
+        char shown[80];
         uint64_t start, end;
         if (__builtin_add_overflow(f->data_offset, t->offset, &start) ||
             __builtin_add_overflow(start, t->nbytes, &end) || end > f->size)
-            return fail(r, "tensor '%.*s': data at offset %llu + %llu (%llu bytes) runs past the "
-                        "end of the file (%llu bytes)", (int)t->name.len, t->name.ptr,
+            return fail(r, "tensor '%s': data at offset %llu + %llu (%llu bytes) runs past the "
+                        "end of the file (%llu bytes)", gguf_str_printable(t->name, shown, sizeof shown),
                         (unsigned long long)f->data_offset, (unsigned long long)t->offset,
                         (unsigned long long)t->nbytes, (unsigned long long)f->size);
         t->data = f->base + start;
@@ -591,6 +600,20 @@ int gguf_str_eq(gguf_str s, const char *c)
 {
     size_t n = strlen(c);
     return s.len == n && (n == 0 || memcmp(s.ptr, c, n) == 0);
+}
+
+const char *gguf_str_printable(gguf_str s, char *buf, size_t cap)
+{
+    assert(cap >= 8);
+    size_t n = s.len < cap ? (size_t)s.len : cap - 4;
+    if (n < s.len) /* do not end inside a UTF-8 character */
+        while (n > 0 && ((uint8_t)s.ptr[n] & 0xc0) == 0x80) n--;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = (uint8_t)s.ptr[i];
+        buf[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+    }
+    strcpy(buf + n, n < s.len ? "..." : "");
+    return buf;
 }
 
 const gguf_kv *gguf_find(const gguf_file *f, const char *key)

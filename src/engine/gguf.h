@@ -133,5 +133,9 @@ int gguf_arr_f32(const gguf_kv *kv, uint64_t i, float *out);
 const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name);
 /* 1 when s equals the NUL-terminated c. */
 int gguf_str_eq(gguf_str s, const char *c);
+/* For error messages: a NUL-terminated copy of s in buf (cap >= 8) with
+ * control characters replaced by '?' and, when s does not fit, cut at a
+ * character boundary and ended with "...". Returns buf. */
+const char *gguf_str_printable(gguf_str s, char *buf, size_t cap);
 
 #endif

@@ -259,9 +259,10 @@ static int load_merges(tokenizer *t, const gguf_file *f, const vocab_index *vi, 
         if (gguf_arr_str(kv, rank, &m) < 0) goto out;
         /* "A B": search from index 1, so that A may itself be a space. */
         const char *sp = m.len > 1 ? memchr(m.ptr + 1, ' ', (size_t)m.len - 1) : NULL;
+        char shown[80];
         if (!sp) {
-            set_err(err, errlen, "merge %llu ('%.*s') is not two tokens separated by a space",
-                    (unsigned long long)rank, (int)(m.len > 64 ? 64 : m.len), m.ptr);
+            set_err(err, errlen, "merge %llu ('%s') is not two tokens separated by a space",
+                    (unsigned long long)rank, gguf_str_printable(m, shown, sizeof shown));
             goto out;
         }
         size_t la = (size_t)(sp - m.ptr), lb = (size_t)m.len - la - 1;
@@ -276,11 +277,12 @@ static int load_merges(tokenizer *t, const gguf_file *f, const vocab_index *vi, 
         int32_t a = vocab_find(vi, m.ptr, la), b = vocab_find(vi, sp + 1, lb);
         int32_t ab = vocab_find(vi, joined, la + lb);
         if (a < 0 || b < 0 || ab < 0) {
-            set_err(err, errlen, "merge %llu ('%.*s'): '%.*s' is not in the vocabulary",
-                    (unsigned long long)rank, (int)(m.len > 64 ? 64 : m.len), m.ptr,
-                    (int)(a < 0 ? (la > 64 ? 64 : la) : b < 0 ? (lb > 64 ? 64 : lb)
-                                                           : (la + lb > 64 ? 64 : la + lb)),
-                    a < 0 ? m.ptr : b < 0 ? sp + 1 : joined);
+            gguf_str missing = a < 0 ? (gguf_str){m.ptr, la}
+                             : b < 0 ? (gguf_str){sp + 1, lb} : (gguf_str){joined, la + lb};
+            char shown_missing[80];
+            set_err(err, errlen, "merge %llu ('%s'): '%s' is not in the vocabulary",
+                    (unsigned long long)rank, gguf_str_printable(m, shown, sizeof shown),
+                    gguf_str_printable(missing, shown_missing, sizeof shown_missing));
             goto out;
         }
         uint64_t i = hash_pair((uint32_t)a, (uint32_t)b) & t->merge_mask;
@@ -339,8 +341,9 @@ tokenizer *tokenizer_load(const gguf_file *f, char *err, size_t errlen)
         return NULL;
     }
     if (!gguf_str_eq(model, "gpt2")) {
-        set_err(err, errlen, "tokenizer model '%.*s' is not supported (only 'gpt2', byte-level BPE)",
-                (int)(model.len > 64 ? 64 : model.len), model.ptr);
+        char shown[80];
+        set_err(err, errlen, "tokenizer model '%s' is not supported (only 'gpt2', byte-level BPE)",
+                gguf_str_printable(model, shown, sizeof shown));
         return NULL;
     }
     const gguf_kv *tokens = gguf_find(f, "tokenizer.ggml.tokens");

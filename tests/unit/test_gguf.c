@@ -487,6 +487,9 @@ static void test_bad_tensor_infos(void)
     PATCHED(put_u32(copy + a + 4 + 16, 77), "unknown type 77");
     PATCHED(put_u32(copy + a + 4 + 16, 4), "unknown type 4"); /* Q4_2: removed from ggml */
     PATCHED(put_u64(copy + a + 4, 1ull << 62), "element count overflows");
+    /* 2^62 F32 elements are countable, but not their 2^64 bytes. */
+    PATCHED(put_u32(copy + a, 1); memmove(copy + a + 4, copy + a + 12, n - a - 12);
+            put_u64(copy + a + 4, 1ull << 62), "byte size overflows");
     PATCHED(put_u64(copy + a + 12, 1ull << 63), "element count overflows");
     PATCHED(put_u64(copy + c + 4 + 8, 1ull << 31); put_u64(copy + c + 4 + 16, 1ull << 31),
             "element count overflows");
@@ -534,6 +537,30 @@ static void test_bad_alignment_and_duplicate_key(void)
     gguf_writer_free(w);
     expect_error(buf, n, "duplicate metadata key 'k' at offset 41");
     free(buf);
+}
+
+static void test_printable_names(void)
+{
+    char buf[16];
+    gguf_str s = {"a\nb\x1b[2J", 7};
+    CHECK_EQ_STR(gguf_str_printable(s, buf, sizeof buf), "a?b?[2J");
+    gguf_str long_ascii = {"abcdefghijklmnopqrstuvwxyz", 26};
+    CHECK_EQ_STR(gguf_str_printable(long_ascii, buf, sizeof buf), "abcdefghijkl...");
+    /* "\xc3\xa9" must not be cut in half at the limit. */
+    gguf_str utf8 = {"abcdefghijk\xc3\xa9xyz", 16};
+    CHECK_EQ_STR(gguf_str_printable(utf8, buf, sizeof buf), "abcdefghijk...");
+    gguf_str exact = {"0123456789abcde", 15};
+    CHECK_EQ_STR(gguf_str_printable(exact, buf, sizeof buf), "0123456789abcde");
+    /* Names in errors go through it. */
+    uint8_t *file;
+    size_t n;
+    gguf_writer *w = gguf_writer_new();
+    gguf_writer_add_u32(w, "bad\nkey", 1);
+    gguf_writer_add_u32(w, "bad\nkey", 2);
+    REQUIRE(gguf_writer_write_memory(w, &file, &n) == 0);
+    gguf_writer_free(w);
+    expect_error(file, n, "duplicate metadata key 'bad?key'");
+    free(file);
 }
 
 static void test_open_errors(void)
@@ -658,6 +685,7 @@ int main(void)
     RUN(test_huge_string_and_array);
     RUN(test_bad_tensor_infos);
     RUN(test_bad_alignment_and_duplicate_key);
+    RUN(test_printable_names);
     RUN(test_open_errors);
     RUN(test_random_flips);
     RUN(test_f16_conversion);
