@@ -108,4 +108,19 @@ size_t quic_stream_unacked(const quic_stream *s);
 quic_conn *quic_stream_conn(const quic_stream *s);
 int64_t quic_stream_id(const quic_stream *s);
 
+/* Counters of one endpoint, for logs, the console and tests. */
+typedef struct {
+    uint64_t rx_datagrams, rx_bytes;     /* UDP datagrams (GRO segments counted one by one) */
+    uint64_t tx_datagrams, tx_bytes;
+    uint64_t rx_dropped;                 /* garbage, unknown connection, refused, malformed */
+    uint64_t tx_errors;                  /* datagrams the kernel refused (EAGAIN, EMSGSIZE, ...) */
+    uint64_t conns_accepted;             /* incoming connections created from an Initial */
+    uint64_t conns_refused;              /* Initials dropped because of connection limits */
+    uint64_t stateless_resets_sent;
+    uint64_t version_negotiations_sent;
+    int gso, gro;                        /* 1 when UDP GSO / GRO are in use */
+} quic_stats;
+
+void quic_endpoint_stats(const quic_endpoint *ep, quic_stats *out);
+
 #endif

@@ -1,0 +1,807 @@
+/* test_quic.c: net/quic.h end to end over loopback.
+ *
+ * Two endpoints in one process share one event_base on 127.0.0.1; a last
+ * test forks real server processes to see a killed peer (idle timeout) and
+ * a restarted one (stateless reset). Every wait is bounded. Keys are fresh
+ * Ed25519 pairs from GnuTLS. Not covered here: throughput (bench/). */
+#define _GNU_SOURCE
+#include "testlib.h"
+
+#include "lib/log.h"
+#include "net/quic.h"
+
+#include <arpa/inet.h>
+#include <event2/event.h>
+#include <gnutls/abstract.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct event_base *base;
+static struct event *tick_ev;
+static int seq; /* orders on_close / conn_closed events */
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg) { (void)fd; (void)what; (void)arg; }
+
+/* Runs the loop until cond holds or ms pass; evaluates to cond. */
+#define WAIT_FOR(cond, ms) ({ \
+    uint64_t dl_ = now_ms() + (ms); \
+    while (!(cond) && now_ms() < dl_) { \
+        struct timeval tv_ = {0, 20000}; \
+        event_add(tick_ev, &tv_); \
+        event_base_loop(base, EVLOOP_ONCE); \
+    } \
+    (cond); })
+
+static void gen_key(uint8_t priv[32], uint8_t pub[32])
+{
+    gnutls_privkey_t k;
+    gnutls_datum_t x = {0}, d = {0};
+    gnutls_ecc_curve_t curve;
+    if (gnutls_privkey_init(&k) != 0 ||
+        gnutls_privkey_generate(k, GNUTLS_PK_EDDSA_ED25519,
+                                GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_ED25519), 0) != 0 ||
+        gnutls_privkey_export_ecc_raw2(k, &curve, &x, NULL, &d, 0) != 0 || x.size != 32 ||
+        d.size != 32) {
+        fprintf(stderr, "key generation failed\n");
+        exit(2);
+    }
+    memcpy(pub, x.data, 32);
+    memcpy(priv, d.data, 32);
+    gnutls_free(x.data);
+    gnutls_free(d.data);
+    gnutls_privkey_deinit(k);
+}
+
+/* ---- a node: one endpoint plus what its callbacks saw ------------------- */
+
+typedef struct node node;
+
+typedef struct sctx {
+    node *n;
+    quic_stream *s;
+    uint8_t *buf;
+    size_t len, cap;
+    uint64_t received;
+    int fin, nclose, close_seq, bad;
+    char err[200];
+} sctx;
+
+enum { MODE_ECHO, MODE_SINK_VERIFY, MODE_CLOSE_CONN_ON_DATA, MODE_RESET_ON_DATA };
+
+struct node {
+    quic_endpoint *ep;
+    uint8_t priv[32], pub[32];
+    int nready, nclosed, closed_seq, nopened;
+    quic_conn *conn;
+    char reason[200];
+    int mode;
+};
+
+/* Stream contexts live until the test ends (callbacks may come late). */
+static sctx *ctxs[1024];
+static int nctxs;
+
+static sctx *ctx_new(node *n)
+{
+    sctx *x = calloc(1, sizeof *x);
+    x->n = n;
+    if (nctxs < (int)(sizeof ctxs / sizeof ctxs[0])) ctxs[nctxs++] = x;
+    return x;
+}
+
+static void ctxs_free(void)
+{
+    for (int i = 0; i < nctxs; i++) {
+        free(ctxs[i]->buf);
+        free(ctxs[i]);
+    }
+    nctxs = 0;
+}
+
+static uint8_t pattern(uint64_t i) { return (uint8_t)((i * 131) ^ (i >> 11)); }
+
+static void keep(sctx *x, const uint8_t *d, size_t len)
+{
+    if (!len) return; /* a bare FIN comes with data == NULL */
+    if (x->len + len > x->cap) {
+        x->cap = (x->len + len) * 2;
+        x->buf = realloc(x->buf, x->cap);
+    }
+    memcpy(x->buf + x->len, d, len);
+    x->len += len;
+}
+
+static void s_on_data(void *user, quic_stream *s, const uint8_t *d, size_t len, int fin)
+{
+    sctx *x = user;
+    node *n = x->n;
+    if (x->fin) x->bad++; /* nothing may follow fin */
+    switch (n->mode) {
+    case MODE_ECHO:
+        keep(x, d, len);
+        if (len && quic_stream_write(s, d, len) != 0) x->bad++;
+        if (fin) quic_stream_finish(s);
+        break;
+    case MODE_SINK_VERIFY:
+        for (size_t i = 0; i < len; i++)
+            if (d[i] != pattern(x->received + i)) { x->bad++; break; }
+        x->received += len;
+        if (fin) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "OK %llu", (unsigned long long)x->received);
+            quic_stream_write(s, msg, strlen(msg));
+            quic_stream_finish(s);
+        }
+        break;
+    case MODE_CLOSE_CONN_ON_DATA:
+        keep(x, d, len);
+        quic_conn_close(quic_stream_conn(s), "closing from on_data");
+        /* s was given on_close already; the stream must stay safe to
+         * mention until we return, and writes must fail politely. */
+        if (quic_stream_write(s, "x", 1) == 0) x->bad++;
+        break;
+    case MODE_RESET_ON_DATA:
+        keep(x, d, len);
+        quic_stream_reset(s, 7);
+        return; /* s is gone */
+    }
+    x->received += (n->mode == MODE_SINK_VERIFY) ? 0 : len;
+    if (fin) x->fin = 1;
+}
+
+static void s_on_close(void *user, quic_stream *s, const char *error)
+{
+    sctx *x = user;
+    x->nclose++;
+    x->close_seq = ++seq;
+    snprintf(x->err, sizeof x->err, "%s", error ? error : "");
+}
+
+static const quic_stream_callbacks stream_cbs = {s_on_data, s_on_close};
+
+static void ep_conn_ready(void *user, quic_conn *c)
+{
+    node *n = user;
+    n->nready++;
+    n->conn = c;
+}
+
+static void ep_conn_closed(void *user, quic_conn *c, const char *reason)
+{
+    node *n = user;
+    n->nclosed++;
+    n->closed_seq = ++seq;
+    snprintf(n->reason, sizeof n->reason, "%s", reason ? reason : "(null)");
+    if (n->conn == c) n->conn = NULL;
+}
+
+static void ep_stream_opened(void *user, quic_stream *s)
+{
+    node *n = user;
+    n->nopened++;
+    sctx *x = ctx_new(n);
+    x->s = s;
+    quic_stream_set_callbacks(s, &stream_cbs, x);
+}
+
+static const quic_endpoint_callbacks ep_cbs = {ep_conn_ready, ep_conn_closed, ep_stream_opened};
+
+static int node_init(node *n, uint32_t hs_ms, uint32_t idle_ms)
+{
+    memset(n, 0, sizeof *n);
+    gen_key(n->priv, n->pub);
+    quic_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    memcpy(cfg.private_key, n->priv, 32);
+    memcpy(cfg.public_key, n->pub, 32);
+    cfg.bind_host = "127.0.0.1";
+    cfg.handshake_timeout_ms = hs_ms;
+    cfg.idle_timeout_ms = idle_ms;
+    char err[256];
+    n->ep = quic_endpoint_new(base, &cfg, &ep_cbs, n, err, sizeof err);
+    if (!n->ep) fprintf(stderr, "  endpoint: %s\n", err);
+    return n->ep ? 0 : -1;
+}
+
+static struct sockaddr_in loopback(uint16_t port)
+{
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+}
+
+static quic_conn *dial(node *from, node *to, const uint8_t *pin)
+{
+    struct sockaddr_in a = loopback(quic_endpoint_port(to->ep));
+    char err[256];
+    quic_conn *c = quic_connect(from->ep, (struct sockaddr *)&a, sizeof a, pin ? pin : to->pub,
+                                err, sizeof err);
+    if (!c) fprintf(stderr, "  connect: %s\n", err);
+    return c;
+}
+
+/* Server a, client b, connected; REQUIREs success. */
+static void pair_up(node *a, node *b)
+{
+    REQUIRE(node_init(a, 0, 0) == 0);
+    REQUIRE(node_init(b, 0, 0) == 0);
+    a->mode = MODE_ECHO;
+    REQUIRE(dial(b, a, NULL) != NULL);
+    REQUIRE(WAIT_FOR(a->nready == 1 && b->nready == 1, 5000));
+}
+
+static void pair_down(node *a, node *b)
+{
+    quic_endpoint_free(b->ep);
+    quic_endpoint_free(a->ep);
+    a->ep = b->ep = NULL;
+    ctxs_free();
+}
+
+/* ---- tests ---------------------------------------------------------------- */
+
+static void test_handshake(void)
+{
+    node a, b;
+    pair_up(&a, &b);
+    CHECK(memcmp(quic_conn_peer_key(b.conn), a.pub, 32) == 0);
+    CHECK(memcmp(quic_conn_peer_key(a.conn), b.pub, 32) == 0);
+    CHECK(quic_conn_is_outgoing(b.conn));
+    CHECK(!quic_conn_is_outgoing(a.conn));
+    CHECK(quic_conn_is_ready(a.conn) && quic_conn_is_ready(b.conn));
+    socklen_t len;
+    const struct sockaddr *ra = quic_conn_remote_addr(a.conn, &len);
+    CHECK(ra->sa_family == AF_INET);
+    CHECK(ntohs(((const struct sockaddr_in *)ra)->sin_port) == quic_endpoint_port(b.ep));
+    CHECK(quic_conn_rtt_us(b.conn) > 0);
+    quic_conn_set_user(b.conn, &b);
+    CHECK(quic_conn_user(b.conn) == &b);
+    quic_stats st;
+    quic_endpoint_stats(a.ep, &st);
+    CHECK_EQ_INT(st.conns_accepted, 1);
+    fprintf(stderr, "  rtt %llu us, GSO %d, GRO %d\n",
+            (unsigned long long)quic_conn_rtt_us(b.conn), st.gso, st.gro);
+    pair_down(&a, &b);
+    CHECK_EQ_INT(a.nclosed, 1); /* endpoint_free reports every connection */
+    CHECK_EQ_INT(b.nclosed, 1);
+}
+
+static void test_wrong_pin(void)
+{
+    node a, b;
+    uint8_t other_priv[32], other_pub[32];
+    gen_key(other_priv, other_pub);
+    REQUIRE(node_init(&a, 0, 0) == 0);
+    REQUIRE(node_init(&b, 0, 0) == 0);
+    REQUIRE(dial(&b, &a, other_pub) != NULL);
+    CHECK(WAIT_FOR(b.nclosed == 1, 5000));
+    fprintf(stderr, "  client reason: %s\n", b.reason);
+    CHECK(strstr(b.reason, "key") != NULL);
+    CHECK_EQ_INT(b.nready, 0);
+    WAIT_FOR(0, 300); /* give the server every chance to (wrongly) become ready */
+    CHECK_EQ_INT(a.nready, 0);
+    CHECK_EQ_INT(a.nclosed, 0);
+    pair_down(&a, &b);
+}
+
+static void test_unreachable_times_out(void)
+{
+    node b;
+    REQUIRE(node_init(&b, 400, 0) == 0);
+    /* A socket that swallows datagrams and never answers. */
+    int hole = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = loopback(0);
+    REQUIRE(bind(hole, (struct sockaddr *)&a, sizeof a) == 0);
+    socklen_t alen = sizeof a;
+    getsockname(hole, (struct sockaddr *)&a, &alen);
+    uint8_t k[32] = {1};
+    char err[128];
+    uint64_t t0 = now_ms();
+    quic_conn *c = quic_connect(b.ep, (struct sockaddr *)&a, sizeof a, k, err, sizeof err);
+    REQUIRE(c != NULL);
+    CHECK(WAIT_FOR(b.nclosed == 1, 3000));
+    uint64_t took = now_ms() - t0;
+    fprintf(stderr, "  closed after %llu ms: %s\n", (unsigned long long)took, b.reason);
+    CHECK(took >= 350 && took < 1500);
+    CHECK(strstr(b.reason, "timed out") != NULL);
+    close(hole);
+    quic_endpoint_free(b.ep);
+}
+
+/* Client-side handler: collect bytes. */
+static void collect_on_data(void *user, quic_stream *s, const uint8_t *d, size_t len, int fin)
+{
+    sctx *x = user;
+    if (x->fin) x->bad++;
+    keep(x, d, len);
+    if (fin) x->fin = 1;
+}
+static const quic_stream_callbacks collect_cbs = {collect_on_data, s_on_close};
+
+static void test_echo(void)
+{
+    node a, b;
+    pair_up(&a, &b);
+    sctx *x = ctx_new(&b);
+    quic_stream *s = quic_stream_open(b.conn, &collect_cbs, x);
+    REQUIRE(s != NULL);
+    CHECK(quic_stream_write(s, "hello ", 6) == 0);
+    CHECK(quic_stream_write(s, "world", 5) == 0);
+    CHECK(quic_stream_finish(s) == 0);
+    CHECK(WAIT_FOR(x->nclose == 1, 5000));
+    CHECK(x->len == 11 && memcmp(x->buf, "hello world", 11) == 0);
+    CHECK(x->fin);
+    CHECK_EQ_INT(x->bad, 0);
+    CHECK_EQ_STR(x->err, "");
+    CHECK_EQ_INT(a.nopened, 1);
+    REQUIRE(nctxs >= 2);
+    sctx *srv = ctxs[1];
+    CHECK(WAIT_FOR(srv->nclose == 1, 2000));
+    CHECK_EQ_STR(srv->err, "");
+    CHECK(srv->fin);
+    pair_down(&a, &b);
+}
+
+static void test_bulk_20mb(void)
+{
+    node a, b;
+    pair_up(&a, &b);
+    a.mode = MODE_SINK_VERIFY;
+    const size_t total = 20u << 20;
+    uint8_t *data = malloc(total);
+    for (size_t i = 0; i < total; i++) data[i] = pattern(i);
+    sctx *x = ctx_new(&b);
+    quic_stream *s = quic_stream_open(b.conn, &collect_cbs, x);
+    REQUIRE(s != NULL);
+    uint64_t t0 = now_ms();
+    /* Uneven pieces exercise chunk boundaries in the send buffer. */
+    for (size_t off = 0; off < total;) {
+        size_t n = 1 + (off * 7919) % 300000;
+        if (n > total - off) n = total - off;
+        REQUIRE(quic_stream_write(s, data + off, n) == 0);
+        off += n;
+    }
+    CHECK(quic_stream_unacked(s) == total);
+    CHECK(quic_stream_finish(s) == 0);
+    CHECK(WAIT_FOR(x->nclose == 1, 60000));
+    uint64_t took = now_ms() - t0;
+    fprintf(stderr, "  20 MB in %llu ms (%.0f MB/s)\n", (unsigned long long)took,
+            took ? 20.0 * 1000 / took : 0.0);
+    char expect[64];
+    snprintf(expect, sizeof expect, "OK %zu", total);
+    CHECK(x->len == strlen(expect) && memcmp(x->buf, expect, x->len) == 0);
+    CHECK_EQ_STR(x->err, "");
+    REQUIRE(nctxs >= 2);
+    CHECK_EQ_INT(ctxs[1]->bad, 0);
+    CHECK(ctxs[1]->received == total);
+    free(data);
+    pair_down(&a, &b);
+}
+
+static void test_200_streams(void)
+{
+    node a, b;
+    pair_up(&a, &b);
+    enum { N = 200 };
+    sctx *xs[N];
+    for (int i = 0; i < N; i++) {
+        xs[i] = ctx_new(&b);
+        quic_stream *s = quic_stream_open(b.conn, &collect_cbs, xs[i]);
+        REQUIRE(s != NULL);
+        char msg[2048];
+        int len = snprintf(msg, sizeof msg, "stream %d:", i);
+        while (len < 1000 + i) { msg[len] = (char)('a' + (i + len) % 26); len++; }
+        CHECK(quic_stream_write(s, msg, (size_t)len) == 0);
+        CHECK(quic_stream_finish(s) == 0);
+    }
+    int done = 0;
+    CHECK(WAIT_FOR(({ done = 0; for (int i = 0; i < N; i++) done += xs[i]->nclose; done == N; }), 20000));
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        char head[32];
+        int hl = snprintf(head, sizeof head, "stream %d:", i);
+        if (xs[i]->len == (size_t)(1000 + i) && memcmp(xs[i]->buf, head, (size_t)hl) == 0 &&
+            xs[i]->err[0] == 0 && xs[i]->nclose == 1)
+            ok++;
+    }
+    CHECK_EQ_INT(ok, N);
+    CHECK_EQ_INT(a.nopened, N);
+    pair_down(&a, &b);
+}
+
+static void test_fin_semantics(void)
+{
+    node a, b;
+    pair_up(&a, &b);
+    sctx *x = ctx_new(&b);
+    quic_stream *s = quic_stream_open(b.conn, &collect_cbs, x);
+    REQUIRE(s != NULL);
+    CHECK(quic_stream_write(s, "ping", 4) == 0);
+    /* Not finished yet: the echo comes back, the stream stays open. */
+    CHECK(WAIT_FOR(x->len == 4, 5000));
+    WAIT_FOR(0, 100);
+    CHECK(!x->fin);
+    CHECK_EQ_INT(x->nclose, 0);
+    REQUIRE(nctxs >= 2);
+    sctx *srv = ctxs[1];
+    CHECK(!srv->fin);
+    CHECK(quic_stream_finish(s) == 0);
+    CHECK(WAIT_FOR(x->nclose == 1 && srv->nclose == 1, 5000));
+    CHECK(x->fin && srv->fin);
+    CHECK_EQ_STR(x->err, "");
+    CHECK_EQ_STR(srv->err, "");
+    WAIT_FOR(0, 100);
+    CHECK_EQ_INT(x->nclose, 1); /* exactly once */
+    CHECK_EQ_INT(srv->nclose, 1);
+    CHECK_EQ_INT(x->bad + srv->bad, 0);
+    pair_down(&a, &b);
+}
+
+static void test_reset(void)
+{
+    node a, b;
+    pair_up(&a, &b);
+    /* Server resets on first data: the client hears about it, the server
+     * gets no further callbacks. */
+    a.mode = MODE_RESET_ON_DATA;
+    sctx *x = ctx_new(&b);
+    quic_stream *s = quic_stream_open(b.conn, &collect_cbs, x);
+    REQUIRE(s != NULL);
+    CHECK(quic_stream_write(s, "doomed", 6) == 0);
+    CHECK(WAIT_FOR(x->nclose == 1, 5000));
+    fprintf(stderr, "  client saw: %s\n", x->err);
+    CHECK(strstr(x->err, "reset") != NULL && strstr(x->err, "7") != NULL);
+    REQUIRE(nctxs >= 2);
+    CHECK_EQ_INT(ctxs[1]->nclose, 0);
+
+    /* Client resets its own stream: the server's on_close says so. */
+    a.mode = MODE_ECHO;
+    sctx *y = ctx_new(&b);
+    quic_stream *s2 = quic_stream_open(b.conn, &collect_cbs, y);
+    REQUIRE(s2 != NULL);
+    CHECK(quic_stream_write(s2, "abc", 3) == 0);
+    CHECK(WAIT_FOR(y->len == 3, 5000));
+    int before = nctxs;
+    quic_stream_reset(s2, 9);
+    sctx *srv = ctxs[before - 1];
+    CHECK(WAIT_FOR(srv->nclose == 1, 5000));
+    CHECK(strstr(srv->err, "9") != NULL);
+    WAIT_FOR(0, 100);
+    CHECK_EQ_INT(y->nclose, 0); /* the resetting side hears nothing more */
+    /* The connection survives resets. */
+    CHECK(quic_conn_is_ready(b.conn));
+    pair_down(&a, &b);
+}
+
+static void test_peer_closes_connection(void)
+{
+    node a, b;
+    pair_up(&a, &b);
+    sctx *xs[3];
+    for (int i = 0; i < 3; i++) {
+        xs[i] = ctx_new(&b);
+        quic_stream *s = quic_stream_open(b.conn, &collect_cbs, xs[i]);
+        REQUIRE(s != NULL);
+        quic_stream_write(s, "hi", 2);
+    }
+    CHECK(WAIT_FOR(xs[0]->len == 2 && xs[1]->len == 2 && xs[2]->len == 2, 5000));
+    quic_conn_close(a.conn, "bye now");
+    CHECK_EQ_INT(a.nclosed, 1); /* local close reports at once */
+    CHECK(WAIT_FOR(b.nclosed == 1, 5000));
+    fprintf(stderr, "  client reason: %s\n", b.reason);
+    CHECK(strstr(b.reason, "bye now") != NULL);
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ_INT(xs[i]->nclose, 1);
+        CHECK(xs[i]->err[0] != 0);
+        CHECK(xs[i]->close_seq < b.closed_seq); /* streams first */
+    }
+    pair_down(&a, &b);
+    CHECK_EQ_INT(b.nclosed, 1); /* not reported twice at endpoint_free */
+}
+
+static void test_garbage_dropped(void)
+{
+    node a, b;
+    REQUIRE(node_init(&a, 0, 0) == 0);
+    a.mode = MODE_ECHO;
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in to = loopback(quic_endpoint_port(a.ep));
+    uint8_t buf[1500];
+    srand(12345);
+    int sent = 0;
+    for (int i = 0; i < 2000; i++) {
+        size_t len = 1 + (size_t)rand() % sizeof buf;
+        for (size_t j = 0; j < len; j++) buf[j] = (uint8_t)rand();
+        if (i % 4 == 1) { buf[0] = 0xc0; memcpy(buf + 1, "\0\0\0\1", 4); } /* v1 long header */
+        if (i % 4 == 2) { buf[0] = 0xc0; memcpy(buf + 1, "\0\0\0\1", 4); buf[5] = 8; if (len < 1200) len = 1200; }
+        if (i % 4 == 3) buf[0] = 0x40; /* short header */
+        if (sendto(fd, buf, len, 0, (struct sockaddr *)&to, sizeof to) > 0) sent++;
+        if (i % 100 == 99) WAIT_FOR(0, 1);
+    }
+    sendto(fd, buf, 0, 0, (struct sockaddr *)&to, sizeof to);
+    WAIT_FOR(0, 200);
+    quic_stats st;
+    quic_endpoint_stats(a.ep, &st);
+    fprintf(stderr, "  %d sent, %llu received, %llu dropped, %llu resets, %llu VN, %llu accepted\n",
+            sent, (unsigned long long)st.rx_datagrams, (unsigned long long)st.rx_dropped,
+            (unsigned long long)st.stateless_resets_sent,
+            (unsigned long long)st.version_negotiations_sent,
+            (unsigned long long)st.conns_accepted);
+    CHECK(st.rx_dropped > 0);
+    CHECK_EQ_INT(a.nready, 0);
+    /* Still serves a real client afterwards. */
+    REQUIRE(node_init(&b, 0, 0) == 0);
+    REQUIRE(dial(&b, &a, NULL) != NULL);
+    CHECK(WAIT_FOR(a.nready == 1 && b.nready == 1, 5000));
+    close(fd);
+    pair_down(&a, &b);
+}
+
+static void test_close_from_stream_callback(void)
+{
+    node a, b;
+    pair_up(&a, &b);
+    a.mode = MODE_CLOSE_CONN_ON_DATA;
+    sctx *x[4];
+    for (int i = 0; i < 4; i++) {
+        x[i] = ctx_new(&b);
+        quic_stream *s = quic_stream_open(b.conn, &collect_cbs, x[i]);
+        REQUIRE(s != NULL);
+        /* Enough data that more frames sit behind the one that closes. */
+        static uint8_t big[200000];
+        quic_stream_write(s, big, sizeof big);
+    }
+    CHECK(WAIT_FOR(a.nclosed == 1 && b.nclosed == 1, 5000));
+    CHECK(strstr(b.reason, "closing from on_data") != NULL);
+    /* Every server stream got exactly one on_close, none after. */
+    int srv_streams = 0;
+    for (int i = 0; i < nctxs; i++) {
+        if (ctxs[i]->n != &a) continue;
+        srv_streams++;
+        CHECK_EQ_INT(ctxs[i]->nclose, 1);
+        CHECK(ctxs[i]->close_seq < a.closed_seq);
+        CHECK_EQ_INT(ctxs[i]->bad, 0);
+    }
+    CHECK(srv_streams >= 1);
+    for (int i = 0; i < 4; i++) CHECK_EQ_INT(x[i]->nclose, 1);
+    /* The client's endpoint closes from inside a stream callback too. */
+    b.mode = MODE_ECHO;
+    a.mode = MODE_ECHO;
+    a.nready = b.nready = 0;
+    REQUIRE(dial(&b, &a, NULL) != NULL);
+    REQUIRE(WAIT_FOR(a.nready == 1 && b.nready == 1, 5000));
+    b.mode = MODE_CLOSE_CONN_ON_DATA;
+    sctx *y = ctx_new(&a);
+    quic_stream *s = quic_stream_open(a.conn, &stream_cbs, y); /* server opens, client closes */
+    REQUIRE(s != NULL);
+    quic_stream_write(s, "x", 1);
+    CHECK(WAIT_FOR(a.nclosed == 2 && b.nclosed == 2, 5000));
+    CHECK_EQ_INT(y->nclose, 1);
+    pair_down(&a, &b);
+}
+
+/* Closing a connection while writes are queued, from outside any callback,
+ * then tearing everything down: no leaks, no late callbacks. */
+static void test_close_with_queued_data(void)
+{
+    node a, b;
+    pair_up(&a, &b);
+    sctx *x = ctx_new(&b);
+    quic_stream *s = quic_stream_open(b.conn, &collect_cbs, x);
+    REQUIRE(s != NULL);
+    uint8_t *big = calloc(1, 4u << 20);
+    quic_stream_write(s, big, 4u << 20);
+    free(big);
+    WAIT_FOR(0, 5);
+    quic_conn_close(b.conn, "changed my mind");
+    CHECK_EQ_INT(x->nclose, 1);
+    CHECK_EQ_INT(b.nclosed, 1);
+    CHECK(WAIT_FOR(a.nclosed == 1, 5000));
+    CHECK(strstr(a.reason, "changed my mind") != NULL);
+    quic_endpoint_free(b.ep);
+    quic_endpoint_free(a.ep);
+    CHECK_EQ_INT(x->nclose, 1);
+    CHECK_EQ_INT(b.nclosed, 1);
+    ctxs_free();
+}
+
+static void test_bad_config(void)
+{
+    quic_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    uint8_t other[32];
+    gen_key(cfg.private_key, cfg.public_key);
+    gen_key(other, other);
+    memcpy(cfg.public_key, other, 32); /* does not match */
+    cfg.bind_host = "127.0.0.1";
+    char err[256] = "";
+    node n;
+    CHECK(quic_endpoint_new(base, &cfg, &ep_cbs, &n, err, sizeof err) == NULL);
+    CHECK(strstr(err, "public key") != NULL);
+    gen_key(cfg.private_key, cfg.public_key);
+    cfg.bind_host = "not an address";
+    CHECK(quic_endpoint_new(base, &cfg, &ep_cbs, &n, err, sizeof err) == NULL);
+    CHECK(err[0] != 0);
+}
+
+/* ---- two real processes --------------------------------------------------- */
+
+static void hex(char *out, const uint8_t *in, size_t n)
+{
+    for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", in[i]);
+}
+
+static void unhex(uint8_t *out, const char *in, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned v = 0;
+        sscanf(in + 2 * i, "%2x", &v);
+        out[i] = (uint8_t)v;
+    }
+}
+
+/* Server mode of this binary (argv: --serve PRIVHEX PUBHEX PORT): an echo
+ * endpoint that prints its port on stdout and runs until killed or 20 s. A
+ * fresh exec, not a bare fork, so the child shares no event loop state
+ * (a forked epoll fd is shared: the child's cleanup would unregister the
+ * parent's socket). */
+static int serve_main(char **argv)
+{
+    base = event_base_new();
+    tick_ev = evtimer_new(base, tick_cb, NULL);
+    static node n;
+    n.mode = MODE_ECHO;
+    quic_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    unhex(cfg.private_key, argv[2], 32);
+    unhex(cfg.public_key, argv[3], 32);
+    cfg.bind_host = "127.0.0.1";
+    cfg.port = (uint16_t)atoi(argv[4]);
+    char err[256];
+    n.ep = quic_endpoint_new(base, &cfg, &ep_cbs, &n, err, sizeof err);
+    printf("%u\n", n.ep ? (unsigned)quic_endpoint_port(n.ep) : 0u);
+    fflush(stdout);
+    if (!n.ep) return 2;
+    struct timeval limit = {20, 0};
+    event_base_loopexit(base, &limit);
+    event_base_dispatch(base);
+    quic_endpoint_free(n.ep);
+    ctxs_free();
+    event_free(tick_ev);
+    event_base_free(base);
+    return 0;
+}
+
+static pid_t spawn_server(const uint8_t priv[32], const uint8_t pub[32], uint16_t port,
+                          uint16_t *got_port)
+{
+    char privhex[65], pubhex[65], portstr[8];
+    hex(privhex, priv, 32);
+    hex(pubhex, pub, 32);
+    snprintf(portstr, sizeof portstr, "%u", (unsigned)port);
+    int p[2];
+    if (pipe(p) != 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        close(p[0]);
+        close(p[1]);
+        char *args[] = {"test_quic", "--serve", privhex, pubhex, portstr, NULL};
+        execv("/proc/self/exe", args);
+        _exit(127);
+    }
+    close(p[1]);
+    char line[16] = "";
+    ssize_t n = read(p[0], line, sizeof line - 1);
+    close(p[0]);
+    *got_port = n > 0 ? (uint16_t)atoi(line) : 0;
+    return pid;
+}
+
+static void kill_server(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+static void test_two_processes(void)
+{
+    uint8_t spriv[32], spub[32];
+    gen_key(spriv, spub);
+    uint16_t port = 0;
+    pid_t pid = spawn_server(spriv, spub, 0, &port);
+    REQUIRE(pid > 0 && port != 0);
+
+    node b;
+    REQUIRE(node_init(&b, 2000, 1200) == 0);
+    struct sockaddr_in to = loopback(port);
+    char err[256];
+    REQUIRE(quic_connect(b.ep, (struct sockaddr *)&to, sizeof to, spub, err, sizeof err));
+    REQUIRE(WAIT_FOR(b.nready == 1, 5000));
+    sctx *x = ctx_new(&b);
+    quic_stream *s = quic_stream_open(b.conn, &collect_cbs, x);
+    REQUIRE(s != NULL);
+    quic_stream_write(s, "across", 6);
+    quic_stream_finish(s);
+    CHECK(WAIT_FOR(x->nclose == 1, 5000));
+    CHECK(x->len == 6 && memcmp(x->buf, "across", 6) == 0);
+
+    /* A peer that vanishes without a word: the idle timeout notices. */
+    kill_server(pid);
+    uint64_t t0 = now_ms();
+    CHECK(WAIT_FOR(b.nclosed == 1, 5000));
+    fprintf(stderr, "  killed peer noticed after %llu ms: %s\n",
+            (unsigned long long)(now_ms() - t0), b.reason);
+    CHECK(strstr(b.reason, "idle") != NULL);
+
+    /* A peer that restarts with the same key and port: its stateless reset
+     * ends our old connection before any timeout. */
+    pid = spawn_server(spriv, spub, port, &port);
+    REQUIRE(pid > 0 && port == ntohs(to.sin_port));
+    REQUIRE(quic_connect(b.ep, (struct sockaddr *)&to, sizeof to, spub, err, sizeof err));
+    REQUIRE(WAIT_FOR(b.nready == 2, 5000));
+    /* One round trip first, so both sides have confirmed the handshake. */
+    sctx *y = ctx_new(&b);
+    s = quic_stream_open(b.conn, &collect_cbs, y);
+    REQUIRE(s != NULL);
+    quic_stream_write(s, "again", 5);
+    CHECK(WAIT_FOR(y->len == 5, 5000));
+    kill_server(pid);
+    pid = spawn_server(spriv, spub, ntohs(to.sin_port), &port);
+    REQUIRE(pid > 0 && port == ntohs(to.sin_port));
+    t0 = now_ms();
+    CHECK(WAIT_FOR(b.nclosed == 2, 5000));
+    fprintf(stderr, "  restarted peer noticed after %llu ms: %s\n",
+            (unsigned long long)(now_ms() - t0), b.reason);
+    CHECK(strstr(b.reason, "stateless reset") != NULL);
+    kill_server(pid);
+    quic_endpoint_free(b.ep);
+    ctxs_free();
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    if (getenv("QUIC_TEST_LOG")) log_set_level(log_parse_level(getenv("QUIC_TEST_LOG")));
+    if (argc == 5 && strcmp(argv[1], "--serve") == 0) return serve_main(argv);
+    base = event_base_new();
+    tick_ev = evtimer_new(base, tick_cb, NULL);
+    const char *only = getenv("QUIC_TEST_ONLY");
+#undef RUN
+#define RUN(fn) do { if (!only || strcmp(only, #fn) == 0) testlib_run(#fn, fn); } while (0)
+    RUN(test_handshake);
+    RUN(test_wrong_pin);
+    RUN(test_unreachable_times_out);
+    RUN(test_echo);
+    RUN(test_fin_semantics);
+    RUN(test_reset);
+    RUN(test_peer_closes_connection);
+    RUN(test_200_streams);
+    RUN(test_bulk_20mb);
+    RUN(test_garbage_dropped);
+    RUN(test_close_from_stream_callback);
+    RUN(test_close_with_queued_data);
+    RUN(test_bad_config);
+    RUN(test_two_processes);
+    event_free(tick_ev);
+    event_base_free(base);
+    return testlib_finish();
+}
