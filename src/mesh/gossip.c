@@ -104,8 +104,9 @@ static int gossip_merge(mesh *m, mesh_link *from, const uint8_t *p, size_t len)
     /* A new record of a node we cannot reach: it may have come back, with
      * new addresses perhaps; try now rather than at the end of a backoff. */
     if (!n->link) {
-        if (was_known && n->state == NODE_DEAD) n->failures = 0;
-        mesh_node_want_connection(m, n, was_known);
+        int was_dead = was_known && n->state == NODE_DEAD;
+        if (was_dead) n->failures = 0;
+        mesh_node_want_connection(m, n, was_dead);
     }
     return 0;
 }
@@ -115,17 +116,13 @@ static void gossip_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t
     mesh *m = user;
     if (!s->link) return;
     if (len == 0) {
-        m->counters.bad_frames++;
-        mesh_stream_abort(s);
+        mesh_stream_reject(s, "empty gossip frame");
         return;
     }
     /* Kinds this version does not know are skipped: a newer node may send
      * more kinds of news on the same stream. */
     if (p[0] != RECORD_KIND_NODE) return;
-    if (gossip_merge(m, s->link, p, len) != 0) {
-        m->counters.bad_frames++;
-        mesh_stream_abort(s);
-    }
+    if (gossip_merge(m, s->link, p, len) != 0) mesh_stream_reject(s, "malformed node record");
 }
 
 static void gossip_on_fin(void *user, mesh_stream *s)

@@ -76,6 +76,12 @@ static void stream_fail(mesh_stream *s, uint64_t code, const char *why)
     }
 }
 
+void mesh_stream_reject(mesh_stream *s, const char *why)
+{
+    s->m->counters.bad_frames++;
+    stream_fail(s, MESH_RESET_BAD_FRAME, why);
+}
+
 static mesh_stream *stream_new(mesh_link *l)
 {
     mesh_stream *s = calloc(1, sizeof *s);
