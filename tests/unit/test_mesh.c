@@ -1,0 +1,588 @@
+/* test_mesh.c: three meshes in one process on one event loop, over real QUIC
+ * on loopback: joining through tokens, gossip of roles and models, full-mesh
+ * connections, typed streams (echo of many frames incl. 1 MB), rejection of
+ * unknown stream types, and noticing a node that went away. Every wait is
+ * bounded. */
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lib/log.h"
+#include "mesh/identity.h"
+#include "mesh/mesh.h"
+#include "mesh/record.h"
+#include "mesh/token.h"
+#include "testlib.h"
+
+#define MODEL "test-model-7b"
+#define ECHO_TYPE 7
+#define WAIT_MS 20000
+
+static struct event_base *base;
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Runs the loop until cond(ctx) holds or limit_ms passes. 1 when it held. */
+static int run_until(int (*cond)(void *), void *ctx, int limit_ms)
+{
+    uint64_t end = now_ms() + (uint64_t)limit_ms;
+    while (!cond(ctx)) {
+        if (now_ms() >= end) return 0;
+        struct timeval slice = {0, 20000};
+        event_base_loopexit(base, &slice);
+        event_base_dispatch(base);
+    }
+    return 1;
+}
+
+static void run_for(int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+}
+
+static char *home(const char *name)
+{
+    static char buf[4][512];
+    static int next;
+    char *b = buf[next++ % 4];
+    snprintf(b, 512, "%s/%s", testlib_tmpdir(), name);
+    return b;
+}
+
+static mesh *start(const char *name, const char *listen, const char *role, const char *join)
+{
+    const char *joins[1] = {join};
+    mesh_config cfg = {.home = home(name), .listen = listen, .join_tokens = joins,
+                       .n_join = join ? 1 : 0, .role = role};
+    char err[512] = "";
+    mesh *m = mesh_new(base, &cfg, err, sizeof err);
+    if (!m) fprintf(stderr, "  mesh_new(%s): %s\n", name, err);
+    return m;
+}
+
+/* The snapshot of peer other in m, or NULL. Each call has its own slot of a
+ * small ring, so that a few results can be used together. */
+static const mesh_peer *find_peer_id(mesh *m, const char *hex)
+{
+    static mesh_peer ring[4];
+    static int next;
+    mesh_peer peers[16];
+    int n = mesh_peers(m, peers, 16);
+    for (int i = 0; i < n && i < 16; i++)
+        if (!strcmp(peers[i].id, hex)) {
+            mesh_peer *slot = &ring[next++ % 4];
+            *slot = peers[i];
+            return slot;
+        }
+    return NULL;
+}
+
+static const mesh_peer *find_peer(mesh *m, const mesh *other)
+{
+    return find_peer_id(m, mesh_node_id_hex(other));
+}
+
+static int is_alive(mesh *m, const mesh *other)
+{
+    const mesh_peer *p = find_peer(m, other);
+    return p && !strcmp(p->state, "alive");
+}
+
+typedef struct { mesh *a, *b, *c; } trio;
+
+static int all_connected(void *arg)
+{
+    trio *t = arg;
+    return is_alive(t->a, t->b) && is_alive(t->a, t->c) && is_alive(t->b, t->a) &&
+           is_alive(t->b, t->c) && is_alive(t->c, t->a) && is_alive(t->c, t->b);
+}
+
+static int has_model(mesh *m, const mesh *other, const char *model)
+{
+    const mesh_peer *p = find_peer(m, other);
+    if (!p) return 0;
+    for (int i = 0; i < p->n_models; i++)
+        if (!strcmp(p->models[i], model)) return 1;
+    return 0;
+}
+
+static int models_known(void *arg)
+{
+    trio *t = arg;
+    const mesh_peer *p = find_peer(t->c, t->a);
+    return has_model(t->b, t->a, MODEL) && has_model(t->c, t->a, MODEL) && p &&
+           p->memory_bytes == 123456789;
+}
+
+static int roles_known(void *arg)
+{
+    trio *t = arg;
+    const mesh_peer *ca = find_peer(t->c, t->a), *cb = find_peer(t->c, t->b), *ac = find_peer(t->a, t->c);
+    return ca && cb && ac && !strcmp(ca->role, "host") && !strcmp(cb->role, "standby") &&
+           !strcmp(ac->role, "client");
+}
+
+/* ---- echo service on A -------------------------------------------------------*/
+
+typedef struct {
+    int frames, fins, closes, aborts;
+    const char *close_error;
+} echo_server_state;
+
+static echo_server_state server;
+
+static void echo_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len)
+{
+    server.frames++;
+    if (len == 5 && !memcmp(p, "abort", 5)) {
+        /* From inside a callback: no more callbacks, handle gone. */
+        server.aborts++;
+        mesh_stream_abort(s);
+        return;
+    }
+    CHECK(mesh_stream_send(s, p, len) == 0);
+}
+
+static void echo_fin(void *user, mesh_stream *s)
+{
+    server.fins++;
+    mesh_stream_finish(s);
+}
+
+static void echo_close(void *user, mesh_stream *s, const char *error)
+{
+    server.closes++;
+    server.close_error = error;
+}
+
+static const mesh_stream_handlers echo_handlers = {echo_frame, echo_fin, echo_close};
+
+static void echo_accept(void *ctx, mesh_stream *s)
+{
+    mesh_stream_set_handlers(s, &echo_handlers, ctx);
+}
+
+/* ---- the client side --------------------------------------------------------*/
+
+typedef struct {
+    int frames, fins, closes, order_ok;
+    size_t sizes[16];
+    int closed_with_error;
+    char error[128];
+    int big_ok;
+} echo_client_state;
+
+static void client_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len)
+{
+    echo_client_state *st = user;
+    CHECK(st->fins == 0 && st->closes == 0);
+    if (st->frames < 16) st->sizes[st->frames] = len;
+    if (len == (1u << 20)) {
+        st->big_ok = 1;
+        for (size_t i = 0; i < len; i++)
+            if (p[i] != (uint8_t)(i * 13 + 1)) { st->big_ok = 0; break; }
+    }
+    st->frames++;
+}
+
+static void client_fin(void *user, mesh_stream *s)
+{
+    echo_client_state *st = user;
+    st->fins++;
+}
+
+static void client_close(void *user, mesh_stream *s, const char *error)
+{
+    echo_client_state *st = user;
+    CHECK(st->closes == 0);
+    st->closes++;
+    if (error) {
+        st->closed_with_error = 1;
+        snprintf(st->error, sizeof st->error, "%s", error);
+    }
+}
+
+static const mesh_stream_handlers client_handlers = {client_frame, client_fin, client_close};
+
+static int client_closed(void *arg) { return ((echo_client_state *)arg)->closes > 0; }
+
+/* ---- the tests -----------------------------------------------------------------*/
+
+static int second_known(void *arg)
+{
+    trio *t = arg;
+    return has_model(t->c, t->a, "second-model") && has_model(t->b, t->a, "second-model");
+}
+
+static int server_closed(void *arg) { return server.closes > 0; }
+static int server_got_frame(void *arg) { return server.frames >= 5; }
+
+static char a_id[MESH_ID_HEX];   /* A's id, kept for after mesh_free(A) */
+
+static int alive_by_id(mesh *m, const char *hex)
+{
+    const mesh_peer *p = find_peer_id(m, hex);
+    return p && !strcmp(p->state, "alive");
+}
+
+static char a_token[TOKEN_MAX_TEXT];
+static unsigned a_port;
+
+static int a_dead(void *arg)
+{
+    trio *t = arg;
+    const mesh_peer *ba = find_peer_id(t->b, a_id), *ca = find_peer_id(t->c, a_id);
+    return ba && ca && !strcmp(ba->state, "dead") && !strcmp(ca->state, "dead");
+}
+
+static int a_models_dropped(void *arg)
+{
+    trio *t = arg;
+    const mesh_peer *ba = find_peer_id(t->b, a_id), *ca = find_peer_id(t->c, a_id);
+    return ba && ca && ba->n_models == 0 && ca->n_models == 0;
+}
+
+static int a_gone(void *arg)
+{
+    trio *t = arg;
+    return !alive_by_id(t->b, a_id) && !alive_by_id(t->c, a_id);
+}
+
+static void test_config_errors(void)
+{
+    char err[512];
+    mesh_config cfg = {.home = home("errors"), .listen = "127.0.0.1:0", .role = "boss"};
+    CHECK(mesh_new(base, &cfg, err, sizeof err) == NULL);
+    CHECK(strstr(err, "role") != NULL);
+    cfg.role = "host";
+    cfg.listen = "localhost:9";
+    CHECK(mesh_new(base, &cfg, err, sizeof err) == NULL);
+    CHECK(strstr(err, "listen") != NULL);
+    cfg.listen = "127.0.0.1:0";
+    const char *bad[] = {"not-a-token"};
+    cfg.join_tokens = bad;
+    cfg.n_join = 1;
+    CHECK(mesh_new(base, &cfg, err, sizeof err) == NULL);
+    CHECK(strstr(err, "join token 1") != NULL);
+    /* A good config works, and the same home gives the same id and token
+     * on the same port. */
+    cfg.n_join = 0;
+    mesh *m = mesh_new(base, &cfg, err, sizeof err);
+    REQUIRE(m != NULL);
+    char id[MESH_ID_HEX], tok[TOKEN_MAX_TEXT], listen[64];
+    snprintf(id, sizeof id, "%s", mesh_node_id_hex(m));
+    snprintf(tok, sizeof tok, "%s", mesh_token(m));
+    snprintf(listen, sizeof listen, "127.0.0.1:%u", mesh_listen_port(m));
+    token t;
+    REQUIRE(token_decode(tok, &t, err, sizeof err) == 0);
+    CHECK(memcmp(t.id, mesh_node_id(m), MESH_ID_BYTES) == 0);
+    CHECK_EQ_INT(t.n_addrs, 1);
+    CHECK_EQ_INT(t.addrs[0].port, mesh_listen_port(m));
+    mesh_free(m);
+    cfg.listen = listen;
+    m = mesh_new(base, &cfg, err, sizeof err);
+    REQUIRE(m != NULL);
+    CHECK_EQ_STR(mesh_node_id_hex(m), id);
+    CHECK_EQ_STR(mesh_token(m), tok);
+    /* No peers: no host, no stream. */
+    uint8_t pick[MESH_ID_BYTES];
+    CHECK(mesh_pick_host(m, MODEL, pick) == -1);
+    CHECK(mesh_stream_open(m, t.id, ECHO_TYPE, &client_handlers, NULL, err, sizeof err) == NULL);
+    CHECK(strstr(err, "no live connection") != NULL);
+    mesh_free(m);
+}
+
+static void test_three_nodes(void)
+{
+    trio t = {0};
+    t.a = start("a", "127.0.0.1:0", "host", NULL);
+    REQUIRE(t.a);
+    mesh_register_stream_type(t.a, ECHO_TYPE, echo_accept, NULL);
+    const char *models[] = {MODEL};
+    mesh_set_models(t.a, models, 1);
+    mesh_set_memory(t.a, 123456789);
+    t.b = start("b", "127.0.0.1:0", "standby", mesh_token(t.a));
+    REQUIRE(t.b);
+    t.c = start("c", "127.0.0.1:0", "client", mesh_token(t.b));
+    REQUIRE(t.c);
+
+    CHECK(run_until(all_connected, &t, WAIT_MS));
+    if (!run_until(roles_known, &t, WAIT_MS)) {
+        mesh *all[3] = {t.a, t.b, t.c};
+        for (int i = 0; i < 3; i++) {
+            mesh_peer ps[4];
+            int n = mesh_peers(all[i], ps, 4);
+            for (int j = 0; j < n; j++)
+                fprintf(stderr, "  %c sees %.8s: %s %s models=%d\n", 'A' + i, ps[j].id, ps[j].role,
+                        ps[j].state, ps[j].n_models);
+        }
+        CHECK(!"roles known");
+    }
+    CHECK(run_until(models_known, &t, WAIT_MS));
+    mesh_peer peers[4];
+    CHECK_EQ_INT(mesh_peers(t.c, peers, 4), 2);
+    CHECK_EQ_INT(mesh_peers(t.c, peers, 1), 2);   /* count beyond max */
+    const mesh_peer *ca = find_peer(t.c, t.a);
+    REQUIRE(ca);
+    CHECK_EQ_INT(ca->n_addresses, 1);
+    char want[64];
+    snprintf(want, sizeof want, "127.0.0.1:%u", mesh_listen_port(t.a));
+    CHECK_EQ_STR(ca->addresses[0], want);
+
+    uint8_t host[MESH_ID_BYTES];
+    REQUIRE(mesh_pick_host(t.c, MODEL, host) == 0);
+    CHECK(memcmp(host, mesh_node_id(t.a), MESH_ID_BYTES) == 0);
+    CHECK(mesh_pick_host(t.c, "no-such-model", host) == -1);
+    CHECK(mesh_pick_host(t.a, MODEL, host) == -1);   /* never itself */
+
+    /* A model change reaches the others. */
+    const char *two[] = {MODEL, "second-model"};
+    mesh_set_models(t.a, two, 2);
+    CHECK(run_until(second_known, &t, WAIT_MS));
+
+    /* Echo C -> A: several frames including an empty one and 1 MB. */
+    echo_client_state st = {0};
+    char err[256];
+    mesh_stream *s = mesh_stream_open(t.c, mesh_node_id(t.a), ECHO_TYPE, &client_handlers, &st, err, sizeof err);
+    REQUIRE(s != NULL);
+    CHECK(memcmp(mesh_stream_peer(s), mesh_node_id(t.a), MESH_ID_BYTES) == 0);
+    uint8_t *big = malloc(1u << 20);
+    for (size_t i = 0; i < (1u << 20); i++) big[i] = (uint8_t)(i * 13 + 1);
+    CHECK(mesh_stream_send(s, "hello", 5) == 0);
+    CHECK(mesh_stream_send(s, "", 0) == 0);
+    CHECK(mesh_stream_send(s, big, 1u << 20) == 0);
+    CHECK(mesh_stream_send(s, "bye", 3) == 0);
+    CHECK(mesh_stream_unacked(s) > 0);
+    free(big);
+    mesh_stream_finish(s);
+    CHECK(run_until(client_closed, &st, WAIT_MS));
+    CHECK_EQ_INT(st.frames, 4);
+    CHECK_EQ_INT(st.sizes[0], 5);
+    CHECK_EQ_INT(st.sizes[1], 0);
+    CHECK_EQ_INT(st.sizes[2], 1u << 20);
+    CHECK_EQ_INT(st.sizes[3], 3);
+    CHECK(st.big_ok);
+    CHECK_EQ_INT(st.fins, 1);
+    CHECK_EQ_INT(st.closes, 1);
+    CHECK(!st.closed_with_error);
+    CHECK(run_until(server_closed, NULL, WAIT_MS));
+    CHECK_EQ_INT(server.frames, 4);
+    CHECK_EQ_INT(server.fins, 1);
+    CHECK(server.close_error == NULL);
+
+    /* An unknown stream type is reset by A and counted there. */
+    mesh_counters before, after;
+    mesh_get_counters(t.a, &before);
+    echo_client_state bad = {0};
+    s = mesh_stream_open(t.c, mesh_node_id(t.a), 99, &client_handlers, &bad, err, sizeof err);
+    REQUIRE(s != NULL);
+    CHECK(mesh_stream_send(s, "x", 1) == 0);
+    CHECK(run_until(client_closed, &bad, WAIT_MS));
+    CHECK(bad.closed_with_error);
+    mesh_get_counters(t.a, &after);
+    CHECK_EQ_INT(after.bad_frames, before.bad_frames + 1);
+
+    /* Gossip from a misbehaving peer: an unknown message kind is skipped; a
+     * record whose signature is not its node's (B's id, someone else's
+     * key), or a frame over the gossip bound, resets the stream and counts. */
+    identity forger;
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/forger", testlib_tmpdir());
+    REQUIRE(identity_load_or_create(dir, &forger, NULL, err, sizeof err) == 0);
+    node_record fake = {0};
+    memcpy(fake.id, forger.public_key, MESH_ID_BYTES);
+    fake.seq = UINT64_MAX - 1;
+    fake.role = RECORD_ROLE_HOST;
+    strcpy(fake.models[0], "stolen");
+    fake.n_models = 1;
+    uint8_t raw[RECORD_MAX_BYTES];
+    int raw_len = record_encode(&fake, &forger, raw, sizeof raw, err, sizeof err);
+    REQUIRE(raw_len > 0);
+    memcpy(raw + 1, mesh_node_id(t.b), MESH_ID_BYTES);
+    mesh_get_counters(t.a, &before);
+    echo_client_state g1 = {0}, g2 = {0};
+    s = mesh_stream_open(t.c, mesh_node_id(t.a), MESH_STREAM_GOSSIP, &client_handlers, &g1, err, sizeof err);
+    REQUIRE(s != NULL);
+    CHECK(mesh_stream_send(s, "\x09future", 7) == 0);
+    CHECK(mesh_stream_send(s, raw, (size_t)raw_len) == 0);
+    CHECK(run_until(client_closed, &g1, WAIT_MS));
+    CHECK(g1.closed_with_error);
+    s = mesh_stream_open(t.c, mesh_node_id(t.a), MESH_STREAM_GOSSIP, &client_handlers, &g2, err, sizeof err);
+    REQUIRE(s != NULL);
+    uint8_t *oversized = calloc(1, RECORD_MAX_BYTES + 1);
+    oversized[0] = 1;
+    CHECK(mesh_stream_send(s, oversized, RECORD_MAX_BYTES + 1) == 0);
+    free(oversized);
+    CHECK(run_until(client_closed, &g2, WAIT_MS));
+    CHECK(g2.closed_with_error);
+    mesh_get_counters(t.a, &after);
+    CHECK_EQ_INT(after.bad_frames, before.bad_frames + 2);
+    CHECK(!has_model(t.a, t.b, "stolen"));
+    CHECK(is_alive(t.c, t.a) && is_alive(t.a, t.c));
+
+    /* Abort from the client side: no callbacks after it; the server's
+     * stream closes with an error. */
+    server.closes = 0;
+    server.close_error = NULL;
+    echo_client_state ab = {0};
+    s = mesh_stream_open(t.c, mesh_node_id(t.a), ECHO_TYPE, &client_handlers, &ab, err, sizeof err);
+    REQUIRE(s != NULL);
+    CHECK(mesh_stream_send(s, "ping", 4) == 0);
+    CHECK(run_until(server_got_frame, NULL, WAIT_MS));
+    mesh_stream_abort(s);
+    CHECK(run_until(server_closed, NULL, WAIT_MS));
+    CHECK(server.close_error != NULL);
+    run_for(100);
+    CHECK_EQ_INT(ab.closes, 0);                    /* abort: no more callbacks */
+
+    /* The server aborts from inside on_frame, with more frames queued
+     * behind the one it reacts to: it gets no more callbacks, the client
+     * sees its stream reset. */
+    int closes_before = server.closes, frames_before = server.frames;
+    echo_client_state sa = {0};
+    s = mesh_stream_open(t.c, mesh_node_id(t.a), ECHO_TYPE, &client_handlers, &sa, err, sizeof err);
+    REQUIRE(s != NULL);
+    CHECK(mesh_stream_send(s, "abort", 5) == 0);
+    CHECK(mesh_stream_send(s, "after", 5) == 0);
+    CHECK(run_until(client_closed, &sa, WAIT_MS));
+    CHECK(sa.closed_with_error);
+    CHECK_EQ_INT(server.aborts, 1);
+    CHECK_EQ_INT(server.frames, frames_before + 1);
+    CHECK_EQ_INT(server.closes, closes_before);
+    CHECK(is_alive(t.c, t.a));                     /* the connection is unharmed */
+
+    mesh_counters cc, ac;
+    mesh_get_counters(t.c, &cc);
+    mesh_get_counters(t.a, &ac);
+    CHECK(cc.streams_opened >= 3);
+    CHECK(ac.streams_accepted >= 2);               /* the echo streams (gossip counts too) */
+
+    /* A goes away: B and C notice. */
+    snprintf(a_id, sizeof a_id, "%s", mesh_node_id_hex(t.a));
+    snprintf(a_token, sizeof a_token, "%s", mesh_token(t.a));
+    a_port = mesh_listen_port(t.a);
+    CHECK(alive_by_id(t.b, a_id) && alive_by_id(t.c, a_id));
+    mesh_free(t.a);
+    t.a = NULL;
+    uint64_t t0 = now_ms();
+    CHECK(run_until(a_gone, &t, WAIT_MS));
+    fprintf(stderr, "  A seen gone after %llu ms\n", (unsigned long long)(now_ms() - t0));
+    CHECK(is_alive(t.b, t.c) && is_alive(t.c, t.b));
+    CHECK(mesh_pick_host(t.c, MODEL, host) == -1);
+    /* Its record stays known (role, models), its state turns dead once the
+     * redial fails. */
+    const mesh_peer *ba = find_peer_id(t.b, a_id);
+    REQUIRE(ba);
+    CHECK_EQ_STR(ba->role, "host");
+    CHECK(run_until(a_dead, &t, WAIT_MS));
+
+    /* A comes back on the same home and port: same id, same token, and B
+     * and C reconnect; A's new record (no models now) replaces the old. */
+    char listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%u", a_port);
+    t.a = start("a", listen, "host", NULL);
+    REQUIRE(t.a);
+    CHECK_EQ_STR(mesh_node_id_hex(t.a), a_id);
+    CHECK_EQ_STR(mesh_token(t.a), a_token);
+    t0 = now_ms();
+    CHECK(run_until(all_connected, &t, WAIT_MS));
+    fprintf(stderr, "  A reconnected after %llu ms\n", (unsigned long long)(now_ms() - t0));
+    CHECK(run_until(a_models_dropped, &t, WAIT_MS));
+    mesh_free(t.a);
+    mesh_free(t.b);
+    mesh_free(t.c);
+}
+
+/* Two nodes that join each other at the same moment dial each other at
+ * once: the duplicate connection must be settled to one, the same one on
+ * both sides, and streams must work. Over IPv6 loopback. */
+typedef struct { mesh *x, *y; } pair;
+
+static int pair_alive(void *arg)
+{
+    pair *p = arg;
+    return is_alive(p->x, p->y) && is_alive(p->y, p->x);
+}
+
+static int pair_settled(void *arg)
+{
+    pair *p = arg;
+    return pair_alive(p) && mesh_connections(p->x) == 1 && mesh_connections(p->y) == 1;
+}
+
+static void test_simultaneous_join(void)
+{
+    /* Learn each node's token first (fixed ports), then start both, each
+     * joining the other. */
+    mesh *x = start("x", "[::1]:0", "standby", NULL);
+    if (!x) {
+        fprintf(stderr, "  no IPv6 loopback here: skipped\n");
+        return;
+    }
+    char x_token[TOKEN_MAX_TEXT], x_listen[64], y_token[TOKEN_MAX_TEXT], y_listen[64];
+    snprintf(x_token, sizeof x_token, "%s", mesh_token(x));
+    snprintf(x_listen, sizeof x_listen, "[::1]:%u", mesh_listen_port(x));
+    mesh *y = start("y", "[::1]:0", "standby", NULL);
+    REQUIRE(y);
+    snprintf(y_token, sizeof y_token, "%s", mesh_token(y));
+    snprintf(y_listen, sizeof y_listen, "[::1]:%u", mesh_listen_port(y));
+    const mesh_peer *none = find_peer(x, y);
+    CHECK(none == NULL);
+    mesh_free(x);
+    mesh_free(y);
+
+    pair p;
+    p.x = start("x", x_listen, "host", y_token);
+    p.y = start("y", y_listen, "host", x_token);
+    REQUIRE(p.x && p.y);
+    CHECK_EQ_STR(mesh_token(p.x), x_token);
+    CHECK(run_until(pair_alive, &p, WAIT_MS));
+    CHECK(run_until(pair_settled, &p, WAIT_MS));
+    run_for(300);
+    CHECK_EQ_INT(mesh_connections(p.x), 1);
+    CHECK_EQ_INT(mesh_connections(p.y), 1);
+    const mesh_peer *xy = find_peer(p.x, p.y);
+    REQUIRE(xy);
+    CHECK(strstr(xy->addresses[0], "[::1]:") == xy->addresses[0]);
+
+    /* Streams both ways. */
+    mesh_register_stream_type(p.x, ECHO_TYPE, echo_accept, NULL);
+    mesh_register_stream_type(p.y, ECHO_TYPE, echo_accept, NULL);
+    mesh *from[2] = {p.x, p.y}, *to[2] = {p.y, p.x};
+    for (int i = 0; i < 2; i++) {
+        echo_client_state st = {0};
+        char err[256];
+        mesh_stream *s = mesh_stream_open(from[i], mesh_node_id(to[i]), ECHO_TYPE, &client_handlers, &st,
+                                          err, sizeof err);
+        REQUIRE(s);
+        CHECK(mesh_stream_send(s, "ping", 4) == 0);
+        mesh_stream_finish(s);
+        CHECK(run_until(client_closed, &st, WAIT_MS));
+        CHECK_EQ_INT(st.frames, 1);
+        CHECK(!st.closed_with_error);
+    }
+    mesh_free(p.x);
+    mesh_free(p.y);
+}
+
+int main(void)
+{
+    /* LLMESH_TEST_LOG=debug shows the mesh's chatter while debugging. */
+    const char *level = getenv("LLMESH_TEST_LOG");
+    if (level && log_parse_level(level) >= 0) log_set_level((log_level)log_parse_level(level));
+    base = event_base_new();
+    RUN(test_config_errors);
+    RUN(test_three_nodes);
+    RUN(test_simultaneous_join);
+    event_base_free(base);
+    return testlib_finish();
+}
