@@ -59,16 +59,23 @@ static void stream_release(mesh_stream *s)
     if (s->dead && !s->busy) stream_free(s);
 }
 
-/* Ends a stream from our side with an error: reset, then on_close once. */
-static void stream_fail(mesh_stream *s, uint64_t code, const char *why)
+/* Marks s dead: QUIC's stream is reset (if still there) so that no callback
+ * follows, and s leaves its link. Freeing is left to stream_release. */
+static void stream_kill(mesh_stream *s, uint64_t code)
 {
-    if (s->dead) return;
     s->dead = 1;
     if (s->qs) {
         quic_stream_reset(s->qs, code);
         s->qs = NULL;
     }
     stream_detach(s);
+}
+
+/* Ends a stream from our side with an error: reset, then on_close once. */
+static void stream_fail(mesh_stream *s, uint64_t code, const char *why)
+{
+    if (s->dead) return;
+    stream_kill(s, code);
     if (s->has_handlers && s->h.on_close) {
         s->busy++;
         s->h.on_close(s->user, s, why);
@@ -210,10 +217,7 @@ mesh_stream *mesh_stream_open_on(mesh_link *l, uint8_t type, const mesh_stream_h
     stream_attach(l, s);
     l->m->counters.streams_opened++;
     if (quic_stream_write(s->qs, &type, 1) != 0) {
-        s->dead = 1;
-        quic_stream_reset(s->qs, MESH_RESET_ABORTED);
-        s->qs = NULL;
-        stream_detach(s);
+        stream_kill(s, MESH_RESET_ABORTED);
         stream_free(s);
         return NULL;
     }
@@ -241,16 +245,9 @@ void mesh_link_drop_streams(mesh_link *l, const char *reason)
     while (l->streams) {
         mesh_stream *s = l->streams;
         s->busy++;
-        if (s->qs) {
-            quic_stream_reset(s->qs, MESH_RESET_ABORTED);
-            s->qs = NULL;
-        }
-        if (!s->dead) {
-            s->dead = 1;
-            stream_detach(s);
-            if (s->typed && s->has_handlers && s->h.on_close) s->h.on_close(s->user, s, reason);
-        }
-        stream_detach(s);
+        int was_dead = s->dead;
+        stream_kill(s, MESH_RESET_ABORTED);
+        if (!was_dead && s->typed && s->has_handlers && s->h.on_close) s->h.on_close(s->user, s, reason);
         s->busy--;
         stream_release(s);
     }
@@ -303,12 +300,7 @@ void mesh_stream_finish(mesh_stream *s)
 void mesh_stream_abort(mesh_stream *s)
 {
     if (s->dead) return;
-    s->dead = 1;
-    if (s->qs) {
-        quic_stream_reset(s->qs, MESH_RESET_ABORTED);
-        s->qs = NULL;
-    }
-    stream_detach(s);
+    stream_kill(s, MESH_RESET_ABORTED);
     stream_release(s);
 }
 
