@@ -1,5 +1,106 @@
-/* cmd_serve.c: placeholder until the mesh lands (the serve layer waits in pending/). */
+/* cmd_serve.c: `llmesh serve` and `llmesh client`: flags -> node_config. */
 #include "cli/cli.h"
+
 #include <stdio.h>
-int cmd_serve(int argc, char **argv) { fprintf(stderr, "llmesh serve: not built yet\n"); return 1; }
-int cmd_client(int argc, char **argv) { fprintf(stderr, "llmesh client: not built yet\n"); return 1; }
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/log.h"
+#include "serve/node.h"
+
+static const char serve_usage[] =
+    "usage: llmesh serve [--model PATH]... [--join TOKEN]... [options]\n"
+    "       llmesh client --join TOKEN [options]\n"
+    "\n"
+    "  --model PATH       serve this GGUF model (repeatable; serve only)\n"
+    "  --join TOKEN       join the mesh of the node that printed TOKEN (repeatable)\n"
+    "  --home DIR         identity directory (default $LLMESH_HOME, else ~/.llmesh)\n"
+    "  --port N           API port on 127.0.0.1 (default 9337; 0 = any free port)\n"
+    "  --console N        console port on 127.0.0.1 (default 3131; 0 = any free port)\n"
+    "  --listen HOST:PORT mesh UDP address (default 0.0.0.0:9337)\n"
+    "  --http-host HOST   address for the API and console (default 127.0.0.1)\n"
+    "  --threads N        compute threads (default: all CPUs)\n"
+    "  --log-level L      error|warn|info|debug|trace (default info)\n"
+    "  --log-format F     pretty|json (default pretty)\n";
+
+static int parse_port(const char *flag, const char *value, int *out)
+{
+    char *end;
+    long v = strtol(value, &end, 10);
+    if (!*value || *end || v < 0 || v > 65535) {
+        fprintf(stderr, "llmesh: %s wants a port number 0-65535, not '%s'\n", flag, value);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* The identity directory: the flag, else $LLMESH_HOME, else ~/.llmesh. */
+static const char *resolve_home(const char *flag, char *buf, size_t cap)
+{
+    if (flag) return flag;
+    const char *env = getenv("LLMESH_HOME");
+    if (env && *env) return env;
+    const char *home = getenv("HOME");
+    snprintf(buf, cap, "%s/.llmesh", home && *home ? home : ".");
+    return buf;
+}
+
+static int serve_main(int argc, char **argv, int client)
+{
+    node_config cfg = {
+        .http_host = "127.0.0.1",
+        .api_port = 9337,
+        .console_port = 3131,
+        .client = client,
+    };
+    const char *home_flag = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(serve_usage, stdout); return 0; }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "llmesh: %s needs a value (or is unknown)\n%s", a, serve_usage);
+            return 2;
+        }
+        const char *v = argv[++i];
+        if (!strcmp(a, "--model") && !client) {
+            if (cfg.n_models == NODE_MAX_MODELS) { fprintf(stderr, "llmesh: at most %d --model\n", NODE_MAX_MODELS); return 2; }
+            cfg.models[cfg.n_models++] = v;
+        } else if (!strcmp(a, "--join")) {
+            if (cfg.n_joins == NODE_MAX_JOINS) { fprintf(stderr, "llmesh: at most %d --join\n", NODE_MAX_JOINS); return 2; }
+            cfg.joins[cfg.n_joins++] = v;
+        } else if (!strcmp(a, "--home")) {
+            home_flag = v;
+        } else if (!strcmp(a, "--port")) {
+            if (parse_port(a, v, &cfg.api_port)) return 2;
+        } else if (!strcmp(a, "--console")) {
+            if (parse_port(a, v, &cfg.console_port)) return 2;
+        } else if (!strcmp(a, "--listen")) {
+            cfg.listen = v;
+        } else if (!strcmp(a, "--http-host")) {
+            cfg.http_host = v;
+        } else if (!strcmp(a, "--threads")) {
+            cfg.threads = atoi(v);
+        } else if (!strcmp(a, "--log-level")) {
+            int level = log_parse_level(v);
+            if (level < 0) { fprintf(stderr, "llmesh: --log-level wants error|warn|info|debug|trace, not '%s'\n", v); return 2; }
+            log_set_level((log_level)level);
+        } else if (!strcmp(a, "--log-format")) {
+            if (strcmp(v, "pretty") && strcmp(v, "json")) { fprintf(stderr, "llmesh: --log-format wants pretty|json\n"); return 2; }
+            log_set_json(!strcmp(v, "json"));
+        } else {
+            fprintf(stderr, "llmesh: unknown option %s\n%s", a, serve_usage);
+            return 2;
+        }
+    }
+    if (client && cfg.n_joins == 0) {
+        fprintf(stderr, "llmesh client: --join TOKEN is required (a client has no model of its own)\n");
+        return 2;
+    }
+    char home_buf[4096];
+    cfg.home = resolve_home(home_flag, home_buf, sizeof home_buf);
+    return node_run(&cfg);
+}
+
+int cmd_serve(int argc, char **argv) { return serve_main(argc, argv, 0); }
+int cmd_client(int argc, char **argv) { return serve_main(argc, argv, 1); }

@@ -143,6 +143,7 @@ struct quic_conn {
     ngtcp2_tstamp hs_deadline;
     int outgoing, have_peer_key, ready, closing, retired, dirty, half_open;
     int got_stateless_reset;
+    int got_crypto;              /* some CRYPTO data decrypted: not garbage */
     int close_kind;
     uint64_t close_code;         /* app error, liberr or TLS alert per close_kind */
     unsigned write_pass;
@@ -660,6 +661,14 @@ static int cb_handshake_completed(ngtcp2_conn *nc, void *ud)
     return 0;
 }
 
+static int cb_recv_crypto_data(ngtcp2_conn *nc, ngtcp2_crypto_level level, uint64_t offset,
+                               const uint8_t *data, size_t len, void *ud)
+{
+    quic_conn *c = ud;
+    c->got_crypto = 1;
+    return ngtcp2_crypto_recv_crypto_data_cb(nc, level, offset, data, len, ud);
+}
+
 static int cb_recv_stream_data(ngtcp2_conn *nc, uint32_t flags, int64_t sid, uint64_t offset,
                                const uint8_t *data, size_t len, void *ud, void *sud)
 {
@@ -794,7 +803,7 @@ static void fill_callbacks(ngtcp2_callbacks *cb, int server)
     memset(cb, 0, sizeof *cb);
     if (server) cb->recv_client_initial = ngtcp2_crypto_recv_client_initial_cb;
     else cb->client_initial = ngtcp2_crypto_client_initial_cb;
-    cb->recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
+    cb->recv_crypto_data = cb_recv_crypto_data;
     cb->encrypt = ngtcp2_crypto_encrypt_cb;
     cb->decrypt = ngtcp2_crypto_decrypt_cb;
     cb->hp_mask = ngtcp2_crypto_hp_mask_cb;
@@ -1721,10 +1730,18 @@ static void ep_handle_datagram(quic_endpoint *ep, const struct sockaddr_storage 
         NULL,
     };
     ngtcp2_pkt_info pi = {0};
+    int fresh = !c->outgoing && !c->got_crypto;
     rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, pkt, len, quic_now());
     if (rv != 0) {
         log_trace(MOD, "read_pkt: %s", ngtcp2_strerror(rv));
         conn_on_ngtcp2_error(c, rv);
+    } else if (fresh && !c->got_crypto) {
+        /* An "Initial" that passed ngtcp2_accept but decrypted to nothing
+         * is noise (or a spoof): drop the connection now rather than hold a
+         * half-open slot until the handshake timeout. A real client's first
+         * datagram always carries the start of its ClientHello. */
+        ep->stats.rx_dropped++;
+        conn_terminate(c, CLOSE_NONE, 0, "first packet did not decrypt");
     }
     conn_mark_dirty(c);
 }
@@ -1937,6 +1954,8 @@ uint16_t quic_endpoint_port(const quic_endpoint *ep)
 void quic_endpoint_stats(const quic_endpoint *ep, quic_stats *out)
 {
     *out = ep->stats;
+    out->conns_open = ep->nconns;
+    out->conns_half_open = ep->nhalf_open;
     out->gso = ep->gso;
     out->gro = ep->gro;
 }

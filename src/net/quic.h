@@ -118,6 +118,8 @@ typedef struct {
     uint64_t conns_refused;              /* Initials dropped because of connection limits */
     uint64_t stateless_resets_sent;
     uint64_t version_negotiations_sent;
+    uint64_t conns_open;                 /* now: every connection, handshaking or ready */
+    uint64_t conns_half_open;            /* now: incoming, handshake not done */
     int gso, gro;                        /* 1 when UDP GSO / GRO are in use */
 } quic_stats;
 

@@ -201,7 +201,7 @@ static void ep_stream_opened(void *user, quic_stream *s)
 
 static const quic_endpoint_callbacks ep_cbs = {ep_conn_ready, ep_conn_closed, ep_stream_opened};
 
-static int node_init(node *n, uint32_t hs_ms, uint32_t idle_ms)
+static int node_init_on(node *n, const char *host, uint32_t hs_ms, uint32_t idle_ms)
 {
     memset(n, 0, sizeof *n);
     gen_key(n->priv, n->pub);
@@ -209,13 +209,18 @@ static int node_init(node *n, uint32_t hs_ms, uint32_t idle_ms)
     memset(&cfg, 0, sizeof cfg);
     memcpy(cfg.private_key, n->priv, 32);
     memcpy(cfg.public_key, n->pub, 32);
-    cfg.bind_host = "127.0.0.1";
+    cfg.bind_host = host;
     cfg.handshake_timeout_ms = hs_ms;
     cfg.idle_timeout_ms = idle_ms;
     char err[256];
     n->ep = quic_endpoint_new(base, &cfg, &ep_cbs, n, err, sizeof err);
     if (!n->ep) fprintf(stderr, "  endpoint: %s\n", err);
     return n->ep ? 0 : -1;
+}
+
+static int node_init(node *n, uint32_t hs_ms, uint32_t idle_ms)
+{
+    return node_init_on(n, "127.0.0.1", hs_ms, idle_ms);
 }
 
 static struct sockaddr_in loopback(uint16_t port)
@@ -547,6 +552,8 @@ static void test_garbage_dropped(void)
             (unsigned long long)st.conns_accepted);
     CHECK(st.rx_dropped > 0);
     CHECK_EQ_INT(a.nready, 0);
+    CHECK_EQ_INT(st.conns_open, 0); /* "Initials" that decrypt to nothing are not kept */
+    CHECK_EQ_INT(st.conns_half_open, 0);
     /* Still serves a real client afterwards. */
     REQUIRE(node_init(&b, 0, 0) == 0);
     REQUIRE(dial(&b, &a, NULL) != NULL);
@@ -640,6 +647,74 @@ static void test_bad_config(void)
     cfg.bind_host = "not an address";
     CHECK(quic_endpoint_new(base, &cfg, &ep_cbs, &n, err, sizeof err) == NULL);
     CHECK(err[0] != 0);
+}
+
+
+/* Keep-alives hold an idle connection open well past the idle timeout. */
+static void test_keepalive(void)
+{
+    node a, b;
+    REQUIRE(node_init(&a, 0, 600) == 0);
+    REQUIRE(node_init(&b, 0, 600) == 0);
+    a.mode = MODE_ECHO;
+    REQUIRE(dial(&b, &a, NULL) != NULL);
+    REQUIRE(WAIT_FOR(a.nready == 1 && b.nready == 1, 5000));
+    WAIT_FOR(a.nclosed || b.nclosed, 2000);
+    CHECK_EQ_INT(a.nclosed + b.nclosed, 0);
+    CHECK(quic_conn_is_ready(b.conn));
+    sctx *x = ctx_new(&b);
+    quic_stream *s = quic_stream_open(b.conn, &collect_cbs, x);
+    REQUIRE(s != NULL);
+    quic_stream_write(s, "still here", 10);
+    quic_stream_finish(s);
+    CHECK(WAIT_FOR(x->nclose == 1, 5000));
+    CHECK(x->len == 10);
+    pair_down(&a, &b);
+}
+
+/* IPv6 on ::1, and a dual-stack "::" endpoint talking to an IPv4 one
+ * (addresses reported without the v4-mapped prefix). */
+static void test_ipv6_and_dual_stack(void)
+{
+    node a, b;
+    if (node_init_on(&a, "::1", 0, 0) != 0) {
+        fprintf(stderr, "  no IPv6 loopback here; skipped\n");
+        return;
+    }
+    REQUIRE(node_init_on(&b, "::1", 0, 0) == 0);
+    a.mode = MODE_ECHO;
+    struct sockaddr_in6 to6;
+    memset(&to6, 0, sizeof to6);
+    to6.sin6_family = AF_INET6;
+    to6.sin6_port = htons(quic_endpoint_port(a.ep));
+    to6.sin6_addr = in6addr_loopback;
+    char err[256];
+    REQUIRE(quic_connect(b.ep, (struct sockaddr *)&to6, sizeof to6, a.pub, err, sizeof err));
+    REQUIRE(WAIT_FOR(a.nready == 1 && b.nready == 1, 5000));
+    socklen_t len;
+    CHECK(quic_conn_remote_addr(a.conn, &len)->sa_family == AF_INET6);
+    sctx *x = ctx_new(&b);
+    quic_stream *s = quic_stream_open(b.conn, &collect_cbs, x);
+    REQUIRE(s != NULL);
+    quic_stream_write(s, "six", 3);
+    quic_stream_finish(s);
+    CHECK(WAIT_FOR(x->nclose == 1 && x->len == 3, 5000));
+    pair_down(&a, &b);
+
+    /* "::" serves IPv4 clients too, and dials IPv4 addresses. */
+    REQUIRE(node_init_on(&a, "::", 0, 0) == 0);
+    REQUIRE(node_init(&b, 0, 0) == 0);
+    a.mode = b.mode = MODE_ECHO;
+    REQUIRE(dial(&b, &a, NULL) != NULL); /* 127.0.0.1 to "::" */
+    REQUIRE(WAIT_FOR(a.nready == 1 && b.nready == 1, 5000));
+    const struct sockaddr *ra = quic_conn_remote_addr(a.conn, &len);
+    CHECK(ra->sa_family == AF_INET && len == sizeof(struct sockaddr_in));
+    REQUIRE(dial(&a, &b, NULL) != NULL); /* and back, IPv4 address on the IPv6 socket */
+    CHECK(WAIT_FOR(a.nready == 2 && b.nready == 2, 5000));
+    /* An IPv4 socket cannot reach an IPv6 address: immediate failure. */
+    CHECK(quic_connect(b.ep, (struct sockaddr *)&to6, sizeof to6, a.pub, err, sizeof err) == NULL);
+    CHECK(err[0] != 0);
+    pair_down(&a, &b);
 }
 
 /* ---- two real processes --------------------------------------------------- */
@@ -800,6 +875,8 @@ int main(int argc, char **argv)
     RUN(test_close_from_stream_callback);
     RUN(test_close_with_queued_data);
     RUN(test_bad_config);
+    RUN(test_keepalive);
+    RUN(test_ipv6_and_dual_stack);
     RUN(test_two_processes);
     event_free(tick_ev);
     event_base_free(base);
