@@ -24,7 +24,7 @@ fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
 pass() { echo "ok: $*"; PASSES=$((PASSES + 1)); }
 check() { # check "description" command...
   local what=$1; shift
-  if "$@"; then pass "$what"; else fail "$what"; fi
+  if "$@" >/dev/null; then pass "$what"; else fail "$what"; fi
 }
 finish() {
   echo "$PASSES passed, $FAILS failed"
