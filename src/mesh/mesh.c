@@ -556,7 +556,11 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
     }
     for (int i = 0; i < cfg->n_join; i++)
         if (mesh_add_join(m, i, cfg->join_tokens[i], err, errlen) != 0) goto fail;
-    log_debug(MESH_LOG, "node %s listening on %s:%u", m->id_hex, host, m->listen.port);
+    if (log_enabled(LOG_DEBUG)) {
+        char text[ADDR_TEXT_MAX];
+        addr_format(&m->listen, text);
+        log_debug(MESH_LOG, "node %s listening on %s", m->id_hex, text);
+    }
     return m;
 fail:
     mesh_free(m);

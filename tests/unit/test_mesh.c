@@ -574,6 +574,42 @@ static void test_simultaneous_join(void)
     mesh_free(p.y);
 }
 
+/* Wildcard listeners advertise interface addresses, loopback included, and
+ * a dialler tries them all at once. "[::]" is dual-stack: an IPv4-only node
+ * reaches it through its IPv4 addresses. */
+static void test_wildcard_listen(void)
+{
+    const char *wildcards[2] = {"0.0.0.0:0", "[::]:0"};
+    for (int i = 0; i < 2; i++) {
+        pair p = {0};
+        p.x = start("w", wildcards[i], "host", NULL);
+        if (!p.x && i == 1) {
+            fprintf(stderr, "  no IPv6 here: [::] skipped\n");
+            return;
+        }
+        REQUIRE(p.x);
+        token t;
+        char err[256];
+        REQUIRE(token_decode(mesh_token(p.x), &t, err, sizeof err) == 0);
+        int loopback = 0;
+        for (int k = 0; k < t.n_addrs; k++) {
+            CHECK_EQ_INT(t.addrs[k].port, mesh_listen_port(p.x));
+            loopback |= addr_is_loopback(&t.addrs[k]);
+            if (i == 0) CHECK_EQ_INT(t.addrs[k].family, ADDR_FAMILY_IPV4);
+        }
+        if (t.n_addrs < MESH_MAX_ADDRS) CHECK(loopback);
+        p.y = start("v", "127.0.0.1:0", "client", mesh_token(p.x));
+        REQUIRE(p.y);
+        CHECK(run_until(pair_alive, &p, WAIT_MS));
+        const mesh_peer *yx = find_peer(p.y, p.x);
+        REQUIRE(yx);
+        CHECK_EQ_INT(yx->n_addresses, t.n_addrs);
+        CHECK(run_until(pair_settled, &p, WAIT_MS));
+        mesh_free(p.y);
+        mesh_free(p.x);
+    }
+}
+
 int main(void)
 {
     /* LLMESH_TEST_LOG=debug shows the mesh's chatter while debugging. */
@@ -583,6 +619,7 @@ int main(void)
     RUN(test_config_errors);
     RUN(test_three_nodes);
     RUN(test_simultaneous_join);
+    RUN(test_wildcard_listen);
     event_base_free(base);
     return testlib_finish();
 }
