@@ -278,7 +278,11 @@ static void mesh_node_up(mesh *m, mesh_node *n)
     n->state = NODE_ALIVE;
     n->failures = 0;
     evtimer_del(n->dial_timer);
-    /* Other handshakes to it (the parallel dial) are not needed any more. */
+    /* Our other handshakes to it (the parallel dial) are not needed any
+     * more, unless the new connection is the peer's and we have the lower
+     * id: then the peer keeps ours once it completes (duplicate rule), and
+     * dropping it here would leave both sides without a connection. */
+    if (!n->link->outgoing && memcmp(m->self.public_key, n->id, MESH_ID_BYTES) < 0) return;
     for (mesh_link *o = m->links; o; o = o->next)
         if (o->node == n && o->outgoing && !o->ready && !o->want_close)
             mesh_link_retire(o, "already connected");
