@@ -378,8 +378,12 @@ int main(int argc, char **argv)
            median(rtt_med, runs), median(rtt_p99, runs));
     quic_stats st;
     quic_endpoint_stats(ep, &st);
-    printf("client endpoint: %llu datagrams out, %llu in, %llu send errors, %llu dropped\n",
-           (unsigned long long)st.tx_datagrams, (unsigned long long)st.rx_datagrams,
+    printf("client endpoint: %llu datagrams out in %llu sendmsg (%.1f per call), %llu in in %llu "
+           "recvmsg (%.1f per call), %llu send errors, %llu dropped\n",
+           (unsigned long long)st.tx_datagrams, (unsigned long long)st.tx_calls,
+           st.tx_calls ? (double)st.tx_datagrams / (double)st.tx_calls : 0.0,
+           (unsigned long long)st.rx_datagrams, (unsigned long long)st.rx_calls,
+           st.rx_calls ? (double)st.rx_datagrams / (double)st.rx_calls : 0.0,
            (unsigned long long)st.tx_errors, (unsigned long long)st.rx_dropped);
     kill(pid, SIGTERM);
     waitpid(pid, NULL, 0);

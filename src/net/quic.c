@@ -1029,6 +1029,7 @@ static int send_one(quic_endpoint *ep, const struct sockaddr *to, socklen_t tole
     ssize_t n;
     do n = sendmsg(ep->fd, &mh, 0);
     while (n < 0 && errno == EINTR);
+    ep->stats.tx_calls++;
     return n < 0 ? -errno : 0;
 }
 
@@ -1772,6 +1773,7 @@ static void ep_on_readable(evutil_socket_t fd, short what, void *arg)
                 log_debug(MOD, "recvmsg: %s", strerror(errno));
             break;
         }
+        ep->stats.rx_calls++;
         if ((mh.msg_flags & MSG_TRUNC) || n == 0) {
             ep->stats.rx_dropped++;
             continue;

@@ -112,6 +112,7 @@ int64_t quic_stream_id(const quic_stream *s);
 typedef struct {
     uint64_t rx_datagrams, rx_bytes;     /* UDP datagrams (GRO segments counted one by one) */
     uint64_t tx_datagrams, tx_bytes;
+    uint64_t rx_calls, tx_calls;         /* recvmsg/sendmsg calls: datagrams per call shows GRO/GSO at work */
     uint64_t rx_dropped;                 /* garbage, unknown connection, refused, malformed */
     uint64_t tx_errors;                  /* datagrams the kernel refused (EAGAIN, EMSGSIZE, ...) */
     uint64_t conns_accepted;             /* incoming connections created from an Initial */
