@@ -8,7 +8,7 @@
  * fine. Without libFuzzer, tests/fuzz/replay_main.c replays the corpus in
  * tests/fuzz/corpus/gguf as a CTest test. */
 #include <stdint.h>
-#include <stdlib.h>
+#include <stdlib.h> /* abort: a broken invariant is a finding */
 #include <string.h>
 
 #include "engine/gguf.h"
@@ -47,10 +47,32 @@ static void walk_metadata(const gguf_file *f)
     }
 }
 
+/* What consumers assume of an accepted tensor, checked independently of
+ * the reader's own arithmetic: the shape's size (in 128-bit) is nbytes, and
+ * the bytes lie inside the file. */
+static void check_tensor(const gguf_file *f, const gguf_tensor *t)
+{
+    size_t bb = ggml_type_block_bytes(t->type), be = ggml_type_block_elems(t->type);
+    if (!bb || !be || t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS || t->ne[0] % be) abort();
+    double elems = 1;
+    unsigned __int128 bytes = (unsigned __int128)(t->ne[0] / be) * bb;
+    for (int d = 0; d < GGUF_MAX_DIMS; d++) {
+        elems *= (double)t->ne[d];
+        if (d) bytes *= t->ne[d];
+        if ((uint32_t)d >= t->n_dims && t->ne[d] != 1) abort();
+    }
+    if (elems > 9.3e18 || bytes != t->nbytes) abort();
+    const uint8_t *d = t->data;
+    if (d < f->base + f->data_offset || (uint64_t)(d - f->base) > f->size ||
+        t->nbytes > f->size - (uint64_t)(d - f->base) || (uint64_t)(d - f->base) % f->alignment)
+        abort();
+}
+
 static void walk_tensors(const gguf_file *f)
 {
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const gguf_tensor *t = &f->tensors[i];
+        check_tensor(f, t);
         const uint8_t *d = t->data;
         if (t->nbytes) sink += d[0] + d[t->nbytes - 1];
         sink += ggml_type_block_bytes(t->type) + ggml_type_block_elems(t->type);
