@@ -610,6 +610,45 @@ static void test_wildcard_listen(void)
     }
 }
 
+/* Six nodes that all join the first one: gossip introduces them to each
+ * other, the dial rule makes one connection per pair, and each settles to
+ * exactly five connections. */
+#define STAR 6
+static mesh *star[STAR];
+
+static int star_full(void *arg)
+{
+    for (int i = 0; i < STAR; i++) {
+        if (mesh_connections(star[i]) != STAR - 1) return 0;
+        for (int j = 0; j < STAR; j++)
+            if (i != j && !is_alive(star[i], star[j])) return 0;
+    }
+    return 1;
+}
+
+static void test_star_join(void)
+{
+    star[0] = start("s0", "127.0.0.1:0", "host", NULL);
+    REQUIRE(star[0]);
+    for (int i = 1; i < STAR; i++) {
+        char name[8];
+        snprintf(name, sizeof name, "s%d", i);
+        star[i] = start(name, "127.0.0.1:0", i % 2 ? "standby" : "client", mesh_token(star[0]));
+        REQUIRE(star[i]);
+    }
+    uint64_t t0 = now_ms();
+    CHECK(run_until(star_full, NULL, WAIT_MS));
+    fprintf(stderr, "  full mesh of %d after %llu ms\n", STAR, (unsigned long long)(now_ms() - t0));
+    run_for(500);
+    CHECK(star_full(NULL));
+    for (int i = 0; i < STAR; i++) {
+        mesh_counters c;
+        mesh_get_counters(star[i], &c);
+        CHECK_EQ_INT(c.bad_frames, 0);
+        mesh_free(star[i]);
+    }
+}
+
 int main(void)
 {
     /* LLMESH_TEST_LOG=debug shows the mesh's chatter while debugging. */
@@ -620,6 +659,7 @@ int main(void)
     RUN(test_three_nodes);
     RUN(test_simultaneous_join);
     RUN(test_wildcard_listen);
+    RUN(test_star_join);
     event_base_free(base);
     return testlib_finish();
 }
