@@ -137,7 +137,6 @@ struct quic_conn {
     struct sockaddr_storage remote, remote_app;
     socklen_t remote_len, remote_app_len;
     uint8_t peer_key[QUIC_KEY_BYTES];
-    ngtcp2_cid odcid;            /* server: the client's first DCID, also routed here */
     ngtcp2_cid *cids;            /* every CID of ours in the endpoint map */
     size_t ncids, cids_cap;
     ngtcp2_tstamp hs_deadline;
@@ -753,30 +752,28 @@ static int cb_stream_close(ngtcp2_conn *nc, uint32_t flags, int64_t sid, uint64_
     return 0;
 }
 
-static int cb_stream_reset(ngtcp2_conn *nc, int64_t sid, uint64_t final_size,
-                           uint64_t app_error, void *ud, void *sud)
+/* The peer aborted its side (RESET_STREAM) or ours (STOP_SENDING). Our API
+ * has no half-aborted stream: report the end and abort our side too. */
+static int stream_peer_abort(quic_conn *c, quic_stream *s, const char *what, uint64_t code)
 {
-    quic_conn *c = ud;
-    quic_stream *s = sud;
     if (!s || c->closing) return 0;
     char msg[64];
-    snprintf(msg, sizeof msg, "stream reset by peer (code %llu)", (unsigned long long)app_error);
+    snprintf(msg, sizeof msg, "stream %s by peer (code %llu)", what, (unsigned long long)code);
     stream_report_close(s, msg);
     stream_abort(s, 0);
     return 0;
 }
 
+static int cb_stream_reset(ngtcp2_conn *nc, int64_t sid, uint64_t final_size,
+                           uint64_t app_error, void *ud, void *sud)
+{
+    return stream_peer_abort(ud, sud, "reset", app_error);
+}
+
 static int cb_stream_stop_sending(ngtcp2_conn *nc, int64_t sid, uint64_t app_error, void *ud,
                                   void *sud)
 {
-    quic_conn *c = ud;
-    quic_stream *s = sud;
-    if (!s || c->closing) return 0;
-    char msg[64];
-    snprintf(msg, sizeof msg, "stream stopped by peer (code %llu)", (unsigned long long)app_error);
-    stream_report_close(s, msg);
-    stream_abort(s, 0);
-    return 0;
+    return stream_peer_abort(ud, sud, "stopped", app_error);
 }
 
 static int cb_recv_stateless_reset(ngtcp2_conn *nc, const ngtcp2_pkt_stateless_reset *sr,
@@ -1309,6 +1306,55 @@ static int conn_attach(quic_conn *c, const ngtcp2_cid *scid)
     return 0;
 }
 
+/* Builds c's ngtcp2 connection and TLS session and links it into the
+ * endpoint: server side when hd (the client's first Initial) is given,
+ * client side otherwise. On failure the caller conn_discards c. */
+static int conn_setup(quic_conn *c, const ngtcp2_pkt_hd *hd, char *err, size_t errlen)
+{
+    quic_endpoint *ep = c->ep;
+    ngtcp2_cid scid, dcid;
+    scid.datalen = QUIC_CIDLEN;
+    do random_bytes(scid.data, QUIC_CIDLEN);
+    while (cid_map_get(&ep->map, scid.data, QUIC_CIDLEN));
+    ngtcp2_callbacks cbs;
+    ngtcp2_settings settings;
+    ngtcp2_transport_params params;
+    fill_callbacks(&cbs, hd != NULL);
+    fill_settings(ep, &settings);
+    fill_params(ep, &params);
+    ngtcp2_path path = {
+        {(ngtcp2_sockaddr *)&ep->local, ep->local_len},
+        {(ngtcp2_sockaddr *)&c->remote, c->remote_len},
+        NULL,
+    };
+    int rv;
+    if (hd) {
+        params.original_dcid = hd->dcid;
+        params.stateless_reset_token_present = 1;
+        ngtcp2_crypto_generate_stateless_reset_token(params.stateless_reset_token,
+                                                     ep->reset_secret, sizeof ep->reset_secret,
+                                                     &scid);
+        rv = ngtcp2_conn_server_new(&c->conn, &hd->scid, &scid, &path, hd->version, &cbs,
+                                    &settings, &params, NULL, c);
+    } else {
+        dcid.datalen = QUIC_CIDLEN;
+        random_bytes(dcid.data, QUIC_CIDLEN);
+        rv = ngtcp2_conn_client_new(&c->conn, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, &cbs,
+                                    &settings, &params, NULL, c);
+    }
+    if (rv != 0) {
+        c->conn = NULL;
+        set_err(err, errlen, "ngtcp2 connection: %s", ngtcp2_strerror(rv));
+        return -1;
+    }
+    if (conn_tls_init(c, hd != NULL, err, errlen) != 0) return -1;
+    if (conn_attach(c, &scid) != 0) {
+        set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- writing ----------------------------------------------------------------*/
 
 static quic_stream *sendq_next(quic_conn *c, unsigned pass, int data_ok)
@@ -1633,42 +1679,13 @@ static quic_conn *ep_accept(quic_endpoint *ep, const struct sockaddr_storage *fr
     }
     quic_conn *c = conn_alloc(ep, from, fromlen);
     if (!c) return NULL;
-    ngtcp2_cid scid;
-    scid.datalen = QUIC_CIDLEN;
-    do random_bytes(scid.data, QUIC_CIDLEN);
-    while (cid_map_get(&ep->map, scid.data, QUIC_CIDLEN));
-
-    ngtcp2_callbacks cbs;
-    ngtcp2_settings settings;
-    ngtcp2_transport_params params;
-    fill_callbacks(&cbs, 1);
-    fill_settings(ep, &settings);
-    fill_params(ep, &params);
-    params.original_dcid = hd.dcid;
-    params.stateless_reset_token_present = 1;
-    ngtcp2_crypto_generate_stateless_reset_token(params.stateless_reset_token, ep->reset_secret,
-                                                 sizeof ep->reset_secret, &scid);
-    ngtcp2_path path = {
-        {(ngtcp2_sockaddr *)&ep->local, ep->local_len},
-        {(ngtcp2_sockaddr *)&c->remote, c->remote_len},
-        NULL,
-    };
-    int rv = ngtcp2_conn_server_new(&c->conn, &hd.scid, &scid, &path, hd.version, &cbs, &settings,
-                                    &params, NULL, c);
-    if (rv != 0) {
-        log_debug(MOD, "ngtcp2_conn_server_new: %s", ngtcp2_strerror(rv));
-        c->conn = NULL;
-        conn_free(c);
-        return NULL;
-    }
     char err[128] = "out of memory";
-    if (conn_tls_init(c, 1, err, sizeof err) != 0 || conn_attach(c, &scid) != 0) {
+    if (conn_setup(c, &hd, err, sizeof err) != 0) {
         log_debug(MOD, "incoming connection setup failed: %s", err);
         conn_discard(c);
         return NULL;
     }
     /* The client keeps using its first DCID until it hears from us. */
-    c->odcid = hd.dcid;
     conn_add_cid(c, &hd.dcid);
     c->half_open = 1;
     ep->nhalf_open++;
@@ -1990,37 +2007,7 @@ quic_conn *quic_connect(quic_endpoint *ep, const struct sockaddr *addr, socklen_
     c->have_peer_key = 1;
     memcpy(c->peer_key, peer_key, QUIC_KEY_BYTES);
 
-    ngtcp2_cid dcid, scid;
-    dcid.datalen = QUIC_CIDLEN;
-    random_bytes(dcid.data, QUIC_CIDLEN);
-    scid.datalen = QUIC_CIDLEN;
-    do random_bytes(scid.data, QUIC_CIDLEN);
-    while (cid_map_get(&ep->map, scid.data, QUIC_CIDLEN));
-    ngtcp2_callbacks cbs;
-    ngtcp2_settings settings;
-    ngtcp2_transport_params params;
-    fill_callbacks(&cbs, 0);
-    fill_settings(ep, &settings);
-    fill_params(ep, &params);
-    ngtcp2_path path = {
-        {(ngtcp2_sockaddr *)&ep->local, ep->local_len},
-        {(ngtcp2_sockaddr *)&c->remote, c->remote_len},
-        NULL,
-    };
-    int rv = ngtcp2_conn_client_new(&c->conn, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, &cbs,
-                                    &settings, &params, NULL, c);
-    if (rv != 0) {
-        set_err(err, errlen, "ngtcp2_conn_client_new: %s", ngtcp2_strerror(rv));
-        c->conn = NULL;
-        conn_free(c);
-        return NULL;
-    }
-    if (conn_tls_init(c, 0, err, errlen) != 0) {
-        conn_free(c);
-        return NULL;
-    }
-    if (conn_attach(c, &scid) != 0) {
-        set_err(err, errlen, "out of memory");
+    if (conn_setup(c, NULL, err, errlen) != 0) {
         conn_discard(c);
         return NULL;
     }
