@@ -1,17 +1,30 @@
 /* threadpool.c: see threadpool.h.
  *
- * One batch is in flight at a time. The caller publishes it by writing the job
- * fields and then bumping `generation` (release); workers notice the new
- * generation, claim task indices from the shared `next_task` counter, and
- * check out by decrementing `pending`. The caller claims tasks too, then waits
- * for `pending` to reach zero, so no worker can still be reading the job when
- * the next one is written: that wait is the whole synchronisation story.
+ * One batch is in flight at a time. Its state is one 64-bit atomic word,
+ * `claim` = generation (24 bits) | task count (20 bits) | next task (20 bits).
+ * The caller publishes a batch by storing a new word (release); any thread
+ * takes a task by compare-and-swapping the next-task field up by one, which
+ * succeeds only while the word still names the batch it has seen and tasks
+ * remain. A finished task bumps `done`; the caller returns when done equals
+ * the task count.
  *
- * The trade-off is that the caller waits for every worker to check in, even a
- * worker that found no task left. Workers that are spinning check in within
- * nanoseconds; a sleeping one costs a wake-up, which is why they spin first.
- * Spinning burns a core for up to SPIN_ITERATIONS pauses (~0.1-0.5 ms) after
- * each batch; the figure trades idle CPU against wake-up latency. */
+ * Why not a barrier on the workers? The caller never waits for a worker that
+ * has no task: a worker that was asleep or descheduled when the batch came
+ * simply finds it used up (or a newer one) when it runs. On a machine shared
+ * with other processes that matters: a barrier would stall every product on
+ * the slowest-scheduled thread.
+ *
+ * Why is reading fn/ctx safe? A thread reads them only after its CAS took a
+ * task of generation G; generation G cannot finish before that task does, and
+ * the caller writes the next batch's fn/ctx only after G has finished. They
+ * are atomics anyway, so a late thread's failed attempt is not a data race.
+ * The 24-bit generation makes a stale CAS succeed only if a thread stalls
+ * between its load and its CAS for exactly a multiple of 16M batches and the
+ * task fields match too; we accept that.
+ *
+ * Idle workers spin for SPIN_ITERATIONS pauses (~0.1-0.5 ms) before sleeping
+ * on a condition variable: back-to-back batches (one per matrix product)
+ * then cost no system call, at the price of some idle CPU after each burst. */
 #define _GNU_SOURCE
 #include "lib/threadpool.h"
 
@@ -19,33 +32,42 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define SPIN_ITERATIONS 4096    /* pauses before a worker goes to sleep */
-#define YIELD_AFTER (1 << 14)   /* caller pauses before it starts yielding its core */
+#define SPIN_ITERATIONS 4096    /* pauses before an idle worker goes to sleep */
+#define YIELD_AFTER 2048        /* pauses before a waiting caller starts yielding its core */
+
+#define TASK_BITS 20
+#define TASK_MAX ((1u << TASK_BITS) - 1)  /* tasks per round; bigger batches run in rounds */
+#define CLAIM(gen, n, next) (((uint64_t)(gen) << (2 * TASK_BITS)) | ((uint64_t)(n) << TASK_BITS) | (next))
+#define CLAIM_GEN(c) ((uint32_t)((c) >> (2 * TASK_BITS)))
+#define CLAIM_N(c) ((uint32_t)((c) >> TASK_BITS) & TASK_MAX)
+#define CLAIM_NEXT(c) ((uint32_t)(c) & TASK_MAX)
+#define GEN_MASK 0xffffffu
 
 struct threadpool {
     int n_threads;               /* caller included */
     pthread_t *workers;          /* n_threads - 1 */
     int n_started;
 
-    pthread_mutex_t mutex;       /* guards n_sleeping, and orders generation vs sleep */
+    pthread_mutex_t mutex;       /* guards n_sleeping; orders publication vs sleep */
     pthread_cond_t wake;
     int n_sleeping;
 
-    atomic_uint generation;      /* bumped once per batch (and once to stop) */
-    atomic_int next_task;        /* next unclaimed task of the current batch */
-    atomic_int pending;          /* workers not yet done with the current batch */
+    _Atomic uint64_t claim;      /* see the file comment */
+    atomic_uint done;            /* tasks of the current round finished */
     atomic_int stop;
     atomic_int busy;             /* a threadpool_run is in progress (misuse check) */
+    uint32_t generation;         /* caller's copy of the current generation */
 
-    /* The current batch; written only while no worker can be reading it. */
-    threadpool_fn fn;
-    void *ctx;
-    int n_tasks;
+    /* The current round. */
+    _Atomic(threadpool_fn) fn;
+    _Atomic(void *) ctx;
+    atomic_int base;             /* task index of the round's first task */
 };
 
 typedef struct {
@@ -62,28 +84,36 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Claims and runs tasks of the current batch until none is left. */
-static void run_tasks(threadpool *pool, int thread)
+/* Takes and runs tasks of generation gen until it has none left. */
+static void run_tasks(threadpool *pool, uint32_t gen, int thread)
 {
-    for (;;) {
-        int task = atomic_fetch_add_explicit(&pool->next_task, 1, memory_order_relaxed);
-        if (task >= pool->n_tasks) break;
-        pool->fn(pool->ctx, task, thread);
+    uint64_t c = atomic_load_explicit(&pool->claim, memory_order_acquire);
+    while (CLAIM_GEN(c) == gen && CLAIM_NEXT(c) < CLAIM_N(c)) {
+        if (!atomic_compare_exchange_weak_explicit(&pool->claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue; /* c now holds the current word */
+        threadpool_fn fn = atomic_load_explicit(&pool->fn, memory_order_relaxed);
+        void *ctx = atomic_load_explicit(&pool->ctx, memory_order_relaxed);
+        int base = atomic_load_explicit(&pool->base, memory_order_relaxed);
+        fn(ctx, base + (int)CLAIM_NEXT(c), thread);
+        atomic_fetch_add_explicit(&pool->done, 1, memory_order_release);
+        c = atomic_load_explicit(&pool->claim, memory_order_acquire);
     }
 }
 
-/* Waits until the generation differs from seen; returns the new one. */
-static unsigned wait_generation(threadpool *pool, unsigned seen)
+/* Waits until the generation differs from seen (or stop); returns the new one. */
+static uint32_t wait_generation(threadpool *pool, uint32_t seen)
 {
     for (int i = 0; i < SPIN_ITERATIONS; i++) {
-        unsigned g = atomic_load_explicit(&pool->generation, memory_order_acquire);
-        if (g != seen) return g;
+        uint32_t g = CLAIM_GEN(atomic_load_explicit(&pool->claim, memory_order_acquire));
+        if (g != seen || atomic_load_explicit(&pool->stop, memory_order_relaxed)) return g;
         cpu_relax();
     }
     pthread_mutex_lock(&pool->mutex);
     pool->n_sleeping++;
-    unsigned g;
-    while ((g = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen)
+    uint32_t g;
+    while ((g = CLAIM_GEN(atomic_load_explicit(&pool->claim, memory_order_acquire))) == seen &&
+           !atomic_load_explicit(&pool->stop, memory_order_relaxed))
         pthread_cond_wait(&pool->wake, &pool->mutex);
     pool->n_sleeping--;
     pthread_mutex_unlock(&pool->mutex);
@@ -96,22 +126,23 @@ static void *worker_main(void *arg)
     threadpool *pool = w->pool;
     int index = w->index;
     free(w);
-    unsigned seen = 0;
+    uint32_t seen = 0;
     for (;;) {
         seen = wait_generation(pool, seen);
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
-        run_tasks(pool, index);
-        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_release);
+        run_tasks(pool, seen, index);
     }
     return NULL;
 }
 
-/* Publishes a new generation and wakes sleepers. Bumping under the mutex is
- * what keeps a worker from missing it between its last check and its sleep. */
-static void publish(threadpool *pool)
+/* Stores a new claim word (or the stop flag) and wakes sleepers. Doing it
+ * under the mutex keeps a worker from missing it between its last check and
+ * its sleep. */
+static void publish(threadpool *pool, uint64_t claim, int stop)
 {
     pthread_mutex_lock(&pool->mutex);
-    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
+    if (stop) atomic_store_explicit(&pool->stop, 1, memory_order_release);
+    else atomic_store_explicit(&pool->claim, claim, memory_order_release);
     if (pool->n_sleeping > 0) pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->mutex);
 }
@@ -131,11 +162,13 @@ threadpool *threadpool_create(int n_threads, char *err, size_t errlen)
     pool->n_threads = n_threads;
     pthread_mutex_init(&pool->mutex, NULL);
     pthread_cond_init(&pool->wake, NULL);
-    atomic_init(&pool->generation, 0);
-    atomic_init(&pool->next_task, 0);
-    atomic_init(&pool->pending, 0);
+    atomic_init(&pool->claim, CLAIM(0, 0, 0));
+    atomic_init(&pool->done, 0);
     atomic_init(&pool->stop, 0);
     atomic_init(&pool->busy, 0);
+    atomic_init(&pool->fn, NULL);
+    atomic_init(&pool->ctx, NULL);
+    atomic_init(&pool->base, 0);
     if (n_threads > 1) {
         pool->workers = calloc((size_t)n_threads - 1, sizeof *pool->workers);
         if (!pool->workers) goto oom;
@@ -167,8 +200,7 @@ void threadpool_free(threadpool *pool)
     if (!pool) return;
     assert(!atomic_load(&pool->busy));
     if (pool->n_started > 0) {
-        atomic_store_explicit(&pool->stop, 1, memory_order_release);
-        publish(pool);
+        publish(pool, 0, 1);
         for (int i = 0; i < pool->n_started; i++) pthread_join(pool->workers[i], NULL);
     }
     pthread_cond_destroy(&pool->wake);
@@ -194,20 +226,22 @@ void threadpool_run(threadpool *pool, int n_tasks, threadpool_fn fn, void *ctx)
         return;
     }
 
-    /* No worker reads these until publish(); the previous batch's workers
-     * have all checked out (pending reached 0 before the last return). */
-    pool->fn = fn;
-    pool->ctx = ctx;
-    pool->n_tasks = n_tasks;
-    atomic_store_explicit(&pool->next_task, 0, memory_order_relaxed);
-    atomic_store_explicit(&pool->pending, pool->n_threads - 1, memory_order_relaxed);
-    publish(pool);
+    atomic_store_explicit(&pool->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&pool->ctx, ctx, memory_order_relaxed);
+    for (int base = 0; base < n_tasks; base += (int)TASK_MAX) {
+        uint32_t n = n_tasks - base < (int)TASK_MAX ? (uint32_t)(n_tasks - base) : TASK_MAX;
+        /* The previous round is complete, so no thread reads these now. */
+        atomic_store_explicit(&pool->base, base, memory_order_relaxed);
+        atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
+        pool->generation = (pool->generation + 1) & GEN_MASK;
+        publish(pool, CLAIM(pool->generation, n, 0), 0);
 
-    run_tasks(pool, 0);
+        run_tasks(pool, pool->generation, 0);
 
-    for (int spins = 0; atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; spins++) {
-        if (spins < YIELD_AFTER) cpu_relax();
-        else sched_yield(); /* a worker was descheduled: give it our core */
+        for (int spins = 0; atomic_load_explicit(&pool->done, memory_order_acquire) < n; spins++) {
+            if (spins < YIELD_AFTER) cpu_relax();
+            else sched_yield(); /* the thread running the last task was descheduled */
+        }
     }
     atomic_store(&pool->busy, 0);
 }
