@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "lib/log.h"
+#include "mesh/identity.h"
 #include "serve/node.h"
 
 static const char serve_usage[] =
@@ -33,17 +34,6 @@ static int parse_port(const char *flag, const char *value, int *out)
     }
     *out = (int)v;
     return 0;
-}
-
-/* The identity directory: the flag, else $LLMESH_HOME, else ~/.llmesh. */
-static const char *resolve_home(const char *flag, char *buf, size_t cap)
-{
-    if (flag) return flag;
-    const char *env = getenv("LLMESH_HOME");
-    if (env && *env) return env;
-    const char *home = getenv("HOME");
-    snprintf(buf, cap, "%s/.llmesh", home && *home ? home : ".");
-    return buf;
 }
 
 static int serve_main(int argc, char **argv, int client)
@@ -97,8 +87,12 @@ static int serve_main(int argc, char **argv, int client)
         fprintf(stderr, "llmesh client: --join TOKEN is required (a client has no model of its own)\n");
         return 2;
     }
-    char home_buf[4096];
-    cfg.home = resolve_home(home_flag, home_buf, sizeof home_buf);
+    char home[4096], err[256];
+    if (identity_home_dir(home_flag, home, sizeof home, err, sizeof err) != 0) {
+        fprintf(stderr, "llmesh: %s\n", err);
+        return 2;
+    }
+    cfg.home = home;
     return node_run(&cfg);
 }
 

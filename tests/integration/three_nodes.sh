@@ -76,4 +76,8 @@ else
   fail "C still lists A as alive 40 s after A exited"
 fi
 
+# The same home gives the same identity after a restart.
+start_node A2 serve --home "$T/A"
+check "restarted A has the same node id" [ "$(curl -sf "$A2_CONSOLE/api/status" | jq -r .node_id)" = "$A_ID" ]
+
 finish
