@@ -21,6 +21,10 @@
 #include "lib/threadpool.h"
 
 #define PERPLEXITY_DEFAULT_CTX 256
+/* Models train on contexts up to 128K positions and more; an F32 KV cache
+ * that long is tens of GB. Generation uses at most this many positions
+ * (engine_model_context_length reports the figure in use). */
+#define ENGINE_MAX_CONTEXT 8192
 
 struct engine_model {
     gguf_file *file;      /* the mapping the model's weights point into */
@@ -68,7 +72,8 @@ engine_model *engine_model_load(const char *path, int n_threads, char *err, size
                  tokenizer_n_vocab(m->tok), c->n_vocab);
         goto fail;
     }
-    if (!(m->state = model_state_new(m->model, 0, inner, sizeof inner))) goto fail;
+    int n_ctx = c->n_ctx_train < ENGINE_MAX_CONTEXT ? c->n_ctx_train : ENGINE_MAX_CONTEXT;
+    if (!(m->state = model_state_new(m->model, n_ctx, inner, sizeof inner))) goto fail;
     if (!(m->pool = threadpool_create(n_threads, inner, sizeof inner))) goto fail;
     m->cached = malloc(sizeof(int32_t) * (size_t)model_state_n_ctx(m->state));
     m->logits = malloc(sizeof(float) * (size_t)c->n_vocab);

@@ -99,17 +99,35 @@ uint16_t kernel_fp32_to_bf16(float f)
 /* Q8_0                                                                      */
 /* ======================================================================== */
 
+/* Round to nearest, ties to even, for |v| < 2^22: adding 1.5 * 2^23 pushes
+ * the fraction out of the float's mantissa under the default rounding mode.
+ * Exact, branch-free and inlined, unlike roundf/nearbyintf on baseline
+ * x86-64 (which are libm calls); the AVX2 path rounds the same way. */
+static inline float round_even(float v)
+{
+    const float magic = 12582912.0f;
+    return (v + magic) - magic;
+}
+
 void kernel_quantize_row_q8_0(const float *x, kernel_block_q8_0 *out, int n)
 {
     assert(n % KERNEL_Q8_0_BLOCK == 0);
     for (int b = 0; b < n / KERNEL_Q8_0_BLOCK; b++) {
         const float *v = x + b * KERNEL_Q8_0_BLOCK;
         float amax = 0;
-        for (int i = 0; i < KERNEL_Q8_0_BLOCK; i++) amax = fmaxf(amax, fabsf(v[i]));
+        for (int i = 0; i < KERNEL_Q8_0_BLOCK; i++) {
+            float a = fabsf(v[i]);
+            amax = a > amax ? a : amax; /* NaN inputs give NaN scales, as in ggml */
+        }
         float d = amax / 127.0f;
         float id = d != 0 ? 1.0f / d : 0.0f;
         out[b].d = kernel_fp32_to_fp16(d);
-        for (int i = 0; i < KERNEL_Q8_0_BLOCK; i++) out[b].qs[i] = (int8_t)roundf(v[i] * id);
+        /* |v * id| <= 127 (up to rounding of id), so r is in [-127, 127]; the
+         * test only catches NaN/inf, whose conversion to int would be undefined. */
+        for (int i = 0; i < KERNEL_Q8_0_BLOCK; i++) {
+            float r = round_even(v[i] * id);
+            out[b].qs[i] = r >= -127.0f && r <= 127.0f ? (int8_t)r : 0;
+        }
     }
 }
 
@@ -213,6 +231,11 @@ static float dot_q8_0_scalar(const kernel_block_q8_0 *a, const kernel_block_q8_0
     return sum;
 }
 
+static void axpy_scalar(float *out, float a, const float *v, int n)
+{
+    for (int i = 0; i < n; i++) out[i] += a * v[i];
+}
+
 static void fp16_row_scalar(const uint16_t *src, float *dst, int n)
 {
     for (int i = 0; i < n; i++) dst[i] = kernel_fp16_to_fp32(src[i]);
@@ -293,25 +316,36 @@ AVX2_TARGET static float dot_bf16_f32_avx2(const uint16_t *a, const float *b, in
     return sum;
 }
 
-/* Sign-extends to 16 bits before multiplying (rather than the faster
- * maddubs sign trick) so that -128 * -128 is exact: a block's integer sum is
- * the same as the scalar path's. */
+/* maddubs multiplies unsigned by signed bytes, so the weights' signs move
+ * onto the activations: |a| * (b with a's sign) = a * b. |a| of -128 is 128
+ * as an unsigned byte, so any weight is exact; b must stay in [-127, 127]
+ * (negating -128 would overflow), which our quantizer guarantees. Pair sums
+ * reach at most 2 * 128 * 127, inside int16. */
 AVX2_TARGET static float dot_q8_0_avx2(const kernel_block_q8_0 *a, const kernel_block_q8_0 *b,
                                        int n)
 {
+    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc = _mm256_setzero_ps();
     for (int k = 0; k < n / KERNEL_Q8_0_BLOCK; k++) {
         __m256i qa = _mm256_loadu_si256((const __m256i *)a[k].qs);
         __m256i qb = _mm256_loadu_si256((const __m256i *)b[k].qs);
-        __m256i a_lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(qa));
-        __m256i a_hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(qa, 1));
-        __m256i b_lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(qb));
-        __m256i b_hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(qb, 1));
-        __m256i p = _mm256_add_epi32(_mm256_madd_epi16(a_lo, b_lo), _mm256_madd_epi16(a_hi, b_hi));
+        __m256i abs_a = _mm256_sign_epi8(qa, qa);
+        __m256i signed_b = _mm256_sign_epi8(qb, qa);
+        __m256i p16 = _mm256_maddubs_epi16(abs_a, signed_b);
+        __m256i p32 = _mm256_madd_epi16(p16, ones);
         __m256 d = _mm256_set1_ps(_cvtsh_ss(a[k].d) * _cvtsh_ss(b[k].d));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, acc);
     }
     return hsum256(acc);
+}
+
+AVX2_TARGET static void axpy_avx2(float *out, float a, const float *v, int n)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+    for (; i < n; i++) out[i] += a * v[i];
 }
 
 AVX2_TARGET static void fp16_row_avx2(const uint16_t *src, float *dst, int n)
@@ -333,16 +367,17 @@ typedef struct {
     float (*dot_bf16_f32)(const uint16_t *, const float *, int);
     float (*dot_q8_0)(const kernel_block_q8_0 *, const kernel_block_q8_0 *, int);
     void (*fp16_row)(const uint16_t *, float *, int);
+    void (*axpy)(float *, float, const float *, int);
 } kernel_ops;
 
 static const kernel_ops ops_scalar = {
     KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
-    dot_q8_0_scalar, fp16_row_scalar,
+    dot_q8_0_scalar, fp16_row_scalar, axpy_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
 static const kernel_ops ops_avx2 = {
     KERNEL_ISA_AVX2, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2,
-    dot_q8_0_avx2, fp16_row_avx2,
+    dot_q8_0_avx2, fp16_row_avx2, axpy_avx2,
 };
 #endif
 
@@ -430,42 +465,56 @@ void kernel_fp16_to_fp32_row(const uint16_t *src, float *dst, int n) { ops()->fp
  * weight rows (which stay in L1) without pushing the inputs out of L2. */
 #define MATMUL_TOKEN_TILE 8
 
+/* One product of a multi-product job, with its share of the task range. */
 typedef struct {
     const kernel_matrix *w;
-    const kernel_ops *ops;
-    const uint8_t *x;      /* n input vectors, converted for the weight type */
-    size_t x_stride;       /* bytes between input vectors */
-    size_t w_stride;       /* bytes between weight rows */
-    int n;
-    int rows_per_task;
     float *y;
-} matmul_job;
+    size_t w_stride;       /* bytes between weight rows */
+    int rows_per_task;
+    int first_task;
+} matmul_part;
 
-static inline float row_dot(const matmul_job *job, const void *wrow, const void *x)
-{
-    int cols = job->w->cols;
-    switch (job->w->type) {
-    case GGML_TYPE_F32: return job->ops->dot_f32(wrow, x, cols);
-    case GGML_TYPE_F16: return job->ops->dot_f16_f32(wrow, x, cols);
-    case GGML_TYPE_BF16: return job->ops->dot_bf16_f32(wrow, x, cols);
-    case GGML_TYPE_Q8_0: return job->ops->dot_q8_0(wrow, x, cols);
-    default: assert(!"unsupported type"); return 0;
-    }
-}
+typedef struct {
+    const kernel_ops *ops;
+    int n;                 /* input vectors */
+    const float *xf;       /* (n, cols) as given, for the float weight types */
+    const uint8_t *xq;     /* (n, cols) as Q8_0 blocks, for Q8_0 weights */
+    size_t xq_stride;
+    int n_parts;
+    matmul_part part[KERNEL_MATMUL_MAX];
+} matmul_job;
 
 static void matmul_task(void *ctx, int task, int thread)
 {
     const matmul_job *job = ctx;
-    int rows = job->w->rows;
-    int r0 = task * job->rows_per_task;
-    int r1 = r0 + job->rows_per_task < rows ? r0 + job->rows_per_task : rows;
-    const uint8_t *wbase = job->w->data;
+    int p = job->n_parts - 1;
+    while (job->part[p].first_task > task) p--;
+    const matmul_part *part = &job->part[p];
+    const kernel_matrix *w = part->w;
+    const kernel_ops *o = job->ops;
+    int rows = w->rows, cols = w->cols;
+    int r0 = (task - part->first_task) * part->rows_per_task;
+    int r1 = r0 + part->rows_per_task < rows ? r0 + part->rows_per_task : rows;
+    const uint8_t *wbase = w->data;
     for (int t0 = 0; t0 < job->n; t0 += MATMUL_TOKEN_TILE) {
         int t1 = t0 + MATMUL_TOKEN_TILE < job->n ? t0 + MATMUL_TOKEN_TILE : job->n;
         for (int r = r0; r < r1; r++) {
-            const void *wrow = wbase + (size_t)r * job->w_stride;
-            for (int t = t0; t < t1; t++)
-                job->y[(size_t)t * rows + r] = row_dot(job, wrow, job->x + (size_t)t * job->x_stride);
+            const void *wrow = wbase + (size_t)r * part->w_stride;
+            float *y = part->y + r;
+            for (int t = t0; t < t1; t++) {
+                const float *xf = job->xf + (size_t)t * cols;
+                float v;
+                switch (w->type) {
+                case GGML_TYPE_F32: v = o->dot_f32(wrow, xf, cols); break;
+                case GGML_TYPE_F16: v = o->dot_f16_f32(wrow, xf, cols); break;
+                case GGML_TYPE_BF16: v = o->dot_bf16_f32(wrow, xf, cols); break;
+                case GGML_TYPE_Q8_0:
+                    v = o->dot_q8_0(wrow, (const kernel_block_q8_0 *)(job->xq + (size_t)t * job->xq_stride), cols);
+                    break;
+                default: assert(!"unsupported type"); v = 0;
+                }
+                y[(size_t)t * rows] = v;
+            }
         }
     }
 }
@@ -475,34 +524,47 @@ size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n)
     return t == GGML_TYPE_Q8_0 ? kernel_row_bytes(GGML_TYPE_Q8_0, cols) * (size_t)n : 0;
 }
 
+void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *const *w,
+                         const float *x, int n, float *const *y, void *scratch)
+{
+    assert(n_mats >= 1 && n_mats <= KERNEL_MATMUL_MAX && n > 0);
+    matmul_job job = {.ops = ops(), .n = n, .xf = x, .n_parts = n_mats};
+    int cols = w[0]->cols, need_q8 = 0, n_tasks = 0;
+    /* About four tasks per thread (over all products) so a slow thread does
+     * not hold up the rest; the split does not affect the results, each
+     * output is one thread's. */
+    int total_rows = 0;
+    for (int i = 0; i < n_mats; i++) total_rows += w[i]->rows;
+    int want = threadpool_size(pool) * 4;
+    int rows_per_task = (total_rows + want - 1) / want;
+    if (rows_per_task < 4) rows_per_task = 4;
+    for (int i = 0; i < n_mats; i++) {
+        assert(kernel_type_supported(w[i]->type));
+        assert(w[i]->cols == cols && w[i]->rows > 0);
+        matmul_part *part = &job.part[i];
+        part->w = w[i];
+        part->y = y[i];
+        part->w_stride = kernel_row_bytes(w[i]->type, cols);
+        part->rows_per_task = rows_per_task;
+        part->first_task = n_tasks;
+        n_tasks += (w[i]->rows + rows_per_task - 1) / rows_per_task;
+        need_q8 |= w[i]->type == GGML_TYPE_Q8_0;
+    }
+    if (need_q8) { /* convert the input once for every Q8_0 product */
+        assert(scratch);
+        job.xq_stride = kernel_row_bytes(GGML_TYPE_Q8_0, cols);
+        for (int t = 0; t < n; t++)
+            kernel_quantize_row_q8_0(x + (size_t)t * cols,
+                                     (kernel_block_q8_0 *)((uint8_t *)scratch + t * job.xq_stride), cols);
+        job.xq = scratch;
+    }
+    threadpool_run(pool, n_tasks, matmul_task, &job);
+}
+
 void kernel_matmul(threadpool *pool, const kernel_matrix *w, const float *x, int n, float *y,
                    void *scratch)
 {
-    assert(kernel_type_supported(w->type));
-    assert(w->rows > 0 && w->cols > 0 && n > 0);
-    matmul_job job = {
-        .w = w, .ops = ops(), .n = n, .y = y,
-        .w_stride = kernel_row_bytes(w->type, w->cols),
-    };
-    if (w->type == GGML_TYPE_Q8_0) {
-        assert(scratch);
-        job.x_stride = kernel_row_bytes(GGML_TYPE_Q8_0, w->cols);
-        for (int t = 0; t < n; t++)
-            kernel_quantize_row_q8_0(x + (size_t)t * w->cols,
-                                     (kernel_block_q8_0 *)((uint8_t *)scratch + t * job.x_stride),
-                                     w->cols);
-        job.x = scratch;
-    } else {
-        job.x_stride = (size_t)w->cols * sizeof(float);
-        job.x = (const uint8_t *)x;
-    }
-    /* About four tasks per thread so a slow thread does not hold up the rest;
-     * the split does not affect the results (each row is one thread's). */
-    int want = threadpool_size(pool) * 4;
-    job.rows_per_task = (w->rows + want - 1) / want;
-    if (job.rows_per_task < 4) job.rows_per_task = 4;
-    int n_tasks = (w->rows + job.rows_per_task - 1) / job.rows_per_task;
-    threadpool_run(pool, n_tasks, matmul_task, &job);
+    kernel_matmul_multi(pool, 1, &w, x, n, &y, scratch);
 }
 
 void kernel_matmul_ref(const kernel_matrix *w, const float *x, int n, float *y)
@@ -555,7 +617,4 @@ void kernel_add(float *x, const float *y, int n)
     for (int i = 0; i < n; i++) x[i] += y[i];
 }
 
-void kernel_axpy(float *out, float a, const float *v, int n)
-{
-    for (int i = 0; i < n; i++) out[i] += a * v[i];
-}
+void kernel_axpy(float *out, float a, const float *v, int n) { ops()->axpy(out, a, v, n); }

@@ -45,7 +45,7 @@ typedef struct {
 } kernel_block_q8_0;
 
 /* Quantizes n floats (n % 32 == 0) the way ggml does: d = max|x| / 127 stored
- * as fp16, q = round(x / d). */
+ * as fp16, q = round(x / d) (ties to even) in [-127, 127]. */
 void kernel_quantize_row_q8_0(const float *x, kernel_block_q8_0 *out, int n);
 
 /* ---- types -------------------------------------------------------------- */
@@ -62,7 +62,10 @@ void kernel_dequantize_row(ggml_type t, const void *src, float *dst, int n);
 float kernel_dot_f32(const float *a, const float *b, int n);
 float kernel_dot_f16_f32(const uint16_t *a, const float *b, int n);
 float kernel_dot_bf16_f32(const uint16_t *a, const float *b, int n);
-/* n % 32 == 0; the integer products of each block are summed exactly. */
+/* n % 32 == 0; the integer products of each block are summed exactly. a
+ * (the weights) may hold any int8; b (the activations) must stay in
+ * [-127, 127], as kernel_quantize_row_q8_0 makes them (the AVX2 path needs
+ * to negate b's values). */
 float kernel_dot_q8_0(const kernel_block_q8_0 *a, const kernel_block_q8_0 *b, int n);
 
 /* ---- matrix products ----------------------------------------------------- */
@@ -88,6 +91,14 @@ size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n);
  * the activation's rounding error, ~0.4% of a block's largest value. */
 void kernel_matmul(threadpool *pool, const kernel_matrix *w, const float *x, int n, float *y,
                    void *scratch);
+
+/* Several products of the same input in one dispatch (q, k and v; gate and
+ * up): the input is converted once and the threads synchronise once. All
+ * matrices have the same cols; y[i] is [n][w[i]->rows]. Scratch as for the
+ * largest requirement among the matrices' types. */
+#define KERNEL_MATMUL_MAX 4
+void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *const *w,
+                         const float *x, int n, float *const *y, void *scratch);
 
 /* Reference for tests: dequantizes each row and dots it with x in double,
  * single-threaded, no quantization of x. */

@@ -554,9 +554,9 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
         for (int i = 0; i < n; i++)
             kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->attn_norm, dim,
                            c->norm_eps);
-        kernel_matmul(pool, &L->wq, s->xb, n, s->q, s->scratch);    /* (n, q_dim) */
-        kernel_matmul(pool, &L->wk, s->xb, n, k_cache, s->scratch); /* (n, kv_dim), into the cache */
-        kernel_matmul(pool, &L->wv, s->xb, n, v_cache, s->scratch); /* (n, kv_dim), into the cache */
+        const kernel_matrix *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_out[3] = {s->q, k_cache, v_cache}; /* (n, q_dim), (n, kv_dim) x 2 into the cache */
+        kernel_matmul_multi(pool, 3, qkv, s->xb, n, qkv_out, s->scratch);
 
         /* ---- RoPE on q and k ---- */
         for (int i = 0; i < n; i++) {
@@ -578,8 +578,9 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
         for (int i = 0; i < n; i++)
             kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->ffn_norm, dim,
                            c->norm_eps);
-        kernel_matmul(pool, &L->w_gate, s->xb, n, s->hb, s->scratch); /* (n, n_ff) */
-        kernel_matmul(pool, &L->w_up, s->xb, n, s->hb2, s->scratch);  /* (n, n_ff) */
+        const kernel_matrix *gate_up[2] = {&L->w_gate, &L->w_up};
+        float *gate_up_out[2] = {s->hb, s->hb2}; /* (n, n_ff) x 2 */
+        kernel_matmul_multi(pool, 2, gate_up, s->xb, n, gate_up_out, s->scratch);
         kernel_swiglu(s->hb, s->hb2, n * c->n_ff);
         kernel_matmul(pool, &L->w_down, s->hb, n, s->xb, s->scratch); /* (n, dim) */
         kernel_add(s->x, s->xb, n * dim);

@@ -200,8 +200,14 @@ static void test_dot_products(void)
     }
     kernel_quantize_row_q8_0(a, qa, N);
     kernel_quantize_row_q8_0(b, qb, N);
-    qa[3].qs[7] = -128; /* ggml files may hold -128: the integer sum must be exact */
-    qb[3].qs[7] = -128;
+    qa[3].qs[7] = -128; /* weights from a file may hold -128: the integer sum must be exact */
+    qb[3].qs[7] = -127;
+    qa[3].qs[8] = -128;
+    qb[3].qs[8] = 127;
+    qa[3].qs[9] = 127;  /* the largest pair sums of the AVX2 path */
+    qb[3].qs[9] = 127;
+    qa[3].qs[10] = 127;
+    qb[3].qs[10] = 127;
     for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
         if (kernel_force_isa(isas[k]) != 0) continue;
         for (int n = 0; n <= N; n += (n < 40 ? 1 : 37)) {
@@ -323,6 +329,34 @@ static void test_matmul(void)
     for (int p = 0; p < 3; p++) threadpool_free(pools[p]);
 }
 
+/* A multi-product gives each product exactly what a single one gives. */
+static void test_matmul_multi(void)
+{
+    enum { COLS = 64, N = 5 };
+    char err[128];
+    threadpool *pool = threadpool_create(3, err, sizeof err);
+    REQUIRE(pool);
+    kernel_matrix a = {GGML_TYPE_F32, 40, COLS, make_matrix(GGML_TYPE_F32, 40, COLS, 1)};
+    kernel_matrix b = {GGML_TYPE_Q8_0, 9, COLS, make_matrix(GGML_TYPE_Q8_0, 9, COLS, 1)};
+    kernel_matrix c = {GGML_TYPE_F16, 130, COLS, make_matrix(GGML_TYPE_F16, 130, COLS, 1)};
+    static float x[N * COLS], ya[N * 40], yb[N * 9], yc[N * 130], za[N * 40], zb[N * 9], zc[N * 130];
+    static uint8_t scratch[N * COLS * 2];
+    for (int i = 0; i < N * COLS; i++) x[i] = rnd_uniform(-1, 1);
+    const kernel_matrix *w[3] = {&a, &b, &c};
+    float *y[3] = {ya, yb, yc};
+    kernel_matmul_multi(pool, 3, w, x, N, y, scratch);
+    kernel_matmul(pool, &a, x, N, za, scratch);
+    kernel_matmul(pool, &b, x, N, zb, scratch);
+    kernel_matmul(pool, &c, x, N, zc, scratch);
+    CHECK(memcmp(ya, za, sizeof ya) == 0);
+    CHECK(memcmp(yb, zb, sizeof yb) == 0);
+    CHECK(memcmp(yc, zc, sizeof yc) == 0);
+    free((void *)a.data);
+    free((void *)b.data);
+    free((void *)c.data);
+    threadpool_free(pool);
+}
+
 static void test_vector_ops(void)
 {
     float x[64], w[64], out[64];
@@ -427,6 +461,7 @@ int main(void)
     RUN(test_q8_0_quantize);
     RUN(test_dot_products);
     RUN(test_matmul);
+    RUN(test_matmul_multi);
     RUN(test_vector_ops);
     RUN(test_threadpool);
     RUN(test_threadpool_after_idle);
