@@ -717,6 +717,187 @@ static void test_ipv6_and_dual_stack(void)
     pair_down(&a, &b);
 }
 
+
+/* ---- chaos: random re-entrant operations from inside callbacks ------------ */
+
+static uint64_t rng_state = 88172645463325252ull;
+static uint32_t rnd(uint32_t n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state % n);
+}
+
+typedef struct {
+    quic_stream *s;       /* NULL once on_close came or we reset it */
+    int closes, reset_by_us, finished;
+} chaos_stream;
+
+static chaos_stream chaos[4096];
+static int nchaos, chaos_conn_closed, chaos_conn_ready, chaos_bad;
+static uint8_t junk[70000];
+
+static void chaos_act(chaos_stream *x, int in_callback);
+
+static void chaos_on_data(void *user, quic_stream *s, const uint8_t *d, size_t len, int fin)
+{
+    chaos_stream *x = user;
+    if (x->s != s || x->closes) chaos_bad++; /* callback for a dead stream */
+    chaos_act(x, 1);
+}
+
+static void chaos_on_close(void *user, quic_stream *s, const char *error)
+{
+    chaos_stream *x = user;
+    if (x->s != s || x->reset_by_us) chaos_bad++;
+    x->closes++;
+    x->s = NULL;
+}
+
+static const quic_stream_callbacks chaos_cbs = {chaos_on_data, chaos_on_close};
+
+static chaos_stream *chaos_new(quic_stream *s)
+{
+    if (nchaos >= (int)(sizeof chaos / sizeof chaos[0])) return NULL;
+    chaos_stream *x = &chaos[nchaos++];
+    memset(x, 0, sizeof *x);
+    x->s = s;
+    return x;
+}
+
+/* One random thing to a live stream, possibly from inside its callback. */
+static void chaos_act(chaos_stream *x, int in_callback)
+{
+    if (!x->s) return;
+    quic_stream *s = x->s;
+    switch (rnd(20)) {
+    case 0:
+        x->reset_by_us = 1;
+        x->s = NULL;
+        quic_stream_reset(s, rnd(100));
+        return;
+    case 1:
+        if (in_callback && rnd(4) == 0) {
+            quic_conn_close(quic_stream_conn(s), "chaos");
+            return;
+        }
+        break;
+    case 2:
+    case 3:
+        if (!x->finished) {
+            x->finished = 1;
+            quic_stream_finish(s);
+        }
+        return;
+    default:
+        if (!x->finished) quic_stream_write(s, junk, rnd(sizeof junk));
+        return;
+    }
+}
+
+static quic_conn *chaos_live[512];
+static int nchaos_live;
+
+static int chaos_incoming_ready;
+static void chaos_ready(void *user, quic_conn *c)
+{
+    chaos_conn_ready++;
+    if (!quic_conn_is_outgoing(c)) chaos_incoming_ready++;
+    for (int i = 0; i < nchaos_live; i++)
+        if (chaos_live[i] == c) chaos_bad += 1000; /* ready twice */
+    if (nchaos_live < 512) chaos_live[nchaos_live++] = c;
+    /* open a few streams from inside conn_ready */
+    for (int i = 0; i < 3; i++) {
+        chaos_stream *x = chaos_new(NULL);
+        if (!x) return;
+        x->s = quic_stream_open(c, &chaos_cbs, x);
+        if (x->s) chaos_act(x, 1);
+    }
+}
+
+static void chaos_closed(void *user, quic_conn *c, const char *reason)
+{
+    chaos_conn_closed++;
+    int found = 0;
+    for (int i = 0; i < nchaos_live; i++)
+        if (chaos_live[i] == c) {
+            chaos_live[i] = chaos_live[--nchaos_live];
+            found = 1;
+            break;
+        }
+    if (!found && !quic_conn_is_outgoing(c)) chaos_bad++; /* incoming closed without ready */
+}
+
+static void chaos_opened(void *user, quic_stream *s)
+{
+    chaos_stream *x = chaos_new(s);
+    if (!x || rnd(10) == 0) {
+        quic_stream_reset(s, 1);
+        if (x) {
+            x->reset_by_us = 1;
+            x->s = NULL;
+        }
+        return;
+    }
+    quic_stream_set_callbacks(s, &chaos_cbs, x);
+    chaos_act(x, 1);
+}
+
+static const quic_endpoint_callbacks chaos_ep_cbs = {chaos_ready, chaos_closed, chaos_opened};
+
+static void test_chaos(void)
+{
+    node a, b;
+    nchaos = chaos_conn_closed = chaos_conn_ready = chaos_bad = nchaos_live = chaos_incoming_ready = 0;
+    uint64_t seed = getenv("QUIC_CHAOS_SEED") ? strtoull(getenv("QUIC_CHAOS_SEED"), NULL, 10) : 1;
+    rng_state = 88172645463325252ull ^ (seed * 0x9e3779b97f4a7c15ull);
+    REQUIRE(node_init(&a, 0, 0) == 0);
+    REQUIRE(node_init(&b, 0, 0) == 0);
+    quic_endpoint_free(a.ep);
+    quic_endpoint_free(b.ep);
+    quic_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.bind_host = "127.0.0.1";
+    memcpy(cfg.private_key, a.priv, 32);
+    memcpy(cfg.public_key, a.pub, 32);
+    char err[256];
+    a.ep = quic_endpoint_new(base, &cfg, &chaos_ep_cbs, &a, err, sizeof err);
+    memcpy(cfg.private_key, b.priv, 32);
+    memcpy(cfg.public_key, b.pub, 32);
+    b.ep = quic_endpoint_new(base, &cfg, &chaos_ep_cbs, &b, err, sizeof err);
+    REQUIRE(a.ep && b.ep);
+    int dialled = 0;
+    uint64_t end = now_ms() + 3000;
+    while (now_ms() < end && nchaos < 3500) {
+        if (dialled - chaos_conn_closed < 4 && dialled < 60) {
+            struct sockaddr_in to = loopback(quic_endpoint_port(rnd(2) ? a.ep : b.ep));
+            node *from = to.sin_port == htons(quic_endpoint_port(a.ep)) ? &b : &a;
+            node *peer = from == &a ? &b : &a;
+            if (quic_connect(from->ep, (struct sockaddr *)&to, sizeof to, peer->pub, err, sizeof err))
+                dialled++;
+        }
+        /* poke live streams from outside callbacks too */
+        for (int i = 0; i < 8 && nchaos; i++) chaos_act(&chaos[rnd((uint32_t)nchaos)], 0);
+        WAIT_FOR(0, 5);
+    }
+    quic_endpoint_free(a.ep);
+    quic_endpoint_free(b.ep);
+    fprintf(stderr, "  seed %llu: %d connections dialled, %d ready, %d closed, %d streams\n",
+            (unsigned long long)seed, dialled, chaos_conn_ready, chaos_conn_closed, nchaos);
+    CHECK_EQ_INT(chaos_bad, 0);
+    /* conn_closed exactly once for every outgoing connection and for every
+     * incoming one that became ready. */
+    CHECK_EQ_INT(nchaos_live, 0);
+    CHECK_EQ_INT(chaos_conn_closed, dialled + chaos_incoming_ready);
+    int once = 1;
+    for (int i = 0; i < nchaos; i++) {
+        if (chaos[i].closes > 1) once = 0;
+        if (!chaos[i].reset_by_us && chaos[i].s) once = 0; /* never heard its end */
+    }
+    CHECK(once);
+}
+
 /* ---- two real processes --------------------------------------------------- */
 
 static void hex(char *out, const uint8_t *in, size_t n)
@@ -877,6 +1058,7 @@ int main(int argc, char **argv)
     RUN(test_bad_config);
     RUN(test_keepalive);
     RUN(test_ipv6_and_dual_stack);
+    RUN(test_chaos);
     RUN(test_two_processes);
     event_free(tick_ev);
     event_base_free(base);
