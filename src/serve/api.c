@@ -34,6 +34,8 @@ struct api {
     mesh *mesh;
     api_counters counters;
     uint64_t next_id;
+    struct api_call *live;  /* calls whose answer is not complete */
+    int draining;           /* shutting down: no new generations */
 };
 
 typedef enum { CALL_LOCAL, CALL_REMOTE } call_kind;
@@ -46,6 +48,8 @@ struct api_call {
     sched_job *job;
     tunnel_call *tunnel;
     int failed_status;      /* remote answer status, for counters */
+    int began;              /* sink->begin was called */
+    struct api_call *next, *prev; /* a->live */
 
     int stream;             /* SSE instead of one JSON object */
     int chat;
@@ -119,6 +123,17 @@ static void sse_send(api_sink *sink, cJSON *obj)
 }
 
 static const char sse_done[] = "data: [DONE]\n\n";
+
+/* Ends a started SSE answer with an error event and [DONE]. */
+static void sse_error_and_done(api_sink *sink, const char *message)
+{
+    char *body = api_error_json(message, "server_error", NULL);
+    char line[1024];
+    int n = snprintf(line, sizeof line, "data: %s\n\n", body ? body : "{}");
+    sink->ops->write(sink, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+    sink->ops->write(sink, sse_done, sizeof sse_done - 1);
+    free(body);
+}
 
 /* ---- request parsing ------------------------------------------------------*/
 
@@ -305,6 +320,9 @@ done:
 
 static void call_free(api_call *c)
 {
+    if (c->prev) c->prev->next = c->next;
+    else if (c->a->live == c) c->a->live = c->next;
+    if (c->next) c->next->prev = c->prev;
     free(c->text);
     free(c);
 }
@@ -383,14 +401,9 @@ static void local_on_done(void *user, const engine_result *r, const char *error)
     c->job = NULL;
     if (error) {
         if (c->stream) {
-            char *body = api_error_json(error, "server_error", NULL);
-            char line[1024];
-            int n = snprintf(line, sizeof line, "data: %s\n\n", body ? body : "{}");
-            c->sink->ops->write(c->sink, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
-            c->sink->ops->write(c->sink, sse_done, sizeof sse_done - 1);
+            sse_error_and_done(c->sink, error);
             c->sink->ops->end(c->sink);
             a->counters.failed++;
-            free(body);
         } else {
             /* Errors the caller could fix (prompt too long) come back as 400. */
             send_error(a, c->sink, strstr(error, "context") ? 400 : 500, NULL, "%s", error);
@@ -438,6 +451,8 @@ static void proxy_begin(api_sink *sink, int status, const char *content_type)
 {
     api_call *c = (api_call *)((char *)sink - offsetof(api_call, proxy));
     c->failed_status = status;
+    c->began = 1;
+    c->stream = strncmp(content_type, "text/event-stream", 17) == 0;
     c->sink->ops->begin(c->sink, status, content_type);
 }
 
@@ -496,9 +511,20 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
     snprintf(c->id, sizeof c->id, "%s-%016llx", chat ? "chatcmpl" : "cmpl",
              (unsigned long long)(++a->next_id * 0x9E3779B97F4A7C15ull ^ (uint64_t)c->created));
 
+    if (a->draining) {
+        free(req.prompt);
+        call_free(c);
+        send_error(a, sink, 503, NULL, "this node is shutting down");
+        return NULL;
+    }
+    c->next = a->live;
+    if (a->live) a->live->prev = c;
+    a->live = c;
+
     if (sched_find_model(a->sched, req.model)) {
         c->kind = CALL_LOCAL;
         if (c->stream) {
+            c->began = 1;
             sink->ops->begin(sink, 200, "text/event-stream");
             if (chat) send_stream_chunk(c, NULL, 0, NULL, 1);
         }
@@ -619,3 +645,31 @@ api *api_new(struct event_base *base, sched *s, mesh *m)
 void api_free(api *a) { free(a); }
 
 void api_get_counters(const api *a, api_counters *out) { *out = a->counters; }
+
+int api_calls_active(const api *a)
+{
+    int n = 0;
+    for (const api_call *c = a->live; c; c = c->next) n++;
+    return n;
+}
+
+void api_set_draining(api *a) { a->draining = 1; }
+
+void api_close_all(api *a, const char *reason)
+{
+    while (a->live) {
+        api_call *c = a->live;
+        if (c->kind == CALL_LOCAL && c->job) sched_cancel(c->job);
+        if (c->kind == CALL_REMOTE && c->tunnel) tunnel_abort(c->tunnel);
+        c->job = NULL;
+        c->tunnel = NULL;
+        if (!c->began) {
+            send_error(a, c->sink, 503, NULL, "%s", reason);
+        } else {
+            if (c->stream) sse_error_and_done(c->sink, reason);
+            a->counters.failed++;
+            c->sink->ops->end(c->sink);
+        }
+        call_free(c);
+    }
+}

@@ -55,6 +55,13 @@ api_call *api_handle(api *a, const char *method, const char *path, const char *b
 void api_call_abort(api_call *c);
 
 void api_get_counters(const api *a, api_counters *out);
+
+/* Shutdown, in two steps: api_set_draining makes new generation requests
+ * answer 503; api_close_all ends every call still in flight: an error event
+ * and [DONE] for a started stream, a 503 for an answer not yet begun. */
+void api_set_draining(api *a);
+void api_close_all(api *a, const char *reason);
+int api_calls_active(const api *a);
 /* A body for an OpenAI-shaped error; caller frees. */
 char *api_error_json(const char *message, const char *type, const char *code);
 

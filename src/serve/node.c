@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine/engine.h"
@@ -34,8 +35,9 @@ typedef struct {
     api *api;
     http_server *api_http;
     http_server *console_http;
-    struct event *sigint, *sigterm, *memory_timer;
+    struct event *sigint, *sigterm, *memory_timer, *drain_timer;
     int signals_seen;
+    uint64_t drain_deadline_ms;
     const char *role;
 } node;
 
@@ -94,6 +96,39 @@ static char *status_json(void *ctx)
     return out;
 }
 
+/* Shutdown budget: in-flight requests get NODE_GRACE_MS to finish, then are
+ * closed with an error; NODE_FLUSH_MS more lets those last bytes leave the
+ * sockets before the servers are torn down. Both fit the 2 s promise. */
+#define NODE_GRACE_MS 1200
+#define NODE_FLUSH_MS 150
+#define NODE_DRAIN_POLL_MS 50
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void finish_shutdown(node *n)
+{
+    if (api_calls_active(n->api) > 0) {
+        log_warn("node", "closing %d request(s) still in flight", api_calls_active(n->api));
+        api_close_all(n->api, "the node serving this request is shutting down");
+    }
+    struct timeval flush = {0, NODE_FLUSH_MS * 1000};
+    event_base_loopexit(n->base, &flush);
+}
+
+static void on_drain_timer(evutil_socket_t fd, short what, void *arg)
+{
+    node *n = arg;
+    if (api_calls_active(n->api) == 0 || now_ms() >= n->drain_deadline_ms) {
+        event_del(n->drain_timer);
+        finish_shutdown(n);
+    }
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     node *n = arg;
@@ -102,7 +137,14 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         _exit(130);
     }
     log_info("node", "%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    event_base_loopexit(n->base, NULL);
+    api_set_draining(n->api);
+    if (api_calls_active(n->api) == 0) {
+        finish_shutdown(n);
+        return;
+    }
+    n->drain_deadline_ms = now_ms() + NODE_GRACE_MS;
+    struct timeval poll = {0, NODE_DRAIN_POLL_MS * 1000};
+    event_add(n->drain_timer, &poll);
 }
 
 /* Memory available changes as other programs run; refresh what we gossip. */
@@ -173,6 +215,7 @@ int node_run(const node_config *cfg)
     n.sigterm = evsignal_new(n.base, SIGTERM, on_signal, &n);
     event_add(n.sigint, NULL);
     event_add(n.sigterm, NULL);
+    n.drain_timer = event_new(n.base, -1, EV_PERSIST, on_drain_timer, &n);
     n.memory_timer = event_new(n.base, -1, EV_PERSIST, on_memory_timer, &n);
     struct timeval ten_s = {10, 0};
     event_add(n.memory_timer, &ten_s);
@@ -187,6 +230,7 @@ int node_run(const node_config *cfg)
     rc = 0;
 out:
     if (n.memory_timer) event_free(n.memory_timer);
+    if (n.drain_timer) event_free(n.drain_timer);
     if (n.sigint) event_free(n.sigint);
     if (n.sigterm) event_free(n.sigterm);
     /* HTTP first (aborts calls, which cancel jobs), then the mesh (closes

@@ -16,6 +16,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lib/log.h"
 
@@ -57,6 +58,7 @@ typedef struct sched_worker {
 
 struct sched {
     struct event_base *base;
+    unsigned debug_token_delay_us; /* LLMESH_DEBUG_TOKEN_DELAY_MS: tests of shutdown and failover */
     struct event *wake;
     pthread_mutex_t lock;
     sched_job *ready;
@@ -96,6 +98,7 @@ static int worker_on_piece(void *user, const char *piece, size_t len)
     job_post_ready_locked(job);
     pthread_mutex_unlock(&s->lock);
     event_active(s->wake, EV_READ, 0);
+    if (s->debug_token_delay_us) usleep(s->debug_token_delay_us);
     return 0;
 }
 
@@ -186,6 +189,10 @@ sched *sched_new(struct event_base *base)
     sched *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->base = base;
+    /* A testing knob, not a feature: slows generation so that tests can
+     * catch a request in flight (shutdown, failover). */
+    const char *delay = getenv("LLMESH_DEBUG_TOKEN_DELAY_MS");
+    if (delay) s->debug_token_delay_us = (unsigned)atoi(delay) * 1000u;
     pthread_mutex_init(&s->lock, NULL);
     s->wake = event_new(base, -1, 0, sched_on_wake, s);
     if (!s->wake) { free(s); return NULL; }
