@@ -60,6 +60,8 @@ static void setup(void)
 {
     if (base) return;
     evthread_use_pthreads();
+    /* 5 ms per token: the abort test must catch a stream in flight. */
+    setenv("LLMESH_DEBUG_TOKEN_DELAY_MS", "5", 1);
     base = event_base_new();
     sch = sched_new(base);
     char err[256];
@@ -244,7 +246,8 @@ static void test_abort_mid_stream(void)
         event_base_loopexit(base, &tick);
         event_base_dispatch(base);
     }
-    CHECK(r.len > 0);
+    REQUIRE(r.len > 0);
+    REQUIRE(r.ended == 0); /* still in flight, so c is still valid */
     api_call_abort(c);
     size_t len_at_abort = r.len;
     struct timeval settle = {0, 300000};
