@@ -24,6 +24,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lib/hash.h"
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "gguf.c reads little-endian fields with memcpy; a big-endian host needs byte swaps"
 #endif
@@ -185,16 +187,6 @@ static int read_str(reader *r, gguf_str *out, uint64_t max_len, const char *what
     return 0;
 }
 
-static uint64_t hash_bytes(const char *p, uint64_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-    for (uint64_t i = 0; i < n; i++) {
-        h ^= (uint8_t)p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 static int str_same(gguf_str a, gguf_str b)
 {
     return a.len == b.len && (a.len == 0 || memcmp(a.ptr, b.ptr, (size_t)a.len) == 0);
@@ -302,7 +294,7 @@ static int check_unique_keys(reader *r, const gguf_file *f)
     int rc = 0;
     for (uint64_t i = 0; i < f->n_kv && rc == 0; i++) {
         gguf_str key = f->kv[i].key;
-        uint64_t s = hash_bytes(key.ptr, key.len) & (n_slots - 1);
+        uint64_t s = hash_fnv1a(key.ptr, (size_t)key.len) & (n_slots - 1);
         for (; slots[s]; s = (s + 1) & (n_slots - 1)) {
             if (str_same(f->kv[slots[s] - 1].key, key)) {
                 char shown[80];
@@ -426,7 +418,7 @@ static int index_tensors(reader *r, gguf_file *f, gguf_private *priv)
     char shown[80];
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         gguf_str name = f->tensors[i].name;
-        uint64_t s = hash_bytes(name.ptr, name.len) & (n_slots - 1);
+        uint64_t s = hash_fnv1a(name.ptr, (size_t)name.len) & (n_slots - 1);
         for (; priv->tensor_slots[s]; s = (s + 1) & (n_slots - 1))
             if (str_same(f->tensors[priv->tensor_slots[s] - 1].name, name))
                 return fail(r, "duplicate tensor name '%s' (tensors %u and %llu)",
@@ -628,7 +620,7 @@ const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name)
     const gguf_private *priv = f->owned_string_arrays;
     if (!priv || !priv->tensor_slots) return NULL;
     size_t n = strlen(name);
-    uint64_t s = hash_bytes(name, n) & (priv->n_slots - 1);
+    uint64_t s = hash_fnv1a(name, n) & (priv->n_slots - 1);
     for (; priv->tensor_slots[s]; s = (s + 1) & (priv->n_slots - 1)) {
         const gguf_tensor *t = &f->tensors[priv->tensor_slots[s] - 1];
         if (gguf_str_eq(t->name, name)) return t;

@@ -27,6 +27,7 @@
 #define _GNU_SOURCE
 #include "net/quic.h"
 
+#include "lib/err.h"
 #include "lib/log.h"
 
 #include <assert.h>
@@ -210,17 +211,6 @@ static ngtcp2_tstamp quic_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (ngtcp2_tstamp)ts.tv_sec * NGTCP2_SECONDS + (ngtcp2_tstamp)ts.tv_nsec;
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
 }
 
 static void random_bytes(void *p, size_t n)
@@ -912,24 +902,24 @@ static int conn_tls_init(quic_conn *c, int server, char *err, size_t errlen)
     int rv = gnutls_init(&c->tls, flags);
     if (rv != 0) {
         c->tls = NULL;
-        set_err(err, errlen, "gnutls_init: %s", gnutls_strerror(rv));
+        err_set(err, errlen, "gnutls_init: %s", gnutls_strerror(rv));
         return -1;
     }
     rv = server ? ngtcp2_crypto_gnutls_configure_server_session(c->tls)
                 : ngtcp2_crypto_gnutls_configure_client_session(c->tls);
     if (rv != 0) {
-        set_err(err, errlen, "ngtcp2_crypto_gnutls_configure_session failed");
+        err_set(err, errlen, "ngtcp2_crypto_gnutls_configure_session failed");
         return -1;
     }
     if ((rv = gnutls_priority_set(c->tls, ep->prio)) != 0 ||
         (rv = gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, ep->cred)) != 0) {
-        set_err(err, errlen, "gnutls session setup: %s", gnutls_strerror(rv));
+        err_set(err, errlen, "gnutls session setup: %s", gnutls_strerror(rv));
         return -1;
     }
     if (server) gnutls_certificate_server_set_request(c->tls, GNUTLS_CERT_REQUIRE);
     gnutls_datum_t alpn = {(unsigned char *)QUIC_ALPN, sizeof QUIC_ALPN - 1};
     if ((rv = gnutls_alpn_set_protocols(c->tls, &alpn, 1, GNUTLS_ALPN_MANDATORY)) != 0) {
-        set_err(err, errlen, "gnutls_alpn_set_protocols: %s", gnutls_strerror(rv));
+        err_set(err, errlen, "gnutls_alpn_set_protocols: %s", gnutls_strerror(rv));
         return -1;
     }
     c->conn_ref.get_conn = conn_ref_get;
@@ -953,7 +943,7 @@ static int ep_tls_init(quic_endpoint *ep, const quic_config *cfg, char *err, siz
 
     if ((rv = gnutls_priority_init2(&ep->prio, PRIORITY, &where, 0)) != 0) {
         ep->prio = NULL;
-        set_err(err, errlen, "TLS priority string rejected at '%s': %s", where, gnutls_strerror(rv));
+        err_set(err, errlen, "TLS priority string rejected at '%s': %s", where, gnutls_strerror(rv));
         return -1;
     }
     if ((rv = gnutls_certificate_allocate_credentials(&ep->cred)) != 0) {
@@ -975,7 +965,7 @@ static int ep_tls_init(quic_endpoint *ep, const quic_config *cfg, char *err, siz
         if (rv == 0) rv = gnutls_pubkey_verify_data2(pub, GNUTLS_SIGN_EDDSA_ED25519, 0, &msg, &sig);
         gnutls_free(sig.data);
         if (rv != 0) {
-            set_err(err, errlen, "public key does not belong to the private key");
+            err_set(err, errlen, "public key does not belong to the private key");
             gnutls_pubkey_deinit(pub);
             gnutls_privkey_deinit(priv);
             return -1;
@@ -989,7 +979,7 @@ static int ep_tls_init(quic_endpoint *ep, const quic_config *cfg, char *err, siz
     gnutls_certificate_set_verify_function(ep->cred, tls_verify_peer);
     return 0;
 fail:
-    set_err(err, errlen, "TLS credential setup: %s", gnutls_strerror(rv));
+    err_set(err, errlen, "TLS credential setup: %s", gnutls_strerror(rv));
     if (have_pcert) gnutls_pcert_deinit(&pcert);
     if (pub) gnutls_pubkey_deinit(pub);
     if (priv) gnutls_privkey_deinit(priv);
@@ -1344,12 +1334,12 @@ static int conn_setup(quic_conn *c, const ngtcp2_pkt_hd *hd, char *err, size_t e
     }
     if (rv != 0) {
         c->conn = NULL;
-        set_err(err, errlen, "ngtcp2 connection: %s", ngtcp2_strerror(rv));
+        err_set(err, errlen, "ngtcp2 connection: %s", ngtcp2_strerror(rv));
         return -1;
     }
     if (conn_tls_init(c, hd != NULL, err, errlen) != 0) return -1;
     if (conn_attach(c, &scid) != 0) {
-        set_err(err, errlen, "out of memory");
+        err_set(err, errlen, "out of memory");
         return -1;
     }
     return 0;
@@ -1829,13 +1819,13 @@ static int ep_socket(quic_endpoint *ep, const quic_config *cfg, char *err, size_
     const char *host = cfg->bind_host && *cfg->bind_host ? cfg->bind_host : "0.0.0.0";
     int rv = getaddrinfo(host, port, &hints, &res);
     if (rv != 0 || !res) {
-        set_err(err, errlen, "cannot resolve bind address '%s': %s", host, gai_strerror(rv));
+        err_set(err, errlen, "cannot resolve bind address '%s': %s", host, gai_strerror(rv));
         return -1;
     }
     ep->family = res->ai_family;
     ep->fd = socket(res->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (ep->fd < 0) {
-        set_err(err, errlen, "socket: %s", strerror(errno));
+        err_set(err, errlen, "socket: %s", strerror(errno));
         freeaddrinfo(res);
         return -1;
     }
@@ -1856,7 +1846,7 @@ static int ep_socket(quic_endpoint *ep, const quic_config *cfg, char *err, size_
     if (setsockopt(ep->fd, SOL_SOCKET, SO_SNDBUFFORCE, &buf, sizeof buf) != 0)
         setsockopt(ep->fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
     if (bind(ep->fd, res->ai_addr, res->ai_addrlen) != 0) {
-        set_err(err, errlen, "cannot bind UDP %s port %u: %s", host, (unsigned)cfg->port,
+        err_set(err, errlen, "cannot bind UDP %s port %u: %s", host, (unsigned)cfg->port,
                 strerror(errno));
         freeaddrinfo(res);
         return -1;
@@ -1864,7 +1854,7 @@ static int ep_socket(quic_endpoint *ep, const quic_config *cfg, char *err, size_
     freeaddrinfo(res);
     ep->local_len = sizeof ep->local;
     if (getsockname(ep->fd, (struct sockaddr *)&ep->local, &ep->local_len) != 0) {
-        set_err(err, errlen, "getsockname: %s", strerror(errno));
+        err_set(err, errlen, "getsockname: %s", strerror(errno));
         return -1;
     }
     /* GSO: asking for the option's value tells whether the kernel knows it
@@ -1881,12 +1871,12 @@ quic_endpoint *quic_endpoint_new(struct event_base *base, const quic_config *cfg
                                  char *err, size_t errlen)
 {
     if (!base || !cfg || !cb) {
-        set_err(err, errlen, "quic_endpoint_new: missing argument");
+        err_set(err, errlen, "quic_endpoint_new: missing argument");
         return NULL;
     }
     quic_endpoint *ep = calloc(1, sizeof *ep);
     if (!ep) {
-        set_err(err, errlen, "out of memory");
+        err_set(err, errlen, "out of memory");
         return NULL;
     }
     ep->fd = -1;
@@ -1910,14 +1900,14 @@ quic_endpoint *quic_endpoint_new(struct event_base *base, const quic_config *cfg
         int rv = gnutls_hash_fast(GNUTLS_DIG_SHA256, in, sizeof in, ep->reset_secret);
         gnutls_memset(in, 0, sizeof in);
         if (rv != 0) {
-            set_err(err, errlen, "SHA-256 unavailable: %s", gnutls_strerror(rv));
+            err_set(err, errlen, "SHA-256 unavailable: %s", gnutls_strerror(rv));
             goto fail;
         }
     }
     ep->rxbuf = malloc(QUIC_RX_BUF);
     ep->txbuf = malloc(QUIC_TX_BUF);
     if (!ep->rxbuf || !ep->txbuf) {
-        set_err(err, errlen, "out of memory");
+        err_set(err, errlen, "out of memory");
         goto fail;
     }
     if (ep_tls_init(ep, cfg, err, errlen) != 0) goto fail;
@@ -1925,7 +1915,7 @@ quic_endpoint *quic_endpoint_new(struct event_base *base, const quic_config *cfg
     ep->read_ev = event_new(base, ep->fd, EV_READ | EV_PERSIST, ep_on_readable, ep);
     ep->flush_ev = event_new(base, -1, 0, ep_on_flush, ep);
     if (!ep->read_ev || !ep->flush_ev || event_add(ep->read_ev, NULL) != 0) {
-        set_err(err, errlen, "libevent: cannot create events");
+        err_set(err, errlen, "libevent: cannot create events");
         goto fail;
     }
     ep->stats.gso = ep->gso;
@@ -1987,20 +1977,20 @@ quic_conn *quic_connect(quic_endpoint *ep, const struct sockaddr *addr, socklen_
     struct sockaddr_storage remote;
     socklen_t remote_len;
     if (ep->freeing) {
-        set_err(err, errlen, "endpoint is shutting down");
+        err_set(err, errlen, "endpoint is shutting down");
         return NULL;
     }
     if (!addr || addr_to_socket(ep->family, addr, addrlen, &remote, &remote_len) != 0) {
-        set_err(err, errlen, "address family does not match the endpoint's socket");
+        err_set(err, errlen, "address family does not match the endpoint's socket");
         return NULL;
     }
     if (ep->nconns >= QUIC_MAX_CONNS) {
-        set_err(err, errlen, "too many connections (%d)", QUIC_MAX_CONNS);
+        err_set(err, errlen, "too many connections (%d)", QUIC_MAX_CONNS);
         return NULL;
     }
     quic_conn *c = conn_alloc(ep, &remote, remote_len);
     if (!c) {
-        set_err(err, errlen, "out of memory");
+        err_set(err, errlen, "out of memory");
         return NULL;
     }
     c->outgoing = 1;
