@@ -1954,6 +1954,14 @@ void quic_endpoint_free(quic_endpoint *ep)
     free(ep);
 }
 
+/* The flush event's work, done now: used before quic_endpoint_free by a
+ * layer that queued a last message (mesh_leave) and cannot wait a turn. */
+void quic_endpoint_flush(quic_endpoint *ep)
+{
+    assert(ep->depth == 0 && "quic_endpoint_flush called from inside a quic callback");
+    ep_on_flush(-1, 0, ep);
+}
+
 uint16_t quic_endpoint_port(const quic_endpoint *ep)
 {
     if (ep->local.ss_family == AF_INET) return ntohs(((const struct sockaddr_in *)&ep->local)->sin_port);

@@ -72,6 +72,10 @@ quic_endpoint *quic_endpoint_new(struct event_base *base, const quic_config *cfg
 /* Closes every connection at once (a CONNECTION_CLOSE is sent best effort;
  * on_close/conn_closed callbacks are delivered), then frees the endpoint. */
 void quic_endpoint_free(quic_endpoint *ep);
+/* Writes every packet that is ready to go now instead of on the loop's next
+ * turn (e.g. a goodbye message queued just before quic_endpoint_free). Not
+ * from inside a callback of this endpoint. */
+void quic_endpoint_flush(quic_endpoint *ep);
 /* The bound UDP port (useful with port 0). */
 uint16_t quic_endpoint_port(const quic_endpoint *ep);
 
