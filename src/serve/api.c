@@ -22,11 +22,13 @@
 
 #include "engine/engine.h"
 #include "lib/log.h"
+#include "mesh/identity.h"
 #include "mesh/mesh.h"
 #include "serve/scheduler.h"
 #include "serve/tunnel.h"
 
 #define API_MAX_PEERS 256
+#define API_MAX_ATTEMPTS 3  /* hosts tried for one forwarded request */
 
 struct api {
     struct event_base *base;
@@ -49,6 +51,13 @@ struct api_call {
     tunnel_call *tunnel;
     int failed_status;      /* remote answer status, for counters */
     int began;              /* sink->begin was called */
+    /* Forwarding: what is needed to send the request again elsewhere. */
+    char method[16];
+    char *path, *body;
+    size_t body_len;
+    uint8_t tried[API_MAX_ATTEMPTS][MESH_ID_BYTES];
+    int n_tried;
+    int discarding;         /* swallowing a failed host's answer before a retry */
     struct api_call *next, *prev; /* a->live */
 
     int stream;             /* SSE instead of one JSON object */
@@ -323,6 +332,8 @@ static void call_free(api_call *c)
     if (c->prev) c->prev->next = c->next;
     else if (c->a->live == c) c->a->live = c->next;
     if (c->next) c->next->prev = c->prev;
+    free(c->path);
+    free(c->body);
     free(c->text);
     free(c);
 }
@@ -447,9 +458,68 @@ static const sched_callbacks local_callbacks = {local_on_piece, local_on_done};
 
 /* ---- forwarding -----------------------------------------------------------*/
 
+/* A forwarded request is retried on another host when the first one fails
+ * before the client has seen a byte: the tunnel died before the response
+ * head (the tunnel reports that as 502), or the host answered 503 (shutting
+ * down, or no longer serving the model). Once a byte reached the client
+ * nothing is retried: a stream cannot be taken back. */
+
+static int host_tried(const api_call *c, const uint8_t id[MESH_ID_BYTES])
+{
+    for (int i = 0; i < c->n_tried; i++)
+        if (!memcmp(c->tried[i], id, MESH_ID_BYTES)) return 1;
+    return 0;
+}
+
+/* A live host for c->model not tried yet: the mesh's choice first, then any
+ * other live peer that serves the model. 0, or -1 when there is none. */
+static int pick_untried_host(const api_call *c, uint8_t out[MESH_ID_BYTES])
+{
+    mesh *m = c->a->mesh;
+    if (mesh_pick_host(m, c->model, out) == 0 && !host_tried(c, out)) return 0;
+    static mesh_peer peers[API_MAX_PEERS];
+    int n = mesh_peers(m, peers, API_MAX_PEERS);
+    if (n > API_MAX_PEERS) n = API_MAX_PEERS;
+    for (int i = 0; i < n; i++) {
+        if (strcmp(peers[i].state, "alive") != 0) continue;
+        for (int j = 0; j < peers[i].n_models; j++) {
+            if (strcmp(peers[i].models[j], c->model) != 0) continue;
+            if (identity_id_from_hex(peers[i].id, out) == 0 && !host_tried(c, out)) return 0;
+        }
+    }
+    return -1;
+}
+
+static const api_sink_ops proxy_ops;
+
+/* Sends the request to the next untried host. 0 when a tunnel is under way. */
+static int forward_next(api_call *c, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "no node serving it is reachable");
+    while (c->n_tried < API_MAX_ATTEMPTS) {
+        uint8_t host[MESH_ID_BYTES];
+        if (pick_untried_host(c, host) != 0) return -1;
+        memcpy(c->tried[c->n_tried++], host, MESH_ID_BYTES);
+        c->proxy.ops = &proxy_ops;
+        c->tunnel = tunnel_forward(c->a->mesh, host, c->method, c->path, c->body, c->body_len,
+                                   &c->proxy, err, errlen);
+        if (c->tunnel) {
+            c->a->counters.forwarded++;
+            return 0;
+        }
+    }
+    return -1;
+}
+
 static void proxy_begin(api_sink *sink, int status, const char *content_type)
 {
     api_call *c = (api_call *)((char *)sink - offsetof(api_call, proxy));
+    uint8_t next[MESH_ID_BYTES];
+    if ((status == 502 || status == 503) && c->n_tried < API_MAX_ATTEMPTS &&
+        pick_untried_host(c, next) == 0) {
+        c->discarding = 1;
+        return;
+    }
     c->failed_status = status;
     c->began = 1;
     c->stream = strncmp(content_type, "text/event-stream", 17) == 0;
@@ -459,12 +529,24 @@ static void proxy_begin(api_sink *sink, int status, const char *content_type)
 static void proxy_write(api_sink *sink, const char *data, size_t len)
 {
     api_call *c = (api_call *)((char *)sink - offsetof(api_call, proxy));
-    c->sink->ops->write(c->sink, data, len);
+    if (!c->discarding) c->sink->ops->write(c->sink, data, len);
 }
 
 static void proxy_end(api_sink *sink)
 {
     api_call *c = (api_call *)((char *)sink - offsetof(api_call, proxy));
+    c->tunnel = NULL; /* the tunnel is done with us */
+    if (c->discarding) {
+        c->discarding = 0;
+        c->a->counters.retried++;
+        log_info("api", "model %s: host failed before answering, trying another", c->model);
+        char err[256];
+        if (forward_next(c, err, sizeof err) == 0) return;
+        send_error(c->a, c->sink, 502, NULL, "model '%s': every node tried failed before answering (%s)",
+                   c->model, err);
+        call_free(c);
+        return;
+    }
     if (c->failed_status >= 500) c->a->counters.failed++;
     else if (c->failed_status >= 400) c->a->counters.bad_requests++;
     c->sink->ops->end(c->sink);
@@ -543,11 +625,13 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
     uint8_t host[MESH_ID_BYTES];
     if (!from_peer && a->mesh && mesh_pick_host(a->mesh, req.model, host) == 0) {
         c->kind = CALL_REMOTE;
-        c->proxy.ops = &proxy_ops;
-        c->tunnel = tunnel_forward(a->mesh, host, method, path, body, len, &c->proxy, err, sizeof err);
-        if (c->tunnel) {
-            a->counters.forwarded++;
-            return c;
+        snprintf(c->method, sizeof c->method, "%s", method);
+        c->path = strdup(path);
+        c->body = malloc(len ? len : 1);
+        if (c->path && c->body) {
+            memcpy(c->body, body, len);
+            c->body_len = len;
+            if (forward_next(c, err, sizeof err) == 0) return c;
         }
         call_free(c);
         send_error(a, sink, 503, NULL, "model '%s': could not reach the node serving it: %s", req.model, err);

@@ -38,7 +38,8 @@ typedef struct api_call api_call;
 typedef struct {
     uint64_t requests;        /* every request handled */
     uint64_t bad_requests;    /* answered 4xx */
-    uint64_t forwarded;       /* sent to a peer */
+    uint64_t forwarded;       /* sent to a peer (each attempt) */
+    uint64_t retried;         /* forwarded again after a host failed before answering */
     uint64_t failed;          /* answered 5xx, or ended with an error event */
 } api_counters;
 

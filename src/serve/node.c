@@ -86,6 +86,7 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "requests", (double)ac.requests);
     cJSON_AddNumberToObject(c, "bad_requests", (double)ac.bad_requests);
     cJSON_AddNumberToObject(c, "forwarded", (double)ac.forwarded);
+    cJSON_AddNumberToObject(c, "retried", (double)ac.retried);
     cJSON_AddNumberToObject(c, "failed", (double)ac.failed);
     cJSON_AddNumberToObject(c, "bad_frames", (double)mc.bad_frames);
     cJSON_AddNumberToObject(c, "streams_opened", (double)mc.streams_opened);

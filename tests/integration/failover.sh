@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Failover of forwarded requests: two hosts serve the model, a client
+# forwards to one of them; that host shuts down before answering, and the
+# client retries on the other host, so the caller still gets its answer.
+# Generation is slowed (LLMESH_DEBUG_TOKEN_DELAY_MS) to catch it in flight.
+set -u
+. "$(dirname "$0")/common.bash"
+MODEL_ID=kjv-llama-6.3M-q8_0
+
+LLMESH_DEBUG_TOKEN_DELAY_MS=40 start_node H1 serve --model "$DEMO_MODEL"
+LLMESH_DEBUG_TOKEN_DELAY_MS=40 start_node H2 serve --model "$DEMO_MODEL" --join "$H1_TOKEN"
+start_node C client --join "$H1_TOKEN"
+H1_ID=$(curl -sf "$H1_CONSOLE/api/status" | jq -r .node_id)
+H2_ID=$(curl -sf "$H2_CONSOLE/api/status" | jq -r .node_id)
+sees_both() {
+  curl -sf "$C_CONSOLE/api/status" | jq -e --arg a "$H1_ID" --arg b "$H2_ID" \
+    '[.peers[] | select((.id == $a or .id == $b) and .state == "alive")] | length == 2'
+}
+wait_for 30 sees_both || die "C does not see both hosts alive"
+
+body=$(jq -n --arg m "$MODEL_ID" '{model: $m, prompt: "In the beginning", max_tokens: 100, temperature: 0}')
+curl -s -o "$T/answer.json" -w '%{http_code}' "$C_API/completions" -d "$body" >"$T/code.txt" &
+curl_pid=$!
+
+busy() { curl -sf "$1/api/status" | jq -e '.jobs_active > 0'; }
+which=""
+for _ in $(seq 100); do
+  if busy "$H1_CONSOLE" >/dev/null 2>&1; then which=H1; break; fi
+  if busy "$H2_CONSOLE" >/dev/null 2>&1; then which=H2; break; fi
+  sleep 0.1
+done
+[ -n "$which" ] || die "neither host got the request"
+echo "the request went to $which; stopping it"
+if [ "$which" = H1 ]; then kill -TERM "$H1_PID"; other=H2; else kill -TERM "$H2_PID"; other=H1; fi
+wait "$curl_pid"
+
+check "the caller still gets 200" [ "$(cat "$T/code.txt")" = 200 ]
+check "with the whole completion" jq -e '.usage.completion_tokens == 100 and (.choices[0].text | length) > 0' "$T/answer.json"
+check "C counted one retry" bash -c "curl -sf '$C_CONSOLE/api/status' | jq -e '.counters.retried == 1'"
+other_console=$(eval echo "\$${other}_CONSOLE")
+check "the other host served it" bash -c "curl -sf '$other_console/api/status' | jq -e '.counters.requests >= 1'"
+
+# Reference: the same greedy request straight to the surviving host.
+curl -sf "$other_console/api/status" >/dev/null
+other_api=$(eval echo "\$${other}_API")
+curl -sf "$other_api/completions" -d "$body" >"$T/direct.json"
+check "the retried answer equals the host's own" \
+  bash -c "[ \"\$(jq -r .choices[0].text '$T/answer.json')\" = \"\$(jq -r .choices[0].text '$T/direct.json')\" ]"
+
+finish
