@@ -3,6 +3,7 @@
 #   make run    install deps, build, start a node serving the bundled demo model
 #   make test   install deps, build (release + ASan/UBSan), run every test
 
+MAKEFLAGS  += --no-print-directory
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
