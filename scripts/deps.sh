@@ -7,7 +7,7 @@ packages=(
   build-essential cmake pkg-config clang
   libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev
   libevent-dev libpcre2-dev libcjson-dev
-  curl jq iproute2 procps python3
+  curl jq iproute2 procps python3 nftables iptables
 )
 
 missing=()
