@@ -368,6 +368,13 @@ size_t gguf_writer_byte_symbol(int b, char out[3])
 int gguf_writer_add_gpt2_tokenizer(gguf_writer *w, const char *const *extra, int n_extra,
                                    const char *const *merges, int n_merges, int add_bos)
 {
+    return gguf_writer_add_bpe_tokenizer(w, "gpt-2", extra, n_extra, merges, n_merges, add_bos);
+}
+
+int gguf_writer_add_bpe_tokenizer(gguf_writer *w, const char *pre, const char *const *extra,
+                                  int n_extra, const char *const *merges, int n_merges,
+                                  int add_bos)
+{
     int n_vocab = 256 + n_extra + 2;
     char (*syms)[3] = malloc(256 * sizeof *syms);
     const char **tokens = malloc((size_t)n_vocab * sizeof *tokens);
@@ -386,7 +393,7 @@ int gguf_writer_add_gpt2_tokenizer(gguf_writer *w, const char *const *extra, int
     tokens[n_vocab - 1] = "<|endoftext|>";
     types[n_vocab - 2] = types[n_vocab - 1] = 3; /* CONTROL */
     gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2");
-    gguf_writer_add_str(w, "tokenizer.ggml.pre", "gpt-2");
+    if (pre) gguf_writer_add_str(w, "tokenizer.ggml.pre", pre);
     gguf_writer_add_str_array(w, "tokenizer.ggml.tokens", tokens, (uint64_t)n_vocab);
     gguf_writer_add_array(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types,
                           (uint64_t)n_vocab);
@@ -529,4 +536,19 @@ int gguf_writer_tiny_llama(const char *path, int n_embd, int n_layer, int n_head
         .n_ff = n_ff, .n_vocab = n_vocab, .type = type, .seed = seed,
     };
     return gguf_writer_tiny_llama_ex(path, &p);
+}
+
+int gguf_writer_add_spm_tokenizer(gguf_writer *w, const char *const *tokens,
+                                  const float *scores, const int32_t *types, int n_tokens,
+                                  int add_space_prefix)
+{
+    gguf_writer_add_str(w, "tokenizer.ggml.model", "llama");
+    gguf_writer_add_str_array(w, "tokenizer.ggml.tokens", tokens, (uint64_t)n_tokens);
+    gguf_writer_add_array(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores,
+                          (uint64_t)n_tokens);
+    gguf_writer_add_array(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types,
+                          (uint64_t)n_tokens);
+    if (add_space_prefix >= 0)
+        gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", add_space_prefix);
+    return n_tokens;
 }

@@ -103,6 +103,21 @@ size_t gguf_writer_byte_symbol(int b, char out[3]);
 int gguf_writer_add_gpt2_tokenizer(gguf_writer *w, const char *const *extra, int n_extra,
                                    const char *const *merges, int n_merges, int add_bos);
 
+/* The same with tokenizer.ggml.pre set to pre ("llama-bpe", "qwen2", ...;
+ * NULL: no key). */
+int gguf_writer_add_bpe_tokenizer(gguf_writer *w, const char *pre, const char *const *extra,
+                                  int n_extra, const char *const *merges, int n_merges,
+                                  int add_bos);
+
+/* Adds a SentencePiece-style "llama" tokenizer: the n_tokens texts as given
+ * (U+2581 for spaces, "<0xXX>" byte tokens), their float scores and int32
+ * types; add_space_prefix 0/1 writes tokenizer.ggml.add_space_prefix, -1
+ * leaves it out. No bos/eos keys (llama.cpp's defaults 1 and 2 apply).
+ * Returns n_tokens. */
+int gguf_writer_add_spm_tokenizer(gguf_writer *w, const char *const *tokens,
+                                  const float *scores, const int32_t *types, int n_tokens,
+                                  int add_space_prefix);
+
 /* ---- A whole tiny llama model ---- */
 
 /* The byte-level vocabulary every tiny model gets: ids 0..255 are the bytes

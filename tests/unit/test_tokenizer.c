@@ -496,11 +496,12 @@ static void test_load_errors(void)
         {"bos out of range", "bos_token_id is not a token id"},
         {"missing byte", "byte 0x00 has no token"},
         {"short token_type", "token_type must be an array"},
+        {"unknown pre-tokenizer", "pre-tokenizer 'tekken' (tokenizer.ggml.pre) is not supported"},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         gguf_writer *w = gguf_writer_new();
         if (c == 0) {
-            gguf_writer_add_str(w, "tokenizer.ggml.model", "llama");
+            gguf_writer_add_str(w, "tokenizer.ggml.model", "bert");
         } else if (c == 1) {
             gguf_writer_add_u32(w, "x", 1);
         } else if (c == 2 || c == 3) {
@@ -516,6 +517,8 @@ static void test_load_errors(void)
             gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2");
             gguf_writer_add_str_array(w, "tokenizer.ggml.tokens", toks, 256);
             gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", 256);
+        } else if (c == 7) {
+            gguf_writer_add_bpe_tokenizer(w, "tekken", extra, 1, NULL, 0, 0);
         } else if (c == 5 || c == 6) {
             const char *toks[] = {"a", "b"};
             gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2");
@@ -538,6 +541,404 @@ static void test_load_errors(void)
     }
 }
 
+/* ---- pre-tokenizer table ------------------------------------------------- */
+
+typedef struct {
+    const char *text;
+    size_t ends[24];
+    int n_ends;
+} split_vector;
+
+/* Made by /tmp-free Python reference: a hand-written matcher of the llama3 /
+ * qwen2 regex (alternatives tried in order, each with its greedy/backtracking
+ * result worked out by hand), \p{L} and \p{N} from unicodedata (Unicode 14.0,
+ * as PCRE2 10.42), \s as Unicode White_Space; see docs/engine-gguf-tokenizer.md. */
+static const split_vector llama3_splits[] = {
+    {"Hello world", {5, 11}, 2},
+    {"DON'T you'RE we'Ve I'M", {3, 5, 9, 12, 15, 18, 20, 22}, 8},
+    {"1234567 and 12 x 1", {3, 6, 7, 11, 12, 14, 16, 17, 18}, 9},
+    {"a  b\t\tc\n\n\nd   \n  e    ", {1, 2, 4, 5, 7, 10, 11, 15, 16, 18, 22}, 11},
+    {"\xc3\x9cn\xc3\xaf""c\xc3\xb6""d\xc3\xa9 caf\xc3\xa9 \xe2\x80\x94 \xe2\x80\x9cq\xe2\x80\x9d", {11, 17, 21, 25, 26, 29}, 6},
+    {"\xe4\xb8\xad\xe6\x96\x87\xe5\xad\x97\xe7\xac\xa6\xef\xbc\x8c\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e\xe3\x81\xae", {12, 27}, 2},
+    {"Hello \xf0\x9f\x91\x8b\xf0\x9f\x8f\xbd world \xf0\x9f\x8e\x89!", {5, 14, 20, 26}, 4},
+    {"x\xc2\xa0y\xe3\x80\x80z\xc2\x85w", {1, 4, 8, 11}, 4},
+    {"foo(bar): [1, 2];\r\n\tbaz", {3, 7, 9, 11, 12, 13, 14, 15, 19, 23}, 10},
+    {"   leading and trailing   ", {2, 10, 14, 23, 26}, 5},
+    {"$%^&*!!\n\nnext", {9, 13}, 2},
+    {"\xd9\xa3\xd9\xa4\xd9\xa5\xc2\xb2\xe2\x85\xa7 digits", {6, 11, 18}, 3},
+    {"'s 'S 'x ' s", {2, 4, 5, 7, 8, 10, 12}, 7},
+    {" ...\n\n...  \n", {6, 9, 12}, 3},
+};
+static const split_vector qwen2_splits[] = {
+    {"Hello world", {5, 11}, 2},
+    {"DON'T you'RE we'Ve I'M", {3, 5, 9, 12, 15, 18, 20, 22}, 8},
+    {"1234567 and 12 x 1", {1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 14, 16, 17, 18}, 14},
+    {"a  b\t\tc\n\n\nd   \n  e    ", {1, 2, 4, 5, 7, 10, 11, 15, 16, 18, 22}, 11},
+    {"\xc3\x9cn\xc3\xaf""c\xc3\xb6""d\xc3\xa9 caf\xc3\xa9 \xe2\x80\x94 \xe2\x80\x9cq\xe2\x80\x9d", {11, 17, 21, 25, 26, 29}, 6},
+    {"\xe4\xb8\xad\xe6\x96\x87\xe5\xad\x97\xe7\xac\xa6\xef\xbc\x8c\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e\xe3\x81\xae", {12, 27}, 2},
+    {"Hello \xf0\x9f\x91\x8b\xf0\x9f\x8f\xbd world \xf0\x9f\x8e\x89!", {5, 14, 20, 26}, 4},
+    {"x\xc2\xa0y\xe3\x80\x80z\xc2\x85w", {1, 4, 8, 11}, 4},
+    {"foo(bar): [1, 2];\r\n\tbaz", {3, 7, 9, 11, 12, 13, 14, 15, 19, 23}, 10},
+    {"   leading and trailing   ", {2, 10, 14, 23, 26}, 5},
+    {"$%^&*!!\n\nnext", {9, 13}, 2},
+    {"\xd9\xa3\xd9\xa4\xd9\xa5\xc2\xb2\xe2\x85\xa7 digits", {2, 4, 6, 8, 11, 18}, 6},
+    {"'s 'S 'x ' s", {2, 4, 5, 7, 8, 10, 12}, 7},
+    {" ...\n\n...  \n", {6, 9, 12}, 3},
+};
+
+static tokenizer *bpe_with_pre(const char *pre, const char *const *extra, int n_extra,
+                               const char *const *merges, int n_merges)
+{
+    gguf_writer *w = gguf_writer_new();
+    gguf_writer_add_bpe_tokenizer(w, pre, extra, n_extra, merges, n_merges, 0);
+    tokenizer *t = load_from_writer(w, err, sizeof err);
+    gguf_writer_free(w);
+    if (!t) fprintf(stderr, "  %s\n", err);
+    return t;
+}
+
+static void check_split_vectors(const char *pre, const split_vector *v, size_t n)
+{
+    tokenizer *t = bpe_with_pre(pre, NULL, 0, NULL, 0);
+    REQUIRE(t);
+    for (size_t i = 0; i < n; i++) {
+        check_split(t, v[i].text, strlen(v[i].text), v[i].ends, v[i].n_ends);
+        CHECK(round_trips(t, v[i].text, strlen(v[i].text)));
+    }
+    tokenizer_free(t);
+}
+
+static void test_pre_tokenizers(void)
+{
+    check_split_vectors("llama-bpe", llama3_splits, sizeof llama3_splits / sizeof llama3_splits[0]);
+    check_split_vectors("qwen2", qwen2_splits, sizeof qwen2_splits / sizeof qwen2_splits[0]);
+    /* Aliases map to the same pipeline; no key means llama.cpp's "default". */
+    static const struct { const char *pre, *name; } names[] = {
+        {"llama3", "llama-bpe"}, {"smaug-bpe", "dbrx"}, {"stablelm2", "qwen2"},
+        {"smollm", "starcoder"}, {"olmo", "gpt-2"}, {NULL, "default"}, {"falcon", "falcon"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        tokenizer *t = bpe_with_pre(names[i].pre, NULL, 0, NULL, 0);
+        REQUIRE(t);
+        CHECK(strcmp(tokenizer_pre_name(t), names[i].name) == 0);
+        tokenizer_free(t);
+    }
+    /* Multi-stage pipelines: starcoder isolates every digit first, so the
+     * space before a number is a piece of its own; default splits
+     * punctuation runs first and digit runs into threes. */
+    tokenizer *t = bpe_with_pre("starcoder", NULL, 0, NULL, 0);
+    REQUIRE(t);
+    static const size_t sc_ends[] = {1, 2, 3, 4, 8};
+    check_split(t, "x 12 abc", 8, sc_ends, 5);
+    tokenizer_free(t);
+    t = bpe_with_pre(NULL, NULL, 0, NULL, 0);
+    REQUIRE(t);
+    static const size_t def_ends[] = {2, 3, 4, 7, 9, 11, 13};
+    check_split(t, "hi, 12345 x!!", 13, def_ends, 7);
+    tokenizer_free(t);
+    /* Llama 3 adds a BOS by default and gets ignore_merges. */
+    t = bpe_with_pre("llama-bpe", NULL, 0, NULL, 0);
+    REQUIRE(t);
+    CHECK_EQ_INT(tokenizer_add_bos(t), 0); /* the writer says add_bos_token = false */
+    tokenizer_free(t);
+    /* Whitespace and newline runs stay linear (one scan per piece). */
+    t = bpe_with_pre("llama-bpe", NULL, 0, NULL, 0);
+    REQUIRE(t);
+    size_t len = 1 << 20;
+    char *text = malloc(len);
+    memset(text, ' ', len);
+    text[len - 1] = 'x';
+    CHECK(round_trips(t, text, len));
+    for (size_t i = 0; i < len; i++) text[i] = " \n\t"[i % 3];
+    CHECK(round_trips(t, text, len));
+    free(text);
+    tokenizer_free(t);
+}
+
+static void test_ignore_merges(void)
+{
+    /* "abc" is a token no merge reaches: llama-bpe (ignore_merges) takes the
+     * whole piece, dbrx (same regex, no ignore_merges) BPEs it. */
+    static const char *const extra[] = {"abc", "ab"};
+    static const char *const merges[] = {"a b"};
+    int32_t ids[8];
+    tokenizer *t = bpe_with_pre("llama-bpe", extra, 2, merges, 1);
+    REQUIRE(t);
+    CHECK_EQ_INT(tokenizer_encode(t, "abc ab", 6, 0, ids, 8), 3);
+    CHECK(ids[0] == 256 && ids[1] == ' ' && ids[2] == 257);
+    tokenizer_free(t);
+    t = bpe_with_pre("dbrx", extra, 2, merges, 1);
+    REQUIRE(t);
+    CHECK_EQ_INT(tokenizer_encode(t, "abc ab", 6, 0, ids, 8), 4);
+    CHECK(ids[0] == 257 && ids[1] == 'c' && ids[2] == ' ' && ids[3] == 257);
+    tokenizer_free(t);
+}
+
+/* ---- special tokens ------------------------------------------------------ */
+
+static void test_special_tokens(void)
+{
+    tokenizer *t = load_demo();
+    const char *text = "<|bos|>x<|endoftext|>y";
+    size_t len = strlen(text);
+    int32_t ids[64];
+    int n = tokenizer_encode_ex(t, text, len, TOKENIZER_PARSE_SPECIAL, ids, 64);
+    CHECK_EQ_INT(n, 4);
+    CHECK(ids[0] == 4094 && ids[1] == 'x' && ids[2] == 4095 && ids[3] == 'y');
+    /* Without the flag (or with USER only: these are CONTROL) it is text. */
+    int n_plain = tokenizer_encode(t, text, len, 0, ids, 64);
+    CHECK(n_plain > 4);
+    CHECK_EQ_INT(tokenizer_encode_ex(t, text, len, TOKENIZER_PARSE_USER, ids, 64), n_plain);
+    CHECK_EQ_INT(tokenizer_encode_ex(t, text, len, TOKENIZER_PARSE_SPECIAL | TOKENIZER_ADD_BOS,
+                                     ids, 64), 5);
+    CHECK(ids[0] == 4094 && ids[1] == 4094);
+    CHECK_EQ_INT(tokenizer_find_token(t, "<|endoftext|>"), 4095);
+    CHECK_EQ_INT(tokenizer_find_token(t, "<|nope|>"), -1);
+    CHECK_EQ_INT(tokenizer_token_type(t, 4095), TOKENIZER_TYPE_CONTROL);
+    CHECK_EQ_INT(tokenizer_token_type(t, 'a'), TOKENIZER_TYPE_NORMAL);
+    CHECK_EQ_INT(tokenizer_token_type(t, 4096), -1);
+    CHECK(tokenizer_is_eog(t, 4095));
+    CHECK(!tokenizer_is_eog(t, 4094));
+    CHECK_EQ_INT(tokenizer_eot(t), 4095); /* "<|endoftext|>" by text */
+    char buf[32];
+    CHECK_EQ_INT(tokenizer_token_text(t, 258, buf, sizeof buf), 5);
+    CHECK(memcmp(buf, "\xc4\xa0the", 5) == 0);
+    tokenizer_free(t);
+
+    /* Longest token first, even when a shorter one starts further left;
+     * end-of-turn texts become CONTROL and EOG. */
+    static const char *const extra[] = {"<|user|>", "ab"};
+    gguf_writer *w = gguf_writer_new();
+    int nv = gguf_writer_add_bpe_tokenizer(w, "llama-bpe", extra, 2, NULL, 0, 0);
+    (void)nv;
+    t = load_from_writer(w, err, sizeof err);
+    gguf_writer_free(w);
+    REQUIRE(t);
+    CHECK(tokenizer_is_eog(t, 259)); /* <|endoftext|> */
+    tokenizer_free(t);
+}
+
+/* ---- SentencePiece ------------------------------------------------------- */
+
+typedef struct {
+    const char *text;
+    size_t len;
+    unsigned flags;
+    int32_t ids[16];
+    int n_ids;
+} spm_vector;
+
+/* Made by spmref.py (docs/engine-gguf-tokenizer.md): an obviously quadratic
+ * SentencePiece encoder (rescan all adjacent pairs, merge the best score,
+ * leftmost on ties; symbols by lead-byte length; byte fallback) and
+ * llama.cpp's special-token partition written from its description. */
+static const spm_vector spm_vectors[] = {
+    {"abc", 3, 1, {1, 268}, 2},
+    {"abc", 3, 0, {268}, 1},
+    {"a b c", 5, 0, {263, 259, 261, 259, 262}, 5},
+    {"abcabc abc", 10, 0, {268, 266, 268}, 3},
+    {"  a", 3, 0, {270, 263}, 2},
+    {"\xe4\xb8\xad\xe6\x96\x87x", 7, 0, {259, 269, 233, 153, 138, 273}, 6},
+    {"caf\xc3\xa9!", 6, 0, {259, 262, 260, 105, 274, 36}, 6},
+    {"", 0, 1, {1}, 1},
+    {"bcab", 4, 0, {259, 265, 264}, 3},
+    {"ab<ctl>abc", 10, 0, {267, 63, 262, 119, 111, 65, 266}, 7},
+    {"ab<ctl>abc", 10, 3, {1, 267, 272, 268}, 4},
+    {"<|user|>xa b", 12, 4, {271, 259, 276, 259, 261}, 5},
+    {"<|user|>xa b", 12, 2, {278, 263, 259, 261}, 4},
+    {"x<|im_end|><|user|>", 19, 3, {1, 259, 273, 275, 271}, 5},
+    {"\xff\xfe" "a\xc3", 4, 0, {259, 258, 257, 100, 198}, 5},
+    {"a\n\tb", 4, 0, {263, 13, 12, 261}, 4},
+};
+
+static tokenizer *spm_vocab(int add_space_prefix)
+{
+    const char *U = "\xe2\x96\x81";
+    char bytes[256][8];
+    const char *toks[300];
+    float scores[300];
+    int32_t types[300];
+    int n = 0;
+    toks[n] = "<unk>", scores[n] = 0, types[n++] = 2;
+    toks[n] = "<s>", scores[n] = 0, types[n++] = 3;
+    toks[n] = "</s>", scores[n] = 0, types[n++] = 3;
+    for (int b = 0; b < 256; b++) {
+        snprintf(bytes[b], sizeof bytes[b], "<0x%02X>", b);
+        toks[n] = bytes[b], scores[n] = 0, types[n++] = 6;
+    }
+    char sp[16][16];
+    static const struct { const char *pre, *text; float score; int type; } normal[] = {
+        {"\xe2\x96\x81", "", -1.0f, 1}, {"", "a", -2.0f, 1}, {"", "b", -2.5f, 1},
+        {"", "c", -3.0f, 1}, {"\xe2\x96\x81", "a", -1.5f, 1}, {"", "ab", -1.2f, 1},
+        {"", "bc", -1.2f, 1}, {"", "abc", -0.5f, 1}, {"\xe2\x96\x81", "ab", -0.8f, 1},
+        {"\xe2\x96\x81", "abc", -0.3f, 1}, {"", "\xe4\xb8\xad", -4.0f, 1},
+        {"\xe2\x96\x81\xe2\x96\x81", "", -2.0f, 1}, {"", "<|user|>", 0, 4}, {"", "<ctl>", 0, 3},
+        {"", "x", -5.0f, 1}, {"", "\xc3\xa9", -4.0f, 1},
+    };
+    (void)U;
+    for (size_t i = 0; i < sizeof normal / sizeof normal[0]; i++) {
+        snprintf(sp[i], sizeof sp[i], "%s%s", normal[i].pre, normal[i].text);
+        toks[n] = sp[i], scores[n] = normal[i].score, types[n++] = normal[i].type;
+    }
+    toks[n] = "<|im_end|>", scores[n] = 0, types[n++] = 3;
+    toks[n] = "xa", scores[n] = -6.0f, types[n++] = 1;
+    toks[n] = "ax", scores[n] = -6.0f, types[n++] = 1;
+    toks[n] = "<|user|>x", scores[n] = 0, types[n++] = 3;
+    gguf_writer *w = gguf_writer_new();
+    gguf_writer_add_spm_tokenizer(w, toks, scores, types, n, add_space_prefix);
+    tokenizer *t = load_from_writer(w, err, sizeof err);
+    gguf_writer_free(w);
+    if (!t) fprintf(stderr, "  %s\n", err);
+    return t;
+}
+
+static void test_spm_vectors(void)
+{
+    tokenizer *t = spm_vocab(-1);
+    REQUIRE(t);
+    CHECK_EQ_INT(tokenizer_n_vocab(t), 279);
+    CHECK_EQ_INT(tokenizer_bos(t), 1);
+    CHECK_EQ_INT(tokenizer_eos(t), 2);
+    CHECK_EQ_INT(tokenizer_unk(t), 0);
+    CHECK_EQ_INT(tokenizer_add_bos(t), 1);
+    CHECK_EQ_INT(tokenizer_add_space_prefix(t), 1);
+    CHECK(strcmp(tokenizer_pre_name(t), "spm") == 0);
+    for (size_t v = 0; v < sizeof spm_vectors / sizeof spm_vectors[0]; v++) {
+        const spm_vector *sv = &spm_vectors[v];
+        int32_t ids[32];
+        int n = tokenizer_encode_ex(t, sv->text, sv->len, sv->flags, ids, 32);
+        int same = n == sv->n_ids;
+        for (int i = 0; same && i < n; i++) same = ids[i] == sv->ids[i];
+        if (!same) {
+            fprintf(stderr, "  spm vector %zu: got", v);
+            for (int i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
+            fprintf(stderr, "\n");
+            testlib_failed_checks++;
+        }
+    }
+    /* Decoding: U+2581 is a space, <0xXX> its byte, control tokens nothing. */
+    char buf[64];
+    CHECK_EQ_INT(tokenizer_token_bytes(t, 268, buf, sizeof buf), 4);
+    CHECK(memcmp(buf, " abc", 4) == 0);
+    CHECK_EQ_INT(tokenizer_token_bytes(t, 3 + 0xe4, buf, sizeof buf), 1);
+    CHECK_EQ_INT((uint8_t)buf[0], 0xe4);
+    CHECK_EQ_INT(tokenizer_token_bytes(t, 1, buf, sizeof buf), 0);
+    CHECK_EQ_INT(tokenizer_token_bytes(t, 0, buf, sizeof buf), 0);
+    CHECK_EQ_INT(tokenizer_token_bytes(t, 271, buf, sizeof buf), 8); /* user-defined: text */
+    CHECK(tokenizer_is_eog(t, 2) && tokenizer_is_eog(t, 275) && !tokenizer_is_eog(t, 1));
+    /* Round trip: every text decodes back with the prefix space in front. */
+    static const char *const texts[] = {"a b  c", "\xe4\xb8\xad\xe6\x96\x87 caf\xc3\xa9",
+                                        "x\n\ty", "abcabc"};
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        char want[64];
+        snprintf(want, sizeof want, " %s", texts[i]);
+        int n;
+        int32_t *ids = encode(t, texts[i], strlen(texts[i]), 0, &n);
+        REQUIRE(ids);
+        CHECK(decodes_to(t, ids, n, want, strlen(want)));
+        free(ids);
+    }
+    tokenizer_free(t);
+    /* add_space_prefix = false: no leading U+2581. */
+    t = spm_vocab(0);
+    REQUIRE(t);
+    int32_t ids[8];
+    CHECK_EQ_INT(tokenizer_encode(t, "abc", 3, 0, ids, 8), 1);
+    CHECK_EQ_INT(ids[0], 266);
+    tokenizer_free(t);
+}
+
+static void test_spm_long(void)
+{
+    tokenizer *t = spm_vocab(-1);
+    REQUIRE(t);
+    size_t len = 300000;
+    char *text = malloc(len);
+    for (size_t i = 0; i < len; i++) text[i] = "ab c"[i % 4];
+    int n;
+    int32_t *ids = encode(t, text, len, 0, &n);
+    CHECK(ids && n > 0);
+    free(ids);
+    free(text);
+    tokenizer_free(t);
+}
+
+/* ---- streaming ----------------------------------------------------------- */
+
+/* Emits pieces through tokenizer_utf8_complete_len: every chunk handed out
+ * must be valid UTF-8 on its own when the whole is. */
+static int stream_ok(const tokenizer *t, const int32_t *ids, int n)
+{
+    char held[4096];
+    size_t n_held = 0;
+    int ok = 1;
+    for (int i = 0; i < n && ok; i++) {
+        int k = tokenizer_token_bytes(t, ids[i], held + n_held, sizeof held - n_held);
+        if (k < 0 || (size_t)k > sizeof held - n_held) return 0;
+        n_held += (size_t)k;
+        size_t m = tokenizer_utf8_complete_len(held, n_held);
+        for (size_t j = 0; j < m;) { /* the chunk must be whole characters */
+            uint8_t b = (uint8_t)held[j];
+            size_t cl = b < 0x80 ? 1 : b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : 2;
+            if (j + cl > m) { ok = 0; break; }
+            j += cl;
+        }
+        memmove(held, held + m, n_held - m);
+        n_held -= m;
+    }
+    return ok && n_held == 0;
+}
+
+static void test_utf8_stream(void)
+{
+    CHECK_EQ_INT(tokenizer_utf8_complete_len("ab\xe4\xb8", 4), 2);
+    CHECK_EQ_INT(tokenizer_utf8_complete_len("ab\xe4\xb8\xad", 5), 5);
+    CHECK_EQ_INT(tokenizer_utf8_complete_len("\xf0\x9f\x98", 3), 0);
+    CHECK_EQ_INT(tokenizer_utf8_complete_len("\xf0", 1), 0);
+    CHECK_EQ_INT(tokenizer_utf8_complete_len("a\xc3", 2), 1);
+    CHECK_EQ_INT(tokenizer_utf8_complete_len("a\xff", 2), 2);       /* invalid: passes */
+    CHECK_EQ_INT(tokenizer_utf8_complete_len("a\xe0\x80", 3), 3);   /* overlong prefix */
+    CHECK_EQ_INT(tokenizer_utf8_complete_len("a\xed\xa0", 3), 3);   /* surrogate prefix */
+    CHECK_EQ_INT(tokenizer_utf8_complete_len("\x80\x80\x80", 3), 3);
+    CHECK_EQ_INT(tokenizer_utf8_complete_len("", 0), 0);
+    /* Byte-level BPE: the demo vocabulary splits CJK and emoji across byte
+     * tokens; SentencePiece: byte fallback splits unknown characters. */
+    tokenizer *t = load_demo();
+    static const char *const palette[] = {"a", " the", "\xe4\xb8\xad", "\xf0\x9f\x98\x80",
+                                          "\xc3\xa9", "\n", "\xe2\x80\x94", "7"};
+    uint64_t s = 5;
+    char text[256];
+    for (int iter = 0; iter < 500; iter++) {
+        size_t len = 0;
+        for (int i = 0; i < 30; i++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            const char *p = palette[(s >> 33) % 8];
+            memcpy(text + len, p, strlen(p));
+            len += strlen(p);
+        }
+        int n;
+        int32_t *ids = encode(t, text, len, 0, &n);
+        REQUIRE(ids);
+        if (!stream_ok(t, ids, n)) {
+            testlib_failed_checks++;
+            fprintf(stderr, "  byte-level stream %d splits a character\n", iter);
+            free(ids);
+            break;
+        }
+        free(ids);
+    }
+    tokenizer_free(t);
+    t = spm_vocab(-1);
+    REQUIRE(t);
+    int n;
+    int32_t *ids = encode(t, "\xe6\x96\x87\xf0\x9f\x98\x80 a\xe4\xb8\xad", 13, 0, &n);
+    REQUIRE(ids);
+    CHECK(n >= 8);
+    CHECK(stream_ok(t, ids, n));
+    free(ids);
+    tokenizer_free(t);
+}
+
 int main(void)
 {
     RUN(test_demo_vocabulary);
@@ -551,5 +952,11 @@ int main(void)
     RUN(test_tiny_model_vocab);
     RUN(test_merge_order);
     RUN(test_load_errors);
+    RUN(test_pre_tokenizers);
+    RUN(test_ignore_merges);
+    RUN(test_special_tokens);
+    RUN(test_spm_vectors);
+    RUN(test_spm_long);
+    RUN(test_utf8_stream);
     return testlib_finish();
 }
