@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "engine/engine.h"
+#include "lib/hash.h"
 #include "lib/log.h"
 #include "mesh/identity.h"
 #include "mesh/mesh.h"
@@ -471,23 +472,38 @@ static int host_tried(const api_call *c, const uint8_t id[MESH_ID_BYTES])
     return 0;
 }
 
-/* A live host for c->model not tried yet: the mesh's choice first, then any
- * other live peer that serves the model. 0, or -1 when there is none. */
+/* A live host for c->model not tried yet, or -1. Among the candidates the
+ * choice is a rendezvous hash of (this node's id, host id, model): each entry
+ * node sticks to one host per model (its KV cache stays warm for follow-up
+ * prompts), different entry nodes spread over the hosts, and when a host
+ * goes away only the entry nodes that used it move. */
 static int pick_untried_host(const api_call *c, uint8_t out[MESH_ID_BYTES])
 {
     mesh *m = c->a->mesh;
-    if (mesh_pick_host(m, c->model, out) == 0 && !host_tried(c, out)) return 0;
     static mesh_peer peers[API_MAX_PEERS];
     int n = mesh_peers(m, peers, API_MAX_PEERS);
     if (n > API_MAX_PEERS) n = API_MAX_PEERS;
+    uint64_t best_score = 0;
+    int found = 0;
+    size_t model_len = strlen(c->model);
     for (int i = 0; i < n; i++) {
         if (strcmp(peers[i].state, "alive") != 0) continue;
-        for (int j = 0; j < peers[i].n_models; j++) {
-            if (strcmp(peers[i].models[j], c->model) != 0) continue;
-            if (identity_id_from_hex(peers[i].id, out) == 0 && !host_tried(c, out)) return 0;
+        int serves = 0;
+        for (int j = 0; j < peers[i].n_models && !serves; j++) serves = !strcmp(peers[i].models[j], c->model);
+        uint8_t id[MESH_ID_BYTES];
+        if (!serves || identity_id_from_hex(peers[i].id, id) != 0 || host_tried(c, id)) continue;
+        uint8_t key[2 * MESH_ID_BYTES + MESH_MAX_NAME];
+        memcpy(key, mesh_node_id(m), MESH_ID_BYTES);
+        memcpy(key + MESH_ID_BYTES, id, MESH_ID_BYTES);
+        memcpy(key + 2 * MESH_ID_BYTES, c->model, model_len);
+        uint64_t score = hash_fnv1a(key, 2 * MESH_ID_BYTES + model_len);
+        if (!found || score > best_score) {
+            best_score = score;
+            memcpy(out, id, MESH_ID_BYTES);
+            found = 1;
         }
     }
-    return -1;
+    return found ? 0 : -1;
 }
 
 static const api_sink_ops proxy_ops;
@@ -623,7 +639,7 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
     free(req.prompt);
 
     uint8_t host[MESH_ID_BYTES];
-    if (!from_peer && a->mesh && mesh_pick_host(a->mesh, req.model, host) == 0) {
+    if (!from_peer && a->mesh && pick_untried_host(c, host) == 0) {
         c->kind = CALL_REMOTE;
         snprintf(c->method, sizeof c->method, "%s", method);
         c->path = strdup(path);
