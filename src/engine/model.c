@@ -2,9 +2,12 @@
  *
  * Layout: the weight structures, loading and validation, the state, and the
  * forward pass (model_forward), which reads top to bottom like the maths:
- * embed -> per layer (norm, q/k/v, RoPE, attention, residual, norm, SwiGLU
- * FFN, residual) -> final norm -> classifier. The same computation as
- * llama.cpp's llama graph, so its GGUF files mean the same thing here. */
+ * embed -> per layer (norm, q/k/v [+ biases] [, per-head q/k norm], RoPE,
+ * attention, residual, norm, SwiGLU FFN, residual) -> final norm ->
+ * classifier. The same computation as llama.cpp's llama, qwen2 and qwen3
+ * graphs, so their GGUF files mean the same thing here. One forward serves
+ * the three: they differ only in optional tensors and the RoPE pairing,
+ * which keeps each step written once (see docs/engine.md, "Architectures"). */
 #include "engine/model.h"
 
 #include <assert.h>
@@ -29,7 +32,13 @@ typedef struct {
     kernel_matrix wq;     /* (n_head * head_dim, n_embd) */
     kernel_matrix wk;     /* (n_head_kv * head_dim, n_embd) */
     kernel_matrix wv;     /* (n_head_kv * head_dim, n_embd) */
+    float *bq;            /* (n_head * head_dim) or NULL; qwen2 always, llama optionally */
+    float *bk;            /* (n_head_kv * head_dim) or NULL */
+    float *bv;            /* (n_head_kv * head_dim) or NULL */
+    float *q_norm;        /* (head_dim) or NULL; qwen3: RMSNorm of each q head */
+    float *k_norm;        /* (head_dim) or NULL; qwen3: RMSNorm of each k head */
     kernel_matrix wo;     /* (n_embd, n_head * head_dim) */
+    float *bo;            /* (n_embd) or NULL; llama optionally */
     float *ffn_norm;      /* (n_embd) owned copy */
     kernel_matrix w_gate; /* (n_ff, n_embd) */
     kernel_matrix w_up;   /* (n_ff, n_embd) */
@@ -47,10 +56,61 @@ struct model {
     size_t matmul_scratch;     /* bytes kernel_matmul needs for MODEL_BATCH tokens */
 };
 
-/* The per-layer tensors, by GGUF name suffix. */
-static const char *const layer_tensor_names[] = {
-    "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-    "ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
+/* ======================================================================== */
+/* architectures                                                             */
+/* ======================================================================== */
+
+#define ARCH_BIT(a) (1u << (a))
+#define ARCH_ALL (ARCH_BIT(MODEL_ARCH_LLAMA) | ARCH_BIT(MODEL_ARCH_QWEN2) | ARCH_BIT(MODEL_ARCH_QWEN3))
+
+static const struct {
+    const char *name;  /* general.architecture, and the prefix of its keys */
+    int rope_neox;     /* llama.cpp's LLAMA_ROPE_TYPE_NEOX for this architecture */
+} arch_info[MODEL_ARCH_COUNT] = {
+    [MODEL_ARCH_LLAMA] = {"llama", 0},
+    [MODEL_ARCH_QWEN2] = {"qwen2", 1},
+    [MODEL_ARCH_QWEN3] = {"qwen3", 1},
+};
+
+const char *model_arch_name(model_arch a)
+{
+    assert(a >= 0 && a < MODEL_ARCH_COUNT);
+    return arch_info[a].name;
+}
+
+/* Every tensor name an architecture may have; model_load refuses any other
+ * (an ignored tensor would mean silently wrong output). Whether one is
+ * required is decided where it is loaded. Per layer, after "blk.N.": */
+static const struct {
+    const char *suffix;
+    unsigned archs;
+} layer_tensors[] = {
+    {"attn_norm.weight", ARCH_ALL},
+    {"attn_q.weight", ARCH_ALL},
+    {"attn_k.weight", ARCH_ALL},
+    {"attn_v.weight", ARCH_ALL},
+    {"attn_output.weight", ARCH_ALL},
+    {"ffn_norm.weight", ARCH_ALL},
+    {"ffn_gate.weight", ARCH_ALL},
+    {"ffn_up.weight", ARCH_ALL},
+    {"ffn_down.weight", ARCH_ALL},
+    /* llama.cpp's llama graph takes these when present; qwen2 requires q/k/v */
+    {"attn_q.bias", ARCH_BIT(MODEL_ARCH_LLAMA) | ARCH_BIT(MODEL_ARCH_QWEN2)},
+    {"attn_k.bias", ARCH_BIT(MODEL_ARCH_LLAMA) | ARCH_BIT(MODEL_ARCH_QWEN2)},
+    {"attn_v.bias", ARCH_BIT(MODEL_ARCH_LLAMA) | ARCH_BIT(MODEL_ARCH_QWEN2)},
+    {"attn_output.bias", ARCH_BIT(MODEL_ARCH_LLAMA)},
+    {"attn_q_norm.weight", ARCH_BIT(MODEL_ARCH_QWEN3)},
+    {"attn_k_norm.weight", ARCH_BIT(MODEL_ARCH_QWEN3)},
+};
+/* and global: */
+static const struct {
+    const char *name;
+    unsigned archs;
+} global_tensors[] = {
+    {"token_embd.weight", ARCH_ALL},
+    {"output_norm.weight", ARCH_ALL},
+    {"output.weight", ARCH_ALL}, /* absent: tied to token_embd */
+    {"rope_freqs.weight", ARCH_BIT(MODEL_ARCH_LLAMA)}, /* Llama 3.1+ frequency divisors */
 };
 
 /* Fetches an integer config key into [lo, hi]. A missing key takes def when
@@ -99,6 +159,15 @@ static int config_float(const gguf_file *f, const char *key, float def, float *o
     return 0;
 }
 
+/* "{arch}.suffix" into buf (arch names and suffixes are short constants). */
+static const char *arch_key(char *buf, size_t cap, const model_config *c, const char *suffix)
+{
+    int n = snprintf(buf, cap, "%s.%s", model_arch_name(c->arch), suffix);
+    assert(n > 0 && (size_t)n < cap);
+    (void)n;
+    return buf;
+}
+
 static int read_config(const gguf_file *f, model_config *c, char *err, size_t errlen)
 {
     gguf_str arch;
@@ -106,67 +175,149 @@ static int read_config(const gguf_file *f, model_config *c, char *err, size_t er
         snprintf(err, errlen, "metadata key general.architecture is missing");
         return -1;
     }
-    if (!gguf_str_eq(arch, "llama")) {
-        snprintf(err, errlen, "architecture '%.*s' is not supported (llmesh runs: llama)",
-                 (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+    int found = 0;
+    for (int a = 0; a < MODEL_ARCH_COUNT && !found; a++) {
+        if (gguf_str_eq(arch, arch_info[a].name)) {
+            c->arch = (model_arch)a;
+            found = 1;
+        }
+    }
+    if (!found) {
+        char name[72];
+        snprintf(err, errlen, "architecture '%s' is not supported (llmesh runs: llama, qwen2, qwen3)",
+                 gguf_str_printable(arch, name, sizeof name));
         return -1;
     }
+    c->rope_neox = arch_info[c->arch].rope_neox;
+    const char *an = model_arch_name(c->arch);
+    char k[96], k2[96];
+#define KEY(suffix) arch_key(k, sizeof k, c, suffix)
     uint32_t experts;
-    if (gguf_get_u32(f, "llama.expert_count", &experts) == 0 && experts > 0) {
-        snprintf(err, errlen, "mixture-of-experts llama models (llama.expert_count = %u) are "
-                 "not supported", experts);
+    if (gguf_get_u32(f, KEY("expert_count"), &experts) == 0 && experts > 0) {
+        snprintf(err, errlen, "mixture-of-experts %s models (%s = %u) are not supported", an, k,
+                 experts);
         return -1;
     }
-    if (config_int(f, "llama.embedding_length", -1, 1, 1 << 16, &c->n_embd, err, errlen) ||
-        config_int(f, "llama.block_count", -1, 1, 1024, &c->n_layer, err, errlen) ||
-        config_int(f, "llama.feed_forward_length", -1, 1, 1 << 20, &c->n_ff, err, errlen) ||
-        config_int(f, "llama.attention.head_count", -1, 1, 1024, &c->n_head, err, errlen) ||
-        config_int(f, "llama.attention.head_count_kv", c->n_head, 1, c->n_head, &c->n_head_kv,
+    if (config_int(f, KEY("embedding_length"), -1, 1, 1 << 16, &c->n_embd, err, errlen) ||
+        config_int(f, KEY("block_count"), -1, 1, 1024, &c->n_layer, err, errlen) ||
+        config_int(f, KEY("feed_forward_length"), -1, 1, 1 << 20, &c->n_ff, err, errlen) ||
+        config_int(f, KEY("attention.head_count"), -1, 1, 1024, &c->n_head, err, errlen) ||
+        config_int(f, KEY("attention.head_count_kv"), c->n_head, 1, c->n_head, &c->n_head_kv,
                    err, errlen) ||
-        config_int(f, "llama.context_length", -1, 1, 1 << 24, &c->n_ctx_train, err, errlen) ||
-        config_float(f, "llama.attention.layer_norm_rms_epsilon", -1, &c->norm_eps, err, errlen) ||
-        config_float(f, "llama.rope.freq_base", 10000.0f, &c->rope_base, err, errlen))
+        config_int(f, KEY("context_length"), -1, 1, 1 << 24, &c->n_ctx_train, err, errlen) ||
+        config_float(f, KEY("attention.layer_norm_rms_epsilon"), -1, &c->norm_eps, err, errlen) ||
+        config_float(f, KEY("rope.freq_base"), 10000.0f, &c->rope_base, err, errlen))
         return -1;
-    if (c->n_embd % c->n_head != 0) {
-        snprintf(err, errlen, "llama.embedding_length %d is not a multiple of "
-                 "llama.attention.head_count %d", c->n_embd, c->n_head);
-        return -1;
-    }
     if (c->n_head % c->n_head_kv != 0) {
-        snprintf(err, errlen, "llama.attention.head_count %d is not a multiple of "
-                 "llama.attention.head_count_kv %d", c->n_head, c->n_head_kv);
+        snprintf(err, errlen, "%s.attention.head_count %d is not a multiple of "
+                 "%s.attention.head_count_kv %d", an, c->n_head, an, c->n_head_kv);
         return -1;
     }
-    c->head_dim = c->n_embd / c->n_head;
+    /* The head width is its own key: Qwen3 and Gemma have n_head * head_dim
+     * != n_embd. Without the key, llama.cpp's default n_embd / n_head. */
     int key_len, value_len;
-    if (config_int(f, "llama.attention.key_length", c->head_dim, 1, 1 << 16, &key_len, err, errlen) ||
-        config_int(f, "llama.attention.value_length", c->head_dim, 1, 1 << 16, &value_len, err,
-                   errlen))
-        return -1;
-    if (key_len != c->head_dim || value_len != c->head_dim) {
-        snprintf(err, errlen, "attention key/value length %d/%d differs from embedding_length / "
-                 "head_count = %d: not supported", key_len, value_len, c->head_dim);
+    if (c->n_embd % c->n_head == 0) {
+        if (config_int(f, KEY("attention.key_length"), c->n_embd / c->n_head, 1, 1 << 12, &key_len,
+                       err, errlen))
+            return -1;
+    } else if (config_int(f, KEY("attention.key_length"), -1, 1, 1 << 12, &key_len, err, errlen)) {
+        snprintf(err, errlen, "%s.embedding_length %d is not a multiple of %s.attention.head_count "
+                 "%d and %s.attention.key_length is missing", an, c->n_embd, an, c->n_head, an);
         return -1;
     }
-    if (config_int(f, "llama.rope.dimension_count", c->head_dim, 2, c->head_dim, &c->n_rot, err,
+    if (config_int(f, KEY("attention.value_length"), key_len, 1, 1 << 12, &value_len, err, errlen))
+        return -1;
+    if (value_len != key_len) {
+        snprintf(err, errlen, "%s.attention.value_length %d differs from key_length %d: not supported",
+                 an, value_len, key_len);
+        return -1;
+    }
+    c->head_dim = key_len;
+    if ((long)c->n_head * c->head_dim > (1 << 16)) {
+        snprintf(err, errlen, "%s: %d heads of %d values is too wide", an, c->n_head, c->head_dim);
+        return -1;
+    }
+    if (config_int(f, KEY("rope.dimension_count"), c->head_dim, 2, c->head_dim, &c->n_rot, err,
                    errlen))
         return -1;
     if (c->n_rot % 2 != 0) {
-        snprintf(err, errlen, "llama.rope.dimension_count %d is odd", c->n_rot);
+        snprintf(err, errlen, "%s.rope.dimension_count %d is odd", an, c->n_rot);
         return -1;
     }
     c->rope_scale = 1.0f;
     gguf_str scaling;
-    if (gguf_get_str(f, "llama.rope.scaling.type", &scaling) == 0 && !gguf_str_eq(scaling, "none")) {
+    if (gguf_get_str(f, KEY("rope.scaling.type"), &scaling) == 0 && !gguf_str_eq(scaling, "none") &&
+        !gguf_str_eq(scaling, "llama3")) { /* llama3: frequency factors, see rope_llama3_factors */
         if (!gguf_str_eq(scaling, "linear")) {
-            snprintf(err, errlen, "RoPE scaling '%.*s' is not supported (none, linear)",
-                     (int)(scaling.len > 32 ? 32 : scaling.len), scaling.ptr);
+            char name[40];
+            snprintf(err, errlen, "RoPE scaling '%s' is not supported (none, linear, llama3)",
+                     gguf_str_printable(scaling, name, sizeof name));
             return -1;
         }
-        if (config_float(f, "llama.rope.scaling.factor", 1.0f, &c->rope_scale, err, errlen))
+        if (config_float(f, arch_key(k2, sizeof k2, c, "rope.scaling.factor"), 1.0f, &c->rope_scale,
+                         err, errlen))
             return -1;
     }
+#undef KEY
     return 0;
+}
+
+/* Llama 3.1's RoPE scaling as frequency divisors (the rope_freqs.weight
+ * tensor llama.cpp's converter writes; files from other tools may carry only
+ * the parameters). For pair j, freq = base^(-2j/n_rot) and wavelength
+ * 2 pi / freq: short wavelengths (< original_context / high_freq_factor) keep
+ * their frequency, long ones (> original_context / low_freq_factor) are
+ * divided by factor, and those between blend the two linearly in
+ * original_context / wavelength. Keys: {arch}.rope.scaling.type = "llama3",
+ * .factor, .original_context_length (required), .low_freq_factor and
+ * .high_freq_factor (default 1 and 4, as in Llama 3.1's config). Returns a
+ * malloc'ed (n_rot / 2) array, or NULL with err set (err[0] == 0: the file
+ * does not use llama3 scaling). */
+static float *rope_llama3_factors(const gguf_file *f, const model_config *c, char *err,
+                                  size_t errlen)
+{
+    char k[96];
+    gguf_str scaling;
+    err[0] = 0;
+    if (gguf_get_str(f, arch_key(k, sizeof k, c, "rope.scaling.type"), &scaling) != 0 ||
+        !gguf_str_eq(scaling, "llama3"))
+        return NULL;
+    float factor, low, high;
+    int orig;
+    if (config_float(f, arch_key(k, sizeof k, c, "rope.scaling.factor"), -1, &factor, err, errlen) ||
+        config_float(f, arch_key(k, sizeof k, c, "rope.scaling.low_freq_factor"), 1.0f, &low, err,
+                     errlen) ||
+        config_float(f, arch_key(k, sizeof k, c, "rope.scaling.high_freq_factor"), 4.0f, &high, err,
+                     errlen) ||
+        config_int(f, arch_key(k, sizeof k, c, "rope.scaling.original_context_length"), -1, 1,
+                   1 << 24, &orig, err, errlen))
+        return NULL;
+    if (!(high > low)) {
+        snprintf(err, errlen, "llama3 RoPE scaling: high_freq_factor %g must exceed low_freq_factor %g",
+                 (double)high, (double)low);
+        return NULL;
+    }
+    int half = c->n_rot / 2;
+    float *out = malloc(sizeof(float) * (size_t)half);
+    if (!out) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    double low_wavelen = orig / (double)low, high_wavelen = orig / (double)high;
+    for (int j = 0; j < half; j++) {
+        double wavelen = 2 * 3.14159265358979323846 / pow(c->rope_base, -2.0 * j / c->n_rot);
+        double divisor;
+        if (wavelen < high_wavelen) {
+            divisor = 1;
+        } else if (wavelen > low_wavelen) {
+            divisor = factor;
+        } else { /* new freq = (1 - s) freq / factor + s freq */
+            double smooth = (orig / wavelen - low) / (high - low);
+            divisor = 1 / ((1 - smooth) / factor + smooth);
+        }
+        out[j] = (float)divisor;
+    }
+    return out;
 }
 
 /* A 2-D weight matrix: shape (rows, cols) = (ne[1], ne[0]), a type the
@@ -244,12 +395,12 @@ static float *get_vector(const gguf_file *f, const char *name, int n, uint64_t *
     return v;
 }
 
-/* Refuses tensors the forward pass would silently ignore (biases, extra
- * norms of other llama variants): better an error than wrong output. */
-static int check_no_unknown_tensors(const gguf_file *f, int n_layer, char *err, size_t errlen)
+/* Refuses tensors the forward pass would silently ignore (biases or norms
+ * of other variants): better an error than wrong output. */
+static int check_no_unknown_tensors(const gguf_file *f, const model_config *c, char *err,
+                                    size_t errlen)
 {
-    static const char *const globals[] = {"token_embd.weight", "output_norm.weight",
-                                          "output.weight", "rope_freqs.weight"};
+    unsigned bit = ARCH_BIT(c->arch);
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         gguf_str name = f->tensors[i].name;
         char buf[96];
@@ -257,21 +408,34 @@ static int check_no_unknown_tensors(const gguf_file *f, int n_layer, char *err, 
         memcpy(buf, name.ptr, name.len);
         buf[name.len] = 0;
         int known = 0;
-        for (size_t g = 0; g < sizeof globals / sizeof globals[0]; g++) known |= !strcmp(buf, globals[g]);
-        int layer, used = 0;
-        char suffix[64];
-        if (!known && sscanf(buf, "blk.%d.%63[a-z_].weight%n", &layer, suffix, &used) == 2 &&
-            used == (int)name.len && layer >= 0 && layer < n_layer) {
-            for (size_t k = 0; k < sizeof layer_tensor_names / sizeof layer_tensor_names[0]; k++)
-                known |= !strcmp(suffix, layer_tensor_names[k]);
+        for (size_t g = 0; g < sizeof global_tensors / sizeof global_tensors[0]; g++)
+            known |= (global_tensors[g].archs & bit) && !strcmp(buf, global_tensors[g].name);
+        int layer, prefix = 0;
+        if (!known && sscanf(buf, "blk.%d.%n", &layer, &prefix) == 1 && prefix > 0 && layer >= 0 &&
+            layer < c->n_layer) {
+            char canonical[24]; /* "blk.01." is not layer 1's name */
+            snprintf(canonical, sizeof canonical, "blk.%d.", layer);
+            if ((int)strlen(canonical) == prefix && !strncmp(buf, canonical, (size_t)prefix)) {
+                for (size_t k = 0; k < sizeof layer_tensors / sizeof layer_tensors[0]; k++)
+                    known |= (layer_tensors[k].archs & bit) && !strcmp(buf + prefix, layer_tensors[k].suffix);
+            }
         }
         if (known) continue;
-    unknown:
-        snprintf(err, errlen, "tensor %.*s is not part of the llama architecture as llmesh runs it",
-                 (int)(name.len > 64 ? 64 : name.len), name.ptr);
+    unknown:;
+        char shown[72];
+        snprintf(err, errlen, "tensor %s is not part of the %s architecture as llmesh runs it",
+                 gguf_str_printable(name, shown, sizeof shown), model_arch_name(c->arch));
         return -1;
     }
     return 0;
+}
+
+/* An optional 1-D tensor: NULL and no error when absent. */
+static float *get_optional_vector(const gguf_file *f, const char *name, int n, uint64_t *bytes,
+                                  char *err, size_t errlen)
+{
+    err[0] = 0;
+    return gguf_find_tensor(f, name) ? get_vector(f, name, n, bytes, err, errlen) : NULL;
 }
 
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
@@ -303,7 +467,7 @@ model *model_load(const gguf_file *f, char *err, size_t errlen)
                  (unsigned long long)tokens->count, c->n_vocab);
         goto fail;
     }
-    if (check_no_unknown_tensors(f, c->n_layer, err, errlen) != 0) goto fail;
+    if (check_no_unknown_tensors(f, c, err, errlen) != 0) goto fail;
 
     int q_dim = c->n_head * c->head_dim, kv_dim = c->n_head_kv * c->head_dim;
     uint64_t *b = &m->weight_bytes;
@@ -316,7 +480,7 @@ model *model_load(const gguf_file *f, char *err, size_t errlen)
     } else {
         m->output = m->token_embd; /* tied embeddings */
     }
-    if (gguf_find_tensor(f, "rope_freqs.weight")) {
+    if (gguf_find_tensor(f, "rope_freqs.weight")) { /* wins over llama3 keys, as in llama.cpp */
         const gguf_tensor *t = gguf_find_tensor(f, "rope_freqs.weight");
         if (t->type != GGML_TYPE_F32) {
             snprintf(err, errlen, "tensor rope_freqs.weight must be F32");
@@ -324,6 +488,15 @@ model *model_load(const gguf_file *f, char *err, size_t errlen)
         }
         if (!(m->rope_freq_factors = get_vector(f, "rope_freqs.weight", c->n_rot / 2, b, err, errlen)))
             goto fail;
+        for (int j = 0; j < c->n_rot / 2; j++) {
+            if (!isfinite(m->rope_freq_factors[j]) || !(m->rope_freq_factors[j] > 0)) {
+                snprintf(err, errlen, "tensor rope_freqs.weight: factor %d is %g, not a positive "
+                         "number", j, (double)m->rope_freq_factors[j]);
+                goto fail;
+            }
+        }
+    } else if (!(m->rope_freq_factors = rope_llama3_factors(f, c, err, errlen)) && err[0]) {
+        goto fail;
     }
 
     m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
@@ -334,17 +507,39 @@ model *model_load(const gguf_file *f, char *err, size_t errlen)
     for (int l = 0; l < c->n_layer; l++) {
         model_layer *L = &m->layers[l];
         char name[64];
-#define NAME(suffix) (snprintf(name, sizeof name, "blk.%d." suffix ".weight", l), name)
-        if (!(L->attn_norm = get_vector(f, NAME("attn_norm"), c->n_embd, b, err, errlen)) ||
-            get_matrix(f, NAME("attn_q"), q_dim, c->n_embd, &L->wq, b, err, errlen) ||
-            get_matrix(f, NAME("attn_k"), kv_dim, c->n_embd, &L->wk, b, err, errlen) ||
-            get_matrix(f, NAME("attn_v"), kv_dim, c->n_embd, &L->wv, b, err, errlen) ||
-            get_matrix(f, NAME("attn_output"), c->n_embd, q_dim, &L->wo, b, err, errlen) ||
-            !(L->ffn_norm = get_vector(f, NAME("ffn_norm"), c->n_embd, b, err, errlen)) ||
-            get_matrix(f, NAME("ffn_gate"), c->n_ff, c->n_embd, &L->w_gate, b, err, errlen) ||
-            get_matrix(f, NAME("ffn_up"), c->n_ff, c->n_embd, &L->w_up, b, err, errlen) ||
-            get_matrix(f, NAME("ffn_down"), c->n_embd, c->n_ff, &L->w_down, b, err, errlen))
+#define NAME(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
+        if (!(L->attn_norm = get_vector(f, NAME("attn_norm.weight"), c->n_embd, b, err, errlen)) ||
+            get_matrix(f, NAME("attn_q.weight"), q_dim, c->n_embd, &L->wq, b, err, errlen) ||
+            get_matrix(f, NAME("attn_k.weight"), kv_dim, c->n_embd, &L->wk, b, err, errlen) ||
+            get_matrix(f, NAME("attn_v.weight"), kv_dim, c->n_embd, &L->wv, b, err, errlen) ||
+            get_matrix(f, NAME("attn_output.weight"), c->n_embd, q_dim, &L->wo, b, err, errlen) ||
+            !(L->ffn_norm = get_vector(f, NAME("ffn_norm.weight"), c->n_embd, b, err, errlen)) ||
+            get_matrix(f, NAME("ffn_gate.weight"), c->n_ff, c->n_embd, &L->w_gate, b, err, errlen) ||
+            get_matrix(f, NAME("ffn_up.weight"), c->n_ff, c->n_embd, &L->w_up, b, err, errlen) ||
+            get_matrix(f, NAME("ffn_down.weight"), c->n_embd, c->n_ff, &L->w_down, b, err, errlen))
             goto fail;
+        /* Optional per-architecture tensors (check_no_unknown_tensors has
+         * refused those the architecture does not have). */
+        if ((!(L->bq = get_optional_vector(f, NAME("attn_q.bias"), q_dim, b, err, errlen)) && err[0]) ||
+            (!(L->bk = get_optional_vector(f, NAME("attn_k.bias"), kv_dim, b, err, errlen)) && err[0]) ||
+            (!(L->bv = get_optional_vector(f, NAME("attn_v.bias"), kv_dim, b, err, errlen)) && err[0]) ||
+            (!(L->bo = get_optional_vector(f, NAME("attn_output.bias"), c->n_embd, b, err, errlen)) &&
+             err[0]) ||
+            (!(L->q_norm = get_optional_vector(f, NAME("attn_q_norm.weight"), c->head_dim, b, err,
+                                               errlen)) && err[0]) ||
+            (!(L->k_norm = get_optional_vector(f, NAME("attn_k_norm.weight"), c->head_dim, b, err,
+                                               errlen)) && err[0]))
+            goto fail;
+        const char *missing = NULL;
+        if (c->arch == MODEL_ARCH_QWEN2 && (!L->bq || !L->bk || !L->bv))
+            missing = !L->bq ? NAME("attn_q.bias") : !L->bk ? NAME("attn_k.bias") : NAME("attn_v.bias");
+        if (c->arch == MODEL_ARCH_QWEN3 && (!L->q_norm || !L->k_norm))
+            missing = !L->q_norm ? NAME("attn_q_norm.weight") : NAME("attn_k_norm.weight");
+        if (missing) {
+            snprintf(err, errlen, "tensor %s is missing (required by %s)", missing,
+                     model_arch_name(c->arch));
+            goto fail;
+        }
 #undef NAME
         const kernel_matrix *all[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
         for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
@@ -364,8 +559,15 @@ void model_free(model *m)
     if (!m) return;
     if (m->layers) {
         for (int l = 0; l < m->c.n_layer; l++) {
-            free(m->layers[l].attn_norm);
-            free(m->layers[l].ffn_norm);
+            model_layer *L = &m->layers[l];
+            free(L->attn_norm);
+            free(L->ffn_norm);
+            free(L->bq);
+            free(L->bk);
+            free(L->bv);
+            free(L->bo);
+            free(L->q_norm);
+            free(L->k_norm);
         }
     }
     free(m->layers);
@@ -480,17 +682,24 @@ static void rope_tables(const model *m, model_state *s, int pos0, int n)
     }
 }
 
-/* Rotates the adjacent pairs (v[2j], v[2j+1]) of each of n_heads heads of
- * one token (llama.cpp's "NORM" RoPE; GGUF q/k weights are permuted for it). */
+/* Rotates pair j of each of n_heads heads of one token by angle j. llama's
+ * GGUF q/k weights are permuted so that the pairs are adjacent, (x[2j],
+ * x[2j+1]) (llama.cpp's "NORM" RoPE); qwen2/qwen3 keep Hugging Face's layout,
+ * where pair j is (x[j], x[j + n_rot/2]) (llama.cpp's "NEOX" RoPE). Dimensions
+ * from n_rot on are left alone either way. */
 static void rope_apply(const model_config *c, float *v, int n_heads, const float *cosv,
                        const float *sinv)
 {
+    int half = c->n_rot / 2;
+    int stride = c->rope_neox ? 1 : 2;       /* distance between the firsts of two pairs */
+    int second = c->rope_neox ? half : 1;    /* distance from a pair's first to its second */
     for (int h = 0; h < n_heads; h++) {
         float *x = v + h * c->head_dim;
-        for (int j = 0; j < c->n_rot / 2; j++) {
-            float x0 = x[2 * j], x1 = x[2 * j + 1];
-            x[2 * j] = x0 * cosv[j] - x1 * sinv[j];
-            x[2 * j + 1] = x0 * sinv[j] + x1 * cosv[j];
+        for (int j = 0; j < half; j++) {
+            float *a = x + j * stride, *b = a + second;
+            float x0 = *a, x1 = *b;
+            *a = x0 * cosv[j] - x1 * sinv[j];
+            *b = x0 * sinv[j] + x1 * cosv[j];
         }
     }
 }
@@ -558,6 +767,24 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
         float *qkv_out[3] = {s->q, k_cache, v_cache}; /* (n, q_dim), (n, kv_dim) x 2 into the cache */
         kernel_matmul_multi(pool, 3, qkv, s->xb, n, qkv_out, s->scratch);
 
+        /* ---- biases (qwen2; some llama files): q += bq, k += bk, v += bv ---- */
+        for (int i = 0; i < n && L->bq; i++) kernel_add(s->q + (size_t)i * q_dim, L->bq, q_dim);
+        for (int i = 0; i < n && L->bk; i++) kernel_add(k_cache + (size_t)i * kv_dim, L->bk, kv_dim);
+        for (int i = 0; i < n && L->bv; i++) kernel_add(v_cache + (size_t)i * kv_dim, L->bv, kv_dim);
+
+        /* ---- qwen3: each q and k head (head_dim) = rmsnorm(head) * q_norm / k_norm ---- */
+        assert(!L->q_norm == !L->k_norm); /* qwen3 requires both, the others refuse both */
+        for (int i = 0; i < n && L->q_norm; i++) {
+            for (int h = 0; h < c->n_head; h++) {
+                float *qh = s->q + (size_t)i * q_dim + h * hd;
+                kernel_rmsnorm(qh, qh, L->q_norm, hd, c->norm_eps);
+            }
+            for (int h = 0; h < c->n_head_kv; h++) {
+                float *kh = k_cache + (size_t)i * kv_dim + h * hd;
+                kernel_rmsnorm(kh, kh, L->k_norm, hd, c->norm_eps);
+            }
+        }
+
         /* ---- RoPE on q and k ---- */
         for (int i = 0; i < n; i++) {
             rope_apply(c, s->q + (size_t)i * q_dim, c->n_head, s->rope_cos + i * half,
@@ -572,6 +799,7 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
 
         /* ---- output projection and residual: x += att_out Wo ---- */
         kernel_matmul(pool, &L->wo, s->att_out, n, s->xb, s->scratch); /* (n, dim) */
+        for (int i = 0; i < n && L->bo; i++) kernel_add(s->xb + (size_t)i * dim, L->bo, dim);
         kernel_add(s->x, s->xb, n * dim);
 
         /* ---- feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x) * ffn_norm ---- */

@@ -1,5 +1,6 @@
-/* model.h: the llama architecture: its configuration, its weights (zero-copy
- * views into a GGUF file) and its forward pass over a KV cache.
+/* model.h: the llama family of architectures (llama, mistral as llama, qwen2,
+ * qwen3): their configuration, their weights (zero-copy views into a GGUF
+ * file) and their forward pass over a KV cache.
  *
  * A `model` is the immutable part (config + weights) and may be shared; a
  * `model_state` is one sequence's KV cache plus scratch buffers. Tokens are
@@ -21,16 +22,31 @@
 #include "engine/gguf.h"
 #include "lib/threadpool.h"
 
+/* The architectures model_load accepts (general.architecture). They share
+ * one forward pass; what differs is switched on by the weights present (q/k/v
+ * biases, per-head q/k norms) and by rope_neox. See docs/engine.md. */
+typedef enum {
+    MODEL_ARCH_LLAMA = 0, /* "llama": Llama 1-3, Mistral, ...; NORM RoPE, optional biases */
+    MODEL_ARCH_QWEN2,     /* "qwen2": q/k/v biases, NEOX RoPE */
+    MODEL_ARCH_QWEN3,     /* "qwen3": per-head q/k RMSNorm before RoPE, NEOX RoPE */
+    MODEL_ARCH_COUNT
+} model_arch;
+
+const char *model_arch_name(model_arch a);
+
 typedef struct {
+    model_arch arch;
     int n_vocab;
     int n_embd;       /* model width */
     int n_layer;
     int n_head;       /* query heads */
     int n_head_kv;    /* key/value heads (grouped-query attention when < n_head) */
-    int head_dim;     /* n_embd / n_head */
+    int head_dim;     /* {arch}.attention.key_length, default n_embd / n_head; q is
+                         n_head * head_dim wide, which may differ from n_embd (qwen3) */
     int n_ff;         /* feed-forward hidden width */
-    int n_ctx_train;  /* llama.context_length */
+    int n_ctx_train;  /* {arch}.context_length */
     int n_rot;        /* leading dimensions of each head that RoPE rotates */
+    int rope_neox;    /* 1: rotate (x[j], x[j + n_rot/2]) (NEOX); 0: (x[2j], x[2j+1]) */
     float norm_eps;   /* RMSNorm epsilon */
     float rope_base;  /* RoPE frequency base */
     float rope_scale; /* positions are divided by this (linear RoPE scaling; 1 = none) */

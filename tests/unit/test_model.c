@@ -329,9 +329,10 @@ static void test_refuses_bad_models(void)
     w = gguf_writer_new();
     add_llama_keys(w, "llama");
     gguf_writer_add_tensor(w, "token_embd.weight", 2, ne, GGML_TYPE_F32, NULL, 32 * 300 * 4);
-    gguf_writer_add_tensor(w, "blk.0.attn_q.bias", 1, ne_norm, GGML_TYPE_F32, NULL, 32 * 4);
+    /* a qwen3 tensor in a llama file: refused rather than ignored */
+    gguf_writer_add_tensor(w, "blk.0.attn_q_norm.weight", 1, ne_norm, GGML_TYPE_F32, NULL, 32 * 4);
     e = load_error(w);
-    CHECK(strstr(e, "blk.0.attn_q.bias") != NULL);
+    CHECK(strstr(e, "blk.0.attn_q_norm.weight") != NULL);
 }
 
 /* ---- the demo model through the engine ------------------------------------- */
