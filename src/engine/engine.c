@@ -289,7 +289,7 @@ int engine_generate(engine_model *m, const char *prompt, size_t prompt_len,
     free(ids);
     if (rc != 0) return -1;
 
-    sampler_params sp = {s->temperature, s->top_k, s->top_p, s->seed};
+    sampler_params sp = {.temperature = s->temperature, .top_k = s->top_k, .top_p = s->top_p, .seed = s->seed};
     sampler *smp = sampler_new(tokenizer_n_vocab(m->tok), &sp);
     utf8_stream st = {.fn = on_piece, .user = user};
     char piece_buf[256];
