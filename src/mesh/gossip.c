@@ -19,12 +19,18 @@
 
 #include "lib/log.h"
 #include "mesh/mesh_private.h"
+#include "mesh/swim.h"
 
 static void gossip_send_table(mesh *m, mesh_stream *s)
 {
     if (mesh_stream_send(s, m->raw, m->raw_len) != 0) return;
     for (mesh_node *n = m->nodes; n; n = n->next)
-        if (n->has_record && n != s->link->node && mesh_stream_send(s, n->raw, n->raw_len) != 0) return;
+        /* Dead, left and forgotten nodes are not passed on: a newcomer would
+         * only dial them in vain; they spread their own record if they return. */
+        if (n->has_record && n != s->link->node &&
+            (n->state == NODE_CONNECTING || n->state == NODE_ALIVE || n->state == NODE_SUSPECT) &&
+            mesh_stream_send(s, n->raw, n->raw_len) != 0)
+            return;
 }
 
 void gossip_broadcast(mesh *m, const uint8_t *raw, size_t len, const mesh_link *skip)
@@ -83,6 +89,7 @@ static int gossip_merge(mesh *m, mesh_link *from, const uint8_t *p, size_t len)
     }
     mesh_node *n = mesh_node_find(m, rec.id);
     if (n && n->has_record && rec.seq <= n->rec.seq) return 0;   /* old news: the common case */
+    if (n && n->has_left && rec.seq <= n->leave_inc) return 0;   /* from before its LEAVE */
     if (!record_verify(p, len, rec.id)) {
         log_warn(MESH_LOG, "peer %.16s sent a node record with a bad signature", from->node->id_hex);
         return -1;
@@ -101,13 +108,12 @@ static int gossip_merge(mesh *m, mesh_link *from, const uint8_t *p, size_t len)
     log_debug(MESH_LOG, "record of %.16s seq %llu (%s, %d models) via %.16s", n->id_hex,
               (unsigned long long)rec.seq, record_role_name(rec.role), rec.n_models, from->node->id_hex);
     gossip_broadcast(m, raw, len, from);
+    /* A newer record refutes a suspicion, or is a dead node's new life. */
+    int was_down = was_known && (n->state == NODE_DEAD || n->state == NODE_LEFT || n->state == NODE_EXPIRED);
+    detect_newer_record(m, n);
     /* A new record of a node we cannot reach: it may have come back, with
      * new addresses perhaps; try now rather than at the end of a backoff. */
-    if (!n->link) {
-        int was_dead = was_known && n->state == NODE_DEAD;
-        if (was_dead) n->failures = 0;
-        mesh_node_want_connection(m, n, was_dead);
-    }
+    if (!n->link) mesh_node_want_connection(m, n, was_down);
     return 0;
 }
 
@@ -121,6 +127,10 @@ static void gossip_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t
     }
     /* Kinds this version does not know are skipped: a newer node may send
      * more kinds of news on the same stream. */
+    if (p[0] == SWIM_NOTICE_SUSPECT || p[0] == SWIM_NOTICE_DEAD || p[0] == SWIM_NOTICE_LEAVE) {
+        if (detect_on_notice(m, s->link, p, len) != 0) mesh_stream_reject(s, "malformed notice");
+        return;
+    }
     if (p[0] != RECORD_KIND_NODE) return;
     if (gossip_merge(m, s->link, p, len) != 0) mesh_stream_reject(s, "malformed node record");
 }

@@ -11,13 +11,15 @@
  * waits MESH_YIELD_MS before dialling a node it learned of by gossip or lost,
  * which gives the lower id time to dial first. Details in docs/mesh.md.
  *
- * Peer states: "connecting" while the first dial (or the redial after a lost
- * connection) is under way, "alive" with a connection, "dead" once that dial
- * failed; dead nodes are redialled with exponential backoff. Failure
- * detection proper (suspicion, probes, leave messages) is a later issue;
- * node_lost() and node_dial_failed() are where it will plug in.
+ * Peer states: "connecting" while the first dial is under way, "alive" with
+ * a connection, and the failure detector's "suspect", "dead" and "left"
+ * (detect.c decides those; this file tells it when connections come and go).
+ * Dead nodes are redialled with exponential backoff and jitter; left and
+ * expired ones are not, except that a node with no peer at all redials its
+ * bootstrap (join-token) nodes whatever their state.
  *
- * Not here: the stream machinery (stream.c) and record exchange (gossip.c). */
+ * Not here: the stream machinery (stream.c), record exchange (gossip.c), the
+ * failure detector (detect.c). */
 #include <assert.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -27,13 +29,16 @@
 
 #include "lib/log.h"
 #include "mesh/mesh_private.h"
+#include "mesh/swim.h"
 
 _Static_assert(MESH_ID_BYTES == QUIC_KEY_BYTES && MESH_ID_BYTES == IDENTITY_KEY_BYTES,
                "node ids, QUIC keys and identity keys are the same 32 bytes");
 _Static_assert(MESH_ID_HEX == IDENTITY_HEX_BYTES, "hex id size");
 _Static_assert(ADDR_TEXT_MAX <= sizeof(((mesh_peer *)0)->addresses[0]), "address text fits mesh_peer");
 
-static const char *const node_state_names[] = {"connecting", "alive", "dead"};
+static const char *const node_state_names[] = {"connecting", "alive", "suspect", "dead", "left", "expired"};
+
+const char *mesh_node_state_name(node_state st) { return node_state_names[st]; }
 
 static void mesh_timer_add_ms(struct event *ev, uint64_t ms)
 {
@@ -41,7 +46,7 @@ static void mesh_timer_add_ms(struct event *ev, uint64_t ms)
     evtimer_add(ev, &tv);
 }
 
-static int mesh_any_alive(const mesh *m)
+int mesh_any_alive(const mesh *m)
 {
     for (const mesh_node *n = m->nodes; n; n = n->next)
         if (n->link) return 1;
@@ -67,6 +72,23 @@ mesh_node *mesh_node_get(mesh *m, const uint8_t id[MESH_ID_BYTES])
     assert(memcmp(id, m->self.public_key, MESH_ID_BYTES) != 0);
     mesh_node *n = mesh_node_find(m, id);
     if (n) return n;
+    if (m->n_nodes >= MESH_MAX_NODES) {
+        /* Make room by forgetting an expired node for good (its tombstone
+         * goes: a relay could bring its old record back, which costs one
+         * failed dial and another TTL). */
+        for (mesh_node **at = &m->nodes; *at; at = &(*at)->next) {
+            mesh_node *o = *at;
+            if (o->state != NODE_EXPIRED || o->link || o->dialing || o->bootstrap) continue;
+            *at = o->next;
+            for (mesh_link *l = m->links; l; l = l->next)
+                if (l->node == o) l->node = NULL;
+            event_free(o->dial_timer);
+            free(o->raw);
+            free(o);
+            m->n_nodes--;
+            break;
+        }
+    }
     if (m->n_nodes >= MESH_MAX_NODES) {
         log_warn(MESH_LOG, "node table full (%d nodes): ignoring a new node", MESH_MAX_NODES);
         return NULL;
@@ -123,7 +145,7 @@ static void mesh_sweep_cb(evutil_socket_t fd, short what, void *arg)
      * returns: start over after each close. */
 again:
     for (mesh_link *l = m->links; l; l = l->next) {
-        if (l->want_close && !l->close_sent && (!l->ready || l->user_streams == 0)) {
+        if (l->want_close && !l->close_sent && (!l->ready || l->user_streams == 0 || l->force_close)) {
             l->close_sent = 1;
             log_debug(MESH_LOG, "closing connection to %.16s: %s", l->node ? l->node->id_hex : "?",
                       l->close_reason);
@@ -145,6 +167,13 @@ static void mesh_link_retire(mesh_link *l, const char *reason)
     l->want_close = 1;
     l->close_reason = reason;
     mesh_schedule_sweep(l->m);
+}
+
+void mesh_link_close_now(mesh_link *l, const char *reason)
+{
+    if (l->node && l->node->link == l) l->node->link = NULL;
+    l->force_close = 1;
+    mesh_link_retire(l, reason);
 }
 
 void mesh_link_stream_gone(mesh_link *l)
@@ -206,7 +235,11 @@ static uint64_t mesh_backoff_ms(mesh *m, const mesh_node *n)
 
 void mesh_node_want_connection(mesh *m, mesh_node *n, int now)
 {
-    if (m->freeing || n->link || n->dialing) return;
+    if (m->freeing || m->left || n->link || n->dialing) return;
+    /* Left and forgotten nodes are not dialled; but a node cut off from
+     * everyone goes back to its join tokens, whatever became of them. */
+    if ((n->state == NODE_LEFT || n->state == NODE_EXPIRED) && !(n->bootstrap && !mesh_any_alive(m)))
+        return;
     uint64_t delay;
     if (n->failures > 0)
         delay = now ? 0 : mesh_backoff_ms(m, n);
@@ -229,15 +262,21 @@ void mesh_node_want_connection(mesh *m, mesh_node *n, int now)
 static void mesh_node_dial_failed(mesh *m, mesh_node *n, const char *reason)
 {
     n->failures++;
-    if (n->state != NODE_DEAD)
+    /* A suspect stays suspect (the suspicion timeout decides, and peers may
+     * still reach it); a node never reached is dead to us. */
+    if (n->state == NODE_CONNECTING) {
         log_info(MESH_LOG, "node %.16s unreachable: %s", n->id_hex, reason ? reason : "dial failed");
-    n->state = NODE_DEAD;
+        n->state = NODE_DEAD;
+        n->down_at = detect_now_ms();
+    } else {
+        log_debug(MESH_LOG, "redial of %.16s failed: %s", n->id_hex, reason ? reason : "dial failed");
+    }
     mesh_node_want_connection(m, n, 0);
 }
 
 static void mesh_node_dial(mesh *m, mesh_node *n)
 {
-    if (m->freeing || n->link || n->dialing) return;
+    if (m->freeing || m->left || n->link || n->dialing) return;
     mesh_addr cands[MESH_DIAL_MAX];
     int count = mesh_dial_candidates(n, cands);
     char err[256] = "no address of it can be dialled from this socket";
@@ -278,6 +317,7 @@ static void mesh_node_up(mesh *m, mesh_node *n)
     n->state = NODE_ALIVE;
     n->failures = 0;
     evtimer_del(n->dial_timer);
+    detect_node_up(m, n);
     /* Our other handshakes to it (the parallel dial) are not needed any
      * more, unless the new connection is the peer's and we have the lower
      * id: then the peer keeps ours once it completes (duplicate rule), and
@@ -288,6 +328,13 @@ static void mesh_node_up(mesh *m, mesh_node *n)
             mesh_link_retire(o, "already connected");
 }
 
+/* By convention the dialler opens the gossip and control streams. */
+static void mesh_link_start_streams(mesh_link *l)
+{
+    if (!l->gossip) gossip_start(l);
+    detect_start(l);
+}
+
 /* l just became ready: make it n's connection, or settle a duplicate. */
 static void mesh_node_adopt(mesh *m, mesh_node *n, mesh_link *l)
 {
@@ -295,8 +342,7 @@ static void mesh_node_adopt(mesh *m, mesh_node *n, mesh_link *l)
     if (!cur) {
         n->link = l;
         mesh_node_up(m, n);
-        /* By convention the dialler opens the gossip stream. */
-        if (l->outgoing) gossip_start(l);
+        if (l->outgoing) mesh_link_start_streams(l);
         return;
     }
     int c = memcmp(mesh_link_dialer(m, cur), mesh_link_dialer(m, l), MESH_ID_BYTES);
@@ -305,7 +351,7 @@ static void mesh_node_adopt(mesh *m, mesh_node *n, mesh_link *l)
         mesh_link *keep = c < 0 ? cur : l, *drop = c < 0 ? l : cur;
         n->link = keep;
         mesh_link_retire(drop, "duplicate connection");
-        if (!keep->gossip && keep->outgoing) gossip_start(keep);
+        if (keep->outgoing) mesh_link_start_streams(keep);
         return;
     }
     /* Dialled twice by the same node: only the dialler closes one (the
@@ -327,11 +373,12 @@ static void mesh_node_lost(mesh *m, mesh_node *n, mesh_link *l, const char *reas
     if (best) {
         best->want_close = 0;
         n->link = best;
-        if (!best->gossip) gossip_start(best);
+        if (best->outgoing) mesh_link_start_streams(best);
         return;
     }
-    log_info(MESH_LOG, "node %.16s disconnected: %s", n->id_hex, reason ? reason : "closed");
-    n->state = NODE_CONNECTING;
+    if (n->state == NODE_LEFT || n->state == NODE_EXPIRED || n->state == NODE_DEAD) return;
+    log_debug(MESH_LOG, "node %.16s disconnected: %s", n->id_hex, reason ? reason : "closed");
+    if (n->state == NODE_ALIVE) detect_connection_lost(m, n, reason);
     n->failures = 0;
     mesh_node_want_connection(m, n, 0);
 }
@@ -421,8 +468,10 @@ static void mesh_mark_dirty(mesh *m)
 static void mesh_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     mesh *m = arg;
+    if (m->left) return;
     gossip_broadcast(m, m->raw, m->raw_len, NULL);
-    /* Safety net: a node with no connection, no dial and no timer. */
+    /* Safety net: a node with no connection, no dial and no timer. This is
+     * also how an isolated node goes back to its join tokens. */
     for (mesh_node *n = m->nodes; n; n = n->next)
         if (!n->link && !n->dialing && !evtimer_pending(n->dial_timer, NULL))
             mesh_node_want_connection(m, n, 0);
@@ -553,6 +602,11 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
     }
     mesh_timer_add_ms(m->tick, MESH_TICK_MS);
     gossip_register(m);
+    detect_register(m);
+    if (detect_init(m, cfg) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     gossip_publish(m);
     if (m->raw_len == 0) {
         snprintf(err, errlen, "cannot sign this node's record");
@@ -575,6 +629,7 @@ void mesh_free(mesh *m)
 {
     if (!m) return;
     m->freeing = 1;
+    detect_free(m);
     /* The endpoint closes every connection: streams get on_close, links are
      * freed in conn_closed. */
     if (m->ep) quic_endpoint_free(m->ep);
@@ -598,6 +653,28 @@ void mesh_free(mesh *m)
     free(m);
 }
 
+int mesh_leave(mesh *m)
+{
+    if (m->left) return 0;
+    m->left = 1;
+    for (mesh_node *n = m->nodes; n; n = n->next) evtimer_del(n->dial_timer);
+    /* The incarnation is our current record's seq: peers drop records up to
+     * it, and our next run's first record (a later wall clock) beats it. */
+    uint8_t buf[SWIM_LEAVE_BYTES];
+    char err[160];
+    if (swim_leave_encode(&m->self, m->rec.seq, buf, err, sizeof err) < 0) {
+        log_warn(MESH_LOG, "cannot sign the leave message: %s", err);
+        return -1;
+    }
+    gossip_broadcast(m, buf, sizeof buf, NULL);
+    /* On the wire now: mesh_free follows at once and would drop what is
+     * still queued. Lost on the way, the LEAVE is relayed by any peer that
+     * got it, or the node is found dead by probes. */
+    quic_endpoint_flush(m->ep);
+    log_info(MESH_LOG, "leave sent to %d peers", mesh_connections(m));
+    return 0;
+}
+
 /* ---- queries -------------------------------------------------------------------*/
 
 const char *mesh_token(const mesh *m) { return m->token; }
@@ -608,9 +685,10 @@ uint16_t mesh_listen_port(const mesh *m) { return m->listen.port; }
 int mesh_peers(const mesh *m, mesh_peer *out, int max)
 {
     int count = 0;
-    for (const mesh_node *n = m->nodes; n; n = n->next, count++) {
-        if (count >= max) continue;
-        mesh_peer *p = &out[count];
+    for (const mesh_node *n = m->nodes; n; n = n->next) {
+        if (n->state == NODE_EXPIRED) continue;
+        if (count++ >= max) continue;
+        mesh_peer *p = &out[count - 1];
         memset(p, 0, sizeof *p);
         memcpy(p->id, n->id_hex, sizeof p->id);
         const mesh_addr *addrs = n->has_record ? n->rec.addrs : n->token_addrs;
@@ -629,12 +707,21 @@ int mesh_peers(const mesh *m, mesh_peer *out, int max)
 
 int mesh_pick_host(const mesh *m, const char *model_id, uint8_t id_out[MESH_ID_BYTES])
 {
+    return mesh_pick_host_except(m, model_id, NULL, id_out);
+}
+
+int mesh_pick_host_except(const mesh *m, const char *model_id, const uint8_t *exclude,
+                          uint8_t id_out[MESH_ID_BYTES])
+{
     /* The connected host with the lowest smoothed RTT; the node list is
      * sorted by id, so ties go to the lowest id. */
     const mesh_node *best = NULL;
     uint64_t best_rtt = 0;
     for (const mesh_node *n = m->nodes; n; n = n->next) {
-        if (!n->link || !n->has_record) continue;
+        /* Suspects are skipped: a request sent there may wait for a node
+         * that is gone, while an alive one is at hand. */
+        if (!n->link || !n->has_record || n->state != NODE_ALIVE) continue;
+        if (exclude && memcmp(n->id, exclude, MESH_ID_BYTES) == 0) continue;
         int serves = 0;
         for (int i = 0; i < n->rec.n_models && !serves; i++) serves = !strcmp(n->rec.models[i], model_id);
         if (!serves) continue;
@@ -652,8 +739,8 @@ int mesh_pick_host(const mesh *m, const char *model_id, uint8_t id_out[MESH_ID_B
 
 void mesh_register_stream_type(mesh *m, uint8_t type, mesh_accept_fn accept, void *ctx)
 {
-    assert(type != 0 && type != MESH_STREAM_GOSSIP);
-    if (type == 0 || type == MESH_STREAM_GOSSIP) return;
+    assert(type != 0 && !mesh_stream_type_internal(type));
+    if (type == 0 || mesh_stream_type_internal(type)) return;
     m->types[type].fn = accept;
     m->types[type].ctx = ctx;
 }

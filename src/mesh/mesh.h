@@ -31,6 +31,7 @@ struct event_base;
 typedef enum {
     MESH_STREAM_GOSSIP = 1,      /* node records, both ways */
     MESH_STREAM_HTTP_TUNNEL = 2, /* an API request forwarded to a host node */
+    MESH_STREAM_CONTROL = 3,     /* failure-detector probes (the mesh's own) */
 } mesh_stream_type;
 
 typedef struct {
@@ -39,13 +40,32 @@ typedef struct {
     const char *const *join_tokens;
     int n_join;
     const char *role;            /* "host", "standby" or "client" */
+    /* Failure-detector timings in ms; 0 = the default (docs/mesh.md says
+     * why each is what it is). Tests shorten them. */
+    uint32_t probe_interval_ms;  /* 1000: how often peers are probed */
+    uint32_t probe_timeout_ms;   /* 500: a probe not answered by then makes the peer suspect */
+    uint32_t suspect_timeout_ms; /* 4000: a suspect that stays silent this long is dead */
+    uint32_t dead_ttl_ms;        /* 60000: dead and left peers are forgotten after this */
 } mesh_config;
 
 typedef struct mesh mesh;
 
 mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_t errlen);
-/* Closes all connections and frees everything. */
+/* Closes all connections and frees everything. Without mesh_leave first,
+ * peers see the connections close and find the node dead by probing (a few
+ * seconds) rather than gone at once. */
 void mesh_free(mesh *m);
+
+/* Clean exit, step 1 (SIGINT/SIGTERM): floods a LEAVE signed by this node
+ * on every connection and writes it to the socket before returning (no
+ * waiting for acknowledgements: it returns in microseconds). Peers mark the
+ * node "left" at once, relay the LEAVE to each other (so one peer that got
+ * it is enough), and do not redial it. After this the node answers no
+ * probes and dials nobody; call mesh_free next (typically right away: the
+ * LEAVE is already on the wire). Idempotent. Not from inside a stream
+ * callback. 0, or -1 when it could not be signed (then peers find out by
+ * probing). */
+int mesh_leave(mesh *m);
 
 const char *mesh_token(const mesh *m);        /* invite token, stable for a given key and addresses */
 const char *mesh_node_id_hex(const mesh *m);
@@ -66,13 +86,22 @@ typedef struct {
     char models[MESH_MAX_MODELS][MESH_MAX_NAME];
     int n_models;
     uint64_t memory_bytes;
-    char state[16];                      /* "alive" (connected), "connecting", "dead" */
+    /* "connecting": learned, first dial under way; "alive": connected and
+     * answering probes; "suspect": missed probes or lost its connection,
+     * being checked; "dead": declared dead (redialled with backoff);
+     * "left": it announced a clean exit. Dead and left peers are listed
+     * until their TTL (mesh_config.dead_ttl_ms) passes. */
+    char state[16];
 } mesh_peer;
 
 /* Copies up to max peers into out; returns how many there are in all. */
 int mesh_peers(const mesh *m, mesh_peer *out, int max);
-/* Picks a connected peer that serves model_id. 0 with its id, or -1. */
+/* Picks an alive peer that serves model_id (lowest RTT). 0 with its id, or -1. */
 int mesh_pick_host(const mesh *m, const char *model_id, uint8_t id_out[MESH_ID_BYTES]);
+/* The same, never choosing exclude (may be NULL): to retry a request on
+ * another host after the first one failed. */
+int mesh_pick_host_except(const mesh *m, const char *model_id, const uint8_t *exclude,
+                          uint8_t id_out[MESH_ID_BYTES]);
 
 /* ---- typed streams of frames ---------------------------------------------*/
 
@@ -89,7 +118,8 @@ typedef struct {
 } mesh_stream_handlers;
 
 /* Opens a stream of the given type to a connected peer. NULL with err when
- * there is no live connection to it. */
+ * there is no live connection to it. If the peer is then declared dead or
+ * leaves, the stream is closed at once (on_close with an error). */
 mesh_stream *mesh_stream_open(mesh *m, const uint8_t peer_id[MESH_ID_BYTES], uint8_t type,
                               const mesh_stream_handlers *h, void *user, char *err, size_t errlen);
 void mesh_stream_set_handlers(mesh_stream *s, const mesh_stream_handlers *h, void *user);

@@ -28,7 +28,15 @@
 #define MESH_BACKOFF_MIN_MS 1000
 #define MESH_BACKOFF_MAX_MS 30000
 #define MESH_BOOTSTRAP_MAX_MS 5000   /* join tokens, while no peer is connected */
-#define MESH_HANDSHAKE_MS 5000
+#define MESH_HANDSHAKE_MS 10000      /* a dial to a stale address gives up after this */
+/* Failure detector defaults (docs/mesh.md, "Failure detection", says why). */
+#define MESH_PROBE_INTERVAL_MS 1000
+#define MESH_PROBE_TIMEOUT_MS 500
+#define MESH_SUSPECT_MS 4000
+#define MESH_DEAD_TTL_MS 60000
+#define MESH_PROBES_PER_ROUND 8      /* alive peers probed per interval (suspects: all) */
+#define MESH_INDIRECT_K 3            /* helpers asked to probe a suspect */
+#define MESH_RELAYS 64               /* PING_REQs we are answering at once */
 
 /* QUIC application error codes of stream resets (docs/PROTOCOL.md). */
 #define MESH_RESET_ABORTED 1         /* the application gave up on the stream */
@@ -36,7 +44,11 @@
 #define MESH_RESET_UNKNOWN_TYPE 3    /* stream type nobody registered */
 #define MESH_RESET_REFUSED 4         /* accepted type, but the handler set no handlers */
 
-typedef enum { NODE_CONNECTING, NODE_ALIVE, NODE_DEAD } node_state;
+/* A peer's state in this node's view (names in mesh.c; machine in
+ * docs/mesh.md). EXPIRED: dead or left for longer than the TTL; hidden from
+ * mesh_peers, never dialled (unless a bootstrap node of an isolated node),
+ * kept only so that its old record cannot bring it back. */
+typedef enum { NODE_CONNECTING, NODE_ALIVE, NODE_SUSPECT, NODE_DEAD, NODE_LEFT, NODE_EXPIRED } node_state;
 
 typedef struct mesh_node mesh_node;
 typedef struct mesh_link mesh_link;
@@ -71,6 +83,8 @@ struct mesh_link {
     int user_streams;                /* open streams other than gossip */
     mesh_stream *streams;
     mesh_stream *gossip;             /* where records go to this peer */
+    mesh_stream *control;            /* probes to and from this peer (detect.c) */
+    int force_close;                 /* close even with user streams (peer dead or left) */
     mesh_link *next;                 /* in m->links */
 };
 
@@ -92,6 +106,17 @@ struct mesh_node {
     node_state state;
     int failures;                    /* consecutive failed dial attempts */
     struct event *dial_timer;
+    /* failure detector (detect.c); times are monotonic ms */
+    int probe_pending;               /* a direct PING awaits its ACK */
+    uint64_t probe_nonce, probe_deadline;
+    uint64_t indirect_nonce;         /* the nonce our PING_REQs about it carry; 0 = none */
+    uint64_t suspect_deadline;       /* SUSPECT: declared dead at this time */
+    uint64_t suspect_inc;            /* the incarnation (record seq) suspected */
+    uint64_t down_at;                /* DEAD/LEFT since; expires at down_at + TTL */
+    uint64_t suspect_relayed;        /* incarnation + 1 of the last SUSPECT forwarded; 0 = none */
+    uint64_t dead_relayed;           /* same for DEAD */
+    int has_left;
+    uint64_t leave_inc;              /* records with seq <= this are from before its LEAVE */
     mesh_node *next;                 /* m->nodes, sorted by id */
 };
 
@@ -121,6 +146,22 @@ struct mesh {
     mesh_type_slot types[256];
     mesh_counters counters;
     int freeing;
+    /* failure detector (detect.c) */
+    uint32_t probe_interval_ms, probe_timeout_ms, suspect_ms, verify_ms, dead_ttl_ms;
+    struct event *detect_ev;         /* persistent, a fraction of the probe timeout */
+    uint64_t next_round;             /* monotonic ms of the next probe round */
+    uint8_t probe_cursor[MESH_ID_BYTES]; /* round robin: last node probed */
+    uint64_t next_nonce;
+    struct {
+        uint64_t nonce;              /* of our PING to the target */
+        uint64_t req_nonce;          /* of the requester's PING_REQ */
+        uint8_t requester[MESH_ID_BYTES];
+        uint8_t target[MESH_ID_BYTES];
+        uint64_t expires;            /* 0 = free slot */
+    } relays[MESH_RELAYS];
+    int next_relay;
+    int left;                        /* mesh_leave was called */
+    int test_mute;                   /* tests: answer no probe (a hung node) */
 };
 
 /* mesh.c */
@@ -129,6 +170,12 @@ mesh_node *mesh_node_find(const mesh *m, const uint8_t id[MESH_ID_BYTES]);
 mesh_node *mesh_node_get(mesh *m, const uint8_t id[MESH_ID_BYTES]);
 /* Asks for a connection to n if there is none (dial rule in docs/mesh.md). */
 void mesh_node_want_connection(mesh *m, mesh_node *n, int now);
+/* 1 when some peer has a connection. */
+int mesh_any_alive(const mesh *m);
+/* The state names of mesh_peer.state. */
+const char *mesh_node_state_name(node_state st);
+/* Closes l at once, user streams or not (its peer is dead or left). */
+void mesh_link_close_now(mesh_link *l, const char *reason);
 /* Called by stream.c when a link loses a user stream. */
 void mesh_link_stream_gone(mesh_link *l);
 void mesh_schedule_sweep(mesh *m);
@@ -143,6 +190,28 @@ void mesh_stream_incoming(mesh_link *l, quic_stream *qs);
 void mesh_stream_reject(mesh_stream *s, const char *why);
 /* Detaches every stream still on a closing link (quic already closed them). */
 void mesh_link_drop_streams(mesh_link *l, const char *reason);
+
+/* 1 for the stream types the mesh runs itself (not user streams: a link
+ * with only these open may be closed as a duplicate). */
+int mesh_stream_type_internal(uint8_t type);
+
+/* detect.c: the failure detector */
+int detect_init(mesh *m, const mesh_config *cfg);
+void detect_free(mesh *m);
+void detect_register(mesh *m);
+/* Opens the control stream on a link we dialled. */
+void detect_start(mesh_link *l);
+/* A gossip frame of a notice kind (SUSPECT, DEAD, LEAVE) from a peer. -1
+ * when it is malformed or forged (the caller resets the stream). */
+int detect_on_notice(mesh *m, mesh_link *from, const uint8_t *p, size_t len);
+/* n got a connection (a completed handshake is a round trip). */
+void detect_node_up(mesh *m, mesh_node *n);
+/* n's last connection is gone without a LEAVE: suspect it. */
+void detect_connection_lost(mesh *m, mesh_node *n, const char *reason);
+/* A record of n newer than the one held arrived (was_state: before it). */
+void detect_newer_record(mesh *m, mesh_node *n);
+uint64_t detect_now_ms(void);
+void mesh_test_mute(mesh *m, int on);
 
 /* gossip.c */
 void gossip_register(mesh *m);

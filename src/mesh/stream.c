@@ -15,10 +15,18 @@
 
 #include "lib/log.h"
 #include "mesh/mesh_private.h"
+#include "mesh/swim.h"
 
 static uint32_t stream_frame_bound(uint8_t type)
 {
-    return type == MESH_STREAM_GOSSIP ? RECORD_MAX_BYTES : MESH_MAX_FRAME;
+    if (type == MESH_STREAM_GOSSIP) return RECORD_MAX_BYTES;
+    if (type == MESH_STREAM_CONTROL) return SWIM_CTRL_MAX;
+    return MESH_MAX_FRAME;
+}
+
+int mesh_stream_type_internal(uint8_t type)
+{
+    return type == MESH_STREAM_GOSSIP || type == MESH_STREAM_CONTROL;
 }
 
 static void stream_attach(mesh_link *l, mesh_stream *s)
@@ -27,7 +35,7 @@ static void stream_attach(mesh_link *l, mesh_stream *s)
     s->next = l->streams;
     if (l->streams) l->streams->prev = s;
     l->streams = s;
-    if (s->type != MESH_STREAM_GOSSIP) l->user_streams++;
+    if (!mesh_stream_type_internal(s->type)) l->user_streams++;
 }
 
 /* Takes s off its link; the link may then be closed by the sweep. */
@@ -40,7 +48,8 @@ static void stream_detach(mesh_stream *s)
     s->prev = s->next = NULL;
     s->link = NULL;
     if (l->gossip == s) l->gossip = NULL;
-    if (s->typed && s->type != MESH_STREAM_GOSSIP) {
+    if (l->control == s) l->control = NULL;
+    if (s->typed && !mesh_stream_type_internal(s->type)) {
         assert(l->user_streams > 0);
         l->user_streams--;
         mesh_link_stream_gone(l);
@@ -119,7 +128,7 @@ static int stream_take_type(mesh_stream *s, uint8_t type)
         return -1;
     }
     stream_set_type(s, type);
-    if (s->link) s->link->user_streams += type != MESH_STREAM_GOSSIP;
+    if (s->link) s->link->user_streams += !mesh_stream_type_internal(type);
     m->counters.streams_accepted++;
     slot->fn(slot->ctx, s);
     if (s->dead) return -1;
@@ -259,7 +268,7 @@ mesh_stream *mesh_stream_open(mesh *m, const uint8_t peer_id[MESH_ID_BYTES], uin
                               const mesh_stream_handlers *h, void *user, char *err, size_t errlen)
 {
     mesh_node *n = m->freeing ? NULL : mesh_node_find(m, peer_id);
-    if (!n || !n->link) {
+    if (!n || !n->link || n->state == NODE_DEAD || n->state == NODE_LEFT) {
         char hex[MESH_ID_HEX];
         identity_id_hex(peer_id, hex);
         snprintf(err, errlen, "no live connection to node %.16s", hex);
