@@ -133,7 +133,7 @@ netns_nat_site() {
   [ "$mode" = symmetric ] && masq="masquerade random"
   ip netns exec "$r" nft -f - <<EOF || die "nftables in $r"
 table ip lmnat {
-  chain masq { type nat hook postrouting priority srcnat; oifname "wan0" $masq; }
+  chain masq { type nat hook postrouting priority srcnat; oifname "wan0" counter $masq; }
   chain filter_fwd {
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
@@ -281,19 +281,24 @@ netns_netem() {
 # netns_start_node NAME serve|client ARGS... : llmesh in NAME's namespace, mesh
 # on NAME_IP:9337, API on 127.0.0.1:9337 and console on 127.0.0.1:3131 (each
 # namespace has its own loopback, so every node uses the same ports). Waits 60 s
-# at most for the token; sets NAME_PID and NAME_TOKEN.
+# at most for the token; sets NAME_PID and NAME_TOKEN. netns_launch_node starts
+# without waiting (then netns_wait_token NAME). NETNS_HOME_SUFFIX, if set, gives
+# a fresh identity (home $T/NAME$NETNS_HOME_SUFFIX).
 NETNS_MESH_PORT=9337
-netns_start_node() {
+netns_launch_node() {
   local name=$1; shift
   local cmd=$1; shift
   local ip; eval "ip=\$${name}_IP"
-  ip netns exec "$(netns_ns "$name")" "$LLMESH" "$cmd" --home "$T/$name" \
+  ip netns exec "$(netns_ns "$name")" "$LLMESH" "$cmd" --home "$T/$name${NETNS_HOME_SUFFIX:-}" \
       --listen "$ip:$NETNS_MESH_PORT" --http-host 127.0.0.1 --port 9337 --console 3131 "$@" \
       >"$T/$name.out" 2>"$T/$name.log" &
   local pid=$!   # ip netns exec execs the command: this is llmesh's pid
   disown "$pid"  # no "Killed" job notice when a test kills it on purpose
   PIDS+=("$pid")
   eval "${name}_PID=$pid"
+}
+netns_wait_token() {
+  local name=$1 pid; eval "pid=\$${name}_PID"
   for _ in $(seq 600); do
     grep -q '^token: ' "$T/$name.out" 2>/dev/null && break
     kill -0 "$pid" 2>/dev/null || die "$name exited early"
@@ -301,6 +306,16 @@ netns_start_node() {
   done
   grep -q '^token: ' "$T/$name.out" || die "$name printed no token within 60 s"
   eval "${name}_TOKEN=$(sed -n 's/^token: //p' "$T/$name.out")"
+}
+netns_start_node() { netns_launch_node "$@"; netns_wait_token "$1"; }
+
+# netns_stop_node NAME [SIGNAL] : signal NAME's llmesh (TERM by default) and wait
+# 10 s at most for it to exit (then KILL).
+netns_stop_node() {
+  local name=$1 sig=${2:-TERM} pid; eval "pid=\$${name}_PID"
+  kill -"$sig" "$pid" 2>/dev/null
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null
 }
 
 netns_curl() { local n=$1; shift; ip netns exec "$(netns_ns "$n")" curl -sf --max-time 5 "$@"; }
@@ -310,6 +325,12 @@ netns_node_id() { netns_status "$1" | jq -r .node_id; }
 # netns_sees NAME PEER_ID STATE : NAME lists PEER_ID in that state
 netns_sees() {
   netns_status "$1" | jq -e --arg id "$2" --arg s "$3" '.peers[] | select(.id == $id and .state == $s)' >/dev/null
+}
+# netns_peer_state NAME PEER_ID : the state NAME shows for PEER_ID, "gone" if
+# not listed, "down" if NAME does not answer
+netns_peer_state() {
+  local j; j=$(netns_status "$1") || { echo down; return; }
+  jq -r --arg id "$2" '[.peers[] | select(.id == $id) | .state] | .[0] // "gone"' <<<"$j"
 }
 # netns_alive_count NAME : how many peers NAME lists as alive
 netns_alive_count() {
