@@ -549,7 +549,7 @@ typedef struct {
     int n_ends;
 } split_vector;
 
-/* Made by /tmp-free Python reference: a hand-written matcher of the llama3 /
+/* Made by an independent Python reference (not in the repo): a hand-written matcher of the llama3 /
  * qwen2 regex (alternatives tried in order, each with its greedy/backtracking
  * result worked out by hand), \p{L} and \p{N} from unicodedata (Unicode 14.0,
  * as PCRE2 10.42), \s as Unicode White_Space; see docs/engine-gguf-tokenizer.md. */
