@@ -143,6 +143,7 @@ struct quic_conn {
     ngtcp2_tstamp hs_deadline;
     int outgoing, have_peer_key, ready, closing, retired, dirty, half_open;
     int got_stateless_reset;
+    uint32_t vpath;              /* virtual path it runs on; 0 = the socket */
     int got_crypto;              /* some CRYPTO data decrypted: not garbage */
     int close_kind;
     uint64_t close_code;         /* app error, liberr or TLS alert per close_kind */
@@ -190,6 +191,8 @@ struct quic_endpoint {
     int in_io;                   /* inside a top-level handler that ends with ep_settle */
     int freeing;
     int depth;                   /* application callbacks on the stack */
+    quic_virtual_send_fn vsend;  /* virtual paths: where their packets go */
+    void *vsend_ctx;
     ngtcp2_tstamp resp_ts;       /* response rate limiter window start */
     unsigned resp_count;
     quic_stats stats;
@@ -1057,6 +1060,25 @@ static void ep_send(quic_endpoint *ep, const struct sockaddr *to, socklen_t tole
     }
 }
 
+/* A connection's packets: to the socket, or one by one (no GSO) to the
+ * virtual path's sender. Without a sender they are lost, which QUIC's loss
+ * recovery and timeouts handle like any other loss. */
+static void conn_send(quic_conn *c, const struct sockaddr *to, socklen_t tolen,
+                      const uint8_t *buf, size_t len, size_t seg)
+{
+    quic_endpoint *ep = c->ep;
+    if (!c->vpath) {
+        ep_send(ep, to, tolen, buf, len, seg);
+        return;
+    }
+    if (!seg || seg > len) seg = len;
+    for (size_t off = 0; off < len; off += seg) {
+        size_t l = len - off < seg ? len - off : seg;
+        ep->stats.vpath_tx++;
+        if (ep->vsend) APP_CALL(ep, ep->vsend(ep->vsend_ctx, c->vpath, buf + off, l));
+    }
+}
+
 /* ---- connection lifecycle ---------------------------------------------------*/
 
 static void conn_mark_dirty(quic_conn *c)
@@ -1210,7 +1232,7 @@ static void conn_send_close(quic_conn *c)
     if (max > QUIC_TX_BUF) max = QUIC_TX_BUF;
     ngtcp2_ssize n = ngtcp2_conn_write_connection_close(c->conn, &ps.path, &pi, ep->txbuf, max,
                                                         &ce, quic_now());
-    if (n > 0) ep_send(ep, (struct sockaddr *)&c->remote, c->remote_len, ep->txbuf, (size_t)n, 0);
+    if (n > 0) conn_send(c, (struct sockaddr *)&c->remote, c->remote_len, ep->txbuf, (size_t)n, 0);
 }
 
 /* Takes a closing connection out of routing and timers; it is freed at the
@@ -1419,7 +1441,7 @@ static void conn_write(quic_conn *c)
                 s = NULL;
                 continue;
             }
-            if (bsegs) ep_send(ep, (struct sockaddr *)&bto, btolen, ep->txbuf + bstart, boff - bstart, bseg);
+            if (bsegs) conn_send(c, (struct sockaddr *)&bto, btolen, ep->txbuf + bstart, boff - bstart, bseg);
             conn_on_ngtcp2_error(c, (int)n);
             return;
         }
@@ -1440,7 +1462,7 @@ static void conn_write(quic_conn *c)
         int same_dest = bsegs && addr_eq(ps.path.remote.addr, ps.path.remote.addrlen,
                                          (struct sockaddr *)&bto, btolen);
         if (bsegs && ((size_t)n > bseg || !same_dest)) {
-            ep_send(ep, (struct sockaddr *)&bto, btolen, ep->txbuf + bstart, boff - bstart, bseg);
+            conn_send(c, (struct sockaddr *)&bto, btolen, ep->txbuf + bstart, boff - bstart, bseg);
             bstart = boff;
             bsegs = 0;
         }
@@ -1456,13 +1478,13 @@ static void conn_write(quic_conn *c)
         bsegs++;
         npkts++;
         if ((size_t)n < bseg || bsegs >= bmax || boff + pktmax > QUIC_TX_BUF) {
-            ep_send(ep, (struct sockaddr *)&bto, btolen, ep->txbuf + bstart, boff - bstart, bseg);
+            conn_send(c, (struct sockaddr *)&bto, btolen, ep->txbuf + bstart, boff - bstart, bseg);
             boff = bstart = 0;
             bsegs = 0;
         }
         if (npkts >= max_pkts) break;
     }
-    if (bsegs) ep_send(ep, (struct sockaddr *)&bto, btolen, ep->txbuf + bstart, boff - bstart, bseg);
+    if (bsegs) conn_send(c, (struct sockaddr *)&bto, btolen, ep->txbuf + bstart, boff - bstart, bseg);
     /* Pacing: ngtcp2 folds the next send time into get_expiry. Not during
      * the handshake: ngtcp2 0.12 paces the first flight at cwnd/initial_rtt
      * (333 ms), which held the client's Finished back ~22 ms after its
@@ -1643,7 +1665,7 @@ static quic_conn *ep_match_stateless_reset(quic_endpoint *ep, const struct socka
     const uint8_t *token = pkt + len - NGTCP2_STATELESS_RESET_TOKENLEN;
     ngtcp2_cid_token dcids[16];
     for (quic_conn *c = ep->conns; c; c = c->next) {
-        if (c->closing || !addr_eq((const struct sockaddr *)from, fromlen,
+        if (c->closing || c->vpath || !addr_eq((const struct sockaddr *)from, fromlen,
                                    (const struct sockaddr *)&c->remote, c->remote_len))
             continue;
         if (ngtcp2_conn_get_num_active_dcid(c->conn) > sizeof dcids / sizeof dcids[0]) continue;
@@ -1658,7 +1680,7 @@ static quic_conn *ep_match_stateless_reset(quic_endpoint *ep, const struct socka
 
 /* A client Initial for no known connection: make a server connection. */
 static quic_conn *ep_accept(quic_endpoint *ep, const struct sockaddr_storage *from,
-                            socklen_t fromlen, const uint8_t *pkt, size_t len)
+                            socklen_t fromlen, const uint8_t *pkt, size_t len, uint32_t vpath)
 {
     ngtcp2_pkt_hd hd;
     if (ngtcp2_accept(&hd, pkt, len) != 0) return NULL; /* also: Retry wanted; we never do Retry */
@@ -1669,6 +1691,7 @@ static quic_conn *ep_accept(quic_endpoint *ep, const struct sockaddr_storage *fr
     }
     quic_conn *c = conn_alloc(ep, from, fromlen);
     if (!c) return NULL;
+    c->vpath = vpath;
     char err[128] = "out of memory";
     if (conn_setup(c, &hd, err, sizeof err) != 0) {
         log_debug(MOD, "incoming connection setup failed: %s", err);
@@ -1682,19 +1705,27 @@ static quic_conn *ep_accept(quic_endpoint *ep, const struct sockaddr_storage *fr
     ep->stats.conns_accepted++;
     if (log_enabled(LOG_DEBUG)) {
         char a[64];
-        log_debug(MOD, "incoming connection from %s",
-                  addr_str((struct sockaddr *)&c->remote_app, a, sizeof a));
+        if (vpath) log_debug(MOD, "incoming connection on virtual path %u", (unsigned)vpath);
+        else log_debug(MOD, "incoming connection from %s",
+                       addr_str((struct sockaddr *)&c->remote_app, a, sizeof a));
     }
     return c;
 }
 
+/* One datagram from the socket (vpath 0) or one packet from a virtual path
+ * (from is then the path's made-up address). */
 static void ep_handle_datagram(quic_endpoint *ep, const struct sockaddr_storage *from,
-                               socklen_t fromlen, const uint8_t *pkt, size_t len)
+                               socklen_t fromlen, const uint8_t *pkt, size_t len, uint32_t vpath)
 {
-    ep->stats.rx_datagrams++;
-    ep->stats.rx_bytes += len;
+    if (vpath) {
+        ep->stats.vpath_rx++;
+    } else {
+        ep->stats.rx_datagrams++;
+        ep->stats.rx_bytes += len;
+    }
     ngtcp2_version_cid vc;
     int rv = ngtcp2_pkt_decode_version_cid(&vc, pkt, len, QUIC_CIDLEN);
+    if (rv == NGTCP2_ERR_VERSION_NEGOTIATION && vpath) rv = NGTCP2_ERR_INVALID_ARGUMENT;
     if (rv == NGTCP2_ERR_VERSION_NEGOTIATION) {
         ep_send_version_negotiation(ep, (const struct sockaddr *)from, fromlen, &vc, len);
         ep->stats.rx_dropped++;
@@ -1707,7 +1738,13 @@ static void ep_handle_datagram(quic_endpoint *ep, const struct sockaddr_storage 
     int long_header = (pkt[0] & 0x80) != 0;
     quic_conn *c = cid_map_get(&ep->map, vc.dcid, vc.dcidlen);
     if (!c) {
-        if (!long_header) {
+        if (vpath) {
+            /* No unsolicited answers on a virtual path: the relay would
+             * carry them, and a reset there could only end our own
+             * connections' peers' attempts. */
+            if (long_header && vc.version == NGTCP2_PROTO_VER_V1)
+                c = ep_accept(ep, from, fromlen, pkt, len, vpath);
+        } else if (!long_header) {
             quic_conn *reset = ep_match_stateless_reset(ep, from, fromlen, pkt, len);
             if (reset) {
                 /* RFC 9000 10.3.1: straight to draining, send nothing. */
@@ -1721,14 +1758,16 @@ static void ep_handle_datagram(quic_endpoint *ep, const struct sockaddr_storage 
             if (vc.dcidlen == QUIC_CIDLEN)
                 ep_send_stateless_reset(ep, (const struct sockaddr *)from, fromlen, vc.dcid, len);
         } else if (vc.version == NGTCP2_PROTO_VER_V1) {
-            c = ep_accept(ep, from, fromlen, pkt, len);
+            c = ep_accept(ep, from, fromlen, pkt, len, 0);
         }
         if (!c) {
             ep->stats.rx_dropped++;
             return;
         }
     }
-    if (c->closing) {
+    /* A connection lives on one path: the socket and each virtual path are
+     * separate worlds (no migration between them). */
+    if (c->closing || c->vpath != vpath) {
         ep->stats.rx_dropped++;
         return;
     }
@@ -1795,7 +1834,7 @@ static void ep_on_readable(evutil_socket_t fd, short what, void *arg)
         }
         for (size_t off = 0; off < (size_t)n; off += seg) {
             size_t l = (size_t)n - off < seg ? (size_t)n - off : seg;
-            ep_handle_datagram(ep, &from, mh.msg_namelen, ep->rxbuf + off, l);
+            ep_handle_datagram(ep, &from, mh.msg_namelen, ep->rxbuf + off, l, 0);
         }
         /* Answer (ACKs, data) after each GRO batch rather than after the
          * whole loop, so the peer's window keeps moving. */
@@ -1979,28 +2018,77 @@ void quic_endpoint_stats(const quic_endpoint *ep, quic_stats *out)
 
 /* ---- connections: public API -----------------------------------------------*/
 
+/* The made-up peer address of a virtual path, which ngtcp2 needs for its
+ * path bookkeeping: in the endpoint's family, from ranges no socket ever
+ * reports as a source (0.0.0.0/8, "this network"; 100::/64, discard-only,
+ * RFC 6666), the path number in the low bits. Never sent to. */
+static void vpath_addr(int family, uint32_t path, struct sockaddr_storage *out, socklen_t *outlen)
+{
+    memset(out, 0, sizeof *out);
+    if (family == AF_INET) {
+        struct sockaddr_in *v4 = (void *)out;
+        v4->sin_family = AF_INET;
+        v4->sin_addr.s_addr = htonl(path & 0xffffffu);
+        v4->sin_port = htons(9);
+        *outlen = sizeof *v4;
+    } else {
+        struct sockaddr_in6 *v6 = (void *)out;
+        v6->sin6_family = AF_INET6;
+        v6->sin6_addr.s6_addr[0] = 0x01;
+        uint32_t be = htonl(path);
+        memcpy(&v6->sin6_addr.s6_addr[12], &be, 4);
+        v6->sin6_port = htons(9);
+        *outlen = sizeof *v6;
+    }
+}
+
+static quic_conn *conn_start(quic_endpoint *ep, const struct sockaddr_storage *remote,
+                             socklen_t remote_len, uint32_t vpath,
+                             const uint8_t peer_key[QUIC_KEY_BYTES], char *err, size_t errlen);
+
 quic_conn *quic_connect(quic_endpoint *ep, const struct sockaddr *addr, socklen_t addrlen,
                         const uint8_t peer_key[QUIC_KEY_BYTES], char *err, size_t errlen)
 {
     struct sockaddr_storage remote;
     socklen_t remote_len;
-    if (ep->freeing) {
-        err_set(err, errlen, "endpoint is shutting down");
-        return NULL;
-    }
     if (!addr || addr_to_socket(ep->family, addr, addrlen, &remote, &remote_len) != 0) {
         err_set(err, errlen, "address family does not match the endpoint's socket");
+        return NULL;
+    }
+    return conn_start(ep, &remote, remote_len, 0, peer_key, err, errlen);
+}
+
+quic_conn *quic_connect_virtual(quic_endpoint *ep, uint32_t path,
+                                const uint8_t peer_key[QUIC_KEY_BYTES], char *err, size_t errlen)
+{
+    if (path == 0 || path > QUIC_VPATH_MAX) {
+        err_set(err, errlen, "virtual path number out of range");
+        return NULL;
+    }
+    struct sockaddr_storage remote;
+    socklen_t remote_len;
+    vpath_addr(ep->family, path, &remote, &remote_len);
+    return conn_start(ep, &remote, remote_len, path, peer_key, err, errlen);
+}
+
+static quic_conn *conn_start(quic_endpoint *ep, const struct sockaddr_storage *remote,
+                             socklen_t remote_len, uint32_t vpath,
+                             const uint8_t peer_key[QUIC_KEY_BYTES], char *err, size_t errlen)
+{
+    if (ep->freeing) {
+        err_set(err, errlen, "endpoint is shutting down");
         return NULL;
     }
     if (ep->nconns >= QUIC_MAX_CONNS) {
         err_set(err, errlen, "too many connections (%d)", QUIC_MAX_CONNS);
         return NULL;
     }
-    quic_conn *c = conn_alloc(ep, &remote, remote_len);
+    quic_conn *c = conn_alloc(ep, remote, remote_len);
     if (!c) {
         err_set(err, errlen, "out of memory");
         return NULL;
     }
+    c->vpath = vpath;
     c->outgoing = 1;
     c->have_peer_key = 1;
     memcpy(c->peer_key, peer_key, QUIC_KEY_BYTES);
@@ -2011,10 +2099,52 @@ quic_conn *quic_connect(quic_endpoint *ep, const struct sockaddr *addr, socklen_
     }
     if (log_enabled(LOG_DEBUG)) {
         char a[64];
-        log_debug(MOD, "connecting to %s", addr_str((struct sockaddr *)&c->remote_app, a, sizeof a));
+        if (vpath) log_debug(MOD, "connecting on virtual path %u", (unsigned)vpath);
+        else log_debug(MOD, "connecting to %s", addr_str((struct sockaddr *)&c->remote_app, a, sizeof a));
     }
     conn_mark_dirty(c); /* the Initial goes out from ep_settle */
     return c;
+}
+
+void quic_endpoint_set_virtual_sender(quic_endpoint *ep, quic_virtual_send_fn fn, void *ctx)
+{
+    ep->vsend = fn;
+    ep->vsend_ctx = ctx;
+}
+
+void quic_endpoint_input_virtual(quic_endpoint *ep, uint32_t path, const uint8_t *pkt, size_t len)
+{
+    if (path == 0 || path > QUIC_VPATH_MAX || len == 0 || ep->freeing) return;
+    struct sockaddr_storage from;
+    socklen_t fromlen;
+    vpath_addr(ep->family, path, &from, &fromlen);
+    /* Usually called from inside a callback of another connection (a relay
+     * stream's data): then the outer handler settles; otherwise we do. */
+    int was = ep->in_io;
+    ep->in_io = 1;
+    ep_handle_datagram(ep, &from, fromlen, pkt, len, path);
+    if (!was) ep_settle(ep);
+    ep->in_io = was;
+}
+
+uint32_t quic_conn_virtual_path(const quic_conn *c) { return c->vpath; }
+
+int quic_endpoint_punch(quic_endpoint *ep, const struct sockaddr *addr, socklen_t addrlen)
+{
+    struct sockaddr_storage to;
+    socklen_t tolen;
+    if (!addr || addr_to_socket(ep->family, addr, addrlen, &to, &tolen) != 0) return -1;
+    /* One zero byte: a short header whose connection id is cut off, which
+     * every QUIC endpoint (ours: ngtcp2_pkt_decode_version_cid) drops
+     * without an answer; too short for a stateless reset to be due. */
+    static const uint8_t probe[1] = {0};
+    if (send_one(ep, (const struct sockaddr *)&to, tolen, probe, sizeof probe, 0) != 0) {
+        ep->stats.tx_errors++;
+        return -1;
+    }
+    ep->stats.tx_datagrams++;
+    ep->stats.tx_bytes += sizeof probe;
+    return 0;
 }
 
 void quic_conn_close(quic_conn *c, const char *reason)
@@ -2031,6 +2161,10 @@ void *quic_conn_user(const quic_conn *c) { return c->user; }
 
 const struct sockaddr *quic_conn_remote_addr(const quic_conn *c, socklen_t *len)
 {
+    if (c->vpath) {
+        if (len) *len = 0;
+        return NULL;
+    }
     if (len) *len = c->remote_app_len;
     return (const struct sockaddr *)&c->remote_app;
 }

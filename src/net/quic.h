@@ -90,6 +90,7 @@ int quic_conn_is_ready(const quic_conn *c);
 int quic_conn_is_outgoing(const quic_conn *c);
 /* The peer's verified key (for outgoing connections, the pinned key). */
 const uint8_t *quic_conn_peer_key(const quic_conn *c);
+/* NULL (and *len 0) for a connection on a virtual path: it has no address. */
 const struct sockaddr *quic_conn_remote_addr(const quic_conn *c, socklen_t *len);
 /* Smoothed round-trip time in microseconds (0 before the first sample). */
 uint64_t quic_conn_rtt_us(const quic_conn *c);
@@ -112,6 +113,37 @@ size_t quic_stream_unacked(const quic_stream *s);
 quic_conn *quic_stream_conn(const quic_stream *s);
 int64_t quic_stream_id(const quic_stream *s);
 
+/* ---- virtual paths (relayed connections) ---------------------------------
+ *
+ * A virtual path carries a connection's QUIC packets through something other
+ * than the socket: in llmesh, a stream of another connection to a relay node
+ * (mesh/nat.c). The connection on it is a normal one (TLS 1.3, pinned key,
+ * streams): the relay only ever sees its ciphertext.
+ *
+ * The layer above numbers its paths (1..QUIC_VPATH_MAX) and installs one
+ * sender per endpoint; packets that arrive on a path go in through
+ * quic_endpoint_input_virtual (an Initial there creates an incoming
+ * connection as on the socket). A connection stays on the path it started
+ * on: packets for it from the socket are dropped, and socket connections
+ * take nothing from a virtual path, so a relay cannot steer a connection
+ * onto a real address or the reverse. No stateless resets or version
+ * negotiation are sent on virtual paths. Packets may be lost or dropped on
+ * the way (QUIC recovers). */
+#define QUIC_VPATH_MAX 0xffffffu
+typedef void (*quic_virtual_send_fn)(void *ctx, uint32_t path, const uint8_t *pkt, size_t len);
+void quic_endpoint_set_virtual_sender(quic_endpoint *ep, quic_virtual_send_fn fn, void *ctx);
+/* Starts a connection over path (1..QUIC_VPATH_MAX), pinned to peer_key. */
+quic_conn *quic_connect_virtual(quic_endpoint *ep, uint32_t path,
+                                const uint8_t peer_key[QUIC_KEY_BYTES], char *err, size_t errlen);
+/* One packet that arrived on path. May run callbacks of this endpoint. */
+void quic_endpoint_input_virtual(quic_endpoint *ep, uint32_t path, const uint8_t *pkt, size_t len);
+/* The path a connection runs on; 0 for the socket. */
+uint32_t quic_conn_virtual_path(const quic_conn *c);
+/* Sends one small datagram (a few bytes no QUIC endpoint accepts: the
+ * receiver drops it and answers nothing) from our socket to addr, so that
+ * our NAT opens a mapping towards it (hole punching, RFC 5128 3.3). 0 or -1. */
+int quic_endpoint_punch(quic_endpoint *ep, const struct sockaddr *addr, socklen_t addrlen);
+
 /* Counters of one endpoint, for logs, the console and tests. */
 typedef struct {
     uint64_t rx_datagrams, rx_bytes;     /* UDP datagrams (GRO segments counted one by one) */
@@ -119,6 +151,7 @@ typedef struct {
     uint64_t rx_calls, tx_calls;         /* recvmsg/sendmsg calls: datagrams per call shows GRO/GSO at work */
     uint64_t rx_dropped;                 /* garbage, unknown connection, refused, malformed */
     uint64_t tx_errors;                  /* datagrams the kernel refused (EAGAIN, EMSGSIZE, ...) */
+    uint64_t vpath_rx, vpath_tx;         /* packets in and out on virtual paths */
     uint64_t conns_accepted;             /* incoming connections created from an Initial */
     uint64_t conns_refused;              /* Initials dropped because of connection limits */
     uint64_t stateless_resets_sent;
