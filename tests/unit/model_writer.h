@@ -1,0 +1,44 @@
+/* model_writer.h: synthetic GGUF models of every architecture the engine
+ * runs (llama, qwen2, qwen3), for tests.
+ *
+ * For: test_arch.c (forward pass against a reference, batching, real-shaped
+ * configs). Writes the keys llama.cpp's converter writes, under the
+ * architecture's prefix, random weights, and a byte-level "gpt2" tokenizer
+ * padded with filler tokens to n_vocab. Not for: tokenizer tests (the
+ * vocabulary has no merges) or production.
+ * Built on gguf_writer.h; like it, a wrong request aborts the test.
+ * Threading: no shared state; any thread. */
+#ifndef LLMESH_TEST_MODEL_WRITER_H
+#define LLMESH_TEST_MODEL_WRITER_H
+
+#include <stdint.h>
+
+#include "engine/gguf.h"
+
+typedef struct {
+    const char *arch;     /* general.architecture and key prefix: "llama", "qwen2", ... */
+    int n_embd;
+    int n_layer;
+    int n_head;
+    int n_head_kv;
+    int head_dim;         /* 0: n_embd / n_head; otherwise written as attention.key_length */
+    int n_ff;
+    int n_vocab;          /* >= 258 */
+    int n_ctx;            /* context_length; 0 means 256 */
+    ggml_type type;       /* F32, F16 or Q8_0 for the matrices; vectors are F32 */
+    uint64_t seed;
+    int tied_output;      /* no output.weight */
+    int qkv_bias;         /* blk.N.attn_{q,k,v}.bias */
+    int out_bias;         /* blk.N.attn_output.bias */
+    int qk_norm;          /* blk.N.attn_{q,k}_norm.weight (head_dim each) */
+    int rope_freqs;       /* rope_freqs.weight: random divisors in [1, 8) */
+    int llama3_keys;      /* rope.scaling.type "llama3" with factor 8, low 1, high 4, original 64 */
+    float rope_freq_base; /* 0 means 10000 */
+    float rms_eps;        /* 0 means 1e-5 */
+    int fast_random;      /* Q8_0 only: random blocks written directly (real-size models) */
+} model_writer_params;
+
+/* Returns 0, or -1 for impossible parameters or a write error. */
+int model_writer_write(const char *path, const model_writer_params *p);
+
+#endif

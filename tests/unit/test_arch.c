@@ -1,0 +1,554 @@
+/* test_arch.c: the architectures the engine runs (llama with Llama 3 RoPE
+ * factors, qwen2, qwen3), on synthetic models (tests/unit/model_writer.h).
+ *
+ * For each architecture: the logits match a slow reference forward written
+ * here from the architecture's definition (plain loops, double accumulation,
+ * its own RoPE and norms; only the file format's dequantization is shared),
+ * batching and thread count change no bit, and a real-shaped config (all the
+ * widths of Qwen2.5-0.5B, Llama-3.2-1B, Qwen3-0.6B, two layers, Q8_0 random
+ * weights) loads and generates through the engine. Files that break an
+ * architecture's rules are refused with a message naming the key or tensor.
+ * Not here: the llama demo model (test_model.c, test_perplexity.c). */
+#include "engine/engine.h"
+#include "engine/gguf.h"
+#include "engine/kernels.h"
+#include "engine/model.h"
+#include "gguf_writer.h"
+#include "lib/threadpool.h"
+#include "model_writer.h"
+#include "testlib.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static const char *tmp_path(const char *name)
+{
+    static char buf[4][512];
+    static int next;
+    char *p = buf[next++ % 4];
+    snprintf(p, 512, "%s/%s", testlib_tmpdir(), name);
+    return p;
+}
+
+/* ---- the reference forward ------------------------------------------------ */
+
+/* A feature the reference leaves out, to show that it matters: "neox"
+ * (pairs llama's way), "bias", "qk_norm", "rope_factors"; "" for none. */
+static const char *ref_skip = "";
+
+/* A whole tensor as doubles (row-major, ne[0] per row), or NULL if absent. */
+static double *tensor_f64(const gguf_file *f, const char *name)
+{
+    const gguf_tensor *t = gguf_find_tensor(f, name);
+    if (!t) return NULL;
+    int cols = (int)t->ne[0], rows = (int)t->ne[1];
+    size_t row_bytes = kernel_row_bytes(t->type, cols);
+    float *row = malloc(sizeof(float) * (size_t)cols);
+    double *out = malloc(sizeof(double) * (size_t)rows * cols);
+    for (int r = 0; r < rows; r++) {
+        kernel_dequantize_row(t->type, (const uint8_t *)t->data + (size_t)r * row_bytes, row, cols);
+        for (int c = 0; c < cols; c++) out[(size_t)r * cols + c] = row[c];
+    }
+    free(row);
+    return out;
+}
+
+static double *layer_f64(const gguf_file *f, int l, const char *suffix)
+{
+    char name[96];
+    snprintf(name, sizeof name, "blk.%d.%s", l, suffix);
+    return tensor_f64(f, name);
+}
+
+/* y[rows] = W[rows][cols] x (+ b) */
+static void mv(double *y, const double *w, const double *b, const double *x, int rows, int cols)
+{
+    for (int r = 0; r < rows; r++) {
+        double s = b ? b[r] : 0;
+        for (int c = 0; c < cols; c++) s += w[(size_t)r * cols + c] * x[c];
+        y[r] = s;
+    }
+}
+
+static void rmsnorm(double *out, const double *x, const double *w, int n, double eps)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    double scale = 1.0 / sqrt(ss / n + eps);
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+/* The frequency of rotated pair j, from the definitions: base^(-2j/d),
+ * divided by rope_freqs[j] when the file has it; with Llama 3.1 scaling
+ * keys, Llama 3.1's rule written in its own terms (blend of freq and
+ * freq / factor by wavelength). */
+static double rope_freq(const gguf_file *f, const model_writer_params *p, int j, int d)
+{
+    double base = p->rope_freq_base > 0 ? p->rope_freq_base : 10000.0;
+    double freq = pow(base, -2.0 * j / d);
+    if (!strcmp(ref_skip, "rope_factors")) return freq;
+    const gguf_tensor *t = gguf_find_tensor(f, "rope_freqs.weight");
+    if (t) return freq / ((const float *)t->data)[j];
+    if (p->llama3_keys) {
+        double factor = 8, low = 1, high = 4, orig = 64, wavelen = 2 * M_PI / freq;
+        if (wavelen < orig / high) return freq;
+        if (wavelen > orig / low) return freq / factor;
+        double smooth = (orig / wavelen - low) / (high - low);
+        return (1 - smooth) * freq / factor + smooth * freq;
+    }
+    return freq;
+}
+
+/* Logits [n][n_vocab] of tokens[0..n), no cache, no batching, no threads. */
+static void ref_forward(const gguf_file *f, const model_writer_params *p, const int32_t *tokens,
+                        int n, double *logits)
+{
+    int dim = p->n_embd, hd = p->head_dim > 0 ? p->head_dim : dim / p->n_head;
+    int nh = p->n_head, nkv = p->n_head_kv, q_dim = nh * hd, kv_dim = nkv * hd, V = p->n_vocab;
+    int neox = strcmp(p->arch, "llama") != 0; /* qwen2, qwen3: pairs (j, j + d/2) */
+    if (!strcmp(ref_skip, "neox")) neox = !neox;
+    double eps = p->rms_eps > 0 ? p->rms_eps : 1e-5;
+    double *x = calloc((size_t)n * dim, 8), *xb = calloc(dim, 8), *q = calloc((size_t)n * q_dim, 8);
+    double *k = calloc((size_t)n * kv_dim, 8), *v = calloc((size_t)n * kv_dim, 8);
+    double *att = calloc(q_dim, 8), *tmp = calloc(dim, 8), *s = calloc(n, 8);
+    double *gate = calloc(p->n_ff, 8), *up = calloc(p->n_ff, 8);
+    double *embd = tensor_f64(f, "token_embd.weight");
+    for (int i = 0; i < n; i++)
+        for (int e = 0; e < dim; e++) x[i * dim + e] = embd[(size_t)tokens[i] * dim + e];
+    for (int l = 0; l < p->n_layer; l++) {
+        double *attn_norm = layer_f64(f, l, "attn_norm.weight"), *ffn_norm = layer_f64(f, l, "ffn_norm.weight");
+        double *wq = layer_f64(f, l, "attn_q.weight"), *wk = layer_f64(f, l, "attn_k.weight");
+        double *wv = layer_f64(f, l, "attn_v.weight"), *wo = layer_f64(f, l, "attn_output.weight");
+        double *bq = layer_f64(f, l, "attn_q.bias"), *bk = layer_f64(f, l, "attn_k.bias");
+        double *bv = layer_f64(f, l, "attn_v.bias"), *bo = layer_f64(f, l, "attn_output.bias");
+        double *qn = layer_f64(f, l, "attn_q_norm.weight"), *kn = layer_f64(f, l, "attn_k_norm.weight");
+        if (!strcmp(ref_skip, "bias")) free(bq), free(bk), free(bv), bq = bk = bv = NULL;
+        if (!strcmp(ref_skip, "qk_norm")) free(qn), free(kn), qn = kn = NULL;
+        double *wg = layer_f64(f, l, "ffn_gate.weight"), *wu = layer_f64(f, l, "ffn_up.weight");
+        double *wd = layer_f64(f, l, "ffn_down.weight");
+        for (int i = 0; i < n; i++) {
+            rmsnorm(xb, x + i * dim, attn_norm, dim, eps);
+            mv(q + i * q_dim, wq, bq, xb, q_dim, dim);
+            mv(k + i * kv_dim, wk, bk, xb, kv_dim, dim);
+            mv(v + i * kv_dim, wv, bv, xb, kv_dim, dim);
+            for (int h = 0; h < nh + nkv; h++) {
+                double *vec = h < nh ? q + i * q_dim + h * hd : k + i * kv_dim + (h - nh) * hd;
+                double *norm = h < nh ? qn : kn;
+                if (norm) rmsnorm(vec, vec, norm, hd, eps); /* qwen3: per head, before RoPE */
+                for (int j = 0; j < hd / 2; j++) {
+                    double theta = i * rope_freq(f, p, j, hd);
+                    int a = neox ? j : 2 * j, b = neox ? j + hd / 2 : 2 * j + 1;
+                    double va = vec[a], vb = vec[b];
+                    vec[a] = va * cos(theta) - vb * sin(theta);
+                    vec[b] = va * sin(theta) + vb * cos(theta);
+                }
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            for (int h = 0; h < nh; h++) { /* causal; query head h reads kv head h / (nh / nkv) */
+                int g = h / (nh / nkv);
+                double max = -1e300, sum = 0;
+                for (int t = 0; t <= i; t++) {
+                    double d = 0;
+                    for (int e = 0; e < hd; e++) d += q[i * q_dim + h * hd + e] * k[t * kv_dim + g * hd + e];
+                    s[t] = d / sqrt(hd);
+                    max = fmax(max, s[t]);
+                }
+                for (int t = 0; t <= i; t++) sum += s[t] = exp(s[t] - max);
+                for (int e = 0; e < hd; e++) {
+                    double o = 0;
+                    for (int t = 0; t <= i; t++) o += s[t] / sum * v[t * kv_dim + g * hd + e];
+                    att[h * hd + e] = o;
+                }
+            }
+            mv(tmp, wo, bo, att, dim, q_dim);
+            for (int e = 0; e < dim; e++) x[i * dim + e] += tmp[e];
+            rmsnorm(xb, x + i * dim, ffn_norm, dim, eps);
+            mv(gate, wg, NULL, xb, p->n_ff, dim);
+            mv(up, wu, NULL, xb, p->n_ff, dim);
+            for (int e = 0; e < p->n_ff; e++) gate[e] = gate[e] / (1 + exp(-gate[e])) * up[e];
+            mv(tmp, wd, NULL, gate, dim, p->n_ff);
+            for (int e = 0; e < dim; e++) x[i * dim + e] += tmp[e];
+        }
+        double *all[] = {attn_norm, ffn_norm, wq, wk, wv, wo, bq, bk, bv, bo, qn, kn, wg, wu, wd};
+        for (size_t a = 0; a < sizeof all / sizeof all[0]; a++) free(all[a]);
+    }
+    double *out_norm = tensor_f64(f, "output_norm.weight"), *out = tensor_f64(f, "output.weight");
+    for (int i = 0; i < n; i++) {
+        rmsnorm(xb, x + i * dim, out_norm, dim, eps);
+        mv(logits + (size_t)i * V, out ? out : embd, NULL, xb, V, dim);
+    }
+    free(out_norm); free(out); free(embd);
+    free(x); free(xb); free(q); free(k); free(v); free(att); free(tmp); free(s); free(gate); free(up);
+}
+
+/* ---- loading ---------------------------------------------------------------- */
+
+typedef struct {
+    gguf_file *f;
+    model *m;
+} loaded;
+
+static loaded load(const char *path)
+{
+    loaded L = {0};
+    char err[256];
+    L.f = gguf_open(path, err, sizeof err);
+    if (!L.f) { fprintf(stderr, "  %s\n", err); return L; }
+    L.m = model_load(L.f, err, sizeof err);
+    if (!L.m) fprintf(stderr, "  %s\n", err);
+    return L;
+}
+
+static void unload(loaded *L)
+{
+    model_free(L->m);
+    gguf_close(L->f);
+}
+
+/* Small configs, one per architecture feature; F32 unless said. */
+static model_writer_params small(const char *arch, uint64_t seed)
+{
+    model_writer_params p = {.arch = arch, .n_embd = 64, .n_layer = 2, .n_head = 4, .n_head_kv = 2,
+                             .n_ff = 96, .n_vocab = 300, .type = GGML_TYPE_F32, .seed = seed};
+    if (!strcmp(arch, "qwen2")) {
+        p.qkv_bias = 1, p.tied_output = 1, p.rope_freq_base = 1000000.0f, p.rms_eps = 1e-6f;
+    } else if (!strcmp(arch, "qwen3")) {
+        p.qk_norm = 1, p.tied_output = 1, p.head_dim = 32, p.rope_freq_base = 1000000.0f,
+        p.rms_eps = 1e-6f; /* q is 4 * 32 = 128 wide with n_embd 64, as Qwen3-0.6B's 2048 vs 1024 */
+    }
+    return p;
+}
+
+/* The logits agree with the reference. Tolerance for F32 weights: the
+ * engine accumulates in float, so each dot product of K terms carries a
+ * relative error of at most about K * 2^-24; a logit is the end of a chain
+ * of about 8 such products per layer (q/k/v, attention scores and sums, o,
+ * gate/up, down) plus 2, so the bound is (8 * n_layer + 2) * K * 2^-24
+ * times the logits' scale, K the widest product. Q8_0 also rounds the
+ * activations to 8 bits per block (up to half a step, 1/254 of the block's
+ * largest value, ~0.4%), compounded over the same chain: 3%. */
+static void test_forward_matches_reference(void)
+{
+    struct { const char *arch; const char *what; ggml_type type; int rope_freqs, llama3, bias, out_bias, tied, kv; } cases[] = {
+        {"llama", "Llama 3 rope_freqs tensor, untied", GGML_TYPE_F32, 1, 0, 0, 0, 0, 2},
+        {"llama", "Llama 3.1 scaling from keys only, tied", GGML_TYPE_F32, 0, 1, 0, 0, 1, 4},
+        {"llama", "optional q/k/v/o biases", GGML_TYPE_F32, 0, 0, 1, 1, 0, 1},
+        {"qwen2", "biases, NEOX, tied", GGML_TYPE_F32, 0, 0, 1, 0, 1, 2},
+        {"qwen2", "Q8_0", GGML_TYPE_Q8_0, 0, 0, 1, 0, 1, 2},
+        {"qwen3", "q/k norms, head_dim 32 != 64/4", GGML_TYPE_F32, 0, 0, 0, 0, 1, 2},
+        {"qwen3", "F16, MHA", GGML_TYPE_F16, 0, 0, 0, 0, 1, 4},
+        {"qwen3", "Q8_0", GGML_TYPE_Q8_0, 0, 0, 0, 0, 1, 2},
+    };
+    enum { N = 9 };
+    int32_t tokens[N] = {298, 5, 77, 258, 1, 299, 100, 42, 200};
+    char err[256];
+    threadpool *pool = threadpool_create(2, err, sizeof err);
+    REQUIRE(pool);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        model_writer_params p = small(cases[c].arch, 11 + c);
+        p.type = cases[c].type;
+        p.rope_freqs = cases[c].rope_freqs;
+        p.llama3_keys = cases[c].llama3;
+        p.qkv_bias = cases[c].bias;
+        p.out_bias = cases[c].out_bias;
+        p.tied_output = cases[c].tied;
+        p.n_head_kv = cases[c].kv;
+        const char *path = tmp_path("ref.gguf");
+        REQUIRE(model_writer_write(path, &p) == 0);
+        loaded L = load(path);
+        REQUIRE(L.m);
+        const model_config *mc = model_get_config(L.m);
+        CHECK_EQ_INT(mc->head_dim, p.head_dim > 0 ? p.head_dim : 16);
+        CHECK_EQ_INT(mc->rope_neox, strcmp(p.arch, "llama") != 0);
+        model_state *s = model_state_new(L.m, 0, err, sizeof err);
+        REQUIRE(s);
+        static float got[N * 300];
+        static double want[N * 300];
+        REQUIRE(model_forward(L.m, s, pool, tokens, N, got, 1, err, sizeof err) == 0);
+        ref_forward(L.f, &p, tokens, N, want);
+        double scale = 0, worst = 0;
+        for (int i = 0; i < N * 300; i++) scale = fmax(scale, fabs(want[i]));
+        for (int i = 0; i < N * 300; i++) worst = fmax(worst, fabs(got[i] - want[i]));
+        int widest = p.n_ff > 64 ? p.n_ff : 64;
+        if (p.n_head * mc->head_dim > widest) widest = p.n_head * mc->head_dim;
+        double tol = p.type == GGML_TYPE_Q8_0 ? 0.03 : p.type == GGML_TYPE_F16 ? 1e-4
+                   : (8.0 * p.n_layer + 2) * widest * ldexp(1, -24);
+        if (getenv("LLMESH_TEST_VERBOSE"))
+            fprintf(stderr, "  %s (%s): max diff %g, bound %g, scale %g\n", p.arch, cases[c].what,
+                    worst, tol * scale, scale);
+        if (worst > tol * scale)
+            fprintf(stderr, "  %s (%s): max diff %g > %g (logit scale %g)\n", p.arch, cases[c].what,
+                    worst, tol * scale, scale);
+        CHECK(worst <= tol * scale);
+        CHECK(scale > 0.1); /* not degenerate */
+        model_state_free(s);
+        unload(&L);
+    }
+    threadpool_free(pool);
+}
+
+/* Each feature matters: the reference with one feature left out (the
+ * NEOX pairing, the biases, the q/k norms, the RoPE factors) is far from the
+ * engine, so the test above would catch an engine that skipped it. */
+static void test_each_feature_matters(void)
+{
+    struct { const char *arch; const char *skip; int rope_freqs, llama3; } cases[] = {
+        {"llama", "rope_factors", 1, 0}, {"llama", "rope_factors", 0, 1}, {"llama", "neox", 0, 0},
+        {"qwen2", "neox", 0, 0}, {"qwen2", "bias", 0, 0}, {"qwen3", "qk_norm", 0, 0},
+        {"qwen3", "neox", 0, 0},
+    };
+    enum { N = 6 };
+    int32_t tokens[N] = {3, 9, 27, 81, 243, 299};
+    char err[256];
+    threadpool *pool = threadpool_create(1, err, sizeof err);
+    REQUIRE(pool);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        model_writer_params p = small(cases[c].arch, 60 + c);
+        p.rope_freqs = cases[c].rope_freqs;
+        p.llama3_keys = cases[c].llama3;
+        const char *path = tmp_path("feature.gguf");
+        REQUIRE(model_writer_write(path, &p) == 0);
+        loaded L = load(path);
+        REQUIRE(L.m);
+        model_state *s = model_state_new(L.m, 0, err, sizeof err);
+        REQUIRE(s);
+        static float got[N * 300];
+        static double want[N * 300];
+        REQUIRE(model_forward(L.m, s, pool, tokens, N, got, 1, err, sizeof err) == 0);
+        ref_skip = cases[c].skip;
+        ref_forward(L.f, &p, tokens, N, want);
+        ref_skip = "";
+        double scale = 0, worst = 0;
+        for (int i = 0; i < N * 300; i++) scale = fmax(scale, fabs(want[i]));
+        for (int i = 0; i < N * 300; i++) worst = fmax(worst, fabs(got[i] - want[i]));
+        /* at least 20 times the float32 bound of the test above */
+        double bound = (8.0 * p.n_layer + 2) * 128 * ldexp(1, -24) * scale;
+        if (!(worst > 20 * bound))
+            fprintf(stderr, "  %s without %s: max diff only %g\n", p.arch, cases[c].skip, worst);
+        CHECK(worst > 20 * bound);
+        model_state_free(s);
+        unload(&L);
+    }
+    threadpool_free(pool);
+}
+
+/* Whole prompt vs token by token, 1 vs 3 threads, across the 64-token
+ * internal batch: bit-identical, for every architecture. */
+static void test_batching_and_threads_are_exact(void)
+{
+    const char *arches[] = {"llama", "qwen2", "qwen3"};
+    enum { N = 70, V = 300 };
+    char err[256];
+    threadpool *p1 = threadpool_create(1, err, sizeof err), *p3 = threadpool_create(3, err, sizeof err);
+    REQUIRE(p1 && p3);
+    for (size_t a = 0; a < 3; a++) {
+        model_writer_params p = small(arches[a], 40 + a);
+        p.type = GGML_TYPE_Q8_0;
+        p.rope_freqs = a == 0;
+        const char *path = tmp_path("batch.gguf");
+        REQUIRE(model_writer_write(path, &p) == 0);
+        loaded L = load(path);
+        REQUIRE(L.m);
+        int32_t tokens[N];
+        for (int i = 0; i < N; i++) tokens[i] = (i * 37 + 11) % V;
+        static float all[N * V], one[V];
+        model_state *s = model_state_new(L.m, 0, err, sizeof err);
+        REQUIRE(s);
+        REQUIRE(model_forward(L.m, s, p3, tokens, N, all, 1, err, sizeof err) == 0);
+        model_state_truncate(s, 0);
+        int bad = 0;
+        for (int i = 0; i < N; i++) {
+            REQUIRE(model_forward(L.m, s, p1, tokens + i, 1, one, 0, err, sizeof err) == 0);
+            bad += memcmp(one, all + (size_t)i * V, sizeof one) != 0;
+        }
+        if (bad) fprintf(stderr, "  %s: %d positions differ\n", arches[a], bad);
+        CHECK_EQ_INT(bad, 0);
+        model_state_free(s);
+        unload(&L);
+    }
+    threadpool_free(p1);
+    threadpool_free(p3);
+}
+
+/* ---- refusals ---------------------------------------------------------------- */
+
+static const char *load_error(const model_writer_params *p, const char *extra_tensor)
+{
+    static char err[256];
+    err[0] = 0;
+    const char *path = tmp_path("bad.gguf");
+    REQUIRE(model_writer_write(path, p) == 0);
+    if (extra_tensor) { /* rewrite with one more tensor: cheapest through a fresh writer */
+        gguf_file *f0 = gguf_open(path, err, sizeof err);
+        REQUIRE(f0);
+        gguf_writer *w = gguf_writer_new();
+        for (uint64_t i = 0; i < f0->n_kv; i++) {
+            const gguf_kv *kv = &f0->kv[i];
+            char key[128];
+            snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.ptr);
+            if (kv->type == GGUF_TYPE_STRING) gguf_writer_add_str_n(w, key, kv->v.str.ptr, kv->v.str.len);
+            else if (kv->type == GGUF_TYPE_UINT32) gguf_writer_add_u32(w, key, (uint32_t)kv->v.u64);
+            else if (kv->type == GGUF_TYPE_FLOAT32) gguf_writer_add_f32(w, key, (float)kv->v.f64);
+        }
+        for (uint64_t i = 0; i < f0->n_tensors; i++) {
+            const gguf_tensor *t = &f0->tensors[i];
+            char name[128];
+            snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
+            gguf_writer_add_tensor(w, name, t->n_dims, t->ne, t->type, t->data, t->nbytes);
+        }
+        uint64_t ne[1] = {(uint64_t)p->n_embd};
+        gguf_writer_add_tensor(w, extra_tensor, 1, ne, GGML_TYPE_F32, NULL, (size_t)p->n_embd * 4);
+        gguf_close(f0);
+        REQUIRE(gguf_writer_write_file(w, path) == 0);
+        gguf_writer_free(w);
+    }
+    gguf_file *f = gguf_open(path, err, sizeof err);
+    REQUIRE(f);
+    model *m = model_load(f, err, sizeof err);
+    if (m) err[0] = 0;
+    model_free(m);
+    gguf_close(f);
+    return err;
+}
+
+static void test_refusals(void)
+{
+    model_writer_params p = small("falcon", 1);
+    const char *e = load_error(&p, NULL);
+    CHECK(strstr(e, "architecture 'falcon' is not supported") && strstr(e, "llama, qwen2, qwen3"));
+
+    p = small("qwen2", 1);
+    p.qkv_bias = 0;
+    e = load_error(&p, NULL);
+    CHECK(strstr(e, "blk.0.attn_q.bias is missing") != NULL);
+
+    p = small("qwen3", 1);
+    p.qk_norm = 0;
+    e = load_error(&p, NULL);
+    CHECK(strstr(e, "blk.0.attn_q_norm.weight is missing") != NULL);
+
+    p = small("qwen3", 1); /* a norm qwen3 does not have */
+    e = load_error(&p, "blk.1.post_attention_norm.weight");
+    CHECK(strstr(e, "blk.1.post_attention_norm.weight") && strstr(e, "qwen3"));
+
+    p = small("qwen2", 1); /* rope_freqs is a llama tensor */
+    p.rope_freqs = 1;
+    e = load_error(&p, NULL);
+    CHECK(strstr(e, "rope_freqs.weight") && strstr(e, "qwen2"));
+
+    p = small("qwen2", 1); /* no output bias in qwen2 as llama.cpp runs it */
+    e = load_error(&p, "blk.0.attn_output.bias");
+    CHECK(strstr(e, "blk.0.attn_output.bias") != NULL);
+
+    p = small("llama", 1); /* a layer that does not exist */
+    e = load_error(&p, "blk.2.attn_norm.weight");
+    CHECK(strstr(e, "blk.2.attn_norm.weight") != NULL);
+    e = load_error(&p, "blk.01.attn_norm.weight");
+    CHECK(strstr(e, "blk.01.attn_norm.weight") != NULL);
+
+    p = small("qwen3", 1); /* head width without its key: shapes say 128, config says 64 */
+    p.head_dim = 32;
+    CHECK(load_error(&p, NULL)[0] == 0);
+}
+
+/* ---- real shapes ------------------------------------------------------------- */
+
+static int collect(void *user, const char *piece, size_t len)
+{
+    (void)piece;
+    *(size_t *)user += len;
+    return 0;
+}
+
+/* All the real widths, two layers, Q8_0 random weights: loads, generates two
+ * tokens from a three-token prompt through the engine, and the prompt in one
+ * batch equals token by token. */
+static void run_real_shape(const char *what, model_writer_params p)
+{
+    const char *path = tmp_path("real.gguf");
+    p.type = GGML_TYPE_Q8_0;
+    p.fast_random = 1;
+    p.n_layer = 2;
+    p.n_ctx = 4096;
+    REQUIRE(model_writer_write(path, &p) == 0);
+    char err[512];
+    engine_model *em = engine_model_load(path, 2, err, sizeof err);
+    if (!em) fprintf(stderr, "  %s: %s\n", what, err);
+    REQUIRE(em);
+    engine_sampling s;
+    engine_sampling_defaults(&s);
+    s.temperature = 0;
+    s.max_tokens = 2;
+    size_t bytes = 0;
+    engine_result r;
+    REQUIRE(engine_generate(em, "ab", 2, &s, collect, &bytes, &r, err, sizeof err) == 0);
+    CHECK_EQ_INT(r.prompt_tokens, 3); /* BOS, 'a', 'b' */
+    CHECK(r.completion_tokens >= 1 && r.completion_tokens <= 2);
+    engine_model_free(em);
+
+    loaded L = load(path);
+    REQUIRE(L.m);
+    const model_config *c = model_get_config(L.m);
+    CHECK_EQ_INT(c->n_vocab, p.n_vocab);
+    CHECK_EQ_INT(c->head_dim, p.head_dim > 0 ? p.head_dim : p.n_embd / p.n_head);
+    threadpool *pool = threadpool_create(2, err, sizeof err);
+    model_state *st = model_state_new(L.m, 16, err, sizeof err);
+    REQUIRE(pool && st);
+    int32_t tokens[3] = {p.n_vocab - 2, 97, 98};
+    float *batch = malloc(sizeof(float) * 3 * (size_t)p.n_vocab), *one = malloc(sizeof(float) * (size_t)p.n_vocab);
+    REQUIRE(model_forward(L.m, st, pool, tokens, 3, batch, 1, err, sizeof err) == 0);
+    model_state_truncate(st, 0);
+    int bad = 0;
+    for (int i = 0; i < 3; i++) {
+        REQUIRE(model_forward(L.m, st, pool, tokens + i, 1, one, 0, err, sizeof err) == 0);
+        bad += memcmp(one, batch + (size_t)i * p.n_vocab, sizeof(float) * (size_t)p.n_vocab) != 0;
+    }
+    CHECK_EQ_INT(bad, 0);
+    int finite = 1;
+    for (int i = 0; i < 3 * p.n_vocab; i++) finite &= isfinite(batch[i]) != 0;
+    CHECK(finite);
+    free(batch);
+    free(one);
+    model_state_free(st);
+    threadpool_free(pool);
+    unload(&L);
+    unlink(path);
+}
+
+static void test_real_shape_qwen2_5_0_5b(void)
+{
+    model_writer_params p = {.arch = "qwen2", .n_embd = 896, .n_head = 14, .n_head_kv = 2,
+                             .n_ff = 4864, .n_vocab = 151936, .tied_output = 1, .qkv_bias = 1,
+                             .rope_freq_base = 1000000.0f, .rms_eps = 1e-6f, .seed = 1};
+    run_real_shape("Qwen2.5-0.5B", p);
+}
+
+static void test_real_shape_llama_3_2_1b(void)
+{
+    model_writer_params p = {.arch = "llama", .n_embd = 2048, .n_head = 32, .n_head_kv = 8,
+                             .n_ff = 8192, .n_vocab = 128256, .tied_output = 1, .rope_freqs = 1,
+                             .rope_freq_base = 500000.0f, .seed = 2};
+    run_real_shape("Llama-3.2-1B", p);
+}
+
+static void test_real_shape_qwen3_0_6b(void)
+{
+    model_writer_params p = {.arch = "qwen3", .n_embd = 1024, .n_head = 16, .n_head_kv = 8,
+                             .head_dim = 128, .n_ff = 3072, .n_vocab = 151936, .tied_output = 1,
+                             .qk_norm = 1, .rope_freq_base = 1000000.0f, .rms_eps = 1e-6f, .seed = 3};
+    run_real_shape("Qwen3-0.6B", p);
+}
+
+int main(void)
+{
+    RUN(test_forward_matches_reference);
+    RUN(test_each_feature_matters);
+    RUN(test_batching_and_threads_are_exact);
+    RUN(test_refusals);
+    RUN(test_real_shape_qwen2_5_0_5b);
+    RUN(test_real_shape_llama_3_2_1b);
+    RUN(test_real_shape_qwen3_0_6b);
+    return testlib_finish();
+}
