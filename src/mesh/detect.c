@@ -100,7 +100,7 @@ static void detect_alive(mesh *m, mesh_node *n, const char *how)
 {
     n->probe_pending = 0;
     n->indirect_nonce = 0;
-    if (n->state == NODE_SUSPECT && n->link) {
+    if ((n->state == NODE_SUSPECT || n->state == NODE_DEAD) && n->link) {
         log_info(MESH_LOG, "node %.16s is alive again (%s)", n->id_hex, how);
         n->state = NODE_ALIVE;
     }
@@ -110,12 +110,11 @@ void detect_node_up(mesh *m, mesh_node *n)
 {
     n->probe_pending = 0;
     n->indirect_nonce = 0;
-    n->has_left = 0;
 }
 
 static void detect_suspect(mesh *m, mesh_node *n, uint64_t now, const char *why)
 {
-    if (n->state != NODE_ALIVE || m->left) return;
+    if (n->state != NODE_ALIVE || m->left || m->test_mute) return;
     n->state = NODE_SUSPECT;
     n->suspect_deadline = now + m->suspect_ms;
     n->suspect_inc = n->has_record ? n->rec.seq : 0;
@@ -184,7 +183,7 @@ void detect_newer_record(mesh *m, mesh_node *n)
  * whose seq (our incarnation) is larger than the one claimed. */
 static void detect_refute(mesh *m, const swim_notice *sn)
 {
-    if (m->left || sn->incarnation < m->rec.seq) return;  /* old claim: already refuted */
+    if (m->left || m->test_mute || sn->incarnation < m->rec.seq) return;  /* old claim: already refuted */
     char from[MESH_ID_HEX];
     identity_id_hex(sn->from, from);
     log_info(MESH_LOG, "%.16s says this node is %s: refuting", from, swim_notice_name(sn->kind));
@@ -375,8 +374,10 @@ static void detect_round(mesh *m, uint64_t now)
             sent++;
         }
     if (last) memcpy(m->probe_cursor, last->id, MESH_ID_BYTES);
+    /* Dead nodes we are connected to again (our redial, or theirs) must
+     * answer a probe to count as alive. */
     for (mesh_node *n = m->nodes; n; n = n->next)
-        if (n->state == NODE_SUSPECT) detect_ping(m, n, now);
+        if (n->state == NODE_SUSPECT || (n->state == NODE_DEAD && n->link)) detect_ping(m, n, now);
 }
 
 static void detect_expire(mesh *m, mesh_node *n)
@@ -392,10 +393,11 @@ static void detect_expire(mesh *m, mesh_node *n)
 static void detect_cb(evutil_socket_t fd, short what, void *arg)
 {
     mesh *m = arg;
-    if (m->left || m->freeing) return;
+    if (m->left || m->freeing || m->test_mute) return;
     uint64_t now = detect_now_ms();
     for (mesh_node *n = m->nodes; n; n = n->next) {
         if (n->probe_pending && now >= n->probe_deadline) {
+            /* The ACK may still come (QUIC retransmits) and then counts. */
             n->probe_pending = 0;
             if (n->state == NODE_ALIVE) detect_suspect(m, n, now, "no answer to a probe");
         }

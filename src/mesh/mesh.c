@@ -311,13 +311,17 @@ static void mesh_dial_timer_cb(evutil_socket_t fd, short what, void *arg)
 /* n has a usable connection again. */
 static void mesh_node_up(mesh *m, mesh_node *n)
 {
-    if (n->state != NODE_ALIVE)
-        log_info(MESH_LOG, "node %.16s connected (%s)", n->id_hex,
-                 n->has_record ? record_role_name(n->rec.role) : "role not yet known");
-    n->state = NODE_ALIVE;
     n->failures = 0;
     evtimer_del(n->dial_timer);
     detect_node_up(m, n);
+    /* A node we declared dead must answer a probe (detect.c) to be alive
+     * again: a completed handshake shows that its QUIC stack runs, not that
+     * the node does (a hung process's kernel still answers nothing, but a
+     * half-hung one might). */
+    if (n->state != NODE_ALIVE && n->state != NODE_DEAD)
+        log_info(MESH_LOG, "node %.16s connected (%s)", n->id_hex,
+                 n->has_record ? record_role_name(n->rec.role) : "role not yet known");
+    if (n->state != NODE_DEAD) n->state = NODE_ALIVE;
     /* Our other handshakes to it (the parallel dial) are not needed any
      * more, unless the new connection is the peer's and we have the lower
      * id: then the peer keeps ours once it completes (duplicate rule), and

@@ -161,7 +161,7 @@ struct mesh {
     } relays[MESH_RELAYS];
     int next_relay;
     int left;                        /* mesh_leave was called */
-    int test_mute;                   /* tests: answer no probe (a hung node) */
+    int test_mute;                   /* tests: answer no probe, refute nothing (a hung node) */
 };
 
 /* mesh.c */
@@ -211,6 +211,8 @@ void detect_connection_lost(mesh *m, mesh_node *n, const char *reason);
 /* A record of n newer than the one held arrived (was_state: before it). */
 void detect_newer_record(mesh *m, mesh_node *n);
 uint64_t detect_now_ms(void);
+/* Tests: a muted node answers no probe and refutes nothing, as a node whose
+ * process hangs while its kernel and QUIC stack still acknowledge packets. */
 void mesh_test_mute(mesh *m, int on);
 
 /* gossip.c */

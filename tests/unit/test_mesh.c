@@ -1,8 +1,11 @@
 /* test_mesh.c: three meshes in one process on one event loop, over real QUIC
  * on loopback: joining through tokens, gossip of roles and models, full-mesh
  * connections, typed streams (echo of many frames incl. 1 MB), rejection of
- * unknown stream types, and noticing a node that went away. Every wait is
- * bounded. */
+ * unknown stream types, and noticing a node that went away; and the failure
+ * detector with short timings: a hung node suspected then dead and back, a
+ * false suspicion refuted, a false death report verified away, forged
+ * leaves refused, a clean leave, dead records expiring, rejoining after
+ * expiry. Every wait is bounded. */
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +15,9 @@
 #include "lib/log.h"
 #include "mesh/identity.h"
 #include "mesh/mesh.h"
+#include "mesh/mesh_private.h"   /* white box: mesh_test_mute, record seq */
 #include "mesh/record.h"
+#include "mesh/swim.h"
 #include "mesh/token.h"
 #include "testlib.h"
 
@@ -649,6 +654,225 @@ static void test_star_join(void)
     }
 }
 
+/* ---- failure detection -------------------------------------------------------*/
+
+#define FD_NODES 4
+static mesh *fd[FD_NODES];
+static char fd_ids[FD_NODES][MESH_ID_HEX];
+
+/* Short timings so that the test takes seconds; suspicion stays several
+ * probe timeouts long, as in production, so that a slow (sanitized) run
+ * does not make live nodes dead. */
+static mesh *fd_start(int i, const char *listen, const char *join)
+{
+    char name[16];
+    snprintf(name, sizeof name, "f%d", i);
+    const char *joins[1] = {join};
+    mesh_config cfg = {.home = home(name), .listen = listen ? listen : "127.0.0.1:0",
+                       .join_tokens = joins, .n_join = join ? 1 : 0, .role = "host",
+                       .probe_interval_ms = 200, .probe_timeout_ms = 150,
+                       .suspect_timeout_ms = 1200, .dead_ttl_ms = 2000};
+    char err[512] = "";
+    mesh *m = mesh_new(base, &cfg, err, sizeof err);
+    if (!m) fprintf(stderr, "  mesh_new(%s): %s\n", name, err);
+    if (m) snprintf(fd_ids[i], sizeof fd_ids[i], "%s", mesh_node_id_hex(m));
+    return m;
+}
+
+static const char *fd_state(int observer, int subject)
+{
+    const mesh_peer *p = find_peer_id(fd[observer], fd_ids[subject]);
+    return p ? p->state : "gone";
+}
+
+/* Every live node but `subject` sees `subject` in state (NULL: alive everywhere, all pairs). */
+typedef struct { int subject; const char *state; } fd_want;
+
+static int fd_seen(void *arg)
+{
+    const fd_want *w = arg;
+    for (int o = 0; o < FD_NODES; o++) {
+        if (!fd[o] || o == w->subject) continue;
+        if (strcmp(fd_state(o, w->subject), w->state) != 0) return 0;
+    }
+    return 1;
+}
+
+static int fd_all_alive(void *arg)
+{
+    for (int o = 0; o < FD_NODES; o++)
+        for (int s2 = 0; s2 < FD_NODES; s2++)
+            if (fd[o] && fd[s2] && o != s2 && strcmp(fd_state(o, s2), "alive") != 0) return 0;
+    return 1;
+}
+
+/* Sends one raw gossip frame from `from` to `to` on a stream of its own. */
+static void fd_inject(int from, int to, const uint8_t *p, size_t len, echo_client_state *st)
+{
+    char err[256];
+    mesh_stream *s = mesh_stream_open(fd[from], mesh_node_id(fd[to]), MESH_STREAM_GOSSIP, &client_handlers,
+                                      st, err, sizeof err);
+    REQUIRE(s != NULL);
+    CHECK(mesh_stream_send(s, p, len) == 0);
+}
+
+static int fd_dead_ever;   /* a live subject seen dead while watched */
+static void fd_watch(int subject, int ms)
+{
+    uint64_t end = now_ms() + (uint64_t)ms;
+    while (now_ms() < end) {
+        run_for(20);
+        for (int o = 0; o < FD_NODES; o++)
+            if (fd[o] && o != subject && strcmp(fd_state(o, subject), "dead") == 0) fd_dead_ever = 1;
+    }
+}
+
+static void test_failure_detection(void)
+{
+    fd[0] = fd_start(0, NULL, NULL);
+    REQUIRE(fd[0]);
+    char token0[TOKEN_MAX_TEXT];
+    snprintf(token0, sizeof token0, "%s", mesh_token(fd[0]));
+    for (int i = 1; i < FD_NODES; i++) {
+        fd[i] = fd_start(i, NULL, token0);
+        REQUIRE(fd[i]);
+    }
+    CHECK(run_until(fd_all_alive, NULL, WAIT_MS));
+    run_for(1000);                                 /* a few probe rounds: nobody suspect */
+    CHECK(fd_all_alive(NULL));
+
+    /* 1. Node 3 hangs (answers nothing; QUIC still acks): suspect, then dead
+     * everywhere; its connections are closed and streams to it refused. */
+    mesh_test_mute(fd[3], 1);
+    uint64_t t0 = now_ms();
+    fd_want suspect3 = {3, "suspect"}, dead3 = {3, "dead"}, alive3 = {3, "alive"};
+    int saw_suspect = 0;
+    while (!fd_seen(&dead3) && now_ms() - t0 < WAIT_MS) {
+        run_for(20);
+        for (int o = 0; o < 3; o++) saw_suspect |= !strcmp(fd_state(o, 3), "suspect");
+    }
+    CHECK(fd_seen(&dead3));
+    CHECK(saw_suspect);
+    (void)suspect3;
+    fprintf(stderr, "  hung node dead everywhere after %llu ms\n", (unsigned long long)(now_ms() - t0));
+    CHECK(strcmp(fd_state(0, 1), "alive") == 0 && strcmp(fd_state(1, 2), "alive") == 0);
+    char err[256];
+    CHECK(mesh_stream_open(fd[0], mesh_node_id(fd[3]), ECHO_TYPE, &client_handlers, NULL, err, sizeof err) == NULL);
+
+    /* It recovers: the redial with backoff finds it, and it refutes the
+     * death it hears of with a newer record. */
+    mesh_test_mute(fd[3], 0);
+    t0 = now_ms();
+    CHECK(run_until(fd_seen, &alive3, WAIT_MS));
+    fprintf(stderr, "  recovered node alive again after %llu ms\n", (unsigned long long)(now_ms() - t0));
+    CHECK(run_until(fd_all_alive, NULL, WAIT_MS));
+
+    /* 2. A false suspicion reaches node 1: it refutes by publishing a newer
+     * record (its incarnation). */
+    uint64_t seq_before = fd[1]->rec.seq;
+    swim_notice sn = {.kind = SWIM_NOTICE_SUSPECT, .incarnation = seq_before};
+    memcpy(sn.node, mesh_node_id(fd[1]), MESH_ID_BYTES);
+    memcpy(sn.from, mesh_node_id(fd[2]), MESH_ID_BYTES);
+    uint8_t claim[SWIM_CLAIM_BYTES];
+    swim_claim_encode(&sn, claim);
+    echo_client_state g0 = {0};
+    fd_inject(2, 1, claim, sizeof claim, &g0);
+    run_for(300);
+    CHECK(fd[1]->rec.seq > seq_before);
+    CHECK(!g0.closed_with_error);
+
+    /* 3. A false death report about node 1, sent to node 0: node 0 checks
+     * with its own probe and keeps it; node 1 refutes. Nobody shows it dead. */
+    sn.kind = SWIM_NOTICE_DEAD;
+    sn.incarnation = fd[1]->rec.seq;
+    swim_claim_encode(&sn, claim);
+    echo_client_state g1 = {0};
+    fd_dead_ever = 0;
+    fd_inject(2, 0, claim, sizeof claim, &g1);
+    fd_watch(1, 2500);
+    CHECK(!fd_dead_ever);
+    CHECK(fd_all_alive(NULL));
+
+    /* 4. LEAVEs that node 1 did not sign: one signed by another key, one
+     * with a flipped byte. Both reset the stream and count; node 1 stays. */
+    identity forger;
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/fd-forger", testlib_tmpdir());
+    REQUIRE(identity_load_or_create(dir, &forger, NULL, err, sizeof err) == 0);
+    uint8_t leave[SWIM_LEAVE_BYTES];
+    REQUIRE(swim_leave_encode(&forger, UINT64_MAX, leave, err, sizeof err) == (int)sizeof leave);
+    memcpy(leave + 1, mesh_node_id(fd[1]), MESH_ID_BYTES);
+    mesh_counters before, after;
+    mesh_get_counters(fd[0], &before);
+    echo_client_state g2 = {0};
+    fd_inject(2, 0, leave, sizeof leave, &g2);
+    CHECK(run_until(client_closed, &g2, WAIT_MS));
+    CHECK(g2.closed_with_error);
+    mesh_get_counters(fd[0], &after);
+    CHECK_EQ_INT(after.bad_frames, before.bad_frames + 1);
+    /* A malformed notice (truncated) is refused the same way. */
+    echo_client_state g3 = {0};
+    fd_inject(2, 0, claim, sizeof claim - 1, &g3);
+    CHECK(run_until(client_closed, &g3, WAIT_MS));
+    CHECK(g3.closed_with_error);
+    run_for(300);
+    CHECK(fd_all_alive(NULL));
+
+    /* 5. pick_host_except: two hosts of one model, each can be excluded. */
+    const char *models[] = {MODEL};
+    mesh_set_models(fd[0], models, 1);
+    mesh_set_models(fd[1], models, 1);
+    trio both = {fd[3], fd[0], fd[1]};
+    (void)both;
+    uint8_t h1[MESH_ID_BYTES], h2[MESH_ID_BYTES];
+    for (int tries = 0; tries < 100; tries++) {
+        run_for(20);
+        if (has_model(fd[3], fd[0], MODEL) && has_model(fd[3], fd[1], MODEL)) break;
+    }
+    REQUIRE(mesh_pick_host(fd[3], MODEL, h1) == 0);
+    REQUIRE(mesh_pick_host_except(fd[3], MODEL, h1, h2) == 0);
+    CHECK(memcmp(h1, h2, MESH_ID_BYTES) != 0);
+    CHECK(!memcmp(h2, mesh_node_id(fd[0]), MESH_ID_BYTES) || !memcmp(h2, mesh_node_id(fd[1]), MESH_ID_BYTES));
+
+    /* 6. Node 2 leaves cleanly: "left" everywhere at once (no waiting for
+     * probes), not redialled, forgotten after the TTL. */
+    CHECK(mesh_leave(fd[2]) == 0);
+    CHECK(mesh_leave(fd[2]) == 0);                 /* idempotent */
+    mesh_free(fd[2]);
+    fd[2] = NULL;
+    t0 = now_ms();
+    fd_want left2 = {2, "left"}, gone2 = {2, "gone"};
+    CHECK(run_until(fd_seen, &left2, WAIT_MS));
+    uint64_t left_ms = now_ms() - t0;
+    fprintf(stderr, "  leave seen everywhere after %llu ms\n", (unsigned long long)left_ms);
+    CHECK(left_ms < 1000);
+    CHECK(run_until(fd_seen, &gone2, WAIT_MS));
+    fprintf(stderr, "  left node forgotten after %llu ms (TTL 2000)\n", (unsigned long long)(now_ms() - t0));
+    mesh_peer peers[8];
+    CHECK_EQ_INT(mesh_peers(fd[0], peers, 8), 2);
+    CHECK_EQ_INT(mesh_connections(fd[0]), 2);
+
+    /* 7. Node 3 goes without a LEAVE (connections closed): dead, then
+     * forgotten; restarted on the same home, it rejoins through its token
+     * (its new record beats the tombstone) and is alive everywhere. */
+    mesh_free(fd[3]);
+    fd[3] = NULL;
+    t0 = now_ms();
+    fd_want gone3 = {3, "gone"};
+    CHECK(run_until(fd_seen, &dead3, WAIT_MS));
+    fprintf(stderr, "  closed node dead after %llu ms\n", (unsigned long long)(now_ms() - t0));
+    CHECK(run_until(fd_seen, &gone3, WAIT_MS));
+    fd[3] = fd_start(3, NULL, token0);
+    REQUIRE(fd[3]);
+    CHECK(run_until(fd_seen, &alive3, WAIT_MS));
+    CHECK(run_until(fd_all_alive, NULL, WAIT_MS));
+
+    for (int i = 0; i < FD_NODES; i++) {
+        if (fd[i]) mesh_free(fd[i]);
+        fd[i] = NULL;
+    }
+}
+
 int main(void)
 {
     /* LLMESH_TEST_LOG=debug shows the mesh's chatter while debugging. */
@@ -660,6 +884,7 @@ int main(void)
     RUN(test_simultaneous_join);
     RUN(test_wildcard_listen);
     RUN(test_star_join);
+    RUN(test_failure_detection);
     event_base_free(base);
     return testlib_finish();
 }
