@@ -138,6 +138,9 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         _exit(130);
     }
     log_info("node", "%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    /* Tell the mesh first, so peers stop routing to us within milliseconds;
+     * then drain what is in flight here. */
+    mesh_leave(n->mesh);
     api_set_draining(n->api);
     if (api_calls_active(n->api) == 0) {
         finish_shutdown(n);
