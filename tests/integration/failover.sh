@@ -47,4 +47,38 @@ curl -sf "$other_api/completions" -d "$body" >"$T/direct.json"
 check "the retried answer equals the host's own" \
   bash -c "[ \"\$(jq -r .choices[0].text '$T/answer.json')\" = \"\$(jq -r .choices[0].text '$T/direct.json')\" ]"
 
+# kill -9 this time: no LEAVE, the mesh finds the host dead by probing and
+# closes its streams: a stream already under way ends with an error event.
+kill -TERM "$(eval echo "\$${other}_PID")"
+LLMESH_DEBUG_TOKEN_DELAY_MS=40 start_node H3 serve --model "$DEMO_MODEL" --join "$C_TOKEN"
+LLMESH_DEBUG_TOKEN_DELAY_MS=40 start_node H4 serve --model "$DEMO_MODEL" --join "$C_TOKEN"
+H3_ID=$(curl -sf "$H3_CONSOLE/api/status" | jq -r .node_id)
+H4_ID=$(curl -sf "$H4_CONSOLE/api/status" | jq -r .node_id)
+sees_34() {
+  curl -sf "$C_CONSOLE/api/status" | jq -e --arg a "$H3_ID" --arg b "$H4_ID" \
+    '[.peers[] | select((.id == $a or .id == $b) and .state == "alive")] | length == 2'
+}
+wait_for 30 sees_34 || die "C does not see H3 and H4 alive"
+sbody=$(jq -n --arg m "$MODEL_ID" '{model: $m, prompt: "In the beginning", max_tokens: 200, temperature: 0, stream: true}')
+curl -sN "$C_API/completions" -d "$sbody" >"$T/s9.txt" &
+cp=$!
+victim=""
+for _ in $(seq 100); do
+  if busy "$H3_CONSOLE" >/dev/null 2>&1; then victim=$H3_PID; break; fi
+  if busy "$H4_CONSOLE" >/dev/null 2>&1; then victim=$H4_PID; break; fi
+  sleep 0.1
+done
+[ -n "$victim" ] || die "neither H3 nor H4 got the stream"
+t0=$(date +%s%N)
+kill -KILL "$victim"
+wait "$cp"
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+echo "the stream through C ended ${ms} ms after kill -9 of its host"
+check "a stream cut by kill -9 ends within 20 s" [ "$ms" -lt 20000 ]
+check "with an error event" grep -q '^data: {"error"' "$T/s9.txt"
+check "and [DONE]" bash -c "grep -v '^\$' '$T/s9.txt' | tail -n 1 | grep -qx 'data: \[DONE\]'"
+short=$(jq -n --arg m "$MODEL_ID" '{model: $m, prompt: "In the beginning", max_tokens: 5, temperature: 0}')
+code=$(curl -s -o "$T/after.json" -w '%{http_code}' --max-time 30 "$C_API/completions" -d "$short")
+check "after the kill, requests through C still succeed (got $code)" [ "$code" = 200 ]
+
 finish
