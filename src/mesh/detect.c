@@ -223,7 +223,9 @@ int detect_on_notice(mesh *m, mesh_link *from, const uint8_t *p, size_t len)
         n->indirect_nonce = 0;
         n->failures = 0;
         evtimer_del(n->dial_timer);
-        if (n->link) mesh_link_close_now(n->link, "peer left");
+        /* It drains its requests before it exits: streams already running
+         * finish; it closes the connection itself when done. */
+        if (n->link) mesh_link_close_when_idle(n->link, "peer left");
         return 0;
     }
     if (self) {

@@ -176,6 +176,12 @@ void mesh_link_close_now(mesh_link *l, const char *reason)
     mesh_link_retire(l, reason);
 }
 
+void mesh_link_close_when_idle(mesh_link *l, const char *reason)
+{
+    if (l->node && l->node->link == l) l->node->link = NULL;
+    mesh_link_retire(l, reason);
+}
+
 void mesh_link_stream_gone(mesh_link *l)
 {
     if (l->want_close && l->user_streams == 0) mesh_schedule_sweep(l->m);

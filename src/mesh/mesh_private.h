@@ -174,8 +174,11 @@ void mesh_node_want_connection(mesh *m, mesh_node *n, int now);
 int mesh_any_alive(const mesh *m);
 /* The state names of mesh_peer.state. */
 const char *mesh_node_state_name(node_state st);
-/* Closes l at once, user streams or not (its peer is dead or left). */
+/* Closes l at once, user streams or not (its peer is dead). */
 void mesh_link_close_now(mesh_link *l, const char *reason);
+/* No new streams on l; closed once the streams on it have finished (its
+ * peer left, and is draining its requests). */
+void mesh_link_close_when_idle(mesh_link *l, const char *reason);
 /* Called by stream.c when a link loses a user stream. */
 void mesh_link_stream_gone(mesh_link *l);
 void mesh_schedule_sweep(mesh *m);
