@@ -39,10 +39,12 @@ typedef struct {
     float *k_norm;        /* (head_dim) or NULL; qwen3: RMSNorm of each k head */
     kernel_matrix wo;     /* (n_embd, n_head * head_dim) */
     float *bo;            /* (n_embd) or NULL; llama optionally */
+    float *post_attn_norm; /* (n_embd) or NULL; gemma3: norm of the attention output */
     float *ffn_norm;      /* (n_embd) owned copy */
     kernel_matrix w_gate; /* (n_ff, n_embd) */
     kernel_matrix w_up;   /* (n_ff, n_embd) */
     kernel_matrix w_down; /* (n_embd, n_ff) */
+    float *post_ffn_norm; /* (n_embd) or NULL; gemma3: norm of the FFN output */
 } model_layer;
 
 struct model {
@@ -61,7 +63,8 @@ struct model {
 /* ======================================================================== */
 
 #define ARCH_BIT(a) (1u << (a))
-#define ARCH_ALL (ARCH_BIT(MODEL_ARCH_LLAMA) | ARCH_BIT(MODEL_ARCH_QWEN2) | ARCH_BIT(MODEL_ARCH_QWEN3))
+#define ARCH_ALL (ARCH_BIT(MODEL_ARCH_LLAMA) | ARCH_BIT(MODEL_ARCH_QWEN2) | \
+                  ARCH_BIT(MODEL_ARCH_QWEN3) | ARCH_BIT(MODEL_ARCH_GEMMA3))
 
 static const struct {
     const char *name;  /* general.architecture, and the prefix of its keys */
@@ -70,6 +73,7 @@ static const struct {
     [MODEL_ARCH_LLAMA] = {"llama", 0},
     [MODEL_ARCH_QWEN2] = {"qwen2", 1},
     [MODEL_ARCH_QWEN3] = {"qwen3", 1},
+    [MODEL_ARCH_GEMMA3] = {"gemma3", 1},
 };
 
 const char *model_arch_name(model_arch a)
@@ -99,8 +103,10 @@ static const struct {
     {"attn_k.bias", ARCH_BIT(MODEL_ARCH_LLAMA) | ARCH_BIT(MODEL_ARCH_QWEN2)},
     {"attn_v.bias", ARCH_BIT(MODEL_ARCH_LLAMA) | ARCH_BIT(MODEL_ARCH_QWEN2)},
     {"attn_output.bias", ARCH_BIT(MODEL_ARCH_LLAMA)},
-    {"attn_q_norm.weight", ARCH_BIT(MODEL_ARCH_QWEN3)},
-    {"attn_k_norm.weight", ARCH_BIT(MODEL_ARCH_QWEN3)},
+    {"attn_q_norm.weight", ARCH_BIT(MODEL_ARCH_QWEN3) | ARCH_BIT(MODEL_ARCH_GEMMA3)},
+    {"attn_k_norm.weight", ARCH_BIT(MODEL_ARCH_QWEN3) | ARCH_BIT(MODEL_ARCH_GEMMA3)},
+    {"post_attention_norm.weight", ARCH_BIT(MODEL_ARCH_GEMMA3)},
+    {"post_ffw_norm.weight", ARCH_BIT(MODEL_ARCH_GEMMA3)},
 };
 /* and global: */
 static const struct {
@@ -184,7 +190,8 @@ static int read_config(const gguf_file *f, model_config *c, char *err, size_t er
     }
     if (!found) {
         char name[72];
-        snprintf(err, errlen, "architecture '%s' is not supported (llmesh runs: llama, qwen2, qwen3)",
+        snprintf(err, errlen, "architecture '%s' is not supported (llmesh runs: llama, qwen2, qwen3, "
+                 "gemma3)",
                  gguf_str_printable(arch, name, sizeof name));
         return -1;
     }
@@ -257,6 +264,27 @@ static int read_config(const gguf_file *f, model_config *c, char *err, size_t er
         if (config_float(f, arch_key(k2, sizeof k2, c, "rope.scaling.factor"), 1.0f, &c->rope_scale,
                          err, errlen))
             return -1;
+    }
+    c->attn_scale = 1.0f / sqrtf((float)c->head_dim);
+    if (c->arch == MODEL_ARCH_GEMMA3) {
+        /* As llama.cpp has it (no key carries Gemma's query_pre_attn_scalar):
+         * 1/sqrt(head_dim), except the 62-layer 27B's 1/sqrt(n_embd/n_head).
+         * Local layers: window from the file, every 6th layer global, RoPE
+         * base 10000 without scaling. */
+        if (c->n_layer == 62) c->attn_scale = 1.0f / sqrtf((float)(c->n_embd / c->n_head));
+        c->swa_pattern = 6;
+        c->rope_base_swa = 10000.0f;
+        if (config_int(f, KEY("attention.sliding_window"), -1, 1, 1 << 24, &c->n_swa, err, errlen))
+            return -1;
+        float cap;
+        if (gguf_get_f32(f, KEY("final_logit_softcapping"), &cap) == 0 && cap != 0) {
+            snprintf(err, errlen, "%s = %g: logit soft-capping is not supported", k, (double)cap);
+            return -1;
+        }
+        if (gguf_get_f32(f, KEY("attn_logit_softcapping"), &cap) == 0 && cap != 0) {
+            snprintf(err, errlen, "%s = %g: logit soft-capping is not supported", k, (double)cap);
+            return -1;
+        }
     }
 #undef KEY
     return 0;
@@ -528,13 +556,19 @@ model *model_load(const gguf_file *f, char *err, size_t errlen)
             (!(L->q_norm = get_optional_vector(f, NAME("attn_q_norm.weight"), c->head_dim, b, err,
                                                errlen)) && err[0]) ||
             (!(L->k_norm = get_optional_vector(f, NAME("attn_k_norm.weight"), c->head_dim, b, err,
-                                               errlen)) && err[0]))
+                                               errlen)) && err[0]) ||
+            (!(L->post_attn_norm = get_optional_vector(f, NAME("post_attention_norm.weight"),
+                                                       c->n_embd, b, err, errlen)) && err[0]) ||
+            (!(L->post_ffn_norm = get_optional_vector(f, NAME("post_ffw_norm.weight"), c->n_embd, b,
+                                                      err, errlen)) && err[0]))
             goto fail;
         const char *missing = NULL;
         if (c->arch == MODEL_ARCH_QWEN2 && (!L->bq || !L->bk || !L->bv))
             missing = !L->bq ? NAME("attn_q.bias") : !L->bk ? NAME("attn_k.bias") : NAME("attn_v.bias");
-        if (c->arch == MODEL_ARCH_QWEN3 && (!L->q_norm || !L->k_norm))
+        if ((c->arch == MODEL_ARCH_QWEN3 || c->arch == MODEL_ARCH_GEMMA3) && (!L->q_norm || !L->k_norm))
             missing = !L->q_norm ? NAME("attn_q_norm.weight") : NAME("attn_k_norm.weight");
+        if (c->arch == MODEL_ARCH_GEMMA3 && (!L->post_attn_norm || !L->post_ffn_norm))
+            missing = !L->post_attn_norm ? NAME("post_attention_norm.weight") : NAME("post_ffw_norm.weight");
         if (missing) {
             snprintf(err, errlen, "tensor %s is missing (required by %s)", missing,
                      model_arch_name(c->arch));
@@ -568,6 +602,8 @@ void model_free(model *m)
             free(L->bo);
             free(L->q_norm);
             free(L->k_norm);
+            free(L->post_attn_norm);
+            free(L->post_ffn_norm);
         }
     }
     free(m->layers);
@@ -597,6 +633,8 @@ struct model_state {
     float *hb2;         /* (MODEL_BATCH, n_ff) up */
     float *rope_cos;    /* (MODEL_BATCH, n_rot / 2) */
     float *rope_sin;    /* (MODEL_BATCH, n_rot / 2) */
+    float *rope_cos_swa; /* (MODEL_BATCH, n_rot / 2) gemma3's local layers, else NULL */
+    float *rope_sin_swa; /* (MODEL_BATCH, n_rot / 2) */
     float *att;         /* (att_rows, n_ctx) attention weights, one row per pool thread */
     int att_rows;
     void *scratch;      /* kernel_matmul's converted inputs */
@@ -622,6 +660,11 @@ model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen
     s->hb2 = calloc((size_t)MODEL_BATCH * c->n_ff, sizeof(float));
     s->rope_cos = calloc((size_t)MODEL_BATCH * (c->n_rot / 2), sizeof(float));
     s->rope_sin = calloc((size_t)MODEL_BATCH * (c->n_rot / 2), sizeof(float));
+    if (c->n_swa > 0) {
+        s->rope_cos_swa = calloc((size_t)MODEL_BATCH * (c->n_rot / 2), sizeof(float));
+        s->rope_sin_swa = calloc((size_t)MODEL_BATCH * (c->n_rot / 2), sizeof(float));
+        if (!s->rope_cos_swa || !s->rope_sin_swa) goto oom;
+    }
     s->scratch = m->matmul_scratch ? malloc(m->matmul_scratch) : NULL;
     if (!s->key_cache || !s->value_cache || !s->x || !s->xb || !s->q || !s->att_out || !s->hb ||
         !s->hb2 || !s->rope_cos || !s->rope_sin || (m->matmul_scratch && !s->scratch))
@@ -646,6 +689,8 @@ void model_state_free(model_state *s)
     free(s->hb2);
     free(s->rope_cos);
     free(s->rope_sin);
+    free(s->rope_cos_swa);
+    free(s->rope_sin_swa);
     free(s->att);
     free(s->scratch);
     free(s);
@@ -664,20 +709,20 @@ void model_state_truncate(model_state *s, int n_past)
 /* forward pass                                                              */
 /* ======================================================================== */
 
-/* cos/sin of every rotated pair's angle for positions pos0 .. pos0 + n - 1.
- * Angles are computed in double: pos * base^(-2i/n_rot) loses digits in
- * float at long contexts. */
-static void rope_tables(const model *m, model_state *s, int pos0, int n)
+/* cos/sin (n, n_rot / 2) of every rotated pair's angle for positions
+ * pos0 .. pos0 + n - 1: pos / scale * base^(-2j/n_rot) [/ factors[j]].
+ * Angles are computed in double: they lose digits in float at long contexts. */
+static void rope_tables(const model_config *c, double base, double scale, const float *factors,
+                        int pos0, int n, float *cos_out, float *sin_out)
 {
-    const model_config *c = &m->c;
     int half = c->n_rot / 2;
     for (int i = 0; i < n; i++) {
-        double pos = (double)(pos0 + i) / c->rope_scale;
+        double pos = (double)(pos0 + i) / scale;
         for (int j = 0; j < half; j++) {
-            double freq = pow(c->rope_base, -2.0 * j / c->n_rot);
-            if (m->rope_freq_factors) freq /= m->rope_freq_factors[j];
-            s->rope_cos[i * half + j] = (float)cos(pos * freq);
-            s->rope_sin[i * half + j] = (float)sin(pos * freq);
+            double freq = pow(base, -2.0 * j / c->n_rot);
+            if (factors) freq /= factors[j];
+            cos_out[i * half + j] = (float)cos(pos * freq);
+            sin_out[i * half + j] = (float)sin(pos * freq);
         }
     }
 }
@@ -710,6 +755,7 @@ typedef struct {
     int layer;
     int pos0; /* position of the batch's first token */
     int n_tokens;
+    int window; /* > 0: attend to the last `window` positions only (sliding window) */
 } attention_job;
 
 /* One (token, head) pair: causal softmax attention over the cache. */
@@ -729,11 +775,12 @@ static void attention_task(void *ctx, int task, int thread)
     float *att = s->att + (size_t)thread * s->n_ctx;                       /* (pos + 1) */
     float *out = s->att_out + (size_t)i * q_dim + h * hd;                  /* (head_dim) */
 
-    float scale = 1.0f / sqrtf((float)hd);
-    for (int t = 0; t <= pos; t++) att[t] = kernel_dot_f32(q, keys + (size_t)t * kv_dim, hd) * scale;
-    kernel_softmax(att, pos + 1);
+    int t0 = job->window > 0 && pos - job->window + 1 > 0 ? pos - job->window + 1 : 0;
+    for (int t = t0; t <= pos; t++)
+        att[t] = kernel_dot_f32(q, keys + (size_t)t * kv_dim, hd) * c->attn_scale;
+    kernel_softmax(att + t0, pos + 1 - t0);
     memset(out, 0, sizeof(float) * hd);
-    for (int t = 0; t <= pos; t++) kernel_axpy(out, att[t], values + (size_t)t * kv_dim, hd);
+    for (int t = t0; t <= pos; t++) kernel_axpy(out, att[t], values + (size_t)t * kv_dim, hd);
 }
 
 /* Runs one batch of n <= MODEL_BATCH tokens through all layers. Leaves the
@@ -752,7 +799,8 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
         kernel_dequantize_row(m->token_embd.type,
                               (const uint8_t *)m->token_embd.data + (size_t)tokens[i] * embd_row,
                               s->x + (size_t)i * dim, dim);
-    rope_tables(m, s, pos0, n);
+    rope_tables(c, c->rope_base, c->rope_scale, m->rope_freq_factors, pos0, n, s->rope_cos,
+                s->rope_sin);
 
     for (int l = 0; l < c->n_layer; l++) {
         const model_layer *L = &m->layers[l];
@@ -794,7 +842,7 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
         }
 
         /* ---- grouped-query attention over positions 0 .. pos, one task per (token, head) ---- */
-        attention_job job = {c, s, l, pos0, n};
+        attention_job job = {c, s, l, pos0, n, 0};
         threadpool_run(pool, n * c->n_head, attention_task, &job); /* -> att_out (n, q_dim) */
 
         /* ---- output projection and residual: x += att_out Wo ---- */
@@ -811,6 +859,102 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
         kernel_matmul_multi(pool, 2, gate_up, s->xb, n, gate_up_out, s->scratch);
         kernel_swiglu(s->hb, s->hb2, n * c->n_ff);
         kernel_matmul(pool, &L->w_down, s->hb, n, s->xb, s->scratch); /* (n, dim) */
+        kernel_add(s->x, s->xb, n * dim);
+    }
+    s->n_past += n;
+}
+
+/* GELU (tanh form, as Gemma's gelu_pytorch_tanh and ggml's gelu) of the
+ * gate times up: x[i] = gelu(x[i]) * y[i]. */
+static void gelu_gate(float *x, const float *y, int n)
+{
+    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    for (int i = 0; i < n; i++) {
+        float g = x[i];
+        x[i] = 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g))) * y[i];
+    }
+}
+
+/* gemma3: its own pass, as llama.cpp's gemma3 graph. What differs from the
+ * llama family: embeddings scaled by sqrt(n_embd); each block's output is
+ * normed before its residual add (post_attention_norm, post_ffw_norm); GELU
+ * instead of SiLU; q/k RMSNorm per head; local layers (5 of every 6) attend
+ * to the last n_swa positions and use RoPE base 10000 unscaled, global ones
+ * the file's base and scaling. GGUF stores Gemma's norm weights as 1 + w
+ * (llama.cpp's converter adds the 1), so every norm is a plain RMSNorm here. */
+static void forward_layers_gemma3(const model *m, model_state *s, threadpool *pool,
+                                  const int32_t *tokens, int n)
+{
+    const model_config *c = &m->c;
+    int dim = c->n_embd, hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
+    int half = c->n_rot / 2;
+    int pos0 = s->n_past;
+
+    /* ---- token embeddings: x[i] = token_embd[tokens[i]] * sqrt(n_embd) ---- */
+    size_t embd_row = kernel_row_bytes(m->token_embd.type, dim);
+    float embd_scale = sqrtf((float)dim);
+    for (int i = 0; i < n; i++) {
+        float *x = s->x + (size_t)i * dim;
+        kernel_dequantize_row(m->token_embd.type,
+                              (const uint8_t *)m->token_embd.data + (size_t)tokens[i] * embd_row, x, dim);
+        for (int e = 0; e < dim; e++) x[e] *= embd_scale;
+    }
+    rope_tables(c, c->rope_base, c->rope_scale, NULL, pos0, n, s->rope_cos, s->rope_sin);
+    rope_tables(c, c->rope_base_swa, 1.0, NULL, pos0, n, s->rope_cos_swa, s->rope_sin_swa);
+
+    for (int l = 0; l < c->n_layer; l++) {
+        const model_layer *L = &m->layers[l];
+        int local = l % c->swa_pattern != c->swa_pattern - 1;
+        const float *rcos = local ? s->rope_cos_swa : s->rope_cos; /* (n, n_rot / 2) */
+        const float *rsin = local ? s->rope_sin_swa : s->rope_sin;
+        float *k_cache = s->key_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim;   /* (n, kv_dim) */
+        float *v_cache = s->value_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim; /* (n, kv_dim) */
+
+        /* ---- attention: xb = rmsnorm(x) * attn_norm; q, k, v = xb Wq, Wk, Wv ---- */
+        for (int i = 0; i < n; i++)
+            kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->attn_norm, dim,
+                           c->norm_eps);
+        const kernel_matrix *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_out[3] = {s->q, k_cache, v_cache}; /* (n, q_dim), (n, kv_dim) x 2 into the cache */
+        kernel_matmul_multi(pool, 3, qkv, s->xb, n, qkv_out, s->scratch);
+
+        /* ---- per head: q, k = rmsnorm(head) * q_norm / k_norm, then RoPE (NEOX) ---- */
+        for (int i = 0; i < n; i++) {
+            for (int h = 0; h < c->n_head; h++) {
+                float *qh = s->q + (size_t)i * q_dim + h * hd;
+                kernel_rmsnorm(qh, qh, L->q_norm, hd, c->norm_eps);
+            }
+            for (int h = 0; h < c->n_head_kv; h++) {
+                float *kh = k_cache + (size_t)i * kv_dim + h * hd;
+                kernel_rmsnorm(kh, kh, L->k_norm, hd, c->norm_eps);
+            }
+            rope_apply(c, s->q + (size_t)i * q_dim, c->n_head, rcos + i * half, rsin + i * half);
+            rope_apply(c, k_cache + (size_t)i * kv_dim, c->n_head_kv, rcos + i * half, rsin + i * half);
+        }
+
+        /* ---- attention (q.k * attn_scale), local layers over the last n_swa positions ---- */
+        attention_job job = {c, s, l, pos0, n, local ? c->n_swa : 0};
+        threadpool_run(pool, n * c->n_head, attention_task, &job); /* -> att_out (n, q_dim) */
+
+        /* ---- x += rmsnorm(att_out Wo) * post_attention_norm ---- */
+        kernel_matmul(pool, &L->wo, s->att_out, n, s->xb, s->scratch); /* (n, dim) */
+        for (int i = 0; i < n; i++)
+            kernel_rmsnorm(s->xb + (size_t)i * dim, s->xb + (size_t)i * dim, L->post_attn_norm, dim,
+                           c->norm_eps);
+        kernel_add(s->x, s->xb, n * dim);
+
+        /* ---- x += rmsnorm((gelu(xb Wgate) * (xb Wup)) Wdown) * post_ffw_norm, xb = rmsnorm(x) * ffn_norm ---- */
+        for (int i = 0; i < n; i++)
+            kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->ffn_norm, dim,
+                           c->norm_eps);
+        const kernel_matrix *gate_up[2] = {&L->w_gate, &L->w_up};
+        float *gate_up_out[2] = {s->hb, s->hb2}; /* (n, n_ff) x 2 */
+        kernel_matmul_multi(pool, 2, gate_up, s->xb, n, gate_up_out, s->scratch);
+        gelu_gate(s->hb, s->hb2, n * c->n_ff);
+        kernel_matmul(pool, &L->w_down, s->hb, n, s->xb, s->scratch); /* (n, dim) */
+        for (int i = 0; i < n; i++)
+            kernel_rmsnorm(s->xb + (size_t)i * dim, s->xb + (size_t)i * dim, L->post_ffn_norm, dim,
+                           c->norm_eps);
         kernel_add(s->x, s->xb, n * dim);
     }
     s->n_past += n;
@@ -849,7 +993,10 @@ int model_forward(const model *m, model_state *s, threadpool *pool, const int32_
     int dim = c->n_embd;
     for (int done = 0; done < n; done += MODEL_BATCH) {
         int nb = n - done < MODEL_BATCH ? n - done : MODEL_BATCH;
-        forward_layers(m, s, pool, tokens + done, nb);
+        if (c->arch == MODEL_ARCH_GEMMA3)
+            forward_layers_gemma3(m, s, pool, tokens + done, nb);
+        else
+            forward_layers(m, s, pool, tokens + done, nb);
 
         /* ---- final norm and classifier: logits = rmsnorm(x) * output_norm Wout ---- */
         if (all_logits) {

@@ -1,6 +1,6 @@
-/* model.h: the llama family of architectures (llama, mistral as llama, qwen2,
- * qwen3): their configuration, their weights (zero-copy views into a GGUF
- * file) and their forward pass over a KV cache.
+/* model.h: the architectures the engine runs (llama, mistral as llama,
+ * qwen2, qwen3, gemma3): their configuration, their weights (zero-copy views
+ * into a GGUF file) and their forward pass over a KV cache.
  *
  * A `model` is the immutable part (config + weights) and may be shared; a
  * `model_state` is one sequence's KV cache plus scratch buffers. Tokens are
@@ -22,13 +22,15 @@
 #include "engine/gguf.h"
 #include "lib/threadpool.h"
 
-/* The architectures model_load accepts (general.architecture). They share
- * one forward pass; what differs is switched on by the weights present (q/k/v
- * biases, per-head q/k norms) and by rope_neox. See docs/engine.md. */
+/* The architectures model_load accepts (general.architecture). The llama
+ * family shares one forward pass; what differs is switched on by the weights
+ * present (q/k/v biases, per-head q/k norms) and by rope_neox. gemma3 has its
+ * own. See docs/engine.md. */
 typedef enum {
     MODEL_ARCH_LLAMA = 0, /* "llama": Llama 1-3, Mistral, ...; NORM RoPE, optional biases */
     MODEL_ARCH_QWEN2,     /* "qwen2": q/k/v biases, NEOX RoPE */
     MODEL_ARCH_QWEN3,     /* "qwen3": per-head q/k RMSNorm before RoPE, NEOX RoPE */
+    MODEL_ARCH_GEMMA3,    /* "gemma3": scaled embeddings, post-norms, GELU, sliding window */
     MODEL_ARCH_COUNT
 } model_arch;
 
@@ -50,6 +52,10 @@ typedef struct {
     float norm_eps;   /* RMSNorm epsilon */
     float rope_base;  /* RoPE frequency base */
     float rope_scale; /* positions are divided by this (linear RoPE scaling; 1 = none) */
+    float attn_scale; /* q.k multiplier: 1/sqrt(head_dim), gemma3-27B 1/sqrt(n_embd/n_head) */
+    int n_swa;        /* gemma3: local layers attend to the last n_swa positions; 0 = none */
+    int swa_pattern;  /* gemma3: layer l is local unless l % swa_pattern == swa_pattern - 1 */
+    float rope_base_swa; /* gemma3: RoPE base of local layers (their scale is 1) */
 } model_config;
 
 typedef struct model model;

@@ -104,6 +104,7 @@ int model_writer_write(const char *path, const model_writer_params *p)
     }
     gguf_writer_add_f32(w, KEY("rope.freq_base"), p->rope_freq_base > 0 ? p->rope_freq_base : 10000.0f);
     gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), p->rms_eps > 0 ? p->rms_eps : 1e-5f);
+    if (p->n_swa > 0) gguf_writer_add_u32(w, KEY("attention.sliding_window"), (uint32_t)p->n_swa);
     if (p->llama3_keys) {
         gguf_writer_add_str(w, KEY("rope.scaling.type"), "llama3");
         gguf_writer_add_f32(w, KEY("rope.scaling.factor"), 8.0f);
@@ -158,6 +159,10 @@ int model_writer_write(const char *path, const model_writer_params *p)
         }
         LAYER("attn_output.weight", q_dim, p->n_embd, t, s_q, 0);
         if (p->out_bias) LAYER("attn_output.bias", p->n_embd, 1, GGML_TYPE_F32, 0.3f, 0);
+        if (!strcmp(p->arch, "gemma3")) {
+            LAYER("post_attention_norm.weight", p->n_embd, 1, GGML_TYPE_F32, 0.3f, 1.0f);
+            LAYER("post_ffw_norm.weight", p->n_embd, 1, GGML_TYPE_F32, 0.3f, 1.0f);
+        }
         LAYER("ffn_norm.weight", p->n_embd, 1, GGML_TYPE_F32, 0.1f, 1.0f);
         LAYER("ffn_gate.weight", p->n_embd, p->n_ff, t, s_embd, 0);
         LAYER("ffn_up.weight", p->n_embd, p->n_ff, t, s_embd, 0);

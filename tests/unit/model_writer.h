@@ -1,5 +1,5 @@
 /* model_writer.h: synthetic GGUF models of every architecture the engine
- * runs (llama, qwen2, qwen3), for tests.
+ * runs (llama, qwen2, qwen3, gemma3), for tests.
  *
  * For: test_arch.c (forward pass against a reference, batching, real-shaped
  * configs). Writes the keys llama.cpp's converter writes, under the
@@ -36,6 +36,7 @@ typedef struct {
     float rope_freq_base; /* 0 means 10000 */
     float rms_eps;        /* 0 means 1e-5 */
     int fast_random;      /* Q8_0 only: random blocks written directly (real-size models) */
+    int n_swa;            /* gemma3: attention.sliding_window; its post-norms are always written */
 } model_writer_params;
 
 /* Returns 0, or -1 for impossible parameters or a write error. */

@@ -1,5 +1,6 @@
 /* test_arch.c: the architectures the engine runs (llama with Llama 3 RoPE
- * factors, qwen2, qwen3), on synthetic models (tests/unit/model_writer.h).
+ * factors, qwen2, qwen3, gemma3), on synthetic models
+ * (tests/unit/model_writer.h).
  *
  * For each architecture: the logits match a slow reference forward written
  * here from the architecture's definition (plain loops, double accumulation,
@@ -100,10 +101,15 @@ static double rope_freq(const gguf_file *f, const model_writer_params *p, int j,
     return freq;
 }
 
-/* Logits [n][n_vocab] of tokens[0..n), no cache, no batching, no threads. */
+/* Logits [n][n_vocab] of tokens[0..n), no cache, no batching, no threads.
+ * gemma3 as Gemma 3 defines it: embeddings times sqrt(n_embd), post-norms on
+ * each block's output, GELU (tanh form), local layers (all but every 6th)
+ * attending to the last n_swa positions with RoPE base 10000, 1/sqrt(head_dim)
+ * scores; norm weights as stored (GGUF holds Gemma's 1 + w). */
 static void ref_forward(const gguf_file *f, const model_writer_params *p, const int32_t *tokens,
                         int n, double *logits)
 {
+    int gemma = !strcmp(p->arch, "gemma3");
     int dim = p->n_embd, hd = p->head_dim > 0 ? p->head_dim : dim / p->n_head;
     int nh = p->n_head, nkv = p->n_head_kv, q_dim = nh * hd, kv_dim = nkv * hd, V = p->n_vocab;
     int neox = strcmp(p->arch, "llama") != 0; /* qwen2, qwen3: pairs (j, j + d/2) */
@@ -115,8 +121,12 @@ static void ref_forward(const gguf_file *f, const model_writer_params *p, const 
     double *gate = calloc(p->n_ff, 8), *up = calloc(p->n_ff, 8);
     double *embd = tensor_f64(f, "token_embd.weight");
     for (int i = 0; i < n; i++)
-        for (int e = 0; e < dim; e++) x[i * dim + e] = embd[(size_t)tokens[i] * dim + e];
+        for (int e = 0; e < dim; e++)
+            x[i * dim + e] = embd[(size_t)tokens[i] * dim + e] * (gemma ? sqrt((double)dim) : 1.0);
     for (int l = 0; l < p->n_layer; l++) {
+        int local = gemma && l % 6 != 5;
+        double *post_attn = layer_f64(f, l, "post_attention_norm.weight");
+        double *post_ffn = layer_f64(f, l, "post_ffw_norm.weight");
         double *attn_norm = layer_f64(f, l, "attn_norm.weight"), *ffn_norm = layer_f64(f, l, "ffn_norm.weight");
         double *wq = layer_f64(f, l, "attn_q.weight"), *wk = layer_f64(f, l, "attn_k.weight");
         double *wv = layer_f64(f, l, "attn_v.weight"), *wo = layer_f64(f, l, "attn_output.weight");
@@ -125,6 +135,8 @@ static void ref_forward(const gguf_file *f, const model_writer_params *p, const 
         double *qn = layer_f64(f, l, "attn_q_norm.weight"), *kn = layer_f64(f, l, "attn_k_norm.weight");
         if (!strcmp(ref_skip, "bias")) free(bq), free(bk), free(bv), bq = bk = bv = NULL;
         if (!strcmp(ref_skip, "qk_norm")) free(qn), free(kn), qn = kn = NULL;
+        if (!strcmp(ref_skip, "post_norms")) free(post_attn), free(post_ffn), post_attn = post_ffn = NULL;
+        if (!strcmp(ref_skip, "local_rope")) local = 0;
         double *wg = layer_f64(f, l, "ffn_gate.weight"), *wu = layer_f64(f, l, "ffn_up.weight");
         double *wd = layer_f64(f, l, "ffn_down.weight");
         for (int i = 0; i < n; i++) {
@@ -137,7 +149,7 @@ static void ref_forward(const gguf_file *f, const model_writer_params *p, const 
                 double *norm = h < nh ? qn : kn;
                 if (norm) rmsnorm(vec, vec, norm, hd, eps); /* qwen3: per head, before RoPE */
                 for (int j = 0; j < hd / 2; j++) {
-                    double theta = i * rope_freq(f, p, j, hd);
+                    double theta = i * (local ? pow(10000.0, -2.0 * j / hd) : rope_freq(f, p, j, hd));
                     int a = neox ? j : 2 * j, b = neox ? j + hd / 2 : 2 * j + 1;
                     double va = vec[a], vb = vec[b];
                     vec[a] = va * cos(theta) - vb * sin(theta);
@@ -149,13 +161,15 @@ static void ref_forward(const gguf_file *f, const model_writer_params *p, const 
             for (int h = 0; h < nh; h++) { /* causal; query head h reads kv head h / (nh / nkv) */
                 int g = h / (nh / nkv);
                 double max = -1e300, sum = 0;
-                for (int t = 0; t <= i; t++) {
+                int t0 = local && i - p->n_swa + 1 > 0 && strcmp(ref_skip, "window") ? i - p->n_swa + 1 : 0;
+                for (int t = 0; t < t0; t++) s[t] = 0; /* outside the window: weight 0 */
+                for (int t = t0; t <= i; t++) {
                     double d = 0;
                     for (int e = 0; e < hd; e++) d += q[i * q_dim + h * hd + e] * k[t * kv_dim + g * hd + e];
                     s[t] = d / sqrt(hd);
                     max = fmax(max, s[t]);
                 }
-                for (int t = 0; t <= i; t++) sum += s[t] = exp(s[t] - max);
+                for (int t = t0; t <= i; t++) sum += s[t] = exp(s[t] - max);
                 for (int e = 0; e < hd; e++) {
                     double o = 0;
                     for (int t = 0; t <= i; t++) o += s[t] / sum * v[t * kv_dim + g * hd + e];
@@ -163,15 +177,22 @@ static void ref_forward(const gguf_file *f, const model_writer_params *p, const 
                 }
             }
             mv(tmp, wo, bo, att, dim, q_dim);
+            if (post_attn) rmsnorm(tmp, tmp, post_attn, dim, eps);
             for (int e = 0; e < dim; e++) x[i * dim + e] += tmp[e];
             rmsnorm(xb, x + i * dim, ffn_norm, dim, eps);
             mv(gate, wg, NULL, xb, p->n_ff, dim);
             mv(up, wu, NULL, xb, p->n_ff, dim);
-            for (int e = 0; e < p->n_ff; e++) gate[e] = gate[e] / (1 + exp(-gate[e])) * up[e];
+            for (int e = 0; e < p->n_ff; e++) {
+                double g = gate[e];
+                gate[e] = gemma ? 0.5 * g * (1 + tanh(sqrt(2 / M_PI) * (g + 0.044715 * g * g * g))) * up[e]
+                                : g / (1 + exp(-g)) * up[e];
+            }
             mv(tmp, wd, NULL, gate, dim, p->n_ff);
+            if (post_ffn) rmsnorm(tmp, tmp, post_ffn, dim, eps);
             for (int e = 0; e < dim; e++) x[i * dim + e] += tmp[e];
         }
-        double *all[] = {attn_norm, ffn_norm, wq, wk, wv, wo, bq, bk, bv, bo, qn, kn, wg, wu, wd};
+        double *all[] = {attn_norm, ffn_norm, wq, wk, wv, wo, bq, bk, bv, bo, qn, kn, wg, wu, wd,
+                         post_attn, post_ffn};
         for (size_t a = 0; a < sizeof all / sizeof all[0]; a++) free(all[a]);
     }
     double *out_norm = tensor_f64(f, "output_norm.weight"), *out = tensor_f64(f, "output.weight");
@@ -214,6 +235,9 @@ static model_writer_params small(const char *arch, uint64_t seed)
                              .n_ff = 96, .n_vocab = 300, .type = GGML_TYPE_F32, .seed = seed};
     if (!strcmp(arch, "qwen2")) {
         p.qkv_bias = 1, p.tied_output = 1, p.rope_freq_base = 1000000.0f, p.rms_eps = 1e-6f;
+    } else if (!strcmp(arch, "gemma3")) { /* 7 layers: layer 5 is the global one */
+        p.qk_norm = 1, p.tied_output = 1, p.head_dim = 32, p.n_head_kv = 1, p.n_layer = 7,
+        p.n_swa = 4, p.rope_freq_base = 1000000.0f, p.rms_eps = 1e-6f;
     } else if (!strcmp(arch, "qwen3")) {
         p.qk_norm = 1, p.tied_output = 1, p.head_dim = 32, p.rope_freq_base = 1000000.0f,
         p.rms_eps = 1e-6f; /* q is 4 * 32 = 128 wide with n_embd 64, as Qwen3-0.6B's 2048 vs 1024 */
@@ -240,6 +264,8 @@ static void test_forward_matches_reference(void)
         {"qwen3", "q/k norms, head_dim 32 != 64/4", GGML_TYPE_F32, 0, 0, 0, 0, 1, 2},
         {"qwen3", "F16, MHA", GGML_TYPE_F16, 0, 0, 0, 0, 1, 4},
         {"qwen3", "Q8_0", GGML_TYPE_Q8_0, 0, 0, 0, 0, 1, 2},
+        {"gemma3", "window 4, layer 5 global, MQA", GGML_TYPE_F32, 0, 0, 0, 0, 1, 1},
+        {"gemma3", "Q8_0", GGML_TYPE_Q8_0, 0, 0, 0, 0, 1, 1},
     };
     enum { N = 9 };
     int32_t tokens[N] = {298, 5, 77, 258, 1, 299, 100, 42, 200};
@@ -297,7 +323,8 @@ static void test_each_feature_matters(void)
     struct { const char *arch; const char *skip; int rope_freqs, llama3; } cases[] = {
         {"llama", "rope_factors", 1, 0}, {"llama", "rope_factors", 0, 1}, {"llama", "neox", 0, 0},
         {"qwen2", "neox", 0, 0}, {"qwen2", "bias", 0, 0}, {"qwen3", "qk_norm", 0, 0},
-        {"qwen3", "neox", 0, 0},
+        {"qwen3", "neox", 0, 0}, {"gemma3", "window", 0, 0}, {"gemma3", "post_norms", 0, 0},
+        {"gemma3", "local_rope", 0, 0},
     };
     enum { N = 6 };
     int32_t tokens[N] = {3, 9, 27, 81, 243, 299};
@@ -338,12 +365,12 @@ static void test_each_feature_matters(void)
  * internal batch: bit-identical, for every architecture. */
 static void test_batching_and_threads_are_exact(void)
 {
-    const char *arches[] = {"llama", "qwen2", "qwen3"};
+    const char *arches[] = {"llama", "qwen2", "qwen3", "gemma3"};
     enum { N = 70, V = 300 };
     char err[256];
     threadpool *p1 = threadpool_create(1, err, sizeof err), *p3 = threadpool_create(3, err, sizeof err);
     REQUIRE(p1 && p3);
-    for (size_t a = 0; a < 3; a++) {
+    for (size_t a = 0; a < sizeof arches / sizeof arches[0]; a++) {
         model_writer_params p = small(arches[a], 40 + a);
         p.type = GGML_TYPE_Q8_0;
         p.rope_freqs = a == 0;
@@ -417,7 +444,12 @@ static void test_refusals(void)
 {
     model_writer_params p = small("falcon", 1);
     const char *e = load_error(&p, NULL);
-    CHECK(strstr(e, "architecture 'falcon' is not supported") && strstr(e, "llama, qwen2, qwen3"));
+    CHECK(strstr(e, "architecture 'falcon' is not supported") && strstr(e, "llama, qwen2, qwen3, gemma3"));
+
+    p = small("gemma3", 1); /* no sliding_window key */
+    p.n_swa = 0;
+    e = load_error(&p, NULL);
+    CHECK(strstr(e, "gemma3.attention.sliding_window") != NULL);
 
     p = small("qwen2", 1);
     p.qkv_bias = 0;
@@ -541,6 +573,15 @@ static void test_real_shape_qwen3_0_6b(void)
     run_real_shape("Qwen3-0.6B", p);
 }
 
+static void test_real_shape_gemma3_1b(void)
+{
+    model_writer_params p = {.arch = "gemma3", .n_embd = 1152, .n_head = 4, .n_head_kv = 1,
+                             .head_dim = 256, .n_ff = 6912, .n_vocab = 262144, .tied_output = 1,
+                             .qk_norm = 1, .n_swa = 512, .rope_freq_base = 1000000.0f,
+                             .rms_eps = 1e-6f, .seed = 4};
+    run_real_shape("Gemma3-1B", p);
+}
+
 int main(void)
 {
     RUN(test_forward_matches_reference);
@@ -550,5 +591,6 @@ int main(void)
     RUN(test_real_shape_qwen2_5_0_5b);
     RUN(test_real_shape_llama_3_2_1b);
     RUN(test_real_shape_qwen3_0_6b);
+    RUN(test_real_shape_gemma3_1b);
     return testlib_finish();
 }
