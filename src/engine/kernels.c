@@ -9,6 +9,7 @@
  * attribute, so the binary stays runnable on any x86-64 and picks the fast
  * path at run time. */
 #include "engine/kernels.h"
+#include "engine/quants.h"
 
 #include <assert.h>
 #include <math.h>
@@ -18,6 +19,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define KERNELS_HAVE_AVX2 1
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -137,7 +139,8 @@ void kernel_quantize_row_q8_0(const float *x, kernel_block_q8_0 *out, int n)
 
 int kernel_type_supported(ggml_type t)
 {
-    return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16 || t == GGML_TYPE_Q8_0;
+    return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16 || t == GGML_TYPE_Q8_0 ||
+           quant_get_traits(t) != NULL;
 }
 
 size_t kernel_row_bytes(ggml_type t, int64_t n)
@@ -149,7 +152,14 @@ size_t kernel_row_bytes(ggml_type t, int64_t n)
     case GGML_TYPE_Q8_0:
         assert(n % KERNEL_Q8_0_BLOCK == 0);
         return (size_t)(n / KERNEL_Q8_0_BLOCK) * sizeof(kernel_block_q8_0);
-    default: assert(!"unsupported type"); return 0;
+    case GGML_TYPE_Q8_K: /* activations only (quants.h) */
+        assert(n % QUANT_K == 0);
+        return (size_t)(n / QUANT_K) * sizeof(quant_block_q8_k);
+    default: {
+        const quant_traits *q = quant_get_traits(t);
+        assert(q && n % q->block_elems == 0);
+        return q ? (size_t)(n / q->block_elems) * (size_t)q->block_bytes : 0;
+    }
     }
 }
 
@@ -173,7 +183,11 @@ void kernel_dequantize_row(ggml_type t, const void *src, float *dst, int n)
         }
         break;
     }
-    default: assert(!"unsupported type");
+    default: {
+        const quant_traits *q = quant_get_traits(t);
+        assert(q && n % q->block_elems == 0);
+        if (q) q->dequantize_row(src, dst, n);
+    }
     }
 }
 
@@ -390,9 +404,12 @@ static int isa_available(kernel_isa isa)
     case KERNEL_ISA_SCALAR: return 1;
     case KERNEL_ISA_AVX2:
 #ifdef KERNELS_HAVE_AVX2
+        /* F16C is read from CPUID (leaf 1, ECX bit 29) because clang 14's
+         * __builtin_cpu_supports does not know "f16c". */
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+        unsigned eax, ebx, ecx, edx;
+        int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #else
         return 0;
 #endif
@@ -470,6 +487,9 @@ typedef struct {
     const kernel_matrix *w;
     float *y;
     size_t w_stride;       /* bytes between weight rows */
+    quant_dot_fn qdot;     /* quants.c types: the dot product for the active ISA */
+    const uint8_t *act;    /* quants.c types: the input in the type's activation layout */
+    size_t act_stride;
     int rows_per_task;
     int first_task;
 } matmul_part;
@@ -478,7 +498,7 @@ typedef struct {
     const kernel_ops *ops;
     int n;                 /* input vectors */
     const float *xf;       /* (n, cols) as given, for the float weight types */
-    const uint8_t *xq;     /* (n, cols) as Q8_0 blocks, for Q8_0 weights */
+    const uint8_t *xq;     /* (n, cols) as Q8_0 blocks, for Q8_0 (and Q4_0..Q5_1) weights */
     size_t xq_stride;
     int n_parts;
     matmul_part part[KERNEL_MATMUL_MAX];
@@ -511,7 +531,7 @@ static void matmul_task(void *ctx, int task, int thread)
                 case GGML_TYPE_Q8_0:
                     v = o->dot_q8_0(wrow, (const kernel_block_q8_0 *)(job->xq + (size_t)t * job->xq_stride), cols);
                     break;
-                default: assert(!"unsupported type"); v = 0;
+                default: v = part->qdot(wrow, part->act + (size_t)t * part->act_stride, cols); break;
                 }
                 y[(size_t)t * rows] = v;
             }
@@ -519,9 +539,18 @@ static void matmul_task(void *ctx, int task, int thread)
     }
 }
 
+/* Scratch layout for quantized weights: [n][cols] as Q8_0 blocks, then
+ * (when cols % 256 == 0) [n][cols] as Q8_K blocks. Every quantized type asks
+ * for both, so the largest requirement over the products of one
+ * kernel_matmul_multi covers any mix of activation layouts. */
+static size_t q8_0_part_bytes(int cols, int n) { return kernel_row_bytes(GGML_TYPE_Q8_0, cols) * (size_t)n; }
+
 size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n)
 {
-    return t == GGML_TYPE_Q8_0 ? kernel_row_bytes(GGML_TYPE_Q8_0, cols) * (size_t)n : 0;
+    if (t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16) return 0;
+    size_t bytes = q8_0_part_bytes(cols, n);
+    if (cols % QUANT_K == 0) bytes += kernel_row_bytes(GGML_TYPE_Q8_K, cols) * (size_t)n;
+    return bytes;
 }
 
 void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *const *w,
@@ -529,7 +558,7 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
 {
     assert(n_mats >= 1 && n_mats <= KERNEL_MATMUL_MAX && n > 0);
     matmul_job job = {.ops = ops(), .n = n, .xf = x, .n_parts = n_mats};
-    int cols = w[0]->cols, need_q8 = 0, n_tasks = 0;
+    int cols = w[0]->cols, need_q8 = 0, need_q8k = 0, n_tasks = 0;
     /* About four tasks per thread (over all products) so a slow thread does
      * not hold up the rest; the split does not affect the results, each
      * output is one thread's. */
@@ -549,6 +578,27 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
         part->first_task = n_tasks;
         n_tasks += (w[i]->rows + rows_per_task - 1) / rows_per_task;
         need_q8 |= w[i]->type == GGML_TYPE_Q8_0;
+        const quant_traits *qt = quant_get_traits(w[i]->type);
+        if (qt) {
+            part->qdot = job.ops->isa == KERNEL_ISA_AVX2 && qt->dot_avx2 ? qt->dot_avx2 : qt->dot_scalar;
+            if (qt->act_type == GGML_TYPE_Q8_K) {
+                assert(cols % QUANT_K == 0);
+                need_q8k = 1;
+                part->act = (const uint8_t *)scratch + q8_0_part_bytes(cols, n);
+                part->act_stride = kernel_row_bytes(GGML_TYPE_Q8_K, cols);
+            } else {
+                need_q8 = 1;
+                part->act = scratch;
+                part->act_stride = kernel_row_bytes(GGML_TYPE_Q8_0, cols);
+            }
+        }
+    }
+    if (need_q8k) { /* K-quant weights take Q8_K blocks, placed after the Q8_0 part */
+        assert(scratch);
+        size_t stride = kernel_row_bytes(GGML_TYPE_Q8_K, cols);
+        uint8_t *base = (uint8_t *)scratch + q8_0_part_bytes(cols, n);
+        for (int t = 0; t < n; t++)
+            quant_quantize_row_q8_k(x + (size_t)t * cols, (quant_block_q8_k *)(base + t * stride), cols);
     }
     if (need_q8) { /* convert the input once for every Q8_0 product */
         assert(scratch);

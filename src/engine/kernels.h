@@ -50,9 +50,11 @@ void kernel_quantize_row_q8_0(const float *x, kernel_block_q8_0 *out, int n);
 
 /* ---- types -------------------------------------------------------------- */
 
-/* 1 for the weight types the kernels handle: F32, F16, BF16, Q8_0. */
+/* 1 for the weight types the kernels handle: F32, F16, BF16, Q8_0 here, and
+ * Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K through quants.h. */
 int kernel_type_supported(ggml_type t);
-/* Bytes of one row of n elements of type t (n a multiple of the block size). */
+/* Bytes of one row of n elements of type t (n a multiple of the block size);
+ * also knows GGML_TYPE_Q8_K, the K-quants' activation layout. */
 size_t kernel_row_bytes(ggml_type t, int64_t n);
 /* Converts one row of n elements of a supported type to floats. */
 void kernel_dequantize_row(ggml_type t, const void *src, float *dst, int n);
