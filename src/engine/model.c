@@ -365,8 +365,8 @@ static int get_matrix(const gguf_file *f, const char *name, int rows, int cols, 
         return -1;
     }
     if (!kernel_type_supported(t->type)) {
-        snprintf(err, errlen, "tensor %s has type %s; supported: F32, F16, BF16, Q8_0", name,
-                 ggml_type_name(t->type));
+        snprintf(err, errlen, "tensor %s has type %s; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
+                 "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K", name, ggml_type_name(t->type));
         return -1;
     }
     size_t block = ggml_type_block_elems(t->type);

@@ -321,10 +321,10 @@ static void test_refuses_bad_models(void)
 
     w = gguf_writer_new();
     add_llama_keys(w, "llama");
-    gguf_writer_add_tensor(w, "token_embd.weight", 2, ne, GGML_TYPE_Q4_0, NULL,
-                           gguf_writer_tensor_nbytes(2, ne, GGML_TYPE_Q4_0));
+    gguf_writer_add_tensor(w, "token_embd.weight", 2, ne, GGML_TYPE_Q8_1, NULL,
+                           gguf_writer_tensor_nbytes(2, ne, GGML_TYPE_Q8_1));
     e = load_error(w);
-    CHECK(strstr(e, "token_embd.weight") && strstr(e, "q4_0"));
+    CHECK(strstr(e, "token_embd.weight") && strstr(e, "q8_1"));
 
     w = gguf_writer_new();
     add_llama_keys(w, "llama");
