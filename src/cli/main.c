@@ -12,6 +12,7 @@ static const char usage[] =
     "  client      join a mesh with no model; answer the API by forwarding\n"
     "  run         generate text from a prompt with a local model\n"
     "  perplexity  measure a model's perplexity on a text file\n"
+    "  quantize    rewrite a model's weights in another tensor type (Q4_K_M, Q8_0, ...)\n"
     "\n"
     "run 'llmesh <command> --help' for a command's options.\n";
 
@@ -26,6 +27,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "client")) return cmd_client(argc - 1, argv + 1);
     if (!strcmp(cmd, "run")) return cmd_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "perplexity")) return cmd_perplexity(argc - 1, argv + 1);
+    if (!strcmp(cmd, "quantize")) return cmd_quantize(argc - 1, argv + 1);
     fprintf(stderr, "llmesh: unknown command '%s'\n\n%s", cmd, usage);
     return 2;
 }

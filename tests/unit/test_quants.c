@@ -1,0 +1,511 @@
+/* test_quants.c: the quantized tensor types of quants.h and the quantizer
+ * (quantize.h): exact block layouts (hand-built blocks with known values),
+ * round-trip error within a bound derived from each type's bits, the integer
+ * dot products against the plain float reference on every ISA, and whole
+ * models: a random tiny llama quantized to each type tracks the F32 logits
+ * and gives bit-identical logits whether the prompt goes in one batch or token
+ * by token. The derivation of every tolerance is in docs/engine.md
+ * ("Quantized types"). The demo model's perplexity per type is checked by
+ * tests/integration/quantize.sh (release build: quantizing 6.3M weights under
+ * ASan takes too long for a unit test). */
+#include "engine/gguf.h"
+#include "engine/kernels.h"
+#include "engine/model.h"
+#include "engine/quantize.h"
+#include "engine/quants.h"
+#include "gguf_writer.h"
+#include "lib/threadpool.h"
+#include "testlib.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd_u32(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+static float rnd_uniform(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)(rnd_u32() >> 8) / 16777216.0f;
+}
+
+static const ggml_type all_types[] = {
+    GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q2_K,
+    GGML_TYPE_Q3_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
+};
+#define N_TYPES (int)(sizeof all_types / sizeof all_types[0])
+
+/* Bits per value of the levels (not counting scales). */
+static int type_bits(ggml_type t)
+{
+    switch (t) {
+    case GGML_TYPE_Q2_K: return 2;
+    case GGML_TYPE_Q3_K: return 3;
+    case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_Q4_K: return 4;
+    case GGML_TYPE_Q5_0: case GGML_TYPE_Q5_1: case GGML_TYPE_Q5_K: return 5;
+    case GGML_TYPE_Q6_K: return 6;
+    case GGML_TYPE_Q8_0: return 8;
+    default: return 32;
+    }
+}
+
+/* ---- known answers: blocks built byte by byte ----------------------------- */
+
+#define H_ONE 0x3c00   /* fp16 1.0 */
+#define H_HALF 0x3800  /* fp16 0.5 */
+#define H_MONE 0xbc00  /* fp16 -1.0 */
+
+static void check_block(ggml_type t, const void *blk, const float *want, int n)
+{
+    float got[256];
+    kernel_dequantize_row(t, blk, got, n);
+    int bad = 0;
+    for (int i = 0; i < n; i++)
+        if (got[i] != want[i]) {
+            if (bad++ < 4)
+                fprintf(stderr, "  %s: element %d is %g, want %g\n", ggml_type_name(t), i, got[i], want[i]);
+        }
+    CHECK_EQ_INT(bad, 0);
+}
+
+static void test_known_answers_32(void)
+{
+    float want[32];
+    { /* Q4_0: x = d (q - 8); qs[j] low nibble = element j, high = j + 16 */
+        quant_block_q4_0 b = {.d = H_ONE};
+        memset(b.qs, 0x88, sizeof b.qs);
+        b.qs[0] = 0x21;
+        b.qs[15] = 0xf0;
+        for (int i = 0; i < 32; i++) want[i] = 0;
+        want[0] = -7, want[16] = -6, want[15] = -8, want[31] = 7;
+        check_block(GGML_TYPE_Q4_0, &b, want, 32);
+    }
+    { /* Q4_1: x = d q + m */
+        quant_block_q4_1 b = {.d = H_HALF, .m = H_MONE};
+        b.qs[3] = 0x5a;
+        for (int i = 0; i < 32; i++) want[i] = -1;
+        want[3] = 4, want[19] = 1.5f;
+        check_block(GGML_TYPE_Q4_1, &b, want, 32);
+    }
+    { /* Q5_0: fifth bit of element j = bit j of qh (little-endian uint32) */
+        quant_block_q5_0 b = {.d = H_ONE};
+        b.qh[0] = 1 << 2;  /* element 2 */
+        b.qh[2] = 1 << 4;  /* element 20 */
+        b.qs[2] = 0x31;
+        for (int i = 0; i < 32; i++) want[i] = -16;
+        want[2] = 1, want[18] = 3 - 16, want[20] = 0;
+        check_block(GGML_TYPE_Q5_0, &b, want, 32);
+    }
+    { /* Q5_1 */
+        quant_block_q5_1 b = {.d = H_HALF, .m = H_ONE};
+        b.qh[3] = 0x80;    /* element 31 */
+        b.qs[15] = 0x10;   /* element 31 low nibble 1 */
+        b.qs[7] = 0x07;    /* element 7 */
+        for (int i = 0; i < 32; i++) want[i] = 1;
+        want[31] = 0.5f * 17 + 1, want[7] = 0.5f * 7 + 1;
+        check_block(GGML_TYPE_Q5_1, &b, want, 32);
+    }
+}
+
+static void test_known_answers_k(void)
+{
+    float want[256];
+    { /* Q2_K: sub-block 5 = e 80..95 (h 0, k 2, lanes 16..31, bits 4-5) */
+        quant_block_q2_k b = {.d = H_ONE, .dmin = H_HALF};
+        b.scales[5] = 0x32;     /* scale 2, min 3 */
+        b.qs[20] = 3 << 4;      /* e = 84 */
+        b.scales[15] = 0x01;    /* scale 1, min 0: e 240..255 */
+        b.qs[63] = 1 << 6;      /* e = 128 + 96 + 31 = 255 */
+        for (int e = 0; e < 256; e++) want[e] = e / 16 == 5 ? -1.5f : 0;
+        want[84] = 2 * 3 - 1.5f;
+        want[255] = 1;
+        check_block(GGML_TYPE_Q2_K, &b, want, 256);
+    }
+    { /* Q3_K: every scale 32 (= 0) except s 9 (35 -> +3) and s 2 (27 -> -5) */
+        quant_block_q3_k b = {.d = H_ONE};
+        b.scales[8] = b.scales[9] = b.scales[10] = b.scales[11] = 0xaa; /* high bits 2 */
+        b.scales[1] = 3 << 4;   /* s 9: low nibble 3 (in scales[9 - 8] >> 4) */
+        b.scales[2] = 11;       /* s 2: low nibble 11 */
+        b.scales[10] = 0xa9;    /* s 2: high bits (scales[8 + 2] >> 0) & 3 = 1 */
+        b.qs[32 + 22] = 3;      /* e 150: h 1, k 0, lane 22 */
+        b.hmask[22] = 1 << 4;   /* bit 4h + k = 4 */
+        b.qs[8] = 2 << 2;       /* e 40: h 0, k 1, lane 8 */
+        b.hmask[8] = 1 << 1;
+        for (int e = 0; e < 256; e++) want[e] = e / 16 == 9 ? -12 : e / 16 == 2 ? 20 : 0;
+        want[150] = 3 * 3;
+        want[40] = -5 * 2;
+        check_block(GGML_TYPE_Q3_K, &b, want, 256);
+    }
+    for (int five = 0; five < 2; five++) { /* Q4_K / Q5_K */
+        uint8_t scales[12] = {0}, qs[128] = {0}, qh[32] = {0};
+        scales[1] = 3, scales[5] = 2;            /* s 1: scale 3, min 2 */
+        scales[10] = 5 | 3 << 4;                 /* s 6: low bits of scale 37, min 19 */
+        scales[2] |= 2 << 6;                     /* s 6: scale's high bits (37 >> 4) */
+        scales[6] |= 1 << 6;                     /* s 6: min's high bits (19 >> 4) */
+        qs[8] = 9 << 4;                          /* e 40: chunk 0, high nibble, lane 8 */
+        qs[96 + 8] = 4;                          /* e 200: chunk 3, low nibble, lane 8 */
+        qh[8] = 1 << 1 | 1 << 6;                 /* Q5_K: fifth bits of e 40 (s 1) and 200 (s 6) */
+        for (int e = 0; e < 256; e++) want[e] = e / 32 == 1 ? -2 : e / 32 == 6 ? -19 : 0;
+        if (!five) {
+            quant_block_q4_k b = {.d = H_ONE, .dmin = H_ONE};
+            memcpy(b.scales, scales, 12);
+            memcpy(b.qs, qs, 128);
+            want[40] = 3 * 9 - 2, want[200] = 37 * 4 - 19;
+            check_block(GGML_TYPE_Q4_K, &b, want, 256);
+        } else {
+            quant_block_q5_k b = {.d = H_ONE, .dmin = H_ONE};
+            memcpy(b.scales, scales, 12);
+            memcpy(b.qs, qs, 128);
+            memcpy(b.qh, qh, 32);
+            want[40] = 3 * 25 - 2, want[200] = 37 * 20 - 19;
+            check_block(GGML_TYPE_Q5_K, &b, want, 256);
+        }
+    }
+    { /* Q6_K: sub-block 5 = e 80..95 (h 0, k 2: high nibbles of ql[16..31], qh bits 4-5) */
+        quant_block_q6_k b = {.d = H_ONE};
+        b.scales[5] = -2;
+        b.scales[13] = 3;
+        b.ql[21] = 0x70;        /* e 85: low 4 bits 7 */
+        b.qh[21] = 2 << 4;      /* high 2 bits 2 -> q = 39 - 32 = 7 */
+        b.ql[64 + 31] = 0xf0;   /* e 223: h 1, k 2, lane 31 */
+        b.qh[32 + 31] = 3 << 4;
+        for (int e = 0; e < 256; e++) want[e] = e / 16 == 5 ? 64 : e / 16 == 13 ? -96 : 0;
+        want[85] = -14;
+        want[223] = 93;
+        check_block(GGML_TYPE_Q6_K, &b, want, 256);
+    }
+}
+
+/* ---- round trip ------------------------------------------------------------ */
+
+/* Uniform data in [-1, 1): a b-bit quantizer spreading 2^b levels over a
+ * block's range has step ~ range / (2^b - 1), rms error step / sqrt(12), and
+ * the data's rms is range / sqrt(12): relative rms error ~ 1 / (2^b - 1).
+ * Allowed: 1.15x that (the fp16 / 6-bit rounding of the scales). */
+static void test_round_trip(void)
+{
+    enum { N = 4096 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y);
+    uint8_t *q = malloc(N * 2);
+    REQUIRE(x && y && q);
+    for (int i = 0; i < N; i++) x[i] = rnd_uniform(-1, 1);
+    for (int k = 0; k < N_TYPES; k++) {
+        ggml_type t = all_types[k];
+        quantize_row(t, x, q, N);
+        kernel_dequantize_row(t, q, y, N);
+        double e2 = 0, x2 = 0;
+        for (int i = 0; i < N; i++) {
+            e2 += (double)(y[i] - x[i]) * (y[i] - x[i]);
+            x2 += (double)x[i] * x[i];
+        }
+        double rel = sqrt(e2 / x2), bound = 1.15 / ((1 << type_bits(t)) - 1);
+        fprintf(stderr, "  %-5s relative rms error %.4f (bound %.4f)\n", ggml_type_name(t), rel, bound);
+        CHECK(rel <= bound);
+        /* a quantizer must reproduce its own output exactly: re-quantizing the
+         * dequantized values gives back the same values */
+        uint8_t *q2 = malloc(N * 2);
+        float *y2 = malloc(N * sizeof *y2);
+        REQUIRE(q2 && y2);
+        quantize_row(t, y, q2, N);
+        kernel_dequantize_row(t, q2, y2, N);
+        double d2 = 0;
+        for (int i = 0; i < N; i++) d2 += (double)(y2[i] - y[i]) * (y2[i] - y[i]);
+        CHECK(sqrt(d2 / x2) <= 0.5 * bound);
+        free(q2);
+        free(y2);
+    }
+    /* zeros, constants and a lone spike stay finite and exact where they can */
+    memset(x, 0, N * sizeof *x);
+    x[77] = 3.0f;
+    for (int k = 0; k < N_TYPES; k++) {
+        quantize_row(all_types[k], x, q, N);
+        kernel_dequantize_row(all_types[k], q, y, N);
+        int ok = 1;
+        for (int i = 0; i < N; i++) ok &= isfinite(y[i]) && (i == 77 || fabsf(y[i]) < 1e-3f);
+        CHECK(ok);
+        CHECK(fabsf(y[77] - 3.0f) < 0.02f);
+    }
+    free(x);
+    free(y);
+    free(q);
+}
+
+/* ---- dot products ---------------------------------------------------------- */
+
+/* The kernel computes sum_i w_i a_i over the dequantized weights w and the
+ * quantized activations a exactly in integers per (sub-)block, then in float:
+ * against the same sum in double its error is float rounding only, bounded
+ * by ~n_blocks * 2^-24 * sum |w_i a_i|; 1e-5 * sum |w a| leaves room. A
+ * second check against the unquantized activations bounds the activation
+ * rounding: each a_i is off by at most amax/254 of its block, uniform, so the
+ * dot is off by ~ sqrt(sum w_i^2) * amax / (127 sqrt(12)); 5 sigma allowed. */
+static void test_dot_products(void)
+{
+    enum { N = 1024 };
+    float *w = malloc(N * sizeof *w), *x = malloc(N * sizeof *x), *wd = malloc(N * sizeof *wd);
+    float *ad = malloc(N * sizeof *ad);
+    uint8_t *wq = malloc(N * 2), *act = malloc(N * 2);
+    REQUIRE(w && x && wd && ad && wq && act);
+    for (int rep = 0; rep < 8; rep++) {
+        for (int i = 0; i < N; i++) {
+            w[i] = rnd_uniform(-1, 1) * (rep & 1 ? 0.01f : 1.0f);
+            x[i] = rnd_uniform(-2, 2) + (rep & 2 ? 0.5f : 0.0f);
+        }
+        for (int k = 0; k < N_TYPES; k++) {
+            ggml_type t = all_types[k];
+            const quant_traits *tr = quant_get_traits(t);
+            REQUIRE(tr);
+            quantize_row(t, w, wq, N);
+            kernel_dequantize_row(t, wq, wd, N);
+            if (tr->act_type == GGML_TYPE_Q8_0) {
+                kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)act, N);
+                kernel_dequantize_row(GGML_TYPE_Q8_0, act, ad, N);
+            } else {
+                quant_quantize_row_q8_k(x, (quant_block_q8_k *)act, N);
+                const quant_block_q8_k *b = (const quant_block_q8_k *)act;
+                for (int i = 0; i < N; i++) ad[i] = b[i / 256].d * b[i / 256].qs[i % 256];
+                for (int j = 0; j < N / 16; j++) { /* bsums hold the sums */
+                    int s = 0;
+                    for (int i = 0; i < 16; i++) s += b[j / 16].qs[(j % 16) * 16 + i];
+                    CHECK_EQ_INT(b[j / 16].bsums[j % 16], s);
+                }
+            }
+            double exact = 0, mag = 0, ref = 0, w2 = 0, amax = 0;
+            for (int i = 0; i < N; i++) {
+                exact += (double)wd[i] * ad[i];
+                mag += fabs((double)wd[i] * ad[i]);
+                ref += (double)wd[i] * x[i];
+                w2 += (double)wd[i] * wd[i];
+                amax = fabs(x[i]) > amax ? fabs(x[i]) : amax;
+            }
+            float results[2];
+            int n_isa = 0;
+            for (int isa = 0; isa < 2; isa++) {
+                quant_dot_fn f = isa == 0 ? tr->dot_scalar : tr->dot_avx2;
+                if (!f || (isa == 1 && kernel_force_isa(KERNEL_ISA_AVX2) != 0)) continue;
+                float got = f(wq, act, N);
+                results[n_isa++] = got;
+                if (!(fabs(got - exact) <= 1e-5 * mag + 1e-30)) {
+                    fprintf(stderr, "  %s isa %d: dot %.9g, exact %.9g\n", ggml_type_name(t), isa, got, exact);
+                    CHECK(0);
+                }
+                CHECK(fabs(got - ref) <= 5 * sqrt(w2) * amax / (127 * sqrt(12.0)) + 1e-5 * mag);
+            }
+            kernel_force_isa(KERNEL_ISA_SCALAR);
+            CHECK(n_isa >= 1);
+            if (n_isa == 2) CHECK(fabs(results[0] - results[1]) <= 1e-5 * mag + 1e-30);
+        }
+    }
+    kernel_force_isa(kernel_active_isa());
+    free(w);
+    free(x);
+    free(wd);
+    free(ad);
+    free(wq);
+    free(act);
+}
+
+/* kernel_matmul over every type (and mixed types in one multi-product, which
+ * share the scratch) against kernel_matmul_ref. */
+static void test_matmul_all_types(void)
+{
+    enum { ROWS = 24, COLS = 512, NTOK = 3 };
+    char err[256];
+    threadpool *pool = threadpool_create(2, err, sizeof err);
+    REQUIRE(pool);
+    float *wf = malloc(ROWS * COLS * sizeof *wf), *x = malloc(NTOK * COLS * sizeof *x);
+    for (int i = 0; i < ROWS * COLS; i++) wf[i] = rnd_uniform(-1, 1);
+    for (int i = 0; i < NTOK * COLS; i++) x[i] = rnd_uniform(-1, 1);
+    uint8_t *data[N_TYPES];
+    kernel_matrix m[N_TYPES];
+    size_t scratch_bytes = 0;
+    for (int k = 0; k < N_TYPES; k++) {
+        size_t row = kernel_row_bytes(all_types[k], COLS);
+        data[k] = malloc(row * ROWS);
+        for (int r = 0; r < ROWS; r++) quantize_row(all_types[k], wf + r * COLS, data[k] + r * row, COLS);
+        m[k] = (kernel_matrix){all_types[k], ROWS, COLS, data[k]};
+        size_t s = kernel_matmul_scratch_bytes(all_types[k], COLS, NTOK);
+        scratch_bytes = s > scratch_bytes ? s : scratch_bytes;
+    }
+    void *scratch = malloc(scratch_bytes);
+    float y[4][NTOK * ROWS], yr[NTOK * ROWS];
+    for (int k = 0; k + 3 < N_TYPES + 3; k += 4) {
+        int n = N_TYPES - k < 4 ? N_TYPES - k : 4;
+        const kernel_matrix *ws[4];
+        float *ys[4];
+        for (int j = 0; j < n; j++) {
+            ws[j] = &m[k + j];
+            ys[j] = y[j];
+        }
+        kernel_matmul_multi(pool, n, ws, x, NTOK, ys, scratch);
+        for (int j = 0; j < n; j++) {
+            kernel_matmul_ref(ws[j], x, NTOK, yr);
+            double e2 = 0, r2 = 0;
+            for (int i = 0; i < NTOK * ROWS; i++) {
+                e2 += (double)(y[j][i] - yr[i]) * (y[j][i] - yr[i]);
+                r2 += (double)yr[i] * yr[i];
+            }
+            /* activation rounding only: ~1/(127 sqrt(3)) relative, 3x allowed */
+            CHECK(sqrt(e2 / r2) < 3.0 / (127 * sqrt(3.0)));
+        }
+    }
+    for (int k = 0; k < N_TYPES; k++) free(data[k]);
+    free(scratch);
+    free(wf);
+    free(x);
+    threadpool_free(pool);
+}
+
+/* ---- whole models ---------------------------------------------------------- */
+
+/* Logits of prompt tokens [n][n_vocab], in one batch or token by token. */
+static float *model_logits(const char *path, const int32_t *tokens, int n, int one_by_one)
+{
+    char err[256];
+    gguf_file *f = gguf_open(path, err, sizeof err);
+    if (!f) fprintf(stderr, "  %s\n", err);
+    REQUIRE(f);
+    model *m = model_load(f, err, sizeof err);
+    if (!m) fprintf(stderr, "  %s\n", err);
+    REQUIRE(m);
+    model_state *s = model_state_new(m, 64, err, sizeof err);
+    threadpool *pool = threadpool_create(2, err, sizeof err);
+    REQUIRE(s && pool);
+    int nv = model_get_config(m)->n_vocab;
+    float *logits = malloc(sizeof(float) * (size_t)n * (size_t)nv);
+    REQUIRE(logits);
+    if (one_by_one) {
+        for (int i = 0; i < n; i++)
+            REQUIRE(model_forward(m, s, pool, tokens + i, 1, logits + (size_t)i * nv, 0, err, sizeof err) == 0);
+    } else {
+        REQUIRE(model_forward(m, s, pool, tokens, n, logits, 1, err, sizeof err) == 0);
+    }
+    threadpool_free(pool);
+    model_state_free(s);
+    model_free(m);
+    gguf_close(f);
+    return logits;
+}
+
+static int argmax(const float *v, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++) best = v[i] > v[best] ? i : best;
+    return best;
+}
+
+/* Relative rms logit error allowed for a type of b bits: weight error
+ * eps = 1/(2^b - 1) (round trip above) passes through ~3 products in series
+ * per layer, errors adding in quadrature over 2 layers and the classifier,
+ * plus the activation rounding: ~eps * sqrt(7) ~ 2.6 eps; allowed 3 eps (see
+ * docs/engine.md). */
+static void test_models_track_f32(void)
+{
+    const char *dir = testlib_tmpdir();
+    char f32[512], out[512];
+    snprintf(f32, sizeof f32, "%s/tiny-f32.gguf", dir);
+    gguf_writer_llama_params p = {
+        .n_embd = 256, .n_layer = 2, .n_head = 4, .n_head_kv = 2, .n_ff = 512, .n_vocab = 512,
+        .type = GGML_TYPE_F32, .seed = 7,
+    };
+    REQUIRE(gguf_writer_tiny_llama_ex(f32, &p) == 0);
+    enum { NTOK = 12 };
+    int32_t tokens[NTOK];
+    for (int i = 0; i < NTOK; i++) tokens[i] = (int32_t)(rnd_u32() % 510);
+    float *ref = model_logits(f32, tokens, NTOK, 0);
+    const char *recipes[] = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K",
+                             "Q5_K", "Q6_K", "Q4_K_M", "Q5_K_M", "Q4_K_S", "Q5_K_S", "F16", "BF16"};
+    for (size_t k = 0; k < sizeof recipes / sizeof recipes[0]; k++) {
+        quantize_recipe r;
+        char err[256];
+        REQUIRE(quantize_recipe_parse(recipes[k], &r, err, sizeof err) == 0);
+        snprintf(out, sizeof out, "%s/tiny-%s.gguf", dir, recipes[k]);
+        quantize_stats st;
+        if (quantize_file(f32, out, &r, 2, &st, err, sizeof err) != 0) fprintf(stderr, "  %s\n", err);
+        REQUIRE(quantize_file(f32, out, &r, 2, &st, err, sizeof err) == 0);
+        CHECK(st.n_by_type[r.base] > 0);
+        /* general.file_type carries the recipe's ftype */
+        gguf_file *g = gguf_open(out, err, sizeof err);
+        REQUIRE(g);
+        uint32_t ft = 99;
+        CHECK(gguf_get_u32(g, "general.file_type", &ft) == 0 && ft == r.ftype);
+        gguf_close(g);
+
+        float *got = model_logits(out, tokens, NTOK, 0);
+        float *tbt = model_logits(out, tokens, NTOK, 1);
+        int nv = p.n_vocab;
+        double e2 = 0, r2 = 0;
+        int agree = 0;
+        for (int i = 0; i < NTOK; i++) {
+            agree += argmax(got + i * nv, nv) == argmax(ref + i * nv, nv);
+            for (int v = 0; v < nv; v++) {
+                double d = got[i * nv + v] - ref[i * nv + v];
+                e2 += d * d;
+                r2 += (double)ref[i * nv + v] * ref[i * nv + v];
+            }
+        }
+        double rel = sqrt(e2 / r2), sigma = sqrt(e2 / (NTOK * nv));
+        /* A top-1 flip is allowed only where the F32 model's gap between its
+         * choice and ours is within the logit noise (4 sigma of a difference
+         * of two errors): random models have near-ties. */
+        int unexplained = 0;
+        for (int i = 0; i < NTOK; i++) {
+            int a = argmax(ref + i * nv, nv), b = argmax(got + i * nv, nv);
+            if (a != b && ref[i * nv + a] - ref[i * nv + b] > 4 * sqrt(2.0) * sigma) unexplained++;
+        }
+        int bits = type_bits(r.base);
+        double eps = bits >= 16 ? 1.0 / 256 : 1.0 / ((1 << bits) - 1), bound = 3 * eps;
+        fprintf(stderr, "  %-6s logits relative rms error %.4f (bound %.4f), top-1 agreement %d/%d\n",
+                recipes[k], rel, bound, agree, NTOK);
+        CHECK(rel <= bound);
+        CHECK_EQ_INT(unexplained, 0);
+        CHECK(memcmp(got, tbt, sizeof(float) * NTOK * (size_t)nv) == 0);
+        free(got);
+        free(tbt);
+    }
+    free(ref);
+}
+
+static void test_recipes(void)
+{
+    quantize_recipe r;
+    char err[256];
+    CHECK(quantize_recipe_parse("q4_k_m", &r, err, sizeof err) == 0 && r.ftype == 15);
+    CHECK(quantize_recipe_parse("Q9_K", &r, err, sizeof err) == -1 && strstr(err, "Q4_K_M"));
+    REQUIRE(quantize_recipe_parse("Q4_K_M", &r, err, sizeof err) == 0);
+    uint64_t sq[2] = {256, 256}, down[2] = {704, 256}, norm[1] = {256};
+    /* 8 layers: more bits in 0 (< n/8), 7 (>= 7n/8), and 3, 6 ((i - 1) % 3 == 2) */
+    int more[8] = {1, 0, 0, 1, 0, 0, 1, 1};
+    for (int l = 0; l < 8; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "blk.%d.attn_v.weight", l);
+        CHECK_EQ_INT(quantize_choose_type(&r, name, 2, sq, GGML_TYPE_F32, 8, 0),
+                     more[l] ? GGML_TYPE_Q6_K : GGML_TYPE_Q4_K);
+        snprintf(name, sizeof name, "blk.%d.attn_q.weight", l);
+        CHECK_EQ_INT(quantize_choose_type(&r, name, 2, sq, GGML_TYPE_F32, 8, 0), GGML_TYPE_Q4_K);
+        /* 704 is not a multiple of 256: Q6_K -> Q8_0, Q4_K -> Q5_0 */
+        snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
+        CHECK_EQ_INT(quantize_choose_type(&r, name, 2, down, GGML_TYPE_F32, 8, 0),
+                     more[l] ? GGML_TYPE_Q8_0 : GGML_TYPE_Q5_0);
+    }
+    CHECK_EQ_INT(quantize_choose_type(&r, "output.weight", 2, sq, GGML_TYPE_F32, 8, 0), GGML_TYPE_Q6_K);
+    CHECK_EQ_INT(quantize_choose_type(&r, "token_embd.weight", 2, sq, GGML_TYPE_F32, 8, 0), GGML_TYPE_Q4_K);
+    CHECK_EQ_INT(quantize_choose_type(&r, "token_embd.weight", 2, sq, GGML_TYPE_F32, 8, 1), GGML_TYPE_Q6_K);
+    CHECK_EQ_INT(quantize_choose_type(&r, "output_norm.weight", 1, norm, GGML_TYPE_F32, 8, 0), GGML_TYPE_F32);
+}
+
+int main(void)
+{
+    RUN(test_known_answers_32);
+    RUN(test_known_answers_k);
+    RUN(test_round_trip);
+    RUN(test_dot_products);
+    RUN(test_matmul_all_types);
+    RUN(test_recipes);
+    RUN(test_models_track_f32);
+    return testlib_finish();
+}
