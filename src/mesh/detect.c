@@ -8,12 +8,14 @@
  *   - each probe interval (1 s) it PINGs up to MESH_PROBES_PER_ROUND alive
  *     peers (round robin) and every suspect, on the connection's CONTROL
  *     stream; an ACK must come back within the probe timeout (500 ms);
- *   - a peer that misses a probe, or whose connection drops without a LEAVE,
- *     becomes *suspect*: we ask MESH_INDIRECT_K other peers to probe it for
- *     us (PING_REQ), flood a SUSPECT notice so that the peer learns of it
- *     and refutes (it publishes a record with a larger seq: its incarnation),
- *     and keep probing it directly. Any ACK from it, direct or relayed, or a
- *     newer record, makes it alive again;
+ *   - a peer that misses a probe gets a second chance at once: a new PING,
+ *     and MESH_INDIRECT_K other peers asked to probe it for us (PING_REQ),
+ *     for one more probe timeout (SWIM's indirect round);
+ *   - if none of that is answered, or its connection drops without a LEAVE,
+ *     it becomes *suspect*: we flood a SUSPECT notice so that the peer learns
+ *     of it and refutes (it publishes a record with a larger seq: its
+ *     incarnation), ask helpers again and keep probing it directly. Any ACK
+ *     from it, direct or relayed, or a newer record, makes it alive again;
  *   - a suspect that stays silent for the suspicion timeout (4 s) is
  *     declared *dead* and a DEAD notice is flooded. A receiver never takes
  *     that on trust: it probes the node itself and removes it only if no ACK
@@ -100,6 +102,7 @@ static void detect_alive(mesh *m, mesh_node *n, const char *how)
 {
     n->probe_pending = 0;
     n->indirect_nonce = 0;
+    n->indirect_round = 0;
     if ((n->state == NODE_SUSPECT || n->state == NODE_DEAD) && n->link) {
         log_info(MESH_LOG, "node %.16s is alive again (%s)", n->id_hex, how);
         n->state = NODE_ALIVE;
@@ -110,17 +113,13 @@ void detect_node_up(mesh *m, mesh_node *n)
 {
     n->probe_pending = 0;
     n->indirect_nonce = 0;
+    n->indirect_round = 0;
 }
 
-static void detect_suspect(mesh *m, mesh_node *n, uint64_t now, const char *why)
+/* PING_REQs about n to up to K other alive peers, picked at random so that
+ * one bad helper (or one bad path) does not fail every round. */
+static void detect_ping_indirect(mesh *m, mesh_node *n)
 {
-    if (n->state != NODE_ALIVE || m->left || m->test_mute) return;
-    n->state = NODE_SUSPECT;
-    n->suspect_deadline = now + m->suspect_ms;
-    n->suspect_inc = n->has_record ? n->rec.seq : 0;
-    log_info(MESH_LOG, "node %.16s suspect: %s", n->id_hex, why);
-    /* Indirect probes through up to K other alive peers, picked at random
-     * so that one bad helper does not fail every round. */
     mesh_node *cand[MESH_MAX_NODES];
     int count = 0;
     for (mesh_node *o = m->nodes; o; o = o->next)
@@ -133,6 +132,17 @@ static void detect_suspect(mesh *m, mesh_node *n, uint64_t now, const char *why)
         detect_send_probe(cand[i]->link, SWIM_PING_REQ, n->indirect_nonce, n->id);
         cand[i] = cand[--count];
     }
+}
+
+static void detect_suspect(mesh *m, mesh_node *n, uint64_t now, const char *why)
+{
+    if (n->state != NODE_ALIVE || m->left || m->test_mute) return;
+    n->state = NODE_SUSPECT;
+    n->indirect_round = 0;
+    n->suspect_deadline = now + m->suspect_ms;
+    n->suspect_inc = n->has_record ? n->rec.seq : 0;
+    log_info(MESH_LOG, "node %.16s suspect: %s", n->id_hex, why);
+    detect_ping_indirect(m, n);
     /* Tell everyone, the suspect included: it refutes with a newer record. */
     detect_flood_claim(m, n, SWIM_NOTICE_SUSPECT, n->suspect_inc, NULL);
     detect_ping(m, n, now);
@@ -172,6 +182,7 @@ void detect_newer_record(mesh *m, mesh_node *n)
         /* A new incarnation: it restarted (or refuted a wrong death). */
         log_info(MESH_LOG, "node %.16s is back with a newer record", n->id_hex);
         n->state = n->link ? NODE_ALIVE : NODE_CONNECTING;
+        n->indirect_round = 0;
         n->has_left = 0;
         n->failures = 0;
     }
@@ -401,7 +412,15 @@ static void detect_cb(evutil_socket_t fd, short what, void *arg)
         if (n->probe_pending && now >= n->probe_deadline) {
             /* The ACK may still come (QUIC retransmits) and then counts. */
             n->probe_pending = 0;
-            if (n->state == NODE_ALIVE) detect_suspect(m, n, now, "no answer to a probe");
+            if (n->state == NODE_ALIVE && !n->indirect_round) {
+                /* Second chance before suspicion: under loss this is where
+                 * QUIC's retransmission of the first PING or ACK lands. */
+                n->indirect_round = 1;
+                detect_ping_indirect(m, n);
+                detect_ping(m, n, now);
+            } else if (n->state == NODE_ALIVE) {
+                detect_suspect(m, n, now, "no answer to a probe, direct or indirect");
+            }
         }
         if (n->state == NODE_SUSPECT && now >= n->suspect_deadline)
             detect_declare_dead(m, n, now, "no answer, direct or indirect, within the suspicion time");

@@ -110,6 +110,7 @@ struct mesh_node {
     int probe_pending;               /* a direct PING awaits its ACK */
     uint64_t probe_nonce, probe_deadline;
     uint64_t indirect_nonce;         /* the nonce our PING_REQs about it carry; 0 = none */
+    int indirect_round;              /* alive, missed a probe: helpers asked, not suspect yet */
     uint64_t suspect_deadline;       /* SUSPECT: declared dead at this time */
     uint64_t suspect_inc;            /* the incarnation (record seq) suspected */
     uint64_t down_at;                /* DEAD/LEFT since; expires at down_at + TTL */
