@@ -29,6 +29,7 @@
 
 #include "lib/log.h"
 #include "mesh/mesh_private.h"
+#include "mesh/nat.h"
 #include "mesh/swim.h"
 
 _Static_assert(MESH_ID_BYTES == QUIC_KEY_BYTES && MESH_ID_BYTES == IDENTITY_KEY_BYTES,
@@ -126,6 +127,17 @@ static mesh_link *mesh_link_new(mesh *m, quic_conn *c, mesh_node *n, int outgoin
     l->next = m->links;
     m->links = l;
     quic_conn_set_user(c, l);
+    return l;
+}
+
+mesh_link *mesh_link_dial(mesh *m, quic_conn *c, mesh_node *n)
+{
+    mesh_link *l = mesh_link_new(m, c, n, 1);
+    if (!l) {
+        quic_conn_close(c, "out of memory");
+        return NULL;
+    }
+    n->dialing++;
     return l;
 }
 
@@ -303,6 +315,7 @@ static void mesh_node_dial(mesh *m, mesh_node *n)
             log_debug(MESH_LOG, "dialling %.16s at %s", n->id_hex, text);
         }
     }
+    nat_dial_started(m, n); /* introductions for punching; relay if still nothing */
     if (n->dialing == 0) mesh_node_dial_failed(m, n, err);
 }
 
@@ -356,6 +369,9 @@ static void mesh_node_adopt(mesh *m, mesh_node *n, mesh_link *l)
         return;
     }
     int c = memcmp(mesh_link_dialer(m, cur), mesh_link_dialer(m, l), MESH_ID_BYTES);
+    /* A direct connection beats a relayed one, whoever dialled them: both
+     * ends see the same kinds, so both keep the same one. */
+    if (nat_link_relayed(cur) != nat_link_relayed(l)) c = nat_link_relayed(cur) ? 1 : -1;
     if (c != 0) {
         /* Dialled by different nodes: both sides keep the lower id's. */
         mesh_link *keep = c < 0 ? cur : l, *drop = c < 0 ? l : cur;
@@ -427,6 +443,7 @@ static void mesh_conn_ready(void *user, quic_conn *c)
     l->ready_order = ++m->link_order;
     if (l->want_close) return;       /* a parallel dial that lost the race */
     mesh_node_adopt(m, n, l);
+    nat_link_ready(l);
 }
 
 static void mesh_conn_closed(void *user, quic_conn *c, const char *reason)
@@ -613,7 +630,7 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
     mesh_timer_add_ms(m->tick, MESH_TICK_MS);
     gossip_register(m);
     detect_register(m);
-    if (detect_init(m, cfg) != 0) {
+    if (detect_init(m, cfg) != 0 || nat_init(m) != 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -649,6 +666,7 @@ void mesh_free(mesh *m)
         mesh_link_drop_streams(l, "mesh closed");
         free(l);
     }
+    nat_free(m);
     while (m->nodes) {
         mesh_node *n = m->nodes;
         m->nodes = n->next;
@@ -711,6 +729,10 @@ int mesh_peers(const mesh *m, mesh_peer *out, int max)
             p->memory_bytes = n->rec.memory_bytes;
         }
         snprintf(p->state, sizeof p->state, "%s", node_state_names[n->state]);
+        if (n->link) {
+            snprintf(p->link, sizeof p->link, "%s", nat_link_relayed(n->link) ? "relayed" : "direct");
+            p->rtt_ms = (double)quic_conn_rtt_us(n->link->qc) / 1000.0;
+        }
     }
     return count;
 }

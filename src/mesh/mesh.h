@@ -32,6 +32,8 @@ typedef enum {
     MESH_STREAM_GOSSIP = 1,      /* node records, both ways */
     MESH_STREAM_HTTP_TUNNEL = 2, /* an API request forwarded to a host node */
     MESH_STREAM_CONTROL = 3,     /* failure-detector probes (the mesh's own) */
+    MESH_STREAM_RELAY = 10,      /* QUIC packets of a relayed connection (mesh/nat.c) */
+    MESH_STREAM_RENDEZVOUS = 11, /* observed addresses, introductions, punching (mesh/nat.c) */
 } mesh_stream_type;
 
 typedef struct {
@@ -92,6 +94,8 @@ typedef struct {
      * "left": it announced a clean exit. Dead and left peers are listed
      * until their TTL (mesh_config.dead_ttl_ms) passes. */
     char state[16];
+    char link[8];                        /* "direct", "relayed" (through a peer), "" without a connection */
+    double rtt_ms;                       /* smoothed RTT of that connection, 0 before a sample */
 } mesh_peer;
 
 /* Copies up to max peers into out; returns how many there are in all. */

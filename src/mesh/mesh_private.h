@@ -118,6 +118,7 @@ struct mesh_node {
     uint64_t dead_relayed;           /* same for DEAD */
     int has_left;
     uint64_t leave_inc;              /* records with seq <= this are from before its LEAVE */
+    struct nat_node *nat;            /* reachability state (nat.c), NULL until needed */
     mesh_node *next;                 /* m->nodes, sorted by id */
 };
 
@@ -163,6 +164,7 @@ struct mesh {
     int next_relay;
     int left;                        /* mesh_leave was called */
     int test_mute;                   /* tests: answer no probe, refute nothing (a hung node) */
+    struct nat_state *nat;           /* observed addresses, punching, relaying (nat.c) */
 };
 
 /* mesh.c */
@@ -180,6 +182,10 @@ void mesh_link_close_now(mesh_link *l, const char *reason);
 /* No new streams on l; closed once the streams on it have finished (its
  * peer left, and is draining its requests). */
 void mesh_link_close_when_idle(mesh_link *l, const char *reason);
+/* A link for an outgoing connection to n that someone other than the
+ * normal dial started (nat.c: punching, relaying); counts in n->dialing.
+ * NULL (c closed) when out of memory. */
+mesh_link *mesh_link_dial(mesh *m, quic_conn *c, mesh_node *n);
 /* Called by stream.c when a link loses a user stream. */
 void mesh_link_stream_gone(mesh_link *l);
 void mesh_schedule_sweep(mesh *m);

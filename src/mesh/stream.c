@@ -15,12 +15,15 @@
 
 #include "lib/log.h"
 #include "mesh/mesh_private.h"
+#include "mesh/natmsg.h"
 #include "mesh/swim.h"
 
 static uint32_t stream_frame_bound(uint8_t type)
 {
     if (type == MESH_STREAM_GOSSIP) return RECORD_MAX_BYTES;
     if (type == MESH_STREAM_CONTROL) return SWIM_CTRL_MAX;
+    if (type == MESH_STREAM_RELAY) return NAT_RELAY_FRAME_MAX;
+    if (type == MESH_STREAM_RENDEZVOUS) return NAT_MSG_MAX;
     return MESH_MAX_FRAME;
 }
 

@@ -75,6 +75,8 @@ static char *status_json(void *ctx)
         for (int j = 0; j < p->n_models; j++) cJSON_AddItemToArray(pm, cJSON_CreateString(p->models[j]));
         cJSON_AddNumberToObject(o, "memory_bytes", (double)p->memory_bytes);
         cJSON_AddStringToObject(o, "state", p->state);
+        if (p->link[0]) cJSON_AddStringToObject(o, "link", p->link); /* "direct" | "relayed" */
+        if (p->link[0]) cJSON_AddNumberToObject(o, "rtt_ms", p->rtt_ms);
         cJSON_AddItemToArray(list, o);
     }
 
