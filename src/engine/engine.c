@@ -9,6 +9,7 @@
  * logits do not depend on how the tokens before it were batched. */
 #include "engine/engine.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,6 +110,7 @@ int engine_model_threads(const engine_model *m) { return threadpool_size(m->pool
 
 void engine_sampling_defaults(engine_sampling *s)
 {
+    memset(s, 0, sizeof *s);
     s->temperature = 1.0f;
     s->top_k = 0;
     s->top_p = 1.0f;
@@ -116,8 +118,17 @@ void engine_sampling_defaults(engine_sampling *s)
     s->max_tokens = 16;
 }
 
+void engine_request_defaults(engine_request *r)
+{
+    memset(r, 0, sizeof *r);
+    r->prompt = "";
+    engine_sampling_defaults(&r->sampling);
+}
+
+int engine_model_n_vocab(const engine_model *m) { return tokenizer_n_vocab(m->tok); }
+
 /* ======================================================================== */
-/* UTF-8 streaming                                                           */
+/* UTF-8 sanitising                                                          */
 /* ======================================================================== */
 
 /* Byte-level tokens can split a character across tokens, and a model can
@@ -127,13 +138,10 @@ void engine_sampling_defaults(engine_sampling *s)
  * subpart" rule of Unicode 3.9, so every piece is valid UTF-8 that JSON
  * encoders and terminals accept. */
 typedef struct {
-    engine_piece_fn fn;
-    void *user;
     unsigned char held[4];
     int n_held;
-    char *out;       /* scratch for one piece */
+    char *out;       /* the last write's output */
     size_t out_cap;
-    int stopped;     /* the callback asked to stop */
 } utf8_stream;
 
 /* Length of the valid prefix of the sequence at s (n bytes available):
@@ -165,10 +173,42 @@ static int utf8_sequence(const unsigned char *s, size_t n)
     return len;
 }
 
-/* Sends held bytes + the new ones (through the sanitiser) to the callback;
- * at_end flushes an incomplete tail as U+FFFD. Returns -1 on allocation
+/* Converts [in, in + total) to valid UTF-8 in out (room for 3 * total). An
+ * incomplete tail is left unconverted unless at_end; returns the bytes
+ * written and sets *used to the input consumed. */
+static size_t utf8_convert(const unsigned char *in, size_t total, int at_end, char *out, size_t *used)
+{
+    size_t o = 0, i = 0;
+    while (i < total) {
+        int r = utf8_sequence(in + i, total - i);
+        if (r > 0) {
+            memcpy(out + o, in + i, (size_t)r);
+            o += (size_t)r;
+            i += (size_t)r;
+        } else if (r == 0 && !at_end) { /* incomplete: the caller holds it */
+            break;
+        } else {                         /* invalid, or incomplete at the very end */
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i += r < 0 ? (size_t)-r : total - i;
+        }
+    }
+    *used = i;
+    return o;
+}
+
+size_t engine_utf8_sanitize(const char *in, size_t n, char *out)
+{
+    size_t used;
+    size_t o = utf8_convert((const unsigned char *)in, n, 1, out, &used);
+    out[o] = 0;
+    return o;
+}
+
+/* Converts held bytes + the new ones into st->out; at_end flushes an
+ * incomplete tail as U+FFFD. Returns the output length, or -1 on allocation
  * failure. */
-static int utf8_stream_write(utf8_stream *st, const char *bytes, size_t n, int at_end)
+static long utf8_stream_write(utf8_stream *st, const char *bytes, size_t n, int at_end)
 {
     size_t total = (size_t)st->n_held + n;
     unsigned char stackbuf[256];
@@ -187,34 +227,21 @@ static int utf8_stream_write(utf8_stream *st, const char *bytes, size_t n, int a
         st->out = o;
         st->out_cap = need;
     }
-    size_t o = 0, i = 0;
-    while (i < total) {
-        int r = utf8_sequence(in + i, total - i);
-        if (r > 0) {
-            memcpy(st->out + o, in + i, (size_t)r);
-            o += (size_t)r;
-            i += (size_t)r;
-        } else if (r == 0 && !at_end) { /* incomplete: hold until more bytes come */
-            st->n_held = (int)(total - i);
-            memcpy(st->held, in + i, (size_t)st->n_held);
-            break;
-        } else {                         /* invalid, or incomplete at the very end */
-            memcpy(st->out + o, "\xef\xbf\xbd", 3);
-            o += 3;
-            i += r < 0 ? (size_t)-r : total - i;
-        }
-    }
+    size_t used;
+    size_t o = utf8_convert(in, total, at_end, st->out, &used);
+    assert(total - used <= sizeof st->held);
+    st->n_held = (int)(total - used);
+    memcpy(st->held, in + used, (size_t)st->n_held);
     if (in != stackbuf) free(in);
-    if (o > 0 && st->fn && !st->stopped && st->fn(st->user, st->out, o) != 0) st->stopped = 1;
-    return 0;
+    return (long)o;
 }
 
 /* ======================================================================== */
-/* generation                                                                */
+/* tokens and text                                                           */
 /* ======================================================================== */
 
 /* Tokenizes into a malloc'ed array (caller frees); *n gets the count. */
-static int32_t *tokenize(const tokenizer *tok, const char *text, size_t len, int add_bos, int *n,
+static int32_t *tokenize(const tokenizer *tok, const char *text, size_t len, unsigned flags, int *n,
                          char *err, size_t errlen)
 {
     int cap = (int)(len < 1000000 ? len : 1000000) + 2;
@@ -224,7 +251,7 @@ static int32_t *tokenize(const tokenizer *tok, const char *text, size_t len, int
             snprintf(err, errlen, "out of memory tokenizing %zu bytes", len);
             return NULL;
         }
-        int got = tokenizer_encode(tok, text, len, add_bos, ids, cap);
+        int got = tokenizer_encode_ex(tok, text, len, flags, ids, cap);
         if (got < 0) {
             free(ids);
             snprintf(err, errlen, "tokenizer failed");
@@ -239,6 +266,56 @@ static int32_t *tokenize(const tokenizer *tok, const char *text, size_t len, int
     }
 }
 
+int engine_tokenize(const engine_model *m, const char *text, size_t len, int add_bos,
+                    int parse_special, int32_t **ids, int *n_ids, char *err, size_t errlen)
+{
+    unsigned flags = (add_bos ? TOKENIZER_ADD_BOS : 0) | (parse_special ? TOKENIZER_PARSE_SPECIAL : 0);
+    *ids = tokenize(m->tok, text, len, flags, n_ids, err, errlen);
+    return *ids ? 0 : -1;
+}
+
+int engine_token_bytes(const engine_model *m, int32_t id, char *out, size_t cap)
+{
+    return tokenizer_token_bytes(m->tok, id, out, cap);
+}
+
+char *engine_detokenize(const engine_model *m, const int32_t *ids, int n_ids, size_t *len,
+                        char *err, size_t errlen)
+{
+    size_t raw_len = 0, cap = 256;
+    char *raw = malloc(cap);
+    for (int i = 0; raw && i < n_ids; i++) {
+        int nb = tokenizer_token_bytes(m->tok, ids[i], NULL, 0);
+        if (nb < 0) {
+            free(raw);
+            snprintf(err, errlen, "token id %ld is out of range [0, %d)", (long)ids[i],
+                     tokenizer_n_vocab(m->tok));
+            return NULL;
+        }
+        if (raw_len + (size_t)nb > cap) {
+            while (raw_len + (size_t)nb > cap) cap *= 2;
+            char *p = realloc(raw, cap);
+            if (!p) { free(raw); raw = NULL; break; }
+            raw = p;
+        }
+        tokenizer_token_bytes(m->tok, ids[i], raw + raw_len, (size_t)nb);
+        raw_len += (size_t)nb;
+    }
+    char *out = raw ? malloc(raw_len * 3 + 1) : NULL;
+    if (!out) {
+        free(raw);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    *len = engine_utf8_sanitize(raw, raw_len, out);
+    free(raw);
+    return out;
+}
+
+/* ======================================================================== */
+/* generation                                                                */
+/* ======================================================================== */
+
 /* Evaluates tokens[from..n) on top of the cached tokens[0..from), keeping
  * the cached-token record in step; logits of the last token go to m->logits. */
 static int evaluate(engine_model *m, const int32_t *tokens, int from, int n, char *err, size_t errlen)
@@ -251,18 +328,225 @@ static int evaluate(engine_model *m, const int32_t *tokens, int from, int n, cha
     return 0;
 }
 
-int engine_generate(engine_model *m, const char *prompt, size_t prompt_len,
-                    const engine_sampling *s, engine_piece_fn on_piece, void *user,
-                    engine_result *result, char *err, size_t errlen)
+/* Fills t with the log-probability of id under logits (log-softmax, NaN as
+ * -inf) and the n_top most likely tokens (more likely first, lower id on
+ * ties: a strict comparison while scanning ids upwards). */
+static void token_logprobs(const float *logits, int n_vocab, int32_t id, int n_top, engine_token *t)
 {
+    float max = -INFINITY;
+    for (int v = 0; v < n_vocab; v++) max = logits[v] > max ? logits[v] : max;
+    double sum = 0;
+    for (int v = 0; v < n_vocab; v++)
+        if (logits[v] > -INFINITY) sum += exp((double)logits[v] - max); /* NaN fails the test */
+    double lse = (double)max + log(sum);
+    float l = logits[id];
+    t->id = id;
+    t->logprob = isnan(l) ? -INFINITY : (float)(l - lse);
+    t->n_top = 0;
+    if (n_top > n_vocab) n_top = n_vocab;
+    for (int v = 0; v < n_vocab && n_top > 0; v++) {
+        float x = isnan(logits[v]) ? -INFINITY : logits[v];
+        if (t->n_top == n_top && !(x > t->top[n_top - 1].logprob)) continue;
+        int i = t->n_top < n_top ? t->n_top++ : n_top - 1;
+        while (i > 0 && x > t->top[i - 1].logprob) {
+            t->top[i] = t->top[i - 1];
+            i--;
+        }
+        t->top[i].id = v;
+        t->top[i].logprob = x; /* a raw logit until the loop ends */
+    }
+    for (int i = 0; i < t->n_top; i++) t->top[i].logprob = (float)(t->top[i].logprob - lse);
+}
+
+/* What generation has produced but not yet delivered: raw token bytes held
+ * back (a possible stop-string start) and the tokens they belong to. */
+typedef struct {
+    engine_output_fn fn;
+    void *user;
+    const engine_sampling *s;
+    utf8_stream utf8;
+    char *raw;               /* bytes not yet released */
+    size_t raw_len, raw_cap;
+    engine_token *toks;      /* tokens not yet released (logprobs only) */
+    size_t *tok_end;         /* end of each token's bytes in raw */
+    int n_toks, toks_cap;
+    int stopped;             /* the callback asked to stop */
+} gen_output;
+
+/* Delivers raw[0, upto) (through the UTF-8 stream) with the first n_tok
+ * pending tokens, and drops them from the pending state. */
+static int output_release(gen_output *g, size_t upto, int n_tok, int at_end)
+{
+    long n = utf8_stream_write(&g->utf8, g->raw, upto, at_end);
+    if (n < 0) return -1;
+    if ((n > 0 || n_tok > 0) && !g->stopped && g->fn(g->user, g->utf8.out, (size_t)n, g->toks, n_tok))
+        g->stopped = 1;
+    memmove(g->raw, g->raw + upto, g->raw_len - upto);
+    g->raw_len -= upto;
+    for (int i = n_tok; i < g->n_toks; i++) {
+        g->toks[i - n_tok] = g->toks[i];
+        g->tok_end[i - n_tok] = g->tok_end[i] - upto;
+    }
+    g->n_toks -= n_tok;
+    return 0;
+}
+
+/* Appends one generated token's bytes (and its record, if any); releases
+ * what can no longer be part of a stop string. Sets *stop_hit when a stop
+ * string completed: the text before it is released, the rest dropped. */
+static int output_add(gen_output *g, const char *bytes, size_t n, const engine_token *t, int *stop_hit)
+{
+    if (g->raw_len + n > g->raw_cap) {
+        size_t cap = g->raw_cap ? g->raw_cap : 256;
+        while (cap < g->raw_len + n) cap *= 2;
+        char *p = realloc(g->raw, cap);
+        if (!p) return -1;
+        g->raw = p;
+        g->raw_cap = cap;
+    }
+    memcpy(g->raw + g->raw_len, bytes, n);
+    g->raw_len += n;
+    if (t) {
+        if (g->n_toks == g->toks_cap) {
+            int cap = g->toks_cap ? g->toks_cap * 2 : 16;
+            engine_token *nt = realloc(g->toks, sizeof *nt * (size_t)cap);
+            if (!nt) return -1;
+            g->toks = nt;
+            size_t *ne = realloc(g->tok_end, sizeof *ne * (size_t)cap);
+            if (!ne) return -1;
+            g->tok_end = ne;
+            g->toks_cap = cap;
+        }
+        g->toks[g->n_toks] = *t;
+        g->tok_end[g->n_toks++] = g->raw_len;
+    }
+    /* The earliest complete stop string. Only unreleased bytes can hold one:
+     * any start of a match is held back below until it is decided. */
+    size_t cut = SIZE_MAX;
+    for (int i = 0; i < g->s->n_stop; i++) {
+        size_t sl = strlen(g->s->stop[i]);
+        for (size_t at = 0; sl && at + sl <= g->raw_len && at < cut; at++)
+            if (!memcmp(g->raw + at, g->s->stop[i], sl)) {
+                cut = at;
+                break;
+            }
+    }
+    if (cut != SIZE_MAX) {
+        int n_tok = 0; /* tokens that put at least one byte before the stop */
+        while (n_tok < g->n_toks && (n_tok == 0 ? 0 : g->tok_end[n_tok - 1]) < cut) n_tok++;
+        *stop_hit = 1;
+        int rc = output_release(g, cut, n_tok, 1);
+        g->raw_len = 0; /* the stop string and whatever followed it are dropped */
+        g->n_toks = 0;
+        return rc;
+    }
+    /* Hold back the longest tail that begins some stop string. */
+    size_t hold = 0;
+    for (int i = 0; i < g->s->n_stop; i++) {
+        size_t sl = strlen(g->s->stop[i]);
+        if (sl == 0) continue;
+        for (size_t k = sl - 1 < g->raw_len ? sl - 1 : g->raw_len; k > hold; k--)
+            if (!memcmp(g->raw + g->raw_len - k, g->s->stop[i], k)) {
+                hold = k;
+                break;
+            }
+    }
+    size_t upto = g->raw_len - hold;
+    int n_tok = 0;
+    while (n_tok < g->n_toks && g->tok_end[n_tok] <= upto) n_tok++;
+    return upto > 0 || n_tok > 0 ? output_release(g, upto, n_tok, 0) : 0;
+}
+
+/* Scores prompt tokens from an empty cache in chunks (logits of every
+ * position are needed, so no cached prefix is reused) and delivers their
+ * records; leaves the last position's logits in m->logits. */
+#define ECHO_CHUNK 64
+static int score_prompt(engine_model *m, const int32_t *ids, int n, int n_top, gen_output *g,
+                        char *err, size_t errlen)
+{
+    int n_vocab = tokenizer_n_vocab(m->tok);
+    float *logits = malloc(sizeof(float) * ECHO_CHUNK * (size_t)n_vocab); /* (ECHO_CHUNK, n_vocab) */
+    engine_token *recs = malloc(sizeof *recs * ECHO_CHUNK);
+    if (!logits || !recs) {
+        free(logits);
+        free(recs);
+        snprintf(err, errlen, "out of memory for %d x %d logits", ECHO_CHUNK, n_vocab);
+        return -1;
+    }
+    model_state_truncate(m->state, 0);
+    m->n_cached = 0;
+    int rc = 0;
+    for (int start = 0; start < n && !g->stopped; start += ECHO_CHUNK) {
+        int count = n - start < ECHO_CHUNK ? n - start : ECHO_CHUNK;
+        /* Token i is predicted by the logits of position i - 1: for the
+         * chunk's first token that is the previous chunk's last row, which
+         * m->logits holds; nothing predicts the very first token. */
+        if (start == 0) {
+            memset(&recs[0], 0, sizeof recs[0]);
+            recs[0].id = ids[0];
+            recs[0].logprob = NAN;
+        } else {
+            token_logprobs(m->logits, n_vocab, ids[start], n_top, &recs[0]);
+        }
+        if (model_forward(m->model, m->state, m->pool, ids + start, count, logits, 1, err, errlen) != 0) {
+            rc = -1;
+            break;
+        }
+        memcpy(m->cached + start, ids + start, sizeof(int32_t) * (size_t)count);
+        m->n_cached = start + count;
+        for (int j = 1; j < count; j++)
+            token_logprobs(logits + (size_t)(j - 1) * n_vocab, n_vocab, ids[start + j], n_top, &recs[j]);
+        memcpy(m->logits, logits + (size_t)(count - 1) * n_vocab, sizeof(float) * (size_t)n_vocab);
+        for (int j = 0; j < count; j++) recs[j].prompt = 1;
+        if (g->fn(g->user, "", 0, recs, count)) g->stopped = 1;
+    }
+    free(logits);
+    free(recs);
+    return rc;
+}
+
+int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_output, void *user,
+               engine_result *result, char *err, size_t errlen)
+{
+    const engine_sampling *s = &r->sampling;
     result->prompt_tokens = 0;
     result->completion_tokens = 0;
     result->finish_reason = "length";
-    int add_bos = tokenizer_add_bos(m->tok) && tokenizer_bos(m->tok) >= 0;
-    int n_prompt = 0;
-    int32_t *ids = tokenize(m->tok, prompt, prompt_len, add_bos, &n_prompt, err, errlen);
-    if (!ids) return -1;
+    int n_vocab = tokenizer_n_vocab(m->tok);
     int n_ctx = model_state_n_ctx(m->state);
+    int n_top = r->top_logprobs < 0 ? 0 : r->top_logprobs > ENGINE_MAX_TOP_LOGPROBS
+                                        ? ENGINE_MAX_TOP_LOGPROBS : r->top_logprobs;
+    if (s->n_stop < 0 || s->n_stop > ENGINE_MAX_STOP || s->n_logit_bias < 0 ||
+        s->n_logit_bias > ENGINE_MAX_LOGIT_BIAS) {
+        snprintf(err, errlen, "too many stop strings or logit biases");
+        return -1;
+    }
+    int n_prompt = 0;
+    int32_t *ids;
+    if (r->prompt_ids) {
+        if (r->n_prompt_ids < 0 || r->n_prompt_ids > n_ctx) {
+            snprintf(err, errlen, "prompt is %d tokens; the context holds %d", r->n_prompt_ids, n_ctx);
+            return -1;
+        }
+        for (int i = 0; i < r->n_prompt_ids; i++)
+            if (r->prompt_ids[i] < 0 || r->prompt_ids[i] >= n_vocab) {
+                snprintf(err, errlen, "prompt token id %ld is out of range [0, %d)",
+                         (long)r->prompt_ids[i], n_vocab);
+                return -1;
+            }
+        n_prompt = r->n_prompt_ids;
+        ids = malloc(sizeof(int32_t) * (size_t)(n_prompt ? n_prompt : 1));
+        if (!ids) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        if (n_prompt) memcpy(ids, r->prompt_ids, sizeof(int32_t) * (size_t)n_prompt);
+    } else {
+        int add_bos = tokenizer_add_bos(m->tok) && tokenizer_bos(m->tok) >= 0;
+        unsigned flags = (add_bos ? TOKENIZER_ADD_BOS : 0) | (r->parse_special ? TOKENIZER_PARSE_SPECIAL : 0);
+        ids = tokenize(m->tok, r->prompt, r->prompt_len, flags, &n_prompt, err, errlen);
+        if (!ids) return -1;
+    }
     if (n_prompt == 0) {
         free(ids);
         snprintf(err, errlen, "empty prompt (and the model adds no BOS token)");
@@ -274,52 +558,70 @@ int engine_generate(engine_model *m, const char *prompt, size_t prompt_len,
         return -1;
     }
     result->prompt_tokens = n_prompt;
-    if (s->max_tokens <= 0) {
+    int echo = r->logprobs && r->echo_logprobs;
+    if (s->max_tokens <= 0 && !echo) {
         free(ids);
         return 0;
     }
 
-    /* Reuse the cached prefix; at least the last prompt token is evaluated
-     * again, since its logits are what the first sample needs. */
-    int keep = 0;
-    while (keep < m->n_cached && keep < n_prompt - 1 && m->cached[keep] == ids[keep]) keep++;
-    model_state_truncate(m->state, keep);
-    m->n_cached = keep;
-    int rc = evaluate(m, ids, keep, n_prompt, err, errlen);
-    free(ids);
-    if (rc != 0) return -1;
+    gen_output g = {.fn = on_output, .user = user, .s = s};
+    int rc;
+    if (echo) {
+        rc = score_prompt(m, ids, n_prompt, n_top, &g, err, errlen);
+    } else {
+        /* Reuse the cached prefix; at least the last prompt token is
+         * evaluated again, since its logits are what the first sample needs. */
+        int keep = 0;
+        while (keep < m->n_cached && keep < n_prompt - 1 && m->cached[keep] == ids[keep]) keep++;
+        model_state_truncate(m->state, keep);
+        m->n_cached = keep;
+        rc = evaluate(m, ids, keep, n_prompt, err, errlen);
+    }
+    if (rc != 0 || g.stopped || s->max_tokens <= 0) {
+        free(ids);
+        if (g.stopped) result->finish_reason = "stop";
+        return rc;
+    }
 
-    sampler_params sp = {.temperature = s->temperature, .top_k = s->top_k, .top_p = s->top_p, .seed = s->seed};
-    sampler *smp = sampler_new(tokenizer_n_vocab(m->tok), &sp);
-    utf8_stream st = {.fn = on_piece, .user = user};
-    char piece_buf[256];
-    int32_t eos = tokenizer_eos(m->tok);
+    sampler_params sp = {.temperature = s->temperature, .top_k = s->top_k, .top_p = s->top_p,
+                         .seed = s->seed, .min_p = s->min_p, .repeat_penalty = s->repeat_penalty,
+                         .repeat_last_n = s->repeat_last_n, .presence_penalty = s->presence_penalty,
+                         .frequency_penalty = s->frequency_penalty, .bias = s->logit_bias,
+                         .n_bias = s->n_logit_bias};
+    sampler *smp = sampler_new(n_vocab, &sp);
     if (!smp) {
+        free(ids);
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    rc = 0;
+    for (int i = 0; i < n_prompt; i++) sampler_accept(smp, ids[i], 0);
+    free(ids);
+    char piece_buf[256];
     for (;;) {
         int32_t tok = sampler_sample(smp, m->logits);
-        if (tok == eos) {
+        if (tokenizer_is_eog(m->tok, tok)) {
             result->finish_reason = "stop";
             break;
         }
+        sampler_accept(smp, tok, 1);
         result->completion_tokens++;
+        engine_token rec;
+        if (r->logprobs) token_logprobs(m->logits, n_vocab, tok, n_top, &rec);
         int nb = tokenizer_token_bytes(m->tok, tok, piece_buf, sizeof piece_buf);
         char *piece = piece_buf;
         if (nb > (int)sizeof piece_buf) { /* a very long token: fetch it whole */
             piece = malloc((size_t)nb);
             if (piece) tokenizer_token_bytes(m->tok, tok, piece, (size_t)nb);
         }
-        int wrc = nb < 0 || !piece ? -1 : utf8_stream_write(&st, piece, (size_t)nb, 0);
+        int stop_hit = 0;
+        int wrc = nb < 0 || !piece ? -1 : output_add(&g, piece, (size_t)nb, r->logprobs ? &rec : NULL, &stop_hit);
         if (piece != piece_buf) free(piece);
         if (wrc != 0) {
             snprintf(err, errlen, "cannot decode token %d", (int)tok);
             rc = -1;
             break;
         }
-        if (st.stopped) {
+        if (g.stopped || stop_hit) {
             result->finish_reason = "stop";
             break;
         }
@@ -330,12 +632,50 @@ int engine_generate(engine_model *m, const char *prompt, size_t prompt_len,
             break;
         }
     }
-    if (rc == 0 && !st.stopped && utf8_stream_write(&st, NULL, 0, 1) != 0) {
+    /* The end: whatever is still held back was no stop string after all. */
+    if (rc == 0 && !g.stopped && output_release(&g, g.raw_len, g.n_toks, 1) != 0) {
         snprintf(err, errlen, "out of memory");
         rc = -1;
     }
-    free(st.out);
+    free(g.utf8.out);
+    free(g.raw);
+    free(g.toks);
+    free(g.tok_end);
     sampler_free(smp);
+    return rc;
+}
+
+/* engine_generate's callback adapter: text only. */
+typedef struct {
+    engine_piece_fn fn;
+    void *user;
+} piece_adapter;
+
+static int piece_adapter_output(void *user, const char *text, size_t len, const engine_token *tokens,
+                                int n_tokens)
+{
+    (void)tokens;
+    (void)n_tokens;
+    piece_adapter *pa = user;
+    return len > 0 && pa->fn ? pa->fn(pa->user, text, len) : 0;
+}
+
+int engine_generate(engine_model *m, const char *prompt, size_t prompt_len,
+                    const engine_sampling *s, engine_piece_fn on_piece, void *user,
+                    engine_result *result, char *err, size_t errlen)
+{
+    engine_request *r = malloc(sizeof *r); /* ~10 KB: not on a worker's stack */
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    engine_request_defaults(r);
+    r->prompt = prompt;
+    r->prompt_len = prompt_len;
+    r->sampling = *s;
+    piece_adapter pa = {on_piece, user};
+    int rc = engine_run(m, r, piece_adapter_output, &pa, result, err, errlen);
+    free(r);
     return rc;
 }
 

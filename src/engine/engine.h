@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/sampler.h"
+
 typedef struct engine_model engine_model;
 
 /* n_threads <= 0 means one per online CPU. */
@@ -26,16 +28,35 @@ const char *engine_model_id(const engine_model *m);
 uint64_t engine_model_bytes(const engine_model *m);
 int engine_model_context_length(const engine_model *m);
 
+/* Bounds of a request's lists (the API refuses more). */
+#define ENGINE_MAX_STOP 4            /* stop strings */
+#define ENGINE_MAX_STOP_BYTES 256    /* bytes of one stop string */
+#define ENGINE_MAX_LOGIT_BIAS 1024   /* logit_bias entries */
+#define ENGINE_MAX_TOP_LOGPROBS 20   /* alternatives reported per token */
+
+/* Sampling parameters. Every field after max_tokens is off when zero, so a
+ * designated initialiser of the first five still means plain sampling. The
+ * order in which they apply is sampler.h's: penalties, logit_bias,
+ * temperature, top_k, top_p, min_p. */
 typedef struct {
     float temperature;  /* 0 = greedy (argmax) */
     int top_k;          /* <= 0: off */
     float top_p;        /* >= 1: off */
     uint64_t seed;      /* same seed, same prompt, same params: same output */
-    int max_tokens;     /* tokens to generate at most; generation also stops at EOS
-                           or at the end of the context window */
+    int max_tokens;     /* tokens to generate at most; generation also stops at an
+                           end-of-generation token or at the end of the context window */
+    float min_p;                /* <= 0: off */
+    float repeat_penalty;       /* <= 0 or 1: off */
+    int repeat_last_n;          /* window for repeat_penalty (prompt included); <= 0: 64 */
+    float presence_penalty;     /* OpenAI: on generated tokens only */
+    float frequency_penalty;
+    int n_logit_bias;
+    sampler_bias logit_bias[ENGINE_MAX_LOGIT_BIAS]; /* bias <= -100 bans the token */
+    int n_stop;
+    char stop[ENGINE_MAX_STOP][ENGINE_MAX_STOP_BYTES + 1]; /* non-empty, NUL-terminated */
 } engine_sampling;
 
-void engine_sampling_defaults(engine_sampling *s); /* temp 1, top_k 0, top_p 1, seed 0, max 16 */
+void engine_sampling_defaults(engine_sampling *s); /* temp 1, top_k 0, top_p 1, seed 0, max 16, rest off */
 
 /* Called with each new piece of text as it is produced. Pieces never split a
  * UTF-8 character (incomplete bytes are held back until the character is
@@ -45,15 +66,87 @@ typedef int (*engine_piece_fn)(void *user, const char *piece, size_t len);
 typedef struct {
     int prompt_tokens;
     int completion_tokens;
-    const char *finish_reason; /* "stop" (EOS or callback) or "length" */
+    const char *finish_reason; /* "stop" (end of generation, stop string or callback) or "length" */
 } engine_result;
 
 /* Tokenizes prompt (BOS added when the model asks for it; no special-token
  * parsing), runs it, and samples up to max_tokens. Returns 0, or -1 with a
- * message in err (e.g. prompt longer than the context). */
+ * message in err (e.g. prompt longer than the context). The same as
+ * engine_run with a text prompt and no log-probabilities. */
 int engine_generate(engine_model *m, const char *prompt, size_t prompt_len,
                     const engine_sampling *s, engine_piece_fn on_piece, void *user,
                     engine_result *result, char *err, size_t errlen);
+
+/* ---- requests with token-id prompts, stop strings, log-probabilities ---- */
+
+typedef struct {
+    int32_t id;
+    float logprob;
+} engine_logprob;
+
+/* One token of the output, for log-probabilities. logprob is the natural log
+ * of the token's probability under the model's own distribution: the log-
+ * softmax of the raw logits, before penalties, biases, temperature and
+ * truncation (what scoring needs, and what greedy decoding follows). */
+typedef struct {
+    int32_t id;
+    int prompt;          /* an echoed prompt token (echo_logprobs) */
+    float logprob;       /* NAN for the first prompt token: nothing predicts it */
+    int n_top;           /* entries in top (0 for the first prompt token) */
+    engine_logprob top[ENGINE_MAX_TOP_LOGPROBS]; /* most likely first, lowest id on ties */
+} engine_token;
+
+typedef struct {
+    const char *prompt;        /* text, tokenized with BOS when the model asks for it */
+    size_t prompt_len;
+    const int32_t *prompt_ids; /* or, when non-NULL, these ids, used as given (no BOS) */
+    int n_prompt_ids;
+    int parse_special;         /* the text's special-token texts become those tokens
+                                  (rendered chat templates) */
+    engine_sampling sampling;
+    int logprobs;              /* report each generated token (engine_token) */
+    int top_logprobs;          /* with this many alternatives, 0..ENGINE_MAX_TOP_LOGPROBS */
+    int echo_logprobs;         /* report the prompt's tokens first (needs logprobs) */
+} engine_request;
+
+void engine_request_defaults(engine_request *r); /* empty text prompt, default sampling */
+
+/* Output of engine_run: new text (valid UTF-8, maybe empty) and, when the
+ * request asks for log-probabilities, the tokens that text completes. Text
+ * that could be the start of a stop string is held back until it is known
+ * not to be; text from a stop string on is never delivered, and neither are
+ * tokens that lie wholly inside it. Tokens follow the text they produce
+ * (a token whose bytes are still held back comes with a later call). Prompt
+ * tokens (echo_logprobs) come first, with empty text. Return nonzero to
+ * stop (finish_reason "stop"). */
+typedef int (*engine_output_fn)(void *user, const char *text, size_t len,
+                                const engine_token *tokens, int n_tokens);
+
+/* Runs a request: prompt, optional prompt scoring, then sampling. Returns 0,
+ * or -1 with a message in err (token id out of range, prompt longer than the
+ * context, ...). Same threading rule as engine_generate. */
+int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_output, void *user,
+               engine_result *result, char *err, size_t errlen);
+
+int engine_model_n_vocab(const engine_model *m);
+/* Text to ids (add_bos: put the BOS first when the vocabulary has one;
+ * parse_special: special-token texts become those tokens). *ids is malloc'ed,
+ * the caller frees. 0, or -1 with a message. Any thread (the tokenizer is
+ * immutable). */
+int engine_tokenize(const engine_model *m, const char *text, size_t len, int add_bos,
+                    int parse_special, int32_t **ids, int *n_ids, char *err, size_t errlen);
+/* Ids to text: the tokens' bytes as generation would print them, made valid
+ * UTF-8 (invalid bytes become U+FFFD). Returns a malloc'ed NUL-terminated
+ * string (length in *len), or NULL with a message (id out of range). Any thread. */
+char *engine_detokenize(const engine_model *m, const int32_t *ids, int n_ids, size_t *len,
+                        char *err, size_t errlen);
+/* One token's raw bytes (may be part of a UTF-8 character): the byte count,
+ * which may exceed cap (nothing is written past cap), or -1 out of range. */
+int engine_token_bytes(const engine_model *m, int32_t id, char *out, size_t cap);
+/* Copies n bytes to out (room for 3 * n + 1) with every invalid or
+ * incomplete UTF-8 sequence replaced by U+FFFD; NUL-terminates; returns the
+ * length. */
+size_t engine_utf8_sanitize(const char *in, size_t n, char *out);
 
 /* ---- additions (engine.c) ---- */
 

@@ -1,6 +1,8 @@
 /* api.c: OpenAI-compatible endpoints: /v1/models, /v1/completions,
- * /v1/chat/completions (plain and streamed), and the routing of a request to
- * the local scheduler or to a peer. See api.h.
+ * /v1/chat/completions (plain and streamed, with stop strings, penalties,
+ * logit_bias, log-probabilities and echo), llama.cpp-style /tokenize and
+ * /detokenize, and the routing of a request to the local scheduler or to a
+ * peer. See api.h.
  *
  * Not here: HTTP parsing (serve/http.c uses libevent's evhttp), the tunnel
  * wire format (serve/tunnel.c), generation (engine via serve/scheduler.c).
@@ -30,6 +32,7 @@
 
 #define API_MAX_PEERS 256
 #define API_MAX_ATTEMPTS 3  /* hosts tried for one forwarded request */
+#define API_MAX_PROMPT_IDS (1 << 20) /* token ids in one prompt */
 
 struct api {
     struct event_base *base;
@@ -68,6 +71,15 @@ struct api_call {
     long created;
     char *text;             /* whole completion (non-streaming) */
     size_t text_len, text_cap;
+    /* Local calls: log-probabilities and echo. */
+    engine_model *engine;   /* the served model (its tokenizer names tokens) */
+    int logprobs, top_logprobs, include_usage;
+    char *echo_text;        /* echo: the prompt text, sent before the completion */
+    int echo_sent;          /* streaming: echo_text went out */
+    engine_token *toks;     /* non-streaming: every token reported */
+    int n_toks, toks_cap;
+    long text_offset;       /* characters of text the reported tokens covered */
+    int past_prompt;        /* a completion token was reported */
 };
 
 /* ---- small helpers --------------------------------------------------------*/
@@ -149,11 +161,26 @@ static void sse_error_and_done(api_sink *sink, const char *message)
 
 typedef struct {
     char model[MESH_MAX_NAME];
-    char *prompt;           /* owned */
+    engine_request *er;     /* owned; er->prompt / er->prompt_ids point at the copies below */
+    char *prompt;           /* owned text prompt (or rendered chat) */
     size_t prompt_len;
-    engine_sampling sampling;
+    int32_t *ids;           /* owned token-id prompt (completions), or NULL */
+    int n_ids;
     int stream;
+    int include_usage;      /* stream_options.include_usage */
+    int echo;               /* completions: the prompt comes back before the completion */
+    int max_id;             /* largest token id in the prompt or logit_bias (-1: none) */
 } gen_request;
+
+static void gen_request_free(gen_request *r)
+{
+    free(r->er);
+    free(r->prompt);
+    free(r->ids);
+    r->er = NULL;
+    r->prompt = NULL;
+    r->ids = NULL;
+}
 
 /* Reads an optional number in [lo, hi]; writes a message and returns -1 when
  * present but wrong. */
@@ -167,6 +194,135 @@ static int opt_number(cJSON *root, const char *name, double lo, double hi, doubl
         return -1;
     }
     *out = v->valuedouble;
+    return 0;
+}
+
+/* The same for a float field. */
+static int opt_float(cJSON *root, const char *name, double lo, double hi, float *out, char *err, size_t errlen)
+{
+    double v = *out;
+    if (opt_number(root, name, lo, hi, &v, err, errlen)) return -1;
+    *out = (float)v;
+    return 0;
+}
+
+/* Reads an optional boolean; -1 with a message when present but not one. */
+static int opt_bool(cJSON *root, const char *name, int *out, char *err, size_t errlen)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsBool(v)) {
+        snprintf(err, errlen, "'%s' must be a boolean", name);
+        return -1;
+    }
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+/* An array of token ids: each an integer in [0, 2^31). Returns the ids
+ * (malloc'ed) or NULL with a message; *max gets the largest. */
+static int32_t *parse_token_ids(cJSON *arr, const char *name, int *n_out, int *max, char *err, size_t errlen)
+{
+    int n = cJSON_GetArraySize(arr);
+    if (n > API_MAX_PROMPT_IDS) {
+        snprintf(err, errlen, "'%s' has %d token ids; at most %d are accepted", name, n, API_MAX_PROMPT_IDS);
+        return NULL;
+    }
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+    if (!ids) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    int i = 0;
+    cJSON *v;
+    cJSON_ArrayForEach(v, arr) {
+        if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
+            v->valuedouble >= 2147483647.0) {
+            snprintf(err, errlen, "'%s' must hold token ids (non-negative integers)", name);
+            free(ids);
+            return NULL;
+        }
+        ids[i] = (int32_t)v->valuedouble;
+        if (ids[i] > *max) *max = ids[i];
+        i++;
+    }
+    *n_out = n;
+    return ids;
+}
+
+/* prompt: a string, an array of token ids, or a one-element array of either. */
+static int parse_prompt(cJSON *prompt, gen_request *req, char *err, size_t errlen)
+{
+    if (cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) >= 1 &&
+        (cJSON_IsString(cJSON_GetArrayItem(prompt, 0)) || cJSON_IsArray(cJSON_GetArrayItem(prompt, 0)))) {
+        if (cJSON_GetArraySize(prompt) > 1) {
+            snprintf(err, errlen, "'prompt' holds %d prompts; batches are not supported (one prompt "
+                     "per request, n = 1)", cJSON_GetArraySize(prompt));
+            return -1;
+        }
+        prompt = cJSON_GetArrayItem(prompt, 0);
+    }
+    if (cJSON_IsString(prompt)) {
+        req->prompt_len = strlen(prompt->valuestring);
+        req->prompt = strdup(prompt->valuestring);
+        if (!req->prompt) snprintf(err, errlen, "out of memory");
+        return req->prompt ? 0 : -1;
+    }
+    if (cJSON_IsArray(prompt)) {
+        if (cJSON_GetArraySize(prompt) == 0) {
+            snprintf(err, errlen, "'prompt' is an empty array of token ids");
+            return -1;
+        }
+        req->ids = parse_token_ids(prompt, "prompt", &req->n_ids, &req->max_id, err, errlen);
+        return req->ids ? 0 : -1;
+    }
+    snprintf(err, errlen, "'prompt' must be a string or an array of token ids");
+    return -1;
+}
+
+/* stop: a string or an array of at most ENGINE_MAX_STOP non-empty strings. */
+static int parse_stop(cJSON *stop, engine_sampling *s, char *err, size_t errlen)
+{
+    if (!stop || cJSON_IsNull(stop)) return 0;
+    cJSON *one = cJSON_IsString(stop) ? stop : NULL;
+    if (!one && (!cJSON_IsArray(stop) || cJSON_GetArraySize(stop) > ENGINE_MAX_STOP)) {
+        snprintf(err, errlen, "'stop' must be a string or an array of at most %d strings", ENGINE_MAX_STOP);
+        return -1;
+    }
+    for (int i = 0; i < (one ? 1 : cJSON_GetArraySize(stop)); i++) {
+        cJSON *v = one ? one : cJSON_GetArrayItem(stop, i);
+        size_t n = cJSON_IsString(v) ? strlen(v->valuestring) : 0;
+        if (n == 0 || n > ENGINE_MAX_STOP_BYTES) {
+            snprintf(err, errlen, "each stop string must be a non-empty string of at most %d bytes",
+                     ENGINE_MAX_STOP_BYTES);
+            return -1;
+        }
+        memcpy(s->stop[s->n_stop++], v->valuestring, n + 1);
+    }
+    return 0;
+}
+
+/* logit_bias: {"token id": bias in [-100, 100], ...}, at most ENGINE_MAX_LOGIT_BIAS. */
+static int parse_logit_bias(cJSON *bias, engine_sampling *s, int *max_id, char *err, size_t errlen)
+{
+    if (!bias || cJSON_IsNull(bias)) return 0;
+    if (!cJSON_IsObject(bias) || cJSON_GetArraySize(bias) > ENGINE_MAX_LOGIT_BIAS) {
+        snprintf(err, errlen, "'logit_bias' must be an object of at most %d token ids", ENGINE_MAX_LOGIT_BIAS);
+        return -1;
+    }
+    cJSON *v;
+    cJSON_ArrayForEach(v, bias) {
+        char *end;
+        long id = strtol(v->string, &end, 10);
+        if (!v->string[0] || *end || id < 0 || id >= INT32_MAX || !cJSON_IsNumber(v) ||
+            !isfinite(v->valuedouble) || v->valuedouble < -100 || v->valuedouble > 100) {
+            snprintf(err, errlen, "'logit_bias' maps token ids (decimal strings) to numbers in [-100, 100]");
+            return -1;
+        }
+        s->logit_bias[s->n_logit_bias].token = (int32_t)id;
+        s->logit_bias[s->n_logit_bias++].bias = (float)v->valuedouble;
+        if (id > *max_id) *max_id = (int)id;
+    }
     return 0;
 }
 
@@ -236,18 +392,26 @@ static char *render_chat(cJSON *messages, size_t *len_out, char *err, size_t err
     return out;
 }
 
-/* Parses a completion or chat request body. Returns 0, or -1 with a message. */
+/* Parses a completion or chat request body. Returns 0, or -1 with a message
+ * (then nothing is left to free). */
 static int parse_gen_request(const char *body, size_t len, int chat, gen_request *req,
                              char *err, size_t errlen)
 {
     memset(req, 0, sizeof *req);
-    engine_sampling_defaults(&req->sampling);
+    req->max_id = -1;
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root) {
         snprintf(err, errlen, "request body is not valid JSON");
         return -1;
     }
     int rc = -1;
+    engine_request *er = req->er = malloc(sizeof *er);
+    if (!er) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    engine_request_defaults(er);
+    engine_sampling *s = &er->sampling;
     if (!cJSON_IsObject(root)) {
         snprintf(err, errlen, "request body must be a JSON object");
         goto done;
@@ -263,38 +427,32 @@ static int parse_gen_request(const char *body, size_t len, int chat, gen_request
         req->prompt = render_chat(cJSON_GetObjectItemCaseSensitive(root, "messages"),
                                   &req->prompt_len, err, errlen);
         if (!req->prompt) goto done;
-    } else {
-        cJSON *prompt = cJSON_GetObjectItemCaseSensitive(root, "prompt");
-        /* A one-element array of strings is common in client libraries. */
-        if (cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) == 1 &&
-            cJSON_IsString(cJSON_GetArrayItem(prompt, 0)))
-            prompt = cJSON_GetArrayItem(prompt, 0);
-        if (!cJSON_IsString(prompt)) {
-            snprintf(err, errlen, "'prompt' must be a string");
-            goto done;
-        }
-        req->prompt_len = strlen(prompt->valuestring);
-        req->prompt = strdup(prompt->valuestring);
-        if (!req->prompt) goto done;
+    } else if (parse_prompt(cJSON_GetObjectItemCaseSensitive(root, "prompt"), req, err, errlen)) {
+        goto done;
     }
 
     double v;
-    v = req->sampling.temperature;
-    if (opt_number(root, "temperature", 0, 2, &v, err, errlen)) goto done;
-    req->sampling.temperature = (float)v;
-    v = req->sampling.top_p;
-    if (opt_number(root, "top_p", 0, 1, &v, err, errlen)) goto done;
-    req->sampling.top_p = (float)v;
-    v = req->sampling.top_k;
+    if (opt_float(root, "temperature", 0, 2, &s->temperature, err, errlen)) goto done;
+    if (opt_float(root, "top_p", 0, 1, &s->top_p, err, errlen)) goto done;
+    v = s->top_k;
     if (opt_number(root, "top_k", 0, 1e6, &v, err, errlen)) goto done;
-    req->sampling.top_k = (int)v;
+    s->top_k = (int)v;
+    if (opt_float(root, "min_p", 0, 1, &s->min_p, err, errlen)) goto done;
+    if (opt_float(root, "presence_penalty", -2, 2, &s->presence_penalty, err, errlen)) goto done;
+    if (opt_float(root, "frequency_penalty", -2, 2, &s->frequency_penalty, err, errlen)) goto done;
+    /* repetition_penalty (Hugging Face's name) or repeat_penalty (llama.cpp's) */
+    if (opt_float(root, "repetition_penalty", 0, 10, &s->repeat_penalty, err, errlen)) goto done;
+    if (opt_float(root, "repeat_penalty", 0, 10, &s->repeat_penalty, err, errlen)) goto done;
+    v = 0;
+    if (opt_number(root, "repeat_last_n", 0, 4096, &v, err, errlen)) goto done;
+    s->repeat_last_n = (int)v;
     v = 16;
     if (opt_number(root, chat ? "max_completion_tokens" : "max_tokens", 0, 1e6, &v, err, errlen)) goto done;
     if (chat && opt_number(root, "max_tokens", 0, 1e6, &v, err, errlen)) goto done;
     if (chat && !cJSON_GetObjectItemCaseSensitive(root, "max_tokens") &&
         !cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens"))
         v = 1e6; /* chat default: until EOS or the end of the context */
-    req->sampling.max_tokens = (int)v;
+    s->max_tokens = (int)v;
     /* No seed: a fresh one per request (time and a counter, mixed). */
     static uint64_t seed_counter;
     cJSON *seed = cJSON_GetObjectItemCaseSensitive(root, "seed");
@@ -304,25 +462,60 @@ static int parse_gen_request(const char *body, size_t len, int chat, gen_request
             snprintf(err, errlen, "'seed' must be an integer");
             goto done;
         }
-        req->sampling.seed = (uint64_t)(int64_t)seed->valuedouble;
+        s->seed = (uint64_t)(int64_t)seed->valuedouble;
     } else {
-        req->sampling.seed = ((uint64_t)time(NULL) << 20) ^ (++seed_counter * 0x9E3779B97F4A7C15ull);
+        s->seed = ((uint64_t)time(NULL) << 20) ^ (++seed_counter * 0x9E3779B97F4A7C15ull);
     }
     double n = 1;
     if (opt_number(root, "n", 1, 1, &n, err, errlen)) {
         snprintf(err, errlen, "'n' must be 1 (several choices per request are not supported)");
         goto done;
     }
-    cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
-    if (stream && !cJSON_IsNull(stream) && !cJSON_IsBool(stream)) {
-        snprintf(err, errlen, "'stream' must be a boolean");
+    if (parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"), s, err, errlen)) goto done;
+    if (parse_logit_bias(cJSON_GetObjectItemCaseSensitive(root, "logit_bias"), s, &req->max_id, err, errlen))
         goto done;
+
+    /* Log-probabilities. Completions (legacy): logprobs = N alternatives,
+     * 0..20 (OpenAI allows 5; lm-evaluation-harness asks for 1); echo.
+     * Chat: logprobs = true, top_logprobs = N. */
+    if (chat) {
+        if (opt_bool(root, "logprobs", &er->logprobs, err, errlen)) goto done;
+        v = 0;
+        if (opt_number(root, "top_logprobs", 0, ENGINE_MAX_TOP_LOGPROBS, &v, err, errlen)) goto done;
+        er->top_logprobs = (int)v;
+    } else {
+        cJSON *lp = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
+        if (cJSON_IsBool(lp)) {
+            er->logprobs = cJSON_IsTrue(lp);
+        } else if (lp && !cJSON_IsNull(lp)) {
+            v = 0;
+            if (opt_number(root, "logprobs", 0, ENGINE_MAX_TOP_LOGPROBS, &v, err, errlen) ||
+                v != floor(v)) {
+                snprintf(err, errlen, "'logprobs' must be an integer between 0 and %d", ENGINE_MAX_TOP_LOGPROBS);
+                goto done;
+            }
+            er->logprobs = 1;
+            er->top_logprobs = (int)v;
+        }
+        if (opt_bool(root, "echo", &req->echo, err, errlen)) goto done;
+        er->echo_logprobs = req->echo && er->logprobs;
     }
-    req->stream = cJSON_IsTrue(stream);
+    if (opt_bool(root, "stream", &req->stream, err, errlen)) goto done;
+    cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so) || opt_bool(so, "include_usage", &req->include_usage, err, errlen)) {
+            if (!cJSON_IsObject(so)) snprintf(err, errlen, "'stream_options' must be an object");
+            goto done;
+        }
+    }
+    er->prompt = req->prompt ? req->prompt : "";
+    er->prompt_len = req->prompt_len;
+    er->prompt_ids = req->ids;
+    er->n_prompt_ids = req->n_ids;
     rc = 0;
 done:
     cJSON_Delete(root);
-    if (rc != 0) { free(req->prompt); req->prompt = NULL; }
+    if (rc != 0) gen_request_free(req);
     return rc;
 }
 
@@ -336,6 +529,8 @@ static void call_free(api_call *c)
     free(c->path);
     free(c->body);
     free(c->text);
+    free(c->echo_text);
+    free(c->toks);
     free(c);
 }
 
@@ -349,9 +544,128 @@ static cJSON *chunk_object(api_call *c)
     return o;
 }
 
-/* One streamed choice: text (may be NULL for the role-only first chat chunk)
- * and an optional finish reason. */
-static void send_stream_chunk(api_call *c, const char *text, size_t len, const char *finish, int role)
+/* A token's text for logprobs: its bytes made valid UTF-8 (a token holding
+ * part of a character shows U+FFFD there; the exact bytes are in chat's
+ * "bytes"). Returns a malloc'ed string and its raw bytes in *raw (malloc'ed,
+ * *raw_len bytes) when raw is not NULL. */
+static char *token_string(const api_call *c, int32_t id, unsigned char **raw, size_t *raw_len)
+{
+    char buf[256];
+    int n = engine_token_bytes(c->engine, id, buf, sizeof buf);
+    if (n < 0) n = 0;
+    char *bytes = buf;
+    if (n > (int)sizeof buf) {
+        bytes = malloc((size_t)n);
+        if (!bytes) return NULL;
+        engine_token_bytes(c->engine, id, bytes, (size_t)n);
+    }
+    char *out = malloc((size_t)n * 3 + 1);
+    if (out) engine_utf8_sanitize(bytes, (size_t)n, out);
+    if (raw) {
+        *raw = malloc((size_t)n + 1);
+        if (*raw) memcpy(*raw, bytes, (size_t)n);
+        *raw_len = (size_t)n;
+    }
+    if (bytes != buf) free(bytes);
+    return out;
+}
+
+/* Code points in a valid UTF-8 string: OpenAI's text_offset counts
+ * characters, not bytes. */
+static long utf8_chars(const char *s)
+{
+    long n = 0;
+    for (; *s; s++) n += ((unsigned char)*s & 0xc0) != 0x80;
+    return n;
+}
+
+/* JSON has no infinities: a token the model gives no chance gets -9999. */
+static double json_logprob(float lp) { return lp > -9999.0f ? (double)lp : -9999.0; }
+
+/* Completions' legacy logprobs object for tokens t[0, n): tokens,
+ * token_logprobs, top_logprobs, text_offset. Offsets are characters into the
+ * choice's text; c->text_offset carries on across streamed chunks. */
+static cJSON *completion_logprobs(api_call *c, const engine_token *t, int n)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *tokens = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs");
+    cJSON *offsets = cJSON_AddArrayToObject(o, "text_offset");
+    for (int i = 0; i < n; i++) {
+        if (!t[i].prompt && !c->past_prompt) {
+            /* The completion starts after the echoed prompt text (whose
+             * tokens' strings need not add up to it, e.g. a BOS). */
+            c->past_prompt = 1;
+            if (c->echo_text) c->text_offset = utf8_chars(c->echo_text);
+        }
+        char *s = token_string(c, t[i].id, NULL, NULL);
+        cJSON_AddItemToArray(tokens, cJSON_CreateString(s ? s : ""));
+        cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)c->text_offset));
+        c->text_offset += s ? utf8_chars(s) : 0;
+        free(s);
+        if (isnan(t[i].logprob)) {
+            cJSON_AddItemToArray(lps, cJSON_CreateNull());
+            cJSON_AddItemToArray(tops, cJSON_CreateNull());
+            continue;
+        }
+        cJSON_AddItemToArray(lps, cJSON_CreateNumber(json_logprob(t[i].logprob)));
+        cJSON *top = cJSON_CreateObject();
+        for (int k = 0; k < t[i].n_top; k++) {
+            char *ks = token_string(c, t[i].top[k].id, NULL, NULL);
+            /* Two ids can print the same: keep the first, the more likely. */
+            if (ks && !cJSON_GetObjectItemCaseSensitive(top, ks))
+                cJSON_AddNumberToObject(top, ks, json_logprob(t[i].top[k].logprob));
+            free(ks);
+        }
+        cJSON_AddItemToArray(tops, top);
+    }
+    return o;
+}
+
+/* One chat logprobs entry: {token, logprob, bytes}. */
+static cJSON *chat_logprob_entry(const api_call *c, int32_t id, float logprob)
+{
+    cJSON *e = cJSON_CreateObject();
+    unsigned char *raw = NULL;
+    size_t raw_len = 0;
+    char *s = token_string(c, id, &raw, &raw_len);
+    cJSON_AddStringToObject(e, "token", s ? s : "");
+    cJSON_AddNumberToObject(e, "logprob", json_logprob(logprob));
+    cJSON *bytes = cJSON_AddArrayToObject(e, "bytes");
+    for (size_t i = 0; raw && i < raw_len; i++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(raw[i]));
+    free(s);
+    free(raw);
+    return e;
+}
+
+/* Chat's logprobs object {content: [...]} for tokens t[0, n). */
+static cJSON *chat_logprobs(const api_call *c, const engine_token *t, int n)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *content = cJSON_AddArrayToObject(o, "content");
+    for (int i = 0; i < n; i++) {
+        cJSON *e = chat_logprob_entry(c, t[i].id, t[i].logprob);
+        cJSON *top = cJSON_AddArrayToObject(e, "top_logprobs");
+        for (int k = 0; k < t[i].n_top && k < c->top_logprobs; k++)
+            cJSON_AddItemToArray(top, chat_logprob_entry(c, t[i].top[k].id, t[i].top[k].logprob));
+        cJSON_AddItemToArray(content, e);
+    }
+    return o;
+}
+
+/* The logprobs member of a choice for tokens t[0, n): null when not asked. */
+static void add_logprobs(api_call *c, cJSON *choice, const engine_token *t, int n)
+{
+    if (!c->logprobs) cJSON_AddNullToObject(choice, "logprobs");
+    else if (c->chat) cJSON_AddItemToObject(choice, "logprobs", chat_logprobs(c, t, n));
+    else cJSON_AddItemToObject(choice, "logprobs", completion_logprobs(c, t, n));
+}
+
+/* One streamed choice: text (may be NULL for the role-only first chat chunk),
+ * the tokens it carries and an optional finish reason. */
+static void send_stream_chunk(api_call *c, const char *text, size_t len, const engine_token *toks,
+                              int n_toks, const char *finish, int role)
 {
     cJSON *o = chunk_object(c);
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
@@ -369,8 +683,9 @@ static void send_stream_chunk(api_call *c, const char *text, size_t len, const c
         if (copy) cJSON_AddStringToObject(delta, "content", copy);
     } else {
         cJSON_AddStringToObject(choice, "text", copy ? copy : "");
-        cJSON_AddNullToObject(choice, "logprobs");
     }
+    if (n_toks > 0) add_logprobs(c, choice, toks, n_toks);
+    else cJSON_AddNullToObject(choice, "logprobs");
     if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
     else cJSON_AddNullToObject(choice, "finish_reason");
     sse_send(c->sink, o);
@@ -378,24 +693,48 @@ static void send_stream_chunk(api_call *c, const char *text, size_t len, const c
     free(copy);
 }
 
-static void local_on_piece(void *user, const char *text, size_t len)
+static int append_text(char **buf, size_t *len, size_t *cap, const char *text, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t nc = *cap ? *cap : 256;
+        while (nc < *len + n + 1) nc *= 2;
+        char *p = realloc(*buf, nc);
+        if (!p) return -1;
+        *buf = p;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, text, n);
+    *len += n;
+    (*buf)[*len] = 0;
+    return 0;
+}
+
+static void local_on_output(void *user, const char *text, size_t len, const engine_token *toks, int n_toks)
 {
     api_call *c = user;
     if (c->stream) {
-        send_stream_chunk(c, text, len, NULL, 0);
+        /* The echoed prompt goes out with its tokens, in the first chunk. */
+        if (c->echo_text && !c->echo_sent && n_toks > 0 && toks[0].prompt) {
+            c->echo_sent = 1;
+            send_stream_chunk(c, c->echo_text, strlen(c->echo_text), toks, n_toks, NULL, 0);
+        } else {
+            send_stream_chunk(c, text, len, toks, n_toks, NULL, 0);
+        }
         return;
     }
-    if (c->text_len + len + 1 > c->text_cap) {
-        size_t cap = c->text_cap ? c->text_cap : 256;
-        while (cap < c->text_len + len + 1) cap *= 2;
-        char *p = realloc(c->text, cap);
-        if (!p) return;
-        c->text = p;
-        c->text_cap = cap;
+    if (len) append_text(&c->text, &c->text_len, &c->text_cap, text, len);
+    if (n_toks > 0) {
+        if (c->n_toks + n_toks > c->toks_cap) {
+            int cap = c->toks_cap ? c->toks_cap : 64;
+            while (cap < c->n_toks + n_toks) cap *= 2;
+            engine_token *p = realloc(c->toks, sizeof *p * (size_t)cap);
+            if (!p) return;
+            c->toks = p;
+            c->toks_cap = cap;
+        }
+        memcpy(c->toks + c->n_toks, toks, sizeof *toks * (size_t)n_toks);
+        c->n_toks += n_toks;
     }
-    memcpy(c->text + c->text_len, text, len);
-    c->text_len += len;
-    c->text[c->text_len] = 0;
 }
 
 static void add_usage(cJSON *o, const engine_result *r)
@@ -417,14 +756,24 @@ static void local_on_done(void *user, const engine_result *r, const char *error)
             c->sink->ops->end(c->sink);
             a->counters.failed++;
         } else {
-            /* Errors the caller could fix (prompt too long) come back as 400. */
-            send_error(a, c->sink, strstr(error, "context") ? 400 : 500, NULL, "%s", error);
+            /* Errors the caller could fix (prompt too long, a token id out
+             * of range) come back as 400. */
+            int bad = strstr(error, "context") || strstr(error, "out of range") || strstr(error, "empty prompt");
+            send_error(a, c->sink, bad ? 400 : 500, NULL, "%s", error);
         }
         call_free(c);
         return;
     }
     if (c->stream) {
-        send_stream_chunk(c, NULL, 0, r->finish_reason, 0);
+        if (c->echo_text && !c->echo_sent) send_stream_chunk(c, c->echo_text, strlen(c->echo_text), NULL, 0, NULL, 0);
+        send_stream_chunk(c, NULL, 0, NULL, 0, r->finish_reason, 0);
+        if (c->include_usage) { /* OpenAI: one more chunk, empty choices, with usage */
+            cJSON *o = chunk_object(c);
+            cJSON_AddArrayToObject(o, "choices");
+            add_usage(o, r);
+            sse_send(c->sink, o);
+            cJSON_Delete(o);
+        }
         c->sink->ops->write(c->sink, sse_done, sizeof sse_done - 1);
         c->sink->ops->end(c->sink);
         call_free(c);
@@ -439,6 +788,14 @@ static void local_on_done(void *user, const engine_result *r, const char *error)
     cJSON *choice = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, choice);
     cJSON_AddNumberToObject(choice, "index", 0);
+    if (c->echo_text) { /* echo: the prompt, then the completion */
+        char *whole = NULL;
+        size_t wlen = 0, wcap = 0;
+        append_text(&whole, &wlen, &wcap, c->echo_text, strlen(c->echo_text));
+        if (c->text) append_text(&whole, &wlen, &wcap, c->text, c->text_len);
+        free(c->text);
+        c->text = whole;
+    }
     const char *text = c->text ? c->text : "";
     if (c->chat) {
         cJSON *msg = cJSON_AddObjectToObject(choice, "message");
@@ -446,8 +803,8 @@ static void local_on_done(void *user, const engine_result *r, const char *error)
         cJSON_AddStringToObject(msg, "content", text);
     } else {
         cJSON_AddStringToObject(choice, "text", text);
-        cJSON_AddNullToObject(choice, "logprobs");
     }
+    add_logprobs(c, choice, c->toks, c->n_toks);
     cJSON_AddStringToObject(choice, "finish_reason", r->finish_reason ? r->finish_reason : "stop");
     add_usage(o, r);
     send_json(c->sink, 200, o);
@@ -455,7 +812,7 @@ static void local_on_done(void *user, const engine_result *r, const char *error)
     call_free(c);
 }
 
-static const sched_callbacks local_callbacks = {local_on_piece, local_on_done};
+static const sched_callbacks local_callbacks = {local_on_output, local_on_done};
 
 /* ---- forwarding -----------------------------------------------------------*/
 
@@ -585,59 +942,13 @@ static int model_known_in_mesh(api *a, const char *model_id)
     return 0;
 }
 
-static api_call *handle_generate(api *a, const char *method, const char *path, const char *body,
-                                 size_t len, api_sink *sink, int from_peer, int chat)
+/* Sends c's request to a peer serving c->model, or answers why it cannot.
+ * Returns c while forwarding, or NULL once c is freed and the answer sent. */
+static api_call *forward_or_refuse(api *a, api_call *c, const char *method, const char *path,
+                                   const char *body, size_t len, int from_peer)
 {
     char err[512];
-    gen_request req;
-    if (parse_gen_request(body, len, chat, &req, err, sizeof err) != 0) {
-        send_error(a, sink, 400, NULL, "%s", err);
-        return NULL;
-    }
-    api_call *c = calloc(1, sizeof *c);
-    if (!c) {
-        free(req.prompt);
-        send_error(a, sink, 500, NULL, "out of memory");
-        return NULL;
-    }
-    c->a = a;
-    c->sink = sink;
-    c->chat = chat;
-    c->stream = req.stream;
-    c->created = (long)time(NULL);
-    snprintf(c->model, sizeof c->model, "%s", req.model);
-    snprintf(c->id, sizeof c->id, "%s-%016llx", chat ? "chatcmpl" : "cmpl",
-             (unsigned long long)(++a->next_id * 0x9E3779B97F4A7C15ull ^ (uint64_t)c->created));
-
-    if (a->draining) {
-        free(req.prompt);
-        call_free(c);
-        send_error(a, sink, 503, NULL, "this node is shutting down");
-        return NULL;
-    }
-    c->next = a->live;
-    if (a->live) a->live->prev = c;
-    a->live = c;
-
-    if (sched_find_model(a->sched, req.model)) {
-        c->kind = CALL_LOCAL;
-        if (c->stream) {
-            c->began = 1;
-            sink->ops->begin(sink, 200, "text/event-stream");
-            if (chat) send_stream_chunk(c, NULL, 0, NULL, 1);
-        }
-        c->job = sched_submit(a->sched, req.model, req.prompt, req.prompt_len, &req.sampling,
-                              &local_callbacks, c);
-        free(req.prompt);
-        if (!c->job) { /* cannot happen: the model was just found */
-            call_free(c);
-            send_error(a, sink, 500, NULL, "could not queue the request");
-            return NULL;
-        }
-        return c;
-    }
-    free(req.prompt);
-
+    api_sink *sink = c->sink;
     uint8_t host[MESH_ID_BYTES];
     if (!from_peer && a->mesh && pick_untried_host(c, host) == 0) {
         c->kind = CALL_REMOTE;
@@ -649,17 +960,202 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
             c->body_len = len;
             if (forward_next(c, err, sizeof err) == 0) return c;
         }
+        char model[MESH_MAX_NAME];
+        snprintf(model, sizeof model, "%s", c->model);
         call_free(c);
-        send_error(a, sink, 503, NULL, "model '%s': could not reach the node serving it: %s", req.model, err);
+        send_error(a, sink, 503, NULL, "model '%s': could not reach the node serving it: %s", model, err);
         return NULL;
     }
+    char model[MESH_MAX_NAME];
+    snprintf(model, sizeof model, "%s", c->model);
     call_free(c);
     if (from_peer)
-        send_error(a, sink, 503, NULL, "model '%s' is not served by this node", req.model);
-    else if (model_known_in_mesh(a, req.model))
-        send_error(a, sink, 503, NULL, "model '%s' is known in the mesh but no node serving it is reachable now", req.model);
+        send_error(a, sink, 503, NULL, "model '%s' is not served by this node", model);
+    else if (model_known_in_mesh(a, model))
+        send_error(a, sink, 503, NULL, "model '%s' is known in the mesh but no node serving it is reachable now", model);
     else
-        send_error(a, sink, 404, "model_not_found", "The model '%s' does not exist", req.model);
+        send_error(a, sink, 404, "model_not_found", "The model '%s' does not exist", model);
+    return NULL;
+}
+
+/* A call for this request, linked into a->live; NULL (answered) when the
+ * node is shutting down or out of memory. */
+static api_call *call_new(api *a, api_sink *sink, const char *model, const char *id_prefix)
+{
+    if (a->draining) {
+        send_error(a, sink, 503, NULL, "this node is shutting down");
+        return NULL;
+    }
+    api_call *c = calloc(1, sizeof *c);
+    if (!c) {
+        send_error(a, sink, 500, NULL, "out of memory");
+        return NULL;
+    }
+    c->a = a;
+    c->sink = sink;
+    c->created = (long)time(NULL);
+    snprintf(c->model, sizeof c->model, "%s", model);
+    snprintf(c->id, sizeof c->id, "%s-%016llx", id_prefix,
+             (unsigned long long)(++a->next_id * 0x9E3779B97F4A7C15ull ^ (uint64_t)c->created));
+    c->next = a->live;
+    if (a->live) a->live->prev = c;
+    a->live = c;
+    return c;
+}
+
+static api_call *handle_generate(api *a, const char *method, const char *path, const char *body,
+                                 size_t len, api_sink *sink, int from_peer, int chat)
+{
+    char err[512];
+    gen_request req;
+    if (parse_gen_request(body, len, chat, &req, err, sizeof err) != 0) {
+        send_error(a, sink, 400, NULL, "%s", err);
+        return NULL;
+    }
+    engine_model *em = sched_find_model(a->sched, req.model);
+    if (em && req.max_id >= engine_model_n_vocab(em)) {
+        send_error(a, sink, 400, NULL, "token id %d is out of range: model '%s' has %d tokens",
+                   req.max_id, req.model, engine_model_n_vocab(em));
+        gen_request_free(&req);
+        return NULL;
+    }
+    api_call *c = call_new(a, sink, req.model, chat ? "chatcmpl" : "cmpl");
+    if (!c) {
+        gen_request_free(&req);
+        return NULL;
+    }
+    c->chat = chat;
+    c->stream = req.stream;
+    if (!em) {
+        gen_request_free(&req);
+        return forward_or_refuse(a, c, method, path, body, len, from_peer);
+    }
+
+    c->kind = CALL_LOCAL;
+    c->engine = em;
+    c->logprobs = req.er->logprobs;
+    c->top_logprobs = req.er->top_logprobs;
+    c->include_usage = req.include_usage;
+    if (req.echo) {
+        size_t n;
+        c->echo_text = req.ids ? engine_detokenize(em, req.ids, req.n_ids, &n, err, sizeof err)
+                               : strdup(req.prompt);
+        if (!c->echo_text) {
+            call_free(c);
+            gen_request_free(&req);
+            send_error(a, sink, 500, NULL, "out of memory");
+            return NULL;
+        }
+    }
+    if (c->stream) {
+        c->began = 1;
+        sink->ops->begin(sink, 200, "text/event-stream");
+        if (chat) send_stream_chunk(c, NULL, 0, NULL, 0, NULL, 1);
+        if (c->echo_text && !c->logprobs) { /* with logprobs it goes out with the prompt's tokens */
+            c->echo_sent = 1;
+            send_stream_chunk(c, c->echo_text, strlen(c->echo_text), NULL, 0, NULL, 0);
+        }
+    }
+    c->job = sched_submit(a->sched, req.model, req.er, &local_callbacks, c);
+    gen_request_free(&req);
+    if (!c->job) {
+        int began = c->began;
+        call_free(c);
+        if (began) { /* not reached in practice: the model was just found */
+            sse_error_and_done(sink, "could not queue the request");
+            sink->ops->end(sink);
+        } else {
+            send_error(a, sink, 500, NULL, "could not queue the request");
+        }
+        return NULL;
+    }
+    return c;
+}
+
+/* POST /tokenize {"content", "add_special"?, "parse_special"?, "model"?} ->
+ * {"tokens"}; POST /detokenize {"tokens", "model"?} -> {"content"}
+ * (llama.cpp's server shapes). "model" may be left out when this node serves
+ * exactly one model; a model served elsewhere is forwarded like a
+ * completion. No BOS unless add_special; special-token texts stay text
+ * unless parse_special. */
+static api_call *handle_tokenize(api *a, const char *method, const char *path, const char *body,
+                                 size_t len, api_sink *sink, int from_peer, int detokenize)
+{
+    char err[512] = "";
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    cJSON *out = NULL;
+    api_call *c = NULL;
+    int status = 400;
+    if (!cJSON_IsObject(root)) {
+        snprintf(err, sizeof err, "request body must be a JSON object");
+        goto done;
+    }
+    cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    engine_model *em = NULL;
+    if (model && !cJSON_IsNull(model)) {
+        if (!cJSON_IsString(model) || !model->valuestring[0] || strlen(model->valuestring) >= MESH_MAX_NAME) {
+            snprintf(err, sizeof err, "'model' must be a non-empty string (at most %d bytes)", MESH_MAX_NAME - 1);
+            goto done;
+        }
+        em = sched_find_model(a->sched, model->valuestring);
+        if (!em) { /* served elsewhere, maybe */
+            c = call_new(a, sink, model->valuestring, "tok");
+            if (c) c = forward_or_refuse(a, c, method, path, body, len, from_peer);
+            cJSON_Delete(root);
+            return c;
+        }
+    } else if (sched_model_count(a->sched) == 1) {
+        em = sched_model_at(a->sched, 0);
+    } else {
+        snprintf(err, sizeof err, "'model' is required: this node serves %d models", sched_model_count(a->sched));
+        goto done;
+    }
+    out = cJSON_CreateObject();
+    if (!detokenize) {
+        cJSON *content = cJSON_GetObjectItemCaseSensitive(root, "content");
+        int add_special = 0, parse_special = 0;
+        if (!cJSON_IsString(content)) {
+            snprintf(err, sizeof err, "'content' must be a string");
+            goto done;
+        }
+        if (opt_bool(root, "add_special", &add_special, err, sizeof err) ||
+            opt_bool(root, "parse_special", &parse_special, err, sizeof err))
+            goto done;
+        int32_t *ids = NULL;
+        int n = 0;
+        if (engine_tokenize(em, content->valuestring, strlen(content->valuestring), add_special,
+                            parse_special, &ids, &n, err, sizeof err) != 0) {
+            status = 500;
+            goto done;
+        }
+        cJSON *arr = cJSON_AddArrayToObject(out, "tokens");
+        for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(ids[i]));
+        free(ids);
+    } else {
+        cJSON *tokens = cJSON_GetObjectItemCaseSensitive(root, "tokens");
+        int n = 0, max_id = -1;
+        int32_t *ids = cJSON_IsArray(tokens) ? parse_token_ids(tokens, "tokens", &n, &max_id, err, sizeof err) : NULL;
+        if (!ids) {
+            if (!cJSON_IsArray(tokens)) snprintf(err, sizeof err, "'tokens' must be an array of token ids");
+            goto done;
+        }
+        size_t text_len;
+        char *text = max_id < engine_model_n_vocab(em)
+                   ? engine_detokenize(em, ids, n, &text_len, err, sizeof err) : NULL;
+        if (max_id >= engine_model_n_vocab(em))
+            snprintf(err, sizeof err, "token id %d is out of range: the model has %d tokens", max_id,
+                     engine_model_n_vocab(em));
+        free(ids);
+        if (!text) goto done;
+        cJSON_AddStringToObject(out, "content", text);
+        free(text);
+    }
+    send_json(sink, 200, out);
+    err[0] = 0;
+done:
+    if (err[0]) send_error(a, sink, status, NULL, "%s", err);
+    cJSON_Delete(out);
+    cJSON_Delete(root);
     return NULL;
 }
 
@@ -717,6 +1213,12 @@ api_call *api_handle(api *a, const char *method, const char *path, const char *b
         if (!is_post) { send_error(a, sink, 405, NULL, "use POST for %s", route); return NULL; }
         return handle_generate(a, method, path, body ? body : "", body_len, sink, from_peer,
                                route[4] == 'c' && route[5] == 'h');
+    }
+    if (!strcmp(route, "/tokenize") || !strcmp(route, "/detokenize") ||
+        !strcmp(route, "/v1/tokenize") || !strcmp(route, "/v1/detokenize")) {
+        if (!is_post) { send_error(a, sink, 405, NULL, "use POST for %s", route); return NULL; }
+        return handle_tokenize(a, method, path, body ? body : "", body_len, sink, from_peer,
+                               strstr(route, "/detokenize") != NULL);
     }
     send_error(a, sink, 404, NULL, "no such endpoint: %s %s", method, route);
     return NULL;

@@ -25,9 +25,7 @@
 struct sched_job {
     sched *s;
     struct sched_worker *worker;
-    char *prompt;
-    size_t prompt_len;
-    engine_sampling params;
+    engine_request req;        /* prompt and prompt_ids point to owned copies */
     sched_callbacks cb;
     void *user;
 
@@ -35,6 +33,8 @@ struct sched_job {
     /* Under s->lock: */
     char *pending;             /* text produced and not yet delivered */
     size_t pending_len, pending_cap;
+    engine_token *pending_toks; /* tokens produced and not yet delivered */
+    int n_pending_toks, pending_toks_cap;
     int worker_done;
     int on_ready_list;
     engine_result result;
@@ -79,7 +79,8 @@ static void job_post_ready_locked(sched_job *job)
     }
 }
 
-static int worker_on_piece(void *user, const char *piece, size_t len)
+static int worker_on_output(void *user, const char *text, size_t len, const engine_token *tokens,
+                            int n_tokens)
 {
     sched_job *job = user;
     sched *s = job->s;
@@ -93,12 +94,22 @@ static int worker_on_piece(void *user, const char *piece, size_t len)
         job->pending = p;
         job->pending_cap = cap;
     }
-    memcpy(job->pending + job->pending_len, piece, len);
+    if (job->n_pending_toks + n_tokens > job->pending_toks_cap) {
+        int cap = job->pending_toks_cap ? job->pending_toks_cap * 2 : 16;
+        while (cap < job->n_pending_toks + n_tokens) cap *= 2;
+        engine_token *p = realloc(job->pending_toks, sizeof *p * (size_t)cap);
+        if (!p) { pthread_mutex_unlock(&s->lock); return 1; }
+        job->pending_toks = p;
+        job->pending_toks_cap = cap;
+    }
+    if (len) memcpy(job->pending + job->pending_len, text, len);
     job->pending_len += len;
+    if (n_tokens) memcpy(job->pending_toks + job->n_pending_toks, tokens, sizeof *tokens * (size_t)n_tokens);
+    job->n_pending_toks += n_tokens;
     job_post_ready_locked(job);
     pthread_mutex_unlock(&s->lock);
     event_active(s->wake, EV_READ, 0);
-    if (s->debug_token_delay_us) usleep(s->debug_token_delay_us);
+    if (s->debug_token_delay_us && len) usleep(s->debug_token_delay_us);
     return 0;
 }
 
@@ -108,8 +119,7 @@ static void worker_run_job(sched_worker *w, sched_job *job)
     char err[256] = "";
     int rc = 0;
     if (!atomic_load(&job->cancelled))
-        rc = engine_generate(w->model, job->prompt, job->prompt_len, &job->params,
-                             worker_on_piece, job, &result, err, sizeof err);
+        rc = engine_run(w->model, &job->req, worker_on_output, job, &result, err, sizeof err);
     sched *s = job->s;
     pthread_mutex_lock(&s->lock);
     job->result = result;
@@ -146,7 +156,9 @@ static void job_free(sched_job *job)
     if (job->next_all) job->next_all->prev_all = job->prev_all;
     s->n_active--;
     free(job->pending);
-    free(job->prompt);
+    free(job->pending_toks);
+    free((char *)job->req.prompt);
+    free((int32_t *)job->req.prompt_ids);
     free(job);
 }
 
@@ -167,13 +179,18 @@ static void sched_on_wake(evutil_socket_t fd, short what, void *arg)
         pthread_mutex_lock(&s->lock);
         char *text = job->pending;
         size_t len = job->pending_len;
+        engine_token *toks = job->pending_toks;
+        int n_toks = job->n_pending_toks;
         job->pending = NULL;
         job->pending_len = job->pending_cap = 0;
+        job->pending_toks = NULL;
+        job->n_pending_toks = job->pending_toks_cap = 0;
         int done = job->worker_done;
         pthread_mutex_unlock(&s->lock);
 
-        if (!job->owner_gone && len) job->cb.on_piece(job->user, text, len);
+        if (!job->owner_gone && (len || n_toks)) job->cb.on_output(job->user, text ? text : "", len, toks, n_toks);
         free(text);
+        free(toks);
         if (done) {
             if (!job->owner_gone) {
                 job->owner_gone = 1;
@@ -265,21 +282,30 @@ int sched_model_count(const sched *s) { return s->n_workers; }
 engine_model *sched_model_at(const sched *s, int i) { return s->workers[i]->model; }
 int sched_jobs_active(const sched *s) { return s->n_active; }
 
-sched_job *sched_submit(sched *s, const char *model_id, const char *prompt, size_t prompt_len,
-                        const engine_sampling *params, const sched_callbacks *cb, void *user)
+sched_job *sched_submit(sched *s, const char *model_id, const engine_request *req,
+                        const sched_callbacks *cb, void *user)
 {
     sched_worker *w = find_worker(s, model_id);
     if (!w) return NULL;
     sched_job *job = calloc(1, sizeof *job);
     if (!job) return NULL;
-    job->prompt = malloc(prompt_len + 1);
-    if (!job->prompt) { free(job); return NULL; }
-    memcpy(job->prompt, prompt, prompt_len);
-    job->prompt[prompt_len] = 0;
-    job->prompt_len = prompt_len;
+    job->req = *req;
+    char *prompt = malloc(req->prompt_len + 1);
+    int32_t *ids = NULL;
+    if (req->prompt_ids) ids = malloc(sizeof(int32_t) * (size_t)(req->n_prompt_ids > 0 ? req->n_prompt_ids : 1));
+    if (!prompt || (req->prompt_ids && !ids)) {
+        free(prompt);
+        free(ids);
+        free(job);
+        return NULL;
+    }
+    if (req->prompt_len) memcpy(prompt, req->prompt, req->prompt_len);
+    prompt[req->prompt_len] = 0;
+    if (ids && req->n_prompt_ids > 0) memcpy(ids, req->prompt_ids, sizeof(int32_t) * (size_t)req->n_prompt_ids);
+    job->req.prompt = prompt;
+    job->req.prompt_ids = ids;
     job->s = s;
     job->worker = w;
-    job->params = *params;
     job->cb = *cb;
     job->user = user;
     atomic_init(&job->cancelled, 0);

@@ -23,8 +23,11 @@ typedef struct sched sched;
 typedef struct sched_job sched_job;
 
 typedef struct {
-    /* New text (never a split UTF-8 character). */
-    void (*on_piece)(void *user, const char *text, size_t len);
+    /* New text (never a split UTF-8 character) and, when the request asked
+     * for log-probabilities, the tokens produced since the last call (see
+     * engine_output_fn). Either may be empty. */
+    void (*on_output)(void *user, const char *text, size_t len, const engine_token *tokens,
+                      int n_tokens);
     /* The job ended: error is NULL on success (then result is filled), else
      * a message. Last callback; the job handle is invalid afterwards. */
     void (*on_done)(void *user, const engine_result *result, const char *error);
@@ -42,9 +45,10 @@ engine_model *sched_find_model(const sched *s, const char *model_id);
 int sched_model_count(const sched *s);
 engine_model *sched_model_at(const sched *s, int i);
 
-/* Queues a generation. prompt is copied. NULL only when model_id is not served. */
-sched_job *sched_submit(sched *s, const char *model_id, const char *prompt, size_t prompt_len,
-                        const engine_sampling *params, const sched_callbacks *cb, void *user);
+/* Queues a generation. The request, its prompt text and ids are copied.
+ * NULL when model_id is not served (or out of memory). */
+sched_job *sched_submit(sched *s, const char *model_id, const engine_request *req,
+                        const sched_callbacks *cb, void *user);
 /* The owner loses interest: no more callbacks; the worker stops at its next token. */
 void sched_cancel(sched_job *job);
 

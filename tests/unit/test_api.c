@@ -6,6 +6,7 @@
 #include <cjson/cJSON.h>
 #include <event2/event.h>
 #include <event2/thread.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -130,6 +131,32 @@ static void test_bad_requests(void)
         {"POST", "/v1/chat/completions", "{\"model\": \"" MODEL_ID "\", \"messages\": []}", 400, "invalid_request_error"},
         {"POST", "/v1/chat/completions", "{\"model\": \"" MODEL_ID "\", \"messages\": [{\"content\": \"x\"}]}", 400, "invalid_request_error"},
         {"POST", "/v1/completions", "{\"model\": \"nope\", \"prompt\": \"x\"}", 404, "not_found_error"},
+        /* new fields: every one validated and bounded */
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"stop\": [\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"stop\": \"\"}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"stop\": 7}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"logit_bias\": {\"abc\": 1}}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"logit_bias\": {\"5\": 101}}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"logit_bias\": {\"99999999\": 1}}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"logprobs\": 21}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"logprobs\": 1.5}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"echo\": \"yes\"}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": [\"a\", \"b\"]}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": [[1, 2], [3]]}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": [1, -2]}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": [1, 99999999]}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": []}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"min_p\": 2}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"presence_penalty\": 3}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"stream_options\": 1}", 400, "invalid_request_error"},
+        {"POST", "/v1/chat/completions", "{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_logprobs\": 30}", 400, "invalid_request_error"},
+        {"POST", "/v1/chat/completions", "{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": 2}", 400, "invalid_request_error"},
+        {"POST", "/tokenize", "{\"content\": 5}", 400, "invalid_request_error"},
+        {"POST", "/tokenize", "[]", 400, "invalid_request_error"},
+        {"POST", "/detokenize", "{\"tokens\": [1, 99999999]}", 400, "invalid_request_error"},
+        {"POST", "/detokenize", "{\"tokens\": \"x\"}", 400, "invalid_request_error"},
+        {"POST", "/tokenize", "{\"model\": \"nope\", \"content\": \"x\"}", 404, "not_found_error"},
+        {"GET", "/tokenize", NULL, 405, "invalid_request_error"},
         {"GET", "/v1/completions", NULL, 405, "invalid_request_error"},
         {"GET", "/v1/nothing", NULL, 404, "not_found_error"},
     };
@@ -259,6 +286,347 @@ static void test_abort_mid_stream(void)
     free(r.body);
 }
 
+/* The data: events of an SSE body, parsed; NULL-terminated array (caller
+ * frees each and the array). *done counts "data: [DONE]" lines. */
+static cJSON **sse_events(record_sink *r, int *done)
+{
+    cJSON **ev = calloc(1024, sizeof *ev);
+    int n = 0;
+    *done = 0;
+    char *copy = strdup(r->body ? r->body : "");
+    for (char *line = strtok(copy, "\n"); line && n < 1023; line = strtok(NULL, "\n")) {
+        if (!strcmp(line, "data: [DONE]")) { (*done)++; continue; }
+        if (strncmp(line, "data: ", 6) == 0) ev[n++] = cJSON_Parse(line + 6);
+    }
+    free(copy);
+    return ev;
+}
+
+static void free_events(cJSON **ev)
+{
+    for (int i = 0; ev[i]; i++) cJSON_Delete(ev[i]);
+    free(ev);
+}
+
+static cJSON *first_choice(cJSON *j) { return cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0); }
+
+/* Sends body to path and returns the parsed JSON answer (status 200 required). */
+static cJSON *post_json(const char *path, const char *body)
+{
+    record_sink r;
+    request(&r, "POST", path, body);
+    if (r.status != 200) fprintf(stderr, "  %s -> %d %s\n", path, r.status, r.body ? r.body : "");
+    cJSON *j = r.status == 200 ? body_json(&r) : NULL;
+    free(r.body);
+    return j;
+}
+
+/* A stop string that spans two tokens of the greedy continuation is cut
+ * there, never emitted, finish_reason "stop"; the same when streamed. */
+static void test_stop_across_tokens(void)
+{
+    setup();
+    cJSON *j = post_json("/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"The LORD is my shepherd;\", "
+                         "\"max_tokens\": 24, \"temperature\": 0, \"logprobs\": 0}");
+    REQUIRE(j);
+    const char *full = cJSON_GetObjectItem(first_choice(j), "text")->valuestring;
+    cJSON *tokens = cJSON_GetObjectItem(cJSON_GetObjectItem(first_choice(j), "logprobs"), "tokens");
+    REQUIRE(cJSON_GetArraySize(tokens) == 24);
+    /* The last 2 bytes of token k and the first 2 of token k + 1, for the
+     * first k where all are letters or spaces and the string is new in the text. */
+    char stop[8] = "";
+    size_t at = 0, pos = 0;
+    for (int k = 0; k + 1 < 24 && !stop[0]; k++) {
+        const char *x = cJSON_GetArrayItem(tokens, k)->valuestring, *y = cJSON_GetArrayItem(tokens, k + 1)->valuestring;
+        size_t nx = strlen(x);
+        pos += nx;
+        if (nx < 3 || strlen(y) < 2) continue;
+        char cand[8];
+        snprintf(cand, sizeof cand, "%.2s%.2s", x + nx - 2, y);
+        int letters = 1;
+        for (int i = 0; i < 4; i++) letters &= (cand[i] >= 'a' && cand[i] <= 'z') || cand[i] == ' ';
+        const char *first = strstr(full, cand);
+        if (letters && first && (size_t)(first - full) == pos - 2) {
+            memcpy(stop, cand, 5);
+            at = pos - 2;
+        }
+    }
+    REQUIRE(stop[0]);
+    char want[256];
+    snprintf(want, sizeof want, "%.*s", (int)at, full);
+    cJSON_Delete(j);
+
+    char body[512];
+    snprintf(body, sizeof body, "{\"model\": \"" MODEL_ID "\", \"prompt\": \"The LORD is my shepherd;\", "
+             "\"max_tokens\": 24, \"temperature\": 0, \"stop\": [\"zzzz\", \"%s\"]}", stop);
+    j = post_json("/v1/completions", body);
+    REQUIRE(j);
+    CHECK_EQ_STR(cJSON_GetObjectItem(first_choice(j), "text")->valuestring, want);
+    CHECK_EQ_STR(cJSON_GetObjectItem(first_choice(j), "finish_reason")->valuestring, "stop");
+    cJSON_Delete(j);
+
+    /* streamed: nothing of the stop string in any chunk */
+    snprintf(body, sizeof body, "{\"model\": \"" MODEL_ID "\", \"prompt\": \"The LORD is my shepherd;\", "
+             "\"max_tokens\": 24, \"temperature\": 0, \"stop\": \"%s\", \"stream\": true, "
+             "\"stream_options\": {\"include_usage\": true}}", stop);
+    record_sink r;
+    request(&r, "POST", "/v1/completions", body);
+    CHECK_EQ_INT(r.status, 200);
+    int done;
+    cJSON **ev = sse_events(&r, &done);
+    char joined[512] = "";
+    const char *finish = NULL;
+    int usage_chunks = 0;
+    for (int i = 0; ev[i]; i++) {
+        cJSON *ch = first_choice(ev[i]);
+        cJSON *t = cJSON_GetObjectItem(ch, "text");
+        if (cJSON_IsString(t)) strncat(joined, t->valuestring, sizeof joined - strlen(joined) - 1);
+        cJSON *f = cJSON_GetObjectItem(ch, "finish_reason");
+        if (cJSON_IsString(f)) finish = f->valuestring;
+        cJSON *u = cJSON_GetObjectItem(ev[i], "usage");
+        if (u) {
+            usage_chunks++;
+            CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(ev[i], "choices")), 0);
+            CHECK(cJSON_GetObjectItem(u, "completion_tokens")->valueint > 0);
+            CHECK(ev[i + 1] == NULL); /* the last chunk */
+        }
+    }
+    CHECK_EQ_STR(joined, want);
+    CHECK_EQ_STR(finish, "stop");
+    CHECK_EQ_INT(usage_chunks, 1);
+    CHECK_EQ_INT(done, 1);
+    free_events(ev);
+    free(r.body);
+}
+
+/* Token ids from /tokenize (add_special puts the BOS first), back through
+ * /detokenize. */
+static int tokenize(const char *text, int add_special, int32_t *ids, int cap)
+{
+    char body[1024];
+    snprintf(body, sizeof body, "{\"content\": \"%s\", \"add_special\": %s}", text, add_special ? "true" : "false");
+    cJSON *j = post_json("/tokenize", body);
+    if (!j) return -1;
+    cJSON *t = cJSON_GetObjectItem(j, "tokens");
+    int n = cJSON_GetArraySize(t);
+    for (int i = 0; i < n && i < cap; i++) ids[i] = cJSON_GetArrayItem(t, i)->valueint;
+    cJSON_Delete(j);
+    return n;
+}
+
+static void test_tokenize_round_trip(void)
+{
+    setup();
+    const char *text = "In the beginning God created the heaven and the earth. \xc3\xa9t\xc3\xa9 \xe2\x80\x9cquoted\xe2\x80\x9d";
+    int32_t ids[256], with_bos[256];
+    int n = tokenize(text, 0, ids, 256), nb = tokenize(text, 1, with_bos, 256);
+    REQUIRE(n > 5 && n < 256);
+    CHECK_EQ_INT(nb, n + 1); /* the demo model adds a BOS */
+    CHECK(!memcmp(with_bos + 1, ids, sizeof(int32_t) * (size_t)n));
+    char body[4096] = "{\"model\": \"" MODEL_ID "\", \"tokens\": [";
+    for (int i = 0; i < n; i++)
+        snprintf(body + strlen(body), sizeof body - strlen(body), "%s%d", i ? "," : "", (int)ids[i]);
+    strcat(body, "]}");
+    cJSON *j = post_json("/detokenize", body);
+    REQUIRE(j);
+    CHECK_EQ_STR(cJSON_GetObjectItem(j, "content")->valuestring, text);
+    cJSON_Delete(j);
+}
+
+/* A token-id prompt is used as given: the string prompt's ids minus the BOS
+ * give prompt_tokens one less, and with the BOS put back the same text. */
+static void test_token_id_prompt(void)
+{
+    setup();
+    int32_t ids[256];
+    int n = tokenize("And God said, Let there be light:", 1, ids, 256);
+    REQUIRE(n > 3 && n < 200);
+    char list[2048] = "";
+    for (int i = 1; i < n; i++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i > 1 ? "," : "", (int)ids[i]);
+    char body[4096];
+    cJSON *str = post_json("/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"And God said, Let there be light:\", \"max_tokens\": 12, \"temperature\": 0}");
+    snprintf(body, sizeof body, "{\"model\": \"" MODEL_ID "\", \"prompt\": [%s], \"max_tokens\": 12, \"temperature\": 0, \"echo\": true, \"logprobs\": 0}", list);
+    cJSON *nobos = post_json("/v1/completions", body);
+    snprintf(body, sizeof body, "{\"model\": \"" MODEL_ID "\", \"prompt\": [[%d,%s]], \"max_tokens\": 12, \"temperature\": 0}", (int)ids[0], list);
+    cJSON *bos = post_json("/v1/completions", body);
+    REQUIRE(str && nobos && bos);
+    CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetObjectItem(str, "usage"), "prompt_tokens")->valueint, n);
+    CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetObjectItem(nobos, "usage"), "prompt_tokens")->valueint, n - 1);
+    CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetObjectItem(bos, "usage"), "prompt_tokens")->valueint, n);
+    CHECK_EQ_STR(cJSON_GetObjectItem(first_choice(bos), "text")->valuestring,
+                 cJSON_GetObjectItem(first_choice(str), "text")->valuestring);
+    /* echo of an id prompt: the detokenized prompt, then the completion;
+     * its first token is ids[1] (no BOS was added) with a null logprob */
+    const char *echoed = cJSON_GetObjectItem(first_choice(nobos), "text")->valuestring;
+    CHECK(!strncmp(echoed, "And God said, Let there be light:", 33) || !strncmp(echoed, " And God said", 13));
+    cJSON *lp = cJSON_GetObjectItem(first_choice(nobos), "logprobs");
+    CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(lp, "tokens")), n - 1 + 12);
+    CHECK(cJSON_IsNull(cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "token_logprobs"), 0)));
+    CHECK(cJSON_IsNull(cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "top_logprobs"), 0)));
+    cJSON_Delete(str);
+    cJSON_Delete(nobos);
+    cJSON_Delete(bos);
+}
+
+/* echo + max_tokens 0: the prompt's own log-probabilities (what
+ * lm-evaluation-harness's loglikelihood asks for), checked against
+ * engine_perplexity, which scores the same tokens after a BOS its own way. */
+static void test_echo_scores_prompt(void)
+{
+    setup();
+    const char *text = "And the earth was without form, and void; and darkness was upon the face of the deep.";
+    char body[1024];
+    snprintf(body, sizeof body, "{\"model\": \"" MODEL_ID "\", \"prompt\": \"%s\", \"max_tokens\": 0, "
+             "\"temperature\": 0, \"echo\": true, \"logprobs\": 3}", text);
+    cJSON *j = post_json("/v1/completions", body);
+    REQUIRE(j);
+    cJSON *choice = first_choice(j);
+    CHECK_EQ_STR(cJSON_GetObjectItem(choice, "text")->valuestring, text);
+    CHECK_EQ_STR(cJSON_GetObjectItem(choice, "finish_reason")->valuestring, "length");
+    cJSON *lp = cJSON_GetObjectItem(choice, "logprobs");
+    cJSON *lps = cJSON_GetObjectItem(lp, "token_logprobs"), *tops = cJSON_GetObjectItem(lp, "top_logprobs");
+    cJSON *offs = cJSON_GetObjectItem(lp, "text_offset");
+    int n = cJSON_GetArraySize(lps);
+    int prompt_tokens = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "prompt_tokens")->valueint;
+    CHECK_EQ_INT(n, prompt_tokens);
+    CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "completion_tokens")->valueint, 0);
+    REQUIRE(n > 10);
+    CHECK(cJSON_IsNull(cJSON_GetArrayItem(lps, 0)));
+    CHECK(cJSON_IsNull(cJSON_GetArrayItem(tops, 0)));
+    double nll = 0;
+    long last_off = -1;
+    for (int i = 1; i < n; i++) {
+        double x = cJSON_GetArrayItem(lps, i)->valuedouble;
+        CHECK(x <= 0);
+        nll -= x;
+        /* top alternatives: 3, sorted, probabilities summing to at most 1,
+         * the best at least as likely as the chosen token */
+        cJSON *top = cJSON_GetArrayItem(tops, i);
+        CHECK_EQ_INT(cJSON_GetArraySize(top), 3);
+        double prev = 1, sum = 0;
+        cJSON *e;
+        cJSON_ArrayForEach(e, top) {
+            CHECK(e->valuedouble <= prev + 1e-9);
+            prev = e->valuedouble;
+            sum += exp(e->valuedouble);
+        }
+        CHECK(sum <= 1 + 1e-6);
+        CHECK(cJSON_GetArrayItem(top, 0)->valuedouble >= x - 1e-6);
+        long off = (long)cJSON_GetArrayItem(offs, i)->valuedouble;
+        CHECK(off >= last_off);
+        last_off = off;
+    }
+    cJSON_Delete(j);
+    engine_perplexity_result pr;
+    char err[256];
+    REQUIRE(engine_perplexity(sched_model_at(sch, 0), text, strlen(text), 0, &pr, err, sizeof err) == 0);
+    CHECK_EQ_INT(pr.scored_tokens, n - 1);
+    CHECK(fabs(nll / (n - 1) - pr.mean_nll) < 1e-4);
+
+    /* greedy generation picks the top-1 token: its logprob is the best one */
+    j = post_json("/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"In the beginning\", \"max_tokens\": 8, "
+                  "\"temperature\": 0, \"logprobs\": 2}");
+    REQUIRE(j);
+    lp = cJSON_GetObjectItem(first_choice(j), "logprobs");
+    CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(lp, "tokens")), 8);
+    for (int i = 0; i < 8; i++) {
+        double x = cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "token_logprobs"), i)->valuedouble;
+        cJSON *top = cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "top_logprobs"), i);
+        CHECK_EQ_INT(cJSON_GetArraySize(top), 2);
+        CHECK(fabs(cJSON_GetArrayItem(top, 0)->valuedouble - x) < 1e-6);
+    }
+    CHECK_EQ_INT((long)cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "text_offset"), 0)->valuedouble, 0);
+    cJSON_Delete(j);
+}
+
+/* Chat logprobs (content entries with bytes and top_logprobs); streamed
+ * chunks carry theirs. */
+static void test_chat_logprobs(void)
+{
+    setup();
+    const char *req = "{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"Who is my shepherd?\"}],"
+                      "\"max_tokens\": 6, \"temperature\": 0, \"logprobs\": true, \"top_logprobs\": 3%s}";
+    char body[512];
+    snprintf(body, sizeof body, req, "");
+    cJSON *j = post_json("/v1/chat/completions", body);
+    REQUIRE(j);
+    cJSON *content = cJSON_GetObjectItem(cJSON_GetObjectItem(first_choice(j), "logprobs"), "content");
+    CHECK_EQ_INT(cJSON_GetArraySize(content), 6);
+    char joined[512] = "";
+    cJSON *e;
+    cJSON_ArrayForEach(e, content) {
+        CHECK(cJSON_IsString(cJSON_GetObjectItem(e, "token")));
+        CHECK(cJSON_GetObjectItem(e, "logprob")->valuedouble <= 0);
+        CHECK(cJSON_IsArray(cJSON_GetObjectItem(e, "bytes")));
+        CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(e, "top_logprobs")), 3);
+        strncat(joined, cJSON_GetObjectItem(e, "token")->valuestring, sizeof joined - strlen(joined) - 1);
+    }
+    const char *text = cJSON_GetObjectItem(cJSON_GetObjectItem(first_choice(j), "message"), "content")->valuestring;
+    CHECK_EQ_STR(joined, text);
+    CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "completion_tokens")->valueint, 6);
+
+    snprintf(body, sizeof body, req, ", \"stream\": true");
+    record_sink r;
+    request(&r, "POST", "/v1/chat/completions", body);
+    int done, n_lp = 0;
+    cJSON **ev = sse_events(&r, &done);
+    char streamed[512] = "";
+    for (int i = 0; ev[i]; i++) {
+        cJSON *ch = first_choice(ev[i]);
+        cJSON *c = cJSON_GetObjectItem(cJSON_GetObjectItem(ch, "delta"), "content");
+        if (cJSON_IsString(c)) strncat(streamed, c->valuestring, sizeof streamed - strlen(streamed) - 1);
+        n_lp += cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetObjectItem(ch, "logprobs"), "content"));
+    }
+    CHECK_EQ_STR(streamed, text);
+    CHECK_EQ_INT(n_lp, 6);
+    CHECK_EQ_INT(done, 1);
+    free_events(ev);
+    free(r.body);
+    cJSON_Delete(j);
+}
+
+/* Sampling fields reach the sampler: a banned greedy token is not chosen,
+ * a seed still reproduces, penalties change a repetitive continuation. */
+static void test_sampling_fields(void)
+{
+    setup();
+    cJSON *plain = post_json("/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"In the beginning\", "
+                             "\"max_tokens\": 1, \"temperature\": 0, \"logprobs\": 0}");
+    REQUIRE(plain);
+    int32_t first[4];
+    REQUIRE(tokenize(cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(first_choice(plain), "logprobs"),
+                                                             "tokens"), 0)->valuestring, 0, first, 4) == 1);
+    char body[512];
+    snprintf(body, sizeof body, "{\"model\": \"" MODEL_ID "\", \"prompt\": \"In the beginning\", \"max_tokens\": 1, "
+             "\"temperature\": 0, \"logit_bias\": {\"%d\": -100}}", (int)first[0]);
+    cJSON *banned = post_json("/v1/completions", body);
+    REQUIRE(banned);
+    CHECK(strcmp(cJSON_GetObjectItem(first_choice(banned), "text")->valuestring,
+                 cJSON_GetObjectItem(first_choice(plain), "text")->valuestring) != 0);
+    const char *seeded = "{\"model\": \"" MODEL_ID "\", \"prompt\": \"In the beginning\", \"max_tokens\": 20, "
+                         "\"temperature\": 0.9, \"seed\": 7, \"min_p\": 0.05, \"frequency_penalty\": 0.5, "
+                         "\"presence_penalty\": 0.3, \"repetition_penalty\": 1.2}";
+    cJSON *x = post_json("/v1/completions", seeded), *y = post_json("/v1/completions", seeded);
+    REQUIRE(x && y);
+    CHECK_EQ_STR(cJSON_GetObjectItem(first_choice(x), "text")->valuestring,
+                 cJSON_GetObjectItem(first_choice(y), "text")->valuestring);
+    /* greedy "In the beginning" repeats ", and in the world" forever; a
+     * strong frequency penalty breaks the loop */
+    cJSON *loop = post_json("/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"In the beginning\", "
+                            "\"max_tokens\": 24, \"temperature\": 0}");
+    cJSON *pen = post_json("/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"In the beginning\", "
+                           "\"max_tokens\": 24, \"temperature\": 0, \"frequency_penalty\": 2}");
+    REQUIRE(loop && pen);
+    CHECK(strstr(cJSON_GetObjectItem(first_choice(loop), "text")->valuestring, "in the world, and in the world"));
+    CHECK(!strstr(cJSON_GetObjectItem(first_choice(pen), "text")->valuestring, "in the world, and in the world"));
+    cJSON_Delete(plain);
+    cJSON_Delete(banned);
+    cJSON_Delete(x);
+    cJSON_Delete(y);
+    cJSON_Delete(loop);
+    cJSON_Delete(pen);
+}
+
 int main(void)
 {
     RUN(test_models_list);
@@ -266,6 +634,12 @@ int main(void)
     RUN(test_completion_matches_engine);
     RUN(test_chat);
     RUN(test_abort_mid_stream);
+    RUN(test_stop_across_tokens);
+    RUN(test_tokenize_round_trip);
+    RUN(test_token_id_prompt);
+    RUN(test_echo_scores_prompt);
+    RUN(test_chat_logprobs);
+    RUN(test_sampling_fields);
     if (a) {
         api_free(a);
         sched_free(sch);
