@@ -115,7 +115,12 @@ netns_add_host() {
 # at 10.77.k.(10+i) with a default route through the router. Linux masquerade
 # keeps the source port when it can (endpoint-independent mapping, so hole
 # punching can work); "symmetric" uses random ports per mapping instead
-# (hole punching cannot work; a relay is needed).
+# (hole punching cannot work; a relay is needed). Like a home router, the
+# router drops unsolicited packets to its own WAN address: without that, Linux
+# accepts a peer's early punch locally and records a conntrack entry for it,
+# our own outbound packet to that peer then clashes with it and masquerade
+# moves it to another port, so a simultaneous open never meets
+# (docs/reachability.md).
 NETNS_SITES=0
 netns_nat_site() {
   local site=$1 n=$2 mode=${3:-cone}
@@ -139,6 +144,7 @@ table ip lmnat {
     ct state established,related accept
     iifname "lan0" oifname "wan0" accept
   }
+  chain filter_in { type filter hook input priority filter; policy accept; iifname "wan0" ct state new drop; }
 }
 EOF
   eval "${site}_IP=10.77.0.$((200 + k)); ${site}_UPLINK=wan0"

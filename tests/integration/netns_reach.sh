@@ -19,18 +19,6 @@ netns_add_host p1
 netns_nat_site a 1
 netns_nat_site b 1
 netns_nat_site c 1 symmetric
-# Like a home router, each NAT drops unsolicited packets to its own address.
-# Without this, Linux accepts the peer's first punch locally (answering ICMP
-# port unreachable) and confirms a conntrack entry for it; our own outbound
-# packet to that peer then clashes with it and masquerade gives it another
-# port, so a simultaneous open can never meet (docs/reachability.md).
-for site in a b c; do
-  netns_exec "$site" nft -f - <<NFT || die "nftables input chain in $site"
-table ip lmnat {
-  chain filter_in { type filter hook input priority filter; policy accept; iifname "wan0" ct state new drop; }
-}
-NFT
-done
 
 netns_start_node p1 serve --threads 1
 netns_start_node a1 serve --join "$p1_TOKEN" --threads 1
