@@ -250,6 +250,7 @@ static void test_dot_products(void)
     float *ad = malloc(N * sizeof *ad);
     uint8_t *wq = malloc(N * 2), *act = malloc(N * 2);
     REQUIRE(w && x && wd && ad && wq && act);
+    kernel_isa best = kernel_active_isa();
     for (int rep = 0; rep < 8; rep++) {
         for (int i = 0; i < N; i++) {
             w[i] = rnd_uniform(-1, 1) * (rep & 1 ? 0.01f : 1.0f);
@@ -300,7 +301,7 @@ static void test_dot_products(void)
             if (n_isa == 2) CHECK(fabs(results[0] - results[1]) <= 1e-5 * mag + 1e-30);
         }
     }
-    kernel_force_isa(kernel_active_isa());
+    kernel_force_isa(best);
     free(w);
     free(x);
     free(wd);
