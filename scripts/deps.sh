@@ -14,6 +14,12 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm run the end-to-end checks (tests/e2e: llama.cpp through
+# node-llama-cpp, the official openai client). Any node >= 18 will do; take
+# Debian's only when none is on the PATH (the machine may have a newer one).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing: ${missing[*]}"
