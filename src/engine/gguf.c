@@ -693,7 +693,7 @@ int gguf_arr_i64(const gguf_kv *kv, uint64_t i, int64_t *out)
     if (!kv || kv->type != GGUF_TYPE_ARRAY || i >= kv->count) return -1;
     gguf_type et = kv->elem_type;
     if (!is_unsigned(et) && !is_signed(et) && et != GGUF_TYPE_BOOL) return -1;
-    gguf_kv tmp;
+    gguf_kv tmp = {0}; /* scalar_decode fills one union member; -O3 cannot see which */
     size_t es = gguf_scalar_size[et];
     scalar_decode(et, kv->data + i * es, &tmp);
     if (is_signed(et)) {
@@ -709,7 +709,7 @@ int gguf_arr_f32(const gguf_kv *kv, uint64_t i, float *out)
 {
     if (!kv || kv->type != GGUF_TYPE_ARRAY || i >= kv->count) return -1;
     if (kv->elem_type != GGUF_TYPE_FLOAT32 && kv->elem_type != GGUF_TYPE_FLOAT64) return -1;
-    gguf_kv tmp;
+    gguf_kv tmp = {0}; /* scalar_decode fills one union member; -O3 cannot see which */
     scalar_decode(kv->elem_type, kv->data + i * gguf_scalar_size[kv->elem_type], &tmp);
     *out = (float)tmp.v.f64;
     return 0;
