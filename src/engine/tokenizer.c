@@ -876,7 +876,7 @@ typedef int (*piece_fn)(void *ctx, size_t start, size_t end);
 static int split_stage(const tokenizer *t, pcre2_match_data *md, int stage, const uint8_t *p,
                        size_t start, size_t end, piece_fn fn, void *ctx)
 {
-    if (stage == t->n_re) return fn(ctx, start, end);
+    if (stage >= t->n_re || stage >= MAX_STAGES) return fn(ctx, start, end); /* bound visible to -O3 */
     uint32_t options = t->jit[stage] ? 0 : PCRE2_NO_JIT;
     int rc = 0;
     size_t pos = start;

@@ -12,7 +12,7 @@ enum { V = 1000 };
 static void fill_logits(float *l, int n, unsigned seed)
 {
     srand(seed);
-    for (int i = 0; i < n; i++) l[i] = (float)rand() / RAND_MAX * 8.0f - 4.0f;
+    for (int i = 0; i < n; i++) l[i] = (float)((double)rand() / RAND_MAX * 8.0 - 4.0);
 }
 
 static void test_greedy_is_argmax(void)
