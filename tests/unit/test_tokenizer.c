@@ -336,7 +336,7 @@ static void test_invalid_utf8(void)
     check_split(t, "\xed\xa0\x80y", 4, e5, 2);       /* surrogate */
     static const size_t e6[] = {2, 3};
     check_split(t, "\x80\x80x", 3, e6, 2);           /* stray continuation bytes */
-    const char *cases[] = {"ab\xff" "cd", "\xe4\xb8", "\xe4\xb8\xad\xe4", "\xf4\x90\x80\x80",
+    const char *cases[] = {("ab\xff" "cd"), "\xe4\xb8", "\xe4\xb8\xad\xe4", "\xf4\x90\x80\x80",
                            "\xf8\x88\x80\x80\x80", "caf\xe9 cr\xe8me", " \xff \xff  \xff"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         CHECK(round_trips(t, cases[i], strlen(cases[i])));
