@@ -75,7 +75,7 @@ static void setup(void)
         snprintf(bytes[b], sizeof bytes[b], "<0x%02X>", b);
         toks[n] = bytes[b], scores[n] = 0, types[n++] = 6;
     }
-    static const char *const normal[] = {"\xe2\x96\x81", "a", "b", "\xe2\x96\x81" "a", "ab",
+    static const char *const normal[] = {"\xe2\x96\x81", "a", "b", ("\xe2\x96\x81" "a"), "ab",
                                          "\xe4\xb8\xad", "<u>"};
     for (int i = 0; i < 7; i++) {
         toks[n] = normal[i];
