@@ -581,18 +581,10 @@ static int string_method(ct_ctx *c, int line, ct_str s, ct_str name, const ct_va
         if (sep && sep->kind == CT_STR) return split(c, line, s, &sep->u.str, m, out);
         return split(c, line, s, NULL, m, out);
     }
-    if (ct_str_eq(name, "upper")) return change_case(c, line, s, CASE_UPPER, out);
-    if (ct_str_eq(name, "lower")) return change_case(c, line, s, CASE_LOWER, out);
-    if (ct_str_eq(name, "title")) return change_case(c, line, s, CASE_TITLE, out);
-    if (ct_str_eq(name, "capitalize")) return change_case(c, line, s, CASE_CAPITALIZE, out);
-    if (ct_str_eq(name, "replace")) {
-        ct_str from = {0}, to = {0};
-        const ct_value *cnt = arg(args, kw, n, 2, "count");
-        if (need_str(c, line, a0, "replace", &from) ||
-            need_str(c, line, arg(args, kw, n, 1, NULL), "replace", &to))
-            return -1;
-        return replace(c, line, s, from, to, cnt && cnt->kind == CT_INT ? cnt->u.i : -1, out);
-    }
+    /* these methods and the filters of the same name are one operation */
+    if (ct_str_eq(name, "upper") || ct_str_eq(name, "lower") || ct_str_eq(name, "title") ||
+        ct_str_eq(name, "capitalize") || ct_str_eq(name, "replace"))
+        return filter_by_name(c, line, name, ct_string(s.s, s.n), args, kw, n, out);
     if (ct_str_eq(name, "find")) {
         ct_str sub = {0};
         if (need_str(c, line, a0, "find", &sub)) return -1;

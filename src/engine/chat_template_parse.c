@@ -798,31 +798,23 @@ static ct_expr *parse_not(parser *p)
     return seal(p, e);
 }
 
-static ct_expr *parse_and(parser *p)
+/* `and` and `or` chains: left-associative, short-circuit at evaluation */
+static ct_expr *parse_logic(parser *p, ct_expr_kind kind, const char *kw,
+                            ct_expr *(*operand)(parser *))
 {
-    ct_expr *e = parse_not(p);
-    while (e && is_kw(cur(p), "and")) {
-        ct_expr *x = mk(p, CT_E_AND, cur(p)->line);
+    ct_expr *e = operand(p);
+    while (e && is_kw(cur(p), kw)) {
+        ct_expr *x = mk(p, kind, cur(p)->line);
         advance(p);
-        if (!x || !(x->b = parse_not(p))) return NULL;
+        if (!x || !(x->b = operand(p))) return NULL;
         x->a = e;
         e = seal(p, x);
     }
     return e;
 }
 
-static ct_expr *parse_or(parser *p)
-{
-    ct_expr *e = parse_and(p);
-    while (e && is_kw(cur(p), "or")) {
-        ct_expr *x = mk(p, CT_E_OR, cur(p)->line);
-        advance(p);
-        if (!x || !(x->b = parse_and(p))) return NULL;
-        x->a = e;
-        e = seal(p, x);
-    }
-    return e;
-}
+static ct_expr *parse_and(parser *p) { return parse_logic(p, CT_E_AND, "and", parse_not); }
+static ct_expr *parse_or(parser *p) { return parse_logic(p, CT_E_OR, "or", parse_and); }
 
 /* allow_cond = 0 for a for loop's iterable, where a trailing `if` filters
  * the loop instead of starting a conditional expression. */

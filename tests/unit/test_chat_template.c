@@ -373,6 +373,20 @@ static void check_render(const char *src, const chat_message *msgs, int n, const
 #define CHECK_RENDER(src, bos, eos, gen, expected) \
     check_render(src, conv, 4, bos, eos, gen, expected, __LINE__)
 
+/* The usual pair: body + gen_tail with the generation prompt, body +
+ * plain_tail without. */
+static void check_pair(const char *src, const char *bos, const char *eos, const char *body,
+                       const char *gen_tail, const char *plain_tail, int line)
+{
+    char want[2048];
+    snprintf(want, sizeof want, "%s%s", body, gen_tail);
+    check_render(src, conv, 4, bos, eos, 1, want, line);
+    snprintf(want, sizeof want, "%s%s", body, plain_tail);
+    check_render(src, conv, 4, bos, eos, 0, want, line);
+}
+#define CHECK_PAIR(src, bos, eos, body, gen_tail, plain_tail) \
+    check_pair(src, bos, eos, body, gen_tail, plain_tail, __LINE__)
+
 /* Renders a small template with no messages and compares. */
 static void check_expr(const char *src, const char *expected, int line)
 {
@@ -432,10 +446,7 @@ static void test_qwen25(void)
         "<|im_start|>user\nHello<|im_end|>\n"
         "<|im_start|>assistant\nHi there<|im_end|>\n"
         "<|im_start|>user\nWho are you<|im_end|>\n";
-    char want[1024];
-    snprintf(want, sizeof want, "%s<|im_start|>assistant\n", body);
-    CHECK_RENDER(QWEN25, "", "<|im_end|>", 1, want);
-    CHECK_RENDER(QWEN25, "", "<|im_end|>", 0, body);
+    CHECK_PAIR(QWEN25, "", "<|im_end|>", body, "<|im_start|>assistant\n", "");
     /* without a system message: the default system prompt */
     check_render(QWEN25, conv + 1, 1, "", "", 1,
                  "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
@@ -454,10 +465,8 @@ static void test_llama32(void)
         "<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\nHi there<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\nWho are you<|eot_id|>";
-    char want[1024];
-    snprintf(want, sizeof want, "%s<|start_header_id|>assistant<|end_header_id|>\n\n", body);
-    CHECK_RENDER(LLAMA32, "<|begin_of_text|>", "<|eot_id|>", 1, want);
-    CHECK_RENDER(LLAMA32, "<|begin_of_text|>", "<|eot_id|>", 0, body);
+    CHECK_PAIR(LLAMA32, "<|begin_of_text|>", "<|eot_id|>", body,
+               "<|start_header_id|>assistant<|end_header_id|>\n\n", "");
 
     /* strftime_now follows vars->now: 2025-01-01 00:00:00 UTC */
     chat_template_vars v = {"", "", 0, NULL, 0, 1735689600LL};
@@ -505,10 +514,7 @@ static void test_gemma3(void)
         "<bos><start_of_turn>user\nYou are a helpful assistant\n\nHello<end_of_turn>\n"
         "<start_of_turn>model\nHi there<end_of_turn>\n"
         "<start_of_turn>user\nWho are you<end_of_turn>\n";
-    char want[1024];
-    snprintf(want, sizeof want, "%s<start_of_turn>model\n", body);
-    CHECK_RENDER(GEMMA3, "<bos>", "<eos>", 1, want);
-    CHECK_RENDER(GEMMA3, "<bos>", "<eos>", 0, body);
+    CHECK_PAIR(GEMMA3, "<bos>", "<eos>", body, "<start_of_turn>model\n", "");
     static const chat_message bad[] = {{"assistant", "a"}};
     chat_template_vars v = {"<bos>", "", 1, NULL, 0, 0};
     char *out = render_with(GEMMA3, bad, 1, &v, errbuf, sizeof errbuf);
@@ -523,11 +529,7 @@ static void test_phi35(void)
     const char *body =
         "<|system|>\nYou are a helpful assistant<|end|>\n<|user|>\nHello<|end|>\n"
         "<|assistant|>\nHi there<|end|>\n<|user|>\nWho are you<|end|>\n";
-    char want[1024];
-    snprintf(want, sizeof want, "%s<|assistant|>\n", body);
-    CHECK_RENDER(PHI35, "<s>", "<|endoftext|>", 1, want);
-    snprintf(want, sizeof want, "%s<|endoftext|>", body);
-    CHECK_RENDER(PHI35, "<s>", "<|endoftext|>", 0, want);
+    CHECK_PAIR(PHI35, "<s>", "<|endoftext|>", body, "<|assistant|>\n", "<|endoftext|>");
 }
 
 /* Zephyr: a multi-line template, so this one exercises trim_blocks (the
@@ -537,10 +539,7 @@ static void test_zephyr(void)
     const char *body =
         "<|system|>\nYou are a helpful assistant</s>\n<|user|>\nHello</s>\n"
         "<|assistant|>\nHi there</s>\n<|user|>\nWho are you</s>\n";
-    char want[1024];
-    snprintf(want, sizeof want, "%s<|assistant|>\n", body);
-    CHECK_RENDER(ZEPHYR, "<s>", "</s>", 1, want);
-    CHECK_RENDER(ZEPHYR, "<s>", "</s>", 0, body);
+    CHECK_PAIR(ZEPHYR, "<s>", "</s>", body, "<|assistant|>\n", "");
 }
 
 /* ---- language ---- */

@@ -1,0 +1,43 @@
+/* fuzz_chat_template.c: libFuzzer target for the chat template interpreter.
+ *
+ * Parses the input as a template and, when it parses, renders it over a fixed
+ * conversation (system, user, assistant, user, including non-ASCII text and
+ * whitespace to trim) twice: with and without the generation prompt and with
+ * an extra variable. Errors are fine; crashes, sanitizer reports, leaks and
+ * hangs are bugs (the step, memory and output bounds must stop every input).
+ * A successful render must return a NUL-terminated prompt of the stated
+ * length. Without libFuzzer, tests/fuzz/replay_main.c replays the corpus in
+ * tests/fuzz/corpus/chat_template (the real family templates) as a test. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/chat_template.h"
+
+static const chat_message conv[] = {
+    {"system", "  You are a helpful assistant.\n"},
+    {"user", "Hello, wörld <|im_end|> {{ not a tag }}"},
+    {"assistant", "<think>hmm</think>\nHi there"},
+    {"user", ""},
+};
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char err[256];
+    chat_template *t = chat_template_parse((const char *)data, size, err, sizeof err);
+    if (!t) return 0;
+    chat_template_extra extra[] = {{"enable_thinking", NULL, 1}, {"tools", NULL, 0}};
+    for (int pass = 0; pass < 2; pass++) {
+        chat_template_vars vars = {"<s>", "</s>", pass, pass ? extra : NULL, pass ? 2 : 0, 0};
+        char *out = NULL;
+        size_t len = 0;
+        if (chat_template_render(t, conv, 4, &vars, &out, &len, err, sizeof err) == 0) {
+            if (!out || strlen(out) > len || out[len] != '\0') abort();
+            free(out);
+        } else if (out) {
+            abort();   /* failure must leave *out NULL */
+        }
+    }
+    chat_template_free(t);
+    return 0;
+}
