@@ -34,6 +34,9 @@ struct engine_model {
     model_state *state;
     threadpool *pool;
     char id[256];
+    chat_template *chat;  /* tokenizer.chat_template, parsed; NULL: none or unusable */
+    char chat_error[256]; /* why it is unusable */
+    char bos_text[64], eos_text[64]; /* the template's bos_token / eos_token */
     int32_t *cached;      /* (n_ctx) the tokens whose keys/values are in the state */
     int n_cached;
     float *logits;        /* (n_vocab) */
@@ -53,6 +56,28 @@ static void model_id_from_path(const char *path, char *out, size_t cap)
     if (n >= cap) n = cap - 1;
     memcpy(out, base, n);
     out[n] = 0;
+}
+
+/* A special token's stored text for the template variables, "" when the
+ * model has no such token or the text does not fit. */
+static void special_text(const tokenizer *tok, int32_t id, char *out, size_t cap)
+{
+    int n = id >= 0 ? tokenizer_token_text(tok, id, out, cap - 1) : -1;
+    out[n >= 0 && (size_t)n < cap ? n : 0] = 0;
+}
+
+/* Parses tokenizer.chat_template when present. A template that does not parse
+ * is not fatal: the model still serves completions, and chat falls back to
+ * the plain template (the reason is kept for the log). */
+static void load_chat_template(engine_model *m)
+{
+    gguf_str src;
+    special_text(m->tok, tokenizer_bos(m->tok), m->bos_text, sizeof m->bos_text);
+    special_text(m->tok, tokenizer_eos(m->tok), m->eos_text, sizeof m->eos_text);
+    if (gguf_get_str(m->file, "tokenizer.chat_template", &src) != 0 || src.len == 0) return;
+    char err[200];
+    m->chat = chat_template_parse(src.ptr, (size_t)src.len, err, sizeof err);
+    if (!m->chat) snprintf(m->chat_error, sizeof m->chat_error, "tokenizer.chat_template: %s", err);
 }
 
 engine_model *engine_model_load(const char *path, int n_threads, char *err, size_t errlen)
@@ -76,6 +101,7 @@ engine_model *engine_model_load(const char *path, int n_threads, char *err, size
     int n_ctx = c->n_ctx_train < ENGINE_MAX_CONTEXT ? c->n_ctx_train : ENGINE_MAX_CONTEXT;
     if (!(m->state = model_state_new(m->model, n_ctx, inner, sizeof inner))) goto fail;
     if (!(m->pool = threadpool_create(n_threads, inner, sizeof inner))) goto fail;
+    load_chat_template(m);
     m->cached = malloc(sizeof(int32_t) * (size_t)model_state_n_ctx(m->state));
     m->logits = malloc(sizeof(float) * (size_t)c->n_vocab);
     if (!m->cached || !m->logits) {
@@ -94,6 +120,7 @@ void engine_model_free(engine_model *m)
 {
     if (!m) return;
     threadpool_free(m->pool);
+    chat_template_free(m->chat);
     model_state_free(m->state);
     tokenizer_free(m->tok);
     model_free(m->model);
@@ -126,6 +153,44 @@ void engine_request_defaults(engine_request *r)
 }
 
 int engine_model_n_vocab(const engine_model *m) { return tokenizer_n_vocab(m->tok); }
+
+const char *engine_chat_template_error(const engine_model *m) { return m->chat_error; }
+
+/* The fallback for models without a chat template: "Role: content" lines,
+ * then "Assistant:". */
+static int render_plain_chat(const chat_message *msgs, int n_msgs, char **out, size_t *out_len)
+{
+    size_t cap = 16;
+    for (int i = 0; i < n_msgs; i++)
+        cap += strlen(msgs[i].role) + (msgs[i].content ? strlen(msgs[i].content) : 0) + 16;
+    char *p = malloc(cap);
+    if (!p) return -1;
+    size_t len = 0;
+    for (int i = 0; i < n_msgs; i++) {
+        const char *r = msgs[i].role;
+        const char *label = !strcmp(r, "system") ? "System" : !strcmp(r, "assistant") ? "Assistant"
+                          : !strcmp(r, "user") ? "User" : r;
+        len += (size_t)snprintf(p + len, cap - len, "%s: %s\n", label, msgs[i].content ? msgs[i].content : "");
+    }
+    len += (size_t)snprintf(p + len, cap - len, "Assistant:");
+    *out = p;
+    *out_len = len;
+    return 0;
+}
+
+int engine_render_chat(const engine_model *m, const chat_message *msgs, int n_msgs, char **out,
+                       size_t *out_len, int *parse_special, char *err, size_t errlen)
+{
+    *out = NULL;
+    *parse_special = m->chat != NULL;
+    if (!m->chat) {
+        if (render_plain_chat(msgs, n_msgs, out, out_len) == 0) return 0;
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    chat_template_vars vars = {.bos_token = m->bos_text, .eos_token = m->eos_text, .add_generation_prompt = 1};
+    return chat_template_render(m->chat, msgs, n_msgs, &vars, out, out_len, err, errlen);
+}
 
 /* ======================================================================== */
 /* UTF-8 sanitising                                                          */
@@ -546,6 +611,12 @@ int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_out
         unsigned flags = (add_bos ? TOKENIZER_ADD_BOS : 0) | (r->parse_special ? TOKENIZER_PARSE_SPECIAL : 0);
         ids = tokenize(m->tok, r->prompt, r->prompt_len, flags, &n_prompt, err, errlen);
         if (!ids) return -1;
+    }
+    if (r->parse_special && !r->prompt_ids && n_prompt >= 2 && ids[0] == tokenizer_bos(m->tok) &&
+        ids[1] == ids[0]) {
+        /* A chat template that writes bos_token itself, on a model that also
+         * adds one: keep a single BOS (llama.cpp would warn and keep both). */
+        memmove(ids, ids + 1, sizeof(int32_t) * (size_t)--n_prompt);
     }
     if (n_prompt == 0) {
         free(ids);

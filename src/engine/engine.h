@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/chat_template.h"
 #include "engine/sampler.h"
 
 typedef struct engine_model engine_model;
@@ -129,6 +130,19 @@ int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_out
                engine_result *result, char *err, size_t errlen);
 
 int engine_model_n_vocab(const engine_model *m);
+
+/* A conversation as a prompt. With the model's tokenizer.chat_template (when
+ * it has one that parses) rendered with add_generation_prompt and the BOS/EOS
+ * token texts; *parse_special is then 1: the prompt's special-token texts
+ * must become tokens. A model without one gets a plain role-prefixed
+ * template ("User: ...\nAssistant:"), *parse_special 0. *out is malloc'ed
+ * (the caller frees). 0, or -1 with a message (the template's own error,
+ * e.g. raise_exception's). Any thread (the parsed template is immutable). */
+int engine_render_chat(const engine_model *m, const chat_message *msgs, int n_msgs, char **out,
+                       size_t *out_len, int *parse_special, char *err, size_t errlen);
+/* Why the model's chat template was not usable ("" when it is, or when the
+ * model has none): it failed to parse at load, so the plain template is used. */
+const char *engine_chat_template_error(const engine_model *m);
 /* Text to ids (add_bos: put the BOS first when the vocabulary has one;
  * parse_special: special-token texts become those tokens). *ids is malloc'ed,
  * the caller frees. 0, or -1 with a message. Any thread (the tokenizer is

@@ -33,6 +33,7 @@
 #define API_MAX_PEERS 256
 #define API_MAX_ATTEMPTS 3  /* hosts tried for one forwarded request */
 #define API_MAX_PROMPT_IDS (1 << 20) /* token ids in one prompt */
+#define API_MAX_MESSAGES 4096        /* chat messages in one request */
 
 struct api {
     struct event_base *base;
@@ -159,6 +160,8 @@ static void sse_error_and_done(api_sink *sink, const char *message)
 
 /* ---- request parsing ------------------------------------------------------*/
 
+static int append_text(char **buf, size_t *len, size_t *cap, const char *text, size_t n);
+
 typedef struct {
     char model[MESH_MAX_NAME];
     engine_request *er;     /* owned; er->prompt / er->prompt_ids point at the copies below */
@@ -170,6 +173,8 @@ typedef struct {
     int include_usage;      /* stream_options.include_usage */
     int echo;               /* completions: the prompt comes back before the completion */
     int max_id;             /* largest token id in the prompt or logit_bias (-1: none) */
+    chat_message *msgs;     /* chat: owned roles and contents, rendered by the serving node */
+    int n_msgs;
 } gen_request;
 
 static void gen_request_free(gen_request *r)
@@ -177,6 +182,13 @@ static void gen_request_free(gen_request *r)
     free(r->er);
     free(r->prompt);
     free(r->ids);
+    for (int i = 0; i < r->n_msgs; i++) {
+        free((char *)r->msgs[i].role);
+        free((char *)r->msgs[i].content);
+    }
+    free(r->msgs);
+    r->msgs = NULL;
+    r->n_msgs = 0;
     r->er = NULL;
     r->prompt = NULL;
     r->ids = NULL;
@@ -326,70 +338,57 @@ static int parse_logit_bias(cJSON *bias, engine_sampling *s, int *max_id, char *
     return 0;
 }
 
-/* Renders chat messages with a plain role-prefixed template. Models with a
- * chat template get it rendered by the engine in a later version; this
- * fallback is what a model without one gets. */
-static char *render_chat(cJSON *messages, size_t *len_out, char *err, size_t errlen)
+/* Reads chat messages: each a string role and a content that is a string,
+ * null, or an array of {type: "text", text} parts (joined). Rendering waits
+ * until the node that runs the model is known: it owns the chat template. */
+static int parse_messages(cJSON *messages, gen_request *req, char *err, size_t errlen)
 {
-    if (!cJSON_IsArray(messages) || cJSON_GetArraySize(messages) == 0) {
-        snprintf(err, errlen, "'messages' must be a non-empty array");
-        return NULL;
+    int n = cJSON_GetArraySize(messages);
+    if (!cJSON_IsArray(messages) || n == 0 || n > API_MAX_MESSAGES) {
+        snprintf(err, errlen, "'messages' must be a non-empty array (at most %d messages)", API_MAX_MESSAGES);
+        return -1;
     }
-    size_t cap = 256, len = 0;
-    char *out = malloc(cap);
-    if (!out) return NULL;
+    req->msgs = calloc((size_t)n, sizeof *req->msgs);
+    if (!req->msgs) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     cJSON *msg;
     cJSON_ArrayForEach(msg, messages) {
         cJSON *role = cJSON_GetObjectItemCaseSensitive(msg, "role");
         cJSON *content = cJSON_GetObjectItemCaseSensitive(msg, "content");
         if (!cJSON_IsString(role)) {
             snprintf(err, errlen, "each message needs a string 'role'");
-            free(out);
-            return NULL;
+            return -1;
         }
-        /* content: a string, or an array of {type:"text", text:...} parts. */
-        const char *parts[64];
-        int n_parts = 0;
+        char *text = NULL;
+        size_t len = 0, cap = 0;
         if (cJSON_IsString(content)) {
-            parts[n_parts++] = content->valuestring;
+            append_text(&text, &len, &cap, content->valuestring, strlen(content->valuestring));
         } else if (cJSON_IsArray(content)) {
             cJSON *part;
             cJSON_ArrayForEach(part, content) {
-                cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-                if (!cJSON_IsString(text) || n_parts == 64) {
-                    snprintf(err, errlen, "message content parts must be text parts (at most 64)");
-                    free(out);
-                    return NULL;
+                cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+                if (!cJSON_IsString(t)) {
+                    free(text);
+                    snprintf(err, errlen, "message content parts must be text parts");
+                    return -1;
                 }
-                parts[n_parts++] = text->valuestring;
+                append_text(&text, &len, &cap, t->valuestring, strlen(t->valuestring));
             }
-        } else if (!cJSON_IsNull(content)) {
+        } else if (content && !cJSON_IsNull(content)) {
             snprintf(err, errlen, "message 'content' must be a string or an array of text parts");
-            free(out);
-            return NULL;
+            return -1;
         }
-        const char *r = role->valuestring;
-        const char *label = !strcmp(r, "system") ? "System" : !strcmp(r, "assistant") ? "Assistant"
-                          : !strcmp(r, "user") ? "User" : r;
-        size_t need = strlen(label) + 4;
-        for (int i = 0; i < n_parts; i++) need += strlen(parts[i]);
-        if (len + need + 16 > cap) {
-            while (len + need + 16 > cap) cap *= 2;
-            char *p = realloc(out, cap);
-            if (!p) { free(out); return NULL; }
-            out = p;
+        chat_message *m = &req->msgs[req->n_msgs++];
+        m->role = strdup(role->valuestring);
+        m->content = text ? text : strdup("");
+        if (!m->role || !m->content) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
         }
-        len += (size_t)sprintf(out + len, "%s: ", label);
-        for (int i = 0; i < n_parts; i++) {
-            size_t n = strlen(parts[i]);
-            memcpy(out + len, parts[i], n);
-            len += n;
-        }
-        out[len++] = '\n';
     }
-    len += (size_t)sprintf(out + len, "Assistant:");
-    *len_out = len;
-    return out;
+    return 0;
 }
 
 /* Parses a completion or chat request body. Returns 0, or -1 with a message
@@ -424,9 +423,7 @@ static int parse_gen_request(const char *body, size_t len, int chat, gen_request
     snprintf(req->model, sizeof req->model, "%s", model->valuestring);
 
     if (chat) {
-        req->prompt = render_chat(cJSON_GetObjectItemCaseSensitive(root, "messages"),
-                                  &req->prompt_len, err, errlen);
-        if (!req->prompt) goto done;
+        if (parse_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), req, err, errlen)) goto done;
     } else if (parse_prompt(cJSON_GetObjectItemCaseSensitive(root, "prompt"), req, err, errlen)) {
         goto done;
     }
@@ -1031,6 +1028,19 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
         return forward_or_refuse(a, c, method, path, body, len, from_peer);
     }
 
+    if (chat) { /* the chat template is the serving model's */
+        int parse_special = 0;
+        if (engine_render_chat(em, req.msgs, req.n_msgs, &req.prompt, &req.prompt_len, &parse_special,
+                               err, sizeof err) != 0) {
+            call_free(c);
+            gen_request_free(&req);
+            send_error(a, sink, 400, NULL, "chat template: %s", err);
+            return NULL;
+        }
+        req.er->prompt = req.prompt;
+        req.er->prompt_len = req.prompt_len;
+        req.er->parse_special = parse_special;
+    }
     c->kind = CALL_LOCAL;
     c->engine = em;
     c->logprobs = req.er->logprobs;

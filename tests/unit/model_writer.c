@@ -124,6 +124,7 @@ int model_writer_write(const char *path, const model_writer_params *p)
         snprintf(extra[i], 32, "<|filler_%d|>", i);
     }
     gguf_writer_add_gpt2_tokenizer(w, (const char *const *)extra, n_extra, NULL, 0, 1);
+    if (p->chat_template) gguf_writer_add_str(w, "tokenizer.chat_template", p->chat_template);
     free(extra);
     free(names);
 

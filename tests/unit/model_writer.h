@@ -37,6 +37,7 @@ typedef struct {
     float rms_eps;        /* 0 means 1e-5 */
     int fast_random;      /* Q8_0 only: random blocks written directly (real-size models) */
     int n_swa;            /* gemma3: attention.sliding_window; its post-norms are always written */
+    const char *chat_template; /* tokenizer.chat_template when non-NULL */
 } model_writer_params;
 
 /* Returns 0, or -1 for impossible parameters or a write error. */

@@ -13,6 +13,7 @@
 #include "engine/engine.h"
 #include "serve/api.h"
 #include "serve/scheduler.h"
+#include "model_writer.h"
 
 #define MODEL_ID "kjv-llama-6.3M-q8_0"
 
@@ -627,6 +628,70 @@ static void test_sampling_fields(void)
     cJSON_Delete(pen);
 }
 
+/* The demo model has no tokenizer.chat_template: the plain template, and
+ * no special-token parsing. */
+static void test_chat_fallback_template(void)
+{
+    setup();
+    engine_model *m = sched_model_at(sch, 0);
+    chat_message msgs[] = {{"system", "Be brief."}, {"user", "Who made the world?"}, {"tool", NULL}};
+    char *out, err[256];
+    size_t len;
+    int parse_special = -1;
+    REQUIRE(engine_render_chat(m, msgs, 3, &out, &len, &parse_special, err, sizeof err) == 0);
+    CHECK_EQ_STR(out, "System: Be brief.\nUser: Who made the world?\ntool: \nAssistant:");
+    CHECK_EQ_INT(len, strlen(out));
+    CHECK_EQ_INT(parse_special, 0);
+    CHECK_EQ_STR(engine_chat_template_error(m), "");
+    free(out);
+}
+
+/* A model with a tokenizer.chat_template: chat requests are rendered with it
+ * (here ChatML, Qwen's), with special-token parsing, BOS added once. */
+static const char chatml[] =
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+static void test_chat_uses_model_template(void)
+{
+    setup();
+    char path[512], err[256];
+    snprintf(path, sizeof path, "%s/templated.gguf", testlib_tmpdir());
+    model_writer_params p = {.arch = "llama", .n_embd = 32, .n_layer = 1, .n_head = 4, .n_head_kv = 2,
+                             .n_ff = 64, .n_vocab = 300, .type = GGML_TYPE_F32, .seed = 3,
+                             .chat_template = chatml};
+    REQUIRE(model_writer_write(path, &p) == 0);
+    engine_model *m = engine_model_load(path, 1, err, sizeof err);
+    REQUIRE(m);
+    CHECK_EQ_STR(engine_chat_template_error(m), "");
+    chat_message msgs[] = {{"system", "Be brief."}, {"user", "Hi"}};
+    char *out;
+    size_t len;
+    int parse_special = 0;
+    REQUIRE(engine_render_chat(m, msgs, 2, &out, &len, &parse_special, err, sizeof err) == 0);
+    CHECK_EQ_STR(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                      "<|im_start|>assistant\n");
+    CHECK_EQ_INT(parse_special, 1);
+    int32_t *ids;
+    int n_ids;
+    REQUIRE(engine_tokenize(m, out, len, 1, 1, &ids, &n_ids, err, sizeof err) == 0);
+    free(out);
+    REQUIRE(sched_add_model(sch, m) == 0);
+
+    /* Through the API: the prompt is the rendered template, tokenized once. */
+    record_sink r;
+    request(&r, "POST", "/v1/chat/completions",
+            "{\"model\": \"templated\", \"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"},"
+            "{\"role\": \"user\", \"content\": \"Hi\"}], \"max_tokens\": 2, \"temperature\": 0}");
+    CHECK_EQ_INT(r.status, 200);
+    cJSON *j = body_json(&r);
+    REQUIRE(j);
+    CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "prompt_tokens")->valueint, n_ids);
+    cJSON_Delete(j);
+    free(r.body);
+    free(ids);
+}
+
 int main(void)
 {
     RUN(test_models_list);
@@ -640,6 +705,8 @@ int main(void)
     RUN(test_echo_scores_prompt);
     RUN(test_chat_logprobs);
     RUN(test_sampling_fields);
+    RUN(test_chat_fallback_template);
+    RUN(test_chat_uses_model_template);
     if (a) {
         api_free(a);
         sched_free(sch);
