@@ -176,6 +176,9 @@ static int load_models(node *n)
             return -1;
         }
         log_info("node", "serving %s (%.1f MiB)", engine_model_id(m), engine_model_bytes(m) / 1048576.0);
+        if (engine_chat_template_error(m)[0])
+            log_warn("node", "%s: chat uses the plain template: %s", engine_model_id(m),
+                     engine_chat_template_error(m));
     }
     return 0;
 }
