@@ -9,5 +9,7 @@ int cmd_perplexity(int argc, char **argv);  /* cmd_run.c */
 int cmd_quantize(int argc, char **argv);    /* cmd_quantize.c */
 int cmd_serve(int argc, char **argv);       /* cmd_serve.c */
 int cmd_client(int argc, char **argv);      /* cmd_serve.c */
+int cmd_tokenize(int argc, char **argv);    /* cmd_inspect.c */
+int cmd_logits(int argc, char **argv);      /* cmd_inspect.c */
 
 #endif

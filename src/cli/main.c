@@ -13,6 +13,8 @@ static const char usage[] =
     "  run         generate text from a prompt with a local model\n"
     "  perplexity  measure a model's perplexity on a text file\n"
     "  quantize    rewrite a model's weights in another tensor type (Q4_K_M, Q8_0, ...)\n"
+    "  tokenize    print the token ids of a text (for checks against other tools)\n"
+    "  logits      print the raw logits of a prompt (for checks against other tools)\n"
     "\n"
     "run 'llmesh <command> --help' for a command's options.\n";
 
@@ -28,6 +30,8 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "run")) return cmd_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "perplexity")) return cmd_perplexity(argc - 1, argv + 1);
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "logits")) return cmd_logits(argc - 1, argv + 1);
     fprintf(stderr, "llmesh: unknown command '%s'\n\n%s", cmd, usage);
     return 2;
 }
