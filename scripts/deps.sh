@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, with apt-get, the Debian packages llmesh needs to build, run and
-# test. Does nothing when they are all present. Needs root (or sudo).
+# test (and, with npm, the llama.cpp reference checks' packages). Does nothing
+# when they are all present. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
 packages=(
@@ -20,7 +21,15 @@ done
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   missing+=(nodejs npm)
 fi
-[ ${#missing[@]} -eq 0 ] && exit 0
+# npm packages: the llama.cpp reference of tests/integration/llamacpp_reference.sh
+# (node-llama-cpp's prebuilt CPU binary, npm registry only). A failure is
+# reported, not fatal: that test then says it skipped.
+install_npm() {
+  "$(dirname "$0")/../tests/e2e/reference/install.sh" \
+    || echo "deps: the llama.cpp reference could not be installed (llamacpp_reference.sh will skip)"
+}
+
+if [ ${#missing[@]} -eq 0 ]; then install_npm; exit 0; fi
 
 echo "installing: ${missing[*]}"
 sudo=""
@@ -28,3 +37,4 @@ sudo=""
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+install_npm
