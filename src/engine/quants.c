@@ -252,30 +252,29 @@ static void dequantize_q3_k(const void *src, float *y, int n)
     }
 }
 
+/* One Q4_K or Q5_K block (qh NULL for Q4_K) into y[256]. */
+static void dequantize_q45_k(const uint8_t scales[12], const uint8_t qs[128], const uint8_t *qh,
+                             uint16_t d16, uint16_t dmin16, float *y)
+{
+    int8_t q[256];
+    uint8_t sc[8], mn[8];
+    unpack_q45_k(scales, qs, qh, q, sc, mn);
+    float d = h2f(d16), dmin = h2f(dmin16);
+    for (int e = 0; e < 256; e++) y[e] = d * (float)sc[e / 32] * (float)q[e] - dmin * (float)mn[e / 32];
+}
+
 static void dequantize_q4_k(const void *src, float *y, int n)
 {
     const quant_block_q4_k *b = src;
-    int8_t q[256];
-    uint8_t sc[8], mn[8];
-    for (int i = 0; i < n / 256; i++, y += 256) {
-        unpack_q45_k(b[i].scales, b[i].qs, NULL, q, sc, mn);
-        float d = h2f(b[i].d), dmin = h2f(b[i].dmin);
-        for (int e = 0; e < 256; e++)
-            y[e] = d * (float)sc[e / 32] * (float)q[e] - dmin * (float)mn[e / 32];
-    }
+    for (int i = 0; i < n / 256; i++, y += 256)
+        dequantize_q45_k(b[i].scales, b[i].qs, NULL, b[i].d, b[i].dmin, y);
 }
 
 static void dequantize_q5_k(const void *src, float *y, int n)
 {
     const quant_block_q5_k *b = src;
-    int8_t q[256];
-    uint8_t sc[8], mn[8];
-    for (int i = 0; i < n / 256; i++, y += 256) {
-        unpack_q45_k(b[i].scales, b[i].qs, b[i].qh, q, sc, mn);
-        float d = h2f(b[i].d), dmin = h2f(b[i].dmin);
-        for (int e = 0; e < 256; e++)
-            y[e] = d * (float)sc[e / 32] * (float)q[e] - dmin * (float)mn[e / 32];
-    }
+    for (int i = 0; i < n / 256; i++, y += 256)
+        dequantize_q45_k(b[i].scales, b[i].qs, b[i].qh, b[i].d, b[i].dmin, y);
 }
 
 static void dequantize_q6_k(const void *src, float *y, int n)
@@ -498,35 +497,81 @@ static float search_sym(int n, int nmax, const float *x, int8_t *L)
 }
 
 /* ======================================================================== */
+/* quantizers: K-quant super-blocks                                          */
+/* ======================================================================== */
+
+/* Asymmetric super-block (Q2_K: 16 sub-blocks of 16, levels 0..3, 4-bit
+ * scales; Q4_K/Q5_K: 8 of 32, levels 0..nmax, 6-bit): each sub-block is
+ * searched with weights w, then its scale and min are quantized to 0..smax
+ * against the fp16 super-scales (the largest maps to smax), and the levels
+ * are re-rounded with the scales actually stored. ls, lm: the sub-block
+ * scales and mins, for the caller to pack. */
+static void quantize_asym_k(const float *x, const float *w, int sub, int nmax, int smax,
+                            float rmin, int ntry, uint16_t *d_out, uint16_t *dmin_out,
+                            int ls[16], int lm[16], uint8_t L[256])
+{
+    int n_sub = 256 / sub;
+    float scale[16], mn[16], max_scale = 0, max_mn = 0;
+    assert(n_sub <= 16);
+    for (int s = 0; s < n_sub; s++) {
+        scale[s] = search_asym(sub, nmax, x + sub * s, w + sub * s, L + sub * s, &mn[s], rmin, 0.1f, ntry);
+        max_scale = scale[s] > max_scale ? scale[s] : max_scale;
+        max_mn = mn[s] > max_mn ? mn[s] : max_mn;
+    }
+    *d_out = f2h(max_scale / (float)smax);
+    *dmin_out = f2h(max_mn / (float)smax);
+    float d = h2f(*d_out), dmin = h2f(*dmin_out);
+    for (int s = 0; s < n_sub; s++) {
+        ls[s] = d > 0 ? round_clamp(scale[s] / d, 0, smax) : 0;
+        lm[s] = dmin > 0 ? round_clamp(mn[s] / dmin, 0, smax) : 0;
+        float dl = d * (float)ls[s], ml = dmin * (float)lm[s];
+        for (int j = 0; j < sub; j++)
+            L[sub * s + j] = dl > 0 ? (uint8_t)round_clamp((x[sub * s + j] + ml) / dl, 0, nmax) : 0;
+    }
+}
+
+/* Symmetric super-block of 16 sub-blocks of 16 (Q3_K: levels -4..3, 6-bit
+ * signed scales; Q6_K: -32..31, int8 scales): each sub-block is searched,
+ * then the scales are quantized to -smax..smax-1 against one fp16 d (the
+ * largest in magnitude maps to -smax), and the levels re-rounded with the
+ * scales actually stored. ls: the sub-block scales, for the caller to pack. */
+static void quantize_sym_k(const float *x, int nmax, int smax, uint16_t *d_out, int ls[16],
+                           int8_t L[256])
+{
+    float scale[16], max_scale = 0, amax = 0;
+    for (int s = 0; s < 16; s++) {
+        scale[s] = search_sym(16, nmax, x + 16 * s, L + 16 * s);
+        if (fabsf(scale[s]) > amax) {
+            amax = fabsf(scale[s]);
+            max_scale = scale[s];
+        }
+    }
+    float iscale = max_scale != 0 ? -(float)smax / max_scale : 0;
+    *d_out = f2h(max_scale != 0 ? 1.0f / iscale : 0);
+    float d = h2f(*d_out);
+    for (int s = 0; s < 16; s++) {
+        ls[s] = round_clamp(iscale * scale[s], -smax, smax - 1);
+        float dl = d * (float)ls[s];
+        for (int j = 0; j < 16; j++)
+            L[16 * s + j] = dl != 0 ? (int8_t)round_clamp(x[16 * s + j] / dl, -nmax, nmax - 1) : 0;
+    }
+}
+
+/* ======================================================================== */
 /* quantizers: K-quants                                                      */
 /* ======================================================================== */
 
 static void quantize_q2_k(const float *x, void *dst, int n)
 {
     quant_block_q2_k *b = dst;
+    uint8_t L[256];
+    float w[256];
+    int ls[16], lm[16];
     for (int i = 0; i < n / 256; i++, x += 256) {
-        uint8_t L[256];
-        float scale[16], mn[16], w[16];
-        float max_scale = 0, max_mn = 0;
-        for (int s = 0; s < 16; s++) {
-            for (int j = 0; j < 16; j++) w[j] = fabsf(x[16 * s + j]);
-            scale[s] = search_asym(16, 3, x + 16 * s, w, L + 16 * s, &mn[s], -0.5f, 0.1f, 15);
-            max_scale = scale[s] > max_scale ? scale[s] : max_scale;
-            max_mn = mn[s] > max_mn ? mn[s] : max_mn;
-        }
+        for (int e = 0; e < 256; e++) w[e] = fabsf(x[e]);
         memset(&b[i], 0, sizeof b[i]);
-        /* 4-bit sub-block scales and mins against fp16 super-scales. */
-        b[i].d = f2h(max_scale / 15.0f);
-        b[i].dmin = f2h(max_mn / 15.0f);
-        float d = h2f(b[i].d), dmin = h2f(b[i].dmin);
-        for (int s = 0; s < 16; s++) {
-            int ls = d > 0 ? round_clamp(scale[s] / d, 0, 15) : 0;
-            int lm = dmin > 0 ? round_clamp(mn[s] / dmin, 0, 15) : 0;
-            b[i].scales[s] = (uint8_t)(ls | lm << 4);
-            float dl = d * (float)ls, ml = dmin * (float)lm;
-            for (int j = 0; j < 16; j++)
-                L[16 * s + j] = dl > 0 ? (uint8_t)round_clamp((x[16 * s + j] + ml) / dl, 0, 3) : 0;
-        }
+        quantize_asym_k(x, w, 16, 3, 15, -0.5f, 15, &b[i].d, &b[i].dmin, ls, lm, L);
+        for (int s = 0; s < 16; s++) b[i].scales[s] = (uint8_t)(ls[s] | lm[s] << 4);
         for (int e = 0; e < 256; e++) {
             int h = e / 128, k = (e % 128) / 32, l = e % 32;
             b[i].qs[32 * h + l] |= (uint8_t)(L[e] << (2 * k));
@@ -537,30 +582,16 @@ static void quantize_q2_k(const float *x, void *dst, int n)
 static void quantize_q3_k(const float *x, void *dst, int n)
 {
     quant_block_q3_k *b = dst;
+    int8_t L[256];
+    int ls[16];
     for (int i = 0; i < n / 256; i++, x += 256) {
-        int8_t L[256];
-        float scale[16], max_scale = 0, amax = 0;
-        for (int s = 0; s < 16; s++) {
-            scale[s] = search_sym(16, 4, x + 16 * s, L + 16 * s);
-            if (fabsf(scale[s]) > amax) {
-                amax = fabsf(scale[s]);
-                max_scale = scale[s];
-            }
-        }
         memset(&b[i], 0, sizeof b[i]);
-        /* 6-bit signed sub-block scales: the largest maps to -32. */
-        float iscale = max_scale != 0 ? -32.0f / max_scale : 0;
-        b[i].d = f2h(max_scale != 0 ? 1.0f / iscale : 0);
-        float d = h2f(b[i].d);
-        for (int s = 0; s < 16; s++) {
-            int ls = round_clamp(iscale * scale[s], -32, 31);
-            int u = ls + 32;
+        quantize_sym_k(x, 4, 32, &b[i].d, ls, L);
+        for (int s = 0; s < 16; s++) { /* 6-bit scales, stored as ls + 32 */
+            int u = ls[s] + 32;
             if (s < 8) b[i].scales[s] = (uint8_t)(u & 15);
             else b[i].scales[s - 8] |= (uint8_t)((u & 15) << 4);
             b[i].scales[8 + s % 4] |= (uint8_t)((u >> 4) << (2 * (s / 4)));
-            float dl = d * (float)ls;
-            for (int j = 0; j < 16; j++)
-                L[16 * s + j] = dl != 0 ? (int8_t)round_clamp(x[16 * s + j] / dl, -4, 3) : 0;
         }
         for (int e = 0; e < 256; e++) {
             int h = e / 128, k = (e % 128) / 32, l = e % 32;
@@ -577,26 +608,12 @@ static void quantize_q45_k(const float *x, int nmax, uint16_t *d_out, uint16_t *
 {
     float sumx2 = 0;
     for (int e = 0; e < 256; e++) sumx2 += x[e] * x[e];
-    float av = sqrtf(sumx2 / 256);
-    float scale[8], mn[8], w[32], max_scale = 0, max_mn = 0;
-    for (int s = 0; s < 8; s++) {
-        for (int j = 0; j < 32; j++) w[j] = av + fabsf(x[32 * s + j]);
-        scale[s] = search_asym(32, nmax, x + 32 * s, w, L + 32 * s, &mn[s], -1.0f, 0.1f, 20);
-        max_scale = scale[s] > max_scale ? scale[s] : max_scale;
-        max_mn = mn[s] > max_mn ? mn[s] : max_mn;
-    }
+    float av = sqrtf(sumx2 / 256), w[256];
+    for (int e = 0; e < 256; e++) w[e] = av + fabsf(x[e]);
+    int ls[16], lm[16];
+    quantize_asym_k(x, w, 32, nmax, 63, -1.0f, 20, d_out, dmin_out, ls, lm, L);
     memset(scales, 0, 12);
-    *d_out = f2h(max_scale / 63.0f);
-    *dmin_out = f2h(max_mn / 63.0f);
-    float d = h2f(*d_out), dmin = h2f(*dmin_out);
-    for (int s = 0; s < 8; s++) {
-        int ls = d > 0 ? round_clamp(scale[s] / d, 0, 63) : 0;
-        int lm = dmin > 0 ? round_clamp(mn[s] / dmin, 0, 63) : 0;
-        pack_scale_min_k4(scales, s, ls, lm);
-        float dl = d * (float)ls, ml = dmin * (float)lm;
-        for (int j = 0; j < 32; j++)
-            L[32 * s + j] = dl > 0 ? (uint8_t)round_clamp((x[32 * s + j] + ml) / dl, 0, nmax) : 0;
-    }
+    for (int s = 0; s < 8; s++) pack_scale_min_k4(scales, s, ls[s], lm[s]);
 }
 
 static void pack_nibbles_k(const uint8_t L[256], uint8_t qs[128])
@@ -631,28 +648,12 @@ static void quantize_q5_k(const float *x, void *dst, int n)
 static void quantize_q6_k(const float *x, void *dst, int n)
 {
     quant_block_q6_k *b = dst;
+    int8_t L[256];
+    int ls[16];
     for (int i = 0; i < n / 256; i++, x += 256) {
-        int8_t L[256];
-        float scale[16], max_scale = 0, amax = 0;
-        for (int s = 0; s < 16; s++) {
-            scale[s] = search_sym(16, 32, x + 16 * s, L + 16 * s);
-            if (fabsf(scale[s]) > amax) {
-                amax = fabsf(scale[s]);
-                max_scale = scale[s];
-            }
-        }
         memset(&b[i], 0, sizeof b[i]);
-        /* int8 sub-block scales: the largest maps to -128. */
-        float iscale = max_scale != 0 ? -128.0f / max_scale : 0;
-        b[i].d = f2h(max_scale != 0 ? 1.0f / iscale : 0);
-        float d = h2f(b[i].d);
-        for (int s = 0; s < 16; s++) {
-            int ls = round_clamp(iscale * scale[s], -128, 127);
-            b[i].scales[s] = (int8_t)ls;
-            float dl = d * (float)ls;
-            for (int j = 0; j < 16; j++)
-                L[16 * s + j] = dl != 0 ? (int8_t)round_clamp(x[16 * s + j] / dl, -32, 31) : 0;
-        }
+        quantize_sym_k(x, 32, 128, &b[i].d, ls, L);
+        for (int s = 0; s < 16; s++) b[i].scales[s] = (int8_t)ls[s];
         for (int e = 0; e < 256; e++) {
             int h = e / 128, k = (e % 128) / 32, l = e % 32;
             int u = L[e] + 32;
@@ -978,6 +979,16 @@ AVX2_TARGET static inline __m256i scaled16x2(__m256i q, const int8_t *y, int sa,
     return _mm256_madd_epi16(p, sc);
 }
 
+/* The end of every K-quant block: acc += isum * dy * d; returns the term the
+ * caller subtracts, dy * dmin * msum (the mins, or for Q3_K/Q6_K, whose dmin
+ * is d, the level offset times sum(sc * bsums)). */
+AVX2_TARGET static inline float k_block_end(__m256i isum, int32_t msum, float dy, float d,
+                                            float dmin, __m256 *acc)
+{
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dy * d), *acc);
+    return dy * dmin * (float)msum;
+}
+
 AVX2_TARGET static float dot_q2_k_avx2(const void *w, const void *act, int n)
 {
     const quant_block_q2_k *b = w;
@@ -998,8 +1009,7 @@ AVX2_TARGET static float dot_q2_k_avx2(const void *w, const void *act, int n)
                                                          b[i].scales[s] & 15, b[i].scales[s + 1] & 15));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(y[i].d * _cvtsh_ss(b[i].d)), acc);
-        mins += y[i].d * _cvtsh_ss(b[i].dmin) * (float)msum;
+        mins += k_block_end(isum, msum, y[i].d, _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin), &acc);
     }
     return hsum_ps(acc) - mins;
 }
@@ -1030,9 +1040,8 @@ AVX2_TARGET static float dot_q3_k_avx2(const void *w, const void *act, int n)
                 isum = _mm256_add_epi32(isum, scaled16x2(q, y[i].qs + 128 * h + 32 * k, sc[s], sc[s + 1]));
             }
         }
-        float dd = y[i].d * _cvtsh_ss(b[i].d);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dd), acc);
-        offs += dd * (float)(4 * osum);
+        float d = _cvtsh_ss(b[i].d);
+        offs += k_block_end(isum, 4 * osum, y[i].d, d, d, &acc);
     }
     return hsum_ps(acc) - offs;
 }
@@ -1065,8 +1074,7 @@ AVX2_TARGET static inline float q45_k_block(const uint8_t *scales, const uint8_t
         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
     }
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(y->d * d), *acc);
-    return y->d * dmin * (float)msum;
+    return k_block_end(isum, msum, y->d, d, dmin, acc);
 }
 
 AVX2_TARGET static float dot_q4_k_avx2(const void *w, const void *act, int n)
@@ -1119,9 +1127,8 @@ AVX2_TARGET static float dot_q6_k_avx2(const void *w, const void *act, int n)
                 isum = _mm256_add_epi32(isum, scaled16x2(q, y[i].qs + 128 * h + 32 * k, sc[s], sc[s + 1]));
             }
         }
-        float dd = y[i].d * _cvtsh_ss(b[i].d);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dd), acc);
-        offs += dd * (float)(32 * osum);
+        float d = _cvtsh_ss(b[i].d);
+        offs += k_block_end(isum, 32 * osum, y[i].d, d, d, &acc);
     }
     return hsum_ps(acc) - offs;
 }
