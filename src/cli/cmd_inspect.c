@@ -10,6 +10,7 @@
  * little-endian float32 with --out. */
 #define _GNU_SOURCE
 #include "cli/cli.h"
+#include "cli/cli_common.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -53,63 +54,6 @@ static const char logits_usage[] =
     "  --out FILE      write every logit of the chosen positions, as float32\n"
     "  --threads N     compute threads (default 1)\n";
 
-/* "--flag value" or "--flag=value": 1 on a match (value stored, *i advanced),
- * 0 for another argument, -1 (after printing) when the value is missing. */
-static int flag_value(const char *cmd, int argc, char **argv, int *i, const char *flag,
-                      const char **value)
-{
-    const char *a = argv[*i];
-    size_t n = strlen(flag);
-    if (strncmp(a, flag, n) != 0) return 0;
-    if (a[n] == '=') {
-        *value = a + n + 1;
-        return 1;
-    }
-    if (a[n] != 0) return 0;
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "llmesh %s: %s needs a value (see --help)\n", cmd, flag);
-        return -1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
-
-static int parse_long(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "llmesh %s: %s: '%s' is not an integer in [%ld, %ld]\n", cmd, flag, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-/* A whole file, malloc'ed; NULL (after printing) on failure. */
-static char *slurp(const char *cmd, const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "llmesh %s: cannot open %s: %s\n", cmd, path, strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    long size = -1;
-    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
-    if (size >= 0 && fseek(f, 0, SEEK_SET) == 0) buf = malloc((size_t)size + 1);
-    int ok = buf && fread(buf, 1, (size_t)size, f) == (size_t)size;
-    fclose(f);
-    if (!ok) {
-        fprintf(stderr, "llmesh %s: cannot read %s\n", cmd, path);
-        free(buf);
-        return NULL;
-    }
-    *len = (size_t)size;
-    return buf;
-}
-
 /* Tokenizes text and prints the ids as one line. 0, or -1 after printing. */
 static int print_ids(const tokenizer *t, const char *text, size_t len, unsigned flags)
 {
@@ -151,10 +95,10 @@ int cmd_tokenize(int argc, char **argv)
             special = 1;
         } else if (!strcmp(argv[i], "--bos")) {
             bos = 1;
-        } else if ((r = flag_value("tokenize", argc, argv, &i, "--model", &v)) != 0) {
+        } else if ((r = cli_flag_value("tokenize", argc, argv, &i, "--model", &v)) != 0) {
             if (r < 0) goto out;
             model_path = v;
-        } else if ((r = flag_value("tokenize", argc, argv, &i, "--file", &v)) != 0) {
+        } else if ((r = cli_flag_value("tokenize", argc, argv, &i, "--file", &v)) != 0) {
             if (r < 0) goto out;
             if (n_files == INSPECT_MAX_FILES) {
                 fprintf(stderr, "llmesh tokenize: at most %d --file\n", INSPECT_MAX_FILES);
@@ -196,7 +140,7 @@ int cmd_tokenize(int argc, char **argv)
     } else {
         for (int i = 0; i < n_files && rc == 0; i++) {
             size_t len;
-            char *buf = slurp("tokenize", files[i], &len);
+            char *buf = cli_read_file("tokenize", files[i], &len);
             rc = !buf || print_ids(t, buf, len, flags) ? 1 : 0;
             free(buf);
         }
@@ -254,22 +198,22 @@ int cmd_logits(int argc, char **argv)
         }
         if (!strcmp(argv[i], "--all")) {
             all = 1;
-        } else if ((r = flag_value("logits", argc, argv, &i, "--model", &v)) != 0) {
+        } else if ((r = cli_flag_value("logits", argc, argv, &i, "--model", &v)) != 0) {
             if (r < 0) return 2;
             model_path = v;
-        } else if ((r = flag_value("logits", argc, argv, &i, "--prompt", &v)) != 0) {
+        } else if ((r = cli_flag_value("logits", argc, argv, &i, "--prompt", &v)) != 0) {
             if (r < 0) return 2;
             prompt = v;
-        } else if ((r = flag_value("logits", argc, argv, &i, "--ids", &v)) != 0) {
+        } else if ((r = cli_flag_value("logits", argc, argv, &i, "--ids", &v)) != 0) {
             if (r < 0) return 2;
             ids_arg = v;
-        } else if ((r = flag_value("logits", argc, argv, &i, "--out", &v)) != 0) {
+        } else if ((r = cli_flag_value("logits", argc, argv, &i, "--out", &v)) != 0) {
             if (r < 0) return 2;
             out_path = v;
-        } else if ((r = flag_value("logits", argc, argv, &i, "--top", &v)) != 0) {
-            if (r < 0 || parse_long("logits", "--top", v, 0, 1000, &top)) return 2;
-        } else if ((r = flag_value("logits", argc, argv, &i, "--threads", &v)) != 0) {
-            if (r < 0 || parse_long("logits", "--threads", v, 1, 1024, &threads)) return 2;
+        } else if ((r = cli_flag_value("logits", argc, argv, &i, "--top", &v)) != 0) {
+            if (r < 0 || cli_parse_long("logits", "--top", v, 0, 1000, &top)) return 2;
+        } else if ((r = cli_flag_value("logits", argc, argv, &i, "--threads", &v)) != 0) {
+            if (r < 0 || cli_parse_long("logits", "--threads", v, 1, 1024, &threads)) return 2;
         } else {
             fprintf(stderr, "llmesh logits: unknown option '%s' (see --help)\n", argv[i]);
             return 2;

@@ -8,6 +8,7 @@
  * Not here: chat templates, serving (cmd_serve.c). */
 #define _GNU_SOURCE
 #include "cli/cli.h"
+#include "cli/cli_common.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -52,71 +53,6 @@ static const char perplexity_usage[] =
     "  --file TEXT     text file to measure\n"
     "  --ctx N         chunk context including BOS (default 256)\n"
     "  --threads N     compute threads (default: one per CPU)\n";
-
-/* ---- argument parsing ---------------------------------------------------- */
-
-/* Matches argv[*i] against flag, in "--flag value" or "--flag=value" form;
- * on a match stores the value and advances *i. Returns 1 on a match, 0 if it
- * is another flag, -1 (after printing) when the value is missing. */
-static int flag_value(const char *cmd, int argc, char **argv, int *i, const char *flag,
-                      const char **value)
-{
-    const char *a = argv[*i];
-    size_t n = strlen(flag);
-    if (strncmp(a, flag, n) != 0) return 0;
-    if (a[n] == '=') {
-        *value = a + n + 1;
-        return 1;
-    }
-    if (a[n] != 0) return 0;
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "llmesh %s: %s needs a value (see --help)\n", cmd, flag);
-        return -1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
-
-static int parse_long(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "llmesh %s: %s: '%s' is not an integer in [%ld, %ld]\n", cmd, flag, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *cmd, const char *flag, const char *s, float lo, float hi,
-                       float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "llmesh %s: %s: '%s' is not a number in [%g, %g]\n", cmd, flag, s,
-                (double)lo, (double)hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_u64(const char *cmd, const char *flag, const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-') {
-        fprintf(stderr, "llmesh %s: %s: '%s' is not a non-negative integer\n", cmd, flag, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
 
 static double now_seconds(void)
 {
@@ -165,27 +101,27 @@ int cmd_run(int argc, char **argv)
         }
         if (!strcmp(argv[i], "--stats")) {
             stats = 1;
-        } else if ((r = flag_value("run", argc, argv, &i, "--model", &v)) != 0) {
+        } else if ((r = cli_flag_value("run", argc, argv, &i, "--model", &v)) != 0) {
             if (r < 0) return 2;
             model_path = v;
-        } else if ((r = flag_value("run", argc, argv, &i, "--prompt", &v)) != 0) {
+        } else if ((r = cli_flag_value("run", argc, argv, &i, "--prompt", &v)) != 0) {
             if (r < 0) return 2;
             prompt = v;
-        } else if ((r = flag_value("run", argc, argv, &i, "-n", &v)) != 0) {
-            if (r < 0 || parse_long("run", "-n", v, 0, INT_MAX, &lv)) return 2;
+        } else if ((r = cli_flag_value("run", argc, argv, &i, "-n", &v)) != 0) {
+            if (r < 0 || cli_parse_long("run", "-n", v, 0, INT_MAX, &lv)) return 2;
             s.max_tokens = (int)lv;
-        } else if ((r = flag_value("run", argc, argv, &i, "--temp", &v)) != 0) {
-            if (r < 0 || parse_float("run", "--temp", v, 0, 1000, &s.temperature)) return 2;
-        } else if ((r = flag_value("run", argc, argv, &i, "--top-k", &v)) != 0) {
-            if (r < 0 || parse_long("run", "--top-k", v, 0, INT_MAX, &lv)) return 2;
+        } else if ((r = cli_flag_value("run", argc, argv, &i, "--temp", &v)) != 0) {
+            if (r < 0 || cli_parse_float("run", "--temp", v, 0, 1000, &s.temperature)) return 2;
+        } else if ((r = cli_flag_value("run", argc, argv, &i, "--top-k", &v)) != 0) {
+            if (r < 0 || cli_parse_long("run", "--top-k", v, 0, INT_MAX, &lv)) return 2;
             s.top_k = (int)lv;
-        } else if ((r = flag_value("run", argc, argv, &i, "--top-p", &v)) != 0) {
-            if (r < 0 || parse_float("run", "--top-p", v, 0, 1, &s.top_p)) return 2;
-        } else if ((r = flag_value("run", argc, argv, &i, "--seed", &v)) != 0) {
-            if (r < 0 || parse_u64("run", "--seed", v, &s.seed)) return 2;
+        } else if ((r = cli_flag_value("run", argc, argv, &i, "--top-p", &v)) != 0) {
+            if (r < 0 || cli_parse_float("run", "--top-p", v, 0, 1, &s.top_p)) return 2;
+        } else if ((r = cli_flag_value("run", argc, argv, &i, "--seed", &v)) != 0) {
+            if (r < 0 || cli_parse_u64("run", "--seed", v, &s.seed)) return 2;
             seed_given = 1;
-        } else if ((r = flag_value("run", argc, argv, &i, "--threads", &v)) != 0) {
-            if (r < 0 || parse_long("run", "--threads", v, 1, 1024, &threads)) return 2;
+        } else if ((r = cli_flag_value("run", argc, argv, &i, "--threads", &v)) != 0) {
+            if (r < 0 || cli_parse_long("run", "--threads", v, 1, 1024, &threads)) return 2;
         } else {
             fprintf(stderr, "llmesh run: unknown option '%s' (see --help)\n", argv[i]);
             return 2;
@@ -232,40 +168,6 @@ int cmd_run(int argc, char **argv)
 
 /* ---- perplexity ---------------------------------------------------------- */
 
-/* Reads a whole file; returns NULL (after printing) on failure. */
-static char *read_file(const char *cmd, const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "llmesh %s: cannot open %s: %s\n", cmd, path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) break;
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap) break;
-        char *bigger = realloc(buf, cap * 2);
-        if (!bigger) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = bigger;
-        cap *= 2;
-    }
-    int failed = !buf || ferror(f);
-    fclose(f);
-    if (failed) {
-        fprintf(stderr, "llmesh %s: cannot read %s\n", cmd, path);
-        free(buf);
-        return NULL;
-    }
-    *len = n;
-    return buf;
-}
-
 int cmd_perplexity(int argc, char **argv)
 {
     const char *model_path = NULL, *file = NULL;
@@ -277,16 +179,16 @@ int cmd_perplexity(int argc, char **argv)
             fputs(perplexity_usage, stdout);
             return 0;
         }
-        if ((r = flag_value("perplexity", argc, argv, &i, "--model", &v)) != 0) {
+        if ((r = cli_flag_value("perplexity", argc, argv, &i, "--model", &v)) != 0) {
             if (r < 0) return 2;
             model_path = v;
-        } else if ((r = flag_value("perplexity", argc, argv, &i, "--file", &v)) != 0) {
+        } else if ((r = cli_flag_value("perplexity", argc, argv, &i, "--file", &v)) != 0) {
             if (r < 0) return 2;
             file = v;
-        } else if ((r = flag_value("perplexity", argc, argv, &i, "--ctx", &v)) != 0) {
-            if (r < 0 || parse_long("perplexity", "--ctx", v, 2, 1 << 24, &ctx)) return 2;
-        } else if ((r = flag_value("perplexity", argc, argv, &i, "--threads", &v)) != 0) {
-            if (r < 0 || parse_long("perplexity", "--threads", v, 1, 1024, &threads)) return 2;
+        } else if ((r = cli_flag_value("perplexity", argc, argv, &i, "--ctx", &v)) != 0) {
+            if (r < 0 || cli_parse_long("perplexity", "--ctx", v, 2, 1 << 24, &ctx)) return 2;
+        } else if ((r = cli_flag_value("perplexity", argc, argv, &i, "--threads", &v)) != 0) {
+            if (r < 0 || cli_parse_long("perplexity", "--threads", v, 1, 1024, &threads)) return 2;
         } else {
             fprintf(stderr, "llmesh perplexity: unknown option '%s' (see --help)\n", argv[i]);
             return 2;
@@ -297,7 +199,7 @@ int cmd_perplexity(int argc, char **argv)
         return 2;
     }
     size_t len;
-    char *text = read_file("perplexity", file, &len);
+    char *text = cli_read_file("perplexity", file, &len);
     if (!text) return 1;
     char err[512];
     engine_model *m = engine_model_load(model_path, (int)threads, err, sizeof err);
