@@ -4,10 +4,12 @@
  * forward pass (model_forward), which reads top to bottom like the maths:
  * embed -> per layer (norm, q/k/v [+ biases] [, per-head q/k norm], RoPE,
  * attention, residual, norm, SwiGLU FFN, residual) -> final norm ->
- * classifier. The same computation as llama.cpp's llama, qwen2 and qwen3
- * graphs, so their GGUF files mean the same thing here. One forward serves
- * the three: they differ only in optional tensors and the RoPE pairing,
- * which keeps each step written once (see docs/engine.md, "Architectures"). */
+ * classifier. The same computation as llama.cpp's llama, qwen2, qwen3 and
+ * phi3 graphs, so their GGUF files mean the same thing here. One forward
+ * serves the four: they differ only in optional tensors, the RoPE pairing
+ * and factors, and phi3's fused matrices (views made at load), which keeps
+ * each step written once (see docs/engine.md, "Architectures"). gemma3 has
+ * its own forward. */
 #include "engine/model.h"
 
 #include <assert.h>
@@ -53,6 +55,8 @@ struct model {
     float *output_norm;        /* (n_embd) owned copy */
     kernel_matrix output;      /* (n_vocab, n_embd); token_embd's data when tied */
     float *rope_freq_factors;  /* (n_rot / 2) divisors of each pair's frequency, or NULL */
+    float *rope_factors_long;  /* (n_rot / 2) phi3 LongRoPE divisors beyond n_ctx_orig, or NULL */
+    float *rope_factors_short; /* (n_rot / 2) phi3 LongRoPE divisors up to n_ctx_orig, or NULL */
     model_layer *layers;       /* (n_layer) */
     uint64_t weight_bytes;
     size_t matmul_scratch;     /* bytes kernel_matmul needs for MODEL_BATCH tokens */
@@ -64,7 +68,9 @@ struct model {
 
 #define ARCH_BIT(a) (1u << (a))
 #define ARCH_ALL (ARCH_BIT(MODEL_ARCH_LLAMA) | ARCH_BIT(MODEL_ARCH_QWEN2) | \
-                  ARCH_BIT(MODEL_ARCH_QWEN3) | ARCH_BIT(MODEL_ARCH_GEMMA3))
+                  ARCH_BIT(MODEL_ARCH_QWEN3) | ARCH_BIT(MODEL_ARCH_GEMMA3) | \
+                  ARCH_BIT(MODEL_ARCH_PHI3))
+#define ARCH_NOT_PHI3 (ARCH_ALL & ~ARCH_BIT(MODEL_ARCH_PHI3))
 
 static const struct {
     const char *name;  /* general.architecture, and the prefix of its keys */
@@ -74,6 +80,7 @@ static const struct {
     [MODEL_ARCH_QWEN2] = {"qwen2", 1},
     [MODEL_ARCH_QWEN3] = {"qwen3", 1},
     [MODEL_ARCH_GEMMA3] = {"gemma3", 1},
+    [MODEL_ARCH_PHI3] = {"phi3", 1},
 };
 
 const char *model_arch_name(model_arch a)
@@ -90,13 +97,14 @@ static const struct {
     unsigned archs;
 } layer_tensors[] = {
     {"attn_norm.weight", ARCH_ALL},
-    {"attn_q.weight", ARCH_ALL},
+    {"attn_q.weight", ARCH_ALL}, /* phi3: these three or attn_qkv */
     {"attn_k.weight", ARCH_ALL},
     {"attn_v.weight", ARCH_ALL},
+    {"attn_qkv.weight", ARCH_BIT(MODEL_ARCH_PHI3)}, /* q, k, v rows stacked */
     {"attn_output.weight", ARCH_ALL},
     {"ffn_norm.weight", ARCH_ALL},
-    {"ffn_gate.weight", ARCH_ALL},
-    {"ffn_up.weight", ARCH_ALL},
+    {"ffn_gate.weight", ARCH_NOT_PHI3},
+    {"ffn_up.weight", ARCH_ALL}, /* phi3: gate and up rows stacked (2 n_ff) */
     {"ffn_down.weight", ARCH_ALL},
     /* llama.cpp's llama graph takes these when present; qwen2 requires q/k/v */
     {"attn_q.bias", ARCH_BIT(MODEL_ARCH_LLAMA) | ARCH_BIT(MODEL_ARCH_QWEN2)},
@@ -117,6 +125,8 @@ static const struct {
     {"output_norm.weight", ARCH_ALL},
     {"output.weight", ARCH_ALL}, /* absent: tied to token_embd */
     {"rope_freqs.weight", ARCH_BIT(MODEL_ARCH_LLAMA)}, /* Llama 3.1+ frequency divisors */
+    {"rope_factors_long.weight", ARCH_BIT(MODEL_ARCH_PHI3)},  /* LongRoPE divisors, long context */
+    {"rope_factors_short.weight", ARCH_BIT(MODEL_ARCH_PHI3)}, /* and up to the original context */
 };
 
 /* Fetches an integer config key into [lo, hi]. A missing key takes def when
@@ -191,7 +201,7 @@ static int read_config(const gguf_file *f, model_config *c, char *err, size_t er
     if (!found) {
         char name[72];
         snprintf(err, errlen, "architecture '%s' is not supported (llmesh runs: llama, qwen2, qwen3, "
-                 "gemma3)",
+                 "phi3, gemma3)",
                  gguf_str_printable(arch, name, sizeof name));
         return -1;
     }
@@ -254,7 +264,8 @@ static int read_config(const gguf_file *f, model_config *c, char *err, size_t er
     c->rope_scale = 1.0f;
     gguf_str scaling;
     if (gguf_get_str(f, KEY("rope.scaling.type"), &scaling) == 0 && !gguf_str_eq(scaling, "none") &&
-        !gguf_str_eq(scaling, "llama3")) { /* llama3: frequency factors, see rope_llama3_factors */
+        !gguf_str_eq(scaling, "llama3") && /* llama3: frequency factors, see rope_llama3_factors */
+        !(c->arch == MODEL_ARCH_PHI3 && gguf_str_eq(scaling, "longrope"))) { /* the factor tensors */
         if (!gguf_str_eq(scaling, "linear")) {
             char name[40];
             snprintf(err, errlen, "RoPE scaling '%s' is not supported (none, linear, llama3)",
@@ -265,7 +276,27 @@ static int read_config(const gguf_file *f, model_config *c, char *err, size_t er
                          err, errlen))
             return -1;
     }
+    /* llama.cpp multiplies RoPE's cos and sin by this key for every
+     * architecture; phi3's converter writes it for LongRoPE models
+     * (sqrt(1 + ln(s) / ln(original context)), s = context / original). */
+    if (config_float(f, KEY("rope.scaling.attn_factor"), 1.0f, &c->rope_attn_factor, err, errlen))
+        return -1;
     c->attn_scale = 1.0f / sqrtf((float)c->head_dim);
+    if (c->arch == MODEL_ARCH_PHI3) {
+        /* llama.cpp's phi3 graph takes q as the first n_embd values of the
+         * fused product, so n_head * head_dim must be n_embd. Its
+         * attention.sliding_window key is read and not applied: llama.cpp
+         * has disabled Phi-3's window (ggml-org/llama.cpp#13676), so every
+         * layer attends to the whole context, as here. */
+        if (c->n_head * c->head_dim != c->n_embd) {
+            snprintf(err, errlen, "phi3: %d heads of %d values do not make embedding_length %d: "
+                     "not supported", c->n_head, c->head_dim, c->n_embd);
+            return -1;
+        }
+        if (config_int(f, KEY("rope.scaling.original_context_length"), c->n_ctx_train, 1, 1 << 24,
+                       &c->n_ctx_orig, err, errlen))
+            return -1;
+    }
     if (c->arch == MODEL_ARCH_GEMMA3) {
         /* As llama.cpp has it (no key carries Gemma's query_pre_attn_scalar):
          * 1/sqrt(head_dim), except the 62-layer 27B's 1/sqrt(n_embd/n_head).
@@ -423,6 +454,45 @@ static float *get_vector(const gguf_file *f, const char *name, int n, uint64_t *
     return v;
 }
 
+/* An optional F32 vector of n RoPE frequency divisors (rope_freqs.weight,
+ * phi3's rope_factors_long/short.weight), each a positive number. NULL with
+ * err[0] == 0 when the file does not have it. */
+static float *get_rope_divisors(const gguf_file *f, const char *name, int n, uint64_t *bytes,
+                                char *err, size_t errlen)
+{
+    err[0] = 0;
+    const gguf_tensor *t = gguf_find_tensor(f, name);
+    if (!t) return NULL;
+    if (t->type != GGML_TYPE_F32) {
+        snprintf(err, errlen, "tensor %s must be F32", name);
+        return NULL;
+    }
+    float *v = get_vector(f, name, n, bytes, err, errlen);
+    for (int j = 0; v && j < n; j++) {
+        if (!isfinite(v[j]) || !(v[j] > 0)) {
+            snprintf(err, errlen, "tensor %s: factor %d is %g, not a positive number", name, j,
+                     (double)v[j]);
+            free(v);
+            return NULL;
+        }
+    }
+    return v;
+}
+
+/* Rows [first, first + rows) of m, as a matrix of its own (same bytes).
+ * phi3 stores q, k and v as one matrix, their rows stacked in that order,
+ * and gate and up as one (gate's n_ff rows first); a row is whole blocks of
+ * any type, so each part is a view and the forward pass runs the parts as
+ * the separate matrices of the other architectures. */
+static kernel_matrix matrix_rows(const kernel_matrix *m, int first, int rows)
+{
+    assert(first >= 0 && rows > 0 && first + rows <= m->rows);
+    kernel_matrix v = *m;
+    v.rows = rows;
+    v.data = (const uint8_t *)m->data + (size_t)first * kernel_row_bytes(m->type, m->cols);
+    return v;
+}
+
 /* Refuses tensors the forward pass would silently ignore (biases or norms
  * of other variants): better an error than wrong output. */
 static int check_no_unknown_tensors(const gguf_file *f, const model_config *c, char *err,
@@ -509,23 +579,18 @@ model *model_load(const gguf_file *f, char *err, size_t errlen)
         m->output = m->token_embd; /* tied embeddings */
     }
     if (gguf_find_tensor(f, "rope_freqs.weight")) { /* wins over llama3 keys, as in llama.cpp */
-        const gguf_tensor *t = gguf_find_tensor(f, "rope_freqs.weight");
-        if (t->type != GGML_TYPE_F32) {
-            snprintf(err, errlen, "tensor rope_freqs.weight must be F32");
+        if (!(m->rope_freq_factors = get_rope_divisors(f, "rope_freqs.weight", c->n_rot / 2, b, err,
+                                                       errlen)))
             goto fail;
-        }
-        if (!(m->rope_freq_factors = get_vector(f, "rope_freqs.weight", c->n_rot / 2, b, err, errlen)))
-            goto fail;
-        for (int j = 0; j < c->n_rot / 2; j++) {
-            if (!isfinite(m->rope_freq_factors[j]) || !(m->rope_freq_factors[j] > 0)) {
-                snprintf(err, errlen, "tensor rope_freqs.weight: factor %d is %g, not a positive "
-                         "number", j, (double)m->rope_freq_factors[j]);
-                goto fail;
-            }
-        }
     } else if (!(m->rope_freq_factors = rope_llama3_factors(f, c, err, errlen)) && err[0]) {
         goto fail;
     }
+    /* phi3 LongRoPE (either may be absent: no divisors in that regime, as in llama.cpp) */
+    if ((!(m->rope_factors_long = get_rope_divisors(f, "rope_factors_long.weight", c->n_rot / 2, b,
+                                                    err, errlen)) && err[0]) ||
+        (!(m->rope_factors_short = get_rope_divisors(f, "rope_factors_short.weight", c->n_rot / 2, b,
+                                                     err, errlen)) && err[0]))
+        goto fail;
 
     m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
     if (!m->layers) {
@@ -536,15 +601,38 @@ model *model_load(const gguf_file *f, char *err, size_t errlen)
         model_layer *L = &m->layers[l];
         char name[64];
 #define NAME(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
-        if (!(L->attn_norm = get_vector(f, NAME("attn_norm.weight"), c->n_embd, b, err, errlen)) ||
-            get_matrix(f, NAME("attn_q.weight"), q_dim, c->n_embd, &L->wq, b, err, errlen) ||
-            get_matrix(f, NAME("attn_k.weight"), kv_dim, c->n_embd, &L->wk, b, err, errlen) ||
-            get_matrix(f, NAME("attn_v.weight"), kv_dim, c->n_embd, &L->wv, b, err, errlen) ||
-            get_matrix(f, NAME("attn_output.weight"), c->n_embd, q_dim, &L->wo, b, err, errlen) ||
-            !(L->ffn_norm = get_vector(f, NAME("ffn_norm.weight"), c->n_embd, b, err, errlen)) ||
-            get_matrix(f, NAME("ffn_gate.weight"), c->n_ff, c->n_embd, &L->w_gate, b, err, errlen) ||
-            get_matrix(f, NAME("ffn_up.weight"), c->n_ff, c->n_embd, &L->w_up, b, err, errlen) ||
-            get_matrix(f, NAME("ffn_down.weight"), c->n_embd, c->n_ff, &L->w_down, b, err, errlen))
+        if (!(L->attn_norm = get_vector(f, NAME("attn_norm.weight"), c->n_embd, b, err, errlen)))
+            goto fail;
+        if (gguf_find_tensor(f, NAME("attn_qkv.weight"))) { /* phi3 (the whitelist saw to that) */
+            kernel_matrix qkv;
+            if (get_matrix(f, name, q_dim + 2 * kv_dim, c->n_embd, &qkv, b, err, errlen)) goto fail;
+            if (gguf_find_tensor(f, NAME("attn_q.weight")) || gguf_find_tensor(f, NAME("attn_k.weight")) ||
+                gguf_find_tensor(f, NAME("attn_v.weight"))) {
+                snprintf(err, errlen, "tensor %s and blk.%d.attn_qkv.weight are both present", name, l);
+                goto fail;
+            }
+            L->wq = matrix_rows(&qkv, 0, q_dim);
+            L->wk = matrix_rows(&qkv, q_dim, kv_dim);
+            L->wv = matrix_rows(&qkv, q_dim + kv_dim, kv_dim);
+        } else if (get_matrix(f, NAME("attn_q.weight"), q_dim, c->n_embd, &L->wq, b, err, errlen) ||
+                   get_matrix(f, NAME("attn_k.weight"), kv_dim, c->n_embd, &L->wk, b, err, errlen) ||
+                   get_matrix(f, NAME("attn_v.weight"), kv_dim, c->n_embd, &L->wv, b, err, errlen)) {
+            goto fail;
+        }
+        if (get_matrix(f, NAME("attn_output.weight"), c->n_embd, q_dim, &L->wo, b, err, errlen) ||
+            !(L->ffn_norm = get_vector(f, NAME("ffn_norm.weight"), c->n_embd, b, err, errlen)))
+            goto fail;
+        if (c->arch == MODEL_ARCH_PHI3) { /* gate and up in one: (2 n_ff, n_embd) */
+            kernel_matrix gate_up;
+            if (get_matrix(f, NAME("ffn_up.weight"), 2 * c->n_ff, c->n_embd, &gate_up, b, err, errlen))
+                goto fail;
+            L->w_gate = matrix_rows(&gate_up, 0, c->n_ff);
+            L->w_up = matrix_rows(&gate_up, c->n_ff, c->n_ff);
+        } else if (get_matrix(f, NAME("ffn_gate.weight"), c->n_ff, c->n_embd, &L->w_gate, b, err, errlen) ||
+                   get_matrix(f, NAME("ffn_up.weight"), c->n_ff, c->n_embd, &L->w_up, b, err, errlen)) {
+            goto fail;
+        }
+        if (get_matrix(f, NAME("ffn_down.weight"), c->n_embd, c->n_ff, &L->w_down, b, err, errlen))
             goto fail;
         /* Optional per-architecture tensors (check_no_unknown_tensors has
          * refused those the architecture does not have). */
@@ -609,6 +697,8 @@ void model_free(model *m)
     free(m->layers);
     free(m->output_norm);
     free(m->rope_freq_factors);
+    free(m->rope_factors_long);
+    free(m->rope_factors_short);
     free(m);
 }
 
@@ -637,6 +727,7 @@ struct model_state {
     float *rope_sin_swa; /* (MODEL_BATCH, n_rot / 2) */
     float *att;         /* (att_rows, n_ctx) attention weights, one row per pool thread */
     int att_rows;
+    const float *rope_factors; /* (n_rot / 2) the model's RoPE divisors for this context, or NULL */
     void *scratch;      /* kernel_matmul's converted inputs */
 };
 
@@ -648,6 +739,10 @@ model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen
     if (!s) goto oom;
     s->n_ctx = n_ctx;
     s->kv_dim = c->n_head_kv * c->head_dim;
+    /* phi3 LongRoPE: as llama.cpp, by the context's size (not the tokens
+     * in it), so one state's positions all rotate alike. */
+    s->rope_factors = c->arch != MODEL_ARCH_PHI3 ? m->rope_freq_factors
+                      : n_ctx > c->n_ctx_orig ? m->rope_factors_long : m->rope_factors_short;
     size_t kv = (size_t)c->n_layer * (size_t)n_ctx * (size_t)s->kv_dim;
     size_t q_dim = (size_t)c->n_head * c->head_dim;
     s->key_cache = calloc(kv, sizeof(float));
@@ -710,19 +805,21 @@ void model_state_truncate(model_state *s, int n_past)
 /* ======================================================================== */
 
 /* cos/sin (n, n_rot / 2) of every rotated pair's angle for positions
- * pos0 .. pos0 + n - 1: pos / scale * base^(-2j/n_rot) [/ factors[j]].
+ * pos0 .. pos0 + n - 1: pos / scale * base^(-2j/n_rot) [/ factors[j]],
+ * both times rope_attn_factor (1 unless the file says otherwise).
  * Angles are computed in double: they lose digits in float at long contexts. */
 static void rope_tables(const model_config *c, double base, double scale, const float *factors,
                         int pos0, int n, float *cos_out, float *sin_out)
 {
     int half = c->n_rot / 2;
+    double mscale = c->rope_attn_factor;
     for (int i = 0; i < n; i++) {
         double pos = (double)(pos0 + i) / scale;
         for (int j = 0; j < half; j++) {
             double freq = pow(base, -2.0 * j / c->n_rot);
             if (factors) freq /= factors[j];
-            cos_out[i * half + j] = (float)cos(pos * freq);
-            sin_out[i * half + j] = (float)sin(pos * freq);
+            cos_out[i * half + j] = (float)(cos(pos * freq) * mscale);
+            sin_out[i * half + j] = (float)(sin(pos * freq) * mscale);
         }
     }
 }
@@ -799,8 +896,7 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
         kernel_dequantize_row(m->token_embd.type,
                               (const uint8_t *)m->token_embd.data + (size_t)tokens[i] * embd_row,
                               s->x + (size_t)i * dim, dim);
-    rope_tables(c, c->rope_base, c->rope_scale, m->rope_freq_factors, pos0, n, s->rope_cos,
-                s->rope_sin);
+    rope_tables(c, c->rope_base, c->rope_scale, s->rope_factors, pos0, n, s->rope_cos, s->rope_sin);
 
     for (int l = 0; l < c->n_layer; l++) {
         const model_layer *L = &m->layers[l];

@@ -1,5 +1,5 @@
 /* model.h: the architectures the engine runs (llama, mistral as llama,
- * qwen2, qwen3, gemma3): their configuration, their weights (zero-copy views
+ * qwen2, qwen3, phi3, gemma3): their configuration, their weights (zero-copy views
  * into a GGUF file) and their forward pass over a KV cache.
  *
  * A `model` is the immutable part (config + weights) and may be shared; a
@@ -23,14 +23,16 @@
 #include "lib/threadpool.h"
 
 /* The architectures model_load accepts (general.architecture). The llama
- * family shares one forward pass; what differs is switched on by the weights
- * present (q/k/v biases, per-head q/k norms) and by rope_neox. gemma3 has its
- * own. See docs/engine.md. */
+ * family (llama, qwen2, qwen3, phi3) shares one forward pass; what differs is
+ * switched on by the weights present (q/k/v biases, per-head q/k norms, RoPE
+ * factors) and by rope_neox; phi3's fused tensors are split into views at
+ * load. gemma3 has its own. See docs/engine.md. */
 typedef enum {
     MODEL_ARCH_LLAMA = 0, /* "llama": Llama 1-3, Mistral, ...; NORM RoPE, optional biases */
     MODEL_ARCH_QWEN2,     /* "qwen2": q/k/v biases, NEOX RoPE */
     MODEL_ARCH_QWEN3,     /* "qwen3": per-head q/k RMSNorm before RoPE, NEOX RoPE */
     MODEL_ARCH_GEMMA3,    /* "gemma3": scaled embeddings, post-norms, GELU, sliding window */
+    MODEL_ARCH_PHI3,      /* "phi3": fused qkv and gate/up tensors, NEOX RoPE, LongRoPE factors */
     MODEL_ARCH_COUNT
 } model_arch;
 
@@ -52,6 +54,10 @@ typedef struct {
     float norm_eps;   /* RMSNorm epsilon */
     float rope_base;  /* RoPE frequency base */
     float rope_scale; /* positions are divided by this (linear RoPE scaling; 1 = none) */
+    float rope_attn_factor; /* {arch}.rope.scaling.attn_factor (default 1): RoPE's cos and sin are
+                               multiplied by it, so q.k by its square (phi3 LongRoPE) */
+    int n_ctx_orig;   /* phi3: rope.scaling.original_context_length (default n_ctx_train); a
+                         state of more positions uses rope_factors_long, else _short */
     float attn_scale; /* q.k multiplier: 1/sqrt(head_dim), gemma3-27B 1/sqrt(n_embd/n_head) */
     int n_swa;        /* gemma3: local layers attend to the last n_swa positions; 0 = none */
     int swa_pattern;  /* gemma3: layer l is local unless l % swa_pattern == swa_pattern - 1 */

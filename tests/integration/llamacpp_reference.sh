@@ -6,8 +6,8 @@
 #     hand-picked and seeded random strings, without and with special tokens;
 #  2. logits: the demo model (F32, F16, Q8_0; 256 positions of held-out
 #     text) and two-layer random models with the layer widths of
-#     Llama-3.2-1B, Qwen2.5-0.5B, Qwen3-0.6B and Gemma3-1B (Q8_0, F16, and
-#     their F32 dequantizations);
+#     Llama-3.2-1B, Qwen2.5-0.5B, Qwen3-0.6B, Gemma3-1B and Phi-3-mini, and a
+#     phi3 LongRoPE one (Q8_0, F16, and their F32 dequantizations);
 #  3. perplexity: llama.cpp reproduces the demo model's table in
 #     models/README.md, and `llmesh perplexity` agrees with llama.cpp.
 # What "agree" means for each is in tests/e2e/reference/*.mjs and

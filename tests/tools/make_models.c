@@ -412,6 +412,19 @@ static const model_spec specs[] = {
                         .rope_freq_base = 1000000.0f, .rms_eps = 1e-6f, Q8, .seed = 18}},
     {"llama-untied-q8_0", {.arch = "llama", .n_embd = 512, .n_head = 8, .n_head_kv = 4, .n_ff = 1536,
                            .n_vocab = 32000, .qkv_bias = 1, .out_bias = 1, Q8, .seed = 19}},
+    /* Phi-3-mini-4k: fused attn_qkv and gate/up; the sliding_window key is
+     * written as the converter does (neither program applies it). Tied
+     * (Phi-3 is not) to keep the F32 copy at 1.3 GB. */
+    {"phi3-mini-4k-q8_0", {.arch = "phi3", .n_embd = 3072, .n_head = 32, .n_head_kv = 32, .n_ff = 8192,
+                           .n_vocab = 32000, .tied_output = 1, .n_swa = 2047, Q8, .seed = 21}},
+    /* LongRoPE as Phi-3.5-mini / Phi-4-mini have it (factor tensors,
+     * attn_factor), with Phi-4-mini's grouped heads of 128 and partial
+     * rotation (96 of 128) at a smaller width; original context 16, so that
+     * both programs use the long factors for these 24 positions (llmesh's
+     * context is the prompt, llama.cpp's 256). */
+    {"phi3-longrope-q8_0", {.arch = "phi3", .n_embd = 512, .n_head = 4, .n_head_kv = 2, .n_ff = 1536,
+                            .n_vocab = 32000, .n_rot = 96, .longrope = 1, .n_ctx_orig = 16,
+                            .attn_factor = 1.19f, .n_swa = 262144, Q8, .seed = 23}},
 };
 #undef Q8
 

@@ -84,7 +84,8 @@ int model_writer_write(const char *path, const model_writer_params *p)
         hd <= 0 || p->n_ff <= 0 || p->n_vocab < 258 || p->n_head % p->n_head_kv ||
         (p->head_dim <= 0 && p->n_embd % p->n_head) ||
         (p->type != GGML_TYPE_F32 && p->type != GGML_TYPE_F16 && !q8) ||
-        (q8 && (p->n_embd % 32 || p->n_ff % 32 || (p->n_head * hd) % 32)))
+        (q8 && (p->n_embd % 32 || p->n_ff % 32 || (p->n_head * hd) % 32)) ||
+        (p->n_rot > 0 && (p->n_rot % 2 || p->n_rot > hd)))
         return -1;
     int q_dim = p->n_head * hd, kv_dim = p->n_head_kv * hd;
     gguf_writer *w = gguf_writer_new();
@@ -105,6 +106,10 @@ int model_writer_write(const char *path, const model_writer_params *p)
     gguf_writer_add_f32(w, KEY("rope.freq_base"), p->rope_freq_base > 0 ? p->rope_freq_base : 10000.0f);
     gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), p->rms_eps > 0 ? p->rms_eps : 1e-5f);
     if (p->n_swa > 0) gguf_writer_add_u32(w, KEY("attention.sliding_window"), (uint32_t)p->n_swa);
+    if (p->n_rot > 0) gguf_writer_add_u32(w, KEY("rope.dimension_count"), (uint32_t)p->n_rot);
+    if (p->n_ctx_orig > 0)
+        gguf_writer_add_u32(w, KEY("rope.scaling.original_context_length"), (uint32_t)p->n_ctx_orig);
+    if (p->attn_factor > 0) gguf_writer_add_f32(w, KEY("rope.scaling.attn_factor"), p->attn_factor);
     if (p->llama3_keys) {
         gguf_writer_add_str(w, KEY("rope.scaling.type"), "llama3");
         gguf_writer_add_f32(w, KEY("rope.scaling.factor"), 8.0f);
@@ -137,8 +142,15 @@ int model_writer_write(const char *path, const model_writer_params *p)
     add_random(w, "output_norm.weight", (uint64_t)p->n_embd, 1, GGML_TYPE_F32, 0.1f, 1.0f, 0, &rng);
     if (!p->tied_output)
         add_random(w, "output.weight", (uint64_t)p->n_embd, (uint64_t)p->n_vocab, t, s_embd, 0, fast, &rng);
+    int n_rot = p->n_rot > 0 ? p->n_rot : hd;
     if (p->rope_freqs) /* divisors in [1, 8): 1 + 3.5 * (u + 1) */
-        add_random(w, "rope_freqs.weight", (uint64_t)hd / 2, 1, GGML_TYPE_F32, 3.5f, 4.5f, 0, &rng);
+        add_random(w, "rope_freqs.weight", (uint64_t)n_rot / 2, 1, GGML_TYPE_F32, 3.5f, 4.5f, 0, &rng);
+    if (p->longrope) {
+        add_random(w, "rope_factors_long.weight", (uint64_t)n_rot / 2, 1, GGML_TYPE_F32, 3.5f, 4.5f, 0, &rng);
+        add_random(w, "rope_factors_short.weight", (uint64_t)n_rot / 2, 1, GGML_TYPE_F32, 0.25f, 1.25f, 0,
+                   &rng);
+    }
+    int phi3 = !strcmp(p->arch, "phi3");
     for (int l = 0; l < p->n_layer; l++) {
         char name[64];
 #define LAYER(suffix, ne0, ne1, type, scale, bias) do { \
@@ -146,9 +158,13 @@ int model_writer_write(const char *path, const model_writer_params *p)
         add_random(w, name, (uint64_t)(ne0), (uint64_t)(ne1), type, scale, bias, fast, &rng); \
     } while (0)
         LAYER("attn_norm.weight", p->n_embd, 1, GGML_TYPE_F32, 0.1f, 1.0f);
-        LAYER("attn_q.weight", p->n_embd, q_dim, t, s_embd, 0);
-        LAYER("attn_k.weight", p->n_embd, kv_dim, t, s_embd, 0);
-        LAYER("attn_v.weight", p->n_embd, kv_dim, t, s_embd, 0);
+        if (phi3 && !p->separate_qkv) {
+            LAYER("attn_qkv.weight", p->n_embd, q_dim + 2 * kv_dim, t, s_embd, 0);
+        } else {
+            LAYER("attn_q.weight", p->n_embd, q_dim, t, s_embd, 0);
+            LAYER("attn_k.weight", p->n_embd, kv_dim, t, s_embd, 0);
+            LAYER("attn_v.weight", p->n_embd, kv_dim, t, s_embd, 0);
+        }
         if (p->qkv_bias) {
             LAYER("attn_q.bias", q_dim, 1, GGML_TYPE_F32, 0.3f, 0);
             LAYER("attn_k.bias", kv_dim, 1, GGML_TYPE_F32, 0.3f, 0);
@@ -165,8 +181,12 @@ int model_writer_write(const char *path, const model_writer_params *p)
             LAYER("post_ffw_norm.weight", p->n_embd, 1, GGML_TYPE_F32, 0.3f, 1.0f);
         }
         LAYER("ffn_norm.weight", p->n_embd, 1, GGML_TYPE_F32, 0.1f, 1.0f);
-        LAYER("ffn_gate.weight", p->n_embd, p->n_ff, t, s_embd, 0);
-        LAYER("ffn_up.weight", p->n_embd, p->n_ff, t, s_embd, 0);
+        if (phi3) {
+            LAYER("ffn_up.weight", p->n_embd, 2 * p->n_ff, t, s_embd, 0);
+        } else {
+            LAYER("ffn_gate.weight", p->n_embd, p->n_ff, t, s_embd, 0);
+            LAYER("ffn_up.weight", p->n_embd, p->n_ff, t, s_embd, 0);
+        }
         LAYER("ffn_down.weight", p->n_ff, p->n_embd, t, s_ff, 0);
 #undef LAYER
     }

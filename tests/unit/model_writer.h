@@ -1,5 +1,5 @@
 /* model_writer.h: synthetic GGUF models of every architecture the engine
- * runs (llama, qwen2, qwen3, gemma3), for tests.
+ * runs (llama, qwen2, qwen3, phi3, gemma3), for tests.
  *
  * For: test_arch.c (forward pass against a reference, batching, real-shaped
  * configs). Writes the keys llama.cpp's converter writes, under the
@@ -36,7 +36,16 @@ typedef struct {
     float rope_freq_base; /* 0 means 10000 */
     float rms_eps;        /* 0 means 1e-5 */
     int fast_random;      /* Q8_0 only: random blocks written directly (real-size models) */
-    int n_swa;            /* gemma3: attention.sliding_window; its post-norms are always written */
+    int n_swa;            /* attention.sliding_window (gemma3, phi3); gemma3's post-norms are
+                             always written */
+    /* phi3: attn_qkv (q, k, v rows stacked) unless separate_qkv, and ffn_up
+     * of 2 n_ff rows (gate, then up) instead of ffn_gate + ffn_up */
+    int separate_qkv;
+    int n_rot;            /* > 0: rope.dimension_count (partial rotation) */
+    int longrope;         /* rope_factors_long.weight, random divisors in [1, 8), and
+                             rope_factors_short.weight, in [1, 1.5) */
+    int n_ctx_orig;       /* > 0: rope.scaling.original_context_length */
+    float attn_factor;    /* > 0: rope.scaling.attn_factor */
     const char *chat_template; /* tokenizer.chat_template when non-NULL */
 } model_writer_params;
 

@@ -1,12 +1,12 @@
 /* test_arch.c: the architectures the engine runs (llama with Llama 3 RoPE
- * factors, qwen2, qwen3, gemma3), on synthetic models
+ * factors, qwen2, qwen3, phi3 with LongRoPE factors, gemma3), on synthetic models
  * (tests/unit/model_writer.h).
  *
  * For each architecture: the logits match a slow reference forward written
  * here from the architecture's definition (plain loops, double accumulation,
  * its own RoPE and norms; only the file format's dequantization is shared),
  * batching and thread count change no bit, and a real-shaped config (all the
- * widths of Qwen2.5-0.5B, Llama-3.2-1B, Qwen3-0.6B, two layers, Q8_0 random
+ * widths of Qwen2.5-0.5B, Llama-3.2-1B, Qwen3-0.6B, Gemma3-1B, Phi-3-mini, two layers, Q8_0 random
  * weights) loads and generates through the engine. Files that break an
  * architecture's rules are refused with a message naming the key or tensor.
  * Not here: the llama demo model (test_model.c, test_perplexity.c). */
@@ -35,7 +35,9 @@ static const char *tmp_path(const char *name)
 /* ---- the reference forward ------------------------------------------------ */
 
 /* A feature the reference leaves out, to show that it matters: "neox"
- * (pairs llama's way), "bias", "qk_norm", "rope_factors"; "" for none. */
+ * (pairs llama's way), "bias", "qk_norm", "rope_factors", "window",
+ * "post_norms", "local_rope"; phi3's "long_short" (the other LongRoPE set),
+ * "attn_factor", "gate_up_order" (up's rows taken as the gate); "" for none. */
 static const char *ref_skip = "";
 
 /* A whole tensor as doubles (row-major, ne[0] per row), or NULL if absent. */
@@ -90,6 +92,12 @@ static double rope_freq(const gguf_file *f, const model_writer_params *p, int j,
     double freq = pow(base, -2.0 * j / d);
     if (!strcmp(ref_skip, "rope_factors")) return freq;
     const gguf_tensor *t = gguf_find_tensor(f, "rope_freqs.weight");
+    if (!strcmp(p->arch, "phi3")) { /* LongRoPE: the long set when the context exceeds the original */
+        int ctx = p->n_ctx > 0 ? p->n_ctx : 256; /* the tests' states take the training context */
+        int orig = p->n_ctx_orig > 0 ? p->n_ctx_orig : ctx;
+        int want_long = (ctx > orig) != !strcmp(ref_skip, "long_short");
+        t = gguf_find_tensor(f, want_long ? "rope_factors_long.weight" : "rope_factors_short.weight");
+    }
     if (t) return freq / ((const float *)t->data)[j];
     if (p->llama3_keys) {
         double factor = 8, low = 1, high = 4, orig = 64, wavelen = 2 * M_PI / freq;
@@ -102,6 +110,10 @@ static double rope_freq(const gguf_file *f, const model_writer_params *p, int j,
 }
 
 /* Logits [n][n_vocab] of tokens[0..n), no cache, no batching, no threads.
+ * phi3 as llama.cpp runs Phi-3: q, k, v are consecutive row ranges of
+ * attn_qkv; ffn_up's first n_ff rows are the gate, the next n_ff the up
+ * projection; NEOX pairs over the first n_rot dimensions, each rotated
+ * pair times attn_factor; no sliding window (llama.cpp ignores the key).
  * gemma3 as Gemma 3 defines it: embeddings times sqrt(n_embd), post-norms on
  * each block's output, GELU (tanh form), local layers (all but every 6th)
  * attending to the last n_swa positions with RoPE base 10000, 1/sqrt(head_dim)
@@ -112,7 +124,10 @@ static void ref_forward(const gguf_file *f, const model_writer_params *p, const 
     int gemma = !strcmp(p->arch, "gemma3");
     int dim = p->n_embd, hd = p->head_dim > 0 ? p->head_dim : dim / p->n_head;
     int nh = p->n_head, nkv = p->n_head_kv, q_dim = nh * hd, kv_dim = nkv * hd, V = p->n_vocab;
-    int neox = strcmp(p->arch, "llama") != 0; /* qwen2, qwen3: pairs (j, j + d/2) */
+    int neox = strcmp(p->arch, "llama") != 0; /* qwen2, qwen3, phi3: pairs (j, j + d/2) */
+    int phi3 = !strcmp(p->arch, "phi3");
+    int n_rot = p->n_rot > 0 ? p->n_rot : hd;
+    double mscale = p->attn_factor > 0 && strcmp(ref_skip, "attn_factor") ? p->attn_factor : 1.0;
     if (!strcmp(ref_skip, "neox")) neox = !neox;
     double eps = p->rms_eps > 0 ? p->rms_eps : 1e-5;
     double *x = calloc((size_t)n * dim, 8), *xb = calloc(dim, 8), *q = calloc((size_t)n * q_dim, 8);
@@ -128,8 +143,11 @@ static void ref_forward(const gguf_file *f, const model_writer_params *p, const 
         double *post_attn = layer_f64(f, l, "post_attention_norm.weight");
         double *post_ffn = layer_f64(f, l, "post_ffw_norm.weight");
         double *attn_norm = layer_f64(f, l, "attn_norm.weight"), *ffn_norm = layer_f64(f, l, "ffn_norm.weight");
-        double *wq = layer_f64(f, l, "attn_q.weight"), *wk = layer_f64(f, l, "attn_k.weight");
-        double *wv = layer_f64(f, l, "attn_v.weight"), *wo = layer_f64(f, l, "attn_output.weight");
+        double *wqkv = layer_f64(f, l, "attn_qkv.weight"); /* phi3: (q_dim + 2 kv_dim, dim) */
+        double *wq = wqkv ? NULL : layer_f64(f, l, "attn_q.weight"), *wk = wqkv ? NULL : layer_f64(f, l, "attn_k.weight");
+        double *wv = wqkv ? NULL : layer_f64(f, l, "attn_v.weight"), *wo = layer_f64(f, l, "attn_output.weight");
+        const double *q_w = wqkv ? wqkv : wq, *k_w = wqkv ? wqkv + (size_t)q_dim * dim : wk;
+        const double *v_w = wqkv ? wqkv + (size_t)(q_dim + kv_dim) * dim : wv;
         double *bq = layer_f64(f, l, "attn_q.bias"), *bk = layer_f64(f, l, "attn_k.bias");
         double *bv = layer_f64(f, l, "attn_v.bias"), *bo = layer_f64(f, l, "attn_output.bias");
         double *qn = layer_f64(f, l, "attn_q_norm.weight"), *kn = layer_f64(f, l, "attn_k_norm.weight");
@@ -139,21 +157,27 @@ static void ref_forward(const gguf_file *f, const model_writer_params *p, const 
         if (!strcmp(ref_skip, "local_rope")) local = 0;
         double *wg = layer_f64(f, l, "ffn_gate.weight"), *wu = layer_f64(f, l, "ffn_up.weight");
         double *wd = layer_f64(f, l, "ffn_down.weight");
+        const double *gate_w = wg, *up_w = wu; /* phi3: ffn_up is (2 n_ff, dim), gate rows first */
+        if (phi3) {
+            int swap = !strcmp(ref_skip, "gate_up_order");
+            gate_w = wu + (size_t)(swap ? p->n_ff : 0) * dim;
+            up_w = wu + (size_t)(swap ? 0 : p->n_ff) * dim;
+        }
         for (int i = 0; i < n; i++) {
             rmsnorm(xb, x + i * dim, attn_norm, dim, eps);
-            mv(q + i * q_dim, wq, bq, xb, q_dim, dim);
-            mv(k + i * kv_dim, wk, bk, xb, kv_dim, dim);
-            mv(v + i * kv_dim, wv, bv, xb, kv_dim, dim);
+            mv(q + i * q_dim, q_w, bq, xb, q_dim, dim);
+            mv(k + i * kv_dim, k_w, bk, xb, kv_dim, dim);
+            mv(v + i * kv_dim, v_w, bv, xb, kv_dim, dim);
             for (int h = 0; h < nh + nkv; h++) {
                 double *vec = h < nh ? q + i * q_dim + h * hd : k + i * kv_dim + (h - nh) * hd;
                 double *norm = h < nh ? qn : kn;
                 if (norm) rmsnorm(vec, vec, norm, hd, eps); /* qwen3: per head, before RoPE */
-                for (int j = 0; j < hd / 2; j++) {
-                    double theta = i * (local ? pow(10000.0, -2.0 * j / hd) : rope_freq(f, p, j, hd));
-                    int a = neox ? j : 2 * j, b = neox ? j + hd / 2 : 2 * j + 1;
+                for (int j = 0; j < n_rot / 2; j++) {
+                    double theta = i * (local ? pow(10000.0, -2.0 * j / n_rot) : rope_freq(f, p, j, n_rot));
+                    int a = neox ? j : 2 * j, b = neox ? j + n_rot / 2 : 2 * j + 1;
                     double va = vec[a], vb = vec[b];
-                    vec[a] = va * cos(theta) - vb * sin(theta);
-                    vec[b] = va * sin(theta) + vb * cos(theta);
+                    vec[a] = mscale * (va * cos(theta) - vb * sin(theta));
+                    vec[b] = mscale * (va * sin(theta) + vb * cos(theta));
                 }
             }
         }
@@ -180,8 +204,8 @@ static void ref_forward(const gguf_file *f, const model_writer_params *p, const 
             if (post_attn) rmsnorm(tmp, tmp, post_attn, dim, eps);
             for (int e = 0; e < dim; e++) x[i * dim + e] += tmp[e];
             rmsnorm(xb, x + i * dim, ffn_norm, dim, eps);
-            mv(gate, wg, NULL, xb, p->n_ff, dim);
-            mv(up, wu, NULL, xb, p->n_ff, dim);
+            mv(gate, gate_w, NULL, xb, p->n_ff, dim);
+            mv(up, up_w, NULL, xb, p->n_ff, dim);
             for (int e = 0; e < p->n_ff; e++) {
                 double g = gate[e];
                 gate[e] = gemma ? 0.5 * g * (1 + tanh(sqrt(2 / M_PI) * (g + 0.044715 * g * g * g))) * up[e]
@@ -191,7 +215,7 @@ static void ref_forward(const gguf_file *f, const model_writer_params *p, const 
             if (post_ffn) rmsnorm(tmp, tmp, post_ffn, dim, eps);
             for (int e = 0; e < dim; e++) x[i * dim + e] += tmp[e];
         }
-        double *all[] = {attn_norm, ffn_norm, wq, wk, wv, wo, bq, bk, bv, bo, qn, kn, wg, wu, wd,
+        double *all[] = {attn_norm, ffn_norm, wqkv, wq, wk, wv, wo, bq, bk, bv, bo, qn, kn, wg, wu, wd,
                          post_attn, post_ffn};
         for (size_t a = 0; a < sizeof all / sizeof all[0]; a++) free(all[a]);
     }
@@ -238,6 +262,13 @@ static model_writer_params small(const char *arch, uint64_t seed)
     } else if (!strcmp(arch, "gemma3")) { /* 7 layers: layer 5 is the global one */
         p.qk_norm = 1, p.tied_output = 1, p.head_dim = 32, p.n_head_kv = 1, p.n_layer = 7,
         p.n_swa = 4, p.rope_freq_base = 1000000.0f, p.rms_eps = 1e-6f;
+    } else if (!strcmp(arch, "phi3")) {
+        /* Phi-3.5-mini / Phi-4-mini style: LongRoPE factors with the long set
+         * in use (context 256 > original 128), their attn_factor, partial
+         * rotation (12 of 16), and a sliding_window key of 4 over 9 tokens
+         * that must change nothing (llama.cpp does not apply it). */
+        p.longrope = 1, p.n_ctx = 256, p.n_ctx_orig = 128, p.attn_factor = 1.19f, p.n_rot = 12,
+        p.n_swa = 4;
     } else if (!strcmp(arch, "qwen3")) {
         p.qk_norm = 1, p.tied_output = 1, p.head_dim = 32, p.rope_freq_base = 1000000.0f,
         p.rms_eps = 1e-6f; /* q is 4 * 32 = 128 wide with n_embd 64, as Qwen3-0.6B's 2048 vs 1024 */
@@ -255,17 +286,25 @@ static model_writer_params small(const char *arch, uint64_t seed)
  * largest value, ~0.4%), compounded over the same chain: 3%. */
 static void test_forward_matches_reference(void)
 {
-    struct { const char *arch; const char *what; ggml_type type; int rope_freqs, llama3, bias, out_bias, tied, kv; } cases[] = {
-        {"llama", "Llama 3 rope_freqs tensor, untied", GGML_TYPE_F32, 1, 0, 0, 0, 0, 2},
-        {"llama", "Llama 3.1 scaling from keys only, tied", GGML_TYPE_F32, 0, 1, 0, 0, 1, 4},
-        {"llama", "optional q/k/v/o biases", GGML_TYPE_F32, 0, 0, 1, 1, 0, 1},
-        {"qwen2", "biases, NEOX, tied", GGML_TYPE_F32, 0, 0, 1, 0, 1, 2},
-        {"qwen2", "Q8_0", GGML_TYPE_Q8_0, 0, 0, 1, 0, 1, 2},
-        {"qwen3", "q/k norms, head_dim 32 != 64/4", GGML_TYPE_F32, 0, 0, 0, 0, 1, 2},
-        {"qwen3", "F16, MHA", GGML_TYPE_F16, 0, 0, 0, 0, 1, 4},
-        {"qwen3", "Q8_0", GGML_TYPE_Q8_0, 0, 0, 0, 0, 1, 2},
-        {"gemma3", "window 4, layer 5 global, MQA", GGML_TYPE_F32, 0, 0, 0, 0, 1, 1},
-        {"gemma3", "Q8_0", GGML_TYPE_Q8_0, 0, 0, 0, 0, 1, 1},
+    /* phi3: 1 = the short LongRoPE set (original context 512 > 256) and
+     * separate q/k/v tensors; 2 = Phi-3-mini-4k's keys (no factors, no
+     * attn_factor, full rotation, window 2047) */
+    struct { const char *arch; const char *what; ggml_type type; int rope_freqs, llama3, bias, out_bias, tied, kv, phi3; } cases[] = {
+        {"llama", "Llama 3 rope_freqs tensor, untied", GGML_TYPE_F32, 1, 0, 0, 0, 0, 2, 0},
+        {"llama", "Llama 3.1 scaling from keys only, tied", GGML_TYPE_F32, 0, 1, 0, 0, 1, 4, 0},
+        {"llama", "optional q/k/v/o biases", GGML_TYPE_F32, 0, 0, 1, 1, 0, 1, 0},
+        {"qwen2", "biases, NEOX, tied", GGML_TYPE_F32, 0, 0, 1, 0, 1, 2, 0},
+        {"qwen2", "Q8_0", GGML_TYPE_Q8_0, 0, 0, 1, 0, 1, 2, 0},
+        {"qwen3", "q/k norms, head_dim 32 != 64/4", GGML_TYPE_F32, 0, 0, 0, 0, 1, 2, 0},
+        {"qwen3", "F16, MHA", GGML_TYPE_F16, 0, 0, 0, 0, 1, 4, 0},
+        {"qwen3", "Q8_0", GGML_TYPE_Q8_0, 0, 0, 0, 0, 1, 2, 0},
+        {"gemma3", "window 4, layer 5 global, MQA", GGML_TYPE_F32, 0, 0, 0, 0, 1, 1, 0},
+        {"gemma3", "Q8_0", GGML_TYPE_Q8_0, 0, 0, 0, 0, 1, 1, 0},
+        {"phi3", "fused qkv and gate/up, LongRoPE long set, partial rotation", GGML_TYPE_F32, 0, 0, 0, 0, 0, 2, 0},
+        {"phi3", "short set, separate q/k/v, tied", GGML_TYPE_F32, 0, 0, 0, 0, 1, 4, 1},
+        {"phi3", "Phi-3-mini-4k keys, MHA", GGML_TYPE_F32, 0, 0, 0, 0, 0, 4, 2},
+        {"phi3", "Q8_0", GGML_TYPE_Q8_0, 0, 0, 0, 0, 0, 2, 0},
+        {"phi3", "F16", GGML_TYPE_F16, 0, 0, 0, 0, 0, 4, 0},
     };
     enum { N = 9 };
     int32_t tokens[N] = {298, 5, 77, 258, 1, 299, 100, 42, 200};
@@ -281,6 +320,8 @@ static void test_forward_matches_reference(void)
         p.out_bias = cases[c].out_bias;
         p.tied_output = cases[c].tied;
         p.n_head_kv = cases[c].kv;
+        if (cases[c].phi3 == 1) p.n_ctx_orig = 512, p.separate_qkv = 1;
+        if (cases[c].phi3 == 2) p.longrope = 0, p.n_ctx_orig = 0, p.attn_factor = 0, p.n_rot = 0, p.n_swa = 2047;
         const char *path = tmp_path("ref.gguf");
         REQUIRE(model_writer_write(path, &p) == 0);
         loaded L = load(path);
@@ -324,7 +365,8 @@ static void test_each_feature_matters(void)
         {"llama", "rope_factors", 1, 0}, {"llama", "rope_factors", 0, 1}, {"llama", "neox", 0, 0},
         {"qwen2", "neox", 0, 0}, {"qwen2", "bias", 0, 0}, {"qwen3", "qk_norm", 0, 0},
         {"qwen3", "neox", 0, 0}, {"gemma3", "window", 0, 0}, {"gemma3", "post_norms", 0, 0},
-        {"gemma3", "local_rope", 0, 0},
+        {"gemma3", "local_rope", 0, 0}, {"phi3", "neox", 0, 0}, {"phi3", "rope_factors", 0, 0},
+        {"phi3", "long_short", 0, 0}, {"phi3", "attn_factor", 0, 0}, {"phi3", "gate_up_order", 0, 0},
     };
     enum { N = 6 };
     int32_t tokens[N] = {3, 9, 27, 81, 243, 299};
@@ -365,7 +407,7 @@ static void test_each_feature_matters(void)
  * internal batch: bit-identical, for every architecture. */
 static void test_batching_and_threads_are_exact(void)
 {
-    const char *arches[] = {"llama", "qwen2", "qwen3", "gemma3"};
+    const char *arches[] = {"llama", "qwen2", "qwen3", "gemma3", "phi3"};
     enum { N = 70, V = 300 };
     char err[256];
     threadpool *p1 = threadpool_create(1, err, sizeof err), *p3 = threadpool_create(3, err, sizeof err);
@@ -444,7 +486,26 @@ static void test_refusals(void)
 {
     model_writer_params p = small("falcon", 1);
     const char *e = load_error(&p, NULL);
-    CHECK(strstr(e, "architecture 'falcon' is not supported") && strstr(e, "llama, qwen2, qwen3, gemma3"));
+    CHECK(strstr(e, "architecture 'falcon' is not supported") &&
+          strstr(e, "llama, qwen2, qwen3, phi3, gemma3"));
+
+    p = small("phi3", 1); /* q must be n_embd wide, as llama.cpp's phi3 graph takes it */
+    p.head_dim = 32;
+    e = load_error(&p, NULL);
+    CHECK(strstr(e, "phi3") && strstr(e, "embedding_length 64"));
+    p = small("phi3", 1); /* a separate gate has no place next to the fused gate/up */
+    e = load_error(&p, "blk.0.ffn_gate.weight");
+    CHECK(strstr(e, "blk.0.ffn_gate.weight") && strstr(e, "phi3"));
+    p = small("phi3", 1); /* fused and separate q: which one? */
+    e = load_error(&p, "blk.1.attn_k.weight");
+    CHECK(strstr(e, "blk.1.attn_k.weight and blk.1.attn_qkv.weight are both present") != NULL);
+    p = small("phi3", 1); /* Llama 3's factors are not phi3's */
+    p.rope_freqs = 1;
+    e = load_error(&p, NULL);
+    CHECK(strstr(e, "rope_freqs.weight") && strstr(e, "phi3"));
+    p = small("llama", 1); /* phi3's tensors are phi3's */
+    e = load_error(&p, "rope_factors_long.weight");
+    CHECK(strstr(e, "rope_factors_long.weight") && strstr(e, "llama"));
 
     p = small("gemma3", 1); /* no sliding_window key */
     p.n_swa = 0;
@@ -582,6 +643,13 @@ static void test_real_shape_gemma3_1b(void)
     run_real_shape("Gemma3-1B", p);
 }
 
+static void test_real_shape_phi3_mini_4k(void)
+{
+    model_writer_params p = {.arch = "phi3", .n_embd = 3072, .n_head = 32, .n_head_kv = 32,
+                             .n_ff = 8192, .n_vocab = 32064, .n_swa = 2047, .seed = 5};
+    run_real_shape("Phi-3-mini-4k", p);
+}
+
 int main(void)
 {
     RUN(test_forward_matches_reference);
@@ -592,5 +660,6 @@ int main(void)
     RUN(test_real_shape_llama_3_2_1b);
     RUN(test_real_shape_qwen3_0_6b);
     RUN(test_real_shape_gemma3_1b);
+    RUN(test_real_shape_phi3_mini_4k);
     return testlib_finish();
 }
