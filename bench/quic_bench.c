@@ -10,11 +10,10 @@
 #define _GNU_SOURCE
 #include "lib/log.h"
 #include "net/quic.h"
+#include "testkeys.h" /* tests/unit: Ed25519 pairs, hex */
 
 #include <arpa/inet.h>
 #include <event2/event.h>
-#include <gnutls/abstract.h>
-#include <gnutls/gnutls.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -53,39 +52,6 @@ static double median(double *v, int n)
 {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n ? v[n / 2] : 0;
-}
-
-static void hex(char *out, const uint8_t *in, size_t n)
-{
-    for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", in[i]);
-}
-
-static void unhex(uint8_t *out, const char *in, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned v = 0;
-        sscanf(in + 2 * i, "%2x", &v);
-        out[i] = (uint8_t)v;
-    }
-}
-
-static void gen_key(uint8_t priv[32], uint8_t pub[32])
-{
-    gnutls_privkey_t k;
-    gnutls_datum_t x = {0}, d = {0};
-    gnutls_ecc_curve_t curve;
-    if (gnutls_privkey_init(&k) != 0 ||
-        gnutls_privkey_generate(k, GNUTLS_PK_EDDSA_ED25519,
-                                GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_ED25519), 0) != 0 ||
-        gnutls_privkey_export_ecc_raw2(k, &curve, &x, NULL, &d, 0) != 0) {
-        fprintf(stderr, "key generation failed\n");
-        exit(2);
-    }
-    memcpy(pub, x.data, 32);
-    memcpy(priv, d.data, 32);
-    gnutls_free(x.data);
-    gnutls_free(d.data);
-    gnutls_privkey_deinit(k);
 }
 
 static quic_endpoint *make_endpoint(const uint8_t priv[32], const uint8_t pub[32],
@@ -150,8 +116,8 @@ static void srv_opened(void *user, quic_stream *s)
 static int serve(char **argv)
 {
     uint8_t priv[32], pub[32];
-    unhex(priv, argv[2], 32);
-    unhex(pub, argv[3], 32);
+    testkeys_unhex(priv, argv[2], 32);
+    testkeys_unhex(pub, argv[3], 32);
     static const quic_endpoint_callbacks cbs = {srv_ready, srv_closed, srv_opened};
     quic_endpoint *ep = make_endpoint(priv, pub, &cbs, NULL);
     printf("%u\n", quic_endpoint_port(ep));
@@ -271,11 +237,11 @@ int main(int argc, char **argv)
         }
     }
     uint8_t spriv[32], spub[32], cpriv[32], cpub[32];
-    gen_key(spriv, spub);
-    gen_key(cpriv, cpub);
+    testkeys_ed25519(spriv, spub);
+    testkeys_ed25519(cpriv, cpub);
     char privhex[65], pubhex[65];
-    hex(privhex, spriv, 32);
-    hex(pubhex, spub, 32);
+    testkeys_hex(privhex, spriv, 32);
+    testkeys_hex(pubhex, spub, 32);
     int p[2];
     if (pipe(p) != 0) return 2;
     pid_t pid = fork();

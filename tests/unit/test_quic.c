@@ -5,6 +5,7 @@
  * a restarted one (stateless reset). Every wait is bounded. Keys are fresh
  * Ed25519 pairs from GnuTLS. Not covered here: throughput (bench/). */
 #define _GNU_SOURCE
+#include "testkeys.h"
 #include "testlib.h"
 
 #include "lib/log.h"
@@ -12,9 +13,7 @@
 
 #include <arpa/inet.h>
 #include <event2/event.h>
-#include <gnutls/abstract.h>
 #include <gnutls/crypto.h>
-#include <gnutls/gnutls.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
@@ -46,26 +45,6 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg) { (void)fd; (void
         event_base_loop(base, EVLOOP_ONCE); \
     } \
     (cond); })
-
-static void gen_key(uint8_t priv[32], uint8_t pub[32])
-{
-    gnutls_privkey_t k;
-    gnutls_datum_t x = {0}, d = {0};
-    gnutls_ecc_curve_t curve;
-    if (gnutls_privkey_init(&k) != 0 ||
-        gnutls_privkey_generate(k, GNUTLS_PK_EDDSA_ED25519,
-                                GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_ED25519), 0) != 0 ||
-        gnutls_privkey_export_ecc_raw2(k, &curve, &x, NULL, &d, 0) != 0 || x.size != 32 ||
-        d.size != 32) {
-        fprintf(stderr, "key generation failed\n");
-        exit(2);
-    }
-    memcpy(pub, x.data, 32);
-    memcpy(priv, d.data, 32);
-    gnutls_free(x.data);
-    gnutls_free(d.data);
-    gnutls_privkey_deinit(k);
-}
 
 /* ---- a node: one endpoint plus what its callbacks saw ------------------- */
 
@@ -204,7 +183,7 @@ static const quic_endpoint_callbacks ep_cbs = {ep_conn_ready, ep_conn_closed, ep
 static int node_init_on(node *n, const char *host, uint32_t hs_ms, uint32_t idle_ms)
 {
     memset(n, 0, sizeof *n);
-    gen_key(n->priv, n->pub);
+    testkeys_ed25519(n->priv, n->pub);
     quic_config cfg;
     memset(&cfg, 0, sizeof cfg);
     memcpy(cfg.private_key, n->priv, 32);
@@ -293,7 +272,7 @@ static void test_wrong_pin(void)
 {
     node a, b;
     uint8_t other_priv[32], other_pub[32];
-    gen_key(other_priv, other_pub);
+    testkeys_ed25519(other_priv, other_pub);
     REQUIRE(node_init(&a, 0, 0) == 0);
     REQUIRE(node_init(&b, 0, 0) == 0);
     REQUIRE(dial(&b, &a, other_pub) != NULL);
@@ -635,15 +614,15 @@ static void test_bad_config(void)
     quic_config cfg;
     memset(&cfg, 0, sizeof cfg);
     uint8_t other[32];
-    gen_key(cfg.private_key, cfg.public_key);
-    gen_key(other, other);
+    testkeys_ed25519(cfg.private_key, cfg.public_key);
+    testkeys_ed25519(other, other);
     memcpy(cfg.public_key, other, 32); /* does not match */
     cfg.bind_host = "127.0.0.1";
     char err[256] = "";
     node n;
     CHECK(quic_endpoint_new(base, &cfg, &ep_cbs, &n, err, sizeof err) == NULL);
     CHECK(strstr(err, "public key") != NULL);
-    gen_key(cfg.private_key, cfg.public_key);
+    testkeys_ed25519(cfg.private_key, cfg.public_key);
     cfg.bind_host = "not an address";
     CHECK(quic_endpoint_new(base, &cfg, &ep_cbs, &n, err, sizeof err) == NULL);
     CHECK(err[0] != 0);
@@ -885,7 +864,7 @@ static void test_virtual_wrong_pin(void)
     quic_endpoint_set_virtual_sender(a.ep, vsend_from_a, &r);
     quic_endpoint_set_virtual_sender(b.ep, vsend_from_b, &r);
     uint8_t other_priv[32], other_pub[32];
-    gen_key(other_priv, other_pub);
+    testkeys_ed25519(other_priv, other_pub);
     char err[200];
     REQUIRE(quic_connect_virtual(b.ep, 3, other_pub, err, sizeof err) != NULL);
     CHECK(WAIT_FOR(b.nclosed == 1, 5000));
@@ -1096,20 +1075,6 @@ static void test_chaos(void)
 
 /* ---- two real processes --------------------------------------------------- */
 
-static void hex(char *out, const uint8_t *in, size_t n)
-{
-    for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", in[i]);
-}
-
-static void unhex(uint8_t *out, const char *in, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned v = 0;
-        sscanf(in + 2 * i, "%2x", &v);
-        out[i] = (uint8_t)v;
-    }
-}
-
 /* Server mode of this binary (argv: --serve PRIVHEX PUBHEX PORT): an echo
  * endpoint that prints its port on stdout and runs until killed or 20 s. A
  * fresh exec, not a bare fork, so the child shares no event loop state
@@ -1123,8 +1088,8 @@ static int serve_main(char **argv)
     n.mode = MODE_ECHO;
     quic_config cfg;
     memset(&cfg, 0, sizeof cfg);
-    unhex(cfg.private_key, argv[2], 32);
-    unhex(cfg.public_key, argv[3], 32);
+    testkeys_unhex(cfg.private_key, argv[2], 32);
+    testkeys_unhex(cfg.public_key, argv[3], 32);
     cfg.bind_host = "127.0.0.1";
     cfg.port = (uint16_t)atoi(argv[4]);
     char err[256];
@@ -1146,8 +1111,8 @@ static pid_t spawn_server(const uint8_t priv[32], const uint8_t pub[32], uint16_
                           uint16_t *got_port)
 {
     char privhex[65], pubhex[65], portstr[8];
-    hex(privhex, priv, 32);
-    hex(pubhex, pub, 32);
+    testkeys_hex(privhex, priv, 32);
+    testkeys_hex(pubhex, pub, 32);
     snprintf(portstr, sizeof portstr, "%u", (unsigned)port);
     int p[2];
     if (pipe(p) != 0) return -1;
@@ -1177,7 +1142,7 @@ static void kill_server(pid_t pid)
 static void test_two_processes(void)
 {
     uint8_t spriv[32], spub[32];
-    gen_key(spriv, spub);
+    testkeys_ed25519(spriv, spub);
     uint16_t port = 0;
     pid_t pid = spawn_server(spriv, spub, 0, &port);
     REQUIRE(pid > 0 && port != 0);
