@@ -4,15 +4,17 @@
 #  1. tokenization: the demo model's vocabulary and synthetic ones for every
 #     gpt2 pre-tokenizer and SentencePiece (tests/tools/make_models.c), on
 #     hand-picked and seeded random strings, without and with special tokens;
-#  2. logits: the demo model (F32, F16, Q8_0; 256 positions of held-out
+#  2. logits: the demo model (F32, F16, Q8_0, and Q4_K_M, Q6_K, Q4_0 written
+#     by `llmesh quantize` from its F32 file; 256 positions of held-out
 #     text) and two-layer random models with the layer widths of
-#     Llama-3.2-1B, Qwen2.5-0.5B, Qwen3-0.6B, Gemma3-1B and Phi-3-mini, and a
-#     phi3 LongRoPE one (Q8_0, F16, and their F32 dequantizations);
+#     Llama-3.2-1B, Qwen2.5-0.5B, Qwen3-0.6B (also as Q4_K_M and Q6_K),
+#     Gemma3-1B and Phi-3-mini, and a phi3 LongRoPE one (Q8_0, F16, and
+#     their F32 dequantizations);
 #  3. perplexity: llama.cpp reproduces the demo model's table in
 #     models/README.md, and `llmesh perplexity` agrees with llama.cpp.
 # What "agree" means for each is in tests/e2e/reference/*.mjs and
 # docs/testing-reference.md. Skips (0 passed, 0 failed) only when the npm
-# packages cannot be installed. About 50 s on 2 cores; ~1 GB of /tmp.
+# packages cannot be installed. About 80 s on 2 cores; ~1.4 GB of /tmp.
 set -u
 SRC=${LLMESH_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 LLMESH=${LLMESH_BINARY:-$SRC/build/llmesh}
@@ -50,24 +52,38 @@ for f in "$T"/vocab/*.gguf; do models+=(--model "$f"); done
 run tokenize 120 tokenize.mjs --llmesh "$LLMESH" --random 1000 --text "$HELDOUT" "${models[@]}"
 
 # 2. Logits. Quantized files are also compared through their F32 dequantization.
+# The cases of one model family share one logits.mjs process.
 dequant() { "$LLMESH" quantize "$1" "$2" F32 >/dev/null 2>&1 || echo "quantize to F32 failed: $1"; }
+# add_quantized SRC NAME TYPE: SRC quantized by llmesh to TYPE ($T/NAME.gguf)
+# and that file's F32 dequantization, as one more case in `cases`.
+add_quantized() {
+  "$LLMESH" quantize "$1" "$T/$2.gguf" "$3" --threads 2 >/dev/null 2>&1 || echo "quantize $1 to $3 failed"
+  dequant "$T/$2.gguf" "$T/$2-f32.gguf"
+  cases+=(--model "$T/$2.gguf" --dequant "$T/$2-f32.gguf" --name "$2")
+}
+KJV_F32=$SRC/tests/models/kjv-llama-6.3M-f32.gguf
 dequant "$SRC/models/kjv-llama-6.3M-q8_0.gguf" "$T/kjv-q8_0-f32.gguf"
-run logits-kjv-q8_0 60 logits.mjs --llmesh "$LLMESH" --model "$SRC/models/kjv-llama-6.3M-q8_0.gguf" \
-    --dequant "$T/kjv-q8_0-f32.gguf" --text "$HELDOUT"
-if [ -f "$SRC/tests/models/kjv-llama-6.3M-f32.gguf" ]; then
-  run logits-kjv-f32 60 logits.mjs --llmesh "$LLMESH" --model "$SRC/tests/models/kjv-llama-6.3M-f32.gguf" --text "$HELDOUT"
+cases=(--model "$SRC/models/kjv-llama-6.3M-q8_0.gguf" --dequant "$T/kjv-q8_0-f32.gguf")
+if [ -f "$KJV_F32" ]; then
   dequant "$SRC/tests/models/kjv-llama-6.3M-f16.gguf" "$T/kjv-f16-f32.gguf"
-  run logits-kjv-f16 60 logits.mjs --llmesh "$LLMESH" --model "$SRC/tests/models/kjv-llama-6.3M-f16.gguf" \
-      --dequant "$T/kjv-f16-f32.gguf" --text "$HELDOUT"
+  cases+=(--model "$KJV_F32" --model "$SRC/tests/models/kjv-llama-6.3M-f16.gguf" --dequant "$T/kjv-f16-f32.gguf")
+  for type in Q4_K_M Q6_K Q4_0; do add_quantized "$KJV_F32" "kjv-llama-6.3M-$type" "$type"; done
 fi
+run logits-kjv 120 logits.mjs --llmesh "$LLMESH" --text "$HELDOUT" "${cases[@]}"
+rm -f "$T"/kjv-*.gguf
 # BOS of the synthetic vocabularies is n_vocab - 2 = 31998; then bytes, fillers, EOS.
 IDS=31998,72,101,108,108,111,44,32,1000,5000,31997,258,20000,77,9,10,300,301,302,303,29999,12345,7,8
 for name in $("$MAKE_MODELS" list); do
   "$MAKE_MODELS" model "$name" "$T/$name.gguf" || { echo "make_models model $name failed"; continue; }
   dequant "$T/$name.gguf" "$T/$name-f32.gguf"
-  run "logits-$name" 120 logits.mjs --llmesh "$LLMESH" --model "$T/$name.gguf" --dequant "$T/$name-f32.gguf" \
-      --ids "$IDS" --name "$name"
-  rm -f "$T/$name.gguf" "$T/$name-f32.gguf"
+  cases=(--model "$T/$name.gguf" --dequant "$T/$name-f32.gguf" --name "$name")
+  # K-quants at real widths: Qwen3-0.6B's rows (1024, 2048, 3072) are all
+  # multiples of 256, so no tensor falls back to a 32-block type.
+  if [ "$name" = qwen3-0.6b-q8_0 ]; then
+    for type in Q4_K_M Q6_K; do add_quantized "$T/$name.gguf" "qwen3-0.6b-$type" "$type"; done
+  fi
+  run "logits-$name" 120 logits.mjs --llmesh "$LLMESH" --ids "$IDS" "${cases[@]}"
+  rm -f "$T"/*.gguf
 done
 
 # 3. Perplexity (each pass ~6 s, so three): llama.cpp reproduces the table of

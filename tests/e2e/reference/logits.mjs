@@ -1,9 +1,12 @@
 // logits.mjs: llmesh's logits against llama.cpp's for the same token ids.
 //
-//   node logits.mjs --llmesh BIN --model PATH (--ids I,J,... | --text FILE)
-//                   [--dequant F32PATH] [--name N]
+//   node logits.mjs --llmesh BIN (--ids I,J,... | --text FILE)
+//                   --model PATH [--dequant F32PATH] [--name N] [--model PATH ...]
 //
-// --text: BOS + the first 255 ids of FILE by llama.cpp's tokenizer. Both
+// Each --model starts a case; the --dequant and --name after it are that
+// case's. Several cases share one process (and one llama.cpp load, ~1 s).
+// --text: BOS + the first 255 ids of FILE by llama.cpp's tokenizer (the
+// first model's vocabulary; the cases of one run share it). Both
 // programs evaluate the ids in one batch from an empty cache (llama.cpp: F32
 // KV cache, no flash attention, 2 threads) and give the raw logits of every
 // position.
@@ -15,8 +18,9 @@
 // family, with the reason (printed as KNOWN, not a failure).
 //
 // Quantized or F16 weights, with --dequant (the same weights as F32):
-// llama.cpp quantizes activations to Q8_0 for Q8_0 weights (and rounds them
-// to F16 for F16 weights), so a one-ulp difference anywhere upstream (exp,
+// llama.cpp quantizes activations to Q8_0 for Q8_0 and Q4_0 weights, to Q8_K
+// for K-quant weights (llmesh does the same), and rounds them to F16 for F16
+// weights (llmesh does not), so a one-ulp difference anywhere upstream (exp,
 // sums) flips an int8 rounding and the two drift apart by up to the size of
 // that quantization noise; bit equality is not a meaningful target. So:
 //  - "exact" on the F32 file (same network, no activation quantization);
@@ -33,9 +37,23 @@ import {basename, join} from "node:path";
 import {logitsLoose} from "./known.mjs";
 import {Tally, llamaLogits, llmesh, loadLlama, parseArgs} from "./lib.mjs";
 
-const args = parseArgs(process.argv.slice(2));
-const name = args.name ?? basename(args.model, ".gguf");
-const tally = new Tally(`logits ${name}`);
+// Flags that belong to a case: each --model opens one.
+const argv = process.argv.slice(2), global = [], cases = [];
+for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i], value = argv[i + 1];
+    if (flag === "--model") cases.push({model: value});
+    else if ((flag === "--dequant" || flag === "--name") && cases.length) cases.at(-1)[flag.slice(2)] = value;
+    else {
+        global.push(flag);
+        if (value !== undefined && !value.startsWith("--")) global.push(value);
+        else continue;
+    }
+    i++;
+}
+const args = parseArgs(global);
+if (!cases.length) throw new Error("no --model given");
+for (const c of cases) c.name ??= basename(c.model, ".gguf");
+const tally = new Tally(`logits ${cases.map((c) => c.name).join(", ")}`);
 const llama = await loadLlama();
 
 // llama.cpp's logits of ids for a model file, as Float32Array rows.
@@ -110,7 +128,7 @@ function argmaxCheck(label, mine, ref, slack) {
 
 const fmt = (x) => x.toExponential(3);
 
-function exactCheck(label, mine, ref) {
+function exactCheck(name, label, mine, ref) {
     const c = compare(mine, ref);
     const [p, i] = c.where;
     const am = argmaxCheck(label, mine, ref, c.max * 2);
@@ -132,20 +150,22 @@ function exactCheck(label, mine, ref) {
 
 let ids;
 if (args.text) {
-    const model = await llama.loadModel({modelPath: args.model, vocabOnly: true});
+    const model = await llama.loadModel({modelPath: cases[0].model, vocabOnly: true});
     ids = [model.tokens.bos, ...model.tokenize(readFileSync(args.text, "utf8"), false).slice(0, 255)];
     await model.dispose();
 } else {
     ids = String(args.ids).split(",").map(Number);
 }
 
-const ref = await reference(args.model, ids);
-const mine = ours(args.model, ids, ref[0].length);
-if (!args.dequant) {
-    exactCheck(`logits ${name}`, mine, ref);
-} else {
-    const truth = await reference(args.dequant, ids);
-    exactCheck(`logits ${name} (as F32)`, ours(args.dequant, ids, ref[0].length), truth);
+for (const {model, dequant, name} of cases) {
+    const ref = await reference(model, ids);
+    const mine = ours(model, ids, ref[0].length);
+    if (!dequant) {
+        exactCheck(name, `logits ${name}`, mine, ref);
+        continue;
+    }
+    const truth = await reference(dequant, ids);
+    exactCheck(name, `logits ${name} (as F32)`, ours(dequant, ids, ref[0].length), truth);
     const direct = compare(mine, ref), theirs = compare(ref, truth), own = compare(mine, truth);
     console.log(`logits ${name}: llmesh vs llama.cpp: max|diff| ${fmt(direct.max)}, rms ${fmt(direct.rms)}; ` +
                 `distance from the F32 network: llama.cpp rms ${fmt(theirs.rms)} (max ${fmt(theirs.max)}), ` +
