@@ -9,7 +9,8 @@
  * serves the four: they differ only in optional tensors, the RoPE pairing
  * and factors, and phi3's fused matrices (views made at load), which keeps
  * each step written once (see docs/engine.md, "Architectures"). gemma3 has
- * its own forward. */
+ * its own forward; the steps the two passes share (norm_qkv, norm_heads,
+ * attend, norm_gate_up) are functions both call. */
 #include "engine/model.h"
 
 #include <assert.h>
@@ -880,6 +881,55 @@ static void attention_task(void *ctx, int task, int thread)
     for (int t = t0; t <= pos; t++) kernel_axpy(out, att[t], values + (size_t)t * kv_dim, hd);
 }
 
+/* ---- steps both forward passes take, written once ---- */
+
+/* Attention input of layer L for the batch's n tokens: xb = rmsnorm(x) *
+ * attn_norm, then q, k, v = xb Wq, Wk, Wv in one dispatch (the input is
+ * converted once); k and v go straight into the cache rows k_cache, v_cache
+ * (n, kv_dim), q into s->q (n, n_head * head_dim). */
+static void norm_qkv(const model_config *c, const model_layer *L, model_state *s, threadpool *pool,
+                     int n, float *k_cache, float *v_cache)
+{
+    int dim = c->n_embd;
+    for (int i = 0; i < n; i++)
+        kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->attn_norm, dim, c->norm_eps);
+    const kernel_matrix *qkv[3] = {&L->wq, &L->wk, &L->wv};
+    float *qkv_out[3] = {s->q, k_cache, v_cache};
+    kernel_matmul_multi(pool, 3, qkv, s->xb, n, qkv_out, s->scratch);
+}
+
+/* qwen3, gemma3: each head (head_dim) of one token's q and k = rmsnorm(head)
+ * * q_norm / k_norm. */
+static void norm_heads(const model_config *c, const model_layer *L, float *q, float *k)
+{
+    for (int h = 0; h < c->n_head; h++)
+        kernel_rmsnorm(q + h * c->head_dim, q + h * c->head_dim, L->q_norm, c->head_dim, c->norm_eps);
+    for (int h = 0; h < c->n_head_kv; h++)
+        kernel_rmsnorm(k + h * c->head_dim, k + h * c->head_dim, L->k_norm, c->head_dim, c->norm_eps);
+}
+
+/* Causal attention of the batch's n tokens over the cache of layer l, one
+ * task per (token, head); window > 0 limits each query to the last window
+ * positions. -> s->att_out (n, n_head * head_dim). */
+static void attend(const model_config *c, model_state *s, threadpool *pool, int l, int n, int window)
+{
+    attention_job job = {c, s, l, s->n_past, n, window};
+    threadpool_run(pool, n * c->n_head, attention_task, &job);
+}
+
+/* Feed-forward input of layer L: xb = rmsnorm(x) * ffn_norm, then gate, up =
+ * xb Wgate, xb Wup in one dispatch -> s->hb, s->hb2 (n, n_ff). */
+static void norm_gate_up(const model_config *c, const model_layer *L, model_state *s,
+                         threadpool *pool, int n)
+{
+    int dim = c->n_embd;
+    for (int i = 0; i < n; i++)
+        kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->ffn_norm, dim, c->norm_eps);
+    const kernel_matrix *gate_up[2] = {&L->w_gate, &L->w_up};
+    float *gate_up_out[2] = {s->hb, s->hb2};
+    kernel_matmul_multi(pool, 2, gate_up, s->xb, n, gate_up_out, s->scratch);
+}
+
 /* Runs one batch of n <= MODEL_BATCH tokens through all layers. Leaves the
  * final hidden states (after the last layer, before the final norm) in s->x. */
 static void forward_layers(const model *m, model_state *s, threadpool *pool, const int32_t *tokens,
@@ -904,12 +954,7 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
         float *v_cache = s->value_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim; /* (n, kv_dim) */
 
         /* ---- attention: xb = rmsnorm(x) * attn_norm; q, k, v = xb Wq, Wk, Wv ---- */
-        for (int i = 0; i < n; i++)
-            kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->attn_norm, dim,
-                           c->norm_eps);
-        const kernel_matrix *qkv[3] = {&L->wq, &L->wk, &L->wv};
-        float *qkv_out[3] = {s->q, k_cache, v_cache}; /* (n, q_dim), (n, kv_dim) x 2 into the cache */
-        kernel_matmul_multi(pool, 3, qkv, s->xb, n, qkv_out, s->scratch);
+        norm_qkv(c, L, s, pool, n, k_cache, v_cache); /* (n, q_dim), (n, kv_dim) x 2 into the cache */
 
         /* ---- biases (qwen2; some llama files): q += bq, k += bk, v += bv ---- */
         for (int i = 0; i < n && L->bq; i++) kernel_add(s->q + (size_t)i * q_dim, L->bq, q_dim);
@@ -918,16 +963,8 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
 
         /* ---- qwen3: each q and k head (head_dim) = rmsnorm(head) * q_norm / k_norm ---- */
         assert(!L->q_norm == !L->k_norm); /* qwen3 requires both, the others refuse both */
-        for (int i = 0; i < n && L->q_norm; i++) {
-            for (int h = 0; h < c->n_head; h++) {
-                float *qh = s->q + (size_t)i * q_dim + h * hd;
-                kernel_rmsnorm(qh, qh, L->q_norm, hd, c->norm_eps);
-            }
-            for (int h = 0; h < c->n_head_kv; h++) {
-                float *kh = k_cache + (size_t)i * kv_dim + h * hd;
-                kernel_rmsnorm(kh, kh, L->k_norm, hd, c->norm_eps);
-            }
-        }
+        for (int i = 0; i < n && L->q_norm; i++)
+            norm_heads(c, L, s->q + (size_t)i * q_dim, k_cache + (size_t)i * kv_dim);
 
         /* ---- RoPE on q and k ---- */
         for (int i = 0; i < n; i++) {
@@ -938,8 +975,7 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
         }
 
         /* ---- grouped-query attention over positions 0 .. pos, one task per (token, head) ---- */
-        attention_job job = {c, s, l, pos0, n, 0};
-        threadpool_run(pool, n * c->n_head, attention_task, &job); /* -> att_out (n, q_dim) */
+        attend(c, s, pool, l, n, 0); /* -> att_out (n, q_dim) */
 
         /* ---- output projection and residual: x += att_out Wo ---- */
         kernel_matmul(pool, &L->wo, s->att_out, n, s->xb, s->scratch); /* (n, dim) */
@@ -947,12 +983,7 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
         kernel_add(s->x, s->xb, n * dim);
 
         /* ---- feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x) * ffn_norm ---- */
-        for (int i = 0; i < n; i++)
-            kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->ffn_norm, dim,
-                           c->norm_eps);
-        const kernel_matrix *gate_up[2] = {&L->w_gate, &L->w_up};
-        float *gate_up_out[2] = {s->hb, s->hb2}; /* (n, n_ff) x 2 */
-        kernel_matmul_multi(pool, 2, gate_up, s->xb, n, gate_up_out, s->scratch);
+        norm_gate_up(c, L, s, pool, n); /* (n, n_ff) x 2 */
         kernel_swiglu(s->hb, s->hb2, n * c->n_ff);
         kernel_matmul(pool, &L->w_down, s->hb, n, s->xb, s->scratch); /* (n, dim) */
         kernel_add(s->x, s->xb, n * dim);
@@ -1007,30 +1038,17 @@ static void forward_layers_gemma3(const model *m, model_state *s, threadpool *po
         float *v_cache = s->value_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim; /* (n, kv_dim) */
 
         /* ---- attention: xb = rmsnorm(x) * attn_norm; q, k, v = xb Wq, Wk, Wv ---- */
-        for (int i = 0; i < n; i++)
-            kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->attn_norm, dim,
-                           c->norm_eps);
-        const kernel_matrix *qkv[3] = {&L->wq, &L->wk, &L->wv};
-        float *qkv_out[3] = {s->q, k_cache, v_cache}; /* (n, q_dim), (n, kv_dim) x 2 into the cache */
-        kernel_matmul_multi(pool, 3, qkv, s->xb, n, qkv_out, s->scratch);
+        norm_qkv(c, L, s, pool, n, k_cache, v_cache); /* (n, q_dim), (n, kv_dim) x 2 into the cache */
 
         /* ---- per head: q, k = rmsnorm(head) * q_norm / k_norm, then RoPE (NEOX) ---- */
         for (int i = 0; i < n; i++) {
-            for (int h = 0; h < c->n_head; h++) {
-                float *qh = s->q + (size_t)i * q_dim + h * hd;
-                kernel_rmsnorm(qh, qh, L->q_norm, hd, c->norm_eps);
-            }
-            for (int h = 0; h < c->n_head_kv; h++) {
-                float *kh = k_cache + (size_t)i * kv_dim + h * hd;
-                kernel_rmsnorm(kh, kh, L->k_norm, hd, c->norm_eps);
-            }
+            norm_heads(c, L, s->q + (size_t)i * q_dim, k_cache + (size_t)i * kv_dim);
             rope_apply(c, s->q + (size_t)i * q_dim, c->n_head, rcos + i * half, rsin + i * half);
             rope_apply(c, k_cache + (size_t)i * kv_dim, c->n_head_kv, rcos + i * half, rsin + i * half);
         }
 
         /* ---- attention (q.k * attn_scale), local layers over the last n_swa positions ---- */
-        attention_job job = {c, s, l, pos0, n, local ? c->n_swa : 0};
-        threadpool_run(pool, n * c->n_head, attention_task, &job); /* -> att_out (n, q_dim) */
+        attend(c, s, pool, l, n, local ? c->n_swa : 0); /* -> att_out (n, q_dim) */
 
         /* ---- x += rmsnorm(att_out Wo) * post_attention_norm ---- */
         kernel_matmul(pool, &L->wo, s->att_out, n, s->xb, s->scratch); /* (n, dim) */
@@ -1040,12 +1058,7 @@ static void forward_layers_gemma3(const model *m, model_state *s, threadpool *po
         kernel_add(s->x, s->xb, n * dim);
 
         /* ---- x += rmsnorm((gelu(xb Wgate) * (xb Wup)) Wdown) * post_ffw_norm, xb = rmsnorm(x) * ffn_norm ---- */
-        for (int i = 0; i < n; i++)
-            kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->ffn_norm, dim,
-                           c->norm_eps);
-        const kernel_matrix *gate_up[2] = {&L->w_gate, &L->w_up};
-        float *gate_up_out[2] = {s->hb, s->hb2}; /* (n, n_ff) x 2 */
-        kernel_matmul_multi(pool, 2, gate_up, s->xb, n, gate_up_out, s->scratch);
+        norm_gate_up(c, L, s, pool, n); /* (n, n_ff) x 2 */
         gelu_gate(s->hb, s->hb2, n * c->n_ff);
         kernel_matmul(pool, &L->w_down, s->hb, n, s->xb, s->scratch); /* (n, dim) */
         for (int i = 0; i < n; i++)
