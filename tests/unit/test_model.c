@@ -1,7 +1,7 @@
 /* test_model.c: the llama forward pass and the engine around it.
  *
  * Synthetic random-weight models (tests/unit/gguf_writer.h) check the forward
- * pass against a slow reference written here from the maths, that batching
+ * pass against the slow reference of reference_model.h, that batching
  * and thread count change no bit, and that bad files are refused with a
  * useful message. The demo model checks the real thing: its greedy
  * continuation, and engine_generate's streaming and seeding.
@@ -12,6 +12,7 @@
 #include "engine/model.h"
 #include "gguf_writer.h"
 #include "lib/threadpool.h"
+#include "reference_model.h"
 #include "testlib.h"
 
 #include <math.h>
@@ -26,108 +27,6 @@ static const char *tiny_path(const char *name)
     char *p = buf[next++ % 4];
     snprintf(p, 512, "%s/%s", testlib_tmpdir(), name);
     return p;
-}
-
-/* ---- a slow reference forward, written from the maths -------------------- */
-
-static void ref_matmul(const gguf_file *f, const char *name, const float *x, float *y)
-{
-    const gguf_tensor *t = gguf_find_tensor(f, name);
-    kernel_matrix w = {t->type, (int)t->ne[1], (int)t->ne[0], t->data};
-    kernel_matmul_ref(&w, x, 1, y);
-}
-
-static void ref_vector(const gguf_file *f, const char *name, float *out)
-{
-    const gguf_tensor *t = gguf_find_tensor(f, name);
-    kernel_dequantize_row(t->type, t->data, out, (int)t->ne[0]);
-}
-
-static void ref_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
-{
-    double ss = 0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    double scale = 1.0 / sqrt(ss / n + eps);
-    for (int i = 0; i < n; i++) out[i] = (float)(x[i] * scale * w[i]);
-}
-
-/* Logits of every position of tokens[0..n), recomputing everything for each
- * position; no KV cache, no batching, no threads. */
-static void ref_forward(const gguf_file *f, const model_config *c, const int32_t *tokens, int n,
-                        float *logits)
-{
-    int dim = c->n_embd, hd = c->head_dim, kv_dim = c->n_head_kv * hd;
-    float *x = calloc((size_t)n * dim, 4), *xb = calloc(dim, 4), *w = calloc(dim, 4);
-    float *q = calloc((size_t)n * dim, 4), *k = calloc((size_t)n * kv_dim, 4);
-    float *v = calloc((size_t)n * kv_dim, 4), *att = calloc(dim, 4), *tmp = calloc(dim, 4);
-    float *gate = calloc(c->n_ff, 4), *up = calloc(c->n_ff, 4);
-    const gguf_tensor *embd = gguf_find_tensor(f, "token_embd.weight");
-    for (int i = 0; i < n; i++)
-        kernel_dequantize_row(embd->type, (const uint8_t *)embd->data + tokens[i] * kernel_row_bytes(embd->type, dim),
-                              x + i * dim, dim);
-    char name[64];
-    for (int l = 0; l < c->n_layer; l++) {
-        for (int i = 0; i < n; i++) {
-            snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
-            ref_vector(f, name, w);
-            ref_rmsnorm(xb, x + i * dim, w, dim, c->norm_eps);
-            snprintf(name, sizeof name, "blk.%d.attn_q.weight", l);
-            ref_matmul(f, name, xb, q + i * dim);
-            snprintf(name, sizeof name, "blk.%d.attn_k.weight", l);
-            ref_matmul(f, name, xb, k + i * kv_dim);
-            snprintf(name, sizeof name, "blk.%d.attn_v.weight", l);
-            ref_matmul(f, name, xb, v + i * kv_dim);
-            /* RoPE: rotate (x[2j], x[2j+1]) by pos * base^(-2j / head_dim) */
-            for (int h = 0; h < c->n_head + c->n_head_kv; h++) {
-                float *vec = h < c->n_head ? q + i * dim + h * hd : k + i * kv_dim + (h - c->n_head) * hd;
-                for (int j = 0; j < hd / 2; j++) {
-                    double theta = i * pow(c->rope_base, -2.0 * j / hd);
-                    double a = vec[2 * j], b = vec[2 * j + 1];
-                    vec[2 * j] = (float)(a * cos(theta) - b * sin(theta));
-                    vec[2 * j + 1] = (float)(a * sin(theta) + b * cos(theta));
-                }
-            }
-        }
-        for (int i = 0; i < n; i++) { /* attention, causal, query head h uses kv head h / group */
-            for (int h = 0; h < c->n_head; h++) {
-                int g = h / (c->n_head / c->n_head_kv);
-                double s[256], max = -1e300, sum = 0;
-                for (int t = 0; t <= i; t++) {
-                    double d = 0;
-                    for (int e = 0; e < hd; e++) d += (double)q[i * dim + h * hd + e] * k[t * kv_dim + g * hd + e];
-                    s[t] = d / sqrt(hd);
-                    max = s[t] > max ? s[t] : max;
-                }
-                for (int t = 0; t <= i; t++) sum += s[t] = exp(s[t] - max);
-                for (int e = 0; e < hd; e++) {
-                    double o = 0;
-                    for (int t = 0; t <= i; t++) o += s[t] / sum * v[t * kv_dim + g * hd + e];
-                    att[h * hd + e] = (float)o;
-                }
-            }
-            snprintf(name, sizeof name, "blk.%d.attn_output.weight", l);
-            ref_matmul(f, name, att, tmp);
-            for (int e = 0; e < dim; e++) x[i * dim + e] += tmp[e];
-            snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
-            ref_vector(f, name, w);
-            ref_rmsnorm(xb, x + i * dim, w, dim, c->norm_eps);
-            snprintf(name, sizeof name, "blk.%d.ffn_gate.weight", l);
-            ref_matmul(f, name, xb, gate);
-            snprintf(name, sizeof name, "blk.%d.ffn_up.weight", l);
-            ref_matmul(f, name, xb, up);
-            for (int e = 0; e < c->n_ff; e++) gate[e] = (float)(gate[e] / (1 + exp(-gate[e])) * up[e]);
-            snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
-            ref_matmul(f, name, gate, tmp);
-            for (int e = 0; e < dim; e++) x[i * dim + e] += tmp[e];
-        }
-    }
-    ref_vector(f, "output_norm.weight", w);
-    const char *out = gguf_find_tensor(f, "output.weight") ? "output.weight" : "token_embd.weight";
-    for (int i = 0; i < n; i++) {
-        ref_rmsnorm(xb, x + i * dim, w, dim, c->norm_eps);
-        ref_matmul(f, out, xb, logits + (size_t)i * c->n_vocab);
-    }
-    free(x); free(xb); free(w); free(q); free(k); free(v); free(att); free(tmp); free(gate); free(up);
 }
 
 /* ---- synthetic models ------------------------------------------------------ */
@@ -156,13 +55,6 @@ static void unload(loaded *L)
     gguf_close(L->f);
 }
 
-static double max_abs(const float *v, size_t n)
-{
-    double m = 0;
-    for (size_t i = 0; i < n; i++) m = fabs(v[i]) > m ? fabs(v[i]) : m;
-    return m;
-}
-
 /* The forward pass agrees with the reference, for each weight type, with
  * GQA and without, tied and untied output. */
 static void test_forward_matches_reference(void)
@@ -188,11 +80,16 @@ static void test_forward_matches_reference(void)
         CHECK_EQ_INT(c->n_head_kv, cases[k].n_head_kv);
         model_state *s = model_state_new(L.m, 0, err, sizeof err);
         REQUIRE(s);
-        static float got[N * 320], want[N * 320];
+        static float got[N * 320];
+        static double want[N * 320];
         REQUIRE(model_forward(L.m, s, pool, tokens, N, got, 1, err, sizeof err) == 0);
-        ref_forward(L.f, c, tokens, N, want);
+        model_writer_params ref = {.arch = "llama", .n_embd = p.n_embd, .n_layer = p.n_layer,
+                                   .n_head = p.n_head, .n_head_kv = p.n_head_kv, .n_ff = p.n_ff,
+                                   .n_vocab = p.n_vocab, .type = p.type};
+        reference_forward(L.f, &ref, tokens, N, want, NULL);
         /* Q8_0 also quantizes activations (~0.4% per block): a looser bound. */
-        double scale = max_abs(want, N * 320), worst = 0;
+        double scale = 0, worst = 0;
+        for (int i = 0; i < N * 320; i++) scale = fmax(scale, fabs(want[i]));
         for (int i = 0; i < N * 320; i++) worst = fmax(worst, fabs(got[i] - want[i]));
         if (worst > cases[k].tol * scale)
             fprintf(stderr, "  case %zu: max diff %g (logit scale %g)\n", k, worst, scale);
