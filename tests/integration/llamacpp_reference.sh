@@ -14,7 +14,7 @@
 #     models/README.md, and `llmesh perplexity` agrees with llama.cpp.
 # What "agree" means for each is in tests/e2e/reference/*.mjs and
 # docs/testing-reference.md. Skips (0 passed, 0 failed) only when the npm
-# packages cannot be installed. About 80 s on 2 cores; ~1.4 GB of /tmp.
+# packages cannot be installed. About 70 s on 2 cores; ~1.4 GB of /tmp.
 set -u
 SRC=${LLMESH_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 LLMESH=${LLMESH_BINARY:-$SRC/build/llmesh}
