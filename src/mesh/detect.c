@@ -317,7 +317,7 @@ static void detect_on_ping_req(mesh *m, mesh_node *from, uint64_t req_nonce, con
 static void detect_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len)
 {
     mesh *m = user;
-    if (!s->link || !s->link->node) return;
+    if (!s->link) return;
     mesh_node *from = s->link->node;
     swim_probe pr;
     char err[160];
@@ -327,6 +327,11 @@ static void detect_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t
         return;
     }
     if (rc > 0 || m->test_mute || m->left) return;  /* unknown kind: a newer version's */
+    if (!from) {
+        /* A passive client checks that a host it waits on still runs. */
+        if (pr.kind == SWIM_PING) detect_send_on(s, SWIM_ACK, pr.nonce, NULL);
+        return;
+    }
     switch (pr.kind) {
     case SWIM_PING: detect_send_on(s, SWIM_ACK, pr.nonce, NULL); break;
     case SWIM_ACK: detect_on_ack(m, from, pr.nonce); break;
@@ -443,6 +448,7 @@ int detect_init(mesh *m, const mesh_config *cfg)
     m->verify_ms = m->suspect_ms / 2 > m->probe_timeout_ms ? m->suspect_ms / 2 : m->probe_timeout_ms;
     m->dead_ttl_ms = cfg->dead_ttl_ms ? cfg->dead_ttl_ms : MESH_DEAD_TTL_MS;
     evutil_secure_rng_get_bytes(&m->next_nonce, sizeof m->next_nonce);
+    if (m->passive) return 0;   /* clients probe only hosts in use (passive.c) */
     m->detect_ev = event_new(m->base, -1, EV_PERSIST, detect_cb, m);
     if (!m->detect_ev) return -1;
     /* Deadlines are checked at a quarter of the probe timeout (at most

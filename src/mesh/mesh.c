@@ -123,6 +123,8 @@ static mesh_link *mesh_link_new(mesh *m, quic_conn *c, mesh_node *n, int outgoin
     l->m = m;
     l->qc = c;
     l->node = n;
+    memcpy(l->peer, quic_conn_peer_key(c), MESH_ID_BYTES);
+    l->last_active = detect_now_ms();
     l->outgoing = outgoing;
     l->next = m->links;
     m->links = l;
@@ -253,7 +255,8 @@ static uint64_t mesh_backoff_ms(mesh *m, const mesh_node *n)
 
 void mesh_node_want_connection(mesh *m, mesh_node *n, int now)
 {
-    if (m->freeing || m->left || n->link || n->dialing) return;
+    /* A passive client dials only when it opens a stream (mesh_node_dial_now). */
+    if (m->passive || m->freeing || m->left || n->link || n->dialing) return;
     /* Left and forgotten nodes are not dialled; but a node cut off from
      * everyone goes back to its join tokens, whatever became of them. */
     if ((n->state == NODE_LEFT || n->state == NODE_EXPIRED) && !(n->bootstrap && !mesh_any_alive(m)))
@@ -280,6 +283,10 @@ void mesh_node_want_connection(mesh *m, mesh_node *n, int now)
 static void mesh_node_dial_failed(mesh *m, mesh_node *n, const char *reason)
 {
     n->failures++;
+    if (m->passive) {
+        passive_dial_failed(m, n, reason);
+        return;
+    }
     /* A suspect stays suspect (the suspicion timeout decides, and peers may
      * still reach it); a node never reached is dead to us. */
     if (n->state == NODE_CONNECTING) {
@@ -315,13 +322,23 @@ static void mesh_node_dial(mesh *m, mesh_node *n)
             log_debug(MESH_LOG, "dialling %.16s at %s", n->id_hex, text);
         }
     }
-    nat_dial_started(m, n); /* introductions for punching; relay if still nothing */
+    /* Introductions for punching; a relay if still nothing. A passive
+     * client reaches members directly (docs/mesh.md, "Passive clients"). */
+    if (!m->passive) nat_dial_started(m, n);
     if (n->dialing == 0) mesh_node_dial_failed(m, n, err);
 }
+
+void mesh_node_dial_now(mesh *m, mesh_node *n) { mesh_node_dial(m, n); }
 
 static void mesh_dial_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     mesh_node *n = arg;
+    /* On a passive client the timer is never a redial: it fails the streams
+     * that waited for a dial that failed (outside QUIC's callbacks). */
+    if (n->m->passive) {
+        if (!n->link && !n->dialing) mesh_node_fail_pending(n, n->down_reason);
+        return;
+    }
     mesh_node_dial(n->m, n);
 }
 
@@ -337,10 +354,11 @@ static void mesh_node_up(mesh *m, mesh_node *n)
      * again: a completed handshake shows that its QUIC stack runs, not that
      * the node does (a hung process's kernel still answers nothing, but a
      * half-hung one might). */
-    if (n->state != NODE_ALIVE && n->state != NODE_DEAD)
+    if (n->state != NODE_ALIVE && n->state != NODE_DEAD && !m->passive)
         log_info(MESH_LOG, "node %.16s connected (%s)", n->id_hex,
                  n->has_record ? record_role_name(n->rec.role) : "role not yet known");
-    if (n->state != NODE_DEAD) n->state = NODE_ALIVE;
+    /* (A client has no probes: a connection is all it knows of a node.) */
+    if (n->state != NODE_DEAD || m->passive) n->state = NODE_ALIVE;
     /* Our other handshakes to it (the parallel dial) are not needed any
      * more, unless the new connection is the peer's and we have the lower
      * id: then the peer keeps ours once it completes (duplicate rule), and
@@ -365,6 +383,10 @@ static void mesh_node_adopt(mesh *m, mesh_node *n, mesh_link *l)
     if (!cur) {
         n->link = l;
         mesh_node_up(m, n);
+        if (m->passive) {
+            mesh_node_flush_pending(n);
+            return;
+        }
         if (l->outgoing) mesh_link_start_streams(l);
         return;
     }
@@ -399,7 +421,11 @@ static void mesh_node_lost(mesh *m, mesh_node *n, mesh_link *l, const char *reas
     if (best) {
         best->want_close = 0;
         n->link = best;
-        if (best->outgoing) mesh_link_start_streams(best);
+        if (best->outgoing && !m->passive) mesh_link_start_streams(best);
+        return;
+    }
+    if (m->passive) {
+        passive_link_lost(m, n, l->want_close);
         return;
     }
     if (n->state == NODE_LEFT || n->state == NODE_EXPIRED || n->state == NODE_DEAD) return;
@@ -425,6 +451,17 @@ static void mesh_conn_ready(void *user, quic_conn *c)
             mesh_link_retire(l, "connection from this node's own key");
             return;
         }
+        if (m->passive) {
+            mesh_link_retire(l, "a passive client accepts no connections");
+            return;
+        }
+        if (quic_conn_is_passive(c)) {
+            /* A client: no node, no gossip, no probes; routes and tunnels. */
+            l->ready = 1;
+            l->ready_order = ++m->link_order;
+            passive_link_accepted(m, l);
+            return;
+        }
         n = mesh_node_get(m, key);
         if (!n) {
             mesh_link_retire(l, "node table full");
@@ -443,7 +480,7 @@ static void mesh_conn_ready(void *user, quic_conn *c)
     l->ready_order = ++m->link_order;
     if (l->want_close) return;       /* a parallel dial that lost the race */
     mesh_node_adopt(m, n, l);
-    nat_link_ready(l);
+    if (!m->passive) nat_link_ready(l);
 }
 
 static void mesh_conn_closed(void *user, quic_conn *c, const char *reason)
@@ -453,6 +490,7 @@ static void mesh_conn_closed(void *user, quic_conn *c, const char *reason)
     if (!l) return;
     mesh_link_unlink(m, l);
     mesh_link_drop_streams(l, reason ? reason : "connection closed");
+    if (l->passive) passive_link_closed(m, l);
     mesh_node *n = l->node;
     if (n && !l->ready) {
         assert(l->outgoing && n->dialing > 0);
@@ -468,7 +506,8 @@ static void mesh_conn_closed(void *user, quic_conn *c, const char *reason)
 static void mesh_stream_opened(void *user, quic_stream *qs)
 {
     mesh_link *l = quic_conn_user(quic_stream_conn(qs));
-    if (!l || !l->ready || !l->node) {
+    /* Members take streams from members and clients; clients from nobody. */
+    if (!l || !l->ready || (!l->node && !l->passive) || l->m->passive) {
         quic_stream_reset(qs, MESH_RESET_REFUSED);
         return;
     }
@@ -495,8 +534,9 @@ static void mesh_mark_dirty(mesh *m)
 static void mesh_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     mesh *m = arg;
-    if (m->left) return;
+    if (m->left || m->passive) return;
     gossip_broadcast(m, m->raw, m->raw_len, NULL);
+    passive_sweep_idle(m);
     /* Safety net: a node with no connection, no dial and no timer. This is
      * also how an isolated node goes back to its join tokens. */
     for (mesh_node *n = m->nodes; n; n = n->next)
@@ -558,7 +598,7 @@ static int mesh_add_join(mesh *m, int index, const char *text, char *err, size_t
     n->bootstrap = 1;
     memcpy(n->token_addrs, t.addrs, sizeof t.addrs);
     n->n_token_addrs = t.n_addrs;
-    mesh_node_want_connection(m, n, 1);
+    mesh_node_want_connection(m, n, 1);   /* (a client pulls routes from it instead) */
     return 0;
 }
 
@@ -589,7 +629,9 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
         snprintf(err, errlen, "listen address: %s", why);
         goto fail;
     }
-    quic_config qc = {.bind_host = NULL, .port = m->listen.port, .handshake_timeout_ms = MESH_HANDSHAKE_MS};
+    m->passive = role_code == RECORD_ROLE_CLIENT;
+    quic_config qc = {.bind_host = NULL, .port = m->listen.port, .handshake_timeout_ms = MESH_HANDSHAKE_MS,
+                      .passive = m->passive};
     char host[ADDR_TEXT_MAX];
     addr_format_ip(&m->listen, host);
     qc.bind_host = host;
@@ -630,7 +672,8 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
     mesh_timer_add_ms(m->tick, MESH_TICK_MS);
     gossip_register(m);
     detect_register(m);
-    if (detect_init(m, cfg) != 0 || nat_init(m) != 0) {
+    passive_register(m);
+    if (detect_init(m, cfg) != 0 || nat_init(m) != 0 || passive_init(m, cfg) != 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -657,6 +700,8 @@ void mesh_free(mesh *m)
     if (!m) return;
     m->freeing = 1;
     detect_free(m);
+    passive_free(m);
+    for (mesh_node *n = m->nodes; n; n = n->next) mesh_node_fail_pending(n, "mesh closed");
     /* The endpoint closes every connection: streams get on_close, links are
      * freed in conn_closed. */
     if (m->ep) quic_endpoint_free(m->ep);
@@ -777,11 +822,20 @@ void mesh_register_stream_type(mesh *m, uint8_t type, mesh_accept_fn accept, voi
     m->types[type].ctx = ctx;
 }
 
+void mesh_open_to_clients(mesh *m, uint8_t type)
+{
+    assert(type != 0 && !mesh_stream_type_internal(type));
+    if (type != 0 && !mesh_stream_type_internal(type)) m->types[type].clients = 1;
+}
+
 void mesh_get_counters(const mesh *m, mesh_counters *out) { *out = m->counters; }
 
 int mesh_connections(const mesh *m)
 {
     int count = 0;
-    for (const mesh_link *l = m->links; l; l = l->next) count += l->ready && !l->close_sent;
+    for (const mesh_link *l = m->links; l; l = l->next) count += l->ready && !l->close_sent && !l->passive;
     return count;
 }
+
+int mesh_is_passive(const mesh *m) { return m->passive; }
+int mesh_clients_connected(const mesh *m) { return m->n_clients; }

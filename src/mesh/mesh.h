@@ -32,6 +32,7 @@ typedef enum {
     MESH_STREAM_GOSSIP = 1,      /* node records, both ways */
     MESH_STREAM_HTTP_TUNNEL = 2, /* an API request forwarded to a host node */
     MESH_STREAM_CONTROL = 3,     /* failure-detector probes (the mesh's own) */
+    MESH_STREAM_ROUTES = 4,      /* a passive client's routing-table pull (the mesh's own) */
     MESH_STREAM_RELAY = 10,      /* QUIC packets of a relayed connection (mesh/nat.c) */
     MESH_STREAM_RENDEZVOUS = 11, /* observed addresses, introductions, punching (mesh/nat.c) */
 } mesh_stream_type;
@@ -48,9 +49,19 @@ typedef struct {
     uint32_t probe_timeout_ms;   /* 500: a probe not answered by then makes the peer suspect */
     uint32_t suspect_timeout_ms; /* 4000: a suspect that stays silent this long is dead */
     uint32_t dead_ttl_ms;        /* 60000: dead and left peers are forgotten after this */
+    /* Passive clients (role "client") only, 0 = the default. */
+    uint32_t routes_interval_ms; /* 30000: how often the routing table is pulled */
+    uint32_t client_idle_ms;     /* 60000: a connection no request used this long is closed */
 } mesh_config;
 
 typedef struct mesh mesh;
+
+/* Role "client" makes a passive node (docs/mesh.md, "Passive clients"): it
+ * takes no part in gossip or failure detection and accepts no connections.
+ * It pulls the routing table (the members' records) from an active node
+ * every routes_interval_ms and on mesh_refresh_routes, connects to a member
+ * only when it opens a stream to it, and closes that connection once idle.
+ * Members never list it among their peers. */
 
 mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_t errlen);
 /* Closes all connections and frees everything. Without mesh_leave first,
@@ -98,7 +109,10 @@ typedef struct {
     double rtt_ms;                       /* smoothed RTT of that connection, 0 before a sample */
 } mesh_peer;
 
-/* Copies up to max peers into out; returns how many there are in all. */
+/* Copies up to max peers into out; returns how many there are in all. On a
+ * passive client these are the nodes of the last routing table: "alive" as
+ * the member that sent it saw them, "dead" when this client could not reach
+ * one since, "connecting" for a join-token node not yet heard from. */
 int mesh_peers(const mesh *m, mesh_peer *out, int max);
 /* Picks an alive peer that serves model_id (lowest RTT). 0 with its id, or -1. */
 int mesh_pick_host(const mesh *m, const char *model_id, uint8_t id_out[MESH_ID_BYTES]);
@@ -123,7 +137,11 @@ typedef struct {
 
 /* Opens a stream of the given type to a connected peer. NULL with err when
  * there is no live connection to it. If the peer is then declared dead or
- * leaves, the stream is closed at once (on_close with an error). */
+ * leaves, the stream is closed at once (on_close with an error).
+ * On a passive client the peer need not be connected: the connection is
+ * dialled now, frames sent meanwhile are queued, and if it cannot be made
+ * (10 s) the stream gets on_close with the reason. A host that stops
+ * answering probes while streams to it are open is dropped the same way. */
 mesh_stream *mesh_stream_open(mesh *m, const uint8_t peer_id[MESH_ID_BYTES], uint8_t type,
                               const mesh_stream_handlers *h, void *user, char *err, size_t errlen);
 void mesh_stream_set_handlers(mesh_stream *s, const mesh_stream_handlers *h, void *user);
@@ -142,6 +160,9 @@ const uint8_t *mesh_stream_peer(const mesh_stream *s);
  * unregistered type are reset and counted as errors. */
 typedef void (*mesh_accept_fn)(void *ctx, mesh_stream *s);
 void mesh_register_stream_type(mesh *m, uint8_t type, mesh_accept_fn accept, void *ctx);
+/* Streams of a registered type are taken from members only, unless this
+ * opens the type to passive clients too (the API's tunnel does). */
+void mesh_open_to_clients(mesh *m, uint8_t type);
 
 /* Open QUIC connections that completed their handshake (normally one per
  * alive peer; briefly two while a duplicate is being closed). */
@@ -152,7 +173,21 @@ typedef struct {
     uint64_t bad_frames;         /* malformed or oversized frames, unknown stream types */
     uint64_t streams_opened;
     uint64_t streams_accepted;
+    uint64_t routes_served;      /* members: routing tables sent to clients */
+    uint64_t clients_refused;    /* members: client connections over MESH_MAX_CLIENTS */
+    uint64_t routes_pulled;      /* clients: routing tables received */
+    uint64_t routes_failed;      /* clients: pulls that got no complete table */
 } mesh_counters;
 void mesh_get_counters(const mesh *m, mesh_counters *out);
+
+/* 1 for a passive client. */
+int mesh_is_passive(const mesh *m);
+/* Members: passive clients connected now. */
+int mesh_clients_connected(const mesh *m);
+/* Clients: pull the routing table now (a forwarded request failed, or a
+ * model is unknown). At most one pull a second; no-op on members. */
+void mesh_refresh_routes(mesh *m);
+/* Clients: ms since the last complete routing table, -1 before the first. */
+int64_t mesh_routes_age_ms(const mesh *m);
 
 #endif

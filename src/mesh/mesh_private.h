@@ -37,6 +37,15 @@
 #define MESH_PROBES_PER_ROUND 8      /* alive peers probed per interval (suspects: all) */
 #define MESH_INDIRECT_K 3            /* helpers asked to probe a suspect */
 #define MESH_RELAYS 64               /* PING_REQs we are answering at once */
+/* Passive clients (passive.c, docs/mesh.md "Passive clients"). */
+#define MESH_MAX_CLIENTS 4096        /* client connections a member holds at once */
+#define MESH_ROUTES_INTERVAL_MS 30000
+#define MESH_ROUTES_MIN_GAP_MS 1000  /* mesh_refresh_routes: at most one pull a second */
+#define MESH_ROUTES_TIMEOUT_MS 15000 /* a pull that has no complete answer by then failed */
+#define MESH_CLIENT_IDLE_MS 60000    /* a client closes a connection unused this long */
+#define MESH_CLIENT_AVOID_MS 30000   /* a host a client could not reach is skipped this long */
+#define MESH_MEMBER_IDLE_MS 120000   /* a member closes a client connection unused this long */
+#define MESH_PENDING_MAX (32u << 20) /* bytes queued on streams waiting for a connection */
 
 /* QUIC application error codes of stream resets (docs/PROTOCOL.md). */
 #define MESH_RESET_ABORTED 1         /* the application gave up on the stream */
@@ -64,16 +73,27 @@ struct mesh_stream {
     mesh_stream_handlers h;
     void *user;
     frame_reader reader;
+    mesh_node *waiting;              /* clients: queued until a connection to it is up */
+    uint8_t *queued;                 /* type byte and frames written meanwhile */
+    size_t queued_len, queued_cap;
+    int fin_queued;                  /* mesh_stream_finish while waiting */
     int busy;                        /* callbacks running on it: free deferred */
     int dead;                        /* no more callbacks; freed when !busy */
     int fin_seen;
-    mesh_stream *prev, *next;        /* in link->streams */
+    mesh_stream *prev, *next;        /* in link->streams, or in waiting->pending */
 };
 
 struct mesh_link {
     mesh *m;
     quic_conn *qc;
-    mesh_node *node;                 /* the peer; NULL for a refused incoming connection */
+    mesh_node *node;                 /* the peer; NULL for a passive client or a refused connection */
+    uint8_t peer[MESH_ID_BYTES];     /* the peer's key (known at once for outgoing, after the handshake else) */
+    int passive;                     /* members: the peer is a passive client (no node) */
+    uint64_t last_active;            /* monotonic ms a user stream last opened or closed on it */
+    /* clients: probing a host while requests to it are open (passive.c) */
+    int probing;
+    int ping_pending;
+    uint64_t last_heard;
     int outgoing;
     int ready;
     uint64_t ready_order;            /* when it became ready (mesh-local counter) */
@@ -119,12 +139,16 @@ struct mesh_node {
     int has_left;
     uint64_t leave_inc;              /* records with seq <= this are from before its LEAVE */
     struct nat_node *nat;            /* reachability state (nat.c), NULL until needed */
+    mesh_stream *pending;            /* clients: streams waiting for a connection to it */
+    int listed;                      /* clients: in the last routing table */
+    char down_reason[128];           /* clients: why the last dial failed */
     mesh_node *next;                 /* m->nodes, sorted by id */
 };
 
 typedef struct {
     mesh_accept_fn fn;
     void *ctx;
+    int clients;                     /* passive clients may open it too */
 } mesh_type_slot;
 
 struct mesh {
@@ -165,6 +189,9 @@ struct mesh {
     int left;                        /* mesh_leave was called */
     int test_mute;                   /* tests: answer no probe, refute nothing (a hung node) */
     struct nat_state *nat;           /* observed addresses, punching, relaying (nat.c) */
+    int passive;                     /* this node is a passive client */
+    int n_clients;                   /* members: passive links open */
+    struct passive_state *pv;        /* clients: routing-table pulls, probes (passive.c) */
 };
 
 /* mesh.c */
@@ -173,6 +200,9 @@ mesh_node *mesh_node_find(const mesh *m, const uint8_t id[MESH_ID_BYTES]);
 mesh_node *mesh_node_get(mesh *m, const uint8_t id[MESH_ID_BYTES]);
 /* Asks for a connection to n if there is none (dial rule in docs/mesh.md). */
 void mesh_node_want_connection(mesh *m, mesh_node *n, int now);
+/* Dials n now whatever the dial rules say (a passive client's on-demand
+ * connection); nothing when a dial is under way or it is connected. */
+void mesh_node_dial_now(mesh *m, mesh_node *n);
 /* 1 when some peer has a connection. */
 int mesh_any_alive(const mesh *m);
 /* The state names of mesh_peer.state. */
@@ -224,6 +254,30 @@ uint64_t detect_now_ms(void);
 /* Tests: a muted node answers no probe and refutes nothing, as a node whose
  * process hangs while its kernel and QUIC stack still acknowledge packets. */
 void mesh_test_mute(mesh *m, int on);
+
+/* stream.c, clients: streams opened before the connection is up */
+mesh_stream *mesh_stream_open_waiting(mesh_node *n, uint8_t type, const mesh_stream_handlers *h,
+                                      void *user);
+/* n's connection is ready: its waiting streams go out on it. */
+void mesh_node_flush_pending(mesh_node *n);
+/* n cannot be reached: its waiting streams get on_close(why). */
+void mesh_node_fail_pending(mesh_node *n, const char *why);
+
+/* passive.c */
+int passive_init(mesh *m, const mesh_config *cfg);
+void passive_free(mesh *m);
+void passive_register(mesh *m);
+/* Members: an incoming connection from a passive client (counted, capped). */
+void passive_link_accepted(mesh *m, mesh_link *l);
+void passive_link_closed(mesh *m, mesh_link *l);
+/* Stream types a passive client may open on a member. */
+int passive_type_allowed(const mesh *m, uint8_t type);
+/* Clients: a dial to n failed (pending streams fail, routes are pulled). */
+void passive_dial_failed(mesh *m, mesh_node *n, const char *reason);
+/* Clients: n's connection closed; by_us when the client closed it. */
+void passive_link_lost(mesh *m, mesh_node *n, int by_us);
+/* Members: closes client connections idle for MESH_MEMBER_IDLE_MS (tick). */
+void passive_sweep_idle(mesh *m);
 
 /* gossip.c */
 void gossip_register(mesh *m);

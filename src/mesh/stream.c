@@ -16,11 +16,12 @@
 #include "lib/log.h"
 #include "mesh/mesh_private.h"
 #include "mesh/natmsg.h"
+#include "mesh/routes.h"
 #include "mesh/swim.h"
 
 static uint32_t stream_frame_bound(uint8_t type)
 {
-    if (type == MESH_STREAM_GOSSIP) return RECORD_MAX_BYTES;
+    if (type == MESH_STREAM_GOSSIP || type == MESH_STREAM_ROUTES) return RECORD_MAX_BYTES;
     if (type == MESH_STREAM_CONTROL) return SWIM_CTRL_MAX;
     if (type == MESH_STREAM_RELAY) return NAT_RELAY_FRAME_MAX;
     if (type == MESH_STREAM_RENDEZVOUS) return NAT_MSG_MAX;
@@ -29,7 +30,13 @@ static uint32_t stream_frame_bound(uint8_t type)
 
 int mesh_stream_type_internal(uint8_t type)
 {
-    return type == MESH_STREAM_GOSSIP || type == MESH_STREAM_CONTROL;
+    return type == MESH_STREAM_GOSSIP || type == MESH_STREAM_CONTROL || type == MESH_STREAM_ROUTES;
+}
+
+static const char *stream_peer_hex(const mesh_stream *s, char hex[MESH_ID_HEX])
+{
+    identity_id_hex(s->peer, hex);
+    return hex;
 }
 
 static void stream_attach(mesh_link *l, mesh_stream *s)
@@ -38,7 +45,10 @@ static void stream_attach(mesh_link *l, mesh_stream *s)
     s->next = l->streams;
     if (l->streams) l->streams->prev = s;
     l->streams = s;
-    if (!mesh_stream_type_internal(s->type)) l->user_streams++;
+    if (!mesh_stream_type_internal(s->type)) {
+        l->user_streams++;
+        l->last_active = detect_now_ms();
+    }
 }
 
 /* Takes s off its link; the link may then be closed by the sweep. */
@@ -55,15 +65,28 @@ static void stream_detach(mesh_stream *s)
     if (s->typed && !mesh_stream_type_internal(s->type)) {
         assert(l->user_streams > 0);
         l->user_streams--;
+        l->last_active = detect_now_ms();
         mesh_link_stream_gone(l);
     }
 }
 
 static void stream_free(mesh_stream *s)
 {
-    assert(s->dead && !s->busy && !s->link && !s->qs);
+    assert(s->dead && !s->busy && !s->link && !s->qs && !s->waiting);
     frame_reader_free(&s->reader);
+    free(s->queued);
     free(s);
+}
+
+/* Takes a waiting stream off its node's list. */
+static void stream_unwait(mesh_stream *s)
+{
+    mesh_node *n = s->waiting;
+    if (!n) return;
+    if (s->prev) s->prev->next = s->next; else n->pending = s->next;
+    if (s->next) s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    s->waiting = NULL;
 }
 
 static void stream_release(mesh_stream *s)
@@ -76,6 +99,7 @@ static void stream_release(mesh_stream *s)
 static void stream_kill(mesh_stream *s, uint64_t code)
 {
     s->dead = 1;
+    stream_unwait(s);
     if (s->qs) {
         quic_stream_reset(s->qs, code);
         s->qs = NULL;
@@ -101,12 +125,12 @@ void mesh_stream_reject(mesh_stream *s, const char *why)
     stream_fail(s, MESH_RESET_BAD_FRAME, why);
 }
 
-static mesh_stream *stream_new(mesh_link *l)
+static mesh_stream *stream_new(mesh *m, const uint8_t peer[MESH_ID_BYTES])
 {
     mesh_stream *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    s->m = l->m;
-    memcpy(s->peer, l->node->id, MESH_ID_BYTES);
+    s->m = m;
+    memcpy(s->peer, peer, MESH_ID_BYTES);
     return s;
 }
 
@@ -123,15 +147,26 @@ static int stream_take_type(mesh_stream *s, uint8_t type)
 {
     mesh *m = s->m;
     mesh_type_slot *slot = &m->types[type];
+    char hex[MESH_ID_HEX];
+    if (s->link && s->link->passive && !passive_type_allowed(m, type)) {
+        m->counters.bad_frames++;
+        log_debug(MESH_LOG, "client %.16s opened a stream of type %u, which clients may not: reset",
+                  stream_peer_hex(s, hex), type);
+        stream_fail(s, MESH_RESET_REFUSED, "stream type not open to clients");
+        return -1;
+    }
     if (!slot->fn) {
         m->counters.bad_frames++;
         log_debug(MESH_LOG, "peer %.16s opened a stream of unknown type %u: reset",
-                  s->link ? s->link->node->id_hex : "?", type);
+                  stream_peer_hex(s, hex), type);
         stream_fail(s, MESH_RESET_UNKNOWN_TYPE, "unknown stream type");
         return -1;
     }
     stream_set_type(s, type);
-    if (s->link) s->link->user_streams += !mesh_stream_type_internal(type);
+    if (s->link && !mesh_stream_type_internal(type)) {
+        s->link->user_streams++;
+        s->link->last_active = detect_now_ms();
+    }
     m->counters.streams_accepted++;
     slot->fn(slot->ctx, s);
     if (s->dead) return -1;
@@ -168,8 +203,8 @@ static void stream_on_data(void *user, quic_stream *qs, const uint8_t *data, siz
         if (st == FRAME_NEED_MORE) break;
         if (st == FRAME_ERROR) {
             s->m->counters.bad_frames++;
-            log_debug(MESH_LOG, "stream from %.8s: %s: reset", s->link ? s->link->node->id_hex : "?",
-                      s->reader.error);
+            char hex[MESH_ID_HEX];
+            log_debug(MESH_LOG, "stream from %.8s: %s: reset", stream_peer_hex(s, hex), s->reader.error);
             stream_fail(s, MESH_RESET_BAD_FRAME, s->reader.error);
             goto out;
         }
@@ -213,7 +248,7 @@ mesh_stream *mesh_stream_open_on(mesh_link *l, uint8_t type, const mesh_stream_h
                                  void *user)
 {
     assert(l->ready && l->node);
-    mesh_stream *s = stream_new(l);
+    mesh_stream *s = stream_new(l->m, l->peer);
     if (!s) return NULL;
     s->qs = quic_stream_open(l->qc, &mesh_stream_quic_callbacks, s);
     if (!s->qs) {
@@ -238,7 +273,7 @@ mesh_stream *mesh_stream_open_on(mesh_link *l, uint8_t type, const mesh_stream_h
 
 void mesh_stream_incoming(mesh_link *l, quic_stream *qs)
 {
-    mesh_stream *s = stream_new(l);
+    mesh_stream *s = stream_new(l->m, l->peer);
     if (!s) {
         quic_stream_reset(qs, MESH_RESET_REFUSED);
         return;
@@ -250,6 +285,83 @@ void mesh_stream_incoming(mesh_link *l, quic_stream *qs)
     if (l->streams) l->streams->prev = s;
     l->streams = s;
     quic_stream_set_callbacks(qs, &mesh_stream_quic_callbacks, s);
+}
+
+/* ---- streams waiting for a connection (passive clients) ----------------------*/
+
+static int stream_queue(mesh_stream *s, const void *p, size_t len)
+{
+    if (s->queued_len + len > MESH_PENDING_MAX) return -1;
+    if (s->queued_len + len > s->queued_cap) {
+        size_t cap = s->queued_cap ? s->queued_cap : 256;
+        while (cap < s->queued_len + len) cap *= 2;
+        uint8_t *grown = realloc(s->queued, cap);
+        if (!grown) return -1;
+        s->queued = grown;
+        s->queued_cap = cap;
+    }
+    memcpy(s->queued + s->queued_len, p, len);
+    s->queued_len += len;
+    return 0;
+}
+
+mesh_stream *mesh_stream_open_waiting(mesh_node *n, uint8_t type, const mesh_stream_handlers *h,
+                                      void *user)
+{
+    mesh_stream *s = stream_new(n->m, n->id);
+    if (!s) return NULL;
+    stream_set_type(s, type);
+    if (h) {
+        s->h = *h;
+        s->has_handlers = 1;
+    }
+    s->user = user;
+    if (stream_queue(s, &type, 1) != 0) {
+        s->dead = 1;
+        stream_free(s);
+        return NULL;
+    }
+    s->waiting = n;
+    s->next = n->pending;
+    if (n->pending) n->pending->prev = s;
+    n->pending = s;
+    n->m->counters.streams_opened++;
+    return s;
+}
+
+void mesh_node_flush_pending(mesh_node *n)
+{
+    mesh_link *l = n->link;
+    while (n->pending && l && l->ready) {
+        mesh_stream *s = n->pending;
+        stream_unwait(s);
+        s->qs = quic_stream_open(l->qc, &mesh_stream_quic_callbacks, s);
+        if (!s->qs) {
+            stream_fail(s, MESH_RESET_ABORTED, "cannot open a stream (stream limit)");
+            stream_release(s);
+            continue;
+        }
+        stream_attach(l, s);
+        int rc = quic_stream_write(s->qs, s->queued, s->queued_len);
+        free(s->queued);
+        s->queued = NULL;
+        s->queued_len = s->queued_cap = 0;
+        if (rc != 0) {
+            stream_fail(s, MESH_RESET_ABORTED, "cannot write the queued frames");
+            stream_release(s);
+        } else if (s->fin_queued) {
+            quic_stream_finish(s->qs);
+        }
+    }
+}
+
+void mesh_node_fail_pending(mesh_node *n, const char *why)
+{
+    while (n->pending) {
+        mesh_stream *s = n->pending;
+        stream_fail(s, MESH_RESET_ABORTED, why);   /* unwaits it */
+        stream_release(s);
+    }
 }
 
 void mesh_link_drop_streams(mesh_link *l, const char *reason)
@@ -271,7 +383,21 @@ mesh_stream *mesh_stream_open(mesh *m, const uint8_t peer_id[MESH_ID_BYTES], uin
                               const mesh_stream_handlers *h, void *user, char *err, size_t errlen)
 {
     mesh_node *n = m->freeing ? NULL : mesh_node_find(m, peer_id);
-    if (!n || !n->link || n->state == NODE_DEAD || n->state == NODE_LEFT) {
+    if (m->passive && n && !n->link && !m->left) {
+        /* A client connects on demand; frames wait for the handshake. */
+        mesh_node_dial_now(m, n);
+        if (!n->dialing && !n->link) {
+            snprintf(err, errlen, "cannot connect to node %.16s: %s", n->id_hex,
+                     n->down_reason[0] ? n->down_reason : "no address to dial");
+            return NULL;
+        }
+        if (!n->link) {
+            mesh_stream *s = mesh_stream_open_waiting(n, type, h, user);
+            if (!s) snprintf(err, errlen, "out of memory");
+            return s;
+        }
+    }
+    if (!n || !n->link || (!m->passive && (n->state == NODE_DEAD || n->state == NODE_LEFT))) {
         char hex[MESH_ID_HEX];
         identity_id_hex(peer_id, hex);
         snprintf(err, errlen, "no live connection to node %.16s", hex);
@@ -292,9 +418,20 @@ void mesh_stream_set_handlers(mesh_stream *s, const mesh_stream_handlers *h, voi
 
 int mesh_stream_send(mesh_stream *s, const void *payload, size_t len)
 {
-    if (s->dead || !s->qs || len > MESH_MAX_FRAME) return -1;
+    if (s->dead || len > MESH_MAX_FRAME) return -1;
     uint8_t head[FRAME_HEADER_BYTES];
     frame_header_encode(head, (uint32_t)len);
+    if (s->waiting) {
+        if (s->fin_queued || s->queued_len + sizeof head + len > MESH_PENDING_MAX ||
+            stream_queue(s, head, sizeof head) != 0)
+            return -1;
+        if (len && stream_queue(s, payload, len) != 0) {
+            s->queued_len -= sizeof head;
+            return -1;
+        }
+        return 0;
+    }
+    if (!s->qs) return -1;
     if (quic_stream_write(s->qs, head, sizeof head) != 0) return -1;
     if (len && quic_stream_write(s->qs, payload, len) != 0) return -1;
     return 0;
@@ -302,6 +439,7 @@ int mesh_stream_send(mesh_stream *s, const void *payload, size_t len)
 
 void mesh_stream_finish(mesh_stream *s)
 {
+    if (s->waiting) s->fin_queued = 1;
     if (s->dead || !s->qs) return;
     s->busy++;
     quic_stream_finish(s->qs);
@@ -318,6 +456,7 @@ void mesh_stream_abort(mesh_stream *s)
 
 size_t mesh_stream_unacked(const mesh_stream *s)
 {
+    if (s->waiting) return s->queued_len;
     return s->qs ? quic_stream_unacked(s->qs) : 0;
 }
 

@@ -183,6 +183,7 @@ struct quic_endpoint {
     uint8_t public_key[QUIC_KEY_BYTES];
     uint8_t reset_secret[32];
     ngtcp2_duration handshake_timeout, idle_timeout;
+    int passive;                 /* our dials offer QUIC_ALPN_PASSIVE */
     cid_map map;
     quic_conn *conns, *reap, *dirty;
     size_t nconns, nhalf_open;
@@ -920,8 +921,11 @@ static int conn_tls_init(quic_conn *c, int server, char *err, size_t errlen)
         return -1;
     }
     if (server) gnutls_certificate_server_set_request(c->tls, GNUTLS_CERT_REQUIRE);
-    gnutls_datum_t alpn = {(unsigned char *)QUIC_ALPN, sizeof QUIC_ALPN - 1};
-    if ((rv = gnutls_alpn_set_protocols(c->tls, &alpn, 1, GNUTLS_ALPN_MANDATORY)) != 0) {
+    /* A listener takes either protocol; a dialler offers the one of its kind. */
+    gnutls_datum_t alpn[2] = {{(unsigned char *)QUIC_ALPN, sizeof QUIC_ALPN - 1},
+                              {(unsigned char *)QUIC_ALPN_PASSIVE, sizeof QUIC_ALPN_PASSIVE - 1}};
+    const gnutls_datum_t *offer = server ? alpn : &alpn[ep->passive ? 1 : 0];
+    if ((rv = gnutls_alpn_set_protocols(c->tls, offer, server ? 2 : 1, GNUTLS_ALPN_MANDATORY)) != 0) {
         err_set(err, errlen, "gnutls_alpn_set_protocols: %s", gnutls_strerror(rv));
         return -1;
     }
@@ -1923,6 +1927,7 @@ quic_endpoint *quic_endpoint_new(struct event_base *base, const quic_config *cfg
     ep->cb = *cb;
     ep->user = user;
     memcpy(ep->public_key, cfg->public_key, QUIC_KEY_BYTES);
+    ep->passive = cfg->passive;
     ep->handshake_timeout =
         (ngtcp2_duration)(cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : 10000) *
         NGTCP2_MILLISECONDS;
@@ -2155,6 +2160,13 @@ void quic_conn_close(quic_conn *c, const char *reason)
 
 int quic_conn_is_ready(const quic_conn *c) { return c->ready && !c->closing; }
 int quic_conn_is_outgoing(const quic_conn *c) { return c->outgoing; }
+
+int quic_conn_is_passive(const quic_conn *c)
+{
+    gnutls_datum_t p;
+    if (!c->tls || gnutls_alpn_get_selected_protocol(c->tls, &p) != 0) return 0;
+    return p.size == sizeof QUIC_ALPN_PASSIVE - 1 && !memcmp(p.data, QUIC_ALPN_PASSIVE, p.size);
+}
 const uint8_t *quic_conn_peer_key(const quic_conn *c) { return c->peer_key; }
 void quic_conn_set_user(quic_conn *c, void *user) { c->user = user; }
 void *quic_conn_user(const quic_conn *c) { return c->user; }

@@ -33,7 +33,11 @@ typedef struct quic_conn quic_conn;
 typedef struct quic_stream quic_stream;
 
 #define QUIC_KEY_BYTES 32
+/* ALPN: a mesh member dials with the first, a passive client (`llmesh
+ * client`) with the second; a listener accepts both, and the one chosen tells
+ * the mesh which kind of node is calling before any stream is opened. */
 #define QUIC_ALPN "llmesh/1"
+#define QUIC_ALPN_PASSIVE "llmesh-client/1"
 
 typedef struct {
     /* Handshake done and peer key verified. For incoming connections this
@@ -64,6 +68,7 @@ typedef struct {
     uint16_t port;                       /* 0 = any free port */
     uint32_t handshake_timeout_ms;       /* 0 = 10000 */
     uint32_t idle_timeout_ms;            /* 0 = 30000 */
+    int passive;                         /* dial with QUIC_ALPN_PASSIVE */
 } quic_config;
 
 quic_endpoint *quic_endpoint_new(struct event_base *base, const quic_config *cfg,
@@ -88,6 +93,8 @@ quic_conn *quic_connect(quic_endpoint *ep, const struct sockaddr *addr, socklen_
 void quic_conn_close(quic_conn *c, const char *reason);
 int quic_conn_is_ready(const quic_conn *c);
 int quic_conn_is_outgoing(const quic_conn *c);
+/* 1 when the handshake chose QUIC_ALPN_PASSIVE (the peer is a passive client). */
+int quic_conn_is_passive(const quic_conn *c);
 /* The peer's verified key (for outgoing connections, the pinned key). */
 const uint8_t *quic_conn_peer_key(const quic_conn *c);
 /* NULL (and *len 0) for a connection on a virtual path: it has no address. */

@@ -911,13 +911,17 @@ static void proxy_end(api_sink *sink)
         c->a->counters.retried++;
         log_info("api", "model %s: host failed before answering, trying another", c->model);
         char err[256];
+        mesh_refresh_routes(c->a->mesh);   /* a client's routing table may be stale */
         if (forward_next(c, err, sizeof err) == 0) return;
         send_error(c->a, c->sink, 502, NULL, "model '%s': every node tried failed before answering (%s)",
                    c->model, err);
         call_free(c);
         return;
     }
-    if (c->failed_status >= 500) c->a->counters.failed++;
+    if (c->failed_status >= 500) {
+        c->a->counters.failed++;
+        mesh_refresh_routes(c->a->mesh);
+    }
     else if (c->failed_status >= 400) c->a->counters.bad_requests++;
     c->sink->ops->end(c->sink);
     call_free(c);
@@ -960,12 +964,16 @@ static api_call *forward_or_refuse(api *a, api_call *c, const char *method, cons
         char model[MESH_MAX_NAME];
         snprintf(model, sizeof model, "%s", c->model);
         call_free(c);
+        mesh_refresh_routes(a->mesh);
         send_error(a, sink, 503, NULL, "model '%s': could not reach the node serving it: %s", model, err);
         return NULL;
     }
     char model[MESH_MAX_NAME];
     snprintf(model, sizeof model, "%s", c->model);
     call_free(c);
+    /* On a client, an unknown or unreachable model may be news its routing
+     * table has not caught up with: pull it now for the next request. */
+    if (a->mesh) mesh_refresh_routes(a->mesh);
     if (from_peer)
         send_error(a, sink, 503, NULL, "model '%s' is not served by this node", model);
     else if (model_known_in_mesh(a, model))

@@ -46,7 +46,9 @@ static char *status_json(void *ctx)
     node *n = ctx;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "node_id", mesh_node_id_hex(n->mesh));
-    cJSON_AddStringToObject(root, "token", mesh_token(n->mesh));
+    /* A client accepts no joins: it has no token to give. */
+    if (mesh_is_passive(n->mesh)) cJSON_AddNullToObject(root, "token");
+    else cJSON_AddStringToObject(root, "token", mesh_token(n->mesh));
     cJSON_AddStringToObject(root, "role", n->role);
     cJSON_AddStringToObject(root, "version", LLMESH_VERSION);
     cJSON_AddNumberToObject(root, "memory_bytes", (double)sysinfo_memory_available());
@@ -59,6 +61,13 @@ static char *status_json(void *ctx)
     }
     cJSON_AddNumberToObject(root, "model_bytes", (double)model_bytes);
     cJSON_AddNumberToObject(root, "jobs_active", sched_jobs_active(n->sched));
+    if (mesh_is_passive(n->mesh)) {
+        int64_t age = mesh_routes_age_ms(n->mesh);
+        if (age < 0) cJSON_AddNullToObject(root, "routes_age_ms");
+        else cJSON_AddNumberToObject(root, "routes_age_ms", (double)age);
+    } else {
+        cJSON_AddNumberToObject(root, "clients_connected", mesh_clients_connected(n->mesh));
+    }
 
     static mesh_peer peers[NODE_MAX_PEERS];
     int count = mesh_peers(n->mesh, peers, NODE_MAX_PEERS);
@@ -93,6 +102,10 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "bad_frames", (double)mc.bad_frames);
     cJSON_AddNumberToObject(c, "streams_opened", (double)mc.streams_opened);
     cJSON_AddNumberToObject(c, "streams_accepted", (double)mc.streams_accepted);
+    cJSON_AddNumberToObject(c, "routes_served", (double)mc.routes_served);
+    cJSON_AddNumberToObject(c, "clients_refused", (double)mc.clients_refused);
+    cJSON_AddNumberToObject(c, "routes_pulled", (double)mc.routes_pulled);
+    cJSON_AddNumberToObject(c, "routes_failed", (double)mc.routes_failed);
 
     char *out = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -232,7 +245,8 @@ int node_run(const node_config *cfg)
     printf("node: %s (%s)\n", mesh_node_id_hex(n.mesh), n.role);
     printf("api: http://%s:%u/v1\n", cfg->http_host, http_server_port(n.api_http));
     printf("console: http://%s:%u\n", cfg->http_host, http_server_port(n.console_http));
-    printf("token: %s\n", mesh_token(n.mesh));
+    /* Scripts wait for this line; a client has no token to give out. */
+    printf("token: %s\n", mesh_is_passive(n.mesh) ? "none" : mesh_token(n.mesh));
     fflush(stdout);
 
     event_base_dispatch(n.base);

@@ -273,4 +273,5 @@ static void tunnel_accept(void *ctx, mesh_stream *s)
 void tunnel_register(mesh *m, api *a)
 {
     mesh_register_stream_type(m, MESH_STREAM_HTTP_TUNNEL, tunnel_accept, a);
+    mesh_open_to_clients(m, MESH_STREAM_HTTP_TUNNEL);
 }

@@ -47,18 +47,33 @@ curl -sf "$other_api/completions" -d "$body" >"$T/direct.json"
 check "the retried answer equals the host's own" \
   bash -c "[ \"\$(jq -r .choices[0].text '$T/answer.json')\" = \"\$(jq -r .choices[0].text '$T/direct.json')\" ]"
 
-# kill -9 this time: no LEAVE, the mesh finds the host dead by probing and
-# closes its streams: a stream already under way ends with an error event.
-kill -TERM "$(eval echo "\$${other}_PID")"
-LLMESH_DEBUG_TOKEN_DELAY_MS=40 start_node H3 serve --model "$DEMO_MODEL" --join "$C_TOKEN"
-LLMESH_DEBUG_TOKEN_DELAY_MS=40 start_node H4 serve --model "$DEMO_MODEL" --join "$C_TOKEN"
+# Two new hosts join the surviving one; C is a passive client and learns of
+# them from its next routing-table pull. A request for a model nobody serves
+# makes a client pull at once (its table may be stale), so the test need not
+# wait for the 30 s period.
+other_token=$(eval echo "\$${other}_TOKEN")
+other_id=$(eval echo "\$${other}_ID")
+LLMESH_DEBUG_TOKEN_DELAY_MS=40 start_node H3 serve --model "$DEMO_MODEL" --join "$other_token"
+LLMESH_DEBUG_TOKEN_DELAY_MS=40 start_node H4 serve --model "$DEMO_MODEL" --join "$other_token"
 H3_ID=$(curl -sf "$H3_CONSOLE/api/status" | jq -r .node_id)
 H4_ID=$(curl -sf "$H4_CONSOLE/api/status" | jq -r .node_id)
 sees_34() {
+  curl -s -o /dev/null "$C_API/completions" -d '{"model": "nobody-serves-this", "prompt": "x"}'
   curl -sf "$C_CONSOLE/api/status" | jq -e --arg a "$H3_ID" --arg b "$H4_ID" \
     '[.peers[] | select((.id == $a or .id == $b) and .state == "alive")] | length == 2'
 }
 wait_for 30 sees_34 || die "C does not see H3 and H4 alive"
+# The survivor leaves: its connection to C closes, and C pulls the table
+# again from H3 or H4 (the ones it knows now).
+kill -TERM "$(eval echo "\$${other}_PID")"
+other_gone() {
+  curl -sf "$C_CONSOLE/api/status" | jq -e --arg id "$other_id" '[.peers[] | select(.id == $id and .state == "alive")] | length == 0'
+}
+check "C drops the host that left from its routing table" wait_for 20 other_gone
+
+# kill -9 this time: no LEAVE; the client, waiting on the host, finds it
+# silent by probing and drops its connection: a stream already under way
+# ends with an error event.
 sbody=$(jq -n --arg m "$MODEL_ID" '{model: $m, prompt: "In the beginning", max_tokens: 200, temperature: 0, stream: true}')
 curl -sN "$C_API/completions" -d "$sbody" >"$T/s9.txt" &
 cp=$!

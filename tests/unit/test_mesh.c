@@ -133,7 +133,7 @@ static int roles_known(void *arg)
     trio *t = arg;
     const mesh_peer *ca = find_peer(t->c, t->a), *cb = find_peer(t->c, t->b), *ac = find_peer(t->a, t->c);
     return ca && cb && ac && !strcmp(ca->role, "host") && !strcmp(cb->role, "standby") &&
-           !strcmp(ac->role, "client");
+           !strcmp(ac->role, "standby");
 }
 
 /* ---- echo service on A -------------------------------------------------------*/
@@ -317,7 +317,7 @@ static void test_three_nodes(void)
     mesh_set_memory(t.a, 123456789);
     t.b = start("b", "127.0.0.1:0", "standby", mesh_token(t.a));
     REQUIRE(t.b);
-    t.c = start("c", "127.0.0.1:0", "client", mesh_token(t.b));
+    t.c = start("c", "127.0.0.1:0", "standby", mesh_token(t.b));
     REQUIRE(t.c);
 
     CHECK(run_until(all_connected, &t, WAIT_MS));
@@ -603,7 +603,7 @@ static void test_wildcard_listen(void)
             if (i == 0) CHECK_EQ_INT(t.addrs[k].family, ADDR_FAMILY_IPV4);
         }
         if (t.n_addrs < MESH_MAX_ADDRS) CHECK(loopback);
-        p.y = start("v", "127.0.0.1:0", "client", mesh_token(p.x));
+        p.y = start("v", "127.0.0.1:0", "standby", mesh_token(p.x));
         REQUIRE(p.y);
         CHECK(run_until(pair_alive, &p, WAIT_MS));
         const mesh_peer *yx = find_peer(p.y, p.x);
@@ -638,7 +638,7 @@ static void test_star_join(void)
     for (int i = 1; i < STAR; i++) {
         char name[8];
         snprintf(name, sizeof name, "s%d", i);
-        star[i] = start(name, "127.0.0.1:0", i % 2 ? "standby" : "client", mesh_token(star[0]));
+        star[i] = start(name, "127.0.0.1:0", i % 2 ? "standby" : "host", mesh_token(star[0]));
         REQUIRE(star[i]);
     }
     uint64_t t0 = now_ms();
@@ -873,6 +873,168 @@ static void test_failure_detection(void)
     }
 }
 
+/* ---- passive clients --------------------------------------------------------*/
+
+typedef struct { mesh *a, *b, *c; echo_client_state st; } passive_t;
+
+static int passive_routes(void *arg)
+{
+    passive_t *p = arg;
+    return is_alive(p->c, p->a) && is_alive(p->c, p->b) && has_model(p->c, p->a, MODEL);
+}
+
+static int member_pair(void *arg)
+{
+    passive_t *p = arg;
+    return is_alive(p->a, p->b) && is_alive(p->b, p->a);
+}
+
+static int echo_done(void *arg)
+{
+    passive_t *p = arg;
+    return p->st.closes > 0;
+}
+
+static int got_echo(void *arg) { return ((passive_t *)arg)->st.frames == 1; }
+
+static int a_has_no_client(void *arg) { return mesh_clients_connected(((passive_t *)arg)->a) == 0; }
+
+static int c_lost_a(void *arg)
+{
+    passive_t *p = arg;
+    return !alive_by_id(p->c, a_id);
+}
+
+static mesh *start_client(const char *name, const char *join)
+{
+    const char *joins[1] = {join};
+    mesh_config cfg = {.home = home(name), .listen = "127.0.0.1:0", .join_tokens = joins, .n_join = 1,
+                       .role = "client", .routes_interval_ms = 60000, .client_idle_ms = 3000,
+                       .probe_interval_ms = 200, .suspect_timeout_ms = 1000};
+    char err[512] = "";
+    mesh *m = mesh_new(base, &cfg, err, sizeof err);
+    if (!m) fprintf(stderr, "  mesh_new(%s): %s\n", name, err);
+    return m;
+}
+
+/* A passive client: routes pulled from a standby member, never listed by the
+ * members, connects on demand to the host (frames queued meanwhile), idle
+ * connections closed, a host that goes silent under an open stream dropped,
+ * and stream types clients may not open refused. */
+static void test_passive_client(void)
+{
+    passive_t p = {0};
+    memset(&server, 0, sizeof server);
+    p.a = start("pa", "127.0.0.1:0", "host", NULL);
+    REQUIRE(p.a);
+    mesh_register_stream_type(p.a, ECHO_TYPE, echo_accept, NULL);
+    mesh_open_to_clients(p.a, ECHO_TYPE);
+    const char *models[] = {MODEL};
+    mesh_set_models(p.a, models, 1);
+    p.b = start("pb", "127.0.0.1:0", "standby", mesh_token(p.a));
+    REQUIRE(p.b);
+    CHECK(run_until(member_pair, &p, WAIT_MS));
+    p.c = start_client("pc", mesh_token(p.b));
+    REQUIRE(p.c);
+    CHECK(mesh_is_passive(p.c) && !mesh_is_passive(p.a));
+    CHECK(mesh_routes_age_ms(p.c) == -1);
+
+    /* The routing table: both members, from B. */
+    CHECK(run_until(passive_routes, &p, WAIT_MS));
+    CHECK(mesh_routes_age_ms(p.c) >= 0);
+    mesh_counters cb;
+    mesh_get_counters(p.b, &cb);
+    CHECK(cb.routes_served >= 1);
+    /* A refresh pulls again, from a member it is connected to (B). */
+    mesh_refresh_routes(p.c);
+    run_for(1500);
+    mesh_counters cc;
+    mesh_get_counters(p.c, &cc);
+    CHECK_EQ_INT(cc.routes_pulled, 2);
+    mesh_get_counters(p.b, &cb);
+    CHECK_EQ_INT(cb.routes_served, 2);
+    CHECK_EQ_INT(cc.routes_failed, 0);
+    /* Members never list it, and do not count it as a member connection. */
+    CHECK(find_peer(p.a, p.c) == NULL);
+    CHECK(find_peer(p.b, p.c) == NULL);
+    mesh_peer peers[8];
+    CHECK_EQ_INT(mesh_peers(p.a, peers, 8), 1);
+    CHECK_EQ_INT(mesh_connections(p.a), 1);
+    CHECK_EQ_INT(mesh_connections(p.b), 1);
+    uint8_t host[MESH_ID_BYTES];
+    CHECK(mesh_pick_host(p.b, MODEL, host) == 0 && !memcmp(host, mesh_node_id(p.a), MESH_ID_BYTES));
+    char err[256];
+    CHECK(mesh_stream_open(p.a, mesh_node_id(p.c), ECHO_TYPE, &client_handlers, &p.st, err, sizeof err) == NULL);
+
+    /* On demand: C has no connection to A; frames written before the
+     * handshake are queued and arrive in order. */
+    const mesh_peer *ca = find_peer(p.c, p.a);
+    REQUIRE(ca);
+    CHECK_EQ_STR(ca->link, "");
+    mesh_stream *s = mesh_stream_open(p.c, mesh_node_id(p.a), ECHO_TYPE, &client_handlers, &p.st, err, sizeof err);
+    REQUIRE(s);
+    static uint8_t big[1u << 20];
+    for (size_t i = 0; i < sizeof big; i++) big[i] = (uint8_t)(i * 13 + 1);
+    CHECK(mesh_stream_send(s, "one", 3) == 0);
+    CHECK(mesh_stream_send(s, "", 0) == 0);
+    CHECK(mesh_stream_send(s, big, sizeof big) == 0);
+    CHECK(mesh_stream_unacked(s) > sizeof big);
+    mesh_stream_finish(s);
+    CHECK(run_until(echo_done, &p, WAIT_MS));
+    CHECK(!p.st.closed_with_error);
+    CHECK_EQ_INT(p.st.frames, 3);
+    CHECK(p.st.sizes[0] == 3 && p.st.sizes[1] == 0 && p.st.big_ok);
+    CHECK_EQ_INT(mesh_clients_connected(p.a), 1);
+    ca = find_peer(p.c, p.a);
+    CHECK(ca && !strcmp(ca->link, "direct"));
+
+    /* Idle: C closes it (client_idle_ms 3 s). */
+    CHECK(run_until(a_has_no_client, &p, WAIT_MS));
+
+    /* Types a client may not open are refused by the member. */
+    mesh_counters ca0, ca1;
+    mesh_get_counters(p.a, &ca0);
+    memset(&p.st, 0, sizeof p.st);
+    s = mesh_stream_open(p.c, mesh_node_id(p.a), MESH_STREAM_RELAY, &client_handlers, &p.st, err, sizeof err);
+    REQUIRE(s);
+    CHECK(mesh_stream_send(s, "x", 1) == 0);
+    CHECK(run_until(echo_done, &p, WAIT_MS));
+    CHECK(p.st.closed_with_error);
+    mesh_get_counters(p.a, &ca1);
+    CHECK_EQ_INT(ca1.bad_frames, ca0.bad_frames + 1);
+
+    /* A host that goes silent while a stream to it is open is dropped by
+     * the client's probes (suspicion 1 s here), not after QUIC's 30 s. */
+    memset(&p.st, 0, sizeof p.st);
+    s = mesh_stream_open(p.c, mesh_node_id(p.a), ECHO_TYPE, &client_handlers, &p.st, err, sizeof err);
+    REQUIRE(s);
+    CHECK(mesh_stream_send(s, "held", 4) == 0);
+    CHECK(run_until(got_echo, &p, WAIT_MS));
+    mesh_test_mute(p.a, 1);
+    uint64_t t0 = now_ms();
+    CHECK(run_until(echo_done, &p, WAIT_MS));
+    uint64_t took = now_ms() - t0;
+    fprintf(stderr, "  silent host dropped after %llu ms (%s)\n", (unsigned long long)took, p.st.error);
+    CHECK(p.st.closed_with_error);
+    CHECK(took < 5000);
+    ca = find_peer(p.c, p.a);
+    CHECK(ca && !strcmp(ca->state, "dead"));
+    mesh_test_mute(p.a, 0);
+
+    /* A goes away: the next pulls (B no longer sees it alive) drop it. */
+    snprintf(a_id, sizeof a_id, "%s", mesh_node_id_hex(p.a));
+    mesh_free(p.a);
+    p.a = NULL;
+    mesh_refresh_routes(p.c);
+    CHECK(run_until(c_lost_a, &p, WAIT_MS));
+
+    mesh_counters cfin;
+    mesh_get_counters(p.c, &cfin);
+    CHECK_EQ_INT(cfin.bad_frames, 0);
+    mesh_free(p.c);
+    mesh_free(p.b);
+}
+
 int main(void)
 {
     /* LLMESH_TEST_LOG=debug shows the mesh's chatter while debugging. */
@@ -885,6 +1047,7 @@ int main(void)
     RUN(test_wildcard_listen);
     RUN(test_star_join);
     RUN(test_failure_detection);
+    RUN(test_passive_client);
     event_base_free(base);
     return testlib_finish();
 }
