@@ -496,6 +496,11 @@ static int parse_gen_request(const char *body, size_t len, int chat, gen_request
         }
         if (opt_bool(root, "echo", &req->echo, err, errlen)) goto done;
         er->echo_logprobs = req->echo && er->logprobs;
+        /* A string prompt's special-token texts ("<|im_start|>", "</s>")
+         * become those tokens, as llama.cpp's server does, so that prompts
+         * rendered by the caller work; "parse_special": false keeps them text. */
+        er->parse_special = 1;
+        if (opt_bool(root, "parse_special", &er->parse_special, err, errlen)) goto done;
     }
     if (opt_bool(root, "stream", &req->stream, err, errlen)) goto done;
     cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");

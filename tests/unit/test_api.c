@@ -434,6 +434,44 @@ static void test_tokenize_round_trip(void)
     cJSON_Delete(j);
 }
 
+/* A completion's string prompt parses special-token texts (as llama.cpp's
+ * server does) unless "parse_special": false: "<|endoftext|>" is one token (EOS) or
+ * the several of its characters. Seen through usage.prompt_tokens. */
+static int prompt_tokens(const char *extra)
+{
+    char body[512];
+    snprintf(body, sizeof body, "{\"model\": \"" MODEL_ID "\", \"prompt\": \"Amen.<|endoftext|>And\", "
+             "\"max_tokens\": 0%s}", extra);
+    cJSON *j = post_json("/v1/completions", body);
+    if (!j) return -1;
+    cJSON *u = cJSON_GetObjectItem(j, "usage");
+    int n = u ? cJSON_GetObjectItem(u, "prompt_tokens")->valueint : -1;
+    cJSON_Delete(j);
+    return n;
+}
+
+static void test_prompt_special_tokens(void)
+{
+    setup();
+    int32_t plain[64], special[64];
+    int n_plain = tokenize("Amen.<|endoftext|>And", 1, plain, 64);
+    REQUIRE(n_plain > 4);
+    /* /tokenize with parse_special gives the reference. */
+    cJSON *j = post_json("/tokenize", "{\"content\": \"Amen.<|endoftext|>And\", \"add_special\": true, \"parse_special\": true}");
+    REQUIRE(j);
+    int n_special = cJSON_GetArraySize(cJSON_GetObjectItem(j, "tokens"));
+    for (int i = 0; i < n_special && i < 64; i++)
+        special[i] = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "tokens"), i)->valueint;
+    cJSON_Delete(j);
+    REQUIRE(n_special > 2 && n_special < n_plain);
+    int eos_seen = 0;
+    for (int i = 0; i < n_special; i++) eos_seen |= special[i] == 4095;   /* the demo model's <|endoftext|> */
+    CHECK(eos_seen);
+    CHECK_EQ_INT(prompt_tokens(""), n_special);
+    CHECK_EQ_INT(prompt_tokens(", \"parse_special\": true"), n_special);
+    CHECK_EQ_INT(prompt_tokens(", \"parse_special\": false"), n_plain);
+}
+
 /* A token-id prompt is used as given: the string prompt's ids minus the BOS
  * give prompt_tokens one less, and with the BOS put back the same text. */
 static void test_token_id_prompt(void)
@@ -703,6 +741,7 @@ int main(void)
     RUN(test_tokenize_round_trip);
     RUN(test_token_id_prompt);
     RUN(test_echo_scores_prompt);
+    RUN(test_prompt_special_tokens);
     RUN(test_chat_logprobs);
     RUN(test_sampling_fields);
     RUN(test_chat_fallback_template);
