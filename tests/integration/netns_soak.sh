@@ -3,8 +3,12 @@
 # namespaces, every uplink at 50 +- 20 ms delay and 10% loss (tc netem, or the
 # nfqueue stand-in on kernels without netem). For SOAK_SECONDS (default 60;
 # the 5-minute figure is bench/mesh_bench.sh's) every node's /api/status is
-# polled and no live node may ever be shown as anything but alive. Then, in the
-# same conditions, kill -9 of one node must be seen as dead by all others, and
+# polled and no live node may ever be removed (shown dead or left: the issue's
+# criterion). A transient "suspect" is the detector doing its job (suspicion
+# is what keeps a lost probe from becoming a removal): it is counted and
+# printed, not failed, since how often it happens depends on the machine's
+# load (a starved event loop answers probes late). Then, in the same
+# conditions, kill -9 of one node must be seen as dead by all others, and
 # SIGTERM of another as left. Bounds are generous (CI machines are noisy);
 # measured times are printed.
 set -u
@@ -26,9 +30,9 @@ full_mesh() { local h; for h in "${NODES[@]}"; do [ "$(netns_alive_count "$h")" 
 wait_for 90 full_mesh || die "no full mesh within 90 s under netem"
 pass "full mesh of 5 under 50 +- 20 ms, 10% loss"
 
-# The soak: any peer of any node shown other than alive is a false removal
-# (a status that times out under loss is skipped, not counted).
-false_states=0 polls=0
+# The soak: any peer of any node shown dead or left is a false removal; one
+# shown suspect is counted (a status that times out under loss is skipped).
+removed=0 suspected=0 polls=0
 end=$(( $(date +%s) + SOAK_SECONDS ))
 while [ "$(date +%s)" -lt "$end" ]; do
   for h in "${NODES[@]}"; do
@@ -36,14 +40,15 @@ while [ "$(date +%s)" -lt "$end" ]; do
     polls=$((polls + 1))
     bad=$(echo "$s" | jq '[.peers[] | select(.state != "alive")] | length')
     if [ "$bad" != 0 ]; then
-      false_states=$((false_states + 1))
+      gone=$(echo "$s" | jq '[.peers[] | select(.state == "dead" or .state == "left")] | length')
+      if [ "$gone" != 0 ]; then removed=$((removed + 1)); else suspected=$((suspected + 1)); fi
       echo "at $(date +%T) $h shows: $(echo "$s" | jq -c '[.peers[] | select(.state != "alive") | {id: .id[0:8], state}]')"
     fi
   done
   sleep 1
 done
-echo "soak: ${SOAK_SECONDS} s, $polls status polls, $false_states showed a live node as not alive"
-check "no live node shown suspect, dead or left during the soak" [ "$false_states" = 0 ]
+echo "soak: ${SOAK_SECONDS} s, $polls status polls: $removed showed a live node removed, $suspected a live node suspect"
+check "no live node removed (dead or left) during the soak" [ "$removed" = 0 ]
 
 # kill -9 under the same conditions.
 t0=$(date +%s%N)
