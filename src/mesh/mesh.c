@@ -124,7 +124,9 @@ static mesh_link *mesh_link_new(mesh *m, quic_conn *c, mesh_node *n, int outgoin
     l->qc = c;
     l->node = n;
     memcpy(l->peer, quic_conn_peer_key(c), MESH_ID_BYTES);
-    l->last_active = detect_now_ms();
+    /* A client's connection no request used yet counts as idle from the
+     * start: one dialled for a routing pull closes once the pull is done. */
+    l->last_active = m->passive && outgoing ? 0 : detect_now_ms();
     l->outgoing = outgoing;
     l->next = m->links;
     m->links = l;

@@ -43,6 +43,7 @@ struct passive_state {
     routes_reply reply;
     uint8_t source[MESH_ID_BYTES];
     int failures;                /* pulls failed in a row */
+    uint32_t pick;               /* random start among the candidates (pull_source) */
     uint64_t last_start, last_done;  /* monotonic ms; last_done 0 = never */
     uint32_t interval_ms, idle_ms;
 };
@@ -158,23 +159,31 @@ static void pull_schedule(mesh *m, uint64_t delay_ms)
     timer_add_ms(pv->pull_ev, delay_ms);
 }
 
-/* Where to pull from: a member we are connected to, else a member the last
- * table listed, else a join-token node; the failures-th in that order, so
- * that failed pulls move on to the next candidate. NULL when there is none. */
+/* Where to pull from: a member we are connected to (no handshake), else a
+ * member the last table listed, else a join-token node. Within the first of
+ * those groups that is not empty, one at random, so that clients spread
+ * their pulls over the members (they all hold the same table, in the same
+ * order); failed pulls then move on through the group, and the join-token
+ * nodes join it once each member in it failed. NULL when there is none. */
 static mesh_node *pull_source(mesh *m)
 {
     struct passive_state *pv = m->pv;
     mesh_node *cand[MESH_MAX_NODES];
     int count = 0;
-    for (int pass = 0; pass < 3; pass++)
+    for (int pass = 0; pass < 3 && count == 0; pass++)
         for (mesh_node *n = m->nodes; n && count < MESH_MAX_NODES; n = n->next) {
             int alive = n->state == NODE_ALIVE && n->has_record;
             int take = pass == 0 ? alive && n->link != NULL
-                     : pass == 1 ? alive && !n->link
-                                 : n->bootstrap && !(n->state == NODE_ALIVE && n->has_record);
+                     : pass == 1 ? alive
+                                 : n->bootstrap;
             if (take) cand[count++] = n;
         }
-    return count ? cand[pv->failures % count] : NULL;
+    /* Each of them failed once already: the join tokens are worth a try. */
+    for (mesh_node *n = m->nodes; n && pv->failures >= count && count < MESH_MAX_NODES; n = n->next)
+        if (n->bootstrap && !(n->state == NODE_ALIVE && n->has_record)) cand[count++] = n;
+    if (!count) return NULL;
+    if (pv->failures == 0) evutil_secure_rng_get_bytes(&pv->pick, sizeof pv->pick);
+    return cand[(pv->pick + (uint32_t)pv->failures) % (uint32_t)count];
 }
 
 static void pull_failed(mesh *m, const char *why)

@@ -6,7 +6,8 @@
 #   - each client sticks to one host, and the clients spread over both;
 #   - the standby is never routed a request;
 #   - idle clients cost members nothing but the routing pulls (no streams but
-#     ROUTES ones over a 32 s window, about one pull per client);
+#     ROUTES ones over a 32 s window, about one pull per client, spread over
+#     the members);
 #   - after kill -9 of a host, a client that used it still gets its answer
 #     (its probes find the host silent, the request is retried on the other)
 #     and drops the host from its table.
@@ -77,10 +78,15 @@ check "hosts count their connected clients" \
 # Idle clients: over 32 s (one routes interval and a bit), members accept
 # no stream from anyone but ROUTES pulls: about one per client.
 sum_counter() { local t=0 c; for c in "$H1_CONSOLE" "$H2_CONSOLE" "$S_CONSOLE"; do t=$((t + $(curl -sf "$c/api/status" | jq ".counters.$1"))); done; echo $t; }
+served() { status "$1" | jq .counters.routes_served; }
 r0=$(sum_counter routes_served); s0=$(sum_counter streams_accepted)
+p0=("$(served H1)" "$(served H2)" "$(served S)")
 sleep 32
 r1=$(sum_counter routes_served); s1=$(sum_counter streams_accepted)
-echo "info: in 32 s members served $((r1 - r0)) routing tables and accepted $((s1 - s0)) streams"
+p1=("$(served H1)" "$(served H2)" "$(served S)")
+echo "info: in 32 s members served $((r1 - r0)) routing tables (H1 $((p1[0] - p0[0])), H2 $((p1[1] - p0[1])), S $((p1[2] - p0[2]))) and accepted $((s1 - s0)) streams"
+serving=0; for k in 0 1 2; do [ $((p1[k] - p0[k])) -gt 0 ] && serving=$((serving + 1)); done
+check "the pulls spread over the members ($serving of 3 served some)" [ "$serving" -ge 2 ]
 check "idle clients pulled about once each in 32 s ($((r1 - r0)) pulls)" bash -c "[ $((r1 - r0)) -ge $N ] && [ $((r1 - r0)) -le $((3 * N)) ]"
 check "and members accepted no other stream" [ "$((s1 - s0))" = "$((r1 - r0))" ]
 
