@@ -329,6 +329,20 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
     mesh *m = arg;
     struct nat_state *st = m->nat;
+    /* A relayed pair tries for a direct path again now and then: a punch
+     * that failed (a mapping not there yet, a firewall since opened) may
+     * work later, and the adopt rule (mesh.c: direct beats relayed) then
+     * moves the pair off the relay. The lower id asks, for both. */
+    uint64_t now = detect_now_ms();
+    for (mesh_node *n = m->nodes; n && !m->left; n = n->next) {
+        struct nat_node *nn = n->nat;
+        if (!nn || !n->link || !nat_link_relayed(n->link) || n->state != NODE_ALIVE ||
+            memcmp(m->self.public_key, n->id, MESH_ID_BYTES) > 0 ||
+            now - nn->last_intro_ms < NAT_UPGRADE_EVERY_MS)
+            continue;
+        log_debug(MESH_LOG, "link to %.16s is relayed: trying for a direct path", n->id_hex);
+        send_intros(m, n);
+    }
     for (int i = 0; i < NAT_MAX_PATHS; i++) {
         nat_path *p = &st->paths[i];
         if (!p->id) continue;

@@ -20,6 +20,7 @@
 
 #define NAT_RELAY_AFTER_MS 3000    /* no direct connection by then: relay */
 #define NAT_INTRO_EVERY_MS 1000    /* at most one round of introductions per node per second */
+#define NAT_UPGRADE_EVERY_MS 30000 /* a relayed link tries for a direct path again this often */
 #define NAT_INTRODUCERS 3          /* peers asked to introduce at once */
 #define NAT_MAX_PATHS 256          /* relayed connections of this node (either end) */
 #define NAT_MAX_RELAYED 64         /* pairs this node relays for others */
@@ -30,7 +31,9 @@
 /* Registers the stream types and the virtual-path sender. 0 or -1. */
 int nat_init(mesh *m);
 void nat_free(mesh *m);
-/* mesh.c started a dial to n: ask for introductions, arm the relay timer. */
+/* mesh.c started a dial to n: ask for introductions, arm the relay timer.
+ * Relayed links also ask again every NAT_UPGRADE_EVERY_MS (from the sweep):
+ * a punch that works later moves the pair to a direct connection. */
 void nat_dial_started(mesh *m, mesh_node *n);
 /* l completed its handshake: tell the peer its observed address. */
 void nat_link_ready(mesh_link *l);

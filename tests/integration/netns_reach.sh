@@ -6,6 +6,9 @@
 # and serves the model: a1 reaches it through a relay (p1), end-to-end
 # encrypted, and a completion from a1 runs on c1 through that relay.
 # /api/status must say "direct" / "relayed" for those links, with an RTT.
+# d1 and e1 sit behind cone NATs too, but d's router first drops everything
+# to e's public address, so they start relayed; once the block is lifted
+# their relayed link must turn direct (a new punch every 30 s).
 # Needs root (skips otherwise). Every wait is bounded.
 set -u
 . "$(dirname "$0")/common.bash"
@@ -19,6 +22,10 @@ netns_add_host p1
 netns_nat_site a 1
 netns_nat_site b 1
 netns_nat_site c 1 symmetric
+netns_nat_site d 1
+netns_nat_site e 1
+echo "table ip lmblock { chain block { type filter hook forward priority -10; ip daddr $e_IP drop; }; }" \
+  | ip netns exec "$(netns_ns d)" nft -f - || die "cannot add the block rule in d's router"
 
 netns_start_node p1 serve --threads 1
 netns_start_node a1 serve --join "$p1_TOKEN" --threads 1
@@ -46,5 +53,15 @@ body=$(jq -n --arg m "$MODEL_ID" --arg p "$PROMPT" '{model: $m, prompt: $p, max_
 netns_curl a1 --max-time 60 http://127.0.0.1:9337/v1/completions -d "$body" | jq -j '.choices[0].text' >"$T/a1.txt"
 check "completion from a1 served by c1 through the relay equals llmesh run" cmp "$T/expected.txt" "$T/a1.txt"
 check "a1 still shows c1 relayed after the request" is_link a1 "$c1_ID" relayed
+
+netns_start_node d1 serve --join "$p1_TOKEN" --threads 1
+netns_start_node e1 serve --join "$p1_TOKEN" --threads 1
+d1_ID=$(netns_node_id d1); e1_ID=$(netns_node_id e1)
+check "d1 and e1 start relayed while d's router blocks e" wait_for 40 is_link d1 "$e1_ID" relayed
+ip netns exec "$(netns_ns d)" nft delete table ip lmblock || die "cannot lift the block"
+t0=$(date +%s)
+check "once the block is lifted, d1 and e1 move to a direct link" wait_for 90 is_link d1 "$e1_ID" direct
+echo "info: direct $(( $(date +%s) - t0 )) s after the block was lifted (a new punch every 30 s)"
+check "e1 shows d1 direct too" wait_for 10 is_link e1 "$d1_ID" direct
 
 finish
