@@ -67,6 +67,16 @@ static int detect_send_on(mesh_stream *s, uint8_t kind, uint64_t nonce, const ui
     return mesh_stream_send(s, buf, swim_probe_encode(&p, buf));
 }
 
+int detect_send_ping(mesh *m, mesh_stream *s) { return detect_send_on(s, SWIM_PING, detect_nonce(m), NULL); }
+
+int detect_read_probe(mesh_stream *s, const uint8_t *p, size_t len, swim_probe *out)
+{
+    char err[160];
+    int rc = swim_probe_decode(p, len, out, err, sizeof err);
+    if (rc < 0) mesh_stream_reject(s, err);
+    return rc;
+}
+
 static int detect_send_probe(mesh_link *l, uint8_t kind, uint64_t nonce, const uint8_t *target)
 {
     if (!l || !l->control) return -1;
@@ -320,13 +330,8 @@ static void detect_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t
     if (!s->link) return;
     mesh_node *from = s->link->node;
     swim_probe pr;
-    char err[160];
-    int rc = swim_probe_decode(p, len, &pr, err, sizeof err);
-    if (rc < 0) {
-        mesh_stream_reject(s, err);
-        return;
-    }
-    if (rc > 0 || m->test_mute || m->left) return;  /* unknown kind: a newer version's */
+    int rc = detect_read_probe(s, p, len, &pr);
+    if (rc != 0 || m->test_mute || m->left) return;  /* malformed, or a newer version's kind */
     if (!from) {
         /* A passive client checks that a host it waits on still runs. */
         if (pr.kind == SWIM_PING) detect_send_on(s, SWIM_ACK, pr.nonce, NULL);

@@ -17,6 +17,7 @@
 #include "mesh/identity.h"
 #include "mesh/mesh.h"
 #include "mesh/record.h"
+#include "mesh/swim.h"
 #include "mesh/token.h"
 #include "net/quic.h"
 
@@ -251,6 +252,11 @@ void detect_connection_lost(mesh *m, mesh_node *n, const char *reason);
 /* A record of n newer than the one held arrived (was_state: before it). */
 void detect_newer_record(mesh *m, mesh_node *n);
 uint64_t detect_now_ms(void);
+/* Reads one CONTROL-stream frame into *out: 0, 1 for a kind this version
+ * does not know (skip it), -1 when malformed (s has been reset). */
+int detect_read_probe(mesh_stream *s, const uint8_t *p, size_t len, swim_probe *out);
+/* Sends a PING with a fresh nonce on a CONTROL stream. 0 or -1. */
+int detect_send_ping(mesh *m, mesh_stream *s);
 /* Tests: a muted node answers no probe and refutes nothing, as a node whose
  * process hangs while its kernel and QUIC stack still acknowledge packets. */
 void mesh_test_mute(mesh *m, int on);

@@ -34,7 +34,6 @@
 #include "lib/log.h"
 #include "mesh/mesh_private.h"
 #include "mesh/routes.h"
-#include "mesh/swim.h"
 
 struct passive_state {
     struct event *pull_ev;       /* the next pull; while one is in flight, its deadline */
@@ -359,13 +358,7 @@ void passive_link_lost(mesh *m, mesh_node *n, int by_us)
 static void probe_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len)
 {
     swim_probe pr;
-    char err[160];
-    int rc = swim_probe_decode(p, len, &pr, err, sizeof err);
-    if (rc < 0) {
-        mesh_stream_reject(s, err);
-        return;
-    }
-    if (rc == 0 && pr.kind == SWIM_ACK && s->link) {
+    if (detect_read_probe(s, p, len, &pr) == 0 && pr.kind == SWIM_ACK && s->link) {
         s->link->ping_pending = 0;
         s->link->last_heard = detect_now_ms();
     }
@@ -379,11 +372,7 @@ static const mesh_stream_handlers probe_handlers = {probe_on_frame, probe_on_fin
 static void probe_send(mesh *m, mesh_link *l)
 {
     if (!l->control) l->control = mesh_stream_open_on(l, MESH_STREAM_CONTROL, &probe_handlers, m);
-    if (!l->control) return;
-    if (++m->next_nonce == 0) m->next_nonce = 1;
-    swim_probe p = {.kind = SWIM_PING, .nonce = m->next_nonce};
-    uint8_t buf[SWIM_CTRL_MAX];
-    if (mesh_stream_send(l->control, buf, swim_probe_encode(&p, buf)) == 0) l->ping_pending = 1;
+    if (l->control && detect_send_ping(m, l->control) == 0) l->ping_pending = 1;
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
