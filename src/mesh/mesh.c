@@ -578,6 +578,37 @@ void mesh_set_memory(mesh *m, uint64_t memory_bytes)
     mesh_mark_dirty(m);
 }
 
+void mesh_set_memory_used(mesh *m, uint64_t used_bytes)
+{
+    if (m->rec.memory_used == used_bytes) return;
+    m->rec.memory_used = used_bytes;
+    mesh_mark_dirty(m);
+}
+
+int mesh_set_app_data(mesh *m, const void *data, size_t len)
+{
+    if (len > MESH_MAX_APP) return -1;
+    if (m->rec.app_len == len && (len == 0 || !memcmp(m->rec.app, data, len))) return 0;
+    if (len) memcpy(m->rec.app, data, len);
+    m->rec.app_len = (uint16_t)len;
+    mesh_mark_dirty(m);
+    return 0;
+}
+
+int mesh_node_app_data(const mesh *m, const uint8_t id[MESH_ID_BYTES], void *out, size_t cap)
+{
+    const node_record *rec = NULL;
+    if (!memcmp(id, m->self.public_key, MESH_ID_BYTES)) {
+        rec = &m->rec;
+    } else {
+        const mesh_node *n = mesh_node_find(m, id);
+        if (n && n->has_record && n->state != NODE_EXPIRED) rec = &n->rec;
+    }
+    if (!rec || rec->app_len > cap) return -1;
+    memcpy(out, rec->app, rec->app_len);
+    return rec->app_len;
+}
+
 /* ---- life cycle ----------------------------------------------------------------*/
 
 static int mesh_add_join(mesh *m, int index, const char *text, char *err, size_t errlen)
@@ -774,6 +805,8 @@ int mesh_peers(const mesh *m, mesh_peer *out, int max)
             p->n_models = n->rec.n_models;
             memcpy(p->models, n->rec.models, sizeof p->models);
             p->memory_bytes = n->rec.memory_bytes;
+            p->memory_used = n->rec.memory_used;
+            p->app_len = n->rec.app_len;
         }
         snprintf(p->state, sizeof p->state, "%s", node_state_names[n->state]);
         if (n->link) {

@@ -88,7 +88,19 @@ uint16_t mesh_listen_port(const mesh *m);
 
 /* What this node tells others about itself; gossiped on change. */
 void mesh_set_models(mesh *m, const char *const *model_ids, int n);
+/* The memory budget for models, and the bytes of it in use. */
 void mesh_set_memory(mesh *m, uint64_t memory_bytes);
+void mesh_set_memory_used(mesh *m, uint64_t used_bytes);
+/* Application bytes carried in this node's record to every member and
+ * client, uninterpreted by the mesh (serve/ puts model plans there).
+ * len <= MESH_MAX_APP. Each change is a new signed record flooded to every
+ * member: callers rate-limit changes that happen often. 0, or -1 too long. */
+#define MESH_MAX_APP 4096
+int mesh_set_app_data(mesh *m, const void *data, size_t len);
+/* Copies into out (cap bytes) the application bytes of the newest record of
+ * node id (this node's own included) and returns their count, or -1 when
+ * there is no record of it or cap is too small. */
+int mesh_node_app_data(const mesh *m, const uint8_t id[MESH_ID_BYTES], void *out, size_t cap);
 
 /* A snapshot of one known peer (never this node). */
 typedef struct {
@@ -98,7 +110,9 @@ typedef struct {
     char role[16];
     char models[MESH_MAX_MODELS][MESH_MAX_NAME];
     int n_models;
-    uint64_t memory_bytes;
+    uint64_t memory_bytes;               /* its memory budget for models */
+    uint64_t memory_used;                /* bytes of that budget in use */
+    int app_len;                         /* bytes of its application field (mesh_node_app_data) */
     /* "connecting": learned, first dial under way; "alive": connected and
      * answering probes; "suspect": missed probes or lost its connection,
      * being checked; "dead": declared dead (redialled with backoff);

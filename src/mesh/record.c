@@ -11,8 +11,10 @@ static const char record_context[] = "llmesh/1 node record";
 
 _Static_assert(MESH_ID_BYTES == IDENTITY_KEY_BYTES, "node ids are Ed25519 public keys");
 _Static_assert(RECORD_MAX_BYTES >= 1 + MESH_ID_BYTES + 8 + 1 + 8 + 1 + MESH_MAX_ADDRS * ADDR_WIRE_MAX +
-                                   1 + MESH_MAX_MODELS * MESH_MAX_NAME + IDENTITY_SIG_BYTES,
+                                   1 + MESH_MAX_MODELS * MESH_MAX_NAME + 3 + 8 + 3 + RECORD_MAX_APP +
+                                   IDENTITY_SIG_BYTES,
                "largest record must fit the bound");
+_Static_assert(RECORD_MAX_APP <= 0xffff, "a field length is a u16");
 
 static void record_put_u64(uint8_t *p, uint64_t v)
 {
@@ -87,6 +89,23 @@ int record_encode(const node_record *r, const identity *id, uint8_t *out, size_t
         memcpy(buf + n, r->models[i], len);
         n += len;
     }
+    /* Extension fields: tag, u16 length, value. Fields equal to their
+     * default (nothing used, no application bytes) are left out. */
+    if (r->memory_used) {
+        buf[n++] = RECORD_FIELD_MEMORY_USED;
+        buf[n++] = 0;
+        buf[n++] = 8;
+        record_put_u64(buf + n, r->memory_used);
+        n += 8;
+    }
+    assert(r->app_len <= RECORD_MAX_APP);
+    if (r->app_len) {
+        buf[n++] = RECORD_FIELD_APP;
+        buf[n++] = (uint8_t)(r->app_len >> 8);
+        buf[n++] = (uint8_t)r->app_len;
+        memcpy(buf + n, r->app, r->app_len);
+        n += r->app_len;
+    }
     assert(n + IDENTITY_SIG_BYTES <= sizeof buf);
     if (n + IDENTITY_SIG_BYTES > cap) {
         snprintf(err, errlen, "record buffer too small");
@@ -160,8 +179,39 @@ int record_decode(const uint8_t *p, size_t len, node_record *out, char *err, siz
         i += 1 + mlen;
     }
     out->n_models = n_models;
-    /* Bytes between here and the signature are extensions of a newer
-     * version: signed, kept, forwarded, not interpreted. */
+    /* Extension fields up to the signature. Unknown tags are a newer
+     * version's: signed, kept, forwarded, skipped. A field that overruns
+     * the body, or a known one of the wrong size, is malformed. */
+    while (i < end) {
+        if (end - i < 3) {
+            snprintf(err, errlen, "node record extension field truncated");
+            return -1;
+        }
+        uint8_t tag = p[i];
+        size_t flen = (size_t)p[i + 1] << 8 | p[i + 2];
+        i += 3;
+        if (flen > end - i) {
+            snprintf(err, errlen, "node record extension field %u of %zu bytes overruns the record",
+                     tag, flen);
+            return -1;
+        }
+        if (tag == RECORD_FIELD_MEMORY_USED) {
+            if (flen != 8) {
+                snprintf(err, errlen, "node record memory field of %zu bytes (8 expected)", flen);
+                return -1;
+            }
+            out->memory_used = record_get_u64(p + i);
+        } else if (tag == RECORD_FIELD_APP) {
+            if (flen > RECORD_MAX_APP) {
+                snprintf(err, errlen, "node record application field of %zu bytes (at most %d)", flen,
+                         RECORD_MAX_APP);
+                return -1;
+            }
+            memcpy(out->app, p + i, flen);
+            out->app_len = (uint16_t)flen;
+        }
+        i += flen;
+    }
     return 0;
 }
 

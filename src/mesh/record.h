@@ -8,8 +8,11 @@
  * ("Node record").
  *
  * Records are kept and forwarded as the exact bytes their node signed
- * (extension bytes that a newer llmesh appends stay signed and pass through
+ * (extension fields that a newer llmesh appends stay signed and pass through
  * older nodes untouched); record_decode reads the fields this version knows.
+ * One extension field is opaque here: the application field, which the
+ * layers above the mesh use to tell every node and client what they want
+ * known (model plans), so the mesh need not know what a plan is.
  *
  * Not here: who learns what when (mesh.c). Threading: pure functions. */
 #ifndef LLMESH_MESH_RECORD_H
@@ -32,19 +35,30 @@
 #define RECORD_ROLE_CLIENT 3
 
 /* Bound on one encoded record (kind + body + signature). The largest record
- * this version writes is about 2.3 KiB; the rest is room for extensions. */
-#define RECORD_MAX_BYTES 4096
+ * this version writes is about 6.4 KiB (2.3 KiB of fields, an application
+ * field of at most RECORD_MAX_APP); the rest is room for extensions. */
+#define RECORD_MAX_BYTES 8192
+/* Bound on the application field: bytes the mesh carries for the layers
+ * above it (serve/ puts its model plans there) without reading them. */
+#define RECORD_MAX_APP MESH_MAX_APP
+
+/* Extension field tags (after the models; docs/PROTOCOL.md, "Node record"). */
+#define RECORD_FIELD_MEMORY_USED 1 /* u64: bytes of the memory budget in use */
+#define RECORD_FIELD_APP 2         /* opaque application bytes */
 #define RECORD_MIN_BYTES (1 + MESH_ID_BYTES + 8 + 1 + 8 + 1 + 1 + IDENTITY_SIG_BYTES)
 
 typedef struct {
     uint8_t id[MESH_ID_BYTES];
     uint64_t seq;
     uint8_t role;                 /* RECORD_ROLE_* or an unknown code */
-    uint64_t memory_bytes;
+    uint64_t memory_bytes;        /* the node's memory budget for models */
+    uint64_t memory_used;         /* bytes of the budget in use */
     mesh_addr addrs[MESH_MAX_ADDRS];
     int n_addrs;
     char models[MESH_MAX_MODELS][MESH_MAX_NAME];
     int n_models;
+    uint16_t app_len;
+    uint8_t app[RECORD_MAX_APP];  /* application field, opaque to the mesh */
 } node_record;
 
 /* Encodes r and signs it with id (whose public key must be r->id) into out

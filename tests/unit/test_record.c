@@ -58,8 +58,24 @@ static void test_round_trip(void)
     CHECK_EQ_STR(record_role_name(back.role), "host");
     CHECK_EQ_INT(record_role_code("client"), RECORD_ROLE_CLIENT);
     CHECK_EQ_INT(record_role_code("boss"), 0);
+    CHECK(back.memory_used == 0);
+    CHECK_EQ_INT(back.app_len, 0);
+
+    /* Extension fields: memory in use and the application's bytes. */
+    r.memory_used = 5ull << 30;
+    r.app_len = 3;
+    memcpy(r.app, "abc", 3);
+    n = record_encode(&r, &id, buf, sizeof buf, err, sizeof err);
+    REQUIRE(n > 0);
+    REQUIRE(record_decode(buf, (size_t)n, &back, err, sizeof err) == 0);
+    CHECK(back.memory_used == 5ull << 30);
+    CHECK_EQ_INT(back.app_len, 3);
+    CHECK(memcmp(back.app, "abc", 3) == 0);
+    CHECK(record_verify(buf, (size_t)n, r.id));
 
     /* The largest record fits the bound. */
+    r.app_len = RECORD_MAX_APP;
+    memset(r.app, 0xa5, RECORD_MAX_APP);
     for (int i = 0; i < MESH_MAX_ADDRS; i++) r.addrs[i] = r.addrs[1];
     r.n_addrs = MESH_MAX_ADDRS;
     for (int i = 0; i < MESH_MAX_MODELS; i++) {
@@ -72,6 +88,7 @@ static void test_round_trip(void)
     CHECK(record_decode(buf, (size_t)n, &back, err, sizeof err) == 0);
     CHECK(record_verify(buf, (size_t)n, r.id));
     CHECK_EQ_INT(back.n_models, MESH_MAX_MODELS);
+    CHECK_EQ_INT(back.app_len, RECORD_MAX_APP);
 }
 
 static void test_tampering_and_truncation(void)
@@ -130,11 +147,17 @@ static void test_bounds(void)
     uint8_t ext[RECORD_MAX_BYTES + 16];
     size_t body = (size_t)n - IDENTITY_SIG_BYTES;
     memcpy(ext, buf, body);
-    memcpy(ext + body, "\x09\x09\x09", 3);
-    memcpy(ext + body + 3, buf + body, IDENTITY_SIG_BYTES);
-    CHECK(record_decode(ext, (size_t)n + 3, &back, err, sizeof err) == 0);
+    memcpy(ext + body, "\x09\x00\x01\x09", 4);   /* an unknown field: skipped */
+    memcpy(ext + body + 4, buf + body, IDENTITY_SIG_BYTES);
+    CHECK(record_decode(ext, (size_t)n + 4, &back, err, sizeof err) == 0);
     CHECK_EQ_INT(back.n_models, 2);
-    CHECK(!record_verify(ext, (size_t)n + 3, back.id));   /* not signed that way */
+    CHECK(!record_verify(ext, (size_t)n + 4, back.id));   /* not signed that way */
+    memcpy(ext + body, "\x09\x09\x09", 3);       /* a field overrunning the record */
+    memcpy(ext + body + 3, buf + body, IDENTITY_SIG_BYTES);
+    CHECK(record_decode(ext, (size_t)n + 3, &back, err, sizeof err) != 0);
+    memcpy(ext + body, "\x01\x00\x02\x00\x00", 5); /* memory field of the wrong size */
+    memcpy(ext + body + 5, buf + body, IDENTITY_SIG_BYTES);
+    CHECK(record_decode(ext, (size_t)n + 5, &back, err, sizeof err) != 0);
     /* Over the size bound. */
     CHECK(record_decode(ext, RECORD_MAX_BYTES + 1, &back, err, sizeof err) != 0);
     /* Model names with control characters. */
