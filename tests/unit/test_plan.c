@@ -1,0 +1,275 @@
+/* test_plan.c: plans in the record's application field, and the planner. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "serve/plan.h"
+#include "testlib.h"
+
+/* A model of uniform layers: 50 bytes each, 10 of overhead per stage, 100
+ * more for the head (embeddings and output). */
+static uint64_t need_uniform(void *ctx, int first, int end, int head)
+{
+    (void)ctx;
+    return 10 + (head ? 100 : 0) + 50ull * (uint64_t)(end - first);
+}
+
+static plan_member member(int id, uint64_t free_bytes, int relayed, double rtt)
+{
+    plan_member m;
+    memset(&m, 0, sizeof m);
+    m.id[0] = (uint8_t)id;
+    m.free_bytes = free_bytes;
+    m.relayed = relayed;
+    m.rtt_ms = rtt;
+    return m;
+}
+
+static plan_request request(int n_layer, int force)
+{
+    plan_request rq = {.model = "m", .n_layer = n_layer, .need = need_uniform, .force_stages = force};
+    return rq;
+}
+
+static void test_solo_when_it_fits(void)
+{
+    plan_member ms[2] = {member(1, 10000, 0, 0), member(2, 10000, 0, 1)};
+    plan_request rq = request(24, 0);
+    plan p;
+    REQUIRE(plan_make(&rq, ms, 2, &p) == 0);
+    CHECK_EQ_INT(p.n_stages, 1);
+    CHECK_EQ_INT(p.stages[0].end, 24);
+    CHECK_EQ_INT(p.stages[0].node[0], 1);
+    CHECK(p.need_bytes == 110 + 50 * 24);
+}
+
+static void test_fewest_stages_proportional(void)
+{
+    /* 24 layers = 1310 bytes solo; the coordinator has 700, two others
+     * 2000 and 600: two stages suffice (coordinator + the big one). */
+    plan_member ms[3] = {member(1, 700, 0, 0), member(2, 600, 0, 0.5), member(3, 2000, 0, 2)};
+    plan_request rq = request(24, 0);
+    plan p;
+    REQUIRE(plan_make(&rq, ms, 3, &p) == 0);
+    REQUIRE(p.n_stages == 2);
+    CHECK(plan_ranges_ok(&p));
+    /* Lowest RTT (node 2) first, but it cannot hold the rest: node 3. */
+    CHECK_EQ_INT(p.stages[1].node[0], 3);
+    /* Proportional to free memory after overhead: 590 vs 1990 -> ~5.5 of 24. */
+    CHECK(p.stages[0].end >= 5 && p.stages[0].end <= 6);
+    for (int i = 0; i < p.n_stages; i++)
+        CHECK(need_uniform(NULL, p.stages[i].first, p.stages[i].end, i == 0) <= ms[p.stages[i].node[0] - 1].free_bytes);
+}
+
+static void test_forced_split_on_equal_nodes(void)
+{
+    plan_member ms[3] = {member(1, 100000, 0, 0), member(2, 100000, 0, 0.1), member(3, 100000, 0, 0.2)};
+    plan_request rq = request(12, 3);
+    plan p;
+    REQUIRE(plan_make(&rq, ms, 3, &p) == 0);
+    REQUIRE(p.n_stages == 3);
+    CHECK(plan_ranges_ok(&p));
+    for (int i = 0; i < 3; i++) CHECK_EQ_INT(p.stages[i].end - p.stages[i].first, 4);
+    CHECK_EQ_INT(p.stages[1].node[0], 2); /* by RTT */
+    CHECK_EQ_INT(p.stages[2].node[0], 3);
+    /* Default --split: 2 stages. */
+    rq.force_stages = 2;
+    REQUIRE(plan_make(&rq, ms, 3, &p) == 0);
+    CHECK_EQ_INT(p.n_stages, 2);
+    CHECK_EQ_INT(p.stages[0].end, 6);
+}
+
+static void test_direct_before_relayed(void)
+{
+    /* The relayed node has more memory and a lower RTT; the direct one fits. */
+    plan_member ms[3] = {member(1, 500, 0, 0), member(2, 5000, 1, 0.1), member(3, 1500, 0, 5)};
+    plan_request rq = request(24, 0);
+    plan p;
+    REQUIRE(plan_make(&rq, ms, 3, &p) == 0);
+    REQUIRE(p.n_stages == 2);
+    CHECK_EQ_INT(p.stages[1].node[0], 3);
+    /* Without the direct one, the relayed one is used. */
+    ms[2].free_bytes = 0;
+    REQUIRE(plan_make(&rq, ms, 3, &p) == 0);
+    CHECK_EQ_INT(p.stages[1].node[0], 2);
+}
+
+static void test_three_stages_when_two_do_not_fit(void)
+{
+    /* Two stages hold at most 15 + 5 layers: three are needed, and the
+     * small ones are filled exactly. */
+    plan_member ms[3] = {member(1, 900, 0, 0), member(2, 260, 0, 1), member(3, 260, 0, 2)};
+    plan_request rq = request(24, 0);
+    plan p;
+    REQUIRE(plan_make(&rq, ms, 3, &p) == 0);
+    CHECK(plan_ranges_ok(&p));
+    for (int i = 0; i < p.n_stages; i++)
+        CHECK(need_uniform(NULL, p.stages[i].first, p.stages[i].end, i == 0) <= ms[p.stages[i].node[0] - 1].free_bytes);
+    CHECK_EQ_INT(p.n_stages, 3);
+}
+
+/* Layers 0-4 of 50 bytes, layer 5 of 500. */
+static uint64_t need_heavy_last(void *ctx, int first, int end, int head)
+{
+    (void)ctx;
+    uint64_t b = 10 + (head ? 100 : 0);
+    for (int l = first; l < end; l++) b += l == 5 ? 500 : 50;
+    return b;
+}
+
+static void test_fill_in_turn_when_proportional_fails(void)
+{
+    /* Proportional gives the coordinator 2 layers and leaves 660 bytes for
+     * a node with 640: each in turn then takes what fits. */
+    plan_member ms[2] = {member(1, 400, 0, 0), member(2, 640, 0, 1)};
+    plan_request rq = {.model = "m", .n_layer = 6, .need = need_heavy_last};
+    plan p;
+    REQUIRE(plan_make(&rq, ms, 2, &p) == 0);
+    REQUIRE(p.n_stages == 2);
+    CHECK_EQ_INT(p.stages[0].end, 5);
+    CHECK_EQ_INT(p.stages[1].first, 5);
+}
+
+static void test_short_of_memory(void)
+{
+    plan_member ms[2] = {member(1, 500, 0, 0), member(2, 400, 0, 1)};
+    plan_request rq = request(24, 0);
+    plan p;
+    CHECK(plan_make(&rq, ms, 2, &p) == -1);
+    CHECK_EQ_INT(p.state, PLAN_PLANNING);
+    CHECK_EQ_INT(p.n_stages, 0);
+    CHECK(strstr(p.reason, "missing") != NULL);
+    /* Forced split without enough nodes: says how many are missing. */
+    plan_member big[2] = {member(1, 100000, 0, 0), member(2, 100000, 0, 1)};
+    rq.force_stages = 3;
+    CHECK(plan_make(&rq, big, 2, &p) == -1);
+    CHECK(strstr(p.reason, "waiting for 1 more node") != NULL);
+    /* Nodes with nothing free do not count. */
+    big[1].free_bytes = 0;
+    rq.force_stages = 2;
+    CHECK(plan_make(&rq, big, 2, &p) == -1);
+    /* More stages than layers. */
+    rq = request(2, 3);
+    plan_member three[3] = {member(1, 100000, 0, 0), member(2, 100000, 0, 1), member(3, 100000, 0, 1)};
+    CHECK(plan_make(&rq, three, 3, &p) == -1);
+    CHECK(strstr(p.reason, "only 2 layers") != NULL);
+}
+
+static plan sample_plan(void)
+{
+    plan p;
+    memset(&p, 0, sizeof p);
+    strcpy(p.model, "qwen2.5-7b");
+    p.state = PLAN_LOADING;
+    p.version = 7;
+    p.n_layer = 28;
+    p.need_bytes = 5ull << 30;
+    p.n_stages = 3;
+    int ends[3] = {10, 20, 28};
+    for (int i = 0; i < 3; i++) {
+        p.stages[i].node[0] = (uint8_t)(i + 1);
+        p.stages[i].node[31] = 0xee;
+        p.stages[i].first = i ? ends[i - 1] : 0;
+        p.stages[i].end = ends[i];
+        p.stages[i].state = (uint8_t)(i == 1 ? STAGE_FETCHING : STAGE_READY);
+        p.stages[i].fetched_bytes = 1000u * (unsigned)i;
+        p.stages[i].total_bytes = 5000;
+    }
+    return p;
+}
+
+static void test_codec(void)
+{
+    plan ps[2] = {sample_plan(), sample_plan()};
+    strcpy(ps[1].model, "other");
+    ps[1].state = PLAN_PLANNING;
+    ps[1].n_stages = 0;
+    strcpy(ps[1].reason, "not enough memory: 1.0 MiB missing");
+    uint8_t buf[MESH_MAX_APP];
+    int n = plan_encode_list(ps, 2, buf, sizeof buf);
+    REQUIRE(n > 0);
+    plan back[4];
+    char err[256];
+    REQUIRE(plan_decode_list(buf, (size_t)n, back, 4, err, sizeof err) == 2);
+    CHECK_EQ_STR(back[0].model, "qwen2.5-7b");
+    CHECK_EQ_INT(back[0].version, 7);
+    CHECK_EQ_INT(back[0].n_stages, 3);
+    CHECK_EQ_INT(back[0].stages[1].first, 10);
+    CHECK_EQ_INT(back[0].stages[1].state, STAGE_FETCHING);
+    CHECK(back[0].stages[2].fetched_bytes == 2000);
+    CHECK(memcmp(back[0].stages[2].node, ps[0].stages[2].node, MESH_ID_BYTES) == 0);
+    CHECK_EQ_STR(back[1].reason, ps[1].reason);
+    CHECK_EQ_INT(plan_decode_list(buf, 0, back, 4, err, sizeof err), 0);
+
+    /* Every truncation is refused, never read past. */
+    for (int cut = 1; cut < n; cut++) CHECK(plan_decode_list(buf, (size_t)cut, back, 4, err, sizeof err) == -1);
+    /* Trailing bytes, too many plans for the caller. */
+    buf[n] = 0;
+    CHECK(plan_decode_list(buf, (size_t)n + 1, back, 4, err, sizeof err) == -1);
+    CHECK(plan_decode_list(buf, (size_t)n, back, 1, err, sizeof err) == -1);
+
+    /* Ranges that do not cover the layers, unknown states. */
+    plan bad = sample_plan();
+    bad.stages[1].first = 11;
+    n = plan_encode_list(&bad, 1, buf, sizeof buf);
+    CHECK(plan_decode_list(buf, (size_t)n, back, 4, err, sizeof err) == -1);
+    CHECK(strstr(err, "cover") != NULL);
+    bad = sample_plan();
+    bad.stages[2].end = 27;
+    n = plan_encode_list(&bad, 1, buf, sizeof buf);
+    CHECK(plan_decode_list(buf, (size_t)n, back, 4, err, sizeof err) == -1);
+    bad = sample_plan();
+    bad.stages[0].state = 9;
+    n = plan_encode_list(&bad, 1, buf, sizeof buf);
+    CHECK(plan_decode_list(buf, (size_t)n, back, 4, err, sizeof err) == -1);
+    bad = sample_plan();
+    bad.state = 3;
+    n = plan_encode_list(&bad, 1, buf, sizeof buf);
+    CHECK(plan_decode_list(buf, (size_t)n, back, 4, err, sizeof err) == -1);
+    bad = sample_plan();
+    strcpy(bad.model, "bad\nname");
+    n = plan_encode_list(&bad, 1, buf, sizeof buf);
+    CHECK(plan_decode_list(buf, (size_t)n, back, 4, err, sizeof err) == -1);
+
+    /* The most plans of the most stages do not fit one field: the encoder says so. */
+    static plan many[PLAN_MAX_PLANS];
+    for (int i = 0; i < PLAN_MAX_PLANS; i++) {
+        many[i] = sample_plan();
+        many[i].n_stages = PLAN_MAX_STAGES;
+        many[i].n_layer = PLAN_MAX_STAGES;
+        for (int s = 0; s < PLAN_MAX_STAGES; s++) {
+            many[i].stages[s].first = s;
+            many[i].stages[s].end = s + 1;
+        }
+    }
+    CHECK(plan_encode_list(many, PLAN_MAX_PLANS, buf, sizeof buf) == -1);
+    n = plan_encode_list(many, 2, buf, sizeof buf);
+    REQUIRE(n > 0);
+    CHECK_EQ_INT(plan_decode_list(buf, (size_t)n, back, 4, err, sizeof err), 2);
+
+    /* Seed corpus for fuzz_plan. */
+    const char *dir = getenv("LLMESH_WRITE_CORPUS");
+    if (dir) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/two_plans", dir);
+        FILE *f = fopen(path, "wb");
+        if (f) {
+            int m = plan_encode_list(ps, 2, buf, sizeof buf);
+            fwrite(buf, 1, (size_t)m, f);
+            fclose(f);
+        }
+    }
+}
+
+int main(void)
+{
+    RUN(test_solo_when_it_fits);
+    RUN(test_fewest_stages_proportional);
+    RUN(test_forced_split_on_equal_nodes);
+    RUN(test_direct_before_relayed);
+    RUN(test_three_stages_when_two_do_not_fit);
+    RUN(test_fill_in_turn_when_proportional_fails);
+    RUN(test_short_of_memory);
+    RUN(test_codec);
+    return testlib_finish();
+}
