@@ -1,0 +1,124 @@
+/* stage_wire.h: the frames of a split model's pipeline, encoded and decoded
+ * with every bound checked (docs/PROTOCOL.md, section 13).
+ *
+ * Two stream types carry them:
+ * - STAGE_CONTROL (5), coordinator <-> a stage's node: ASSIGN (run these
+ *   layers of this model, pass your output to that node), START (every stage
+ *   is ready: open your data stream), and from the stage STATUS (loading,
+ *   fetching with progress, ready; the memory it uses), STATS (counters) or
+ *   REFUSE (why it cannot). Closing the stream ends the stage.
+ * - STAGE_DATA (6), stage k -> stage k + 1 and the last stage -> stage 0:
+ *   HELLO (which plan and stage this stream feeds), then FORWARD (hidden
+ *   states of a lane's positions), OUTPUT (the last stage's final hidden
+ *   states, back to stage 0) and FAIL (a lane could not be computed: stage 0
+ *   replays it).
+ *
+ * Hidden states travel as IEEE-754 binary32, little-endian (F32: a split
+ * answers exactly as solo), or binary16 when the plan asks for it.
+ *
+ * Not here: what a node does with them (serve/stage.c, serve/pipeline.c).
+ * Threading: pure functions. */
+#ifndef LLMESH_STAGE_WIRE_H
+#define LLMESH_STAGE_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mesh/mesh.h"
+
+#define STAGE_STREAM_CONTROL 5
+#define STAGE_STREAM_DATA 6
+
+#define STAGE_CONTROL_MAX_FRAME 1024   /* bound on control frames */
+#define STAGE_MAX_TOKENS 512           /* positions in one FORWARD / OUTPUT frame */
+#define STAGE_MAX_LANES 256
+#define STAGE_MAX_MESSAGE 200          /* REFUSE / FAIL text */
+
+/* Frame kinds: the first payload byte. */
+enum {
+    STAGE_ASSIGN = 0x01,
+    STAGE_START = 0x02,
+    STAGE_STATUS = 0x10,
+    STAGE_STATS = 0x11,
+    STAGE_REFUSE = 0x12,
+    STAGE_HELLO = 0x21,
+    STAGE_FORWARD = 0x22,
+    STAGE_OUTPUT = 0x23,
+    STAGE_FAIL = 0x24,
+};
+
+enum { STAGE_DTYPE_F32 = 0, STAGE_DTYPE_F16 = 1 };
+
+typedef struct {
+    uint32_t version;                  /* the plan's version */
+    uint8_t model_hash[32];            /* identity of the weights (models/weights.h) */
+    char model[MESH_MAX_NAME];         /* the model's id */
+    uint16_t n_layer;
+    uint16_t first, end;               /* layers to run: [first, end) */
+    uint8_t stage, n_stages;           /* this stage's index (>= 1) and the count */
+    uint8_t next[MESH_ID_BYTES];       /* where the output goes: stage + 1, or the coordinator */
+    uint32_t n_ctx;                    /* positions per lane */
+    uint16_t n_lanes;                  /* sequences in flight at once */
+    uint32_t n_embd;                   /* floats per hidden state */
+    uint8_t dtype;                     /* STAGE_DTYPE_* of hidden states on the wire */
+} stage_assign;
+
+typedef struct {
+    uint8_t state;                     /* stage_state (plan.h) */
+    uint64_t fetched_bytes, total_bytes;
+    uint64_t memory_bytes;             /* what the stage uses */
+} stage_status;
+
+typedef struct {
+    uint64_t frames;                   /* FORWARD frames computed */
+    uint64_t tokens;                   /* positions computed */
+    uint64_t compute_us;               /* time in the layers */
+    uint64_t send_us;                  /* time from computed to handed to the transport */
+    uint64_t bytes_in, bytes_out;
+} stage_stats;
+
+typedef struct {
+    uint8_t coordinator[MESH_ID_BYTES];
+    char model[MESH_MAX_NAME];
+    uint32_t version;
+    uint8_t stage;                     /* the receiving stage's index (0: the coordinator) */
+} stage_hello;
+
+/* FORWARD and OUTPUT. */
+typedef struct {
+    uint16_t lane;
+    uint32_t pos;                      /* first position */
+    uint16_t n;                        /* positions (FORWARD) or rows (OUTPUT) */
+    uint8_t rows;                      /* FORWARD: ENGINE_ROWS_* wanted back */
+    uint8_t dtype;
+    const uint8_t *data;               /* n x n_embd values, pointing into the frame */
+    size_t data_len;
+} stage_states;
+
+/* Encoders return the frame length, or -1 when it does not fit cap. */
+int stage_encode_assign(const stage_assign *a, uint8_t *out, size_t cap);
+int stage_encode_status(const stage_status *s, uint8_t *out, size_t cap);
+int stage_encode_stats(const stage_stats *s, uint8_t *out, size_t cap);
+int stage_encode_message(uint8_t kind, uint16_t lane, const char *msg, uint8_t *out, size_t cap); /* REFUSE, FAIL */
+int stage_encode_hello(const stage_hello *h, uint8_t *out, size_t cap);
+/* FORWARD / OUTPUT header (STAGE_STATES_HEADER bytes); the values follow it. */
+#define STAGE_STATES_HEADER 11
+void stage_encode_states_header(uint8_t kind, const stage_states *s, uint8_t out[STAGE_STATES_HEADER]);
+
+/* Decoders: 0, or -1 with err. They check sizes and ranges that need no
+ * context; the receiver checks the rest (lane < n_lanes, pos + n <= n_ctx). */
+int stage_decode_assign(const uint8_t *p, size_t len, stage_assign *out, char *err, size_t errlen);
+int stage_decode_status(const uint8_t *p, size_t len, stage_status *out, char *err, size_t errlen);
+int stage_decode_stats(const uint8_t *p, size_t len, stage_stats *out, char *err, size_t errlen);
+int stage_decode_message(const uint8_t *p, size_t len, uint16_t *lane, char *msg, size_t cap,
+                         char *err, size_t errlen);
+int stage_decode_hello(const uint8_t *p, size_t len, stage_hello *out, char *err, size_t errlen);
+/* FORWARD or OUTPUT (by p[0]); n_embd: the receiver's width, to check the
+ * data length against. */
+int stage_decode_states(const uint8_t *p, size_t len, uint32_t n_embd, stage_states *out, char *err,
+                        size_t errlen);
+
+/* Bytes per value of a dtype, 0 for an unknown one. */
+size_t stage_dtype_size(int dtype);
+
+#endif
