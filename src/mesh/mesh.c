@@ -857,6 +857,12 @@ void mesh_register_stream_type(mesh *m, uint8_t type, mesh_accept_fn accept, voi
     m->types[type].ctx = ctx;
 }
 
+void mesh_set_frame_bound(mesh *m, uint8_t type, uint32_t max)
+{
+    assert(type != 0 && !mesh_stream_type_internal(type) && max <= MESH_MAX_FRAME);
+    if (type != 0 && !mesh_stream_type_internal(type) && max <= MESH_MAX_FRAME) m->types[type].frame_max = max;
+}
+
 void mesh_open_to_clients(mesh *m, uint8_t type)
 {
     assert(type != 0 && !mesh_stream_type_internal(type));

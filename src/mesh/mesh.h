@@ -174,6 +174,9 @@ const uint8_t *mesh_stream_peer(const mesh_stream *s);
  * unregistered type are reset and counted as errors. */
 typedef void (*mesh_accept_fn)(void *ctx, mesh_stream *s);
 void mesh_register_stream_type(mesh *m, uint8_t type, mesh_accept_fn accept, void *ctx);
+/* A lower bound than MESH_MAX_FRAME on the incoming frames of a registered
+ * type: a longer frame resets the stream (code 2). */
+void mesh_set_frame_bound(mesh *m, uint8_t type, uint32_t max);
 /* Streams of a registered type are taken from members only, unless this
  * opens the type to passive clients too (the API's tunnel does). */
 void mesh_open_to_clients(mesh *m, uint8_t type);

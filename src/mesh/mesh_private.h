@@ -150,6 +150,7 @@ typedef struct {
     mesh_accept_fn fn;
     void *ctx;
     int clients;                     /* passive clients may open it too */
+    uint32_t frame_max;              /* bound on its frames, 0 = MESH_MAX_FRAME */
 } mesh_type_slot;
 
 struct mesh {

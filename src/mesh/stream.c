@@ -19,8 +19,9 @@
 #include "mesh/routes.h"
 #include "mesh/swim.h"
 
-static uint32_t stream_frame_bound(uint8_t type)
+static uint32_t stream_frame_bound(const mesh *m, uint8_t type)
 {
+    if (m->types[type].frame_max) return m->types[type].frame_max;
     if (type == MESH_STREAM_GOSSIP || type == MESH_STREAM_ROUTES) return RECORD_MAX_BYTES;
     if (type == MESH_STREAM_CONTROL) return SWIM_CTRL_MAX;
     if (type == MESH_STREAM_RELAY) return NAT_RELAY_FRAME_MAX;
@@ -138,7 +139,7 @@ static void stream_set_type(mesh_stream *s, uint8_t type)
 {
     s->type = type;
     s->typed = 1;
-    frame_reader_init(&s->reader, stream_frame_bound(type));
+    frame_reader_init(&s->reader, stream_frame_bound(s->m, type));
 }
 
 /* The first byte of an incoming stream: hand it to whoever took the type.
