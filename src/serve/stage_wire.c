@@ -60,6 +60,7 @@ int stage_encode_assign(const stage_assign *a, uint8_t *out, size_t cap)
     wire_put_u16(&w, a->n_lanes);
     wire_put_u32(&w, a->n_embd);
     wire_put_u8(&w, a->dtype);
+    wire_put_u64(&w, a->need_bytes);
     return finish(&w);
 }
 
@@ -83,6 +84,7 @@ int stage_decode_assign(const uint8_t *p, size_t len, stage_assign *a, char *err
     a->n_lanes = wire_u16(&r);
     a->n_embd = wire_u32(&r);
     a->dtype = wire_u8(&r);
+    a->need_bytes = wire_u64(&r);
     if (done(&r, "ASSIGN", err, errlen) != 0) return -1;
     if (!record_model_name_ok(a->model, strlen(a->model))) {
         snprintf(err, errlen, "ASSIGN with a malformed model id");

@@ -61,6 +61,7 @@ typedef struct {
     uint16_t n_lanes;                  /* sequences in flight at once */
     uint32_t n_embd;                   /* floats per hidden state */
     uint8_t dtype;                     /* STAGE_DTYPE_* of hidden states on the wire */
+    uint64_t need_bytes;               /* memory the coordinator expects the stage to use */
 } stage_assign;
 
 typedef struct {

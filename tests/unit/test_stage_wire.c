@@ -38,6 +38,7 @@ static stage_assign sample_assign(void)
     a.n_lanes = 2;
     a.n_embd = 256;
     a.dtype = STAGE_DTYPE_F32;
+    a.need_bytes = 123456789;
     return a;
 }
 
