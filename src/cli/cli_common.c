@@ -66,6 +66,25 @@ int cli_parse_u64(const char *cmd, const char *flag, const char *s, uint64_t *ou
     return 0;
 }
 
+int cli_parse_size(const char *cmd, const char *flag, const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    int shift = 0;
+    if (*end == 'K' || *end == 'k') shift = 10;
+    else if (*end == 'M' || *end == 'm') shift = 20;
+    else if (*end == 'G' || *end == 'g') shift = 30;
+    if (shift) end++;
+    if (errno || end == s || *end || s[0] == '-' || v == 0 || v > (UINT64_MAX >> shift)) {
+        fprintf(stderr, "llmesh %s: %s: '%s' is not a size (a positive number of bytes, or with K, M "
+                "or G: 512M, 8G)\n", cmd, flag, s);
+        return -1;
+    }
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
 /* Reads in doubling chunks rather than asking the size first, so that pipes
  * and /dev/stdin work as well as regular files. */
 char *cli_read_file(const char *cmd, const char *path, size_t *len)

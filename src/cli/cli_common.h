@@ -22,6 +22,9 @@ int cli_parse_long(const char *cmd, const char *flag, const char *s, long lo, lo
 int cli_parse_float(const char *cmd, const char *flag, const char *s, float lo, float hi,
                     float *out);
 int cli_parse_u64(const char *cmd, const char *flag, const char *s, uint64_t *out);
+/* A size in bytes: a positive integer with an optional suffix K, M or G
+ * (powers of 1024): "512M", "8G". */
+int cli_parse_size(const char *cmd, const char *flag, const char *s, uint64_t *out);
 
 /* The whole content of path (pipes too), malloc'ed, its length in *len; the
  * caller frees it. NULL after printing on failure. */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/cli_common.h"
 #include "lib/log.h"
 #include "mesh/identity.h"
 #include "serve/node.h"
@@ -21,6 +22,13 @@ static const char serve_usage[] =
     "  --listen HOST:PORT mesh UDP address (default 0.0.0.0:9337)\n"
     "  --http-host HOST   address for the API and console (default 127.0.0.1)\n"
     "  --threads N        compute threads (default: all CPUs)\n"
+    "  --max-memory SIZE  memory for models: 512M, 8G (K/M/G = powers of 1024; default:\n"
+    "                     what is available at start less a margin)\n"
+    "  --ctx N            context served per request (default: the model's, at most 8192)\n"
+    "  --parallel N       requests each model runs at once, each with its own KV cache\n"
+    "                     (default 2)\n"
+    "  --split [N]        split each model into N pipeline stages over the mesh even when\n"
+    "                     it fits here (default N: 2)\n"
     "  --log-level L      error|warn|info|debug|trace (default info)\n"
     "  --log-format F     pretty|json (default pretty)\n";
 
@@ -48,6 +56,15 @@ static int serve_main(int argc, char **argv, int client)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(serve_usage, stdout); return 0; }
+        if (!strcmp(a, "--split") && !client) { /* the count is optional */
+            cfg.split = 2;
+            if (i + 1 < argc && argv[i + 1][0] != '-') {
+                long n;
+                if (cli_parse_long("serve", a, argv[++i], 2, 16, &n)) return 2;
+                cfg.split = (int)n;
+            }
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "llmesh: %s needs a value (or is unknown)\n%s", a, serve_usage);
             return 2;
@@ -71,6 +88,16 @@ static int serve_main(int argc, char **argv, int client)
             cfg.http_host = v;
         } else if (!strcmp(a, "--threads")) {
             cfg.threads = atoi(v);
+        } else if (!strcmp(a, "--max-memory") && !client) {
+            if (cli_parse_size("serve", a, v, &cfg.max_memory)) return 2;
+        } else if (!strcmp(a, "--ctx") && !client) {
+            long n;
+            if (cli_parse_long("serve", a, v, 16, 1 << 24, &n)) return 2;
+            cfg.ctx = (int)n;
+        } else if (!strcmp(a, "--parallel") && !client) {
+            long n;
+            if (cli_parse_long("serve", a, v, 1, 64, &n)) return 2;
+            cfg.parallel = (int)n;
         } else if (!strcmp(a, "--log-level")) {
             int level = log_parse_level(v);
             if (level < 0) { fprintf(stderr, "llmesh: --log-level wants error|warn|info|debug|trace, not '%s'\n", v); return 2; }

@@ -19,9 +19,13 @@
 #include "lib/log.h"
 #include "lib/sysinfo.h"
 #include "mesh/mesh.h"
+#include "models/weights.h"
 #include "serve/api.h"
+#include "serve/budget.h"
 #include "serve/http.h"
+#include "serve/pipeline.h"
 #include "serve/scheduler.h"
+#include "serve/stage.h"
 #include "serve/tunnel.h"
 
 #define NODE_MAX_PEERS 256
@@ -32,10 +36,14 @@ typedef struct {
     struct event_base *base;
     mesh *mesh;
     sched *sched;
+    budget budget;
+    weights_store *weights;
+    stage_host *stages;
+    pipelines *pipelines;
     api *api;
     http_server *api_http;
     http_server *console_http;
-    struct event *sigint, *sigterm, *memory_timer, *drain_timer;
+    struct event *sigint, *sigterm, *drain_timer;
     int signals_seen;
     uint64_t drain_deadline_ms;
     const char *role;
@@ -51,15 +59,21 @@ static char *status_json(void *ctx)
     else cJSON_AddStringToObject(root, "token", mesh_token(n->mesh));
     cJSON_AddStringToObject(root, "role", n->role);
     cJSON_AddStringToObject(root, "version", LLMESH_VERSION);
-    cJSON_AddNumberToObject(root, "memory_bytes", (double)sysinfo_memory_available());
+    cJSON_AddNumberToObject(root, "memory_bytes", (double)n->budget.total);
+    cJSON_AddNumberToObject(root, "memory_used", (double)n->budget.used);
     cJSON *models = cJSON_AddArrayToObject(root, "models");
     uint64_t model_bytes = 0;
     for (int i = 0; i < sched_model_count(n->sched); i++) {
         engine_model *m = sched_model_at(n->sched, i);
+        char why[8];
+        if (pipelines_model_state(n->pipelines, engine_model_id(m), why, sizeof why) != PIPELINE_READY)
+            continue;
         cJSON_AddItemToArray(models, cJSON_CreateString(engine_model_id(m)));
         model_bytes += engine_model_bytes(m);
     }
     cJSON_AddNumberToObject(root, "model_bytes", (double)model_bytes);
+    pipelines_status(n->pipelines, root);
+    if (n->stages) stage_host_status(n->stages, cJSON_AddArrayToObject(root, "stages"));
     cJSON_AddNumberToObject(root, "jobs_active", sched_jobs_active(n->sched));
     if (mesh_is_passive(n->mesh)) {
         int64_t age = mesh_routes_age_ms(n->mesh);
@@ -83,6 +97,7 @@ static char *status_json(void *ctx)
         cJSON *pm = cJSON_AddArrayToObject(o, "models");
         for (int j = 0; j < p->n_models; j++) cJSON_AddItemToArray(pm, cJSON_CreateString(p->models[j]));
         cJSON_AddNumberToObject(o, "memory_bytes", (double)p->memory_bytes);
+        cJSON_AddNumberToObject(o, "memory_used", (double)p->memory_used);
         cJSON_AddStringToObject(o, "state", p->state);
         if (p->link[0]) cJSON_AddStringToObject(o, "link", p->link); /* "direct" | "relayed" */
         if (p->link[0]) cJSON_AddNumberToObject(o, "rtt_ms", p->rtt_ms);
@@ -106,6 +121,13 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "clients_refused", (double)mc.clients_refused);
     cJSON_AddNumberToObject(c, "routes_pulled", (double)mc.routes_pulled);
     cJSON_AddNumberToObject(c, "routes_failed", (double)mc.routes_failed);
+    cJSON_AddNumberToObject(c, "stage_bad_frames", n->stages ? (double)stage_host_bad_frames(n->stages) : 0);
+    weights_counters wc = {0};
+    if (n->weights) weights_get_counters(n->weights, &wc);
+    cJSON_AddNumberToObject(c, "weights_served_bytes", (double)wc.served_bytes);
+    cJSON_AddNumberToObject(c, "weights_fetched_bytes", (double)wc.fetched_bytes);
+    cJSON_AddNumberToObject(c, "weights_bad_frames", (double)wc.bad_frames);
+    cJSON_AddNumberToObject(c, "weights_bad_chunks", (double)wc.bad_chunks);
 
     char *out = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -166,32 +188,14 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_add(n->drain_timer, &poll);
 }
 
-/* Memory available changes as other programs run; refresh what we gossip. */
-static void on_memory_timer(evutil_socket_t fd, short what, void *arg)
-{
-    node *n = arg;
-    mesh_set_memory(n->mesh, sysinfo_memory_available());
-}
-
 static int load_models(node *n)
 {
     for (int i = 0; i < n->cfg->n_models; i++) {
         char err[512];
-        engine_model *m = engine_model_load(n->cfg->models[i], n->cfg->threads, err, sizeof err);
-        if (!m) {
-            fprintf(stderr, "llmesh: cannot load model %s: %s\n", n->cfg->models[i], err);
+        if (pipelines_add_model(n->pipelines, n->cfg->models[i], err, sizeof err) != 0) {
+            fprintf(stderr, "llmesh: cannot load model %s\n", err);
             return -1;
         }
-        if (sched_add_model(n->sched, m) != 0) {
-            fprintf(stderr, "llmesh: model %s: a model with id '%s' is already served\n",
-                    n->cfg->models[i], engine_model_id(m));
-            engine_model_free(m);
-            return -1;
-        }
-        log_info("node", "serving %s (%.1f MiB)", engine_model_id(m), engine_model_bytes(m) / 1048576.0);
-        if (engine_chat_template_error(m)[0])
-            log_warn("node", "%s: chat uses the plain template: %s", engine_model_id(m),
-                     engine_chat_template_error(m));
     }
     return 0;
 }
@@ -208,7 +212,8 @@ int node_run(const node_config *cfg)
     n.base = event_base_new();
     if (!n.base) { fprintf(stderr, "llmesh: cannot create the event loop\n"); return 1; }
     n.sched = sched_new(n.base);
-    if (!n.sched || load_models(&n) != 0) goto out;
+    if (!n.sched) goto out;
+    n.budget.total = cfg->max_memory ? cfg->max_memory : budget_default();
 
     mesh_config mc = {
         .home = cfg->home,
@@ -219,10 +224,20 @@ int node_run(const node_config *cfg)
     };
     n.mesh = mesh_new(n.base, &mc, err, sizeof err);
     if (!n.mesh) { fprintf(stderr, "llmesh: cannot start the mesh: %s\n", err); goto out; }
-    const char *ids[NODE_MAX_MODELS];
-    for (int i = 0; i < sched_model_count(n.sched); i++) ids[i] = engine_model_id(sched_model_at(n.sched, i));
-    mesh_set_models(n.mesh, ids, sched_model_count(n.sched));
-    mesh_set_memory(n.mesh, sysinfo_memory_available());
+    n.budget.mesh = n.mesh;
+    mesh_set_memory(n.mesh, n.budget.total);
+    if (!cfg->client) {
+        if (!(n.weights = weights_store_new(n.base, n.mesh, cfg->home, err, sizeof err))) {
+            fprintf(stderr, "llmesh: weights store in %s: %s\n", cfg->home, err);
+            goto out;
+        }
+        if (!(n.stages = stage_host_new(n.base, n.mesh, n.weights, &n.budget, cfg->threads))) goto out;
+    }
+    /* A client coordinates nothing, but reads the plans it routes by. */
+    pipeline_config pc = {.n_threads = cfg->threads, .n_ctx = cfg->ctx,
+                          .n_lanes = cfg->parallel > 0 ? cfg->parallel : 2, .split = cfg->split};
+    n.pipelines = pipelines_new(n.base, n.mesh, n.sched, n.stages, n.weights, &n.budget, &pc);
+    if (!n.pipelines || load_models(&n) != 0) goto out;
 
     n.api = api_new(n.base, n.sched, n.mesh);
     if (!n.api) goto out;
@@ -238,9 +253,6 @@ int node_run(const node_config *cfg)
     event_add(n.sigint, NULL);
     event_add(n.sigterm, NULL);
     n.drain_timer = event_new(n.base, -1, EV_PERSIST, on_drain_timer, &n);
-    n.memory_timer = event_new(n.base, -1, EV_PERSIST, on_memory_timer, &n);
-    struct timeval ten_s = {10, 0};
-    event_add(n.memory_timer, &ten_s);
 
     printf("node: %s (%s)\n", mesh_node_id_hex(n.mesh), n.role);
     printf("api: http://%s:%u/v1\n", cfg->http_host, http_server_port(n.api_http));
@@ -252,7 +264,6 @@ int node_run(const node_config *cfg)
     event_base_dispatch(n.base);
     rc = 0;
 out:
-    if (n.memory_timer) event_free(n.memory_timer);
     if (n.drain_timer) event_free(n.drain_timer);
     if (n.sigint) event_free(n.sigint);
     if (n.sigterm) event_free(n.sigterm);
@@ -260,9 +271,15 @@ out:
      * tunnels), then the scheduler (joins the workers). */
     http_server_free(n.console_http);
     http_server_free(n.api_http);
+    /* Lanes waiting on a pipeline are woken before the scheduler joins
+     * them; streams are closed while the mesh is still there. */
+    pipelines_close(n.pipelines);
+    stage_host_free(n.stages);
+    weights_store_free(n.weights);
     if (n.mesh) mesh_free(n.mesh);
     api_free(n.api);
     sched_free(n.sched);
+    pipelines_free(n.pipelines);
     event_base_free(n.base);
     return rc;
 }

@@ -20,6 +20,10 @@ typedef struct {
     int api_port;                        /* 0 = any free port */
     int console_port;
     int threads;                         /* compute threads, <= 0 = all CPUs */
+    uint64_t max_memory;                 /* memory budget for models, bytes; 0 = detected */
+    int ctx;                             /* served context per request, <= 0 = the model's (capped) */
+    int parallel;                        /* requests a model runs at once (lanes), <= 0 = default */
+    int split;                           /* >= 2: split every model into this many stages */
     int client;                          /* llmesh client: no models, forward only */
 } node_config;
 

@@ -46,15 +46,23 @@ struct sched_job {
     sched_job *next_all, *prev_all; /* every live job, loop thread only */
 };
 
+/* A served model: its FIFO of jobs and one thread per lane (engine_run_lane),
+ * each taking the next job when it is free. */
 typedef struct sched_worker {
     sched *s;
     engine_model *model;
-    pthread_t thread;
+    pthread_t *threads;        /* (n_lanes) */
+    int n_lanes, n_started;
     pthread_mutex_t lock;
     pthread_cond_t cond;
     sched_job *head, *tail;
     int stop;
 } sched_worker;
+
+typedef struct {
+    sched_worker *w;
+    int lane;
+} sched_lane;
 
 struct sched {
     struct event_base *base;
@@ -113,13 +121,13 @@ static int worker_on_output(void *user, const char *text, size_t len, const engi
     return 0;
 }
 
-static void worker_run_job(sched_worker *w, sched_job *job)
+static void worker_run_job(sched_worker *w, int lane, sched_job *job)
 {
     engine_result result = {0};
     char err[256] = "";
     int rc = 0;
     if (!atomic_load(&job->cancelled))
-        rc = engine_run(w->model, &job->req, worker_on_output, job, &result, err, sizeof err);
+        rc = engine_run_lane(w->model, lane, &job->req, worker_on_output, job, &result, err, sizeof err);
     sched *s = job->s;
     pthread_mutex_lock(&s->lock);
     job->result = result;
@@ -132,7 +140,9 @@ static void worker_run_job(sched_worker *w, sched_job *job)
 
 static void *worker_main(void *arg)
 {
-    sched_worker *w = arg;
+    sched_lane lane = *(sched_lane *)arg;
+    free(arg);
+    sched_worker *w = lane.w;
     for (;;) {
         pthread_mutex_lock(&w->lock);
         while (!w->head && !w->stop) pthread_cond_wait(&w->cond, &w->lock);
@@ -141,7 +151,7 @@ static void *worker_main(void *arg)
         w->head = job->next_queued;
         if (!w->head) w->tail = NULL;
         pthread_mutex_unlock(&w->lock);
-        worker_run_job(w, job);
+        worker_run_job(w, lane.lane, job);
     }
     return NULL;
 }
@@ -227,15 +237,16 @@ void sched_free(sched *s)
         sched_worker *w = s->workers[i];
         pthread_mutex_lock(&w->lock);
         w->stop = 1;
-        pthread_cond_signal(&w->cond);
+        pthread_cond_broadcast(&w->cond);
         pthread_mutex_unlock(&w->lock);
-        pthread_join(w->thread, NULL);
+        for (int l = 0; l < w->n_started; l++) pthread_join(w->threads[l], NULL);
     }
     /* Workers are gone; jobs never started are still on their queues. */
     while (s->all) job_free(s->all);
     for (int i = 0; i < s->n_workers; i++) {
         sched_worker *w = s->workers[i];
         engine_model_free(w->model);
+        free(w->threads);
         pthread_mutex_destroy(&w->lock);
         pthread_cond_destroy(&w->cond);
         free(w);
@@ -253,9 +264,28 @@ int sched_add_model(sched *s, engine_model *m)
     if (!w) return -1;
     w->s = s;
     w->model = m;
+    w->n_lanes = engine_model_lanes(m);
+    w->threads = calloc((size_t)w->n_lanes, sizeof *w->threads);
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
-    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+    for (int l = 0; w->threads && l < w->n_lanes; l++) {
+        sched_lane *arg = malloc(sizeof *arg);
+        if (!arg) break;
+        arg->w = w;
+        arg->lane = l;
+        if (pthread_create(&w->threads[l], NULL, worker_main, arg) != 0) {
+            free(arg);
+            break;
+        }
+        w->n_started++;
+    }
+    if (w->n_started < w->n_lanes) {
+        pthread_mutex_lock(&w->lock);
+        w->stop = 1;
+        pthread_cond_broadcast(&w->cond);
+        pthread_mutex_unlock(&w->lock);
+        for (int l = 0; l < w->n_started; l++) pthread_join(w->threads[l], NULL);
+        free(w->threads);
         pthread_mutex_destroy(&w->lock);
         pthread_cond_destroy(&w->cond);
         free(w);

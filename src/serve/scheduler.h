@@ -1,8 +1,11 @@
 /* scheduler.h: runs generation jobs for the models this node serves.
  *
- * Each local model gets one worker thread and a FIFO of jobs (a model owns a
- * single KV cache, so its jobs run one at a time; batching several requests
- * is a later step). Generated text travels back to the event-loop thread:
+ * Each local model gets a FIFO of jobs and one worker thread per lane
+ * (engine_model_lanes: each lane has its own KV cache, so that many jobs run
+ * at once; the engine serialises their compute on the model's thread pool,
+ * and a lane waiting on a pipeline's other stages leaves it to the others;
+ * batching several requests in one pass is a later step). Generated text
+ * travels back to the event-loop thread:
  * the worker appends it to the job under the scheduler's lock and wakes the
  * loop with one shared event; callbacks then run on the loop thread.
  *

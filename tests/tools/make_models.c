@@ -6,6 +6,8 @@
  *   make_models list              names of the logits models, one a line
  *   make_models model NAME PATH   one logits model: real layer widths of a
  *                                 known model, two layers, random weights
+ *   make_models list-split        names of the split-test models (small widths,
+ *                                 six layers; `model NAME PATH` writes them)
  *
  * Vocabularies: byte-level BPE merges and SentencePiece pieces are trained
  * here on a small multilingual corpus (below, written for this tool), so the
@@ -426,6 +428,23 @@ static const model_spec specs[] = {
                             .n_vocab = 32000, .n_rot = 96, .longrope = 1, .n_ctx_orig = 16,
                             .attn_factor = 1.19f, .n_swa = 262144, Q8, .seed = 23}},
 };
+
+/* Small models of several layers, one per architecture and a few types, for
+ * the split tests (tests/integration/split.sh): stages run on separate
+ * processes and must answer exactly as one process does. */
+static const model_spec split_specs[] = {
+    {"split-llama-f32", {.arch = "llama", .n_embd = 256, .n_head = 8, .n_head_kv = 4, .n_ff = 512,
+                         .n_vocab = 512, .rope_freqs = 1, .type = GGML_TYPE_F32, .seed = 31}},
+    {"split-qwen2-q8_0", {.arch = "qwen2", .n_embd = 256, .n_head = 4, .n_head_kv = 2, .n_ff = 512,
+                          .n_vocab = 512, .tied_output = 1, .qkv_bias = 1, Q8, .seed = 32}},
+    {"split-qwen3-f16", {.arch = "qwen3", .n_embd = 256, .n_head = 4, .n_head_kv = 2, .head_dim = 64,
+                         .n_ff = 512, .n_vocab = 512, .qk_norm = 1, .type = GGML_TYPE_F16, .seed = 33}},
+    {"split-gemma3-q8_0", {.arch = "gemma3", .n_embd = 256, .n_head = 4, .n_head_kv = 1, .head_dim = 64,
+                           .n_ff = 512, .n_vocab = 512, .tied_output = 1, .qk_norm = 1, .n_swa = 8,
+                           Q8, .seed = 34}},
+    {"split-phi3-q8_0", {.arch = "phi3", .n_embd = 256, .n_head = 4, .n_head_kv = 4, .n_ff = 512,
+                         .n_vocab = 512, .tied_output = 1, Q8, .seed = 35}},
+};
 #undef Q8
 
 int main(int argc, char **argv)
@@ -439,6 +458,10 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) printf("%s\n", specs[i].name);
         return 0;
     }
+    if (argc == 2 && !strcmp(argv[1], "list-split")) {
+        for (size_t i = 0; i < sizeof split_specs / sizeof split_specs[0]; i++) printf("%s\n", split_specs[i].name);
+        return 0;
+    }
     if (argc == 4 && !strcmp(argv[1], "model")) {
         for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
             if (strcmp(specs[i].name, argv[2])) continue;
@@ -448,8 +471,16 @@ int main(int argc, char **argv)
             if (model_writer_write(argv[3], &p)) die("cannot write the model");
             return 0;
         }
-        die("unknown model name (see 'make_models list')");
+        for (size_t i = 0; i < sizeof split_specs / sizeof split_specs[0]; i++) {
+            if (strcmp(split_specs[i].name, argv[2])) continue;
+            model_writer_params p = split_specs[i].p;
+            p.n_layer = 6;
+            p.n_ctx = 512;
+            if (model_writer_write(argv[3], &p)) die("cannot write the model");
+            return 0;
+        }
+        die("unknown model name (see 'make_models list' and 'list-split')");
     }
-    fprintf(stderr, "usage: make_models vocabs DIR | list | model NAME PATH\n");
+    fprintf(stderr, "usage: make_models vocabs DIR | list | list-split | model NAME PATH\n");
     return 2;
 }

@@ -1,0 +1,960 @@
+/* pipeline.c: see pipeline.h.
+ *
+ * One `pipe` per coordinated model. Its plan moves through
+ *   PLANNING --plan fits--> LOADING --every stage ready--> READY
+ *       ^                      |                             |
+ *       +---- a stage fails, or planning finds no room ------+
+ * On the loop thread: planning, the control streams to the stages, the data
+ * streams (out to stage 1, in from the last stage), the plan's publication.
+ * On the lane threads (the scheduler's, inside engine_run_lane): the tail,
+ * which queues hidden states for the loop to send and waits for final ones.
+ * The two meet under pipe->lock:
+ *   - `ready` says the tail may be used; `epoch` grows at every break;
+ *   - each lane has a buffer of final hidden states received, the count the
+ *     engine expects, and `broken` (its exchange was cut: the engine must
+ *     resume and replay);
+ *   - `failing` makes resume give up with `fail_reason` (no plan fits);
+ *   - frames the lanes queue (the outbox) carry the epoch they were made in,
+ *     and the loop drops those of an older epoch.
+ *
+ * Why memory of the old plan is credited back when replanning: after a
+ * stage failure the surviving stages release their reservations only when
+ * they see their control stream close, and other nodes learn it by gossip a
+ * moment later; planning at once against the stale figures would find the
+ * mesh full and fail the requests in flight for nothing. */
+#include "serve/pipeline.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/engine.h"
+#include "engine/gguf.h"
+#include "engine/model.h"
+#include "lib/log.h"
+#include "mesh/identity.h"
+#include "models/weights.h"
+#include "serve/plan.h"
+#include "serve/scheduler.h"
+#include "serve/stage.h"
+#include "serve/stage_wire.h"
+
+#define PIPE_LOG "pipeline"
+#define PIPE_MAX 16
+#define PIPE_PLAN_RETRY_MS 1000     /* planning again while a model is planning */
+#define PIPE_PUBLISH_MS 200         /* plan changes are gossiped at most this often */
+#define PIPE_AVOID_MS 10000         /* a node that failed a plan is left out this long */
+#define PIPE_RECEIVE_TIMEOUT_S 120  /* a lane waiting longer on the pipeline gives up */
+#define PIPE_RESUME_TIMEOUT_S 600   /* loading a new plan (fetching weights) may take this long */
+#define PIPE_MAX_AVOID 8
+
+typedef struct pipe_out {
+    struct pipe_out *next;
+    uint32_t epoch;
+    size_t len;
+    uint8_t frame[];
+} pipe_out;
+
+typedef struct {
+    float *rows;          /* final hidden states received, (cap_rows, n_embd) */
+    int cap_rows;
+    int got;              /* rows received since the last receive */
+    int broken;
+} pipe_lane;
+
+typedef struct pipe {
+    pipelines *ps;
+    char id[MESH_MAX_NAME];
+    char path[1024];
+    engine_model *em;     /* owned by the scheduler */
+    uint8_t hash[32];
+    model_sizes *z;
+    int n_layer, n_embd, n_ctx, n_lanes;
+    engine_tail tail;
+
+    /* Loop thread. */
+    plan plan;
+    uint32_t next_version;
+    uint64_t reserved;                        /* this node's part, in the budget */
+    uint64_t stage_need[PLAN_MAX_STAGES];     /* what each stage was assigned */
+    mesh_stream *control[PLAN_MAX_STAGES];
+    stage_stats stats[PLAN_MAX_STAGES];
+    mesh_stream *data_out, *data_in;
+    uint8_t avoid[PIPE_MAX_AVOID][MESH_ID_BYTES];
+    uint64_t avoid_until[PIPE_MAX_AVOID];
+    uint64_t planning_since_ms;
+    uint64_t ready_at_ms;
+    uint64_t breaks;                          /* plans broken by a failure */
+
+    /* Shared with the lanes, under lock. */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int ready, failing, closed;
+    uint32_t epoch;
+    char fail_reason[PLAN_MAX_REASON];
+    pipe_lane *lanes;
+    pipe_out *out_head, *out_tail;
+    uint64_t sent_frames, sent_bytes, recv_rows;
+    uint64_t round_trips, round_trip_us;      /* send of a last row to its arrival */
+    uint64_t *sent_at_us;                     /* (n_lanes) when a lane last asked for rows */
+} pipe;
+
+struct pipelines {
+    struct event_base *base;
+    mesh *mesh;
+    sched *sched;
+    stage_host *stages;
+    weights_store *ws;
+    budget *budget;
+    pipeline_config cfg;
+    pipe *pipes[PIPE_MAX];
+    int n_pipes;
+    struct event *wake;       /* lanes queued frames */
+    struct event *timer;      /* replanning, deferred publication */
+    int publish_dirty;
+    uint64_t last_publish_ms;
+};
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static uint64_t now_ms(void) { return now_us() / 1000; }
+
+/* ======================================================================== */
+/* the tail: lane threads                                                    */
+/* ======================================================================== */
+
+static int tail_send(void *ctx, int lane, int pos, int n, const float *x, int rows, char *err,
+                     size_t errlen)
+{
+    pipe *p = ctx;
+    size_t data = (size_t)n * p->n_embd * sizeof(float);
+    pipe_out *o = malloc(sizeof *o + STAGE_STATES_HEADER + data);
+    if (!o) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    stage_states h = {.lane = (uint16_t)lane, .pos = (uint32_t)pos, .n = (uint16_t)n,
+                      .rows = (uint8_t)rows, .dtype = STAGE_DTYPE_F32};
+    stage_encode_states_header(STAGE_FORWARD, &h, o->frame);
+    memcpy(o->frame + STAGE_STATES_HEADER, x, data);
+    o->len = STAGE_STATES_HEADER + data;
+    o->next = NULL;
+    pthread_mutex_lock(&p->lock);
+    if (p->closed || !p->ready || p->lanes[lane].broken) {
+        int closed = p->closed;
+        pthread_mutex_unlock(&p->lock);
+        free(o);
+        if (closed) {
+            snprintf(err, errlen, "the node is shutting down");
+            return -1;
+        }
+        return ENGINE_TAIL_BROKEN;
+    }
+    o->epoch = p->epoch;
+    if (rows != ENGINE_ROWS_NONE) p->sent_at_us[lane] = now_us();
+    if (p->out_tail) p->out_tail->next = o;
+    else p->out_head = o;
+    p->out_tail = o;
+    pthread_mutex_unlock(&p->lock);
+    event_active(p->ps->wake, EV_READ, 0);
+    return 0;
+}
+
+static int tail_receive(void *ctx, int lane, float *out, int n_rows, char *err, size_t errlen)
+{
+    pipe *p = ctx;
+    pipe_lane *L = &p->lanes[lane];
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += PIPE_RECEIVE_TIMEOUT_S;
+    int rc = 0;
+    pthread_mutex_lock(&p->lock);
+    while (!p->closed && !L->broken && L->got < n_rows && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&p->cond, &p->lock, &deadline);
+    if (p->closed) {
+        snprintf(err, errlen, "the node is shutting down");
+        rc = -1;
+    } else if (L->broken) {
+        rc = ENGINE_TAIL_BROKEN;
+    } else if (L->got < n_rows) {
+        snprintf(err, errlen, "the pipeline gave no answer in %d s", PIPE_RECEIVE_TIMEOUT_S);
+        rc = -1;
+    } else {
+        memcpy(out, L->rows, sizeof(float) * (size_t)n_rows * p->n_embd);
+        L->got = 0;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+static int tail_resume(void *ctx, int lane, char *err, size_t errlen)
+{
+    pipe *p = ctx;
+    pipe_lane *L = &p->lanes[lane];
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += PIPE_RESUME_TIMEOUT_S;
+    int rc = 0;
+    pthread_mutex_lock(&p->lock);
+    while (!p->closed && !p->failing && !p->ready && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&p->cond, &p->lock, &deadline);
+    if (p->closed) {
+        snprintf(err, errlen, "the node is shutting down");
+        rc = -1;
+    } else if (p->failing) {
+        snprintf(err, errlen, "the model cannot run any more: %s", p->fail_reason);
+        rc = -1;
+    } else if (!p->ready) {
+        snprintf(err, errlen, "no new pipeline for the model in %d s", PIPE_RESUME_TIMEOUT_S);
+        rc = -1;
+    } else {
+        L->broken = 0;
+        L->got = 0;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+/* ======================================================================== */
+/* plans: loop thread                                                        */
+/* ======================================================================== */
+
+static void publish_soon(pipelines *ps)
+{
+    ps->publish_dirty = 1;
+}
+
+static void publish_now(pipelines *ps)
+{
+    plan plans[PIPE_MAX];
+    int n = 0;
+    for (int i = 0; i < ps->n_pipes; i++) plans[n++] = ps->pipes[i]->plan;
+    uint8_t buf[MESH_MAX_APP];
+    int len = plan_encode_list(plans, n, buf, sizeof buf);
+    while (len < 0 && n > 0) len = plan_encode_list(plans, --n, buf, sizeof buf);
+    if (n < ps->n_pipes) log_warn(PIPE_LOG, "only %d of %d plans fit this node's record", n, ps->n_pipes);
+    mesh_set_app_data(ps->mesh, buf, len > 0 ? (size_t)len : 0);
+    const char *ready[PIPE_MAX];
+    int n_ready = 0;
+    for (int i = 0; i < ps->n_pipes; i++)
+        if (ps->pipes[i]->plan.state == PLAN_READY) ready[n_ready++] = ps->pipes[i]->id;
+    mesh_set_models(ps->mesh, ready, n_ready);
+    ps->publish_dirty = 0;
+    ps->last_publish_ms = now_ms();
+}
+
+static uint64_t pipe_need(void *ctx, int first, int end, int head)
+{
+    pipe *p = ctx;
+    pipelines *ps = p->ps;
+    if (first < end) {
+        model_part part = {first, end, head};
+        return model_part_need(p->z, &part, p->n_ctx, p->n_lanes, ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
+    }
+    /* No layer: what one layer costs, taken off a one-layer part. */
+    model_part one = {0, 1, head};
+    uint64_t with_one = model_part_need(p->z, &one, p->n_ctx, p->n_lanes, ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
+    uint64_t layer = p->z->layer_bytes[0] + p->z->kv_bytes_per_pos * (uint64_t)p->n_ctx * (uint64_t)p->n_lanes;
+    return with_one > layer ? with_one - layer : with_one;
+}
+
+static int avoided(pipe *p, const uint8_t id[MESH_ID_BYTES])
+{
+    uint64_t now = now_ms();
+    for (int i = 0; i < PIPE_MAX_AVOID; i++)
+        if (p->avoid_until[i] > now && !memcmp(p->avoid[i], id, MESH_ID_BYTES)) return 1;
+    return 0;
+}
+
+static void avoid_node(pipe *p, const uint8_t id[MESH_ID_BYTES])
+{
+    int slot = 0;
+    for (int i = 1; i < PIPE_MAX_AVOID; i++)
+        if (p->avoid_until[i] < p->avoid_until[slot]) slot = i;
+    memcpy(p->avoid[slot], id, MESH_ID_BYTES);
+    p->avoid_until[slot] = now_ms() + PIPE_AVOID_MS;
+}
+
+static void lanes_break(pipe *p, int fail, const char *reason)
+{
+    pthread_mutex_lock(&p->lock);
+    p->ready = 0;
+    p->epoch++;
+    for (int i = 0; i < p->n_lanes; i++) {
+        p->lanes[i].broken = 1;
+        p->lanes[i].got = 0;
+    }
+    if (fail) {
+        p->failing = 1;
+        snprintf(p->fail_reason, sizeof p->fail_reason, "%s", reason);
+    }
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void lanes_ready(pipe *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->ready = 1;
+    p->failing = 0;
+    p->fail_reason[0] = 0;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* Closes every stream of the current plan and gives back this node's part. */
+static void plan_teardown(pipe *p)
+{
+    for (int i = 0; i < PLAN_MAX_STAGES; i++)
+        if (p->control[i]) {
+            mesh_stream_abort(p->control[i]);
+            p->control[i] = NULL;
+        }
+    if (p->data_out) mesh_stream_abort(p->data_out);
+    if (p->data_in) mesh_stream_abort(p->data_in);
+    p->data_out = p->data_in = NULL;
+    if (p->reserved) budget_release(p->ps->budget, p->reserved);
+    p->reserved = 0;
+    memset(p->stats, 0, sizeof p->stats);
+}
+
+static void plan_start(pipe *p);
+
+/* A stage failed: break the lanes' exchanges, tear down, plan again. */
+static void plan_break(pipe *p, const uint8_t *culprit, const char *why)
+{
+    if (p->plan.state == PLAN_PLANNING) return;
+    char hex[MESH_ID_HEX] = "";
+    if (culprit) {
+        identity_id_hex(culprit, hex);
+        avoid_node(p, culprit);
+    }
+    log_warn(PIPE_LOG, "%s: pipeline v%u broken%s%.16s: %s; planning again", p->id, p->plan.version,
+             culprit ? " by " : "", hex, why);
+    p->breaks++;
+    lanes_break(p, 0, why);
+    plan_start(p);
+}
+
+static const mesh_stream_handlers control_handlers;
+static const mesh_stream_handlers data_out_handlers;
+
+static int stage_index_of(pipe *p, mesh_stream *s)
+{
+    for (int i = 1; i < p->plan.n_stages; i++)
+        if (p->control[i] == s) return i;
+    return -1;
+}
+
+/* Every stage is ready: START them, open the ring, hand the engine its tail. */
+static void plan_go(pipe *p)
+{
+    uint8_t start = STAGE_START;
+    for (int i = 1; i < p->plan.n_stages; i++) mesh_stream_send(p->control[i], &start, 1);
+    char err[256];
+    p->data_out = mesh_stream_open(p->ps->mesh, p->plan.stages[1].node, STAGE_STREAM_DATA,
+                                   &data_out_handlers, p, err, sizeof err);
+    if (!p->data_out) {
+        plan_break(p, p->plan.stages[1].node, err);
+        return;
+    }
+    stage_hello hello;
+    memset(&hello, 0, sizeof hello);
+    memcpy(hello.coordinator, mesh_node_id(p->ps->mesh), MESH_ID_BYTES);
+    snprintf(hello.model, sizeof hello.model, "%s", p->id);
+    hello.version = p->plan.version;
+    hello.stage = 1;
+    uint8_t frame[256];
+    int n = stage_encode_hello(&hello, frame, sizeof frame);
+    mesh_stream_send(p->data_out, frame, (size_t)n);
+    engine_set_split(p->em, p->plan.stages[0].end, &p->tail);
+    p->plan.state = PLAN_READY;
+    p->plan.stages[0].state = STAGE_READY;
+    p->ready_at_ms = now_ms();
+    lanes_ready(p);
+    publish_now(p->ps);
+    log_info(PIPE_LOG, "%s: pipeline v%u ready: %d stages", p->id, p->plan.version, p->plan.n_stages);
+}
+
+static void plan_check_ready(pipe *p)
+{
+    if (p->plan.state != PLAN_LOADING) return;
+    for (int i = 1; i < p->plan.n_stages; i++)
+        if (p->plan.stages[i].state != STAGE_READY) return;
+    plan_go(p);
+}
+
+/* Plans the model over this node and the alive members, and starts the
+ * plan: solo at once; split: ASSIGN to every stage. */
+static void plan_start(pipe *p)
+{
+    pipelines *ps = p->ps;
+    /* What the old plan held comes back to the members (see the top). */
+    uint64_t credit[PLAN_MAX_STAGES];
+    uint8_t credit_node[PLAN_MAX_STAGES][MESH_ID_BYTES];
+    int n_credit = 0;
+    for (int i = 1; i < p->plan.n_stages; i++)
+        if (p->control[i] || p->plan.state != PLAN_PLANNING) {
+            credit[n_credit] = p->stage_need[i];
+            memcpy(credit_node[n_credit++], p->plan.stages[i].node, MESH_ID_BYTES);
+        }
+    plan_teardown(p);
+
+    static mesh_peer peers[256];
+    int n_peers = mesh_peers(ps->mesh, peers, 256);
+    if (n_peers > 256) n_peers = 256;
+    plan_member *members = calloc((size_t)n_peers + 1, sizeof *members);
+    if (!members) return;
+    int n = 0;
+    memcpy(members[0].id, mesh_node_id(ps->mesh), MESH_ID_BYTES);
+    members[0].free_bytes = budget_free(ps->budget);
+    n = 1;
+    for (int i = 0; i < n_peers; i++) {
+        const mesh_peer *q = &peers[i];
+        if (strcmp(q->state, "alive") || !strcmp(q->role, "client") || !q->link[0]) continue;
+        plan_member *m = &members[n];
+        if (identity_id_from_hex(q->id, m->id) != 0 || avoided(p, m->id)) continue;
+        m->free_bytes = q->memory_bytes > q->memory_used ? q->memory_bytes - q->memory_used : 0;
+        for (int c = 0; c < n_credit; c++)
+            if (!memcmp(credit_node[c], m->id, MESH_ID_BYTES)) m->free_bytes += credit[c];
+        if (m->free_bytes > q->memory_bytes) m->free_bytes = q->memory_bytes;
+        m->relayed = !strcmp(q->link, "relayed");
+        m->rtt_ms = q->rtt_ms;
+        n++;
+    }
+    plan_request rq = {.model = p->id, .n_layer = p->n_layer, .need = pipe_need, .need_ctx = p,
+                       .force_stages = ps->cfg.split};
+    plan next;
+    int rc = plan_make(&rq, members, n, &next);
+    free(members);
+    next.version = ++p->next_version;
+    int was_planning = p->plan.state == PLAN_PLANNING && p->plan.version > 0;
+    char old_reason[PLAN_MAX_REASON];
+    snprintf(old_reason, sizeof old_reason, "%s", p->plan.reason);
+    p->plan = next;
+    publish_soon(ps);
+    if (rc != 0) {
+        if (!was_planning || strcmp(old_reason, next.reason))
+            log_warn(PIPE_LOG, "%s: cannot run now: %s", p->id, next.reason);
+        if (!p->planning_since_ms) p->planning_since_ms = now_ms();
+        /* Requests waiting to resume end now, with the reason. */
+        lanes_break(p, 1, next.reason);
+        return;
+    }
+    p->planning_since_ms = 0;
+    uint64_t need0 = pipe_need(p, 0, next.stages[0].end, 1);
+    if (budget_reserve(ps->budget, need0) != 0) { /* cannot happen: planned with budget_free */
+        p->plan.state = PLAN_PLANNING;
+        snprintf(p->plan.reason, sizeof p->plan.reason, "this node's memory is taken");
+        return;
+    }
+    p->reserved = need0;
+    if (next.n_stages == 1) {
+        engine_set_split(p->em, p->n_layer, NULL);
+        p->plan.state = PLAN_READY;
+        p->plan.stages[0].state = STAGE_READY;
+        p->ready_at_ms = now_ms();
+        lanes_ready(p);
+        publish_now(ps);
+        log_info(PIPE_LOG, "%s: runs here (solo, %.1f MiB)", p->id, need0 / 1048576.0);
+        return;
+    }
+    log_info(PIPE_LOG, "%s: plan v%u, %d stages", p->id, next.version, next.n_stages);
+    for (int i = 0; i < next.n_stages; i++) {
+        char hex[MESH_ID_HEX];
+        identity_id_hex(next.stages[i].node, hex);
+        log_info(PIPE_LOG, "  stage %d: layers [%d, %d) on %.16s", i, next.stages[i].first,
+                 next.stages[i].end, hex);
+    }
+    p->plan.stages[0].state = STAGE_LOADING;
+    for (int i = 1; i < next.n_stages; i++) {
+        stage_assign a;
+        memset(&a, 0, sizeof a);
+        a.version = next.version;
+        memcpy(a.model_hash, p->hash, 32);
+        snprintf(a.model, sizeof a.model, "%s", p->id);
+        a.n_layer = (uint16_t)p->n_layer;
+        a.first = (uint16_t)next.stages[i].first;
+        a.end = (uint16_t)next.stages[i].end;
+        a.stage = (uint8_t)i;
+        a.n_stages = (uint8_t)next.n_stages;
+        memcpy(a.next, i + 1 < next.n_stages ? next.stages[i + 1].node : mesh_node_id(ps->mesh),
+               MESH_ID_BYTES);
+        a.n_ctx = (uint32_t)p->n_ctx;
+        a.n_lanes = (uint16_t)p->n_lanes;
+        a.n_embd = (uint32_t)p->n_embd;
+        a.dtype = STAGE_DTYPE_F32;
+        a.need_bytes = p->stage_need[i] = pipe_need(p, a.first, a.end, 0);
+        char err[256];
+        p->control[i] = mesh_stream_open(ps->mesh, next.stages[i].node, STAGE_STREAM_CONTROL,
+                                         &control_handlers, p, err, sizeof err);
+        uint8_t frame[STAGE_CONTROL_MAX_FRAME];
+        int len = stage_encode_assign(&a, frame, sizeof frame);
+        if (!p->control[i] || len < 0 || mesh_stream_send(p->control[i], frame, (size_t)len) != 0) {
+            plan_break(p, next.stages[i].node, p->control[i] ? "cannot send ASSIGN" : err);
+            return;
+        }
+    }
+}
+
+/* ---- control streams: the stages' reports ------------------------------ */
+
+static void control_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_t len)
+{
+    pipe *p = user;
+    int i = stage_index_of(p, s);
+    if (i < 0) return;
+    char err[256];
+    plan_stage *st = &p->plan.stages[i];
+    if (len && f[0] == STAGE_STATUS) {
+        stage_status status;
+        if (stage_decode_status(f, len, &status, err, sizeof err) != 0) goto bad;
+        int changed = st->state != status.state;
+        st->state = status.state;
+        st->fetched_bytes = status.fetched_bytes;
+        st->total_bytes = status.total_bytes;
+        if (changed && status.state == STAGE_FETCHING)
+            log_info(PIPE_LOG, "%s: stage %d fetching %.1f MiB of weights", p->id, i, status.total_bytes / 1048576.0);
+        publish_soon(p->ps);
+        plan_check_ready(p);
+        return;
+    }
+    if (len && f[0] == STAGE_STATS) {
+        if (stage_decode_stats(f, len, &p->stats[i], err, sizeof err) != 0) goto bad;
+        return;
+    }
+    if (len && f[0] == STAGE_REFUSE) {
+        uint16_t lane;
+        char msg[STAGE_MAX_MESSAGE + 1];
+        if (stage_decode_message(f, len, &lane, msg, sizeof msg, err, sizeof err) != 0) goto bad;
+        plan_break(p, st->node, msg);
+        return;
+    }
+    snprintf(err, sizeof err, "unexpected control frame of kind 0x%02x", len ? f[0] : 0);
+bad:
+    stage_host_count_bad_frame(p->ps->stages);
+    plan_break(p, st->node, err);
+}
+
+static void control_on_close(void *user, mesh_stream *s, const char *error)
+{
+    pipe *p = user;
+    int i = stage_index_of(p, s);
+    if (i < 0) return;
+    p->control[i] = NULL;
+    plan_break(p, p->plan.stages[i].node, error ? error : "the stage closed its control stream");
+}
+
+static const mesh_stream_handlers control_handlers = {control_on_frame, NULL, control_on_close};
+
+/* ---- data streams ------------------------------------------------------ */
+
+static void data_out_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_t len)
+{
+    pipe *p = user;
+    stage_host_count_bad_frame(p->ps->stages); /* nothing comes back this way */
+    p->data_out = NULL;
+    mesh_stream_abort(s);
+    plan_break(p, p->plan.stages[1].node, "a frame on the outgoing data stream");
+}
+
+static void data_out_on_close(void *user, mesh_stream *s, const char *error)
+{
+    pipe *p = user;
+    if (p->data_out != s) return;
+    p->data_out = NULL;
+    plan_break(p, p->plan.stages[1].node, error ? error : "stage 1 closed the data stream");
+}
+
+static const mesh_stream_handlers data_out_handlers = {data_out_on_frame, NULL, data_out_on_close};
+
+static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_t len)
+{
+    pipe *p = user;
+    char err[256];
+    const uint8_t *last = p->plan.stages[p->plan.n_stages - 1].node;
+    if (len && f[0] == STAGE_FAIL) {
+        uint16_t lane;
+        char msg[STAGE_MAX_MESSAGE + 1];
+        if (stage_decode_message(f, len, &lane, msg, sizeof msg, err, sizeof err) != 0 ||
+            lane >= p->n_lanes)
+            goto bad;
+        log_info(PIPE_LOG, "%s: lane %u replays: %s", p->id, lane, msg);
+        pthread_mutex_lock(&p->lock);
+        p->lanes[lane].broken = 1;
+        pthread_cond_broadcast(&p->cond);
+        pthread_mutex_unlock(&p->lock);
+        return;
+    }
+    stage_states o;
+    if (len == 0 || f[0] != STAGE_OUTPUT || stage_decode_states(f, len, (uint32_t)p->n_embd, &o, err, sizeof err) != 0)
+        goto bad;
+    if (o.lane >= p->n_lanes || o.dtype != STAGE_DTYPE_F32) {
+        snprintf(err, sizeof err, "OUTPUT for lane %u, dtype %u", o.lane, o.dtype);
+        goto bad;
+    }
+    pthread_mutex_lock(&p->lock);
+    pipe_lane *L = &p->lanes[o.lane];
+    if (!L->broken) {
+        if (L->got + o.n > L->cap_rows) {
+            int cap = L->cap_rows ? L->cap_rows : 64;
+            while (cap < L->got + o.n) cap *= 2;
+            float *grown = realloc(L->rows, sizeof(float) * (size_t)cap * p->n_embd);
+            if (!grown) {
+                L->broken = 1;
+            } else {
+                L->rows = grown;
+                L->cap_rows = cap;
+            }
+        }
+        if (!L->broken) {
+            memcpy(L->rows + (size_t)L->got * p->n_embd, o.data, o.data_len);
+            L->got += o.n;
+            p->recv_rows += o.n;
+            if (p->sent_at_us[o.lane]) {
+                p->round_trips++;
+                p->round_trip_us += now_us() - p->sent_at_us[o.lane];
+                p->sent_at_us[o.lane] = 0;
+            }
+        }
+        pthread_cond_broadcast(&p->cond);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return;
+bad:
+    log_warn(PIPE_LOG, "%s: bad frame from the last stage: %s", p->id, err);
+    stage_host_count_bad_frame(p->ps->stages);
+    p->data_in = NULL;
+    mesh_stream_abort(s);
+    plan_break(p, last, err);
+}
+
+static void data_in_on_close(void *user, mesh_stream *s, const char *error)
+{
+    pipe *p = user;
+    if (p->data_in != s) return;
+    p->data_in = NULL;
+    if (p->plan.n_stages > 1)
+        plan_break(p, p->plan.stages[p->plan.n_stages - 1].node,
+                   error ? error : "the last stage closed the data stream");
+}
+
+static const mesh_stream_handlers data_in_handlers = {data_in_on_frame, NULL, data_in_on_close};
+
+/* The last stage's data stream, addressed to stage 0 of one of our plans. */
+static void ring_accept(void *ctx, mesh_stream *s, const stage_hello *hello)
+{
+    pipelines *ps = ctx;
+    for (int i = 0; i < ps->n_pipes; i++) {
+        pipe *p = ps->pipes[i];
+        if (strcmp(p->id, hello->model) || p->plan.version != hello->version || p->plan.n_stages < 2 ||
+            memcmp(mesh_stream_peer(s), p->plan.stages[p->plan.n_stages - 1].node, MESH_ID_BYTES))
+            continue;
+        if (p->data_in) mesh_stream_abort(p->data_in);
+        p->data_in = s;
+        mesh_stream_set_handlers(s, &data_in_handlers, p);
+        return;
+    }
+    log_warn(PIPE_LOG, "a data stream for %s v%u that is no plan of ours: refused", hello->model,
+             hello->version);
+    stage_host_count_bad_frame(ps->stages);
+    mesh_stream_set_handlers(s, &(mesh_stream_handlers){0}, NULL);
+    mesh_stream_abort(s);
+}
+
+/* ---- the loop's events ------------------------------------------------- */
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    pipelines *ps = arg;
+    for (int i = 0; i < ps->n_pipes; i++) {
+        pipe *p = ps->pipes[i];
+        pthread_mutex_lock(&p->lock);
+        pipe_out *list = p->out_head;
+        p->out_head = p->out_tail = NULL;
+        uint32_t epoch = p->epoch;
+        pthread_mutex_unlock(&p->lock);
+        while (list) {
+            pipe_out *o = list;
+            list = o->next;
+            if (o->epoch == epoch && p->data_out && mesh_stream_send(p->data_out, o->frame, o->len) == 0) {
+                p->sent_frames++;
+                p->sent_bytes += o->len;
+            }
+            free(o);
+        }
+    }
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    pipelines *ps = arg;
+    uint64_t now = now_ms();
+    for (int i = 0; i < ps->n_pipes; i++) {
+        pipe *p = ps->pipes[i];
+        if (p->plan.state == PLAN_PLANNING && now - p->planning_since_ms >= PIPE_PLAN_RETRY_MS) {
+            p->planning_since_ms = now;
+            plan_start(p);
+            if (p->plan.state == PLAN_PLANNING) p->planning_since_ms = now;
+        }
+    }
+    if (ps->publish_dirty && now - ps->last_publish_ms >= PIPE_PUBLISH_MS) publish_now(ps);
+}
+
+/* ======================================================================== */
+/* life cycle                                                                */
+/* ======================================================================== */
+
+pipelines *pipelines_new(struct event_base *base, mesh *m, sched *s, stage_host *sh, weights_store *ws,
+                         budget *b, const pipeline_config *cfg)
+{
+    pipelines *ps = calloc(1, sizeof *ps);
+    if (!ps) return NULL;
+    ps->base = base;
+    ps->mesh = m;
+    ps->sched = s;
+    ps->stages = sh;
+    ps->ws = ws;
+    ps->budget = b;
+    ps->cfg = *cfg;
+    ps->wake = event_new(base, -1, 0, on_wake, ps);
+    ps->timer = event_new(base, -1, EV_PERSIST, on_timer, ps);
+    if (!ps->wake || !ps->timer) {
+        pipelines_free(ps);
+        return NULL;
+    }
+    struct timeval every = {0, 100 * 1000};
+    event_add(ps->timer, &every);
+    if (sh) stage_host_set_ring(sh, ring_accept, ps);
+    return ps;
+}
+
+static void pipe_free(pipe *p)
+{
+    plan_teardown(p);
+    while (p->out_head) {
+        pipe_out *o = p->out_head;
+        p->out_head = o->next;
+        free(o);
+    }
+    for (int i = 0; p->lanes && i < p->n_lanes; i++) free(p->lanes[i].rows);
+    free(p->lanes);
+    free(p->sent_at_us);
+    free(p->z);
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->cond);
+    free(p);
+}
+
+int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errlen)
+{
+    if (ps->n_pipes == PIPE_MAX) {
+        snprintf(err, errlen, "at most %d models per node", PIPE_MAX);
+        return -1;
+    }
+    pipe *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    p->ps = ps;
+    snprintf(p->path, sizeof p->path, "%s", path);
+    char inner[512];
+    /* Sizes for planning, from the header alone. */
+    gguf_file *f = gguf_open(path, inner, sizeof inner);
+    p->z = malloc(sizeof *p->z);
+    if (!f || !p->z || model_sizes_read(f, p->z, inner, sizeof inner) != 0) {
+        if (f) gguf_close(f);
+        snprintf(err, errlen, "%s: %s", path, p->z ? inner : "out of memory");
+        pipe_free(p);
+        return -1;
+    }
+    gguf_close(f);
+    if (weights_store_add_file(ps->ws, path, p->hash, inner, sizeof inner) != 0) {
+        snprintf(err, errlen, "%s: %s", path, inner);
+        pipe_free(p);
+        return -1;
+    }
+    engine_load_opts o = {.n_threads = ps->cfg.n_threads, .n_ctx = ps->cfg.n_ctx,
+                          .n_lanes = ps->cfg.n_lanes};
+    engine_model *em = engine_model_load_opts(path, &o, err, errlen);
+    if (!em) {
+        pipe_free(p);
+        return -1;
+    }
+    snprintf(p->id, sizeof p->id, "%s", engine_model_id(em));
+    for (int i = 0; i < ps->n_pipes; i++)
+        if (!strcmp(ps->pipes[i]->id, p->id)) {
+            snprintf(err, errlen, "%s: a model with id '%s' is already served", path, p->id);
+            engine_model_free(em);
+            pipe_free(p);
+            return -1;
+        }
+    p->n_layer = p->z->c.n_layer;
+    p->n_embd = p->z->c.n_embd;
+    p->n_ctx = engine_model_context_length(em);
+    p->n_lanes = engine_model_lanes(em);
+    p->lanes = calloc((size_t)p->n_lanes, sizeof *p->lanes);
+    p->sent_at_us = calloc((size_t)p->n_lanes, sizeof *p->sent_at_us);
+    if (!p->lanes || !p->sent_at_us || sched_add_model(ps->sched, em) != 0) {
+        snprintf(err, errlen, "%s: cannot start its workers", path);
+        engine_model_free(em);
+        pipe_free(p);
+        return -1;
+    }
+    p->em = em; /* the scheduler owns it now */
+    p->tail = (engine_tail){.ctx = p, .send = tail_send, .receive = tail_receive, .resume = tail_resume};
+    ps->pipes[ps->n_pipes++] = p;
+    if (engine_chat_template_error(em)[0])
+        log_warn(PIPE_LOG, "%s: chat uses the plain template: %s", p->id, engine_chat_template_error(em));
+    plan_start(p);
+    publish_now(ps);
+    return 0;
+}
+
+void pipelines_close(pipelines *ps)
+{
+    if (!ps) return;
+    for (int i = 0; i < ps->n_pipes; i++) {
+        pipe *p = ps->pipes[i];
+        pthread_mutex_lock(&p->lock);
+        p->closed = 1;
+        pthread_cond_broadcast(&p->cond);
+        pthread_mutex_unlock(&p->lock);
+        plan_teardown(p);
+    }
+}
+
+void pipelines_free(pipelines *ps)
+{
+    if (!ps) return;
+    for (int i = 0; i < ps->n_pipes; i++) pipe_free(ps->pipes[i]);
+    if (ps->wake) event_free(ps->wake);
+    if (ps->timer) event_free(ps->timer);
+    free(ps);
+}
+
+/* ======================================================================== */
+/* queries                                                                   */
+/* ======================================================================== */
+
+int pipelines_model_state(const pipelines *ps, const char *model_id, char *reason, size_t cap)
+{
+    reason[0] = 0;
+    for (int i = 0; i < ps->n_pipes; i++) {
+        const pipe *p = ps->pipes[i];
+        if (strcmp(p->id, model_id)) continue;
+        if (p->plan.state == PLAN_READY) return PIPELINE_READY;
+        if (p->plan.state == PLAN_PLANNING)
+            snprintf(reason, cap, "model %s is not running: %s", model_id, p->plan.reason);
+        else
+            snprintf(reason, cap, "model %s is loading (%d stages)", model_id, p->plan.n_stages);
+        return PIPELINE_NOT_READY;
+    }
+    /* Plans in other nodes' records. */
+    static mesh_peer peers[256];
+    static uint8_t app[MESH_MAX_APP];
+    static plan plans[PLAN_MAX_PLANS];
+    int n = mesh_peers(ps->mesh, peers, 256);
+    for (int i = 0; i < n && i < 256; i++) {
+        if (!peers[i].app_len || strcmp(peers[i].state, "alive")) continue;
+        uint8_t id[MESH_ID_BYTES];
+        if (identity_id_from_hex(peers[i].id, id) != 0) continue;
+        int len = mesh_node_app_data(ps->mesh, id, app, sizeof app);
+        char err[128];
+        int np = len > 0 ? plan_decode_list(app, (size_t)len, plans, PLAN_MAX_PLANS, err, sizeof err) : 0;
+        for (int j = 0; j < np; j++) {
+            if (strcmp(plans[j].model, model_id)) continue;
+            if (plans[j].state == PLAN_READY) return PIPELINE_READY;
+            if (plans[j].state == PLAN_PLANNING)
+                snprintf(reason, cap, "model %s is not running: %s", model_id, plans[j].reason);
+            else
+                snprintf(reason, cap, "model %s is loading (%d stages)", model_id, plans[j].n_stages);
+            return PIPELINE_NOT_READY;
+        }
+    }
+    return PIPELINE_UNKNOWN;
+}
+
+static void status_plan(cJSON *list, const plan *pl, const char *coordinator, const pipe *own)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", pl->model);
+    cJSON_AddStringToObject(o, "state", plan_state_name(pl->state));
+    cJSON_AddStringToObject(o, "coordinator", coordinator);
+    cJSON_AddNumberToObject(o, "version", pl->version);
+    cJSON_AddNumberToObject(o, "need_bytes", (double)pl->need_bytes);
+    if (pl->reason[0]) cJSON_AddStringToObject(o, "reason", pl->reason);
+    cJSON *stages = cJSON_AddArrayToObject(o, "stages");
+    for (int s = 0; s < pl->n_stages; s++) {
+        const plan_stage *st = &pl->stages[s];
+        cJSON *so = cJSON_CreateObject();
+        char hex[MESH_ID_HEX];
+        identity_id_hex(st->node, hex);
+        cJSON_AddStringToObject(so, "node", hex);
+        cJSON *layers = cJSON_AddArrayToObject(so, "layers");
+        cJSON_AddItemToArray(layers, cJSON_CreateNumber(st->first));
+        cJSON_AddItemToArray(layers, cJSON_CreateNumber(st->end));
+        cJSON_AddStringToObject(so, "state", stage_state_name(st->state));
+        cJSON_AddNumberToObject(so, "fetched_bytes", (double)st->fetched_bytes);
+        cJSON_AddNumberToObject(so, "total_bytes", (double)st->total_bytes);
+        if (own && s > 0) {
+            const stage_stats *c = &own->stats[s];
+            cJSON *cs = cJSON_AddObjectToObject(so, "counters");
+            cJSON_AddNumberToObject(cs, "tokens", (double)c->tokens);
+            cJSON_AddNumberToObject(cs, "compute_ms", c->compute_us / 1000.0);
+            cJSON_AddNumberToObject(cs, "send_ms", c->send_us / 1000.0);
+            cJSON_AddNumberToObject(cs, "bytes_in", (double)c->bytes_in);
+            cJSON_AddNumberToObject(cs, "bytes_out", (double)c->bytes_out);
+        }
+        cJSON_AddItemToArray(stages, so);
+    }
+    if (own) {
+        pipe *p = (pipe *)own;
+        cJSON *c = cJSON_AddObjectToObject(o, "counters");
+        pthread_mutex_lock(&p->lock);
+        cJSON_AddNumberToObject(c, "frames_sent", (double)p->sent_frames);
+        cJSON_AddNumberToObject(c, "bytes_sent", (double)p->sent_bytes);
+        cJSON_AddNumberToObject(c, "rows_received", (double)p->recv_rows);
+        cJSON_AddNumberToObject(c, "round_trips", (double)p->round_trips);
+        cJSON_AddNumberToObject(c, "round_trip_ms",
+                                p->round_trips ? p->round_trip_us / 1000.0 / (double)p->round_trips : 0);
+        pthread_mutex_unlock(&p->lock);
+        cJSON_AddNumberToObject(c, "breaks", (double)p->breaks);
+    }
+    cJSON_AddItemToArray(list, o);
+}
+
+void pipelines_status(const pipelines *ps, cJSON *root)
+{
+    cJSON *list = cJSON_AddArrayToObject(root, "plans");
+    const char *self = mesh_node_id_hex(ps->mesh);
+    for (int i = 0; i < ps->n_pipes; i++) status_plan(list, &ps->pipes[i]->plan, self, ps->pipes[i]);
+    static mesh_peer peers[256];
+    static uint8_t app[MESH_MAX_APP];
+    static plan plans[PLAN_MAX_PLANS];
+    int n = mesh_peers(ps->mesh, peers, 256);
+    for (int i = 0; i < n && i < 256; i++) {
+        if (!peers[i].app_len || !strcmp(peers[i].state, "dead") || !strcmp(peers[i].state, "left")) continue;
+        uint8_t id[MESH_ID_BYTES];
+        if (identity_id_from_hex(peers[i].id, id) != 0) continue;
+        int len = mesh_node_app_data(ps->mesh, id, app, sizeof app);
+        char err[128];
+        int np = len > 0 ? plan_decode_list(app, (size_t)len, plans, PLAN_MAX_PLANS, err, sizeof err) : 0;
+        for (int j = 0; j < np; j++) status_plan(list, &plans[j], peers[i].id, NULL);
+    }
+}

@@ -1,0 +1,72 @@
+/* pipeline.h: the models this node coordinates, and how each runs: solo, or
+ * split into pipeline stages over the mesh with this node as stage 0.
+ *
+ * For every model given to `serve --model`, this node is the coordinator:
+ * it loads the whole file (mapped; only the layers it runs are touched),
+ * plans (serve/plan.h) over its own memory budget and the members' free
+ * memory, and carries the plan out: solo at once, or ASSIGN to each stage's
+ * node (serve/stage.c runs them), START when every stage is ready, then
+ * hidden states flow stage to stage and the last stage's final states come
+ * back here, where the engine applies the output matrix and samples (the
+ * engine's split "tail" is implemented here). Plans travel to every node and
+ * client in this node's record (the application field), and the model is
+ * advertised as served only while its plan is ready, so every router sends
+ * its requests here, to stage 0.
+ *
+ * When a stage fails (its node dies or leaves, a stream breaks, it refuses),
+ * the coordinator plans again over the members left (solo if the model now
+ * fits), and the requests in flight resume on the new pipeline: the engine
+ * replays their tokens (engine_tail.resume). A model that no plan fits is
+ * `planning`: requests get 503 with the reason, and planning is retried
+ * every second, so a node that joins with memory lets it start. A running
+ * plan is never disturbed by a node joining.
+ *
+ * Threading: the API is for the event-loop thread. The tail callbacks run on
+ * the scheduler's lane threads and meet the loop under the pipeline's lock. */
+#ifndef LLMESH_PIPELINE_H
+#define LLMESH_PIPELINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mesh/mesh.h"
+#include "serve/budget.h"
+
+struct event_base;
+struct cJSON;
+struct sched;
+struct stage_host;
+struct weights_store;
+
+typedef struct pipelines pipelines;
+
+typedef struct {
+    int n_threads;   /* compute threads, <= 0 all CPUs */
+    int n_ctx;       /* served context, <= 0 the model's (capped) */
+    int n_lanes;     /* requests in flight per model */
+    int split;       /* >= 2: force this many stages */
+} pipeline_config;
+
+pipelines *pipelines_new(struct event_base *base, mesh *m, struct sched *s, struct stage_host *sh,
+                         struct weights_store *ws, budget *b, const pipeline_config *cfg);
+/* Loads the GGUF at path as a model this node coordinates (hashing its
+ * weights, mapping it, handing it to the scheduler) and plans it. 0, or -1
+ * with a message that names the file. */
+int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errlen);
+/* Wakes every request waiting on a pipeline with an error and refuses new
+ * waits: before the scheduler joins its threads at shutdown. */
+void pipelines_close(pipelines *ps);
+void pipelines_free(pipelines *ps);
+
+/* Where a model stands. PIPELINE_READY: requests for it run here.
+ * PIPELINE_NOT_READY: this node or another coordinates it, and it is
+ * planning or loading; reason says why (for a 503). PIPELINE_UNKNOWN: no
+ * plan for it is known. */
+enum { PIPELINE_UNKNOWN = 0, PIPELINE_NOT_READY = 1, PIPELINE_READY = 2 };
+int pipelines_model_state(const pipelines *ps, const char *model_id, char *reason, size_t cap);
+
+/* /api/status: "plans" (every plan this node knows: its own and those in
+ * peers' records) into root. */
+void pipelines_status(const pipelines *ps, struct cJSON *root);
+
+#endif
