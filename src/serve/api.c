@@ -15,7 +15,6 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +26,7 @@
 #include "lib/log.h"
 #include "mesh/identity.h"
 #include "mesh/mesh.h"
+#include "serve/openai.h"
 #include "serve/scheduler.h"
 #include "serve/tunnel.h"
 
@@ -49,7 +49,6 @@ typedef enum { CALL_LOCAL, CALL_REMOTE } call_kind;
 
 struct api_call {
     api *a;
-    api_sink *sink;         /* the transport's sink */
     api_sink proxy;         /* what a tunnel writes into (CALL_REMOTE) */
     call_kind kind;
     sched_job *job;
@@ -65,97 +64,14 @@ struct api_call {
     int discarding;         /* swallowing a failed host's answer before a retry */
     struct api_call *next, *prev; /* a->live */
 
-    int stream;             /* SSE instead of one JSON object */
-    int chat;
-    char id[48];
-    char model[MESH_MAX_NAME];
-    long created;
-    char *text;             /* whole completion (non-streaming) */
-    size_t text_len, text_cap;
-    /* Local calls: log-probabilities and echo. */
-    engine_model *engine;   /* the served model (its tokenizer names tokens) */
-    int logprobs, top_logprobs, include_usage;
-    char *echo_text;        /* echo: the prompt text, sent before the completion */
-    int echo_sent;          /* streaming: echo_text went out */
-    engine_token *toks;     /* non-streaming: every token reported */
-    int n_toks, toks_cap;
-    long text_offset;       /* characters of text the reported tokens covered */
-    int past_prompt;        /* a completion token was reported */
+    openai_answer answer;   /* the transport's sink, model, id; a local answer's state */
 };
 
 /* ---- small helpers --------------------------------------------------------*/
 
 char *api_error_json(const char *message, const char *type, const char *code)
 {
-    cJSON *root = cJSON_CreateObject();
-    cJSON *err = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(err, "message", message);
-    cJSON_AddStringToObject(err, "type", type);
-    cJSON_AddNullToObject(err, "param");
-    if (code) cJSON_AddStringToObject(err, "code", code);
-    else cJSON_AddNullToObject(err, "code");
-    char *out = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    return out;
-}
-
-static void send_json(api_sink *sink, int status, cJSON *body)
-{
-    char *text = cJSON_PrintUnformatted(body);
-    sink->ops->begin(sink, status, "application/json");
-    if (text) sink->ops->write(sink, text, strlen(text));
-    sink->ops->end(sink);
-    free(text);
-}
-
-static void send_error(api *a, api_sink *sink, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void send_error(api *a, api_sink *sink, int status, const char *code, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    const char *type = status == 404 ? "not_found_error"
-                     : status < 500 ? "invalid_request_error" : "server_error";
-    if (status < 500) a->counters.bad_requests++;
-    else a->counters.failed++;
-    log_debug("api", "%d %s", status, msg);
-    char *body = api_error_json(msg, type, code);
-    sink->ops->begin(sink, status, "application/json");
-    if (body) sink->ops->write(sink, body, strlen(body));
-    sink->ops->end(sink);
-    free(body);
-}
-
-static void sse_send(api_sink *sink, cJSON *obj)
-{
-    char *text = cJSON_PrintUnformatted(obj);
-    if (!text) return;
-    size_t n = strlen(text);
-    char *line = malloc(n + 9);
-    if (line) {
-        memcpy(line, "data: ", 6);
-        memcpy(line + 6, text, n);
-        memcpy(line + 6 + n, "\n\n", 2);
-        sink->ops->write(sink, line, n + 8);
-        free(line);
-    }
-    free(text);
-}
-
-static const char sse_done[] = "data: [DONE]\n\n";
-
-/* Ends a started SSE answer with an error event and [DONE]. */
-static void sse_error_and_done(api_sink *sink, const char *message)
-{
-    char *body = api_error_json(message, "server_error", NULL);
-    char line[1024];
-    int n = snprintf(line, sizeof line, "data: %s\n\n", body ? body : "{}");
-    sink->ops->write(sink, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
-    sink->ops->write(sink, sse_done, sizeof sse_done - 1);
-    free(body);
+    return openai_error_json(message, type, code);
 }
 
 /* ---- request parsing ------------------------------------------------------*/
@@ -530,169 +446,8 @@ static void call_free(api_call *c)
     if (c->next) c->next->prev = c->prev;
     free(c->path);
     free(c->body);
-    free(c->text);
-    free(c->echo_text);
-    free(c->toks);
+    openai_answer_free(&c->answer);
     free(c);
-}
-
-static cJSON *chunk_object(api_call *c)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", c->id);
-    cJSON_AddStringToObject(o, "object", c->chat ? "chat.completion.chunk" : "text_completion");
-    cJSON_AddNumberToObject(o, "created", (double)c->created);
-    cJSON_AddStringToObject(o, "model", c->model);
-    return o;
-}
-
-/* A token's text for logprobs: its bytes made valid UTF-8 (a token holding
- * part of a character shows U+FFFD there; the exact bytes are in chat's
- * "bytes"). Returns a malloc'ed string and its raw bytes in *raw (malloc'ed,
- * *raw_len bytes) when raw is not NULL. */
-static char *token_string(const api_call *c, int32_t id, unsigned char **raw, size_t *raw_len)
-{
-    char buf[256];
-    int n = engine_token_bytes(c->engine, id, buf, sizeof buf);
-    if (n < 0) n = 0;
-    char *bytes = buf;
-    if (n > (int)sizeof buf) {
-        bytes = malloc((size_t)n);
-        if (!bytes) return NULL;
-        engine_token_bytes(c->engine, id, bytes, (size_t)n);
-    }
-    char *out = malloc((size_t)n * 3 + 1);
-    if (out) engine_utf8_sanitize(bytes, (size_t)n, out);
-    if (raw) {
-        *raw = malloc((size_t)n + 1);
-        if (*raw) memcpy(*raw, bytes, (size_t)n);
-        *raw_len = (size_t)n;
-    }
-    if (bytes != buf) free(bytes);
-    return out;
-}
-
-/* Code points in a valid UTF-8 string: OpenAI's text_offset counts
- * characters, not bytes. */
-static long utf8_chars(const char *s)
-{
-    long n = 0;
-    for (; *s; s++) n += ((unsigned char)*s & 0xc0) != 0x80;
-    return n;
-}
-
-/* JSON has no infinities: a token the model gives no chance gets -9999. */
-static double json_logprob(float lp) { return lp > -9999.0f ? (double)lp : -9999.0; }
-
-/* Completions' legacy logprobs object for tokens t[0, n): tokens,
- * token_logprobs, top_logprobs, text_offset. Offsets are characters into the
- * choice's text; c->text_offset carries on across streamed chunks. */
-static cJSON *completion_logprobs(api_call *c, const engine_token *t, int n)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON *tokens = cJSON_AddArrayToObject(o, "tokens");
-    cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs");
-    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs");
-    cJSON *offsets = cJSON_AddArrayToObject(o, "text_offset");
-    for (int i = 0; i < n; i++) {
-        if (!t[i].prompt && !c->past_prompt) {
-            /* The completion starts after the echoed prompt text (whose
-             * tokens' strings need not add up to it, e.g. a BOS). */
-            c->past_prompt = 1;
-            if (c->echo_text) c->text_offset = utf8_chars(c->echo_text);
-        }
-        char *s = token_string(c, t[i].id, NULL, NULL);
-        cJSON_AddItemToArray(tokens, cJSON_CreateString(s ? s : ""));
-        cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)c->text_offset));
-        c->text_offset += s ? utf8_chars(s) : 0;
-        free(s);
-        if (isnan(t[i].logprob)) {
-            cJSON_AddItemToArray(lps, cJSON_CreateNull());
-            cJSON_AddItemToArray(tops, cJSON_CreateNull());
-            continue;
-        }
-        cJSON_AddItemToArray(lps, cJSON_CreateNumber(json_logprob(t[i].logprob)));
-        cJSON *top = cJSON_CreateObject();
-        for (int k = 0; k < t[i].n_top; k++) {
-            char *ks = token_string(c, t[i].top[k].id, NULL, NULL);
-            /* Two ids can print the same: keep the first, the more likely. */
-            if (ks && !cJSON_GetObjectItemCaseSensitive(top, ks))
-                cJSON_AddNumberToObject(top, ks, json_logprob(t[i].top[k].logprob));
-            free(ks);
-        }
-        cJSON_AddItemToArray(tops, top);
-    }
-    return o;
-}
-
-/* One chat logprobs entry: {token, logprob, bytes}. */
-static cJSON *chat_logprob_entry(const api_call *c, int32_t id, float logprob)
-{
-    cJSON *e = cJSON_CreateObject();
-    unsigned char *raw = NULL;
-    size_t raw_len = 0;
-    char *s = token_string(c, id, &raw, &raw_len);
-    cJSON_AddStringToObject(e, "token", s ? s : "");
-    cJSON_AddNumberToObject(e, "logprob", json_logprob(logprob));
-    cJSON *bytes = cJSON_AddArrayToObject(e, "bytes");
-    for (size_t i = 0; raw && i < raw_len; i++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(raw[i]));
-    free(s);
-    free(raw);
-    return e;
-}
-
-/* Chat's logprobs object {content: [...]} for tokens t[0, n). */
-static cJSON *chat_logprobs(const api_call *c, const engine_token *t, int n)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON *content = cJSON_AddArrayToObject(o, "content");
-    for (int i = 0; i < n; i++) {
-        cJSON *e = chat_logprob_entry(c, t[i].id, t[i].logprob);
-        cJSON *top = cJSON_AddArrayToObject(e, "top_logprobs");
-        for (int k = 0; k < t[i].n_top && k < c->top_logprobs; k++)
-            cJSON_AddItemToArray(top, chat_logprob_entry(c, t[i].top[k].id, t[i].top[k].logprob));
-        cJSON_AddItemToArray(content, e);
-    }
-    return o;
-}
-
-/* The logprobs member of a choice for tokens t[0, n): null when not asked. */
-static void add_logprobs(api_call *c, cJSON *choice, const engine_token *t, int n)
-{
-    if (!c->logprobs) cJSON_AddNullToObject(choice, "logprobs");
-    else if (c->chat) cJSON_AddItemToObject(choice, "logprobs", chat_logprobs(c, t, n));
-    else cJSON_AddItemToObject(choice, "logprobs", completion_logprobs(c, t, n));
-}
-
-/* One streamed choice: text (may be NULL for the role-only first chat chunk),
- * the tokens it carries and an optional finish reason. */
-static void send_stream_chunk(api_call *c, const char *text, size_t len, const engine_token *toks,
-                              int n_toks, const char *finish, int role)
-{
-    cJSON *o = chunk_object(c);
-    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
-    cJSON *choice = cJSON_CreateObject();
-    cJSON_AddItemToArray(choices, choice);
-    cJSON_AddNumberToObject(choice, "index", 0);
-    char *copy = NULL;
-    if (text) {
-        copy = malloc(len + 1);
-        if (copy) { memcpy(copy, text, len); copy[len] = 0; }
-    }
-    if (c->chat) {
-        cJSON *delta = cJSON_AddObjectToObject(choice, "delta");
-        if (role) cJSON_AddStringToObject(delta, "role", "assistant");
-        if (copy) cJSON_AddStringToObject(delta, "content", copy);
-    } else {
-        cJSON_AddStringToObject(choice, "text", copy ? copy : "");
-    }
-    if (n_toks > 0) add_logprobs(c, choice, toks, n_toks);
-    else cJSON_AddNullToObject(choice, "logprobs");
-    if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
-    else cJSON_AddNullToObject(choice, "finish_reason");
-    sse_send(c->sink, o);
-    cJSON_Delete(o);
-    free(copy);
 }
 
 static int append_text(char **buf, size_t *len, size_t *cap, const char *text, size_t n)
@@ -714,37 +469,7 @@ static int append_text(char **buf, size_t *len, size_t *cap, const char *text, s
 static void local_on_output(void *user, const char *text, size_t len, const engine_token *toks, int n_toks)
 {
     api_call *c = user;
-    if (c->stream) {
-        /* The echoed prompt goes out with its tokens, in the first chunk. */
-        if (c->echo_text && !c->echo_sent && n_toks > 0 && toks[0].prompt) {
-            c->echo_sent = 1;
-            send_stream_chunk(c, c->echo_text, strlen(c->echo_text), toks, n_toks, NULL, 0);
-        } else {
-            send_stream_chunk(c, text, len, toks, n_toks, NULL, 0);
-        }
-        return;
-    }
-    if (len) append_text(&c->text, &c->text_len, &c->text_cap, text, len);
-    if (n_toks > 0) {
-        if (c->n_toks + n_toks > c->toks_cap) {
-            int cap = c->toks_cap ? c->toks_cap : 64;
-            while (cap < c->n_toks + n_toks) cap *= 2;
-            engine_token *p = realloc(c->toks, sizeof *p * (size_t)cap);
-            if (!p) return;
-            c->toks = p;
-            c->toks_cap = cap;
-        }
-        memcpy(c->toks + c->n_toks, toks, sizeof *toks * (size_t)n_toks);
-        c->n_toks += n_toks;
-    }
-}
-
-static void add_usage(cJSON *o, const engine_result *r)
-{
-    cJSON *usage = cJSON_AddObjectToObject(o, "usage");
-    cJSON_AddNumberToObject(usage, "prompt_tokens", r->prompt_tokens);
-    cJSON_AddNumberToObject(usage, "completion_tokens", r->completion_tokens);
-    cJSON_AddNumberToObject(usage, "total_tokens", r->prompt_tokens + r->completion_tokens);
+    openai_answer_output(&c->answer, text, len, toks, n_toks);
 }
 
 static void local_on_done(void *user, const engine_result *r, const char *error)
@@ -753,64 +478,20 @@ static void local_on_done(void *user, const engine_result *r, const char *error)
     api *a = c->a;
     c->job = NULL;
     if (error) {
-        if (c->stream) {
-            sse_error_and_done(c->sink, error);
-            c->sink->ops->end(c->sink);
+        if (c->answer.stream) {
+            openai_sse_error_and_done(c->answer.sink, error);
+            c->answer.sink->ops->end(c->answer.sink);
             a->counters.failed++;
         } else {
             /* Errors the caller could fix (prompt too long, a token id out
              * of range) come back as 400. */
             int bad = strstr(error, "context") || strstr(error, "out of range") || strstr(error, "empty prompt");
-            send_error(a, c->sink, bad ? 400 : 500, NULL, "%s", error);
+            openai_send_error(&a->counters, c->answer.sink, bad ? 400 : 500, NULL, "%s", error);
         }
         call_free(c);
         return;
     }
-    if (c->stream) {
-        if (c->echo_text && !c->echo_sent) send_stream_chunk(c, c->echo_text, strlen(c->echo_text), NULL, 0, NULL, 0);
-        send_stream_chunk(c, NULL, 0, NULL, 0, r->finish_reason, 0);
-        if (c->include_usage) { /* OpenAI: one more chunk, empty choices, with usage */
-            cJSON *o = chunk_object(c);
-            cJSON_AddArrayToObject(o, "choices");
-            add_usage(o, r);
-            sse_send(c->sink, o);
-            cJSON_Delete(o);
-        }
-        c->sink->ops->write(c->sink, sse_done, sizeof sse_done - 1);
-        c->sink->ops->end(c->sink);
-        call_free(c);
-        return;
-    }
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", c->id);
-    cJSON_AddStringToObject(o, "object", c->chat ? "chat.completion" : "text_completion");
-    cJSON_AddNumberToObject(o, "created", (double)c->created);
-    cJSON_AddStringToObject(o, "model", c->model);
-    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
-    cJSON *choice = cJSON_CreateObject();
-    cJSON_AddItemToArray(choices, choice);
-    cJSON_AddNumberToObject(choice, "index", 0);
-    if (c->echo_text) { /* echo: the prompt, then the completion */
-        char *whole = NULL;
-        size_t wlen = 0, wcap = 0;
-        append_text(&whole, &wlen, &wcap, c->echo_text, strlen(c->echo_text));
-        if (c->text) append_text(&whole, &wlen, &wcap, c->text, c->text_len);
-        free(c->text);
-        c->text = whole;
-    }
-    const char *text = c->text ? c->text : "";
-    if (c->chat) {
-        cJSON *msg = cJSON_AddObjectToObject(choice, "message");
-        cJSON_AddStringToObject(msg, "role", "assistant");
-        cJSON_AddStringToObject(msg, "content", text);
-    } else {
-        cJSON_AddStringToObject(choice, "text", text);
-    }
-    add_logprobs(c, choice, c->toks, c->n_toks);
-    cJSON_AddStringToObject(choice, "finish_reason", r->finish_reason ? r->finish_reason : "stop");
-    add_usage(o, r);
-    send_json(c->sink, 200, o);
-    cJSON_Delete(o);
+    openai_answer_finish(&c->answer, r);
     call_free(c);
 }
 
@@ -831,7 +512,7 @@ static int host_tried(const api_call *c, const uint8_t id[MESH_ID_BYTES])
     return 0;
 }
 
-/* A live host for c->model not tried yet, or -1. Among the candidates the
+/* A live host for c->answer.model not tried yet, or -1. Among the candidates the
  * choice is a rendezvous hash of (this node's id, host id, model): each entry
  * node sticks to one host per model (its KV cache stays warm for follow-up
  * prompts), different entry nodes spread over the hosts, and when a host
@@ -844,17 +525,17 @@ static int pick_untried_host(const api_call *c, uint8_t out[MESH_ID_BYTES])
     if (n > API_MAX_PEERS) n = API_MAX_PEERS;
     uint64_t best_score = 0;
     int found = 0;
-    size_t model_len = strlen(c->model);
+    size_t model_len = strlen(c->answer.model);
     for (int i = 0; i < n; i++) {
         if (strcmp(peers[i].state, "alive") != 0) continue;
         int serves = 0;
-        for (int j = 0; j < peers[i].n_models && !serves; j++) serves = !strcmp(peers[i].models[j], c->model);
+        for (int j = 0; j < peers[i].n_models && !serves; j++) serves = !strcmp(peers[i].models[j], c->answer.model);
         uint8_t id[MESH_ID_BYTES];
         if (!serves || identity_id_from_hex(peers[i].id, id) != 0 || host_tried(c, id)) continue;
         uint8_t key[2 * MESH_ID_BYTES + MESH_MAX_NAME];
         memcpy(key, mesh_node_id(m), MESH_ID_BYTES);
         memcpy(key + MESH_ID_BYTES, id, MESH_ID_BYTES);
-        memcpy(key + 2 * MESH_ID_BYTES, c->model, model_len);
+        memcpy(key + 2 * MESH_ID_BYTES, c->answer.model, model_len);
         uint64_t score = hash_fnv1a(key, 2 * MESH_ID_BYTES + model_len);
         if (!found || score > best_score) {
             best_score = score;
@@ -897,14 +578,14 @@ static void proxy_begin(api_sink *sink, int status, const char *content_type)
     }
     c->failed_status = status;
     c->began = 1;
-    c->stream = strncmp(content_type, "text/event-stream", 17) == 0;
-    c->sink->ops->begin(c->sink, status, content_type);
+    c->answer.stream = strncmp(content_type, "text/event-stream", 17) == 0;
+    c->answer.sink->ops->begin(c->answer.sink, status, content_type);
 }
 
 static void proxy_write(api_sink *sink, const char *data, size_t len)
 {
     api_call *c = (api_call *)((char *)sink - offsetof(api_call, proxy));
-    if (!c->discarding) c->sink->ops->write(c->sink, data, len);
+    if (!c->discarding) c->answer.sink->ops->write(c->answer.sink, data, len);
 }
 
 static void proxy_end(api_sink *sink)
@@ -914,12 +595,12 @@ static void proxy_end(api_sink *sink)
     if (c->discarding) {
         c->discarding = 0;
         c->a->counters.retried++;
-        log_info("api", "model %s: host failed before answering, trying another", c->model);
+        log_info("api", "model %s: host failed before answering, trying another", c->answer.model);
         char err[256];
         mesh_refresh_routes(c->a->mesh);   /* a client's routing table may be stale */
         if (forward_next(c, err, sizeof err) == 0) return;
-        send_error(c->a, c->sink, 502, NULL, "model '%s': every node tried failed before answering (%s)",
-                   c->model, err);
+        openai_send_error(&c->a->counters, c->answer.sink, 502, NULL,
+                          "model '%s': every node tried failed before answering (%s)", c->answer.model, err);
         call_free(c);
         return;
     }
@@ -928,7 +609,7 @@ static void proxy_end(api_sink *sink)
         mesh_refresh_routes(c->a->mesh);
     }
     else if (c->failed_status >= 400) c->a->counters.bad_requests++;
-    c->sink->ops->end(c->sink);
+    c->answer.sink->ops->end(c->answer.sink);
     call_free(c);
 }
 
@@ -948,13 +629,13 @@ static int model_known_in_mesh(api *a, const char *model_id)
     return 0;
 }
 
-/* Sends c's request to a peer serving c->model, or answers why it cannot.
+/* Sends c's request to a peer serving c->answer.model, or answers why it cannot.
  * Returns c while forwarding, or NULL once c is freed and the answer sent. */
 static api_call *forward_or_refuse(api *a, api_call *c, const char *method, const char *path,
                                    const char *body, size_t len, int from_peer)
 {
     char err[512];
-    api_sink *sink = c->sink;
+    api_sink *sink = c->answer.sink;
     uint8_t host[MESH_ID_BYTES];
     if (!from_peer && a->mesh && pick_untried_host(c, host) == 0) {
         c->kind = CALL_REMOTE;
@@ -967,24 +648,24 @@ static api_call *forward_or_refuse(api *a, api_call *c, const char *method, cons
             if (forward_next(c, err, sizeof err) == 0) return c;
         }
         char model[MESH_MAX_NAME];
-        snprintf(model, sizeof model, "%s", c->model);
+        snprintf(model, sizeof model, "%s", c->answer.model);
         call_free(c);
         mesh_refresh_routes(a->mesh);
-        send_error(a, sink, 503, NULL, "model '%s': could not reach the node serving it: %s", model, err);
+        openai_send_error(&a->counters, sink, 503, NULL, "model '%s': could not reach the node serving it: %s", model, err);
         return NULL;
     }
     char model[MESH_MAX_NAME];
-    snprintf(model, sizeof model, "%s", c->model);
+    snprintf(model, sizeof model, "%s", c->answer.model);
     call_free(c);
     /* On a client, an unknown or unreachable model may be news its routing
      * table has not caught up with: pull it now for the next request. */
     if (a->mesh) mesh_refresh_routes(a->mesh);
     if (from_peer)
-        send_error(a, sink, 503, NULL, "model '%s' is not served by this node", model);
+        openai_send_error(&a->counters, sink, 503, NULL, "model '%s' is not served by this node", model);
     else if (model_known_in_mesh(a, model))
-        send_error(a, sink, 503, NULL, "model '%s' is known in the mesh but no node serving it is reachable now", model);
+        openai_send_error(&a->counters, sink, 503, NULL, "model '%s' is known in the mesh but no node serving it is reachable now", model);
     else
-        send_error(a, sink, 404, "model_not_found", "The model '%s' does not exist", model);
+        openai_send_error(&a->counters, sink, 404, "model_not_found", "The model '%s' does not exist", model);
     return NULL;
 }
 
@@ -993,20 +674,16 @@ static api_call *forward_or_refuse(api *a, api_call *c, const char *method, cons
 static api_call *call_new(api *a, api_sink *sink, const char *model, const char *id_prefix)
 {
     if (a->draining) {
-        send_error(a, sink, 503, NULL, "this node is shutting down");
+        openai_send_error(&a->counters, sink, 503, NULL, "this node is shutting down");
         return NULL;
     }
     api_call *c = calloc(1, sizeof *c);
     if (!c) {
-        send_error(a, sink, 500, NULL, "out of memory");
+        openai_send_error(&a->counters, sink, 500, NULL, "out of memory");
         return NULL;
     }
     c->a = a;
-    c->sink = sink;
-    c->created = (long)time(NULL);
-    snprintf(c->model, sizeof c->model, "%s", model);
-    snprintf(c->id, sizeof c->id, "%s-%016llx", id_prefix,
-             (unsigned long long)(++a->next_id * 0x9E3779B97F4A7C15ull ^ (uint64_t)c->created));
+    openai_answer_init(&c->answer, sink, model, id_prefix, ++a->next_id);
     c->next = a->live;
     if (a->live) a->live->prev = c;
     a->live = c;
@@ -1019,12 +696,12 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
     char err[512];
     gen_request req;
     if (parse_gen_request(body, len, chat, &req, err, sizeof err) != 0) {
-        send_error(a, sink, 400, NULL, "%s", err);
+        openai_send_error(&a->counters, sink, 400, NULL, "%s", err);
         return NULL;
     }
     engine_model *em = sched_find_model(a->sched, req.model);
     if (em && req.max_id >= engine_model_n_vocab(em)) {
-        send_error(a, sink, 400, NULL, "token id %d is out of range: model '%s' has %d tokens",
+        openai_send_error(&a->counters, sink, 400, NULL, "token id %d is out of range: model '%s' has %d tokens",
                    req.max_id, req.model, engine_model_n_vocab(em));
         gen_request_free(&req);
         return NULL;
@@ -1034,8 +711,8 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
         gen_request_free(&req);
         return NULL;
     }
-    c->chat = chat;
-    c->stream = req.stream;
+    c->answer.chat = chat;
+    c->answer.stream = req.stream;
     if (!em) {
         gen_request_free(&req);
         return forward_or_refuse(a, c, method, path, body, len, from_peer);
@@ -1047,7 +724,7 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
                                err, sizeof err) != 0) {
             call_free(c);
             gen_request_free(&req);
-            send_error(a, sink, 400, NULL, "chat template: %s", err);
+            openai_send_error(&a->counters, sink, 400, NULL, "chat template: %s", err);
             return NULL;
         }
         req.er->prompt = req.prompt;
@@ -1055,29 +732,24 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
         req.er->parse_special = parse_special;
     }
     c->kind = CALL_LOCAL;
-    c->engine = em;
-    c->logprobs = req.er->logprobs;
-    c->top_logprobs = req.er->top_logprobs;
-    c->include_usage = req.include_usage;
+    c->answer.engine = em;
+    c->answer.logprobs = req.er->logprobs;
+    c->answer.top_logprobs = req.er->top_logprobs;
+    c->answer.include_usage = req.include_usage;
     if (req.echo) {
         size_t n;
-        c->echo_text = req.ids ? engine_detokenize(em, req.ids, req.n_ids, &n, err, sizeof err)
-                               : strdup(req.prompt);
-        if (!c->echo_text) {
+        c->answer.echo_text = req.ids ? engine_detokenize(em, req.ids, req.n_ids, &n, err, sizeof err)
+                                      : strdup(req.prompt);
+        if (!c->answer.echo_text) {
             call_free(c);
             gen_request_free(&req);
-            send_error(a, sink, 500, NULL, "out of memory");
+            openai_send_error(&a->counters, sink, 500, NULL, "out of memory");
             return NULL;
         }
     }
-    if (c->stream) {
+    if (c->answer.stream) {
         c->began = 1;
-        sink->ops->begin(sink, 200, "text/event-stream");
-        if (chat) send_stream_chunk(c, NULL, 0, NULL, 0, NULL, 1);
-        if (c->echo_text && !c->logprobs) { /* with logprobs it goes out with the prompt's tokens */
-            c->echo_sent = 1;
-            send_stream_chunk(c, c->echo_text, strlen(c->echo_text), NULL, 0, NULL, 0);
-        }
+        openai_answer_begin_stream(&c->answer);
     }
     c->job = sched_submit(a->sched, req.model, req.er, &local_callbacks, c);
     gen_request_free(&req);
@@ -1085,10 +757,10 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
         int began = c->began;
         call_free(c);
         if (began) { /* not reached in practice: the model was just found */
-            sse_error_and_done(sink, "could not queue the request");
+            openai_sse_error_and_done(sink, "could not queue the request");
             sink->ops->end(sink);
         } else {
-            send_error(a, sink, 500, NULL, "could not queue the request");
+            openai_send_error(&a->counters, sink, 500, NULL, "could not queue the request");
         }
         return NULL;
     }
@@ -1173,10 +845,10 @@ static api_call *handle_tokenize(api *a, const char *method, const char *path, c
         cJSON_AddStringToObject(out, "content", text);
         free(text);
     }
-    send_json(sink, 200, out);
+    openai_send_json(sink, 200, out);
     err[0] = 0;
 done:
-    if (err[0]) send_error(a, sink, status, NULL, "%s", err);
+    if (err[0]) openai_send_error(&a->counters, sink, status, NULL, "%s", err);
     cJSON_Delete(out);
     cJSON_Delete(root);
     return NULL;
@@ -1184,9 +856,6 @@ done:
 
 static void handle_models(api *a, api_sink *sink)
 {
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "object", "list");
-    cJSON *data = cJSON_AddArrayToObject(root, "data");
     /* Local models first, then every model a live peer serves, once each. */
     const char *seen[API_MAX_PEERS];
     int n_seen = 0;
@@ -1203,16 +872,7 @@ static void handle_models(api *a, api_sink *sink)
             if (!dup) seen[n_seen++] = peers[i].models[j];
         }
     }
-    for (int i = 0; i < n_seen; i++) {
-        cJSON *m = cJSON_CreateObject();
-        cJSON_AddStringToObject(m, "id", seen[i]);
-        cJSON_AddStringToObject(m, "object", "model");
-        cJSON_AddNumberToObject(m, "created", 0);
-        cJSON_AddStringToObject(m, "owned_by", "llmesh");
-        cJSON_AddItemToArray(data, m);
-    }
-    send_json(sink, 200, root);
-    cJSON_Delete(root);
+    openai_send_model_list(sink, seen, n_seen);
 }
 
 api_call *api_handle(api *a, const char *method, const char *path, const char *body,
@@ -1228,22 +888,22 @@ api_call *api_handle(api *a, const char *method, const char *path, const char *b
 
     int is_get = !strcmp(method, "GET"), is_post = !strcmp(method, "POST");
     if (!strcmp(route, "/v1/models")) {
-        if (!is_get) { send_error(a, sink, 405, NULL, "use GET for %s", route); return NULL; }
+        if (!is_get) { openai_send_error(&a->counters, sink, 405, NULL, "use GET for %s", route); return NULL; }
         handle_models(a, sink);
         return NULL;
     }
     if (!strcmp(route, "/v1/completions") || !strcmp(route, "/v1/chat/completions")) {
-        if (!is_post) { send_error(a, sink, 405, NULL, "use POST for %s", route); return NULL; }
+        if (!is_post) { openai_send_error(&a->counters, sink, 405, NULL, "use POST for %s", route); return NULL; }
         return handle_generate(a, method, path, body ? body : "", body_len, sink, from_peer,
                                route[4] == 'c' && route[5] == 'h');
     }
     if (!strcmp(route, "/tokenize") || !strcmp(route, "/detokenize") ||
         !strcmp(route, "/v1/tokenize") || !strcmp(route, "/v1/detokenize")) {
-        if (!is_post) { send_error(a, sink, 405, NULL, "use POST for %s", route); return NULL; }
+        if (!is_post) { openai_send_error(&a->counters, sink, 405, NULL, "use POST for %s", route); return NULL; }
         return handle_tokenize(a, method, path, body ? body : "", body_len, sink, from_peer,
                                strstr(route, "/detokenize") != NULL);
     }
-    send_error(a, sink, 404, NULL, "no such endpoint: %s %s", method, route);
+    openai_send_error(&a->counters, sink, 404, NULL, "no such endpoint: %s %s", method, route);
     return NULL;
 }
 
@@ -1289,11 +949,11 @@ void api_close_all(api *a, const char *reason)
         c->job = NULL;
         c->tunnel = NULL;
         if (!c->began) {
-            send_error(a, c->sink, 503, NULL, "%s", reason);
+            openai_send_error(&a->counters, c->answer.sink, 503, NULL, "%s", reason);
         } else {
-            if (c->stream) sse_error_and_done(c->sink, reason);
+            if (c->answer.stream) openai_sse_error_and_done(c->answer.sink, reason);
             a->counters.failed++;
-            c->sink->ops->end(c->sink);
+            c->answer.sink->ops->end(c->answer.sink);
         }
         call_free(c);
     }
