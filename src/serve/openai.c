@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,366 @@ static int append_text(char **buf, size_t *len, size_t *cap, const char *text, s
     memcpy(*buf + *len, text, n);
     *len += n;
     (*buf)[*len] = 0;
+    return 0;
+}
+
+/* ---- request parsing ------------------------------------------------------*/
+
+void openai_request_free(openai_request *r)
+{
+    free(r->er);
+    free(r->prompt);
+    free(r->ids);
+    for (int i = 0; i < r->n_msgs; i++) {
+        free((char *)r->msgs[i].role);
+        free((char *)r->msgs[i].content);
+    }
+    free(r->msgs);
+    r->msgs = NULL;
+    r->n_msgs = 0;
+    r->er = NULL;
+    r->prompt = NULL;
+    r->ids = NULL;
+}
+
+/* Reads an optional number in [lo, hi]; writes a message and returns -1 when
+ * present but wrong. */
+static int opt_number(cJSON *root, const char *name, double lo, double hi, double *out,
+                      char *err, size_t errlen)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < lo || v->valuedouble > hi) {
+        snprintf(err, errlen, "'%s' must be a number between %g and %g", name, lo, hi);
+        return -1;
+    }
+    *out = v->valuedouble;
+    return 0;
+}
+
+/* The same for a float field. */
+static int opt_float(cJSON *root, const char *name, double lo, double hi, float *out, char *err, size_t errlen)
+{
+    double v = *out;
+    if (opt_number(root, name, lo, hi, &v, err, errlen)) return -1;
+    *out = (float)v;
+    return 0;
+}
+
+/* Reads an optional boolean; -1 with a message when present but not one. */
+int openai_read_bool(cJSON *root, const char *name, int *out, char *err, size_t errlen)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsBool(v)) {
+        snprintf(err, errlen, "'%s' must be a boolean", name);
+        return -1;
+    }
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+/* An array of token ids: each an integer in [0, 2^31). Returns the ids
+ * (malloc'ed) or NULL with a message; *max gets the largest. */
+int32_t *openai_read_token_ids(cJSON *arr, const char *name, int *n_out, int *max, char *err,
+                               size_t errlen)
+{
+    int n = cJSON_GetArraySize(arr);
+    if (n > OPENAI_MAX_PROMPT_IDS) {
+        snprintf(err, errlen, "'%s' has %d token ids; at most %d are accepted", name, n, OPENAI_MAX_PROMPT_IDS);
+        return NULL;
+    }
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+    if (!ids) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    int i = 0;
+    cJSON *v;
+    cJSON_ArrayForEach(v, arr) {
+        if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
+            v->valuedouble >= 2147483647.0) {
+            snprintf(err, errlen, "'%s' must hold token ids (non-negative integers)", name);
+            free(ids);
+            return NULL;
+        }
+        ids[i] = (int32_t)v->valuedouble;
+        if (ids[i] > *max) *max = ids[i];
+        i++;
+    }
+    *n_out = n;
+    return ids;
+}
+
+/* prompt: a string, an array of token ids, or a one-element array of either. */
+static int parse_prompt(cJSON *prompt, openai_request *req, char *err, size_t errlen)
+{
+    if (cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) >= 1 &&
+        (cJSON_IsString(cJSON_GetArrayItem(prompt, 0)) || cJSON_IsArray(cJSON_GetArrayItem(prompt, 0)))) {
+        if (cJSON_GetArraySize(prompt) > 1) {
+            snprintf(err, errlen, "'prompt' holds %d prompts; batches are not supported (one prompt "
+                     "per request, n = 1)", cJSON_GetArraySize(prompt));
+            return -1;
+        }
+        prompt = cJSON_GetArrayItem(prompt, 0);
+    }
+    if (cJSON_IsString(prompt)) {
+        req->prompt_len = strlen(prompt->valuestring);
+        req->prompt = strdup(prompt->valuestring);
+        if (!req->prompt) snprintf(err, errlen, "out of memory");
+        return req->prompt ? 0 : -1;
+    }
+    if (cJSON_IsArray(prompt)) {
+        if (cJSON_GetArraySize(prompt) == 0) {
+            snprintf(err, errlen, "'prompt' is an empty array of token ids");
+            return -1;
+        }
+        req->ids = openai_read_token_ids(prompt, "prompt", &req->n_ids, &req->max_id, err, errlen);
+        return req->ids ? 0 : -1;
+    }
+    snprintf(err, errlen, "'prompt' must be a string or an array of token ids");
+    return -1;
+}
+
+/* stop: a string or an array of at most ENGINE_MAX_STOP non-empty strings. */
+static int parse_stop(cJSON *stop, engine_sampling *s, char *err, size_t errlen)
+{
+    if (!stop || cJSON_IsNull(stop)) return 0;
+    cJSON *one = cJSON_IsString(stop) ? stop : NULL;
+    if (!one && (!cJSON_IsArray(stop) || cJSON_GetArraySize(stop) > ENGINE_MAX_STOP)) {
+        snprintf(err, errlen, "'stop' must be a string or an array of at most %d strings", ENGINE_MAX_STOP);
+        return -1;
+    }
+    for (int i = 0; i < (one ? 1 : cJSON_GetArraySize(stop)); i++) {
+        cJSON *v = one ? one : cJSON_GetArrayItem(stop, i);
+        size_t n = cJSON_IsString(v) ? strlen(v->valuestring) : 0;
+        if (n == 0 || n > ENGINE_MAX_STOP_BYTES) {
+            snprintf(err, errlen, "each stop string must be a non-empty string of at most %d bytes",
+                     ENGINE_MAX_STOP_BYTES);
+            return -1;
+        }
+        memcpy(s->stop[s->n_stop++], v->valuestring, n + 1);
+    }
+    return 0;
+}
+
+/* logit_bias: {"token id": bias in [-100, 100], ...}, at most ENGINE_MAX_LOGIT_BIAS. */
+static int parse_logit_bias(cJSON *bias, engine_sampling *s, int *max_id, char *err, size_t errlen)
+{
+    if (!bias || cJSON_IsNull(bias)) return 0;
+    if (!cJSON_IsObject(bias) || cJSON_GetArraySize(bias) > ENGINE_MAX_LOGIT_BIAS) {
+        snprintf(err, errlen, "'logit_bias' must be an object of at most %d token ids", ENGINE_MAX_LOGIT_BIAS);
+        return -1;
+    }
+    cJSON *v;
+    cJSON_ArrayForEach(v, bias) {
+        char *end;
+        long id = strtol(v->string, &end, 10);
+        if (!v->string[0] || *end || id < 0 || id >= INT32_MAX || !cJSON_IsNumber(v) ||
+            !isfinite(v->valuedouble) || v->valuedouble < -100 || v->valuedouble > 100) {
+            snprintf(err, errlen, "'logit_bias' maps token ids (decimal strings) to numbers in [-100, 100]");
+            return -1;
+        }
+        s->logit_bias[s->n_logit_bias].token = (int32_t)id;
+        s->logit_bias[s->n_logit_bias++].bias = (float)v->valuedouble;
+        if (id > *max_id) *max_id = (int)id;
+    }
+    return 0;
+}
+
+/* Reads chat messages: each a string role and a content that is a string,
+ * null, or an array of {type: "text", text} parts (joined). Rendering waits
+ * until the node that runs the model is known: it owns the chat template. */
+static int parse_messages(cJSON *messages, openai_request *req, char *err, size_t errlen)
+{
+    int n = cJSON_GetArraySize(messages);
+    if (!cJSON_IsArray(messages) || n == 0 || n > OPENAI_MAX_MESSAGES) {
+        snprintf(err, errlen, "'messages' must be a non-empty array (at most %d messages)", OPENAI_MAX_MESSAGES);
+        return -1;
+    }
+    req->msgs = calloc((size_t)n, sizeof *req->msgs);
+    if (!req->msgs) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    cJSON *msg;
+    cJSON_ArrayForEach(msg, messages) {
+        cJSON *role = cJSON_GetObjectItemCaseSensitive(msg, "role");
+        cJSON *content = cJSON_GetObjectItemCaseSensitive(msg, "content");
+        if (!cJSON_IsString(role)) {
+            snprintf(err, errlen, "each message needs a string 'role'");
+            return -1;
+        }
+        char *text = NULL;
+        size_t len = 0, cap = 0;
+        if (cJSON_IsString(content)) {
+            append_text(&text, &len, &cap, content->valuestring, strlen(content->valuestring));
+        } else if (cJSON_IsArray(content)) {
+            cJSON *part;
+            cJSON_ArrayForEach(part, content) {
+                cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+                if (!cJSON_IsString(t)) {
+                    free(text);
+                    snprintf(err, errlen, "message content parts must be text parts");
+                    return -1;
+                }
+                append_text(&text, &len, &cap, t->valuestring, strlen(t->valuestring));
+            }
+        } else if (content && !cJSON_IsNull(content)) {
+            snprintf(err, errlen, "message 'content' must be a string or an array of text parts");
+            return -1;
+        }
+        chat_message *m = &req->msgs[req->n_msgs++];
+        m->role = strdup(role->valuestring);
+        m->content = text ? text : strdup("");
+        if (!m->role || !m->content) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Parses a completion or chat request body. Returns 0, or -1 with a message
+ * (then nothing is left to free). */
+int openai_parse_request(const char *body, size_t len, int chat, openai_request *req, char *err,
+                         size_t errlen)
+{
+    memset(req, 0, sizeof *req);
+    req->chat = chat;
+    req->max_id = -1;
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root) {
+        snprintf(err, errlen, "request body is not valid JSON");
+        return -1;
+    }
+    int rc = -1;
+    engine_request *er = req->er = malloc(sizeof *er);
+    if (!er) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    engine_request_defaults(er);
+    engine_sampling *s = &er->sampling;
+    if (!cJSON_IsObject(root)) {
+        snprintf(err, errlen, "request body must be a JSON object");
+        goto done;
+    }
+    cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (!cJSON_IsString(model) || !model->valuestring[0] || strlen(model->valuestring) >= MESH_MAX_NAME) {
+        snprintf(err, errlen, "'model' must be a non-empty string (at most %d bytes)", MESH_MAX_NAME - 1);
+        goto done;
+    }
+    snprintf(req->model, sizeof req->model, "%s", model->valuestring);
+
+    if (chat) {
+        if (parse_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), req, err, errlen)) goto done;
+    } else if (parse_prompt(cJSON_GetObjectItemCaseSensitive(root, "prompt"), req, err, errlen)) {
+        goto done;
+    }
+
+    double v;
+    if (opt_float(root, "temperature", 0, 2, &s->temperature, err, errlen)) goto done;
+    if (opt_float(root, "top_p", 0, 1, &s->top_p, err, errlen)) goto done;
+    v = s->top_k;
+    if (opt_number(root, "top_k", 0, 1e6, &v, err, errlen)) goto done;
+    s->top_k = (int)v;
+    if (opt_float(root, "min_p", 0, 1, &s->min_p, err, errlen)) goto done;
+    if (opt_float(root, "presence_penalty", -2, 2, &s->presence_penalty, err, errlen)) goto done;
+    if (opt_float(root, "frequency_penalty", -2, 2, &s->frequency_penalty, err, errlen)) goto done;
+    /* repetition_penalty (Hugging Face's name) or repeat_penalty (llama.cpp's) */
+    if (opt_float(root, "repetition_penalty", 0, 10, &s->repeat_penalty, err, errlen)) goto done;
+    if (opt_float(root, "repeat_penalty", 0, 10, &s->repeat_penalty, err, errlen)) goto done;
+    v = 0;
+    if (opt_number(root, "repeat_last_n", 0, 4096, &v, err, errlen)) goto done;
+    s->repeat_last_n = (int)v;
+    v = 16;
+    if (opt_number(root, chat ? "max_completion_tokens" : "max_tokens", 0, 1e6, &v, err, errlen)) goto done;
+    if (chat && opt_number(root, "max_tokens", 0, 1e6, &v, err, errlen)) goto done;
+    if (chat && !cJSON_GetObjectItemCaseSensitive(root, "max_tokens") &&
+        !cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens"))
+        v = 1e6; /* chat default: until EOS or the end of the context */
+    s->max_tokens = (int)v;
+    /* No seed: a fresh one per request (time and a counter, mixed). */
+    static uint64_t seed_counter;
+    cJSON *seed = cJSON_GetObjectItemCaseSensitive(root, "seed");
+    if (seed && !cJSON_IsNull(seed)) {
+        if (!cJSON_IsNumber(seed) || seed->valuedouble != floor(seed->valuedouble) ||
+            fabs(seed->valuedouble) > 9.0e15) {
+            snprintf(err, errlen, "'seed' must be an integer");
+            goto done;
+        }
+        s->seed = (uint64_t)(int64_t)seed->valuedouble;
+    } else {
+        s->seed = ((uint64_t)time(NULL) << 20) ^ (++seed_counter * 0x9E3779B97F4A7C15ull);
+    }
+    double n = 1;
+    if (opt_number(root, "n", 1, 1, &n, err, errlen)) {
+        snprintf(err, errlen, "'n' must be 1 (several choices per request are not supported)");
+        goto done;
+    }
+    if (parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"), s, err, errlen)) goto done;
+    if (parse_logit_bias(cJSON_GetObjectItemCaseSensitive(root, "logit_bias"), s, &req->max_id, err, errlen))
+        goto done;
+
+    /* Log-probabilities. Completions (legacy): logprobs = N alternatives,
+     * 0..20 (OpenAI allows 5; lm-evaluation-harness asks for 1); echo.
+     * Chat: logprobs = true, top_logprobs = N. */
+    if (chat) {
+        if (openai_read_bool(root, "logprobs", &er->logprobs, err, errlen)) goto done;
+        v = 0;
+        if (opt_number(root, "top_logprobs", 0, ENGINE_MAX_TOP_LOGPROBS, &v, err, errlen)) goto done;
+        er->top_logprobs = (int)v;
+    } else {
+        cJSON *lp = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
+        if (cJSON_IsBool(lp)) {
+            er->logprobs = cJSON_IsTrue(lp);
+        } else if (lp && !cJSON_IsNull(lp)) {
+            v = 0;
+            if (opt_number(root, "logprobs", 0, ENGINE_MAX_TOP_LOGPROBS, &v, err, errlen) ||
+                v != floor(v)) {
+                snprintf(err, errlen, "'logprobs' must be an integer between 0 and %d", ENGINE_MAX_TOP_LOGPROBS);
+                goto done;
+            }
+            er->logprobs = 1;
+            er->top_logprobs = (int)v;
+        }
+        if (openai_read_bool(root, "echo", &req->echo, err, errlen)) goto done;
+        er->echo_logprobs = req->echo && er->logprobs;
+        /* A string prompt's special-token texts ("<|im_start|>", "</s>")
+         * become those tokens, as llama.cpp's server does, so that prompts
+         * rendered by the caller work; "parse_special": false keeps them text. */
+        er->parse_special = 1;
+        if (openai_read_bool(root, "parse_special", &er->parse_special, err, errlen)) goto done;
+    }
+    if (openai_read_bool(root, "stream", &req->stream, err, errlen)) goto done;
+    cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so) || openai_read_bool(so, "include_usage", &req->include_usage, err, errlen)) {
+            if (!cJSON_IsObject(so)) snprintf(err, errlen, "'stream_options' must be an object");
+            goto done;
+        }
+    }
+    er->prompt = req->prompt ? req->prompt : "";
+    er->prompt_len = req->prompt_len;
+    er->prompt_ids = req->ids;
+    er->n_prompt_ids = req->n_ids;
+    rc = 0;
+done:
+    cJSON_Delete(root);
+    if (rc != 0) openai_request_free(req);
+    return rc;
+}
+
+int openai_request_render_chat(openai_request *req, const engine_model *em, char *err, size_t errlen)
+{
+    int parse_special = 0;
+    if (engine_render_chat(em, req->msgs, req->n_msgs, &req->prompt, &req->prompt_len, &parse_special,
+                           err, errlen) != 0)
+        return -1;
+    req->er->prompt = req->prompt;
+    req->er->prompt_len = req->prompt_len;
+    req->er->parse_special = parse_special;
     return 0;
 }
 
@@ -138,6 +499,22 @@ void openai_answer_free(openai_answer *ans)
     free(ans->text);
     free(ans->echo_text);
     free(ans->toks);
+}
+
+int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_model *em)
+{
+    ans->engine = em;
+    ans->logprobs = req->er->logprobs;
+    ans->top_logprobs = req->er->top_logprobs;
+    ans->include_usage = req->include_usage;
+    if (req->echo) {
+        char err[512];
+        size_t n;
+        ans->echo_text = req->ids ? engine_detokenize(em, req->ids, req->n_ids, &n, err, sizeof err)
+                                  : strdup(req->prompt);
+        if (!ans->echo_text) return -1;
+    }
+    return 0;
 }
 
 static cJSON *chunk_object(openai_answer *ans)

@@ -1,14 +1,15 @@
-/* openai.h: the OpenAI wire dialect: answers rendered from what the engine
- * produces.
+/* openai.h: the OpenAI wire dialect: request bodies in, answers out.
  *
- * Rendering turns a local generation's text and tokens into OpenAI's JSON
- * objects and SSE chunks (choices, log-probabilities, usage), and errors into
- * OpenAI's error shape. Not here: which endpoint a path is (serve/api.c),
+ * Parsing validates a /v1/completions or /v1/chat/completions body and turns
+ * it into an openai_request that holds the engine_request to run. Rendering
+ * turns a local generation's text and tokens into OpenAI's JSON objects and
+ * SSE chunks (choices, log-probabilities, usage), and errors into OpenAI's
+ * error shape. Not here: which endpoint a path is (serve/api.c),
  * where a request runs, retries and aborts (serve/router.c), generation
  * (engine via serve/scheduler.c). Another wire dialect would sit beside this
  * file and map onto the same engine request.
  *
- * Depends on: engine (tokenizer, for log-probabilities), cJSON, lib/log, and
+ * Depends on: engine (tokenizer, chat templates), cJSON, lib/log, and
  * api.h for the sink and counter types only. It calls nothing else in serve/,
  * so every other serve file may call it.
  *
@@ -24,6 +25,48 @@
 #include "engine/engine.h"
 #include "mesh/mesh.h"   /* MESH_MAX_NAME: a model name's bound */
 #include "serve/api.h"
+
+/* ---- requests --------------------------------------------------------------*/
+
+#define OPENAI_MAX_PROMPT_IDS (1 << 20) /* token ids in one prompt */
+#define OPENAI_MAX_MESSAGES 4096        /* chat messages in one request */
+
+/* A parsed completion or chat request. */
+typedef struct {
+    char model[MESH_MAX_NAME];
+    int chat;               /* /v1/chat/completions */
+    engine_request *er;     /* owned; er->prompt / er->prompt_ids point at the copies below */
+    char *prompt;           /* owned text prompt (or rendered chat) */
+    size_t prompt_len;
+    int32_t *ids;           /* owned token-id prompt (completions), or NULL */
+    int n_ids;
+    int stream;
+    int include_usage;      /* stream_options.include_usage */
+    int echo;               /* completions: the prompt comes back before the completion */
+    int max_id;             /* largest token id in the prompt or logit_bias (-1: none) */
+    chat_message *msgs;     /* chat: owned roles and contents, rendered by the serving node */
+    int n_msgs;
+} openai_request;
+
+/* Parses a completion (chat 0) or chat request body; every bound is checked
+ * here. A chat request's messages are kept, not rendered: the chat template
+ * is the serving model's (openai_request_render_chat, on the node that runs
+ * it). Returns 0, or -1 with a message for a 400 (then nothing is left to
+ * free). */
+int openai_parse_request(const char *body, size_t len, int chat, openai_request *req, char *err,
+                         size_t errlen);
+void openai_request_free(openai_request *r);
+/* Renders a chat request's messages with em's chat template into the
+ * engine request's prompt. 0, or -1 with the template's message. */
+int openai_request_render_chat(openai_request *req, const engine_model *em, char *err, size_t errlen);
+
+/* Field readers shared with the other endpoints (tokenize): an optional
+ * boolean, -1 with a message when present but not one; an array of token
+ * ids (integers in [0, 2^31), at most OPENAI_MAX_PROMPT_IDS), malloc'ed, or
+ * NULL with a message, *max raised to the largest. */
+int openai_read_bool(cJSON *root, const char *name, int *out, char *err, size_t errlen);
+int32_t *openai_read_token_ids(cJSON *arr, const char *name, int *n_out, int *max, char *err,
+                               size_t errlen);
 
 /* ---- answers ---------------------------------------------------------------*/
 
@@ -58,6 +101,9 @@ void openai_answer_init(openai_answer *ans, api_sink *sink, const char *model, c
                         uint64_t serial);
 /* Frees what the answer accumulated (not ans itself, nor the sink). */
 void openai_answer_free(openai_answer *ans);
+/* Readies a local generation's answer for req on em: log-probabilities,
+ * usage, and the echoed prompt text. 0, or -1 out of memory. */
+int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_model *em);
 /* Streaming: begins the SSE answer (200), sends chat's role chunk and the
  * echoed prompt when it does not wait for its tokens. */
 void openai_answer_begin_stream(openai_answer *ans);
