@@ -503,6 +503,8 @@ void openai_answer_free(openai_answer *ans)
 
 int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_model *em)
 {
+    ans->chat = req->chat;
+    ans->stream = req->stream;
     ans->engine = em;
     ans->logprobs = req->er->logprobs;
     ans->top_logprobs = req->er->top_logprobs;

@@ -101,8 +101,9 @@ void openai_answer_init(openai_answer *ans, api_sink *sink, const char *model, c
                         uint64_t serial);
 /* Frees what the answer accumulated (not ans itself, nor the sink). */
 void openai_answer_free(openai_answer *ans);
-/* Readies a local generation's answer for req on em: log-probabilities,
- * usage, and the echoed prompt text. 0, or -1 out of memory. */
+/* Readies a local generation's answer for req on em: its shape (chat,
+ * stream), log-probabilities, usage, and the echoed prompt text. 0, or -1
+ * out of memory. */
 int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_model *em);
 /* Streaming: begins the SSE answer (200), sends chat's role chunk and the
  * echoed prompt when it does not wait for its tokens. */
