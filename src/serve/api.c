@@ -8,7 +8,10 @@
  * (route by path) -> openai.c (parse and validate) -> router.c (a local
  * scheduler job, rendered by openai.c, or a peer through tunnel.c).
  *
- * Dependency direction: api.c -> (openai.c, router.c, scheduler.c, mesh).
+ * Dependency direction: api.c -> (openai.c, router.c, tunnel.c,
+ * scheduler.c, mesh). Nothing it calls calls back into it by name: the
+ * tunnel's host side reaches api_handle through the tunnel_handler that
+ * api_serve_tunnel registers, the HTTP server through api.h.
  *
  * Not here: HTTP parsing (serve/http.c uses libevent's evhttp), the tunnel
  * wire format (serve/tunnel.c), generation (engine via serve/scheduler.c).
@@ -29,6 +32,7 @@
 #include "serve/openai.h"
 #include "serve/router.h"
 #include "serve/scheduler.h"
+#include "serve/tunnel.h"
 
 #define API_MAX_PEERS 256
 
@@ -38,6 +42,7 @@ struct api {
     mesh *mesh;             /* NULL: no peers (tests) */
     router *router;         /* where requests run; owns the calls in flight */
     api_counters counters;  /* counted here, in the router and in openai_send_error */
+    tunnel_handler tunnel;  /* how peers' requests reach api_handle (api_serve_tunnel) */
 };
 
 /* ---- small helpers --------------------------------------------------------*/
@@ -215,6 +220,21 @@ api_call *api_handle(api *a, const char *method, const char *path, const char *b
 }
 
 void api_call_abort(api_call *c) { router_call_abort(c); }
+
+/* The tunnel's host side calls these instead of api_handle by name. */
+static void *from_peer_handle(void *ctx, const char *method, const char *path, const char *body,
+                           size_t body_len, api_sink *sink)
+{
+    return api_handle(ctx, method, path, body, body_len, sink, 1);
+}
+
+static void from_peer_abort(void *call) { api_call_abort(call); }
+
+void api_serve_tunnel(api *a)
+{
+    a->tunnel = (tunnel_handler){from_peer_handle, from_peer_abort, a};
+    tunnel_register(a->mesh, &a->tunnel);
+}
 
 api *api_new(struct event_base *base, sched *s, mesh *m)
 {
