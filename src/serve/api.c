@@ -65,8 +65,9 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
     }
     engine_model *em = sched_find_model(a->sched, req.model);
     if (em && req.max_id >= engine_model_n_vocab(em)) {
-        openai_send_error(&a->counters, sink, 400, NULL, "token id %d is out of range: model '%s' has %d tokens",
-                          req.max_id, req.model, engine_model_n_vocab(em));
+        openai_send_error(&a->counters, sink, 400, NULL,
+                          "token id %d is out of range: model '%s' has %d tokens", req.max_id, req.model,
+                          engine_model_n_vocab(em));
         openai_request_free(&req);
         return NULL;
     }
@@ -141,7 +142,8 @@ static api_call *handle_tokenize(api *a, const char *method, const char *path, c
     } else {
         cJSON *tokens = cJSON_GetObjectItemCaseSensitive(root, "tokens");
         int n = 0, max_id = -1;
-        int32_t *ids = cJSON_IsArray(tokens) ? openai_read_token_ids(tokens, "tokens", &n, &max_id, err, sizeof err) : NULL;
+        int32_t *ids = cJSON_IsArray(tokens)
+                     ? openai_read_token_ids(tokens, "tokens", &n, &max_id, err, sizeof err) : NULL;
         if (!ids) {
             if (!cJSON_IsArray(tokens)) snprintf(err, sizeof err, "'tokens' must be an array of token ids");
             goto done;
@@ -223,7 +225,7 @@ void api_call_abort(api_call *c) { router_call_abort(c); }
 
 /* The tunnel's host side calls these instead of api_handle by name. */
 static void *from_peer_handle(void *ctx, const char *method, const char *path, const char *body,
-                           size_t body_len, api_sink *sink)
+                              size_t body_len, api_sink *sink)
 {
     return api_handle(ctx, method, path, body, body_len, sink, 1);
 }

@@ -4,14 +4,14 @@
  * it into an openai_request that holds the engine_request to run. Rendering
  * turns a local generation's text and tokens into OpenAI's JSON objects and
  * SSE chunks (choices, log-probabilities, usage), and errors into OpenAI's
- * error shape. Not here: which endpoint a path is (serve/api.c),
- * where a request runs, retries and aborts (serve/router.c), generation
- * (engine via serve/scheduler.c). Another wire dialect would sit beside this
- * file and map onto the same engine request.
+ * error shape. Not here: which endpoint a path is (serve/api.c), where a
+ * request runs, retries and aborts (serve/router.c), generation (engine via
+ * serve/scheduler.c). Another wire dialect would sit beside this file and
+ * map onto the same engine request.
  *
- * Depends on: engine (tokenizer, chat templates), cJSON, lib/log, and
- * api.h for the sink and counter types only. It calls nothing else in serve/,
- * so every other serve file may call it.
+ * Dependency direction: api.c, router.c and tunnel.c call openai.c; it
+ * calls nothing in serve/. It uses engine (tokenizer, chat templates), cJSON
+ * and lib/log, and api.h for the sink and counter types only.
  *
  * Threading: event-loop thread only. Token names come from the model's
  * tokenizer, which is immutable and so safe to read while a worker runs. */

@@ -195,7 +195,8 @@ static int pick_untried_host(const api_call *c, uint8_t out[MESH_ID_BYTES])
     for (int i = 0; i < n; i++) {
         if (strcmp(peers[i].state, "alive") != 0) continue;
         int serves = 0;
-        for (int j = 0; j < peers[i].n_models && !serves; j++) serves = !strcmp(peers[i].models[j], c->answer.model);
+        for (int j = 0; j < peers[i].n_models && !serves; j++)
+            serves = !strcmp(peers[i].models[j], c->answer.model);
         uint8_t id[MESH_ID_BYTES];
         if (!serves || identity_id_from_hex(peers[i].id, id) != 0 || host_tried(c, id)) continue;
         uint8_t key[2 * MESH_ID_BYTES + MESH_MAX_NAME];

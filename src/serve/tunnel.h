@@ -9,10 +9,11 @@
  * "HTTP tunnel".
  *
  * Dependency direction: router.c (entry side: tunnel_forward, tunnel_abort)
- * and api.c (host side: tunnel_register) call the tunnel; the tunnel calls
- * no one in serve/ by name. It answers through the api_sink it is given and
- * reaches the API through a tunnel_handler, so api.h is only a source of
- * types here (the sink, the body bound); openai.c gives the 502 body.
+ * and api.c (host side: tunnel_register) call the tunnel. The tunnel calls
+ * nothing else in serve/ but openai_error_json (its 502 body): it answers
+ * through the api_sink it is given and reaches the API through the
+ * tunnel_handler it is given, so api.h is only a source of types here (the
+ * sink, the body bound).
  *
  * Threading: event-loop thread only. */
 #ifndef LLMESH_TUNNEL_H
