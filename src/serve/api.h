@@ -7,6 +7,11 @@
  * model this node does not serve is forwarded to a peer that does, through
  * the same sink, so a streamed answer passes through untouched.
  *
+ * Inside: api.c (endpoints) -> openai.c (parsing, rendering) and router.c
+ * (local job or peer, retries) -> tunnel.c. The transports (http.c,
+ * tunnel.c) reach the API through this header and the sink; tunnel.c gets
+ * api_handle as a handler (api_serve_tunnel), never by name.
+ *
  * Threading: event-loop thread only. */
 #ifndef LLMESH_API_H
 #define LLMESH_API_H
@@ -54,6 +59,9 @@ api_call *api_handle(api *a, const char *method, const char *path, const char *b
 /* The transport is gone (client disconnected, stream reset): no more sink
  * calls; generation or forwarding is stopped. The call is invalid after. */
 void api_call_abort(api_call *c);
+/* Serves the requests peers forward here (HTTP_TUNNEL streams on the mesh
+ * given to api_new) with api_handle, from_peer set. */
+void api_serve_tunnel(api *a);
 
 void api_get_counters(const api *a, api_counters *out);
 

@@ -26,7 +26,6 @@
 #include "serve/pipeline.h"
 #include "serve/scheduler.h"
 #include "serve/stage.h"
-#include "serve/tunnel.h"
 
 #define NODE_MAX_PEERS 256
 #define LLMESH_VERSION "0.1.0"
@@ -241,7 +240,7 @@ int node_run(const node_config *cfg)
 
     n.api = api_new(n.base, n.sched, n.mesh);
     if (!n.api) goto out;
-    tunnel_register(n.mesh, n.api);
+    api_serve_tunnel(n.api);
     n.api_http = http_api_start(n.base, cfg->http_host, (uint16_t)cfg->api_port, n.api, err, sizeof err);
     if (!n.api_http) { fprintf(stderr, "llmesh: API (--port): %s\n", err); goto out; }
     n.console_http = http_console_start(n.base, cfg->http_host, (uint16_t)cfg->console_port,

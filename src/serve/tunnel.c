@@ -3,9 +3,9 @@
  *
  * Entry side: tunnel_forward opens the stream and writes the request; the
  * response frames drive the caller's sink. Host side: tunnel_register accepts
- * streams, gathers the request, hands it to api_handle with a sink that turns
- * the answer back into frames. Both sides are plain state machines on the
- * event-loop thread. */
+ * streams, gathers the request, hands it to the registered handler (the
+ * API's api_handle, from_peer) with a sink that turns the answer back into
+ * frames. Both sides are plain state machines on the event-loop thread. */
 #include "serve/tunnel.h"
 
 #include <stdio.h>
@@ -14,6 +14,7 @@
 
 #include "lib/log.h"
 #include "mesh/mesh.h"
+#include "serve/openai.h"
 
 #define TUNNEL_CHUNK (256u << 10)   /* body bytes per frame */
 #define TUNNEL_MAX_METHOD 16
@@ -57,7 +58,7 @@ static void call_fail(tunnel_call *c, const char *why)
     c->ended = 1;
     log_warn("tunnel", "forwarded request failed: %s", why);
     if (!c->begun) {
-        char *body = api_error_json(why, "server_error", NULL);
+        char *body = openai_error_json(why, "server_error", NULL);
         c->sink->ops->begin(c->sink, 502, "application/json");
         if (body) c->sink->ops->write(c->sink, body, strlen(body));
         free(body);
@@ -150,15 +151,15 @@ void tunnel_abort(tunnel_call *c)
 /* ---- host side ------------------------------------------------------------*/
 
 typedef struct {
-    api_sink sink;          /* first: the api calls back with &server->sink */
-    api *api;
+    api_sink sink;          /* first: the handler calls back with &server->sink */
+    const tunnel_handler *handler;
     mesh_stream *stream;
     char method[TUNNEL_MAX_METHOD];
     char path[TUNNEL_MAX_PATH];
     int have_head;
     char *body;
     size_t body_len, body_cap;
-    api_call *call;         /* while the answer is being produced */
+    void *call;             /* the handler's, while the answer is being produced */
     int ended;
     int failed;             /* protocol error: stream aborted */
 } tunnel_server;
@@ -241,7 +242,7 @@ static void server_on_fin(void *user, mesh_stream *s)
     tunnel_server *t = user;
     if (!t->have_head) { server_protocol_error(t, "no request head"); return; }
     if (t->call || t->ended) return;
-    t->call = api_handle(t->api, t->method, t->path, t->body, t->body_len, &t->sink, 1);
+    t->call = t->handler->handle(t->handler->ctx, t->method, t->path, t->body, t->body_len, &t->sink);
     free(t->body);
     t->body = NULL;
     t->body_len = t->body_cap = 0;
@@ -252,7 +253,7 @@ static void server_on_close(void *user, mesh_stream *s, const char *error)
     tunnel_server *t = user;
     if (t->call) {
         log_debug("tunnel", "entry node went away mid-request: %s", error ? error : "closed");
-        api_call_abort(t->call);
+        t->handler->abort(t->call);
     }
     free(t->body);
     free(t);
@@ -265,13 +266,13 @@ static void tunnel_accept(void *ctx, mesh_stream *s)
     tunnel_server *t = calloc(1, sizeof *t);
     if (!t) { mesh_stream_abort(s); return; }
     t->sink.ops = &server_sink_ops;
-    t->api = ctx;
+    t->handler = ctx;
     t->stream = s;
     mesh_stream_set_handlers(s, &server_handlers, t);
 }
 
-void tunnel_register(mesh *m, api *a)
+void tunnel_register(mesh *m, const tunnel_handler *handler)
 {
-    mesh_register_stream_type(m, MESH_STREAM_HTTP_TUNNEL, tunnel_accept, a);
+    mesh_register_stream_type(m, MESH_STREAM_HTTP_TUNNEL, tunnel_accept, (void *)handler);
     mesh_open_to_clients(m, MESH_STREAM_HTTP_TUNNEL);
 }

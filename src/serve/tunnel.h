@@ -1,11 +1,19 @@
 /* tunnel.h: API requests carried over the mesh (stream type HTTP_TUNNEL).
  *
  * The entry node sends the request (method, path, body) as frames and
- * finishes its side; the host node runs it through its own api_handle and
- * sends the response back as frames (status and content type, then body
- * chunks), finishing its side at the end. Body bytes pass through untouched,
- * so a streamed (SSE) answer reaches the client exactly as the host wrote it.
- * Frame layout: docs/PROTOCOL.md, "HTTP tunnel".
+ * finishes its side; the host node runs it through the handler registered
+ * with tunnel_register (its API) and sends the response back as frames
+ * (status and content type, then body chunks), finishing its side at the
+ * end. Body bytes pass through untouched, so a streamed (SSE) answer reaches
+ * the client exactly as the host wrote it. Frame layout: docs/PROTOCOL.md,
+ * "HTTP tunnel".
+ *
+ * Dependency direction: router.c (entry side: tunnel_forward, tunnel_abort)
+ * and api.c (host side: tunnel_register) call the tunnel. The tunnel calls
+ * nothing else in serve/ but openai_error_json (its 502 body): it answers
+ * through the api_sink it is given and reaches the API through the
+ * tunnel_handler it is given, so api.h is only a source of types here (the
+ * sink, the body bound).
  *
  * Threading: event-loop thread only. */
 #ifndef LLMESH_TUNNEL_H
@@ -36,7 +44,19 @@ tunnel_call *tunnel_forward(struct mesh *m, const uint8_t *peer_id, const char *
 /* Stops the call: the stream is reset, the sink is not touched again. */
 void tunnel_abort(tunnel_call *c);
 
-/* Serves incoming tunnel streams with a. */
-void tunnel_register(struct mesh *m, api *a);
+/* What the host side runs a request with. handle answers through sink and
+ * returns a handle while the answer is still being produced, or NULL once
+ * sink->end was called; abort takes that handle when the entry node goes
+ * away first (no sink call follows). ctx is handle's first argument. */
+typedef struct {
+    void *(*handle)(void *ctx, const char *method, const char *path, const char *body,
+                    size_t body_len, api_sink *sink);
+    void (*abort)(void *call);
+    void *ctx;
+} tunnel_handler;
+
+/* Serves incoming tunnel streams with handler, which must outlive the mesh's
+ * streams (the tunnel keeps the pointer). */
+void tunnel_register(struct mesh *m, const tunnel_handler *handler);
 
 #endif

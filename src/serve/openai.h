@@ -1,0 +1,135 @@
+/* openai.h: the OpenAI wire dialect: request bodies in, answers out.
+ *
+ * Parsing validates a /v1/completions or /v1/chat/completions body and turns
+ * it into an openai_request that holds the engine_request to run. Rendering
+ * turns a local generation's text and tokens into OpenAI's JSON objects and
+ * SSE chunks (choices, log-probabilities, usage), and errors into OpenAI's
+ * error shape. Not here: which endpoint a path is (serve/api.c), where a
+ * request runs, retries and aborts (serve/router.c), generation (engine via
+ * serve/scheduler.c). Another wire dialect would sit beside this file and
+ * map onto the same engine request.
+ *
+ * Dependency direction: api.c, router.c and tunnel.c call openai.c; it
+ * calls nothing in serve/. It uses engine (tokenizer, chat templates), cJSON
+ * and lib/log, and api.h for the sink and counter types only.
+ *
+ * Threading: event-loop thread only. Token names come from the model's
+ * tokenizer, which is immutable and so safe to read while a worker runs. */
+#ifndef LLMESH_OPENAI_H
+#define LLMESH_OPENAI_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+#include "mesh/mesh.h"   /* MESH_MAX_NAME: a model name's bound */
+#include "serve/api.h"
+
+/* ---- requests --------------------------------------------------------------*/
+
+#define OPENAI_MAX_PROMPT_IDS (1 << 20) /* token ids in one prompt */
+#define OPENAI_MAX_MESSAGES 4096        /* chat messages in one request */
+
+/* A parsed completion or chat request. */
+typedef struct {
+    char model[MESH_MAX_NAME];
+    int chat;               /* /v1/chat/completions */
+    engine_request *er;     /* owned; er->prompt / er->prompt_ids point at the copies below */
+    char *prompt;           /* owned text prompt (or rendered chat) */
+    size_t prompt_len;
+    int32_t *ids;           /* owned token-id prompt (completions), or NULL */
+    int n_ids;
+    int stream;
+    int include_usage;      /* stream_options.include_usage */
+    int echo;               /* completions: the prompt comes back before the completion */
+    int max_id;             /* largest token id in the prompt or logit_bias (-1: none) */
+    chat_message *msgs;     /* chat: owned roles and contents, rendered by the serving node */
+    int n_msgs;
+} openai_request;
+
+/* Parses a completion (chat 0) or chat request body; every bound is checked
+ * here. A chat request's messages are kept, not rendered: the chat template
+ * is the serving model's (openai_request_render_chat, on the node that runs
+ * it). Returns 0, or -1 with a message for a 400 (then nothing is left to
+ * free). */
+int openai_parse_request(const char *body, size_t len, int chat, openai_request *req, char *err,
+                         size_t errlen);
+void openai_request_free(openai_request *r);
+/* Renders a chat request's messages with em's chat template into the
+ * engine request's prompt. 0, or -1 with the template's message. */
+int openai_request_render_chat(openai_request *req, const engine_model *em, char *err, size_t errlen);
+
+/* Field readers shared with the other endpoints (tokenize): an optional
+ * boolean, -1 with a message when present but not one; an array of token
+ * ids (integers in [0, 2^31), at most OPENAI_MAX_PROMPT_IDS), malloc'ed, or
+ * NULL with a message, *max raised to the largest. */
+int openai_read_bool(cJSON *root, const char *name, int *out, char *err, size_t errlen);
+int32_t *openai_read_token_ids(cJSON *arr, const char *name, int *n_out, int *max, char *err,
+                               size_t errlen);
+
+/* ---- answers ---------------------------------------------------------------*/
+
+/* One answer being rendered: the identity of a completion (id, model,
+ * created), its shape (stream, chat) and, for a local generation, what it
+ * has accumulated so far. Embedded in each in-flight call; a forwarded call
+ * uses only sink, model and stream (the host renders its own answer). */
+typedef struct {
+    api_sink *sink;         /* where the answer goes */
+    int stream;             /* SSE instead of one JSON object */
+    int chat;
+    char id[48];
+    char model[MESH_MAX_NAME];
+    long created;
+    char *text;             /* whole completion (non-streaming) */
+    size_t text_len, text_cap;
+    /* Local generation: log-probabilities and echo. */
+    engine_model *engine;   /* the served model (its tokenizer names tokens) */
+    int logprobs, top_logprobs, include_usage;
+    char *echo_text;        /* echo: the prompt text, sent before the completion */
+    int echo_sent;          /* streaming: echo_text went out */
+    engine_token *toks;     /* non-streaming: every token reported */
+    int n_toks, toks_cap;
+    long text_offset;       /* characters of text the reported tokens covered */
+    int past_prompt;        /* a completion token was reported */
+} openai_answer;
+
+/* Fills the identity: sink, model, created (now) and an id
+ * "<id_prefix>-<16 hex digits>" made from serial and the time. The rest is
+ * zero (ans is expected zeroed). */
+void openai_answer_init(openai_answer *ans, api_sink *sink, const char *model, const char *id_prefix,
+                        uint64_t serial);
+/* Frees what the answer accumulated (not ans itself, nor the sink). */
+void openai_answer_free(openai_answer *ans);
+/* Readies a local generation's answer for req on em: its shape (chat,
+ * stream), log-probabilities, usage, and the echoed prompt text. 0, or -1
+ * out of memory. */
+int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_model *em);
+/* Streaming: begins the SSE answer (200), sends chat's role chunk and the
+ * echoed prompt when it does not wait for its tokens. */
+void openai_answer_begin_stream(openai_answer *ans);
+/* New text and tokens from the engine: a chunk when streaming, else kept
+ * for the final object. */
+void openai_answer_output(openai_answer *ans, const char *text, size_t len, const engine_token *toks,
+                          int n_toks);
+/* The generation succeeded: sends the rest of the answer (the final chunk,
+ * usage and [DONE]; or the whole JSON object) and ends the sink. */
+void openai_answer_finish(openai_answer *ans, const engine_result *r);
+
+/* ---- other answers ---------------------------------------------------------*/
+
+/* A body for an OpenAI-shaped error; caller frees. */
+char *openai_error_json(const char *message, const char *type, const char *code);
+/* Answers status with body as the whole JSON answer; ends the sink. */
+void openai_send_json(api_sink *sink, int status, cJSON *body);
+/* Answers an error (type from the status), counted in counters (bad_requests
+ * below 500, else failed); ends the sink. */
+void openai_send_error(api_counters *counters, api_sink *sink, int status, const char *code,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Ends a started SSE answer with an error event and [DONE] (the sink's end
+ * is left to the caller). */
+void openai_sse_error_and_done(api_sink *sink, const char *message);
+/* GET /v1/models: the list of these model ids; ends the sink. */
+void openai_send_model_list(api_sink *sink, const char *const *ids, int n);
+
+#endif
