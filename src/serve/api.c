@@ -30,6 +30,7 @@
 #include "engine/engine.h"
 #include "mesh/mesh.h"
 #include "serve/openai.h"
+#include "serve/pipeline.h"
 #include "serve/router.h"
 #include "serve/scheduler.h"
 #include "serve/tunnel.h"
@@ -40,6 +41,7 @@ struct api {
     struct event_base *base;
     sched *sched;
     mesh *mesh;             /* NULL: no peers (tests) */
+    pipelines *pipelines;   /* NULL: every local model runs (tests) */
     router *router;         /* where requests run; owns the calls in flight */
     api_counters counters;  /* counted here, in the router and in openai_send_error */
     tunnel_handler tunnel;  /* how peers' requests reach api_handle (api_serve_tunnel) */
@@ -64,6 +66,9 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
         return NULL;
     }
     engine_model *em = sched_find_model(a->sched, req.model);
+    char why[8];
+    if (em && a->pipelines && pipelines_model_state(a->pipelines, req.model, why, sizeof why) != PIPELINE_READY)
+        em = NULL; /* coordinated here but not running (planning, loading): the router says why */
     if (em && req.max_id >= engine_model_n_vocab(em)) {
         openai_send_error(&a->counters, sink, 400, NULL,
                           "token id %d is out of range: model '%s' has %d tokens", req.max_id, req.model,
@@ -173,8 +178,12 @@ static void handle_models(api *a, api_sink *sink)
     /* Local models first, then every model a live peer serves, once each. */
     const char *seen[API_MAX_PEERS];
     int n_seen = 0;
-    for (int i = 0; i < sched_model_count(a->sched) && n_seen < API_MAX_PEERS; i++)
-        seen[n_seen++] = engine_model_id(sched_model_at(a->sched, i));
+    for (int i = 0; i < sched_model_count(a->sched) && n_seen < API_MAX_PEERS; i++) {
+        const char *id = engine_model_id(sched_model_at(a->sched, i));
+        char why[8];
+        if (!a->pipelines || pipelines_model_state(a->pipelines, id, why, sizeof why) == PIPELINE_READY)
+            seen[n_seen++] = id;
+    }
     static mesh_peer peers[API_MAX_PEERS];
     int n_peers = a->mesh ? mesh_peers(a->mesh, peers, API_MAX_PEERS) : 0;
     if (n_peers > API_MAX_PEERS) n_peers = API_MAX_PEERS;
@@ -251,6 +260,12 @@ api *api_new(struct event_base *base, sched *s, mesh *m)
         return NULL;
     }
     return a;
+}
+
+void api_set_pipelines(api *a, pipelines *ps)
+{
+    a->pipelines = ps;
+    router_set_pipelines(a->router, ps);
 }
 
 void api_free(api *a)

@@ -50,6 +50,11 @@ typedef struct {
 
 api *api_new(struct event_base *base, struct sched *sched, struct mesh *mesh);
 void api_free(api *a);
+/* The plans of the models (serve/pipeline.h): a local model runs only while
+ * its plan is ready, and a request for a model that is planning or loading
+ * (here or on its coordinator) gets 503 with the plan's reason. */
+struct pipelines;
+void api_set_pipelines(api *a, struct pipelines *ps);
 
 /* Handles one request. from_peer marks requests that arrived through a
  * tunnel: they are never forwarded again. Returns the call while its answer

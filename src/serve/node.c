@@ -241,6 +241,7 @@ int node_run(const node_config *cfg)
     n.api = api_new(n.base, n.sched, n.mesh);
     if (!n.api) goto out;
     api_serve_tunnel(n.api);
+    api_set_pipelines(n.api, n.pipelines);
     n.api_http = http_api_start(n.base, cfg->http_host, (uint16_t)cfg->api_port, n.api, err, sizeof err);
     if (!n.api_http) { fprintf(stderr, "llmesh: API (--port): %s\n", err); goto out; }
     n.console_http = http_console_start(n.base, cfg->http_host, (uint16_t)cfg->console_port,

@@ -18,6 +18,7 @@
 #include "lib/log.h"
 #include "mesh/identity.h"
 #include "mesh/mesh.h"
+#include "serve/pipeline.h"
 #include "serve/tunnel.h"
 
 #define ROUTER_MAX_PEERS 256
@@ -26,6 +27,7 @@
 struct router {
     sched *sched;
     mesh *mesh;             /* NULL: nothing is forwarded */
+    struct pipelines *pipelines; /* plans, for the reason a model is not running; may be NULL */
     api_counters *counters; /* the API's */
     uint64_t next_id;
     struct api_call *live;  /* calls whose answer is not complete */
@@ -326,7 +328,10 @@ static api_call *forward_or_refuse(router *r, api_call *c, const char *method, c
     /* On a client, an unknown or unreachable model may be news its routing
      * table has not caught up with: pull it now for the next request. */
     if (r->mesh) mesh_refresh_routes(r->mesh);
-    if (from_peer)
+    char reason[512];
+    if (r->pipelines && pipelines_model_state(r->pipelines, model, reason, sizeof reason) == PIPELINE_NOT_READY)
+        openai_send_error(r->counters, sink, 503, NULL, "%s", reason);
+    else if (from_peer)
         openai_send_error(r->counters, sink, 503, NULL, "model '%s' is not served by this node", model);
     else if (model_known_in_mesh(r, model))
         openai_send_error(r->counters, sink, 503, NULL,
@@ -355,6 +360,8 @@ router *router_new(sched *s, mesh *m, api_counters *counters)
     r->counters = counters;
     return r;
 }
+
+void router_set_pipelines(router *r, struct pipelines *ps) { r->pipelines = ps; }
 
 void router_free(router *r) { free(r); }
 

@@ -27,6 +27,10 @@ typedef struct router router;
 /* counters are the API's; the router counts forwards, retries and the
  * answers it ends in them. m may be NULL (no mesh: nothing is forwarded). */
 router *router_new(sched *s, struct mesh *m, api_counters *counters);
+struct pipelines;
+/* Plans consulted for a model not served here: 503 with the reason while it
+ * is planning or loading. NULL: none. */
+void router_set_pipelines(router *r, struct pipelines *ps);
 /* Frees the router; the calls must be closed already (router_close_all). */
 void router_free(router *r);
 
