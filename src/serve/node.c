@@ -19,7 +19,7 @@
 #include "lib/log.h"
 #include "lib/sysinfo.h"
 #include "mesh/mesh.h"
-#include "models/weights.h"
+#include "models/weights_store.h"
 #include "serve/api.h"
 #include "serve/budget.h"
 #include "serve/http.h"
@@ -230,6 +230,11 @@ int node_run(const node_config *cfg)
             fprintf(stderr, "llmesh: weights store in %s: %s\n", cfg->home, err);
             goto out;
         }
+        /* Other GGUF files this node holds: a stage of a split can load its
+         * layers from one instead of fetching them (hashed in the background). */
+        char models_dir[4200];
+        snprintf(models_dir, sizeof models_dir, "%s/models", cfg->home);
+        weights_store_add_dir(n.weights, models_dir, NULL, NULL);
         if (!(n.stages = stage_host_new(n.base, n.mesh, n.weights, &n.budget, cfg->threads))) goto out;
     }
     /* A client coordinates nothing, but reads the plans it routes by. */

@@ -38,7 +38,7 @@
 #include "engine/model.h"
 #include "lib/log.h"
 #include "mesh/identity.h"
-#include "models/weights.h"
+#include "models/weights_store.h"
 #include "serve/plan.h"
 #include "serve/scheduler.h"
 #include "serve/stage.h"

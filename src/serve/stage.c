@@ -33,7 +33,7 @@
 #include "lib/log.h"
 #include "lib/threadpool.h"
 #include "mesh/identity.h"
-#include "models/weights.h"
+#include "models/weights_store.h"
 #include "serve/plan.h"
 
 #define STAGE_LOG "stage"
