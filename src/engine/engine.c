@@ -406,6 +406,7 @@ static void token_logprobs(const float *logits, int n_vocab, int32_t id, int n_t
     double lse = (double)max + log(sum);
     float l = logits[id];
     t->id = id;
+    t->prompt = 0; /* score_prompt marks its records */
     t->logprob = isnan(l) ? -INFINITY : (float)(l - lse);
     t->n_top = 0;
     if (n_top > n_vocab) n_top = n_vocab;
