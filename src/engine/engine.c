@@ -1,16 +1,20 @@
 /* engine.c: engine.h on top of gguf, tokenizer, model, sampler and the
- * thread pool: loading, the generation loop, UTF-8-safe streaming, and
- * perplexity measurement.
- * Not here: the numerics (model.c, kernels.c) or any network/API concern.
+ * thread pool: loading, lanes, the one evaluation function (solo or split
+ * through a tail, with replay when the pipeline breaks), the generation loop,
+ * UTF-8-safe streaming, and perplexity measurement.
+ * Not here: the numerics (model.c, kernels.c) or any network/API concern
+ * (the tail is serve/'s).
  *
- * The KV cache is kept between engine_generate calls together with the
- * tokens it holds, so a prompt that extends the previous one (a chat turn)
- * only evaluates its new tokens. This cannot change results: a token's
- * logits do not depend on how the tokens before it were batched. */
+ * Each lane's KV cache is kept between requests together with the tokens it
+ * holds, so a prompt that extends the previous one (a chat turn) only
+ * evaluates its new tokens. This cannot change results: a token's logits do
+ * not depend on how the tokens before it were batched, nor on where its
+ * layers ran; a replay from position 0 computes the same bits again. */
 #include "engine/engine.h"
 
 #include <assert.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,19 +31,45 @@
  * (engine_model_context_length reports the figure in use). */
 #define ENGINE_MAX_CONTEXT 8192
 
+/* A pipeline broken this many times in a row within one evaluation ends the
+ * request (resume keeps saying a new one is in place, and it breaks again). */
+#define ENGINE_MAX_REPLAYS 100
+
+/* One sequence in flight. Only the thread running a request on the lane
+ * touches it. */
+typedef struct {
+    model_state *state;   /* layers [0, local_end) of the sequence (or all, solo) */
+    int32_t *cached;      /* (n_ctx) the tokens whose keys/values are in the pipeline's caches */
+    int n_cached;
+    float *logits;        /* (n_vocab) of the last evaluated position */
+    float *hidden;        /* (MODEL_BATCH, n_embd) hidden states handed to the tail */
+    float *rows;          /* (MODEL_BATCH, n_embd) final hidden states received from it */
+    uint64_t generation;  /* the split generation the caches belong to; 0: none (replay) */
+} engine_lane;
+
+/* Where layers run: a snapshot is taken under split_lock by each evaluation. */
+typedef struct {
+    int local_end;        /* layers [0, local_end) here */
+    int has_tail;         /* the rest through tail; 0: solo */
+    engine_tail tail;
+    uint64_t generation;  /* bumped by every engine_set_split */
+} engine_split;
+
 struct engine_model {
     gguf_file *file;      /* the mapping the model's weights point into */
     tokenizer *tok;
     model *model;
-    model_state *state;
     threadpool *pool;
+    pthread_mutex_t compute;    /* one forward piece on the pool at a time */
+    pthread_mutex_t split_lock; /* guards split */
+    engine_split split;
+    int n_ctx;            /* positions per lane */
+    int n_lanes;
+    engine_lane *lanes;   /* (n_lanes) */
     char id[256];
     chat_template *chat;  /* tokenizer.chat_template, parsed; NULL: none or unusable */
     char chat_error[256]; /* why it is unusable */
     char bos_text[64], eos_text[64]; /* the template's bos_token / eos_token */
-    int32_t *cached;      /* (n_ctx) the tokens whose keys/values are in the state */
-    int n_cached;
-    float *logits;        /* (n_vocab) */
 };
 
 /* ======================================================================== */
@@ -82,15 +112,30 @@ static void load_chat_template(engine_model *m)
 
 engine_model *engine_model_load(const char *path, int n_threads, char *err, size_t errlen)
 {
+    engine_load_opts o = {.n_threads = n_threads};
+    return engine_model_load_opts(path, &o, err, errlen);
+}
+
+engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o, char *err,
+                                     size_t errlen)
+{
     char inner[512];
     engine_model *m = calloc(1, sizeof *m);
     if (!m) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    pthread_mutex_init(&m->compute, NULL);
+    pthread_mutex_init(&m->split_lock, NULL);
     model_id_from_path(path, m->id, sizeof m->id);
     if (!(m->file = gguf_open(path, err, errlen))) goto fail_quiet;
-    if (!(m->model = model_load(m->file, inner, sizeof inner))) goto fail;
+    if (o->layers_end > 0) {
+        model_part part = {0, o->layers_end, 1};
+        m->model = model_load_part(m->file, &part, inner, sizeof inner);
+    } else {
+        m->model = model_load(m->file, inner, sizeof inner);
+    }
+    if (!m->model) goto fail;
     if (!(m->tok = tokenizer_load(m->file, inner, sizeof inner))) goto fail;
     const model_config *c = model_get_config(m->model);
     if (tokenizer_n_vocab(m->tok) != c->n_vocab) {
@@ -98,16 +143,39 @@ engine_model *engine_model_load(const char *path, int n_threads, char *err, size
                  tokenizer_n_vocab(m->tok), c->n_vocab);
         goto fail;
     }
-    int n_ctx = c->n_ctx_train < ENGINE_MAX_CONTEXT ? c->n_ctx_train : ENGINE_MAX_CONTEXT;
-    if (!(m->state = model_state_new(m->model, n_ctx, inner, sizeof inner))) goto fail;
-    if (!(m->pool = threadpool_create(n_threads, inner, sizeof inner))) goto fail;
-    load_chat_template(m);
-    m->cached = malloc(sizeof(int32_t) * (size_t)model_state_n_ctx(m->state));
-    m->logits = malloc(sizeof(float) * (size_t)c->n_vocab);
-    if (!m->cached || !m->logits) {
+    m->n_ctx = c->n_ctx_train < ENGINE_MAX_CONTEXT ? c->n_ctx_train : ENGINE_MAX_CONTEXT;
+    if (o->n_ctx > c->n_ctx_train) {
+        snprintf(inner, sizeof inner, "a context of %d positions exceeds the model's %d", o->n_ctx,
+                 c->n_ctx_train);
+        goto fail;
+    }
+    if (o->n_ctx > 0) m->n_ctx = o->n_ctx;
+    m->n_lanes = o->n_lanes > 0 ? o->n_lanes : 1;
+    if (m->n_lanes > ENGINE_MAX_LANES) {
+        snprintf(inner, sizeof inner, "%d lanes: at most %d", m->n_lanes, ENGINE_MAX_LANES);
+        goto fail;
+    }
+    if (!(m->pool = threadpool_create(o->n_threads, inner, sizeof inner))) goto fail;
+    if (!(m->lanes = calloc((size_t)m->n_lanes, sizeof *m->lanes))) {
         snprintf(inner, sizeof inner, "out of memory");
         goto fail;
     }
+    for (int i = 0; i < m->n_lanes; i++) {
+        engine_lane *ln = &m->lanes[i];
+        if (!(ln->state = model_state_new(m->model, m->n_ctx, inner, sizeof inner))) goto fail;
+        ln->cached = malloc(sizeof(int32_t) * (size_t)m->n_ctx);
+        ln->logits = malloc(sizeof(float) * (size_t)c->n_vocab);
+        ln->hidden = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float)); /* touched only in a split */
+        ln->rows = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float));
+        if (!ln->cached || !ln->logits || !ln->hidden || !ln->rows) {
+            snprintf(inner, sizeof inner, "out of memory");
+            goto fail;
+        }
+    }
+    /* Solo over what is loaded; with layers_end < n_layer, evaluations fail
+     * until engine_set_split names the tail. */
+    m->split = (engine_split){.local_end = model_get_part(m->model)->end, .generation = 1};
+    load_chat_template(m);
     return m;
 fail:
     snprintf(err, errlen, "%s: %s", path, inner);
@@ -121,18 +189,29 @@ void engine_model_free(engine_model *m)
     if (!m) return;
     threadpool_free(m->pool);
     chat_template_free(m->chat);
-    model_state_free(m->state);
+    for (int i = 0; m->lanes && i < m->n_lanes; i++) {
+        engine_lane *ln = &m->lanes[i];
+        model_state_free(ln->state);
+        free(ln->cached);
+        free(ln->logits);
+        free(ln->hidden);
+        free(ln->rows);
+    }
+    free(m->lanes);
     tokenizer_free(m->tok);
     model_free(m->model);
     gguf_close(m->file);
-    free(m->cached);
-    free(m->logits);
+    pthread_mutex_destroy(&m->compute);
+    pthread_mutex_destroy(&m->split_lock);
     free(m);
 }
 
 const char *engine_model_id(const engine_model *m) { return m->id; }
 uint64_t engine_model_bytes(const engine_model *m) { return model_weight_bytes(m->model); }
-int engine_model_context_length(const engine_model *m) { return model_state_n_ctx(m->state); }
+int engine_model_context_length(const engine_model *m) { return m->n_ctx; }
+int engine_model_lanes(const engine_model *m) { return m->n_lanes; }
+int engine_model_n_layer(const engine_model *m) { return model_get_config(m->model)->n_layer; }
+int engine_model_n_embd(const engine_model *m) { return model_get_config(m->model)->n_embd; }
 int engine_model_threads(const engine_model *m) { return threadpool_size(m->pool); }
 
 void engine_sampling_defaults(engine_sampling *s)
@@ -381,16 +460,148 @@ char *engine_detokenize(const engine_model *m, const int32_t *ids, int n_ids, si
 /* generation                                                                */
 /* ======================================================================== */
 
-/* Evaluates tokens[from..n) on top of the cached tokens[0..from), keeping
- * the cached-token record in step; logits of the last token go to m->logits. */
-static int evaluate(engine_model *m, const int32_t *tokens, int from, int n, char *err, size_t errlen)
+/* ======================================================================== */
+/* evaluation: solo or split, with replay                                    */
+/* ======================================================================== */
+
+void engine_set_split(engine_model *m, int local_end, const engine_tail *tail)
 {
-    if (model_forward(m->model, m->state, m->pool, tokens + from, n - from, m->logits, 0, err,
-                      errlen) != 0)
-        return -1; /* the state is unchanged: model_forward checks before it writes */
-    if (tokens != m->cached) memcpy(m->cached + from, tokens + from, sizeof(int32_t) * (size_t)(n - from));
-    m->n_cached = n;
+    int n_layer = model_get_config(m->model)->n_layer;
+    assert(local_end >= 0 && local_end <= n_layer);
+    assert(!tail == (local_end == n_layer)); /* a tail exactly when layers run elsewhere */
+    assert(!tail || (tail->send && tail->receive && tail->resume));
+    pthread_mutex_lock(&m->split_lock);
+    m->split.local_end = local_end;
+    m->split.has_tail = tail != NULL;
+    if (tail) m->split.tail = *tail;
+    m->split.generation++;
+    pthread_mutex_unlock(&m->split_lock);
+}
+
+/* Forgets the lane's positions from keep on (keep <= n_cached). The state may
+ * hold fewer (none when no layer runs here) or, after a failed evaluation,
+ * more: it only ever needs to be cut. */
+static void lane_truncate(engine_lane *ln, int keep)
+{
+    assert(keep >= 0 && keep <= ln->n_cached);
+    ln->n_cached = keep;
+    int held = model_state_n_past(ln->state);
+    model_state_truncate(ln->state, keep < held ? keep : held);
+}
+
+/* Solo: positions [start, n) of the record through the whole model here;
+ * [start, from) are a replay whose logits nobody needs. */
+static int eval_solo(engine_model *m, engine_lane *ln, int start, int from, int n, float *all,
+                     char *err, size_t errlen)
+{
+    const model_part *part = model_get_part(m->model);
+    if (part->end < model_get_config(m->model)->n_layer) {
+        snprintf(err, errlen, "layers [%d, %d) are not loaded here and no split is set", part->end,
+                 model_get_config(m->model)->n_layer);
+        return -1;
+    }
+    pthread_mutex_lock(&m->compute);
+    int rc = 0;
+    if (start < from)
+        rc = model_forward(m->model, ln->state, m->pool, ln->cached + start, from - start, ln->logits,
+                           0, err, errlen);
+    if (rc == 0)
+        rc = model_forward(m->model, ln->state, m->pool, ln->cached + from, n - from,
+                           all ? all : ln->logits, all != NULL, err, errlen);
+    pthread_mutex_unlock(&m->compute);
+    return rc;
+}
+
+/* Split: positions [start, n) of the record, one MODEL_BATCH piece at a time:
+ * embed and run layers [0, local_end) here, send to the tail, and where final
+ * hidden states are needed (the last position, or every one of [from, n) with
+ * all) receive them and classify them here. The pieces of the replay [start,
+ * from) never ask for rows. The pool is held only while computing, so other
+ * lanes compute while this one waits on the tail. 0, -1 or ENGINE_TAIL_BROKEN. */
+static int eval_split(engine_model *m, engine_lane *ln, int lane, const engine_split *sp, int start,
+                      int from, int n, float *all, char *err, size_t errlen)
+{
+    const model_part *part = model_get_part(m->model);
+    const model_config *c = model_get_config(m->model);
+    if (sp->local_end > part->end) {
+        snprintf(err, errlen, "the split runs layers [0, %d) here but only [0, %d) are loaded",
+                 sp->local_end, part->end);
+        return -1;
+    }
+    assert(sp->local_end == 0 || model_state_n_past(ln->state) == start);
+    for (int pos = start; pos < n;) {
+        int limit = pos < from ? from : n; /* a piece is all replay or all new */
+        int nb = limit - pos < MODEL_BATCH ? limit - pos : MODEL_BATCH;
+        int rows = all && pos >= from ? ENGINE_ROWS_ALL : pos + nb == n ? ENGINE_ROWS_LAST
+                                                                          : ENGINE_ROWS_NONE;
+        pthread_mutex_lock(&m->compute);
+        int rc = model_embed(m->model, ln->cached + pos, nb, ln->hidden, err, errlen);
+        if (rc == 0 && sp->local_end > 0)
+            rc = model_forward_layers(m->model, ln->state, m->pool, 0, sp->local_end, ln->hidden, nb,
+                                      err, errlen);
+        pthread_mutex_unlock(&m->compute);
+        if (rc != 0) return -1;
+        rc = sp->tail.send(sp->tail.ctx, lane, pos, nb, ln->hidden, rows, err, errlen);
+        if (rc != 0) return rc == ENGINE_TAIL_BROKEN ? rc : -1;
+        if (rows != ENGINE_ROWS_NONE) {
+            int n_rows = rows == ENGINE_ROWS_ALL ? nb : 1;
+            rc = sp->tail.receive(sp->tail.ctx, lane, ln->rows, n_rows, err, errlen);
+            if (rc != 0) return rc == ENGINE_TAIL_BROKEN ? rc : -1;
+            float *out = rows == ENGINE_ROWS_ALL ? all + (size_t)(pos - from) * c->n_vocab : ln->logits;
+            pthread_mutex_lock(&m->compute);
+            rc = model_output(m->model, ln->state, m->pool, ln->rows, n_rows, out, err, errlen);
+            pthread_mutex_unlock(&m->compute);
+            if (rc != 0) return -1;
+        }
+        pos += nb;
+    }
     return 0;
+}
+
+/* The one place that evaluates. Appends tokens[from..n) to the lane's
+ * sequence, whose record holds tokens[0..from) (n_cached == from), and
+ * computes the logits of the last position into ln->logits, or with all those
+ * of every new position into all (n - from, n_vocab). A lane whose caches
+ * belong to an older split generation first replays its record from position
+ * 0 on the current split; a pipeline that breaks is resumed and the whole
+ * evaluation replayed from 0. On error the record stays (tokens[0..from)) and
+ * the lane is marked for a replay: the other stages' caches are unknown. */
+static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int from, int n, float *all,
+                         char *err, size_t errlen)
+{
+    engine_lane *ln = &m->lanes[lane];
+    assert(ln->n_cached == from && from < n);
+    if (n > m->n_ctx) {
+        snprintf(err, errlen, "context full: %d positions used, %d more do not fit in %d", from,
+                 n - from, m->n_ctx);
+        return -1;
+    }
+    if (tokens != ln->cached) memcpy(ln->cached + from, tokens + from, sizeof(int32_t) * (size_t)(n - from));
+    for (int breaks = 0;;) {
+        engine_split sp;
+        pthread_mutex_lock(&m->split_lock);
+        sp = m->split;
+        pthread_mutex_unlock(&m->split_lock);
+        int start = from;
+        if (ln->generation != sp.generation) { /* caches from another pipeline: replay all */
+            start = 0;
+            model_state_truncate(ln->state, 0);
+            ln->generation = sp.generation;
+        }
+        int rc = sp.has_tail ? eval_split(m, ln, lane, &sp, start, from, n, all, err, errlen)
+                             : eval_solo(m, ln, start, from, n, all, err, errlen);
+        if (rc == 0) {
+            ln->n_cached = n;
+            return 0;
+        }
+        ln->generation = 0;
+        if (rc != ENGINE_TAIL_BROKEN) return -1;
+        if (++breaks > ENGINE_MAX_REPLAYS) {
+            snprintf(err, errlen, "the pipeline broke %d times in a row", breaks);
+            return -1;
+        }
+        if (sp.tail.resume(sp.tail.ctx, lane, err, errlen) != 0) return -1;
+    }
 }
 
 /* Fills t with the log-probability of id under logits (log-softmax, NaN as
@@ -406,6 +617,7 @@ static void token_logprobs(const float *logits, int n_vocab, int32_t id, int n_t
     double lse = (double)max + log(sum);
     float l = logits[id];
     t->id = id;
+    t->prompt = 0; /* score_prompt marks its records */
     t->logprob = isnan(l) ? -INFINITY : (float)(l - lse);
     t->n_top = 0;
     if (n_top > n_vocab) n_top = n_vocab;
@@ -524,11 +736,12 @@ static int output_add(gen_output *g, const char *bytes, size_t n, const engine_t
 
 /* Scores prompt tokens from an empty cache in chunks (logits of every
  * position are needed, so no cached prefix is reused) and delivers their
- * records; leaves the last position's logits in m->logits. */
+ * records; leaves the last position's logits in the lane's logits. */
 #define ECHO_CHUNK 64
-static int score_prompt(engine_model *m, const int32_t *ids, int n, int n_top, gen_output *g,
+static int score_prompt(engine_model *m, int lane, const int32_t *ids, int n, int n_top, gen_output *g,
                         char *err, size_t errlen)
 {
+    engine_lane *ln = &m->lanes[lane];
     int n_vocab = tokenizer_n_vocab(m->tok);
     float *logits = malloc(sizeof(float) * ECHO_CHUNK * (size_t)n_vocab); /* (ECHO_CHUNK, n_vocab) */
     engine_token *recs = malloc(sizeof *recs * ECHO_CHUNK);
@@ -538,30 +751,27 @@ static int score_prompt(engine_model *m, const int32_t *ids, int n, int n_top, g
         snprintf(err, errlen, "out of memory for %d x %d logits", ECHO_CHUNK, n_vocab);
         return -1;
     }
-    model_state_truncate(m->state, 0);
-    m->n_cached = 0;
+    lane_truncate(ln, 0);
     int rc = 0;
     for (int start = 0; start < n && !g->stopped; start += ECHO_CHUNK) {
         int count = n - start < ECHO_CHUNK ? n - start : ECHO_CHUNK;
         /* Token i is predicted by the logits of position i - 1: for the
          * chunk's first token that is the previous chunk's last row, which
-         * m->logits holds; nothing predicts the very first token. */
+         * the lane's logits hold; nothing predicts the very first token. */
         if (start == 0) {
             memset(&recs[0], 0, sizeof recs[0]);
             recs[0].id = ids[0];
             recs[0].logprob = NAN;
         } else {
-            token_logprobs(m->logits, n_vocab, ids[start], n_top, &recs[0]);
+            token_logprobs(ln->logits, n_vocab, ids[start], n_top, &recs[0]);
         }
-        if (model_forward(m->model, m->state, m->pool, ids + start, count, logits, 1, err, errlen) != 0) {
+        if (lane_evaluate(m, lane, ids, start, start + count, logits, err, errlen) != 0) {
             rc = -1;
             break;
         }
-        memcpy(m->cached + start, ids + start, sizeof(int32_t) * (size_t)count);
-        m->n_cached = start + count;
         for (int j = 1; j < count; j++)
             token_logprobs(logits + (size_t)(j - 1) * n_vocab, n_vocab, ids[start + j], n_top, &recs[j]);
-        memcpy(m->logits, logits + (size_t)(count - 1) * n_vocab, sizeof(float) * (size_t)n_vocab);
+        memcpy(ln->logits, logits + (size_t)(count - 1) * n_vocab, sizeof(float) * (size_t)n_vocab);
         for (int j = 0; j < count; j++) recs[j].prompt = 1;
         if (g->fn(g->user, "", 0, recs, count)) g->stopped = 1;
     }
@@ -573,12 +783,23 @@ static int score_prompt(engine_model *m, const int32_t *ids, int n, int n_top, g
 int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_output, void *user,
                engine_result *result, char *err, size_t errlen)
 {
+    return engine_run_lane(m, 0, r, on_output, user, result, err, errlen);
+}
+
+int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
+                    void *user, engine_result *result, char *err, size_t errlen)
+{
     const engine_sampling *s = &r->sampling;
     result->prompt_tokens = 0;
     result->completion_tokens = 0;
     result->finish_reason = "length";
+    if (lane < 0 || lane >= m->n_lanes) {
+        snprintf(err, errlen, "lane %d does not exist (the model has %d)", lane, m->n_lanes);
+        return -1;
+    }
+    engine_lane *ln = &m->lanes[lane];
     int n_vocab = tokenizer_n_vocab(m->tok);
-    int n_ctx = model_state_n_ctx(m->state);
+    int n_ctx = m->n_ctx;
     int n_top = r->top_logprobs < 0 ? 0 : r->top_logprobs > ENGINE_MAX_TOP_LOGPROBS
                                         ? ENGINE_MAX_TOP_LOGPROBS : r->top_logprobs;
     if (s->n_stop < 0 || s->n_stop > ENGINE_MAX_STOP || s->n_logit_bias < 0 ||
@@ -638,15 +859,14 @@ int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_out
     gen_output g = {.fn = on_output, .user = user, .s = s};
     int rc;
     if (echo) {
-        rc = score_prompt(m, ids, n_prompt, n_top, &g, err, errlen);
+        rc = score_prompt(m, lane, ids, n_prompt, n_top, &g, err, errlen);
     } else {
         /* Reuse the cached prefix; at least the last prompt token is
          * evaluated again, since its logits are what the first sample needs. */
         int keep = 0;
-        while (keep < m->n_cached && keep < n_prompt - 1 && m->cached[keep] == ids[keep]) keep++;
-        model_state_truncate(m->state, keep);
-        m->n_cached = keep;
-        rc = evaluate(m, ids, keep, n_prompt, err, errlen);
+        while (keep < ln->n_cached && keep < n_prompt - 1 && ln->cached[keep] == ids[keep]) keep++;
+        lane_truncate(ln, keep);
+        rc = lane_evaluate(m, lane, ids, keep, n_prompt, NULL, err, errlen);
     }
     if (rc != 0 || g.stopped || s->max_tokens <= 0) {
         free(ids);
@@ -669,7 +889,7 @@ int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_out
     free(ids);
     char piece_buf[256];
     for (;;) {
-        int32_t tok = sampler_sample(smp, m->logits);
+        int32_t tok = sampler_sample(smp, ln->logits);
         if (tokenizer_is_eog(m->tok, tok)) {
             result->finish_reason = "stop";
             break;
@@ -677,7 +897,7 @@ int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_out
         sampler_accept(smp, tok, 1);
         result->completion_tokens++;
         engine_token rec;
-        if (r->logprobs) token_logprobs(m->logits, n_vocab, tok, n_top, &rec);
+        if (r->logprobs) token_logprobs(ln->logits, n_vocab, tok, n_top, &rec);
         int nb = tokenizer_token_bytes(m->tok, tok, piece_buf, sizeof piece_buf);
         char *piece = piece_buf;
         if (nb > (int)sizeof piece_buf) { /* a very long token: fetch it whole */
@@ -696,9 +916,9 @@ int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_out
             result->finish_reason = "stop";
             break;
         }
-        if (result->completion_tokens >= s->max_tokens || m->n_cached >= n_ctx) break; /* "length" */
-        m->cached[m->n_cached] = tok;
-        if (evaluate(m, m->cached, m->n_cached, m->n_cached + 1, err, errlen) != 0) {
+        if (result->completion_tokens >= s->max_tokens || ln->n_cached >= n_ctx) break; /* "length" */
+        ln->cached[ln->n_cached] = tok;
+        if (lane_evaluate(m, lane, ln->cached, ln->n_cached, ln->n_cached + 1, NULL, err, errlen) != 0) {
             rc = -1;
             break;
         }
@@ -758,7 +978,7 @@ int engine_perplexity(engine_model *m, const char *text, size_t len, int n_ctx,
                       engine_perplexity_result *result, char *err, size_t errlen)
 {
     memset(result, 0, sizeof *result);
-    int model_ctx = model_state_n_ctx(m->state);
+    int model_ctx = m->n_ctx;
     if (n_ctx <= 0) n_ctx = PERPLEXITY_DEFAULT_CTX < model_ctx ? PERPLEXITY_DEFAULT_CTX : model_ctx;
     if (n_ctx < 2 || n_ctx > model_ctx) {
         snprintf(err, errlen, "context %d is outside [2, %d] (the model's context)", n_ctx, model_ctx);
@@ -793,9 +1013,8 @@ int engine_perplexity(engine_model *m, const char *text, size_t len, int n_ctx,
         int n = n_ids - start < n_ctx - 1 ? n_ids - start : n_ctx - 1;
         chunk[0] = bos;
         memcpy(chunk + 1, ids + start, sizeof(int32_t) * (size_t)n);
-        model_state_truncate(m->state, 0);
-        m->n_cached = 0;
-        if (model_forward(m->model, m->state, m->pool, chunk, n + 1, logits, 1, err, errlen) != 0) {
+        lane_truncate(&m->lanes[0], 0);
+        if (lane_evaluate(m, 0, chunk, 0, n + 1, logits, err, errlen) != 0) {
             rc = -1;
             break;
         }
@@ -811,8 +1030,7 @@ int engine_perplexity(engine_model *m, const char *text, size_t len, int n_ctx,
         result->scored_tokens += n;
         result->chunks++;
     }
-    model_state_truncate(m->state, 0);
-    m->n_cached = 0;
+    lane_truncate(&m->lanes[0], 0);
     free(ids);
     free(chunk);
     free(logits);

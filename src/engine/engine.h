@@ -2,12 +2,20 @@
  *
  * Loads a GGUF model (weights, config, tokenizer) and generates text. The
  * engine knows nothing about the network or HTTP: serve/ calls it from its
- * own worker thread. Finer-grained pieces (gguf.h, tokenizer.h, sampler.h,
- * model.h) are public to tests and to later modules (pipeline stages).
+ * own worker threads. Finer-grained pieces (gguf.h, tokenizer.h, sampler.h,
+ * model.h) are public to tests and to pipeline stages.
  *
- * Threading: engine_model_load/free on any thread. One engine_generate at a
- * time per model (the model owns one KV cache); the caller serialises. The
- * matrix products inside use the engine's thread pool. */
+ * Lanes: a model holds n_lanes sequences, each with its own KV cache and
+ * cached-prefix record; requests on different lanes may run at the same
+ * time on different threads. Split: the engine can be stage 0 of a pipeline
+ * (engine_set_split): it embeds, runs its first layers, hands the hidden
+ * states to an engine_tail (the rest of the pipeline, written by serve/) and
+ * classifies what comes back; the output is bit for bit what solo gives.
+ *
+ * Threading: engine_model_load/free on any thread. One request at a time per
+ * lane (the caller serialises a lane); engine_run, engine_generate and
+ * engine_perplexity use lane 0. The matrix products of all lanes share the
+ * engine's thread pool, one forward piece at a time (a mutex inside). */
 #ifndef LLMESH_ENGINE_H
 #define LLMESH_ENGINE_H
 
@@ -19,8 +27,24 @@
 
 typedef struct engine_model engine_model;
 
-/* n_threads <= 0 means one per online CPU. */
+/* n_threads <= 0 means one per online CPU. = engine_model_load_opts with
+ * n_threads and the rest 0. */
 engine_model *engine_model_load(const char *path, int n_threads, char *err, size_t errlen);
+
+#define ENGINE_MAX_LANES 256
+
+typedef struct {
+    int n_threads;  /* <= 0: one per online CPU */
+    int n_ctx;      /* positions per lane; <= 0: the model's, capped at 8192; larger than the
+                       model's: an error. Every stage of a pipeline must use the same (phi3
+                       picks its RoPE factors by it). */
+    int n_lanes;    /* sequences that can be in flight at once, each with its own KV cache and
+                       cached-prefix record; <= 0: 1; at most ENGINE_MAX_LANES */
+    int layers_end; /* > 0: load only the head and layers [0, layers_end), which is all a
+                       pipeline's stage 0 needs (the file may hold only those); <= 0: every layer */
+} engine_load_opts;
+engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o, char *err,
+                                     size_t errlen);
 void engine_model_free(engine_model *m);
 
 /* The model's id in the API: the file name without directory and ".gguf". */
@@ -28,6 +52,10 @@ const char *engine_model_id(const engine_model *m);
 /* Bytes of weights mapped (the GGUF tensor data). */
 uint64_t engine_model_bytes(const engine_model *m);
 int engine_model_context_length(const engine_model *m);
+int engine_model_lanes(const engine_model *m);
+/* The model's layer count and width (hidden states are n_embd floats). */
+int engine_model_n_layer(const engine_model *m);
+int engine_model_n_embd(const engine_model *m);
 
 /* Bounds of a request's lists (the API refuses more). */
 #define ENGINE_MAX_STOP 4            /* stop strings */
@@ -125,9 +153,59 @@ typedef int (*engine_output_fn)(void *user, const char *text, size_t len,
 
 /* Runs a request: prompt, optional prompt scoring, then sampling. Returns 0,
  * or -1 with a message in err (token id out of range, prompt longer than the
- * context, ...). Same threading rule as engine_generate. */
+ * context, ...). On lane 0: engine_run_lane(m, 0, ...). */
 int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_output, void *user,
                engine_result *result, char *err, size_t errlen);
+/* engine_run on one lane (0 <= lane < engine_model_lanes): its own KV cache
+ * and cached prefix. Different lanes may run concurrently on different
+ * threads; one call per lane at a time. Local compute is serialised inside
+ * (a mutex around each forward piece), so while one lane waits on the tail
+ * another computes. */
+int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
+                    void *user, engine_result *result, char *err, size_t errlen);
+
+/* ---- split: this engine as stage 0 of a pipeline ---- */
+
+#define ENGINE_TAIL_BROKEN (-2) /* the pipeline broke: resume, then replay */
+/* Final hidden states a send asks back: none, the last position's, or all. */
+enum { ENGINE_ROWS_NONE = 0, ENGINE_ROWS_LAST = 1, ENGINE_ROWS_ALL = 2 };
+
+/* The rest of the pipeline (layers [local_end, n_layer)), as serve/ runs it.
+ * Its functions are called from the lane's thread (the caller of
+ * engine_run_lane), several lanes at once. A send at pos means the rest of
+ * the pipeline first forgets the lane's positions from pos on (pos is the
+ * number of positions it keeps: 0 after a replay or a new prompt). */
+typedef struct {
+    void *ctx;
+    /* Hands the hidden states x (n, n_embd) of positions pos .. pos+n-1 of the
+     * lane's sequence to the rest of the pipeline (n <= 64, model.h's MODEL_BATCH), asking for
+     * none, the last, or all n final hidden states back (rows). May block
+     * briefly (back-pressure). 0, -1 (error, in err: the request fails) or
+     * ENGINE_TAIL_BROKEN. */
+    int (*send)(void *ctx, int lane, int pos, int n, const float *x, int rows, char *err,
+                size_t errlen);
+    /* Waits for the rows asked by the sends since the last receive, in order:
+     * out (n_rows, n_embd). 0, -1 or ENGINE_TAIL_BROKEN. */
+    int (*receive)(void *ctx, int lane, float *out, int n_rows, char *err, size_t errlen);
+    /* After BROKEN: blocks until a new pipeline is in place (engine_set_split
+     * has been called meanwhile) or it is known that none will be: 0, or -1
+     * with the reason (e.g. "no memory left in the mesh for layers 12-23"),
+     * which ends the request with that error. */
+    int (*resume)(void *ctx, int lane, char *err, size_t errlen);
+} engine_tail;
+
+/* Layers [0, local_end) run here and the rest through tail (copied; its ctx
+ * must stay valid while a lane may still use it: until every lane has
+ * finished the evaluation it was in when the next engine_set_split came);
+ * local_end == n_layer with tail NULL: solo. 0 <= local_end <= n_layer, and
+ * local_end must not exceed the layers loaded (layers_end) or evaluations
+ * fail. Any thread, at any time: lanes pick it up at their next evaluation.
+ * Each call starts a new split generation: a lane whose cache belongs to an
+ * older one re-evaluates its whole cached prefix (positions from 0) on the
+ * new split before going on, since the other stages' caches are not the old
+ * ones. A request whose tail breaks calls resume, then replays every position
+ * from 0 on the split in place: its output is what an unbroken run gives. */
+void engine_set_split(engine_model *m, int local_end, const engine_tail *tail);
 
 int engine_model_n_vocab(const engine_model *m);
 
@@ -181,7 +259,7 @@ typedef struct {
  * before it in its chunk. n_ctx <= 0 means 256 or the model's context if
  * smaller; a larger n_ctx than the model's is an error. Needs a BOS token.
  * Returns 0, or -1 with a message in err.
- * Same threading rule as engine_generate (it uses the model's KV cache). */
+ * On lane 0 (it empties lane 0's cache), through the split when one is set. */
 int engine_perplexity(engine_model *m, const char *text, size_t len, int n_ctx,
                       engine_perplexity_result *result, char *err, size_t errlen);
 

@@ -1,10 +1,12 @@
 /* model.c: see model.h.
  *
- * Layout: the weight structures, loading and validation, the state, and the
- * forward pass (model_forward), which reads top to bottom like the maths:
- * embed -> per layer (norm, q/k/v [+ biases] [, per-head q/k norm], RoPE,
- * attention, residual, norm, SwiGLU FFN, residual) -> final norm ->
- * classifier. The same computation as llama.cpp's llama, qwen2, qwen3 and
+ * Layout: the weight structures, loading and validation (of a whole model or
+ * a part), sizes for placement, the state, and the forward pass, which reads
+ * top to bottom like the maths: embed (model_embed) -> per layer (norm, q/k/v
+ * [+ biases] [, per-head q/k norm], RoPE, attention, residual, norm, SwiGLU
+ * FFN, residual; forward_layers over a layer range) -> final norm ->
+ * classifier (model_output). model_forward chains the three for a whole
+ * model, so a pipeline of parts runs the very code solo runs. The same computation as llama.cpp's llama, qwen2, qwen3 and
  * phi3 graphs, so their GGUF files mean the same thing here. One forward
  * serves the four: they differ only in optional tensors, the RoPE pairing
  * and factors, and phi3's fused matrices (views made at load), which keeps
@@ -20,11 +22,6 @@
 #include <string.h>
 
 #include "engine/kernels.h"
-
-/* Tokens per pass through the layers. A batch shares each weight row across
- * its tokens (see kernel_matmul), so bigger is faster up to the point where
- * the activations stop fitting in cache; the scratch buffers scale with it. */
-#define MODEL_BATCH 64
 
 /* ======================================================================== */
 /* weights                                                                   */
@@ -52,13 +49,14 @@ typedef struct {
 
 struct model {
     model_config c;
-    kernel_matrix token_embd;  /* (n_vocab, n_embd) */
-    float *output_norm;        /* (n_embd) owned copy */
-    kernel_matrix output;      /* (n_vocab, n_embd); token_embd's data when tied */
+    model_part part;           /* what is loaded: the rest is zero */
+    kernel_matrix token_embd;  /* (n_vocab, n_embd), head only */
+    float *output_norm;        /* (n_embd) owned copy, head only */
+    kernel_matrix output;      /* (n_vocab, n_embd); token_embd's data when tied; head only */
     float *rope_freq_factors;  /* (n_rot / 2) divisors of each pair's frequency, or NULL */
     float *rope_factors_long;  /* (n_rot / 2) phi3 LongRoPE divisors beyond n_ctx_orig, or NULL */
     float *rope_factors_short; /* (n_rot / 2) phi3 LongRoPE divisors up to n_ctx_orig, or NULL */
-    model_layer *layers;       /* (n_layer) */
+    model_layer *layers;       /* (n_layer), indexed by layer; [part.first, part.end) loaded */
     uint64_t weight_bytes;
     size_t matmul_scratch;     /* bytes kernel_matmul needs for MODEL_BATCH tokens */
 };
@@ -117,18 +115,53 @@ static const struct {
     {"post_attention_norm.weight", ARCH_BIT(MODEL_ARCH_GEMMA3)},
     {"post_ffw_norm.weight", ARCH_BIT(MODEL_ARCH_GEMMA3)},
 };
-/* and global: */
+/* and global: the head's (a part with head loads them) and the RoPE
+ * factors (every part loads them: every layer rotates with them). */
 static const struct {
     const char *name;
     unsigned archs;
+    int head;
 } global_tensors[] = {
-    {"token_embd.weight", ARCH_ALL},
-    {"output_norm.weight", ARCH_ALL},
-    {"output.weight", ARCH_ALL}, /* absent: tied to token_embd */
-    {"rope_freqs.weight", ARCH_BIT(MODEL_ARCH_LLAMA)}, /* Llama 3.1+ frequency divisors */
-    {"rope_factors_long.weight", ARCH_BIT(MODEL_ARCH_PHI3)},  /* LongRoPE divisors, long context */
-    {"rope_factors_short.weight", ARCH_BIT(MODEL_ARCH_PHI3)}, /* and up to the original context */
+    {"token_embd.weight", ARCH_ALL, 1},
+    {"output_norm.weight", ARCH_ALL, 1},
+    {"output.weight", ARCH_ALL, 1}, /* absent: tied to token_embd */
+    {"rope_freqs.weight", ARCH_BIT(MODEL_ARCH_LLAMA), 0}, /* Llama 3.1+ frequency divisors */
+    {"rope_factors_long.weight", ARCH_BIT(MODEL_ARCH_PHI3), 0},  /* LongRoPE divisors, long context */
+    {"rope_factors_short.weight", ARCH_BIT(MODEL_ARCH_PHI3), 0}, /* and up to the original context */
 };
+
+/* Where a tensor belongs. */
+enum { TENSOR_UNKNOWN = -3, TENSOR_HEAD = -2, TENSOR_ROPE = -1 /* >= 0: its layer */ };
+
+/* The place of the tensor called name among the tensors of the architectures
+ * in archs (ARCH_BIT mask) with n_layer layers: its layer, TENSOR_HEAD,
+ * TENSOR_ROPE, or TENSOR_UNKNOWN ("blk.01." is not layer 1's prefix, and a
+ * layer past n_layer is unknown). */
+static int tensor_place(const char *name, unsigned archs, int n_layer)
+{
+    for (size_t g = 0; g < sizeof global_tensors / sizeof global_tensors[0]; g++)
+        if ((global_tensors[g].archs & archs) && !strcmp(name, global_tensors[g].name))
+            return global_tensors[g].head ? TENSOR_HEAD : TENSOR_ROPE;
+    int layer, prefix = 0;
+    if (sscanf(name, "blk.%d.%n", &layer, &prefix) != 1 || prefix == 0 || layer < 0 ||
+        layer >= n_layer)
+        return TENSOR_UNKNOWN;
+    char canonical[24];
+    snprintf(canonical, sizeof canonical, "blk.%d.", layer);
+    if ((int)strlen(canonical) != prefix || strncmp(name, canonical, (size_t)prefix) != 0)
+        return TENSOR_UNKNOWN;
+    for (size_t k = 0; k < sizeof layer_tensors / sizeof layer_tensors[0]; k++)
+        if ((layer_tensors[k].archs & archs) && !strcmp(name + prefix, layer_tensors[k].suffix))
+            return layer;
+    return TENSOR_UNKNOWN;
+}
+
+int model_part_has_tensor(const model_part *part, int n_layer, const char *name)
+{
+    int place = tensor_place(name, ARCH_ALL, n_layer);
+    return place == TENSOR_ROPE || (place == TENSOR_HEAD && part->head) ||
+           (place >= part->first && place < part->end);
+}
 
 /* Fetches an integer config key into [lo, hi]. A missing key takes def when
  * def >= 0 and is an error otherwise. */
@@ -217,7 +250,7 @@ static int read_config(const gguf_file *f, model_config *c, char *err, size_t er
         return -1;
     }
     if (config_int(f, KEY("embedding_length"), -1, 1, 1 << 16, &c->n_embd, err, errlen) ||
-        config_int(f, KEY("block_count"), -1, 1, 1024, &c->n_layer, err, errlen) ||
+        config_int(f, KEY("block_count"), -1, 1, MODEL_MAX_LAYERS, &c->n_layer, err, errlen) ||
         config_int(f, KEY("feed_forward_length"), -1, 1, 1 << 20, &c->n_ff, err, errlen) ||
         config_int(f, KEY("attention.head_count"), -1, 1, 1024, &c->n_head, err, errlen) ||
         config_int(f, KEY("attention.head_count_kv"), c->n_head, 1, c->n_head, &c->n_head_kv,
@@ -494,37 +527,60 @@ static kernel_matrix matrix_rows(const kernel_matrix *m, int first, int rows)
     return v;
 }
 
+/* The place (tensor_place) of f's tensor i under c's architecture. */
+static int file_tensor_place(const gguf_file *f, uint64_t i, const model_config *c)
+{
+    gguf_str name = f->tensors[i].name;
+    char buf[96];
+    if (name.len >= sizeof buf) return TENSOR_UNKNOWN;
+    memcpy(buf, name.ptr, name.len);
+    buf[name.len] = 0;
+    return tensor_place(buf, ARCH_BIT(c->arch), c->n_layer);
+}
+
 /* Refuses tensors the forward pass would silently ignore (biases or norms
- * of other variants): better an error than wrong output. */
+ * of other variants): better an error than wrong output. Every tensor of the
+ * file is checked, whatever part is loaded. */
 static int check_no_unknown_tensors(const gguf_file *f, const model_config *c, char *err,
                                     size_t errlen)
 {
-    unsigned bit = ARCH_BIT(c->arch);
     for (uint64_t i = 0; i < f->n_tensors; i++) {
-        gguf_str name = f->tensors[i].name;
-        char buf[96];
-        if (name.len >= sizeof buf) goto unknown;
-        memcpy(buf, name.ptr, name.len);
-        buf[name.len] = 0;
-        int known = 0;
-        for (size_t g = 0; g < sizeof global_tensors / sizeof global_tensors[0]; g++)
-            known |= (global_tensors[g].archs & bit) && !strcmp(buf, global_tensors[g].name);
-        int layer, prefix = 0;
-        if (!known && sscanf(buf, "blk.%d.%n", &layer, &prefix) == 1 && prefix > 0 && layer >= 0 &&
-            layer < c->n_layer) {
-            char canonical[24]; /* "blk.01." is not layer 1's name */
-            snprintf(canonical, sizeof canonical, "blk.%d.", layer);
-            if ((int)strlen(canonical) == prefix && !strncmp(buf, canonical, (size_t)prefix)) {
-                for (size_t k = 0; k < sizeof layer_tensors / sizeof layer_tensors[0]; k++)
-                    known |= (layer_tensors[k].archs & bit) && !strcmp(buf + prefix, layer_tensors[k].suffix);
-            }
-        }
-        if (known) continue;
-    unknown:;
+        if (file_tensor_place(f, i, c) != TENSOR_UNKNOWN) continue;
         char shown[72];
         snprintf(err, errlen, "tensor %s is not part of the %s architecture as llmesh runs it",
-                 gguf_str_printable(name, shown, sizeof shown), model_arch_name(c->arch));
+                 gguf_str_printable(f->tensors[i].name, shown, sizeof shown), model_arch_name(c->arch));
         return -1;
+    }
+    return 0;
+}
+
+/* n_vocab: token_embd.weight's rows when the file has it (the tokenizer, when
+ * present, must agree), else the tokenizer's token count, else 0: a partial
+ * file without the head need not know it. */
+static int read_vocab(const gguf_file *f, model_config *c, char *err, size_t errlen)
+{
+    const gguf_tensor *embd = gguf_find_tensor(f, "token_embd.weight");
+    const gguf_kv *tokens = gguf_find(f, "tokenizer.ggml.tokens");
+    c->n_vocab = 0;
+    if (embd) {
+        if (embd->ne[1] < 1 || embd->ne[1] > (1 << 24)) {
+            snprintf(err, errlen, "tensor token_embd.weight: vocabulary size %llu out of range",
+                     (unsigned long long)embd->ne[1]);
+            return -1;
+        }
+        c->n_vocab = (int)embd->ne[1];
+        if (tokens && tokens->count != (uint64_t)c->n_vocab) {
+            snprintf(err, errlen, "tokenizer.ggml.tokens has %llu tokens but token_embd.weight has %d rows",
+                     (unsigned long long)tokens->count, c->n_vocab);
+            return -1;
+        }
+    } else if (tokens) {
+        if (tokens->count < 1 || tokens->count > (1 << 24)) {
+            snprintf(err, errlen, "tokenizer.ggml.tokens: vocabulary size %llu out of range",
+                     (unsigned long long)tokens->count);
+            return -1;
+        }
+        c->n_vocab = (int)tokens->count;
     }
     return 0;
 }
@@ -539,7 +595,19 @@ static float *get_optional_vector(const gguf_file *f, const char *name, int n, u
 
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
-model *model_load(const gguf_file *f, char *err, size_t errlen)
+/* Checks a part against the model's layer count. */
+static int check_part(const model_part *part, const model_config *c, char *err, size_t errlen)
+{
+    if (part->first < 0 || part->first >= part->end || part->end > c->n_layer) {
+        snprintf(err, errlen, "layers [%d, %d) are not a part of this %d-layer model "
+                 "(0 <= first < end <= %d)", part->first, part->end, c->n_layer, c->n_layer);
+        return -1;
+    }
+    return 0;
+}
+
+/* model_load_part; part NULL: the whole model (model_load). */
+static model *load(const gguf_file *f, const model_part *part, char *err, size_t errlen)
 {
     model *m = calloc(1, sizeof *m);
     if (!m) {
@@ -548,36 +616,23 @@ model *model_load(const gguf_file *f, char *err, size_t errlen)
     }
     model_config *c = &m->c;
     if (read_config(f, c, err, errlen) != 0) goto fail;
-
-    const gguf_tensor *embd = gguf_find_tensor(f, "token_embd.weight");
-    if (!embd) {
-        snprintf(err, errlen, "tensor token_embd.weight is missing");
+    m->part = part ? *part : (model_part){0, c->n_layer, 1};
+    if (check_part(&m->part, c, err, errlen) != 0 || read_vocab(f, c, err, errlen) != 0 ||
+        check_no_unknown_tensors(f, c, err, errlen) != 0)
         goto fail;
-    }
-    if (embd->ne[1] < 1 || embd->ne[1] > (1 << 24)) {
-        snprintf(err, errlen, "tensor token_embd.weight: vocabulary size %llu out of range",
-                 (unsigned long long)embd->ne[1]);
-        goto fail;
-    }
-    c->n_vocab = (int)embd->ne[1];
-    const gguf_kv *tokens = gguf_find(f, "tokenizer.ggml.tokens");
-    if (tokens && tokens->count != (uint64_t)c->n_vocab) {
-        snprintf(err, errlen, "tokenizer.ggml.tokens has %llu tokens but token_embd.weight has %d rows",
-                 (unsigned long long)tokens->count, c->n_vocab);
-        goto fail;
-    }
-    if (check_no_unknown_tensors(f, c, err, errlen) != 0) goto fail;
 
     int q_dim = c->n_head * c->head_dim, kv_dim = c->n_head_kv * c->head_dim;
     uint64_t *b = &m->weight_bytes;
-    if (get_matrix(f, "token_embd.weight", c->n_vocab, c->n_embd, &m->token_embd, b, err, errlen))
-        goto fail;
-    if (!(m->output_norm = get_vector(f, "output_norm.weight", c->n_embd, b, err, errlen))) goto fail;
-    if (gguf_find_tensor(f, "output.weight")) {
-        if (get_matrix(f, "output.weight", c->n_vocab, c->n_embd, &m->output, b, err, errlen))
+    if (m->part.head) {
+        if (get_matrix(f, "token_embd.weight", c->n_vocab, c->n_embd, &m->token_embd, b, err, errlen))
             goto fail;
-    } else {
-        m->output = m->token_embd; /* tied embeddings */
+        if (!(m->output_norm = get_vector(f, "output_norm.weight", c->n_embd, b, err, errlen))) goto fail;
+        if (gguf_find_tensor(f, "output.weight")) {
+            if (get_matrix(f, "output.weight", c->n_vocab, c->n_embd, &m->output, b, err, errlen))
+                goto fail;
+        } else {
+            m->output = m->token_embd; /* tied embeddings */
+        }
     }
     if (gguf_find_tensor(f, "rope_freqs.weight")) { /* wins over llama3 keys, as in llama.cpp */
         if (!(m->rope_freq_factors = get_rope_divisors(f, "rope_freqs.weight", c->n_rot / 2, b, err,
@@ -598,7 +653,7 @@ model *model_load(const gguf_file *f, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    for (int l = 0; l < c->n_layer; l++) {
+    for (int l = m->part.first; l < m->part.end; l++) {
         model_layer *L = &m->layers[l];
         char name[64];
 #define NAME(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
@@ -669,12 +724,51 @@ model *model_load(const gguf_file *f, char *err, size_t errlen)
             m->matmul_scratch = max_size(m->matmul_scratch,
                                          kernel_matmul_scratch_bytes(all[k]->type, all[k]->cols, MODEL_BATCH));
     }
-    m->matmul_scratch = max_size(m->matmul_scratch,
-                                 kernel_matmul_scratch_bytes(m->output.type, c->n_embd, MODEL_BATCH));
+    if (m->part.head)
+        m->matmul_scratch = max_size(m->matmul_scratch,
+                                     kernel_matmul_scratch_bytes(m->output.type, c->n_embd, MODEL_BATCH));
     return m;
 fail:
     model_free(m);
     return NULL;
+}
+
+model *model_load(const gguf_file *f, char *err, size_t errlen) { return load(f, NULL, err, errlen); }
+
+model *model_load_part(const gguf_file *f, const model_part *part, char *err, size_t errlen)
+{
+    assert(part);
+    return load(f, part, err, errlen);
+}
+
+int model_file_part(const gguf_file *f, model_part *out, char *err, size_t errlen)
+{
+    model_config c;
+    if (read_config(f, &c, err, errlen) != 0 || check_no_unknown_tensors(f, &c, err, errlen) != 0)
+        return -1;
+    int first = c.n_layer, last = -1, head = 0;
+    unsigned char present[MODEL_MAX_LAYERS] = {0};
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        int place = file_tensor_place(f, i, &c);
+        if (place >= 0) {
+            present[place] = 1;
+            first = place < first ? place : first;
+            last = place > last ? place : last;
+        }
+        head |= place == TENSOR_HEAD && gguf_str_eq(f->tensors[i].name, "token_embd.weight");
+    }
+    if (last < 0) {
+        snprintf(err, errlen, "the file holds no layer's tensors");
+        return -1;
+    }
+    for (int l = first; l <= last; l++)
+        if (!present[l]) {
+            snprintf(err, errlen, "the file holds tensors of layers %d and %d but none of layer %d",
+                     first, last, l);
+            return -1;
+        }
+    *out = (model_part){first, last + 1, head};
+    return 0;
 }
 
 void model_free(model *m)
@@ -704,19 +798,85 @@ void model_free(model *m)
 }
 
 const model_config *model_get_config(const model *m) { return &m->c; }
+const model_part *model_get_part(const model *m) { return &m->part; }
 uint64_t model_weight_bytes(const model *m) { return m->weight_bytes; }
+
+/* ======================================================================== */
+/* sizes                                                                     */
+/* ======================================================================== */
+
+int model_sizes_read(const gguf_file *f, model_sizes *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    model_config *c = &out->c;
+    if (read_config(f, c, err, errlen) != 0 || read_vocab(f, c, err, errlen) != 0 ||
+        check_no_unknown_tensors(f, c, err, errlen) != 0)
+        return -1;
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        const gguf_tensor *t = &f->tensors[i];
+        int place = file_tensor_place(f, i, c);
+        assert(place != TENSOR_UNKNOWN); /* check_no_unknown_tensors */
+        if (place >= 0) out->layer_bytes[place] += t->nbytes;
+        else if (place == TENSOR_HEAD) out->head_bytes += t->nbytes;
+        else out->rope_bytes += t->nbytes;
+        /* every matrix is a product's weight (token_embd when tied): the
+         * largest input conversion bounds the state's matmul scratch */
+        if (t->ne[1] > 1 && kernel_type_supported(t->type) && t->ne[0] <= (1u << 20))
+            out->scratch_bytes = max_size(out->scratch_bytes,
+                                          kernel_matmul_scratch_bytes(t->type, (int)t->ne[0], MODEL_BATCH));
+    }
+    out->kv_bytes_per_pos = 2 * sizeof(float) * (uint64_t)c->n_head_kv * (uint64_t)c->head_dim;
+    return 0;
+}
+
+/* Bytes model_state_new allocates for n_ctx positions of n_layers layers,
+ * with attention rows for n_threads, given the matmul scratch. One formula
+ * for the estimate and the state's own count (model_state_bytes). */
+static uint64_t state_bytes(const model_config *c, int n_layers, int n_ctx, int n_threads,
+                            uint64_t matmul_scratch)
+{
+    uint64_t q_dim = (uint64_t)c->n_head * c->head_dim, kv_dim = (uint64_t)c->n_head_kv * c->head_dim;
+    uint64_t half = (uint64_t)c->n_rot / 2;
+    uint64_t batch = (uint64_t)MODEL_BATCH * (2 * (uint64_t)c->n_embd + 2 * q_dim + 2 * (uint64_t)c->n_ff +
+                                              (c->n_swa > 0 ? 4 : 2) * half);
+    return sizeof(float) * (2 * (uint64_t)n_layers * (uint64_t)n_ctx * kv_dim + batch +
+                            (uint64_t)n_threads * (uint64_t)n_ctx) +
+           matmul_scratch;
+}
+
+uint64_t model_part_need(const model_sizes *z, const model_part *part, int n_ctx, int n_lanes,
+                         int n_threads)
+{
+    const model_config *c = &z->c;
+    assert(part->first >= 0 && part->first < part->end && part->end <= c->n_layer);
+    if (n_ctx <= 0) n_ctx = c->n_ctx_train;
+    if (n_lanes < 1) n_lanes = 1;
+    if (n_threads < 1) n_threads = 1;
+    uint64_t weights = z->rope_bytes + (part->head ? z->head_bytes : 0);
+    for (int l = part->first; l < part->end; l++) weights += z->layer_bytes[l];
+    uint64_t lane = state_bytes(c, part->end - part->first, n_ctx, n_threads, z->scratch_bytes);
+    if (part->head) /* the engine's per lane: logits of a token and of a batch (echo
+                       scoring), the token record, hidden states sent and received */
+        lane += sizeof(float) * ((uint64_t)c->n_vocab * (1 + MODEL_BATCH) + (uint64_t)n_ctx +
+                                 2 * (uint64_t)MODEL_BATCH * c->n_embd);
+    uint64_t total = weights + (uint64_t)n_lanes * lane;
+    return total + total / 16 + (64ull << 20);
+}
 
 /* ======================================================================== */
 /* state                                                                     */
 /* ======================================================================== */
 
 struct model_state {
+    const model *m;     /* the model it was made for */
     int n_ctx;
     int n_past;
     int kv_dim;
-    float *key_cache;   /* (n_layer, n_ctx, kv_dim) */
-    float *value_cache; /* (n_layer, n_ctx, kv_dim) */
-    float *x;           /* (MODEL_BATCH, n_embd) residual stream */
+    int first, n_layers; /* the part's layers, whose caches these are */
+    int range_first, range_end; /* while n_past > 0: the layers forward calls run */
+    float *key_cache;   /* (n_layers, n_ctx, kv_dim): layer l at l - first */
+    float *value_cache; /* (n_layers, n_ctx, kv_dim) */
+    float *x;           /* (MODEL_BATCH, n_embd) model_forward's batch of hidden states */
     float *xb;          /* (MODEL_BATCH, n_embd) normed input of a block, then its output */
     float *q;           /* (MODEL_BATCH, n_head * head_dim) */
     float *att_out;     /* (MODEL_BATCH, n_head * head_dim) */
@@ -738,13 +898,16 @@ model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen
     if (n_ctx <= 0) n_ctx = c->n_ctx_train;
     model_state *s = calloc(1, sizeof *s);
     if (!s) goto oom;
+    s->m = m;
     s->n_ctx = n_ctx;
     s->kv_dim = c->n_head_kv * c->head_dim;
+    s->first = m->part.first;
+    s->n_layers = m->part.end - m->part.first;
     /* phi3 LongRoPE: as llama.cpp, by the context's size (not the tokens
      * in it), so one state's positions all rotate alike. */
     s->rope_factors = c->arch != MODEL_ARCH_PHI3 ? m->rope_freq_factors
                       : n_ctx > c->n_ctx_orig ? m->rope_factors_long : m->rope_factors_short;
-    size_t kv = (size_t)c->n_layer * (size_t)n_ctx * (size_t)s->kv_dim;
+    size_t kv = (size_t)s->n_layers * (size_t)n_ctx * (size_t)s->kv_dim;
     size_t q_dim = (size_t)c->n_head * c->head_dim;
     s->key_cache = calloc(kv, sizeof(float));
     s->value_cache = calloc(kv, sizeof(float));
@@ -794,6 +957,11 @@ void model_state_free(model_state *s)
 
 int model_state_n_ctx(const model_state *s) { return s->n_ctx; }
 int model_state_n_past(const model_state *s) { return s->n_past; }
+
+uint64_t model_state_bytes(const model_state *s)
+{
+    return state_bytes(&s->m->c, s->n_layers, s->n_ctx, s->att_rows, s->m->matmul_scratch);
+}
 
 void model_state_truncate(model_state *s, int n_past)
 {
@@ -850,7 +1018,7 @@ static void rope_apply(const model_config *c, float *v, int n_heads, const float
 typedef struct {
     const model_config *c;
     model_state *s;
-    int layer;
+    int layer; /* its cache's index in the state (layer - first) */
     int pos0; /* position of the batch's first token */
     int n_tokens;
     int window; /* > 0: attend to the last `window` positions only (sliding window) */
@@ -888,11 +1056,11 @@ static void attention_task(void *ctx, int task, int thread)
  * converted once); k and v go straight into the cache rows k_cache, v_cache
  * (n, kv_dim), q into s->q (n, n_head * head_dim). */
 static void norm_qkv(const model_config *c, const model_layer *L, model_state *s, threadpool *pool,
-                     int n, float *k_cache, float *v_cache)
+                     const float *x, int n, float *k_cache, float *v_cache)
 {
     int dim = c->n_embd;
     for (int i = 0; i < n; i++)
-        kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->attn_norm, dim, c->norm_eps);
+        kernel_rmsnorm(s->xb + (size_t)i * dim, x + (size_t)i * dim, L->attn_norm, dim, c->norm_eps);
     const kernel_matrix *qkv[3] = {&L->wq, &L->wk, &L->wv};
     float *qkv_out[3] = {s->q, k_cache, v_cache};
     kernel_matmul_multi(pool, 3, qkv, s->xb, n, qkv_out, s->scratch);
@@ -913,48 +1081,52 @@ static void norm_heads(const model_config *c, const model_layer *L, float *q, fl
  * positions. -> s->att_out (n, n_head * head_dim). */
 static void attend(const model_config *c, model_state *s, threadpool *pool, int l, int n, int window)
 {
-    attention_job job = {c, s, l, s->n_past, n, window};
+    assert(l >= s->first && l < s->first + s->n_layers);
+    attention_job job = {c, s, l - s->first, s->n_past, n, window};
     threadpool_run(pool, n * c->n_head, attention_task, &job);
 }
 
 /* Feed-forward input of layer L: xb = rmsnorm(x) * ffn_norm, then gate, up =
  * xb Wgate, xb Wup in one dispatch -> s->hb, s->hb2 (n, n_ff). */
 static void norm_gate_up(const model_config *c, const model_layer *L, model_state *s,
-                         threadpool *pool, int n)
+                         threadpool *pool, const float *x, int n)
 {
     int dim = c->n_embd;
     for (int i = 0; i < n; i++)
-        kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, L->ffn_norm, dim, c->norm_eps);
+        kernel_rmsnorm(s->xb + (size_t)i * dim, x + (size_t)i * dim, L->ffn_norm, dim, c->norm_eps);
     const kernel_matrix *gate_up[2] = {&L->w_gate, &L->w_up};
     float *gate_up_out[2] = {s->hb, s->hb2};
     kernel_matmul_multi(pool, 2, gate_up, s->xb, n, gate_up_out, s->scratch);
 }
 
-/* Runs one batch of n <= MODEL_BATCH tokens through all layers. Leaves the
- * final hidden states (after the last layer, before the final norm) in s->x. */
-static void forward_layers(const model *m, model_state *s, threadpool *pool, const int32_t *tokens,
-                           int n)
+/* The cache rows (n, kv_dim) of layer l for positions pos0 .. pos0 + n - 1. */
+static float *cache_rows(model_state *s, float *cache, int l, int pos0)
+{
+    assert(l >= s->first && l < s->first + s->n_layers && pos0 >= 0 && pos0 <= s->n_ctx);
+    return cache + ((size_t)(l - s->first) * s->n_ctx + pos0) * s->kv_dim;
+}
+
+/* Runs one batch of n <= MODEL_BATCH hidden states x (n, n_embd), at
+ * positions n_past .. n_past + n - 1, through layers [first, end), in place:
+ * x leaves as those layers' output (after the last, before the final norm). */
+static void forward_layers(const model *m, model_state *s, threadpool *pool, int first, int end,
+                           float *x, int n)
 {
     const model_config *c = &m->c;
     int dim = c->n_embd, hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
     int half = c->n_rot / 2;
     int pos0 = s->n_past;
+    assert(n > 0 && n <= MODEL_BATCH);
 
-    /* ---- token embeddings: x[i] = token_embd[tokens[i]] ---- */
-    size_t embd_row = kernel_row_bytes(m->token_embd.type, dim);
-    for (int i = 0; i < n; i++)
-        kernel_dequantize_row(m->token_embd.type,
-                              (const uint8_t *)m->token_embd.data + (size_t)tokens[i] * embd_row,
-                              s->x + (size_t)i * dim, dim);
     rope_tables(c, c->rope_base, c->rope_scale, s->rope_factors, pos0, n, s->rope_cos, s->rope_sin);
 
-    for (int l = 0; l < c->n_layer; l++) {
+    for (int l = first; l < end; l++) {
         const model_layer *L = &m->layers[l];
-        float *k_cache = s->key_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim;   /* (n, kv_dim) */
-        float *v_cache = s->value_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim; /* (n, kv_dim) */
+        float *k_cache = cache_rows(s, s->key_cache, l, pos0);   /* (n, kv_dim) */
+        float *v_cache = cache_rows(s, s->value_cache, l, pos0); /* (n, kv_dim) */
 
         /* ---- attention: xb = rmsnorm(x) * attn_norm; q, k, v = xb Wq, Wk, Wv ---- */
-        norm_qkv(c, L, s, pool, n, k_cache, v_cache); /* (n, q_dim), (n, kv_dim) x 2 into the cache */
+        norm_qkv(c, L, s, pool, x, n, k_cache, v_cache); /* (n, q_dim), (n, kv_dim) x 2 into the cache */
 
         /* ---- biases (qwen2; some llama files): q += bq, k += bk, v += bv ---- */
         for (int i = 0; i < n && L->bq; i++) kernel_add(s->q + (size_t)i * q_dim, L->bq, q_dim);
@@ -980,13 +1152,13 @@ static void forward_layers(const model *m, model_state *s, threadpool *pool, con
         /* ---- output projection and residual: x += att_out Wo ---- */
         kernel_matmul(pool, &L->wo, s->att_out, n, s->xb, s->scratch); /* (n, dim) */
         for (int i = 0; i < n && L->bo; i++) kernel_add(s->xb + (size_t)i * dim, L->bo, dim);
-        kernel_add(s->x, s->xb, n * dim);
+        kernel_add(x, s->xb, n * dim);
 
         /* ---- feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x) * ffn_norm ---- */
-        norm_gate_up(c, L, s, pool, n); /* (n, n_ff) x 2 */
+        norm_gate_up(c, L, s, pool, x, n); /* (n, n_ff) x 2 */
         kernel_swiglu(s->hb, s->hb2, n * c->n_ff);
         kernel_matmul(pool, &L->w_down, s->hb, n, s->xb, s->scratch); /* (n, dim) */
-        kernel_add(s->x, s->xb, n * dim);
+        kernel_add(x, s->xb, n * dim);
     }
     s->n_past += n;
 }
@@ -1003,42 +1175,35 @@ static void gelu_gate(float *x, const float *y, int n)
 }
 
 /* gemma3: its own pass, as llama.cpp's gemma3 graph. What differs from the
- * llama family: embeddings scaled by sqrt(n_embd); each block's output is
- * normed before its residual add (post_attention_norm, post_ffw_norm); GELU
- * instead of SiLU; q/k RMSNorm per head; local layers (5 of every 6) attend
- * to the last n_swa positions and use RoPE base 10000 unscaled, global ones
- * the file's base and scaling. GGUF stores Gemma's norm weights as 1 + w
- * (llama.cpp's converter adds the 1), so every norm is a plain RMSNorm here. */
-static void forward_layers_gemma3(const model *m, model_state *s, threadpool *pool,
-                                  const int32_t *tokens, int n)
+ * llama family: embeddings scaled by sqrt(n_embd) (model_embed); each block's
+ * output is normed before its residual add (post_attention_norm,
+ * post_ffw_norm); GELU instead of SiLU; q/k RMSNorm per head; local layers (5
+ * of every 6) attend to the last n_swa positions and use RoPE base 10000
+ * unscaled, global ones the file's base and scaling. GGUF stores Gemma's norm
+ * weights as 1 + w (llama.cpp's converter adds the 1), so every norm is a
+ * plain RMSNorm here. Same contract as forward_layers. */
+static void forward_layers_gemma3(const model *m, model_state *s, threadpool *pool, int first,
+                                  int end, float *x, int n)
 {
     const model_config *c = &m->c;
     int dim = c->n_embd, hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
     int half = c->n_rot / 2;
     int pos0 = s->n_past;
+    assert(n > 0 && n <= MODEL_BATCH);
 
-    /* ---- token embeddings: x[i] = token_embd[tokens[i]] * sqrt(n_embd) ---- */
-    size_t embd_row = kernel_row_bytes(m->token_embd.type, dim);
-    float embd_scale = sqrtf((float)dim);
-    for (int i = 0; i < n; i++) {
-        float *x = s->x + (size_t)i * dim;
-        kernel_dequantize_row(m->token_embd.type,
-                              (const uint8_t *)m->token_embd.data + (size_t)tokens[i] * embd_row, x, dim);
-        for (int e = 0; e < dim; e++) x[e] *= embd_scale;
-    }
     rope_tables(c, c->rope_base, c->rope_scale, NULL, pos0, n, s->rope_cos, s->rope_sin);
     rope_tables(c, c->rope_base_swa, 1.0, NULL, pos0, n, s->rope_cos_swa, s->rope_sin_swa);
 
-    for (int l = 0; l < c->n_layer; l++) {
+    for (int l = first; l < end; l++) {
         const model_layer *L = &m->layers[l];
         int local = l % c->swa_pattern != c->swa_pattern - 1;
         const float *rcos = local ? s->rope_cos_swa : s->rope_cos; /* (n, n_rot / 2) */
         const float *rsin = local ? s->rope_sin_swa : s->rope_sin;
-        float *k_cache = s->key_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim;   /* (n, kv_dim) */
-        float *v_cache = s->value_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim; /* (n, kv_dim) */
+        float *k_cache = cache_rows(s, s->key_cache, l, pos0);   /* (n, kv_dim) */
+        float *v_cache = cache_rows(s, s->value_cache, l, pos0); /* (n, kv_dim) */
 
         /* ---- attention: xb = rmsnorm(x) * attn_norm; q, k, v = xb Wq, Wk, Wv ---- */
-        norm_qkv(c, L, s, pool, n, k_cache, v_cache); /* (n, q_dim), (n, kv_dim) x 2 into the cache */
+        norm_qkv(c, L, s, pool, x, n, k_cache, v_cache); /* (n, q_dim), (n, kv_dim) x 2 into the cache */
 
         /* ---- per head: q, k = rmsnorm(head) * q_norm / k_norm, then RoPE (NEOX) ---- */
         for (int i = 0; i < n; i++) {
@@ -1055,38 +1220,100 @@ static void forward_layers_gemma3(const model *m, model_state *s, threadpool *po
         for (int i = 0; i < n; i++)
             kernel_rmsnorm(s->xb + (size_t)i * dim, s->xb + (size_t)i * dim, L->post_attn_norm, dim,
                            c->norm_eps);
-        kernel_add(s->x, s->xb, n * dim);
+        kernel_add(x, s->xb, n * dim);
 
         /* ---- x += rmsnorm((gelu(xb Wgate) * (xb Wup)) Wdown) * post_ffw_norm, xb = rmsnorm(x) * ffn_norm ---- */
-        norm_gate_up(c, L, s, pool, n); /* (n, n_ff) x 2 */
+        norm_gate_up(c, L, s, pool, x, n); /* (n, n_ff) x 2 */
         gelu_gate(s->hb, s->hb2, n * c->n_ff);
         kernel_matmul(pool, &L->w_down, s->hb, n, s->xb, s->scratch); /* (n, dim) */
         for (int i = 0; i < n; i++)
             kernel_rmsnorm(s->xb + (size_t)i * dim, s->xb + (size_t)i * dim, L->post_ffn_norm, dim,
                            c->norm_eps);
-        kernel_add(s->x, s->xb, n * dim);
+        kernel_add(x, s->xb, n * dim);
     }
     s->n_past += n;
 }
 
-int model_forward(const model *m, model_state *s, threadpool *pool, const int32_t *tokens, int n,
-                  float *logits, int all_logits, char *err, size_t errlen)
+/* ---- the pieces: embed, layers, output; model_forward chains them ---- */
+
+/* x (n, n_embd) = token_embd[tokens[i]] [* sqrt(n_embd) for gemma3]. Ids
+ * are checked by the caller. */
+static void embed_rows(const model *m, const int32_t *tokens, int n, float *x)
 {
     const model_config *c = &m->c;
+    int dim = c->n_embd;
+    size_t embd_row = kernel_row_bytes(m->token_embd.type, dim);
+    float embd_scale = sqrtf((float)dim); /* gemma3, in float as llama.cpp */
+    for (int i = 0; i < n; i++) {
+        float *xi = x + (size_t)i * dim;
+        kernel_dequantize_row(m->token_embd.type,
+                              (const uint8_t *)m->token_embd.data + (size_t)tokens[i] * embd_row, xi, dim);
+        for (int e = 0; e < dim && c->arch == MODEL_ARCH_GEMMA3; e++) xi[e] *= embd_scale;
+    }
+}
+
+/* One batch of n <= MODEL_BATCH through layers [first, end) of the right pass. */
+static void run_layers(const model *m, model_state *s, threadpool *pool, int first, int end, float *x,
+                       int n)
+{
+    if (m->c.arch == MODEL_ARCH_GEMMA3)
+        forward_layers_gemma3(m, s, pool, first, end, x, n);
+    else
+        forward_layers(m, s, pool, first, end, x, n);
+}
+
+/* ---- final norm and classifier: logits = rmsnorm(x) * output_norm Wout ----
+ * n <= MODEL_BATCH rows x (n, n_embd) -> logits (n, n_vocab). */
+static void output_rows(const model *m, model_state *s, threadpool *pool, const float *x, int n,
+                        float *logits)
+{
+    const model_config *c = &m->c;
+    int dim = c->n_embd;
+    assert(n > 0 && n <= MODEL_BATCH);
+    for (int i = 0; i < n; i++)
+        kernel_rmsnorm(s->xb + (size_t)i * dim, x + (size_t)i * dim, m->output_norm, dim, c->norm_eps);
+    kernel_matmul(pool, &m->output, s->xb, n, logits, s->scratch); /* (n, n_vocab) */
+}
+
+static int check_tokens(const model *m, const int32_t *tokens, int n, char *err, size_t errlen)
+{
     if (n <= 0) {
         snprintf(err, errlen, "no tokens to evaluate");
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= m->c.n_vocab) {
+            snprintf(err, errlen, "token id %d out of range [0, %d)", (int)tokens[i], m->c.n_vocab);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Checks that n more positions through layers [first, end) fit s, and gives
+ * s a row of attention scratch per pool thread. */
+static int prepare_layers(const model *m, model_state *s, threadpool *pool, int first, int end,
+                          int n, char *err, size_t errlen)
+{
+    assert(s->m == m);
+    if (n <= 0) {
+        snprintf(err, errlen, "no positions to evaluate");
+        return -1;
+    }
+    if (first < m->part.first || first >= end || end > m->part.end) {
+        snprintf(err, errlen, "layers [%d, %d) are not within the loaded layers [%d, %d)", first, end,
+                 m->part.first, m->part.end);
+        return -1;
+    }
+    if (s->n_past > 0 && (first != s->range_first || end != s->range_end)) {
+        snprintf(err, errlen, "layers [%d, %d) on a state whose cache holds layers [%d, %d)", first,
+                 end, s->range_first, s->range_end);
         return -1;
     }
     if (n > s->n_ctx - s->n_past) {
         snprintf(err, errlen, "context full: %d positions used, %d more do not fit in %d",
                  s->n_past, n, s->n_ctx);
         return -1;
-    }
-    for (int i = 0; i < n; i++) {
-        if (tokens[i] < 0 || tokens[i] >= c->n_vocab) {
-            snprintf(err, errlen, "token id %d out of range [0, %d)", (int)tokens[i], c->n_vocab);
-            return -1;
-        }
     }
     int threads = threadpool_size(pool);
     if (threads > s->att_rows) { /* per-thread attention rows, sized for the pool in use */
@@ -1098,26 +1325,76 @@ int model_forward(const model *m, model_state *s, threadpool *pool, const int32_
         s->att = att;
         s->att_rows = threads;
     }
+    s->range_first = first;
+    s->range_end = end;
+    return 0;
+}
 
+static int need_head(const model *m, char *err, size_t errlen)
+{
+    if (m->part.head) return 0;
+    snprintf(err, errlen, "the embeddings and the output are not loaded here (layers [%d, %d) only)",
+             m->part.first, m->part.end);
+    return -1;
+}
+
+int model_embed(const model *m, const int32_t *tokens, int n, float *x, char *err, size_t errlen)
+{
+    if (need_head(m, err, errlen) != 0 || check_tokens(m, tokens, n, err, errlen) != 0) return -1;
+    embed_rows(m, tokens, n, x);
+    return 0;
+}
+
+int model_forward_layers(const model *m, model_state *s, threadpool *pool, int first, int end,
+                         float *x, int n, char *err, size_t errlen)
+{
+    if (prepare_layers(m, s, pool, first, end, n, err, errlen) != 0) return -1;
+    for (int done = 0; done < n; done += MODEL_BATCH) {
+        int nb = n - done < MODEL_BATCH ? n - done : MODEL_BATCH;
+        run_layers(m, s, pool, first, end, x + (size_t)done * m->c.n_embd, nb);
+    }
+    return 0;
+}
+
+int model_output(const model *m, model_state *s, threadpool *pool, const float *x, int n,
+                 float *logits, char *err, size_t errlen)
+{
+    assert(s->m == m);
+    if (need_head(m, err, errlen) != 0) return -1;
+    if (n <= 0) {
+        snprintf(err, errlen, "no hidden states to classify");
+        return -1;
+    }
+    for (int done = 0; done < n; done += MODEL_BATCH) {
+        int nb = n - done < MODEL_BATCH ? n - done : MODEL_BATCH;
+        output_rows(m, s, pool, x + (size_t)done * m->c.n_embd, nb, logits + (size_t)done * m->c.n_vocab);
+    }
+    return 0;
+}
+
+int model_forward(const model *m, model_state *s, threadpool *pool, const int32_t *tokens, int n,
+                  float *logits, int all_logits, char *err, size_t errlen)
+{
+    const model_config *c = &m->c;
+    if (!m->part.head || m->part.first != 0 || m->part.end != c->n_layer) {
+        snprintf(err, errlen, "model_forward needs the whole model; layers [%d, %d)%s are loaded",
+                 m->part.first, m->part.end, m->part.head ? " and the head" : "");
+        return -1;
+    }
+    if (check_tokens(m, tokens, n, err, errlen) != 0 ||
+        prepare_layers(m, s, pool, 0, c->n_layer, n, err, errlen) != 0)
+        return -1;
+
+    /* one batch at a time through the three pieces, the hidden states in s->x */
     int dim = c->n_embd;
     for (int done = 0; done < n; done += MODEL_BATCH) {
         int nb = n - done < MODEL_BATCH ? n - done : MODEL_BATCH;
-        if (c->arch == MODEL_ARCH_GEMMA3)
-            forward_layers_gemma3(m, s, pool, tokens + done, nb);
-        else
-            forward_layers(m, s, pool, tokens + done, nb);
-
-        /* ---- final norm and classifier: logits = rmsnorm(x) * output_norm Wout ---- */
-        if (all_logits) {
-            for (int i = 0; i < nb; i++)
-                kernel_rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, m->output_norm, dim,
-                               c->norm_eps);
-            kernel_matmul(pool, &m->output, s->xb, nb, logits + (size_t)done * c->n_vocab,
-                          s->scratch); /* (nb, n_vocab) */
-        } else if (done + nb == n) {
-            kernel_rmsnorm(s->xb, s->x + (size_t)(nb - 1) * dim, m->output_norm, dim, c->norm_eps);
-            kernel_matmul(pool, &m->output, s->xb, 1, logits, s->scratch); /* (n_vocab) */
-        }
+        embed_rows(m, tokens + done, nb, s->x);
+        run_layers(m, s, pool, 0, c->n_layer, s->x, nb);
+        if (all_logits)
+            output_rows(m, s, pool, s->x, nb, logits + (size_t)done * c->n_vocab);
+        else if (done + nb == n)
+            output_rows(m, s, pool, s->x + (size_t)(nb - 1) * dim, 1, logits); /* (n_vocab) */
     }
     return 0;
 }

@@ -7,12 +7,20 @@
  * appended to a state in batches of any size; the logits of a token depend
  * only on the tokens before it, never on how they were batched, nor on the
  * thread count (see kernels.h on determinism).
+ *
+ * A model may be loaded as a part (model_part): a contiguous range of layers,
+ * with or without the head (embeddings, final norm, classifier), so that a
+ * pipeline of nodes can run one model between them. The forward pass comes
+ * in three pieces (model_embed, model_forward_layers, model_output) that
+ * model_forward chains for a whole model: solo is a pipeline of one stage,
+ * and a split computes exactly the bits solo computes.
  * Not here: tokenization (tokenizer.h), sampling (sampler.h), generation
- * loops (engine.c). Other architectures are refused at load with a message.
+ * loops (engine.c), moving hidden states between nodes (serve/). Other
+ * architectures are refused at load with a message.
  *
  * Threading: a model may be read by any number of threads. A model_state is
- * used by one thread at a time; model_forward runs its products on the given
- * pool (one forward per pool at a time). */
+ * used by one thread at a time; the forward functions run their products on
+ * the given pool (one forward call per pool at a time). */
 #ifndef LLMESH_MODEL_H
 #define LLMESH_MODEL_H
 
@@ -67,23 +75,87 @@ typedef struct {
 typedef struct model model;
 typedef struct model_state model_state;
 
+/* Tokens per pass through the layers. A batch shares each weight row across
+ * its tokens (see kernel_matmul), so bigger is faster up to the point where
+ * the activations stop fitting in cache; a state's scratch buffers scale with
+ * it. Callers that move hidden states between nodes send pieces of this size. */
+#define MODEL_BATCH 64
+/* {arch}.block_count above this is refused at load. */
+#define MODEL_MAX_LAYERS 1024
+
+/* Which part of a model a node runs: layers [first, end) and, with head, the
+ * token embeddings and the output (final norm and classifier). The RoPE factor
+ * tensors (rope_freqs, rope_factors_long/short) belong to every part: each
+ * layer rotates q and k with them. 0 <= first < end <= n_layer. */
+typedef struct {
+    int first, end;
+    int head;
+} model_part;
+
 /* Reads the config and checks the shape and type of every tensor. The model
  * points into f's mapping: f must stay open until model_free. Returns NULL
- * with a message (naming the key or tensor at fault) in err. */
+ * with a message (naming the key or tensor at fault) in err.
+ * model_load is model_load_part with every layer and the head. */
 model *model_load(const gguf_file *f, char *err, size_t errlen);
+/* Only the part's tensors are looked up, checked and converted; tensors of
+ * other layers may be absent (a partial file, as a peer fetch writes one:
+ * the same metadata, a subset of the tensors) but every name in the file must
+ * still be one the architecture has. A tensor of the part that is missing is
+ * an error naming it. n_vocab is token_embd's row count when the file has
+ * it, else tokenizer.ggml.tokens' count, else 0 (only without head). */
+model *model_load_part(const gguf_file *f, const model_part *part, char *err, size_t errlen);
 void model_free(model *m);
 
+/* The part a file holds: the layers any of whose tensors are present (they
+ * must be contiguous), with head when token_embd.weight is present. Does not
+ * check that those layers are complete (model_load_part does). 0, or -1 with
+ * a message (no layer at all, a gap, an unreadable config). */
+int model_file_part(const gguf_file *f, model_part *out, char *err, size_t errlen);
+/* Whether a part needs the tensor called name (n_layer: the model's): what a
+ * partial file for that part must hold. Unknown names: 0. */
+int model_part_has_tensor(const model_part *part, int n_layer, const char *name);
+
 const model_config *model_get_config(const model *m);
-/* Bytes of the tensor data the model uses. */
+const model_part *model_get_part(const model *m);
+/* Bytes of the tensor data the model uses (its part's). */
 uint64_t model_weight_bytes(const model *m);
 
+/* ---- sizes, for placement: from the file's header alone, nothing loaded ---- */
+
+typedef struct {
+    model_config c;              /* n_vocab as model_load_part has it (0: unknown) */
+    uint64_t head_bytes;         /* token_embd + output_norm + output (when not tied) */
+    uint64_t rope_bytes;         /* RoPE factor tensors, which every part loads (a few KB) */
+    uint64_t layer_bytes[MODEL_MAX_LAYERS]; /* (n_layer) tensor bytes of each layer */
+    uint64_t kv_bytes_per_pos;   /* per layer per position: K and V, F32 */
+    uint64_t scratch_bytes;      /* the largest matmul input conversion of one batch */
+} model_sizes;
+
+/* Fills out from f's header and tensor table (the data is not read; the file
+ * may be a partial one, whose absent layers then count 0 bytes). 0, or -1
+ * with a message (bad config, unknown tensor). */
+int model_sizes_read(const gguf_file *f, model_sizes *out, char *err, size_t errlen);
+/* Bytes a node needs to run part with n_lanes states of n_ctx positions each,
+ * on n_threads threads: the part's weights (mapped) + its KV caches + each
+ * state's scratch (batch buffers, attention rows, matmul scratch) and, with
+ * head, what the engine keeps per lane (logits of one token and of a batch,
+ * the token record, hidden states in flight). An estimate: it adds 1/16 and
+ * 64 MiB for what it does not count (tokenizer and chat template, thread
+ * stacks, allocator overhead, the GGUF metadata); see docs/engine.md. */
+uint64_t model_part_need(const model_sizes *z, const model_part *part, int n_ctx, int n_lanes,
+                         int n_threads);
+
 /* A state holding up to n_ctx positions (n_ctx <= 0: the model's training
- * context). The KV cache is zero-filled memory from calloc, so pages that
- * are never reached are typically never touched. Returns NULL with a message
- * in err. The caller frees. */
+ * context) of the model's part: a KV cache for each of its layers. The KV
+ * cache is zero-filled memory from calloc, so pages that are never reached
+ * are typically never touched. Every stage of a pipeline must use the same
+ * n_ctx: phi3 picks its RoPE factors by the state's size. Returns NULL with
+ * a message in err. The caller frees. */
 model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen);
 void model_state_free(model_state *s);
 int model_state_n_ctx(const model_state *s);
+/* Bytes the state has allocated (KV caches and scratch). */
+uint64_t model_state_bytes(const model_state *s);
 /* Positions already in the cache. */
 int model_state_n_past(const model_state *s);
 /* Forgets positions from n_past on (0 empties the cache). n_past must not
@@ -92,8 +164,31 @@ void model_state_truncate(model_state *s, int n_past);
 
 /* Appends n tokens to the state and computes their logits. With all_logits,
  * logits receives [n][n_vocab]; otherwise only the last token's [n_vocab].
- * Returns 0, or -1 with a message (token id out of range, context full). */
+ * Needs a whole model (every layer and the head). Returns 0, or -1 with a
+ * message (token id out of range, context full), the state unchanged.
+ * = model_embed, model_forward_layers over every layer, model_output, one
+ * batch of MODEL_BATCH at a time. */
 int model_forward(const model *m, model_state *s, threadpool *pool, const int32_t *tokens, int n,
                   float *logits, int all_logits, char *err, size_t errlen);
+
+/* ---- the pieces of the forward pass, for pipeline stages ---- */
+
+/* x (n, n_embd) = the tokens' embeddings (gemma3's sqrt(n_embd) scaling
+ * included). Needs the head. 0, or -1 with a message (token id out of range). */
+int model_embed(const model *m, const int32_t *tokens, int n, float *x, char *err, size_t errlen);
+/* Runs layers [first, end) (inside the model's part) over n hidden states at
+ * positions n_past .. n_past + n - 1 of s: x (n, n_embd) in, the layers'
+ * output out; appends their keys and values to those layers' caches and
+ * advances n_past by n. Any n (MODEL_BATCH pieces inside). A state's cache
+ * holds the layers of one range: while it holds positions (n_past > 0), a call
+ * with another range is an error. 0, or -1 with a message (context full, n <=
+ * 0, layers not loaded), the state unchanged. */
+int model_forward_layers(const model *m, model_state *s, threadpool *pool, int first, int end,
+                         float *x, int n, char *err, size_t errlen);
+/* logits (n, n_vocab) of final hidden states x (n, n_embd): the classifier
+ * of rmsnorm(x) * output_norm. Needs the head; uses s's scratch only (its
+ * cache is not read). 0, or -1 with a message. */
+int model_output(const model *m, model_state *s, threadpool *pool, const float *x, int n,
+                 float *logits, char *err, size_t errlen);
 
 #endif
