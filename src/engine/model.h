@@ -135,7 +135,8 @@ typedef struct {
  * may be a partial one, whose absent layers then count 0 bytes). 0, or -1
  * with a message (bad config, unknown tensor). */
 int model_sizes_read(const gguf_file *f, model_sizes *out, char *err, size_t errlen);
-/* Bytes a node needs to run part with n_lanes states of n_ctx positions each,
+/* Bytes a node needs to run part with n_lanes states of n_ctx positions each
+ * (n_ctx <= 0: context_length, which may be far more than the engine uses),
  * on n_threads threads: the part's weights (mapped) + its KV caches + each
  * state's scratch (batch buffers, attention rows, matmul scratch) and, with
  * head, what the engine keeps per lane (logits of one token and of a batch,

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/gguf_write.h"
 #include "gguf_writer.h"
 
 static void die(const char *msg)
@@ -192,5 +193,72 @@ int model_writer_write(const char *path, const model_writer_params *p)
     }
     int rc = gguf_writer_write_file(w, path);
     gguf_writer_free(w);
+    return rc;
+}
+
+model_writer_params model_writer_small(const char *arch, ggml_type type, uint64_t seed)
+{
+    model_writer_params p = {.arch = arch, .n_embd = 64, .n_layer = 4, .n_head = 4, .n_head_kv = 2,
+                             .n_ff = 96, .n_vocab = 300, .type = type, .seed = seed};
+    if (!strcmp(arch, "llama")) {
+        p.rope_freqs = 1;
+    } else if (!strcmp(arch, "qwen2")) {
+        p.qkv_bias = 1, p.tied_output = 1, p.rope_freq_base = 1000000.0f, p.rms_eps = 1e-6f;
+    } else if (!strcmp(arch, "qwen3")) {
+        p.qk_norm = 1, p.tied_output = 1, p.head_dim = 32, p.rope_freq_base = 1000000.0f,
+        p.rms_eps = 1e-6f;
+    } else if (!strcmp(arch, "gemma3")) {
+        p.qk_norm = 1, p.tied_output = 1, p.head_dim = 32, p.n_head_kv = 1, p.n_layer = 7,
+        p.n_swa = 4, p.rope_freq_base = 1000000.0f, p.rms_eps = 1e-6f;
+    } else if (!strcmp(arch, "phi3")) {
+        p.longrope = 1, p.n_ctx = 256, p.n_ctx_orig = 128, p.attn_factor = 1.19f, p.n_rot = 12;
+    }
+    return p;
+}
+
+typedef struct {
+    const gguf_file *src;
+    const size_t *index; /* the written tensors' indices in src */
+} copy_ctx;
+
+static int copy_tensor(void *ctx, size_t i, void *dst, uint64_t nbytes, char *err, size_t errlen)
+{
+    const copy_ctx *c = ctx;
+    const gguf_tensor *t = &c->src->tensors[c->index[i]];
+    if (t->nbytes != nbytes) {
+        snprintf(err, errlen, "tensor %zu: %llu bytes, %llu expected", i,
+                 (unsigned long long)t->nbytes, (unsigned long long)nbytes);
+        return -1;
+    }
+    memcpy(dst, t->data, nbytes);
+    return 0;
+}
+
+int model_writer_copy(const char *src, const char *dst, int (*keep)(void *ctx, const char *name),
+                      void *ctx)
+{
+    char err[256] = "out of memory";
+    int rc = -1;
+    gguf_write *w = NULL;
+    size_t *index = NULL, n = 0;
+    gguf_file *f = gguf_open(src, err, sizeof err);
+    if (!f || !(w = gguf_write_new()) || !(index = malloc(sizeof *index * (f->n_tensors + 1)))) goto out;
+    for (uint64_t i = 0; i < f->n_kv; i++)
+        if (gguf_write_copy_kv(w, &f->kv[i], err, sizeof err) != 0) goto out;
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        const gguf_tensor *t = &f->tensors[i];
+        char name[128];
+        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
+        if (!keep(ctx, name)) continue;
+        if (gguf_write_add_tensor(w, t->name, t->n_dims, t->ne, t->type, err, sizeof err) != 0) goto out;
+        index[n++] = (size_t)i;
+    }
+    copy_ctx c = {f, index};
+    rc = gguf_write_file(w, dst, copy_tensor, &c, err, sizeof err);
+out:
+    if (rc != 0) fprintf(stderr, "model_writer_copy %s: %s\n", src, err);
+    free(index);
+    gguf_write_free(w);
+    gguf_close(f);
     return rc;
 }

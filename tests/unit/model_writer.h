@@ -2,7 +2,7 @@
  * runs (llama, qwen2, qwen3, phi3, gemma3), for tests.
  *
  * For: test_arch.c (forward pass against a reference, batching, real-shaped
- * configs). Writes the keys llama.cpp's converter writes, under the
+ * configs), test_stage.c and test_split.c (parts, partial files). Writes the keys llama.cpp's converter writes, under the
  * architecture's prefix, random weights, and a byte-level "gpt2" tokenizer
  * padded with filler tokens to n_vocab. Not for: tokenizer tests (the
  * vocabulary has no merges) or production.
@@ -51,5 +51,19 @@ typedef struct {
 
 /* Returns 0, or -1 for impossible parameters or a write error. */
 int model_writer_write(const char *path, const model_writer_params *p);
+
+/* The small configs of test_stage.c and test_split.c: 64 wide, 4 layers
+ * (gemma3: 7, so that layer 5 is the global one), 300 tokens, with each
+ * architecture's features on: llama rope_freqs; qwen2 q/k/v biases, tied,
+ * base 1e6; qwen3 q/k norms with head_dim 32; gemma3 window 4, one kv head;
+ * phi3 the long LongRoPE set with attn_factor and 12 of 16 dims rotated. */
+model_writer_params model_writer_small(const char *arch, ggml_type type, uint64_t seed);
+
+/* Writes to dst the file src with all its metadata and only the tensors
+ * keep(ctx, name) accepts (a partial file, as a peer fetch of some layers
+ * writes one), through the production writer (engine/gguf_write.h).
+ * Returns 0, or -1 with a message on stderr. */
+int model_writer_copy(const char *src, const char *dst, int (*keep)(void *ctx, const char *name),
+                      void *ctx);
 
 #endif

@@ -17,7 +17,6 @@
  * Not here: the forward pieces themselves (test_stage.c). */
 #include "engine/engine.h"
 #include "engine/gguf.h"
-#include "engine/gguf_write.h"
 #include "engine/model.h"
 #include "lib/threadpool.h"
 #include "model_writer.h"
@@ -323,10 +322,10 @@ enum { N_REQUESTS = 6 };
  * log-probabilities, echo scoring, a stop string, token ids. */
 static void make_request(int i, engine_request *r)
 {
-    static const char p1[] = "The quick brown fox jumps over the lazy dog, again and again, "
-                             "until the sun goes down behind the hills.";
-    static char p2[256];
-    snprintf(p2, sizeof p2, "%s And then", p1);
+#define P1 "The quick brown fox jumps over the lazy dog, again and again, until the sun goes " \
+           "down behind the hills."
+    static const char p1[] = P1, p2[] = P1 " And then"; /* constants: lanes' threads share them */
+#undef P1
     static const int32_t ids[] = {299, 40, 41, 42, 10, 100, 7};
     engine_request_defaults(r);
     r->prompt = p1;
@@ -400,23 +399,6 @@ static int same(const transcript *a, const transcript *b, const char *what)
 
 /* ---- models ------------------------------------------------------------------------ */
 
-static model_writer_params small(const char *arch, ggml_type type, uint64_t seed)
-{
-    model_writer_params p = {.arch = arch, .n_embd = 64, .n_layer = 4, .n_head = 4, .n_head_kv = 2,
-                             .n_ff = 96, .n_vocab = 300, .type = type, .seed = seed};
-    if (!strcmp(arch, "llama")) {
-        p.rope_freqs = 1;
-    } else if (!strcmp(arch, "qwen2")) {
-        p.qkv_bias = 1, p.tied_output = 1, p.rope_freq_base = 1000000.0f, p.rms_eps = 1e-6f;
-    } else if (!strcmp(arch, "gemma3")) {
-        p.qk_norm = 1, p.tied_output = 1, p.head_dim = 32, p.n_head_kv = 1, p.n_layer = 7,
-        p.n_swa = 4, p.rope_freq_base = 1000000.0f, p.rms_eps = 1e-6f;
-    } else if (!strcmp(arch, "phi3")) {
-        p.longrope = 1, p.n_ctx = 256, p.n_ctx_orig = 128, p.attn_factor = 1.19f, p.n_rot = 12;
-    }
-    return p;
-}
-
 static engine_model *load(const char *path, int n_lanes, int n_threads)
 {
     char err[512];
@@ -436,7 +418,7 @@ static void test_split_matches_solo(void)
 {
     const char *arches[] = {"llama", "qwen2", "gemma3", "phi3"};
     for (size_t a = 0; a < sizeof arches / sizeof arches[0]; a++) {
-        model_writer_params p = small(arches[a], a % 2 ? GGML_TYPE_Q8_0 : GGML_TYPE_F32, 20 + a);
+        model_writer_params p = model_writer_small(arches[a], a % 2 ? GGML_TYPE_Q8_0 : GGML_TYPE_F32, 20 + a);
         const char *path = tmp_path("split.gguf");
         REQUIRE(model_writer_write(path, &p) == 0);
         engine_model *solo = load(path, 1, 2);
@@ -475,7 +457,7 @@ static void test_breaks_replay_exactly(void)
 {
     const char *arches[] = {"llama", "gemma3"};
     for (size_t a = 0; a < sizeof arches / sizeof arches[0]; a++) {
-        model_writer_params p = small(arches[a], GGML_TYPE_Q8_0, 40 + a);
+        model_writer_params p = model_writer_small(arches[a], GGML_TYPE_Q8_0, 40 + a);
         const char *path = tmp_path("break.gguf");
         REQUIRE(model_writer_write(path, &p) == 0);
         int L = p.n_layer;
@@ -531,7 +513,7 @@ static void test_breaks_replay_exactly(void)
  * tail error ends it with the tail's message; the lane recovers after. */
 static void test_tail_failures(void)
 {
-    model_writer_params p = small("qwen2", GGML_TYPE_F32, 3);
+    model_writer_params p = model_writer_small("qwen2", GGML_TYPE_F32, 3);
     const char *path = tmp_path("fail.gguf");
     REQUIRE(model_writer_write(path, &p) == 0);
     engine_model *em = load(path, 1, 1);
@@ -581,7 +563,7 @@ static void test_tail_failures(void)
  * new positions travel. */
 static void test_prefix_replayed_after_set_split(void)
 {
-    model_writer_params p = small("llama", GGML_TYPE_F32, 8);
+    model_writer_params p = model_writer_small("llama", GGML_TYPE_F32, 8);
     const char *path = tmp_path("prefix.gguf");
     REQUIRE(model_writer_write(path, &p) == 0);
     engine_model *em = load(path, 1, 1);
@@ -626,7 +608,7 @@ static void *lane_thread(void *arg)
  * is the sequential one. */
 static void test_lanes_run_concurrently(void)
 {
-    model_writer_params p = small("phi3", GGML_TYPE_Q8_0, 12);
+    model_writer_params p = model_writer_small("phi3", GGML_TYPE_Q8_0, 12);
     const char *path = tmp_path("lanes.gguf");
     REQUIRE(model_writer_write(path, &p) == 0);
     engine_model *solo = load(path, 1, 1);
@@ -650,6 +632,7 @@ static void test_lanes_run_concurrently(void)
         if (t) tail_free(t);
         engine_model_free(em);
     }
+    free(want.buf);
 }
 
 /* Perplexity through a split is solo's number exactly (demo model). */
@@ -678,24 +661,17 @@ static void test_perplexity_through_split(void)
 
 /* ---- stage 0 from a partial file ----------------------------------------------------- */
 
-typedef struct {
-    const gguf_file *src;
-    size_t *index;
-} copy_ctx;
-
-static int copy_tensor(void *ctx, size_t i, void *dst, uint64_t nbytes, char *err, size_t errlen)
+static int keep_stage0(void *ctx, const char *name)
 {
-    const copy_ctx *c = ctx;
-    (void)err, (void)errlen;
-    memcpy(dst, c->src->tensors[c->index[i]].data, nbytes);
-    return 0;
+    static const model_part head01 = {0, 2, 1};
+    return model_part_has_tensor(&head01, *(const int *)ctx, name);
 }
 
 /* Loading options, and a stage-0 file with the head and layers 0-1 only:
  * it needs a split to run, and with one it answers as solo. */
 static void test_load_opts_and_stage0_file(void)
 {
-    model_writer_params p = small("qwen2", GGML_TYPE_F32, 30);
+    model_writer_params p = model_writer_small("qwen2", GGML_TYPE_F32, 30);
     const char *path = tmp_path("opts.gguf");
     REQUIRE(model_writer_write(path, &p) == 0);
     char err[512];
@@ -719,26 +695,7 @@ static void test_load_opts_and_stage0_file(void)
 
     /* the stage-0 file: metadata, the head and layers 0-1 */
     const char *part = tmp_path("stage0.gguf");
-    gguf_file *f = gguf_open(path, err, sizeof err);
-    REQUIRE(f);
-    gguf_write *w = gguf_write_new();
-    for (uint64_t i = 0; i < f->n_kv; i++) REQUIRE(gguf_write_copy_kv(w, &f->kv[i], err, sizeof err) == 0);
-    size_t *index = malloc(sizeof *index * (size_t)f->n_tensors), n = 0;
-    model_part head01 = {0, 2, 1};
-    for (uint64_t i = 0; i < f->n_tensors; i++) {
-        char name[128];
-        snprintf(name, sizeof name, "%.*s", (int)f->tensors[i].name.len, f->tensors[i].name.ptr);
-        if (!model_part_has_tensor(&head01, p.n_layer, name)) continue;
-        REQUIRE(gguf_write_add_tensor(w, f->tensors[i].name, f->tensors[i].n_dims, f->tensors[i].ne,
-                                      f->tensors[i].type, err, sizeof err) == 0);
-        index[n++] = (size_t)i;
-    }
-    copy_ctx cc = {f, index};
-    REQUIRE(gguf_write_file(w, part, copy_tensor, &cc, err, sizeof err) == 0);
-    free(index);
-    gguf_write_free(w);
-    gguf_close(f);
-
+    REQUIRE(model_writer_copy(path, part, keep_stage0, &p.n_layer) == 0);
     CHECK(!engine_model_load(part, 1, err, sizeof err)); /* not a whole model */
     CHECK(strstr(err, "blk.2.") != NULL);
     o = (engine_load_opts){.n_threads = 1, .layers_end = 2};

@@ -5,14 +5,13 @@
  * in F32 and Q8_0: the layers run as 2 and 3 parts (separate model objects
  * loaded with model_load_part, separate states, hidden states handed from one
  * to the next in uneven batches) give logits bit-identical to model_forward;
- * so do partial files holding only one part's tensors (written with the
- * production writer, gguf_write.h, as a peer fetch would). Bad parts are
+ * so do partial files holding only one part's tensors (model_writer_copy,
+ * through the production writer, as a peer fetch would write them). Bad parts are
  * refused with messages; the sizes read from the header add up to the
  * loaded weights, and the memory estimate covers what states allocate.
  * Not here: the engine's split and lanes (test_split.c), the architectures'
  * numerics (test_arch.c). */
 #include "engine/gguf.h"
-#include "engine/gguf_write.h"
 #include "engine/model.h"
 #include "lib/threadpool.h"
 #include "model_writer.h"
@@ -29,73 +28,25 @@ static const char *tmp_path(const char *name)
     return p;
 }
 
-/* Small configs as test_arch.c's, with enough layers for three parts. */
-static model_writer_params small(const char *arch, ggml_type type, uint64_t seed)
-{
-    model_writer_params p = {.arch = arch, .n_embd = 64, .n_layer = 4, .n_head = 4, .n_head_kv = 2,
-                             .n_ff = 96, .n_vocab = 300, .type = type, .seed = seed};
-    if (!strcmp(arch, "llama")) {
-        p.rope_freqs = 1; /* a RoPE factor tensor: every part needs it */
-    } else if (!strcmp(arch, "qwen2")) {
-        p.qkv_bias = 1, p.tied_output = 1, p.rope_freq_base = 1000000.0f, p.rms_eps = 1e-6f;
-    } else if (!strcmp(arch, "gemma3")) { /* 7 layers: layer 5 is the global one */
-        p.qk_norm = 1, p.tied_output = 1, p.head_dim = 32, p.n_head_kv = 1, p.n_layer = 7,
-        p.n_swa = 4, p.rope_freq_base = 1000000.0f, p.rms_eps = 1e-6f;
-    } else if (!strcmp(arch, "phi3")) {
-        p.longrope = 1, p.n_ctx = 256, p.n_ctx_orig = 128, p.attn_factor = 1.19f, p.n_rot = 12;
-    } else if (!strcmp(arch, "qwen3")) {
-        p.qk_norm = 1, p.tied_output = 1, p.head_dim = 32, p.rope_freq_base = 1000000.0f,
-        p.rms_eps = 1e-6f;
-    }
-    return p;
-}
-
 /* ---- partial files ------------------------------------------------------------ */
 
 typedef struct {
-    const gguf_file *src;
-    size_t *index; /* the written tensors' indices in src */
-} copy_ctx;
+    model_part part;
+    int n_layer;
+} part_keep;
 
-static int copy_tensor(void *ctx, size_t i, void *dst, uint64_t nbytes, char *err, size_t errlen)
+static int keep_part(void *ctx, const char *name)
 {
-    const copy_ctx *c = ctx;
-    const gguf_tensor *t = &c->src->tensors[c->index[i]];
-    if (t->nbytes != nbytes) {
-        snprintf(err, errlen, "size mismatch");
-        return -1;
-    }
-    memcpy(dst, t->data, nbytes);
-    return 0;
+    const part_keep *k = ctx;
+    return model_part_has_tensor(&k->part, k->n_layer, name);
 }
 
 /* Writes to dst the file at src with only the tensors part needs (and all
  * its metadata), as a peer fetch of one stage's weights would. */
-static void write_partial(const char *src, const model_part *part, const char *dst)
+static void write_partial(const char *src, const model_part *part, int n_layer, const char *dst)
 {
-    char err[256];
-    gguf_file *f = gguf_open(src, err, sizeof err);
-    REQUIRE(f);
-    model_part whole;
-    REQUIRE(model_file_part(f, &whole, err, sizeof err) == 0);
-    gguf_write *w = gguf_write_new();
-    REQUIRE(w);
-    for (uint64_t i = 0; i < f->n_kv; i++) REQUIRE(gguf_write_copy_kv(w, &f->kv[i], err, sizeof err) == 0);
-    size_t *index = malloc(sizeof *index * (size_t)f->n_tensors);
-    size_t n = 0;
-    for (uint64_t i = 0; i < f->n_tensors; i++) {
-        const gguf_tensor *t = &f->tensors[i];
-        char name[128];
-        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
-        if (!model_part_has_tensor(part, whole.end, name)) continue;
-        REQUIRE(gguf_write_add_tensor(w, t->name, t->n_dims, t->ne, t->type, err, sizeof err) == 0);
-        index[n++] = (size_t)i;
-    }
-    copy_ctx c = {f, index};
-    if (gguf_write_file(w, dst, copy_tensor, &c, err, sizeof err) != 0) fprintf(stderr, "  %s\n", err);
-    free(index);
-    gguf_write_free(w);
-    gguf_close(f);
+    part_keep k = {*part, n_layer};
+    REQUIRE(model_writer_copy(src, dst, keep_part, &k) == 0);
 }
 
 /* ---- stages -------------------------------------------------------------------- */
@@ -168,7 +119,7 @@ static void test_parts_match_whole(void)
     static float want[N * V], got[N * V];
     for (size_t a = 0; a < sizeof arches / sizeof arches[0]; a++) {
         for (size_t t = 0; t < 2; t++) {
-            model_writer_params p = small(arches[a], types[t], 100 + 10 * a + t);
+            model_writer_params p = model_writer_small(arches[a], types[t], 100 + 10 * a + t);
             const char *path = tmp_path("whole.gguf");
             REQUIRE(model_writer_write(path, &p) == 0);
             stage whole;
@@ -191,7 +142,7 @@ static void test_parts_match_whole(void)
                             char name[32];
                             snprintf(name, sizeof name, "part%d.gguf", i);
                             file = tmp_path(name);
-                            write_partial(path, &splits[sp][i], file);
+                            write_partial(path, &splits[sp][i], L, file);
                             gguf_file *f = gguf_open(file, err, sizeof err);
                             REQUIRE(f);
                             model_part held;
@@ -232,9 +183,15 @@ static const char *part_error(const char *path, model_part part)
     return err;
 }
 
+static int keep_no_layer_1_3(void *ctx, const char *name)
+{
+    (void)ctx;
+    return strncmp(name, "blk.1.", 6) != 0 && strncmp(name, "blk.3.", 6) != 0;
+}
+
 static void test_bad_parts(void)
 {
-    model_writer_params p = small("llama", GGML_TYPE_F32, 5);
+    model_writer_params p = model_writer_small("llama", GGML_TYPE_F32, 5);
     const char *path = tmp_path("bad.gguf");
     REQUIRE(model_writer_write(path, &p) == 0);
     const char *e = part_error(path, (model_part){2, 2, 0});
@@ -247,7 +204,7 @@ static void test_bad_parts(void)
 
     /* a partial file: layers 1-2 without the head */
     const char *part12 = tmp_path("part12.gguf");
-    write_partial(path, &(model_part){1, 3, 0}, part12);
+    write_partial(path, &(model_part){1, 3, 0}, 4, part12);
     CHECK(part_error(part12, (model_part){1, 3, 0})[0] == 0);
     CHECK(part_error(part12, (model_part){2, 3, 0})[0] == 0);
     e = part_error(part12, (model_part){0, 3, 0});
@@ -296,32 +253,15 @@ static void test_bad_parts(void)
     CHECK(held.first == 1 && held.end == 3 && held.head == 0);
     gguf_close(f);
     const char *head0 = tmp_path("head0.gguf"), *gap = tmp_path("gap.gguf");
-    write_partial(path, &(model_part){0, 1, 1}, head0);
+    write_partial(path, &(model_part){0, 1, 1}, 4, head0);
     f = gguf_open(head0, err, sizeof err);
     REQUIRE(f);
     REQUIRE(model_file_part(f, &held, err, sizeof err) == 0);
     CHECK(held.first == 0 && held.end == 1 && held.head == 1);
     gguf_close(f);
 
-    /* a gap (layers 0 and 2, not 1): written by hand, layer 1's tensors left out */
-    f = gguf_open(path, err, sizeof err);
-    REQUIRE(f);
-    gguf_write *w = gguf_write_new();
-    for (uint64_t i = 0; i < f->n_kv; i++) REQUIRE(gguf_write_copy_kv(w, &f->kv[i], err, sizeof err) == 0);
-    size_t *index = malloc(sizeof *index * (size_t)f->n_tensors), n = 0;
-    for (uint64_t i = 0; i < f->n_tensors; i++) {
-        const gguf_tensor *t = &f->tensors[i];
-        char name[128];
-        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
-        if (!strncmp(name, "blk.1.", 6) || !strncmp(name, "blk.3.", 6)) continue;
-        REQUIRE(gguf_write_add_tensor(w, t->name, t->n_dims, t->ne, t->type, err, sizeof err) == 0);
-        index[n++] = (size_t)i;
-    }
-    copy_ctx cc = {f, index};
-    REQUIRE(gguf_write_file(w, gap, copy_tensor, &cc, err, sizeof err) == 0);
-    free(index);
-    gguf_write_free(w);
-    gguf_close(f);
+    /* a gap: layers 0 and 2, not 1 (nor 3) */
+    REQUIRE(model_writer_copy(path, gap, keep_no_layer_1_3, NULL) == 0);
     f = gguf_open(gap, err, sizeof err);
     REQUIRE(f);
     CHECK(model_file_part(f, &held, err, sizeof err) == -1);
@@ -343,7 +283,7 @@ static void test_sizes(void)
     REQUIRE(pool);
     static model_sizes z;
     for (size_t a = 0; a < sizeof arches / sizeof arches[0]; a++) {
-        model_writer_params p = small(arches[a], a % 2 ? GGML_TYPE_Q8_0 : GGML_TYPE_F32, 7 + a);
+        model_writer_params p = model_writer_small(arches[a], a % 2 ? GGML_TYPE_Q8_0 : GGML_TYPE_F32, 7 + a);
         const char *path = tmp_path("sizes.gguf");
         REQUIRE(model_writer_write(path, &p) == 0);
         gguf_file *f = gguf_open(path, err, sizeof err);
