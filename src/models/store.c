@@ -1,7 +1,7 @@
 /* store.c: the local side of weights_store.h: full files and their
  * remembered manifests, the cache directories, and the worker thread that
- * hashes files off the event loop. The FETCH streams, both directions, are
- * in fetch.c.
+ * hash and write off the event loop. The FETCH streams: serve.c (serving)
+ * and fetch.c (fetching).
  *
  * Why two worker threads ("lanes"), each with a FIFO: the hash lane runs the
  * long jobs (hashing a file added, checking a partial file on resume:
@@ -13,6 +13,7 @@
  * fsync) a FIFO gives for free. */
 #define _GNU_SOURCE
 #include <assert.h>
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <event2/event.h>
@@ -27,6 +28,11 @@
 #include "lib/err.h"
 #include "lib/log.h"
 #include "models/store_private.h"
+
+static void idle_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len) {}
+static void idle_fin(void *user, mesh_stream *s) {}
+static void idle_close(void *user, mesh_stream *s, const char *error) {}
+const mesh_stream_handlers store_idle_handlers = {idle_frame, idle_fin, idle_close};
 
 /* ---- files and keys -----------------------------------------------------------------*/
 
@@ -504,7 +510,7 @@ weights_store *weights_store_new(struct event_base *base, mesh *m, const char *h
         ws->lanes[i].started = 1;
     }
     free(cache);
-    if (m) mesh_register_stream_type(m, MESH_STREAM_FETCH, fetch_accept, ws);
+    if (m) mesh_register_stream_type(m, MESH_STREAM_FETCH, serve_accept, ws);
     return ws;
 fail:
     free(cache);
@@ -517,6 +523,7 @@ void weights_store_free(weights_store *ws)
     if (!ws) return;
     if (ws->mesh) mesh_register_stream_type(ws->mesh, MESH_STREAM_FETCH, NULL, NULL);
     fetch_free_all(ws);
+    serve_free_all(ws);
     pthread_mutex_lock(&ws->lock);
     ws->stop = 1;
     for (int i = 0; i < STORE_LANES; i++)
@@ -552,6 +559,50 @@ void weights_store_free(weights_store *ws)
 }
 
 void weights_get_counters(const weights_store *ws, weights_counters *out) { *out = ws->counters; }
+
+void weights_store_status_json(const weights_store *ws, cJSON *obj)
+{
+    char hex[WEIGHTS_HASH_HEX];
+    cJSON *local = cJSON_AddArrayToObject(obj, "local");
+    for (const local_file *f = ws->files; f; f = f->next) {
+        if (f->stale) continue;
+        cJSON *o = cJSON_CreateObject();
+        weights_hex(f->manifest->model_hash, hex);
+        cJSON_AddStringToObject(o, "model", hex);
+        cJSON_AddStringToObject(o, "path", f->path);
+        cJSON_AddNumberToObject(o, "layers", f->manifest->n_layers);
+        cJSON_AddNumberToObject(o, "bytes", (double)f->manifest->data_bytes);
+        cJSON_AddItemToArray(local, o);
+    }
+    weights_fetch_info info[64];
+    int n = weights_store_fetches(ws, info, 64);
+    cJSON *fetches = cJSON_AddArrayToObject(obj, "fetches");
+    for (int i = 0; i < n && i < 64; i++) {
+        const weights_fetch_info *f = &info[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", f->model);
+        cJSON_AddNumberToObject(o, "first", f->first);
+        cJSON_AddNumberToObject(o, "end", f->end);
+        cJSON_AddBoolToObject(o, "head", f->head);
+        cJSON_AddStringToObject(o, "peer", f->peer);
+        cJSON_AddStringToObject(o, "state", f->state);
+        cJSON_AddNumberToObject(o, "done_bytes", (double)f->done_bytes);
+        cJSON_AddNumberToObject(o, "total_bytes", (double)f->total_bytes);
+        cJSON_AddNumberToObject(o, "attempts", f->attempts);
+        if (f->last_error[0]) cJSON_AddStringToObject(o, "last_error", f->last_error);
+        cJSON_AddItemToArray(fetches, o);
+    }
+    const weights_counters *c = &ws->counters;
+    cJSON *k = cJSON_AddObjectToObject(obj, "counters");
+    cJSON_AddNumberToObject(k, "served_bytes", (double)c->served_bytes);
+    cJSON_AddNumberToObject(k, "fetched_bytes", (double)c->fetched_bytes);
+    cJSON_AddNumberToObject(k, "bad_frames", (double)c->bad_frames);
+    cJSON_AddNumberToObject(k, "bad_chunks", (double)c->bad_chunks);
+    cJSON_AddNumberToObject(k, "fetches_resumed", (double)c->fetches_resumed);
+    cJSON_AddNumberToObject(k, "files_hashed", (double)c->files_hashed);
+    cJSON_AddNumberToObject(k, "bytes_hashed", (double)c->bytes_hashed);
+    cJSON_AddNumberToObject(k, "cache_discarded", (double)c->cache_discarded);
+}
 
 void weights_test_set_retry(weights_store *ws, int base_ms, int max_attempts)
 {

@@ -1,5 +1,6 @@
-/* store_private.h: what store.c (local files, cache, worker thread) and
- * fetch.c (FETCH streams, both sides) share, plus the knobs tests turn.
+/* store_private.h: what store.c (local files, cache, worker threads),
+ * serve.c and fetch.c (the two sides of FETCH streams) share, plus the
+ * knobs tests turn.
  * Not for use outside src/models/ except by tests. */
 #ifndef LLMESH_MODELS_STORE_PRIVATE_H
 #define LLMESH_MODELS_STORE_PRIVATE_H
@@ -107,8 +108,14 @@ int store_write_file(const char *path, const void *data, size_t len, char *err, 
 /* Reads a whole manifest file and decodes it; NULL when absent or bad. */
 weights_manifest *store_read_manifest(const char *path, fetch_file_key *key, char *err, size_t errlen);
 
+/* Handlers for a stream nobody listens to any more (its owner let go). */
+extern const mesh_stream_handlers store_idle_handlers;
+
+/* serve.c */
+void serve_accept(void *ctx, mesh_stream *s);
+void serve_free_all(weights_store *ws);
+
 /* fetch.c */
-void fetch_accept(void *ctx, mesh_stream *s);
 void fetch_free_all(weights_store *ws);
 
 /* Tests (white box): knobs on one store. */

@@ -118,4 +118,10 @@ typedef struct {
 } weights_fetch_info;
 int weights_store_fetches(const weights_store *ws, weights_fetch_info *out, int max);
 
+/* For /api/status: adds to the JSON object obj "local" (model hash, path,
+ * layers, bytes of each local full file), "fetches" (weights_store_fetches)
+ * and "counters" (weights_counters). */
+struct cJSON;
+void weights_store_status_json(const weights_store *ws, struct cJSON *obj);
+
 #endif

@@ -13,6 +13,7 @@
  * used; unknown models, layers out of range, garbage on the stream from
  * either side are refused and counted. Chunks are 16 KiB here, so the
  * models of a few MB have hundreds of them. Every wait is bounded. */
+#include <cjson/cJSON.h>
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <fcntl.h>
@@ -507,6 +508,19 @@ static void test_fetch_middle(void)
     weights_fetch_info info[4];
     CHECK_EQ_INT(weights_store_fetches(s.sb, info, 4), 1);
     CHECK_EQ_INT(info[0].first, 2);
+    cJSON *status = cJSON_CreateObject();
+    weights_store_status_json(s.sb, status);
+    char *text = cJSON_PrintUnformatted(status);
+    CHECK(strstr(text, "\"fetches\":[{\"model\"") != NULL);
+    CHECK(strstr(text, "\"first\":2,\"end\":4,\"head\":false") != NULL);
+    free(text);
+    cJSON_Delete(status);
+    status = cJSON_CreateObject();
+    weights_store_status_json(s.sa, status);
+    text = cJSON_PrintUnformatted(status);
+    CHECK(strstr(text, "\"layers\":6") != NULL);
+    free(text);
+    cJSON_Delete(status);
     CHECK(run_until(fetch_done, &st, WAIT_MS));
     CHECK_EQ_STR(st.error, "");
     CHECK(part_matches(st.path, s.model, 2, 4, 0));
