@@ -245,8 +245,8 @@ static int write_zeros(FILE *f, uint64_t n)
     return 0;
 }
 
-int gguf_write_file(const gguf_write *w, const char *path, gguf_write_fill_fn fill, void *ctx,
-                    char *err, size_t errlen)
+int gguf_write_layout(const gguf_write *w, uint8_t **out, size_t *len, uint64_t *data_offsets,
+                      uint64_t *file_size, char *err, size_t errlen)
 {
     wbuf head = {0};
     put_u32(&head, GGUF_MAGIC);
@@ -254,7 +254,7 @@ int gguf_write_file(const gguf_write *w, const char *path, gguf_write_fill_fn fi
     put_u64(&head, w->n_t);
     put_u64(&head, w->n_kv);
     for (size_t i = 0; i < w->n_kv; i++) put(&head, w->kv[i].bytes.p, w->kv[i].bytes.len);
-    uint64_t offset = 0, max_bytes = 0;
+    uint64_t offset = 0;
     for (size_t i = 0; i < w->n_t; i++) {
         const wtensor *t = &w->t[i];
         put_str(&head, t->name, t->name_len);
@@ -263,13 +263,39 @@ int gguf_write_file(const gguf_write *w, const char *path, gguf_write_fill_fn fi
         put_u32(&head, (uint32_t)t->type);
         put_u64(&head, offset);
         offset = align_up(offset + t->nbytes, w->alignment);
-        max_bytes = t->nbytes > max_bytes ? t->nbytes : max_bytes;
+    }
+    static const uint8_t zeros[256];
+    size_t pad = (size_t)(align_up(head.len, w->alignment) - head.len);
+    while (pad) {
+        size_t k = pad < sizeof zeros ? pad : sizeof zeros;
+        put(&head, zeros, k);
+        pad -= k;
     }
     if (head.oom) {
         free(head.p);
         err_set(err, errlen, "out of memory");
         return -1;
     }
+    uint64_t at = head.len;
+    for (size_t i = 0; i < w->n_t; i++) {
+        if (data_offsets) data_offsets[i] = at;
+        at = align_up(at + w->t[i].nbytes, w->alignment);
+    }
+    *out = head.p;
+    *len = head.len;
+    if (file_size) *file_size = at;
+    return 0;
+}
+
+int gguf_write_file(const gguf_write *w, const char *path, gguf_write_fill_fn fill, void *ctx,
+                    char *err, size_t errlen)
+{
+    uint8_t *head = NULL;
+    size_t head_len = 0;
+    if (gguf_write_layout(w, &head, &head_len, NULL, NULL, err, errlen) < 0) return -1;
+    uint64_t max_bytes = 0;
+    for (size_t i = 0; i < w->n_t; i++)
+        max_bytes = w->t[i].nbytes > max_bytes ? w->t[i].nbytes : max_bytes;
     size_t tmp_len = strlen(path) + 5;
     char *tmp = malloc(tmp_len);
     void *data = malloc(max_bytes ? (size_t)max_bytes : 1);
@@ -285,9 +311,7 @@ int gguf_write_file(const gguf_write *w, const char *path, gguf_write_fill_fn fi
         err_set(err, errlen, "cannot create %s", tmp);
         goto out;
     }
-    if (fwrite(head.p, 1, head.len, f) != head.len ||
-        write_zeros(f, align_up(head.len, w->alignment) - head.len) < 0)
-        goto io;
+    if (fwrite(head, 1, head_len, f) != head_len) goto io;
     for (size_t i = 0; i < w->n_t; i++) {
         const wtensor *t = &w->t[i];
         if (fill(ctx, i, data, t->nbytes, err, errlen) < 0) goto fail;
@@ -316,6 +340,6 @@ out:
     if (f) fclose(f);
     free(tmp);
     free(data);
-    free(head.p);
+    free(head);
     return rc;
 }

@@ -35,6 +35,16 @@ int gguf_write_add_tensor(gguf_write *w, gguf_str name, uint32_t n_dims, const u
 /* Bytes tensor i takes (as its type and shape imply). */
 uint64_t gguf_write_tensor_nbytes(const gguf_write *w, size_t i);
 
+/* The bytes before the tensor data, exactly as gguf_write_file writes them:
+ * header, key/values, tensor infos and the zero padding up to the aligned
+ * start of the data (malloc'ed into *out, *len bytes; the caller frees).
+ * data_offsets (NULL, or one per tensor) gets where each tensor's data starts
+ * from the start of the file, and file_size (may be NULL) the whole file's
+ * size, every tensor padded to the alignment. For writers that place the
+ * data themselves (models/: a part fetched from peers chunk by chunk). */
+int gguf_write_layout(const gguf_write *w, uint8_t **out, size_t *len, uint64_t *data_offsets,
+                      uint64_t *file_size, char *err, size_t errlen);
+
 /* Fills dst with the nbytes of tensor `index`; returns 0 or -1 with a message. */
 typedef int (*gguf_write_fill_fn)(void *ctx, size_t index, void *dst, uint64_t nbytes, char *err,
                                   size_t errlen);

@@ -33,6 +33,7 @@ typedef enum {
     MESH_STREAM_HTTP_TUNNEL = 2, /* an API request forwarded to a host node */
     MESH_STREAM_CONTROL = 3,     /* failure-detector probes (the mesh's own) */
     MESH_STREAM_ROUTES = 4,      /* a passive client's routing-table pull (the mesh's own) */
+    MESH_STREAM_FETCH = 7,       /* manifests and tensor chunks of a model (models/fetch.c) */
     MESH_STREAM_RELAY = 10,      /* QUIC packets of a relayed connection (mesh/nat.c) */
     MESH_STREAM_RENDEZVOUS = 11, /* observed addresses, introductions, punching (mesh/nat.c) */
 } mesh_stream_type;
@@ -165,6 +166,10 @@ int mesh_stream_send(mesh_stream *s, const void *payload, size_t len);
 void mesh_stream_finish(mesh_stream *s);
 /* Resets the stream; no more callbacks; the handle is invalid on return. */
 void mesh_stream_abort(mesh_stream *s);
+/* The peer broke the stream's protocol: resets it with code 2 ("malformed"),
+ * counts it in bad_frames, and calls on_close with why. The handle is
+ * invalid on return (inside one of its callbacks: once that returns). */
+void mesh_stream_reject(mesh_stream *s, const char *why);
 /* Bytes queued and not yet acknowledged by the peer (back-pressure). */
 size_t mesh_stream_unacked(const mesh_stream *s);
 const uint8_t *mesh_stream_peer(const mesh_stream *s);

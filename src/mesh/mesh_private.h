@@ -227,9 +227,6 @@ extern const quic_stream_callbacks mesh_stream_quic_callbacks;
 mesh_stream *mesh_stream_open_on(mesh_link *l, uint8_t type, const mesh_stream_handlers *h,
                                  void *user);
 void mesh_stream_incoming(mesh_link *l, quic_stream *qs);
-/* A peer broke the stream's protocol: reset (code 2), count in bad_frames,
- * on_close with why. Safe inside the stream's own callbacks. */
-void mesh_stream_reject(mesh_stream *s, const char *why);
 /* Detaches every stream still on a closing link (quic already closed them). */
 void mesh_link_drop_streams(mesh_link *l, const char *reason);
 

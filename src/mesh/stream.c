@@ -122,8 +122,10 @@ static void stream_fail(mesh_stream *s, uint64_t code, const char *why)
 
 void mesh_stream_reject(mesh_stream *s, const char *why)
 {
+    if (s->dead) return;
     s->m->counters.bad_frames++;
     stream_fail(s, MESH_RESET_BAD_FRAME, why);
+    stream_release(s); /* frees it unless a callback of it is running */
 }
 
 static mesh_stream *stream_new(mesh *m, const uint8_t peer[MESH_ID_BYTES])

@@ -1,0 +1,1077 @@
+/* fetch.c: the requesting side of FETCH streams (stream type 7): fetching a
+ * part of a model from a peer into $home/cache/parts/ (weights_store.h has
+ * the contract, docs/weights.md the reasons, docs/PROTOCOL.md section 13 the
+ * bytes). The serving side is serve.c.
+ *
+ * A fetch is a job per part (model hash, layer range, head), shared by every
+ * weights_fetch handle that asked for that part. Its life:
+ *   connect -> OPEN -> manifest frames -> READY: the manifest is checked
+ *   against the model hash, the part file laid out (or, when one is on disk
+ *   with the same layout, its chunks are checked on the hash lane) ->
+ *   GETs, at most window_bytes (asked for and not yet written) and
+ *   FETCH_MAX_OUTSTANDING in flight; each DATA is copied to the sync lane,
+ *   which checks it against its chunk hash and writes it at its offset ->
+ *   fsync, rename, record (sync lane) -> on_done.
+ * A broken stream sends the job back to connect after a backoff; the
+ * manifest is kept, so the next OPEN asks for READY only.
+ *
+ * Lifetimes: a callback may cancel handles or abort streams, so every
+ * function that can end a job returns 1 when it did, and its callers stop
+ * touching the job. Streams a job lets go get idle handlers first, so no
+ * callback of theirs reaches freed memory; work items of a job that is gone
+ * are told so (job = NULL) and only freed when they come back. */
+#define _GNU_SOURCE
+#include <assert.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/err.h"
+#include "lib/log.h"
+#include "models/store_private.h"
+
+_Static_assert(MESH_ID_BYTES == WEIGHTS_HASH_BYTES, "ids print with weights_hex");
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+
+enum { CH_MISSING, CH_ASKED, CH_WRITING, CH_DONE };
+
+typedef struct {
+    uint32_t tensor, chunk;
+    uint64_t file_off;           /* in the part file */
+    uint32_t len;
+    uint8_t state;
+} part_chunk;
+
+typedef struct check_work check_work;
+
+struct weights_fetch {
+    weights_store *ws;
+    fetch_job *job;              /* NULL: answered from the cache (timer) */
+    weights_fetch_callbacks cb;
+    void *user;
+    int cancelled;
+    struct event *timer;
+    char *path;
+    weights_fetch *next;
+};
+
+struct fetch_job {
+    weights_store *ws;
+    uint8_t hash[WEIGHTS_HASH_BYTES];
+    int first, end, head;
+    uint8_t peer[MESH_ID_BYTES];
+    char *final_path, *part_path, *record_path;
+    int fd;                      /* the .part file */
+    int lock_fd;                 /* the same, flock'ed while the job lives */
+    mesh_stream *stream;
+    int ready;                   /* READY seen on this stream */
+    fetch_manifest_reader reader;
+    int reading;                 /* manifest frames expected on this stream */
+    weights_manifest *manifest;  /* checked against hash */
+    uint8_t *wanted;
+    uint32_t *first_chunk;       /* per tensor: its first index in chunks, UINT32_MAX when not wanted */
+    part_chunk *chunks;
+    size_t n_chunks, n_done, cursor;
+    uint64_t inflight;           /* bytes asked for and not yet written */
+    int outstanding;             /* GETs not yet answered */
+    uint64_t done_bytes, total_bytes, resumed_bytes;
+    int attempts, bad;
+    struct event *retry;
+    check_work *check;
+    struct final_work *finishing;
+    struct chunk_work *writing;  /* chunks on the sync lane */
+    weights_fetch *handles;
+    int dispatching;
+    char last_error[160];
+    uint64_t started_ms, logged_ms;
+    fetch_job *next;
+};
+
+struct check_work {
+    work w;
+    fetch_job *job;              /* NULL once the job is gone (loop thread only) */
+    int fd;
+    size_t n;
+    uint64_t *offsets;
+    uint32_t *lens;
+    uint8_t (*expect)[WEIGHTS_HASH_BYTES];
+    uint8_t (*got)[WEIGHTS_HASH_BYTES];
+    int failed;
+};
+
+typedef struct final_work {
+    work w;
+    fetch_job *job;              /* NULL once the job is gone (loop thread only) */
+    int fd;                      /* dup of the job's */
+    char *part, *final, *record;
+    uint8_t *rec;
+    size_t rec_len;
+    char error[600];
+} final_work;
+
+/* A received chunk is hashed and written on the sync lane, so the loop
+ * thread only copies it (a megabyte of SHA-256 and pwrite would hold up
+ * every other stream for about a millisecond). Its bytes stay in the
+ * window until written: a disk slower than the network slows the requests. */
+typedef struct chunk_work {
+    work w;
+    fetch_job *job;              /* NULL once the job is gone (loop thread only) */
+    size_t idx;
+    int fd;                      /* dup of the job's */
+    uint64_t off;
+    uint8_t expect[WEIGHTS_HASH_BYTES];
+    uint8_t *data;
+    uint32_t len;
+    int result;                  /* 0 written, 1 hash mismatch, -errno on a write error */
+    struct chunk_work *next;     /* the job's list of chunks being written */
+} chunk_work;
+
+static const char *job_peer_hex(const fetch_job *j, char hex[WEIGHTS_HASH_HEX])
+{
+    weights_hex(j->peer, hex);
+    return hex;
+}
+
+static void job_log_name(const fetch_job *j, char *out, size_t cap)
+{
+    char hex[WEIGHTS_HASH_HEX];
+    weights_hex(j->hash, hex);
+    snprintf(out, cap, "%.12s layers [%d, %d)%s", hex, j->first, j->end, j->head ? "+head" : "");
+}
+
+/* Lets go of the stream, timer, check and file; the job stays in memory. */
+static void job_release(fetch_job *j)
+{
+    if (j->stream) {
+        mesh_stream *s = j->stream;
+        j->stream = NULL;
+        mesh_stream_set_handlers(s, &store_idle_handlers, NULL);
+        mesh_stream_abort(s);
+    }
+    if (j->retry) event_del(j->retry);
+    if (j->check) {
+        j->check->job = NULL;
+        atomic_store(&j->check->w.cancel, 1);
+        j->check = NULL;
+    }
+    if (j->finishing) {
+        j->finishing->job = NULL; /* the part is still made durable and renamed */
+        j->finishing = NULL;
+    }
+    for (struct chunk_work *c = j->writing; c; c = c->next) c->job = NULL; /* written, then dropped */
+    j->writing = NULL;
+    if (j->fd >= 0) close(j->fd);
+    if (j->lock_fd >= 0) close(j->lock_fd);
+    j->fd = j->lock_fd = -1;
+}
+
+static void job_unlink(fetch_job *j)
+{
+    for (fetch_job **p = &j->ws->jobs; *p; p = &(*p)->next)
+        if (*p == j) {
+            *p = j->next;
+            break;
+        }
+}
+
+static void job_free(fetch_job *j)
+{
+    job_release(j);
+    if (j->retry) event_free(j->retry);
+    fetch_manifest_reader_free(&j->reader);
+    weights_manifest_free(j->manifest);
+    free(j->wanted);
+    free(j->first_chunk);
+    free(j->chunks);
+    free(j->final_path);
+    free(j->part_path);
+    free(j->record_path);
+    free(j);
+}
+
+/* Ends the job: on_done to every handle still interested, then frees it. */
+static void job_finish(fetch_job *j, const char *path, const char *error)
+{
+    char name[128];
+    job_log_name(j, name, sizeof name);
+    if (error) log_warn(WEIGHTS_LOG, "fetch %s failed: %s", name, error);
+    job_unlink(j);
+    job_release(j); /* before the callbacks: one of them may start the same part again */
+    weights_fetch *h = j->handles;
+    j->handles = NULL;
+    j->dispatching++;
+    while (h) {
+        weights_fetch *next = h->next;
+        if (!h->cancelled) h->cb.on_done(h->user, path, error);
+        free(h);
+        h = next;
+    }
+    job_free(j);
+}
+
+/* Frees cancelled handles; with none left, the job stops (no callbacks).
+ * 1 when the job is gone. */
+static int job_sweep(fetch_job *j)
+{
+    if (j->dispatching) return 0;
+    for (weights_fetch **p = &j->handles; *p;) {
+        weights_fetch *h = *p;
+        if (h->cancelled) {
+            *p = h->next;
+            free(h);
+        } else {
+            p = &h->next;
+        }
+    }
+    if (j->handles) return 0;
+    char name[128];
+    job_log_name(j, name, sizeof name);
+    log_info(WEIGHTS_LOG, "fetch %s cancelled (%llu of %llu bytes kept for a resume)", name,
+             (unsigned long long)j->done_bytes, (unsigned long long)j->total_bytes);
+    job_unlink(j);
+    job_free(j);
+    return 1;
+}
+
+/* 1 when the job is gone (every handle cancelled in the callbacks). */
+static int job_progress(fetch_job *j)
+{
+    uint64_t now = now_ms();
+    if (now - j->logged_ms >= FETCH_LOG_EVERY_MS && j->total_bytes) {
+        char name[128], peer[WEIGHTS_HASH_HEX];
+        job_log_name(j, name, sizeof name);
+        double secs = (double)(now - j->started_ms) / 1000.0;
+        log_info(WEIGHTS_LOG, "fetch %s from %.12s: %.0f%% of %.1f MiB, %.1f MiB/s", name,
+                 job_peer_hex(j, peer), 100.0 * (double)j->done_bytes / (double)j->total_bytes,
+                 j->total_bytes / 1048576.0,
+                 secs > 0 ? (double)(j->done_bytes - j->resumed_bytes) / 1048576.0 / secs : 0.0);
+        j->logged_ms = now;
+    }
+    j->dispatching++;
+    for (weights_fetch *h = j->handles; h; h = h->next)
+        if (!h->cancelled && h->cb.on_progress) h->cb.on_progress(h->user, j->done_bytes, j->total_bytes);
+    j->dispatching--;
+    return job_sweep(j);
+}
+
+static void job_connect(fetch_job *j);
+
+/* A failed attempt: try again after a backoff, or give up. 1 when the job is gone. */
+static int job_retry(fetch_job *j, const char *why)
+{
+    weights_store *ws = j->ws;
+    snprintf(j->last_error, sizeof j->last_error, "%s", why);
+    if (j->stream) {
+        mesh_stream *s = j->stream;
+        j->stream = NULL;
+        mesh_stream_set_handlers(s, &store_idle_handlers, NULL);
+        mesh_stream_abort(s);
+    }
+    j->ready = 0;
+    if (j->reading) {
+        fetch_manifest_reader_free(&j->reader);
+        j->reading = 0;
+    }
+    for (size_t i = 0; i < j->n_chunks; i++)
+        if (j->chunks[i].state == CH_ASKED) {
+            j->chunks[i].state = CH_MISSING;
+            j->inflight -= j->chunks[i].len; /* chunks being written stay counted */
+        }
+    j->outstanding = 0;
+    j->cursor = 0;
+    char peer[WEIGHTS_HASH_HEX], msg[400];
+    job_peer_hex(j, peer);
+    if (++j->attempts >= ws->max_attempts) {
+        snprintf(msg, sizeof msg, "fetch from peer %.16s: gave up after %d attempts: %s", peer, j->attempts, why);
+        job_finish(j, NULL, msg);
+        return 1;
+    }
+    int delay = ws->retry_base_ms << (j->attempts - 1);
+    if (delay > FETCH_RETRY_CAP_MS || delay <= 0) delay = FETCH_RETRY_CAP_MS;
+    char name[128];
+    job_log_name(j, name, sizeof name);
+    log_info(WEIGHTS_LOG, "fetch %s from %.12s: %s; again in %d ms (attempt %d of %d)", name, peer, why, delay,
+             j->attempts + 1, ws->max_attempts);
+    struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
+    evtimer_add(j->retry, &tv);
+    return 0;
+}
+
+/* The peer broke the protocol: reset (code 2), counted, and try again. */
+static int job_protocol_error(fetch_job *j, const char *why)
+{
+    mesh_stream *s = j->stream;
+    j->ws->counters.bad_frames++;
+    j->stream = NULL;
+    mesh_stream_set_handlers(s, &store_idle_handlers, NULL);
+    mesh_stream_reject(s, why);
+    char msg[200];
+    snprintf(msg, sizeof msg, "malformed answer: %s", why);
+    return job_retry(j, msg);
+}
+
+static int job_fail_write(fetch_job *j, const char *what, const char *path)
+{
+    char msg[PATH_MAX + 100];
+    snprintf(msg, sizeof msg, "cannot %s %s: %s", what, path, strerror(errno));
+    job_finish(j, NULL, msg);
+    return 1;
+}
+
+/* Asks for missing chunks, in file order, while the window has room. 1 when the job is gone. */
+static int job_pump(fetch_job *j)
+{
+    while (j->stream && j->ready && !j->check && j->outstanding < FETCH_MAX_OUTSTANDING) {
+        while (j->cursor < j->n_chunks && j->chunks[j->cursor].state != CH_MISSING) j->cursor++;
+        if (j->cursor == j->n_chunks) break;
+        part_chunk *c = &j->chunks[j->cursor];
+        if (j->inflight && j->inflight + c->len > j->ws->window_bytes) break;
+        uint8_t get[FETCH_GET_BYTES];
+        fetch_get_encode(get, c->tensor, c->chunk);
+        if (mesh_stream_send(j->stream, get, sizeof get) < 0) return job_retry(j, "cannot send on the stream");
+        c->state = CH_ASKED;
+        j->inflight += c->len;
+        j->outstanding++;
+        j->cursor++;
+    }
+    return 0;
+}
+
+/* Making a finished part durable runs on the sync lane: fsync of gigabytes
+ * written moments ago can take seconds, which the loop thread (probes,
+ * stage frames) must not wait for. */
+
+static void final_run(work *w)
+{
+    final_work *f = (final_work *)w;
+    char why[512];
+    if (fsync(f->fd) != 0) {
+        snprintf(f->error, sizeof f->error, "cannot sync %s: %s", f->part, strerror(errno));
+        return;
+    }
+    if (rename(f->part, f->final) != 0) {
+        snprintf(f->error, sizeof f->error, "cannot rename %s: %s", f->part, strerror(errno));
+        return;
+    }
+    /* The record says "this file, unchanged, holds verified chunks": the
+     * next start trusts it without hashing, as it trusts local full files.
+     * Without it the part is checked chunk by chunk again. */
+    if (store_write_file(f->record, f->rec, f->rec_len, why, sizeof why) < 0)
+        log_warn(WEIGHTS_LOG, "cannot record %s (it will be checked again next time): %s", f->final, why);
+    gguf_file *g = gguf_open(f->final, why, sizeof why);
+    if (!g) {
+        unlink(f->final);
+        unlink(f->record);
+        snprintf(f->error, sizeof f->error, "the fetched part does not open: %s", why);
+        return;
+    }
+    gguf_close(g);
+}
+
+static void final_drop(work *w)
+{
+    final_work *f = (final_work *)w;
+    if (f->fd >= 0) close(f->fd);
+    free(f->part);
+    free(f->final);
+    free(f->record);
+    free(f->rec);
+    free(f);
+}
+
+static void final_done(weights_store *ws, work *w)
+{
+    final_work *f = (final_work *)w;
+    fetch_job *j = f->job;
+    if (j) {
+        j->finishing = NULL;
+        if (f->error[0]) {
+            job_finish(j, NULL, f->error);
+        } else {
+            char name[128], peer[WEIGHTS_HASH_HEX];
+            job_log_name(j, name, sizeof name);
+            double secs = (double)(now_ms() - j->started_ms) / 1000.0;
+            uint64_t moved = j->done_bytes - j->resumed_bytes;
+            log_info(WEIGHTS_LOG, "fetched %s from %.12s: %.1f MiB in %.1f s (%.1f MiB/s; %.1f MiB were on disk) -> %s",
+                     name, job_peer_hex(j, peer), moved / 1048576.0, secs, secs > 0 ? moved / 1048576.0 / secs : 0.0,
+                     j->resumed_bytes / 1048576.0, j->final_path);
+            job_finish(j, j->final_path, NULL);
+        }
+    }
+    final_drop(w);
+}
+
+/* Every chunk is in: end the stream, then sync, rename and record on the
+ * sync lane; on_done follows from there. */
+static void job_complete(fetch_job *j)
+{
+    if (j->stream) {
+        mesh_stream *s = j->stream;
+        j->stream = NULL;
+        mesh_stream_set_handlers(s, &store_idle_handlers, NULL);
+        mesh_stream_finish(s);
+    }
+    final_work *f = calloc(1, sizeof *f);
+    fetch_file_key key;
+    if (f) {
+        f->fd = dup(j->fd);
+        f->part = strdup(j->part_path);
+        f->final = strdup(j->final_path);
+        f->record = strdup(j->record_path);
+    }
+    /* The key taken now stays true: size, mtime, inode and device do not
+     * change with fsync or rename. */
+    if (!f || f->fd < 0 || !f->part || !f->final || !f->record || store_file_key(j->fd, j->final_path, &key) < 0 ||
+        !(f->rec = fetch_manifest_file_encode(j->manifest, j->wanted, &key, &f->rec_len))) {
+        if (f) final_drop(&f->w);
+        job_finish(j, NULL, "out of memory finishing the part");
+        return;
+    }
+    f->w.run = final_run;
+    f->w.done = final_done;
+    f->w.drop = final_drop;
+    f->job = j;
+    j->finishing = f;
+    store_submit(j->ws, &f->w, STORE_LANE_SYNC);
+}
+
+/* ---- checking a partial file on resume (worker thread) --------------------------------------*/
+
+static void check_run(work *w)
+{
+    check_work *c = (check_work *)w;
+    if (weights_hash_pieces(c->fd, NULL, c->n, c->offsets, c->lens, c->got, 0, &w->cancel) < 0) c->failed = 1;
+}
+
+static void check_drop(work *w)
+{
+    check_work *c = (check_work *)w;
+    if (c->fd >= 0) close(c->fd);
+    free(c->offsets);
+    free(c->lens);
+    free(c->expect);
+    free(c->got);
+    free(c);
+}
+
+static void check_done(weights_store *ws, work *w)
+{
+    check_work *c = (check_work *)w;
+    fetch_job *j = c->job;
+    if (!j) {
+        check_drop(w);
+        return;
+    }
+    j->check = NULL;
+    size_t found = 0;
+    for (size_t i = 0; i < c->n && !c->failed; i++)
+        if (!memcmp(c->got[i], c->expect[i], WEIGHTS_HASH_BYTES)) {
+            j->chunks[i].state = CH_DONE;
+            j->done_bytes += j->chunks[i].len;
+            j->n_done++;
+            found++;
+        }
+    check_drop(w);
+    j->resumed_bytes = j->done_bytes;
+    j->cursor = 0;
+    char name[128];
+    job_log_name(j, name, sizeof name);
+    if (found) {
+        ws->counters.fetches_resumed++;
+        log_info(WEIGHTS_LOG, "fetch %s: resuming, %zu of %zu chunks (%.1f of %.1f MiB) on disk are good", name,
+                 found, j->n_chunks, j->done_bytes / 1048576.0, j->total_bytes / 1048576.0);
+    }
+    if (job_progress(j)) return;
+    if (j->n_done == j->n_chunks) {
+        job_complete(j);
+        return;
+    }
+    job_pump(j);
+}
+
+/* ---- the manifest and the part file --------------------------------------------------------*/
+
+/* Lays the part out from the checked manifest. 1 when a file with this
+ * very layout is there already (its chunks want checking), 0 for a fresh
+ * file, -1 with err. */
+static int job_layout(fetch_job *j, char *err, size_t errlen)
+{
+    const weights_manifest *m = j->manifest;
+    j->wanted = malloc(m->n_tensors);
+    j->first_chunk = malloc(m->n_tensors * sizeof *j->first_chunk);
+    uint64_t *offsets = malloc(m->n_tensors * sizeof *offsets);
+    uint8_t *header = NULL, *there = NULL;
+    size_t header_len = 0;
+    uint64_t file_size = 0;
+    int rc = -1;
+    if (!j->wanted || !j->first_chunk || !offsets) {
+        err_set(err, errlen, "out of memory");
+        goto out;
+    }
+    if (weights_select(m, j->first, j->end, j->head, j->wanted, err, errlen) < 0) goto out;
+    if (weights_part_layout(m, j->wanted, &header, &header_len, offsets, &file_size, err, errlen) < 0) goto out;
+    size_t n = 0;
+    for (uint32_t i = 0; i < m->n_tensors; i++) n += j->wanted[i] ? m->tensors[i].n_chunks : 0;
+    j->chunks = calloc(n ? n : 1, sizeof *j->chunks);
+    if (!j->chunks) {
+        err_set(err, errlen, "out of memory");
+        goto out;
+    }
+    j->n_chunks = n;
+    n = 0;
+    for (uint32_t i = 0; i < m->n_tensors; i++) {
+        const weights_tensor *t = &m->tensors[i];
+        j->first_chunk[i] = j->wanted[i] ? (uint32_t)n : UINT32_MAX;
+        if (!j->wanted[i]) continue;
+        for (uint32_t c = 0; c < t->n_chunks; c++, n++) {
+            part_chunk *pc = &j->chunks[n];
+            pc->tensor = i;
+            pc->chunk = c;
+            pc->file_off = offsets[i] + weights_chunk_offset(m, c);
+            pc->len = weights_chunk_len(m, t, c);
+            j->total_bytes += pc->len;
+        }
+    }
+    struct stat st;
+    if (fstat(j->fd, &st) != 0) goto io;
+    if ((uint64_t)st.st_size == file_size && (there = malloc(header_len)) &&
+        pread(j->fd, there, header_len, 0) == (ssize_t)header_len && !memcmp(there, header, header_len)) {
+        rc = 1;
+        goto out;
+    }
+    /* A fresh file: the header, then holes that the chunks fill. */
+    if (ftruncate(j->fd, 0) != 0 || pwrite(j->fd, header, header_len, 0) != (ssize_t)header_len ||
+        ftruncate(j->fd, (off_t)file_size) != 0)
+        goto io;
+    /* Reserve the blocks now: a disk without room fails here, at once, not
+     * after an hour of transfer. (Filesystems without fallocate just skip it.) */
+    if (fallocate(j->fd, 0, 0, (off_t)file_size) != 0 && errno == ENOSPC) goto io;
+    rc = 0;
+    goto out;
+io:
+    err_set(err, errlen, "cannot write %s: %s", j->part_path, strerror(errno));
+out:
+    free(there);
+    free(header);
+    free(offsets);
+    return rc;
+}
+
+static int job_start_check(fetch_job *j)
+{
+    check_work *c = calloc(1, sizeof *c);
+    size_t n = j->n_chunks ? j->n_chunks : 1;
+    if (c) {
+        c->fd = dup(j->fd);
+        c->offsets = malloc(n * sizeof *c->offsets);
+        c->lens = malloc(n * sizeof *c->lens);
+        c->expect = malloc(n * sizeof *c->expect);
+        c->got = malloc(n * sizeof *c->got);
+    }
+    if (!c || c->fd < 0 || !c->offsets || !c->lens || !c->expect || !c->got) {
+        if (c) check_drop(&c->w);
+        return -1;
+    }
+    c->w.run = check_run;
+    c->w.done = check_done;
+    c->w.drop = check_drop;
+    c->job = j;
+    c->n = j->n_chunks;
+    for (size_t i = 0; i < j->n_chunks; i++) {
+        const part_chunk *pc = &j->chunks[i];
+        c->offsets[i] = pc->file_off;
+        c->lens[i] = pc->len;
+        memcpy(c->expect[i], j->manifest->tensors[pc->tensor].chunks[pc->chunk], WEIGHTS_HASH_BYTES);
+    }
+    j->check = c;
+    store_submit(j->ws, &c->w, STORE_LANE_HASH);
+    return 0;
+}
+
+/* READY after a manifest: check it, lay the part out, then fetch (or check
+ * what is on disk first). 1 when the job is gone. */
+static int job_take_manifest(fetch_job *j)
+{
+    weights_store *ws = j->ws;
+    char why[300], msg[400], peer[WEIGHTS_HASH_HEX];
+    job_peer_hex(j, peer);
+    weights_manifest *m = fetch_manifest_reader_take(&j->reader);
+    fetch_manifest_reader_free(&j->reader);
+    j->reading = 0;
+    assert(m);
+    int bad = memcmp(m->model_hash, j->hash, WEIGHTS_HASH_BYTES) != 0;
+    if (bad) snprintf(why, sizeof why, "it names another model");
+    else bad = weights_manifest_finish(m, 0, why, sizeof why) < 0;
+    if (bad) {
+        /* Hashes that do not match are a refusal of the peer, not of the
+         * stream: counted, reset, and not retried (it would send the same). */
+        weights_manifest_free(m);
+        ws->counters.bad_frames++;
+        mesh_stream *s = j->stream;
+        j->stream = NULL;
+        mesh_stream_set_handlers(s, &store_idle_handlers, NULL);
+        mesh_stream_reject(s, "manifest does not verify");
+        snprintf(msg, sizeof msg, "peer %.16s sent a manifest that does not verify: %s", peer, why);
+        job_finish(j, NULL, msg);
+        return 1;
+    }
+    j->manifest = m;
+    int rc = job_layout(j, why, sizeof why);
+    if (rc < 0) {
+        snprintf(msg, sizeof msg, "%s", why);
+        job_finish(j, NULL, msg);
+        return 1;
+    }
+    if (rc == 1 && j->n_chunks) {
+        if (job_start_check(j) < 0) {
+            job_finish(j, NULL, "out of memory");
+            return 1;
+        }
+        return 0;
+    }
+    if (job_progress(j)) return 1;
+    if (j->n_chunks == 0) {
+        job_complete(j);
+        return 1;
+    }
+    return 0;
+}
+
+static void chunk_run(work *w)
+{
+    chunk_work *c = (chunk_work *)w;
+    uint8_t h[WEIGHTS_HASH_BYTES];
+    weights_sha256(c->data, c->len, h);
+    if (memcmp(h, c->expect, sizeof h) != 0) {
+        c->result = 1;
+        return;
+    }
+    size_t done = 0;
+    while (done < c->len) {
+        ssize_t n = pwrite(c->fd, c->data + done, c->len - done, (off_t)(c->off + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            c->result = n < 0 ? -errno : -ENOSPC;
+            return;
+        }
+        done += (size_t)n;
+    }
+    /* Start writing it out now, so that dirty pages do not pile up for the
+     * final fsync (which would then write the whole part at once). */
+    sync_file_range(c->fd, (off_t)c->off, c->len, SYNC_FILE_RANGE_WRITE);
+}
+
+static void chunk_drop(work *w)
+{
+    chunk_work *c = (chunk_work *)w;
+    if (c->fd >= 0) close(c->fd);
+    free(c->data);
+    free(c);
+}
+
+static void chunk_done(weights_store *ws, work *w)
+{
+    chunk_work *cw = (chunk_work *)w;
+    fetch_job *j = cw->job;
+    if (!j) {
+        chunk_drop(w);
+        return;
+    }
+    for (chunk_work **p = &j->writing; *p; p = &(*p)->next)
+        if (*p == cw) {
+            *p = cw->next;
+            break;
+        }
+    size_t idx = cw->idx;
+    int result = cw->result;
+    chunk_drop(w);
+    part_chunk *c = &j->chunks[idx];
+    const weights_tensor *t = &j->manifest->tensors[c->tensor];
+    j->inflight -= c->len;
+    if (result < 0) {
+        errno = -result;
+        job_fail_write(j, "write", j->part_path);
+        return;
+    }
+    if (result == 1) {
+        char peer[WEIGHTS_HASH_HEX], msg[300];
+        job_peer_hex(j, peer);
+        ws->counters.bad_chunks++;
+        j->bad++;
+        c->state = CH_MISSING;
+        if (idx < j->cursor) j->cursor = idx;
+        log_warn(WEIGHTS_LOG, "chunk %u of %s from %.16s does not match its hash (%d so far)", c->chunk, t->name,
+                 peer, j->bad);
+        if (j->bad >= FETCH_MAX_BAD_CHUNKS) {
+            snprintf(msg, sizeof msg, "peer %.16s sent %d chunks that do not match their hashes: giving up on it",
+                     peer, j->bad);
+            job_finish(j, NULL, msg);
+            return;
+        }
+        job_pump(j);
+        return;
+    }
+    c->state = CH_DONE;
+    j->n_done++;
+    j->done_bytes += c->len;
+    ws->counters.fetched_bytes += c->len;
+    j->attempts = 0; /* progress: a later failure starts a new series */
+    if (job_progress(j)) return;
+    if (j->n_done == j->n_chunks) {
+        job_complete(j);
+        return;
+    }
+    job_pump(j);
+}
+
+static int job_on_data(fetch_job *j, const fetch_answer *a)
+{
+    const weights_manifest *m = j->manifest;
+    if (!j->ready || !m || j->check) return job_protocol_error(j, "DATA before READY");
+    if (a->tensor >= m->n_tensors || j->first_chunk[a->tensor] == UINT32_MAX ||
+        a->chunk >= m->tensors[a->tensor].n_chunks)
+        return job_protocol_error(j, "DATA for a chunk outside the part");
+    size_t idx = (size_t)j->first_chunk[a->tensor] + a->chunk;
+    part_chunk *c = &j->chunks[idx];
+    if (c->state != CH_ASKED) return job_protocol_error(j, "DATA for a chunk not asked for");
+    if (a->len != c->len) return job_protocol_error(j, "DATA of the wrong size");
+    chunk_work *cw = calloc(1, sizeof *cw);
+    if (cw) {
+        cw->fd = dup(j->fd);
+        cw->data = malloc(a->len);
+    }
+    if (!cw || cw->fd < 0 || !cw->data) {
+        if (cw) chunk_drop(&cw->w);
+        job_finish(j, NULL, "out of memory for a chunk");
+        return 1;
+    }
+    cw->w.run = chunk_run;
+    cw->w.done = chunk_done;
+    cw->w.drop = chunk_drop;
+    cw->job = j;
+    cw->idx = idx;
+    cw->off = c->file_off;
+    cw->len = c->len;
+    memcpy(cw->expect, m->tensors[a->tensor].chunks[a->chunk], WEIGHTS_HASH_BYTES);
+    memcpy(cw->data, a->data, a->len);
+    cw->next = j->writing;
+    j->writing = cw;
+    c->state = CH_WRITING; /* its bytes stay in inflight until written */
+    j->outstanding--;
+    store_submit(j->ws, &cw->w, STORE_LANE_SYNC);
+    return job_pump(j);
+}
+
+static void job_refused(fetch_job *j, const fetch_answer *a)
+{
+    char peer[WEIGHTS_HASH_HEX], msg[400];
+    snprintf(msg, sizeof msg, "peer %.16s: %s", job_peer_hex(j, peer), a->text);
+    if (a->code == FETCH_ERR_UNKNOWN_MODEL || a->code == FETCH_ERR_BAD_RANGE) job_finish(j, NULL, msg);
+    else job_retry(j, msg);
+}
+
+static void client_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len)
+{
+    fetch_job *j = user;
+    fetch_answer a;
+    char why[160];
+    if (fetch_answer_decode(p, len, &a, why, sizeof why) < 0) {
+        job_protocol_error(j, why);
+        return;
+    }
+    switch (a.kind) {
+    case FETCH_ERROR:
+        job_refused(j, &a);
+        return;
+    case FETCH_READY:
+        if (j->ready) {
+            job_protocol_error(j, "a second READY");
+            return;
+        }
+        if (j->reading) {
+            if (!fetch_manifest_reader_complete(&j->reader)) {
+                job_protocol_error(j, "READY before the manifest is complete");
+                return;
+            }
+            j->ready = 1;
+            if (job_take_manifest(j)) return;
+        } else if (!j->manifest) {
+            job_protocol_error(j, "READY without a manifest");
+            return;
+        }
+        j->ready = 1;
+        job_pump(j);
+        return;
+    case FETCH_DATA:
+        job_on_data(j, &a);
+        return;
+    default: /* manifest frames */
+        if (!j->reading) {
+            job_protocol_error(j, "manifest frames not asked for");
+            return;
+        }
+        if (fetch_manifest_reader_feed(&j->reader, p, len) < 0) job_protocol_error(j, j->reader.error);
+        return;
+    }
+}
+
+static void client_fin(void *user, mesh_stream *s)
+{
+    job_retry(user, "the peer ended the stream early");
+}
+
+static void client_close(void *user, mesh_stream *s, const char *error)
+{
+    fetch_job *j = user;
+    j->stream = NULL; /* freed after we return */
+    job_retry(j, error ? error : "the stream closed");
+}
+
+static const mesh_stream_handlers client_handlers = {client_frame, client_fin, client_close};
+
+static void job_connect(fetch_job *j)
+{
+    char err[256];
+    assert(!j->stream);
+    j->ready = 0;
+    mesh_stream *s = mesh_stream_open(j->ws->mesh, j->peer, MESH_STREAM_FETCH, &client_handlers, j, err, sizeof err);
+    if (!s) {
+        job_retry(j, err);
+        return;
+    }
+    j->stream = s;
+    uint8_t flags = j->head ? FETCH_FLAG_HEAD : 0;
+    if (j->manifest) {
+        flags |= FETCH_FLAG_NO_MANIFEST;
+    } else {
+        fetch_manifest_reader_free(&j->reader);
+        fetch_manifest_reader_init(&j->reader);
+        j->reading = 1;
+    }
+    uint8_t open[FETCH_OPEN_BYTES];
+    fetch_open_encode(open, j->hash, (uint32_t)j->first, (uint32_t)j->end, flags);
+    if (mesh_stream_send(s, open, sizeof open) < 0) job_retry(j, "cannot send on the stream");
+}
+
+static void job_on_retry(evutil_socket_t fd, short what, void *arg) { job_connect(arg); }
+
+/* ---- the API ------------------------------------------------------------------------------*/
+
+static void answer_unlink(weights_fetch *h)
+{
+    for (weights_fetch **p = &h->ws->answers; *p; p = &(*p)->next)
+        if (*p == h) {
+            *p = h->next;
+            break;
+        }
+}
+
+static void cached_answer(evutil_socket_t fd, short what, void *arg)
+{
+    weights_fetch *h = arg;
+    answer_unlink(h);
+    event_free(h->timer);
+    h->cb.on_done(h->user, h->path, NULL);
+    free(h->path);
+    free(h);
+}
+
+/* 1 when the complete part at final is what its record says and names this
+ * model. Otherwise the record goes, and the file becomes a partial one to be
+ * checked chunk by chunk (it may be fine, e.g. copied from another home). */
+static int part_recorded(weights_store *ws, const fetch_job *want, const char *final, const char *part,
+                         const char *record)
+{
+    if (access(final, F_OK) != 0) return 0;
+    fetch_file_key rec, now;
+    char why[300];
+    weights_manifest *m = store_read_manifest(record, &rec, why, sizeof why);
+    int fd = open(final, O_RDONLY | O_CLOEXEC);
+    int ok = m && fd >= 0 && store_file_key(fd, final, &now) == 0 && store_keys_equal(&rec, &now) &&
+             !memcmp(m->model_hash, want->hash, WEIGHTS_HASH_BYTES);
+    if (fd >= 0) close(fd);
+    weights_manifest_free(m);
+    if (ok) return 1;
+    ws->counters.cache_discarded++;
+    log_warn(WEIGHTS_LOG, "%s does not match its record (%s): checking it chunk by chunk", final,
+             m ? "changed since it was fetched" : why);
+    unlink(record);
+    if (access(part, F_OK) == 0) unlink(final); /* a partial file is there too: keep that one */
+    else if (rename(final, part) != 0) unlink(final);
+    return 0;
+}
+
+static char *part_path(const weights_store *ws, const uint8_t *hash, int first, int end, int head,
+                       const char *suffix)
+{
+    char hex[WEIGHTS_HASH_HEX];
+    weights_hex(hash, hex);
+    size_t n = strlen(ws->parts_dir) + WEIGHTS_HASH_HEX + 48;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s/%s.%d-%d%s.gguf%s", ws->parts_dir, hex, first, end, head ? "h" : "", suffix);
+    return p;
+}
+
+weights_fetch *weights_fetch_start(weights_store *ws, const uint8_t hash[WEIGHTS_HASH_BYTES],
+                                   const uint8_t peer[MESH_ID_BYTES], int first, int end, int head,
+                                   const weights_fetch_callbacks *cb, void *user, char *err, size_t errlen)
+{
+    head = head != 0;
+    if (!cb || !cb->on_done || first < 0 || end < first || end > WEIGHTS_MAX_LAYERS || (first == end && !head)) {
+        err_set(err, errlen, "layers [%d, %d)%s: not a part of a model", first, end, head ? " with the head" : "");
+        return NULL;
+    }
+    weights_fetch *h = calloc(1, sizeof *h);
+    if (!h) goto oom;
+    h->ws = ws;
+    h->cb = *cb;
+    h->user = user;
+    for (fetch_job *j = ws->jobs; j; j = j->next)
+        if (!memcmp(j->hash, hash, WEIGHTS_HASH_BYTES) && j->first == first && j->end == end && j->head == head) {
+            h->job = j;
+            h->next = j->handles;
+            j->handles = h;
+            return h;
+        }
+    fetch_job *j = calloc(1, sizeof *j);
+    if (!j) goto oom;
+    j->fd = j->lock_fd = -1;
+    j->ws = ws;
+    memcpy(j->hash, hash, WEIGHTS_HASH_BYTES);
+    memcpy(j->peer, peer, MESH_ID_BYTES);
+    j->first = first;
+    j->end = end;
+    j->head = head;
+    fetch_manifest_reader_init(&j->reader);
+    j->final_path = part_path(ws, hash, first, end, head, "");
+    j->part_path = part_path(ws, hash, first, end, head, ".part");
+    j->record_path = part_path(ws, hash, first, end, head, ".wm");
+    j->retry = evtimer_new(ws->base, job_on_retry, j);
+    if (!j->final_path || !j->part_path || !j->record_path || !j->retry) {
+        job_free(j);
+        goto oom;
+    }
+    if (part_recorded(ws, j, j->final_path, j->part_path, j->record_path)) {
+        h->path = strdup(j->final_path);
+        h->timer = evtimer_new(ws->base, cached_answer, h);
+        job_free(j);
+        if (!h->path || !h->timer) {
+            if (h->timer) event_free(h->timer);
+            free(h->path);
+            goto oom;
+        }
+        struct timeval now = {0, 0};
+        evtimer_add(h->timer, &now);
+        h->next = ws->answers;
+        ws->answers = h;
+        return h;
+    }
+    /* The lock has a descriptor of its own: workers finishing a write with
+     * their copies of fd must not keep it after the job is gone. */
+    j->lock_fd = open(j->part_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    j->fd = j->lock_fd >= 0 ? open(j->part_path, O_RDWR | O_CLOEXEC) : -1;
+    if (j->fd < 0) {
+        err_set(err, errlen, "cannot create %s: %s", j->part_path, strerror(errno));
+        goto fail;
+    }
+    if (flock(j->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        err_set(err, errlen, "%s is being fetched by another process on this home", j->part_path);
+        goto fail;
+    }
+    h->job = j;
+    j->handles = h;
+    j->next = ws->jobs;
+    ws->jobs = j;
+    j->started_ms = j->logged_ms = now_ms();
+    char name[128], peer_hex[WEIGHTS_HASH_HEX];
+    job_log_name(j, name, sizeof name);
+    weights_hex(peer, peer_hex);
+    log_info(WEIGHTS_LOG, "fetch %s from %.12s into %s", name, peer_hex, j->final_path);
+    /* Connecting on the next loop turn keeps every callback out of this call. */
+    struct timeval now = {0, 0};
+    evtimer_add(j->retry, &now);
+    return h;
+fail:
+    job_free(j);
+    free(h);
+    return NULL;
+oom:
+    free(h);
+    err_set(err, errlen, "out of memory");
+    return NULL;
+}
+
+void weights_fetch_cancel(weights_fetch *f)
+{
+    if (!f) return;
+    if (!f->job) {
+        answer_unlink(f);
+        event_free(f->timer);
+        free(f->path);
+        free(f);
+        return;
+    }
+    f->cancelled = 1;
+    job_sweep(f->job);
+}
+
+int weights_store_fetches(const weights_store *ws, weights_fetch_info *out, int max)
+{
+    int n = 0;
+    for (const fetch_job *j = ws->jobs; j; j = j->next, n++) {
+        if (n >= max) continue;
+        weights_fetch_info *o = &out[n];
+        memset(o, 0, sizeof *o);
+        weights_hex(j->hash, o->model);
+        o->first = j->first;
+        o->end = j->end;
+        o->head = j->head;
+        weights_hex(j->peer, o->peer);
+        o->done_bytes = j->done_bytes;
+        o->total_bytes = j->total_bytes;
+        o->state = evtimer_pending(j->retry, NULL) && j->attempts ? "retrying"
+                   : !j->stream                    ? "connecting"
+                   : j->reading                    ? "manifest"
+                   : j->check                      ? "checking"
+                                                   : "fetching";
+        o->attempts = j->attempts;
+        snprintf(o->last_error, sizeof o->last_error, "%s", j->last_error);
+    }
+    return n;
+}
+
+void fetch_free_all(weights_store *ws)
+{
+    while (ws->answers) {
+        weights_fetch *h = ws->answers;
+        ws->answers = h->next;
+        event_free(h->timer);
+        free(h->path);
+        free(h);
+    }
+    while (ws->jobs) {
+        fetch_job *j = ws->jobs;
+        ws->jobs = j->next;
+        while (j->handles) {
+            weights_fetch *h = j->handles;
+            j->handles = h->next;
+            free(h);
+        }
+        job_free(j);
+    }
+}

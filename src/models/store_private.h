@@ -1,0 +1,127 @@
+/* store_private.h: what store.c (local files, cache, worker threads),
+ * serve.c and fetch.c (the two sides of FETCH streams) share, plus the
+ * knobs tests turn.
+ * Not for use outside src/models/ except by tests. */
+#ifndef LLMESH_MODELS_STORE_PRIVATE_H
+#define LLMESH_MODELS_STORE_PRIVATE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "models/fetch_wire.h"
+#include "models/weights_store.h"
+
+#define WEIGHTS_LOG "weights"
+
+/* Requester: chunk bytes asked for and not yet received. Enough to fill a
+ * 1 Gbit/s link up to ~60 ms of RTT, small enough that stage frames on the
+ * same connection do not queue behind much bulk (docs/weights.md). */
+#define FETCH_WINDOW_BYTES (8u << 20)
+#define FETCH_MAX_OUTSTANDING 32      /* chunk requests in flight, whatever their size */
+#define FETCH_MAX_ATTEMPTS 6          /* failed attempts in a row (no chunk between) */
+#define FETCH_RETRY_BASE_MS 250       /* doubles per attempt */
+#define FETCH_RETRY_CAP_MS 8000
+#define FETCH_MAX_BAD_CHUNKS 4        /* corrupt chunks from one fetch's peer before giving up */
+#define FETCH_LOG_EVERY_MS 5000
+/* Server: requests queued while the stream's unacknowledged bytes are over
+ * SERVE_UNACKED_MAX (a requester that asks faster than it reads). A queue
+ * longer than a requester may have outstanding is a protocol error. */
+#define SERVE_MAX_QUEUE 64
+#define SERVE_UNACKED_MAX (2 * FETCH_WINDOW_BYTES)
+#define SERVE_MAX_STREAMS 64
+#define SERVE_POLL_MS 2
+
+/* A local full file. Entries are never freed before the store (a replaced
+ * one is marked stale), so serving streams can hold a pointer. */
+typedef struct local_file {
+    char *path;                  /* absolute */
+    fetch_file_key key;
+    weights_manifest *manifest;
+    gguf_file *open;             /* mapped for serving, on first use */
+    int stale;
+    struct local_file *next;
+} local_file;
+
+/* A job for a worker thread. `done` runs on the loop thread (with the
+ * store still alive) unless the store is being freed; the owner may set
+ * cancel meanwhile (then done sees it). Two lanes, each its own thread, so
+ * that making a finished part durable never waits behind a long hash. */
+#define STORE_LANE_HASH 0            /* hashing files, checking partial files */
+#define STORE_LANE_SYNC 1            /* fsync and rename of a finished part */
+#define STORE_LANES 2
+typedef struct work work;
+struct work {
+    void (*run)(work *w);                       /* worker thread */
+    void (*done)(weights_store *ws, work *w);   /* loop thread; frees w */
+    void (*drop)(work *w);                      /* frees w without done (store shutting down) */
+    atomic_int cancel;
+    work *next;
+};
+
+typedef struct fetch_job fetch_job;
+typedef struct serve_stream serve_stream;
+
+struct weights_store {
+    struct event_base *base;
+    mesh *mesh;
+    char *home, *manifests_dir, *parts_dir;
+    local_file *files;
+    fetch_job *jobs;
+    weights_fetch *answers;      /* fetches answered from the cache, on the next loop turn */
+    serve_stream *serving;
+    int n_serving;
+    weights_counters counters;
+    int n_threads;               /* for hashing; 0 = one per CPU */
+    uint8_t *scratch;            /* one DATA frame being built */
+    size_t scratch_cap;
+    /* workers: one thread per lane; lock guards every field below */
+    struct store_lane {
+        weights_store *ws;
+        pthread_t thread;
+        int started;
+        work *queue, *tail;
+        work *running;           /* taken by the lane's thread now */
+    } lanes[STORE_LANES];
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    work *finished;
+    int stop;
+    struct event *wake;
+    /* tests */
+    int retry_base_ms, max_attempts;
+    uint32_t window_bytes;
+    int test_corrupt_every;      /* serve every Nth chunk with a flipped byte */
+    int test_abort_after;        /* reset each served stream after N chunks */
+    uint64_t test_chunks_served;
+};
+
+/* store.c */
+void store_submit(weights_store *ws, work *w, int lane);
+/* The local file of this hash (not stale), or NULL. */
+local_file *store_local(const weights_store *ws, const uint8_t hash[WEIGHTS_HASH_BYTES]);
+/* Maps a local file for serving, checking it is still the file that was
+ * hashed. NULL with err otherwise. */
+const gguf_file *store_local_open(weights_store *ws, local_file *lf, char *err, size_t errlen);
+int store_file_key(int fd, const char *path, fetch_file_key *key);
+int store_keys_equal(const fetch_file_key *a, const fetch_file_key *b);
+int store_write_file(const char *path, const void *data, size_t len, char *err, size_t errlen);
+/* Reads a whole manifest file and decodes it; NULL when absent or bad. */
+weights_manifest *store_read_manifest(const char *path, fetch_file_key *key, char *err, size_t errlen);
+
+/* Handlers for a stream nobody listens to any more (its owner let go). */
+extern const mesh_stream_handlers store_idle_handlers;
+
+/* serve.c */
+void serve_accept(void *ctx, mesh_stream *s);
+void serve_free_all(weights_store *ws);
+
+/* fetch.c */
+void fetch_free_all(weights_store *ws);
+
+/* Tests (white box): knobs on one store. */
+void weights_test_set_retry(weights_store *ws, int base_ms, int max_attempts);
+void weights_test_set_window(weights_store *ws, uint32_t bytes);
+void weights_test_corrupt_serving(weights_store *ws, int every_nth);
+void weights_test_abort_serving(weights_store *ws, int after_chunks);
+
+#endif
