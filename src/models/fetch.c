@@ -90,6 +90,7 @@ struct fetch_job {
     uint64_t inflight;           /* bytes asked for and not yet written */
     int outstanding;             /* GETs not yet answered */
     uint64_t done_bytes, total_bytes, resumed_bytes;
+    uint64_t unsynced;           /* bytes handed to the sync lane since the last flush */
     int attempts, bad;
     struct event *retry;
     check_work *check;
@@ -739,6 +740,40 @@ static void chunk_done(weights_store *ws, work *w)
     job_pump(j);
 }
 
+/* Makes what was written so far durable, on the hash lane (idle while a
+ * fetch runs), in parallel with the writes: on this VM's disk an fsync costs
+ * ~0.3 s per 0.5 GB written since the last one, even with the pages already
+ * written out, so one fsync at the end would add ~5% to every fetch. */
+typedef struct {
+    work w;
+    int fd;
+} flush_work;
+
+static void flush_run(work *w) { fdatasync(((flush_work *)w)->fd); }
+
+static void flush_drop(work *w)
+{
+    close(((flush_work *)w)->fd);
+    free(w);
+}
+
+static void flush_done(weights_store *ws, work *w) { flush_drop(w); }
+
+static void flush_submit(fetch_job *j)
+{
+    flush_work *f = calloc(1, sizeof *f);
+    if (!f) return;
+    f->fd = dup(j->fd);
+    if (f->fd < 0) {
+        free(f);
+        return;
+    }
+    f->w.run = flush_run;
+    f->w.done = flush_done;
+    f->w.drop = flush_drop;
+    store_submit(j->ws, &f->w, STORE_LANE_HASH);
+}
+
 static int job_on_data(fetch_job *j, const fetch_answer *a)
 {
     const weights_manifest *m = j->manifest;
@@ -774,6 +809,11 @@ static int job_on_data(fetch_job *j, const fetch_answer *a)
     c->state = CH_WRITING; /* its bytes stay in inflight until written */
     j->outstanding--;
     store_submit(j->ws, &cw->w, STORE_LANE_SYNC);
+    j->unsynced += c->len;
+    if (j->unsynced >= FETCH_SYNC_EVERY) {
+        j->unsynced = 0;
+        flush_submit(j);
+    }
     return job_pump(j);
 }
 
