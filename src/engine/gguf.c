@@ -608,6 +608,28 @@ const char *gguf_str_printable(gguf_str s, char *buf, size_t cap)
     return buf;
 }
 
+void gguf_kv_range(const gguf_file *f, uint64_t i, uint64_t *start, uint64_t *end)
+{
+    assert(i < f->n_kv);
+    const gguf_kv *kv = &f->kv[i];
+    const uint8_t *at = (const uint8_t *)kv->key.ptr - 8, *last;
+    switch (kv->type) {
+    case GGUF_TYPE_STRING:
+        last = (const uint8_t *)kv->v.str.ptr + kv->v.str.len;
+        break;
+    case GGUF_TYPE_ARRAY:
+        if (kv->elem_type != GGUF_TYPE_STRING) last = kv->data + kv->count * gguf_scalar_size[kv->elem_type];
+        else if (kv->count) last = (const uint8_t *)kv->str_index[kv->count - 1].ptr + kv->str_index[kv->count - 1].len;
+        else last = kv->data;
+        break;
+    default:
+        last = (const uint8_t *)kv->key.ptr + kv->key.len + 4 + gguf_scalar_size[kv->type];
+        break;
+    }
+    *start = (uint64_t)(at - f->base);
+    *end = (uint64_t)(last - f->base);
+}
+
 const gguf_kv *gguf_find(const gguf_file *f, const char *key)
 {
     for (uint64_t i = 0; i < f->n_kv; i++)

@@ -130,6 +130,11 @@ int gguf_arr_str(const gguf_kv *kv, uint64_t i, gguf_str *out);
 int gguf_arr_i64(const gguf_kv *kv, uint64_t i, int64_t *out);
 int gguf_arr_f32(const gguf_kv *kv, uint64_t i, float *out);
 
+/* Where key/value i lies in the file: bytes [*start, *end), from its key's
+ * length to the end of its value. Consecutive entries are adjacent. For
+ * code that copies or hashes metadata byte for byte (models/weights.c). */
+void gguf_kv_range(const gguf_file *f, uint64_t i, uint64_t *start, uint64_t *end);
+
 const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name);
 /* 1 when s equals the NUL-terminated c. */
 int gguf_str_eq(gguf_str s, const char *c);

@@ -1,5 +1,5 @@
 /* fetch_wire.c: see fetch_wire.h; the byte tables are in docs/PROTOCOL.md,
- * section 13. Integers are big-endian, as everywhere on the wire. */
+ * section 14. Integers are big-endian, as everywhere on the wire. */
 #include "models/fetch_wire.h"
 
 #include <assert.h>

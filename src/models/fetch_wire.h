@@ -1,5 +1,5 @@
 /* fetch_wire.h: the bytes of FETCH streams (stream type 7, docs/PROTOCOL.md
- * section 13) and of the manifest files in the cache, which reuse the same
+ * section 14) and of the manifest files in the cache, which reuse the same
  * frames.
  *
  * Pure encoders and decoders, no I/O: every length, count, index and size a

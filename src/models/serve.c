@@ -1,6 +1,6 @@
 /* serve.c: the serving side of FETCH streams (stream type 7): the manifest
  * and the chunks of a local full file, for the part a peer asks for
- * (docs/PROTOCOL.md section 13; the requesting side is fetch.c).
+ * (docs/PROTOCOL.md section 14; the requesting side is fetch.c).
  *
  * What a requester can make us hold is bounded: SERVE_MAX_QUEUE chunk
  * requests per stream (more is a protocol error), data written to the

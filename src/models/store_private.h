@@ -23,6 +23,7 @@
 #define FETCH_RETRY_CAP_MS 8000
 #define FETCH_MAX_BAD_CHUNKS 4        /* corrupt chunks from one fetch's peer before giving up */
 #define FETCH_LOG_EVERY_MS 5000
+#define FETCH_SYNC_EVERY (64u << 20)  /* fdatasync the part every so many bytes (fetch.c) */
 /* Server: requests queued while the stream's unacknowledged bytes are over
  * SERVE_UNACKED_MAX (a requester that asks faster than it reads). A queue
  * longer than a requester may have outstanding is a protocol error. */

@@ -120,37 +120,6 @@ int weights_hash_pieces(int fd, const uint8_t *base, size_t n, const uint64_t *o
 
 /* ---- metadata -------------------------------------------------------------------*/
 
-static size_t scalar_bytes(gguf_type t)
-{
-    switch (t) {
-    case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_BOOL: return 1;
-    case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16: return 2;
-    case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_FLOAT32: return 4;
-    case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64: case GGUF_TYPE_FLOAT64: return 8;
-    default: return 0;
-    }
-}
-
-/* One past the last byte of a key/value the reader accepted. */
-static const uint8_t *kv_end(const gguf_kv *kv)
-{
-    switch (kv->type) {
-    case GGUF_TYPE_STRING:
-        return (const uint8_t *)kv->v.str.ptr + kv->v.str.len;
-    case GGUF_TYPE_ARRAY:
-        if (kv->elem_type == GGUF_TYPE_STRING) {
-            if (!kv->count) return kv->data;
-            const gguf_str *last = &kv->str_index[kv->count - 1];
-            return (const uint8_t *)last->ptr + last->len;
-        }
-        return kv->data + kv->count * scalar_bytes(kv->elem_type);
-    default:
-        return (const uint8_t *)kv->key.ptr + kv->key.len + 4 + scalar_bytes(kv->type);
-    }
-}
-
-static const uint8_t *kv_start(const gguf_kv *kv) { return (const uint8_t *)kv->key.ptr - 8; }
-
 /* Which keys identify the model. general.* describes a file (name, author,
  * licence, URLs, file type, alignment) and is left out, so two copies that
  * differ only there are one model; general.architecture picks the forward
@@ -195,9 +164,10 @@ static gguf_file *meta_open(const weights_manifest *m, uint8_t **buf, char *err,
     }
     /* The reader stops after n_kv entries; bytes beyond them would slip into
      * a part file's header unhashed. */
-    const uint8_t *end = g->n_kv ? kv_end(&g->kv[g->n_kv - 1]) : b + GGUF_HEAD_BYTES;
-    if (end != b + size) {
-        err_set(err, errlen, "metadata: %zu bytes after the last key", (size_t)(b + size - end));
+    uint64_t start, end = GGUF_HEAD_BYTES;
+    if (g->n_kv) gguf_kv_range(g, g->n_kv - 1, &start, &end);
+    if (end != size) {
+        err_set(err, errlen, "metadata: %zu bytes after the last key", (size_t)(size - end));
         gguf_close(g);
         free(b);
         return NULL;
@@ -223,10 +193,14 @@ static int meta_digest(weights_manifest *m, char *err, size_t errlen)
         err_set(err, errlen, "cannot start SHA-256");
         return -1;
     }
+    uint64_t prev_end = GGUF_HEAD_BYTES;
     for (uint64_t i = 0; i < g->n_kv; i++) {
-        const gguf_kv *kv = &g->kv[i];
-        assert(i == 0 || kv_start(kv) == kv_end(&g->kv[i - 1]));
-        if (key_identifies(kv->key)) gnutls_hash(h, kv_start(kv), (size_t)(kv_end(kv) - kv_start(kv)));
+        uint64_t start, end;
+        gguf_kv_range(g, i, &start, &end);
+        assert(start == prev_end);
+        prev_end = end;
+        (void)prev_end;
+        if (key_identifies(g->kv[i].key)) gnutls_hash(h, g->base + start, (size_t)(end - start));
     }
     gnutls_hash_deinit(h, m->meta_hash);
     if (g->alignment > WEIGHTS_MAX_ALIGNMENT) {
@@ -460,8 +434,9 @@ weights_manifest *weights_manifest_from_gguf(const gguf_file *f, int n_threads, 
     if (!m) goto oom;
     m->chunk_bytes = weights_chunk_bytes();
     m->n_kv = f->n_kv;
-    const uint8_t *meta_end = f->n_kv ? kv_end(&f->kv[f->n_kv - 1]) : f->base + GGUF_HEAD_BYTES;
-    m->meta_len = (size_t)(meta_end - (f->base + GGUF_HEAD_BYTES));
+    uint64_t start, meta_end = GGUF_HEAD_BYTES;
+    if (f->n_kv) gguf_kv_range(f, f->n_kv - 1, &start, &meta_end);
+    m->meta_len = (size_t)(meta_end - GGUF_HEAD_BYTES);
     if (m->meta_len > WEIGHTS_MAX_META) {
         err_set(err, errlen, "metadata of %zu bytes is over %u", m->meta_len, WEIGHTS_MAX_META);
         goto fail;

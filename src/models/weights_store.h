@@ -11,7 +11,7 @@
  * chunk, each chunk checked against a manifest that was itself checked
  * against the model hash, resumable after a broken connection or a restart,
  * and reused on the next start. docs/weights.md has the layout on disk and
- * the reasons; docs/PROTOCOL.md section 13 the bytes.
+ * the reasons; docs/PROTOCOL.md section 14 the bytes.
  *
  * Threading: every function is for the event-loop thread of `base`, and
  * every callback runs there. Disk work runs on two worker threads per store

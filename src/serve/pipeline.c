@@ -238,7 +238,7 @@ static void publish_soon(pipelines *ps)
 
 static void publish_now(pipelines *ps)
 {
-    plan plans[PIPE_MAX];
+    static plan plans[PIPE_MAX]; /* ~2 KB each: not on the stack */
     int n = 0;
     for (int i = 0; i < ps->n_pipes; i++) plans[n++] = ps->pipes[i]->plan;
     uint8_t buf[MESH_MAX_APP];

@@ -285,6 +285,17 @@ static void test_every_kv_type(void)
     CHECK(gguf_arr_f32(kv, 1, &x) == 0 && x == -1.0f);
     kv = gguf_find(f, "t.empty");
     CHECK(kv && kv->count == 0 && gguf_arr_i64(kv, 0, &iv) == -1);
+    /* Every key/value's byte range, one after the other, from the end of the
+     * header to the first tensor info. */
+    uint64_t at = 24;
+    for (uint64_t i = 0; i < f->n_kv; i++) {
+        uint64_t start, end;
+        gguf_kv_range(f, i, &start, &end);
+        CHECK_EQ_INT(start, at);
+        CHECK(end > start);
+        at = end;
+    }
+    CHECK_EQ_INT(at, (uint64_t)((const uint8_t *)f->tensors[0].name.ptr - 8 - f->base));
 
     const gguf_tensor *t = gguf_find_tensor(f, "a");
     REQUIRE(t);

@@ -397,6 +397,18 @@ static weights_fetch *start_fetch(weights_store *ws, const uint8_t *hash, mesh *
     return f;
 }
 
+static int part_matches(const char *part_path, const char *src_path, int first, int end, int head);
+
+/* Fetches a part from `from` and waits: 1 when it completed without error
+ * and holds exactly src's tensors of the part. */
+static int fetch_and_check(weights_store *ws, const uint8_t *hash, mesh *from, const char *src, int first, int end,
+                           int head, fetch_state *st)
+{
+    if (!start_fetch(ws, hash, from, first, end, head, st) || !run_until(fetch_done, st, WAIT_MS)) return 0;
+    if (st->error[0]) fprintf(stderr, "  fetch [%d, %d)%s: %s\n", first, end, head ? "+head" : "", st->error);
+    return !st->error[0] && part_matches(st->path, src, first, end, head);
+}
+
 /* The part at part_path holds exactly the tensors of src in [first, end)
  * (+ head), byte for byte, and src's metadata. */
 static int part_matches(const char *part_path, const char *src_path, int first, int end, int head)
@@ -580,12 +592,8 @@ static void test_fetch_middle(void)
     CHECK_EQ_INT(ca.served_bytes, want + want2);
 
     /* The head alone, and the whole model. */
-    REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 0, 0, 1, &st));
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
-    CHECK(part_matches(st.path, s.model, 0, 0, 1));
-    REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 0, 6, 1, &st));
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
-    CHECK(part_matches(st.path, s.model, 0, 6, 1));
+    CHECK(fetch_and_check(s.sb, s.hash, s.p.a, s.model, 0, 0, 1, &st));
+    CHECK(fetch_and_check(s.sb, s.hash, s.p.a, s.model, 0, 6, 1, &st));
 
     /* A cancelled fetch stops calling back. */
     f = start_fetch(s.sb, s.hash, s.p.a, 1, 2, 0, &st);
@@ -628,10 +636,7 @@ static void test_fetch_resume(void)
     weights_test_abort_serving(s.sa, 7);
     weights_test_set_window(s.sb, CHUNK);
     fetch_state st;
-    REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 1, 3, 0, &st));
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
-    CHECK_EQ_STR(st.error, "");
-    CHECK(part_matches(st.path, s.model, 1, 3, 0));
+    CHECK(fetch_and_check(s.sb, s.hash, s.p.a, s.model, 1, 3, 0, &st));
     weights_counters cb;
     weights_get_counters(s.sb, &cb);
     CHECK_EQ_INT(cb.fetched_bytes, part_bytes(m, 1, 3, 0));
@@ -662,10 +667,7 @@ static void test_fetch_resume(void)
     s.sb = weights_store_new(base, s.p.b, tmp_path("resume-b"), err, sizeof err);
     REQUIRE(s.sb);
     weights_test_set_retry(s.sb, 20, 4);
-    REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 1, 5, 0, &st));
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
-    CHECK_EQ_STR(st.error, "");
-    CHECK(part_matches(st.path, s.model, 1, 5, 0));
+    CHECK(fetch_and_check(s.sb, s.hash, s.p.a, s.model, 1, 5, 0, &st));
     weights_get_counters(s.sb, &cb);
     CHECK_EQ_INT(cb.fetches_resumed, 1);
     CHECK(cb.fetched_bytes > 0);
@@ -678,9 +680,7 @@ static void test_fetch_resume(void)
     flip_byte(st.path, tensor_at(st.path, "blk.3.attn_q.weight") + 10);
     weights_counters before;
     weights_get_counters(s.sb, &before);
-    REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 1, 5, 0, &st));
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
-    CHECK(part_matches(st.path, s.model, 1, 5, 0));
+    CHECK(fetch_and_check(s.sb, s.hash, s.p.a, s.model, 1, 5, 0, &st));
     weights_get_counters(s.sb, &cb);
     CHECK_EQ_INT(cb.cache_discarded, before.cache_discarded + 1);
     CHECK_EQ_INT(cb.fetches_resumed, before.fetches_resumed + 1);
@@ -739,10 +739,7 @@ static void test_fetch_corrupt(void)
 
     /* A rare bad chunk is fetched again and the part completes, correct. */
     weights_test_corrupt_serving(s.sa, 40);
-    REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 0, 4, 1, &st));
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
-    CHECK_EQ_STR(st.error, "");
-    CHECK(part_matches(st.path, s.model, 0, 4, 1));
+    CHECK(fetch_and_check(s.sb, s.hash, s.p.a, s.model, 0, 4, 1, &st));
     weights_counters after;
     weights_get_counters(s.sb, &after);
     CHECK(after.bad_chunks > cb.bad_chunks);
