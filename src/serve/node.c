@@ -1,8 +1,9 @@
 /* node.c: start-up, the status document, and shutdown of one node. See node.h.
  *
- * Order matters at start-up: models are loaded first, then the mesh and the
- * HTTP servers start, and only then is the token printed, so that whoever
- * waits for "token:" can send requests and join at once. */
+ * Order matters at start-up: the mesh first (plans need it), then the
+ * weights store, the stage host and the models (each planned: solo at once
+ * when it fits), then the HTTP servers, and only then is the token printed,
+ * so that whoever waits for "token:" can send requests and join at once. */
 #include "serve/node.h"
 
 #include <cjson/cJSON.h>
@@ -73,6 +74,7 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(root, "model_bytes", (double)model_bytes);
     pipelines_status(n->pipelines, root);
     if (n->stages) stage_host_status(n->stages, cJSON_AddArrayToObject(root, "stages"));
+    if (n->weights) weights_store_status_json(n->weights, cJSON_AddObjectToObject(root, "weights"));
     cJSON_AddNumberToObject(root, "jobs_active", sched_jobs_active(n->sched));
     if (mesh_is_passive(n->mesh)) {
         int64_t age = mesh_routes_age_ms(n->mesh);

@@ -79,6 +79,7 @@ typedef struct pipe {
 
     /* Loop thread. */
     plan plan;
+    plan last_split;                          /* the last plan with several stages */
     uint32_t next_version;
     uint64_t reserved;                        /* this node's part, in the budget */
     uint64_t stage_need[PLAN_MAX_STAGES];     /* what each stage was assigned */
@@ -420,6 +421,7 @@ static void plan_start(pipe *p)
     int n = 0;
     memcpy(members[0].id, mesh_node_id(ps->mesh), MESH_ID_BYTES);
     members[0].free_bytes = budget_free(ps->budget);
+    members[0].prev_first = 0;
     n = 1;
     for (int i = 0; i < n_peers; i++) {
         const mesh_peer *q = &peers[i];
@@ -432,6 +434,9 @@ static void plan_start(pipe *p)
         if (m->free_bytes > q->memory_bytes) m->free_bytes = q->memory_bytes;
         m->relayed = !strcmp(q->link, "relayed");
         m->rtt_ms = q->rtt_ms;
+        m->prev_first = -1;
+        for (int s = 1; s < p->last_split.n_stages; s++)
+            if (!memcmp(p->last_split.stages[s].node, m->id, MESH_ID_BYTES)) m->prev_first = p->last_split.stages[s].first;
         n++;
     }
     plan_request rq = {.model = p->id, .n_layer = p->n_layer, .need = pipe_need, .need_ctx = p,
@@ -471,6 +476,7 @@ static void plan_start(pipe *p)
         log_info(PIPE_LOG, "%s: runs here (solo, %.1f MiB)", p->id, need0 / 1048576.0);
         return;
     }
+    p->last_split = next;
     log_info(PIPE_LOG, "%s: plan v%u, %d stages", p->id, next.version, next.n_stages);
     for (int i = 0; i < next.n_stages; i++) {
         char hex[MESH_ID_HEX];
@@ -525,8 +531,9 @@ static void control_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
         st->state = status.state;
         st->fetched_bytes = status.fetched_bytes;
         st->total_bytes = status.total_bytes;
-        if (changed && status.state == STAGE_FETCHING)
-            log_info(PIPE_LOG, "%s: stage %d fetching %.1f MiB of weights", p->id, i, status.total_bytes / 1048576.0);
+        if (changed && status.state == STAGE_READY)
+            log_info(PIPE_LOG, "%s: stage %d ready (%.1f MiB of weights fetched)", p->id, i,
+                     status.fetched_bytes / 1048576.0);
         publish_soon(p->ps);
         plan_check_ready(p);
         return;
@@ -536,10 +543,14 @@ static void control_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
         return;
     }
     if (len && f[0] == STAGE_REFUSE) {
-        uint16_t lane;
+        uint16_t code;
         char msg[STAGE_MAX_MESSAGE + 1];
-        if (stage_decode_message(f, len, &lane, msg, sizeof msg, err, sizeof err) != 0) goto bad;
-        plan_break(p, st->node, msg);
+        if (stage_decode_message(f, len, &code, msg, sizeof msg, err, sizeof err) != 0) goto bad;
+        /* A stage whose next hop failed is not at fault: the next one is
+         * (the coordinator itself after the last stage: nobody to leave out). */
+        const uint8_t *culprit = code != STAGE_REFUSE_NEXT ? st->node
+                                 : i + 1 < p->plan.n_stages ? p->plan.stages[i + 1].node : NULL;
+        plan_break(p, culprit, msg);
         return;
     }
     snprintf(err, sizeof err, "unexpected control frame of kind 0x%02x", len ? f[0] : 0);

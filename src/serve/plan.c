@@ -232,6 +232,17 @@ static int try_stages(const plan_request *rq, const plan_member *self, candidate
         const plan_member *nodes[PLAN_MAX_STAGES];
         nodes[0] = self;
         for (int i = 1; i < k; i++) nodes[i] = cand[i - 1].m;
+        /* Ring order: nodes that ran part of the model before keep their
+         * place (the same memory then gives the same layers, which they
+         * have cached), the others after them in the order chosen. */
+        for (int i = 2; i < k; i++)
+            for (int j = i; j > 1 && nodes[j]->prev_first >= 0 &&
+                            (nodes[j - 1]->prev_first < 0 || nodes[j - 1]->prev_first > nodes[j]->prev_first);
+                 j--) {
+                const plan_member *t = nodes[j];
+                nodes[j] = nodes[j - 1];
+                nodes[j - 1] = t;
+            }
         int ends[PLAN_MAX_STAGES];
         if (cut_layers(rq, nodes, k, ends) != 0) continue;
         out->n_stages = k;
@@ -313,12 +324,19 @@ int plan_make(const plan_request *rq, const plan_member *members, int n, plan *o
         if (rc != 0) {
             out->state = PLAN_PLANNING;
             out->n_stages = 0;
-            if (free_all < out->need_bytes)
+            /* What the layers need beyond each stage's fixed part, against
+             * what the nodes have beyond theirs. */
+            uint64_t layers = out->need_bytes - rq->need(rq->need_ctx, 0, 0, 1), usable = 0;
+            uint64_t base0 = rq->need(rq->need_ctx, 0, 0, 1), base = rq->need(rq->need_ctx, 0, 0, 0);
+            usable += self->free_bytes > base0 ? self->free_bytes - base0 : 0;
+            for (int i = 0; i < n_cand && i < PLAN_MAX_STAGES - 1; i++)
+                usable += cand[i].m->free_bytes > base ? cand[i].m->free_bytes - base : 0;
+            if (usable < layers)
                 snprintf(out->reason, sizeof out->reason,
-                         "not enough memory in the mesh: the model needs %.1f MiB, %d node(s) have "
-                         "%.1f MiB free (%.1f MiB missing)",
-                         MIB(out->need_bytes), n_cand + 1, MIB(free_all),
-                         MIB(out->need_bytes - free_all));
+                         "not enough memory in the mesh: the model needs %.1f MiB on one node; its "
+                         "layers need %.1f MiB and %d node(s) have room for %.1f MiB of them "
+                         "(%.1f MiB missing)",
+                         MIB(out->need_bytes), MIB(layers), n_cand + 1, MIB(usable), MIB(layers - usable));
             else
                 snprintf(out->reason, sizeof out->reason,
                          "not enough memory in the mesh: the model needs %.1f MiB and %d node(s) have "

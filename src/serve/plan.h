@@ -72,6 +72,8 @@ typedef struct {
     uint64_t free_bytes;     /* budget less what it uses */
     int relayed;             /* reached through a relay, not directly */
     double rtt_ms;           /* from the coordinator; 0 unknown */
+    int prev_first;          /* first layer it ran in the model's last plan, -1 none: kept
+                                in place when it is chosen again, so its cached weights serve */
 } plan_member;
 
 /* Bytes a node needs to run layers [first, end) (first == end: none, just

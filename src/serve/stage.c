@@ -265,14 +265,16 @@ static void send_status(stage_run *r)
 
 /* The stage cannot go on: say why, and close our side. The coordinator
  * closes the stream in turn, which frees the run (control_on_close). */
-static void refuse(stage_run *r, const char *why)
+static void refuse_code(stage_run *r, uint16_t code, const char *why)
 {
     log_warn(STAGE_LOG, "%s layers [%u, %u) for %.16s: %s", r->a.model, r->a.first, r->a.end,
              r->coordinator_hex, why);
     uint8_t frame[STAGE_CONTROL_MAX_FRAME];
-    control_send(r, frame, stage_encode_message(STAGE_REFUSE, 0, why, frame, sizeof frame));
+    control_send(r, frame, stage_encode_message(STAGE_REFUSE, code, why, frame, sizeof frame));
     if (r->control) mesh_stream_finish(r->control);
 }
+
+static void refuse(stage_run *r, const char *why) { refuse_code(r, STAGE_REFUSE_SELF, why); }
 
 static void run_free(stage_run *r)
 {
@@ -480,7 +482,7 @@ static void out_on_close(void *user, mesh_stream *s, const char *error)
     stage_run *r = user;
     r->out = NULL;
     /* Without its output path the stage is useless: let the coordinator replan. */
-    refuse(r, error ? error : "the next stage closed the data stream");
+    refuse_code(r, STAGE_REFUSE_NEXT, error ? error : "the next stage closed the data stream");
 }
 
 static const mesh_stream_handlers out_handlers = {out_on_frame, NULL, out_on_close};
@@ -493,7 +495,7 @@ static void data_open(stage_run *r)
     if (!r->out) {
         char why[300];
         snprintf(why, sizeof why, "cannot reach the next stage: %s", err);
-        refuse(r, why);
+        refuse_code(r, STAGE_REFUSE_NEXT, why);
         return;
     }
     stage_hello hello;

@@ -34,6 +34,13 @@
 #define STAGE_MAX_LANES 256
 #define STAGE_MAX_MESSAGE 200          /* REFUSE / FAIL text */
 
+/* REFUSE's code (in the lane field): whose fault it is, so that the
+ * coordinator leaves out the right node when it plans again. */
+enum {
+    STAGE_REFUSE_SELF = 0, /* this stage cannot run (memory, weights, load) */
+    STAGE_REFUSE_NEXT = 1, /* the next stage is unreachable or closed the data stream */
+};
+
 /* Frame kinds: the first payload byte. */
 enum {
     STAGE_ASSIGN = 0x01,

@@ -84,10 +84,12 @@ check "A's pipeline counters moved" bash -c "curl -sf '$A_CONSOLE/api/status' | 
   '[.plans[] | select(.model == \$m)][0] | .counters.round_trips > 0 and .stages[1].counters.tokens > 0'"
 
 # Two requests at once on one model (two lanes): both answer as run.
+par=()
 for i in 1 2; do
   curl -sf "$A_API/completions" -d "$body" | jq -j '.choices[0].text' >"$T/par$i.got" &
+  par+=($!)
 done
-wait
+wait "${par[@]}"
 check "two concurrent split requests both equal llmesh run" bash -c "cmp '$T/$DEMO_ID.expected' '$T/par1.got' && cmp '$T/$DEMO_ID.expected' '$T/par2.got'"
 
 # ---- 2. a restart loads from the cache --------------------------------------
@@ -102,7 +104,7 @@ for m in "${MODELS[@]}"; do
   wait_for 90 plan_ready "$A_CONSOLE" "$m" 3 || fail "plan of $m ready again after B's restart"
 done
 served_after=$(status "$A_CONSOLE" | jq .counters.weights_served_bytes)
-check "B loaded its layers from its cache: A served no weight bytes again" [ "$served_before" = "$served_after" ]
+check "B loaded its layers from its cache: A served no weight bytes again ($served_before, $served_after)" [ "$served_before" = "$served_after" ]
 curl -sf "$A_API/completions" -d "$body" | jq -j '.choices[0].text' >"$T/after-restart.got"
 check "answers after the restart equal llmesh run" cmp "$T/$DEMO_ID.expected" "$T/after-restart.got"
 
@@ -139,32 +141,41 @@ done
 check "A counted the broken pipelines" bash -c "curl -sf '$A_CONSOLE/api/status' | jq -e --arg m '$DEMO_ID' '[.plans[] | select(.model == \$m)][0].counters.breaks >= 2'"
 
 # ---- 4. a split driven by --max-memory; a model that fits is not split ------
+# F's budget is 1 MiB short of the model's need: its first layers stay on F,
+# the rest go to members with memory.
 need=$(plan_of "$S_CONSOLE" "$DEMO_ID" | jq .need_bytes)
+small=$((need - 1048576))
 cp "$DEMO_MODEL" "$T/models/demo-small-node.gguf"
-start_node F serve --model "$T/models/demo-small-node.gguf" --join "$A_TOKEN" --threads 1 --max-memory $((need * 2 / 3))
+start_node F serve --model "$T/models/demo-small-node.gguf" --join "$A_TOKEN" --threads 1 --max-memory "$small"
 plan_split() { plan_of "$F_CONSOLE" demo-small-node | jq -e '.state == "ready" and (.stages | length) >= 2'; }
 check "F, short of memory for its model, splits it over the mesh" wait_for 60 plan_split
 curl -sf "$F_API/completions" -d "$(jq -n --arg p "$PROMPT" '{model: "demo-small-node", prompt: $p, max_tokens: 40, temperature: 0}')" \
   | jq -j '.choices[0].text' >"$T/f.got"
 check "F's split answers as llmesh run" cmp "$T/$DEMO_ID.expected" "$T/f.got"
-check "F reports its budget and what it uses" bash -c "curl -sf '$F_CONSOLE/api/status' | jq -e --argjson b $((need * 2 / 3)) '.memory_bytes == \$b and .memory_used > 0 and .memory_used <= \$b'"
+check "F reports its budget and uses no more of it" bash -c "curl -sf '$F_CONSOLE/api/status' | jq -e --argjson b $small '.memory_bytes == \$b and .memory_used > 0 and .memory_used <= \$b'"
 
 # ---- 5. a mesh short of memory answers 503, then serves when a node joins ----
+# G can hold the model's first layers but not all of them; H has room for
+# none: planning, 503 with what is missing; I joins with memory: served.
 cp "$DEMO_MODEL" "$T/models/demo-short.gguf"
-start_node G serve --model "$T/models/demo-short.gguf" --threads 1 --max-memory $((need / 3))
+start_node G serve --model "$T/models/demo-short.gguf" --threads 1 --max-memory "$small"
 start_node H serve --join "$G_TOKEN" --threads 1 --max-memory $((need / 3))
-sleep 2
+G_ID=$(node_id "$G_CONSOLE")
+h_sees_plan() { plan_of "$H_CONSOLE" demo-short | jq -e '.state == "planning"'; }
+wait_for 20 h_sees_plan || fail "H learns G's plan by gossip"
 gbody=$(jq -n --arg p "$PROMPT" '{model: "demo-short", prompt: $p, max_tokens: 40, temperature: 0}')
 code=$(curl -s -o "$T/short.json" -w '%{http_code}' "$G_API/completions" -d "$gbody")
 check "short of memory: 503" [ "$code" = 503 ]
-check "the 503 says how much memory is missing" jq -e '.error.message | test("missing")' "$T/short.json"
+check "the 503 says how much memory is missing" jq -e '.error.message | test("MiB missing")' "$T/short.json"
 code=$(curl -s -o "$T/short-h.json" -w '%{http_code}' "$H_API/completions" -d "$gbody")
 check "another node answers 503 with the reason too (from the gossiped plan)" \
-  bash -c "[ '$code' = 503 ] && jq -e '.error.message | test(\"missing\")' '$T/short-h.json'"
+  bash -c "[ '$code' = 503 ] && jq -e '.error.message | test(\"MiB missing\")' '$T/short-h.json'"
 start_node I serve --join "$G_TOKEN" --threads 1
-plan_g() { plan_of "$G_CONSOLE" demo-short | jq -e '.state == "ready"'; }
+plan_g() { plan_of "$G_CONSOLE" demo-short | jq -e '.state == "ready" and (.stages | length) >= 2'; }
 check "once a node with memory joins, the model is planned and served" wait_for 60 plan_g
 curl -sf "$G_API/completions" -d "$gbody" | jq -j '.choices[0].text' >"$T/g.got"
 check "and answers as llmesh run" cmp "$T/$DEMO_ID.expected" "$T/g.got"
+curl -sf "$H_API/completions" -d "$gbody" | jq -j '.choices[0].text' >"$T/h.got"
+check "H now forwards it to G and gets the same" cmp "$T/$DEMO_ID.expected" "$T/h.got"
 
 finish

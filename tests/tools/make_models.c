@@ -8,6 +8,9 @@
  *                                 known model, two layers, random weights
  *   make_models list-split        names of the split-test models (small widths,
  *                                 six layers; `model NAME PATH` writes them)
+ *   make_models model bench-qwen2.5-0.5b-q8_0 PATH
+ *                                 Qwen2.5-0.5B's widths and 24 layers, for
+ *                                 bench/split_bench.sh
  *
  * Vocabularies: byte-level BPE merges and SentencePiece pieces are trained
  * here on a small multilingual corpus (below, written for this tool), so the
@@ -445,6 +448,14 @@ static const model_spec split_specs[] = {
     {"split-phi3-q8_0", {.arch = "phi3", .n_embd = 256, .n_head = 4, .n_head_kv = 4, .n_ff = 512,
                          .n_vocab = 512, .tied_output = 1, Q8, .seed = 35}},
 };
+
+/* For bench/split_bench.sh: Qwen2.5-0.5B's widths and all of its 24 layers
+ * (the vocabulary cut to 32000 rows), Q8_0: ~0.4 GB, compute like the real one. */
+static const model_spec bench_specs[] = {
+    {"bench-qwen2.5-0.5b-q8_0", {.arch = "qwen2", .n_embd = 896, .n_head = 14, .n_head_kv = 2,
+                                 .n_ff = 4864, .n_vocab = 32000, .tied_output = 1, .qkv_bias = 1,
+                                 .rope_freq_base = 1000000.0f, .rms_eps = 1e-6f, Q8, .seed = 41}},
+};
 #undef Q8
 
 int main(int argc, char **argv)
@@ -476,6 +487,14 @@ int main(int argc, char **argv)
             model_writer_params p = split_specs[i].p;
             p.n_layer = 6;
             p.n_ctx = 512;
+            if (model_writer_write(argv[3], &p)) die("cannot write the model");
+            return 0;
+        }
+        for (size_t i = 0; i < sizeof bench_specs / sizeof bench_specs[0]; i++) {
+            if (strcmp(bench_specs[i].name, argv[2])) continue;
+            model_writer_params p = bench_specs[i].p;
+            p.n_layer = 24;
+            p.n_ctx = 4096;
             if (model_writer_write(argv[3], &p)) die("cannot write the model");
             return 0;
         }

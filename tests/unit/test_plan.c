@@ -22,6 +22,7 @@ static plan_member member(int id, uint64_t free_bytes, int relayed, double rtt)
     m.free_bytes = free_bytes;
     m.relayed = relayed;
     m.rtt_ms = rtt;
+    m.prev_first = -1;
     return m;
 }
 
@@ -77,6 +78,26 @@ static void test_forced_split_on_equal_nodes(void)
     REQUIRE(plan_make(&rq, ms, 3, &p) == 0);
     CHECK_EQ_INT(p.n_stages, 2);
     CHECK_EQ_INT(p.stages[0].end, 6);
+}
+
+static void test_sticky_ring_order(void)
+{
+    /* Nodes 2 and 3 ran layers [8, 12) and [4, 8) before: after a replan
+     * with the same memory they get the same layers, whatever the RTTs. */
+    plan_member ms[3] = {member(1, 100000, 0, 0), member(2, 100000, 0, 0.1), member(3, 100000, 0, 0.2)};
+    ms[1].prev_first = 8;
+    ms[2].prev_first = 4;
+    plan_request rq = request(12, 3);
+    plan p;
+    REQUIRE(plan_make(&rq, ms, 3, &p) == 0);
+    CHECK_EQ_INT(p.stages[1].node[0], 3);
+    CHECK_EQ_INT(p.stages[1].first, 4);
+    CHECK_EQ_INT(p.stages[2].node[0], 2);
+    CHECK_EQ_INT(p.stages[2].first, 8);
+    /* A newcomer goes after the nodes that kept their place. */
+    ms[2].prev_first = -1;
+    REQUIRE(plan_make(&rq, ms, 3, &p) == 0);
+    CHECK_EQ_INT(p.stages[1].node[0], 2);
 }
 
 static void test_direct_before_relayed(void)
@@ -266,6 +287,7 @@ int main(void)
     RUN(test_solo_when_it_fits);
     RUN(test_fewest_stages_proportional);
     RUN(test_forced_split_on_equal_nodes);
+    RUN(test_sticky_ring_order);
     RUN(test_direct_before_relayed);
     RUN(test_three_stages_when_two_do_not_fit);
     RUN(test_fill_in_turn_when_proportional_fails);

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# split_bench.sh: what a pipeline split costs (issue "Split a model across
+# nodes", point 9). By hand, never in CI; needs root for the namespace part.
+#
+#   sudo bench/split_bench.sh [--runs N] [--tokens N] [--only loop|netns] [--delays "1 5 20"]
+#
+# Model: make_models' bench-qwen2.5-0.5b-q8_0 (Qwen2.5-0.5B widths, 24
+# layers, Q8_0), a ~100-token prompt, greedy, N tokens, streamed and timed by
+# bench/split_client.py. Every figure is the median of --runs (default 5).
+#  - loopback: solo with 1 and 2 threads; 2 and 3 stages (--split) with 1
+#    thread per stage (so 2 stages use the same 2 threads as solo at 2);
+#  - namespaces: 2 and 3 stages with every node's uplink delayed by D ms one
+#    way (tc netem, or the nfqueue stand-in), for each D of --delays.
+# Printed per case: time to first token, decode tok/s, decode ratio to solo
+# at the same total threads, hidden-state bytes on the wire per generated
+# token (the coordinator's and every stage's counters), and the software
+# cost per hop: (time per token - solo time per token at 1 thread (the same
+# compute, done in one place) - the ring's network round trip) / hops.
+# Fetch throughput on a rate-limited link: bench/weights_bench.sh --link 1gbit.
+set -u
+RUNS=5
+TOKENS=64
+ONLY=""
+DELAYS="1 5 20"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) RUNS=$2; shift 2 ;;
+    --tokens) TOKENS=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
+    --delays) DELAYS=$2; shift 2 ;;
+    *) echo "usage: $0 [--runs N] [--tokens N] [--only loop|netns] [--delays \"1 5 20\"]"; exit 2 ;;
+  esac
+done
+HERE=$(cd "$(dirname "$0")" && pwd)
+export LLMESH_SOURCE_DIR=${LLMESH_SOURCE_DIR:-$(dirname "$HERE")}
+export LLMESH_BINARY=${LLMESH_BINARY:-$LLMESH_SOURCE_DIR/build/llmesh}
+# The tests' helpers: start_node, wait_for, the netns topology and cleanup.
+. "$LLMESH_SOURCE_DIR/tests/integration/common.bash"
+MODEL_ID=bench-qwen2.5-0.5b-q8_0
+MODEL="$T/$MODEL_ID.gguf"
+"$(dirname "$LLMESH")/make_models" model "$MODEL_ID" "$MODEL" || die "make_models"
+CLIENT="python3 $HERE/split_client.py"
+for _ in $(seq 12); do echo -n "And the word of the LORD came unto him, saying, Arise, go to the city. "; done >"$T/prompt.txt"
+
+median() { sort -g | awk '{a[NR] = $1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# measure NAME API_URL CONSOLE_URL [CURL_PREFIX...]: runs the client RUNS
+# times after one warm-up, prints the medians and sets M_TPOT (ms per token).
+measure() {
+  local name=$1 api=$2 console=$3; shift 3
+  local pre=("$@")
+  "${pre[@]}" $CLIENT "$api" "$MODEL_ID" "$T/prompt.txt" 8 >/dev/null
+  local before after
+  before=$("${pre[@]}" curl -sf "$console/api/status")
+  : >"$T/runs.jsonl"
+  for _ in $(seq "$RUNS"); do "${pre[@]}" $CLIENT "$api" "$MODEL_ID" "$T/prompt.txt" "$TOKENS" >>"$T/runs.jsonl"; done
+  after=$("${pre[@]}" curl -sf "$console/api/status")
+  local ttft tps tokens
+  ttft=$(jq -r .ttft_ms "$T/runs.jsonl" | median)
+  tps=$(jq -r .decode_tok_s "$T/runs.jsonl" | median)
+  tokens=$(jq -s 'map(.tokens) | add' "$T/runs.jsonl")
+  # Hidden-state bytes: what stage 0 sent plus what every stage sent on.
+  local wire
+  wire=$(jq -n --argjson a "$before" --argjson b "$after" --arg m "$MODEL_ID" '
+    def plan(s): [s.plans[] | select(.model == $m)][0];
+    def bytes(s): (plan(s).counters.bytes_sent // 0) + ([plan(s).stages[1:][]?.counters.bytes_out // 0] | add // 0);
+    bytes($b) - bytes($a)')
+  # Prompt tokens travel too; per generated token is what decode costs.
+  local per_token
+  per_token=$(awk -v w="$wire" -v n="$tokens" -v r="$RUNS" 'BEGIN { printf "%.0f", n > 0 ? w / (n + r * 100) : 0 }')
+  M_TPOT=$(awk -v t="$tps" 'BEGIN { printf "%.3f", t > 0 ? 1000 / t : 0 }')
+  printf "%-28s ttft %7.1f ms   decode %7.2f tok/s (%6.2f ms/token)   wire ~%6s B/token\n" \
+    "$name" "$ttft" "$tps" "$M_TPOT" "$per_token"
+  echo "$name $ttft $tps $M_TPOT $per_token" >>"$T/results.txt"
+}
+
+plan_ready() { curl -sf "$1/api/status" | jq -e --arg m "$MODEL_ID" --argjson n "$2" \
+  '[.plans[] | select(.model == $m)][0] | .state == "ready" and (.stages | length) == $n' >/dev/null; }
+
+stop_all() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+  PIDS=()
+}
+
+echo "split_bench: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$LLMESH_SOURCE_DIR" rev-parse --short HEAD 2>/dev/null), $RUNS runs, $TOKENS tokens"
+
+if [ "$ONLY" != netns ]; then
+  echo "== loopback"
+  for threads in 1 2; do
+    start_node SOLO serve --model "$MODEL" --threads "$threads" --parallel 1
+    measure "solo, $threads thread(s)" "$SOLO_API" "$SOLO_CONSOLE"
+    eval "SOLO$threads=$M_TPOT"
+    stop_all
+  done
+  for k in 2 3; do
+    start_node P0 serve --model "$MODEL" --threads 1 --parallel 1 --split "$k"
+    for i in $(seq 1 $((k - 1))); do start_node "P$i" serve --join "$P0_TOKEN" --threads 1; done
+    wait_for 120 plan_ready "$P0_CONSOLE" "$k" || die "no $k-stage plan"
+    measure "$k stages, 1 thread each" "$P0_API" "$P0_CONSOLE"
+    hop=$(awk -v t="$M_TPOT" -v s="$SOLO1" -v k="$k" 'BEGIN { printf "%.3f", (t - s) / k }')
+    ratio=$(awk -v t="$M_TPOT" -v s="$SOLO2" 'BEGIN { printf "%.2f", s / t }')
+    echo "    per-hop overhead ${hop} ms (RTT ~0); decode vs solo at $k threads... at 2 threads: ${ratio}x"
+    stop_all
+  done
+fi
+
+if [ "$ONLY" != loop ]; then
+  . "$LLMESH_SOURCE_DIR/tests/integration/netns.bash"
+  netns_init
+  [ -n "${SOLO1:-}" ] || {
+    netns_add_host q0
+    netns_start_node q0 serve --model "$MODEL" --threads 1 --parallel 1
+    measure "solo, 1 thread (netns)" http://127.0.0.1:9337/v1 http://127.0.0.1:3131 ip netns exec "$(netns_ns q0)"
+    SOLO1=$M_TPOT
+    netns_stop_node q0
+  }
+  n=0
+  for d in $DELAYS; do
+    for k in 2 3; do
+      n=$((n + 1))
+      names=()
+      for i in $(seq 0 $((k - 1))); do names+=("d${n}s$i"); netns_add_host "d${n}s$i"; done
+      for h in "${names[@]}"; do netns_netem "$h" "delay ${d}ms"; done
+      netns_start_node "${names[0]}" serve --model "$MODEL" --threads 1 --parallel 1 --split "$k"
+      tok=$(eval echo "\$${names[0]}_TOKEN")
+      for h in "${names[@]:1}"; do netns_start_node "$h" serve --join "$tok" --threads 1; done
+      in0=(ip netns exec "$(netns_ns "${names[0]}")")
+      ok=0
+      for _ in $(seq 600); do
+        "${in0[@]}" curl -sf http://127.0.0.1:3131/api/status | jq -e --arg m "$MODEL_ID" --argjson n "$k" \
+          '[.plans[] | select(.model == $m)][0] | .state == "ready" and (.stages | length) == $n' >/dev/null && { ok=1; break; }
+        sleep 0.2
+      done
+      [ "$ok" = 1 ] || die "no $k-stage plan at ${d} ms"
+      measure "$k stages, ${d} ms one way ($NETNS_NETEM_BACKEND)" http://127.0.0.1:9337/v1 http://127.0.0.1:3131 "${in0[@]}"
+      rtt=$("${in0[@]}" curl -sf http://127.0.0.1:3131/api/status | jq --arg m "$MODEL_ID" '[.plans[] | select(.model == $m)][0].counters.round_trip_ms')
+      hop=$(awk -v t="$M_TPOT" -v s="$SOLO1" -v k="$k" -v d="$d" 'BEGIN { printf "%.3f", (t - s - k * d) / k }')
+      echo "    ring ${k} x ${d} ms; measured round trip ${rtt} ms; per-hop overhead ${hop} ms"
+      for h in "${names[@]}"; do netns_stop_node "$h"; done
+    done
+  done
+fi
+echo "figures: $T/results.txt"
