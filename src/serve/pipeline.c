@@ -171,13 +171,20 @@ static int tail_send(void *ctx, int lane, int pos, int n, const float *x, int ro
     return 0;
 }
 
+/* For pthread_cond_timedwait (CLOCK_REALTIME, its default clock). */
+static struct timespec deadline_after(int seconds)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += seconds;
+    return t;
+}
+
 static int tail_receive(void *ctx, int lane, float *out, int n_rows, char *err, size_t errlen)
 {
     pipe *p = ctx;
     pipe_lane *L = &p->lanes[lane];
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += PIPE_RECEIVE_TIMEOUT_S;
+    struct timespec deadline = deadline_after(PIPE_RECEIVE_TIMEOUT_S);
     int rc = 0;
     pthread_mutex_lock(&p->lock);
     while (!p->closed && !L->broken && L->got < n_rows && rc != ETIMEDOUT)
@@ -203,9 +210,7 @@ static int tail_resume(void *ctx, int lane, char *err, size_t errlen)
 {
     pipe *p = ctx;
     pipe_lane *L = &p->lanes[lane];
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += PIPE_RESUME_TIMEOUT_S;
+    struct timespec deadline = deadline_after(PIPE_RESUME_TIMEOUT_S);
     int rc = 0;
     pthread_mutex_lock(&p->lock);
     while (!p->closed && !p->failing && !p->ready && rc != ETIMEDOUT)

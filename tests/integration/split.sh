@@ -6,8 +6,11 @@
 #     fetch their layers from A. Greedy completions, plain and streamed, are
 #     byte-identical to `llmesh run`; log-probabilities equal those of a solo
 #     node (S, its own mesh) within 1e-4; a request sent to B reaches stage 0.
-#  2. B restarts: the plan breaks and is made again once B is back, and B
-#     loads its layers from its cache (A serves no weight bytes again).
+#  2. B leaves during a stream: with --split 3 and two nodes left no plan
+#     fits, so the stream ends with the reason as an error event and
+#     [DONE]; new requests get 503 with it. B restarts: the plan is made
+#     again, and B loads its layers from its cache (A serves no weight bytes
+#     again).
 #  3. kill -9 of the middle stage, then of the last stage, each during a
 #     long stream: the stream completes, identical to the no-failure answer.
 #  4. F serves a model with a --max-memory below its need: split over the
@@ -93,8 +96,22 @@ wait "${par[@]}"
 check "two concurrent split requests both equal llmesh run" bash -c "cmp '$T/$DEMO_ID.expected' '$T/par1.got' && cmp '$T/$DEMO_ID.expected' '$T/par2.got'"
 
 # ---- 2. a restart loads from the cache --------------------------------------
+# B leaves during a stream, and with --split 3 no plan fits the two nodes
+# left: the stream ends with the reason and [DONE], never hangs.
+"$LLMESH" run --model "$DEMO_MODEL" --prompt "$PROMPT" --temp 0 -n 200 >"$T/long.expected" 2>/dev/null
+lbody=$(jq -n --arg m "$DEMO_ID" --arg p "$PROMPT" '{model: $m, prompt: $p, max_tokens: 200, temperature: 0, stream: true}')
 served_before=$(status "$A_CONSOLE" | jq .counters.weights_served_bytes)
+curl -sfN --max-time 60 "$A_API/completions" -d "$lbody" >"$T/noplan.sse" &
+cpid=$!
+sleep 1
 kill -TERM "$B_PID"; wait "$B_PID" 2>/dev/null
+wait "$cpid"
+grep '^data: {"id' "$T/noplan.sse" | sed 's/^data: //' | jq -j '.choices[0].text' >"$T/noplan.got"
+check "a stream that cannot resume ends with the reason as an error event" \
+  grep -q '^data: {"error".*waiting for 1 more node' "$T/noplan.sse"
+check "... then data: [DONE]" bash -c "grep -v '^\$' '$T/noplan.sse' | tail -n 1 | grep -qx 'data: \[DONE\]'"
+check "... and what it sent before is the answer's beginning" \
+  bash -c "[ -s '$T/noplan.got' ] && head -c \$(stat -c %s '$T/noplan.got') '$T/long.expected' | cmp -s - '$T/noplan.got'"
 plan_waiting() { plan_of "$A_CONSOLE" "$DEMO_ID" | jq -e '.state == "planning" and (.reason | test("waiting for 1 more node"))'; }
 check "with B gone, --split 3 waits for a third node (and says so)" wait_for 20 plan_waiting
 code=$(curl -s -o "$T/wait.json" -w '%{http_code}' "$A_API/completions" -d "$body")
@@ -111,8 +128,6 @@ check "answers after the restart equal llmesh run" cmp "$T/$DEMO_ID.expected" "$
 # ---- 3. kill -9 of a stage during a stream ------------------------------------
 start_node D serve --join "$A_TOKEN" --threads 1
 start_node E serve --join "$A_TOKEN" --threads 1
-"$LLMESH" run --model "$DEMO_MODEL" --prompt "$PROMPT" --temp 0 -n 200 >"$T/long.expected" 2>/dev/null
-lbody=$(jq -n --arg m "$DEMO_ID" --arg p "$PROMPT" '{model: $m, prompt: $p, max_tokens: 200, temperature: 0, stream: true}')
 pid_of_node() { # the PID of the node with this id, among B..E
   local id=$1 n
   for n in B C D E; do
