@@ -570,7 +570,8 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
         stage_states f;
         if (stage_decode_states(p, len, r->a.n_embd, &f, err, sizeof err) != 0 || p[0] != STAGE_FORWARD)
             goto bad;
-        if (f.lane >= r->a.n_lanes || f.pos + f.n > r->a.n_ctx || f.dtype != r->a.dtype ||
+        /* In 64 bits: pos near 2^32 must not wrap into the context. */
+        if (f.lane >= r->a.n_lanes || (uint64_t)f.pos + f.n > r->a.n_ctx || f.dtype != r->a.dtype ||
             r->state != STAGE_READY) {
             snprintf(err, sizeof err, "FORWARD lane %u positions %u+%u (lanes %u, context %u) or stage "
                      "not ready", f.lane, f.pos, f.n, r->a.n_lanes, r->a.n_ctx);
