@@ -595,12 +595,20 @@ bad:
     in_drop(in, s);
 }
 
+/* The sender is done with the stream; nothing goes back on it, so it
+ * closes (and in_on_close frees its state) rather than lingering until the
+ * connection ends. */
+static void in_on_fin(void *user, mesh_stream *s)
+{
+    mesh_stream_finish(s);
+}
+
 static void in_on_close(void *user, mesh_stream *s, const char *error)
 {
     free(user);
 }
 
-static const mesh_stream_handlers in_handlers = {in_on_frame, NULL, in_on_close};
+static const mesh_stream_handlers in_handlers = {in_on_frame, in_on_fin, in_on_close};
 
 static void data_accept(void *ctx, mesh_stream *s)
 {
