@@ -570,7 +570,8 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
         stage_states f;
         if (stage_decode_states(p, len, r->a.n_embd, &f, err, sizeof err) != 0 || p[0] != STAGE_FORWARD)
             goto bad;
-        if (f.lane >= r->a.n_lanes || f.pos + f.n > r->a.n_ctx || f.dtype != r->a.dtype ||
+        /* In 64 bits: pos near 2^32 must not wrap into the context. */
+        if (f.lane >= r->a.n_lanes || (uint64_t)f.pos + f.n > r->a.n_ctx || f.dtype != r->a.dtype ||
             r->state != STAGE_READY) {
             snprintf(err, sizeof err, "FORWARD lane %u positions %u+%u (lanes %u, context %u) or stage "
                      "not ready", f.lane, f.pos, f.n, r->a.n_lanes, r->a.n_ctx);
@@ -594,12 +595,20 @@ bad:
     in_drop(in, s);
 }
 
+/* The sender is done with the stream; nothing goes back on it, so it
+ * closes (and in_on_close frees its state) rather than lingering until the
+ * connection ends. */
+static void in_on_fin(void *user, mesh_stream *s)
+{
+    mesh_stream_finish(s);
+}
+
 static void in_on_close(void *user, mesh_stream *s, const char *error)
 {
     free(user);
 }
 
-static const mesh_stream_handlers in_handlers = {in_on_frame, NULL, in_on_close};
+static const mesh_stream_handlers in_handlers = {in_on_frame, in_on_fin, in_on_close};
 
 static void data_accept(void *ctx, mesh_stream *s)
 {

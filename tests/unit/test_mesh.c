@@ -20,59 +20,13 @@
 #include "mesh/swim.h"
 #include "mesh/token.h"
 #include "testlib.h"
+#include "testnet.h"
 
 #define MODEL "test-model-7b"
 #define ECHO_TYPE 7
 #define WAIT_MS 20000
 
 static struct event_base *base;
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* Runs the loop until cond(ctx) holds or limit_ms passes. 1 when it held. */
-static int run_until(int (*cond)(void *), void *ctx, int limit_ms)
-{
-    uint64_t end = now_ms() + (uint64_t)limit_ms;
-    while (!cond(ctx)) {
-        if (now_ms() >= end) return 0;
-        struct timeval slice = {0, 20000};
-        event_base_loopexit(base, &slice);
-        event_base_dispatch(base);
-    }
-    return 1;
-}
-
-static void run_for(int ms)
-{
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    event_base_loopexit(base, &tv);
-    event_base_dispatch(base);
-}
-
-static char *home(const char *name)
-{
-    static char buf[4][512];
-    static int next;
-    char *b = buf[next++ % 4];
-    snprintf(b, 512, "%s/%s", testlib_tmpdir(), name);
-    return b;
-}
-
-static mesh *start(const char *name, const char *listen, const char *role, const char *join)
-{
-    const char *joins[1] = {join};
-    mesh_config cfg = {.home = home(name), .listen = listen, .join_tokens = joins,
-                       .n_join = join ? 1 : 0, .role = role};
-    char err[512] = "";
-    mesh *m = mesh_new(base, &cfg, err, sizeof err);
-    if (!m) fprintf(stderr, "  mesh_new(%s): %s\n", name, err);
-    return m;
-}
 
 /* The snapshot of peer other in m, or NULL. Each call has its own slot of a
  * small ring, so that a few results can be used together. */
@@ -265,7 +219,7 @@ static int a_gone(void *arg)
 static void test_config_errors(void)
 {
     char err[512];
-    mesh_config cfg = {.home = home("errors"), .listen = "127.0.0.1:0", .role = "boss"};
+    mesh_config cfg = {.home = testlib_tmp_path("errors"), .listen = "127.0.0.1:0", .role = "boss"};
     CHECK(mesh_new(base, &cfg, err, sizeof err) == NULL);
     CHECK(strstr(err, "role") != NULL);
     cfg.role = "host";
@@ -309,19 +263,19 @@ static void test_config_errors(void)
 static void test_three_nodes(void)
 {
     trio t = {0};
-    t.a = start("a", "127.0.0.1:0", "host", NULL);
+    t.a = testnet_mesh("a", "127.0.0.1:0", "host", NULL);
     REQUIRE(t.a);
     mesh_register_stream_type(t.a, ECHO_TYPE, echo_accept, NULL);
     const char *models[] = {MODEL};
     mesh_set_models(t.a, models, 1);
     mesh_set_memory(t.a, 123456789);
-    t.b = start("b", "127.0.0.1:0", "standby", mesh_token(t.a));
+    t.b = testnet_mesh("b", "127.0.0.1:0", "standby", mesh_token(t.a));
     REQUIRE(t.b);
-    t.c = start("c", "127.0.0.1:0", "standby", mesh_token(t.b));
+    t.c = testnet_mesh("c", "127.0.0.1:0", "standby", mesh_token(t.b));
     REQUIRE(t.c);
 
-    CHECK(run_until(all_connected, &t, WAIT_MS));
-    if (!run_until(roles_known, &t, WAIT_MS)) {
+    CHECK(testnet_run_until(all_connected, &t, WAIT_MS));
+    if (!testnet_run_until(roles_known, &t, WAIT_MS)) {
         mesh *all[3] = {t.a, t.b, t.c};
         for (int i = 0; i < 3; i++) {
             mesh_peer ps[4];
@@ -332,7 +286,7 @@ static void test_three_nodes(void)
         }
         CHECK(!"roles known");
     }
-    CHECK(run_until(models_known, &t, WAIT_MS));
+    CHECK(testnet_run_until(models_known, &t, WAIT_MS));
     mesh_peer peers[4];
     CHECK_EQ_INT(mesh_peers(t.c, peers, 4), 2);
     CHECK_EQ_INT(mesh_peers(t.c, peers, 1), 2);   /* count beyond max */
@@ -352,7 +306,7 @@ static void test_three_nodes(void)
     /* A model change reaches the others. */
     const char *two[] = {MODEL, "second-model"};
     mesh_set_models(t.a, two, 2);
-    CHECK(run_until(second_known, &t, WAIT_MS));
+    CHECK(testnet_run_until(second_known, &t, WAIT_MS));
 
     /* Echo C -> A: several frames including an empty one and 1 MB. */
     echo_client_state st = {0};
@@ -369,7 +323,7 @@ static void test_three_nodes(void)
     CHECK(mesh_stream_unacked(s) > 0);
     free(big);
     mesh_stream_finish(s);
-    CHECK(run_until(client_closed, &st, WAIT_MS));
+    CHECK(testnet_run_until(client_closed, &st, WAIT_MS));
     CHECK_EQ_INT(st.frames, 4);
     CHECK_EQ_INT(st.sizes[0], 5);
     CHECK_EQ_INT(st.sizes[1], 0);
@@ -379,7 +333,7 @@ static void test_three_nodes(void)
     CHECK_EQ_INT(st.fins, 1);
     CHECK_EQ_INT(st.closes, 1);
     CHECK(!st.closed_with_error);
-    CHECK(run_until(server_closed, NULL, WAIT_MS));
+    CHECK(testnet_run_until(server_closed, NULL, WAIT_MS));
     CHECK_EQ_INT(server.frames, 4);
     CHECK_EQ_INT(server.fins, 1);
     CHECK(server.close_error == NULL);
@@ -391,7 +345,7 @@ static void test_three_nodes(void)
     s = mesh_stream_open(t.c, mesh_node_id(t.a), 99, &client_handlers, &bad, err, sizeof err);
     REQUIRE(s != NULL);
     CHECK(mesh_stream_send(s, "x", 1) == 0);
-    CHECK(run_until(client_closed, &bad, WAIT_MS));
+    CHECK(testnet_run_until(client_closed, &bad, WAIT_MS));
     CHECK(bad.closed_with_error);
     mesh_get_counters(t.a, &after);
     CHECK_EQ_INT(after.bad_frames, before.bad_frames + 1);
@@ -419,7 +373,7 @@ static void test_three_nodes(void)
     REQUIRE(s != NULL);
     CHECK(mesh_stream_send(s, "\x09future", 7) == 0);
     CHECK(mesh_stream_send(s, raw, (size_t)raw_len) == 0);
-    CHECK(run_until(client_closed, &g1, WAIT_MS));
+    CHECK(testnet_run_until(client_closed, &g1, WAIT_MS));
     CHECK(g1.closed_with_error);
     s = mesh_stream_open(t.c, mesh_node_id(t.a), MESH_STREAM_GOSSIP, &client_handlers, &g2, err, sizeof err);
     REQUIRE(s != NULL);
@@ -427,7 +381,7 @@ static void test_three_nodes(void)
     oversized[0] = 1;
     CHECK(mesh_stream_send(s, oversized, RECORD_MAX_BYTES + 1) == 0);
     free(oversized);
-    CHECK(run_until(client_closed, &g2, WAIT_MS));
+    CHECK(testnet_run_until(client_closed, &g2, WAIT_MS));
     CHECK(g2.closed_with_error);
     mesh_get_counters(t.a, &after);
     CHECK_EQ_INT(after.bad_frames, before.bad_frames + 2);
@@ -442,11 +396,11 @@ static void test_three_nodes(void)
     s = mesh_stream_open(t.c, mesh_node_id(t.a), ECHO_TYPE, &client_handlers, &ab, err, sizeof err);
     REQUIRE(s != NULL);
     CHECK(mesh_stream_send(s, "ping", 4) == 0);
-    CHECK(run_until(server_got_frame, NULL, WAIT_MS));
+    CHECK(testnet_run_until(server_got_frame, NULL, WAIT_MS));
     mesh_stream_abort(s);
-    CHECK(run_until(server_closed, NULL, WAIT_MS));
+    CHECK(testnet_run_until(server_closed, NULL, WAIT_MS));
     CHECK(server.close_error != NULL);
-    run_for(100);
+    testnet_run_for(100);
     CHECK_EQ_INT(ab.closes, 0);                    /* abort: no more callbacks */
 
     /* The server aborts from inside on_frame, with more frames queued
@@ -458,7 +412,7 @@ static void test_three_nodes(void)
     REQUIRE(s != NULL);
     CHECK(mesh_stream_send(s, "abort", 5) == 0);
     CHECK(mesh_stream_send(s, "after", 5) == 0);
-    CHECK(run_until(client_closed, &sa, WAIT_MS));
+    CHECK(testnet_run_until(client_closed, &sa, WAIT_MS));
     CHECK(sa.closed_with_error);
     CHECK_EQ_INT(server.aborts, 1);
     CHECK_EQ_INT(server.frames, frames_before + 1);
@@ -478,9 +432,9 @@ static void test_three_nodes(void)
     CHECK(alive_by_id(t.b, a_id) && alive_by_id(t.c, a_id));
     mesh_free(t.a);
     t.a = NULL;
-    uint64_t t0 = now_ms();
-    CHECK(run_until(a_gone, &t, WAIT_MS));
-    fprintf(stderr, "  A seen gone after %llu ms\n", (unsigned long long)(now_ms() - t0));
+    uint64_t t0 = testnet_now_ms();
+    CHECK(testnet_run_until(a_gone, &t, WAIT_MS));
+    fprintf(stderr, "  A seen gone after %llu ms\n", (unsigned long long)(testnet_now_ms() - t0));
     CHECK(is_alive(t.b, t.c) && is_alive(t.c, t.b));
     CHECK(mesh_pick_host(t.c, MODEL, host) == -1);
     /* Its record stays known (role, models), its state turns dead once the
@@ -488,20 +442,20 @@ static void test_three_nodes(void)
     const mesh_peer *ba = find_peer_id(t.b, a_id);
     REQUIRE(ba);
     CHECK_EQ_STR(ba->role, "host");
-    CHECK(run_until(a_dead, &t, WAIT_MS));
+    CHECK(testnet_run_until(a_dead, &t, WAIT_MS));
 
     /* A comes back on the same home and port: same id, same token, and B
      * and C reconnect; A's new record (no models now) replaces the old. */
     char listen[64];
     snprintf(listen, sizeof listen, "127.0.0.1:%u", a_port);
-    t.a = start("a", listen, "host", NULL);
+    t.a = testnet_mesh("a", listen, "host", NULL);
     REQUIRE(t.a);
     CHECK_EQ_STR(mesh_node_id_hex(t.a), a_id);
     CHECK_EQ_STR(mesh_token(t.a), a_token);
-    t0 = now_ms();
-    CHECK(run_until(all_connected, &t, WAIT_MS));
-    fprintf(stderr, "  A reconnected after %llu ms\n", (unsigned long long)(now_ms() - t0));
-    CHECK(run_until(a_models_dropped, &t, WAIT_MS));
+    t0 = testnet_now_ms();
+    CHECK(testnet_run_until(all_connected, &t, WAIT_MS));
+    fprintf(stderr, "  A reconnected after %llu ms\n", (unsigned long long)(testnet_now_ms() - t0));
+    CHECK(testnet_run_until(a_models_dropped, &t, WAIT_MS));
     mesh_free(t.a);
     mesh_free(t.b);
     mesh_free(t.c);
@@ -528,7 +482,7 @@ static void test_simultaneous_join(void)
 {
     /* Learn each node's token first (fixed ports), then start both, each
      * joining the other. */
-    mesh *x = start("x", "[::1]:0", "standby", NULL);
+    mesh *x = testnet_mesh("x", "[::1]:0", "standby", NULL);
     if (!x) {
         fprintf(stderr, "  no IPv6 loopback here: skipped\n");
         return;
@@ -536,7 +490,7 @@ static void test_simultaneous_join(void)
     char x_token[TOKEN_MAX_TEXT], x_listen[64], y_token[TOKEN_MAX_TEXT], y_listen[64];
     snprintf(x_token, sizeof x_token, "%s", mesh_token(x));
     snprintf(x_listen, sizeof x_listen, "[::1]:%u", mesh_listen_port(x));
-    mesh *y = start("y", "[::1]:0", "standby", NULL);
+    mesh *y = testnet_mesh("y", "[::1]:0", "standby", NULL);
     REQUIRE(y);
     snprintf(y_token, sizeof y_token, "%s", mesh_token(y));
     snprintf(y_listen, sizeof y_listen, "[::1]:%u", mesh_listen_port(y));
@@ -546,13 +500,13 @@ static void test_simultaneous_join(void)
     mesh_free(y);
 
     pair p;
-    p.x = start("x", x_listen, "host", y_token);
-    p.y = start("y", y_listen, "host", x_token);
+    p.x = testnet_mesh("x", x_listen, "host", y_token);
+    p.y = testnet_mesh("y", y_listen, "host", x_token);
     REQUIRE(p.x && p.y);
     CHECK_EQ_STR(mesh_token(p.x), x_token);
-    CHECK(run_until(pair_alive, &p, WAIT_MS));
-    CHECK(run_until(pair_settled, &p, WAIT_MS));
-    run_for(300);
+    CHECK(testnet_run_until(pair_alive, &p, WAIT_MS));
+    CHECK(testnet_run_until(pair_settled, &p, WAIT_MS));
+    testnet_run_for(300);
     CHECK_EQ_INT(mesh_connections(p.x), 1);
     CHECK_EQ_INT(mesh_connections(p.y), 1);
     const mesh_peer *xy = find_peer(p.x, p.y);
@@ -571,7 +525,7 @@ static void test_simultaneous_join(void)
         REQUIRE(s);
         CHECK(mesh_stream_send(s, "ping", 4) == 0);
         mesh_stream_finish(s);
-        CHECK(run_until(client_closed, &st, WAIT_MS));
+        CHECK(testnet_run_until(client_closed, &st, WAIT_MS));
         CHECK_EQ_INT(st.frames, 1);
         CHECK(!st.closed_with_error);
     }
@@ -587,7 +541,7 @@ static void test_wildcard_listen(void)
     const char *wildcards[2] = {"0.0.0.0:0", "[::]:0"};
     for (int i = 0; i < 2; i++) {
         pair p = {0};
-        p.x = start("w", wildcards[i], "host", NULL);
+        p.x = testnet_mesh("w", wildcards[i], "host", NULL);
         if (!p.x && i == 1) {
             fprintf(stderr, "  no IPv6 here: [::] skipped\n");
             return;
@@ -603,13 +557,13 @@ static void test_wildcard_listen(void)
             if (i == 0) CHECK_EQ_INT(t.addrs[k].family, ADDR_FAMILY_IPV4);
         }
         if (t.n_addrs < MESH_MAX_ADDRS) CHECK(loopback);
-        p.y = start("v", "127.0.0.1:0", "standby", mesh_token(p.x));
+        p.y = testnet_mesh("v", "127.0.0.1:0", "standby", mesh_token(p.x));
         REQUIRE(p.y);
-        CHECK(run_until(pair_alive, &p, WAIT_MS));
+        CHECK(testnet_run_until(pair_alive, &p, WAIT_MS));
         const mesh_peer *yx = find_peer(p.y, p.x);
         REQUIRE(yx);
         CHECK_EQ_INT(yx->n_addresses, t.n_addrs);
-        CHECK(run_until(pair_settled, &p, WAIT_MS));
+        CHECK(testnet_run_until(pair_settled, &p, WAIT_MS));
         mesh_free(p.y);
         mesh_free(p.x);
     }
@@ -633,18 +587,18 @@ static int star_full(void *arg)
 
 static void test_star_join(void)
 {
-    star[0] = start("s0", "127.0.0.1:0", "host", NULL);
+    star[0] = testnet_mesh("s0", "127.0.0.1:0", "host", NULL);
     REQUIRE(star[0]);
     for (int i = 1; i < STAR; i++) {
         char name[8];
         snprintf(name, sizeof name, "s%d", i);
-        star[i] = start(name, "127.0.0.1:0", i % 2 ? "standby" : "host", mesh_token(star[0]));
+        star[i] = testnet_mesh(name, "127.0.0.1:0", i % 2 ? "standby" : "host", mesh_token(star[0]));
         REQUIRE(star[i]);
     }
-    uint64_t t0 = now_ms();
-    CHECK(run_until(star_full, NULL, WAIT_MS));
-    fprintf(stderr, "  full mesh of %d after %llu ms\n", STAR, (unsigned long long)(now_ms() - t0));
-    run_for(500);
+    uint64_t t0 = testnet_now_ms();
+    CHECK(testnet_run_until(star_full, NULL, WAIT_MS));
+    fprintf(stderr, "  full mesh of %d after %llu ms\n", STAR, (unsigned long long)(testnet_now_ms() - t0));
+    testnet_run_for(500);
     CHECK(star_full(NULL));
     for (int i = 0; i < STAR; i++) {
         mesh_counters c;
@@ -668,7 +622,7 @@ static mesh *fd_start(int i, const char *listen, const char *join)
     char name[16];
     snprintf(name, sizeof name, "f%d", i);
     const char *joins[1] = {join};
-    mesh_config cfg = {.home = home(name), .listen = listen ? listen : "127.0.0.1:0",
+    mesh_config cfg = {.home = testlib_tmp_path(name), .listen = listen ? listen : "127.0.0.1:0",
                        .join_tokens = joins, .n_join = join ? 1 : 0, .role = "host",
                        .probe_interval_ms = 200, .probe_timeout_ms = 150,
                        .suspect_timeout_ms = 1200, .dead_ttl_ms = 2000};
@@ -719,9 +673,9 @@ static void fd_inject(int from, int to, const uint8_t *p, size_t len, echo_clien
 static int fd_dead_ever;   /* a live subject seen dead while watched */
 static void fd_watch(int subject, int ms)
 {
-    uint64_t end = now_ms() + (uint64_t)ms;
-    while (now_ms() < end) {
-        run_for(20);
+    uint64_t end = testnet_now_ms() + (uint64_t)ms;
+    while (testnet_now_ms() < end) {
+        testnet_run_for(20);
         for (int o = 0; o < FD_NODES; o++)
             if (fd[o] && o != subject && strcmp(fd_state(o, subject), "dead") == 0) fd_dead_ever = 1;
     }
@@ -737,24 +691,24 @@ static void test_failure_detection(void)
         fd[i] = fd_start(i, NULL, token0);
         REQUIRE(fd[i]);
     }
-    CHECK(run_until(fd_all_alive, NULL, WAIT_MS));
-    run_for(1000);                                 /* a few probe rounds: nobody suspect */
+    CHECK(testnet_run_until(fd_all_alive, NULL, WAIT_MS));
+    testnet_run_for(1000);                                 /* a few probe rounds: nobody suspect */
     CHECK(fd_all_alive(NULL));
 
     /* 1. Node 3 hangs (answers nothing; QUIC still acks): suspect, then dead
      * everywhere; its connections are closed and streams to it refused. */
     mesh_test_mute(fd[3], 1);
-    uint64_t t0 = now_ms();
+    uint64_t t0 = testnet_now_ms();
     fd_want suspect3 = {3, "suspect"}, dead3 = {3, "dead"}, alive3 = {3, "alive"};
     int saw_suspect = 0;
-    while (!fd_seen(&dead3) && now_ms() - t0 < WAIT_MS) {
-        run_for(20);
+    while (!fd_seen(&dead3) && testnet_now_ms() - t0 < WAIT_MS) {
+        testnet_run_for(20);
         for (int o = 0; o < 3; o++) saw_suspect |= !strcmp(fd_state(o, 3), "suspect");
     }
     CHECK(fd_seen(&dead3));
     CHECK(saw_suspect);
     (void)suspect3;
-    fprintf(stderr, "  hung node dead everywhere after %llu ms\n", (unsigned long long)(now_ms() - t0));
+    fprintf(stderr, "  hung node dead everywhere after %llu ms\n", (unsigned long long)(testnet_now_ms() - t0));
     CHECK(strcmp(fd_state(0, 1), "alive") == 0 && strcmp(fd_state(1, 2), "alive") == 0);
     char err[256];
     CHECK(mesh_stream_open(fd[0], mesh_node_id(fd[3]), ECHO_TYPE, &client_handlers, NULL, err, sizeof err) == NULL);
@@ -762,10 +716,10 @@ static void test_failure_detection(void)
     /* It recovers: the redial with backoff finds it, and it refutes the
      * death it hears of with a newer record. */
     mesh_test_mute(fd[3], 0);
-    t0 = now_ms();
-    CHECK(run_until(fd_seen, &alive3, WAIT_MS));
-    fprintf(stderr, "  recovered node alive again after %llu ms\n", (unsigned long long)(now_ms() - t0));
-    CHECK(run_until(fd_all_alive, NULL, WAIT_MS));
+    t0 = testnet_now_ms();
+    CHECK(testnet_run_until(fd_seen, &alive3, WAIT_MS));
+    fprintf(stderr, "  recovered node alive again after %llu ms\n", (unsigned long long)(testnet_now_ms() - t0));
+    CHECK(testnet_run_until(fd_all_alive, NULL, WAIT_MS));
 
     /* 2. A false suspicion reaches node 1: it refutes by publishing a newer
      * record (its incarnation). */
@@ -777,7 +731,7 @@ static void test_failure_detection(void)
     swim_claim_encode(&sn, claim);
     echo_client_state g0 = {0};
     fd_inject(2, 1, claim, sizeof claim, &g0);
-    run_for(300);
+    testnet_run_for(300);
     CHECK(fd[1]->rec.seq > seq_before);
     CHECK(!g0.closed_with_error);
 
@@ -806,16 +760,16 @@ static void test_failure_detection(void)
     mesh_get_counters(fd[0], &before);
     echo_client_state g2 = {0};
     fd_inject(2, 0, leave, sizeof leave, &g2);
-    CHECK(run_until(client_closed, &g2, WAIT_MS));
+    CHECK(testnet_run_until(client_closed, &g2, WAIT_MS));
     CHECK(g2.closed_with_error);
     mesh_get_counters(fd[0], &after);
     CHECK_EQ_INT(after.bad_frames, before.bad_frames + 1);
     /* A malformed notice (truncated) is refused the same way. */
     echo_client_state g3 = {0};
     fd_inject(2, 0, claim, sizeof claim - 1, &g3);
-    CHECK(run_until(client_closed, &g3, WAIT_MS));
+    CHECK(testnet_run_until(client_closed, &g3, WAIT_MS));
     CHECK(g3.closed_with_error);
-    run_for(300);
+    testnet_run_for(300);
     CHECK(fd_all_alive(NULL));
 
     /* 5. pick_host_except: two hosts of one model, each can be excluded. */
@@ -826,7 +780,7 @@ static void test_failure_detection(void)
     (void)both;
     uint8_t h1[MESH_ID_BYTES], h2[MESH_ID_BYTES];
     for (int tries = 0; tries < 100; tries++) {
-        run_for(20);
+        testnet_run_for(20);
         if (has_model(fd[3], fd[0], MODEL) && has_model(fd[3], fd[1], MODEL)) break;
     }
     REQUIRE(mesh_pick_host(fd[3], MODEL, h1) == 0);
@@ -840,14 +794,14 @@ static void test_failure_detection(void)
     CHECK(mesh_leave(fd[2]) == 0);                 /* idempotent */
     mesh_free(fd[2]);
     fd[2] = NULL;
-    t0 = now_ms();
+    t0 = testnet_now_ms();
     fd_want left2 = {2, "left"}, gone2 = {2, "gone"};
-    CHECK(run_until(fd_seen, &left2, WAIT_MS));
-    uint64_t left_ms = now_ms() - t0;
+    CHECK(testnet_run_until(fd_seen, &left2, WAIT_MS));
+    uint64_t left_ms = testnet_now_ms() - t0;
     fprintf(stderr, "  leave seen everywhere after %llu ms\n", (unsigned long long)left_ms);
     CHECK(left_ms < 1000);
-    CHECK(run_until(fd_seen, &gone2, WAIT_MS));
-    fprintf(stderr, "  left node forgotten after %llu ms (TTL 2000)\n", (unsigned long long)(now_ms() - t0));
+    CHECK(testnet_run_until(fd_seen, &gone2, WAIT_MS));
+    fprintf(stderr, "  left node forgotten after %llu ms (TTL 2000)\n", (unsigned long long)(testnet_now_ms() - t0));
     mesh_peer peers[8];
     CHECK_EQ_INT(mesh_peers(fd[0], peers, 8), 2);
     CHECK_EQ_INT(mesh_connections(fd[0]), 2);
@@ -857,15 +811,15 @@ static void test_failure_detection(void)
      * (its new record beats the tombstone) and is alive everywhere. */
     mesh_free(fd[3]);
     fd[3] = NULL;
-    t0 = now_ms();
+    t0 = testnet_now_ms();
     fd_want gone3 = {3, "gone"};
-    CHECK(run_until(fd_seen, &dead3, WAIT_MS));
-    fprintf(stderr, "  closed node dead after %llu ms\n", (unsigned long long)(now_ms() - t0));
-    CHECK(run_until(fd_seen, &gone3, WAIT_MS));
+    CHECK(testnet_run_until(fd_seen, &dead3, WAIT_MS));
+    fprintf(stderr, "  closed node dead after %llu ms\n", (unsigned long long)(testnet_now_ms() - t0));
+    CHECK(testnet_run_until(fd_seen, &gone3, WAIT_MS));
     fd[3] = fd_start(3, NULL, token0);
     REQUIRE(fd[3]);
-    CHECK(run_until(fd_seen, &alive3, WAIT_MS));
-    CHECK(run_until(fd_all_alive, NULL, WAIT_MS));
+    CHECK(testnet_run_until(fd_seen, &alive3, WAIT_MS));
+    CHECK(testnet_run_until(fd_all_alive, NULL, WAIT_MS));
 
     for (int i = 0; i < FD_NODES; i++) {
         if (fd[i]) mesh_free(fd[i]);
@@ -908,7 +862,7 @@ static int c_lost_a(void *arg)
 static mesh *start_client(const char *name, const char *join)
 {
     const char *joins[1] = {join};
-    mesh_config cfg = {.home = home(name), .listen = "127.0.0.1:0", .join_tokens = joins, .n_join = 1,
+    mesh_config cfg = {.home = testlib_tmp_path(name), .listen = "127.0.0.1:0", .join_tokens = joins, .n_join = 1,
                        .role = "client", .routes_interval_ms = 60000, .client_idle_ms = 3000,
                        .probe_interval_ms = 200, .suspect_timeout_ms = 1000};
     char err[512] = "";
@@ -925,22 +879,22 @@ static void test_passive_client(void)
 {
     passive_t p = {0};
     memset(&server, 0, sizeof server);
-    p.a = start("pa", "127.0.0.1:0", "host", NULL);
+    p.a = testnet_mesh("pa", "127.0.0.1:0", "host", NULL);
     REQUIRE(p.a);
     mesh_register_stream_type(p.a, ECHO_TYPE, echo_accept, NULL);
     mesh_open_to_clients(p.a, ECHO_TYPE);
     const char *models[] = {MODEL};
     mesh_set_models(p.a, models, 1);
-    p.b = start("pb", "127.0.0.1:0", "standby", mesh_token(p.a));
+    p.b = testnet_mesh("pb", "127.0.0.1:0", "standby", mesh_token(p.a));
     REQUIRE(p.b);
-    CHECK(run_until(member_pair, &p, WAIT_MS));
+    CHECK(testnet_run_until(member_pair, &p, WAIT_MS));
     p.c = start_client("pc", mesh_token(p.b));
     REQUIRE(p.c);
     CHECK(mesh_is_passive(p.c) && !mesh_is_passive(p.a));
     CHECK(mesh_routes_age_ms(p.c) == -1);
 
     /* The routing table: both members, from B. */
-    CHECK(run_until(passive_routes, &p, WAIT_MS));
+    CHECK(testnet_run_until(passive_routes, &p, WAIT_MS));
     CHECK(mesh_routes_age_ms(p.c) >= 0);
     mesh_counters cb;
     mesh_get_counters(p.b, &cb);
@@ -948,7 +902,7 @@ static void test_passive_client(void)
     /* A refresh pulls again, from either member (at random); the
      * connection used only for a pull is closed once it is done. */
     mesh_refresh_routes(p.c);
-    run_for(1500);
+    testnet_run_for(1500);
     mesh_counters cc, ca_;
     mesh_get_counters(p.c, &cc);
     CHECK_EQ_INT(cc.routes_pulled, 2);
@@ -984,7 +938,7 @@ static void test_passive_client(void)
     CHECK(mesh_stream_send(s, big, sizeof big) == 0);
     CHECK(mesh_stream_unacked(s) > sizeof big);
     mesh_stream_finish(s);
-    CHECK(run_until(echo_done, &p, WAIT_MS));
+    CHECK(testnet_run_until(echo_done, &p, WAIT_MS));
     CHECK(!p.st.closed_with_error);
     CHECK_EQ_INT(p.st.frames, 3);
     CHECK(p.st.sizes[0] == 3 && p.st.sizes[1] == 0 && p.st.big_ok);
@@ -993,7 +947,7 @@ static void test_passive_client(void)
     CHECK(ca && !strcmp(ca->link, "direct"));
 
     /* Idle: C closes it (client_idle_ms 3 s). */
-    CHECK(run_until(a_has_no_client, &p, WAIT_MS));
+    CHECK(testnet_run_until(a_has_no_client, &p, WAIT_MS));
 
     /* Types a client may not open are refused by the member. */
     mesh_counters ca0, ca1;
@@ -1002,7 +956,7 @@ static void test_passive_client(void)
     s = mesh_stream_open(p.c, mesh_node_id(p.a), MESH_STREAM_RELAY, &client_handlers, &p.st, err, sizeof err);
     REQUIRE(s);
     CHECK(mesh_stream_send(s, "x", 1) == 0);
-    CHECK(run_until(echo_done, &p, WAIT_MS));
+    CHECK(testnet_run_until(echo_done, &p, WAIT_MS));
     CHECK(p.st.closed_with_error);
     mesh_get_counters(p.a, &ca1);
     CHECK_EQ_INT(ca1.bad_frames, ca0.bad_frames + 1);
@@ -1013,11 +967,11 @@ static void test_passive_client(void)
     s = mesh_stream_open(p.c, mesh_node_id(p.a), ECHO_TYPE, &client_handlers, &p.st, err, sizeof err);
     REQUIRE(s);
     CHECK(mesh_stream_send(s, "held", 4) == 0);
-    CHECK(run_until(got_echo, &p, WAIT_MS));
+    CHECK(testnet_run_until(got_echo, &p, WAIT_MS));
     mesh_test_mute(p.a, 1);
-    uint64_t t0 = now_ms();
-    CHECK(run_until(echo_done, &p, WAIT_MS));
-    uint64_t took = now_ms() - t0;
+    uint64_t t0 = testnet_now_ms();
+    CHECK(testnet_run_until(echo_done, &p, WAIT_MS));
+    uint64_t took = testnet_now_ms() - t0;
     fprintf(stderr, "  silent host dropped after %llu ms (%s)\n", (unsigned long long)took, p.st.error);
     CHECK(p.st.closed_with_error);
     CHECK(took < 5000);
@@ -1030,7 +984,7 @@ static void test_passive_client(void)
     mesh_free(p.a);
     p.a = NULL;
     mesh_refresh_routes(p.c);
-    CHECK(run_until(c_lost_a, &p, WAIT_MS));
+    CHECK(testnet_run_until(c_lost_a, &p, WAIT_MS));
 
     mesh_counters cfin;
     mesh_get_counters(p.c, &cfin);
@@ -1044,7 +998,7 @@ int main(void)
     /* LLMESH_TEST_LOG=debug shows the mesh's chatter while debugging. */
     const char *level = getenv("LLMESH_TEST_LOG");
     if (level && log_parse_level(level) >= 0) log_set_level((log_level)log_parse_level(level));
-    base = event_base_new();
+    base = testnet_loop();
     RUN(test_config_errors);
     RUN(test_three_nodes);
     RUN(test_simultaneous_join);
@@ -1052,6 +1006,6 @@ int main(void)
     RUN(test_star_join);
     RUN(test_failure_detection);
     RUN(test_passive_client);
-    event_base_free(base);
+    testnet_loop_free();
     return testlib_finish();
 }

@@ -15,7 +15,6 @@
  * models of a few MB have hundreds of them. Every wait is bounded. */
 #include <cjson/cJSON.h>
 #include <event2/event.h>
-#include <event2/thread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,46 +31,12 @@
 #include "models/weights.h"
 #include "models/weights_store.h"
 #include "testlib.h"
+#include "testnet.h"
 
 #define WAIT_MS 30000
 #define CHUNK (16u << 10)
 
 static struct event_base *base;
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static int run_until(int (*cond)(void *), void *ctx, int limit_ms)
-{
-    uint64_t end = now_ms() + (uint64_t)limit_ms;
-    while (!cond(ctx)) {
-        if (now_ms() >= end) return 0;
-        struct timeval slice = {0, 10000};
-        event_base_loopexit(base, &slice);
-        event_base_dispatch(base);
-    }
-    return 1;
-}
-
-static void run_for(int ms)
-{
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    event_base_loopexit(base, &tv);
-    event_base_dispatch(base);
-}
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[8][600];
-    static int next;
-    char *b = buf[next++ % 8];
-    snprintf(b, 600, "%s/%s", testlib_tmpdir(), name);
-    return b;
-}
 
 /* ---- models --------------------------------------------------------------------------*/
 
@@ -164,7 +129,7 @@ static int hash_of(const char *path, uint8_t out[WEIGHTS_HASH_BYTES])
 
 static void test_identity(void)
 {
-    const char *a = tmp_path("id-a.gguf"), *b = tmp_path("id-b.gguf"), *c = tmp_path("id-c.gguf");
+    const char *a = testlib_tmp_path("id-a.gguf"), *b = testlib_tmp_path("id-b.gguf"), *c = testlib_tmp_path("id-c.gguf");
     write_model(a, 3, 7, "first name", "gpt2");
     write_model(b, 3, 7, "another name", "gpt2");
     write_model(c, 3, 7, "first name", "llama");
@@ -241,8 +206,8 @@ static void test_identity(void)
 
 static void test_store_remembers(void)
 {
-    const char *home = tmp_path("remember-home");
-    const char *model = tmp_path("remember.gguf");
+    const char *home = testlib_tmp_path("remember-home");
+    const char *model = testlib_tmp_path("remember.gguf");
     write_model(model, 3, 11, "x", "gpt2");
     char err[512];
     weights_store *ws = weights_store_new(base, NULL, home, err, sizeof err);
@@ -279,7 +244,7 @@ static void test_store_remembers(void)
     CHECK(memcmp(h1, h3, 32) != 0);
     CHECK(weights_store_find(ws, h1) == NULL);
     CHECK(weights_store_find(ws, h3) != NULL);
-    CHECK(weights_store_add_file(ws, tmp_path("no-such.gguf"), h3, err, sizeof err) == -1);
+    CHECK(weights_store_add_file(ws, testlib_tmp_path("no-such.gguf"), h3, err, sizeof err) == -1);
     CHECK(strstr(err, "no-such.gguf") != NULL);
     weights_store_free(ws);
 }
@@ -302,8 +267,8 @@ static int added_two(void *arg) { return ((added_state *)arg)->done >= 2; }
 
 static void test_store_async(void)
 {
-    const char *home = tmp_path("async-home");
-    const char *dir = tmp_path("async-models");
+    const char *home = testlib_tmp_path("async-home");
+    const char *dir = testlib_tmp_path("async-models");
     REQUIRE(mkdir(dir, 0700) == 0);
     char p1[700], p2[700];
     snprintf(p1, sizeof p1, "%s/one.gguf", dir);
@@ -317,41 +282,19 @@ static void test_store_async(void)
     REQUIRE(ws);
     added_state st = {0};
     CHECK_EQ_INT(weights_store_add_dir(ws, dir, on_added, &st), 2);
-    CHECK_EQ_INT(weights_store_add_dir(ws, tmp_path("no-such-dir"), on_added, &st), 0);
-    CHECK(run_until(added_two, &st, WAIT_MS));
+    CHECK_EQ_INT(weights_store_add_dir(ws, testlib_tmp_path("no-such-dir"), on_added, &st), 0);
+    CHECK(testnet_run_until(added_two, &st, WAIT_MS));
     CHECK(st.error[0] == '\0');
     CHECK(weights_store_find(ws, h1) != NULL);
     /* Freed with a hash queued: no callback afterwards. */
     added_state late = {0};
     REQUIRE(weights_store_add_file_async(ws, p2, on_added, &late, err, sizeof err) == 0);
     weights_store_free(ws);
-    run_for(50);
+    testnet_run_for(50);
     CHECK_EQ_INT(late.done, 0);
 }
 
 /* ---- fetching ---------------------------------------------------------------------------*/
-
-static mesh *start_mesh(const char *name, const char *join)
-{
-    const char *joins[1] = {join};
-    mesh_config cfg = {.home = tmp_path(name), .listen = "127.0.0.1:0", .join_tokens = joins,
-                       .n_join = join ? 1 : 0, .role = "host"};
-    char err[512] = "";
-    mesh *m = mesh_new(base, &cfg, err, sizeof err);
-    if (!m) fprintf(stderr, "  mesh_new(%s): %s\n", name, err);
-    return m;
-}
-
-typedef struct { mesh *a, *b; } pair;
-
-static int connected(void *arg)
-{
-    pair *p = arg;
-    mesh_peer peers[4];
-    int n = mesh_peers(p->b, peers, 4);
-    return n == 1 && !strcmp(peers[0].state, "alive") && mesh_peers(p->a, peers, 4) == 1 &&
-           !strcmp(peers[0].state, "alive");
-}
 
 typedef struct {
     int done;
@@ -404,7 +347,7 @@ static int part_matches(const char *part_path, const char *src_path, int first, 
 static int fetch_and_check(weights_store *ws, const uint8_t *hash, mesh *from, const char *src, int first, int end,
                            int head, fetch_state *st)
 {
-    if (!start_fetch(ws, hash, from, first, end, head, st) || !run_until(fetch_done, st, WAIT_MS)) return 0;
+    if (!start_fetch(ws, hash, from, first, end, head, st) || !testnet_run_until(fetch_done, st, WAIT_MS)) return 0;
     if (st->error[0]) fprintf(stderr, "  fetch [%d, %d)%s: %s\n", first, end, head ? "+head" : "", st->error);
     return !st->error[0] && part_matches(st->path, src, first, end, head);
 }
@@ -461,6 +404,10 @@ static uint64_t part_bytes(const weights_manifest *m, int first, int end, int he
 }
 
 typedef struct {
+    mesh *a, *b;
+} pair;
+
+typedef struct {
     pair p;
     weights_store *sa, *sb;
     const char *model;
@@ -473,21 +420,21 @@ static void setup_pair(setup *s, const char *tag, int n_layer)
     char name[64];
     memset(s, 0, sizeof *s);
     snprintf(name, sizeof name, "%s-a", tag);
-    s->p.a = start_mesh(name, NULL);
+    s->p.a = testnet_mesh(name, NULL, "host", NULL);
     REQUIRE(s->p.a);
     snprintf(name, sizeof name, "%s-b", tag);
-    s->p.b = start_mesh(name, mesh_token(s->p.a));
+    s->p.b = testnet_mesh(name, NULL, "host", mesh_token(s->p.a));
     REQUIRE(s->p.b);
-    REQUIRE(run_until(connected, &s->p, WAIT_MS));
+    REQUIRE(testnet_connect(s->p.a, s->p.b, WAIT_MS));
     char err[512];
     snprintf(name, sizeof name, "%s-a", tag);
-    s->sa = weights_store_new(base, s->p.a, tmp_path(name), err, sizeof err);
+    s->sa = weights_store_new(base, s->p.a, testlib_tmp_path(name), err, sizeof err);
     snprintf(name, sizeof name, "%s-b", tag);
-    s->sb = weights_store_new(base, s->p.b, tmp_path(name), err, sizeof err);
+    s->sb = weights_store_new(base, s->p.b, testlib_tmp_path(name), err, sizeof err);
     REQUIRE(s->sa && s->sb);
     weights_test_set_retry(s->sb, 20, 4);
     snprintf(name, sizeof name, "%s.gguf", tag);
-    s->model = tmp_path(name);
+    s->model = testlib_tmp_path(name);
     write_model(s->model, n_layer, 99, "model", "gpt2");
     REQUIRE(weights_store_add_file(s->sa, s->model, s->hash, err, sizeof err) == 0);
 }
@@ -533,7 +480,7 @@ static void test_fetch_middle(void)
     CHECK(strstr(text, "\"layers\":6") != NULL);
     free(text);
     cJSON_Delete(status);
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
+    CHECK(testnet_run_until(fetch_done, &st, WAIT_MS));
     CHECK_EQ_STR(st.error, "");
     CHECK(part_matches(st.path, s.model, 2, 4, 0));
     uint64_t want = part_bytes(m, 2, 4, 0);
@@ -556,7 +503,7 @@ static void test_fetch_middle(void)
     snprintf(first_path, sizeof first_path, "%s", st.path);
     REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 2, 4, 0, &st));
     CHECK_EQ_INT(st.done, 0);
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
+    CHECK(testnet_run_until(fetch_done, &st, WAIT_MS));
     CHECK_EQ_STR(st.path, first_path);
     mesh_get_counters(s.p.b, &after);
     CHECK_EQ_INT(after.streams_opened, before.streams_opened);
@@ -565,10 +512,10 @@ static void test_fetch_middle(void)
     /* ... also after a restart of B's store. */
     weights_store_free(s.sb);
     char err[256];
-    s.sb = weights_store_new(base, s.p.b, tmp_path("mid-b"), err, sizeof err);
+    s.sb = weights_store_new(base, s.p.b, testlib_tmp_path("mid-b"), err, sizeof err);
     REQUIRE(s.sb);
     REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 2, 4, 0, &st));
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
+    CHECK(testnet_run_until(fetch_done, &st, WAIT_MS));
     CHECK_EQ_STR(st.path, first_path);
     weights_get_counters(s.sb, &cb);
     CHECK_EQ_INT(cb.fetched_bytes, 0);
@@ -576,7 +523,7 @@ static void test_fetch_middle(void)
     weights_fetch *f = start_fetch(s.sb, s.hash, s.p.a, 2, 4, 0, &st);
     REQUIRE(f);
     weights_fetch_cancel(f);
-    run_for(30);
+    testnet_run_for(30);
     CHECK_EQ_INT(st.done, 0);
 
     /* Two starts of one part share a transfer; the head comes along. */
@@ -584,7 +531,7 @@ static void test_fetch_middle(void)
     REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 4, 6, 1, &two[0]));
     REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 4, 6, 1, &two[1]));
     CHECK_EQ_INT(weights_store_fetches(s.sb, info, 4), 1);
-    CHECK(run_until(two_done, two, WAIT_MS));
+    CHECK(testnet_run_until(two_done, two, WAIT_MS));
     CHECK_EQ_STR(two[0].path, two[1].path);
     CHECK(part_matches(two[0].path, s.model, 4, 6, 1));
     uint64_t want2 = part_bytes(m, 4, 6, 1);
@@ -599,7 +546,7 @@ static void test_fetch_middle(void)
     f = start_fetch(s.sb, s.hash, s.p.a, 1, 2, 0, &st);
     REQUIRE(f);
     weights_fetch_cancel(f);
-    run_for(100);
+    testnet_run_for(100);
     CHECK_EQ_INT(st.done, 0);
     CHECK_EQ_INT(weights_store_fetches(s.sb, info, 4), 0);
     weights_get_counters(s.sb, &cb);
@@ -646,13 +593,13 @@ static void test_fetch_resume(void)
      * a new one on the same home resumes with the missing chunks only. */
     REQUIRE(start_fetch_breaking(s.sb, s.hash, s.p.a, 1, 5, 0, &st));
     weights_test_set_window(s.sb, CHUNK);
-    CHECK(run_until(progressed, &st, WAIT_MS));
+    CHECK(testnet_run_until(progressed, &st, WAIT_MS));
     if (st.done) fprintf(stderr, "  finished early: %s\n", st.error[0] ? st.error : st.path);
     REQUIRE(st.done == 0);
     weights_store_free(s.sb);
     char part[1200], hex[WEIGHTS_HASH_HEX];
     weights_hex(s.hash, hex);
-    snprintf(part, sizeof part, "%s/cache/parts/%s.1-5.gguf.part", tmp_path("resume-b"), hex);
+    snprintf(part, sizeof part, "%s/cache/parts/%s.1-5.gguf.part", testlib_tmp_path("resume-b"), hex);
     struct stat sb;
     REQUIRE(stat(part, &sb) == 0);
     /* Damage one chunk that arrived (the first byte of blk.1.ffn_up's data):
@@ -664,7 +611,7 @@ static void test_fetch_resume(void)
     gguf_close(pf);
     flip_byte(part, damaged);
 
-    s.sb = weights_store_new(base, s.p.b, tmp_path("resume-b"), err, sizeof err);
+    s.sb = weights_store_new(base, s.p.b, testlib_tmp_path("resume-b"), err, sizeof err);
     REQUIRE(s.sb);
     weights_test_set_retry(s.sb, 20, 4);
     CHECK(fetch_and_check(s.sb, s.hash, s.p.a, s.model, 1, 5, 0, &st));
@@ -687,7 +634,7 @@ static void test_fetch_resume(void)
     CHECK_EQ_INT(cb.fetched_bytes - before.fetched_bytes, CHUNK);
 
     /* Another process (another store) cannot take a part being fetched. */
-    weights_store *other = weights_store_new(base, s.p.b, tmp_path("resume-b"), err, sizeof err);
+    weights_store *other = weights_store_new(base, s.p.b, testlib_tmp_path("resume-b"), err, sizeof err);
     REQUIRE(other);
     fetch_state st2;
     REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 0, 2, 0, &st));
@@ -695,20 +642,20 @@ static void test_fetch_resume(void)
     CHECK(weights_fetch_start(other, s.hash, mesh_node_id(s.p.a), 0, 2, 0, &callbacks, &st2, err2, sizeof err2) == NULL);
     CHECK(strstr(err2, "another process") != NULL);
     weights_store_free(other);
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
+    CHECK(testnet_run_until(fetch_done, &st, WAIT_MS));
     CHECK_EQ_STR(st.error, "");
 
     /* The source goes away in the middle: retried, then a clear error. (A
      * one-chunk window: with more, the rest could be on its way already.) */
     weights_test_set_window(s.sb, CHUNK);
     REQUIRE(start_fetch_breaking(s.sb, s.hash, s.p.a, 2, 6, 1, &st));
-    CHECK(run_until(progressed, &st, WAIT_MS));
+    CHECK(testnet_run_until(progressed, &st, WAIT_MS));
     CHECK_EQ_INT(st.done, 0);
     weights_store_free(s.sa);
     s.sa = NULL;
     mesh_free(s.p.a);
     s.p.a = NULL;
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
+    CHECK(testnet_run_until(fetch_done, &st, WAIT_MS));
     CHECK(st.path[0] == '\0');
     CHECK(strstr(st.error, "gave up after 4 attempts") != NULL);
     teardown_pair(&s);
@@ -722,14 +669,14 @@ static void test_fetch_corrupt(void)
     REQUIRE(m);
     char hex[WEIGHTS_HASH_HEX], final[1200];
     weights_hex(s.hash, hex);
-    snprintf(final, sizeof final, "%s/cache/parts/%s.0-4h.gguf", tmp_path("corrupt-b"), hex);
+    snprintf(final, sizeof final, "%s/cache/parts/%s.0-4h.gguf", testlib_tmp_path("corrupt-b"), hex);
 
     /* Every third chunk damaged: caught, and after 4 the peer is given up on;
      * no file under the final name. */
     weights_test_corrupt_serving(s.sa, 3);
     fetch_state st;
     REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 0, 4, 1, &st));
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
+    CHECK(testnet_run_until(fetch_done, &st, WAIT_MS));
     CHECK(st.path[0] == '\0');
     CHECK(strstr(st.error, "do not match their hashes") != NULL);
     weights_counters cb;
@@ -797,7 +744,7 @@ static void raw_exchange(mesh *m, const uint8_t *peer, const uint8_t *const *fra
     REQUIRE(s);
     for (int i = 0; i < n; i++) CHECK(mesh_stream_send(s, frames[i], lens[i]) == 0);
     mesh_stream_finish(s);
-    CHECK(run_until(raw_closed, st, WAIT_MS));
+    CHECK(testnet_run_until(raw_closed, st, WAIT_MS));
 }
 
 static void test_fetch_errors(void)
@@ -811,10 +758,10 @@ static void test_fetch_errors(void)
     uint8_t unknown[32];
     memset(unknown, 0x5a, sizeof unknown);
     REQUIRE(start_fetch(s.sb, unknown, s.p.a, 0, 2, 0, &st));
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
+    CHECK(testnet_run_until(fetch_done, &st, WAIT_MS));
     CHECK(strstr(st.error, "no full copy of model 5a5a") != NULL);
     REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 3, 9, 0, &st));
-    CHECK(run_until(fetch_done, &st, WAIT_MS));
+    CHECK(testnet_run_until(fetch_done, &st, WAIT_MS));
     CHECK(strstr(st.error, "not a part of a model of 4 layers") != NULL);
     CHECK(weights_fetch_start(s.sb, s.hash, mesh_node_id(s.p.a), 2, 1, 0, &callbacks, &st, err, sizeof err) == NULL);
     CHECK(strstr(err, "not a part") != NULL);
@@ -864,7 +811,7 @@ static void test_fetch_errors(void)
         weights_counters before, after;
         weights_get_counters(s.sb, &before);
         REQUIRE(start_fetch(s.sb, s.hash, s.p.a, 0, 1, 0, &st));
-        CHECK(run_until(fetch_done, &st, WAIT_MS));
+        CHECK(testnet_run_until(fetch_done, &st, WAIT_MS));
         CHECK(strstr(st.error, "malformed answer") != NULL);
         weights_get_counters(s.sb, &after);
         CHECK_EQ_INT(after.bad_frames - before.bad_frames, 4);
@@ -877,8 +824,7 @@ int main(void)
     const char *level = getenv("LLMESH_TEST_LOG");
     log_set_level(LOG_WARN);
     if (level && log_parse_level(level) >= 0) log_set_level((log_level)log_parse_level(level));
-    evthread_use_pthreads();
-    base = event_base_new();
+    base = testnet_loop();
     if (weights_set_chunk_bytes(CHUNK) != 0) return 1;
     RUN(test_identity);
     RUN(test_store_remembers);
@@ -887,6 +833,6 @@ int main(void)
     RUN(test_fetch_resume);
     RUN(test_fetch_corrupt);
     RUN(test_fetch_errors);
-    event_base_free(base);
+    testnet_loop_free();
     return testlib_finish();
 }

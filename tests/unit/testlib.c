@@ -42,6 +42,15 @@ const char *testlib_tmpdir(void)
     return tmpdir;
 }
 
+const char *testlib_tmp_path(const char *name)
+{
+    static char buf[8][600];
+    static int next;
+    char *b = buf[next++ % 8];
+    snprintf(b, sizeof buf[0], "%s/%s", testlib_tmpdir(), name);
+    return b;
+}
+
 const char *testlib_source_path(const char *relative)
 {
     static char buf[4096];

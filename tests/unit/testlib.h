@@ -20,6 +20,8 @@ int testlib_finish(void);
 const char *testlib_source_path(const char *relative);
 /* A fresh temporary directory (mkdtemp), removed at exit. */
 const char *testlib_tmpdir(void);
+/* testlib_tmpdir()/name, in one of 8 static buffers used in turn. */
+const char *testlib_tmp_path(const char *name);
 
 #define RUN(fn) testlib_run(#fn, fn)
 #define CHECK(cond) do { if (!(cond)) { \
