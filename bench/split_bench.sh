@@ -11,11 +11,14 @@
 #    thread per stage (so 2 stages use the same 2 threads as solo at 2);
 #  - namespaces: 2 and 3 stages with every node's uplink delayed by D ms one
 #    way (tc netem, or the nfqueue stand-in), for each D of --delays.
-# Printed per case: time to first token, decode tok/s, decode ratio to solo
-# at the same total threads, hidden-state bytes on the wire per generated
-# token (the coordinator's and every stage's counters), and the software
-# cost per hop: (time per token - solo time per token at 1 thread (the same
-# compute, done in one place) - the ring's network round trip) / hops.
+# Printed per case: time to first token, decode tok/s of one stream, the
+# aggregate decode rate with as many streams at once as stages (each on its
+# own lane: stages work on different requests at the same time), ratios to
+# solo at the same total threads (solo at 2 threads: 2 streams at once),
+# hidden-state bytes on the wire per position (the coordinator's and every
+# stage's counters, payload only), and the software cost per hop: (time per
+# token - solo time per token at 1 thread (the same compute, done in one
+# place) - the ring's network round trip) / hops.
 # Fetch throughput on a rate-limited link: bench/weights_bench.sh --link 1gbit.
 set -u
 RUNS=5
@@ -65,13 +68,39 @@ measure() {
     def plan(s): [s.plans[] | select(.model == $m)][0];
     def bytes(s): (plan(s).counters.bytes_sent // 0) + ([plan(s).stages[1:][]?.counters.bytes_out // 0] | add // 0);
     bytes($b) - bytes($a)')
-  # Prompt tokens travel too; per generated token is what decode costs.
-  local per_token
-  per_token=$(awk -v w="$wire" -v n="$tokens" -v r="$RUNS" 'BEGIN { printf "%.0f", n > 0 ? w / (n + r * 100) : 0 }')
-  M_TPOT=$(awk -v t="$tps" 'BEGIN { printf "%.3f", t > 0 ? 1000 / t : 0 }')
-  printf "%-28s ttft %7.1f ms   decode %7.2f tok/s (%6.2f ms/token)   wire ~%6s B/token\n" \
+  # Every position (prompt and generated) crosses every hop once.
+  local per_token positions
+  positions=$(jq -s 'map(.tokens + .prompt_tokens) | add' "$T/runs.jsonl")
+  per_token=$(awk -v w="$wire" -v n="$positions" 'BEGIN { printf "%.0f", (n > 0 ? w / n : 0) }')
+  M_TPOT=$(awk -v t="$tps" 'BEGIN { printf "%.3f", (t > 0 ? 1000 / t : 0) }')
+  printf "%-28s ttft %7.1f ms   decode %7.2f tok/s (%6.2f ms/token)   wire %6s B/position\n" \
     "$name" "$ttft" "$tps" "$M_TPOT" "$per_token"
   echo "$name $ttft $tps $M_TPOT $per_token" >>"$T/results.txt"
+}
+
+# measure_parallel NAME K API_URL [PREFIX...]: K streams at once (after one
+# warm-up round), RUNS times; prints the median aggregate decode rate (all
+# tokens over the wall time of the round) and sets M_AGG.
+measure_parallel() {
+  local name=$1 k=$2 api=$3; shift 3
+  local pre=("$@") r i
+  : >"$T/agg.txt"
+  for r in $(seq 0 "$RUNS"); do
+    local t0 t1 pids=()
+    t0=$(date +%s.%N)
+    for i in $(seq "$k"); do
+      "${pre[@]}" $CLIENT "$api" "$MODEL_ID" "$T/prompt.txt" "$TOKENS" >"$T/par$i.json" &
+      pids+=($!)
+    done
+    wait "${pids[@]}"
+    t1=$(date +%s.%N)
+    [ "$r" = 0 ] && continue # warm-up
+    jq -s --arg a "$t0" --arg b "$t1" 'map(.tokens) | add / (($b | tonumber) - ($a | tonumber))' "$T"/par*.json >>"$T/agg.txt"
+  done
+  M_AGG=$(median <"$T/agg.txt")
+  printf "%-28s %d streams at once: %7.2f tok/s in all\n" "$name" "$k" "$M_AGG"
+  echo "$name parallel$k $M_AGG" >>"$T/results.txt"
+  rm -f "$T"/par*.json
 }
 
 plan_ready() { curl -sf "$1/api/status" | jq -e --arg m "$MODEL_ID" --argjson n "$2" \
@@ -88,19 +117,23 @@ echo "split_bench: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$LLMESH_SOURCE_
 if [ "$ONLY" != netns ]; then
   echo "== loopback"
   for threads in 1 2; do
-    start_node SOLO serve --model "$MODEL" --threads "$threads" --parallel 1
+    start_node SOLO serve --model "$MODEL" --threads "$threads" --parallel 3
     measure "solo, $threads thread(s)" "$SOLO_API" "$SOLO_CONSOLE"
     eval "SOLO$threads=$M_TPOT"
+    measure_parallel "solo, $threads thread(s)" 2 "$SOLO_API"
+    eval "SOLOAGG$threads=$M_AGG"
     stop_all
   done
   for k in 2 3; do
-    start_node P0 serve --model "$MODEL" --threads 1 --parallel 1 --split "$k"
+    start_node P0 serve --model "$MODEL" --threads 1 --parallel 3 --split "$k"
     for i in $(seq 1 $((k - 1))); do start_node "P$i" serve --join "$P0_TOKEN" --threads 1; done
     wait_for 120 plan_ready "$P0_CONSOLE" "$k" || die "no $k-stage plan"
     measure "$k stages, 1 thread each" "$P0_API" "$P0_CONSOLE"
     hop=$(awk -v t="$M_TPOT" -v s="$SOLO1" -v k="$k" 'BEGIN { printf "%.3f", (t - s) / k }')
     ratio=$(awk -v t="$M_TPOT" -v s="$SOLO2" 'BEGIN { printf "%.2f", s / t }')
-    echo "    per-hop overhead ${hop} ms (RTT ~0); decode vs solo at $k threads... at 2 threads: ${ratio}x"
+    echo "    per-hop overhead ${hop} ms (loopback RTT ~0); one stream vs solo at 2 threads: ${ratio}x"
+    measure_parallel "$k stages, 1 thread each" "$k" "$P0_API"
+    echo "    $k streams at once vs solo at 2 threads with 2 at once: $(awk -v a="$M_AGG" -v s="$SOLOAGG2" 'BEGIN { printf "%.2f", a / s }')x"
     stop_all
   done
 fi
@@ -122,7 +155,7 @@ if [ "$ONLY" != loop ]; then
       names=()
       for i in $(seq 0 $((k - 1))); do names+=("d${n}s$i"); netns_add_host "d${n}s$i"; done
       for h in "${names[@]}"; do netns_netem "$h" "delay ${d}ms"; done
-      netns_start_node "${names[0]}" serve --model "$MODEL" --threads 1 --parallel 1 --split "$k"
+      netns_start_node "${names[0]}" serve --model "$MODEL" --threads 1 --parallel 3 --split "$k"
       tok=$(eval echo "\$${names[0]}_TOKEN")
       for h in "${names[@]:1}"; do netns_start_node "$h" serve --join "$tok" --threads 1; done
       in0=(ip netns exec "$(netns_ns "${names[0]}")")
@@ -137,6 +170,7 @@ if [ "$ONLY" != loop ]; then
       rtt=$("${in0[@]}" curl -sf http://127.0.0.1:3131/api/status | jq --arg m "$MODEL_ID" '[.plans[] | select(.model == $m)][0].counters.round_trip_ms')
       hop=$(awk -v t="$M_TPOT" -v s="$SOLO1" -v k="$k" -v d="$d" 'BEGIN { printf "%.3f", (t - s - k * d) / k }')
       echo "    ring ${k} x ${d} ms; measured round trip ${rtt} ms; per-hop overhead ${hop} ms"
+      measure_parallel "$k stages, ${d} ms" "$k" http://127.0.0.1:9337/v1 "${in0[@]}"
       for h in "${names[@]}"; do netns_stop_node "$h"; done
     done
   done

@@ -30,6 +30,7 @@ def main():
         return 1
     stamps = []
     tokens = None
+    prompt_tokens = None
     for raw in resp:
         line = raw.decode().strip()
         if not line.startswith("data: {"):
@@ -39,9 +40,10 @@ def main():
             stamps.append(time.monotonic())
         if obj.get("usage"):
             tokens = obj["usage"]["completion_tokens"]
+            prompt_tokens = obj["usage"]["prompt_tokens"]
     t1 = time.monotonic()
     n = tokens if tokens is not None else len(stamps)
-    out = {"tokens": n, "total_ms": (t1 - t0) * 1000,
+    out = {"tokens": n, "prompt_tokens": prompt_tokens, "total_ms": (t1 - t0) * 1000,
            "ttft_ms": (stamps[0] - t0) * 1000 if n else None,
            "decode_tok_s": (n - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None}
     print(json.dumps(out))

@@ -62,7 +62,7 @@ typedef struct stage_run {
     mesh_stream *control;
     mesh_stream *out;             /* to the next stage (or the coordinator) */
     uint8_t state;                /* stage_state */
-    int reserved;                 /* a.need_bytes are reserved in the budget */
+    uint64_t reserved;            /* bytes reserved in the budget */
     weights_fetch *fetch;
     uint64_t fetched, total;
     uint64_t last_status_ms, last_stats_ms;
@@ -256,7 +256,7 @@ static void control_send(stage_run *r, const uint8_t *frame, int n)
 
 static void send_status(stage_run *r)
 {
-    stage_status st = {r->state, r->fetched, r->total, r->reserved ? r->a.need_bytes : 0};
+    stage_status st = {r->state, r->fetched, r->total, r->reserved};
     if (st.fetched_bytes > st.total_bytes) st.fetched_bytes = st.total_bytes;
     uint8_t frame[64];
     control_send(r, frame, stage_encode_status(&st, frame, sizeof frame));
@@ -305,7 +305,7 @@ static void run_free(stage_run *r)
     model_free(r->model);
     if (r->file) gguf_close(r->file);
     free(r->x);
-    if (r->reserved) budget_release(h->budget, r->a.need_bytes);
+    if (r->reserved) budget_release(h->budget, r->reserved);
     pthread_mutex_destroy(&r->lock);
     pthread_cond_destroy(&r->cond);
     log_info(STAGE_LOG, "%s layers [%u, %u) for %.16s: stopped", r->a.model, r->a.first, r->a.end,
@@ -328,6 +328,26 @@ static int run_load(stage_run *r, const char *path)
         snprintf(err, sizeof err, "the weights have width %d and %d layers, the plan %u and %u",
                  c->n_embd, c->n_layer, a->n_embd, a->n_layer);
         goto fail;
+    }
+    /* The coordinator's figure is its estimate; ours, from the weights now
+     * here, is what counts: a coordinator cannot make this node take more
+     * than its budget by understating the need. */
+    model_sizes *z = malloc(sizeof *z);
+    if (!z || model_sizes_read(r->file, z, err, sizeof err) != 0) {
+        if (!z) snprintf(err, sizeof err, "out of memory");
+        free(z);
+        goto fail;
+    }
+    uint64_t own = model_part_need(z, &part, (int)a->n_ctx, a->n_lanes, r->h->n_threads > 0 ? r->h->n_threads : 1);
+    free(z);
+    if (own > r->reserved) {
+        if (budget_reserve(r->h->budget, own - r->reserved) != 0) {
+            snprintf(err, sizeof err, "not enough memory here: the stage needs %.1f MiB (%.1f MiB "
+                     "declared), %.1f MiB free", own / 1048576.0, r->reserved / 1048576.0,
+                     budget_free(r->h->budget) / 1048576.0);
+            goto fail;
+        }
+        r->reserved = own;
     }
     if (!(r->states = calloc(a->n_lanes, sizeof *r->states))) goto oom;
     for (int i = 0; i < a->n_lanes; i++)
@@ -417,7 +437,7 @@ static void control_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_
             refuse(r, err);
             return;
         }
-        r->reserved = 1;
+        r->reserved = r->a.need_bytes;
         start_weights(r);
         return;
     }
@@ -566,6 +586,10 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
         uint16_t lane;
         char msg[STAGE_MAX_MESSAGE + 1];
         if (stage_decode_message(p, len, &lane, msg, sizeof msg, err, sizeof err) != 0) goto bad;
+        if (lane >= r->a.n_lanes) {
+            snprintf(err, sizeof err, "FAIL for lane %u of %u", lane, r->a.n_lanes);
+            goto bad;
+        }
     } else {
         stage_states f;
         if (stage_decode_states(p, len, r->a.n_embd, &f, err, sizeof err) != 0 || p[0] != STAGE_FORWARD)
@@ -718,7 +742,7 @@ void stage_host_status(const stage_host *h, cJSON *array)
         cJSON_AddStringToObject(o, "state", stage_state_name(r->state));
         cJSON_AddNumberToObject(o, "fetched_bytes", (double)r->fetched);
         cJSON_AddNumberToObject(o, "total_bytes", (double)r->total);
-        cJSON_AddNumberToObject(o, "memory_bytes", r->reserved ? (double)r->a.need_bytes : 0);
+        cJSON_AddNumberToObject(o, "memory_bytes", (double)r->reserved);
         stage_stats st;
         pthread_mutex_lock((pthread_mutex_t *)&r->lock);
         st = r->stats;

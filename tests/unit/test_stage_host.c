@@ -64,8 +64,8 @@
 #define N_CTX 32
 #define N_LANES 2
 #define N_THREADS 2
-#define NEED (8u << 20)
-#define BUDGET (64u << 20)
+#define NEED (128ull << 20)       /* more than the stage's own estimate (model_part_need) */
+#define BUDGET (1024ull << 20)
 #define ROW (N_EMBD * 4)           /* bytes of one F32 hidden state */
 #define MAX_ROWS 4                 /* rows a recorded OUTPUT may have */
 #define MAX_OUTPUTS 8
@@ -512,6 +512,29 @@ static void test_refuse_memory(void)
     expect_refuse(&c, &a, "4 layers");
     peer_finish(&c);
     CHECK(host_idle());
+
+    /* A coordinator that understates the need: the stage reserves its own
+     * estimate once the weights are here, and refuses when that does not
+     * fit what is free. */
+    static peer under;
+    a = good_assign();
+    a.need_bytes = 1;
+    peer_open(&under, STAGE_STREAM_CONTROL);
+    peer_send(&under, f, (size_t)assign_frame(&a, f, sizeof f));
+    CHECK(wait_count(&under.n_status, 2));
+    CHECK_EQ_INT(under.status.state, STAGE_READY);
+    uint64_t own = rig.b.used;
+    CHECK(own > 1 && own <= NEED);
+    CHECK(under.status.memory_bytes == own);
+    mesh_stream_abort(under.s);
+    CHECK(host_idle());
+    CHECK_EQ_INT(rig.b.used, 0);
+    rig.b.total = own - 1;          /* room for what it declares, not for what it needs */
+    expect_refuse(&c, &a, "declared");
+    peer_finish(&c);
+    CHECK(host_idle());
+    CHECK_EQ_INT(rig.b.used, 0);
+    rig.b.total = BUDGET;
     CHECK_EQ_INT(stage_host_bad_frames(rig.h), bad_before); /* refusals are answers */
 }
 
