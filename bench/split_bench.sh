@@ -54,9 +54,11 @@ measure() {
   local pre=("$@")
   "${pre[@]}" $CLIENT "$api" "$MODEL_ID" "$T/prompt.txt" 8 >/dev/null
   local before after
+  sleep 1.5 # the stages' STATS reach stage 0 once a second
   before=$("${pre[@]}" curl -sf "$console/api/status")
   : >"$T/runs.jsonl"
   for _ in $(seq "$RUNS"); do "${pre[@]}" $CLIENT "$api" "$MODEL_ID" "$T/prompt.txt" "$TOKENS" >>"$T/runs.jsonl"; done
+  sleep 1.5
   after=$("${pre[@]}" curl -sf "$console/api/status")
   local ttft tps tokens
   ttft=$(jq -r .ttft_ms "$T/runs.jsonl" | median)
@@ -73,8 +75,17 @@ measure() {
   positions=$(jq -s 'map(.tokens + .prompt_tokens) | add' "$T/runs.jsonl")
   per_token=$(awk -v w="$wire" -v n="$positions" 'BEGIN { printf "%.0f", (n > 0 ? w / n : 0) }')
   M_TPOT=$(awk -v t="$tps" 'BEGIN { printf "%.3f", (t > 0 ? 1000 / t : 0) }')
-  printf "%-28s ttft %7.1f ms   decode %7.2f tok/s (%6.2f ms/token)   wire %6s B/position\n" \
-    "$name" "$ttft" "$tps" "$M_TPOT" "$per_token"
+  # The ring's round trip as stage 0 measures it (hidden states out, final
+  # ones back) less the other stages' compute, per exchange, from the
+  # counters of these same runs: the network and software cost of the ring.
+  M_RING=$(jq -n --argjson a "$before" --argjson b "$after" --arg m "$MODEL_ID" '
+    def plan(s): [s.plans[] | select(.model == $m)][0];
+    def rt(s): (plan(s).counters.round_trips // 0);
+    def rtms(s): (plan(s).counters.round_trip_ms // 0) * rt(s);
+    def comp(s): [plan(s).stages[1:][]?.counters.compute_ms // 0] | add // 0;
+    if rt($b) > rt($a) then (((rtms($b) - rtms($a)) - (comp($b) - comp($a))) / (rt($b) - rt($a))) else 0 end')
+  printf "%-28s ttft %7.1f ms   decode %7.2f tok/s (%6.2f ms/token)   wire %6s B/position   ring %.3f ms\n" \
+    "$name" "$ttft" "$tps" "$M_TPOT" "$per_token" "$M_RING"
   echo "$name $ttft $tps $M_TPOT $per_token" >>"$T/results.txt"
 }
 
@@ -130,8 +141,10 @@ if [ "$ONLY" != netns ]; then
     wait_for 120 plan_ready "$P0_CONSOLE" "$k" || die "no $k-stage plan"
     measure "$k stages, 1 thread each" "$P0_API" "$P0_CONSOLE"
     hop=$(awk -v t="$M_TPOT" -v s="$SOLO1" -v k="$k" 'BEGIN { printf "%.3f", (t - s) / k }')
+    ring_hop=$(awk -v r="$M_RING" -v k="$k" 'BEGIN { printf "%.0f", r / k * 1000 }')
     ratio=$(awk -v t="$M_TPOT" -v s="$SOLO2" 'BEGIN { printf "%.2f", s / t }')
-    echo "    per-hop overhead ${hop} ms (loopback RTT ~0); one stream vs solo at 2 threads: ${ratio}x"
+    echo "    per hop: ${ring_hop} us from the ring's counters; ${hop} ms from time per token less solo at 1 thread"
+    echo "    one stream vs solo at 2 threads: ${ratio}x"
     measure_parallel "$k stages, 1 thread each" "$k" "$P0_API"
     echo "    $k streams at once vs solo at 2 threads with 2 at once: $(awk -v a="$M_AGG" -v s="$SOLOAGG2" 'BEGIN { printf "%.2f", a / s }')x"
     stop_all
@@ -169,9 +182,15 @@ if [ "$ONLY" != loop ]; then
       measure "$k stages, ${d} ms one way ($NETNS_NETEM_BACKEND)" http://127.0.0.1:9337/v1 http://127.0.0.1:3131 "${in0[@]}"
       rtt=$("${in0[@]}" curl -sf http://127.0.0.1:3131/api/status | jq --arg m "$MODEL_ID" '[.plans[] | select(.model == $m)][0].counters.round_trip_ms')
       hop=$(awk -v t="$M_TPOT" -v s="$SOLO1" -v k="$k" -v d="$d" 'BEGIN { printf "%.3f", (t - s - k * d) / k }')
-      echo "    ring ${k} x ${d} ms; measured round trip ${rtt} ms; per-hop overhead ${hop} ms"
+      ring_hop=$(awk -v r="$M_RING" -v k="$k" -v d="$d" 'BEGIN { printf "%.0f", (r - k * d) / k * 1000 }')
+      echo "    ring ${k} x ${d} ms; round trip ${rtt} ms; per hop beyond the delay: ${ring_hop} us (counters), ${hop} ms (time per token less solo)"
       measure_parallel "$k stages, ${d} ms" "$k" http://127.0.0.1:9337/v1 "${in0[@]}"
-      for h in "${names[@]}"; do netns_stop_node "$h"; done
+      for h in "${names[@]}"; do
+        netns_stop_node "$h"
+        # The nfqueue stand-in is a Python process per namespace that burns
+        # CPU: end it before the next case, or it slows every later figure.
+        nfq=$(eval echo "\${NETNS_NFQ_${h}:-}"); [ -n "$nfq" ] && kill "$nfq" 2>/dev/null
+      done
     done
   done
 fi

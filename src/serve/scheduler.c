@@ -54,7 +54,8 @@ typedef struct sched_worker {
     pthread_t *threads;        /* (n_lanes) */
     int n_lanes, n_started;
     pthread_mutex_t lock;
-    pthread_cond_t cond;
+    pthread_cond_t *lane_cond; /* (n_lanes) a job for this lane */
+    int *idle;                 /* (n_lanes) the lane waits for a job */
     sched_job *head, *tail;
     int stop;
 } sched_worker;
@@ -145,7 +146,11 @@ static void *worker_main(void *arg)
     sched_worker *w = lane.w;
     for (;;) {
         pthread_mutex_lock(&w->lock);
-        while (!w->head && !w->stop) pthread_cond_wait(&w->cond, &w->lock);
+        while (!w->head && !w->stop) {
+            w->idle[lane.lane] = 1;
+            pthread_cond_wait(&w->lane_cond[lane.lane], &w->lock);
+        }
+        w->idle[lane.lane] = 0;
         if (w->stop && !w->head) { pthread_mutex_unlock(&w->lock); break; }
         sched_job *job = w->head;
         w->head = job->next_queued;
@@ -154,6 +159,26 @@ static void *worker_main(void *arg)
         worker_run_job(w, lane.lane, job);
     }
     return NULL;
+}
+
+/* Stops and joins a model's lane threads (jobs left on the queue stay). */
+static void sched_worker_stop(sched_worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->stop = 1;
+    for (int l = 0; w->lane_cond && l < w->n_lanes; l++) pthread_cond_signal(&w->lane_cond[l]);
+    pthread_mutex_unlock(&w->lock);
+    for (int l = 0; l < w->n_started; l++) pthread_join(w->threads[l], NULL);
+}
+
+static void sched_worker_free(sched_worker *w)
+{
+    for (int l = 0; w->lane_cond && l < w->n_lanes; l++) pthread_cond_destroy(&w->lane_cond[l]);
+    free(w->lane_cond);
+    free(w->idle);
+    free(w->threads);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
 }
 
 /* ---- loop thread ----------------------------------------------------------*/
@@ -235,21 +260,14 @@ void sched_free(sched *s)
     }
     for (int i = 0; i < s->n_workers; i++) {
         sched_worker *w = s->workers[i];
-        pthread_mutex_lock(&w->lock);
-        w->stop = 1;
-        pthread_cond_broadcast(&w->cond);
-        pthread_mutex_unlock(&w->lock);
-        for (int l = 0; l < w->n_started; l++) pthread_join(w->threads[l], NULL);
+        sched_worker_stop(w);
     }
     /* Workers are gone; jobs never started are still on their queues. */
     while (s->all) job_free(s->all);
     for (int i = 0; i < s->n_workers; i++) {
         sched_worker *w = s->workers[i];
         engine_model_free(w->model);
-        free(w->threads);
-        pthread_mutex_destroy(&w->lock);
-        pthread_cond_destroy(&w->cond);
-        free(w);
+        sched_worker_free(w);
     }
     event_free(s->wake);
     pthread_mutex_destroy(&s->lock);
@@ -266,9 +284,11 @@ int sched_add_model(sched *s, engine_model *m)
     w->model = m;
     w->n_lanes = engine_model_lanes(m);
     w->threads = calloc((size_t)w->n_lanes, sizeof *w->threads);
+    w->lane_cond = calloc((size_t)w->n_lanes, sizeof *w->lane_cond);
+    w->idle = calloc((size_t)w->n_lanes, sizeof *w->idle);
     pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->cond, NULL);
-    for (int l = 0; w->threads && l < w->n_lanes; l++) {
+    for (int l = 0; w->lane_cond && l < w->n_lanes; l++) pthread_cond_init(&w->lane_cond[l], NULL);
+    for (int l = 0; w->threads && w->lane_cond && w->idle && l < w->n_lanes; l++) {
         sched_lane *arg = malloc(sizeof *arg);
         if (!arg) break;
         arg->w = w;
@@ -280,15 +300,8 @@ int sched_add_model(sched *s, engine_model *m)
         w->n_started++;
     }
     if (w->n_started < w->n_lanes) {
-        pthread_mutex_lock(&w->lock);
-        w->stop = 1;
-        pthread_cond_broadcast(&w->cond);
-        pthread_mutex_unlock(&w->lock);
-        for (int l = 0; l < w->n_started; l++) pthread_join(w->threads[l], NULL);
-        free(w->threads);
-        pthread_mutex_destroy(&w->lock);
-        pthread_cond_destroy(&w->cond);
-        free(w);
+        sched_worker_stop(w);
+        sched_worker_free(w);
         return -1;
     }
     s->workers[s->n_workers++] = w;
@@ -348,7 +361,15 @@ sched_job *sched_submit(sched *s, const char *model_id, const engine_request *re
     if (w->tail) w->tail->next_queued = job;
     else w->head = job;
     w->tail = job;
-    pthread_cond_signal(&w->cond);
+    /* The lowest idle lane takes it: one client's requests then keep
+     * landing on the same lane, whose cached prefix (a chat's earlier
+     * turns, a repeated system prompt) is reused. */
+    for (int l = 0; l < w->n_lanes; l++)
+        if (w->idle[l]) {
+            w->idle[l] = 0;
+            pthread_cond_signal(&w->lane_cond[l]);
+            break;
+        }
     pthread_mutex_unlock(&w->lock);
     return job;
 }

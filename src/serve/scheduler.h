@@ -4,9 +4,10 @@
  * (engine_model_lanes: each lane has its own KV cache, so that many jobs run
  * at once; the engine serialises their compute on the model's thread pool,
  * and a lane waiting on a pipeline's other stages leaves it to the others;
- * batching several requests in one pass is a later step). Generated text
- * travels back to the event-loop thread:
- * the worker appends it to the job under the scheduler's lock and wakes the
+ * batching several requests in one pass is a later step). The lowest idle
+ * lane takes a new job, so that one client's requests keep landing on the
+ * lane whose cache holds their prefix. Generated text travels back to the
+ * event-loop thread: the worker appends it to the job under the scheduler's lock and wakes the
  * loop with one shared event; callbacks then run on the loop thread.
  *
  * Threading: every function here is for the event-loop thread only. Workers
