@@ -458,6 +458,22 @@ static const model_spec bench_specs[] = {
 };
 #undef Q8
 
+/* Writes the spec called name from table with n_layer layers and an n_ctx
+ * context to path: 1 when written, 0 when the table has no such name. */
+static int write_spec(const model_spec *table, size_t n, const char *name, int n_layer, int n_ctx,
+                      const char *path)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(table[i].name, name)) continue;
+        model_writer_params p = table[i].p;
+        p.n_layer = n_layer;
+        p.n_ctx = n_ctx;
+        if (model_writer_write(path, &p)) die("cannot write the model");
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "vocabs")) {
@@ -474,30 +490,10 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc == 4 && !strcmp(argv[1], "model")) {
-        for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
-            if (strcmp(specs[i].name, argv[2])) continue;
-            model_writer_params p = specs[i].p;
-            p.n_layer = 2;
-            p.n_ctx = 4096;
-            if (model_writer_write(argv[3], &p)) die("cannot write the model");
+        if (write_spec(specs, sizeof specs / sizeof specs[0], argv[2], 2, 4096, argv[3]) ||
+            write_spec(split_specs, sizeof split_specs / sizeof split_specs[0], argv[2], 6, 512, argv[3]) ||
+            write_spec(bench_specs, sizeof bench_specs / sizeof bench_specs[0], argv[2], 24, 4096, argv[3]))
             return 0;
-        }
-        for (size_t i = 0; i < sizeof split_specs / sizeof split_specs[0]; i++) {
-            if (strcmp(split_specs[i].name, argv[2])) continue;
-            model_writer_params p = split_specs[i].p;
-            p.n_layer = 6;
-            p.n_ctx = 512;
-            if (model_writer_write(argv[3], &p)) die("cannot write the model");
-            return 0;
-        }
-        for (size_t i = 0; i < sizeof bench_specs / sizeof bench_specs[0]; i++) {
-            if (strcmp(bench_specs[i].name, argv[2])) continue;
-            model_writer_params p = bench_specs[i].p;
-            p.n_layer = 24;
-            p.n_ctx = 4096;
-            if (model_writer_write(argv[3], &p)) die("cannot write the model");
-            return 0;
-        }
         die("unknown model name (see 'make_models list' and 'list-split')");
     }
     fprintf(stderr, "usage: make_models vocabs DIR | list | list-split | model NAME PATH\n");
