@@ -868,42 +868,65 @@ void pipelines_free(pipelines *ps)
 /* queries                                                                   */
 /* ======================================================================== */
 
-int pipelines_model_state(const pipelines *ps, const char *model_id, char *reason, size_t cap)
+/* Calls fn for every plan in the records of peers that are alive (or, with
+ * any_live, anything but dead or left), until it returns nonzero; returns
+ * that value, or 0. A record whose plans do not decode is skipped. */
+typedef int (*peer_plan_fn)(void *ctx, const plan *pl, const char *coordinator_hex);
+static int each_peer_plan(const pipelines *ps, int any_live, peer_plan_fn fn, void *ctx)
 {
-    reason[0] = 0;
-    for (int i = 0; i < ps->n_pipes; i++) {
-        const pipe *p = ps->pipes[i];
-        if (strcmp(p->id, model_id)) continue;
-        if (p->plan.state == PLAN_READY) return PIPELINE_READY;
-        if (p->plan.state == PLAN_PLANNING)
-            snprintf(reason, cap, "model %s is not running: %s", model_id, p->plan.reason);
-        else
-            snprintf(reason, cap, "model %s is loading (%d stages)", model_id, p->plan.n_stages);
-        return PIPELINE_NOT_READY;
-    }
-    /* Plans in other nodes' records. */
-    static mesh_peer peers[256];
+    static mesh_peer peers[256];      /* loop thread only: big, not on its stack */
     static uint8_t app[MESH_MAX_APP];
     static plan plans[PLAN_MAX_PLANS];
     int n = mesh_peers(ps->mesh, peers, 256);
     for (int i = 0; i < n && i < 256; i++) {
-        if (!peers[i].app_len || strcmp(peers[i].state, "alive")) continue;
+        const char *st = peers[i].state;
+        if (!peers[i].app_len || (any_live ? !strcmp(st, "dead") || !strcmp(st, "left") : !!strcmp(st, "alive")))
+            continue;
         uint8_t id[MESH_ID_BYTES];
         if (identity_id_from_hex(peers[i].id, id) != 0) continue;
         int len = mesh_node_app_data(ps->mesh, id, app, sizeof app);
         char err[128];
         int np = len > 0 ? plan_decode_list(app, (size_t)len, plans, PLAN_MAX_PLANS, err, sizeof err) : 0;
         for (int j = 0; j < np; j++) {
-            if (strcmp(plans[j].model, model_id)) continue;
-            if (plans[j].state == PLAN_READY) return PIPELINE_READY;
-            if (plans[j].state == PLAN_PLANNING)
-                snprintf(reason, cap, "model %s is not running: %s", model_id, plans[j].reason);
-            else
-                snprintf(reason, cap, "model %s is loading (%d stages)", model_id, plans[j].n_stages);
-            return PIPELINE_NOT_READY;
+            int rc = fn(ctx, &plans[j], peers[i].id);
+            if (rc) return rc;
         }
     }
-    return PIPELINE_UNKNOWN;
+    return 0;
+}
+
+/* Where a model stands by its plan, with the reason when it is not ready. */
+static int plan_model_state(const plan *pl, char *reason, size_t cap)
+{
+    if (pl->state == PLAN_READY) return PIPELINE_READY;
+    if (pl->state == PLAN_PLANNING)
+        snprintf(reason, cap, "model %s is not running: %s", pl->model, pl->reason);
+    else
+        snprintf(reason, cap, "model %s is loading (%d stages)", pl->model, pl->n_stages);
+    return PIPELINE_NOT_READY;
+}
+
+typedef struct {
+    const char *model;
+    char *reason;
+    size_t cap;
+} state_query;
+
+static int state_of_peer_plan(void *ctx, const plan *pl, const char *coordinator_hex)
+{
+    state_query *q = ctx;
+    (void)coordinator_hex;
+    return strcmp(pl->model, q->model) ? 0 : plan_model_state(pl, q->reason, q->cap);
+}
+
+int pipelines_model_state(const pipelines *ps, const char *model_id, char *reason, size_t cap)
+{
+    reason[0] = 0;
+    for (int i = 0; i < ps->n_pipes; i++)
+        if (!strcmp(ps->pipes[i]->id, model_id)) return plan_model_state(&ps->pipes[i]->plan, reason, cap);
+    state_query q = {model_id, reason, cap};
+    int rc = each_peer_plan(ps, 0, state_of_peer_plan, &q);
+    return rc ? rc : PIPELINE_UNKNOWN;
 }
 
 static void status_plan(cJSON *list, const plan *pl, const char *coordinator, const pipe *own)
@@ -955,22 +978,16 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
     cJSON_AddItemToArray(list, o);
 }
 
+static int status_peer_plan(void *ctx, const plan *pl, const char *coordinator_hex)
+{
+    status_plan(ctx, pl, coordinator_hex, NULL);
+    return 0;
+}
+
 void pipelines_status(const pipelines *ps, cJSON *root)
 {
     cJSON *list = cJSON_AddArrayToObject(root, "plans");
     const char *self = mesh_node_id_hex(ps->mesh);
     for (int i = 0; i < ps->n_pipes; i++) status_plan(list, &ps->pipes[i]->plan, self, ps->pipes[i]);
-    static mesh_peer peers[256];
-    static uint8_t app[MESH_MAX_APP];
-    static plan plans[PLAN_MAX_PLANS];
-    int n = mesh_peers(ps->mesh, peers, 256);
-    for (int i = 0; i < n && i < 256; i++) {
-        if (!peers[i].app_len || !strcmp(peers[i].state, "dead") || !strcmp(peers[i].state, "left")) continue;
-        uint8_t id[MESH_ID_BYTES];
-        if (identity_id_from_hex(peers[i].id, id) != 0) continue;
-        int len = mesh_node_app_data(ps->mesh, id, app, sizeof app);
-        char err[128];
-        int np = len > 0 ? plan_decode_list(app, (size_t)len, plans, PLAN_MAX_PLANS, err, sizeof err) : 0;
-        for (int j = 0; j < np; j++) status_plan(list, &plans[j], peers[i].id, NULL);
-    }
+    each_peer_plan(ps, 1, status_peer_plan, list);
 }

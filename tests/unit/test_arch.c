@@ -24,15 +24,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static const char *tmp_path(const char *name)
-{
-    static char buf[4][512];
-    static int next;
-    char *p = buf[next++ % 4];
-    snprintf(p, 512, "%s/%s", testlib_tmpdir(), name);
-    return p;
-}
-
 /* ---- loading ---------------------------------------------------------------- */
 
 typedef struct {
@@ -127,7 +118,7 @@ static void test_forward_matches_reference(void)
         p.n_head_kv = cases[c].kv;
         if (cases[c].phi3 == 1) p.n_ctx_orig = 512, p.separate_qkv = 1;
         if (cases[c].phi3 == 2) p.longrope = 0, p.n_ctx_orig = 0, p.attn_factor = 0, p.n_rot = 0, p.n_swa = 2047;
-        const char *path = tmp_path("ref.gguf");
+        const char *path = testlib_tmp_path("ref.gguf");
         REQUIRE(model_writer_write(path, &p) == 0);
         loaded L = load(path);
         REQUIRE(L.m);
@@ -182,7 +173,7 @@ static void test_each_feature_matters(void)
         model_writer_params p = small(cases[c].arch, 60 + c);
         p.rope_freqs = cases[c].rope_freqs;
         p.llama3_keys = cases[c].llama3;
-        const char *path = tmp_path("feature.gguf");
+        const char *path = testlib_tmp_path("feature.gguf");
         REQUIRE(model_writer_write(path, &p) == 0);
         loaded L = load(path);
         REQUIRE(L.m);
@@ -219,7 +210,7 @@ static void test_batching_and_threads_are_exact(void)
         model_writer_params p = small(arches[a], 40 + a);
         p.type = GGML_TYPE_Q8_0;
         p.rope_freqs = a == 0;
-        const char *path = tmp_path("batch.gguf");
+        const char *path = testlib_tmp_path("batch.gguf");
         REQUIRE(model_writer_write(path, &p) == 0);
         loaded L = load(path);
         REQUIRE(L.m);
@@ -250,7 +241,7 @@ static const char *load_error(const model_writer_params *p, const char *extra_te
 {
     static char err[256];
     err[0] = 0;
-    const char *path = tmp_path("bad.gguf");
+    const char *path = testlib_tmp_path("bad.gguf");
     REQUIRE(model_writer_write(path, p) == 0);
     if (extra_tensor) { /* rewrite with one more tensor: cheapest through a fresh writer */
         gguf_file *f0 = gguf_open(path, err, sizeof err);
@@ -363,7 +354,7 @@ static int collect(void *user, const char *piece, size_t len)
  * batch equals token by token. */
 static void run_real_shape(const char *what, model_writer_params p)
 {
-    const char *path = tmp_path("real.gguf");
+    const char *path = testlib_tmp_path("real.gguf");
     p.type = GGML_TYPE_Q8_0;
     p.fast_random = 1;
     p.n_layer = 2;

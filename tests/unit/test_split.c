@@ -25,15 +25,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-static const char *tmp_path(const char *name)
-{
-    static char buf[4][512];
-    static int next;
-    char *p = buf[next++ % 4];
-    snprintf(p, 512, "%s/%s", testlib_tmpdir(), name);
-    return p;
-}
-
 enum { MAX_LANES = 2, MAX_BREAKS = 4 };
 
 /* ---- the fake tail ------------------------------------------------------------ */
@@ -419,7 +410,7 @@ static void test_split_matches_solo(void)
     const char *arches[] = {"llama", "qwen2", "gemma3", "phi3"};
     for (size_t a = 0; a < sizeof arches / sizeof arches[0]; a++) {
         model_writer_params p = model_writer_small(arches[a], a % 2 ? GGML_TYPE_Q8_0 : GGML_TYPE_F32, 20 + a);
-        const char *path = tmp_path("split.gguf");
+        const char *path = testlib_tmp_path("split.gguf");
         REQUIRE(model_writer_write(path, &p) == 0);
         engine_model *solo = load(path, 1, 2);
         transcript want = {0};
@@ -458,7 +449,7 @@ static void test_breaks_replay_exactly(void)
     const char *arches[] = {"llama", "gemma3"};
     for (size_t a = 0; a < sizeof arches / sizeof arches[0]; a++) {
         model_writer_params p = model_writer_small(arches[a], GGML_TYPE_Q8_0, 40 + a);
-        const char *path = tmp_path("break.gguf");
+        const char *path = testlib_tmp_path("break.gguf");
         REQUIRE(model_writer_write(path, &p) == 0);
         int L = p.n_layer;
         engine_model *solo = load(path, 1, 1);
@@ -514,7 +505,7 @@ static void test_breaks_replay_exactly(void)
 static void test_tail_failures(void)
 {
     model_writer_params p = model_writer_small("qwen2", GGML_TYPE_F32, 3);
-    const char *path = tmp_path("fail.gguf");
+    const char *path = testlib_tmp_path("fail.gguf");
     REQUIRE(model_writer_write(path, &p) == 0);
     engine_model *em = load(path, 1, 1);
     fake_tail *t = tail_new(path, em, 0, 0);
@@ -564,7 +555,7 @@ static void test_tail_failures(void)
 static void test_prefix_replayed_after_set_split(void)
 {
     model_writer_params p = model_writer_small("llama", GGML_TYPE_F32, 8);
-    const char *path = tmp_path("prefix.gguf");
+    const char *path = testlib_tmp_path("prefix.gguf");
     REQUIRE(model_writer_write(path, &p) == 0);
     engine_model *em = load(path, 1, 1);
     fake_tail *t = tail_new(path, em, 0, 0);
@@ -609,7 +600,7 @@ static void *lane_thread(void *arg)
 static void test_lanes_run_concurrently(void)
 {
     model_writer_params p = model_writer_small("phi3", GGML_TYPE_Q8_0, 12);
-    const char *path = tmp_path("lanes.gguf");
+    const char *path = testlib_tmp_path("lanes.gguf");
     REQUIRE(model_writer_write(path, &p) == 0);
     engine_model *solo = load(path, 1, 1);
     transcript want = {0};
@@ -672,7 +663,7 @@ static int keep_stage0(void *ctx, const char *name)
 static void test_load_opts_and_stage0_file(void)
 {
     model_writer_params p = model_writer_small("qwen2", GGML_TYPE_F32, 30);
-    const char *path = tmp_path("opts.gguf");
+    const char *path = testlib_tmp_path("opts.gguf");
     REQUIRE(model_writer_write(path, &p) == 0);
     char err[512];
     engine_load_opts o = {.n_threads = 1, .n_ctx = 300};
@@ -694,7 +685,7 @@ static void test_load_opts_and_stage0_file(void)
     free(got.buf);
 
     /* the stage-0 file: metadata, the head and layers 0-1 */
-    const char *part = tmp_path("stage0.gguf");
+    const char *part = testlib_tmp_path("stage0.gguf");
     REQUIRE(model_writer_copy(path, part, keep_stage0, &p.n_layer) == 0);
     CHECK(!engine_model_load(part, 1, err, sizeof err)); /* not a whole model */
     CHECK(strstr(err, "blk.2.") != NULL);

@@ -19,15 +19,6 @@
 
 #include <stdlib.h>
 
-static const char *tmp_path(const char *name)
-{
-    static char buf[8][512];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, 512, "%s/%s", testlib_tmpdir(), name);
-    return p;
-}
-
 /* ---- partial files ------------------------------------------------------------ */
 
 typedef struct {
@@ -120,7 +111,7 @@ static void test_parts_match_whole(void)
     for (size_t a = 0; a < sizeof arches / sizeof arches[0]; a++) {
         for (size_t t = 0; t < 2; t++) {
             model_writer_params p = model_writer_small(arches[a], types[t], 100 + 10 * a + t);
-            const char *path = tmp_path("whole.gguf");
+            const char *path = testlib_tmp_path("whole.gguf");
             REQUIRE(model_writer_write(path, &p) == 0);
             stage whole;
             REQUIRE(stage_open(&whole, path, NULL) == 0);
@@ -141,7 +132,7 @@ static void test_parts_match_whole(void)
                         if (partial) { /* a file of the part's tensors only, loaded as what it holds */
                             char name[32];
                             snprintf(name, sizeof name, "part%d.gguf", i);
-                            file = tmp_path(name);
+                            file = testlib_tmp_path(name);
                             write_partial(path, &splits[sp][i], L, file);
                             gguf_file *f = gguf_open(file, err, sizeof err);
                             REQUIRE(f);
@@ -192,7 +183,7 @@ static int keep_no_layer_1_3(void *ctx, const char *name)
 static void test_bad_parts(void)
 {
     model_writer_params p = model_writer_small("llama", GGML_TYPE_F32, 5);
-    const char *path = tmp_path("bad.gguf");
+    const char *path = testlib_tmp_path("bad.gguf");
     REQUIRE(model_writer_write(path, &p) == 0);
     const char *e = part_error(path, (model_part){2, 2, 0});
     CHECK(strstr(e, "layers [2, 2) are not a part of this 4-layer model") != NULL);
@@ -203,7 +194,7 @@ static void test_bad_parts(void)
     CHECK(part_error(path, (model_part){3, 4, 0})[0] == 0);
 
     /* a partial file: layers 1-2 without the head */
-    const char *part12 = tmp_path("part12.gguf");
+    const char *part12 = testlib_tmp_path("part12.gguf");
     write_partial(path, &(model_part){1, 3, 0}, 4, part12);
     CHECK(part_error(part12, (model_part){1, 3, 0})[0] == 0);
     CHECK(part_error(part12, (model_part){2, 3, 0})[0] == 0);
@@ -252,7 +243,7 @@ static void test_bad_parts(void)
     REQUIRE(model_file_part(f, &held, err, sizeof err) == 0);
     CHECK(held.first == 1 && held.end == 3 && held.head == 0);
     gguf_close(f);
-    const char *head0 = tmp_path("head0.gguf"), *gap = tmp_path("gap.gguf");
+    const char *head0 = testlib_tmp_path("head0.gguf"), *gap = testlib_tmp_path("gap.gguf");
     write_partial(path, &(model_part){0, 1, 1}, 4, head0);
     f = gguf_open(head0, err, sizeof err);
     REQUIRE(f);
@@ -284,7 +275,7 @@ static void test_sizes(void)
     static model_sizes z;
     for (size_t a = 0; a < sizeof arches / sizeof arches[0]; a++) {
         model_writer_params p = model_writer_small(arches[a], a % 2 ? GGML_TYPE_Q8_0 : GGML_TYPE_F32, 7 + a);
-        const char *path = tmp_path("sizes.gguf");
+        const char *path = testlib_tmp_path("sizes.gguf");
         REQUIRE(model_writer_write(path, &p) == 0);
         gguf_file *f = gguf_open(path, err, sizeof err);
         REQUIRE(f);
