@@ -371,6 +371,14 @@ static void final_run(work *w)
         snprintf(f->error, sizeof f->error, "cannot sync %s: %s", f->part, strerror(errno));
         return;
     }
+    /* The pages are clean now: drop them, so that the stage maps pages the
+     * kernel reads back through readahead (large folios) rather than the
+     * ones our chunked pwrites left. Measured on the development VM (kernel
+     * 6.18, ext4): stage compute over 12 layers of the bench model 14.7 ms
+     * per token on the written pages, 12.2 ms after they were read back
+     * (docs/weights.md, "Page cache after a fetch"). Advice only: a kernel
+     * that ignores it costs speed, never data. */
+    posix_fadvise(f->fd, 0, 0, POSIX_FADV_DONTNEED);
     if (rename(f->part, f->final) != 0) {
         snprintf(f->error, sizeof f->error, "cannot rename %s: %s", f->part, strerror(errno));
         return;
