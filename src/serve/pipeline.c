@@ -52,6 +52,9 @@
 #define PIPE_RECEIVE_TIMEOUT_S 120  /* a lane waiting longer on the pipeline gives up */
 #define PIPE_RESUME_TIMEOUT_S 600   /* loading a new plan (fetching weights) may take this long */
 #define PIPE_MAX_AVOID 8
+#define PIPE_DECODE_POSITIONS 4     /* a FORWARD this short is a decode step (spin for its reply) */
+#define PIPE_SPIN_EARLY_US 200      /* a lane starts polling for its reply this long before it is due */
+#define PIPE_SPIN_LATE_US 500       /* and goes to sleep this long after */
 
 typedef struct pipe_out {
     struct pipe_out *next;
@@ -65,6 +68,8 @@ typedef struct {
     int cap_rows;
     int got;              /* rows received since the last receive */
     int broken;
+    int decode_sent;      /* the frame in flight is a decode step (a few positions) */
+    uint64_t decode_rt_us;/* moving average of a decode step's round trip, 0 = none yet */
 } pipe_lane;
 
 typedef struct pipe {
@@ -163,6 +168,7 @@ static int tail_send(void *ctx, int lane, int pos, int n, const float *x, int ro
     }
     o->epoch = p->epoch;
     if (rows != ENGINE_ROWS_NONE) p->sent_at_us[lane] = now_us();
+    p->lanes[lane].decode_sent = rows != ENGINE_ROWS_NONE && n <= PIPE_DECODE_POSITIONS;
     if (p->out_tail) p->out_tail->next = o;
     else p->out_head = o;
     p->out_tail = o;
@@ -180,6 +186,46 @@ static struct timespec deadline_after(int seconds)
     return t;
 }
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Waits (p->lock held) for the reply to a decode step by polling around the
+ * time it is due: one ring round trip after the send, as the last ones
+ * took. Sleeping on the condition instead puts a thread wake-up (~65 us on
+ * the development VM) on the path of every token. Until shortly before the
+ * reply is due the lane sleeps (a timed wait, off the critical path), then
+ * polls with the lock released between looks, PIPE_SPIN_EARLY_US +
+ * PIPE_SPIN_LATE_US at most: a few percent of a core at tens of tokens per
+ * second. A late reply is then waited for on the condition as before. */
+static void tail_wait_due(pipe *p, pipe_lane *L, int lane, int n_rows)
+{
+    uint64_t sent = p->sent_at_us[lane];
+    if (!L->decode_sent || !L->decode_rt_us || !sent) return;
+    uint64_t due = sent + L->decode_rt_us;
+    uint64_t from = due > PIPE_SPIN_EARLY_US ? due - PIPE_SPIN_EARLY_US : 0;
+    uint64_t until = due + PIPE_SPIN_LATE_US;
+    uint64_t t = now_us();
+    if (t < from) {
+        struct timespec at;
+        clock_gettime(CLOCK_REALTIME, &at);
+        uint64_t ns = (uint64_t)at.tv_nsec + (from - t) * 1000;
+        at.tv_sec += (time_t)(ns / 1000000000);
+        at.tv_nsec = (long)(ns % 1000000000);
+        int rc = 0;
+        while (!p->closed && !L->broken && L->got < n_rows && rc != ETIMEDOUT)
+            rc = pthread_cond_timedwait(&p->cond, &p->lock, &at);
+    }
+    while (!p->closed && !L->broken && L->got < n_rows && now_us() < until) {
+        pthread_mutex_unlock(&p->lock);
+        for (int i = 0; i < 64; i++) cpu_relax();
+        pthread_mutex_lock(&p->lock);
+    }
+}
+
 static int tail_receive(void *ctx, int lane, float *out, int n_rows, char *err, size_t errlen)
 {
     pipe *p = ctx;
@@ -187,6 +233,7 @@ static int tail_receive(void *ctx, int lane, float *out, int n_rows, char *err, 
     struct timespec deadline = deadline_after(PIPE_RECEIVE_TIMEOUT_S);
     int rc = 0;
     pthread_mutex_lock(&p->lock);
+    tail_wait_due(p, L, lane, n_rows);
     while (!p->closed && !L->broken && L->got < n_rows && rc != ETIMEDOUT)
         rc = pthread_cond_timedwait(&p->cond, &p->lock, &deadline);
     if (p->closed) {
@@ -640,9 +687,12 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
             L->got += o.n;
             p->recv_rows += o.n;
             if (p->sent_at_us[o.lane]) {
+                uint64_t rt = now_us() - p->sent_at_us[o.lane];
                 p->round_trips++;
-                p->round_trip_us += now_us() - p->sent_at_us[o.lane];
+                p->round_trip_us += rt;
                 p->sent_at_us[o.lane] = 0;
+                if (L->decode_sent)
+                    L->decode_rt_us = L->decode_rt_us ? (3 * L->decode_rt_us + rt) / 4 : rt;
             }
         }
         pthread_cond_broadcast(&p->cond);

@@ -9,7 +9,9 @@
  * Hand-off between the loop and a stage's worker: the loop copies each
  * FORWARD/FAIL frame into a job on the stage's queue (its own lock and
  * condition); the worker computes and puts the frame to send into the host's
- * outbox (the host's lock), then wakes the loop with one event. Outbox
+ * outbox (the host's lock), then wakes the loop with one event. A decode
+ * step (a FORWARD of a few positions) that finds the worker idle skips all
+ * that and runs on the loop thread (in_on_frame says why). Outbox
  * entries name their stage by id, not pointer: a stage may be freed while
  * its last frames wait, and those are then dropped.
  *
@@ -39,6 +41,7 @@
 #define STAGE_LOG "stage"
 #define STAGE_STATUS_EVERY_MS 250  /* fetch progress to the coordinator at most this often */
 #define STAGE_STATS_EVERY_MS 1000
+#define STAGE_INLINE_POSITIONS 4   /* FORWARDs this short run on the loop thread (see in_on_frame) */
 
 typedef struct stage_job {
     struct stage_job *next;
@@ -77,6 +80,7 @@ typedef struct stage_run {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     stage_job *head, *tail;
+    int busy;                     /* a FORWARD is being computed (worker or loop) */
     int stop;
     stage_stats stats;            /* under lock */
     stage_stats stats_sent;       /* loop thread */
@@ -230,6 +234,7 @@ static void *worker_main(void *arg)
         stage_job *j = r->head;
         r->head = j->next;
         if (!r->head) r->tail = NULL;
+        r->busy = 1;
         pthread_mutex_unlock(&r->lock);
         if (j->frame[0] == STAGE_FAIL) {
             outbox_put(r, j->frame, j->len, NULL, 0); /* pass it on towards stage 0 */
@@ -241,6 +246,9 @@ static void *worker_main(void *arg)
                 worker_forward(r, &f);
         }
         free(j);
+        pthread_mutex_lock(&r->lock);
+        r->busy = 0;
+        pthread_mutex_unlock(&r->lock);
     }
     return NULL;
 }
@@ -543,6 +551,8 @@ static void in_drop(data_in *in, mesh_stream *s)
     free(in);
 }
 
+static void host_on_wake(evutil_socket_t fd, short what, void *arg);
+
 static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len)
 {
     data_in *in = user;
@@ -582,6 +592,7 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
         free(in);
         return;
     }
+    stage_states f = {0};
     if (len > 0 && p[0] == STAGE_FAIL) {
         uint16_t lane;
         char msg[STAGE_MAX_MESSAGE + 1];
@@ -591,7 +602,6 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
             goto bad;
         }
     } else {
-        stage_states f;
         if (stage_decode_states(p, len, r->a.n_embd, &f, err, sizeof err) != 0 || p[0] != STAGE_FORWARD)
             goto bad;
         /* In 64 bits: pos near 2^32 must not wrap into the context. */
@@ -601,6 +611,27 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
                      "not ready", f.lane, f.pos, f.n, r->a.n_lanes, r->a.n_ctx);
             goto bad;
         }
+    }
+    /* A FORWARD of a few positions (a decode step) runs here, on the loop
+     * thread, when the worker has nothing to do: handing it over would cost
+     * two thread wake-ups on every hop of every token (the worker's, then
+     * the loop's to send the result), measured at ~70 us each on the
+     * development VM, and the loop would wait for the result anyway. Longer
+     * FORWARDs (prompt chunks, up to seconds) go to the worker, so the loop
+     * never stops for long; the worker being idle with an empty queue keeps
+     * the lane's order and leaves the hidden-state buffer and the thread
+     * pool to one thread at a time. */
+    pthread_mutex_lock(&r->lock);
+    int inline_ok = f.n > 0 && f.n <= STAGE_INLINE_POSITIONS && !r->head && !r->busy;
+    if (inline_ok) r->busy = 1;
+    pthread_mutex_unlock(&r->lock);
+    if (inline_ok) {
+        worker_forward(r, &f);
+        pthread_mutex_lock(&r->lock);
+        r->busy = 0;
+        pthread_mutex_unlock(&r->lock);
+        host_on_wake(-1, 0, h); /* send it now, not on the next loop turn */
+        return;
     }
     stage_job *j = malloc(sizeof *j + len);
     if (!j) return;
