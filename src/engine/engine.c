@@ -45,6 +45,8 @@ typedef struct {
     float *hidden;        /* (MODEL_BATCH, n_embd) hidden states handed to the tail */
     float *rows;          /* (MODEL_BATCH, n_embd) final hidden states received from it */
     uint64_t generation;  /* the split generation the caches belong to; 0: none (replay) */
+    engine_output_fn wanted; /* the running request's output, asked "still wanted?" while */
+    void *wanted_user;       /* a broken split is replaced (NULL: nobody to ask) */
 } engine_lane;
 
 /* Where layers run: a snapshot is taken under split_lock by each evaluation. */
@@ -600,7 +602,17 @@ static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int f
             snprintf(err, errlen, "the pipeline broke %d times in a row", breaks);
             return -1;
         }
-        if (sp.tail.resume(sp.tail.ctx, lane, err, errlen) != 0) return -1;
+        for (;;) {
+            int r = sp.tail.resume(sp.tail.ctx, lane, err, errlen);
+            if (r == 0) break;
+            if (r != ENGINE_TAIL_WAITING) return -1;
+            /* A client that left should not hold the lane until a new
+             * pipeline loads (which may mean fetching gigabytes). */
+            if (ln->wanted && ln->wanted(ln->wanted_user, "", 0, NULL, 0)) {
+                snprintf(err, errlen, "cancelled");
+                return -1;
+            }
+        }
     }
 }
 
@@ -798,6 +810,8 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
         return -1;
     }
     engine_lane *ln = &m->lanes[lane];
+    ln->wanted = on_output;
+    ln->wanted_user = user;
     int n_vocab = tokenizer_n_vocab(m->tok);
     int n_ctx = m->n_ctx;
     int n_top = r->top_logprobs < 0 ? 0 : r->top_logprobs > ENGINE_MAX_TOP_LOGPROBS
@@ -978,6 +992,7 @@ int engine_perplexity(engine_model *m, const char *text, size_t len, int n_ctx,
                       engine_perplexity_result *result, char *err, size_t errlen)
 {
     memset(result, 0, sizeof *result);
+    m->lanes[0].wanted = NULL; /* nobody to ask: a replaced split is waited for */
     int model_ctx = m->n_ctx;
     if (n_ctx <= 0) n_ctx = PERPLEXITY_DEFAULT_CTX < model_ctx ? PERPLEXITY_DEFAULT_CTX : model_ctx;
     if (n_ctx < 2 || n_ctx > model_ctx) {

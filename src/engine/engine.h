@@ -147,7 +147,9 @@ void engine_request_defaults(engine_request *r); /* empty text prompt, default s
  * tokens that lie wholly inside it. Tokens follow the text they produce
  * (a token whose bytes are still held back comes with a later call). Prompt
  * tokens (echo_logprobs) come first, with empty text. Return nonzero to
- * stop (finish_reason "stop"). */
+ * stop (finish_reason "stop"). While the request waits for a broken split's
+ * new pipeline, it is called with nothing (len 0, no tokens) about once a
+ * second: nonzero then ends the request with the error "cancelled". */
 typedef int (*engine_output_fn)(void *user, const char *text, size_t len,
                                 const engine_token *tokens, int n_tokens);
 
@@ -167,6 +169,7 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
 /* ---- split: this engine as stage 0 of a pipeline ---- */
 
 #define ENGINE_TAIL_BROKEN (-2) /* the pipeline broke: resume, then replay */
+#define ENGINE_TAIL_WAITING (-3) /* resume: no new pipeline yet, ask again */
 /* Final hidden states a send asks back: none, the last position's, or all. */
 enum { ENGINE_ROWS_NONE = 0, ENGINE_ROWS_LAST = 1, ENGINE_ROWS_ALL = 2 };
 
@@ -187,10 +190,13 @@ typedef struct {
     /* Waits for the rows asked by the sends since the last receive, in order:
      * out (n_rows, n_embd). 0, -1 or ENGINE_TAIL_BROKEN. */
     int (*receive)(void *ctx, int lane, float *out, int n_rows, char *err, size_t errlen);
-    /* After BROKEN: blocks until a new pipeline is in place (engine_set_split
-     * has been called meanwhile) or it is known that none will be: 0, or -1
-     * with the reason (e.g. "no memory left in the mesh for layers 12-23"),
-     * which ends the request with that error. */
+    /* After BROKEN: waits for a new pipeline, about a second at most. 0 when
+     * one is in place (engine_set_split has been called meanwhile);
+     * ENGINE_TAIL_WAITING when none is yet: the engine asks the request
+     * whether it is still wanted (an empty on_output) and calls again; -1
+     * with the reason when it is known that none will come (e.g. "no memory
+     * left in the mesh for layers 12-23"), which ends the request with that
+     * error. The tail bounds the whole wait. */
     int (*resume)(void *ctx, int lane, char *err, size_t errlen);
 } engine_tail;
 

@@ -69,6 +69,8 @@ typedef struct {
     int got;              /* rows received since the last receive */
     int broken;
     int decode_sent;      /* the frame in flight is a decode step (a few positions) */
+    uint64_t resume_since_us; /* when the lane began to wait for a new pipeline */
+    uint64_t resume_last_us;  /* its last call to resume (a gap: a new wait) */
     uint64_t decode_rt_us;/* moving average of a decode step's round trip, 0 = none yet */
 } pipe_lane;
 
@@ -253,15 +255,26 @@ static int tail_receive(void *ctx, int lane, float *out, int n_rows, char *err, 
     return rc;
 }
 
+/* Waits a second at most for the new pipeline (the engine asks the request
+ * whether it is still wanted between calls), PIPE_RESUME_TIMEOUT_S in all. */
 static int tail_resume(void *ctx, int lane, char *err, size_t errlen)
 {
     pipe *p = ctx;
     pipe_lane *L = &p->lanes[lane];
-    struct timespec deadline = deadline_after(PIPE_RESUME_TIMEOUT_S);
+    struct timespec deadline = deadline_after(1);
     int rc = 0;
     pthread_mutex_lock(&p->lock);
+    uint64_t t = now_us();
+    if (!L->resume_since_us || t - L->resume_last_us > 3000000) L->resume_since_us = t;
+    L->resume_last_us = t;
     while (!p->closed && !p->failing && !p->ready && rc != ETIMEDOUT)
         rc = pthread_cond_timedwait(&p->cond, &p->lock, &deadline);
+    if (!p->closed && !p->failing && !p->ready &&
+        now_us() - L->resume_since_us < (uint64_t)PIPE_RESUME_TIMEOUT_S * 1000000) {
+        pthread_mutex_unlock(&p->lock);
+        return ENGINE_TAIL_WAITING;
+    }
+    L->resume_since_us = 0;
     if (p->closed) {
         snprintf(err, errlen, "the node is shutting down");
         rc = -1;

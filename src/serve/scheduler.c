@@ -94,6 +94,7 @@ static int worker_on_output(void *user, const char *text, size_t len, const engi
     sched_job *job = user;
     sched *s = job->s;
     if (atomic_load(&job->cancelled)) return 1;
+    if (len == 0 && n_tokens == 0) return 0; /* the engine asks "still wanted?" */
     pthread_mutex_lock(&s->lock);
     if (job->pending_len + len > job->pending_cap) {
         size_t cap = job->pending_cap ? job->pending_cap * 2 : 256;

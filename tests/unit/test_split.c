@@ -62,6 +62,7 @@ typedef struct {
     engine_model *em;
     int plan[8], n_plan, next_plan;
     int resume_fail, resumes;
+    int resume_waits;   /* resume says ENGINE_TAIL_WAITING this many times first */
     /* counting */
     int positions;      /* positions computed */
     int sends_at_zero;  /* sends of position 0 */
@@ -205,6 +206,11 @@ static int tail_resume(void *ctx, int lane, char *err, size_t errlen)
     tail_lane *tl = &t->lanes[lane];
     pthread_mutex_lock(&t->mu);
     t->resumes++;
+    if (t->resume_waits > 0) {
+        t->resume_waits--;
+        pthread_mutex_unlock(&t->mu);
+        return ENGINE_TAIL_WAITING;
+    }
     while (tl->done < tl->submitted) pthread_cond_wait(&t->cond, &t->mu); /* drop what was in flight */
     tl->n_out = 0;
     tl->error[0] = 0;
@@ -549,6 +555,71 @@ static void test_tail_failures(void)
     free(r);
 }
 
+/* Output that answers the engine's "still wanted?" (an empty call while a
+ * broken split is replaced): no once it has been asked cancel_after times
+ * (0: always yes). Everything else is recorded. */
+typedef struct {
+    transcript tr;
+    int probes, cancel_after;
+} probed;
+
+static int probed_output(void *user, const char *text, size_t len, const engine_token *tokens, int n)
+{
+    probed *p = user;
+    if (len == 0 && n == 0) {
+        p->probes++;
+        return p->cancel_after && p->probes >= p->cancel_after;
+    }
+    return record_output(&p->tr, text, len, tokens, n);
+}
+
+/* While the pipeline is being replaced, the engine asks the request between
+ * resume's waits whether it is still wanted: a client that left frees the
+ * lane at once; one that stays gets the same answer as without the wait. */
+static void test_resume_waits_and_cancel(void)
+{
+    model_writer_params p = model_writer_small("qwen2", GGML_TYPE_F32, 5);
+    const char *path = testlib_tmp_path("wait.gguf");
+    REQUIRE(model_writer_write(path, &p) == 0);
+    engine_request *r = malloc(sizeof *r);
+    make_request(0, r);
+    engine_result res;
+    char err[256];
+    engine_model *solo = load(path, 1, 1);
+    probed want = {0};
+    CHECK(engine_run(solo, r, probed_output, &want, &res, err, sizeof err) == 0);
+    CHECK_EQ_INT(want.probes, 0);
+
+    engine_model *em = load(path, 1, 1);
+    fake_tail *t = tail_new(path, em, 0, 0);
+    tail_set_split(t, 2);
+    t->n_breaks = 1;
+    t->breaks[0] = 3;
+    t->resume_waits = 1000; /* no new pipeline for a long time */
+    probed gone = {.cancel_after = 3};
+    CHECK(engine_run(em, r, probed_output, &gone, &res, err, sizeof err) == -1);
+    CHECK(strcmp(err, "cancelled") == 0);
+    CHECK_EQ_INT(gone.probes, 3);
+    CHECK_EQ_INT(t->resumes, 3);
+    free(gone.tr.buf);
+
+    /* the next request on the lane waits twice, then goes on to the answer */
+    t->calls = 0;
+    t->resumes = 0;
+    t->resume_waits = 2;
+    probed stays = {0};
+    CHECK(engine_run(em, r, probed_output, &stays, &res, err, sizeof err) == 0);
+    CHECK_EQ_INT(stays.probes, 2);
+    CHECK_EQ_INT(t->resumes, 3);
+    CHECK(same(&want.tr, &stays.tr, "after waiting for a new pipeline"));
+    free(stays.tr.buf);
+    free(want.tr.buf);
+    tail_free(t);
+    engine_model_free(em);
+    engine_model_free(solo);
+    free(r);
+}
+
 /* After engine_set_split a prompt that extends the cached one is evaluated
  * from position 0 (the other stages' caches are new); without one, only the
  * new positions travel. */
@@ -721,6 +792,7 @@ int main(void)
     RUN(test_split_matches_solo);
     RUN(test_breaks_replay_exactly);
     RUN(test_tail_failures);
+    RUN(test_resume_waits_and_cancel);
     RUN(test_prefix_replayed_after_set_split);
     RUN(test_lanes_run_concurrently);
     RUN(test_perplexity_through_split);
