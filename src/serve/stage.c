@@ -42,6 +42,7 @@
 #define STAGE_STATUS_EVERY_MS 250  /* fetch progress to the coordinator at most this often */
 #define STAGE_STATS_EVERY_MS 1000
 #define STAGE_INLINE_POSITIONS 4   /* FORWARDs this short run on the loop thread (see in_on_frame) */
+#define STAGE_INLINE_GAP_US 1000   /* ... unless the last one ended less than this ago */
 
 typedef struct stage_job {
     struct stage_job *next;
@@ -81,6 +82,7 @@ typedef struct stage_run {
     pthread_cond_t cond;
     stage_job *head, *tail;
     int busy;                     /* a FORWARD is being computed (worker or loop) */
+    uint64_t inline_end_us;       /* loop thread: when the last decode step run inline ended */
     int stop;
     stage_stats stats;            /* under lock */
     stage_stats stats_sent;       /* loop thread */
@@ -620,9 +622,14 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
      * FORWARDs (prompt chunks, up to seconds) go to the worker, so the loop
      * never stops for long; the worker being idle with an empty queue keeps
      * the lane's order and leaves the hidden-state buffer and the thread
-     * pool to one thread at a time. */
+     * pool to one thread at a time. Steps arriving back to back (several
+     * lanes at once) would keep the loop computing without a break, so one
+     * that comes within STAGE_INLINE_GAP_US of the last goes to the worker,
+     * and the next ones queue behind it while it works. */
+    uint64_t now = now_us();
     pthread_mutex_lock(&r->lock);
-    int inline_ok = f.n > 0 && f.n <= STAGE_INLINE_POSITIONS && !r->head && !r->busy;
+    int inline_ok = f.n > 0 && f.n <= STAGE_INLINE_POSITIONS && !r->head && !r->busy &&
+                    now - r->inline_end_us > STAGE_INLINE_GAP_US;
     if (inline_ok) r->busy = 1;
     pthread_mutex_unlock(&r->lock);
     if (inline_ok) {
@@ -630,6 +637,7 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
         pthread_mutex_lock(&r->lock);
         r->busy = 0;
         pthread_mutex_unlock(&r->lock);
+        r->inline_end_us = now_us();
         host_on_wake(-1, 0, h); /* send it now, not on the next loop turn */
         return;
     }
