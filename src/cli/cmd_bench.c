@@ -67,6 +67,8 @@ typedef struct {
     double type_share;     /* its share of the matrix bytes, 0..1 */
     uint64_t file_bytes;
     uint64_t params;       /* elements of every tensor */
+    uint64_t decode_bytes; /* tensor bytes one decode step reads: all of them, except that
+                              token_embd counts one row when output.weight is the classifier */
 } bench_model_info;
 
 typedef struct {
@@ -180,12 +182,15 @@ static void describe_model(const char *path, const gguf_file *f, const model *m,
     /* Matrix bytes per type: what the kernels stream through, so what the
      * speed depends on (a Q4_K_M file is mostly Q4_K with some Q6_K). */
     uint64_t by_type[64] = {0}, matrix_bytes = 0;
-    info->params = 0;
+    int untied = gguf_find_tensor(f, "output.weight") != NULL;
+    info->params = info->decode_bytes = 0;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const gguf_tensor *t = &f->tensors[i];
         uint64_t elems = 1;
         for (uint32_t d = 0; d < t->n_dims; d++) elems *= t->ne[d];
         info->params += elems;
+        info->decode_bytes += untied && gguf_str_eq(t->name, "token_embd.weight") && t->ne[1] > 0
+                              ? t->nbytes / t->ne[1] : t->nbytes;
         if (t->n_dims == 2 && (unsigned)t->type < 64) {
             by_type[t->type] += t->nbytes;
             matrix_bytes += t->nbytes;
@@ -257,6 +262,7 @@ static int print_json_row(const bench_model_info *info, const bench_args *a, con
     cJSON_AddStringToObject(o, "type", info->type);
     cJSON_AddNumberToObject(o, "file_bytes", (double)info->file_bytes);
     cJSON_AddNumberToObject(o, "params", (double)info->params);
+    cJSON_AddNumberToObject(o, "decode_bytes", (double)info->decode_bytes);
     cJSON_AddNumberToObject(o, "threads", row->threads);
     cJSON_AddNumberToObject(o, "pp", (double)a->pp);
     cJSON_AddNumberToObject(o, "tg", (double)a->tg);

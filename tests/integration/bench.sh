@@ -14,9 +14,10 @@ check "one line per thread count" test "$(wc -l <<<"$out")" -eq 2
 check "every line is a JSON object" jq -e -s 'length == 2 and all(type == "object")' <<<"$out"
 check "threads are 1 then 2" jq -e -s 'map(.threads) == [1, 2]' <<<"$out"
 check "figures are positive numbers" jq -e -s \
-  'all(.pp_tok_s, .tg_tok_s, .pp_ms, .tg_ms, .file_bytes, .params | type == "number" and . > 0)' <<<"$out"
+  'all(.pp_tok_s, .tg_tok_s, .pp_ms, .tg_ms, .file_bytes, .params, .decode_bytes | type == "number" and . > 0)' <<<"$out"
 check "model, arch, type, pp, tg, reps as asked" jq -e -s \
   'all(.model == "kjv-llama-6.3M-q8_0" and .arch == "llama" and .type == "Q8_0" and .pp == 8 and .tg == 4 and .reps == 2)' <<<"$out"
+check "decode_bytes below the file size" jq -e -s 'all(.decode_bytes < .file_bytes)' <<<"$out"
 check "file_bytes is the file's size" jq -e -s --argjson n "$(stat -c %s "$DEMO_MODEL")" 'all(.file_bytes == $n)' <<<"$out"
 
 out=$("$LLMESH" bench --model "$DEMO_MODEL" --pp 0 --tg 3 --threads 1 --reps 1 --json)
