@@ -11,5 +11,6 @@ int cmd_serve(int argc, char **argv);       /* cmd_serve.c */
 int cmd_client(int argc, char **argv);      /* cmd_serve.c */
 int cmd_tokenize(int argc, char **argv);    /* cmd_inspect.c */
 int cmd_logits(int argc, char **argv);      /* cmd_inspect.c */
+int cmd_bench(int argc, char **argv);       /* cmd_bench.c */
 
 #endif

@@ -15,6 +15,7 @@ static const char usage[] =
     "  quantize    rewrite a model's weights in another tensor type (Q4_K_M, Q8_0, ...)\n"
     "  tokenize    print the token ids of a text (for checks against other tools)\n"
     "  logits      print the raw logits of a prompt (for checks against other tools)\n"
+    "  bench       measure prefill and decode speed of a local model\n"
     "\n"
     "run 'llmesh <command> --help' for a command's options.\n";
 
@@ -32,6 +33,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "logits")) return cmd_logits(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
     fprintf(stderr, "llmesh: unknown command '%s'\n\n%s", cmd, usage);
     return 2;
 }

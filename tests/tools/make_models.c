@@ -11,6 +11,9 @@
  *   make_models model bench-qwen2.5-0.5b-q8_0 PATH
  *                                 Qwen2.5-0.5B's widths and 24 layers, for
  *                                 bench/split_bench.sh
+ *   make_models list-shape        names of the whole-model shapes (every layer
+ *                                 and the real vocabulary) for
+ *                                 bench/vs_llamacpp.sh
  *
  * Vocabularies: byte-level BPE merges and SentencePiece pieces are trained
  * here on a small multilingual corpus (below, written for this tool), so the
@@ -456,17 +459,32 @@ static const model_spec bench_specs[] = {
                                  .n_ff = 4864, .n_vocab = 32000, .tied_output = 1, .qkv_bias = 1,
                                  .rope_freq_base = 1000000.0f, .rms_eps = 1e-6f, Q8, .seed = 41}},
 };
+
+/* For bench/vs_llamacpp.sh: the whole shape of a real model, every layer and
+ * the full vocabulary (whose classifier is a large part of a small model's
+ * decode), Q8_0; the script makes the other types with `llmesh quantize`.
+ * Files of ~0.5 and ~1.3 GB. n_layer is the spec's own. */
+static const model_spec shape_specs[] = {
+    {"shape-qwen2.5-0.5b-q8_0", {.arch = "qwen2", .n_embd = 896, .n_layer = 24, .n_head = 14,
+                                 .n_head_kv = 2, .n_ff = 4864, .n_vocab = 151936, .tied_output = 1,
+                                 .qkv_bias = 1, .rope_freq_base = 1000000.0f, .rms_eps = 1e-6f, Q8,
+                                 .seed = 51}},
+    {"shape-llama-3.2-1b-q8_0", {.arch = "llama", .n_embd = 2048, .n_layer = 16, .n_head = 32,
+                                 .n_head_kv = 8, .n_ff = 8192, .n_vocab = 128256, .tied_output = 1,
+                                 .rope_freqs = 1, .rope_freq_base = 500000.0f, Q8, .seed = 52}},
+};
 #undef Q8
 
-/* Writes the spec called name from table with n_layer layers and an n_ctx
- * context to path: 1 when written, 0 when the table has no such name. */
+/* Writes the spec called name from table with n_layer layers (0: the spec's
+ * own) and an n_ctx context to path: 1 when written, 0 when the table has no
+ * such name. */
 static int write_spec(const model_spec *table, size_t n, const char *name, int n_layer, int n_ctx,
                       const char *path)
 {
     for (size_t i = 0; i < n; i++) {
         if (strcmp(table[i].name, name)) continue;
         model_writer_params p = table[i].p;
-        p.n_layer = n_layer;
+        if (n_layer > 0) p.n_layer = n_layer;
         p.n_ctx = n_ctx;
         if (model_writer_write(path, &p)) die("cannot write the model");
         return 1;
@@ -489,13 +507,18 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < sizeof split_specs / sizeof split_specs[0]; i++) printf("%s\n", split_specs[i].name);
         return 0;
     }
+    if (argc == 2 && !strcmp(argv[1], "list-shape")) {
+        for (size_t i = 0; i < sizeof shape_specs / sizeof shape_specs[0]; i++) printf("%s\n", shape_specs[i].name);
+        return 0;
+    }
     if (argc == 4 && !strcmp(argv[1], "model")) {
         if (write_spec(specs, sizeof specs / sizeof specs[0], argv[2], 2, 4096, argv[3]) ||
             write_spec(split_specs, sizeof split_specs / sizeof split_specs[0], argv[2], 6, 512, argv[3]) ||
-            write_spec(bench_specs, sizeof bench_specs / sizeof bench_specs[0], argv[2], 24, 4096, argv[3]))
+            write_spec(bench_specs, sizeof bench_specs / sizeof bench_specs[0], argv[2], 24, 4096, argv[3]) ||
+            write_spec(shape_specs, sizeof shape_specs / sizeof shape_specs[0], argv[2], 0, 4096, argv[3]))
             return 0;
-        die("unknown model name (see 'make_models list' and 'list-split')");
+        die("unknown model name (see 'make_models list', 'list-split' and 'list-shape')");
     }
-    fprintf(stderr, "usage: make_models vocabs DIR | list | list-split | model NAME PATH\n");
+    fprintf(stderr, "usage: make_models vocabs DIR | list | list-split | list-shape | model NAME PATH\n");
     return 2;
 }
