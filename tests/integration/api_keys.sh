@@ -20,59 +20,62 @@ KEY_B="sk-b-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 KEY_C="sk-c-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 BODY="{\"model\": \"$MODEL_ID\", \"prompt\": \"In the beginning\", \"max_tokens\": 8, \"temperature\": 0}"
 
-# code URL OUT [CURL ARGS...]: the HTTP status; the body in OUT, headers in OUT.h
-code() {
-  local url=$1 out=$2; shift 2
-  curl -s -o "$out" -D "$out.h" -w '%{http_code}' "$url" "$@"
+# expect WHAT STATUS URL [CURL ARGS...]: checks the HTTP status of a request;
+# its body is left in $T/last.json, its headers in $T/last.json.h.
+expect() {
+  local what=$1 want=$2 url=$3 got
+  shift 3
+  got=$(curl -s -o "$T/last.json" -D "$T/last.json.h" -w '%{http_code}' "$url" "$@")
+  if [ "$got" = "$want" ]; then pass "$what"; else fail "$what (got $got)"; fi
 }
 
+# run_refused NAME ARGS...: runs `llmesh serve ARGS` expecting it to refuse to
+# start (20 s at most); sets rc, output in $T/NAME.out and $T/NAME.err.
+run_refused() {
+  local name=$1; shift
+  timeout 20 "$LLMESH" serve --home "$T/$name" --listen 127.0.0.1:0 --port 0 --console 0 "$@" \
+    >"$T/$name.out" 2>"$T/$name.err"
+  rc=$?
+}
+
+unset LLMESH_API_KEY
 start_node A serve --model "$DEMO_MODEL" --api-key "$KEY_A" --log-level debug
 ROOT_A=${A_API%/v1}
 
 # ---- the OpenAI API on A
-c=$(code "$A_API/completions" "$T/none.json" -d "$BODY")
-check "no key -> 401" [ "$c" = 401 ]
+expect "no key -> 401" 401 "$A_API/completions" -d "$BODY"
 check "no key: OpenAI's error shape, code null" jq -e \
   '.error.type == "invalid_request_error" and .error.code == null and .error.param == null
-   and (.error.message | test("Authorization: Bearer"))' "$T/none.json"
-check "no key: WWW-Authenticate: Bearer" grep -qi '^WWW-Authenticate: Bearer' "$T/none.json.h"
-c=$(code "$A_API/completions" "$T/wrong.json" -H "Authorization: Bearer ${KEY_A}x" -d "$BODY")
-check "a wrong key -> 401" [ "$c" = 401 ]
+   and (.error.message | test("Authorization: Bearer"))' "$T/last.json"
+check "no key: WWW-Authenticate: Bearer" grep -qi '^WWW-Authenticate: Bearer' "$T/last.json.h"
+expect "a wrong key -> 401" 401 "$A_API/completions" -H "Authorization: Bearer ${KEY_A}x" -d "$BODY"
 check "a wrong key: code invalid_api_key" jq -e \
-  '.error.type == "invalid_request_error" and .error.code == "invalid_api_key"' "$T/wrong.json"
+  '.error.type == "invalid_request_error" and .error.code == "invalid_api_key"' "$T/last.json"
 check "a wrong key: WWW-Authenticate: Bearer, invalid_token" \
-  grep -qi '^WWW-Authenticate: Bearer.*invalid_token' "$T/wrong.json.h"
-check "the 401 does not echo the key" bash -c "! grep -q '${KEY_A}' '$T/wrong.json' '$T/wrong.json.h'"
-c=$(code "$A_API/completions" "$T/prefix.json" -H "Authorization: Bearer ${KEY_A%?}" -d "$BODY")
-check "the key less its last character -> 401" [ "$c" = 401 ]
-c=$(code "$A_API/completions" "$T/basic.json" -u ":$KEY_A" -d "$BODY")
-check "the key as Basic auth -> 401" [ "$c" = 401 ]
-c=$(code "$A_API/completions" "$T/ok.json" -H "Authorization: Bearer $KEY_A" -d "$BODY")
-check "the key -> 200" [ "$c" = 200 ]
+  grep -qi '^WWW-Authenticate: Bearer.*invalid_token' "$T/last.json.h"
+check "the 401 does not echo the key" bash -c "! grep -q '${KEY_A}' '$T/last.json' '$T/last.json.h'"
+expect "the key less its last character -> 401" 401 "$A_API/completions" -H "Authorization: Bearer ${KEY_A%?}" -d "$BODY"
+expect "the key as Basic auth -> 401" 401 "$A_API/completions" -u ":$KEY_A" -d "$BODY"
+expect "the key -> 200" 200 "$A_API/completions" -H "Authorization: Bearer $KEY_A" -d "$BODY"
+cp "$T/last.json" "$T/ok.json"
 check "the key: a completion" jq -e '.choices[0].text | length > 0' "$T/ok.json"
-c=$(code "$A_API/completions" "$T/ok2.json" -H "authorization: bearer $KEY_A" -d "$BODY")
-check "header and scheme in lower case -> 200" [ "$c" = 200 ]
+expect "header and scheme in lower case -> 200" 200 "$A_API/completions" -H "authorization: bearer $KEY_A" -d "$BODY"
+cp "$T/last.json" "$T/ok2.json"
 check "the same completion" test "$(jq -r '.choices[0].text' "$T/ok.json")" = "$(jq -r '.choices[0].text' "$T/ok2.json")"
-c=$(code "$A_API/models" "$T/models.json")
-check "GET /v1/models without a key -> 401" [ "$c" = 401 ]
-c=$(code "$A_API/models" "$T/models.json" -H "Authorization: Bearer $KEY_A")
-check "GET /v1/models with the key -> 200" [ "$c" = 200 ]
-c=$(code "$ROOT_A/tokenize" "$T/tok.json" -d '{"content": "x"}')
-check "POST /tokenize without a key -> 401" [ "$c" = 401 ]
-c=$(code "$ROOT_A/no/such/path" "$T/404.json")
-check "an unknown path without a key -> 401, not 404" [ "$c" = 401 ]
+expect "GET /v1/models without a key -> 401" 401 "$A_API/models"
+expect "GET /v1/models with the key -> 200" 200 "$A_API/models" -H "Authorization: Bearer $KEY_A"
+expect "POST /tokenize without a key -> 401" 401 "$ROOT_A/tokenize" -d '{"content": "x"}'
+expect "an unknown path without a key -> 401, not 404" 401 "$ROOT_A/no/such/path"
 curl -sN "$A_API/completions" -H "Authorization: Bearer $KEY_A" \
   -d "$(jq -c '. + {stream: true}' <<<"$BODY")" >"$T/stream.txt"
 check "a streamed completion with the key" grep -q '^data: \[DONE\]' "$T/stream.txt"
 
 # ---- the console's API on A (7 refusals so far, all on the API port)
-c=$(code "$A_CONSOLE/api/status" "$T/status401.json")
-check "console /api/status without a key -> 401" [ "$c" = 401 ]
-check "console 401: OpenAI's shape" jq -e '.error.type == "invalid_request_error"' "$T/status401.json"
-c=$(code "$A_CONSOLE/api/status" "$T/status401.json" -H 'Authorization: Bearer nope')
-check "console /api/status with a wrong key -> 401" [ "$c" = 401 ]
-c=$(code "$A_CONSOLE/api/status" "$T/status.json" -H "Authorization: Bearer $KEY_A")
-check "console /api/status with the key -> 200" [ "$c" = 200 ]
+expect "console /api/status without a key -> 401" 401 "$A_CONSOLE/api/status"
+check "console 401: OpenAI's shape" jq -e '.error.type == "invalid_request_error"' "$T/last.json"
+expect "console /api/status with a wrong key -> 401" 401 "$A_CONSOLE/api/status" -H 'Authorization: Bearer nope'
+expect "console /api/status with the key -> 200" 200 "$A_CONSOLE/api/status" -H "Authorization: Bearer $KEY_A"
+cp "$T/last.json" "$T/status.json"
 check "status: api_key_required, auth_refused counts all 9 refusals" \
   jq -e '.api_key_required == true and .counters.auth_refused == 9' "$T/status.json"
 check "status does not show the key" bash -c "! grep -q '${KEY_A}' '$T/status.json'"
@@ -83,12 +86,10 @@ b_sees_model() {
   curl -sf "$B_API/models" -H "Authorization: Bearer $KEY_B" | jq -e --arg m "$MODEL_ID" '.data | map(.id) | index($m)'
 }
 wait_for 30 b_sees_model || die "B never learned of A's model"
-c=$(code "$B_API/completions" "$T/b_none.json" -d "$BODY")
-check "B (LLMESH_API_KEY): no key -> 401" [ "$c" = 401 ]
-c=$(code "$B_API/completions" "$T/b_a.json" -H "Authorization: Bearer $KEY_A" -d "$BODY")
-check "B: A's key is not B's -> 401" [ "$c" = 401 ]
-c=$(code "$B_API/completions" "$T/b_ok.json" -H "Authorization: Bearer $KEY_B" -d "$BODY")
-check "B: its key -> 200, served by A through the mesh (A trusts the mesh)" [ "$c" = 200 ]
+expect "B (LLMESH_API_KEY): no key -> 401" 401 "$B_API/completions" -d "$BODY"
+expect "B: A's key is not B's -> 401" 401 "$B_API/completions" -H "Authorization: Bearer $KEY_A" -d "$BODY"
+expect "B: its key -> 200, served by A through the mesh (A trusts the mesh)" 200 "$B_API/completions" -H "Authorization: Bearer $KEY_B" -d "$BODY"
+cp "$T/last.json" "$T/b_ok.json"
 check "B's forwarded answer equals A's" \
   test "$(jq -r '.choices[0].text' "$T/b_ok.json")" = "$(jq -r '.choices[0].text' "$T/ok.json")"
 curl -s "$A_CONSOLE/api/status" -H "Authorization: Bearer $KEY_A" >"$T/status2.json"
@@ -97,50 +98,35 @@ check "A counted no refusal for B's forwarded request" jq -e '.counters.auth_ref
 # ---- C: the key from a file
 printf '%s\n' "$KEY_C" >"$T/c.key"
 chmod 644 "$T/c.key"
-"$LLMESH" serve --home "$T/C0" --listen 127.0.0.1:0 --port 0 --console 0 --api-key-file "$T/c.key" \
-  >"$T/C0.out" 2>"$T/C0.err" &
-pid=$!
-PIDS+=("$pid")
-if wait_for 10 bash -c "! kill -0 $pid"; then wait "$pid"; rc=$?; else kill -KILL "$pid"; rc=started; fi
+run_refused C0 --api-key-file "$T/c.key"
 check "a key file readable by others: exit 2" [ "$rc" = 2 ]
 check "... with a message that says chmod 600" grep -q 'chmod 600' "$T/C0.err"
 chmod 600 "$T/c.key"
 start_node C serve --api-key-file "$T/c.key"
-c=$(code "$C_API/models" "$T/c_none.json")
-check "C (--api-key-file): no key -> 401" [ "$c" = 401 ]
-c=$(code "$C_API/models" "$T/c_ok.json" -H "Authorization: Bearer $KEY_C")
-check "C: the file's first line is the key -> 200" [ "$c" = 200 ]
-c=$(code "$C_CONSOLE/api/status" "$T/c_status.json" -H "Authorization: Bearer $KEY_C")
-check "C: console with the key -> 200" [ "$c" = 200 ]
+expect "C (--api-key-file): no key -> 401" 401 "$C_API/models"
+expect "C: the file's first line is the key -> 200" 200 "$C_API/models" -H "Authorization: Bearer $KEY_C"
+expect "C: console with the key -> 200" 200 "$C_CONSOLE/api/status" -H "Authorization: Bearer $KEY_C"
 
 # ---- a non-loopback bind
-start_refused() { # NAME ARGS...: runs serve on 0.0.0.0; sets rc
-  local name=$1; shift
-  timeout 20 "$LLMESH" serve --home "$T/$name" --listen 127.0.0.1:0 --port 0 --console 0 \
-    --http-host 0.0.0.0 "$@" >"$T/$name.out" 2>"$T/$name.err"
-  rc=$?
-}
-start_refused D0
+run_refused D0 --http-host 0.0.0.0
 check "0.0.0.0 without a key: refuses to start, exit 2" [ "$rc" = 2 ]
 check "... printing no token" bash -c "! grep -q '^token:' '$T/D0.out'"
 check "... with a message naming --api-key and --no-auth" \
   bash -c "grep -q -- '--api-key' '$T/D0.err' && grep -q -- '--no-auth' '$T/D0.err'"
 echo "  message: $(cat "$T/D0.err")"
-LLMESH_API_KEY= start_refused D1
+LLMESH_API_KEY='' run_refused D1 --http-host 0.0.0.0
 check "0.0.0.0 with an empty LLMESH_API_KEY: refuses to start, exit 2" [ "$rc" = 2 ]
-start_refused D2 --no-auth --api-key "$KEY_A"
+run_refused D2 --http-host 0.0.0.0 --no-auth --api-key "$KEY_A"
 check "--no-auth with --api-key: refused as contradictory, exit 2" [ "$rc" = 2 ]
-start_refused D3 --api-key 'two words'
+run_refused D3 --http-host 0.0.0.0 --api-key 'two words'
 check "a key with a space: refused, exit 2" [ "$rc" = 2 ]
 start_node D serve --http-host 0.0.0.0 --no-auth
 PORT_D=${D_API##*:}; PORT_D=${PORT_D%/v1}
-c=$(code "http://127.0.0.1:$PORT_D/v1/models" "$T/d.json")
-check "0.0.0.0 with --no-auth: starts and answers without a key" [ "$c" = 200 ]
+expect "0.0.0.0 with --no-auth: starts and answers without a key" 200 "http://127.0.0.1:$PORT_D/v1/models"
 check "... and warns that it serves without a key" grep -q 'without a key' "$T/D.log"
 start_node E serve --http-host 0.0.0.0 --api-key "$KEY_A"
 PORT_E=${E_API##*:}; PORT_E=${PORT_E%/v1}
-c=$(code "http://127.0.0.1:$PORT_E/v1/models" "$T/e.json")
-check "0.0.0.0 with a key: starts and wants it" [ "$c" = 401 ]
+expect "0.0.0.0 with a key: starts and wants it" 401 "http://127.0.0.1:$PORT_E/v1/models"
 
 # ---- the keys are nowhere in the logs, nor in A's command line
 check "no key in any log or output" bash -c \
