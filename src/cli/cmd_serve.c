@@ -1,13 +1,20 @@
-/* cmd_serve.c: `llmesh serve` and `llmesh client`: flags -> node_config. */
+/* cmd_serve.c: `llmesh serve` and `llmesh client`: flags -> node_config,
+ * and the API key: where it comes from, and the refusal to serve an open API
+ * on a non-loopback address. */
 #include "cli/cli.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli/cli_common.h"
 #include "lib/log.h"
 #include "mesh/identity.h"
+#include "serve/http.h"
 #include "serve/node.h"
 
 static const char serve_usage[] =
@@ -20,7 +27,13 @@ static const char serve_usage[] =
     "  --port N           API port on 127.0.0.1 (default 9337; 0 = any free port)\n"
     "  --console N        console port on 127.0.0.1 (default 3131; 0 = any free port)\n"
     "  --listen HOST:PORT mesh UDP address (default 0.0.0.0:9337)\n"
-    "  --http-host HOST   address for the API and console (default 127.0.0.1)\n"
+    "  --http-host HOST   address for the API and console (default 127.0.0.1); any\n"
+    "                     other than a loopback address needs --api-key or --no-auth\n"
+    "  --api-key KEY      require \"Authorization: Bearer KEY\" on the API and the console\n"
+    "                     (default: $LLMESH_API_KEY; none when unset or empty)\n"
+    "  --api-key-file F   the key is F's first line; F must not be readable by group or\n"
+    "                     others (chmod 600)\n"
+    "  --no-auth          serve without a key even on a non-loopback --http-host\n"
     "  --threads N        compute threads (default: all CPUs)\n"
     "  --max-memory SIZE  memory for models: 512M, 8G (K/M/G = powers of 1024; default:\n"
     "                     what is available at start less a margin)\n"
@@ -44,6 +57,79 @@ static int parse_port(const char *flag, const char *value, int *out)
     return 0;
 }
 
+/* The key is F's first line (a trailing CR is dropped). Like ssh with a
+ * private key, a file group or others may read is refused: the key would
+ * not be secret. */
+static int read_api_key_file(const char *path, char *key, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        fprintf(stderr, "llmesh: --api-key-file %s: %s\n", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode) || (st.st_mode & 077)) {
+        fprintf(stderr, S_ISREG(st.st_mode)
+                ? "llmesh: --api-key-file %s may be read by group or others (mode %03o): run chmod 600 %s\n"
+                : "llmesh: --api-key-file %s is not a regular file\n",
+                path, (unsigned)(st.st_mode & 0777), path);
+        close(fd);
+        return -1;
+    }
+    ssize_t n = read(fd, key, cap - 1);
+    close(fd);
+    if (n < 0) { fprintf(stderr, "llmesh: --api-key-file %s: %s\n", path, strerror(errno)); return -1; }
+    key[n] = 0;
+    key[strcspn(key, "\r\n")] = 0;
+    return 0;
+}
+
+/* The key from --api-key, --api-key-file or LLMESH_API_KEY, into key (NULL:
+ * none); and no API without one on an address others can reach, unless
+ * --no-auth says so. Returns an exit code, or 0 to go on. */
+static int settle_api_key(node_config *cfg, const char *flag_key, const char *key_file, int no_auth,
+                          char *key, size_t cap)
+{
+    if ((flag_key || key_file) && no_auth) {
+        fprintf(stderr, "llmesh: --no-auth contradicts %s: give one or the other\n",
+                flag_key ? "--api-key" : "--api-key-file");
+        return 2;
+    }
+    if (flag_key && key_file) {
+        fprintf(stderr, "llmesh: give --api-key or --api-key-file, not both\n");
+        return 2;
+    }
+    const char *env = getenv("LLMESH_API_KEY");
+    const char *from = flag_key ? "--api-key" : key_file ? "--api-key-file" : "LLMESH_API_KEY";
+    if (key_file) {
+        if (read_api_key_file(key_file, key, cap) != 0) return 2;
+    } else if (flag_key || (env && *env && !no_auth)) {
+        snprintf(key, cap, "%s", flag_key ? flag_key : env);
+    } else {
+        key[0] = 0;
+        if (env && *env) log_warn("serve", "LLMESH_API_KEY is set, but --no-auth serves without a key");
+    }
+    if ((flag_key || key_file || key[0]) && !http_api_key_valid(key)) {
+        fprintf(stderr, "llmesh: the key from %s must be 1-%d visible ASCII characters, no spaces\n",
+                from, HTTP_MAX_API_KEY);
+        return 2;
+    }
+    cfg->api_key = key[0] ? key : NULL;
+    if (!cfg->api_key && !http_host_is_loopback(cfg->http_host)) {
+        if (!no_auth) {
+            fprintf(stderr,
+                    "llmesh: --http-host %s is not a loopback address: anyone who reaches it could use "
+                    "the API and the console. Require a key with --api-key KEY (or --api-key-file F, or "
+                    "LLMESH_API_KEY), or pass --no-auth to serve without one\n", cfg->http_host);
+            return 2;
+        }
+        log_warn("serve", "the API and the console on %s take requests without a key (--no-auth)",
+                 cfg->http_host);
+    }
+    return 0;
+}
+
 static int serve_main(int argc, char **argv, int client)
 {
     node_config cfg = {
@@ -52,10 +138,13 @@ static int serve_main(int argc, char **argv, int client)
         .console_port = 3131,
         .client = client,
     };
-    const char *home_flag = NULL;
+    const char *home_flag = NULL, *key_file = NULL;
+    char flag_key[HTTP_MAX_API_KEY + 2] = "";
+    int have_flag_key = 0, no_auth = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(serve_usage, stdout); return 0; }
+        if (!strcmp(a, "--no-auth")) { no_auth = 1; continue; }
         if (!strcmp(a, "--split") && !client) { /* the count is optional */
             cfg.split = 2;
             if (i + 1 < argc && argv[i + 1][0] != '-') {
@@ -86,6 +175,14 @@ static int serve_main(int argc, char **argv, int client)
             cfg.listen = v;
         } else if (!strcmp(a, "--http-host")) {
             cfg.http_host = v;
+        } else if (!strcmp(a, "--api-key")) {
+            /* Copied, then blanked in argv so that ps shows no key (it is
+             * still in the shell's history: prefer the file or the env). */
+            snprintf(flag_key, sizeof flag_key, "%s", v);
+            memset(argv[i], 'x', strlen(argv[i]));
+            have_flag_key = 1;
+        } else if (!strcmp(a, "--api-key-file")) {
+            key_file = v;
         } else if (!strcmp(a, "--threads")) {
             cfg.threads = atoi(v);
         } else if (!strcmp(a, "--max-memory") && !client) {
@@ -120,7 +217,12 @@ static int serve_main(int argc, char **argv, int client)
         return 2;
     }
     cfg.home = home;
-    return node_run(&cfg);
+    char key[HTTP_MAX_API_KEY + 2];
+    int rc = settle_api_key(&cfg, have_flag_key ? flag_key : NULL, key_file, no_auth, key, sizeof key);
+    if (rc == 0) rc = node_run(&cfg);
+    explicit_bzero(key, sizeof key);
+    explicit_bzero(flag_key, sizeof flag_key);
+    return rc;
 }
 
 int cmd_serve(int argc, char **argv) { return serve_main(argc, argv, 0); }

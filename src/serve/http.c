@@ -4,24 +4,37 @@
  * part: it ends either when the API calls sink->end (reply sent) or when the
  * client's connection closes first (the API call is aborted). evhttp detaches
  * a request whose connection failed before the reply was complete and leaves
- * it to us to free; a request still attached is freed by evhttp itself. */
+ * it to us to free; a request still attached is freed by evhttp itself.
+ *
+ * Both servers take requests through server_request_cb, which checks the API
+ * key (when one is required) and only then hands the request to the server's
+ * routes (api_request_cb, console_request_cb). evhttp has read the body by
+ * then (bounded by API_MAX_BODY), but a refused request's body is never
+ * copied or parsed. */
 #include "serve/http.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
+#include "lib/consttime.h"
 #include "lib/log.h"
 
 struct http_server {
     struct evhttp *http;
     uint16_t port;
+    void (*route)(struct evhttp_request *req, struct http_server *h); /* after the key check */
+    char key[HTTP_MAX_API_KEY + 1]; /* required bearer key; empty: none */
+    size_t key_len;
+    uint64_t auth_refused;
     api *api;
     http_json_fn status;
     void *status_ctx;
@@ -45,6 +58,7 @@ static const char *reason_phrase(int status)
     switch (status) {
     case 200: return "OK";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 413: return "Payload Too Large";
@@ -135,9 +149,8 @@ static const char *method_name(enum evhttp_cmd_type cmd)
     }
 }
 
-static void api_request_cb(struct evhttp_request *req, void *arg)
+static void api_request_cb(struct evhttp_request *req, http_server *h)
 {
-    http_server *h = arg;
     http_exchange *x = calloc(1, sizeof *x);
     struct evbuffer *body = x ? evbuffer_new() : NULL;
     if (!x || !body) {
@@ -179,9 +192,8 @@ static void api_request_cb(struct evhttp_request *req, void *arg)
     free(data);
 }
 
-static void console_request_cb(struct evhttp_request *req, void *arg)
+static void console_request_cb(struct evhttp_request *req, http_server *h)
 {
-    http_server *h = arg;
     const char *uri = evhttp_request_get_uri(req);
     size_t n = strcspn(uri, "?");
     struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
@@ -205,8 +217,103 @@ static void console_request_cb(struct evhttp_request *req, void *arg)
     free(err);
 }
 
+/* ---- API keys ---------------------------------------------------------------*/
+
+http_auth_result http_auth_check(const char *key, size_t key_len, const char *authorization)
+{
+    if (!authorization) return HTTP_AUTH_MISSING;
+    const char *p = authorization;
+    while (*p == ' ' || *p == '\t') p++;
+    /* RFC 7235: the scheme is case-insensitive, then at least one space. */
+    if (strncasecmp(p, "Bearer", 6) != 0 || (p[6] != ' ' && p[6] != '\t')) return HTTP_AUTH_MISSING;
+    p += 6;
+    while (*p == ' ' || *p == '\t') p++;
+    size_t n = strlen(p);
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
+    if (n == 0) return HTTP_AUTH_MISSING;
+    return consttime_equal(key, key_len, p, n) ? HTTP_AUTH_OK : HTTP_AUTH_WRONG;
+}
+
+int http_host_is_loopback(const char *host)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    if (!host || !*host || getaddrinfo(host, NULL, &hints, &res) != 0) return 0;
+    int loopback = res != NULL;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        if (ai->ai_family == AF_INET) {
+            const uint8_t *b = (const uint8_t *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
+            loopback &= b[0] == 127;
+        } else if (ai->ai_family == AF_INET6) {
+            const struct in6_addr *a = &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
+            loopback &= IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+        } else {
+            loopback = 0;
+        }
+    }
+    freeaddrinfo(res);
+    return loopback;
+}
+
+/* Answers 401 in OpenAI's shape and returns 0 unless req carries the key.
+ * OpenAI's codes: none for a missing key, "invalid_api_key" for a wrong one.
+ * Neither the key nor the header's value is ever logged or echoed. */
+static int request_authorized(http_server *h, struct evhttp_request *req)
+{
+    if (h->key_len == 0) return 1;
+    const char *value = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    http_auth_result r = http_auth_check(h->key, h->key_len, value);
+    if (r == HTTP_AUTH_OK) return 1;
+    h->auth_refused++;
+    log_debug("http", "401 %s %s: %s", method_name(evhttp_request_get_command(req)),
+              evhttp_request_get_uri(req), r == HTTP_AUTH_MISSING ? "no bearer key" : "wrong key");
+    char *body = r == HTTP_AUTH_MISSING
+        ? api_error_json("No API key provided. This node requires one in an Authorization header: "
+                         "Authorization: Bearer KEY.", "invalid_request_error", NULL)
+        : api_error_json("Incorrect API key provided.", "invalid_request_error", "invalid_api_key");
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    evhttp_add_header(headers, "Content-Type", "application/json");
+    /* RFC 6750 section 3: no error attribute when no credentials were sent. */
+    evhttp_add_header(headers, "WWW-Authenticate", r == HTTP_AUTH_MISSING
+                      ? "Bearer realm=\"llmesh\"" : "Bearer realm=\"llmesh\", error=\"invalid_token\"");
+    struct evbuffer *out = evbuffer_new();
+    if (out && body) evbuffer_add(out, body, strlen(body));
+    evhttp_send_reply(req, 401, reason_phrase(401), out);
+    if (out) evbuffer_free(out);
+    free(body);
+    return 0;
+}
+
+static void server_request_cb(struct evhttp_request *req, void *arg)
+{
+    http_server *h = arg;
+    if (request_authorized(h, req)) h->route(req, h);
+}
+
+int http_api_key_valid(const char *key)
+{
+    size_t n = strlen(key);
+    if (n == 0 || n > HTTP_MAX_API_KEY) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (key[i] < 0x21 || key[i] > 0x7e) return 0;
+    return 1;
+}
+
+int http_server_require_key(http_server *h, const char *key)
+{
+    if (!http_api_key_valid(key)) return -1;
+    size_t n = strlen(key);
+    memcpy(h->key, key, n + 1);
+    h->key_len = n;
+    return 0;
+}
+
+uint64_t http_server_auth_refused(const http_server *h) { return h->auth_refused; }
+
+/* ---- servers ----------------------------------------------------------------*/
+
 static http_server *server_start(struct event_base *base, const char *host, uint16_t port,
-                                 void (*cb)(struct evhttp_request *, void *), char *err, size_t errlen)
+                                 void (*route)(struct evhttp_request *, http_server *), char *err, size_t errlen)
 {
     http_server *h = calloc(1, sizeof *h);
     if (!h) { snprintf(err, errlen, "out of memory"); return NULL; }
@@ -217,7 +324,8 @@ static http_server *server_start(struct event_base *base, const char *host, uint
     evhttp_set_timeout(h->http, 600);
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE);
-    evhttp_set_gencb(h->http, cb, h);
+    h->route = route;
+    evhttp_set_gencb(h->http, server_request_cb, h);
     struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(h->http, host, port);
     if (!sock) {
         snprintf(err, errlen, "cannot listen on %s:%u (in use, or not an address of this host)", host, port);
@@ -264,5 +372,6 @@ void http_server_free(http_server *h)
         if (call) api_call_abort(call);
     }
     evhttp_free(h->http);
+    explicit_bzero(h->key, sizeof h->key);
     free(h);
 }

@@ -11,7 +11,15 @@
  * method, path and body, so no raw-bytes proxying at the HTTP level is needed
  * (see docs/ARCHITECTURE.md).
  *
- * Threading: event-loop thread only. */
+ * API keys: http_server_require_key makes a server answer every request
+ * that lacks "Authorization: Bearer KEY" with 401 in OpenAI's error shape and
+ * "WWW-Authenticate: Bearer", before the request's body is looked at or any
+ * route runs (one check, in front of both servers' routes). The key is
+ * compared in constant time and never logged. Requests peers forward through
+ * the mesh tunnel do not pass here: the entry node checked its own key, and
+ * the host trusts the mesh (docs/ARCHITECTURE.md, "API keys").
+ *
+ * Threading: event-loop thread only, except the pure helpers below. */
 #ifndef LLMESH_HTTP_H
 #define LLMESH_HTTP_H
 
@@ -32,6 +40,27 @@ http_server *http_api_start(struct event_base *base, const char *host, uint16_t 
 http_server *http_console_start(struct event_base *base, const char *host, uint16_t port,
                                 http_json_fn status, void *ctx, char *err, size_t errlen);
 uint16_t http_server_port(const http_server *h);
+
+#define HTTP_MAX_API_KEY 256   /* bytes; a key is visible ASCII, no spaces */
+/* From now on every request must carry "Authorization: Bearer KEY"; the key
+ * is copied (and wiped at free). Returns -1 unless http_api_key_valid(key). */
+int http_server_require_key(http_server *h, const char *key);
+/* Requests refused for a missing or wrong key since start. */
+uint64_t http_server_auth_refused(const http_server *h);
+
+/* ---- pure helpers (any thread; unit-tested) ------------------------------*/
+
+/* 1 when key is acceptable: 1-HTTP_MAX_API_KEY bytes of visible ASCII. */
+int http_api_key_valid(const char *key);
+typedef enum { HTTP_AUTH_OK, HTTP_AUTH_MISSING, HTTP_AUTH_WRONG } http_auth_result;
+/* Checks an Authorization header value (NULL: no header) against key:
+ * the scheme "Bearer" in any case, one or more spaces, then the key; spaces
+ * and tabs around are ignored. MISSING when there is no header or it is not
+ * Bearer, WRONG when the token differs. */
+http_auth_result http_auth_check(const char *key, size_t key_len, const char *authorization);
+/* 1 when every address host resolves to is a loopback address (127.0.0.0/8,
+ * ::1, ::ffff:127.0.0.0/104); 0 otherwise, also when it does not resolve. */
+int http_host_is_loopback(const char *host);
 /* Drops every connection; in-flight API calls are aborted. */
 void http_server_free(http_server *h);
 

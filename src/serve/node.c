@@ -59,6 +59,7 @@ static char *status_json(void *ctx)
     else cJSON_AddStringToObject(root, "token", mesh_token(n->mesh));
     cJSON_AddStringToObject(root, "role", n->role);
     cJSON_AddStringToObject(root, "version", LLMESH_VERSION);
+    cJSON_AddBoolToObject(root, "api_key_required", n->cfg->api_key != NULL);
     cJSON_AddNumberToObject(root, "memory_bytes", (double)n->budget.total);
     cJSON_AddNumberToObject(root, "memory_used", (double)n->budget.used);
     cJSON *models = cJSON_AddArrayToObject(root, "models");
@@ -115,6 +116,8 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "forwarded", (double)ac.forwarded);
     cJSON_AddNumberToObject(c, "retried", (double)ac.retried);
     cJSON_AddNumberToObject(c, "failed", (double)ac.failed);
+    cJSON_AddNumberToObject(c, "auth_refused", (double)(http_server_auth_refused(n->api_http) +
+                                                        http_server_auth_refused(n->console_http)));
     cJSON_AddNumberToObject(c, "bad_frames", (double)mc.bad_frames);
     cJSON_AddNumberToObject(c, "streams_opened", (double)mc.streams_opened);
     cJSON_AddNumberToObject(c, "streams_accepted", (double)mc.streams_accepted);
@@ -254,6 +257,12 @@ int node_run(const node_config *cfg)
     n.console_http = http_console_start(n.base, cfg->http_host, (uint16_t)cfg->console_port,
                                         status_json, &n, err, sizeof err);
     if (!n.console_http) { fprintf(stderr, "llmesh: console (--console): %s\n", err); goto out; }
+    if (cfg->api_key && (http_server_require_key(n.api_http, cfg->api_key) != 0 ||
+                         http_server_require_key(n.console_http, cfg->api_key) != 0)) {
+        fprintf(stderr, "llmesh: the API key must be 1-%d visible ASCII characters (no spaces)\n",
+                HTTP_MAX_API_KEY);
+        goto out;
+    }
 
     n.sigint = evsignal_new(n.base, SIGINT, on_signal, &n);
     n.sigterm = evsignal_new(n.base, SIGTERM, on_signal, &n);

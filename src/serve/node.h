@@ -17,6 +17,7 @@ typedef struct {
     const char *home;                    /* identity dir, resolved already */
     const char *listen;                  /* mesh UDP "HOST:PORT", NULL = default */
     const char *http_host;               /* API and console bind address */
+    const char *api_key;                 /* required bearer key on both; NULL = none */
     int api_port;                        /* 0 = any free port */
     int console_port;
     int threads;                         /* compute threads, <= 0 = all CPUs */

@@ -3,7 +3,9 @@
 # registry into tests/e2e/openai/node_modules) against a client node that
 # forwards to the host: listing, greedy completions (plain and streamed) that
 # equal `llmesh run`, streamed chat, chat logprobs, and the error classes the
-# client raises for our 404 and 400 answers.
+# client raises for our 404 and 400 answers. The client node requires an API
+# key (--api-key): the client sends it, and one with a wrong key gets an
+# AuthenticationError.
 set -u
 . "$(dirname "$0")/common.bash"
 E2E="$SRC/tests/e2e/openai"
@@ -16,9 +18,10 @@ if [ ! -d "$E2E/node_modules/openai" ]; then
 fi
 
 start_node A serve --model "$DEMO_MODEL"
-start_node C client --join "$A_TOKEN"
-has_model() { curl -sf "$C_API/models" | jq -e --arg m "$MODEL_ID" '.data | map(.id) | index($m)'; }
+KEY="sk-e2e-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+start_node C client --join "$A_TOKEN" --api-key "$KEY"
+has_model() { curl -sf "$C_API/models" -H "Authorization: Bearer $KEY" | jq -e --arg m "$MODEL_ID" '.data | map(.id) | index($m)'; }
 wait_for 30 has_model || die "C never learned of A's model"
 
 "$LLMESH" run --model "$DEMO_MODEL" --prompt "$PROMPT" --temp 0 -n 32 >"$T/expected.txt" 2>/dev/null || die "llmesh run failed"
-(cd "$E2E" && node client.mjs "$C_API" "$MODEL_ID" "$PROMPT" "$T/expected.txt")
+(cd "$E2E" && LLMESH_TEST_API_KEY=$KEY node client.mjs "$C_API" "$MODEL_ID" "$PROMPT" "$T/expected.txt")

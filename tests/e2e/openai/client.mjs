@@ -1,13 +1,16 @@
 // client.mjs: the official OpenAI Node client against a llmesh node.
 // usage: node client.mjs BASE_URL MODEL_ID PROMPT EXPECTED_FILE
 // EXPECTED_FILE holds what `llmesh run --temp 0 -n 32` printed for PROMPT.
+// With LLMESH_TEST_API_KEY set, the client sends that key (the node requires
+// it), and a client with a wrong key must get an AuthenticationError (401).
 // Prints one line per check and "N passed, N failed"; exits 1 on failure.
 import fs from 'node:fs';
 import OpenAI from 'openai';
 
 const [baseURL, model, prompt, expectedFile] = process.argv.slice(2);
 const expected = fs.readFileSync(expectedFile, 'utf8');
-const client = new OpenAI({ baseURL, apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+const apiKey = process.env.LLMESH_TEST_API_KEY;
+const client = new OpenAI({ baseURL, apiKey: apiKey || 'unused', maxRetries: 0, timeout: 60000 });
 let passed = 0, failed = 0;
 
 async function check(what, fn) {
@@ -81,6 +84,18 @@ await check('a bad field is a BadRequestError (400)', async () => {
     return e instanceof OpenAI.BadRequestError && e.status === 400 && /temperature/.test(e.message);
   }
 });
+
+if (apiKey) {
+  await check('a wrong API key is an AuthenticationError (401, invalid_api_key)', async () => {
+    const wrong = new OpenAI({ baseURL, apiKey: `${apiKey}x`, maxRetries: 0, timeout: 60000 });
+    try {
+      await wrong.completions.create({ model, prompt: 'x', max_tokens: 1 });
+      return false;
+    } catch (e) {
+      return e instanceof OpenAI.AuthenticationError && e.status === 401 && e.code === 'invalid_api_key';
+    }
+  });
+}
 
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);
