@@ -163,7 +163,8 @@ EOF
 
 # The userspace stand-in for netem (some kernels, e.g. minimal VM kernels, are
 # built without sch_netem): iptables queues every packet leaving the interface
-# to NFQUEUE 0 and this program gives each a verdict: drop with probability
+# to NFQUEUE 0 and an emulator gives each a verdict (tests/tools/nfq_delay.c,
+# or where it is not built this Python program): drop with probability
 # LOSS, else accept after DELAY +- JITTER ms (uniform, like netem without a
 # distribution table; packets may reorder, as with netem). Only the packet
 # metadata crosses to userspace.
@@ -250,7 +251,10 @@ netns_netem() {
     return 0
   fi
   [ "${NETNS_NETEM:-}" = tc ] && die "tc netem failed in $ns: $(cat "$T/netem.err")"
-  command -v python3 >/dev/null || die "no netem in this kernel and no python3 for the fallback"
+  # The emulator: tests/tools/nfq_delay (C, built beside llmesh), else the
+  # Python one below (a few times the CPU per packet).
+  local nfq_bin; nfq_bin="$(dirname "$LLMESH")/nfq_delay"
+  [ -x "$nfq_bin" ] || command -v python3 >/dev/null || die "no netem in this kernel and no emulator for the fallback"
   command -v iptables >/dev/null || die "no netem in this kernel and no iptables for the fallback"
   local d=0 j=0 l=0 w
   set -- $spec
@@ -265,14 +269,18 @@ netns_netem() {
       *) die "netns_netem fallback: unsupported '$w' in '$spec'" ;;
     esac
   done
-  netns_nfqueue_py >"$T/netns_nfqueue.py"
   # One emulator per namespace: replace an earlier one.
   local old; eval "old=\${NETNS_NFQ_${name}:-}"
   if [ -n "$old" ]; then
     ip netns exec "$ns" iptables -t mangle -F POSTROUTING 2>/dev/null
     kill "$old" 2>/dev/null
   fi
-  ip netns exec "$ns" python3 "$T/netns_nfqueue.py" "$d" "$j" "$l" >"$T/nfq-$name.out" 2>"$T/nfq-$name.log" &
+  if [ -x "$nfq_bin" ]; then
+    ip netns exec "$ns" "$nfq_bin" "$d" "$j" "$l" >"$T/nfq-$name.out" 2>"$T/nfq-$name.log" &
+  else
+    netns_nfqueue_py >"$T/netns_nfqueue.py"
+    ip netns exec "$ns" python3 "$T/netns_nfqueue.py" "$d" "$j" "$l" >"$T/nfq-$name.out" 2>"$T/nfq-$name.log" &
+  fi
   local pid=$!
   eval "NETNS_NFQ_${name}=$pid"
   for _ in $(seq 50); do grep -q ready "$T/nfq-$name.out" 2>/dev/null && break; sleep 0.1; done
