@@ -127,6 +127,10 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "clients_refused", (double)mc.clients_refused);
     cJSON_AddNumberToObject(c, "routes_pulled", (double)mc.routes_pulled);
     cJSON_AddNumberToObject(c, "routes_failed", (double)mc.routes_failed);
+    cJSON_AddNumberToObject(c, "peers_suspected", (double)mc.peers_suspected);
+    cJSON_AddNumberToObject(c, "peers_dead", (double)mc.peers_dead);
+    cJSON_AddNumberToObject(c, "peers_alive_again", (double)mc.peers_alive_again);
+    cJSON_AddNumberToObject(c, "peers_left", (double)mc.peers_left);
     cJSON_AddNumberToObject(c, "stage_bad_frames", n->stages ? (double)stage_host_bad_frames(n->stages) : 0);
     weights_counters wc = {0};
     if (n->weights) weights_get_counters(n->weights, &wc);
