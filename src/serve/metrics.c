@@ -182,6 +182,17 @@ static void render_counters(prom_buf *b, const metrics_sources *src)
             (double)mc.streams_accepted);
     counter(b, "llmesh_routes_served_total", "Routing tables sent to passive clients.", (double)mc.routes_served);
     counter(b, "llmesh_routes_pulled_total", "Routing tables received (passive clients).", (double)mc.routes_pulled);
+    prom_family(b, "llmesh_failure_detector_events_total", "counter",
+                "Peer state changes this node's failure detector made: suspect, dead, alive_again "
+                "(a suspect or dead peer answered), left (a clean exit announced).");
+    prom_sample(b, "llmesh_failure_detector_events_total", (const char *[]){"event", "suspect", NULL},
+                (double)mc.peers_suspected);
+    prom_sample(b, "llmesh_failure_detector_events_total", (const char *[]){"event", "dead", NULL},
+                (double)mc.peers_dead);
+    prom_sample(b, "llmesh_failure_detector_events_total", (const char *[]){"event", "alive_again", NULL},
+                (double)mc.peers_alive_again);
+    prom_sample(b, "llmesh_failure_detector_events_total", (const char *[]){"event", "left", NULL},
+                (double)mc.peers_left);
     counter(b, "llmesh_stage_bad_frames_total", "Malformed pipeline stage frames.",
             src->stages ? (double)stage_host_bad_frames(src->stages) : 0);
 

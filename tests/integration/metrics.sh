@@ -36,6 +36,16 @@ plan_ready() {
 wait_for 90 plan_ready || die "the 2-stage plan did not get ready within 90 s"
 pass "A's model runs in 2 stages (B fetched its layers)"
 
+# C joins after the plan is made (it takes no part in it) and leaves cleanly:
+# one "left" event for A's failure detector.
+start_node C serve --join "$A_TOKEN"
+C_ID=$(curl -sf "$C_CONSOLE/api/status" | jq -r .node_id)
+peer_state() { curl -sf "${AUTH[@]}" "$A_CONSOLE/api/status" | jq -e --arg id "$C_ID" --arg s "$1" '.peers[] | select(.id == $id and .state == $s)'; }
+wait_for 30 peer_state alive || die "A did not see C alive within 30 s"
+kill -TERM "$C_PID"
+wait_for 30 peer_state left || die "A did not see C leave within 30 s"
+pass "C joined and left"
+
 # ---- the key rule
 code=$(curl -s -o /dev/null -w '%{http_code}' "$A_CONSOLE/metrics")
 [ "$code" = 401 ] && pass "/metrics without the key -> 401" || fail "/metrics without the key -> $code"
@@ -90,7 +100,7 @@ wait_for 30 settled || fail "B's stage counters settled within 30 s"
 curl -sf "${AUTH[@]}" "$A_CONSOLE/api/status" -o "$T/a_status.json" || die "A's status"
 curl -sf "${AUTH[@]}" "$A_CONSOLE/metrics" -o "$T/a_metrics.txt" || die "A's metrics"
 cat >"$T/a_want.json" <<JSON
-{"model": "$MODEL_ID", "lanes": 2, "from_peers": 1, "split_model": "$MODEL_ID",
+{"model": "$MODEL_ID", "lanes": 2, "from_peers": 1, "split_model": "$MODEL_ID", "left": 1,
  "http": {"$MODEL_ID|200": 5, "|404": 1, "|400": 1, "|401": 1},
  "generations": $GENERATIONS, "prompt_tokens": $PROMPT_TOKENS, "completion_tokens": $COMPLETION_TOKENS, "itl": $ITL}
 JSON
@@ -119,6 +129,7 @@ check "B forwarded one request" grep -qx 'llmesh_api_forwarded_total 1' "$T/b_me
 check "B fetched weights (llmesh_weights_fetched_bytes_total > 0)" \
   awk '$1 == "llmesh_weights_fetched_bytes_total" && $2 > 0 {found = 1} END {exit !found}' "$T/b_metrics.txt"
 check "B sees A alive" grep -qx 'llmesh_peers{state="alive"} 1' "$T/b_metrics.txt"
+check "B saw C leave" grep -qx 'llmesh_failure_detector_events_total{event="left"} 1' "$T/b_metrics.txt"
 check "A's stage counters name B's stage" grep -q "^llmesh_split_stage_tokens_total{model=\"$MODEL_ID\",stage=\"1\",node=\"$(jq -r .node_id "$T/b_status.json")\"}" "$T/a_metrics.txt"
 
 finish

@@ -118,6 +118,13 @@ for metric, key in [("llmesh_api_requests_total", "requests"), ("llmesh_api_bad_
                     ("llmesh_weights_fetched_bytes_total", "weights_fetched_bytes"),
                     ("llmesh_weights_bad_chunks_total", "weights_bad_chunks")]:
     check(f"{metric} == counters.{key} ({c[key]})", value(metric) == c[key], value(metric))
+for event, key in [("suspect", "peers_suspected"), ("dead", "peers_dead"), ("alive_again", "peers_alive_again"),
+                   ("left", "peers_left")]:
+    got = value("llmesh_failure_detector_events_total", event=event)
+    check(f"failure_detector_events_total{{event={event}}} == counters.{key} ({c[key]})", got == c[key], got)
+if "left" in want:
+    check(f"failure_detector_events_total{{event=left}} == {want['left']}",
+          value("llmesh_failure_detector_events_total", event="left") == want["left"])
 # API answers to HTTP clients are every request the API handled, less those
 # peers sent through the tunnel, plus the 401s refused before the API.
 api_401 = want["http"].get("|401", 0)
