@@ -317,9 +317,11 @@ char *metrics_render(const metrics *m, const metrics_sources *src)
 {
     prom_buf b = {0};
     render_registry(&b, m);
-    render_counters(&b, src);
-    render_lanes(&b, src->sched);
-    render_peers(&b, src->mesh);
-    render_split(&b, src->pipelines);
+    if (src) {
+        render_counters(&b, src);
+        render_lanes(&b, src->sched);
+        render_peers(&b, src->mesh);
+        render_split(&b, src->pipelines);
+    }
     return prom_buf_take(&b);
 }

@@ -53,7 +53,8 @@ typedef struct {
     uint64_t auth_refused;                    /* both HTTP servers' 401s */
 } metrics_sources;
 
-/* The whole exposition, malloc'ed (caller frees); NULL if out of memory. */
+/* The whole exposition, malloc'ed (caller frees); NULL if out of memory.
+ * src NULL: the registry's families only (unit tests). */
 char *metrics_render(const metrics *m, const metrics_sources *src);
 
 #endif
