@@ -9,6 +9,7 @@ packages=(
   libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev
   libevent-dev libpcre2-dev libcjson-dev
   curl jq iproute2 procps python3 nftables iptables
+  python3-prometheus-client   # tests/integration/metrics.sh parses /metrics with its parser
 )
 
 missing=()

@@ -116,6 +116,7 @@ static void detect_alive(mesh *m, mesh_node *n, const char *how)
     if ((n->state == NODE_SUSPECT || n->state == NODE_DEAD) && n->link) {
         log_info(MESH_LOG, "node %.16s is alive again (%s)", n->id_hex, how);
         n->state = NODE_ALIVE;
+        m->counters.peers_alive_again++;
     }
 }
 
@@ -148,6 +149,7 @@ static void detect_suspect(mesh *m, mesh_node *n, uint64_t now, const char *why)
 {
     if (n->state != NODE_ALIVE || m->left || m->test_mute) return;
     n->state = NODE_SUSPECT;
+    m->counters.peers_suspected++;
     n->indirect_round = 0;
     n->suspect_deadline = now + m->suspect_ms;
     n->suspect_inc = n->has_record ? n->rec.seq : 0;
@@ -163,6 +165,7 @@ static void detect_declare_dead(mesh *m, mesh_node *n, uint64_t now, const char 
     uint64_t inc = n->state == NODE_SUSPECT ? n->suspect_inc : n->has_record ? n->rec.seq : 0;
     log_info(MESH_LOG, "node %.16s dead: %s", n->id_hex, why);
     n->state = NODE_DEAD;
+    m->counters.peers_dead++;
     n->down_at = now;
     n->probe_pending = 0;
     n->indirect_nonce = 0;
@@ -238,6 +241,7 @@ int detect_on_notice(mesh *m, mesh_link *from, const uint8_t *p, size_t len)
         if (n->state != NODE_LEFT && n->state != NODE_EXPIRED) {
             log_info(MESH_LOG, "node %.16s left", n->id_hex);
             n->state = NODE_LEFT;
+            m->counters.peers_left++;
             n->down_at = now;
         }
         n->probe_pending = 0;
@@ -272,6 +276,7 @@ int detect_on_notice(mesh *m, mesh_link *from, const uint8_t *p, size_t len)
     }
     if (n->state == NODE_ALIVE) {
         n->state = NODE_SUSPECT;
+        m->counters.peers_suspected++;
         n->suspect_inc = sn.incarnation;
         n->suspect_deadline = now + m->verify_ms;
         log_info(MESH_LOG, "node %.16s reported dead: verifying", n->id_hex);

@@ -294,6 +294,7 @@ static void mesh_node_dial_failed(mesh *m, mesh_node *n, const char *reason)
     if (n->state == NODE_CONNECTING) {
         log_info(MESH_LOG, "node %.16s unreachable: %s", n->id_hex, reason ? reason : "dial failed");
         n->state = NODE_DEAD;
+        m->counters.peers_dead++;
         n->down_at = detect_now_ms();
     } else {
         log_debug(MESH_LOG, "redial of %.16s failed: %s", n->id_hex, reason ? reason : "dial failed");

@@ -199,6 +199,11 @@ typedef struct {
     uint64_t clients_refused;    /* members: client connections over MESH_MAX_CLIENTS */
     uint64_t routes_pulled;      /* clients: routing tables received */
     uint64_t routes_failed;      /* clients: pulls that got no complete table */
+    /* Failure detector (members): a peer's state changes as this node saw them. */
+    uint64_t peers_suspected;    /* alive -> suspect (missed probes, lost connection, reported dead) */
+    uint64_t peers_dead;         /* declared dead, or never reached */
+    uint64_t peers_alive_again;  /* suspect or dead -> alive (answered, refuted) */
+    uint64_t peers_left;         /* announced a clean exit (LEAVE) */
 } mesh_counters;
 void mesh_get_counters(const mesh *m, mesh_counters *out);
 

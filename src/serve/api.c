@@ -54,6 +54,12 @@ char *api_error_json(const char *message, const char *type, const char *code)
     return openai_error_json(message, type, code);
 }
 
+/* Tells the transport which model the request named (metrics). */
+static void sink_label(api_sink *sink, const char *model)
+{
+    if (sink->ops->label) sink->ops->label(sink, model);
+}
+
 /* ---- endpoints ------------------------------------------------------------*/
 
 static api_call *handle_generate(api *a, const char *method, const char *path, const char *body,
@@ -65,6 +71,7 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
         openai_send_error(&a->counters, sink, 400, NULL, "%s", err);
         return NULL;
     }
+    sink_label(sink, req.model);
     engine_model *em = sched_find_model(a->sched, req.model);
     char why[8];
     if (em && a->pipelines && pipelines_model_state(a->pipelines, req.model, why, sizeof why) != PIPELINE_READY)
@@ -110,6 +117,7 @@ static api_call *handle_tokenize(api *a, const char *method, const char *path, c
             snprintf(err, sizeof err, "'model' must be a non-empty string (at most %d bytes)", MESH_MAX_NAME - 1);
             goto done;
         }
+        sink_label(sink, model->valuestring);
         em = sched_find_model(a->sched, model->valuestring);
         if (!em) { /* served elsewhere, maybe */
             c = router_forward(a->router, sink, model->valuestring, "tok", method, path, body, len,
@@ -267,6 +275,8 @@ void api_set_pipelines(api *a, pipelines *ps)
     a->pipelines = ps;
     router_set_pipelines(a->router, ps);
 }
+
+void api_set_metrics(api *a, metrics *m) { router_set_metrics(a->router, m); }
 
 void api_free(api *a)
 {

@@ -32,6 +32,9 @@ typedef struct {
     void (*begin)(api_sink *sink, int status, const char *content_type);
     void (*write)(api_sink *sink, const char *data, size_t len);
     void (*end)(api_sink *sink);
+    /* Optional (may be NULL): the model the request named, once the API
+     * has parsed it (before begin), for the transport's metrics. */
+    void (*label)(api_sink *sink, const char *model);
 } api_sink_ops;
 struct api_sink {
     const api_sink_ops *ops;
@@ -55,6 +58,10 @@ void api_free(api *a);
  * (here or on its coordinator) gets 503 with the plan's reason. */
 struct pipelines;
 void api_set_pipelines(api *a, struct pipelines *ps);
+/* Counts local generations' tokens and latencies there (serve/metrics.h);
+ * NULL: not counted. */
+struct metrics;
+void api_set_metrics(api *a, struct metrics *m);
 
 /* Handles one request. from_peer marks requests that arrived through a
  * tunnel: they are never forwarded again. Returns the call while its answer

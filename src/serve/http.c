@@ -27,6 +27,7 @@
 
 #include "lib/consttime.h"
 #include "lib/log.h"
+#include "lib/prom.h"
 
 struct http_server {
     struct evhttp *http;
@@ -38,6 +39,9 @@ struct http_server {
     api *api;
     http_json_fn status;
     void *status_ctx;
+    http_text_fn metrics_text;      /* console: GET /metrics; NULL: no such route */
+    void *metrics_ctx;
+    metrics *metrics;               /* API: answers counted by model and status; may be NULL */
     struct http_exchange *live;     /* in-flight API exchanges */
 };
 
@@ -48,6 +52,7 @@ typedef struct http_exchange {
     api_call *call;
     int streaming;
     int status;
+    char model[128];                /* named by the request (api_sink_ops.label) */
     char content_type[128];
     struct evbuffer *body;
     struct http_exchange *next, *prev;
@@ -71,6 +76,9 @@ static const char *reason_phrase(int status)
 
 static void exchange_unlink(http_exchange *x)
 {
+    /* Every API answer passes here once: sent (sink_end), or cut by the
+     * client (counted with the status it had begun with, if any). */
+    if (x->status) metrics_count_request(x->server->metrics, x->model, x->status);
     if (x->prev) x->prev->next = x->next;
     else x->server->live = x->next;
     if (x->next) x->next->prev = x->prev;
@@ -119,7 +127,13 @@ static void sink_end(api_sink *sink)
     free(x);
 }
 
-static const api_sink_ops http_sink_ops = {sink_begin, sink_write, sink_end};
+static void sink_label(api_sink *sink, const char *model)
+{
+    http_exchange *x = (http_exchange *)sink;
+    snprintf(x->model, sizeof x->model, "%s", model);
+}
+
+static const api_sink_ops http_sink_ops = {sink_begin, sink_write, sink_end, sink_label};
 
 /* The client went away before the reply was complete. */
 static void exchange_on_close(struct evhttp_connection *conn, void *arg)
@@ -197,6 +211,21 @@ static void console_request_cb(struct evhttp_request *req, http_server *h)
     const char *uri = evhttp_request_get_uri(req);
     size_t n = strcspn(uri, "?");
     struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    if (h->metrics_text && n == strlen("/metrics") && !strncmp(uri, "/metrics", n) &&
+        evhttp_request_get_command(req) == EVHTTP_REQ_GET) {
+        char *text = h->metrics_text(h->metrics_ctx);
+        if (!text) {
+            evhttp_send_error(req, 500, "out of memory");
+            return;
+        }
+        struct evbuffer *body = evbuffer_new();
+        evbuffer_add(body, text, strlen(text));
+        evhttp_add_header(headers, "Content-Type", PROM_CONTENT_TYPE);
+        evhttp_send_reply(req, 200, "OK", body);
+        evbuffer_free(body);
+        free(text);
+        return;
+    }
     if (n == strlen("/api/status") && !strncmp(uri, "/api/status", n) &&
         evhttp_request_get_command(req) == EVHTTP_REQ_GET) {
         char *json = h->status(h->status_ctx);
@@ -265,6 +294,7 @@ static int request_authorized(http_server *h, struct evhttp_request *req)
     http_auth_result r = http_auth_check(h->key, h->key_len, value);
     if (r == HTTP_AUTH_OK) return 1;
     h->auth_refused++;
+    metrics_count_request(h->metrics, NULL, 401);
     log_debug("http", "401 %s %s: %s", method_name(evhttp_request_get_command(req)),
               evhttp_request_get_uri(req), r == HTTP_AUTH_MISSING ? "no bearer key" : "wrong key");
     char *body = r == HTTP_AUTH_MISSING
@@ -356,6 +386,14 @@ http_server *http_console_start(struct event_base *base, const char *host, uint1
     if (h) { h->status = status; h->status_ctx = ctx; }
     return h;
 }
+
+void http_console_set_metrics(http_server *h, http_text_fn text, void *ctx)
+{
+    h->metrics_text = text;
+    h->metrics_ctx = ctx;
+}
+
+void http_server_set_metrics(http_server *h, metrics *m) { h->metrics = m; }
 
 uint16_t http_server_port(const http_server *h) { return h->port; }
 

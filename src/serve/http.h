@@ -4,7 +4,8 @@
  * through an api_sink that writes to the evhttp request: SSE answers are sent
  * chunk by chunk as they come, other answers in one piece with a length. The
  * console server (default 127.0.0.1:3131) answers GET routes with JSON made
- * by a callback (GET /api/status for now).
+ * by a callback (GET /api/status) and GET /metrics with the Prometheus text
+ * made by another (serve/metrics.c).
  *
  * Why evhttp and not our own HTTP layer: it parses requests, bounds bodies
  * and headers, and does chunked replies and keep-alive; the tunnel needs only
@@ -27,6 +28,7 @@
 #include <stddef.h>
 
 #include "serve/api.h"
+#include "serve/metrics.h"
 
 struct event_base;
 typedef struct http_server http_server;
@@ -40,6 +42,14 @@ http_server *http_api_start(struct event_base *base, const char *host, uint16_t 
 http_server *http_console_start(struct event_base *base, const char *host, uint16_t port,
                                 http_json_fn status, void *ctx, char *err, size_t errlen);
 uint16_t http_server_port(const http_server *h);
+/* Returns a malloc'ed text document, or NULL when out of memory. */
+typedef char *(*http_text_fn)(void *ctx);
+/* Console: GET /metrics answers text (Content-Type: the Prometheus text
+ * format's), behind the same API key as every route. */
+void http_console_set_metrics(http_server *h, http_text_fn text, void *ctx);
+/* Counts every answer of this server's API requests, and its 401s, in m
+ * (by the model the request named and the status). m may be NULL. */
+void http_server_set_metrics(http_server *h, metrics *m);
 
 #define HTTP_MAX_API_KEY 256   /* bytes; a key is visible ASCII, no spaces */
 /* From now on every request must carry "Authorization: Bearer KEY"; the key

@@ -24,6 +24,7 @@
 #include "serve/api.h"
 #include "serve/budget.h"
 #include "serve/http.h"
+#include "serve/metrics.h"
 #include "serve/pipeline.h"
 #include "serve/scheduler.h"
 #include "serve/stage.h"
@@ -43,6 +44,7 @@ typedef struct {
     api *api;
     http_server *api_http;
     http_server *console_http;
+    metrics *metrics;
     struct event *sigint, *sigterm, *drain_timer;
     int signals_seen;
     uint64_t drain_deadline_ms;
@@ -125,6 +127,10 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "clients_refused", (double)mc.clients_refused);
     cJSON_AddNumberToObject(c, "routes_pulled", (double)mc.routes_pulled);
     cJSON_AddNumberToObject(c, "routes_failed", (double)mc.routes_failed);
+    cJSON_AddNumberToObject(c, "peers_suspected", (double)mc.peers_suspected);
+    cJSON_AddNumberToObject(c, "peers_dead", (double)mc.peers_dead);
+    cJSON_AddNumberToObject(c, "peers_alive_again", (double)mc.peers_alive_again);
+    cJSON_AddNumberToObject(c, "peers_left", (double)mc.peers_left);
     cJSON_AddNumberToObject(c, "stage_bad_frames", n->stages ? (double)stage_host_bad_frames(n->stages) : 0);
     weights_counters wc = {0};
     if (n->weights) weights_get_counters(n->weights, &wc);
@@ -136,6 +142,18 @@ static char *status_json(void *ctx)
     char *out = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return out;
+}
+
+/* GET /metrics: the same sources as status_json. */
+static char *metrics_text(void *ctx)
+{
+    node *n = ctx;
+    metrics_sources src = {
+        .api = n->api, .mesh = n->mesh, .sched = n->sched, .pipelines = n->pipelines,
+        .stages = n->stages, .weights = n->weights,
+        .auth_refused = http_server_auth_refused(n->api_http) + http_server_auth_refused(n->console_http),
+    };
+    return metrics_render(n->metrics, &src);
 }
 
 /* Shutdown budget: in-flight requests get NODE_GRACE_MS to finish, then are
@@ -249,14 +267,18 @@ int node_run(const node_config *cfg)
     if (!n.pipelines || load_models(&n) != 0) goto out;
 
     n.api = api_new(n.base, n.sched, n.mesh);
-    if (!n.api) goto out;
+    n.metrics = metrics_new();
+    if (!n.api || !n.metrics) goto out;
+    api_set_metrics(n.api, n.metrics);
     api_serve_tunnel(n.api);
     api_set_pipelines(n.api, n.pipelines);
     n.api_http = http_api_start(n.base, cfg->http_host, (uint16_t)cfg->api_port, n.api, err, sizeof err);
     if (!n.api_http) { fprintf(stderr, "llmesh: API (--port): %s\n", err); goto out; }
+    http_server_set_metrics(n.api_http, n.metrics);
     n.console_http = http_console_start(n.base, cfg->http_host, (uint16_t)cfg->console_port,
                                         status_json, &n, err, sizeof err);
     if (!n.console_http) { fprintf(stderr, "llmesh: console (--console): %s\n", err); goto out; }
+    http_console_set_metrics(n.console_http, metrics_text, &n);
     if (cfg->api_key && (http_server_require_key(n.api_http, cfg->api_key) != 0 ||
                          http_server_require_key(n.console_http, cfg->api_key) != 0)) {
         fprintf(stderr, "llmesh: the API key must be 1-%d visible ASCII characters (no spaces)\n",
@@ -296,6 +318,7 @@ out:
     api_free(n.api);
     sched_free(n.sched);
     pipelines_free(n.pipelines);
+    metrics_free(n.metrics);
     event_base_free(n.base);
     return rc;
 }

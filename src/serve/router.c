@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/hash.h"
 #include "lib/log.h"
@@ -32,6 +33,7 @@ struct router {
     uint64_t next_id;
     struct api_call *live;  /* calls whose answer is not complete */
     int draining;           /* shutting down: no new generations */
+    metrics *metrics;       /* local generations' tokens and latencies; may be NULL */
 };
 
 typedef enum { CALL_LOCAL, CALL_REMOTE } call_kind;
@@ -44,6 +46,7 @@ struct api_call {
     tunnel_call *tunnel;
     int failed_status;      /* remote answer status, for counters */
     int began;              /* sink->begin was called */
+    uint64_t start_ns, first_output_ns; /* local: job queued, first text or token delivered (0: none yet) */
     /* Forwarding: what is needed to send the request again elsewhere. */
     char method[16];
     char *path, *body;
@@ -92,9 +95,34 @@ static void call_free(api_call *c)
 
 /* ---- local generation -----------------------------------------------------*/
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Time to first token and inter-token latency, measured on the loop thread
+ * where the output reaches the answer (what a client sees, less the
+ * socket): two clock reads per request and one per output delivery, no
+ * work on the workers. The scheduler may hand over several tokens in one
+ * delivery, so the inter-token figure is the request's mean: the time from
+ * its first output to its end over the tokens after the first. */
+static void count_generation(router *r, api_call *c, const engine_result *result)
+{
+    if (!r->metrics) return;
+    uint64_t end = now_ns();
+    uint64_t first = c->first_output_ns ? c->first_output_ns : end; /* all held back (stop strings) */
+    int n = result->completion_tokens;
+    double ttft = n >= 1 ? (double)(first - c->start_ns) * 1e-9 : -1;
+    double itl = n >= 2 ? (double)(end - first) * 1e-9 / (n - 1) : -1;
+    metrics_count_generation(r->metrics, c->answer.model, result->prompt_tokens, n, ttft, itl);
+}
+
 static void local_on_output(void *user, const char *text, size_t len, const engine_token *toks, int n_toks)
 {
     api_call *c = user;
+    if (!c->first_output_ns && len && c->r->metrics) c->first_output_ns = now_ns();
     openai_answer_output(&c->answer, text, len, toks, n_toks);
 }
 
@@ -117,6 +145,7 @@ static void local_on_done(void *user, const engine_result *result, const char *e
         call_free(c);
         return;
     }
+    count_generation(r, c, result);
     openai_answer_finish(&c->answer, result);
     call_free(c);
 }
@@ -139,6 +168,7 @@ api_call *router_run_local(router *r, api_sink *sink, openai_request *req, engin
         return NULL;
     }
     c->kind = CALL_LOCAL;
+    c->start_ns = r->metrics ? now_ns() : 0;
     if (openai_answer_prepare(&c->answer, req, em) != 0) {
         call_free(c);
         openai_request_free(req);
@@ -282,7 +312,7 @@ static void proxy_end(api_sink *sink)
     call_free(c);
 }
 
-static const api_sink_ops proxy_ops = {proxy_begin, proxy_write, proxy_end};
+static const api_sink_ops proxy_ops = {proxy_begin, proxy_write, proxy_end, NULL};
 
 static int model_known_in_mesh(router *r, const char *model_id)
 {
@@ -362,6 +392,8 @@ router *router_new(sched *s, mesh *m, api_counters *counters)
 }
 
 void router_set_pipelines(router *r, struct pipelines *ps) { r->pipelines = ps; }
+
+void router_set_metrics(router *r, metrics *m) { r->metrics = m; }
 
 void router_free(router *r) { free(r); }
 

@@ -19,6 +19,7 @@
 #define LLMESH_ROUTER_H
 
 #include "serve/api.h"
+#include "serve/metrics.h"
 #include "serve/openai.h"
 #include "serve/scheduler.h"
 
@@ -31,6 +32,9 @@ struct pipelines;
 /* Plans consulted for a model not served here: 503 with the reason while it
  * is planning or loading. NULL: none. */
 void router_set_pipelines(router *r, struct pipelines *ps);
+/* Where local generations' tokens, time to first token and inter-token
+ * latency are counted (serve/metrics.h). NULL: nowhere. */
+void router_set_metrics(router *r, metrics *m);
 /* Frees the router; the calls must be closed already (router_close_all). */
 void router_free(router *r);
 

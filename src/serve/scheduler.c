@@ -326,6 +326,21 @@ int sched_model_count(const sched *s) { return s->n_workers; }
 engine_model *sched_model_at(const sched *s, int i) { return s->workers[i]->model; }
 int sched_jobs_active(const sched *s) { return s->n_active; }
 
+void sched_model_load(const sched *s, int i, int *lanes, int *busy, int *queued)
+{
+    sched_worker *w = s->workers[i];
+    pthread_mutex_lock(&w->lock);
+    int idle = 0, waiting = 0;
+    for (int l = 0; l < w->n_lanes; l++) idle += w->idle[l];
+    for (const sched_job *j = w->head; j; j = j->next_queued) waiting++;
+    pthread_mutex_unlock(&w->lock);
+    *lanes = w->n_lanes;
+    /* A lane just handed a job (idle cleared by sched_submit) counts as busy
+     * at once, and the job as queued until the lane wakes and takes it. */
+    *busy = w->n_lanes - idle;
+    *queued = waiting;
+}
+
 sched_job *sched_submit(sched *s, const char *model_id, const engine_request *req,
                         const sched_callbacks *cb, void *user)
 {

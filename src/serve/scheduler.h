@@ -56,6 +56,9 @@ sched_job *sched_submit(sched *s, const char *model_id, const engine_request *re
 /* The owner loses interest: no more callbacks; the worker stops at its next token. */
 void sched_cancel(sched_job *job);
 
+/* The i-th model's lanes, how many run a job now, and how many jobs wait
+ * for a lane (read under the model's lock: a snapshot). */
+void sched_model_load(const sched *s, int i, int *lanes, int *busy, int *queued);
 /* Jobs queued or running, over all models. */
 int sched_jobs_active(const sched *s);
 
