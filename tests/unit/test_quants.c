@@ -327,7 +327,8 @@ static void test_dot_products(void)
 static void test_rows_kernels(void)
 {
     enum { R = 7 };
-    static const ggml_type types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K};
+    static const ggml_type types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0,
+                                      GGML_TYPE_Q4_K, GGML_TYPE_Q6_K};
     struct {
         const char *name;
         kernel_isa isa;
@@ -361,7 +362,7 @@ static void test_rows_kernels(void)
                 b[0].qs[0] = -128, b[0].qs[1] = -128, b[0].qs[2] = 127, b[1].qs[5] = -128;
                 x[0] = 2, x[1] = -2, x[2] = 2, x[37] = 2; /* the block's largest: +-127 */
             }
-            if (t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0) {
+            if (t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q5_0) {
                 kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)act, n);
                 kernel_dequantize_row(GGML_TYPE_Q8_0, act, ad, n);
                 a = act;
