@@ -4,7 +4,7 @@
  * A rows kernel computes out[r] = dot(row r, act) for r < nrows (1 ..
  * KERNEL_ROWS), the rows at w + r * stride, act one input vector in the
  * layout the weight type takes (floats for F16, Q8_0 blocks for Q8_0, Q4_0
- * and Q5_0, Q8_K blocks for Q4_K and Q6_K). Working on several rows per pass lets
+ * and Q5_0, Q8_K blocks for Q4_K, Q5_K and Q6_K). Working on several rows per pass lets
  * one activation load serve every row and gives the core independent
  * accumulator chains (a single row's chain of fused multiply-adds is bound by
  * their latency, not by memory).

@@ -328,7 +328,7 @@ static void test_rows_kernels(void)
 {
     enum { R = 7 };
     static const ggml_type types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0,
-                                      GGML_TYPE_Q4_K, GGML_TYPE_Q6_K};
+                                      GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
     struct {
         const char *name;
         kernel_isa isa;
