@@ -7,7 +7,9 @@
  * (written with independent accumulators so the compiler can vectorise it)
  * and, on x86-64, as AVX2+FMA+F16C intrinsics compiled with a target
  * attribute, so the binary stays runnable on any x86-64 and picks the fast
- * path at run time. */
+ * path at run time. The matrix products of the main types run through the
+ * rows kernels of kernels_rows_*.c (AVX2, AVX-VNNI, AVX-512), picked here
+ * per type for the active level. */
 #include "engine/kernels.h"
 #include "engine/kernels_rows.h"
 #include "engine/quants.h"

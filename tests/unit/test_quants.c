@@ -359,8 +359,9 @@ static void test_rows_kernels(void)
             const void *a = x;
             if (t == GGML_TYPE_Q8_0) { /* extremes of the offsets */
                 kernel_block_q8_0 *b = (kernel_block_q8_0 *)w;
-                b[0].qs[0] = -128, b[0].qs[1] = -128, b[0].qs[2] = 127, b[1].qs[5] = -128;
-                x[0] = 2, x[1] = -2, x[2] = 2, x[37] = 2; /* the block's largest: +-127 */
+                b[0].qs[0] = -128, b[0].qs[1] = -128, b[0].qs[2] = 127;
+                x[0] = 2, x[1] = -2, x[2] = 2; /* the block's largest: +-127 */
+                if (n >= 64) b[1].qs[5] = -128, x[37] = 2;
             }
             if (t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q5_0) {
                 kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)act, n);
