@@ -2,20 +2,29 @@
  * ROWS x COLS matrix of random weights quantized to it, y = W x for one input
  * vector (generation's shape), single-threaded; prints the median over RUNS
  * of GB/s of weight bytes read and the speed relative to F32 measured in the
- * same run. Usage: kernels_bench [--rows R] [--cols C] [--runs N] [--scalar] */
+ * same run, through kernel_matmul with the active ISA (LLMESH_ISA, or
+ * --isa). With --variants, also each rows kernel of kernels_rows.h the CPU
+ * can run (avx2, avxvnni, and AVX-512's 256- and 512-bit forms), called
+ * directly over the matrix, KERNEL_ROWS rows at a time, in GB/s.
+ * Usage: kernels_bench [--rows R] [--cols C] [--runs N] [--isa NAME] [--variants] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "engine/kernels.h"
+#include "engine/kernels_rows.h"
+#include "engine/quants.h"
 #include "engine/quantize.h"
 #include "lib/threadpool.h"
 
+/* The thread's CPU time, not the wall clock: on a machine shared with other
+ * jobs, time spent descheduled would otherwise count (the products all run
+ * on the calling thread: the pool has one thread). */
 static double now(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -25,16 +34,38 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Microseconds one matvec takes through a rows kernel (act already in the
+ * type's layout), averaged over ~50 ms. */
+static double time_rows(kernel_rows_fn fn, const uint8_t *w, size_t stride, int rows, const void *act,
+                        int cols, float *y)
+{
+    double t0 = now();
+    int reps = 0;
+    do {
+        for (int i = 0; i < rows; i += KERNEL_ROWS)
+            fn(w + (size_t)i * stride, stride, rows - i < KERNEL_ROWS ? rows - i : KERNEL_ROWS, act, cols, y + i);
+        reps++;
+    } while (now() - t0 < 0.05);
+    return (now() - t0) / reps * 1e6;
+}
+
 int main(int argc, char **argv)
 {
-    int rows = 4096, cols = 4096, runs = 7;
+    int rows = 4096, cols = 4096, runs = 7, variants = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rows") && i + 1 < argc) rows = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cols") && i + 1 < argc) cols = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--scalar")) kernel_force_isa(KERNEL_ISA_SCALAR);
+        else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
+            int isa = kernel_isa_from_name(argv[++i]);
+            if (isa < 0 || kernel_force_isa((kernel_isa)isa) != 0) {
+                fprintf(stderr, "kernels_bench: this CPU cannot run ISA '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--scalar")) kernel_force_isa(KERNEL_ISA_SCALAR);
+        else if (!strcmp(argv[i], "--variants")) variants = 1;
         else {
-            fprintf(stderr, "usage: kernels_bench [--rows R] [--cols C (multiple of 256)] [--runs N] [--scalar]\n");
+            fprintf(stderr, "usage: kernels_bench [--rows R] [--cols C (multiple of 256)] [--runs N] [--isa NAME] [--variants]\n");
             return 2;
         }
     }
@@ -53,7 +84,22 @@ int main(int argc, char **argv)
     srand(1);
     for (int i = 0; i < cols; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
     printf("isa %s, %d x %d, 1 thread, median of %d\n", kernel_isa_name(kernel_active_isa()), rows, cols, runs);
-    printf("%-6s %10s %10s %10s %8s\n", "type", "bytes/w", "us/matvec", "GB/s", "vs F32");
+    printf("%-6s %10s %10s %10s %8s", "type", "bytes/w", "us/matvec", "GB/s", "vs F32");
+    struct {
+        const char *name;
+        kernel_isa isa;
+        int bits;
+    } vars[] = {{"avx2", KERNEL_ISA_AVX2, 256}, {"avxvnni", KERNEL_ISA_AVXVNNI, 256},
+                {"avx512/256", KERNEL_ISA_AVX512, 256}, {"avx512/512", KERNEL_ISA_AVX512, 512}};
+    int n_vars = 0;
+    if (variants) {
+        n_vars = 4;
+        for (int v = 0; v < n_vars; v++) printf(" %11s", vars[v].name);
+        printf("   (GB/s)");
+    }
+    printf("\n");
+    uint8_t *act = malloc(kernel_row_bytes(GGML_TYPE_Q8_K, cols) + kernel_row_bytes(GGML_TYPE_Q8_0, cols));
+    if (!act) return 1;
     double f32_us = 0;
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         ggml_type t = types[k];
@@ -79,8 +125,37 @@ int main(int argc, char **argv)
         qsort(times, (size_t)runs, sizeof times[0], cmp_double);
         double us = times[runs / 2];
         if (t == GGML_TYPE_F32) f32_us = us;
-        printf("%-6s %10.4f %10.1f %10.2f %7.2fx\n", ggml_type_name(t), (double)row / cols, us,
+        printf("%-6s %10.4f %10.1f %10.2f %7.2fx", ggml_type_name(t), (double)row / cols, us,
                row * (double)rows / us * 1e-3, f32_us / us);
+        const quant_traits *qt = quant_get_traits(t);
+        const void *a = x;
+        if (t == GGML_TYPE_Q8_0 || (qt && qt->act_type == GGML_TYPE_Q8_0))
+            kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)act, cols), a = act;
+        else if (qt)
+            quant_quantize_row_q8_k(x, (quant_block_q8_k *)act, cols), a = act;
+        /* The variants take turns, run after run, so that the load of a shared
+         * machine falls on all of them alike. */
+        kernel_rows_fn fns[4] = {0};
+        double vt[4][101];
+        for (int v = 0; v < n_vars; v++) {
+            if (!kernel_isa_available(vars[v].isa)) continue;
+            if (vars[v].isa == KERNEL_ISA_AVX2) fns[v] = kernel_rows_avx2(t);
+            else if (vars[v].isa == KERNEL_ISA_AVXVNNI) fns[v] = kernel_rows_avxvnni(t);
+            else fns[v] = kernel_rows_avx512_width(t, vars[v].bits);
+            if (fns[v]) time_rows(fns[v], w, row, rows, a, cols, y); /* warm up */
+        }
+        for (int r = 0; r < runs; r++)
+            for (int v = 0; v < n_vars; v++)
+                if (fns[v]) vt[v][r] = time_rows(fns[v], w, row, rows, a, cols, y);
+        for (int v = 0; v < n_vars; v++) {
+            if (!fns[v]) {
+                printf(" %11s", "-");
+                continue;
+            }
+            qsort(vt[v], (size_t)runs, sizeof vt[v][0], cmp_double);
+            printf(" %11.2f", row * (double)rows / vt[v][runs / 2] * 1e-3);
+        }
+        printf("\n");
         free(w);
     }
     threadpool_free(pool);
@@ -88,5 +163,6 @@ int main(int argc, char **argv)
     free(x);
     free(y);
     free(scratch);
+    free(act);
     return 0;
 }

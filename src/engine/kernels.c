@@ -7,14 +7,18 @@
  * (written with independent accumulators so the compiler can vectorise it)
  * and, on x86-64, as AVX2+FMA+F16C intrinsics compiled with a target
  * attribute, so the binary stays runnable on any x86-64 and picks the fast
- * path at run time. */
+ * path at run time. The matrix products of the main types run through the
+ * rows kernels of kernels_rows_*.c (AVX2, AVX-VNNI, AVX-512), picked here
+ * per type for the active level. */
 #include "engine/kernels.h"
+#include "engine/kernels_rows.h"
 #include "engine/quants.h"
 
 #include <assert.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -389,38 +393,53 @@ static const kernel_ops ops_scalar = {
     dot_q8_0_scalar, fp16_row_scalar, axpy_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
-static const kernel_ops ops_avx2 = {
-    KERNEL_ISA_AVX2, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2,
-    dot_q8_0_avx2, fp16_row_avx2, axpy_avx2,
-};
+/* AVX-VNNI and AVX-512 differ from AVX2 only in the rows kernels of the
+ * matrix products (kernels_rows.h); the one-row dot products are AVX2's. */
+#define OPS_AVX2(isa) {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2, axpy_avx2}
+static const kernel_ops ops_avx2 = OPS_AVX2(KERNEL_ISA_AVX2);
+static const kernel_ops ops_avxvnni = OPS_AVX2(KERNEL_ISA_AVXVNNI);
+static const kernel_ops ops_avx512 = OPS_AVX2(KERNEL_ISA_AVX512);
 #endif
 
 static _Atomic(const kernel_ops *) active_ops;
 static pthread_once_t ops_once = PTHREAD_ONCE_INIT;
 
-static int isa_available(kernel_isa isa)
+int kernel_isa_available(kernel_isa isa)
 {
-    switch (isa) {
-    case KERNEL_ISA_SCALAR: return 1;
-    case KERNEL_ISA_AVX2:
 #ifdef KERNELS_HAVE_AVX2
-        /* F16C is read from CPUID (leaf 1, ECX bit 29) because clang 14's
-         * __builtin_cpu_supports does not know "f16c". */
-        __builtin_cpu_init();
-        unsigned eax, ebx, ecx, edx;
-        int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
-#else
-        return 0;
-#endif
+    unsigned eax, ebx, ecx, edx;
+    if (isa == KERNEL_ISA_SCALAR) return 1;
+    if (isa < KERNEL_ISA_SCALAR || isa >= KERNEL_ISA_COUNT) return 0;
+    /* F16C is read from CPUID (leaf 1, ECX bit 29) because clang 14's
+     * __builtin_cpu_supports does not know "f16c"; AVX-VNNI (leaf 7
+     * subleaf 1, EAX bit 4) likewise for older compilers. The OS's saving
+     * of the vector state is checked by __builtin_cpu_supports. */
+    __builtin_cpu_init();
+    int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    switch (isa) {
+    case KERNEL_ISA_AVX2: return avx2;
+    case KERNEL_ISA_AVXVNNI:
+        return avx2 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 4));
+    case KERNEL_ISA_AVX512:
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    default: return 0;
     }
-    return 0;
+#else
+    return isa == KERNEL_ISA_SCALAR;
+#endif
 }
 
 static const kernel_ops *ops_for(kernel_isa isa)
 {
 #ifdef KERNELS_HAVE_AVX2
-    if (isa == KERNEL_ISA_AVX2) return &ops_avx2;
+    switch (isa) {
+    case KERNEL_ISA_AVX2: return &ops_avx2;
+    case KERNEL_ISA_AVXVNNI: return &ops_avxvnni;
+    case KERNEL_ISA_AVX512: return &ops_avx512;
+    default: break;
+    }
 #endif
     (void)isa;
     return &ops_scalar;
@@ -428,7 +447,15 @@ static const kernel_ops *ops_for(kernel_isa isa)
 
 static void ops_init(void)
 {
-    kernel_isa best = isa_available(KERNEL_ISA_AVX2) ? KERNEL_ISA_AVX2 : KERNEL_ISA_SCALAR;
+    kernel_isa best = KERNEL_ISA_SCALAR;
+    for (int isa = KERNEL_ISA_COUNT - 1; isa > KERNEL_ISA_SCALAR; isa--)
+        if (kernel_isa_available((kernel_isa)isa)) {
+            best = (kernel_isa)isa;
+            break;
+        }
+    const char *env = getenv("LLMESH_ISA");
+    int named = env && *env ? kernel_isa_from_name(env) : -1;
+    if (named >= 0 && kernel_isa_available((kernel_isa)named)) best = (kernel_isa)named;
     const kernel_ops *expected = NULL;
     atomic_compare_exchange_strong(&active_ops, &expected, ops_for(best));
 }
@@ -445,14 +472,23 @@ static inline const kernel_ops *ops(void)
 
 kernel_isa kernel_active_isa(void) { return ops()->isa; }
 
+static const char *const isa_names[KERNEL_ISA_COUNT] = {"scalar", "avx2", "avxvnni", "avx512"};
+
 const char *kernel_isa_name(kernel_isa isa)
 {
-    return isa == KERNEL_ISA_AVX2 ? "avx2" : "scalar";
+    return isa >= 0 && isa < KERNEL_ISA_COUNT ? isa_names[isa] : "scalar";
+}
+
+int kernel_isa_from_name(const char *name)
+{
+    for (int i = 0; i < KERNEL_ISA_COUNT; i++)
+        if (!strcmp(name, isa_names[i])) return i;
+    return -1;
 }
 
 int kernel_force_isa(kernel_isa isa)
 {
-    if (!isa_available(isa)) return -1;
+    if (!kernel_isa_available(isa)) return -1;
     (void)ops();
     atomic_store(&active_ops, ops_for(isa));
     return 0;
@@ -487,9 +523,10 @@ typedef struct {
     const kernel_matrix *w;
     float *y;
     size_t w_stride;       /* bytes between weight rows */
-    quant_dot_fn qdot;     /* quants.c types: the dot product for the active ISA */
-    const uint8_t *act;    /* quants.c types: the input in the type's activation layout */
-    size_t act_stride;
+    kernel_rows_fn rows;   /* the type's rows kernel for the active ISA, or NULL */
+    quant_dot_fn qdot;     /* quants.c types: the one-row dot product for the active ISA */
+    const uint8_t *act;    /* the input in the layout the type takes: floats, Q8_0 or Q8_K */
+    size_t act_stride;     /* bytes between input vectors there */
     int rows_per_task;
     int first_task;
 } matmul_part;
@@ -497,43 +534,58 @@ typedef struct {
 typedef struct {
     const kernel_ops *ops;
     int n;                 /* input vectors */
-    const float *xf;       /* (n, cols) as given, for the float weight types */
-    const uint8_t *xq;     /* (n, cols) as Q8_0 blocks, for Q8_0 (and Q4_0..Q5_1) weights */
-    size_t xq_stride;
     int n_parts;
     matmul_part part[KERNEL_MATMUL_MAX];
 } matmul_job;
 
+/* out[k] = row r0 + k of part's matrix dotted with input vector t, k < nr. */
+static void matmul_rows(const matmul_job *job, const matmul_part *part, int r0, int nr, int t,
+                        float *out)
+{
+    const kernel_matrix *w = part->w;
+    const uint8_t *wrow = (const uint8_t *)w->data + (size_t)r0 * part->w_stride;
+    const uint8_t *act = part->act + (size_t)t * part->act_stride;
+    int cols = w->cols;
+    if (part->rows) {
+        part->rows(wrow, part->w_stride, nr, act, cols, out);
+        return;
+    }
+    const kernel_ops *o = job->ops;
+    for (int k = 0; k < nr; k++, wrow += part->w_stride) {
+        switch (w->type) {
+        case GGML_TYPE_F32: out[k] = o->dot_f32((const float *)wrow, (const float *)act, cols); break;
+        case GGML_TYPE_F16: out[k] = o->dot_f16_f32((const uint16_t *)wrow, (const float *)act, cols); break;
+        case GGML_TYPE_BF16: out[k] = o->dot_bf16_f32((const uint16_t *)wrow, (const float *)act, cols); break;
+        case GGML_TYPE_Q8_0:
+            out[k] = o->dot_q8_0((const kernel_block_q8_0 *)wrow, (const kernel_block_q8_0 *)act, cols);
+            break;
+        default: out[k] = part->qdot(wrow, act, cols); break;
+        }
+    }
+}
+
+/* A task is a range of rows of one product, for every input vector. Rows go
+ * KERNEL_ROWS at a time (one activation load serves them all), each group
+ * against up to MATMUL_TOKEN_TILE input vectors while its weights are in L1. */
 static void matmul_task(void *ctx, int task, int thread)
 {
+    (void)thread;
     const matmul_job *job = ctx;
     int p = job->n_parts - 1;
     while (job->part[p].first_task > task) p--;
     const matmul_part *part = &job->part[p];
-    const kernel_matrix *w = part->w;
-    const kernel_ops *o = job->ops;
-    int rows = w->rows, cols = w->cols;
+    int rows = part->w->rows;
     int r0 = (task - part->first_task) * part->rows_per_task;
     int r1 = r0 + part->rows_per_task < rows ? r0 + part->rows_per_task : rows;
-    const uint8_t *wbase = w->data;
     for (int t0 = 0; t0 < job->n; t0 += MATMUL_TOKEN_TILE) {
         int t1 = t0 + MATMUL_TOKEN_TILE < job->n ? t0 + MATMUL_TOKEN_TILE : job->n;
-        for (int r = r0; r < r1; r++) {
-            const void *wrow = wbase + (size_t)r * part->w_stride;
-            float *y = part->y + r;
+        for (int r = r0; r < r1; r += KERNEL_ROWS) {
+            int nr = r1 - r < KERNEL_ROWS ? r1 - r : KERNEL_ROWS;
             for (int t = t0; t < t1; t++) {
-                const float *xf = job->xf + (size_t)t * cols;
-                float v;
-                switch (w->type) {
-                case GGML_TYPE_F32: v = o->dot_f32(wrow, xf, cols); break;
-                case GGML_TYPE_F16: v = o->dot_f16_f32(wrow, xf, cols); break;
-                case GGML_TYPE_BF16: v = o->dot_bf16_f32(wrow, xf, cols); break;
-                case GGML_TYPE_Q8_0:
-                    v = o->dot_q8_0(wrow, (const kernel_block_q8_0 *)(job->xq + (size_t)t * job->xq_stride), cols);
-                    break;
-                default: v = part->qdot(wrow, part->act + (size_t)t * part->act_stride, cols); break;
-                }
-                y[(size_t)t * rows] = v;
+                float v[KERNEL_ROWS];
+                matmul_rows(job, part, r, nr, t, v);
+                float *y = part->y + (size_t)t * rows + r;
+                for (int k = 0; k < nr; k++) y[k] = v[k];
             }
         }
     }
@@ -553,60 +605,72 @@ size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n)
     return bytes;
 }
 
+static kernel_rows_fn rows_kernel(ggml_type t, kernel_isa isa)
+{
+    switch (isa) {
+    case KERNEL_ISA_AVX512: return kernel_rows_avx512(t);
+    case KERNEL_ISA_AVXVNNI: return kernel_rows_avxvnni(t);
+    case KERNEL_ISA_AVX2: return kernel_rows_avx2(t);
+    default: return NULL;
+    }
+}
+
 void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *const *w,
                          const float *x, int n, float *const *y, void *scratch)
 {
     assert(n_mats >= 1 && n_mats <= KERNEL_MATMUL_MAX && n > 0);
-    matmul_job job = {.ops = ops(), .n = n, .xf = x, .n_parts = n_mats};
+    matmul_job job = {.ops = ops(), .n = n, .n_parts = n_mats};
     int cols = w[0]->cols, need_q8 = 0, need_q8k = 0, n_tasks = 0;
     /* About four tasks per thread (over all products) so a slow thread does
-     * not hold up the rest; the split does not affect the results, each
-     * output is one thread's. */
+     * not hold up the rest, in whole groups of KERNEL_ROWS rows; the split
+     * does not affect the results, each output is one thread's, computed the
+     * same way in any group (kernels_rows.h). */
     int total_rows = 0;
     for (int i = 0; i < n_mats; i++) total_rows += w[i]->rows;
     int want = threadpool_size(pool) * 4;
     int rows_per_task = (total_rows + want - 1) / want;
-    if (rows_per_task < 4) rows_per_task = 4;
+    rows_per_task = (rows_per_task + KERNEL_ROWS - 1) / KERNEL_ROWS * KERNEL_ROWS;
+    if (rows_per_task < KERNEL_ROWS) rows_per_task = KERNEL_ROWS;
+    size_t q8_stride = kernel_row_bytes(GGML_TYPE_Q8_0, cols);
+    size_t q8k_stride = cols % QUANT_K == 0 ? kernel_row_bytes(GGML_TYPE_Q8_K, cols) : 0;
+    uint8_t *q8k_base = (uint8_t *)scratch + q8_0_part_bytes(cols, n);
     for (int i = 0; i < n_mats; i++) {
         assert(kernel_type_supported(w[i]->type));
         assert(w[i]->cols == cols && w[i]->rows > 0);
         matmul_part *part = &job.part[i];
+        ggml_type t = w[i]->type;
         part->w = w[i];
         part->y = y[i];
-        part->w_stride = kernel_row_bytes(w[i]->type, cols);
+        part->w_stride = kernel_row_bytes(t, cols);
+        part->rows = rows_kernel(t, job.ops->isa);
         part->rows_per_task = rows_per_task;
         part->first_task = n_tasks;
         n_tasks += (w[i]->rows + rows_per_task - 1) / rows_per_task;
-        need_q8 |= w[i]->type == GGML_TYPE_Q8_0;
-        const quant_traits *qt = quant_get_traits(w[i]->type);
-        if (qt) {
-            part->qdot = job.ops->isa == KERNEL_ISA_AVX2 && qt->dot_avx2 ? qt->dot_avx2 : qt->dot_scalar;
-            if (qt->act_type == GGML_TYPE_Q8_K) {
-                assert(cols % QUANT_K == 0);
-                need_q8k = 1;
-                part->act = (const uint8_t *)scratch + q8_0_part_bytes(cols, n);
-                part->act_stride = kernel_row_bytes(GGML_TYPE_Q8_K, cols);
-            } else {
-                need_q8 = 1;
-                part->act = scratch;
-                part->act_stride = kernel_row_bytes(GGML_TYPE_Q8_0, cols);
-            }
+        const quant_traits *qt = quant_get_traits(t);
+        if (qt) part->qdot = job.ops->isa >= KERNEL_ISA_AVX2 && qt->dot_avx2 ? qt->dot_avx2 : qt->dot_scalar;
+        if (t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16) {
+            part->act = (const uint8_t *)x;
+            part->act_stride = (size_t)cols * sizeof(float);
+        } else if (qt && qt->act_type == GGML_TYPE_Q8_K) { /* after the Q8_0 part */
+            assert(q8k_stride > 0);
+            need_q8k = 1;
+            part->act = q8k_base;
+            part->act_stride = q8k_stride;
+        } else {
+            need_q8 = 1;
+            part->act = scratch;
+            part->act_stride = q8_stride;
         }
     }
-    if (need_q8k) { /* K-quant weights take Q8_K blocks, placed after the Q8_0 part */
+    if (need_q8k) { /* K-quant weights take Q8_K blocks */
         assert(scratch);
-        size_t stride = kernel_row_bytes(GGML_TYPE_Q8_K, cols);
-        uint8_t *base = (uint8_t *)scratch + q8_0_part_bytes(cols, n);
         for (int t = 0; t < n; t++)
-            quant_quantize_row_q8_k(x + (size_t)t * cols, (quant_block_q8_k *)(base + t * stride), cols);
+            quant_quantize_row_q8_k(x + (size_t)t * cols, (quant_block_q8_k *)(q8k_base + t * q8k_stride), cols);
     }
-    if (need_q8) { /* convert the input once for every Q8_0 product */
+    if (need_q8) { /* convert the input once for every Q8_0-activation product */
         assert(scratch);
-        job.xq_stride = kernel_row_bytes(GGML_TYPE_Q8_0, cols);
         for (int t = 0; t < n; t++)
-            kernel_quantize_row_q8_0(x + (size_t)t * cols,
-                                     (kernel_block_q8_0 *)((uint8_t *)scratch + t * job.xq_stride), cols);
-        job.xq = scratch;
+            kernel_quantize_row_q8_0(x + (size_t)t * cols, (kernel_block_q8_0 *)((uint8_t *)scratch + t * q8_stride), cols);
     }
     threadpool_run(pool, n_tasks, matmul_task, &job);
 }

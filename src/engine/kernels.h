@@ -4,7 +4,8 @@
  *
  * Every product has a plain reference path (dequantize to float, dot in
  * double) that tests compare the fast paths against. Fast paths are chosen at
- * run time from the CPU's features (scalar C, or AVX2+FMA+F16C on x86-64).
+ * run time from the CPU's features (scalar C; on x86-64 AVX2+FMA+F16C,
+ * AVX-VNNI or AVX-512; see kernel_isa).
  * Not here: what the tensors mean (model.c), memory mapping (gguf.c).
  *
  * Determinism: every output element of kernel_matmul is computed by one
@@ -121,14 +122,26 @@ void kernel_axpy(float *out, float a, const float *v, int n);
 
 /* ---- instruction sets ---------------------------------------------------- */
 
+/* Ordered: each level includes the ones below it; a level uses its own
+ * kernels where it has them and the level below's otherwise. */
 typedef enum {
     KERNEL_ISA_SCALAR = 0,   /* portable C (auto-vectorised by the compiler) */
     KERNEL_ISA_AVX2 = 1,     /* x86-64 AVX2 + FMA + F16C */
+    KERNEL_ISA_AVXVNNI = 2,  /* AVX2 + AVX-VNNI (256-bit byte dot products) */
+    KERNEL_ISA_AVX512 = 3,   /* AVX2 + AVX-512 F, BW, VL, VNNI */
 } kernel_isa;
+#define KERNEL_ISA_COUNT 4
 
-/* The ISA in use: the best the CPU supports unless forced. */
+/* The ISA in use: the best the CPU supports, unless forced, or named by the
+ * environment variable LLMESH_ISA (scalar, avx2, avxvnni, avx512; read once,
+ * at the first kernel call; a name this CPU lacks, or an unknown one, is
+ * ignored: kernel_active_isa tells what runs). */
 kernel_isa kernel_active_isa(void);
 const char *kernel_isa_name(kernel_isa isa);
+/* The ISA called name (as kernel_isa_name spells it), or -1. */
+int kernel_isa_from_name(const char *name);
+/* 1 if this CPU and build can run isa. */
+int kernel_isa_available(kernel_isa isa);
 /* Forces an ISA (tests, benchmarks). Returns -1 if this CPU or build lacks it. */
 int kernel_force_isa(kernel_isa isa);
 

@@ -122,7 +122,7 @@ static void test_fp16_vs_compiler(void)
 
 static void test_fp16_row_matches_scalar(void)
 {
-    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2};
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
     kernel_isa saved = kernel_active_isa();
     static uint16_t src[65536];
     static float dst[65536];
@@ -186,7 +186,7 @@ static void test_q8_0_quantize(void)
 
 static void test_dot_products(void)
 {
-    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2};
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
     kernel_isa saved = kernel_active_isa();
     enum { N = 32 * 23 }; /* not a multiple of the vector widths x 4 */
     static float a[N], b[N], af[N];
@@ -268,7 +268,7 @@ static void *make_matrix(ggml_type t, int rows, int cols, float scale)
 static void test_matmul(void)
 {
     ggml_type types[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0};
-    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2};
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
     kernel_isa saved = kernel_active_isa();
     enum { ROWS = 67, COLS = 96, NMAX = 11 };
     char err[128];
@@ -283,7 +283,7 @@ static void test_matmul(void)
         kernel_matrix w = {types[ti], ROWS, COLS, make_matrix(types[ti], ROWS, COLS, 0.5f)};
         REQUIRE(kernel_matmul_scratch_bytes(w.type, COLS, NMAX) <= sizeof scratch);
         kernel_matmul_ref(&w, x, NMAX, yref);
-        for (size_t k = 0; k < 2; k++) {
+        for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
             if (kernel_force_isa(isas[k]) != 0) continue;
             kernel_matmul(pools[0], &w, x, NMAX, y0, scratch);
             /* Tolerance: float accumulation, plus for Q8_0 the activation's

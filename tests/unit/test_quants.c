@@ -10,6 +10,7 @@
  * ASan takes too long for a unit test). */
 #include "engine/gguf.h"
 #include "engine/kernels.h"
+#include "engine/kernels_rows.h"
 #include "engine/model.h"
 #include "engine/quantize.h"
 #include "engine/quants.h"
@@ -19,6 +20,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd_u32(void)
@@ -310,8 +312,121 @@ static void test_dot_products(void)
     free(act);
 }
 
+/* The rows kernels (kernels_rows.h) of every instruction set this CPU has,
+ * for each type that has them: every row against the exact sum in double
+ * over the dequantized weights and activations (only float rounding remains:
+ * 1e-5 of sum |w a| for the integer types as above; F16 multiplies floats,
+ * ~n 2^-24 relative per term: 2e-6 of sum |w a|); a row's bits the same
+ * whether computed in a group of KERNEL_ROWS or alone (the determinism
+ * contract); the three 256-bit sets (AVX2 emulating VNNI, AVX-VNNI, AVX-512's
+ * EVEX form) the same bits as each other; and for the integer types the same
+ * bits as quants.c's / kernels.c's one-row AVX2 dot products. Widths with an
+ * odd number of 32-blocks and an F16 tail of 8 values exercise the 512-bit
+ * kernels' odd block and the scalar tail; Q8_0 weights hold -128 and
+ * activations +-127 (the offsets' extreme cases). */
+static void test_rows_kernels(void)
+{
+    enum { R = 7 };
+    static const ggml_type types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0,
+                                      GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
+    struct {
+        const char *name;
+        kernel_isa isa;
+        int bits;
+    } sets[] = {{"avx2", KERNEL_ISA_AVX2, 256}, {"avxvnni", KERNEL_ISA_AVXVNNI, 256},
+                {"avx512/256", KERNEL_ISA_AVX512, 256}, {"avx512/512", KERNEL_ISA_AVX512, 512}};
+    kernel_isa saved = kernel_active_isa();
+    int ran = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        ggml_type t = types[ti];
+        const quant_traits *qt = quant_get_traits(t);
+        int k_type = qt && qt->act_type == GGML_TYPE_Q8_K;
+        int widths[] = {k_type ? 768 : 800, k_type ? 256 : 32, t == GGML_TYPE_F16 ? 808 : (k_type ? 512 : 96)};
+        for (size_t wi = 0; wi < 3; wi++) {
+            int n = widths[wi];
+            size_t stride = kernel_row_bytes(t, n);
+            uint8_t *w = malloc(stride * R), *act = malloc(kernel_row_bytes(GGML_TYPE_Q8_K, 1024) * 2);
+            float *wf = malloc(sizeof(float) * n), *x = malloc(sizeof(float) * n), *ad = malloc(sizeof(float) * n);
+            REQUIRE(w && act && wf && x && ad);
+            for (int i = 0; i < n; i++) x[i] = rnd_uniform(-2, 2);
+            for (int r = 0; r < R; r++) {
+                for (int i = 0; i < n; i++) wf[i] = rnd_uniform(-1, 1) * (r == 2 ? 1e-3f : 1.0f);
+                if (t == GGML_TYPE_F16)
+                    for (int i = 0; i < n; i++) ((uint16_t *)(w + r * stride))[i] = kernel_fp32_to_fp16(wf[i]);
+                else
+                    quantize_row(t, wf, w + r * stride, n);
+            }
+            const void *a = x;
+            if (t == GGML_TYPE_Q8_0) { /* extremes of the offsets */
+                kernel_block_q8_0 *b = (kernel_block_q8_0 *)w;
+                b[0].qs[0] = -128, b[0].qs[1] = -128, b[0].qs[2] = 127;
+                x[0] = 2, x[1] = -2, x[2] = 2; /* the block's largest: +-127 */
+                if (n >= 64) b[1].qs[5] = -128, x[37] = 2;
+            }
+            if (t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q5_0) {
+                kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)act, n);
+                kernel_dequantize_row(GGML_TYPE_Q8_0, act, ad, n);
+                a = act;
+            } else if (k_type) {
+                quant_quantize_row_q8_k(x, (quant_block_q8_k *)act, n);
+                const quant_block_q8_k *b = (const quant_block_q8_k *)act;
+                for (int i = 0; i < n; i++) ad[i] = b[i / 256].d * b[i / 256].qs[i % 256];
+                a = act;
+            } else {
+                memcpy(ad, x, sizeof(float) * n);
+            }
+            /* the one-row AVX2 dot product, for the bits the 256-bit sets must give */
+            float one_row[R];
+            int have_one_row = t != GGML_TYPE_F16 && kernel_force_isa(KERNEL_ISA_AVX2) == 0;
+            for (int r = 0; have_one_row && r < R; r++)
+                one_row[r] = t == GGML_TYPE_Q8_0
+                                 ? kernel_dot_q8_0((const kernel_block_q8_0 *)(w + r * stride), (const kernel_block_q8_0 *)act, n)
+                                 : qt->dot_avx2(w + r * stride, act, n);
+            float first256[R];
+            int have256 = 0;
+            for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
+                if (!kernel_isa_available(sets[si].isa)) continue;
+                kernel_rows_fn fn = sets[si].isa == KERNEL_ISA_AVX2      ? kernel_rows_avx2(t)
+                                    : sets[si].isa == KERNEL_ISA_AVXVNNI ? kernel_rows_avxvnni(t)
+                                                                         : kernel_rows_avx512_width(t, sets[si].bits);
+                if (!fn) continue;
+                ran++;
+                float grouped[R], alone[R];
+                fn(w, stride, KERNEL_ROWS, a, n, grouped);
+                fn(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, a, n, grouped + KERNEL_ROWS);
+                for (int r = 0; r < R; r++) fn(w + r * stride, stride, 1, a, n, alone + r);
+                if (memcmp(grouped, alone, sizeof grouped)) {
+                    fprintf(stderr, "  %s %s n=%d: a row's bits depend on its group\n", ggml_type_name(t), sets[si].name, n);
+                    CHECK(0);
+                }
+                for (int r = 0; r < R; r++) {
+                    float wd[1024];
+                    kernel_dequantize_row(t, w + r * stride, wd, n);
+                    double exact = 0, mag = 0;
+                    for (int i = 0; i < n; i++) exact += (double)wd[i] * ad[i], mag += fabs((double)wd[i] * ad[i]);
+                    double tol = (t == GGML_TYPE_F16 ? 2e-6 : 1e-5) * mag + 1e-30;
+                    if (!(fabs(alone[r] - exact) <= tol)) {
+                        fprintf(stderr, "  %s %s n=%d row %d: %.9g, exact %.9g\n", ggml_type_name(t), sets[si].name, n,
+                                r, alone[r], exact);
+                        CHECK(0);
+                    }
+                }
+                if (sets[si].bits == 256) {
+                    if (have256) CHECK(memcmp(alone, first256, sizeof alone) == 0);
+                    memcpy(first256, alone, sizeof alone);
+                    have256 = 1;
+                    if (have_one_row) CHECK(memcmp(alone, one_row, sizeof alone) == 0);
+                }
+            }
+            free(w), free(act), free(wf), free(x), free(ad);
+        }
+    }
+    kernel_force_isa(saved);
+    if (!ran) fprintf(stderr, "  (no SIMD rows kernels on this CPU: nothing to check)\n");
+}
+
 /* kernel_matmul over every type (and mixed types in one multi-product, which
- * share the scratch) against kernel_matmul_ref. */
+ * share the scratch) against kernel_matmul_ref, on every ISA this CPU has. */
 static void test_matmul_all_types(void)
 {
     enum { ROWS = 24, COLS = 512, NTOK = 3 };
@@ -334,7 +449,10 @@ static void test_matmul_all_types(void)
     }
     void *scratch = malloc(scratch_bytes);
     float y[4][NTOK * ROWS], yr[NTOK * ROWS];
+    kernel_isa saved = kernel_active_isa();
+    for (int isa = 0; isa < KERNEL_ISA_COUNT; isa++)
     for (int k = 0; k + 3 < N_TYPES + 3; k += 4) {
+        if (kernel_force_isa((kernel_isa)isa) != 0) break;
         int n = N_TYPES - k < 4 ? N_TYPES - k : 4;
         const kernel_matrix *ws[4];
         float *ys[4];
@@ -354,6 +472,7 @@ static void test_matmul_all_types(void)
             CHECK(sqrt(e2 / r2) < 3.0 / (127 * sqrt(3.0)));
         }
     }
+    kernel_force_isa(saved);
     for (int k = 0; k < N_TYPES; k++) free(data[k]);
     free(scratch);
     free(wf);
@@ -505,6 +624,7 @@ int main(void)
     RUN(test_known_answers_k);
     RUN(test_round_trip);
     RUN(test_dot_products);
+    RUN(test_rows_kernels);
     RUN(test_matmul_all_types);
     RUN(test_recipes);
     RUN(test_models_track_f32);

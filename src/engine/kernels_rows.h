@@ -1,0 +1,45 @@
+/* kernels_rows.h (private to src/engine): multi-row matrix-vector kernels,
+ * the inner loop of generation.
+ *
+ * A rows kernel computes out[r] = dot(row r, act) for r < nrows (1 ..
+ * KERNEL_ROWS), the rows at w + r * stride, act one input vector in the
+ * layout the weight type takes (floats for F16, Q8_0 blocks for Q8_0, Q4_0
+ * and Q5_0, Q8_K blocks for Q4_K, Q5_K and Q6_K). Working on several rows per pass lets
+ * one activation load serve every row and gives the core independent
+ * accumulator chains (a single row's chain of fused multiply-adds is bound by
+ * their latency, not by memory).
+ *
+ * Contract, which the determinism guarantee rests on: the value of a row is
+ * computed by the same sequence of operations whatever nrows is and whatever
+ * its position in the group, so grouping (which depends on how a matrix is
+ * split into tasks) never changes a bit. tests/unit/test_quants.c checks it.
+ *
+ * One file per instruction set, each compiled with its own target attribute:
+ * kernels_rows_avx2.c (AVX2, VNNI's byte dot emulated with maddubs + madd),
+ * kernels_rows_avxvnni.c (AVX-VNNI, 256-bit), kernels_rows_avx512.c
+ * (AVX-512 F/BW/VL/VNNI: 512-bit kernels where they were measured faster,
+ * the 256-bit ones in their EVEX form elsewhere). The 256-bit kernels are one
+ * body, kernels_rows256.inc, included by each. */
+#ifndef LLMESH_KERNELS_ROWS_H
+#define LLMESH_KERNELS_ROWS_H
+
+#include <stddef.h>
+
+#include "engine/gguf.h"
+
+#define KERNEL_ROWS 4
+
+typedef void (*kernel_rows_fn)(const void *w, size_t stride, int nrows, const void *act, int n,
+                               float *out);
+
+/* The rows kernel of type t for each instruction set, or NULL when there is
+ * none (the caller then uses the type's one-row dot product). Only call a
+ * set's function when the CPU has that set. */
+kernel_rows_fn kernel_rows_avx2(ggml_type t);
+kernel_rows_fn kernel_rows_avxvnni(ggml_type t);
+kernel_rows_fn kernel_rows_avx512(ggml_type t);
+/* AVX-512's kernel of type t at a given width (256 or 512), whichever
+ * kernel_rows_avx512 picks; NULL when that width has none. */
+kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits);
+
+#endif

@@ -1,0 +1,24 @@
+/* kernels_rows_avx2.c: the rows kernels (kernels_rows.h) for AVX2 + FMA +
+ * F16C, VNNI's byte dot product emulated with maddubs + madd. */
+#include "engine/kernels_rows.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "engine/kernels.h"
+#include "engine/quants.h"
+
+#define ROWS_TARGET "avx2,fma,f16c"
+#define ROWS_VNNI 0
+#include "engine/kernels_rows256.inc"
+
+kernel_rows_fn kernel_rows_avx2(ggml_type t) { return rows256_get(t); }
+#else
+kernel_rows_fn kernel_rows_avx2(ggml_type t)
+{
+    (void)t;
+    return NULL;
+}
+#endif

@@ -1,0 +1,186 @@
+/* kernels_rows_avx512.c: the rows kernels (kernels_rows.h) for AVX-512 F, BW,
+ * VL and VNNI (with FMA and F16C): 512-bit kernels for F16, Q8_0 and Q4_0,
+ * and the 256-bit body in its EVEX form for every type. Which width a type
+ * uses is decided by measurement (docs/engine.md, "CPU dispatch"), in
+ * kernel_rows_avx512; kernel_rows_avx512_width gives either for tests and
+ * benchmarks.
+ *
+ * The 512-bit kernels take two 32-blocks per step (F16: 32 values). Q8_0
+ * puts block i in the low half and i + 1 in the high half of each register;
+ * Q4_0's nibbles come as 16 bytes per block, so a step's weights are [low
+ * nibbles of i, of i + 1, high nibbles of i, of i + 1] and the activations
+ * are permuted once per step (for all rows) to match. An odd last block
+ * runs with a zero partner. The integer lanes are the 256-bit kernels'
+ * (see kernels_rows256.inc); only the float summation order differs. */
+#include "engine/kernels_rows.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "engine/kernels.h"
+#include "engine/quants.h"
+
+#define ROWS_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
+#define ROWS_VNNI 2
+#include "engine/kernels_rows256.inc"
+
+/* ---- F16 ----------------------------------------------------------------- */
+
+ROWS_INLINE void f16_body512(const uint8_t *w, size_t stride, const void *act, int n, float *out, const int nr)
+{
+    const float *x = act;
+    const uint16_t *p[KERNEL_ROWS];
+    __m512 s0[KERNEL_ROWS], s1[KERNEL_ROWS];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        p[r] = (const uint16_t *)(w + r * stride);
+        s0[r] = s1[r] = _mm512_setzero_ps();
+    }
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            PREFETCH_NEXT_GROUP(p[r] + i, stride);
+            s0[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + i))), x0, s0[r]);
+            s1[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + i + 16))), x1, s1[r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        __m128 sum = _mm_set_ss(_mm512_reduce_add_ps(_mm512_add_ps(s0[r], s1[r])));
+        for (int j = i; j < n; j++)
+            sum = _mm_fmadd_ss(_mm_set_ss(_cvtsh_ss(p[r][j])), _mm_set_ss(x[j]), sum);
+        out[r] = _mm_cvtss_f32(sum);
+    }
+}
+ROWS_WRAPPER(rows512_f16, f16_body512)
+
+/* ---- Q8_0 ---------------------------------------------------------------- */
+
+/* 32 bytes at lo in the low half, at hi (or zeros) in the high half. */
+ROWS_INLINE __m512i load_2x32(const int8_t *lo, const int8_t *hi)
+{
+    __m256i h = hi ? _mm256_loadu_si256((const __m256i *)hi) : _mm256_setzero_si256();
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lo)), h, 1);
+}
+
+/* The products d_w * d_y of blocks i and i + 1 (fp16 d0, d1; dy = their
+ * activations' scales in lanes 0 and 1), spread over the lanes by idx: one
+ * conversion for both blocks instead of two scalar ones and a blend. */
+ROWS_INLINE __m512 scales2(uint16_t d0, uint16_t d1, __m128 dy, __m512i idx)
+{
+    __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(d0 | (uint32_t)d1 << 16)));
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(dw, dy)));
+}
+
+ROWS_INLINE void q8_0_body512(const uint8_t *w, size_t stride, const void *act, int n, float *out, const int nr)
+{
+    const kernel_block_q8_0 *y = act;
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    const kernel_block_q8_0 *b[KERNEL_ROWS];
+    __m512 acc[KERNEL_ROWS];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        b[r] = (const kernel_block_q8_0 *)(w + r * stride);
+        acc[r] = _mm512_setzero_ps();
+    }
+    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    int nb = n / KERNEL_Q8_0_BLOCK;
+    for (int i = 0; i < nb; i += 2) {
+        int pair = i + 1 < nb;
+        __m512i yv = load_2x32(y[i].qs, pair ? y[i + 1].qs : NULL);
+        __m128 dy = _mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0);
+        __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                         _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, yv));
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            PREFETCH_NEXT_GROUP(&b[r][i], stride);
+            PREFETCH_NEXT_GROUP(&b[r][i + 1].qs[31], stride);
+            __m512i q = load_2x32(b[r][i].qs, pair ? b[r][i + 1].qs : NULL);
+            __m512i p = _mm512_dpbusd_epi32(start, _mm512_xor_si512(q, bias), yv);
+            __m512 sc = scales2(b[r][i].d, pair ? b[r][i + 1].d : 0, dy, halves);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+ROWS_WRAPPER(rows512_q8_0, q8_0_body512)
+
+/* ---- Q4_0 ---------------------------------------------------------------- */
+
+ROWS_INLINE void q4_0_body512(const uint8_t *w, size_t stride, const void *act, int n, float *out, const int nr)
+{
+    const kernel_block_q8_0 *y = act;
+    const __m256i m15 = _mm256_set1_epi8(15);
+    const __m512i quarters = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    const quant_block_q4_0 *b[KERNEL_ROWS];
+    __m512 acc[KERNEL_ROWS];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        b[r] = (const quant_block_q4_0 *)(w + r * stride);
+        acc[r] = _mm512_setzero_ps();
+    }
+    int nb = n / QUANT_BLOCK;
+    for (int i = 0; i < nb; i += 2) {
+        int pair = i + 1 < nb;
+        __m256i ya = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        __m256i yb = pair ? _mm256_loadu_si256((const __m256i *)y[i + 1].qs) : _mm256_setzero_si256();
+        /* [i: 0-15, i+1: 0-15, i: 16-31, i+1: 16-31], as the nibbles come */
+        __m512i yv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(ya, yb, 0x20)),
+                                        _mm256_permute2x128_si256(ya, yb, 0x31), 1);
+        __m128 dy = _mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0);
+        __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                         _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), yv));
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            PREFETCH_NEXT_GROUP(&b[r][i], stride);
+            __m128i qa = _mm_loadu_si128((const __m128i *)b[r][i].qs);
+            __m128i qb = pair ? _mm_loadu_si128((const __m128i *)b[r][i + 1].qs) : _mm_setzero_si128();
+            __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(qa), qb, 1);
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m15)),
+                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), m15), 1);
+            __m512i p = _mm512_dpbusd_epi32(start, q, yv);
+            __m512 sc = scales2(b[r][i].d, pair ? b[r][i + 1].d : 0, dy, quarters);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+ROWS_WRAPPER(rows512_q4_0, q4_0_body512)
+
+kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)
+{
+    if (bits == 256) return rows256_get(t);
+    switch (t) {
+    case GGML_TYPE_F16: return rows512_f16;
+    case GGML_TYPE_Q8_0: return rows512_q8_0;
+    case GGML_TYPE_Q4_0: return rows512_q4_0;
+    default: return NULL;
+    }
+}
+
+/* Per type, the faster width on the machine measured (docs/engine.md, "512
+ * or 256 bits"): 512 for Q8_0 and Q4_0; F16 is memory-bound out of cache,
+ * where both widths tie, and 256 is faster in cache. */
+kernel_rows_fn kernel_rows_avx512(ggml_type t)
+{
+    kernel_rows_fn wide = t == GGML_TYPE_F16 ? NULL : kernel_rows_avx512_width(t, 512);
+    return wide ? wide : rows256_get(t);
+}
+#else
+kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)
+{
+    (void)t, (void)bits;
+    return NULL;
+}
+kernel_rows_fn kernel_rows_avx512(ggml_type t)
+{
+    (void)t;
+    return NULL;
+}
+#endif

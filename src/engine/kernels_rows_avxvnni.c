@@ -1,0 +1,25 @@
+/* kernels_rows_avxvnni.c: the rows kernels (kernels_rows.h) for AVX2 + FMA +
+ * F16C + AVX-VNNI (VEX-encoded 256-bit dpbusd/dpwssd: Alder Lake and later,
+ * Zen 5; also present on this project's AVX-512 machine). */
+#include "engine/kernels_rows.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "engine/kernels.h"
+#include "engine/quants.h"
+
+#define ROWS_TARGET "avx2,fma,f16c,avxvnni"
+#define ROWS_VNNI 1
+#include "engine/kernels_rows256.inc"
+
+kernel_rows_fn kernel_rows_avxvnni(ggml_type t) { return rows256_get(t); }
+#else
+kernel_rows_fn kernel_rows_avxvnni(ggml_type t)
+{
+    (void)t;
+    return NULL;
+}
+#endif
