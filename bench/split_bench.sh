@@ -169,6 +169,12 @@ if [ "$ONLY" != netns ]; then
   measure "2 stages, 2 threads each" "$P0_API" "$P0_CONSOLE"
   echo "    one stream vs solo at 2 threads: $(awk -v t="$M_TPOT" -v s="$SOLO2" 'BEGIN { printf "%.2f", s / t }')x"
   stop_all
+  # A VM's speed can move with its host within minutes: solo at 1 thread
+  # once more, so a reader sees whether the ratios above compare like runs.
+  start_node SOLO serve --model "$MODEL" --threads 1 --parallel 3
+  measure "solo, 1 thread (again)" "$SOLO_API" "$SOLO_CONSOLE"
+  echo "    drift: $(awk -v a="$M_TPOT" -v b="$SOLO1" 'BEGIN { printf "%+.0f%%", (a / b - 1) * 100 }') time per token against the first solo run"
+  stop_all
 fi
 
 if [ "$ONLY" != loop ]; then
