@@ -38,6 +38,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "lib/cpu_relax.h"
+
 #define SPIN_ITERATIONS 4096    /* pauses before an idle worker goes to sleep */
 #define YIELD_AFTER 2048        /* pauses before a waiting caller starts yielding its core */
 
@@ -74,15 +76,6 @@ typedef struct {
     threadpool *pool;
     int index;                   /* 1 .. n_threads - 1 */
 } worker_arg;
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
 
 /* Takes and runs tasks of generation gen until it has none left. */
 static void run_tasks(threadpool *pool, uint32_t gen, int thread)

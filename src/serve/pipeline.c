@@ -36,6 +36,7 @@
 #include "engine/engine.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
+#include "lib/cpu_relax.h"
 #include "lib/log.h"
 #include "mesh/identity.h"
 #include "models/weights_store.h"
@@ -186,13 +187,6 @@ static struct timespec deadline_after(int seconds)
     clock_gettime(CLOCK_REALTIME, &t);
     t.tv_sec += seconds;
     return t;
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
 }
 
 /* Waits (p->lock held) for the reply to a decode step by polling around the
