@@ -425,11 +425,85 @@ static void test_rows_kernels(void)
     if (!ran) fprintf(stderr, "  (no SIMD rows kernels on this CPU: nothing to check)\n");
 }
 
+/* The tile kernels (kernels_rows.h): for each instruction set and width the
+ * CPU has, R rows x NT tokens in one call (whole tiles, leftover tokens and
+ * a leftover group of rows) give every output the bits of the same set's
+ * rows kernel for that row and token alone: a prompt's batch equals its
+ * tokens one by one. Tokens differ in scale (1e-3 .. 10) so that a mixed-up
+ * token or scale would show. */
+static void test_tile_kernels(void)
+{
+    enum { R = 7, NT = 11 };
+    static const ggml_type types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0,
+                                      GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K, GGML_TYPE_Q2_K,
+                                      GGML_TYPE_Q3_K};
+    struct {
+        const char *name;
+        kernel_isa isa;
+        int bits;
+    } sets[] = {{"avx2", KERNEL_ISA_AVX2, 256}, {"avxvnni", KERNEL_ISA_AVXVNNI, 256},
+                {"avx512/256", KERNEL_ISA_AVX512, 256}, {"avx512/512", KERNEL_ISA_AVX512, 512}};
+    int ran = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        ggml_type t = types[ti];
+        const quant_traits *qt = quant_get_traits(t);
+        int k_type = qt && qt->act_type == GGML_TYPE_Q8_K;
+        int widths[] = {k_type ? 768 : 800, t == GGML_TYPE_F16 ? 808 : (k_type ? 256 : 96)};
+        for (size_t wi = 0; wi < 2; wi++) {
+            int n = widths[wi];
+            size_t stride = kernel_row_bytes(t, n);
+            ggml_type at = t == GGML_TYPE_F16 ? GGML_TYPE_F32 : k_type ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0;
+            size_t astride = kernel_row_bytes(at, n);
+            uint8_t *w = malloc(stride * R), *act = malloc(astride * NT);
+            float *wf = malloc(sizeof(float) * n), *x = malloc(sizeof(float) * n);
+            float tiled[NT][R], alone[NT][R];
+            REQUIRE(w && act && wf && x);
+            for (int r = 0; r < R; r++) {
+                for (int i = 0; i < n; i++) wf[i] = rnd_uniform(-1, 1);
+                quantize_row(t, wf, w + r * stride, n);
+            }
+            for (int k = 0; k < NT; k++) {
+                float scale = k == 3 ? 1e-3f : k == 5 ? 10.0f : 1.0f;
+                for (int i = 0; i < n; i++) x[i] = rnd_uniform(-2, 2) * scale;
+                if (at == GGML_TYPE_F32) memcpy(act + k * astride, x, sizeof(float) * n);
+                else if (at == GGML_TYPE_Q8_K) quant_quantize_row_q8_k(x, (quant_block_q8_k *)(act + k * astride), n);
+                else kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)(act + k * astride), n);
+            }
+            for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
+                if (!kernel_isa_available(sets[si].isa)) continue;
+                kernel_isa isa = sets[si].isa;
+                int bits = sets[si].bits;
+                kernel_rows_fn rows = isa == KERNEL_ISA_AVX2      ? kernel_rows_avx2(t)
+                                      : isa == KERNEL_ISA_AVXVNNI ? kernel_rows_avxvnni(t)
+                                                                  : kernel_rows_avx512_width(t, bits);
+                kernel_tile_fn tile = isa == KERNEL_ISA_AVX2      ? kernel_tile_avx2(t)
+                                      : isa == KERNEL_ISA_AVXVNNI ? kernel_tile_avxvnni(t)
+                                                                  : kernel_tile_avx512_width(t, bits);
+                CHECK((rows == NULL) == (tile == NULL));
+                if (!rows || !tile) continue;
+                ran++;
+                memset(tiled, 0xff, sizeof tiled);
+                tile(w, stride, KERNEL_ROWS, act, astride, NT, n, &tiled[0][0], R);
+                tile(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, act, astride, NT, n, &tiled[0][KERNEL_ROWS], R);
+                for (int k = 0; k < NT; k++)
+                    for (int r = 0; r < R; r++) rows(w + r * stride, stride, 1, act + k * astride, n, &alone[k][r]);
+                if (memcmp(tiled, alone, sizeof tiled)) {
+                    fprintf(stderr, "  %s %s n=%d: tiled products differ from one row and token at a time\n",
+                            ggml_type_name(t), sets[si].name, n);
+                    CHECK(0);
+                }
+            }
+            free(w), free(act), free(wf), free(x);
+        }
+    }
+    if (!ran) fprintf(stderr, "  (no SIMD tile kernels on this CPU: nothing to check)\n");
+}
+
 /* kernel_matmul over every type (and mixed types in one multi-product, which
  * share the scratch) against kernel_matmul_ref, on every ISA this CPU has. */
 static void test_matmul_all_types(void)
 {
-    enum { ROWS = 24, COLS = 512, NTOK = 3 };
+    enum { ROWS = 24, COLS = 512, NTOK = 9 }; /* 9: whole tiles and leftover tokens */
     char err[256];
     threadpool *pool = threadpool_create(2, err, sizeof err);
     REQUIRE(pool);
@@ -625,6 +699,7 @@ int main(void)
     RUN(test_round_trip);
     RUN(test_dot_products);
     RUN(test_rows_kernels);
+    RUN(test_tile_kernels);
     RUN(test_matmul_all_types);
     RUN(test_recipes);
     RUN(test_models_track_f32);
