@@ -219,6 +219,8 @@ static int parse_messages(cJSON *messages, openai_request *req, char *err, size_
             snprintf(err, errlen, "each message needs a string 'role'");
             return -1;
         }
+        if (openai_check_fields(msg, openai_known_fields(OPENAI_FIELDS_MESSAGE), "a message", err, errlen))
+            return -1;
         char *text = NULL;
         size_t len = 0, cap = 0;
         if (cJSON_IsString(content)) {
@@ -280,6 +282,9 @@ int openai_parse_request(const char *body, size_t len, int chat, openai_request 
         goto done;
     }
     snprintf(req->model, sizeof req->model, "%s", model->valuestring);
+    if (openai_check_fields(root, openai_known_fields(chat ? OPENAI_FIELDS_CHAT : OPENAI_FIELDS_COMPLETION),
+                            NULL, err, errlen))
+        goto done;
 
     if (chat) {
         if (parse_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), req, err, errlen)) goto done;

@@ -60,6 +60,15 @@ void openai_request_free(openai_request *r);
  * engine request's prompt. 0, or -1 with the template's message. */
 int openai_request_render_chat(openai_request *req, const engine_model *em, char *err, size_t errlen);
 
+/* The unknown-field rule (openai_fields.c): every non-null member of obj
+ * must be in known or in the list of metadata llmesh ignores on purpose;
+ * otherwise -1 with a message naming the field (and where, e.g. "a
+ * message", when where is not NULL). */
+enum { OPENAI_FIELDS_COMPLETION, OPENAI_FIELDS_CHAT, OPENAI_FIELDS_MESSAGE };
+const char *const *openai_known_fields(int kind);
+int openai_check_fields(const cJSON *obj, const char *const *known, const char *where, char *err,
+                        size_t errlen);
+
 /* Field readers shared with the other endpoints (tokenize): an optional
  * boolean, -1 with a message when present but not one; an array of token
  * ids (integers in [0, 2^31), at most OPENAI_MAX_PROMPT_IDS), malloc'ed, or

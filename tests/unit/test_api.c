@@ -176,6 +176,36 @@ static void test_bad_requests(void)
     CHECK_EQ_INT(after.bad_requests - before.bad_requests, sizeof cases / sizeof cases[0]);
 }
 
+/* The unknown-field rule: metadata is ignored by name, null counts as
+ * absent, anything else is a 400 that names the field. */
+static void test_unknown_fields(void)
+{
+    setup();
+    static const struct { const char *body; const char *named; } refused[] = {
+        {"{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"suffix\": \"y\"}", "'suffix'"},
+        {"{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"best_of\": 2}", "'best_of'"},
+        {"{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+         "\"functions\": [{\"name\": \"f\"}]}", "'functions'"},
+        {"{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"x\", "
+         "\"audio\": {}}]}", "'audio' in a message"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        record_sink r;
+        request(&r, "POST", strstr(refused[i].body, "messages") ? "/v1/chat/completions" : "/v1/completions",
+                refused[i].body);
+        CHECK_EQ_INT(r.status, 400);
+        CHECK(r.body && strstr(r.body, refused[i].named));
+        free(r.body);
+    }
+    record_sink r;
+    request(&r, "POST", "/v1/chat/completions",
+            "{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"x\", "
+            "\"name\": \"bob\"}], \"user\": \"u1\", \"store\": false, \"metadata\": {\"a\": \"b\"}, "
+            "\"suffix\": null, \"max_tokens\": 1}");
+    CHECK_EQ_INT(r.status, 200);
+    free(r.body);
+}
+
 /* The reference: engine_generate called directly. */
 static char expected[4096];
 static int append_piece(void *user, const char *p, size_t n)
@@ -734,6 +764,7 @@ int main(void)
 {
     RUN(test_models_list);
     RUN(test_bad_requests);
+    RUN(test_unknown_fields);
     RUN(test_completion_matches_engine);
     RUN(test_chat);
     RUN(test_abort_mid_stream);
