@@ -2181,6 +2181,13 @@ const struct sockaddr *quic_conn_remote_addr(const quic_conn *c, socklen_t *len)
     return (const struct sockaddr *)&c->remote_app;
 }
 
+int quic_conn_export_keying(const quic_conn *c, const char *label, uint8_t *out, size_t len)
+{
+    if (!c->ready || c->closing || !c->tls) return -1;
+    /* An empty context: the label alone names the use. */
+    return gnutls_prf_rfc5705(c->tls, strlen(label), label, 0, NULL, len, (char *)out) == 0 ? 0 : -1;
+}
+
 uint64_t quic_conn_rtt_us(const quic_conn *c)
 {
     if (!c->conn) return 0;

@@ -49,6 +49,7 @@ typedef struct {
     int signals_seen;
     uint64_t drain_deadline_ms;
     const char *role;
+    int console_loopback;        /* the console is bound to loopback only: it may show the token */
 } node;
 
 static char *status_json(void *ctx)
@@ -56,8 +57,10 @@ static char *status_json(void *ctx)
     node *n = ctx;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "node_id", mesh_node_id_hex(n->mesh));
-    /* A client accepts no joins: it has no token to give. */
-    if (mesh_is_passive(n->mesh)) cJSON_AddNullToObject(root, "token");
+    /* A client accepts no joins: it has no token to give. The token carries
+     * the mesh secret: only a console on loopback shows it (whoever reaches
+     * a console bound elsewhere, key or not, must not learn how to join). */
+    if (mesh_is_passive(n->mesh) || !n->console_loopback) cJSON_AddNullToObject(root, "token");
     else cJSON_AddStringToObject(root, "token", mesh_token(n->mesh));
     cJSON_AddStringToObject(root, "role", n->role);
     cJSON_AddStringToObject(root, "version", LLMESH_VERSION);
@@ -131,6 +134,7 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "peers_dead", (double)mc.peers_dead);
     cJSON_AddNumberToObject(c, "peers_alive_again", (double)mc.peers_alive_again);
     cJSON_AddNumberToObject(c, "peers_left", (double)mc.peers_left);
+    cJSON_AddNumberToObject(c, "admission_refused", (double)mc.admission_refused);
     cJSON_AddNumberToObject(c, "stage_bad_frames", n->stages ? (double)stage_host_bad_frames(n->stages) : 0);
     weights_counters wc = {0};
     if (n->weights) weights_get_counters(n->weights, &wc);
@@ -275,6 +279,7 @@ int node_run(const node_config *cfg)
     n.api_http = http_api_start(n.base, cfg->http_host, (uint16_t)cfg->api_port, n.api, err, sizeof err);
     if (!n.api_http) { fprintf(stderr, "llmesh: API (--port): %s\n", err); goto out; }
     http_server_set_metrics(n.api_http, n.metrics);
+    n.console_loopback = http_host_is_loopback(cfg->http_host);
     n.console_http = http_console_start(n.base, cfg->http_host, (uint16_t)cfg->console_port,
                                         status_json, &n, err, sizeof err);
     if (!n.console_http) { fprintf(stderr, "llmesh: console (--console): %s\n", err); goto out; }
