@@ -46,6 +46,8 @@ typedef struct {
     int max_id;             /* largest token id in the prompt or logit_bias (-1: none) */
     chat_message *msgs;     /* chat: owned roles and contents, rendered by the serving node */
     int n_msgs;
+    struct json_grammar *grammar; /* response_format's, or NULL; owned until the scheduler
+                                     takes it (er->grammar points at it) */
 } openai_request;
 
 /* Parses a completion (chat 0) or chat request body; every bound is checked

@@ -30,14 +30,15 @@ static const char *const ignored_fields[] = {
 static const char *const completion_fields[] = {
     "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "repeat_penalty", "repeat_last_n", "seed", "n",
-    "stop", "logit_bias", "logprobs", "echo", "parse_special", "stream", "stream_options", NULL,
+    "stop", "logit_bias", "logprobs", "echo", "parse_special", "stream", "stream_options",
+    "response_format", NULL,
 };
 
 static const char *const chat_fields[] = {
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
     "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "repeat_penalty",
     "repeat_last_n", "seed", "n", "stop", "logit_bias", "logprobs", "top_logprobs", "stream",
-    "stream_options", NULL,
+    "stream_options", "response_format", NULL,
 };
 
 /* Fields of one chat message. "name" (a participant's name) is metadata:
