@@ -20,6 +20,7 @@
 #include "lib/log.h"
 #include "lib/sysinfo.h"
 #include "mesh/mesh.h"
+#include "models/resolve.h"
 #include "models/weights_store.h"
 #include "serve/api.h"
 #include "serve/budget.h"
@@ -214,16 +215,34 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_add(n->drain_timer, &poll);
 }
 
+/* --model REF: a path is loaded as it is; a name is found in the cache or
+ * downloaded first (blocking: the node is not in anyone's way before its
+ * token is printed), after the check that it fits this node's budget. */
 static int load_models(node *n)
 {
-    for (int i = 0; i < n->cfg->n_models; i++) {
-        char err[512];
-        if (pipelines_add_model(n->pipelines, n->cfg->models[i], err, sizeof err) != 0) {
+    model_files *mf = malloc(sizeof *mf);
+    if (!mf) return -1;
+    int rc = 0;
+    for (int i = 0; i < n->cfg->n_models && rc == 0; i++) {
+        char err[1024];
+        model_fetch_opts o = {.home = n->cfg->home, .avail_bytes = budget_free(&n->budget),
+                              .avail_what = n->cfg->split ? NULL : "this node's free budget (--max-memory)",
+                              .n_ctx = n->cfg->ctx, .n_lanes = n->cfg->parallel > 0 ? n->cfg->parallel : 2,
+                              .n_threads = n->cfg->threads};
+        if (model_fetch(n->cfg->models[i], &o, mf, err, sizeof err) != 0) {
+            fprintf(stderr, "llmesh: --model %s: %s\n", n->cfg->models[i], err);
+            rc = -1;
+        } else if (mf->n_files > 1) {
+            fprintf(stderr, "llmesh: --model %s: a GGUF in %d parts is not loaded yet\n", n->cfg->models[i],
+                    mf->n_files);
+            rc = -1;
+        } else if (pipelines_add_model(n->pipelines, mf->files[0], err, sizeof err) != 0) {
             fprintf(stderr, "llmesh: cannot load model %s\n", err);
-            return -1;
+            rc = -1;
         }
     }
-    return 0;
+    free(mf);
+    return rc;
 }
 
 int node_run(const node_config *cfg)
