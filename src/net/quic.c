@@ -67,6 +67,12 @@
  * there; without Retry tokens this is our only defence, see docs). */
 #define QUIC_MAX_CONNS 4096
 #define QUIC_MAX_HALF_OPEN 256
+/* The same from one IP address (virtual paths aside), so that one host
+ * cannot take every slot: a handshake flood from one address leaves room
+ * for everyone else. Loopback tests run every node on 127.0.0.1, so the
+ * per-address total stays well above what a test mesh needs. */
+#define QUIC_MAX_CONNS_PER_ADDR 256
+#define QUIC_MAX_HALF_OPEN_PER_ADDR 16
 /* Flow control: credit is returned as soon as bytes reach the application,
  * so windows only bound bytes in flight. ngtcp2 auto-tunes from the
  * initial to the max window by RTT. */
@@ -302,6 +308,18 @@ static int addr_eq(const struct sockaddr *a, socklen_t alen, const struct sockad
                    socklen_t blen)
 {
     return alen == blen && memcmp(a, b, alen) == 0;
+}
+
+/* Same IP address, any port (addresses as the socket sees them). */
+static int addr_same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family) return 0;
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)a)->sin_addr.s_addr == ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+    if (a->ss_family == AF_INET6)
+        return !memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, &((const struct sockaddr_in6 *)b)->sin6_addr,
+                       sizeof(struct in6_addr));
+    return 0;
 }
 
 /* Application callbacks go through these so ep->depth knows when one is on
@@ -1692,6 +1710,21 @@ static quic_conn *ep_accept(quic_endpoint *ep, const struct sockaddr_storage *fr
     if (ep->nconns >= QUIC_MAX_CONNS || ep->nhalf_open >= QUIC_MAX_HALF_OPEN) {
         ep->stats.conns_refused++;
         return NULL;
+    }
+    if (!vpath) {
+        /* O(connections), bounded by QUIC_MAX_CONNS, and only for Initials
+         * that would create a connection. */
+        size_t same = 0, same_half = 0;
+        for (const quic_conn *o = ep->conns; o; o = o->next)
+            if (!o->vpath && addr_same_ip(&o->remote, from)) {
+                same++;
+                same_half += (size_t)o->half_open;
+            }
+        if (same >= QUIC_MAX_CONNS_PER_ADDR || same_half >= QUIC_MAX_HALF_OPEN_PER_ADDR) {
+            ep->stats.conns_refused++;
+            ep->stats.conns_refused_addr++;
+            return NULL;
+        }
     }
     quic_conn *c = conn_alloc(ep, from, fromlen);
     if (!c) return NULL;
