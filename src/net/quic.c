@@ -29,6 +29,7 @@
 
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/sockaddr_ip.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -308,18 +309,6 @@ static int addr_eq(const struct sockaddr *a, socklen_t alen, const struct sockad
                    socklen_t blen)
 {
     return alen == blen && memcmp(a, b, alen) == 0;
-}
-
-/* Same IP address, any port (addresses as the socket sees them). */
-static int addr_same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family) return 0;
-    if (a->ss_family == AF_INET)
-        return ((const struct sockaddr_in *)a)->sin_addr.s_addr == ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-    if (a->ss_family == AF_INET6)
-        return !memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, &((const struct sockaddr_in6 *)b)->sin6_addr,
-                       sizeof(struct in6_addr));
-    return 0;
 }
 
 /* Application callbacks go through these so ep->depth knows when one is on
@@ -1716,7 +1705,7 @@ static quic_conn *ep_accept(quic_endpoint *ep, const struct sockaddr_storage *fr
          * that would create a connection. */
         size_t same = 0, same_half = 0;
         for (const quic_conn *o = ep->conns; o; o = o->next)
-            if (!o->vpath && addr_same_ip(&o->remote, from)) {
+            if (!o->vpath && sockaddr_same_ip(&o->remote, from)) {
                 same++;
                 same_half += (size_t)o->half_open;
             }

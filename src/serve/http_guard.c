@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "lib/log.h"
+#include "lib/sockaddr_ip.h"
 
 typedef struct guard_conn {
     struct bufferevent *bev;     /* our reference keeps it (and its descriptor) */
@@ -36,17 +37,6 @@ static uint64_t guard_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static int guard_same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family) return 0;
-    if (a->ss_family == AF_INET)
-        return ((const struct sockaddr_in *)a)->sin_addr.s_addr == ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-    if (a->ss_family == AF_INET6)
-        return !memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, &((const struct sockaddr_in6 *)b)->sin6_addr,
-                       sizeof(struct in6_addr));
-    return 0;
 }
 
 static void guard_cut(guard_conn *c)
@@ -96,7 +86,7 @@ static void guard_check_cb(evutil_socket_t fd, short what, void *arg)
         }
         int same = 0;
         for (guard_conn *o = g->conns; o; o = o->next)
-            same += o != c && !o->cut && o->addr_len && guard_same_ip(&o->addr, &c->addr);
+            same += o != c && !o->cut && o->addr_len && sockaddr_same_ip(&o->addr, &c->addr);
         if (live > HTTP_GUARD_MAX_CONNS || same >= HTTP_GUARD_MAX_PER_ADDR) {
             g->stats.refused++;
             live--;
