@@ -198,6 +198,43 @@ void mesh_link_close_when_idle(mesh_link *l, const char *reason)
     mesh_link_retire(l, reason);
 }
 
+/* ---- bans: peers that keep sending malformed frames -----------------------------*/
+
+static int mesh_banned(mesh *m, const uint8_t id[MESH_ID_BYTES])
+{
+    uint64_t now = detect_now_ms();
+    for (int i = 0; i < MESH_BANS; i++)
+        if (m->bans[i].until > now && !memcmp(m->bans[i].id, id, MESH_ID_BYTES)) return 1;
+    return 0;
+}
+
+void mesh_link_bad_frame(mesh_link *l)
+{
+    mesh *m = l->m;
+    uint64_t now = detect_now_ms();
+    if (now - l->bad_window_start > MESH_BAD_WINDOW_MS) {
+        l->bad_window_start = now;
+        l->bad_in_window = 0;
+    }
+    if (++l->bad_in_window < MESH_BAD_FRAMES_MAX || l->banned) return;
+    l->banned = 1;
+    /* A free or expired slot, else the ban that ends first. */
+    int slot = 0;
+    for (int i = 1; i < MESH_BANS; i++)
+        if (m->bans[i].until < m->bans[slot].until) slot = i;
+    memcpy(m->bans[slot].id, l->peer, MESH_ID_BYTES);
+    m->bans[slot].until = now + MESH_BAN_MS;
+    m->counters.peers_banned++;
+    char hex[MESH_ID_HEX];
+    identity_id_hex(l->peer, hex);
+    log_warn(MESH_LOG, "peer %.16s sent %d malformed frames within %d s: disconnected, refused for %d s",
+             hex, MESH_BAD_FRAMES_MAX, MESH_BAD_WINDOW_MS / 1000, MESH_BAN_MS / 1000);
+    /* Closed as a lost connection (the node stays its link until then), so
+     * the failure detector sees it go; redials are refused by the ban. */
+    l->force_close = 1;
+    mesh_link_retire(l, "too many malformed frames");
+}
+
 void mesh_link_stream_gone(mesh_link *l)
 {
     if (l->want_close && l->user_streams == 0) mesh_schedule_sweep(l->m);
@@ -460,6 +497,11 @@ static void mesh_conn_ready(void *user, quic_conn *c)
             mesh_link_retire(l, "a passive client accepts no connections");
             return;
         }
+    }
+    if (mesh_banned(m, l->peer)) {
+        m->counters.banned_refused++;
+        mesh_link_close_now(l, "banned for malformed frames");
+        return;
     }
     /* Nothing of the peer is taken, and it is in no table, until it has
      * proved it knows the mesh secret (admission.c). */
@@ -940,7 +982,13 @@ void mesh_open_to_clients(mesh *m, uint8_t type)
     if (type != 0 && !mesh_stream_type_internal(type)) m->types[type].clients = 1;
 }
 
-void mesh_get_counters(const mesh *m, mesh_counters *out) { *out = m->counters; }
+void mesh_get_counters(const mesh *m, mesh_counters *out)
+{
+    *out = m->counters;
+    quic_stats qs;
+    quic_endpoint_stats(m->ep, &qs);
+    out->conns_refused = qs.conns_refused;
+}
 
 int mesh_connections(const mesh *m)
 {

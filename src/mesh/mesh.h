@@ -212,6 +212,10 @@ typedef struct {
      * knows the mesh secret (wrong or malformed proof, none within 1 s,
      * another stream first), ours or theirs. */
     uint64_t admission_refused;
+    /* Limits under abuse (docs/mesh.md, "Limits"). */
+    uint64_t peers_banned;       /* peers cut off for sending too many malformed frames */
+    uint64_t banned_refused;     /* connections of banned peers refused */
+    uint64_t conns_refused;      /* QUIC handshakes dropped: too many connections in all, half-open, or from one address */
 } mesh_counters;
 void mesh_get_counters(const mesh *m, mesh_counters *out);
 

@@ -48,6 +48,12 @@
 #define MESH_CLIENT_AVOID_MS 30000   /* a host a client could not reach is skipped this long */
 #define MESH_MEMBER_IDLE_MS 120000   /* a member closes a client connection unused this long */
 #define MESH_PENDING_MAX (32u << 20) /* bytes queued on streams waiting for a connection */
+/* A peer that sends this many malformed frames within the window is
+ * disconnected and refused for MESH_BAN_MS (mesh.c, docs/mesh.md "Limits"). */
+#define MESH_BAD_FRAMES_MAX 32
+#define MESH_BAD_WINDOW_MS 10000
+#define MESH_BAN_MS 60000
+#define MESH_BANS 64                 /* peers banned at once (the oldest ban goes first) */
 /* Admission (admission.c, docs/mesh.md "Admission"). */
 #define ADMISSION_DEADLINE_MS 1000   /* a peer proves itself within this after the handshake */
 #define ADMISSION_HOLD_MAX (64u << 10) /* dialler: bytes of streams that overtook the proof */
@@ -122,6 +128,9 @@ struct mesh_link {
     admit_binding bind;              /* exporter value and the two ids */
     struct event *admit_timer;
     size_t held_bytes;               /* sum of the streams' held bytes */
+    uint64_t bad_window_start;       /* malformed frames: the window's start, monotonic ms */
+    int bad_in_window;
+    int banned;                      /* cut off for malformed frames */
     mesh_link *next;                 /* in m->links */
 };
 
@@ -212,6 +221,10 @@ struct mesh {
     int passive;                     /* this node is a passive client */
     int n_clients;                   /* members: passive links open */
     struct passive_state *pv;        /* clients: routing-table pulls, probes (passive.c) */
+    struct {
+        uint8_t id[MESH_ID_BYTES];
+        uint64_t until;              /* monotonic ms; 0 = free slot */
+    } bans[MESH_BANS];
 };
 
 /* mesh.c */
@@ -239,6 +252,9 @@ mesh_link *mesh_link_dial(mesh *m, quic_conn *c, mesh_node *n);
 /* Called by admission.c when l's peer proved itself: l becomes ready (the
  * rest of what a completed handshake did before admission existed). */
 void mesh_link_admitted(mesh_link *l);
+/* A malformed frame or stream from l's peer (stream.c); too many within the
+ * window ban it. */
+void mesh_link_bad_frame(mesh_link *l);
 /* Called by stream.c when a link loses a user stream. */
 void mesh_link_stream_gone(mesh_link *l);
 void mesh_schedule_sweep(mesh *m);

@@ -73,6 +73,14 @@ static void stream_detach(mesh_stream *s)
     }
 }
 
+/* A malformed frame (or stream) from s's peer: counted; a peer that keeps
+ * sending them is cut off (mesh_link_bad_frame). */
+static void stream_bad_frame(mesh_stream *s)
+{
+    s->m->counters.bad_frames++;
+    if (s->link) mesh_link_bad_frame(s->link);
+}
+
 static void stream_free(mesh_stream *s)
 {
     assert(s->dead && !s->busy && !s->link && !s->qs && !s->waiting);
@@ -126,7 +134,7 @@ static void stream_fail(mesh_stream *s, uint64_t code, const char *why)
 void mesh_stream_reject(mesh_stream *s, const char *why)
 {
     if (s->dead) return;
-    s->m->counters.bad_frames++;
+    stream_bad_frame(s);
     stream_fail(s, MESH_RESET_BAD_FRAME, why);
     stream_release(s); /* frees it unless a callback of it is running */
 }
@@ -155,14 +163,14 @@ static int stream_take_type(mesh_stream *s, uint8_t type)
     mesh_type_slot *slot = &m->types[type];
     char hex[MESH_ID_HEX];
     if (s->link && s->link->passive && !passive_type_allowed(m, type)) {
-        m->counters.bad_frames++;
+        stream_bad_frame(s);
         log_debug(MESH_LOG, "client %.16s opened a stream of type %u, which clients may not: reset",
                   stream_peer_hex(s, hex), type);
         stream_fail(s, MESH_RESET_REFUSED, "stream type not open to clients");
         return -1;
     }
     if (!slot->fn) {
-        m->counters.bad_frames++;
+        stream_bad_frame(s);
         log_debug(MESH_LOG, "peer %.16s opened a stream of unknown type %u: reset",
                   stream_peer_hex(s, hex), type);
         stream_fail(s, MESH_RESET_UNKNOWN_TYPE, "unknown stream type");
@@ -241,7 +249,7 @@ static void stream_on_data(void *user, quic_stream *qs, const uint8_t *data, siz
     }
     if (!s->typed) {
         if (fin) {
-            s->m->counters.bad_frames++;
+            stream_bad_frame(s);
             stream_fail(s, MESH_RESET_BAD_FRAME, "stream ended before its type byte");
         }
         goto out;
@@ -252,7 +260,7 @@ static void stream_on_data(void *user, quic_stream *qs, const uint8_t *data, siz
         frame_status st = frame_reader_next(&s->reader, &data, &len, &payload, &plen);
         if (st == FRAME_NEED_MORE) break;
         if (st == FRAME_ERROR) {
-            s->m->counters.bad_frames++;
+            stream_bad_frame(s);
             char hex[MESH_ID_HEX];
             log_debug(MESH_LOG, "stream from %.8s: %s: reset", stream_peer_hex(s, hex), s->reader.error);
             stream_fail(s, MESH_RESET_BAD_FRAME, s->reader.error);
@@ -263,7 +271,7 @@ static void stream_on_data(void *user, quic_stream *qs, const uint8_t *data, siz
     }
     if (fin && !s->fin_seen) {
         if (!frame_reader_idle(&s->reader)) {
-            s->m->counters.bad_frames++;
+            stream_bad_frame(s);
             stream_fail(s, MESH_RESET_BAD_FRAME, "stream ended in the middle of a frame");
             goto out;
         }

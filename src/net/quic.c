@@ -29,6 +29,7 @@
 
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/sockaddr_ip.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -67,6 +68,12 @@
  * there; without Retry tokens this is our only defence, see docs). */
 #define QUIC_MAX_CONNS 4096
 #define QUIC_MAX_HALF_OPEN 256
+/* The same from one IP address (virtual paths aside), so that one host
+ * cannot take every slot: a handshake flood from one address leaves room
+ * for everyone else. Loopback tests run every node on 127.0.0.1, so the
+ * per-address total stays well above what a test mesh needs. */
+#define QUIC_MAX_CONNS_PER_ADDR 256
+#define QUIC_MAX_HALF_OPEN_PER_ADDR 16
 /* Flow control: credit is returned as soon as bytes reach the application,
  * so windows only bound bytes in flight. ngtcp2 auto-tunes from the
  * initial to the max window by RTT. */
@@ -1692,6 +1699,21 @@ static quic_conn *ep_accept(quic_endpoint *ep, const struct sockaddr_storage *fr
     if (ep->nconns >= QUIC_MAX_CONNS || ep->nhalf_open >= QUIC_MAX_HALF_OPEN) {
         ep->stats.conns_refused++;
         return NULL;
+    }
+    if (!vpath) {
+        /* O(connections), bounded by QUIC_MAX_CONNS, and only for Initials
+         * that would create a connection. */
+        size_t same = 0, same_half = 0;
+        for (const quic_conn *o = ep->conns; o; o = o->next)
+            if (!o->vpath && sockaddr_same_ip(&o->remote, from)) {
+                same++;
+                same_half += (size_t)o->half_open;
+            }
+        if (same >= QUIC_MAX_CONNS_PER_ADDR || same_half >= QUIC_MAX_HALF_OPEN_PER_ADDR) {
+            ep->stats.conns_refused++;
+            ep->stats.conns_refused_addr++;
+            return NULL;
+        }
     }
     quic_conn *c = conn_alloc(ep, from, fromlen);
     if (!c) return NULL;

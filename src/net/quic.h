@@ -166,6 +166,7 @@ typedef struct {
     uint64_t vpath_rx, vpath_tx;         /* packets in and out on virtual paths */
     uint64_t conns_accepted;             /* incoming connections created from an Initial */
     uint64_t conns_refused;              /* Initials dropped because of connection limits */
+    uint64_t conns_refused_addr;         /* of those, because of the per-address limits */
     uint64_t stateless_resets_sent;
     uint64_t version_negotiations_sent;
     uint64_t conns_open;                 /* now: every connection, handshaking or ready */

@@ -172,6 +172,14 @@ static void render_counters(prom_buf *b, const metrics_sources *src)
             (double)ac.failed);
     counter(b, "llmesh_auth_refused_total", "Requests refused for a missing or wrong API key, on either port.",
             (double)src->auth_refused);
+    counter(b, "llmesh_http_refused_total",
+            "HTTP connections shut at once: too many in all or from one address (both ports).",
+            (double)src->http_refused);
+    counter(b, "llmesh_http_slow_cut_total",
+            "HTTP connections shut because no whole request arrived within the deadline (both ports).",
+            (double)src->http_slow_cut);
+    prom_family(b, "llmesh_http_connections", "gauge", "HTTP connections open now (both ports).");
+    prom_sample(b, "llmesh_http_connections", NULL, (double)src->http_connections);
 
     mesh_counters mc;
     mesh_get_counters(src->mesh, &mc);
@@ -196,6 +204,14 @@ static void render_counters(prom_buf *b, const metrics_sources *src)
     counter(b, "llmesh_admission_refused_total",
             "Mesh connections refused because the peer did not prove it knows the mesh secret.",
             (double)mc.admission_refused);
+    counter(b, "llmesh_peers_banned_total",
+            "Peers disconnected and refused for a while for sending too many malformed frames.",
+            (double)mc.peers_banned);
+    counter(b, "llmesh_banned_refused_total", "Connections of banned peers refused.",
+            (double)mc.banned_refused);
+    counter(b, "llmesh_quic_refused_total",
+            "QUIC handshakes dropped by the connection limits (in all, half-open, per address).",
+            (double)mc.conns_refused);
     counter(b, "llmesh_stage_bad_frames_total", "Malformed pipeline stage frames.",
             src->stages ? (double)stage_host_bad_frames(src->stages) : 0);
 

@@ -124,6 +124,12 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "failed", (double)ac.failed);
     cJSON_AddNumberToObject(c, "auth_refused", (double)(http_server_auth_refused(n->api_http) +
                                                         http_server_auth_refused(n->console_http)));
+    http_guard_stats ga, gc;
+    http_server_guard_stats(n->api_http, &ga);
+    http_server_guard_stats(n->console_http, &gc);
+    cJSON_AddNumberToObject(c, "http_refused", (double)(ga.refused + gc.refused));
+    cJSON_AddNumberToObject(c, "http_slow_cut", (double)(ga.cut_slow + gc.cut_slow));
+    cJSON_AddNumberToObject(c, "http_connections", (double)(ga.open + gc.open));
     cJSON_AddNumberToObject(c, "bad_frames", (double)mc.bad_frames);
     cJSON_AddNumberToObject(c, "streams_opened", (double)mc.streams_opened);
     cJSON_AddNumberToObject(c, "streams_accepted", (double)mc.streams_accepted);
@@ -136,6 +142,9 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "peers_alive_again", (double)mc.peers_alive_again);
     cJSON_AddNumberToObject(c, "peers_left", (double)mc.peers_left);
     cJSON_AddNumberToObject(c, "admission_refused", (double)mc.admission_refused);
+    cJSON_AddNumberToObject(c, "peers_banned", (double)mc.peers_banned);
+    cJSON_AddNumberToObject(c, "banned_refused", (double)mc.banned_refused);
+    cJSON_AddNumberToObject(c, "quic_refused", (double)mc.conns_refused);
     cJSON_AddNumberToObject(c, "stage_bad_frames", n->stages ? (double)stage_host_bad_frames(n->stages) : 0);
     weights_counters wc = {0};
     if (n->weights) weights_get_counters(n->weights, &wc);
@@ -153,10 +162,16 @@ static char *status_json(void *ctx)
 static char *metrics_text(void *ctx)
 {
     node *n = ctx;
+    http_guard_stats ga, gc;
+    http_server_guard_stats(n->api_http, &ga);
+    http_server_guard_stats(n->console_http, &gc);
     metrics_sources src = {
         .api = n->api, .mesh = n->mesh, .sched = n->sched, .pipelines = n->pipelines,
         .stages = n->stages, .weights = n->weights,
         .auth_refused = http_server_auth_refused(n->api_http) + http_server_auth_refused(n->console_http),
+        .http_refused = ga.refused + gc.refused,
+        .http_slow_cut = ga.cut_slow + gc.cut_slow,
+        .http_connections = ga.open + gc.open,
     };
     return metrics_render(n->metrics, &src);
 }

@@ -1136,6 +1136,59 @@ static void test_admission(void)
     mesh_free(t.a);
 }
 
+/* ---- limits: a peer that keeps sending malformed frames -----------------------*/
+
+static int ban_seen(void *arg)
+{
+    adm_t *t = arg;
+    mesh_counters c;
+    mesh_get_counters(t->a, &c);
+    return c.peers_banned >= 1 && !is_alive(t->a, t->b);
+}
+
+static int ban_refused(void *arg)
+{
+    adm_t *t = arg;
+    mesh_counters c;
+    mesh_get_counters(t->a, &c);
+    return c.banned_refused >= 1;
+}
+
+/* A member that opens stream after stream of a type nobody knows is cut off
+ * after MESH_BAD_FRAMES_MAX of them and refused when it dials again; until
+ * then each one only costs it the stream. */
+static void test_bad_frame_ban(void)
+{
+    adm_t t = {0};
+    t.a = testnet_mesh("ban-a", "127.0.0.1:0", "host", NULL);
+    REQUIRE(t.a);
+    t.b = testnet_mesh("ban-b", "127.0.0.1:0", "standby", mesh_token(t.a));
+    REQUIRE(t.b);
+    CHECK(testnet_run_until(adm_member_in, &t, WAIT_MS));
+    char err[256];
+    for (int i = 0; i < MESH_BAD_FRAMES_MAX - 1; i++) {
+        mesh_stream *s = mesh_stream_open(t.b, mesh_node_id(t.a), 99, NULL, NULL, err, sizeof err);
+        REQUIRE(s);
+        CHECK(mesh_stream_send(s, "x", 1) == 0);
+    }
+    testnet_run_for(300);
+    mesh_counters c;
+    mesh_get_counters(t.a, &c);
+    CHECK_EQ_INT(c.bad_frames, MESH_BAD_FRAMES_MAX - 1);
+    CHECK_EQ_INT(c.peers_banned, 0);
+    CHECK(is_alive(t.a, t.b));
+    mesh_stream *s = mesh_stream_open(t.b, mesh_node_id(t.a), 99, NULL, NULL, err, sizeof err);
+    REQUIRE(s);
+    CHECK(mesh_stream_send(s, "x", 1) == 0);
+    CHECK(testnet_run_until(ban_seen, &t, WAIT_MS));
+    /* B redials (A is its join node): refused while the ban lasts. */
+    CHECK(testnet_run_until(ban_refused, &t, WAIT_MS));
+    CHECK(!is_alive(t.a, t.b));
+    CHECK_EQ_INT(mesh_connections(t.a), 0);
+    mesh_free(t.b);
+    mesh_free(t.a);
+}
+
 int main(void)
 {
     /* LLMESH_TEST_LOG=debug shows the mesh's chatter while debugging. */
@@ -1150,6 +1203,7 @@ int main(void)
     RUN(test_failure_detection);
     RUN(test_passive_client);
     RUN(test_admission);
+    RUN(test_bad_frame_ban);
     testnet_loop_free();
     return testlib_finish();
 }
