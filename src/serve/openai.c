@@ -43,7 +43,10 @@ void openai_request_free(openai_request *r)
     for (int i = 0; i < r->n_msgs; i++) {
         free((char *)r->msgs[i].role);
         free((char *)r->msgs[i].content);
+        free((char *)r->msgs[i].json);
     }
+    tools_request_free(r->tools);
+    r->tools = NULL;
     free(r->msgs);
     json_grammar_free(r->grammar);
     r->grammar = NULL;
@@ -298,6 +301,9 @@ static int parse_messages(cJSON *messages, openai_request *req, char *err, size_
             snprintf(err, errlen, "out of memory");
             return -1;
         }
+        char *json;
+        if (tools_message_json(msg, &json, err, errlen)) return -1;
+        m->json = json; /* assistant tool_calls, a tool result's tool_call_id */
     }
     return 0;
 }
@@ -339,6 +345,7 @@ int openai_parse_request(const char *body, size_t len, int chat, openai_request 
 
     if (chat) {
         if (parse_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), req, err, errlen)) goto done;
+        if (tools_parse_request(root, &req->tools, err, errlen)) goto done;
     } else if (parse_prompt(cJSON_GetObjectItemCaseSensitive(root, "prompt"), req, err, errlen)) {
         goto done;
     }
@@ -442,9 +449,26 @@ done:
 int openai_request_render_chat(openai_request *req, const engine_model *em, char *err, size_t errlen)
 {
     int parse_special = 0;
-    if (engine_render_chat(em, req->msgs, req->n_msgs, &req->prompt, &req->prompt_len, &parse_special,
-                           err, errlen) != 0)
+    if (req->tools) {
+        json_grammar *call = NULL;
+        if (tools_render(req->tools, em, req->msgs, req->n_msgs, &req->prompt, &req->prompt_len,
+                         &parse_special, &call, err, errlen) != 0)
+            return -1;
+        if (call && req->grammar) {
+            json_grammar_free(call);
+            snprintf(err, errlen, "'response_format' and a required or named 'tool_choice' cannot be combined");
+            return -1;
+        }
+        if (call) {
+            req->grammar = call;
+            req->er->grammar = call;
+        }
+        req->tool_forced = call != NULL;
+        if (req->tools->choice != TOOLS_NONE) req->tool_format = engine_chat_tool_format(em);
+    } else if (engine_render_chat(em, req->msgs, req->n_msgs, &req->prompt, &req->prompt_len, &parse_special,
+                                  err, errlen) != 0) {
         return -1;
+    }
     req->er->prompt = req->prompt;
     req->er->prompt_len = req->prompt_len;
     req->er->parse_special = parse_special;
@@ -568,6 +592,9 @@ int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_
     ans->logprobs = req->er->logprobs;
     ans->top_logprobs = req->er->top_logprobs;
     ans->include_usage = req->include_usage;
+    ans->tool_format = req->tool_format;
+    ans->tool_forced = req->tool_forced;
+    ans->tools_parallel = req->tools ? req->tools->parallel : 1;
     if (req->echo) {
         char err[512];
         size_t n;
@@ -750,6 +777,18 @@ void openai_answer_begin_stream(openai_answer *ans)
 void openai_answer_output(openai_answer *ans, const char *text, size_t len, const engine_token *toks,
                           int n_toks)
 {
+    if (ans->stream && ans->tool_format != ENGINE_TOOLS_NONE) {
+        /* Tools: content goes out up to where a call may begin; the rest
+         * waits for the end (openai_answer_finish). */
+        if (len) append_text(&ans->text, &ans->text_len, &ans->text_cap, text, len);
+        size_t upto = tools_stream_release(ans->tool_format, ans->tool_forced, ans->text ? ans->text : "",
+                                           ans->text_len);
+        if (upto > ans->released) {
+            send_stream_chunk(ans, ans->text + ans->released, upto - ans->released, toks, n_toks, NULL, 0);
+            ans->released = upto;
+        }
+        return;
+    }
     if (ans->stream) {
         /* The echoed prompt goes out with its tokens, in the first chunk. */
         if (ans->echo_text && !ans->echo_sent && n_toks > 0 && toks[0].prompt) {
@@ -783,8 +822,123 @@ static void add_usage(cJSON *o, const engine_result *r)
     cJSON_AddNumberToObject(usage, "total_tokens", r->prompt_tokens + r->completion_tokens);
 }
 
+/* A call's id: 9 letters and digits from a hash of the answer's id and the
+ * call's index, so ids differ across answers and calls. Nine alphanumerics
+ * because Mistral's template refuses any other id when the call comes back
+ * in the history (OpenAI's own ids are free-form, so no client minds). */
+static void call_id(const openai_answer *ans, int i, char *out, size_t cap)
+{
+    static const char digits[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = ans->id; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h = (h ^ (uint64_t)i) * 1099511628211ull;
+    char id[10];
+    for (int k = 0; k < 9; k++, h /= 62) id[k] = digits[h % 62];
+    id[9] = 0;
+    snprintf(out, cap, "%s", id);
+}
+
+/* Streamed tool calls, as OpenAI streams them: per call a delta with its
+ * index, id, type and name (arguments ""), then the arguments in fragments. */
+#define TOOL_ARGS_FRAGMENT 32
+static void send_tool_call_chunks(openai_answer *ans, const tools_call *calls, int n)
+{
+    for (int i = 0; i < n; i++) {
+        size_t alen = strlen(calls[i].arguments);
+        for (size_t off = 0, first = 1; first || off < alen; first = 0) {
+            cJSON *o = chunk_object(ans);
+            cJSON *choice = cJSON_CreateObject();
+            cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), choice);
+            cJSON_AddNumberToObject(choice, "index", 0);
+            cJSON *tc = cJSON_CreateObject();
+            cJSON_AddItemToArray(cJSON_AddArrayToObject(cJSON_AddObjectToObject(choice, "delta"), "tool_calls"), tc);
+            cJSON_AddNumberToObject(tc, "index", i);
+            cJSON *fn;
+            if (first) {
+                char id[80];
+                call_id(ans, i, id, sizeof id);
+                cJSON_AddStringToObject(tc, "id", id);
+                cJSON_AddStringToObject(tc, "type", "function");
+                fn = cJSON_AddObjectToObject(tc, "function");
+                cJSON_AddStringToObject(fn, "name", calls[i].name);
+                cJSON_AddStringToObject(fn, "arguments", "");
+            } else {
+                size_t k = alen - off < TOOL_ARGS_FRAGMENT ? alen - off : TOOL_ARGS_FRAGMENT;
+                /* never cut a UTF-8 character */
+                while (off + k < alen && ((unsigned char)calls[i].arguments[off + k] & 0xc0) == 0x80) k++;
+                char piece[TOOL_ARGS_FRAGMENT + 8];
+                memcpy(piece, calls[i].arguments + off, k);
+                piece[k] = 0;
+                fn = cJSON_AddObjectToObject(tc, "function");
+                cJSON_AddStringToObject(fn, "arguments", piece);
+                off += k;
+            }
+            cJSON_AddNullToObject(choice, "logprobs");
+            cJSON_AddNullToObject(choice, "finish_reason");
+            sse_send(ans->sink, o);
+            cJSON_Delete(o);
+        }
+    }
+}
+
+/* The message of a chat answer with tools: content (null when it was all
+ * calls) and tool_calls. Returns the finish reason. */
+static const char *tool_message(openai_answer *ans, cJSON *msg, const tools_call *calls, int n,
+                                const char *content, const char *finish)
+{
+    if (content) cJSON_AddStringToObject(msg, "content", content);
+    else cJSON_AddNullToObject(msg, "content");
+    if (n == 0) return finish;
+    cJSON *list = cJSON_AddArrayToObject(msg, "tool_calls");
+    for (int i = 0; i < n; i++) {
+        char id[80];
+        call_id(ans, i, id, sizeof id);
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddStringToObject(c, "id", id);
+        cJSON_AddStringToObject(c, "type", "function");
+        cJSON *fn = cJSON_AddObjectToObject(c, "function");
+        cJSON_AddStringToObject(fn, "name", calls[i].name);
+        cJSON_AddStringToObject(fn, "arguments", calls[i].arguments);
+        cJSON_AddItemToArray(list, c);
+    }
+    return "tool_calls";
+}
+
 void openai_answer_finish(openai_answer *ans, const engine_result *r)
 {
+    tools_call *calls = NULL;
+    int n_calls = 0, n_parsed = 0;
+    char *content = NULL;
+    const char *finish = r->finish_reason ? r->finish_reason : "stop";
+    if (ans->tool_format != ENGINE_TOOLS_NONE) {
+        if (tools_parse_output(ans->tool_format, ans->tool_forced, ans->text ? ans->text : "", ans->text_len,
+                               &calls, &n_parsed, &content) != 0)
+            log_warn("api", "out of memory parsing tool calls");
+        n_calls = n_parsed;
+        if (n_calls > 1 && !ans->tools_parallel) n_calls = 1; /* parallel_tool_calls: false */
+        if (n_calls && !strcmp(finish, "stop")) finish = "tool_calls";
+    }
+    if (ans->stream && ans->tool_format != ENGINE_TOOLS_NONE) {
+        /* What was held back: content not yet sent, then the calls. */
+        size_t clen = content ? strlen(content) : 0;
+        if (!n_calls) clen = ans->text_len; /* no calls: all of the text is content */
+        if (clen > ans->released)
+            send_stream_chunk(ans, ans->text + ans->released, clen - ans->released, NULL, 0, NULL, 0);
+        send_tool_call_chunks(ans, calls, n_calls);
+        send_stream_chunk(ans, NULL, 0, NULL, 0, finish, 0);
+        if (ans->include_usage) {
+            cJSON *o = chunk_object(ans);
+            cJSON_AddArrayToObject(o, "choices");
+            add_usage(o, r);
+            sse_send(ans->sink, o);
+            cJSON_Delete(o);
+        }
+        ans->sink->ops->write(ans->sink, sse_done, sizeof sse_done - 1);
+        ans->sink->ops->end(ans->sink);
+        tools_calls_free(calls, n_parsed);
+        free(content);
+        return;
+    }
     if (ans->stream) {
         if (ans->echo_text && !ans->echo_sent)
             send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
@@ -821,12 +975,15 @@ void openai_answer_finish(openai_answer *ans, const engine_result *r)
     if (ans->chat) {
         cJSON *msg = cJSON_AddObjectToObject(choice, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
-        cJSON_AddStringToObject(msg, "content", text);
+        if (ans->tool_format != ENGINE_TOOLS_NONE) finish = tool_message(ans, msg, calls, n_calls, content, finish);
+        else cJSON_AddStringToObject(msg, "content", text);
     } else {
         cJSON_AddStringToObject(choice, "text", text);
     }
     add_logprobs(ans, choice, ans->toks, ans->n_toks);
-    cJSON_AddStringToObject(choice, "finish_reason", r->finish_reason ? r->finish_reason : "stop");
+    cJSON_AddStringToObject(choice, "finish_reason", finish);
+    tools_calls_free(calls, n_parsed);
+    free(content);
     add_usage(o, r);
     openai_send_json(ans->sink, 200, o);
     cJSON_Delete(o);

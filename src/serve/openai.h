@@ -25,6 +25,7 @@
 #include "engine/engine.h"
 #include "mesh/mesh.h"   /* MESH_MAX_NAME: a model name's bound */
 #include "serve/api.h"
+#include "serve/tools.h"
 
 /* ---- requests --------------------------------------------------------------*/
 
@@ -46,8 +47,11 @@ typedef struct {
     int max_id;             /* largest token id in the prompt or logit_bias (-1: none) */
     chat_message *msgs;     /* chat: owned roles and contents, rendered by the serving node */
     int n_msgs;
-    struct json_grammar *grammar; /* response_format's, or NULL; owned until the scheduler
-                                     takes it (er->grammar points at it) */
+    struct json_grammar *grammar; /* response_format's or a forced tool call's, or NULL; owned
+                                     until the scheduler takes it (er->grammar points at it) */
+    tools_request *tools;   /* chat: tools and tool_choice (serve/tools.h), or NULL; owned */
+    int tool_format;        /* set by rendering: the family's call format when tools are on */
+    int tool_forced;        /* required or named: the output is one call */
 } openai_request;
 
 /* Parses a completion (chat 0) or chat request body; every bound is checked
@@ -103,6 +107,11 @@ typedef struct {
     int n_toks, toks_cap;
     long text_offset;       /* characters of text the reported tokens covered */
     int past_prompt;        /* a completion token was reported */
+    /* Tools: the output is parsed into tool_calls at the end; a stream
+     * sends content only up to where a call may begin. */
+    int tool_format;        /* engine_tool_format; ENGINE_TOOLS_NONE: no tools */
+    int tool_forced, tools_parallel;
+    size_t released;        /* streaming: bytes of text sent as content */
 } openai_answer;
 
 /* Fills the identity: sink, model, created (now) and an id
