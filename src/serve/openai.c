@@ -386,10 +386,11 @@ int openai_parse_request(const char *body, size_t len, int chat, openai_request 
         s->seed = ((uint64_t)time(NULL) << 20) ^ (++seed_counter * 0x9E3779B97F4A7C15ull);
     }
     double n = 1;
-    if (opt_number(root, "n", 1, 1, &n, err, errlen)) {
-        snprintf(err, errlen, "'n' must be 1 (several choices per request are not supported)");
+    if (opt_number(root, "n", 1, OPENAI_MAX_CHOICES, &n, err, errlen) || n != floor(n)) {
+        snprintf(err, errlen, "'n' must be an integer between 1 and %d", OPENAI_MAX_CHOICES);
         goto done;
     }
+    req->n_choices = (int)n;
     if (parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"), s, err, errlen)) goto done;
     if (parse_response_format(cJSON_GetObjectItemCaseSensitive(root, "response_format"), req, err, errlen))
         goto done;
@@ -579,6 +580,7 @@ void openai_answer_init(openai_answer *ans, api_sink *sink, const char *model, c
 
 void openai_answer_free(openai_answer *ans)
 {
+    cJSON_Delete(ans->choices_done);
     free(ans->text);
     free(ans->echo_text);
     free(ans->toks);
@@ -595,6 +597,7 @@ int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_
     ans->tool_format = req->tool_format;
     ans->tool_forced = req->tool_forced;
     ans->tools_parallel = req->tools ? req->tools->parallel : 1;
+    ans->n_choices = req->n_choices > 0 ? req->n_choices : 1;
     if (req->echo) {
         char err[512];
         size_t n;
@@ -742,7 +745,7 @@ static void send_stream_chunk(openai_answer *ans, const char *text, size_t len, 
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     cJSON *choice = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, choice);
-    cJSON_AddNumberToObject(choice, "index", 0);
+    cJSON_AddNumberToObject(choice, "index", ans->choice);
     char *copy = NULL;
     if (text) {
         copy = malloc(len + 1);
@@ -849,7 +852,7 @@ static void send_tool_call_chunks(openai_answer *ans, const tools_call *calls, i
             cJSON *o = chunk_object(ans);
             cJSON *choice = cJSON_CreateObject();
             cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), choice);
-            cJSON_AddNumberToObject(choice, "index", 0);
+            cJSON_AddNumberToObject(choice, "index", ans->choice);
             cJSON *tc = cJSON_CreateObject();
             cJSON_AddItemToArray(cJSON_AddArrayToObject(cJSON_AddObjectToObject(choice, "delta"), "tool_calls"), tc);
             cJSON_AddNumberToObject(tc, "index", i);
@@ -904,7 +907,58 @@ static const char *tool_message(openai_answer *ans, cJSON *msg, const tools_call
     return "tool_calls";
 }
 
-void openai_answer_finish(openai_answer *ans, const engine_result *r)
+/* The answer as it starts a new choice: what the last one accumulated is
+ * dropped, and a stream begins the choice as it began the first. */
+static void next_choice(openai_answer *ans)
+{
+    ans->choice++;
+    ans->text_len = 0;
+    if (ans->text) ans->text[0] = 0;
+    ans->n_toks = 0;
+    ans->released = 0;
+    ans->text_offset = 0;
+    ans->past_prompt = 0;
+    ans->echo_sent = 0;
+    if (ans->stream) {
+        if (ans->chat) send_stream_chunk(ans, NULL, 0, NULL, 0, NULL, 1);
+        if (ans->echo_text && !ans->logprobs) {
+            ans->echo_sent = 1;
+            send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
+        }
+    }
+}
+
+/* The finished choice's object for a JSON answer. */
+static cJSON *final_choice(openai_answer *ans, const char *finish, const tools_call *calls, int n_calls,
+                           const char *content)
+{
+    cJSON *choice = cJSON_CreateObject();
+    cJSON_AddNumberToObject(choice, "index", ans->choice);
+    if (ans->echo_text) { /* echo: the prompt, then the completion */
+        char *whole = NULL;
+        size_t wlen = 0, wcap = 0;
+        append_text(&whole, &wlen, &wcap, ans->echo_text, strlen(ans->echo_text));
+        if (ans->text) append_text(&whole, &wlen, &wcap, ans->text, ans->text_len);
+        free(ans->text);
+        ans->text = whole;
+        ans->text_len = wlen;
+        ans->text_cap = wcap;
+    }
+    const char *text = ans->text ? ans->text : "";
+    if (ans->chat) {
+        cJSON *msg = cJSON_AddObjectToObject(choice, "message");
+        cJSON_AddStringToObject(msg, "role", "assistant");
+        if (ans->tool_format != ENGINE_TOOLS_NONE) finish = tool_message(ans, msg, calls, n_calls, content, finish);
+        else cJSON_AddStringToObject(msg, "content", text);
+    } else {
+        cJSON_AddStringToObject(choice, "text", text);
+    }
+    add_logprobs(ans, choice, ans->toks, ans->n_toks);
+    cJSON_AddStringToObject(choice, "finish_reason", finish);
+    return choice;
+}
+
+int openai_answer_finish(openai_answer *ans, const engine_result *r)
 {
     tools_call *calls = NULL;
     int n_calls = 0, n_parsed = 0;
@@ -918,73 +972,58 @@ void openai_answer_finish(openai_answer *ans, const engine_result *r)
         if (n_calls > 1 && !ans->tools_parallel) n_calls = 1; /* parallel_tool_calls: false */
         if (n_calls && !strcmp(finish, "stop")) finish = "tool_calls";
     }
-    if (ans->stream && ans->tool_format != ENGINE_TOOLS_NONE) {
-        /* What was held back: content not yet sent, then the calls. */
-        size_t clen = content ? strlen(content) : 0;
-        if (!n_calls) clen = ans->text_len; /* no calls: all of the text is content */
-        if (clen > ans->released)
-            send_stream_chunk(ans, ans->text + ans->released, clen - ans->released, NULL, 0, NULL, 0);
-        send_tool_call_chunks(ans, calls, n_calls);
-        send_stream_chunk(ans, NULL, 0, NULL, 0, finish, 0);
-        if (ans->include_usage) {
-            cJSON *o = chunk_object(ans);
-            cJSON_AddArrayToObject(o, "choices");
-            add_usage(o, r);
-            sse_send(ans->sink, o);
-            cJSON_Delete(o);
+    /* Usage over the choices: the prompt once (each choice reuses its
+     * cached keys and values), every choice's completion. */
+    ans->prompt_tokens = r->prompt_tokens;
+    ans->completion_tokens += r->completion_tokens;
+    engine_result total = {ans->prompt_tokens, ans->completion_tokens, finish};
+    int last = ans->choice + 1 >= ans->n_choices;
+    if (ans->stream) {
+        if (ans->tool_format != ENGINE_TOOLS_NONE) {
+            /* What was held back: content not yet sent, then the calls. */
+            size_t clen = content ? strlen(content) : 0;
+            if (!n_calls) clen = ans->text_len; /* no calls: all of the text is content */
+            if (clen > ans->released)
+                send_stream_chunk(ans, ans->text + ans->released, clen - ans->released, NULL, 0, NULL, 0);
+            send_tool_call_chunks(ans, calls, n_calls);
+        } else if (ans->echo_text && !ans->echo_sent) {
+            send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
         }
-        ans->sink->ops->write(ans->sink, sse_done, sizeof sse_done - 1);
-        ans->sink->ops->end(ans->sink);
+        send_stream_chunk(ans, NULL, 0, NULL, 0, finish, 0);
         tools_calls_free(calls, n_parsed);
         free(content);
-        return;
-    }
-    if (ans->stream) {
-        if (ans->echo_text && !ans->echo_sent)
-            send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
-        send_stream_chunk(ans, NULL, 0, NULL, 0, r->finish_reason, 0);
+        if (!last) {
+            next_choice(ans);
+            return 1;
+        }
         if (ans->include_usage) { /* OpenAI: one more chunk, empty choices, with usage */
             cJSON *o = chunk_object(ans);
             cJSON_AddArrayToObject(o, "choices");
-            add_usage(o, r);
+            add_usage(o, &total);
             sse_send(ans->sink, o);
             cJSON_Delete(o);
         }
         ans->sink->ops->write(ans->sink, sse_done, sizeof sse_done - 1);
         ans->sink->ops->end(ans->sink);
-        return;
+        return 0;
+    }
+    if (!ans->choices_done) ans->choices_done = cJSON_CreateArray();
+    cJSON_AddItemToArray(ans->choices_done, final_choice(ans, finish, calls, n_calls, content));
+    tools_calls_free(calls, n_parsed);
+    free(content);
+    if (!last) {
+        next_choice(ans);
+        return 1;
     }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", ans->id);
     cJSON_AddStringToObject(o, "object", ans->chat ? "chat.completion" : "text_completion");
     cJSON_AddNumberToObject(o, "created", (double)ans->created);
     cJSON_AddStringToObject(o, "model", ans->model);
-    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
-    cJSON *choice = cJSON_CreateObject();
-    cJSON_AddItemToArray(choices, choice);
-    cJSON_AddNumberToObject(choice, "index", 0);
-    if (ans->echo_text) { /* echo: the prompt, then the completion */
-        char *whole = NULL;
-        size_t wlen = 0, wcap = 0;
-        append_text(&whole, &wlen, &wcap, ans->echo_text, strlen(ans->echo_text));
-        if (ans->text) append_text(&whole, &wlen, &wcap, ans->text, ans->text_len);
-        free(ans->text);
-        ans->text = whole;
-    }
-    const char *text = ans->text ? ans->text : "";
-    if (ans->chat) {
-        cJSON *msg = cJSON_AddObjectToObject(choice, "message");
-        cJSON_AddStringToObject(msg, "role", "assistant");
-        if (ans->tool_format != ENGINE_TOOLS_NONE) finish = tool_message(ans, msg, calls, n_calls, content, finish);
-        else cJSON_AddStringToObject(msg, "content", text);
-    } else {
-        cJSON_AddStringToObject(choice, "text", text);
-    }
-    add_logprobs(ans, choice, ans->toks, ans->n_toks);
-    cJSON_AddStringToObject(choice, "finish_reason", finish);
-    tools_calls_free(calls, n_parsed);
-    free(content);
-    add_usage(o, r);
+    cJSON_AddItemToObject(o, "choices", ans->choices_done);
+    ans->choices_done = NULL;
+    add_usage(o, &total);
     openai_send_json(ans->sink, 200, o);
     cJSON_Delete(o);
+    return 0;
 }

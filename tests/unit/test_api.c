@@ -126,7 +126,7 @@ static void test_bad_requests(void)
         {"POST", "/v1/completions", "{\"prompt\": \"x\"}", 400, "invalid_request_error"},
         {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\"}", 400, "invalid_request_error"},
         {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"temperature\": 9}", 400, "invalid_request_error"},
-        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"n\": 2}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"n\": 9}", 400, "invalid_request_error"},
         {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"stream\": 1}", 400, "invalid_request_error"},
         {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"seed\": 1.5}", 400, "invalid_request_error"},
         {"POST", "/v1/chat/completions", "{\"model\": \"" MODEL_ID "\", \"messages\": []}", 400, "invalid_request_error"},
@@ -294,6 +294,71 @@ static void test_response_format(void)
             " \"schema\": {\"type\": \"string\", \"pattern\": \"^a\"}}}}");
     CHECK_EQ_INT(r.status, 400);
     CHECK(r.body && strstr(r.body, "'pattern'"));
+    free(r.body);
+}
+
+/* n: several choices, each its own sampling stream (seed + index): choice
+ * i equals a single request with seed + i; streamed, each index has its
+ * role, text and finish; usage counts the prompt once. */
+static void test_several_choices(void)
+{
+    setup();
+    char one[3][1024];
+    int tokens = 0;
+    for (int i = 0; i < 3; i++) {
+        char body[512];
+        snprintf(body, sizeof body, "{\"model\": \"" MODEL_ID "\", \"prompt\": \"And God said\", \"max_tokens\": 12,"
+                 " \"seed\": %d}", 40 + i);
+        record_sink r;
+        request(&r, "POST", "/v1/completions", body);
+        cJSON *j = body_json(&r);
+        snprintf(one[i], sizeof one[i], "%s",
+                 cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "text")));
+        tokens += cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "completion_tokens")->valueint;
+        cJSON_Delete(j);
+        free(r.body);
+    }
+    CHECK(strcmp(one[0], one[1]) || strcmp(one[1], one[2])); /* the seeds differ */
+    record_sink r;
+    request(&r, "POST", "/v1/completions",
+            "{\"model\": \"" MODEL_ID "\", \"prompt\": \"And God said\", \"max_tokens\": 12, \"seed\": 40, \"n\": 3}");
+    CHECK_EQ_INT(r.status, 200);
+    cJSON *j = body_json(&r);
+    cJSON *choices = cJSON_GetObjectItem(j, "choices");
+    CHECK_EQ_INT(cJSON_GetArraySize(choices), 3);
+    for (int i = 0; i < 3 && i < cJSON_GetArraySize(choices); i++) {
+        cJSON *c = cJSON_GetArrayItem(choices, i);
+        CHECK_EQ_INT(cJSON_GetObjectItem(c, "index")->valueint, i);
+        CHECK_EQ_STR(cJSON_GetStringValue(cJSON_GetObjectItem(c, "text")), one[i]);
+    }
+    CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "completion_tokens")->valueint, tokens);
+    cJSON_Delete(j);
+    free(r.body);
+
+    request(&r, "POST", "/v1/chat/completions",
+            "{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"max_tokens\": 6,"
+            " \"seed\": 7, \"n\": 2, \"stream\": true}");
+    CHECK_EQ_INT(r.status, 200);
+    int roles[2] = {0}, finishes[2] = {0}, bad_index = 0;
+    for (char *line = r.body ? strstr(r.body, "data: {") : NULL; line; line = strstr(line + 1, "data: {")) {
+        char *end = strstr(line, "\n\n");
+        char *copy = strndup(line + 6, end ? (size_t)(end - line - 6) : strlen(line + 6));
+        cJSON *chunk = cJSON_Parse(copy);
+        free(copy);
+        cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(chunk, "choices"), 0);
+        if (c) {
+            int i = cJSON_GetObjectItem(c, "index")->valueint;
+            if (i < 0 || i > 1) bad_index = 1;
+            else {
+                roles[i] += cJSON_GetObjectItem(cJSON_GetObjectItem(c, "delta"), "role") != NULL;
+                finishes[i] += cJSON_IsString(cJSON_GetObjectItem(c, "finish_reason"));
+            }
+        }
+        cJSON_Delete(chunk);
+    }
+    CHECK(!bad_index);
+    CHECK(roles[0] == 1 && roles[1] == 1 && finishes[0] == 1 && finishes[1] == 1);
+    CHECK(r.body && strstr(r.body, "data: [DONE]") && strstr(r.body, "data: [DONE]") == strrchr(r.body, '[') - 6);
     free(r.body);
 }
 
@@ -1037,6 +1102,7 @@ int main(void)
     RUN(test_bad_requests);
     RUN(test_unknown_fields);
     RUN(test_response_format);
+    RUN(test_several_choices);
     RUN(test_completion_matches_engine);
     RUN(test_chat);
     RUN(test_abort_mid_stream);

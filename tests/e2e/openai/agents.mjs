@@ -2,7 +2,7 @@
 // tool calls (forced by name and 'required', plain and streamed, on models with
 // the real Qwen2.5, Llama 3.2 and Mistral v0.3 templates and random weights),
 // the next turn with the call and its result in the history, json_schema
-// output on the demo model, and the 400s for a model without tool support and
+// output on the demo model, several choices (n), and the 400s for a model without tool support and
 // an unknown field. Random weights: only what is deterministic is asserted (a
 // forced call parses and fits its schema; the JSON answer validates).
 // usage: node agents.mjs BASE_URL DEMO_MODEL TOOL_MODEL...
@@ -107,6 +107,21 @@ await check('json_schema: the answer parses and validates (several seeds)', asyn
       && r.choices[0].finish_reason === 'stop')) return false;
   }
   return true;
+});
+
+await check('n: three completions, each its own index and sampling stream', async () => {
+  const r = await client.completions.create({ model: demo, prompt: 'And God said', max_tokens: 12, seed: 9, n: 3 });
+  const single = await client.completions.create({ model: demo, prompt: 'And God said', max_tokens: 12, seed: 11 });
+  return r.choices.length === 3 && r.choices.every((c, i) => c.index === i)
+    && r.choices[2].text === single.choices[0].text; // choice i samples with seed + i
+});
+
+await check('n with json_schema: every choice parses and validates', async () => {
+  const r = await client.chat.completions.create({ model: demo, max_tokens: 200, seed: 5, n: 2,
+    messages: [{ role: 'user', content: 'Yes or no?' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'a', schema: { type: 'object',
+      properties: { answer: { type: 'boolean' } }, required: ['answer'], additionalProperties: false } } } });
+  return r.choices.length === 2 && r.choices.every((c) => typeof JSON.parse(c.message.content).answer === 'boolean');
 });
 
 await check('json_schema with an unsupported keyword is a BadRequestError naming it', async () => {
