@@ -4,6 +4,7 @@
  * JSON, equality, ordering).
  * Not here: syntax (chat_template_parse.c), evaluation (chat_template_eval.c),
  * filters and methods (chat_template_builtins.c). */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -517,8 +518,66 @@ static int bind(ct_ctx *c, const char *name, ct_value v)
     return 0;
 }
 
-/* The globals a render sees: messages (a list of {role, content} dicts),
- * bos_token, eos_token, add_generation_prompt and the caller's extras. */
+/* A JSON value as a template value (numbers: int when integral and in
+ * range, else float), in the render's arena. -1 with the render failed. */
+static int from_json(ct_ctx *c, const cJSON *j, int depth, ct_value *out)
+{
+    if (depth > CHAT_TEMPLATE_MAX_JSON_DEPTH) return ct_fail(c, 0, "JSON nested too deep");
+    if (cJSON_IsNull(j)) { *out = ct_none(); return 0; }
+    if (cJSON_IsBool(j)) { *out = ct_bool(cJSON_IsTrue(j)); return 0; }
+    if (cJSON_IsNumber(j)) {
+        double d = j->valuedouble;
+        *out = d == (double)(long long)d && d > -9.0e15 && d < 9.0e15 ? ct_int((long long)d) : ct_float(d);
+        return 0;
+    }
+    if (cJSON_IsString(j)) {
+        size_t n = strlen(j->valuestring);
+        char *p = ct_strdup(&c->arena, j->valuestring, n);
+        if (!p) return ct_oom(c, 0);
+        *out = ct_string(p, n);
+        return 0;
+    }
+    if (cJSON_IsArray(j)) {
+        ct_list *l = ct_list_new(&c->arena, (size_t)cJSON_GetArraySize(j));
+        if (!l) return ct_oom(c, 0);
+        size_t i = 0;
+        const cJSON *x;
+        cJSON_ArrayForEach(x, j)
+            if (from_json(c, x, depth + 1, &l->items[i++])) return -1;
+        out->kind = CT_LIST;
+        out->u.list = l;
+        return 0;
+    }
+    if (cJSON_IsObject(j)) {
+        ct_dict *d = ct_dict_new(&c->arena);
+        if (!d) return ct_oom(c, 0);
+        const cJSON *x;
+        cJSON_ArrayForEach(x, j) {
+            ct_value v;
+            char *k = ct_strdup(&c->arena, x->string, strlen(x->string));
+            if (!k || from_json(c, x, depth + 1, &v)) return k ? -1 : ct_oom(c, 0);
+            if (ct_dict_set(&c->arena, d, ct_cstr(k), v)) return ct_oom(c, 0);
+        }
+        out->kind = CT_DICT;
+        out->u.dict = d;
+        return 0;
+    }
+    return ct_fail(c, 0, "unsupported JSON value");
+}
+
+/* Parses text as JSON into a template value. */
+static int json_value(ct_ctx *c, const char *text, ct_value *out)
+{
+    cJSON *j = cJSON_Parse(text);
+    if (!j) return ct_fail(c, 0, "a JSON variable is not valid JSON");
+    int r = from_json(c, j, 0, out);
+    cJSON_Delete(j);
+    return r;
+}
+
+/* The globals a render sees: messages (a list of {role, content} dicts,
+ * with the members of each message's json), bos_token, eos_token,
+ * add_generation_prompt and the caller's extras. */
 static int bind_globals(ct_ctx *c, const chat_message *msgs, int n_msgs,
                         const chat_template_vars *vars)
 {
@@ -532,6 +591,13 @@ static int bind_globals(ct_ctx *c, const chat_message *msgs, int n_msgs,
                         ct_string(msgs[i].content ? msgs[i].content : "",
                                   msgs[i].content ? strlen(msgs[i].content) : 0)))
             return ct_oom(c, 0);
+        if (msgs[i].json) {
+            ct_value extra;
+            if (json_value(c, msgs[i].json, &extra)) return -1;
+            if (extra.kind != CT_DICT) return ct_fail(c, 0, "a message's JSON must be an object");
+            for (size_t k = 0; k < extra.u.dict->n; k++)
+                if (ct_dict_set(&c->arena, d, extra.u.dict->keys[k], extra.u.dict->vals[k])) return ct_oom(c, 0);
+        }
         l->items[i].kind = CT_DICT;
         l->items[i].u.dict = d;
     }
@@ -548,6 +614,7 @@ static int bind_globals(ct_ctx *c, const chat_message *msgs, int n_msgs,
         const chat_template_extra *x = &vars->extra[i];
         if (!x->name) continue;
         ct_value v = x->string ? ct_string(x->string, strlen(x->string)) : ct_bool(x->boolean);
+        if (x->json && json_value(c, x->json, &v)) return -1;
         if (bind(c, x->name, v)) return -1;
     }
     return 0;

@@ -8,8 +8,8 @@
  * not supported. Templates come from downloaded files, so everything is
  * bounded: source size, nesting, work steps, memory and output size; a hostile
  * template gives an error, never a hang or a crash.
- * Not here: reading GGUF metadata, tokenizing, tool calls (templates that
- * mention tools parse and render; messages only carry role and content).
+ * Not here: reading GGUF metadata, tokenizing, parsing a model's tool calls
+ * (tools and messages' tool_calls reach templates as JSON values).
  * Thread-safety: a parsed template is immutable; any number of threads may
  * render it at once. */
 #ifndef LLMESH_CHAT_TEMPLATE_H
@@ -26,19 +26,27 @@
 typedef struct chat_template chat_template;
 
 /* One message. role and content are NUL-terminated; content may be "" (NULL
- * is taken as ""). Both are borrowed for the duration of the call. */
+ * is taken as ""). json, when not NULL, is a JSON object whose members join
+ * the message (tool_calls, tool_call_id, name: what tool-aware templates
+ * read). All are borrowed for the duration of the call. */
 typedef struct {
     const char *role;
     const char *content;
+    const char *json;
 } chat_message;
 
-/* An extra template variable, e.g. {"enable_thinking", NULL, 0}: a string
- * when string is non-NULL, otherwise the boolean `boolean`. */
+/* An extra template variable, e.g. {"enable_thinking", NULL, 0}: a JSON
+ * value when json is non-NULL (e.g. the tools list), else a string when
+ * string is non-NULL, otherwise the boolean `boolean`. */
 typedef struct {
     const char *name;
     const char *string;
     int boolean;
+    const char *json;
 } chat_template_extra;
+
+/* Bound on JSON given to a render (messages' json, extras' json). */
+#define CHAT_TEMPLATE_MAX_JSON_DEPTH 32
 
 /* Variables besides `messages`. The whole struct may be NULL: no BOS/EOS text,
  * no generation prompt, no extras, the fixed date. */

@@ -72,6 +72,7 @@ struct engine_model {
     char id[256];
     chat_template *chat;  /* tokenizer.chat_template, parsed; NULL: none or unusable */
     char chat_error[256]; /* why it is unusable */
+    engine_tool_format tool_format; /* read from the template's text */
     char bos_text[64], eos_text[64]; /* the template's bos_token / eos_token */
     pthread_mutex_t grammar_lock; /* guards building grammar_vocab */
     json_vocab *grammar_vocab;    /* the tokens' bytes as a trie, built at the first
@@ -102,6 +103,15 @@ static void special_text(const tokenizer *tok, int32_t id, char *out, size_t cap
     out[n >= 0 && (size_t)n < cap ? n : 0] = 0;
 }
 
+/* 1 when text (len bytes, not NUL-terminated) contains needle. */
+static int source_has(const char *text, size_t len, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= len; i++)
+        if (text[i] == needle[0] && !memcmp(text + i, needle, n)) return 1;
+    return 0;
+}
+
 /* Parses tokenizer.chat_template when present. A template that does not parse
  * is not fatal: the model still serves completions, and chat falls back to
  * the plain template (the reason is kept for the log). */
@@ -114,7 +124,13 @@ static void load_chat_template(engine_model *m)
     char err[200];
     m->chat = chat_template_parse(src.ptr, (size_t)src.len, err, sizeof err);
     if (!m->chat) snprintf(m->chat_error, sizeof m->chat_error, "tokenizer.chat_template: %s", err);
+    /* The families' own markers, most specific first. */
+    if (source_has(src.ptr, (size_t)src.len, "<tool_call>")) m->tool_format = ENGINE_TOOLS_HERMES;
+    else if (source_has(src.ptr, (size_t)src.len, "[TOOL_CALLS]")) m->tool_format = ENGINE_TOOLS_MISTRAL;
+    else if (source_has(src.ptr, (size_t)src.len, "\"parameters\"")) m->tool_format = ENGINE_TOOLS_LLAMA3;
 }
+
+engine_tool_format engine_chat_tool_format(const engine_model *m) { return m->chat ? m->tool_format : ENGINE_TOOLS_NONE; }
 
 engine_model *engine_model_load(const char *path, int n_threads, char *err, size_t errlen)
 {
@@ -277,6 +293,24 @@ int engine_render_chat(const engine_model *m, const chat_message *msgs, int n_ms
         return -1;
     }
     chat_template_vars vars = {.bos_token = m->bos_text, .eos_token = m->eos_text, .add_generation_prompt = 1};
+    return chat_template_render(m->chat, msgs, n_msgs, &vars, out, out_len, err, errlen);
+}
+
+int engine_render_chat_tools(const engine_model *m, const chat_message *msgs, int n_msgs,
+                             const char *tools_json, char **out, size_t *out_len, int *parse_special,
+                             char *err, size_t errlen)
+{
+    if (!tools_json) return engine_render_chat(m, msgs, n_msgs, out, out_len, parse_special, err, errlen);
+    *out = NULL;
+    *parse_special = 1;
+    if (!m->chat) {
+        snprintf(err, errlen, "the model has no chat template%s%s, so it cannot take tools",
+                 m->chat_error[0] ? " that parses: " : "", m->chat_error);
+        return -1;
+    }
+    chat_template_extra tools = {.name = "tools", .json = tools_json};
+    chat_template_vars vars = {.bos_token = m->bos_text, .eos_token = m->eos_text, .add_generation_prompt = 1,
+                               .extra = &tools, .n_extra = 1};
     return chat_template_render(m->chat, msgs, n_msgs, &vars, out, out_len, err, errlen);
 }
 

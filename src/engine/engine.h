@@ -227,6 +227,19 @@ int engine_model_n_vocab(const engine_model *m);
  * e.g. raise_exception's). Any thread (the parsed template is immutable). */
 int engine_render_chat(const engine_model *m, const chat_message *msgs, int n_msgs, char **out,
                        size_t *out_len, int *parse_special, char *err, size_t errlen);
+/* engine_render_chat with the template variable `tools` set to tools_json (a
+ * JSON list of OpenAI tool objects; NULL: none) and without the generation
+ * prompt when add_generation_prompt is 0. A model with no usable template
+ * cannot take tools: -1 with a message. */
+int engine_render_chat_tools(const engine_model *m, const chat_message *msgs, int n_msgs,
+                             const char *tools_json, char **out, size_t *out_len, int *parse_special,
+                             char *err, size_t errlen);
+/* How the model's chat template asks it to write tool calls, read from the
+ * template's text at load: Hermes/Qwen (<tool_call>{json}</tool_call>),
+ * Llama 3.1+ (a JSON object {"name", "parameters"}), Mistral
+ * ([TOOL_CALLS][{json}, ...]); NONE when the template shows none of them. */
+typedef enum { ENGINE_TOOLS_NONE, ENGINE_TOOLS_HERMES, ENGINE_TOOLS_LLAMA3, ENGINE_TOOLS_MISTRAL } engine_tool_format;
+engine_tool_format engine_chat_tool_format(const engine_model *m);
 /* Why the model's chat template was not usable ("" when it is, or when the
  * model has none): it failed to parse at load, so the plain template is used. */
 const char *engine_chat_template_error(const engine_model *m);

@@ -46,6 +46,10 @@ json_grammar *json_grammar_object(char *err, size_t errlen);
 /* A JSON schema given as JSON text (len bytes). NULL with a message naming
  * the keyword or bound on failure. */
 json_grammar *json_grammar_from_schema(const char *schema, size_t len, char *err, size_t errlen);
+/* Grammars are reference-counted: retain adds a reference (the request's
+ * next choice shares the grammar with the job of the first); free drops
+ * one and frees the grammar with the last. Any thread. */
+json_grammar *json_grammar_retain(json_grammar *g);
 void json_grammar_free(json_grammar *g);
 
 /* A position in the grammar: what has been generated so far. */

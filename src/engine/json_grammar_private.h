@@ -4,6 +4,7 @@
 #ifndef LLMESH_JSON_GRAMMAR_PRIVATE_H
 #define LLMESH_JSON_GRAMMAR_PRIVATE_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "engine/json_grammar.h"
@@ -43,6 +44,7 @@ typedef struct {
 enum { JG_LIT_TRUE, JG_LIT_FALSE, JG_LIT_NULL, JG_LIT_FIXED };
 
 struct json_grammar {
+    atomic_int refs;     /* json_grammar_retain / json_grammar_free */
     jg_node *nodes;
     int n_nodes, cap_nodes;
     jg_literal *lits;

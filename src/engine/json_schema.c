@@ -63,6 +63,7 @@ json_grammar *jg_new(void)
 {
     json_grammar *g = calloc(1, sizeof *g);
     if (!g) return NULL;
+    atomic_init(&g->refs, 1);
     if (jg_add_literal(g, "true", 4) != JG_LIT_TRUE || jg_add_literal(g, "false", 5) != JG_LIT_FALSE ||
         jg_add_literal(g, "null", 4) != JG_LIT_NULL) {
         json_grammar_free(g);
@@ -75,9 +76,15 @@ json_grammar *jg_new(void)
     return g;
 }
 
+json_grammar *json_grammar_retain(json_grammar *g)
+{
+    if (g) atomic_fetch_add(&g->refs, 1);
+    return g;
+}
+
 void json_grammar_free(json_grammar *g)
 {
-    if (!g) return;
+    if (!g || atomic_fetch_sub(&g->refs, 1) > 1) return;
     for (int i = 0; i < g->n_lits; i++) free(g->lits[i].bytes);
     free(g->lits);
     free(g->nodes);

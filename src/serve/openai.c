@@ -43,7 +43,10 @@ void openai_request_free(openai_request *r)
     for (int i = 0; i < r->n_msgs; i++) {
         free((char *)r->msgs[i].role);
         free((char *)r->msgs[i].content);
+        free((char *)r->msgs[i].json);
     }
+    tools_request_free(r->tools);
+    r->tools = NULL;
     free(r->msgs);
     json_grammar_free(r->grammar);
     r->grammar = NULL;
@@ -298,6 +301,9 @@ static int parse_messages(cJSON *messages, openai_request *req, char *err, size_
             snprintf(err, errlen, "out of memory");
             return -1;
         }
+        char *json;
+        if (tools_message_json(msg, &json, err, errlen)) return -1;
+        m->json = json; /* assistant tool_calls, a tool result's tool_call_id */
     }
     return 0;
 }
@@ -339,6 +345,7 @@ int openai_parse_request(const char *body, size_t len, int chat, openai_request 
 
     if (chat) {
         if (parse_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), req, err, errlen)) goto done;
+        if (tools_parse_request(root, &req->tools, err, errlen)) goto done;
     } else if (parse_prompt(cJSON_GetObjectItemCaseSensitive(root, "prompt"), req, err, errlen)) {
         goto done;
     }
@@ -379,10 +386,11 @@ int openai_parse_request(const char *body, size_t len, int chat, openai_request 
         s->seed = ((uint64_t)time(NULL) << 20) ^ (++seed_counter * 0x9E3779B97F4A7C15ull);
     }
     double n = 1;
-    if (opt_number(root, "n", 1, 1, &n, err, errlen)) {
-        snprintf(err, errlen, "'n' must be 1 (several choices per request are not supported)");
+    if (opt_number(root, "n", 1, OPENAI_MAX_CHOICES, &n, err, errlen) || n != floor(n)) {
+        snprintf(err, errlen, "'n' must be an integer between 1 and %d", OPENAI_MAX_CHOICES);
         goto done;
     }
+    req->n_choices = (int)n;
     if (parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"), s, err, errlen)) goto done;
     if (parse_response_format(cJSON_GetObjectItemCaseSensitive(root, "response_format"), req, err, errlen))
         goto done;
@@ -442,9 +450,26 @@ done:
 int openai_request_render_chat(openai_request *req, const engine_model *em, char *err, size_t errlen)
 {
     int parse_special = 0;
-    if (engine_render_chat(em, req->msgs, req->n_msgs, &req->prompt, &req->prompt_len, &parse_special,
-                           err, errlen) != 0)
+    if (req->tools) {
+        json_grammar *call = NULL;
+        if (tools_render(req->tools, em, req->msgs, req->n_msgs, &req->prompt, &req->prompt_len,
+                         &parse_special, &call, err, errlen) != 0)
+            return -1;
+        if (call && req->grammar) {
+            json_grammar_free(call);
+            snprintf(err, errlen, "'response_format' and a required or named 'tool_choice' cannot be combined");
+            return -1;
+        }
+        if (call) {
+            req->grammar = call;
+            req->er->grammar = call;
+        }
+        req->tool_forced = call != NULL;
+        if (req->tools->choice != TOOLS_NONE) req->tool_format = engine_chat_tool_format(em);
+    } else if (engine_render_chat(em, req->msgs, req->n_msgs, &req->prompt, &req->prompt_len, &parse_special,
+                                  err, errlen) != 0) {
         return -1;
+    }
     req->er->prompt = req->prompt;
     req->er->prompt_len = req->prompt_len;
     req->er->parse_special = parse_special;
@@ -555,6 +580,7 @@ void openai_answer_init(openai_answer *ans, api_sink *sink, const char *model, c
 
 void openai_answer_free(openai_answer *ans)
 {
+    cJSON_Delete(ans->choices_done);
     free(ans->text);
     free(ans->echo_text);
     free(ans->toks);
@@ -568,6 +594,10 @@ int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_
     ans->logprobs = req->er->logprobs;
     ans->top_logprobs = req->er->top_logprobs;
     ans->include_usage = req->include_usage;
+    ans->tool_format = req->tool_format;
+    ans->tool_forced = req->tool_forced;
+    ans->tools_parallel = req->tools ? req->tools->parallel : 1;
+    ans->n_choices = req->n_choices > 0 ? req->n_choices : 1;
     if (req->echo) {
         char err[512];
         size_t n;
@@ -715,7 +745,7 @@ static void send_stream_chunk(openai_answer *ans, const char *text, size_t len, 
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     cJSON *choice = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, choice);
-    cJSON_AddNumberToObject(choice, "index", 0);
+    cJSON_AddNumberToObject(choice, "index", ans->choice);
     char *copy = NULL;
     if (text) {
         copy = malloc(len + 1);
@@ -750,6 +780,18 @@ void openai_answer_begin_stream(openai_answer *ans)
 void openai_answer_output(openai_answer *ans, const char *text, size_t len, const engine_token *toks,
                           int n_toks)
 {
+    if (ans->stream && ans->tool_format != ENGINE_TOOLS_NONE) {
+        /* Tools: content goes out up to where a call may begin; the rest
+         * waits for the end (openai_answer_finish). */
+        if (len) append_text(&ans->text, &ans->text_len, &ans->text_cap, text, len);
+        size_t upto = tools_stream_release(ans->tool_format, ans->tool_forced, ans->text ? ans->text : "",
+                                           ans->text_len);
+        if (upto > ans->released) {
+            send_stream_chunk(ans, ans->text + ans->released, upto - ans->released, toks, n_toks, NULL, 0);
+            ans->released = upto;
+        }
+        return;
+    }
     if (ans->stream) {
         /* The echoed prompt goes out with its tokens, in the first chunk. */
         if (ans->echo_text && !ans->echo_sent && n_toks > 0 && toks[0].prompt) {
@@ -783,32 +825,115 @@ static void add_usage(cJSON *o, const engine_result *r)
     cJSON_AddNumberToObject(usage, "total_tokens", r->prompt_tokens + r->completion_tokens);
 }
 
-void openai_answer_finish(openai_answer *ans, const engine_result *r)
+/* A call's id: 9 letters and digits from a hash of the answer's id and the
+ * call's index, so ids differ across answers and calls. Nine alphanumerics
+ * because Mistral's template refuses any other id when the call comes back
+ * in the history (OpenAI's own ids are free-form, so no client minds). */
+static void call_id(const openai_answer *ans, int i, char *out, size_t cap)
 {
-    if (ans->stream) {
-        if (ans->echo_text && !ans->echo_sent)
-            send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
-        send_stream_chunk(ans, NULL, 0, NULL, 0, r->finish_reason, 0);
-        if (ans->include_usage) { /* OpenAI: one more chunk, empty choices, with usage */
+    static const char digits[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = ans->id; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h = (h ^ (uint64_t)i) * 1099511628211ull;
+    char id[10];
+    for (int k = 0; k < 9; k++, h /= 62) id[k] = digits[h % 62];
+    id[9] = 0;
+    snprintf(out, cap, "%s", id);
+}
+
+/* Streamed tool calls, as OpenAI streams them: per call a delta with its
+ * index, id, type and name (arguments ""), then the arguments in fragments. */
+#define TOOL_ARGS_FRAGMENT 32
+static void send_tool_call_chunks(openai_answer *ans, const tools_call *calls, int n)
+{
+    for (int i = 0; i < n; i++) {
+        size_t alen = strlen(calls[i].arguments);
+        for (size_t off = 0, first = 1; first || off < alen; first = 0) {
             cJSON *o = chunk_object(ans);
-            cJSON_AddArrayToObject(o, "choices");
-            add_usage(o, r);
+            cJSON *choice = cJSON_CreateObject();
+            cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), choice);
+            cJSON_AddNumberToObject(choice, "index", ans->choice);
+            cJSON *tc = cJSON_CreateObject();
+            cJSON_AddItemToArray(cJSON_AddArrayToObject(cJSON_AddObjectToObject(choice, "delta"), "tool_calls"), tc);
+            cJSON_AddNumberToObject(tc, "index", i);
+            cJSON *fn;
+            if (first) {
+                char id[80];
+                call_id(ans, i, id, sizeof id);
+                cJSON_AddStringToObject(tc, "id", id);
+                cJSON_AddStringToObject(tc, "type", "function");
+                fn = cJSON_AddObjectToObject(tc, "function");
+                cJSON_AddStringToObject(fn, "name", calls[i].name);
+                cJSON_AddStringToObject(fn, "arguments", "");
+            } else {
+                size_t k = alen - off < TOOL_ARGS_FRAGMENT ? alen - off : TOOL_ARGS_FRAGMENT;
+                /* never cut a UTF-8 character */
+                while (off + k < alen && ((unsigned char)calls[i].arguments[off + k] & 0xc0) == 0x80) k++;
+                char piece[TOOL_ARGS_FRAGMENT + 8];
+                memcpy(piece, calls[i].arguments + off, k);
+                piece[k] = 0;
+                fn = cJSON_AddObjectToObject(tc, "function");
+                cJSON_AddStringToObject(fn, "arguments", piece);
+                off += k;
+            }
+            cJSON_AddNullToObject(choice, "logprobs");
+            cJSON_AddNullToObject(choice, "finish_reason");
             sse_send(ans->sink, o);
             cJSON_Delete(o);
         }
-        ans->sink->ops->write(ans->sink, sse_done, sizeof sse_done - 1);
-        ans->sink->ops->end(ans->sink);
-        return;
     }
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", ans->id);
-    cJSON_AddStringToObject(o, "object", ans->chat ? "chat.completion" : "text_completion");
-    cJSON_AddNumberToObject(o, "created", (double)ans->created);
-    cJSON_AddStringToObject(o, "model", ans->model);
-    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+}
+
+/* The message of a chat answer with tools: content (null when it was all
+ * calls) and tool_calls. Returns the finish reason. */
+static const char *tool_message(openai_answer *ans, cJSON *msg, const tools_call *calls, int n,
+                                const char *content, const char *finish)
+{
+    if (content) cJSON_AddStringToObject(msg, "content", content);
+    else cJSON_AddNullToObject(msg, "content");
+    if (n == 0) return finish;
+    cJSON *list = cJSON_AddArrayToObject(msg, "tool_calls");
+    for (int i = 0; i < n; i++) {
+        char id[80];
+        call_id(ans, i, id, sizeof id);
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddStringToObject(c, "id", id);
+        cJSON_AddStringToObject(c, "type", "function");
+        cJSON *fn = cJSON_AddObjectToObject(c, "function");
+        cJSON_AddStringToObject(fn, "name", calls[i].name);
+        cJSON_AddStringToObject(fn, "arguments", calls[i].arguments);
+        cJSON_AddItemToArray(list, c);
+    }
+    return "tool_calls";
+}
+
+/* The answer as it starts a new choice: what the last one accumulated is
+ * dropped, and a stream begins the choice as it began the first. */
+static void next_choice(openai_answer *ans)
+{
+    ans->choice++;
+    ans->text_len = 0;
+    if (ans->text) ans->text[0] = 0;
+    ans->n_toks = 0;
+    ans->released = 0;
+    ans->text_offset = 0;
+    ans->past_prompt = 0;
+    ans->echo_sent = 0;
+    if (ans->stream) {
+        if (ans->chat) send_stream_chunk(ans, NULL, 0, NULL, 0, NULL, 1);
+        if (ans->echo_text && !ans->logprobs) {
+            ans->echo_sent = 1;
+            send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
+        }
+    }
+}
+
+/* The finished choice's object for a JSON answer. */
+static cJSON *final_choice(openai_answer *ans, const char *finish, const tools_call *calls, int n_calls,
+                           const char *content)
+{
     cJSON *choice = cJSON_CreateObject();
-    cJSON_AddItemToArray(choices, choice);
-    cJSON_AddNumberToObject(choice, "index", 0);
+    cJSON_AddNumberToObject(choice, "index", ans->choice);
     if (ans->echo_text) { /* echo: the prompt, then the completion */
         char *whole = NULL;
         size_t wlen = 0, wcap = 0;
@@ -816,18 +941,89 @@ void openai_answer_finish(openai_answer *ans, const engine_result *r)
         if (ans->text) append_text(&whole, &wlen, &wcap, ans->text, ans->text_len);
         free(ans->text);
         ans->text = whole;
+        ans->text_len = wlen;
+        ans->text_cap = wcap;
     }
     const char *text = ans->text ? ans->text : "";
     if (ans->chat) {
         cJSON *msg = cJSON_AddObjectToObject(choice, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
-        cJSON_AddStringToObject(msg, "content", text);
+        if (ans->tool_format != ENGINE_TOOLS_NONE) finish = tool_message(ans, msg, calls, n_calls, content, finish);
+        else cJSON_AddStringToObject(msg, "content", text);
     } else {
         cJSON_AddStringToObject(choice, "text", text);
     }
     add_logprobs(ans, choice, ans->toks, ans->n_toks);
-    cJSON_AddStringToObject(choice, "finish_reason", r->finish_reason ? r->finish_reason : "stop");
-    add_usage(o, r);
+    cJSON_AddStringToObject(choice, "finish_reason", finish);
+    return choice;
+}
+
+int openai_answer_finish(openai_answer *ans, const engine_result *r)
+{
+    tools_call *calls = NULL;
+    int n_calls = 0, n_parsed = 0;
+    char *content = NULL;
+    const char *finish = r->finish_reason ? r->finish_reason : "stop";
+    if (ans->tool_format != ENGINE_TOOLS_NONE) {
+        if (tools_parse_output(ans->tool_format, ans->tool_forced, ans->text ? ans->text : "", ans->text_len,
+                               &calls, &n_parsed, &content) != 0)
+            log_warn("api", "out of memory parsing tool calls");
+        n_calls = n_parsed;
+        if (n_calls > 1 && !ans->tools_parallel) n_calls = 1; /* parallel_tool_calls: false */
+        if (n_calls && !strcmp(finish, "stop")) finish = "tool_calls";
+    }
+    /* Usage over the choices: the prompt once (each choice reuses its
+     * cached keys and values), every choice's completion. */
+    ans->prompt_tokens = r->prompt_tokens;
+    ans->completion_tokens += r->completion_tokens;
+    engine_result total = {ans->prompt_tokens, ans->completion_tokens, finish};
+    int last = ans->choice + 1 >= ans->n_choices;
+    if (ans->stream) {
+        if (ans->tool_format != ENGINE_TOOLS_NONE) {
+            /* What was held back: content not yet sent, then the calls. */
+            size_t clen = content ? strlen(content) : 0;
+            if (!n_calls) clen = ans->text_len; /* no calls: all of the text is content */
+            if (clen > ans->released)
+                send_stream_chunk(ans, ans->text + ans->released, clen - ans->released, NULL, 0, NULL, 0);
+            send_tool_call_chunks(ans, calls, n_calls);
+        } else if (ans->echo_text && !ans->echo_sent) {
+            send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
+        }
+        send_stream_chunk(ans, NULL, 0, NULL, 0, finish, 0);
+        tools_calls_free(calls, n_parsed);
+        free(content);
+        if (!last) {
+            next_choice(ans);
+            return 1;
+        }
+        if (ans->include_usage) { /* OpenAI: one more chunk, empty choices, with usage */
+            cJSON *o = chunk_object(ans);
+            cJSON_AddArrayToObject(o, "choices");
+            add_usage(o, &total);
+            sse_send(ans->sink, o);
+            cJSON_Delete(o);
+        }
+        ans->sink->ops->write(ans->sink, sse_done, sizeof sse_done - 1);
+        ans->sink->ops->end(ans->sink);
+        return 0;
+    }
+    if (!ans->choices_done) ans->choices_done = cJSON_CreateArray();
+    cJSON_AddItemToArray(ans->choices_done, final_choice(ans, finish, calls, n_calls, content));
+    tools_calls_free(calls, n_parsed);
+    free(content);
+    if (!last) {
+        next_choice(ans);
+        return 1;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", ans->id);
+    cJSON_AddStringToObject(o, "object", ans->chat ? "chat.completion" : "text_completion");
+    cJSON_AddNumberToObject(o, "created", (double)ans->created);
+    cJSON_AddStringToObject(o, "model", ans->model);
+    cJSON_AddItemToObject(o, "choices", ans->choices_done);
+    ans->choices_done = NULL;
+    add_usage(o, &total);
     openai_send_json(ans->sink, 200, o);
     cJSON_Delete(o);
+    return 0;
 }

@@ -25,11 +25,13 @@
 #include "engine/engine.h"
 #include "mesh/mesh.h"   /* MESH_MAX_NAME: a model name's bound */
 #include "serve/api.h"
+#include "serve/tools.h"
 
 /* ---- requests --------------------------------------------------------------*/
 
 #define OPENAI_MAX_PROMPT_IDS (1 << 20) /* token ids in one prompt */
 #define OPENAI_MAX_MESSAGES 4096        /* chat messages in one request */
+#define OPENAI_MAX_CHOICES 8            /* n */
 
 /* A parsed completion or chat request. */
 typedef struct {
@@ -46,8 +48,12 @@ typedef struct {
     int max_id;             /* largest token id in the prompt or logit_bias (-1: none) */
     chat_message *msgs;     /* chat: owned roles and contents, rendered by the serving node */
     int n_msgs;
-    struct json_grammar *grammar; /* response_format's, or NULL; owned until the scheduler
-                                     takes it (er->grammar points at it) */
+    struct json_grammar *grammar; /* response_format's or a forced tool call's, or NULL; owned
+                                     until the scheduler takes it (er->grammar points at it) */
+    tools_request *tools;   /* chat: tools and tool_choice (serve/tools.h), or NULL; owned */
+    int tool_format;        /* set by rendering: the family's call format when tools are on */
+    int tool_forced;        /* required or named: the output is one call */
+    int n_choices;          /* n: 1..OPENAI_MAX_CHOICES */
 } openai_request;
 
 /* Parses a completion (chat 0) or chat request body; every bound is checked
@@ -103,6 +109,15 @@ typedef struct {
     int n_toks, toks_cap;
     long text_offset;       /* characters of text the reported tokens covered */
     int past_prompt;        /* a completion token was reported */
+    /* Tools: the output is parsed into tool_calls at the end; a stream
+     * sends content only up to where a call may begin. */
+    int tool_format;        /* engine_tool_format; ENGINE_TOOLS_NONE: no tools */
+    int tool_forced, tools_parallel;
+    size_t released;        /* streaming: bytes of text sent as content */
+    /* Several choices (n), generated one after another. */
+    int choice, n_choices;  /* the choice being generated, and how many */
+    cJSON *choices_done;    /* non-streaming: the finished choices' objects */
+    int prompt_tokens, completion_tokens; /* usage over the choices */
 } openai_answer;
 
 /* Fills the identity: sink, model, created (now) and an id
@@ -123,9 +138,12 @@ void openai_answer_begin_stream(openai_answer *ans);
  * for the final object. */
 void openai_answer_output(openai_answer *ans, const char *text, size_t len, const engine_token *toks,
                           int n_toks);
-/* The generation succeeded: sends the rest of the answer (the final chunk,
- * usage and [DONE]; or the whole JSON object) and ends the sink. */
-void openai_answer_finish(openai_answer *ans, const engine_result *r);
+/* The generation of a choice succeeded. When more choices are to come, its
+ * end is sent (stream) or kept (JSON), the answer is readied for the next
+ * one, and 1 is returned: the caller generates it. After the last choice
+ * the rest of the answer goes out (the final chunk, usage and [DONE]; or the
+ * whole JSON object with every choice), the sink ends, and 0 is returned. */
+int openai_answer_finish(openai_answer *ans, const engine_result *r);
 
 /* ---- other answers ---------------------------------------------------------*/
 

@@ -38,12 +38,13 @@ static const char *const chat_fields[] = {
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
     "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "repeat_penalty",
     "repeat_last_n", "seed", "n", "stop", "logit_bias", "logprobs", "top_logprobs", "stream",
-    "stream_options", "response_format", NULL,
+    "stream_options", "response_format", "tools", "tool_choice", "parallel_tool_calls", NULL,
 };
 
 /* Fields of one chat message. "name" (a participant's name) is metadata:
- * chat templates do not render it. */
-static const char *const message_fields[] = {"role", "content", "name", NULL};
+ * chat templates do not render it (a tool result's name reaches the
+ * template with its tool_call_id). */
+static const char *const message_fields[] = {"role", "content", "name", "tool_calls", "tool_call_id", NULL};
 
 static int listed(const char *const *list, const char *name)
 {

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/json_grammar.h"
 #include "lib/hash.h"
 #include "lib/log.h"
 #include "mesh/identity.h"
@@ -47,6 +48,10 @@ struct api_call {
     int failed_status;      /* remote answer status, for counters */
     int began;              /* sink->begin was called */
     uint64_t start_ns, first_output_ns; /* local: job queued, first text or token delivered (0: none yet) */
+    /* Several choices (n): the request again for the next ones (its prompt,
+     * ids and a reference to its grammar owned here), and the first seed. */
+    engine_request *again;
+    uint64_t seed0;
     /* Forwarding: what is needed to send the request again elsewhere. */
     char method[16];
     char *path, *body;
@@ -89,8 +94,41 @@ static void call_free(api_call *c)
     if (c->next) c->next->prev = c->prev;
     free(c->path);
     free(c->body);
+    if (c->again) {
+        free((char *)c->again->prompt);
+        free((int32_t *)c->again->prompt_ids);
+        json_grammar_free((json_grammar *)c->again->grammar);
+        free(c->again);
+    }
     openai_answer_free(&c->answer);
     free(c);
+}
+
+/* Keeps req's engine request for the choices after the first: a copy with
+ * its own prompt and ids, and a reference to the grammar. -1 out of memory. */
+static int keep_for_choices(api_call *c, const openai_request *req)
+{
+    engine_request *e = malloc(sizeof *e);
+    if (!e) return -1;
+    *e = *req->er;
+    e->prompt = NULL;
+    e->prompt_ids = NULL;
+    e->grammar = NULL;
+    c->again = e;
+    char *prompt = malloc(req->er->prompt_len + 1);
+    if (!prompt) return -1;
+    memcpy(prompt, req->er->prompt, req->er->prompt_len);
+    prompt[req->er->prompt_len] = 0;
+    e->prompt = prompt;
+    if (req->er->prompt_ids) {
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)(req->er->n_prompt_ids > 0 ? req->er->n_prompt_ids : 1));
+        if (!ids) return -1;
+        memcpy(ids, req->er->prompt_ids, sizeof(int32_t) * (size_t)req->er->n_prompt_ids);
+        e->prompt_ids = ids;
+    }
+    e->grammar = json_grammar_retain(req->grammar);
+    c->seed0 = req->er->sampling.seed;
+    return 0;
 }
 
 /* ---- local generation -----------------------------------------------------*/
@@ -126,6 +164,8 @@ static void local_on_output(void *user, const char *text, size_t len, const engi
     openai_answer_output(&c->answer, text, len, toks, n_toks);
 }
 
+static const sched_callbacks local_callbacks; /* below: local_on_done submits the next choice */
+
 static void local_on_done(void *user, const engine_result *result, const char *error)
 {
     api_call *c = user;
@@ -146,7 +186,25 @@ static void local_on_done(void *user, const engine_result *result, const char *e
         return;
     }
     count_generation(r, c, result);
-    openai_answer_finish(&c->answer, result);
+    if (openai_answer_finish(&c->answer, result) && c->again) {
+        /* The next choice, one after another on a lane: the prompt's keys
+         * and values are reused through the lane's cached prefix (one shared
+         * prefill for all choices waits on batching, issue 10). Its own
+         * sampling stream: the seed plus the choice's index. */
+        c->again->sampling.seed = c->seed0 + (uint64_t)c->answer.choice;
+        json_grammar_retain((json_grammar *)c->again->grammar); /* the job takes one */
+        c->start_ns = r->metrics ? now_ns() : 0;
+        c->first_output_ns = 0;
+        c->job = sched_submit(r->sched, c->answer.model, c->again, &local_callbacks, c);
+        if (c->job) return;
+        json_grammar_free((json_grammar *)c->again->grammar);
+        if (c->answer.stream) {
+            openai_sse_error_and_done(c->answer.sink, "could not queue the next choice");
+            c->answer.sink->ops->end(c->answer.sink);
+        } else {
+            openai_send_error(r->counters, c->answer.sink, 500, NULL, "could not queue the next choice");
+        }
+    }
     call_free(c);
 }
 
@@ -169,7 +227,7 @@ api_call *router_run_local(router *r, api_sink *sink, openai_request *req, engin
     }
     c->kind = CALL_LOCAL;
     c->start_ns = r->metrics ? now_ns() : 0;
-    if (openai_answer_prepare(&c->answer, req, em) != 0) {
+    if (openai_answer_prepare(&c->answer, req, em) != 0 || (req->n_choices > 1 && keep_for_choices(c, req) != 0)) {
         call_free(c);
         openai_request_free(req);
         openai_send_error(r->counters, sink, 500, NULL, "out of memory");

@@ -15,10 +15,10 @@
 #include "engine/chat_template.h"
 
 static const chat_message conv[] = {
-    {"system", "  You are a helpful assistant.\n"},
-    {"user", "Hello, wörld <|im_end|> {{ not a tag }}"},
-    {"assistant", "<think>hmm</think>\nHi there"},
-    {"user", ""},
+    {"system", "  You are a helpful assistant.\n", NULL},
+    {"user", "Hello, wörld <|im_end|> {{ not a tag }}", NULL},
+    {"assistant", "<think>hmm</think>\nHi there", NULL},
+    {"user", "", NULL},
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char err[256];
     chat_template *t = chat_template_parse((const char *)data, size, err, sizeof err);
     if (!t) return 0;
-    chat_template_extra extra[] = {{"enable_thinking", NULL, 1}, {"tools", NULL, 0}};
+    chat_template_extra extra[] = {{"enable_thinking", NULL, 1, NULL}, {"tools", NULL, 0, NULL}};
     for (int pass = 0; pass < 2; pass++) {
         chat_template_vars vars = {"<s>", "</s>", pass, pass ? extra : NULL, pass ? 2 : 0, 0};
         char *out = NULL;

@@ -11,6 +11,10 @@
  *   make_models model bench-qwen2.5-0.5b-q8_0 PATH
  *                                 Qwen2.5-0.5B's widths and 24 layers, for
  *                                 bench/split_bench.sh
+ *   make_models templated TEMPLATE PATH
+ *                                 a one-layer random llama (byte-level vocabulary)
+ *                                 with the chat template in file TEMPLATE, for
+ *                                 tests/integration/agents_client.sh
  *   make_models list-shape        names of the whole-model shapes (every layer
  *                                 and the real vocabulary) for
  *                                 bench/vs_llamacpp.sh
@@ -519,6 +523,20 @@ int main(int argc, char **argv)
             return 0;
         die("unknown model name (see 'make_models list', 'list-split' and 'list-shape')");
     }
-    fprintf(stderr, "usage: make_models vocabs DIR | list | list-split | list-shape | model NAME PATH\n");
+    if (argc == 4 && !strcmp(argv[1], "templated")) { /* a small random model with a chat template */
+        FILE *f = fopen(argv[2], "rb");
+        if (!f) die("cannot read the template file");
+        static char tmpl[1 << 16];
+        size_t n = fread(tmpl, 1, sizeof tmpl - 1, f);
+        fclose(f);
+        tmpl[n] = 0;
+        model_writer_params p = {.arch = "llama", .n_embd = 32, .n_layer = 1, .n_head = 4, .n_head_kv = 2,
+                                 .n_ff = 64, .n_vocab = 300, .n_ctx = 2048, .type = GGML_TYPE_F32,
+                                 .seed = 7, .chat_template = tmpl};
+        if (model_writer_write(argv[3], &p)) die("cannot write the model");
+        return 0;
+    }
+    fprintf(stderr, "usage: make_models vocabs DIR | list | list-split | list-shape | model NAME PATH |"
+                    " templated TEMPLATE_FILE PATH\n");
     return 2;
 }

@@ -126,7 +126,7 @@ static void test_bad_requests(void)
         {"POST", "/v1/completions", "{\"prompt\": \"x\"}", 400, "invalid_request_error"},
         {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\"}", 400, "invalid_request_error"},
         {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"temperature\": 9}", 400, "invalid_request_error"},
-        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"n\": 2}", 400, "invalid_request_error"},
+        {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"n\": 9}", 400, "invalid_request_error"},
         {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"stream\": 1}", 400, "invalid_request_error"},
         {"POST", "/v1/completions", "{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"seed\": 1.5}", 400, "invalid_request_error"},
         {"POST", "/v1/chat/completions", "{\"model\": \"" MODEL_ID "\", \"messages\": []}", 400, "invalid_request_error"},
@@ -294,6 +294,71 @@ static void test_response_format(void)
             " \"schema\": {\"type\": \"string\", \"pattern\": \"^a\"}}}}");
     CHECK_EQ_INT(r.status, 400);
     CHECK(r.body && strstr(r.body, "'pattern'"));
+    free(r.body);
+}
+
+/* n: several choices, each its own sampling stream (seed + index): choice
+ * i equals a single request with seed + i; streamed, each index has its
+ * role, text and finish; usage counts the prompt once. */
+static void test_several_choices(void)
+{
+    setup();
+    char one[3][1024];
+    int tokens = 0;
+    for (int i = 0; i < 3; i++) {
+        char body[512];
+        snprintf(body, sizeof body, "{\"model\": \"" MODEL_ID "\", \"prompt\": \"And God said\", \"max_tokens\": 12,"
+                 " \"seed\": %d}", 40 + i);
+        record_sink r;
+        request(&r, "POST", "/v1/completions", body);
+        cJSON *j = body_json(&r);
+        snprintf(one[i], sizeof one[i], "%s",
+                 cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "text")));
+        tokens += cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "completion_tokens")->valueint;
+        cJSON_Delete(j);
+        free(r.body);
+    }
+    CHECK(strcmp(one[0], one[1]) || strcmp(one[1], one[2])); /* the seeds differ */
+    record_sink r;
+    request(&r, "POST", "/v1/completions",
+            "{\"model\": \"" MODEL_ID "\", \"prompt\": \"And God said\", \"max_tokens\": 12, \"seed\": 40, \"n\": 3}");
+    CHECK_EQ_INT(r.status, 200);
+    cJSON *j = body_json(&r);
+    cJSON *choices = cJSON_GetObjectItem(j, "choices");
+    CHECK_EQ_INT(cJSON_GetArraySize(choices), 3);
+    for (int i = 0; i < 3 && i < cJSON_GetArraySize(choices); i++) {
+        cJSON *c = cJSON_GetArrayItem(choices, i);
+        CHECK_EQ_INT(cJSON_GetObjectItem(c, "index")->valueint, i);
+        CHECK_EQ_STR(cJSON_GetStringValue(cJSON_GetObjectItem(c, "text")), one[i]);
+    }
+    CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "completion_tokens")->valueint, tokens);
+    cJSON_Delete(j);
+    free(r.body);
+
+    request(&r, "POST", "/v1/chat/completions",
+            "{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"max_tokens\": 6,"
+            " \"seed\": 7, \"n\": 2, \"stream\": true}");
+    CHECK_EQ_INT(r.status, 200);
+    int roles[2] = {0}, finishes[2] = {0}, bad_index = 0;
+    for (char *line = r.body ? strstr(r.body, "data: {") : NULL; line; line = strstr(line + 1, "data: {")) {
+        char *end = strstr(line, "\n\n");
+        char *copy = strndup(line + 6, end ? (size_t)(end - line - 6) : strlen(line + 6));
+        cJSON *chunk = cJSON_Parse(copy);
+        free(copy);
+        cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(chunk, "choices"), 0);
+        if (c) {
+            int i = cJSON_GetObjectItem(c, "index")->valueint;
+            if (i < 0 || i > 1) bad_index = 1;
+            else {
+                roles[i] += cJSON_GetObjectItem(cJSON_GetObjectItem(c, "delta"), "role") != NULL;
+                finishes[i] += cJSON_IsString(cJSON_GetObjectItem(c, "finish_reason"));
+            }
+        }
+        cJSON_Delete(chunk);
+    }
+    CHECK(!bad_index);
+    CHECK(roles[0] == 1 && roles[1] == 1 && finishes[0] == 1 && finishes[1] == 1);
+    CHECK(r.body && strstr(r.body, "data: [DONE]") && strstr(r.body, "data: [DONE]") == strrchr(r.body, '[') - 6);
     free(r.body);
 }
 
@@ -793,7 +858,7 @@ static void test_chat_fallback_template(void)
 {
     setup();
     engine_model *m = sched_model_at(sch, 0);
-    chat_message msgs[] = {{"system", "Be brief."}, {"user", "Who made the world?"}, {"tool", NULL}};
+    chat_message msgs[] = {{"system", "Be brief.", NULL}, {"user", "Who made the world?", NULL}, {"tool", NULL, NULL}};
     char *out, err[256];
     size_t len;
     int parse_special = -1;
@@ -823,7 +888,7 @@ static void test_chat_uses_model_template(void)
     engine_model *m = engine_model_load(path, 1, err, sizeof err);
     REQUIRE(m);
     CHECK_EQ_STR(engine_chat_template_error(m), "");
-    chat_message msgs[] = {{"system", "Be brief."}, {"user", "Hi"}};
+    chat_message msgs[] = {{"system", "Be brief.", NULL}, {"user", "Hi", NULL}};
     char *out;
     size_t len;
     int parse_special = 0;
@@ -851,12 +916,193 @@ static void test_chat_uses_model_template(void)
     free(ids);
 }
 
+/* ---- tool calls on models with the families' real templates ---------------*/
+
+static char *slurp(const char *rel)
+{
+    FILE *f = fopen(testlib_source_path(rel), "rb");
+    if (!f) return NULL;
+    char *buf = calloc(1, 1 << 16);
+    size_t n = fread(buf, 1, (1 << 16) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return buf;
+}
+
+/* Joins a streamed chat answer: content, the tool calls' names and
+ * arguments (fragments concatenated, by index), the finish reason. */
+typedef struct {
+    char content[4096];
+    char name[4][64];
+    char args[4][2048];
+    char ids[4][80];
+    int n_calls;
+    char finish[32];
+} joined;
+
+static void join_stream(const char *body, joined *j)
+{
+    memset(j, 0, sizeof *j);
+    for (const char *line = body ? strstr(body, "data: {") : NULL; line; line = strstr(line + 1, "data: {")) {
+        const char *end = strstr(line, "\n\n");
+        char *copy = strndup(line + 6, end ? (size_t)(end - line - 6) : strlen(line + 6));
+        cJSON *chunk = cJSON_Parse(copy);
+        free(copy);
+        cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(chunk, "choices"), 0);
+        cJSON *delta = cJSON_GetObjectItem(ch, "delta");
+        const char *c = cJSON_GetStringValue(cJSON_GetObjectItem(delta, "content"));
+        if (c) strncat(j->content, c, sizeof j->content - strlen(j->content) - 1);
+        cJSON *tc;
+        cJSON_ArrayForEach(tc, cJSON_GetObjectItem(delta, "tool_calls")) {
+            int i = cJSON_GetObjectItem(tc, "index")->valueint;
+            if (i < 0 || i >= 4) continue;
+            if (i + 1 > j->n_calls) j->n_calls = i + 1;
+            cJSON *fn = cJSON_GetObjectItem(tc, "function");
+            const char *nm = cJSON_GetStringValue(cJSON_GetObjectItem(fn, "name"));
+            const char *ar = cJSON_GetStringValue(cJSON_GetObjectItem(fn, "arguments"));
+            const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(tc, "id"));
+            if (nm) snprintf(j->name[i], sizeof j->name[i], "%s", nm);
+            if (id) snprintf(j->ids[i], sizeof j->ids[i], "%s", id);
+            if (ar) strncat(j->args[i], ar, sizeof j->args[i] - strlen(j->args[i]) - 1);
+        }
+        const char *f = cJSON_GetStringValue(cJSON_GetObjectItem(ch, "finish_reason"));
+        if (f) snprintf(j->finish, sizeof j->finish, "%s", f);
+        cJSON_Delete(chunk);
+    }
+}
+
+/* The arguments fit the tool's schema: city a string of at most 12
+ * characters, unit one of the enum. */
+static int weather_args_ok(const char *args)
+{
+    cJSON *obj = cJSON_Parse(args);
+    const char *city = cJSON_GetStringValue(cJSON_GetObjectItem(obj, "city"));
+    const char *unit = cJSON_GetStringValue(cJSON_GetObjectItem(obj, "unit"));
+    int ok = cJSON_IsObject(obj) && cJSON_GetArraySize(obj) == 2 && city && strlen(city) <= 48 && unit &&
+             (!strcmp(unit, "celsius") || !strcmp(unit, "fahrenheit"));
+    cJSON_Delete(obj);
+    return ok;
+}
+
+#define TOOLS_JSON \
+    "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"The weather in a city\"," \
+    " \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\", \"maxLength\": 12}," \
+    " \"unit\": {\"enum\": [\"celsius\", \"fahrenheit\"]}}, \"required\": [\"city\", \"unit\"]," \
+    " \"additionalProperties\": false}}}, {\"type\": \"function\", \"function\": {\"name\": \"get_time\"," \
+    " \"parameters\": {\"type\": \"object\", \"properties\": {\"zone\": {\"type\": \"string\", \"maxLength\": 8}}," \
+    " \"additionalProperties\": false}}}]"
+
+/* For each family's real template on a random-weight model: a forced call
+ * (named, and required) always parses and fits the schema, plain and
+ * streamed, with finish_reason tool_calls; a history with a call and its
+ * result renders (the request succeeds); auto gives a well-formed answer. */
+static void test_tool_calls(void)
+{
+    setup();
+    static const char *const families[][2] = {
+        {"tools-qwen", "tests/fuzz/corpus/chat_template/qwen2.5.jinja"},
+        {"tools-llama", "tests/fuzz/corpus/chat_template/llama3.2.jinja"},
+        {"tools-mistral", "tests/fuzz/corpus/chat_template/mistral-v0.3.jinja"},
+    };
+    for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
+        char path[512], err[256];
+        snprintf(path, sizeof path, "%s/%s.gguf", testlib_tmpdir(), families[f][0]);
+        char *tmpl = slurp(families[f][1]);
+        REQUIRE(tmpl);
+        model_writer_params p = {.arch = "llama", .n_embd = 32, .n_layer = 1, .n_head = 4, .n_head_kv = 2,
+                                 .n_ff = 64, .n_vocab = 300, .n_ctx = 2048, .type = GGML_TYPE_F32,
+                                 .seed = 5 + f, .chat_template = tmpl};
+        REQUIRE(model_writer_write(path, &p) == 0);
+        free(tmpl);
+        engine_model *m = engine_model_load(path, 1, err, sizeof err);
+        REQUIRE(m);
+        REQUIRE(sched_add_model(sch, m) == 0);
+        for (int v = 0; v < 4; v++) {
+            char body[4096];
+            snprintf(body, sizeof body,
+                     "{\"model\": \"%s\", \"messages\": [{\"role\": \"system\", \"content\": \"Use tools.\"},"
+                     " {\"role\": \"user\", \"content\": \"Weather in Paris?\"}], \"tools\": " TOOLS_JSON ","
+                     " \"tool_choice\": %s, \"max_tokens\": 400, \"seed\": %d, \"stream\": %s}",
+                     families[f][0],
+                     v < 2 ? "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\"}}" : "\"required\"",
+                     v, v % 2 ? "true" : "false");
+            record_sink r;
+            request(&r, "POST", "/v1/chat/completions", body);
+            CHECK_EQ_INT(r.status, 200);
+            joined j;
+            if (v % 2) {
+                join_stream(r.body, &j);
+            } else {
+                memset(&j, 0, sizeof j);
+                cJSON *o = body_json(&r);
+                cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+                cJSON *msg = cJSON_GetObjectItem(ch, "message");
+                const char *fr = cJSON_GetStringValue(cJSON_GetObjectItem(ch, "finish_reason"));
+                snprintf(j.finish, sizeof j.finish, "%s", fr ? fr : "");
+                CHECK(cJSON_IsNull(cJSON_GetObjectItem(msg, "content")));
+                cJSON *tc;
+                cJSON_ArrayForEach(tc, cJSON_GetObjectItem(msg, "tool_calls")) {
+                    cJSON *fn = cJSON_GetObjectItem(tc, "function");
+                    if (j.n_calls >= 4) break;
+                    snprintf(j.name[j.n_calls], 64, "%s", cJSON_GetStringValue(cJSON_GetObjectItem(fn, "name")));
+                    snprintf(j.args[j.n_calls], 2048, "%s", cJSON_GetStringValue(cJSON_GetObjectItem(fn, "arguments")));
+                    snprintf(j.ids[j.n_calls], 80, "%s", cJSON_GetStringValue(cJSON_GetObjectItem(tc, "id")));
+                    CHECK_EQ_STR(cJSON_GetStringValue(cJSON_GetObjectItem(tc, "type")), "function");
+                    j.n_calls++;
+                }
+                cJSON_Delete(o);
+            }
+            if (j.n_calls != 1) fprintf(stderr, "  %s v%d: %d calls: %s\n", families[f][0], v, j.n_calls, r.body);
+            CHECK_EQ_INT(j.n_calls, 1);
+            CHECK_EQ_STR(j.finish, "tool_calls");
+            CHECK(strlen(j.ids[0]) == 9 && strspn(j.ids[0], "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") == 9);
+            if (v < 2 || !strcmp(j.name[0], "get_weather")) {
+                CHECK_EQ_STR(j.name[0], "get_weather");
+                if (!weather_args_ok(j.args[0])) fprintf(stderr, "  %s v%d: args %s\n", families[f][0], v, j.args[0]);
+                CHECK(weather_args_ok(j.args[0]));
+            } else {
+                CHECK_EQ_STR(j.name[0], "get_time");
+                cJSON *obj = cJSON_Parse(j.args[0]);
+                CHECK(cJSON_IsObject(obj));
+                cJSON_Delete(obj);
+            }
+            free(r.body);
+        }
+        /* The next turn: the call and its result in the history; auto. */
+        char body[4096];
+        snprintf(body, sizeof body,
+                 "{\"model\": \"%s\", \"messages\": [{\"role\": \"user\", \"content\": \"Weather in Paris?\"},"
+                 " {\"role\": \"assistant\", \"content\": null, \"tool_calls\": [{\"id\": \"abc123XYZ\", \"type\": \"function\","
+                 " \"function\": {\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Paris\\\", \\\"unit\\\": \\\"celsius\\\"}\"}}]},"
+                 " {\"role\": \"tool\", \"tool_call_id\": \"abc123XYZ\", \"content\": \"18 degrees\"}], \"tools\": " TOOLS_JSON ","
+                 " \"max_tokens\": 8, \"seed\": 1}", families[f][0]);
+        record_sink r;
+        request(&r, "POST", "/v1/chat/completions", body);
+        if (r.status != 200) fprintf(stderr, "  %s history: %s\n", families[f][0], r.body);
+        CHECK_EQ_INT(r.status, 200);
+        cJSON *o = body_json(&r);
+        const char *fr = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "finish_reason"));
+        CHECK(fr && (!strcmp(fr, "stop") || !strcmp(fr, "length") || !strcmp(fr, "tool_calls")));
+        cJSON_Delete(o);
+        free(r.body);
+    }
+    /* A model whose template has no tool format: 400 that says so. */
+    record_sink r;
+    request(&r, "POST", "/v1/chat/completions",
+            "{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}],"
+            " \"tools\": " TOOLS_JSON "}");
+    CHECK_EQ_INT(r.status, 400);
+    CHECK(r.body && strstr(r.body, "cannot take tools"));
+    free(r.body);
+}
+
 int main(void)
 {
     RUN(test_models_list);
     RUN(test_bad_requests);
     RUN(test_unknown_fields);
     RUN(test_response_format);
+    RUN(test_several_choices);
     RUN(test_completion_matches_engine);
     RUN(test_chat);
     RUN(test_abort_mid_stream);
@@ -869,6 +1115,7 @@ int main(void)
     RUN(test_sampling_fields);
     RUN(test_chat_fallback_template);
     RUN(test_chat_uses_model_template);
+    RUN(test_tool_calls); /* last: it adds models, and /tokenize then needs 'model' */
     if (a) {
         api_free(a);
         sched_free(sch);

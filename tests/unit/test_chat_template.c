@@ -332,10 +332,10 @@ static const char ZEPHYR[] =
     "{% endfor %}\n";
 
 static const chat_message conv[] = {
-    {"system", "You are a helpful assistant"},
-    {"user", "Hello"},
-    {"assistant", "Hi there"},
-    {"user", "Who are you"},
+    {"system", "You are a helpful assistant", NULL},
+    {"user", "Hello", NULL},
+    {"assistant", "Hi there", NULL},
+    {"user", "Who are you", NULL},
 };
 
 /* Renders src over msgs; returns the prompt (caller frees) or NULL with the
@@ -500,7 +500,7 @@ static void test_mistral_v03(void)
     CHECK_RENDER(MISTRAL03, "<s>", "</s>", 1, want);
     CHECK_RENDER(MISTRAL03, "<s>", "</s>", 0, want);
     /* two user turns in a row: the template's own error message */
-    static const chat_message bad[] = {{"user", "a"}, {"user", "b"}};
+    static const chat_message bad[] = {{"user", "a", NULL}, {"user", "b", NULL}};
     check_error(MISTRAL03, bad, 2,
                 "After the optional system message, conversation roles must alternate "
                 "user/assistant/user/assistant/...", __LINE__);
@@ -515,7 +515,7 @@ static void test_gemma3(void)
         "<start_of_turn>model\nHi there<end_of_turn>\n"
         "<start_of_turn>user\nWho are you<end_of_turn>\n";
     CHECK_PAIR(GEMMA3, "<bos>", "<eos>", body, "<start_of_turn>model\n", "");
-    static const chat_message bad[] = {{"assistant", "a"}};
+    static const chat_message bad[] = {{"assistant", "a", NULL}};
     chat_template_vars v = {"<bos>", "", 1, NULL, 0, 0};
     char *out = render_with(GEMMA3, bad, 1, &v, errbuf, sizeof errbuf);
     CHECK(out == NULL);
@@ -712,7 +712,7 @@ static void test_bounds(void)
 
 static void test_extras_and_args(void)
 {
-    chat_template_extra extra[] = {{"enable_thinking", NULL, 0}, {"who", "you", 0}};
+    chat_template_extra extra[] = {{"enable_thinking", NULL, 0, NULL}, {"who", "you", 0, NULL}};
     chat_template_vars v = {"", "", 1, extra, 2, 0};
     char *out = render_with("{{ enable_thinking }} {{ who }} {{ add_generation_prompt }}", conv, 4, &v,
                             errbuf, sizeof errbuf);
@@ -720,7 +720,7 @@ static void test_extras_and_args(void)
     CHECK_EQ_STR(out, "False you True");
     free(out);
     /* NULL vars and NULL content */
-    static const chat_message m[] = {{"user", NULL}};
+    static const chat_message m[] = {{"user", NULL, NULL}};
     out = render_with("[{{ messages[0].content }}]{{ bos_token }}", m, 1, NULL, errbuf, sizeof errbuf);
     REQUIRE(out);
     CHECK_EQ_STR(out, "[]");
