@@ -425,7 +425,7 @@ void openai_send_error(api_counters *counters, api_sink *sink, int status, const
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    const char *type = status == 404 ? "not_found_error"
+    const char *type = status == 404 ? "not_found_error" : status == 429 ? "rate_limit_error"
                      : status < 500 ? "invalid_request_error" : "server_error";
     if (status < 500) counters->bad_requests++;
     else counters->failed++;
@@ -649,6 +649,25 @@ static void add_logprobs(openai_answer *ans, cJSON *choice, const engine_token *
 
 /* One streamed choice: text (may be NULL for the role-only first chat chunk),
  * the tokens it carries and an optional finish reason. */
+/* llama-server's `timings` (its field names): the prompt tokens evaluated
+ * (the cached ones not) and their time, the generated tokens and theirs,
+ * and the rates. Times are the engine's: they leave out the queue and HTTP. */
+static void add_timings(cJSON *o, const engine_result *r)
+{
+    cJSON *t = cJSON_AddObjectToObject(o, "timings");
+    int prompt_n = r->prompt_tokens - r->cached_tokens, predicted_n = r->completion_tokens;
+    cJSON_AddNumberToObject(t, "cache_n", r->cached_tokens);
+    cJSON_AddNumberToObject(t, "prompt_n", prompt_n);
+    cJSON_AddNumberToObject(t, "prompt_ms", r->prompt_ms);
+    cJSON_AddNumberToObject(t, "prompt_per_token_ms", prompt_n > 0 ? r->prompt_ms / prompt_n : 0);
+    cJSON_AddNumberToObject(t, "prompt_per_second", r->prompt_ms > 0 ? prompt_n * 1e3 / r->prompt_ms : 0);
+    cJSON_AddNumberToObject(t, "predicted_n", predicted_n);
+    cJSON_AddNumberToObject(t, "predicted_ms", r->predicted_ms);
+    cJSON_AddNumberToObject(t, "predicted_per_token_ms", predicted_n > 0 ? r->predicted_ms / predicted_n : 0);
+    cJSON_AddNumberToObject(t, "predicted_per_second",
+                            r->predicted_ms > 0 ? predicted_n * 1e3 / r->predicted_ms : 0);
+}
+
 static void send_stream_chunk(openai_answer *ans, const char *text, size_t len, const engine_token *toks,
                               int n_toks, const char *finish, int role)
 {
@@ -673,6 +692,7 @@ static void send_stream_chunk(openai_answer *ans, const char *text, size_t len, 
     else cJSON_AddNullToObject(choice, "logprobs");
     if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
     else cJSON_AddNullToObject(choice, "finish_reason");
+    if (finish && ans->result) add_timings(o, ans->result);
     sse_send(ans->sink, o);
     cJSON_Delete(o);
     free(copy);
@@ -722,6 +742,8 @@ static void add_usage(cJSON *o, const engine_result *r)
     cJSON_AddNumberToObject(usage, "prompt_tokens", r->prompt_tokens);
     cJSON_AddNumberToObject(usage, "completion_tokens", r->completion_tokens);
     cJSON_AddNumberToObject(usage, "total_tokens", r->prompt_tokens + r->completion_tokens);
+    cJSON *details = cJSON_AddObjectToObject(usage, "prompt_tokens_details");
+    cJSON_AddNumberToObject(details, "cached_tokens", r->cached_tokens);
 }
 
 void openai_answer_finish(openai_answer *ans, const engine_result *r)
@@ -729,7 +751,9 @@ void openai_answer_finish(openai_answer *ans, const engine_result *r)
     if (ans->stream) {
         if (ans->echo_text && !ans->echo_sent)
             send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
+        ans->result = r; /* the finish chunk carries the timings */
         send_stream_chunk(ans, NULL, 0, NULL, 0, r->finish_reason, 0);
+        ans->result = NULL;
         if (ans->include_usage) { /* OpenAI: one more chunk, empty choices, with usage */
             cJSON *o = chunk_object(ans);
             cJSON_AddArrayToObject(o, "choices");
@@ -769,6 +793,7 @@ void openai_answer_finish(openai_answer *ans, const engine_result *r)
     add_logprobs(ans, choice, ans->toks, ans->n_toks);
     cJSON_AddStringToObject(choice, "finish_reason", r->finish_reason ? r->finish_reason : "stop");
     add_usage(o, r);
+    add_timings(o, r);
     openai_send_json(ans->sink, 200, o);
     cJSON_Delete(o);
 }

@@ -92,6 +92,7 @@ typedef struct {
     int n_toks, toks_cap;
     long text_offset;       /* characters of text the reported tokens covered */
     int past_prompt;        /* a completion token was reported */
+    const engine_result *result; /* while the last stream chunk is made: its timings */
 } openai_answer;
 
 /* Fills the identity: sink, model, created (now) and an id
