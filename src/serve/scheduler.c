@@ -25,7 +25,7 @@
 
 #define SCHED_MAX_MODELS 16
 #define SCHED_DEADLINE_CHECK_MS 250
-#define SCHED_MIN_SHARED_PREFIX 64
+#define SCHED_MIN_SHARED 4 /* tokens of cached prefix that make a lane the place for a prompt */
 
 struct sched_job {
     sched *s;
@@ -165,14 +165,15 @@ static void worker_run_job(sched_worker *w, int lane, sched_job *job)
 }
 
 /* A lane's claim on a prompt: the prefix its cache holds, when that is worth
- * keeping the lane for: half the prompt or more (a chat's next turn), or
- * SCHED_MIN_SHARED_PREFIX tokens (a long shared system prompt). Below that
- * (a BOS, a common first word) it counts 0, and the least recently used lane
- * wins: an empty lane before one whose cache another client may come back to. */
+ * taking the lane for: at least SCHED_MIN_SHARED tokens and a tenth of the
+ * prompt (a chat's next turn, a shared system prompt; llama-server's slot
+ * similarity threshold is of the same kind). Below that (a BOS, a common
+ * first word) it counts 0, and the least recently used lane wins: an empty
+ * lane before one whose cache another client may come back to. */
 static int placement_score(sched_worker *w, int lane, const int32_t *ids, int n)
 {
     int len = engine_lane_cached_prefix(w->model, lane, ids, n);
-    return len * 2 >= n || len >= SCHED_MIN_SHARED_PREFIX ? len : 0;
+    return len >= SCHED_MIN_SHARED && len * 10 >= n ? len : 0;
 }
 
 /* Prompt cache: turns job's prompt into token ids (off the loop thread) and
