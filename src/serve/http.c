@@ -69,6 +69,7 @@ static const char *reason_phrase(int status)
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
     case 500: return "Internal Server Error";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
@@ -96,6 +97,10 @@ static void sink_begin(api_sink *sink, int status, const char *content_type)
     snprintf(x->content_type, sizeof x->content_type, "%s", content_type);
     struct evkeyvalq *headers = evhttp_request_get_output_headers(x->req);
     evhttp_add_header(headers, "Content-Type", x->content_type);
+    /* 429: every lane of the model busy and its queue full (scheduler.h); a
+     * second is about what a short answer takes, and clients (the openai
+     * packages) wait as told before retrying. */
+    if (status == 429) evhttp_add_header(headers, "Retry-After", "1");
     if (!strncmp(content_type, "text/event-stream", 17)) {
         x->streaming = 1;
         evhttp_add_header(headers, "Cache-Control", "no-cache");

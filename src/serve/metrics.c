@@ -240,6 +240,25 @@ static void render_lanes(prom_buf *b, sched *s)
             prom_sample(b, names[k], (const char *[]){"model", engine_model_id(sched_model_at(s, i)), NULL}, v[k]);
         }
     }
+    static const char *const cnames[5] = {"llmesh_queue_refused_total", "llmesh_queue_timeouts_total",
+                                          "llmesh_batch_steps_total", "llmesh_batch_sequences_total",
+                                          "llmesh_batch_tokens_total"};
+    static const char *const chelps[5] = {
+        "Requests refused with 429: every lane busy and the queue full.",
+        "Requests answered 503 after waiting for a lane past the queue timeout.",
+        "Forward passes of the continuous batching steps (solo models).",
+        "Sequences summed over those steps (mean batch = sequences / steps).",
+        "Positions evaluated by those steps."};
+    for (int k = 0; k < 5; k++) {
+        prom_family(b, cnames[k], "counter", chelps[k]);
+        for (int i = 0; i < sched_model_count(s); i++) {
+            sched_model_stats st;
+            sched_model_get_stats(s, i, &st);
+            uint64_t v[5] = {st.refused_full, st.timed_out, st.steps.steps, st.steps.seqs, st.steps.tokens};
+            prom_sample(b, cnames[k], (const char *[]){"model", engine_model_id(sched_model_at(s, i)), NULL},
+                        (double)v[k]);
+        }
+    }
 }
 
 static void render_peers(prom_buf *b, mesh *msh)

@@ -30,6 +30,7 @@
 #include "serve/scheduler.h"
 #include "serve/stage.h"
 
+#define NODE_DEFAULT_PARALLEL 4 /* --parallel: lanes per model */
 #define NODE_MAX_PEERS 256
 #define LLMESH_VERSION "0.1.0"
 
@@ -83,6 +84,22 @@ static char *status_json(void *ctx)
     if (n->stages) stage_host_status(n->stages, cJSON_AddArrayToObject(root, "stages"));
     if (n->weights) weights_store_status_json(n->weights, cJSON_AddObjectToObject(root, "weights"));
     cJSON_AddNumberToObject(root, "jobs_active", sched_jobs_active(n->sched));
+    cJSON *lanes = cJSON_AddArrayToObject(root, "lanes"); /* per local model: slots, queue, batch steps */
+    for (int i = 0; i < sched_model_count(n->sched); i++) {
+        sched_model_stats st;
+        sched_model_get_stats(n->sched, i, &st);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", engine_model_id(sched_model_at(n->sched, i)));
+        cJSON_AddNumberToObject(o, "lanes", st.lanes);
+        cJSON_AddNumberToObject(o, "busy", st.busy);
+        cJSON_AddNumberToObject(o, "queued", st.queued);
+        cJSON_AddNumberToObject(o, "refused_queue_full", (double)st.refused_full);
+        cJSON_AddNumberToObject(o, "queue_timeouts", (double)st.timed_out);
+        cJSON_AddNumberToObject(o, "batch_steps", (double)st.steps.steps);
+        cJSON_AddNumberToObject(o, "batch_sequences", (double)st.steps.seqs);
+        cJSON_AddNumberToObject(o, "batch_tokens", (double)st.steps.tokens);
+        cJSON_AddItemToArray(lanes, o);
+    }
     if (mesh_is_passive(n->mesh)) {
         int64_t age = mesh_routes_age_ms(n->mesh);
         if (age < 0) cJSON_AddNullToObject(root, "routes_age_ms");
@@ -272,6 +289,9 @@ int node_run(const node_config *cfg)
     n.base = event_base_new();
     if (!n.base) { fprintf(stderr, "llmesh: cannot create the event loop\n"); return 1; }
     n.sched = sched_new(n.base);
+    if (n.sched)
+        sched_set_queue(n.sched, cfg->queue >= 0 ? cfg->queue : SCHED_DEFAULT_QUEUE,
+                        cfg->queue_timeout > 0 ? cfg->queue_timeout : SCHED_DEFAULT_QUEUE_TIMEOUT_S);
     if (!n.sched) goto out;
     n.budget.total = cfg->max_memory ? cfg->max_memory : budget_default();
 
@@ -300,7 +320,8 @@ int node_run(const node_config *cfg)
     }
     /* A client coordinates nothing, but reads the plans it routes by. */
     pipeline_config pc = {.n_threads = cfg->threads, .n_ctx = cfg->ctx,
-                          .n_lanes = cfg->parallel > 0 ? cfg->parallel : 2, .split = cfg->split};
+                          .n_lanes = cfg->parallel > 0 ? cfg->parallel : NODE_DEFAULT_PARALLEL,
+                          .split = cfg->split};
     n.pipelines = pipelines_new(n.base, n.mesh, n.sched, n.stages, n.weights, &n.budget, &pc);
     if (!n.pipelines || load_models(&n) != 0) goto out;
 
