@@ -101,6 +101,10 @@ const uint8_t *quic_conn_peer_key(const quic_conn *c);
 const struct sockaddr *quic_conn_remote_addr(const quic_conn *c, socklen_t *len);
 /* Smoothed round-trip time in microseconds (0 before the first sample). */
 uint64_t quic_conn_rtt_us(const quic_conn *c);
+/* Bytes of this connection's packets received and sent so far (UDP
+ * payloads, or the packets on its virtual path; retransmissions count
+ * again), from its first packet. */
+void quic_conn_bytes(const quic_conn *c, uint64_t *rx, uint64_t *tx);
 void quic_conn_set_user(quic_conn *c, void *user);
 void *quic_conn_user(const quic_conn *c);
 

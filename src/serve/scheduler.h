@@ -35,6 +35,10 @@ typedef struct {
     /* The job ended: error is NULL on success (then result is filled), else
      * a message. Last callback; the job handle is invalid afterwards. */
     void (*on_done)(void *user, const engine_result *result, const char *error);
+    /* Optional (NULL: not wanted), called before on_output: the times in
+     * microseconds between consecutive text outputs since the last call,
+     * measured on the worker as the text was made. */
+    void (*on_gaps)(void *user, const uint32_t *gaps_us, int n_gaps);
 } sched_callbacks;
 
 sched *sched_new(struct event_base *base);
