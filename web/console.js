@@ -471,7 +471,12 @@ async function send(ev) {
 function drawJoin(s) {
   const cmd = $('#join-cmd'), client = $('#client-cmd'), copy = $('#join-copy');
   if (!s.token) {
-    cmd.textContent = 'This node is a client: it has no token to give. Use a member\'s console.';
+    // A client has none; a member shows its token (which holds the mesh
+    // secret) only on a console bound to loopback.
+    cmd.textContent = s.role === 'client'
+      ? 'This node is a client: it has no token to give. Use a member\'s console.'
+      : 'This console is reachable from other machines, so it does not show the token (it holds ' +
+        'the mesh secret). Open the console on the node\'s own machine, or use the token it printed.';
     client.textContent = '';
     copy.disabled = true;
     return;

@@ -18,10 +18,12 @@
 #include "serve/node.h"
 
 static const char serve_usage[] =
-    "usage: llmesh serve [--model PATH]... [--join TOKEN]... [options]\n"
+    "usage: llmesh serve [--model REF]... [--join TOKEN]... [options]\n"
     "       llmesh client --join TOKEN [options]\n"
     "\n"
-    "  --model PATH       serve this GGUF model (repeatable; serve only)\n"
+    "  --model REF        serve this model (repeatable; serve only): a GGUF path,\n"
+    "                     org/repo/file.gguf[@rev], org/repo:QUANT, an https:// URL or a\n"
+    "                     catalog name (llmesh models --catalog); downloaded when missing\n"
     "  --join TOKEN       join the mesh of the node that printed TOKEN (repeatable)\n"
     "  --home DIR         identity directory (default $LLMESH_HOME, else ~/.llmesh)\n"
     "  --port N           API port on 127.0.0.1 (default 9337; 0 = any free port)\n"

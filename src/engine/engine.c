@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "engine/gguf.h"
+#include "engine/json_grammar.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
@@ -72,6 +73,9 @@ struct engine_model {
     chat_template *chat;  /* tokenizer.chat_template, parsed; NULL: none or unusable */
     char chat_error[256]; /* why it is unusable */
     char bos_text[64], eos_text[64]; /* the template's bos_token / eos_token */
+    pthread_mutex_t grammar_lock; /* guards building grammar_vocab */
+    json_vocab *grammar_vocab;    /* the tokens' bytes as a trie, built at the first
+                                     constrained request; immutable after */
 };
 
 /* ======================================================================== */
@@ -129,6 +133,7 @@ engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o
     }
     pthread_mutex_init(&m->compute, NULL);
     pthread_mutex_init(&m->split_lock, NULL);
+    pthread_mutex_init(&m->grammar_lock, NULL);
     model_id_from_path(path, m->id, sizeof m->id);
     if (!(m->file = gguf_open(path, err, errlen))) goto fail_quiet;
     if (o->layers_end > 0) {
@@ -205,6 +210,8 @@ void engine_model_free(engine_model *m)
     gguf_close(m->file);
     pthread_mutex_destroy(&m->compute);
     pthread_mutex_destroy(&m->split_lock);
+    pthread_mutex_destroy(&m->grammar_lock);
+    json_vocab_free(m->grammar_vocab);
     free(m);
 }
 
@@ -792,6 +799,74 @@ static int score_prompt(engine_model *m, int lane, const int32_t *ids, int n, in
     return rc;
 }
 
+/* ---- constrained sampling (engine/json_grammar.h) ---- */
+
+/* A constrained request's state: where its output is in the grammar, and
+ * the buffers of the mask. */
+typedef struct {
+    json_match *match;
+    float *masked;        /* (n_vocab) the logits with refused tokens at -inf */
+    uint8_t *allowed;     /* (n_vocab) */
+} constrained;
+
+static int vocab_token_bytes(void *ctx, int32_t id, char *out, size_t cap)
+{
+    return tokenizer_token_bytes(ctx, id, out, cap);
+}
+
+static int constrained_begin(engine_model *m, const json_grammar *grammar, constrained *c, char *err,
+                             size_t errlen)
+{
+    int n_vocab = tokenizer_n_vocab(m->tok);
+    pthread_mutex_lock(&m->grammar_lock);
+    if (!m->grammar_vocab) m->grammar_vocab = json_vocab_new(n_vocab, vocab_token_bytes, m->tok);
+    pthread_mutex_unlock(&m->grammar_lock);
+    c->match = m->grammar_vocab ? json_match_new(grammar) : NULL;
+    c->masked = malloc(sizeof(float) * (size_t)n_vocab);
+    c->allowed = malloc((size_t)n_vocab);
+    if (!c->match || !c->masked || !c->allowed) {
+        json_match_free(c->match);
+        free(c->masked);
+        free(c->allowed);
+        c->match = NULL;
+        snprintf(err, errlen, "out of memory for constrained output");
+        return -1;
+    }
+    return 0;
+}
+
+static void constrained_end(constrained *c)
+{
+    json_match_free(c->match);
+    free(c->masked);
+    free(c->allowed);
+}
+
+/* Samples among the tokens the grammar admits next (an end-of-generation
+ * token only where the value may end). 0 with *tok, 1 when the value is
+ * closed (nothing may follow), -1 with a message. */
+static int constrained_pick(engine_model *m, constrained *c, sampler *smp, const float *logits,
+                            int32_t *tok, char *err, size_t errlen)
+{
+    if (json_match_done(c->match)) return 1;
+    int n_vocab = tokenizer_n_vocab(m->tok);
+    int n = json_match_mask(c->match, m->grammar_vocab, c->allowed);
+    int accepting = json_match_accepting(c->match);
+    if (n < 0) {
+        snprintf(err, errlen, "out of memory for constrained output");
+        return -1;
+    }
+    if (n == 0) {
+        if (accepting) return 1;
+        snprintf(err, errlen, "constrained output: the model's vocabulary cannot continue the value");
+        return -1;
+    }
+    for (int v = 0; v < n_vocab; v++)
+        c->masked[v] = c->allowed[v] || (accepting && tokenizer_is_eog(m->tok, v)) ? logits[v] : -INFINITY;
+    *tok = sampler_sample(smp, c->masked);
+    return 0;
+}
+
 int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_output, void *user,
                engine_result *result, char *err, size_t errlen)
 {
@@ -901,9 +976,27 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
     }
     for (int i = 0; i < n_prompt; i++) sampler_accept(smp, ids[i], 0);
     free(ids);
+    constrained cons = {0};
+    if (r->grammar && constrained_begin(m, r->grammar, &cons, err, errlen) != 0) {
+        sampler_free(smp);
+        return -1;
+    }
     char piece_buf[256];
     for (;;) {
-        int32_t tok = sampler_sample(smp, ln->logits);
+        int32_t tok;
+        if (cons.match) {
+            int c = constrained_pick(m, &cons, smp, ln->logits, &tok, err, errlen);
+            if (c < 0) {
+                rc = -1;
+                break;
+            }
+            if (c == 1) { /* the value is closed: nothing may follow */
+                result->finish_reason = "stop";
+                break;
+            }
+        } else {
+            tok = sampler_sample(smp, ln->logits);
+        }
         if (tokenizer_is_eog(m->tok, tok)) {
             result->finish_reason = "stop";
             break;
@@ -919,6 +1012,13 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
             if (piece) tokenizer_token_bytes(m->tok, tok, piece, (size_t)nb);
         }
         int stop_hit = 0;
+        if (cons.match && (nb <= 0 || !piece || json_match_feed(cons.match, piece, (size_t)nb) != 0)) {
+            /* only when logit_bias banned every admitted token */
+            if (piece != piece_buf) free(piece);
+            snprintf(err, errlen, "constrained output: the sampling settings left no admitted token");
+            rc = -1;
+            break;
+        }
         int wrc = nb < 0 || !piece ? -1 : output_add(&g, piece, (size_t)nb, r->logprobs ? &rec : NULL, &stop_hit);
         if (piece != piece_buf) free(piece);
         if (wrc != 0) {
@@ -947,6 +1047,7 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
     free(g.toks);
     free(g.tok_end);
     sampler_free(smp);
+    constrained_end(&cons);
     return rc;
 }
 

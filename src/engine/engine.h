@@ -136,6 +136,9 @@ typedef struct {
     int logprobs;              /* report each generated token (engine_token) */
     int top_logprobs;          /* with this many alternatives, 0..ENGINE_MAX_TOP_LOGPROBS */
     int echo_logprobs;         /* report the prompt's tokens first (needs logprobs) */
+    const struct json_grammar *grammar; /* borrowed, may be NULL: only tokens it admits are
+                                           sampled, and generation ends once its value is
+                                           closed (engine/json_grammar.h) */
 } engine_request;
 
 void engine_request_defaults(engine_request *r); /* empty text prompt, default sampling */

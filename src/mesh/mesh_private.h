@@ -13,6 +13,7 @@
 #include <event2/event.h>
 
 #include "mesh/addr.h"
+#include "mesh/admit.h"
 #include "mesh/frame.h"
 #include "mesh/identity.h"
 #include "mesh/mesh.h"
@@ -47,6 +48,9 @@
 #define MESH_CLIENT_AVOID_MS 30000   /* a host a client could not reach is skipped this long */
 #define MESH_MEMBER_IDLE_MS 120000   /* a member closes a client connection unused this long */
 #define MESH_PENDING_MAX (32u << 20) /* bytes queued on streams waiting for a connection */
+/* Admission (admission.c, docs/mesh.md "Admission"). */
+#define ADMISSION_DEADLINE_MS 1000   /* a peer proves itself within this after the handshake */
+#define ADMISSION_HOLD_MAX (64u << 10) /* dialler: bytes of streams that overtook the proof */
 
 /* QUIC application error codes of stream resets (docs/PROTOCOL.md). */
 #define MESH_RESET_ABORTED 1         /* the application gave up on the stream */
@@ -81,6 +85,9 @@ struct mesh_stream {
     int busy;                        /* callbacks running on it: free deferred */
     int dead;                        /* no more callbacks; freed when !busy */
     int fin_seen;
+    uint8_t *held;                   /* bytes that arrived before the link was admitted */
+    size_t held_len, held_cap;
+    int held_fin;
     mesh_stream *prev, *next;        /* in link->streams, or in waiting->pending */
 };
 
@@ -106,6 +113,15 @@ struct mesh_link {
     mesh_stream *gossip;             /* where records go to this peer */
     mesh_stream *control;            /* probes to and from this peer (detect.c) */
     int force_close;                 /* close even with user streams (peer dead or left) */
+    /* admission (admission.c): from the handshake until the peer proved it
+     * knows the secret; ready stays 0 meanwhile */
+    int admitting;
+    int refused;                     /* admission failed: closing */
+    int admit_proved;                /* the peer's proof checked */
+    int admit_stream_seen;           /* acceptor: the dialler's ADMISSION stream came */
+    admit_binding bind;              /* exporter value and the two ids */
+    struct event *admit_timer;
+    size_t held_bytes;               /* sum of the streams' held bytes */
     mesh_link *next;                 /* in m->links */
 };
 
@@ -156,6 +172,7 @@ typedef struct {
 struct mesh {
     struct event_base *base;
     identity self;
+    uint8_t secret[ADMIT_SECRET_BYTES]; /* the mesh secret: never logged */
     char id_hex[MESH_ID_HEX];
     quic_endpoint *ep;
     mesh_addr listen;                /* with the bound port */
@@ -190,6 +207,7 @@ struct mesh {
     int next_relay;
     int left;                        /* mesh_leave was called */
     int test_mute;                   /* tests: answer no probe, refute nothing (a hung node) */
+    int test_admit_anyone;           /* tests: take any dialler's proof (a stranger's acceptor) */
     struct nat_state *nat;           /* observed addresses, punching, relaying (nat.c) */
     int passive;                     /* this node is a passive client */
     int n_clients;                   /* members: passive links open */
@@ -220,6 +238,9 @@ void mesh_link_close_when_idle(mesh_link *l, const char *reason);
  * normal dial started (nat.c: punching, relaying); counts in n->dialing.
  * NULL (c closed) when out of memory. */
 mesh_link *mesh_link_dial(mesh *m, quic_conn *c, mesh_node *n);
+/* Called by admission.c when l's peer proved itself: l becomes ready (the
+ * rest of what a completed handshake did before admission existed). */
+void mesh_link_admitted(mesh_link *l);
 /* Called by stream.c when a link loses a user stream. */
 void mesh_link_stream_gone(mesh_link *l);
 void mesh_schedule_sweep(mesh *m);
@@ -229,6 +250,8 @@ extern const quic_stream_callbacks mesh_stream_quic_callbacks;
 mesh_stream *mesh_stream_open_on(mesh_link *l, uint8_t type, const mesh_stream_handlers *h,
                                  void *user);
 void mesh_stream_incoming(mesh_link *l, quic_stream *qs);
+/* Plays the bytes held on l's streams while it was in admission. */
+void mesh_link_release_held(mesh_link *l);
 /* Detaches every stream still on a closing link (quic already closed them). */
 void mesh_link_drop_streams(mesh_link *l, const char *reason);
 
@@ -260,6 +283,10 @@ int detect_send_ping(mesh *m, mesh_stream *s);
 /* Tests: a muted node answers no probe and refutes nothing, as a node whose
  * process hangs while its kernel and QUIC stack still acknowledge packets. */
 void mesh_test_mute(mesh *m, int on);
+/* Tests: as an acceptor, take any dialler's proof unchecked and answer with
+ * our own: a stranger that lets anyone in, to show that a dialler checks
+ * the acceptor's proof too (admission.c). */
+void mesh_test_admit_anyone(mesh *m, int on);
 
 /* stream.c, clients: streams opened before the connection is up */
 mesh_stream *mesh_stream_open_waiting(mesh_node *n, uint8_t type, const mesh_stream_handlers *h,
@@ -268,6 +295,15 @@ mesh_stream *mesh_stream_open_waiting(mesh_node *n, uint8_t type, const mesh_str
 void mesh_node_flush_pending(mesh_node *n);
 /* n cannot be reached: its waiting streams get on_close(why). */
 void mesh_node_fail_pending(mesh_node *n, const char *why);
+
+/* admission.c */
+void admission_register(mesh *m);
+/* l's handshake is done: exchange proofs (the dialler sends first). */
+void admission_start(mesh_link *l);
+/* Refuses l's peer (counted, logged, connection closed); no-op once l is
+ * admitted or already refused. */
+void admission_refuse(mesh_link *l, const char *why);
+void admission_link_free(mesh_link *l);
 
 /* passive.c */
 int passive_init(mesh *m, const mesh_config *cfg);

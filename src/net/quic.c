@@ -2193,6 +2193,13 @@ void quic_conn_bytes(const quic_conn *c, uint64_t *rx, uint64_t *tx)
     *tx = c->tx_bytes;
 }
 
+int quic_conn_export_keying(const quic_conn *c, const char *label, uint8_t *out, size_t len)
+{
+    if (!c->ready || c->closing || !c->tls) return -1;
+    /* An empty context: the label alone names the use. */
+    return gnutls_prf_rfc5705(c->tls, strlen(label), label, 0, NULL, len, (char *)out) == 0 ? 0 : -1;
+}
+
 uint64_t quic_conn_rtt_us(const quic_conn *c)
 {
     if (!c->conn) return 0;

@@ -99,6 +99,11 @@ int quic_conn_is_passive(const quic_conn *c);
 const uint8_t *quic_conn_peer_key(const quic_conn *c);
 /* NULL (and *len 0) for a connection on a virtual path: it has no address. */
 const struct sockaddr *quic_conn_remote_addr(const quic_conn *c, socklen_t *len);
+/* Keying material exported from the connection's TLS 1.3 session (RFC 8446
+ * section 7.5, the RFC 5705 interface): the same bytes on both ends of this
+ * connection and on no other, so a MAC over them binds a proof to it
+ * (mesh/admission.c). Only once the connection is ready. 0, or -1. */
+int quic_conn_export_keying(const quic_conn *c, const char *label, uint8_t *out, size_t len);
 /* Smoothed round-trip time in microseconds (0 before the first sample). */
 uint64_t quic_conn_rtt_us(const quic_conn *c);
 /* Bytes of this connection's packets received and sent so far (UDP

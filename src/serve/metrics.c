@@ -240,6 +240,9 @@ static void render_counters(prom_buf *b, const metrics_sources *src)
                 (double)mc.peers_alive_again);
     prom_sample(b, "llmesh_failure_detector_events_total", (const char *[]){"event", "left", NULL},
                 (double)mc.peers_left);
+    counter(b, "llmesh_admission_refused_total",
+            "Mesh connections refused because the peer did not prove it knows the mesh secret.",
+            (double)mc.admission_refused);
     counter(b, "llmesh_stage_bad_frames_total", "Malformed pipeline stage frames.",
             src->stages ? (double)stage_host_bad_frames(src->stages) : 0);
 

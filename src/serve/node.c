@@ -20,6 +20,7 @@
 #include "lib/log.h"
 #include "lib/sysinfo.h"
 #include "mesh/mesh.h"
+#include "models/resolve.h"
 #include "models/weights_store.h"
 #include "serve/api.h"
 #include "serve/budget.h"
@@ -49,6 +50,7 @@ typedef struct {
     int signals_seen;
     uint64_t drain_deadline_ms;
     const char *role;
+    int console_loopback;        /* the console is bound to loopback only: it may show the token */
 } node;
 
 static char *status_json(void *ctx)
@@ -56,8 +58,10 @@ static char *status_json(void *ctx)
     node *n = ctx;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "node_id", mesh_node_id_hex(n->mesh));
-    /* A client accepts no joins: it has no token to give. */
-    if (mesh_is_passive(n->mesh)) cJSON_AddNullToObject(root, "token");
+    /* A client accepts no joins: it has no token to give. The token carries
+     * the mesh secret: only a console on loopback shows it (whoever reaches
+     * a console bound elsewhere, key or not, must not learn how to join). */
+    if (mesh_is_passive(n->mesh) || !n->console_loopback) cJSON_AddNullToObject(root, "token");
     else cJSON_AddStringToObject(root, "token", mesh_token(n->mesh));
     cJSON_AddStringToObject(root, "role", n->role);
     cJSON_AddStringToObject(root, "version", LLMESH_VERSION);
@@ -147,6 +151,7 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "peers_dead", (double)mc.peers_dead);
     cJSON_AddNumberToObject(c, "peers_alive_again", (double)mc.peers_alive_again);
     cJSON_AddNumberToObject(c, "peers_left", (double)mc.peers_left);
+    cJSON_AddNumberToObject(c, "admission_refused", (double)mc.admission_refused);
     cJSON_AddNumberToObject(c, "stage_bad_frames", n->stages ? (double)stage_host_bad_frames(n->stages) : 0);
     weights_counters wc = {0};
     if (n->weights) weights_get_counters(n->weights, &wc);
@@ -226,16 +231,34 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_add(n->drain_timer, &poll);
 }
 
+/* --model REF: a path is loaded as it is; a name is found in the cache or
+ * downloaded first (blocking: the node is not in anyone's way before its
+ * token is printed), after the check that it fits this node's budget. */
 static int load_models(node *n)
 {
-    for (int i = 0; i < n->cfg->n_models; i++) {
-        char err[512];
-        if (pipelines_add_model(n->pipelines, n->cfg->models[i], err, sizeof err) != 0) {
+    model_files *mf = malloc(sizeof *mf);
+    if (!mf) return -1;
+    int rc = 0;
+    for (int i = 0; i < n->cfg->n_models && rc == 0; i++) {
+        char err[1024];
+        model_fetch_opts o = {.home = n->cfg->home, .avail_bytes = budget_free(&n->budget),
+                              .avail_what = n->cfg->split ? NULL : "this node's free budget (--max-memory)",
+                              .n_ctx = n->cfg->ctx, .n_lanes = n->cfg->parallel > 0 ? n->cfg->parallel : 2,
+                              .n_threads = n->cfg->threads};
+        if (model_fetch(n->cfg->models[i], &o, mf, err, sizeof err) != 0) {
+            fprintf(stderr, "llmesh: --model %s: %s\n", n->cfg->models[i], err);
+            rc = -1;
+        } else if (mf->n_files > 1) {
+            fprintf(stderr, "llmesh: --model %s: a GGUF in %d parts is not loaded yet\n", n->cfg->models[i],
+                    mf->n_files);
+            rc = -1;
+        } else if (pipelines_add_model(n->pipelines, mf->files[0], err, sizeof err) != 0) {
             fprintf(stderr, "llmesh: cannot load model %s\n", err);
-            return -1;
+            rc = -1;
         }
     }
-    return 0;
+    free(mf);
+    return rc;
 }
 
 int node_run(const node_config *cfg)
@@ -291,6 +314,7 @@ int node_run(const node_config *cfg)
     n.api_http = http_api_start(n.base, cfg->http_host, (uint16_t)cfg->api_port, n.api, err, sizeof err);
     if (!n.api_http) { fprintf(stderr, "llmesh: API (--port): %s\n", err); goto out; }
     http_server_set_metrics(n.api_http, n.metrics);
+    n.console_loopback = http_host_is_loopback(cfg->http_host);
     n.console_http = http_console_start(n.base, cfg->http_host, (uint16_t)cfg->console_port,
                                         status_json, &n, err, sizeof err);
     if (!n.console_http) { fprintf(stderr, "llmesh: console (--console): %s\n", err); goto out; }

@@ -10,7 +10,7 @@
 #define NODE_MAX_JOINS 16
 
 typedef struct {
-    const char *models[NODE_MAX_MODELS]; /* GGUF paths served here */
+    const char *models[NODE_MAX_MODELS]; /* model references (models/ref.h) served here */
     int n_models;
     const char *joins[NODE_MAX_JOINS];   /* invite tokens */
     int n_joins;

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/json_grammar.h"
 #include "lib/log.h"
 
 static int append_text(char **buf, size_t *len, size_t *cap, const char *text, size_t n)
@@ -44,6 +45,8 @@ void openai_request_free(openai_request *r)
         free((char *)r->msgs[i].content);
     }
     free(r->msgs);
+    json_grammar_free(r->grammar);
+    r->grammar = NULL;
     r->msgs = NULL;
     r->n_msgs = 0;
     r->er = NULL;
@@ -196,6 +199,54 @@ static int parse_logit_bias(cJSON *bias, engine_sampling *s, int *max_id, char *
     return 0;
 }
 
+/* response_format: {"type": "text"}, {"type": "json_object"} (any JSON
+ * object) or {"type": "json_schema", "json_schema": {"name", "schema",
+ * "strict"?, "description"?}}: the answer is constrained to JSON that
+ * matches (engine/json_grammar.h); a schema keyword the compiler does not
+ * implement is a 400 that names it. */
+static int parse_response_format(cJSON *rf, openai_request *req, char *err, size_t errlen)
+{
+    static const char *const rf_fields[] = {"type", "json_schema", NULL};
+    static const char *const js_fields[] = {"name", "schema", "strict", "description", NULL};
+    if (!rf || cJSON_IsNull(rf)) return 0;
+    cJSON *type = cJSON_GetObjectItemCaseSensitive(rf, "type");
+    if (!cJSON_IsObject(rf) || !cJSON_IsString(type)) {
+        snprintf(err, errlen, "'response_format' must be an object with a string 'type'");
+        return -1;
+    }
+    if (openai_check_fields(rf, rf_fields, "response_format", err, errlen)) return -1;
+    const char *t = type->valuestring;
+    if (!strcmp(t, "text")) return 0;
+    if (!strcmp(t, "json_object")) {
+        req->grammar = json_grammar_object(err, errlen);
+        return req->grammar ? 0 : -1;
+    }
+    if (strcmp(t, "json_schema") != 0) {
+        snprintf(err, errlen, "'response_format.type' must be \"text\", \"json_object\" or \"json_schema\"");
+        return -1;
+    }
+    cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
+    cJSON *schema = cJSON_GetObjectItemCaseSensitive(js, "schema");
+    if (!cJSON_IsObject(js) || !cJSON_IsObject(schema)) {
+        snprintf(err, errlen, "'response_format.json_schema' must be an object with an object 'schema'");
+        return -1;
+    }
+    if (openai_check_fields(js, js_fields, "response_format.json_schema", err, errlen)) return -1;
+    char *text = cJSON_PrintUnformatted(schema);
+    if (!text) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    char why[400];
+    req->grammar = json_grammar_from_schema(text, strlen(text), why, sizeof why);
+    free(text);
+    if (!req->grammar) {
+        snprintf(err, errlen, "response_format.json_schema.schema: %s", why);
+        return -1;
+    }
+    return 0;
+}
+
 /* Reads chat messages: each a string role and a content that is a string,
  * null, or an array of {type: "text", text} parts (joined). Rendering waits
  * until the node that runs the model is known: it owns the chat template. */
@@ -219,6 +270,8 @@ static int parse_messages(cJSON *messages, openai_request *req, char *err, size_
             snprintf(err, errlen, "each message needs a string 'role'");
             return -1;
         }
+        if (openai_check_fields(msg, openai_known_fields(OPENAI_FIELDS_MESSAGE), "a message", err, errlen))
+            return -1;
         char *text = NULL;
         size_t len = 0, cap = 0;
         if (cJSON_IsString(content)) {
@@ -280,6 +333,9 @@ int openai_parse_request(const char *body, size_t len, int chat, openai_request 
         goto done;
     }
     snprintf(req->model, sizeof req->model, "%s", model->valuestring);
+    if (openai_check_fields(root, openai_known_fields(chat ? OPENAI_FIELDS_CHAT : OPENAI_FIELDS_COMPLETION),
+                            NULL, err, errlen))
+        goto done;
 
     if (chat) {
         if (parse_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), req, err, errlen)) goto done;
@@ -328,6 +384,9 @@ int openai_parse_request(const char *body, size_t len, int chat, openai_request 
         goto done;
     }
     if (parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"), s, err, errlen)) goto done;
+    if (parse_response_format(cJSON_GetObjectItemCaseSensitive(root, "response_format"), req, err, errlen))
+        goto done;
+    er->grammar = req->grammar;
     if (parse_logit_bias(cJSON_GetObjectItemCaseSensitive(root, "logit_bias"), s, &req->max_id, err, errlen))
         goto done;
 

@@ -46,6 +46,8 @@ typedef struct {
     int max_id;             /* largest token id in the prompt or logit_bias (-1: none) */
     chat_message *msgs;     /* chat: owned roles and contents, rendered by the serving node */
     int n_msgs;
+    struct json_grammar *grammar; /* response_format's, or NULL; owned until the scheduler
+                                     takes it (er->grammar points at it) */
 } openai_request;
 
 /* Parses a completion (chat 0) or chat request body; every bound is checked
@@ -59,6 +61,15 @@ void openai_request_free(openai_request *r);
 /* Renders a chat request's messages with em's chat template into the
  * engine request's prompt. 0, or -1 with the template's message. */
 int openai_request_render_chat(openai_request *req, const engine_model *em, char *err, size_t errlen);
+
+/* The unknown-field rule (openai_fields.c): every non-null member of obj
+ * must be in known or in the list of metadata llmesh ignores on purpose;
+ * otherwise -1 with a message naming the field (and where, e.g. "a
+ * message", when where is not NULL). */
+enum { OPENAI_FIELDS_COMPLETION, OPENAI_FIELDS_CHAT, OPENAI_FIELDS_MESSAGE };
+const char *const *openai_known_fields(int kind);
+int openai_check_fields(const cJSON *obj, const char *const *known, const char *where, char *err,
+                        size_t errlen);
 
 /* Field readers shared with the other endpoints (tokenize): an optional
  * boolean, -1 with a message when present but not one; an array of token

@@ -184,6 +184,7 @@ api_call *router_run_local(router *r, api_sink *sink, openai_request *req, engin
         openai_answer_begin_stream(&c->answer);
     }
     c->job = sched_submit(r->sched, req->model, req->er, &local_callbacks, c);
+    if (c->job) req->grammar = NULL; /* the job owns it now */
     openai_request_free(req);
     if (!c->job) {
         int began = c->began;

@@ -11,6 +11,8 @@
  * another thread might still be activating. */
 #include "serve/scheduler.h"
 
+#include "engine/json_grammar.h"
+
 #include <event2/event.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -223,6 +225,7 @@ static void job_free(sched_job *job)
     free(job->pending_gaps);
     free((char *)job->req.prompt);
     free((int32_t *)job->req.prompt_ids);
+    json_grammar_free((json_grammar *)job->req.grammar);
     free(job);
 }
 

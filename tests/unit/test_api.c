@@ -176,6 +176,127 @@ static void test_bad_requests(void)
     CHECK_EQ_INT(after.bad_requests - before.bad_requests, sizeof cases / sizeof cases[0]);
 }
 
+/* The unknown-field rule: metadata is ignored by name, null counts as
+ * absent, anything else is a 400 that names the field. */
+static void test_unknown_fields(void)
+{
+    setup();
+    static const struct { const char *body; const char *named; } refused[] = {
+        {"{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"suffix\": \"y\"}", "'suffix'"},
+        {"{\"model\": \"" MODEL_ID "\", \"prompt\": \"x\", \"best_of\": 2}", "'best_of'"},
+        {"{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+         "\"functions\": [{\"name\": \"f\"}]}", "'functions'"},
+        {"{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"x\", "
+         "\"audio\": {}}]}", "'audio' in a message"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        record_sink r;
+        request(&r, "POST", strstr(refused[i].body, "messages") ? "/v1/chat/completions" : "/v1/completions",
+                refused[i].body);
+        CHECK_EQ_INT(r.status, 400);
+        CHECK(r.body && strstr(r.body, refused[i].named));
+        free(r.body);
+    }
+    record_sink r;
+    request(&r, "POST", "/v1/chat/completions",
+            "{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"x\", "
+            "\"name\": \"bob\"}], \"user\": \"u1\", \"store\": false, \"metadata\": {\"a\": \"b\"}, "
+            "\"suffix\": null, \"max_tokens\": 1}");
+    CHECK_EQ_INT(r.status, 200);
+    free(r.body);
+}
+
+/* response_format: the answer always parses and fits the schema, whatever
+ * the seed (the demo model knows nothing of JSON); streamed too; an
+ * unsupported keyword is a 400 naming it. */
+static void test_response_format(void)
+{
+    setup();
+    for (int seed = 1; seed <= 6; seed++) {
+        char body[1024];
+        snprintf(body, sizeof body,
+                 "{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"Name a king.\"}],"
+                 " \"max_tokens\": 300, \"seed\": %d, \"stream\": %s, \"response_format\": {\"type\": \"json_schema\","
+                 " \"json_schema\": {\"name\": \"king\", \"strict\": true, \"schema\": {\"type\": \"object\","
+                 " \"properties\": {\"king\": {\"type\": \"string\", \"maxLength\": 12}, \"year\": {\"type\": \"integer\"},"
+                 " \"good\": {\"type\": \"boolean\"}}, \"required\": [\"king\", \"year\", \"good\"],"
+                 " \"additionalProperties\": false}}}}",
+                 seed, seed % 2 ? "true" : "false");
+        record_sink r;
+        request(&r, "POST", "/v1/chat/completions", body);
+        CHECK_EQ_INT(r.status, 200);
+        char content[4096] = "";
+        const char *finish = NULL;
+        cJSON *whole = NULL;
+        if (seed % 2) { /* streamed: join the deltas */
+            for (char *line = r.body ? strstr(r.body, "data: {") : NULL; line; line = strstr(line + 1, "data: {")) {
+                cJSON *chunk = cJSON_Parse(line + 6 - 0);
+                if (!chunk) { /* the line ends at "\n\n": cut a copy */
+                    char *end = strstr(line, "\n\n");
+                    char *copy = strndup(line + 6, (size_t)(end - line - 6));
+                    chunk = cJSON_Parse(copy);
+                    free(copy);
+                }
+                cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(chunk, "choices"), 0);
+                cJSON *c = cJSON_GetObjectItem(cJSON_GetObjectItem(ch, "delta"), "content");
+                if (cJSON_IsString(c)) strncat(content, c->valuestring, sizeof content - strlen(content) - 1);
+                cJSON *f = cJSON_GetObjectItem(ch, "finish_reason");
+                if (cJSON_IsString(f)) finish = strcmp(f->valuestring, "stop") == 0 ? "stop" : "other";
+                cJSON_Delete(chunk);
+            }
+        } else {
+            whole = body_json(&r);
+            cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(whole, "choices"), 0);
+            cJSON *c = cJSON_GetObjectItem(cJSON_GetObjectItem(ch, "message"), "content");
+            if (cJSON_IsString(c)) snprintf(content, sizeof content, "%s", c->valuestring);
+            cJSON *f = cJSON_GetObjectItem(ch, "finish_reason");
+            finish = cJSON_IsString(f) && !strcmp(f->valuestring, "stop") ? "stop" : "other";
+            cJSON_Delete(whole);
+        }
+        cJSON *j = cJSON_Parse(content);
+        cJSON *king = cJSON_GetObjectItem(j, "king"), *year = cJSON_GetObjectItem(j, "year");
+        int ok = cJSON_IsObject(j) && cJSON_GetArraySize(j) == 3 && cJSON_IsString(king) &&
+                 strlen(king->valuestring) <= 12 * 4 && cJSON_IsNumber(year) &&
+                 year->valuedouble == (double)(long long)year->valuedouble &&
+                 cJSON_IsBool(cJSON_GetObjectItem(j, "good"));
+        if (!ok) fprintf(stderr, "  seed %d: %s\n", seed, content);
+        CHECK(ok);
+        CHECK(finish && !strcmp(finish, "stop"));
+        cJSON_Delete(j);
+        free(r.body);
+    }
+    /* json_object */
+    record_sink r;
+    request(&r, "POST", "/v1/completions",
+            "{\"model\": \"" MODEL_ID "\", \"prompt\": \"And God said\", \"max_tokens\": 400, \"seed\": 3,"
+            " \"response_format\": {\"type\": \"json_object\"}}");
+    CHECK_EQ_INT(r.status, 200);
+    cJSON *j = body_json(&r);
+    cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    cJSON *text = cJSON_GetObjectItem(ch, "text");
+    const char *fr = cJSON_GetStringValue(cJSON_GetObjectItem(ch, "finish_reason"));
+    /* A free object may run to max_tokens; when it stopped, it parses. */
+    if (fr && !strcmp(fr, "stop")) {
+        cJSON *o = cJSON_Parse(text->valuestring);
+        CHECK(cJSON_IsObject(o));
+        cJSON_Delete(o);
+    }
+    const char *t = cJSON_IsString(text) ? text->valuestring : "";
+    t += strspn(t, " \n\t\r");
+    if (t[0] != '{') fprintf(stderr, "  json_object: %s\n", text ? text->valuestring : "(none)");
+    CHECK(t[0] == '{');
+    cJSON_Delete(j);
+    free(r.body);
+    /* refused */
+    request(&r, "POST", "/v1/chat/completions",
+            "{\"model\": \"" MODEL_ID "\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}],"
+            " \"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"s\","
+            " \"schema\": {\"type\": \"string\", \"pattern\": \"^a\"}}}}");
+    CHECK_EQ_INT(r.status, 400);
+    CHECK(r.body && strstr(r.body, "'pattern'"));
+    free(r.body);
+}
+
 /* The reference: engine_generate called directly. */
 static char expected[4096];
 static int append_piece(void *user, const char *p, size_t n)
@@ -734,6 +855,8 @@ int main(void)
 {
     RUN(test_models_list);
     RUN(test_bad_requests);
+    RUN(test_unknown_fields);
+    RUN(test_response_format);
     RUN(test_completion_matches_engine);
     RUN(test_chat);
     RUN(test_abort_mid_stream);
