@@ -592,7 +592,7 @@ static void mesh_publish_cb(evutil_socket_t fd, short what, void *arg)
     if (m->dirty) gossip_publish(m);
 }
 
-static void mesh_mark_dirty(mesh *m)
+void mesh_mark_dirty(mesh *m)
 {
     m->dirty = 1;
     event_active(m->publish_ev, 0, 0);
@@ -919,12 +919,14 @@ int mesh_peers(const mesh *m, mesh_peer *out, int max)
             memcpy(p->models, n->rec.models, sizeof p->models);
             p->memory_bytes = n->rec.memory_bytes;
             p->memory_used = n->rec.memory_used;
+            p->clients = n->rec.clients;
             p->app_len = n->rec.app_len;
         }
         snprintf(p->state, sizeof p->state, "%s", node_state_names[n->state]);
         if (n->link) {
             snprintf(p->link, sizeof p->link, "%s", nat_link_relayed(n->link) ? "relayed" : "direct");
             p->rtt_ms = (double)quic_conn_rtt_us(n->link->qc) / 1000.0;
+            quic_conn_bytes(n->link->qc, &p->rx_bytes, &p->tx_bytes);
         }
     }
     return count;

@@ -117,6 +117,7 @@ typedef struct {
     int n_models;
     uint64_t memory_bytes;               /* its memory budget for models */
     uint64_t memory_used;                /* bytes of that budget in use */
+    uint32_t clients;                    /* passive clients connected to it (its record says) */
     int app_len;                         /* bytes of its application field (mesh_node_app_data) */
     /* "connecting": learned, first dial under way; "alive": connected and
      * answering probes; "suspect": missed probes or lost its connection,
@@ -126,6 +127,9 @@ typedef struct {
     char state[16];
     char link[8];                        /* "direct", "relayed" (through a peer), "" without a connection */
     double rtt_ms;                       /* smoothed RTT of that connection, 0 before a sample */
+    /* Bytes that connection received from and sent to the peer (QUIC
+     * packets, from its start: a new connection starts again at 0). */
+    uint64_t rx_bytes, tx_bytes;
 } mesh_peer;
 
 /* Copies up to max peers into out; returns how many there are in all. On a

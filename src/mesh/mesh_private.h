@@ -238,6 +238,8 @@ void mesh_node_want_connection(mesh *m, mesh_node *n, int now);
 void mesh_node_dial_now(mesh *m, mesh_node *n);
 /* 1 when some peer has a connection. */
 int mesh_any_alive(const mesh *m);
+/* This node's record changed: sign and gossip it on the loop's next turn. */
+void mesh_mark_dirty(mesh *m);
 /* The state names of mesh_peer.state. */
 const char *mesh_node_state_name(node_state st);
 /* Closes l at once, user streams or not (its peer is dead). */

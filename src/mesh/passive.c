@@ -60,6 +60,17 @@ int passive_type_allowed(const mesh *m, uint8_t type)
     return type == MESH_STREAM_ROUTES || type == MESH_STREAM_CONTROL || m->types[type].clients;
 }
 
+/* Members' records say how many clients each has (the console shows it).
+ * Clients come and go as they use a host, so a burst of them republishes
+ * at most once per loop turn (mesh_mark_dirty coalesces). */
+static void publish_clients(mesh *m)
+{
+    uint32_t n = m->n_clients > 0 ? (uint32_t)m->n_clients : 0;
+    if (m->rec.clients == n) return;
+    m->rec.clients = n;
+    mesh_mark_dirty(m);
+}
+
 void passive_link_accepted(mesh *m, mesh_link *l)
 {
     l->passive = 1;
@@ -73,11 +84,13 @@ void passive_link_accepted(mesh *m, mesh_link *l)
         return;
     }
     log_debug(MESH_LOG, "client %.16s connected (%d clients)", hex, m->n_clients);
+    publish_clients(m);
 }
 
 void passive_link_closed(mesh *m, mesh_link *l)
 {
     m->n_clients--;
+    publish_clients(m);
     if (log_enabled(LOG_DEBUG)) {
         char hex[MESH_ID_HEX];
         identity_id_hex(l->peer, hex);

@@ -11,7 +11,7 @@ static const char record_context[] = "llmesh/1 node record";
 
 _Static_assert(MESH_ID_BYTES == IDENTITY_KEY_BYTES, "node ids are Ed25519 public keys");
 _Static_assert(RECORD_MAX_BYTES >= 1 + MESH_ID_BYTES + 8 + 1 + 8 + 1 + MESH_MAX_ADDRS * ADDR_WIRE_MAX +
-                                   1 + MESH_MAX_MODELS * MESH_MAX_NAME + 3 + 8 + 3 + RECORD_MAX_APP +
+                                   1 + MESH_MAX_MODELS * MESH_MAX_NAME + 3 + 8 + 3 + RECORD_MAX_APP + 3 + 4 +
                                    IDENTITY_SIG_BYTES,
                "largest record must fit the bound");
 _Static_assert(RECORD_MAX_APP <= 0xffff, "a field length is a u16");
@@ -97,6 +97,12 @@ int record_encode(const node_record *r, const identity *id, uint8_t *out, size_t
         buf[n++] = 8;
         record_put_u64(buf + n, r->memory_used);
         n += 8;
+    }
+    if (r->clients) {
+        buf[n++] = RECORD_FIELD_CLIENTS;
+        buf[n++] = 0;
+        buf[n++] = 4;
+        for (int k = 3; k >= 0; k--) buf[n++] = (uint8_t)(r->clients >> (8 * k));
     }
     assert(r->app_len <= RECORD_MAX_APP);
     if (r->app_len) {
@@ -201,6 +207,12 @@ int record_decode(const uint8_t *p, size_t len, node_record *out, char *err, siz
                 return -1;
             }
             out->memory_used = record_get_u64(p + i);
+        } else if (tag == RECORD_FIELD_CLIENTS) {
+            if (flen != 4) {
+                snprintf(err, errlen, "node record clients field of %zu bytes (4 expected)", flen);
+                return -1;
+            }
+            out->clients = (uint32_t)p[i] << 24 | (uint32_t)p[i + 1] << 16 | (uint32_t)p[i + 2] << 8 | p[i + 3];
         } else if (tag == RECORD_FIELD_APP) {
             if (flen > RECORD_MAX_APP) {
                 snprintf(err, errlen, "node record application field of %zu bytes (at most %d)", flen,

@@ -45,6 +45,7 @@
 /* Extension field tags (after the models; docs/PROTOCOL.md, "Node record"). */
 #define RECORD_FIELD_MEMORY_USED 1 /* u64: bytes of the memory budget in use */
 #define RECORD_FIELD_APP 2         /* opaque application bytes */
+#define RECORD_FIELD_CLIENTS 3     /* u32: passive clients connected now */
 #define RECORD_MIN_BYTES (1 + MESH_ID_BYTES + 8 + 1 + 8 + 1 + 1 + IDENTITY_SIG_BYTES)
 
 typedef struct {
@@ -53,6 +54,7 @@ typedef struct {
     uint8_t role;                 /* RECORD_ROLE_* or an unknown code */
     uint64_t memory_bytes;        /* the node's memory budget for models */
     uint64_t memory_used;         /* bytes of the budget in use */
+    uint32_t clients;             /* passive clients connected to it now */
     mesh_addr addrs[MESH_MAX_ADDRS];
     int n_addrs;
     char models[MESH_MAX_MODELS][MESH_MAX_NAME];

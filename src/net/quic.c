@@ -151,6 +151,10 @@ struct quic_conn {
     int outgoing, have_peer_key, ready, closing, retired, dirty, half_open;
     int got_stateless_reset;
     uint32_t vpath;              /* virtual path it runs on; 0 = the socket */
+    /* UDP payload bytes of its packets, both ways (QUIC headers and
+     * encryption included, retransmissions counted again): what the link
+     * carries, for the console's and /metrics' per-peer figures. */
+    uint64_t rx_bytes, tx_bytes;
     int got_crypto;              /* some CRYPTO data decrypted: not garbage */
     int close_kind;
     uint64_t close_code;         /* app error, liberr or TLS alert per close_kind */
@@ -1078,6 +1082,7 @@ static void conn_send(quic_conn *c, const struct sockaddr *to, socklen_t tolen,
                       const uint8_t *buf, size_t len, size_t seg)
 {
     quic_endpoint *ep = c->ep;
+    c->tx_bytes += len;
     if (!c->vpath) {
         ep_send(ep, to, tolen, buf, len, seg);
         return;
@@ -1804,6 +1809,7 @@ static void ep_handle_datagram(quic_endpoint *ep, const struct sockaddr_storage 
     };
     ngtcp2_pkt_info pi = {0};
     int fresh = !c->outgoing && !c->got_crypto;
+    c->rx_bytes += len;
     rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, pkt, len, quic_now());
     if (rv != 0) {
         log_trace(MOD, "read_pkt: %s", ngtcp2_strerror(rv));
@@ -2201,6 +2207,12 @@ const struct sockaddr *quic_conn_remote_addr(const quic_conn *c, socklen_t *len)
     }
     if (len) *len = c->remote_app_len;
     return (const struct sockaddr *)&c->remote_app;
+}
+
+void quic_conn_bytes(const quic_conn *c, uint64_t *rx, uint64_t *tx)
+{
+    *rx = c->rx_bytes;
+    *tx = c->tx_bytes;
 }
 
 int quic_conn_export_keying(const quic_conn *c, const char *label, uint8_t *out, size_t len)

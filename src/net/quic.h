@@ -106,6 +106,10 @@ const struct sockaddr *quic_conn_remote_addr(const quic_conn *c, socklen_t *len)
 int quic_conn_export_keying(const quic_conn *c, const char *label, uint8_t *out, size_t len);
 /* Smoothed round-trip time in microseconds (0 before the first sample). */
 uint64_t quic_conn_rtt_us(const quic_conn *c);
+/* Bytes of this connection's packets received and sent so far (UDP
+ * payloads, or the packets on its virtual path; retransmissions count
+ * again), from its first packet. */
+void quic_conn_bytes(const quic_conn *c, uint64_t *rx, uint64_t *tx);
 void quic_conn_set_user(quic_conn *c, void *user);
 void *quic_conn_user(const quic_conn *c);
 

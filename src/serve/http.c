@@ -29,6 +29,8 @@
 #include "lib/log.h"
 #include "lib/prom.h"
 #include "serve/http_guard.h"
+#include "serve/console_assets.h"
+#include "serve/console_events.h"
 
 struct http_server {
     struct evhttp *http;
@@ -42,6 +44,7 @@ struct http_server {
     void *status_ctx;
     http_text_fn metrics_text;      /* console: GET /metrics; NULL: no such route */
     void *metrics_ctx;
+    console_events *events;         /* console: GET /api/events */
     metrics *metrics;               /* API: answers counted by model and status; may be NULL */
     struct http_exchange *live;     /* in-flight API exchanges */
     http_guard *guard;              /* connection limits, request deadline */
@@ -65,6 +68,7 @@ static const char *reason_phrase(int status)
     switch (status) {
     case 200: return "OK";
     case 400: return "Bad Request";
+    case 304: return "Not Modified";
     case 401: return "Unauthorized";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
@@ -213,11 +217,59 @@ static void api_request_cb(struct evhttp_request *req, http_server *h)
     free(data);
 }
 
+/* One of the web console's files (web/, compiled in). They change only with
+ * the binary, so the browser may keep them but must ask again each time
+ * ("no-cache"), and the ETag (a hash of the file) makes that a 304. */
+static void console_send_asset(struct evhttp_request *req, const console_asset *a)
+{
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    evhttp_add_header(headers, "Cache-Control", "no-cache");
+    evhttp_add_header(headers, "ETag", a->etag);
+    evhttp_add_header(headers, "X-Content-Type-Options", "nosniff");
+    const char *inm = evhttp_find_header(evhttp_request_get_input_headers(req), "If-None-Match");
+    if (inm && strstr(inm, a->etag)) {
+        evhttp_send_reply(req, 304, reason_phrase(304), NULL);
+        return;
+    }
+    evhttp_add_header(headers, "Content-Type", a->content_type);
+    /* The page talks to this origin only: no framing by others, no scripts
+     * or styles from elsewhere. */
+    evhttp_add_header(headers, "Content-Security-Policy",
+                      "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'");
+    struct evbuffer *body = evbuffer_new();
+    if (body) evbuffer_add_reference(body, a->data, a->len, NULL, NULL);
+    evhttp_send_reply(req, 200, "OK", body);
+    if (body) evbuffer_free(body);
+}
+
+static int console_is_get(struct evhttp_request *req)
+{
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    return cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD;
+}
+
 static void console_request_cb(struct evhttp_request *req, http_server *h)
 {
     const char *uri = evhttp_request_get_uri(req);
     size_t n = strcspn(uri, "?");
     struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    const console_asset *asset = console_asset_find(uri, n);
+    if (asset && console_is_get(req)) {
+        console_send_asset(req, asset);
+        return;
+    }
+    /* The API itself on the console's origin, so the page's chat panel
+     * needs no cross-origin grant from the API port: the same handler,
+     * the same key. */
+    if (h->api && n >= 4 && !strncmp(uri, "/v1/", 4)) {
+        api_request_cb(req, h);
+        return;
+    }
+    if (h->events && n == strlen("/api/events") && !strncmp(uri, "/api/events", n) &&
+        evhttp_request_get_command(req) == EVHTTP_REQ_GET) {
+        console_events_subscribe(h->events, req);
+        return;
+    }
     if (h->metrics_text && n == strlen("/metrics") && !strncmp(uri, "/metrics", n) &&
         evhttp_request_get_command(req) == EVHTTP_REQ_GET) {
         char *text = h->metrics_text(h->metrics_ctx);
@@ -228,6 +280,7 @@ static void console_request_cb(struct evhttp_request *req, http_server *h)
         struct evbuffer *body = evbuffer_new();
         evbuffer_add(body, text, strlen(text));
         evhttp_add_header(headers, "Content-Type", PROM_CONTENT_TYPE);
+        evhttp_add_header(headers, "Cache-Control", "no-store");
         evhttp_send_reply(req, 200, "OK", body);
         evbuffer_free(body);
         free(text);
@@ -239,6 +292,7 @@ static void console_request_cb(struct evhttp_request *req, http_server *h)
         struct evbuffer *body = evbuffer_new();
         evbuffer_add(body, json ? json : "{}", json ? strlen(json) : 2);
         evhttp_add_header(headers, "Content-Type", "application/json");
+        evhttp_add_header(headers, "Cache-Control", "no-store");
         evhttp_send_reply(req, 200, "OK", body);
         evbuffer_free(body);
         free(json);
@@ -297,11 +351,18 @@ int http_host_is_loopback(const char *host)
 static int request_authorized(http_server *h, struct evhttp_request *req)
 {
     if (h->key_len == 0) return 1;
+    /* The console's own files are open: a browser cannot put a bearer key
+     * on the page's first request, and they hold nothing of the node's
+     * (the page asks for the key, then sends it on every /api/ call). */
+    if (h->status) {
+        const char *uri = evhttp_request_get_uri(req);
+        if (console_asset_find(uri, strcspn(uri, "?")) && console_is_get(req)) return 1;
+    }
     const char *value = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
     http_auth_result r = http_auth_check(h->key, h->key_len, value);
     if (r == HTTP_AUTH_OK) return 1;
     h->auth_refused++;
-    metrics_count_request(h->metrics, NULL, 401);
+    if (!h->status) metrics_count_request(h->metrics, NULL, 401); /* the API port's only */
     log_debug("http", "401 %s %s: %s", method_name(evhttp_request_get_command(req)),
               evhttp_request_get_uri(req), r == HTTP_AUTH_MISSING ? "no bearer key" : "wrong key");
     char *body = r == HTTP_AUTH_MISSING
@@ -399,7 +460,14 @@ http_server *http_console_start(struct event_base *base, const char *host, uint1
                                 http_json_fn status, void *ctx, char *err, size_t errlen)
 {
     http_server *h = server_start(base, host, port, console_request_cb, err, errlen);
-    if (h) { h->status = status; h->status_ctx = ctx; }
+    if (!h) return NULL;
+    h->status = status;
+    h->status_ctx = ctx;
+    if (!(h->events = console_events_new(base, status, ctx))) {
+        snprintf(err, errlen, "out of memory");
+        http_server_free(h);
+        return NULL;
+    }
     return h;
 }
 
@@ -410,6 +478,13 @@ void http_console_set_metrics(http_server *h, http_text_fn text, void *ctx)
 }
 
 void http_server_set_metrics(http_server *h, metrics *m) { h->metrics = m; }
+
+void http_console_set_api(http_server *h, api *a) { h->api = a; }
+
+void http_console_events_stats(const http_server *h, console_events_stats *out)
+{
+    console_events_get_stats(h ? h->events : NULL, out);
+}
 
 uint16_t http_server_port(const http_server *h) { return h->port; }
 
@@ -425,6 +500,7 @@ void http_server_free(http_server *h)
         free(x);
         if (call) api_call_abort(call);
     }
+    console_events_free(h->events);
     evhttp_free(h->http);
     http_guard_free(h->guard);          /* after evhttp: it drops its references */
     explicit_bzero(h->key, sizeof h->key);

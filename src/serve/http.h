@@ -3,9 +3,13 @@
  * The API server (default 127.0.0.1:9337) passes every request to api_handle
  * through an api_sink that writes to the evhttp request: SSE answers are sent
  * chunk by chunk as they come, other answers in one piece with a length. The
- * console server (default 127.0.0.1:3131) answers GET routes with JSON made
- * by a callback (GET /api/status) and GET /metrics with the Prometheus text
- * made by another (serve/metrics.c).
+ * console server (default 127.0.0.1:3131) serves the web console's files
+ * (web/, compiled in: serve/console_assets.h) at "/" and "/NAME", GET
+ * /api/status with JSON made by a callback, GET /api/events with the same
+ * document as server-sent events (serve/console_events.h), and GET /metrics
+ * with the Prometheus text made by another (serve/metrics.c), and, once
+ * http_console_set_api is called, /v1/... as the API server does; any
+ * other path is 404.
  *
  * Why evhttp and not our own HTTP layer: it parses requests, bounds bodies
  * and headers, and does chunked replies and keep-alive; the tunnel needs only
@@ -15,7 +19,9 @@
  * API keys: http_server_require_key makes a server answer every request
  * that lacks "Authorization: Bearer KEY" with 401 in OpenAI's error shape and
  * "WWW-Authenticate: Bearer", before the request's body is looked at or any
- * route runs (one check, in front of both servers' routes). The key is
+ * route runs (one check, in front of both servers' routes). The console's
+ * own files are the exception: they are served without the key (the page
+ * then asks for it and sends it with every /api/ request). The key is
  * compared in constant time and never logged. Requests peers forward through
  * the mesh tunnel do not pass here: the entry node checked its own key, and
  * the host trusts the mesh (docs/ARCHITECTURE.md, "API keys").
@@ -28,6 +34,7 @@
 #include <stddef.h>
 
 #include "serve/api.h"
+#include "serve/console_events.h"
 #include "serve/http_guard.h"
 #include "serve/metrics.h"
 
@@ -48,6 +55,11 @@ typedef char *(*http_text_fn)(void *ctx);
 /* Console: GET /metrics answers text (Content-Type: the Prometheus text
  * format's), behind the same API key as every route. */
 void http_console_set_metrics(http_server *h, http_text_fn text, void *ctx);
+/* Console: also answer /v1/... with this api, as the API server does (the
+ * web console's chat panel calls it on its own origin). */
+void http_console_set_api(http_server *h, api *a);
+/* Console: the /api/events hub's figures (zeros for another server). */
+void http_console_events_stats(const http_server *h, console_events_stats *out);
 /* Counts every answer of this server's API requests, and its 401s, in m
  * (by the model the request named and the status). m may be NULL. */
 void http_server_set_metrics(http_server *h, metrics *m);

@@ -80,6 +80,12 @@ static model_stats *model_find(metrics *m, const char *name)
     return s;
 }
 
+/* The registry's models in order, then "_other" (which shows only once
+ * something was counted under it: every sample below needs a count). */
+#define EACH_MODEL(m, s) \
+    for (int i_ = 0; i_ <= (m)->n_models; i_++) \
+        for (const model_stats *s = &(m)->models[i_ < (m)->n_models ? i_ : METRICS_MAX_MODELS]; s; s = NULL)
+
 void metrics_count_request(metrics *m, const char *model, int status)
 {
     if (!m) return;
@@ -91,7 +97,7 @@ void metrics_count_request(metrics *m, const char *model, int status)
 }
 
 void metrics_count_generation(metrics *m, const char *model, int prompt_tokens, int completion_tokens,
-                              double ttft_s, double itl_s)
+                              double ttft_s)
 {
     if (!m) return;
     model_stats *s = model_find(m, model);
@@ -99,16 +105,57 @@ void metrics_count_generation(metrics *m, const char *model, int prompt_tokens, 
     s->prompt_tokens += (uint64_t)(prompt_tokens > 0 ? prompt_tokens : 0);
     s->completion_tokens += (uint64_t)(completion_tokens > 0 ? completion_tokens : 0);
     if (ttft_s >= 0) prom_histogram_observe(&s->ttft, ttft_s);
-    if (itl_s >= 0) prom_histogram_observe(&s->itl, itl_s);
+}
+
+void metrics_observe_gaps(metrics *m, const char *model, const uint32_t *gaps_us, int n_gaps)
+{
+    if (!m || n_gaps <= 0) return;
+    model_stats *s = model_find(m, model);
+    for (int i = 0; i < n_gaps; i++) prom_histogram_observe(&s->itl, gaps_us[i] * 1e-6);
+}
+
+void metrics_status_json(const metrics *m, struct sched *served, cJSON *array)
+{
+    int n_served = served ? sched_model_count(served) : 0;
+    EACH_MODEL(m, s) {
+        uint64_t requests = s->other_codes;
+        for (int i = 0; i < s->n_codes; i++) requests += s->codes[i].count;
+        if (!requests && !s->generations && !s->itl.count) continue;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", s->name);
+        cJSON_AddNumberToObject(o, "requests", (double)requests);
+        cJSON_AddNumberToObject(o, "generations", (double)s->generations);
+        cJSON_AddNumberToObject(o, "prompt_tokens", (double)s->prompt_tokens);
+        cJSON_AddNumberToObject(o, "completion_tokens", (double)s->completion_tokens);
+        cJSON_AddNumberToObject(o, "ttft_count", (double)s->ttft.count);
+        cJSON_AddNumberToObject(o, "ttft_seconds", s->ttft.sum);
+        cJSON_AddNumberToObject(o, "itl_count", (double)s->itl.count);
+        cJSON_AddNumberToObject(o, "itl_seconds", s->itl.sum);
+        cJSON_AddItemToArray(array, o);
+    }
+    for (int i = 0; i < n_served; i++) {
+        const char *id = engine_model_id(sched_model_at(served, i));
+        cJSON *o = NULL;
+        cJSON *it;
+        cJSON_ArrayForEach(it, array) {
+            const cJSON *name = cJSON_GetObjectItemCaseSensitive(it, "model");
+            if (cJSON_IsString(name) && !strcmp(name->valuestring, id)) o = it;
+        }
+        if (!o) {
+            o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "model", id);
+            cJSON_AddItemToArray(array, o);
+        }
+        int lanes = 0, busy = 0, queued = 0;
+        sched_model_load(served, i, &lanes, &busy, &queued);
+        cJSON_AddNumberToObject(o, "lanes", lanes);
+        cJSON_AddNumberToObject(o, "lanes_busy", busy);
+        cJSON_AddNumberToObject(o, "queued", queued);
+    }
 }
 
 /* ---- rendering ------------------------------------------------------------*/
 
-/* The registry's models in order, then "_other" (which shows only once
- * something was counted under it: every sample below needs a count). */
-#define EACH_MODEL(m, s) \
-    for (int i_ = 0; i_ <= (m)->n_models; i_++) \
-        for (const model_stats *s = &(m)->models[i_ < (m)->n_models ? i_ : METRICS_MAX_MODELS]; s; s = NULL)
 
 static void render_registry(prom_buf *b, const metrics *m)
 {
@@ -145,9 +192,9 @@ static void render_registry(prom_buf *b, const metrics *m)
         prom_histogram_write(b, "llmesh_time_to_first_token_seconds", (const char *[]){"model", s->name, NULL},
                              &s->ttft);
     prom_family(b, "llmesh_inter_token_latency_seconds", "histogram",
-                "Mean time between a generation's output tokens after the first, one observation per "
-                "finished generation with at least two generated tokens.");
-    EACH_MODEL(m, s) if (s->generations)
+                "Time between consecutive streamed outputs (tokens) of a local generation, measured on "
+                "the worker as each is made; one observation per gap.");
+    EACH_MODEL(m, s) if (s->generations || s->itl.count)
         prom_histogram_write(b, "llmesh_inter_token_latency_seconds", (const char *[]){"model", s->name, NULL},
                              &s->itl);
 }
@@ -279,6 +326,20 @@ static void render_peers(prom_buf *b, mesh *msh)
         if (peers[i].link[0])
             prom_sample(b, "llmesh_peer_rtt_seconds",
                         (const char *[]){"peer", peers[i].id, "link", peers[i].link, NULL}, peers[i].rtt_ms / 1000.0);
+    /* Per connection: a peer that reconnects starts again from 0, which
+     * Prometheus' rate() reads as a counter reset. */
+    prom_family(b, "llmesh_peer_received_bytes_total", "counter",
+                "Bytes of QUIC packets received on the connection to each connected peer.");
+    for (int i = 0; i < n; i++)
+        if (peers[i].link[0])
+            prom_sample(b, "llmesh_peer_received_bytes_total",
+                        (const char *[]){"peer", peers[i].id, "link", peers[i].link, NULL}, (double)peers[i].rx_bytes);
+    prom_family(b, "llmesh_peer_sent_bytes_total", "counter",
+                "Bytes of QUIC packets sent on the connection to each connected peer (retransmissions included).");
+    for (int i = 0; i < n; i++)
+        if (peers[i].link[0])
+            prom_sample(b, "llmesh_peer_sent_bytes_total",
+                        (const char *[]){"peer", peers[i].id, "link", peers[i].link, NULL}, (double)peers[i].tx_bytes);
 }
 
 static double json_number(const cJSON *o, const char *key)

@@ -4,7 +4,7 @@
  * Two kinds of numbers. What only this module counts (the registry, a
  * `metrics`): API answers by model and status code (serve/http.c), and for
  * local generations the prompt and completion tokens, time to first token
- * and inter-token latency (serve/router.c). Everything else is read at
+ * and each gap between streamed tokens (serve/router.c). Everything else is read at
  * scrape time from the same sources /api/status reads (the API's and the
  * mesh's counters, the scheduler's lanes, the plans' stage counters, the
  * weights store), so the two documents agree. docs/metrics.md lists every
@@ -32,10 +32,12 @@ void metrics_free(metrics *m);
  * named none (or an unknown one: 404). */
 void metrics_count_request(metrics *m, const char *model, int status);
 /* A local generation that finished: its tokens; ttft_s is the time from the
- * request reaching the router to its first output (< 0: not observed);
- * itl_s the mean time between its output tokens (< 0: not observed). */
+ * request reaching the router to its first output (< 0: not observed). */
 void metrics_count_generation(metrics *m, const char *model, int prompt_tokens, int completion_tokens,
-                              double ttft_s, double itl_s);
+                              double ttft_s);
+/* Gaps between consecutive text outputs of a local generation (each one an
+ * observation of the inter-token histogram), as they stream. */
+void metrics_observe_gaps(metrics *m, const char *model, const uint32_t *gaps_us, int n_gaps);
 
 struct api;
 struct mesh;
@@ -54,6 +56,14 @@ typedef struct {
     uint64_t http_refused, http_slow_cut;     /* both servers' guards (serve/http_guard.h) */
     uint64_t http_connections;
 } metrics_sources;
+
+/* The registry per model for /api/status's "traffic" (serve/node.c):
+ * objects {model, requests, generations, prompt_tokens, completion_tokens,
+ * ttft_count, ttft_seconds, itl_count, itl_seconds} appended to array (a
+ * cJSON array), plus lanes, lanes_busy and queued for each model the
+ * scheduler `served` runs (may be NULL). The console turns them into rates. */
+struct cJSON;
+void metrics_status_json(const metrics *m, struct sched *served, struct cJSON *array);
 
 /* The whole exposition, malloc'ed (caller frees); NULL if out of memory.
  * src NULL: the registry's families only (unit tests). */

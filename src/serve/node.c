@@ -100,6 +100,7 @@ static char *status_json(void *ctx)
         cJSON_AddNumberToObject(o, "batch_tokens", (double)st.steps.tokens);
         cJSON_AddItemToArray(lanes, o);
     }
+    cJSON_AddNumberToObject(root, "api_port", http_server_port(n->api_http));
     if (mesh_is_passive(n->mesh)) {
         int64_t age = mesh_routes_age_ms(n->mesh);
         if (age < 0) cJSON_AddNullToObject(root, "routes_age_ms");
@@ -123,11 +124,26 @@ static char *status_json(void *ctx)
         for (int j = 0; j < p->n_models; j++) cJSON_AddItemToArray(pm, cJSON_CreateString(p->models[j]));
         cJSON_AddNumberToObject(o, "memory_bytes", (double)p->memory_bytes);
         cJSON_AddNumberToObject(o, "memory_used", (double)p->memory_used);
+        cJSON_AddNumberToObject(o, "clients", p->clients);
         cJSON_AddStringToObject(o, "state", p->state);
         if (p->link[0]) cJSON_AddStringToObject(o, "link", p->link); /* "direct" | "relayed" */
         if (p->link[0]) cJSON_AddNumberToObject(o, "rtt_ms", p->rtt_ms);
+        if (p->link[0]) cJSON_AddNumberToObject(o, "rx_bytes", (double)p->rx_bytes);
+        if (p->link[0]) cJSON_AddNumberToObject(o, "tx_bytes", (double)p->tx_bytes);
         cJSON_AddItemToArray(list, o);
     }
+
+    /* Per model: requests, tokens and timings counted for /metrics, and
+     * the lanes and queue of those served here (the console's traffic). */
+    metrics_status_json(n->metrics, n->sched, cJSON_AddArrayToObject(root, "traffic"));
+    console_events_stats es;
+    http_console_events_stats(n->console_http, &es);
+    cJSON *ev = cJSON_AddObjectToObject(root, "console_events");
+    cJSON_AddNumberToObject(ev, "subscribers", es.subscribers);
+    cJSON_AddNumberToObject(ev, "max_subscribers", CONSOLE_EVENTS_MAX);
+    cJSON_AddNumberToObject(ev, "accepted", (double)es.accepted);
+    cJSON_AddNumberToObject(ev, "refused", (double)es.refused);
+    cJSON_AddNumberToObject(ev, "dropped", (double)es.dropped);
 
     api_counters ac;
     api_get_counters(n->api, &ac);
@@ -339,6 +355,8 @@ int node_run(const node_config *cfg)
                                         status_json, &n, err, sizeof err);
     if (!n.console_http) { fprintf(stderr, "llmesh: console (--console): %s\n", err); goto out; }
     http_console_set_metrics(n.console_http, metrics_text, &n);
+    http_console_set_api(n.console_http, n.api);
+    http_server_set_metrics(n.console_http, n.metrics);
     if (cfg->api_key && (http_server_require_key(n.api_http, cfg->api_key) != 0 ||
                          http_server_require_key(n.console_http, cfg->api_key) != 0)) {
         fprintf(stderr, "llmesh: the API key must be 1-%d visible ASCII characters (no spaces)\n",

@@ -140,12 +140,11 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Time to first token and inter-token latency, measured on the loop thread
- * where the output reaches the answer (what a client sees, less the
- * socket): two clock reads per request and one per output delivery, no
- * work on the workers. The scheduler may hand over several tokens in one
- * delivery, so the inter-token figure is the request's mean: the time from
- * its first output to its end over the tokens after the first. */
+/* Time to first token, measured on the loop thread where the output
+ * reaches the answer (what a client sees, less the socket): two clock reads
+ * per request and one per output delivery. The gaps between tokens are
+ * measured on the worker, where each is made (local_on_gaps): the loop may
+ * get several tokens in one wake-up, and would see them as one. */
 static void count_generation(router *r, api_call *c, const engine_result *result)
 {
     if (!r->metrics) return;
@@ -153,8 +152,7 @@ static void count_generation(router *r, api_call *c, const engine_result *result
     uint64_t first = c->first_output_ns ? c->first_output_ns : end; /* all held back (stop strings) */
     int n = result->completion_tokens;
     double ttft = n >= 1 ? (double)(first - c->start_ns) * 1e-9 : -1;
-    double itl = n >= 2 ? (double)(end - first) * 1e-9 / (n - 1) : -1;
-    metrics_count_generation(r->metrics, c->answer.model, result->prompt_tokens, n, ttft, itl);
+    metrics_count_generation(r->metrics, c->answer.model, result->prompt_tokens, n, ttft);
 }
 
 /* A stream's head goes out with its first output (or its end), not at
@@ -177,6 +175,12 @@ static void local_on_output(void *user, const char *text, size_t len, const engi
 }
 
 static const sched_callbacks local_callbacks; /* below: local_on_done submits the next choice */
+
+static void local_on_gaps(void *user, const uint32_t *gaps_us, int n_gaps)
+{
+    api_call *c = user;
+    metrics_observe_gaps(c->r->metrics, c->answer.model, gaps_us, n_gaps);
+}
 
 static void local_on_done(void *user, const engine_result *result, const char *error, int status)
 {
@@ -226,7 +230,7 @@ static void local_on_done(void *user, const engine_result *result, const char *e
     call_free(c);
 }
 
-static const sched_callbacks local_callbacks = {local_on_output, local_on_done};
+static const sched_callbacks local_callbacks = {local_on_output, local_on_done, local_on_gaps};
 
 api_call *router_run_local(router *r, api_sink *sink, openai_request *req, engine_model *em)
 {

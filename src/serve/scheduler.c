@@ -42,6 +42,11 @@ struct sched_job {
     size_t pending_len, pending_cap;
     engine_token *pending_toks; /* tokens produced and not yet delivered */
     int n_pending_toks, pending_toks_cap;
+    /* Inter-token gaps: time between the worker's text outputs, measured
+     * where they are produced (the loop may get several in one wake-up). */
+    uint64_t last_text_ns;      /* worker only */
+    uint32_t *pending_gaps;     /* microseconds, not yet delivered */
+    int n_pending_gaps, pending_gaps_cap;
     int worker_done;
     int on_ready_list;
     engine_result result;
@@ -132,7 +137,28 @@ static int worker_on_output(void *user, const char *text, size_t len, const engi
         job->pending_toks = p;
         job->pending_toks_cap = cap;
     }
-    if (len) memcpy(job->pending + job->pending_len, text, len);
+    if (len) {
+        /* One gap per text output after the first: what a streaming client
+         * sees between chunks (usually one token each), read where the
+         * token is made. A gap that cannot be stored is not counted. */
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+        if (job->last_text_ns && job->n_pending_gaps == job->pending_gaps_cap) {
+            int cap = job->pending_gaps_cap ? job->pending_gaps_cap * 2 : 16;
+            uint32_t *p = realloc(job->pending_gaps, sizeof *p * (size_t)cap);
+            if (p) {
+                job->pending_gaps = p;
+                job->pending_gaps_cap = cap;
+            }
+        }
+        if (job->last_text_ns && job->n_pending_gaps < job->pending_gaps_cap) {
+            uint64_t us = (now - job->last_text_ns) / 1000;
+            job->pending_gaps[job->n_pending_gaps++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+        }
+        job->last_text_ns = now;
+        memcpy(job->pending + job->pending_len, text, len);
+    }
     job->pending_len += len;
     if (n_tokens) memcpy(job->pending_toks + job->n_pending_toks, tokens, sizeof *tokens * (size_t)n_tokens);
     job->n_pending_toks += n_tokens;
@@ -288,6 +314,7 @@ static void job_free(sched_job *job)
     s->n_active--;
     free(job->pending);
     free(job->pending_toks);
+    free(job->pending_gaps);
     free((char *)job->req.prompt);
     free((int32_t *)job->req.prompt_ids);
     json_grammar_free((json_grammar *)job->req.grammar);
@@ -313,6 +340,10 @@ static void sched_on_wake(evutil_socket_t fd, short what, void *arg)
         size_t len = job->pending_len;
         engine_token *toks = job->pending_toks;
         int n_toks = job->n_pending_toks;
+        uint32_t *gaps = job->pending_gaps;
+        int n_gaps = job->n_pending_gaps;
+        job->pending_gaps = NULL;
+        job->n_pending_gaps = job->pending_gaps_cap = 0;
         job->pending = NULL;
         job->pending_len = job->pending_cap = 0;
         job->pending_toks = NULL;
@@ -320,6 +351,8 @@ static void sched_on_wake(evutil_socket_t fd, short what, void *arg)
         int done = job->worker_done;
         pthread_mutex_unlock(&s->lock);
 
+        if (!job->owner_gone && n_gaps && job->cb.on_gaps) job->cb.on_gaps(job->user, gaps, n_gaps);
+        free(gaps);
         if (!job->owner_gone && (len || n_toks)) job->cb.on_output(job->user, text ? text : "", len, toks, n_toks);
         free(text);
         free(toks);

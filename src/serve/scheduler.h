@@ -41,6 +41,10 @@ typedef struct {
      * knows it (503: it waited in the queue past the deadline), else 0.
      * Last callback; the job handle is invalid afterwards. */
     void (*on_done)(void *user, const engine_result *result, const char *error, int status);
+    /* Optional (NULL: not wanted), called before on_output: the times in
+     * microseconds between consecutive text outputs since the last call,
+     * measured on the worker as the text was made. */
+    void (*on_gaps)(void *user, const uint32_t *gaps_us, int n_gaps);
 } sched_callbacks;
 
 /* Defaults of `--queue` and `--queue-timeout`. */

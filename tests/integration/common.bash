@@ -63,3 +63,11 @@ wait_for() {
   done
   return 1
 }
+
+# split_ready CONSOLE_URL MODEL STAGES [CURL_ARGS...] : 0 when that console's
+# status shows MODEL's plan ready with STAGES stages (curl args: a key).
+split_ready() {
+  local url=$1 model=$2 n=$3; shift 3
+  curl -sf "$@" "$url/api/status" |
+    jq -e --arg m "$model" --argjson n "$n" '.plans[] | select(.model == $m and .state == "ready" and (.stages | length) == $n)'
+}

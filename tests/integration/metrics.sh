@@ -29,11 +29,7 @@ unset LLMESH_API_KEY
 start_node A serve --model "$DEMO_MODEL" --split 2 --api-key "$KEY"
 start_node B serve --join "$A_TOKEN"
 
-plan_ready() {
-  curl -sf "${AUTH[@]}" "$A_CONSOLE/api/status" |
-    jq -e --arg m "$MODEL_ID" '.plans[] | select(.model == $m and .state == "ready" and (.stages | length) == 2)'
-}
-wait_for 90 plan_ready || die "the 2-stage plan did not get ready within 90 s"
+wait_for 90 split_ready "$A_CONSOLE" "$MODEL_ID" 2 "${AUTH[@]}" || die "the 2-stage plan did not get ready within 90 s"
 pass "A's model runs in 2 stages (B fetched its layers)"
 
 # C joins after the plan is made (it takes no part in it) and leaves cleanly:
@@ -54,10 +50,12 @@ code=$(curl -s -o "$T/m0.txt" -D "$T/m0.h" -w '%{http_code}' "${AUTH[@]}" "$A_CO
 check "Content-Type: text/plain; version=0.0.4" grep -qi '^Content-Type: text/plain; version=0.0.4' "$T/m0.h"
 
 # ---- requests; usage summed from the answers themselves
-PROMPT_TOKENS=0; COMPLETION_TOKENS=0; GENERATIONS=0; ITL=0
+# Inter-token gaps: one per text output after the first. A generation of n
+# tokens makes at most n - 1; a stream with c text chunks made at least c - 1.
+PROMPT_TOKENS=0; COMPLETION_TOKENS=0; GENERATIONS=0; ITL_MAX=0; ITL_MIN=0
 add_usage() { # add_usage PROMPT COMPLETION
   PROMPT_TOKENS=$((PROMPT_TOKENS + $1)); COMPLETION_TOKENS=$((COMPLETION_TOKENS + $2))
-  GENERATIONS=$((GENERATIONS + 1)); [ "$2" -ge 2 ] && ITL=$((ITL + 1))
+  GENERATIONS=$((GENERATIONS + 1)); [ "$2" -ge 2 ] && ITL_MAX=$((ITL_MAX + $2 - 1))
 }
 prompts=("In the beginning" "And God said" "The LORD is my shepherd")
 for i in 0 1 2; do
@@ -73,6 +71,9 @@ for i in 0 1; do
   grep -q '^data: \[DONE\]' "$T/stream$i.txt" || die "stream $i has no [DONE]"
   usage=$(sed -n 's/^data: //p' "$T/stream$i.txt" | grep -v '^\[DONE\]' | jq -s 'map(select(.usage)) | last | .usage')
   add_usage "$(jq .prompt_tokens <<<"$usage")" "$(jq .completion_tokens <<<"$usage")"
+  chunks=$(sed -n 's/^data: //p' "$T/stream$i.txt" | grep -v '^\[DONE\]' |
+           jq -s 'map(select((.choices[0].text // "") != "")) | length')
+  [ "$chunks" -ge 2 ] && ITL_MIN=$((ITL_MIN + chunks - 1))
 done
 code=$(curl -s -o /dev/null -w '%{http_code}' "${AUTH[@]}" "$A_API/completions" -d '{"model": "no-such-model", "prompt": "x"}')
 [ "$code" = 404 ] && pass "unknown model -> 404" || fail "unknown model -> $code"
@@ -102,7 +103,8 @@ curl -sf "${AUTH[@]}" "$A_CONSOLE/metrics" -o "$T/a_metrics.txt" || die "A's met
 cat >"$T/a_want.json" <<JSON
 {"model": "$MODEL_ID", "lanes": 4, "from_peers": 1, "split_model": "$MODEL_ID", "left": 1,
  "http": {"$MODEL_ID|200": 5, "|404": 1, "|400": 1, "|401": 1},
- "generations": $GENERATIONS, "prompt_tokens": $PROMPT_TOKENS, "completion_tokens": $COMPLETION_TOKENS, "itl": $ITL}
+ "generations": $GENERATIONS, "prompt_tokens": $PROMPT_TOKENS, "completion_tokens": $COMPLETION_TOKENS,
+ "itl_min": $ITL_MIN, "itl_max": $ITL_MAX}
 JSON
 echo "-- A"
 if "$PY" "$(dirname "$0")/metrics_check.py" "$T/a_metrics.txt" "$T/a_status.json" "$T/a_want.json" >"$T/a_check.txt"; then
@@ -117,7 +119,7 @@ curl -sf "$B_CONSOLE/metrics" -o "$T/b_metrics.txt" || die "B's metrics"
 cat >"$T/b_want.json" <<JSON
 {"model": "$MODEL_ID", "lanes": 0, "from_peers": 0, "split_model": null,
  "http": {"$MODEL_ID|200": 1},
- "generations": 0, "prompt_tokens": 0, "completion_tokens": 0, "itl": 0}
+ "generations": 0, "prompt_tokens": 0, "completion_tokens": 0, "itl_min": 0, "itl_max": 0}
 JSON
 echo "-- B"
 if "$PY" "$(dirname "$0")/metrics_check.py" "$T/b_metrics.txt" "$T/b_status.json" "$T/b_want.json" >"$T/b_check.txt"; then

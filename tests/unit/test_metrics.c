@@ -27,8 +27,11 @@ static void test_requests_and_generations(void)
     metrics_count_request(m, "tiny", 503);
     metrics_count_request(m, "made-up", 404);   /* no model label for a 404 */
     metrics_count_request(m, NULL, 401);
-    metrics_count_generation(m, "tiny", 4, 8, 0.02, 0.003);
-    metrics_count_generation(m, "tiny", 3, 1, 0.2, -1); /* one token: no inter-token observation */
+    metrics_count_generation(m, "tiny", 4, 8, 0.02);
+    metrics_count_generation(m, "tiny", 3, 1, 0.2);
+    /* Each gap is one observation: 2 ms, 3 ms and 40 ms. */
+    metrics_observe_gaps(m, "tiny", (const uint32_t[]){2000, 3000}, 2);
+    metrics_observe_gaps(m, "tiny", (const uint32_t[]){40000}, 1);
     char *t = metrics_render(m, NULL);
     REQUIRE(t);
     CHECK(has_line(t, "llmesh_http_requests_total{model=\"tiny\",code=\"200\"} 2"));
@@ -42,7 +45,10 @@ static void test_requests_and_generations(void)
     CHECK(has_line(t, "llmesh_time_to_first_token_seconds_bucket{model=\"tiny\",le=\"0.025\"} 1"));
     CHECK(has_line(t, "llmesh_time_to_first_token_seconds_bucket{model=\"tiny\",le=\"0.25\"} 2"));
     CHECK(has_line(t, "llmesh_time_to_first_token_seconds_count{model=\"tiny\"} 2"));
-    CHECK(has_line(t, "llmesh_inter_token_latency_seconds_count{model=\"tiny\"} 1"));
+    CHECK(has_line(t, "llmesh_inter_token_latency_seconds_count{model=\"tiny\"} 3"));
+    CHECK(has_line(t, "llmesh_inter_token_latency_seconds_bucket{model=\"tiny\",le=\"0.0025\"} 1"));
+    CHECK(has_line(t, "llmesh_inter_token_latency_seconds_bucket{model=\"tiny\",le=\"0.005\"} 2"));
+    CHECK(has_line(t, "llmesh_inter_token_latency_seconds_bucket{model=\"tiny\",le=\"0.05\"} 3"));
     CHECK(has_line(t, "# TYPE llmesh_time_to_first_token_seconds histogram"));
     free(t);
     metrics_free(m);

@@ -63,12 +63,29 @@ static void test_round_trip(void)
 
     /* Extension fields: memory in use and the application's bytes. */
     r.memory_used = 5ull << 30;
+    r.clients = 70000;
     r.app_len = 3;
     memcpy(r.app, "abc", 3);
     n = record_encode(&r, &id, buf, sizeof buf, err, sizeof err);
     REQUIRE(n > 0);
     REQUIRE(record_decode(buf, (size_t)n, &back, err, sizeof err) == 0);
     CHECK(back.memory_used == 5ull << 30);
+    CHECK(back.clients == 70000);
+    /* The clients field is the only one with length 4 here: find it (tag 3,
+     * length 0x0004) and make it 3 bytes long: malformed. */
+    int found = 0;
+    for (int i = 0; i + 6 < n; i++) {
+        if (buf[i] == RECORD_FIELD_CLIENTS && buf[i + 1] == 0 && buf[i + 2] == 4 &&
+            buf[i + 3] == 0 && buf[i + 4] == 1 && buf[i + 5] == 0x11 && buf[i + 6] == 0x70) {
+            buf[i + 2] = 3;
+            CHECK(record_decode(buf, (size_t)n, &back, err, sizeof err) != 0);
+            CHECK(strstr(err, "clients") != NULL);
+            buf[i + 2] = 4;
+            found = 1;
+        }
+    }
+    CHECK(found);
+    CHECK(record_decode(buf, (size_t)n, &back, err, sizeof err) == 0);
     CHECK_EQ_INT(back.app_len, 3);
     CHECK(memcmp(back.app, "abc", 3) == 0);
     CHECK(record_verify(buf, (size_t)n, r.id));

@@ -1,0 +1,165 @@
+// console.mjs: the web console in a real browser (Debian's headless
+// Chromium, driven by playwright-core) against a real mesh. Run by
+// tests/integration/console.sh, which starts the nodes and passes:
+//   CONSOLE_URL  A's console (A has an API key and coordinates a 2-stage split)
+//   API_KEY      A's key
+//   NODES        ids of A, B, C (comma-separated); KILL_PID: C's pid
+//   MODEL        the split model's id
+//   CLIENT_URL   the console of D, a passive client (no key)
+//   ARTIFACTS    directory for screenshots
+// Prints ok:/FAIL: lines; exits 1 on any failure. Every wait is bounded.
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const env = (k) => { if (!process.env[k]) throw new Error(`${k} is not set`); return process.env[k]; };
+const URL_A = env('CONSOLE_URL'), KEY = env('API_KEY'), MODEL = env('MODEL');
+const [A, B, C] = env('NODES').split(',');
+const KILL_PID = Number(env('KILL_PID'));
+const CLIENT_URL = env('CLIENT_URL');
+const ART = env('ARTIFACTS');
+fs.mkdirSync(ART, { recursive: true });
+
+let fails = 0;
+const ok = (what) => console.log('ok: ' + what);
+const fail = (what, detail) => { console.log('FAIL: ' + what + (detail ? ` (${detail})` : '')); fails++; };
+const check = (what, cond, detail) => (cond ? ok(what) : fail(what, detail));
+async function step(what, fn) {
+  try { await fn(); ok(what); } catch (e) { fail(what, String(e.message || e).split('\n')[0]); }
+}
+async function status(url, key) {
+  const r = await fetch(url + '/api/status', { headers: key ? { Authorization: 'Bearer ' + key } : {} });
+  return r.json();
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu'],
+  timeout: 60000,
+});
+try {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  await ctx.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: URL_A });
+  const page = await ctx.newPage();
+  page.setDefaultTimeout(20000);
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+
+  await page.goto(URL_A + '/');
+  // A requires a key: the page loads without it, then asks.
+  await step('the page asks for the API key', () => page.waitForSelector('#key-form:not([hidden])'));
+  await page.fill('#key', KEY);
+  await page.click('#key-form button');
+  await step('live after the key', () => page.waitForSelector('#live[data-live="yes"]'));
+
+  await step('every node shown: A (this node), B and C alive', async () => {
+    await page.waitForSelector(`#nodes tr[data-node="${A}"][data-state="self"]`);
+    await page.waitForSelector(`#nodes tr[data-node="${B}"][data-state="alive"]`);
+    await page.waitForSelector(`#nodes tr[data-node="${C}"][data-state="alive"]`);
+  });
+  await step('node ids shown with at least 8 hex digits', async () => {
+    const t = await page.textContent(`#nodes tr[data-node="${B}"] td`);
+    if (!t.startsWith(B.slice(0, 8))) throw new Error(t);
+  });
+  await step('a memory bar per node', async () => {
+    for (const id of [A, B, C]) await page.waitForSelector(`[data-mem-node="${id}"] .bar`);
+  });
+
+  const st = await status(URL_A, KEY);
+  const plan = st.plans.find((p) => p.model === MODEL);
+  await step('the split model: ready, 2 stages with their layer ranges and nodes', async () => {
+    await page.waitForSelector(`[data-plan="${MODEL}"][data-plan-state="ready"]`);
+    const rows = await page.$$eval(`[data-plan="${MODEL}"] tr[data-stage]`, (trs) =>
+      trs.map((tr) => ({ node: tr.dataset.stageNode, text: tr.textContent })));
+    if (rows.length !== 2) throw new Error(`${rows.length} stage rows`);
+    plan.stages.forEach((s, i) => {
+      if (rows[i].node !== s.node) throw new Error(`stage ${i} on ${rows[i].node}, status says ${s.node}`);
+      const want = `[${s.layers[0]}, ${s.layers[1]})`;
+      if (!rows[i].text.includes(want)) throw new Error(`stage ${i} shows no ${want}`);
+    });
+    if (plan.stages[0].node !== A || plan.stages[1].node === A) throw new Error('unexpected placement');
+  });
+
+  await step('the join command holds the token', async () => {
+    const cmd = await page.textContent('#join-cmd');
+    if (cmd !== 'llmesh serve --join ' + st.token) throw new Error(cmd);
+  });
+  await step('the copy button puts it on the clipboard', async () => {
+    await page.click('#join-copy');
+    const clip = await page.evaluate(() => navigator.clipboard.readText());
+    if (!clip.includes(st.token)) throw new Error(clip);
+  });
+
+  // Chat: count how many times the answer's text changes while it streams.
+  await step('the chat panel streams an answer, with its speed', async () => {
+    await page.waitForSelector(`#chat-model option[value="${MODEL}"]`, { state: 'attached' });
+    await page.selectOption('#chat-model', MODEL);
+    await page.evaluate(() => {
+      window.__changes = 0;
+      new MutationObserver(() => {
+        const a = document.querySelector('.msg.assistant:last-of-type');
+        if (a && a.textContent) window.__changes++;
+      }).observe(document.querySelector('#chat-log'), { subtree: true, childList: true, characterData: true });
+    });
+    await page.fill('#chat-input', 'Who was Moses?');
+    await page.click('#chat-send');
+    await page.waitForSelector('.msg.assistant[data-done]', { timeout: 60000 });
+    const done = await page.getAttribute('.msg.assistant', 'data-done');
+    const text = await page.textContent('.msg.assistant');
+    const changes = await page.evaluate(() => window.__changes);
+    const stats = await page.textContent('#chat-stats');
+    if (done !== 'yes') throw new Error(`ended ${done}: ${text}`);
+    if (!text.trim()) throw new Error('empty answer');
+    if (changes < 2) throw new Error(`the text changed ${changes} time(s): not streamed`);
+    if (!/\d+ tokens · \d+(\.\d)? tok\/s/.test(stats)) throw new Error(stats);
+    console.log(`  answer of ${text.length} chars in ${changes} updates; ${stats}`);
+  });
+  await step('traffic shows the model', () => page.waitForSelector(`#traffic tr[data-traffic="${MODEL}"]`));
+  await page.screenshot({ path: path.join(ART, 'console-desktop.png'), fullPage: true });
+
+  // kill -9 C: the failure detector turns it suspect, then dead, live on the page.
+  process.kill(KILL_PID, 'SIGKILL');
+  const t0 = Date.now();
+  await step('C killed (kill -9) turns dead on the page', () =>
+    page.waitForSelector(`#nodes tr[data-node="${C}"][data-state="dead"]`, { timeout: 45000 }));
+  console.log(`  dead on the page ${((Date.now() - t0) / 1000).toFixed(1)} s after the kill`);
+  await page.screenshot({ path: path.join(ART, 'console-node-dead.png'), fullPage: true });
+  check('no script errors on the page', errors.length === 0, errors.join('; '));
+
+  // A phone: one column, nothing wider than the screen.
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true,
+    deviceScaleFactor: 2 });
+  const pp = await phone.newPage();
+  pp.setDefaultTimeout(20000);
+  await pp.goto(URL_A + '/');
+  await pp.fill('#key', KEY);
+  await pp.click('#key-form button');
+  await step('phone: live, every node listed', async () => {
+    await pp.waitForSelector('#live[data-live="yes"]');
+    for (const id of [A, B, C]) await pp.waitForSelector(`#nodes tr[data-node="${id}"]`, { state: 'attached' });
+  });
+  await step('phone: the page is no wider than the screen', async () => {
+    const w = await pp.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    if (w[0] > w[1] + 1) throw new Error(`scrollWidth ${w[0]} > ${w[1]}`);
+  });
+  await pp.screenshot({ path: path.join(ART, 'console-phone.png'), fullPage: true });
+  await phone.close();
+
+  // The passive client's console: no key there; it shows the mesh from its
+  // routing table and has no token to give.
+  const cp = await ctx.newPage();
+  cp.setDefaultTimeout(20000);
+  await cp.goto(CLIENT_URL + '/');
+  await step('client console: live without a key, shows A and B, no token', async () => {
+    await cp.waitForSelector('#live[data-live="yes"]');
+    await cp.waitForSelector(`#nodes tr[data-node="${A}"]`);
+    await cp.waitForSelector(`#nodes tr[data-node="${B}"]`);
+    const t = await cp.textContent('#join-cmd');
+    if (!t.includes('client')) throw new Error(t);
+  });
+  await cp.screenshot({ path: path.join(ART, 'console-client.png'), fullPage: true });
+} finally {
+  await browser.close();
+}
+console.log(`browser: ${fails} failed`);
+process.exit(fails ? 1 : 0);
