@@ -43,6 +43,7 @@ struct engine_step_job {
     int take;     /* positions this step takes (leader only) */
     int done, rc;
     char err[256];
+    pthread_cond_t cond; /* its thread waits here: done, or leader wanted */
     engine_step_job *next;
 };
 
@@ -52,7 +53,7 @@ int engine_step_init(engine_model *m, char *err, size_t errlen)
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&m->step_cond, &ca);
+    pthread_cond_init(&m->step_cond, &ca); /* the leader gathering: a lane queued or stopped decoding */
     pthread_condattr_destroy(&ca);
     m->step_batch = model_batch_new(m->model, err, errlen);
     return m->step_batch ? 0 : -1;
@@ -69,7 +70,7 @@ void engine_step_set_decoding(engine_model *m, int lane, int decoding)
 {
     pthread_mutex_lock(&m->step_lock);
     m->lanes[lane].decoding = decoding;
-    pthread_cond_broadcast(&m->step_cond); /* a gathering leader stops waiting for it */
+    if (!decoding) pthread_cond_signal(&m->step_cond); /* a gathering leader stops waiting for it */
     pthread_mutex_unlock(&m->step_lock);
 }
 
@@ -154,19 +155,20 @@ static void step_run_locked(engine_model *m)
         }
         j->take = 0;
     }
-    /* unlink the finished jobs */
+    /* unlink the finished jobs and wake their threads (one each: no herd) */
     engine_step_job **pp = &m->step_head;
     m->step_tail = NULL;
     while (*pp) {
-        if ((*pp)->done) {
-            m->lanes[(*pp)->lane].queued = 0;
-            *pp = (*pp)->next;
+        engine_step_job *j = *pp;
+        if (j->done) {
+            m->lanes[j->lane].queued = 0;
+            *pp = j->next;
+            pthread_cond_signal(&j->cond);
         } else {
-            m->step_tail = *pp;
-            pp = &(*pp)->next;
+            m->step_tail = j;
+            pp = &j->next;
         }
     }
-    pthread_cond_broadcast(&m->step_cond);
 }
 
 int engine_step_eval(engine_model *m, int lane, int start, int from, int n, float *all, char *err,
@@ -174,23 +176,26 @@ int engine_step_eval(engine_model *m, int lane, int start, int from, int n, floa
 {
     engine_step_job job = {.lane = lane, .pos = start, .from = from, .end = n, .all = all};
     if (start >= n) return 0;
+    pthread_cond_init(&job.cond, NULL);
     pthread_mutex_lock(&m->step_lock);
     if (m->step_tail) m->step_tail->next = &job;
     else m->step_head = &job;
     m->step_tail = &job;
     m->lanes[lane].queued = 1;
-    pthread_cond_broadcast(&m->step_cond); /* a gathering leader may be waiting for us */
+    pthread_cond_signal(&m->step_cond); /* a gathering leader may be waiting for us */
     while (!job.done) {
         if (!m->step_leader) {
             m->step_leader = 1;
             while (!job.done) step_run_locked(m);
             m->step_leader = 0;
-            pthread_cond_broadcast(&m->step_cond); /* a waiting job's thread takes over */
+            /* the first waiting job's thread takes over */
+            if (m->step_head) pthread_cond_signal(&m->step_head->cond);
         } else {
-            pthread_cond_wait(&m->step_cond, &m->step_lock);
+            pthread_cond_wait(&job.cond, &m->step_lock);
         }
     }
     pthread_mutex_unlock(&m->step_lock);
+    pthread_cond_destroy(&job.cond);
     if (job.rc != 0) snprintf(err, errlen, "%s", job.err);
     return job.rc;
 }

@@ -230,7 +230,9 @@ static int worker_place(sched_worker *w, int lane, sched_job *job)
     for (int l = 0; l < w->n_lanes; l++) {
         if (l == lane || !w->idle[l] || w->assigned[l]) continue;
         int len = placement_score(w, l, ids, n);
-        if (len > best_len || (len == best_len && w->lane_used[l] < w->lane_used[best])) {
+        /* a strictly longer prefix moves the job; among lanes that hold
+         * none worth keeping, the least recently used one */
+        if (len > best_len || (len == 0 && best_len == 0 && w->lane_used[l] < w->lane_used[best])) {
             best = l;
             best_len = len;
         }
@@ -239,6 +241,9 @@ static int worker_place(sched_worker *w, int lane, sched_job *job)
     if (best != lane) {
         w->assigned[best] = job;
         w->idle[best] = 0;
+        /* this lane is free again at once (under the same lock), so a
+         * submission meanwhile never sees every lane busy */
+        w->idle[lane] = 1;
         pthread_cond_signal(&w->lane_cond[best]);
     }
     pthread_mutex_unlock(&w->lock);
