@@ -6,7 +6,13 @@
  * --isa). With --variants, also each rows kernel of kernels_rows.h the CPU
  * can run (avx2, avxvnni, and AVX-512's 256- and 512-bit forms), called
  * directly over the matrix, KERNEL_ROWS rows at a time, in GB/s.
- * Usage: kernels_bench [--rows R] [--cols C] [--runs N] [--isa NAME] [--variants] */
+ * With --prompt N (a prompt's shape: N input vectors), instead, for each type
+ * with a tile kernel at the active ISA: the product of the matrix with N
+ * vectors through the rows kernel one vector at a time (the path before tile
+ * kernels: 8 vectors per pass over a 4-row group) and through the tile
+ * kernel (all N vectors per group), in turn, run after run; prints G
+ * multiply-adds per second of each and their ratio.
+ * Usage: kernels_bench [--rows R] [--cols C] [--runs N] [--isa NAME] [--variants | --prompt N] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,9 +55,106 @@ static double time_rows(kernel_rows_fn fn, const uint8_t *w, size_t stride, int 
     return (now() - t0) / reps * 1e6;
 }
 
+/* Microseconds of one product with ntok vectors: through the tile kernel,
+ * or (tile NULL) the rows kernel one vector at a time, 8 vectors per pass
+ * over each 4-row group (the matrix product's old order). */
+static double time_prompt(kernel_rows_fn rows_fn, kernel_tile_fn tile, const uint8_t *w, size_t stride, int rows,
+                          const uint8_t *act, size_t astride, int ntok, int cols, float *y)
+{
+    double t0 = now();
+    int reps = 0;
+    do {
+        for (int i = 0; i < rows; i += KERNEL_ROWS) {
+            int nr = rows - i < KERNEL_ROWS ? rows - i : KERNEL_ROWS;
+            if (tile) {
+                tile(w + (size_t)i * stride, stride, nr, act, astride, ntok, cols, y + i, (size_t)rows);
+                continue;
+            }
+            for (int t0k = 0; t0k < ntok; t0k += 8)
+                for (int t = t0k; t < ntok && t < t0k + 8; t++)
+                    rows_fn(w + (size_t)i * stride, stride, nr, act + (size_t)t * astride, cols, y + (size_t)t * rows + i);
+        }
+        reps++;
+    } while (now() - t0 < 0.1);
+    return (now() - t0) / reps * 1e6;
+}
+
+static kernel_rows_fn active_rows(ggml_type t)
+{
+    switch (kernel_active_isa()) {
+    case KERNEL_ISA_AVX512: return kernel_rows_avx512(t);
+    case KERNEL_ISA_AVXVNNI: return kernel_rows_avxvnni(t);
+    case KERNEL_ISA_AVX2: return kernel_rows_avx2(t);
+    default: return NULL;
+    }
+}
+
+static kernel_tile_fn active_tile(ggml_type t)
+{
+    switch (kernel_active_isa()) {
+    case KERNEL_ISA_AVX512: return kernel_tile_avx512(t);
+    case KERNEL_ISA_AVXVNNI: return kernel_tile_avxvnni(t);
+    case KERNEL_ISA_AVX2: return kernel_tile_avx2(t);
+    default: return NULL;
+    }
+}
+
+/* --prompt: rows kernels token by token against tile kernels, per type. */
+static int bench_prompt(int rows, int cols, int runs, int ntok)
+{
+    static const ggml_type types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0, GGML_TYPE_Q2_K,
+                                      GGML_TYPE_Q3_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
+    printf("isa %s, %d x %d, %d vectors, 1 thread, median of %d (CPU time)\n", kernel_isa_name(kernel_active_isa()),
+           rows, cols, ntok, runs);
+    printf("%-6s %16s %16s %8s\n", "type", "rows GMAC/s", "tile GMAC/s", "ratio");
+    float *wf = malloc(sizeof(float) * (size_t)cols), *x = malloc(sizeof(float) * (size_t)cols);
+    float *y = malloc(sizeof(float) * (size_t)rows * (size_t)ntok);
+    size_t astride_max = kernel_row_bytes(GGML_TYPE_F32, cols);
+    uint8_t *act = malloc(astride_max * (size_t)ntok);
+    if (!wf || !x || !y || !act) return 1;
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        ggml_type t = types[k];
+        kernel_rows_fn rows_fn = active_rows(t);
+        kernel_tile_fn tile = active_tile(t);
+        if (!rows_fn || !tile) continue;
+        size_t stride = kernel_row_bytes(t, cols);
+        uint8_t *w = malloc(stride * (size_t)rows);
+        if (!w) return 1;
+        for (int r = 0; r < rows; r++) {
+            for (int i = 0; i < cols; i++) wf[i] = (float)rand() / RAND_MAX - 0.5f;
+            quantize_row(t, wf, w + (size_t)r * stride, cols);
+        }
+        const quant_traits *qt = quant_get_traits(t);
+        ggml_type at = t == GGML_TYPE_F16 ? GGML_TYPE_F32 : (qt && qt->act_type == GGML_TYPE_Q8_K) ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0;
+        size_t astride = kernel_row_bytes(at, cols);
+        for (int n = 0; n < ntok; n++) {
+            for (int i = 0; i < cols; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
+            uint8_t *a = act + (size_t)n * astride;
+            if (at == GGML_TYPE_F32) memcpy(a, x, sizeof(float) * (size_t)cols);
+            else if (at == GGML_TYPE_Q8_K) quant_quantize_row_q8_k(x, (quant_block_q8_k *)a, cols);
+            else kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)a, cols);
+        }
+        double tr[101], tt[101];
+        time_prompt(rows_fn, NULL, w, stride, rows, act, astride, ntok, cols, y); /* warm up */
+        time_prompt(rows_fn, tile, w, stride, rows, act, astride, ntok, cols, y);
+        for (int r = 0; r < runs; r++) {
+            tr[r] = time_prompt(rows_fn, NULL, w, stride, rows, act, astride, ntok, cols, y);
+            tt[r] = time_prompt(rows_fn, tile, w, stride, rows, act, astride, ntok, cols, y);
+        }
+        qsort(tr, (size_t)runs, sizeof tr[0], cmp_double);
+        qsort(tt, (size_t)runs, sizeof tt[0], cmp_double);
+        double macs = (double)rows * cols * ntok;
+        printf("%-6s %16.2f %16.2f %7.2fx\n", ggml_type_name(t), macs / tr[runs / 2] * 1e-3, macs / tt[runs / 2] * 1e-3,
+               tr[runs / 2] / tt[runs / 2]);
+        free(w);
+    }
+    free(wf), free(x), free(y), free(act);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    int rows = 4096, cols = 4096, runs = 7, variants = 0;
+    int rows = 4096, cols = 4096, runs = 7, variants = 0, prompt = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rows") && i + 1 < argc) rows = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cols") && i + 1 < argc) cols = atoi(argv[++i]);
@@ -64,12 +167,15 @@ int main(int argc, char **argv)
             }
         } else if (!strcmp(argv[i], "--scalar")) kernel_force_isa(KERNEL_ISA_SCALAR);
         else if (!strcmp(argv[i], "--variants")) variants = 1;
+        else if (!strcmp(argv[i], "--prompt") && i + 1 < argc) prompt = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: kernels_bench [--rows R] [--cols C (multiple of 256)] [--runs N] [--isa NAME] [--variants]\n");
+            fprintf(stderr, "usage: kernels_bench [--rows R] [--cols C (multiple of 256)] [--runs N] [--isa NAME] "
+                            "[--variants | --prompt N]\n");
             return 2;
         }
     }
-    if (rows < 1 || cols < 256 || cols % 256 || runs < 1 || runs > 101) return 2;
+    if (rows < 1 || cols < 256 || cols % 256 || runs < 1 || runs > 101 || prompt < 0 || prompt > 512) return 2;
+    if (prompt) return bench_prompt(rows, cols, runs, prompt);
     static const ggml_type types[] = {
         GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
         GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q2_K, GGML_TYPE_Q3_K,

@@ -14,8 +14,11 @@
 #define ROWS_TARGET "avx2,fma,f16c,avxvnni"
 #define ROWS_VNNI 1
 /* 16 vector registers: a tile of 4 rows x 2 tokens keeps its 8
- * accumulators (16 for F16) and the unpacked weights in registers. */
+ * accumulators and the unpacked weights in registers. F16's 4 x 2 would
+ * need 16 accumulators: it spilled and ran slower than the rows kernels
+ * (0.92x, kernels_bench --prompt), so F16 goes one token at a time. */
 #define ROWS_TILE_T 2
+#define ROWS_TILE_T_F16 1
 #include "engine/kernels_rows256.inc"
 
 kernel_rows_fn kernel_rows_avxvnni(ggml_type t) { return rows256_get(t); }

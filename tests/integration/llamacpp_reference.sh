@@ -69,7 +69,7 @@ if [ -f "$KJV_F32" ]; then
   cases+=(--model "$KJV_F32" --model "$SRC/tests/models/kjv-llama-6.3M-f16.gguf" --dequant "$T/kjv-f16-f32.gguf")
   for type in Q4_K_M Q6_K Q4_0 Q2_K_S Q3_K_S Q3_K_M Q3_K_L; do add_quantized "$KJV_F32" "kjv-llama-6.3M-$type" "$type"; done
 fi
-run logits-kjv 120 logits.mjs --llmesh "$LLMESH" --text "$HELDOUT" "${cases[@]}"
+run logits-kjv 300 logits.mjs --llmesh "$LLMESH" --text "$HELDOUT" "${cases[@]}"
 rm -f "$T"/kjv-*.gguf
 # BOS of the synthetic vocabularies is n_vocab - 2 = 31998; then bytes, fillers, EOS.
 IDS=31998,72,101,108,108,111,44,32,1000,5000,31997,258,20000,77,9,10,300,301,302,303,29999,12345,7,8
@@ -82,7 +82,7 @@ for name in $("$MAKE_MODELS" list); do
   if [ "$name" = qwen3-0.6b-q8_0 ]; then
     for type in Q4_K_M Q6_K Q2_K_S Q3_K_M; do add_quantized "$T/$name.gguf" "qwen3-0.6b-$type" "$type"; done
   fi
-  run "logits-$name" 120 logits.mjs --llmesh "$LLMESH" --ids "$IDS" "${cases[@]}"
+  run "logits-$name" 300 logits.mjs --llmesh "$LLMESH" --ids "$IDS" "${cases[@]}"
   rm -f "$T"/*.gguf
 done
 
