@@ -29,12 +29,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         sch = sched_new(base);
         a = api_new(base, sch, NULL);
     }
-    /* First byte picks the endpoint; the rest is the body. */
-    static const char *paths[] = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/x"};
-    const char *path = paths[size ? data[0] % 4 : 0];
+    /* First byte picks the endpoint (its value mod 6) and the method (bit 7
+     * set: GET); the rest is the body. The corpus files start with 0x00
+     * (completions), 0x01 (chat), 0x03 (tokenize) or 0x04 (detokenize), so
+     * that their JSON reaches the request validation. */
+    static const char *paths[] = {"/v1/completions", "/v1/chat/completions", "/v1/models",
+                                  "/tokenize", "/detokenize", "/v1/x"};
+    const char *path = paths[size ? (data[0] & 0x7f) % 6 : 0];
     const char *body = size ? (const char *)data + 1 : "";
     count_sink cs = {{&ops}, 0};
-    api_call *c = api_handle(a, size && (data[0] & 4) ? "GET" : "POST", path, body, size ? size - 1 : 0,
+    api_call *c = api_handle(a, size && (data[0] & 0x80) ? "GET" : "POST", path, body, size ? size - 1 : 0,
                              &cs.sink, 0);
     /* With no model served and no mesh, every answer is immediate. */
     if (c || cs.ended != 1) abort();
