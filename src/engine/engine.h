@@ -96,6 +96,8 @@ typedef struct {
     int prompt_tokens;
     int completion_tokens;
     const char *finish_reason; /* "stop" (end of generation, stop string or callback) or "length" */
+    const float *embedding;    /* an embed request's vector (its embedding buffer), else NULL */
+    int n_embedding;
 } engine_result;
 
 /* Tokenizes prompt (BOS added when the model asks for it; no special-token
@@ -139,6 +141,12 @@ typedef struct {
     const struct json_grammar *grammar; /* borrowed, may be NULL: only tokens it admits are
                                            sampled, and generation ends once its value is
                                            closed (engine/json_grammar.h) */
+    int embed;                 /* no generation: the prompt's embedding into embedding
+                                  (engine_model_n_embd floats, the caller's buffer): the final
+                                  normed hidden states pooled as the model says (GGUF
+                                  ARCH.pooling_type: mean when absent, cls, last), then
+                                  L2-normalised */
+    float *embedding;
 } engine_request;
 
 void engine_request_defaults(engine_request *r); /* empty text prompt, default sampling */

@@ -976,7 +976,8 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
      * cached keys and values), every choice's completion. */
     ans->prompt_tokens = r->prompt_tokens;
     ans->completion_tokens += r->completion_tokens;
-    engine_result total = {ans->prompt_tokens, ans->completion_tokens, finish};
+    engine_result total = {.prompt_tokens = ans->prompt_tokens, .completion_tokens = ans->completion_tokens,
+                           .finish_reason = finish};
     int last = ans->choice + 1 >= ans->n_choices;
     if (ans->stream) {
         if (ans->tool_format != ENGINE_TOOLS_NONE) {

@@ -1,4 +1,5 @@
-/* fuzz_api.c: arbitrary request bodies and paths through api_handle, with a
+/* fuzz_api.c: arbitrary request bodies and paths (completions, chat with
+ * tools and response_format, embeddings) through api_handle, with a
  * scheduler that serves no model and no mesh: every request must end in a
  * well-formed answer (an OpenAI error or a model list), never a crash. */
 #include <event2/event.h>
@@ -30,8 +31,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         a = api_new(base, sch, NULL);
     }
     /* First byte picks the endpoint; the rest is the body. */
-    static const char *paths[] = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/x"};
-    const char *path = paths[size ? data[0] % 4 : 0];
+    static const char *paths[] = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/x",
+                                  "/v1/embeddings"};
+    const char *path = paths[size ? data[0] % 5 : 0];
     const char *body = size ? (const char *)data + 1 : "";
     count_sink cs = {{&ops}, 0};
     api_call *c = api_handle(a, size && (data[0] & 4) ? "GET" : "POST", path, body, size ? size - 1 : 0,
