@@ -929,6 +929,76 @@ int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_out
     return engine_run_lane(m, 0, r, on_output, user, result, err, errlen);
 }
 
+/* ---- embeddings ---- */
+
+/* GGUF ARCH.pooling_type, as llama.cpp numbers it. */
+enum { POOL_NONE = 0, POOL_MEAN = 1, POOL_CLS = 2, POOL_LAST = 3 };
+
+static int pooling_type(const engine_model *m)
+{
+    gguf_str arch;
+    uint32_t v;
+    char key[96];
+    if (gguf_get_str(m->file, "general.architecture", &arch) != 0 || arch.len > 64) return POOL_MEAN;
+    snprintf(key, sizeof key, "%.*s.pooling_type", (int)arch.len, arch.ptr);
+    if (gguf_get_u32(m->file, key, &v) != 0 || v == POOL_NONE) return POOL_MEAN; /* generative models */
+    return (int)v;
+}
+
+/* The embedding of ids[0, n) on lane ln, from an empty cache (the lane's
+ * cached prefix is dropped): each MODEL_BATCH piece embedded, run through
+ * every layer, normed like the classifier's input, and pooled; then
+ * L2-normalised into out (n_embd). Solo models only. */
+static int embed_tokens(engine_model *m, engine_lane *ln, const int32_t *ids, int n, float *out, char *err,
+                        size_t errlen)
+{
+    const model_config *c = model_get_config(m->model);
+    int dim = c->n_embd, pool = pooling_type(m);
+    if (pool != POOL_MEAN && pool != POOL_CLS && pool != POOL_LAST) {
+        snprintf(err, errlen, "the model's pooling type %d is not supported (mean, cls, last are)", pool);
+        return -1;
+    }
+    pthread_mutex_lock(&m->split_lock);
+    int split = m->split.has_tail;
+    pthread_mutex_unlock(&m->split_lock);
+    if (split || model_get_part(m->model)->end < c->n_layer) {
+        snprintf(err, errlen, "embeddings of a model split over several nodes are not supported yet");
+        return -1;
+    }
+    float *x = malloc(sizeof(float) * MODEL_BATCH * (size_t)dim);
+    double *acc = calloc((size_t)dim, sizeof *acc);
+    if (!x || !acc) {
+        free(x);
+        free(acc);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    lane_truncate(ln, 0);
+    ln->generation = 0; /* the cache no longer matches the record */
+    int rc = 0;
+    for (int pos = 0; pos < n && rc == 0; pos += MODEL_BATCH) {
+        int nb = n - pos < MODEL_BATCH ? n - pos : MODEL_BATCH;
+        pthread_mutex_lock(&m->compute);
+        rc = model_embed(m->model, ids + pos, nb, x, err, errlen);
+        if (rc == 0) rc = model_forward_layers(m->model, ln->state, m->pool, 0, c->n_layer, x, nb, err, errlen);
+        pthread_mutex_unlock(&m->compute);
+        if (rc == 0) rc = model_final_norm(m->model, x, nb, x, err, errlen);
+        for (int i = 0; rc == 0 && i < nb; i++) {
+            int p = pos + i;
+            if (pool == POOL_MEAN || (pool == POOL_CLS && p == 0) || (pool == POOL_LAST && p == n - 1))
+                for (int d = 0; d < dim; d++) acc[d] += x[(size_t)i * dim + d];
+        }
+    }
+    model_state_truncate(ln->state, 0);
+    double norm = 0;
+    for (int d = 0; d < dim; d++) norm += acc[d] * acc[d];
+    norm = sqrt(norm);
+    for (int d = 0; d < dim; d++) out[d] = norm > 0 ? (float)(acc[d] / norm) : 0.0f;
+    free(x);
+    free(acc);
+    return rc;
+}
+
 int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
                     void *user, engine_result *result, char *err, size_t errlen)
 {
@@ -959,6 +1029,15 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
     uint64_t t_start = clock_ns();
     if (engine_prompt_tokens(m, r, &ids, &n_prompt, err, errlen) != 0) return -1;
     result->prompt_tokens = n_prompt;
+    if (r->embed) {
+        int rc = r->embedding ? embed_tokens(m, ln, ids, n_prompt, r->embedding, err, errlen) : -1;
+        if (!r->embedding) snprintf(err, errlen, "no buffer for the embedding");
+        free(ids);
+        result->embedding = rc == 0 ? r->embedding : NULL;
+        result->n_embedding = rc == 0 ? model_get_config(m->model)->n_embd : 0;
+        result->finish_reason = "stop";
+        return rc;
+    }
     int echo = r->logprobs && r->echo_logprobs;
     if (s->max_tokens <= 0 && !echo) {
         free(ids);

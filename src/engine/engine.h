@@ -101,6 +101,8 @@ typedef struct {
     int cached_tokens;      /* prompt tokens whose keys/values the lane already held (not evaluated) */
     double prompt_ms;       /* from the start to the first token's logits (prompt evaluation) */
     double predicted_ms;    /* from then to the end (sampling and evaluating the completion) */
+    const float *embedding;    /* an embed request's vector (its embedding buffer), else NULL */
+    int n_embedding;
 } engine_result;
 
 /* Tokenizes prompt (BOS added when the model asks for it; no special-token
@@ -144,6 +146,12 @@ typedef struct {
     const struct json_grammar *grammar; /* borrowed, may be NULL: only tokens it admits are
                                            sampled, and generation ends once its value is
                                            closed (engine/json_grammar.h) */
+    int embed;                 /* no generation: the prompt's embedding into embedding
+                                  (engine_model_n_embd floats, the caller's buffer): the final
+                                  normed hidden states pooled as the model says (GGUF
+                                  ARCH.pooling_type: mean when absent, cls, last), then
+                                  L2-normalised */
+    float *embedding;
 } engine_request;
 
 void engine_request_defaults(engine_request *r); /* empty text prompt, default sampling */

@@ -1462,6 +1462,15 @@ int model_output(const model *m, model_state *s, threadpool *pool, const float *
     return 0;
 }
 
+int model_final_norm(const model *m, const float *x, int n, float *out, char *err, size_t errlen)
+{
+    if (need_head(m, err, errlen) != 0) return -1;
+    for (int i = 0; i < n; i++)
+        kernel_rmsnorm(out + (size_t)i * m->c.n_embd, x + (size_t)i * m->c.n_embd, m->output_norm, m->c.n_embd,
+                       m->c.norm_eps);
+    return 0;
+}
+
 int model_forward(const model *m, model_state *s, threadpool *pool, const int32_t *tokens, int n,
                   float *logits, int all_logits, char *err, size_t errlen)
 {

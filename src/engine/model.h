@@ -224,5 +224,8 @@ int model_forward_layers(const model *m, model_state *s, threadpool *pool, int f
  * cache is not read). 0, or -1 with a message. */
 int model_output(const model *m, model_state *s, threadpool *pool, const float *x, int n,
                  float *logits, char *err, size_t errlen);
+/* out (n, n_embd) = rmsnorm(x) * output_norm: the final hidden states as the
+ * classifier sees them (embeddings). Needs the head. 0, or -1 with a message. */
+int model_final_norm(const model *m, const float *x, int n, float *out, char *err, size_t errlen);
 
 #endif

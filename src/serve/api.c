@@ -1,8 +1,9 @@
 /* api.c: the API's entry points: which endpoint a request is, and the glue
  * between parsing (serve/openai.c) and running it (serve/router.c).
  * Endpoints: /v1/models, /v1/completions, /v1/chat/completions (plain and
- * streamed, with stop strings, penalties, logit_bias, log-probabilities and
- * echo), llama.cpp-style /tokenize and /detokenize. See api.h.
+ * streamed, with stop strings, penalties, logit_bias, log-probabilities,
+ * echo, tools, response_format and n), /v1/embeddings, llama.cpp-style
+ * /tokenize and /detokenize. See api.h.
  *
  * A request's path through serve/: http.c or tunnel.c -> api_handle here
  * (route by path) -> openai.c (parse and validate) -> router.c (a local
@@ -94,6 +95,36 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
         return c;
     }
     return router_run_local(a->router, sink, &req, em);
+}
+
+/* POST /v1/embeddings: parsed and bounded here (serve/embeddings.c), run
+ * on a local lane or forwarded to a host like a completion. */
+static api_call *handle_embeddings(api *a, const char *method, const char *path, const char *body,
+                                   size_t len, api_sink *sink, int from_peer)
+{
+    char err[512];
+    embeddings_request *req;
+    if (embeddings_parse(body, len, &req, err, sizeof err) != 0) {
+        openai_send_error(&a->counters, sink, 400, NULL, "%s", err);
+        return NULL;
+    }
+    sink_label(sink, req->model);
+    engine_model *em = sched_find_model(a->sched, req->model);
+    char why[8];
+    if (em && a->pipelines && pipelines_model_state(a->pipelines, req->model, why, sizeof why) != PIPELINE_READY)
+        em = NULL;
+    if (em && req->max_id >= engine_model_n_vocab(em)) {
+        openai_send_error(&a->counters, sink, 400, NULL, "token id %d is out of range: model '%s' has %d tokens",
+                          req->max_id, req->model, engine_model_n_vocab(em));
+        embeddings_request_free(req);
+        return NULL;
+    }
+    if (!em) {
+        api_call *c = router_forward(a->router, sink, req->model, "embd", method, path, body, len, from_peer);
+        embeddings_request_free(req);
+        return c;
+    }
+    return router_run_embeddings(a->router, sink, req);
 }
 
 /* POST /tokenize {"content", "add_special"?, "parse_special"?, "model"?} ->
@@ -231,6 +262,10 @@ api_call *api_handle(api *a, const char *method, const char *path, const char *b
         if (!is_post) { openai_send_error(&a->counters, sink, 405, NULL, "use POST for %s", route); return NULL; }
         return handle_generate(a, method, path, body ? body : "", body_len, sink, from_peer,
                                route[4] == 'c' && route[5] == 'h');
+    }
+    if (!strcmp(route, "/v1/embeddings")) {
+        if (!is_post) { openai_send_error(&a->counters, sink, 405, NULL, "use POST for %s", route); return NULL; }
+        return handle_embeddings(a, method, path, body ? body : "", body_len, sink, from_peer);
     }
     if (!strcmp(route, "/tokenize") || !strcmp(route, "/detokenize") ||
         !strcmp(route, "/v1/tokenize") || !strcmp(route, "/v1/detokenize")) {

@@ -52,6 +52,10 @@ struct api_call {
      * ids and a reference to its grammar owned here), and the first seed. */
     engine_request *again;
     uint64_t seed0;
+    /* Embeddings: the inputs, the next one to run, the items so far. */
+    embeddings_request *emb;
+    int emb_next, emb_tokens;
+    cJSON *emb_data;
     /* Forwarding: what is needed to send the request again elsewhere. */
     char method[16];
     char *path, *body;
@@ -100,6 +104,8 @@ static void call_free(api_call *c)
         json_grammar_free((json_grammar *)c->again->grammar);
         free(c->again);
     }
+    embeddings_request_free(c->emb);
+    cJSON_Delete(c->emb_data);
     openai_answer_free(&c->answer);
     free(c);
 }
@@ -268,6 +274,83 @@ api_call *router_run_local(router *r, api_sink *sink, openai_request *req, engin
                               "model '%s': every lane is busy and the queue is full; retry later", model);
         else
             openai_send_error(r->counters, sink, 500, NULL, "could not queue the request");
+        return NULL;
+    }
+    return c;
+}
+
+/* ---- embeddings -------------------------------------------------------------*/
+
+static const sched_callbacks embed_callbacks;
+
+/* Queues the embedding of input c->emb_next. 0, or -1 (not queued). */
+static int embed_submit(router *r, api_call *c)
+{
+    engine_request *e = malloc(sizeof *e); /* ~10 KB: not on the stack */
+    if (!e) return -1;
+    engine_request_defaults(e);
+    int i = c->emb_next;
+    if (c->emb->texts[i]) {
+        e->prompt = c->emb->texts[i];
+        e->prompt_len = strlen(c->emb->texts[i]);
+    } else {
+        e->prompt_ids = c->emb->ids[i];
+        e->n_prompt_ids = c->emb->n_ids[i];
+    }
+    e->embed = 1;
+    c->job = sched_submit(r->sched, c->emb->model, e, &embed_callbacks, c);
+    free(e);
+    return c->job ? 0 : -1;
+}
+
+static void embed_on_output(void *user, const char *text, size_t len, const engine_token *toks, int n)
+{
+    (void)user, (void)text, (void)len, (void)toks, (void)n;
+}
+
+static void embed_on_done(void *user, const engine_result *result, const char *error)
+{
+    api_call *c = user;
+    router *r = c->r;
+    c->job = NULL;
+    cJSON *item = error ? NULL : embeddings_item(c->emb_next, result->embedding, result->n_embedding, c->emb->base64);
+    if (!item) {
+        int bad = error && (strstr(error, "context") || strstr(error, "out of range") || strstr(error, "empty prompt") ||
+                            strstr(error, "not supported"));
+        openai_send_error(r->counters, c->answer.sink, bad ? 400 : 500, NULL, "%s", error ? error : "out of memory");
+        call_free(c);
+        return;
+    }
+    cJSON_AddItemToArray(c->emb_data, item);
+    c->emb_tokens += result->prompt_tokens;
+    if (++c->emb_next < c->emb->n_inputs) {
+        if (embed_submit(r, c) == 0) return;
+        openai_send_error(r->counters, c->answer.sink, 500, NULL, "could not queue the request");
+        call_free(c);
+        return;
+    }
+    cJSON *o = embeddings_answer(c->emb_data, c->emb->model, c->emb_tokens);
+    c->emb_data = NULL;
+    openai_send_json(c->answer.sink, 200, o);
+    cJSON_Delete(o);
+    call_free(c);
+}
+
+static const sched_callbacks embed_callbacks = {embed_on_output, embed_on_done};
+
+api_call *router_run_embeddings(router *r, api_sink *sink, embeddings_request *req)
+{
+    api_call *c = call_new(r, sink, req->model, "embd");
+    if (!c) {
+        embeddings_request_free(req);
+        return NULL;
+    }
+    c->kind = CALL_LOCAL;
+    c->emb = req;
+    c->emb_data = cJSON_CreateArray();
+    if (!c->emb_data || embed_submit(r, c) != 0) {
+        call_free(c);
+        openai_send_error(r->counters, sink, 500, NULL, "could not queue the request");
         return NULL;
     }
     return c;

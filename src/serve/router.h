@@ -19,6 +19,7 @@
 #define LLMESH_ROUTER_H
 
 #include "serve/api.h"
+#include "serve/embeddings.h"
 #include "serve/metrics.h"
 #include "serve/openai.h"
 #include "serve/scheduler.h"
@@ -42,6 +43,9 @@ void router_free(router *r);
  * call while its answer is still being produced, or NULL when sink->end was
  * already called. */
 api_call *router_run_local(router *r, api_sink *sink, openai_request *req, engine_model *em);
+/* Embeds req's inputs (req->model served here), one after another; takes
+ * req. Same return as router_run_local. */
+api_call *router_run_embeddings(router *r, api_sink *sink, embeddings_request *req);
 /* A request for model, which is not served here: sent to a live host serving
  * it, or refused (from_peer: a request that arrived through a tunnel is
  * never forwarded again). id_prefix names the call ("cmpl", "tok", ...).

@@ -323,6 +323,7 @@ static void job_free(sched_job *job)
     free((char *)job->req.prompt);
     free((int32_t *)job->req.prompt_ids);
     json_grammar_free((json_grammar *)job->req.grammar);
+    free(job->req.embedding);
     free(job);
 }
 
@@ -587,6 +588,14 @@ sched_job *sched_submit(sched *s, const char *model_id, const engine_request *re
     if (ids && req->n_prompt_ids > 0) memcpy(ids, req->prompt_ids, sizeof(int32_t) * (size_t)req->n_prompt_ids);
     job->req.prompt = prompt;
     job->req.prompt_ids = ids;
+    /* An embedding is written into the job, which outlives on_done. */
+    job->req.embedding = req->embed ? calloc((size_t)engine_model_n_embd(w->model), sizeof(float)) : NULL;
+    if (req->embed && !job->req.embedding) {
+        free(prompt);
+        free(ids);
+        free(job);
+        return NULL;
+    }
     job->s = s;
     job->worker = w;
     job->cb = *cb;

@@ -72,10 +72,11 @@ engine_model *sched_find_model(const sched *s, const char *model_id);
 int sched_model_count(const sched *s);
 engine_model *sched_model_at(const sched *s, int i);
 
-/* Queues a generation. The request, its prompt text and ids are copied; its
- * grammar (when not NULL) is taken: the job frees it. NULL with the reason in
- * *why (may be NULL) when model_id is not served, its queue is full (counted)
- * or memory is out: then the grammar stays the caller's. */
+/* Queues a generation (or an embedding: req->embed, the vector then in the
+ * result given to on_done). The request, its prompt text and ids are copied;
+ * its grammar (when not NULL) is taken: the job frees it. NULL with the
+ * reason in *why (may be NULL) when model_id is not served, its queue is full
+ * (counted) or memory is out: then the grammar stays the caller's. */
 sched_job *sched_submit(sched *s, const char *model_id, const engine_request *req,
                         const sched_callbacks *cb, void *user, sched_refusal *why);
 /* Whether a job for model_id would be refused as SCHED_REFUSED_FULL now. */

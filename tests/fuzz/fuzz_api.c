@@ -1,4 +1,5 @@
-/* fuzz_api.c: arbitrary request bodies and paths through api_handle, with a
+/* fuzz_api.c: arbitrary request bodies and paths (completions, chat with
+ * tools and response_format, embeddings) through api_handle, with a
  * scheduler that serves no model and no mesh: every request must end in a
  * well-formed answer (an OpenAI error or a model list), never a crash. */
 #include <event2/event.h>
@@ -29,13 +30,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         sch = sched_new(base);
         a = api_new(base, sch, NULL);
     }
-    /* First byte picks the endpoint (its value mod 6) and the method (bit 7
+    /* First byte picks the endpoint (its value mod 7) and the method (bit 7
      * set: GET); the rest is the body. The corpus files start with 0x00
-     * (completions), 0x01 (chat), 0x03 (tokenize) or 0x04 (detokenize), so
-     * that their JSON reaches the request validation. */
+     * (completions), 0x01 (chat), 0x03 (tokenize), 0x04 (detokenize) or
+     * 0x68 (embeddings), so that their JSON reaches the request validation. */
     static const char *paths[] = {"/v1/completions", "/v1/chat/completions", "/v1/models",
-                                  "/tokenize", "/detokenize", "/v1/x"};
-    const char *path = paths[size ? (data[0] & 0x7f) % 6 : 0];
+                                  "/tokenize", "/detokenize", "/v1/x", "/v1/embeddings"};
+    const char *path = paths[size ? (data[0] & 0x7f) % 7 : 0];
     const char *body = size ? (const char *)data + 1 : "";
     count_sink cs = {{&ops}, 0};
     api_call *c = api_handle(a, size && (data[0] & 0x80) ? "GET" : "POST", path, body, size ? size - 1 : 0,

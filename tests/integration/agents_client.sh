@@ -3,7 +3,7 @@
 # npm package openai): tool calls on models with the real Qwen2.5, Llama 3.2
 # and Mistral v0.3 chat templates (random weights, made by make_models), plain
 # and streamed, the next turn with the call in the history, json_schema output
-# on the demo model, several choices (n), and the 400s. The requests enter a passive client node
+# on the demo model, several choices (n), embeddings, and the 400s. The requests enter a passive client node
 # and are forwarded to the host, so the forwarded path is what is tested.
 set -u
 . "$(dirname "$0")/common.bash"

@@ -73,7 +73,13 @@ static void setup(void)
     a = api_new(base, sch, NULL);
 }
 
-/* Sends a request and runs the loop until the answer ends (10 s at most). */
+static void request_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+    event_base_loopbreak(base);
+}
+
+/* Sends a request and runs the loop until the answer ends (30 s at most). */
 static void request(record_sink *r, const char *method, const char *path, const char *body)
 {
     memset(r, 0, sizeof *r);
@@ -81,9 +87,13 @@ static void request(record_sink *r, const char *method, const char *path, const 
     r->base = base;
     api_call *c = api_handle(a, method, path, body, body ? strlen(body) : 0, &r->sink, 0);
     if (c) {
+        /* A timer of this request's own (event_base_loopexit's would stay
+         * armed and could end a later request's wait early). */
         struct timeval limit = {30, 0};
-        event_base_loopexit(base, &limit);
+        struct event *timeout = evtimer_new(base, request_timeout, NULL);
+        evtimer_add(timeout, &limit);
         event_base_dispatch(base);
+        event_free(timeout);
     }
 }
 
@@ -360,6 +370,104 @@ static void test_several_choices(void)
     CHECK(roles[0] == 1 && roles[1] == 1 && finishes[0] == 1 && finishes[1] == 1);
     CHECK(r.body && strstr(r.body, "data: [DONE]") && strstr(r.body, "data: [DONE]") == strrchr(r.body, '[') - 6);
     free(r.body);
+}
+
+/* /v1/embeddings: unit norm, equal inputs give equal vectors (also when
+ * batched with others, and as token ids), base64 is the same floats, the
+ * refusals. */
+static int embedding_of(cJSON *item, float *out, int cap)
+{
+    cJSON *e = cJSON_GetObjectItem(item, "embedding");
+    int n = 0;
+    if (cJSON_IsString(e)) { /* base64 of little-endian float32 */
+        static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        unsigned char bytes[65536];
+        size_t nb = 0;
+        unsigned acc = 0;
+        int bits = 0;
+        for (const char *p = e->valuestring; *p && *p != '='; p++) {
+            acc = acc << 6 | (unsigned)(strchr(b64, *p) - b64);
+            bits += 6;
+            if (bits >= 8) { bits -= 8; bytes[nb++] = (unsigned char)(acc >> bits); }
+        }
+        for (size_t i = 0; i + 4 <= nb && n < cap; i += 4) {
+            uint32_t u = bytes[i] | bytes[i + 1] << 8 | bytes[i + 2] << 16 | (uint32_t)bytes[i + 3] << 24;
+            memcpy(&out[n++], &u, 4);
+        }
+        return n;
+    }
+    cJSON *v;
+    cJSON_ArrayForEach(v, e) if (n < cap) out[n++] = (float)v->valuedouble;
+    return n;
+}
+
+static void test_embeddings(void)
+{
+    setup();
+    record_sink r;
+    request(&r, "POST", "/v1/embeddings",
+            "{\"model\": \"" MODEL_ID "\", \"input\": [\"In the beginning\", \"And God said\", \"In the beginning\"]}");
+    CHECK_EQ_INT(r.status, 200);
+    cJSON *j = body_json(&r);
+    cJSON *data = cJSON_GetObjectItem(j, "data");
+    REQUIRE(cJSON_GetArraySize(data) == 3);
+    static float v[3][4096];
+    int n[3];
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetArrayItem(data, i), "index")->valueint, i);
+        n[i] = embedding_of(cJSON_GetArrayItem(data, i), v[i], 4096);
+        double norm = 0;
+        for (int d = 0; d < n[i]; d++) norm += (double)v[i][d] * v[i][d];
+        CHECK(fabs(sqrt(norm) - 1.0) < 1e-5);
+    }
+    CHECK(n[0] > 16 && n[0] == n[1] && n[1] == n[2]);
+    CHECK(memcmp(v[0], v[2], sizeof(float) * (size_t)n[0]) == 0); /* equal inputs, equal vectors */
+    CHECK(memcmp(v[0], v[1], sizeof(float) * (size_t)n[0]) != 0);
+    CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "prompt_tokens")->valueint > 3);
+    CHECK_EQ_STR(cJSON_GetStringValue(cJSON_GetObjectItem(j, "object")), "list");
+    cJSON_Delete(j);
+    free(r.body);
+
+    /* One input alone, in base64: the same floats. */
+    request(&r, "POST", "/v1/embeddings",
+            "{\"model\": \"" MODEL_ID "\", \"input\": \"In the beginning\", \"encoding_format\": \"base64\"}");
+    CHECK_EQ_INT(r.status, 200);
+    j = body_json(&r);
+    static float b[4096];
+    int nb = embedding_of(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "data"), 0), b, 4096);
+    CHECK(nb == n[0] && memcmp(b, v[0], sizeof(float) * (size_t)nb) == 0);
+    cJSON_Delete(j);
+    free(r.body);
+
+    /* Token ids: one array, or several. */
+    request(&r, "POST", "/v1/embeddings", "{\"model\": \"" MODEL_ID "\", \"input\": [[5, 6, 7], [5, 6, 7]]}");
+    CHECK_EQ_INT(r.status, 200);
+    j = body_json(&r);
+    int k0 = embedding_of(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "data"), 0), v[0], 4096);
+    int k1 = embedding_of(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "data"), 1), v[1], 4096);
+    CHECK(k0 == k1 && k0 > 0 && memcmp(v[0], v[1], sizeof(float) * (size_t)k0) == 0);
+    cJSON_Delete(j);
+    free(r.body);
+    request(&r, "POST", "/v1/embeddings", "{\"model\": \"" MODEL_ID "\", \"input\": [5, 6, 7]}");
+    CHECK_EQ_INT(r.status, 200);
+    free(r.body);
+
+    static const struct { const char *body; int status; const char *says; } bad[] = {
+        {"{\"model\": \"" MODEL_ID "\", \"input\": \"x\", \"dimensions\": 8}", 400, "'dimensions'"},
+        {"{\"model\": \"" MODEL_ID "\", \"input\": \"\"}", 400, "empty"},
+        {"{\"model\": \"" MODEL_ID "\", \"input\": \"x\", \"encoding_format\": \"hex\"}", 400, "encoding_format"},
+        {"{\"model\": \"" MODEL_ID "\"}", 400, "'input'"},
+        {"{\"model\": \"" MODEL_ID "\", \"input\": [1, 99999999]}", 400, "out of range"},
+        {"{\"model\": \"nope\", \"input\": \"x\"}", 404, "does not exist"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        request(&r, "POST", "/v1/embeddings", bad[i].body);
+        if (r.status != bad[i].status || !r.body || !strstr(r.body, bad[i].says))
+            fprintf(stderr, "  case %zu: %d %s\n", i, r.status, r.body ? r.body : "");
+        CHECK_EQ_INT(r.status, bad[i].status);
+        CHECK(r.body && strstr(r.body, bad[i].says));
+        free(r.body);
+    }
 }
 
 /* The reference: engine_generate called directly. */
@@ -1103,6 +1211,7 @@ int main(void)
     RUN(test_unknown_fields);
     RUN(test_response_format);
     RUN(test_several_choices);
+    RUN(test_embeddings);
     RUN(test_completion_matches_engine);
     RUN(test_chat);
     RUN(test_abort_mid_stream);

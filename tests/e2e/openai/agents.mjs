@@ -2,7 +2,7 @@
 // tool calls (forced by name and 'required', plain and streamed, on models with
 // the real Qwen2.5, Llama 3.2 and Mistral v0.3 templates and random weights),
 // the next turn with the call and its result in the history, json_schema
-// output on the demo model, several choices (n), and the 400s for a model without tool support and
+// output on the demo model, several choices (n), embeddings, and the 400s for a model without tool support and
 // an unknown field. Random weights: only what is deterministic is asserted (a
 // forced call parses and fits its schema; the JSON answer validates).
 // usage: node agents.mjs BASE_URL DEMO_MODEL TOOL_MODEL...
@@ -122,6 +122,17 @@ await check('n with json_schema: every choice parses and validates', async () =>
     response_format: { type: 'json_schema', json_schema: { name: 'a', schema: { type: 'object',
       properties: { answer: { type: 'boolean' } }, required: ['answer'], additionalProperties: false } } } });
   return r.choices.length === 2 && r.choices.every((c) => typeof JSON.parse(c.message.content).answer === 'boolean');
+});
+
+await check('embeddings: unit norm, equal inputs equal vectors (the client asks for base64 and decodes it)', async () => {
+  const r = await client.embeddings.create({ model: demo, input: ['In the beginning', 'And God said', 'In the beginning'] });
+  const [a, b, c] = r.data.map((d) => d.embedding);
+  const norm = (v) => Math.sqrt(v.reduce((s, x) => s + x * x, 0));
+  const f = await client.embeddings.create({ model: demo, input: 'In the beginning', encoding_format: 'float' });
+  return r.data.length === 3 && r.data.every((d, i) => d.index === i) && a.length > 16
+    && Math.abs(norm(a) - 1) < 1e-5 && Math.abs(norm(b) - 1) < 1e-5
+    && a.every((x, i) => x === c[i]) && !a.every((x, i) => x === b[i])
+    && f.data[0].embedding.every((x, i) => x === a[i]) && r.usage.prompt_tokens > 3;
 });
 
 await check('json_schema with an unsupported keyword is a BadRequestError naming it', async () => {
