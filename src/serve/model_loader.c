@@ -38,8 +38,8 @@
 #define ML_RETRY_FAILED_MS 30000   /* a failed takeover of a model is not retried sooner */
 #define ML_MAX_WATCH 32
 
-typedef enum { JOB_DOWNLOADING, JOB_LOADING, JOB_READY, JOB_FAILED } job_state;
-static const char *const job_state_names[] = {"downloading", "loading", "ready", "failed"};
+typedef enum { JOB_DOWNLOADING, JOB_LOADING, JOB_READY, JOB_FAILED, JOB_UNLOADED } job_state;
+static const char *const job_state_names[] = {"downloading", "loading", "ready", "failed", "unloaded"};
 
 typedef struct {
     struct model_loader *L;
@@ -185,7 +185,8 @@ static int job_slot(model_loader *L)
     if (L->n_jobs < ML_MAX_JOBS) return L->n_jobs++;
     int best = -1;
     for (int i = 0; i < L->n_jobs; i++)
-        if ((L->jobs[i]->state == JOB_READY || L->jobs[i]->state == JOB_FAILED) &&
+        if ((L->jobs[i]->state == JOB_READY || L->jobs[i]->state == JOB_FAILED ||
+             L->jobs[i]->state == JOB_UNLOADED) &&
             (best < 0 || L->jobs[i]->ended_ms < L->jobs[best]->ended_ms))
             best = i;
     if (best >= 0) {
@@ -265,7 +266,7 @@ static int has_job_for(model_loader *L, const char *id)
 {
     for (int i = 0; i < L->n_jobs; i++) {
         load_job *j = L->jobs[i];
-        if (j->state == JOB_FAILED) continue;
+        if (j->state == JOB_FAILED || j->state == JOB_UNLOADED) continue;
         char rid[MESH_MAX_NAME];
         model_ref_id_from_file(j->ref, rid, sizeof rid);
         if (!strcmp(j->id, id) || !strcmp(rid, id)) return 1;
@@ -492,8 +493,21 @@ int model_loader_http(void *ctx, const char *path, const char *body, size_t len,
     }
     snprintf(ref, sizeof ref, "%s", model->valuestring);
     cJSON_Delete(root);
-    if (unload)
-        return answer(json, 501, "unloading a model is not built yet (docs/models.md, \"What is left\")", NULL);
+    if (unload) {
+        int rc = pipelines_remove_model(L->ps, ref, err, sizeof err);
+        if (rc != 0) return answer(json, rc > 0 ? 409 : 404, err, rc > 0 ? NULL : "model_not_found");
+        for (int i = 0; i < L->n_jobs; i++)
+            if (L->jobs[i]->state == JOB_READY && !strcmp(L->jobs[i]->id, ref)) L->jobs[i]->state = JOB_UNLOADED;
+        /* A takeover of it must not start again at once: it was asked away. */
+        watch *w = watch_of(L, ref);
+        if (w) w->failed_at_ms = now_ms();
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", ref);
+        cJSON_AddStringToObject(o, "state", "unloaded");
+        *json = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        return 200;
+    }
     if (model_loader_start(L, ref, err, sizeof err) != 0) return answer(json, 400, err, NULL);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", ref);

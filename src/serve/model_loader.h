@@ -7,7 +7,8 @@
  * (`downloading`, `loading`, `ready`, `failed`, with bytes and errors) is in
  * /api/status under "loads". The console port takes
  *   POST /api/models/load   {"model": REF}  -> 202, the load's state
- *   POST /api/models/unload {"model": ID}   -> 501 for now (docs/models.md)
+ *   POST /api/models/unload {"model": ID}   -> 200 (stopped), 409 while a request
+ *                                              of it runs, 404 when not served here
  * behind the node's API key like every console route.
  *
  * Standby takeover: every second, a node looks at the demand in the mesh

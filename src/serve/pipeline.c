@@ -937,6 +937,36 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
     return 0;
 }
 
+int pipelines_remove_model(pipelines *ps, const char *model_id, char *err, size_t errlen)
+{
+    int i = 0;
+    while (i < ps->n_pipes && strcmp(ps->pipes[i]->id, model_id)) i++;
+    if (i == ps->n_pipes) {
+        snprintf(err, errlen, "model '%s' is not coordinated by this node", model_id);
+        return -1;
+    }
+    pipe *p = ps->pipes[i];
+    /* The scheduler refuses while a request of the model is in flight;
+     * then nothing has changed. Once its lanes are joined, nothing calls
+     * the pipe's tail any more and it can go. */
+    int rc = sched_remove_model(ps->sched, model_id);
+    if (rc != 0) {
+        snprintf(err, errlen, rc > 0 ? "model '%s' has requests in flight: try again when they are done"
+                                     : "model '%s' has no workers here", model_id);
+        return rc > 0 ? 1 : -1;
+    }
+    pthread_mutex_lock(&p->lock);
+    p->closed = 1;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    pipe_free(p); /* tears its plan down: streams closed, budget given back */
+    memmove(&ps->pipes[i], &ps->pipes[i + 1], (size_t)(ps->n_pipes - i - 1) * sizeof ps->pipes[0]);
+    ps->n_pipes--;
+    publish_now(ps);
+    log_info(PIPE_LOG, "%s: unloaded", model_id);
+    return 0;
+}
+
 void pipelines_close(pipelines *ps)
 {
     if (!ps) return;

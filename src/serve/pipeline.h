@@ -61,6 +61,11 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
  * count. */
 typedef int (*pipelines_demand_fn)(void *ctx, plan_demand *out, int max);
 void pipelines_set_demand_source(pipelines *ps, pipelines_demand_fn fn, void *ctx);
+/* Stops serving a model this node coordinates: its stages are released,
+ * its memory given back, its workers stopped, and it leaves this node's
+ * record. 0; 1 (nothing done) while a request of it is in flight; -1 with
+ * err when this node does not coordinate it. */
+int pipelines_remove_model(pipelines *ps, const char *model_id, char *err, size_t errlen);
 /* Wakes every request waiting on a pipeline with an error and refuses new
  * waits: before the scheduler joins its threads at shutdown. */
 void pipelines_close(pipelines *ps);

@@ -4,7 +4,8 @@
 #   - POST /api/models/load {"model": REF} on the console port: 202, the
 #     download and the load shown in /api/status "loads", then the model
 #     answers; malformed bodies and references get 400, without the API key
-#     401; unload answers 501 (not built yet);
+#     401; unload stops the model (200), gives its memory back, and a
+#     second load brings it back;
 #   - demand: requests for a model are counted and travel in the records;
 #   - standby takeover: H serves the demo model, S is a standby with
 #     --standby-for a hub reference of the same model id, C a passive client
@@ -33,7 +34,7 @@ check "load with a body that is not JSON: 400" test "$(post load 'nope')" = 400
 check "load without \"model\": 400" test "$(post load '{"ref": "x"}')" = 400
 check "load of a malformed reference: 400" test "$(post load '{"model": "org/repo/../x.gguf"}')" = 400
 check "its message says why" grep -q "gguf" "$T/post.json"
-check "unload: 501 (not built yet)" test "$(post unload "{\"model\": \"$MODEL_ID\"}")" = 501
+check "unload of a model not served here: 404" test "$(post unload "{\"model\": \"$MODEL_ID\"}")" = 404
 code=$(post load '{"model": "TestOrg/kjv-GGUF:Q8_0"}')
 check "load of org/repo:QUANT: 202" test "$code" = 202
 loaded() { curl -sf "${auth[@]}" "$L_CONSOLE/api/status" | jq -e '.loads[] | select(.ref == "TestOrg/kjv-GGUF:Q8_0" and .state == "ready")'; }
@@ -46,6 +47,14 @@ check "the loaded model answers" test -n "$l"
 check "a second load of the same model fails with the reason" bash -c "
   [ \$(curl -s -o '$T/p2.json' -w '%{http_code}' -H 'Authorization: Bearer sekrit' '$L_CONSOLE/api/models/load' -d '{\"model\": \"TestOrg/kjv-GGUF:Q8_0\"}') = 202 ] &&
   for i in \$(seq 50); do curl -s -H 'Authorization: Bearer sekrit' '$L_CONSOLE/api/status' | jq -e '.loads[] | select(.state == \"failed\") | .error | test(\"already served\")' && exit 0; sleep 0.2; done; exit 1"
+check "unload: 200" test "$(post unload "{\"model\": \"$MODEL_ID\"}")" = 200
+check "the unloaded model is gone from the status" bash -c "curl -sf -H 'Authorization: Bearer sekrit' '$L_CONSOLE/api/status' | jq -e '.models | length == 0'"
+check "and its memory is given back" bash -c "curl -sf -H 'Authorization: Bearer sekrit' '$L_CONSOLE/api/status' | jq -e '.memory_used == 0'"
+check "a request for it now gets 404" test "$(curl -s -o /dev/null -w '%{http_code}' "${auth[@]}" "$L_API/completions" -d "${body/MODEL/$MODEL_ID}")" = 404
+check "it can be loaded again" test "$(post load '{"model": "TestOrg/kjv-GGUF:Q8_0"}')" = 202
+wait_for 30 bash -c "curl -sf -H 'Authorization: Bearer sekrit' '$L_CONSOLE/api/status' | jq -e '.models | index(\"$MODEL_ID\")'" || fail "no reload"
+l2=$(curl -sf "${auth[@]}" "$L_API/completions" -d "${body/MODEL/$MODEL_ID}" | jq -r '.choices[0].text')
+check "and answers as before" test "$l2" = "$l"
 kill -TERM "$L_PID"
 
 # ---- standby takeover after kill -9 of the only host ----------------------------------
