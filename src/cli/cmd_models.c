@@ -182,7 +182,11 @@ static void list_hf_cache(const hf_env *env)
                 snprintf(path, sizeof path, "%s/%s/%.511s", snaps, se->d_name, names[i]);
                 int no, count;
                 if (model_ref_split_name(names[i], &no, &count, NULL) && no != 1) continue;
-                snprintf(ref, sizeof ref, "%s/%.511s@%.12s", repo, names[i], se->d_name);
+                /* The reference that loads this very file: @commit unless main is it. */
+                char main_commit[64] = "";
+                hf_cached_commit(env, repo, "main", main_commit);
+                if (!strcmp(main_commit, se->d_name)) snprintf(ref, sizeof ref, "%s/%.511s", repo, names[i]);
+                else snprintf(ref, sizeof ref, "%s/%.511s@%.64s", repo, names[i], se->d_name);
                 list_file(path, ref);
             }
         }

@@ -24,6 +24,9 @@ static const char serve_usage[] =
     "  --model REF        serve this model (repeatable; serve only): a GGUF path,\n"
     "                     org/repo/file.gguf[@rev], org/repo:QUANT, an https:// URL or a\n"
     "                     catalog name (llmesh models --catalog); downloaded when missing\n"
+    "  --standby-for REF  a model this node takes over when it is asked for and no live\n"
+    "                     node serves it (repeatable; a node without --model also takes\n"
+    "                     over models whose files it holds)\n"
     "  --join TOKEN       join the mesh of the node that printed TOKEN (repeatable)\n"
     "  --home DIR         identity directory (default $LLMESH_HOME, else ~/.llmesh)\n"
     "  --port N           API port on 127.0.0.1 (default 9337; 0 = any free port)\n"
@@ -168,6 +171,9 @@ static int serve_main(int argc, char **argv, int client)
         if (!strcmp(a, "--model") && !client) {
             if (cfg.n_models == NODE_MAX_MODELS) { fprintf(stderr, "llmesh: at most %d --model\n", NODE_MAX_MODELS); return 2; }
             cfg.models[cfg.n_models++] = v;
+        } else if (!strcmp(a, "--standby-for") && !client) {
+            if (cfg.n_standby_for == NODE_MAX_MODELS) { fprintf(stderr, "llmesh: at most %d --standby-for\n", NODE_MAX_MODELS); return 2; }
+            cfg.standby_for[cfg.n_standby_for++] = v;
         } else if (!strcmp(a, "--join")) {
             if (cfg.n_joins == NODE_MAX_JOINS) { fprintf(stderr, "llmesh: at most %d --join\n", NODE_MAX_JOINS); return 2; }
             cfg.joins[cfg.n_joins++] = v;

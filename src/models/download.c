@@ -339,6 +339,7 @@ static size_t file_write(char *data, size_t size, size_t n, void *ctx)
 static int xfer_info(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
 {
     fetch_state *st = ctx;
+    if (st->job->cancel && *st->job->cancel) return 1; /* aborts the transfer */
     double t = now_s();
     if (t - st->last_report < 0.1) return 0;
     st->last_report = t;
@@ -512,6 +513,10 @@ int dl_fetch(const dl_job *job, char *err, size_t errlen)
             st.offset = 0;
             continue;
         }
+        if (job->cancel && *job->cancel) {
+            snprintf(err, errlen, "%s: cancelled (the partial file is kept)", job->label);
+            break;
+        }
         if (r < 0 || attempt >= DL_ATTEMPTS) {
             if (r > 0) {
                 size_t n = strlen(err);
@@ -522,8 +527,11 @@ int dl_fetch(const dl_job *job, char *err, size_t errlen)
         }
         c_retries++;
         log_warn(DL_LOG, "%s (attempt %d of %d; again in %.1f s)", err, attempt, DL_ATTEMPTS, delay / 1000.0);
-        struct timespec ts = {delay / 1000, (long)(delay % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
+        /* Sleeps in 50 ms steps, so that a cancel is seen quickly. */
+        for (int slept = 0; slept < delay && !(job->cancel && *job->cancel); slept += 50) {
+            struct timespec ts = {0, 50 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
         if (delay < 16000) delay *= 2;
     }
     uint8_t digest[32];

@@ -62,6 +62,7 @@ typedef struct {
     dl_progress_fn progress; /* at most ~10 times a second; may be NULL */
     void *progress_ctx;
     const char *label;     /* for the log: the file's name */
+    const _Atomic int *cancel; /* set (by another thread) to stop: the partial file is kept; may be NULL */
 } dl_job;
 
 /* Counters of this process's downloads, for /api/status and tests. */

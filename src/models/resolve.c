@@ -16,6 +16,7 @@
 #include "engine/model.h"
 #include "lib/log.h"
 #include "models/hf.h"
+#include "models/multipart.h"
 #include "models/ref.h"
 #include "models/weights.h"
 
@@ -264,7 +265,7 @@ static int fetch_hub(const model_ref *r, const model_fetch_opts *o, model_files 
         if (!(f->meta.sha256[0] && stat(dest, &sb) == 0 && (uint64_t)sb.st_size == f->meta.size)) {
             dl_job job = {.url = f->meta.url, .auth = &auth, .partial = partial, .dest = dest,
                           .sha256 = f->meta.sha256, .size = f->meta.size, .progress = on_file_progress,
-                          .progress_ctx = &mp, .label = flabel};
+                          .progress_ctx = &mp, .label = flabel, .cancel = o->cancel};
             if (dl_fetch(&job, err, errlen) != 0) goto out;
             out->downloaded_bytes += f->meta.size;
         }
@@ -326,7 +327,8 @@ static int fetch_url(const model_ref *r, const model_fetch_opts *o, model_files 
     snprintf(partial, sizeof partial, "%s.incomplete", dest);
     multi_progress mp = {.o = o, .total = meta.size};
     dl_job job = {.url = meta.url, .auth = &auth, .partial = partial, .dest = dest, .sha256 = meta.sha256,
-                  .size = meta.size, .progress = on_file_progress, .progress_ctx = &mp, .label = name};
+                  .size = meta.size, .progress = on_file_progress, .progress_ctx = &mp, .label = name,
+                  .cancel = o->cancel};
     if (dl_fetch(&job, err, errlen) != 0) return -1;
     out->downloaded_bytes = meta.size;
     out->n_files = 1;
@@ -389,6 +391,26 @@ int model_fetch(const char *ref, const model_fetch_opts *o, model_files *out, ch
     }
     if (rc != 0) return rc;
     model_ref_id_from_file(out->files[0], out->id, sizeof out->id);
+    out->n_parts = out->n_files;
+    if (out->n_files > 1 && o->join_dir) {
+        /* Joined once, reused while newer than the parts (multipart.h). */
+        char joined[MODEL_PATH_MAX];
+        snprintf(joined, sizeof joined, "%.3800s/%s.gguf", o->join_dir, out->id);
+        const char *parts[MODEL_MAX_PARTS];
+        for (int i = 0; i < out->n_files; i++) parts[i] = out->files[i];
+        if (mkdir(o->join_dir, 0755) != 0 && errno != EEXIST) {
+            snprintf(err, errlen, "cannot create %s: %s", o->join_dir, strerror(errno));
+            return -1;
+        }
+        char inner[768];
+        if (multipart_join(parts, out->n_files, joined, inner, sizeof inner) != 0) {
+            snprintf(err, errlen, "joining the %d parts of %s: %s", out->n_files, out->id, inner);
+            return -1;
+        }
+        log_info(RS_LOG, "%s: %d parts joined into %s", out->id, out->n_files, joined);
+        snprintf(out->files[0], MODEL_PATH_MAX, "%s", joined);
+        out->n_files = 1;
+    }
     dl_get_counters(&after);
     out->from_cache = after.requests == before.requests;
     return 0;

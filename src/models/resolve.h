@@ -42,11 +42,15 @@ typedef struct {
     int n_threads;             /* for the scratch estimate; <= 0: 1 */
     dl_progress_fn progress;   /* done/total over every file to download; may be NULL */
     void *progress_ctx;
+    const _Atomic int *cancel; /* set by another thread: downloads stop (partials kept); may be NULL */
+    const char *join_dir;      /* a multi-part model is joined into join_dir/ID.gguf (multipart.h);
+                                  NULL: the parts are returned as they are */
 } model_fetch_opts;
 
 typedef struct {
     char id[128];                               /* the model id the files give */
-    int n_files;                                /* 1, or the parts in order */
+    int n_files;                                /* 1, or the parts in order (no join_dir) */
+    int n_parts;                                /* parts the model came in (1: one file) */
     char files[MODEL_MAX_PARTS][MODEL_PATH_MAX];
     uint64_t need_bytes;                        /* 0 when no check ran */
     uint64_t downloaded_bytes;                  /* fetched by this call */

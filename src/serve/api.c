@@ -30,6 +30,7 @@
 
 #include "engine/engine.h"
 #include "mesh/mesh.h"
+#include "serve/demand.h"
 #include "serve/openai.h"
 #include "serve/pipeline.h"
 #include "serve/router.h"
@@ -46,6 +47,7 @@ struct api {
     router *router;         /* where requests run; owns the calls in flight */
     api_counters counters;  /* counted here, in the router and in openai_send_error */
     tunnel_handler tunnel;  /* how peers' requests reach api_handle (api_serve_tunnel) */
+    demand *demand;         /* requests per model (serve/demand.h); NULL: not counted */
 };
 
 /* ---- small helpers --------------------------------------------------------*/
@@ -73,6 +75,7 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
         return NULL;
     }
     sink_label(sink, req.model);
+    demand_note(a->demand, req.model);
     engine_model *em = sched_find_model(a->sched, req.model);
     char why[8];
     if (em && a->pipelines && pipelines_model_state(a->pipelines, req.model, why, sizeof why) != PIPELINE_READY)
@@ -308,6 +311,8 @@ api *api_new(struct event_base *base, sched *s, mesh *m)
     }
     return a;
 }
+
+void api_set_demand(api *a, demand *d) { a->demand = d; }
 
 void api_set_pipelines(api *a, pipelines *ps)
 {

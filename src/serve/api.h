@@ -58,6 +58,9 @@ void api_free(api *a);
  * (here or on its coordinator) gets 503 with the plan's reason. */
 struct pipelines;
 void api_set_pipelines(api *a, struct pipelines *ps);
+/* Counts every generation request by the model it names (serve/demand.h). */
+struct demand;
+void api_set_demand(api *a, struct demand *d);
 /* Counts local generations' tokens and latencies there (serve/metrics.h);
  * NULL: not counted. */
 struct metrics;

@@ -144,8 +144,15 @@ cJSON *embeddings_item(int index, const float *v, int n, int base64)
             return NULL;
         }
     } else {
+        /* Each float printed so that it reads back as the very same float
+         * (and as the same double as base64's float32 gives): cJSON's own
+         * printer stops at 15 digits when they are "close enough". */
         cJSON *arr = cJSON_AddArrayToObject(item, "embedding");
-        for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(isfinite(v[i]) ? v[i] : 0.0));
+        char num[32];
+        for (int i = 0; i < n; i++) {
+            snprintf(num, sizeof num, "%.17g", isfinite(v[i]) ? (double)v[i] : 0.0);
+            cJSON_AddItemToArray(arr, cJSON_CreateRaw(num));
+        }
     }
     return item;
 }

@@ -45,6 +45,8 @@ struct http_server {
     http_text_fn metrics_text;      /* console: GET /metrics; NULL: no such route */
     void *metrics_ctx;
     console_events *events;         /* console: GET /api/events */
+    http_post_fn post;              /* console: POST /api/models/...; NULL: no such route */
+    void *post_ctx;
     metrics *metrics;               /* API: answers counted by model and status; may be NULL */
     struct http_exchange *live;     /* in-flight API exchanges */
     http_guard *guard;              /* connection limits, request deadline */
@@ -298,6 +300,27 @@ static void console_request_cb(struct evhttp_request *req, http_server *h)
         free(json);
         return;
     }
+    if (h->post && n > strlen(HTTP_POST_PREFIX) && !strncmp(uri, HTTP_POST_PREFIX, strlen(HTTP_POST_PREFIX)) &&
+        evhttp_request_get_command(req) == EVHTTP_REQ_POST) {
+        struct evbuffer *in = evhttp_request_get_input_buffer(req);
+        size_t len = evbuffer_get_length(in);
+        char *data = malloc(len + 1), *json = NULL, path[256];
+        snprintf(path, sizeof path, "%.*s", (int)(n < 255 ? n : 255), uri);
+        int status = 500;
+        if (data) {
+            evbuffer_copyout(in, data, len);
+            data[len] = 0;
+            status = h->post(h->post_ctx, path, data, len, &json);
+        }
+        struct evbuffer *body = evbuffer_new();
+        evbuffer_add(body, json ? json : "{}", json ? strlen(json) : 2);
+        evhttp_add_header(headers, "Content-Type", "application/json");
+        evhttp_send_reply(req, status, status < 300 ? "OK" : "Error", body);
+        evbuffer_free(body);
+        free(json);
+        free(data);
+        return;
+    }
     char *err = api_error_json("no such console route", "invalid_request_error", NULL);
     struct evbuffer *body = evbuffer_new();
     evbuffer_add(body, err, strlen(err));
@@ -469,6 +492,12 @@ http_server *http_console_start(struct event_base *base, const char *host, uint1
         return NULL;
     }
     return h;
+}
+
+void http_console_set_post(http_server *h, http_post_fn fn, void *ctx)
+{
+    h->post = fn;
+    h->post_ctx = ctx;
 }
 
 void http_console_set_metrics(http_server *h, http_text_fn text, void *ctx)

@@ -60,6 +60,12 @@ void http_console_set_metrics(http_server *h, http_text_fn text, void *ctx);
 void http_console_set_api(http_server *h, api *a);
 /* Console: the /api/events hub's figures (zeros for another server). */
 void http_console_events_stats(const http_server *h, console_events_stats *out);
+/* Console: POST HTTP_POST_PREFIX... (the model load API, serve/model_loader.c)
+ * goes to fn with the path (no query) and the body (NUL-terminated); fn
+ * returns the status and a malloc'ed JSON answer in *json (NULL: "{}"). */
+#define HTTP_POST_PREFIX "/api/models/"
+typedef int (*http_post_fn)(void *ctx, const char *path, const char *body, size_t len, char **json);
+void http_console_set_post(http_server *h, http_post_fn fn, void *ctx);
 /* Counts every answer of this server's API requests, and its 401s, in m
  * (by the model the request named and the status). m may be NULL. */
 void http_server_set_metrics(http_server *h, metrics *m);

@@ -24,8 +24,10 @@
 #include "models/weights_store.h"
 #include "serve/api.h"
 #include "serve/budget.h"
+#include "serve/demand.h"
 #include "serve/http.h"
 #include "serve/metrics.h"
+#include "serve/model_loader.h"
 #include "serve/pipeline.h"
 #include "serve/scheduler.h"
 #include "serve/stage.h"
@@ -47,6 +49,8 @@ typedef struct {
     http_server *api_http;
     http_server *console_http;
     metrics *metrics;
+    demand *demand;
+    model_loader *loader;
     struct event *sigint, *sigterm, *drain_timer;
     int signals_seen;
     uint64_t drain_deadline_ms;
@@ -83,6 +87,7 @@ static char *status_json(void *ctx)
     pipelines_status(n->pipelines, root);
     if (n->stages) stage_host_status(n->stages, cJSON_AddArrayToObject(root, "stages"));
     if (n->weights) weights_store_status_json(n->weights, cJSON_AddObjectToObject(root, "weights"));
+    if (n->loader) model_loader_status(n->loader, root);
     cJSON_AddNumberToObject(root, "jobs_active", sched_jobs_active(n->sched));
     cJSON *lanes = cJSON_AddArrayToObject(root, "lanes"); /* per local model: slots, queue, batch steps */
     for (int i = 0; i < sched_model_count(n->sched); i++) {
@@ -271,18 +276,16 @@ static int load_models(node *n)
     model_files *mf = malloc(sizeof *mf);
     if (!mf) return -1;
     int rc = 0;
+    char joined[4200];
+    snprintf(joined, sizeof joined, "%s/cache/joined", n->cfg->home);
     for (int i = 0; i < n->cfg->n_models && rc == 0; i++) {
         char err[1024];
         model_fetch_opts o = {.home = n->cfg->home, .avail_bytes = budget_free(&n->budget),
                               .avail_what = n->cfg->split ? NULL : "this node's free budget (--max-memory)",
                               .n_ctx = n->cfg->ctx, .n_lanes = n->cfg->parallel > 0 ? n->cfg->parallel : 2,
-                              .n_threads = n->cfg->threads};
+                              .n_threads = n->cfg->threads, .join_dir = joined};
         if (model_fetch(n->cfg->models[i], &o, mf, err, sizeof err) != 0) {
             fprintf(stderr, "llmesh: --model %s: %s\n", n->cfg->models[i], err);
-            rc = -1;
-        } else if (mf->n_files > 1) {
-            fprintf(stderr, "llmesh: --model %s: a GGUF in %d parts is not loaded yet\n", n->cfg->models[i],
-                    mf->n_files);
             rc = -1;
         } else if (pipelines_add_model(n->pipelines, mf->files[0], err, sizeof err) != 0) {
             fprintf(stderr, "llmesh: cannot load model %s\n", err);
@@ -341,12 +344,24 @@ int node_run(const node_config *cfg)
     n.pipelines = pipelines_new(n.base, n.mesh, n.sched, n.stages, n.weights, &n.budget, &pc);
     if (!n.pipelines || load_models(&n) != 0) goto out;
 
+    /* Demand and loads: members only (a client publishes no record). */
+    if (!cfg->client) {
+        model_loader_config lc = {.home = cfg->home, .n_ctx = cfg->ctx, .n_lanes = pc.n_lanes,
+                                  .n_threads = cfg->threads, .take_over = !cfg->n_models || cfg->n_standby_for,
+                                  .standby_for = cfg->standby_for, .n_standby_for = cfg->n_standby_for};
+        if (!(n.demand = demand_new()) ||
+            !(n.loader = model_loader_new(n.base, n.mesh, n.pipelines, &n.budget, n.demand, &lc)))
+            goto out;
+        pipelines_set_demand_source(n.pipelines, demand_rates, n.demand);
+    }
+
     n.api = api_new(n.base, n.sched, n.mesh);
     n.metrics = metrics_new();
     if (!n.api || !n.metrics) goto out;
     api_set_metrics(n.api, n.metrics);
     api_serve_tunnel(n.api);
     api_set_pipelines(n.api, n.pipelines);
+    api_set_demand(n.api, n.demand);
     n.api_http = http_api_start(n.base, cfg->http_host, (uint16_t)cfg->api_port, n.api, err, sizeof err);
     if (!n.api_http) { fprintf(stderr, "llmesh: API (--port): %s\n", err); goto out; }
     http_server_set_metrics(n.api_http, n.metrics);
@@ -357,6 +372,7 @@ int node_run(const node_config *cfg)
     http_console_set_metrics(n.console_http, metrics_text, &n);
     http_console_set_api(n.console_http, n.api);
     http_server_set_metrics(n.console_http, n.metrics);
+    if (n.loader) http_console_set_post(n.console_http, model_loader_http, n.loader);
     if (cfg->api_key && (http_server_require_key(n.api_http, cfg->api_key) != 0 ||
                          http_server_require_key(n.console_http, cfg->api_key) != 0)) {
         fprintf(stderr, "llmesh: the API key must be 1-%d visible ASCII characters (no spaces)\n",
@@ -387,6 +403,8 @@ out:
      * tunnels), then the scheduler (joins the workers). */
     http_server_free(n.console_http);
     http_server_free(n.api_http);
+    /* Downloads in flight are cancelled (their partial files stay). */
+    model_loader_free(n.loader);
     /* Lanes waiting on a pipeline are woken before the scheduler joins
      * them; streams are closed while the mesh is still there. */
     pipelines_close(n.pipelines);
@@ -397,6 +415,7 @@ out:
     sched_free(n.sched);
     pipelines_free(n.pipelines);
     metrics_free(n.metrics);
+    demand_free(n.demand);
     event_base_free(n.base);
     return rc;
 }

@@ -28,6 +28,8 @@ typedef struct {
     int queue_timeout;                   /* seconds a request may wait for a lane, <= 0 = default */
     int split;                           /* >= 2: split every model into this many stages */
     int client;                          /* llmesh client: no models, forward only */
+    const char *standby_for[NODE_MAX_MODELS]; /* references a standby may take over */
+    int n_standby_for;
 } node_config;
 
 /* Runs the node until SIGINT/SIGTERM. Prints "api: URL", "console: URL" and

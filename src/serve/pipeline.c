@@ -49,6 +49,7 @@
 #define PIPE_MAX 16
 #define PIPE_PLAN_RETRY_MS 1000     /* planning again while a model is planning */
 #define PIPE_PUBLISH_MS 200         /* plan changes are gossiped at most this often */
+#define PIPE_DEMAND_MS 200          /* demand is looked at this often (a new record when its set of models changed) */
 #define PIPE_AVOID_MS 10000         /* a node that failed a plan is left out this long */
 #define PIPE_RECEIVE_TIMEOUT_S 120  /* a lane waiting longer on the pipeline gives up */
 #define PIPE_RESUME_TIMEOUT_S 600   /* loading a new plan (fetching weights) may take this long */
@@ -127,6 +128,10 @@ struct pipelines {
     struct event *timer;      /* replanning, deferred publication */
     int publish_dirty;
     uint64_t last_publish_ms;
+    pipelines_demand_fn demand;   /* this node's demand, published after the plans; may be NULL */
+    void *demand_ctx;
+    uint64_t demand_checked_ms;
+    uint32_t demand_hash;         /* of the demand last published */
 };
 
 static uint64_t now_us(void)
@@ -291,6 +296,27 @@ static int tail_resume(void *ctx, int lane, char *err, size_t errlen)
 /* plans: loop thread                                                        */
 /* ======================================================================== */
 
+/* FNV-1a over the names of the demanded models: a new record only when a
+ * model becomes demanded or stops being (a rate decays every second after
+ * the last request; gossiping each step would flood the mesh with records
+ * that tell a standby nothing new). The rates themselves ride along with
+ * every record published for any reason. */
+static uint32_t demand_digest(const plan_demand *d, int n)
+{
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < n; i++) {
+        for (const char *c = d[i].model; *c; c++) h = (h ^ (uint8_t)*c) * 16777619u;
+        h = (h ^ 0xff) * 16777619u;
+    }
+    return h;
+}
+
+void pipelines_set_demand_source(pipelines *ps, pipelines_demand_fn fn, void *ctx)
+{
+    ps->demand = fn;
+    ps->demand_ctx = ctx;
+}
+
 static void publish_soon(pipelines *ps)
 {
     ps->publish_dirty = 1;
@@ -302,8 +328,12 @@ static void publish_now(pipelines *ps)
     int n = 0;
     for (int i = 0; i < ps->n_pipes; i++) plans[n++] = ps->pipes[i]->plan;
     uint8_t buf[MESH_MAX_APP];
-    int len = plan_encode_list(plans, n, buf, sizeof buf);
-    while (len < 0 && n > 0) len = plan_encode_list(plans, --n, buf, sizeof buf);
+    static plan_demand demand[PLAN_MAX_DEMAND];
+    int nd = ps->demand ? ps->demand(ps->demand_ctx, demand, PLAN_MAX_DEMAND) : 0;
+    ps->demand_hash = demand_digest(demand, nd);
+    int len = plan_encode_app(plans, n, demand, nd, buf, sizeof buf);
+    while (len < 0 && nd > 0) len = plan_encode_app(plans, n, demand, --nd, buf, sizeof buf);
+    while (len < 0 && n > 0) len = plan_encode_app(plans, --n, demand, nd, buf, sizeof buf);
     if (n < ps->n_pipes) log_warn(PIPE_LOG, "only %d of %d plans fit this node's record", n, ps->n_pipes);
     mesh_set_app_data(ps->mesh, buf, len > 0 ? (size_t)len : 0);
     const char *ready[PIPE_MAX];
@@ -783,6 +813,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
             if (p->plan.state == PLAN_PLANNING) p->planning_since_ms = now;
         }
     }
+    /* Demand changes with every request: looked at every few seconds, and
+     * gossiped only when the set of demanded models changed. */
+    if (ps->demand && now - ps->demand_checked_ms >= PIPE_DEMAND_MS) {
+        static plan_demand demand[PLAN_MAX_DEMAND];
+        ps->demand_checked_ms = now;
+        if (demand_digest(demand, ps->demand(ps->demand_ctx, demand, PLAN_MAX_DEMAND)) != ps->demand_hash)
+            publish_soon(ps);
+    }
     if (ps->publish_dirty && now - ps->last_publish_ms >= PIPE_PUBLISH_MS) publish_now(ps);
 }
 
@@ -896,6 +934,36 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
         log_warn(PIPE_LOG, "%s: chat uses the plain template: %s", p->id, engine_chat_template_error(em));
     plan_start(p);
     publish_now(ps);
+    return 0;
+}
+
+int pipelines_remove_model(pipelines *ps, const char *model_id, char *err, size_t errlen)
+{
+    int i = 0;
+    while (i < ps->n_pipes && strcmp(ps->pipes[i]->id, model_id)) i++;
+    if (i == ps->n_pipes) {
+        snprintf(err, errlen, "model '%s' is not coordinated by this node", model_id);
+        return -1;
+    }
+    pipe *p = ps->pipes[i];
+    /* The scheduler refuses while a request of the model is in flight;
+     * then nothing has changed. Once its lanes are joined, nothing calls
+     * the pipe's tail any more and it can go. */
+    int rc = sched_remove_model(ps->sched, model_id);
+    if (rc != 0) {
+        snprintf(err, errlen, rc > 0 ? "model '%s' has requests in flight: try again when they are done"
+                                     : "model '%s' has no workers here", model_id);
+        return rc > 0 ? 1 : -1;
+    }
+    pthread_mutex_lock(&p->lock);
+    p->closed = 1;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    pipe_free(p); /* tears its plan down: streams closed, budget given back */
+    memmove(&ps->pipes[i], &ps->pipes[i + 1], (size_t)(ps->n_pipes - i - 1) * sizeof ps->pipes[0]);
+    ps->n_pipes--;
+    publish_now(ps);
+    log_info(PIPE_LOG, "%s: unloaded", model_id);
     return 0;
 }
 

@@ -31,6 +31,7 @@
 
 #include "mesh/mesh.h"
 #include "serve/budget.h"
+#include "serve/plan.h"
 
 struct event_base;
 struct cJSON;
@@ -53,6 +54,18 @@ pipelines *pipelines_new(struct event_base *base, mesh *m, struct sched *s, stru
  * weights, mapping it, handing it to the scheduler) and plans it. 0, or -1
  * with a message that names the file. */
 int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errlen);
+/* Where this node's demand (requests per model in the last minute) comes
+ * from: published with the plans in the node record, looked at every 0.2 s;
+ * a new record is gossiped when the set of demanded models changed (the
+ * rates ride along with any record). fn fills out (at most max) and returns the
+ * count. */
+typedef int (*pipelines_demand_fn)(void *ctx, plan_demand *out, int max);
+void pipelines_set_demand_source(pipelines *ps, pipelines_demand_fn fn, void *ctx);
+/* Stops serving a model this node coordinates: its stages are released,
+ * its memory given back, its workers stopped, and it leaves this node's
+ * record. 0; 1 (nothing done) while a request of it is in flight; -1 with
+ * err when this node does not coordinate it. */
+int pipelines_remove_model(pipelines *ps, const char *model_id, char *err, size_t errlen);
 /* Wakes every request waiting on a pipeline with an error and refuses new
  * waits: before the scheduler joins its threads at shutdown. */
 void pipelines_close(pipelines *ps);

@@ -24,7 +24,8 @@
 #include "lib/wire.h"
 #include "mesh/record.h"
 
-#define PLAN_FORMAT 1 /* first byte of the application field */
+#define PLAN_FORMAT 1 /* first byte of the application field: plans only */
+#define PLAN_FORMAT_DEMAND 2 /* plans, then the node's demand per model */
 #define MIB(b) ((double)(b) / 1048576.0)
 
 const char *plan_state_name(int state)
@@ -64,9 +65,14 @@ int plan_ranges_ok(const plan *p)
 
 int plan_encode_list(const plan *plans, int n, uint8_t *out, size_t cap)
 {
+    return plan_encode_app(plans, n, NULL, 0, out, cap);
+}
+
+int plan_encode_app(const plan *plans, int n, const plan_demand *demand, int n_demand, uint8_t *out, size_t cap)
+{
     wire_writer w = wire_writer_of(out, cap);
-    if (n < 0 || n > PLAN_MAX_PLANS) return -1;
-    wire_put_u8(&w, PLAN_FORMAT);
+    if (n < 0 || n > PLAN_MAX_PLANS || n_demand < 0 || n_demand > PLAN_MAX_DEMAND) return -1;
+    wire_put_u8(&w, n_demand ? PLAN_FORMAT_DEMAND : PLAN_FORMAT);
     wire_put_u8(&w, (uint8_t)n);
     for (int i = 0; i < n; i++) {
         const plan *p = &plans[i];
@@ -87,6 +93,13 @@ int plan_encode_list(const plan *plans, int n, uint8_t *out, size_t cap)
             wire_put_u64(&w, st->total_bytes);
         }
     }
+    if (n_demand) {
+        wire_put_u8(&w, (uint8_t)n_demand);
+        for (int i = 0; i < n_demand; i++) {
+            wire_put_str8(&w, demand[i].model);
+            wire_put_u32(&w, demand[i].per_min);
+        }
+    }
     return w.overflow ? -1 : (int)w.len;
 }
 
@@ -99,11 +112,20 @@ static int text_ok(const char *s)
 
 int plan_decode_list(const uint8_t *data, size_t len, plan *out, int max, char *err, size_t errlen)
 {
+    int n_demand;
+    return plan_decode_app(data, len, out, max, NULL, 0, &n_demand, err, errlen);
+}
+
+int plan_decode_app(const uint8_t *data, size_t len, plan *out, int max, plan_demand *demand, int max_demand,
+                    int *n_demand, char *err, size_t errlen)
+{
+    *n_demand = 0;
     if (len == 0) return 0;
     wire_reader r = wire_reader_of(data, len);
     int format = wire_u8(&r), n = wire_u8(&r);
-    if (r.bad || format != PLAN_FORMAT) {
-        snprintf(err, errlen, "plan list of format %d (this node reads %d)", format, PLAN_FORMAT);
+    if (r.bad || (format != PLAN_FORMAT && format != PLAN_FORMAT_DEMAND)) {
+        snprintf(err, errlen, "plan list of format %d (this node reads %d and %d)", format, PLAN_FORMAT,
+                 PLAN_FORMAT_DEMAND);
         return -1;
     }
     if (n > PLAN_MAX_PLANS || n > max) {
@@ -147,6 +169,24 @@ int plan_decode_list(const uint8_t *data, size_t len, plan *out, int max, char *
             snprintf(err, errlen, "plan %.40s: stage layer ranges do not cover [0, %d) in order",
                      p->model, p->n_layer);
             return -1;
+        }
+    }
+    if (!r.bad && format == PLAN_FORMAT_DEMAND) {
+        int nd = wire_u8(&r);
+        if (nd < 1 || nd > PLAN_MAX_DEMAND) {
+            snprintf(err, errlen, "demand of %d models (1 to %d)", nd, PLAN_MAX_DEMAND);
+            return -1;
+        }
+        for (int i = 0; i < nd && !r.bad; i++) {
+            plan_demand d;
+            wire_str8(&r, d.model, sizeof d.model);
+            d.per_min = wire_u32(&r);
+            if (r.bad) break;
+            if (!record_model_name_ok(d.model, strlen(d.model))) {
+                snprintf(err, errlen, "demand %d: bad model name", i + 1);
+                return -1;
+            }
+            if (demand && *n_demand < max_demand) demand[(*n_demand)++] = d;
         }
     }
     if (r.bad || wire_left(&r) != 0) {

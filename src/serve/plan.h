@@ -59,6 +59,21 @@ const char *stage_state_name(int state);  /* "loading", "fetching", "ready" */
 /* Encodes n plans into out (cap bytes). Returns the length, or -1 when they
  * do not fit. */
 int plan_encode_list(const plan *plans, int n, uint8_t *out, size_t cap);
+/* Demand: how many requests a node saw for a model in the last minute
+ * (served here, forwarded, or refused for want of a host), published
+ * after the plans (format 2) so that a standby learns which unserved
+ * models are wanted, also from the record of a host that just died. */
+#define PLAN_MAX_DEMAND 32
+typedef struct {
+    char model[MESH_MAX_NAME];
+    uint32_t per_min;
+} plan_demand;
+int plan_encode_app(const plan *plans, int n, const plan_demand *demand, int n_demand, uint8_t *out, size_t cap);
+/* plan_decode_list, and the demand into demand (at most max_demand kept;
+ * *n_demand their count). */
+int plan_decode_app(const uint8_t *p, size_t len, plan *out, int max, plan_demand *demand, int max_demand,
+                    int *n_demand, char *err, size_t errlen);
+
 /* Decodes what plan_encode_list wrote into out (room for max plans): the
  * count, or -1 with err when the bytes are malformed (bad counts, ranges that
  * do not cover the layers contiguously, unknown states, bad names). An empty

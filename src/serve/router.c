@@ -283,7 +283,8 @@ api_call *router_run_local(router *r, api_sink *sink, openai_request *req, engin
 
 static const sched_callbacks embed_callbacks;
 
-/* Queues the embedding of input c->emb_next. 0, or -1 (not queued). */
+/* Queues the embedding of input c->emb_next. 0, or the HTTP status to
+ * answer when it is not queued (429: the model's queue is full). */
 static int embed_submit(router *r, api_call *c)
 {
     engine_request *e = malloc(sizeof *e); /* ~10 KB: not on the stack */
@@ -298,9 +299,10 @@ static int embed_submit(router *r, api_call *c)
         e->n_prompt_ids = c->emb->n_ids[i];
     }
     e->embed = 1;
-    c->job = sched_submit(r->sched, c->emb->model, e, &embed_callbacks, c);
+    sched_refusal why;
+    c->job = sched_submit(r->sched, c->emb->model, e, &embed_callbacks, c, &why);
     free(e);
-    return c->job ? 0 : -1;
+    return c->job ? 0 : why == SCHED_REFUSED_FULL ? 429 : 500;
 }
 
 static void embed_on_output(void *user, const char *text, size_t len, const engine_token *toks, int n)
@@ -308,7 +310,7 @@ static void embed_on_output(void *user, const char *text, size_t len, const engi
     (void)user, (void)text, (void)len, (void)toks, (void)n;
 }
 
-static void embed_on_done(void *user, const engine_result *result, const char *error)
+static void embed_on_done(void *user, const engine_result *result, const char *error, int status)
 {
     api_call *c = user;
     router *r = c->r;
@@ -317,15 +319,18 @@ static void embed_on_done(void *user, const engine_result *result, const char *e
     if (!item) {
         int bad = error && (strstr(error, "context") || strstr(error, "out of range") || strstr(error, "empty prompt") ||
                             strstr(error, "not supported"));
-        openai_send_error(r->counters, c->answer.sink, bad ? 400 : 500, NULL, "%s", error ? error : "out of memory");
+        openai_send_error(r->counters, c->answer.sink, status ? status : bad ? 400 : 500, NULL, "%s",
+                          error ? error : "out of memory");
         call_free(c);
         return;
     }
     cJSON_AddItemToArray(c->emb_data, item);
     c->emb_tokens += result->prompt_tokens;
     if (++c->emb_next < c->emb->n_inputs) {
-        if (embed_submit(r, c) == 0) return;
-        openai_send_error(r->counters, c->answer.sink, 500, NULL, "could not queue the request");
+        int st = embed_submit(r, c);
+        if (st == 0) return;
+        openai_send_error(r->counters, c->answer.sink, st, st == 429 ? "rate_limit_exceeded" : NULL,
+                          st == 429 ? "the model's queue is full; retry later" : "could not queue the request");
         call_free(c);
         return;
     }
@@ -336,7 +341,7 @@ static void embed_on_done(void *user, const engine_result *result, const char *e
     call_free(c);
 }
 
-static const sched_callbacks embed_callbacks = {embed_on_output, embed_on_done};
+static const sched_callbacks embed_callbacks = {embed_on_output, embed_on_done, NULL};
 
 api_call *router_run_embeddings(router *r, api_sink *sink, embeddings_request *req)
 {
@@ -348,9 +353,11 @@ api_call *router_run_embeddings(router *r, api_sink *sink, embeddings_request *r
     c->kind = CALL_LOCAL;
     c->emb = req;
     c->emb_data = cJSON_CreateArray();
-    if (!c->emb_data || embed_submit(r, c) != 0) {
+    int st = c->emb_data ? embed_submit(r, c) : 500;
+    if (st != 0) {
         call_free(c);
-        openai_send_error(r->counters, sink, 500, NULL, "could not queue the request");
+        openai_send_error(r->counters, sink, st, st == 429 ? "rate_limit_exceeded" : NULL,
+                          st == 429 ? "the model's queue is full; retry later" : "could not queue the request");
         return NULL;
     }
     return c;

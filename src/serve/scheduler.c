@@ -518,6 +518,26 @@ static sched_worker *find_worker(const sched *s, const char *model_id)
     return NULL;
 }
 
+int sched_remove_model(sched *s, const char *model_id)
+{
+    sched_worker *w = find_worker(s, model_id);
+    if (!w) return -1;
+    /* Only an idle model goes: a job in flight (or one whose answer the
+     * loop has not delivered) would lose its worker under it. */
+    for (sched_job *j = s->all; j; j = j->next_all)
+        if (j->worker == w) return 1;
+    sched_worker_stop(w);
+    engine_model_free(w->model);
+    sched_worker_free(w);
+    for (int i = 0; i < s->n_workers; i++)
+        if (s->workers[i] == w) {
+            memmove(&s->workers[i], &s->workers[i + 1], (size_t)(s->n_workers - i - 1) * sizeof s->workers[0]);
+            s->n_workers--;
+            break;
+        }
+    return 0;
+}
+
 engine_model *sched_find_model(const sched *s, const char *model_id)
 {
     sched_worker *w = find_worker(s, model_id);

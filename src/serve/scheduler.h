@@ -67,6 +67,10 @@ void sched_free(sched *s);
 /* Takes ownership of m and starts its worker. 0, or -1 when a model with the
  * same id is already served. */
 int sched_add_model(sched *s, engine_model *m);
+/* Stops the model's worker threads (joined: they are idle) and frees it.
+ * 0; 1 when a job of it is queued, running or undelivered (nothing done);
+ * -1 when no such model is served. */
+int sched_remove_model(sched *s, const char *model_id);
 /* The served model with this id, or NULL. */
 engine_model *sched_find_model(const sched *s, const char *model_id);
 int sched_model_count(const sched *s);

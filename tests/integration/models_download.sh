@@ -8,6 +8,8 @@
 #   - a corrupted file is refused (SHA-256 mismatch) and its partial deleted;
 #   - a second download, and `serve --model REF` of a cached model, make no request;
 #   - `serve --model REF` downloads, loads and answers exactly as the path;
+#   - a model in 3 parts (tests/tools/gguf_split) is fetched whole and loaded
+#     as one model with the one-file model's answers;
 #   - a model too large for --max-memory is refused before any weight byte
 #     is requested (only the header's Range), with how much is missing.
 set -u
@@ -127,6 +129,21 @@ p=$(curl -sf "$P_API/completions" -d "${body/MODEL/$MODEL_ID}" | jq -r '.choices
 echo "by reference: $a"
 check "serve --model org/repo:QUANT answers" test -n "$a"
 check "its answer equals the same file served by path" test "$a" = "$p"
+# ---- multi-part: every part fetched, loaded as one model, same answers ----------------
+GGUF_SPLIT="$(dirname "$LLMESH")/gguf_split"
+mkdir -p "$T/root/TestOrg/kjv-split-GGUF"
+"$GGUF_SPLIT" "$DEMO_MODEL" 3 "$T/root/TestOrg/kjv-split-GGUF" kjv-split-Q8_0 || die "gguf_split failed"
+start_hub   # hashes the new files
+reset_log
+start_node M serve --model TestOrg/kjv-split-GGUF:Q8_0 --threads 1
+m=$(curl -sf "$M_API/completions" -d "${body/MODEL/kjv-split-Q8_0}" | jq -r '.choices[0].text')
+check "a 3-part model by org/repo:QUANT answers" test -n "$m"
+check "its answer equals the one-file model's" test "$m" = "$p"
+parts=$(jq -r 'select(.method == "GET" and (.path | startswith("/cdn/")) and .range == null) | .path' "$T/hub.jsonl" | sort -u | wc -l)
+check "each of the 3 parts was downloaded once" test "$parts" -eq 3
+check "the parts are joined in the node's cache" test -s "$T/M/cache/joined/kjv-split-Q8_0.gguf"
+check "the 3 parts are in the HF snapshot" test "$(ls "$HF_HOME/hub/models--TestOrg--kjv-split-GGUF/snapshots/"*/ | wc -l)" -eq 3
+
 kill -TERM "$A_PID"; wait "$A_PID" 2>/dev/null
 reset_log
 start_node A2 serve --model TestOrg/kjv-GGUF:Q8_0 --threads 1 --home "$T/A"

@@ -199,6 +199,41 @@ static plan sample_plan(void)
     return p;
 }
 
+/* Format 2: the plans, then the node's demand per model. */
+static void test_codec_demand(void)
+{
+    plan ps[1] = {sample_plan()};
+    plan_demand d[2] = {{"qwen2.5-7b", 12}, {"nobody-serves-this", 3}};
+    uint8_t buf[MESH_MAX_APP];
+    int n = plan_encode_app(ps, 1, d, 2, buf, sizeof buf);
+    REQUIRE(n > 0);
+    plan back[2];
+    plan_demand dback[4];
+    int nd = -1;
+    char err[256];
+    REQUIRE(plan_decode_app(buf, (size_t)n, back, 2, dback, 4, &nd, err, sizeof err) == 1);
+    CHECK_EQ_INT(nd, 2);
+    CHECK_EQ_STR(dback[1].model, "nobody-serves-this");
+    CHECK_EQ_INT(dback[1].per_min, 3);
+    CHECK_EQ_STR(back[0].model, "qwen2.5-7b");
+    /* The plans-only reader takes it too, and the caller's bound on demand holds. */
+    CHECK_EQ_INT(plan_decode_list(buf, (size_t)n, back, 2, err, sizeof err), 1);
+    CHECK_EQ_INT(plan_decode_app(buf, (size_t)n, back, 2, dback, 1, &nd, err, sizeof err), 1);
+    CHECK_EQ_INT(nd, 1);
+    for (int cut = 1; cut < n; cut++)
+        CHECK(plan_decode_app(buf, (size_t)cut, back, 2, dback, 4, &nd, err, sizeof err) == -1);
+    /* Demand alone (no plans), and a bad name in it. */
+    n = plan_encode_app(NULL, 0, d, 1, buf, sizeof buf);
+    REQUIRE(n > 0);
+    CHECK_EQ_INT(plan_decode_app(buf, (size_t)n, back, 2, dback, 4, &nd, err, sizeof err), 0);
+    CHECK_EQ_INT(nd, 1);
+    buf[4] = 0x01; /* a control character in the model name */
+    CHECK_EQ_INT(plan_decode_app(buf, (size_t)n, back, 2, dback, 4, &nd, err, sizeof err), -1);
+    /* An empty demand list in format 2 is malformed (format 1 says "none"). */
+    uint8_t empty[3] = {2, 0, 0};
+    CHECK_EQ_INT(plan_decode_app(empty, 3, back, 2, dback, 4, &nd, err, sizeof err), -1);
+}
+
 static void test_codec(void)
 {
     plan ps[2] = {sample_plan(), sample_plan()};
@@ -293,5 +328,6 @@ int main(void)
     RUN(test_fill_in_turn_when_proportional_fails);
     RUN(test_short_of_memory);
     RUN(test_codec);
+    RUN(test_codec_demand);
     return testlib_finish();
 }

@@ -1,0 +1,518 @@
+/* model_loader.c: loads at run time (the load API), and standby takeover.
+ * See model_loader.h.
+ *
+ * A load's download runs on its own thread because it blocks for minutes;
+ * everything else (the job list, the pipelines, the mesh) stays on the
+ * loop thread, which the thread wakes with event_active when it is done.
+ * What the thread writes while running (bytes, rate) is under the job's
+ * lock; the rest of the job is the loop's once the thread has finished. */
+#include "serve/model_loader.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <event2/event.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "lib/log.h"
+#include "mesh/mesh.h"
+#include "models/hf.h"
+#include "models/ref.h"
+#include "models/resolve.h"
+#include "serve/api.h"
+#include "serve/budget.h"
+#include "serve/demand.h"
+#include "serve/pipeline.h"
+
+#define ML_LOG "models"
+#define ML_MAX_JOBS 16
+#define ML_MAX_PEERS 256
+#define ML_TAKEOVER_BASE_MS 1000   /* a model nobody serves waits this long before a standby takes it ... */
+#define ML_TAKEOVER_RANK_MS 3000   /* ... plus this per alive standby ranked before this one */
+#define ML_RETRY_FAILED_MS 30000   /* a failed takeover of a model is not retried sooner */
+#define ML_MAX_WATCH 32
+
+typedef enum { JOB_DOWNLOADING, JOB_LOADING, JOB_READY, JOB_FAILED, JOB_UNLOADED } job_state;
+static const char *const job_state_names[] = {"downloading", "loading", "ready", "failed", "unloaded"};
+
+typedef struct {
+    struct model_loader *L;
+    char ref[MODEL_REF_MAX + 1];
+    char id[MESH_MAX_NAME];           /* known once resolved */
+    int takeover;                     /* started by standby takeover */
+    job_state state;                  /* loop thread */
+    char error[1024];
+    uint64_t started_ms, ended_ms;
+    pthread_t thread;
+    int thread_live;                  /* joined when 0 */
+    atomic_int cancel;
+    struct event *done;
+    /* Written by the thread, under lock. */
+    pthread_mutex_t lock;
+    uint64_t done_bytes, total_bytes;
+    double rate;
+    /* The thread's result, read by the loop after done fired. */
+    int rc;
+    model_files *mf;
+} load_job;
+
+typedef struct {
+    char model[MESH_MAX_NAME];
+    uint64_t absent_since_ms;         /* 0: served */
+    uint64_t failed_at_ms;
+} watch;
+
+struct model_loader {
+    struct event_base *base;
+    mesh *mesh;
+    pipelines *ps;
+    budget *budget;
+    demand *demand;
+    model_loader_config cfg;
+    char standby_ids[MESH_MAX_MODELS][MESH_MAX_NAME]; /* the model id of each --standby-for, "" unknown */
+    load_job *jobs[ML_MAX_JOBS];
+    int n_jobs;
+    watch watches[ML_MAX_WATCH];
+    int n_watches;
+    struct event *timer;
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- a load ------------------------------------------------------------------ */
+
+static void on_progress(void *ctx, uint64_t done, uint64_t total, double rate)
+{
+    load_job *j = ctx;
+    pthread_mutex_lock(&j->lock);
+    j->done_bytes = done;
+    j->total_bytes = total;
+    j->rate = rate;
+    pthread_mutex_unlock(&j->lock);
+}
+
+/* What is free for a model: this node's budget and the members' free
+ * memory (the planner splits a model that does not fit one node). */
+static uint64_t members_free(model_loader *L, int *n_members)
+{
+    static mesh_peer peers[ML_MAX_PEERS];
+    uint64_t total = 0;
+    *n_members = 0;
+    int n = mesh_peers(L->mesh, peers, ML_MAX_PEERS);
+    for (int i = 0; i < n && i < ML_MAX_PEERS; i++) {
+        if (strcmp(peers[i].state, "alive") || !strcmp(peers[i].role, "client")) continue;
+        if (peers[i].memory_bytes > peers[i].memory_used) total += peers[i].memory_bytes - peers[i].memory_used;
+        (*n_members)++;
+    }
+    return total;
+}
+
+typedef struct {
+    load_job *job;
+    model_fetch_opts o;
+    char avail_what[128];
+    char join_dir[MODEL_PATH_MAX];
+} job_arg;
+
+static void *job_main(void *arg)
+{
+    job_arg *a = arg;
+    load_job *j = a->job;
+    char err[1024] = "";
+    j->rc = model_fetch(j->ref, &a->o, j->mf, err, sizeof err);
+    if (j->rc != 0) snprintf(j->error, sizeof j->error, "%s", err);
+    free(a);
+    event_active(j->done, 0, 0);
+    return NULL;
+}
+
+static void on_job_done(evutil_socket_t fd, short what, void *arg)
+{
+    load_job *j = arg;
+    pthread_join(j->thread, NULL);
+    j->thread_live = 0;
+    j->ended_ms = now_ms();
+    if (j->rc != 0) {
+        j->state = JOB_FAILED;
+        log_warn(ML_LOG, "load %s: %s", j->ref, j->error);
+    } else {
+        snprintf(j->id, sizeof j->id, "%s", j->mf->id);
+        j->state = JOB_LOADING;
+        char err[1024];
+        /* Hashing and mapping run here on the loop thread: instant for a
+         * file hashed before (the manifest is remembered), seconds per GB
+         * otherwise (docs/models.md, "What is left"). */
+        if (pipelines_add_model(j->L->ps, j->mf->files[0], err, sizeof err) != 0) {
+            j->state = JOB_FAILED;
+            snprintf(j->error, sizeof j->error, "%s", err);
+            log_warn(ML_LOG, "load %s: %s", j->ref, err);
+        } else {
+            j->state = JOB_READY;
+            log_info(ML_LOG, "load %s: serving %s%s", j->ref, j->id, j->takeover ? " (standby takeover)" : "");
+        }
+    }
+    free(j->mf);
+    j->mf = NULL;
+}
+
+static void job_free(load_job *j)
+{
+    if (!j) return;
+    if (j->thread_live) {
+        j->cancel = 1;
+        pthread_join(j->thread, NULL);
+    }
+    if (j->done) event_free(j->done);
+    pthread_mutex_destroy(&j->lock);
+    free(j->mf);
+    free(j);
+}
+
+/* A slot for a new job: a free one, or the oldest finished one. */
+static int job_slot(model_loader *L)
+{
+    if (L->n_jobs < ML_MAX_JOBS) return L->n_jobs++;
+    int best = -1;
+    for (int i = 0; i < L->n_jobs; i++)
+        if ((L->jobs[i]->state == JOB_READY || L->jobs[i]->state == JOB_FAILED ||
+             L->jobs[i]->state == JOB_UNLOADED) &&
+            (best < 0 || L->jobs[i]->ended_ms < L->jobs[best]->ended_ms))
+            best = i;
+    if (best >= 0) {
+        job_free(L->jobs[best]);
+        L->jobs[best] = NULL;
+    }
+    return best;
+}
+
+static int start_job(model_loader *L, const char *ref, int takeover, char *err, size_t errlen)
+{
+    for (int i = 0; i < L->n_jobs; i++)
+        if (!strcmp(L->jobs[i]->ref, ref) &&
+            (L->jobs[i]->state == JOB_DOWNLOADING || L->jobs[i]->state == JOB_LOADING)) {
+            snprintf(err, errlen, "%s is being loaded already", ref);
+            return -1;
+        }
+    int slot = job_slot(L);
+    if (slot < 0) { snprintf(err, errlen, "%d loads are under way: wait for one to end", ML_MAX_JOBS); return -1; }
+    load_job *j = calloc(1, sizeof *j);
+    job_arg *a = calloc(1, sizeof *a);
+    if (j) j->mf = malloc(sizeof *j->mf);
+    if (!j || !a || !j->mf) {
+        if (j) free(j->mf);
+        free(j);
+        free(a);
+        if (slot == L->n_jobs - 1) L->n_jobs--;
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    pthread_mutex_init(&j->lock, NULL);
+    j->L = L;
+    snprintf(j->ref, sizeof j->ref, "%s", ref);
+    j->takeover = takeover;
+    j->state = JOB_DOWNLOADING;
+    j->started_ms = now_ms();
+    j->done = event_new(L->base, -1, 0, on_job_done, j);
+    int members;
+    uint64_t free_bytes = budget_free(L->budget) + members_free(L, &members);
+    a->job = j;
+    snprintf(a->avail_what, sizeof a->avail_what, "the mesh's free memory (this node and %d member%s)", members,
+             members == 1 ? "" : "s");
+    a->o = (model_fetch_opts){.home = L->cfg.home, .avail_bytes = free_bytes, .avail_what = a->avail_what,
+                              .n_ctx = L->cfg.n_ctx, .n_lanes = L->cfg.n_lanes, .n_threads = L->cfg.n_threads,
+                              .progress = on_progress, .progress_ctx = j, .cancel = &j->cancel,
+                              .join_dir = a->join_dir};
+    snprintf(a->join_dir, sizeof a->join_dir, "%.4000s/cache/joined", L->cfg.home);
+    L->jobs[slot] = j;
+    if (!j->done || pthread_create(&j->thread, NULL, job_main, a) != 0) {
+        free(a);
+        j->state = JOB_FAILED;
+        j->ended_ms = now_ms();
+        snprintf(j->error, sizeof j->error, "cannot start a thread for the download");
+        snprintf(err, errlen, "%s", j->error);
+        return -1;
+    }
+    j->thread_live = 1;
+    log_info(ML_LOG, "load %s: started%s", ref, takeover ? " (standby takeover)" : "");
+    return 0;
+}
+
+int model_loader_start(model_loader *L, const char *ref, char *err, size_t errlen)
+{
+    model_ref r;
+    struct stat sb;
+    /* A malformed reference is refused now, not in the status later. */
+    if (!(strlen(ref) < MODEL_PATH_MAX && stat(ref, &sb) == 0) && model_ref_parse(ref, &r, err, errlen) != 0)
+        return -1;
+    return start_job(L, ref, 0, err, errlen);
+}
+
+/* ---- standby takeover ----------------------------------------------------------- */
+
+/* A load of model id under way or done (a takeover's id is known from its
+ * reference's file name before it resolves). */
+static int has_job_for(model_loader *L, const char *id)
+{
+    for (int i = 0; i < L->n_jobs; i++) {
+        load_job *j = L->jobs[i];
+        if (j->state == JOB_FAILED || j->state == JOB_UNLOADED) continue;
+        char rid[MESH_MAX_NAME];
+        model_ref_id_from_file(j->ref, rid, sizeof rid);
+        if (!strcmp(j->id, id) || !strcmp(rid, id)) return 1;
+    }
+    return 0;
+}
+
+/* A GGUF whose model id is id under dir (depth levels down), into out. */
+static int find_local(const char *dir, const char *id, int depth, char *out, size_t cap)
+{
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *de;
+    int found = 0;
+    while (!found && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.') continue;
+        char path[MODEL_PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path) continue;
+        struct stat sb;
+        if (stat(path, &sb) != 0) continue;
+        size_t n = strlen(de->d_name);
+        if (S_ISDIR(sb.st_mode) && depth > 0) {
+            found = find_local(path, id, depth - 1, out, cap);
+        } else if (S_ISREG(sb.st_mode) && n > 5 && !strcasecmp(de->d_name + n - 5, ".gguf")) {
+            char fid[MESH_MAX_NAME];
+            int no, count;
+            if (model_ref_split_name(de->d_name, &no, &count, NULL) && no != 1) continue;
+            model_ref_id_from_file(de->d_name, fid, sizeof fid);
+            if (!strcmp(fid, id)) {
+                snprintf(out, cap, "%s", path);
+                found = 1;
+            }
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+/* How this node could get model id: a --standby-for reference, or a file
+ * it holds. 1 with the reference in out. */
+static int takeover_ref(model_loader *L, const char *id, char *out, size_t cap)
+{
+    for (int i = 0; i < L->cfg.n_standby_for; i++)
+        if (!strcmp(L->standby_ids[i], id)) {
+            snprintf(out, cap, "%s", L->cfg.standby_for[i]);
+            return 1;
+        }
+    char dir[MODEL_PATH_MAX];
+    snprintf(dir, sizeof dir, "%.4000s/models", L->cfg.home);
+    if (find_local(dir, id, 0, out, cap)) return 1;
+    snprintf(dir, sizeof dir, "%.4000s/downloads", L->cfg.home);
+    if (find_local(dir, id, 1, out, cap)) return 1;
+    hf_env env;
+    hf_env_read(&env);
+    return find_local(env.cache, id, 6, out, cap);
+}
+
+/* Alive standby members whose id sorts before this node's: they go first. */
+static int standby_rank(model_loader *L)
+{
+    static mesh_peer peers[ML_MAX_PEERS];
+    int n = mesh_peers(L->mesh, peers, ML_MAX_PEERS), rank = 0;
+    const char *self = mesh_node_id_hex(L->mesh);
+    for (int i = 0; i < n && i < ML_MAX_PEERS; i++)
+        if (!strcmp(peers[i].state, "alive") && !strcmp(peers[i].role, "standby") && strcmp(peers[i].id, self) < 0)
+            rank++;
+    return rank;
+}
+
+static watch *watch_of(model_loader *L, const char *model)
+{
+    for (int i = 0; i < L->n_watches; i++)
+        if (!strcmp(L->watches[i].model, model)) return &L->watches[i];
+    if (L->n_watches == ML_MAX_WATCH) return NULL;
+    watch *w = &L->watches[L->n_watches++];
+    memset(w, 0, sizeof *w);
+    snprintf(w->model, sizeof w->model, "%s", model);
+    return w;
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    model_loader *L = arg;
+    static plan_demand wanted[PLAN_MAX_DEMAND];
+    int n = demand_in_mesh(L->demand, L->mesh, wanted, PLAN_MAX_DEMAND);
+    uint64_t now = now_ms();
+    for (int i = 0; i < n; i++) {
+        const char *model = wanted[i].model;
+        char why[8];
+        uint8_t host[MESH_ID_BYTES];
+        watch *w = watch_of(L, model);
+        if (!w) continue;
+        if (pipelines_model_state(L->ps, model, why, sizeof why) != PIPELINE_UNKNOWN ||
+            mesh_pick_host(L->mesh, model, host) == 0 || has_job_for(L, model)) {
+            w->absent_since_ms = 0;
+            continue;
+        }
+        if (!w->absent_since_ms) w->absent_since_ms = now;
+        uint64_t wait = ML_TAKEOVER_BASE_MS + (uint64_t)standby_rank(L) * ML_TAKEOVER_RANK_MS;
+        if (now - w->absent_since_ms < wait || (w->failed_at_ms && now - w->failed_at_ms < ML_RETRY_FAILED_MS))
+            continue;
+        char ref[MODEL_PATH_MAX], err[512];
+        if (!takeover_ref(L, model, ref, sizeof ref)) continue;
+        log_info(ML_LOG, "%s is asked for (%u a minute) and no live node serves it: taking it over from %s",
+                 model, wanted[i].per_min, ref);
+        if (start_job(L, ref, 1, err, sizeof err) != 0) {
+            w->failed_at_ms = now;
+            log_warn(ML_LOG, "takeover of %s: %s", model, err);
+        }
+    }
+    /* A takeover that failed is not tried again at once. */
+    for (int i = 0; i < L->n_jobs; i++) {
+        load_job *j = L->jobs[i];
+        if (!j->takeover || j->state != JOB_FAILED) continue;
+        char rid[MESH_MAX_NAME];
+        model_ref_id_from_file(j->ref, rid, sizeof rid);
+        watch *w = watch_of(L, j->id[0] ? j->id : rid);
+        if (w && w->failed_at_ms < j->ended_ms) w->failed_at_ms = j->ended_ms;
+    }
+}
+
+/* ---- life cycle, status, HTTP ------------------------------------------------------ */
+
+model_loader *model_loader_new(struct event_base *base, mesh *m, pipelines *ps, budget *b, demand *d,
+                               const model_loader_config *cfg)
+{
+    model_loader *L = calloc(1, sizeof *L);
+    if (!L) return NULL;
+    L->base = base;
+    L->budget = b;
+    L->mesh = m;
+    L->ps = ps;
+    L->demand = d;
+    L->cfg = *cfg;
+    if (L->cfg.n_standby_for > MESH_MAX_MODELS) L->cfg.n_standby_for = MESH_MAX_MODELS;
+    /* The model id each --standby-for gives: from its file name, or for
+     * repo:QUANT from the cache (unknown until it is cached). */
+    for (int i = 0; i < L->cfg.n_standby_for; i++) {
+        const char *ref = L->cfg.standby_for[i];
+        model_ref r;
+        char err[512];
+        struct stat sb;
+        if (stat(ref, &sb) == 0) {
+            model_ref_id_from_file(ref, L->standby_ids[i], sizeof L->standby_ids[i]);
+        } else if (model_ref_parse(ref, &r, err, sizeof err) != 0) {
+            log_warn(ML_LOG, "--standby-for %s: %s", ref, err);
+        } else if (r.kind != MODEL_REF_HF_QUANT) {
+            model_ref_id_from_file(r.file, L->standby_ids[i], sizeof L->standby_ids[i]);
+        } else {
+            model_files *mf = malloc(sizeof *mf);
+            model_fetch_opts o = {.home = cfg->home, .offline = 1};
+            if (mf && model_fetch(ref, &o, mf, err, sizeof err) == 0)
+                snprintf(L->standby_ids[i], MESH_MAX_NAME, "%s", mf->id);
+            else
+                log_warn(ML_LOG, "--standby-for %s: not in the cache, so its model id is unknown: %s", ref, err);
+            free(mf);
+        }
+    }
+    if (cfg->take_over) {
+        L->timer = event_new(base, -1, EV_PERSIST, on_timer, L);
+        struct timeval every = {1, 0};
+        if (!L->timer || event_add(L->timer, &every) != 0) {
+            model_loader_free(L);
+            return NULL;
+        }
+    }
+    return L;
+}
+
+void model_loader_free(model_loader *L)
+{
+    if (!L) return;
+    if (L->timer) event_free(L->timer);
+    for (int i = 0; i < L->n_jobs; i++) job_free(L->jobs[i]);
+    free(L);
+}
+
+void model_loader_status(model_loader *L, cJSON *root)
+{
+    cJSON *loads = cJSON_AddArrayToObject(root, "loads");
+    for (int i = 0; i < L->n_jobs; i++) {
+        load_job *j = L->jobs[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "ref", j->ref);
+        if (j->id[0]) cJSON_AddStringToObject(o, "model", j->id);
+        cJSON_AddStringToObject(o, "state", job_state_names[j->state]);
+        cJSON_AddBoolToObject(o, "takeover", j->takeover);
+        pthread_mutex_lock(&j->lock);
+        cJSON_AddNumberToObject(o, "done_bytes", (double)j->done_bytes);
+        cJSON_AddNumberToObject(o, "total_bytes", (double)j->total_bytes);
+        cJSON_AddNumberToObject(o, "bytes_per_s", j->rate);
+        pthread_mutex_unlock(&j->lock);
+        if (j->state == JOB_FAILED) cJSON_AddStringToObject(o, "error", j->error);
+        cJSON_AddItemToArray(loads, o);
+    }
+    static plan_demand wanted[PLAN_MAX_DEMAND];
+    int n = demand_in_mesh(L->demand, L->mesh, wanted, PLAN_MAX_DEMAND);
+    cJSON *dm = cJSON_AddObjectToObject(root, "demand");
+    for (int i = 0; i < n; i++) cJSON_AddNumberToObject(dm, wanted[i].model, wanted[i].per_min);
+}
+
+static int answer(char **json, int status, const char *message, const char *code)
+{
+    *json = api_error_json(message, "invalid_request_error", code);
+    return status;
+}
+
+int model_loader_http(void *ctx, const char *path, const char *body, size_t len, char **json)
+{
+    model_loader *L = ctx;
+    *json = NULL;
+    int load = !strcmp(path, "/api/models/load"), unload = !strcmp(path, "/api/models/unload");
+    if (!load && !unload) return answer(json, 404, "no such route: POST /api/models/load or /unload", NULL);
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (!cJSON_IsObject(root) || !cJSON_IsString(model) || !model->valuestring[0]) {
+        cJSON_Delete(root);
+        return answer(json, 400, "the body must be a JSON object with \"model\" (a string)", NULL);
+    }
+    char ref[MODEL_REF_MAX + 1], err[1024];
+    if (strlen(model->valuestring) > MODEL_REF_MAX) {
+        cJSON_Delete(root);
+        return answer(json, 400, "\"model\" is longer than 1024 bytes", NULL);
+    }
+    snprintf(ref, sizeof ref, "%s", model->valuestring);
+    cJSON_Delete(root);
+    if (unload) {
+        int rc = pipelines_remove_model(L->ps, ref, err, sizeof err);
+        if (rc != 0) return answer(json, rc > 0 ? 409 : 404, err, rc > 0 ? NULL : "model_not_found");
+        for (int i = 0; i < L->n_jobs; i++)
+            if (L->jobs[i]->state == JOB_READY && !strcmp(L->jobs[i]->id, ref)) L->jobs[i]->state = JOB_UNLOADED;
+        /* A takeover of it must not start again at once: it was asked away. */
+        watch *w = watch_of(L, ref);
+        if (w) w->failed_at_ms = now_ms();
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", ref);
+        cJSON_AddStringToObject(o, "state", "unloaded");
+        *json = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        return 200;
+    }
+    if (model_loader_start(L, ref, err, sizeof err) != 0) return answer(json, 400, err, NULL);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", ref);
+    cJSON_AddStringToObject(o, "state", "downloading");
+    *json = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return 202;
+}
