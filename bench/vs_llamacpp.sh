@@ -22,6 +22,9 @@
 # to --out (default DIR/results.jsonl). Models are kept in --dir (default: a
 # temporary directory, removed at the end) and reused by the next run.
 # A quick run: --shapes qwen2.5-0.5b --types Q8_0,Q4_0 --threads 1 --reps 1 (~2 min).
+# --ab OLD_BINARY also measures another llmesh build (e.g. the commit before a
+# kernel change) on each file right after this one, and prints new / old
+# ratios: on a shared machine only ratios measured side by side mean much.
 set -euo pipefail
 SHAPES=qwen2.5-0.5b,llama-3.2-1b
 TYPES=F16,Q8_0,Q4_0,Q4_K_M,Q6_K
@@ -33,7 +36,7 @@ DIR=""
 OUT=""
 usage() {
   echo "usage: $0 [--shapes qwen2.5-0.5b,llama-3.2-1b] [--types F16,Q8_0,Q4_0,Q4_K_M,Q6_K] [--threads 1,2]" >&2
-  echo "       [--pp 128] [--tg 64] [--reps 3] [--dir DIR] [--out FILE]" >&2
+  echo "       [--pp 128] [--tg 64] [--reps 3] [--dir DIR] [--out FILE] [--ab OLD_LLMESH]" >&2
   exit 2
 }
 while [ $# -gt 0 ]; do
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
     --reps) REPS=$2 ;;
     --dir) DIR=$2 ;;
     --out) OUT=$2 ;;
+    --ab) OLD=$2 ;;
     *) usage ;;
   esac
   shift 2
@@ -95,6 +99,11 @@ for shape in "${shapes[@]}"; do
     log "$shape $type: llmesh"
     "$LLMESH" bench --model "$file" --pp "$PP" --tg "$TG" --threads "$THREADS" --reps "$REPS" --json |
       jq -c --arg s "$shape" --arg t "$type" '. + {program: "llmesh", shape: $s, type_asked: $t}' >>"$OUT"
+    if [ -n "${OLD:-}" ]; then
+      log "$shape $type: llmesh (old: $OLD)"
+      "$OLD" bench --model "$file" --pp "$PP" --tg "$TG" --threads "$THREADS" --reps "$REPS" --json |
+        jq -c --arg s "$shape" --arg t "$type" '. + {program: "llmesh-old", shape: $s, type_asked: $t}' >>"$OUT"
+    fi
     log "$shape $type: llama.cpp"
     node "$HERE/vs_llamacpp.mjs" --model "$file" --pp "$PP" --tg "$TG" --threads "$THREADS" --reps "$REPS" |
       jq -c --arg s "$shape" --arg t "$type" '. + {shape: $s, type_asked: $t}' >>"$OUT"
@@ -127,7 +136,19 @@ jq -r -s '
        + "\($a.tg_tok_s | r1) / \($b.tg_tok_s // 0 | r1) = \(if $b then ($a.tg_tok_s / $b.tg_tok_s | r2) else "-" end)x | "
        + "\($a.pp_tok_s | r1) / \($b.pp_tok_s // 0 | r1) = \(if $b then ($a.pp_tok_s / $b.pp_tok_s | r2) else "-" end)x | "
        + "\($bound | r1) | "
-       + "\($a.tg_tok_s / $bound * 100 | round)% / \(if $b then ($b.tg_tok_s / $bound * 100 | round | tostring) + "%" else "-" end) |")
+       + "\($a.tg_tok_s / $bound * 100 | round)% / \(if $b then ($b.tg_tok_s / $bound * 100 | round | tostring) + "%" else "-" end) |"),
+    (map(select(.program == "llmesh-old")) as $old
+     | if ($old | length) == 0 then empty else
+       "",
+       "| model (shape of) | type | threads | decode new / old tok/s | prefill new / old tok/s |",
+       "|---|---|---|---|---|",
+       ($ours[] as $a
+        | ($old | map(select(.shape == $a.shape and .type_asked == $a.type_asked and .threads == $a.threads)) | .[0]) as $o
+        | select($o)
+        | "| \($a.shape) | \($a.type_asked) | \($a.threads) | "
+          + "\($a.tg_tok_s | r1) / \($o.tg_tok_s | r1) = \($a.tg_tok_s / $o.tg_tok_s | r2)x | "
+          + "\($a.pp_tok_s | r1) / \($o.pp_tok_s | r1) = \($a.pp_tok_s / $o.pp_tok_s | r2)x |")
+       end)
 ' "$OUT"
 echo
 echo "raw rows: $OUT"

@@ -8,6 +8,7 @@ packages=(
   build-essential cmake pkg-config clang
   libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev
   libevent-dev libpcre2-dev libcjson-dev
+  libcurl4-gnutls-dev         # model downloads (src/models/download.c): the GnuTLS flavour, as we link GnuTLS
   curl jq iproute2 procps python3 nftables iptables
   python3-prometheus-client   # tests/integration/metrics.sh parses /metrics with its parser
 )

@@ -12,5 +12,7 @@ int cmd_client(int argc, char **argv);      /* cmd_serve.c */
 int cmd_tokenize(int argc, char **argv);    /* cmd_inspect.c */
 int cmd_logits(int argc, char **argv);      /* cmd_inspect.c */
 int cmd_bench(int argc, char **argv);       /* cmd_bench.c */
+int cmd_download(int argc, char **argv);    /* cmd_models.c */
+int cmd_models(int argc, char **argv);      /* cmd_models.c */
 
 #endif

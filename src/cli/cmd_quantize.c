@@ -14,7 +14,8 @@ static const char quantize_usage[] =
     "\n"
     "Rewrites a model with its weight matrices in TYPE (norms stay as they are).\n"
     "TYPE: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K (every matrix),\n"
-    "      or a mixed recipe: Q4_K_M Q5_K_M Q4_K_S Q5_K_S (some tensors kept at Q5_K/Q6_K).\n"
+    "      or a mixed recipe: Q4_K_M Q5_K_M Q4_K_S Q5_K_S Q2_K_S Q3_K_S Q3_K_M Q3_K_L\n"
+    "      (llama.cpp's mixtures: some tensors kept at more bits, up to Q6_K).\n"
     "The input may be of any type llmesh runs; it is dequantized first.\n";
 
 int cmd_quantize(int argc, char **argv)

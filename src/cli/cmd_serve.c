@@ -18,10 +18,12 @@
 #include "serve/node.h"
 
 static const char serve_usage[] =
-    "usage: llmesh serve [--model PATH]... [--join TOKEN]... [options]\n"
+    "usage: llmesh serve [--model REF]... [--join TOKEN]... [options]\n"
     "       llmesh client --join TOKEN [options]\n"
     "\n"
-    "  --model PATH       serve this GGUF model (repeatable; serve only)\n"
+    "  --model REF        serve this model (repeatable; serve only): a GGUF path,\n"
+    "                     org/repo/file.gguf[@rev], org/repo:QUANT, an https:// URL or a\n"
+    "                     catalog name (llmesh models --catalog); downloaded when missing\n"
     "  --join TOKEN       join the mesh of the node that printed TOKEN (repeatable)\n"
     "  --home DIR         identity directory (default $LLMESH_HOME, else ~/.llmesh)\n"
     "  --port N           API port on 127.0.0.1 (default 9337; 0 = any free port)\n"
@@ -38,8 +40,11 @@ static const char serve_usage[] =
     "  --max-memory SIZE  memory for models: 512M, 8G (K/M/G = powers of 1024; default:\n"
     "                     what is available at start less a margin)\n"
     "  --ctx N            context served per request (default: the model's, at most 8192)\n"
-    "  --parallel N       requests each model runs at once, each with its own KV cache\n"
-    "                     (default 2)\n"
+    "  --parallel N       requests each model runs at once (1-64), each with its own KV\n"
+    "                     cache, batched into one forward pass per step (default 4)\n"
+    "  --queue N          requests that may wait per model when every lane is busy;\n"
+    "                     past it: 429 with Retry-After (default 64)\n"
+    "  --queue-timeout S  a request waiting longer for a lane gets 503 (default 120)\n"
     "  --split [N]        split each model into N pipeline stages over the mesh even when\n"
     "                     it fits here (default N: 2)\n"
     "  --log-level L      error|warn|info|debug|trace (default info)\n"
@@ -136,6 +141,7 @@ static int serve_main(int argc, char **argv, int client)
         .http_host = "127.0.0.1",
         .api_port = 9337,
         .console_port = 3131,
+        .queue = -1,
         .client = client,
     };
     const char *home_flag = NULL, *key_file = NULL;
@@ -195,6 +201,14 @@ static int serve_main(int argc, char **argv, int client)
             long n;
             if (cli_parse_long("serve", a, v, 1, 64, &n)) return 2;
             cfg.parallel = (int)n;
+        } else if (!strcmp(a, "--queue") && !client) {
+            long n;
+            if (cli_parse_long("serve", a, v, 0, 4096, &n)) return 2;
+            cfg.queue = (int)n;
+        } else if (!strcmp(a, "--queue-timeout") && !client) {
+            long n;
+            if (cli_parse_long("serve", a, v, 1, 86400, &n)) return 2;
+            cfg.queue_timeout = (int)n;
         } else if (!strcmp(a, "--log-level")) {
             int level = log_parse_level(v);
             if (level < 0) { fprintf(stderr, "llmesh: --log-level wants error|warn|info|debug|trace, not '%s'\n", v); return 2; }

@@ -16,6 +16,8 @@ static const char usage[] =
     "  tokenize    print the token ids of a text (for checks against other tools)\n"
     "  logits      print the raw logits of a prompt (for checks against other tools)\n"
     "  bench       measure prefill and decode speed of a local model\n"
+    "  download    fetch a model by name into the cache (Hugging Face hub, URL, catalog)\n"
+    "  models      list the models on this machine (--catalog: the built-in names)\n"
     "\n"
     "run 'llmesh <command> --help' for a command's options.\n";
 
@@ -34,6 +36,8 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "logits")) return cmd_logits(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "download")) return cmd_download(argc - 1, argv + 1);
+    if (!strcmp(cmd, "models")) return cmd_models(argc - 1, argv + 1);
     fprintf(stderr, "llmesh: unknown command '%s'\n\n%s", cmd, usage);
     return 2;
 }

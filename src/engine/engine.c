@@ -18,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "engine/engine_private.h"
 #include "engine/gguf.h"
 #include "engine/json_grammar.h"
 #include "engine/model.h"
@@ -35,49 +37,6 @@
 /* A pipeline broken this many times in a row within one evaluation ends the
  * request (resume keeps saying a new one is in place, and it breaks again). */
 #define ENGINE_MAX_REPLAYS 100
-
-/* One sequence in flight. Only the thread running a request on the lane
- * touches it. */
-typedef struct {
-    model_state *state;   /* layers [0, local_end) of the sequence (or all, solo) */
-    int32_t *cached;      /* (n_ctx) the tokens whose keys/values are in the pipeline's caches */
-    int n_cached;
-    float *logits;        /* (n_vocab) of the last evaluated position */
-    float *hidden;        /* (MODEL_BATCH, n_embd) hidden states handed to the tail */
-    float *rows;          /* (MODEL_BATCH, n_embd) final hidden states received from it */
-    uint64_t generation;  /* the split generation the caches belong to; 0: none (replay) */
-    engine_output_fn wanted; /* the running request's output, asked "still wanted?" while */
-    void *wanted_user;       /* a broken split is replaced (NULL: nobody to ask) */
-} engine_lane;
-
-/* Where layers run: a snapshot is taken under split_lock by each evaluation. */
-typedef struct {
-    int local_end;        /* layers [0, local_end) here */
-    int has_tail;         /* the rest through tail; 0: solo */
-    engine_tail tail;
-    uint64_t generation;  /* bumped by every engine_set_split */
-} engine_split;
-
-struct engine_model {
-    gguf_file *file;      /* the mapping the model's weights point into */
-    tokenizer *tok;
-    model *model;
-    threadpool *pool;
-    pthread_mutex_t compute;    /* one forward piece on the pool at a time */
-    pthread_mutex_t split_lock; /* guards split */
-    engine_split split;
-    int n_ctx;            /* positions per lane */
-    int n_lanes;
-    engine_lane *lanes;   /* (n_lanes) */
-    char id[256];
-    chat_template *chat;  /* tokenizer.chat_template, parsed; NULL: none or unusable */
-    char chat_error[256]; /* why it is unusable */
-    engine_tool_format tool_format; /* read from the template's text */
-    char bos_text[64], eos_text[64]; /* the template's bos_token / eos_token */
-    pthread_mutex_t grammar_lock; /* guards building grammar_vocab */
-    json_vocab *grammar_vocab;    /* the tokens' bytes as a trie, built at the first
-                                     constrained request; immutable after */
-};
 
 /* ======================================================================== */
 /* loading                                                                   */
@@ -179,6 +138,7 @@ engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o
         goto fail;
     }
     if (!(m->pool = threadpool_create(o->n_threads, inner, sizeof inner))) goto fail;
+    if (engine_step_init(m, inner, sizeof inner) != 0) goto fail;
     if (!(m->lanes = calloc((size_t)m->n_lanes, sizeof *m->lanes))) {
         snprintf(inner, sizeof inner, "out of memory");
         goto fail;
@@ -211,6 +171,7 @@ void engine_model_free(engine_model *m)
 {
     if (!m) return;
     threadpool_free(m->pool);
+    if (m->step_batch) engine_step_destroy(m);
     chat_template_free(m->chat);
     for (int i = 0; m->lanes && i < m->n_lanes; i++) {
         engine_lane *ln = &m->lanes[i];
@@ -532,10 +493,11 @@ static void lane_truncate(engine_lane *ln, int keep)
     model_state_truncate(ln->state, keep < held ? keep : held);
 }
 
-/* Solo: positions [start, n) of the record through the whole model here;
- * [start, from) are a replay whose logits nobody needs. */
-static int eval_solo(engine_model *m, engine_lane *ln, int start, int from, int n, float *all,
-                     char *err, size_t errlen)
+/* Solo: positions [start, n) of the record through the whole model here, in
+ * the batch steps shared with the other lanes; [start, from) are a replay
+ * whose logits nobody needs. */
+static int eval_solo(engine_model *m, int lane, int start, int from, int n, float *all, char *err,
+                     size_t errlen)
 {
     const model_part *part = model_get_part(m->model);
     if (part->end < model_get_config(m->model)->n_layer) {
@@ -543,16 +505,7 @@ static int eval_solo(engine_model *m, engine_lane *ln, int start, int from, int 
                  model_get_config(m->model)->n_layer);
         return -1;
     }
-    pthread_mutex_lock(&m->compute);
-    int rc = 0;
-    if (start < from)
-        rc = model_forward(m->model, ln->state, m->pool, ln->cached + start, from - start, ln->logits,
-                           0, err, errlen);
-    if (rc == 0)
-        rc = model_forward(m->model, ln->state, m->pool, ln->cached + from, n - from,
-                           all ? all : ln->logits, all != NULL, err, errlen);
-    pthread_mutex_unlock(&m->compute);
-    return rc;
+    return engine_step_eval(m, lane, start, from, n, all, err, errlen);
 }
 
 /* Split: positions [start, n) of the record, one MODEL_BATCH piece at a time:
@@ -632,7 +585,7 @@ static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int f
             ln->generation = sp.generation;
         }
         int rc = sp.has_tail ? eval_split(m, ln, lane, &sp, start, from, n, all, err, errlen)
-                             : eval_solo(m, ln, start, from, n, all, err, errlen);
+                             : eval_solo(m, lane, start, from, n, all, err, errlen);
         if (rc == 0) {
             ln->n_cached = n;
             return 0;
@@ -833,6 +786,75 @@ static int score_prompt(engine_model *m, int lane, const int32_t *ids, int n, in
     return rc;
 }
 
+static uint64_t clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int engine_prompt_tokens(const engine_model *m, const engine_request *r, int32_t **out, int *n_out,
+                         char *err, size_t errlen)
+{
+    int n_ctx = m->n_ctx, n_vocab = tokenizer_n_vocab(m->tok);
+    int n_prompt = 0;
+    int32_t *ids;
+    *out = NULL;
+    *n_out = 0;
+    if (r->prompt_ids) {
+        if (r->n_prompt_ids < 0 || r->n_prompt_ids > n_ctx) {
+            snprintf(err, errlen, "prompt is %d tokens; the context holds %d", r->n_prompt_ids, n_ctx);
+            return -1;
+        }
+        for (int i = 0; i < r->n_prompt_ids; i++)
+            if (r->prompt_ids[i] < 0 || r->prompt_ids[i] >= n_vocab) {
+                snprintf(err, errlen, "prompt token id %ld is out of range [0, %d)",
+                         (long)r->prompt_ids[i], n_vocab);
+                return -1;
+            }
+        n_prompt = r->n_prompt_ids;
+        ids = malloc(sizeof(int32_t) * (size_t)(n_prompt ? n_prompt : 1));
+        if (!ids) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        if (n_prompt) memcpy(ids, r->prompt_ids, sizeof(int32_t) * (size_t)n_prompt);
+    } else {
+        int add_bos = tokenizer_add_bos(m->tok) && tokenizer_bos(m->tok) >= 0;
+        unsigned flags = (add_bos ? TOKENIZER_ADD_BOS : 0) | (r->parse_special ? TOKENIZER_PARSE_SPECIAL : 0);
+        ids = tokenize(m->tok, r->prompt, r->prompt_len, flags, &n_prompt, err, errlen);
+        if (!ids) return -1;
+    }
+    if (r->parse_special && !r->prompt_ids && n_prompt >= 2 && ids[0] == tokenizer_bos(m->tok) &&
+        ids[1] == ids[0]) {
+        /* A chat template that writes bos_token itself, on a model that also
+         * adds one: keep a single BOS (llama.cpp would warn and keep both). */
+        memmove(ids, ids + 1, sizeof(int32_t) * (size_t)--n_prompt);
+    }
+    if (n_prompt == 0) {
+        free(ids);
+        snprintf(err, errlen, "empty prompt (and the model adds no BOS token)");
+        return -1;
+    }
+    if (n_prompt > n_ctx) {
+        free(ids);
+        snprintf(err, errlen, "prompt is %d tokens; the context holds %d", n_prompt, n_ctx);
+        return -1;
+    }
+    *out = ids;
+    *n_out = n_prompt;
+    return 0;
+}
+
+int engine_lane_cached_prefix(const engine_model *m, int lane, const int32_t *ids, int n_ids)
+{
+    if (lane < 0 || lane >= m->n_lanes) return 0;
+    const engine_lane *ln = &m->lanes[lane];
+    int keep = 0;
+    while (keep < ln->n_cached && keep < n_ids - 1 && ln->cached[keep] == ids[keep]) keep++;
+    return keep;
+}
+
 /* ---- constrained sampling (engine/json_grammar.h) ---- */
 
 /* A constrained request's state: where its output is in the grammar, and
@@ -993,6 +1015,8 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
     ln->wanted_user = user;
     int n_vocab = tokenizer_n_vocab(m->tok);
     int n_ctx = m->n_ctx;
+    memset(result, 0, sizeof *result);
+    result->finish_reason = "length";
     int n_top = r->top_logprobs < 0 ? 0 : r->top_logprobs > ENGINE_MAX_TOP_LOGPROBS
                                         ? ENGINE_MAX_TOP_LOGPROBS : r->top_logprobs;
     if (s->n_stop < 0 || s->n_stop > ENGINE_MAX_STOP || s->n_logit_bias < 0 ||
@@ -1002,46 +1026,8 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
     }
     int n_prompt = 0;
     int32_t *ids;
-    if (r->prompt_ids) {
-        if (r->n_prompt_ids < 0 || r->n_prompt_ids > n_ctx) {
-            snprintf(err, errlen, "prompt is %d tokens; the context holds %d", r->n_prompt_ids, n_ctx);
-            return -1;
-        }
-        for (int i = 0; i < r->n_prompt_ids; i++)
-            if (r->prompt_ids[i] < 0 || r->prompt_ids[i] >= n_vocab) {
-                snprintf(err, errlen, "prompt token id %ld is out of range [0, %d)",
-                         (long)r->prompt_ids[i], n_vocab);
-                return -1;
-            }
-        n_prompt = r->n_prompt_ids;
-        ids = malloc(sizeof(int32_t) * (size_t)(n_prompt ? n_prompt : 1));
-        if (!ids) {
-            snprintf(err, errlen, "out of memory");
-            return -1;
-        }
-        if (n_prompt) memcpy(ids, r->prompt_ids, sizeof(int32_t) * (size_t)n_prompt);
-    } else {
-        int add_bos = tokenizer_add_bos(m->tok) && tokenizer_bos(m->tok) >= 0;
-        unsigned flags = (add_bos ? TOKENIZER_ADD_BOS : 0) | (r->parse_special ? TOKENIZER_PARSE_SPECIAL : 0);
-        ids = tokenize(m->tok, r->prompt, r->prompt_len, flags, &n_prompt, err, errlen);
-        if (!ids) return -1;
-    }
-    if (r->parse_special && !r->prompt_ids && n_prompt >= 2 && ids[0] == tokenizer_bos(m->tok) &&
-        ids[1] == ids[0]) {
-        /* A chat template that writes bos_token itself, on a model that also
-         * adds one: keep a single BOS (llama.cpp would warn and keep both). */
-        memmove(ids, ids + 1, sizeof(int32_t) * (size_t)--n_prompt);
-    }
-    if (n_prompt == 0) {
-        free(ids);
-        snprintf(err, errlen, "empty prompt (and the model adds no BOS token)");
-        return -1;
-    }
-    if (n_prompt > n_ctx) {
-        free(ids);
-        snprintf(err, errlen, "prompt is %d tokens; the context holds %d", n_prompt, n_ctx);
-        return -1;
-    }
+    uint64_t t_start = clock_ns();
+    if (engine_prompt_tokens(m, r, &ids, &n_prompt, err, errlen) != 0) return -1;
     result->prompt_tokens = n_prompt;
     if (r->embed) {
         int rc = r->embedding ? embed_tokens(m, ln, ids, n_prompt, r->embedding, err, errlen) : -1;
@@ -1065,11 +1051,13 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
     } else {
         /* Reuse the cached prefix; at least the last prompt token is
          * evaluated again, since its logits are what the first sample needs. */
-        int keep = 0;
-        while (keep < ln->n_cached && keep < n_prompt - 1 && ln->cached[keep] == ids[keep]) keep++;
+        int keep = engine_lane_cached_prefix(m, lane, ids, n_prompt);
         lane_truncate(ln, keep);
+        result->cached_tokens = keep;
         rc = lane_evaluate(m, lane, ids, keep, n_prompt, NULL, err, errlen);
     }
+    uint64_t t_prompt = clock_ns();
+    result->prompt_ms = (double)(t_prompt - t_start) * 1e-6;
     if (rc != 0 || g.stopped || s->max_tokens <= 0) {
         free(ids);
         if (g.stopped) result->finish_reason = "stop";
@@ -1094,6 +1082,7 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
         sampler_free(smp);
         return -1;
     }
+    engine_step_set_decoding(m, lane, 1);
     char piece_buf[256];
     for (;;) {
         int32_t tok;
@@ -1150,11 +1139,13 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
             break;
         }
     }
+    engine_step_set_decoding(m, lane, 0);
     /* The end: whatever is still held back was no stop string after all. */
     if (rc == 0 && !g.stopped && output_release(&g, g.raw_len, g.n_toks, 1) != 0) {
         snprintf(err, errlen, "out of memory");
         rc = -1;
     }
+    result->predicted_ms = (double)(clock_ns() - t_prompt) * 1e-6;
     free(g.utf8.out);
     free(g.raw);
     free(g.toks);

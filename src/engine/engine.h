@@ -15,7 +15,9 @@
  * Threading: engine_model_load/free on any thread. One request at a time per
  * lane (the caller serialises a lane); engine_run, engine_generate and
  * engine_perplexity use lane 0. The matrix products of all lanes share the
- * engine's thread pool, one forward piece at a time (a mutex inside). */
+ * engine's thread pool: solo, the lanes' evaluations are batched into one
+ * forward pass per step (continuous batching, engine_step.c); in a split, one
+ * forward piece at a time (a mutex inside). */
 #ifndef LLMESH_ENGINE_H
 #define LLMESH_ENGINE_H
 
@@ -96,6 +98,9 @@ typedef struct {
     int prompt_tokens;
     int completion_tokens;
     const char *finish_reason; /* "stop" (end of generation, stop string or callback) or "length" */
+    int cached_tokens;      /* prompt tokens whose keys/values the lane already held (not evaluated) */
+    double prompt_ms;       /* from the start to the first token's logits (prompt evaluation) */
+    double predicted_ms;    /* from then to the end (sampling and evaluating the completion) */
     const float *embedding;    /* an embed request's vector (its embedding buffer), else NULL */
     int n_embedding;
 } engine_result;
@@ -176,6 +181,29 @@ int engine_run(engine_model *m, const engine_request *r, engine_output_fn on_out
  * another computes. */
 int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
                     void *user, engine_result *result, char *err, size_t errlen);
+
+/* The token ids a request's prompt becomes, as engine_run_lane evaluates
+ * them (text tokenized with BOS when the model asks for it, one BOS kept when
+ * a chat template writes its own; ids checked against the vocabulary and the
+ * context). *ids is malloc'ed (the caller frees). 0, or -1 with a message.
+ * Any thread (the tokenizer is immutable). */
+int engine_prompt_tokens(const engine_model *m, const engine_request *r, int32_t **ids, int *n_ids,
+                         char *err, size_t errlen);
+/* How many leading ids the lane's cache already holds (what a request with
+ * this prompt would not evaluate again, less the last prompt token, which is
+ * always evaluated). Only while no request runs on the lane (the caller
+ * serialises it with the lane's runs). */
+int engine_lane_cached_prefix(const engine_model *m, int lane, const int32_t *ids, int n_ids);
+
+/* The batch steps of a solo model (continuous batching: every running lane's
+ * next evaluation in one forward pass). Counts since load. */
+typedef struct {
+    uint64_t steps;         /* forward passes */
+    uint64_t seqs;          /* sequences summed over the steps (mean batch: seqs / steps) */
+    uint64_t tokens;        /* positions evaluated */
+    uint64_t decode_tokens; /* of which the one-token evaluations of generation */
+} engine_step_stats;
+void engine_model_step_stats(engine_model *m, engine_step_stats *out);
 
 /* ---- split: this engine as stage 0 of a pipeline ---- */
 

@@ -524,6 +524,7 @@ typedef struct {
     float *y;
     size_t w_stride;       /* bytes between weight rows */
     kernel_rows_fn rows;   /* the type's rows kernel for the active ISA, or NULL */
+    kernel_tile_fn tile;   /* its tile kernel (several tokens per pass), or NULL */
     quant_dot_fn qdot;     /* quants.c types: the one-row dot product for the active ISA */
     const uint8_t *act;    /* the input in the layout the type takes: floats, Q8_0 or Q8_K */
     size_t act_stride;     /* bytes between input vectors there */
@@ -565,8 +566,12 @@ static void matmul_rows(const matmul_job *job, const matmul_part *part, int r0, 
 }
 
 /* A task is a range of rows of one product, for every input vector. Rows go
- * KERNEL_ROWS at a time (one activation load serves them all), each group
- * against up to MATMUL_TOKEN_TILE input vectors while its weights are in L1. */
+ * KERNEL_ROWS at a time. With a tile kernel (kernels_rows.h), a group's
+ * weights are unpacked once per few tokens and stay in L1 while every
+ * input vector passes over them: the matrix-matrix product of a prompt.
+ * Otherwise each group meets up to MATMUL_TOKEN_TILE input vectors, one at
+ * a time, while its weights are in L1. Either way each output is the value
+ * the rows kernel (or one-row dot) gives that row and vector alone. */
 static void matmul_task(void *ctx, int task, int thread)
 {
     (void)thread;
@@ -577,6 +582,14 @@ static void matmul_task(void *ctx, int task, int thread)
     int rows = part->w->rows;
     int r0 = (task - part->first_task) * part->rows_per_task;
     int r1 = r0 + part->rows_per_task < rows ? r0 + part->rows_per_task : rows;
+    if (part->tile && job->n > 1) {
+        for (int r = r0; r < r1; r += KERNEL_ROWS) {
+            int nr = r1 - r < KERNEL_ROWS ? r1 - r : KERNEL_ROWS;
+            part->tile((const uint8_t *)part->w->data + (size_t)r * part->w_stride, part->w_stride, nr,
+                       part->act, part->act_stride, job->n, part->w->cols, part->y + r, (size_t)rows);
+        }
+        return;
+    }
     for (int t0 = 0; t0 < job->n; t0 += MATMUL_TOKEN_TILE) {
         int t1 = t0 + MATMUL_TOKEN_TILE < job->n ? t0 + MATMUL_TOKEN_TILE : job->n;
         for (int r = r0; r < r1; r += KERNEL_ROWS) {
@@ -615,6 +628,16 @@ static kernel_rows_fn rows_kernel(ggml_type t, kernel_isa isa)
     }
 }
 
+static kernel_tile_fn tile_kernel(ggml_type t, kernel_isa isa)
+{
+    switch (isa) {
+    case KERNEL_ISA_AVX512: return kernel_tile_avx512(t);
+    case KERNEL_ISA_AVXVNNI: return kernel_tile_avxvnni(t);
+    case KERNEL_ISA_AVX2: return kernel_tile_avx2(t);
+    default: return NULL;
+    }
+}
+
 void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *const *w,
                          const float *x, int n, float *const *y, void *scratch)
 {
@@ -643,6 +666,7 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
         part->y = y[i];
         part->w_stride = kernel_row_bytes(t, cols);
         part->rows = rows_kernel(t, job.ops->isa);
+        part->tile = tile_kernel(t, job.ops->isa);
         part->rows_per_task = rows_per_task;
         part->first_task = n_tasks;
         n_tasks += (w[i]->rows + rows_per_task - 1) / rows_per_task;

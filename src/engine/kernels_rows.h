@@ -1,5 +1,6 @@
 /* kernels_rows.h (private to src/engine): multi-row matrix-vector kernels,
- * the inner loop of generation.
+ * the inner loop of generation, and their tiled forms for prompts (several
+ * rows x several tokens per pass).
  *
  * A rows kernel computes out[r] = dot(row r, act) for r < nrows (1 ..
  * KERNEL_ROWS), the rows at w + r * stride, act one input vector in the
@@ -32,6 +33,19 @@
 typedef void (*kernel_rows_fn)(const void *w, size_t stride, int nrows, const void *act, int n,
                                float *out);
 
+/* A tile kernel is the matrix-matrix form: out[t * out_stride + r] =
+ * dot(row r, token t) for r < nrows (1 .. KERNEL_ROWS) and t < ntok (any
+ * count), token t's activations at act + t * act_stride. It keeps a tile of
+ * KERNEL_ROWS rows x a few tokens of accumulators in registers and unpacks
+ * each weight block once per tile instead of once per token.
+ *
+ * Contract: every output has the very bits the same ISA's rows kernel gives
+ * that row and token (each (row, token) pair has its own accumulators and
+ * goes through the rows kernel's operations in the same order), so a prompt
+ * computed in one batch equals the same tokens computed one at a time. */
+typedef void (*kernel_tile_fn)(const void *w, size_t stride, int nrows, const void *act,
+                               size_t act_stride, int ntok, int n, float *out, size_t out_stride);
+
 /* The rows kernel of type t for each instruction set, or NULL when there is
  * none (the caller then uses the type's one-row dot product). Only call a
  * set's function when the CPU has that set. */
@@ -41,5 +55,12 @@ kernel_rows_fn kernel_rows_avx512(ggml_type t);
 /* AVX-512's kernel of type t at a given width (256 or 512), whichever
  * kernel_rows_avx512 picks; NULL when that width has none. */
 kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits);
+
+/* The tile kernel matching each rows kernel above (same set, same width), or
+ * NULL where there is none. */
+kernel_tile_fn kernel_tile_avx2(ggml_type t);
+kernel_tile_fn kernel_tile_avxvnni(ggml_type t);
+kernel_tile_fn kernel_tile_avx512(ggml_type t);
+kernel_tile_fn kernel_tile_avx512_width(ggml_type t, int bits);
 
 #endif

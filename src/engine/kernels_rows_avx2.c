@@ -12,11 +12,20 @@
 
 #define ROWS_TARGET "avx2,fma,f16c"
 #define ROWS_VNNI 0
+/* 16 vector registers: a tile of 4 rows x 2 tokens keeps its 8
+ * accumulators (16 for F16) and the unpacked weights in registers. */
+#define ROWS_TILE_T 2
 #include "engine/kernels_rows256.inc"
 
 kernel_rows_fn kernel_rows_avx2(ggml_type t) { return rows256_get(t); }
+kernel_tile_fn kernel_tile_avx2(ggml_type t) { return tile256_get(t); }
 #else
 kernel_rows_fn kernel_rows_avx2(ggml_type t)
+{
+    (void)t;
+    return NULL;
+}
+kernel_tile_fn kernel_tile_avx2(ggml_type t)
 {
     (void)t;
     return NULL;

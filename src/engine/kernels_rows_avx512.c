@@ -24,39 +24,50 @@
 
 #define ROWS_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
 #define ROWS_VNNI 2
+/* 32 vector registers: a tile of 4 rows x 4 tokens keeps its 16
+ * accumulators and the unpacked weights in registers. */
+#define ROWS_TILE_T 4
 #include "engine/kernels_rows256.inc"
 
 /* ---- F16 ----------------------------------------------------------------- */
 
-ROWS_INLINE void f16_body512(const uint8_t *w, size_t stride, const void *act, int n, float *out, const int nr)
+ROWS_INLINE void f16_body512(BODY_ARGS)
 {
-    const float *x = act;
     const uint16_t *p[KERNEL_ROWS];
-    __m512 s0[KERNEL_ROWS], s1[KERNEL_ROWS];
+    __m512 s0[KERNEL_ROWS][TILE_MAX], s1[KERNEL_ROWS][TILE_MAX];
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
         p[r] = (const uint16_t *)(w + r * stride);
-        s0[r] = s1[r] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) s0[r][t] = s1[r][t] = _mm512_setzero_ps();
     }
     int i = 0;
     for (; i + 32 <= n; i += 32) {
-        __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             PREFETCH_NEXT_GROUP(p[r] + i, stride);
-            s0[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + i))), x0, s0[r]);
-            s1[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + i + 16))), x1, s1[r]);
+            __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + i)));
+            __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + i + 16)));
+#pragma GCC unroll 8
+            for (int t = 0; t < nt; t++) {
+                const float *x = ACT(float, t);
+                s0[r][t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i), s0[r][t]);
+                s1[r][t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i + 16), s1[r][t]);
+            }
         }
     }
 #pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) {
-        __m128 sum = _mm_set_ss(_mm512_reduce_add_ps(_mm512_add_ps(s0[r], s1[r])));
-        for (int j = i; j < n; j++)
-            sum = _mm_fmadd_ss(_mm_set_ss(_cvtsh_ss(p[r][j])), _mm_set_ss(x[j]), sum);
-        out[r] = _mm_cvtss_f32(sum);
-    }
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            const float *x = ACT(float, t);
+            __m128 sum = _mm_set_ss(_mm512_reduce_add_ps(_mm512_add_ps(s0[r][t], s1[r][t])));
+            for (int j = i; j < n; j++)
+                sum = _mm_fmadd_ss(_mm_set_ss(_cvtsh_ss(p[r][j])), _mm_set_ss(x[j]), sum);
+            OUT(r, t) = _mm_cvtss_f32(sum);
+        }
 }
-ROWS_WRAPPER(rows512_f16, f16_body512)
+KERNELS(rows512_f16, tile512_f16, f16_body512)
 
 /* ---- Q8_0 ---------------------------------------------------------------- */
 
@@ -67,74 +78,92 @@ ROWS_INLINE __m512i load_2x32(const int8_t *lo, const int8_t *hi)
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lo)), h, 1);
 }
 
-/* The products d_w * d_y of blocks i and i + 1 (fp16 d0, d1; dy = their
- * activations' scales in lanes 0 and 1), spread over the lanes by idx: one
- * conversion for both blocks instead of two scalar ones and a blend. */
-ROWS_INLINE __m512 scales2(uint16_t d0, uint16_t d1, __m128 dy, __m512i idx)
+/* The scales of blocks i and i + 1 (lanes 0 and 1 of v) spread over the
+ * lanes by idx. The product of a weight's and an activation's spread scales
+ * is, lane by lane, the product d_w * d_y of the one-block kernels: the
+ * weights' are spread once per row, the activations' once per token. */
+ROWS_INLINE __m512 spread2(__m128 v, __m512i idx) { return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v)); }
+
+ROWS_INLINE __m128 fp16x2(uint16_t d0, uint16_t d1)
 {
-    __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(d0 | (uint32_t)d1 << 16)));
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(dw, dy)));
+    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)(d0 | (uint32_t)d1 << 16)));
 }
 
-ROWS_INLINE void q8_0_body512(const uint8_t *w, size_t stride, const void *act, int n, float *out, const int nr)
+ROWS_INLINE void q8_0_body512(BODY_ARGS)
 {
-    const kernel_block_q8_0 *y = act;
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     const kernel_block_q8_0 *b[KERNEL_ROWS];
-    __m512 acc[KERNEL_ROWS];
+    __m512 acc[KERNEL_ROWS][TILE_MAX];
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
         b[r] = (const kernel_block_q8_0 *)(w + r * stride);
-        acc[r] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
     }
     const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     int nb = n / KERNEL_Q8_0_BLOCK;
     for (int i = 0; i < nb; i += 2) {
         int pair = i + 1 < nb;
-        __m512i yv = load_2x32(y[i].qs, pair ? y[i + 1].qs : NULL);
-        __m128 dy = _mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0);
-        __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                         _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, yv));
+        __m512i yv[TILE_MAX], start[TILE_MAX];
+        __m512 dy[TILE_MAX];
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            const kernel_block_q8_0 *y = ACT(kernel_block_q8_0, t);
+            yv[t] = load_2x32(y[i].qs, pair ? y[i + 1].qs : NULL);
+            dy[t] = spread2(_mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0), halves);
+            start[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, yv[t]));
+        }
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             PREFETCH_NEXT_GROUP(&b[r][i], stride);
             PREFETCH_NEXT_GROUP(&b[r][i + 1].qs[31], stride);
-            __m512i q = load_2x32(b[r][i].qs, pair ? b[r][i + 1].qs : NULL);
-            __m512i p = _mm512_dpbusd_epi32(start, _mm512_xor_si512(q, bias), yv);
-            __m512 sc = scales2(b[r][i].d, pair ? b[r][i + 1].d : 0, dy, halves);
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[r]);
+            __m512i q = _mm512_xor_si512(load_2x32(b[r][i].qs, pair ? b[r][i + 1].qs : NULL), bias);
+            __m512 dw = spread2(fp16x2(b[r][i].d, pair ? b[r][i + 1].d : 0), halves);
+#pragma GCC unroll 8
+            for (int t = 0; t < nt; t++) {
+                __m512i p = _mm512_dpbusd_epi32(start[t], q, yv[t]);
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, dy[t]), acc[r][t]);
+            }
         }
     }
 #pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) OUT(r, t) = _mm512_reduce_add_ps(acc[r][t]);
 }
-ROWS_WRAPPER(rows512_q8_0, q8_0_body512)
+KERNELS(rows512_q8_0, tile512_q8_0, q8_0_body512)
 
 /* ---- Q4_0 ---------------------------------------------------------------- */
 
-ROWS_INLINE void q4_0_body512(const uint8_t *w, size_t stride, const void *act, int n, float *out, const int nr)
+ROWS_INLINE void q4_0_body512(BODY_ARGS)
 {
-    const kernel_block_q8_0 *y = act;
     const __m256i m15 = _mm256_set1_epi8(15);
     const __m512i quarters = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
     const quant_block_q4_0 *b[KERNEL_ROWS];
-    __m512 acc[KERNEL_ROWS];
+    __m512 acc[KERNEL_ROWS][TILE_MAX];
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
         b[r] = (const quant_block_q4_0 *)(w + r * stride);
-        acc[r] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
     }
     int nb = n / QUANT_BLOCK;
     for (int i = 0; i < nb; i += 2) {
         int pair = i + 1 < nb;
-        __m256i ya = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        __m256i yb = pair ? _mm256_loadu_si256((const __m256i *)y[i + 1].qs) : _mm256_setzero_si256();
-        /* [i: 0-15, i+1: 0-15, i: 16-31, i+1: 16-31], as the nibbles come */
-        __m512i yv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(ya, yb, 0x20)),
-                                        _mm256_permute2x128_si256(ya, yb, 0x31), 1);
-        __m128 dy = _mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0);
-        __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                         _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), yv));
+        __m512i yv[TILE_MAX], start[TILE_MAX];
+        __m512 dy[TILE_MAX];
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            const kernel_block_q8_0 *y = ACT(kernel_block_q8_0, t);
+            __m256i ya = _mm256_loadu_si256((const __m256i *)y[i].qs);
+            __m256i yb = pair ? _mm256_loadu_si256((const __m256i *)y[i + 1].qs) : _mm256_setzero_si256();
+            /* [i: 0-15, i+1: 0-15, i: 16-31, i+1: 16-31], as the nibbles come */
+            yv[t] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(ya, yb, 0x20)),
+                                       _mm256_permute2x128_si256(ya, yb, 0x31), 1);
+            dy[t] = spread2(_mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0), quarters);
+            start[t] = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), yv[t]));
+        }
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             PREFETCH_NEXT_GROUP(&b[r][i], stride);
@@ -143,15 +172,20 @@ ROWS_INLINE void q4_0_body512(const uint8_t *w, size_t stride, const void *act, 
             __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(qa), qb, 1);
             __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m15)),
                                            _mm256_and_si256(_mm256_srli_epi16(v, 4), m15), 1);
-            __m512i p = _mm512_dpbusd_epi32(start, q, yv);
-            __m512 sc = scales2(b[r][i].d, pair ? b[r][i + 1].d : 0, dy, quarters);
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[r]);
+            __m512 dw = spread2(fp16x2(b[r][i].d, pair ? b[r][i + 1].d : 0), quarters);
+#pragma GCC unroll 8
+            for (int t = 0; t < nt; t++) {
+                __m512i p = _mm512_dpbusd_epi32(start[t], q, yv[t]);
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, dy[t]), acc[r][t]);
+            }
         }
     }
 #pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) OUT(r, t) = _mm512_reduce_add_ps(acc[r][t]);
 }
-ROWS_WRAPPER(rows512_q4_0, q4_0_body512)
+KERNELS(rows512_q4_0, tile512_q4_0, q4_0_body512)
 
 kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)
 {
@@ -172,6 +206,24 @@ kernel_rows_fn kernel_rows_avx512(ggml_type t)
     kernel_rows_fn wide = t == GGML_TYPE_F16 ? NULL : kernel_rows_avx512_width(t, 512);
     return wide ? wide : rows256_get(t);
 }
+
+kernel_tile_fn kernel_tile_avx512_width(ggml_type t, int bits)
+{
+    if (bits == 256) return tile256_get(t);
+    switch (t) {
+    case GGML_TYPE_F16: return tile512_f16;
+    case GGML_TYPE_Q8_0: return tile512_q8_0;
+    case GGML_TYPE_Q4_0: return tile512_q4_0;
+    default: return NULL;
+    }
+}
+
+/* The same width as kernel_rows_avx512 picks, so prompts and generation agree. */
+kernel_tile_fn kernel_tile_avx512(ggml_type t)
+{
+    kernel_tile_fn wide = t == GGML_TYPE_F16 ? NULL : kernel_tile_avx512_width(t, 512);
+    return wide ? wide : tile256_get(t);
+}
 #else
 kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)
 {
@@ -179,6 +231,16 @@ kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)
     return NULL;
 }
 kernel_rows_fn kernel_rows_avx512(ggml_type t)
+{
+    (void)t;
+    return NULL;
+}
+kernel_tile_fn kernel_tile_avx512_width(ggml_type t, int bits)
+{
+    (void)t, (void)bits;
+    return NULL;
+}
+kernel_tile_fn kernel_tile_avx512(ggml_type t)
 {
     (void)t;
     return NULL;

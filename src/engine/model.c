@@ -837,7 +837,7 @@ static uint64_t state_bytes(const model_config *c, int n_layers, int n_ctx, int 
 {
     uint64_t q_dim = (uint64_t)c->n_head * c->head_dim, kv_dim = (uint64_t)c->n_head_kv * c->head_dim;
     uint64_t half = (uint64_t)c->n_rot / 2;
-    uint64_t batch = (uint64_t)MODEL_BATCH * (2 * (uint64_t)c->n_embd + 2 * q_dim + 2 * (uint64_t)c->n_ff +
+    uint64_t batch = (uint64_t)MODEL_BATCH * (2 * (uint64_t)c->n_embd + 2 * q_dim + 2 * kv_dim + 2 * (uint64_t)c->n_ff +
                                               (c->n_swa > 0 ? 4 : 2) * half);
     return sizeof(float) * (2 * (uint64_t)n_layers * (uint64_t)n_ctx * kv_dim + batch +
                             (uint64_t)n_threads * (uint64_t)n_ctx) +
@@ -864,8 +864,35 @@ uint64_t model_part_need(const model_sizes *z, const model_part *part, int n_ctx
 }
 
 /* ======================================================================== */
-/* state                                                                     */
+/* state and batch scratch                                                   */
 /* ======================================================================== */
+
+/* The scratch of one forward batch of up to MODEL_BATCH tokens, which may
+ * belong to several sequences: per token its state and position, and the
+ * activations of the batch. A state owns one for its own (single-sequence)
+ * calls; model_batch_new makes one for mixed batches. */
+struct model_batch {
+    const model *m;
+    model_state *tok_state[MODEL_BATCH]; /* whose cache token i reads and extends */
+    int tok_pos[MODEL_BATCH];            /* its position there */
+    float *x;           /* (MODEL_BATCH, n_embd) hidden states of model_forward(_batch) */
+    float *xb;          /* (MODEL_BATCH, n_embd) normed input of a block, then its output */
+    float *q;           /* (MODEL_BATCH, n_head * head_dim) */
+    float *k_new;       /* (MODEL_BATCH, kv_dim) the batch's keys, copied into the caches */
+    float *v_new;       /* (MODEL_BATCH, kv_dim) its values */
+    float *att_out;     /* (MODEL_BATCH, n_head * head_dim) */
+    float *hb;          /* (MODEL_BATCH, n_ff) gate, then silu(gate) * up */
+    float *hb2;         /* (MODEL_BATCH, n_ff) up */
+    float *rope_cos;    /* (MODEL_BATCH, n_rot / 2) */
+    float *rope_sin;    /* (MODEL_BATCH, n_rot / 2) */
+    float *rope_cos_swa; /* (MODEL_BATCH, n_rot / 2) gemma3's local layers, else NULL */
+    float *rope_sin_swa; /* (MODEL_BATCH, n_rot / 2) */
+    float *att;         /* (att_rows, att_ctx) attention weights, one row per pool thread */
+    int att_rows, att_ctx;
+    float *last_logits; /* (last_rows, n_vocab) model_forward_batch's last-token logits */
+    int last_rows;
+    void *scratch;      /* kernel_matmul's converted inputs */
+};
 
 struct model_state {
     const model *m;     /* the model it was made for */
@@ -876,21 +903,64 @@ struct model_state {
     int range_first, range_end; /* while n_past > 0: the layers forward calls run */
     float *key_cache;   /* (n_layers, n_ctx, kv_dim): layer l at l - first */
     float *value_cache; /* (n_layers, n_ctx, kv_dim) */
-    float *x;           /* (MODEL_BATCH, n_embd) model_forward's batch of hidden states */
-    float *xb;          /* (MODEL_BATCH, n_embd) normed input of a block, then its output */
-    float *q;           /* (MODEL_BATCH, n_head * head_dim) */
-    float *att_out;     /* (MODEL_BATCH, n_head * head_dim) */
-    float *hb;          /* (MODEL_BATCH, n_ff) gate, then silu(gate) * up */
-    float *hb2;         /* (MODEL_BATCH, n_ff) up */
-    float *rope_cos;    /* (MODEL_BATCH, n_rot / 2) */
-    float *rope_sin;    /* (MODEL_BATCH, n_rot / 2) */
-    float *rope_cos_swa; /* (MODEL_BATCH, n_rot / 2) gemma3's local layers, else NULL */
-    float *rope_sin_swa; /* (MODEL_BATCH, n_rot / 2) */
-    float *att;         /* (att_rows, n_ctx) attention weights, one row per pool thread */
-    int att_rows;
     const float *rope_factors; /* (n_rot / 2) the model's RoPE divisors for this context, or NULL */
-    void *scratch;      /* kernel_matmul's converted inputs */
+    model_batch *work;  /* scratch of the state's own calls */
 };
+
+model_batch *model_batch_new(const model *m, char *err, size_t errlen)
+{
+    const model_config *c = &m->c;
+    model_batch *b = calloc(1, sizeof *b);
+    if (!b) goto oom;
+    b->m = m;
+    size_t q_dim = (size_t)c->n_head * c->head_dim, kv_dim = (size_t)c->n_head_kv * c->head_dim;
+    size_t half = (size_t)(c->n_rot / 2);
+    b->x = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float));
+    b->xb = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float));
+    b->q = calloc(MODEL_BATCH * q_dim, sizeof(float));
+    b->k_new = calloc(MODEL_BATCH * kv_dim, sizeof(float));
+    b->v_new = calloc(MODEL_BATCH * kv_dim, sizeof(float));
+    b->att_out = calloc(MODEL_BATCH * q_dim, sizeof(float));
+    b->hb = calloc((size_t)MODEL_BATCH * c->n_ff, sizeof(float));
+    b->hb2 = calloc((size_t)MODEL_BATCH * c->n_ff, sizeof(float));
+    b->rope_cos = calloc(MODEL_BATCH * half, sizeof(float));
+    b->rope_sin = calloc(MODEL_BATCH * half, sizeof(float));
+    if (c->n_swa > 0) {
+        b->rope_cos_swa = calloc(MODEL_BATCH * half, sizeof(float));
+        b->rope_sin_swa = calloc(MODEL_BATCH * half, sizeof(float));
+        if (!b->rope_cos_swa || !b->rope_sin_swa) goto oom;
+    }
+    b->scratch = m->matmul_scratch ? malloc(m->matmul_scratch) : NULL;
+    if (!b->x || !b->xb || !b->q || !b->k_new || !b->v_new || !b->att_out || !b->hb || !b->hb2 ||
+        !b->rope_cos || !b->rope_sin || (m->matmul_scratch && !b->scratch))
+        goto oom;
+    return b;
+oom:
+    snprintf(err, errlen, "out of memory for a batch of %d tokens", MODEL_BATCH);
+    model_batch_free(b);
+    return NULL;
+}
+
+void model_batch_free(model_batch *b)
+{
+    if (!b) return;
+    free(b->x);
+    free(b->xb);
+    free(b->q);
+    free(b->k_new);
+    free(b->v_new);
+    free(b->att_out);
+    free(b->hb);
+    free(b->hb2);
+    free(b->rope_cos);
+    free(b->rope_sin);
+    free(b->rope_cos_swa);
+    free(b->rope_sin_swa);
+    free(b->att);
+    free(b->last_logits);
+    free(b->scratch);
+    free(b);
+}
 
 model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen)
 {
@@ -908,26 +978,13 @@ model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen
     s->rope_factors = c->arch != MODEL_ARCH_PHI3 ? m->rope_freq_factors
                       : n_ctx > c->n_ctx_orig ? m->rope_factors_long : m->rope_factors_short;
     size_t kv = (size_t)s->n_layers * (size_t)n_ctx * (size_t)s->kv_dim;
-    size_t q_dim = (size_t)c->n_head * c->head_dim;
     s->key_cache = calloc(kv, sizeof(float));
     s->value_cache = calloc(kv, sizeof(float));
-    s->x = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float));
-    s->xb = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float));
-    s->q = calloc(MODEL_BATCH * q_dim, sizeof(float));
-    s->att_out = calloc(MODEL_BATCH * q_dim, sizeof(float));
-    s->hb = calloc((size_t)MODEL_BATCH * c->n_ff, sizeof(float));
-    s->hb2 = calloc((size_t)MODEL_BATCH * c->n_ff, sizeof(float));
-    s->rope_cos = calloc((size_t)MODEL_BATCH * (c->n_rot / 2), sizeof(float));
-    s->rope_sin = calloc((size_t)MODEL_BATCH * (c->n_rot / 2), sizeof(float));
-    if (c->n_swa > 0) {
-        s->rope_cos_swa = calloc((size_t)MODEL_BATCH * (c->n_rot / 2), sizeof(float));
-        s->rope_sin_swa = calloc((size_t)MODEL_BATCH * (c->n_rot / 2), sizeof(float));
-        if (!s->rope_cos_swa || !s->rope_sin_swa) goto oom;
+    if (!s->key_cache || !s->value_cache) goto oom;
+    if (!(s->work = model_batch_new(m, err, errlen))) {
+        model_state_free(s);
+        return NULL;
     }
-    s->scratch = m->matmul_scratch ? malloc(m->matmul_scratch) : NULL;
-    if (!s->key_cache || !s->value_cache || !s->x || !s->xb || !s->q || !s->att_out || !s->hb ||
-        !s->hb2 || !s->rope_cos || !s->rope_sin || (m->matmul_scratch && !s->scratch))
-        goto oom;
     return s;
 oom:
     snprintf(err, errlen, "out of memory for a context of %d positions", n_ctx);
@@ -940,18 +997,7 @@ void model_state_free(model_state *s)
     if (!s) return;
     free(s->key_cache);
     free(s->value_cache);
-    free(s->x);
-    free(s->xb);
-    free(s->q);
-    free(s->att_out);
-    free(s->hb);
-    free(s->hb2);
-    free(s->rope_cos);
-    free(s->rope_sin);
-    free(s->rope_cos_swa);
-    free(s->rope_sin_swa);
-    free(s->att);
-    free(s->scratch);
+    model_batch_free(s->work);
     free(s);
 }
 
@@ -960,7 +1006,7 @@ int model_state_n_past(const model_state *s) { return s->n_past; }
 
 uint64_t model_state_bytes(const model_state *s)
 {
-    return state_bytes(&s->m->c, s->n_layers, s->n_ctx, s->att_rows, s->m->matmul_scratch);
+    return state_bytes(&s->m->c, s->n_layers, s->n_ctx, s->work->att_rows, s->m->matmul_scratch);
 }
 
 void model_state_truncate(model_state *s, int n_past)
@@ -1015,31 +1061,51 @@ static void rope_apply(const model_config *c, float *v, int n_heads, const float
     }
 }
 
+/* Places n tokens of state s in the batch from row i0: positions n_past ..
+ * n_past + n - 1, and their RoPE angles (per token: one state's factors and
+ * position, so a mixed batch rotates each token as its sequence alone would). */
+static void batch_place(const model *m, model_batch *b, int i0, model_state *s, int n)
+{
+    const model_config *c = &m->c;
+    int half = c->n_rot / 2;
+    assert(i0 >= 0 && n > 0 && i0 + n <= MODEL_BATCH);
+    for (int i = 0; i < n; i++) {
+        b->tok_state[i0 + i] = s;
+        b->tok_pos[i0 + i] = s->n_past + i;
+    }
+    /* gemma3 passes no factors to its global layers' table (as llama.cpp) */
+    rope_tables(c, c->rope_base, c->rope_scale, c->arch == MODEL_ARCH_GEMMA3 ? NULL : s->rope_factors,
+                s->n_past, n, b->rope_cos + (size_t)i0 * half, b->rope_sin + (size_t)i0 * half);
+    if (b->rope_cos_swa)
+        rope_tables(c, c->rope_base_swa, 1.0, NULL, s->n_past, n, b->rope_cos_swa + (size_t)i0 * half,
+                    b->rope_sin_swa + (size_t)i0 * half);
+}
+
 typedef struct {
     const model_config *c;
-    model_state *s;
-    int layer; /* its cache's index in the state (layer - first) */
-    int pos0; /* position of the batch's first token */
-    int n_tokens;
+    model_batch *b;
+    int layer;  /* the model's layer index */
     int window; /* > 0: attend to the last `window` positions only (sliding window) */
 } attention_job;
 
-/* One (token, head) pair: causal softmax attention over the cache. */
+/* One (token, head) pair: causal softmax attention over its own sequence's
+ * cache, positions 0 .. its position. */
 static void attention_task(void *ctx, int task, int thread)
 {
     const attention_job *job = ctx;
     const model_config *c = job->c;
-    model_state *s = job->s;
+    model_batch *b = job->b;
     int i = task / c->n_head, h = task % c->n_head;
-    int pos = job->pos0 + i;
+    const model_state *s = b->tok_state[i];
+    int pos = b->tok_pos[i];
     int hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
     int kv_head = h / (c->n_head / c->n_head_kv);
-    size_t layer_off = (size_t)job->layer * s->n_ctx * kv_dim;
-    const float *q = s->q + (size_t)i * q_dim + h * hd;                    /* (head_dim) */
+    size_t layer_off = (size_t)(job->layer - s->first) * s->n_ctx * kv_dim;
+    const float *q = b->q + (size_t)i * q_dim + h * hd;                    /* (head_dim) */
     const float *keys = s->key_cache + layer_off + kv_head * hd;           /* (pos + 1, kv_dim) */
     const float *values = s->value_cache + layer_off + kv_head * hd;       /* (pos + 1, kv_dim) */
-    float *att = s->att + (size_t)thread * s->n_ctx;                       /* (pos + 1) */
-    float *out = s->att_out + (size_t)i * q_dim + h * hd;                  /* (head_dim) */
+    float *att = b->att + (size_t)thread * b->att_ctx;                     /* (pos + 1) */
+    float *out = b->att_out + (size_t)i * q_dim + h * hd;                  /* (head_dim) */
 
     int t0 = job->window > 0 && pos - job->window + 1 > 0 ? pos - job->window + 1 : 0;
     for (int t = t0; t <= pos; t++)
@@ -1053,17 +1119,16 @@ static void attention_task(void *ctx, int task, int thread)
 
 /* Attention input of layer L for the batch's n tokens: xb = rmsnorm(x) *
  * attn_norm, then q, k, v = xb Wq, Wk, Wv in one dispatch (the input is
- * converted once); k and v go straight into the cache rows k_cache, v_cache
- * (n, kv_dim), q into s->q (n, n_head * head_dim). */
-static void norm_qkv(const model_config *c, const model_layer *L, model_state *s, threadpool *pool,
-                     const float *x, int n, float *k_cache, float *v_cache)
+ * converted once) -> b->q (n, n_head * head_dim), b->k_new, b->v_new (n, kv_dim). */
+static void norm_qkv(const model_config *c, const model_layer *L, model_batch *b, threadpool *pool,
+                     const float *x, int n)
 {
     int dim = c->n_embd;
     for (int i = 0; i < n; i++)
-        kernel_rmsnorm(s->xb + (size_t)i * dim, x + (size_t)i * dim, L->attn_norm, dim, c->norm_eps);
+        kernel_rmsnorm(b->xb + (size_t)i * dim, x + (size_t)i * dim, L->attn_norm, dim, c->norm_eps);
     const kernel_matrix *qkv[3] = {&L->wq, &L->wk, &L->wv};
-    float *qkv_out[3] = {s->q, k_cache, v_cache};
-    kernel_matmul_multi(pool, 3, qkv, s->xb, n, qkv_out, s->scratch);
+    float *qkv_out[3] = {b->q, b->k_new, b->v_new};
+    kernel_matmul_multi(pool, 3, qkv, b->xb, n, qkv_out, b->scratch);
 }
 
 /* qwen3, gemma3: each head (head_dim) of one token's q and k = rmsnorm(head)
@@ -1076,91 +1141,95 @@ static void norm_heads(const model_config *c, const model_layer *L, float *q, fl
         kernel_rmsnorm(k + h * c->head_dim, k + h * c->head_dim, L->k_norm, c->head_dim, c->norm_eps);
 }
 
-/* Causal attention of the batch's n tokens over the cache of layer l, one
- * task per (token, head); window > 0 limits each query to the last window
- * positions. -> s->att_out (n, n_head * head_dim). */
-static void attend(const model_config *c, model_state *s, threadpool *pool, int l, int n, int window)
+/* Token i's key and value rows of layer l go to its sequence's cache at its
+ * position (a copy: the bits are those computed). */
+static void store_kv(const model_config *c, model_batch *b, int l, int n)
 {
-    assert(l >= s->first && l < s->first + s->n_layers);
-    attention_job job = {c, s, l - s->first, s->n_past, n, window};
+    size_t kv_dim = (size_t)c->n_head_kv * c->head_dim;
+    for (int i = 0; i < n; i++) {
+        model_state *s = b->tok_state[i];
+        assert(l >= s->first && l < s->first + s->n_layers && b->tok_pos[i] < s->n_ctx);
+        size_t off = ((size_t)(l - s->first) * s->n_ctx + (size_t)b->tok_pos[i]) * kv_dim;
+        memcpy(s->key_cache + off, b->k_new + i * kv_dim, sizeof(float) * kv_dim);
+        memcpy(s->value_cache + off, b->v_new + i * kv_dim, sizeof(float) * kv_dim);
+    }
+}
+
+/* Causal attention of the batch's n tokens over their caches of layer l, one
+ * task per (token, head); window > 0 limits each query to the last window
+ * positions. -> b->att_out (n, n_head * head_dim). */
+static void attend(const model_config *c, model_batch *b, threadpool *pool, int l, int n, int window)
+{
+    attention_job job = {c, b, l, window};
     threadpool_run(pool, n * c->n_head, attention_task, &job);
 }
 
 /* Feed-forward input of layer L: xb = rmsnorm(x) * ffn_norm, then gate, up =
- * xb Wgate, xb Wup in one dispatch -> s->hb, s->hb2 (n, n_ff). */
-static void norm_gate_up(const model_config *c, const model_layer *L, model_state *s,
+ * xb Wgate, xb Wup in one dispatch -> b->hb, b->hb2 (n, n_ff). */
+static void norm_gate_up(const model_config *c, const model_layer *L, model_batch *b,
                          threadpool *pool, const float *x, int n)
 {
     int dim = c->n_embd;
     for (int i = 0; i < n; i++)
-        kernel_rmsnorm(s->xb + (size_t)i * dim, x + (size_t)i * dim, L->ffn_norm, dim, c->norm_eps);
+        kernel_rmsnorm(b->xb + (size_t)i * dim, x + (size_t)i * dim, L->ffn_norm, dim, c->norm_eps);
     const kernel_matrix *gate_up[2] = {&L->w_gate, &L->w_up};
-    float *gate_up_out[2] = {s->hb, s->hb2};
-    kernel_matmul_multi(pool, 2, gate_up, s->xb, n, gate_up_out, s->scratch);
+    float *gate_up_out[2] = {b->hb, b->hb2};
+    kernel_matmul_multi(pool, 2, gate_up, b->xb, n, gate_up_out, b->scratch);
 }
 
-/* The cache rows (n, kv_dim) of layer l for positions pos0 .. pos0 + n - 1. */
-static float *cache_rows(model_state *s, float *cache, int l, int pos0)
-{
-    assert(l >= s->first && l < s->first + s->n_layers && pos0 >= 0 && pos0 <= s->n_ctx);
-    return cache + ((size_t)(l - s->first) * s->n_ctx + pos0) * s->kv_dim;
-}
-
-/* Runs one batch of n <= MODEL_BATCH hidden states x (n, n_embd), at
- * positions n_past .. n_past + n - 1, through layers [first, end), in place:
- * x leaves as those layers' output (after the last, before the final norm). */
-static void forward_layers(const model *m, model_state *s, threadpool *pool, int first, int end,
+/* Runs the batch's n <= MODEL_BATCH hidden states x (n, n_embd) through
+ * layers [first, end), in place: x leaves as those layers' output (after the
+ * last, before the final norm). Token i is at position b->tok_pos[i] of
+ * b->tok_state[i] (batch_place): the products run over every token at once
+ * (each weight row read once for the batch), attention per token over its
+ * own sequence. The caller advances the states' n_past. */
+static void forward_layers(const model *m, model_batch *b, threadpool *pool, int first, int end,
                            float *x, int n)
 {
     const model_config *c = &m->c;
-    int dim = c->n_embd, hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
+    int dim = c->n_embd, hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = c->n_head_kv * hd;
     int half = c->n_rot / 2;
-    int pos0 = s->n_past;
     assert(n > 0 && n <= MODEL_BATCH);
-
-    rope_tables(c, c->rope_base, c->rope_scale, s->rope_factors, pos0, n, s->rope_cos, s->rope_sin);
 
     for (int l = first; l < end; l++) {
         const model_layer *L = &m->layers[l];
-        float *k_cache = cache_rows(s, s->key_cache, l, pos0);   /* (n, kv_dim) */
-        float *v_cache = cache_rows(s, s->value_cache, l, pos0); /* (n, kv_dim) */
 
         /* ---- attention: xb = rmsnorm(x) * attn_norm; q, k, v = xb Wq, Wk, Wv ---- */
-        norm_qkv(c, L, s, pool, x, n, k_cache, v_cache); /* (n, q_dim), (n, kv_dim) x 2 into the cache */
+        norm_qkv(c, L, b, pool, x, n); /* (n, q_dim), (n, kv_dim) x 2 */
 
         /* ---- biases (qwen2; some llama files): q += bq, k += bk, v += bv ---- */
-        for (int i = 0; i < n && L->bq; i++) kernel_add(s->q + (size_t)i * q_dim, L->bq, q_dim);
-        for (int i = 0; i < n && L->bk; i++) kernel_add(k_cache + (size_t)i * kv_dim, L->bk, kv_dim);
-        for (int i = 0; i < n && L->bv; i++) kernel_add(v_cache + (size_t)i * kv_dim, L->bv, kv_dim);
+        for (int i = 0; i < n && L->bq; i++) kernel_add(b->q + (size_t)i * q_dim, L->bq, q_dim);
+        for (int i = 0; i < n && L->bk; i++) kernel_add(b->k_new + (size_t)i * kv_dim, L->bk, kv_dim);
+        for (int i = 0; i < n && L->bv; i++) kernel_add(b->v_new + (size_t)i * kv_dim, L->bv, kv_dim);
 
         /* ---- qwen3: each q and k head (head_dim) = rmsnorm(head) * q_norm / k_norm ---- */
         assert(!L->q_norm == !L->k_norm); /* qwen3 requires both, the others refuse both */
         for (int i = 0; i < n && L->q_norm; i++)
-            norm_heads(c, L, s->q + (size_t)i * q_dim, k_cache + (size_t)i * kv_dim);
+            norm_heads(c, L, b->q + (size_t)i * q_dim, b->k_new + (size_t)i * kv_dim);
 
-        /* ---- RoPE on q and k ---- */
+        /* ---- RoPE on q and k, then k and v into each token's cache ---- */
         for (int i = 0; i < n; i++) {
-            rope_apply(c, s->q + (size_t)i * q_dim, c->n_head, s->rope_cos + i * half,
-                       s->rope_sin + i * half);
-            rope_apply(c, k_cache + (size_t)i * kv_dim, c->n_head_kv, s->rope_cos + i * half,
-                       s->rope_sin + i * half);
+            rope_apply(c, b->q + (size_t)i * q_dim, c->n_head, b->rope_cos + i * half,
+                       b->rope_sin + i * half);
+            rope_apply(c, b->k_new + (size_t)i * kv_dim, c->n_head_kv, b->rope_cos + i * half,
+                       b->rope_sin + i * half);
         }
+        store_kv(c, b, l, n);
 
         /* ---- grouped-query attention over positions 0 .. pos, one task per (token, head) ---- */
-        attend(c, s, pool, l, n, 0); /* -> att_out (n, q_dim) */
+        attend(c, b, pool, l, n, 0); /* -> att_out (n, q_dim) */
 
         /* ---- output projection and residual: x += att_out Wo ---- */
-        kernel_matmul(pool, &L->wo, s->att_out, n, s->xb, s->scratch); /* (n, dim) */
-        for (int i = 0; i < n && L->bo; i++) kernel_add(s->xb + (size_t)i * dim, L->bo, dim);
-        kernel_add(x, s->xb, n * dim);
+        kernel_matmul(pool, &L->wo, b->att_out, n, b->xb, b->scratch); /* (n, dim) */
+        for (int i = 0; i < n && L->bo; i++) kernel_add(b->xb + (size_t)i * dim, L->bo, dim);
+        kernel_add(x, b->xb, n * dim);
 
         /* ---- feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x) * ffn_norm ---- */
-        norm_gate_up(c, L, s, pool, x, n); /* (n, n_ff) x 2 */
-        kernel_swiglu(s->hb, s->hb2, n * c->n_ff);
-        kernel_matmul(pool, &L->w_down, s->hb, n, s->xb, s->scratch); /* (n, dim) */
-        kernel_add(x, s->xb, n * dim);
+        norm_gate_up(c, L, b, pool, x, n); /* (n, n_ff) x 2 */
+        kernel_swiglu(b->hb, b->hb2, n * c->n_ff);
+        kernel_matmul(pool, &L->w_down, b->hb, n, b->xb, b->scratch); /* (n, dim) */
+        kernel_add(x, b->xb, n * dim);
     }
-    s->n_past += n;
 }
 
 /* GELU (tanh form, as Gemma's gelu_pytorch_tanh and ggml's gelu) of the
@@ -1182,56 +1251,50 @@ static void gelu_gate(float *x, const float *y, int n)
  * unscaled, global ones the file's base and scaling. GGUF stores Gemma's norm
  * weights as 1 + w (llama.cpp's converter adds the 1), so every norm is a
  * plain RMSNorm here. Same contract as forward_layers. */
-static void forward_layers_gemma3(const model *m, model_state *s, threadpool *pool, int first,
+static void forward_layers_gemma3(const model *m, model_batch *b, threadpool *pool, int first,
                                   int end, float *x, int n)
 {
     const model_config *c = &m->c;
-    int dim = c->n_embd, hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
+    int dim = c->n_embd, hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = c->n_head_kv * hd;
     int half = c->n_rot / 2;
-    int pos0 = s->n_past;
     assert(n > 0 && n <= MODEL_BATCH);
-
-    rope_tables(c, c->rope_base, c->rope_scale, NULL, pos0, n, s->rope_cos, s->rope_sin);
-    rope_tables(c, c->rope_base_swa, 1.0, NULL, pos0, n, s->rope_cos_swa, s->rope_sin_swa);
 
     for (int l = first; l < end; l++) {
         const model_layer *L = &m->layers[l];
         int local = l % c->swa_pattern != c->swa_pattern - 1;
-        const float *rcos = local ? s->rope_cos_swa : s->rope_cos; /* (n, n_rot / 2) */
-        const float *rsin = local ? s->rope_sin_swa : s->rope_sin;
-        float *k_cache = cache_rows(s, s->key_cache, l, pos0);   /* (n, kv_dim) */
-        float *v_cache = cache_rows(s, s->value_cache, l, pos0); /* (n, kv_dim) */
+        const float *rcos = local ? b->rope_cos_swa : b->rope_cos; /* (n, n_rot / 2) */
+        const float *rsin = local ? b->rope_sin_swa : b->rope_sin;
 
         /* ---- attention: xb = rmsnorm(x) * attn_norm; q, k, v = xb Wq, Wk, Wv ---- */
-        norm_qkv(c, L, s, pool, x, n, k_cache, v_cache); /* (n, q_dim), (n, kv_dim) x 2 into the cache */
+        norm_qkv(c, L, b, pool, x, n); /* (n, q_dim), (n, kv_dim) x 2 */
 
-        /* ---- per head: q, k = rmsnorm(head) * q_norm / k_norm, then RoPE (NEOX) ---- */
+        /* ---- per head: q, k = rmsnorm(head) * q_norm / k_norm, then RoPE (NEOX); k, v to the caches ---- */
         for (int i = 0; i < n; i++) {
-            norm_heads(c, L, s->q + (size_t)i * q_dim, k_cache + (size_t)i * kv_dim);
-            rope_apply(c, s->q + (size_t)i * q_dim, c->n_head, rcos + i * half, rsin + i * half);
-            rope_apply(c, k_cache + (size_t)i * kv_dim, c->n_head_kv, rcos + i * half, rsin + i * half);
+            norm_heads(c, L, b->q + (size_t)i * q_dim, b->k_new + (size_t)i * kv_dim);
+            rope_apply(c, b->q + (size_t)i * q_dim, c->n_head, rcos + i * half, rsin + i * half);
+            rope_apply(c, b->k_new + (size_t)i * kv_dim, c->n_head_kv, rcos + i * half, rsin + i * half);
         }
+        store_kv(c, b, l, n);
 
         /* ---- attention (q.k * attn_scale), local layers over the last n_swa positions ---- */
-        attend(c, s, pool, l, n, local ? c->n_swa : 0); /* -> att_out (n, q_dim) */
+        attend(c, b, pool, l, n, local ? c->n_swa : 0); /* -> att_out (n, q_dim) */
 
         /* ---- x += rmsnorm(att_out Wo) * post_attention_norm ---- */
-        kernel_matmul(pool, &L->wo, s->att_out, n, s->xb, s->scratch); /* (n, dim) */
+        kernel_matmul(pool, &L->wo, b->att_out, n, b->xb, b->scratch); /* (n, dim) */
         for (int i = 0; i < n; i++)
-            kernel_rmsnorm(s->xb + (size_t)i * dim, s->xb + (size_t)i * dim, L->post_attn_norm, dim,
+            kernel_rmsnorm(b->xb + (size_t)i * dim, b->xb + (size_t)i * dim, L->post_attn_norm, dim,
                            c->norm_eps);
-        kernel_add(x, s->xb, n * dim);
+        kernel_add(x, b->xb, n * dim);
 
         /* ---- x += rmsnorm((gelu(xb Wgate) * (xb Wup)) Wdown) * post_ffw_norm, xb = rmsnorm(x) * ffn_norm ---- */
-        norm_gate_up(c, L, s, pool, x, n); /* (n, n_ff) x 2 */
-        gelu_gate(s->hb, s->hb2, n * c->n_ff);
-        kernel_matmul(pool, &L->w_down, s->hb, n, s->xb, s->scratch); /* (n, dim) */
+        norm_gate_up(c, L, b, pool, x, n); /* (n, n_ff) x 2 */
+        gelu_gate(b->hb, b->hb2, n * c->n_ff);
+        kernel_matmul(pool, &L->w_down, b->hb, n, b->xb, b->scratch); /* (n, dim) */
         for (int i = 0; i < n; i++)
-            kernel_rmsnorm(s->xb + (size_t)i * dim, s->xb + (size_t)i * dim, L->post_ffn_norm, dim,
+            kernel_rmsnorm(b->xb + (size_t)i * dim, b->xb + (size_t)i * dim, L->post_ffn_norm, dim,
                            c->norm_eps);
-        kernel_add(x, s->xb, n * dim);
+        kernel_add(x, b->xb, n * dim);
     }
-    s->n_past += n;
 }
 
 /* ---- the pieces: embed, layers, output; model_forward chains them ---- */
@@ -1252,27 +1315,28 @@ static void embed_rows(const model *m, const int32_t *tokens, int n, float *x)
     }
 }
 
-/* One batch of n <= MODEL_BATCH through layers [first, end) of the right pass. */
-static void run_layers(const model *m, model_state *s, threadpool *pool, int first, int end, float *x,
+/* One batch of n <= MODEL_BATCH placed tokens through layers [first, end) of
+ * the right pass. */
+static void run_layers(const model *m, model_batch *b, threadpool *pool, int first, int end, float *x,
                        int n)
 {
     if (m->c.arch == MODEL_ARCH_GEMMA3)
-        forward_layers_gemma3(m, s, pool, first, end, x, n);
+        forward_layers_gemma3(m, b, pool, first, end, x, n);
     else
-        forward_layers(m, s, pool, first, end, x, n);
+        forward_layers(m, b, pool, first, end, x, n);
 }
 
 /* ---- final norm and classifier: logits = rmsnorm(x) * output_norm Wout ----
  * n <= MODEL_BATCH rows x (n, n_embd) -> logits (n, n_vocab). */
-static void output_rows(const model *m, model_state *s, threadpool *pool, const float *x, int n,
+static void output_rows(const model *m, model_batch *b, threadpool *pool, const float *x, int n,
                         float *logits)
 {
     const model_config *c = &m->c;
     int dim = c->n_embd;
     assert(n > 0 && n <= MODEL_BATCH);
     for (int i = 0; i < n; i++)
-        kernel_rmsnorm(s->xb + (size_t)i * dim, x + (size_t)i * dim, m->output_norm, dim, c->norm_eps);
-    kernel_matmul(pool, &m->output, s->xb, n, logits, s->scratch); /* (n, n_vocab) */
+        kernel_rmsnorm(b->xb + (size_t)i * dim, x + (size_t)i * dim, m->output_norm, dim, c->norm_eps);
+    kernel_matmul(pool, &m->output, b->xb, n, logits, b->scratch); /* (n, n_vocab) */
 }
 
 static int check_tokens(const model *m, const int32_t *tokens, int n, char *err, size_t errlen)
@@ -1290,10 +1354,28 @@ static int check_tokens(const model *m, const int32_t *tokens, int n, char *err,
     return 0;
 }
 
-/* Checks that n more positions through layers [first, end) fit s, and gives
- * s a row of attention scratch per pool thread. */
-static int prepare_layers(const model *m, model_state *s, threadpool *pool, int first, int end,
-                          int n, char *err, size_t errlen)
+/* Gives b a row of attention scratch of n_ctx per pool thread. */
+static int batch_reserve(model_batch *b, threadpool *pool, int n_ctx, char *err, size_t errlen)
+{
+    int threads = threadpool_size(pool);
+    if (threads > b->att_rows || n_ctx > b->att_ctx) {
+        int rows = threads > b->att_rows ? threads : b->att_rows;
+        int ctx = n_ctx > b->att_ctx ? n_ctx : b->att_ctx;
+        float *att = realloc(b->att, sizeof(float) * (size_t)rows * (size_t)ctx);
+        if (!att) {
+            snprintf(err, errlen, "out of memory for attention scratch");
+            return -1;
+        }
+        b->att = att;
+        b->att_rows = rows;
+        b->att_ctx = ctx;
+    }
+    return 0;
+}
+
+/* Checks that n more positions through layers [first, end) fit s. */
+static int prepare_layers(const model *m, model_state *s, int first, int end, int n, char *err,
+                          size_t errlen)
 {
     assert(s->m == m);
     if (n <= 0) {
@@ -1315,19 +1397,15 @@ static int prepare_layers(const model *m, model_state *s, threadpool *pool, int 
                  s->n_past, n, s->n_ctx);
         return -1;
     }
-    int threads = threadpool_size(pool);
-    if (threads > s->att_rows) { /* per-thread attention rows, sized for the pool in use */
-        float *att = realloc(s->att, sizeof(float) * (size_t)threads * s->n_ctx);
-        if (!att) {
-            snprintf(err, errlen, "out of memory for attention scratch");
-            return -1;
-        }
-        s->att = att;
-        s->att_rows = threads;
-    }
+    return 0;
+}
+
+/* The state now holds layers [first, end) and nb more positions. */
+static void state_advance(model_state *s, int first, int end, int nb)
+{
     s->range_first = first;
     s->range_end = end;
-    return 0;
+    s->n_past += nb;
 }
 
 static int need_head(const model *m, char *err, size_t errlen)
@@ -1335,6 +1413,14 @@ static int need_head(const model *m, char *err, size_t errlen)
     if (m->part.head) return 0;
     snprintf(err, errlen, "the embeddings and the output are not loaded here (layers [%d, %d) only)",
              m->part.first, m->part.end);
+    return -1;
+}
+
+static int need_whole(const model *m, const char *what, char *err, size_t errlen)
+{
+    if (m->part.head && m->part.first == 0 && m->part.end == m->c.n_layer) return 0;
+    snprintf(err, errlen, "%s needs the whole model; layers [%d, %d)%s are loaded", what,
+             m->part.first, m->part.end, m->part.head ? " and the head" : "");
     return -1;
 }
 
@@ -1348,10 +1434,14 @@ int model_embed(const model *m, const int32_t *tokens, int n, float *x, char *er
 int model_forward_layers(const model *m, model_state *s, threadpool *pool, int first, int end,
                          float *x, int n, char *err, size_t errlen)
 {
-    if (prepare_layers(m, s, pool, first, end, n, err, errlen) != 0) return -1;
+    if (prepare_layers(m, s, first, end, n, err, errlen) != 0 ||
+        batch_reserve(s->work, pool, s->n_ctx, err, errlen) != 0)
+        return -1;
     for (int done = 0; done < n; done += MODEL_BATCH) {
         int nb = n - done < MODEL_BATCH ? n - done : MODEL_BATCH;
-        run_layers(m, s, pool, first, end, x + (size_t)done * m->c.n_embd, nb);
+        batch_place(m, s->work, 0, s, nb);
+        run_layers(m, s->work, pool, first, end, x + (size_t)done * m->c.n_embd, nb);
+        state_advance(s, first, end, nb);
     }
     return 0;
 }
@@ -1367,7 +1457,7 @@ int model_output(const model *m, model_state *s, threadpool *pool, const float *
     }
     for (int done = 0; done < n; done += MODEL_BATCH) {
         int nb = n - done < MODEL_BATCH ? n - done : MODEL_BATCH;
-        output_rows(m, s, pool, x + (size_t)done * m->c.n_embd, nb, logits + (size_t)done * m->c.n_vocab);
+        output_rows(m, s->work, pool, x + (size_t)done * m->c.n_embd, nb, logits + (size_t)done * m->c.n_vocab);
     }
     return 0;
 }
@@ -1384,26 +1474,81 @@ int model_final_norm(const model *m, const float *x, int n, float *out, char *er
 int model_forward(const model *m, model_state *s, threadpool *pool, const int32_t *tokens, int n,
                   float *logits, int all_logits, char *err, size_t errlen)
 {
-    const model_config *c = &m->c;
-    if (!m->part.head || m->part.first != 0 || m->part.end != c->n_layer) {
-        snprintf(err, errlen, "model_forward needs the whole model; layers [%d, %d)%s are loaded",
-                 m->part.first, m->part.end, m->part.head ? " and the head" : "");
+    if (need_whole(m, "model_forward", err, errlen) != 0 || check_tokens(m, tokens, n, err, errlen) != 0 ||
+        prepare_layers(m, s, 0, m->c.n_layer, n, err, errlen) != 0)
         return -1;
-    }
-    if (check_tokens(m, tokens, n, err, errlen) != 0 ||
-        prepare_layers(m, s, pool, 0, c->n_layer, n, err, errlen) != 0)
-        return -1;
-
-    /* one batch at a time through the three pieces, the hidden states in s->x */
-    int dim = c->n_embd;
+    /* one batch of one sequence at a time, through model_forward_batch's code */
     for (int done = 0; done < n; done += MODEL_BATCH) {
         int nb = n - done < MODEL_BATCH ? n - done : MODEL_BATCH;
-        embed_rows(m, tokens + done, nb, s->x);
-        run_layers(m, s, pool, 0, c->n_layer, s->x, nb);
-        if (all_logits)
-            output_rows(m, s, pool, s->x, nb, logits + (size_t)done * c->n_vocab);
-        else if (done + nb == n)
-            output_rows(m, s, pool, s->x + (size_t)(nb - 1) * dim, 1, logits); /* (n_vocab) */
+        int last = done + nb >= n;
+        model_seq seq = {.state = s, .tokens = tokens + done, .n = nb,
+                         .logits = all_logits ? logits + (size_t)done * m->c.n_vocab : last ? logits : NULL,
+                         .all_logits = all_logits};
+        if (model_forward_batch(m, s->work, pool, &seq, 1, err, errlen) != 0) return -1;
+    }
+    return 0;
+}
+
+int model_forward_batch(const model *m, model_batch *b, threadpool *pool, const model_seq *seqs,
+                        int n_seq, char *err, size_t errlen)
+{
+    const model_config *c = &m->c;
+    assert(b->m == m);
+    if (need_whole(m, "model_forward_batch", err, errlen) != 0) return -1;
+    int total = 0, n_last = 0, max_ctx = 0;
+    for (int k = 0; k < n_seq; k++) {
+        const model_seq *q = &seqs[k];
+        for (int j = 0; j < k; j++)
+            if (seqs[j].state == q->state) {
+                snprintf(err, errlen, "a sequence appears twice in one batch");
+                return -1;
+            }
+        if (check_tokens(m, q->tokens, q->n, err, errlen) != 0 ||
+            prepare_layers(m, q->state, 0, c->n_layer, q->n, err, errlen) != 0)
+            return -1;
+        total += q->n;
+        n_last += q->logits && !q->all_logits;
+        if (q->state->n_ctx > max_ctx) max_ctx = q->state->n_ctx;
+    }
+    if (n_seq <= 0 || total > MODEL_BATCH) {
+        snprintf(err, errlen, "a batch holds 1 to %d tokens, not %d", MODEL_BATCH, total);
+        return -1;
+    }
+    if (batch_reserve(b, pool, max_ctx, err, errlen) != 0) return -1;
+    if (n_last > b->last_rows) {
+        float *p = realloc(b->last_logits, sizeof(float) * (size_t)n_last * (size_t)c->n_vocab);
+        if (!p) {
+            snprintf(err, errlen, "out of memory for %d rows of logits", n_last);
+            return -1;
+        }
+        b->last_logits = p;
+        b->last_rows = n_last;
+    }
+
+    /* ---- embed every sequence's tokens, one after another; place them ---- */
+    int dim = c->n_embd;
+    for (int k = 0, i0 = 0; k < n_seq; i0 += seqs[k].n, k++) {
+        embed_rows(m, seqs[k].tokens, seqs[k].n, b->x + (size_t)i0 * dim);
+        batch_place(m, b, i0, seqs[k].state, seqs[k].n);
+    }
+
+    /* ---- every layer over the whole batch ---- */
+    run_layers(m, b, pool, 0, c->n_layer, b->x, total);
+    for (int k = 0; k < n_seq; k++) state_advance(seqs[k].state, 0, c->n_layer, seqs[k].n);
+
+    /* ---- logits: the last rows of those that want them in one product, all rows apart ---- */
+    for (int k = 0, i0 = 0, r = 0; k < n_seq; i0 += seqs[k].n, k++) {
+        if (!seqs[k].logits) continue;
+        if (seqs[k].all_logits)
+            output_rows(m, b, pool, b->x + (size_t)i0 * dim, seqs[k].n, seqs[k].logits);
+        else /* gather the last rows at the front of x: rows before i0 + n - 1 are done with */
+            memmove(b->x + (size_t)r++ * dim, b->x + (size_t)(i0 + seqs[k].n - 1) * dim, sizeof(float) * dim);
+    }
+    if (n_last > 0) {
+        output_rows(m, b, pool, b->x, n_last, b->last_logits); /* (n_last, n_vocab) */
+        for (int k = 0, r = 0; k < n_seq; k++)
+            if (seqs[k].logits && !seqs[k].all_logits)
+                memcpy(seqs[k].logits, b->last_logits + (size_t)r++ * c->n_vocab, sizeof(float) * c->n_vocab);
     }
     return 0;
 }

@@ -172,6 +172,39 @@ void model_state_truncate(model_state *s, int n_past);
 int model_forward(const model *m, model_state *s, threadpool *pool, const int32_t *tokens, int n,
                   float *logits, int all_logits, char *err, size_t errlen);
 
+/* ---- mixed batches: several sequences in one pass ---- */
+
+/* The scratch of one forward batch (activations of up to MODEL_BATCH tokens,
+ * attention rows, the classifier's rows): what model_forward_batch works in.
+ * Used by one forward call at a time; the caller frees. NULL with a message. */
+typedef struct model_batch model_batch;
+model_batch *model_batch_new(const model *m, char *err, size_t errlen);
+void model_batch_free(model_batch *b);
+
+/* One sequence's share of a mixed batch: n tokens appended to state's cache
+ * at positions n_past .. n_past + n - 1, and where their logits go: none
+ * (logits NULL), the last token's (n_vocab), or with all_logits every
+ * token's (n, n_vocab). */
+typedef struct {
+    model_state *state;
+    const int32_t *tokens; /* (n) */
+    int n;
+    float *logits;
+    int all_logits;
+} model_seq;
+
+/* One forward pass over the tokens of n_seq different sequences (at most
+ * MODEL_BATCH tokens in all, each state once): every matrix product runs
+ * over all the batch's tokens at once, so each weight row is read once per
+ * step, and each token attends over its own sequence's cache. A token's
+ * logits are bit-identical to those of its sequence run alone (each output
+ * element is computed the same way whatever the batch: see kernels.h).
+ * Needs a whole model. 0, or -1 with a message (a token id out of range, a
+ * context full, too many tokens), every state unchanged. model_forward is
+ * this with one sequence, MODEL_BATCH tokens at a time. */
+int model_forward_batch(const model *m, model_batch *b, threadpool *pool, const model_seq *seqs,
+                        int n_seq, char *err, size_t errlen);
+
 /* ---- the pieces of the forward pass, for pipeline stages ---- */
 
 /* x (n, n_embd) = the tokens' embeddings (gemma3's sqrt(n_embd) scaling

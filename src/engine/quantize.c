@@ -13,7 +13,7 @@
 #include "lib/err.h"
 #include "lib/threadpool.h"
 
-enum { MIX_PURE, MIX_Q4_K_M, MIX_Q5_K_M, MIX_Q4_K_S, MIX_Q5_K_S };
+enum { MIX_PURE, MIX_Q4_K_M, MIX_Q5_K_M, MIX_Q4_K_S, MIX_Q5_K_S, MIX_Q2_K_S, MIX_Q3_K_S, MIX_Q3_K_M, MIX_Q3_K_L };
 
 /* ftype numbers from llama.cpp's llama_ftype (the GGUF general.file_type).
  * Pure K types are labelled with the nearest llama.cpp ftype ("_S"). */
@@ -27,6 +27,8 @@ static const quantize_recipe recipes[] = {
     {"Q6_K", GGML_TYPE_Q6_K, MIX_PURE, 18},
     {"Q4_K_M", GGML_TYPE_Q4_K, MIX_Q4_K_M, 15}, {"Q5_K_M", GGML_TYPE_Q5_K, MIX_Q5_K_M, 17},
     {"Q4_K_S", GGML_TYPE_Q4_K, MIX_Q4_K_S, 14}, {"Q5_K_S", GGML_TYPE_Q5_K, MIX_Q5_K_S, 16},
+    {"Q2_K_S", GGML_TYPE_Q2_K, MIX_Q2_K_S, 21}, {"Q3_K_S", GGML_TYPE_Q3_K, MIX_Q3_K_S, 11},
+    {"Q3_K_M", GGML_TYPE_Q3_K, MIX_Q3_K_M, 12}, {"Q3_K_L", GGML_TYPE_Q3_K, MIX_Q3_K_L, 13},
 };
 
 int quantize_recipe_parse(const char *name, quantize_recipe *out, char *err, size_t errlen)
@@ -37,7 +39,7 @@ int quantize_recipe_parse(const char *name, quantize_recipe *out, char *err, siz
             return 0;
         }
     err_set(err, errlen, "unknown type '%s' (one of: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 "
-            "Q2_K Q3_K Q4_K Q5_K Q6_K Q4_K_M Q5_K_M Q4_K_S Q5_K_S)", name);
+            "Q2_K Q3_K Q4_K Q5_K Q6_K Q4_K_M Q5_K_M Q4_K_S Q5_K_S Q2_K_S Q3_K_S Q3_K_M Q3_K_L)", name);
     return -1;
 }
 
@@ -68,30 +70,48 @@ static ggml_type fit_row(ggml_type t, uint64_t row)
 }
 
 ggml_type quantize_choose_type(const quantize_recipe *r, const char *name, uint32_t n_dims,
-                               const uint64_t *ne, ggml_type current, int n_layer, int tied)
+                               const uint64_t *ne, ggml_type current, const quantize_model *m)
 {
     if (n_dims != 2 || ne[1] < 2 || !has_suffix(name, ".weight")) return current;
     ggml_type t = r->base;
-    int layer = -1;
+    int layer = -1, n_layer = m->n_layer;
     if (!strncmp(name, "blk.", 4)) layer = atoi(name + 4);
-    int is_output = !strcmp(name, "output.weight") || (tied && !strcmp(name, "token_embd.weight"));
+    int is_output = !strcmp(name, "output.weight") || (m->tied && !strcmp(name, "token_embd.weight"));
     int is_v = strstr(name, ".attn_v.") != NULL, is_down = strstr(name, ".ffn_down.") != NULL;
+    int is_o = strstr(name, ".attn_output.") != NULL, is_qkv = strstr(name, ".attn_qkv.") != NULL;
+    if (is_output) {
+        if (r->mix != MIX_PURE) t = GGML_TYPE_Q6_K; /* every recipe */
+        return fit_row(t, ne[0]);
+    }
+    if (layer < 0) return fit_row(t, ne[0]);
     switch (r->mix) {
     case MIX_Q4_K_M:
     case MIX_Q5_K_M:
-        if (is_output) t = GGML_TYPE_Q6_K;
-        else if ((is_v || is_down) && layer >= 0 && more_bits(layer, n_layer)) t = GGML_TYPE_Q6_K;
+        if ((is_v || is_down) && more_bits(layer, n_layer)) t = GGML_TYPE_Q6_K;
+        else if (is_qkv) t = r->mix == MIX_Q4_K_M ? GGML_TYPE_Q5_K : GGML_TYPE_Q6_K;
         break;
     case MIX_Q4_K_S:
-        if (is_output) t = GGML_TYPE_Q6_K;
-        else if (is_v && layer >= 0 && layer < 4) t = GGML_TYPE_Q5_K;
-        else if (is_down && layer >= 0 && layer < (n_layer + 7) / 8) t = GGML_TYPE_Q5_K;
+        if (is_v && layer < 4) t = GGML_TYPE_Q5_K;
+        else if (is_down && layer < (n_layer + 7) / 8) t = GGML_TYPE_Q5_K;
         break;
-    case MIX_Q5_K_S:
-        if (is_output) t = GGML_TYPE_Q6_K;
+    case MIX_Q2_K_S:
+        if (is_v && m->n_gqa >= 4) t = GGML_TYPE_Q4_K;
+        else if (is_down && layer < n_layer / 8) t = GGML_TYPE_Q4_K;
         break;
-    default: break;
+    case MIX_Q3_K_M:
+        if (is_v) t = layer < 2 ? GGML_TYPE_Q5_K : GGML_TYPE_Q4_K;
+        else if (is_down) t = layer < n_layer / 16 ? GGML_TYPE_Q5_K : GGML_TYPE_Q4_K;
+        else if (is_o || is_qkv) t = GGML_TYPE_Q4_K;
+        break;
+    case MIX_Q3_K_L:
+        if (is_v || is_down || is_o) t = GGML_TYPE_Q5_K;
+        else if (is_qkv) t = GGML_TYPE_Q4_K;
+        break;
+    default: break; /* pure types, Q5_K_S and Q3_K_S: the base type */
     }
+    /* 80-layer models (Llama 70B, Qwen2 72B) share each attn_v among 8 query
+     * heads: more bits there cost little (llama.cpp's rule). */
+    if (is_v && r->mix != MIX_PURE && n_layer == 80 && (t == GGML_TYPE_Q3_K || t == GGML_TYPE_Q4_K)) t = GGML_TYPE_Q5_K;
     return fit_row(t, ne[0]);
 }
 
@@ -195,13 +215,21 @@ int quantize_file(const char *in_path, const char *out_path, const quantize_reci
         return -1;
     }
     gguf_str arch = {"", 0};
-    uint32_t n_layer = 0;
+    uint32_t n_layer = 0, n_head = 0, n_head_kv = 0;
     char key[160];
     if (gguf_get_str(in, "general.architecture", &arch) == 0 && arch.len < 64) {
         snprintf(key, sizeof key, "%.*s.block_count", (int)arch.len, arch.ptr);
         gguf_get_u32(in, key, &n_layer);
+        snprintf(key, sizeof key, "%.*s.attention.head_count", (int)arch.len, arch.ptr);
+        gguf_get_u32(in, key, &n_head);
+        snprintf(key, sizeof key, "%.*s.attention.head_count_kv", (int)arch.len, arch.ptr);
+        if (gguf_get_u32(in, key, &n_head_kv) != 0) n_head_kv = n_head;
     }
-    int tied = gguf_find_tensor(in, "output.weight") == NULL;
+    quantize_model shape = {
+        .n_layer = n_layer <= INT32_MAX ? (int)n_layer : 0,
+        .tied = gguf_find_tensor(in, "output.weight") == NULL,
+        .n_gqa = n_head_kv > 0 && n_head <= INT32_MAX ? (int)(n_head / n_head_kv) : 1,
+    };
     w = gguf_write_new();
     types = calloc(in->n_tensors ? in->n_tensors : 1, sizeof *types);
     if (!w || !types) {
@@ -217,7 +245,7 @@ int quantize_file(const char *in_path, const char *out_path, const quantize_reci
     for (uint64_t i = 0; i < in->n_tensors; i++) {
         const gguf_tensor *t = &in->tensors[i];
         gguf_str_printable(t->name, name, sizeof name);
-        ggml_type to = quantize_choose_type(r, name, t->n_dims, t->ne, t->type, (int)n_layer, tied);
+        ggml_type to = quantize_choose_type(r, name, t->n_dims, t->ne, t->type, &shape);
         if (to != t->type && (!kernel_type_supported(t->type) || t->ne[0] > INT32_MAX / 4)) {
             err_set(err, errlen, "%s: tensor %s has type %s, which llmesh cannot read to requantize",
                     in_path, name, ggml_type_name(t->type));

@@ -1,7 +1,8 @@
 /* quantize.h: rewrites a GGUF model with its weight matrices in another
  * tensor type: one type for every matrix (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
  * Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) or a mixed recipe (Q4_K_M,
- * Q5_K_M, Q4_K_S, Q5_K_S) that keeps some tensors at higher precision.
+ * Q5_K_M, Q4_K_S, Q5_K_S, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L) that keeps some
+ * tensors at higher precision.
  *
  * The recipes, and why (following llama.cpp's long-standing practice, which
  * the published perplexity tables of its quantize tool justify):
@@ -15,6 +16,20 @@
  *   most sensitive. Everything else: Q4_K / Q5_K.
  * - Q4_K_S: output -> Q6_K; attn_v of the first 4 layers and ffn_down of the
  *   first eighth -> Q5_K; rest Q4_K. Q5_K_S: output -> Q6_K; rest Q5_K.
+ *   The _M recipes also put a fused attn_qkv (phi3) at Q5_K / Q6_K.
+ * - The 2- and 3-bit recipes, llama.cpp's mixtures for its ftypes 21, 11,
+ *   12 and 13 (llama_tensor_get_type; they spend bits where 3-bit error
+ *   hurts most: the values and the outputs that feed the residual stream):
+ *   Q2_K_S: output -> Q6_K; attn_v -> Q4_K when n_head / n_head_kv >= 4
+ *   (a kv head serves 4+ query heads); ffn_down of layers i < n/8 -> Q4_K;
+ *   rest Q2_K. Q3_K_S: output -> Q6_K; rest Q3_K. Q3_K_M: output -> Q6_K;
+ *   attn_v -> Q5_K in layers 0 and 1, Q4_K after; ffn_down -> Q5_K for
+ *   i < n/16, Q4_K after; attn_output and attn_qkv -> Q4_K; rest Q3_K.
+ *   Q3_K_L: output -> Q6_K; attn_v, ffn_down, attn_output -> Q5_K;
+ *   attn_qkv -> Q4_K; rest Q3_K.
+ * - Every recipe, in 80-layer models (Llama 70B, Qwen2 72B): an attn_v that
+ *   would be Q3_K or Q4_K is Q5_K (8 query heads share it; llama.cpp's rule
+ *   for its 70B type).
  * - A single type: every matrix in that type ("pure"), so each type can be
  *   tested and measured on its own.
  * - A row length that is not a multiple of the chosen type's block falls back
@@ -45,11 +60,18 @@ typedef struct {
  * message listing the accepted names. */
 int quantize_recipe_parse(const char *name, quantize_recipe *out, char *err, size_t errlen);
 
+/* What the recipes need to know of the model being quantized. */
+typedef struct {
+    int n_layer;   /* {arch}.block_count */
+    int tied;      /* token_embd doubles as the output (no output.weight) */
+    int n_gqa;     /* query heads per kv head (head_count / head_count_kv), >= 1 */
+} quantize_model;
+
 /* The type the recipe gives tensor `name` of shape ne (ne[0] the row length)
- * in a model of n_layer layers; `tied` says token_embd doubles as the output.
- * Returns the tensor's own type for tensors that are kept as they are. */
+ * in model m. Returns the tensor's own type for tensors that are kept as
+ * they are. */
 ggml_type quantize_choose_type(const quantize_recipe *r, const char *name, uint32_t n_dims,
-                               const uint64_t *ne, ggml_type current, int n_layer, int tied);
+                               const uint64_t *ne, ggml_type current, const quantize_model *m);
 
 typedef struct {
     uint64_t bytes_in;    /* tensor data bytes read */

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <gnutls/abstract.h>
+#include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,8 @@
 #define IDENTITY_MAGIC "llmesh-ed25519-key"
 #define IDENTITY_FORMAT_VERSION 1
 #define IDENTITY_FILE_MAX 512         /* the real file is 165 bytes */
+#define IDENTITY_SECRET_FILE "mesh-secret"
+#define IDENTITY_SECRET_MAGIC "llmesh-mesh-secret 1\n"
 
 /* ---- hex --------------------------------------------------------------------*/
 
@@ -201,8 +204,13 @@ static int identity_parse(const char *text, size_t len, identity *out, const cha
     return 0;
 }
 
-/* 1 loaded, 0 absent, -1 error. */
-static int identity_load(const char *path, identity *out, char *err, size_t errlen)
+/* Reads a private file of the home (the key, the mesh secret) into buf
+ * (cap - 1 bytes at most; the rest of buf is wiped by the caller). A file
+ * that group or others may read is refused, like ssh does: whoever reads it
+ * can impersonate the node or join its mesh. 1 read (*len), 0 absent, -1
+ * error. */
+static int identity_read_private(const char *path, char *buf, size_t cap, size_t *len,
+                                 char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -211,7 +219,6 @@ static int identity_load(const char *path, identity *out, char *err, size_t errl
         return -1;
     }
     struct stat st;
-    char buf[IDENTITY_FILE_MAX + 1];
     ssize_t got = -1;
     if (fstat(fd, &st) != 0) {
         snprintf(err, errlen, "cannot stat %s: %s", path, strerror(errno));
@@ -222,21 +229,32 @@ static int identity_load(const char *path, identity *out, char *err, size_t errl
                  "run chmod 600 %s", path, (unsigned)(st.st_mode & 0777), path);
     } else {
         size_t n = 0;
-        while (n < sizeof buf) {
-            ssize_t r = read(fd, buf + n, sizeof buf - n);
+        while (n < cap) {
+            ssize_t r = read(fd, buf + n, cap - n);
             if (r < 0 && errno == EINTR) continue;
             if (r <= 0) { got = r < 0 ? -1 : (ssize_t)n; break; }
             n += (size_t)r;
             got = (ssize_t)n;
         }
         if (got < 0) snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-        else if ((size_t)got > IDENTITY_FILE_MAX) {
+        else if ((size_t)got >= cap) {
             snprintf(err, errlen, "%s is too large to be a llmesh key file", path);
             got = -1;
         }
     }
     close(fd);
-    int rc = got < 0 ? -1 : identity_parse(buf, (size_t)got, out, path, err, errlen) == 0 ? 1 : -1;
+    if (got < 0) return -1;
+    *len = (size_t)got;
+    return 1;
+}
+
+/* 1 loaded, 0 absent, -1 error. */
+static int identity_load(const char *path, identity *out, char *err, size_t errlen)
+{
+    char buf[IDENTITY_FILE_MAX + 1];
+    size_t len = 0;
+    int rc = identity_read_private(path, buf, sizeof buf, &len, err, errlen);
+    if (rc > 0) rc = identity_parse(buf, len, out, path, err, errlen) == 0 ? 1 : -1;
     explicit_bzero(buf, sizeof buf);
     return rc;
 }
@@ -280,31 +298,25 @@ static int identity_write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-/* Writes a new key file without ever exposing a half-written one: a temp
- * file, then link() to the final name, which fails if another process made
- * the key meanwhile (then that one wins and is loaded: two processes sharing
- * a home agree on one identity). rename() is the fallback on file systems
- * without hard links. 1 written, 0 lost the race, -1 error. */
-static int identity_store(const char *dir, const char *path, const identity *id,
-                          char *err, size_t errlen)
+/* Writes a private file of the home (mode 0600) without ever exposing a
+ * half-written one: a temp file, then link() to the final name, which fails
+ * if another process made the file meanwhile (then that one wins and is
+ * loaded: two processes sharing a home agree on one identity). rename() is
+ * the fallback on file systems without hard links, and the way when replace
+ * is set. 1 written, 0 lost the race, -1 error. */
+static int identity_write_private(const char *dir, const char *path, const char *name,
+                                  const char *text, size_t n, int replace, char *err, size_t errlen)
 {
-    char tmp[4200], text[256], sec[IDENTITY_HEX_BYTES], pub[IDENTITY_HEX_BYTES];
-    snprintf(tmp, sizeof tmp, "%s/%s.tmp.%ld", dir, IDENTITY_FILE, (long)getpid());
-    identity_hex_encode(id->secret, IDENTITY_KEY_BYTES, sec);
-    identity_hex_encode(id->public_key, IDENTITY_KEY_BYTES, pub);
-    int n = snprintf(text, sizeof text, "%s %d\nsecret %s\npublic %s\n", IDENTITY_MAGIC,
-                     IDENTITY_FORMAT_VERSION, sec, pub);
-    explicit_bzero(sec, sizeof sec);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s/%s.tmp.%ld", dir, name, (long)getpid());
     unlink(tmp);   /* a leftover of a crashed process that had our pid */
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
-        explicit_bzero(text, sizeof text);
         return -1;
     }
-    int bad = identity_write_all(fd, text, (size_t)n) != 0 || fsync(fd) != 0;
+    int bad = identity_write_all(fd, text, n) != 0 || fsync(fd) != 0;
     int saved = errno;
-    explicit_bzero(text, sizeof text);
     if (close(fd) != 0 && !bad) { bad = 1; saved = errno; }
     if (bad) {
         snprintf(err, errlen, "cannot write %s: %s", tmp, strerror(saved));
@@ -312,8 +324,8 @@ static int identity_store(const char *dir, const char *path, const identity *id,
         return -1;
     }
     int rc = 1;
-    if (link(tmp, path) != 0) {
-        if (errno == EEXIST) {
+    if (replace || link(tmp, path) != 0) {
+        if (!replace && errno == EEXIST) {
             rc = 0;
         } else if (rename(tmp, path) != 0) {
             snprintf(err, errlen, "cannot create %s: %s", path, strerror(errno));
@@ -327,6 +339,20 @@ static int identity_store(const char *dir, const char *path, const identity *id,
         (void)fsync(dfd);
         close(dfd);
     }
+    return rc;
+}
+
+static int identity_store(const char *dir, const char *path, const identity *id,
+                          char *err, size_t errlen)
+{
+    char text[256], sec[IDENTITY_HEX_BYTES], pub[IDENTITY_HEX_BYTES];
+    identity_hex_encode(id->secret, IDENTITY_KEY_BYTES, sec);
+    identity_hex_encode(id->public_key, IDENTITY_KEY_BYTES, pub);
+    int n = snprintf(text, sizeof text, "%s %d\nsecret %s\npublic %s\n", IDENTITY_MAGIC,
+                     IDENTITY_FORMAT_VERSION, sec, pub);
+    explicit_bzero(sec, sizeof sec);
+    int rc = identity_write_private(dir, path, IDENTITY_FILE, text, (size_t)n, 0, err, errlen);
+    explicit_bzero(text, sizeof text);
     return rc;
 }
 
@@ -356,6 +382,92 @@ int identity_load_or_create(const char *dir, identity *out, int *created, char *
     }
     if (created) *created = 1;
     return 0;
+}
+
+/* ---- the mesh secret ---------------------------------------------------------*/
+
+/* 1 loaded, 0 absent, -1 error. */
+static int identity_secret_load(const char *path, uint8_t out[IDENTITY_SECRET_BYTES],
+                                char *err, size_t errlen)
+{
+    char buf[IDENTITY_FILE_MAX + 1];
+    size_t len = 0;
+    int rc = identity_read_private(path, buf, sizeof buf, &len, err, errlen);
+    size_t magic = strlen(IDENTITY_SECRET_MAGIC), label = strlen("secret ");
+    if (rc > 0 && (len != magic + label + 2 * IDENTITY_SECRET_BYTES + 1 ||
+                   memcmp(buf, IDENTITY_SECRET_MAGIC, magic) != 0 ||
+                   memcmp(buf + magic, "secret ", label) != 0 ||
+                   identity_hex_decode(buf + magic + label, out, IDENTITY_SECRET_BYTES) != 0 ||
+                   buf[len - 1] != '\n')) {
+        snprintf(err, errlen, "%s is not a llmesh mesh secret file (two lines: '%.*s' and "
+                 "'secret' with 64 hex digits); move it away, then join with a token", path,
+                 (int)magic - 1, IDENTITY_SECRET_MAGIC);
+        explicit_bzero(out, IDENTITY_SECRET_BYTES);
+        rc = -1;
+    }
+    explicit_bzero(buf, sizeof buf);
+    return rc;
+}
+
+static int identity_secret_store(const char *dir, const char *path,
+                                 const uint8_t secret[IDENTITY_SECRET_BYTES], int replace,
+                                 char *err, size_t errlen)
+{
+    char text[160], hex[2 * IDENTITY_SECRET_BYTES + 1];
+    identity_hex_encode(secret, IDENTITY_SECRET_BYTES, hex);
+    int n = snprintf(text, sizeof text, "%ssecret %s\n", IDENTITY_SECRET_MAGIC, hex);
+    explicit_bzero(hex, sizeof hex);
+    int rc = identity_write_private(dir, path, IDENTITY_SECRET_FILE, text, (size_t)n, replace,
+                                    err, errlen);
+    explicit_bzero(text, sizeof text);
+    return rc;
+}
+
+int identity_mesh_secret(const char *dir, const uint8_t *from_token,
+                         uint8_t out[IDENTITY_SECRET_BYTES], identity_secret_origin *origin,
+                         char *err, size_t errlen)
+{
+    char path[4200];
+    if (identity_make_dir(dir, err, errlen) != 0) return -1;
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, IDENTITY_SECRET_FILE) >= sizeof path) {
+        snprintf(err, errlen, "home directory path is too long");
+        return -1;
+    }
+    uint8_t held[IDENTITY_SECRET_BYTES];
+    int rc = identity_secret_load(path, held, err, errlen);
+    if (rc < 0) return -1;
+    if (from_token) {
+        /* The token names the mesh to be in: keep its secret (a home that
+         * was in another mesh moves to this one). */
+        int same = rc > 0 && !memcmp(held, from_token, IDENTITY_SECRET_BYTES);
+        explicit_bzero(held, sizeof held);
+        memcpy(out, from_token, IDENTITY_SECRET_BYTES);
+        *origin = same ? IDENTITY_SECRET_LOADED : rc > 0 ? IDENTITY_SECRET_REPLACED
+                                                         : IDENTITY_SECRET_FROM_TOKEN;
+        if (same) return 0;
+        return identity_secret_store(dir, path, out, 1, err, errlen) < 0 ? -1 : 0;
+    }
+    if (rc > 0) {
+        memcpy(out, held, IDENTITY_SECRET_BYTES);
+        explicit_bzero(held, sizeof held);
+        *origin = IDENTITY_SECRET_LOADED;
+        return 0;
+    }
+    /* The first node of a new mesh. */
+    int grc = gnutls_rnd(GNUTLS_RND_KEY, out, IDENTITY_SECRET_BYTES);
+    if (grc < 0) {
+        snprintf(err, errlen, "cannot make a mesh secret: %s", gnutls_strerror(grc));
+        return -1;
+    }
+    *origin = IDENTITY_SECRET_CREATED;
+    rc = identity_secret_store(dir, path, out, 0, err, errlen);
+    if (rc == 0) {
+        /* Another process sharing the home made one first: use it. */
+        *origin = IDENTITY_SECRET_LOADED;
+        rc = identity_secret_load(path, out, err, errlen) > 0 ? 1 : -1;
+    }
+    if (rc < 0) explicit_bzero(out, IDENTITY_SECRET_BYTES);
+    return rc < 0 ? -1 : 0;
 }
 
 /* ---- home directory ----------------------------------------------------------*/

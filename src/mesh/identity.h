@@ -14,6 +14,15 @@
  * node. A file that group or others can read or write is refused, like ssh
  * does, because whoever reads it can impersonate the node.
  *
+ * The mesh secret lives beside it, in DIR/mesh-secret (mode 0600, same
+ * checks), text, two lines:
+ *
+ *     llmesh-mesh-secret 1
+ *     secret <64 lowercase hex digits: the 32-byte secret>
+ *
+ * The first node of a mesh makes it; a node that joins with a token keeps
+ * the token's (mesh/admission.c says what it is for).
+ *
  * Also: signatures with the key (gossip records are signed by their node),
  * hex for display, and where the home directory is.
  *
@@ -38,6 +47,22 @@ typedef struct {
  * *created (may be NULL) says which happened. 0, or -1 with err naming the
  * file and what to do. */
 int identity_load_or_create(const char *dir, identity *out, int *created, char *err, size_t errlen);
+#define IDENTITY_SECRET_BYTES 32
+typedef enum {
+    IDENTITY_SECRET_LOADED,      /* DIR/mesh-secret, as it was */
+    IDENTITY_SECRET_CREATED,     /* none was there nor given: a new mesh */
+    IDENTITY_SECRET_FROM_TOKEN,  /* none was there: the token's, now stored */
+    IDENTITY_SECRET_REPLACED,    /* another was there: the token's replaced it */
+} identity_secret_origin;
+
+/* The mesh secret of the home DIR: from_token (the secret of the join
+ * tokens, NULL without one) when given, stored if DIR held none or another;
+ * else DIR/mesh-secret; else a new random one, stored. 0 (out, *origin), or
+ * -1 with err naming the file. The caller wipes out when done. */
+int identity_mesh_secret(const char *dir, const uint8_t *from_token,
+                         uint8_t out[IDENTITY_SECRET_BYTES], identity_secret_origin *origin,
+                         char *err, size_t errlen);
+
 /* Forgets the secret (overwrites it). */
 void identity_wipe(identity *id);
 

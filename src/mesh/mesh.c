@@ -198,6 +198,43 @@ void mesh_link_close_when_idle(mesh_link *l, const char *reason)
     mesh_link_retire(l, reason);
 }
 
+/* ---- bans: peers that keep sending malformed frames -----------------------------*/
+
+static int mesh_banned(mesh *m, const uint8_t id[MESH_ID_BYTES])
+{
+    uint64_t now = detect_now_ms();
+    for (int i = 0; i < MESH_BANS; i++)
+        if (m->bans[i].until > now && !memcmp(m->bans[i].id, id, MESH_ID_BYTES)) return 1;
+    return 0;
+}
+
+void mesh_link_bad_frame(mesh_link *l)
+{
+    mesh *m = l->m;
+    uint64_t now = detect_now_ms();
+    if (now - l->bad_window_start > MESH_BAD_WINDOW_MS) {
+        l->bad_window_start = now;
+        l->bad_in_window = 0;
+    }
+    if (++l->bad_in_window < MESH_BAD_FRAMES_MAX || l->banned) return;
+    l->banned = 1;
+    /* A free or expired slot, else the ban that ends first. */
+    int slot = 0;
+    for (int i = 1; i < MESH_BANS; i++)
+        if (m->bans[i].until < m->bans[slot].until) slot = i;
+    memcpy(m->bans[slot].id, l->peer, MESH_ID_BYTES);
+    m->bans[slot].until = now + MESH_BAN_MS;
+    m->counters.peers_banned++;
+    char hex[MESH_ID_HEX];
+    identity_id_hex(l->peer, hex);
+    log_warn(MESH_LOG, "peer %.16s sent %d malformed frames within %d s: disconnected, refused for %d s",
+             hex, MESH_BAD_FRAMES_MAX, MESH_BAD_WINDOW_MS / 1000, MESH_BAN_MS / 1000);
+    /* Closed as a lost connection (the node stays its link until then), so
+     * the failure detector sees it go; redials are refused by the ban. */
+    l->force_close = 1;
+    mesh_link_retire(l, "too many malformed frames");
+}
+
 void mesh_link_stream_gone(mesh_link *l)
 {
     if (l->want_close && l->user_streams == 0) mesh_schedule_sweep(l->m);
@@ -285,6 +322,10 @@ void mesh_node_want_connection(mesh *m, mesh_node *n, int now)
 static void mesh_node_dial_failed(mesh *m, mesh_node *n, const char *reason)
 {
     n->failures++;
+    /* The peer closed the connection on our proof: say it once, clearly. */
+    if (n->failures == 1 && reason && strstr(reason, "closed by peer: admission refused"))
+        log_warn(MESH_LOG, "node %.16s refused this node: our mesh secret is not its mesh's (use a "
+                 "token printed by a member of that mesh)", n->id_hex);
     if (m->passive) {
         passive_dial_failed(m, n, reason);
         return;
@@ -442,15 +483,13 @@ static void mesh_conn_ready(void *user, quic_conn *c)
 {
     mesh *m = user;
     mesh_link *l = quic_conn_user(c);
-    mesh_node *n;
     if (!l) {
-        const uint8_t *key = quic_conn_peer_key(c);
         l = mesh_link_new(m, c, NULL, 0);
         if (!l) {
             quic_conn_close(c, "out of memory");
             return;
         }
-        if (memcmp(key, m->self.public_key, MESH_ID_BYTES) == 0) {
+        if (memcmp(quic_conn_peer_key(c), m->self.public_key, MESH_ID_BYTES) == 0) {
             mesh_link_retire(l, "connection from this node's own key");
             return;
         }
@@ -458,6 +497,23 @@ static void mesh_conn_ready(void *user, quic_conn *c)
             mesh_link_retire(l, "a passive client accepts no connections");
             return;
         }
+    }
+    if (mesh_banned(m, l->peer)) {
+        m->counters.banned_refused++;
+        mesh_link_close_now(l, "banned for malformed frames");
+        return;
+    }
+    /* Nothing of the peer is taken, and it is in no table, until it has
+     * proved it knows the mesh secret (admission.c). */
+    admission_start(l);
+}
+
+void mesh_link_admitted(mesh_link *l)
+{
+    mesh *m = l->m;
+    quic_conn *c = l->qc;
+    mesh_node *n;
+    if (!l->outgoing) {
         if (quic_conn_is_passive(c)) {
             /* A client: no node, no gossip, no probes; routes and tunnels. */
             l->ready = 1;
@@ -465,7 +521,7 @@ static void mesh_conn_ready(void *user, quic_conn *c)
             passive_link_accepted(m, l);
             return;
         }
-        n = mesh_node_get(m, key);
+        n = mesh_node_get(m, l->peer);
         if (!n) {
             mesh_link_retire(l, "node table full");
             return;
@@ -476,7 +532,7 @@ static void mesh_conn_ready(void *user, quic_conn *c)
         if (sa && addr_from_sockaddr(sa, sl, &n->seen_addr) == 0) n->has_seen_addr = 1;
     } else {
         n = l->node;
-        assert(l->outgoing && n && n->dialing > 0);
+        assert(n && n->dialing > 0);
         n->dialing--;
     }
     l->ready = 1;
@@ -484,6 +540,8 @@ static void mesh_conn_ready(void *user, quic_conn *c)
     if (l->want_close) return;       /* a parallel dial that lost the race */
     mesh_node_adopt(m, n, l);
     if (!m->passive) nat_link_ready(l);
+    /* Streams the peer opened as soon as it had admitted us. */
+    mesh_link_release_held(l);
 }
 
 static void mesh_conn_closed(void *user, quic_conn *c, const char *reason)
@@ -493,6 +551,7 @@ static void mesh_conn_closed(void *user, quic_conn *c, const char *reason)
     if (!l) return;
     mesh_link_unlink(m, l);
     mesh_link_drop_streams(l, reason ? reason : "connection closed");
+    admission_link_free(l);
     if (l->passive) passive_link_closed(m, l);
     mesh_node *n = l->node;
     if (n && !l->ready) {
@@ -509,7 +568,12 @@ static void mesh_conn_closed(void *user, quic_conn *c, const char *reason)
 static void mesh_stream_opened(void *user, quic_stream *qs)
 {
     mesh_link *l = quic_conn_user(quic_stream_conn(qs));
-    /* Members take streams from members and clients; clients from nobody. */
+    /* Members take streams from members and clients; clients from nobody.
+     * In admission, stream.c decides (only the proof is taken). */
+    if (l && l->admitting && !l->m->passive) {
+        mesh_stream_incoming(l, qs);
+        return;
+    }
     if (!l || !l->ready || (!l->node && !l->passive) || l->m->passive) {
         quic_stream_reset(qs, MESH_RESET_REFUSED);
         return;
@@ -620,6 +684,7 @@ static int mesh_add_join(mesh *m, int index, const char *text, char *err, size_t
         snprintf(err, errlen, "join token %d: %s", index + 1, why);
         return -1;
     }
+    explicit_bzero(t.secret, sizeof t.secret);   /* mesh_join_secret took it */
     if (memcmp(t.id, m->self.public_key, MESH_ID_BYTES) == 0) {
         log_info(MESH_LOG, "join token %d is this node's own token: ignored", index + 1);
         return 0;
@@ -634,6 +699,32 @@ static int mesh_add_join(mesh *m, int index, const char *text, char *err, size_t
     n->n_token_addrs = t.n_addrs;
     mesh_node_want_connection(m, n, 1);   /* (a client pulls routes from it instead) */
     return 0;
+}
+
+/* The mesh secret the join tokens carry (all the same), into out. 1 when
+ * there are tokens, 0 without, -1 with err. */
+static int mesh_join_secret(const mesh_config *cfg, uint8_t out[ADMIT_SECRET_BYTES], char *err,
+                            size_t errlen)
+{
+    int have = 0;
+    for (int i = 0; i < cfg->n_join; i++) {
+        token t;
+        char why[256];
+        if (token_decode(cfg->join_tokens[i], &t, why, sizeof why) != 0) {
+            snprintf(err, errlen, "join token %d: %s", i + 1, why);
+            return -1;
+        }
+        if (have && memcmp(out, t.secret, ADMIT_SECRET_BYTES) != 0) {
+            explicit_bzero(&t, sizeof t);
+            snprintf(err, errlen, "join token %d is of another mesh than join token 1 (another "
+                     "mesh secret): a node joins one mesh", i + 1);
+            return -1;
+        }
+        memcpy(out, t.secret, ADMIT_SECRET_BYTES);
+        explicit_bzero(&t, sizeof t);
+        have = 1;
+    }
+    return have;
 }
 
 mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_t errlen)
@@ -656,6 +747,20 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
     }
     if (identity_load_or_create(cfg->home, &m->self, NULL, err, errlen) != 0) goto fail;
     identity_id_hex(m->self.public_key, m->id_hex);
+    {
+        uint8_t joined[ADMIT_SECRET_BYTES];
+        int have = mesh_join_secret(cfg, joined, err, errlen);
+        identity_secret_origin origin;
+        int rc = have < 0 ? -1 : identity_mesh_secret(cfg->home, have ? joined : NULL, m->secret,
+                                                       &origin, err, errlen);
+        explicit_bzero(joined, sizeof joined);
+        if (rc != 0) goto fail;
+        if (origin == IDENTITY_SECRET_CREATED)
+            log_info(MESH_LOG, "new mesh: its secret is in %s/mesh-secret and in the token", cfg->home);
+        else if (origin == IDENTITY_SECRET_REPLACED)
+            log_info(MESH_LOG, "this home now belongs to the mesh of the join token (the mesh secret "
+                     "in %s/mesh-secret was replaced)", cfg->home);
+    }
 
     const char *listen = cfg->listen ? cfg->listen : "0.0.0.0:9337";
     char why[256];
@@ -682,12 +787,15 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
     /* The token and the record advertise the same addresses. */
     token t;
     memcpy(t.id, m->self.public_key, MESH_ID_BYTES);
+    memcpy(t.secret, m->secret, sizeof t.secret);
     t.n_addrs = addr_local_list(&m->listen, t.addrs, MESH_MAX_ADDRS, why, sizeof why);
     if (t.n_addrs < 0) {
         snprintf(err, errlen, "%s", why);
         goto fail;
     }
-    if (token_encode(&t, m->token, sizeof m->token) < 0) {
+    int encoded = token_encode(&t, m->token, sizeof m->token);
+    explicit_bzero(t.secret, sizeof t.secret);
+    if (encoded < 0) {
         snprintf(err, errlen, "cannot encode the invite token");
         goto fail;
     }
@@ -705,6 +813,7 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
     }
     mesh_timer_add_ms(m->tick, MESH_TICK_MS);
     gossip_register(m);
+    admission_register(m);
     detect_register(m);
     passive_register(m);
     if (detect_init(m, cfg) != 0 || nat_init(m) != 0 || passive_init(m, cfg) != 0) {
@@ -743,6 +852,7 @@ void mesh_free(mesh *m)
         mesh_link *l = m->links;
         m->links = l->next;
         mesh_link_drop_streams(l, "mesh closed");
+        admission_link_free(l);
         free(l);
     }
     nat_free(m);
@@ -757,6 +867,8 @@ void mesh_free(mesh *m)
     if (m->sweep_ev) event_free(m->sweep_ev);
     if (m->tick) event_free(m->tick);
     identity_wipe(&m->self);
+    explicit_bzero(m->secret, sizeof m->secret);
+    explicit_bzero(m->token, sizeof m->token);
     free(m);
 }
 
@@ -870,7 +982,13 @@ void mesh_open_to_clients(mesh *m, uint8_t type)
     if (type != 0 && !mesh_stream_type_internal(type)) m->types[type].clients = 1;
 }
 
-void mesh_get_counters(const mesh *m, mesh_counters *out) { *out = m->counters; }
+void mesh_get_counters(const mesh *m, mesh_counters *out)
+{
+    *out = m->counters;
+    quic_stats qs;
+    quic_endpoint_stats(m->ep, &qs);
+    out->conns_refused = qs.conns_refused;
+}
 
 int mesh_connections(const mesh *m)
 {

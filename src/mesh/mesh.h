@@ -36,6 +36,7 @@ typedef enum {
     MESH_STREAM_FETCH = 7,       /* manifests and tensor chunks of a model (models/fetch.c) */
     MESH_STREAM_RELAY = 10,      /* QUIC packets of a relayed connection (mesh/nat.c) */
     MESH_STREAM_RENDEZVOUS = 11, /* observed addresses, introductions, punching (mesh/nat.c) */
+    MESH_STREAM_ADMISSION = 12,  /* proofs of the mesh secret, first on every connection (the mesh's own) */
 } mesh_stream_type;
 
 typedef struct {
@@ -81,7 +82,10 @@ void mesh_free(mesh *m);
  * probing). */
 int mesh_leave(mesh *m);
 
-const char *mesh_token(const mesh *m);        /* invite token, stable for a given key and addresses */
+/* The invite token: stable for a given key, mesh secret and addresses. It
+ * carries the mesh secret: give it only to those who may join, never log
+ * it. */
+const char *mesh_token(const mesh *m);
 const char *mesh_node_id_hex(const mesh *m);
 const uint8_t *mesh_node_id(const mesh *m);
 /* The bound UDP port (useful with port 0 in cfg->listen). */
@@ -204,6 +208,14 @@ typedef struct {
     uint64_t peers_dead;         /* declared dead, or never reached */
     uint64_t peers_alive_again;  /* suspect or dead -> alive (answered, refuted) */
     uint64_t peers_left;         /* announced a clean exit (LEAVE) */
+    /* Admission: connections closed because the peer did not prove it
+     * knows the mesh secret (wrong or malformed proof, none within 1 s,
+     * another stream first), ours or theirs. */
+    uint64_t admission_refused;
+    /* Limits under abuse (docs/mesh.md, "Limits"). */
+    uint64_t peers_banned;       /* peers cut off for sending too many malformed frames */
+    uint64_t banned_refused;     /* connections of banned peers refused */
+    uint64_t conns_refused;      /* QUIC handshakes dropped: too many connections in all, half-open, or from one address */
 } mesh_counters;
 void mesh_get_counters(const mesh *m, mesh_counters *out);
 

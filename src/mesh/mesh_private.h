@@ -13,6 +13,7 @@
 #include <event2/event.h>
 
 #include "mesh/addr.h"
+#include "mesh/admit.h"
 #include "mesh/frame.h"
 #include "mesh/identity.h"
 #include "mesh/mesh.h"
@@ -47,6 +48,15 @@
 #define MESH_CLIENT_AVOID_MS 30000   /* a host a client could not reach is skipped this long */
 #define MESH_MEMBER_IDLE_MS 120000   /* a member closes a client connection unused this long */
 #define MESH_PENDING_MAX (32u << 20) /* bytes queued on streams waiting for a connection */
+/* A peer that sends this many malformed frames within the window is
+ * disconnected and refused for MESH_BAN_MS (mesh.c, docs/mesh.md "Limits"). */
+#define MESH_BAD_FRAMES_MAX 32
+#define MESH_BAD_WINDOW_MS 10000
+#define MESH_BAN_MS 60000
+#define MESH_BANS 64                 /* peers banned at once (the oldest ban goes first) */
+/* Admission (admission.c, docs/mesh.md "Admission"). */
+#define ADMISSION_DEADLINE_MS 1000   /* a peer proves itself within this after the handshake */
+#define ADMISSION_HOLD_MAX (64u << 10) /* dialler: bytes of streams that overtook the proof */
 
 /* QUIC application error codes of stream resets (docs/PROTOCOL.md). */
 #define MESH_RESET_ABORTED 1         /* the application gave up on the stream */
@@ -81,6 +91,9 @@ struct mesh_stream {
     int busy;                        /* callbacks running on it: free deferred */
     int dead;                        /* no more callbacks; freed when !busy */
     int fin_seen;
+    uint8_t *held;                   /* bytes that arrived before the link was admitted */
+    size_t held_len, held_cap;
+    int held_fin;
     mesh_stream *prev, *next;        /* in link->streams, or in waiting->pending */
 };
 
@@ -106,6 +119,18 @@ struct mesh_link {
     mesh_stream *gossip;             /* where records go to this peer */
     mesh_stream *control;            /* probes to and from this peer (detect.c) */
     int force_close;                 /* close even with user streams (peer dead or left) */
+    /* admission (admission.c): from the handshake until the peer proved it
+     * knows the secret; ready stays 0 meanwhile */
+    int admitting;
+    int refused;                     /* admission failed: closing */
+    int admit_proved;                /* the peer's proof checked */
+    int admit_stream_seen;           /* acceptor: the dialler's ADMISSION stream came */
+    admit_binding bind;              /* exporter value and the two ids */
+    struct event *admit_timer;
+    size_t held_bytes;               /* sum of the streams' held bytes */
+    uint64_t bad_window_start;       /* malformed frames: the window's start, monotonic ms */
+    int bad_in_window;
+    int banned;                      /* cut off for malformed frames */
     mesh_link *next;                 /* in m->links */
 };
 
@@ -156,6 +181,7 @@ typedef struct {
 struct mesh {
     struct event_base *base;
     identity self;
+    uint8_t secret[ADMIT_SECRET_BYTES]; /* the mesh secret: never logged */
     char id_hex[MESH_ID_HEX];
     quic_endpoint *ep;
     mesh_addr listen;                /* with the bound port */
@@ -190,10 +216,15 @@ struct mesh {
     int next_relay;
     int left;                        /* mesh_leave was called */
     int test_mute;                   /* tests: answer no probe, refute nothing (a hung node) */
+    int test_admit_anyone;           /* tests: take any dialler's proof (a stranger's acceptor) */
     struct nat_state *nat;           /* observed addresses, punching, relaying (nat.c) */
     int passive;                     /* this node is a passive client */
     int n_clients;                   /* members: passive links open */
     struct passive_state *pv;        /* clients: routing-table pulls, probes (passive.c) */
+    struct {
+        uint8_t id[MESH_ID_BYTES];
+        uint64_t until;              /* monotonic ms; 0 = free slot */
+    } bans[MESH_BANS];
 };
 
 /* mesh.c */
@@ -218,6 +249,12 @@ void mesh_link_close_when_idle(mesh_link *l, const char *reason);
  * normal dial started (nat.c: punching, relaying); counts in n->dialing.
  * NULL (c closed) when out of memory. */
 mesh_link *mesh_link_dial(mesh *m, quic_conn *c, mesh_node *n);
+/* Called by admission.c when l's peer proved itself: l becomes ready (the
+ * rest of what a completed handshake did before admission existed). */
+void mesh_link_admitted(mesh_link *l);
+/* A malformed frame or stream from l's peer (stream.c); too many within the
+ * window ban it. */
+void mesh_link_bad_frame(mesh_link *l);
 /* Called by stream.c when a link loses a user stream. */
 void mesh_link_stream_gone(mesh_link *l);
 void mesh_schedule_sweep(mesh *m);
@@ -227,6 +264,8 @@ extern const quic_stream_callbacks mesh_stream_quic_callbacks;
 mesh_stream *mesh_stream_open_on(mesh_link *l, uint8_t type, const mesh_stream_handlers *h,
                                  void *user);
 void mesh_stream_incoming(mesh_link *l, quic_stream *qs);
+/* Plays the bytes held on l's streams while it was in admission. */
+void mesh_link_release_held(mesh_link *l);
 /* Detaches every stream still on a closing link (quic already closed them). */
 void mesh_link_drop_streams(mesh_link *l, const char *reason);
 
@@ -258,6 +297,10 @@ int detect_send_ping(mesh *m, mesh_stream *s);
 /* Tests: a muted node answers no probe and refutes nothing, as a node whose
  * process hangs while its kernel and QUIC stack still acknowledge packets. */
 void mesh_test_mute(mesh *m, int on);
+/* Tests: as an acceptor, take any dialler's proof unchecked and answer with
+ * our own: a stranger that lets anyone in, to show that a dialler checks
+ * the acceptor's proof too (admission.c). */
+void mesh_test_admit_anyone(mesh *m, int on);
 
 /* stream.c, clients: streams opened before the connection is up */
 mesh_stream *mesh_stream_open_waiting(mesh_node *n, uint8_t type, const mesh_stream_handlers *h,
@@ -266,6 +309,15 @@ mesh_stream *mesh_stream_open_waiting(mesh_node *n, uint8_t type, const mesh_str
 void mesh_node_flush_pending(mesh_node *n);
 /* n cannot be reached: its waiting streams get on_close(why). */
 void mesh_node_fail_pending(mesh_node *n, const char *why);
+
+/* admission.c */
+void admission_register(mesh *m);
+/* l's handshake is done: exchange proofs (the dialler sends first). */
+void admission_start(mesh_link *l);
+/* Refuses l's peer (counted, logged, connection closed); no-op once l is
+ * admitted or already refused. */
+void admission_refuse(mesh_link *l, const char *why);
+void admission_link_free(mesh_link *l);
 
 /* passive.c */
 int passive_init(mesh *m, const mesh_config *cfg);

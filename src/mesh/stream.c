@@ -26,12 +26,14 @@ static uint32_t stream_frame_bound(const mesh *m, uint8_t type)
     if (type == MESH_STREAM_CONTROL) return SWIM_CTRL_MAX;
     if (type == MESH_STREAM_RELAY) return NAT_RELAY_FRAME_MAX;
     if (type == MESH_STREAM_RENDEZVOUS) return NAT_MSG_MAX;
+    if (type == MESH_STREAM_ADMISSION) return ADMIT_FRAME_MAX;
     return MESH_MAX_FRAME;
 }
 
 int mesh_stream_type_internal(uint8_t type)
 {
-    return type == MESH_STREAM_GOSSIP || type == MESH_STREAM_CONTROL || type == MESH_STREAM_ROUTES;
+    return type == MESH_STREAM_GOSSIP || type == MESH_STREAM_CONTROL || type == MESH_STREAM_ROUTES ||
+           type == MESH_STREAM_ADMISSION;
 }
 
 static const char *stream_peer_hex(const mesh_stream *s, char hex[MESH_ID_HEX])
@@ -71,11 +73,20 @@ static void stream_detach(mesh_stream *s)
     }
 }
 
+/* A malformed frame (or stream) from s's peer: counted; a peer that keeps
+ * sending them is cut off (mesh_link_bad_frame). */
+static void stream_bad_frame(mesh_stream *s)
+{
+    s->m->counters.bad_frames++;
+    if (s->link) mesh_link_bad_frame(s->link);
+}
+
 static void stream_free(mesh_stream *s)
 {
     assert(s->dead && !s->busy && !s->link && !s->qs && !s->waiting);
     frame_reader_free(&s->reader);
     free(s->queued);
+    free(s->held);
     free(s);
 }
 
@@ -123,7 +134,7 @@ static void stream_fail(mesh_stream *s, uint64_t code, const char *why)
 void mesh_stream_reject(mesh_stream *s, const char *why)
 {
     if (s->dead) return;
-    s->m->counters.bad_frames++;
+    stream_bad_frame(s);
     stream_fail(s, MESH_RESET_BAD_FRAME, why);
     stream_release(s); /* frees it unless a callback of it is running */
 }
@@ -152,14 +163,14 @@ static int stream_take_type(mesh_stream *s, uint8_t type)
     mesh_type_slot *slot = &m->types[type];
     char hex[MESH_ID_HEX];
     if (s->link && s->link->passive && !passive_type_allowed(m, type)) {
-        m->counters.bad_frames++;
+        stream_bad_frame(s);
         log_debug(MESH_LOG, "client %.16s opened a stream of type %u, which clients may not: reset",
                   stream_peer_hex(s, hex), type);
         stream_fail(s, MESH_RESET_REFUSED, "stream type not open to clients");
         return -1;
     }
     if (!slot->fn) {
-        m->counters.bad_frames++;
+        stream_bad_frame(s);
         log_debug(MESH_LOG, "peer %.16s opened a stream of unknown type %u: reset",
                   stream_peer_hex(s, hex), type);
         stream_fail(s, MESH_RESET_UNKNOWN_TYPE, "unknown stream type");
@@ -181,11 +192,55 @@ static int stream_take_type(mesh_stream *s, uint8_t type)
     return 0;
 }
 
+/* Bytes of a stream that arrived while its link is in admission. The
+ * dialler keeps them until the acceptor's proof is in (the acceptor may
+ * open streams once admitted, and they can overtake its proof); to an
+ * acceptor, any stream but the dialler's ADMISSION one is a breach. 0 held,
+ * -1 the stream is over. */
+static int stream_hold(mesh_stream *s, const uint8_t *data, size_t len, int fin)
+{
+    mesh_link *l = s->link;
+    if (!l->outgoing) {
+        admission_refuse(l, "a stream opened before the admission proof");
+        stream_fail(s, MESH_RESET_REFUSED, "not admitted");
+        return -1;
+    }
+    if (l->held_bytes + len > ADMISSION_HOLD_MAX) {
+        admission_refuse(l, "too many bytes sent before the admission proof");
+        stream_fail(s, MESH_RESET_REFUSED, "not admitted");
+        return -1;
+    }
+    if (s->held_len + len > s->held_cap) {
+        size_t cap = s->held_cap ? s->held_cap : 256;
+        while (cap < s->held_len + len) cap *= 2;
+        uint8_t *grown = realloc(s->held, cap);
+        if (!grown) {
+            stream_fail(s, MESH_RESET_ABORTED, "out of memory");
+            return -1;
+        }
+        s->held = grown;
+        s->held_cap = cap;
+    }
+    if (len) memcpy(s->held + s->held_len, data, len);
+    s->held_len += len;
+    l->held_bytes += len;
+    s->held_fin |= fin;
+    return 0;
+}
+
 static void stream_on_data(void *user, quic_stream *qs, const uint8_t *data, size_t len, int fin)
 {
     mesh_stream *s = user;
     if (s->dead) return;
     s->busy++;
+    if (s->link && s->link->admitting && (len > 0 || fin)) {
+        int admission = s->typed ? s->type == MESH_STREAM_ADMISSION
+                                 : len > 0 && data[0] == MESH_STREAM_ADMISSION;
+        if (!admission) {
+            stream_hold(s, data, len, fin);
+            goto out;
+        }
+    }
     if (!s->typed && len > 0) {
         uint8_t type = data[0];
         data++;
@@ -194,7 +249,7 @@ static void stream_on_data(void *user, quic_stream *qs, const uint8_t *data, siz
     }
     if (!s->typed) {
         if (fin) {
-            s->m->counters.bad_frames++;
+            stream_bad_frame(s);
             stream_fail(s, MESH_RESET_BAD_FRAME, "stream ended before its type byte");
         }
         goto out;
@@ -205,7 +260,7 @@ static void stream_on_data(void *user, quic_stream *qs, const uint8_t *data, siz
         frame_status st = frame_reader_next(&s->reader, &data, &len, &payload, &plen);
         if (st == FRAME_NEED_MORE) break;
         if (st == FRAME_ERROR) {
-            s->m->counters.bad_frames++;
+            stream_bad_frame(s);
             char hex[MESH_ID_HEX];
             log_debug(MESH_LOG, "stream from %.8s: %s: reset", stream_peer_hex(s, hex), s->reader.error);
             stream_fail(s, MESH_RESET_BAD_FRAME, s->reader.error);
@@ -216,7 +271,7 @@ static void stream_on_data(void *user, quic_stream *qs, const uint8_t *data, siz
     }
     if (fin && !s->fin_seen) {
         if (!frame_reader_idle(&s->reader)) {
-            s->m->counters.bad_frames++;
+            stream_bad_frame(s);
             stream_fail(s, MESH_RESET_BAD_FRAME, "stream ended in the middle of a frame");
             goto out;
         }
@@ -250,7 +305,8 @@ const quic_stream_callbacks mesh_stream_quic_callbacks = {stream_on_data, stream
 mesh_stream *mesh_stream_open_on(mesh_link *l, uint8_t type, const mesh_stream_handlers *h,
                                  void *user)
 {
-    assert(l->ready && l->node);
+    /* Nothing but the proof goes out before admission. */
+    assert(l->node && (l->ready || (l->admitting && type == MESH_STREAM_ADMISSION)));
     mesh_stream *s = stream_new(l->m, l->peer);
     if (!s) return NULL;
     s->qs = quic_stream_open(l->qc, &mesh_stream_quic_callbacks, s);
@@ -364,6 +420,25 @@ void mesh_node_fail_pending(mesh_node *n, const char *why)
         mesh_stream *s = n->pending;
         stream_fail(s, MESH_RESET_ABORTED, why);   /* unwaits it */
         stream_release(s);
+    }
+}
+
+void mesh_link_release_held(mesh_link *l)
+{
+    /* A stream's callbacks may end other streams: start over after each. */
+again:
+    for (mesh_stream *s = l->streams; s; s = s->next) {
+        if (s->dead || !s->qs || (!s->held_len && !s->held_fin)) continue;
+        uint8_t *buf = s->held;
+        size_t len = s->held_len;
+        int fin = s->held_fin;
+        s->held = NULL;
+        s->held_len = s->held_cap = 0;
+        s->held_fin = 0;
+        l->held_bytes -= len;
+        stream_on_data(s, s->qs, buf, len, fin);
+        free(buf);
+        goto again;
     }
 }
 

@@ -29,6 +29,7 @@
 
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/sockaddr_ip.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -67,6 +68,12 @@
  * there; without Retry tokens this is our only defence, see docs). */
 #define QUIC_MAX_CONNS 4096
 #define QUIC_MAX_HALF_OPEN 256
+/* The same from one IP address (virtual paths aside), so that one host
+ * cannot take every slot: a handshake flood from one address leaves room
+ * for everyone else. Loopback tests run every node on 127.0.0.1, so the
+ * per-address total stays well above what a test mesh needs. */
+#define QUIC_MAX_CONNS_PER_ADDR 256
+#define QUIC_MAX_HALF_OPEN_PER_ADDR 16
 /* Flow control: credit is returned as soon as bytes reach the application,
  * so windows only bound bytes in flight. ngtcp2 auto-tunes from the
  * initial to the max window by RTT. */
@@ -1693,6 +1700,21 @@ static quic_conn *ep_accept(quic_endpoint *ep, const struct sockaddr_storage *fr
         ep->stats.conns_refused++;
         return NULL;
     }
+    if (!vpath) {
+        /* O(connections), bounded by QUIC_MAX_CONNS, and only for Initials
+         * that would create a connection. */
+        size_t same = 0, same_half = 0;
+        for (const quic_conn *o = ep->conns; o; o = o->next)
+            if (!o->vpath && sockaddr_same_ip(&o->remote, from)) {
+                same++;
+                same_half += (size_t)o->half_open;
+            }
+        if (same >= QUIC_MAX_CONNS_PER_ADDR || same_half >= QUIC_MAX_HALF_OPEN_PER_ADDR) {
+            ep->stats.conns_refused++;
+            ep->stats.conns_refused_addr++;
+            return NULL;
+        }
+    }
     quic_conn *c = conn_alloc(ep, from, fromlen);
     if (!c) return NULL;
     c->vpath = vpath;
@@ -2179,6 +2201,13 @@ const struct sockaddr *quic_conn_remote_addr(const quic_conn *c, socklen_t *len)
     }
     if (len) *len = c->remote_app_len;
     return (const struct sockaddr *)&c->remote_app;
+}
+
+int quic_conn_export_keying(const quic_conn *c, const char *label, uint8_t *out, size_t len)
+{
+    if (!c->ready || c->closing || !c->tls) return -1;
+    /* An empty context: the label alone names the use. */
+    return gnutls_prf_rfc5705(c->tls, strlen(label), label, 0, NULL, len, (char *)out) == 0 ? 0 : -1;
 }
 
 uint64_t quic_conn_rtt_us(const quic_conn *c)

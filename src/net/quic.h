@@ -99,6 +99,11 @@ int quic_conn_is_passive(const quic_conn *c);
 const uint8_t *quic_conn_peer_key(const quic_conn *c);
 /* NULL (and *len 0) for a connection on a virtual path: it has no address. */
 const struct sockaddr *quic_conn_remote_addr(const quic_conn *c, socklen_t *len);
+/* Keying material exported from the connection's TLS 1.3 session (RFC 8446
+ * section 7.5, the RFC 5705 interface): the same bytes on both ends of this
+ * connection and on no other, so a MAC over them binds a proof to it
+ * (mesh/admission.c). Only once the connection is ready. 0, or -1. */
+int quic_conn_export_keying(const quic_conn *c, const char *label, uint8_t *out, size_t len);
 /* Smoothed round-trip time in microseconds (0 before the first sample). */
 uint64_t quic_conn_rtt_us(const quic_conn *c);
 void quic_conn_set_user(quic_conn *c, void *user);
@@ -161,6 +166,7 @@ typedef struct {
     uint64_t vpath_rx, vpath_tx;         /* packets in and out on virtual paths */
     uint64_t conns_accepted;             /* incoming connections created from an Initial */
     uint64_t conns_refused;              /* Initials dropped because of connection limits */
+    uint64_t conns_refused_addr;         /* of those, because of the per-address limits */
     uint64_t stateless_resets_sent;
     uint64_t version_negotiations_sent;
     uint64_t conns_open;                 /* now: every connection, handshaking or ready */

@@ -84,6 +84,10 @@ static api_call *handle_generate(api *a, const char *method, const char *path, c
         openai_request_free(&req);
         return NULL;
     }
+    /* Every local lane busy and the queue full: another host of the model
+     * first (a request from a peer is never sent on again), else 429. */
+    if (em && !from_peer && sched_model_full(a->sched, req.model) && router_other_host(a->router, req.model))
+        em = NULL;
     if (!em) { /* served elsewhere, maybe */
         api_call *c = router_forward(a->router, sink, req.model, chat ? "chatcmpl" : "cmpl", method, path,
                                      body, len, from_peer);

@@ -28,6 +28,7 @@
 #include "lib/consttime.h"
 #include "lib/log.h"
 #include "lib/prom.h"
+#include "serve/http_guard.h"
 
 struct http_server {
     struct evhttp *http;
@@ -43,6 +44,7 @@ struct http_server {
     void *metrics_ctx;
     metrics *metrics;               /* API: answers counted by model and status; may be NULL */
     struct http_exchange *live;     /* in-flight API exchanges */
+    http_guard *guard;              /* connection limits, request deadline */
 };
 
 typedef struct http_exchange {
@@ -67,6 +69,7 @@ static const char *reason_phrase(int status)
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
     case 500: return "Internal Server Error";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
@@ -94,6 +97,10 @@ static void sink_begin(api_sink *sink, int status, const char *content_type)
     snprintf(x->content_type, sizeof x->content_type, "%s", content_type);
     struct evkeyvalq *headers = evhttp_request_get_output_headers(x->req);
     evhttp_add_header(headers, "Content-Type", x->content_type);
+    /* 429: every lane of the model busy and its queue full (scheduler.h); a
+     * second is about what a short answer takes, and clients (the openai
+     * packages) wait as told before retrying. */
+    if (status == 429) evhttp_add_header(headers, "Retry-After", "1");
     if (!strncmp(content_type, "text/event-stream", 17)) {
         x->streaming = 1;
         evhttp_add_header(headers, "Cache-Control", "no-cache");
@@ -317,6 +324,7 @@ static int request_authorized(http_server *h, struct evhttp_request *req)
 static void server_request_cb(struct evhttp_request *req, void *arg)
 {
     http_server *h = arg;
+    if (h->guard) http_guard_request(h->guard, req);
     if (request_authorized(h, req)) h->route(req, h);
 }
 
@@ -340,6 +348,11 @@ int http_server_require_key(http_server *h, const char *key)
 
 uint64_t http_server_auth_refused(const http_server *h) { return h->auth_refused; }
 
+void http_server_guard_stats(const http_server *h, http_guard_stats *out)
+{
+    http_guard_get_stats(h->guard, out);
+}
+
 /* ---- servers ----------------------------------------------------------------*/
 
 static http_server *server_start(struct event_base *base, const char *host, uint16_t port,
@@ -355,11 +368,14 @@ static http_server *server_start(struct event_base *base, const char *host, uint
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE);
     h->route = route;
+    h->guard = http_guard_new(base, h->http);
+    if (!h->guard) { evhttp_free(h->http); free(h); snprintf(err, errlen, "out of memory"); return NULL; }
     evhttp_set_gencb(h->http, server_request_cb, h);
     struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(h->http, host, port);
     if (!sock) {
         snprintf(err, errlen, "cannot listen on %s:%u (in use, or not an address of this host)", host, port);
         evhttp_free(h->http);
+        http_guard_free(h->guard);
         free(h);
         return NULL;
     }
@@ -410,6 +426,7 @@ void http_server_free(http_server *h)
         if (call) api_call_abort(call);
     }
     evhttp_free(h->http);
+    http_guard_free(h->guard);          /* after evhttp: it drops its references */
     explicit_bzero(h->key, sizeof h->key);
     free(h);
 }

@@ -28,6 +28,7 @@
 #include <stddef.h>
 
 #include "serve/api.h"
+#include "serve/http_guard.h"
 #include "serve/metrics.h"
 
 struct event_base;
@@ -57,6 +58,9 @@ void http_server_set_metrics(http_server *h, metrics *m);
 int http_server_require_key(http_server *h, const char *key);
 /* Requests refused for a missing or wrong key since start. */
 uint64_t http_server_auth_refused(const http_server *h);
+/* Connections refused (limits) and cut (request deadline), and open now:
+ * serve/http_guard.h. */
+void http_server_guard_stats(const http_server *h, http_guard_stats *out);
 
 /* ---- pure helpers (any thread; unit-tested) ------------------------------*/
 

@@ -172,6 +172,14 @@ static void render_counters(prom_buf *b, const metrics_sources *src)
             (double)ac.failed);
     counter(b, "llmesh_auth_refused_total", "Requests refused for a missing or wrong API key, on either port.",
             (double)src->auth_refused);
+    counter(b, "llmesh_http_refused_total",
+            "HTTP connections shut at once: too many in all or from one address (both ports).",
+            (double)src->http_refused);
+    counter(b, "llmesh_http_slow_cut_total",
+            "HTTP connections shut because no whole request arrived within the deadline (both ports).",
+            (double)src->http_slow_cut);
+    prom_family(b, "llmesh_http_connections", "gauge", "HTTP connections open now (both ports).");
+    prom_sample(b, "llmesh_http_connections", NULL, (double)src->http_connections);
 
     mesh_counters mc;
     mesh_get_counters(src->mesh, &mc);
@@ -193,6 +201,17 @@ static void render_counters(prom_buf *b, const metrics_sources *src)
                 (double)mc.peers_alive_again);
     prom_sample(b, "llmesh_failure_detector_events_total", (const char *[]){"event", "left", NULL},
                 (double)mc.peers_left);
+    counter(b, "llmesh_admission_refused_total",
+            "Mesh connections refused because the peer did not prove it knows the mesh secret.",
+            (double)mc.admission_refused);
+    counter(b, "llmesh_peers_banned_total",
+            "Peers disconnected and refused for a while for sending too many malformed frames.",
+            (double)mc.peers_banned);
+    counter(b, "llmesh_banned_refused_total", "Connections of banned peers refused.",
+            (double)mc.banned_refused);
+    counter(b, "llmesh_quic_refused_total",
+            "QUIC handshakes dropped by the connection limits (in all, half-open, per address).",
+            (double)mc.conns_refused);
     counter(b, "llmesh_stage_bad_frames_total", "Malformed pipeline stage frames.",
             src->stages ? (double)stage_host_bad_frames(src->stages) : 0);
 
@@ -219,6 +238,25 @@ static void render_lanes(prom_buf *b, sched *s)
             int v[3];
             sched_model_load(s, i, &v[0], &v[1], &v[2]);
             prom_sample(b, names[k], (const char *[]){"model", engine_model_id(sched_model_at(s, i)), NULL}, v[k]);
+        }
+    }
+    static const char *const cnames[5] = {"llmesh_queue_refused_total", "llmesh_queue_timeouts_total",
+                                          "llmesh_batch_steps_total", "llmesh_batch_sequences_total",
+                                          "llmesh_batch_tokens_total"};
+    static const char *const chelps[5] = {
+        "Requests refused with 429: every lane busy and the queue full.",
+        "Requests answered 503 after waiting for a lane past the queue timeout.",
+        "Forward passes of the continuous batching steps (solo models).",
+        "Sequences summed over those steps (mean batch = sequences / steps).",
+        "Positions evaluated by those steps."};
+    for (int k = 0; k < 5; k++) {
+        prom_family(b, cnames[k], "counter", chelps[k]);
+        for (int i = 0; i < sched_model_count(s); i++) {
+            sched_model_stats st;
+            sched_model_get_stats(s, i, &st);
+            uint64_t v[5] = {st.refused_full, st.timed_out, st.steps.steps, st.steps.seqs, st.steps.tokens};
+            prom_sample(b, cnames[k], (const char *[]){"model", engine_model_id(sched_model_at(s, i)), NULL},
+                        (double)v[k]);
         }
     }
 }

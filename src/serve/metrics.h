@@ -51,6 +51,8 @@ typedef struct {
     const struct stage_host *stages;          /* NULL on a client */
     const struct weights_store *weights;      /* NULL on a client */
     uint64_t auth_refused;                    /* both HTTP servers' 401s */
+    uint64_t http_refused, http_slow_cut;     /* both servers' guards (serve/http_guard.h) */
+    uint64_t http_connections;
 } metrics_sources;
 
 /* The whole exposition, malloc'ed (caller frees); NULL if out of memory.

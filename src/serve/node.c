@@ -20,6 +20,7 @@
 #include "lib/log.h"
 #include "lib/sysinfo.h"
 #include "mesh/mesh.h"
+#include "models/resolve.h"
 #include "models/weights_store.h"
 #include "serve/api.h"
 #include "serve/budget.h"
@@ -29,6 +30,7 @@
 #include "serve/scheduler.h"
 #include "serve/stage.h"
 
+#define NODE_DEFAULT_PARALLEL 4 /* --parallel: lanes per model */
 #define NODE_MAX_PEERS 256
 #define LLMESH_VERSION "0.1.0"
 
@@ -49,6 +51,7 @@ typedef struct {
     int signals_seen;
     uint64_t drain_deadline_ms;
     const char *role;
+    int console_loopback;        /* the console is bound to loopback only: it may show the token */
 } node;
 
 static char *status_json(void *ctx)
@@ -56,8 +59,10 @@ static char *status_json(void *ctx)
     node *n = ctx;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "node_id", mesh_node_id_hex(n->mesh));
-    /* A client accepts no joins: it has no token to give. */
-    if (mesh_is_passive(n->mesh)) cJSON_AddNullToObject(root, "token");
+    /* A client accepts no joins: it has no token to give. The token carries
+     * the mesh secret: only a console on loopback shows it (whoever reaches
+     * a console bound elsewhere, key or not, must not learn how to join). */
+    if (mesh_is_passive(n->mesh) || !n->console_loopback) cJSON_AddNullToObject(root, "token");
     else cJSON_AddStringToObject(root, "token", mesh_token(n->mesh));
     cJSON_AddStringToObject(root, "role", n->role);
     cJSON_AddStringToObject(root, "version", LLMESH_VERSION);
@@ -79,6 +84,22 @@ static char *status_json(void *ctx)
     if (n->stages) stage_host_status(n->stages, cJSON_AddArrayToObject(root, "stages"));
     if (n->weights) weights_store_status_json(n->weights, cJSON_AddObjectToObject(root, "weights"));
     cJSON_AddNumberToObject(root, "jobs_active", sched_jobs_active(n->sched));
+    cJSON *lanes = cJSON_AddArrayToObject(root, "lanes"); /* per local model: slots, queue, batch steps */
+    for (int i = 0; i < sched_model_count(n->sched); i++) {
+        sched_model_stats st;
+        sched_model_get_stats(n->sched, i, &st);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", engine_model_id(sched_model_at(n->sched, i)));
+        cJSON_AddNumberToObject(o, "lanes", st.lanes);
+        cJSON_AddNumberToObject(o, "busy", st.busy);
+        cJSON_AddNumberToObject(o, "queued", st.queued);
+        cJSON_AddNumberToObject(o, "refused_queue_full", (double)st.refused_full);
+        cJSON_AddNumberToObject(o, "queue_timeouts", (double)st.timed_out);
+        cJSON_AddNumberToObject(o, "batch_steps", (double)st.steps.steps);
+        cJSON_AddNumberToObject(o, "batch_sequences", (double)st.steps.seqs);
+        cJSON_AddNumberToObject(o, "batch_tokens", (double)st.steps.tokens);
+        cJSON_AddItemToArray(lanes, o);
+    }
     if (mesh_is_passive(n->mesh)) {
         int64_t age = mesh_routes_age_ms(n->mesh);
         if (age < 0) cJSON_AddNullToObject(root, "routes_age_ms");
@@ -120,6 +141,12 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "failed", (double)ac.failed);
     cJSON_AddNumberToObject(c, "auth_refused", (double)(http_server_auth_refused(n->api_http) +
                                                         http_server_auth_refused(n->console_http)));
+    http_guard_stats ga, gc;
+    http_server_guard_stats(n->api_http, &ga);
+    http_server_guard_stats(n->console_http, &gc);
+    cJSON_AddNumberToObject(c, "http_refused", (double)(ga.refused + gc.refused));
+    cJSON_AddNumberToObject(c, "http_slow_cut", (double)(ga.cut_slow + gc.cut_slow));
+    cJSON_AddNumberToObject(c, "http_connections", (double)(ga.open + gc.open));
     cJSON_AddNumberToObject(c, "bad_frames", (double)mc.bad_frames);
     cJSON_AddNumberToObject(c, "streams_opened", (double)mc.streams_opened);
     cJSON_AddNumberToObject(c, "streams_accepted", (double)mc.streams_accepted);
@@ -131,6 +158,10 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "peers_dead", (double)mc.peers_dead);
     cJSON_AddNumberToObject(c, "peers_alive_again", (double)mc.peers_alive_again);
     cJSON_AddNumberToObject(c, "peers_left", (double)mc.peers_left);
+    cJSON_AddNumberToObject(c, "admission_refused", (double)mc.admission_refused);
+    cJSON_AddNumberToObject(c, "peers_banned", (double)mc.peers_banned);
+    cJSON_AddNumberToObject(c, "banned_refused", (double)mc.banned_refused);
+    cJSON_AddNumberToObject(c, "quic_refused", (double)mc.conns_refused);
     cJSON_AddNumberToObject(c, "stage_bad_frames", n->stages ? (double)stage_host_bad_frames(n->stages) : 0);
     weights_counters wc = {0};
     if (n->weights) weights_get_counters(n->weights, &wc);
@@ -148,10 +179,16 @@ static char *status_json(void *ctx)
 static char *metrics_text(void *ctx)
 {
     node *n = ctx;
+    http_guard_stats ga, gc;
+    http_server_guard_stats(n->api_http, &ga);
+    http_server_guard_stats(n->console_http, &gc);
     metrics_sources src = {
         .api = n->api, .mesh = n->mesh, .sched = n->sched, .pipelines = n->pipelines,
         .stages = n->stages, .weights = n->weights,
         .auth_refused = http_server_auth_refused(n->api_http) + http_server_auth_refused(n->console_http),
+        .http_refused = ga.refused + gc.refused,
+        .http_slow_cut = ga.cut_slow + gc.cut_slow,
+        .http_connections = ga.open + gc.open,
     };
     return metrics_render(n->metrics, &src);
 }
@@ -210,16 +247,34 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_add(n->drain_timer, &poll);
 }
 
+/* --model REF: a path is loaded as it is; a name is found in the cache or
+ * downloaded first (blocking: the node is not in anyone's way before its
+ * token is printed), after the check that it fits this node's budget. */
 static int load_models(node *n)
 {
-    for (int i = 0; i < n->cfg->n_models; i++) {
-        char err[512];
-        if (pipelines_add_model(n->pipelines, n->cfg->models[i], err, sizeof err) != 0) {
+    model_files *mf = malloc(sizeof *mf);
+    if (!mf) return -1;
+    int rc = 0;
+    for (int i = 0; i < n->cfg->n_models && rc == 0; i++) {
+        char err[1024];
+        model_fetch_opts o = {.home = n->cfg->home, .avail_bytes = budget_free(&n->budget),
+                              .avail_what = n->cfg->split ? NULL : "this node's free budget (--max-memory)",
+                              .n_ctx = n->cfg->ctx, .n_lanes = n->cfg->parallel > 0 ? n->cfg->parallel : 2,
+                              .n_threads = n->cfg->threads};
+        if (model_fetch(n->cfg->models[i], &o, mf, err, sizeof err) != 0) {
+            fprintf(stderr, "llmesh: --model %s: %s\n", n->cfg->models[i], err);
+            rc = -1;
+        } else if (mf->n_files > 1) {
+            fprintf(stderr, "llmesh: --model %s: a GGUF in %d parts is not loaded yet\n", n->cfg->models[i],
+                    mf->n_files);
+            rc = -1;
+        } else if (pipelines_add_model(n->pipelines, mf->files[0], err, sizeof err) != 0) {
             fprintf(stderr, "llmesh: cannot load model %s\n", err);
-            return -1;
+            rc = -1;
         }
     }
-    return 0;
+    free(mf);
+    return rc;
 }
 
 int node_run(const node_config *cfg)
@@ -234,6 +289,9 @@ int node_run(const node_config *cfg)
     n.base = event_base_new();
     if (!n.base) { fprintf(stderr, "llmesh: cannot create the event loop\n"); return 1; }
     n.sched = sched_new(n.base);
+    if (n.sched)
+        sched_set_queue(n.sched, cfg->queue >= 0 ? cfg->queue : SCHED_DEFAULT_QUEUE,
+                        cfg->queue_timeout > 0 ? cfg->queue_timeout : SCHED_DEFAULT_QUEUE_TIMEOUT_S);
     if (!n.sched) goto out;
     n.budget.total = cfg->max_memory ? cfg->max_memory : budget_default();
 
@@ -262,7 +320,8 @@ int node_run(const node_config *cfg)
     }
     /* A client coordinates nothing, but reads the plans it routes by. */
     pipeline_config pc = {.n_threads = cfg->threads, .n_ctx = cfg->ctx,
-                          .n_lanes = cfg->parallel > 0 ? cfg->parallel : 2, .split = cfg->split};
+                          .n_lanes = cfg->parallel > 0 ? cfg->parallel : NODE_DEFAULT_PARALLEL,
+                          .split = cfg->split};
     n.pipelines = pipelines_new(n.base, n.mesh, n.sched, n.stages, n.weights, &n.budget, &pc);
     if (!n.pipelines || load_models(&n) != 0) goto out;
 
@@ -275,6 +334,7 @@ int node_run(const node_config *cfg)
     n.api_http = http_api_start(n.base, cfg->http_host, (uint16_t)cfg->api_port, n.api, err, sizeof err);
     if (!n.api_http) { fprintf(stderr, "llmesh: API (--port): %s\n", err); goto out; }
     http_server_set_metrics(n.api_http, n.metrics);
+    n.console_loopback = http_host_is_loopback(cfg->http_host);
     n.console_http = http_console_start(n.base, cfg->http_host, (uint16_t)cfg->console_port,
                                         status_json, &n, err, sizeof err);
     if (!n.console_http) { fprintf(stderr, "llmesh: console (--console): %s\n", err); goto out; }

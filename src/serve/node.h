@@ -10,7 +10,7 @@
 #define NODE_MAX_JOINS 16
 
 typedef struct {
-    const char *models[NODE_MAX_MODELS]; /* GGUF paths served here */
+    const char *models[NODE_MAX_MODELS]; /* model references (models/ref.h) served here */
     int n_models;
     const char *joins[NODE_MAX_JOINS];   /* invite tokens */
     int n_joins;
@@ -24,6 +24,8 @@ typedef struct {
     uint64_t max_memory;                 /* memory budget for models, bytes; 0 = detected */
     int ctx;                             /* served context per request, <= 0 = the model's (capped) */
     int parallel;                        /* requests a model runs at once (lanes), <= 0 = default */
+    int queue;                           /* requests waiting per model, < 0 = default */
+    int queue_timeout;                   /* seconds a request may wait for a lane, <= 0 = default */
     int split;                           /* >= 2: split every model into this many stages */
     int client;                          /* llmesh client: no models, forward only */
 } node_config;

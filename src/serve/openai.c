@@ -509,7 +509,7 @@ void openai_send_error(api_counters *counters, api_sink *sink, int status, const
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    const char *type = status == 404 ? "not_found_error"
+    const char *type = status == 404 ? "not_found_error" : status == 429 ? "rate_limit_error"
                      : status < 500 ? "invalid_request_error" : "server_error";
     if (status < 500) counters->bad_requests++;
     else counters->failed++;
@@ -736,6 +736,25 @@ static void add_logprobs(openai_answer *ans, cJSON *choice, const engine_token *
     else cJSON_AddItemToObject(choice, "logprobs", completion_logprobs(ans, t, n));
 }
 
+/* llama-server's `timings` (its field names): the prompt tokens evaluated
+ * (the cached ones not) and their time, the generated tokens and theirs,
+ * and the rates. Times are the engine's: they leave out the queue and HTTP. */
+static void add_timings(cJSON *o, const engine_result *r)
+{
+    cJSON *t = cJSON_AddObjectToObject(o, "timings");
+    int prompt_n = r->prompt_tokens - r->cached_tokens, predicted_n = r->completion_tokens;
+    cJSON_AddNumberToObject(t, "cache_n", r->cached_tokens);
+    cJSON_AddNumberToObject(t, "prompt_n", prompt_n);
+    cJSON_AddNumberToObject(t, "prompt_ms", r->prompt_ms);
+    cJSON_AddNumberToObject(t, "prompt_per_token_ms", prompt_n > 0 ? r->prompt_ms / prompt_n : 0);
+    cJSON_AddNumberToObject(t, "prompt_per_second", r->prompt_ms > 0 ? prompt_n * 1e3 / r->prompt_ms : 0);
+    cJSON_AddNumberToObject(t, "predicted_n", predicted_n);
+    cJSON_AddNumberToObject(t, "predicted_ms", r->predicted_ms);
+    cJSON_AddNumberToObject(t, "predicted_per_token_ms", predicted_n > 0 ? r->predicted_ms / predicted_n : 0);
+    cJSON_AddNumberToObject(t, "predicted_per_second",
+                            r->predicted_ms > 0 ? predicted_n * 1e3 / r->predicted_ms : 0);
+}
+
 /* One streamed choice: text (may be NULL for the role-only first chat chunk),
  * the tokens it carries and an optional finish reason. */
 static void send_stream_chunk(openai_answer *ans, const char *text, size_t len, const engine_token *toks,
@@ -762,6 +781,7 @@ static void send_stream_chunk(openai_answer *ans, const char *text, size_t len, 
     else cJSON_AddNullToObject(choice, "logprobs");
     if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
     else cJSON_AddNullToObject(choice, "finish_reason");
+    if (finish && ans->result) add_timings(o, ans->result);
     sse_send(ans->sink, o);
     cJSON_Delete(o);
     free(copy);
@@ -823,6 +843,8 @@ static void add_usage(cJSON *o, const engine_result *r)
     cJSON_AddNumberToObject(usage, "prompt_tokens", r->prompt_tokens);
     cJSON_AddNumberToObject(usage, "completion_tokens", r->completion_tokens);
     cJSON_AddNumberToObject(usage, "total_tokens", r->prompt_tokens + r->completion_tokens);
+    cJSON *details = cJSON_AddObjectToObject(usage, "prompt_tokens_details");
+    cJSON_AddNumberToObject(details, "cached_tokens", r->cached_tokens);
 }
 
 /* A call's id: 9 letters and digits from a hash of the answer's id and the
@@ -976,8 +998,14 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
      * cached keys and values), every choice's completion. */
     ans->prompt_tokens = r->prompt_tokens;
     ans->completion_tokens += r->completion_tokens;
+    if (ans->choice == 0) {
+        ans->cached_tokens = r->cached_tokens;
+        ans->prompt_ms = r->prompt_ms;
+    }
+    ans->predicted_ms += r->predicted_ms;
     engine_result total = {.prompt_tokens = ans->prompt_tokens, .completion_tokens = ans->completion_tokens,
-                           .finish_reason = finish};
+                           .finish_reason = finish, .cached_tokens = ans->cached_tokens,
+                           .prompt_ms = ans->prompt_ms, .predicted_ms = ans->predicted_ms};
     int last = ans->choice + 1 >= ans->n_choices;
     if (ans->stream) {
         if (ans->tool_format != ENGINE_TOOLS_NONE) {
@@ -990,7 +1018,9 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
         } else if (ans->echo_text && !ans->echo_sent) {
             send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
         }
+        ans->result = last ? &total : NULL; /* the last finish chunk carries the timings */
         send_stream_chunk(ans, NULL, 0, NULL, 0, finish, 0);
+        ans->result = NULL;
         tools_calls_free(calls, n_parsed);
         free(content);
         if (!last) {
@@ -1024,6 +1054,7 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
     cJSON_AddItemToObject(o, "choices", ans->choices_done);
     ans->choices_done = NULL;
     add_usage(o, &total);
+    add_timings(o, &total);
     openai_send_json(ans->sink, 200, o);
     cJSON_Delete(o);
     return 0;

@@ -118,6 +118,9 @@ typedef struct {
     int choice, n_choices;  /* the choice being generated, and how many */
     cJSON *choices_done;    /* non-streaming: the finished choices' objects */
     int prompt_tokens, completion_tokens; /* usage over the choices */
+    int cached_tokens;      /* the first choice's (later ones reuse its prompt) */
+    double prompt_ms, predicted_ms; /* timings: the first choice's prompt, every choice's output */
+    const engine_result *result; /* while the last stream chunk is made: its timings */
 } openai_answer;
 
 /* Fills the identity: sink, model, created (now) and an id

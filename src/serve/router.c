@@ -163,20 +163,38 @@ static void count_generation(router *r, api_call *c, const engine_result *result
     metrics_count_generation(r->metrics, c->answer.model, result->prompt_tokens, n, ttft, itl);
 }
 
+/* A stream's head goes out with its first output (or its end), not at
+ * submission: a request refused by the queue (429) or that waited past its
+ * deadline (503) can then still say so with its status. */
+static void local_begin_stream(api_call *c)
+{
+    if (c->answer.stream && !c->began) {
+        c->began = 1;
+        openai_answer_begin_stream(&c->answer);
+    }
+}
+
 static void local_on_output(void *user, const char *text, size_t len, const engine_token *toks, int n_toks)
 {
     api_call *c = user;
     if (!c->first_output_ns && len && c->r->metrics) c->first_output_ns = now_ns();
+    local_begin_stream(c);
     openai_answer_output(&c->answer, text, len, toks, n_toks);
 }
 
 static const sched_callbacks local_callbacks; /* below: local_on_done submits the next choice */
 
-static void local_on_done(void *user, const engine_result *result, const char *error)
+static void local_on_done(void *user, const engine_result *result, const char *error, int status)
 {
     api_call *c = user;
     router *r = c->r;
     c->job = NULL;
+    if (error && status && !c->began) {
+        openai_send_error(r->counters, c->answer.sink, status, NULL, "%s", error);
+        call_free(c);
+        return;
+    }
+    local_begin_stream(c);
     if (error) {
         if (c->answer.stream) {
             openai_sse_error_and_done(c->answer.sink, error);
@@ -201,7 +219,7 @@ static void local_on_done(void *user, const engine_result *result, const char *e
         json_grammar_retain((json_grammar *)c->again->grammar); /* the job takes one */
         c->start_ns = r->metrics ? now_ns() : 0;
         c->first_output_ns = 0;
-        c->job = sched_submit(r->sched, c->answer.model, c->again, &local_callbacks, c);
+        c->job = sched_submit(r->sched, c->answer.model, c->again, &local_callbacks, c, NULL);
         if (c->job) return;
         json_grammar_free((json_grammar *)c->again->grammar);
         if (c->answer.stream) {
@@ -239,22 +257,19 @@ api_call *router_run_local(router *r, api_sink *sink, openai_request *req, engin
         openai_send_error(r->counters, sink, 500, NULL, "out of memory");
         return NULL;
     }
-    if (c->answer.stream) {
-        c->began = 1;
-        openai_answer_begin_stream(&c->answer);
-    }
-    c->job = sched_submit(r->sched, req->model, req->er, &local_callbacks, c);
+    sched_refusal why;
+    c->job = sched_submit(r->sched, req->model, req->er, &local_callbacks, c, &why);
     if (c->job) req->grammar = NULL; /* the job owns it now */
     openai_request_free(req);
     if (!c->job) {
-        int began = c->began;
+        char model[MESH_MAX_NAME];
+        snprintf(model, sizeof model, "%s", c->answer.model);
         call_free(c);
-        if (began) { /* not reached in practice: the model was just found */
-            openai_sse_error_and_done(sink, "could not queue the request");
-            sink->ops->end(sink);
-        } else {
+        if (why == SCHED_REFUSED_FULL)
+            openai_send_error(r->counters, sink, 429, "rate_limit_exceeded",
+                              "model '%s': every lane is busy and the queue is full; retry later", model);
+        else
             openai_send_error(r->counters, sink, 500, NULL, "could not queue the request");
-        }
         return NULL;
     }
     return c;
@@ -264,7 +279,8 @@ api_call *router_run_local(router *r, api_sink *sink, openai_request *req, engin
 
 static const sched_callbacks embed_callbacks;
 
-/* Queues the embedding of input c->emb_next. 0, or -1 (not queued). */
+/* Queues the embedding of input c->emb_next. 0, or -2 (the model's queue is
+ * full) or -1 (not queued). */
 static int embed_submit(router *r, api_call *c)
 {
     engine_request *e = malloc(sizeof *e); /* ~10 KB: not on the stack */
@@ -279,9 +295,10 @@ static int embed_submit(router *r, api_call *c)
         e->n_prompt_ids = c->emb->n_ids[i];
     }
     e->embed = 1;
-    c->job = sched_submit(r->sched, c->emb->model, e, &embed_callbacks, c);
+    sched_refusal why;
+    c->job = sched_submit(r->sched, c->emb->model, e, &embed_callbacks, c, &why);
     free(e);
-    return c->job ? 0 : -1;
+    return c->job ? 0 : why == SCHED_REFUSED_FULL ? -2 : -1;
 }
 
 static void embed_on_output(void *user, const char *text, size_t len, const engine_token *toks, int n)
@@ -289,7 +306,17 @@ static void embed_on_output(void *user, const char *text, size_t len, const engi
     (void)user, (void)text, (void)len, (void)toks, (void)n;
 }
 
-static void embed_on_done(void *user, const engine_result *result, const char *error)
+/* A refusal to queue an embedding: 429 when the model's queue is full. */
+static void embed_refused(router *r, api_call *c, int why)
+{
+    if (why == -2)
+        openai_send_error(r->counters, c->answer.sink, 429, "rate_limit_exceeded",
+                          "model '%s': every lane is busy and the queue is full; retry later", c->emb->model);
+    else
+        openai_send_error(r->counters, c->answer.sink, 500, NULL, "could not queue the request");
+}
+
+static void embed_on_done(void *user, const engine_result *result, const char *error, int status)
 {
     api_call *c = user;
     router *r = c->r;
@@ -298,15 +325,17 @@ static void embed_on_done(void *user, const engine_result *result, const char *e
     if (!item) {
         int bad = error && (strstr(error, "context") || strstr(error, "out of range") || strstr(error, "empty prompt") ||
                             strstr(error, "not supported"));
-        openai_send_error(r->counters, c->answer.sink, bad ? 400 : 500, NULL, "%s", error ? error : "out of memory");
+        openai_send_error(r->counters, c->answer.sink, status ? status : bad ? 400 : 500, NULL, "%s",
+                          error ? error : "out of memory");
         call_free(c);
         return;
     }
     cJSON_AddItemToArray(c->emb_data, item);
     c->emb_tokens += result->prompt_tokens;
     if (++c->emb_next < c->emb->n_inputs) {
-        if (embed_submit(r, c) == 0) return;
-        openai_send_error(r->counters, c->answer.sink, 500, NULL, "could not queue the request");
+        int rc = embed_submit(r, c);
+        if (rc == 0) return;
+        embed_refused(r, c, rc);
         call_free(c);
         return;
     }
@@ -329,9 +358,10 @@ api_call *router_run_embeddings(router *r, api_sink *sink, embeddings_request *r
     c->kind = CALL_LOCAL;
     c->emb = req;
     c->emb_data = cJSON_CreateArray();
-    if (!c->emb_data || embed_submit(r, c) != 0) {
+    int rc = c->emb_data ? embed_submit(r, c) : -1;
+    if (rc != 0) {
+        embed_refused(r, c, rc);
         call_free(c);
-        openai_send_error(r->counters, sink, 500, NULL, "could not queue the request");
         return NULL;
     }
     return c;
@@ -412,7 +442,7 @@ static void proxy_begin(api_sink *sink, int status, const char *content_type)
 {
     api_call *c = (api_call *)((char *)sink - offsetof(api_call, proxy));
     uint8_t next[MESH_ID_BYTES];
-    if ((status == 502 || status == 503) && c->n_tried < ROUTER_MAX_ATTEMPTS &&
+    if ((status == 502 || status == 503 || status == 429) && c->n_tried < ROUTER_MAX_ATTEMPTS &&
         pick_untried_host(c, next) == 0) {
         c->discarding = 1;
         return;
@@ -511,6 +541,15 @@ static api_call *forward_or_refuse(router *r, api_call *c, const char *method, c
     else
         openai_send_error(r->counters, sink, 404, "model_not_found", "The model '%s' does not exist", model);
     return NULL;
+}
+
+int router_other_host(router *r, const char *model)
+{
+    if (!r->mesh) return 0;
+    api_call probe = {.r = r};
+    snprintf(probe.answer.model, sizeof probe.answer.model, "%s", model);
+    uint8_t host[MESH_ID_BYTES];
+    return pick_untried_host(&probe, host) == 0;
 }
 
 api_call *router_forward(router *r, api_sink *sink, const char *model, const char *id_prefix,

@@ -54,6 +54,10 @@ api_call *router_forward(router *r, api_sink *sink, const char *model, const cha
                          const char *method, const char *path, const char *body, size_t len,
                          int from_peer);
 
+/* Whether a live peer other than this node serves model: where a request
+ * goes when the local queue is full (sched_model_full), before a 429. */
+int router_other_host(router *r, const char *model);
+
 /* api.h's api_call_abort, api_calls_active, api_set_draining and
  * api_close_all, for the calls the router owns. */
 void router_call_abort(api_call *c);

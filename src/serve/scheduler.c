@@ -1,5 +1,7 @@
-/* scheduler.c: per-model worker threads and the hand-off of generated text to
- * the event loop. See scheduler.h for the contract.
+/* scheduler.c: per-model worker threads, the placement of a job on the lane
+ * whose cache holds the longest prefix of its prompt, the bounded FIFO with
+ * its deadline, and the hand-off of generated text to the event loop. See
+ * scheduler.h for the contract.
  *
  * Hand-off protocol (the one subtle part): a job is touched by two threads.
  * The worker appends text to job->pending and, at the end, sets
@@ -18,11 +20,14 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lib/log.h"
 
 #define SCHED_MAX_MODELS 16
+#define SCHED_DEADLINE_CHECK_MS 250
+#define SCHED_MIN_SHARED 4 /* tokens of cached prefix that make a lane the place for a prompt */
 
 struct sched_job {
     sched *s;
@@ -41,6 +46,9 @@ struct sched_job {
     int on_ready_list;
     engine_result result;
     char error[256];
+    int error_status;          /* with error: an HTTP status the owner should answer (0: its choice) */
+    uint64_t queued_ns;        /* when it joined the FIFO (the queue deadline counts from here) */
+    int prepared;              /* its prompt is token ids already (engine_prompt_tokens) */
     /* Loop thread only: */
     int owner_gone;
     sched_job *next_queued;    /* worker FIFO, under worker->lock */
@@ -58,7 +66,14 @@ typedef struct sched_worker {
     pthread_mutex_t lock;
     pthread_cond_t *lane_cond; /* (n_lanes) a job for this lane */
     int *idle;                 /* (n_lanes) the lane waits for a job */
-    sched_job *head, *tail;
+    sched_job **assigned;      /* (n_lanes) a prepared job handed to this lane (prompt cache) */
+    uint64_t *lane_used;       /* (n_lanes) when the lane last took a job: least recent first on ties */
+    uint64_t use_clock;
+    sched_job *head, *tail;    /* the FIFO: jobs waiting for a lane */
+    int n_queued;
+    int n_waking;              /* lanes woken by sched_submit that have not taken a job yet */
+    uint64_t refused_full;     /* jobs refused: every lane busy and the FIFO full */
+    uint64_t timed_out;        /* jobs that waited past the deadline */
     int stop;
 } sched_worker;
 
@@ -69,6 +84,9 @@ typedef struct {
 
 struct sched {
     struct event_base *base;
+    int queue_max;             /* jobs that may wait per model when every lane is busy */
+    uint64_t queue_timeout_ns; /* a job waiting longer gets 503 */
+    struct event *deadline_timer;
     unsigned debug_token_delay_us; /* LLMESH_DEBUG_TOKEN_DELAY_MS: tests of shutdown and failover */
     struct event *wake;
     pthread_mutex_t lock;
@@ -125,6 +143,19 @@ static int worker_on_output(void *user, const char *text, size_t len, const engi
     return 0;
 }
 
+/* The worker's last touch of a job: its result or error, then the loop. */
+static void worker_finish(sched_job *job, const engine_result *result, int rc, const char *err)
+{
+    sched *s = job->s;
+    pthread_mutex_lock(&s->lock);
+    job->result = *result;
+    if (rc != 0) snprintf(job->error, sizeof job->error, "%s", err[0] ? err : "generation failed");
+    job->worker_done = 1;
+    job_post_ready_locked(job);
+    pthread_mutex_unlock(&s->lock);
+    event_active(s->wake, EV_READ, 0);
+}
+
 static void worker_run_job(sched_worker *w, int lane, sched_job *job)
 {
     engine_result result = {0};
@@ -132,14 +163,60 @@ static void worker_run_job(sched_worker *w, int lane, sched_job *job)
     int rc = 0;
     if (!atomic_load(&job->cancelled))
         rc = engine_run_lane(w->model, lane, &job->req, worker_on_output, job, &result, err, sizeof err);
-    sched *s = job->s;
-    pthread_mutex_lock(&s->lock);
-    job->result = result;
-    if (rc != 0) snprintf(job->error, sizeof job->error, "%s", err[0] ? err : "generation failed");
-    job->worker_done = 1;      /* the worker's last touch of the job */
-    job_post_ready_locked(job);
-    pthread_mutex_unlock(&s->lock);
-    event_active(s->wake, EV_READ, 0);
+    worker_finish(job, &result, rc, err);
+}
+
+/* A lane's claim on a prompt: the prefix its cache holds, when that is worth
+ * taking the lane for: at least SCHED_MIN_SHARED tokens and a tenth of the
+ * prompt (a chat's next turn, a shared system prompt; llama-server's slot
+ * similarity threshold is of the same kind). Below that (a BOS, a common
+ * first word) it counts 0, and the least recently used lane wins: an empty
+ * lane before one whose cache another client may come back to. */
+static int placement_score(sched_worker *w, int lane, const int32_t *ids, int n)
+{
+    int len = engine_lane_cached_prefix(w->model, lane, ids, n);
+    return len >= SCHED_MIN_SHARED && len * 10 >= n ? len : 0;
+}
+
+/* Prompt cache: turns job's prompt into token ids (off the loop thread) and
+ * picks, among this lane and the idle ones, the lane whose cache shares the
+ * longest prefix with it (least recently used on ties, so a cache that
+ * nobody matched survives longest). Returns that lane, job->prepared set;
+ * -1 when the prompt is refused (the job is finished with the error).
+ * Another lane's record is read only while it is idle, under w->lock: its
+ * thread is then blocked on the same lock before it can run anything. */
+static int worker_place(sched_worker *w, int lane, sched_job *job)
+{
+    char err[256];
+    int32_t *ids;
+    int n;
+    if (engine_prompt_tokens(w->model, &job->req, &ids, &n, err, sizeof err) != 0) {
+        engine_result none = {.finish_reason = "stop"};
+        worker_finish(job, &none, -1, err);
+        return -1;
+    }
+    free((int32_t *)job->req.prompt_ids);
+    job->req.prompt_ids = ids;
+    job->req.n_prompt_ids = n;
+    job->prepared = 1;
+    pthread_mutex_lock(&w->lock);
+    int best = lane, best_len = placement_score(w, lane, ids, n);
+    for (int l = 0; l < w->n_lanes; l++) {
+        if (l == lane || !w->idle[l] || w->assigned[l]) continue;
+        int len = placement_score(w, l, ids, n);
+        if (len > best_len || (len == best_len && w->lane_used[l] < w->lane_used[best])) {
+            best = l;
+            best_len = len;
+        }
+    }
+    w->lane_used[best] = ++w->use_clock;
+    if (best != lane) {
+        w->assigned[best] = job;
+        w->idle[best] = 0;
+        pthread_cond_signal(&w->lane_cond[best]);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return best;
 }
 
 static void *worker_main(void *arg)
@@ -149,17 +226,31 @@ static void *worker_main(void *arg)
     sched_worker *w = lane.w;
     for (;;) {
         pthread_mutex_lock(&w->lock);
-        while (!w->head && !w->stop) {
+        while (!w->assigned[lane.lane] && !w->head && !w->stop) {
             w->idle[lane.lane] = 1;
             pthread_cond_wait(&w->lane_cond[lane.lane], &w->lock);
         }
         w->idle[lane.lane] = 0;
+        sched_job *job = w->assigned[lane.lane];
+        if (job) {
+            w->assigned[lane.lane] = NULL;
+            pthread_mutex_unlock(&w->lock);
+            worker_run_job(w, lane.lane, job);
+            continue;
+        }
         if (w->stop && !w->head) { pthread_mutex_unlock(&w->lock); break; }
-        sched_job *job = w->head;
+        job = w->head;
         w->head = job->next_queued;
         if (!w->head) w->tail = NULL;
+        w->n_queued--;
+        if (w->n_waking > 0) w->n_waking--;
         pthread_mutex_unlock(&w->lock);
-        worker_run_job(w, lane.lane, job);
+        if (atomic_load(&job->cancelled)) { /* left while it waited: nothing to place */
+            engine_result none = {.finish_reason = "stop"};
+            worker_finish(job, &none, 0, "");
+            continue;
+        }
+        if (worker_place(w, lane.lane, job) == lane.lane) worker_run_job(w, lane.lane, job);
     }
     return NULL;
 }
@@ -179,6 +270,8 @@ static void sched_worker_free(sched_worker *w)
     for (int l = 0; w->lane_cond && l < w->n_lanes; l++) pthread_cond_destroy(&w->lane_cond[l]);
     free(w->lane_cond);
     free(w->idle);
+    free(w->assigned);
+    free(w->lane_used);
     free(w->threads);
     pthread_mutex_destroy(&w->lock);
     free(w);
@@ -234,11 +327,66 @@ static void sched_on_wake(evutil_socket_t fd, short what, void *arg)
         if (done) {
             if (!job->owner_gone) {
                 job->owner_gone = 1;
-                job->cb.on_done(job->user, &job->result, job->error[0] ? job->error : NULL);
+                job->cb.on_done(job->user, &job->result, job->error[0] ? job->error : NULL,
+                                job->error_status);
             }
             job_free(job);
         }
     }
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Jobs that waited in a FIFO past the deadline leave it with 503: a client
+ * is better told to come back than kept waiting without bound. A check
+ * every SCHED_DEADLINE_CHECK_MS, so a job may wait that much longer. */
+static void sched_on_deadline_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    sched *s = arg;
+    uint64_t now = now_ns();
+    int any = 0;
+    for (int i = 0; i < s->n_workers; i++) {
+        sched_worker *w = s->workers[i];
+        pthread_mutex_lock(&w->lock);
+        sched_job **pp = &w->head;
+        w->tail = NULL;
+        while (*pp) {
+            sched_job *j = *pp;
+            if (now - j->queued_ns < s->queue_timeout_ns) {
+                w->tail = j;
+                pp = &j->next_queued;
+                continue;
+            }
+            *pp = j->next_queued;
+            w->n_queued--;
+            w->timed_out++;
+            pthread_mutex_lock(&s->lock);
+            snprintf(j->error, sizeof j->error,
+                     "every lane of model '%s' stayed busy for %.0f s; try again later",
+                     engine_model_id(w->model), (double)s->queue_timeout_ns * 1e-9);
+            j->error_status = 503;
+            j->worker_done = 1; /* no worker will see it */
+            job_post_ready_locked(j);
+            pthread_mutex_unlock(&s->lock);
+            any = 1;
+        }
+        if (w->n_waking > w->n_queued) w->n_waking = w->n_queued; /* woken for a job that left */
+        pthread_mutex_unlock(&w->lock);
+    }
+    if (any) event_active(s->wake, EV_READ, 0);
+}
+
+void sched_set_queue(sched *s, int queue_max, int timeout_s)
+{
+    s->queue_max = queue_max < 0 ? 0 : queue_max;
+    s->queue_timeout_ns = (uint64_t)(timeout_s > 0 ? timeout_s : 1) * 1000000000u;
 }
 
 sched *sched_new(struct event_base *base)
@@ -251,8 +399,17 @@ sched *sched_new(struct event_base *base)
     const char *delay = getenv("LLMESH_DEBUG_TOKEN_DELAY_MS");
     if (delay) s->debug_token_delay_us = (unsigned)atoi(delay) * 1000u;
     pthread_mutex_init(&s->lock, NULL);
+    s->queue_max = SCHED_DEFAULT_QUEUE;
+    s->queue_timeout_ns = (uint64_t)SCHED_DEFAULT_QUEUE_TIMEOUT_S * 1000000000u;
     s->wake = event_new(base, -1, 0, sched_on_wake, s);
-    if (!s->wake) { free(s); return NULL; }
+    s->deadline_timer = event_new(base, -1, EV_PERSIST, sched_on_deadline_timer, s);
+    if (!s->wake || !s->deadline_timer) {
+        if (s->wake) event_free(s->wake);
+        free(s);
+        return NULL;
+    }
+    struct timeval every = {0, SCHED_DEADLINE_CHECK_MS * 1000};
+    event_add(s->deadline_timer, &every);
     return s;
 }
 
@@ -275,6 +432,7 @@ void sched_free(sched *s)
         sched_worker_free(w);
     }
     event_free(s->wake);
+    event_free(s->deadline_timer);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -291,9 +449,11 @@ int sched_add_model(sched *s, engine_model *m)
     w->threads = calloc((size_t)w->n_lanes, sizeof *w->threads);
     w->lane_cond = calloc((size_t)w->n_lanes, sizeof *w->lane_cond);
     w->idle = calloc((size_t)w->n_lanes, sizeof *w->idle);
+    w->assigned = calloc((size_t)w->n_lanes, sizeof *w->assigned);
+    w->lane_used = calloc((size_t)w->n_lanes, sizeof *w->lane_used);
     pthread_mutex_init(&w->lock, NULL);
     for (int l = 0; w->lane_cond && l < w->n_lanes; l++) pthread_cond_init(&w->lane_cond[l], NULL);
-    for (int l = 0; w->threads && w->lane_cond && w->idle && l < w->n_lanes; l++) {
+    for (int l = 0; w->threads && w->lane_cond && w->idle && w->assigned && w->lane_used && l < w->n_lanes; l++) {
         sched_lane *arg = malloc(sizeof *arg);
         if (!arg) break;
         arg->w = w;
@@ -332,24 +492,47 @@ int sched_jobs_active(const sched *s) { return s->n_active; }
 
 void sched_model_load(const sched *s, int i, int *lanes, int *busy, int *queued)
 {
+    sched_model_stats st;
+    sched_model_get_stats(s, i, &st);
+    *lanes = st.lanes;
+    *busy = st.busy;
+    *queued = st.queued;
+}
+
+void sched_model_get_stats(const sched *s, int i, sched_model_stats *out)
+{
     sched_worker *w = s->workers[i];
+    memset(out, 0, sizeof *out);
     pthread_mutex_lock(&w->lock);
-    int idle = 0, waiting = 0;
+    int idle = 0;
     for (int l = 0; l < w->n_lanes; l++) idle += w->idle[l];
-    for (const sched_job *j = w->head; j; j = j->next_queued) waiting++;
+    out->queued = w->n_queued;
+    out->refused_full = w->refused_full;
+    out->timed_out = w->timed_out;
     pthread_mutex_unlock(&w->lock);
-    *lanes = w->n_lanes;
+    out->lanes = w->n_lanes;
     /* A lane just handed a job (idle cleared by sched_submit) counts as busy
      * at once, and the job as queued until the lane wakes and takes it. */
-    *busy = w->n_lanes - idle;
-    *queued = waiting;
+    out->busy = w->n_lanes - idle;
+    engine_model_step_stats(w->model, &out->steps);
 }
 
 sched_job *sched_submit(sched *s, const char *model_id, const engine_request *req,
-                        const sched_callbacks *cb, void *user)
+                        const sched_callbacks *cb, void *user, sched_refusal *why)
 {
+    sched_refusal ignored;
+    if (!why) why = &ignored;
+    *why = SCHED_REFUSED_UNKNOWN;
     sched_worker *w = find_worker(s, model_id);
     if (!w) return NULL;
+    if (sched_model_full(s, model_id)) {
+        *why = SCHED_REFUSED_FULL;
+        pthread_mutex_lock(&w->lock);
+        w->refused_full++;
+        pthread_mutex_unlock(&w->lock);
+        return NULL;
+    }
+    *why = SCHED_REFUSED_MEMORY;
     sched_job *job = calloc(1, sizeof *job);
     if (!job) return NULL;
     job->req = *req;
@@ -385,21 +568,37 @@ sched_job *sched_submit(sched *s, const char *model_id, const engine_request *re
     s->all = job;
     s->n_active++;
 
+    job->queued_ns = now_ns();
     pthread_mutex_lock(&w->lock);
     if (w->tail) w->tail->next_queued = job;
     else w->head = job;
     w->tail = job;
-    /* The lowest idle lane takes it: one client's requests then keep
-     * landing on the same lane, whose cached prefix (a chat's earlier
-     * turns, a repeated system prompt) is reused. */
+    w->n_queued++;
+    /* The lowest idle lane wakes for it and places it (worker_place) on
+     * the idle lane whose cache shares the longest prefix with it. */
     for (int l = 0; l < w->n_lanes; l++)
         if (w->idle[l]) {
             w->idle[l] = 0;
+            w->n_waking++;
             pthread_cond_signal(&w->lane_cond[l]);
             break;
         }
     pthread_mutex_unlock(&w->lock);
     return job;
+}
+
+int sched_model_full(const sched *s, const char *model_id)
+{
+    sched_worker *w = find_worker(s, model_id);
+    if (!w) return 0;
+    pthread_mutex_lock(&w->lock);
+    int idle = 0;
+    for (int l = 0; l < w->n_lanes; l++) idle += w->idle[l];
+    /* a job sits in the FIFO for a moment while the lane woken for it
+     * comes: it does not count as waiting */
+    int full = idle == 0 && w->n_queued - w->n_waking >= s->queue_max;
+    pthread_mutex_unlock(&w->lock);
+    return full;
 }
 
 void sched_cancel(sched_job *job)

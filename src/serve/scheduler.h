@@ -1,12 +1,16 @@
 /* scheduler.h: runs generation jobs for the models this node serves.
  *
  * Each local model gets a FIFO of jobs and one worker thread per lane
- * (engine_model_lanes: each lane has its own KV cache, so that many jobs run
- * at once; the engine serialises their compute on the model's thread pool,
- * and a lane waiting on a pipeline's other stages leaves it to the others;
- * batching several requests in one pass is a later step). The lowest idle
- * lane takes a new job, so that one client's requests keep landing on the
- * lane whose cache holds their prefix. Generated text travels back to the
+ * (engine_model_lanes, `--parallel`: each lane has its own KV cache, so that
+ * many jobs run at once; solo, the engine evaluates every running lane's
+ * tokens in one forward pass per step (continuous batching, see
+ * engine/engine_step.c); in a split, a lane waiting on the other stages
+ * leaves the pool to the others). A new job is tokenized by the lane that
+ * wakes for it and placed on the idle lane whose cache shares the longest
+ * prefix with its prompt (the prompt cache: a chat's next turn computes only
+ * its new tokens). When every lane is busy, at most queue_max jobs wait
+ * (more are refused: 429) and none longer than the queue timeout (then it
+ * ends with status 503). Generated text travels back to the
  * event-loop thread: the worker appends it to the job under the scheduler's lock and wakes the
  * loop with one shared event; callbacks then run on the loop thread.
  *
@@ -33,11 +37,26 @@ typedef struct {
     void (*on_output)(void *user, const char *text, size_t len, const engine_token *tokens,
                       int n_tokens);
     /* The job ended: error is NULL on success (then result is filled), else
-     * a message. Last callback; the job handle is invalid afterwards. */
-    void (*on_done)(void *user, const engine_result *result, const char *error);
+     * a message, with status the HTTP status to answer when the scheduler
+     * knows it (503: it waited in the queue past the deadline), else 0.
+     * Last callback; the job handle is invalid afterwards. */
+    void (*on_done)(void *user, const engine_result *result, const char *error, int status);
 } sched_callbacks;
 
+/* Defaults of `--queue` and `--queue-timeout`. */
+#define SCHED_DEFAULT_QUEUE 64
+#define SCHED_DEFAULT_QUEUE_TIMEOUT_S 120
+
+typedef enum {
+    SCHED_REFUSED_UNKNOWN = 1, /* the model is not served here */
+    SCHED_REFUSED_FULL,        /* every lane busy and queue_max jobs waiting */
+    SCHED_REFUSED_MEMORY
+} sched_refusal;
+
 sched *sched_new(struct event_base *base);
+/* At most queue_max jobs (>= 0) wait per model while every lane is busy;
+ * a job that waits timeout_s (>= 1) seconds ends with status 503. */
+void sched_set_queue(sched *s, int queue_max, int timeout_s);
 /* Cancels every job, stops and joins the workers, frees the models. */
 void sched_free(sched *s);
 
@@ -51,16 +70,26 @@ engine_model *sched_model_at(const sched *s, int i);
 
 /* Queues a generation (or an embedding: req->embed, the vector then in the
  * result given to on_done). The request, its prompt text and ids are
- * copied; its grammar (when not NULL) is taken: the job frees it. NULL when model_id is
- * not served (or out of memory): then the grammar stays the caller's. */
+ * copied; its grammar (when not NULL) is taken: the job frees it. NULL with
+ * the reason in *why (may be NULL) when model_id is not served, its queue is
+ * full (counted) or memory is out: then the grammar stays the caller's. */
 sched_job *sched_submit(sched *s, const char *model_id, const engine_request *req,
-                        const sched_callbacks *cb, void *user);
+                        const sched_callbacks *cb, void *user, sched_refusal *why);
+/* Whether a job for model_id would be refused as SCHED_REFUSED_FULL now. */
+int sched_model_full(const sched *s, const char *model_id);
 /* The owner loses interest: no more callbacks; the worker stops at its next token. */
 void sched_cancel(sched_job *job);
 
 /* The i-th model's lanes, how many run a job now, and how many jobs wait
  * for a lane (read under the model's lock: a snapshot). */
 void sched_model_load(const sched *s, int i, int *lanes, int *busy, int *queued);
+typedef struct {
+    int lanes, busy, queued;
+    uint64_t refused_full;     /* 429s: refused with the queue full */
+    uint64_t timed_out;        /* 503s: waited past the queue deadline */
+    engine_step_stats steps;   /* the engine's batch steps */
+} sched_model_stats;
+void sched_model_get_stats(const sched *s, int i, sched_model_stats *out);
 /* Jobs queued or running, over all models. */
 int sched_jobs_active(const sched *s);
 

@@ -16,7 +16,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (token_decode(text, &t, err, sizeof err) == 0) {
         if (token_encode(&t, out, sizeof out) < 0) abort();
         if (token_decode(out, &again, err, sizeof err) != 0) abort();
-        if (memcmp(t.id, again.id, sizeof t.id) || t.n_addrs != again.n_addrs) abort();
+        if (memcmp(t.id, again.id, sizeof t.id) || memcmp(t.secret, again.secret, sizeof t.secret) ||
+            t.n_addrs != again.n_addrs)
+            abort();
         for (int i = 0; i < t.n_addrs; i++)
             if (addr_compare(&t.addrs[i], &again.addrs[i]) != 0) abort();
     }

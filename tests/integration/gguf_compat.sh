@@ -25,7 +25,7 @@ fi
 
 F32="$SRC/tests/models/kjv-llama-6.3M-f32.gguf"
 TEXT="$SRC/models/kjv-heldout.txt"
-for type in Q4_0 Q5_1 Q3_K Q4_K_M Q5_K_M Q6_K; do
+for type in Q4_0 Q5_1 Q3_K Q4_K_M Q5_K_M Q6_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L; do
   out="$T/demo-$type.gguf"
   "$LLMESH" quantize "$F32" "$out" "$type" --threads 2 2>"$T/quantize-$type.log" || die "quantize $type"
   ours=$("$LLMESH" perplexity --model "$out" --file "$TEXT" --threads 2 2>/dev/null | sed -n 's/^perplexity: //p')

@@ -67,7 +67,7 @@ cases=(--model "$SRC/models/kjv-llama-6.3M-q8_0.gguf" --dequant "$T/kjv-q8_0-f32
 if [ -f "$KJV_F32" ]; then
   dequant "$SRC/tests/models/kjv-llama-6.3M-f16.gguf" "$T/kjv-f16-f32.gguf"
   cases+=(--model "$KJV_F32" --model "$SRC/tests/models/kjv-llama-6.3M-f16.gguf" --dequant "$T/kjv-f16-f32.gguf")
-  for type in Q4_K_M Q6_K Q4_0; do add_quantized "$KJV_F32" "kjv-llama-6.3M-$type" "$type"; done
+  for type in Q4_K_M Q6_K Q4_0 Q2_K_S Q3_K_S Q3_K_M Q3_K_L; do add_quantized "$KJV_F32" "kjv-llama-6.3M-$type" "$type"; done
 fi
 run logits-kjv 120 logits.mjs --llmesh "$LLMESH" --text "$HELDOUT" "${cases[@]}"
 rm -f "$T"/kjv-*.gguf
@@ -80,7 +80,7 @@ for name in $("$MAKE_MODELS" list); do
   # K-quants at real widths: Qwen3-0.6B's rows (1024, 2048, 3072) are all
   # multiples of 256, so no tensor falls back to a 32-block type.
   if [ "$name" = qwen3-0.6b-q8_0 ]; then
-    for type in Q4_K_M Q6_K; do add_quantized "$T/$name.gguf" "qwen3-0.6b-$type" "$type"; done
+    for type in Q4_K_M Q6_K Q2_K_S Q3_K_M; do add_quantized "$T/$name.gguf" "qwen3-0.6b-$type" "$type"; done
   fi
   run "logits-$name" 120 logits.mjs --llmesh "$LLMESH" --ids "$IDS" "${cases[@]}"
   rm -f "$T"/*.gguf

@@ -100,7 +100,7 @@ wait_for 30 settled || fail "B's stage counters settled within 30 s"
 curl -sf "${AUTH[@]}" "$A_CONSOLE/api/status" -o "$T/a_status.json" || die "A's status"
 curl -sf "${AUTH[@]}" "$A_CONSOLE/metrics" -o "$T/a_metrics.txt" || die "A's metrics"
 cat >"$T/a_want.json" <<JSON
-{"model": "$MODEL_ID", "lanes": 2, "from_peers": 1, "split_model": "$MODEL_ID", "left": 1,
+{"model": "$MODEL_ID", "lanes": 4, "from_peers": 1, "split_model": "$MODEL_ID", "left": 1,
  "http": {"$MODEL_ID|200": 5, "|404": 1, "|400": 1, "|401": 1},
  "generations": $GENERATIONS, "prompt_tokens": $PROMPT_TOKENS, "completion_tokens": $COMPLETION_TOKENS, "itl": $ITL}
 JSON

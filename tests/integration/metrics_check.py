@@ -137,8 +137,12 @@ for state in ("connecting", "alive", "suspect", "dead", "left"):
 for p in status["peers"]:
     if "link" in p:
         got = value("llmesh_peer_rtt_seconds", peer=p["id"], link=p["link"])
-        check(f"peer_rtt_seconds of {p['id'][:8]} == rtt_ms / 1000", got is not None and
-              abs(got - p["rtt_ms"] / 1000) < 1e-9, got)
+        # The smoothed RTT moves with every acknowledgement (the failure
+        # detector probes each peer every second), and status and metrics
+        # are read a few ms apart: the same order of magnitude, not equal.
+        want_s = p["rtt_ms"] / 1000
+        check(f"peer_rtt_seconds of {p['id'][:8]} ~ rtt_ms / 1000 ({want_s})", got is not None and
+              (got == want_s or (got > 0 and want_s > 0 and got / want_s < 4 and want_s / got < 4)), got)
 
 served = [m for m in status["models"]]
 for m in served:

@@ -235,6 +235,92 @@ static void test_batching_and_threads_are_exact(void)
     threadpool_free(p3);
 }
 
+/* Mixed batches (model_forward_batch): three sequences of different lengths
+ * advanced together by pieces of varying sizes (prompt chunks, single
+ * tokens, some steps without one of them, the order of the sequences
+ * changing), each piece asking for every row's logits, the last row's or
+ * none: every row equals the same sequence run alone, bit for bit, for every
+ * architecture (gemma3's window and global layer, phi3's LongRoPE included). */
+static void test_mixed_batches_are_exact(void)
+{
+    const char *arches[] = {"llama", "qwen2", "qwen3", "gemma3", "phi3"};
+    enum { S = 3, V = 300, MAXN = 80 };
+    static const int len[S] = {37, 80, 23};
+    char err[256];
+    threadpool *pool = threadpool_create(2, err, sizeof err);
+    REQUIRE(pool);
+    for (size_t a = 0; a < sizeof arches / sizeof arches[0]; a++) {
+        model_writer_params p = small(arches[a], 60 + a);
+        p.type = a % 2 ? GGML_TYPE_Q8_0 : GGML_TYPE_F32;
+        p.rope_freqs = a == 0;
+        const char *path = testlib_tmp_path("mixed.gguf");
+        REQUIRE(model_writer_write(path, &p) == 0);
+        loaded L = load(path);
+        REQUIRE(L.m);
+        static int32_t tokens[S][MAXN];
+        static float alone[S][MAXN * V], got[MAXN * V];
+        model_state *st[S];
+        for (int k = 0; k < S; k++) {
+            for (int i = 0; i < len[k]; i++) tokens[k][i] = (int32_t)((i * 31 + k * 101 + 7) % V);
+            st[k] = model_state_new(L.m, 0, err, sizeof err);
+            REQUIRE(st[k]);
+            REQUIRE(model_forward(L.m, st[k], pool, tokens[k], len[k], alone[k], 1, err, sizeof err) == 0);
+            model_state_truncate(st[k], 0);
+        }
+        model_batch *b = model_batch_new(L.m, err, sizeof err);
+        REQUIRE(b);
+        int done[S] = {0}, bad = 0, steps = 0, mixed = 0;
+        uint64_t rng = 12345 + a;
+        while (done[0] < len[0] || done[1] < len[1] || done[2] < len[2]) {
+            model_seq seqs[S];
+            int n_seq = 0, total = 0;
+            for (int r = 0; r < S; r++) {
+                int k = (r + steps) % S; /* the order moves each step */
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                int left = len[k] - done[k];
+                if (left == 0 || (rng >> 60) == 0) continue; /* sometimes sits a step out */
+                int take = (rng >> 33) % 3 == 0 ? 1 + (int)((rng >> 40) % 29) : 1; /* a chunk or one token */
+                if (take > left) take = left;
+                if (total + take > MODEL_BATCH) continue;
+                int mode = (int)((rng >> 20) % 3); /* 0: no logits, 1: last, 2: all */
+                seqs[n_seq++] = (model_seq){.state = st[k], .tokens = tokens[k] + done[k], .n = take,
+                                            .logits = mode ? got + (size_t)total * V : NULL,
+                                            .all_logits = mode == 2};
+                total += take;
+            }
+            steps++;
+            if (n_seq == 0) continue;
+            mixed += n_seq > 1;
+            REQUIRE(model_forward_batch(L.m, b, pool, seqs, n_seq, err, sizeof err) == 0);
+            for (int q = 0; q < n_seq; q++) {
+                int k = seqs[q].state == st[0] ? 0 : seqs[q].state == st[1] ? 1 : 2;
+                const float *ref = alone[k] + (size_t)done[k] * V;
+                if (seqs[q].all_logits)
+                    bad += memcmp(seqs[q].logits, ref, sizeof(float) * V * (size_t)seqs[q].n) != 0;
+                else if (seqs[q].logits)
+                    bad += memcmp(seqs[q].logits, ref + (size_t)(seqs[q].n - 1) * V, sizeof(float) * V) != 0;
+                done[k] += seqs[q].n;
+                CHECK_EQ_INT(model_state_n_past(st[k]), done[k]);
+            }
+        }
+        if (bad) fprintf(stderr, "  %s: %d pieces differ\n", arches[a], bad);
+        CHECK_EQ_INT(bad, 0);
+        CHECK(mixed >= 3); /* the schedule did mix sequences */
+        /* refusals leave every state alone */
+        model_seq twice[2] = {{.state = st[0], .tokens = tokens[0], .n = 1},
+                              {.state = st[0], .tokens = tokens[0], .n = 1}};
+        CHECK(model_forward_batch(L.m, b, pool, twice, 2, err, sizeof err) == -1);
+        model_state_truncate(st[2], 0);
+        model_seq big = {.state = st[2], .tokens = tokens[1], .n = MODEL_BATCH + 1};
+        CHECK(model_forward_batch(L.m, b, pool, &big, 1, err, sizeof err) == -1);
+        CHECK_EQ_INT(model_state_n_past(st[2]), 0);
+        model_batch_free(b);
+        for (int k = 0; k < S; k++) model_state_free(st[k]);
+        unload(&L);
+    }
+    threadpool_free(pool);
+}
+
 /* ---- refusals ---------------------------------------------------------------- */
 
 static const char *load_error(const model_writer_params *p, const char *extra_tensor)
@@ -449,6 +535,7 @@ int main(void)
     RUN(test_forward_matches_reference);
     RUN(test_each_feature_matters);
     RUN(test_batching_and_threads_are_exact);
+    RUN(test_mixed_batches_are_exact);
     RUN(test_refusals);
     RUN(test_real_shape_qwen2_5_0_5b);
     RUN(test_real_shape_llama_3_2_1b);

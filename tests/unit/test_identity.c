@@ -195,6 +195,58 @@ static void test_home_resolution(void)
     free(saved_env);
 }
 
+/* The mesh secret: made once, kept, replaced by a join token's, refused when
+ * others may read it or it is malformed. */
+static void test_mesh_secret(void)
+{
+    const char *dir = testlib_tmp_path("secret-home");
+    char path[600], err[512];
+    snprintf(path, sizeof path, "%s/mesh-secret", dir);
+    uint8_t s1[IDENTITY_SECRET_BYTES], s2[IDENTITY_SECRET_BYTES], tok[IDENTITY_SECRET_BYTES];
+    identity_secret_origin how;
+    REQUIRE(identity_mesh_secret(dir, NULL, s1, &how, err, sizeof err) == 0);
+    CHECK_EQ_INT(how, IDENTITY_SECRET_CREATED);
+    struct stat st;
+    REQUIRE(stat(path, &st) == 0);
+    CHECK_EQ_INT(st.st_mode & 0777, 0600);
+    REQUIRE(identity_mesh_secret(dir, NULL, s2, &how, err, sizeof err) == 0);
+    CHECK_EQ_INT(how, IDENTITY_SECRET_LOADED);
+    CHECK(!memcmp(s1, s2, sizeof s1));
+    /* Another home makes another secret. */
+    uint8_t other[IDENTITY_SECRET_BYTES];
+    REQUIRE(identity_mesh_secret(testlib_tmp_path("secret-other"), NULL, other, &how, err, sizeof err) == 0);
+    CHECK(memcmp(s1, other, sizeof s1) != 0);
+    /* A token's secret: the same changes nothing, another replaces it. */
+    REQUIRE(identity_mesh_secret(dir, s1, s2, &how, err, sizeof err) == 0);
+    CHECK_EQ_INT(how, IDENTITY_SECRET_LOADED);
+    for (int i = 0; i < IDENTITY_SECRET_BYTES; i++) tok[i] = (uint8_t)(i * 5 + 1);
+    REQUIRE(identity_mesh_secret(dir, tok, s2, &how, err, sizeof err) == 0);
+    CHECK_EQ_INT(how, IDENTITY_SECRET_REPLACED);
+    CHECK(!memcmp(s2, tok, sizeof tok));
+    REQUIRE(identity_mesh_secret(dir, NULL, s2, &how, err, sizeof err) == 0);
+    CHECK(!memcmp(s2, tok, sizeof tok));
+    REQUIRE(stat(path, &st) == 0);
+    CHECK_EQ_INT(st.st_mode & 0777, 0600);
+    REQUIRE(identity_mesh_secret(testlib_tmp_path("secret-new"), tok, s2, &how, err, sizeof err) == 0);
+    CHECK_EQ_INT(how, IDENTITY_SECRET_FROM_TOKEN);
+    /* Readable by others: refused with the chmod to run. */
+    chmod(path, 0644);
+    CHECK(identity_mesh_secret(dir, NULL, s2, &how, err, sizeof err) != 0);
+    CHECK(strstr(err, "chmod 600") != NULL);
+    /* Malformed files are refused, never overwritten. */
+    static const char *const bad[] = {"", "llmesh-mesh-secret 1\n",
+                                      "llmesh-mesh-secret 2\nsecret 00\n",
+                                      "llmesh-mesh-secret 1\nsecret 0011\n",
+                                      "llmesh-mesh-secret 1\nsecret "
+                                      "zz01020304050607080910111213141516171819202122232425262728293031\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        write_file(path, bad[i], 0600);
+        err[0] = 0;
+        CHECK(identity_mesh_secret(dir, NULL, s2, &how, err, sizeof err) != 0);
+        CHECK(strstr(err, "mesh-secret") != NULL);
+    }
+}
+
 int main(void)
 {
     RUN(test_first_start_creates_key);
@@ -202,5 +254,6 @@ int main(void)
     RUN(test_sign_verify);
     RUN(test_malformed_key_files);
     RUN(test_home_resolution);
+    RUN(test_mesh_secret);
     return testlib_finish();
 }

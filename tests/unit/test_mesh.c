@@ -10,8 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
+#include "lib/base64.h"
 #include "lib/log.h"
 #include "mesh/identity.h"
 #include "mesh/mesh.h"
@@ -481,7 +483,8 @@ static int pair_settled(void *arg)
 static void test_simultaneous_join(void)
 {
     /* Learn each node's token first (fixed ports), then start both, each
-     * joining the other. */
+     * joining the other. y is made with x's token (the loop does not run,
+     * so it never dials), so that both hold the same mesh secret. */
     mesh *x = testnet_mesh("x", "[::1]:0", "standby", NULL);
     if (!x) {
         fprintf(stderr, "  no IPv6 loopback here: skipped\n");
@@ -490,7 +493,7 @@ static void test_simultaneous_join(void)
     char x_token[TOKEN_MAX_TEXT], x_listen[64], y_token[TOKEN_MAX_TEXT], y_listen[64];
     snprintf(x_token, sizeof x_token, "%s", mesh_token(x));
     snprintf(x_listen, sizeof x_listen, "[::1]:%u", mesh_listen_port(x));
-    mesh *y = testnet_mesh("y", "[::1]:0", "standby", NULL);
+    mesh *y = testnet_mesh("y", "[::1]:0", "standby", x_token);
     REQUIRE(y);
     snprintf(y_token, sizeof y_token, "%s", mesh_token(y));
     snprintf(y_listen, sizeof y_listen, "[::1]:%u", mesh_listen_port(y));
@@ -993,6 +996,199 @@ static void test_passive_client(void)
     mesh_free(p.b);
 }
 
+/* ---- admission ------------------------------------------------------------------*/
+
+typedef struct {
+    mesh *a, *b, *stranger, *client, *joiner, *rogue;
+} adm_t;
+
+static uint64_t refused(mesh *m)
+{
+    mesh_counters c;
+    mesh_get_counters(m, &c);
+    return c.admission_refused;
+}
+
+static int adm_member_in(void *arg)
+{
+    adm_t *t = arg;
+    return is_alive(t->a, t->b) && is_alive(t->b, t->a);
+}
+
+static int adm_refused_two(void *arg)
+{
+    adm_t *t = arg;
+    return refused(t->a) + refused(t->b) >= 2;
+}
+
+static int adm_joiner_refused(void *arg)
+{
+    adm_t *t = arg;
+    return refused(t->joiner) >= 1;
+}
+
+/* A token of m's with another secret: the node id and addresses of a real
+ * member, but not its mesh's secret. */
+static void wrong_secret_token(const mesh *m, char out[TOKEN_MAX_TEXT])
+{
+    token t;
+    char err[256];
+    REQUIRE(token_decode(mesh_token(m), &t, err, sizeof err) == 0);
+    t.secret[7] ^= 0x20;
+    REQUIRE(token_encode(&t, out, TOKEN_MAX_TEXT) > 0);
+}
+
+/* Only holders of the secret get in: a node with a fresh key and a token
+ * with the wrong secret, and a passive client with one, are refused within
+ * the deadline and listed nowhere; the refusal is mutual (a dialler refuses
+ * an acceptor that cannot prove the secret); a version 1 token is refused
+ * with a message that asks for a new one. */
+static void test_admission(void)
+{
+    adm_t t = {0};
+    t.a = testnet_mesh("adm-a", "127.0.0.1:0", "host", NULL);
+    REQUIRE(t.a);
+    t.b = testnet_mesh("adm-b", "127.0.0.1:0", "standby", mesh_token(t.a));
+    REQUIRE(t.b);
+    CHECK(testnet_run_until(adm_member_in, &t, WAIT_MS));
+    /* Same secret on both: same token but for the id and addresses. */
+    token ta, tb;
+    char err[512];
+    REQUIRE(token_decode(mesh_token(t.a), &ta, err, sizeof err) == 0);
+    REQUIRE(token_decode(mesh_token(t.b), &tb, err, sizeof err) == 0);
+    CHECK(!memcmp(ta.secret, tb.secret, sizeof ta.secret));
+    CHECK_EQ_INT(refused(t.a) + refused(t.b), 0);
+
+    char bad[TOKEN_MAX_TEXT];
+    wrong_secret_token(t.a, bad);
+    uint64_t t0 = testnet_now_ms();
+    t.stranger = testnet_mesh("adm-s", "127.0.0.1:0", "standby", bad);
+    t.client = start_client("adm-c", bad);
+    REQUIRE(t.stranger && t.client);
+    /* The client dials when it pulls its routes (at once). */
+    CHECK(testnet_run_until(adm_refused_two, &t, WAIT_MS));
+    uint64_t took = testnet_now_ms() - t0;
+    fprintf(stderr, "  two strangers refused within %llu ms\n", (unsigned long long)took);
+    CHECK(took < 1500);
+    testnet_run_for(1500);                     /* redials: refused again, never in */
+    CHECK(find_peer(t.a, t.stranger) == NULL);
+    CHECK(find_peer(t.b, t.stranger) == NULL);
+    CHECK(find_peer(t.a, t.client) == NULL);
+    mesh_peer peers[8];
+    CHECK_EQ_INT(mesh_peers(t.a, peers, 8), 1);
+    CHECK_EQ_INT(mesh_peers(t.b, peers, 8), 1);
+    CHECK_EQ_INT(mesh_clients_connected(t.a), 0);
+    CHECK_EQ_INT(mesh_connections(t.a), 1);
+    CHECK(!is_alive(t.stranger, t.a));
+    mesh_counters cc;
+    mesh_get_counters(t.client, &cc);
+    CHECK_EQ_INT(cc.routes_pulled, 0);
+    CHECK(cc.routes_failed >= 1);
+
+    /* Mutual: a rogue acceptor takes any proof; a joiner whose token names
+     * it (with A's secret, which the rogue does not hold) refuses it. */
+    t.rogue = testnet_mesh("adm-r", "127.0.0.1:0", "host", NULL);
+    REQUIRE(t.rogue);
+    mesh_test_admit_anyone(t.rogue, 1);
+    token tr;
+    REQUIRE(token_decode(mesh_token(t.rogue), &tr, err, sizeof err) == 0);
+    memcpy(tr.secret, ta.secret, sizeof tr.secret);
+    char lure[TOKEN_MAX_TEXT];
+    REQUIRE(token_encode(&tr, lure, sizeof lure) > 0);
+    t.joiner = testnet_mesh("adm-j", "127.0.0.1:0", "standby", lure);
+    REQUIRE(t.joiner);
+    CHECK(testnet_run_until(adm_joiner_refused, &t, WAIT_MS));
+    testnet_run_for(300);
+    CHECK(!is_alive(t.joiner, t.rogue));
+    CHECK(!is_alive(t.rogue, t.joiner));
+    CHECK_EQ_INT(mesh_connections(t.joiner), 0);
+
+    /* Version 1 tokens: refused, with what to do. */
+    uint8_t v1[1 + MESH_ID_BYTES + 1 + 7] = {1};
+    memcpy(v1 + 1, ta.id, MESH_ID_BYTES);
+    v1[33] = 1;
+    addr_encode(&ta.addrs[0], v1 + 34);
+    char v1_text[TOKEN_MAX_TEXT];
+    REQUIRE(base64_url_encode(v1, sizeof v1, v1_text, sizeof v1_text) > 0);
+    const char *joins[1] = {v1_text};
+    mesh_config cfg = {.home = testlib_tmp_path("adm-v1"), .listen = "127.0.0.1:0", .join_tokens = joins,
+                       .n_join = 1, .role = "standby"};
+    CHECK(mesh_new(base, &cfg, err, sizeof err) == NULL);
+    CHECK(strstr(err, "version 1") && strstr(err, "new token"));
+    /* Two tokens of different meshes. */
+    const char *two[2] = {mesh_token(t.a), mesh_token(t.rogue)};
+    cfg.join_tokens = two;
+    cfg.n_join = 2;
+    CHECK(mesh_new(base, &cfg, err, sizeof err) == NULL);
+    CHECK(strstr(err, "another mesh") != NULL);
+
+    /* The secret is kept in the home, 0600, and a restart keeps the mesh. */
+    char path[600];
+    snprintf(path, sizeof path, "%s/mesh-secret", testlib_tmp_path("adm-b"));
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+
+    mesh_free(t.joiner);
+    mesh_free(t.rogue);
+    mesh_free(t.client);
+    mesh_free(t.stranger);
+    mesh_free(t.b);
+    mesh_free(t.a);
+}
+
+/* ---- limits: a peer that keeps sending malformed frames -----------------------*/
+
+static int ban_seen(void *arg)
+{
+    adm_t *t = arg;
+    mesh_counters c;
+    mesh_get_counters(t->a, &c);
+    return c.peers_banned >= 1 && !is_alive(t->a, t->b);
+}
+
+static int ban_refused(void *arg)
+{
+    adm_t *t = arg;
+    mesh_counters c;
+    mesh_get_counters(t->a, &c);
+    return c.banned_refused >= 1;
+}
+
+/* A member that opens stream after stream of a type nobody knows is cut off
+ * after MESH_BAD_FRAMES_MAX of them and refused when it dials again; until
+ * then each one only costs it the stream. */
+static void test_bad_frame_ban(void)
+{
+    adm_t t = {0};
+    t.a = testnet_mesh("ban-a", "127.0.0.1:0", "host", NULL);
+    REQUIRE(t.a);
+    t.b = testnet_mesh("ban-b", "127.0.0.1:0", "standby", mesh_token(t.a));
+    REQUIRE(t.b);
+    CHECK(testnet_run_until(adm_member_in, &t, WAIT_MS));
+    char err[256];
+    for (int i = 0; i < MESH_BAD_FRAMES_MAX - 1; i++) {
+        mesh_stream *s = mesh_stream_open(t.b, mesh_node_id(t.a), 99, NULL, NULL, err, sizeof err);
+        REQUIRE(s);
+        CHECK(mesh_stream_send(s, "x", 1) == 0);
+    }
+    testnet_run_for(300);
+    mesh_counters c;
+    mesh_get_counters(t.a, &c);
+    CHECK_EQ_INT(c.bad_frames, MESH_BAD_FRAMES_MAX - 1);
+    CHECK_EQ_INT(c.peers_banned, 0);
+    CHECK(is_alive(t.a, t.b));
+    mesh_stream *s = mesh_stream_open(t.b, mesh_node_id(t.a), 99, NULL, NULL, err, sizeof err);
+    REQUIRE(s);
+    CHECK(mesh_stream_send(s, "x", 1) == 0);
+    CHECK(testnet_run_until(ban_seen, &t, WAIT_MS));
+    /* B redials (A is its join node): refused while the ban lasts. */
+    CHECK(testnet_run_until(ban_refused, &t, WAIT_MS));
+    CHECK(!is_alive(t.a, t.b));
+    CHECK_EQ_INT(mesh_connections(t.a), 0);
+    mesh_free(t.b);
+    mesh_free(t.a);
+}
+
 int main(void)
 {
     /* LLMESH_TEST_LOG=debug shows the mesh's chatter while debugging. */
@@ -1006,6 +1202,8 @@ int main(void)
     RUN(test_star_join);
     RUN(test_failure_detection);
     RUN(test_passive_client);
+    RUN(test_admission);
+    RUN(test_bad_frame_ban);
     testnet_loop_free();
     return testlib_finish();
 }

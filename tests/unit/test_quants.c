@@ -328,7 +328,8 @@ static void test_rows_kernels(void)
 {
     enum { R = 7 };
     static const ggml_type types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0,
-                                      GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
+                                      GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K, GGML_TYPE_Q2_K,
+                                      GGML_TYPE_Q3_K};
     struct {
         const char *name;
         kernel_isa isa;
@@ -425,11 +426,85 @@ static void test_rows_kernels(void)
     if (!ran) fprintf(stderr, "  (no SIMD rows kernels on this CPU: nothing to check)\n");
 }
 
+/* The tile kernels (kernels_rows.h): for each instruction set and width the
+ * CPU has, R rows x NT tokens in one call (whole tiles, leftover tokens and
+ * a leftover group of rows) give every output the bits of the same set's
+ * rows kernel for that row and token alone: a prompt's batch equals its
+ * tokens one by one. Tokens differ in scale (1e-3 .. 10) so that a mixed-up
+ * token or scale would show. */
+static void test_tile_kernels(void)
+{
+    enum { R = 7, NT = 11 };
+    static const ggml_type types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0,
+                                      GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K, GGML_TYPE_Q2_K,
+                                      GGML_TYPE_Q3_K};
+    struct {
+        const char *name;
+        kernel_isa isa;
+        int bits;
+    } sets[] = {{"avx2", KERNEL_ISA_AVX2, 256}, {"avxvnni", KERNEL_ISA_AVXVNNI, 256},
+                {"avx512/256", KERNEL_ISA_AVX512, 256}, {"avx512/512", KERNEL_ISA_AVX512, 512}};
+    int ran = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        ggml_type t = types[ti];
+        const quant_traits *qt = quant_get_traits(t);
+        int k_type = qt && qt->act_type == GGML_TYPE_Q8_K;
+        int widths[] = {k_type ? 768 : 800, t == GGML_TYPE_F16 ? 808 : (k_type ? 256 : 96)};
+        for (size_t wi = 0; wi < 2; wi++) {
+            int n = widths[wi];
+            size_t stride = kernel_row_bytes(t, n);
+            ggml_type at = t == GGML_TYPE_F16 ? GGML_TYPE_F32 : k_type ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0;
+            size_t astride = kernel_row_bytes(at, n);
+            uint8_t *w = malloc(stride * R), *act = malloc(astride * NT);
+            float *wf = malloc(sizeof(float) * n), *x = malloc(sizeof(float) * n);
+            float tiled[NT][R], alone[NT][R];
+            REQUIRE(w && act && wf && x);
+            for (int r = 0; r < R; r++) {
+                for (int i = 0; i < n; i++) wf[i] = rnd_uniform(-1, 1);
+                quantize_row(t, wf, w + r * stride, n);
+            }
+            for (int k = 0; k < NT; k++) {
+                float scale = k == 3 ? 1e-3f : k == 5 ? 10.0f : 1.0f;
+                for (int i = 0; i < n; i++) x[i] = rnd_uniform(-2, 2) * scale;
+                if (at == GGML_TYPE_F32) memcpy(act + k * astride, x, sizeof(float) * n);
+                else if (at == GGML_TYPE_Q8_K) quant_quantize_row_q8_k(x, (quant_block_q8_k *)(act + k * astride), n);
+                else kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)(act + k * astride), n);
+            }
+            for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
+                if (!kernel_isa_available(sets[si].isa)) continue;
+                kernel_isa isa = sets[si].isa;
+                int bits = sets[si].bits;
+                kernel_rows_fn rows = isa == KERNEL_ISA_AVX2      ? kernel_rows_avx2(t)
+                                      : isa == KERNEL_ISA_AVXVNNI ? kernel_rows_avxvnni(t)
+                                                                  : kernel_rows_avx512_width(t, bits);
+                kernel_tile_fn tile = isa == KERNEL_ISA_AVX2      ? kernel_tile_avx2(t)
+                                      : isa == KERNEL_ISA_AVXVNNI ? kernel_tile_avxvnni(t)
+                                                                  : kernel_tile_avx512_width(t, bits);
+                CHECK((rows == NULL) == (tile == NULL));
+                if (!rows || !tile) continue;
+                ran++;
+                memset(tiled, 0xff, sizeof tiled);
+                tile(w, stride, KERNEL_ROWS, act, astride, NT, n, &tiled[0][0], R);
+                tile(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, act, astride, NT, n, &tiled[0][KERNEL_ROWS], R);
+                for (int k = 0; k < NT; k++)
+                    for (int r = 0; r < R; r++) rows(w + r * stride, stride, 1, act + k * astride, n, &alone[k][r]);
+                if (memcmp(tiled, alone, sizeof tiled)) {
+                    fprintf(stderr, "  %s %s n=%d: tiled products differ from one row and token at a time\n",
+                            ggml_type_name(t), sets[si].name, n);
+                    CHECK(0);
+                }
+            }
+            free(w), free(act), free(wf), free(x);
+        }
+    }
+    if (!ran) fprintf(stderr, "  (no SIMD tile kernels on this CPU: nothing to check)\n");
+}
+
 /* kernel_matmul over every type (and mixed types in one multi-product, which
  * share the scratch) against kernel_matmul_ref, on every ISA this CPU has. */
 static void test_matmul_all_types(void)
 {
-    enum { ROWS = 24, COLS = 512, NTOK = 3 };
+    enum { ROWS = 24, COLS = 512, NTOK = 9 }; /* 9: whole tiles and leftover tokens */
     char err[256];
     threadpool *pool = threadpool_create(2, err, sizeof err);
     REQUIRE(pool);
@@ -538,7 +613,8 @@ static void test_models_track_f32(void)
     for (int i = 0; i < NTOK; i++) tokens[i] = (int32_t)(rnd_u32() % 510);
     float *ref = model_logits(f32, tokens, NTOK, 0);
     const char *recipes[] = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K",
-                             "Q5_K", "Q6_K", "Q4_K_M", "Q5_K_M", "Q4_K_S", "Q5_K_S", "F16", "BF16"};
+                             "Q5_K", "Q6_K", "Q4_K_M", "Q5_K_M", "Q4_K_S", "Q5_K_S", "Q2_K_S",
+                             "Q3_K_S", "Q3_K_M", "Q3_K_L", "F16", "BF16"};
     for (size_t k = 0; k < sizeof recipes / sizeof recipes[0]; k++) {
         quantize_recipe r;
         char err[256];
@@ -590,32 +666,93 @@ static void test_models_track_f32(void)
     free(ref);
 }
 
+/* The type a recipe gives a tensor of a model with these shape facts. */
+static ggml_type recipe_type(const char *recipe, const char *name, const uint64_t *ne, int n_layer, int tied,
+                             int n_gqa)
+{
+    quantize_recipe r;
+    char err[256];
+    REQUIRE(quantize_recipe_parse(recipe, &r, err, sizeof err) == 0);
+    quantize_model m = {.n_layer = n_layer, .tied = tied, .n_gqa = n_gqa};
+    return quantize_choose_type(&r, name, ne[1] ? 2 : 1, ne, GGML_TYPE_F32, &m);
+}
+
 static void test_recipes(void)
 {
     quantize_recipe r;
     char err[256];
     CHECK(quantize_recipe_parse("q4_k_m", &r, err, sizeof err) == 0 && r.ftype == 15);
-    CHECK(quantize_recipe_parse("Q9_K", &r, err, sizeof err) == -1 && strstr(err, "Q4_K_M"));
-    REQUIRE(quantize_recipe_parse("Q4_K_M", &r, err, sizeof err) == 0);
-    uint64_t sq[2] = {256, 256}, down[2] = {704, 256}, norm[1] = {256};
+    CHECK(quantize_recipe_parse("Q9_K", &r, err, sizeof err) == -1 && strstr(err, "Q4_K_M") && strstr(err, "Q3_K_L"));
+    /* llama.cpp's ftype numbers */
+    const struct { const char *name; uint32_t ftype; ggml_type base; } ft[] = {
+        {"Q2_K_S", 21, GGML_TYPE_Q2_K}, {"Q3_K_S", 11, GGML_TYPE_Q3_K},
+        {"Q3_K_M", 12, GGML_TYPE_Q3_K}, {"Q3_K_L", 13, GGML_TYPE_Q3_K}};
+    for (size_t i = 0; i < sizeof ft / sizeof ft[0]; i++)
+        CHECK(quantize_recipe_parse(ft[i].name, &r, err, sizeof err) == 0 && r.ftype == ft[i].ftype &&
+              r.base == ft[i].base);
+    uint64_t sq[2] = {256, 256}, down[2] = {704, 256}, norm[2] = {256, 0};
     /* 8 layers: more bits in 0 (< n/8), 7 (>= 7n/8), and 3, 6 ((i - 1) % 3 == 2) */
     int more[8] = {1, 0, 0, 1, 0, 0, 1, 1};
     for (int l = 0; l < 8; l++) {
         char name[64];
         snprintf(name, sizeof name, "blk.%d.attn_v.weight", l);
-        CHECK_EQ_INT(quantize_choose_type(&r, name, 2, sq, GGML_TYPE_F32, 8, 0),
-                     more[l] ? GGML_TYPE_Q6_K : GGML_TYPE_Q4_K);
+        CHECK_EQ_INT(recipe_type("Q4_K_M", name, sq, 8, 0, 1), more[l] ? GGML_TYPE_Q6_K : GGML_TYPE_Q4_K);
         snprintf(name, sizeof name, "blk.%d.attn_q.weight", l);
-        CHECK_EQ_INT(quantize_choose_type(&r, name, 2, sq, GGML_TYPE_F32, 8, 0), GGML_TYPE_Q4_K);
+        CHECK_EQ_INT(recipe_type("Q4_K_M", name, sq, 8, 0, 1), GGML_TYPE_Q4_K);
         /* 704 is not a multiple of 256: Q6_K -> Q8_0, Q4_K -> Q5_0 */
         snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
-        CHECK_EQ_INT(quantize_choose_type(&r, name, 2, down, GGML_TYPE_F32, 8, 0),
-                     more[l] ? GGML_TYPE_Q8_0 : GGML_TYPE_Q5_0);
+        CHECK_EQ_INT(recipe_type("Q4_K_M", name, down, 8, 0, 1), more[l] ? GGML_TYPE_Q8_0 : GGML_TYPE_Q5_0);
     }
-    CHECK_EQ_INT(quantize_choose_type(&r, "output.weight", 2, sq, GGML_TYPE_F32, 8, 0), GGML_TYPE_Q6_K);
-    CHECK_EQ_INT(quantize_choose_type(&r, "token_embd.weight", 2, sq, GGML_TYPE_F32, 8, 0), GGML_TYPE_Q4_K);
-    CHECK_EQ_INT(quantize_choose_type(&r, "token_embd.weight", 2, sq, GGML_TYPE_F32, 8, 1), GGML_TYPE_Q6_K);
-    CHECK_EQ_INT(quantize_choose_type(&r, "output_norm.weight", 1, norm, GGML_TYPE_F32, 8, 0), GGML_TYPE_F32);
+    CHECK_EQ_INT(recipe_type("Q4_K_M", "output.weight", sq, 8, 0, 1), GGML_TYPE_Q6_K);
+    CHECK_EQ_INT(recipe_type("Q4_K_M", "token_embd.weight", sq, 8, 0, 1), GGML_TYPE_Q4_K);
+    CHECK_EQ_INT(recipe_type("Q4_K_M", "token_embd.weight", sq, 8, 1, 1), GGML_TYPE_Q6_K);
+    CHECK_EQ_INT(recipe_type("Q4_K_M", "output_norm.weight", norm, 8, 0, 1), GGML_TYPE_F32);
+
+    /* The 2- and 3-bit mixtures, 32 layers (n/8 = 4, n/16 = 2). */
+    const ggml_type Q2 = GGML_TYPE_Q2_K, Q3 = GGML_TYPE_Q3_K, Q4 = GGML_TYPE_Q4_K, Q5 = GGML_TYPE_Q5_K,
+                    Q6 = GGML_TYPE_Q6_K;
+    const struct {
+        const char *recipe, *tensor;
+        int gqa;
+        ggml_type in_layer[4]; /* layers 0, 3, 4, 31 */
+    } cases[] = {
+        {"Q2_K_S", "attn_v", 1, {Q2, Q2, Q2, Q2}},       {"Q2_K_S", "attn_v", 4, {Q4, Q4, Q4, Q4}},
+        {"Q2_K_S", "ffn_down", 1, {Q4, Q4, Q2, Q2}},     {"Q2_K_S", "attn_output", 4, {Q2, Q2, Q2, Q2}},
+        {"Q2_K_S", "ffn_up", 4, {Q2, Q2, Q2, Q2}},       {"Q3_K_S", "attn_v", 8, {Q3, Q3, Q3, Q3}},
+        {"Q3_K_S", "ffn_down", 8, {Q3, Q3, Q3, Q3}},     {"Q3_K_S", "attn_output", 8, {Q3, Q3, Q3, Q3}},
+        {"Q3_K_M", "attn_v", 1, {Q5, Q4, Q4, Q4}},       {"Q3_K_M", "ffn_down", 1, {Q5, Q4, Q4, Q4}},
+        {"Q3_K_M", "attn_output", 1, {Q4, Q4, Q4, Q4}},  {"Q3_K_M", "attn_qkv", 1, {Q4, Q4, Q4, Q4}},
+        {"Q3_K_M", "attn_q", 1, {Q3, Q3, Q3, Q3}},       {"Q3_K_M", "ffn_gate", 1, {Q3, Q3, Q3, Q3}},
+        {"Q3_K_L", "attn_v", 1, {Q5, Q5, Q5, Q5}},       {"Q3_K_L", "ffn_down", 1, {Q5, Q5, Q5, Q5}},
+        {"Q3_K_L", "attn_output", 1, {Q5, Q5, Q5, Q5}},  {"Q3_K_L", "attn_qkv", 1, {Q4, Q4, Q4, Q4}},
+        {"Q3_K_L", "attn_k", 1, {Q3, Q3, Q3, Q3}},       {"Q3_K_L", "ffn_up", 1, {Q3, Q3, Q3, Q3}},
+    };
+    const int layers[4] = {0, 3, 4, 31};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (int k = 0; k < 4; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "blk.%d.%s.weight", layers[k], cases[c].tensor);
+            ggml_type got = recipe_type(cases[c].recipe, name, sq, 32, 0, cases[c].gqa);
+            if (got != cases[c].in_layer[k])
+                fprintf(stderr, "  %s %s (gqa %d): %s, want %s\n", cases[c].recipe, name, cases[c].gqa,
+                        ggml_type_name(got), ggml_type_name(cases[c].in_layer[k]));
+            CHECK_EQ_INT(got, cases[c].in_layer[k]);
+        }
+    const char *mixes[] = {"Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L"};
+    for (int k = 0; k < 4; k++) {
+        CHECK_EQ_INT(recipe_type(mixes[k], "output.weight", sq, 32, 0, 1), Q6);
+        CHECK_EQ_INT(recipe_type(mixes[k], "token_embd.weight", sq, 32, 1, 1), Q6);
+        CHECK_EQ_INT(recipe_type(mixes[k], "token_embd.weight", sq, 32, 0, 1), k ? Q3 : Q2);
+        /* rows of 704: the 32-block fallbacks */
+        CHECK_EQ_INT(recipe_type(mixes[k], "blk.9.ffn_up.weight", down, 32, 0, 1), GGML_TYPE_Q4_0);
+        CHECK_EQ_INT(recipe_type(mixes[k], "output.weight", down, 32, 0, 1), GGML_TYPE_Q8_0);
+    }
+    /* 80 layers: attn_v at Q3_K or Q4_K goes to Q5_K, in every recipe */
+    CHECK_EQ_INT(recipe_type("Q3_K_M", "blk.40.attn_v.weight", sq, 80, 0, 8), Q5);
+    CHECK_EQ_INT(recipe_type("Q3_K_S", "blk.40.attn_v.weight", sq, 80, 0, 8), Q5);
+    CHECK_EQ_INT(recipe_type("Q4_K_M", "blk.40.attn_v.weight", sq, 80, 0, 8), Q5);
+    CHECK_EQ_INT(recipe_type("Q2_K_S", "blk.40.attn_v.weight", sq, 80, 0, 1), Q2);
+    CHECK_EQ_INT(recipe_type("Q3_K", "blk.40.attn_v.weight", sq, 80, 0, 8), Q3); /* pure stays pure */
 }
 
 int main(void)
@@ -625,6 +762,7 @@ int main(void)
     RUN(test_round_trip);
     RUN(test_dot_products);
     RUN(test_rows_kernels);
+    RUN(test_tile_kernels);
     RUN(test_matmul_all_types);
     RUN(test_recipes);
     RUN(test_models_track_f32);

@@ -138,6 +138,7 @@ static token sample_token(void)
     token t;
     memset(&t, 0, sizeof t);
     for (int i = 0; i < MESH_ID_BYTES; i++) t.id[i] = (uint8_t)(200 - i);
+    for (int i = 0; i < TOKEN_SECRET_BYTES; i++) t.secret[i] = (uint8_t)(7 * i + 3);
     char err[64];
     addr_parse("192.168.1.20:9337", &t.addrs[0], err, sizeof err);
     addr_parse("[2001:db8::1]:9337", &t.addrs[1], err, sizeof err);
@@ -153,9 +154,10 @@ static void test_token_round_trip(void)
     int n = token_encode(&t, text, sizeof text);
     REQUIRE(n > 0);
     CHECK_EQ_INT(n, strlen(text));
-    CHECK(text[0] == 'A');                       /* version byte 1 */
+    CHECK(text[0] == 'A');                       /* version byte 2: 000000|10 */
     REQUIRE(token_decode(text, &back, err, sizeof err) == 0);
     CHECK(memcmp(back.id, t.id, MESH_ID_BYTES) == 0);
+    CHECK(memcmp(back.secret, t.secret, TOKEN_SECRET_BYTES) == 0);
     REQUIRE(back.n_addrs == 3);
     for (int i = 0; i < 3; i++) CHECK(addr_compare(&back.addrs[i], &t.addrs[i]) == 0);
     /* Stable: same input, same text; decode + encode gives the text back. */
@@ -214,24 +216,28 @@ static void test_token_rejects(void)
     }
     uint8_t bad[TOKEN_MAX_BYTES + 8];
     memcpy(bad, bin, (size_t)n);
-    bad[0] = 2;
+    bad[0] = 3;
     CHECK(token_decode(as_text(bad, (size_t)n), &back, err, sizeof err) != 0);
     CHECK(strstr(err, "version") != NULL);
+    /* A version 1 token (no secret) says to use a new one. */
+    bad[0] = 1;
+    CHECK(token_decode(as_text(bad, (size_t)n), &back, err, sizeof err) != 0);
+    CHECK(strstr(err, "version 1") != NULL && strstr(err, "new token") != NULL);
     bad[0] = 0;
     CHECK(token_decode(as_text(bad, (size_t)n), &back, err, sizeof err) != 0);
     memcpy(bad, bin, (size_t)n);
-    bad[33] = 0;                                   /* no addresses */
+    bad[65] = 0;                                   /* no addresses */
     CHECK(token_decode(as_text(bad, (size_t)n), &back, err, sizeof err) != 0);
-    bad[33] = MESH_MAX_ADDRS + 1;
+    bad[65] = MESH_MAX_ADDRS + 1;
     CHECK(token_decode(as_text(bad, (size_t)n), &back, err, sizeof err) != 0);
-    bad[33] = 255;
+    bad[65] = 255;
     CHECK(token_decode(as_text(bad, (size_t)n), &back, err, sizeof err) != 0);
-    bad[33] = 2;                                   /* fewer than present: trailing bytes */
+    bad[65] = 2;                                   /* fewer than present: trailing bytes */
     CHECK(token_decode(as_text(bad, (size_t)n), &back, err, sizeof err) != 0);
-    bad[33] = 4;                                   /* more than present */
+    bad[65] = 4;                                   /* more than present */
     CHECK(token_decode(as_text(bad, (size_t)n), &back, err, sizeof err) != 0);
     memcpy(bad, bin, (size_t)n);
-    bad[34] = 9;                                   /* unknown family */
+    bad[66] = 9;                                   /* unknown family */
     CHECK(token_decode(as_text(bad, (size_t)n), &back, err, sizeof err) != 0);
     memcpy(bad, bin, (size_t)n);
     bad[n] = 0;                                    /* one byte too many */

@@ -1,0 +1,395 @@
+/* resolve.c: model references to local files, with the fit check before
+ * any download. See resolve.h. */
+#define _GNU_SOURCE
+#include "models/resolve.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine/gguf.h"
+#include "engine/model.h"
+#include "lib/log.h"
+#include "models/hf.h"
+#include "models/ref.h"
+#include "models/weights.h"
+
+#define RS_LOG "models"
+#define RS_MAX_LISTING (8u << 20)    /* the hub's listing of a repo: JSON, a few KB to a few hundred */
+#define RS_HEAD_FIRST (2u << 20)     /* first guess at a GGUF header's size (vocabularies make it MBs) */
+#define RS_HEAD_MAX (64u << 20)
+#define RS_MAX_NAMES 512
+
+static const double GB = 1e9;
+
+/* ---- the fit check ---------------------------------------------------------- */
+
+int model_need_from_head(const uint8_t *head, size_t head_len, uint64_t file_size, uint64_t rest_bytes,
+                         const model_fetch_opts *o, uint64_t *need, char *err, size_t errlen)
+{
+    /* The header says where every tensor is, and the reader checks those
+     * offsets against the file's size: so the bytes go into a sparse file
+     * of the full size (memory-backed, holes cost nothing) and the reader
+     * opens that, exactly as it opens the real file later. */
+    int fd = memfd_create("llmesh-gguf-head", MFD_CLOEXEC);
+    if (fd < 0) { snprintf(err, errlen, "memfd_create: %s", strerror(errno)); return -1; }
+    int rc = -1;
+    gguf_file *f = NULL;
+    model_sizes *z = malloc(sizeof *z);
+    if (!z) { snprintf(err, errlen, "out of memory"); goto out; }
+    if (ftruncate(fd, (off_t)file_size) != 0 || pwrite(fd, head, head_len, 0) != (ssize_t)head_len) {
+        snprintf(err, errlen, "cannot stage the header: %s", strerror(errno));
+        goto out;
+    }
+    char path[64], inner[400];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    if (!(f = gguf_open(path, inner, sizeof inner))) {
+        snprintf(err, errlen, "%s", inner);
+        goto out;
+    }
+    if (f->data_offset > head_len) {
+        snprintf(err, errlen, "the header is longer than the %zu bytes read", head_len);
+        goto out;
+    }
+    if (model_sizes_read(f, z, inner, sizeof inner) != 0) {
+        snprintf(err, errlen, "%s", inner);
+        goto out;
+    }
+    int ctx = z->c.n_ctx_train < 8192 ? z->c.n_ctx_train : 8192; /* as engine.c caps it */
+    if (o->n_ctx > 0) ctx = o->n_ctx;
+    model_part whole = {0, z->c.n_layer, 1};
+    *need = model_part_need(z, &whole, ctx, o->n_lanes > 0 ? o->n_lanes : 2, o->n_threads > 0 ? o->n_threads : 1) +
+            rest_bytes;
+    rc = 0;
+out:
+    if (f) gguf_close(f);
+    free(z);
+    close(fd);
+    return rc;
+}
+
+/* Reads the first file's header over the network (growing the read until
+ * the header fits) and compares the need with what is free. 0 fits, -1 no
+ * (err says by how much) or could not tell (err says why). */
+static int check_fit(const char *label, const char *url, const dl_auth *auth, uint64_t size, uint64_t rest,
+                     const model_fetch_opts *o, uint64_t *need_out, char *err, size_t errlen)
+{
+    if (!o->avail_what) return 0;
+    if (!size) {
+        snprintf(err, errlen, "%s: the server gives no size: cannot check that it fits before downloading", label);
+        return -1;
+    }
+    uint64_t need = 0;
+    char inner[400] = "";
+    int ok = 0;
+    for (size_t want = RS_HEAD_FIRST;; want *= 4) {
+        size_t n = want < size ? want : (size_t)size;
+        uint8_t *buf = malloc(n);
+        if (!buf) { snprintf(err, errlen, "out of memory"); return -1; }
+        long got = dl_get_head_bytes(url, auth, buf, n, inner, sizeof inner);
+        if (got < 0) {
+            free(buf);
+            snprintf(err, errlen, "%s: reading its header: %s", label, inner);
+            return -1;
+        }
+        ok = model_need_from_head(buf, (size_t)got, size, rest, o, &need, inner, sizeof inner) == 0;
+        free(buf);
+        if (ok || n >= size || want >= RS_HEAD_MAX) break;
+    }
+    if (!ok) {
+        snprintf(err, errlen, "%s: not a model llmesh can run (%s); nothing was downloaded", label, inner);
+        return -1;
+    }
+    *need_out = need;
+    if (need > o->avail_bytes) {
+        snprintf(err, errlen, "%s needs %.2f GB (weights, KV caches, scratch) but %s is %.2f GB: "
+                 "%.2f GB missing; nothing was downloaded", label, (double)need / GB, o->avail_what,
+                 (double)o->avail_bytes / GB, (double)(need - o->avail_bytes) / GB);
+        return -1;
+    }
+    log_info(RS_LOG, "%s needs %.2f GB; %s is %.2f GB", label, (double)need / GB, o->avail_what,
+             (double)o->avail_bytes / GB);
+    return 0;
+}
+
+/* ---- progress over several files ------------------------------------------------ */
+
+typedef struct {
+    const model_fetch_opts *o;
+    uint64_t base, total;
+} multi_progress;
+
+static void on_file_progress(void *ctx, uint64_t done, uint64_t total, double rate)
+{
+    multi_progress *mp = ctx;
+    if (mp->o->progress) mp->o->progress(mp->o->progress_ctx, mp->base + done, mp->total, rate);
+}
+
+/* ---- the hub ----------------------------------------------------------------------- */
+
+typedef struct {
+    char path[HF_NAME_CAP];  /* in the repo */
+    dl_meta meta;
+    int cached;
+    char local[MODEL_PATH_MAX];
+} hub_file;
+
+/* Which files of the repo a reference means: the file itself or all parts
+ * of a multi-part one; for a quant, from the cached snapshot or the
+ * listing. Fills files/n and, from the listing, *commit. */
+static int hub_files(const hf_env *env, const model_ref *r, const model_fetch_opts *o, hub_file *files, int *n,
+                     char commit[64], char *err, size_t errlen)
+{
+    static __thread char names[RS_MAX_NAMES][HF_NAME_CAP];
+    int picked[MODEL_MAX_PARTS];
+    *n = 0;
+    if (r->kind != MODEL_REF_HF_QUANT) {
+        int no, count;
+        size_t stem;
+        if (model_ref_split_name(r->file, &no, &count, &stem)) {
+            if (count > MODEL_MAX_PARTS) {
+                snprintf(err, errlen, "%s has %d parts (at most %d)", r->file, count, MODEL_MAX_PARTS);
+                return -1;
+            }
+            for (int i = 1; i <= count; i++)
+                snprintf(files[(*n)++].path, HF_NAME_CAP, "%.*s-%05d-of-%05d.gguf", (int)stem, r->file, i, count);
+        } else {
+            snprintf(files[(*n)++].path, HF_NAME_CAP, "%s", r->file);
+        }
+        return 0;
+    }
+    int count = -1;
+    if (commit[0]) {
+        int k = hf_cached_gguf_files(env, r->repo, commit, names, RS_MAX_NAMES);
+        char inner[512];
+        count = k > 0 ? hf_pick_quant(names, k, r->quant, picked, MODEL_MAX_PARTS, inner, sizeof inner) : -1;
+    }
+    if (count < 0) {
+        if (o->offline) {
+            snprintf(err, errlen, "%s:%s is not in the cache (%s) and downloads are off", r->repo, r->quant, env->cache);
+            return -1;
+        }
+        char url[1024], *body = NULL, inner[512];
+        size_t len = 0;
+        hf_listing_url(env, r->repo, r->revision, url, sizeof url);
+        dl_auth auth = {env->token, env->endpoint};
+        if (dl_get_small(url, &auth, RS_MAX_LISTING, &body, &len, inner, sizeof inner) != 0) {
+            snprintf(err, errlen, "listing the files of %s: %s", r->repo, inner);
+            return -1;
+        }
+        int k = hf_parse_listing(body, len, commit, names, RS_MAX_NAMES, inner, sizeof inner);
+        free(body);
+        if (k < 0) { snprintf(err, errlen, "%s: %s", r->repo, inner); return -1; }
+        count = hf_pick_quant(names, k, r->quant, picked, MODEL_MAX_PARTS, inner, sizeof inner);
+        if (count < 0) { snprintf(err, errlen, "%s:%s: %s", r->repo, r->quant, inner); return -1; }
+    }
+    for (int i = 0; i < count; i++) snprintf(files[(*n)++].path, HF_NAME_CAP, "%s", names[picked[i]]);
+    return 0;
+}
+
+static int fetch_hub(const model_ref *r, const model_fetch_opts *o, model_files *out, char *err, size_t errlen)
+{
+    hf_env env;
+    hf_env_read(&env);
+    dl_auth auth = {env.token, env.endpoint};
+    char commit[64] = "";
+    hf_cached_commit(&env, r->repo, r->revision, commit);
+    hub_file *files = calloc(MODEL_MAX_PARTS, sizeof *files);
+    if (!files) { snprintf(err, errlen, "out of memory"); return -1; }
+    int n = 0, rc = -1;
+    if (hub_files(&env, r, o, files, &n, commit, err, errlen) != 0) goto out;
+
+    /* What the cache has. */
+    int missing = 0;
+    for (int i = 0; i < n; i++) {
+        files[i].cached = commit[0] && hf_cached_file(&env, r->repo, commit, files[i].path, files[i].local,
+                                                       sizeof files[i].local);
+        missing += !files[i].cached;
+    }
+    if (missing && o->offline) {
+        snprintf(err, errlen, "%s/%s is not in the cache (%s) and downloads are off", r->repo, files[0].path, env.cache);
+        goto out;
+    }
+    /* The hub's word on what is missing: sizes, hashes, the commit. */
+    uint64_t total = 0, first_size = 0, rest = 0;
+    const char *first_url = NULL;
+    for (int i = 0; i < n; i++) {
+        if (files[i].cached) {
+            struct stat sb;
+            if (i > 0 && stat(files[i].local, &sb) == 0) rest += (uint64_t)sb.st_size;
+            continue;
+        }
+        char url[2048], inner[600];
+        hf_resolve_url(&env, r->repo, commit[0] && strcmp(r->revision, commit) ? commit : r->revision,
+                       files[i].path, url, sizeof url);
+        if (dl_head(url, &auth, &files[i].meta, inner, sizeof inner) != 0) {
+            snprintf(err, errlen, "%s", inner);
+            goto out;
+        }
+        total += files[i].meta.size;
+        if (i == 0) { first_size = files[i].meta.size; first_url = files[i].meta.url; }
+        else rest += files[i].meta.size;
+        if (!commit[0] && files[i].meta.commit[0]) snprintf(commit, sizeof commit, "%s", files[i].meta.commit);
+    }
+    if (missing && !commit[0]) {
+        snprintf(err, errlen, "%s: the hub named no commit (X-Repo-Commit) for %s", r->repo, files[0].path);
+        goto out;
+    }
+    char label[800];
+    snprintf(label, sizeof label, "%s/%s", r->repo, files[0].path);
+    if (missing && first_url) {
+        if (check_fit(label, first_url, &auth, first_size, rest, o, &out->need_bytes, err, errlen) != 0) goto out;
+    } else if (missing && o->avail_what) {
+        /* The first part is cached: its header is on disk. */
+        log_info(RS_LOG, "%s: the first part is cached; the fit check is left to the planner", label);
+    }
+
+    multi_progress mp = {.o = o, .total = total};
+    for (int i = 0; i < n; i++) {
+        if (files[i].cached) continue;
+        hub_file *f = &files[i];
+        const char *blob = f->meta.sha256[0] ? f->meta.sha256 : f->meta.etag;
+        char dest[MODEL_PATH_MAX], partial[MODEL_PATH_MAX + 16], flabel[800];
+        if (hf_blob_path(&env, r->repo, blob, dest, sizeof dest - 16, err, errlen) != 0) goto out;
+        snprintf(partial, sizeof partial, "%s.incomplete", dest);
+        snprintf(flabel, sizeof flabel, "%s/%s", r->repo, f->path);
+        struct stat sb;
+        /* The blob may be there already (another revision's snapshot, or a
+         * link lost): hashed names are content, so it is the same file. */
+        if (!(f->meta.sha256[0] && stat(dest, &sb) == 0 && (uint64_t)sb.st_size == f->meta.size)) {
+            dl_job job = {.url = f->meta.url, .auth = &auth, .partial = partial, .dest = dest,
+                          .sha256 = f->meta.sha256, .size = f->meta.size, .progress = on_file_progress,
+                          .progress_ctx = &mp, .label = flabel};
+            if (dl_fetch(&job, err, errlen) != 0) goto out;
+            out->downloaded_bytes += f->meta.size;
+        }
+        mp.base += f->meta.size;
+        if (hf_link_snapshot(&env, r->repo, r->revision, commit, f->path, blob, f->local, sizeof f->local, err,
+                             errlen) != 0)
+            goto out;
+    }
+    out->n_files = n;
+    for (int i = 0; i < n; i++) snprintf(out->files[i], MODEL_PATH_MAX, "%s", files[i].local);
+    rc = 0;
+out:
+    free(files);
+    return rc;
+}
+
+/* ---- a URL --------------------------------------------------------------------------- */
+
+static int fetch_url(const model_ref *r, const model_fetch_opts *o, model_files *out, char *err, size_t errlen)
+{
+    /* home/downloads/<hash of the URL>/<its last component>: the name keeps
+     * the model id people expect, the hash keeps two URLs apart. */
+    const char *base = strrchr(r->file, '/') + 1;
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(base, "?#"), base);
+    if (!name[0] || name[0] == '.') { snprintf(err, errlen, "%s: the URL names no file", r->file); return -1; }
+    uint8_t h[32];
+    weights_sha256(r->file, strlen(r->file), h);
+    char dir[3600];
+    snprintf(dir, sizeof dir, "%.3500s/downloads/%02x%02x%02x%02x%02x%02x", o->home, h[0], h[1], h[2], h[3], h[4], h[5]);
+    char dest[MODEL_PATH_MAX], partial[MODEL_PATH_MAX + 16];
+    snprintf(dest, sizeof dest, "%s/%s", dir, name);
+    struct stat sb;
+    if (stat(dest, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        out->n_files = 1;
+        out->from_cache = 1;
+        snprintf(out->files[0], MODEL_PATH_MAX, "%s", dest);
+        return 0;
+    }
+    if (o->offline) { snprintf(err, errlen, "%s is not downloaded and downloads are off", r->file); return -1; }
+    /* mkdir -p: the home may not exist yet (download before any serve). */
+    for (char *p = dir + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        int bad = mkdir(dir, 0755) != 0 && errno != EEXIST;
+        *p = '/';
+        if (bad) break;
+    }
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    dl_meta meta;
+    hf_env env;
+    hf_env_read(&env);
+    dl_auth auth = {env.token, env.endpoint}; /* the token only if the URL is the hub's */
+    if (dl_head(r->file, &auth, &meta, err, errlen) != 0) return -1;
+    if (check_fit(name, meta.url, &auth, meta.size, 0, o, &out->need_bytes, err, errlen) != 0) return -1;
+    snprintf(partial, sizeof partial, "%s.incomplete", dest);
+    multi_progress mp = {.o = o, .total = meta.size};
+    dl_job job = {.url = meta.url, .auth = &auth, .partial = partial, .dest = dest, .sha256 = meta.sha256,
+                  .size = meta.size, .progress = on_file_progress, .progress_ctx = &mp, .label = name};
+    if (dl_fetch(&job, err, errlen) != 0) return -1;
+    out->downloaded_bytes = meta.size;
+    out->n_files = 1;
+    snprintf(out->files[0], MODEL_PATH_MAX, "%s", dest);
+    return 0;
+}
+
+/* ---- a local path ----------------------------------------------------------------------- */
+
+static int local_files(const char *path, model_files *out, char *err, size_t errlen)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    int no, count;
+    size_t stem;
+    if (!model_ref_split_name(base, &no, &count, &stem)) {
+        out->n_files = 1;
+        snprintf(out->files[0], MODEL_PATH_MAX, "%s", path);
+        return 0;
+    }
+    if (count > MODEL_MAX_PARTS) { snprintf(err, errlen, "%s: %d parts (at most %d)", path, count, MODEL_MAX_PARTS); return -1; }
+    size_t dir_len = (size_t)(base - path);
+    for (int i = 1; i <= count; i++) {
+        snprintf(out->files[i - 1], MODEL_PATH_MAX, "%.*s%.*s-%05d-of-%05d.gguf", (int)dir_len, path, (int)stem,
+                 base, i, count);
+        if (access(out->files[i - 1], R_OK) != 0) {
+            snprintf(err, errlen, "%s: part %d of %d is missing (%s)", path, i, count, out->files[i - 1]);
+            return -1;
+        }
+    }
+    out->n_files = count;
+    return 0;
+}
+
+int model_fetch(const char *ref, const model_fetch_opts *o, model_files *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    dl_counters before, after;
+    dl_get_counters(&before);
+    model_ref r;
+    struct stat sb;
+    int rc;
+    if (strlen(ref) < MODEL_PATH_MAX && stat(ref, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        out->from_cache = 1;
+        rc = local_files(ref, out, err, errlen);
+    } else if (model_ref_parse(ref, &r, err, errlen) != 0) {
+        return -1;
+    } else if (r.kind == MODEL_REF_PATH) {
+        char path[MODEL_PATH_MAX];
+        const char *home = getenv("HOME");
+        if (!strncmp(r.file, "~/", 2) && home) snprintf(path, sizeof path, "%s/%s", home, r.file + 2);
+        else snprintf(path, sizeof path, "%s", r.file);
+        if (stat(path, &sb) != 0) { snprintf(err, errlen, "%s: %s", path, strerror(errno)); return -1; }
+        out->from_cache = 1;
+        rc = local_files(path, out, err, errlen);
+    } else if (r.kind == MODEL_REF_URL) {
+        rc = fetch_url(&r, o, out, err, errlen);
+    } else {
+        rc = fetch_hub(&r, o, out, err, errlen);
+    }
+    if (rc != 0) return rc;
+    model_ref_id_from_file(out->files[0], out->id, sizeof out->id);
+    dl_get_counters(&after);
+    out->from_cache = after.requests == before.requests;
+    return 0;
+}

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Many users at once (continuous batching, prompt cache, bounded queue), with
+# real processes and curl as the client:
+#   1. six greedy requests at once (different prompts and lengths, with
+#      log-probabilities, three streamed) answer byte for byte what each
+#      gives alone, and the batch steps did hold several sequences;
+#   2. a chat's second turn reuses the first turn's cache
+#      (usage.prompt_tokens_details.cached_tokens) and answers what a node
+#      with an empty cache answers; every answer carries `timings`;
+#   3. a client that disconnects frees its lane at once;
+#   4. past --queue, 429 with Retry-After; past --queue-timeout, 503; both
+#      counted in /api/status and /metrics;
+#   5. the same concurrent requests through a 2-stage split answer the same.
+set -u
+. "$(dirname "$0")/common.bash"
+MODEL_ID=kjv-llama-6.3M-q8_0
+
+status_lanes() { curl -sf "$1/api/status" | jq -c --arg m "$MODEL_ID" '.lanes[] | select(.model == $m)'; }
+
+start_node A serve --model "$DEMO_MODEL" --threads 2 --parallel 4
+
+# ---- 1. concurrent requests equal the same requests alone --------------------
+PROMPTS=("In the beginning" "And the LORD spake unto Moses, saying," "Blessed are the"
+         "And it came to pass, when" "The LORD is my shepherd;" "For God so loved")
+LENS=(40 64 25 90 33 50)
+request() { # request I STREAM -> the request body
+  jq -n --arg m "$MODEL_ID" --arg p "${PROMPTS[$1]}" --argjson n "${LENS[$1]}" --argjson s "$2" \
+    '{model: $m, prompt: $p, max_tokens: $n, temperature: 0, logprobs: 2, stream: $s}'
+}
+# The text and the log-probabilities of an answer, plain or streamed.
+transcript() {
+  if grep -q '^data: ' "$1"; then
+    grep '^data: {' "$1" | sed 's/^data: //' | jq -s -c '{text: (map(.choices[0].text // "") | join("")),
+      tokens: (map(.choices[0].logprobs.tokens // []) | add), lp: (map(.choices[0].logprobs.token_logprobs // []) | add),
+      top: (map(.choices[0].logprobs.top_logprobs // []) | add)}'
+  else
+    jq -c '{text: .choices[0].text, tokens: .choices[0].logprobs.tokens, lp: .choices[0].logprobs.token_logprobs,
+      top: .choices[0].logprobs.top_logprobs}' "$1"
+  fi
+}
+pids=()
+for i in 0 1 2 3 4 5; do
+  s=$([ $((i % 2)) -eq 1 ] && echo true || echo false)
+  curl -sfN "$A_API/completions" -d "$(request $i $s)" >"$T/together.$i" & pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || fail "a concurrent request failed"; done
+for i in 0 1 2 3 4 5; do
+  s=$([ $((i % 2)) -eq 1 ] && echo true || echo false)
+  curl -sfN "$A_API/completions" -d "$(request $i $s)" >"$T/alone.$i" || fail "request $i alone"
+done
+same=0
+for i in 0 1 2 3 4 5; do
+  transcript "$T/together.$i" >"$T/together.$i.t"
+  transcript "$T/alone.$i" >"$T/alone.$i.t"
+  if cmp -s "$T/together.$i.t" "$T/alone.$i.t" && jq -e '(.tokens | length) > 10' "$T/alone.$i.t" >/dev/null; then
+    same=$((same + 1))
+  else
+    echo "  request $i differs: $(head -c 300 "$T/together.$i.t") vs $(head -c 300 "$T/alone.$i.t")"
+  fi
+done
+check "6 concurrent greedy requests (3 streamed) equal each alone: text, tokens, log-probabilities" [ "$same" -eq 6 ]
+check "the batch steps held several sequences at once" bash -c "curl -sf '$A_CONSOLE/api/status' | jq -e --arg m $MODEL_ID \
+  '.lanes[] | select(.model == \$m) | .batch_steps > 0 and .batch_sequences > .batch_steps'"
+check "/metrics counts the batch steps" bash -c "curl -sf '$A_CONSOLE/metrics' | grep -E '^llmesh_batch_sequences_total\\{model=\"$MODEL_ID\"\\} [1-9]'"
+
+# ---- 2. a chat's second turn reuses the cache ---------------------------------
+turn1=$(jq -n --arg m "$MODEL_ID" '{model: $m, messages: [{role: "user", content: "Who made the heaven and the earth?"}], max_tokens: 24, temperature: 0}')
+curl -sf "$A_API/chat/completions" -d "$turn1" >"$T/turn1.json" || fail "chat turn 1"
+answer1=$(jq -r '.choices[0].message.content' "$T/turn1.json")
+turn2=$(jq -n --arg m "$MODEL_ID" --arg a "$answer1" '{model: $m, messages: [
+  {role: "user", content: "Who made the heaven and the earth?"}, {role: "assistant", content: $a},
+  {role: "user", content: "And what did he say?"}], max_tokens: 24, temperature: 0}')
+curl -sf "$A_API/chat/completions" -d "$turn2" >"$T/turn2.json" || fail "chat turn 2"
+check "turn 2 reports the cached prompt tokens (at least turn 1's prompt)" jq -e -n \
+  --slurpfile a "$T/turn1.json" --slurpfile b "$T/turn2.json" \
+  '$b[0].usage.prompt_tokens_details.cached_tokens >= $a[0].usage.prompt_tokens and
+   $b[0].usage.prompt_tokens_details.cached_tokens < $b[0].usage.prompt_tokens and
+   $b[0].timings.cache_n == $b[0].usage.prompt_tokens_details.cached_tokens and
+   $b[0].timings.prompt_n == $b[0].usage.prompt_tokens - $b[0].timings.cache_n'
+check "timings: llama-server's fields, counts equal usage" jq -e '.timings | (.predicted_n > 0) and (.predicted_ms > 0)
+  and (.prompt_ms >= 0) and has("prompt_per_second") and has("predicted_per_token_ms")' "$T/turn2.json"
+start_node F serve --model "$DEMO_MODEL" --threads 1   # a fresh node: nothing cached
+curl -sf "$F_API/chat/completions" -d "$turn2" >"$T/turn2-fresh.json" || fail "chat turn 2 on a fresh node"
+check "turn 2 answers what an empty cache answers" jq -e -n --slurpfile a "$T/turn2.json" --slurpfile b "$T/turn2-fresh.json" \
+  '$a[0].choices[0].message.content == $b[0].choices[0].message.content and $b[0].usage.prompt_tokens_details.cached_tokens == 0
+   and ($a[0].choices[0].message.content | length) > 0'
+sbody=$(jq -n --arg m "$MODEL_ID" '{model: $m, prompt: "And God said", max_tokens: 5, temperature: 0, stream: true}')
+curl -sfN "$A_API/completions" -d "$sbody" >"$T/stream-timings"
+check "a streamed answer carries timings in its last chunk (the finish_reason one)" bash -c \
+  "grep '^data: {' '$T/stream-timings' | tail -n 1 | sed 's/^data: //' | jq -e '.choices[0].finish_reason != null and .timings.predicted_n == 5'"
+
+# ---- 3 and 4. a slow node: disconnects, queue overflow, queue deadline ----------
+# Each token waits 40 ms (a testing knob), one lane, one place in the queue,
+# and a 2 s deadline.
+LLMESH_DEBUG_TOKEN_DELAY_MS=40 start_node B serve --model "$DEMO_MODEL" --threads 1 --parallel 1 --queue 1 --queue-timeout 2
+long=$(jq -n --arg m "$MODEL_ID" '{model: $m, prompt: "In the beginning", max_tokens: 200, temperature: 0, stream: true}')
+short=$(jq -n --arg m "$MODEL_ID" '{model: $m, prompt: "And", max_tokens: 2, temperature: 0}')
+curl -sN "$B_API/completions" -d "$long" >/dev/null & gone=$!
+wait_for 10 bash -c "curl -sf '$B_CONSOLE/api/status' | jq -e '.lanes[0].busy == 1'" || fail "B's lane never got busy"
+kill "$gone"; wait "$gone" 2>/dev/null
+check "a client that disconnects frees its lane within 2 s" wait_for 2 bash -c "curl -sf '$B_CONSOLE/api/status' | jq -e '.lanes[0].busy == 0'"
+check "the freed lane serves the next request" bash -c "curl -sf '$B_API/completions' -d '$short' | jq -e '.usage.completion_tokens == 2'"
+
+curl -sN "$B_API/completions" -d "$long" >/dev/null & hold=$!
+wait_for 10 bash -c "curl -sf '$B_CONSOLE/api/status' | jq -e '.lanes[0].busy == 1'" || fail "B's lane never got busy (2)"
+curl -s -o "$T/queued.json" -w '%{http_code}' "$B_API/completions" -d "$short" >"$T/queued.code" & queued=$!
+wait_for 5 bash -c "curl -sf '$B_CONSOLE/api/status' | jq -e '.lanes[0].queued == 1'" || fail "the second request never queued"
+code=$(curl -s -D "$T/full.head" -o "$T/full.json" -w '%{http_code}' "$B_API/completions" -d "$short")
+check "past the queue: 429" [ "$code" = 429 ]
+check "429 carries Retry-After" grep -qi '^retry-after: [0-9]' "$T/full.head"
+check "429's body is OpenAI's error shape" jq -e '.error.type == "rate_limit_error" and .error.code == "rate_limit_exceeded"' "$T/full.json"
+wait "$queued"
+check "a request queued past --queue-timeout gets 503" [ "$(cat "$T/queued.code")" = 503 ]
+check "the 503 says why" jq -e '.error.message | test("busy")' "$T/queued.json"
+kill "$hold"; wait "$hold" 2>/dev/null
+check "/api/status counts the 429 and the 503" bash -c "curl -sf '$B_CONSOLE/api/status' | jq -e '.lanes[0].refused_queue_full == 1 and .lanes[0].queue_timeouts == 1'"
+check "/metrics counts them" bash -c "curl -sf '$B_CONSOLE/metrics' | grep -q '^llmesh_queue_refused_total{model=\"$MODEL_ID\"} 1' &&
+  curl -sf '$B_CONSOLE/metrics' | grep -q '^llmesh_queue_timeouts_total{model=\"$MODEL_ID\"} 1'"
+
+# ---- 5. concurrent requests through a 2-stage split ------------------------------
+start_node S serve --model "$DEMO_MODEL" --split 2 --threads 1 --parallel 4
+start_node S2 serve --join "$S_TOKEN" --threads 1
+plan_ready() { curl -sf "$S_CONSOLE/api/status" | jq -e --arg m "$MODEL_ID" '[.plans[] | select(.model == $m)][0] | .state == "ready" and (.stages | length) == 2'; }
+wait_for 90 plan_ready || die "the split plan never got ready"
+pids=()
+for i in 0 1 2 3 4 5; do
+  s=$([ $((i % 2)) -eq 1 ] && echo true || echo false)
+  curl -sfN "$S_API/completions" -d "$(request $i $s)" >"$T/split.$i" & pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || fail "a concurrent request through the split failed"; done
+same=0
+for i in 0 1 2 3 4 5; do
+  transcript "$T/split.$i" >"$T/split.$i.t"
+  # log-probabilities through a split are equal on one machine (same ISA)
+  cmp -s "$T/split.$i.t" "$T/alone.$i.t" && same=$((same + 1))
+done
+check "6 concurrent requests through a 2-stage split equal solo (text, tokens, log-probabilities)" [ "$same" -eq 6 ]
+
+finish
