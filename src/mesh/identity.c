@@ -13,6 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lib/hex.h"
+
 #define IDENTITY_FILE "key"
 #define IDENTITY_MAGIC "llmesh-ed25519-key"
 #define IDENTITY_FORMAT_VERSION 1
@@ -21,16 +23,6 @@
 #define IDENTITY_SECRET_MAGIC "llmesh-mesh-secret 1\n"
 
 /* ---- hex --------------------------------------------------------------------*/
-
-static void identity_hex_encode(const uint8_t *p, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[p[i] >> 4];
-        out[2 * i + 1] = digits[p[i] & 15];
-    }
-    out[2 * n] = 0;
-}
 
 static int identity_hex_digit(char c)
 {
@@ -54,7 +46,7 @@ static int identity_hex_decode(const char *hex, uint8_t *out, size_t n)
 
 void identity_id_hex(const uint8_t id[IDENTITY_KEY_BYTES], char out[IDENTITY_HEX_BYTES])
 {
-    identity_hex_encode(id, IDENTITY_KEY_BYTES, out);
+    hex_encode(id, IDENTITY_KEY_BYTES, out);
 }
 
 int identity_id_from_hex(const char *hex, uint8_t id[IDENTITY_KEY_BYTES])
@@ -346,8 +338,8 @@ static int identity_store(const char *dir, const char *path, const identity *id,
                           char *err, size_t errlen)
 {
     char text[256], sec[IDENTITY_HEX_BYTES], pub[IDENTITY_HEX_BYTES];
-    identity_hex_encode(id->secret, IDENTITY_KEY_BYTES, sec);
-    identity_hex_encode(id->public_key, IDENTITY_KEY_BYTES, pub);
+    hex_encode(id->secret, IDENTITY_KEY_BYTES, sec);
+    hex_encode(id->public_key, IDENTITY_KEY_BYTES, pub);
     int n = snprintf(text, sizeof text, "%s %d\nsecret %s\npublic %s\n", IDENTITY_MAGIC,
                      IDENTITY_FORMAT_VERSION, sec, pub);
     explicit_bzero(sec, sizeof sec);
@@ -414,7 +406,7 @@ static int identity_secret_store(const char *dir, const char *path,
                                  char *err, size_t errlen)
 {
     char text[160], hex[2 * IDENTITY_SECRET_BYTES + 1];
-    identity_hex_encode(secret, IDENTITY_SECRET_BYTES, hex);
+    hex_encode(secret, IDENTITY_SECRET_BYTES, hex);
     int n = snprintf(text, sizeof text, "%ssecret %s\n", IDENTITY_SECRET_MAGIC, hex);
     explicit_bzero(hex, sizeof hex);
     int rc = identity_write_private(dir, path, IDENTITY_SECRET_FILE, text, (size_t)n, replace,

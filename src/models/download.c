@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lib/hex.h"
 #include "lib/log.h"
 
 #define DL_LOG "download"
@@ -219,6 +220,25 @@ static size_t mem_write(char *data, size_t size, size_t n, void *ctx)
     return len;
 }
 
+/* Runs a GET on c into b, following redirects, for timeout_s at most, and
+ * frees c. The libcurl result; the HTTP status in *status, libcurl's
+ * message (or "") in ebuf. */
+static CURLcode perform_into(CURL *c, struct curl_slist *headers, membuf *b, long timeout_s,
+                             char ebuf[CURL_ERROR_SIZE], long *status)
+{
+    ebuf[0] = 0;
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, mem_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, timeout_s);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
+    CURLcode cc = curl_easy_perform(c);
+    *status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+    easy_free(c, headers);
+    return cc;
+}
+
 int dl_get_small(const char *url, const dl_auth *auth, size_t max, char **body, size_t *len,
                  char *err, size_t errlen)
 {
@@ -227,16 +247,9 @@ int dl_get_small(const char *url, const dl_auth *auth, size_t max, char **body, 
     CURL *c = easy_new(url, auth, &headers);
     if (!c) { snprintf(err, errlen, "cannot start libcurl"); return -1; }
     membuf b = {.max = max + 1, .grow = 1};
-    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, mem_write);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
-    char ebuf[CURL_ERROR_SIZE] = "";
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
-    CURLcode cc = curl_easy_perform(c);
-    long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    easy_free(c, headers);
+    char ebuf[CURL_ERROR_SIZE];
+    long status;
+    CURLcode cc = perform_into(c, headers, &b, 60L, ebuf, &status);
     if (cc == CURLE_WRITE_ERROR) {
         snprintf(err, errlen, "%s: answer longer than %zu bytes", url, max);
     } else if (cc != CURLE_OK) {
@@ -263,16 +276,9 @@ long dl_get_head_bytes(const char *url, const dl_auth *auth, uint8_t *buf, size_
     snprintf(range, sizeof range, "0-%zu", len - 1);
     membuf b = {.buf = buf, .cap = len};
     curl_easy_setopt(c, CURLOPT_RANGE, range);
-    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, mem_write);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 120L);
-    char ebuf[CURL_ERROR_SIZE] = "";
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
-    CURLcode cc = curl_easy_perform(c);
-    long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    easy_free(c, headers);
+    char ebuf[CURL_ERROR_SIZE];
+    long status;
+    CURLcode cc = perform_into(c, headers, &b, 120L, ebuf, &status);
     /* A write error is our own cut-off of a server that ignored Range. */
     if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && b.len == len)) {
         snprintf(err, errlen, "%s: %s", url, ebuf[0] ? ebuf : curl_easy_strerror(cc));
@@ -376,16 +382,6 @@ static int hash_prefix(int fd, uint64_t len, gnutls_hash_hd_t h)
     return 0;
 }
 
-static void to_hex(const uint8_t *d, size_t n, char *out)
-{
-    static const char hx[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hx[d[i] >> 4];
-        out[2 * i + 1] = hx[d[i] & 15];
-    }
-    out[2 * n] = 0;
-}
-
 int dl_sha256_file(const char *path, char hex[65], char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -404,7 +400,7 @@ int dl_sha256_file(const char *path, char hex[65], char *err, size_t errlen)
     }
     gnutls_hash_deinit(h, d);
     close(fd);
-    to_hex(d, 32, hex);
+    hex_encode(d, 32, hex);
     return 0;
 }
 
@@ -539,7 +535,7 @@ int dl_fetch(const dl_job *job, char *err, size_t errlen)
     if (rc != 0) { close(fd); return -1; }
     if (job->progress) job->progress(job->progress_ctx, st.offset, st.offset, 0);
     char hex[65];
-    to_hex(digest, 32, hex);
+    hex_encode(digest, 32, hex);
     if (job->sha256 && job->sha256[0] && strcasecmp(hex, job->sha256)) {
         c_mismatch++;
         unlink(job->partial);

@@ -24,6 +24,7 @@
 
 #include "engine/gguf_write.h"
 #include "lib/err.h"
+#include "lib/hex.h"
 #include "lib/threadpool.h"
 
 #define GGUF_HEAD_BYTES 24 /* magic, version, tensor count, key/value count */
@@ -597,12 +598,7 @@ out:
 
 void weights_hex(const uint8_t hash[WEIGHTS_HASH_BYTES], char out[WEIGHTS_HASH_HEX])
 {
-    static const char digits[] = "0123456789abcdef";
-    for (int i = 0; i < WEIGHTS_HASH_BYTES; i++) {
-        out[2 * i] = digits[hash[i] >> 4];
-        out[2 * i + 1] = digits[hash[i] & 15];
-    }
-    out[2 * WEIGHTS_HASH_BYTES] = '\0';
+    hex_encode(hash, WEIGHTS_HASH_BYTES, out);
 }
 
 static int hex_digit(char c)
