@@ -185,6 +185,21 @@ static int compile_enum(compiler *c, const cJSON *values, int is_const)
     return id < 0 ? fail(c, "the schema has more than %s nodes", "2048") : id;
 }
 
+/* One node that matches any of kids[0, n) (n >= 1; just kids[0] when n is 1).
+ * The node id, or -1 with the reason in c. */
+static int any_of(compiler *c, const int32_t *kids, int n)
+{
+    if (n == 1) return kids[0];
+    json_grammar *g = c->g;
+    if (grow((void **)&g->alts, &g->cap_alts, g->n_alts + n, sizeof *g->alts))
+        return fail(c, "%s", "out of memory");
+    jg_node node = {.kind = JN_ANYOF, .first = g->n_alts, .count = n, .items = -1, .max = -1};
+    memcpy(g->alts + g->n_alts, kids, sizeof(int32_t) * (size_t)n);
+    g->n_alts += n;
+    int id = jg_add_node(g, &node);
+    return id < 0 ? fail(c, "the schema has more than %s nodes", "2048") : id;
+}
+
 static int compile_alternatives(compiler *c, const cJSON *list, const char *name, int depth)
 {
     int n = cJSON_GetArraySize(list);
@@ -195,15 +210,7 @@ static int compile_alternatives(compiler *c, const cJSON *list, const char *name
         kids[i] = compile(c, cJSON_GetArrayItem(list, i), depth + 1);
         if (kids[i] < 0) return -1;
     }
-    if (n == 1) return kids[0];
-    json_grammar *g = c->g;
-    if (grow((void **)&g->alts, &g->cap_alts, g->n_alts + n, sizeof *g->alts))
-        return fail(c, "%s", "out of memory");
-    jg_node node = {.kind = JN_ANYOF, .first = g->n_alts, .count = n, .items = -1, .max = -1};
-    memcpy(g->alts + g->n_alts, kids, sizeof(int32_t) * (size_t)n);
-    g->n_alts += n;
-    int id = jg_add_node(g, &node);
-    return id < 0 ? fail(c, "the schema has more than %s nodes", "2048") : id;
+    return any_of(c, kids, n);
 }
 
 static int compile_object(compiler *c, const cJSON *s, int depth)
@@ -386,15 +393,7 @@ static int compile(compiler *c, const cJSON *s, int depth)
         if (!cJSON_IsString(t)) return fail(c, "schema keyword '%s' must be a type name or an array of them", "type");
         if ((kids[i] = compile_type(c, s, t->valuestring, depth)) < 0) return -1;
     }
-    if (n == 1) return kids[0];
-    json_grammar *g = c->g;
-    if (grow((void **)&g->alts, &g->cap_alts, g->n_alts + n, sizeof *g->alts))
-        return fail(c, "%s", "out of memory");
-    jg_node node = {.kind = JN_ANYOF, .first = g->n_alts, .count = n, .items = -1, .max = -1};
-    memcpy(g->alts + g->n_alts, kids, sizeof(int32_t) * (size_t)n);
-    g->n_alts += n;
-    int id = jg_add_node(g, &node);
-    return id < 0 ? fail(c, "the schema has more than %s nodes", "2048") : id;
+    return any_of(c, kids, n);
 }
 
 json_grammar *json_grammar_from_schema(const char *schema, size_t len, char *err, size_t errlen)
