@@ -8,21 +8,10 @@
 // usage: node agents.mjs BASE_URL DEMO_MODEL TOOL_MODEL...
 // Prints one line per check and "N passed, N failed"; exits 1 on failure.
 import OpenAI from 'openai';
+import { check, finish } from './checks.mjs';
 
 const [baseURL, demo, ...toolModels] = process.argv.slice(2);
 const client = new OpenAI({ baseURL, apiKey: 'unused', maxRetries: 0, timeout: 120000 });
-let passed = 0, failed = 0;
-
-async function check(what, fn) {
-  try {
-    const ok = await fn();
-    if (ok) { passed++; console.log(`ok: ${what}`); }
-    else { failed++; console.log(`FAIL: ${what}`); }
-  } catch (e) {
-    failed++;
-    console.log(`FAIL: ${what}: ${e.constructor.name}: ${e.message}`);
-  }
-}
 
 const tools = [
   { type: 'function', function: { name: 'get_weather', description: 'The weather in a city',
@@ -158,5 +147,4 @@ await check('an unknown field is a BadRequestError naming it', async () => {
   } catch (e) { return e instanceof OpenAI.BadRequestError && e.message.includes("'suffix'"); }
 });
 
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+finish();

@@ -6,23 +6,12 @@
 // Prints one line per check and "N passed, N failed"; exits 1 on failure.
 import fs from 'node:fs';
 import OpenAI from 'openai';
+import { check, finish } from './checks.mjs';
 
 const [baseURL, model, prompt, expectedFile] = process.argv.slice(2);
 const expected = fs.readFileSync(expectedFile, 'utf8');
 const apiKey = process.env.LLMESH_TEST_API_KEY;
 const client = new OpenAI({ baseURL, apiKey: apiKey || 'unused', maxRetries: 0, timeout: 60000 });
-let passed = 0, failed = 0;
-
-async function check(what, fn) {
-  try {
-    const ok = await fn();
-    if (ok) { passed++; console.log(`ok: ${what}`); }
-    else { failed++; console.log(`FAIL: ${what}`); }
-  } catch (e) {
-    failed++;
-    console.log(`FAIL: ${what}: ${e.constructor.name}: ${e.message}`);
-  }
-}
 
 await check('models.list names the model', async () => {
   const ids = [];
@@ -97,5 +86,4 @@ if (apiKey) {
   });
 }
 
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+finish();
