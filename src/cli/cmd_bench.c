@@ -30,6 +30,7 @@
 
 #include "engine/gguf.h"
 #include "engine/model.h"
+#include "lib/clock.h"
 #include "lib/threadpool.h"
 
 #define BENCH_MAX_THREAD_COUNTS 64
@@ -75,13 +76,6 @@ typedef struct {
     int threads;
     double pp_ms, tg_ms;   /* medians; NAN when the test is skipped */
 } bench_row;
-
-static double bench_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int compare_double(const void *a, const void *b)
 {
@@ -223,16 +217,16 @@ static int bench_threads(const model *m, model_state *s, threadpool *pool, const
     for (long r = 0; r < a->reps; r++) {
         if (a->pp > 0) {
             model_state_truncate(s, 0);
-            double t0 = bench_now();
+            double t0 = clock_s();
             if (model_forward(m, s, pool, ids, (int)a->pp, logits, 0, err, errlen)) goto done;
-            pp_ms[r] = (bench_now() - t0) * 1e3;
+            pp_ms[r] = (clock_s() - t0) * 1e3;
         }
         if (a->tg > 0) {
             model_state_truncate(s, 0);
-            double t0 = bench_now();
+            double t0 = clock_s();
             for (long i = 0; i < a->tg; i++)
                 if (model_forward(m, s, pool, ids + i, 1, logits, 0, err, errlen)) goto done;
-            tg_ms[r] = (bench_now() - t0) * 1e3;
+            tg_ms[r] = (clock_s() - t0) * 1e3;
         }
     }
     row->pp_ms = a->pp > 0 ? median(pp_ms, (int)a->reps) : NAN;

@@ -18,6 +18,7 @@
 #include "models/ref.h"
 #include "models/resolve.h"
 #include "serve/budget.h"
+#include "lib/clock.h"
 
 static const char download_usage[] =
     "usage: llmesh download REF [--max-memory SIZE] [--ctx N] [--parallel N] [--no-check] [--home DIR]\n"
@@ -48,18 +49,11 @@ typedef struct {
     double last;
 } bar_state;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void draw_bar(void *ctx, uint64_t done, uint64_t total, double rate)
 {
     bar_state *b = ctx;
     if (!b->tty) return; /* off a terminal the download logs every 5 s */
-    double t = now_s();
+    double t = clock_s();
     if (t - b->last < 0.2 && done < total) return;
     b->last = t;
     int width = 30, fill = total ? (int)((double)done / (double)total * width) : 0;

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "engine/engine.h"
+#include "lib/clock.h"
 
 #define RUN_DEFAULT_TOKENS 128
 #define RUN_DEFAULT_TEMP 0.8f
@@ -54,13 +55,6 @@ static const char perplexity_usage[] =
     "  --ctx N         chunk context including BOS (default 256)\n"
     "  --threads N     compute threads (default: one per CPU)\n";
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* ---- run ----------------------------------------------------------------- */
 
 typedef struct {
@@ -71,7 +65,7 @@ typedef struct {
 static int print_piece(void *user, const char *piece, size_t len)
 {
     run_output *out = user;
-    if (out->first_piece == 0) out->first_piece = now_seconds();
+    if (out->first_piece == 0) out->first_piece = clock_s();
     if (fwrite(piece, 1, len, stdout) != len || fflush(stdout) != 0) {
         out->write_failed = 1;
         return 1; /* stdout is gone: stop generating */
@@ -145,9 +139,9 @@ int cmd_run(int argc, char **argv)
     }
     run_output out = {0};
     engine_result res;
-    double t0 = now_seconds();
+    double t0 = clock_s();
     int rc = engine_generate(m, prompt, strlen(prompt), &s, print_piece, &out, &res, err, sizeof err);
-    double t1 = now_seconds();
+    double t1 = clock_s();
     if (rc != 0) {
         fprintf(stderr, "llmesh run: %s: %s\n", model_path, err);
     } else if (out.write_failed) {
@@ -209,9 +203,9 @@ int cmd_perplexity(int argc, char **argv)
         return 1;
     }
     engine_perplexity_result r;
-    double t0 = now_seconds();
+    double t0 = clock_s();
     int rc = engine_perplexity(m, text, len, (int)ctx, &r, err, sizeof err);
-    double t1 = now_seconds();
+    double t1 = clock_s();
     if (rc != 0) {
         fprintf(stderr, "llmesh perplexity: %s on %s: %s\n", model_path, file, err);
     } else {

@@ -26,6 +26,7 @@
 #include "engine/model.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
+#include "lib/clock.h"
 #include "lib/threadpool.h"
 
 #define PERPLEXITY_DEFAULT_CTX 256
@@ -784,13 +785,6 @@ static int score_prompt(engine_model *m, int lane, const int32_t *ids, int n, in
     free(logits);
     free(recs);
     return rc;
-}
-
-static uint64_t clock_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 int engine_prompt_tokens(const engine_model *m, const engine_request *r, int32_t **out, int *n_out,

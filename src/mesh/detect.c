@@ -38,16 +38,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "mesh/mesh_private.h"
 #include "mesh/swim.h"
 
-uint64_t detect_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
+uint64_t detect_now_ms(void) { return clock_ms(); }
 
 void mesh_test_mute(mesh *m, int on) { m->test_mute = on; }
 

@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lib/clock.h"
 #include "lib/hex.h"
 #include "lib/log.h"
 
@@ -44,13 +45,6 @@ void dl_get_counters(dl_counters *out)
     out->resumed = c_resumed;
     out->retries = c_retries;
     out->sha_mismatches = c_mismatch;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* A handle with what every request shares: bounded waits (a server that
@@ -346,7 +340,7 @@ static int xfer_info(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off_t
 {
     fetch_state *st = ctx;
     if (st->job->cancel && *st->job->cancel) return 1; /* aborts the transfer */
-    double t = now_s();
+    double t = clock_s();
     if (t - st->last_report < 0.1) return 0;
     st->last_report = t;
     double rate = t > st->started ? (double)(st->offset - st->started_at) / (t - st->started) : 0;
@@ -421,7 +415,7 @@ static int fetch_once(fetch_state *st, char *err, size_t errlen)
     st->curl = c;
     st->checked_status = 0;
     st->status = 0;
-    st->started = st->last_report = now_s();
+    st->started = st->last_report = clock_s();
     st->started_at = st->offset;
     char range[48];
     if (st->offset > 0) {

@@ -34,18 +34,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lib/clock.h"
 #include "lib/err.h"
 #include "lib/log.h"
 #include "models/store_private.h"
 
 _Static_assert(MESH_ID_BYTES == WEIGHTS_HASH_BYTES, "ids print with weights_hex");
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 
 enum { CH_MISSING, CH_ASKED, CH_WRITING, CH_DONE };
@@ -267,7 +261,7 @@ static int job_sweep(fetch_job *j)
 /* 1 when the job is gone (every handle cancelled in the callbacks). */
 static int job_progress(fetch_job *j)
 {
-    uint64_t now = now_ms();
+    uint64_t now = clock_ms();
     if (now - j->logged_ms >= FETCH_LOG_EVERY_MS && j->total_bytes) {
         char name[128], peer[WEIGHTS_HASH_HEX];
         job_log_name(j, name, sizeof name);
@@ -420,7 +414,7 @@ static void final_done(weights_store *ws, work *w)
         } else {
             char name[128], peer[WEIGHTS_HASH_HEX];
             job_log_name(j, name, sizeof name);
-            double secs = (double)(now_ms() - j->started_ms) / 1000.0;
+            double secs = (double)(clock_ms() - j->started_ms) / 1000.0;
             uint64_t moved = j->done_bytes - j->resumed_bytes;
             log_info(WEIGHTS_LOG, "fetched %s from %.12s: %.1f MiB in %.1f s (%.1f MiB/s; %.1f MiB were on disk) -> %s",
                      name, job_peer_hex(j, peer), moved / 1048576.0, secs, secs > 0 ? moved / 1048576.0 / secs : 0.0,
@@ -1041,7 +1035,7 @@ weights_fetch *weights_fetch_start(weights_store *ws, const uint8_t hash[WEIGHTS
     j->handles = h;
     j->next = ws->jobs;
     ws->jobs = j;
-    j->started_ms = j->logged_ms = now_ms();
+    j->started_ms = j->logged_ms = clock_ms();
     char name[128], peer_hex[WEIGHTS_HASH_HEX];
     job_log_name(j, name, sizeof name);
     weights_hex(peer, peer_hex);

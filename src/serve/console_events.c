@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 
 typedef struct subscriber {
@@ -33,13 +34,6 @@ struct console_events {
     char *last;                  /* the last document sent by a tick */
     console_events_stats stats;
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void sub_unlink(subscriber *s)
 {
@@ -100,7 +94,7 @@ static int sub_send(subscriber *s, const char *doc)
     evbuffer_add_printf(chunk, "event: status\ndata: %s\n\n", doc);
     evhttp_send_reply_chunk(s->req, chunk);
     evbuffer_free(chunk);
-    s->last_sent_ms = now_ms();
+    s->last_sent_ms = clock_ms();
     s->hub->stats.events++;
     return 0;
 }
@@ -111,7 +105,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     char *doc = ev->status(ev->ctx);
     if (!doc) return;
     int changed = !ev->last || strcmp(ev->last, doc) != 0;
-    uint64_t now = now_ms();
+    uint64_t now = clock_ms();
     for (subscriber *s = ev->subs, *next; s; s = next) {
         next = s->next;
         if (changed || now - s->last_sent_ms >= CONSOLE_EVENTS_KEEPALIVE_MS - CONSOLE_EVENTS_POLL_MS / 2)

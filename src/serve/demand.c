@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "mesh/identity.h"
+#include "lib/clock.h"
 
 #define DEMAND_WINDOW_MS 60000u
 #define DEMAND_MAX_PEERS 256
@@ -21,13 +22,6 @@ struct demand {
     demand_entry e[PLAN_MAX_DEMAND];
     int n;
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 demand *demand_new(void) { return calloc(1, sizeof(demand)); }
 void demand_free(demand *d) { free(d); }
@@ -52,7 +46,7 @@ static uint32_t rate(const demand_entry *e, uint64_t now)
 void demand_note(demand *d, const char *model)
 {
     if (!d || !model || !model[0] || strlen(model) >= MESH_MAX_NAME) return;
-    uint64_t now = now_ms();
+    uint64_t now = clock_ms();
     demand_entry *e = NULL;
     for (int i = 0; i < d->n && !e; i++)
         if (!strcmp(d->e[i].model, model)) e = &d->e[i];
@@ -76,7 +70,7 @@ void demand_note(demand *d, const char *model)
 int demand_rates(void *ctx, plan_demand *out, int max)
 {
     demand *d = ctx;
-    uint64_t now = now_ms();
+    uint64_t now = clock_ms();
     int n = 0;
     for (int i = 0; d && i < d->n && n < max; i++) {
         roll(&d->e[i], now);

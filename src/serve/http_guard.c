@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/sockaddr_ip.h"
 
@@ -31,13 +32,6 @@ struct http_guard {
     struct event *check_ev;      /* deferred: limits on new connections */
     http_guard_stats stats;
 };
-
-static uint64_t guard_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void guard_cut(guard_conn *c)
 {
@@ -100,7 +94,7 @@ static void guard_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     http_guard *g = arg;
     guard_reap(g);
-    uint64_t now = guard_now_ms();
+    uint64_t now = clock_ms();
     for (guard_conn *c = g->conns; c; c = c->next) {
         if (c->cut || !c->deadline_ms || now < c->deadline_ms) continue;
         g->stats.cut_slow++;
@@ -117,7 +111,7 @@ static struct bufferevent *guard_bevcb(struct event_base *base, void *arg)
     if (!c) return bev;          /* unguarded rather than refused: out of memory */
     bufferevent_incref(bev);
     c->bev = bev;
-    c->deadline_ms = guard_now_ms() + HTTP_GUARD_REQUEST_MS;
+    c->deadline_ms = clock_ms() + HTTP_GUARD_REQUEST_MS;
     c->next = g->conns;
     g->conns = c;
     g->stats.open++;
@@ -138,7 +132,7 @@ static guard_conn *guard_find(http_guard *g, struct evhttp_request *req)
 static void guard_request_done(struct evhttp_request *req, void *arg)
 {
     guard_conn *c = guard_find(arg, req);
-    if (c) c->deadline_ms = guard_now_ms() + HTTP_GUARD_REQUEST_MS;
+    if (c) c->deadline_ms = clock_ms() + HTTP_GUARD_REQUEST_MS;
 }
 
 void http_guard_request(http_guard *g, struct evhttp_request *req)

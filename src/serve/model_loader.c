@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "mesh/mesh.h"
 #include "models/hf.h"
@@ -83,13 +84,6 @@ struct model_loader {
     struct event *timer;
 };
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* ---- a load ------------------------------------------------------------------ */
 
 static void on_progress(void *ctx, uint64_t done, uint64_t total, double rate)
@@ -142,7 +136,7 @@ static void on_job_done(evutil_socket_t fd, short what, void *arg)
     load_job *j = arg;
     pthread_join(j->thread, NULL);
     j->thread_live = 0;
-    j->ended_ms = now_ms();
+    j->ended_ms = clock_ms();
     if (j->rc != 0) {
         j->state = JOB_FAILED;
         log_warn(ML_LOG, "load %s: %s", j->ref, j->error);
@@ -222,7 +216,7 @@ static int start_job(model_loader *L, const char *ref, int takeover, char *err, 
     snprintf(j->ref, sizeof j->ref, "%s", ref);
     j->takeover = takeover;
     j->state = JOB_DOWNLOADING;
-    j->started_ms = now_ms();
+    j->started_ms = clock_ms();
     j->done = event_new(L->base, -1, 0, on_job_done, j);
     int members;
     uint64_t free_bytes = budget_free(L->budget) + members_free(L, &members);
@@ -238,7 +232,7 @@ static int start_job(model_loader *L, const char *ref, int takeover, char *err, 
     if (!j->done || pthread_create(&j->thread, NULL, job_main, a) != 0) {
         free(a);
         j->state = JOB_FAILED;
-        j->ended_ms = now_ms();
+        j->ended_ms = clock_ms();
         snprintf(j->error, sizeof j->error, "cannot start a thread for the download");
         snprintf(err, errlen, "%s", j->error);
         return -1;
@@ -352,7 +346,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     model_loader *L = arg;
     static plan_demand wanted[PLAN_MAX_DEMAND];
     int n = demand_in_mesh(L->demand, L->mesh, wanted, PLAN_MAX_DEMAND);
-    uint64_t now = now_ms();
+    uint64_t now = clock_ms();
     for (int i = 0; i < n; i++) {
         const char *model = wanted[i].model;
         char why[8];
@@ -500,7 +494,7 @@ int model_loader_http(void *ctx, const char *path, const char *body, size_t len,
             if (L->jobs[i]->state == JOB_READY && !strcmp(L->jobs[i]->id, ref)) L->jobs[i]->state = JOB_UNLOADED;
         /* A takeover of it must not start again at once: it was asked away. */
         watch *w = watch_of(L, ref);
-        if (w) w->failed_at_ms = now_ms();
+        if (w) w->failed_at_ms = clock_ms();
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "model", ref);
         cJSON_AddStringToObject(o, "state", "unloaded");

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/sysinfo.h"
 #include "mesh/mesh.h"
@@ -221,13 +222,6 @@ static char *metrics_text(void *ctx)
 #define NODE_FLUSH_MS 150
 #define NODE_DRAIN_POLL_MS 50
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void finish_shutdown(node *n)
 {
     if (api_calls_active(n->api) > 0) {
@@ -241,7 +235,7 @@ static void finish_shutdown(node *n)
 static void on_drain_timer(evutil_socket_t fd, short what, void *arg)
 {
     node *n = arg;
-    if (api_calls_active(n->api) == 0 || now_ms() >= n->drain_deadline_ms) {
+    if (api_calls_active(n->api) == 0 || clock_ms() >= n->drain_deadline_ms) {
         event_del(n->drain_timer);
         finish_shutdown(n);
     }
@@ -263,7 +257,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         finish_shutdown(n);
         return;
     }
-    n->drain_deadline_ms = now_ms() + NODE_GRACE_MS;
+    n->drain_deadline_ms = clock_ms() + NODE_GRACE_MS;
     struct timeval poll = {0, NODE_DRAIN_POLL_MS * 1000};
     event_add(n->drain_timer, &poll);
 }

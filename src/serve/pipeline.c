@@ -36,6 +36,7 @@
 #include "engine/engine.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
+#include "lib/clock.h"
 #include "lib/cpu_relax.h"
 #include "lib/log.h"
 #include "mesh/identity.h"
@@ -134,15 +135,6 @@ struct pipelines {
     uint32_t demand_hash;         /* of the demand last published */
 };
 
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
-static uint64_t now_ms(void) { return now_us() / 1000; }
-
 /* ======================================================================== */
 /* the tail: lane threads                                                    */
 /* ======================================================================== */
@@ -175,7 +167,7 @@ static int tail_send(void *ctx, int lane, int pos, int n, const float *x, int ro
         return ENGINE_TAIL_BROKEN;
     }
     o->epoch = p->epoch;
-    if (rows != ENGINE_ROWS_NONE) p->sent_at_us[lane] = now_us();
+    if (rows != ENGINE_ROWS_NONE) p->sent_at_us[lane] = clock_us();
     p->lanes[lane].decode_sent = rows != ENGINE_ROWS_NONE && n <= PIPE_DECODE_POSITIONS;
     if (p->out_tail) p->out_tail->next = o;
     else p->out_head = o;
@@ -209,7 +201,7 @@ static void tail_wait_due(pipe *p, pipe_lane *L, int lane, int n_rows)
     uint64_t due = sent + L->decode_rt_us;
     uint64_t from = due > PIPE_SPIN_EARLY_US ? due - PIPE_SPIN_EARLY_US : 0;
     uint64_t until = due + PIPE_SPIN_LATE_US;
-    uint64_t t = now_us();
+    uint64_t t = clock_us();
     if (t < from) {
         struct timespec at;
         clock_gettime(CLOCK_REALTIME, &at);
@@ -220,7 +212,7 @@ static void tail_wait_due(pipe *p, pipe_lane *L, int lane, int n_rows)
         while (!p->closed && !L->broken && L->got < n_rows && rc != ETIMEDOUT)
             rc = pthread_cond_timedwait(&p->cond, &p->lock, &at);
     }
-    while (!p->closed && !L->broken && L->got < n_rows && now_us() < until) {
+    while (!p->closed && !L->broken && L->got < n_rows && clock_us() < until) {
         pthread_mutex_unlock(&p->lock);
         for (int i = 0; i < 64; i++) cpu_relax();
         pthread_mutex_lock(&p->lock);
@@ -263,13 +255,13 @@ static int tail_resume(void *ctx, int lane, char *err, size_t errlen)
     struct timespec deadline = deadline_after(1);
     int rc = 0;
     pthread_mutex_lock(&p->lock);
-    uint64_t t = now_us();
+    uint64_t t = clock_us();
     if (!L->resume_since_us || t - L->resume_last_us > 3000000) L->resume_since_us = t;
     L->resume_last_us = t;
     while (!p->closed && !p->failing && !p->ready && rc != ETIMEDOUT)
         rc = pthread_cond_timedwait(&p->cond, &p->lock, &deadline);
     if (!p->closed && !p->failing && !p->ready &&
-        now_us() - L->resume_since_us < (uint64_t)PIPE_RESUME_TIMEOUT_S * 1000000) {
+        clock_us() - L->resume_since_us < (uint64_t)PIPE_RESUME_TIMEOUT_S * 1000000) {
         pthread_mutex_unlock(&p->lock);
         return ENGINE_TAIL_WAITING;
     }
@@ -342,7 +334,7 @@ static void publish_now(pipelines *ps)
         if (ps->pipes[i]->plan.state == PLAN_READY) ready[n_ready++] = ps->pipes[i]->id;
     mesh_set_models(ps->mesh, ready, n_ready);
     ps->publish_dirty = 0;
-    ps->last_publish_ms = now_ms();
+    ps->last_publish_ms = clock_ms();
 }
 
 static uint64_t pipe_need(void *ctx, int first, int end, int head)
@@ -362,7 +354,7 @@ static uint64_t pipe_need(void *ctx, int first, int end, int head)
 
 static int avoided(pipe *p, const uint8_t id[MESH_ID_BYTES])
 {
-    uint64_t now = now_ms();
+    uint64_t now = clock_ms();
     for (int i = 0; i < PIPE_MAX_AVOID; i++)
         if (p->avoid_until[i] > now && !memcmp(p->avoid[i], id, MESH_ID_BYTES)) return 1;
     return 0;
@@ -374,7 +366,7 @@ static void avoid_node(pipe *p, const uint8_t id[MESH_ID_BYTES])
     for (int i = 1; i < PIPE_MAX_AVOID; i++)
         if (p->avoid_until[i] < p->avoid_until[slot]) slot = i;
     memcpy(p->avoid[slot], id, MESH_ID_BYTES);
-    p->avoid_until[slot] = now_ms() + PIPE_AVOID_MS;
+    p->avoid_until[slot] = clock_ms() + PIPE_AVOID_MS;
 }
 
 static void lanes_break(pipe *p, int fail, const char *reason)
@@ -472,7 +464,7 @@ static void plan_go(pipe *p)
     engine_set_split(p->em, p->plan.stages[0].end, &p->tail);
     p->plan.state = PLAN_READY;
     p->plan.stages[0].state = STAGE_READY;
-    p->ready_at_ms = now_ms();
+    p->ready_at_ms = clock_ms();
     lanes_ready(p);
     publish_now(p->ps);
     log_info(PIPE_LOG, "%s: pipeline v%u ready: %d stages", p->id, p->plan.version, p->plan.n_stages);
@@ -542,7 +534,7 @@ static void plan_start(pipe *p)
     if (rc != 0) {
         if (!was_planning || strcmp(old_reason, next.reason))
             log_warn(PIPE_LOG, "%s: cannot run now: %s", p->id, next.reason);
-        if (!p->planning_since_ms) p->planning_since_ms = now_ms();
+        if (!p->planning_since_ms) p->planning_since_ms = clock_ms();
         /* Requests waiting to resume end now, with the reason. */
         lanes_break(p, 1, next.reason);
         return;
@@ -559,7 +551,7 @@ static void plan_start(pipe *p)
         engine_set_split(p->em, p->n_layer, NULL);
         p->plan.state = PLAN_READY;
         p->plan.stages[0].state = STAGE_READY;
-        p->ready_at_ms = now_ms();
+        p->ready_at_ms = clock_ms();
         lanes_ready(p);
         publish_now(ps);
         log_info(PIPE_LOG, "%s: runs here (solo, %.1f MiB)", p->id, need0 / 1048576.0);
@@ -724,7 +716,7 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
             L->got += o.n;
             p->recv_rows += o.n;
             if (p->sent_at_us[o.lane]) {
-                uint64_t rt = now_us() - p->sent_at_us[o.lane];
+                uint64_t rt = clock_us() - p->sent_at_us[o.lane];
                 p->round_trips++;
                 p->round_trip_us += rt;
                 p->sent_at_us[o.lane] = 0;
@@ -804,7 +796,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     pipelines *ps = arg;
-    uint64_t now = now_ms();
+    uint64_t now = clock_ms();
     for (int i = 0; i < ps->n_pipes; i++) {
         pipe *p = ps->pipes[i];
         if (p->plan.state == PLAN_PLANNING && now - p->planning_since_ms >= PIPE_PLAN_RETRY_MS) {

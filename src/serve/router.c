@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "engine/json_grammar.h"
+#include "lib/clock.h"
 #include "lib/hash.h"
 #include "lib/log.h"
 #include "mesh/identity.h"
@@ -139,13 +140,6 @@ static int keep_for_choices(api_call *c, const openai_request *req)
 
 /* ---- local generation -----------------------------------------------------*/
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Time to first token, measured on the loop thread where the output
  * reaches the answer (what a client sees, less the socket): two clock reads
  * per request and one per output delivery. The gaps between tokens are
@@ -154,7 +148,7 @@ static uint64_t now_ns(void)
 static void count_generation(router *r, api_call *c, const engine_result *result)
 {
     if (!r->metrics) return;
-    uint64_t end = now_ns();
+    uint64_t end = clock_ns();
     uint64_t first = c->first_output_ns ? c->first_output_ns : end; /* all held back (stop strings) */
     int n = result->completion_tokens;
     double ttft = n >= 1 ? (double)(first - c->start_ns) * 1e-9 : -1;
@@ -175,7 +169,7 @@ static void local_begin_stream(api_call *c)
 static void local_on_output(void *user, const char *text, size_t len, const engine_token *toks, int n_toks)
 {
     api_call *c = user;
-    if (!c->first_output_ns && len && c->r->metrics) c->first_output_ns = now_ns();
+    if (!c->first_output_ns && len && c->r->metrics) c->first_output_ns = clock_ns();
     local_begin_stream(c);
     openai_answer_output(&c->answer, text, len, toks, n_toks);
 }
@@ -221,7 +215,7 @@ static void local_on_done(void *user, const engine_result *result, const char *e
          * sampling stream: the seed plus the choice's index. */
         c->again->sampling.seed = c->seed0 + (uint64_t)c->answer.choice;
         json_grammar_retain((json_grammar *)c->again->grammar); /* the job takes one */
-        c->start_ns = r->metrics ? now_ns() : 0;
+        c->start_ns = r->metrics ? clock_ns() : 0;
         c->first_output_ns = 0;
         c->job = sched_submit(r->sched, c->answer.model, c->again, &local_callbacks, c, NULL);
         if (c->job) return;
@@ -254,7 +248,7 @@ api_call *router_run_local(router *r, api_sink *sink, openai_request *req, engin
         return NULL;
     }
     c->kind = CALL_LOCAL;
-    c->start_ns = r->metrics ? now_ns() : 0;
+    c->start_ns = r->metrics ? clock_ns() : 0;
     if (openai_answer_prepare(&c->answer, req, em) != 0 || (req->n_choices > 1 && keep_for_choices(c, req) != 0)) {
         call_free(c);
         openai_request_free(req);

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 
 #define SCHED_MAX_MODELS 16
@@ -373,13 +374,6 @@ static void sched_on_wake(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Jobs that waited in a FIFO past the deadline leave it with 503: a client
  * is better told to come back than kept waiting without bound. A check
  * every SCHED_DEADLINE_CHECK_MS, so a job may wait that much longer. */
@@ -388,7 +382,7 @@ static void sched_on_deadline_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     sched *s = arg;
-    uint64_t now = now_ns();
+    uint64_t now = clock_ns();
     int any = 0;
     for (int i = 0; i < s->n_workers; i++) {
         sched_worker *w = s->workers[i];
@@ -626,7 +620,7 @@ sched_job *sched_submit(sched *s, const char *model_id, const engine_request *re
     s->all = job;
     s->n_active++;
 
-    job->queued_ns = now_ns();
+    job->queued_ns = clock_ns();
     pthread_mutex_lock(&w->lock);
     if (w->tail) w->tail->next_queued = job;
     else w->head = job;

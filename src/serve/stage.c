@@ -32,6 +32,7 @@
 #include "engine/gguf.h"
 #include "engine/kernels.h"
 #include "engine/model.h"
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/threadpool.h"
 #include "mesh/identity.h"
@@ -106,13 +107,6 @@ struct stage_host {
     stage_out *out_head, *out_tail;
 };
 
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
 static stage_run *run_find(stage_host *h, uint64_t id)
 {
     for (stage_run *r = h->runs; r; r = r->next)
@@ -172,12 +166,12 @@ static void worker_forward(stage_run *r, const stage_states *f)
         for (size_t i = 0; i < (size_t)f->n * width; i++)
             r->x[i] = kernel_fp16_to_fp32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
     }
-    uint64_t t0 = now_us();
+    uint64_t t0 = clock_us();
     if (model_forward_layers(r->model, s, r->pool, a->first, a->end, r->x, f->n, err, sizeof err) != 0) {
         worker_fail(r, f->lane, err);
         return;
     }
-    uint64_t t1 = now_us();
+    uint64_t t1 = clock_us();
     int last = a->stage == a->n_stages - 1;
     stage_states o = *f;
     uint8_t head[STAGE_STATES_HEADER];
@@ -217,7 +211,7 @@ counted:
     r->stats.frames++;
     r->stats.tokens += f->n;
     r->stats.compute_us += t1 - t0;
-    r->stats.send_us += now_us() - t1;
+    r->stats.send_us += clock_us() - t1;
     r->stats.bytes_in += f->data_len;
     r->stats.bytes_out += last && f->rows == 0 ? 0 : (size_t)n_rows * width * stage_dtype_size(a->dtype);
     pthread_mutex_unlock(&r->lock);
@@ -270,7 +264,7 @@ static void send_status(stage_run *r)
     if (st.fetched_bytes > st.total_bytes) st.fetched_bytes = st.total_bytes;
     uint8_t frame[64];
     control_send(r, frame, stage_encode_status(&st, frame, sizeof frame));
-    r->last_status_ms = now_us() / 1000;
+    r->last_status_ms = clock_us() / 1000;
 }
 
 /* The stage cannot go on: say why, and close our side. The coordinator
@@ -386,7 +380,7 @@ static void fetch_on_progress(void *user, uint64_t done, uint64_t total)
     stage_run *r = user;
     r->fetched = done;
     r->total = total;
-    if (now_us() / 1000 - r->last_status_ms >= STAGE_STATUS_EVERY_MS) send_status(r);
+    if (clock_us() / 1000 - r->last_status_ms >= STAGE_STATUS_EVERY_MS) send_status(r);
 }
 
 static void fetch_on_done(void *user, const char *path, const char *error)
@@ -626,7 +620,7 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
      * lanes at once) would keep the loop computing without a break, so one
      * that comes within STAGE_INLINE_GAP_US of the last goes to the worker,
      * and the next ones queue behind it while it works. */
-    uint64_t now = now_us();
+    uint64_t now = clock_us();
     pthread_mutex_lock(&r->lock);
     int inline_ok = f.n > 0 && f.n <= STAGE_INLINE_POSITIONS && !r->head && !r->busy &&
                     now - r->inline_end_us > STAGE_INLINE_GAP_US;
@@ -637,7 +631,7 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
         pthread_mutex_lock(&r->lock);
         r->busy = 0;
         pthread_mutex_unlock(&r->lock);
-        r->inline_end_us = now_us();
+        r->inline_end_us = clock_us();
         host_on_wake(-1, 0, h); /* send it now, not on the next loop turn */
         return;
     }
