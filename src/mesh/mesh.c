@@ -770,7 +770,7 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
     }
     m->passive = role_code == RECORD_ROLE_CLIENT;
     quic_config qc = {.bind_host = NULL, .port = m->listen.port, .handshake_timeout_ms = MESH_HANDSHAKE_MS,
-                      .passive = m->passive};
+                      .passive = m->passive, .limits = cfg->limits};
     char host[ADDR_TEXT_MAX];
     addr_format_ip(&m->listen, host);
     qc.bind_host = host;
@@ -990,6 +990,8 @@ void mesh_get_counters(const mesh *m, mesh_counters *out)
     quic_stats qs;
     quic_endpoint_stats(m->ep, &qs);
     out->conns_refused = qs.conns_refused;
+    out->conns_refused_addr = qs.conns_refused_addr;
+    out->conns_half_open = qs.conns_half_open;
 }
 
 int mesh_connections(const mesh *m)

@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "net/quic.h"
+
 struct event_base;
 
 #define MESH_ID_BYTES 32
@@ -54,6 +56,7 @@ typedef struct {
     /* Passive clients (role "client") only, 0 = the default. */
     uint32_t routes_interval_ms; /* 30000: how often the routing table is pulled */
     uint32_t client_idle_ms;     /* 60000: a connection no request used this long is closed */
+    quic_limits limits;          /* QUIC connection bounds; zeros = the defaults (net/quic.h) */
 } mesh_config;
 
 typedef struct mesh mesh;
@@ -220,6 +223,8 @@ typedef struct {
     uint64_t peers_banned;       /* peers cut off for sending too many malformed frames */
     uint64_t banned_refused;     /* connections of banned peers refused */
     uint64_t conns_refused;      /* QUIC handshakes dropped: too many connections in all, half-open, or from one address */
+    uint64_t conns_refused_addr; /* of those, by the per-address bounds */
+    uint64_t conns_half_open;    /* now: incoming QUIC connections whose handshake is not done */
 } mesh_counters;
 void mesh_get_counters(const mesh *m, mesh_counters *out);
 

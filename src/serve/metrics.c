@@ -259,6 +259,11 @@ static void render_counters(prom_buf *b, const metrics_sources *src)
     counter(b, "llmesh_quic_refused_total",
             "QUIC handshakes dropped by the connection limits (in all, half-open, per address).",
             (double)mc.conns_refused);
+    counter(b, "llmesh_quic_refused_addr_total",
+            "QUIC handshakes dropped by the per-address bounds (of llmesh_quic_refused_total).",
+            (double)mc.conns_refused_addr);
+    prom_family(b, "llmesh_quic_half_open", "gauge", "Incoming QUIC connections whose handshake is not done.");
+    prom_sample(b, "llmesh_quic_half_open", NULL, (double)mc.conns_half_open);
     counter(b, "llmesh_stage_bad_frames_total", "Malformed pipeline stage frames.",
             src->stages ? (double)stage_host_bad_frames(src->stages) : 0);
 
