@@ -554,6 +554,13 @@ static void mesh_conn_closed(void *user, quic_conn *c, const char *reason)
     admission_link_free(l);
     if (l->passive) passive_link_closed(m, l);
     mesh_node *n = l->node;
+    if (n && l->ready) {
+        /* The peer's byte counts go on across its connections. */
+        uint64_t rx, tx;
+        quic_conn_bytes(c, &rx, &tx);
+        n->rx_past += rx;
+        n->tx_past += tx;
+    }
     if (n && !l->ready) {
         assert(l->outgoing && n->dialing > 0);
         n->dialing--;
@@ -923,10 +930,15 @@ int mesh_peers(const mesh *m, mesh_peer *out, int max)
             p->app_len = n->rec.app_len;
         }
         snprintf(p->state, sizeof p->state, "%s", node_state_names[n->state]);
+        p->rx_bytes = n->rx_past;
+        p->tx_bytes = n->tx_past;
         if (n->link) {
             snprintf(p->link, sizeof p->link, "%s", nat_link_relayed(n->link) ? "relayed" : "direct");
             p->rtt_ms = (double)quic_conn_rtt_us(n->link->qc) / 1000.0;
-            quic_conn_bytes(n->link->qc, &p->rx_bytes, &p->tx_bytes);
+            uint64_t rx, tx;
+            quic_conn_bytes(n->link->qc, &rx, &tx);
+            p->rx_bytes += rx;
+            p->tx_bytes += tx;
         }
     }
     return count;

@@ -130,8 +130,11 @@ typedef struct {
     char state[16];
     char link[8];                        /* "direct", "relayed" (through a peer), "" without a connection */
     double rtt_ms;                       /* smoothed RTT of that connection, 0 before a sample */
-    /* Bytes that connection received from and sent to the peer (QUIC
-     * packets, from its start: a new connection starts again at 0). */
+    /* Bytes received from and sent to the peer (QUIC packets) over every
+     * connection with it since this node learned of it: the current one's
+     * so far plus those of the connections that closed (a reconnection
+     * goes on from there; a peer forgotten after dead_ttl_ms and learned
+     * again starts at 0). */
     uint64_t rx_bytes, tx_bytes;
 } mesh_peer;
 

@@ -134,8 +134,8 @@ static char *status_json(void *ctx)
         cJSON_AddStringToObject(o, "state", p->state);
         if (p->link[0]) cJSON_AddStringToObject(o, "link", p->link); /* "direct" | "relayed" */
         if (p->link[0]) cJSON_AddNumberToObject(o, "rtt_ms", p->rtt_ms);
-        if (p->link[0]) cJSON_AddNumberToObject(o, "rx_bytes", (double)p->rx_bytes);
-        if (p->link[0]) cJSON_AddNumberToObject(o, "tx_bytes", (double)p->tx_bytes);
+        cJSON_AddNumberToObject(o, "rx_bytes", (double)p->rx_bytes);
+        cJSON_AddNumberToObject(o, "tx_bytes", (double)p->tx_bytes);
         cJSON_AddItemToArray(list, o);
     }
 
