@@ -7,8 +7,11 @@
 # others' Initials, counted in quic_refused and quic_refused_addr. Meanwhile
 # B joins A (a full handshake from 127.0.0.1: another address, not crowded)
 # and a completion through B and one on A are answered. Once A's handshake
-# timeout (10 s) passes, the stalled connections are gone. No timing
-# threshold but that documented timeout.
+# timeout (10 s) passes, the stalled connections are gone. The HTTP bounds'
+# flags too: with --http-max-conns-per-addr 4 and --http-request-timeout 2,
+# of 10 idle TCP connections from 127.0.0.5 to A's API 4 are kept and cut
+# after 2 s, the others shut at once. No timing threshold but those
+# documented timeouts.
 set -u
 . "$(dirname "$0")/common.bash"
 
@@ -20,7 +23,8 @@ counter() { curl -s "$A_CONSOLE/api/status" | jq -r ".counters.$1"; }
 
 # Debug logs: A's mesh port is in its "listening on" line (B, which could
 # tell it, must join only during the stall).
-start_node A serve --model "$DEMO_MODEL" --quic-max-half-open-per-addr 8 --log-level debug
+start_node A serve --model "$DEMO_MODEL" --quic-max-half-open-per-addr 8 --log-level debug \
+  --http-max-conns-per-addr 4 --http-request-timeout 2
 A_PORT=$(grep -o 'listening on [0-9.]*:[0-9]*' "$T/A.log" | head -1 | sed 's/.*://')
 [ -n "$A_PORT" ] || die "cannot find A's mesh port in its log"
 check "no half-open handshakes at start" test "$(counter quic_half_open)" -eq 0
@@ -54,5 +58,33 @@ check "the stalled handshakes time out (10 s)" \
 check "B is still alive on A" bash -c \
   "curl -s '$A_CONSOLE/api/status' | jq -e '[.peers[] | select(.state == \"alive\")] | length == 1'"
 wait "$STALL_PID"
+
+# ---- the HTTP bounds as flags: 4 per address, a whole request within 2 s
+A_HTTP_PORT=$(sed 's#.*:\([0-9]*\)/v1#\1#' <<<"$A_API")
+python3 - "$A_HTTP_PORT" >"$T/idle.out" 2>&1 <<'PY'
+import socket, sys, time
+socks = [socket.create_connection(("127.0.0.1", int(sys.argv[1])), source_address=("127.0.0.5", 0))
+         for _ in range(10)]
+def still_open():
+    n = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            n += s.recv(1) != b""
+        except BlockingIOError:
+            n += 1
+        except OSError:
+            pass
+    return n
+time.sleep(1)
+print("open after 1 s:", still_open())
+time.sleep(3)                       # past the 2 s deadline
+print("open after 4 s:", still_open())
+PY
+cat "$T/idle.out"
+check "4 idle connections kept from one address (--http-max-conns-per-addr 4)" grep -q "open after 1 s: 4$" "$T/idle.out"
+check "...and cut at the 2 s deadline (--http-request-timeout 2)" grep -q "open after 4 s: 0$" "$T/idle.out"
+check "the other 6 refused, counted" test "$(counter http_refused)" -ge 6
+check "the 4 cut, counted" test "$(counter http_slow_cut)" -ge 4
 
 finish
