@@ -676,8 +676,9 @@ static int output_release(gen_output *g, size_t upto, int n_tok, int at_end)
 }
 
 /* Appends one generated token's bytes (and its record, if any); releases
- * what can no longer be part of a stop string. Sets *stop_hit when a stop
- * string completed: the text before it is released, the rest dropped. */
+ * what can no longer be part of a stop string. Sets *stop_hit to 1 + the
+ * index of the stop string that completed (the earliest in the text): the
+ * text before it is released, the rest dropped. */
 static int output_add(gen_output *g, const char *bytes, size_t n, const engine_token *t, int *stop_hit)
 {
     if (g->raw_len + n > g->raw_cap) {
@@ -707,18 +708,20 @@ static int output_add(gen_output *g, const char *bytes, size_t n, const engine_t
     /* The earliest complete stop string. Only unreleased bytes can hold one:
      * any start of a match is held back below until it is decided. */
     size_t cut = SIZE_MAX;
+    int which = 0;
     for (int i = 0; i < g->s->n_stop; i++) {
         size_t sl = strlen(g->s->stop[i]);
         for (size_t at = 0; sl && at + sl <= g->raw_len && at < cut; at++)
             if (!memcmp(g->raw + at, g->s->stop[i], sl)) {
                 cut = at;
+                which = i;
                 break;
             }
     }
     if (cut != SIZE_MAX) {
         int n_tok = 0; /* tokens that put at least one byte before the stop */
         while (n_tok < g->n_toks && (n_tok == 0 ? 0 : g->tok_end[n_tok - 1]) < cut) n_tok++;
-        *stop_hit = 1;
+        *stop_hit = 1 + which;
         int rc = output_release(g, cut, n_tok, 1);
         g->raw_len = 0; /* the stop string and whatever followed it are dropped */
         g->n_toks = 0;
@@ -1124,6 +1127,7 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
         }
         if (g.stopped || stop_hit) {
             result->finish_reason = "stop";
+            result->stop_string = stop_hit;
             break;
         }
         if (result->completion_tokens >= s->max_tokens || ln->n_cached >= n_ctx) break; /* "length" */

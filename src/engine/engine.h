@@ -98,6 +98,7 @@ typedef struct {
     int prompt_tokens;
     int completion_tokens;
     const char *finish_reason; /* "stop" (end of generation, stop string or callback) or "length" */
+    int stop_string;        /* 1 + the index (in sampling.stop) of the stop string that ended it; 0: none */
     int cached_tokens;      /* prompt tokens whose keys/values the lane already held (not evaluated) */
     double prompt_ms;       /* from the start to the first token's logits (prompt evaluation) */
     double predicted_ms;    /* from then to the end (sampling and evaluating the completion) */

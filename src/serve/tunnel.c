@@ -182,7 +182,7 @@ static void server_end(api_sink *sink)
     mesh_stream_finish(t->stream);
 }
 
-static const api_sink_ops server_sink_ops = {server_begin, server_write, server_end, NULL};
+static const api_sink_ops server_sink_ops = {server_begin, server_write, server_end, NULL, NULL};
 
 static void server_protocol_error(tunnel_server *t, const char *why)
 {
