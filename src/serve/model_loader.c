@@ -485,11 +485,17 @@ int model_loader_http(void *ctx, const char *path, const char *body, size_t len,
         cJSON_Delete(root);
         return answer(json, 400, "\"model\" is longer than 1024 bytes", NULL);
     }
+    const cJSON *drain = cJSON_GetObjectItemCaseSensitive(root, "drain_s");
+    if (unload && drain && (!cJSON_IsNumber(drain) || !(drain->valuedouble >= 0 && drain->valuedouble <= MODEL_DRAIN_MAX_S))) {
+        cJSON_Delete(root);
+        return answer(json, 400, "\"drain_s\" must be a number of seconds from 0 to 3600", NULL);
+    }
+    double drain_s = drain ? drain->valuedouble : MODEL_DRAIN_DEFAULT_S;
     snprintf(ref, sizeof ref, "%s", model->valuestring);
     cJSON_Delete(root);
     if (unload) {
-        int rc = pipelines_remove_model(L->ps, ref, err, sizeof err);
-        if (rc != 0) return answer(json, rc > 0 ? 409 : 404, err, rc > 0 ? NULL : "model_not_found");
+        int rc = pipelines_remove_model(L->ps, ref, (int)(drain_s * 1000), err, sizeof err);
+        if (rc == 1 || rc < 0) return answer(json, rc > 0 ? 409 : 404, err, rc > 0 ? NULL : "model_not_found");
         for (int i = 0; i < L->n_jobs; i++)
             if (L->jobs[i]->state == JOB_READY && !strcmp(L->jobs[i]->id, ref)) L->jobs[i]->state = JOB_UNLOADED;
         /* A takeover of it must not start again at once: it was asked away. */
@@ -497,10 +503,11 @@ int model_loader_http(void *ctx, const char *path, const char *body, size_t len,
         if (w) w->failed_at_ms = clock_ms();
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "model", ref);
-        cJSON_AddStringToObject(o, "state", "unloaded");
+        cJSON_AddStringToObject(o, "state", rc == 2 ? "draining" : "unloaded");
+        if (rc == 2) cJSON_AddNumberToObject(o, "drain_s", drain_s);
         *json = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
-        return 200;
+        return rc == 2 ? 202 : 200;
     }
     if (model_loader_start(L, ref, err, sizeof err) != 0) return answer(json, 400, err, NULL);
     cJSON *o = cJSON_CreateObject();

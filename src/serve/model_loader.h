@@ -7,8 +7,11 @@
  * (`downloading`, `loading`, `ready`, `failed`, with bytes and errors) is in
  * /api/status under "loads". The console port takes
  *   POST /api/models/load   {"model": REF}  -> 202, the load's state
- *   POST /api/models/unload {"model": ID}   -> 200 (stopped), 409 while a request
- *                                              of it runs, 404 when not served here
+ *   POST /api/models/unload {"model": ID, "drain_s"?: 0..3600 (30)}
+ *        -> 200 (stopped), 202 "draining" while requests of it run (new ones
+ *           go to another host or get 503; those left after drain_s end with
+ *           an error; then it is unloaded), 409 while it drains already,
+ *           404 when not served here
  * behind the node's API key like every console route.
  *
  * Standby takeover: every second, a node looks at the demand in the mesh
@@ -36,6 +39,9 @@ struct pipelines;
 struct demand;
 
 typedef struct model_loader model_loader;
+
+#define MODEL_DRAIN_DEFAULT_S 30 /* requests in flight get this long to finish at an unload */
+#define MODEL_DRAIN_MAX_S 3600
 
 typedef struct {
     const char *home;                /* llmesh home (URL downloads, models/, downloads/) */
