@@ -23,6 +23,13 @@
  * alive standbys (so that two standbys do not both take the same model;
  * the first one's plan shows in its record before the next one's turn).
  *
+ * Weights cross the internet once: every ML_FILES_MS the loader lists the
+ * whole files of the Hugging Face cache (models/hf.h hf_cache_held), offers
+ * them to peers (weights_store_set_held) and publishes them in the node
+ * record (pipelines_set_files); it keeps a copy of what the peers' records
+ * say they hold, so that a load's download thread finds a peer with the
+ * file's SHA-256 without touching mesh state (model_fetch_opts.find_peer).
+ *
  * Threading: the API is for the event-loop thread; downloads run on one
  * thread per load, joined at free (cancelled first: partial files stay). */
 #ifndef LLMESH_MODEL_LOADER_H
@@ -49,6 +56,7 @@ typedef struct {
     int take_over;                   /* 1: take over demanded models nobody serves */
     const char *const *standby_for;  /* references this node may take over (may be 0 of them) */
     int n_standby_for;
+    struct weights_store *weights;   /* serves the files of the HF cache to peers; may be NULL */
 } model_loader_config;
 
 model_loader *model_loader_new(struct event_base *base, struct mesh *m, struct pipelines *ps,

@@ -136,6 +136,8 @@ struct pipelines {
     void *demand_ctx;
     uint64_t demand_checked_ms;
     uint32_t demand_hash;         /* of the demand last published */
+    plan_file files[PLAN_MAX_FILES]; /* files this node holds, in its record */
+    int n_files;
 };
 
 /* ======================================================================== */
@@ -326,9 +328,11 @@ static void publish_now(pipelines *ps)
     static plan_demand demand[PLAN_MAX_DEMAND];
     int nd = ps->demand ? ps->demand(ps->demand_ctx, demand, PLAN_MAX_DEMAND) : 0;
     ps->demand_hash = demand_digest(demand, nd);
-    int len = plan_encode_app(plans, n, demand, nd, buf, sizeof buf);
-    while (len < 0 && nd > 0) len = plan_encode_app(plans, n, demand, --nd, buf, sizeof buf);
-    while (len < 0 && n > 0) len = plan_encode_app(plans, --n, demand, nd, buf, sizeof buf);
+    int nf = ps->n_files;
+    int len = plan_encode_app_files(plans, n, demand, nd, ps->files, nf, buf, sizeof buf);
+    while (len < 0 && nf > 0) len = plan_encode_app_files(plans, n, demand, nd, ps->files, --nf, buf, sizeof buf);
+    while (len < 0 && nd > 0) len = plan_encode_app_files(plans, n, demand, --nd, NULL, 0, buf, sizeof buf);
+    while (len < 0 && n > 0) len = plan_encode_app_files(plans, --n, demand, nd, NULL, 0, buf, sizeof buf);
     if (n < ps->n_pipes) log_warn(PIPE_LOG, "only %d of %d plans fit this node's record", n, ps->n_pipes);
     mesh_set_app_data(ps->mesh, buf, len > 0 ? (size_t)len : 0);
     const char *ready[PIPE_MAX];
@@ -338,6 +342,17 @@ static void publish_now(pipelines *ps)
     mesh_set_models(ps->mesh, ready, n_ready);
     ps->publish_dirty = 0;
     ps->last_publish_ms = clock_ms();
+}
+
+void pipelines_set_files(pipelines *ps, const plan_file *files, int n)
+{
+    if (n > PLAN_MAX_FILES) n = PLAN_MAX_FILES;
+    if (n < 0) n = 0;
+    if (n == ps->n_files && (n == 0 || !memcmp(ps->files, files, (size_t)n * sizeof *files))) return;
+    memset(ps->files, 0, sizeof ps->files);
+    if (n) memcpy(ps->files, files, (size_t)n * sizeof *files);
+    ps->n_files = n;
+    publish_soon(ps);
 }
 
 static uint64_t pipe_need(void *ctx, int first, int end, int head)

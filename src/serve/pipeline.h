@@ -61,6 +61,11 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
  * count. */
 typedef int (*pipelines_demand_fn)(void *ctx, plan_demand *out, int max);
 void pipelines_set_demand_source(pipelines *ps, pipelines_demand_fn fn, void *ctx);
+/* The model files this node holds whole (serve/model_loader.c scans the
+ * Hugging Face cache), published in its record after the demand (format 3,
+ * docs/PROTOCOL.md section 13); a new record when the list changed. At most
+ * PLAN_MAX_FILES are kept; they are the first left out when the record is full. */
+void pipelines_set_files(pipelines *ps, const plan_file *files, int n);
 /* Stops serving a model this node coordinates: its stages are released,
  * its memory given back, its workers stopped, and it leaves this node's
  * record. 0 when done at once (no request of it in flight); 2 when it
