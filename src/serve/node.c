@@ -345,7 +345,8 @@ int node_run(const node_config *cfg)
     if (!cfg->client) {
         model_loader_config lc = {.home = cfg->home, .n_ctx = cfg->ctx, .n_lanes = pc.n_lanes,
                                   .n_threads = cfg->threads, .take_over = !cfg->n_models || cfg->n_standby_for,
-                                  .standby_for = cfg->standby_for, .n_standby_for = cfg->n_standby_for};
+                                  .standby_for = cfg->standby_for, .n_standby_for = cfg->n_standby_for,
+                                  .weights = n.weights};
         if (!(n.demand = demand_new()) ||
             !(n.loader = model_loader_new(n.base, n.mesh, n.pipelines, &n.budget, n.demand, &lc)))
             goto out;
