@@ -45,6 +45,8 @@ static const char serve_usage[] =
     "  --ctx N            context served per request (default: the model's, at most 8192)\n"
     "  --parallel N       requests each model runs at once (1-64), each with its own KV\n"
     "                     cache, batched into one forward pass per step (default 4)\n"
+    "  --kv-type T        KV cache element type: f16 (default, half the memory) or f32;\n"
+    "                     a split's stages use the coordinator's\n"
     "  --queue N          requests that may wait per model when every lane is busy;\n"
     "                     past it: 429 with Retry-After (default 64)\n"
     "  --queue-timeout S  a request waiting longer for a lane gets 503 (default 120)\n"
@@ -215,6 +217,8 @@ static int serve_main(int argc, char **argv, int client)
             long n;
             if (cli_parse_long("serve", a, v, 16, 1 << 24, &n)) return 2;
             cfg.ctx = (int)n;
+        } else if (!strcmp(a, "--kv-type") && !client) {
+            if (cli_parse_kv_type("serve", a, v, &cfg.kv_type)) return 2;
         } else if (!strcmp(a, "--parallel") && !client) {
             long n;
             if (cli_parse_long("serve", a, v, 1, 64, &n)) return 2;

@@ -64,7 +64,8 @@ int model_need_from_head(const uint8_t *head, size_t head_len, uint64_t file_siz
     int ctx = z->c.n_ctx_train < 8192 ? z->c.n_ctx_train : 8192; /* as engine.c caps it */
     if (o->n_ctx > 0) ctx = o->n_ctx;
     model_part whole = {0, z->c.n_layer, 1};
-    *need = model_part_need(z, &whole, ctx, o->n_lanes > 0 ? o->n_lanes : 2, o->n_threads > 0 ? o->n_threads : 1) +
+    *need = model_part_need(z, &whole, ctx, (model_kv_type)o->kv_type, o->n_lanes > 0 ? o->n_lanes : 2,
+                            o->n_threads > 0 ? o->n_threads : 1) +
             rest_bytes;
     rc = 0;
 out:

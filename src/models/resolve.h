@@ -41,6 +41,7 @@ typedef struct {
     int n_ctx;                 /* served context; <= 0: the model's, capped as the engine caps it */
     int n_lanes;               /* KV caches per model (--parallel); <= 0: 2 */
     int n_threads;             /* for the scratch estimate; <= 0: 1 */
+    int kv_type;               /* model_kv_type of the KV caches (0: F16) */
     dl_progress_fn progress;   /* done/total over every file to download; may be NULL */
     void *progress_ctx;
     const _Atomic int *cancel; /* set by another thread: downloads stop (partials kept); may be NULL */

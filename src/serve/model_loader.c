@@ -321,6 +321,7 @@ static int start_job(model_loader *L, const char *ref, int takeover, char *err, 
              members == 1 ? "" : "s");
     a->o = (model_fetch_opts){.home = L->cfg.home, .avail_bytes = free_bytes, .avail_what = a->avail_what,
                               .n_ctx = L->cfg.n_ctx, .n_lanes = L->cfg.n_lanes, .n_threads = L->cfg.n_threads,
+                              .kv_type = L->cfg.kv_type,
                               .progress = on_progress, .progress_ctx = j, .cancel = &j->cancel,
                               .join_dir = a->join_dir, .find_peer = find_peer, .peer_ctx = L};
     refresh_files(L); /* the peers' files as they are now */

@@ -53,6 +53,7 @@ typedef struct model_loader model_loader;
 typedef struct {
     const char *home;                /* llmesh home (URL downloads, models/, downloads/) */
     int n_ctx, n_lanes, n_threads;   /* as the pipelines serve (for the fit check) */
+    int kv_type;                     /* model_kv_type of the KV caches, likewise */
     int take_over;                   /* 1: take over demanded models nobody serves */
     const char *const *standby_for;  /* references this node may take over (may be 0 of them) */
     int n_standby_for;

@@ -279,7 +279,7 @@ static int load_models(node *n)
         model_fetch_opts o = {.home = n->cfg->home, .avail_bytes = budget_free(&n->budget),
                               .avail_what = n->cfg->split ? NULL : "this node's free budget (--max-memory)",
                               .n_ctx = n->cfg->ctx, .n_lanes = n->cfg->parallel > 0 ? n->cfg->parallel : 2,
-                              .n_threads = n->cfg->threads, .join_dir = joined};
+                              .n_threads = n->cfg->threads, .kv_type = n->cfg->kv_type, .join_dir = joined};
         if (model_fetch(n->cfg->models[i], &o, mf, err, sizeof err) != 0) {
             fprintf(stderr, "llmesh: --model %s: %s\n", n->cfg->models[i], err);
             rc = -1;
@@ -337,14 +337,15 @@ int node_run(const node_config *cfg)
     /* A client coordinates nothing, but reads the plans it routes by. */
     pipeline_config pc = {.n_threads = cfg->threads, .n_ctx = cfg->ctx,
                           .n_lanes = cfg->parallel > 0 ? cfg->parallel : NODE_DEFAULT_PARALLEL,
-                          .split = cfg->split};
+                          .split = cfg->split, .kv_type = cfg->kv_type};
     n.pipelines = pipelines_new(n.base, n.mesh, n.sched, n.stages, n.weights, &n.budget, &pc);
     if (!n.pipelines || load_models(&n) != 0) goto out;
 
     /* Demand and loads: members only (a client publishes no record). */
     if (!cfg->client) {
         model_loader_config lc = {.home = cfg->home, .n_ctx = cfg->ctx, .n_lanes = pc.n_lanes,
-                                  .n_threads = cfg->threads, .take_over = !cfg->n_models || cfg->n_standby_for,
+                                  .n_threads = cfg->threads, .kv_type = cfg->kv_type,
+                                  .take_over = !cfg->n_models || cfg->n_standby_for,
                                   .standby_for = cfg->standby_for, .n_standby_for = cfg->n_standby_for,
                                   .weights = n.weights};
         if (!(n.demand = demand_new()) ||

@@ -27,6 +27,7 @@ typedef struct {
     uint64_t max_memory;                 /* memory budget for models, bytes; 0 = detected */
     int ctx;                             /* served context per request, <= 0 = the model's (capped) */
     int parallel;                        /* requests a model runs at once (lanes), <= 0 = default */
+    int kv_type;                         /* the KV caches' model_kv_type (--kv-type), 0 = F16 */
     int queue;                           /* requests waiting per model, < 0 = default */
     int queue_timeout;                   /* seconds a request may wait for a lane, <= 0 = default */
     int split;                           /* >= 2: split every model into this many stages */

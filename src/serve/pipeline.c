@@ -85,6 +85,7 @@ typedef struct pipe {
     uint8_t hash[32];
     model_sizes *z;
     int n_layer, n_embd, n_ctx, n_lanes;
+    model_kv_type kv_type; /* the engine's, and every stage's (ASSIGN) */
     engine_tail tail;
 
     /* Loop thread. */
@@ -361,12 +362,15 @@ static uint64_t pipe_need(void *ctx, int first, int end, int head)
     pipelines *ps = p->ps;
     if (first < end) {
         model_part part = {first, end, head};
-        return model_part_need(p->z, &part, p->n_ctx, p->n_lanes, ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
+        return model_part_need(p->z, &part, p->n_ctx, p->kv_type, p->n_lanes,
+                               ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
     }
     /* No layer: what one layer costs, taken off a one-layer part. */
     model_part one = {0, 1, head};
-    uint64_t with_one = model_part_need(p->z, &one, p->n_ctx, p->n_lanes, ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
-    uint64_t layer = p->z->layer_bytes[0] + p->z->kv_bytes_per_pos * (uint64_t)p->n_ctx * (uint64_t)p->n_lanes;
+    uint64_t with_one = model_part_need(p->z, &one, p->n_ctx, p->kv_type, p->n_lanes,
+                                        ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
+    uint64_t layer = p->z->layer_bytes[0] +
+                     model_kv_bytes_per_pos(p->z, p->kv_type) * (uint64_t)p->n_ctx * (uint64_t)p->n_lanes;
     return with_one > layer ? with_one - layer : with_one;
 }
 
@@ -601,6 +605,7 @@ static void plan_start(pipe *p)
         a.n_lanes = (uint16_t)p->n_lanes;
         a.n_embd = (uint32_t)p->n_embd;
         a.dtype = STAGE_DTYPE_F32;
+        a.kv_type = (uint8_t)p->kv_type;
         a.need_bytes = p->stage_need[i] = pipe_need(p, a.first, a.end, 0);
         char err[256];
         p->control[i] = mesh_stream_open(ps->mesh, next.stages[i].node, STAGE_STREAM_CONTROL,
@@ -928,7 +933,7 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
         return -1;
     }
     engine_load_opts o = {.n_threads = ps->cfg.n_threads, .n_ctx = ps->cfg.n_ctx,
-                          .n_lanes = ps->cfg.n_lanes};
+                          .n_lanes = ps->cfg.n_lanes, .kv_type = ps->cfg.kv_type};
     engine_model *em = engine_model_load_opts(path, &o, err, errlen);
     if (!em) {
         pipe_free(p);
@@ -946,6 +951,7 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
     p->n_embd = p->z->c.n_embd;
     p->n_ctx = engine_model_context_length(em);
     p->n_lanes = engine_model_lanes(em);
+    p->kv_type = (model_kv_type)engine_model_kv_type(em);
     p->lanes = calloc((size_t)p->n_lanes, sizeof *p->lanes);
     p->sent_at_us = calloc((size_t)p->n_lanes, sizeof *p->sent_at_us);
     if (!p->lanes || !p->sent_at_us || sched_add_model(ps->sched, em) != 0) {

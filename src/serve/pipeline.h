@@ -46,6 +46,7 @@ typedef struct {
     int n_ctx;       /* served context, <= 0 the model's (capped) */
     int n_lanes;     /* requests in flight per model */
     int split;       /* >= 2: force this many stages */
+    int kv_type;     /* model_kv_type of every lane's KV cache, sent to every stage (ASSIGN) */
 } pipeline_config;
 
 pipelines *pipelines_new(struct event_base *base, mesh *m, struct sched *s, struct stage_host *sh,
