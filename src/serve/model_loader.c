@@ -71,6 +71,7 @@ typedef struct {
     /* The thread's result, read by the loop after done fired. */
     int rc;
     model_files *mf;
+    char path[MODEL_PATH_MAX];        /* the file to serve, while it is hashed */
 } load_job;
 
 typedef struct {
@@ -226,6 +227,35 @@ static void *job_main(void *arg)
     return NULL;
 }
 
+static void refresh_files(model_loader *L);
+
+/* The loop: the file is hashed (remembered), so the pipelines' own add is
+ * instant: map, plan, serve. */
+static void serve_loaded(load_job *j, const char *error)
+{
+    char err[1024];
+    if (error) {
+        j->state = JOB_FAILED;
+        snprintf(j->error, sizeof j->error, "%s", error);
+        log_warn(ML_LOG, "load %s: %s", j->ref, error);
+    } else if (pipelines_add_model(j->L->ps, j->path, err, sizeof err) != 0) {
+        j->state = JOB_FAILED;
+        snprintf(j->error, sizeof j->error, "%s", err);
+        log_warn(ML_LOG, "load %s: %s", j->ref, err);
+    } else {
+        j->state = JOB_READY;
+        log_info(ML_LOG, "load %s: serving %s%s", j->ref, j->id, j->takeover ? " (standby takeover)" : "");
+    }
+    j->ended_ms = clock_ms();
+    refresh_files(j->L); /* a downloaded file is offered to peers at once */
+}
+
+static void on_hashed(void *user, const char *path, const uint8_t *hash, const char *error)
+{
+    (void)path, (void)hash;
+    serve_loaded(user, error);
+}
+
 static void on_job_done(evutil_socket_t fd, short what, void *arg)
 {
     load_job *j = arg;
@@ -235,25 +265,22 @@ static void on_job_done(evutil_socket_t fd, short what, void *arg)
     if (j->rc != 0) {
         j->state = JOB_FAILED;
         log_warn(ML_LOG, "load %s: %s", j->ref, j->error);
-    } else {
-        snprintf(j->id, sizeof j->id, "%s", j->mf->id);
-        j->state = JOB_LOADING;
-        char err[1024];
-        /* Hashing and mapping run here on the loop thread: instant for a
-         * file hashed before (the manifest is remembered), seconds per GB
-         * otherwise (docs/models.md, "What is left"). */
-        if (pipelines_add_model(j->L->ps, j->mf->files[0], err, sizeof err) != 0) {
-            j->state = JOB_FAILED;
-            snprintf(j->error, sizeof j->error, "%s", err);
-            log_warn(ML_LOG, "load %s: %s", j->ref, err);
-        } else {
-            j->state = JOB_READY;
-            log_info(ML_LOG, "load %s: serving %s%s", j->ref, j->id, j->takeover ? " (standby takeover)" : "");
-        }
+        free(j->mf);
+        j->mf = NULL;
+        return;
     }
+    snprintf(j->id, sizeof j->id, "%s", j->mf->id);
+    snprintf(j->path, sizeof j->path, "%s", j->mf->files[0]);
     free(j->mf);
     j->mf = NULL;
-    refresh_files(j->L); /* a downloaded file is offered to peers at once */
+    j->state = JOB_LOADING;
+    /* The weights hash reads the whole file: on the store's hash lane, not
+     * here on the loop thread (seconds per GB for a file not seen before). */
+    char err[512];
+    if (j->L->cfg.weights && weights_store_add_file_async(j->L->cfg.weights, j->path, on_hashed, j, err,
+                                                          sizeof err) == 0)
+        return;
+    serve_loaded(j, NULL);
 }
 
 static void job_free(load_job *j)

@@ -234,6 +234,64 @@ static void test_codec_demand(void)
     CHECK_EQ_INT(plan_decode_app(empty, 3, back, 2, dback, 4, &nd, err, sizeof err), -1);
 }
 
+/* Format 3: plans, demand (maybe none), then the files the node holds. */
+static void test_codec_files(void)
+{
+    plan ps[1] = {sample_plan()};
+    plan_demand d[1] = {{"qwen2.5-7b", 12}};
+    plan_file f[2];
+    memset(f, 0, sizeof f);
+    for (int i = 0; i < 32; i++) f[0].sha256[i] = (uint8_t)i, f[1].sha256[i] = (uint8_t)(255 - i);
+    f[0].size = 6868576;
+    strcpy(f[0].ref, "TestOrg/kjv-GGUF/kjv-llama-6.3M-q8_0.gguf");
+    f[1].size = 1ull << 40;
+    strcpy(f[1].ref, "org/repo/sub/x-00001-of-00002.gguf");
+    uint8_t buf[MESH_MAX_APP];
+    plan back[2];
+    plan_demand dback[4];
+    plan_file fback[PLAN_MAX_FILES];
+    int nd = -1, nf = -1;
+    char err[256];
+    for (int with_demand = 0; with_demand < 2; with_demand++) {
+        int n = plan_encode_app_files(ps, 1, d, with_demand, f, 2, buf, sizeof buf);
+        REQUIRE(n > 0);
+        CHECK_EQ_INT(buf[0], 3);
+        REQUIRE(plan_decode_app_files(buf, (size_t)n, back, 2, dback, 4, &nd, fback, PLAN_MAX_FILES, &nf, err,
+                                      sizeof err) == 1);
+        CHECK_EQ_INT(nd, with_demand);
+        CHECK_EQ_INT(nf, 2);
+        CHECK(!memcmp(fback[1].sha256, f[1].sha256, 32));
+        CHECK(fback[1].size == f[1].size);
+        CHECK_EQ_STR(fback[0].ref, f[0].ref);
+        /* A reader that does not want the files still takes the plans and demand. */
+        CHECK_EQ_INT(plan_decode_app(buf, (size_t)n, back, 2, dback, 4, &nd, err, sizeof err), 1);
+        CHECK_EQ_INT(plan_decode_app_files(buf, (size_t)n, back, 2, dback, 4, &nd, fback, 1, &nf, err, sizeof err), 1);
+        CHECK_EQ_INT(nf, 1);
+        for (int cut = 1; cut < n; cut++)
+            CHECK(plan_decode_app_files(buf, (size_t)cut, back, 2, dback, 4, &nd, fback, PLAN_MAX_FILES, &nf, err,
+                                        sizeof err) == -1);
+        /* A space in a reference, a size of 0: malformed. */
+        buf[n - 3] = ' ';
+        CHECK_EQ_INT(plan_decode_app_files(buf, (size_t)n, back, 2, dback, 4, &nd, fback, PLAN_MAX_FILES, &nf,
+                                           err, sizeof err), -1);
+    }
+    plan_file zero = f[0];
+    zero.size = 0;
+    int n = plan_encode_app_files(NULL, 0, NULL, 0, &zero, 1, buf, sizeof buf);
+    REQUIRE(n > 0);
+    CHECK_EQ_INT(plan_decode_app_files(buf, (size_t)n, back, 2, dback, 4, &nd, fback, PLAN_MAX_FILES, &nf, err,
+                                       sizeof err), -1);
+    /* The encoder refuses a bad reference and too many files. */
+    plan_file bad = f[0];
+    strcpy(bad.ref, "a b");
+    CHECK_EQ_INT(plan_encode_app_files(NULL, 0, NULL, 0, &bad, 1, buf, sizeof buf), -1);
+    CHECK_EQ_INT(plan_encode_app_files(NULL, 0, NULL, 0, f, PLAN_MAX_FILES + 1, buf, sizeof buf), -1);
+    /* 0 files announced in format 3: malformed (format 1 or 2 says "none"). */
+    uint8_t empty[4] = {3, 0, 0, 0};
+    CHECK_EQ_INT(plan_decode_app_files(empty, 4, back, 2, dback, 4, &nd, fback, PLAN_MAX_FILES, &nf, err,
+                                       sizeof err), -1);
+}
+
 static void test_codec(void)
 {
     plan ps[2] = {sample_plan(), sample_plan()};
@@ -329,5 +387,6 @@ int main(void)
     RUN(test_short_of_memory);
     RUN(test_codec);
     RUN(test_codec_demand);
+    RUN(test_codec_files);
     return testlib_finish();
 }
