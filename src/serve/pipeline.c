@@ -52,6 +52,8 @@
 #define PIPE_PUBLISH_MS 200         /* plan changes are gossiped at most this often */
 #define PIPE_DEMAND_MS 200          /* demand is looked at this often (a new record when its set of models changed) */
 #define PIPE_AVOID_MS 10000         /* a node that failed a plan is left out this long */
+#define PIPE_SATURATED_ON_MS 2000   /* the queue over the threshold this long: saturated */
+#define PIPE_SATURATED_OFF_MS 20000 /* no request waiting this long: not any more */
 #define PIPE_RECEIVE_TIMEOUT_S 120  /* a lane waiting longer on the pipeline gives up */
 #define PIPE_RESUME_TIMEOUT_S 600   /* loading a new plan (fetching weights) may take this long */
 #define PIPE_MAX_AVOID 8
@@ -103,6 +105,9 @@ typedef struct pipe {
     uint64_t ready_at_ms;
     uint64_t breaks;                          /* plans broken by a failure */
     int draining;                             /* being unloaded: no new requests, waits for its jobs */
+    int saturated;                            /* published: a standby with room may add a second host */
+    uint64_t over_since_ms, calm_since_ms;    /* the hysteresis (pipe_watch_queue) */
+    uint64_t refused_seen;                    /* the scheduler's 429 count at the last look */
     uint64_t drain_deadline_ms;               /* then the jobs left are ended with an error */
     int drain_aborted;
 
@@ -329,11 +334,19 @@ static void publish_now(pipelines *ps)
     static plan_demand demand[PLAN_MAX_DEMAND];
     int nd = ps->demand ? ps->demand(ps->demand_ctx, demand, PLAN_MAX_DEMAND) : 0;
     ps->demand_hash = demand_digest(demand, nd);
-    int nf = ps->n_files;
-    int len = plan_encode_app_files(plans, n, demand, nd, ps->files, nf, buf, sizeof buf);
-    while (len < 0 && nf > 0) len = plan_encode_app_files(plans, n, demand, nd, ps->files, --nf, buf, sizeof buf);
-    while (len < 0 && nd > 0) len = plan_encode_app_files(plans, n, demand, --nd, NULL, 0, buf, sizeof buf);
-    while (len < 0 && n > 0) len = plan_encode_app_files(plans, --n, demand, nd, NULL, 0, buf, sizeof buf);
+    static plan_saturated sat[PIPE_MAX];
+    plan_extra extra = {.files = ps->files, .n_files = ps->n_files, .saturated = sat};
+    for (int i = 0; i < ps->n_pipes; i++)
+        if (ps->pipes[i]->saturated && !ps->pipes[i]->draining && ps->pipes[i]->plan.state == PLAN_READY)
+            snprintf(sat[extra.n_saturated++].model, MESH_MAX_NAME, "%s", ps->pipes[i]->id);
+    /* When the record is full: the files go first, then the demand, then plans. */
+    int len = plan_encode_app_files(plans, n, demand, nd, &extra, buf, sizeof buf);
+    while (len < 0 && extra.n_files > 0) {
+        extra.n_files--;
+        len = plan_encode_app_files(plans, n, demand, nd, &extra, buf, sizeof buf);
+    }
+    while (len < 0 && nd > 0) len = plan_encode_app_files(plans, n, demand, --nd, &extra, buf, sizeof buf);
+    while (len < 0 && n > 0) len = plan_encode_app_files(plans, --n, demand, nd, &extra, buf, sizeof buf);
     if (n < ps->n_pipes) log_warn(PIPE_LOG, "only %d of %d plans fit this node's record", n, ps->n_pipes);
     mesh_set_app_data(ps->mesh, buf, len > 0 ? (size_t)len : 0);
     const char *ready[PIPE_MAX];
@@ -818,10 +831,49 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 
 static void pipe_unload(pipelines *ps, int i);
 
+/* Saturation, with hysteresis so that a record does not flap: a model
+ * becomes saturated when, for PIPE_SATURATED_ON_MS without a break, at
+ * least half its queue bound (--queue, at least 1) waits for a lane or a
+ * request was refused with the queue full (429); it stops being saturated
+ * only after PIPE_SATURATED_OFF_MS with no request waiting. Either change
+ * is a new record. */
+static void pipe_watch_queue(pipelines *ps, pipe *p, uint64_t now)
+{
+    uint64_t refused;
+    int waiting = sched_model_waiting(ps->sched, p->id, &refused);
+    int threshold = (sched_queue_max(ps->sched) + 1) / 2;
+    if (threshold < 1) threshold = 1;
+    int over = p->plan.state == PLAN_READY && !p->draining && (waiting >= threshold || refused > p->refused_seen);
+    p->refused_seen = refused;
+    if (over) {
+        p->calm_since_ms = 0;
+        if (!p->over_since_ms) p->over_since_ms = now;
+        if (!p->saturated && now - p->over_since_ms >= PIPE_SATURATED_ON_MS) {
+            p->saturated = 1;
+            log_info(PIPE_LOG, "%s: saturated (%d waiting, threshold %d): a standby with room may add itself",
+                     p->id, waiting, threshold);
+            publish_soon(ps);
+        }
+        return;
+    }
+    p->over_since_ms = 0;
+    if (waiting > 0) {
+        p->calm_since_ms = 0;
+        return;
+    }
+    if (!p->calm_since_ms) p->calm_since_ms = now;
+    if (p->saturated && now - p->calm_since_ms >= PIPE_SATURATED_OFF_MS) {
+        p->saturated = 0;
+        log_info(PIPE_LOG, "%s: no longer saturated", p->id);
+        publish_soon(ps);
+    }
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     pipelines *ps = arg;
     uint64_t now = clock_ms();
+    for (int i = 0; i < ps->n_pipes; i++) pipe_watch_queue(ps, ps->pipes[i], now);
     for (int i = ps->n_pipes - 1; i >= 0; i--) {
         pipe *p = ps->pipes[i];
         if (!p->draining) continue;
@@ -1100,6 +1152,13 @@ static int state_of_peer_plan(void *ctx, const plan *pl, const char *coordinator
     return strcmp(pl->model, q->model) ? 0 : plan_model_state(pl, q->reason, q->cap);
 }
 
+int pipelines_coordinates(const pipelines *ps, const char *model_id)
+{
+    for (int i = 0; i < ps->n_pipes; i++)
+        if (!strcmp(ps->pipes[i]->id, model_id)) return 1;
+    return 0;
+}
+
 int pipelines_model_state(const pipelines *ps, const char *model_id, char *reason, size_t cap)
 {
     reason[0] = 0;
@@ -1152,6 +1211,7 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
     if (own) {
         pipe *p = (pipe *)own;
         cJSON_AddBoolToObject(o, "draining", p->draining);
+        cJSON_AddBoolToObject(o, "saturated", p->saturated);
         cJSON *c = cJSON_AddObjectToObject(o, "counters");
         pthread_mutex_lock(&p->lock);
         cJSON_AddNumberToObject(c, "frames_sent", (double)p->sent_frames);
