@@ -430,7 +430,8 @@ static void test_rows_kernels(void)
  * CPU has, R rows x NT tokens in one call (whole tiles, leftover tokens and
  * a leftover group of rows) give every output the bits of the same set's
  * rows kernel for that row and token alone: a prompt's batch equals its
- * tokens one by one. Tokens differ in scale (1e-3 .. 10) so that a mixed-up
+ * tokens one by one. Every token count from 1 to NT: whole tiles, then a
+ * leftover tile of 2 or 3 tokens or a single token. Tokens differ in scale (1e-3 .. 10) so that a mixed-up
  * token or scale would show. */
 static void test_tile_kernels(void)
 {
@@ -483,15 +484,17 @@ static void test_tile_kernels(void)
                 CHECK((rows == NULL) == (tile == NULL));
                 if (!rows || !tile) continue;
                 ran++;
-                memset(tiled, 0xff, sizeof tiled);
-                tile(w, stride, KERNEL_ROWS, act, astride, NT, n, &tiled[0][0], R);
-                tile(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, act, astride, NT, n, &tiled[0][KERNEL_ROWS], R);
                 for (int k = 0; k < NT; k++)
                     for (int r = 0; r < R; r++) rows(w + r * stride, stride, 1, act + k * astride, n, &alone[k][r]);
-                if (memcmp(tiled, alone, sizeof tiled)) {
-                    fprintf(stderr, "  %s %s n=%d: tiled products differ from one row and token at a time\n",
-                            ggml_type_name(t), sets[si].name, n);
-                    CHECK(0);
+                for (int nt = 1; nt <= NT; nt++) { /* every count of whole and leftover tiles */
+                    memset(tiled, 0xff, sizeof tiled);
+                    tile(w, stride, KERNEL_ROWS, act, astride, nt, n, &tiled[0][0], R);
+                    tile(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, act, astride, nt, n, &tiled[0][KERNEL_ROWS], R);
+                    if (memcmp(tiled, alone, sizeof tiled[0] * nt)) {
+                        fprintf(stderr, "  %s %s n=%d, %d tokens: tiled products differ from one row and token at a time\n",
+                                ggml_type_name(t), sets[si].name, n, nt);
+                        CHECK(0);
+                    }
                 }
             }
             free(w), free(act), free(wf), free(x);
