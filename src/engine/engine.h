@@ -212,19 +212,30 @@ void engine_model_step_stats(engine_model *m, engine_step_stats *out);
 /* Final hidden states a send asks back: none, the last position's, or all. */
 enum { ENGINE_ROWS_NONE = 0, ENGINE_ROWS_LAST = 1, ENGINE_ROWS_ALL = 2 };
 
+/* One lane's share of a send: positions pos .. pos+n-1 of its sequence,
+ * asking for none, the last, or all n final hidden states back (rows). A
+ * piece at pos means the rest of the pipeline first forgets the lane's
+ * positions from pos on (pos is the number of positions it keeps: 0 after a
+ * replay or a new prompt). */
+typedef struct {
+    int lane, pos, n, rows;
+    int broken;           /* set by send: this lane's exchange was cut and the piece not
+                             sent (resume, then replay) */
+} engine_tail_piece;
+
 /* The rest of the pipeline (layers [local_end, n_layer)), as serve/ runs it.
- * Its functions are called from the lane's thread (the caller of
- * engine_run_lane), several lanes at once. A send at pos means the rest of
- * the pipeline first forgets the lane's positions from pos on (pos is the
- * number of positions it keeps: 0 after a replay or a new prompt). */
+ * Its functions are called from the lanes' threads (the callers of
+ * engine_run_lane), send by whichever runs the batch step, receive for
+ * every lane whose piece asked rows, right after the send. */
 typedef struct {
     void *ctx;
-    /* Hands the hidden states x (n, n_embd) of positions pos .. pos+n-1 of the
-     * lane's sequence to the rest of the pipeline (n <= 64, model.h's MODEL_BATCH), asking for
-     * none, the last, or all n final hidden states back (rows). May block
-     * briefly (back-pressure). 0, -1 (error, in err: the request fails) or
-     * ENGINE_TAIL_BROKEN. */
-    int (*send)(void *ctx, int lane, int pos, int n, const float *x, int rows, char *err,
+    /* Hands one batch step to the rest of the pipeline: the hidden states x
+     * (sum of the pieces' n, n_embd) of n_pieces lanes' pieces (each lane
+     * once, MODEL_BATCH positions in all at most), in the pieces' order. May
+     * block (back-pressure: a bounded number of steps in flight). 0 (pieces
+     * marked broken were not sent), -1 (error, in err: every piece's request
+     * fails) or ENGINE_TAIL_BROKEN (none sent: every lane resumes). */
+    int (*send)(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, char *err,
                 size_t errlen);
     /* Waits for the rows asked by the sends since the last receive, in order:
      * out (n_rows, n_embd). 0, -1 or ENGINE_TAIL_BROKEN. */

@@ -24,6 +24,7 @@
  * mesh full and fail the requests in flight for nothing. */
 #include "serve/pipeline.h"
 
+#include <assert.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <event2/event.h>
@@ -62,7 +63,7 @@
 typedef struct pipe_out {
     struct pipe_out *next;
     uint32_t epoch;
-    size_t len;
+    size_t start, len;    /* the frame is frame[start, start + len) */
     uint8_t frame[];
 } pipe_out;
 
@@ -111,6 +112,7 @@ typedef struct pipe {
     pipe_lane *lanes;
     pipe_out *out_head, *out_tail;
     uint64_t sent_frames, sent_bytes, recv_rows;
+    uint64_t sent_pieces;                     /* lanes' pieces in the FORWARDs queued */
     uint64_t round_trips, round_trip_us;      /* send of a last row to its arrival */
     uint64_t *sent_at_us;                     /* (n_lanes) when a lane last asked for rows */
 } pipe;
@@ -139,24 +141,22 @@ struct pipelines {
 /* the tail: lane threads                                                    */
 /* ======================================================================== */
 
-static int tail_send(void *ctx, int lane, int pos, int n, const float *x, int rows, char *err,
+/* One FORWARD for the whole step: the pieces of lanes whose exchange is
+ * broken are left out (and marked), the rest go in one frame. */
+static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, char *err,
                      size_t errlen)
 {
     pipe *p = ctx;
-    size_t data = (size_t)n * p->n_embd * sizeof(float);
-    pipe_out *o = malloc(sizeof *o + STAGE_STATES_HEADER + data);
+    assert(n_pieces >= 1 && n_pieces <= STAGE_MAX_PIECES);
+    size_t width = (size_t)p->n_embd * sizeof(float), total = 0;
+    for (int i = 0; i < n_pieces; i++) total += (size_t)pieces[i].n;
+    pipe_out *o = malloc(sizeof *o + STAGE_STATES_HEADER_MAX + total * width);
     if (!o) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    stage_states h = {.lane = (uint16_t)lane, .pos = (uint32_t)pos, .n = (uint16_t)n,
-                      .rows = (uint8_t)rows, .dtype = STAGE_DTYPE_F32};
-    stage_encode_states_header(STAGE_FORWARD, &h, o->frame);
-    memcpy(o->frame + STAGE_STATES_HEADER, x, data);
-    o->len = STAGE_STATES_HEADER + data;
-    o->next = NULL;
     pthread_mutex_lock(&p->lock);
-    if (p->closed || !p->ready || p->lanes[lane].broken) {
+    if (p->closed || !p->ready) {
         int closed = p->closed;
         pthread_mutex_unlock(&p->lock);
         free(o);
@@ -166,9 +166,36 @@ static int tail_send(void *ctx, int lane, int pos, int n, const float *x, int ro
         }
         return ENGINE_TAIL_BROKEN;
     }
+    stage_states h = {.dtype = STAGE_DTYPE_F32};
+    const float *row = x;
+    uint8_t *data = o->frame + STAGE_STATES_HEADER_MAX; /* the header is moved up against it below */
+    uint64_t now = clock_us();
+    for (int i = 0; i < n_pieces; i++) {
+        engine_tail_piece *q = &pieces[i];
+        pipe_lane *L = &p->lanes[q->lane];
+        q->broken = L->broken;
+        if (!q->broken) {
+            h.pieces[h.n_pieces++] = (stage_piece){.lane = (uint16_t)q->lane, .pos = (uint32_t)q->pos,
+                                                   .n = (uint16_t)q->n, .rows = (uint8_t)q->rows};
+            memcpy(data, row, (size_t)q->n * width);
+            data += (size_t)q->n * width;
+            if (q->rows != ENGINE_ROWS_NONE) p->sent_at_us[q->lane] = now;
+            L->decode_sent = q->rows != ENGINE_ROWS_NONE && q->n <= PIPE_DECODE_POSITIONS;
+        }
+        row += (size_t)q->n * p->n_embd;
+    }
+    if (h.n_pieces == 0) {
+        pthread_mutex_unlock(&p->lock);
+        free(o);
+        return 0;
+    }
+    size_t head = stage_states_header_len(h.n_pieces);
+    stage_encode_states_header(STAGE_FORWARD, &h, o->frame + STAGE_STATES_HEADER_MAX - head, head);
+    o->start = STAGE_STATES_HEADER_MAX - head;
+    o->len = (size_t)(data - o->frame) - o->start;
+    o->next = NULL;
     o->epoch = p->epoch;
-    if (rows != ENGINE_ROWS_NONE) p->sent_at_us[lane] = clock_us();
-    p->lanes[lane].decode_sent = rows != ENGINE_ROWS_NONE && n <= PIPE_DECODE_POSITIONS;
+    p->sent_pieces += h.n_pieces;
     if (p->out_tail) p->out_tail->next = o;
     else p->out_head = o;
     p->out_tail = o;
@@ -690,19 +717,24 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
         pthread_mutex_unlock(&p->lock);
         return;
     }
-    stage_states o;
+    static stage_states o; /* loop thread only; ~1 KB */
     if (len == 0 || f[0] != STAGE_OUTPUT || stage_decode_states(f, len, (uint32_t)p->n_embd, &o, err, sizeof err) != 0)
         goto bad;
-    if (o.lane >= p->n_lanes || o.dtype != STAGE_DTYPE_F32) {
-        snprintf(err, sizeof err, "OUTPUT for lane %u, dtype %u", o.lane, o.dtype);
-        goto bad;
-    }
+    for (int i = 0; i < o.n_pieces; i++)
+        if (o.pieces[i].lane >= p->n_lanes || o.dtype != STAGE_DTYPE_F32) {
+            snprintf(err, sizeof err, "OUTPUT for lane %u, dtype %u", o.pieces[i].lane, o.dtype);
+            goto bad;
+        }
     pthread_mutex_lock(&p->lock);
-    pipe_lane *L = &p->lanes[o.lane];
-    if (!L->broken) {
-        if (L->got + o.n > L->cap_rows) {
+    const uint8_t *data = o.data;
+    uint64_t now = clock_us();
+    for (int i = 0; i < o.n_pieces; i++) {
+        const stage_piece *q = &o.pieces[i];
+        size_t bytes = (size_t)q->n * p->n_embd * sizeof(float);
+        pipe_lane *L = &p->lanes[q->lane];
+        if (!L->broken && L->got + q->n > L->cap_rows) {
             int cap = L->cap_rows ? L->cap_rows : 64;
-            while (cap < L->got + o.n) cap *= 2;
+            while (cap < L->got + q->n) cap *= 2;
             float *grown = realloc(L->rows, sizeof(float) * (size_t)cap * p->n_embd);
             if (!grown) {
                 L->broken = 1;
@@ -712,20 +744,21 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
             }
         }
         if (!L->broken) {
-            memcpy(L->rows + (size_t)L->got * p->n_embd, o.data, o.data_len);
-            L->got += o.n;
-            p->recv_rows += o.n;
-            if (p->sent_at_us[o.lane]) {
-                uint64_t rt = clock_us() - p->sent_at_us[o.lane];
+            memcpy(L->rows + (size_t)L->got * p->n_embd, data, bytes);
+            L->got += q->n;
+            p->recv_rows += q->n;
+            if (p->sent_at_us[q->lane]) {
+                uint64_t rt = now - p->sent_at_us[q->lane];
                 p->round_trips++;
                 p->round_trip_us += rt;
-                p->sent_at_us[o.lane] = 0;
+                p->sent_at_us[q->lane] = 0;
                 if (L->decode_sent)
                     L->decode_rt_us = L->decode_rt_us ? (3 * L->decode_rt_us + rt) / 4 : rt;
             }
         }
-        pthread_cond_broadcast(&p->cond);
+        data += bytes;
     }
+    pthread_cond_broadcast(&p->cond);
     pthread_mutex_unlock(&p->lock);
     return;
 bad:
@@ -784,7 +817,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         while (list) {
             pipe_out *o = list;
             list = o->next;
-            if (o->epoch == epoch && p->data_out && mesh_stream_send(p->data_out, o->frame, o->len) == 0) {
+            if (o->epoch == epoch && p->data_out && mesh_stream_send(p->data_out, o->frame + o->start, o->len) == 0) {
                 p->sent_frames++;
                 p->sent_bytes += o->len;
             }
@@ -1084,6 +1117,7 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
         cJSON *c = cJSON_AddObjectToObject(o, "counters");
         pthread_mutex_lock(&p->lock);
         cJSON_AddNumberToObject(c, "frames_sent", (double)p->sent_frames);
+        cJSON_AddNumberToObject(c, "pieces_sent", (double)p->sent_pieces);
         cJSON_AddNumberToObject(c, "bytes_sent", (double)p->sent_bytes);
         cJSON_AddNumberToObject(c, "rows_received", (double)p->recv_rows);
         cJSON_AddNumberToObject(c, "round_trips", (double)p->round_trips);

@@ -9,8 +9,8 @@
  *   REFUSE (why it cannot). Closing the stream ends the stage.
  * - STAGE_DATA (6), stage k -> stage k + 1 and the last stage -> stage 0:
  *   HELLO (which plan and stage this stream feeds), then FORWARD (hidden
- *   states of a lane's positions), OUTPUT (the last stage's final hidden
- *   states, back to stage 0) and FAIL (a lane could not be computed: stage 0
+ *   states of one batch step: pieces of several lanes' positions), OUTPUT
+ *   (the last stage's final hidden states of a step, back to stage 0) and FAIL (a lane could not be computed: stage 0
  *   replays it).
  *
  * Hidden states travel as IEEE-754 binary32, little-endian (F32: a split
@@ -30,7 +30,8 @@
 #define STAGE_STREAM_DATA 6
 
 #define STAGE_CONTROL_MAX_FRAME 1024   /* bound on control frames */
-#define STAGE_MAX_TOKENS 512           /* positions in one FORWARD / OUTPUT frame */
+#define STAGE_MAX_TOKENS 64            /* positions in one FORWARD / OUTPUT frame (a step's, MODEL_BATCH) */
+#define STAGE_MAX_PIECES 64            /* lanes' pieces in one FORWARD / OUTPUT frame */
 #define STAGE_MAX_LANES 256
 #define STAGE_MAX_MESSAGE 200          /* REFUSE / FAIL text */
 
@@ -92,14 +93,21 @@ typedef struct {
     uint8_t stage;                     /* the receiving stage's index (0: the coordinator) */
 } stage_hello;
 
-/* FORWARD and OUTPUT. */
+/* FORWARD and OUTPUT carry a batch: the pieces of several lanes (each lane
+ * once), their values one after another in the pieces' order. */
 typedef struct {
     uint16_t lane;
     uint32_t pos;                      /* first position */
     uint16_t n;                        /* positions (FORWARD) or rows (OUTPUT) */
-    uint8_t rows;                      /* FORWARD: ENGINE_ROWS_* wanted back */
+    uint8_t rows;                      /* FORWARD: ENGINE_ROWS_* wanted back; OUTPUT: 0 */
+} stage_piece;
+
+typedef struct {
     uint8_t dtype;
-    const uint8_t *data;               /* n x n_embd values, pointing into the frame */
+    uint8_t n_pieces;                  /* 1..STAGE_MAX_PIECES */
+    stage_piece pieces[STAGE_MAX_PIECES];
+    uint32_t n_rows;                   /* decoded: the pieces' n summed (<= STAGE_MAX_TOKENS) */
+    const uint8_t *data;               /* n_rows x n_embd values, pointing into the frame */
     size_t data_len;
 } stage_states;
 
@@ -109,9 +117,11 @@ int stage_encode_status(const stage_status *s, uint8_t *out, size_t cap);
 int stage_encode_stats(const stage_stats *s, uint8_t *out, size_t cap);
 int stage_encode_message(uint8_t kind, uint16_t lane, const char *msg, uint8_t *out, size_t cap); /* REFUSE, FAIL */
 int stage_encode_hello(const stage_hello *h, uint8_t *out, size_t cap);
-/* FORWARD / OUTPUT header (STAGE_STATES_HEADER bytes); the values follow it. */
-#define STAGE_STATES_HEADER 11
-void stage_encode_states_header(uint8_t kind, const stage_states *s, uint8_t out[STAGE_STATES_HEADER]);
+/* FORWARD / OUTPUT header (kind, dtype, the pieces); the values follow it.
+ * Returns its length (stage_states_header_len), or -1 when it exceeds cap. */
+#define STAGE_STATES_HEADER_MAX (3 + 9 * STAGE_MAX_PIECES)
+static inline size_t stage_states_header_len(int n_pieces) { return 3 + 9 * (size_t)n_pieces; }
+int stage_encode_states_header(uint8_t kind, const stage_states *s, uint8_t *out, size_t cap);
 
 /* Decoders: 0, or -1 with err. They check sizes and ranges that need no
  * context; the receiver checks the rest (lane < n_lanes, pos + n <= n_ctx). */

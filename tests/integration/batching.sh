@@ -10,7 +10,9 @@
 #   3. a client that disconnects frees its lane at once;
 #   4. past --queue, 429 with Retry-After; past --queue-timeout, 503; both
 #      counted in /api/status and /metrics;
-#   5. the same concurrent requests through a 2-stage split answer the same.
+#   5. the same concurrent requests through a 2-stage split answer the same,
+#      and their steps crossed the ring as shared FORWARDs (pieces of several
+#      lanes per frame, counted at stage 0 and at stage 1).
 set -u
 . "$(dirname "$0")/common.bash"
 MODEL_ID=kjv-llama-6.3M-q8_0
@@ -125,9 +127,9 @@ wait_for 90 plan_ready || die "the split plan never got ready"
 pids=()
 for i in 0 1 2 3 4 5; do
   s=$([ $((i % 2)) -eq 1 ] && echo true || echo false)
-  curl -sfN "$S_API/completions" -d "$(request $i $s)" >"$T/split.$i" & pids+=($!)
+  curl -sSfN "$S_API/completions" -d "$(request $i $s)" >"$T/split.$i" & pids+=($!)
 done
-for p in "${pids[@]}"; do wait "$p" || fail "a concurrent request through the split failed"; done
+for p in "${pids[@]}"; do wait "$p" || fail "a concurrent request through the split failed (S: $(grep -iE 'warn|error' "$T/S.log" | tail -n 3))"; done
 same=0
 for i in 0 1 2 3 4 5; do
   transcript "$T/split.$i" >"$T/split.$i.t"
@@ -135,5 +137,13 @@ for i in 0 1 2 3 4 5; do
   cmp -s "$T/split.$i.t" "$T/alone.$i.t" && same=$((same + 1))
 done
 check "6 concurrent requests through a 2-stage split equal solo (text, tokens, log-probabilities)" [ "$same" -eq 6 ]
+# The lanes shared steps, and each step crossed the ring as one FORWARD
+# carrying several lanes' pieces: more pieces than frames at both ends.
+check "the split's batch steps held several sequences at once" bash -c "curl -sf '$S_CONSOLE/api/status' | jq -e --arg m $MODEL_ID \
+  '.lanes[] | select(.model == \$m) | .batch_steps > 0 and .batch_sequences > .batch_steps'"
+check "stage 0 sent FORWARDs carrying several lanes (pieces_sent > frames_sent)" bash -c "curl -sf '$S_CONSOLE/api/status' | \
+  jq -e --arg m $MODEL_ID '[.plans[] | select(.model == \$m)][0].counters | .frames_sent > 0 and .pieces_sent > .frames_sent'"
+check "stage 1 computed FORWARDs of several lanes in one pass (pieces > frames)" bash -c "curl -sf '$S2_CONSOLE/api/status' | \
+  jq -e --arg m $MODEL_ID '[.stages[] | select(.model == \$m)][0] | .frames > 0 and .pieces > .frames'"
 
 finish
