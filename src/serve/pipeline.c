@@ -113,6 +113,10 @@ typedef struct pipe {
     pipe_out *out_head, *out_tail;
     uint64_t sent_frames, sent_bytes, recv_rows;
     uint64_t sent_pieces;                     /* lanes' pieces in the FORWARDs queued */
+    uint64_t steps_sent, steps_back;          /* FORWARDs queued and OUTPUTs received, this plan */
+    uint64_t window;                          /* steps allowed on the ring: the stage count */
+    uint64_t steps_max;                       /* the most ever on it at once (<= window) */
+    uint64_t window_waits;                    /* sends that waited for the window */
     uint64_t round_trips, round_trip_us;      /* send of a last row to its arrival */
     uint64_t *sent_at_us;                     /* (n_lanes) when a lane last asked for rows */
 } pipe;
@@ -141,6 +145,15 @@ struct pipelines {
 /* the tail: lane threads                                                    */
 /* ======================================================================== */
 
+/* For pthread_cond_timedwait (CLOCK_REALTIME, its default clock). */
+static struct timespec deadline_after(int seconds)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += seconds;
+    return t;
+}
+
 /* One FORWARD for the whole step: the pieces of lanes whose exchange is
  * broken are left out (and marked), the rest go in one frame. */
 static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, char *err,
@@ -156,12 +169,29 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
         return -1;
     }
     pthread_mutex_lock(&p->lock);
-    if (p->closed || !p->ready) {
-        int closed = p->closed;
+    /* Back-pressure: at most `window` steps on the ring. Every FORWARD
+     * comes back as one OUTPUT (empty when it asked no rows), so sent - back
+     * is what the stages still hold or compute. Without the bound, a stage 0
+     * faster than a later stage would queue a whole prompt there (n_ctx x
+     * n_embd x 4 bytes per lane); with it, stage 0 waits and the slowest
+     * stage sets the pace. The window is the stage count: one step for
+     * each later stage to compute while stage 0 computes the next, and one
+     * on the wire. A step that asks for rows is waited for by the engine
+     * anyway: the window bites on runs of prompt chunks. */
+    struct timespec deadline = deadline_after(PIPE_RECEIVE_TIMEOUT_S);
+    int waited = 0, rc = 0;
+    while (!p->closed && p->ready && p->steps_sent - p->steps_back >= p->window && rc != ETIMEDOUT) {
+        waited = 1;
+        rc = pthread_cond_timedwait(&p->cond, &p->lock, &deadline);
+    }
+    p->window_waits += (uint64_t)waited;
+    if (p->closed || !p->ready || p->steps_sent - p->steps_back >= p->window) {
+        int closed = p->closed, full = p->ready && !closed;
         pthread_mutex_unlock(&p->lock);
         free(o);
-        if (closed) {
-            snprintf(err, errlen, "the node is shutting down");
+        if (closed || full) {
+            snprintf(err, errlen, closed ? "the node is shutting down"
+                                         : "the pipeline took no step in %d s", PIPE_RECEIVE_TIMEOUT_S);
             return -1;
         }
         return ENGINE_TAIL_BROKEN;
@@ -196,21 +226,14 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
     o->next = NULL;
     o->epoch = p->epoch;
     p->sent_pieces += h.n_pieces;
+    p->steps_sent++;
+    if (p->steps_sent - p->steps_back > p->steps_max) p->steps_max = p->steps_sent - p->steps_back;
     if (p->out_tail) p->out_tail->next = o;
     else p->out_head = o;
     p->out_tail = o;
     pthread_mutex_unlock(&p->lock);
     event_active(p->ps->wake, EV_READ, 0);
     return 0;
-}
-
-/* For pthread_cond_timedwait (CLOCK_REALTIME, its default clock). */
-static struct timespec deadline_after(int seconds)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    t.tv_sec += seconds;
-    return t;
 }
 
 /* Waits (p->lock held) for the reply to a decode step by polling around the
@@ -417,6 +440,8 @@ static void lanes_ready(pipe *p)
 {
     pthread_mutex_lock(&p->lock);
     p->ready = 1;
+    p->steps_sent = p->steps_back = 0; /* a new ring: nothing on it */
+    p->window = p->plan.n_stages < 2 ? 2 : (uint64_t)p->plan.n_stages;
     p->failing = 0;
     p->fail_reason[0] = 0;
     pthread_cond_broadcast(&p->cond);
@@ -726,6 +751,7 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
             goto bad;
         }
     pthread_mutex_lock(&p->lock);
+    p->steps_back++;
     const uint8_t *data = o.data;
     uint64_t now = clock_us();
     for (int i = 0; i < o.n_pieces; i++) {
@@ -1118,6 +1144,10 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
         pthread_mutex_lock(&p->lock);
         cJSON_AddNumberToObject(c, "frames_sent", (double)p->sent_frames);
         cJSON_AddNumberToObject(c, "pieces_sent", (double)p->sent_pieces);
+        cJSON_AddNumberToObject(c, "steps_in_flight", (double)(p->steps_sent - p->steps_back));
+        cJSON_AddNumberToObject(c, "window", (double)p->window);
+        cJSON_AddNumberToObject(c, "steps_in_flight_max", (double)p->steps_max);
+        cJSON_AddNumberToObject(c, "window_waits", (double)p->window_waits);
         cJSON_AddNumberToObject(c, "bytes_sent", (double)p->sent_bytes);
         cJSON_AddNumberToObject(c, "rows_received", (double)p->recv_rows);
         cJSON_AddNumberToObject(c, "round_trips", (double)p->round_trips);

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine/gguf.h"
 #include "engine/kernels.h"
@@ -103,6 +104,7 @@ struct stage_host {
     stage_ring_fn ring;
     void *ring_ctx;
     uint64_t bad_frames;
+    unsigned debug_delay_us;      /* LLMESH_DEBUG_STAGE_DELAY_MS: a slow stage, for tests */
     struct event *wake;
     struct event *timer;
     pthread_mutex_t lock;         /* the outbox */
@@ -176,8 +178,9 @@ static void put_states(stage_run *r, uint8_t kind, stage_states *h, const float 
 /* One FORWARD (a step of several lanes): each lane's cache is cut back to
  * its piece's position, the layers run once over every piece, and the result
  * goes on: a FORWARD of the same pieces, or from the last stage an OUTPUT of
- * the rows asked for. A lane that cannot be computed (a position past its
- * cache) is answered with FAIL and left out; the others go on. */
+ * the rows asked for (one per FORWARD, empty when none asked). A lane that
+ * cannot be computed (a position past its cache) is answered with FAIL and
+ * left out; the others go on. */
 static void worker_forward(stage_run *r, const stage_states *f)
 {
     const stage_assign *a = &r->a;
@@ -210,12 +213,14 @@ static void worker_forward(stage_run *r, const stage_states *f)
         h.pieces[h.n_pieces++] = *q;
         h.n_rows += q->n;
     }
-    if (h.n_pieces == 0) return;
+    /* Even with no piece left (all failed), the frame goes on, empty: stage
+     * 0 counts its steps in flight by the OUTPUTs that come back. */
     uint64_t t0 = clock_us();
-    if (model_forward_layers_batch(r->model, r->batch, r->pool, a->first, a->end, states, counts,
-                                   h.n_pieces, r->x, err, sizeof err) != 0) {
+    if (h.n_pieces > 0 && model_forward_layers_batch(r->model, r->batch, r->pool, a->first, a->end, states,
+                                                     counts, h.n_pieces, r->x, err, sizeof err) != 0) {
         for (int i = 0; i < h.n_pieces; i++) worker_fail(r, h.pieces[i].lane, err);
-        return;
+        h.n_pieces = 0;
+        h.n_rows = 0;
     }
     uint64_t t1 = clock_us();
     int last = a->stage == a->n_stages - 1;
@@ -238,7 +243,7 @@ static void worker_forward(stage_run *r, const stage_states *f)
                                                    .n = (uint16_t)n_rows};
             o.n_rows += (uint32_t)n_rows;
         }
-        if (o.n_pieces) put_states(r, STAGE_OUTPUT, &o, r->x);
+        put_states(r, STAGE_OUTPUT, &o, r->x); /* empty when no piece asked: the step's acknowledgement */
         bytes_out = (size_t)o.n_rows * width * stage_dtype_size(a->dtype);
     }
     pthread_mutex_lock(&r->lock);
@@ -272,6 +277,7 @@ static void *worker_main(void *arg)
         } else {
             stage_states f;
             char err[256];
+            if (r->h->debug_delay_us) usleep(r->h->debug_delay_us);
             /* Checked by the loop before queueing; decoding again only finds the data. */
             if (stage_decode_states(j->frame, j->len, r->a.n_embd, &f, err, sizeof err) == 0)
                 worker_forward(r, &f);
@@ -665,7 +671,7 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
      * and the next ones queue behind it while it works. */
     uint64_t now = clock_us();
     pthread_mutex_lock(&r->lock);
-    int inline_ok = f.n_rows > 0 && f.n_rows <= STAGE_INLINE_POSITIONS && !r->head && !r->busy &&
+    int inline_ok = f.n_rows > 0 && f.n_rows <= STAGE_INLINE_POSITIONS && !r->head && !r->busy && !h->debug_delay_us &&
                     now - r->inline_end_us > STAGE_INLINE_GAP_US;
     if (inline_ok) r->busy = 1;
     pthread_mutex_unlock(&r->lock);
@@ -765,6 +771,10 @@ stage_host *stage_host_new(struct event_base *base, mesh *m, weights_store *ws, 
     h->ws = ws;
     h->budget = b;
     h->n_threads = n_threads;
+    /* A testing knob, not a feature: every FORWARD waits this long on the
+     * worker (none runs inline), so that tests see back-pressure. */
+    const char *delay = getenv("LLMESH_DEBUG_STAGE_DELAY_MS");
+    if (delay) h->debug_delay_us = (unsigned)atoi(delay) * 1000u;
     pthread_mutex_init(&h->lock, NULL);
     h->wake = event_new(base, -1, 0, host_on_wake, h);
     h->timer = event_new(base, -1, EV_PERSIST, host_on_timer, h);

@@ -256,7 +256,7 @@ int stage_decode_states(const uint8_t *p, size_t len, uint32_t n_embd, stage_sta
         return -1;
     }
     size_t value = stage_dtype_size(s->dtype);
-    if (!value || s->n_pieces < 1 || s->n_pieces > STAGE_MAX_PIECES) {
+    if (!value || s->n_pieces > STAGE_MAX_PIECES) {
         snprintf(err, errlen, "hidden-state frame of %u pieces, dtype %u: out of bounds", s->n_pieces,
                  s->dtype);
         return -1;

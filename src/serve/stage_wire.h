@@ -94,7 +94,9 @@ typedef struct {
 } stage_hello;
 
 /* FORWARD and OUTPUT carry a batch: the pieces of several lanes (each lane
- * once), their values one after another in the pieces' order. */
+ * once), their values one after another in the pieces' order. Every FORWARD
+ * the last stage computes gives exactly one OUTPUT (with no pieces when none
+ * asked rows): stage 0 counts its steps in flight by them (back-pressure). */
 typedef struct {
     uint16_t lane;
     uint32_t pos;                      /* first position */
@@ -104,7 +106,9 @@ typedef struct {
 
 typedef struct {
     uint8_t dtype;
-    uint8_t n_pieces;                  /* 1..STAGE_MAX_PIECES */
+    uint8_t n_pieces;                  /* 0..STAGE_MAX_PIECES (0: a step all of whose pieces
+                                          failed, or an OUTPUT that acknowledges a step
+                                          asking no rows) */
     stage_piece pieces[STAGE_MAX_PIECES];
     uint32_t n_rows;                   /* decoded: the pieces' n summed (<= STAGE_MAX_TOKENS) */
     const uint8_t *data;               /* n_rows x n_embd values, pointing into the frame */

@@ -12,7 +12,9 @@
 #      counted in /api/status and /metrics;
 #   5. the same concurrent requests through a 2-stage split answer the same,
 #      and their steps crossed the ring as shared FORWARDs (pieces of several
-#      lanes per frame, counted at stage 0 and at stage 1).
+#      lanes per frame, counted at stage 0 and at stage 1);
+#   6. back-pressure: through a stage made slow, a long prompt's chunks wait
+#      for the window (as many steps on the ring as there are stages).
 set -u
 . "$(dirname "$0")/common.bash"
 MODEL_ID=kjv-llama-6.3M-q8_0
@@ -145,5 +147,25 @@ check "stage 0 sent FORWARDs carrying several lanes (pieces_sent > frames_sent)"
   jq -e --arg m $MODEL_ID '[.plans[] | select(.model == \$m)][0].counters | .frames_sent > 0 and .pieces_sent > .frames_sent'"
 check "stage 1 computed FORWARDs of several lanes in one pass (pieces > frames)" bash -c "curl -sf '$S2_CONSOLE/api/status' | \
   jq -e --arg m $MODEL_ID '[.stages[] | select(.model == \$m)][0] | .frames > 0 and .pieces > .frames'"
+
+# ---- 6. back-pressure: a slow stage sets the pace ----------------------------------
+# P2 waits 300 ms before each FORWARD (a testing knob): a long prompt's chunks
+# (3 that ask nothing back, then the last) would all queue there; stage 0
+# sends 2 (the window of a 2-stage plan) and waits for room.
+start_node P serve --model "$DEMO_MODEL" --split 2 --threads 1 --parallel 1
+LLMESH_DEBUG_STAGE_DELAY_MS=300 start_node P2 serve --join "$P_TOKEN" --threads 1
+p_ready() { curl -sf "$P_CONSOLE/api/status" | jq -e --arg m "$MODEL_ID" '[.plans[] | select(.model == $m)][0] | .state == "ready"'; }
+wait_for 90 p_ready || die "the slow split plan never got ready"
+long_prompt=$(printf 'And God said, Let there be light: and there was light. %.0s' $(seq 1 14))
+lbody=$(jq -n --arg m "$MODEL_ID" --arg p "$long_prompt" '{model: $m, prompt: $p, max_tokens: 3, temperature: 0}')
+curl -sSf "$P_API/completions" -d "$lbody" >"$T/slow.json" || fail "the long prompt through the slow stage"
+curl -sSf "$A_API/completions" -d "$lbody" >"$T/slow-solo.json" || fail "the long prompt solo"
+check "the long prompt took several chunks" jq -e '.usage.prompt_tokens > 150' "$T/slow.json"
+check "through a slow stage the answer equals solo's" jq -e -n --slurpfile a "$T/slow.json" --slurpfile b "$T/slow-solo.json" \
+  '$a[0].choices[0].text == $b[0].choices[0].text'
+check "stage 0 waited for the window, and never had more than it on the ring" bash -c "curl -sf '$P_CONSOLE/api/status' | \
+  jq -e --arg m $MODEL_ID '[.plans[] | select(.model == \$m)][0].counters | .window == 2 and .window_waits > 0 and
+    .steps_in_flight_max == 2 and .steps_in_flight == 0'"
+check "/metrics counts the waits" bash -c "curl -sf '$P_CONSOLE/metrics' | grep -E '^llmesh_split_window_waits_total\{model=\"$MODEL_ID\"\} [1-9]'"
 
 finish
