@@ -203,9 +203,15 @@ static void test_hello_and_states(void)
     bad.pieces[1].rows = 3;
     stage_encode_states_header(STAGE_FORWARD, &bad, buf, sizeof buf);
     CHECK(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == -1);
+    /* No pieces: an empty step (the last stage's acknowledgement), no values. */
+    stage_states none = {.dtype = STAGE_DTYPE_F32};
+    CHECK_EQ_INT(stage_encode_states_header(STAGE_OUTPUT, &none, buf, sizeof buf), 3);
+    REQUIRE(stage_decode_states(buf, 3, 4, &d, err, sizeof err) == 0);
+    CHECK(d.n_pieces == 0 && d.n_rows == 0 && d.data_len == 0);
+    save("output-empty", buf, 3);
+    buf[3] = 0;
+    CHECK(stage_decode_states(buf, 4, 4, &d, err, sizeof err) == -1); /* a byte of values too many */
     stage_encode_states_header(STAGE_FORWARD, &s, buf, sizeof buf);
-    buf[2] = 0;
-    CHECK(stage_decode_states(buf, 3, 4, &d, err, sizeof err) == -1);
     buf[2] = STAGE_MAX_PIECES + 1;
     CHECK(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == -1);
     buf[2] = 2;
