@@ -945,7 +945,29 @@ static int embed_tokens(engine_model *m, engine_lane *ln, const int32_t *ids, in
     return rc;
 }
 
+static int run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
+                    void *user, engine_result *result, char *err, size_t errlen);
+
+/* The request's per-stage times come from the tail (the split in place at
+ * its start, then at its end: a failover may move it). */
 int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
+                    void *user, engine_result *result, char *err, size_t errlen)
+{
+    engine_split sp;
+    pthread_mutex_lock(&m->split_lock);
+    sp = m->split;
+    pthread_mutex_unlock(&m->split_lock);
+    int lane_ok = lane >= 0 && lane < m->n_lanes;
+    if (lane_ok && sp.has_tail && sp.tail.timings) sp.tail.timings(sp.tail.ctx, lane, NULL);
+    int rc = run_lane(m, lane, r, on_output, user, result, err, errlen);
+    pthread_mutex_lock(&m->split_lock);
+    sp = m->split;
+    pthread_mutex_unlock(&m->split_lock);
+    if (lane_ok && sp.has_tail && sp.tail.timings) sp.tail.timings(sp.tail.ctx, lane, result);
+    return rc;
+}
+
+static int run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
                     void *user, engine_result *result, char *err, size_t errlen)
 {
     const engine_sampling *s = &r->sampling;

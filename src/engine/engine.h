@@ -94,6 +94,14 @@ void engine_sampling_defaults(engine_sampling *s); /* temp 1, top_k 0, top_p 1, 
  * complete). Return nonzero to stop generation (finish_reason "stop"). */
 typedef int (*engine_piece_fn)(void *user, const char *piece, size_t len);
 
+#define ENGINE_MAX_STAGES 16
+typedef struct {
+    char node[65];          /* the stage's node id, hex (filled by serve/) */
+    int first, end;         /* its layers [first, end) */
+    double compute_ms;      /* computing (stage 0: embedding and its layers) */
+    double wait_ms;         /* queued there before computing (stage 0: waiting for room on the ring) */
+} engine_stage_time;
+
 typedef struct {
     int prompt_tokens;
     int completion_tokens;
@@ -101,6 +109,11 @@ typedef struct {
     int cached_tokens;      /* prompt tokens whose keys/values the lane already held (not evaluated) */
     double prompt_ms;       /* from the start to the first token's logits (prompt evaluation) */
     double predicted_ms;    /* from then to the end (sampling and evaluating the completion) */
+    /* Split models: the request's share of each stage's time (a step's time
+     * shared among its lanes in proportion to their positions in it). */
+    int n_stages;           /* 0: solo */
+    engine_stage_time stages[ENGINE_MAX_STAGES];
+    double hop_ms;          /* round trips less the stages' wait and compute: the wire and framing */
     const float *embedding;    /* an embed request's vector (its embedding buffer), else NULL */
     int n_embedding;
 } engine_result;
@@ -234,9 +247,11 @@ typedef struct {
      * once, MODEL_BATCH positions in all at most), in the pieces' order. May
      * block (back-pressure: a bounded number of steps in flight). 0 (pieces
      * marked broken were not sent), -1 (error, in err: every piece's request
-     * fails) or ENGINE_TAIL_BROKEN (none sent: every lane resumes). */
-    int (*send)(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, char *err,
-                size_t errlen);
+     * fails) or ENGINE_TAIL_BROKEN (none sent: every lane resumes).
+     * local_us: the step's time here (embedding and layers [0, local_end)),
+     * for the requests' timings. */
+    int (*send)(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, uint64_t local_us,
+                char *err, size_t errlen);
     /* Waits for the rows asked by the sends since the last receive, in order:
      * out (n_rows, n_embd). 0, -1 or ENGINE_TAIL_BROKEN. */
     int (*receive)(void *ctx, int lane, float *out, int n_rows, char *err, size_t errlen);
@@ -248,6 +263,11 @@ typedef struct {
      * left in the mesh for layers 12-23"), which ends the request with that
      * error. The tail bounds the whole wait. */
     int (*resume)(void *ctx, int lane, char *err, size_t errlen);
+    /* Optional (NULL: none). With r NULL, forgets the lane's times (a
+     * request starts on it); otherwise fills r->stages with the times the
+     * lane's steps spent in each stage since then. Called by the lane's
+     * thread at the start and the end of engine_run_lane. */
+    void (*timings)(void *ctx, int lane, engine_result *r);
 } engine_tail;
 
 /* Layers [0, local_end) run here and the rest through tail (copied; its ctx

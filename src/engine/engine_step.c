@@ -31,6 +31,7 @@
 #include <time.h>
 
 #include "engine/engine_private.h"
+#include "lib/clock.h"
 
 /* How long a step waits for generating lanes to queue their next token. A
  * lane samples and delivers its text in well under this (the loop of
@@ -147,6 +148,7 @@ static void step_split(engine_model *m, const engine_split *sp, const model_seq 
         rc = -1;
     }
     pthread_mutex_lock(&m->compute);
+    uint64_t t0 = clock_us();
     for (int i = 0, i0 = 0; i < n && rc == 0; i0 += seqs[i].n, i++) {
         rc = model_embed(m->model, seqs[i].tokens, seqs[i].n, m->step_hidden + (size_t)i0 * c->n_embd,
                          err, sizeof err);
@@ -160,8 +162,9 @@ static void step_split(engine_model *m, const engine_split *sp, const model_seq 
     if (rc == 0 && sp->local_end > 0)
         rc = model_forward_layers_batch(m->model, m->step_batch, m->pool, 0, sp->local_end, states,
                                         counts, n, m->step_hidden, err, sizeof err);
+    uint64_t local_us = clock_us() - t0;
     pthread_mutex_unlock(&m->compute);
-    if (rc == 0) rc = sp->tail.send(sp->tail.ctx, pieces, n, m->step_hidden, err, sizeof err);
+    if (rc == 0) rc = sp->tail.send(sp->tail.ctx, pieces, n, m->step_hidden, local_us, err, sizeof err);
     for (int i = 0; i < n; i++) {
         rcs[i] = rc == ENGINE_TAIL_BROKEN ? rc : rc != 0 ? -1 : pieces[i].broken ? ENGINE_TAIL_BROKEN : 0;
         snprintf(errs[i], sizeof errs[i], "%s", err);

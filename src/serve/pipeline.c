@@ -67,7 +67,26 @@ typedef struct pipe_out {
     uint8_t frame[];
 } pipe_out;
 
+/* A step on the ring (sent, its OUTPUT not back yet): who is in it, so that
+ * its times can be shared among its lanes when the OUTPUT brings them. */
 typedef struct {
+    int n;
+    uint16_t lane[STAGE_MAX_PIECES];
+    uint16_t positions[STAGE_MAX_PIECES];
+    uint32_t total;       /* positions in all */
+    uint64_t sent_us;     /* when it was handed to the loop */
+    uint64_t local_us;    /* stage 0's compute for it */
+    uint64_t wait_us;     /* stage 0's wait for room on the ring */
+} pipe_step;
+
+/* A lane's share of the stages' time since its request started (us). */
+typedef struct {
+    double compute_us[PLAN_MAX_STAGES], wait_us[PLAN_MAX_STAGES];
+    double hop_us;
+} pipe_times;
+
+typedef struct {
+    pipe_times times;     /* the running request's */
     float *rows;          /* final hidden states received, (cap_rows, n_embd) */
     int cap_rows;
     int got;              /* rows received since the last receive */
@@ -115,6 +134,11 @@ typedef struct pipe {
     uint64_t sent_pieces;                     /* lanes' pieces in the FORWARDs queued */
     uint64_t steps_sent, steps_back;          /* FORWARDs queued and OUTPUTs received, this plan */
     uint64_t window;                          /* steps allowed on the ring: the stage count */
+    pipe_step ring[PLAN_MAX_STAGES];          /* the steps on it, oldest at ring_head */
+    int ring_head;
+    int ring_stages;                          /* the plan's, for the lanes' timings */
+    char ring_node[PLAN_MAX_STAGES][MESH_ID_HEX];
+    int ring_first[PLAN_MAX_STAGES], ring_end[PLAN_MAX_STAGES];
     uint64_t steps_max;                       /* the most ever on it at once (<= window) */
     uint64_t window_waits;                    /* sends that waited for the window */
     uint64_t round_trips, round_trip_us;      /* send of a last row to its arrival */
@@ -156,8 +180,8 @@ static struct timespec deadline_after(int seconds)
 
 /* One FORWARD for the whole step: the pieces of lanes whose exchange is
  * broken are left out (and marked), the rest go in one frame. */
-static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, char *err,
-                     size_t errlen)
+static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, uint64_t local_us,
+                     char *err, size_t errlen)
 {
     pipe *p = ctx;
     assert(n_pieces >= 1 && n_pieces <= STAGE_MAX_PIECES);
@@ -180,6 +204,7 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
      * anyway: the window bites on runs of prompt chunks. */
     struct timespec deadline = deadline_after(PIPE_RECEIVE_TIMEOUT_S);
     int waited = 0, rc = 0;
+    uint64_t wait_from = clock_us();
     while (!p->closed && p->ready && p->steps_sent - p->steps_back >= p->window && rc != ETIMEDOUT) {
         waited = 1;
         rc = pthread_cond_timedwait(&p->cond, &p->lock, &deadline);
@@ -197,6 +222,11 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
         return ENGINE_TAIL_BROKEN;
     }
     stage_states h = {.dtype = STAGE_DTYPE_F32};
+    assert(p->steps_sent - p->steps_back < PLAN_MAX_STAGES);
+    pipe_step *step = &p->ring[(p->ring_head + (int)(p->steps_sent - p->steps_back)) % PLAN_MAX_STAGES];
+    step->n = 0;
+    step->total = 0;
+    step->local_us = local_us;
     const float *row = x;
     uint8_t *data = o->frame + STAGE_STATES_HEADER_MAX; /* the header is moved up against it below */
     uint64_t now = clock_us();
@@ -210,6 +240,9 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
             memcpy(data, row, (size_t)q->n * width);
             data += (size_t)q->n * width;
             if (q->rows != ENGINE_ROWS_NONE) p->sent_at_us[q->lane] = now;
+            step->lane[step->n] = (uint16_t)q->lane;
+            step->positions[step->n++] = (uint16_t)q->n;
+            step->total += (uint32_t)q->n;
             L->decode_sent = q->rows != ENGINE_ROWS_NONE && q->n <= PIPE_DECODE_POSITIONS;
         }
         row += (size_t)q->n * p->n_embd;
@@ -219,7 +252,9 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
         free(o);
         return 0;
     }
-    size_t head = stage_states_header_len(h.n_pieces);
+    step->sent_us = now;
+    step->wait_us = now - wait_from;
+    size_t head = stage_states_header_len(h.n_pieces, 0);
     stage_encode_states_header(STAGE_FORWARD, &h, o->frame + STAGE_STATES_HEADER_MAX - head, head);
     o->start = STAGE_STATES_HEADER_MAX - head;
     o->len = (size_t)(data - o->frame) - o->start;
@@ -294,6 +329,28 @@ static int tail_receive(void *ctx, int lane, float *out, int n_rows, char *err, 
     }
     pthread_mutex_unlock(&p->lock);
     return rc;
+}
+
+static void tail_timings(void *ctx, int lane, engine_result *r)
+{
+    pipe *p = ctx;
+    pipe_lane *L = &p->lanes[lane];
+    pthread_mutex_lock(&p->lock);
+    if (!r) {
+        memset(&L->times, 0, sizeof L->times);
+    } else {
+        r->n_stages = p->ring_stages;
+        for (int s = 0; s < p->ring_stages; s++) {
+            engine_stage_time *t = &r->stages[s];
+            snprintf(t->node, sizeof t->node, "%s", p->ring_node[s]);
+            t->first = p->ring_first[s];
+            t->end = p->ring_end[s];
+            t->compute_ms = L->times.compute_us[s] / 1000.0;
+            t->wait_ms = L->times.wait_us[s] / 1000.0;
+        }
+        r->hop_ms = L->times.hop_us / 1000.0;
+    }
+    pthread_mutex_unlock(&p->lock);
 }
 
 /* Waits a second at most for the new pipeline (the engine asks the request
@@ -442,6 +499,13 @@ static void lanes_ready(pipe *p)
     p->ready = 1;
     p->steps_sent = p->steps_back = 0; /* a new ring: nothing on it */
     p->window = p->plan.n_stages < 2 ? 2 : (uint64_t)p->plan.n_stages;
+    p->ring_head = 0;
+    p->ring_stages = p->plan.n_stages > 1 ? p->plan.n_stages : 0;
+    for (int i = 0; i < p->ring_stages; i++) {
+        identity_id_hex(p->plan.stages[i].node, p->ring_node[i]);
+        p->ring_first[i] = p->plan.stages[i].first;
+        p->ring_end[i] = p->plan.stages[i].end;
+    }
     p->failing = 0;
     p->fail_reason[0] = 0;
     pthread_cond_broadcast(&p->cond);
@@ -724,6 +788,28 @@ static void data_out_on_close(void *user, mesh_stream *s, const char *error)
 
 static const mesh_stream_handlers data_out_handlers = {data_out_on_frame, NULL, data_out_on_close};
 
+/* The times of a step come back (p->lock held): each stage's share, and
+ * the hops' (the round trip less the stages' times), go to its lanes in
+ * proportion to their positions in it. */
+static void step_times(pipe *p, const pipe_step *st, const stage_states *o)
+{
+    if (!st->total) return;
+    double rt = (double)(clock_us() - st->sent_us), staged = 0;
+    for (int k = 0; k < o->n_trail; k++) staged += (double)o->trail[k].compute_us + o->trail[k].wait_us;
+    double hop = rt > staged ? rt - staged : 0;
+    for (int i = 0; i < st->n; i++) {
+        pipe_times *t = &p->lanes[st->lane[i]].times;
+        double share = (double)st->positions[i] / st->total;
+        t->compute_us[0] += share * (double)st->local_us;
+        t->wait_us[0] += share * (double)st->wait_us;
+        for (int k = 0; k < o->n_trail && k + 1 < PLAN_MAX_STAGES; k++) {
+            t->compute_us[k + 1] += share * o->trail[k].compute_us;
+            t->wait_us[k + 1] += share * o->trail[k].wait_us;
+        }
+        t->hop_us += share * hop;
+    }
+}
+
 static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_t len)
 {
     pipe *p = user;
@@ -750,7 +836,18 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
             snprintf(err, sizeof err, "OUTPUT for lane %u, dtype %u", o.pieces[i].lane, o.dtype);
             goto bad;
         }
+    if (o.n_trail + 1 != p->plan.n_stages) {
+        snprintf(err, sizeof err, "OUTPUT with the times of %u stages, of %d", o.n_trail, p->plan.n_stages - 1);
+        goto bad;
+    }
     pthread_mutex_lock(&p->lock);
+    if (p->steps_sent == p->steps_back) { /* nothing on the ring: not ours to answer */
+        pthread_mutex_unlock(&p->lock);
+        snprintf(err, sizeof err, "an OUTPUT for no step sent");
+        goto bad;
+    }
+    step_times(p, &p->ring[p->ring_head], &o);
+    p->ring_head = (p->ring_head + 1) % PLAN_MAX_STAGES;
     p->steps_back++;
     const uint8_t *data = o.data;
     uint64_t now = clock_us();
@@ -979,7 +1076,8 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
         return -1;
     }
     p->em = em; /* the scheduler owns it now */
-    p->tail = (engine_tail){.ctx = p, .send = tail_send, .receive = tail_receive, .resume = tail_resume};
+    p->tail = (engine_tail){.ctx = p, .send = tail_send, .receive = tail_receive, .resume = tail_resume,
+                            .timings = tail_timings};
     ps->pipes[ps->n_pipes++] = p;
     if (engine_chat_template_error(em)[0])
         log_warn(PIPE_LOG, "%s: chat uses the plain template: %s", p->id, engine_chat_template_error(em));

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,6 +49,7 @@
 
 typedef struct stage_job {
     struct stage_job *next;
+    uint64_t arrived_us;          /* when the loop took it off the stream */
     size_t len;
     uint8_t frame[];              /* a FORWARD or FAIL frame as received */
 } stage_job;
@@ -181,7 +183,7 @@ static void put_states(stage_run *r, uint8_t kind, stage_states *h, const float 
  * the rows asked for (one per FORWARD, empty when none asked). A lane that
  * cannot be computed (a position past its cache) is answered with FAIL and
  * left out; the others go on. */
-static void worker_forward(stage_run *r, const stage_states *f)
+static void worker_forward(stage_run *r, const stage_states *f, uint64_t arrived_us)
 {
     const stage_assign *a = &r->a;
     size_t width = a->n_embd, value = stage_dtype_size(f->dtype);
@@ -223,6 +225,12 @@ static void worker_forward(stage_run *r, const stage_states *f)
         h.n_rows = 0;
     }
     uint64_t t1 = clock_us();
+    /* Our time on this frame joins the trail (stage 0 gets it with the OUTPUT). */
+    h.n_trail = f->n_trail;
+    memcpy(h.trail, f->trail, sizeof h.trail[0] * f->n_trail);
+    h.trail[h.n_trail++] = (stage_time){.compute_us = (uint32_t)(t1 - t0 > UINT32_MAX ? UINT32_MAX : t1 - t0),
+                                        .wait_us = (uint32_t)(t0 - arrived_us > UINT32_MAX ? UINT32_MAX
+                                                                                           : t0 - arrived_us)};
     int last = a->stage == a->n_stages - 1;
     size_t bytes_out = 0;
     if (!last) {
@@ -231,7 +239,8 @@ static void worker_forward(stage_run *r, const stage_states *f)
     } else {
         /* Gather the rows asked for at the front of x (a row only ever moves
          * down), one OUTPUT piece per lane that asked. */
-        stage_states o = {0};
+        stage_states o = {.n_trail = h.n_trail};
+        memcpy(o.trail, h.trail, sizeof o.trail[0] * h.n_trail);
         const float *row = r->x;
         for (int i = 0; i < h.n_pieces; row += (size_t)h.pieces[i].n * width, i++) {
             const stage_piece *q = &h.pieces[i];
@@ -280,7 +289,7 @@ static void *worker_main(void *arg)
             if (r->h->debug_delay_us) usleep(r->h->debug_delay_us);
             /* Checked by the loop before queueing; decoding again only finds the data. */
             if (stage_decode_states(j->frame, j->len, r->a.n_embd, &f, err, sizeof err) == 0)
-                worker_forward(r, &f);
+                worker_forward(r, &f, j->arrived_us);
         }
         free(j);
         pthread_mutex_lock(&r->lock);
@@ -643,8 +652,9 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
     } else {
         if (stage_decode_states(p, len, r->a.n_embd, &f, err, sizeof err) != 0 || p[0] != STAGE_FORWARD)
             goto bad;
-        if (f.dtype != r->a.dtype || r->state != STAGE_READY) {
-            snprintf(err, sizeof err, "FORWARD of dtype %u (assigned %u) or stage not ready", f.dtype, r->a.dtype);
+        if (f.dtype != r->a.dtype || r->state != STAGE_READY || f.n_trail + 1 != r->a.stage) {
+            snprintf(err, sizeof err, "FORWARD of dtype %u (assigned %u), with the times of %u stages (we are "
+                     "stage %u), or stage not ready", f.dtype, r->a.dtype, f.n_trail, r->a.stage);
             goto bad;
         }
         for (int i = 0; i < f.n_pieces; i++) {
@@ -676,7 +686,7 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
     if (inline_ok) r->busy = 1;
     pthread_mutex_unlock(&r->lock);
     if (inline_ok) {
-        worker_forward(r, &f);
+        worker_forward(r, &f, now);
         pthread_mutex_lock(&r->lock);
         r->busy = 0;
         pthread_mutex_unlock(&r->lock);
@@ -687,6 +697,7 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
     stage_job *j = malloc(sizeof *j + len);
     if (!j) return;
     j->next = NULL;
+    j->arrived_us = now;
     j->len = len;
     memcpy(j->frame, p, len);
     pthread_mutex_lock(&r->lock);

@@ -227,8 +227,8 @@ int stage_decode_hello(const uint8_t *p, size_t len, stage_hello *h, char *err, 
 
 int stage_encode_states_header(uint8_t kind, const stage_states *s, uint8_t *out, size_t cap)
 {
-    size_t len = stage_states_header_len(s->n_pieces);
-    if (len > cap) return -1;
+    size_t len = stage_states_header_len(s->n_pieces, s->n_trail);
+    if (len > cap || s->n_trail > STAGE_MAX_TRAIL || s->n_pieces > STAGE_MAX_PIECES) return -1;
     wire_writer w = wire_writer_of(out, len);
     wire_put_u8(&w, kind);
     wire_put_u8(&w, s->dtype);
@@ -239,6 +239,11 @@ int stage_encode_states_header(uint8_t kind, const stage_states *s, uint8_t *out
         wire_put_u32(&w, q->pos);
         wire_put_u16(&w, q->n);
         wire_put_u8(&w, q->rows);
+    }
+    wire_put_u8(&w, s->n_trail);
+    for (int i = 0; i < s->n_trail; i++) {
+        wire_put_u32(&w, s->trail[i].compute_us);
+        wire_put_u32(&w, s->trail[i].wait_us);
     }
     return (int)len;
 }
@@ -281,6 +286,19 @@ int stage_decode_states(const uint8_t *p, size_t len, uint32_t n_embd, stage_sta
         }
         seen[q->lane / 64] |= (uint64_t)1 << (q->lane % 64);
         s->n_rows += q->n;
+    }
+    s->n_trail = wire_u8(&r);
+    if (r.bad || s->n_trail > STAGE_MAX_TRAIL) {
+        snprintf(err, errlen, "hidden-state frame: trail of %u stages, or truncated", s->n_trail);
+        return -1;
+    }
+    for (int i = 0; i < s->n_trail; i++) {
+        s->trail[i].compute_us = wire_u32(&r);
+        s->trail[i].wait_us = wire_u32(&r);
+    }
+    if (r.bad) {
+        snprintf(err, errlen, "hidden-state frame truncated in its trail");
+        return -1;
     }
     size_t want = (size_t)s->n_rows * n_embd * value;
     if (wire_left(&r) != want) {

@@ -104,8 +104,19 @@ typedef struct {
     uint8_t rows;                      /* FORWARD: ENGINE_ROWS_* wanted back; OUTPUT: 0 */
 } stage_piece;
 
+/* A stage's time on one frame, appended by each stage k >= 1 as the frame
+ * passes (so stage k receives k - 1 of them): what per-request timings are
+ * made of. */
+#define STAGE_MAX_TRAIL 15
+typedef struct {
+    uint32_t compute_us;               /* its layers over the frame */
+    uint32_t wait_us;                  /* from the frame's arrival to its compute (queued) */
+} stage_time;
+
 typedef struct {
     uint8_t dtype;
+    uint8_t n_trail;                   /* 0..STAGE_MAX_TRAIL */
+    stage_time trail[STAGE_MAX_TRAIL]; /* stages 1, 2, ... in order */
     uint8_t n_pieces;                  /* 0..STAGE_MAX_PIECES (0: a step all of whose pieces
                                           failed, or an OUTPUT that acknowledges a step
                                           asking no rows) */
@@ -121,10 +132,13 @@ int stage_encode_status(const stage_status *s, uint8_t *out, size_t cap);
 int stage_encode_stats(const stage_stats *s, uint8_t *out, size_t cap);
 int stage_encode_message(uint8_t kind, uint16_t lane, const char *msg, uint8_t *out, size_t cap); /* REFUSE, FAIL */
 int stage_encode_hello(const stage_hello *h, uint8_t *out, size_t cap);
-/* FORWARD / OUTPUT header (kind, dtype, the pieces); the values follow it.
+/* FORWARD / OUTPUT header (kind, dtype, the pieces, the trail); the values follow it.
  * Returns its length (stage_states_header_len), or -1 when it exceeds cap. */
-#define STAGE_STATES_HEADER_MAX (3 + 9 * STAGE_MAX_PIECES)
-static inline size_t stage_states_header_len(int n_pieces) { return 3 + 9 * (size_t)n_pieces; }
+#define STAGE_STATES_HEADER_MAX (4 + 9 * STAGE_MAX_PIECES + 8 * STAGE_MAX_TRAIL)
+static inline size_t stage_states_header_len(int n_pieces, int n_trail)
+{
+    return 4 + 9 * (size_t)n_pieces + 8 * (size_t)n_trail;
+}
 int stage_encode_states_header(uint8_t kind, const stage_states *s, uint8_t *out, size_t cap);
 
 /* Decoders: 0, or -1 with err. They check sizes and ranges that need no

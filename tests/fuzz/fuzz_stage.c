@@ -37,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     if (s.pieces[j].lane == s.pieces[k].lane) abort();
                 rows += s.pieces[k].n;
             }
-            if (rows != s.n_rows || rows > STAGE_MAX_TOKENS) abort();
+            if (rows != s.n_rows || rows > STAGE_MAX_TOKENS || s.n_trail > STAGE_MAX_TRAIL) abort();
         }
     }
     return 0;

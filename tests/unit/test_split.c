@@ -150,9 +150,10 @@ static void tail_send_piece(fake_tail *t, int lane, int pos, int n, const float 
 }
 
 /* A batch step: one call, every lane's piece in turn. */
-static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, char *err,
-                     size_t errlen)
+static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, uint64_t local_us,
+                     char *err, size_t errlen)
 {
+    (void)local_us;
     fake_tail *t = ctx;
     pthread_mutex_lock(&t->mu);
     if (tail_breaks_now(t)) {

@@ -321,7 +321,7 @@ static size_t states_frame(uint8_t *out, size_t cap, uint8_t kind, uint16_t lane
 {
     stage_states st = {.dtype = dtype, .n_pieces = 1};
     st.pieces[0] = (stage_piece){.lane = lane, .pos = pos, .n = n, .rows = rows};
-    size_t head = stage_states_header_len(1);
+    size_t head = stage_states_header_len(1, 0);
     REQUIRE(head + data_len <= cap);
     REQUIRE(stage_encode_states_header(kind, &st, out, cap) == (int)head);
     if (data_len) memcpy(out + head, data, data_len);

@@ -142,8 +142,11 @@ static void test_hello_and_states(void)
     stage_states s = {.dtype = STAGE_DTYPE_F32, .n_pieces = 2};
     s.pieces[0] = (stage_piece){.lane = 1, .pos = 10, .n = 3, .rows = 1};
     s.pieces[1] = (stage_piece){.lane = 0, .pos = 0, .n = 2, .rows = 2};
+    s.n_trail = 2; /* as stage 3 receives it: stages 1 and 2's times */
+    s.trail[0] = (stage_time){.compute_us = 1500, .wait_us = 7};
+    s.trail[1] = (stage_time){.compute_us = 0xfffffff0u, .wait_us = 0};
     int head = stage_encode_states_header(STAGE_FORWARD, &s, buf, sizeof buf);
-    CHECK_EQ_INT(head, 3 + 2 * 9);
+    CHECK_EQ_INT(head, 4 + 2 * 9 + 2 * 8);
     CHECK(stage_encode_states_header(STAGE_FORWARD, &s, buf, (size_t)head - 1) == -1);
     float values[20];
     for (int i = 0; i < 20; i++) values[i] = (float)i * 0.5f;
@@ -161,6 +164,8 @@ static void test_hello_and_states(void)
     CHECK_EQ_INT(d.pieces[1].lane, 0);
     CHECK_EQ_INT(d.pieces[1].n, 2);
     CHECK_EQ_INT(d.pieces[1].rows, 2);
+    CHECK_EQ_INT(d.n_trail, 2);
+    CHECK(d.trail[0].compute_us == 1500 && d.trail[0].wait_us == 7 && d.trail[1].compute_us == 0xfffffff0u);
     CHECK(d.data == buf + head && d.data_len == sizeof values);
     /* The width the receiver expects decides the length. */
     CHECK(stage_decode_states(buf, (size_t)n, 5, &d, err, sizeof err) == -1);
@@ -204,13 +209,18 @@ static void test_hello_and_states(void)
     stage_encode_states_header(STAGE_FORWARD, &bad, buf, sizeof buf);
     CHECK(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == -1);
     /* No pieces: an empty step (the last stage's acknowledgement), no values. */
-    stage_states none = {.dtype = STAGE_DTYPE_F32};
-    CHECK_EQ_INT(stage_encode_states_header(STAGE_OUTPUT, &none, buf, sizeof buf), 3);
-    REQUIRE(stage_decode_states(buf, 3, 4, &d, err, sizeof err) == 0);
-    CHECK(d.n_pieces == 0 && d.n_rows == 0 && d.data_len == 0);
-    save("output-empty", buf, 3);
-    buf[3] = 0;
-    CHECK(stage_decode_states(buf, 4, 4, &d, err, sizeof err) == -1); /* a byte of values too many */
+    stage_states none = {.dtype = STAGE_DTYPE_F32, .n_trail = 1};
+    CHECK_EQ_INT(stage_encode_states_header(STAGE_OUTPUT, &none, buf, sizeof buf), 12);
+    REQUIRE(stage_decode_states(buf, 12, 4, &d, err, sizeof err) == 0);
+    CHECK(d.n_pieces == 0 && d.n_rows == 0 && d.data_len == 0 && d.n_trail == 1);
+    save("output-empty", buf, 12);
+    buf[12] = 0;
+    CHECK(stage_decode_states(buf, 13, 4, &d, err, sizeof err) == -1); /* a byte of values too many */
+    for (int cut = 0; cut < 12; cut++) CHECK(stage_decode_states(buf, (size_t)cut, 4, &d, err, sizeof err) == -1);
+    buf[3] = STAGE_MAX_TRAIL + 1; /* a trail longer than any plan */
+    CHECK(stage_decode_states(buf, 4 + 8 * (STAGE_MAX_TRAIL + 1), 4, &d, err, sizeof err) == -1);
+    none.n_trail = STAGE_MAX_TRAIL + 1;
+    CHECK(stage_encode_states_header(STAGE_OUTPUT, &none, buf, sizeof buf) == -1);
     stage_encode_states_header(STAGE_FORWARD, &s, buf, sizeof buf);
     buf[2] = STAGE_MAX_PIECES + 1;
     CHECK(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == -1);
