@@ -30,8 +30,8 @@
 #include "lib/threadpool.h"
 
 #define PERPLEXITY_DEFAULT_CTX 256
-/* Models train on contexts up to 128K positions and more; an F32 KV cache
- * that long is tens of GB. Generation uses at most this many positions
+/* Models train on contexts up to 128K positions and more; a KV cache
+ * that long is GBs even in F16. Generation uses at most this many positions
  * (engine_model_context_length reports the figure in use). */
 #define ENGINE_MAX_CONTEXT 8192
 
@@ -138,6 +138,11 @@ engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o
         snprintf(inner, sizeof inner, "%d lanes: at most %d", m->n_lanes, ENGINE_MAX_LANES);
         goto fail;
     }
+    if (o->kv_type != MODEL_KV_F16 && o->kv_type != MODEL_KV_F32) {
+        snprintf(inner, sizeof inner, "unknown KV cache type %d", o->kv_type);
+        goto fail;
+    }
+    m->kv_type = (model_kv_type)o->kv_type;
     if (!(m->pool = threadpool_create(o->n_threads, inner, sizeof inner))) goto fail;
     if (engine_step_init(m, inner, sizeof inner) != 0) goto fail;
     if (!(m->lanes = calloc((size_t)m->n_lanes, sizeof *m->lanes))) {
@@ -146,7 +151,7 @@ engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o
     }
     for (int i = 0; i < m->n_lanes; i++) {
         engine_lane *ln = &m->lanes[i];
-        if (!(ln->state = model_state_new(m->model, m->n_ctx, inner, sizeof inner))) goto fail;
+        if (!(ln->state = model_state_new(m->model, m->n_ctx, m->kv_type, inner, sizeof inner))) goto fail;
         ln->cached = malloc(sizeof(int32_t) * (size_t)m->n_ctx);
         ln->logits = malloc(sizeof(float) * (size_t)c->n_vocab);
         ln->hidden = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float)); /* touched only in a split */
@@ -197,6 +202,7 @@ const char *engine_model_id(const engine_model *m) { return m->id; }
 uint64_t engine_model_bytes(const engine_model *m) { return model_weight_bytes(m->model); }
 int engine_model_context_length(const engine_model *m) { return m->n_ctx; }
 int engine_model_lanes(const engine_model *m) { return m->n_lanes; }
+int engine_model_kv_type(const engine_model *m) { return (int)m->kv_type; }
 int engine_model_n_layer(const engine_model *m) { return model_get_config(m->model)->n_layer; }
 int engine_model_n_embd(const engine_model *m) { return model_get_config(m->model)->n_embd; }
 int engine_model_threads(const engine_model *m) { return threadpool_size(m->pool); }
@@ -676,8 +682,9 @@ static int output_release(gen_output *g, size_t upto, int n_tok, int at_end)
 }
 
 /* Appends one generated token's bytes (and its record, if any); releases
- * what can no longer be part of a stop string. Sets *stop_hit when a stop
- * string completed: the text before it is released, the rest dropped. */
+ * what can no longer be part of a stop string. Sets *stop_hit to 1 + the
+ * index of the stop string that completed (the earliest in the text): the
+ * text before it is released, the rest dropped. */
 static int output_add(gen_output *g, const char *bytes, size_t n, const engine_token *t, int *stop_hit)
 {
     if (g->raw_len + n > g->raw_cap) {
@@ -707,18 +714,20 @@ static int output_add(gen_output *g, const char *bytes, size_t n, const engine_t
     /* The earliest complete stop string. Only unreleased bytes can hold one:
      * any start of a match is held back below until it is decided. */
     size_t cut = SIZE_MAX;
+    int which = 0;
     for (int i = 0; i < g->s->n_stop; i++) {
         size_t sl = strlen(g->s->stop[i]);
         for (size_t at = 0; sl && at + sl <= g->raw_len && at < cut; at++)
             if (!memcmp(g->raw + at, g->s->stop[i], sl)) {
                 cut = at;
+                which = i;
                 break;
             }
     }
     if (cut != SIZE_MAX) {
         int n_tok = 0; /* tokens that put at least one byte before the stop */
         while (n_tok < g->n_toks && (n_tok == 0 ? 0 : g->tok_end[n_tok - 1]) < cut) n_tok++;
-        *stop_hit = 1;
+        *stop_hit = 1 + which;
         int rc = output_release(g, cut, n_tok, 1);
         g->raw_len = 0; /* the stop string and whatever followed it are dropped */
         g->n_toks = 0;
@@ -1124,6 +1133,7 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
         }
         if (g.stopped || stop_hit) {
             result->finish_reason = "stop";
+            result->stop_string = stop_hit;
             break;
         }
         if (result->completion_tokens >= s->max_tokens || ln->n_cached >= n_ctx) break; /* "length" */

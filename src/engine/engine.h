@@ -44,6 +44,8 @@ typedef struct {
                        cached-prefix record; <= 0: 1; at most ENGINE_MAX_LANES */
     int layers_end; /* > 0: load only the head and layers [0, layers_end), which is all a
                        pipeline's stage 0 needs (the file may hold only those); <= 0: every layer */
+    int kv_type;    /* the KV caches' element type, model.h's model_kv_type: 0 (MODEL_KV_F16,
+                       the default) or MODEL_KV_F32. Every stage of a pipeline uses the same. */
 } engine_load_opts;
 engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o, char *err,
                                      size_t errlen);
@@ -55,6 +57,8 @@ const char *engine_model_id(const engine_model *m);
 uint64_t engine_model_bytes(const engine_model *m);
 int engine_model_context_length(const engine_model *m);
 int engine_model_lanes(const engine_model *m);
+/* The KV caches' element type (model_kv_type) the model was loaded with. */
+int engine_model_kv_type(const engine_model *m);
 /* The model's layer count and width (hidden states are n_embd floats). */
 int engine_model_n_layer(const engine_model *m);
 int engine_model_n_embd(const engine_model *m);
@@ -98,6 +102,7 @@ typedef struct {
     int prompt_tokens;
     int completion_tokens;
     const char *finish_reason; /* "stop" (end of generation, stop string or callback) or "length" */
+    int stop_string;        /* 1 + the index (in sampling.stop) of the stop string that ended it; 0: none */
     int cached_tokens;      /* prompt tokens whose keys/values the lane already held (not evaluated) */
     double prompt_ms;       /* from the start to the first token's logits (prompt evaluation) */
     double predicted_ms;    /* from then to the end (sampling and evaluating the completion) */

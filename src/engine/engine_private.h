@@ -53,6 +53,7 @@ struct engine_model {
     engine_split split;
     int n_ctx;            /* positions per lane */
     int n_lanes;
+    model_kv_type kv_type; /* of every lane's KV cache */
     engine_lane *lanes;   /* (n_lanes) */
     char id[256];
     chat_template *chat;  /* tokenizer.chat_template, parsed; NULL: none or unusable */

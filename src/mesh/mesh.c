@@ -554,6 +554,13 @@ static void mesh_conn_closed(void *user, quic_conn *c, const char *reason)
     admission_link_free(l);
     if (l->passive) passive_link_closed(m, l);
     mesh_node *n = l->node;
+    if (n && l->ready) {
+        /* The peer's byte counts go on across its connections. */
+        uint64_t rx, tx;
+        quic_conn_bytes(c, &rx, &tx);
+        n->rx_past += rx;
+        n->tx_past += tx;
+    }
     if (n && !l->ready) {
         assert(l->outgoing && n->dialing > 0);
         n->dialing--;
@@ -790,7 +797,7 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
     }
     m->passive = role_code == RECORD_ROLE_CLIENT;
     quic_config qc = {.bind_host = NULL, .port = m->listen.port, .handshake_timeout_ms = MESH_HANDSHAKE_MS,
-                      .passive = m->passive};
+                      .passive = m->passive, .limits = cfg->limits};
     char host[ADDR_TEXT_MAX];
     addr_format_ip(&m->listen, host);
     qc.bind_host = host;
@@ -943,10 +950,15 @@ int mesh_peers(const mesh *m, mesh_peer *out, int max)
             p->app_len = n->rec.app_len;
         }
         snprintf(p->state, sizeof p->state, "%s", node_state_names[n->state]);
+        p->rx_bytes = n->rx_past;
+        p->tx_bytes = n->tx_past;
         if (n->link) {
             snprintf(p->link, sizeof p->link, "%s", nat_link_relayed(n->link) ? "relayed" : "direct");
             p->rtt_ms = (double)quic_conn_rtt_us(n->link->qc) / 1000.0;
-            quic_conn_bytes(n->link->qc, &p->rx_bytes, &p->tx_bytes);
+            uint64_t rx, tx;
+            quic_conn_bytes(n->link->qc, &rx, &tx);
+            p->rx_bytes += rx;
+            p->tx_bytes += tx;
         }
     }
     return count;
@@ -1010,6 +1022,8 @@ void mesh_get_counters(const mesh *m, mesh_counters *out)
     quic_stats qs;
     quic_endpoint_stats(m->ep, &qs);
     out->conns_refused = qs.conns_refused;
+    out->conns_refused_addr = qs.conns_refused_addr;
+    out->conns_half_open = qs.conns_half_open;
 }
 
 int mesh_connections(const mesh *m)

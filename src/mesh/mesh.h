@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "net/quic.h"
+
 struct event_base;
 
 #define MESH_ID_BYTES 32
@@ -54,6 +56,7 @@ typedef struct {
     /* Passive clients (role "client") only, 0 = the default. */
     uint32_t routes_interval_ms; /* 30000: how often the routing table is pulled */
     uint32_t client_idle_ms;     /* 60000: a connection no request used this long is closed */
+    quic_limits limits;          /* QUIC connection bounds; zeros = the defaults (net/quic.h) */
 } mesh_config;
 
 typedef struct mesh mesh;
@@ -134,8 +137,11 @@ typedef struct {
     char state[16];
     char link[8];                        /* "direct", "relayed" (through a peer), "" without a connection */
     double rtt_ms;                       /* smoothed RTT of that connection, 0 before a sample */
-    /* Bytes that connection received from and sent to the peer (QUIC
-     * packets, from its start: a new connection starts again at 0). */
+    /* Bytes received from and sent to the peer (QUIC packets) over every
+     * connection with it since this node learned of it: the current one's
+     * so far plus those of the connections that closed (a reconnection
+     * goes on from there; a peer forgotten after dead_ttl_ms and learned
+     * again starts at 0). */
     uint64_t rx_bytes, tx_bytes;
 } mesh_peer;
 
@@ -227,6 +233,8 @@ typedef struct {
     uint64_t peers_banned;       /* peers cut off for sending too many malformed frames */
     uint64_t banned_refused;     /* connections of banned peers refused */
     uint64_t conns_refused;      /* QUIC handshakes dropped: too many connections in all, half-open, or from one address */
+    uint64_t conns_refused_addr; /* of those, by the per-address bounds */
+    uint64_t conns_half_open;    /* now: incoming QUIC connections whose handshake is not done */
 } mesh_counters;
 void mesh_get_counters(const mesh *m, mesh_counters *out);
 

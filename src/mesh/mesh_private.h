@@ -148,6 +148,7 @@ struct mesh_node {
     int has_seen_addr;
     int bootstrap;                   /* named by a join token */
     mesh_link *link;                 /* the connection used for new streams, or NULL */
+    uint64_t rx_past, tx_past;       /* bytes of its connections that closed (ready ones) */
     int dialing;                     /* outgoing connections in handshake */
     node_state state;
     int failures;                    /* consecutive failed dial attempts */

@@ -11,7 +11,9 @@
  * Chunks are read with pread into one scratch buffer per store. */
 #define _GNU_SOURCE
 #include <event2/event.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +44,10 @@ struct serve_stream {
     int fd;
     const uint64_t *offsets;     /* per tensor of m: its data's offset in fd's file */
     uint8_t *wanted;             /* per tensor of m */
+    int file_fd;                 /* after a good FILE_OPEN: the whole file served, else -1 */
+    uint64_t file_size;
+    uint64_t q_offset[SERVE_MAX_QUEUE]; /* FILE_GETs waiting */
+    uint32_t q_length[SERVE_MAX_QUEUE];
     int opened, refused, finished;
     uint32_t q_tensor[SERVE_MAX_QUEUE], q_chunk[SERVE_MAX_QUEUE];
     int q_head, q_len;
@@ -57,6 +63,7 @@ static void serve_free(serve_stream *st)
     if (st->next) st->next->prev = st->prev;
     ws->n_serving--;
     if (st->poll) event_free(st->poll);
+    if (st->file_fd >= 0) close(st->file_fd);
     free(st->wanted);
     free(st);
 }
@@ -94,10 +101,88 @@ static void serve_refuse(serve_stream *st, fetch_error_code code, const char *te
     serve_finish(st);
 }
 
+/* Sends queued FILE_GET answers while the peer keeps up (and, with the
+ * test knob, one per delay). */
+static void serve_pump_file(serve_stream *st)
+{
+    weights_store *ws = st->ws;
+    if (st->refused) st->q_len = 0;
+    while (st->q_len && mesh_stream_unacked(st->s) < SERVE_UNACKED_MAX) {
+        uint64_t off = st->q_offset[st->q_head];
+        uint32_t len = st->q_length[st->q_head];
+        st->q_head = (st->q_head + 1) % SERVE_MAX_QUEUE;
+        st->q_len--;
+        uint8_t *buf = scratch(ws, FETCH_FILE_DATA_HEAD + (size_t)len);
+        if (!buf) {
+            serve_refuse(st, FETCH_ERR_INTERNAL, "out of memory");
+            return;
+        }
+        fetch_file_data_head_encode(buf, off);
+        if (pread(st->file_fd, buf + FETCH_FILE_DATA_HEAD, len, (off_t)off) != (ssize_t)len) {
+            serve_refuse(st, FETCH_ERR_INTERNAL, "cannot read the file here (it changed?)");
+            return;
+        }
+        if (mesh_stream_send(st->s, buf, FETCH_FILE_DATA_HEAD + (size_t)len) < 0) return; /* on_close follows */
+        ws->counters.file_bytes_served += len;
+        if (ws->test_file_delay_ms > 0) {
+            /* pending, the timer also holds back the GETs that arrive meanwhile */
+            struct timeval tv = {ws->test_file_delay_ms / 1000, (ws->test_file_delay_ms % 1000) * 1000};
+            evtimer_add(st->poll, &tv);
+            return;
+        }
+    }
+    if (st->q_len) {
+        struct timeval tv = {0, SERVE_POLL_MS * 1000};
+        evtimer_add(st->poll, &tv);
+    }
+}
+
+/* FILE_OPEN: a whole file of the held list (weights_store_set_held), by
+ * its SHA-256; opened now, its size checked against the list. */
+static void serve_file_open(serve_stream *st, const fetch_request *r)
+{
+    weights_store *ws = st->ws;
+    char text[FETCH_ERROR_TEXT_MAX], hex[65];
+    st->opened = 1;
+    const weights_held_file *h = NULL;
+    for (int i = 0; i < ws->n_held && !h; i++)
+        if (!memcmp(ws->held[i].sha256, r->sha256, 32)) h = &ws->held[i];
+    if (!h) {
+        weights_hex(r->sha256, hex);
+        snprintf(text, sizeof text, "no file with SHA-256 %.16s here", hex);
+        serve_refuse(st, FETCH_ERR_UNKNOWN_MODEL, text);
+        return;
+    }
+    int open_streams = 0;
+    for (serve_stream *o = ws->serving; o; o = o->next) open_streams += o->m != NULL || o->file_fd >= 0;
+    if (open_streams >= SERVE_MAX_STREAMS) {
+        serve_refuse(st, FETCH_ERR_BUSY, "too many fetches served at once, try later");
+        return;
+    }
+    int fd = open(h->path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 || (uint64_t)sb.st_size != h->size) {
+        if (fd >= 0) close(fd);
+        snprintf(text, sizeof text, "cannot read the file here (gone or changed)");
+        serve_refuse(st, FETCH_ERR_INTERNAL, text);
+        return;
+    }
+    st->file_fd = fd;
+    st->file_size = h->size;
+    ws->counters.files_served++;
+    uint8_t info[FETCH_FILE_INFO_BYTES];
+    fetch_file_info_encode(info, h->sha256, h->size);
+    mesh_stream_send(st->s, info, sizeof info);
+}
+
 /* Sends queued chunks while the peer keeps up. 1 when st is gone. */
 static int serve_pump(serve_stream *st)
 {
     weights_store *ws = st->ws;
+    if (st->file_fd >= 0) {
+        serve_pump_file(st);
+        return 0;
+    }
     const weights_manifest *m = st->m;
     if (st->refused) st->q_len = 0;
     while (st->q_len && mesh_stream_unacked(st->s) < SERVE_UNACKED_MAX) {
@@ -172,7 +257,7 @@ static void serve_open(serve_stream *st, const fetch_request *r)
         return;
     }
     int open_streams = 0;
-    for (serve_stream *o = ws->serving; o; o = o->next) open_streams += o->m != NULL;
+    for (serve_stream *o = ws->serving; o; o = o->next) open_streams += o->m != NULL || o->file_fd >= 0;
     if (open_streams >= SERVE_MAX_STREAMS) {
         serve_refuse(st, FETCH_ERR_BUSY, "too many fetches served at once, try later");
         return;
@@ -226,9 +311,30 @@ static void serve_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
         serve_reject(st, why);
         return;
     }
-    if (r.kind == FETCH_OPEN) {
+    if (r.kind == FETCH_OPEN || r.kind == FETCH_FILE_OPEN) {
         if (st->opened) serve_reject(st, "a second OPEN");
-        else serve_open(st, &r);
+        else if (r.kind == FETCH_OPEN) serve_open(st, &r);
+        else serve_file_open(st, &r);
+        return;
+    }
+    if (r.kind == FETCH_FILE_GET) {
+        if (st->file_fd < 0 || st->refused) {
+            serve_reject(st, "FILE_GET before a successful FILE_OPEN");
+            return;
+        }
+        if (r.offset >= st->file_size || r.length > st->file_size - r.offset) {
+            serve_reject(st, "FILE_GET past the end of the file");
+            return;
+        }
+        if (st->q_len == SERVE_MAX_QUEUE) {
+            serve_reject(st, "too many chunk requests outstanding");
+            return;
+        }
+        int at = (st->q_head + st->q_len) % SERVE_MAX_QUEUE;
+        st->q_offset[at] = r.offset;
+        st->q_length[at] = r.length;
+        st->q_len++;
+        if (!evtimer_pending(st->poll, NULL)) serve_pump(st);
         return;
     }
     if (!st->m || st->refused) {
@@ -276,6 +382,7 @@ void serve_accept(void *ctx, mesh_stream *s)
     }
     st->ws = ws;
     st->s = s;
+    st->file_fd = -1;
     st->next = ws->serving;
     if (ws->serving) ws->serving->prev = st;
     ws->serving = st;

@@ -656,6 +656,8 @@ weights_store *weights_store_new(struct event_base *base, mesh *m, const char *h
     ws->window_bytes = FETCH_WINDOW_BYTES;
     ws->retry_base_ms = FETCH_RETRY_BASE_MS;
     ws->max_attempts = FETCH_MAX_ATTEMPTS;
+    const char *delay = getenv("LLMESH_DEBUG_FILE_SERVE_DELAY_MS"); /* a test knob: a slow source */
+    ws->test_file_delay_ms = delay ? atoi(delay) : 0;
     pthread_mutex_init(&ws->lock, NULL);
     pthread_cond_init(&ws->cond, NULL);
     char *cache = join(home, "cache");
@@ -791,6 +793,8 @@ void weights_store_status_json(const weights_store *ws, cJSON *obj)
     const weights_counters *c = &ws->counters;
     cJSON *k = cJSON_AddObjectToObject(obj, "counters");
     cJSON_AddNumberToObject(k, "served_bytes", (double)c->served_bytes);
+    cJSON_AddNumberToObject(k, "files_served", (double)c->files_served);
+    cJSON_AddNumberToObject(k, "file_bytes_served", (double)c->file_bytes_served);
     cJSON_AddNumberToObject(k, "fetched_bytes", (double)c->fetched_bytes);
     cJSON_AddNumberToObject(k, "bad_frames", (double)c->bad_frames);
     cJSON_AddNumberToObject(k, "bad_chunks", (double)c->bad_chunks);
@@ -809,3 +813,10 @@ void weights_test_set_retry(weights_store *ws, int base_ms, int max_attempts)
 void weights_test_set_window(weights_store *ws, uint32_t bytes) { ws->window_bytes = bytes; }
 void weights_test_corrupt_serving(weights_store *ws, int every_nth) { ws->test_corrupt_every = every_nth; }
 void weights_test_abort_serving(weights_store *ws, int after_chunks) { ws->test_abort_after = after_chunks; }
+
+void weights_store_set_held(weights_store *ws, const weights_held_file *files, int n)
+{
+    if (n > WEIGHTS_MAX_HELD) n = WEIGHTS_MAX_HELD;
+    if (n > 0) memcpy(ws->held, files, (size_t)n * sizeof *files);
+    ws->n_held = n > 0 ? n : 0;
+}

@@ -94,6 +94,9 @@ struct weights_store {
     int n_serving;
     weights_counters counters;
     int n_threads;               /* for hashing; 0 = one per CPU */
+    weights_held_file held[WEIGHTS_MAX_HELD]; /* whole files served by SHA-256 */
+    int n_held;
+    int test_file_delay_ms;      /* LLMESH_DEBUG_FILE_SERVE_DELAY_MS: a pause after each FILE_DATA */
     uint8_t *scratch;            /* one DATA frame being built */
     size_t scratch_cap;
     /* workers: one thread per lane; lock guards every field below */

@@ -22,10 +22,12 @@
 
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "mesh/identity.h"
 #include "mesh/mesh.h"
 #include "models/hf.h"
 #include "models/ref.h"
 #include "models/resolve.h"
+#include "models/weights_store.h"
 #include "serve/api.h"
 #include "serve/budget.h"
 #include "serve/demand.h"
@@ -38,6 +40,14 @@
 #define ML_TAKEOVER_RANK_MS 3000   /* ... plus this per alive standby ranked before this one */
 #define ML_RETRY_FAILED_MS 30000   /* a failed takeover of a model is not retried sooner */
 #define ML_MAX_WATCH 32
+#define ML_FILES_MS 2000           /* the cache's files and the peers' are looked at this often */
+#define ML_MAX_PEER_FILES 512
+
+typedef struct {
+    uint8_t peer[MESH_ID_BYTES];
+    uint8_t sha256[32];
+    uint64_t size;
+} peer_holding;
 
 typedef enum { JOB_DOWNLOADING, JOB_LOADING, JOB_READY, JOB_FAILED, JOB_UNLOADED } job_state;
 static const char *const job_state_names[] = {"downloading", "loading", "ready", "failed", "unloaded"};
@@ -82,6 +92,14 @@ struct model_loader {
     watch watches[ML_MAX_WATCH];
     int n_watches;
     struct event *timer;
+    struct event *files_timer;
+    /* What alive peers' records say they hold: written by the loop, read
+     * by download threads (find_peer), under files_lock. */
+    pthread_mutex_t files_lock;
+    peer_holding holdings[ML_MAX_PEER_FILES];
+    int n_holdings;
+    plan_file files[PLAN_MAX_FILES];  /* loop: this node's, as published */
+    int n_files;
 };
 
 /* ---- a load ------------------------------------------------------------------ */
@@ -118,6 +136,83 @@ typedef struct {
     char avail_what[128];
     char join_dir[MODEL_PATH_MAX];
 } job_arg;
+
+/* A download thread: a peer whose record lists this file (model_fetch_opts.find_peer). */
+static int find_peer(void *ctx, const char *sha256, uint64_t size, peer_file_target *out)
+{
+    model_loader *L = ctx;
+    uint8_t sha[32];
+    if (weights_parse_hex(sha256, sha) != 0) return 0;
+    int found = 0;
+    pthread_mutex_lock(&L->files_lock);
+    for (int i = 0; i < L->n_holdings && !found; i++) {
+        const peer_holding *h = &L->holdings[i];
+        if (h->size != size || memcmp(h->sha256, sha, 32)) continue;
+        *out = (peer_file_target){.base = L->base, .mesh = L->mesh, .size = size};
+        memcpy(out->peer, h->peer, MESH_ID_BYTES);
+        memcpy(out->sha256, sha, 32);
+        found = 1;
+    }
+    pthread_mutex_unlock(&L->files_lock);
+    return found;
+}
+
+/* The loop: this node's whole files, offered and published; the peers'. */
+static void refresh_files(model_loader *L)
+{
+    static weights_held_file held[WEIGHTS_MAX_HELD];
+    static plan_file mine[PLAN_MAX_FILES];
+    hf_env env;
+    hf_env_read(&env);
+    int n = hf_cache_held(&env, held, WEIGHTS_MAX_HELD), k = 0;
+    if (L->cfg.weights) weights_store_set_held(L->cfg.weights, held, n);
+    for (int i = 0; i < n && k < PLAN_MAX_FILES; i++) {
+        if (strlen(held[i].ref) > PLAN_FILE_REF_MAX) continue;
+        memset(&mine[k], 0, sizeof mine[k]);
+        memcpy(mine[k].sha256, held[i].sha256, 32);
+        mine[k].size = held[i].size;
+        snprintf(mine[k].ref, sizeof mine[k].ref, "%s", held[i].ref);
+        k++;
+    }
+    L->n_files = L->cfg.weights ? k : 0;
+    memcpy(L->files, mine, sizeof L->files);
+    pipelines_set_files(L->ps, mine, L->n_files);
+
+    static mesh_peer peers[ML_MAX_PEERS];
+    static uint8_t app[MESH_MAX_APP];
+    static plan plans[PLAN_MAX_PLANS];
+    static plan_file theirs[PLAN_MAX_FILES];
+    static peer_holding found[ML_MAX_PEER_FILES];
+    int nh = 0, np = mesh_peers(L->mesh, peers, ML_MAX_PEERS);
+    for (int i = 0; i < np && i < ML_MAX_PEERS; i++) {
+        if (strcmp(peers[i].state, "alive")) continue;
+        uint8_t id[MESH_ID_BYTES];
+        if (!peers[i].app_len || identity_id_from_hex(peers[i].id, id) != 0) continue;
+        int len = mesh_node_app_data(L->mesh, id, app, sizeof app);
+        int nd, nf;
+        char err[200];
+        if (len <= 0 ||
+            plan_decode_app_files(app, (size_t)len, plans, PLAN_MAX_PLANS, NULL, 0, &nd, theirs, PLAN_MAX_FILES,
+                                  &nf, err, sizeof err) < 0)
+            continue;
+        for (int f = 0; f < nf && nh < ML_MAX_PEER_FILES; f++) {
+            memcpy(found[nh].peer, id, MESH_ID_BYTES);
+            memcpy(found[nh].sha256, theirs[f].sha256, 32);
+            found[nh].size = theirs[f].size;
+            nh++;
+        }
+    }
+    pthread_mutex_lock(&L->files_lock);
+    memcpy(L->holdings, found, (size_t)nh * sizeof found[0]);
+    L->n_holdings = nh;
+    pthread_mutex_unlock(&L->files_lock);
+}
+
+static void on_files_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    refresh_files(arg);
+}
 
 static void *job_main(void *arg)
 {
@@ -158,6 +253,7 @@ static void on_job_done(evutil_socket_t fd, short what, void *arg)
     }
     free(j->mf);
     j->mf = NULL;
+    refresh_files(j->L); /* a downloaded file is offered to peers at once */
 }
 
 static void job_free(load_job *j)
@@ -225,8 +321,10 @@ static int start_job(model_loader *L, const char *ref, int takeover, char *err, 
              members == 1 ? "" : "s");
     a->o = (model_fetch_opts){.home = L->cfg.home, .avail_bytes = free_bytes, .avail_what = a->avail_what,
                               .n_ctx = L->cfg.n_ctx, .n_lanes = L->cfg.n_lanes, .n_threads = L->cfg.n_threads,
+                              .kv_type = L->cfg.kv_type,
                               .progress = on_progress, .progress_ctx = j, .cancel = &j->cancel,
-                              .join_dir = a->join_dir};
+                              .join_dir = a->join_dir, .find_peer = find_peer, .peer_ctx = L};
+    refresh_files(L); /* the peers' files as they are now */
     snprintf(a->join_dir, sizeof a->join_dir, "%.4000s/cache/joined", L->cfg.home);
     L->jobs[slot] = j;
     if (!j->done || pthread_create(&j->thread, NULL, job_main, a) != 0) {
@@ -419,6 +517,14 @@ model_loader *model_loader_new(struct event_base *base, mesh *m, pipelines *ps, 
             free(mf);
         }
     }
+    pthread_mutex_init(&L->files_lock, NULL);
+    L->files_timer = event_new(base, -1, EV_PERSIST, on_files_timer, L);
+    struct timeval files_every = {ML_FILES_MS / 1000, (ML_FILES_MS % 1000) * 1000};
+    if (!L->files_timer || event_add(L->files_timer, &files_every) != 0) {
+        model_loader_free(L);
+        return NULL;
+    }
+    refresh_files(L);
     if (cfg->take_over) {
         L->timer = event_new(base, -1, EV_PERSIST, on_timer, L);
         struct timeval every = {1, 0};
@@ -434,7 +540,9 @@ void model_loader_free(model_loader *L)
 {
     if (!L) return;
     if (L->timer) event_free(L->timer);
+    if (L->files_timer) event_free(L->files_timer);
     for (int i = 0; i < L->n_jobs; i++) job_free(L->jobs[i]);
+    pthread_mutex_destroy(&L->files_lock);
     free(L);
 }
 
@@ -456,6 +564,26 @@ void model_loader_status(model_loader *L, cJSON *root)
         if (j->state == JOB_FAILED) cJSON_AddStringToObject(o, "error", j->error);
         cJSON_AddItemToArray(loads, o);
     }
+    cJSON *files = cJSON_AddArrayToObject(root, "files");
+    for (int i = 0; i < L->n_files; i++) {
+        cJSON *o = cJSON_CreateObject();
+        char hex[WEIGHTS_HASH_HEX];
+        weights_hex(L->files[i].sha256, hex);
+        cJSON_AddStringToObject(o, "ref", L->files[i].ref);
+        cJSON_AddStringToObject(o, "sha256", hex);
+        cJSON_AddNumberToObject(o, "size", (double)L->files[i].size);
+        cJSON_AddItemToArray(files, o);
+    }
+    pthread_mutex_lock(&L->files_lock);
+    cJSON_AddNumberToObject(root, "peer_files", L->n_holdings);
+    pthread_mutex_unlock(&L->files_lock);
+    dl_counters dc;
+    dl_get_counters(&dc);
+    cJSON *dj = cJSON_AddObjectToObject(root, "downloads");
+    cJSON_AddNumberToObject(dj, "requests", (double)dc.requests);
+    cJSON_AddNumberToObject(dj, "bytes", (double)dc.bytes);
+    cJSON_AddNumberToObject(dj, "from_peers_bytes", (double)dc.source_bytes);
+    cJSON_AddNumberToObject(dj, "peer_failures", (double)dc.source_failures);
     static plan_demand wanted[PLAN_MAX_DEMAND];
     int n = demand_in_mesh(L->demand, L->mesh, wanted, PLAN_MAX_DEMAND);
     cJSON *dm = cJSON_AddObjectToObject(root, "demand");
@@ -485,11 +613,17 @@ int model_loader_http(void *ctx, const char *path, const char *body, size_t len,
         cJSON_Delete(root);
         return answer(json, 400, "\"model\" is longer than 1024 bytes", NULL);
     }
+    const cJSON *drain = cJSON_GetObjectItemCaseSensitive(root, "drain_s");
+    if (unload && drain && (!cJSON_IsNumber(drain) || !(drain->valuedouble >= 0 && drain->valuedouble <= MODEL_DRAIN_MAX_S))) {
+        cJSON_Delete(root);
+        return answer(json, 400, "\"drain_s\" must be a number of seconds from 0 to 3600", NULL);
+    }
+    double drain_s = drain ? drain->valuedouble : MODEL_DRAIN_DEFAULT_S;
     snprintf(ref, sizeof ref, "%s", model->valuestring);
     cJSON_Delete(root);
     if (unload) {
-        int rc = pipelines_remove_model(L->ps, ref, err, sizeof err);
-        if (rc != 0) return answer(json, rc > 0 ? 409 : 404, err, rc > 0 ? NULL : "model_not_found");
+        int rc = pipelines_remove_model(L->ps, ref, (int)(drain_s * 1000), err, sizeof err);
+        if (rc == 1 || rc < 0) return answer(json, rc > 0 ? 409 : 404, err, rc > 0 ? NULL : "model_not_found");
         for (int i = 0; i < L->n_jobs; i++)
             if (L->jobs[i]->state == JOB_READY && !strcmp(L->jobs[i]->id, ref)) L->jobs[i]->state = JOB_UNLOADED;
         /* A takeover of it must not start again at once: it was asked away. */
@@ -497,10 +631,11 @@ int model_loader_http(void *ctx, const char *path, const char *body, size_t len,
         if (w) w->failed_at_ms = clock_ms();
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "model", ref);
-        cJSON_AddStringToObject(o, "state", "unloaded");
+        cJSON_AddStringToObject(o, "state", rc == 2 ? "draining" : "unloaded");
+        if (rc == 2) cJSON_AddNumberToObject(o, "drain_s", drain_s);
         *json = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
-        return 200;
+        return rc == 2 ? 202 : 200;
     }
     if (model_loader_start(L, ref, err, sizeof err) != 0) return answer(json, 400, err, NULL);
     cJSON *o = cJSON_CreateObject();

@@ -598,6 +598,8 @@ int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_
     ans->tool_forced = req->tool_forced;
     ans->tools_parallel = req->tools ? req->tools->parallel : 1;
     ans->n_choices = req->n_choices > 0 ? req->n_choices : 1;
+    ans->n_stop = req->er->sampling.n_stop;
+    memcpy(ans->stop, req->er->sampling.stop, sizeof ans->stop);
     if (req->echo) {
         char err[512];
         size_t n;
@@ -781,6 +783,7 @@ static void send_stream_chunk(openai_answer *ans, const char *text, size_t len, 
     else cJSON_AddNullToObject(choice, "logprobs");
     if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
     else cJSON_AddNullToObject(choice, "finish_reason");
+    if (finish && ans->stopped_by) cJSON_AddStringToObject(choice, "stop_reason", ans->stopped_by);
     if (finish && ans->result) add_timings(o, ans->result);
     sse_send(ans->sink, o);
     cJSON_Delete(o);
@@ -977,6 +980,7 @@ static cJSON *final_choice(openai_answer *ans, const char *finish, const tools_c
     }
     add_logprobs(ans, choice, ans->toks, ans->n_toks);
     cJSON_AddStringToObject(choice, "finish_reason", finish);
+    if (ans->stopped_by) cJSON_AddStringToObject(choice, "stop_reason", ans->stopped_by);
     return choice;
 }
 
@@ -986,6 +990,7 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
     int n_calls = 0, n_parsed = 0;
     char *content = NULL;
     const char *finish = r->finish_reason ? r->finish_reason : "stop";
+    ans->stopped_by = r->stop_string > 0 && r->stop_string <= ans->n_stop ? ans->stop[r->stop_string - 1] : NULL;
     if (ans->tool_format != ENGINE_TOOLS_NONE) {
         if (tools_parse_output(ans->tool_format, ans->tool_forced, ans->text ? ans->text : "", ans->text_len,
                                &calls, &n_parsed, &content) != 0)

@@ -85,6 +85,7 @@ typedef struct pipe {
     uint8_t hash[32];
     model_sizes *z;
     int n_layer, n_embd, n_ctx, n_lanes;
+    model_kv_type kv_type; /* the engine's, and every stage's (ASSIGN) */
     engine_tail tail;
 
     /* Loop thread. */
@@ -101,6 +102,9 @@ typedef struct pipe {
     uint64_t planning_since_ms;
     uint64_t ready_at_ms;
     uint64_t breaks;                          /* plans broken by a failure */
+    int draining;                             /* being unloaded: no new requests, waits for its jobs */
+    uint64_t drain_deadline_ms;               /* then the jobs left are ended with an error */
+    int drain_aborted;
 
     /* Shared with the lanes, under lock. */
     pthread_mutex_t lock;
@@ -133,6 +137,8 @@ struct pipelines {
     void *demand_ctx;
     uint64_t demand_checked_ms;
     uint32_t demand_hash;         /* of the demand last published */
+    plan_file files[PLAN_MAX_FILES]; /* files this node holds, in its record */
+    int n_files;
 };
 
 /* ======================================================================== */
@@ -323,18 +329,31 @@ static void publish_now(pipelines *ps)
     static plan_demand demand[PLAN_MAX_DEMAND];
     int nd = ps->demand ? ps->demand(ps->demand_ctx, demand, PLAN_MAX_DEMAND) : 0;
     ps->demand_hash = demand_digest(demand, nd);
-    int len = plan_encode_app(plans, n, demand, nd, buf, sizeof buf);
-    while (len < 0 && nd > 0) len = plan_encode_app(plans, n, demand, --nd, buf, sizeof buf);
-    while (len < 0 && n > 0) len = plan_encode_app(plans, --n, demand, nd, buf, sizeof buf);
+    int nf = ps->n_files;
+    int len = plan_encode_app_files(plans, n, demand, nd, ps->files, nf, buf, sizeof buf);
+    while (len < 0 && nf > 0) len = plan_encode_app_files(plans, n, demand, nd, ps->files, --nf, buf, sizeof buf);
+    while (len < 0 && nd > 0) len = plan_encode_app_files(plans, n, demand, --nd, NULL, 0, buf, sizeof buf);
+    while (len < 0 && n > 0) len = plan_encode_app_files(plans, --n, demand, nd, NULL, 0, buf, sizeof buf);
     if (n < ps->n_pipes) log_warn(PIPE_LOG, "only %d of %d plans fit this node's record", n, ps->n_pipes);
     mesh_set_app_data(ps->mesh, buf, len > 0 ? (size_t)len : 0);
     const char *ready[PIPE_MAX];
     int n_ready = 0;
     for (int i = 0; i < ps->n_pipes; i++)
-        if (ps->pipes[i]->plan.state == PLAN_READY) ready[n_ready++] = ps->pipes[i]->id;
+        if (ps->pipes[i]->plan.state == PLAN_READY && !ps->pipes[i]->draining) ready[n_ready++] = ps->pipes[i]->id;
     mesh_set_models(ps->mesh, ready, n_ready);
     ps->publish_dirty = 0;
     ps->last_publish_ms = clock_ms();
+}
+
+void pipelines_set_files(pipelines *ps, const plan_file *files, int n)
+{
+    if (n > PLAN_MAX_FILES) n = PLAN_MAX_FILES;
+    if (n < 0) n = 0;
+    if (n == ps->n_files && (n == 0 || !memcmp(ps->files, files, (size_t)n * sizeof *files))) return;
+    memset(ps->files, 0, sizeof ps->files);
+    if (n) memcpy(ps->files, files, (size_t)n * sizeof *files);
+    ps->n_files = n;
+    publish_soon(ps);
 }
 
 static uint64_t pipe_need(void *ctx, int first, int end, int head)
@@ -343,12 +362,15 @@ static uint64_t pipe_need(void *ctx, int first, int end, int head)
     pipelines *ps = p->ps;
     if (first < end) {
         model_part part = {first, end, head};
-        return model_part_need(p->z, &part, p->n_ctx, p->n_lanes, ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
+        return model_part_need(p->z, &part, p->n_ctx, p->kv_type, p->n_lanes,
+                               ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
     }
     /* No layer: what one layer costs, taken off a one-layer part. */
     model_part one = {0, 1, head};
-    uint64_t with_one = model_part_need(p->z, &one, p->n_ctx, p->n_lanes, ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
-    uint64_t layer = p->z->layer_bytes[0] + p->z->kv_bytes_per_pos * (uint64_t)p->n_ctx * (uint64_t)p->n_lanes;
+    uint64_t with_one = model_part_need(p->z, &one, p->n_ctx, p->kv_type, p->n_lanes,
+                                        ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
+    uint64_t layer = p->z->layer_bytes[0] +
+                     model_kv_bytes_per_pos(p->z, p->kv_type) * (uint64_t)p->n_ctx * (uint64_t)p->n_lanes;
     return with_one > layer ? with_one - layer : with_one;
 }
 
@@ -583,6 +605,7 @@ static void plan_start(pipe *p)
         a.n_lanes = (uint16_t)p->n_lanes;
         a.n_embd = (uint32_t)p->n_embd;
         a.dtype = STAGE_DTYPE_F32;
+        a.kv_type = (uint8_t)p->kv_type;
         a.need_bytes = p->stage_need[i] = pipe_need(p, a.first, a.end, 0);
         char err[256];
         p->control[i] = mesh_stream_open(ps->mesh, next.stages[i].node, STAGE_STREAM_CONTROL,
@@ -793,10 +816,27 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+static void pipe_unload(pipelines *ps, int i);
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     pipelines *ps = arg;
     uint64_t now = clock_ms();
+    for (int i = ps->n_pipes - 1; i >= 0; i--) {
+        pipe *p = ps->pipes[i];
+        if (!p->draining) continue;
+        if (sched_model_jobs(ps->sched, p->id) == 0) {
+            pipe_unload(ps, i);
+        } else if (!p->drain_aborted && now >= p->drain_deadline_ms) {
+            char message[256];
+            snprintf(message, sizeof message,
+                     "model '%s' was unloaded from this node: the request ran past the drain deadline", p->id);
+            log_warn(PIPE_LOG, "%s: drain deadline passed: ending %d request(s)", p->id,
+                     sched_model_jobs(ps->sched, p->id));
+            sched_abort_model(ps->sched, p->id, message);
+            p->drain_aborted = 1;
+        }
+    }
     for (int i = 0; i < ps->n_pipes; i++) {
         pipe *p = ps->pipes[i];
         if (p->plan.state == PLAN_PLANNING && now - p->planning_since_ms >= PIPE_PLAN_RETRY_MS) {
@@ -893,7 +933,7 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
         return -1;
     }
     engine_load_opts o = {.n_threads = ps->cfg.n_threads, .n_ctx = ps->cfg.n_ctx,
-                          .n_lanes = ps->cfg.n_lanes};
+                          .n_lanes = ps->cfg.n_lanes, .kv_type = ps->cfg.kv_type};
     engine_model *em = engine_model_load_opts(path, &o, err, errlen);
     if (!em) {
         pipe_free(p);
@@ -911,6 +951,7 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
     p->n_embd = p->z->c.n_embd;
     p->n_ctx = engine_model_context_length(em);
     p->n_lanes = engine_model_lanes(em);
+    p->kv_type = (model_kv_type)engine_model_kv_type(em);
     p->lanes = calloc((size_t)p->n_lanes, sizeof *p->lanes);
     p->sent_at_us = calloc((size_t)p->n_lanes, sizeof *p->sent_at_us);
     if (!p->lanes || !p->sent_at_us || sched_add_model(ps->sched, em) != 0) {
@@ -929,24 +970,14 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
     return 0;
 }
 
-int pipelines_remove_model(pipelines *ps, const char *model_id, char *err, size_t errlen)
+/* The pipe's last step: its lanes are idle (no job of it in the scheduler),
+ * so once they are joined nothing calls its tail any more and it can go. */
+static void pipe_unload(pipelines *ps, int i)
 {
-    int i = 0;
-    while (i < ps->n_pipes && strcmp(ps->pipes[i]->id, model_id)) i++;
-    if (i == ps->n_pipes) {
-        snprintf(err, errlen, "model '%s' is not coordinated by this node", model_id);
-        return -1;
-    }
     pipe *p = ps->pipes[i];
-    /* The scheduler refuses while a request of the model is in flight;
-     * then nothing has changed. Once its lanes are joined, nothing calls
-     * the pipe's tail any more and it can go. */
-    int rc = sched_remove_model(ps->sched, model_id);
-    if (rc != 0) {
-        snprintf(err, errlen, rc > 0 ? "model '%s' has requests in flight: try again when they are done"
-                                     : "model '%s' has no workers here", model_id);
-        return rc > 0 ? 1 : -1;
-    }
+    char id[MESH_MAX_NAME];
+    snprintf(id, sizeof id, "%s", p->id);
+    if (sched_remove_model(ps->sched, id) != 0) return; /* a job came back: the timer tries again */
     pthread_mutex_lock(&p->lock);
     p->closed = 1;
     pthread_cond_broadcast(&p->cond);
@@ -955,8 +986,41 @@ int pipelines_remove_model(pipelines *ps, const char *model_id, char *err, size_
     memmove(&ps->pipes[i], &ps->pipes[i + 1], (size_t)(ps->n_pipes - i - 1) * sizeof ps->pipes[0]);
     ps->n_pipes--;
     publish_now(ps);
-    log_info(PIPE_LOG, "%s: unloaded", model_id);
-    return 0;
+    log_info(PIPE_LOG, "%s: unloaded", id);
+}
+
+int pipelines_remove_model(pipelines *ps, const char *model_id, int drain_ms, char *err, size_t errlen)
+{
+    int i = 0;
+    while (i < ps->n_pipes && strcmp(ps->pipes[i]->id, model_id)) i++;
+    if (i == ps->n_pipes) {
+        snprintf(err, errlen, "model '%s' is not coordinated by this node", model_id);
+        return -1;
+    }
+    pipe *p = ps->pipes[i];
+    if (!sched_find_model(ps->sched, model_id)) {
+        snprintf(err, errlen, "model '%s' has no workers here", model_id);
+        return -1;
+    }
+    if (p->draining) {
+        snprintf(err, errlen, "model '%s' is being unloaded already", model_id);
+        return 1;
+    }
+    int jobs = sched_model_jobs(ps->sched, model_id);
+    if (jobs == 0) {
+        pipe_unload(ps, i);
+        return 0;
+    }
+    /* Requests in flight finish first: the model leaves the record at once
+     * (routers send new requests to another host), this node refuses new
+     * ones (pipelines_model_state), and the timer unloads it when the last
+     * job is done, or ends the jobs left at the deadline. */
+    p->draining = 1;
+    p->drain_deadline_ms = clock_ms() + (uint64_t)(drain_ms > 0 ? drain_ms : 0);
+    publish_now(ps);
+    log_info(PIPE_LOG, "%s: draining %d request(s) before unloading (at most %.1f s)", model_id, jobs,
+             drain_ms / 1000.0);
+    return 2;
 }
 
 void pipelines_close(pipelines *ps)
@@ -1039,8 +1103,14 @@ static int state_of_peer_plan(void *ctx, const plan *pl, const char *coordinator
 int pipelines_model_state(const pipelines *ps, const char *model_id, char *reason, size_t cap)
 {
     reason[0] = 0;
-    for (int i = 0; i < ps->n_pipes; i++)
-        if (!strcmp(ps->pipes[i]->id, model_id)) return plan_model_state(&ps->pipes[i]->plan, reason, cap);
+    for (int i = 0; i < ps->n_pipes; i++) {
+        if (strcmp(ps->pipes[i]->id, model_id)) continue;
+        if (ps->pipes[i]->draining) {
+            snprintf(reason, cap, "model '%s' is being unloaded from this node", model_id);
+            return PIPELINE_NOT_READY;
+        }
+        return plan_model_state(&ps->pipes[i]->plan, reason, cap);
+    }
     state_query q = {model_id, reason, cap};
     int rc = each_peer_plan(ps, 0, state_of_peer_plan, &q);
     return rc ? rc : PIPELINE_UNKNOWN;
@@ -1081,6 +1151,7 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
     }
     if (own) {
         pipe *p = (pipe *)own;
+        cJSON_AddBoolToObject(o, "draining", p->draining);
         cJSON *c = cJSON_AddObjectToObject(o, "counters");
         pthread_mutex_lock(&p->lock);
         cJSON_AddNumberToObject(c, "frames_sent", (double)p->sent_frames);

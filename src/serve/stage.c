@@ -342,7 +342,8 @@ static int run_load(stage_run *r, const char *path)
         free(z);
         goto fail;
     }
-    uint64_t own = model_part_need(z, &part, (int)a->n_ctx, a->n_lanes, r->h->n_threads > 0 ? r->h->n_threads : 1);
+    uint64_t own = model_part_need(z, &part, (int)a->n_ctx, (model_kv_type)a->kv_type, a->n_lanes,
+                                   r->h->n_threads > 0 ? r->h->n_threads : 1);
     free(z);
     if (own > r->reserved) {
         if (budget_reserve(r->h->budget, own - r->reserved) != 0) {
@@ -355,7 +356,7 @@ static int run_load(stage_run *r, const char *path)
     }
     if (!(r->states = calloc(a->n_lanes, sizeof *r->states))) goto oom;
     for (int i = 0; i < a->n_lanes; i++)
-        if (!(r->states[i] = model_state_new(r->model, (int)a->n_ctx, err, sizeof err))) goto fail;
+        if (!(r->states[i] = model_state_new(r->model, (int)a->n_ctx, (model_kv_type)a->kv_type, err, sizeof err))) goto fail;
     if (!(r->pool = threadpool_create(r->h->n_threads, err, sizeof err))) goto fail;
     if (!(r->x = malloc(sizeof(float) * STAGE_MAX_TOKENS * a->n_embd))) goto oom;
     if (pthread_create(&r->thread, NULL, worker_main, r) != 0) {

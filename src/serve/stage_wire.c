@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "engine/model.h"
 #include "lib/wire.h"
 #include "mesh/record.h"
 #include "serve/plan.h"
@@ -61,6 +62,7 @@ int stage_encode_assign(const stage_assign *a, uint8_t *out, size_t cap)
     wire_put_u32(&w, a->n_embd);
     wire_put_u8(&w, a->dtype);
     wire_put_u64(&w, a->need_bytes);
+    wire_put_u8(&w, a->kv_type);
     return finish(&w);
 }
 
@@ -85,6 +87,7 @@ int stage_decode_assign(const uint8_t *p, size_t len, stage_assign *a, char *err
     a->n_embd = wire_u32(&r);
     a->dtype = wire_u8(&r);
     a->need_bytes = wire_u64(&r);
+    a->kv_type = wire_u8(&r);
     if (done(&r, "ASSIGN", err, errlen) != 0) return -1;
     if (!record_model_name_ok(a->model, strlen(a->model))) {
         snprintf(err, errlen, "ASSIGN with a malformed model id");
@@ -97,9 +100,10 @@ int stage_decode_assign(const uint8_t *p, size_t len, stage_assign *a, char *err
         return -1;
     }
     if (a->n_ctx < 1 || a->n_ctx > (1u << 24) || a->n_lanes < 1 || a->n_lanes > STAGE_MAX_LANES ||
-        a->n_embd < 1 || a->n_embd > (1u << 16) || !stage_dtype_size(a->dtype)) {
-        snprintf(err, errlen, "ASSIGN with context %u, %u lanes, width %u, dtype %u: out of bounds",
-                 a->n_ctx, a->n_lanes, a->n_embd, a->dtype);
+        a->n_embd < 1 || a->n_embd > (1u << 16) || !stage_dtype_size(a->dtype) ||
+        a->kv_type >= MODEL_KV_TYPE_COUNT) {
+        snprintf(err, errlen, "ASSIGN with context %u, %u lanes, width %u, dtype %u, KV type %u: out of "
+                 "bounds", a->n_ctx, a->n_lanes, a->n_embd, a->dtype, a->kv_type);
         return -1;
     }
     return 0;

@@ -69,6 +69,7 @@ typedef struct {
     uint32_t n_embd;                   /* floats per hidden state */
     uint8_t dtype;                     /* STAGE_DTYPE_* of hidden states on the wire */
     uint64_t need_bytes;               /* memory the coordinator expects the stage to use */
+    uint8_t kv_type;                   /* the KV caches' model_kv_type: 0 F16, 1 F32 (the coordinator's) */
 } stage_assign;
 
 typedef struct {

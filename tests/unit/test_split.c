@@ -246,7 +246,8 @@ static fake_tail *tail_new(const char *path, engine_model *em, int lo, int threa
     t->pool = threadpool_create(2, err, sizeof err);
     REQUIRE(t->pool);
     for (int i = 0; i < MAX_LANES; i++) {
-        t->lanes[i].state = model_state_new(t->m, engine_model_context_length(em), err, sizeof err);
+        t->lanes[i].state = model_state_new(t->m, engine_model_context_length(em),
+                                            (model_kv_type)engine_model_kv_type(em), err, sizeof err);
         t->lanes[i].out = malloc(sizeof(float) * MODEL_BATCH * (size_t)t->n_embd);
         REQUIRE(t->lanes[i].state && t->lanes[i].out);
     }

@@ -281,6 +281,7 @@ static stage_assign good_assign(void)
     a.n_embd = N_EMBD;
     a.dtype = STAGE_DTYPE_F32;
     a.need_bytes = NEED;
+    a.kv_type = MODEL_KV_F16;
     return a;
 }
 
@@ -413,6 +414,8 @@ static void test_control_garbage(void)
     expect_bad_assign("width 0", &a);
     a = good, a.dtype = 7;
     expect_bad_assign("unknown dtype", &a);
+    a = good, a.kv_type = MODEL_KV_TYPE_COUNT;
+    expect_bad_assign("unknown KV type", &a);
     a = good, snprintf(a.model, sizeof a.model, "tab\there");
     expect_bad_assign("malformed model id", &a);
     CHECK_EQ_INT(rig.b.used, 0);
@@ -595,7 +598,7 @@ static void reference_open(reference *r)
     REQUIRE(r->f);
     r->m = model_load_part(r->f, &part, err, sizeof err);
     REQUIRE(r->m);
-    for (int i = 0; i < N_LANES; i++) REQUIRE((r->lanes[i] = model_state_new(r->m, N_CTX, err, sizeof err)));
+    for (int i = 0; i < N_LANES; i++) REQUIRE((r->lanes[i] = model_state_new(r->m, N_CTX, MODEL_KV_F16, err, sizeof err)));
     REQUIRE((r->pool = threadpool_create(N_THREADS, err, sizeof err)));
 }
 

@@ -39,6 +39,7 @@ static stage_assign sample_assign(void)
     a.n_embd = 256;
     a.dtype = STAGE_DTYPE_F32;
     a.need_bytes = 123456789;
+    a.kv_type = 1; /* F32: not the zero default, so the round trip shows it is carried */
     return a;
 }
 
@@ -75,6 +76,11 @@ static void test_assign(void)
     bad.dtype = 7;
     n = stage_encode_assign(&bad, buf, sizeof buf);
     CHECK(stage_decode_assign(buf, (size_t)n, &b, err, sizeof err) == -1);
+    bad = sample_assign();
+    bad.kv_type = 2;
+    n = stage_encode_assign(&bad, buf, sizeof buf);
+    CHECK(stage_decode_assign(buf, (size_t)n, &b, err, sizeof err) == -1);
+    CHECK(strstr(err, "KV type 2") != NULL);
     /* Trailing bytes. */
     n = stage_encode_assign(&a, buf, sizeof buf);
     CHECK(stage_decode_assign(buf, (size_t)n + 1, &b, err, sizeof err) == -1);
