@@ -667,18 +667,38 @@ int mesh_set_app_data(mesh *m, const void *data, size_t len)
     return 0;
 }
 
+int mesh_set_holdings(mesh *m, const void *data, size_t len)
+{
+    if (len > MESH_MAX_HOLDINGS) return -1;
+    if (m->rec.holdings_len == len && (len == 0 || !memcmp(m->rec.holdings, data, len))) return 0;
+    if (len) memcpy(m->rec.holdings, data, len);
+    m->rec.holdings_len = (uint16_t)len;
+    mesh_mark_dirty(m);
+    return 0;
+}
+
+/* The newest record of node id (this node's own included), or NULL. */
+static const node_record *record_of(const mesh *m, const uint8_t id[MESH_ID_BYTES])
+{
+    if (!memcmp(id, m->self.public_key, MESH_ID_BYTES)) return &m->rec;
+    const mesh_node *n = mesh_node_find(m, id);
+    return n && n->has_record && n->state != NODE_EXPIRED ? &n->rec : NULL;
+}
+
 int mesh_node_app_data(const mesh *m, const uint8_t id[MESH_ID_BYTES], void *out, size_t cap)
 {
-    const node_record *rec = NULL;
-    if (!memcmp(id, m->self.public_key, MESH_ID_BYTES)) {
-        rec = &m->rec;
-    } else {
-        const mesh_node *n = mesh_node_find(m, id);
-        if (n && n->has_record && n->state != NODE_EXPIRED) rec = &n->rec;
-    }
+    const node_record *rec = record_of(m, id);
     if (!rec || rec->app_len > cap) return -1;
     memcpy(out, rec->app, rec->app_len);
     return rec->app_len;
+}
+
+int mesh_node_holdings(const mesh *m, const uint8_t id[MESH_ID_BYTES], void *out, size_t cap)
+{
+    const node_record *rec = record_of(m, id);
+    if (!rec || rec->holdings_len > cap) return -1;
+    memcpy(out, rec->holdings, rec->holdings_len);
+    return rec->holdings_len;
 }
 
 /* ---- life cycle ----------------------------------------------------------------*/

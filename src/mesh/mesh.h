@@ -113,6 +113,13 @@ int mesh_set_app_data(mesh *m, const void *data, size_t len);
  * node id (this node's own included) and returns their count, or -1 when
  * there is no record of it or cap is too small. */
 int mesh_node_app_data(const mesh *m, const uint8_t id[MESH_ID_BYTES], void *out, size_t cap);
+/* The same for a second opaque field, the holdings: which weights this node
+ * can serve to peers (models/ writes and reads it: weights_store.h). Kept
+ * apart from the application field so that the two owners never have to
+ * share one buffer. 0, or -1 too long; the getter as mesh_node_app_data. */
+#define MESH_MAX_HOLDINGS 1024
+int mesh_set_holdings(mesh *m, const void *data, size_t len);
+int mesh_node_holdings(const mesh *m, const uint8_t id[MESH_ID_BYTES], void *out, size_t cap);
 
 /* A snapshot of one known peer (never this node). */
 typedef struct {

@@ -534,6 +534,66 @@ int fetch_manifest_reader_feed(fetch_manifest_reader *r, const uint8_t *p, size_
     return r->state == R_DONE;
 }
 
+/* ---- holdings ------------------------------------------------------------------------------*/
+
+size_t fetch_holdings_encode(const fetch_holding *h, int n, uint8_t *out, size_t cap)
+{
+    assert(n >= 0 && n <= FETCH_MAX_HOLDINGS);
+    size_t len = 2 + (size_t)n * FETCH_HOLDING_BYTES;
+    if (len > cap) return 0;
+    out[0] = FETCH_HOLDINGS_FORMAT;
+    out[1] = (uint8_t)n;
+    uint8_t *p = out + 2;
+    for (int i = 0; i < n; i++, p += FETCH_HOLDING_BYTES) {
+        memcpy(p, h[i].hash, WEIGHTS_HASH_BYTES);
+        put32(p + 32, h[i].first);
+        put32(p + 36, h[i].end);
+        p[40] = h[i].flags;
+    }
+    return len;
+}
+
+int fetch_holdings_decode(const uint8_t *p, size_t len, fetch_holding *out, int max, char *err, size_t errlen)
+{
+    if (len == 0) return 0;
+    if (len < 2 || p[0] != FETCH_HOLDINGS_FORMAT) {
+        err_set(err, errlen, "holdings of format %d (this node reads %d)", len ? p[0] : -1, FETCH_HOLDINGS_FORMAT);
+        return -1;
+    }
+    int n = p[1];
+    if (n > FETCH_MAX_HOLDINGS || len != 2 + (size_t)n * FETCH_HOLDING_BYTES) {
+        err_set(err, errlen, "holdings of %d entries in %zu bytes (at most %d, %d bytes each)", n, len,
+                FETCH_MAX_HOLDINGS, FETCH_HOLDING_BYTES);
+        return -1;
+    }
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        const uint8_t *e = p + 2 + (size_t)i * FETCH_HOLDING_BYTES;
+        fetch_holding h;
+        memcpy(h.hash, e, WEIGHTS_HASH_BYTES);
+        h.first = get32(e + 32);
+        h.end = get32(e + 36);
+        h.flags = e[40];
+        if (h.flags & ~(FETCH_HOLD_HEAD | FETCH_HOLD_FULL)) {
+            err_set(err, errlen, "holding %d: unknown flags 0x%02x", i, h.flags);
+            return -1;
+        }
+        if (h.first > h.end || h.end > WEIGHTS_MAX_LAYERS || (h.first == h.end && !(h.flags & FETCH_HOLD_HEAD))) {
+            err_set(err, errlen, "holding %d: layers [%u, %u) are not a part of a model", i, h.first, h.end);
+            return -1;
+        }
+        if (kept < max) out[kept++] = h;
+    }
+    return kept;
+}
+
+int fetch_holding_covers(const fetch_holding *h, const uint8_t hash[WEIGHTS_HASH_BYTES], uint32_t first,
+                         uint32_t end, int head)
+{
+    return !memcmp(h->hash, hash, WEIGHTS_HASH_BYTES) && h->first <= first && end <= h->end &&
+           (!head || (h->flags & FETCH_HOLD_HEAD));
+}
+
 /* ---- manifest files ------------------------------------------------------------------------*/
 
 typedef struct {

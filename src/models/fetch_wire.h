@@ -150,6 +150,37 @@ int fetch_manifest_reader_complete(const fetch_manifest_reader *r);
 weights_manifest *fetch_manifest_reader_take(fetch_manifest_reader *r);
 void fetch_manifest_reader_free(fetch_manifest_reader *r);
 
+/* ---- holdings: what a node can serve (its record's holdings field) ----------------------*/
+
+/* Which parts of which models a node holds and serves to peers: its local
+ * full files (layers [0, n_layers) with the head) and its complete cached
+ * parts. Gossiped in the node record (mesh_set_holdings), so that a stage
+ * can fetch its tensors from any node holding them, not only from the
+ * coordinator. Format byte, count, then per entry: model hash, first and
+ * end layer (u32 each), flags. */
+#define FETCH_HOLDINGS_FORMAT 1
+#define FETCH_MAX_HOLDINGS 24           /* 2 + 24 x 41 = 986 bytes <= MESH_MAX_HOLDINGS */
+#define FETCH_HOLDING_BYTES 41
+#define FETCH_HOLD_HEAD 0x01            /* the entry includes the head tensors */
+#define FETCH_HOLD_FULL 0x02            /* a whole file (else a cached part) */
+
+typedef struct {
+    uint8_t hash[WEIGHTS_HASH_BYTES];
+    uint32_t first, end;                /* layers [first, end) */
+    uint8_t flags;                      /* FETCH_HOLD_* */
+} fetch_holding;
+
+/* Encodes n (<= FETCH_MAX_HOLDINGS) entries; the length, or 0 when cap is too small. */
+size_t fetch_holdings_encode(const fetch_holding *h, int n, uint8_t *out, size_t cap);
+/* The entries (at most max), or -1 with a message: another format, a count
+ * over the bound or not matching the length, unknown flags, a range that is
+ * not a part (first > end, end > WEIGHTS_MAX_LAYERS, no layer and no head).
+ * An empty field is 0 entries. */
+int fetch_holdings_decode(const uint8_t *p, size_t len, fetch_holding *out, int max, char *err, size_t errlen);
+/* 1 when entry h holds every tensor of the part [first, end) (+ head) of the model hash. */
+int fetch_holding_covers(const fetch_holding *h, const uint8_t hash[WEIGHTS_HASH_BYTES], uint32_t first,
+                         uint32_t end, int head);
+
 /* ---- manifest files (the cache) --------------------------------------------------------*/
 
 /* Which file a remembered manifest describes; a changed file is hashed again. */

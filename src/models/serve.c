@@ -1,6 +1,7 @@
 /* serve.c: the serving side of FETCH streams (stream type 7): the manifest
- * and the chunks of a local full file, for the part a peer asks for
- * (docs/PROTOCOL.md section 14; the requesting side is fetch.c).
+ * and the chunks of a local full file, or of a cached part that holds every
+ * tensor asked for, for the part a peer asks for (docs/PROTOCOL.md section
+ * 14; the requesting side is fetch.c).
  *
  * What a requester can make us hold is bounded: SERVE_MAX_QUEUE chunk
  * requests per stream (more is a protocol error), data written to the
@@ -36,12 +37,17 @@ static uint8_t *scratch(weights_store *ws, size_t n)
 struct serve_stream {
     weights_store *ws;
     mesh_stream *s;
-    local_file *file;            /* after a good OPEN */
+    /* After a good OPEN: the source, a local full file or a cached part. */
+    local_file *file;
+    cached_part *part;
+    const weights_manifest *m;   /* the source's (a part's has every tensor's entry) */
+    int fd;
+    const uint64_t *offsets;     /* per tensor of m: its data's offset in fd's file */
+    uint8_t *wanted;             /* per tensor of m */
     int file_fd;                 /* after a good FILE_OPEN: the whole file served, else -1 */
     uint64_t file_size;
     uint64_t q_offset[SERVE_MAX_QUEUE]; /* FILE_GETs waiting */
     uint32_t q_length[SERVE_MAX_QUEUE];
-    uint8_t *wanted;             /* per tensor of file's manifest */
     int opened, refused, finished;
     uint32_t q_tensor[SERVE_MAX_QUEUE], q_chunk[SERVE_MAX_QUEUE];
     int q_head, q_len;
@@ -148,7 +154,7 @@ static void serve_file_open(serve_stream *st, const fetch_request *r)
         return;
     }
     int open_streams = 0;
-    for (serve_stream *o = ws->serving; o; o = o->next) open_streams += o->file != NULL || o->file_fd >= 0;
+    for (serve_stream *o = ws->serving; o; o = o->next) open_streams += o->m != NULL || o->file_fd >= 0;
     if (open_streams >= SERVE_MAX_STREAMS) {
         serve_refuse(st, FETCH_ERR_BUSY, "too many fetches served at once, try later");
         return;
@@ -177,8 +183,7 @@ static int serve_pump(serve_stream *st)
         serve_pump_file(st);
         return 0;
     }
-    const weights_manifest *m = st->file->manifest;
-    const gguf_file *f = st->file->open;
+    const weights_manifest *m = st->m;
     if (st->refused) st->q_len = 0;
     while (st->q_len && mesh_stream_unacked(st->s) < SERVE_UNACKED_MAX) {
         uint32_t t = st->q_tensor[st->q_head], c = st->q_chunk[st->q_head];
@@ -193,9 +198,11 @@ static int serve_pump(serve_stream *st)
         fetch_data_head_encode(buf, t, c);
         /* pread, not the mapping: a file cut short under us is an error
          * answer, not a SIGBUS (and no page faults on the loop thread). */
-        off_t at = (off_t)((const uint8_t *)f->tensors[t].data - f->base + weights_chunk_offset(m, c));
-        if (pread(f->fd, buf + FETCH_DATA_HEAD, len, at) != (ssize_t)len) {
-            st->file->stale = 1;
+        off_t at = (off_t)(st->offsets[t] + weights_chunk_offset(m, c));
+        if (pread(st->fd, buf + FETCH_DATA_HEAD, len, at) != (ssize_t)len) {
+            if (st->file) st->file->stale = 1;
+            else store_part_forget(ws, st->part->path);
+            store_publish(ws);
             serve_refuse(st, FETCH_ERR_INTERNAL, "cannot read the model here (it changed?)");
             return 0;
         }
@@ -220,37 +227,64 @@ static void serve_open(serve_stream *st, const fetch_request *r)
     weights_store *ws = st->ws;
     char text[FETCH_ERROR_TEXT_MAX], why[200], hex[WEIGHTS_HASH_HEX];
     st->opened = 1;
+    if (r->first > INT_MAX || r->end > INT_MAX) {
+        serve_refuse(st, FETCH_ERR_BAD_RANGE, "layer numbers out of range");
+        return;
+    }
+    int first = (int)r->first, end = (int)r->end, head = r->flags & FETCH_FLAG_HEAD;
+    /* A full file when there is one, else a cached part holding the whole
+     * range: its record has every tensor's entry (the manifest the
+     * requester checks against the model hash) and the chunk hashes of
+     * the part's tensors, so it answers exactly as the full file would. */
     local_file *lf = store_local(ws, r->hash);
-    if (!lf) {
+    cached_part *part = lf ? NULL : store_part_covering(ws, r->hash, first, end, head);
+    if (!lf && !part) {
         weights_hex(r->hash, hex);
-        snprintf(text, sizeof text, "no full copy of model %.16s here", hex);
+        snprintf(text, sizeof text, "no copy of model %.16s layers [%d, %d)%s here", hex, first, end,
+                 head ? " with the head" : "");
         serve_refuse(st, FETCH_ERR_UNKNOWN_MODEL, text);
         return;
     }
-    const weights_manifest *m = lf->manifest;
-    st->wanted = malloc(m->n_tensors);
+    const weights_manifest *m = lf ? lf->manifest : part->manifest;
+    st->wanted = malloc(m->n_tensors ? m->n_tensors : 1);
     if (!st->wanted) {
         serve_refuse(st, FETCH_ERR_INTERNAL, "out of memory");
         return;
     }
-    if (r->first > INT_MAX || r->end > INT_MAX ||
-        weights_select(m, (int)r->first, (int)r->end, r->flags & FETCH_FLAG_HEAD, st->wanted, why, sizeof why) < 0) {
-        snprintf(text, sizeof text, "%s", r->first > INT_MAX || r->end > INT_MAX ? "layer numbers out of range" : why);
+    if (weights_select(m, first, end, head, st->wanted, why, sizeof why) < 0) {
+        snprintf(text, sizeof text, "%s", why);
         serve_refuse(st, FETCH_ERR_BAD_RANGE, text);
         return;
     }
     int open_streams = 0;
-    for (serve_stream *o = ws->serving; o; o = o->next) open_streams += o->file != NULL;
+    for (serve_stream *o = ws->serving; o; o = o->next) open_streams += o->m != NULL || o->file_fd >= 0;
     if (open_streams >= SERVE_MAX_STREAMS) {
         serve_refuse(st, FETCH_ERR_BUSY, "too many fetches served at once, try later");
         return;
     }
-    if (!store_local_open(ws, lf, why, sizeof why)) {
-        snprintf(text, sizeof text, "cannot read the model here: %s", why);
-        serve_refuse(st, FETCH_ERR_INTERNAL, text);
-        return;
+    if (lf) {
+        if (!store_local_open(ws, lf, why, sizeof why)) {
+            snprintf(text, sizeof text, "cannot read the model here: %s", why);
+            serve_refuse(st, FETCH_ERR_INTERNAL, text);
+            return;
+        }
+        st->file = lf;
+        st->fd = lf->open->fd;
+        st->offsets = lf->offsets;
+    } else {
+        if (store_part_open(ws, part, why, sizeof why) < 0) {
+            snprintf(text, sizeof text, "cannot read the model here: %s", why);
+            serve_refuse(st, FETCH_ERR_INTERNAL, text);
+            return;
+        }
+        st->part = part;
+        st->fd = part->fd;
+        st->offsets = part->offsets;
+        weights_hex(mesh_stream_peer(st->s), hex);
+        log_info(WEIGHTS_LOG, "FETCH from %.16s: layers [%d, %d) from the cached part %s", hex, first, end,
+                 part->path);
     }
-    st->file = lf;
+    st->m = m;
     if (!(r->flags & FETCH_FLAG_NO_MANIFEST)) {
         fetch_manifest_writer w;
         fetch_manifest_writer_init(&w, m, st->wanted);
@@ -303,11 +337,11 @@ static void serve_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
         if (!evtimer_pending(st->poll, NULL)) serve_pump(st);
         return;
     }
-    if (!st->file || st->refused) {
+    if (!st->m || st->refused) {
         serve_reject(st, "GET before a successful OPEN");
         return;
     }
-    const weights_manifest *m = st->file->manifest;
+    const weights_manifest *m = st->m;
     if (r.tensor >= m->n_tensors || !st->wanted[r.tensor] || r.chunk >= m->tensors[r.tensor].n_chunks) {
         serve_reject(st, "GET for a chunk outside the part");
         return;

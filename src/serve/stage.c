@@ -462,8 +462,8 @@ static void start_weights(stage_run *r)
     weights_fetch_callbacks cb = {fetch_on_progress, fetch_on_done};
     r->state = STAGE_FETCHING;
     send_status(r);
-    log_info(STAGE_LOG, "%s layers [%u, %u): fetching the weights from %.16s", a->model, a->first,
-             a->end, r->coordinator_hex);
+    log_info(STAGE_LOG, "%s layers [%u, %u): fetching the weights from a node that holds them (%.16s last)",
+             a->model, a->first, a->end, r->coordinator_hex);
     r->fetch = weights_fetch_start(r->h->ws, a->model_hash, r->coordinator, a->first, a->end, 0, &cb, r,
                                    err, sizeof err);
     if (!r->fetch) refuse(r, err);

@@ -6,7 +6,8 @@
  *      3-byte big-endian length + bytes;
  *   1: answers (a requester reading manifest frames, READY, DATA, FILE_INFO,
  *      FILE_DATA, ERROR), framed the same way;
- *   2: a whole manifest file of the cache.
+ *   2: a whole manifest file of the cache;
+ *   3: a node record's holdings field (which parts a peer serves).
  * Seeds: tests/fuzz/corpus/fetch, made by tests/tools/fetch_corpus.c. */
 #include <stdlib.h>
 #include <string.h>
@@ -49,10 +50,25 @@ static void use_manifest(weights_manifest *m)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1) return 0;
-    int mode = data[0] % 3;
+    int mode = data[0] % 4;
     data++;
     size--;
     char err[256];
+    if (mode == 3) {
+        fetch_holding h[FETCH_MAX_HOLDINGS];
+        int n = fetch_holdings_decode(data, size, h, FETCH_MAX_HOLDINGS, err, sizeof err);
+        if (n < 0 && !err[0]) abort();
+        for (int i = 0; i < n; i++) {
+            if (h[i].first > h[i].end || h[i].end > WEIGHTS_MAX_LAYERS ||
+                (h[i].flags & ~(FETCH_HOLD_HEAD | FETCH_HOLD_FULL)))
+                abort();
+            if (!fetch_holding_covers(&h[i], h[i].hash, h[i].first, h[i].end, 0)) abort();
+        }
+        uint8_t back[2 + FETCH_MAX_HOLDINGS * FETCH_HOLDING_BYTES];
+        if (n > 0 && (fetch_holdings_encode(h, n, back, sizeof back) != size || memcmp(back, data, size)))
+            abort(); /* what decodes encodes back to the same bytes */
+        return 0;
+    }
     if (mode == 2) {
         fetch_file_key key;
         weights_manifest *m = fetch_manifest_file_decode(data, size, &key, err, sizeof err);

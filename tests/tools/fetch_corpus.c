@@ -5,7 +5,8 @@
  * Seeds are made with the real encoders from a tiny synthetic llama (4 KiB
  * chunks, so several tensors have several chunk hashes), in the input
  * format fuzz_fetch.c reads: a mode byte, then 3-byte-length frames (modes 0
- * and 1) or a whole manifest file (mode 2). Valid exchanges, and a few
+ * and 1), a whole manifest file (mode 2) or a record's holdings field
+ * (mode 3). Valid exchanges, and a few
  * broken ones so that each decoder's error paths start covered.
  * Deterministic: same program, same bytes. */
 #include <stdio.h>
@@ -174,6 +175,20 @@ int main(int argc, char **argv)
     b.len = 1 + len / 2;
     save(dir, "file-truncated", &b);
     free(file);
+
+    /* Holdings: a full file and two parts; one with unknown flags. */
+    fetch_holding h[3] = {{.first = 0, .end = 4, .flags = FETCH_HOLD_HEAD | FETCH_HOLD_FULL},
+                          {.first = 1, .end = 3, .flags = 0},
+                          {.first = 0, .end = 0, .flags = FETCH_HOLD_HEAD}};
+    for (int i = 0; i < 3; i++) memcpy(h[i].hash, m->model_hash, WEIGHTS_HASH_BYTES);
+    uint8_t hold[2 + 3 * FETCH_HOLDING_BYTES];
+    size_t hlen = fetch_holdings_encode(h, 3, hold, sizeof hold);
+    b.len = 1;
+    b.p[0] = 3;
+    put(&b, hold, hlen);
+    save(dir, "holdings", &b);
+    b.p[1 + 2 + FETCH_HOLDING_BYTES + 40] = 0x80;
+    save(dir, "holdings-bad", &b);
     printf("fetch_corpus: %zu manifest frames, %u tensors, %s\n", frames, m->n_tensors, dir);
     free(b.p);
     free(f);
