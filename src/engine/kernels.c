@@ -259,6 +259,16 @@ static void fp16_row_scalar(const uint16_t *src, float *dst, int n)
     for (int i = 0; i < n; i++) dst[i] = kernel_fp16_to_fp32(src[i]);
 }
 
+static void fp32_to_fp16_row_scalar(const float *src, uint16_t *dst, int n)
+{
+    for (int i = 0; i < n; i++) dst[i] = kernel_fp32_to_fp16(src[i]);
+}
+
+static void axpy_f16_scalar(float *out, float a, const uint16_t *v, int n)
+{
+    for (int i = 0; i < n; i++) out[i] += a * kernel_fp16_to_fp32(v[i]);
+}
+
 /* ======================================================================== */
 /* AVX2 dot products                                                         */
 /* ======================================================================== */
@@ -372,6 +382,29 @@ AVX2_TARGET static void fp16_row_avx2(const uint16_t *src, float *dst, int n)
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_f16x8(src + i));
     for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
 }
+
+/* vcvtps2ph with round-to-nearest-even (the immediate, not MXCSR) is the
+ * scalar kernel_fp32_to_fp16 bit for bit, NaN payloads aside (both quiet
+ * them); the tail uses the scalar conversion itself. */
+AVX2_TARGET static void fp32_to_fp16_row_avx2(const float *src, uint16_t *dst, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = kernel_fp32_to_fp16(src[i]);
+}
+
+/* The same fused multiply-add per element as axpy_avx2, on converted
+ * values; the scalar tail rounds a * v and the sum separately. */
+AVX2_TARGET static void axpy_f16_avx2(float *out, float a, const uint16_t *v, int n)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, load_f16x8(v + i), _mm256_loadu_ps(out + i)));
+    for (; i < n; i++) out[i] += a * _cvtsh_ss(v[i]);
+}
 #endif /* KERNELS_HAVE_AVX2 */
 
 /* ======================================================================== */
@@ -385,17 +418,21 @@ typedef struct {
     float (*dot_bf16_f32)(const uint16_t *, const float *, int);
     float (*dot_q8_0)(const kernel_block_q8_0 *, const kernel_block_q8_0 *, int);
     void (*fp16_row)(const uint16_t *, float *, int);
+    void (*fp32_to_fp16_row)(const float *, uint16_t *, int);
     void (*axpy)(float *, float, const float *, int);
+    void (*axpy_f16)(float *, float, const uint16_t *, int);
 } kernel_ops;
 
 static const kernel_ops ops_scalar = {
     KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
-    dot_q8_0_scalar, fp16_row_scalar, axpy_scalar,
+    dot_q8_0_scalar, fp16_row_scalar, fp32_to_fp16_row_scalar, axpy_scalar, axpy_f16_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
 /* AVX-VNNI and AVX-512 differ from AVX2 only in the rows kernels of the
  * matrix products (kernels_rows.h); the one-row dot products are AVX2's. */
-#define OPS_AVX2(isa) {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2, axpy_avx2}
+#define OPS_AVX2(isa)                                                                          \
+    {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2,       \
+     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2}
 static const kernel_ops ops_avx2 = OPS_AVX2(KERNEL_ISA_AVX2);
 static const kernel_ops ops_avxvnni = OPS_AVX2(KERNEL_ISA_AVXVNNI);
 static const kernel_ops ops_avx512 = OPS_AVX2(KERNEL_ISA_AVX512);
@@ -509,6 +546,10 @@ float kernel_dot_q8_0(const kernel_block_q8_0 *a, const kernel_block_q8_0 *b, in
     return ops()->dot_q8_0(a, b, n);
 }
 void kernel_fp16_to_fp32_row(const uint16_t *src, float *dst, int n) { ops()->fp16_row(src, dst, n); }
+void kernel_fp32_to_fp16_row(const float *src, uint16_t *dst, int n)
+{
+    ops()->fp32_to_fp16_row(src, dst, n);
+}
 
 /* ======================================================================== */
 /* matrix products                                                           */
@@ -605,17 +646,20 @@ static void matmul_task(void *ctx, int task, int thread)
 }
 
 /* Scratch layout for quantized weights: [n][cols] as Q8_0 blocks, then
- * (when cols % 256 == 0) [n][cols] as Q8_K blocks. Every quantized type asks
- * for both, so the largest requirement over the products of one
- * kernel_matmul_multi covers any mix of activation layouts. */
+ * (when cols % 256 == 0) [n][cols] as Q8_K blocks, then [n] prepared
+ * activations (kernel_prep_avx512, from the Q8_0 blocks). Every quantized
+ * type asks for all three, so the largest requirement over the products of
+ * one kernel_matmul_multi covers any mix of activation layouts. */
 static size_t q8_0_part_bytes(int cols, int n) { return kernel_row_bytes(GGML_TYPE_Q8_0, cols) * (size_t)n; }
+static size_t q8_k_part_bytes(int cols, int n)
+{
+    return cols % QUANT_K == 0 ? kernel_row_bytes(GGML_TYPE_Q8_K, cols) * (size_t)n : 0;
+}
 
 size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n)
 {
     if (t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16) return 0;
-    size_t bytes = q8_0_part_bytes(cols, n);
-    if (cols % QUANT_K == 0) bytes += kernel_row_bytes(GGML_TYPE_Q8_K, cols) * (size_t)n;
-    return bytes;
+    return q8_0_part_bytes(cols, n) + q8_k_part_bytes(cols, n) + kernel_prep_bytes(cols) * (size_t)n;
 }
 
 static kernel_rows_fn rows_kernel(ggml_type t, kernel_isa isa)
@@ -657,6 +701,9 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
     size_t q8_stride = kernel_row_bytes(GGML_TYPE_Q8_0, cols);
     size_t q8k_stride = cols % QUANT_K == 0 ? kernel_row_bytes(GGML_TYPE_Q8_K, cols) : 0;
     uint8_t *q8k_base = (uint8_t *)scratch + q8_0_part_bytes(cols, n);
+    uint8_t *prep_base = q8k_base + q8_k_part_bytes(cols, n);
+    size_t prep_stride = kernel_prep_bytes(cols);
+    kernel_prep_fn prep = NULL; /* one type per product, and Q4_0 is the only one with a prep */
     for (int i = 0; i < n_mats; i++) {
         assert(kernel_type_supported(w[i]->type));
         assert(w[i]->cols == cols && w[i]->rows > 0);
@@ -684,6 +731,14 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
             need_q8 = 1;
             part->act = scratch;
             part->act_stride = q8_stride;
+            kernel_prep_fn p = NULL;
+            if (job.ops->isa == KERNEL_ISA_AVX512) p = kernel_prep_avx512(t, &part->rows, &part->tile);
+            if (p) { /* its kernels take the Q8_0 blocks prepared (after the Q8_K part) */
+                assert(!prep || prep == p);
+                prep = p;
+                part->act = prep_base;
+                part->act_stride = prep_stride;
+            }
         }
     }
     if (need_q8k) { /* K-quant weights take Q8_K blocks */
@@ -696,6 +751,8 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
         for (int t = 0; t < n; t++)
             kernel_quantize_row_q8_0(x + (size_t)t * cols, (kernel_block_q8_0 *)((uint8_t *)scratch + t * q8_stride), cols);
     }
+    if (prep) /* once per token here rather than once per group of rows in the kernel */
+        for (int t = 0; t < n; t++) prep((uint8_t *)scratch + t * q8_stride, prep_base + t * prep_stride, cols);
     threadpool_run(pool, n_tasks, matmul_task, &job);
 }
 
@@ -756,3 +813,4 @@ void kernel_add(float *x, const float *y, int n)
 }
 
 void kernel_axpy(float *out, float a, const float *v, int n) { ops()->axpy(out, a, v, n); }
+void kernel_axpy_f16(float *out, float a, const uint16_t *v, int n) { ops()->axpy_f16(out, a, v, n); }

@@ -462,6 +462,11 @@ void http_server_guard_stats(const http_server *h, http_guard_stats *out)
     http_guard_get_stats(h->guard, out);
 }
 
+void http_server_set_limits(http_server *h, const http_guard_limits *limits)
+{
+    http_guard_set_limits(h->guard, limits);
+}
+
 /* ---- servers ----------------------------------------------------------------*/
 
 static http_server *server_start(struct event_base *base, const char *host, uint16_t port,

@@ -79,6 +79,8 @@ uint64_t http_server_auth_refused(const http_server *h);
 /* Connections refused (limits) and cut (request deadline), and open now:
  * serve/http_guard.h. */
 void http_server_guard_stats(const http_server *h, http_guard_stats *out);
+/* The guard's bounds (zeros: the defaults), for connections from now on. */
+void http_server_set_limits(http_server *h, const http_guard_limits *limits);
 
 /* ---- pure helpers (any thread; unit-tested) ------------------------------*/
 
