@@ -82,9 +82,10 @@ int hf_pick_quant(char (*names)[HF_NAME_CAP], int n, const char *quant, int *out
  * SHA-256 (64 hex digits: the hub's LFS hash; blobs named by an etag are
  * left out, they cannot be checked by a requester), once per blob, with
  * its reference org/repo/path (at most WEIGHTS_HELD_REF_MAX bytes; longer
- * ones are left out). At most max; the count. Reads directories: a few
- * stat calls per cached file. */
-struct weights_held_file_s;
+ * ones are left out). At most max entries into out_files, a
+ * weights_held_file array (models/weights_store.h; void here so that this
+ * header stays below the store); the count. Reads directories: a few stat
+ * calls per cached file. */
 int hf_cache_held(const hf_env *e, void *out_files, int max);
 
 #endif
