@@ -10,9 +10,9 @@
 # load hits both): a coordinator with --split 2 --parallel STREAMS and a
 # stage node, both on loopback; bench/batch_client.py sends STREAMS
 # streamed greedy completions at once (TG tokens each) after one warm-up
-# request; the pair is stopped. Prints every run and the median aggregate
-# tok/s of each binary, with the coordinator's counters of the last round
-# (pieces per FORWARD). Model: by default the demo model (tiny: the load of
+# request; the pair is stopped. Prints every run and, per binary, the median
+# aggregate tok/s and the median CPU time (user + system of both processes)
+# per token, with the coordinator's counters (pieces per FORWARD). Model: by default the demo model (tiny: the load of
 # a shared machine hurts it least); any GGUF with --model.
 set -euo pipefail
 A="" B="" MODEL="" STREAMS=4 TG=64 THREADS=1 ROUNDS=3
@@ -34,7 +34,10 @@ MODEL_ID=$(basename "$MODEL" .gguf)
 # start_node, wait_for and the cleanup of processes come from the tests' helpers.
 . "$SRC/tests/integration/common.bash"
 
-declare -A tok
+declare -A tok cpu
+# CPU time (user + system, clock ticks) of the given processes, summed: less
+# sensitive to a loaded machine than wall time.
+cpu_ticks() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
 run_one() { # run_one LABEL BINARY ROUND
   LLMESH=$2
   start_node "C$3$1" serve --model "$MODEL" --threads "$THREADS" --parallel "$STREAMS" --split 2 --queue 0
@@ -45,8 +48,15 @@ run_one() { # run_one LABEL BINARY ROUND
   ready() { curl -sf "${!console_var}/api/status" | jq -e --arg m "$MODEL_ID" '[.plans[] | select(.model == $m)][0] | .state == "ready"'; }
   wait_for 300 ready || { echo "the split never got ready" >&2; exit 1; }
   python3 "$HERE/batch_client.py" "${!api_var}" "$MODEL_ID" 1 4 >/dev/null
-  local row
+  local row cpu0 cpu1
+  cpu0=$(cpu_ticks "${!pid_var}" "${!s_pid_var}")
   row=$(python3 "$HERE/batch_client.py" "${!api_var}" "$MODEL_ID" "$STREAMS" "$TG")
+  cpu1=$(cpu_ticks "${!pid_var}" "${!s_pid_var}")
+  local cpu_ms
+  cpu_ms=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$(getconf CLK_TCK)" -v t="$(jq -r .tokens <<<"$row")" \
+    'BEGIN {printf "%.1f", (b - a) * 1000 / hz / t}')
+  row=$(jq -c --argjson c "$cpu_ms" '. + {cpu_ms_per_token: $c}' <<<"$row")
+  cpu[$1]+="$cpu_ms "
   local counters
   counters=$(curl -sf "${!console_var}/api/status" | jq -c --arg m "$MODEL_ID" \
     '[.plans[] | select(.model == $m)][0].counters | {frames_sent, pieces_sent}')
@@ -64,4 +74,6 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 a=$(median <<<"${tok[A]}") b=$(median <<<"${tok[B]}")
 echo "median aggregate tok/s: A $a, B $b (B/A $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", b / a}')x)"
+ca=$(median <<<"${cpu[A]}") cb=$(median <<<"${cpu[B]}")
+echo "median CPU ms per token (both processes): A $ca, B $cb (B/A $(awk -v a="$ca" -v b="$cb" 'BEGIN {printf "%.2f", b / a}')x)"
 echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -155,7 +155,8 @@ engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o
         ln->cached = malloc(sizeof(int32_t) * (size_t)m->n_ctx);
         ln->logits = malloc(sizeof(float) * (size_t)c->n_vocab);
         ln->rows = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float)); /* touched only in a split */
-        if (!ln->cached || !ln->logits || !ln->rows) {
+        ln->hidden = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float));
+        if (!ln->cached || !ln->logits || !ln->rows || !ln->hidden) {
             snprintf(inner, sizeof inner, "out of memory");
             goto fail;
         }
@@ -184,6 +185,7 @@ void engine_model_free(engine_model *m)
         free(ln->cached);
         free(ln->logits);
         free(ln->rows);
+        free(ln->hidden);
     }
     free(m->lanes);
     tokenizer_free(m->tok);

@@ -247,6 +247,9 @@ typedef struct {
  * every lane whose piece asked rows, right after the send. */
 typedef struct {
     void *ctx;
+    int depth;  /* batch steps that may be on the pipeline at once (its stage count); <= 1: one.
+                   With more, the generating lanes are split into that many steps, so that
+                   stage 0 computes one while the later stages compute the others */
     /* Hands one batch step to the rest of the pipeline: the hidden states x
      * (sum of the pieces' n, n_embd) of n_pieces lanes' pieces (each lane
      * once, MODEL_BATCH positions in all at most), in the pieces' order. May

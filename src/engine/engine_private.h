@@ -25,6 +25,8 @@ typedef struct {
     int n_cached;
     float *logits;        /* (n_vocab) of the last evaluated position */
     float *rows;          /* (MODEL_BATCH, n_embd) final hidden states received from it */
+    float *hidden;        /* (MODEL_BATCH, n_embd) a split step's hidden states, while this
+                             lane's thread leads it (split steps may have several leaders) */
     uint64_t generation;  /* the split generation the caches belong to; 0: none (replay) */
     engine_output_fn wanted; /* the running request's output, asked "still wanted?" while */
     void *wanted_user;       /* a broken split is replaced (NULL: nobody to ask) */
@@ -68,9 +70,9 @@ struct engine_model {
     pthread_mutex_t step_lock;
     pthread_cond_t step_cond;   /* a job finished, a lane came back, the leader left */
     engine_step_job *step_head, *step_tail; /* jobs waiting for steps, FIFO */
-    int step_leader;            /* a lane's thread is running steps */
+    int step_leaders;           /* lanes' threads running steps: one solo, up to the
+                                   tail's depth in a split */
     model_batch *step_batch;    /* the leader's scratch */
-    float *step_hidden;         /* (MODEL_BATCH, n_embd) a split step's hidden states */
     engine_step_stats step_stats;
 };
 

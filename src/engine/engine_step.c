@@ -62,15 +62,12 @@ int engine_step_init(engine_model *m, char *err, size_t errlen)
     pthread_cond_init(&m->step_cond, &ca); /* the leader gathering: a lane queued or stopped decoding */
     pthread_condattr_destroy(&ca);
     m->step_batch = model_batch_new(m->model, err, errlen);
-    m->step_hidden = malloc(sizeof(float) * MODEL_BATCH * (size_t)model_get_config(m->model)->n_embd);
-    if (m->step_batch && !m->step_hidden) snprintf(err, errlen, "out of memory");
-    return m->step_batch && m->step_hidden ? 0 : -1;
+    return m->step_batch ? 0 : -1;
 }
 
 void engine_step_destroy(engine_model *m)
 {
     model_batch_free(m->step_batch);
-    free(m->step_hidden);
     pthread_cond_destroy(&m->step_cond);
     pthread_mutex_destroy(&m->step_lock);
 }
@@ -105,12 +102,22 @@ static int lane_missing_locked(const engine_model *m)
 static int step_compose_locked(engine_model *m, model_seq *seqs, engine_step_job **jobs)
 {
     int n_vocab = model_get_config(m->model)->n_vocab;
-    int budget = MODEL_BATCH, n = 0;
+    int budget = MODEL_BATCH, n = 0, singles = 0, max_singles = MODEL_BATCH;
     for (int pass = 0; pass < 2; pass++) { /* 0: single tokens (decoding), 1: prompt chunks */
         for (engine_step_job *j = m->step_head; j && budget > 0; j = j->next) {
             int left = j->end - j->pos;
             if ((pass == 0) != (left == 1) || j->take) continue;
             if (n > 0 && j->split.generation != jobs[0]->split.generation) continue;
+            if (n == 0 && j->split.has_tail && j->split.tail.depth > 1) {
+                /* A split with several steps in flight: the generating lanes
+                 * in as many steps, so that the stages work on them in turn. */
+                int decoding = 0;
+                for (int i = 0; i < m->n_lanes; i++) decoding += m->lanes[i].decoding;
+                max_singles = (decoding + j->split.tail.depth - 1) / j->split.tail.depth;
+                if (max_singles < 1) max_singles = 1;
+            }
+            if (pass == 0 && singles == max_singles) continue;
+            singles += pass == 0;
             int limit = j->pos < j->from ? j->from : j->end; /* a piece is all replay or all new */
             int take = limit - j->pos < budget ? limit - j->pos : budget;
             engine_lane *ln = &m->lanes[j->lane];
@@ -128,11 +135,11 @@ static int step_compose_locked(engine_model *m, model_seq *seqs, engine_step_job
 }
 
 /* A split step (no lock held): embed every piece, run layers [0, local_end)
- * here over all of them in one pass, hand them to the tail as one send, then
+ * here over all of them in one pass (into hidden, the leader's), hand them to the tail as one send, then
  * for each piece that asked rows receive them and classify them. rcs[i]
  * (0, -1 or ENGINE_TAIL_BROKEN) and errs[i] per job: one lane's failure
  * (a stage's FAIL) does not fail the others. */
-static void step_split(engine_model *m, const engine_split *sp, const model_seq *seqs,
+static void step_split(engine_model *m, float *hidden, const engine_split *sp, const model_seq *seqs,
                        engine_step_job **jobs, int n, int *rcs, char (*errs)[256])
 {
     const model_config *c = model_get_config(m->model);
@@ -150,7 +157,7 @@ static void step_split(engine_model *m, const engine_split *sp, const model_seq 
     pthread_mutex_lock(&m->compute);
     uint64_t t0 = clock_us();
     for (int i = 0, i0 = 0; i < n && rc == 0; i0 += seqs[i].n, i++) {
-        rc = model_embed(m->model, seqs[i].tokens, seqs[i].n, m->step_hidden + (size_t)i0 * c->n_embd,
+        rc = model_embed(m->model, seqs[i].tokens, seqs[i].n, hidden + (size_t)i0 * c->n_embd,
                          err, sizeof err);
         states[i] = seqs[i].state;
         counts[i] = seqs[i].n;
@@ -161,10 +168,10 @@ static void step_split(engine_model *m, const engine_split *sp, const model_seq 
     }
     if (rc == 0 && sp->local_end > 0)
         rc = model_forward_layers_batch(m->model, m->step_batch, m->pool, 0, sp->local_end, states,
-                                        counts, n, m->step_hidden, err, sizeof err);
+                                        counts, n, hidden, err, sizeof err);
     uint64_t local_us = clock_us() - t0;
     pthread_mutex_unlock(&m->compute);
-    if (rc == 0) rc = sp->tail.send(sp->tail.ctx, pieces, n, m->step_hidden, local_us, err, sizeof err);
+    if (rc == 0) rc = sp->tail.send(sp->tail.ctx, pieces, n, hidden, local_us, err, sizeof err);
     for (int i = 0; i < n; i++) {
         rcs[i] = rc == ENGINE_TAIL_BROKEN ? rc : rc != 0 ? -1 : pieces[i].broken ? ENGINE_TAIL_BROKEN : 0;
         snprintf(errs[i], sizeof errs[i], "%s", err);
@@ -185,8 +192,10 @@ static void step_split(engine_model *m, const engine_split *sp, const model_seq 
     }
 }
 
-/* One step, entered and left with step_lock held (released while computing). */
-static void step_run_locked(engine_model *m)
+/* One step led by lane's thread, entered and left with step_lock held
+ * (released while computing). Returns the jobs in it; 0 when every queued
+ * job is in another leader's step. */
+static int step_run_locked(engine_model *m, int lane)
 {
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
@@ -201,14 +210,14 @@ static void step_run_locked(engine_model *m)
     model_seq seqs[MODEL_BATCH];
     engine_step_job *jobs[MODEL_BATCH];
     int n = step_compose_locked(m, seqs, jobs);
-    if (n == 0) return; /* cannot happen while the leader's own job waits */
+    if (n == 0) return 0;
     pthread_mutex_unlock(&m->step_lock);
 
     int rcs[MODEL_BATCH];
     char errs[MODEL_BATCH][256];
     const engine_split *sp = &jobs[0]->split;
     if (sp->has_tail) {
-        step_split(m, sp, seqs, jobs, n, rcs, errs);
+        step_split(m, m->lanes[lane].hidden, sp, seqs, jobs, n, rcs, errs);
     } else {
         pthread_mutex_lock(&m->compute);
         rcs[0] = model_forward_batch(m->model, m->step_batch, m->pool, seqs, n, errs[0], sizeof errs[0]);
@@ -250,6 +259,7 @@ static void step_run_locked(engine_model *m)
             pp = &j->next;
         }
     }
+    return n;
 }
 
 int engine_step_eval(engine_model *m, int lane, const engine_split *sp, int start, int from, int n,
@@ -264,13 +274,22 @@ int engine_step_eval(engine_model *m, int lane, const engine_split *sp, int star
     m->step_tail = &job;
     m->lanes[lane].queued = 1;
     pthread_cond_signal(&m->step_cond); /* a gathering leader may be waiting for us */
+    /* Solo, one leader; a split, up to the tail's depth (each waits on the
+     * network for its step while another computes the next). */
+    int leaders = sp->has_tail && sp->tail.depth > 1 ? sp->tail.depth : 1;
     while (!job.done) {
-        if (!m->step_leader) {
-            m->step_leader = 1;
-            while (!job.done) step_run_locked(m);
-            m->step_leader = 0;
-            /* the first waiting job's thread takes over */
-            if (m->step_head) pthread_cond_signal(&m->step_head->cond);
+        if (m->step_leaders < leaders && !job.take) {
+            m->step_leaders++;
+            while (!job.done && step_run_locked(m, lane) > 0) {
+            }
+            m->step_leaders--;
+            /* the first job that no step holds gets a leader */
+            for (engine_step_job *j = m->step_head; j; j = j->next)
+                if (!j->take && j != &job) {
+                    pthread_cond_signal(&j->cond);
+                    break;
+                }
+            if (!job.done) pthread_cond_wait(&job.cond, &m->step_lock); /* in another leader's step */
         } else {
             pthread_cond_wait(&job.cond, &m->step_lock);
         }

@@ -612,6 +612,7 @@ static void plan_go(pipe *p)
     uint8_t frame[256];
     int n = stage_encode_hello(&hello, frame, sizeof frame);
     mesh_stream_send(p->data_out, frame, (size_t)n);
+    p->tail.depth = p->plan.n_stages; /* the window: one step per stage (tail_send) */
     engine_set_split(p->em, p->plan.stages[0].end, &p->tail);
     p->plan.state = PLAN_READY;
     p->plan.stages[0].state = STAGE_READY;
