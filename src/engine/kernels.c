@@ -662,7 +662,7 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
     uint8_t *q8k_base = (uint8_t *)scratch + q8_0_part_bytes(cols, n);
     uint8_t *prep_base = q8k_base + q8_k_part_bytes(cols, n);
     size_t prep_stride = kernel_prep_bytes(cols);
-    kernel_prep_fn prep = NULL; /* one type per product, and Q4_0 is the only one with a prep */
+    kernel_prep_fn prep = NULL; /* the products' one prepared layout (the first part's that has one) */
     for (int i = 0; i < n_mats; i++) {
         assert(kernel_type_supported(w[i]->type));
         assert(w[i]->cols == cols && w[i]->rows > 0);
@@ -690,11 +690,15 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
             need_q8 = 1;
             part->act = scratch;
             part->act_stride = q8_stride;
-            kernel_prep_fn p = NULL;
-            if (job.ops->isa == KERNEL_ISA_AVX512) p = kernel_prep_avx512(t, &part->rows, &part->tile);
-            if (p) { /* its kernels take the Q8_0 blocks prepared (after the Q8_K part) */
-                assert(!prep || prep == p);
+            kernel_rows_fn rows_p = NULL;
+            kernel_tile_fn tile_p = NULL;
+            kernel_prep_fn p = job.ops->isa == KERNEL_ISA_AVX512 ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
+            /* its kernels on the Q8_0 blocks prepared (after the Q8_K part), when
+             * no other type of these products took that area: same bits either way */
+            if (p && (!prep || prep == p)) {
                 prep = p;
+                part->rows = rows_p;
+                part->tile = tile_p;
                 part->act = prep_base;
                 part->act_stride = prep_stride;
             }
