@@ -646,10 +646,12 @@ static void matmul_task(void *ctx, int task, int thread)
 }
 
 /* Scratch layout for quantized weights: [n][cols] as Q8_0 blocks, then
- * (when cols % 256 == 0) [n][cols] as Q8_K blocks, then [n] prepared
- * activations (kernel_prep_avx512, from the Q8_0 blocks). Every quantized
+ * (when cols % 256 == 0) [n][cols] as Q8_K blocks, then (from a 64-byte
+ * boundary) [n] prepared activations (kernel_prep_avx512, from the Q8_0
+ * blocks). Every quantized
  * type asks for all three, so the largest requirement over the products of
  * one kernel_matmul_multi covers any mix of activation layouts. */
+#define PREP_ALIGN 64 /* the prepared part starts on a cache line (its blocks are whole lines) */
 static size_t q8_0_part_bytes(int cols, int n) { return kernel_row_bytes(GGML_TYPE_Q8_0, cols) * (size_t)n; }
 static size_t q8_k_part_bytes(int cols, int n)
 {
@@ -659,7 +661,8 @@ static size_t q8_k_part_bytes(int cols, int n)
 size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n)
 {
     if (t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16) return 0;
-    return q8_0_part_bytes(cols, n) + q8_k_part_bytes(cols, n) + kernel_prep_bytes(cols) * (size_t)n;
+    size_t prep = kernel_prep_bytes(cols) * (size_t)n;
+    return q8_0_part_bytes(cols, n) + q8_k_part_bytes(cols, n) + (prep ? prep + PREP_ALIGN : 0);
 }
 
 static kernel_rows_fn rows_kernel(ggml_type t, kernel_isa isa)
@@ -702,8 +705,9 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
     size_t q8k_stride = cols % QUANT_K == 0 ? kernel_row_bytes(GGML_TYPE_Q8_K, cols) : 0;
     uint8_t *q8k_base = (uint8_t *)scratch + q8_0_part_bytes(cols, n);
     uint8_t *prep_base = q8k_base + q8_k_part_bytes(cols, n);
+    prep_base += (PREP_ALIGN - (uintptr_t)prep_base % PREP_ALIGN) % PREP_ALIGN;
     size_t prep_stride = kernel_prep_bytes(cols);
-    kernel_prep_fn prep = NULL; /* one type per product, and Q4_0 is the only one with a prep */
+    kernel_prep_fn prep = NULL; /* the products' one prepared layout (the first part's that has one) */
     for (int i = 0; i < n_mats; i++) {
         assert(kernel_type_supported(w[i]->type));
         assert(w[i]->cols == cols && w[i]->rows > 0);
@@ -731,11 +735,15 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
             need_q8 = 1;
             part->act = scratch;
             part->act_stride = q8_stride;
-            kernel_prep_fn p = NULL;
-            if (job.ops->isa == KERNEL_ISA_AVX512) p = kernel_prep_avx512(t, &part->rows, &part->tile);
-            if (p) { /* its kernels take the Q8_0 blocks prepared (after the Q8_K part) */
-                assert(!prep || prep == p);
+            kernel_rows_fn rows_p = NULL;
+            kernel_tile_fn tile_p = NULL;
+            kernel_prep_fn p = job.ops->isa == KERNEL_ISA_AVX512 ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
+            /* its kernels on the Q8_0 blocks prepared (after the Q8_K part), when
+             * no other type of these products took that area: same bits either way */
+            if (p && (!prep || prep == p)) {
                 prep = p;
+                part->rows = rows_p;
+                part->tile = tile_p;
                 part->act = prep_base;
                 part->act_stride = prep_stride;
             }

@@ -65,8 +65,8 @@ kernel_tile_fn kernel_tile_avx512_width(ggml_type t, int bits);
 
 /* Prepared activations. kernel_prep_avx512 gives, for a type whose 512-bit
  * kernels also come in a form that takes its activations prepared once per
- * product (Q4_0: the per-block work on the activations, done once instead
- * of once per group of rows), the function that prepares one token's Q8_0
+ * product (Q8_0 and Q4_0: the per-block work on the activations, done once
+ * instead of once per group of rows), the function that prepares one token's Q8_0
  * blocks of n values (kernel_prep_bytes(n) bytes, n % 32 == 0), and sets
  * *rows and *tile to the kernels that take them. Their outputs have the bits
  * of kernel_rows_avx512_width(t, 512) on the unprepared blocks. NULL (and

@@ -137,6 +137,76 @@ ROWS_INLINE void q8_0_body512(BODY_ARGS)
 }
 KERNELS(rows512_q8_0, tile512_q8_0, q8_0_body512)
 
+/* Activations prepared once per product (kernel_prep_avx512) for the Q8_0
+ * and Q4_0 kernels: the bodies above spend, per block pair and token, about
+ * as many instructions on the activations (loading and placing the two
+ * blocks, spreading their scales, the offset correction) as on the products
+ * themselves, and do it again for every group of 4 rows. On prepared
+ * activations a (row, token) pair costs its four operations (dpbusd,
+ * convert, scale, fused add) and the activations are loads, which is what
+ * lets a tile of 4 tokens cost much less than 4 single-token passes. The
+ * same operations on the same values, so the same bits
+ * (test_prepared_kernels). */
+typedef struct {
+    int8_t qs[64];     /* blocks i and i + 1 placed as the type's body places them (zeros for a missing i + 1) */
+    int32_t start[16]; /* the offset correction: -(offset * the sum of each lane's 4 values) */
+    float d[16];       /* the two scales spread as the weights' (0 for a missing i + 1) */
+} prep_2blocks;
+
+ROWS_FN void prep512_q8_0(const void *q8, void *out, int n)
+{
+    const kernel_block_q8_0 *y = q8;
+    prep_2blocks *o = out;
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    int nb = n / KERNEL_Q8_0_BLOCK;
+    for (int i = 0; i < nb; i += 2, o++) {
+        int pair = i + 1 < nb;
+        __m512i yv = load_2x32(y[i].qs, pair ? y[i + 1].qs : NULL);
+        __m512 dy = spread2(_mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0), halves);
+        __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, yv));
+        _mm512_storeu_si512(o->qs, yv);
+        _mm512_storeu_si512(o->start, start);
+        _mm512_storeu_ps(o->d, dy);
+    }
+}
+
+ROWS_INLINE void q8_0p_body512(BODY_ARGS)
+{
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const kernel_block_q8_0 *b[KERNEL_ROWS];
+    __m512 acc[KERNEL_ROWS][TILE_MAX];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        b[r] = (const kernel_block_q8_0 *)(w + r * stride);
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
+    }
+    int nb = n / KERNEL_Q8_0_BLOCK;
+    for (int i = 0; i < nb; i += 2) {
+        int pair = i + 1 < nb;
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            PREFETCH_NEXT_GROUP(&b[r][i], stride);
+            PREFETCH_NEXT_GROUP(&b[r][i + 1].qs[31], stride);
+            __m512i q = _mm512_xor_si512(load_2x32(b[r][i].qs, pair ? b[r][i + 1].qs : NULL), bias);
+            __m512 dw = spread2(fp16x2(b[r][i].d, pair ? b[r][i + 1].d : 0), halves);
+#pragma GCC unroll 8
+            for (int t = 0; t < nt; t++) {
+                const prep_2blocks *y = ACT(prep_2blocks, t) + i / 2;
+                __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(y->start), q, _mm512_loadu_si512(y->qs));
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, _mm512_loadu_ps(y->d)), acc[r][t]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) OUT(r, t) = _mm512_reduce_add_ps(acc[r][t]);
+}
+KERNELS(rows512_q8_0p, tile512_q8_0p, q8_0p_body512)
+
 /* ---- Q4_0 ---------------------------------------------------------------- */
 
 ROWS_INLINE void q4_0_body512(BODY_ARGS)
@@ -191,25 +261,11 @@ ROWS_INLINE void q4_0_body512(BODY_ARGS)
 }
 KERNELS(rows512_q4_0, tile512_q4_0, q4_0_body512)
 
-/* The same kernels on activations prepared once per product
- * (kernel_prep_avx512): the body above spends, per block pair and token,
- * about as many instructions on the activations (the permutation, the two
- * scales spread, the -8 * sum correction) as on the products themselves,
- * and does it again for every group of 4 rows. Here a (row, token) pair
- * costs its four operations (dpbusd, convert, scale, fused add) and the
- * activations are loads, which is what lets a tile of 4 tokens cost much
- * less than 4 single-token passes. Same operations on the same values as
- * q4_0_body512, so the same bits (test_prepared_kernels). */
-typedef struct {
-    int8_t qs[64];     /* blocks i and i + 1 as q4_0_body512 permutes them (zeros for a missing i + 1) */
-    int32_t start[16]; /* -8 * the sum of each lane's 4 values (the nibbles' offset) */
-    float d[16];       /* the two scales spread as the weights' (0 for a missing i + 1) */
-} prep_q4_0x2;
-
+/* The same kernels on prepared activations (see prep_2blocks above). */
 ROWS_FN void prep512_q4_0(const void *q8, void *out, int n)
 {
     const kernel_block_q8_0 *y = q8;
-    prep_q4_0x2 *o = out;
+    prep_2blocks *o = out;
     const __m512i quarters = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
     int nb = n / QUANT_BLOCK;
     for (int i = 0; i < nb; i += 2, o++) {
@@ -253,7 +309,7 @@ ROWS_INLINE void q4_0p_body512(BODY_ARGS)
             __m512 dw = spread2(fp16x2(b[r][i].d, pair ? b[r][i + 1].d : 0), quarters);
 #pragma GCC unroll 8
             for (int t = 0; t < nt; t++) {
-                const prep_q4_0x2 *y = ACT(prep_q4_0x2, t) + i / 2;
+                const prep_2blocks *y = ACT(prep_2blocks, t) + i / 2;
                 __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(y->start), q, _mm512_loadu_si512(y->qs));
                 acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, _mm512_loadu_ps(y->d)), acc[r][t]);
             }
@@ -266,14 +322,21 @@ ROWS_INLINE void q4_0p_body512(BODY_ARGS)
 }
 KERNELS(rows512_q4_0p, tile512_q4_0p, q4_0p_body512)
 
-size_t kernel_prep_bytes(int n) { return sizeof(prep_q4_0x2) * (size_t)((n / QUANT_BLOCK + 1) / 2); }
+size_t kernel_prep_bytes(int n) { return sizeof(prep_2blocks) * (size_t)((n / KERNEL_Q8_0_BLOCK + 1) / 2); }
 
 kernel_prep_fn kernel_prep_avx512(ggml_type t, kernel_rows_fn *rows, kernel_tile_fn *tile)
 {
-    if (t != GGML_TYPE_Q4_0) return NULL;
-    *rows = rows512_q4_0p;
-    *tile = tile512_q4_0p;
-    return prep512_q4_0;
+    switch (t) {
+    case GGML_TYPE_Q8_0:
+        *rows = rows512_q8_0p;
+        *tile = tile512_q8_0p;
+        return prep512_q8_0;
+    case GGML_TYPE_Q4_0:
+        *rows = rows512_q4_0p;
+        *tile = tile512_q4_0p;
+        return prep512_q4_0;
+    default: return NULL;
+    }
 }
 
 kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)

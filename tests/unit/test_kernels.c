@@ -341,7 +341,7 @@ static void test_matmul(void)
                             threadpool_create(5, err, sizeof err)};
     REQUIRE(pools[0] && pools[1] && pools[2]);
     static float x[NMAX * COLS], y[NMAX * ROWS], y0[NMAX * ROWS], yref[NMAX * ROWS], y1[ROWS];
-    static uint8_t scratch[NMAX * COLS * 2];
+    static uint8_t scratch[NMAX * COLS * 8]; /* Q8_0 blocks and their prepared form (avx512) */
     for (int i = 0; i < NMAX * COLS; i++) x[i] = rnd_uniform(-2, 2);
 
     for (size_t ti = 0; ti < 4; ti++) {
@@ -405,7 +405,8 @@ static void test_matmul_multi(void)
     kernel_matrix b = {GGML_TYPE_Q8_0, 9, COLS, make_matrix(GGML_TYPE_Q8_0, 9, COLS, 1)};
     kernel_matrix c = {GGML_TYPE_F16, 130, COLS, make_matrix(GGML_TYPE_F16, 130, COLS, 1)};
     static float x[N * COLS], ya[N * 40], yb[N * 9], yc[N * 130], za[N * 40], zb[N * 9], zc[N * 130];
-    static uint8_t scratch[N * COLS * 2];
+    static uint8_t scratch[N * COLS * 8]; /* Q8_0 blocks and their prepared form (avx512) */
+    REQUIRE(kernel_matmul_scratch_bytes(b.type, COLS, N) <= sizeof scratch);
     for (int i = 0; i < N * COLS; i++) x[i] = rnd_uniform(-1, 1);
     const kernel_matrix *w[3] = {&a, &b, &c};
     float *y[3] = {ya, yb, yc};

@@ -506,7 +506,8 @@ static void test_tile_kernels(void)
 /* The kernels on prepared activations (kernels_rows.h, kernel_prep_avx512):
  * rows and tiles of every token count, on blocks prepared once, give every
  * output the bits of the 512-bit rows kernel on the plain Q8_0 blocks, for
- * an even and an odd count of blocks (the missing partner of the last). */
+ * Q8_0 and Q4_0, an even and an odd count of blocks (the missing partner of
+ * the last). */
 static void test_prepared_kernels(void)
 {
     enum { R = 7, NT = 11 };
@@ -516,50 +517,56 @@ static void test_prepared_kernels(void)
     }
     kernel_rows_fn rows_p = NULL;
     kernel_tile_fn tile_p = NULL;
-    CHECK(kernel_prep_avx512(GGML_TYPE_Q8_0, &rows_p, &tile_p) == NULL && !rows_p && !tile_p);
-    kernel_prep_fn prep = kernel_prep_avx512(GGML_TYPE_Q4_0, &rows_p, &tile_p);
-    kernel_rows_fn rows = kernel_rows_avx512_width(GGML_TYPE_Q4_0, 512);
-    REQUIRE(prep && rows_p && tile_p && rows);
+    CHECK(kernel_prep_avx512(GGML_TYPE_Q5_0, &rows_p, &tile_p) == NULL && !rows_p && !tile_p);
+    static const ggml_type types[] = {GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
     static const int widths[] = {1024, 800, 96, 32};
-    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
-        int n = widths[wi];
-        size_t stride = kernel_row_bytes(GGML_TYPE_Q4_0, n), astride = kernel_row_bytes(GGML_TYPE_Q8_0, n);
-        size_t pstride = kernel_prep_bytes(n);
-        CHECK(pstride > 0);
-        uint8_t *w = malloc(stride * R), *act = malloc(astride * NT), *pact = malloc(pstride * NT);
-        float *wf = malloc(sizeof(float) * n), *x = malloc(sizeof(float) * n);
-        float alone[NT][R], got[NT][R];
-        REQUIRE(w && act && pact && wf && x);
-        for (int r = 0; r < R; r++) {
-            for (int i = 0; i < n; i++) wf[i] = rnd_uniform(-1, 1);
-            quantize_row(GGML_TYPE_Q4_0, wf, w + r * stride, n);
-        }
-        for (int k = 0; k < NT; k++) {
-            float scale = k == 3 ? 1e-3f : k == 5 ? 10.0f : 1.0f;
-            for (int i = 0; i < n; i++) x[i] = rnd_uniform(-2, 2) * scale;
-            kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)(act + k * astride), n);
-            prep(act + k * astride, pact + k * pstride, n);
-            for (int r = 0; r < R; r++) rows(w + r * stride, stride, 1, act + k * astride, n, &alone[k][r]);
-        }
-        memset(got, 0xff, sizeof got);
-        for (int k = 0; k < NT; k++) {
-            rows_p(w, stride, KERNEL_ROWS, pact + k * pstride, n, &got[k][0]);
-            rows_p(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, pact + k * pstride, n, &got[k][KERNEL_ROWS]);
-        }
-        if (memcmp(got, alone, sizeof got)) {
-            fprintf(stderr, "  Q4_0 n=%d: rows on prepared activations differ from the plain ones\n", n);
-            CHECK(0);
-        }
-        for (int nt = 1; nt <= NT; nt++) {
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        ggml_type t = types[ti];
+        kernel_prep_fn prep = kernel_prep_avx512(t, &rows_p, &tile_p);
+        kernel_rows_fn rows = kernel_rows_avx512_width(t, 512);
+        REQUIRE(prep && rows_p && tile_p && rows);
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+            int n = widths[wi];
+            size_t stride = kernel_row_bytes(t, n), astride = kernel_row_bytes(GGML_TYPE_Q8_0, n);
+            size_t pstride = kernel_prep_bytes(n);
+            CHECK(pstride > 0);
+            uint8_t *w = malloc(stride * R), *act = malloc(astride * NT), *pact = malloc(pstride * NT);
+            float *wf = malloc(sizeof(float) * n), *x = malloc(sizeof(float) * n);
+            float alone[NT][R], got[NT][R];
+            REQUIRE(w && act && pact && wf && x);
+            for (int r = 0; r < R; r++) {
+                for (int i = 0; i < n; i++) wf[i] = rnd_uniform(-1, 1);
+                quantize_row(t, wf, w + r * stride, n);
+            }
+            for (int k = 0; k < NT; k++) {
+                float scale = k == 3 ? 1e-3f : k == 5 ? 10.0f : 1.0f;
+                for (int i = 0; i < n; i++) x[i] = rnd_uniform(-2, 2) * scale;
+                kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)(act + k * astride), n);
+                prep(act + k * astride, pact + k * pstride, n);
+                for (int r = 0; r < R; r++) rows(w + r * stride, stride, 1, act + k * astride, n, &alone[k][r]);
+            }
             memset(got, 0xff, sizeof got);
-            tile_p(w, stride, KERNEL_ROWS, pact, pstride, nt, n, &got[0][0], R);
-            tile_p(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, pact, pstride, nt, n, &got[0][KERNEL_ROWS], R);
-            if (memcmp(got, alone, sizeof got[0] * nt)) {
-                fprintf(stderr, "  Q4_0 n=%d, %d tokens: tiles on prepared activations differ from the plain rows\n", n, nt);
+            for (int k = 0; k < NT; k++) {
+                rows_p(w, stride, KERNEL_ROWS, pact + k * pstride, n, &got[k][0]);
+                rows_p(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, pact + k * pstride, n, &got[k][KERNEL_ROWS]);
+            }
+            if (memcmp(got, alone, sizeof got)) {
+                fprintf(stderr, "  %s n=%d: rows on prepared activations differ from the plain ones\n",
+                        ggml_type_name(t), n);
                 CHECK(0);
             }
+            for (int nt = 1; nt <= NT; nt++) {
+                memset(got, 0xff, sizeof got);
+                tile_p(w, stride, KERNEL_ROWS, pact, pstride, nt, n, &got[0][0], R);
+                tile_p(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, pact, pstride, nt, n, &got[0][KERNEL_ROWS], R);
+                if (memcmp(got, alone, sizeof got[0] * nt)) {
+                    fprintf(stderr, "  %s n=%d, %d tokens: tiles on prepared activations differ from the plain rows\n",
+                            ggml_type_name(t), n, nt);
+                    CHECK(0);
+                }
+            }
+            free(w), free(act), free(pact), free(wf), free(x);
         }
-        free(w), free(act), free(pact), free(wf), free(x);
     }
 }
 
