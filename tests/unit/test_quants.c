@@ -500,6 +500,69 @@ static void test_tile_kernels(void)
     if (!ran) fprintf(stderr, "  (no SIMD tile kernels on this CPU: nothing to check)\n");
 }
 
+/* Slabs (kernels_rows.h): rows unpacked once, then every token over them,
+ * give the very bits of the same set's rows kernel, one row and token at a
+ * time: whole groups and a leftover group, an odd block count (the 512-bit
+ * kernel's missing partner) and an even one; the slab's bytes past what the
+ * unpacking writes are never read (poisoned here). */
+static void test_slab_kernels(void)
+{
+    enum { R = 7, NT = 37 };
+    struct {
+        const char *name;
+        kernel_isa isa;
+    } sets[] = {{"avx2", KERNEL_ISA_AVX2}, {"avxvnni", KERNEL_ISA_AVXVNNI}, {"avx512", KERNEL_ISA_AVX512}};
+    static const int widths[] = {800, 96, 4864};
+    int ran = 0;
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+        int n = widths[wi];
+        ggml_type t = GGML_TYPE_Q4_0;
+        size_t stride = kernel_row_bytes(t, n), astride = kernel_row_bytes(GGML_TYPE_Q8_0, n);
+        size_t slab_stride = KERNEL_SLAB_ROW_BYTES(n);
+        uint8_t *w = malloc(stride * R), *act = malloc(astride * NT), *slab = malloc(slab_stride * KERNEL_ROWS);
+        float *x = malloc(sizeof(float) * n);
+        static float slabbed[NT][R], alone[NT][R];
+        REQUIRE(w && act && slab && x);
+        for (int r = 0; r < R; r++) {
+            for (int i = 0; i < n; i++) x[i] = rnd_uniform(-1, 1) * (r == 2 ? 1e-3f : 1.0f);
+            quantize_row(t, x, w + r * stride, n);
+        }
+        for (int k = 0; k < NT; k++) {
+            for (int i = 0; i < n; i++) x[i] = rnd_uniform(-2, 2) * (k == 3 ? 1e-3f : k == 5 ? 10.0f : 1.0f);
+            kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)(act + k * astride), n);
+        }
+        for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
+            if (!kernel_isa_available(sets[si].isa)) continue;
+            kernel_isa isa = sets[si].isa;
+            kernel_rows_fn rows = isa == KERNEL_ISA_AVX2      ? kernel_rows_avx2(t)
+                                  : isa == KERNEL_ISA_AVXVNNI ? kernel_rows_avxvnni(t)
+                                                              : kernel_rows_avx512(t);
+            kernel_slab sl = isa == KERNEL_ISA_AVX2      ? kernel_slab_avx2(t)
+                             : isa == KERNEL_ISA_AVXVNNI ? kernel_slab_avxvnni(t)
+                                                         : kernel_slab_avx512(t);
+            REQUIRE(rows && sl.unpack && sl.tile);
+            CHECK(!kernel_slab_avx2(GGML_TYPE_Q8_0).tile); /* Q4_0 only, for now */
+            ran++;
+            memset(slabbed, 0xff, sizeof slabbed);
+            for (int r0 = 0; r0 < R; r0 += KERNEL_ROWS) {
+                int nr = R - r0 < KERNEL_ROWS ? R - r0 : KERNEL_ROWS;
+                memset(slab, 0x5a, slab_stride * KERNEL_ROWS);
+                sl.unpack(w + r0 * stride, stride, nr, n, slab);
+                sl.tile(slab, slab_stride, nr, act, astride, NT, n, &slabbed[0][r0], R);
+            }
+            for (int k = 0; k < NT; k++)
+                for (int r = 0; r < R; r++) rows(w + r * stride, stride, 1, act + k * astride, n, &alone[k][r]);
+            if (memcmp(slabbed, alone, sizeof slabbed)) {
+                fprintf(stderr, "  Q4_0 %s n=%d: slab products differ from one row and token at a time\n",
+                        sets[si].name, n);
+                CHECK(0);
+            }
+        }
+        free(w), free(act), free(slab), free(x);
+    }
+    if (!ran) fprintf(stderr, "  (no SIMD slab kernels on this CPU: nothing to check)\n");
+}
+
 /* kernel_matmul over every type (and mixed types in one multi-product, which
  * share the scratch) against kernel_matmul_ref, on every ISA this CPU has. */
 static void test_matmul_all_types(void)
@@ -763,6 +826,7 @@ int main(void)
     RUN(test_dot_products);
     RUN(test_rows_kernels);
     RUN(test_tile_kernels);
+    RUN(test_slab_kernels);
     RUN(test_matmul_all_types);
     RUN(test_recipes);
     RUN(test_models_track_f32);
