@@ -53,9 +53,11 @@ typedef void (*kernel_tile_fn)(const void *w, size_t stride, int nrows, const vo
  * belongs to the set (and width) that wrote it; a row takes at most
  * KERNEL_SLAB_ROW_BYTES(n). Contract: the slab tile kernel gives every output
  * the very bits the same set's rows kernel gives (the same integer lanes and
- * float operations; only where the levels are read from differs). Q4_0 only
- * for now: a block's fp16 scale and its 32 levels, one per byte -> 2 + 32 bytes. */
-#define KERNEL_SLAB_ROW_BYTES(n) ((size_t)((n) / 32 + 1) * 34)
+ * float operations; only where the levels are read from differs). Q4_0 and
+ * Q4_K for now: a Q4_0 block's fp16 scale and 32 levels, one per byte, take
+ * 34 bytes per 32 values; a Q4_K block's d, dmin, 8 scales, 8 mins and 256
+ * levels 276 per 256 (34.5 per 32). */
+#define KERNEL_SLAB_ROW_BYTES(n) ((size_t)((n) / 32 + 1) * 35)
 typedef void (*kernel_unpack_fn)(const void *w, size_t stride, int nrows, int n, void *slab);
 typedef struct {
     kernel_unpack_fn unpack; /* rows -> slab, row r at slab + r * KERNEL_SLAB_ROW_BYTES(n) */
