@@ -6,6 +6,9 @@
 
 #include <stdint.h>
 
+#include "net/quic.h"
+#include "serve/http_guard.h"
+
 #define NODE_MAX_MODELS 16
 #define NODE_MAX_JOINS 16
 
@@ -31,6 +34,9 @@ typedef struct {
     int client;                          /* llmesh client: no models, forward only */
     const char *standby_for[NODE_MAX_MODELS]; /* references a standby may take over */
     int n_standby_for;
+    quic_limits quic_limits;             /* mesh connection bounds; zeros = defaults */
+    http_guard_limits http_limits;       /* both HTTP servers' bounds; zeros = defaults */
+    uint32_t max_clients, ban_bad_frames, ban_ms; /* mesh_config's; zeros = defaults */
 } node_config;
 
 /* Runs the node until SIGINT/SIGTERM. Prints "api: URL", "console: URL" and
