@@ -170,9 +170,7 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
         kernel_rows_fn rows_p = NULL;
         kernel_tile_fn tile_p = NULL;
         kernel_prep_fn prep = kernel_active_isa() == KERNEL_ISA_AVX512 ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
-        /* a slab takes the activations the product gives its type's kernels:
-         * prepared ones where there is a prep (timed with "+p" below) */
-        kernel_slab sl = active_slab(t), none = {NULL, NULL}, sl_plain = prep ? none : sl;
+        kernel_slab sl_plain = active_slab(t); /* on plain activations: none where there is a prep */
         double tr[101], tt[101], ts[101];
         time_prompt(rows_fn, NULL, w, stride, rows, act, astride, ntok, cols, y); /* warm up */
         time_prompt(rows_fn, tile, w, stride, rows, act, astride, ntok, cols, y);
@@ -197,15 +195,11 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
             for (int r = 0; r < runs; r++) {
                 tr[r] = time_prompt(rows_p, NULL, w, stride, rows, pact, pstride, ntok, cols, y);
                 tt[r] = time_prompt(rows_p, tile_p, w, stride, rows, pact, pstride, ntok, cols, y);
-                ts[r] = sl.tile ? time_slab(sl, w, stride, rows, pact, pstride, ntok, cols, y, slab) : 0;
             }
             qsort(tr, (size_t)runs, sizeof tr[0], cmp_double);
             qsort(tt, (size_t)runs, sizeof tt[0], cmp_double);
-            qsort(ts, (size_t)runs, sizeof ts[0], cmp_double);
-            printf("%-4s+p %16.2f %16.2f %7.2fx", ggml_type_name(t), macs / tr[runs / 2] * 1e-3,
+            printf("%-4s+p %16.2f %16.2f %7.2fx\n", ggml_type_name(t), macs / tr[runs / 2] * 1e-3,
                    macs / tt[runs / 2] * 1e-3, tr[runs / 2] / tt[runs / 2]);
-            if (sl.tile) printf(" %16.2f %10.2fx\n", macs / ts[runs / 2] * 1e-3, tt[runs / 2] / ts[runs / 2]);
-            else printf(" %16s %11s\n", "-", "-");
             free(pact);
         }
         free(w);

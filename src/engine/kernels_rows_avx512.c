@@ -227,24 +227,9 @@ ROWS_FN void prep512_q4_0(const void *q8, void *out, int n)
     }
 }
 
-/* A step's 64 levels of blocks i and i + 1 (none: zeros), in the order the
- * activations are permuted to. */
-ROWS_INLINE __m512i q4_0_levels512(const quant_block_q4_0 *bi, const quant_block_q4_0 *bj)
+ROWS_INLINE void q4_0p_body512(BODY_ARGS)
 {
     const __m256i m15 = _mm256_set1_epi8(15);
-    __m128i qa = _mm_loadu_si128((const __m128i *)bi->qs);
-    __m128i qb = bj ? _mm_loadu_si128((const __m128i *)bj->qs) : _mm_setzero_si128();
-    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(qa), qb, 1);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m15)),
-                              _mm256_and_si256(_mm256_srli_epi16(v, 4), m15), 1);
-}
-
-/* slab: rows unpacked by unpack512_q4_0, per step (2 blocks) d_i, d_i+1
- * (fp16, 0 for a missing partner) then q4_0_levels512's 64 bytes; the
- * product is q4_0p_body512's with the levels loaded, so the same bits. */
-#define SLAB_STEP (2 * SLAB_BLOCK)
-ROWS_INLINE void q4_0p_body512_any(BODY_ARGS, const int slab)
-{
     const __m512i quarters = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
     const quant_block_q4_0 *b[KERNEL_ROWS];
     __m512 acc[KERNEL_ROWS][TILE_MAX];
@@ -259,19 +244,13 @@ ROWS_INLINE void q4_0p_body512_any(BODY_ARGS, const int slab)
         int pair = i + 1 < nb;
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            __m512i q;
-            __m512 dw;
-            if (slab) {
-                const uint8_t *s = w + r * stride + (size_t)(i / 2) * SLAB_STEP;
-                uint16_t d[2];
-                memcpy(d, s, 4);
-                q = _mm512_loadu_si512((const void *)(s + 4));
-                dw = spread2(fp16x2(d[0], d[1]), quarters);
-            } else {
-                PREFETCH_NEXT_GROUP(&b[r][i], stride);
-                q = q4_0_levels512(&b[r][i], pair ? &b[r][i + 1] : NULL);
-                dw = spread2(fp16x2(b[r][i].d, pair ? b[r][i + 1].d : 0), quarters);
-            }
+            PREFETCH_NEXT_GROUP(&b[r][i], stride);
+            __m128i qa = _mm_loadu_si128((const __m128i *)b[r][i].qs);
+            __m128i qb = pair ? _mm_loadu_si128((const __m128i *)b[r][i + 1].qs) : _mm_setzero_si128();
+            __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(qa), qb, 1);
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m15)),
+                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), m15), 1);
+            __m512 dw = spread2(fp16x2(b[r][i].d, pair ? b[r][i + 1].d : 0), quarters);
 #pragma GCC unroll 8
             for (int t = 0; t < nt; t++) {
                 const prep_q4_0x2 *y = ACT(prep_q4_0x2, t) + i / 2;
@@ -285,28 +264,7 @@ ROWS_INLINE void q4_0p_body512_any(BODY_ARGS, const int slab)
 #pragma GCC unroll 8
         for (int t = 0; t < nt; t++) OUT(r, t) = _mm512_reduce_add_ps(acc[r][t]);
 }
-ROWS_INLINE void q4_0p_body512(BODY_ARGS) { q4_0p_body512_any(w, stride, act, astride, n, out, ostride, nr, nt, 0); }
-ROWS_INLINE void q4_0p_slab_body512(BODY_ARGS)
-{
-    q4_0p_body512_any(w, stride, act, astride, n, out, ostride, nr, nt, 1);
-}
 KERNELS(rows512_q4_0p, tile512_q4_0p, q4_0p_body512)
-TILE_WRAPPER(slab512_q4_0p, q4_0p_slab_body512, ROWS_TILE_T)
-
-ROWS_FN void unpack512_q4_0(const void *w, size_t stride, int nrows, int n, void *slab)
-{
-    int nb = n / QUANT_BLOCK;
-    for (int r = 0; r < nrows; r++) {
-        const quant_block_q4_0 *b = (const quant_block_q4_0 *)((const uint8_t *)w + r * stride);
-        uint8_t *out = (uint8_t *)slab + r * KERNEL_SLAB_ROW_BYTES(n);
-        for (int i = 0; i < nb; i += 2, out += SLAB_STEP) {
-            int pair = i + 1 < nb;
-            uint16_t d[2] = {b[i].d, pair ? b[i + 1].d : 0};
-            memcpy(out, d, 4);
-            _mm512_storeu_si512((void *)(out + 4), q4_0_levels512(&b[i], pair ? &b[i + 1] : NULL));
-        }
-    }
-}
 
 size_t kernel_prep_bytes(int n) { return sizeof(prep_q4_0x2) * (size_t)((n / QUANT_BLOCK + 1) / 2); }
 
@@ -356,12 +314,14 @@ kernel_tile_fn kernel_tile_avx512(ggml_type t)
     return wide ? wide : tile256_get(t);
 }
 
-/* The kernels the product runs at this level: Q4_0 at 512 bits on prepared
- * activations (kernel_prep_avx512), so its slab kernel takes those too; the
- * 256-bit body's slabs for types at 256 (Q4_K). */
+/* The 256-bit body's slabs for the types that run at 256 bits here (Q4_K).
+ * None for Q4_0: on prepared activations (kernel_prep_avx512) its 512-bit
+ * tile kernel is as fast as a slab (kernels_bench --prompt 64, 896 x 4864:
+ * slab / tile 0.98-1.01x), so the unpacking is no longer what it waits on. */
 kernel_slab kernel_slab_avx512(ggml_type t)
 {
-    return t == GGML_TYPE_Q4_0 ? (kernel_slab){unpack512_q4_0, slab512_q4_0p} : slab256_get(t);
+    kernel_slab none = {NULL, NULL};
+    return t == GGML_TYPE_Q4_0 ? none : slab256_get(t);
 }
 #else
 kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)

@@ -550,25 +550,22 @@ static void test_slab_kernels(void)
             kernel_slab sl = isa == KERNEL_ISA_AVX2      ? kernel_slab_avx2(t)
                              : isa == KERNEL_ISA_AVXVNNI ? kernel_slab_avxvnni(t)
                                                          : kernel_slab_avx512(t);
-            REQUIRE(rows && sl.unpack && sl.tile);
+            REQUIRE(rows);
             CHECK(!kernel_slab_avx2(GGML_TYPE_Q8_0).tile); /* Q4_0 and Q4_K only, for now */
+            /* avx512 runs Q4_0 on prepared activations, where a slab gains nothing: none */
+            if (isa == KERNEL_ISA_AVX512 && t == GGML_TYPE_Q4_0) {
+                CHECK(!sl.unpack && !sl.tile);
+                continue;
+            }
+            REQUIRE(sl.unpack && sl.tile);
             ran++;
-            /* at avx512 the Q4_0 product (and so its slab) takes prepared activations */
-            kernel_rows_fn rows_p = NULL;
-            kernel_tile_fn tile_p = NULL;
-            kernel_prep_fn prep = isa == KERNEL_ISA_AVX512 ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
-            size_t pstride = prep ? kernel_prep_bytes(n) : astride;
-            uint8_t *pact = prep ? malloc(pstride * NT) : act;
-            REQUIRE(pact);
-            for (int k = 0; prep && k < NT; k++) prep(act + k * astride, pact + k * pstride, n);
             memset(slabbed, 0xff, sizeof slabbed);
             for (int r0 = 0; r0 < R; r0 += KERNEL_ROWS) {
                 int nr = R - r0 < KERNEL_ROWS ? R - r0 : KERNEL_ROWS;
                 memset(slab, 0x5a, slab_stride * KERNEL_ROWS);
                 sl.unpack(w + r0 * stride, stride, nr, n, slab);
-                sl.tile(slab, slab_stride, nr, pact, pstride, NT, n, &slabbed[0][r0], R);
+                sl.tile(slab, slab_stride, nr, act, astride, NT, n, &slabbed[0][r0], R);
             }
-            if (prep) free(pact);
             for (int k = 0; k < NT; k++)
                 for (int r = 0; r < R; r++) rows(w + r * stride, stride, 1, act + k * astride, n, &alone[k][r]);
             if (memcmp(slabbed, alone, sizeof slabbed)) {
