@@ -81,6 +81,35 @@ static double time_prompt(kernel_rows_fn rows_fn, kernel_tile_fn tile, const uin
     return (now() - t0) / reps * 1e6;
 }
 
+/* Microseconds of the same product through a slab: each 4-row group
+ * unpacked once, then every vector over it (kernel_matmul's path for
+ * batches of MATMUL_SLAB_MIN_TOKENS or more). */
+static double time_slab(kernel_slab sl, const uint8_t *w, size_t stride, int rows, const uint8_t *act,
+                        size_t astride, int ntok, int cols, float *y, uint8_t *slab)
+{
+    double t0 = now();
+    int reps = 0;
+    do {
+        for (int i = 0; i < rows; i += KERNEL_ROWS) {
+            int nr = rows - i < KERNEL_ROWS ? rows - i : KERNEL_ROWS;
+            sl.unpack(w + (size_t)i * stride, stride, nr, cols, slab);
+            sl.tile(slab, KERNEL_SLAB_ROW_BYTES(cols), nr, act, astride, ntok, cols, y + i, (size_t)rows);
+        }
+        reps++;
+    } while (now() - t0 < 0.1);
+    return (now() - t0) / reps * 1e6;
+}
+
+static kernel_slab active_slab(ggml_type t)
+{
+    switch (kernel_active_isa()) {
+    case KERNEL_ISA_AVX512: return kernel_slab_avx512(t);
+    case KERNEL_ISA_AVXVNNI: return kernel_slab_avxvnni(t);
+    case KERNEL_ISA_AVX2: return kernel_slab_avx2(t);
+    default: return (kernel_slab){NULL, NULL};
+    }
+}
+
 static kernel_rows_fn active_rows(ggml_type t)
 {
     switch (kernel_active_isa()) {
@@ -108,12 +137,14 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
                                       GGML_TYPE_Q3_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
     printf("isa %s, %d x %d, %d vectors, 1 thread, median of %d (CPU time)\n", kernel_isa_name(kernel_active_isa()),
            rows, cols, ntok, runs);
-    printf("%-6s %16s %16s %8s\n", "type", "rows GMAC/s", "tile GMAC/s", "ratio");
+    printf("%-6s %16s %16s %8s %16s %11s\n", "type", "rows GMAC/s", "tile GMAC/s", "ratio", "slab GMAC/s",
+           "slab/tile");
     float *wf = malloc(sizeof(float) * (size_t)cols), *x = malloc(sizeof(float) * (size_t)cols);
     float *y = malloc(sizeof(float) * (size_t)rows * (size_t)ntok);
     size_t astride_max = kernel_row_bytes(GGML_TYPE_F32, cols);
     uint8_t *act = malloc(astride_max * (size_t)ntok);
-    if (!wf || !x || !y || !act) return 1;
+    uint8_t *slab = malloc(KERNEL_SLAB_ROW_BYTES(cols) * KERNEL_ROWS);
+    if (!wf || !x || !y || !act || !slab) return 1;
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         ggml_type t = types[k];
         kernel_rows_fn rows_fn = active_rows(t);
@@ -136,21 +167,26 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
             else if (at == GGML_TYPE_Q8_K) quant_quantize_row_q8_k(x, (quant_block_q8_k *)a, cols);
             else kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)a, cols);
         }
-        double tr[101], tt[101];
-        time_prompt(rows_fn, NULL, w, stride, rows, act, astride, ntok, cols, y); /* warm up */
-        time_prompt(rows_fn, tile, w, stride, rows, act, astride, ntok, cols, y);
-        for (int r = 0; r < runs; r++) {
-            tr[r] = time_prompt(rows_fn, NULL, w, stride, rows, act, astride, ntok, cols, y);
-            tt[r] = time_prompt(rows_fn, tile, w, stride, rows, act, astride, ntok, cols, y);
-        }
-        qsort(tr, (size_t)runs, sizeof tr[0], cmp_double);
-        qsort(tt, (size_t)runs, sizeof tt[0], cmp_double);
-        double macs = (double)rows * cols * ntok;
-        printf("%-6s %16.2f %16.2f %7.2fx\n", ggml_type_name(t), macs / tr[runs / 2] * 1e-3, macs / tt[runs / 2] * 1e-3,
-               tr[runs / 2] / tt[runs / 2]);
         kernel_rows_fn rows_p = NULL;
         kernel_tile_fn tile_p = NULL;
         kernel_prep_fn prep = kernel_active_isa() == KERNEL_ISA_AVX512 ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
+        kernel_slab sl_plain = active_slab(t); /* on plain activations: none where there is a prep */
+        double tr[101], tt[101], ts[101];
+        time_prompt(rows_fn, NULL, w, stride, rows, act, astride, ntok, cols, y); /* warm up */
+        time_prompt(rows_fn, tile, w, stride, rows, act, astride, ntok, cols, y);
+        for (int r = 0; r < runs; r++) { /* in turn, so load changes hit all three alike */
+            tr[r] = time_prompt(rows_fn, NULL, w, stride, rows, act, astride, ntok, cols, y);
+            tt[r] = time_prompt(rows_fn, tile, w, stride, rows, act, astride, ntok, cols, y);
+            ts[r] = sl_plain.tile ? time_slab(sl_plain, w, stride, rows, act, astride, ntok, cols, y, slab) : 0;
+        }
+        qsort(tr, (size_t)runs, sizeof tr[0], cmp_double);
+        qsort(tt, (size_t)runs, sizeof tt[0], cmp_double);
+        qsort(ts, (size_t)runs, sizeof ts[0], cmp_double);
+        double macs = (double)rows * cols * ntok;
+        printf("%-6s %16.2f %16.2f %7.2fx", ggml_type_name(t), macs / tr[runs / 2] * 1e-3, macs / tt[runs / 2] * 1e-3,
+               tr[runs / 2] / tt[runs / 2]);
+        if (sl_plain.tile) printf(" %16.2f %10.2fx\n", macs / ts[runs / 2] * 1e-3, tt[runs / 2] / ts[runs / 2]);
+        else printf(" %16s %11s\n", "-", "-");
         if (prep) { /* the same on prepared activations (what kernel_matmul uses): "+p" */
             size_t pstride = kernel_prep_bytes(cols);
             uint8_t *pact = malloc(pstride * (size_t)ntok);
@@ -168,7 +204,7 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
         }
         free(w);
     }
-    free(wf), free(x), free(y), free(act);
+    free(wf), free(x), free(y), free(act), free(slab);
     return 0;
 }
 

@@ -559,6 +559,14 @@ void kernel_fp32_to_fp16_row(const float *src, uint16_t *dst, int n)
  * weight rows (which stay in L1) without pushing the inputs out of L2. */
 #define MATMUL_TOKEN_TILE 8
 
+/* Batches of at least this many tokens unpack each group of rows once into
+ * a slab (kernels_rows.h) when the type has one: the unpacking is then paid
+ * once per group instead of once per tile of 2-4 tokens. The slab lives on
+ * the worker's stack, so rows wider than MATMUL_SLAB_BYTES / KERNEL_ROWS
+ * (cols above ~15K for Q4_0) keep the tile path. Same bits either way. */
+#define MATMUL_SLAB_MIN_TOKENS 32
+#define MATMUL_SLAB_BYTES (64 * 1024)
+
 /* One product of a multi-product job, with its share of the task range. */
 typedef struct {
     const kernel_matrix *w;
@@ -566,6 +574,7 @@ typedef struct {
     size_t w_stride;       /* bytes between weight rows */
     kernel_rows_fn rows;   /* the type's rows kernel for the active ISA, or NULL */
     kernel_tile_fn tile;   /* its tile kernel (several tokens per pass), or NULL */
+    kernel_slab slab;      /* its slab (large batches), or {NULL, NULL} */
     quant_dot_fn qdot;     /* quants.c types: the one-row dot product for the active ISA */
     const uint8_t *act;    /* the input in the layout the type takes: floats, Q8_0 or Q8_K */
     size_t act_stride;     /* bytes between input vectors there */
@@ -623,6 +632,19 @@ static void matmul_task(void *ctx, int task, int thread)
     int rows = part->w->rows;
     int r0 = (task - part->first_task) * part->rows_per_task;
     int r1 = r0 + part->rows_per_task < rows ? r0 + part->rows_per_task : rows;
+    int cols = part->w->cols;
+    if (part->slab.tile && job->n >= MATMUL_SLAB_MIN_TOKENS &&
+        KERNEL_ROWS * KERNEL_SLAB_ROW_BYTES(cols) <= MATMUL_SLAB_BYTES) {
+        _Alignas(64) uint8_t slab[MATMUL_SLAB_BYTES];
+        for (int r = r0; r < r1; r += KERNEL_ROWS) {
+            int nr = r1 - r < KERNEL_ROWS ? r1 - r : KERNEL_ROWS;
+            part->slab.unpack((const uint8_t *)part->w->data + (size_t)r * part->w_stride, part->w_stride, nr,
+                              cols, slab);
+            part->slab.tile(slab, KERNEL_SLAB_ROW_BYTES(cols), nr, part->act, part->act_stride, job->n, cols,
+                            part->y + r, (size_t)rows);
+        }
+        return;
+    }
     if (part->tile && job->n > 1) {
         for (int r = r0; r < r1; r += KERNEL_ROWS) {
             int nr = r1 - r < KERNEL_ROWS ? r1 - r : KERNEL_ROWS;
@@ -685,6 +707,16 @@ static kernel_tile_fn tile_kernel(ggml_type t, kernel_isa isa)
     }
 }
 
+static kernel_slab slab_kernel(ggml_type t, kernel_isa isa)
+{
+    switch (isa) {
+    case KERNEL_ISA_AVX512: return kernel_slab_avx512(t);
+    case KERNEL_ISA_AVXVNNI: return kernel_slab_avxvnni(t);
+    case KERNEL_ISA_AVX2: return kernel_slab_avx2(t);
+    default: return (kernel_slab){NULL, NULL};
+    }
+}
+
 void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *const *w,
                          const float *x, int n, float *const *y, void *scratch)
 {
@@ -718,6 +750,7 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
         part->w_stride = kernel_row_bytes(t, cols);
         part->rows = rows_kernel(t, job.ops->isa);
         part->tile = tile_kernel(t, job.ops->isa);
+        part->slab = slab_kernel(t, job.ops->isa);
         part->rows_per_task = rows_per_task;
         part->first_task = n_tasks;
         n_tasks += (w[i]->rows + rows_per_task - 1) / rows_per_task;

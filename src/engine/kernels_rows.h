@@ -46,6 +46,29 @@ typedef void (*kernel_rows_fn)(const void *w, size_t stride, int nrows, const vo
 typedef void (*kernel_tile_fn)(const void *w, size_t stride, int nrows, const void *act,
                                size_t act_stride, int ntok, int n, float *out, size_t out_stride);
 
+/* A slab: for large batches, a group of up to KERNEL_ROWS weight rows is
+ * unpacked once into a buffer of bytes the tile kernel's inner loop loads
+ * as they are (no nibble masking, shifts or lane shuffles per tile), and a
+ * slab tile kernel runs every token of the batch over it. The slab's layout
+ * belongs to the set (and width) that wrote it; a row takes at most
+ * KERNEL_SLAB_ROW_BYTES(n). Contract: the slab tile kernel gives every output
+ * the very bits the same set's rows kernel gives (the same integer lanes and
+ * float operations; only where the levels are read from differs). Q4_0 and
+ * Q4_K for now: a Q4_0 block's fp16 scale and 32 levels, one per byte, take
+ * 34 bytes per 32 values; a Q4_K block's d, dmin, 8 scales, 8 mins and 256
+ * levels 276 per 256 (34.5 per 32). */
+#define KERNEL_SLAB_ROW_BYTES(n) ((size_t)((n) / 32 + 1) * 35)
+typedef void (*kernel_unpack_fn)(const void *w, size_t stride, int nrows, int n, void *slab);
+typedef struct {
+    kernel_unpack_fn unpack; /* rows -> slab, row r at slab + r * KERNEL_SLAB_ROW_BYTES(n) */
+    kernel_tile_fn tile;     /* the tile kernel over a slab (stride: KERNEL_SLAB_ROW_BYTES(n)) */
+} kernel_slab;
+/* The slab of type t matching each set's rows kernel (same width), or
+ * {NULL, NULL} where there is none. */
+kernel_slab kernel_slab_avx2(ggml_type t);
+kernel_slab kernel_slab_avxvnni(ggml_type t);
+kernel_slab kernel_slab_avx512(ggml_type t);
+
 /* The rows kernel of type t for each instruction set, or NULL when there is
  * none (the caller then uses the type's one-row dot product). Only call a
  * set's function when the CPU has that set. */

@@ -22,6 +22,7 @@
 
 kernel_rows_fn kernel_rows_avx2(ggml_type t) { return rows256_get(t); }
 kernel_tile_fn kernel_tile_avx2(ggml_type t) { return tile256_get(t); }
+kernel_slab kernel_slab_avx2(ggml_type t) { return slab256_get(t); }
 #else
 kernel_rows_fn kernel_rows_avx2(ggml_type t)
 {
@@ -32,5 +33,10 @@ kernel_tile_fn kernel_tile_avx2(ggml_type t)
 {
     (void)t;
     return NULL;
+}
+kernel_slab kernel_slab_avx2(ggml_type t)
+{
+    (void)t;
+    return (kernel_slab){NULL, NULL};
 }
 #endif

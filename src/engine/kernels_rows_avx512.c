@@ -376,6 +376,16 @@ kernel_tile_fn kernel_tile_avx512(ggml_type t)
     kernel_tile_fn wide = t == GGML_TYPE_F16 ? NULL : kernel_tile_avx512_width(t, 512);
     return wide ? wide : tile256_get(t);
 }
+
+/* The 256-bit body's slabs for the types that run at 256 bits here (Q4_K).
+ * None for Q4_0: on prepared activations (kernel_prep_avx512) its 512-bit
+ * tile kernel is as fast as a slab (kernels_bench --prompt 64, 896 x 4864:
+ * slab / tile 0.98-1.01x), so the unpacking is no longer what it waits on. */
+kernel_slab kernel_slab_avx512(ggml_type t)
+{
+    kernel_slab none = {NULL, NULL};
+    return t == GGML_TYPE_Q4_0 ? none : slab256_get(t);
+}
 #else
 kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)
 {
@@ -396,6 +406,11 @@ kernel_tile_fn kernel_tile_avx512(ggml_type t)
 {
     (void)t;
     return NULL;
+}
+kernel_slab kernel_slab_avx512(ggml_type t)
+{
+    (void)t;
+    return (kernel_slab){NULL, NULL};
 }
 size_t kernel_prep_bytes(int n)
 {

@@ -23,6 +23,7 @@
 
 kernel_rows_fn kernel_rows_avxvnni(ggml_type t) { return rows256_get(t); }
 kernel_tile_fn kernel_tile_avxvnni(ggml_type t) { return tile256_get(t); }
+kernel_slab kernel_slab_avxvnni(ggml_type t) { return slab256_get(t); }
 #else
 kernel_rows_fn kernel_rows_avxvnni(ggml_type t)
 {
@@ -33,5 +34,10 @@ kernel_tile_fn kernel_tile_avxvnni(ggml_type t)
 {
     (void)t;
     return NULL;
+}
+kernel_slab kernel_slab_avxvnni(ggml_type t)
+{
+    (void)t;
+    return (kernel_slab){NULL, NULL};
 }
 #endif
