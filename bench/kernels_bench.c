@@ -11,7 +11,9 @@
  * vectors through the rows kernel one vector at a time (the path before tile
  * kernels: 8 vectors per pass over a 4-row group) and through the tile
  * kernel (all N vectors per group), in turn, run after run; prints G
- * multiply-adds per second of each and their ratio.
+ * multiply-adds per second of each and their ratio; for a type with
+ * prepared activations at the active ISA (kernel_prep_avx512), a "+p" line:
+ * the same two on them, as kernel_matmul runs it.
  * Usage: kernels_bench [--rows R] [--cols C] [--runs N] [--isa NAME] [--variants | --prompt N] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,6 +148,24 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
         double macs = (double)rows * cols * ntok;
         printf("%-6s %16.2f %16.2f %7.2fx\n", ggml_type_name(t), macs / tr[runs / 2] * 1e-3, macs / tt[runs / 2] * 1e-3,
                tr[runs / 2] / tt[runs / 2]);
+        kernel_rows_fn rows_p = NULL;
+        kernel_tile_fn tile_p = NULL;
+        kernel_prep_fn prep = kernel_active_isa() == KERNEL_ISA_AVX512 ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
+        if (prep) { /* the same on prepared activations (what kernel_matmul uses): "+p" */
+            size_t pstride = kernel_prep_bytes(cols);
+            uint8_t *pact = malloc(pstride * (size_t)ntok);
+            if (!pact) return 1;
+            for (int n = 0; n < ntok; n++) prep(act + (size_t)n * astride, pact + (size_t)n * pstride, cols);
+            for (int r = 0; r < runs; r++) {
+                tr[r] = time_prompt(rows_p, NULL, w, stride, rows, pact, pstride, ntok, cols, y);
+                tt[r] = time_prompt(rows_p, tile_p, w, stride, rows, pact, pstride, ntok, cols, y);
+            }
+            qsort(tr, (size_t)runs, sizeof tr[0], cmp_double);
+            qsort(tt, (size_t)runs, sizeof tt[0], cmp_double);
+            printf("%-4s+p %16.2f %16.2f %7.2fx\n", ggml_type_name(t), macs / tr[runs / 2] * 1e-3,
+                   macs / tt[runs / 2] * 1e-3, tr[runs / 2] / tt[runs / 2]);
+            free(pact);
+        }
         free(w);
     }
     free(wf), free(x), free(y), free(act);

@@ -62,6 +62,10 @@ static const char serve_usage[] =
     "  --http-request-timeout S  a request must arrive whole within S seconds of the\n"
     "                     connection or the previous answer, else the connection is\n"
     "                     cut (default 15; http_slow_cut)\n"
+    "  --max-clients N    passive client connections a member holds (default 4096)\n"
+    "  --ban-bad-frames N a peer sending N malformed frames within 10 s is cut off\n"
+    "                     (default 32; peers_banned)\n"
+    "  --ban-seconds S    ...and refused for S seconds (default 60; banned_refused)\n"
     "  --split [N]        split each model into N pipeline stages over the mesh even when\n"
     "                     it fits here (default N: 2)\n"
     "  --log-level L      error|warn|info|debug|trace (default info)\n"
@@ -243,6 +247,14 @@ static int serve_main(int argc, char **argv, int client)
                          : !strcmp(a, "--http-max-conns") ? &cfg.http_limits.max_conns
                          : &cfg.http_limits.max_per_addr;
             *to = (uint32_t)n;
+        } else if (!strcmp(a, "--max-clients") || !strcmp(a, "--ban-bad-frames")) {
+            long n;
+            if (cli_parse_long("serve", a, v, 1, 1 << 20, &n)) return 2;
+            *(!strcmp(a, "--max-clients") ? &cfg.max_clients : &cfg.ban_bad_frames) = (uint32_t)n;
+        } else if (!strcmp(a, "--ban-seconds")) {
+            long n;
+            if (cli_parse_long("serve", a, v, 1, 86400, &n)) return 2;
+            cfg.ban_ms = (uint32_t)n * 1000;
         } else if (!strcmp(a, "--http-request-timeout")) {
             long n;
             if (cli_parse_long("serve", a, v, 1, 86400, &n)) return 2;

@@ -154,9 +154,8 @@ engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o
         if (!(ln->state = model_state_new(m->model, m->n_ctx, m->kv_type, inner, sizeof inner))) goto fail;
         ln->cached = malloc(sizeof(int32_t) * (size_t)m->n_ctx);
         ln->logits = malloc(sizeof(float) * (size_t)c->n_vocab);
-        ln->hidden = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float)); /* touched only in a split */
-        ln->rows = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float));
-        if (!ln->cached || !ln->logits || !ln->hidden || !ln->rows) {
+        ln->rows = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float)); /* touched only in a split */
+        if (!ln->cached || !ln->logits || !ln->rows) {
             snprintf(inner, sizeof inner, "out of memory");
             goto fail;
         }
@@ -184,7 +183,6 @@ void engine_model_free(engine_model *m)
         model_state_free(ln->state);
         free(ln->cached);
         free(ln->logits);
-        free(ln->hidden);
         free(ln->rows);
     }
     free(m->lanes);
@@ -500,65 +498,20 @@ static void lane_truncate(engine_lane *ln, int keep)
     model_state_truncate(ln->state, keep < held ? keep : held);
 }
 
-/* Solo: positions [start, n) of the record through the whole model here, in
- * the batch steps shared with the other lanes; [start, from) are a replay
- * whose logits nobody needs. */
-static int eval_solo(engine_model *m, int lane, int start, int from, int n, float *all, char *err,
-                     size_t errlen)
+/* Positions [start, n) of the lane's record, solo or through the split sp,
+ * in the batch steps shared with the other lanes (engine_step.c); [start,
+ * from) are a replay whose logits nobody needs. 0, -1 or ENGINE_TAIL_BROKEN. */
+static int eval_steps(engine_model *m, int lane, const engine_split *sp, int start, int from, int n,
+                      float *all, char *err, size_t errlen)
 {
     const model_part *part = model_get_part(m->model);
-    if (part->end < model_get_config(m->model)->n_layer) {
-        snprintf(err, errlen, "layers [%d, %d) are not loaded here and no split is set", part->end,
-                 model_get_config(m->model)->n_layer);
+    int n_layer = model_get_config(m->model)->n_layer;
+    if (!sp->has_tail && part->end < n_layer) {
+        snprintf(err, errlen, "layers [%d, %d) are not loaded here and no split is set", part->end, n_layer);
         return -1;
     }
-    return engine_step_eval(m, lane, start, from, n, all, err, errlen);
-}
-
-/* Split: positions [start, n) of the record, one MODEL_BATCH piece at a time:
- * embed and run layers [0, local_end) here, send to the tail, and where final
- * hidden states are needed (the last position, or every one of [from, n) with
- * all) receive them and classify them here. The pieces of the replay [start,
- * from) never ask for rows. The pool is held only while computing, so other
- * lanes compute while this one waits on the tail. 0, -1 or ENGINE_TAIL_BROKEN. */
-static int eval_split(engine_model *m, engine_lane *ln, int lane, const engine_split *sp, int start,
-                      int from, int n, float *all, char *err, size_t errlen)
-{
-    const model_part *part = model_get_part(m->model);
-    const model_config *c = model_get_config(m->model);
-    if (sp->local_end > part->end) {
-        snprintf(err, errlen, "the split runs layers [0, %d) here but only [0, %d) are loaded",
-                 sp->local_end, part->end);
-        return -1;
-    }
-    assert(sp->local_end == 0 || model_state_n_past(ln->state) == start);
-    for (int pos = start; pos < n;) {
-        int limit = pos < from ? from : n; /* a piece is all replay or all new */
-        int nb = limit - pos < MODEL_BATCH ? limit - pos : MODEL_BATCH;
-        int rows = all && pos >= from ? ENGINE_ROWS_ALL : pos + nb == n ? ENGINE_ROWS_LAST
-                                                                          : ENGINE_ROWS_NONE;
-        pthread_mutex_lock(&m->compute);
-        int rc = model_embed(m->model, ln->cached + pos, nb, ln->hidden, err, errlen);
-        if (rc == 0 && sp->local_end > 0)
-            rc = model_forward_layers(m->model, ln->state, m->pool, 0, sp->local_end, ln->hidden, nb,
-                                      err, errlen);
-        pthread_mutex_unlock(&m->compute);
-        if (rc != 0) return -1;
-        rc = sp->tail.send(sp->tail.ctx, lane, pos, nb, ln->hidden, rows, err, errlen);
-        if (rc != 0) return rc == ENGINE_TAIL_BROKEN ? rc : -1;
-        if (rows != ENGINE_ROWS_NONE) {
-            int n_rows = rows == ENGINE_ROWS_ALL ? nb : 1;
-            rc = sp->tail.receive(sp->tail.ctx, lane, ln->rows, n_rows, err, errlen);
-            if (rc != 0) return rc == ENGINE_TAIL_BROKEN ? rc : -1;
-            float *out = rows == ENGINE_ROWS_ALL ? all + (size_t)(pos - from) * c->n_vocab : ln->logits;
-            pthread_mutex_lock(&m->compute);
-            rc = model_output(m->model, ln->state, m->pool, ln->rows, n_rows, out, err, errlen);
-            pthread_mutex_unlock(&m->compute);
-            if (rc != 0) return -1;
-        }
-        pos += nb;
-    }
-    return 0;
+    assert(!sp->has_tail || sp->local_end == 0 || model_state_n_past(m->lanes[lane].state) == start);
+    return engine_step_eval(m, lane, sp, start, from, n, all, err, errlen);
 }
 
 /* The one place that evaluates. Appends tokens[from..n) to the lane's
@@ -591,8 +544,7 @@ static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int f
             model_state_truncate(ln->state, 0);
             ln->generation = sp.generation;
         }
-        int rc = sp.has_tail ? eval_split(m, ln, lane, &sp, start, from, n, all, err, errlen)
-                             : eval_solo(m, lane, start, from, n, all, err, errlen);
+        int rc = eval_steps(m, lane, &sp, start, from, n, all, err, errlen);
         if (rc == 0) {
             ln->n_cached = n;
             return 0;
@@ -1002,7 +954,29 @@ static int embed_tokens(engine_model *m, engine_lane *ln, const int32_t *ids, in
     return rc;
 }
 
+static int run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
+                    void *user, engine_result *result, char *err, size_t errlen);
+
+/* The request's per-stage times come from the tail (the split in place at
+ * its start, then at its end: a failover may move it). */
 int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
+                    void *user, engine_result *result, char *err, size_t errlen)
+{
+    engine_split sp;
+    pthread_mutex_lock(&m->split_lock);
+    sp = m->split;
+    pthread_mutex_unlock(&m->split_lock);
+    int lane_ok = lane >= 0 && lane < m->n_lanes;
+    if (lane_ok && sp.has_tail && sp.tail.timings) sp.tail.timings(sp.tail.ctx, lane, NULL);
+    int rc = run_lane(m, lane, r, on_output, user, result, err, errlen);
+    pthread_mutex_lock(&m->split_lock);
+    sp = m->split;
+    pthread_mutex_unlock(&m->split_lock);
+    if (lane_ok && sp.has_tail && sp.tail.timings) sp.tail.timings(sp.tail.ctx, lane, result);
+    return rc;
+}
+
+static int run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
                     void *user, engine_result *result, char *err, size_t errlen)
 {
     const engine_sampling *s = &r->sampling;

@@ -646,17 +646,20 @@ static void matmul_task(void *ctx, int task, int thread)
 }
 
 /* Scratch layout for quantized weights: [n][cols] as Q8_0 blocks, then
- * (when cols % 256 == 0) [n][cols] as Q8_K blocks. Every quantized type asks
- * for both, so the largest requirement over the products of one
- * kernel_matmul_multi covers any mix of activation layouts. */
+ * (when cols % 256 == 0) [n][cols] as Q8_K blocks, then [n] prepared
+ * activations (kernel_prep_avx512, from the Q8_0 blocks). Every quantized
+ * type asks for all three, so the largest requirement over the products of
+ * one kernel_matmul_multi covers any mix of activation layouts. */
 static size_t q8_0_part_bytes(int cols, int n) { return kernel_row_bytes(GGML_TYPE_Q8_0, cols) * (size_t)n; }
+static size_t q8_k_part_bytes(int cols, int n)
+{
+    return cols % QUANT_K == 0 ? kernel_row_bytes(GGML_TYPE_Q8_K, cols) * (size_t)n : 0;
+}
 
 size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n)
 {
     if (t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16) return 0;
-    size_t bytes = q8_0_part_bytes(cols, n);
-    if (cols % QUANT_K == 0) bytes += kernel_row_bytes(GGML_TYPE_Q8_K, cols) * (size_t)n;
-    return bytes;
+    return q8_0_part_bytes(cols, n) + q8_k_part_bytes(cols, n) + kernel_prep_bytes(cols) * (size_t)n;
 }
 
 static kernel_rows_fn rows_kernel(ggml_type t, kernel_isa isa)
@@ -698,6 +701,9 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
     size_t q8_stride = kernel_row_bytes(GGML_TYPE_Q8_0, cols);
     size_t q8k_stride = cols % QUANT_K == 0 ? kernel_row_bytes(GGML_TYPE_Q8_K, cols) : 0;
     uint8_t *q8k_base = (uint8_t *)scratch + q8_0_part_bytes(cols, n);
+    uint8_t *prep_base = q8k_base + q8_k_part_bytes(cols, n);
+    size_t prep_stride = kernel_prep_bytes(cols);
+    kernel_prep_fn prep = NULL; /* one type per product, and Q4_0 is the only one with a prep */
     for (int i = 0; i < n_mats; i++) {
         assert(kernel_type_supported(w[i]->type));
         assert(w[i]->cols == cols && w[i]->rows > 0);
@@ -725,6 +731,14 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
             need_q8 = 1;
             part->act = scratch;
             part->act_stride = q8_stride;
+            kernel_prep_fn p = NULL;
+            if (job.ops->isa == KERNEL_ISA_AVX512) p = kernel_prep_avx512(t, &part->rows, &part->tile);
+            if (p) { /* its kernels take the Q8_0 blocks prepared (after the Q8_K part) */
+                assert(!prep || prep == p);
+                prep = p;
+                part->act = prep_base;
+                part->act_stride = prep_stride;
+            }
         }
     }
     if (need_q8k) { /* K-quant weights take Q8_K blocks */
@@ -737,6 +751,8 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
         for (int t = 0; t < n; t++)
             kernel_quantize_row_q8_0(x + (size_t)t * cols, (kernel_block_q8_0 *)((uint8_t *)scratch + t * q8_stride), cols);
     }
+    if (prep) /* once per token here rather than once per group of rows in the kernel */
+        for (int t = 0; t < n; t++) prep((uint8_t *)scratch + t * q8_stride, prep_base + t * prep_stride, cols);
     threadpool_run(pool, n_tasks, matmul_task, &job);
 }
 

@@ -191,6 +191,91 @@ ROWS_INLINE void q4_0_body512(BODY_ARGS)
 }
 KERNELS(rows512_q4_0, tile512_q4_0, q4_0_body512)
 
+/* The same kernels on activations prepared once per product
+ * (kernel_prep_avx512): the body above spends, per block pair and token,
+ * about as many instructions on the activations (the permutation, the two
+ * scales spread, the -8 * sum correction) as on the products themselves,
+ * and does it again for every group of 4 rows. Here a (row, token) pair
+ * costs its four operations (dpbusd, convert, scale, fused add) and the
+ * activations are loads, which is what lets a tile of 4 tokens cost much
+ * less than 4 single-token passes. Same operations on the same values as
+ * q4_0_body512, so the same bits (test_prepared_kernels). */
+typedef struct {
+    int8_t qs[64];     /* blocks i and i + 1 as q4_0_body512 permutes them (zeros for a missing i + 1) */
+    int32_t start[16]; /* -8 * the sum of each lane's 4 values (the nibbles' offset) */
+    float d[16];       /* the two scales spread as the weights' (0 for a missing i + 1) */
+} prep_q4_0x2;
+
+ROWS_FN void prep512_q4_0(const void *q8, void *out, int n)
+{
+    const kernel_block_q8_0 *y = q8;
+    prep_q4_0x2 *o = out;
+    const __m512i quarters = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    int nb = n / QUANT_BLOCK;
+    for (int i = 0; i < nb; i += 2, o++) {
+        int pair = i + 1 < nb;
+        __m256i ya = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        __m256i yb = pair ? _mm256_loadu_si256((const __m256i *)y[i + 1].qs) : _mm256_setzero_si256();
+        __m512i yv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(ya, yb, 0x20)),
+                                        _mm256_permute2x128_si256(ya, yb, 0x31), 1);
+        __m512 dy = spread2(_mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0), quarters);
+        __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                         _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), yv));
+        _mm512_storeu_si512(o->qs, yv);
+        _mm512_storeu_si512(o->start, start);
+        _mm512_storeu_ps(o->d, dy);
+    }
+}
+
+ROWS_INLINE void q4_0p_body512(BODY_ARGS)
+{
+    const __m256i m15 = _mm256_set1_epi8(15);
+    const __m512i quarters = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    const quant_block_q4_0 *b[KERNEL_ROWS];
+    __m512 acc[KERNEL_ROWS][TILE_MAX];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        b[r] = (const quant_block_q4_0 *)(w + r * stride);
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
+    }
+    int nb = n / QUANT_BLOCK;
+    for (int i = 0; i < nb; i += 2) {
+        int pair = i + 1 < nb;
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            PREFETCH_NEXT_GROUP(&b[r][i], stride);
+            __m128i qa = _mm_loadu_si128((const __m128i *)b[r][i].qs);
+            __m128i qb = pair ? _mm_loadu_si128((const __m128i *)b[r][i + 1].qs) : _mm_setzero_si128();
+            __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(qa), qb, 1);
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m15)),
+                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), m15), 1);
+            __m512 dw = spread2(fp16x2(b[r][i].d, pair ? b[r][i + 1].d : 0), quarters);
+#pragma GCC unroll 8
+            for (int t = 0; t < nt; t++) {
+                const prep_q4_0x2 *y = ACT(prep_q4_0x2, t) + i / 2;
+                __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(y->start), q, _mm512_loadu_si512(y->qs));
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, _mm512_loadu_ps(y->d)), acc[r][t]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) OUT(r, t) = _mm512_reduce_add_ps(acc[r][t]);
+}
+KERNELS(rows512_q4_0p, tile512_q4_0p, q4_0p_body512)
+
+size_t kernel_prep_bytes(int n) { return sizeof(prep_q4_0x2) * (size_t)((n / QUANT_BLOCK + 1) / 2); }
+
+kernel_prep_fn kernel_prep_avx512(ggml_type t, kernel_rows_fn *rows, kernel_tile_fn *tile)
+{
+    if (t != GGML_TYPE_Q4_0) return NULL;
+    *rows = rows512_q4_0p;
+    *tile = tile512_q4_0p;
+    return prep512_q4_0;
+}
+
 kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)
 {
     if (bits == 256) return rows256_get(t);
@@ -247,6 +332,16 @@ kernel_tile_fn kernel_tile_avx512_width(ggml_type t, int bits)
 kernel_tile_fn kernel_tile_avx512(ggml_type t)
 {
     (void)t;
+    return NULL;
+}
+size_t kernel_prep_bytes(int n)
+{
+    (void)n;
+    return 0;
+}
+kernel_prep_fn kernel_prep_avx512(ggml_type t, kernel_rows_fn *rows, kernel_tile_fn *tile)
+{
+    (void)t, (void)rows, (void)tile;
     return NULL;
 }
 #endif

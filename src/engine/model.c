@@ -1489,6 +1489,33 @@ int model_forward_layers(const model *m, model_state *s, threadpool *pool, int f
     return 0;
 }
 
+int model_forward_layers_batch(const model *m, model_batch *b, threadpool *pool, int first, int end,
+                               model_state *const *states, const int *counts, int n_seq, float *x,
+                               char *err, size_t errlen)
+{
+    assert(b->m == m);
+    int total = 0, max_ctx = 0;
+    for (int k = 0; k < n_seq; k++) {
+        for (int j = 0; j < k; j++)
+            if (states[j] == states[k]) {
+                snprintf(err, errlen, "a sequence appears twice in one batch");
+                return -1;
+            }
+        if (prepare_layers(m, states[k], first, end, counts[k], err, errlen) != 0) return -1;
+        total += counts[k];
+        if (states[k]->n_ctx > max_ctx) max_ctx = states[k]->n_ctx;
+    }
+    if (n_seq <= 0 || total > MODEL_BATCH) {
+        snprintf(err, errlen, "a batch holds 1 to %d positions, not %d", MODEL_BATCH, total);
+        return -1;
+    }
+    if (batch_reserve(b, pool, max_ctx, err, errlen) != 0) return -1;
+    for (int k = 0, i0 = 0; k < n_seq; i0 += counts[k], k++) batch_place(m, b, i0, states[k], counts[k]);
+    run_layers(m, b, pool, first, end, x, total);
+    for (int k = 0; k < n_seq; k++) state_advance(states[k], first, end, counts[k]);
+    return 0;
+}
+
 int model_output(const model *m, model_state *s, threadpool *pool, const float *x, int n,
                  float *logits, char *err, size_t errlen)
 {

@@ -239,6 +239,16 @@ int model_embed(const model *m, const int32_t *tokens, int n, float *x, char *er
  * 0, layers not loaded), the state unchanged. */
 int model_forward_layers(const model *m, model_state *s, threadpool *pool, int first, int end,
                          float *x, int n, char *err, size_t errlen);
+/* model_forward_layers over the hidden states of n_seq sequences at once
+ * (at most MODEL_BATCH positions in all, each state once): x (sum of
+ * counts, n_embd) holds counts[0] rows of states[0], then counts[1] of
+ * states[1], and so on, each at its state's next positions. One pass of
+ * every layer over the whole batch (weights read once); each row's output is
+ * bit-identical to its sequence run alone. b is the scratch (any state's
+ * model). 0, or -1 with a message, every state unchanged. */
+int model_forward_layers_batch(const model *m, model_batch *b, threadpool *pool, int first, int end,
+                               model_state *const *states, const int *counts, int n_seq, float *x,
+                               char *err, size_t errlen);
 /* logits (n, n_vocab) of final hidden states x (n, n_embd): the classifier
  * of rmsnorm(x) * output_norm. Needs the head; uses s's scratch only (its
  * cache is not read). 0, or -1 with a message. */

@@ -216,19 +216,19 @@ void mesh_link_bad_frame(mesh_link *l)
         l->bad_window_start = now;
         l->bad_in_window = 0;
     }
-    if (++l->bad_in_window < MESH_BAD_FRAMES_MAX || l->banned) return;
+    if (++l->bad_in_window < (int)m->bad_frames_max || l->banned) return;
     l->banned = 1;
     /* A free or expired slot, else the ban that ends first. */
     int slot = 0;
     for (int i = 1; i < MESH_BANS; i++)
         if (m->bans[i].until < m->bans[slot].until) slot = i;
     memcpy(m->bans[slot].id, l->peer, MESH_ID_BYTES);
-    m->bans[slot].until = now + MESH_BAN_MS;
+    m->bans[slot].until = now + m->ban_ms;
     m->counters.peers_banned++;
     char hex[MESH_ID_HEX];
     identity_id_hex(l->peer, hex);
-    log_warn(MESH_LOG, "peer %.16s sent %d malformed frames within %d s: disconnected, refused for %d s",
-             hex, MESH_BAD_FRAMES_MAX, MESH_BAD_WINDOW_MS / 1000, MESH_BAN_MS / 1000);
+    log_warn(MESH_LOG, "peer %.16s sent %u malformed frames within %d s: disconnected, refused for %u s",
+             hex, (unsigned)m->bad_frames_max, MESH_BAD_WINDOW_MS / 1000, (unsigned)(m->ban_ms / 1000));
     /* Closed as a lost connection (the node stays its link until then), so
      * the failure detector sees it go; redials are refused by the ban. */
     l->force_close = 1;
@@ -796,6 +796,9 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
         goto fail;
     }
     m->passive = role_code == RECORD_ROLE_CLIENT;
+    m->max_clients = cfg->max_clients ? cfg->max_clients : MESH_MAX_CLIENTS;
+    m->bad_frames_max = cfg->bad_frames_max ? cfg->bad_frames_max : MESH_BAD_FRAMES_MAX;
+    m->ban_ms = cfg->ban_ms ? cfg->ban_ms : MESH_BAN_MS;
     quic_config qc = {.bind_host = NULL, .port = m->listen.port, .handshake_timeout_ms = MESH_HANDSHAKE_MS,
                       .passive = m->passive, .limits = cfg->limits};
     char host[ADDR_TEXT_MAX];

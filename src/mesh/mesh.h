@@ -57,6 +57,10 @@ typedef struct {
     uint32_t routes_interval_ms; /* 30000: how often the routing table is pulled */
     uint32_t client_idle_ms;     /* 60000: a connection no request used this long is closed */
     quic_limits limits;          /* QUIC connection bounds; zeros = the defaults (net/quic.h) */
+    /* Members' bounds (docs/mesh.md, "Limits"); 0 = the default. */
+    uint32_t max_clients;        /* 4096: passive client connections held at once */
+    uint32_t bad_frames_max;     /* 32: malformed frames within 10 s that get a peer banned */
+    uint32_t ban_ms;             /* 60000: how long a banned peer is refused */
 } mesh_config;
 
 typedef struct mesh mesh;
@@ -217,7 +221,7 @@ typedef struct {
     uint64_t streams_opened;
     uint64_t streams_accepted;
     uint64_t routes_served;      /* members: routing tables sent to clients */
-    uint64_t clients_refused;    /* members: client connections over MESH_MAX_CLIENTS */
+    uint64_t clients_refused;    /* members: client connections over mesh_config.max_clients */
     uint64_t routes_pulled;      /* clients: routing tables received */
     uint64_t routes_failed;      /* clients: pulls that got no complete table */
     /* Failure detector (members): a peer's state changes as this node saw them. */

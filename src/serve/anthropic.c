@@ -9,6 +9,7 @@
  * (assistant turns) and tool_result (user turns) are refused, as is a final
  * assistant turn (Anthropic's "prefill": the chat templates close every
  * turn, so the answer would not continue it). */
+#define _GNU_SOURCE /* memmem */
 #include "serve/anthropic.h"
 
 #include <cjson/cJSON.h>
@@ -698,18 +699,18 @@ static void stream_events(anthropic_answer *a)
 {
     size_t at = 0;
     for (;;) {
-        char *end = a->held.len > at ? strstr(a->held.p + at, "\n\n") : NULL;
+        char *end = a->held.len > at ? memmem(a->held.p + at, a->held.len - at, "\n\n", 2) : NULL;
         if (!end) break;
-        *end = 0;
         const char *ev = a->held.p + at;
+        size_t ev_len = (size_t)(end - ev);
         at = (size_t)(end - a->held.p) + 2;
-        if (strncmp(ev, "data: ", 6) != 0) continue; /* OpenAI's chunks are data lines only */
+        if (ev_len < 6 || memcmp(ev, "data: ", 6) != 0) continue; /* OpenAI's chunks are data lines only */
         const char *data = ev + 6;
-        if (!strcmp(data, "[DONE]")) {
+        if (ev_len == 12 && !memcmp(data, "[DONE]", 6)) {
             stream_done(a);
             continue;
         }
-        cJSON *chunk = cJSON_Parse(data);
+        cJSON *chunk = cJSON_ParseWithLength(data, ev_len - 6);
         if (chunk) stream_chunk(a, chunk);
         else stream_error(a, "the answer could not be read");
         cJSON_Delete(chunk);

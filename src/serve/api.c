@@ -3,7 +3,9 @@
  * Endpoints: /v1/models, /v1/completions, /v1/chat/completions (plain and
  * streamed, with stop strings, penalties, logit_bias, log-probabilities,
  * echo, tools, response_format and n), /v1/embeddings, llama.cpp-style
- * /tokenize and /detokenize. See api.h.
+ * /tokenize and /detokenize, and Anthropic's /v1/messages and
+ * /v1/messages/count_tokens (translated onto the chat path by
+ * serve/anthropic.c). See api.h.
  *
  * A request's path through serve/: http.c or tunnel.c -> api_handle here
  * (route by path) -> openai.c (parse and validate) -> router.c (a local
@@ -18,7 +20,8 @@
  * wire format (serve/tunnel.c), generation (engine via serve/scheduler.c).
  *
  * Error policy: every malformed request gets OpenAI's error shape
- * {"error":{"message","type","param","code"}} with 400; an unknown model 404;
+ * {"error":{"message","type","param","code"}} (Anthropic's on /v1/messages)
+ * with 400; an unknown model 404;
  * a model known in the mesh but not reachable now 503; failures after a
  * stream started become an error event followed by "data: [DONE]". */
 #include "serve/api.h"

@@ -370,6 +370,8 @@ static const split_family stage_families[] = {
 static const split_family plan_families[] = {
     {"llmesh_split_frames_sent_total", "frames_sent", "Frames the coordinator sent to its first stage.", 1},
     {"llmesh_split_sent_bytes_total", "bytes_sent", "Bytes the coordinator sent to its first stage.", 1},
+    {"llmesh_split_pieces_sent_total", "pieces_sent", "Lanes' pieces in the FORWARDs the coordinator sent (one per lane per batch step).", 1},
+    {"llmesh_split_window_waits_total", "window_waits", "Batch steps that waited for room on the ring (back-pressure).", 1},
     {"llmesh_split_round_trips_total", "round_trips", "Decode steps that went round the ring and back.", 1},
     {"llmesh_split_breaks_total", "breaks", "Times the pipeline broke (a stage failed) and was planned again.", 1},
 };

@@ -71,13 +71,22 @@ typedef struct {
     /* The thread's result, read by the loop after done fired. */
     int rc;
     model_files *mf;
+    char path[MODEL_PATH_MAX];        /* the file to serve, while it is hashed */
 } load_job;
 
 typedef struct {
     char model[MESH_MAX_NAME];
     uint64_t absent_since_ms;         /* 0: served */
     uint64_t failed_at_ms;
+    uint64_t saturated_since_ms;      /* 0: not every host of it is saturated */
 } watch;
+
+/* A model every alive host of which says it is saturated (their records). */
+typedef struct {
+    char model[MESH_MAX_NAME];
+    uint64_t need_bytes;              /* from a host's plan: what one copy takes */
+    int saturated_hosts;
+} saturated_model;
 
 struct model_loader {
     struct event_base *base;
@@ -100,6 +109,8 @@ struct model_loader {
     int n_holdings;
     plan_file files[PLAN_MAX_FILES];  /* loop: this node's, as published */
     int n_files;
+    saturated_model saturated[PLAN_MAX_PLANS]; /* loop: from the peers' records */
+    int n_saturated;
 };
 
 /* ---- a load ------------------------------------------------------------------ */
@@ -182,25 +193,52 @@ static void refresh_files(model_loader *L)
     static uint8_t app[MESH_MAX_APP];
     static plan plans[PLAN_MAX_PLANS];
     static plan_file theirs[PLAN_MAX_FILES];
+    static plan_saturated sat[PLAN_MAX_PLANS];
     static peer_holding found[ML_MAX_PEER_FILES];
     int nh = 0, np = mesh_peers(L->mesh, peers, ML_MAX_PEERS);
+    L->n_saturated = 0;
     for (int i = 0; i < np && i < ML_MAX_PEERS; i++) {
         if (strcmp(peers[i].state, "alive")) continue;
         uint8_t id[MESH_ID_BYTES];
         if (!peers[i].app_len || identity_id_from_hex(peers[i].id, id) != 0) continue;
         int len = mesh_node_app_data(L->mesh, id, app, sizeof app);
-        int nd, nf;
+        int nd, nf, npl;
         char err[200];
-        if (len <= 0 ||
-            plan_decode_app_files(app, (size_t)len, plans, PLAN_MAX_PLANS, NULL, 0, &nd, theirs, PLAN_MAX_FILES,
-                                  &nf, err, sizeof err) < 0)
+        plan_extra extra = {.files = theirs, .max_files = PLAN_MAX_FILES, .saturated = sat,
+                            .max_saturated = PLAN_MAX_PLANS};
+        if (len <= 0 || (npl = plan_decode_app_files(app, (size_t)len, plans, PLAN_MAX_PLANS, NULL, 0, &nd, &extra,
+                                                     err, sizeof err)) < 0)
             continue;
+        nf = extra.n_files;
+        for (int s = 0; s < extra.n_saturated; s++) {
+            int at = 0;
+            while (at < L->n_saturated && strcmp(L->saturated[at].model, sat[s].model)) at++;
+            if (at == L->n_saturated) {
+                if (at == PLAN_MAX_PLANS) continue;
+                memset(&L->saturated[at], 0, sizeof L->saturated[at]);
+                snprintf(L->saturated[at].model, sizeof L->saturated[at].model, "%.127s", sat[s].model);
+                L->n_saturated++;
+            }
+            L->saturated[at].saturated_hosts++;
+            for (int q = 0; q < npl; q++)
+                if (!strcmp(plans[q].model, sat[s].model) && plans[q].need_bytes > L->saturated[at].need_bytes)
+                    L->saturated[at].need_bytes = plans[q].need_bytes;
+        }
         for (int f = 0; f < nf && nh < ML_MAX_PEER_FILES; f++) {
             memcpy(found[nh].peer, id, MESH_ID_BYTES);
             memcpy(found[nh].sha256, theirs[f].sha256, 32);
             found[nh].size = theirs[f].size;
             nh++;
         }
+    }
+    /* A second host is for a model none of whose hosts has room left. */
+    for (int at = 0; at < L->n_saturated; at++) {
+        int hosts = 0;
+        for (int i = 0; i < np && i < ML_MAX_PEERS; i++) {
+            if (strcmp(peers[i].state, "alive")) continue;
+            for (int j = 0; j < peers[i].n_models; j++) hosts += !strcmp(peers[i].models[j], L->saturated[at].model);
+        }
+        if (hosts > L->saturated[at].saturated_hosts) L->saturated[at--] = L->saturated[--L->n_saturated];
     }
     pthread_mutex_lock(&L->files_lock);
     memcpy(L->holdings, found, (size_t)nh * sizeof found[0]);
@@ -226,6 +264,35 @@ static void *job_main(void *arg)
     return NULL;
 }
 
+static void refresh_files(model_loader *L);
+
+/* The loop: the file is hashed (remembered), so the pipelines' own add is
+ * instant: map, plan, serve. */
+static void serve_loaded(load_job *j, const char *error)
+{
+    char err[1024];
+    if (error) {
+        j->state = JOB_FAILED;
+        snprintf(j->error, sizeof j->error, "%s", error);
+        log_warn(ML_LOG, "load %s: %s", j->ref, error);
+    } else if (pipelines_add_model(j->L->ps, j->path, err, sizeof err) != 0) {
+        j->state = JOB_FAILED;
+        snprintf(j->error, sizeof j->error, "%s", err);
+        log_warn(ML_LOG, "load %s: %s", j->ref, err);
+    } else {
+        j->state = JOB_READY;
+        log_info(ML_LOG, "load %s: serving %s%s", j->ref, j->id, j->takeover ? " (standby takeover)" : "");
+    }
+    j->ended_ms = clock_ms();
+    refresh_files(j->L); /* a downloaded file is offered to peers at once */
+}
+
+static void on_hashed(void *user, const char *path, const uint8_t *hash, const char *error)
+{
+    (void)path, (void)hash;
+    serve_loaded(user, error);
+}
+
 static void on_job_done(evutil_socket_t fd, short what, void *arg)
 {
     load_job *j = arg;
@@ -235,25 +302,22 @@ static void on_job_done(evutil_socket_t fd, short what, void *arg)
     if (j->rc != 0) {
         j->state = JOB_FAILED;
         log_warn(ML_LOG, "load %s: %s", j->ref, j->error);
-    } else {
-        snprintf(j->id, sizeof j->id, "%s", j->mf->id);
-        j->state = JOB_LOADING;
-        char err[1024];
-        /* Hashing and mapping run here on the loop thread: instant for a
-         * file hashed before (the manifest is remembered), seconds per GB
-         * otherwise (docs/models.md, "What is left"). */
-        if (pipelines_add_model(j->L->ps, j->mf->files[0], err, sizeof err) != 0) {
-            j->state = JOB_FAILED;
-            snprintf(j->error, sizeof j->error, "%s", err);
-            log_warn(ML_LOG, "load %s: %s", j->ref, err);
-        } else {
-            j->state = JOB_READY;
-            log_info(ML_LOG, "load %s: serving %s%s", j->ref, j->id, j->takeover ? " (standby takeover)" : "");
-        }
+        free(j->mf);
+        j->mf = NULL;
+        return;
     }
+    snprintf(j->id, sizeof j->id, "%s", j->mf->id);
+    snprintf(j->path, sizeof j->path, "%s", j->mf->files[0]);
     free(j->mf);
     j->mf = NULL;
-    refresh_files(j->L); /* a downloaded file is offered to peers at once */
+    j->state = JOB_LOADING;
+    /* The weights hash reads the whole file: on the store's hash lane, not
+     * here on the loop thread (seconds per GB for a file not seen before). */
+    char err[512];
+    if (j->L->cfg.weights && weights_store_add_file_async(j->L->cfg.weights, j->path, on_hashed, j, err,
+                                                          sizeof err) == 0)
+        return;
+    serve_loaded(j, NULL);
 }
 
 static void job_free(load_job *j)
@@ -467,6 +531,32 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         if (start_job(L, ref, 1, err, sizeof err) != 0) {
             w->failed_at_ms = now;
             log_warn(ML_LOG, "takeover of %s: %s", model, err);
+        }
+    }
+    /* A second host for a saturated model: a standby with the memory for
+     * one more copy (its own budget: a second copy is not split) and a
+     * source for it, after the same rank-ordered wait. */
+    for (int i = 0; i < L->n_saturated; i++) {
+        const saturated_model *sm = &L->saturated[i];
+        watch *w = watch_of(L, sm->model);
+        if (!w) continue;
+        if (pipelines_coordinates(L->ps, sm->model) || has_job_for(L, sm->model) ||
+            budget_free(L->budget) < sm->need_bytes) {
+            w->saturated_since_ms = 0;
+            continue;
+        }
+        if (!w->saturated_since_ms) w->saturated_since_ms = now;
+        uint64_t wait = ML_TAKEOVER_BASE_MS + (uint64_t)standby_rank(L) * ML_TAKEOVER_RANK_MS;
+        if (now - w->saturated_since_ms < wait || (w->failed_at_ms && now - w->failed_at_ms < ML_RETRY_FAILED_MS))
+            continue;
+        char ref[MODEL_PATH_MAX], err[512];
+        if (!takeover_ref(L, sm->model, ref, sizeof ref)) continue;
+        log_info(ML_LOG, "%s: every host is saturated (%d): adding this node as another host, from %s", sm->model,
+                 sm->saturated_hosts, ref);
+        w->saturated_since_ms = 0;
+        if (start_job(L, ref, 1, err, sizeof err) != 0) {
+            w->failed_at_ms = now;
+            log_warn(ML_LOG, "second host for %s: %s", sm->model, err);
         }
     }
     /* A takeover that failed is not tried again at once. */

@@ -317,6 +317,9 @@ int node_run(const node_config *cfg)
         .n_join = cfg->n_joins,
         .role = n.role,
         .limits = cfg->quic_limits,
+        .max_clients = cfg->max_clients,
+        .bad_frames_max = cfg->ban_bad_frames,
+        .ban_ms = cfg->ban_ms,
     };
     n.mesh = mesh_new(n.base, &mc, err, sizeof err);
     if (!n.mesh) { fprintf(stderr, "llmesh: cannot start the mesh: %s\n", err); goto out; }

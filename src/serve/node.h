@@ -36,6 +36,7 @@ typedef struct {
     int n_standby_for;
     quic_limits quic_limits;             /* mesh connection bounds; zeros = defaults */
     http_guard_limits http_limits;       /* both HTTP servers' bounds; zeros = defaults */
+    uint32_t max_clients, ban_bad_frames, ban_ms; /* mesh_config's; zeros = defaults */
 } node_config;
 
 /* Runs the node until SIGINT/SIGTERM. Prints "api: URL", "console: URL" and

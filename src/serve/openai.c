@@ -755,6 +755,21 @@ static void add_timings(cJSON *o, const engine_result *r)
     cJSON_AddNumberToObject(t, "predicted_per_token_ms", predicted_n > 0 ? r->predicted_ms / predicted_n : 0);
     cJSON_AddNumberToObject(t, "predicted_per_second",
                             r->predicted_ms > 0 ? predicted_n * 1e3 / r->predicted_ms : 0);
+    if (r->n_stages <= 0) return;
+    /* A split model: where the request's time went, stage by stage. */
+    cJSON *stages = cJSON_AddArrayToObject(t, "stages");
+    for (int i = 0; i < r->n_stages; i++) {
+        const engine_stage_time *st = &r->stages[i];
+        cJSON *so = cJSON_CreateObject();
+        cJSON_AddStringToObject(so, "node", st->node);
+        cJSON *layers = cJSON_AddArrayToObject(so, "layers");
+        cJSON_AddItemToArray(layers, cJSON_CreateNumber(st->first));
+        cJSON_AddItemToArray(layers, cJSON_CreateNumber(st->end));
+        cJSON_AddNumberToObject(so, "compute_ms", st->compute_ms);
+        cJSON_AddNumberToObject(so, "wait_ms", st->wait_ms);
+        cJSON_AddItemToArray(stages, so);
+    }
+    cJSON_AddNumberToObject(t, "hop_ms", r->hop_ms);
 }
 
 /* One streamed choice: text (may be NULL for the role-only first chat chunk),
@@ -1008,9 +1023,24 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
         ans->prompt_ms = r->prompt_ms;
     }
     ans->predicted_ms += r->predicted_ms;
+    /* Split: each choice's stage times add up (the stages are those of the
+     * last choice's pipeline). */
+    if (r->n_stages > 0) {
+        for (int i = 0; i < r->n_stages; i++) {
+            double compute = ans->n_stages == r->n_stages ? ans->stages[i].compute_ms : 0;
+            double wait = ans->n_stages == r->n_stages ? ans->stages[i].wait_ms : 0;
+            ans->stages[i] = r->stages[i];
+            ans->stages[i].compute_ms += compute;
+            ans->stages[i].wait_ms += wait;
+        }
+        ans->n_stages = r->n_stages;
+        ans->hop_ms += r->hop_ms;
+    }
     engine_result total = {.prompt_tokens = ans->prompt_tokens, .completion_tokens = ans->completion_tokens,
                            .finish_reason = finish, .cached_tokens = ans->cached_tokens,
-                           .prompt_ms = ans->prompt_ms, .predicted_ms = ans->predicted_ms};
+                           .prompt_ms = ans->prompt_ms, .predicted_ms = ans->predicted_ms,
+                           .n_stages = ans->n_stages, .hop_ms = ans->hop_ms};
+    memcpy(total.stages, ans->stages, sizeof total.stages[0] * (size_t)ans->n_stages);
     int last = ans->choice + 1 >= ans->n_choices;
     if (ans->stream) {
         if (ans->tool_format != ENGINE_TOOLS_NONE) {

@@ -87,6 +87,9 @@ void pipelines_free(pipelines *ps);
 enum { PIPELINE_UNKNOWN = 0, PIPELINE_NOT_READY = 1, PIPELINE_READY = 2 };
 int pipelines_model_state(const pipelines *ps, const char *model_id, char *reason, size_t cap);
 
+/* 1 when this node coordinates model_id (whatever its state). */
+int pipelines_coordinates(const pipelines *ps, const char *model_id);
+
 /* /api/status: "plans" (every plan this node knows: its own and those in
  * peers' records) into root. */
 void pipelines_status(const pipelines *ps, struct cJSON *root);

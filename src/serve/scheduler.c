@@ -533,6 +533,20 @@ int sched_remove_model(sched *s, const char *model_id)
     return 0;
 }
 
+int sched_model_waiting(const sched *s, const char *model_id, uint64_t *refused_full)
+{
+    sched_worker *w = find_worker(s, model_id);
+    *refused_full = 0;
+    if (!w) return 0;
+    pthread_mutex_lock(&w->lock);
+    int n = w->n_queued - w->n_waking;
+    *refused_full = w->refused_full;
+    pthread_mutex_unlock(&w->lock);
+    return n > 0 ? n : 0;
+}
+
+int sched_queue_max(const sched *s) { return s->queue_max; }
+
 int sched_model_jobs(const sched *s, const char *model_id)
 {
     sched_worker *w = find_worker(s, model_id);

@@ -71,6 +71,9 @@ int sched_add_model(sched *s, engine_model *m);
  * 0; 1 when a job of it is queued, running or undelivered (nothing done);
  * -1 when no such model is served. */
 int sched_remove_model(sched *s, const char *model_id);
+/* Jobs of the model waiting for a lane now, and the queue bound (--queue). */
+int sched_model_waiting(const sched *s, const char *model_id, uint64_t *refused_full);
+int sched_queue_max(const sched *s);
 /* Jobs of the model queued, running or undelivered (0 when not served). */
 int sched_model_jobs(const sched *s, const char *model_id);
 /* Ends every job of the model with message (status 503 when the client

@@ -2,10 +2,10 @@
  * (models/fetch_wire.h), and what runs on a manifest once decoded: its
  * checks (models/weights.h) and, when well-formed, the part selection and
  * GGUF layout. The first input byte picks what the rest is:
- *   0: requests (a server reading OPEN/GET), frames as 3-byte big-endian
- *      length + bytes;
- *   1: answers (a requester reading manifest frames, READY, DATA, ERROR),
- *      framed the same way;
+ *   0: requests (a server reading OPEN/GET/FILE_OPEN/FILE_GET), frames as
+ *      3-byte big-endian length + bytes;
+ *   1: answers (a requester reading manifest frames, READY, DATA, FILE_INFO,
+ *      FILE_DATA, ERROR), framed the same way;
  *   2: a whole manifest file of the cache;
  *   3: a node record's holdings field (which parts a peer serves).
  * Seeds: tests/fuzz/corpus/fetch, made by tests/tools/fetch_corpus.c. */
@@ -91,8 +91,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (mode == 0) {
             fetch_request q;
             if (fetch_request_decode(data, len, &q, err, sizeof err) == 0) {
-                if (q.kind != FETCH_OPEN && q.kind != FETCH_GET) abort();
+                if (q.kind != FETCH_OPEN && q.kind != FETCH_GET && q.kind != FETCH_FILE_OPEN &&
+                    q.kind != FETCH_FILE_GET)
+                    abort();
                 if (q.kind == FETCH_OPEN && (q.flags & ~(FETCH_FLAG_HEAD | FETCH_FLAG_NO_MANIFEST))) abort();
+                if (q.kind == FETCH_FILE_GET &&
+                    (q.length == 0 || q.length > FETCH_FILE_PIECE || q.offset > FETCH_FILE_MAX_SIZE))
+                    abort();
             } else if (!err[0]) {
                 abort();
             }
@@ -100,6 +105,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             fetch_answer a;
             if (fetch_answer_decode(data, len, &a, err, sizeof err) == 0) {
                 if (a.kind == FETCH_DATA && (a.len == 0 || a.data + a.len != data + len)) abort();
+                if (a.kind == FETCH_FILE_DATA &&
+                    (a.len == 0 || a.len > FETCH_FILE_PIECE || a.data + a.len != data + len || a.offset > FETCH_FILE_MAX_SIZE))
+                    abort();
+                if (a.kind == FETCH_FILE_INFO && a.size > FETCH_FILE_MAX_SIZE) abort();
                 if (a.kind == FETCH_ERROR && strlen(a.text) > FETCH_ERROR_TEXT_MAX) abort();
                 if (a.kind >= FETCH_HEAD && a.kind <= FETCH_HASHES && !dead) {
                     int rc = fetch_manifest_reader_feed(&r, data, len);

@@ -8,7 +8,10 @@
  * writing, and the event loop runs until the server closes the connection
  * or a bounded number of rounds has passed (a keep-alive or an event
  * stream), then the client resets it. Nothing may crash, leak or read out
- * of bounds; every answer must start like an HTTP/1.x status line.
+ * of bounds; every answer must start like an HTTP/1.x status line; and the
+ * API server that requires a key never answers 2xx to bytes that do not
+ * hold the key (its 401 and evhttp's own errors echo nothing of the
+ * request, so a 2xx status line in the answer can only be an answer).
  *
  * Input: byte 0 picks the server (bit 0: the console, else the API) and
  * whether a key is required (bit 1: "Bearer fuzz-key"); the rest is what
@@ -17,6 +20,7 @@
  *
  * libevent is the system's (not instrumented): the edges libFuzzer counts
  * are llmesh's (http.c, http_guard.c, the API and what it calls). */
+#define _GNU_SOURCE  /* memmem */
 #include <errno.h>
 #include <event2/event.h>
 #include <netinet/in.h>
@@ -100,6 +104,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                  : (data[0] & 2 ? w->api_keyed : w->api_plain);
     data++;
     size--;
+    int keyed_api = h == w->api_keyed;
     int fd = client_connect(http_server_port(h));
     if (fd < 0) return 0;
 
@@ -128,6 +133,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     /* Whatever came back is HTTP. */
     if (got >= 5 && memcmp(answer, "HTTP/", 5) != 0) abort();
+    if (keyed_api && !memmem(data, size, "fuzz-key", 8) &&
+        (memmem(answer, got, "HTTP/1.1 2", 10) || memmem(answer, got, "HTTP/1.0 2", 10)))
+        abort();
     /* Reset rather than close politely, so no connection lingers in the
      * server (an event stream, a keep-alive) beyond the next rounds. */
     struct linger lg = {1, 0};

@@ -9,7 +9,7 @@
 # Anthropic's shape, and the API key sent as x-api-key. The requests enter a
 # passive client node C and are forwarded to the host A (a Messages request
 # travels as a chat request), so the forwarded path is what is tested; B
-# requires an API key.
+# requires an API key; D and E run the demo model split in two stages.
 set -u
 . "$(dirname "$0")/common.bash"
 E2E="$SRC/tests/e2e/anthropic"
@@ -54,6 +54,24 @@ check "a stream's events: message_start, ping, a text block, message_delta, mess
   grep -qx 'message_start ping content_block_start content_block_delta content_block_stop message_delta message_stop ' "$T/events.txt"
 check "each event's data names its event" bash -c "paste -d' ' <(sed -n 's/^event: //p' '$T/stream.txt') \
   <(sed -n 's/^data: //p' '$T/stream.txt' | jq -r .type) | awk '\$1 != \$2 { exit 1 }'"
+
+# ---- a split model: D coordinates the demo model in 2 stages (E runs stage 1,
+# fetching its layers), a mesh of their own; a message to E goes to D as a chat
+# request, and its greedy answer equals the solo one on A (through C)
+start_node D serve --model "$DEMO_MODEL" --split 2 --threads 1
+start_node E serve --join "$D_TOKEN" --threads 1
+plan_ready() { curl -sf "$D_CONSOLE/api/status" | jq -e '.plans[] | select(.model == "kjv-llama-6.3M-q8_0" and .state == "ready" and (.stages | length) == 2)'; }
+wait_for 90 plan_ready || die "the split plan on D was not ready in 90 s"
+MSG='{"model":"kjv-llama-6.3M-q8_0","max_tokens":24,"temperature":0,"system":"Be brief.","messages":[{"role":"user","content":"In the beginning"}]}'
+curl -sf "$C_API/messages" -d "$MSG" | jq -j '.content[0].text' >"$T/solo.txt"
+curl -sf "$E_API/messages" -d "$MSG" >"$T/split.json"
+jq -j '.content[0].text' "$T/split.json" >"$T/split.txt"
+check "split: a message's text equals the solo answer" cmp "$T/solo.txt" "$T/split.txt"
+check "split: a message object, max_tokens reached" jq -e '.type == "message" and .stop_reason == "max_tokens" and .usage.output_tokens == 24' "$T/split.json"
+curl -sfN "$E_API/messages" -d "${MSG%\}},\"stream\":true}" | sed -n 's/^data: //p' |
+  jq -j 'select(.type == "content_block_delta") | .delta.text' >"$T/split-stream.txt"
+check "split: the streamed text equals the solo answer" cmp "$T/solo.txt" "$T/split-stream.txt"
+check "split: the answer is not empty" test -s "$T/solo.txt"
 
 (cd "$E2E" && timeout 600 node anthropic.mjs "${C_API%/v1}" "${B_API%/v1}" "$KEY" kjv-llama-6.3M-q8_0 \
   tools-qwen2.5 tools-llama3.2 tools-mistral-v0.3) || FAILS=$((FAILS + 1))

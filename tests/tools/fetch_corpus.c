@@ -95,6 +95,18 @@ int main(int argc, char **argv)
     frame(&b, "\x33", 1);
     frame(&b, "", 0);
     save(dir, "req-bad", &b);
+    /* Whole files by SHA-256: FILE_OPEN, FILE_GETs (one past the piece bound). */
+    uint8_t fopen_[FETCH_FILE_OPEN_BYTES], fget[FETCH_FILE_GET_BYTES];
+    b.len = 1;
+    fetch_file_open_encode(fopen_, m->model_hash);
+    frame(&b, fopen_, sizeof fopen_);
+    fetch_file_get_encode(fget, 0, FETCH_FILE_PIECE);
+    frame(&b, fget, sizeof fget);
+    fetch_file_get_encode(fget, FETCH_FILE_PIECE, 4096);
+    frame(&b, fget, sizeof fget);
+    fetch_file_get_encode(fget, 0, FETCH_FILE_PIECE + 1);
+    frame(&b, fget, sizeof fget);
+    save(dir, "req-file", &b);
 
     /* Answers: a whole exchange (manifest with the chunk hashes of the part,
      * READY, one DATA, an ERROR). */
@@ -138,6 +150,19 @@ int main(int argc, char **argv)
     frame(&b, "\x86\0\0\0\0\0\0\0\0", 9);
     frame(&b, "\x8f", 1);
     save(dir, "ans-bad", &b);
+    /* A whole file: FILE_INFO, two FILE_DATA, an oversized size. */
+    b.len = 1;
+    uint8_t info[FETCH_FILE_INFO_BYTES];
+    fetch_file_info_encode(info, m->model_hash, 5000);
+    frame(&b, info, sizeof info);
+    fetch_file_data_head_encode(f, 0);
+    memset(f + FETCH_FILE_DATA_HEAD, 0x17, 4096);
+    frame(&b, f, FETCH_FILE_DATA_HEAD + 4096);
+    fetch_file_data_head_encode(f, 4096);
+    frame(&b, f, FETCH_FILE_DATA_HEAD + 904);
+    fetch_file_info_encode(info, m->model_hash, FETCH_FILE_MAX_SIZE + 1);
+    frame(&b, info, sizeof info);
+    save(dir, "ans-file", &b);
 
     /* Manifest files. */
     fetch_file_key key = {.size = 123456, .mtime_ns = 1700000000000000000ull, .inode = 42, .device = 7};

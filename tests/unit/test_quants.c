@@ -430,7 +430,8 @@ static void test_rows_kernels(void)
  * CPU has, R rows x NT tokens in one call (whole tiles, leftover tokens and
  * a leftover group of rows) give every output the bits of the same set's
  * rows kernel for that row and token alone: a prompt's batch equals its
- * tokens one by one. Tokens differ in scale (1e-3 .. 10) so that a mixed-up
+ * tokens one by one. Every token count from 1 to NT: whole tiles, then a
+ * leftover tile of 2 or 3 tokens or a single token. Tokens differ in scale (1e-3 .. 10) so that a mixed-up
  * token or scale would show. */
 static void test_tile_kernels(void)
 {
@@ -483,21 +484,83 @@ static void test_tile_kernels(void)
                 CHECK((rows == NULL) == (tile == NULL));
                 if (!rows || !tile) continue;
                 ran++;
-                memset(tiled, 0xff, sizeof tiled);
-                tile(w, stride, KERNEL_ROWS, act, astride, NT, n, &tiled[0][0], R);
-                tile(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, act, astride, NT, n, &tiled[0][KERNEL_ROWS], R);
                 for (int k = 0; k < NT; k++)
                     for (int r = 0; r < R; r++) rows(w + r * stride, stride, 1, act + k * astride, n, &alone[k][r]);
-                if (memcmp(tiled, alone, sizeof tiled)) {
-                    fprintf(stderr, "  %s %s n=%d: tiled products differ from one row and token at a time\n",
-                            ggml_type_name(t), sets[si].name, n);
-                    CHECK(0);
+                for (int nt = 1; nt <= NT; nt++) { /* every count of whole and leftover tiles */
+                    memset(tiled, 0xff, sizeof tiled);
+                    tile(w, stride, KERNEL_ROWS, act, astride, nt, n, &tiled[0][0], R);
+                    tile(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, act, astride, nt, n, &tiled[0][KERNEL_ROWS], R);
+                    if (memcmp(tiled, alone, sizeof tiled[0] * nt)) {
+                        fprintf(stderr, "  %s %s n=%d, %d tokens: tiled products differ from one row and token at a time\n",
+                                ggml_type_name(t), sets[si].name, n, nt);
+                        CHECK(0);
+                    }
                 }
             }
             free(w), free(act), free(wf), free(x);
         }
     }
     if (!ran) fprintf(stderr, "  (no SIMD tile kernels on this CPU: nothing to check)\n");
+}
+
+/* The kernels on prepared activations (kernels_rows.h, kernel_prep_avx512):
+ * rows and tiles of every token count, on blocks prepared once, give every
+ * output the bits of the 512-bit rows kernel on the plain Q8_0 blocks, for
+ * an even and an odd count of blocks (the missing partner of the last). */
+static void test_prepared_kernels(void)
+{
+    enum { R = 7, NT = 11 };
+    if (!kernel_isa_available(KERNEL_ISA_AVX512)) {
+        fprintf(stderr, "  (no AVX-512 on this CPU: nothing to check)\n");
+        return;
+    }
+    kernel_rows_fn rows_p = NULL;
+    kernel_tile_fn tile_p = NULL;
+    CHECK(kernel_prep_avx512(GGML_TYPE_Q8_0, &rows_p, &tile_p) == NULL && !rows_p && !tile_p);
+    kernel_prep_fn prep = kernel_prep_avx512(GGML_TYPE_Q4_0, &rows_p, &tile_p);
+    kernel_rows_fn rows = kernel_rows_avx512_width(GGML_TYPE_Q4_0, 512);
+    REQUIRE(prep && rows_p && tile_p && rows);
+    static const int widths[] = {1024, 800, 96, 32};
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+        int n = widths[wi];
+        size_t stride = kernel_row_bytes(GGML_TYPE_Q4_0, n), astride = kernel_row_bytes(GGML_TYPE_Q8_0, n);
+        size_t pstride = kernel_prep_bytes(n);
+        CHECK(pstride > 0);
+        uint8_t *w = malloc(stride * R), *act = malloc(astride * NT), *pact = malloc(pstride * NT);
+        float *wf = malloc(sizeof(float) * n), *x = malloc(sizeof(float) * n);
+        float alone[NT][R], got[NT][R];
+        REQUIRE(w && act && pact && wf && x);
+        for (int r = 0; r < R; r++) {
+            for (int i = 0; i < n; i++) wf[i] = rnd_uniform(-1, 1);
+            quantize_row(GGML_TYPE_Q4_0, wf, w + r * stride, n);
+        }
+        for (int k = 0; k < NT; k++) {
+            float scale = k == 3 ? 1e-3f : k == 5 ? 10.0f : 1.0f;
+            for (int i = 0; i < n; i++) x[i] = rnd_uniform(-2, 2) * scale;
+            kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)(act + k * astride), n);
+            prep(act + k * astride, pact + k * pstride, n);
+            for (int r = 0; r < R; r++) rows(w + r * stride, stride, 1, act + k * astride, n, &alone[k][r]);
+        }
+        memset(got, 0xff, sizeof got);
+        for (int k = 0; k < NT; k++) {
+            rows_p(w, stride, KERNEL_ROWS, pact + k * pstride, n, &got[k][0]);
+            rows_p(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, pact + k * pstride, n, &got[k][KERNEL_ROWS]);
+        }
+        if (memcmp(got, alone, sizeof got)) {
+            fprintf(stderr, "  Q4_0 n=%d: rows on prepared activations differ from the plain ones\n", n);
+            CHECK(0);
+        }
+        for (int nt = 1; nt <= NT; nt++) {
+            memset(got, 0xff, sizeof got);
+            tile_p(w, stride, KERNEL_ROWS, pact, pstride, nt, n, &got[0][0], R);
+            tile_p(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, pact, pstride, nt, n, &got[0][KERNEL_ROWS], R);
+            if (memcmp(got, alone, sizeof got[0] * nt)) {
+                fprintf(stderr, "  Q4_0 n=%d, %d tokens: tiles on prepared activations differ from the plain rows\n", n, nt);
+                CHECK(0);
+            }
+        }
+        free(w), free(act), free(pact), free(wf), free(x);
+    }
 }
 
 /* kernel_matmul over every type (and mixed types in one multi-product, which
@@ -763,6 +826,7 @@ int main(void)
     RUN(test_dot_products);
     RUN(test_rows_kernels);
     RUN(test_tile_kernels);
+    RUN(test_prepared_kernels);
     RUN(test_matmul_all_types);
     RUN(test_recipes);
     RUN(test_models_track_f32);

@@ -3,7 +3,7 @@
  *
  * The rest of the pipeline is a fake tail in this process: a second model
  * loaded as a part (no head) with one state per lane, computing either inside
- * send (under a mutex, as lanes call it concurrently) or on a worker thread
+ * send (under a mutex; a send carries a batch step's pieces) or on a worker thread
  * of its own, and handing the final hidden states back. It can break the
  * pipeline at its k-th call (send or receive), and its resume moves the split
  * (other local_end values, once solo). Every request's whole output (pieces,
@@ -67,6 +67,7 @@ typedef struct {
     int positions;      /* positions computed */
     int sends_at_zero;  /* sends of position 0 */
     int first_pos_last; /* pos of the first send since reset_counts */
+    int sends, pieces;  /* sends (batch steps) and the lanes' pieces in them */
 } fake_tail;
 
 /* Runs one send's hidden states through layers [first, n_layer) on the lane's
@@ -127,16 +128,9 @@ static int tail_breaks_now(fake_tail *t)
     return 0;
 }
 
-static int tail_send(void *ctx, int lane, int pos, int n, const float *x, int rows, char *err,
-                     size_t errlen)
+/* One lane's piece of a send (t->mu held). */
+static void tail_send_piece(fake_tail *t, int lane, int pos, int n, const float *x, int rows)
 {
-    fake_tail *t = ctx;
-    pthread_mutex_lock(&t->mu);
-    if (tail_breaks_now(t)) {
-        pthread_mutex_unlock(&t->mu);
-        snprintf(err, errlen, "stage 1 is gone");
-        return ENGINE_TAIL_BROKEN;
-    }
     if (pos == 0) t->sends_at_zero++;
     if (t->first_pos_last < 0) t->first_pos_last = pos;
     float *copy = malloc(sizeof(float) * (size_t)n * t->n_embd);
@@ -152,6 +146,27 @@ static int tail_send(void *ctx, int lane, int pos, int n, const float *x, int ro
     } else {
         tail_compute(t, lane, pos, n, copy, rows);
         free(copy);
+    }
+}
+
+/* A batch step: one call, every lane's piece in turn. */
+static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, uint64_t local_us,
+                     char *err, size_t errlen)
+{
+    (void)local_us;
+    fake_tail *t = ctx;
+    pthread_mutex_lock(&t->mu);
+    if (tail_breaks_now(t)) {
+        pthread_mutex_unlock(&t->mu);
+        snprintf(err, errlen, "stage 1 is gone");
+        return ENGINE_TAIL_BROKEN;
+    }
+    t->sends++;
+    t->pieces += n_pieces;
+    for (int i = 0; i < n_pieces; i++) {
+        pieces[i].broken = 0;
+        tail_send_piece(t, pieces[i].lane, pieces[i].pos, pieces[i].n, x, pieces[i].rows);
+        x += (size_t)pieces[i].n * t->n_embd;
     }
     pthread_mutex_unlock(&t->mu);
     return 0;
@@ -668,7 +683,8 @@ static void *lane_thread(void *arg)
 }
 
 /* Two lanes on two threads, through a tail and solo: each lane's transcript
- * is the sequential one. */
+ * is the sequential one, and through a tail the lanes share sends (batch
+ * steps carrying both lanes' pieces). */
 static void test_lanes_run_concurrently(void)
 {
     model_writer_params p = model_writer_small("phi3", GGML_TYPE_Q8_0, 12);
@@ -692,6 +708,8 @@ static void test_lanes_run_concurrently(void)
             CHECK(same(&want, &runs[i].t, what));
             free(runs[i].t.buf);
         }
+        /* the two lanes shared steps: some sends carried both their pieces */
+        if (t) CHECK(t->pieces > t->sends);
         if (t) tail_free(t);
         engine_model_free(em);
     }

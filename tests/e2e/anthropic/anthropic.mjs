@@ -44,10 +44,12 @@ await check('streamed: the event sequence, and the text equals the plain greedy 
   return ok;
 });
 
-await check("the client's stream helper: finalMessage equals the plain answer", async () => {
+await check("the client's stream helper: finalMessage equals the plain answer, usage from message_delta", async () => {
   const s = client.messages.stream({ model: demo, max_tokens: 24, temperature: 0, messages: prompt });
   const m = await s.finalMessage();
-  return m.content[0].text === greedy && m.stop_reason === 'max_tokens' && m.usage.output_tokens === 24;
+  const c = await client.messages.countTokens({ model: demo, messages: prompt });
+  return m.content[0].text === greedy && m.stop_reason === 'max_tokens' && m.usage.output_tokens === 24
+    && m.usage.input_tokens + m.usage.cache_read_input_tokens === c.input_tokens;
 });
 
 await check('max_tokens: stop_reason max_tokens after exactly that many tokens', async () => {
