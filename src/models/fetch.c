@@ -345,7 +345,6 @@ static int job_shun(fetch_job *j, const uint8_t id[MESH_ID_BYTES])
     return job_sources(j, ids, FETCH_MAX_SOURCES) > 0;
 }
 
-
 /* A failed attempt: try again after a backoff, or give up. 1 when the job is gone. */
 static int job_retry(fetch_job *j, const char *why)
 {
@@ -972,7 +971,8 @@ static void job_connect(fetch_job *j)
     if (memcmp(before, j->peer, MESH_ID_BYTES) || (j->turn == 1 && memcmp(j->named, j->peer, MESH_ID_BYTES))) {
         char name[128], hex[WEIGHTS_HASH_HEX];
         job_log_name(j, name, sizeof name);
-        log_info(WEIGHTS_LOG, "fetch %s: asking %.12s, which holds it", name, job_peer_hex(j, hex));
+        log_info(WEIGHTS_LOG, "fetch %s: asking %.12s%s", name, job_peer_hex(j, hex),
+                 memcmp(j->named, j->peer, MESH_ID_BYTES) ? ", which says it holds it" : " (the peer named)");
     }
     mesh_stream *s = mesh_stream_open(j->ws->mesh, j->peer, MESH_STREAM_FETCH, &client_handlers, j, err, sizeof err);
     if (!s) {

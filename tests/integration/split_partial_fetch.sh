@@ -58,7 +58,7 @@ second_plan=$(stage1 "$A2_CONSOLE")
 check "stage 1 runs on C, over the same layers $layers, fetched" \
   jq -e --arg c "$C_ID" --argjson l "$layers" \
   '.node == $c and .layers == $l and .total_bytes > 0 and .fetched_bytes == .total_bytes' <<<"$second_plan"
-check "C asked B for them" grep -q "asking ${B_ID:0:12}, which holds it" "$T/C.log"
+check "C asked B for them" grep -q "asking ${B_ID:0:12}, which says it holds it" "$T/C.log"
 check "B served them from its cached part" grep -q "from the cached part" "$T/B.log"
 check "B served weight bytes" bash -c "curl -sf '$B_CONSOLE/api/status' | jq -e '.counters.weights_served_bytes > 0'"
 check "A2 (its file removed) served none" \
