@@ -37,6 +37,11 @@ install_npm() {
   [ -d "$console/node_modules/playwright-core" ] ||
     (cd "$console" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 timeout 300 npm ci --no-audit --no-fund --loglevel=error) ||
     echo "deps: playwright-core could not be installed (console.sh will fail)"
+  # @anthropic-ai/sdk, as locked, for anthropic_client.sh (which also installs it when missing).
+  local anthropic="$(dirname "$0")/../tests/e2e/anthropic"
+  [ -d "$anthropic/node_modules/@anthropic-ai/sdk" ] ||
+    (cd "$anthropic" && timeout 300 npm ci --no-audit --no-fund --loglevel=error) ||
+    echo "deps: @anthropic-ai/sdk could not be installed (anthropic_client.sh will fail)"
 }
 
 if [ ${#missing[@]} -eq 0 ]; then install_npm; exit 0; fi

@@ -2,8 +2,10 @@
 // /api/events (server-sent events, read with fetch so that an API key can
 // go in the Authorization header, which EventSource cannot send) and draws
 // it; rates (bytes/s, requests/s, tokens/s) are the differences between two
-// documents over the time between them. The chat panel streams from this
-// node's /v1/chat/completions on the same origin.
+// documents over the time between them, and the page keeps each model's
+// rates of the last HISTORY_MS for the traffic graphs (nothing is kept by the
+// node: a page opened now starts with empty graphs). The chat panel streams
+// from this node's /v1/chat/completions on the same origin.
 //
 // Everything shown comes from the mesh (model names, ids, reasons), so it
 // is put on the page as text (textContent), never as HTML.
@@ -18,7 +20,10 @@ const state = {
   rates: { peers: {}, models: {} },
   chat: [],          // [{role, content}]
   busy: null,        // AbortController of the running chat request
+  history: new Map(), // model -> [{t, req, tok}], the last HISTORY_MS, oldest first
+  since: performance.now(), // the page's start, for the graphs' time span
 };
+const HISTORY_MS = 5 * 60 * 1000;
 
 const $ = (sel) => document.querySelector(sel);
 function el(tag, attrs, ...children) {
@@ -168,6 +173,41 @@ function computeRates() {
       itl: di > 0 ? ((x.itl_seconds || 0) - (b.itl_seconds || 0)) / di : -1,
     };
   }
+  remember(state.at);
+}
+
+// One point per document and model into the history; points older than
+// HISTORY_MS go, and so do models with no point left.
+function remember(now) {
+  for (const [model, r] of Object.entries(state.rates.models)) {
+    if (!(r.req >= 0) || !(r.tok >= 0)) continue;   // a counter went down: no point
+    if (!state.history.has(model)) state.history.set(model, []);
+    state.history.get(model).push({ t: now, req: r.req, tok: r.tok });
+  }
+  for (const [model, pts] of state.history) {
+    while (pts.length && now - pts[0].t > HISTORY_MS) pts.shift();
+    if (!pts.length) state.history.delete(model);
+  }
+}
+
+// A small line graph of one series of a model's history, scaled to its own
+// maximum (the title and label give it). The right edge is now; the left is
+// HISTORY_MS ago, or less while the page has not been open that long (at
+// least a minute), so that the first minutes are not squeezed to the edge.
+function spark(model, key, unit) {
+  const W = 96, H = 22, pts = state.history.get(model) || [];
+  const max = pts.reduce((m, p) => Math.max(m, p[key]), 0);
+  const g = svg('svg', { class: 'spark', viewBox: `0 0 ${W} ${H}`, width: W, height: H,
+    'data-series': key, 'data-points': pts.length, 'data-max': max.toFixed(3), role: 'img',
+    'aria-label': `${key} over the last ${HISTORY_MS / 60000} minutes, at most ${max.toFixed(2)} ${unit}` });
+  g.append(svg('title', {}, `${unit} over the last ${HISTORY_MS / 60000} min (max ${max.toFixed(2)})`));
+  if (pts.length >= 2) {
+    const now = state.at;
+    const span = Math.min(HISTORY_MS, Math.max(60000, now - state.since));
+    const xy = pts.map((p) => [W - ((now - p.t) / span) * W, H - 2 - (max > 0 ? (p[key] / max) * (H - 4) : 0)]);
+    g.append(svg('polyline', { points: xy.map(([x, y]) => x.toFixed(1) + ',' + y.toFixed(1)).join(' ') }));
+  }
+  return g;
 }
 
 function drawSelf(s) {
@@ -359,10 +399,11 @@ function drawTraffic(s) {
       el('td', { class: 'num', text: ms(r.ttft >= 0 ? r.ttft : (t.ttft_count ? t.ttft_seconds / t.ttft_count : -1)) }),
       el('td', { class: 'num', text: ms(r.itl >= 0 ? r.itl : (t.itl_count ? t.itl_seconds / t.itl_count : -1)) }),
       el('td', { class: 'num', text: t.lanes !== undefined ? t.lanes_busy + ' / ' + t.lanes : '–' }),
-      el('td', { class: 'num', text: t.queued !== undefined ? String(t.queued) : '–' })));
+      el('td', { class: 'num', text: t.queued !== undefined ? String(t.queued) : '–' }),
+      el('td', { class: 'graphs' }, spark(t.model, 'req', 'req/s'), spark(t.model, 'tok', 'tok/s'))));
   }
   if (!body.children.length)
-    body.append(el('tr', {}, el('td', { colspan: 7, class: 'muted', text: 'No requests through this node yet.' })));
+    body.append(el('tr', {}, el('td', { colspan: 8, class: 'muted', text: 'No requests through this node yet.' })));
 }
 
 // ---- chat ----------------------------------------------------------------

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/model.h"
+
 int cli_flag_value(const char *cmd, int argc, char **argv, int *i, const char *flag,
                    const char **value)
 {
@@ -35,6 +37,17 @@ int cli_parse_long(const char *cmd, const char *flag, const char *s, long lo, lo
         return -1;
     }
     *out = v;
+    return 0;
+}
+
+int cli_parse_kv_type(const char *cmd, const char *flag, const char *s, int *out)
+{
+    int t = model_kv_type_from_name(s);
+    if (t < 0) {
+        fprintf(stderr, "llmesh %s: %s: '%s' is not a KV cache type (f16 or f32)\n", cmd, flag, s);
+        return -1;
+    }
+    *out = t;
     return 0;
 }
 

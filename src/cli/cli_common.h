@@ -3,7 +3,8 @@
  * Every helper that fails prints one line, "llmesh CMD: ...", on stderr
  * (naming the flag or file) and returns an error; the caller only picks the
  * exit code. cmd is the subcommand's name as the user typed it ("run").
- * Not here: anything about models or the engine. */
+ * Not here: anything about models or the engine (beyond the name of a KV
+ * cache type, which several subcommands take). */
 #ifndef LLMESH_CLI_COMMON_H
 #define LLMESH_CLI_COMMON_H
 
@@ -25,6 +26,8 @@ int cli_parse_u64(const char *cmd, const char *flag, const char *s, uint64_t *ou
 /* A size in bytes: a positive integer with an optional suffix K, M or G
  * (powers of 1024): "512M", "8G". */
 int cli_parse_size(const char *cmd, const char *flag, const char *s, uint64_t *out);
+/* A KV cache type by name, "f16" or "f32", as a model_kv_type (engine/model.h). */
+int cli_parse_kv_type(const char *cmd, const char *flag, const char *s, int *out);
 
 /* The whole content of path (pipes too), malloc'ed, its length in *len; the
  * caller frees it. NULL after printing on failure. */

@@ -38,7 +38,8 @@
 #define BENCH_MAX_REPS 1000
 
 static const char bench_usage[] =
-    "usage: llmesh bench --model PATH [--pp N] [--tg N] [--threads LIST] [--reps N] [--json]\n"
+    "usage: llmesh bench --model PATH [--pp N] [--tg N] [--threads LIST] [--reps N] [--kv-type T]\n"
+    "                    [--json]\n"
     "\n"
     "Measures prefill (prompt processing) and decode (generation) speed of a local\n"
     "model with random token ids, like llama.cpp's llama-bench. Each figure is the\n"
@@ -49,6 +50,7 @@ static const char bench_usage[] =
     "  --tg N          tokens decoded one at a time (default 64; 0 = skip)\n"
     "  --threads LIST  comma-separated thread counts, e.g. 1,2 (default: one per CPU)\n"
     "  --reps N        repetitions per test (default 3)\n"
+    "  --kv-type T     KV cache element type: f16 (default) or f32\n"
     "  --json          one JSON object per thread count instead of a table\n";
 
 typedef struct {
@@ -56,6 +58,7 @@ typedef struct {
     long pp, tg, reps;
     int threads[BENCH_MAX_THREAD_COUNTS];
     int n_threads;
+    int kv_type;
     int json;
 } bench_args;
 
@@ -141,6 +144,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
             if (r < 0 || cli_parse_long("bench", "--reps", v, 1, BENCH_MAX_REPS, &a->reps)) return 2;
         } else if ((r = cli_flag_value("bench", argc, argv, &i, "--threads", &v)) != 0) {
             if (r < 0 || parse_thread_list(v, a)) return 2;
+        } else if ((r = cli_flag_value("bench", argc, argv, &i, "--kv-type", &v)) != 0) {
+            if (r < 0 || cli_parse_kv_type("bench", "--kv-type", v, &a->kv_type)) return 2;
         } else {
             fprintf(stderr, "llmesh bench: unknown option '%s' (see --help)\n", argv[i]);
             return 2;
@@ -261,6 +266,7 @@ static int print_json_row(const bench_model_info *info, const bench_args *a, con
     cJSON_AddNumberToObject(o, "pp", (double)a->pp);
     cJSON_AddNumberToObject(o, "tg", (double)a->tg);
     cJSON_AddNumberToObject(o, "reps", (double)a->reps);
+    cJSON_AddStringToObject(o, "kv_type", model_kv_type_name((model_kv_type)a->kv_type));
     json_figure(o, "pp_ms", row->pp_ms);
     json_figure(o, "tg_ms", row->tg_ms);
     json_figure(o, "pp_tok_s", a->pp > 0 ? tok_per_s(a->pp, row->pp_ms) : NAN);
@@ -276,9 +282,10 @@ static int print_json_row(const bench_model_info *info, const bench_args *a, con
 
 static void print_table_head(const bench_model_info *info, const bench_args *a)
 {
-    printf("model: %s (%s, %s %.0f%% of matrix bytes, %.1f MiB, %.2f M params); median of %ld\n",
-           info->id, info->arch, info->type, info->type_share * 100,
-           info->file_bytes / (1024.0 * 1024.0), info->params / 1e6, a->reps);
+    printf("model: %s (%s, %s %.0f%% of matrix bytes, %.1f MiB, %.2f M params); KV cache %s; "
+           "median of %ld\n",
+           info->id, info->arch, info->type, info->type_share * 100, info->file_bytes / (1024.0 * 1024.0),
+           info->params / 1e6, model_kv_type_name((model_kv_type)a->kv_type), a->reps);
     printf("\n| threads | pp%ld tok/s | tg%ld tok/s | pp%ld ms | tg%ld ms |\n", a->pp, a->tg, a->pp, a->tg);
     printf("|---:|---:|---:|---:|---:|\n");
     fflush(stdout);
@@ -324,7 +331,7 @@ int cmd_bench(int argc, char **argv)
         rc = 2;
         goto done;
     }
-    if (!(s = model_state_new(m, (int)positions, err, sizeof err))) {
+    if (!(s = model_state_new(m, (int)positions, (model_kv_type)a.kv_type, err, sizeof err))) {
         fprintf(stderr, "llmesh bench: %s: %s\n", a.path, err);
         goto done;
     }

@@ -52,7 +52,8 @@ static const char logits_usage[] =
     "  --all           every position, not only the last\n"
     "  --top K         logits printed per position (default 10)\n"
     "  --out FILE      write every logit of the chosen positions, as float32\n"
-    "  --threads N     compute threads (default 1)\n";
+    "  --threads N     compute threads (default 1)\n"
+    "  --kv-type T     KV cache element type: f16 (default) or f32\n";
 
 /* Tokenizes text and prints the ids as one line. 0, or -1 after printing. */
 static int print_ids(const tokenizer *t, const char *text, size_t len, unsigned flags)
@@ -188,7 +189,7 @@ int cmd_logits(int argc, char **argv)
 {
     const char *model_path = NULL, *prompt = NULL, *ids_arg = NULL, *out_path = NULL;
     long top = 10, threads = 1;
-    int all = 0;
+    int all = 0, kv_type = 0;
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
         int r;
@@ -214,6 +215,8 @@ int cmd_logits(int argc, char **argv)
             if (r < 0 || cli_parse_long("logits", "--top", v, 0, 1000, &top)) return 2;
         } else if ((r = cli_flag_value("logits", argc, argv, &i, "--threads", &v)) != 0) {
             if (r < 0 || cli_parse_long("logits", "--threads", v, 1, 1024, &threads)) return 2;
+        } else if ((r = cli_flag_value("logits", argc, argv, &i, "--kv-type", &v)) != 0) {
+            if (r < 0 || cli_parse_kv_type("logits", "--kv-type", v, &kv_type)) return 2;
         } else {
             fprintf(stderr, "llmesh logits: unknown option '%s' (see --help)\n", argv[i]);
             return 2;
@@ -259,7 +262,7 @@ int cmd_logits(int argc, char **argv)
     }
     int n_vocab = model_get_config(m)->n_vocab, n_out = all ? n : 1;
     if (!(pool = threadpool_create((int)threads, err, sizeof err)) ||
-        !(st = model_state_new(m, n, err, sizeof err))) {
+        !(st = model_state_new(m, n, (model_kv_type)kv_type, err, sizeof err))) {
         fprintf(stderr, "llmesh logits: %s\n", err);
         goto done;
     }

@@ -41,6 +41,7 @@ static const char run_usage[] =
     "  --top-p P       nucleus sampling, 1 = off (default 0.95)\n"
     "  --seed S        random seed (default: from the clock)\n"
     "  --threads N     compute threads (default: one per CPU)\n"
+    "  --kv-type T     KV cache element type: f16 (default) or f32\n"
     "  --stats         print token counts and speed on stderr at the end\n";
 
 static const char perplexity_usage[] =
@@ -53,7 +54,8 @@ static const char perplexity_usage[] =
     "  --model PATH    GGUF model file\n"
     "  --file TEXT     text file to measure\n"
     "  --ctx N         chunk context including BOS (default 256)\n"
-    "  --threads N     compute threads (default: one per CPU)\n";
+    "  --threads N     compute threads (default: one per CPU)\n"
+    "  --kv-type T     KV cache element type: f16 (default) or f32\n";
 
 /* ---- run ----------------------------------------------------------------- */
 
@@ -82,7 +84,7 @@ int cmd_run(int argc, char **argv)
     s.temperature = RUN_DEFAULT_TEMP;
     s.top_k = RUN_DEFAULT_TOP_K;
     s.top_p = RUN_DEFAULT_TOP_P;
-    int seed_given = 0, stats = 0;
+    int seed_given = 0, stats = 0, kv_type = 0;
     long threads = 0;
 
     for (int i = 1; i < argc; i++) {
@@ -116,6 +118,8 @@ int cmd_run(int argc, char **argv)
             seed_given = 1;
         } else if ((r = cli_flag_value("run", argc, argv, &i, "--threads", &v)) != 0) {
             if (r < 0 || cli_parse_long("run", "--threads", v, 1, 1024, &threads)) return 2;
+        } else if ((r = cli_flag_value("run", argc, argv, &i, "--kv-type", &v)) != 0) {
+            if (r < 0 || cli_parse_kv_type("run", "--kv-type", v, &kv_type)) return 2;
         } else {
             fprintf(stderr, "llmesh run: unknown option '%s' (see --help)\n", argv[i]);
             return 2;
@@ -132,7 +136,8 @@ int cmd_run(int argc, char **argv)
     }
 
     char err[512];
-    engine_model *m = engine_model_load(model_path, (int)threads, err, sizeof err);
+    engine_load_opts o = {.n_threads = (int)threads, .kv_type = kv_type};
+    engine_model *m = engine_model_load_opts(model_path, &o, err, sizeof err);
     if (!m) {
         fprintf(stderr, "llmesh run: %s\n", err);
         return 1;
@@ -166,6 +171,7 @@ int cmd_perplexity(int argc, char **argv)
 {
     const char *model_path = NULL, *file = NULL;
     long ctx = 256, threads = 0;
+    int kv_type = 0;
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
         int r;
@@ -183,6 +189,8 @@ int cmd_perplexity(int argc, char **argv)
             if (r < 0 || cli_parse_long("perplexity", "--ctx", v, 2, 1 << 24, &ctx)) return 2;
         } else if ((r = cli_flag_value("perplexity", argc, argv, &i, "--threads", &v)) != 0) {
             if (r < 0 || cli_parse_long("perplexity", "--threads", v, 1, 1024, &threads)) return 2;
+        } else if ((r = cli_flag_value("perplexity", argc, argv, &i, "--kv-type", &v)) != 0) {
+            if (r < 0 || cli_parse_kv_type("perplexity", "--kv-type", v, &kv_type)) return 2;
         } else {
             fprintf(stderr, "llmesh perplexity: unknown option '%s' (see --help)\n", argv[i]);
             return 2;
@@ -196,7 +204,8 @@ int cmd_perplexity(int argc, char **argv)
     char *text = cli_read_file("perplexity", file, &len);
     if (!text) return 1;
     char err[512];
-    engine_model *m = engine_model_load(model_path, (int)threads, err, sizeof err);
+    engine_load_opts o = {.n_threads = (int)threads, .kv_type = kv_type};
+    engine_model *m = engine_model_load_opts(model_path, &o, err, sizeof err);
     if (!m) {
         fprintf(stderr, "llmesh perplexity: %s\n", err);
         free(text);

@@ -45,9 +45,27 @@ static const char serve_usage[] =
     "  --ctx N            context served per request (default: the model's, at most 8192)\n"
     "  --parallel N       requests each model runs at once (1-64), each with its own KV\n"
     "                     cache, batched into one forward pass per step (default 4)\n"
+    "  --kv-type T        KV cache element type: f16 (default, half the memory) or f32;\n"
+    "                     a split's stages use the coordinator's\n"
     "  --queue N          requests that may wait per model when every lane is busy;\n"
     "                     past it: 429 with Retry-After (default 64)\n"
     "  --queue-timeout S  a request waiting longer for a lane gets 503 (default 120)\n"
+    "  --quic-max-conns N mesh (QUIC) connections in all (default 4096)\n"
+    "  --quic-max-half-open N  incoming QUIC handshakes not done yet (default 256)\n"
+    "  --quic-max-conns-per-addr N  QUIC connections from one IP address (default 256)\n"
+    "  --quic-max-half-open-per-addr N  QUIC handshakes not done from one IP address\n"
+    "                     (default 16); over any of these bounds an Initial is dropped\n"
+    "                     and counted (quic_refused)\n"
+    "  --http-max-conns N HTTP connections per port (API, console; default 1024)\n"
+    "  --http-max-conns-per-addr N  HTTP connections per port from one IP address\n"
+    "                     (default 64); over either a new one is shut (http_refused)\n"
+    "  --http-request-timeout S  a request must arrive whole within S seconds of the\n"
+    "                     connection or the previous answer, else the connection is\n"
+    "                     cut (default 15; http_slow_cut)\n"
+    "  --max-clients N    passive client connections a member holds (default 4096)\n"
+    "  --ban-bad-frames N a peer sending N malformed frames within 10 s is cut off\n"
+    "                     (default 32; peers_banned)\n"
+    "  --ban-seconds S    ...and refused for S seconds (default 60; banned_refused)\n"
     "  --split [N]        split each model into N pipeline stages over the mesh even when\n"
     "                     it fits here (default N: 2)\n"
     "  --log-level L      error|warn|info|debug|trace (default info)\n"
@@ -203,6 +221,8 @@ static int serve_main(int argc, char **argv, int client)
             long n;
             if (cli_parse_long("serve", a, v, 16, 1 << 24, &n)) return 2;
             cfg.ctx = (int)n;
+        } else if (!strcmp(a, "--kv-type") && !client) {
+            if (cli_parse_kv_type("serve", a, v, &cfg.kv_type)) return 2;
         } else if (!strcmp(a, "--parallel") && !client) {
             long n;
             if (cli_parse_long("serve", a, v, 1, 64, &n)) return 2;
@@ -215,6 +235,30 @@ static int serve_main(int argc, char **argv, int client)
             long n;
             if (cli_parse_long("serve", a, v, 1, 86400, &n)) return 2;
             cfg.queue_timeout = (int)n;
+        } else if (!strcmp(a, "--quic-max-conns") || !strcmp(a, "--quic-max-half-open") ||
+                   !strcmp(a, "--quic-max-conns-per-addr") || !strcmp(a, "--quic-max-half-open-per-addr") ||
+                   !strcmp(a, "--http-max-conns") || !strcmp(a, "--http-max-conns-per-addr")) {
+            long n;
+            if (cli_parse_long("serve", a, v, 1, 1 << 20, &n)) return 2;
+            uint32_t *to = !strcmp(a, "--quic-max-conns") ? &cfg.quic_limits.max_conns
+                         : !strcmp(a, "--quic-max-half-open") ? &cfg.quic_limits.max_half_open
+                         : !strcmp(a, "--quic-max-conns-per-addr") ? &cfg.quic_limits.max_conns_per_addr
+                         : !strcmp(a, "--quic-max-half-open-per-addr") ? &cfg.quic_limits.max_half_open_per_addr
+                         : !strcmp(a, "--http-max-conns") ? &cfg.http_limits.max_conns
+                         : &cfg.http_limits.max_per_addr;
+            *to = (uint32_t)n;
+        } else if (!strcmp(a, "--max-clients") || !strcmp(a, "--ban-bad-frames")) {
+            long n;
+            if (cli_parse_long("serve", a, v, 1, 1 << 20, &n)) return 2;
+            *(!strcmp(a, "--max-clients") ? &cfg.max_clients : &cfg.ban_bad_frames) = (uint32_t)n;
+        } else if (!strcmp(a, "--ban-seconds")) {
+            long n;
+            if (cli_parse_long("serve", a, v, 1, 86400, &n)) return 2;
+            cfg.ban_ms = (uint32_t)n * 1000;
+        } else if (!strcmp(a, "--http-request-timeout")) {
+            long n;
+            if (cli_parse_long("serve", a, v, 1, 86400, &n)) return 2;
+            cfg.http_limits.request_ms = (uint32_t)n * 1000;
         } else if (!strcmp(a, "--log-level")) {
             int level = log_parse_level(v);
             if (level < 0) { fprintf(stderr, "llmesh: --log-level wants error|warn|info|debug|trace, not '%s'\n", v); return 2; }

@@ -30,8 +30,8 @@
 #include "lib/threadpool.h"
 
 #define PERPLEXITY_DEFAULT_CTX 256
-/* Models train on contexts up to 128K positions and more; an F32 KV cache
- * that long is tens of GB. Generation uses at most this many positions
+/* Models train on contexts up to 128K positions and more; a KV cache
+ * that long is GBs even in F16. Generation uses at most this many positions
  * (engine_model_context_length reports the figure in use). */
 #define ENGINE_MAX_CONTEXT 8192
 
@@ -138,6 +138,11 @@ engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o
         snprintf(inner, sizeof inner, "%d lanes: at most %d", m->n_lanes, ENGINE_MAX_LANES);
         goto fail;
     }
+    if (o->kv_type != MODEL_KV_F16 && o->kv_type != MODEL_KV_F32) {
+        snprintf(inner, sizeof inner, "unknown KV cache type %d", o->kv_type);
+        goto fail;
+    }
+    m->kv_type = (model_kv_type)o->kv_type;
     if (!(m->pool = threadpool_create(o->n_threads, inner, sizeof inner))) goto fail;
     if (engine_step_init(m, inner, sizeof inner) != 0) goto fail;
     if (!(m->lanes = calloc((size_t)m->n_lanes, sizeof *m->lanes))) {
@@ -146,12 +151,12 @@ engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o
     }
     for (int i = 0; i < m->n_lanes; i++) {
         engine_lane *ln = &m->lanes[i];
-        if (!(ln->state = model_state_new(m->model, m->n_ctx, inner, sizeof inner))) goto fail;
+        if (!(ln->state = model_state_new(m->model, m->n_ctx, m->kv_type, inner, sizeof inner))) goto fail;
         ln->cached = malloc(sizeof(int32_t) * (size_t)m->n_ctx);
         ln->logits = malloc(sizeof(float) * (size_t)c->n_vocab);
-        ln->hidden = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float)); /* touched only in a split */
-        ln->rows = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float));
-        if (!ln->cached || !ln->logits || !ln->hidden || !ln->rows) {
+        ln->rows = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float)); /* touched only in a split */
+        ln->hidden = calloc((size_t)MODEL_BATCH * c->n_embd, sizeof(float));
+        if (!ln->cached || !ln->logits || !ln->rows || !ln->hidden) {
             snprintf(inner, sizeof inner, "out of memory");
             goto fail;
         }
@@ -179,8 +184,8 @@ void engine_model_free(engine_model *m)
         model_state_free(ln->state);
         free(ln->cached);
         free(ln->logits);
-        free(ln->hidden);
         free(ln->rows);
+        free(ln->hidden);
     }
     free(m->lanes);
     tokenizer_free(m->tok);
@@ -197,6 +202,7 @@ const char *engine_model_id(const engine_model *m) { return m->id; }
 uint64_t engine_model_bytes(const engine_model *m) { return model_weight_bytes(m->model); }
 int engine_model_context_length(const engine_model *m) { return m->n_ctx; }
 int engine_model_lanes(const engine_model *m) { return m->n_lanes; }
+int engine_model_kv_type(const engine_model *m) { return (int)m->kv_type; }
 int engine_model_n_layer(const engine_model *m) { return model_get_config(m->model)->n_layer; }
 int engine_model_n_embd(const engine_model *m) { return model_get_config(m->model)->n_embd; }
 int engine_model_threads(const engine_model *m) { return threadpool_size(m->pool); }
@@ -494,65 +500,20 @@ static void lane_truncate(engine_lane *ln, int keep)
     model_state_truncate(ln->state, keep < held ? keep : held);
 }
 
-/* Solo: positions [start, n) of the record through the whole model here, in
- * the batch steps shared with the other lanes; [start, from) are a replay
- * whose logits nobody needs. */
-static int eval_solo(engine_model *m, int lane, int start, int from, int n, float *all, char *err,
-                     size_t errlen)
+/* Positions [start, n) of the lane's record, solo or through the split sp,
+ * in the batch steps shared with the other lanes (engine_step.c); [start,
+ * from) are a replay whose logits nobody needs. 0, -1 or ENGINE_TAIL_BROKEN. */
+static int eval_steps(engine_model *m, int lane, const engine_split *sp, int start, int from, int n,
+                      float *all, char *err, size_t errlen)
 {
     const model_part *part = model_get_part(m->model);
-    if (part->end < model_get_config(m->model)->n_layer) {
-        snprintf(err, errlen, "layers [%d, %d) are not loaded here and no split is set", part->end,
-                 model_get_config(m->model)->n_layer);
+    int n_layer = model_get_config(m->model)->n_layer;
+    if (!sp->has_tail && part->end < n_layer) {
+        snprintf(err, errlen, "layers [%d, %d) are not loaded here and no split is set", part->end, n_layer);
         return -1;
     }
-    return engine_step_eval(m, lane, start, from, n, all, err, errlen);
-}
-
-/* Split: positions [start, n) of the record, one MODEL_BATCH piece at a time:
- * embed and run layers [0, local_end) here, send to the tail, and where final
- * hidden states are needed (the last position, or every one of [from, n) with
- * all) receive them and classify them here. The pieces of the replay [start,
- * from) never ask for rows. The pool is held only while computing, so other
- * lanes compute while this one waits on the tail. 0, -1 or ENGINE_TAIL_BROKEN. */
-static int eval_split(engine_model *m, engine_lane *ln, int lane, const engine_split *sp, int start,
-                      int from, int n, float *all, char *err, size_t errlen)
-{
-    const model_part *part = model_get_part(m->model);
-    const model_config *c = model_get_config(m->model);
-    if (sp->local_end > part->end) {
-        snprintf(err, errlen, "the split runs layers [0, %d) here but only [0, %d) are loaded",
-                 sp->local_end, part->end);
-        return -1;
-    }
-    assert(sp->local_end == 0 || model_state_n_past(ln->state) == start);
-    for (int pos = start; pos < n;) {
-        int limit = pos < from ? from : n; /* a piece is all replay or all new */
-        int nb = limit - pos < MODEL_BATCH ? limit - pos : MODEL_BATCH;
-        int rows = all && pos >= from ? ENGINE_ROWS_ALL : pos + nb == n ? ENGINE_ROWS_LAST
-                                                                          : ENGINE_ROWS_NONE;
-        pthread_mutex_lock(&m->compute);
-        int rc = model_embed(m->model, ln->cached + pos, nb, ln->hidden, err, errlen);
-        if (rc == 0 && sp->local_end > 0)
-            rc = model_forward_layers(m->model, ln->state, m->pool, 0, sp->local_end, ln->hidden, nb,
-                                      err, errlen);
-        pthread_mutex_unlock(&m->compute);
-        if (rc != 0) return -1;
-        rc = sp->tail.send(sp->tail.ctx, lane, pos, nb, ln->hidden, rows, err, errlen);
-        if (rc != 0) return rc == ENGINE_TAIL_BROKEN ? rc : -1;
-        if (rows != ENGINE_ROWS_NONE) {
-            int n_rows = rows == ENGINE_ROWS_ALL ? nb : 1;
-            rc = sp->tail.receive(sp->tail.ctx, lane, ln->rows, n_rows, err, errlen);
-            if (rc != 0) return rc == ENGINE_TAIL_BROKEN ? rc : -1;
-            float *out = rows == ENGINE_ROWS_ALL ? all + (size_t)(pos - from) * c->n_vocab : ln->logits;
-            pthread_mutex_lock(&m->compute);
-            rc = model_output(m->model, ln->state, m->pool, ln->rows, n_rows, out, err, errlen);
-            pthread_mutex_unlock(&m->compute);
-            if (rc != 0) return -1;
-        }
-        pos += nb;
-    }
-    return 0;
+    assert(!sp->has_tail || sp->local_end == 0 || model_state_n_past(m->lanes[lane].state) == start);
+    return engine_step_eval(m, lane, sp, start, from, n, all, err, errlen);
 }
 
 /* The one place that evaluates. Appends tokens[from..n) to the lane's
@@ -585,8 +546,7 @@ static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int f
             model_state_truncate(ln->state, 0);
             ln->generation = sp.generation;
         }
-        int rc = sp.has_tail ? eval_split(m, ln, lane, &sp, start, from, n, all, err, errlen)
-                             : eval_solo(m, lane, start, from, n, all, err, errlen);
+        int rc = eval_steps(m, lane, &sp, start, from, n, all, err, errlen);
         if (rc == 0) {
             ln->n_cached = n;
             return 0;
@@ -676,8 +636,9 @@ static int output_release(gen_output *g, size_t upto, int n_tok, int at_end)
 }
 
 /* Appends one generated token's bytes (and its record, if any); releases
- * what can no longer be part of a stop string. Sets *stop_hit when a stop
- * string completed: the text before it is released, the rest dropped. */
+ * what can no longer be part of a stop string. Sets *stop_hit to 1 + the
+ * index of the stop string that completed (the earliest in the text): the
+ * text before it is released, the rest dropped. */
 static int output_add(gen_output *g, const char *bytes, size_t n, const engine_token *t, int *stop_hit)
 {
     if (g->raw_len + n > g->raw_cap) {
@@ -707,18 +668,20 @@ static int output_add(gen_output *g, const char *bytes, size_t n, const engine_t
     /* The earliest complete stop string. Only unreleased bytes can hold one:
      * any start of a match is held back below until it is decided. */
     size_t cut = SIZE_MAX;
+    int which = 0;
     for (int i = 0; i < g->s->n_stop; i++) {
         size_t sl = strlen(g->s->stop[i]);
         for (size_t at = 0; sl && at + sl <= g->raw_len && at < cut; at++)
             if (!memcmp(g->raw + at, g->s->stop[i], sl)) {
                 cut = at;
+                which = i;
                 break;
             }
     }
     if (cut != SIZE_MAX) {
         int n_tok = 0; /* tokens that put at least one byte before the stop */
         while (n_tok < g->n_toks && (n_tok == 0 ? 0 : g->tok_end[n_tok - 1]) < cut) n_tok++;
-        *stop_hit = 1;
+        *stop_hit = 1 + which;
         int rc = output_release(g, cut, n_tok, 1);
         g->raw_len = 0; /* the stop string and whatever followed it are dropped */
         g->n_toks = 0;
@@ -993,7 +956,29 @@ static int embed_tokens(engine_model *m, engine_lane *ln, const int32_t *ids, in
     return rc;
 }
 
+static int run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
+                    void *user, engine_result *result, char *err, size_t errlen);
+
+/* The request's per-stage times come from the tail (the split in place at
+ * its start, then at its end: a failover may move it). */
 int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
+                    void *user, engine_result *result, char *err, size_t errlen)
+{
+    engine_split sp;
+    pthread_mutex_lock(&m->split_lock);
+    sp = m->split;
+    pthread_mutex_unlock(&m->split_lock);
+    int lane_ok = lane >= 0 && lane < m->n_lanes;
+    if (lane_ok && sp.has_tail && sp.tail.timings) sp.tail.timings(sp.tail.ctx, lane, NULL);
+    int rc = run_lane(m, lane, r, on_output, user, result, err, errlen);
+    pthread_mutex_lock(&m->split_lock);
+    sp = m->split;
+    pthread_mutex_unlock(&m->split_lock);
+    if (lane_ok && sp.has_tail && sp.tail.timings) sp.tail.timings(sp.tail.ctx, lane, result);
+    return rc;
+}
+
+static int run_lane(engine_model *m, int lane, const engine_request *r, engine_output_fn on_output,
                     void *user, engine_result *result, char *err, size_t errlen)
 {
     const engine_sampling *s = &r->sampling;
@@ -1124,6 +1109,7 @@ int engine_run_lane(engine_model *m, int lane, const engine_request *r, engine_o
         }
         if (g.stopped || stop_hit) {
             result->finish_reason = "stop";
+            result->stop_string = stop_hit;
             break;
         }
         if (result->completion_tokens >= s->max_tokens || ln->n_cached >= n_ctx) break; /* "length" */

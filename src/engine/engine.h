@@ -44,6 +44,8 @@ typedef struct {
                        cached-prefix record; <= 0: 1; at most ENGINE_MAX_LANES */
     int layers_end; /* > 0: load only the head and layers [0, layers_end), which is all a
                        pipeline's stage 0 needs (the file may hold only those); <= 0: every layer */
+    int kv_type;    /* the KV caches' element type, model.h's model_kv_type: 0 (MODEL_KV_F16,
+                       the default) or MODEL_KV_F32. Every stage of a pipeline uses the same. */
 } engine_load_opts;
 engine_model *engine_model_load_opts(const char *path, const engine_load_opts *o, char *err,
                                      size_t errlen);
@@ -55,6 +57,8 @@ const char *engine_model_id(const engine_model *m);
 uint64_t engine_model_bytes(const engine_model *m);
 int engine_model_context_length(const engine_model *m);
 int engine_model_lanes(const engine_model *m);
+/* The KV caches' element type (model_kv_type) the model was loaded with. */
+int engine_model_kv_type(const engine_model *m);
 /* The model's layer count and width (hidden states are n_embd floats). */
 int engine_model_n_layer(const engine_model *m);
 int engine_model_n_embd(const engine_model *m);
@@ -94,13 +98,27 @@ void engine_sampling_defaults(engine_sampling *s); /* temp 1, top_k 0, top_p 1, 
  * complete). Return nonzero to stop generation (finish_reason "stop"). */
 typedef int (*engine_piece_fn)(void *user, const char *piece, size_t len);
 
+#define ENGINE_MAX_STAGES 16
+typedef struct {
+    char node[65];          /* the stage's node id, hex (filled by serve/) */
+    int first, end;         /* its layers [first, end) */
+    double compute_ms;      /* computing (stage 0: embedding and its layers) */
+    double wait_ms;         /* queued there before computing (stage 0: waiting for room on the ring) */
+} engine_stage_time;
+
 typedef struct {
     int prompt_tokens;
     int completion_tokens;
     const char *finish_reason; /* "stop" (end of generation, stop string or callback) or "length" */
+    int stop_string;        /* 1 + the index (in sampling.stop) of the stop string that ended it; 0: none */
     int cached_tokens;      /* prompt tokens whose keys/values the lane already held (not evaluated) */
     double prompt_ms;       /* from the start to the first token's logits (prompt evaluation) */
     double predicted_ms;    /* from then to the end (sampling and evaluating the completion) */
+    /* Split models: the request's share of each stage's time (a step's time
+     * shared among its lanes in proportion to their positions in it). */
+    int n_stages;           /* 0: solo */
+    engine_stage_time stages[ENGINE_MAX_STAGES];
+    double hop_ms;          /* round trips less the stages' wait and compute: the wire and framing */
     const float *embedding;    /* an embed request's vector (its embedding buffer), else NULL */
     int n_embedding;
 } engine_result;
@@ -212,20 +230,36 @@ void engine_model_step_stats(engine_model *m, engine_step_stats *out);
 /* Final hidden states a send asks back: none, the last position's, or all. */
 enum { ENGINE_ROWS_NONE = 0, ENGINE_ROWS_LAST = 1, ENGINE_ROWS_ALL = 2 };
 
+/* One lane's share of a send: positions pos .. pos+n-1 of its sequence,
+ * asking for none, the last, or all n final hidden states back (rows). A
+ * piece at pos means the rest of the pipeline first forgets the lane's
+ * positions from pos on (pos is the number of positions it keeps: 0 after a
+ * replay or a new prompt). */
+typedef struct {
+    int lane, pos, n, rows;
+    int broken;           /* set by send: this lane's exchange was cut and the piece not
+                             sent (resume, then replay) */
+} engine_tail_piece;
+
 /* The rest of the pipeline (layers [local_end, n_layer)), as serve/ runs it.
- * Its functions are called from the lane's thread (the caller of
- * engine_run_lane), several lanes at once. A send at pos means the rest of
- * the pipeline first forgets the lane's positions from pos on (pos is the
- * number of positions it keeps: 0 after a replay or a new prompt). */
+ * Its functions are called from the lanes' threads (the callers of
+ * engine_run_lane), send by whichever runs the batch step, receive for
+ * every lane whose piece asked rows, right after the send. */
 typedef struct {
     void *ctx;
-    /* Hands the hidden states x (n, n_embd) of positions pos .. pos+n-1 of the
-     * lane's sequence to the rest of the pipeline (n <= 64, model.h's MODEL_BATCH), asking for
-     * none, the last, or all n final hidden states back (rows). May block
-     * briefly (back-pressure). 0, -1 (error, in err: the request fails) or
-     * ENGINE_TAIL_BROKEN. */
-    int (*send)(void *ctx, int lane, int pos, int n, const float *x, int rows, char *err,
-                size_t errlen);
+    int depth;  /* batch steps that may be on the pipeline at once (its stage count); <= 1: one.
+                   With more, the generating lanes are split into that many steps, so that
+                   stage 0 computes one while the later stages compute the others */
+    /* Hands one batch step to the rest of the pipeline: the hidden states x
+     * (sum of the pieces' n, n_embd) of n_pieces lanes' pieces (each lane
+     * once, MODEL_BATCH positions in all at most), in the pieces' order. May
+     * block (back-pressure: a bounded number of steps in flight). 0 (pieces
+     * marked broken were not sent), -1 (error, in err: every piece's request
+     * fails) or ENGINE_TAIL_BROKEN (none sent: every lane resumes).
+     * local_us: the step's time here (embedding and layers [0, local_end)),
+     * for the requests' timings. */
+    int (*send)(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, uint64_t local_us,
+                char *err, size_t errlen);
     /* Waits for the rows asked by the sends since the last receive, in order:
      * out (n_rows, n_embd). 0, -1 or ENGINE_TAIL_BROKEN. */
     int (*receive)(void *ctx, int lane, float *out, int n_rows, char *err, size_t errlen);
@@ -237,6 +271,11 @@ typedef struct {
      * left in the mesh for layers 12-23"), which ends the request with that
      * error. The tail bounds the whole wait. */
     int (*resume)(void *ctx, int lane, char *err, size_t errlen);
+    /* Optional (NULL: none). With r NULL, forgets the lane's times (a
+     * request starts on it); otherwise fills r->stages with the times the
+     * lane's steps spent in each stage since then. Called by the lane's
+     * thread at the start and the end of engine_run_lane. */
+    void (*timings)(void *ctx, int lane, engine_result *r);
 } engine_tail;
 
 /* Layers [0, local_end) run here and the rest through tail (copied; its ctx

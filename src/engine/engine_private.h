@@ -17,14 +17,16 @@
 
 /* One sequence in flight. Only the thread running a request on the lane
  * touches it, except the fields marked "step_lock", which the batch steps
- * share (engine_step.c). */
+ * share (engine_step.c), and state, logits and rows, which the step leader
+ * uses while the lane's job is in its step. */
 typedef struct {
     model_state *state;   /* layers [0, local_end) of the sequence (or all, solo) */
     int32_t *cached;      /* (n_ctx) the tokens whose keys/values are in the pipeline's caches */
     int n_cached;
     float *logits;        /* (n_vocab) of the last evaluated position */
-    float *hidden;        /* (MODEL_BATCH, n_embd) hidden states handed to the tail */
     float *rows;          /* (MODEL_BATCH, n_embd) final hidden states received from it */
+    float *hidden;        /* (MODEL_BATCH, n_embd) a split step's hidden states, while this
+                             lane's thread leads it (split steps may have several leaders) */
     uint64_t generation;  /* the split generation the caches belong to; 0: none (replay) */
     engine_output_fn wanted; /* the running request's output, asked "still wanted?" while */
     void *wanted_user;       /* a broken split is replaced (NULL: nobody to ask) */
@@ -53,6 +55,7 @@ struct engine_model {
     engine_split split;
     int n_ctx;            /* positions per lane */
     int n_lanes;
+    model_kv_type kv_type; /* of every lane's KV cache */
     engine_lane *lanes;   /* (n_lanes) */
     char id[256];
     chat_template *chat;  /* tokenizer.chat_template, parsed; NULL: none or unusable */
@@ -67,19 +70,21 @@ struct engine_model {
     pthread_mutex_t step_lock;
     pthread_cond_t step_cond;   /* a job finished, a lane came back, the leader left */
     engine_step_job *step_head, *step_tail; /* jobs waiting for steps, FIFO */
-    int step_leader;            /* a lane's thread is running steps */
+    int step_leaders;           /* lanes' threads running steps: one solo, up to the
+                                   tail's depth in a split */
     model_batch *step_batch;    /* the leader's scratch */
     engine_step_stats step_stats;
 };
 
-/* Solo evaluation of positions [start, n) of lane's record (ln->cached)
- * through the whole model, in the batch steps shared by every lane: logits
- * of the last position into ln->logits, or with all those of every position
- * of [from, n) into all (n - from, n_vocab); [start, from) is a replay whose
- * logits nobody needs. Blocks until done; the calling thread may run steps
- * for other lanes meanwhile. 0, or -1 with a message. */
-int engine_step_eval(engine_model *m, int lane, int start, int from, int n, float *all, char *err,
-                     size_t errlen);
+/* Evaluation of positions [start, n) of lane's record (ln->cached), solo
+ * or through the split sp (the lane's snapshot), in the batch steps shared
+ * by every lane: logits of the last position into ln->logits, or with all
+ * those of every position of [from, n) into all (n - from, n_vocab); [start,
+ * from) is a replay whose logits nobody needs. Blocks until done; the
+ * calling thread may run steps for other lanes meanwhile. 0, -1 with a
+ * message, or ENGINE_TAIL_BROKEN (split: resume, then replay). */
+int engine_step_eval(engine_model *m, int lane, const engine_split *sp, int start, int from, int n,
+                     float *all, char *err, size_t errlen);
 /* Marks lane as generating token by token (1) or not (0): steps wait a
  * moment for a decoding lane that has not queued its next token yet. */
 void engine_step_set_decoding(engine_model *m, int lane, int decoding);

@@ -1,10 +1,13 @@
-/* engine_step.c: continuous batching for solo models. Every lane's thread
+/* engine_step.c: continuous batching, solo and split. Every lane's thread
  * (one request each) hands its evaluations to a shared queue, and one forward
- * pass (model_forward_batch) takes, per step, the next token of every
- * generating lane plus a chunk of a prompt, so the weights are read once per
- * step for all of them. Not here: sampling, stop strings, log-probabilities
- * (engine.c runs them per lane, unchanged), a split's evaluation (engine.c's
- * eval_split: its lanes wait on the network, not on each other).
+ * pass takes, per step, the next token of every generating lane plus a chunk
+ * of a prompt, so the weights are read once per step for all of them. Solo:
+ * model_forward_batch. Split: the step's tokens are embedded and run through
+ * layers [0, local_end) here in one pass, handed to the tail as one send
+ * (one FORWARD carrying every lane's piece), and the lanes that asked for
+ * rows receive them and classify them here. Not here: sampling, stop
+ * strings, log-probabilities (engine.c runs them per lane, unchanged), the
+ * resume and replay of a broken split (engine.c's lane_evaluate).
  *
  * Why a combining queue and not a scheduler loop: each request keeps its own
  * straight-line generation loop on its own thread (engine_run_lane), and
@@ -23,10 +26,12 @@
  * step alone and the steps would alternate between halves of the batch. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "engine/engine_private.h"
+#include "lib/clock.h"
 
 /* How long a step waits for generating lanes to queue their next token. A
  * lane samples and delivers its text in well under this (the loop of
@@ -40,8 +45,9 @@ struct engine_step_job {
     int from;     /* positions before from are a replay: no logits */
     int end;      /* evaluate up to here (exclusive) */
     float *all;   /* (end - from, n_vocab) every new position's logits, or NULL: the last's */
+    engine_split split; /* where its layers run (the snapshot its lane took) */
     int take;     /* positions this step takes (leader only) */
-    int done, rc;
+    int done, rc; /* rc: 0, -1 or ENGINE_TAIL_BROKEN */
     char err[256];
     pthread_cond_t cond; /* its thread waits here: done, or leader wanted */
     engine_step_job *next;
@@ -89,15 +95,29 @@ static int lane_missing_locked(const engine_model *m)
     return 0;
 }
 
-/* Picks this step's jobs and their pieces; returns the count in seqs. */
+/* Picks this step's jobs and their pieces; returns the count in seqs. The
+ * jobs of one step share a split generation (the first job picked sets it):
+ * a lane that took its snapshot before an engine_set_split waits for a step
+ * of its own. */
 static int step_compose_locked(engine_model *m, model_seq *seqs, engine_step_job **jobs)
 {
     int n_vocab = model_get_config(m->model)->n_vocab;
-    int budget = MODEL_BATCH, n = 0;
+    int budget = MODEL_BATCH, n = 0, singles = 0, max_singles = MODEL_BATCH;
     for (int pass = 0; pass < 2; pass++) { /* 0: single tokens (decoding), 1: prompt chunks */
         for (engine_step_job *j = m->step_head; j && budget > 0; j = j->next) {
             int left = j->end - j->pos;
             if ((pass == 0) != (left == 1) || j->take) continue;
+            if (n > 0 && j->split.generation != jobs[0]->split.generation) continue;
+            if (n == 0 && j->split.has_tail && j->split.tail.depth > 1) {
+                /* A split with several steps in flight: the generating lanes
+                 * in as many steps, so that the stages work on them in turn. */
+                int decoding = 0;
+                for (int i = 0; i < m->n_lanes; i++) decoding += m->lanes[i].decoding;
+                max_singles = (decoding + j->split.tail.depth - 1) / j->split.tail.depth;
+                if (max_singles < 1) max_singles = 1;
+            }
+            if (pass == 0 && singles == max_singles) continue;
+            singles += pass == 0;
             int limit = j->pos < j->from ? j->from : j->end; /* a piece is all replay or all new */
             int take = limit - j->pos < budget ? limit - j->pos : budget;
             engine_lane *ln = &m->lanes[j->lane];
@@ -114,8 +134,68 @@ static int step_compose_locked(engine_model *m, model_seq *seqs, engine_step_job
     return n;
 }
 
-/* One step, entered and left with step_lock held (released while computing). */
-static void step_run_locked(engine_model *m)
+/* A split step (no lock held): embed every piece, run layers [0, local_end)
+ * here over all of them in one pass (into hidden, the leader's), hand them to the tail as one send, then
+ * for each piece that asked rows receive them and classify them. rcs[i]
+ * (0, -1 or ENGINE_TAIL_BROKEN) and errs[i] per job: one lane's failure
+ * (a stage's FAIL) does not fail the others. */
+static void step_split(engine_model *m, float *hidden, const engine_split *sp, const model_seq *seqs,
+                       engine_step_job **jobs, int n, int *rcs, char (*errs)[256])
+{
+    const model_config *c = model_get_config(m->model);
+    const model_part *part = model_get_part(m->model);
+    engine_tail_piece pieces[MODEL_BATCH];
+    model_state *states[MODEL_BATCH];
+    int counts[MODEL_BATCH];
+    char err[256] = "";
+    int rc = 0;
+    if (sp->local_end > part->end) {
+        snprintf(err, sizeof err, "the split runs layers [0, %d) here but only [0, %d) are loaded",
+                 sp->local_end, part->end);
+        rc = -1;
+    }
+    pthread_mutex_lock(&m->compute);
+    uint64_t t0 = clock_us();
+    for (int i = 0, i0 = 0; i < n && rc == 0; i0 += seqs[i].n, i++) {
+        rc = model_embed(m->model, seqs[i].tokens, seqs[i].n, hidden + (size_t)i0 * c->n_embd,
+                         err, sizeof err);
+        states[i] = seqs[i].state;
+        counts[i] = seqs[i].n;
+        pieces[i] = (engine_tail_piece){.lane = jobs[i]->lane, .pos = jobs[i]->pos, .n = seqs[i].n,
+                                        .rows = !seqs[i].logits       ? ENGINE_ROWS_NONE
+                                                : seqs[i].all_logits ? ENGINE_ROWS_ALL
+                                                                     : ENGINE_ROWS_LAST};
+    }
+    if (rc == 0 && sp->local_end > 0)
+        rc = model_forward_layers_batch(m->model, m->step_batch, m->pool, 0, sp->local_end, states,
+                                        counts, n, hidden, err, sizeof err);
+    uint64_t local_us = clock_us() - t0;
+    pthread_mutex_unlock(&m->compute);
+    if (rc == 0) rc = sp->tail.send(sp->tail.ctx, pieces, n, hidden, local_us, err, sizeof err);
+    for (int i = 0; i < n; i++) {
+        rcs[i] = rc == ENGINE_TAIL_BROKEN ? rc : rc != 0 ? -1 : pieces[i].broken ? ENGINE_TAIL_BROKEN : 0;
+        snprintf(errs[i], sizeof errs[i], "%s", err);
+    }
+    if (rc != 0) return;
+    for (int i = 0; i < n; i++) {
+        if (rcs[i] != 0 || pieces[i].rows == ENGINE_ROWS_NONE) continue;
+        engine_lane *ln = &m->lanes[pieces[i].lane];
+        int n_rows = pieces[i].rows == ENGINE_ROWS_ALL ? pieces[i].n : 1;
+        int r = sp->tail.receive(sp->tail.ctx, pieces[i].lane, ln->rows, n_rows, errs[i], sizeof errs[i]);
+        if (r == 0) {
+            pthread_mutex_lock(&m->compute);
+            r = model_output(m->model, ln->state, m->pool, ln->rows, n_rows, seqs[i].logits, errs[i],
+                             sizeof errs[i]);
+            pthread_mutex_unlock(&m->compute);
+        }
+        rcs[i] = r == 0 || r == ENGINE_TAIL_BROKEN ? r : -1;
+    }
+}
+
+/* One step led by lane's thread, entered and left with step_lock held
+ * (released while computing). Returns the jobs in it; 0 when every queued
+ * job is in another leader's step. */
+static int step_run_locked(engine_model *m, int lane)
 {
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
@@ -130,13 +210,23 @@ static void step_run_locked(engine_model *m)
     model_seq seqs[MODEL_BATCH];
     engine_step_job *jobs[MODEL_BATCH];
     int n = step_compose_locked(m, seqs, jobs);
-    if (n == 0) return; /* cannot happen while the leader's own job waits */
+    if (n == 0) return 0;
     pthread_mutex_unlock(&m->step_lock);
 
-    char err[256] = "";
-    pthread_mutex_lock(&m->compute);
-    int rc = model_forward_batch(m->model, m->step_batch, m->pool, seqs, n, err, sizeof err);
-    pthread_mutex_unlock(&m->compute);
+    int rcs[MODEL_BATCH];
+    char errs[MODEL_BATCH][256];
+    const engine_split *sp = &jobs[0]->split;
+    if (sp->has_tail) {
+        step_split(m, m->lanes[lane].hidden, sp, seqs, jobs, n, rcs, errs);
+    } else {
+        pthread_mutex_lock(&m->compute);
+        rcs[0] = model_forward_batch(m->model, m->step_batch, m->pool, seqs, n, errs[0], sizeof errs[0]);
+        pthread_mutex_unlock(&m->compute);
+        for (int i = 1; i < n; i++) {
+            rcs[i] = rcs[0];
+            memcpy(errs[i], errs[0], sizeof errs[0]);
+        }
+    }
 
     pthread_mutex_lock(&m->step_lock);
     m->step_stats.steps++;
@@ -145,9 +235,9 @@ static void step_run_locked(engine_model *m)
         engine_step_job *j = jobs[i];
         m->step_stats.tokens += (uint64_t)j->take;
         if (j->take == 1 && j->end - j->pos == 1) m->step_stats.decode_tokens++;
-        if (rc != 0) {
-            j->rc = -1;
-            snprintf(j->err, sizeof j->err, "%s", err);
+        if (rcs[i] != 0) {
+            j->rc = rcs[i];
+            snprintf(j->err, sizeof j->err, "%s", errs[i]);
             j->done = 1;
         } else {
             j->pos += j->take;
@@ -169,12 +259,13 @@ static void step_run_locked(engine_model *m)
             pp = &j->next;
         }
     }
+    return n;
 }
 
-int engine_step_eval(engine_model *m, int lane, int start, int from, int n, float *all, char *err,
-                     size_t errlen)
+int engine_step_eval(engine_model *m, int lane, const engine_split *sp, int start, int from, int n,
+                     float *all, char *err, size_t errlen)
 {
-    engine_step_job job = {.lane = lane, .pos = start, .from = from, .end = n, .all = all};
+    engine_step_job job = {.lane = lane, .pos = start, .from = from, .end = n, .all = all, .split = *sp};
     if (start >= n) return 0;
     pthread_cond_init(&job.cond, NULL);
     pthread_mutex_lock(&m->step_lock);
@@ -183,13 +274,22 @@ int engine_step_eval(engine_model *m, int lane, int start, int from, int n, floa
     m->step_tail = &job;
     m->lanes[lane].queued = 1;
     pthread_cond_signal(&m->step_cond); /* a gathering leader may be waiting for us */
+    /* Solo, one leader; a split, up to the tail's depth (each waits on the
+     * network for its step while another computes the next). */
+    int leaders = sp->has_tail && sp->tail.depth > 1 ? sp->tail.depth : 1;
     while (!job.done) {
-        if (!m->step_leader) {
-            m->step_leader = 1;
-            while (!job.done) step_run_locked(m);
-            m->step_leader = 0;
-            /* the first waiting job's thread takes over */
-            if (m->step_head) pthread_cond_signal(&m->step_head->cond);
+        if (m->step_leaders < leaders && !job.take) {
+            m->step_leaders++;
+            while (!job.done && step_run_locked(m, lane) > 0) {
+            }
+            m->step_leaders--;
+            /* the first job that no step holds gets a leader */
+            for (engine_step_job *j = m->step_head; j; j = j->next)
+                if (!j->take && j != &job) {
+                    pthread_cond_signal(&j->cond);
+                    break;
+                }
+            if (!job.done) pthread_cond_wait(&job.cond, &m->step_lock); /* in another leader's step */
         } else {
             pthread_cond_wait(&job.cond, &m->step_lock);
         }

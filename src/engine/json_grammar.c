@@ -226,6 +226,35 @@ static int take_ws(const jg_alt *a, jg_alt *out)
     return 1;
 }
 
+/* ---- UTF-8 ------------------------------------------------------------------
+ * Only well-formed UTF-8 (RFC 3629) goes into a string: no overlong forms, no
+ * surrogates, nothing past U+10FFFF. A decoder replaces each byte of an
+ * ill-formed sequence with U+FFFD, so letting one through would make a string
+ * longer, in characters, than the maxLength it was generated under. */
+
+/* Continuation bytes a lead byte c wants, 0 when c cannot lead. */
+static int utf8_lead(int c)
+{
+    if (c >= 0xc2 && c <= 0xdf) return 1;
+    if (c >= 0xe0 && c <= 0xef) return 2;
+    if (c >= 0xf0 && c <= 0xf4) return 3;
+    return 0;
+}
+
+/* The rule for the byte after lead c: 0 any continuation byte, 1 A0..BF
+ * (E0: no overlong), 2 80..9F (ED: no surrogate), 3 90..BF (F0: no overlong),
+ * 4 80..8F (F4: not past U+10FFFF). */
+static int utf8_rule(int c)
+{
+    return c == 0xe0 ? 1 : c == 0xed ? 2 : c == 0xf0 ? 3 : c == 0xf4 ? 4 : 0;
+}
+
+static int utf8_next_ok(int rule, int c)
+{
+    static const uint8_t lo[] = {0x80, 0xa0, 0x80, 0x90, 0x80}, hi[] = {0xbf, 0xbf, 0x9f, 0xbf, 0x8f};
+    return c >= lo[rule] && c <= hi[rule];
+}
+
 static int step_string(const jg_alt *a, int c, jg_alt *out)
 {
     alt_copy(out, a);
@@ -233,8 +262,9 @@ static int step_string(const jg_alt *a, int c, jg_alt *out)
     switch (o->phase) {
     case S_CHARS:
         if (o->flags) { /* inside a UTF-8 character */
-            if ((c & 0xc0) != 0x80) return 0;
-            if (--o->flags == 0) o->count++;
+            if (!utf8_next_ok(o->flags >> 2, c)) return 0;
+            o->flags = (uint8_t)((o->flags & 3) - 1); /* the lead's rule is for its first follower only */
+            if (o->flags == 0) o->count++;
             return 1;
         }
         if (c == '"') {
@@ -246,10 +276,9 @@ static int step_string(const jg_alt *a, int c, jg_alt *out)
         if (c == '\\') { o->phase = S_ESC; return 1; }
         if (c < 0x20) return 0;
         if (c < 0x80) { o->count++; return 1; }
-        if (c >= 0xc2 && c <= 0xdf) o->flags = 1;
-        else if (c >= 0xe0 && c <= 0xef) o->flags = 2;
-        else if (c >= 0xf0 && c <= 0xf4) o->flags = 3;
-        else return 0;
+        int more = utf8_lead(c);
+        if (!more) return 0;
+        o->flags = (uint8_t)(more | utf8_rule(c) << 2);
         return 1;
     case S_ESC:
         if (c == 'u') { o->phase = S_U1; return 1; }
@@ -570,13 +599,10 @@ static int string_safe(const unsigned char *b, int n)
         int c = b[i], k;
         if (c == '"' || c == '\\' || c < 0x20) return 0;
         if (c < 0x80) k = 0;
-        else if (c >= 0xc2 && c <= 0xdf) k = 1;
-        else if (c >= 0xe0 && c <= 0xef) k = 2;
-        else if (c >= 0xf0 && c <= 0xf4) k = 3;
-        else return 0;
+        else if (!(k = utf8_lead(c))) return 0;
         if (i + k >= n) return k == 0;
         for (int j = 1; j <= k; j++)
-            if ((b[i + j] & 0xc0) != 0x80) return 0;
+            if (!utf8_next_ok(j == 1 ? utf8_rule(c) : 0, b[i + j])) return 0;
         i += k + 1;
     }
     return 1;

@@ -261,7 +261,9 @@ static int compile_object(compiler *c, const cJSON *s, int depth)
     if (grow((void **)&g->prop_nodes, &g->cap_prop_nodes, g->n_prop_nodes + n, sizeof *g->prop_nodes))
         return fail(c, "%s", "out of memory");
     node.props = g->n_prop_nodes;
-    memcpy(g->prop_nodes + g->n_prop_nodes, kids, sizeof(int32_t) * (size_t)n);
+    /* An object without properties has no kids, and prop_nodes may still
+     * be NULL: NULL + 0 is undefined (found by fuzz_api). */
+    if (n > 0) memcpy(g->prop_nodes + g->n_prop_nodes, kids, sizeof(int32_t) * (size_t)n);
     g->n_prop_nodes += n;
     int id = jg_add_node(g, &node);
     return id < 0 ? fail(c, "the schema has more than %s nodes", "2048") : id;

@@ -259,6 +259,16 @@ static void fp16_row_scalar(const uint16_t *src, float *dst, int n)
     for (int i = 0; i < n; i++) dst[i] = kernel_fp16_to_fp32(src[i]);
 }
 
+static void fp32_to_fp16_row_scalar(const float *src, uint16_t *dst, int n)
+{
+    for (int i = 0; i < n; i++) dst[i] = kernel_fp32_to_fp16(src[i]);
+}
+
+static void axpy_f16_scalar(float *out, float a, const uint16_t *v, int n)
+{
+    for (int i = 0; i < n; i++) out[i] += a * kernel_fp16_to_fp32(v[i]);
+}
+
 /* ======================================================================== */
 /* AVX2 dot products                                                         */
 /* ======================================================================== */
@@ -372,6 +382,29 @@ AVX2_TARGET static void fp16_row_avx2(const uint16_t *src, float *dst, int n)
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_f16x8(src + i));
     for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
 }
+
+/* vcvtps2ph with round-to-nearest-even (the immediate, not MXCSR) is the
+ * scalar kernel_fp32_to_fp16 bit for bit, NaN payloads aside (both quiet
+ * them); the tail uses the scalar conversion itself. */
+AVX2_TARGET static void fp32_to_fp16_row_avx2(const float *src, uint16_t *dst, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = kernel_fp32_to_fp16(src[i]);
+}
+
+/* The same fused multiply-add per element as axpy_avx2, on converted
+ * values; the scalar tail rounds a * v and the sum separately. */
+AVX2_TARGET static void axpy_f16_avx2(float *out, float a, const uint16_t *v, int n)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, load_f16x8(v + i), _mm256_loadu_ps(out + i)));
+    for (; i < n; i++) out[i] += a * _cvtsh_ss(v[i]);
+}
 #endif /* KERNELS_HAVE_AVX2 */
 
 /* ======================================================================== */
@@ -385,17 +418,21 @@ typedef struct {
     float (*dot_bf16_f32)(const uint16_t *, const float *, int);
     float (*dot_q8_0)(const kernel_block_q8_0 *, const kernel_block_q8_0 *, int);
     void (*fp16_row)(const uint16_t *, float *, int);
+    void (*fp32_to_fp16_row)(const float *, uint16_t *, int);
     void (*axpy)(float *, float, const float *, int);
+    void (*axpy_f16)(float *, float, const uint16_t *, int);
 } kernel_ops;
 
 static const kernel_ops ops_scalar = {
     KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
-    dot_q8_0_scalar, fp16_row_scalar, axpy_scalar,
+    dot_q8_0_scalar, fp16_row_scalar, fp32_to_fp16_row_scalar, axpy_scalar, axpy_f16_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
 /* AVX-VNNI and AVX-512 differ from AVX2 only in the rows kernels of the
  * matrix products (kernels_rows.h); the one-row dot products are AVX2's. */
-#define OPS_AVX2(isa) {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2, axpy_avx2}
+#define OPS_AVX2(isa)                                                                          \
+    {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2,       \
+     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2}
 static const kernel_ops ops_avx2 = OPS_AVX2(KERNEL_ISA_AVX2);
 static const kernel_ops ops_avxvnni = OPS_AVX2(KERNEL_ISA_AVXVNNI);
 static const kernel_ops ops_avx512 = OPS_AVX2(KERNEL_ISA_AVX512);
@@ -509,6 +546,10 @@ float kernel_dot_q8_0(const kernel_block_q8_0 *a, const kernel_block_q8_0 *b, in
     return ops()->dot_q8_0(a, b, n);
 }
 void kernel_fp16_to_fp32_row(const uint16_t *src, float *dst, int n) { ops()->fp16_row(src, dst, n); }
+void kernel_fp32_to_fp16_row(const float *src, uint16_t *dst, int n)
+{
+    ops()->fp32_to_fp16_row(src, dst, n);
+}
 
 /* ======================================================================== */
 /* matrix products                                                           */
@@ -780,3 +821,4 @@ void kernel_add(float *x, const float *y, int n)
 }
 
 void kernel_axpy(float *out, float a, const float *v, int n) { ops()->axpy(out, a, v, n); }
+void kernel_axpy_f16(float *out, float a, const uint16_t *v, int n) { ops()->axpy_f16(out, a, v, n); }

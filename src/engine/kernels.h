@@ -32,8 +32,10 @@ uint16_t kernel_fp32_to_fp16(float f);  /* NaN stays NaN (quieted), overflow -> 
 float kernel_bf16_to_fp32(uint16_t h);
 uint16_t kernel_fp32_to_bf16(float f);
 
-/* Bulk fp16 -> fp32 (F16C when the CPU has it; same results either way). */
+/* Bulk fp16 -> fp32 and fp32 -> fp16 (F16C when the CPU has it; the same
+ * bits as the scalar conversions either way, NaN payloads aside). */
 void kernel_fp16_to_fp32_row(const uint16_t *src, float *dst, int n);
+void kernel_fp32_to_fp16_row(const float *src, uint16_t *dst, int n);
 
 /* ---- Q8_0: ggml's block layout ------------------------------------------ */
 
@@ -119,6 +121,8 @@ void kernel_swiglu(float *x, const float *y, int n);
 void kernel_add(float *x, const float *y, int n);
 /* out[i] += a * v[i] */
 void kernel_axpy(float *out, float a, const float *v, int n);
+/* out[i] += a * v[i], v in fp16 (an F16 KV cache's values) */
+void kernel_axpy_f16(float *out, float a, const uint16_t *v, int n);
 
 /* ---- instruction sets ---------------------------------------------------- */
 

@@ -825,27 +825,48 @@ int model_sizes_read(const gguf_file *f, model_sizes *out, char *err, size_t err
             out->scratch_bytes = max_size(out->scratch_bytes,
                                           kernel_matmul_scratch_bytes(t->type, (int)t->ne[0], MODEL_BATCH));
     }
-    out->kv_bytes_per_pos = 2 * sizeof(float) * (uint64_t)c->n_head_kv * (uint64_t)c->head_dim;
+    out->kv_values_per_pos = 2 * (uint64_t)c->n_head_kv * (uint64_t)c->head_dim;
     return 0;
 }
 
-/* Bytes model_state_new allocates for n_ctx positions of n_layers layers,
- * with attention rows for n_threads, given the matmul scratch. One formula
- * for the estimate and the state's own count (model_state_bytes). */
-static uint64_t state_bytes(const model_config *c, int n_layers, int n_ctx, int n_threads,
-                            uint64_t matmul_scratch)
+static const char *const kv_type_names[MODEL_KV_TYPE_COUNT] = {"f16", "f32"};
+
+const char *model_kv_type_name(model_kv_type t)
+{
+    return t >= 0 && t < MODEL_KV_TYPE_COUNT ? kv_type_names[t] : "?";
+}
+
+int model_kv_type_from_name(const char *name)
+{
+    for (int i = 0; i < MODEL_KV_TYPE_COUNT; i++)
+        if (!strcmp(name, kv_type_names[i])) return i;
+    return -1;
+}
+
+size_t model_kv_type_size(model_kv_type t) { return t == MODEL_KV_F32 ? sizeof(float) : sizeof(uint16_t); }
+
+uint64_t model_kv_bytes_per_pos(const model_sizes *z, model_kv_type t)
+{
+    return z->kv_values_per_pos * model_kv_type_size(t);
+}
+
+/* Bytes model_state_new allocates for n_ctx positions of n_layers layers
+ * in a cache of kv_type, with attention rows for n_threads, given the matmul
+ * scratch. One formula for the estimate and the state's own count
+ * (model_state_bytes). */
+static uint64_t state_bytes(const model_config *c, int n_layers, int n_ctx, model_kv_type kv_type,
+                            int n_threads, uint64_t matmul_scratch)
 {
     uint64_t q_dim = (uint64_t)c->n_head * c->head_dim, kv_dim = (uint64_t)c->n_head_kv * c->head_dim;
     uint64_t half = (uint64_t)c->n_rot / 2;
     uint64_t batch = (uint64_t)MODEL_BATCH * (2 * (uint64_t)c->n_embd + 2 * q_dim + 2 * kv_dim + 2 * (uint64_t)c->n_ff +
                                               (c->n_swa > 0 ? 4 : 2) * half);
-    return sizeof(float) * (2 * (uint64_t)n_layers * (uint64_t)n_ctx * kv_dim + batch +
-                            (uint64_t)n_threads * (uint64_t)n_ctx) +
-           matmul_scratch;
+    return model_kv_type_size(kv_type) * 2 * (uint64_t)n_layers * (uint64_t)n_ctx * kv_dim +
+           sizeof(float) * (batch + (uint64_t)n_threads * (uint64_t)n_ctx) + matmul_scratch;
 }
 
-uint64_t model_part_need(const model_sizes *z, const model_part *part, int n_ctx, int n_lanes,
-                         int n_threads)
+uint64_t model_part_need(const model_sizes *z, const model_part *part, int n_ctx,
+                         model_kv_type kv_type, int n_lanes, int n_threads)
 {
     const model_config *c = &z->c;
     assert(part->first >= 0 && part->first < part->end && part->end <= c->n_layer);
@@ -854,7 +875,7 @@ uint64_t model_part_need(const model_sizes *z, const model_part *part, int n_ctx
     if (n_threads < 1) n_threads = 1;
     uint64_t weights = z->rope_bytes + (part->head ? z->head_bytes : 0);
     for (int l = part->first; l < part->end; l++) weights += z->layer_bytes[l];
-    uint64_t lane = state_bytes(c, part->end - part->first, n_ctx, n_threads, z->scratch_bytes);
+    uint64_t lane = state_bytes(c, part->end - part->first, n_ctx, kv_type, n_threads, z->scratch_bytes);
     if (part->head) /* the engine's per lane: logits of a token and of a batch (echo
                        scoring), the token record, hidden states sent and received */
         lane += sizeof(float) * ((uint64_t)c->n_vocab * (1 + MODEL_BATCH) + (uint64_t)n_ctx +
@@ -901,8 +922,9 @@ struct model_state {
     int kv_dim;
     int first, n_layers; /* the part's layers, whose caches these are */
     int range_first, range_end; /* while n_past > 0: the layers forward calls run */
-    float *key_cache;   /* (n_layers, n_ctx, kv_dim): layer l at l - first */
-    float *value_cache; /* (n_layers, n_ctx, kv_dim) */
+    model_kv_type kv_type; /* the caches' element type: uint16_t fp16 or float */
+    void *key_cache;    /* (n_layers, n_ctx, kv_dim): layer l at l - first */
+    void *value_cache;  /* (n_layers, n_ctx, kv_dim) */
     const float *rope_factors; /* (n_rot / 2) the model's RoPE divisors for this context, or NULL */
     model_batch *work;  /* scratch of the state's own calls */
 };
@@ -962,7 +984,8 @@ void model_batch_free(model_batch *b)
     free(b);
 }
 
-model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen)
+model_state *model_state_new(const model *m, int n_ctx, model_kv_type kv_type, char *err,
+                             size_t errlen)
 {
     const model_config *c = &m->c;
     if (n_ctx <= 0) n_ctx = c->n_ctx_train;
@@ -970,6 +993,7 @@ model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen
     if (!s) goto oom;
     s->m = m;
     s->n_ctx = n_ctx;
+    s->kv_type = kv_type;
     s->kv_dim = c->n_head_kv * c->head_dim;
     s->first = m->part.first;
     s->n_layers = m->part.end - m->part.first;
@@ -978,8 +1002,8 @@ model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen
     s->rope_factors = c->arch != MODEL_ARCH_PHI3 ? m->rope_freq_factors
                       : n_ctx > c->n_ctx_orig ? m->rope_factors_long : m->rope_factors_short;
     size_t kv = (size_t)s->n_layers * (size_t)n_ctx * (size_t)s->kv_dim;
-    s->key_cache = calloc(kv, sizeof(float));
-    s->value_cache = calloc(kv, sizeof(float));
+    s->key_cache = calloc(kv, model_kv_type_size(kv_type));
+    s->value_cache = calloc(kv, model_kv_type_size(kv_type));
     if (!s->key_cache || !s->value_cache) goto oom;
     if (!(s->work = model_batch_new(m, err, errlen))) {
         model_state_free(s);
@@ -1002,11 +1026,13 @@ void model_state_free(model_state *s)
 }
 
 int model_state_n_ctx(const model_state *s) { return s->n_ctx; }
+model_kv_type model_state_kv_type(const model_state *s) { return s->kv_type; }
 int model_state_n_past(const model_state *s) { return s->n_past; }
 
 uint64_t model_state_bytes(const model_state *s)
 {
-    return state_bytes(&s->m->c, s->n_layers, s->n_ctx, s->work->att_rows, s->m->matmul_scratch);
+    return state_bytes(&s->m->c, s->n_layers, s->n_ctx, s->kv_type, s->work->att_rows,
+                       s->m->matmul_scratch);
 }
 
 void model_state_truncate(model_state *s, int n_past)
@@ -1089,7 +1115,9 @@ typedef struct {
 } attention_job;
 
 /* One (token, head) pair: causal softmax attention over its own sequence's
- * cache, positions 0 .. its position. */
+ * cache, positions 0 .. its position. An F16 cache is read as is, each
+ * element converted in the dot product and the weighted sum (vcvtph2ps on
+ * x86-64): no float copy of the cache, half the memory traffic. */
 static void attention_task(void *ctx, int task, int thread)
 {
     const attention_job *job = ctx;
@@ -1100,19 +1128,29 @@ static void attention_task(void *ctx, int task, int thread)
     int pos = b->tok_pos[i];
     int hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
     int kv_head = h / (c->n_head / c->n_head_kv);
-    size_t layer_off = (size_t)(job->layer - s->first) * s->n_ctx * kv_dim;
+    /* element offset of this layer's and kv head's first row */
+    size_t off = (size_t)(job->layer - s->first) * s->n_ctx * kv_dim + (size_t)kv_head * hd;
     const float *q = b->q + (size_t)i * q_dim + h * hd;                    /* (head_dim) */
-    const float *keys = s->key_cache + layer_off + kv_head * hd;           /* (pos + 1, kv_dim) */
-    const float *values = s->value_cache + layer_off + kv_head * hd;       /* (pos + 1, kv_dim) */
     float *att = b->att + (size_t)thread * b->att_ctx;                     /* (pos + 1) */
     float *out = b->att_out + (size_t)i * q_dim + h * hd;                  /* (head_dim) */
 
     int t0 = job->window > 0 && pos - job->window + 1 > 0 ? pos - job->window + 1 : 0;
-    for (int t = t0; t <= pos; t++)
-        att[t] = kernel_dot_f32(q, keys + (size_t)t * kv_dim, hd) * c->attn_scale;
-    kernel_softmax(att + t0, pos + 1 - t0);
     memset(out, 0, sizeof(float) * hd);
-    for (int t = t0; t <= pos; t++) kernel_axpy(out, att[t], values + (size_t)t * kv_dim, hd);
+    if (s->kv_type == MODEL_KV_F16) {
+        const uint16_t *keys = (const uint16_t *)s->key_cache + off;       /* (pos + 1, kv_dim) */
+        const uint16_t *values = (const uint16_t *)s->value_cache + off;   /* (pos + 1, kv_dim) */
+        for (int t = t0; t <= pos; t++)
+            att[t] = kernel_dot_f16_f32(keys + (size_t)t * kv_dim, q, hd) * c->attn_scale;
+        kernel_softmax(att + t0, pos + 1 - t0);
+        for (int t = t0; t <= pos; t++) kernel_axpy_f16(out, att[t], values + (size_t)t * kv_dim, hd);
+    } else {
+        const float *keys = (const float *)s->key_cache + off;             /* (pos + 1, kv_dim) */
+        const float *values = (const float *)s->value_cache + off;         /* (pos + 1, kv_dim) */
+        for (int t = t0; t <= pos; t++)
+            att[t] = kernel_dot_f32(q, keys + (size_t)t * kv_dim, hd) * c->attn_scale;
+        kernel_softmax(att + t0, pos + 1 - t0);
+        for (int t = t0; t <= pos; t++) kernel_axpy(out, att[t], values + (size_t)t * kv_dim, hd);
+    }
 }
 
 /* ---- steps both forward passes take, written once ---- */
@@ -1142,7 +1180,7 @@ static void norm_heads(const model_config *c, const model_layer *L, float *q, fl
 }
 
 /* Token i's key and value rows of layer l go to its sequence's cache at its
- * position (a copy: the bits are those computed). */
+ * position: a copy (F32: the bits computed) or rounded to fp16 (F16). */
 static void store_kv(const model_config *c, model_batch *b, int l, int n)
 {
     size_t kv_dim = (size_t)c->n_head_kv * c->head_dim;
@@ -1150,8 +1188,13 @@ static void store_kv(const model_config *c, model_batch *b, int l, int n)
         model_state *s = b->tok_state[i];
         assert(l >= s->first && l < s->first + s->n_layers && b->tok_pos[i] < s->n_ctx);
         size_t off = ((size_t)(l - s->first) * s->n_ctx + (size_t)b->tok_pos[i]) * kv_dim;
-        memcpy(s->key_cache + off, b->k_new + i * kv_dim, sizeof(float) * kv_dim);
-        memcpy(s->value_cache + off, b->v_new + i * kv_dim, sizeof(float) * kv_dim);
+        if (s->kv_type == MODEL_KV_F16) {
+            kernel_fp32_to_fp16_row(b->k_new + i * kv_dim, (uint16_t *)s->key_cache + off, (int)kv_dim);
+            kernel_fp32_to_fp16_row(b->v_new + i * kv_dim, (uint16_t *)s->value_cache + off, (int)kv_dim);
+        } else {
+            memcpy((float *)s->key_cache + off, b->k_new + i * kv_dim, sizeof(float) * kv_dim);
+            memcpy((float *)s->value_cache + off, b->v_new + i * kv_dim, sizeof(float) * kv_dim);
+        }
     }
 }
 
@@ -1443,6 +1486,33 @@ int model_forward_layers(const model *m, model_state *s, threadpool *pool, int f
         run_layers(m, s->work, pool, first, end, x + (size_t)done * m->c.n_embd, nb);
         state_advance(s, first, end, nb);
     }
+    return 0;
+}
+
+int model_forward_layers_batch(const model *m, model_batch *b, threadpool *pool, int first, int end,
+                               model_state *const *states, const int *counts, int n_seq, float *x,
+                               char *err, size_t errlen)
+{
+    assert(b->m == m);
+    int total = 0, max_ctx = 0;
+    for (int k = 0; k < n_seq; k++) {
+        for (int j = 0; j < k; j++)
+            if (states[j] == states[k]) {
+                snprintf(err, errlen, "a sequence appears twice in one batch");
+                return -1;
+            }
+        if (prepare_layers(m, states[k], first, end, counts[k], err, errlen) != 0) return -1;
+        total += counts[k];
+        if (states[k]->n_ctx > max_ctx) max_ctx = states[k]->n_ctx;
+    }
+    if (n_seq <= 0 || total > MODEL_BATCH) {
+        snprintf(err, errlen, "a batch holds 1 to %d positions, not %d", MODEL_BATCH, total);
+        return -1;
+    }
+    if (batch_reserve(b, pool, max_ctx, err, errlen) != 0) return -1;
+    for (int k = 0, i0 = 0; k < n_seq; i0 += counts[k], k++) batch_place(m, b, i0, states[k], counts[k]);
+    run_layers(m, b, pool, first, end, x, total);
+    for (int k = 0; k < n_seq; k++) state_advance(states[k], first, end, counts[k]);
     return 0;
 }
 

@@ -127,9 +127,25 @@ typedef struct {
     uint64_t head_bytes;         /* token_embd + output_norm + output (when not tied) */
     uint64_t rope_bytes;         /* RoPE factor tensors, which every part loads (a few KB) */
     uint64_t layer_bytes[MODEL_MAX_LAYERS]; /* (n_layer) tensor bytes of each layer */
-    uint64_t kv_bytes_per_pos;   /* per layer per position: K and V, F32 */
+    uint64_t kv_values_per_pos;  /* per layer per position: K and V (2 n_head_kv head_dim) */
     uint64_t scratch_bytes;      /* the largest matmul input conversion of one batch */
 } model_sizes;
+
+/* The element type of a state's KV cache. F16 (the default, as llama.cpp's)
+ * halves the cache and the attention's memory traffic; keys and values are
+ * rounded to fp16 once, when stored. F32 keeps the computed bits. */
+typedef enum {
+    MODEL_KV_F16 = 0,
+    MODEL_KV_F32 = 1,
+} model_kv_type;
+#define MODEL_KV_TYPE_COUNT 2
+const char *model_kv_type_name(model_kv_type t); /* "f16", "f32" */
+/* The type called name ("f16", "f32"), or -1. */
+int model_kv_type_from_name(const char *name);
+/* Bytes of one cached key or value element. */
+size_t model_kv_type_size(model_kv_type t);
+/* Bytes of K and V per layer per position in a cache of type t. */
+uint64_t model_kv_bytes_per_pos(const model_sizes *z, model_kv_type t);
 
 /* Fills out from f's header and tensor table (the data is not read; the file
  * may be a partial one, whose absent layers then count 0 bytes). 0, or -1
@@ -143,18 +159,22 @@ int model_sizes_read(const gguf_file *f, model_sizes *out, char *err, size_t err
  * the token record, hidden states in flight). An estimate: it adds 1/16 and
  * 64 MiB for what it does not count (tokenizer and chat template, thread
  * stacks, allocator overhead, the GGUF metadata); see docs/engine.md. */
-uint64_t model_part_need(const model_sizes *z, const model_part *part, int n_ctx, int n_lanes,
-                         int n_threads);
+uint64_t model_part_need(const model_sizes *z, const model_part *part, int n_ctx,
+                         model_kv_type kv_type, int n_lanes, int n_threads);
 
 /* A state holding up to n_ctx positions (n_ctx <= 0: the model's training
- * context) of the model's part: a KV cache for each of its layers. The KV
+ * context) of the model's part: a KV cache of kv_type for each of its
+ * layers. Every stage of a pipeline must use the same kv_type for the split
+ * to give solo's answers. The KV
  * cache is zero-filled memory from calloc, so pages that are never reached
  * are typically never touched. Every stage of a pipeline must use the same
  * n_ctx: phi3 picks its RoPE factors by the state's size. Returns NULL with
  * a message in err. The caller frees. */
-model_state *model_state_new(const model *m, int n_ctx, char *err, size_t errlen);
+model_state *model_state_new(const model *m, int n_ctx, model_kv_type kv_type, char *err,
+                             size_t errlen);
 void model_state_free(model_state *s);
 int model_state_n_ctx(const model_state *s);
+model_kv_type model_state_kv_type(const model_state *s);
 /* Bytes the state has allocated (KV caches and scratch). */
 uint64_t model_state_bytes(const model_state *s);
 /* Positions already in the cache. */
@@ -219,6 +239,16 @@ int model_embed(const model *m, const int32_t *tokens, int n, float *x, char *er
  * 0, layers not loaded), the state unchanged. */
 int model_forward_layers(const model *m, model_state *s, threadpool *pool, int first, int end,
                          float *x, int n, char *err, size_t errlen);
+/* model_forward_layers over the hidden states of n_seq sequences at once
+ * (at most MODEL_BATCH positions in all, each state once): x (sum of
+ * counts, n_embd) holds counts[0] rows of states[0], then counts[1] of
+ * states[1], and so on, each at its state's next positions. One pass of
+ * every layer over the whole batch (weights read once); each row's output is
+ * bit-identical to its sequence run alone. b is the scratch (any state's
+ * model). 0, or -1 with a message, every state unchanged. */
+int model_forward_layers_batch(const model *m, model_batch *b, threadpool *pool, int first, int end,
+                               model_state *const *states, const int *counts, int n_seq, float *x,
+                               char *err, size_t errlen);
 /* logits (n, n_vocab) of final hidden states x (n, n_embd): the classifier
  * of rmsnorm(x) * output_norm. Needs the head; uses s's scratch only (its
  * cache is not read). 0, or -1 with a message. */

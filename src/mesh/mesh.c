@@ -216,19 +216,19 @@ void mesh_link_bad_frame(mesh_link *l)
         l->bad_window_start = now;
         l->bad_in_window = 0;
     }
-    if (++l->bad_in_window < MESH_BAD_FRAMES_MAX || l->banned) return;
+    if (++l->bad_in_window < (int)m->bad_frames_max || l->banned) return;
     l->banned = 1;
     /* A free or expired slot, else the ban that ends first. */
     int slot = 0;
     for (int i = 1; i < MESH_BANS; i++)
         if (m->bans[i].until < m->bans[slot].until) slot = i;
     memcpy(m->bans[slot].id, l->peer, MESH_ID_BYTES);
-    m->bans[slot].until = now + MESH_BAN_MS;
+    m->bans[slot].until = now + m->ban_ms;
     m->counters.peers_banned++;
     char hex[MESH_ID_HEX];
     identity_id_hex(l->peer, hex);
-    log_warn(MESH_LOG, "peer %.16s sent %d malformed frames within %d s: disconnected, refused for %d s",
-             hex, MESH_BAD_FRAMES_MAX, MESH_BAD_WINDOW_MS / 1000, MESH_BAN_MS / 1000);
+    log_warn(MESH_LOG, "peer %.16s sent %u malformed frames within %d s: disconnected, refused for %u s",
+             hex, (unsigned)m->bad_frames_max, MESH_BAD_WINDOW_MS / 1000, (unsigned)(m->ban_ms / 1000));
     /* Closed as a lost connection (the node stays its link until then), so
      * the failure detector sees it go; redials are refused by the ban. */
     l->force_close = 1;
@@ -554,6 +554,13 @@ static void mesh_conn_closed(void *user, quic_conn *c, const char *reason)
     admission_link_free(l);
     if (l->passive) passive_link_closed(m, l);
     mesh_node *n = l->node;
+    if (n && l->ready) {
+        /* The peer's byte counts go on across its connections. */
+        uint64_t rx, tx;
+        quic_conn_bytes(c, &rx, &tx);
+        n->rx_past += rx;
+        n->tx_past += tx;
+    }
     if (n && !l->ready) {
         assert(l->outgoing && n->dialing > 0);
         n->dialing--;
@@ -660,18 +667,38 @@ int mesh_set_app_data(mesh *m, const void *data, size_t len)
     return 0;
 }
 
+int mesh_set_holdings(mesh *m, const void *data, size_t len)
+{
+    if (len > MESH_MAX_HOLDINGS) return -1;
+    if (m->rec.holdings_len == len && (len == 0 || !memcmp(m->rec.holdings, data, len))) return 0;
+    if (len) memcpy(m->rec.holdings, data, len);
+    m->rec.holdings_len = (uint16_t)len;
+    mesh_mark_dirty(m);
+    return 0;
+}
+
+/* The newest record of node id (this node's own included), or NULL. */
+static const node_record *record_of(const mesh *m, const uint8_t id[MESH_ID_BYTES])
+{
+    if (!memcmp(id, m->self.public_key, MESH_ID_BYTES)) return &m->rec;
+    const mesh_node *n = mesh_node_find(m, id);
+    return n && n->has_record && n->state != NODE_EXPIRED ? &n->rec : NULL;
+}
+
 int mesh_node_app_data(const mesh *m, const uint8_t id[MESH_ID_BYTES], void *out, size_t cap)
 {
-    const node_record *rec = NULL;
-    if (!memcmp(id, m->self.public_key, MESH_ID_BYTES)) {
-        rec = &m->rec;
-    } else {
-        const mesh_node *n = mesh_node_find(m, id);
-        if (n && n->has_record && n->state != NODE_EXPIRED) rec = &n->rec;
-    }
+    const node_record *rec = record_of(m, id);
     if (!rec || rec->app_len > cap) return -1;
     memcpy(out, rec->app, rec->app_len);
     return rec->app_len;
+}
+
+int mesh_node_holdings(const mesh *m, const uint8_t id[MESH_ID_BYTES], void *out, size_t cap)
+{
+    const node_record *rec = record_of(m, id);
+    if (!rec || rec->holdings_len > cap) return -1;
+    memcpy(out, rec->holdings, rec->holdings_len);
+    return rec->holdings_len;
 }
 
 /* ---- life cycle ----------------------------------------------------------------*/
@@ -769,8 +796,11 @@ mesh *mesh_new(struct event_base *base, const mesh_config *cfg, char *err, size_
         goto fail;
     }
     m->passive = role_code == RECORD_ROLE_CLIENT;
+    m->max_clients = cfg->max_clients ? cfg->max_clients : MESH_MAX_CLIENTS;
+    m->bad_frames_max = cfg->bad_frames_max ? cfg->bad_frames_max : MESH_BAD_FRAMES_MAX;
+    m->ban_ms = cfg->ban_ms ? cfg->ban_ms : MESH_BAN_MS;
     quic_config qc = {.bind_host = NULL, .port = m->listen.port, .handshake_timeout_ms = MESH_HANDSHAKE_MS,
-                      .passive = m->passive};
+                      .passive = m->passive, .limits = cfg->limits};
     char host[ADDR_TEXT_MAX];
     addr_format_ip(&m->listen, host);
     qc.bind_host = host;
@@ -923,10 +953,15 @@ int mesh_peers(const mesh *m, mesh_peer *out, int max)
             p->app_len = n->rec.app_len;
         }
         snprintf(p->state, sizeof p->state, "%s", node_state_names[n->state]);
+        p->rx_bytes = n->rx_past;
+        p->tx_bytes = n->tx_past;
         if (n->link) {
             snprintf(p->link, sizeof p->link, "%s", nat_link_relayed(n->link) ? "relayed" : "direct");
             p->rtt_ms = (double)quic_conn_rtt_us(n->link->qc) / 1000.0;
-            quic_conn_bytes(n->link->qc, &p->rx_bytes, &p->tx_bytes);
+            uint64_t rx, tx;
+            quic_conn_bytes(n->link->qc, &rx, &tx);
+            p->rx_bytes += rx;
+            p->tx_bytes += tx;
         }
     }
     return count;
@@ -990,6 +1025,8 @@ void mesh_get_counters(const mesh *m, mesh_counters *out)
     quic_stats qs;
     quic_endpoint_stats(m->ep, &qs);
     out->conns_refused = qs.conns_refused;
+    out->conns_refused_addr = qs.conns_refused_addr;
+    out->conns_half_open = qs.conns_half_open;
 }
 
 int mesh_connections(const mesh *m)

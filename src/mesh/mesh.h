@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "net/quic.h"
+
 struct event_base;
 
 #define MESH_ID_BYTES 32
@@ -54,6 +56,11 @@ typedef struct {
     /* Passive clients (role "client") only, 0 = the default. */
     uint32_t routes_interval_ms; /* 30000: how often the routing table is pulled */
     uint32_t client_idle_ms;     /* 60000: a connection no request used this long is closed */
+    quic_limits limits;          /* QUIC connection bounds; zeros = the defaults (net/quic.h) */
+    /* Members' bounds (docs/mesh.md, "Limits"); 0 = the default. */
+    uint32_t max_clients;        /* 4096: passive client connections held at once */
+    uint32_t bad_frames_max;     /* 32: malformed frames within 10 s that get a peer banned */
+    uint32_t ban_ms;             /* 60000: how long a banned peer is refused */
 } mesh_config;
 
 typedef struct mesh mesh;
@@ -106,6 +113,13 @@ int mesh_set_app_data(mesh *m, const void *data, size_t len);
  * node id (this node's own included) and returns their count, or -1 when
  * there is no record of it or cap is too small. */
 int mesh_node_app_data(const mesh *m, const uint8_t id[MESH_ID_BYTES], void *out, size_t cap);
+/* The same for a second opaque field, the holdings: which weights this node
+ * can serve to peers (models/ writes and reads it: weights_store.h). Kept
+ * apart from the application field so that the two owners never have to
+ * share one buffer. 0, or -1 too long; the getter as mesh_node_app_data. */
+#define MESH_MAX_HOLDINGS 1024
+int mesh_set_holdings(mesh *m, const void *data, size_t len);
+int mesh_node_holdings(const mesh *m, const uint8_t id[MESH_ID_BYTES], void *out, size_t cap);
 
 /* A snapshot of one known peer (never this node). */
 typedef struct {
@@ -127,8 +141,11 @@ typedef struct {
     char state[16];
     char link[8];                        /* "direct", "relayed" (through a peer), "" without a connection */
     double rtt_ms;                       /* smoothed RTT of that connection, 0 before a sample */
-    /* Bytes that connection received from and sent to the peer (QUIC
-     * packets, from its start: a new connection starts again at 0). */
+    /* Bytes received from and sent to the peer (QUIC packets) over every
+     * connection with it since this node learned of it: the current one's
+     * so far plus those of the connections that closed (a reconnection
+     * goes on from there; a peer forgotten after dead_ttl_ms and learned
+     * again starts at 0). */
     uint64_t rx_bytes, tx_bytes;
 } mesh_peer;
 
@@ -204,7 +221,7 @@ typedef struct {
     uint64_t streams_opened;
     uint64_t streams_accepted;
     uint64_t routes_served;      /* members: routing tables sent to clients */
-    uint64_t clients_refused;    /* members: client connections over MESH_MAX_CLIENTS */
+    uint64_t clients_refused;    /* members: client connections over mesh_config.max_clients */
     uint64_t routes_pulled;      /* clients: routing tables received */
     uint64_t routes_failed;      /* clients: pulls that got no complete table */
     /* Failure detector (members): a peer's state changes as this node saw them. */
@@ -220,6 +237,8 @@ typedef struct {
     uint64_t peers_banned;       /* peers cut off for sending too many malformed frames */
     uint64_t banned_refused;     /* connections of banned peers refused */
     uint64_t conns_refused;      /* QUIC handshakes dropped: too many connections in all, half-open, or from one address */
+    uint64_t conns_refused_addr; /* of those, by the per-address bounds */
+    uint64_t conns_half_open;    /* now: incoming QUIC connections whose handshake is not done */
 } mesh_counters;
 void mesh_get_counters(const mesh *m, mesh_counters *out);
 

@@ -49,7 +49,8 @@
 #define MESH_MEMBER_IDLE_MS 120000   /* a member closes a client connection unused this long */
 #define MESH_PENDING_MAX (32u << 20) /* bytes queued on streams waiting for a connection */
 /* A peer that sends this many malformed frames within the window is
- * disconnected and refused for MESH_BAN_MS (mesh.c, docs/mesh.md "Limits"). */
+ * disconnected and refused for MESH_BAN_MS (mesh.c, docs/mesh.md "Limits").
+ * The defaults of mesh_config's max_clients, bad_frames_max and ban_ms. */
 #define MESH_BAD_FRAMES_MAX 32
 #define MESH_BAD_WINDOW_MS 10000
 #define MESH_BAN_MS 60000
@@ -148,6 +149,7 @@ struct mesh_node {
     int has_seen_addr;
     int bootstrap;                   /* named by a join token */
     mesh_link *link;                 /* the connection used for new streams, or NULL */
+    uint64_t rx_past, tx_past;       /* bytes of its connections that closed (ready ones) */
     int dialing;                     /* outgoing connections in handshake */
     node_state state;
     int failures;                    /* consecutive failed dial attempts */
@@ -180,6 +182,9 @@ typedef struct {
 
 struct mesh {
     struct event_base *base;
+    uint32_t max_clients;            /* mesh_config's bounds, resolved (no zeros) */
+    uint32_t bad_frames_max;
+    uint32_t ban_ms;
     identity self;
     uint8_t secret[ADMIT_SECRET_BYTES]; /* the mesh secret: never logged */
     char id_hex[MESH_ID_HEX];

@@ -77,9 +77,9 @@ void passive_link_accepted(mesh *m, mesh_link *l)
     m->n_clients++;
     char hex[MESH_ID_HEX];
     identity_id_hex(l->peer, hex);
-    if (m->n_clients > MESH_MAX_CLIENTS) {
+    if (m->n_clients > (int)m->max_clients) {
         m->counters.clients_refused++;
-        log_warn(MESH_LOG, "client %.16s refused: %d client connections already", hex, MESH_MAX_CLIENTS);
+        log_warn(MESH_LOG, "client %.16s refused: %u client connections already", hex, (unsigned)m->max_clients);
         mesh_link_close_now(l, "too many clients");
         return;
     }

@@ -112,6 +112,14 @@ int record_encode(const node_record *r, const identity *id, uint8_t *out, size_t
         memcpy(buf + n, r->app, r->app_len);
         n += r->app_len;
     }
+    assert(r->holdings_len <= RECORD_MAX_HOLDINGS);
+    if (r->holdings_len) {
+        buf[n++] = RECORD_FIELD_HOLDINGS;
+        buf[n++] = (uint8_t)(r->holdings_len >> 8);
+        buf[n++] = (uint8_t)r->holdings_len;
+        memcpy(buf + n, r->holdings, r->holdings_len);
+        n += r->holdings_len;
+    }
     assert(n + IDENTITY_SIG_BYTES <= sizeof buf);
     if (n + IDENTITY_SIG_BYTES > cap) {
         snprintf(err, errlen, "record buffer too small");
@@ -221,6 +229,14 @@ int record_decode(const uint8_t *p, size_t len, node_record *out, char *err, siz
             }
             memcpy(out->app, p + i, flen);
             out->app_len = (uint16_t)flen;
+        } else if (tag == RECORD_FIELD_HOLDINGS) {
+            if (flen > RECORD_MAX_HOLDINGS) {
+                snprintf(err, errlen, "node record holdings field of %zu bytes (at most %d)", flen,
+                         RECORD_MAX_HOLDINGS);
+                return -1;
+            }
+            memcpy(out->holdings, p + i, flen);
+            out->holdings_len = (uint16_t)flen;
         }
         i += flen;
     }

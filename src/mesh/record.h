@@ -35,17 +35,22 @@
 #define RECORD_ROLE_CLIENT 3
 
 /* Bound on one encoded record (kind + body + signature). The largest record
- * this version writes is about 6.4 KiB (2.3 KiB of fields, an application
- * field of at most RECORD_MAX_APP); the rest is room for extensions. */
+ * this version writes is about 7.4 KiB (2.3 KiB of fields, an application
+ * field of at most RECORD_MAX_APP, a holdings field of at most
+ * RECORD_MAX_HOLDINGS); the rest is room for extensions. */
 #define RECORD_MAX_BYTES 8192
 /* Bound on the application field: bytes the mesh carries for the layers
  * above it (serve/ puts its model plans there) without reading them. */
 #define RECORD_MAX_APP MESH_MAX_APP
+/* Bound on the holdings field: what weights the node holds (models/ writes
+ * and reads it; the mesh only carries it). */
+#define RECORD_MAX_HOLDINGS MESH_MAX_HOLDINGS
 
 /* Extension field tags (after the models; docs/PROTOCOL.md, "Node record"). */
 #define RECORD_FIELD_MEMORY_USED 1 /* u64: bytes of the memory budget in use */
 #define RECORD_FIELD_APP 2         /* opaque application bytes */
 #define RECORD_FIELD_CLIENTS 3     /* u32: passive clients connected now */
+#define RECORD_FIELD_HOLDINGS 4    /* opaque: which weights the node can serve to peers */
 #define RECORD_MIN_BYTES (1 + MESH_ID_BYTES + 8 + 1 + 8 + 1 + 1 + IDENTITY_SIG_BYTES)
 
 typedef struct {
@@ -61,6 +66,8 @@ typedef struct {
     int n_models;
     uint16_t app_len;
     uint8_t app[RECORD_MAX_APP];  /* application field, opaque to the mesh */
+    uint16_t holdings_len;
+    uint8_t holdings[RECORD_MAX_HOLDINGS]; /* holdings field, opaque to the mesh */
 } node_record;
 
 /* Encodes r and signs it with id (whose public key must be r->id) into out

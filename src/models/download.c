@@ -36,7 +36,7 @@
 static pthread_once_t dl_once = PTHREAD_ONCE_INIT;
 static void dl_global_init(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
-static _Atomic uint64_t c_requests, c_bytes, c_resumed, c_retries, c_mismatch;
+static _Atomic uint64_t c_requests, c_bytes, c_resumed, c_retries, c_mismatch, c_source_bytes, c_source_fail;
 
 void dl_get_counters(dl_counters *out)
 {
@@ -45,6 +45,8 @@ void dl_get_counters(dl_counters *out)
     out->resumed = c_resumed;
     out->retries = c_retries;
     out->sha_mismatches = c_mismatch;
+    out->source_bytes = c_source_bytes;
+    out->source_failures = c_source_fail;
 }
 
 /* A handle with what every request shares: bounded waits (a server that
@@ -464,6 +466,68 @@ static int fetch_once(fetch_state *st, char *err, size_t errlen)
     return 0;
 }
 
+/* The other source first: its bytes are written and hashed as the URL's
+ * would be. 0 when the file is complete, 1 when the URL must do the rest
+ * (from st->offset: what the source wrote stays), -1 fatal (the disk). */
+static int fetch_from_source(fetch_state *st, char *err, size_t errlen)
+{
+    const dl_job *j = st->job;
+    const dl_source *src = j->source;
+    char inner[256] = "";
+    void *h = src->open(src->ctx, st->offset, inner, sizeof inner);
+    if (!h) {
+        log_info(DL_LOG, "%s: not from %s (%s)", j->label, src->name, inner);
+        return 1;
+    }
+    enum { BUF = 1 << 20 };
+    uint8_t *buf = malloc(BUF);
+    if (!buf) {
+        src->close(h);
+        return 1;
+    }
+    log_info(DL_LOG, "%s: from %s, from byte %llu", j->label, src->name, (unsigned long long)st->offset);
+    st->started = st->last_report = st->last_log = clock_s();
+    st->started_at = st->offset;
+    int rc = 1;
+    for (;;) {
+        if (st->total && st->offset == st->total) { rc = 0; break; }
+        long n = src->read(h, buf, BUF, j->cancel, inner, sizeof inner);
+        if (n == 0) { rc = st->total ? 1 : 0; break; }
+        if (n < 0) {
+            c_source_fail++;
+            log_warn(DL_LOG, "%s: %s failed after %llu bytes: %s; %s", j->label, src->name,
+                     (unsigned long long)st->offset, inner, j->url ? "the rest from the URL" : "no URL to go on with");
+            snprintf(err, errlen, "%s: from %s: %s", j->label, src->name, inner);
+            break;
+        }
+        if (st->total && st->offset + (uint64_t)n > st->total) {
+            snprintf(err, errlen, "%s: %s sent more than the file's %llu bytes", j->label, src->name,
+                     (unsigned long long)st->total);
+            c_source_fail++;
+            break;
+        }
+        size_t done = 0;
+        while (done < (size_t)n) {
+            ssize_t w = pwrite(st->fd, buf + done, (size_t)n - done, (off_t)(st->offset + done));
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0) {
+                snprintf(err, errlen, "%s: writing %s: %s", j->label, j->partial, strerror(errno));
+                rc = -1;
+                goto out;
+            }
+            done += (size_t)w;
+        }
+        gnutls_hash(st->sha, buf, (size_t)n);
+        st->offset += (uint64_t)n;
+        c_source_bytes += (uint64_t)n;
+        xfer_info(st, 0, 0, 0, 0); /* progress and the log, as for the URL */
+    }
+out:
+    free(buf);
+    src->close(h);
+    return rc;
+}
+
 int dl_fetch(const dl_job *job, char *err, size_t errlen)
 {
     int fd = open(job->partial, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -491,7 +555,9 @@ int dl_fetch(const dl_job *job, char *err, size_t errlen)
         return -1;
     }
     int rc = -1, delay = retry_base_ms();
-    for (int attempt = 1;; attempt++) {
+    int from_source = job->source ? fetch_from_source(&st, err, errlen) : 1;
+    if (from_source == 0) rc = 0;
+    for (int attempt = 1; from_source > 0 && job->url; attempt++) {
         if (st.total && st.offset == st.total) { rc = 0; break; }
         int r = fetch_once(&st, err, errlen);
         if (r == 0) { rc = 0; break; }

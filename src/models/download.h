@@ -52,8 +52,22 @@ long dl_get_head_bytes(const char *url, const dl_auth *auth, uint8_t *buf, size_
 
 typedef void (*dl_progress_fn)(void *ctx, uint64_t done, uint64_t total, double bytes_per_s);
 
+/* Another source of the same bytes, tried before the URL (a peer that holds
+ * the file: models/peer_file.h). open starts reading at offset and returns
+ * a handle (NULL with err: not available); read gives the next bytes in
+ * order (> 0), 0 at the end, -1 with err; close lets go. Called on the
+ * downloading thread. What it gives is hashed with the rest: a source that
+ * lies fails the SHA-256 check like a corrupted download. */
 typedef struct {
-    const char *url;
+    void *(*open)(void *ctx, uint64_t offset, char *err, size_t errlen);
+    long (*read)(void *handle, uint8_t *buf, size_t cap, const _Atomic int *cancel, char *err, size_t errlen);
+    void (*close)(void *handle);
+    void *ctx;
+    char name[80];         /* for the log: "peer 1a2b3c4d" */
+} dl_source;
+
+typedef struct {
+    const char *url;       /* NULL: the source only */
     const dl_auth *auth;
     const char *partial;   /* where bytes land while they arrive */
     const char *dest;      /* final name, renamed into place after the check */
@@ -63,6 +77,8 @@ typedef struct {
     void *progress_ctx;
     const char *label;     /* for the log: the file's name */
     const _Atomic int *cancel; /* set (by another thread) to stop: the partial file is kept; may be NULL */
+    const dl_source *source;   /* tried first, from the partial file's end; on failure the URL
+                                  resumes from what it wrote; may be NULL */
 } dl_job;
 
 /* Counters of this process's downloads, for /api/status and tests. */
@@ -72,6 +88,8 @@ typedef struct {
     uint64_t resumed;        /* GETs that continued a partial file with Range */
     uint64_t retries;
     uint64_t sha_mismatches;
+    uint64_t source_bytes;   /* bytes from a dl_source (a peer) instead of the URL */
+    uint64_t source_failures;/* sources given up on (the URL took over) */
 } dl_counters;
 void dl_get_counters(dl_counters *out);
 

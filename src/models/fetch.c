@@ -68,7 +68,11 @@ struct fetch_job {
     weights_store *ws;
     uint8_t hash[WEIGHTS_HASH_BYTES];
     int first, end, head;
-    uint8_t peer[MESH_ID_BYTES];
+    uint8_t peer[MESH_ID_BYTES];   /* the source of the current attempt */
+    uint8_t named[MESH_ID_BYTES];  /* the peer the caller named (tried when no holder is known) */
+    uint8_t shunned[FETCH_MAX_SHUNNED][MESH_ID_BYTES]; /* refused the part or sent bad chunks */
+    int n_shunned;
+    unsigned turn;                 /* attempts so far: picks among the sources in turn */
     char *final_path, *part_path, *record_path;
     int fd;                      /* the .part file */
     int lock_fd;                 /* the same, flock'ed while the job lives */
@@ -281,6 +285,67 @@ static int job_progress(fetch_job *j)
 
 static void job_connect(fetch_job *j);
 
+/* ---- choosing a source ---------------------------------------------------------------------*/
+
+static int job_shuns(const fetch_job *j, const uint8_t id[MESH_ID_BYTES])
+{
+    for (int i = 0; i < j->n_shunned; i++)
+        if (!memcmp(j->shunned[i], id, MESH_ID_BYTES)) return 1;
+    return 0;
+}
+
+/* The peers that may serve the part now, into out: the alive ones whose
+ * record says they hold it (a full file or a cached part covering the
+ * range), then the peer the caller named, whether its record says so or
+ * not (it may hold the file without having said so yet), less the shunned
+ * ones. The named peer comes last: it is usually the coordinator, busy
+ * computing stage 0, and the others spread the load. */
+static int job_sources(const fetch_job *j, uint8_t (*out)[MESH_ID_BYTES], int max)
+{
+    static mesh_peer peers[FETCH_MAX_PEERS];           /* loop thread only: not on its stack */
+    static uint8_t buf[MESH_MAX_HOLDINGS];
+    fetch_holding held[FETCH_MAX_HOLDINGS];
+    int n = 0;
+    int np = j->ws->mesh ? mesh_peers(j->ws->mesh, peers, FETCH_MAX_PEERS) : 0;
+    for (int i = 0; i < np && i < FETCH_MAX_PEERS && n < max - 1; i++) {
+        uint8_t id[MESH_ID_BYTES];
+        char why[160];
+        if (strcmp(peers[i].state, "alive") != 0 || weights_parse_hex(peers[i].id, id) != 0 ||
+            !memcmp(id, j->named, MESH_ID_BYTES) || job_shuns(j, id))
+            continue;
+        int len = mesh_node_holdings(j->ws->mesh, id, buf, sizeof buf);
+        int nh = len > 0 ? fetch_holdings_decode(buf, (size_t)len, held, FETCH_MAX_HOLDINGS, why, sizeof why) : 0;
+        for (int k = 0; k < nh; k++)
+            if (fetch_holding_covers(&held[k], j->hash, (uint32_t)j->first, (uint32_t)j->end, j->head)) {
+                memcpy(out[n++], id, MESH_ID_BYTES);
+                break;
+            }
+    }
+    if (n < max && !job_shuns(j, j->named)) memcpy(out[n++], j->named, MESH_ID_BYTES);
+    return n;
+}
+
+/* Sets j->peer for the next attempt: the sources in turn, so that a peer
+ * that fails is followed by another. 0, or -1 when no source is left. */
+static int job_pick_source(fetch_job *j)
+{
+    uint8_t ids[FETCH_MAX_SOURCES][MESH_ID_BYTES];
+    int n = job_sources(j, ids, FETCH_MAX_SOURCES);
+    if (n == 0) return -1;
+    memcpy(j->peer, ids[j->turn++ % (unsigned)n], MESH_ID_BYTES);
+    return 0;
+}
+
+/* Stops asking this peer (it refused the part or sent bad chunks). 1 when
+ * another source is left to try. */
+static int job_shun(fetch_job *j, const uint8_t id[MESH_ID_BYTES])
+{
+    if (!job_shuns(j, id) && j->n_shunned < FETCH_MAX_SHUNNED) memcpy(j->shunned[j->n_shunned++], id, MESH_ID_BYTES);
+    uint8_t ids[FETCH_MAX_SOURCES][MESH_ID_BYTES];
+    return job_sources(j, ids, FETCH_MAX_SOURCES) > 0;
+}
+
+
 /* A failed attempt: try again after a backoff, or give up. 1 when the job is gone. */
 static int job_retry(fetch_job *j, const char *why)
 {
@@ -419,6 +484,8 @@ static void final_done(weights_store *ws, work *w)
             log_info(WEIGHTS_LOG, "fetched %s from %.12s: %.1f MiB in %.1f s (%.1f MiB/s; %.1f MiB were on disk) -> %s",
                      name, job_peer_hex(j, peer), moved / 1048576.0, secs, secs > 0 ? moved / 1048576.0 / secs : 0.0,
                      j->resumed_bytes / 1048576.0, j->final_path);
+            if (store_add_part(ws, j->hash, j->first, j->end, j->head, j->final_path) < 0)
+                log_warn(WEIGHTS_LOG, "%s: its record does not read back: not served to peers", j->final_path);
             job_finish(j, j->final_path, NULL);
         }
     }
@@ -719,7 +786,12 @@ static void chunk_done(weights_store *ws, work *w)
         if (j->bad >= FETCH_MAX_BAD_CHUNKS) {
             snprintf(msg, sizeof msg, "peer %.16s sent %d chunks that do not match their hashes: giving up on it",
                      peer, j->bad);
-            job_finish(j, NULL, msg);
+            if (job_shun(j, j->peer)) {
+                j->bad = 0;
+                job_retry(j, msg);
+            } else {
+                job_finish(j, NULL, msg);
+            }
             return;
         }
         job_pump(j);
@@ -819,7 +891,11 @@ static void job_refused(fetch_job *j, const fetch_answer *a)
 {
     char peer[WEIGHTS_HASH_HEX], msg[400];
     snprintf(msg, sizeof msg, "peer %.16s: %s", job_peer_hex(j, peer), a->text);
-    if (a->code == FETCH_ERR_UNKNOWN_MODEL || a->code == FETCH_ERR_BAD_RANGE) job_finish(j, NULL, msg);
+    /* A refusal that would not change ends the fetch, unless another peer
+     * holds the part: then that one is asked (as a retry, so the attempts
+     * stay bounded). */
+    if ((a->code == FETCH_ERR_UNKNOWN_MODEL || a->code == FETCH_ERR_BAD_RANGE) && !job_shun(j, j->peer))
+        job_finish(j, NULL, msg);
     else job_retry(j, msg);
 }
 
@@ -887,6 +963,17 @@ static void job_connect(fetch_job *j)
     char err[256];
     assert(!j->stream);
     j->ready = 0;
+    uint8_t before[MESH_ID_BYTES];
+    memcpy(before, j->peer, MESH_ID_BYTES);
+    if (job_pick_source(j) < 0) {
+        job_finish(j, NULL, j->last_error[0] ? j->last_error : "no peer holds this part");
+        return;
+    }
+    if (memcmp(before, j->peer, MESH_ID_BYTES) || (j->turn == 1 && memcmp(j->named, j->peer, MESH_ID_BYTES))) {
+        char name[128], hex[WEIGHTS_HASH_HEX];
+        job_log_name(j, name, sizeof name);
+        log_info(WEIGHTS_LOG, "fetch %s: asking %.12s, which holds it", name, job_peer_hex(j, hex));
+    }
     mesh_stream *s = mesh_stream_open(j->ws->mesh, j->peer, MESH_STREAM_FETCH, &client_handlers, j, err, sizeof err);
     if (!s) {
         job_retry(j, err);
@@ -948,6 +1035,7 @@ static int part_recorded(weights_store *ws, const fetch_job *want, const char *f
     ws->counters.cache_discarded++;
     log_warn(WEIGHTS_LOG, "%s does not match its record (%s): checking it chunk by chunk", final,
              m ? "changed since it was fetched" : why);
+    store_part_forget(ws, final);
     unlink(record);
     if (access(part, F_OK) == 0) unlink(final); /* a partial file is there too: keep that one */
     else if (rename(final, part) != 0) unlink(final);
@@ -992,6 +1080,7 @@ weights_fetch *weights_fetch_start(weights_store *ws, const uint8_t hash[WEIGHTS
     j->ws = ws;
     memcpy(j->hash, hash, WEIGHTS_HASH_BYTES);
     memcpy(j->peer, peer, MESH_ID_BYTES);
+    memcpy(j->named, peer, MESH_ID_BYTES);
     j->first = first;
     j->end = end;
     j->head = head;

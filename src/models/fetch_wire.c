@@ -49,6 +49,19 @@ void fetch_get_encode(uint8_t out[FETCH_GET_BYTES], uint32_t tensor, uint32_t ch
     put32(out + 5, chunk);
 }
 
+void fetch_file_open_encode(uint8_t out[FETCH_FILE_OPEN_BYTES], const uint8_t sha256[32])
+{
+    out[0] = FETCH_FILE_OPEN;
+    memcpy(out + 1, sha256, 32);
+}
+
+void fetch_file_get_encode(uint8_t out[FETCH_FILE_GET_BYTES], uint64_t offset, uint32_t length)
+{
+    out[0] = FETCH_FILE_GET;
+    put64(out + 1, offset);
+    put32(out + 9, length);
+}
+
 int fetch_request_decode(const uint8_t *p, size_t len, fetch_request *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
@@ -75,6 +88,21 @@ int fetch_request_decode(const uint8_t *p, size_t len, fetch_request *out, char 
         out->chunk = get32(p + 5);
         return 0;
     }
+    if (p[0] == FETCH_FILE_OPEN) {
+        if (len != FETCH_FILE_OPEN_BYTES) goto size;
+        memcpy(out->sha256, p + 1, 32);
+        return 0;
+    }
+    if (p[0] == FETCH_FILE_GET) {
+        if (len != FETCH_FILE_GET_BYTES) goto size;
+        out->offset = get64(p + 1);
+        out->length = get32(p + 9);
+        if (out->length == 0 || out->length > FETCH_FILE_PIECE || out->offset > FETCH_FILE_MAX_SIZE) {
+            err_set(err, errlen, "FILE_GET of %u bytes at %llu", out->length, (unsigned long long)out->offset);
+            return -1;
+        }
+        return 0;
+    }
     err_set(err, errlen, "unknown request kind 0x%02x", p[0]);
     return -1;
 size:
@@ -89,6 +117,19 @@ void fetch_data_head_encode(uint8_t out[FETCH_DATA_HEAD], uint32_t tensor, uint3
     out[0] = FETCH_DATA;
     put32(out + 1, tensor);
     put32(out + 5, chunk);
+}
+
+void fetch_file_info_encode(uint8_t out[FETCH_FILE_INFO_BYTES], const uint8_t sha256[32], uint64_t size)
+{
+    out[0] = FETCH_FILE_INFO;
+    memcpy(out + 1, sha256, 32);
+    put64(out + 33, size);
+}
+
+void fetch_file_data_head_encode(uint8_t out[FETCH_FILE_DATA_HEAD], uint64_t offset)
+{
+    out[0] = FETCH_FILE_DATA;
+    put64(out + 1, offset);
 }
 
 size_t fetch_error_encode(uint8_t out[2 + FETCH_ERROR_TEXT_MAX], uint8_t code, const char *text)
@@ -123,6 +164,19 @@ int fetch_answer_decode(const uint8_t *p, size_t len, fetch_answer *out, char *e
         out->chunk = get32(p + 5);
         out->data = p + FETCH_DATA_HEAD;
         out->len = len - FETCH_DATA_HEAD;
+        return 0;
+    case FETCH_FILE_INFO:
+        if (len != FETCH_FILE_INFO_BYTES) break;
+        memcpy(out->sha256, p + 1, 32);
+        out->size = get64(p + 33);
+        if (out->size > FETCH_FILE_MAX_SIZE) break;
+        return 0;
+    case FETCH_FILE_DATA:
+        if (len <= FETCH_FILE_DATA_HEAD || len > FETCH_FILE_DATA_HEAD + FETCH_FILE_PIECE) break;
+        out->offset = get64(p + 1);
+        if (out->offset > FETCH_FILE_MAX_SIZE) break;
+        out->data = p + FETCH_FILE_DATA_HEAD;
+        out->len = len - FETCH_FILE_DATA_HEAD;
         return 0;
     case FETCH_ERROR:
         if (len < 2 || len > 2 + FETCH_ERROR_TEXT_MAX) break;
@@ -478,6 +532,66 @@ int fetch_manifest_reader_feed(fetch_manifest_reader *r, const uint8_t *p, size_
     }
     if (rc < 0) return -1;
     return r->state == R_DONE;
+}
+
+/* ---- holdings ------------------------------------------------------------------------------*/
+
+size_t fetch_holdings_encode(const fetch_holding *h, int n, uint8_t *out, size_t cap)
+{
+    assert(n >= 0 && n <= FETCH_MAX_HOLDINGS);
+    size_t len = 2 + (size_t)n * FETCH_HOLDING_BYTES;
+    if (len > cap) return 0;
+    out[0] = FETCH_HOLDINGS_FORMAT;
+    out[1] = (uint8_t)n;
+    uint8_t *p = out + 2;
+    for (int i = 0; i < n; i++, p += FETCH_HOLDING_BYTES) {
+        memcpy(p, h[i].hash, WEIGHTS_HASH_BYTES);
+        put32(p + 32, h[i].first);
+        put32(p + 36, h[i].end);
+        p[40] = h[i].flags;
+    }
+    return len;
+}
+
+int fetch_holdings_decode(const uint8_t *p, size_t len, fetch_holding *out, int max, char *err, size_t errlen)
+{
+    if (len == 0) return 0;
+    if (len < 2 || p[0] != FETCH_HOLDINGS_FORMAT) {
+        err_set(err, errlen, "holdings of format %d (this node reads %d)", len ? p[0] : -1, FETCH_HOLDINGS_FORMAT);
+        return -1;
+    }
+    int n = p[1];
+    if (n > FETCH_MAX_HOLDINGS || len != 2 + (size_t)n * FETCH_HOLDING_BYTES) {
+        err_set(err, errlen, "holdings of %d entries in %zu bytes (at most %d, %d bytes each)", n, len,
+                FETCH_MAX_HOLDINGS, FETCH_HOLDING_BYTES);
+        return -1;
+    }
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        const uint8_t *e = p + 2 + (size_t)i * FETCH_HOLDING_BYTES;
+        fetch_holding h;
+        memcpy(h.hash, e, WEIGHTS_HASH_BYTES);
+        h.first = get32(e + 32);
+        h.end = get32(e + 36);
+        h.flags = e[40];
+        if (h.flags & ~(FETCH_HOLD_HEAD | FETCH_HOLD_FULL)) {
+            err_set(err, errlen, "holding %d: unknown flags 0x%02x", i, h.flags);
+            return -1;
+        }
+        if (h.first > h.end || h.end > WEIGHTS_MAX_LAYERS || (h.first == h.end && !(h.flags & FETCH_HOLD_HEAD))) {
+            err_set(err, errlen, "holding %d: layers [%u, %u) are not a part of a model", i, h.first, h.end);
+            return -1;
+        }
+        if (kept < max) out[kept++] = h;
+    }
+    return kept;
+}
+
+int fetch_holding_covers(const fetch_holding *h, const uint8_t hash[WEIGHTS_HASH_BYTES], uint32_t first,
+                         uint32_t end, int head)
+{
+    return !memcmp(h->hash, hash, WEIGHTS_HASH_BYTES) && h->first <= first && end <= h->end &&
+           (!head || (h->flags & FETCH_HOLD_HEAD));
 }
 
 /* ---- manifest files ------------------------------------------------------------------------*/

@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <limits.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include "models/ref.h"
+#include "models/weights_store.h"
 
 static void trim_line(char *s) { s[strcspn(s, "\r\n")] = 0; }
 
@@ -332,4 +334,56 @@ int hf_pick_quant(char (*names)[HF_NAME_CAP], int n, const char *quant, int *out
         out[i]--;
     }
     return k == want ? want : (snprintf(err, errlen, "'%s': parts listed twice", quant), -1);
+}
+
+int hf_cache_held(const hf_env *e, void *out_files, int max)
+{
+    weights_held_file *out = out_files;
+    static __thread char names[64][HF_NAME_CAP];
+    int n = 0;
+    DIR *d = opendir(e->cache);
+    if (!d) return 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL && n < max) {
+        /* models--ORG--REPO: the first "--" after the prefix ends ORG. */
+        if (strncmp(de->d_name, "models--", 8)) continue;
+        const char *org = de->d_name + 8, *sep = strstr(org, "--");
+        if (!sep || sep == org || !sep[2]) continue;
+        char repo[HF_NAME_CAP], snaps[HF_MAX_PATH + 300];
+        snprintf(repo, sizeof repo, "%.*s/%s", (int)(sep - org), org, sep + 2);
+        snprintf(snaps, sizeof snaps, "%.4000s/%s/snapshots", e->cache, de->d_name);
+        DIR *sd = opendir(snaps);
+        if (!sd) continue;
+        struct dirent *se;
+        while ((se = readdir(sd)) != NULL && n < max) {
+            if (se->d_name[0] == '.') continue;
+            char snap[HF_MAX_PATH + 400];
+            snprintf(snap, sizeof snap, "%.4100s/%.256s", snaps, se->d_name);
+            int k = 0;
+            scan_gguf(snap, "", 0, names, 64, &k);
+            for (int i = 0; i < k && n < max; i++) {
+                char link[HF_MAX_PATH + HF_NAME_CAP + 512], target[PATH_MAX];
+                snprintf(link, sizeof link, "%.4500s/%.511s", snap, names[i]);
+                if (!realpath(link, target)) continue;
+                const char *base = strrchr(target, '/');
+                base = base ? base + 1 : target;
+                uint8_t sha[32];
+                struct stat sb;
+                if (strlen(base) != 64 || weights_parse_hex(base, sha) != 0 || stat(target, &sb) != 0 ||
+                    !S_ISREG(sb.st_mode) || sb.st_size <= 0)
+                    continue;
+                int dup = 0;
+                for (int j = 0; j < n && !dup; j++) dup = !memcmp(out[j].sha256, sha, 32);
+                weights_held_file *f = &out[n];
+                if (dup || snprintf(f->ref, sizeof f->ref, "%s/%s", repo, names[i]) >= (int)sizeof f->ref) continue;
+                memcpy(f->sha256, sha, 32);
+                f->size = (uint64_t)sb.st_size;
+                snprintf(f->path, sizeof f->path, "%s", target);
+                n++;
+            }
+        }
+        closedir(sd);
+    }
+    closedir(d);
+    return n;
 }

@@ -77,4 +77,15 @@ int hf_parse_listing(const char *json, size_t len, char commit[64], char (*names
 int hf_pick_quant(char (*names)[HF_NAME_CAP], int n, const char *quant, int *out, int max, char *err,
                   size_t errlen);
 
+/* Whole model files in the cache that peers may fetch from this node: every
+ * .gguf in a snapshot whose link leads to a complete blob named by its
+ * SHA-256 (64 hex digits: the hub's LFS hash; blobs named by an etag are
+ * left out, they cannot be checked by a requester), once per blob, with
+ * its reference org/repo/path (at most WEIGHTS_HELD_REF_MAX bytes; longer
+ * ones are left out). At most max entries into out_files, a
+ * weights_held_file array (models/weights_store.h; void here so that this
+ * header stays below the store); the count. Reads directories: a few stat
+ * calls per cached file. */
+int hf_cache_held(const hf_env *e, void *out_files, int max);
+
 #endif

@@ -64,7 +64,8 @@ int model_need_from_head(const uint8_t *head, size_t head_len, uint64_t file_siz
     int ctx = z->c.n_ctx_train < 8192 ? z->c.n_ctx_train : 8192; /* as engine.c caps it */
     if (o->n_ctx > 0) ctx = o->n_ctx;
     model_part whole = {0, z->c.n_layer, 1};
-    *need = model_part_need(z, &whole, ctx, o->n_lanes > 0 ? o->n_lanes : 2, o->n_threads > 0 ? o->n_threads : 1) +
+    *need = model_part_need(z, &whole, ctx, (model_kv_type)o->kv_type, o->n_lanes > 0 ? o->n_lanes : 2,
+                            o->n_threads > 0 ? o->n_threads : 1) +
             rest_bytes;
     rc = 0;
 out:
@@ -266,6 +267,15 @@ static int fetch_hub(const model_ref *r, const model_fetch_opts *o, model_files 
             dl_job job = {.url = f->meta.url, .auth = &auth, .partial = partial, .dest = dest,
                           .sha256 = f->meta.sha256, .size = f->meta.size, .progress = on_file_progress,
                           .progress_ctx = &mp, .label = flabel, .cancel = o->cancel};
+            /* Weights cross the internet once: a peer with the same
+             * SHA-256 gives them over the mesh; the hub does the rest. */
+            peer_file_target target;
+            dl_source source;
+            if (f->meta.sha256[0] && f->meta.size && o->find_peer &&
+                o->find_peer(o->peer_ctx, f->meta.sha256, f->meta.size, &target)) {
+                peer_file_source(&target, &source);
+                job.source = &source;
+            }
             if (dl_fetch(&job, err, errlen) != 0) goto out;
             out->downloaded_bytes += f->meta.size;
         }

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "models/download.h"
+#include "models/peer_file.h"
 
 #define MODEL_MAX_PARTS 16
 #define MODEL_PATH_MAX 4096
@@ -40,11 +41,18 @@ typedef struct {
     int n_ctx;                 /* served context; <= 0: the model's, capped as the engine caps it */
     int n_lanes;               /* KV caches per model (--parallel); <= 0: 2 */
     int n_threads;             /* for the scratch estimate; <= 0: 1 */
+    int kv_type;               /* model_kv_type of the KV caches (0: F16) */
     dl_progress_fn progress;   /* done/total over every file to download; may be NULL */
     void *progress_ctx;
     const _Atomic int *cancel; /* set by another thread: downloads stop (partials kept); may be NULL */
     const char *join_dir;      /* a multi-part model is joined into join_dir/ID.gguf (multipart.h);
                                   NULL: the parts are returned as they are */
+    /* A peer that holds a file the hub names (SHA-256 as 64 hex digits, and
+     * size): 1 with *out filled, then the file is fetched from it over the
+     * mesh first (peer_file.h), the hub doing whatever the peer does not.
+     * NULL: never. Called on the calling thread: it must be thread-safe. */
+    int (*find_peer)(void *ctx, const char *sha256, uint64_t size, peer_file_target *out);
+    void *peer_ctx;
 } model_fetch_opts;
 
 typedef struct {

@@ -233,6 +233,7 @@ static local_file *store_insert(weights_store *ws, const char *abs, const fetch_
     weights_hex(m->model_hash, hex);
     log_info(WEIGHTS_LOG, "local model %.16s: %s (%u tensors, %d layers, %.1f MiB)", hex, abs, m->n_tensors,
              m->n_layers, m->data_bytes / 1048576.0);
+    store_publish(ws);
     return lf;
 }
 
@@ -292,12 +293,184 @@ const gguf_file *store_local_open(weights_store *ws, local_file *lf, char *err, 
         if (!same) {
             gguf_close(f);
             lf->stale = 1;
+            store_publish(ws);
             err_set(err, errlen, "the file changed since it was hashed");
             return NULL;
         }
+        lf->offsets = malloc(sizeof *lf->offsets * (f->n_tensors ? f->n_tensors : 1));
+        if (!lf->offsets) {
+            gguf_close(f);
+            err_set(err, errlen, "out of memory");
+            return NULL;
+        }
+        for (uint32_t i = 0; i < f->n_tensors; i++)
+            lf->offsets[i] = (uint64_t)((const uint8_t *)f->tensors[i].data - f->base);
         lf->open = f;
     }
     return lf->open;
+}
+
+/* ---- cached parts ---------------------------------------------------------------------*/
+
+int store_add_part(weights_store *ws, const uint8_t hash[WEIGHTS_HASH_BYTES], int first, int end, int head,
+                   const char *path)
+{
+    char record[PATH_MAX], why[300];
+    fetch_file_key rec, now;
+    if (snprintf(record, sizeof record, "%s.wm", path) >= (int)sizeof record) return -1;
+    weights_manifest *m = store_read_manifest(record, &rec, why, sizeof why);
+    uint8_t *wanted = m ? malloc(m->n_tensors ? m->n_tensors : 1) : NULL;
+    int ok = wanted && key_of_path(path, &now) == 0 && store_keys_equal(&rec, &now) &&
+             !memcmp(m->model_hash, hash, WEIGHTS_HASH_BYTES) &&
+             weights_select(m, first, end, head, wanted, why, sizeof why) >= 0;
+    for (uint32_t i = 0; ok && i < m->n_tensors; i++) ok = !wanted[i] || m->tensors[i].chunks;
+    free(wanted);
+    cached_part *p = ok ? calloc(1, sizeof *p) : NULL;
+    if (p) p->path = strdup(path);
+    if (!p || !p->path) {
+        free(p);
+        weights_manifest_free(m);
+        return -1;
+    }
+    store_part_forget(ws, path); /* an older entry for the same file */
+    memcpy(p->hash, hash, WEIGHTS_HASH_BYTES);
+    p->first = first;
+    p->end = end;
+    p->head = head;
+    p->key = rec;
+    p->manifest = m;
+    p->fd = -1;
+    p->next = ws->parts;
+    ws->parts = p;
+    store_publish(ws);
+    return 0;
+}
+
+cached_part *store_part_covering(const weights_store *ws, const uint8_t hash[WEIGHTS_HASH_BYTES], int first,
+                                 int end, int head)
+{
+    for (cached_part *p = ws->parts; p; p = p->next)
+        if (!p->stale && !memcmp(p->hash, hash, WEIGHTS_HASH_BYTES) && p->first <= first && end <= p->end &&
+            (!head || p->head))
+            return p;
+    return NULL;
+}
+
+void store_part_forget(weights_store *ws, const char *path)
+{
+    int changed = 0;
+    for (cached_part *p = ws->parts; p; p = p->next)
+        if (!p->stale && !strcmp(p->path, path)) p->stale = changed = 1;
+    if (changed) store_publish(ws);
+}
+
+int store_part_open(weights_store *ws, cached_part *p, char *err, size_t errlen)
+{
+    if (p->fd >= 0) {
+        /* Open already: still the file its record describes, under its name?
+         * (A part removed or replaced by hand must stop being offered; the
+         * descriptor would still read the old bytes.) */
+        fetch_file_key now;
+        if (key_of_path(p->path, &now) == 0 && store_keys_equal(&now, &p->key)) return 0;
+        /* The descriptor stays open until the store goes: streams serving
+         * from it now finish with the bytes they started with. */
+        err_set(err, errlen, "the cached part %s changed or is gone", p->path);
+        p->stale = 1;
+        store_publish(ws);
+        return -1;
+    }
+    const weights_manifest *m = p->manifest;
+    fetch_file_key now;
+    uint8_t *wanted = malloc(m->n_tensors ? m->n_tensors : 1);
+    uint64_t *offsets = calloc(m->n_tensors ? m->n_tensors : 1, sizeof *offsets);
+    uint8_t *header = NULL;
+    size_t header_len;
+    uint64_t size;
+    char why[300];
+    int fd = open(p->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || store_file_key(fd, p->path, &now) < 0 || !store_keys_equal(&now, &p->key)) {
+        err_set(err, errlen, "the cached part %s changed or is gone", p->path);
+        goto fail_stale;
+    }
+    if (!wanted || !offsets) {
+        err_set(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (weights_select(m, p->first, p->end, p->head, wanted, why, sizeof why) < 0 ||
+        weights_part_layout(m, wanted, &header, &header_len, offsets, &size, why, sizeof why) < 0 ||
+        size != p->key.size) {
+        err_set(err, errlen, "the cached part %s does not lay out as its record says", p->path);
+        goto fail_stale;
+    }
+    free(header);
+    free(wanted);
+    p->fd = fd;
+    p->offsets = offsets;
+    return 0;
+fail_stale:
+    p->stale = 1;
+    store_publish(ws);
+fail:
+    if (fd >= 0) close(fd);
+    free(header);
+    free(wanted);
+    free(offsets);
+    return -1;
+}
+
+/* Parts in the cache at start: "<model hash>.<first>-<end>[h].gguf" with a
+ * record that matches (a part without one is a fetch to finish or check,
+ * which weights_fetch_start does). */
+static void store_scan_parts(weights_store *ws)
+{
+    DIR *d = opendir(ws->parts_dir);
+    if (!d) return;
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d))) {
+        char hex[WEIGHTS_HASH_HEX], h = 0, tail[8] = "";
+        int first, end, used = 0;
+        uint8_t hash[WEIGHTS_HASH_BYTES];
+        if (strlen(e->d_name) > 120 ||
+            sscanf(e->d_name, "%64[0-9a-f].%d-%d%n", hex, &first, &end, &used) != 3 ||
+            weights_parse_hex(hex, hash) != 0)
+            continue;
+        const char *rest = e->d_name + used;
+        if (*rest == 'h') h = 1, rest++;
+        snprintf(tail, sizeof tail, "%s", rest);
+        if (strcmp(tail, ".gguf") != 0 || first < 0 || end < first) continue;
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s", ws->parts_dir, e->d_name) >= (int)sizeof path) continue;
+        n += store_add_part(ws, hash, first, end, h, path) == 0;
+    }
+    closedir(d);
+    if (n) log_info(WEIGHTS_LOG, "%d cached part%s served to peers from %s", n, n == 1 ? "" : "s", ws->parts_dir);
+}
+
+void store_publish(weights_store *ws)
+{
+    if (!ws->mesh) return;
+    fetch_holding h[FETCH_MAX_HOLDINGS];
+    int n = 0;
+    for (const local_file *f = ws->files; f && n < FETCH_MAX_HOLDINGS; f = f->next) {
+        if (f->stale) continue;
+        memcpy(h[n].hash, f->manifest->model_hash, WEIGHTS_HASH_BYTES);
+        h[n].first = 0;
+        h[n].end = (uint32_t)f->manifest->n_layers;
+        h[n].flags = FETCH_HOLD_HEAD | FETCH_HOLD_FULL;
+        n++;
+    }
+    for (const cached_part *p = ws->parts; p && n < FETCH_MAX_HOLDINGS; p = p->next) {
+        if (p->stale) continue;
+        memcpy(h[n].hash, p->hash, WEIGHTS_HASH_BYTES);
+        h[n].first = (uint32_t)p->first;
+        h[n].end = (uint32_t)p->end;
+        h[n].flags = p->head ? FETCH_HOLD_HEAD : 0;
+        n++;
+    }
+    uint8_t buf[MESH_MAX_HOLDINGS];
+    size_t len = fetch_holdings_encode(h, n, buf, sizeof buf);
+    mesh_set_holdings(ws->mesh, buf, len);
 }
 
 /* ---- the workers -----------------------------------------------------------------------*/
@@ -483,6 +656,8 @@ weights_store *weights_store_new(struct event_base *base, mesh *m, const char *h
     ws->window_bytes = FETCH_WINDOW_BYTES;
     ws->retry_base_ms = FETCH_RETRY_BASE_MS;
     ws->max_attempts = FETCH_MAX_ATTEMPTS;
+    const char *delay = getenv("LLMESH_DEBUG_FILE_SERVE_DELAY_MS"); /* a test knob: a slow source */
+    ws->test_file_delay_ms = delay ? atoi(delay) : 0;
     pthread_mutex_init(&ws->lock, NULL);
     pthread_cond_init(&ws->cond, NULL);
     char *cache = join(home, "cache");
@@ -510,6 +685,7 @@ weights_store *weights_store_new(struct event_base *base, mesh *m, const char *h
         ws->lanes[i].started = 1;
     }
     free(cache);
+    store_scan_parts(ws);
     if (m) mesh_register_stream_type(m, MESH_STREAM_FETCH, serve_accept, ws);
     return ws;
 fail:
@@ -546,8 +722,18 @@ void weights_store_free(weights_store *ws)
         ws->files = f->next;
         if (f->open) gguf_close(f->open);
         weights_manifest_free(f->manifest);
+        free(f->offsets);
         free(f->path);
         free(f);
+    }
+    while (ws->parts) {
+        cached_part *p = ws->parts;
+        ws->parts = p->next;
+        if (p->fd >= 0) close(p->fd);
+        weights_manifest_free(p->manifest);
+        free(p->offsets);
+        free(p->path);
+        free(p);
     }
     pthread_mutex_destroy(&ws->lock);
     pthread_cond_destroy(&ws->cond);
@@ -574,6 +760,18 @@ void weights_store_status_json(const weights_store *ws, cJSON *obj)
         cJSON_AddNumberToObject(o, "bytes", (double)f->manifest->data_bytes);
         cJSON_AddItemToArray(local, o);
     }
+    cJSON *parts = cJSON_AddArrayToObject(obj, "parts");
+    for (const cached_part *p = ws->parts; p; p = p->next) {
+        if (p->stale) continue;
+        cJSON *o = cJSON_CreateObject();
+        weights_hex(p->hash, hex);
+        cJSON_AddStringToObject(o, "model", hex);
+        cJSON_AddStringToObject(o, "path", p->path);
+        cJSON_AddNumberToObject(o, "first", p->first);
+        cJSON_AddNumberToObject(o, "end", p->end);
+        cJSON_AddBoolToObject(o, "head", p->head);
+        cJSON_AddItemToArray(parts, o);
+    }
     weights_fetch_info info[64];
     int n = weights_store_fetches(ws, info, 64);
     cJSON *fetches = cJSON_AddArrayToObject(obj, "fetches");
@@ -595,6 +793,8 @@ void weights_store_status_json(const weights_store *ws, cJSON *obj)
     const weights_counters *c = &ws->counters;
     cJSON *k = cJSON_AddObjectToObject(obj, "counters");
     cJSON_AddNumberToObject(k, "served_bytes", (double)c->served_bytes);
+    cJSON_AddNumberToObject(k, "files_served", (double)c->files_served);
+    cJSON_AddNumberToObject(k, "file_bytes_served", (double)c->file_bytes_served);
     cJSON_AddNumberToObject(k, "fetched_bytes", (double)c->fetched_bytes);
     cJSON_AddNumberToObject(k, "bad_frames", (double)c->bad_frames);
     cJSON_AddNumberToObject(k, "bad_chunks", (double)c->bad_chunks);
@@ -613,3 +813,10 @@ void weights_test_set_retry(weights_store *ws, int base_ms, int max_attempts)
 void weights_test_set_window(weights_store *ws, uint32_t bytes) { ws->window_bytes = bytes; }
 void weights_test_corrupt_serving(weights_store *ws, int every_nth) { ws->test_corrupt_every = every_nth; }
 void weights_test_abort_serving(weights_store *ws, int after_chunks) { ws->test_abort_after = after_chunks; }
+
+void weights_store_set_held(weights_store *ws, const weights_held_file *files, int n)
+{
+    if (n > WEIGHTS_MAX_HELD) n = WEIGHTS_MAX_HELD;
+    if (n > 0) memcpy(ws->held, files, (size_t)n * sizeof *files);
+    ws->n_held = n > 0 ? n : 0;
+}

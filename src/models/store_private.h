@@ -22,6 +22,9 @@
 #define FETCH_RETRY_BASE_MS 250       /* doubles per attempt */
 #define FETCH_RETRY_CAP_MS 8000
 #define FETCH_MAX_BAD_CHUNKS 4        /* corrupt chunks from one fetch's peer before giving up */
+#define FETCH_MAX_SOURCES 16          /* peers a fetch picks among (those that hold its part) */
+#define FETCH_MAX_SHUNNED 16          /* peers a fetch stops asking (refused it, bad chunks) */
+#define FETCH_MAX_PEERS 256           /* peers whose holdings are looked at */
 #define FETCH_LOG_EVERY_MS 5000
 #define FETCH_SYNC_EVERY (64u << 20)  /* fdatasync the part every so many bytes (fetch.c) */
 /* Server: requests queued while the stream's unacknowledged bytes are over
@@ -39,9 +42,26 @@ typedef struct local_file {
     fetch_file_key key;
     weights_manifest *manifest;
     gguf_file *open;             /* mapped for serving, on first use */
+    uint64_t *offsets;           /* per tensor: its data's offset in the file (with open) */
     int stale;
     struct local_file *next;
 } local_file;
+
+/* A complete part in the cache (a fetch finished it, or it was there at
+ * start with a record that matches it), served to peers like a full file.
+ * Never freed before the store (a changed or removed one is marked stale),
+ * so serving streams can hold a pointer. */
+typedef struct cached_part {
+    uint8_t hash[WEIGHTS_HASH_BYTES];
+    int first, end, head;        /* layers [first, end), with the head tensors or not */
+    char *path;                  /* the .gguf */
+    fetch_file_key key;          /* as its record says */
+    weights_manifest *manifest;  /* its record's: every tensor's entry, chunk hashes of the part's */
+    int fd;                      /* open for serving, on first use; -1 before */
+    uint64_t *offsets;           /* per tensor of manifest: its data's offset in the part (with fd) */
+    int stale;
+    struct cached_part *next;
+} cached_part;
 
 /* A job for a worker thread. `done` runs on the loop thread (with the
  * store still alive) unless the store is being freed; the owner may set
@@ -67,12 +87,16 @@ struct weights_store {
     mesh *mesh;
     char *home, *manifests_dir, *parts_dir;
     local_file *files;
+    cached_part *parts;
     fetch_job *jobs;
     weights_fetch *answers;      /* fetches answered from the cache, on the next loop turn */
     serve_stream *serving;
     int n_serving;
     weights_counters counters;
     int n_threads;               /* for hashing; 0 = one per CPU */
+    weights_held_file held[WEIGHTS_MAX_HELD]; /* whole files served by SHA-256 */
+    int n_held;
+    int test_file_delay_ms;      /* LLMESH_DEBUG_FILE_SERVE_DELAY_MS: a pause after each FILE_DATA */
     uint8_t *scratch;            /* one DATA frame being built */
     size_t scratch_cap;
     /* workers: one thread per lane; lock guards every field below */
@@ -108,6 +132,23 @@ int store_keys_equal(const fetch_file_key *a, const fetch_file_key *b);
 int store_write_file(const char *path, const void *data, size_t len, char *err, size_t errlen);
 /* Reads a whole manifest file and decodes it; NULL when absent or bad. */
 weights_manifest *store_read_manifest(const char *path, fetch_file_key *key, char *err, size_t errlen);
+
+/* Cached parts. store_add_part reads the part's record (path + ".wm") and
+ * keeps the part for serving when the record names this file as it is now
+ * and this model; 0, or -1 when not. store_part_covering: a part holding
+ * every tensor of [first, end) (+ head) of the model, or NULL.
+ * store_part_open: opens it for serving, checking it is still the file its
+ * record describes (else marks it stale); 0, or -1 with err.
+ * store_part_forget: the part at path is gone or changed. */
+int store_add_part(weights_store *ws, const uint8_t hash[WEIGHTS_HASH_BYTES], int first, int end, int head,
+                   const char *path);
+cached_part *store_part_covering(const weights_store *ws, const uint8_t hash[WEIGHTS_HASH_BYTES], int first,
+                                 int end, int head);
+int store_part_open(weights_store *ws, cached_part *p, char *err, size_t errlen);
+void store_part_forget(weights_store *ws, const char *path);
+/* Publishes what this node can serve (full files, then cached parts) in its
+ * node record's holdings field; call after any change of either list. */
+void store_publish(weights_store *ws);
 
 /* Handlers for a stream nobody listens to any more (its owner let go). */
 extern const mesh_stream_handlers store_idle_handlers;

@@ -103,8 +103,24 @@ typedef struct {
     uint64_t files_hashed;       /* full hashes of local files (a remembered manifest is not one) */
     uint64_t bytes_hashed;
     uint64_t cache_discarded;    /* cached parts that did not match their record */
+    uint64_t files_served;       /* whole files (FILE_OPEN) served to peers, started */
+    uint64_t file_bytes_served;  /* their bytes sent */
 } weights_counters;
 void weights_get_counters(const weights_store *ws, weights_counters *out);
+
+/* Whole files this node offers by SHA-256 (the Hugging Face cache's blobs:
+ * models/hf.h hf_cache_held): served on FETCH streams that ask FILE_OPEN
+ * (docs/PROTOCOL.md section 14) to peers that download the same file. The
+ * list replaces the previous one (at most WEIGHTS_MAX_HELD entries). */
+#define WEIGHTS_MAX_HELD 16
+#define WEIGHTS_HELD_REF_MAX 200
+typedef struct {
+    uint8_t sha256[32];
+    uint64_t size;
+    char ref[WEIGHTS_HELD_REF_MAX + 1]; /* org/repo/path in the repo */
+    char path[4096];                    /* the blob on this disk */
+} weights_held_file;
+void weights_store_set_held(weights_store *ws, const weights_held_file *files, int n);
 
 /* Fetches under way, for /api/status. */
 typedef struct {

@@ -61,6 +61,20 @@ typedef struct {
     void (*on_close)(void *user, quic_stream *s, const char *error);
 } quic_stream_callbacks;
 
+/* Bounds on the connections others can make an endpoint hold (docs/mesh.md,
+ * "Limits"; llmesh serve's --quic-max-* flags). An Initial over a bound is
+ * dropped and counted (conns_refused, conns_refused_addr). 0 = the default. */
+#define QUIC_DEFAULT_MAX_CONNS 4096
+#define QUIC_DEFAULT_MAX_HALF_OPEN 256
+#define QUIC_DEFAULT_MAX_CONNS_PER_ADDR 256
+#define QUIC_DEFAULT_MAX_HALF_OPEN_PER_ADDR 16
+typedef struct {
+    uint32_t max_conns;                  /* connections in all (ours included) */
+    uint32_t max_half_open;              /* incoming, handshake not done */
+    uint32_t max_conns_per_addr;         /* from one IP address */
+    uint32_t max_half_open_per_addr;     /* half-open from one IP address */
+} quic_limits;
+
 typedef struct {
     uint8_t private_key[QUIC_KEY_BYTES]; /* Ed25519 seed */
     uint8_t public_key[QUIC_KEY_BYTES];
@@ -69,6 +83,7 @@ typedef struct {
     uint32_t handshake_timeout_ms;       /* 0 = 10000 */
     uint32_t idle_timeout_ms;            /* 0 = 30000 */
     int passive;                         /* dial with QUIC_ALPN_PASSIVE */
+    quic_limits limits;
 } quic_config;
 
 quic_endpoint *quic_endpoint_new(struct event_base *base, const quic_config *cfg,

@@ -3,7 +3,9 @@
  * Endpoints: /v1/models, /v1/completions, /v1/chat/completions (plain and
  * streamed, with stop strings, penalties, logit_bias, log-probabilities,
  * echo, tools, response_format and n), /v1/embeddings, llama.cpp-style
- * /tokenize and /detokenize. See api.h.
+ * /tokenize and /detokenize, and Anthropic's /v1/messages and
+ * /v1/messages/count_tokens (translated onto the chat path by
+ * serve/anthropic.c). See api.h.
  *
  * A request's path through serve/: http.c or tunnel.c -> api_handle here
  * (route by path) -> openai.c (parse and validate) -> router.c (a local
@@ -18,7 +20,8 @@
  * wire format (serve/tunnel.c), generation (engine via serve/scheduler.c).
  *
  * Error policy: every malformed request gets OpenAI's error shape
- * {"error":{"message","type","param","code"}} with 400; an unknown model 404;
+ * {"error":{"message","type","param","code"}} (Anthropic's on /v1/messages)
+ * with 400; an unknown model 404;
  * a model known in the mesh but not reachable now 503; failures after a
  * stream started become an error event followed by "data: [DONE]". */
 #include "serve/api.h"
@@ -30,6 +33,7 @@
 
 #include "engine/engine.h"
 #include "mesh/mesh.h"
+#include "serve/anthropic.h"
 #include "serve/demand.h"
 #include "serve/openai.h"
 #include "serve/pipeline.h"
@@ -219,6 +223,86 @@ done:
     return NULL;
 }
 
+/* POST /v1/messages (Anthropic's Messages API): the body translated into
+ * the OpenAI chat body that asks the same (serve/anthropic.c), run by
+ * handle_generate like any chat request (here, or forwarded to a host as a
+ * chat request), its answer rewritten on the way out by an
+ * anthropic_answer. */
+static api_call *handle_messages(api *a, const char *method, const char *body, size_t len, api_sink *sink,
+                                 int from_peer)
+{
+    char err[512], *chat;
+    size_t chat_len;
+    anthropic_request_info info;
+    if (anthropic_translate_request(body, len, 0, &chat, &chat_len, &info, err, sizeof err) != 0) {
+        anthropic_send_error(&a->counters, sink, 400, "%s", err);
+        return NULL;
+    }
+    anthropic_answer *ans = anthropic_answer_new(sink, info.model, ANTHROPIC_MESSAGE);
+    if (!ans) {
+        free(chat);
+        anthropic_send_error(&a->counters, sink, 500, "out of memory");
+        return NULL;
+    }
+    api_call *c = handle_generate(a, method, "/v1/chat/completions", chat, chat_len, anthropic_answer_sink(ans),
+                                  from_peer, 1);
+    free(chat);
+    return c;
+}
+
+/* POST /v1/messages/count_tokens -> {"input_tokens": N}: the prompt the
+ * serving model's template renders from the request (system, messages,
+ * tools), in its tokens. A model served elsewhere: the request goes to a
+ * host as it came, and the host counts. */
+static api_call *handle_count_tokens(api *a, const char *method, const char *path, const char *body,
+                                     size_t len, api_sink *sink, int from_peer)
+{
+    char err[512], *chat;
+    size_t chat_len;
+    anthropic_request_info info;
+    if (anthropic_translate_request(body, len, 1, &chat, &chat_len, &info, err, sizeof err) != 0) {
+        anthropic_send_error(&a->counters, sink, 400, "%s", err);
+        return NULL;
+    }
+    openai_request req;
+    int rc = openai_parse_request(chat, chat_len, 1, &req, err, sizeof err);
+    free(chat);
+    if (rc != 0) {
+        anthropic_send_error(&a->counters, sink, 400, "%s", err);
+        return NULL;
+    }
+    sink_label(sink, req.model);
+    engine_model *em = sched_find_model(a->sched, req.model);
+    char why[8];
+    if (em && a->pipelines && pipelines_model_state(a->pipelines, req.model, why, sizeof why) != PIPELINE_READY)
+        em = NULL;
+    if (!em) {
+        openai_request_free(&req);
+        anthropic_answer *ans = anthropic_answer_new(sink, info.model, ANTHROPIC_PASS);
+        if (!ans) {
+            anthropic_send_error(&a->counters, sink, 500, "out of memory");
+            return NULL;
+        }
+        return router_forward(a->router, anthropic_answer_sink(ans), info.model, "msg", method, path, body, len,
+                              from_peer);
+    }
+    int32_t *ids = NULL;
+    int n = 0;
+    if (openai_request_render_chat(&req, em, err, sizeof err) != 0 ||
+        engine_prompt_tokens(em, req.er, &ids, &n, err, sizeof err) != 0) {
+        openai_request_free(&req);
+        anthropic_send_error(&a->counters, sink, 400, "%s", err);
+        return NULL;
+    }
+    free(ids);
+    openai_request_free(&req);
+    cJSON *out = cJSON_CreateObject();
+    cJSON_AddNumberToObject(out, "input_tokens", n);
+    openai_send_json(sink, 200, out);
+    cJSON_Delete(out);
+    return NULL;
+}
+
 static void handle_models(api *a, api_sink *sink)
 {
     /* Local models first, then every model a live peer serves, once each. */
@@ -269,6 +353,15 @@ api_call *api_handle(api *a, const char *method, const char *path, const char *b
     if (!strcmp(route, "/v1/embeddings")) {
         if (!is_post) { openai_send_error(&a->counters, sink, 405, NULL, "use POST for %s", route); return NULL; }
         return handle_embeddings(a, method, path, body ? body : "", body_len, sink, from_peer);
+    }
+    if (!strcmp(route, "/v1/messages") || !strcmp(route, "/v1/messages/count_tokens")) {
+        if (!is_post) {
+            anthropic_send_error(&a->counters, sink, 405, "use POST for %s", route);
+            return NULL;
+        }
+        if (route[12] == '/')
+            return handle_count_tokens(a, method, path, body ? body : "", body_len, sink, from_peer);
+        return handle_messages(a, method, body ? body : "", body_len, sink, from_peer);
     }
     if (!strcmp(route, "/tokenize") || !strcmp(route, "/detokenize") ||
         !strcmp(route, "/v1/tokenize") || !strcmp(route, "/v1/detokenize")) {

@@ -35,6 +35,10 @@ typedef struct {
     /* Optional (may be NULL): the model the request named, once the API
      * has parsed it (before begin), for the transport's metrics. */
     void (*label)(api_sink *sink, const char *model);
+    /* Optional (may be NULL): the call was aborted (its transport is gone),
+     * so end will never come; the sink frees what it holds. A sink that
+     * wraps the transport's (serve/anthropic.c) needs it. */
+    void (*release)(api_sink *sink);
 } api_sink_ops;
 struct api_sink {
     const api_sink_ops *ops;

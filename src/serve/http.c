@@ -28,6 +28,7 @@
 #include "lib/consttime.h"
 #include "lib/log.h"
 #include "lib/prom.h"
+#include "serve/anthropic.h"
 #include "serve/http_guard.h"
 #include "serve/console_assets.h"
 #include "serve/console_events.h"
@@ -146,7 +147,7 @@ static void sink_label(api_sink *sink, const char *model)
     snprintf(x->model, sizeof x->model, "%s", model);
 }
 
-static const api_sink_ops http_sink_ops = {sink_begin, sink_write, sink_end, sink_label};
+static const api_sink_ops http_sink_ops = {sink_begin, sink_write, sink_end, sink_label, NULL};
 
 /* The client went away before the reply was complete. */
 static void exchange_on_close(struct evhttp_connection *conn, void *arg)
@@ -347,6 +348,17 @@ http_auth_result http_auth_check(const char *key, size_t key_len, const char *au
     return consttime_equal(key, key_len, p, n) ? HTTP_AUTH_OK : HTTP_AUTH_WRONG;
 }
 
+http_auth_result http_auth_check_x_api_key(const char *key, size_t key_len, const char *x_api_key)
+{
+    if (!x_api_key) return HTTP_AUTH_MISSING;
+    const char *p = x_api_key;
+    while (*p == ' ' || *p == '\t') p++;
+    size_t n = strlen(p);
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
+    if (n == 0) return HTTP_AUTH_MISSING;
+    return consttime_equal(key, key_len, p, n) ? HTTP_AUTH_OK : HTTP_AUTH_WRONG;
+}
+
 int http_host_is_loopback(const char *host)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
@@ -383,12 +395,25 @@ static int request_authorized(http_server *h, struct evhttp_request *req)
     }
     const char *value = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
     http_auth_result r = http_auth_check(h->key, h->key_len, value);
+    /* Anthropic's clients send the key as "x-api-key: KEY": taken on the
+     * Messages routes (serve/anthropic.c), where the refusal is in
+     * Anthropic's shape too. */
+    const char *uri = evhttp_request_get_uri(req);
+    int messages = h->api && !strncmp(uri, "/v1/messages", 12) && (uri[12] == 0 || uri[12] == '/' || uri[12] == '?');
+    if (messages && r == HTTP_AUTH_MISSING)
+        r = http_auth_check_x_api_key(h->key, h->key_len,
+                                      evhttp_find_header(evhttp_request_get_input_headers(req), "x-api-key"));
     if (r == HTTP_AUTH_OK) return 1;
     h->auth_refused++;
     if (!h->status) metrics_count_request(h->metrics, NULL, 401); /* the API port's only */
     log_debug("http", "401 %s %s: %s", method_name(evhttp_request_get_command(req)),
               evhttp_request_get_uri(req), r == HTTP_AUTH_MISSING ? "no bearer key" : "wrong key");
-    char *body = r == HTTP_AUTH_MISSING
+    char *body = messages
+        ? anthropic_error_json(401, r == HTTP_AUTH_MISSING
+                               ? "No API key provided. This node requires one: x-api-key: KEY (or "
+                                 "Authorization: Bearer KEY)."
+                               : "Incorrect API key provided.")
+        : r == HTTP_AUTH_MISSING
         ? api_error_json("No API key provided. This node requires one in an Authorization header: "
                          "Authorization: Bearer KEY.", "invalid_request_error", NULL)
         : api_error_json("Incorrect API key provided.", "invalid_request_error", "invalid_api_key");
@@ -435,6 +460,11 @@ uint64_t http_server_auth_refused(const http_server *h) { return h->auth_refused
 void http_server_guard_stats(const http_server *h, http_guard_stats *out)
 {
     http_guard_get_stats(h->guard, out);
+}
+
+void http_server_set_limits(http_server *h, const http_guard_limits *limits)
+{
+    http_guard_set_limits(h->guard, limits);
 }
 
 /* ---- servers ----------------------------------------------------------------*/

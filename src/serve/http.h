@@ -79,6 +79,8 @@ uint64_t http_server_auth_refused(const http_server *h);
 /* Connections refused (limits) and cut (request deadline), and open now:
  * serve/http_guard.h. */
 void http_server_guard_stats(const http_server *h, http_guard_stats *out);
+/* The guard's bounds (zeros: the defaults), for connections from now on. */
+void http_server_set_limits(http_server *h, const http_guard_limits *limits);
 
 /* ---- pure helpers (any thread; unit-tested) ------------------------------*/
 
@@ -90,6 +92,10 @@ typedef enum { HTTP_AUTH_OK, HTTP_AUTH_MISSING, HTTP_AUTH_WRONG } http_auth_resu
  * and tabs around are ignored. MISSING when there is no header or it is not
  * Bearer, WRONG when the token differs. */
 http_auth_result http_auth_check(const char *key, size_t key_len, const char *authorization);
+/* The same for an x-api-key header's value (Anthropic's clients send the
+ * key there; taken on /v1/messages): the key, spaces and tabs around
+ * ignored. Constant-time compare. */
+http_auth_result http_auth_check_x_api_key(const char *key, size_t key_len, const char *x_api_key);
 /* 1 when every address host resolves to is a loopback address (127.0.0.0/8,
  * ::1, ::ffff:127.0.0.0/104); 0 otherwise, also when it does not resolve. */
 int http_host_is_loopback(const char *host);

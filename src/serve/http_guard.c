@@ -31,6 +31,7 @@ struct http_guard {
     struct event *tick;          /* persistent: reap, deadlines */
     struct event *check_ev;      /* deferred: limits on new connections */
     http_guard_stats stats;
+    http_guard_limits limits;    /* resolved: no zeros */
 };
 
 static void guard_cut(guard_conn *c)
@@ -78,10 +79,10 @@ static void guard_check_cb(evutil_socket_t fd, short what, void *arg)
             c->addr_len = 0;
             continue;
         }
-        int same = 0;
+        uint64_t same = 0;
         for (guard_conn *o = g->conns; o; o = o->next)
             same += o != c && !o->cut && o->addr_len && sockaddr_same_ip(&o->addr, &c->addr);
-        if (live > HTTP_GUARD_MAX_CONNS || same >= HTTP_GUARD_MAX_PER_ADDR) {
+        if (live > g->limits.max_conns || same >= g->limits.max_per_addr) {
             g->stats.refused++;
             live--;
             guard_cut(c);
@@ -98,7 +99,7 @@ static void guard_tick_cb(evutil_socket_t fd, short what, void *arg)
     for (guard_conn *c = g->conns; c; c = c->next) {
         if (c->cut || !c->deadline_ms || now < c->deadline_ms) continue;
         g->stats.cut_slow++;
-        log_debug("http", "connection cut: no whole request within %d ms", HTTP_GUARD_REQUEST_MS);
+        log_debug("http", "connection cut: no whole request within %u ms", (unsigned)g->limits.request_ms);
         guard_cut(c);
     }
 }
@@ -111,7 +112,7 @@ static struct bufferevent *guard_bevcb(struct event_base *base, void *arg)
     if (!c) return bev;          /* unguarded rather than refused: out of memory */
     bufferevent_incref(bev);
     c->bev = bev;
-    c->deadline_ms = clock_ms() + HTTP_GUARD_REQUEST_MS;
+    c->deadline_ms = clock_ms() + g->limits.request_ms;
     c->next = g->conns;
     g->conns = c;
     g->stats.open++;
@@ -131,8 +132,9 @@ static guard_conn *guard_find(http_guard *g, struct evhttp_request *req)
 
 static void guard_request_done(struct evhttp_request *req, void *arg)
 {
-    guard_conn *c = guard_find(arg, req);
-    if (c) c->deadline_ms = clock_ms() + HTTP_GUARD_REQUEST_MS;
+    http_guard *g = arg;
+    guard_conn *c = guard_find(g, req);
+    if (c) c->deadline_ms = clock_ms() + g->limits.request_ms;
 }
 
 void http_guard_request(http_guard *g, struct evhttp_request *req)
@@ -149,6 +151,7 @@ http_guard *http_guard_new(struct event_base *base, struct evhttp *http)
     if (!g) return NULL;
     g->base = base;
     g->http = http;
+    http_guard_set_limits(g, &(http_guard_limits){0});
     g->tick = event_new(base, -1, EV_PERSIST, guard_tick_cb, g);
     g->check_ev = event_new(base, -1, 0, guard_check_cb, g);
     if (!g->tick || !g->check_ev) {
@@ -159,6 +162,13 @@ http_guard *http_guard_new(struct event_base *base, struct evhttp *http)
     event_add(g->tick, &tv);
     evhttp_set_bevcb(http, guard_bevcb, g);
     return g;
+}
+
+void http_guard_set_limits(http_guard *g, const http_guard_limits *limits)
+{
+    g->limits.max_conns = limits->max_conns ? limits->max_conns : HTTP_GUARD_MAX_CONNS;
+    g->limits.max_per_addr = limits->max_per_addr ? limits->max_per_addr : HTTP_GUARD_MAX_PER_ADDR;
+    g->limits.request_ms = limits->request_ms ? limits->request_ms : HTTP_GUARD_REQUEST_MS;
 }
 
 void http_guard_get_stats(const http_guard *g, http_guard_stats *out) { *out = g->stats; }

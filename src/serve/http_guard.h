@@ -8,10 +8,11 @@
  * (and its buffers) for ever, and a few thousand such clients exhaust the
  * process's descriptors. The guard sits in evhttp's one hook for new
  * connections (evhttp_set_bevcb) and keeps its own list of them:
- *   - at most HTTP_GUARD_MAX_CONNS connections, HTTP_GUARD_MAX_PER_ADDR from
- *     one IP address; beyond that a new one is shut down at once;
- *   - a request must arrive whole (headers and body) within
- *     HTTP_GUARD_REQUEST_MS of the connection opening or of the previous
+ *   - at most max_conns connections (HTTP_GUARD_MAX_CONNS by default),
+ *     max_per_addr (HTTP_GUARD_MAX_PER_ADDR) from one IP address; beyond
+ *     that a new one is shut down at once;
+ *   - a request must arrive whole (headers and body) within request_ms
+ *     (HTTP_GUARD_REQUEST_MS) of the connection opening or of the previous
  *     answer's end (so an idle keep-alive connection is closed after that
  *     too); a connection that misses it is shut down. While a request is
  *     being answered (a long stream included) there is no deadline.
@@ -39,6 +40,14 @@ struct evhttp_request;
 #define HTTP_GUARD_REQUEST_MS 15000
 #define HTTP_GUARD_TICK_MS 250
 
+/* The bounds (llmesh serve's --http-max-conns, --http-max-conns-per-addr,
+ * --http-request-timeout); 0 = the default above. */
+typedef struct {
+    uint32_t max_conns;
+    uint32_t max_per_addr;
+    uint32_t request_ms;
+} http_guard_limits;
+
 typedef struct http_guard http_guard;
 
 typedef struct {
@@ -47,8 +56,11 @@ typedef struct {
     uint64_t open;               /* connections now */
 } http_guard_stats;
 
-/* Installs the guard on http (its bevcb). NULL when out of memory. */
+/* Installs the guard on http (its bevcb), with the default bounds. NULL
+ * when out of memory. */
 http_guard *http_guard_new(struct event_base *base, struct evhttp *http);
+/* New bounds, for connections from now on (zeros: the defaults). */
+void http_guard_set_limits(http_guard *g, const http_guard_limits *limits);
 /* A whole request arrived on req's connection: no deadline until its answer
  * is sent. Call from the request callback. */
 void http_guard_request(http_guard *g, struct evhttp_request *req);

@@ -259,6 +259,11 @@ static void render_counters(prom_buf *b, const metrics_sources *src)
     counter(b, "llmesh_quic_refused_total",
             "QUIC handshakes dropped by the connection limits (in all, half-open, per address).",
             (double)mc.conns_refused);
+    counter(b, "llmesh_quic_refused_addr_total",
+            "QUIC handshakes dropped by the per-address bounds (of llmesh_quic_refused_total).",
+            (double)mc.conns_refused_addr);
+    prom_family(b, "llmesh_quic_half_open", "gauge", "Incoming QUIC connections whose handshake is not done.");
+    prom_sample(b, "llmesh_quic_half_open", NULL, (double)mc.conns_half_open);
     counter(b, "llmesh_stage_bad_frames_total", "Malformed pipeline stage frames.",
             src->stages ? (double)stage_host_bad_frames(src->stages) : 0);
 
@@ -326,20 +331,20 @@ static void render_peers(prom_buf *b, mesh *msh)
         if (peers[i].link[0])
             prom_sample(b, "llmesh_peer_rtt_seconds",
                         (const char *[]){"peer", peers[i].id, "link", peers[i].link, NULL}, peers[i].rtt_ms / 1000.0);
-    /* Per connection: a peer that reconnects starts again from 0, which
-     * Prometheus' rate() reads as a counter reset. */
+    /* Per peer, over all its connections (a reconnection goes on counting),
+     * so no label for the link kind, which can change between them. */
     prom_family(b, "llmesh_peer_received_bytes_total", "counter",
-                "Bytes of QUIC packets received on the connection to each connected peer.");
+                "Bytes of QUIC packets received from each peer, over all its connections.");
     for (int i = 0; i < n; i++)
-        if (peers[i].link[0])
-            prom_sample(b, "llmesh_peer_received_bytes_total",
-                        (const char *[]){"peer", peers[i].id, "link", peers[i].link, NULL}, (double)peers[i].rx_bytes);
+        if (peers[i].link[0] || peers[i].rx_bytes)
+            prom_sample(b, "llmesh_peer_received_bytes_total", (const char *[]){"peer", peers[i].id, NULL},
+                        (double)peers[i].rx_bytes);
     prom_family(b, "llmesh_peer_sent_bytes_total", "counter",
-                "Bytes of QUIC packets sent on the connection to each connected peer (retransmissions included).");
+                "Bytes of QUIC packets sent to each peer, over all its connections (retransmissions included).");
     for (int i = 0; i < n; i++)
-        if (peers[i].link[0])
-            prom_sample(b, "llmesh_peer_sent_bytes_total",
-                        (const char *[]){"peer", peers[i].id, "link", peers[i].link, NULL}, (double)peers[i].tx_bytes);
+        if (peers[i].link[0] || peers[i].tx_bytes)
+            prom_sample(b, "llmesh_peer_sent_bytes_total", (const char *[]){"peer", peers[i].id, NULL},
+                        (double)peers[i].tx_bytes);
 }
 
 static double json_number(const cJSON *o, const char *key)
@@ -365,6 +370,8 @@ static const split_family stage_families[] = {
 static const split_family plan_families[] = {
     {"llmesh_split_frames_sent_total", "frames_sent", "Frames the coordinator sent to its first stage.", 1},
     {"llmesh_split_sent_bytes_total", "bytes_sent", "Bytes the coordinator sent to its first stage.", 1},
+    {"llmesh_split_pieces_sent_total", "pieces_sent", "Lanes' pieces in the FORWARDs the coordinator sent (one per lane per batch step).", 1},
+    {"llmesh_split_window_waits_total", "window_waits", "Batch steps that waited for room on the ring (back-pressure).", 1},
     {"llmesh_split_round_trips_total", "round_trips", "Decode steps that went round the ring and back.", 1},
     {"llmesh_split_breaks_total", "breaks", "Times the pipeline broke (a stage failed) and was planned again.", 1},
 };

@@ -22,10 +22,12 @@
 
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "mesh/identity.h"
 #include "mesh/mesh.h"
 #include "models/hf.h"
 #include "models/ref.h"
 #include "models/resolve.h"
+#include "models/weights_store.h"
 #include "serve/api.h"
 #include "serve/budget.h"
 #include "serve/demand.h"
@@ -38,6 +40,14 @@
 #define ML_TAKEOVER_RANK_MS 3000   /* ... plus this per alive standby ranked before this one */
 #define ML_RETRY_FAILED_MS 30000   /* a failed takeover of a model is not retried sooner */
 #define ML_MAX_WATCH 32
+#define ML_FILES_MS 2000           /* the cache's files and the peers' are looked at this often */
+#define ML_MAX_PEER_FILES 512
+
+typedef struct {
+    uint8_t peer[MESH_ID_BYTES];
+    uint8_t sha256[32];
+    uint64_t size;
+} peer_holding;
 
 typedef enum { JOB_DOWNLOADING, JOB_LOADING, JOB_READY, JOB_FAILED, JOB_UNLOADED } job_state;
 static const char *const job_state_names[] = {"downloading", "loading", "ready", "failed", "unloaded"};
@@ -61,13 +71,22 @@ typedef struct {
     /* The thread's result, read by the loop after done fired. */
     int rc;
     model_files *mf;
+    char path[MODEL_PATH_MAX];        /* the file to serve, while it is hashed */
 } load_job;
 
 typedef struct {
     char model[MESH_MAX_NAME];
     uint64_t absent_since_ms;         /* 0: served */
     uint64_t failed_at_ms;
+    uint64_t saturated_since_ms;      /* 0: not every host of it is saturated */
 } watch;
+
+/* A model every alive host of which says it is saturated (their records). */
+typedef struct {
+    char model[MESH_MAX_NAME];
+    uint64_t need_bytes;              /* from a host's plan: what one copy takes */
+    int saturated_hosts;
+} saturated_model;
 
 struct model_loader {
     struct event_base *base;
@@ -82,6 +101,16 @@ struct model_loader {
     watch watches[ML_MAX_WATCH];
     int n_watches;
     struct event *timer;
+    struct event *files_timer;
+    /* What alive peers' records say they hold: written by the loop, read
+     * by download threads (find_peer), under files_lock. */
+    pthread_mutex_t files_lock;
+    peer_holding holdings[ML_MAX_PEER_FILES];
+    int n_holdings;
+    plan_file files[PLAN_MAX_FILES];  /* loop: this node's, as published */
+    int n_files;
+    saturated_model saturated[PLAN_MAX_PLANS]; /* loop: from the peers' records */
+    int n_saturated;
 };
 
 /* ---- a load ------------------------------------------------------------------ */
@@ -119,6 +148,110 @@ typedef struct {
     char join_dir[MODEL_PATH_MAX];
 } job_arg;
 
+/* A download thread: a peer whose record lists this file (model_fetch_opts.find_peer). */
+static int find_peer(void *ctx, const char *sha256, uint64_t size, peer_file_target *out)
+{
+    model_loader *L = ctx;
+    uint8_t sha[32];
+    if (weights_parse_hex(sha256, sha) != 0) return 0;
+    int found = 0;
+    pthread_mutex_lock(&L->files_lock);
+    for (int i = 0; i < L->n_holdings && !found; i++) {
+        const peer_holding *h = &L->holdings[i];
+        if (h->size != size || memcmp(h->sha256, sha, 32)) continue;
+        *out = (peer_file_target){.base = L->base, .mesh = L->mesh, .size = size};
+        memcpy(out->peer, h->peer, MESH_ID_BYTES);
+        memcpy(out->sha256, sha, 32);
+        found = 1;
+    }
+    pthread_mutex_unlock(&L->files_lock);
+    return found;
+}
+
+/* The loop: this node's whole files, offered and published; the peers'. */
+static void refresh_files(model_loader *L)
+{
+    static weights_held_file held[WEIGHTS_MAX_HELD];
+    static plan_file mine[PLAN_MAX_FILES];
+    hf_env env;
+    hf_env_read(&env);
+    int n = hf_cache_held(&env, held, WEIGHTS_MAX_HELD), k = 0;
+    if (L->cfg.weights) weights_store_set_held(L->cfg.weights, held, n);
+    for (int i = 0; i < n && k < PLAN_MAX_FILES; i++) {
+        if (strlen(held[i].ref) > PLAN_FILE_REF_MAX) continue;
+        memset(&mine[k], 0, sizeof mine[k]);
+        memcpy(mine[k].sha256, held[i].sha256, 32);
+        mine[k].size = held[i].size;
+        snprintf(mine[k].ref, sizeof mine[k].ref, "%s", held[i].ref);
+        k++;
+    }
+    L->n_files = L->cfg.weights ? k : 0;
+    memcpy(L->files, mine, sizeof L->files);
+    pipelines_set_files(L->ps, mine, L->n_files);
+
+    static mesh_peer peers[ML_MAX_PEERS];
+    static uint8_t app[MESH_MAX_APP];
+    static plan plans[PLAN_MAX_PLANS];
+    static plan_file theirs[PLAN_MAX_FILES];
+    static plan_saturated sat[PLAN_MAX_PLANS];
+    static peer_holding found[ML_MAX_PEER_FILES];
+    int nh = 0, np = mesh_peers(L->mesh, peers, ML_MAX_PEERS);
+    L->n_saturated = 0;
+    for (int i = 0; i < np && i < ML_MAX_PEERS; i++) {
+        if (strcmp(peers[i].state, "alive")) continue;
+        uint8_t id[MESH_ID_BYTES];
+        if (!peers[i].app_len || identity_id_from_hex(peers[i].id, id) != 0) continue;
+        int len = mesh_node_app_data(L->mesh, id, app, sizeof app);
+        int nd, nf, npl;
+        char err[200];
+        plan_extra extra = {.files = theirs, .max_files = PLAN_MAX_FILES, .saturated = sat,
+                            .max_saturated = PLAN_MAX_PLANS};
+        if (len <= 0 || (npl = plan_decode_app_files(app, (size_t)len, plans, PLAN_MAX_PLANS, NULL, 0, &nd, &extra,
+                                                     err, sizeof err)) < 0)
+            continue;
+        nf = extra.n_files;
+        for (int s = 0; s < extra.n_saturated; s++) {
+            int at = 0;
+            while (at < L->n_saturated && strcmp(L->saturated[at].model, sat[s].model)) at++;
+            if (at == L->n_saturated) {
+                if (at == PLAN_MAX_PLANS) continue;
+                memset(&L->saturated[at], 0, sizeof L->saturated[at]);
+                snprintf(L->saturated[at].model, sizeof L->saturated[at].model, "%.127s", sat[s].model);
+                L->n_saturated++;
+            }
+            L->saturated[at].saturated_hosts++;
+            for (int q = 0; q < npl; q++)
+                if (!strcmp(plans[q].model, sat[s].model) && plans[q].need_bytes > L->saturated[at].need_bytes)
+                    L->saturated[at].need_bytes = plans[q].need_bytes;
+        }
+        for (int f = 0; f < nf && nh < ML_MAX_PEER_FILES; f++) {
+            memcpy(found[nh].peer, id, MESH_ID_BYTES);
+            memcpy(found[nh].sha256, theirs[f].sha256, 32);
+            found[nh].size = theirs[f].size;
+            nh++;
+        }
+    }
+    /* A second host is for a model none of whose hosts has room left. */
+    for (int at = 0; at < L->n_saturated; at++) {
+        int hosts = 0;
+        for (int i = 0; i < np && i < ML_MAX_PEERS; i++) {
+            if (strcmp(peers[i].state, "alive")) continue;
+            for (int j = 0; j < peers[i].n_models; j++) hosts += !strcmp(peers[i].models[j], L->saturated[at].model);
+        }
+        if (hosts > L->saturated[at].saturated_hosts) L->saturated[at--] = L->saturated[--L->n_saturated];
+    }
+    pthread_mutex_lock(&L->files_lock);
+    memcpy(L->holdings, found, (size_t)nh * sizeof found[0]);
+    L->n_holdings = nh;
+    pthread_mutex_unlock(&L->files_lock);
+}
+
+static void on_files_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    refresh_files(arg);
+}
+
 static void *job_main(void *arg)
 {
     job_arg *a = arg;
@@ -131,6 +264,35 @@ static void *job_main(void *arg)
     return NULL;
 }
 
+static void refresh_files(model_loader *L);
+
+/* The loop: the file is hashed (remembered), so the pipelines' own add is
+ * instant: map, plan, serve. */
+static void serve_loaded(load_job *j, const char *error)
+{
+    char err[1024];
+    if (error) {
+        j->state = JOB_FAILED;
+        snprintf(j->error, sizeof j->error, "%s", error);
+        log_warn(ML_LOG, "load %s: %s", j->ref, error);
+    } else if (pipelines_add_model(j->L->ps, j->path, err, sizeof err) != 0) {
+        j->state = JOB_FAILED;
+        snprintf(j->error, sizeof j->error, "%s", err);
+        log_warn(ML_LOG, "load %s: %s", j->ref, err);
+    } else {
+        j->state = JOB_READY;
+        log_info(ML_LOG, "load %s: serving %s%s", j->ref, j->id, j->takeover ? " (standby takeover)" : "");
+    }
+    j->ended_ms = clock_ms();
+    refresh_files(j->L); /* a downloaded file is offered to peers at once */
+}
+
+static void on_hashed(void *user, const char *path, const uint8_t *hash, const char *error)
+{
+    (void)path, (void)hash;
+    serve_loaded(user, error);
+}
+
 static void on_job_done(evutil_socket_t fd, short what, void *arg)
 {
     load_job *j = arg;
@@ -140,24 +302,22 @@ static void on_job_done(evutil_socket_t fd, short what, void *arg)
     if (j->rc != 0) {
         j->state = JOB_FAILED;
         log_warn(ML_LOG, "load %s: %s", j->ref, j->error);
-    } else {
-        snprintf(j->id, sizeof j->id, "%s", j->mf->id);
-        j->state = JOB_LOADING;
-        char err[1024];
-        /* Hashing and mapping run here on the loop thread: instant for a
-         * file hashed before (the manifest is remembered), seconds per GB
-         * otherwise (docs/models.md, "What is left"). */
-        if (pipelines_add_model(j->L->ps, j->mf->files[0], err, sizeof err) != 0) {
-            j->state = JOB_FAILED;
-            snprintf(j->error, sizeof j->error, "%s", err);
-            log_warn(ML_LOG, "load %s: %s", j->ref, err);
-        } else {
-            j->state = JOB_READY;
-            log_info(ML_LOG, "load %s: serving %s%s", j->ref, j->id, j->takeover ? " (standby takeover)" : "");
-        }
+        free(j->mf);
+        j->mf = NULL;
+        return;
     }
+    snprintf(j->id, sizeof j->id, "%s", j->mf->id);
+    snprintf(j->path, sizeof j->path, "%s", j->mf->files[0]);
     free(j->mf);
     j->mf = NULL;
+    j->state = JOB_LOADING;
+    /* The weights hash reads the whole file: on the store's hash lane, not
+     * here on the loop thread (seconds per GB for a file not seen before). */
+    char err[512];
+    if (j->L->cfg.weights && weights_store_add_file_async(j->L->cfg.weights, j->path, on_hashed, j, err,
+                                                          sizeof err) == 0)
+        return;
+    serve_loaded(j, NULL);
 }
 
 static void job_free(load_job *j)
@@ -225,8 +385,10 @@ static int start_job(model_loader *L, const char *ref, int takeover, char *err, 
              members == 1 ? "" : "s");
     a->o = (model_fetch_opts){.home = L->cfg.home, .avail_bytes = free_bytes, .avail_what = a->avail_what,
                               .n_ctx = L->cfg.n_ctx, .n_lanes = L->cfg.n_lanes, .n_threads = L->cfg.n_threads,
+                              .kv_type = L->cfg.kv_type,
                               .progress = on_progress, .progress_ctx = j, .cancel = &j->cancel,
-                              .join_dir = a->join_dir};
+                              .join_dir = a->join_dir, .find_peer = find_peer, .peer_ctx = L};
+    refresh_files(L); /* the peers' files as they are now */
     snprintf(a->join_dir, sizeof a->join_dir, "%.4000s/cache/joined", L->cfg.home);
     L->jobs[slot] = j;
     if (!j->done || pthread_create(&j->thread, NULL, job_main, a) != 0) {
@@ -371,6 +533,32 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
             log_warn(ML_LOG, "takeover of %s: %s", model, err);
         }
     }
+    /* A second host for a saturated model: a standby with the memory for
+     * one more copy (its own budget: a second copy is not split) and a
+     * source for it, after the same rank-ordered wait. */
+    for (int i = 0; i < L->n_saturated; i++) {
+        const saturated_model *sm = &L->saturated[i];
+        watch *w = watch_of(L, sm->model);
+        if (!w) continue;
+        if (pipelines_coordinates(L->ps, sm->model) || has_job_for(L, sm->model) ||
+            budget_free(L->budget) < sm->need_bytes) {
+            w->saturated_since_ms = 0;
+            continue;
+        }
+        if (!w->saturated_since_ms) w->saturated_since_ms = now;
+        uint64_t wait = ML_TAKEOVER_BASE_MS + (uint64_t)standby_rank(L) * ML_TAKEOVER_RANK_MS;
+        if (now - w->saturated_since_ms < wait || (w->failed_at_ms && now - w->failed_at_ms < ML_RETRY_FAILED_MS))
+            continue;
+        char ref[MODEL_PATH_MAX], err[512];
+        if (!takeover_ref(L, sm->model, ref, sizeof ref)) continue;
+        log_info(ML_LOG, "%s: every host is saturated (%d): adding this node as another host, from %s", sm->model,
+                 sm->saturated_hosts, ref);
+        w->saturated_since_ms = 0;
+        if (start_job(L, ref, 1, err, sizeof err) != 0) {
+            w->failed_at_ms = now;
+            log_warn(ML_LOG, "second host for %s: %s", sm->model, err);
+        }
+    }
     /* A takeover that failed is not tried again at once. */
     for (int i = 0; i < L->n_jobs; i++) {
         load_job *j = L->jobs[i];
@@ -419,6 +607,14 @@ model_loader *model_loader_new(struct event_base *base, mesh *m, pipelines *ps, 
             free(mf);
         }
     }
+    pthread_mutex_init(&L->files_lock, NULL);
+    L->files_timer = event_new(base, -1, EV_PERSIST, on_files_timer, L);
+    struct timeval files_every = {ML_FILES_MS / 1000, (ML_FILES_MS % 1000) * 1000};
+    if (!L->files_timer || event_add(L->files_timer, &files_every) != 0) {
+        model_loader_free(L);
+        return NULL;
+    }
+    refresh_files(L);
     if (cfg->take_over) {
         L->timer = event_new(base, -1, EV_PERSIST, on_timer, L);
         struct timeval every = {1, 0};
@@ -434,7 +630,9 @@ void model_loader_free(model_loader *L)
 {
     if (!L) return;
     if (L->timer) event_free(L->timer);
+    if (L->files_timer) event_free(L->files_timer);
     for (int i = 0; i < L->n_jobs; i++) job_free(L->jobs[i]);
+    pthread_mutex_destroy(&L->files_lock);
     free(L);
 }
 
@@ -456,6 +654,26 @@ void model_loader_status(model_loader *L, cJSON *root)
         if (j->state == JOB_FAILED) cJSON_AddStringToObject(o, "error", j->error);
         cJSON_AddItemToArray(loads, o);
     }
+    cJSON *files = cJSON_AddArrayToObject(root, "files");
+    for (int i = 0; i < L->n_files; i++) {
+        cJSON *o = cJSON_CreateObject();
+        char hex[WEIGHTS_HASH_HEX];
+        weights_hex(L->files[i].sha256, hex);
+        cJSON_AddStringToObject(o, "ref", L->files[i].ref);
+        cJSON_AddStringToObject(o, "sha256", hex);
+        cJSON_AddNumberToObject(o, "size", (double)L->files[i].size);
+        cJSON_AddItemToArray(files, o);
+    }
+    pthread_mutex_lock(&L->files_lock);
+    cJSON_AddNumberToObject(root, "peer_files", L->n_holdings);
+    pthread_mutex_unlock(&L->files_lock);
+    dl_counters dc;
+    dl_get_counters(&dc);
+    cJSON *dj = cJSON_AddObjectToObject(root, "downloads");
+    cJSON_AddNumberToObject(dj, "requests", (double)dc.requests);
+    cJSON_AddNumberToObject(dj, "bytes", (double)dc.bytes);
+    cJSON_AddNumberToObject(dj, "from_peers_bytes", (double)dc.source_bytes);
+    cJSON_AddNumberToObject(dj, "peer_failures", (double)dc.source_failures);
     static plan_demand wanted[PLAN_MAX_DEMAND];
     int n = demand_in_mesh(L->demand, L->mesh, wanted, PLAN_MAX_DEMAND);
     cJSON *dm = cJSON_AddObjectToObject(root, "demand");
@@ -485,11 +703,17 @@ int model_loader_http(void *ctx, const char *path, const char *body, size_t len,
         cJSON_Delete(root);
         return answer(json, 400, "\"model\" is longer than 1024 bytes", NULL);
     }
+    const cJSON *drain = cJSON_GetObjectItemCaseSensitive(root, "drain_s");
+    if (unload && drain && (!cJSON_IsNumber(drain) || !(drain->valuedouble >= 0 && drain->valuedouble <= MODEL_DRAIN_MAX_S))) {
+        cJSON_Delete(root);
+        return answer(json, 400, "\"drain_s\" must be a number of seconds from 0 to 3600", NULL);
+    }
+    double drain_s = drain ? drain->valuedouble : MODEL_DRAIN_DEFAULT_S;
     snprintf(ref, sizeof ref, "%s", model->valuestring);
     cJSON_Delete(root);
     if (unload) {
-        int rc = pipelines_remove_model(L->ps, ref, err, sizeof err);
-        if (rc != 0) return answer(json, rc > 0 ? 409 : 404, err, rc > 0 ? NULL : "model_not_found");
+        int rc = pipelines_remove_model(L->ps, ref, (int)(drain_s * 1000), err, sizeof err);
+        if (rc == 1 || rc < 0) return answer(json, rc > 0 ? 409 : 404, err, rc > 0 ? NULL : "model_not_found");
         for (int i = 0; i < L->n_jobs; i++)
             if (L->jobs[i]->state == JOB_READY && !strcmp(L->jobs[i]->id, ref)) L->jobs[i]->state = JOB_UNLOADED;
         /* A takeover of it must not start again at once: it was asked away. */
@@ -497,10 +721,11 @@ int model_loader_http(void *ctx, const char *path, const char *body, size_t len,
         if (w) w->failed_at_ms = clock_ms();
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "model", ref);
-        cJSON_AddStringToObject(o, "state", "unloaded");
+        cJSON_AddStringToObject(o, "state", rc == 2 ? "draining" : "unloaded");
+        if (rc == 2) cJSON_AddNumberToObject(o, "drain_s", drain_s);
         *json = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
-        return 200;
+        return rc == 2 ? 202 : 200;
     }
     if (model_loader_start(L, ref, err, sizeof err) != 0) return answer(json, 400, err, NULL);
     cJSON *o = cJSON_CreateObject();

@@ -7,8 +7,11 @@
  * (`downloading`, `loading`, `ready`, `failed`, with bytes and errors) is in
  * /api/status under "loads". The console port takes
  *   POST /api/models/load   {"model": REF}  -> 202, the load's state
- *   POST /api/models/unload {"model": ID}   -> 200 (stopped), 409 while a request
- *                                              of it runs, 404 when not served here
+ *   POST /api/models/unload {"model": ID, "drain_s"?: 0..3600 (30)}
+ *        -> 200 (stopped), 202 "draining" while requests of it run (new ones
+ *           go to another host or get 503; those left after drain_s end with
+ *           an error; then it is unloaded), 409 while it drains already,
+ *           404 when not served here
  * behind the node's API key like every console route.
  *
  * Standby takeover: every second, a node looks at the demand in the mesh
@@ -19,6 +22,13 @@
  * cache) it loads it, after a delay that grows with its rank among the
  * alive standbys (so that two standbys do not both take the same model;
  * the first one's plan shows in its record before the next one's turn).
+ *
+ * Weights cross the internet once: every ML_FILES_MS the loader lists the
+ * whole files of the Hugging Face cache (models/hf.h hf_cache_held), offers
+ * them to peers (weights_store_set_held) and publishes them in the node
+ * record (pipelines_set_files); it keeps a copy of what the peers' records
+ * say they hold, so that a load's download thread finds a peer with the
+ * file's SHA-256 without touching mesh state (model_fetch_opts.find_peer).
  *
  * Threading: the API is for the event-loop thread; downloads run on one
  * thread per load, joined at free (cancelled first: partial files stay). */
@@ -37,12 +47,17 @@ struct demand;
 
 typedef struct model_loader model_loader;
 
+#define MODEL_DRAIN_DEFAULT_S 30 /* requests in flight get this long to finish at an unload */
+#define MODEL_DRAIN_MAX_S 3600
+
 typedef struct {
     const char *home;                /* llmesh home (URL downloads, models/, downloads/) */
     int n_ctx, n_lanes, n_threads;   /* as the pipelines serve (for the fit check) */
+    int kv_type;                     /* model_kv_type of the KV caches, likewise */
     int take_over;                   /* 1: take over demanded models nobody serves */
     const char *const *standby_for;  /* references this node may take over (may be 0 of them) */
     int n_standby_for;
+    struct weights_store *weights;   /* serves the files of the HF cache to peers; may be NULL */
 } model_loader_config;
 
 model_loader *model_loader_new(struct event_base *base, struct mesh *m, struct pipelines *ps,

@@ -134,8 +134,8 @@ static char *status_json(void *ctx)
         cJSON_AddStringToObject(o, "state", p->state);
         if (p->link[0]) cJSON_AddStringToObject(o, "link", p->link); /* "direct" | "relayed" */
         if (p->link[0]) cJSON_AddNumberToObject(o, "rtt_ms", p->rtt_ms);
-        if (p->link[0]) cJSON_AddNumberToObject(o, "rx_bytes", (double)p->rx_bytes);
-        if (p->link[0]) cJSON_AddNumberToObject(o, "tx_bytes", (double)p->tx_bytes);
+        cJSON_AddNumberToObject(o, "rx_bytes", (double)p->rx_bytes);
+        cJSON_AddNumberToObject(o, "tx_bytes", (double)p->tx_bytes);
         cJSON_AddItemToArray(list, o);
     }
 
@@ -184,6 +184,8 @@ static char *status_json(void *ctx)
     cJSON_AddNumberToObject(c, "peers_banned", (double)mc.peers_banned);
     cJSON_AddNumberToObject(c, "banned_refused", (double)mc.banned_refused);
     cJSON_AddNumberToObject(c, "quic_refused", (double)mc.conns_refused);
+    cJSON_AddNumberToObject(c, "quic_refused_addr", (double)mc.conns_refused_addr);
+    cJSON_AddNumberToObject(c, "quic_half_open", (double)mc.conns_half_open);
     cJSON_AddNumberToObject(c, "stage_bad_frames", n->stages ? (double)stage_host_bad_frames(n->stages) : 0);
     weights_counters wc = {0};
     if (n->weights) weights_get_counters(n->weights, &wc);
@@ -277,7 +279,7 @@ static int load_models(node *n)
         model_fetch_opts o = {.home = n->cfg->home, .avail_bytes = budget_free(&n->budget),
                               .avail_what = n->cfg->split ? NULL : "this node's free budget (--max-memory)",
                               .n_ctx = n->cfg->ctx, .n_lanes = n->cfg->parallel > 0 ? n->cfg->parallel : 2,
-                              .n_threads = n->cfg->threads, .join_dir = joined};
+                              .n_threads = n->cfg->threads, .kv_type = n->cfg->kv_type, .join_dir = joined};
         if (model_fetch(n->cfg->models[i], &o, mf, err, sizeof err) != 0) {
             fprintf(stderr, "llmesh: --model %s: %s\n", n->cfg->models[i], err);
             rc = -1;
@@ -314,6 +316,10 @@ int node_run(const node_config *cfg)
         .join_tokens = cfg->joins,
         .n_join = cfg->n_joins,
         .role = n.role,
+        .limits = cfg->quic_limits,
+        .max_clients = cfg->max_clients,
+        .bad_frames_max = cfg->ban_bad_frames,
+        .ban_ms = cfg->ban_ms,
     };
     n.mesh = mesh_new(n.base, &mc, err, sizeof err);
     if (!n.mesh) { fprintf(stderr, "llmesh: cannot start the mesh: %s\n", err); goto out; }
@@ -334,15 +340,17 @@ int node_run(const node_config *cfg)
     /* A client coordinates nothing, but reads the plans it routes by. */
     pipeline_config pc = {.n_threads = cfg->threads, .n_ctx = cfg->ctx,
                           .n_lanes = cfg->parallel > 0 ? cfg->parallel : NODE_DEFAULT_PARALLEL,
-                          .split = cfg->split};
+                          .split = cfg->split, .kv_type = cfg->kv_type};
     n.pipelines = pipelines_new(n.base, n.mesh, n.sched, n.stages, n.weights, &n.budget, &pc);
     if (!n.pipelines || load_models(&n) != 0) goto out;
 
     /* Demand and loads: members only (a client publishes no record). */
     if (!cfg->client) {
         model_loader_config lc = {.home = cfg->home, .n_ctx = cfg->ctx, .n_lanes = pc.n_lanes,
-                                  .n_threads = cfg->threads, .take_over = !cfg->n_models || cfg->n_standby_for,
-                                  .standby_for = cfg->standby_for, .n_standby_for = cfg->n_standby_for};
+                                  .n_threads = cfg->threads, .kv_type = cfg->kv_type,
+                                  .take_over = !cfg->n_models || cfg->n_standby_for,
+                                  .standby_for = cfg->standby_for, .n_standby_for = cfg->n_standby_for,
+                                  .weights = n.weights};
         if (!(n.demand = demand_new()) ||
             !(n.loader = model_loader_new(n.base, n.mesh, n.pipelines, &n.budget, n.demand, &lc)))
             goto out;
@@ -359,6 +367,7 @@ int node_run(const node_config *cfg)
     n.api_http = http_api_start(n.base, cfg->http_host, (uint16_t)cfg->api_port, n.api, err, sizeof err);
     if (!n.api_http) { fprintf(stderr, "llmesh: API (--port): %s\n", err); goto out; }
     http_server_set_metrics(n.api_http, n.metrics);
+    http_server_set_limits(n.api_http, &cfg->http_limits);
     n.console_loopback = http_host_is_loopback(cfg->http_host);
     n.console_http = http_console_start(n.base, cfg->http_host, (uint16_t)cfg->console_port,
                                         status_json, &n, err, sizeof err);
@@ -366,6 +375,7 @@ int node_run(const node_config *cfg)
     http_console_set_metrics(n.console_http, metrics_text, &n);
     http_console_set_api(n.console_http, n.api);
     http_server_set_metrics(n.console_http, n.metrics);
+    http_server_set_limits(n.console_http, &cfg->http_limits);
     if (n.loader) http_console_set_post(n.console_http, model_loader_http, n.loader);
     if (cfg->api_key && (http_server_require_key(n.api_http, cfg->api_key) != 0 ||
                          http_server_require_key(n.console_http, cfg->api_key) != 0)) {

@@ -6,6 +6,9 @@
 
 #include <stdint.h>
 
+#include "net/quic.h"
+#include "serve/http_guard.h"
+
 #define NODE_MAX_MODELS 16
 #define NODE_MAX_JOINS 16
 
@@ -24,12 +27,16 @@ typedef struct {
     uint64_t max_memory;                 /* memory budget for models, bytes; 0 = detected */
     int ctx;                             /* served context per request, <= 0 = the model's (capped) */
     int parallel;                        /* requests a model runs at once (lanes), <= 0 = default */
+    int kv_type;                         /* the KV caches' model_kv_type (--kv-type), 0 = F16 */
     int queue;                           /* requests waiting per model, < 0 = default */
     int queue_timeout;                   /* seconds a request may wait for a lane, <= 0 = default */
     int split;                           /* >= 2: split every model into this many stages */
     int client;                          /* llmesh client: no models, forward only */
     const char *standby_for[NODE_MAX_MODELS]; /* references a standby may take over */
     int n_standby_for;
+    quic_limits quic_limits;             /* mesh connection bounds; zeros = defaults */
+    http_guard_limits http_limits;       /* both HTTP servers' bounds; zeros = defaults */
+    uint32_t max_clients, ban_bad_frames, ban_ms; /* mesh_config's; zeros = defaults */
 } node_config;
 
 /* Runs the node until SIGINT/SIGTERM. Prints "api: URL", "console: URL" and

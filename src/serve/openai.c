@@ -598,6 +598,8 @@ int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_
     ans->tool_forced = req->tool_forced;
     ans->tools_parallel = req->tools ? req->tools->parallel : 1;
     ans->n_choices = req->n_choices > 0 ? req->n_choices : 1;
+    ans->n_stop = req->er->sampling.n_stop;
+    memcpy(ans->stop, req->er->sampling.stop, sizeof ans->stop);
     if (req->echo) {
         char err[512];
         size_t n;
@@ -753,6 +755,21 @@ static void add_timings(cJSON *o, const engine_result *r)
     cJSON_AddNumberToObject(t, "predicted_per_token_ms", predicted_n > 0 ? r->predicted_ms / predicted_n : 0);
     cJSON_AddNumberToObject(t, "predicted_per_second",
                             r->predicted_ms > 0 ? predicted_n * 1e3 / r->predicted_ms : 0);
+    if (r->n_stages <= 0) return;
+    /* A split model: where the request's time went, stage by stage. */
+    cJSON *stages = cJSON_AddArrayToObject(t, "stages");
+    for (int i = 0; i < r->n_stages; i++) {
+        const engine_stage_time *st = &r->stages[i];
+        cJSON *so = cJSON_CreateObject();
+        cJSON_AddStringToObject(so, "node", st->node);
+        cJSON *layers = cJSON_AddArrayToObject(so, "layers");
+        cJSON_AddItemToArray(layers, cJSON_CreateNumber(st->first));
+        cJSON_AddItemToArray(layers, cJSON_CreateNumber(st->end));
+        cJSON_AddNumberToObject(so, "compute_ms", st->compute_ms);
+        cJSON_AddNumberToObject(so, "wait_ms", st->wait_ms);
+        cJSON_AddItemToArray(stages, so);
+    }
+    cJSON_AddNumberToObject(t, "hop_ms", r->hop_ms);
 }
 
 /* One streamed choice: text (may be NULL for the role-only first chat chunk),
@@ -781,6 +798,7 @@ static void send_stream_chunk(openai_answer *ans, const char *text, size_t len, 
     else cJSON_AddNullToObject(choice, "logprobs");
     if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
     else cJSON_AddNullToObject(choice, "finish_reason");
+    if (finish && ans->stopped_by) cJSON_AddStringToObject(choice, "stop_reason", ans->stopped_by);
     if (finish && ans->result) add_timings(o, ans->result);
     sse_send(ans->sink, o);
     cJSON_Delete(o);
@@ -977,6 +995,7 @@ static cJSON *final_choice(openai_answer *ans, const char *finish, const tools_c
     }
     add_logprobs(ans, choice, ans->toks, ans->n_toks);
     cJSON_AddStringToObject(choice, "finish_reason", finish);
+    if (ans->stopped_by) cJSON_AddStringToObject(choice, "stop_reason", ans->stopped_by);
     return choice;
 }
 
@@ -986,6 +1005,7 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
     int n_calls = 0, n_parsed = 0;
     char *content = NULL;
     const char *finish = r->finish_reason ? r->finish_reason : "stop";
+    ans->stopped_by = r->stop_string > 0 && r->stop_string <= ans->n_stop ? ans->stop[r->stop_string - 1] : NULL;
     if (ans->tool_format != ENGINE_TOOLS_NONE) {
         if (tools_parse_output(ans->tool_format, ans->tool_forced, ans->text ? ans->text : "", ans->text_len,
                                &calls, &n_parsed, &content) != 0)
@@ -1003,9 +1023,24 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
         ans->prompt_ms = r->prompt_ms;
     }
     ans->predicted_ms += r->predicted_ms;
+    /* Split: each choice's stage times add up (the stages are those of the
+     * last choice's pipeline). */
+    if (r->n_stages > 0) {
+        for (int i = 0; i < r->n_stages; i++) {
+            double compute = ans->n_stages == r->n_stages ? ans->stages[i].compute_ms : 0;
+            double wait = ans->n_stages == r->n_stages ? ans->stages[i].wait_ms : 0;
+            ans->stages[i] = r->stages[i];
+            ans->stages[i].compute_ms += compute;
+            ans->stages[i].wait_ms += wait;
+        }
+        ans->n_stages = r->n_stages;
+        ans->hop_ms += r->hop_ms;
+    }
     engine_result total = {.prompt_tokens = ans->prompt_tokens, .completion_tokens = ans->completion_tokens,
                            .finish_reason = finish, .cached_tokens = ans->cached_tokens,
-                           .prompt_ms = ans->prompt_ms, .predicted_ms = ans->predicted_ms};
+                           .prompt_ms = ans->prompt_ms, .predicted_ms = ans->predicted_ms,
+                           .n_stages = ans->n_stages, .hop_ms = ans->hop_ms};
+    memcpy(total.stages, ans->stages, sizeof total.stages[0] * (size_t)ans->n_stages);
     int last = ans->choice + 1 >= ans->n_choices;
     if (ans->stream) {
         if (ans->tool_format != ENGINE_TOOLS_NONE) {

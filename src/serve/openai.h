@@ -120,7 +120,15 @@ typedef struct {
     int prompt_tokens, completion_tokens; /* usage over the choices */
     int cached_tokens;      /* the first choice's (later ones reuse its prompt) */
     double prompt_ms, predicted_ms; /* timings: the first choice's prompt, every choice's output */
+    int n_stages;           /* a split model's stage times, over the choices */
+    engine_stage_time stages[ENGINE_MAX_STAGES];
+    double hop_ms;
     const engine_result *result; /* while the last stream chunk is made: its timings */
+    /* Stop strings: the one that ended a choice is its "stop_reason" (vLLM's
+     * name for it; serve/anthropic.c makes it stop_sequence). */
+    char stop[ENGINE_MAX_STOP][ENGINE_MAX_STOP_BYTES + 1];
+    int n_stop;
+    const char *stopped_by;   /* while a choice's end is made: its stop string, or NULL */
 } openai_answer;
 
 /* Fills the identity: sink, model, created (now) and an id

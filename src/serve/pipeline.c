@@ -24,6 +24,7 @@
  * mesh full and fail the requests in flight for nothing. */
 #include "serve/pipeline.h"
 
+#include <assert.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <event2/event.h>
@@ -52,6 +53,8 @@
 #define PIPE_PUBLISH_MS 200         /* plan changes are gossiped at most this often */
 #define PIPE_DEMAND_MS 200          /* demand is looked at this often (a new record when its set of models changed) */
 #define PIPE_AVOID_MS 10000         /* a node that failed a plan is left out this long */
+#define PIPE_SATURATED_ON_MS 2000   /* the queue over the threshold this long: saturated */
+#define PIPE_SATURATED_OFF_MS 20000 /* no request waiting this long: not any more */
 #define PIPE_RECEIVE_TIMEOUT_S 120  /* a lane waiting longer on the pipeline gives up */
 #define PIPE_RESUME_TIMEOUT_S 600   /* loading a new plan (fetching weights) may take this long */
 #define PIPE_MAX_AVOID 8
@@ -62,11 +65,30 @@
 typedef struct pipe_out {
     struct pipe_out *next;
     uint32_t epoch;
-    size_t len;
+    size_t start, len;    /* the frame is frame[start, start + len) */
     uint8_t frame[];
 } pipe_out;
 
+/* A step on the ring (sent, its OUTPUT not back yet): who is in it, so that
+ * its times can be shared among its lanes when the OUTPUT brings them. */
 typedef struct {
+    int n;
+    uint16_t lane[STAGE_MAX_PIECES];
+    uint16_t positions[STAGE_MAX_PIECES];
+    uint32_t total;       /* positions in all */
+    uint64_t sent_us;     /* when it was handed to the loop */
+    uint64_t local_us;    /* stage 0's compute for it */
+    uint64_t wait_us;     /* stage 0's wait for room on the ring */
+} pipe_step;
+
+/* A lane's share of the stages' time since its request started (us). */
+typedef struct {
+    double compute_us[PLAN_MAX_STAGES], wait_us[PLAN_MAX_STAGES];
+    double hop_us;
+} pipe_times;
+
+typedef struct {
+    pipe_times times;     /* the running request's */
     float *rows;          /* final hidden states received, (cap_rows, n_embd) */
     int cap_rows;
     int got;              /* rows received since the last receive */
@@ -85,6 +107,7 @@ typedef struct pipe {
     uint8_t hash[32];
     model_sizes *z;
     int n_layer, n_embd, n_ctx, n_lanes;
+    model_kv_type kv_type; /* the engine's, and every stage's (ASSIGN) */
     engine_tail tail;
 
     /* Loop thread. */
@@ -101,6 +124,12 @@ typedef struct pipe {
     uint64_t planning_since_ms;
     uint64_t ready_at_ms;
     uint64_t breaks;                          /* plans broken by a failure */
+    int draining;                             /* being unloaded: no new requests, waits for its jobs */
+    int saturated;                            /* published: a standby with room may add a second host */
+    uint64_t over_since_ms, calm_since_ms;    /* the hysteresis (pipe_watch_queue) */
+    uint64_t refused_seen;                    /* the scheduler's 429 count at the last look */
+    uint64_t drain_deadline_ms;               /* then the jobs left are ended with an error */
+    int drain_aborted;
 
     /* Shared with the lanes, under lock. */
     pthread_mutex_t lock;
@@ -111,6 +140,16 @@ typedef struct pipe {
     pipe_lane *lanes;
     pipe_out *out_head, *out_tail;
     uint64_t sent_frames, sent_bytes, recv_rows;
+    uint64_t sent_pieces;                     /* lanes' pieces in the FORWARDs queued */
+    uint64_t steps_sent, steps_back;          /* FORWARDs queued and OUTPUTs received, this plan */
+    uint64_t window;                          /* steps allowed on the ring: the stage count */
+    pipe_step ring[PLAN_MAX_STAGES];          /* the steps on it, oldest at ring_head */
+    int ring_head;
+    int ring_stages;                          /* the plan's, for the lanes' timings */
+    char ring_node[PLAN_MAX_STAGES][MESH_ID_HEX];
+    int ring_first[PLAN_MAX_STAGES], ring_end[PLAN_MAX_STAGES];
+    uint64_t steps_max;                       /* the most ever on it at once (<= window) */
+    uint64_t window_waits;                    /* sends that waited for the window */
     uint64_t round_trips, round_trip_us;      /* send of a last row to its arrival */
     uint64_t *sent_at_us;                     /* (n_lanes) when a lane last asked for rows */
 } pipe;
@@ -133,49 +172,13 @@ struct pipelines {
     void *demand_ctx;
     uint64_t demand_checked_ms;
     uint32_t demand_hash;         /* of the demand last published */
+    plan_file files[PLAN_MAX_FILES]; /* files this node holds, in its record */
+    int n_files;
 };
 
 /* ======================================================================== */
 /* the tail: lane threads                                                    */
 /* ======================================================================== */
-
-static int tail_send(void *ctx, int lane, int pos, int n, const float *x, int rows, char *err,
-                     size_t errlen)
-{
-    pipe *p = ctx;
-    size_t data = (size_t)n * p->n_embd * sizeof(float);
-    pipe_out *o = malloc(sizeof *o + STAGE_STATES_HEADER + data);
-    if (!o) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    stage_states h = {.lane = (uint16_t)lane, .pos = (uint32_t)pos, .n = (uint16_t)n,
-                      .rows = (uint8_t)rows, .dtype = STAGE_DTYPE_F32};
-    stage_encode_states_header(STAGE_FORWARD, &h, o->frame);
-    memcpy(o->frame + STAGE_STATES_HEADER, x, data);
-    o->len = STAGE_STATES_HEADER + data;
-    o->next = NULL;
-    pthread_mutex_lock(&p->lock);
-    if (p->closed || !p->ready || p->lanes[lane].broken) {
-        int closed = p->closed;
-        pthread_mutex_unlock(&p->lock);
-        free(o);
-        if (closed) {
-            snprintf(err, errlen, "the node is shutting down");
-            return -1;
-        }
-        return ENGINE_TAIL_BROKEN;
-    }
-    o->epoch = p->epoch;
-    if (rows != ENGINE_ROWS_NONE) p->sent_at_us[lane] = clock_us();
-    p->lanes[lane].decode_sent = rows != ENGINE_ROWS_NONE && n <= PIPE_DECODE_POSITIONS;
-    if (p->out_tail) p->out_tail->next = o;
-    else p->out_head = o;
-    p->out_tail = o;
-    pthread_mutex_unlock(&p->lock);
-    event_active(p->ps->wake, EV_READ, 0);
-    return 0;
-}
 
 /* For pthread_cond_timedwait (CLOCK_REALTIME, its default clock). */
 static struct timespec deadline_after(int seconds)
@@ -184,6 +187,99 @@ static struct timespec deadline_after(int seconds)
     clock_gettime(CLOCK_REALTIME, &t);
     t.tv_sec += seconds;
     return t;
+}
+
+/* One FORWARD for the whole step: the pieces of lanes whose exchange is
+ * broken are left out (and marked), the rest go in one frame. */
+static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, uint64_t local_us,
+                     char *err, size_t errlen)
+{
+    pipe *p = ctx;
+    assert(n_pieces >= 1 && n_pieces <= STAGE_MAX_PIECES);
+    size_t width = (size_t)p->n_embd * sizeof(float), total = 0;
+    for (int i = 0; i < n_pieces; i++) total += (size_t)pieces[i].n;
+    pipe_out *o = malloc(sizeof *o + STAGE_STATES_HEADER_MAX + total * width);
+    if (!o) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    pthread_mutex_lock(&p->lock);
+    /* Back-pressure: at most `window` steps on the ring. Every FORWARD
+     * comes back as one OUTPUT (empty when it asked no rows), so sent - back
+     * is what the stages still hold or compute. Without the bound, a stage 0
+     * faster than a later stage would queue a whole prompt there (n_ctx x
+     * n_embd x 4 bytes per lane); with it, stage 0 waits and the slowest
+     * stage sets the pace. The window is the stage count: one step for
+     * each later stage to compute while stage 0 computes the next, and one
+     * on the wire. A step that asks for rows is waited for by the engine
+     * anyway: the window bites on runs of prompt chunks. */
+    struct timespec deadline = deadline_after(PIPE_RECEIVE_TIMEOUT_S);
+    int waited = 0, rc = 0;
+    uint64_t wait_from = clock_us();
+    while (!p->closed && p->ready && p->steps_sent - p->steps_back >= p->window && rc != ETIMEDOUT) {
+        waited = 1;
+        rc = pthread_cond_timedwait(&p->cond, &p->lock, &deadline);
+    }
+    p->window_waits += (uint64_t)waited;
+    if (p->closed || !p->ready || p->steps_sent - p->steps_back >= p->window) {
+        int closed = p->closed, full = p->ready && !closed;
+        pthread_mutex_unlock(&p->lock);
+        free(o);
+        if (closed || full) {
+            snprintf(err, errlen, closed ? "the node is shutting down"
+                                         : "the pipeline took no step in %d s", PIPE_RECEIVE_TIMEOUT_S);
+            return -1;
+        }
+        return ENGINE_TAIL_BROKEN;
+    }
+    stage_states h = {.dtype = STAGE_DTYPE_F32};
+    assert(p->steps_sent - p->steps_back < PLAN_MAX_STAGES);
+    pipe_step *step = &p->ring[(p->ring_head + (int)(p->steps_sent - p->steps_back)) % PLAN_MAX_STAGES];
+    step->n = 0;
+    step->total = 0;
+    step->local_us = local_us;
+    const float *row = x;
+    uint8_t *data = o->frame + STAGE_STATES_HEADER_MAX; /* the header is moved up against it below */
+    uint64_t now = clock_us();
+    for (int i = 0; i < n_pieces; i++) {
+        engine_tail_piece *q = &pieces[i];
+        pipe_lane *L = &p->lanes[q->lane];
+        q->broken = L->broken;
+        if (!q->broken) {
+            h.pieces[h.n_pieces++] = (stage_piece){.lane = (uint16_t)q->lane, .pos = (uint32_t)q->pos,
+                                                   .n = (uint16_t)q->n, .rows = (uint8_t)q->rows};
+            memcpy(data, row, (size_t)q->n * width);
+            data += (size_t)q->n * width;
+            if (q->rows != ENGINE_ROWS_NONE) p->sent_at_us[q->lane] = now;
+            step->lane[step->n] = (uint16_t)q->lane;
+            step->positions[step->n++] = (uint16_t)q->n;
+            step->total += (uint32_t)q->n;
+            L->decode_sent = q->rows != ENGINE_ROWS_NONE && q->n <= PIPE_DECODE_POSITIONS;
+        }
+        row += (size_t)q->n * p->n_embd;
+    }
+    if (h.n_pieces == 0) {
+        pthread_mutex_unlock(&p->lock);
+        free(o);
+        return 0;
+    }
+    step->sent_us = now;
+    step->wait_us = now - wait_from;
+    size_t head = stage_states_header_len(h.n_pieces, 0);
+    stage_encode_states_header(STAGE_FORWARD, &h, o->frame + STAGE_STATES_HEADER_MAX - head, head);
+    o->start = STAGE_STATES_HEADER_MAX - head;
+    o->len = (size_t)(data - o->frame) - o->start;
+    o->next = NULL;
+    o->epoch = p->epoch;
+    p->sent_pieces += h.n_pieces;
+    p->steps_sent++;
+    if (p->steps_sent - p->steps_back > p->steps_max) p->steps_max = p->steps_sent - p->steps_back;
+    if (p->out_tail) p->out_tail->next = o;
+    else p->out_head = o;
+    p->out_tail = o;
+    pthread_mutex_unlock(&p->lock);
+    event_active(p->ps->wake, EV_READ, 0);
+    return 0;
 }
 
 /* Waits (p->lock held) for the reply to a decode step by polling around the
@@ -244,6 +340,28 @@ static int tail_receive(void *ctx, int lane, float *out, int n_rows, char *err, 
     }
     pthread_mutex_unlock(&p->lock);
     return rc;
+}
+
+static void tail_timings(void *ctx, int lane, engine_result *r)
+{
+    pipe *p = ctx;
+    pipe_lane *L = &p->lanes[lane];
+    pthread_mutex_lock(&p->lock);
+    if (!r) {
+        memset(&L->times, 0, sizeof L->times);
+    } else {
+        r->n_stages = p->ring_stages;
+        for (int s = 0; s < p->ring_stages; s++) {
+            engine_stage_time *t = &r->stages[s];
+            snprintf(t->node, sizeof t->node, "%s", p->ring_node[s]);
+            t->first = p->ring_first[s];
+            t->end = p->ring_end[s];
+            t->compute_ms = L->times.compute_us[s] / 1000.0;
+            t->wait_ms = L->times.wait_us[s] / 1000.0;
+        }
+        r->hop_ms = L->times.hop_us / 1000.0;
+    }
+    pthread_mutex_unlock(&p->lock);
 }
 
 /* Waits a second at most for the new pipeline (the engine asks the request
@@ -323,18 +441,39 @@ static void publish_now(pipelines *ps)
     static plan_demand demand[PLAN_MAX_DEMAND];
     int nd = ps->demand ? ps->demand(ps->demand_ctx, demand, PLAN_MAX_DEMAND) : 0;
     ps->demand_hash = demand_digest(demand, nd);
-    int len = plan_encode_app(plans, n, demand, nd, buf, sizeof buf);
-    while (len < 0 && nd > 0) len = plan_encode_app(plans, n, demand, --nd, buf, sizeof buf);
-    while (len < 0 && n > 0) len = plan_encode_app(plans, --n, demand, nd, buf, sizeof buf);
+    static plan_saturated sat[PIPE_MAX];
+    plan_extra extra = {.files = ps->files, .n_files = ps->n_files, .saturated = sat};
+    for (int i = 0; i < ps->n_pipes; i++)
+        if (ps->pipes[i]->saturated && !ps->pipes[i]->draining && ps->pipes[i]->plan.state == PLAN_READY)
+            snprintf(sat[extra.n_saturated++].model, MESH_MAX_NAME, "%s", ps->pipes[i]->id);
+    /* When the record is full: the files go first, then the demand, then plans. */
+    int len = plan_encode_app_files(plans, n, demand, nd, &extra, buf, sizeof buf);
+    while (len < 0 && extra.n_files > 0) {
+        extra.n_files--;
+        len = plan_encode_app_files(plans, n, demand, nd, &extra, buf, sizeof buf);
+    }
+    while (len < 0 && nd > 0) len = plan_encode_app_files(plans, n, demand, --nd, &extra, buf, sizeof buf);
+    while (len < 0 && n > 0) len = plan_encode_app_files(plans, --n, demand, nd, &extra, buf, sizeof buf);
     if (n < ps->n_pipes) log_warn(PIPE_LOG, "only %d of %d plans fit this node's record", n, ps->n_pipes);
     mesh_set_app_data(ps->mesh, buf, len > 0 ? (size_t)len : 0);
     const char *ready[PIPE_MAX];
     int n_ready = 0;
     for (int i = 0; i < ps->n_pipes; i++)
-        if (ps->pipes[i]->plan.state == PLAN_READY) ready[n_ready++] = ps->pipes[i]->id;
+        if (ps->pipes[i]->plan.state == PLAN_READY && !ps->pipes[i]->draining) ready[n_ready++] = ps->pipes[i]->id;
     mesh_set_models(ps->mesh, ready, n_ready);
     ps->publish_dirty = 0;
     ps->last_publish_ms = clock_ms();
+}
+
+void pipelines_set_files(pipelines *ps, const plan_file *files, int n)
+{
+    if (n > PLAN_MAX_FILES) n = PLAN_MAX_FILES;
+    if (n < 0) n = 0;
+    if (n == ps->n_files && (n == 0 || !memcmp(ps->files, files, (size_t)n * sizeof *files))) return;
+    memset(ps->files, 0, sizeof ps->files);
+    if (n) memcpy(ps->files, files, (size_t)n * sizeof *files);
+    ps->n_files = n;
+    publish_soon(ps);
 }
 
 static uint64_t pipe_need(void *ctx, int first, int end, int head)
@@ -343,12 +482,15 @@ static uint64_t pipe_need(void *ctx, int first, int end, int head)
     pipelines *ps = p->ps;
     if (first < end) {
         model_part part = {first, end, head};
-        return model_part_need(p->z, &part, p->n_ctx, p->n_lanes, ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
+        return model_part_need(p->z, &part, p->n_ctx, p->kv_type, p->n_lanes,
+                               ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
     }
     /* No layer: what one layer costs, taken off a one-layer part. */
     model_part one = {0, 1, head};
-    uint64_t with_one = model_part_need(p->z, &one, p->n_ctx, p->n_lanes, ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
-    uint64_t layer = p->z->layer_bytes[0] + p->z->kv_bytes_per_pos * (uint64_t)p->n_ctx * (uint64_t)p->n_lanes;
+    uint64_t with_one = model_part_need(p->z, &one, p->n_ctx, p->kv_type, p->n_lanes,
+                                        ps->cfg.n_threads > 0 ? ps->cfg.n_threads : 1);
+    uint64_t layer = p->z->layer_bytes[0] +
+                     model_kv_bytes_per_pos(p->z, p->kv_type) * (uint64_t)p->n_ctx * (uint64_t)p->n_lanes;
     return with_one > layer ? with_one - layer : with_one;
 }
 
@@ -390,6 +532,15 @@ static void lanes_ready(pipe *p)
 {
     pthread_mutex_lock(&p->lock);
     p->ready = 1;
+    p->steps_sent = p->steps_back = 0; /* a new ring: nothing on it */
+    p->window = p->plan.n_stages < 2 ? 2 : (uint64_t)p->plan.n_stages;
+    p->ring_head = 0;
+    p->ring_stages = p->plan.n_stages > 1 ? p->plan.n_stages : 0;
+    for (int i = 0; i < p->ring_stages; i++) {
+        identity_id_hex(p->plan.stages[i].node, p->ring_node[i]);
+        p->ring_first[i] = p->plan.stages[i].first;
+        p->ring_end[i] = p->plan.stages[i].end;
+    }
     p->failing = 0;
     p->fail_reason[0] = 0;
     pthread_cond_broadcast(&p->cond);
@@ -461,6 +612,7 @@ static void plan_go(pipe *p)
     uint8_t frame[256];
     int n = stage_encode_hello(&hello, frame, sizeof frame);
     mesh_stream_send(p->data_out, frame, (size_t)n);
+    p->tail.depth = p->plan.n_stages; /* the window: one step per stage (tail_send) */
     engine_set_split(p->em, p->plan.stages[0].end, &p->tail);
     p->plan.state = PLAN_READY;
     p->plan.stages[0].state = STAGE_READY;
@@ -583,6 +735,7 @@ static void plan_start(pipe *p)
         a.n_lanes = (uint16_t)p->n_lanes;
         a.n_embd = (uint32_t)p->n_embd;
         a.dtype = STAGE_DTYPE_F32;
+        a.kv_type = (uint8_t)p->kv_type;
         a.need_bytes = p->stage_need[i] = pipe_need(p, a.first, a.end, 0);
         char err[256];
         p->control[i] = mesh_stream_open(ps->mesh, next.stages[i].node, STAGE_STREAM_CONTROL,
@@ -672,6 +825,28 @@ static void data_out_on_close(void *user, mesh_stream *s, const char *error)
 
 static const mesh_stream_handlers data_out_handlers = {data_out_on_frame, NULL, data_out_on_close};
 
+/* The times of a step come back (p->lock held): each stage's share, and
+ * the hops' (the round trip less the stages' times), go to its lanes in
+ * proportion to their positions in it. */
+static void step_times(pipe *p, const pipe_step *st, const stage_states *o)
+{
+    if (!st->total) return;
+    double rt = (double)(clock_us() - st->sent_us), staged = 0;
+    for (int k = 0; k < o->n_trail; k++) staged += (double)o->trail[k].compute_us + o->trail[k].wait_us;
+    double hop = rt > staged ? rt - staged : 0;
+    for (int i = 0; i < st->n; i++) {
+        pipe_times *t = &p->lanes[st->lane[i]].times;
+        double share = (double)st->positions[i] / st->total;
+        t->compute_us[0] += share * (double)st->local_us;
+        t->wait_us[0] += share * (double)st->wait_us;
+        for (int k = 0; k < o->n_trail && k + 1 < PLAN_MAX_STAGES; k++) {
+            t->compute_us[k + 1] += share * o->trail[k].compute_us;
+            t->wait_us[k + 1] += share * o->trail[k].wait_us;
+        }
+        t->hop_us += share * hop;
+    }
+}
+
 static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_t len)
 {
     pipe *p = user;
@@ -690,19 +865,36 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
         pthread_mutex_unlock(&p->lock);
         return;
     }
-    stage_states o;
+    static stage_states o; /* loop thread only; ~1 KB */
     if (len == 0 || f[0] != STAGE_OUTPUT || stage_decode_states(f, len, (uint32_t)p->n_embd, &o, err, sizeof err) != 0)
         goto bad;
-    if (o.lane >= p->n_lanes || o.dtype != STAGE_DTYPE_F32) {
-        snprintf(err, sizeof err, "OUTPUT for lane %u, dtype %u", o.lane, o.dtype);
+    for (int i = 0; i < o.n_pieces; i++)
+        if (o.pieces[i].lane >= p->n_lanes || o.dtype != STAGE_DTYPE_F32) {
+            snprintf(err, sizeof err, "OUTPUT for lane %u, dtype %u", o.pieces[i].lane, o.dtype);
+            goto bad;
+        }
+    if (o.n_trail + 1 != p->plan.n_stages) {
+        snprintf(err, sizeof err, "OUTPUT with the times of %u stages, of %d", o.n_trail, p->plan.n_stages - 1);
         goto bad;
     }
     pthread_mutex_lock(&p->lock);
-    pipe_lane *L = &p->lanes[o.lane];
-    if (!L->broken) {
-        if (L->got + o.n > L->cap_rows) {
+    if (p->steps_sent == p->steps_back) { /* nothing on the ring: not ours to answer */
+        pthread_mutex_unlock(&p->lock);
+        snprintf(err, sizeof err, "an OUTPUT for no step sent");
+        goto bad;
+    }
+    step_times(p, &p->ring[p->ring_head], &o);
+    p->ring_head = (p->ring_head + 1) % PLAN_MAX_STAGES;
+    p->steps_back++;
+    const uint8_t *data = o.data;
+    uint64_t now = clock_us();
+    for (int i = 0; i < o.n_pieces; i++) {
+        const stage_piece *q = &o.pieces[i];
+        size_t bytes = (size_t)q->n * p->n_embd * sizeof(float);
+        pipe_lane *L = &p->lanes[q->lane];
+        if (!L->broken && L->got + q->n > L->cap_rows) {
             int cap = L->cap_rows ? L->cap_rows : 64;
-            while (cap < L->got + o.n) cap *= 2;
+            while (cap < L->got + q->n) cap *= 2;
             float *grown = realloc(L->rows, sizeof(float) * (size_t)cap * p->n_embd);
             if (!grown) {
                 L->broken = 1;
@@ -712,20 +904,21 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
             }
         }
         if (!L->broken) {
-            memcpy(L->rows + (size_t)L->got * p->n_embd, o.data, o.data_len);
-            L->got += o.n;
-            p->recv_rows += o.n;
-            if (p->sent_at_us[o.lane]) {
-                uint64_t rt = clock_us() - p->sent_at_us[o.lane];
+            memcpy(L->rows + (size_t)L->got * p->n_embd, data, bytes);
+            L->got += q->n;
+            p->recv_rows += q->n;
+            if (p->sent_at_us[q->lane]) {
+                uint64_t rt = now - p->sent_at_us[q->lane];
                 p->round_trips++;
                 p->round_trip_us += rt;
-                p->sent_at_us[o.lane] = 0;
+                p->sent_at_us[q->lane] = 0;
                 if (L->decode_sent)
                     L->decode_rt_us = L->decode_rt_us ? (3 * L->decode_rt_us + rt) / 4 : rt;
             }
         }
-        pthread_cond_broadcast(&p->cond);
+        data += bytes;
     }
+    pthread_cond_broadcast(&p->cond);
     pthread_mutex_unlock(&p->lock);
     return;
 bad:
@@ -784,7 +977,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         while (list) {
             pipe_out *o = list;
             list = o->next;
-            if (o->epoch == epoch && p->data_out && mesh_stream_send(p->data_out, o->frame, o->len) == 0) {
+            if (o->epoch == epoch && p->data_out && mesh_stream_send(p->data_out, o->frame + o->start, o->len) == 0) {
                 p->sent_frames++;
                 p->sent_bytes += o->len;
             }
@@ -793,10 +986,66 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+static void pipe_unload(pipelines *ps, int i);
+
+/* Saturation, with hysteresis so that a record does not flap: a model
+ * becomes saturated when, for PIPE_SATURATED_ON_MS without a break, at
+ * least half its queue bound (--queue, at least 1) waits for a lane or a
+ * request was refused with the queue full (429); it stops being saturated
+ * only after PIPE_SATURATED_OFF_MS with no request waiting. Either change
+ * is a new record. */
+static void pipe_watch_queue(pipelines *ps, pipe *p, uint64_t now)
+{
+    uint64_t refused;
+    int waiting = sched_model_waiting(ps->sched, p->id, &refused);
+    int threshold = (sched_queue_max(ps->sched) + 1) / 2;
+    if (threshold < 1) threshold = 1;
+    int over = p->plan.state == PLAN_READY && !p->draining && (waiting >= threshold || refused > p->refused_seen);
+    p->refused_seen = refused;
+    if (over) {
+        p->calm_since_ms = 0;
+        if (!p->over_since_ms) p->over_since_ms = now;
+        if (!p->saturated && now - p->over_since_ms >= PIPE_SATURATED_ON_MS) {
+            p->saturated = 1;
+            log_info(PIPE_LOG, "%s: saturated (%d waiting, threshold %d): a standby with room may add itself",
+                     p->id, waiting, threshold);
+            publish_soon(ps);
+        }
+        return;
+    }
+    p->over_since_ms = 0;
+    if (waiting > 0) {
+        p->calm_since_ms = 0;
+        return;
+    }
+    if (!p->calm_since_ms) p->calm_since_ms = now;
+    if (p->saturated && now - p->calm_since_ms >= PIPE_SATURATED_OFF_MS) {
+        p->saturated = 0;
+        log_info(PIPE_LOG, "%s: no longer saturated", p->id);
+        publish_soon(ps);
+    }
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     pipelines *ps = arg;
     uint64_t now = clock_ms();
+    for (int i = 0; i < ps->n_pipes; i++) pipe_watch_queue(ps, ps->pipes[i], now);
+    for (int i = ps->n_pipes - 1; i >= 0; i--) {
+        pipe *p = ps->pipes[i];
+        if (!p->draining) continue;
+        if (sched_model_jobs(ps->sched, p->id) == 0) {
+            pipe_unload(ps, i);
+        } else if (!p->drain_aborted && now >= p->drain_deadline_ms) {
+            char message[256];
+            snprintf(message, sizeof message,
+                     "model '%s' was unloaded from this node: the request ran past the drain deadline", p->id);
+            log_warn(PIPE_LOG, "%s: drain deadline passed: ending %d request(s)", p->id,
+                     sched_model_jobs(ps->sched, p->id));
+            sched_abort_model(ps->sched, p->id, message);
+            p->drain_aborted = 1;
+        }
+    }
     for (int i = 0; i < ps->n_pipes; i++) {
         pipe *p = ps->pipes[i];
         if (p->plan.state == PLAN_PLANNING && now - p->planning_since_ms >= PIPE_PLAN_RETRY_MS) {
@@ -893,7 +1142,7 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
         return -1;
     }
     engine_load_opts o = {.n_threads = ps->cfg.n_threads, .n_ctx = ps->cfg.n_ctx,
-                          .n_lanes = ps->cfg.n_lanes};
+                          .n_lanes = ps->cfg.n_lanes, .kv_type = ps->cfg.kv_type};
     engine_model *em = engine_model_load_opts(path, &o, err, errlen);
     if (!em) {
         pipe_free(p);
@@ -911,6 +1160,7 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
     p->n_embd = p->z->c.n_embd;
     p->n_ctx = engine_model_context_length(em);
     p->n_lanes = engine_model_lanes(em);
+    p->kv_type = (model_kv_type)engine_model_kv_type(em);
     p->lanes = calloc((size_t)p->n_lanes, sizeof *p->lanes);
     p->sent_at_us = calloc((size_t)p->n_lanes, sizeof *p->sent_at_us);
     if (!p->lanes || !p->sent_at_us || sched_add_model(ps->sched, em) != 0) {
@@ -920,7 +1170,8 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
         return -1;
     }
     p->em = em; /* the scheduler owns it now */
-    p->tail = (engine_tail){.ctx = p, .send = tail_send, .receive = tail_receive, .resume = tail_resume};
+    p->tail = (engine_tail){.ctx = p, .send = tail_send, .receive = tail_receive, .resume = tail_resume,
+                            .timings = tail_timings};
     ps->pipes[ps->n_pipes++] = p;
     if (engine_chat_template_error(em)[0])
         log_warn(PIPE_LOG, "%s: chat uses the plain template: %s", p->id, engine_chat_template_error(em));
@@ -929,24 +1180,14 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
     return 0;
 }
 
-int pipelines_remove_model(pipelines *ps, const char *model_id, char *err, size_t errlen)
+/* The pipe's last step: its lanes are idle (no job of it in the scheduler),
+ * so once they are joined nothing calls its tail any more and it can go. */
+static void pipe_unload(pipelines *ps, int i)
 {
-    int i = 0;
-    while (i < ps->n_pipes && strcmp(ps->pipes[i]->id, model_id)) i++;
-    if (i == ps->n_pipes) {
-        snprintf(err, errlen, "model '%s' is not coordinated by this node", model_id);
-        return -1;
-    }
     pipe *p = ps->pipes[i];
-    /* The scheduler refuses while a request of the model is in flight;
-     * then nothing has changed. Once its lanes are joined, nothing calls
-     * the pipe's tail any more and it can go. */
-    int rc = sched_remove_model(ps->sched, model_id);
-    if (rc != 0) {
-        snprintf(err, errlen, rc > 0 ? "model '%s' has requests in flight: try again when they are done"
-                                     : "model '%s' has no workers here", model_id);
-        return rc > 0 ? 1 : -1;
-    }
+    char id[MESH_MAX_NAME];
+    snprintf(id, sizeof id, "%s", p->id);
+    if (sched_remove_model(ps->sched, id) != 0) return; /* a job came back: the timer tries again */
     pthread_mutex_lock(&p->lock);
     p->closed = 1;
     pthread_cond_broadcast(&p->cond);
@@ -955,8 +1196,41 @@ int pipelines_remove_model(pipelines *ps, const char *model_id, char *err, size_
     memmove(&ps->pipes[i], &ps->pipes[i + 1], (size_t)(ps->n_pipes - i - 1) * sizeof ps->pipes[0]);
     ps->n_pipes--;
     publish_now(ps);
-    log_info(PIPE_LOG, "%s: unloaded", model_id);
-    return 0;
+    log_info(PIPE_LOG, "%s: unloaded", id);
+}
+
+int pipelines_remove_model(pipelines *ps, const char *model_id, int drain_ms, char *err, size_t errlen)
+{
+    int i = 0;
+    while (i < ps->n_pipes && strcmp(ps->pipes[i]->id, model_id)) i++;
+    if (i == ps->n_pipes) {
+        snprintf(err, errlen, "model '%s' is not coordinated by this node", model_id);
+        return -1;
+    }
+    pipe *p = ps->pipes[i];
+    if (!sched_find_model(ps->sched, model_id)) {
+        snprintf(err, errlen, "model '%s' has no workers here", model_id);
+        return -1;
+    }
+    if (p->draining) {
+        snprintf(err, errlen, "model '%s' is being unloaded already", model_id);
+        return 1;
+    }
+    int jobs = sched_model_jobs(ps->sched, model_id);
+    if (jobs == 0) {
+        pipe_unload(ps, i);
+        return 0;
+    }
+    /* Requests in flight finish first: the model leaves the record at once
+     * (routers send new requests to another host), this node refuses new
+     * ones (pipelines_model_state), and the timer unloads it when the last
+     * job is done, or ends the jobs left at the deadline. */
+    p->draining = 1;
+    p->drain_deadline_ms = clock_ms() + (uint64_t)(drain_ms > 0 ? drain_ms : 0);
+    publish_now(ps);
+    log_info(PIPE_LOG, "%s: draining %d request(s) before unloading (at most %.1f s)", model_id, jobs,
+             drain_ms / 1000.0);
+    return 2;
 }
 
 void pipelines_close(pipelines *ps)
@@ -1036,11 +1310,24 @@ static int state_of_peer_plan(void *ctx, const plan *pl, const char *coordinator
     return strcmp(pl->model, q->model) ? 0 : plan_model_state(pl, q->reason, q->cap);
 }
 
+int pipelines_coordinates(const pipelines *ps, const char *model_id)
+{
+    for (int i = 0; i < ps->n_pipes; i++)
+        if (!strcmp(ps->pipes[i]->id, model_id)) return 1;
+    return 0;
+}
+
 int pipelines_model_state(const pipelines *ps, const char *model_id, char *reason, size_t cap)
 {
     reason[0] = 0;
-    for (int i = 0; i < ps->n_pipes; i++)
-        if (!strcmp(ps->pipes[i]->id, model_id)) return plan_model_state(&ps->pipes[i]->plan, reason, cap);
+    for (int i = 0; i < ps->n_pipes; i++) {
+        if (strcmp(ps->pipes[i]->id, model_id)) continue;
+        if (ps->pipes[i]->draining) {
+            snprintf(reason, cap, "model '%s' is being unloaded from this node", model_id);
+            return PIPELINE_NOT_READY;
+        }
+        return plan_model_state(&ps->pipes[i]->plan, reason, cap);
+    }
     state_query q = {model_id, reason, cap};
     int rc = each_peer_plan(ps, 0, state_of_peer_plan, &q);
     return rc ? rc : PIPELINE_UNKNOWN;
@@ -1081,9 +1368,16 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
     }
     if (own) {
         pipe *p = (pipe *)own;
+        cJSON_AddBoolToObject(o, "draining", p->draining);
+        cJSON_AddBoolToObject(o, "saturated", p->saturated);
         cJSON *c = cJSON_AddObjectToObject(o, "counters");
         pthread_mutex_lock(&p->lock);
         cJSON_AddNumberToObject(c, "frames_sent", (double)p->sent_frames);
+        cJSON_AddNumberToObject(c, "pieces_sent", (double)p->sent_pieces);
+        cJSON_AddNumberToObject(c, "steps_in_flight", (double)(p->steps_sent - p->steps_back));
+        cJSON_AddNumberToObject(c, "window", (double)p->window);
+        cJSON_AddNumberToObject(c, "steps_in_flight_max", (double)p->steps_max);
+        cJSON_AddNumberToObject(c, "window_waits", (double)p->window_waits);
         cJSON_AddNumberToObject(c, "bytes_sent", (double)p->sent_bytes);
         cJSON_AddNumberToObject(c, "rows_received", (double)p->recv_rows);
         cJSON_AddNumberToObject(c, "round_trips", (double)p->round_trips);

@@ -46,6 +46,7 @@ typedef struct {
     int n_ctx;       /* served context, <= 0 the model's (capped) */
     int n_lanes;     /* requests in flight per model */
     int split;       /* >= 2: force this many stages */
+    int kv_type;     /* model_kv_type of every lane's KV cache, sent to every stage (ASSIGN) */
 } pipeline_config;
 
 pipelines *pipelines_new(struct event_base *base, mesh *m, struct sched *s, struct stage_host *sh,
@@ -61,11 +62,19 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
  * count. */
 typedef int (*pipelines_demand_fn)(void *ctx, plan_demand *out, int max);
 void pipelines_set_demand_source(pipelines *ps, pipelines_demand_fn fn, void *ctx);
+/* The model files this node holds whole (serve/model_loader.c scans the
+ * Hugging Face cache), published in its record after the demand (format 3,
+ * docs/PROTOCOL.md section 13); a new record when the list changed. At most
+ * PLAN_MAX_FILES are kept; they are the first left out when the record is full. */
+void pipelines_set_files(pipelines *ps, const plan_file *files, int n);
 /* Stops serving a model this node coordinates: its stages are released,
  * its memory given back, its workers stopped, and it leaves this node's
- * record. 0; 1 (nothing done) while a request of it is in flight; -1 with
- * err when this node does not coordinate it. */
-int pipelines_remove_model(pipelines *ps, const char *model_id, char *err, size_t errlen);
+ * record. 0 when done at once (no request of it in flight); 2 when it
+ * drains: it leaves the record and refuses new requests now, and goes once
+ * its requests in flight are done, those left after drain_ms ending with
+ * an error (503, or an error event in a stream); 1 with err when it is
+ * draining already; -1 with err when this node does not coordinate it. */
+int pipelines_remove_model(pipelines *ps, const char *model_id, int drain_ms, char *err, size_t errlen);
 /* Wakes every request waiting on a pipeline with an error and refuses new
  * waits: before the scheduler joins its threads at shutdown. */
 void pipelines_close(pipelines *ps);
@@ -77,6 +86,9 @@ void pipelines_free(pipelines *ps);
  * plan for it is known. */
 enum { PIPELINE_UNKNOWN = 0, PIPELINE_NOT_READY = 1, PIPELINE_READY = 2 };
 int pipelines_model_state(const pipelines *ps, const char *model_id, char *reason, size_t cap);
+
+/* 1 when this node coordinates model_id (whatever its state). */
+int pipelines_coordinates(const pipelines *ps, const char *model_id);
 
 /* /api/status: "plans" (every plan this node knows: its own and those in
  * peers' records) into root. */

@@ -26,6 +26,7 @@
 
 #define PLAN_FORMAT 1 /* first byte of the application field: plans only */
 #define PLAN_FORMAT_DEMAND 2 /* plans, then the node's demand per model */
+#define PLAN_FORMAT_FILES 3  /* plans, demand (maybe none), then the model files the node holds */
 #define MIB(b) ((double)(b) / 1048576.0)
 
 const char *plan_state_name(int state)
@@ -70,9 +71,33 @@ int plan_encode_list(const plan *plans, int n, uint8_t *out, size_t cap)
 
 int plan_encode_app(const plan *plans, int n, const plan_demand *demand, int n_demand, uint8_t *out, size_t cap)
 {
+    return plan_encode_app_files(plans, n, demand, n_demand, NULL, out, cap);
+}
+
+static int file_ref_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > PLAN_FILE_REF_MAX) return 0;
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f) return 0;
+    return 1;
+}
+
+int plan_encode_app_files(const plan *plans, int n, const plan_demand *demand, int n_demand,
+                          const plan_extra *extra, uint8_t *out, size_t cap)
+{
     wire_writer w = wire_writer_of(out, cap);
-    if (n < 0 || n > PLAN_MAX_PLANS || n_demand < 0 || n_demand > PLAN_MAX_DEMAND) return -1;
-    wire_put_u8(&w, n_demand ? PLAN_FORMAT_DEMAND : PLAN_FORMAT);
+    const plan_file *files = extra ? extra->files : NULL;
+    int n_files = extra ? extra->n_files : 0, n_sat = extra ? extra->n_saturated : 0;
+    if (n < 0 || n > PLAN_MAX_PLANS || n_demand < 0 || n_demand > PLAN_MAX_DEMAND || n_files < 0 ||
+        n_files > PLAN_MAX_FILES || n_sat < 0 || n_sat > PLAN_MAX_PLANS)
+        return -1;
+    for (int i = 0; i < n_files; i++)
+        if (!file_ref_ok(files[i].ref)) return -1;
+    for (int i = 0; i < n_sat; i++)
+        if (!record_model_name_ok(extra->saturated[i].model, strlen(extra->saturated[i].model))) return -1;
+    int extended = n_files || n_sat;
+    wire_put_u8(&w, extended ? PLAN_FORMAT_FILES : n_demand ? PLAN_FORMAT_DEMAND : PLAN_FORMAT);
     wire_put_u8(&w, (uint8_t)n);
     for (int i = 0; i < n; i++) {
         const plan *p = &plans[i];
@@ -93,12 +118,22 @@ int plan_encode_app(const plan *plans, int n, const plan_demand *demand, int n_d
             wire_put_u64(&w, st->total_bytes);
         }
     }
-    if (n_demand) {
+    if (n_demand || extended) {
         wire_put_u8(&w, (uint8_t)n_demand);
         for (int i = 0; i < n_demand; i++) {
             wire_put_str8(&w, demand[i].model);
             wire_put_u32(&w, demand[i].per_min);
         }
+    }
+    if (extended) {
+        wire_put_u8(&w, (uint8_t)n_files);
+        for (int i = 0; i < n_files; i++) {
+            wire_put_bytes(&w, files[i].sha256, 32);
+            wire_put_u64(&w, files[i].size);
+            wire_put_str8(&w, files[i].ref);
+        }
+        wire_put_u8(&w, (uint8_t)n_sat);
+        for (int i = 0; i < n_sat; i++) wire_put_str8(&w, extra->saturated[i].model);
     }
     return w.overflow ? -1 : (int)w.len;
 }
@@ -119,13 +154,20 @@ int plan_decode_list(const uint8_t *data, size_t len, plan *out, int max, char *
 int plan_decode_app(const uint8_t *data, size_t len, plan *out, int max, plan_demand *demand, int max_demand,
                     int *n_demand, char *err, size_t errlen)
 {
+    return plan_decode_app_files(data, len, out, max, demand, max_demand, n_demand, NULL, err, errlen);
+}
+
+int plan_decode_app_files(const uint8_t *data, size_t len, plan *out, int max, plan_demand *demand,
+                          int max_demand, int *n_demand, plan_extra *extra, char *err, size_t errlen)
+{
     *n_demand = 0;
+    if (extra) extra->n_files = extra->n_saturated = 0;
     if (len == 0) return 0;
     wire_reader r = wire_reader_of(data, len);
     int format = wire_u8(&r), n = wire_u8(&r);
-    if (r.bad || (format != PLAN_FORMAT && format != PLAN_FORMAT_DEMAND)) {
-        snprintf(err, errlen, "plan list of format %d (this node reads %d and %d)", format, PLAN_FORMAT,
-                 PLAN_FORMAT_DEMAND);
+    if (r.bad || format < PLAN_FORMAT || format > PLAN_FORMAT_FILES) {
+        snprintf(err, errlen, "plan list of format %d (this node reads %d to %d)", format, PLAN_FORMAT,
+                 PLAN_FORMAT_FILES);
         return -1;
     }
     if (n > PLAN_MAX_PLANS || n > max) {
@@ -171,9 +213,9 @@ int plan_decode_app(const uint8_t *data, size_t len, plan *out, int max, plan_de
             return -1;
         }
     }
-    if (!r.bad && format == PLAN_FORMAT_DEMAND) {
+    if (!r.bad && format >= PLAN_FORMAT_DEMAND) {
         int nd = wire_u8(&r);
-        if (nd < 1 || nd > PLAN_MAX_DEMAND) {
+        if (nd < (format == PLAN_FORMAT_DEMAND) || nd > PLAN_MAX_DEMAND) {
             snprintf(err, errlen, "demand of %d models (1 to %d)", nd, PLAN_MAX_DEMAND);
             return -1;
         }
@@ -187,6 +229,42 @@ int plan_decode_app(const uint8_t *data, size_t len, plan *out, int max, plan_de
                 return -1;
             }
             if (demand && *n_demand < max_demand) demand[(*n_demand)++] = d;
+        }
+    }
+    if (!r.bad && format == PLAN_FORMAT_FILES) {
+        int nf = wire_u8(&r);
+        if (nf > PLAN_MAX_FILES) {
+            snprintf(err, errlen, "files: %d (at most %d)", nf, PLAN_MAX_FILES);
+            return -1;
+        }
+        for (int i = 0; i < nf && !r.bad; i++) {
+            plan_file f;
+            const uint8_t *sha = wire_bytes(&r, 32);
+            if (sha) memcpy(f.sha256, sha, 32);
+            f.size = wire_u64(&r);
+            wire_str8(&r, f.ref, sizeof f.ref);
+            if (r.bad) break;
+            if (!file_ref_ok(f.ref) || f.size == 0 || f.size > PLAN_FILE_MAX_SIZE) {
+                snprintf(err, errlen, "file %d: bad reference or size", i + 1);
+                return -1;
+            }
+            if (extra && extra->files && extra->n_files < extra->max_files) extra->files[extra->n_files++] = f;
+        }
+        int ns = wire_u8(&r);
+        if (!r.bad && (ns > PLAN_MAX_PLANS || (ns == 0 && nf == 0))) {
+            snprintf(err, errlen, "format 3 with %d files and %d saturated models (1 to %d)", nf, ns, PLAN_MAX_PLANS);
+            return -1;
+        }
+        for (int i = 0; i < ns && !r.bad; i++) {
+            plan_saturated m;
+            wire_str8(&r, m.model, sizeof m.model);
+            if (r.bad) break;
+            if (!record_model_name_ok(m.model, strlen(m.model))) {
+                snprintf(err, errlen, "saturated model %d: bad name", i + 1);
+                return -1;
+            }
+            if (extra && extra->saturated && extra->n_saturated < extra->max_saturated)
+                extra->saturated[extra->n_saturated++] = m;
         }
     }
     if (r.bad || wire_left(&r) != 0) {

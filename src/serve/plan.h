@@ -73,6 +73,39 @@ int plan_encode_app(const plan *plans, int n, const plan_demand *demand, int n_d
  * *n_demand their count). */
 int plan_decode_app(const uint8_t *p, size_t len, plan *out, int max, plan_demand *demand, int max_demand,
                     int *n_demand, char *err, size_t errlen);
+/* Model files a node holds whole (issue 11, item 6): the SHA-256 the hub
+ * publishes, the size, and the reference org/repo/path (format 3, after the
+ * demand), so that a node about to download a file fetches it from a peer
+ * that has it. Bounded so that the record keeps room for plans. */
+#define PLAN_MAX_FILES 8
+#define PLAN_FILE_REF_MAX 160
+#define PLAN_FILE_MAX_SIZE (1ull << 50)
+typedef struct {
+    uint8_t sha256[32];
+    uint64_t size;                   /* 1..2^50 */
+    char ref[PLAN_FILE_REF_MAX + 1]; /* 1..160 bytes of printable ASCII, no space */
+} plan_file;
+/* Models this node serves whose queue is over the saturation threshold
+ * (issue 11, item 7: a standby with room adds itself as a second host;
+ * serve/pipeline.c has the threshold and its hysteresis). Format 3, after
+ * the files. */
+typedef struct {
+    char model[MESH_MAX_NAME];
+} plan_saturated;
+/* The rest of the application field after plans and demand (format 3). */
+typedef struct {
+    plan_file *files;            /* encode: the files; decode: room for max_files */
+    int n_files, max_files;
+    plan_saturated *saturated;   /* the same for saturated models (PLAN_MAX_PLANS at most) */
+    int n_saturated, max_saturated;
+} plan_extra;
+/* Both -1 on bad input: an encode with a bad reference or too many files
+ * or saturated models, a decode of a malformed field. extra may be NULL
+ * (none to write; none wanted). */
+int plan_encode_app_files(const plan *plans, int n, const plan_demand *demand, int n_demand,
+                          const plan_extra *extra, uint8_t *out, size_t cap);
+int plan_decode_app_files(const uint8_t *p, size_t len, plan *out, int max, plan_demand *demand,
+                          int max_demand, int *n_demand, plan_extra *extra, char *err, size_t errlen);
 
 /* Decodes what plan_encode_list wrote into out (room for max plans): the
  * count, or -1 with err when the bytes are malformed (bad counts, ranges that

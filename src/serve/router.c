@@ -474,7 +474,7 @@ static void proxy_end(api_sink *sink)
     call_free(c);
 }
 
-static const api_sink_ops proxy_ops = {proxy_begin, proxy_write, proxy_end, NULL};
+static const api_sink_ops proxy_ops = {proxy_begin, proxy_write, proxy_end, NULL, NULL};
 
 static int model_known_in_mesh(router *r, const char *model_id)
 {
@@ -575,7 +575,9 @@ void router_call_abort(api_call *c)
     } else if (c->tunnel) {
         tunnel_abort(c->tunnel);
     }
+    api_sink *sink = c->answer.sink;
     call_free(c);
+    if (sink->ops->release) sink->ops->release(sink);
 }
 
 int router_calls_active(const router *r)

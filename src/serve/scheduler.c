@@ -53,6 +53,7 @@ struct sched_job {
     engine_result result;
     char error[256];
     int error_status;          /* with error: an HTTP status the owner should answer (0: its choice) */
+    int aborted;               /* error set by sched_abort_model: the worker keeps it */
     uint64_t queued_ns;        /* when it joined the FIFO (the queue deadline counts from here) */
     int prepared;              /* its prompt is token ids already (engine_prompt_tokens) */
     /* Loop thread only: */
@@ -176,7 +177,7 @@ static void worker_finish(sched_job *job, const engine_result *result, int rc, c
     sched *s = job->s;
     pthread_mutex_lock(&s->lock);
     job->result = *result;
-    if (rc != 0) snprintf(job->error, sizeof job->error, "%s", err[0] ? err : "generation failed");
+    if (rc != 0 && !job->aborted) snprintf(job->error, sizeof job->error, "%s", err[0] ? err : "generation failed");
     job->worker_done = 1;
     job_post_ready_locked(job);
     pthread_mutex_unlock(&s->lock);
@@ -530,6 +531,63 @@ int sched_remove_model(sched *s, const char *model_id)
             break;
         }
     return 0;
+}
+
+int sched_model_waiting(const sched *s, const char *model_id, uint64_t *refused_full)
+{
+    sched_worker *w = find_worker(s, model_id);
+    *refused_full = 0;
+    if (!w) return 0;
+    pthread_mutex_lock(&w->lock);
+    int n = w->n_queued - w->n_waking;
+    *refused_full = w->refused_full;
+    pthread_mutex_unlock(&w->lock);
+    return n > 0 ? n : 0;
+}
+
+int sched_queue_max(const sched *s) { return s->queue_max; }
+
+int sched_model_jobs(const sched *s, const char *model_id)
+{
+    sched_worker *w = find_worker(s, model_id);
+    int n = 0;
+    for (sched_job *j = s->all; w && j; j = j->next_all) n += j->worker == w;
+    return n;
+}
+
+void sched_abort_model(sched *s, const char *model_id, const char *message)
+{
+    sched_worker *w = find_worker(s, model_id);
+    if (!w) return;
+    /* Waiting jobs leave the FIFO at once, as past the queue deadline (no
+     * worker will see them); running ones keep the message and stop at
+     * their next token, their worker then delivering it. */
+    pthread_mutex_lock(&w->lock);
+    for (sched_job *j = w->head; j; j = j->next_queued) {
+        pthread_mutex_lock(&s->lock);
+        snprintf(j->error, sizeof j->error, "%s", message);
+        j->error_status = 503;
+        j->aborted = 1;
+        j->worker_done = 1;
+        job_post_ready_locked(j);
+        pthread_mutex_unlock(&s->lock);
+    }
+    w->head = w->tail = NULL;
+    w->n_queued = 0;
+    w->n_waking = 0;
+    pthread_mutex_unlock(&w->lock);
+    for (sched_job *j = s->all; j; j = j->next_all) {
+        if (j->worker != w || j->owner_gone) continue;
+        pthread_mutex_lock(&s->lock);
+        if (!j->worker_done) {
+            snprintf(j->error, sizeof j->error, "%s", message);
+            j->error_status = 503;
+            j->aborted = 1;
+        }
+        pthread_mutex_unlock(&s->lock);
+        atomic_store(&j->cancelled, 1);
+    }
+    event_active(s->wake, EV_READ, 0);
 }
 
 engine_model *sched_find_model(const sched *s, const char *model_id)

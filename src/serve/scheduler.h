@@ -71,6 +71,15 @@ int sched_add_model(sched *s, engine_model *m);
  * 0; 1 when a job of it is queued, running or undelivered (nothing done);
  * -1 when no such model is served. */
 int sched_remove_model(sched *s, const char *model_id);
+/* Jobs of the model waiting for a lane now, and the queue bound (--queue). */
+int sched_model_waiting(const sched *s, const char *model_id, uint64_t *refused_full);
+int sched_queue_max(const sched *s);
+/* Jobs of the model queued, running or undelivered (0 when not served). */
+int sched_model_jobs(const sched *s, const char *model_id);
+/* Ends every job of the model with message (status 503 when the client
+ * has seen nothing yet, else an error event): waiting ones at once, running
+ * ones at their next token. Jobs whose owner left are not touched. */
+void sched_abort_model(sched *s, const char *model_id, const char *message);
 /* The served model with this id, or NULL. */
 engine_model *sched_find_model(const sched *s, const char *model_id);
 int sched_model_count(const sched *s);

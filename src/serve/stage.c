@@ -27,7 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine/gguf.h"
 #include "engine/kernels.h"
@@ -47,6 +49,7 @@
 
 typedef struct stage_job {
     struct stage_job *next;
+    uint64_t arrived_us;          /* when the loop took it off the stream */
     size_t len;
     uint8_t frame[];              /* a FORWARD or FAIL frame as received */
 } stage_job;
@@ -76,6 +79,7 @@ typedef struct stage_run {
     model_state **states;         /* (n_lanes) */
     threadpool *pool;
     float *x;                     /* (STAGE_MAX_TOKENS, n_embd) the worker's hidden states */
+    model_batch *batch;           /* the forward pass's scratch (one FORWARD at a time) */
     /* The worker and its queue. */
     pthread_t thread;
     int thread_started;
@@ -86,6 +90,7 @@ typedef struct stage_run {
     uint64_t inline_end_us;       /* loop thread: when the last decode step run inline ended */
     int stop;
     stage_stats stats;            /* under lock */
+    uint64_t pieces;              /* under lock: lanes' pieces in the FORWARDs computed */
     stage_stats stats_sent;       /* loop thread */
     struct stage_run *next;
 } stage_run;
@@ -101,6 +106,7 @@ struct stage_host {
     stage_ring_fn ring;
     void *ring_ctx;
     uint64_t bad_frames;
+    unsigned debug_delay_us;      /* LLMESH_DEBUG_STAGE_DELAY_MS: a slow stage, for tests */
     struct event *wake;
     struct event *timer;
     pthread_mutex_t lock;         /* the outbox */
@@ -144,76 +150,119 @@ static void worker_fail(stage_run *r, uint16_t lane, const char *why)
     if (n > 0) outbox_put(r, frame, (size_t)n, NULL, 0);
 }
 
-/* One FORWARD: the lane's cache is cut back to pos, the layers run over the
- * n positions, and the result goes on. */
-static void worker_forward(stage_run *r, const stage_states *f)
+/* Puts a FORWARD or OUTPUT of the pieces h over the rows x (F32) in the
+ * outbox, converted to the assigned dtype. */
+static void put_states(stage_run *r, uint8_t kind, stage_states *h, const float *x)
 {
     const stage_assign *a = &r->a;
-    model_state *s = r->states[f->lane];
+    uint8_t head[STAGE_STATES_HEADER_MAX];
+    h->dtype = a->dtype;
+    int head_len = stage_encode_states_header(kind, h, head, sizeof head);
+    size_t values = (size_t)h->n_rows * a->n_embd;
+    if (a->dtype == STAGE_DTYPE_F32) {
+        outbox_put(r, head, (size_t)head_len, x, values * sizeof(float));
+        return;
+    }
+    uint8_t *half = malloc(values * 2);
+    if (!half) {
+        for (int i = 0; i < h->n_pieces; i++) worker_fail(r, h->pieces[i].lane, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < values; i++) {
+        uint16_t v = kernel_fp32_to_fp16(x[i]);
+        half[2 * i] = (uint8_t)v;
+        half[2 * i + 1] = (uint8_t)(v >> 8);
+    }
+    outbox_put(r, head, (size_t)head_len, half, values * 2);
+    free(half);
+}
+
+/* One FORWARD (a step of several lanes): each lane's cache is cut back to
+ * its piece's position, the layers run once over every piece, and the result
+ * goes on: a FORWARD of the same pieces, or from the last stage an OUTPUT of
+ * the rows asked for (one per FORWARD, empty when none asked). A lane that
+ * cannot be computed (a position past its cache) is answered with FAIL and
+ * left out; the others go on. */
+static void worker_forward(stage_run *r, const stage_states *f, uint64_t arrived_us)
+{
+    const stage_assign *a = &r->a;
+    size_t width = a->n_embd, value = stage_dtype_size(f->dtype);
+    stage_states h = {0};
+    model_state *states[STAGE_MAX_PIECES];
+    int counts[STAGE_MAX_PIECES];
     char err[256];
-    if ((int)f->pos > model_state_n_past(s)) {
-        snprintf(err, sizeof err, "stage %u: lane %u position %u, but %d cached", a->stage, f->lane,
-                 f->pos, model_state_n_past(s));
-        worker_fail(r, f->lane, err);
-        return;
+    const uint8_t *in = f->data;
+    float *x = r->x;
+    for (int i = 0; i < f->n_pieces; in += (size_t)f->pieces[i].n * width * value, i++) {
+        const stage_piece *q = &f->pieces[i];
+        model_state *s = r->states[q->lane];
+        if ((int)q->pos > model_state_n_past(s)) {
+            snprintf(err, sizeof err, "stage %u: lane %u position %u, but %d cached", a->stage, q->lane,
+                     q->pos, model_state_n_past(s));
+            worker_fail(r, q->lane, err);
+            continue;
+        }
+        model_state_truncate(s, (int)q->pos);
+        size_t nv = (size_t)q->n * width;
+        if (f->dtype == STAGE_DTYPE_F32) {
+            memcpy(x, in, nv * sizeof(float));
+        } else {
+            for (size_t v = 0; v < nv; v++) x[v] = kernel_fp16_to_fp32((uint16_t)(in[2 * v] | in[2 * v + 1] << 8));
+        }
+        x += nv;
+        states[h.n_pieces] = s;
+        counts[h.n_pieces] = q->n;
+        h.pieces[h.n_pieces++] = *q;
+        h.n_rows += q->n;
     }
-    model_state_truncate(s, (int)f->pos);
-    size_t width = a->n_embd;
-    if (f->dtype == STAGE_DTYPE_F32) {
-        memcpy(r->x, f->data, f->data_len);
-    } else {
-        const uint8_t *p = f->data;
-        for (size_t i = 0; i < (size_t)f->n * width; i++)
-            r->x[i] = kernel_fp16_to_fp32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
-    }
+    /* Even with no piece left (all failed), the frame goes on, empty: stage
+     * 0 counts its steps in flight by the OUTPUTs that come back. */
     uint64_t t0 = clock_us();
-    if (model_forward_layers(r->model, s, r->pool, a->first, a->end, r->x, f->n, err, sizeof err) != 0) {
-        worker_fail(r, f->lane, err);
-        return;
+    if (h.n_pieces > 0 && model_forward_layers_batch(r->model, r->batch, r->pool, a->first, a->end, states,
+                                                     counts, h.n_pieces, r->x, err, sizeof err) != 0) {
+        for (int i = 0; i < h.n_pieces; i++) worker_fail(r, h.pieces[i].lane, err);
+        h.n_pieces = 0;
+        h.n_rows = 0;
     }
     uint64_t t1 = clock_us();
+    /* Our time on this frame joins the trail (stage 0 gets it with the OUTPUT). */
+    h.n_trail = f->n_trail;
+    memcpy(h.trail, f->trail, sizeof h.trail[0] * f->n_trail);
+    h.trail[h.n_trail++] = (stage_time){.compute_us = (uint32_t)(t1 - t0 > UINT32_MAX ? UINT32_MAX : t1 - t0),
+                                        .wait_us = (uint32_t)(t0 - arrived_us > UINT32_MAX ? UINT32_MAX
+                                                                                           : t0 - arrived_us)};
     int last = a->stage == a->n_stages - 1;
-    stage_states o = *f;
-    uint8_t head[STAGE_STATES_HEADER];
-    const float *rows = r->x;
-    int n_rows = f->n;
-    if (last) {
-        if (f->rows == 0) goto counted; /* ENGINE_ROWS_NONE: stage 0 wants nothing back */
-        if (f->rows == 1) {             /* ENGINE_ROWS_LAST */
-            rows = r->x + (size_t)(f->n - 1) * width;
-            n_rows = 1;
-        }
-        o.n = (uint16_t)n_rows;
-        o.rows = 0;
-        o.pos = f->pos + (uint32_t)(f->n - n_rows);
-    }
-    o.dtype = a->dtype;
-    stage_encode_states_header(last ? STAGE_OUTPUT : STAGE_FORWARD, &o, head);
-    size_t values = (size_t)n_rows * width;
-    if (a->dtype == STAGE_DTYPE_F32) {
-        outbox_put(r, head, sizeof head, rows, values * sizeof(float));
+    size_t bytes_out = 0;
+    if (!last) {
+        put_states(r, STAGE_FORWARD, &h, r->x);
+        bytes_out = (size_t)h.n_rows * width * stage_dtype_size(a->dtype);
     } else {
-        uint8_t *half = malloc(values * 2);
-        if (!half) {
-            worker_fail(r, f->lane, "out of memory");
-            return;
+        /* Gather the rows asked for at the front of x (a row only ever moves
+         * down), one OUTPUT piece per lane that asked. */
+        stage_states o = {.n_trail = h.n_trail};
+        memcpy(o.trail, h.trail, sizeof o.trail[0] * h.n_trail);
+        const float *row = r->x;
+        for (int i = 0; i < h.n_pieces; row += (size_t)h.pieces[i].n * width, i++) {
+            const stage_piece *q = &h.pieces[i];
+            if (q->rows == 0) continue; /* ENGINE_ROWS_NONE: stage 0 wants nothing back */
+            int n_rows = q->rows == 1 ? 1 : q->n; /* ENGINE_ROWS_LAST: the last row */
+            memmove(r->x + (size_t)o.n_rows * width, row + (size_t)(q->n - n_rows) * width,
+                    sizeof(float) * (size_t)n_rows * width);
+            o.pieces[o.n_pieces++] = (stage_piece){.lane = q->lane, .pos = q->pos + (uint32_t)(q->n - n_rows),
+                                                   .n = (uint16_t)n_rows};
+            o.n_rows += (uint32_t)n_rows;
         }
-        for (size_t i = 0; i < values; i++) {
-            uint16_t v = kernel_fp32_to_fp16(rows[i]);
-            half[2 * i] = (uint8_t)v;
-            half[2 * i + 1] = (uint8_t)(v >> 8);
-        }
-        outbox_put(r, head, sizeof head, half, values * 2);
-        free(half);
+        put_states(r, STAGE_OUTPUT, &o, r->x); /* empty when no piece asked: the step's acknowledgement */
+        bytes_out = (size_t)o.n_rows * width * stage_dtype_size(a->dtype);
     }
-counted:
     pthread_mutex_lock(&r->lock);
     r->stats.frames++;
-    r->stats.tokens += f->n;
+    r->pieces += h.n_pieces;
+    r->stats.tokens += h.n_rows;
     r->stats.compute_us += t1 - t0;
     r->stats.send_us += clock_us() - t1;
     r->stats.bytes_in += f->data_len;
-    r->stats.bytes_out += last && f->rows == 0 ? 0 : (size_t)n_rows * width * stage_dtype_size(a->dtype);
+    r->stats.bytes_out += bytes_out;
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -237,9 +286,10 @@ static void *worker_main(void *arg)
         } else {
             stage_states f;
             char err[256];
+            if (r->h->debug_delay_us) usleep(r->h->debug_delay_us);
             /* Checked by the loop before queueing; decoding again only finds the data. */
             if (stage_decode_states(j->frame, j->len, r->a.n_embd, &f, err, sizeof err) == 0)
-                worker_forward(r, &f);
+                worker_forward(r, &f, j->arrived_us);
         }
         free(j);
         pthread_mutex_lock(&r->lock);
@@ -309,6 +359,7 @@ static void run_free(stage_run *r)
     model_free(r->model);
     if (r->file) gguf_close(r->file);
     free(r->x);
+    model_batch_free(r->batch);
     if (r->reserved) budget_release(h->budget, r->reserved);
     pthread_mutex_destroy(&r->lock);
     pthread_cond_destroy(&r->cond);
@@ -342,7 +393,8 @@ static int run_load(stage_run *r, const char *path)
         free(z);
         goto fail;
     }
-    uint64_t own = model_part_need(z, &part, (int)a->n_ctx, a->n_lanes, r->h->n_threads > 0 ? r->h->n_threads : 1);
+    uint64_t own = model_part_need(z, &part, (int)a->n_ctx, (model_kv_type)a->kv_type, a->n_lanes,
+                                   r->h->n_threads > 0 ? r->h->n_threads : 1);
     free(z);
     if (own > r->reserved) {
         if (budget_reserve(r->h->budget, own - r->reserved) != 0) {
@@ -355,9 +407,10 @@ static int run_load(stage_run *r, const char *path)
     }
     if (!(r->states = calloc(a->n_lanes, sizeof *r->states))) goto oom;
     for (int i = 0; i < a->n_lanes; i++)
-        if (!(r->states[i] = model_state_new(r->model, (int)a->n_ctx, err, sizeof err))) goto fail;
+        if (!(r->states[i] = model_state_new(r->model, (int)a->n_ctx, (model_kv_type)a->kv_type, err, sizeof err))) goto fail;
     if (!(r->pool = threadpool_create(r->h->n_threads, err, sizeof err))) goto fail;
     if (!(r->x = malloc(sizeof(float) * STAGE_MAX_TOKENS * a->n_embd))) goto oom;
+    if (!(r->batch = model_batch_new(r->model, err, sizeof err))) goto fail;
     if (pthread_create(&r->thread, NULL, worker_main, r) != 0) {
         snprintf(err, sizeof err, "cannot start a worker thread");
         goto fail;
@@ -409,8 +462,8 @@ static void start_weights(stage_run *r)
     weights_fetch_callbacks cb = {fetch_on_progress, fetch_on_done};
     r->state = STAGE_FETCHING;
     send_status(r);
-    log_info(STAGE_LOG, "%s layers [%u, %u): fetching the weights from %.16s", a->model, a->first,
-             a->end, r->coordinator_hex);
+    log_info(STAGE_LOG, "%s layers [%u, %u): fetching the weights from a node that holds them (%.16s last)",
+             a->model, a->first, a->end, r->coordinator_hex);
     r->fetch = weights_fetch_start(r->h->ws, a->model_hash, r->coordinator, a->first, a->end, 0, &cb, r,
                                    err, sizeof err);
     if (!r->fetch) refuse(r, err);
@@ -600,12 +653,19 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
     } else {
         if (stage_decode_states(p, len, r->a.n_embd, &f, err, sizeof err) != 0 || p[0] != STAGE_FORWARD)
             goto bad;
-        /* In 64 bits: pos near 2^32 must not wrap into the context. */
-        if (f.lane >= r->a.n_lanes || (uint64_t)f.pos + f.n > r->a.n_ctx || f.dtype != r->a.dtype ||
-            r->state != STAGE_READY) {
-            snprintf(err, sizeof err, "FORWARD lane %u positions %u+%u (lanes %u, context %u) or stage "
-                     "not ready", f.lane, f.pos, f.n, r->a.n_lanes, r->a.n_ctx);
+        if (f.dtype != r->a.dtype || r->state != STAGE_READY || f.n_trail + 1 != r->a.stage) {
+            snprintf(err, sizeof err, "FORWARD of dtype %u (assigned %u), with the times of %u stages (we are "
+                     "stage %u), or stage not ready", f.dtype, r->a.dtype, f.n_trail, r->a.stage);
             goto bad;
+        }
+        for (int i = 0; i < f.n_pieces; i++) {
+            const stage_piece *q = &f.pieces[i];
+            /* In 64 bits: pos near 2^32 must not wrap into the context. */
+            if (q->lane >= r->a.n_lanes || (uint64_t)q->pos + q->n > r->a.n_ctx) {
+                snprintf(err, sizeof err, "FORWARD lane %u positions %u+%u (lanes %u, context %u)", q->lane,
+                         q->pos, q->n, r->a.n_lanes, r->a.n_ctx);
+                goto bad;
+            }
         }
     }
     /* A FORWARD of a few positions (a decode step) runs here, on the loop
@@ -622,12 +682,12 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
      * and the next ones queue behind it while it works. */
     uint64_t now = clock_us();
     pthread_mutex_lock(&r->lock);
-    int inline_ok = f.n > 0 && f.n <= STAGE_INLINE_POSITIONS && !r->head && !r->busy &&
+    int inline_ok = f.n_rows > 0 && f.n_rows <= STAGE_INLINE_POSITIONS && !r->head && !r->busy && !h->debug_delay_us &&
                     now - r->inline_end_us > STAGE_INLINE_GAP_US;
     if (inline_ok) r->busy = 1;
     pthread_mutex_unlock(&r->lock);
     if (inline_ok) {
-        worker_forward(r, &f);
+        worker_forward(r, &f, now);
         pthread_mutex_lock(&r->lock);
         r->busy = 0;
         pthread_mutex_unlock(&r->lock);
@@ -638,6 +698,7 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
     stage_job *j = malloc(sizeof *j + len);
     if (!j) return;
     j->next = NULL;
+    j->arrived_us = now;
     j->len = len;
     memcpy(j->frame, p, len);
     pthread_mutex_lock(&r->lock);
@@ -722,6 +783,10 @@ stage_host *stage_host_new(struct event_base *base, mesh *m, weights_store *ws, 
     h->ws = ws;
     h->budget = b;
     h->n_threads = n_threads;
+    /* A testing knob, not a feature: every FORWARD waits this long on the
+     * worker (none runs inline), so that tests see back-pressure. */
+    const char *delay = getenv("LLMESH_DEBUG_STAGE_DELAY_MS");
+    if (delay) h->debug_delay_us = (unsigned)atoi(delay) * 1000u;
     pthread_mutex_init(&h->lock, NULL);
     h->wake = event_new(base, -1, 0, host_on_wake, h);
     h->timer = event_new(base, -1, EV_PERSIST, host_on_timer, h);
@@ -779,8 +844,10 @@ void stage_host_status(const stage_host *h, cJSON *array)
         stage_stats st;
         pthread_mutex_lock((pthread_mutex_t *)&r->lock);
         st = r->stats;
+        uint64_t pieces = r->pieces;
         pthread_mutex_unlock((pthread_mutex_t *)&r->lock);
         cJSON_AddNumberToObject(o, "frames", (double)st.frames);
+        cJSON_AddNumberToObject(o, "pieces", (double)pieces);
         cJSON_AddNumberToObject(o, "tokens", (double)st.tokens);
         cJSON_AddNumberToObject(o, "compute_ms", st.compute_us / 1000.0);
         cJSON_AddNumberToObject(o, "send_ms", st.send_us / 1000.0);

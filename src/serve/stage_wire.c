@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "engine/model.h"
 #include "lib/wire.h"
 #include "mesh/record.h"
 #include "serve/plan.h"
@@ -61,6 +62,7 @@ int stage_encode_assign(const stage_assign *a, uint8_t *out, size_t cap)
     wire_put_u32(&w, a->n_embd);
     wire_put_u8(&w, a->dtype);
     wire_put_u64(&w, a->need_bytes);
+    wire_put_u8(&w, a->kv_type);
     return finish(&w);
 }
 
@@ -85,6 +87,7 @@ int stage_decode_assign(const uint8_t *p, size_t len, stage_assign *a, char *err
     a->n_embd = wire_u32(&r);
     a->dtype = wire_u8(&r);
     a->need_bytes = wire_u64(&r);
+    a->kv_type = wire_u8(&r);
     if (done(&r, "ASSIGN", err, errlen) != 0) return -1;
     if (!record_model_name_ok(a->model, strlen(a->model))) {
         snprintf(err, errlen, "ASSIGN with a malformed model id");
@@ -97,9 +100,10 @@ int stage_decode_assign(const uint8_t *p, size_t len, stage_assign *a, char *err
         return -1;
     }
     if (a->n_ctx < 1 || a->n_ctx > (1u << 24) || a->n_lanes < 1 || a->n_lanes > STAGE_MAX_LANES ||
-        a->n_embd < 1 || a->n_embd > (1u << 16) || !stage_dtype_size(a->dtype)) {
-        snprintf(err, errlen, "ASSIGN with context %u, %u lanes, width %u, dtype %u: out of bounds",
-                 a->n_ctx, a->n_lanes, a->n_embd, a->dtype);
+        a->n_embd < 1 || a->n_embd > (1u << 16) || !stage_dtype_size(a->dtype) ||
+        a->kv_type >= MODEL_KV_TYPE_COUNT) {
+        snprintf(err, errlen, "ASSIGN with context %u, %u lanes, width %u, dtype %u, KV type %u: out of "
+                 "bounds", a->n_ctx, a->n_lanes, a->n_embd, a->dtype, a->kv_type);
         return -1;
     }
     return 0;
@@ -225,15 +229,27 @@ int stage_decode_hello(const uint8_t *p, size_t len, stage_hello *h, char *err, 
     return 0;
 }
 
-void stage_encode_states_header(uint8_t kind, const stage_states *s, uint8_t out[STAGE_STATES_HEADER])
+int stage_encode_states_header(uint8_t kind, const stage_states *s, uint8_t *out, size_t cap)
 {
-    wire_writer w = wire_writer_of(out, STAGE_STATES_HEADER);
+    size_t len = stage_states_header_len(s->n_pieces, s->n_trail);
+    if (len > cap || s->n_trail > STAGE_MAX_TRAIL || s->n_pieces > STAGE_MAX_PIECES) return -1;
+    wire_writer w = wire_writer_of(out, len);
     wire_put_u8(&w, kind);
-    wire_put_u16(&w, s->lane);
-    wire_put_u32(&w, s->pos);
-    wire_put_u16(&w, s->n);
-    wire_put_u8(&w, s->rows);
     wire_put_u8(&w, s->dtype);
+    wire_put_u8(&w, s->n_pieces);
+    for (int i = 0; i < s->n_pieces; i++) {
+        const stage_piece *q = &s->pieces[i];
+        wire_put_u16(&w, q->lane);
+        wire_put_u32(&w, q->pos);
+        wire_put_u16(&w, q->n);
+        wire_put_u8(&w, q->rows);
+    }
+    wire_put_u8(&w, s->n_trail);
+    for (int i = 0; i < s->n_trail; i++) {
+        wire_put_u32(&w, s->trail[i].compute_us);
+        wire_put_u32(&w, s->trail[i].wait_us);
+    }
+    return (int)len;
 }
 
 int stage_decode_states(const uint8_t *p, size_t len, uint32_t n_embd, stage_states *s, char *err,
@@ -242,26 +258,56 @@ int stage_decode_states(const uint8_t *p, size_t len, uint32_t n_embd, stage_sta
     memset(s, 0, sizeof *s);
     wire_reader r = wire_reader_of(p, len);
     uint8_t kind = wire_u8(&r);
-    s->lane = wire_u16(&r);
-    s->pos = wire_u32(&r);
-    s->n = wire_u16(&r);
-    s->rows = wire_u8(&r);
     s->dtype = wire_u8(&r);
+    s->n_pieces = wire_u8(&r);
     if (r.bad || (kind != STAGE_FORWARD && kind != STAGE_OUTPUT)) {
         snprintf(err, errlen, "hidden-state frame truncated or of kind 0x%02x", kind);
         return -1;
     }
     size_t value = stage_dtype_size(s->dtype);
-    if (s->n < 1 || s->n > STAGE_MAX_TOKENS || s->rows > 2 || s->lane >= STAGE_MAX_LANES || !value ||
-        (kind == STAGE_OUTPUT && s->rows != 0)) {
-        snprintf(err, errlen, "hidden-state frame of %u positions, rows %u, lane %u, dtype %u: out of "
-                 "bounds", s->n, s->rows, s->lane, s->dtype);
+    if (!value || s->n_pieces > STAGE_MAX_PIECES) {
+        snprintf(err, errlen, "hidden-state frame of %u pieces, dtype %u: out of bounds", s->n_pieces,
+                 s->dtype);
         return -1;
     }
-    size_t want = (size_t)s->n * n_embd * value;
+    uint64_t seen[STAGE_MAX_LANES / 64] = {0};
+    for (int i = 0; i < s->n_pieces; i++) {
+        stage_piece *q = &s->pieces[i];
+        q->lane = wire_u16(&r);
+        q->pos = wire_u32(&r);
+        q->n = wire_u16(&r);
+        q->rows = wire_u8(&r);
+        if (r.bad) {
+            snprintf(err, errlen, "hidden-state frame truncated in piece %d of %u", i, s->n_pieces);
+            return -1;
+        }
+        if (q->n < 1 || q->n > STAGE_MAX_TOKENS || q->rows > 2 || q->lane >= STAGE_MAX_LANES ||
+            (kind == STAGE_OUTPUT && q->rows != 0) || s->n_rows + q->n > STAGE_MAX_TOKENS ||
+            (seen[q->lane / 64] >> (q->lane % 64) & 1)) {
+            snprintf(err, errlen, "hidden-state piece %d: %u positions (%u before it), rows %u, lane %u "
+                     "(twice?): out of bounds", i, q->n, s->n_rows, q->rows, q->lane);
+            return -1;
+        }
+        seen[q->lane / 64] |= (uint64_t)1 << (q->lane % 64);
+        s->n_rows += q->n;
+    }
+    s->n_trail = wire_u8(&r);
+    if (r.bad || s->n_trail > STAGE_MAX_TRAIL) {
+        snprintf(err, errlen, "hidden-state frame: trail of %u stages, or truncated", s->n_trail);
+        return -1;
+    }
+    for (int i = 0; i < s->n_trail; i++) {
+        s->trail[i].compute_us = wire_u32(&r);
+        s->trail[i].wait_us = wire_u32(&r);
+    }
+    if (r.bad) {
+        snprintf(err, errlen, "hidden-state frame truncated in its trail");
+        return -1;
+    }
+    size_t want = (size_t)s->n_rows * n_embd * value;
     if (wire_left(&r) != want) {
         snprintf(err, errlen, "hidden-state frame of %u x %u values has %zu data bytes, expected %zu",
-                 s->n, n_embd, wire_left(&r), want);
+                 s->n_rows, n_embd, wire_left(&r), want);
         return -1;
     }
     s->data = p + r.at;

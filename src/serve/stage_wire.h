@@ -9,8 +9,8 @@
  *   REFUSE (why it cannot). Closing the stream ends the stage.
  * - STAGE_DATA (6), stage k -> stage k + 1 and the last stage -> stage 0:
  *   HELLO (which plan and stage this stream feeds), then FORWARD (hidden
- *   states of a lane's positions), OUTPUT (the last stage's final hidden
- *   states, back to stage 0) and FAIL (a lane could not be computed: stage 0
+ *   states of one batch step: pieces of several lanes' positions), OUTPUT
+ *   (the last stage's final hidden states of a step, back to stage 0) and FAIL (a lane could not be computed: stage 0
  *   replays it).
  *
  * Hidden states travel as IEEE-754 binary32, little-endian (F32: a split
@@ -30,7 +30,8 @@
 #define STAGE_STREAM_DATA 6
 
 #define STAGE_CONTROL_MAX_FRAME 1024   /* bound on control frames */
-#define STAGE_MAX_TOKENS 512           /* positions in one FORWARD / OUTPUT frame */
+#define STAGE_MAX_TOKENS 64            /* positions in one FORWARD / OUTPUT frame (a step's, MODEL_BATCH) */
+#define STAGE_MAX_PIECES 64            /* lanes' pieces in one FORWARD / OUTPUT frame */
 #define STAGE_MAX_LANES 256
 #define STAGE_MAX_MESSAGE 200          /* REFUSE / FAIL text */
 
@@ -69,6 +70,7 @@ typedef struct {
     uint32_t n_embd;                   /* floats per hidden state */
     uint8_t dtype;                     /* STAGE_DTYPE_* of hidden states on the wire */
     uint64_t need_bytes;               /* memory the coordinator expects the stage to use */
+    uint8_t kv_type;                   /* the KV caches' model_kv_type: 0 F16, 1 F32 (the coordinator's) */
 } stage_assign;
 
 typedef struct {
@@ -92,14 +94,36 @@ typedef struct {
     uint8_t stage;                     /* the receiving stage's index (0: the coordinator) */
 } stage_hello;
 
-/* FORWARD and OUTPUT. */
+/* FORWARD and OUTPUT carry a batch: the pieces of several lanes (each lane
+ * once), their values one after another in the pieces' order. Every FORWARD
+ * the last stage computes gives exactly one OUTPUT (with no pieces when none
+ * asked rows): stage 0 counts its steps in flight by them (back-pressure). */
 typedef struct {
     uint16_t lane;
     uint32_t pos;                      /* first position */
     uint16_t n;                        /* positions (FORWARD) or rows (OUTPUT) */
-    uint8_t rows;                      /* FORWARD: ENGINE_ROWS_* wanted back */
+    uint8_t rows;                      /* FORWARD: ENGINE_ROWS_* wanted back; OUTPUT: 0 */
+} stage_piece;
+
+/* A stage's time on one frame, appended by each stage k >= 1 as the frame
+ * passes (so stage k receives k - 1 of them): what per-request timings are
+ * made of. */
+#define STAGE_MAX_TRAIL 15
+typedef struct {
+    uint32_t compute_us;               /* its layers over the frame */
+    uint32_t wait_us;                  /* from the frame's arrival to its compute (queued) */
+} stage_time;
+
+typedef struct {
     uint8_t dtype;
-    const uint8_t *data;               /* n x n_embd values, pointing into the frame */
+    uint8_t n_trail;                   /* 0..STAGE_MAX_TRAIL */
+    stage_time trail[STAGE_MAX_TRAIL]; /* stages 1, 2, ... in order */
+    uint8_t n_pieces;                  /* 0..STAGE_MAX_PIECES (0: a step all of whose pieces
+                                          failed, or an OUTPUT that acknowledges a step
+                                          asking no rows) */
+    stage_piece pieces[STAGE_MAX_PIECES];
+    uint32_t n_rows;                   /* decoded: the pieces' n summed (<= STAGE_MAX_TOKENS) */
+    const uint8_t *data;               /* n_rows x n_embd values, pointing into the frame */
     size_t data_len;
 } stage_states;
 
@@ -109,9 +133,14 @@ int stage_encode_status(const stage_status *s, uint8_t *out, size_t cap);
 int stage_encode_stats(const stage_stats *s, uint8_t *out, size_t cap);
 int stage_encode_message(uint8_t kind, uint16_t lane, const char *msg, uint8_t *out, size_t cap); /* REFUSE, FAIL */
 int stage_encode_hello(const stage_hello *h, uint8_t *out, size_t cap);
-/* FORWARD / OUTPUT header (STAGE_STATES_HEADER bytes); the values follow it. */
-#define STAGE_STATES_HEADER 11
-void stage_encode_states_header(uint8_t kind, const stage_states *s, uint8_t out[STAGE_STATES_HEADER]);
+/* FORWARD / OUTPUT header (kind, dtype, the pieces, the trail); the values follow it.
+ * Returns its length (stage_states_header_len), or -1 when it exceeds cap. */
+#define STAGE_STATES_HEADER_MAX (4 + 9 * STAGE_MAX_PIECES + 8 * STAGE_MAX_TRAIL)
+static inline size_t stage_states_header_len(int n_pieces, int n_trail)
+{
+    return 4 + 9 * (size_t)n_pieces + 8 * (size_t)n_trail;
+}
+int stage_encode_states_header(uint8_t kind, const stage_states *s, uint8_t *out, size_t cap);
 
 /* Decoders: 0, or -1 with err. They check sizes and ranges that need no
  * context; the receiver checks the rest (lane < n_lanes, pos + n <= n_ctx). */

@@ -17,8 +17,6 @@
 #include "serve/openai.h"
 
 #define TUNNEL_CHUNK (256u << 10)   /* body bytes per frame */
-#define TUNNEL_MAX_METHOD 16
-#define TUNNEL_MAX_PATH 1024
 
 static const char tunnel_failed_sse[] =
     "data: {\"error\":{\"message\":\"the node serving this model went away\","
@@ -72,13 +70,10 @@ static void entry_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t 
 {
     tunnel_call *c = user;
     if (c->ended) return;
-    if (len >= 3 && p[0] == TUNNEL_RESPONSE_HEAD && !c->begun) {
-        int status = (p[1] << 8) | p[2];
-        char type[128];
-        size_t n = len - 3 < sizeof type - 1 ? len - 3 : sizeof type - 1;
-        memcpy(type, p + 3, n);
-        type[n] = 0;
-        if (status < 100 || status > 599 || memchr(type, 0, n)) {
+    if (len >= 1 && p[0] == TUNNEL_RESPONSE_HEAD && !c->begun) {
+        int status;
+        char type[TUNNEL_MAX_TYPE];
+        if (tunnel_decode_response_head(p, len, &status, type) != 0) {
             call_fail(c, "peer sent a malformed response head");
             return;
         }
@@ -154,11 +149,7 @@ typedef struct {
     api_sink sink;          /* first: the handler calls back with &server->sink */
     const tunnel_handler *handler;
     mesh_stream *stream;
-    char method[TUNNEL_MAX_METHOD];
-    char path[TUNNEL_MAX_PATH];
-    int have_head;
-    char *body;
-    size_t body_len, body_cap;
+    tunnel_request req;
     void *call;             /* the handler's, while the answer is being produced */
     int ended;
     int failed;             /* protocol error: stream aborted */
@@ -168,8 +159,8 @@ static void server_begin(api_sink *sink, int status, const char *content_type)
 {
     tunnel_server *t = (tunnel_server *)sink;
     size_t n = strlen(content_type);
-    uint8_t head[3 + 128];
-    if (n > 128) n = 128;
+    uint8_t head[3 + TUNNEL_MAX_TYPE];
+    if (n > TUNNEL_MAX_TYPE) n = TUNNEL_MAX_TYPE;
     head[0] = TUNNEL_RESPONSE_HEAD;
     head[1] = (uint8_t)(status >> 8);
     head[2] = (uint8_t)status;
@@ -191,61 +182,33 @@ static void server_end(api_sink *sink)
     mesh_stream_finish(t->stream);
 }
 
-static const api_sink_ops server_sink_ops = {server_begin, server_write, server_end, NULL};
+static const api_sink_ops server_sink_ops = {server_begin, server_write, server_end, NULL, NULL};
 
 static void server_protocol_error(tunnel_server *t, const char *why)
 {
     log_warn("tunnel", "bad tunnel request from a peer: %s", why);
     t->failed = 1;
     mesh_stream_abort(t->stream);
-    free(t->body);
+    tunnel_request_free(&t->req);
     free(t);
 }
 
 static void server_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len)
 {
     tunnel_server *t = user;
-    if (len >= 1 && p[0] == TUNNEL_REQUEST_HEAD && !t->have_head) {
-        const uint8_t *end = p + len;
-        const uint8_t *m = p + 1;
-        const uint8_t *z1 = memchr(m, 0, (size_t)(end - m));
-        if (!z1 || z1 - m == 0 || z1 - m >= TUNNEL_MAX_METHOD) { server_protocol_error(t, "bad method"); return; }
-        const uint8_t *path = z1 + 1;
-        const uint8_t *z2 = path < end ? memchr(path, 0, (size_t)(end - path)) : NULL;
-        if (!z2 || z2 - path == 0 || z2 - path >= TUNNEL_MAX_PATH || z2 + 1 != end) {
-            server_protocol_error(t, "bad path");
-            return;
-        }
-        memcpy(t->method, m, (size_t)(z1 - m) + 1);
-        memcpy(t->path, path, (size_t)(z2 - path) + 1);
-        t->have_head = 1;
-    } else if (len >= 1 && p[0] == TUNNEL_BODY && t->have_head && !t->call && !t->ended) {
-        size_t n = len - 1;
-        if (t->body_len + n > API_MAX_BODY) { server_protocol_error(t, "body too large"); return; }
-        if (t->body_len + n > t->body_cap) {
-            size_t cap = t->body_cap ? t->body_cap : 4096;
-            while (cap < t->body_len + n) cap *= 2;
-            char *b = realloc(t->body, cap);
-            if (!b) { server_protocol_error(t, "out of memory"); return; }
-            t->body = b;
-            t->body_cap = cap;
-        }
-        memcpy(t->body + t->body_len, p + 1, n);
-        t->body_len += n;
-    } else {
-        server_protocol_error(t, "unexpected frame");
-    }
+    const char *why = "unexpected frame";
+    /* Nothing may follow the request once it is being answered. */
+    if (t->call || t->ended || tunnel_request_feed(&t->req, p, len, &why) != 0) server_protocol_error(t, why);
 }
 
 static void server_on_fin(void *user, mesh_stream *s)
 {
     tunnel_server *t = user;
-    if (!t->have_head) { server_protocol_error(t, "no request head"); return; }
+    if (!t->req.have_head) { server_protocol_error(t, "no request head"); return; }
     if (t->call || t->ended) return;
-    t->call = t->handler->handle(t->handler->ctx, t->method, t->path, t->body, t->body_len, &t->sink);
-    free(t->body);
-    t->body = NULL;
-    t->body_len = t->body_cap = 0;
+    t->call = t->handler->handle(t->handler->ctx, t->req.method, t->req.path, t->req.body, t->req.body_len,
+                                 &t->sink);
+    tunnel_request_free(&t->req);
 }
 
 static void server_on_close(void *user, mesh_stream *s, const char *error)
@@ -255,7 +218,7 @@ static void server_on_close(void *user, mesh_stream *s, const char *error)
         log_debug("tunnel", "entry node went away mid-request: %s", error ? error : "closed");
         t->handler->abort(t->call);
     }
-    free(t->body);
+    tunnel_request_free(&t->req);
     free(t);
 }
 
@@ -275,4 +238,62 @@ void tunnel_register(mesh *m, const tunnel_handler *handler)
 {
     mesh_register_stream_type(m, MESH_STREAM_HTTP_TUNNEL, tunnel_accept, (void *)handler);
     mesh_open_to_clients(m, MESH_STREAM_HTTP_TUNNEL);
+}
+
+/* ---- frame decoding ---------------------------------------------------------*/
+
+int tunnel_request_feed(tunnel_request *r, const uint8_t *p, size_t len, const char **why)
+{
+    if (len >= 1 && p[0] == TUNNEL_REQUEST_HEAD && !r->have_head) {
+        const uint8_t *end = p + len;
+        const uint8_t *m = p + 1;
+        const uint8_t *z1 = memchr(m, 0, (size_t)(end - m));
+        if (!z1 || z1 - m == 0 || z1 - m >= TUNNEL_MAX_METHOD) { *why = "bad method"; return -1; }
+        const uint8_t *path = z1 + 1;
+        const uint8_t *z2 = path < end ? memchr(path, 0, (size_t)(end - path)) : NULL;
+        if (!z2 || z2 - path == 0 || z2 - path >= TUNNEL_MAX_PATH || z2 + 1 != end) {
+            *why = "bad path";
+            return -1;
+        }
+        memcpy(r->method, m, (size_t)(z1 - m) + 1);
+        memcpy(r->path, path, (size_t)(z2 - path) + 1);
+        r->have_head = 1;
+        return 0;
+    }
+    if (len >= 1 && p[0] == TUNNEL_BODY && r->have_head) {
+        size_t n = len - 1;
+        if (n > API_MAX_BODY - r->body_len) { *why = "body too large"; return -1; }
+        if (r->body_len + n > r->body_cap) {
+            size_t cap = r->body_cap ? r->body_cap : 4096;
+            while (cap < r->body_len + n) cap *= 2;
+            char *b = realloc(r->body, cap);
+            if (!b) { *why = "out of memory"; return -1; }
+            r->body = b;
+            r->body_cap = cap;
+        }
+        if (n) memcpy(r->body + r->body_len, p + 1, n);
+        r->body_len += n;
+        return 0;
+    }
+    *why = "unexpected frame";
+    return -1;
+}
+
+void tunnel_request_free(tunnel_request *r)
+{
+    free(r->body);
+    r->body = NULL;
+    r->body_len = r->body_cap = 0;
+}
+
+int tunnel_decode_response_head(const uint8_t *p, size_t len, int *status, char type[TUNNEL_MAX_TYPE])
+{
+    if (len < 3 || p[0] != TUNNEL_RESPONSE_HEAD) return -1;
+    int st = (p[1] << 8) | p[2];
+    size_t n = len - 3 < TUNNEL_MAX_TYPE - 1 ? len - 3 : TUNNEL_MAX_TYPE - 1;
+    if (st < 100 || st > 599 || memchr(p + 3, 0, n)) return -1;
+    memcpy(type, p + 3, n);
+    type[n] = 0;
+    *status = st;
+    return 0;
 }

@@ -59,4 +59,35 @@ typedef struct {
  * streams (the tunnel keeps the pointer). */
 void tunnel_register(struct mesh *m, const tunnel_handler *handler);
 
+/* ---- frame decoding (pure: any thread; tests/fuzz/fuzz_tunnel.c) ---------*/
+
+#define TUNNEL_MAX_METHOD 16     /* bytes with the NUL */
+#define TUNNEL_MAX_PATH 1024     /* bytes with the NUL */
+#define TUNNEL_MAX_TYPE 128      /* bytes of a response's content type kept, with the NUL */
+
+/* The host side's request as its frames arrive: one REQUEST_HEAD, then any
+ * number of BODY frames (at most API_MAX_BODY bytes in all). */
+typedef struct {
+    char method[TUNNEL_MAX_METHOD];
+    char path[TUNNEL_MAX_PATH];
+    int have_head;
+    char *body;                  /* malloc'ed; NULL while empty */
+    size_t body_len, body_cap;
+} tunnel_request;
+
+/* Takes one frame of the request. 0, or -1 with *why when the peer broke
+ * the protocol (a malformed or second head, a body before the head, an
+ * unknown kind, too much body, out of memory): the stream is to be
+ * dropped. The head's method and path are non-empty, NUL-free and
+ * NUL-terminated. */
+int tunnel_request_feed(tunnel_request *r, const uint8_t *p, size_t len, const char **why);
+/* Frees the body; r may be fed again from zero after tunnel_request_init. */
+void tunnel_request_free(tunnel_request *r);
+static inline void tunnel_request_init(tunnel_request *r) { *r = (tunnel_request){0}; }
+
+/* Decodes a RESPONSE_HEAD frame (the entry side): 0 with the status
+ * (100-599) and the content type (NUL-free, NUL-terminated, cut to
+ * TUNNEL_MAX_TYPE - 1 bytes); -1 when p is not a well-formed head. */
+int tunnel_decode_response_head(const uint8_t *p, size_t len, int *status, char type[TUNNEL_MAX_TYPE]);
+
 #endif

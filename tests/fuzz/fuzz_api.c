@@ -18,7 +18,7 @@ typedef struct {
 static void s_begin(api_sink *s, int status, const char *ct) { (void)s; (void)status; (void)ct; }
 static void s_write(api_sink *s, const char *d, size_t n) { (void)s; (void)d; (void)n; }
 static void s_end(api_sink *s) { ((count_sink *)s)->ended++; }
-static const api_sink_ops ops = {s_begin, s_write, s_end, NULL};
+static const api_sink_ops ops = {s_begin, s_write, s_end, NULL, NULL};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

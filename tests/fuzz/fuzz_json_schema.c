@@ -9,7 +9,7 @@
  * fine; crashes, sanitizer reports, leaks, hangs and a mask that admits a
  * token the matcher then refuses are bugs. Without libFuzzer,
  * tests/fuzz/replay_main.c replays tests/fuzz/corpus/json_schema as a test.
- * Dictionary: tests/fuzz/json_schema.dict (libFuzzer -dict=). */
+ * Dictionary: tests/fuzz/dict/json_schema.dict (libFuzzer -dict=). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

@@ -28,7 +28,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         stage_states s;
         if (stage_decode_states(data, size, widths[i], &s, err, sizeof err) == 0) {
             if (s.data < data || s.data + s.data_len != data + size) abort();
-            if (s.data_len != (size_t)s.n * widths[i] * stage_dtype_size(s.dtype)) abort();
+            if (s.data_len != (size_t)s.n_rows * widths[i] * stage_dtype_size(s.dtype)) abort();
+            uint32_t rows = 0;
+            if (s.n_pieces > STAGE_MAX_PIECES) abort();
+            for (int k = 0; k < s.n_pieces; k++) {
+                if (s.pieces[k].n < 1 || s.pieces[k].lane >= STAGE_MAX_LANES || s.pieces[k].rows > 2) abort();
+                for (int j = 0; j < k; j++)
+                    if (s.pieces[j].lane == s.pieces[k].lane) abort();
+                rows += s.pieces[k].n;
+            }
+            if (rows != s.n_rows || rows > STAGE_MAX_TOKENS || s.n_trail > STAGE_MAX_TRAIL) abort();
         }
     }
     return 0;

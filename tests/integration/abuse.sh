@@ -3,8 +3,8 @@
 # A serves the demo model and B is a member. At the same time:
 # - a member (tests/tools/mesh_flood, holding the secret) opens streams of
 #   an unknown type as fast as it can: A counts them as malformed, cuts it
-#   off after 32 and refuses it while the ban lasts (peers_banned,
-#   banned_refused);
+#   off after 20 (--ban-bad-frames 20; the default is 32) and refuses it
+#   while the ban lasts (--ban-seconds 45; peers_banned, banned_refused);
 # - 300 idle TCP connections to A's API from 127.0.0.1: 64 are kept (the
 #   per-address bound), the others shut at once (http_refused); the kept ones
 #   are cut when no request came within the deadline (15 s, http_slow_cut);
@@ -26,7 +26,7 @@ FLOOD=$(dirname "$LLMESH")/mesh_flood
 [ -x "$FLOOD" ] || die "no $FLOOD (built with the tests)"
 counter() { curl -s --interface 127.0.0.2 "$A_CONSOLE/api/status" | jq -r ".counters.$1"; }
 
-start_node A serve --model "$DEMO_MODEL"
+start_node A serve --model "$DEMO_MODEL" --ban-bad-frames 20 --ban-seconds 45
 start_node B serve --join "$A_TOKEN"
 wait_for 20 bash -c "curl -s '$A_CONSOLE/api/status' | jq -e '[.peers[] | select(.state == \"alive\")] | length == 1'" \
   || die "B did not join A"
@@ -106,7 +106,8 @@ check "a completion forwarded through B during the abuse" \
 wait "$FLOOD_PID"
 echo "flood: $(cat "$T/flood.out")"
 check "the flooding member was banned" test "$(counter peers_banned)" -ge 1
-check "its bad frames were counted" test "$(counter bad_frames)" -ge 32
+check "its bad frames were counted" test "$(counter bad_frames)" -ge 20
+check "A's log names the flags' bounds" grep -q "sent 20 malformed frames within 10 s: disconnected, refused for 45 s" "$T/A.log"
 check "and its redials refused" wait_for 15 bash -c "[ \$(curl -s --interface 127.0.0.2 '$A_CONSOLE/api/status' | jq .counters.banned_refused) -ge 1 ]"
 check "only B is alive on A" bash -c "curl -s --interface 127.0.0.2 '$A_CONSOLE/api/status' | jq -e '[.peers[] | select(.state == \"alive\")] | length == 1'"
 check "idle connections over the per-address bound refused" test "$(counter http_refused)" -ge 200

@@ -10,7 +10,11 @@
 #   3. a client that disconnects frees its lane at once;
 #   4. past --queue, 429 with Retry-After; past --queue-timeout, 503; both
 #      counted in /api/status and /metrics;
-#   5. the same concurrent requests through a 2-stage split answer the same.
+#   5. the same concurrent requests through a 2-stage split answer the same,
+#      and their steps crossed the ring as shared FORWARDs (pieces of several
+#      lanes per frame, counted at stage 0 and at stage 1);
+#   6. back-pressure: through a stage made slow, a long prompt's chunks wait
+#      for the window (as many steps on the ring as there are stages).
 set -u
 . "$(dirname "$0")/common.bash"
 MODEL_ID=kjv-llama-6.3M-q8_0
@@ -125,9 +129,9 @@ wait_for 90 plan_ready || die "the split plan never got ready"
 pids=()
 for i in 0 1 2 3 4 5; do
   s=$([ $((i % 2)) -eq 1 ] && echo true || echo false)
-  curl -sfN "$S_API/completions" -d "$(request $i $s)" >"$T/split.$i" & pids+=($!)
+  curl -sSfN "$S_API/completions" -d "$(request $i $s)" >"$T/split.$i" & pids+=($!)
 done
-for p in "${pids[@]}"; do wait "$p" || fail "a concurrent request through the split failed"; done
+for p in "${pids[@]}"; do wait "$p" || fail "a concurrent request through the split failed (S: $(grep -iE 'warn|error' "$T/S.log" | tail -n 3))"; done
 same=0
 for i in 0 1 2 3 4 5; do
   transcript "$T/split.$i" >"$T/split.$i.t"
@@ -135,5 +139,33 @@ for i in 0 1 2 3 4 5; do
   cmp -s "$T/split.$i.t" "$T/alone.$i.t" && same=$((same + 1))
 done
 check "6 concurrent requests through a 2-stage split equal solo (text, tokens, log-probabilities)" [ "$same" -eq 6 ]
+# The lanes shared steps, and each step crossed the ring as one FORWARD
+# carrying several lanes' pieces: more pieces than frames at both ends.
+check "the split's batch steps held several sequences at once" bash -c "curl -sf '$S_CONSOLE/api/status' | jq -e --arg m $MODEL_ID \
+  '.lanes[] | select(.model == \$m) | .batch_steps > 0 and .batch_sequences > .batch_steps'"
+check "stage 0 sent FORWARDs carrying several lanes (pieces_sent > frames_sent)" bash -c "curl -sf '$S_CONSOLE/api/status' | \
+  jq -e --arg m $MODEL_ID '[.plans[] | select(.model == \$m)][0].counters | .frames_sent > 0 and .pieces_sent > .frames_sent'"
+check "stage 1 computed FORWARDs of several lanes in one pass (pieces > frames)" bash -c "curl -sf '$S2_CONSOLE/api/status' | \
+  jq -e --arg m $MODEL_ID '[.stages[] | select(.model == \$m)][0] | .frames > 0 and .pieces > .frames'"
+
+# ---- 6. back-pressure: a slow stage sets the pace ----------------------------------
+# P2 waits 300 ms before each FORWARD (a testing knob): a long prompt's chunks
+# (3 that ask nothing back, then the last) would all queue there; stage 0
+# sends 2 (the window of a 2-stage plan) and waits for room.
+start_node P serve --model "$DEMO_MODEL" --split 2 --threads 1 --parallel 1
+LLMESH_DEBUG_STAGE_DELAY_MS=300 start_node P2 serve --join "$P_TOKEN" --threads 1
+p_ready() { curl -sf "$P_CONSOLE/api/status" | jq -e --arg m "$MODEL_ID" '[.plans[] | select(.model == $m)][0] | .state == "ready"'; }
+wait_for 90 p_ready || die "the slow split plan never got ready"
+long_prompt=$(printf 'And God said, Let there be light: and there was light. %.0s' $(seq 1 14))
+lbody=$(jq -n --arg m "$MODEL_ID" --arg p "$long_prompt" '{model: $m, prompt: $p, max_tokens: 3, temperature: 0}')
+curl -sSf "$P_API/completions" -d "$lbody" >"$T/slow.json" || fail "the long prompt through the slow stage"
+curl -sSf "$A_API/completions" -d "$lbody" >"$T/slow-solo.json" || fail "the long prompt solo"
+check "the long prompt took several chunks" jq -e '.usage.prompt_tokens > 150' "$T/slow.json"
+check "through a slow stage the answer equals solo's" jq -e -n --slurpfile a "$T/slow.json" --slurpfile b "$T/slow-solo.json" \
+  '$a[0].choices[0].text == $b[0].choices[0].text'
+check "stage 0 waited for the window, and never had more than it on the ring" bash -c "curl -sf '$P_CONSOLE/api/status' | \
+  jq -e --arg m $MODEL_ID '[.plans[] | select(.model == \$m)][0].counters | .window == 2 and .window_waits > 0 and
+    .steps_in_flight_max == 2 and .steps_in_flight == 0'"
+check "/metrics counts the waits" bash -c "curl -sf '$P_CONSOLE/metrics' | grep -E '^llmesh_split_window_waits_total\{model=\"$MODEL_ID\"\} [1-9]'"
 
 finish

@@ -6,7 +6,8 @@
 #   - SIGTERM of another: the others show it left (target 1 s; asserted with
 #     5 s) once the node's shutdown sends the mesh's LEAVE (mesh_leave); until
 #     then they must at least see it dead;
-#   - no live node is ever shown dead, suspect-then-dead or left meanwhile.
+#   - no live node is ever shown dead, suspect-then-dead or left meanwhile;
+#   - A's byte counts for C go on across C's reconnection (never back to 0).
 # Bounds are generous (CI machines are noisy); bench/ measures speed.
 set -u
 . "$(dirname "$0")/common.bash"
@@ -54,6 +55,11 @@ measure() {
 }
 
 # ---- kill -9: detected by probes --------------------------------------------
+peer_bytes() { # peer_bytes VIEWER ID KEY
+  curl -s "$(console "$1")/api/status" | jq -r --arg id "$2" ".peers[] | select(.id == \$id) | .$3"
+}
+C_RX_BEFORE=$(peer_bytes A "$C_ID" rx_bytes)
+C_TX_BEFORE=$(peer_bytes A "$C_ID" tx_bytes)
 kill -KILL "$C_PID"; T0=$(now_ms)
 if ms=$(measure 20 C 'dead|gone' A B D E); then
   pass "kill -9 of C seen by A, B, D, E as dead"
@@ -80,6 +86,17 @@ if ms=$(measure 30 C alive A B D E); then
 else
   fail "restarted C not alive everywhere: A=$(state_of A C) B=$(state_of B C) D=$(state_of D C) E=$(state_of E C)"
 fi
+# The new connection's bytes add to the old one's. The restarted C counts
+# only the new connection: what it sent A (read after A's figure) is about
+# what A received on it, so A's total for C must be above that by the old
+# connection's bytes, and never below what it was before the kill.
+A_RX_C=$(peer_bytes A "$C_ID" rx_bytes); A_TX_C=$(peer_bytes A "$C_ID" tx_bytes)
+C_TX_A=$(peer_bytes C "$A_ID" tx_bytes); C_RX_A=$(peer_bytes C "$A_ID" rx_bytes)
+echo "A's bytes from/to C: $C_RX_BEFORE/$C_TX_BEFORE before the kill, $A_RX_C/$A_TX_C now; C's new connection: $C_TX_A/$C_RX_A"
+check "A's rx_bytes for C go on across the reconnection" \
+  test "${A_RX_C:-0}" -ge "${C_RX_BEFORE:-1}" -a "${A_RX_C:-0}" -gt "${C_TX_A:-0}"
+check "A's tx_bytes for C likewise" \
+  test "${A_TX_C:-0}" -ge "${C_TX_BEFORE:-1}" -a "${A_TX_C:-0}" -gt "${C_RX_A:-0}"
 
 # ---- clean exit -------------------------------------------------------------------
 kill -TERM "$D_PID"; T0=$(now_ms)

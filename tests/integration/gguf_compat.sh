@@ -2,9 +2,10 @@
 # gguf_compat.sh: files written by `llmesh quantize` are valid GGUF for an
 # independent reader: llama.cpp (node-llama-cpp 3.22.1, prebuilt CPU binary,
 # installed from the npm registry into tests/e2e/node_modules) loads each,
-# its perplexity on models/kjv-heldout.txt agrees with ours within 1% (it
-# keeps an F16 KV cache and rounds Q8_K activations differently: measured
-# differences are <= 0.1%). Greedy continuations are printed, not compared:
+# its perplexity on models/kjv-heldout.txt agrees with ours within 1% (both
+# keep an F16 KV cache, llama.cpp also rounds q and the attention weights to
+# F16, and it rounds Q8_K activations differently: measured differences are
+# <= 0.1%). Greedy continuations are printed, not compared:
 # those rounding differences flip near-ties (Q5_K_M diverges at token 3).
 # node and npm come from scripts/deps.sh and the package from the npm
 # registry; if either is missing the test fails (it never skips quietly).

@@ -86,16 +86,19 @@ for name in $("$MAKE_MODELS" list); do
   rm -f "$T"/*.gguf
 done
 
-# 3. Perplexity (each pass ~6 s, so three): llama.cpp reproduces the table of
+# 3. Perplexity (each pass ~6 s, so four): llama.cpp reproduces the table of
 # models/README.md for the demo model (F16 KV cache, llama.cpp's default) and
-# for the F32 file with an F32 KV cache; `llmesh perplexity` (F32 KV) agrees
-# with llama.cpp with an F32 KV cache. Q8_0's tolerance is the activation-
-# quantization noise (see docs/testing-reference.md).
+# for the F32 file with an F32 and an F16 KV cache; `llmesh perplexity
+# --kv-type` agrees with llama.cpp with the same KV type (F16: within 0.001 on
+# the F32 file; llama.cpp also rounds q and the attention weights to F16).
+# Q8_0's tolerance is the activation-quantization noise (see
+# docs/testing-reference.md).
 ppl() { run "ppl-$1-$2" 120 perplexity.mjs --model "$3" --text "$HELDOUT" --kv "$2" "${@:4}"; }
 ppl q8_0 F16 "$SRC/models/kjv-llama-6.3M-q8_0.gguf" --expect 71.1008
 ppl q8_0 F32 "$SRC/models/kjv-llama-6.3M-q8_0.gguf" --llmesh "$LLMESH" --ours-tol 0.02
 if [ -f "$SRC/tests/models/kjv-llama-6.3M-f32.gguf" ]; then
   ppl f32 F32 "$SRC/tests/models/kjv-llama-6.3M-f32.gguf" --expect 71.1475 --llmesh "$LLMESH" --ours-tol 0.001
+  ppl f32 F16 "$SRC/tests/models/kjv-llama-6.3M-f32.gguf" --expect 71.1473 --llmesh "$LLMESH" --ours-tol 0.001
 fi
 
 passed=0 failed=0 known=0

@@ -150,7 +150,7 @@ for p in status["peers"]:
         # the counters can only have grown since.
         for metric, key in (("llmesh_peer_received_bytes_total", "rx_bytes"),
                             ("llmesh_peer_sent_bytes_total", "tx_bytes")):
-            got = value(metric, peer=p["id"], link=p["link"])
+            got = value(metric, peer=p["id"])
             check(f"{metric} of {p['id'][:8]} >= {key} ({p[key]}) > 0",
                   got is not None and p[key] > 0 and got >= p[key], got)
 

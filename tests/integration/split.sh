@@ -83,6 +83,22 @@ done
 body=$(jq -n --arg m "$DEMO_ID" --arg p "$PROMPT" '{model: $m, prompt: $p, max_tokens: 40, temperature: 0}')
 curl -sf "$B_API/completions" -d "$body" | jq -j '.choices[0].text' >"$T/via-b.got"
 check "a request to B (a stage node) is routed to stage 0 and answers the same" cmp "$T/$DEMO_ID.expected" "$T/via-b.got"
+# Per-stage timings in a split answer: every stage, in order, its node and
+# layers as the plan says, compute times that add up to something, the hops.
+A_ID=$(node_id "$A_CONSOLE")
+curl -sf "$A_API/completions" -d "$body" >"$T/timed.json" || fail "a timed completion"
+check "a split answer's timings name its 3 stages with the plan's nodes and layers" jq -e -n \
+  --slurpfile a "$T/timed.json" --argjson plan "$(plan_of "$A_CONSOLE" "$DEMO_ID")" --arg a_id "$A_ID" '
+  $a[0].timings.stages as $s | ($s | length) == 3 and $s[0].node == $a_id and
+  ([range(0; 3) | $s[.].node == $plan.stages[.].node and $s[.].layers == $plan.stages[.].layers] | all)'
+check "each stage computed for it, the hops took time, nothing negative" jq -e '.timings as $t |
+  ([$t.stages[] | .compute_ms > 0 and .wait_ms >= 0] | all) and $t.hop_ms > 0' "$T/timed.json"
+check "the stages' compute is within the request's time" jq -e '.timings as $t |
+  ([$t.stages[].compute_ms] | add) + $t.hop_ms <= ($t.prompt_ms + $t.predicted_ms) * 1.05 + 5' "$T/timed.json"
+curl -sfN "$A_API/completions" -d "$sbody" | grep '^data: {' | tail -n 1 | sed 's/^data: //' >"$T/timed-stream.json"
+check "a split stream's last chunk carries the stage timings" jq -e '(.timings.stages | length) == 3' "$T/timed-stream.json"
+curl -sf "$S_API/completions" -d "$body" >"$T/untimed.json" || fail "a solo completion"
+check "a solo answer has no stage timings" jq -e '.timings | has("stages") | not' "$T/untimed.json"
 check "A's pipeline counters moved" bash -c "curl -sf '$A_CONSOLE/api/status' | jq -e --arg m '$DEMO_ID' \
   '[.plans[] | select(.model == \$m)][0] | .counters.round_trips > 0 and .stages[1].counters.tokens > 0'"
 

@@ -5,7 +5,8 @@
  * Seeds are made with the real encoders from a tiny synthetic llama (4 KiB
  * chunks, so several tensors have several chunk hashes), in the input
  * format fuzz_fetch.c reads: a mode byte, then 3-byte-length frames (modes 0
- * and 1) or a whole manifest file (mode 2). Valid exchanges, and a few
+ * and 1), a whole manifest file (mode 2) or a record's holdings field
+ * (mode 3). Valid exchanges, and a few
  * broken ones so that each decoder's error paths start covered.
  * Deterministic: same program, same bytes. */
 #include <stdio.h>
@@ -94,6 +95,18 @@ int main(int argc, char **argv)
     frame(&b, "\x33", 1);
     frame(&b, "", 0);
     save(dir, "req-bad", &b);
+    /* Whole files by SHA-256: FILE_OPEN, FILE_GETs (one past the piece bound). */
+    uint8_t fopen_[FETCH_FILE_OPEN_BYTES], fget[FETCH_FILE_GET_BYTES];
+    b.len = 1;
+    fetch_file_open_encode(fopen_, m->model_hash);
+    frame(&b, fopen_, sizeof fopen_);
+    fetch_file_get_encode(fget, 0, FETCH_FILE_PIECE);
+    frame(&b, fget, sizeof fget);
+    fetch_file_get_encode(fget, FETCH_FILE_PIECE, 4096);
+    frame(&b, fget, sizeof fget);
+    fetch_file_get_encode(fget, 0, FETCH_FILE_PIECE + 1);
+    frame(&b, fget, sizeof fget);
+    save(dir, "req-file", &b);
 
     /* Answers: a whole exchange (manifest with the chunk hashes of the part,
      * READY, one DATA, an ERROR). */
@@ -137,6 +150,19 @@ int main(int argc, char **argv)
     frame(&b, "\x86\0\0\0\0\0\0\0\0", 9);
     frame(&b, "\x8f", 1);
     save(dir, "ans-bad", &b);
+    /* A whole file: FILE_INFO, two FILE_DATA, an oversized size. */
+    b.len = 1;
+    uint8_t info[FETCH_FILE_INFO_BYTES];
+    fetch_file_info_encode(info, m->model_hash, 5000);
+    frame(&b, info, sizeof info);
+    fetch_file_data_head_encode(f, 0);
+    memset(f + FETCH_FILE_DATA_HEAD, 0x17, 4096);
+    frame(&b, f, FETCH_FILE_DATA_HEAD + 4096);
+    fetch_file_data_head_encode(f, 4096);
+    frame(&b, f, FETCH_FILE_DATA_HEAD + 904);
+    fetch_file_info_encode(info, m->model_hash, FETCH_FILE_MAX_SIZE + 1);
+    frame(&b, info, sizeof info);
+    save(dir, "ans-file", &b);
 
     /* Manifest files. */
     fetch_file_key key = {.size = 123456, .mtime_ns = 1700000000000000000ull, .inode = 42, .device = 7};
@@ -149,6 +175,20 @@ int main(int argc, char **argv)
     b.len = 1 + len / 2;
     save(dir, "file-truncated", &b);
     free(file);
+
+    /* Holdings: a full file and two parts; one with unknown flags. */
+    fetch_holding h[3] = {{.first = 0, .end = 4, .flags = FETCH_HOLD_HEAD | FETCH_HOLD_FULL},
+                          {.first = 1, .end = 3, .flags = 0},
+                          {.first = 0, .end = 0, .flags = FETCH_HOLD_HEAD}};
+    for (int i = 0; i < 3; i++) memcpy(h[i].hash, m->model_hash, WEIGHTS_HASH_BYTES);
+    uint8_t hold[2 + 3 * FETCH_HOLDING_BYTES];
+    size_t hlen = fetch_holdings_encode(h, 3, hold, sizeof hold);
+    b.len = 1;
+    b.p[0] = 3;
+    put(&b, hold, hlen);
+    save(dir, "holdings", &b);
+    b.p[1 + 2 + FETCH_HOLDING_BYTES + 40] = 0x80;
+    save(dir, "holdings-bad", &b);
     printf("fetch_corpus: %zu manifest frames, %u tensors, %s\n", frames, m->n_tensors, dir);
     free(b.p);
     free(f);

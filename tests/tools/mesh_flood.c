@@ -7,7 +7,7 @@
  * stream of a type nobody registered, each with one frame of garbage, as
  * fast as the loop allows (a few hundred a second at most: each waits for a
  * loop turn). The member must count them as malformed, cut it off after
- * MESH_BAD_FRAMES_MAX and refuse it while the ban lasts. Prints one line:
+ * the ban threshold (--ban-bad-frames, default 32) and refuse it while the ban lasts. Prints one line:
  * "opened N streams, connected at end: 0|1". Exit 0, or 1 if it never got in. */
 #include <event2/event.h>
 #include <stdio.h>

@@ -52,7 +52,7 @@ static void rec_end(api_sink *s)
     event_base_loopbreak(r->base);
 }
 
-static const api_sink_ops rec_ops = {rec_begin, rec_write, rec_end, NULL};
+static const api_sink_ops rec_ops = {rec_begin, rec_write, rec_end, NULL, NULL};
 
 static struct event_base *base;
 static sched *sch;

@@ -125,7 +125,7 @@ static void test_forward_matches_reference(void)
         const model_config *mc = model_get_config(L.m);
         CHECK_EQ_INT(mc->head_dim, p.head_dim > 0 ? p.head_dim : 16);
         CHECK_EQ_INT(mc->rope_neox, strcmp(p.arch, "llama") != 0);
-        model_state *s = model_state_new(L.m, 0, err, sizeof err);
+        model_state *s = model_state_new(L.m, 0, MODEL_KV_F32, err, sizeof err);
         REQUIRE(s);
         static float got[N * 300];
         static double want[N * 300];
@@ -177,7 +177,7 @@ static void test_each_feature_matters(void)
         REQUIRE(model_writer_write(path, &p) == 0);
         loaded L = load(path);
         REQUIRE(L.m);
-        model_state *s = model_state_new(L.m, 0, err, sizeof err);
+        model_state *s = model_state_new(L.m, 0, MODEL_KV_F32, err, sizeof err);
         REQUIRE(s);
         static float got[N * 300];
         static double want[N * 300];
@@ -198,7 +198,7 @@ static void test_each_feature_matters(void)
 }
 
 /* Whole prompt vs token by token, 1 vs 3 threads, across the 64-token
- * internal batch: bit-identical, for every architecture. */
+ * internal batch: bit-identical, for every architecture and KV cache type. */
 static void test_batching_and_threads_are_exact(void)
 {
     const char *arches[] = {"llama", "qwen2", "qwen3", "gemma3", "phi3"};
@@ -217,18 +217,21 @@ static void test_batching_and_threads_are_exact(void)
         int32_t tokens[N];
         for (int i = 0; i < N; i++) tokens[i] = (i * 37 + 11) % V;
         static float all[N * V], one[V];
-        model_state *s = model_state_new(L.m, 0, err, sizeof err);
-        REQUIRE(s);
-        REQUIRE(model_forward(L.m, s, p3, tokens, N, all, 1, err, sizeof err) == 0);
-        model_state_truncate(s, 0);
-        int bad = 0;
-        for (int i = 0; i < N; i++) {
-            REQUIRE(model_forward(L.m, s, p1, tokens + i, 1, one, 0, err, sizeof err) == 0);
-            bad += memcmp(one, all + (size_t)i * V, sizeof one) != 0;
+        for (int kv = 0; kv < MODEL_KV_TYPE_COUNT; kv++) {
+            model_state *s = model_state_new(L.m, 0, (model_kv_type)kv, err, sizeof err);
+            REQUIRE(s);
+            REQUIRE(model_forward(L.m, s, p3, tokens, N, all, 1, err, sizeof err) == 0);
+            model_state_truncate(s, 0);
+            int bad = 0;
+            for (int i = 0; i < N; i++) {
+                REQUIRE(model_forward(L.m, s, p1, tokens + i, 1, one, 0, err, sizeof err) == 0);
+                bad += memcmp(one, all + (size_t)i * V, sizeof one) != 0;
+            }
+            if (bad) fprintf(stderr, "  %s, KV %s: %d positions differ\n", arches[a],
+                             model_kv_type_name((model_kv_type)kv), bad);
+            CHECK_EQ_INT(bad, 0);
+            model_state_free(s);
         }
-        if (bad) fprintf(stderr, "  %s: %d positions differ\n", arches[a], bad);
-        CHECK_EQ_INT(bad, 0);
-        model_state_free(s);
         unload(&L);
     }
     threadpool_free(p1);
@@ -262,7 +265,8 @@ static void test_mixed_batches_are_exact(void)
         model_state *st[S];
         for (int k = 0; k < S; k++) {
             for (int i = 0; i < len[k]; i++) tokens[k][i] = (int32_t)((i * 31 + k * 101 + 7) % V);
-            st[k] = model_state_new(L.m, 0, err, sizeof err);
+            /* the sequences' caches of different types share the batch */
+            st[k] = model_state_new(L.m, 0, (model_kv_type)((k + a) % MODEL_KV_TYPE_COUNT), err, sizeof err);
             REQUIRE(st[k]);
             REQUIRE(model_forward(L.m, st[k], pool, tokens[k], len[k], alone[k], 1, err, sizeof err) == 0);
             model_state_truncate(st[k], 0);
@@ -467,7 +471,7 @@ static void run_real_shape(const char *what, model_writer_params p)
     CHECK_EQ_INT(c->n_vocab, p.n_vocab);
     CHECK_EQ_INT(c->head_dim, p.head_dim > 0 ? p.head_dim : p.n_embd / p.n_head);
     threadpool *pool = threadpool_create(2, err, sizeof err);
-    model_state *st = model_state_new(L.m, 16, err, sizeof err);
+    model_state *st = model_state_new(L.m, 16, MODEL_KV_F32, err, sizeof err);
     REQUIRE(pool && st);
     int32_t tokens[3] = {p.n_vocab - 2, 97, 98};
     float *batch = malloc(sizeof(float) * 3 * (size_t)p.n_vocab), *one = malloc(sizeof(float) * (size_t)p.n_vocab);

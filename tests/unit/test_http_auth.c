@@ -1,5 +1,5 @@
 /* test_http_auth.c: the API key check in front of the HTTP servers: the
- * constant-time compare, the Authorization header's parsing, the key's
+ * constant-time compare, the Authorization and x-api-key headers' parsing, the key's
  * validity and which bind addresses count as loopback. The servers' 401
  * answers are tested end to end by tests/integration/api_keys.sh. */
 #include <string.h>
@@ -54,6 +54,20 @@ static void test_bearer_header(void)
     CHECK_EQ_INT(http_auth_check(k, n, "Bearer Bearer sk-test-0123"), HTTP_AUTH_WRONG);
 }
 
+/* Anthropic's clients send the key bare in x-api-key (the Messages routes). */
+static void test_x_api_key_header(void)
+{
+    const char *k = "sk-test-0123";
+    size_t n = strlen(k);
+    CHECK_EQ_INT(http_auth_check_x_api_key(k, n, "sk-test-0123"), HTTP_AUTH_OK);
+    CHECK_EQ_INT(http_auth_check_x_api_key(k, n, " \tsk-test-0123 "), HTTP_AUTH_OK); /* spaces around */
+    CHECK_EQ_INT(http_auth_check_x_api_key(k, n, NULL), HTTP_AUTH_MISSING);
+    CHECK_EQ_INT(http_auth_check_x_api_key(k, n, "  "), HTTP_AUTH_MISSING);
+    CHECK_EQ_INT(http_auth_check_x_api_key(k, n, "sk-test-012"), HTTP_AUTH_WRONG);
+    CHECK_EQ_INT(http_auth_check_x_api_key(k, n, "Bearer sk-test-0123"), HTTP_AUTH_WRONG); /* no scheme here */
+    CHECK_EQ_INT(http_auth_check_x_api_key(k, n, "SK-TEST-0123"), HTTP_AUTH_WRONG);
+}
+
 static void test_key_validity(void)
 {
     CHECK(http_api_key_valid("k"));
@@ -92,6 +106,7 @@ int main(void)
 {
     RUN(test_consttime_equal);
     RUN(test_bearer_header);
+    RUN(test_x_api_key_header);
     RUN(test_key_validity);
     RUN(test_loopback_hosts);
     return testlib_finish();

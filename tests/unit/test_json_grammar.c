@@ -90,6 +90,15 @@ static void test_schema_matching(void)
     CHECK(!admits(g, "{\"name\":\"bob\",\"age\":1} "));             /* nothing after the root */
     CHECK(!admits(g, "{\"name\":\"b\x01\",\"age\":1}"));            /* control byte */
     CHECK(!admits(g, "{\"name\":\"\xff\",\"age\":1}"));             /* not UTF-8 */
+    /* Well-formed UTF-8 only (a decoder would turn each byte of the others
+     * into U+FFFD, past maxLength): the edges of RFC 3629's table. */
+    CHECK(admits(g, "{\"name\":\"\xe0\xa0\x80\xed\x9f\xbf\",\"age\":1}"));         /* U+0800, U+D7FF */
+    CHECK(admits(g, "{\"name\":\"\xf0\x90\x80\x80\xf4\x8f\xbf\xbf\",\"age\":1}")); /* U+10000, U+10FFFF */
+    CHECK(!admits(g, "{\"name\":\"\xe0\x80\x80\",\"age\":1}"));  /* overlong */
+    CHECK(!admits(g, "{\"name\":\"\xed\xa0\x80\",\"age\":1}"));  /* surrogate */
+    CHECK(!admits(g, "{\"name\":\"\xf0\x8f\xbf\xbf\",\"age\":1}")); /* overlong */
+    CHECK(!admits(g, "{\"name\":\"\xf4\x90\x80\x80\",\"age\":1}")); /* past U+10FFFF */
+    CHECK(!admits(g, "{\"name\":\"\xc0\xaf\",\"age\":1}"));       /* overlong '/' */
     CHECK(!admits(g, "{                 \"name\":\"b\",\"age\":1}")); /* whitespace run bound */
     /* A prefix is admitted but not accepting; the closed value is done. */
     json_match *m = json_match_new(g);
@@ -157,7 +166,7 @@ static const char *const vocab[] = {
     "{", "}", "[", "]", ",", ":", "\"", "\":", "\",", "},", "\"}", "{\"", " ", "  ", "\n", "\n  ",
     "0", "1", "2", "12", "-", ".", "e", "5.", "true", "false", "null", "tr", "ue", "n", "ull",
     "a", "b", "name", "age", "tags", "pet", "cat", "bob", "\"name", "\"age", "\\", "\\n", "\\u",
-    "00e9", "é", "\xc3", "\xa9", "hello world", "x\"y", "\x01", "", "\"a\"", "\"b\"", "nu", "ll",
+    "00e9", "é", "\xc3", "\xa9", "\xe0", "\xa0\x80", "\x80\x80", "\xed\xa0", "hello world", "x\"y", "\x01", "", "\"a\"", "\"b\"", "nu", "ll",
     /* single letters, as a byte-level vocabulary has every byte: any
      * admitted prefix can then be finished */
     "c", "d", "f", "g", "h", "i", "j", "k", "l", "m", "o", "p", "q", "r", "s", "t", "u", "v", "w",

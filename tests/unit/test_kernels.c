@@ -140,6 +140,71 @@ static void test_fp16_row_matches_scalar(void)
     kernel_force_isa(saved);
 }
 
+/* The row conversion to fp16 equals the scalar one on every ISA: every
+ * fp16 value, the midpoints between neighbours (ties to even), values
+ * around the subnormal and overflow edges, and random floats; NaN stays NaN. */
+static void test_fp32_to_fp16_row_matches_scalar(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
+    kernel_isa saved = kernel_active_isa();
+    enum { N = 3 * 65536 + 8 + 4 };
+    static float src[N];
+    static uint16_t dst[N];
+    int n = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = kernel_fp16_to_fp32((uint16_t)h), g = kernel_fp16_to_fp32((uint16_t)(h + 1));
+        src[n++] = f;
+        src[n++] = isfinite(f) && isfinite(g) ? (float)(((double)f + g) / 2) : f; /* a tie */
+        src[n++] = rnd_uniform(-70000.0f, 70000.0f) * (h % 3 ? 1e-6f : 1.0f);
+    }
+    const float edges[] = {65504.0f, 65519.99f, 65520.0f, 1e-8f, -2.98e-8f, 6.1e-5f, 5.96e-8f, -0.0f,
+                           INFINITY, -INFINITY, NAN, 1e30f};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) src[n++] = edges[i];
+    REQUIRE(n == N);
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+        if (kernel_force_isa(isas[k]) != 0) continue;
+        kernel_fp32_to_fp16_row(src, dst, N - 3); /* an odd length: the tail too */
+        kernel_fp32_to_fp16_row(src + N - 3, dst + N - 3, 3);
+        int bad = 0;
+        for (int i = 0; i < N; i++) {
+            uint16_t want = kernel_fp32_to_fp16(src[i]);
+            if (isnan(src[i]) ? (dst[i] & 0x7fff) <= 0x7c00 : dst[i] != want) bad++;
+        }
+        CHECK_EQ_INT(bad, 0);
+    }
+    kernel_force_isa(saved);
+}
+
+/* out += a * v with v in fp16: each element within one float rounding of
+ * the exact value (the AVX2 path fuses the multiply and the add), on every
+ * ISA, lengths with and without a tail. */
+static void test_axpy_f16(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
+    kernel_isa saved = kernel_active_isa();
+    enum { MAXN = 131 };
+    uint16_t v[MAXN];
+    float out[MAXN], start[MAXN];
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+        if (kernel_force_isa(isas[k]) != 0) continue;
+        int bad = 0;
+        for (int n = 1; n <= MAXN; n += 13) {
+            float a = rnd_uniform(-2, 2);
+            for (int i = 0; i < n; i++) {
+                v[i] = kernel_fp32_to_fp16(rnd_uniform(-4, 4));
+                out[i] = start[i] = rnd_uniform(-4, 4);
+            }
+            kernel_axpy_f16(out, a, v, n);
+            for (int i = 0; i < n; i++) {
+                double want = start[i] + (double)a * kernel_fp16_to_fp32(v[i]);
+                if (fabs(out[i] - want) > 2.5e-7 * (fabs(want) + fabs(a * kernel_fp16_to_fp32(v[i])))) bad++;
+            }
+        }
+        CHECK_EQ_INT(bad, 0);
+    }
+    kernel_force_isa(saved);
+}
+
 static void test_bf16(void)
 {
     CHECK_EQ_INT(kernel_fp32_to_bf16(1.0f), 0x3f80);
@@ -458,6 +523,8 @@ int main(void)
     RUN(test_fp16_vs_compiler);
 #endif
     RUN(test_fp16_row_matches_scalar);
+    RUN(test_fp32_to_fp16_row_matches_scalar);
+    RUN(test_axpy_f16);
     RUN(test_bf16);
     RUN(test_q8_0_quantize);
     RUN(test_dot_products);

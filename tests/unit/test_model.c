@@ -79,7 +79,7 @@ static void test_forward_matches_reference(void)
         CHECK_EQ_INT(c->n_vocab, 320);
         CHECK_EQ_INT(c->head_dim, 16);
         CHECK_EQ_INT(c->n_head_kv, cases[k].n_head_kv);
-        model_state *s = model_state_new(L.m, 0, err, sizeof err);
+        model_state *s = model_state_new(L.m, 0, MODEL_KV_F32, err, sizeof err);
         REQUIRE(s);
         static float got[N * 320];
         static double want[N * 320];
@@ -118,7 +118,7 @@ static void test_batching_and_threads_are_exact(void)
     static float all[N * V], one[V], other[N * V];
     threadpool *p1 = threadpool_create(1, err, sizeof err), *p3 = threadpool_create(3, err, sizeof err);
     REQUIRE(p1 && p3);
-    model_state *s = model_state_new(L.m, 0, err, sizeof err);
+    model_state *s = model_state_new(L.m, 0, MODEL_KV_F32, err, sizeof err);
     REQUIRE(s);
     CHECK_EQ_INT(model_state_n_ctx(s), 160);
 

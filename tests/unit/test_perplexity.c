@@ -4,6 +4,7 @@
  * tokens; and the `llmesh perplexity` / `llmesh run` commands print what the
  * engine computes. */
 #include "engine/engine.h"
+#include "engine/model.h"
 #include "testlib.h"
 
 #include <cjson/cJSON.h>
@@ -70,11 +71,30 @@ static void check_file(const char *relative, const char *variant)
     CHECK_EQ_INT(r.chunks, 9);
     CHECK(fabs(exp(r.mean_nll) - r.perplexity) < 1e-9 * r.perplexity);
 
+    double ppl_f16 = r.perplexity;
     /* bad contexts are refused */
     CHECK(engine_perplexity(m, text, len, 1, &r, err, sizeof err) == -1);
     CHECK(engine_perplexity(m, text, len, 257, &r, err, sizeof err) == -1);
     CHECK(engine_perplexity(m, "", 0, 256, &r, err, sizeof err) == -1);
     engine_model_free(m);
+
+    /* The default KV cache is F16; an F32 one moves the perplexity, by
+     * little (measured: 4e-6 of it for the F32 file, 2.5e-4 for Q8_0, whose
+     * activation rounding amplifies any change upstream; docs/engine.md). */
+    CHECK_EQ_INT(MODEL_KV_F16, 0);
+    engine_load_opts o = {.n_threads = 2, .kv_type = MODEL_KV_F32};
+    m = engine_model_load_opts(testlib_source_path(relative), &o, err, sizeof err);
+    REQUIRE(m);
+    CHECK_EQ_INT(engine_model_kv_type(m), MODEL_KV_F32);
+    engine_perplexity_result r32;
+    REQUIRE(engine_perplexity(m, text, len, 256, &r32, err, sizeof err) == 0);
+    fprintf(stderr, "  %s: perplexity with an F32 KV cache %.4f\n", variant, r32.perplexity);
+    CHECK(r32.perplexity != ppl_f16);
+    CHECK(fabs(r32.perplexity - ppl_f16) <= 5e-4 * r32.perplexity);
+    engine_model_free(m);
+    o.kv_type = 7;
+    CHECK(!engine_model_load_opts(testlib_source_path(relative), &o, err, sizeof err));
+    CHECK(strstr(err, "unknown KV cache type 7") != NULL);
     free(text);
 }
 
@@ -104,10 +124,10 @@ static void test_cli(void)
     }
     char cmd[4096];
     int status;
-    char model[2048]; /* testlib_source_path returns one static buffer */
-    snprintf(model, sizeof model, "%s", testlib_source_path("models/kjv-llama-6.3M-q8_0.gguf"));
+    char model_path[2048]; /* testlib_source_path returns one static buffer */
+    snprintf(model_path, sizeof model_path, "%s", testlib_source_path("models/kjv-llama-6.3M-q8_0.gguf"));
     snprintf(cmd, sizeof cmd, "'%s' perplexity --model '%s' --file '%s' --threads 2 2>/dev/null", bin,
-             model, testlib_source_path("models/kjv-heldout.txt"));
+             model_path, testlib_source_path("models/kjv-heldout.txt"));
     char *out = capture(cmd, &status);
     REQUIRE(out);
     CHECK_EQ_INT(status, 0);
@@ -119,7 +139,7 @@ static void test_cli(void)
 
     /* run: exactly the continuation, no newline added */
     snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --prompt 'In the beginning' --temp 0 -n 8",
-             bin, model);
+             bin, model_path);
     out = capture(cmd, &status);
     REQUIRE(out);
     CHECK_EQ_INT(status, 0);
@@ -138,6 +158,21 @@ static void test_cli(void)
     REQUIRE(out);
     CHECK(status != 0);
     CHECK(strstr(out, "--temp") != NULL);
+    free(out);
+
+    /* --kv-type: f32 gives the same greedy text here; an unknown type is refused */
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --prompt 'In the beginning' --temp 0 -n 8 --kv-type f32",
+             bin, model_path);
+    out = capture(cmd, &status);
+    REQUIRE(out);
+    CHECK_EQ_INT(status, 0);
+    CHECK_EQ_STR(out, " of the world, and in the world");
+    free(out);
+    snprintf(cmd, sizeof cmd, "'%s' perplexity --model x --file y --kv-type q8_0 2>&1", bin);
+    out = capture(cmd, &status);
+    REQUIRE(out);
+    CHECK(status != 0);
+    CHECK(strstr(out, "--kv-type: 'q8_0' is not a KV cache type (f16 or f32)") != NULL);
     free(out);
 }
 

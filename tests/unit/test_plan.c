@@ -234,6 +234,93 @@ static void test_codec_demand(void)
     CHECK_EQ_INT(plan_decode_app(empty, 3, back, 2, dback, 4, &nd, err, sizeof err), -1);
 }
 
+/* Format 3: plans, demand (maybe none), the files the node holds, the
+ * models it finds saturated. */
+static int decode3(const uint8_t *buf, size_t n, plan *back, plan_demand *dback, int *nd, plan_extra *x)
+{
+    char err[256];
+    return plan_decode_app_files(buf, n, back, 2, dback, 4, nd, x, err, sizeof err);
+}
+
+static void test_codec_files(void)
+{
+    plan ps[1] = {sample_plan()};
+    plan_demand d[1] = {{"qwen2.5-7b", 12}};
+    plan_file f[2];
+    memset(f, 0, sizeof f);
+    for (int i = 0; i < 32; i++) f[0].sha256[i] = (uint8_t)i, f[1].sha256[i] = (uint8_t)(255 - i);
+    f[0].size = 6868576;
+    strcpy(f[0].ref, "TestOrg/kjv-GGUF/kjv-llama-6.3M-q8_0.gguf");
+    f[1].size = 1ull << 40;
+    strcpy(f[1].ref, "org/repo/sub/x-00001-of-00002.gguf");
+    plan_saturated sat[1] = {{"qwen2.5-7b"}};
+    uint8_t buf[MESH_MAX_APP];
+    plan back[2];
+    plan_demand dback[4];
+    plan_file fback[PLAN_MAX_FILES];
+    plan_saturated sback[PLAN_MAX_PLANS];
+    int nd = -1;
+    char err[256];
+    for (int with_demand = 0; with_demand < 2; with_demand++) {
+        plan_extra x = {.files = f, .n_files = 2, .saturated = sat, .n_saturated = 1};
+        int n = plan_encode_app_files(ps, 1, d, with_demand, &x, buf, sizeof buf);
+        REQUIRE(n > 0);
+        CHECK_EQ_INT(buf[0], 3);
+        plan_extra y = {.files = fback, .max_files = PLAN_MAX_FILES, .saturated = sback, .max_saturated = 4};
+        REQUIRE(decode3(buf, (size_t)n, back, dback, &nd, &y) == 1);
+        CHECK_EQ_INT(nd, with_demand);
+        CHECK_EQ_INT(y.n_files, 2);
+        CHECK_EQ_INT(y.n_saturated, 1);
+        CHECK_EQ_STR(sback[0].model, "qwen2.5-7b");
+        CHECK(!memcmp(fback[1].sha256, f[1].sha256, 32));
+        CHECK(fback[1].size == f[1].size);
+        CHECK_EQ_STR(fback[0].ref, f[0].ref);
+        /* A reader that does not want the rest still takes the plans and demand. */
+        CHECK_EQ_INT(plan_decode_app(buf, (size_t)n, back, 2, dback, 4, &nd, err, sizeof err), 1);
+        plan_extra one = {.files = fback, .max_files = 1};
+        CHECK_EQ_INT(decode3(buf, (size_t)n, back, dback, &nd, &one), 1);
+        CHECK_EQ_INT(one.n_files, 1);
+        CHECK_EQ_INT(one.n_saturated, 0);
+        for (int cut = 1; cut < n; cut++) CHECK(decode3(buf, (size_t)cut, back, dback, &nd, &y) == -1);
+        /* A control byte in the saturated model's name: malformed. */
+        buf[n - 2] = 0x01;
+        CHECK_EQ_INT(decode3(buf, (size_t)n, back, dback, &nd, &y), -1);
+    }
+    /* Files alone; saturated models alone. */
+    plan_extra files_only = {.files = f, .n_files = 1};
+    int n = plan_encode_app_files(NULL, 0, NULL, 0, &files_only, buf, sizeof buf);
+    REQUIRE(n > 0);
+    plan_extra y = {.files = fback, .max_files = PLAN_MAX_FILES, .saturated = sback, .max_saturated = 4};
+    CHECK_EQ_INT(decode3(buf, (size_t)n, back, dback, &nd, &y), 0);
+    CHECK_EQ_INT(y.n_files, 1);
+    /* A space in the reference: malformed. */
+    buf[n - 3] = ' ';
+    CHECK_EQ_INT(decode3(buf, (size_t)n, back, dback, &nd, &y), -1);
+    plan_extra sat_only = {.saturated = sat, .n_saturated = 1};
+    n = plan_encode_app_files(NULL, 0, NULL, 0, &sat_only, buf, sizeof buf);
+    REQUIRE(n > 0);
+    CHECK_EQ_INT(decode3(buf, (size_t)n, back, dback, &nd, &y), 0);
+    CHECK_EQ_INT(y.n_saturated, 1);
+    CHECK_EQ_INT(y.n_files, 0);
+    /* A size of 0: malformed. */
+    plan_file zero = f[0];
+    zero.size = 0;
+    plan_extra z = {.files = &zero, .n_files = 1};
+    n = plan_encode_app_files(NULL, 0, NULL, 0, &z, buf, sizeof buf);
+    REQUIRE(n > 0);
+    CHECK_EQ_INT(decode3(buf, (size_t)n, back, dback, &nd, &y), -1);
+    /* The encoder refuses a bad reference and too many files. */
+    plan_file bad = f[0];
+    strcpy(bad.ref, "a b");
+    plan_extra b = {.files = &bad, .n_files = 1};
+    CHECK_EQ_INT(plan_encode_app_files(NULL, 0, NULL, 0, &b, buf, sizeof buf), -1);
+    plan_extra many = {.files = f, .n_files = PLAN_MAX_FILES + 1};
+    CHECK_EQ_INT(plan_encode_app_files(NULL, 0, NULL, 0, &many, buf, sizeof buf), -1);
+    /* Format 3 with neither files nor saturated models: malformed (1 or 2 says "none"). */
+    uint8_t empty[5] = {3, 0, 0, 0, 0};
+    CHECK_EQ_INT(decode3(empty, 5, back, dback, &nd, &y), -1);
+}
+
 static void test_codec(void)
 {
     plan ps[2] = {sample_plan(), sample_plan()};
@@ -329,5 +416,6 @@ int main(void)
     RUN(test_short_of_memory);
     RUN(test_codec);
     RUN(test_codec_demand);
+    RUN(test_codec_files);
     return testlib_finish();
 }

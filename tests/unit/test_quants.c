@@ -637,7 +637,7 @@ static float *model_logits(const char *path, const int32_t *tokens, int n, int o
     model *m = model_load(f, err, sizeof err);
     if (!m) fprintf(stderr, "  %s\n", err);
     REQUIRE(m);
-    model_state *s = model_state_new(m, 64, err, sizeof err);
+    model_state *s = model_state_new(m, 64, MODEL_KV_F32, err, sizeof err);
     threadpool *pool = threadpool_create(2, err, sizeof err);
     REQUIRE(s && pool);
     int nv = model_get_config(m)->n_vocab;

@@ -89,6 +89,26 @@ static void test_round_trip(void)
     CHECK_EQ_INT(back.app_len, 3);
     CHECK(memcmp(back.app, "abc", 3) == 0);
     CHECK(record_verify(buf, (size_t)n, r.id));
+    CHECK_EQ_INT(back.holdings_len, 0);
+
+    /* The holdings field: carried as is; longer than its bound: malformed. */
+    r.holdings_len = 5;
+    memcpy(r.holdings, "\x01\x00xyz", 5);
+    n = record_encode(&r, &id, buf, sizeof buf, err, sizeof err);
+    REQUIRE(n > 0);
+    REQUIRE(record_decode(buf, (size_t)n, &back, err, sizeof err) == 0);
+    CHECK_EQ_INT(back.holdings_len, 5);
+    CHECK(memcmp(back.holdings, "\x01\x00xyz", 5) == 0);
+    CHECK_EQ_INT(back.app_len, 3);
+    found = 0;
+    for (int i = 0; i + 3 < n; i++)
+        if (buf[i] == RECORD_FIELD_HOLDINGS && buf[i + 1] == 0 && buf[i + 2] == 5 && buf[i + 3] == 1) {
+            buf[i + 1] = (uint8_t)((RECORD_MAX_HOLDINGS + 1) >> 8); /* 0x0405 bytes: overruns, too */
+            CHECK(record_decode(buf, (size_t)n, &back, err, sizeof err) != 0);
+            buf[i + 1] = 0;
+            found = 1;
+        }
+    CHECK(found);
 
     /* The largest record fits the bound. */
     r.app_len = RECORD_MAX_APP;
@@ -100,12 +120,15 @@ static void test_round_trip(void)
         r.models[i][MESH_MAX_NAME - 1] = 0;
     }
     r.n_models = MESH_MAX_MODELS;
+    r.holdings_len = RECORD_MAX_HOLDINGS;
+    memset(r.holdings, 0x5a, RECORD_MAX_HOLDINGS);
     n = record_encode(&r, &id, buf, sizeof buf, err, sizeof err);
     REQUIRE(n > 0);
     CHECK(record_decode(buf, (size_t)n, &back, err, sizeof err) == 0);
     CHECK(record_verify(buf, (size_t)n, r.id));
     CHECK_EQ_INT(back.n_models, MESH_MAX_MODELS);
     CHECK_EQ_INT(back.app_len, RECORD_MAX_APP);
+    CHECK_EQ_INT(back.holdings_len, RECORD_MAX_HOLDINGS);
 }
 
 static void test_tampering_and_truncation(void)

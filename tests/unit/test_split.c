@@ -3,7 +3,7 @@
  *
  * The rest of the pipeline is a fake tail in this process: a second model
  * loaded as a part (no head) with one state per lane, computing either inside
- * send (under a mutex, as lanes call it concurrently) or on a worker thread
+ * send (under a mutex; a send carries a batch step's pieces) or on a worker thread
  * of its own, and handing the final hidden states back. It can break the
  * pipeline at its k-th call (send or receive), and its resume moves the split
  * (other local_end values, once solo). Every request's whole output (pieces,
@@ -67,6 +67,8 @@ typedef struct {
     int positions;      /* positions computed */
     int sends_at_zero;  /* sends of position 0 */
     int first_pos_last; /* pos of the first send since reset_counts */
+    int sends, pieces;  /* sends (batch steps) and the lanes' pieces in them */
+    int depth;          /* engine_tail.depth: steps in flight at once (several leaders) */
 } fake_tail;
 
 /* Runs one send's hidden states through layers [first, n_layer) on the lane's
@@ -127,16 +129,9 @@ static int tail_breaks_now(fake_tail *t)
     return 0;
 }
 
-static int tail_send(void *ctx, int lane, int pos, int n, const float *x, int rows, char *err,
-                     size_t errlen)
+/* One lane's piece of a send (t->mu held). */
+static void tail_send_piece(fake_tail *t, int lane, int pos, int n, const float *x, int rows)
 {
-    fake_tail *t = ctx;
-    pthread_mutex_lock(&t->mu);
-    if (tail_breaks_now(t)) {
-        pthread_mutex_unlock(&t->mu);
-        snprintf(err, errlen, "stage 1 is gone");
-        return ENGINE_TAIL_BROKEN;
-    }
     if (pos == 0) t->sends_at_zero++;
     if (t->first_pos_last < 0) t->first_pos_last = pos;
     float *copy = malloc(sizeof(float) * (size_t)n * t->n_embd);
@@ -152,6 +147,27 @@ static int tail_send(void *ctx, int lane, int pos, int n, const float *x, int ro
     } else {
         tail_compute(t, lane, pos, n, copy, rows);
         free(copy);
+    }
+}
+
+/* A batch step: one call, every lane's piece in turn. */
+static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const float *x, uint64_t local_us,
+                     char *err, size_t errlen)
+{
+    (void)local_us;
+    fake_tail *t = ctx;
+    pthread_mutex_lock(&t->mu);
+    if (tail_breaks_now(t)) {
+        pthread_mutex_unlock(&t->mu);
+        snprintf(err, errlen, "stage 1 is gone");
+        return ENGINE_TAIL_BROKEN;
+    }
+    t->sends++;
+    t->pieces += n_pieces;
+    for (int i = 0; i < n_pieces; i++) {
+        pieces[i].broken = 0;
+        tail_send_piece(t, pieces[i].lane, pieces[i].pos, pieces[i].n, x, pieces[i].rows);
+        x += (size_t)pieces[i].n * t->n_embd;
     }
     pthread_mutex_unlock(&t->mu);
     return 0;
@@ -187,7 +203,8 @@ static int tail_resume(void *ctx, int lane, char *err, size_t errlen);
 
 static engine_tail tail_of(fake_tail *t)
 {
-    return (engine_tail){.ctx = t, .send = tail_send, .receive = tail_receive, .resume = tail_resume};
+    return (engine_tail){.ctx = t, .depth = t->depth, .send = tail_send, .receive = tail_receive,
+                         .resume = tail_resume};
 }
 
 /* Moves the engine (and the fake) to a split at local_end (n_layer: solo). */
@@ -246,7 +263,8 @@ static fake_tail *tail_new(const char *path, engine_model *em, int lo, int threa
     t->pool = threadpool_create(2, err, sizeof err);
     REQUIRE(t->pool);
     for (int i = 0; i < MAX_LANES; i++) {
-        t->lanes[i].state = model_state_new(t->m, engine_model_context_length(em), err, sizeof err);
+        t->lanes[i].state = model_state_new(t->m, engine_model_context_length(em),
+                                            (model_kv_type)engine_model_kv_type(em), err, sizeof err);
         t->lanes[i].out = malloc(sizeof(float) * MODEL_BATCH * (size_t)t->n_embd);
         REQUIRE(t->lanes[i].state && t->lanes[i].out);
     }
@@ -667,7 +685,9 @@ static void *lane_thread(void *arg)
 }
 
 /* Two lanes on two threads, through a tail and solo: each lane's transcript
- * is the sequential one. */
+ * is the sequential one, and through a tail the lanes share sends (batch
+ * steps carrying both lanes' pieces); with a tail of depth 2 (two leaders,
+ * the generating lanes in separate steps, in flight at once) too. */
 static void test_lanes_run_concurrently(void)
 {
     model_writer_params p = model_writer_small("phi3", GGML_TYPE_Q8_0, 12);
@@ -677,9 +697,10 @@ static void test_lanes_run_concurrently(void)
     transcript want = {0};
     for (int round = 0; round < 2; round++) run_all(solo, 0, &want);
     engine_model_free(solo);
-    for (int mode = 0; mode < 3; mode++) { /* solo, synchronous tail, threaded tail */
+    for (int mode = 0; mode < 4; mode++) { /* solo, synchronous tail, threaded tail, and with depth 2 */
         engine_model *em = load(path, 2, 2);
-        fake_tail *t = mode ? tail_new(path, em, 0, mode == 2) : NULL;
+        fake_tail *t = mode ? tail_new(path, em, 0, mode >= 2) : NULL;
+        if (t) t->depth = mode == 3 ? 2 : 0;
         if (t) tail_set_split(t, 1);
         lane_run runs[2] = {{em, 0, {0}}, {em, 1, {0}}};
         pthread_t th[2];
@@ -691,6 +712,9 @@ static void test_lanes_run_concurrently(void)
             CHECK(same(&want, &runs[i].t, what));
             free(runs[i].t.buf);
         }
+        /* the two lanes shared steps: some sends carried both their pieces
+         * (with depth 2 the generating lanes go in separate steps) */
+        if (t && mode < 3) CHECK(t->pieces > t->sends);
         if (t) tail_free(t);
         engine_model_free(em);
     }

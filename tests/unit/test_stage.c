@@ -54,7 +54,7 @@ static int stage_open(stage *st, const char *path, const model_part *part)
     memset(st, 0, sizeof *st);
     if (!(st->f = gguf_open(path, err, sizeof err)) ||
         !(st->m = part ? model_load_part(st->f, part, err, sizeof err) : model_load(st->f, err, sizeof err)) ||
-        !(st->s = model_state_new(st->m, 0, err, sizeof err))) {
+        !(st->s = model_state_new(st->m, 0, MODEL_KV_F32, err, sizeof err))) {
         fprintf(stderr, "  %s\n", err);
         return -1;
     }
@@ -210,7 +210,7 @@ static void test_bad_parts(void)
     REQUIRE(m);
     CHECK_EQ_INT(model_get_config(m)->n_vocab, 300); /* from the tokenizer */
     threadpool *pool = threadpool_create(1, err, sizeof err);
-    model_state *s = model_state_new(m, 16, err, sizeof err);
+    model_state *s = model_state_new(m, 16, MODEL_KV_F32, err, sizeof err);
     REQUIRE(pool && s);
     int32_t tok = 5;
     float x[64 * 2] = {0}, logits[300];
@@ -297,18 +297,25 @@ static void test_sizes(void)
             uint64_t want = z.rope_bytes + (parts[i].head ? z.head_bytes : 0);
             for (int l = parts[i].first; l < parts[i].end; l++) want += z.layer_bytes[l];
             CHECK_EQ_INT(model_weight_bytes(m), want);
-            model_state *s = model_state_new(m, 100, err, sizeof err);
-            REQUIRE(s);
-            float *x = calloc(100 * (size_t)p.n_embd, sizeof(float));
-            REQUIRE(model_forward_layers(m, s, pool, parts[i].first, parts[i].end, x, 100, err, sizeof err) == 0);
-            free(x);
-            uint64_t need = model_part_need(&z, &parts[i], 100, 2, 3);
-            CHECK(need >= want + 2 * model_state_bytes(s));
-            /* KV grows with the layers and positions: 2 states of 100 positions */
-            uint64_t kv = 2 * 100 * (uint64_t)(parts[i].end - parts[i].first) * z.kv_bytes_per_pos;
-            CHECK(model_state_bytes(s) >= kv / 2);
-            CHECK(model_part_need(&z, &parts[i], 200, 2, 3) - need >= kv);
-            model_state_free(s);
+            uint64_t need_by_type[MODEL_KV_TYPE_COUNT];
+            for (int t = 0; t < MODEL_KV_TYPE_COUNT; t++) {
+                model_state *s = model_state_new(m, 100, (model_kv_type)t, err, sizeof err);
+                REQUIRE(s);
+                float *x = calloc(100 * (size_t)p.n_embd, sizeof(float));
+                REQUIRE(model_forward_layers(m, s, pool, parts[i].first, parts[i].end, x, 100, err, sizeof err) == 0);
+                free(x);
+                uint64_t need = need_by_type[t] = model_part_need(&z, &parts[i], 100, (model_kv_type)t, 2, 3);
+                CHECK(need >= want + 2 * model_state_bytes(s));
+                /* KV grows with the layers and positions: 2 states of 100 positions */
+                uint64_t kv = 2 * 100 * (uint64_t)(parts[i].end - parts[i].first) *
+                              model_kv_bytes_per_pos(&z, (model_kv_type)t);
+                CHECK(model_state_bytes(s) >= kv / 2);
+                CHECK(model_part_need(&z, &parts[i], 200, (model_kv_type)t, 2, 3) - need >= kv);
+                model_state_free(s);
+            }
+            /* an F16 cache is half an F32 one: 2 bytes less per value, 2 states */
+            uint64_t values = 2 * 100 * (uint64_t)(parts[i].end - parts[i].first) * z.kv_values_per_pos;
+            CHECK(need_by_type[MODEL_KV_F32] - need_by_type[MODEL_KV_F16] >= 2 * values);
             model_free(m);
         }
         gguf_close(f);

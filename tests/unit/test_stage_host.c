@@ -99,8 +99,10 @@ typedef struct {
     struct {
         uint16_t lane, n;
         uint32_t pos;
+        int frame;                 /* the OUTPUT frame it came in (n_frames then) */
         float rows[MAX_ROWS * N_EMBD];
     } outputs[MAX_OUTPUTS];
+    int n_frames;                  /* OUTPUT frames */
     int n_fail;
     uint16_t fail_lane;
     char fail[STAGE_MAX_MESSAGE + 1];
@@ -131,13 +133,21 @@ static void peer_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len)
     case STAGE_OUTPUT: {
         stage_states st;
         if (stage_decode_states(p, len, N_EMBD, &st, err, sizeof err) != 0 || st.dtype != STAGE_DTYPE_F32 ||
-            st.n > MAX_ROWS || pr->n_output >= MAX_OUTPUTS)
+            pr->n_output + st.n_pieces > MAX_OUTPUTS)
             goto bad;
-        pr->outputs[pr->n_output].lane = st.lane;
-        pr->outputs[pr->n_output].pos = st.pos;
-        pr->outputs[pr->n_output].n = st.n;
-        memcpy(pr->outputs[pr->n_output].rows, st.data, st.data_len); /* little-endian host */
-        pr->n_output++;
+        const uint8_t *data = st.data;
+        for (int i = 0; i < st.n_pieces; i++) { /* one output per piece */
+            if (st.pieces[i].n > MAX_ROWS) goto bad;
+            pr->outputs[pr->n_output].lane = st.pieces[i].lane;
+            pr->outputs[pr->n_output].pos = st.pieces[i].pos;
+            pr->outputs[pr->n_output].n = st.pieces[i].n;
+            pr->outputs[pr->n_output].frame = pr->n_frames;
+            size_t bytes = sizeof(float) * (size_t)st.pieces[i].n * N_EMBD;
+            memcpy(pr->outputs[pr->n_output].rows, data, bytes); /* little-endian host */
+            data += bytes;
+            pr->n_output++;
+        }
+        pr->n_frames++;
         return;
     }
     case STAGE_FAIL:
@@ -281,6 +291,7 @@ static stage_assign good_assign(void)
     a.n_embd = N_EMBD;
     a.dtype = STAGE_DTYPE_F32;
     a.need_bytes = NEED;
+    a.kv_type = MODEL_KV_F16;
     return a;
 }
 
@@ -309,11 +320,13 @@ static int hello_frame(uint8_t *out, size_t cap)
 static size_t states_frame(uint8_t *out, size_t cap, uint8_t kind, uint16_t lane, uint32_t pos, uint16_t n,
                            uint8_t rows, uint8_t dtype, const void *data, size_t data_len)
 {
-    stage_states st = {.lane = lane, .pos = pos, .n = n, .rows = rows, .dtype = dtype};
-    REQUIRE(STAGE_STATES_HEADER + data_len <= cap);
-    stage_encode_states_header(kind, &st, out);
-    if (data_len) memcpy(out + STAGE_STATES_HEADER, data, data_len);
-    return STAGE_STATES_HEADER + data_len;
+    stage_states st = {.dtype = dtype, .n_pieces = 1};
+    st.pieces[0] = (stage_piece){.lane = lane, .pos = pos, .n = n, .rows = rows};
+    size_t head = stage_states_header_len(1, 0);
+    REQUIRE(head + data_len <= cap);
+    REQUIRE(stage_encode_states_header(kind, &st, out, cap) == (int)head);
+    if (data_len) memcpy(out + head, data, data_len);
+    return head + data_len;
 }
 
 /* Deterministic hidden states in [-1, 1). */
@@ -413,6 +426,8 @@ static void test_control_garbage(void)
     expect_bad_assign("width 0", &a);
     a = good, a.dtype = 7;
     expect_bad_assign("unknown dtype", &a);
+    a = good, a.kv_type = MODEL_KV_TYPE_COUNT;
+    expect_bad_assign("unknown KV type", &a);
     a = good, snprintf(a.model, sizeof a.model, "tab\there");
     expect_bad_assign("malformed model id", &a);
     CHECK_EQ_INT(rig.b.used, 0);
@@ -595,7 +610,7 @@ static void reference_open(reference *r)
     REQUIRE(r->f);
     r->m = model_load_part(r->f, &part, err, sizeof err);
     REQUIRE(r->m);
-    for (int i = 0; i < N_LANES; i++) REQUIRE((r->lanes[i] = model_state_new(r->m, N_CTX, err, sizeof err)));
+    for (int i = 0; i < N_LANES; i++) REQUIRE((r->lanes[i] = model_state_new(r->m, N_CTX, MODEL_KV_F16, err, sizeof err)));
     REQUIRE((r->pool = threadpool_create(N_THREADS, err, sizeof err)));
 }
 
@@ -621,7 +636,7 @@ static void forward_and_compare(peer *d, peer *out, reference *ref, uint16_t lan
                                 uint8_t rows, uint32_t seed)
 {
     float x[MAX_ROWS * N_EMBD];
-    static uint8_t frame[STAGE_STATES_HEADER + sizeof x];
+    static uint8_t frame[STAGE_STATES_HEADER_MAX + sizeof x];
     REQUIRE(n <= MAX_ROWS);
     fill_states(x, n, seed);
     int before = out->n_output;
@@ -664,7 +679,7 @@ static void expect_states_reset(const char *what, uint8_t kind, uint16_t lane, u
                                 uint8_t rows, uint8_t dtype, size_t data_len)
 {
     static float x[32 * N_EMBD + 1];
-    static uint8_t frame[STAGE_STATES_HEADER + sizeof x];
+    static uint8_t frame[STAGE_STATES_HEADER_MAX + sizeof x];
     REQUIRE(data_len <= sizeof x);
     fill_states(x, 32, 10);
     size_t len = states_frame(frame, sizeof frame, kind, lane, pos, n, rows, dtype, x, data_len);
@@ -756,7 +771,7 @@ static void test_stage_serves(void)
 
     /* Garbage before HELLO. */
     static float x[32 * N_EMBD];
-    static uint8_t frame[STAGE_STATES_HEADER + sizeof x];
+    static uint8_t frame[STAGE_STATES_HEADER_MAX + sizeof x];
     fill_states(x, 32, 9);
     static const uint8_t junk[] = {0x99, 1, 2};
     expect_data_reset("junk before HELLO", 0, junk, sizeof junk);
@@ -845,6 +860,80 @@ static void test_stage_serves(void)
     reference_close(&ref);
 }
 
+/* FORWARDs carrying several lanes' pieces (a batch step): one pass, one
+ * OUTPUT with the rows asked for (none for a piece that asks none), each
+ * bit for bit what the lane gives alone; a lane that cannot be computed gets
+ * FAIL while the others in its frame go on. */
+static void test_stage_batches(void)
+{
+    reference ref;
+    reference_open(&ref);
+    static peer c, d;
+    peer *out = stage_running(&c);
+    data_open(&d);
+    static float x[6 * N_EMBD], want[6 * N_EMBD];
+    static uint8_t frame[STAGE_STATES_HEADER_MAX + sizeof x];
+    struct { uint16_t lane; uint32_t pos; uint16_t n; uint8_t rows; } steps[3][2] = {
+        {{0, 0, 3, ENGINE_ROWS_NONE}, {1, 0, 2, ENGINE_ROWS_ALL}},
+        {{1, 2, 1, ENGINE_ROWS_LAST}, {0, 3, 2, ENGINE_ROWS_LAST}},
+        {{0, 9, 1, ENGINE_ROWS_LAST}, {1, 3, 1, ENGINE_ROWS_LAST}}, /* lane 0 holds 5: FAIL */
+    };
+    for (int k = 0; k < 3; k++) {
+        stage_states st = {.dtype = STAGE_DTYPE_F32, .n_pieces = 2};
+        int rows = 0;
+        for (int i = 0; i < 2; i++) {
+            st.pieces[i] = (stage_piece){steps[k][i].lane, steps[k][i].pos, steps[k][i].n, steps[k][i].rows};
+            rows += steps[k][i].n;
+        }
+        fill_states(x, rows, 20 + (uint32_t)k);
+        memcpy(want, x, sizeof(float) * (size_t)rows * N_EMBD);
+        int head = stage_encode_states_header(STAGE_FORWARD, &st, frame, sizeof frame);
+        REQUIRE(head > 0);
+        memcpy(frame + head, x, sizeof(float) * (size_t)rows * N_EMBD);
+        int before = out->n_output, frames_before = out->n_frames, fails_before = out->n_fail;
+        peer_send(&d, frame, (size_t)head + sizeof(float) * (size_t)rows * N_EMBD);
+        int expect = 0;
+        float *w = want;
+        for (int i = 0; i < 2; i++) {
+            int fails = k == 2 && i == 0;
+            if (!fails) reference_forward(&ref, steps[k][i].lane, w, steps[k][i].n);
+            expect += !fails && steps[k][i].rows != ENGINE_ROWS_NONE;
+            w += (size_t)steps[k][i].n * N_EMBD;
+        }
+        REQUIRE(wait_count(&out->n_output, before + expect));
+        CHECK_EQ_INT(out->n_frames, frames_before + 1); /* the step's rows in one OUTPUT */
+        w = want;
+        for (int i = 0, o = before; i < 2; w += (size_t)steps[k][i].n * N_EMBD, i++) {
+            if ((k == 2 && i == 0) || steps[k][i].rows == ENGINE_ROWS_NONE) continue;
+            int n_rows = steps[k][i].rows == ENGINE_ROWS_ALL ? steps[k][i].n : 1;
+            CHECK_EQ_INT(out->outputs[o].lane, steps[k][i].lane);
+            CHECK_EQ_INT(out->outputs[o].pos, steps[k][i].pos + (uint32_t)(steps[k][i].n - n_rows));
+            CHECK_EQ_INT(out->outputs[o].n, n_rows);
+            CHECK(memcmp(out->outputs[o].rows, w + (size_t)(steps[k][i].n - n_rows) * N_EMBD,
+                         sizeof(float) * (size_t)n_rows * N_EMBD) == 0);
+            o++;
+        }
+        if (k == 2) {
+            CHECK(wait_count(&out->n_fail, fails_before + 1));
+            CHECK_EQ_INT(out->fail_lane, 0);
+        }
+    }
+    /* A lane twice in one frame is malformed: the stream is reset, counted. */
+    uint64_t bad_before = stage_host_bad_frames(rig.h);
+    stage_states st = {.dtype = STAGE_DTYPE_F32, .n_pieces = 2};
+    st.pieces[0] = (stage_piece){1, 4, 1, ENGINE_ROWS_LAST};
+    st.pieces[1] = (stage_piece){1, 5, 1, ENGINE_ROWS_LAST};
+    int head = stage_encode_states_header(STAGE_FORWARD, &st, frame, sizeof frame);
+    memcpy(frame + head, x, 2 * ROW);
+    peer_send(&d, frame, (size_t)head + 2 * ROW);
+    CHECK(wait_count(&d.closed, 1));
+    CHECK_EQ_INT(stage_host_bad_frames(rig.h), bad_before + 1);
+    CHECK_EQ_INT(c.n_refuse, 0);
+    peer_finish(&c);
+    CHECK(host_idle());
+    reference_close(&ref);
+}
+
 /* The next stage breaks the rules on the stream X opened to it. */
 static void test_next_misbehaves(void)
 {
@@ -904,7 +993,7 @@ static void test_freed_while_running(void)
     stage_running(&c);
     data_open(&d);
     static float x[MAX_ROWS * N_EMBD];
-    static uint8_t frame[STAGE_STATES_HEADER + sizeof x];
+    static uint8_t frame[STAGE_STATES_HEADER_MAX + sizeof x];
     fill_states(x, MAX_ROWS, 13);
     for (uint32_t pos = 0; pos < 4 * MAX_ROWS; pos += MAX_ROWS)
         peer_send(&d, frame, states_frame(frame, sizeof frame, STAGE_FORWARD, 1, pos, MAX_ROWS, ENGINE_ROWS_ALL,
@@ -959,6 +1048,7 @@ int main(void)
     RUN(test_refuse_memory);
     RUN(test_refuse_fetch);
     RUN(test_stage_serves);
+    RUN(test_stage_batches);
     RUN(test_next_misbehaves);
     RUN(test_freed_while_running);
     rig_stop();

@@ -39,6 +39,7 @@ static stage_assign sample_assign(void)
     a.n_embd = 256;
     a.dtype = STAGE_DTYPE_F32;
     a.need_bytes = 123456789;
+    a.kv_type = 1; /* F32: not the zero default, so the round trip shows it is carried */
     return a;
 }
 
@@ -75,6 +76,11 @@ static void test_assign(void)
     bad.dtype = 7;
     n = stage_encode_assign(&bad, buf, sizeof buf);
     CHECK(stage_decode_assign(buf, (size_t)n, &b, err, sizeof err) == -1);
+    bad = sample_assign();
+    bad.kv_type = 2;
+    n = stage_encode_assign(&bad, buf, sizeof buf);
+    CHECK(stage_decode_assign(buf, (size_t)n, &b, err, sizeof err) == -1);
+    CHECK(strstr(err, "KV type 2") != NULL);
     /* Trailing bytes. */
     n = stage_encode_assign(&a, buf, sizeof buf);
     CHECK(stage_decode_assign(buf, (size_t)n + 1, &b, err, sizeof err) == -1);
@@ -138,48 +144,102 @@ static void test_hello_and_states(void)
     CHECK(memcmp(&h, &h2, sizeof h) == 0);
     for (int cut = 0; cut < n; cut++) CHECK(stage_decode_hello(buf, (size_t)cut, &h2, err, sizeof err) == -1);
 
-    /* FORWARD: 3 positions of width 4. */
-    stage_states s = {.lane = 1, .pos = 10, .n = 3, .rows = 1, .dtype = STAGE_DTYPE_F32};
-    stage_encode_states_header(STAGE_FORWARD, &s, buf);
-    float values[12];
-    for (int i = 0; i < 12; i++) values[i] = (float)i * 0.5f;
-    memcpy(buf + STAGE_STATES_HEADER, values, sizeof values);
-    n = STAGE_STATES_HEADER + (int)sizeof values;
+    /* FORWARD: a step of two lanes' pieces (3 and 2 positions) of width 4. */
+    stage_states s = {.dtype = STAGE_DTYPE_F32, .n_pieces = 2};
+    s.pieces[0] = (stage_piece){.lane = 1, .pos = 10, .n = 3, .rows = 1};
+    s.pieces[1] = (stage_piece){.lane = 0, .pos = 0, .n = 2, .rows = 2};
+    s.n_trail = 2; /* as stage 3 receives it: stages 1 and 2's times */
+    s.trail[0] = (stage_time){.compute_us = 1500, .wait_us = 7};
+    s.trail[1] = (stage_time){.compute_us = 0xfffffff0u, .wait_us = 0};
+    int head = stage_encode_states_header(STAGE_FORWARD, &s, buf, sizeof buf);
+    CHECK_EQ_INT(head, 4 + 2 * 9 + 2 * 8);
+    CHECK(stage_encode_states_header(STAGE_FORWARD, &s, buf, (size_t)head - 1) == -1);
+    float values[20];
+    for (int i = 0; i < 20; i++) values[i] = (float)i * 0.5f;
+    memcpy(buf + head, values, sizeof values);
+    n = head + (int)sizeof values;
     save("forward", buf, n);
     stage_states d;
     REQUIRE(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == 0);
-    CHECK_EQ_INT(d.lane, 1);
-    CHECK_EQ_INT(d.pos, 10);
-    CHECK_EQ_INT(d.n, 3);
-    CHECK_EQ_INT(d.rows, 1);
-    CHECK(d.data == buf + STAGE_STATES_HEADER && d.data_len == sizeof values);
+    CHECK_EQ_INT(d.n_pieces, 2);
+    CHECK_EQ_INT(d.n_rows, 5);
+    CHECK_EQ_INT(d.pieces[0].lane, 1);
+    CHECK_EQ_INT(d.pieces[0].pos, 10);
+    CHECK_EQ_INT(d.pieces[0].n, 3);
+    CHECK_EQ_INT(d.pieces[0].rows, 1);
+    CHECK_EQ_INT(d.pieces[1].lane, 0);
+    CHECK_EQ_INT(d.pieces[1].n, 2);
+    CHECK_EQ_INT(d.pieces[1].rows, 2);
+    CHECK_EQ_INT(d.n_trail, 2);
+    CHECK(d.trail[0].compute_us == 1500 && d.trail[0].wait_us == 7 && d.trail[1].compute_us == 0xfffffff0u);
+    CHECK(d.data == buf + head && d.data_len == sizeof values);
     /* The width the receiver expects decides the length. */
     CHECK(stage_decode_states(buf, (size_t)n, 5, &d, err, sizeof err) == -1);
     CHECK(stage_decode_states(buf, (size_t)n - 1, 4, &d, err, sizeof err) == -1);
-    for (int cut = 0; cut < STAGE_STATES_HEADER; cut++)
-        CHECK(stage_decode_states(buf, (size_t)cut, 4, &d, err, sizeof err) == -1);
-    /* OUTPUT asks for no rows; zero positions; too many; unknown kind. */
+    for (int cut = 0; cut < head; cut++) CHECK(stage_decode_states(buf, (size_t)cut, 4, &d, err, sizeof err) == -1);
+    /* OUTPUT asks for no rows. */
     buf[0] = STAGE_OUTPUT;
     CHECK(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == -1);
-    s.rows = 0;
-    stage_encode_states_header(STAGE_OUTPUT, &s, buf);
+    s.pieces[0].rows = s.pieces[1].rows = 0;
+    stage_encode_states_header(STAGE_OUTPUT, &s, buf, sizeof buf);
     CHECK(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == 0);
-    s.n = 0;
-    stage_encode_states_header(STAGE_FORWARD, &s, buf);
-    CHECK(stage_decode_states(buf, STAGE_STATES_HEADER, 4, &d, err, sizeof err) == -1);
-    s.n = STAGE_MAX_TOKENS + 1;
-    stage_encode_states_header(STAGE_FORWARD, &s, buf);
+    save("output", buf, n);
+    /* Zero positions; too many in a piece or in all; a lane twice; out of
+     * range; no pieces or too many; an unknown kind. */
+    s.pieces[0].rows = 1;
+    stage_states bad = s;
+    bad.pieces[1].n = 0;
+    stage_encode_states_header(STAGE_FORWARD, &bad, buf, sizeof buf);
+    CHECK(stage_decode_states(buf, (size_t)head + 12 * 4, 4, &d, err, sizeof err) == -1);
+    bad = s;
+    bad.pieces[0].n = STAGE_MAX_TOKENS + 1;
+    stage_encode_states_header(STAGE_FORWARD, &bad, buf, sizeof buf);
+    CHECK(stage_decode_states(buf, (size_t)head + (STAGE_MAX_TOKENS + 3) * 16, 4, &d, err, sizeof err) == -1);
+    bad = s;
+    bad.pieces[0].n = STAGE_MAX_TOKENS - 1; /* with the other's 2: one too many */
+    stage_encode_states_header(STAGE_FORWARD, &bad, buf, sizeof buf);
+    CHECK(stage_decode_states(buf, (size_t)head + (STAGE_MAX_TOKENS + 1) * 16, 4, &d, err, sizeof err) == -1);
+    bad.pieces[0].n = STAGE_MAX_TOKENS - 2; /* exactly the bound */
+    stage_encode_states_header(STAGE_FORWARD, &bad, buf, sizeof buf);
+    CHECK(stage_decode_states(buf, (size_t)head + STAGE_MAX_TOKENS * 16, 4, &d, err, sizeof err) == 0);
+    bad = s;
+    bad.pieces[1].lane = 1;
+    stage_encode_states_header(STAGE_FORWARD, &bad, buf, sizeof buf);
     CHECK(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == -1);
+    bad = s;
+    bad.pieces[1].lane = STAGE_MAX_LANES;
+    stage_encode_states_header(STAGE_FORWARD, &bad, buf, sizeof buf);
+    CHECK(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == -1);
+    bad = s;
+    bad.pieces[1].rows = 3;
+    stage_encode_states_header(STAGE_FORWARD, &bad, buf, sizeof buf);
+    CHECK(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == -1);
+    /* No pieces: an empty step (the last stage's acknowledgement), no values. */
+    stage_states none = {.dtype = STAGE_DTYPE_F32, .n_trail = 1};
+    CHECK_EQ_INT(stage_encode_states_header(STAGE_OUTPUT, &none, buf, sizeof buf), 12);
+    REQUIRE(stage_decode_states(buf, 12, 4, &d, err, sizeof err) == 0);
+    CHECK(d.n_pieces == 0 && d.n_rows == 0 && d.data_len == 0 && d.n_trail == 1);
+    save("output-empty", buf, 12);
+    buf[12] = 0;
+    CHECK(stage_decode_states(buf, 13, 4, &d, err, sizeof err) == -1); /* a byte of values too many */
+    for (int cut = 0; cut < 12; cut++) CHECK(stage_decode_states(buf, (size_t)cut, 4, &d, err, sizeof err) == -1);
+    buf[3] = STAGE_MAX_TRAIL + 1; /* a trail longer than any plan */
+    CHECK(stage_decode_states(buf, 4 + 8 * (STAGE_MAX_TRAIL + 1), 4, &d, err, sizeof err) == -1);
+    none.n_trail = STAGE_MAX_TRAIL + 1;
+    CHECK(stage_encode_states_header(STAGE_OUTPUT, &none, buf, sizeof buf) == -1);
+    stage_encode_states_header(STAGE_FORWARD, &s, buf, sizeof buf);
+    buf[2] = STAGE_MAX_PIECES + 1;
+    CHECK(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == -1);
+    buf[2] = 2;
     buf[0] = STAGE_HELLO;
     CHECK(stage_decode_states(buf, (size_t)n, 4, &d, err, sizeof err) == -1);
     /* F16: half the bytes. */
-    s.n = 3;
     s.dtype = STAGE_DTYPE_F16;
-    stage_encode_states_header(STAGE_FORWARD, &s, buf);
-    CHECK(stage_decode_states(buf, STAGE_STATES_HEADER + 24, 4, &d, err, sizeof err) == 0);
+    stage_encode_states_header(STAGE_FORWARD, &s, buf, sizeof buf);
+    CHECK(stage_decode_states(buf, (size_t)head + 40, 4, &d, err, sizeof err) == 0);
     s.dtype = 3;
-    stage_encode_states_header(STAGE_FORWARD, &s, buf);
-    CHECK(stage_decode_states(buf, STAGE_STATES_HEADER + 24, 4, &d, err, sizeof err) == -1);
+    stage_encode_states_header(STAGE_FORWARD, &s, buf, sizeof buf);
+    CHECK(stage_decode_states(buf, (size_t)head + 40, 4, &d, err, sizeof err) == -1);
 }
 
 int main(void)

@@ -115,6 +115,19 @@ try {
     console.log(`  answer of ${text.length} chars in ${changes} updates; ${stats}`);
   });
   await step('traffic shows the model', () => page.waitForSelector(`#traffic tr[data-traffic="${MODEL}"]`));
+  // The history graphs: the chat's tokens show as a rise in the tok/s line,
+  // drawn from the points the page kept from /api/events.
+  const sparkSel = (series) => `#traffic tr[data-traffic="${MODEL}"] svg.spark[data-series="${series}"]`;
+  let historyPoints = 0;
+  await step('the traffic graphs show the chat\'s tokens and requests', async () => {
+    await page.waitForFunction((sel) => {
+      const t = document.querySelector(sel[0]), r = document.querySelector(sel[1]);
+      return t && r && +t.dataset.points >= 2 && +t.dataset.max > 0 && +r.dataset.max > 0 &&
+        t.querySelector('polyline') && r.querySelector('polyline');
+    }, [sparkSel('tok'), sparkSel('req')], { timeout: 20000 });
+    historyPoints = +(await page.getAttribute(sparkSel('tok'), 'data-points'));
+    console.log(`  history: ${historyPoints} points, tok/s at most ${await page.getAttribute(sparkSel('tok'), 'data-max')}`);
+  });
   await page.screenshot({ path: path.join(ART, 'console-desktop.png'), fullPage: true });
 
   // kill -9 C: the failure detector turns it suspect, then dead, live on the page.
@@ -124,6 +137,10 @@ try {
     page.waitForSelector(`#nodes tr[data-node="${C}"][data-state="dead"]`, { timeout: 45000 }));
   console.log(`  dead on the page ${((Date.now() - t0) / 1000).toFixed(1)} s after the kill`);
   await page.screenshot({ path: path.join(ART, 'console-node-dead.png'), fullPage: true });
+  await step('the history grew meanwhile (one point per document)', async () => {
+    const n = +(await page.getAttribute(sparkSel('tok'), 'data-points'));
+    if (!(n > historyPoints)) throw new Error(`${n} points, ${historyPoints} before`);
+  });
   check('no script errors on the page', errors.length === 0, errors.join('; '));
 
   // A phone: one column, nothing wider than the screen.

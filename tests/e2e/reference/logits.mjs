@@ -7,9 +7,9 @@
 // case's. Several cases share one process (and one llama.cpp load, ~1 s).
 // --text: BOS + the first 255 ids of FILE by llama.cpp's tokenizer (the
 // first model's vocabulary; the cases of one run share it). Both
-// programs evaluate the ids in one batch from an empty cache (llama.cpp: F32
-// KV cache, no flash attention, 2 threads) and give the raw logits of every
-// position.
+// programs evaluate the ids in one batch from an empty cache (both with an
+// F32 KV cache; llama.cpp: no flash attention, 2 threads) and give the raw
+// logits of every position.
 //
 // F32 weights ("exact" check): the two must agree to float rounding:
 // max |diff| <= 1e-5 * max |logit|, rms diff <= 5e-6 * the logits' std, and
@@ -72,7 +72,7 @@ function ours(path, ids, nVocab) {
     try {
         const out = join(dir, "logits.f32");
         llmesh(args.llmesh, ["logits", "--model", path, "--ids", ids.join(","), "--all", "--top", "0",
-                             "--threads", "2", "--out", out]);
+                             "--threads", "2", "--kv-type", "f32", "--out", out]);
         const buf = readFileSync(out);
         const flat = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
         if (flat.length !== ids.length * nVocab)

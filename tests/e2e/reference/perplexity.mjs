@@ -12,8 +12,10 @@
 // (node-llama-cpp's totalLogitWeight would be faster but moves the 4th
 // decimal of the perplexity).
 // --expect: the table's value (4 decimals) must be matched to within 1e-4.
-// --llmesh: `llmesh perplexity` on the same file must be within T of
-// llama.cpp's value (llmesh keeps its KV cache in F32, so compare with --kv F32).
+// --llmesh: `llmesh perplexity --kv-type` (the same KV type as llama.cpp's)
+// on the same file must be within T of llama.cpp's value. With F16, llama.cpp
+// also rounds q and the attention weights to F16 (its F16 matrix product
+// converts the other operand), llmesh only the cached keys and values.
 import {readFileSync} from "node:fs";
 import {basename} from "node:path";
 
@@ -52,7 +54,8 @@ if (args.expect !== undefined) {
     else tally.fail(`${name}: llama.cpp ppl ${ppl.toFixed(5)}, reference table ${want}`);
 }
 if (args.llmesh) {
-    const out = llmesh(args.llmesh, ["perplexity", "--model", args.model, "--file", args.text, "--threads", "2"]);
+    const out = llmesh(args.llmesh, ["perplexity", "--model", args.model, "--file", args.text, "--threads", "2",
+                                     "--kv-type", String(args.kv).toLowerCase()]);
     const m = /(\d+\.\d+)/.exec(out);
     const ours = m ? Number(m[1]) : NaN;
     const tol = Number(args["ours-tol"]);
