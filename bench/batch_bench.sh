@@ -53,7 +53,9 @@ max_streams=$(printf '%s\n' "${streams[@]}" | sort -n | tail -1)
 run_llmesh() { # run_llmesh SETUP API
   "$LLMESH" run --model "$MODEL" --prompt "warm up" -n 2 --threads "$THREADS" >/dev/null 2>&1 || true
   for n in "${streams[@]}"; do
-    python3 "$HERE/batch_client.py" "$2" "$MODEL_ID" 1 4 >/dev/null # warm the node
+    # warm the node with as many streams, so that every lane timed has served once
+    # (with one warming stream, the 4-stream TTFT p50 took seconds on a loaded machine)
+    python3 "$HERE/batch_client.py" "$2" "$MODEL_ID" "$n" 4 >/dev/null
     python3 "$HERE/batch_client.py" "$2" "$MODEL_ID" "$n" "$TG" |
       jq -c --arg s "$1" --arg c "$(git -C "$SRC" rev-parse --short HEAD)" '. + {program: "llmesh", setup: $s, commit: $c}' >>"$OUT"
   done
