@@ -157,8 +157,8 @@ static void exchange_on_close(struct evhttp_connection *conn, void *arg)
     api_call *call = x->call;
     struct evhttp_request *req = x->req;
     exchange_unlink(x);
+    if (call) api_call_abort(call); /* may release a sink wrapping x: x must live until then */
     free(x);
-    if (call) api_call_abort(call);
     /* evhttp frees attached requests itself; a detached one is ours. */
     if (evhttp_request_get_connection(req) == NULL) evhttp_request_free(req);
 }
@@ -556,8 +556,8 @@ void http_server_free(http_server *h)
         http_exchange *x = h->live;
         api_call *call = x->call;
         exchange_unlink(x);
-        free(x);
         if (call) api_call_abort(call);
+        free(x);
     }
     console_events_free(h->events);
     evhttp_free(h->http);
