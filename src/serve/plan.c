@@ -171,6 +171,7 @@ int plan_decode_app(const uint8_t *data, size_t len, plan *out, int max, plan_de
             return -1;
         }
     }
+    int got = 0;                     /* *n_demand only once all is well */
     if (!r.bad && format == PLAN_FORMAT_DEMAND) {
         int nd = wire_u8(&r);
         if (nd < 1 || nd > PLAN_MAX_DEMAND) {
@@ -186,13 +187,14 @@ int plan_decode_app(const uint8_t *data, size_t len, plan *out, int max, plan_de
                 snprintf(err, errlen, "demand %d: bad model name", i + 1);
                 return -1;
             }
-            if (demand && *n_demand < max_demand) demand[(*n_demand)++] = d;
+            if (demand && got < max_demand) demand[got++] = d;
         }
     }
     if (r.bad || wire_left(&r) != 0) {
         snprintf(err, errlen, "plan list truncated or with %zu trailing bytes", wire_left(&r));
         return -1;
     }
+    *n_demand = got;
     return n;
 }
 
