@@ -157,8 +157,8 @@ int plan_decode_app(const uint8_t *data, size_t len, plan *out, int max, plan_de
     return plan_decode_app_files(data, len, out, max, demand, max_demand, n_demand, NULL, err, errlen);
 }
 
-int plan_decode_app_files(const uint8_t *data, size_t len, plan *out, int max, plan_demand *demand,
-                          int max_demand, int *n_demand, plan_extra *extra, char *err, size_t errlen)
+static int decode_app(const uint8_t *data, size_t len, plan *out, int max, plan_demand *demand, int max_demand,
+                      int *n_demand, plan_extra *extra, char *err, size_t errlen)
 {
     *n_demand = 0;
     if (extra) extra->n_files = extra->n_saturated = 0;
@@ -213,6 +213,7 @@ int plan_decode_app_files(const uint8_t *data, size_t len, plan *out, int max, p
             return -1;
         }
     }
+    int got = 0;                     /* *n_demand only once all is well */
     if (!r.bad && format >= PLAN_FORMAT_DEMAND) {
         int nd = wire_u8(&r);
         if (nd < (format == PLAN_FORMAT_DEMAND) || nd > PLAN_MAX_DEMAND) {
@@ -228,7 +229,7 @@ int plan_decode_app_files(const uint8_t *data, size_t len, plan *out, int max, p
                 snprintf(err, errlen, "demand %d: bad model name", i + 1);
                 return -1;
             }
-            if (demand && *n_demand < max_demand) demand[(*n_demand)++] = d;
+            if (demand && got < max_demand) demand[got++] = d;
         }
     }
     if (!r.bad && format == PLAN_FORMAT_FILES) {
@@ -270,6 +271,18 @@ int plan_decode_app_files(const uint8_t *data, size_t len, plan *out, int max, p
     if (r.bad || wire_left(&r) != 0) {
         snprintf(err, errlen, "plan list truncated or with %zu trailing bytes", wire_left(&r));
         return -1;
+    }
+    *n_demand = got;
+    return n;
+}
+
+int plan_decode_app_files(const uint8_t *data, size_t len, plan *out, int max, plan_demand *demand,
+                          int max_demand, int *n_demand, plan_extra *extra, char *err, size_t errlen)
+{
+    int n = decode_app(data, len, out, max, demand, max_demand, n_demand, extra, err, errlen);
+    if (n < 0) { /* a malformed field leaves no count behind */
+        *n_demand = 0;
+        if (extra) extra->n_files = extra->n_saturated = 0;
     }
     return n;
 }

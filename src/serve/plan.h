@@ -70,7 +70,7 @@ typedef struct {
 } plan_demand;
 int plan_encode_app(const plan *plans, int n, const plan_demand *demand, int n_demand, uint8_t *out, size_t cap);
 /* plan_decode_list, and the demand into demand (at most max_demand kept;
- * *n_demand their count). */
+ * *n_demand their count, 0 when the field is malformed). */
 int plan_decode_app(const uint8_t *p, size_t len, plan *out, int max, plan_demand *demand, int max_demand,
                     int *n_demand, char *err, size_t errlen);
 /* Model files a node holds whole (issue 11, item 6): the SHA-256 the hub
