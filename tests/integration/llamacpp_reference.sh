@@ -91,10 +91,12 @@ done
 # for the F32 file with an F32 and an F16 KV cache; `llmesh perplexity
 # --kv-type` agrees with llama.cpp with the same KV type (F16: within 0.001 on
 # the F32 file; llama.cpp also rounds q and the attention weights to F16).
-# Q8_0's tolerance is the activation-quantization noise (see
-# docs/testing-reference.md).
+# llama.cpp's own Q8_0 value depends on the CPU's kernel path (71.1008 on an
+# AMD EPYC, 71.1414 on an Intel Xeon with AMX), so the table is matched to
+# within 0.06 there, to 1e-4 for the F32 file. Q8_0's tolerance is the
+# activation-quantization noise (see docs/testing-reference.md).
 ppl() { run "ppl-$1-$2" 120 perplexity.mjs --model "$3" --text "$HELDOUT" --kv "$2" "${@:4}"; }
-ppl q8_0 F16 "$SRC/models/kjv-llama-6.3M-q8_0.gguf" --expect 71.1008
+ppl q8_0 F16 "$SRC/models/kjv-llama-6.3M-q8_0.gguf" --expect 71.1008 --expect-tol 0.06
 ppl q8_0 F32 "$SRC/models/kjv-llama-6.3M-q8_0.gguf" --llmesh "$LLMESH" --ours-tol 0.02
 if [ -f "$SRC/tests/models/kjv-llama-6.3M-f32.gguf" ]; then
   ppl f32 F32 "$SRC/tests/models/kjv-llama-6.3M-f32.gguf" --expect 71.1475 --llmesh "$LLMESH" --ours-tol 0.001
