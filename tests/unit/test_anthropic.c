@@ -18,6 +18,7 @@
 #include "serve/anthropic.h"
 #include "serve/api.h"
 #include "serve/scheduler.h"
+#include "record_sink.h"
 
 /* ---- requests ----------------------------------------------------------------*/
 
@@ -171,41 +172,6 @@ static void test_translate_refusals(void)
 }
 
 /* ---- answers ----------------------------------------------------------------*/
-
-typedef struct {
-    api_sink sink;
-    int begun, ended, status;
-    char content_type[64];
-    char *body;
-    size_t len;
-    struct event_base *base;  /* loop to break at the end, or NULL */
-} record_sink;
-
-static void rec_begin(api_sink *s, int status, const char *ct)
-{
-    record_sink *r = (record_sink *)s;
-    r->begun++;
-    r->status = status;
-    snprintf(r->content_type, sizeof r->content_type, "%s", ct);
-}
-
-static void rec_write(api_sink *s, const char *data, size_t len)
-{
-    record_sink *r = (record_sink *)s;
-    r->body = realloc(r->body, r->len + len + 1);
-    memcpy(r->body + r->len, data, len);
-    r->len += len;
-    r->body[r->len] = 0;
-}
-
-static void rec_end(api_sink *s)
-{
-    record_sink *r = (record_sink *)s;
-    r->ended++;
-    if (r->base) event_base_loopbreak(r->base);
-}
-
-static const api_sink_ops rec_ops = {rec_begin, rec_write, rec_end, NULL, NULL};
 
 /* Feeds an OpenAI answer (status, content type, body in pieces of `piece`
  * bytes) through a rewriting answer into r. */

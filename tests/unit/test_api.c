@@ -14,45 +14,9 @@
 #include "serve/api.h"
 #include "serve/scheduler.h"
 #include "model_writer.h"
+#include "record_sink.h"
 
 #define MODEL_ID "kjv-llama-6.3M-q8_0"
-
-typedef struct {
-    api_sink sink;
-    int begun, ended, writes_after_end;
-    int status;
-    char content_type[64];
-    char *body;
-    size_t len;
-    struct event_base *base;
-} record_sink;
-
-static void rec_begin(api_sink *s, int status, const char *ct)
-{
-    record_sink *r = (record_sink *)s;
-    r->begun++;
-    r->status = status;
-    snprintf(r->content_type, sizeof r->content_type, "%s", ct);
-}
-
-static void rec_write(api_sink *s, const char *data, size_t len)
-{
-    record_sink *r = (record_sink *)s;
-    if (r->ended) r->writes_after_end++;
-    r->body = realloc(r->body, r->len + len + 1);
-    memcpy(r->body + r->len, data, len);
-    r->len += len;
-    r->body[r->len] = 0;
-}
-
-static void rec_end(api_sink *s)
-{
-    record_sink *r = (record_sink *)s;
-    r->ended++;
-    event_base_loopbreak(r->base);
-}
-
-static const api_sink_ops rec_ops = {rec_begin, rec_write, rec_end, NULL, NULL};
 
 static struct event_base *base;
 static sched *sch;
