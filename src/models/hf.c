@@ -59,6 +59,11 @@ void hf_env_read(hf_env *e)
             trim_line(e->token);
         }
     }
+    /* huggingface_hub's reading: 1, ON, YES, TRUE (any case) mean no request
+     * to the hub at all. */
+    const char *off = getenv("HF_HUB_OFFLINE");
+    e->offline = off && (!strcmp(off, "1") || !strcasecmp(off, "on") || !strcasecmp(off, "yes") ||
+                         !strcasecmp(off, "true"));
 }
 
 void hf_repo_dir(const hf_env *e, const char *repo, char *out, size_t cap)
@@ -375,7 +380,8 @@ int hf_cache_held(const hf_env *e, void *out_files, int max)
                 int dup = 0;
                 for (int j = 0; j < n && !dup; j++) dup = !memcmp(out[j].sha256, sha, 32);
                 weights_held_file *f = &out[n];
-                if (dup || snprintf(f->ref, sizeof f->ref, "%s/%s", repo, names[i]) >= (int)sizeof f->ref) continue;
+                if (dup || snprintf(f->ref, sizeof f->ref, "%s/%s@%s", repo, names[i], se->d_name) >= (int)sizeof f->ref)
+                    continue;
                 memcpy(f->sha256, sha, 32);
                 f->size = (uint64_t)sb.st_size;
                 snprintf(f->path, sizeof f->path, "%s", target);

@@ -117,7 +117,7 @@ void weights_get_counters(const weights_store *ws, weights_counters *out);
 typedef struct {
     uint8_t sha256[32];
     uint64_t size;
-    char ref[WEIGHTS_HELD_REF_MAX + 1]; /* org/repo/path in the repo */
+    char ref[WEIGHTS_HELD_REF_MAX + 1]; /* org/repo/path@commit (the snapshot) */
     char path[4096];                    /* the blob on this disk */
 } weights_held_file;
 void weights_store_set_held(weights_store *ws, const weights_held_file *files, int n);

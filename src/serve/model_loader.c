@@ -41,12 +41,16 @@
 #define ML_RETRY_FAILED_MS 30000   /* a failed takeover of a model is not retried sooner */
 #define ML_MAX_WATCH 32
 #define ML_FILES_MS 2000           /* the cache's files and the peers' are looked at this often */
-#define ML_MAX_PEER_FILES 512
+#define ML_MAX_PEER_FILES MODEL_MAX_PEER_FILES
+#define ML_MESH_SETTLE_MS 3000     /* the peers' records are taken as known this long after the first arrived */
+#define ML_MESH_WAIT_MS 5000       /* a load with the hub down waits this long for the records ... */
+#define ML_START_MESH_WAIT_MS 30000 /* ... a --model at start-up this long (the mesh is being joined) */
 
 typedef struct {
     uint8_t peer[MESH_ID_BYTES];
     uint8_t sha256[32];
     uint64_t size;
+    char ref[PLAN_FILE_REF_MAX + 1];  /* org/repo/path@commit */
 } peer_holding;
 
 typedef enum { JOB_DOWNLOADING, JOB_LOADING, JOB_READY, JOB_FAILED, JOB_UNLOADED } job_state;
@@ -57,6 +61,7 @@ typedef struct {
     char ref[MODEL_REF_MAX + 1];
     char id[MESH_MAX_NAME];           /* known once resolved */
     int takeover;                     /* started by standby takeover */
+    int at_start;                     /* a --model the hub could not give at start-up: its failure stops the node */
     job_state state;                  /* loop thread */
     char error[1024];
     uint64_t started_ms, ended_ms;
@@ -107,6 +112,7 @@ struct model_loader {
     pthread_mutex_t files_lock;
     peer_holding holdings[ML_MAX_PEER_FILES];
     int n_holdings;
+    uint64_t records_since_ms;        /* when a peer's record was first seen; 0 not yet */
     plan_file files[PLAN_MAX_FILES];  /* loop: this node's, as published */
     int n_files;
     saturated_model saturated[PLAN_MAX_PLANS]; /* loop: from the peers' records */
@@ -168,6 +174,25 @@ static int find_peer(void *ctx, const char *sha256, uint64_t size, peer_file_tar
     return found;
 }
 
+/* A download thread, the hub down: what the peers' records list
+ * (model_fetch_opts.peer_files); -1 until they are known. */
+static int peer_files(void *ctx, model_peer_file *out, int max)
+{
+    model_loader *L = ctx;
+    int n = 0;
+    pthread_mutex_lock(&L->files_lock);
+    if (!L->records_since_ms || clock_ms() - L->records_since_ms < ML_MESH_SETTLE_MS) n = -1;
+    for (int i = 0; n >= 0 && i < L->n_holdings && n < max; i++) {
+        const peer_holding *h = &L->holdings[i];
+        snprintf(out[n].ref, sizeof out[n].ref, "%s", h->ref);
+        weights_hex(h->sha256, out[n].sha256);
+        out[n].size = h->size;
+        n++;
+    }
+    pthread_mutex_unlock(&L->files_lock);
+    return n;
+}
+
 /* The loop: this node's whole files, offered and published; the peers'. */
 static void refresh_files(model_loader *L)
 {
@@ -195,7 +220,7 @@ static void refresh_files(model_loader *L)
     static plan_file theirs[PLAN_MAX_FILES];
     static plan_saturated sat[PLAN_MAX_PLANS];
     static peer_holding found[ML_MAX_PEER_FILES];
-    int nh = 0, np = mesh_peers(L->mesh, peers, ML_MAX_PEERS);
+    int nh = 0, records = 0, np = mesh_peers(L->mesh, peers, ML_MAX_PEERS);
     L->n_saturated = 0;
     for (int i = 0; i < np && i < ML_MAX_PEERS; i++) {
         if (strcmp(peers[i].state, "alive")) continue;
@@ -210,6 +235,7 @@ static void refresh_files(model_loader *L)
                                                      err, sizeof err)) < 0)
             continue;
         nf = extra.n_files;
+        records++;
         for (int s = 0; s < extra.n_saturated; s++) {
             int at = 0;
             while (at < L->n_saturated && strcmp(L->saturated[at].model, sat[s].model)) at++;
@@ -228,6 +254,7 @@ static void refresh_files(model_loader *L)
             memcpy(found[nh].peer, id, MESH_ID_BYTES);
             memcpy(found[nh].sha256, theirs[f].sha256, 32);
             found[nh].size = theirs[f].size;
+            snprintf(found[nh].ref, sizeof found[nh].ref, "%s", theirs[f].ref);
             nh++;
         }
     }
@@ -243,6 +270,7 @@ static void refresh_files(model_loader *L)
     pthread_mutex_lock(&L->files_lock);
     memcpy(L->holdings, found, (size_t)nh * sizeof found[0]);
     L->n_holdings = nh;
+    if (records && !L->records_since_ms) L->records_since_ms = clock_ms();
     pthread_mutex_unlock(&L->files_lock);
 }
 
@@ -266,19 +294,24 @@ static void *job_main(void *arg)
 
 static void refresh_files(model_loader *L);
 
+/* The loop: a load ends in failure; one the node was started with stops it. */
+static void job_failed(load_job *j, const char *error)
+{
+    j->state = JOB_FAILED;
+    if (error != j->error) snprintf(j->error, sizeof j->error, "%s", error);
+    log_warn(ML_LOG, "load %s: %s", j->ref, j->error);
+    if (j->at_start && j->L->cfg.on_start_failed) j->L->cfg.on_start_failed(j->L->cfg.start_ctx, j->ref, j->error);
+}
+
 /* The loop: the file is hashed (remembered), so the pipelines' own add is
  * instant: map, plan, serve. */
 static void serve_loaded(load_job *j, const char *error)
 {
     char err[1024];
     if (error) {
-        j->state = JOB_FAILED;
-        snprintf(j->error, sizeof j->error, "%s", error);
-        log_warn(ML_LOG, "load %s: %s", j->ref, error);
+        job_failed(j, error);
     } else if (pipelines_add_model(j->L->ps, j->path, err, sizeof err) != 0) {
-        j->state = JOB_FAILED;
-        snprintf(j->error, sizeof j->error, "%s", err);
-        log_warn(ML_LOG, "load %s: %s", j->ref, err);
+        job_failed(j, err);
     } else {
         j->state = JOB_READY;
         log_info(ML_LOG, "load %s: serving %s%s", j->ref, j->id, j->takeover ? " (standby takeover)" : "");
@@ -300,10 +333,9 @@ static void on_job_done(evutil_socket_t fd, short what, void *arg)
     j->thread_live = 0;
     j->ended_ms = clock_ms();
     if (j->rc != 0) {
-        j->state = JOB_FAILED;
-        log_warn(ML_LOG, "load %s: %s", j->ref, j->error);
         free(j->mf);
         j->mf = NULL;
+        job_failed(j, j->error);
         return;
     }
     snprintf(j->id, sizeof j->id, "%s", j->mf->id);
@@ -350,7 +382,7 @@ static int job_slot(model_loader *L)
     return best;
 }
 
-static int start_job(model_loader *L, const char *ref, int takeover, char *err, size_t errlen)
+static int start_job(model_loader *L, const char *ref, int takeover, int at_start, char *err, size_t errlen)
 {
     for (int i = 0; i < L->n_jobs; i++)
         if (!strcmp(L->jobs[i]->ref, ref) &&
@@ -375,6 +407,7 @@ static int start_job(model_loader *L, const char *ref, int takeover, char *err, 
     j->L = L;
     snprintf(j->ref, sizeof j->ref, "%s", ref);
     j->takeover = takeover;
+    j->at_start = at_start;
     j->state = JOB_DOWNLOADING;
     j->started_ms = clock_ms();
     j->done = event_new(L->base, -1, 0, on_job_done, j);
@@ -387,7 +420,14 @@ static int start_job(model_loader *L, const char *ref, int takeover, char *err, 
                               .n_ctx = L->cfg.n_ctx, .n_lanes = L->cfg.n_lanes, .n_threads = L->cfg.n_threads,
                               .kv_type = L->cfg.kv_type,
                               .progress = on_progress, .progress_ctx = j, .cancel = &j->cancel,
-                              .join_dir = a->join_dir, .find_peer = find_peer, .peer_ctx = L};
+                              .join_dir = a->join_dir, .find_peer = find_peer, .peer_ctx = L,
+                              .peer_files = peer_files,
+                              .mesh_wait_ms = at_start ? ML_START_MESH_WAIT_MS : ML_MESH_WAIT_MS};
+    if (at_start) {
+        /* As at start-up: this node's own budget, none with --split. */
+        a->o.avail_bytes = budget_free(L->budget);
+        a->o.avail_what = L->cfg.split ? NULL : "this node's free budget (--max-memory)";
+    }
     refresh_files(L); /* the peers' files as they are now */
     snprintf(a->join_dir, sizeof a->join_dir, "%.4000s/cache/joined", L->cfg.home);
     L->jobs[slot] = j;
@@ -411,7 +451,12 @@ int model_loader_start(model_loader *L, const char *ref, char *err, size_t errle
     /* A malformed reference is refused now, not in the status later. */
     if (!(strlen(ref) < MODEL_PATH_MAX && stat(ref, &sb) == 0) && model_ref_parse(ref, &r, err, errlen) != 0)
         return -1;
-    return start_job(L, ref, 0, err, errlen);
+    return start_job(L, ref, 0, 0, err, errlen);
+}
+
+int model_loader_start_waiting(model_loader *L, const char *ref, char *err, size_t errlen)
+{
+    return start_job(L, ref, 0, 1, err, errlen);
 }
 
 /* ---- standby takeover ----------------------------------------------------------- */
@@ -528,7 +573,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         if (!takeover_ref(L, model, ref, sizeof ref)) continue;
         log_info(ML_LOG, "%s is asked for (%u a minute) and no live node serves it: taking it over from %s",
                  model, wanted[i].per_min, ref);
-        if (start_job(L, ref, 1, err, sizeof err) != 0) {
+        if (start_job(L, ref, 1, 0, err, sizeof err) != 0) {
             w->failed_at_ms = now;
             log_warn(ML_LOG, "takeover of %s: %s", model, err);
         }
@@ -554,7 +599,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         log_info(ML_LOG, "%s: every host is saturated (%d): adding this node as another host, from %s", sm->model,
                  sm->saturated_hosts, ref);
         w->saturated_since_ms = 0;
-        if (start_job(L, ref, 1, err, sizeof err) != 0) {
+        if (start_job(L, ref, 1, 0, err, sizeof err) != 0) {
             w->failed_at_ms = now;
             log_warn(ML_LOG, "second host for %s: %s", sm->model, err);
         }

@@ -57,6 +57,9 @@ typedef struct {
     uint64_t drain_deadline_ms;
     const char *role;
     int console_loopback;        /* the console is bound to loopback only: it may show the token */
+    int waiting[NODE_MAX_MODELS]; /* --model indexes the hub could not give: loaded from the mesh */
+    int n_waiting;
+    int start_failed;            /* one of them failed: the node exits with 1 */
 } node;
 
 static char *status_json(void *ctx)
@@ -266,7 +269,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 /* --model REF: a path is loaded as it is; a name is found in the cache or
  * downloaded first (blocking: the node is not in anyone's way before its
- * token is printed), after the check that it fits this node's budget. */
+ * token is printed), after the check that it fits this node's budget.
+ * When the hub cannot be asked and the file is not cached, a node that
+ * joins a mesh leaves it to the loader, which waits for the peers'
+ * records (model_loader_start_waiting); a node alone fails now. */
 static int load_models(node *n)
 {
     model_files *mf = malloc(sizeof *mf);
@@ -281,7 +287,14 @@ static int load_models(node *n)
                               .n_ctx = n->cfg->ctx, .n_lanes = n->cfg->parallel > 0 ? n->cfg->parallel : 2,
                               .n_threads = n->cfg->threads, .kv_type = n->cfg->kv_type, .join_dir = joined};
         if (model_fetch(n->cfg->models[i], &o, mf, err, sizeof err) != 0) {
-            fprintf(stderr, "llmesh: --model %s: %s\n", n->cfg->models[i], err);
+            if (mf->hub_unreachable && n->cfg->n_joins > 0 && !n->cfg->client) {
+                log_info("node", "--model %s: %s: it will come from a peer once the mesh is known",
+                         n->cfg->models[i], err);
+                n->waiting[n->n_waiting++] = i;
+                continue;
+            }
+            fprintf(stderr, "llmesh: --model %s: %s%s\n", n->cfg->models[i], err,
+                    mf->hub_unreachable ? " (with --join, a peer holding it would give it)" : "");
             rc = -1;
         } else if (pipelines_add_model(n->pipelines, mf->files[0], err, sizeof err) != 0) {
             fprintf(stderr, "llmesh: cannot load model %s\n", err);
@@ -290,6 +303,16 @@ static int load_models(node *n)
     }
     free(mf);
     return rc;
+}
+
+/* The loop: a --model the hub could not give did not come from the mesh
+ * either: the node stops, as it would have at start. */
+static void on_start_failed(void *ctx, const char *ref, const char *err)
+{
+    node *n = ctx;
+    fprintf(stderr, "llmesh: --model %s: %s\n", ref, err);
+    n->start_failed = 1;
+    event_base_loopbreak(n->base);
 }
 
 int node_run(const node_config *cfg)
@@ -350,11 +373,17 @@ int node_run(const node_config *cfg)
                                   .n_threads = cfg->threads, .kv_type = cfg->kv_type,
                                   .take_over = !cfg->n_models || cfg->n_standby_for,
                                   .standby_for = cfg->standby_for, .n_standby_for = cfg->n_standby_for,
-                                  .weights = n.weights};
+                                  .weights = n.weights, .split = cfg->split,
+                                  .on_start_failed = on_start_failed, .start_ctx = &n};
         if (!(n.demand = demand_new()) ||
             !(n.loader = model_loader_new(n.base, n.mesh, n.pipelines, &n.budget, n.demand, &lc)))
             goto out;
         pipelines_set_demand_source(n.pipelines, demand_rates, n.demand);
+        for (int i = 0; i < n.n_waiting; i++)
+            if (model_loader_start_waiting(n.loader, cfg->models[n.waiting[i]], err, sizeof err) != 0) {
+                fprintf(stderr, "llmesh: --model %s: %s\n", cfg->models[n.waiting[i]], err);
+                goto out;
+            }
     }
 
     n.api = api_new(n.base, n.sched, n.mesh);
@@ -398,7 +427,7 @@ int node_run(const node_config *cfg)
     fflush(stdout);
 
     event_base_dispatch(n.base);
-    rc = 0;
+    rc = n.start_failed;
 out:
     if (n.drain_timer) event_free(n.drain_timer);
     if (n.sigint) event_free(n.sigint);

@@ -38,7 +38,7 @@ sees_file() { curl -sf "$1/api/status" | jq -e '.peer_files >= 1'; }
 HF_HOME="$T/hfA" LLMESH_DEBUG_FILE_SERVE_DELAY_MS=400 start_node A serve --model "$REF" --threads 1
 check "A downloaded the file from the hub" test "$(weight_gets | wc -l)" -ge 1
 check "A lists the file in its status (SHA-256, size, reference)" bash -c \
-  "curl -sf '$A_CONSOLE/api/status' | jq -e '.files[] | select(.sha256 == \"$SHA\" and .size == $SIZE and .ref == \"TestOrg/kjv-GGUF/$MODEL_ID.gguf\")'"
+  "curl -sf '$A_CONSOLE/api/status' | jq -e '.files[] | select(.sha256 == \"$SHA\" and .size == $SIZE and .ref == \"TestOrg/kjv-GGUF/$MODEL_ID.gguf@0123456789abcdef0123456789abcdef01234567\")'"
 a=$(answer "$A_API") || die "A does not answer"
 
 # ---- B: from A over the mesh -------------------------------------------------------------
