@@ -45,6 +45,7 @@
 #define ML_MESH_SETTLE_MS 3000     /* the peers' records are taken as known this long after the first arrived */
 #define ML_MESH_WAIT_MS 5000       /* a load with the hub down waits this long for the records ... */
 #define ML_START_MESH_WAIT_MS 30000 /* ... a --model at start-up this long (the mesh is being joined) */
+#define ML_SECOND_HOST_CALM_MS 10000 /* a second host leaves after this long of calm (see drop_second_hosts) */
 
 typedef struct {
     uint8_t peer[MESH_ID_BYTES];
@@ -62,6 +63,9 @@ typedef struct {
     char id[MESH_MAX_NAME];           /* known once resolved */
     int takeover;                     /* started by standby takeover */
     int at_start;                     /* a --model the hub could not give at start-up: its failure stops the node */
+    int second_host;                  /* added as a second host of a saturated model: leaves when the load goes */
+    uint32_t peak_per_min;            /* second host, ready: the most requests a minute it has seen for the model */
+    uint64_t calm_since_ms;           /* second host: since when it may leave (0: not calm) */
     job_state state;                  /* loop thread */
     char error[1024];
     uint64_t started_ms, ended_ms;
@@ -117,6 +121,8 @@ struct model_loader {
     int n_files;
     saturated_model saturated[PLAN_MAX_PLANS]; /* loop: from the peers' records */
     int n_saturated;
+    char marked[PLAN_MAX_PLANS][MESH_MAX_NAME]; /* loop: models some alive peer marks saturated */
+    int n_marked;
 };
 
 /* ---- a load ------------------------------------------------------------------ */
@@ -222,6 +228,7 @@ static void refresh_files(model_loader *L)
     static peer_holding found[ML_MAX_PEER_FILES];
     int nh = 0, records = 0, np = mesh_peers(L->mesh, peers, ML_MAX_PEERS);
     L->n_saturated = 0;
+    L->n_marked = 0;
     for (int i = 0; i < np && i < ML_MAX_PEERS; i++) {
         if (strcmp(peers[i].state, "alive")) continue;
         uint8_t id[MESH_ID_BYTES];
@@ -237,6 +244,10 @@ static void refresh_files(model_loader *L)
         nf = extra.n_files;
         records++;
         for (int s = 0; s < extra.n_saturated; s++) {
+            int seen = 0;
+            for (int q = 0; q < L->n_marked && !seen; q++) seen = !strcmp(L->marked[q], sat[s].model);
+            if (!seen && L->n_marked < PLAN_MAX_PLANS)
+                snprintf(L->marked[L->n_marked++], MESH_MAX_NAME, "%.127s", sat[s].model);
             int at = 0;
             while (at < L->n_saturated && strcmp(L->saturated[at].model, sat[s].model)) at++;
             if (at == L->n_saturated) {
@@ -382,7 +393,9 @@ static int job_slot(model_loader *L)
     return best;
 }
 
-static int start_job(model_loader *L, const char *ref, int takeover, int at_start, char *err, size_t errlen)
+typedef enum { START_API, START_TAKEOVER, START_SECOND_HOST, START_AT_START } start_kind;
+
+static int start_job(model_loader *L, const char *ref, start_kind kind, char *err, size_t errlen)
 {
     for (int i = 0; i < L->n_jobs; i++)
         if (!strcmp(L->jobs[i]->ref, ref) &&
@@ -406,7 +419,9 @@ static int start_job(model_loader *L, const char *ref, int takeover, int at_star
     pthread_mutex_init(&j->lock, NULL);
     j->L = L;
     snprintf(j->ref, sizeof j->ref, "%s", ref);
+    int takeover = kind == START_TAKEOVER || kind == START_SECOND_HOST, at_start = kind == START_AT_START;
     j->takeover = takeover;
+    j->second_host = kind == START_SECOND_HOST;
     j->at_start = at_start;
     j->state = JOB_DOWNLOADING;
     j->started_ms = clock_ms();
@@ -451,12 +466,12 @@ int model_loader_start(model_loader *L, const char *ref, char *err, size_t errle
     /* A malformed reference is refused now, not in the status later. */
     if (!(strlen(ref) < MODEL_PATH_MAX && stat(ref, &sb) == 0) && model_ref_parse(ref, &r, err, errlen) != 0)
         return -1;
-    return start_job(L, ref, 0, 0, err, errlen);
+    return start_job(L, ref, START_API, err, errlen);
 }
 
 int model_loader_start_waiting(model_loader *L, const char *ref, char *err, size_t errlen)
 {
-    return start_job(L, ref, 0, 1, err, errlen);
+    return start_job(L, ref, START_AT_START, err, errlen);
 }
 
 /* ---- standby takeover ----------------------------------------------------------- */
@@ -548,6 +563,80 @@ static watch *watch_of(model_loader *L, const char *model)
     return w;
 }
 
+/* Whether model is marked saturated by a host: this node's own record, or
+ * an alive peer's (refresh_files). */
+static int marked_saturated(model_loader *L, const char *model)
+{
+    static uint8_t app[MESH_MAX_APP];
+    for (int i = 0; i < L->n_marked; i++)
+        if (!strcmp(L->marked[i], model)) return 1;
+    int len = mesh_node_app_data(L->mesh, mesh_node_id(L->mesh), app, sizeof app);
+    return len > 0 && plan_app_marks_saturated(app, (size_t)len, model);
+}
+
+/* An alive peer serves model (so leaving it leaves it served). */
+static int served_elsewhere(model_loader *L, const char *model)
+{
+    static mesh_peer peers[ML_MAX_PEERS];
+    int n = mesh_peers(L->mesh, peers, ML_MAX_PEERS);
+    for (int i = 0; i < n && i < ML_MAX_PEERS; i++) {
+        if (strcmp(peers[i].state, "alive")) continue;
+        for (int j = 0; j < peers[i].n_models; j++)
+            if (!strcmp(peers[i].models[j], model)) return 1;
+    }
+    return 0;
+}
+
+/* A second host leaves when the load that brought it has gone: the
+ * trigger was "every host saturated"; leaving needs a second, lower
+ * threshold held for a while, or the two would chase each other (the
+ * load split over two hosts clears the first one's mark at once):
+ *   - no host marks the model saturated (its own record and its peers'),
+ *   - another alive node serves it,
+ *   - this node saw no request for it for ML_SECOND_HOST_CALM_MS, or the
+ *     requests a minute it sees for it fell to half the most it has seen
+ *     since it became a host (a load that stays keeps the rate near its
+ *     peak; the one-minute window is slow to fall, hence the idle test),
+ * all of them for ML_SECOND_HOST_CALM_MS without a break. It then unloads
+ * the model with the API's drain (requests in flight finish; new ones go
+ * to the other host) and does not take it again for ML_RETRY_FAILED_MS. */
+static void drop_second_hosts(model_loader *L, uint64_t now)
+{
+    static plan_demand mine[PLAN_MAX_DEMAND];
+    int nd = demand_rates(L->demand, mine, PLAN_MAX_DEMAND);
+    for (int i = 0; i < L->n_jobs; i++) {
+        load_job *j = L->jobs[i];
+        if (!j->second_host || j->state != JOB_READY) continue;
+        uint32_t rate = 0;
+        for (int k = 0; k < nd; k++)
+            if (!strcmp(mine[k].model, j->id)) rate = mine[k].per_min;
+        if (rate > j->peak_per_min) j->peak_per_min = rate;
+        uint64_t last = demand_last_ms(L->demand, j->id);
+        int idle = now - (last > j->ended_ms ? last : j->ended_ms) >= ML_SECOND_HOST_CALM_MS;
+        int calm = !marked_saturated(L, j->id) && served_elsewhere(L, j->id) &&
+                   (idle || 2ull * rate <= j->peak_per_min);
+        if (!calm) {
+            j->calm_since_ms = 0;
+            continue;
+        }
+        if (!j->calm_since_ms) j->calm_since_ms = now;
+        if (now - j->calm_since_ms < ML_SECOND_HOST_CALM_MS) continue;
+        char err[512];
+        int rc = pipelines_remove_model(L->ps, j->id, MODEL_DRAIN_DEFAULT_S * 1000, err, sizeof err);
+        if (rc < 0 || rc == 1) {
+            log_warn(ML_LOG, "%s: leaving as a second host: %s", j->id, err);
+            j->calm_since_ms = 0;
+            continue;
+        }
+        log_info(ML_LOG, "%s: the load is gone (%s; %u requests a minute here, %u at most; no host saturated "
+                 "for %d s): no longer a second host%s", j->id, idle ? "no request here" : "half the peak rate", rate,
+                 j->peak_per_min, ML_SECOND_HOST_CALM_MS / 1000, rc == 2 ? " (draining)" : "");
+        j->state = JOB_UNLOADED;
+        watch *w = watch_of(L, j->id);
+        if (w) w->failed_at_ms = now;
+    }
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     model_loader *L = arg;
@@ -573,7 +662,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         if (!takeover_ref(L, model, ref, sizeof ref)) continue;
         log_info(ML_LOG, "%s is asked for (%u a minute) and no live node serves it: taking it over from %s",
                  model, wanted[i].per_min, ref);
-        if (start_job(L, ref, 1, 0, err, sizeof err) != 0) {
+        if (start_job(L, ref, START_TAKEOVER, err, sizeof err) != 0) {
             w->failed_at_ms = now;
             log_warn(ML_LOG, "takeover of %s: %s", model, err);
         }
@@ -599,11 +688,12 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         log_info(ML_LOG, "%s: every host is saturated (%d): adding this node as another host, from %s", sm->model,
                  sm->saturated_hosts, ref);
         w->saturated_since_ms = 0;
-        if (start_job(L, ref, 1, 0, err, sizeof err) != 0) {
+        if (start_job(L, ref, START_SECOND_HOST, err, sizeof err) != 0) {
             w->failed_at_ms = now;
             log_warn(ML_LOG, "second host for %s: %s", sm->model, err);
         }
     }
+    drop_second_hosts(L, now);
     /* A takeover that failed is not tried again at once. */
     for (int i = 0; i < L->n_jobs; i++) {
         load_job *j = L->jobs[i];
@@ -691,6 +781,7 @@ void model_loader_status(model_loader *L, cJSON *root)
         if (j->id[0]) cJSON_AddStringToObject(o, "model", j->id);
         cJSON_AddStringToObject(o, "state", job_state_names[j->state]);
         cJSON_AddBoolToObject(o, "takeover", j->takeover);
+        if (j->second_host) cJSON_AddBoolToObject(o, "second_host", 1);
         pthread_mutex_lock(&j->lock);
         cJSON_AddNumberToObject(o, "done_bytes", (double)j->done_bytes);
         cJSON_AddNumberToObject(o, "total_bytes", (double)j->total_bytes);

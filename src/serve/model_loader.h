@@ -23,6 +23,11 @@
  * alive standbys (so that two standbys do not both take the same model;
  * the first one's plan shows in its record before the next one's turn).
  *
+ * A second host: a standby with room and a source for a model every alive
+ * host of which marks saturated loads it too; it leaves again (unloads,
+ * draining) once no host is saturated, another serves it, and its own
+ * requests a minute for it are down to half their peak, for 10 s.
+ *
  * Weights cross the internet once: every ML_FILES_MS the loader lists the
  * whole files of the Hugging Face cache (models/hf.h hf_cache_held), offers
  * them to peers (weights_store_set_held) and publishes them in the node

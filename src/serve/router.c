@@ -376,15 +376,19 @@ static int host_tried(const api_call *c, const uint8_t id[MESH_ID_BYTES])
  * candidates the choice is a rendezvous hash of (this node's id, host id, model): each entry
  * node sticks to one host per model (its KV cache stays warm for follow-up
  * prompts), different entry nodes spread over the hosts, and when a host
- * goes away only the entry nodes that used it move. */
+ * goes away only the entry nodes that used it move. A host whose record
+ * marks the model saturated (its queue over the threshold, with
+ * hysteresis: docs/models.md) comes after every host that does not: the
+ * entry node moves off it while it is saturated, and back when it clears. */
 static int pick_untried_host(const api_call *c, uint8_t out[MESH_ID_BYTES])
 {
     mesh *m = c->r->mesh;
     static mesh_peer peers[ROUTER_MAX_PEERS];
     int n = mesh_peers(m, peers, ROUTER_MAX_PEERS);
     if (n > ROUTER_MAX_PEERS) n = ROUTER_MAX_PEERS;
+    static uint8_t app[MESH_MAX_APP];
     uint64_t best_score = 0;
-    int found = 0;
+    int found = 0, best_saturated = 0;
     size_t model_len = strlen(c->answer.model);
     for (int i = 0; i < n; i++) {
         if (strcmp(peers[i].state, "alive") != 0) continue;
@@ -398,8 +402,11 @@ static int pick_untried_host(const api_call *c, uint8_t out[MESH_ID_BYTES])
         memcpy(key + MESH_ID_BYTES, id, MESH_ID_BYTES);
         memcpy(key + 2 * MESH_ID_BYTES, c->answer.model, model_len);
         uint64_t score = hash_fnv1a(key, 2 * MESH_ID_BYTES + model_len);
-        if (!found || score > best_score) {
+        int len = peers[i].app_len ? mesh_node_app_data(m, id, app, sizeof app) : 0;
+        int saturated = len > 0 && plan_app_marks_saturated(app, (size_t)len, c->answer.model);
+        if (!found || saturated < best_saturated || (saturated == best_saturated && score > best_score)) {
             best_score = score;
+            best_saturated = saturated;
             memcpy(out, id, MESH_ID_BYTES);
             found = 1;
         }
