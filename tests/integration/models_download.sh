@@ -11,7 +11,10 @@
 #   - a model in 3 parts (tests/tools/gguf_split) is fetched whole and loaded
 #     as one model with the one-file model's answers;
 #   - a model too large for --max-memory is refused before any weight byte
-#     is requested (only the header's Range), with how much is missing.
+#     is requested (only the header's Range), with how much is missing;
+#   - a gated repo needs HF_TOKEN (or $HF_HOME/token): 401 names it;
+#   - `serve --model` by catalog name and by URL answers as the path does;
+#   - on a terminal, `download` draws a progress bar (bytes, rate, time left).
 set -u
 . "$(dirname "$0")/common.bash"
 MODEL_ID=kjv-llama-6.3M-q8_0
@@ -117,6 +120,15 @@ HF_HOME="$T/hf3" "$LLMESH" serve --home "$T/big" --listen 127.0.0.1:0 --port 0 -
   --model TestOrg/kjv-GGUF/sub/kjv-llama-6.3M-F99.gguf >/dev/null 2>"$T/bigserve.log"
 check "serve --model refuses a model over its budget with the shortfall" grep -q "GB missing; nothing was downloaded" "$T/bigserve.log"
 
+# ---- a gated repo: HF_TOKEN, else $HF_HOME/token -----------------------------------------
+start_hub --token sekrit
+HF_HOME="$T/hf6" "$LLMESH" download --home "$T/home" TestOrg/kjv-GGUF:Q8_0 >/dev/null 2>"$T/token.log" &&
+  fail "a gated repo was downloaded without a token"
+check "without a token: 401, and the message names HF_TOKEN" grep -q "HTTP 401: not allowed .*HF_TOKEN" "$T/token.log"
+check "with HF_TOKEN it downloads" env HF_HOME="$T/hf6" HF_TOKEN=sekrit "$LLMESH" download --home "$T/home" TestOrg/kjv-GGUF:Q8_0
+mkdir -p "$T/hf7" && echo sekrit >"$T/hf7/token"
+check "with \$HF_HOME/token (huggingface-cli login) it downloads" env HF_HOME="$T/hf7" "$LLMESH" download --home "$T/home" TestOrg/kjv-GGUF:Q8_0
+
 # ---- serve --model REF: downloads, loads, answers as the path does ---------------------
 rm -rf "$T/hf4"
 start_hub
@@ -149,5 +161,18 @@ reset_log
 start_node A2 serve --model TestOrg/kjv-GGUF:Q8_0 --threads 1 --home "$T/A"
 check "a second start of serve --model REF makes no request" test "$(requests)" -eq 0
 check "and serves the model" bash -c "curl -sf '$A2_CONSOLE/api/status' | jq -e '.models | index(\"kjv-llama-6.3M-Q8_0\")'"
+
+# ---- serve by catalog name and by URL (both downloaded above): answers as the path ------------
+HF_HOME="$T/hf" start_node Q serve --model qwen2.5-0.5b-instruct --threads 1
+q=$(curl -sf "$Q_API/completions" -d "${body/MODEL/qwen2.5-0.5b-instruct-q4_k_m}" | jq -r '.choices[0].text')
+check "serve --model CATALOG-NAME answers as the same file by path" test "$q" = "$p"
+start_node U serve --model "$HF_ENDPOINT/plain/$MODEL_ID.gguf" --threads 1 --home "$T/home"
+u=$(curl -sf "$U_API/completions" -d "${body/MODEL/$MODEL_ID}" | jq -r '.choices[0].text')
+check "serve --model URL answers as the same file by path" test "$u" = "$p"
+
+# ---- the progress bar on a terminal ----------------------------------------------------------
+HF_HOME="$T/hf5" script -qec "'$LLMESH' download --home '$T/home' TestOrg/kjv-GGUF:Q8_0" /dev/null >"$T/tty.out" 2>&1
+check "on a terminal, download draws a bar to 100% with the rate and time left" \
+  grep -qE '\[#{30}\] 100\.0% +[0-9.]+ / [0-9.]+ MB +[0-9.]+ MB/s +ETA' "$T/tty.out"
 
 finish
