@@ -59,8 +59,14 @@ int hf_blob_path(const hf_env *e, const char *repo, const char *blob_name, char 
 int hf_link_snapshot(const hf_env *e, const char *repo, const char *revision, const char *commit,
                      const char *path, const char *blob_name, char *out, size_t cap, char *err, size_t errlen);
 
+/* The SHA-256 a snapshot's link names (its target, a blob named by 64 hex
+ * digits), also when the blob is gone: the cache's own word on what the
+ * file is. 1 with name, or 0 (no link, or a blob named otherwise). */
+int hf_snapshot_blob(const hf_env *e, const char *repo, const char *commit, const char *path, char name[65]);
+
 /* The .gguf files in a cached snapshot (recursive, at most max, paths
- * relative to the snapshot) into names (max x HF_NAME_CAP). The count. */
+ * relative to the snapshot; a link whose blob is gone too: hf_cached_file
+ * says which are there) into names (max x HF_NAME_CAP). The count. */
 #define HF_NAME_CAP 512
 int hf_cached_gguf_files(const hf_env *e, const char *repo, const char *commit, char (*names)[HF_NAME_CAP],
                          int max);

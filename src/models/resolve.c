@@ -336,13 +336,38 @@ int model_match_peer_files(const model_ref *r, const model_peer_file *files, int
     return count;
 }
 
-/* The hub cannot be asked (hub_err says why): the reference's files as the
+/* The files the cache itself names: the snapshot of commit has a link for
+ * every path (the blobs gone: deleted by hand, or never fetched by this
+ * node) and a peer lists each blob's SHA-256. The count into chosen (as
+ * the peers list them, with this node's path and commit), or 0. */
+static int match_cache_links(const hf_env *env, const model_ref *r, const char *commit, const hub_file *files,
+                             int n_files, const model_peer_file *pf, int n, model_peer_file *chosen)
+{
+    if (!commit[0] || n_files <= 0) return 0;
+    for (int i = 0; i < n_files; i++) {
+        char sha[65];
+        if (!hf_snapshot_blob(env, r->repo, commit, files[i].path, sha)) return 0;
+        int j = 0;
+        while (j < n && strcmp(pf[j].sha256, sha)) j++;
+        if (j == n) return 0;
+        chosen[i] = pf[j];
+        if (snprintf(chosen[i].ref, sizeof chosen[i].ref, "%s/%s@%s", r->repo, files[i].path, commit) >=
+            (int)sizeof chosen[i].ref)
+            return 0;
+    }
+    return n_files;
+}
+
+/* The hub cannot be asked (hub_err says why): the reference's files as
+ * this node's cache names them (a snapshot link whose blob is gone:
+ * cache_commit and files, n_files of them; 0 when unknown) or else as the
  * peers' records list them, the fit check on the first one's header read
- * from its peer, the bytes from the peers, checked against the SHA-256
- * their records give, and kept in the cache (blob, snapshot link at the
- * peer's commit, refs/) exactly as a download from the hub. */
+ * from its peer, the bytes from the peers, checked against that SHA-256,
+ * and kept in the cache (blob, snapshot link at the commit, refs/) exactly
+ * as a download from the hub. */
 static int fetch_mesh(const hf_env *env, const model_ref *r, const model_fetch_opts *o, model_files *out,
-                      const char *hub_err, char *err, size_t errlen)
+                      const char *hub_err, const char *cache_commit, const hub_file *files, int n_files, char *err,
+                      size_t errlen)
 {
     char label[800];
     if (r->kind == MODEL_REF_HF_QUANT) snprintf(label, sizeof label, "%s:%s", r->repo, r->quant);
@@ -353,14 +378,18 @@ static int fetch_mesh(const hf_env *env, const model_ref *r, const model_fetch_o
                  env->cache);
         return -1;
     }
-    model_peer_file *pf = malloc(MODEL_MAX_PEER_FILES * sizeof *pf);
+    model_peer_file *pf = malloc((MODEL_MAX_PEER_FILES + MODEL_MAX_PARTS) * sizeof *pf);
     if (!pf) { snprintf(err, errlen, "out of memory"); return -1; }
-    int idx[MODEL_MAX_PARTS], k = 0, rc = -1;
+    model_peer_file *chosen = pf + MODEL_MAX_PEER_FILES;
+    int idx[MODEL_MAX_PARTS], k = 0, rc = -1, by_cache = 0;
     char inner[600] = "";
     for (int waited = 0;; waited += 100) {
         int n = o->peer_files(o->peer_ctx, pf, MODEL_MAX_PEER_FILES);
         if (n >= 0) {
-            k = model_match_peer_files(r, pf, n, idx, MODEL_MAX_PARTS, inner, sizeof inner);
+            /* The cache's word first: it names the bytes without trusting a peer's naming. */
+            k = by_cache = match_cache_links(env, r, cache_commit, files, n_files, pf, n, chosen);
+            if (!k && (k = model_match_peer_files(r, pf, n, idx, MODEL_MAX_PARTS, inner, sizeof inner)) > 0)
+                for (int i = 0; i < k; i++) chosen[i] = pf[idx[i]];
             break;
         }
         if (waited >= o->mesh_wait_ms || (o->cancel && *o->cancel)) {
@@ -375,19 +404,19 @@ static int fetch_mesh(const hf_env *env, const model_ref *r, const model_fetch_o
                  "give it: %s", label, hub_err, inner);
         goto out;
     }
-    log_info(RS_LOG, "%s: the hub cannot be asked (%s): its %d file%s named by the peers' records", label, hub_err,
-             k, k == 1 ? "" : "s");
+    log_info(RS_LOG, "%s: the hub cannot be asked (%s): its %d file%s named by %s", label, hub_err, k,
+             k == 1 ? "" : "s", by_cache ? "this node's cache (snapshot links)" : "the peers' records");
     uint64_t total = 0, rest = 0;
     for (int i = 0; i < k; i++) {
-        total += pf[idx[i]].size;
-        if (i > 0) rest += pf[idx[i]].size;
+        total += chosen[i].size;
+        if (i > 0) rest += chosen[i].size;
     }
-    const char *commit = strrchr(pf[idx[0]].ref, '@') + 1;
+    const char *commit = strrchr(chosen[0].ref, '@') + 1;
     peer_file_target target;
     dl_source source;
     multi_progress mp = {.o = o, .total = total};
     for (int i = 0; i < k; i++) {
-        const model_peer_file *f = &pf[idx[i]];
+        const model_peer_file *f = &chosen[i];
         const char *path = f->ref + strlen(r->repo) + 1;
         char rpath[HF_NAME_CAP], dest[MODEL_PATH_MAX], partial[MODEL_PATH_MAX + 16], flabel[800];
         snprintf(rpath, sizeof rpath, "%.*s", (int)(strrchr(f->ref, '@') - path), path);
@@ -438,7 +467,7 @@ static int fetch_hub(const model_ref *r, const model_fetch_opts *o, model_files 
     if ((hr = hub_files(&env, r, o, files, &n, commit, err, errlen)) != 0) {
         if (hr == DL_UNREACHABLE) {
             snprintf(hub_err, sizeof hub_err, "%s", err);
-            rc = fetch_mesh(&env, r, o, out, hub_err, err, errlen);
+            rc = fetch_mesh(&env, r, o, out, hub_err, "", files, 0, err, errlen);
         }
         goto out;
     }
@@ -470,7 +499,7 @@ static int fetch_hub(const model_ref *r, const model_fetch_opts *o, model_files 
         if (env.offline) snprintf(hub_err, sizeof hub_err, "HF_HUB_OFFLINE is set");
         else h = dl_head(url, &auth, &files[i].meta, hub_err, sizeof hub_err);
         if (h == DL_UNREACHABLE) {
-            rc = fetch_mesh(&env, r, o, out, hub_err, err, errlen);
+            rc = fetch_mesh(&env, r, o, out, hub_err, commit, files, n, err, errlen);
             goto out;
         }
         if (h != 0) {

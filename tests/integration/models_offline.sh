@@ -15,6 +15,8 @@
 #     loads from its cache; a node alone whose cache lacks the file fails at
 #     once, and one that joins a mesh where nobody holds it fails once the
 #     mesh is known, both with a message that says why;
+#   - the hub stopped: F, whose cache still has the snapshot link but not the
+#     blob (deleted by hand), gets the bytes its own link names from A;
 #   - `llmesh models` asks the node's console which cached models it serves.
 set -u
 . "$(dirname "$0")/common.bash"
@@ -116,6 +118,17 @@ HF_HOME="$T/hfD" timeout 30 "$LLMESH" serve --home "$T/D" --listen 127.0.0.1:0 -
   >"$T/D.out" 2>"$T/D.log"
 check "D alone fails" test $? -eq 1
 check "D's message names the hub, the cache and --join" grep -q "the hub cannot be asked.*not in the cache.*with --join, a peer holding it would give it" "$T/D.log"
+
+# ---- F: its cache names the file (the blob deleted by hand), a peer has the bytes ------------------------------
+mkdir -p "$T/hfF" && cp -a "$T/hfB/hub" "$T/hfF/"
+rm "$T/hfF/hub/models--TestOrg--kjv-GGUF/blobs/$SHA"
+HF_HOME="$T/hfF" start_node F serve --model "$REF" --join "$A_TOKEN" --threads 1
+wait_for 45 ready "$F_CONSOLE" "$REF" ||
+  fail "F's --model did not become ready: $(curl -s "$F_CONSOLE/api/status" | jq -c .loads)"
+check "F's own snapshot link named the file, not the peers' records" grep -q "named by this node's cache" "$T/F.log"
+check "F's blob is back, verified" in_layout "$T/hfF"
+check "F answers as A" test "$(answer "$F_API")" = "$a"
+kill -TERM "$F_PID"
 
 # ---- A restarted, the hub down: from its cache, by repo:QUANT and by hub file ---------------------------------
 kill -TERM "$A_PID"

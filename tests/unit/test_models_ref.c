@@ -217,6 +217,18 @@ static void test_cache_layout(void)
     snprintf(want, sizeof want, "a/b/q.gguf@%s", commit);
     CHECK_EQ_STR(held[0].ref, want);
     CHECK_EQ_INT(held[0].size, 4);
+    /* The blob deleted: the link still names it (the cache's word when the
+     * hub is down), the file is not cached, nothing is offered. */
+    char named[65];
+    CHECK_EQ_INT(hf_snapshot_blob(&e, "a/b", commit, "q.gguf", named), 1);
+    CHECK_EQ_STR(named, sha);
+    unlink(sha_blob);
+    CHECK_EQ_INT(hf_snapshot_blob(&e, "a/b", commit, "q.gguf", named), 1);
+    CHECK_EQ_INT(hf_cached_file(&e, "a/b", commit, "q.gguf", path, sizeof path), 0);
+    CHECK_EQ_INT(hf_cached_gguf_files(&e, "a/b", commit, names, 4), 2);
+    CHECK_EQ_INT(hf_snapshot_blob(&e, "a/b", commit, "d/m.gguf", named), 0); /* "abc": not a SHA-256 */
+    CHECK_EQ_INT(hf_snapshot_blob(&e, "a/b", commit, "none.gguf", named), 0);
+    CHECK_EQ_INT(hf_cache_held(&e, held, 4), 0);
     /* A blob deleted by hand leaves a dangling link: not cached. */
     char blob[HF_MAX_PATH];
     REQUIRE(hf_blob_path(&e, "a/b", "abc", blob, sizeof blob, err, sizeof err) == 0);
