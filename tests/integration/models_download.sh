@@ -11,7 +11,8 @@
 #   - a model in 3 parts (tests/tools/gguf_split) is fetched whole and loaded
 #     as one model with the one-file model's answers;
 #   - a model too large for --max-memory is refused before any weight byte
-#     is requested (only the header's Range), with how much is missing;
+#     is requested (only the header's Range), with how much is missing, by
+#     download, serve and the load API;
 #   - a gated repo needs HF_TOKEN (or $HF_HOME/token): 401 names it;
 #   - `serve --model` by catalog name and by URL answers as the path does;
 #   - on a terminal, `download` draws a progress bar (bytes, rate, time left).
@@ -119,6 +120,19 @@ check "no blob was written" bash -c "! ls '$T/hf3/hub/models--TestOrg--kjv-GGUF/
 HF_HOME="$T/hf3" "$LLMESH" serve --home "$T/big" --listen 127.0.0.1:0 --port 0 --console 0 --max-memory 1M \
   --model TestOrg/kjv-GGUF/sub/kjv-llama-6.3M-F99.gguf >/dev/null 2>"$T/bigserve.log"
 check "serve --model refuses a model over its budget with the shortfall" grep -q "GB missing; nothing was downloaded" "$T/bigserve.log"
+# The load API of a running node: the check is against the mesh's free memory (here its own).
+reset_log
+HF_HOME="$T/hf3" start_node BIG serve --max-memory 1M --threads 1
+code=$(curl -s -o /dev/null -w '%{http_code}' "$BIG_CONSOLE/api/models/load" -d '{"model": "TestOrg/kjv-GGUF:Q8_0"}')
+check "the load API takes it (202)" test "$code" = 202
+big_failed() { curl -sf "$BIG_CONSOLE/api/status" | jq -e -r '.loads[] | select(.state == "failed") | .error'; }
+wait_for 20 big_failed >/dev/null || fail "the load of a model over the mesh's memory did not fail"
+big_err=$(big_failed)
+echo "the load's error: $big_err"
+says_missing() { grep -qE "needs [0-9.]+ GB .* but the mesh's free memory \(this node and 0 members\) is [0-9.]+ GB: [0-9.]+ GB missing; nothing was downloaded" <<<"$big_err"; }
+check "its error says how much the mesh lacks" says_missing
+check "and only the header was read" test "$(jq -r 'select(.method == "GET" and (.path | startswith("/cdn/"))) | .range // "none"' "$T/hub.jsonl" | tr '\n' ' ')" = "bytes=0-2097151 "
+kill -TERM "$BIG_PID"
 
 # ---- a gated repo: HF_TOKEN, else $HF_HOME/token -----------------------------------------
 start_hub --token sekrit
