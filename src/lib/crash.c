@@ -30,6 +30,7 @@
 #endif
 #endif
 
+#ifndef CRASH_SANITIZER
 static void write_str(const char *s)
 {
     size_t len = strlen(s);
@@ -62,6 +63,7 @@ static void crash_handler(int sig)
     write_str("llmesh: (map the +0x offsets with: addr2line -f -e llmesh OFFSET)\n");
     raise(sig); /* the default action again (SA_RESETHAND): core, exit status */
 }
+#endif
 
 void crash_handlers_install(void)
 {
