@@ -92,16 +92,22 @@ static long read_url_head(void *ctx, uint8_t *buf, size_t len, char *err, size_t
     return dl_get_head_bytes(u->url, u->auth, buf, len, err, errlen);
 }
 
+typedef struct {
+    const dl_source *src;
+    const _Atomic int *cancel;
+} source_head;
+
 /* A peer streams from the offset asked to the end: the stream is closed
  * once the header's bytes are in (the rest it sent is dropped). */
 static long read_source_head(void *ctx, uint8_t *buf, size_t len, char *err, size_t errlen)
 {
-    const dl_source *src = ctx;
+    const source_head *sh = ctx;
+    const dl_source *src = sh->src;
     void *h = src->open(src->ctx, 0, err, errlen);
     if (!h) return -1;
     size_t got = 0;
     while (got < len) {
-        long n = src->read(h, buf + got, len - got, NULL, err, errlen);
+        long n = src->read(h, buf + got, len - got, sh->cancel, err, errlen);
         if (n < 0) { src->close(h); return -1; }
         if (n == 0) break;
         got += (size_t)n;
@@ -426,7 +432,8 @@ static int fetch_mesh(const hf_env *env, const model_ref *r, const model_fetch_o
             goto out;
         }
         peer_file_source(&target, &source);
-        if (i == 0 && check_fit(label, read_source_head, &source, f->size, rest, o, &out->need_bytes, err,
+        source_head head = {&source, o->cancel};
+        if (i == 0 && check_fit(label, read_source_head, &head, f->size, rest, o, &out->need_bytes, err,
                                 errlen) != 0)
             goto out;
         if (hf_blob_path(env, r->repo, f->sha256, dest, sizeof dest - 16, err, errlen) != 0) goto out;
