@@ -75,6 +75,10 @@ out=$(dl qwen2.5-0.5b-instruct) || fail "download by catalog name"
 check "a catalog name resolves to its repo and file" \
   test "$out" = "$CACHE/models--Qwen--Qwen2.5-0.5B-Instruct-GGUF/snapshots/0123456789abcdef0123456789abcdef01234567/qwen2.5-0.5b-instruct-q4_k_m.gguf"
 check "llmesh models lists the cached files" bash -c "'$LLMESH' models --home '$T/home' | grep -q 'qwen2.5-0.5b-instruct-q4_k_m'"
+catalog=$("$LLMESH" models --catalog)
+families() { for f in Qwen Llama Gemma Mistral Phi; do grep -qE "^[^ ]+ +$f +[0-9.]+ (MB|GB) +[^ ]+/[^ ]+\.gguf\$" <<<"$catalog" || return 1; done; }
+check "llmesh models --catalog lists the Qwen, Llama, Gemma, Mistral and Phi families with sizes and files" families
+check "and the catalog name used above" grep -q "^qwen2.5-0.5b-instruct " <<<"$catalog"
 
 # ---- by URL, killed halfway and resumed on the next run ----------------------------------
 reset_log
