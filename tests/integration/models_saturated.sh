@@ -8,7 +8,8 @@
 # cannot queue then go to S instead of getting 429. The mark has hysteresis:
 # it stays while requests wait and for 20 s after the last one, so it does
 # not flap with every request. E, an entry node (a host of another model),
-# sends requests for the model to S while H is marked saturated. When the
+# sends requests for the model to S while H is marked saturated, and to its
+# rendezvous choice again once the mark is cleared. When the
 # load is gone (no host saturated, S idle or at half its peak rate, for
 # 10 s), S stops serving the model, draining, and requests through S go to H.
 set -u
@@ -72,6 +73,19 @@ check "S computed some of them" test "$(s_sequences)" -gt "$s0"
 # H is still marked saturated (hysteresis): E sends the model's requests to S.
 e_sees() { curl -sf "$E_CONSOLE/api/status" | jq -e --arg m "$MODEL_ID" '[.peers[] | select(.state == "alive") | .models | index($m)] | map(select(. != null)) | length == 2'; }
 wait_for 10 e_sees || fail "E does not see two hosts of the model"
+# Without the preference E would pick by rendezvous hash (router.c): say which, so a reader
+# knows whether this run's check could have caught its absence.
+rendezvous() { python3 -c '
+import sys
+def fnv(b):
+    h = 0xcbf29ce484222325
+    for x in b: h = ((h ^ x) * 0x100000001b3) & 0xffffffffffffffff
+    return h
+e, m = bytes.fromhex(sys.argv[1]), sys.argv[4].encode()
+print("H" if fnv(e + bytes.fromhex(sys.argv[2]) + m) > fnv(e + bytes.fromhex(sys.argv[3]) + m) else "S")' "$@"; }
+node_id() { curl -sf "$1/api/status" | jq -r .node_id; }
+favoured=$(rendezvous "$(node_id "$E_CONSOLE")" "$(node_id "$H_CONSOLE")" "$(node_id "$S_CONSOLE")" "$MODEL_ID")
+echo "E's rendezvous hash alone would pick $favoured$([ "$favoured" = H ] && echo ': the next check is decisive' || echo ': the next check would pass without the preference too')"
 h0=$(h_sequences); s0=$(s_sequences)
 e_ok=0
 for i in 1 2 3 4; do curl -sf -o /dev/null --max-time 30 "$E_API/completions" -d "$(body 4)" && e_ok=$((e_ok + 1)); done
@@ -86,6 +100,15 @@ wait_for 40 saturated no || fail "H did not clear the mark after 20 s without wa
 cleared=$(date +%s.%N)
 grep -q "no longer saturated" "$T/H.log" && pass "H's log says it is no longer saturated" || fail "H's log says it is no longer saturated"
 check "S still serves the model when H clears its mark" s_serves
+# Unmarked, E is back on its rendezvous choice (its KV cache is warm there).
+sleep 2
+h0=$(h_sequences); s0=$(s_sequences)
+for i in 1 2; do curl -sf -o /dev/null --max-time 30 "$E_API/completions" -d "$(body 4)" || fail "a request through E"; done
+if [ "$favoured" = H ]; then
+  check "H unmarked: E sends to H again, its rendezvous choice" test "$(h_sequences)" -gt "$h0" -a "$(s_sequences)" -eq "$s0"
+else
+  check "H unmarked: E stays on S, its rendezvous choice" test "$(s_sequences)" -gt "$s0" -a "$(h_sequences)" -eq "$h0"
+fi
 # The load is gone: S leaves, after its own hysteresis.
 wait_for 40 s_left || fail "S still serves the model 40 s after H cleared its mark"
 left=$(date +%s.%N)
