@@ -296,6 +296,14 @@ static void *job_main(void *arg)
     job_arg *a = arg;
     load_job *j = a->job;
     char err[1024] = "";
+    /* A --model at start-up: the peers' records first, so that a peer
+     * holding the file gives it (find_peer) instead of the hub. */
+    for (int waited = 0; j->at_start && waited < ML_START_MESH_WAIT_MS && !j->cancel &&
+                         peer_files(j->L, NULL, 0) < 0;
+         waited += 100) {
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     j->rc = model_fetch(j->ref, &a->o, j->mf, err, sizeof err);
     if (j->rc != 0) snprintf(j->error, sizeof j->error, "%s", err);
     free(a);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -270,9 +271,11 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 /* --model REF: a path is loaded as it is; a name is found in the cache or
  * downloaded first (blocking: the node is not in anyone's way before its
  * token is printed), after the check that it fits this node's budget.
- * When the hub cannot be asked and the file is not cached, a node that
- * joins a mesh leaves it to the loader, which waits for the peers'
- * records (model_loader_start_waiting); a node alone fails now. */
+ * A hub file not in the cache, on a node that joins a mesh, is left to
+ * the loader, which waits for the peers' records first
+ * (model_loader_start_waiting): a peer that holds it gives its bytes,
+ * and with the hub down names it too. A node alone downloads it now, or
+ * fails now when the hub cannot be asked. */
 static int load_models(node *n)
 {
     model_files *mf = malloc(sizeof *mf);
@@ -286,10 +289,16 @@ static int load_models(node *n)
                               .avail_what = n->cfg->split ? NULL : "this node's free budget (--max-memory)",
                               .n_ctx = n->cfg->ctx, .n_lanes = n->cfg->parallel > 0 ? n->cfg->parallel : 2,
                               .n_threads = n->cfg->threads, .kv_type = n->cfg->kv_type, .join_dir = joined};
+        model_ref r;
+        struct stat sb;
+        int joins = n->cfg->n_joins > 0 && !n->cfg->client;
+        o.offline = joins && stat(n->cfg->models[i], &sb) != 0 &&
+                    model_ref_parse(n->cfg->models[i], &r, err, sizeof err) == 0 &&
+                    (r.kind == MODEL_REF_HF_FILE || r.kind == MODEL_REF_HF_QUANT || r.kind == MODEL_REF_CATALOG);
         if (model_fetch(n->cfg->models[i], &o, mf, err, sizeof err) != 0) {
-            if (mf->hub_unreachable && n->cfg->n_joins > 0 && !n->cfg->client) {
-                log_info("node", "--model %s: %s: it will come from a peer once the mesh is known",
-                         n->cfg->models[i], err);
+            if (joins && (o.offline || mf->hub_unreachable)) {
+                log_info("node", "--model %s: %s: it will come from a peer once the mesh is known (or from the "
+                         "hub when no peer has it)", n->cfg->models[i], err);
                 n->waiting[n->n_waiting++] = i;
                 continue;
             }

@@ -8,6 +8,8 @@
 #     what the file is (HEAD, the fit check's header Range) but gets the
 #     bytes from A over the mesh: the hub's log shows no whole-file GET by
 #     B; B's blob has the hub's SHA-256, and B answers as A does;
+#   - D starts with `serve --model REF --join A` (the hub up, its own cache):
+#     it waits for the mesh and gets the bytes from A, not from the hub;
 #   - C loads it while A serves slowly (LLMESH_DEBUG_FILE_SERVE_DELAY_MS) and
 #     A is killed -9 halfway: C goes on from the hub with Range from the
 #     bytes it got from A (resumed, not restarted), verifies, and answers.
@@ -58,7 +60,18 @@ check "B counts the bytes as from a peer" bash -c "curl -sf '$B_CONSOLE/api/stat
 check "A served the whole file" bash -c "curl -sf '$A_CONSOLE/api/status' | jq -e '.weights.counters.file_bytes_served == $SIZE'"
 b=$(answer "$B_API")
 check "B answers as A does" test "$b" = "$a"
-kill -TERM "$B_PID"
+
+# ---- D: serve --model at start, --join A: from A, not the hub ---------------------------------
+: >"$T/hub.jsonl"
+served_before=$(curl -sf "$A_CONSOLE/api/status" | jq '.weights.counters.file_bytes_served')
+HF_HOME="$T/hfD" start_node D serve --model "$REF" --join "$A_TOKEN" --threads 1
+wait_for 45 ready "$D_CONSOLE" || fail "D's --model did not become ready: $(curl -s "$D_CONSOLE/api/status" | jq -c .loads)"
+check "D's start waited for the mesh" grep -q "it will come from a peer once the mesh is known" "$T/D.log"
+check "the hub saw no download of the file's bytes by D" test -z "$(weight_gets)"
+check "D got the whole file from a peer" bash -c "curl -sf '$D_CONSOLE/api/status' | jq -e '.downloads.from_peers_bytes == $SIZE'"
+check "A served it" bash -c "curl -sf '$A_CONSOLE/api/status' | jq -e '.weights.counters.file_bytes_served == $served_before + $SIZE'"
+check "D answers as A does" test "$(answer "$D_API")" = "$a"
+kill -TERM "$B_PID" "$D_PID"
 wait_for 20 bash -c "curl -sf '$A_CONSOLE/api/status' | jq -e '[.peers[] | select(.state == \"alive\")] | length == 0'" ||
   fail "A still sees B alive"
 
