@@ -297,8 +297,8 @@ static int load_models(node *n)
                     (r.kind == MODEL_REF_HF_FILE || r.kind == MODEL_REF_HF_QUANT || r.kind == MODEL_REF_CATALOG);
         if (model_fetch(n->cfg->models[i], &o, mf, err, sizeof err) != 0) {
             if (joins && (o.offline || mf->hub_unreachable)) {
-                log_info("node", "--model %s: %s: it will come from a peer once the mesh is known (or from the "
-                         "hub when no peer has it)", n->cfg->models[i], err);
+                log_info("node", "--model %s is not in the cache: it will come from a peer once the mesh is known "
+                         "(or from the hub when no peer has it)", n->cfg->models[i]);
                 n->waiting[n->n_waiting++] = i;
                 continue;
             }
