@@ -15,7 +15,8 @@
 #     download, serve and the load API;
 #   - a gated repo needs HF_TOKEN (or $HF_HOME/token): 401 names it;
 #   - `serve --model` by catalog name and by URL answers as the path does;
-#   - on a terminal, `download` draws a progress bar (bytes, rate, time left).
+#   - on a terminal, `download` draws a progress bar (bytes, rate, time left);
+#     a load's progress is in /api/status and, every 5 s, in the log.
 set -u
 . "$(dirname "$0")/common.bash"
 MODEL_ID=kjv-llama-6.3M-q8_0
@@ -187,6 +188,20 @@ check "serve --model CATALOG-NAME answers as the same file by path" test "$q" = 
 start_node U serve --model "$HF_ENDPOINT/plain/$MODEL_ID.gguf" --threads 1 --home "$T/home"
 u=$(curl -sf "$U_API/completions" -d "${body/MODEL/$MODEL_ID}" | jq -r '.choices[0].text')
 check "serve --model URL answers as the same file by path" test "$u" = "$p"
+
+# ---- progress of a load in /api/status and in the log (the CDN slowed to ~1 MB/s) ----------------
+start_hub --rate 1000000
+HF_HOME="$T/hf8" start_node SLOW serve --threads 1
+code=$(curl -s -o /dev/null -w '%{http_code}' "$SLOW_CONSOLE/api/models/load" -d '{"model": "TestOrg/kjv-GGUF:Q8_0"}')
+check "a slow load: 202" test "$code" = 202
+midway() { curl -sf "$SLOW_CONSOLE/api/status" | jq -e \
+  '.loads[0] | select(.state == "downloading" and .done_bytes > 0 and .done_bytes < .total_bytes and .bytes_per_s > 0)'; }
+check "its progress shows in /api/status while it downloads (bytes, total, rate)" wait_for 10 midway
+slow_ready() { curl -sf "$SLOW_CONSOLE/api/status" | jq -e '.loads[0].state == "ready"'; }
+wait_for 30 slow_ready || fail "the slow load did not finish"
+check "and in the log every 5 s (bytes of total, rate)" grep -qE "kjv-llama-6.3M-Q8_0.gguf: [0-9.]+ of 6.9 MB, [0-9.]+ MB/s" "$T/SLOW.log"
+kill -TERM "$SLOW_PID"
+start_hub
 
 # ---- the progress bar on a terminal ----------------------------------------------------------
 HF_HOME="$T/hf5" script -qec "'$LLMESH' download --home '$T/home' TestOrg/kjv-GGUF:Q8_0" /dev/null >"$T/tty.out" 2>&1
