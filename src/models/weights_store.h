@@ -122,11 +122,26 @@ typedef struct {
 } weights_held_file;
 void weights_store_set_held(weights_store *ws, const weights_held_file *files, int n);
 
+/* Verified chunk bytes this node fetched from one peer (all fetches since
+ * start; the store counts the FETCH_MAX_TALLY peers it fetched from last). */
+typedef struct {
+    uint8_t peer[MESH_ID_BYTES];
+    uint64_t bytes;
+} weights_source_bytes;
+int weights_store_fetched_from(const weights_store *ws, weights_source_bytes *out, int max);
+
 /* Fetches under way, for /api/status. */
+#define WEIGHTS_INFO_SOURCES 4
 typedef struct {
     char model[WEIGHTS_HASH_HEX];
     int first, end, head;
-    char peer[MESH_ID_HEX];
+    char peer[MESH_ID_HEX];      /* the source of the first stream (or the last one tried) */
+    int n_sources;               /* sources asked in this fetch: */
+    struct {
+        char peer[MESH_ID_HEX];
+        uint64_t bytes;          /* verified chunk bytes from it */
+        int streaming;           /* a stream to it is open now */
+    } sources[WEIGHTS_INFO_SOURCES];
     uint64_t done_bytes, total_bytes;
     const char *state;           /* "connecting", "manifest", "checking", "fetching", "retrying" */
     int attempts;                /* failed attempts since the last progress */

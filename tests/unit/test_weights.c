@@ -921,16 +921,28 @@ static void test_fetch_from_part(void)
     w = (holds_wait){c, mesh_node_id(s.p.b), s.hash, 2, 5, 1, 0};
     CHECK(holds(&w));
 
-    /* [3, 5), naming A: B is asked (it holds it), A serves nothing. */
-    weights_counters ca0, cb0, ca, cb;
+    /* [3, 5), naming A: B is asked (it holds it), and A, the peer named,
+     * too: both serve chunks, each chunk is written once, and C's tally
+     * says who sent what. */
+    weights_counters ca0, cb0, ca, cb, cc0, cc1;
     weights_get_counters(s.sa, &ca0);
     weights_get_counters(s.sb, &cb0);
+    weights_get_counters(sc, &cc0);
     CHECK(fetch_and_check(sc, s.hash, s.p.a, s.model, 3, 5, 0, &st));
     weights_get_counters(s.sa, &ca);
     weights_get_counters(s.sb, &cb);
-    CHECK_EQ_INT(ca.served_bytes, ca0.served_bytes);
-    CHECK_EQ_INT(cb.served_bytes - cb0.served_bytes, part_bytes(m, 3, 5, 0));
+    weights_get_counters(sc, &cc1);
+    CHECK(ca.served_bytes > ca0.served_bytes);
+    CHECK(cb.served_bytes > cb0.served_bytes);
+    CHECK(ca.served_bytes - ca0.served_bytes + cb.served_bytes - cb0.served_bytes >= part_bytes(m, 3, 5, 0));
+    CHECK_EQ_INT(cc1.fetched_bytes - cc0.fetched_bytes, part_bytes(m, 3, 5, 0));
+    weights_source_bytes from[4];
+    int nf = weights_store_fetched_from(sc, from, 4);
+    CHECK_EQ_INT(nf, 2);
+    CHECK_EQ_INT(from[0].bytes + from[1].bytes, part_bytes(m, 3, 5, 0));
+    CHECK(from[0].bytes > 0 && from[1].bytes > 0);
     /* With the head, B does not hold it: A serves. */
+    weights_get_counters(s.sa, &ca0);
     CHECK(fetch_and_check(sc, s.hash, s.p.a, s.model, 3, 5, 1, &st));
     weights_get_counters(s.sa, &ca);
     CHECK_EQ_INT(ca.served_bytes - ca0.served_bytes, part_bytes(m, 3, 5, 1));
@@ -969,6 +981,81 @@ static void test_fetch_from_part(void)
     teardown_pair(&s);
 }
 
+/* One fetch from two holders at once, one of which vanishes halfway (its
+ * mesh freed, as a process killed): the other takes its chunks, the part
+ * is complete and byte for byte the source's, and every chunk was written
+ * once. A slow holder (a pause after each chunk) gets fewer chunks than a
+ * fast one but some. */
+static void test_fetch_two_sources(void)
+{
+    setup s;
+    setup_pair(&s, "two", 6);
+    const weights_manifest *m = weights_store_manifest(s.sa, s.hash);
+    REQUIRE(m);
+    fetch_state st;
+    CHECK(fetch_and_check(s.sb, s.hash, s.p.a, s.model, 0, 6, 1, &st)); /* B holds everything too */
+    mesh *c = testnet_mesh("two-c", NULL, "host", mesh_token(s.p.a));
+    REQUIRE(c);
+    REQUIRE(testnet_connect(c, s.p.a, WAIT_MS) && testnet_connect(c, s.p.b, WAIT_MS));
+    char err[256];
+    weights_store *sc = weights_store_new(base, c, testlib_tmp_path("two-c"), err, sizeof err);
+    REQUIRE(sc);
+    weights_test_set_retry(sc, 20, 4);
+    holds_wait w = {c, mesh_node_id(s.p.b), s.hash, 0, 6, 1, 1};
+    CHECK(testnet_run_until(holds, &w, WAIT_MS));
+
+    /* A slow (10 ms per chunk), B not: both serve, B more. (A window of 4
+     * chunks per stream: with the default, one stream could ask for the
+     * whole of this small part before the other opens.) */
+    weights_test_set_window(sc, 4 * CHUNK);
+    uint64_t want = part_bytes(m, 1, 3, 0);
+    weights_counters ca0, cb0, ca, cb;
+    weights_get_counters(s.sa, &ca0);
+    weights_get_counters(s.sb, &cb0);
+    s.sa->test_chunk_delay_ms = 10;
+    CHECK(fetch_and_check(sc, s.hash, s.p.a, s.model, 1, 3, 0, &st));
+    s.sa->test_chunk_delay_ms = 0;
+    weights_get_counters(s.sa, &ca);
+    weights_get_counters(s.sb, &cb);
+    CHECK(ca.served_bytes > ca0.served_bytes);
+    CHECK(cb.served_bytes - cb0.served_bytes > ca.served_bytes - ca0.served_bytes);
+    weights_counters cc;
+    weights_get_counters(sc, &cc);
+    CHECK_EQ_INT(cc.fetched_bytes, want);
+    weights_source_bytes from[4];
+    int nf = weights_store_fetched_from(sc, from, 4);
+    CHECK_EQ_INT(nf, 2);
+    for (int i = 0; i < nf; i++) CHECK(from[i].bytes >= CHUNK);
+
+    /* B goes away a third of the way in, with chunks asked of it: A,
+     * slow enough that B has its share by then, does the rest. */
+    s.sa->test_chunk_delay_ms = 5;
+    s.sb->test_chunk_delay_ms = 5;
+    REQUIRE(start_fetch_breaking(sc, s.hash, s.p.a, 2, 6, 1, &st));
+    CHECK(testnet_run_until(progressed, &st, WAIT_MS));
+    REQUIRE(st.done == 0);
+    nf = weights_store_fetched_from(sc, from, 4);
+    uint64_t from_b = 0;
+    for (int i = 0; i < nf; i++)
+        if (!memcmp(from[i].peer, mesh_node_id(s.p.b), MESH_ID_BYTES)) from_b = from[i].bytes;
+    weights_store_free(s.sb);
+    s.sb = NULL;
+    mesh_free(s.p.b);
+    s.p.b = NULL;
+    CHECK(testnet_run_until(fetch_done, &st, WAIT_MS * 2));
+    CHECK_EQ_STR(st.error, "");
+    CHECK(part_matches(st.path, s.model, 2, 6, 1));
+    weights_counters cc2;
+    weights_get_counters(sc, &cc2);
+    CHECK_EQ_INT(cc2.fetched_bytes - cc.fetched_bytes, part_bytes(m, 2, 6, 1));
+    CHECK_EQ_INT(cc2.bad_chunks, 0);
+    CHECK(from_b > 0); /* B had served its share before it went */
+    s.sa->test_chunk_delay_ms = 0;
+    weights_store_free(sc);
+    mesh_free(c);
+    teardown_pair(&s);
+}
+
 int main(void)
 {
     const char *level = getenv("LLMESH_TEST_LOG");
@@ -985,6 +1072,7 @@ int main(void)
     RUN(test_fetch_errors);
     RUN(test_holdings_wire);
     RUN(test_fetch_from_part);
+    RUN(test_fetch_two_sources);
     testnet_loop_free();
     return testlib_finish();
 }
