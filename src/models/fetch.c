@@ -19,7 +19,7 @@
  * end, a stream with room asks again for chunks still out at another (the
  * endgame): the first copy to arrive is written, the other dropped, so a
  * slow or dead source holds up at most its own window for one round trip
- * of another. A stream that breaks gives its chunks back to the others and
+ * of another (after FETCH_ENDGAME_MS). A stream that breaks gives its chunks back to the others and
  * its peer is tried again after a backoff; when no stream is left, the job
  * goes back to connect after a backoff. The manifest is kept, so every
  * later OPEN asks for READY only.
@@ -63,6 +63,7 @@ typedef struct {
     uint32_t len;
     uint8_t state;
     uint8_t asked_by;            /* bit i: asked on slots[i]'s stream and not answered there yet */
+    uint32_t asked_ms;           /* when last asked, ms since the job started */
 } part_chunk;
 
 typedef struct check_work check_work;
@@ -524,16 +525,23 @@ static int job_fail_write(fetch_job *j, const char *what, const char *path)
     return 1;
 }
 
+static uint32_t job_ms(const fetch_job *j) { return (uint32_t)(clock_ms() - j->started_ms); }
+
 /* The next chunk for sl: the first missing one in file order; when none is
- * missing (the endgame), the first one asked elsewhere and not here, so a
- * slow or dead source does not hold up the end. SIZE_MAX when none. */
+ * missing (the endgame), the first one asked elsewhere, not here, at least
+ * FETCH_ENDGAME_MS ago, so a slow or dead source does not hold up the end
+ * while a healthy one finishing its last chunks is not doubled. SIZE_MAX
+ * when none. */
 static size_t job_next_chunk(fetch_job *j, const fetch_slot *sl)
 {
     while (j->cursor < j->n_chunks && j->chunks[j->cursor].state != CH_MISSING) j->cursor++;
     if (j->cursor < j->n_chunks) return j->cursor;
     uint8_t bit = (uint8_t)(1u << sl->index);
-    for (size_t i = 0; i < j->n_chunks; i++)
-        if (j->chunks[i].state == CH_ASKED && !(j->chunks[i].asked_by & bit)) return i;
+    uint32_t now = job_ms(j);
+    for (size_t i = 0; i < j->n_chunks; i++) {
+        const part_chunk *c = &j->chunks[i];
+        if (c->state == CH_ASKED && !(c->asked_by & bit) && now - c->asked_ms >= FETCH_ENDGAME_MS) return i;
+    }
     return SIZE_MAX;
 }
 
@@ -559,6 +567,7 @@ static int job_pump(fetch_job *j)
             if (mesh_stream_send(sl->stream, get, sizeof get) < 0) return slot_fail(sl, "cannot send on the stream");
             c->state = CH_ASKED;
             c->asked_by |= (uint8_t)(1u << sl->index);
+            c->asked_ms = job_ms(j);
             sl->asked += c->len;
             sl->outstanding++;
             if (sl->outstanding == 1) sl->last_ms = clock_ms(); /* the stall clock starts */
@@ -571,7 +580,8 @@ static int job_pump(fetch_job *j)
 /* Every FETCH_TICK_MS: a stream with chunks out and nothing back for
  * FETCH_STALL_MS while another stream works is dropped (its chunks go to
  * the others; a peer killed without a word is not seen by the transport for
- * much longer). The only stream is left to the transport's timeouts. */
+ * much longer). The only stream is left to the transport's timeouts. Then
+ * the endgame, for chunks that have waited long enough since. */
 static void job_on_tick(evutil_socket_t fd, short what, void *arg)
 {
     fetch_job *j = arg;
@@ -583,6 +593,7 @@ static void job_on_tick(evutil_socket_t fd, short what, void *arg)
         snprintf(why, sizeof why, "no chunk for %d s", FETCH_STALL_MS / 1000);
         if (slot_fail(sl, why)) return;
     }
+    job_pump(j); /* chunks out long enough for the endgame */
 }
 
 /* Making a finished part durable runs on the sync lane: fsync of gigabytes

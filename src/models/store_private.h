@@ -21,7 +21,8 @@
 #define FETCH_WINDOW_BYTES (8u << 20)
 #define FETCH_MAX_STREAMS 4           /* sources one fetch asks at once (a bit each in part_chunk) */
 #define FETCH_STALL_MS 5000           /* a stream with chunks out and none back for this long is dropped */
-#define FETCH_TICK_MS 1000            /* how often a job looks for stalled streams */
+#define FETCH_TICK_MS 500             /* how often a job looks for stalled streams and the endgame */
+#define FETCH_ENDGAME_MS 1000         /* a chunk out this long is asked of another source too (at the end) */
 #define FETCH_MAX_TALLY 16            /* peers whose bytes the store counts (fetched_from) */
 #define FETCH_MAX_OUTSTANDING 32      /* chunk requests in flight, whatever their size */
 #define FETCH_MAX_ATTEMPTS 6          /* failed attempts in a row (no chunk between) */
