@@ -16,13 +16,14 @@
  *   writes it at its offset -> fsync, rename, record (sync lane) -> on_done.
  * The chunks go where they are answered fastest: a source that is twice as
  * fast empties its window twice as often and asks twice as much. At the
- * end, a stream with room asks again for chunks still out at another (the
- * endgame): the first copy to arrive is written, the other dropped, so a
- * slow or dead source holds up at most its own window for one round trip
- * of another (after FETCH_ENDGAME_MS). A stream that breaks gives its chunks back to the others and
- * its peer is tried again after a backoff; when no stream is left, the job
- * goes back to connect after a backoff. The manifest is kept, so every
- * later OPEN asks for READY only.
+ * end, a stream with room asks again for chunks out at another for
+ * FETCH_ENDGAME_MS (the endgame): the first copy to arrive is written, the
+ * other dropped, so a slow or dead source holds up the end by that long
+ * plus one round trip of another, not by its whole window. A stream that
+ * breaks or stalls gives its chunks back to the others and its peer is
+ * tried again after a backoff; when no stream is left, the job goes back
+ * to connect after a backoff. The manifest is kept, so every later OPEN
+ * asks for READY only.
  *
  * Lifetimes: a callback may cancel handles or abort streams, so every
  * function that can end a job returns 1 when it did, and its callers stop
@@ -124,7 +125,7 @@ struct fetch_job {
     uint64_t unsynced;           /* bytes handed to the sync lane since the last flush */
     int attempts;                /* failed attempts with no stream left, in a row */
     struct event *retry;         /* connect: the first time, after a backoff, or to widen */
-    struct event *tick;          /* looks for stalled streams */
+    struct event *tick;          /* stalled streams, the endgame */
     check_work *check;
     struct final_work *finishing;
     struct chunk_work *writing_list; /* chunks on the sync lane */
@@ -220,11 +221,10 @@ static void slot_reset(fetch_slot *sl)
         sl->reading = 0;
     }
     uint8_t bit = (uint8_t)(1u << sl->index);
-    for (size_t i = 0; i < j->n_chunks && sl->outstanding; i++) {
+    for (size_t i = 0; i < j->n_chunks; i++) {
         part_chunk *c = &j->chunks[i];
         if (!(c->asked_by & bit)) continue;
         c->asked_by &= (uint8_t)~bit;
-        sl->outstanding--;
         if (c->state == CH_ASKED && !c->asked_by) {
             c->state = CH_MISSING;
             if (i < j->cursor) j->cursor = i;
