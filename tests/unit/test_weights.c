@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "gguf_writer.h"
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "mesh/mesh.h"
 #include "models/fetch_wire.h"
@@ -1027,6 +1028,22 @@ static void test_fetch_two_sources(void)
     CHECK_EQ_INT(nf, 2);
     for (int i = 0; i < nf; i++) CHECK(from[i].bytes >= CHUNK);
 
+    /* A stops answering after its first chunk (a pause of a minute): the
+     * chunks it was asked for go to B after FETCH_ENDGAME_MS (the endgame),
+     * and the fetch ends in seconds, not when A wakes up. */
+    weights_test_set_window(sc, 8 * CHUNK);
+    s.sa->test_chunk_delay_ms = 60000;
+    weights_counters cc0;
+    weights_get_counters(sc, &cc0);
+    uint64_t t0 = clock_ms();
+    CHECK(fetch_and_check(sc, s.hash, s.p.a, s.model, 3, 5, 0, &st));
+    uint64_t took = clock_ms() - t0;
+    s.sa->test_chunk_delay_ms = 0;
+    CHECK(took < 10000);
+    weights_counters cc1;
+    weights_get_counters(sc, &cc1);
+    CHECK_EQ_INT(cc1.fetched_bytes - cc0.fetched_bytes, part_bytes(m, 3, 5, 0));
+
     /* B goes away a third of the way in, with chunks asked of it: A,
      * slow enough that B has its share by then, does the rest. */
     s.sa->test_chunk_delay_ms = 5;
@@ -1047,7 +1064,7 @@ static void test_fetch_two_sources(void)
     CHECK(part_matches(st.path, s.model, 2, 6, 1));
     weights_counters cc2;
     weights_get_counters(sc, &cc2);
-    CHECK_EQ_INT(cc2.fetched_bytes - cc.fetched_bytes, part_bytes(m, 2, 6, 1));
+    CHECK_EQ_INT(cc2.fetched_bytes - cc1.fetched_bytes, part_bytes(m, 2, 6, 1));
     CHECK_EQ_INT(cc2.bad_chunks, 0);
     CHECK(from_b > 0); /* B had served its share before it went */
     s.sa->test_chunk_delay_ms = 0;
