@@ -15,6 +15,8 @@
  * models of a few MB have hundreds of them. Every wait is bounded. */
 #include <cjson/cJSON.h>
 #include <event2/event.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +30,7 @@
 #include "lib/log.h"
 #include "mesh/mesh.h"
 #include "models/fetch_wire.h"
+#include "models/peer_file.h"
 #include "models/store_private.h" /* white box: retry, window and fault knobs */
 #include "models/weights.h"
 #include "models/weights_store.h"
@@ -1073,6 +1076,110 @@ static void test_fetch_two_sources(void)
     teardown_pair(&s);
 }
 
+/* ---- whole files from several holders (peer_file) ---------------------------------------------*/
+
+typedef struct {
+    peer_file *pf;
+    uint8_t *buf;
+    size_t cap, got;
+    long last;
+    char err[256];
+    atomic_int done;
+    atomic_int first_read;    /* the reader has its first MiB */
+} file_reader;
+
+static void *reader_main(void *arg)
+{
+    file_reader *r = arg;
+    for (;;) {
+        long n = peer_file_read(r->pf, r->buf + r->got, r->cap - r->got > 65536 ? 65536 : r->cap - r->got, NULL,
+                                r->err, sizeof r->err);
+        r->last = n;
+        if (n <= 0) break;
+        r->got += (size_t)n;
+        if (r->got >= (1u << 20)) atomic_store(&r->first_read, 1);
+    }
+    peer_file_close(r->pf);
+    atomic_store(&r->done, 1);
+    return NULL;
+}
+
+static int reader_done(void *arg) { return atomic_load(&((file_reader *)arg)->done); }
+static int reader_started(void *arg) { return atomic_load(&((file_reader *)arg)->first_read); }
+
+/* A file held by A and B is read through one peer_file from both: every
+ * byte in order, both served some. Then again with B gone (its mesh freed,
+ * as a process killed) once the reader has its first MiB and B has pieces
+ * out: A serves the rest, the bytes are still the file's. */
+static void test_peer_file_two_holders(void)
+{
+    setup s;
+    setup_pair(&s, "pf", 24); /* ~6 MiB: several 1 MiB pieces */
+    FILE *f = fopen(s.model, "rb");
+    REQUIRE(f);
+    fseek(f, 0, SEEK_END);
+    size_t size = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *want = malloc(size);
+    REQUIRE(want && fread(want, 1, size, f) == size);
+    fclose(f);
+    REQUIRE(size > 3 * FETCH_FILE_PIECE);
+    weights_held_file held = {.size = size};
+    weights_sha256(want, size, held.sha256);
+    snprintf(held.ref, sizeof held.ref, "Org/repo/pf.gguf");
+    snprintf(held.path, sizeof held.path, "%s", s.model);
+    weights_store_set_held(s.sa, &held, 1);
+    weights_store_set_held(s.sb, &held, 1);
+    mesh *c = testnet_mesh("pf-c", NULL, "host", mesh_token(s.p.a));
+    REQUIRE(c);
+    REQUIRE(testnet_connect(c, s.p.a, WAIT_MS) && testnet_connect(c, s.p.b, WAIT_MS));
+    uint8_t peers[2][MESH_ID_BYTES];
+    memcpy(peers[0], mesh_node_id(s.p.a), MESH_ID_BYTES);
+    memcpy(peers[1], mesh_node_id(s.p.b), MESH_ID_BYTES);
+
+    for (int round = 0; round < 2; round++) {
+        weights_counters a0, b0, a1, b1;
+        weights_get_counters(s.sa, &a0);
+        weights_get_counters(s.sb, &b0);
+        /* A pause after each piece, so that both get pieces to serve, and
+         * in the second round B still has some out when it goes. */
+        s.sa->test_file_delay_ms = s.sb->test_file_delay_ms = round ? 200 : 20;
+        file_reader r = {.cap = size, .buf = calloc(1, size)};
+        r.pf = peer_file_open(base, c, (const uint8_t(*)[MESH_ID_BYTES])peers, 2, held.sha256, size, 0);
+        REQUIRE(r.pf && r.buf);
+        pthread_t th;
+        REQUIRE(pthread_create(&th, NULL, reader_main, &r) == 0);
+        if (round == 1) { /* B vanishes with pieces asked of it */
+            CHECK(testnet_run_until(reader_started, &r, WAIT_MS));
+            weights_get_counters(s.sb, &b1);
+            CHECK(b1.file_bytes_served > b0.file_bytes_served);
+            weights_store_free(s.sb);
+            s.sb = NULL;
+            mesh_free(s.p.b);
+            s.p.b = NULL;
+        }
+        CHECK(testnet_run_until(reader_done, &r, WAIT_MS * 3));
+        pthread_join(th, NULL);
+        if (r.last < 0) fprintf(stderr, "  peer_file_read: %s\n", r.err);
+        CHECK_EQ_INT(r.last, 0);
+        CHECK_EQ_INT(r.got, size);
+        CHECK(memcmp(r.buf, want, size) == 0);
+        weights_get_counters(s.sa, &a1);
+        CHECK(a1.file_bytes_served > a0.file_bytes_served);
+        if (round == 0) {
+            weights_get_counters(s.sb, &b1);
+            CHECK(b1.file_bytes_served > b0.file_bytes_served);
+        }
+        s.sa->test_file_delay_ms = 0;
+        if (s.sb) s.sb->test_file_delay_ms = 0;
+        free(r.buf);
+        testnet_run_for(50); /* the loop lets the streams go */
+    }
+    free(want);
+    mesh_free(c);
+    teardown_pair(&s);
+}
+
 int main(void)
 {
     const char *level = getenv("LLMESH_TEST_LOG");
@@ -1090,6 +1197,7 @@ int main(void)
     RUN(test_holdings_wire);
     RUN(test_fetch_from_part);
     RUN(test_fetch_two_sources);
+    RUN(test_peer_file_two_holders);
     testnet_loop_free();
     return testlib_finish();
 }
