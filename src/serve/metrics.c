@@ -358,7 +358,8 @@ typedef struct {
     double scale;   /* ms -> s */
 } split_family;
 
-/* Per stage (1..n-1) of each plan this node coordinates, and per plan. */
+/* Per stage of each plan this node coordinates (stage 0: tokens and
+ * compute only), and per plan. */
 static const split_family stage_families[] = {
     {"llmesh_split_stage_tokens_total", "tokens", "Positions a stage computed.", 1},
     {"llmesh_split_stage_compute_seconds_total", "compute_ms", "Time a stage spent computing, as it reports.", 1e-3},
@@ -395,7 +396,10 @@ static void render_split(prom_buf *b, const pipelines *ps)
                 const cJSON *node = cJSON_GetObjectItemCaseSensitive(st, "node");
                 char idx[16];
                 snprintf(idx, sizeof idx, "%d", index++);
-                if (!c || !cJSON_IsString(model) || !cJSON_IsString(node)) continue;
+                /* Stage 0 has no send time or bytes of its own: no sample. */
+                if (!c || !cJSON_IsString(model) || !cJSON_IsString(node) ||
+                    !cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(c, stage_families[f].key)))
+                    continue;
                 prom_sample(b, stage_families[f].name,
                             (const char *[]){"model", model->valuestring, "stage", idx, "node", node->valuestring, NULL},
                             json_number(c, stage_families[f].key) * stage_families[f].scale);

@@ -834,6 +834,10 @@ static void step_times(pipe *p, const pipe_step *st, const stage_states *o)
     double rt = (double)(clock_us() - st->sent_us), staged = 0;
     for (int k = 0; k < o->n_trail; k++) staged += (double)o->trail[k].compute_us + o->trail[k].wait_us;
     double hop = rt > staged ? rt - staged : 0;
+    /* Stage 0's counters, beside those the other stages report. */
+    p->stats[0].frames++;
+    p->stats[0].tokens += st->total;
+    p->stats[0].compute_us += st->local_us;
     for (int i = 0; i < st->n; i++) {
         pipe_times *t = &p->lanes[st->lane[i]].times;
         double share = (double)st->positions[i] / st->total;
@@ -1355,14 +1359,16 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
         cJSON_AddStringToObject(so, "state", stage_state_name(st->state));
         cJSON_AddNumberToObject(so, "fetched_bytes", (double)st->fetched_bytes);
         cJSON_AddNumberToObject(so, "total_bytes", (double)st->total_bytes);
-        if (own && s > 0) {
+        if (own && pl->n_stages > 1) {
             const stage_stats *c = &own->stats[s];
             cJSON *cs = cJSON_AddObjectToObject(so, "counters");
             cJSON_AddNumberToObject(cs, "tokens", (double)c->tokens);
             cJSON_AddNumberToObject(cs, "compute_ms", c->compute_us / 1000.0);
-            cJSON_AddNumberToObject(cs, "send_ms", c->send_us / 1000.0);
-            cJSON_AddNumberToObject(cs, "bytes_in", (double)c->bytes_in);
-            cJSON_AddNumberToObject(cs, "bytes_out", (double)c->bytes_out);
+            if (s > 0) { /* stage 0, the coordinator's layers, counts its compute only */
+                cJSON_AddNumberToObject(cs, "send_ms", c->send_us / 1000.0);
+                cJSON_AddNumberToObject(cs, "bytes_in", (double)c->bytes_in);
+                cJSON_AddNumberToObject(cs, "bytes_out", (double)c->bytes_out);
+            }
         }
         cJSON_AddItemToArray(stages, so);
     }

@@ -8,11 +8,14 @@
 #   unknown paths need the key (401); on D an unknown path is 404.
 #   /api/events: the status at once, then again within 2 s; at most 16
 #   subscribers (the 17th gets 503, counted), gone ones forgotten.
+#   /api/history: the node's own points (one per 5 s), behind the key.
 # - In a real browser (Debian's chromium, driven by playwright-core from npm,
 #   tests/e2e/console/console.mjs): the key prompt, every node, the split's
 #   stages and layers, the join command with the token and its copy button,
-#   a streamed chat answer with its speed, C killed (kill -9) turning dead,
-#   a phone-sized screen, and D's own console. Screenshots go to
+#   a streamed chat answer with its speed and, under it, its stage times and
+#   hops; each stage's compute per position and the ring round trip in the
+#   model panel; C killed (kill -9) turning dead; a fresh page (phone-sized)
+#   whose traffic graphs hold the node's history at once; D's own console. Screenshots go to
 #   $LLMESH_ARTIFACTS_DIR/console (the build dir's test-artifacts/).
 # - A's /metrics, parsed by prometheus_client, against the status the page
 #   draws from (console_metrics.py).
@@ -61,7 +64,7 @@ ctype=$(curl -s -o /dev/null -w '%{content_type}' "$A_CONSOLE/console.js")
 [ "$ctype" = "text/javascript; charset=utf-8" ] && pass "console.js: $ctype" || fail "console.js: '$ctype'"
 ctype=$(curl -s -o /dev/null -w '%{content_type}' "$A_CONSOLE/console.css")
 [ "$ctype" = "text/css; charset=utf-8" ] && pass "console.css: $ctype" || fail "console.css: '$ctype'"
-for path in /api/status /api/events /metrics /no-such-file; do
+for path in /api/status /api/events /api/history /metrics /no-such-file; do
   code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$A_CONSOLE$path")
   [ "$code" = 401 ] && pass "A $path without the key -> 401" || fail "A $path without the key -> $code"
 done
@@ -89,6 +92,18 @@ check "refused subscribers counted" subscribers 16
 check "console_events.refused == 1" sh -c "curl -sf '$D_CONSOLE/api/status' | jq -e '.console_events.refused == 1'"
 kill "${SUBS[@]}" 2>/dev/null; wait "${SUBS[@]}" 2>/dev/null
 wait_for 10 subscribers 0 && pass "gone subscribers are forgotten" || fail "subscribers left after their clients went"
+
+# ---- /api/history: a point per 5 s since the start, every series as long as the times
+curl -sf "${AUTH[@]}" "$A_CONSOLE/api/history" -o "$T/history.json" || fail "A's /api/history"
+what="/api/history: 5 s points, at least 2 by now, series as long as ago_ms, the model served"
+if jq -e --arg m "$MODEL_ID" '.ago_ms as $a | .interval_ms == 5000 and .max_points == 120 and
+    ($a | length) >= 2 and $a == ($a | sort_by(-.)) and ([.models[] | select(.model == $m)] | length) == 1 and
+    all(.models[]; [.req_s, .tok_s, .ttft_ms, .queued] | all(length == ($a | length))) and
+    ([.models[] | select(.model == $m) | .queued[-1]] == [0])' "$T/history.json" >/dev/null; then
+  pass "$what"
+else
+  fail "$what"; head -c 1500 "$T/history.json"; echo
+fi
 
 # ---- a request through the client, so D has used A (its routing at work)
 curl -sf "$D_API/completions" -o "$T/viaD.json" \

@@ -114,10 +114,43 @@ try {
     if (!/\d+ tokens · \d+(\.\d)? tok\/s/.test(stats)) throw new Error(stats);
     console.log(`  answer of ${text.length} chars in ${changes} updates; ${stats}`);
   });
+  // Under the answer: where its time went, from the final chunk's timings
+  // (a split answer: both stages' compute and the hops).
+  await step('the chat shows the answer\'s stage times and hops', async () => {
+    const t = await page.$eval('.msg.assistant + .timings', (box) => ({
+      stages: box.dataset.stages,
+      rows: [...box.querySelectorAll('tr[data-timing-stage]')].map((tr) => ({
+        compute: +tr.dataset.computeMs, wait: +tr.dataset.waitMs, text: tr.textContent })),
+      hop: box.querySelector('tr[data-timing-hops]') ? +box.querySelector('tr[data-timing-hops]').dataset.hopMs : NaN,
+      bar: box.querySelectorAll('.bar span').length,
+    }));
+    if (t.stages !== '2' || t.rows.length !== 2) throw new Error(`${t.stages} stages, ${t.rows.length} rows`);
+    t.rows.forEach((r, i) => {
+      if (!(r.compute > 0)) throw new Error(`stage ${i} compute ${r.compute}`);
+      const want = `[${plan.stages[i].layers[0]}, ${plan.stages[i].layers[1]})`;
+      if (!r.text.includes(want)) throw new Error(`stage ${i} row without ${want}: ${r.text}`);
+    });
+    if (!(t.hop >= 0)) throw new Error(`hops ${t.hop}`);
+    if (t.bar !== 3) throw new Error(`${t.bar} parts in the bar`);
+    console.log(`  answer's times: ${t.rows.map((r, i) => `stage ${i} ${r.compute.toFixed(2)} ms`).join(', ')}, hops ${t.hop.toFixed(2)} ms`);
+  });
+  // The model panel: each stage's compute time per position, live (over
+  // the documents during the answer), and the ring's round trip.
+  await step('the model panel shows each stage\'s compute per position and the ring round trip', async () => {
+    const rows = await page.$$eval(`[data-plan="${MODEL}"] tr[data-stage]`, (trs) => trs.map((tr) => {
+      const c = tr.querySelector('td[data-compute-ms]'), s = tr.querySelector('td[data-send-ms]');
+      return { compute: c ? +c.dataset.computeMs : NaN, send: s ? +s.dataset.sendMs : NaN, text: tr.textContent };
+    }));
+    rows.forEach((r, i) => { if (!(r.compute > 0)) throw new Error(`stage ${i}: compute/pos ${r.compute} (${r.text})`); });
+    if (!(rows[1].send >= 0)) throw new Error(`stage 1: send/pos ${rows[1].send}`);
+    const ring = await page.getAttribute(`[data-plan="${MODEL}"] [data-ring-ms]`, 'data-ring-ms');
+    if (!(+ring > 0)) throw new Error(`ring round trip ${ring}`);
+    console.log(`  stages: ${rows.map((r, i) => `${i}: ${r.compute.toFixed(3)} ms/pos`).join(', ')}; ring ${ring} ms`);
+  });
   await step('traffic shows the model', () => page.waitForSelector(`#traffic tr[data-traffic="${MODEL}"]`));
   // The history graphs: the chat's tokens show as a rise in the tok/s line,
   // drawn from the points the page kept from /api/events.
-  const sparkSel = (series) => `#traffic tr[data-traffic="${MODEL}"] svg.spark[data-series="${series}"]`;
+  const sparkSel = (series) => `#traffic tr[data-traffic-graphs="${MODEL}"] svg.spark[data-series="${series}"]`;
   let historyPoints = 0;
   await step('the traffic graphs show the chat\'s tokens and requests', async () => {
     await page.waitForFunction((sel) => {
@@ -141,6 +174,19 @@ try {
     const n = +(await page.getAttribute(sparkSel('tok'), 'data-points'));
     if (!(n > historyPoints)) throw new Error(`${n} points, ${historyPoints} before`);
   });
+  // The node keeps its own history (a point per 5 s): wait until it holds
+  // the chat's tokens, so that the fresh page below must draw them at once.
+  let nodeHistory = null;
+  await step('A\'s /api/history holds the chat\'s tokens', async () => {
+    for (let i = 0; i < 30; i++) {
+      const r = await fetch(URL_A + '/api/history', { headers: { Authorization: 'Bearer ' + KEY } });
+      const h = await r.json();
+      const m = (h.models || []).find((x) => x.model === MODEL);
+      if (m && m.tok_s.some((x) => x > 0) && m.req_s.some((x) => x > 0)) { nodeHistory = { h, m }; return; }
+      await new Promise((res) => setTimeout(res, 500));
+    }
+    throw new Error('no point with tokens within 15 s');
+  });
   check('no script errors on the page', errors.length === 0, errors.join('; '));
 
   // A phone: one column, nothing wider than the screen.
@@ -154,6 +200,20 @@ try {
   await step('phone: live, every node listed', async () => {
     await pp.waitForSelector('#live[data-live="yes"]');
     for (const id of [A, B, C]) await pp.waitForSelector(`#nodes tr[data-node="${id}"]`, { state: 'attached' });
+  });
+  // A page opened now draws the recent past from the node's history, with no
+  // new request and before it could have two documents of its own.
+  await step('a fresh page: the traffic graphs hold the node\'s points at once', async () => {
+    const t0 = Date.now();
+    await pp.waitForFunction((sel) => {
+      const t = document.querySelector(sel[0]), r = document.querySelector(sel[1]);
+      return t && r && +t.dataset.nodePoints >= 2 && +t.dataset.max > 0 && +r.dataset.max > 0 &&
+        t.querySelector('polyline') !== null;
+    }, [sparkSel('tok'), sparkSel('req')], { timeout: 5000 });
+    const got = await pp.$eval(sparkSel('tok'), (g) => ({ node: +g.dataset.nodePoints, all: +g.dataset.points }));
+    const had = nodeHistory.m.tok_s.filter((x) => x !== null).length;
+    if (got.node < had) throw new Error(`${got.node} points from the node, which had ${had} a moment before`);
+    console.log(`  fresh page: ${got.node} points from the node (${got.all} in all) after ${Date.now() - t0} ms`);
   });
   await step('phone: the page is no wider than the screen', async () => {
     const w = await pp.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
