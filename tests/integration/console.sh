@@ -94,8 +94,9 @@ kill "${SUBS[@]}" 2>/dev/null; wait "${SUBS[@]}" 2>/dev/null
 wait_for 10 subscribers 0 && pass "gone subscribers are forgotten" || fail "subscribers left after their clients went"
 
 # ---- /api/history: a point per 5 s since the start, every series as long as the times
-curl -sf "${AUTH[@]}" "$A_CONSOLE/api/history" -o "$T/history.json" || fail "A's /api/history"
-what="/api/history: 5 s points, at least 2 by now, series as long as ago_ms, the model served"
+history_points() { curl -sf "${AUTH[@]}" "$A_CONSOLE/api/history" -o "$T/history.json" && jq -e ".ago_ms | length >= $1" "$T/history.json"; }
+wait_for 15 history_points 2 || fail "A's /api/history: fewer than 2 points 15 s on"
+what="/api/history: 5 s points, newest last, series as long as ago_ms, the model served"
 if jq -e --arg m "$MODEL_ID" '.ago_ms as $a | .interval_ms == 5000 and .max_points == 120 and
     ($a | length) >= 2 and $a == ($a | sort_by(-.)) and ([.models[] | select(.model == $m)] | length) == 1 and
     all(.models[]; [.req_s, .tok_s, .ttft_ms, .queued] | all(length == ($a | length))) and
