@@ -64,6 +64,14 @@ try {
   await step('a memory bar per node', async () => {
     for (const id of [A, B, C]) await page.waitForSelector(`[data-mem-node="${id}"] .bar`);
   });
+  // Links: direct, an RTT, and bytes per second both ways (rates need two
+  // documents; the links carry probes all the time).
+  await step('each link: direct, its RTT and bytes/s in and out', async () => {
+    await page.waitForFunction((ids) => ids.every((id) => {
+      const td = [...document.querySelectorAll(`#nodes tr[data-node="${id}"] td`)].map((x) => x.textContent);
+      return td[4] === 'direct' && /^\d+\.\d\d ms$/.test(td[5]) && /\d.*B\/s$/.test(td[6]) && /\d.*B\/s$/.test(td[7]);
+    }), [B, C], { timeout: 10000 });
+  });
 
   const st = await status(URL_A, KEY);
   const plan = st.plans.find((p) => p.model === MODEL);
@@ -80,6 +88,18 @@ try {
     if (plan.stages[0].node !== A || plan.stages[1].node === A) throw new Error('unexpected placement');
   });
 
+  await step('memory bars: the model\'s part on A (stage 0) and B (stage 1), none on C', async () => {
+    for (const id of [A, B])
+      await page.waitForSelector(`[data-mem-node="${id}"] .bar span[title^="${MODEL}: "]`, { state: 'attached' });
+    const onC = await page.$$(`[data-mem-node="${C}"] .bar span[title^="${MODEL}: "]`);
+    if (onC.length) throw new Error('C, a standby, shows the model');
+    const serves = await page.textContent(`[data-mem-node="${B}"]`);
+    if (!serves.includes(`${MODEL} (stage 1)`)) throw new Error(serves);
+  });
+  await step('fetch/load progress: each ready stage full', async () => {
+    const widths = await page.$$eval(`[data-plan="${MODEL}"] tr[data-stage] .progress span`, (xs) => xs.map((x) => x.style.width));
+    if (widths.length !== 2 || widths.some((w) => w !== '100%')) throw new Error(widths.join(' '));
+  });
   await step('the join command holds the token', async () => {
     const cmd = await page.textContent('#join-cmd');
     if (cmd !== 'llmesh serve --join ' + st.token) throw new Error(cmd);
@@ -147,7 +167,13 @@ try {
     if (!(+ring > 0)) throw new Error(`ring round trip ${ring}`);
     console.log(`  stages: ${rows.map((r, i) => `${i}: ${r.compute.toFixed(3)} ms/pos`).join(', ')}; ring ${ring} ms`);
   });
-  await step('traffic shows the model', () => page.waitForSelector(`#traffic tr[data-traffic="${MODEL}"]`));
+  await step('traffic shows the model with its TTFT, lanes and queue depth', async () => {
+    await page.waitForSelector(`#traffic tr[data-traffic="${MODEL}"]`);
+    const td = await page.$$eval(`#traffic tr[data-traffic="${MODEL}"] td`, (xs) => xs.map((x) => x.textContent));
+    if (!/^\d+(\.\d)? ms$/.test(td[3])) throw new Error(`TTFT '${td[3]}'`);
+    if (!/^\d+ \/ 4$/.test(td[5])) throw new Error(`lanes '${td[5]}'`);
+    if (!/^\d+$/.test(td[6])) throw new Error(`queued '${td[6]}'`);
+  });
   // The history graphs: the chat's tokens show as a rise in the tok/s line,
   // drawn from the points the page kept from /api/events.
   const sparkSel = (series) => `#traffic tr[data-traffic-graphs="${MODEL}"] svg.spark[data-series="${series}"]`;
