@@ -14,7 +14,7 @@
  *
  * Bounded memory, fixed at creation: a ring of POINTS times, and per model
  * a ring of POINTS values of 4 floats (32 models x 120 points x 16 bytes =
- * 60 KiB). A model beyond CONSOLE_HISTORY_MODELS takes the slot of one
+ * 60 KiB; 66 KiB with the names and totals). A model beyond CONSOLE_HISTORY_MODELS takes the slot of one
  * neither served here nor asked for during the window, or is not kept.
  *
  * Not here: the timer (serve/node.c records a point every interval), HTTP
