@@ -220,15 +220,16 @@ static char *metrics_text(void *ctx)
     return metrics_render(n->metrics, &src);
 }
 
-/* Every CONSOLE_HISTORY_INTERVAL_MS: a point of the console's history, from
- * the same per-model totals as the status's "traffic" (so the graphs a
- * fresh page draws agree with the rates it computes from the status). */
+/* A number of a "traffic" entry, or absent when it has none. */
 static double traffic_number(const cJSON *o, const char *key, double absent)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     return cJSON_IsNumber(v) && v->valuedouble >= 0 ? v->valuedouble : absent;
 }
 
+/* Every CONSOLE_HISTORY_INTERVAL_MS: a point of the console's history, from
+ * the same per-model totals as the status's "traffic" (so the graphs a
+ * fresh page draws agree with the rates it computes from the status). */
 static void on_history_timer(evutil_socket_t fd, short what, void *arg)
 {
     node *n = arg;
