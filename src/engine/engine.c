@@ -265,12 +265,33 @@ int engine_render_chat(const engine_model *m, const chat_message *msgs, int n_ms
 }
 
 int engine_render_chat_tools(const engine_model *m, const chat_message *msgs, int n_msgs,
-                             const char *tools_json, char **out, size_t *out_len, int *parse_special,
-                             char *err, size_t errlen)
+                             const char *tools_json, int continue_final, char **out, size_t *out_len,
+                             int *parse_special, char *err, size_t errlen)
 {
-    if (!tools_json) return engine_render_chat(m, msgs, n_msgs, out, out_len, parse_special, err, errlen);
     *out = NULL;
-    *parse_special = 1;
+    if (continue_final && (n_msgs < 1 || strcmp(msgs[n_msgs - 1].role, "assistant") != 0)) {
+        snprintf(err, errlen, "the last message must be an assistant turn to continue it");
+        return -1;
+    }
+    if (!tools_json && !continue_final) return engine_render_chat(m, msgs, n_msgs, out, out_len, parse_special, err, errlen);
+    *parse_special = m->chat != NULL;
+    if (!m->chat && !tools_json) {
+        /* the plain form: "Assistant:" opens the turn, its text follows */
+        const char *content = msgs[n_msgs - 1].content ? msgs[n_msgs - 1].content : "";
+        char *p = NULL;
+        size_t len = 0;
+        if (render_plain_chat(msgs, n_msgs - 1, &p, &len) == 0) {
+            char *q = realloc(p, len + strlen(content) + 2);
+            if (q) {
+                *out_len = len + (size_t)sprintf(q + len, "%s%s", content[0] ? " " : "", content);
+                *out = q;
+                return 0;
+            }
+            free(p);
+        }
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     if (!m->chat) {
         snprintf(err, errlen, "the model has no chat template%s%s, so it cannot take tools",
                  m->chat_error[0] ? " that parses: " : "", m->chat_error);
@@ -278,7 +299,8 @@ int engine_render_chat_tools(const engine_model *m, const chat_message *msgs, in
     }
     chat_template_extra tools = {.name = "tools", .json = tools_json};
     chat_template_vars vars = {.bos_token = m->bos_text, .eos_token = m->eos_text, .add_generation_prompt = 1,
-                               .extra = &tools, .n_extra = 1};
+                               .extra = tools_json ? &tools : NULL, .n_extra = tools_json ? 1 : 0};
+    if (continue_final) return chat_template_render_continue(m->chat, msgs, n_msgs, &vars, out, out_len, err, errlen);
     return chat_template_render(m->chat, msgs, n_msgs, &vars, out, out_len, err, errlen);
 }
 
@@ -810,6 +832,37 @@ int engine_lane_cached_prefix(const engine_model *m, int lane, const int32_t *id
     int keep = 0;
     while (keep < ln->n_cached && keep < n_ids - 1 && ln->cached[keep] == ids[keep]) keep++;
     return keep;
+}
+
+int engine_lane_share_prompt(engine_model *m, int lane, const int32_t *ids, int n_ids, const int *to, int n_to,
+                             char *err, size_t errlen)
+{
+    if (lane < 0 || lane >= m->n_lanes || n_ids < 2) return 0;
+    engine_split sp;
+    pthread_mutex_lock(&m->split_lock);
+    sp = m->split;
+    pthread_mutex_unlock(&m->split_lock);
+    /* Split: the other stages' caches of the lanes cannot be copied from
+     * here; each choice evaluates its prompt (in the same steps). */
+    if (sp.has_tail || model_get_part(m->model)->end < model_get_config(m->model)->n_layer) return 0;
+    engine_lane *ln = &m->lanes[lane];
+    int n = n_ids - 1; /* the last token is each sequence's own first evaluation */
+    int keep = engine_lane_cached_prefix(m, lane, ids, n_ids);
+    lane_truncate(ln, keep);
+    int evaluated = 0;
+    if (keep < n) {
+        if (lane_evaluate(m, lane, ids, keep, n, NULL, err, errlen) != 0) return -1;
+        evaluated = n - keep;
+    }
+    for (int i = 0; i < n_to; i++) {
+        if (to[i] < 0 || to[i] >= m->n_lanes || to[i] == lane) continue;
+        engine_lane *dst = &m->lanes[to[i]];
+        model_state_copy_prefix(dst->state, ln->state, n);
+        memcpy(dst->cached, ids, sizeof(int32_t) * (size_t)n);
+        dst->n_cached = n;
+        dst->generation = ln->generation;
+    }
+    return evaluated;
 }
 
 /* ---- constrained sampling (engine/json_grammar.h) ---- */
