@@ -526,7 +526,7 @@ static void lane_truncate(engine_lane *ln, int keep)
  * in the batch steps shared with the other lanes (engine_step.c); [start,
  * from) are a replay whose logits nobody needs. 0, -1 or ENGINE_TAIL_BROKEN. */
 static int eval_steps(engine_model *m, int lane, const engine_split *sp, int start, int from, int n,
-                      float *all, char *err, size_t errlen)
+                      float *all, float *rows, char *err, size_t errlen)
 {
     const model_part *part = model_get_part(m->model);
     int n_layer = model_get_config(m->model)->n_layer;
@@ -535,19 +535,21 @@ static int eval_steps(engine_model *m, int lane, const engine_split *sp, int sta
         return -1;
     }
     assert(!sp->has_tail || sp->local_end == 0 || model_state_n_past(m->lanes[lane].state) == start);
-    return engine_step_eval(m, lane, sp, start, from, n, all, err, errlen);
+    return engine_step_eval(m, lane, sp, start, from, n, all, rows, err, errlen);
 }
 
 /* The one place that evaluates. Appends tokens[from..n) to the lane's
  * sequence, whose record holds tokens[0..from) (n_cached == from), and
  * computes the logits of the last position into ln->logits, or with all those
- * of every new position into all (n - from, n_vocab). A lane whose caches
+ * of every new position into all (n - from, n_vocab), or (a split, for
+ * embeddings) with rows every new position's final normed hidden state into
+ * rows (n - from, n_embd). A lane whose caches
  * belong to an older split generation first replays its record from position
  * 0 on the current split; a pipeline that breaks is resumed and the whole
  * evaluation replayed from 0. On error the record stays (tokens[0..from)) and
  * the lane is marked for a replay: the other stages' caches are unknown. */
-static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int from, int n, float *all,
-                         char *err, size_t errlen)
+static int lane_evaluate_rows(engine_model *m, int lane, const int32_t *tokens, int from, int n, float *all,
+                              float *rows, char *err, size_t errlen)
 {
     engine_lane *ln = &m->lanes[lane];
     assert(ln->n_cached == from && from < n);
@@ -568,7 +570,7 @@ static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int f
             model_state_truncate(ln->state, 0);
             ln->generation = sp.generation;
         }
-        int rc = eval_steps(m, lane, &sp, start, from, n, all, err, errlen);
+        int rc = eval_steps(m, lane, &sp, start, from, n, all, rows, err, errlen);
         if (rc == 0) {
             ln->n_cached = n;
             return 0;
@@ -591,6 +593,12 @@ static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int f
             }
         }
     }
+}
+
+static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int from, int n, float *all,
+                         char *err, size_t errlen)
+{
+    return lane_evaluate_rows(m, lane, tokens, from, n, all, NULL, err, errlen);
 }
 
 /* Fills t with the log-probability of id under logits (log-softmax, NaN as
@@ -959,6 +967,46 @@ static int pooling_type(const engine_model *m)
  * cached prefix is dropped): each MODEL_BATCH piece embedded, run through
  * every layer, normed like the classifier's input, and pooled; then
  * L2-normalised into out (n_embd). Solo models only. */
+/* out (dim) = the L2-normalised pooling of final normed hidden states. */
+static void pool_normalise(const double *acc, int dim, float *out)
+{
+    double norm = 0;
+    for (int d = 0; d < dim; d++) norm += acc[d] * acc[d];
+    norm = sqrt(norm);
+    for (int d = 0; d < dim; d++) out[d] = norm > 0 ? (float)(acc[d] / norm) : 0.0f;
+}
+
+/* An embedding through a split: the input goes through the batch steps
+ * like any prompt, its pieces asking every position's final hidden state
+ * back from the last stage (ENGINE_ROWS_ALL), and stage 0 applies the
+ * final norm (it holds the head) and pools. A pipeline that breaks is
+ * resumed and the input replayed, as a prompt's. */
+static int embed_tokens_split(engine_model *m, engine_lane *ln, const int32_t *ids, int n, int pool, float *out,
+                              char *err, size_t errlen)
+{
+    int lane = (int)(ln - m->lanes), dim = model_get_config(m->model)->n_embd;
+    float *rows = malloc(sizeof(float) * (size_t)n * (size_t)dim);
+    double *acc = calloc((size_t)dim, sizeof *acc);
+    if (!rows || !acc) {
+        free(rows);
+        free(acc);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    /* From position 0 (from an empty cache, as solo: a vector never
+     * depends on what ran on the lane before). The lane's record then holds
+     * the input, as after a prompt. */
+    lane_truncate(ln, 0);
+    int rc = lane_evaluate_rows(m, lane, ids, 0, n, NULL, rows, err, errlen);
+    for (int p = 0; rc == 0 && p < n; p++)
+        if (pool == POOL_MEAN || (pool == POOL_CLS && p == 0) || (pool == POOL_LAST && p == n - 1))
+            for (int d = 0; d < dim; d++) acc[d] += rows[(size_t)p * dim + d];
+    if (rc == 0) pool_normalise(acc, dim, out);
+    free(rows);
+    free(acc);
+    return rc == 0 ? 0 : -1;
+}
+
 static int embed_tokens(engine_model *m, engine_lane *ln, const int32_t *ids, int n, float *out, char *err,
                         size_t errlen)
 {
@@ -968,11 +1016,14 @@ static int embed_tokens(engine_model *m, engine_lane *ln, const int32_t *ids, in
         snprintf(err, errlen, "the model's pooling type %d is not supported (mean, cls, last are)", pool);
         return -1;
     }
+    engine_split sp;
     pthread_mutex_lock(&m->split_lock);
-    int split = m->split.has_tail;
+    sp = m->split;
     pthread_mutex_unlock(&m->split_lock);
-    if (split || model_get_part(m->model)->end < c->n_layer) {
-        snprintf(err, errlen, "embeddings of a model split over several nodes are not supported yet");
+    if (sp.has_tail) return embed_tokens_split(m, ln, ids, n, pool, out, err, errlen);
+    if (model_get_part(m->model)->end < c->n_layer) {
+        snprintf(err, errlen, "layers [%d, %d) are not loaded here and no split is set", model_get_part(m->model)->end,
+                 c->n_layer);
         return -1;
     }
     float *x = malloc(sizeof(float) * MODEL_BATCH * (size_t)dim);
@@ -1000,10 +1051,7 @@ static int embed_tokens(engine_model *m, engine_lane *ln, const int32_t *ids, in
         }
     }
     model_state_truncate(ln->state, 0);
-    double norm = 0;
-    for (int d = 0; d < dim; d++) norm += acc[d] * acc[d];
-    norm = sqrt(norm);
-    for (int d = 0; d < dim; d++) out[d] = norm > 0 ? (float)(acc[d] / norm) : 0.0f;
+    pool_normalise(acc, dim, out);
     free(x);
     free(acc);
     return rc;
