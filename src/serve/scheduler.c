@@ -248,7 +248,10 @@ static void worker_share_choices(sched_worker *w, int lane, sched_job *job)
         mate->req.prompt_ids = ids;
         mate->req.n_prompt_ids = job->req.n_prompt_ids;
         mate->prepared = 1;
-        atomic_store(&mate->prompt_cached, job->req.n_prompt_ids - 1);
+        /* what its lane holds now (the prompt but its last token, unless a split kept it from
+         * being copied); the lane is reserved: nothing runs on it */
+        atomic_store(&mate->prompt_cached, engine_lane_cached_prefix(w->model, job->mate_lanes[i], ids,
+                                                                     job->req.n_prompt_ids));
         atomic_store(&mate->prompt_tokens, job->req.n_prompt_ids);
     }
     pthread_mutex_lock(&w->lock);
