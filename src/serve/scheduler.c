@@ -234,8 +234,10 @@ static void worker_share_choices(sched_worker *w, int lane, sched_job *job)
     int k = job->n_mates;
     char err[256];
     uint64_t t0 = clock_ns();
-    int shared = job->prepared ? engine_lane_share_prompt(w->model, lane, job->req.prompt_ids, job->req.n_prompt_ids,
-                                                          job->mate_lanes, k, err, sizeof err) : 0;
+    int shared = 0;
+    if (job->prepared && !atomic_load(&job->cancelled)) /* cancelled: the choices are handed over all the same */
+        shared = engine_lane_share_prompt(w->model, lane, job->req.prompt_ids, job->req.n_prompt_ids, job->mate_lanes,
+                                          k, err, sizeof err);
     if (shared < 0) log_warn("sched", "choices of one prompt: %s (each evaluates it)", err);
     job->shared_prompt = shared > 0 ? shared : 0;
     job->shared_ms = (double)(clock_ns() - t0) * 1e-6;
