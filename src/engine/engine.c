@@ -273,7 +273,8 @@ int engine_render_chat_tools(const engine_model *m, const chat_message *msgs, in
         snprintf(err, errlen, "the last message must be an assistant turn to continue it");
         return -1;
     }
-    if (!tools_json && !continue_final) return engine_render_chat(m, msgs, n_msgs, out, out_len, parse_special, err, errlen);
+    if (!tools_json && !continue_final)
+        return engine_render_chat(m, msgs, n_msgs, out, out_len, parse_special, err, errlen);
     *parse_special = m->chat != NULL;
     if (!m->chat && !tools_json) {
         /* the plain form: "Assistant:" opens the turn, its text follows */

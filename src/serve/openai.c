@@ -767,8 +767,8 @@ static void add_logprobs(openai_answer *ans, cJSON *choice, const engine_token *
 
 /* llama-server's `timings` (its field names): the prompt tokens evaluated
  * (prompt_n: the cached ones not; with several choices, over all of them:
- * the prompt once and each other choice's last token) and their time, the generated tokens and theirs,
- * and the rates. Times are the engine's: they leave out the queue and HTTP. */
+ * the prompt once and each other choice's last token) and their time, the
+ * generated tokens and theirs, and the rates. Times are the engine's: they leave out the queue and HTTP. */
 static void add_timings(cJSON *o, const engine_result *r, int prompt_n)
 {
     cJSON *t = cJSON_AddObjectToObject(o, "timings");
@@ -1033,8 +1033,8 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
     const char *finish = r->finish_reason ? r->finish_reason : "stop";
     ans->stopped_by = r->stop_string > 0 && r->stop_string <= ans->n_stop ? ans->stop[r->stop_string - 1] : NULL;
     if (ans->tool_format != ENGINE_TOOLS_NONE) {
-        if (tools_parse_output(ans->tool_format, ans->tool_forced, ans->cur.text ? ans->cur.text : "", ans->cur.text_len,
-                               &calls, &n_parsed, &content) != 0)
+        if (tools_parse_output(ans->tool_format, ans->tool_forced, ans->cur.text ? ans->cur.text : "",
+                               ans->cur.text_len, &calls, &n_parsed, &content) != 0)
             log_warn("api", "out of memory parsing tool calls");
         n_calls = n_parsed;
         if (n_calls > 1 && !ans->tools_parallel) n_calls = 1; /* parallel_tool_calls: false */

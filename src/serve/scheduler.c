@@ -804,7 +804,8 @@ int sched_submit_choices(sched *s, const char *model_id, const engine_request *r
         }
     }
     /* Every job takes a reference to the grammar (the caller's is the first). */
-    for (int i = 0; i < n; i++) jobs[i]->req.grammar = i == 0 ? req->grammar : json_grammar_retain((json_grammar *)req->grammar);
+    for (int i = 0; i < n; i++)
+        jobs[i]->req.grammar = i == 0 ? req->grammar : json_grammar_retain((json_grammar *)req->grammar);
     uint64_t group = n > 1 ? ++s->next_group : 0;
     uint64_t now = clock_ns();
     pthread_mutex_lock(&w->lock);

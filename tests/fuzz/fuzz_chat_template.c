@@ -4,8 +4,8 @@
  * conversation (system, user, assistant, user, including non-ASCII text and
  * whitespace to trim) twice: with and without the generation prompt and with
  * an extra variable; then with an assistant prefill left open
- * (chat_template_render_continue), whose output must end with its text. Errors are fine; crashes, sanitizer reports, leaks and
- * hangs are bugs (the step, memory and output bounds must stop every input).
+ * (chat_template_render_continue), whose output must end with its text.
+ * Errors are fine; crashes, sanitizer reports, leaks and hangs are bugs (the step, memory and output bounds must stop every input).
  * A successful render must return a NUL-terminated prompt of the stated
  * length. Without libFuzzer, tests/fuzz/replay_main.c replays the corpus in
  * tests/fuzz/corpus/chat_template (the real family templates) as a test. */
