@@ -15,19 +15,13 @@
 #     bytes it got from A (resumed, not restarted), verifies, and answers.
 set -u
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/fake_hub.bash"
 MODEL_ID=kjv-llama-6.3M-q8_0
 REF=TestOrg/kjv-GGUF:Q8_0
 SIZE=$(stat -c %s "$DEMO_MODEL")
 SHA=$(sha256sum "$DEMO_MODEL" | cut -d' ' -f1)
 
-mkdir -p "$T/root/TestOrg/kjv-GGUF"
-cp "$DEMO_MODEL" "$T/root/TestOrg/kjv-GGUF/$MODEL_ID.gguf"
-python3 "$SRC/tests/tools/fake_hub.py" --root "$T/root" --port-file "$T/hub.port" --log "$T/hub.jsonl" \
-  2>"$T/hub.log" &
-PIDS+=($!)
-wait_for 10 test -s "$T/hub.port" || die "the fake hub did not start"
-export HF_ENDPOINT="http://127.0.0.1:$(cat "$T/hub.port")" LLMESH_DOWNLOAD_RETRY_MS=100
-unset HF_HUB_CACHE HF_TOKEN
+start_fake_hub
 body=$(jq -n --arg m "$MODEL_ID" '{model: $m, prompt: "In the beginning", max_tokens: 12, temperature: 0}')
 answer() { curl -sf "$1/completions" -d "$body" | jq -e -r '.choices[0].text | select(length > 0)'; }
 # A GET of the file's bytes that is not the fit check's header (bytes=0-N):
