@@ -32,13 +32,19 @@
  * pre-woken: steps closer together than PIPE_PREWAKE_MIN_GAP_US (a tiny
  * model: the loop would spin most of the time), and steps sent while others
  * are on the ring (stage 0 computes one of those meanwhile: the hop is not
- * on the stream's path).
+ * on the stream's path). Nor at all when the process has no CPU to spare
+ * for it (its CPUs, sched_getaffinity, no more than its compute threads):
+ * the spin would take the core from the compute whose send it waits for. A
+ * node pinned to one core (a "machine" of bench/split_machines_bench.sh)
+ * spent 18 ms per pre-wake that way, and its lanes do not poll for their
+ * replies either (the loop that receives them needs that core).
  *
  * Why memory of the old plan is credited back when replanning: after a
  * stage failure the surviving stages release their reservations only when
  * they see their control stream close, and other nodes learn it by gossip a
  * moment later; planning at once against the stale figures would find the
  * mesh full and fail the requests in flight for nothing. */
+#define _GNU_SOURCE /* sched_getaffinity */
 #include "serve/pipeline.h"
 
 #include <assert.h>
@@ -46,6 +52,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,7 +203,8 @@ struct pipelines {
     int n_pipes;
     struct event *wake;       /* lanes queued frames */
     struct event *timer;      /* replanning, deferred publication */
-    precise_timer *prewake;   /* the pre-wake (see the top); NULL if the system has none */
+    precise_timer *prewake;   /* the pre-wake (see the top); NULL if none: no CPU to spare for it */
+    int poll_replies;         /* lanes may poll for their replies: the process has 2 CPUs or more */
     int publish_dirty;
     uint64_t last_publish_ms;
     pipelines_demand_fn demand;   /* this node's demand, published after the plans; may be NULL */
@@ -349,7 +357,7 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
 static void tail_wait_due(pipe *p, pipe_lane *L, int lane, int n_rows)
 {
     uint64_t sent = p->sent_at_us[lane];
-    if (!L->decode_sent || !L->decode_rt_us || !sent) return;
+    if (!L->decode_sent || !L->decode_rt_us || !sent || !p->ps->poll_replies) return;
     uint64_t due = sent + L->decode_rt_us;
     uint64_t from = due > PIPE_SPIN_EARLY_US ? due - PIPE_SPIN_EARLY_US : 0;
     uint64_t until = due + PIPE_SPIN_LATE_US;
@@ -1225,9 +1233,16 @@ pipelines *pipelines_new(struct event_base *base, mesh *m, sched *s, stage_host 
         pipelines_free(ps);
         return NULL;
     }
-    char err[128];
-    ps->prewake = precise_timer_new(base, on_prewake, ps, err, sizeof err);
-    if (!ps->prewake) log_warn(PIPE_LOG, "no pre-wake of the loop for split decode steps: %s", err);
+    /* Spinning needs a CPU that compute does not use (see the top). */
+    cpu_set_t set;
+    int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    int threads = cfg->n_threads > 0 && cfg->n_threads < cpus ? cfg->n_threads : cpus;
+    ps->poll_replies = cpus > 1;
+    if (cpus > threads) {
+        char err[128];
+        ps->prewake = precise_timer_new(base, on_prewake, ps, err, sizeof err);
+        if (!ps->prewake) log_warn(PIPE_LOG, "no pre-wake of the loop for split decode steps: %s", err);
+    }
     struct timeval every = {0, 100 * 1000};
     event_add(ps->timer, &every);
     if (sh) stage_host_set_ring(sh, ring_accept, ps);

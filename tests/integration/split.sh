@@ -105,8 +105,11 @@ check "A's pipeline counters moved" bash -c "curl -sf '$A_CONSOLE/api/status' | 
 # A's tokens come ~25 ms apart (the knob above), so its loop is pre-woken
 # before each decode step's send (pipeline.c) and sends some from its spin;
 # every answer above was checked equal to llmesh run with that in place.
-check "A's loop was pre-woken before decode sends, and sent some from the spin" bash -c "curl -sf '$A_CONSOLE/api/status' |
-  jq -e '[.plans[] | select(.stages | length > 1) | .counters] | (map(.prewakes) | add) > 0 and (map(.prewake_hits) | add) > 0'"
+# (Only with a CPU to spare beside A's one compute thread.)
+if [ "$(nproc)" -ge 2 ]; then
+  check "A's loop was pre-woken before decode sends, and sent some from the spin" bash -c "curl -sf '$A_CONSOLE/api/status' |
+    jq -e '[.plans[] | select(.stages | length > 1) | .counters] | (map(.prewakes) | add) > 0 and (map(.prewake_hits) | add) > 0'"
+fi
 
 # Two requests at once on one model (two lanes): both answer as run.
 par=()
