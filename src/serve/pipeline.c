@@ -17,11 +17,37 @@
  *   - frames the lanes queue (the outbox) carry the epoch they were made in,
  *     and the loop drops those of an older epoch.
  *
+ * Why the loop spins before a decode step is sent (the "pre-wake"): a lane
+ * queues its FORWARD and wakes the loop thread, which sends it; on the
+ * development VM that wake-up took ~50 us of every round trip (the loop
+ * sleeps in epoll, its vCPU halts), a quarter of what the ring costs us
+ * beyond the kernel's part. One stream's decode steps come at a steady pace
+ * (the stage-0 compute after each reply), so when a reply comes back to an
+ * otherwise empty ring, the loop sets a precise timer (lib/precise_timer.h)
+ * shortly before the next send is due and then polls the outbox until the
+ * FORWARD is there, sending it at once, or the window ends: 250 us plus
+ * four times the pace's jitter, 1 ms at most. The cost is that spin (a few
+ * percent of a core at tens of tokens per second; it shows in /api/status,
+ * prewake_spin_ms) and the loop's other events waiting for it to end. On a
+ * loaded machine the pace varies by milliseconds and most windows miss
+ * (the FORWARD comes before or after): while fewer than 30 % of the recent
+ * ones caught it, only one step in eight is pre-woken. Not
+ * pre-woken: steps closer together than PIPE_PREWAKE_MIN_GAP_US (a tiny
+ * model: the loop would spin most of the time), and steps sent while others
+ * are on the ring (stage 0 computes one of those meanwhile: the hop is not
+ * on the stream's path). Nor at all when the process has no CPU to spare
+ * for it (its CPUs, sched_getaffinity, no more than its compute threads):
+ * the spin would take the core from the compute whose send it waits for. A
+ * node pinned to one core (a "machine" of bench/split_machines_bench.sh)
+ * spent 18 ms per pre-wake that way, and its lanes do not poll for their
+ * replies either (the loop that receives them needs that core).
+ *
  * Why memory of the old plan is credited back when replanning: after a
  * stage failure the surviving stages release their reservations only when
  * they see their control stream close, and other nodes learn it by gossip a
  * moment later; planning at once against the stale figures would find the
  * mesh full and fail the requests in flight for nothing. */
+#define _GNU_SOURCE /* sched_getaffinity */
 #include "serve/pipeline.h"
 
 #include <assert.h>
@@ -29,6 +55,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +67,7 @@
 #include "lib/clock.h"
 #include "lib/cpu_relax.h"
 #include "lib/log.h"
+#include "lib/precise_timer.h"
 #include "lib/prom.h"
 #include "mesh/identity.h"
 #include "models/weights_store.h"
@@ -62,6 +90,12 @@
 #define PIPE_DECODE_POSITIONS 4     /* a FORWARD this short is a decode step (spin for its reply) */
 #define PIPE_SPIN_EARLY_US 200      /* a lane starts polling for its reply this long before it is due */
 #define PIPE_SPIN_LATE_US 500       /* and goes to sleep this long after */
+#define PIPE_PREWAKE_MIN_GAP_US 2000 /* decode steps closer than this are not pre-woken (see the top) */
+#define PIPE_PREWAKE_EARLY_US 100   /* the loop spins from this long before a send is due, */
+#define PIPE_PREWAKE_LATE_US 150    /* and until this long after (both plus twice the jitter), */
+#define PIPE_PREWAKE_MAX_US 500     /* at most this long on either side */
+#define PIPE_PREWAKE_POOR 300       /* a hit rate (per mille) below this: */
+#define PIPE_PREWAKE_PROBE 8        /* pre-wake only one step in this many, to keep measuring */
 
 typedef struct pipe_out {
     struct pipe_out *next;
@@ -98,6 +132,7 @@ typedef struct {
     uint64_t resume_since_us; /* when the lane began to wait for a new pipeline */
     uint64_t resume_last_us;  /* its last call to resume (a gap: a new wait) */
     uint64_t decode_rt_us;/* moving average of a decode step's round trip, 0 = none yet */
+    uint64_t back_us;     /* when its last decode step's rows came back, 0 = consumed */
 } pipe_lane;
 
 typedef struct pipe {
@@ -155,6 +190,17 @@ typedef struct pipe {
     uint64_t window_waits;                    /* sends that waited for the window */
     uint64_t round_trips, round_trip_us;      /* send of a last row to its arrival */
     uint64_t *sent_at_us;                     /* (n_lanes) when a lane last asked for rows */
+    uint64_t send_gap_us, send_gap_dev_us;    /* a decode step's rows in -> next FORWARD queued: moving
+                                                 average and deviation (the pre-wake) */
+
+    /* Loop thread: the pre-wake. The next decode send is expected between
+     * these (0: none); spins, those the FORWARD came in, their time. */
+    uint64_t spin_from_us, spin_until_us;
+    uint64_t spin_frames;                     /* sent_frames when the window was set */
+    uint64_t prewakes, prewake_hits, prewake_spin_us;
+    uint64_t prewake_late;                    /* windows whose FORWARD had gone before they began */
+    unsigned prewake_rate;                    /* recent windows the FORWARD came in, per mille */
+    unsigned prewake_turn;                    /* steps since the last window, while that rate is poor */
 } pipe;
 
 struct pipelines {
@@ -169,6 +215,8 @@ struct pipelines {
     int n_pipes;
     struct event *wake;       /* lanes queued frames */
     struct event *timer;      /* replanning, deferred publication */
+    precise_timer *prewake;   /* the pre-wake (see the top); NULL if none: no CPU to spare for it */
+    int poll_replies;         /* lanes may poll for their replies: the process has 2 CPUs or more */
     int publish_dirty;
     uint64_t last_publish_ms;
     pipelines_demand_fn demand;   /* this node's demand, published after the plans; may be NULL */
@@ -191,6 +239,22 @@ static struct timespec deadline_after(int seconds)
     t.tv_sec += seconds;
     return t;
 }
+
+/* A moving average and its mean deviation, in us (a quarter of each new
+ * sample): how long something takes and how much that varies. */
+static void average_add(uint64_t *avg, uint64_t *dev, uint64_t sample)
+{
+    if (!*avg) {
+        *avg = sample;
+        *dev = sample / 8;
+        return;
+    }
+    uint64_t d = sample > *avg ? sample - *avg : *avg - sample;
+    *dev = (3 * *dev + d) / 4;
+    *avg = (3 * *avg + sample) / 4;
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
 /* One FORWARD for the whole step: the pieces of lanes whose exchange is
  * broken are left out (and marked), the rest go in one frame. */
@@ -243,10 +307,14 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
     step->local_us = local_us;
     const float *row = x;
     uint8_t *data = o->frame + STAGE_STATES_HEADER_MAX; /* the header is moved up against it below */
-    uint64_t now = clock_us();
+    uint64_t now = clock_us(), back = 0;
+    int decode = 1;
     for (int i = 0; i < n_pieces; i++) {
         engine_tail_piece *q = &pieces[i];
         pipe_lane *L = &p->lanes[q->lane];
+        if (q->rows == ENGINE_ROWS_NONE || q->n > PIPE_DECODE_POSITIONS) decode = 0;
+        if (L->back_us > back) back = L->back_us;
+        L->back_us = 0;
         q->broken = L->broken;
         if (!q->broken) {
             h.pieces[h.n_pieces++] = (stage_piece){.lane = (uint16_t)q->lane, .pos = (uint32_t)q->pos,
@@ -266,6 +334,11 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
         free(o);
         return 0;
     }
+    /* The pace of decode steps, for the pre-wake: from the rows of the
+     * step before to this send (a gap far past the average is a pause, a
+     * new request, not the pace). */
+    if (decode && back && now > back && (!p->send_gap_us || now - back < 8 * p->send_gap_us + 10000))
+        average_add(&p->send_gap_us, &p->send_gap_dev_us, now - back);
     step->sent_us = now;
     step->wait_us = now - wait_from;
     size_t head = stage_states_header_len(h.n_pieces, 0);
@@ -296,7 +369,7 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
 static void tail_wait_due(pipe *p, pipe_lane *L, int lane, int n_rows)
 {
     uint64_t sent = p->sent_at_us[lane];
-    if (!L->decode_sent || !L->decode_rt_us || !sent) return;
+    if (!L->decode_sent || !L->decode_rt_us || !sent || !p->ps->poll_replies) return;
     uint64_t due = sent + L->decode_rt_us;
     uint64_t from = due > PIPE_SPIN_EARLY_US ? due - PIPE_SPIN_EARLY_US : 0;
     uint64_t until = due + PIPE_SPIN_LATE_US;
@@ -576,6 +649,7 @@ static void plan_teardown(pipe *p)
     if (p->reserved) budget_release(p->ps->budget, p->reserved);
     p->reserved = 0;
     memset(p->stats, 0, sizeof p->stats);
+    p->spin_until_us = 0;
     step_histograms_reset(p);
 }
 
@@ -871,6 +945,8 @@ static void step_times(pipe *p, const pipe_step *st, const stage_states *o)
     }
 }
 
+static void prewake_expect(pipe *p, uint64_t now, uint64_t gap, uint64_t jitter);
+
 static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_t len)
 {
     pipe *p = user;
@@ -912,6 +988,7 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
     p->steps_back++;
     const uint8_t *data = o.data;
     uint64_t now = clock_us();
+    int decode_back = 0;
     for (int i = 0; i < o.n_pieces; i++) {
         const stage_piece *q = &o.pieces[i];
         size_t bytes = (size_t)q->n * p->n_embd * sizeof(float);
@@ -936,14 +1013,22 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
                 p->round_trips++;
                 p->round_trip_us += rt;
                 p->sent_at_us[q->lane] = 0;
-                if (L->decode_sent)
-                    L->decode_rt_us = L->decode_rt_us ? (3 * L->decode_rt_us + rt) / 4 : rt;
+                if (L->decode_sent) L->decode_rt_us = L->decode_rt_us ? (3 * L->decode_rt_us + rt) / 4 : rt;
+                /* Pre-wake only when this was the one step on the ring:
+                 * then the hop is on the stream's path. With other steps
+                 * on it, stage 0 computes one of them meanwhile. */
+                if (L->decode_sent && p->steps_sent == p->steps_back) {
+                    L->back_us = now;
+                    decode_back = 1;
+                }
             }
         }
         data += bytes;
     }
     pthread_cond_broadcast(&p->cond);
+    uint64_t gap = p->send_gap_us, jitter = p->send_gap_dev_us;
     pthread_mutex_unlock(&p->lock);
+    if (decode_back) prewake_expect(p, now, gap, jitter);
     return;
 bad:
     log_warn(PIPE_LOG, "%s: bad frame from the last stage: %s", p->id, err);
@@ -988,26 +1073,109 @@ static void ring_accept(void *ctx, mesh_stream *s, const stage_hello *hello)
 
 /* ---- the loop's events ------------------------------------------------- */
 
+/* Sends what the lanes of p queued. 1 if there was anything. */
+static int pipe_flush(pipe *p)
+{
+    pthread_mutex_lock(&p->lock);
+    pipe_out *list = p->out_head;
+    p->out_head = p->out_tail = NULL;
+    uint32_t epoch = p->epoch;
+    pthread_mutex_unlock(&p->lock);
+    int any = list != NULL;
+    while (list) {
+        pipe_out *o = list;
+        list = o->next;
+        if (o->epoch == epoch && p->data_out && mesh_stream_send(p->data_out, o->frame + o->start, o->len) == 0) {
+            p->sent_frames++;
+            p->sent_bytes += o->len;
+        }
+        free(o);
+    }
+    return any;
+}
+
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
     pipelines *ps = arg;
+    for (int i = 0; i < ps->n_pipes; i++) pipe_flush(ps->pipes[i]);
+}
+
+/* ---- the pre-wake (see the top) ---------------------------------------- */
+
+/* Sets the timer to the earliest spin window to come, or stops it. */
+static void prewake_arm(pipelines *ps)
+{
+    if (!ps->prewake) return;
+    uint64_t at = 0;
+    for (int i = 0; i < ps->n_pipes; i++) {
+        const pipe *p = ps->pipes[i];
+        if (p->spin_until_us && (!at || p->spin_from_us < at)) at = p->spin_from_us;
+    }
+    if (at) precise_timer_at(ps->prewake, at);
+    else precise_timer_stop(ps->prewake);
+}
+
+/* A decode step's rows came back at `now`: the lane's next FORWARD is due
+ * about `gap` later, give or take `jitter`. */
+static void prewake_expect(pipe *p, uint64_t now, uint64_t gap, uint64_t jitter)
+{
+    if (gap < PIPE_PREWAKE_MIN_GAP_US || !p->ps->prewake) return;
+    /* When the pace is too irregular for the window (a loaded machine),
+     * most spins would be in vain: then only one step in PIPE_PREWAKE_PROBE
+     * is pre-woken, which keeps the rate up to date. */
+    if (p->prewake_rate < PIPE_PREWAKE_POOR && ++p->prewake_turn % PIPE_PREWAKE_PROBE) return;
+    uint64_t early = min_u64(PIPE_PREWAKE_EARLY_US + 2 * jitter, PIPE_PREWAKE_MAX_US);
+    uint64_t late = min_u64(PIPE_PREWAKE_LATE_US + 2 * jitter, PIPE_PREWAKE_MAX_US);
+    uint64_t from = now + gap - min_u64(early, gap), until = now + gap + late;
+    if (p->spin_until_us && p->spin_until_us > now) { /* one is pending: cover both */
+        if (from < p->spin_from_us) p->spin_from_us = from;
+        if (until > p->spin_until_us) p->spin_until_us = until;
+    } else {
+        p->spin_from_us = from;
+        p->spin_until_us = until;
+        p->spin_frames = p->sent_frames;
+    }
+    prewake_arm(p->ps);
+}
+
+/* The timer: polls the outbox of every pipe whose window has begun until
+ * its FORWARD is queued (then sends it at once) or the window ends. */
+static void on_prewake(void *arg)
+{
+    pipelines *ps = arg;
+    uint64_t start = clock_us(), t = start;
+    pipe *spin[PIPE_MAX];
+    int n = 0;
     for (int i = 0; i < ps->n_pipes; i++) {
         pipe *p = ps->pipes[i];
-        pthread_mutex_lock(&p->lock);
-        pipe_out *list = p->out_head;
-        p->out_head = p->out_tail = NULL;
-        uint32_t epoch = p->epoch;
-        pthread_mutex_unlock(&p->lock);
-        while (list) {
-            pipe_out *o = list;
-            list = o->next;
-            if (o->epoch == epoch && p->data_out && mesh_stream_send(p->data_out, o->frame + o->start, o->len) == 0) {
-                p->sent_frames++;
-                p->sent_bytes += o->len;
-            }
-            free(o);
+        if (!p->spin_until_us) continue;
+        if (p->spin_until_us <= start || !p->data_out) {
+            p->spin_until_us = 0; /* over, or no ring */
+        } else if (p->sent_frames != p->spin_frames) {
+            p->spin_until_us = 0; /* the FORWARD went before the window began: nothing to wait for */
+            p->prewake_late++;
+            p->prewake_rate = p->prewake_rate * 7 / 8;
+        } else if (p->spin_from_us <= start) {
+            spin[n++] = p;
         }
     }
+    for (int left = n; left > 0; t = clock_us()) {
+        for (int i = 0; i < n; i++) {
+            pipe *p = spin[i];
+            if (!p) continue;
+            int sent = pipe_flush(p);
+            if (!sent && t < p->spin_until_us) continue;
+            p->prewakes++;
+            p->prewake_hits += (uint64_t)sent;
+            p->prewake_rate = p->prewake_rate * 7 / 8 + (sent ? 1000 / 8 : 0);
+            p->prewake_spin_us += t - start;
+            p->spin_until_us = 0;
+            spin[i] = NULL;
+            left--;
+        }
+        for (int i = 0; i < 64 && left > 0; i++) cpu_relax();
+    }
+    prewake_arm(ps);
 }
 
 static void pipe_unload(pipelines *ps, int i);
@@ -1111,6 +1279,16 @@ pipelines *pipelines_new(struct event_base *base, mesh *m, sched *s, stage_host 
         pipelines_free(ps);
         return NULL;
     }
+    /* Spinning needs a CPU that compute does not use (see the top). */
+    cpu_set_t set;
+    int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    int threads = cfg->n_threads > 0 && cfg->n_threads < cpus ? cfg->n_threads : cpus;
+    ps->poll_replies = cpus > 1;
+    if (cpus > threads) {
+        char err[128];
+        ps->prewake = precise_timer_new(base, on_prewake, ps, err, sizeof err);
+        if (!ps->prewake) log_warn(PIPE_LOG, "no pre-wake of the loop for split decode steps: %s", err);
+    }
     struct timeval every = {0, 100 * 1000};
     event_add(ps->timer, &every);
     if (sh) stage_host_set_ring(sh, ring_accept, ps);
@@ -1149,6 +1327,7 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
     step_histograms_reset(p);
     pthread_cond_init(&p->cond, NULL);
     p->ps = ps;
+    p->prewake_rate = 1000;
     snprintf(p->path, sizeof p->path, "%s", path);
     char inner[512];
     /* Sizes for planning, from the header alone. */
@@ -1277,6 +1456,7 @@ void pipelines_free(pipelines *ps)
     for (int i = 0; i < ps->n_pipes; i++) pipe_free(ps->pipes[i]);
     if (ps->wake) event_free(ps->wake);
     if (ps->timer) event_free(ps->timer);
+    precise_timer_free(ps->prewake);
     free(ps);
 }
 
@@ -1411,6 +1591,10 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
         cJSON_AddNumberToObject(c, "round_trip_ms",
                                 p->round_trips ? p->round_trip_us / 1000.0 / (double)p->round_trips : 0);
         pthread_mutex_unlock(&p->lock);
+        cJSON_AddNumberToObject(c, "prewakes", (double)p->prewakes);
+        cJSON_AddNumberToObject(c, "prewake_hits", (double)p->prewake_hits);
+        cJSON_AddNumberToObject(c, "prewake_spin_ms", p->prewake_spin_us / 1000.0);
+        cJSON_AddNumberToObject(c, "prewake_late", (double)p->prewake_late);
         cJSON_AddNumberToObject(c, "breaks", (double)p->breaks);
     }
     cJSON_AddItemToArray(list, o);
