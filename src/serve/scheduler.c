@@ -73,6 +73,8 @@ typedef struct sched_worker {
     pthread_mutex_t lock;
     pthread_cond_t *lane_cond; /* (n_lanes) a job for this lane */
     int *idle;                 /* (n_lanes) the lane waits for a job */
+    int *woken;                /* (n_lanes) woken by sched_submit, has not taken a job yet */
+    sched_job **placing;       /* (n_lanes) the job the lane took from the FIFO and is placing */
     sched_job **assigned;      /* (n_lanes) a prepared job handed to this lane (prompt cache) */
     uint64_t *lane_used;       /* (n_lanes) when the lane last took a job: least recent first on ties */
     uint64_t use_clock;
@@ -207,40 +209,74 @@ static int placement_score(sched_worker *w, int lane, const int32_t *ids, int n)
 }
 
 /* Prompt cache: turns job's prompt into token ids (off the loop thread) and
- * picks, among this lane and the idle ones, the lane whose cache shares the
+ * picks, among this lane and the free ones, the lane whose cache shares the
  * longest prefix with it (least recently used on ties, so a cache that
  * nobody matched survives longest). Returns that lane, job->prepared set;
- * -1 when the prompt is refused (the job is finished with the error).
- * Another lane's record is read only while it is idle, under w->lock: its
- * thread is then blocked on the same lock before it can run anything. */
+ * -1 when the prompt is refused (the job is finished with the error); -2
+ * when the job was taken from this lane meanwhile (see below).
+ *
+ * Free: idle; woken for a job of the FIFO and not yet holding one; or
+ * placing a job of its own (this function, on its thread). Requests that
+ * arrive together wake one lane each, in lane order, and each lane takes
+ * the next job of the FIFO before any is placed (tokenizing takes longer
+ * than waking): were those lanes out of reach, every job would stay on
+ * whichever lane took it, whatever that lane's cache (four chats sending
+ * their next turn at once missed their caches 2 times in 3). A lane given
+ * a job here runs it; the job it was placing goes back to the head of the
+ * FIFO (already tokenized) for the next free lane, which is this one at
+ * once; its thread, back from tokenizing, finds the job gone and drops its
+ * work. Each move takes a job to a strictly longer prefix, so the moves end.
+ * Another lane's record is read only while it is free, under w->lock: its
+ * thread runs nothing on the lane before it has taken the same lock. */
 static int worker_place(sched_worker *w, int lane, sched_job *job)
 {
     char err[256];
-    int32_t *ids;
-    int n;
-    if (engine_prompt_tokens(w->model, &job->req, &ids, &n, err, sizeof err) != 0) {
+    int32_t *ids = NULL;
+    int n = 0, rc = 0;
+    if (!job->prepared) rc = engine_prompt_tokens(w->model, &job->req, &ids, &n, err, sizeof err);
+    pthread_mutex_lock(&w->lock);
+    if (w->placing[lane] != job) { /* given to another lane's placement meanwhile */
+        pthread_mutex_unlock(&w->lock);
+        free(ids);
+        return -2;
+    }
+    w->placing[lane] = NULL;
+    if (rc != 0) {
+        pthread_mutex_unlock(&w->lock);
         engine_result none = {.finish_reason = "stop"};
         worker_finish(job, &none, -1, err);
         return -1;
     }
-    free((int32_t *)job->req.prompt_ids);
-    job->req.prompt_ids = ids;
-    job->req.n_prompt_ids = n;
-    job->prepared = 1;
-    pthread_mutex_lock(&w->lock);
-    int best = lane, best_len = placement_score(w, lane, ids, n);
+    if (!job->prepared) {
+        free((int32_t *)job->req.prompt_ids);
+        job->req.prompt_ids = ids;
+        job->req.n_prompt_ids = n;
+        job->prepared = 1;
+    }
+    const int32_t *pids = job->req.prompt_ids;
+    int np = job->req.n_prompt_ids;
+    int best = lane, best_len = placement_score(w, lane, pids, np);
     for (int l = 0; l < w->n_lanes; l++) {
-        if (l == lane || !w->idle[l] || w->assigned[l]) continue;
-        int len = placement_score(w, l, ids, n);
+        if (l == lane || !(w->idle[l] || w->woken[l] || w->placing[l]) || w->assigned[l]) continue;
+        int len = placement_score(w, l, pids, np);
         /* a strictly longer prefix moves the job; among lanes that hold
-         * none worth keeping, the least recently used one */
-        if (len > best_len || (len == 0 && best_len == 0 && w->lane_used[l] < w->lane_used[best])) {
+         * none worth keeping, the least recently used one that is idle */
+        if (len > best_len || (len == 0 && best_len == 0 && !w->placing[l] && w->lane_used[l] < w->lane_used[best])) {
             best = l;
             best_len = len;
         }
     }
     w->lane_used[best] = ++w->use_clock;
     if (best != lane) {
+        sched_job *bumped = w->placing[best];
+        if (bumped) { /* back to the head of the FIFO, for this lane to take next */
+            w->placing[best] = NULL;
+            bumped->next_queued = w->head;
+            w->head = bumped;
+            if (!w->tail) w->tail = bumped;
+            w->n_queued++;
+            w->n_waking++; /* this lane, which takes it at once */
+        }
         w->assigned[best] = job;
         w->idle[best] = 0;
         /* this lane is free again at once (under the same lock), so a
@@ -264,6 +300,7 @@ static void *worker_main(void *arg)
             pthread_cond_wait(&w->lane_cond[lane.lane], &w->lock);
         }
         w->idle[lane.lane] = 0;
+        w->woken[lane.lane] = 0;
         sched_job *job = w->assigned[lane.lane];
         if (job) {
             w->assigned[lane.lane] = NULL;
@@ -277,8 +314,10 @@ static void *worker_main(void *arg)
         if (!w->head) w->tail = NULL;
         w->n_queued--;
         if (w->n_waking > 0) w->n_waking--;
+        int cancelled = atomic_load(&job->cancelled);
+        if (!cancelled) w->placing[lane.lane] = job;
         pthread_mutex_unlock(&w->lock);
-        if (atomic_load(&job->cancelled)) { /* left while it waited: nothing to place */
+        if (cancelled) { /* left while it waited: nothing to place */
             engine_result none = {.finish_reason = "stop"};
             worker_finish(job, &none, 0, "");
             continue;
@@ -303,6 +342,8 @@ static void sched_worker_free(sched_worker *w)
     for (int l = 0; w->lane_cond && l < w->n_lanes; l++) pthread_cond_destroy(&w->lane_cond[l]);
     free(w->lane_cond);
     free(w->idle);
+    free(w->woken);
+    free(w->placing);
     free(w->assigned);
     free(w->lane_used);
     free(w->threads);
@@ -482,11 +523,13 @@ int sched_add_model(sched *s, engine_model *m)
     w->threads = calloc((size_t)w->n_lanes, sizeof *w->threads);
     w->lane_cond = calloc((size_t)w->n_lanes, sizeof *w->lane_cond);
     w->idle = calloc((size_t)w->n_lanes, sizeof *w->idle);
+    w->woken = calloc((size_t)w->n_lanes, sizeof *w->woken);
+    w->placing = calloc((size_t)w->n_lanes, sizeof *w->placing);
     w->assigned = calloc((size_t)w->n_lanes, sizeof *w->assigned);
     w->lane_used = calloc((size_t)w->n_lanes, sizeof *w->lane_used);
     pthread_mutex_init(&w->lock, NULL);
     for (int l = 0; w->lane_cond && l < w->n_lanes; l++) pthread_cond_init(&w->lane_cond[l], NULL);
-    for (int l = 0; w->threads && w->lane_cond && w->idle && w->assigned && w->lane_used && l < w->n_lanes; l++) {
+    for (int l = 0; w->threads && w->lane_cond && w->idle && w->woken && w->placing && w->assigned && w->lane_used && l < w->n_lanes; l++) {
         sched_lane *arg = malloc(sizeof *arg);
         if (!arg) break;
         arg->w = w;
@@ -689,6 +732,7 @@ sched_job *sched_submit(sched *s, const char *model_id, const engine_request *re
     for (int l = 0; l < w->n_lanes; l++)
         if (w->idle[l]) {
             w->idle[l] = 0;
+            w->woken[l] = 1;
             w->n_waking++;
             pthread_cond_signal(&w->lane_cond[l]);
             break;
