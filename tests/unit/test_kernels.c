@@ -249,6 +249,35 @@ static void test_q8_0_quantize(void)
     CHECK(back[70] == 0 && back[5] == 0);
 }
 
+/* Every set's quantizer gives the scalar one's bytes: random blocks of
+ * several magnitudes, an all-zero block, ties at half steps, values at the
+ * block maximum (+-127), -0, and NaN and infinities (which give 0 there). */
+static void test_q8_0_quantize_sets_agree(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
+    kernel_isa saved = kernel_active_isa();
+    enum { N = 32 * 40 };
+    static float x[N];
+    static kernel_block_q8_0 want[N / 32], got[N / 32];
+    for (int i = 0; i < N; i++) x[i] = rnd_uniform(-3, 3) * (i % 96 < 32 ? 0.001f : 1.0f);
+    for (int i = 64; i < 96; i++) x[i] = 0;
+    for (int i = 96; i < 128; i++) x[i] = (float)(i - 112) + 0.5f; /* max 15.5: x / d has many halves */
+    for (int i = 128; i < 160; i++) x[i] = (i & 1 ? 1.0f : -1.0f) * 127.0f / (float)(1 + i % 5);
+    x[200] = -0.0f;
+    x[300] = NAN;
+    x[400] = INFINITY;
+    x[500] = -INFINITY;
+    CHECK(kernel_force_isa(KERNEL_ISA_SCALAR) == 0);
+    kernel_quantize_row_q8_0(x, want, N);
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+        if (kernel_force_isa(isas[k]) != 0) continue;
+        memset(got, 0x55, sizeof got);
+        kernel_quantize_row_q8_0(x, got, N);
+        CHECK(memcmp(got, want, sizeof want) == 0);
+    }
+    kernel_force_isa(saved);
+}
+
 static void test_dot_products(void)
 {
     kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
@@ -527,6 +556,7 @@ int main(void)
     RUN(test_axpy_f16);
     RUN(test_bf16);
     RUN(test_q8_0_quantize);
+    RUN(test_q8_0_quantize_sets_agree);
     RUN(test_dot_products);
     RUN(test_matmul);
     RUN(test_matmul_multi);
