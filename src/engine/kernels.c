@@ -406,6 +406,59 @@ AVX2_TARGET static void axpy_f16_avx2(float *out, float a, const uint16_t *v, in
 }
 #endif /* KERNELS_HAVE_AVX2 */
 
+/* The first index of the largest value; NaN never compares, so never wins
+ * (0 when nothing beats -inf). */
+static int32_t argmax_scalar(const float *x, int n)
+{
+    int32_t best = 0;
+    float best_value = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (x[i] > best_value) {
+            best_value = x[i];
+            best = i;
+        }
+    return best;
+}
+
+#ifdef KERNELS_HAVE_AVX2
+/* argmax_scalar's answer, 8 lanes at a time: each lane keeps its first
+ * index of its largest value (strictly greater replaces, NaN compares
+ * false), then the lowest index among the lanes holding the overall
+ * largest; the tail continues scalar with indices above all of them. Greedy
+ * sampling runs it over the whole vocabulary for every token of every lane
+ * (151,936 logits for Qwen), between two batch steps. */
+AVX2_TARGET static int32_t argmax_avx2(const float *x, int n)
+{
+    __m256 best = _mm256_set1_ps(-INFINITY);
+    __m256i best_idx = _mm256_setzero_si256(), idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i step = _mm256_set1_epi32(8);
+    int i = 0;
+    for (; i + 8 <= n; i += 8, idx = _mm256_add_epi32(idx, step)) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 gt = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
+        best = _mm256_blendv_ps(best, v, gt);
+        best_idx = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_idx), _mm256_castsi256_ps(idx), gt));
+    }
+    float bv[8];
+    int32_t bi[8];
+    _mm256_storeu_ps(bv, best);
+    _mm256_storeu_si256((__m256i *)bi, best_idx);
+    int32_t win = bi[0];
+    float win_value = bv[0];
+    for (int k = 1; k < 8; k++)
+        if (bv[k] > win_value || (bv[k] == win_value && bi[k] < win)) {
+            win_value = bv[k];
+            win = bi[k];
+        }
+    for (; i < n; i++)
+        if (x[i] > win_value) {
+            win_value = x[i];
+            win = i;
+        }
+    return win;
+}
+#endif
+
 #ifdef KERNELS_HAVE_AVX2
 /* The scalar quantizer's bits, 8 values at a time (it runs once per input
  * vector of every product: 3% of a 4-sequence decode step in scalar code,
@@ -460,19 +513,20 @@ typedef struct {
     void (*axpy)(float *, float, const float *, int);
     void (*axpy_f16)(float *, float, const uint16_t *, int);
     void (*quantize_q8_0)(const float *, kernel_block_q8_0 *, int);
+    int32_t (*argmax)(const float *, int);
 } kernel_ops;
 
 static const kernel_ops ops_scalar = {
     KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
     dot_q8_0_scalar, fp16_row_scalar, fp32_to_fp16_row_scalar, axpy_scalar, axpy_f16_scalar,
-    quantize_row_q8_0_scalar,
+    quantize_row_q8_0_scalar, argmax_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
 /* AVX-VNNI and AVX-512 differ from AVX2 only in the rows kernels of the
  * matrix products (kernels_rows.h); the one-row dot products are AVX2's. */
 #define OPS_AVX2(isa)                                                                          \
     {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2,       \
-     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2}
+     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2}
 static const kernel_ops ops_avx2 = OPS_AVX2(KERNEL_ISA_AVX2);
 static const kernel_ops ops_avxvnni = OPS_AVX2(KERNEL_ISA_AVXVNNI);
 static const kernel_ops ops_avx512 = OPS_AVX2(KERNEL_ISA_AVX512);
@@ -591,6 +645,7 @@ void kernel_quantize_row_q8_0(const float *x, kernel_block_q8_0 *out, int n)
     assert(n % KERNEL_Q8_0_BLOCK == 0);
     ops()->quantize_q8_0(x, out, n);
 }
+int32_t kernel_argmax(const float *x, int n) { return ops()->argmax(x, n); }
 void kernel_fp32_to_fp16_row(const float *src, uint16_t *dst, int n)
 {
     ops()->fp32_to_fp16_row(src, dst, n);

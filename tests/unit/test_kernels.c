@@ -278,6 +278,38 @@ static void test_q8_0_quantize_sets_agree(void)
     kernel_force_isa(saved);
 }
 
+/* argmax at every set: the scalar loop's index (first of the largest, NaN
+ * never wins, 0 when nothing beats -inf), over lengths with tails, ties
+ * between lanes and within one, NaN and infinities. */
+static void test_argmax_sets_agree(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
+    kernel_isa saved = kernel_active_isa();
+    enum { N = 1000 };
+    static float x[N];
+    int bad = 0, cases = 0;
+    for (int c = 0; c < 60; c++) {
+        int n = 1 + (c * 37) % N;
+        for (int i = 0; i < n; i++) x[i] = (float)(rand() % 50); /* many ties */
+        if (c % 5 == 1) x[(c * 13) % n] = NAN;
+        if (c % 5 == 2) for (int i = 0; i < n; i++) x[i] = i % 3 ? NAN : -INFINITY; /* nothing wins: 0 */
+        if (c % 5 == 3) x[n - 1] = INFINITY; /* in the tail or the last lane */
+        if (c % 5 == 4) x[n / 2] = 1000, x[n / 2 + 9] = 1000; /* a tie across steps */
+        int32_t want = 0; /* the definition: the first index of a value above all before it */
+        float top = -INFINITY;
+        for (int32_t i = 0; i < n; i++)
+            if (x[i] > top) top = x[i], want = i;
+        for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+            if (kernel_force_isa(isas[k]) != 0) continue;
+            cases++;
+            if (kernel_argmax(x, n) != want) bad++;
+        }
+    }
+    kernel_force_isa(saved);
+    CHECK_EQ_INT(bad, 0);
+    CHECK(cases >= 120);
+}
+
 static void test_dot_products(void)
 {
     kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
@@ -557,6 +589,7 @@ int main(void)
     RUN(test_bf16);
     RUN(test_q8_0_quantize);
     RUN(test_q8_0_quantize_sets_agree);
+    RUN(test_argmax_sets_agree);
     RUN(test_dot_products);
     RUN(test_matmul);
     RUN(test_matmul_multi);
