@@ -55,11 +55,12 @@ run_llmesh() { # run_llmesh SETUP API
   for n in "${streams[@]}"; do
     # warm the node with as many streams, so that every lane timed has served once
     # (with one warming stream, the 4-stream TTFT p50 took seconds on a loaded machine);
-    # the timed prompts open with their own tag, so none is in a lane's cache and
-    # every one is evaluated, as llama.cpp's are (at 1b87be7 and before they were the
-    # warm-up's, cached when placement found their lanes: 1 run in 3)
-    python3 "$HERE/batch_client.py" "$2" "$MODEL_ID" "$n" 4 "warm$n" >/dev/null
-    python3 "$HERE/batch_client.py" "$2" "$MODEL_ID" "$n" "$TG" "run$n" |
+    # the timed prompts (16 token ids each, as llama.cpp's) have a salt of their own,
+    # so none is in a lane's cache and every one is evaluated, as llama.cpp's are (at
+    # 1b87be7 and before they were the warm-up's 62-token texts, cached when placement
+    # found their lanes: 1 run in 3)
+    python3 "$HERE/batch_client.py" "$2" "$MODEL_ID" "$n" 4 $((1000 + n)) >/dev/null
+    python3 "$HERE/batch_client.py" "$2" "$MODEL_ID" "$n" "$TG" "$n" |
       jq -c --arg s "$1" --arg c "$(git -C "$SRC" rev-parse --short HEAD)" '. + {program: "llmesh", setup: $s, commit: $c}' >>"$OUT"
   done
 }
