@@ -148,7 +148,8 @@ typedef struct {
     char join_dir[MODEL_PATH_MAX];
 } job_arg;
 
-/* A download thread: a peer whose record lists this file (model_fetch_opts.find_peer). */
+/* A download thread: the peers whose records list this file, up to
+ * PEER_FILE_MAX_PEERS (model_fetch_opts.find_peer): they share the work. */
 static int find_peer(void *ctx, const char *sha256, uint64_t size, peer_file_target *out)
 {
     model_loader *L = ctx;
@@ -156,13 +157,17 @@ static int find_peer(void *ctx, const char *sha256, uint64_t size, peer_file_tar
     if (weights_parse_hex(sha256, sha) != 0) return 0;
     int found = 0;
     pthread_mutex_lock(&L->files_lock);
-    for (int i = 0; i < L->n_holdings && !found; i++) {
+    for (int i = 0; i < L->n_holdings && found < PEER_FILE_MAX_PEERS; i++) {
         const peer_holding *h = &L->holdings[i];
         if (h->size != size || memcmp(h->sha256, sha, 32)) continue;
-        *out = (peer_file_target){.base = L->base, .mesh = L->mesh, .size = size};
-        memcpy(out->peer, h->peer, MESH_ID_BYTES);
-        memcpy(out->sha256, sha, 32);
-        found = 1;
+        if (!found) {
+            *out = (peer_file_target){.base = L->base, .mesh = L->mesh, .size = size};
+            memcpy(out->peer, h->peer, MESH_ID_BYTES);
+            memcpy(out->sha256, sha, 32);
+        } else {
+            memcpy(out->more[out->n_more++], h->peer, MESH_ID_BYTES);
+        }
+        found++;
     }
     pthread_mutex_unlock(&L->files_lock);
     return found;

@@ -25,6 +25,7 @@
 #include "models/weights_store.h"
 #include "serve/api.h"
 #include "serve/budget.h"
+#include "serve/console_history.h"
 #include "serve/demand.h"
 #include "serve/http.h"
 #include "serve/metrics.h"
@@ -50,6 +51,8 @@ typedef struct {
     http_server *api_http;
     http_server *console_http;
     metrics *metrics;
+    console_history *history;    /* GET /api/history: the traffic of the last minutes */
+    struct event *history_timer;
     demand *demand;
     model_loader *loader;
     struct event *sigint, *sigterm, *drain_timer;
@@ -217,6 +220,48 @@ static char *metrics_text(void *ctx)
     return metrics_render(n->metrics, &src);
 }
 
+/* A number of a "traffic" entry, or absent when it has none. */
+static double traffic_number(const cJSON *o, const char *key, double absent)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 ? v->valuedouble : absent;
+}
+
+/* Every CONSOLE_HISTORY_INTERVAL_MS: a point of the console's history, from
+ * the same per-model totals as the status's "traffic" (so the graphs a
+ * fresh page draws agree with the rates it computes from the status). */
+static void on_history_timer(evutil_socket_t fd, short what, void *arg)
+{
+    node *n = arg;
+    cJSON *traffic = cJSON_CreateArray();
+    if (!traffic) return;
+    metrics_status_json(n->metrics, n->sched, traffic);
+    console_history_sample s[CONSOLE_HISTORY_MODELS];
+    int count = 0;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, traffic) {
+        const cJSON *model = cJSON_GetObjectItemCaseSensitive(t, "model");
+        if (count == CONSOLE_HISTORY_MODELS || !cJSON_IsString(model) || !model->valuestring[0]) continue;
+        /* A model served here with no traffic yet has its lanes only. */
+        s[count++] = (console_history_sample){
+            .model = model->valuestring,
+            .requests = (uint64_t)traffic_number(t, "requests", 0),
+            .completion_tokens = (uint64_t)traffic_number(t, "completion_tokens", 0),
+            .ttft_count = (uint64_t)traffic_number(t, "ttft_count", 0),
+            .ttft_seconds = traffic_number(t, "ttft_seconds", 0),
+            .queued = (int)traffic_number(t, "queued", -1),
+        };
+    }
+    console_history_record(n->history, clock_ms(), s, count);
+    cJSON_Delete(traffic);
+}
+
+static char *history_json(void *ctx)
+{
+    node *n = ctx;
+    return console_history_json(n->history, clock_ms());
+}
+
 /* Shutdown budget: in-flight requests get NODE_GRACE_MS to finish, then are
  * closed with an error; NODE_FLUSH_MS more lets those last bytes leave the
  * sockets before the servers are torn down. Both fit the 2 s promise. */
@@ -359,7 +404,11 @@ int node_run(const node_config *cfg)
 
     n.api = api_new(n.base, n.sched, n.mesh);
     n.metrics = metrics_new();
-    if (!n.api || !n.metrics) goto out;
+    n.history = console_history_new(clock_ms());
+    n.history_timer = event_new(n.base, -1, EV_PERSIST, on_history_timer, &n);
+    if (!n.api || !n.metrics || !n.history || !n.history_timer) goto out;
+    struct timeval every = {CONSOLE_HISTORY_INTERVAL_MS / 1000, (CONSOLE_HISTORY_INTERVAL_MS % 1000) * 1000};
+    event_add(n.history_timer, &every);
     api_set_metrics(n.api, n.metrics);
     api_serve_tunnel(n.api);
     api_set_pipelines(n.api, n.pipelines);
@@ -374,6 +423,7 @@ int node_run(const node_config *cfg)
     if (!n.console_http) { fprintf(stderr, "llmesh: console (--console): %s\n", err); goto out; }
     http_console_set_metrics(n.console_http, metrics_text, &n);
     http_console_set_api(n.console_http, n.api);
+    http_console_set_history(n.console_http, history_json, &n);
     http_server_set_metrics(n.console_http, n.metrics);
     http_server_set_limits(n.console_http, &cfg->http_limits);
     if (n.loader) http_console_set_post(n.console_http, model_loader_http, n.loader);
@@ -401,6 +451,7 @@ int node_run(const node_config *cfg)
     rc = 0;
 out:
     if (n.drain_timer) event_free(n.drain_timer);
+    if (n.history_timer) event_free(n.history_timer);
     if (n.sigint) event_free(n.sigint);
     if (n.sigterm) event_free(n.sigterm);
     /* HTTP first (aborts calls, which cancel jobs), then the mesh (closes
@@ -419,6 +470,7 @@ out:
     sched_free(n.sched);
     pipelines_free(n.pipelines);
     metrics_free(n.metrics);
+    console_history_free(n.history);
     demand_free(n.demand);
     event_base_free(n.base);
     return rc;

@@ -129,6 +129,9 @@ p=$(curl -sf "$P_API/completions" -d "${body/MODEL/$MODEL_ID}" | jq -r '.choices
 echo "by reference: $a"
 check "serve --model org/repo:QUANT answers" test -n "$a"
 check "its answer equals the same file served by path" test "$a" = "$p"
+dl=$(curl -sf "$A_CONSOLE/api/status" | jq '.downloads.bytes')
+check "A's /metrics counts the bytes downloaded as its status does ($dl)" \
+  bash -c "[ '$dl' -gt 0 ] && curl -sf '$A_CONSOLE/metrics' | grep -qx 'llmesh_download_bytes_total $dl'"
 # ---- multi-part: every part fetched, loaded as one model, same answers ----------------
 GGUF_SPLIT="$(dirname "$LLMESH")/gguf_split"
 mkdir -p "$T/root/TestOrg/kjv-split-GGUF"
