@@ -91,3 +91,6 @@ jq -r -s '
     (.[] | "| \(.program) | \(.setup) | \(.streams) | \(.agg_tok_s) | \((.agg_tok_s / $one * 100 | round) / 100)x | \(.ttft_ms_p50) / \(.ttft_ms_p99) | \(.itl_ms_p50) / \(.itl_ms_p99) |")
 ' "$OUT"
 echo "raw rows: $OUT"
+# the cleanup on exit kills every node started, most already stopped above: under
+# set -e the first failed kill would make a finished run exit 1
+set +e
