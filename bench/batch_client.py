@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """batch_client.py: N concurrent streamed completions, timed (bench/batch_bench.sh).
 
-Each stream has its own prompt (a different opening, so no two share a
-cache), greedy, up to max_tokens tokens (random-weight models rarely emit
+Each stream has its own prompt, 16 token ids as batch_llamacpp.mjs gives
+llama.cpp's sequences ((1 + SALT + 97 i + 31 k) mod 30000, k < 16: no two
+streams share a cached prefix, and runs with different SALTs share none
+either, so every prompt is evaluated, as llama.cpp's are), greedy, up to max_tokens tokens (random-weight models rarely emit
 their end token, so each stream runs to max_tokens). Prints one JSON line:
 streams, tokens (sum of usage.completion_tokens), wall_s (first request sent
 -> last stream done), agg_tok_s (tokens / wall_s), ttft_ms p50/p99 (request
 sent -> first text chunk), itl_ms p50/p99 (gaps between consecutive text
 chunks of a stream, over every stream; a chunk may carry more than one
 token when the event loop batches deliveries, which then shows as one
-longer gap). Usage: batch_client.py URL MODEL STREAMS MAX_TOKENS
+longer gap). Usage: batch_client.py URL MODEL STREAMS MAX_TOKENS [SALT]
 Standard library only.
 """
 import http.client
@@ -27,9 +29,9 @@ def pct(values, p):
     return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))]
 
 
-def one(url, model, i, max_tokens, out):
+def one(url, model, i, max_tokens, salt, out):
     u = urllib.parse.urlparse(url)
-    prompt = "%d. In the beginning of the book number %d, it was written that" % (i, 7 * i + 3)
+    prompt = [(1 + salt + 97 * i + 31 * k) % 30000 for k in range(16)]
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
                        "stream": True, "stream_options": {"include_usage": True}})
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=900)
@@ -54,8 +56,9 @@ def one(url, model, i, max_tokens, out):
 
 def main():
     url, model, streams, max_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    salt = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     out = [None] * streams
-    threads = [threading.Thread(target=one, args=(url, model, i, max_tokens, out)) for i in range(streams)]
+    threads = [threading.Thread(target=one, args=(url, model, i, max_tokens, salt, out)) for i in range(streams)]
     for t in threads:
         t.start()
     for t in threads:

@@ -115,9 +115,8 @@ static inline float round_even(float v)
     return (v + magic) - magic;
 }
 
-void kernel_quantize_row_q8_0(const float *x, kernel_block_q8_0 *out, int n)
+static void quantize_row_q8_0_scalar(const float *x, kernel_block_q8_0 *out, int n)
 {
-    assert(n % KERNEL_Q8_0_BLOCK == 0);
     for (int b = 0; b < n / KERNEL_Q8_0_BLOCK; b++) {
         const float *v = x + b * KERNEL_Q8_0_BLOCK;
         float amax = 0;
@@ -407,6 +406,98 @@ AVX2_TARGET static void axpy_f16_avx2(float *out, float a, const uint16_t *v, in
 }
 #endif /* KERNELS_HAVE_AVX2 */
 
+/* The first index of the largest value; NaN never compares, so never wins
+ * (0 when nothing beats -inf). */
+static int32_t argmax_scalar(const float *x, int n)
+{
+    int32_t best = 0;
+    float best_value = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (x[i] > best_value) {
+            best_value = x[i];
+            best = i;
+        }
+    return best;
+}
+
+#ifdef KERNELS_HAVE_AVX2
+/* argmax_scalar's answer, 8 lanes at a time: each lane keeps its first
+ * index of its largest value (strictly greater replaces, NaN compares
+ * false), then the lowest index among the lanes holding the overall
+ * largest; the tail continues scalar with indices above all of them. Greedy
+ * sampling runs it over the whole vocabulary for every token of every lane
+ * (151,936 logits for Qwen), between two batch steps. */
+AVX2_TARGET static int32_t argmax_avx2(const float *x, int n)
+{
+    __m256 best = _mm256_set1_ps(-INFINITY);
+    __m256i best_idx = _mm256_setzero_si256(), idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i step = _mm256_set1_epi32(8);
+    int i = 0;
+    for (; i + 8 <= n; i += 8, idx = _mm256_add_epi32(idx, step)) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 gt = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
+        best = _mm256_blendv_ps(best, v, gt);
+        best_idx = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_idx), _mm256_castsi256_ps(idx), gt));
+    }
+    float bv[8];
+    int32_t bi[8];
+    _mm256_storeu_ps(bv, best);
+    _mm256_storeu_si256((__m256i *)bi, best_idx);
+    int32_t win = bi[0];
+    float win_value = bv[0];
+    for (int k = 1; k < 8; k++)
+        if (bv[k] > win_value || (bv[k] == win_value && bi[k] < win)) {
+            win_value = bv[k];
+            win = bi[k];
+        }
+    for (; i < n; i++)
+        if (x[i] > win_value) {
+            win_value = x[i];
+            win = i;
+        }
+    return win;
+}
+#endif
+
+#ifdef KERNELS_HAVE_AVX2
+/* The scalar quantizer's bits, 8 values at a time (it runs once per input
+ * vector of every product: 3% of a 4-sequence decode step in scalar code,
+ * step_bench under perf). Per block: the same maximum of |v| (max is
+ * exact, so the order of the comparisons does not matter; max_ps(a, m) is
+ * a > m ? a : m, which skips NaN as the scalar loop does), the same scalar
+ * d and 1/d, the same product and rounding to nearest even per value, the
+ * same [-127, 127] test (NaN and inf give 0). */
+AVX2_TARGET static void quantize_row_q8_0_avx2(const float *x, kernel_block_q8_0 *out, int n)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b = 0; b < n / KERNEL_Q8_0_BLOCK; b++) {
+        const float *v = x + b * KERNEL_Q8_0_BLOCK;
+        __m256 m = _mm256_setzero_ps();
+        for (int i = 0; i < KERNEL_Q8_0_BLOCK; i += 8) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(v + i)), m);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float d = amax / 127.0f;
+        float id = d != 0 ? 1.0f / d : 0.0f;
+        out[b].d = kernel_fp32_to_fp16(d);
+        __m256 vid = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int k = 0; k < 4; k++) {
+            /* round_ps, not the magic number: the compiler could fuse v * id + magic */
+            __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * k), vid),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m256 ok = _mm256_and_ps(_mm256_cmp_ps(r, lo, _CMP_GE_OQ), _mm256_cmp_ps(r, hi, _CMP_LE_OQ));
+            q[k] = _mm256_and_si256(_mm256_cvtps_epi32(r), _mm256_castps_si256(ok));
+        }
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)out[b].qs, _mm256_permutevar8x32_epi32(p, order));
+    }
+}
+#endif
+
 /* ======================================================================== */
 /* dispatch                                                                  */
 /* ======================================================================== */
@@ -421,18 +512,21 @@ typedef struct {
     void (*fp32_to_fp16_row)(const float *, uint16_t *, int);
     void (*axpy)(float *, float, const float *, int);
     void (*axpy_f16)(float *, float, const uint16_t *, int);
+    void (*quantize_q8_0)(const float *, kernel_block_q8_0 *, int);
+    int32_t (*argmax)(const float *, int);
 } kernel_ops;
 
 static const kernel_ops ops_scalar = {
     KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
     dot_q8_0_scalar, fp16_row_scalar, fp32_to_fp16_row_scalar, axpy_scalar, axpy_f16_scalar,
+    quantize_row_q8_0_scalar, argmax_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
 /* AVX-VNNI and AVX-512 differ from AVX2 only in the rows kernels of the
  * matrix products (kernels_rows.h); the one-row dot products are AVX2's. */
 #define OPS_AVX2(isa)                                                                          \
     {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2,       \
-     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2}
+     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2}
 static const kernel_ops ops_avx2 = OPS_AVX2(KERNEL_ISA_AVX2);
 static const kernel_ops ops_avxvnni = OPS_AVX2(KERNEL_ISA_AVXVNNI);
 static const kernel_ops ops_avx512 = OPS_AVX2(KERNEL_ISA_AVX512);
@@ -546,6 +640,12 @@ float kernel_dot_q8_0(const kernel_block_q8_0 *a, const kernel_block_q8_0 *b, in
     return ops()->dot_q8_0(a, b, n);
 }
 void kernel_fp16_to_fp32_row(const uint16_t *src, float *dst, int n) { ops()->fp16_row(src, dst, n); }
+void kernel_quantize_row_q8_0(const float *x, kernel_block_q8_0 *out, int n)
+{
+    assert(n % KERNEL_Q8_0_BLOCK == 0);
+    ops()->quantize_q8_0(x, out, n);
+}
+int32_t kernel_argmax(const float *x, int n) { return ops()->argmax(x, n); }
 void kernel_fp32_to_fp16_row(const float *src, uint16_t *dst, int n)
 {
     ops()->fp32_to_fp16_row(src, dst, n);

@@ -123,6 +123,9 @@ void kernel_add(float *x, const float *y, int n);
 void kernel_axpy(float *out, float a, const float *v, int n);
 /* out[i] += a * v[i], v in fp16 (an F16 KV cache's values) */
 void kernel_axpy_f16(float *out, float a, const uint16_t *v, int n);
+/* The first index of the largest of x[0, n) (NaN never wins; 0 when
+ * nothing beats -inf), the same at every ISA. */
+int32_t kernel_argmax(const float *x, int n);
 
 /* ---- instruction sets ---------------------------------------------------- */
 

@@ -7,6 +7,8 @@
  * probabilities from it). */
 #include "engine/sampler.h"
 
+#include "engine/kernels.h"
+
 #include <assert.h>
 #include <math.h>
 #include <stdlib.h>
@@ -138,18 +140,8 @@ float sampler_random(sampler *s)
     return (float)(splitmix64_next(&s->rng) >> 40) * (1.0f / 16777216.0f); /* 24 bits */
 }
 
-int32_t sampler_argmax(const float *logits, int n)
-{
-    int32_t best = 0;
-    float best_value = -INFINITY;
-    for (int i = 0; i < n; i++) {
-        if (logits[i] > best_value) { /* strict: the lowest id wins ties; NaN never compares */
-            best_value = logits[i];
-            best = i;
-        }
-    }
-    return best;
-}
+/* strict: the lowest id wins ties; NaN never compares (kernels.c, vectorized) */
+int32_t sampler_argmax(const float *logits, int n) { return kernel_argmax(logits, n); }
 
 /* a ranks before b: more likely, then lower id (a total, deterministic order). */
 static int ranks_before(const candidate *a, const candidate *b)

@@ -83,6 +83,8 @@ typedef struct sched_worker {
     pthread_mutex_t lock;
     pthread_cond_t *lane_cond; /* (n_lanes) a job for this lane */
     int *idle;                 /* (n_lanes) the lane waits for a job */
+    int *woken;                /* (n_lanes) woken by sched_submit, has not taken a job yet */
+    sched_job **placing;       /* (n_lanes) the job the lane took from the FIFO and is placing */
     sched_job **assigned;      /* (n_lanes) a prepared job handed to this lane (prompt cache) */
     int *reserved;             /* (n_lanes) held for a choice while its prompt is copied in */
     uint64_t *lane_used;       /* (n_lanes) when the lane last took a job: least recent first on ties */
@@ -292,42 +294,69 @@ static int placement_score(sched_worker *w, int lane, const int32_t *ids, int n)
 }
 
 /* Prompt cache: turns job's prompt into token ids (off the loop thread) and
- * picks, among this lane and the idle ones, the lane whose cache shares the
+ * picks, among this lane and the free ones, the lane whose cache shares the
  * longest prefix with it (least recently used on ties, so a cache that
  * nobody matched survives longest). Returns that lane, job->prepared set;
- * -1 when the prompt is refused (the job is finished with the error).
- * Another lane's record is read only while it is idle, under w->lock: its
- * thread is then blocked on the same lock before it can run anything. */
+ * -1 when the prompt is refused (the job is finished with the error); -2
+ * when the job was taken from this lane meanwhile (see below).
+ *
+ * Free: idle; woken for a job of the FIFO and not yet holding one; or
+ * placing a job of its own (this function, on its thread). Requests that
+ * arrive together wake one lane each, in lane order, and each lane takes
+ * the next job of the FIFO before any is placed (tokenizing takes longer
+ * than waking): were those lanes out of reach, every job would stay on
+ * whichever lane took it, whatever that lane's cache (four chats sending
+ * their next turn at once missed their caches 2 times in 3). A lane given
+ * a job here runs it; the job it was placing goes back to the head of the
+ * FIFO (already tokenized) for the next free lane, which is this one at
+ * once; its thread, back from tokenizing, finds the job gone and drops its
+ * work. Each move takes a job to a strictly longer prefix, so the moves end.
+ * Another lane's record is read only while it is free, under w->lock: its
+ * thread runs nothing on the lane before it has taken the same lock. */
 static int worker_place(sched_worker *w, int lane, sched_job *job)
 {
     char err[256];
-    int32_t *ids;
-    int n;
-    if (engine_prompt_tokens(w->model, &job->req, &ids, &n, err, sizeof err) != 0) {
+    int32_t *ids = NULL;
+    int n = 0, rc = 0;
+    if (!job->prepared) rc = engine_prompt_tokens(w->model, &job->req, &ids, &n, err, sizeof err);
+    pthread_mutex_lock(&w->lock);
+    if (w->placing[lane] != job) { /* given to another lane's placement meanwhile */
+        pthread_mutex_unlock(&w->lock);
+        free(ids);
+        return -2;
+    }
+    w->placing[lane] = NULL;
+    if (rc != 0) {
+        pthread_mutex_unlock(&w->lock);
         engine_result none = {.finish_reason = "stop"};
         worker_finish(job, &none, -1, err);
         return -1;
     }
-    free((int32_t *)job->req.prompt_ids);
-    job->req.prompt_ids = ids;
-    job->req.n_prompt_ids = n;
-    job->prepared = 1;
-    pthread_mutex_lock(&w->lock);
-    int best = lane, best_len = placement_score(w, lane, ids, n);
+    if (!job->prepared) {
+        free((int32_t *)job->req.prompt_ids);
+        job->req.prompt_ids = ids;
+        job->req.n_prompt_ids = n;
+        job->prepared = 1;
+    }
+    const int32_t *pids = job->req.prompt_ids;
+    int np = job->req.n_prompt_ids;
+    int best = lane, best_len = placement_score(w, lane, pids, np);
     for (int l = 0; l < w->n_lanes; l++) {
-        if (l == lane || !w->idle[l] || w->assigned[l]) continue;
-        int len = placement_score(w, l, ids, n);
+        if (l == lane || !(w->idle[l] || w->woken[l] || w->placing[l]) || w->assigned[l]) continue;
+        int len = placement_score(w, l, pids, np);
         /* a strictly longer prefix moves the job; among lanes that hold
-         * none worth keeping, the least recently used one */
-        if (len > best_len || (len == 0 && best_len == 0 && w->lane_used[l] < w->lane_used[best])) {
+         * none worth keeping, the least recently used one that is idle */
+        if (len > best_len || (len == 0 && best_len == 0 && !w->placing[l] && w->lane_used[l] < w->lane_used[best])) {
             best = l;
             best_len = len;
         }
     }
     w->lane_used[best] = ++w->use_clock;
-    atomic_store(&job->prompt_cached, engine_lane_cached_prefix(w->model, best, ids, n));
-    atomic_store(&job->prompt_tokens, n);
+    atomic_store(&job->prompt_cached, engine_lane_cached_prefix(w->model, best, pids, np));
+    atomic_store(&job->prompt_tokens, np);
+    sched_job *bumped = best != lane ? w->placing[best] : NULL;
     if (best != lane) {
+        w->placing[best] = NULL;
         w->assigned[best] = job;
         w->idle[best] = 0;
         /* this lane is free again at once (under the same lock), so a
@@ -335,6 +364,20 @@ static int worker_place(sched_worker *w, int lane, sched_job *job)
         w->idle[lane] = 1;
     }
     if (job->group) worker_reserve_choices_locked(w, best, job);
+    if (bumped) { /* back to the head of the FIFO (behind no choice of job's) */
+        bumped->next_queued = w->head;
+        w->head = bumped;
+        if (!w->tail) w->tail = bumped;
+        w->n_queued++;
+        w->n_waking++; /* the lane that takes it: this one, at once, unless held for a choice */
+        for (int l = 0; w->reserved[lane] && l < w->n_lanes; l++)
+            if (w->idle[l] && !w->reserved[l]) {
+                w->idle[l] = 0;
+                w->woken[l] = 1;
+                pthread_cond_signal(&w->lane_cond[l]);
+                break;
+            }
+    }
     if (best != lane) pthread_cond_signal(&w->lane_cond[best]);
     pthread_mutex_unlock(&w->lock);
     return best;
@@ -353,6 +396,7 @@ static void *worker_main(void *arg)
             pthread_cond_wait(&w->lane_cond[lane.lane], &w->lock);
         }
         w->idle[lane.lane] = 0;
+        w->woken[lane.lane] = 0;
         sched_job *job = w->assigned[lane.lane];
         if (job) {
             w->assigned[lane.lane] = NULL;
@@ -366,8 +410,10 @@ static void *worker_main(void *arg)
         if (!w->head) w->tail = NULL;
         w->n_queued--;
         if (w->n_waking > 0) w->n_waking--;
+        int cancelled = atomic_load(&job->cancelled);
+        if (!cancelled) w->placing[lane.lane] = job;
         pthread_mutex_unlock(&w->lock);
-        if (atomic_load(&job->cancelled)) { /* left while it waited: nothing to place */
+        if (cancelled) { /* left while it waited: nothing to place */
             engine_result none = {.finish_reason = "stop"};
             worker_finish(job, &none, 0, "");
             continue;
@@ -392,6 +438,8 @@ static void sched_worker_free(sched_worker *w)
     for (int l = 0; w->lane_cond && l < w->n_lanes; l++) pthread_cond_destroy(&w->lane_cond[l]);
     free(w->lane_cond);
     free(w->idle);
+    free(w->woken);
+    free(w->placing);
     free(w->assigned);
     free(w->reserved);
     free(w->lane_used);
@@ -572,13 +620,15 @@ int sched_add_model(sched *s, engine_model *m)
     w->threads = calloc((size_t)w->n_lanes, sizeof *w->threads);
     w->lane_cond = calloc((size_t)w->n_lanes, sizeof *w->lane_cond);
     w->idle = calloc((size_t)w->n_lanes, sizeof *w->idle);
+    w->woken = calloc((size_t)w->n_lanes, sizeof *w->woken);
+    w->placing = calloc((size_t)w->n_lanes, sizeof *w->placing);
     w->assigned = calloc((size_t)w->n_lanes, sizeof *w->assigned);
     w->reserved = calloc((size_t)w->n_lanes, sizeof *w->reserved);
     w->lane_used = calloc((size_t)w->n_lanes, sizeof *w->lane_used);
     pthread_mutex_init(&w->lock, NULL);
     for (int l = 0; w->lane_cond && l < w->n_lanes; l++) pthread_cond_init(&w->lane_cond[l], NULL);
-    for (int l = 0; w->threads && w->lane_cond && w->idle && w->assigned && w->reserved && w->lane_used &&
-                    l < w->n_lanes; l++) {
+    for (int l = 0; w->threads && w->lane_cond && w->idle && w->woken && w->placing && w->assigned && w->reserved &&
+                    w->lane_used && l < w->n_lanes; l++) {
         sched_lane *arg = malloc(sizeof *arg);
         if (!arg) break;
         arg->w = w;
@@ -823,6 +873,7 @@ int sched_submit_choices(sched *s, const char *model_id, const engine_request *r
     for (int l = 0; l < w->n_lanes; l++)
         if (w->idle[l]) {
             w->idle[l] = 0;
+            w->woken[l] = 1;
             w->n_waking++;
             pthread_cond_signal(&w->lane_cond[l]);
             break;

@@ -6,7 +6,8 @@
 #      gives alone, and the batch steps did hold several sequences;
 #   2. a chat's second turn reuses the first turn's cache
 #      (usage.prompt_tokens_details.cached_tokens) and answers what a node
-#      with an empty cache answers; every answer carries `timings`;
+#      with an empty cache answers, also when four chats send their second
+#      turns at once; every answer carries `timings`;
 #   3. a client that disconnects frees its lane at once;
 #   4. past --queue, 429 with Retry-After; past --queue-timeout, 503; both
 #      counted in /api/status and /metrics;
@@ -88,6 +89,31 @@ curl -sf "$F_API/chat/completions" -d "$turn2" >"$T/turn2-fresh.json" || fail "c
 check "turn 2 answers what an empty cache answers" jq -e -n --slurpfile a "$T/turn2.json" --slurpfile b "$T/turn2-fresh.json" \
   '$a[0].choices[0].message.content == $b[0].choices[0].message.content and $b[0].usage.prompt_tokens_details.cached_tokens == 0
    and ($a[0].choices[0].message.content | length) > 0'
+# Four chats whose next turns arrive together, in the reverse order of their
+# first turns: each lands on the lane holding its conversation, although the
+# lanes take the jobs from the queue in lane order before any is placed. A
+# node slowed to 20 ms a token, so that the four first turns run at once on
+# four lanes (the demo model alone would finish each before the next came).
+LLMESH_DEBUG_TOKEN_DELAY_MS=20 start_node C serve --model "$DEMO_MODEL" --threads 1 --parallel 4
+QS=("Who made the heaven and the earth?" "What is the name of the river?" "Where did Moses go?" "Who was David's father?")
+chat1() { jq -n --arg m "$MODEL_ID" --arg q "${QS[$1]}" '{model: $m, messages: [{role: "user", content: $q}], max_tokens: 12, temperature: 0}'; }
+pids=()
+for i in 0 1 2 3; do curl -sf "$C_API/chat/completions" -d "$(chat1 $i)" >"$T/c1.$i" & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p" || fail "a concurrent first turn failed"; done
+for i in 0 1 2 3; do
+  jq -n --arg m "$MODEL_ID" --arg q "${QS[$i]}" --arg a "$(jq -r '.choices[0].message.content' "$T/c1.$i")" \
+    '{model: $m, messages: [{role: "user", content: $q}, {role: "assistant", content: $a},
+      {role: "user", content: "Say more."}], max_tokens: 4, temperature: 0}' >"$T/c2.$i.body"
+done
+pids=()
+for i in 3 2 1 0; do curl -sf "$C_API/chat/completions" -d "@$T/c2.$i.body" >"$T/c2.$i" & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p" || fail "a concurrent second turn failed"; done
+hits=0
+for i in 0 1 2 3; do
+  jq -e -n --slurpfile a "$T/c1.$i" --slurpfile b "$T/c2.$i" \
+    '$b[0].usage.prompt_tokens_details.cached_tokens >= $a[0].usage.prompt_tokens' >/dev/null && hits=$((hits + 1))
+done
+check "4 chats' second turns sent at once each reuse their own first turn's cache ($hits of 4)" [ "$hits" -eq 4 ]
 sbody=$(jq -n --arg m "$MODEL_ID" '{model: $m, prompt: "And God said", max_tokens: 5, temperature: 0, stream: true}')
 curl -sfN "$A_API/completions" -d "$sbody" >"$T/stream-timings"
 check "a streamed answer carries timings in its last chunk (the finish_reason one)" bash -c \

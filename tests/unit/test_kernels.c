@@ -249,6 +249,67 @@ static void test_q8_0_quantize(void)
     CHECK(back[70] == 0 && back[5] == 0);
 }
 
+/* Every set's quantizer gives the scalar one's bytes: random blocks of
+ * several magnitudes, an all-zero block, ties at half steps, values at the
+ * block maximum (+-127), -0, and NaN and infinities (which give 0 there). */
+static void test_q8_0_quantize_sets_agree(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
+    kernel_isa saved = kernel_active_isa();
+    enum { N = 32 * 40 };
+    static float x[N];
+    static kernel_block_q8_0 want[N / 32], got[N / 32];
+    for (int i = 0; i < N; i++) x[i] = rnd_uniform(-3, 3) * (i % 96 < 32 ? 0.001f : 1.0f);
+    for (int i = 64; i < 96; i++) x[i] = 0;
+    for (int i = 96; i < 128; i++) x[i] = (float)(i - 112) + 0.5f; /* max 15.5: x / d has many halves */
+    for (int i = 128; i < 160; i++) x[i] = (i & 1 ? 1.0f : -1.0f) * 127.0f / (float)(1 + i % 5);
+    x[200] = -0.0f;
+    x[300] = NAN;
+    x[400] = INFINITY;
+    x[500] = -INFINITY;
+    CHECK(kernel_force_isa(KERNEL_ISA_SCALAR) == 0);
+    kernel_quantize_row_q8_0(x, want, N);
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+        if (kernel_force_isa(isas[k]) != 0) continue;
+        memset(got, 0x55, sizeof got);
+        kernel_quantize_row_q8_0(x, got, N);
+        CHECK(memcmp(got, want, sizeof want) == 0);
+    }
+    kernel_force_isa(saved);
+}
+
+/* argmax at every set: the scalar loop's index (first of the largest, NaN
+ * never wins, 0 when nothing beats -inf), over lengths with tails, ties
+ * between lanes and within one, NaN and infinities. */
+static void test_argmax_sets_agree(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
+    kernel_isa saved = kernel_active_isa();
+    enum { N = 1000 };
+    static float x[N];
+    int bad = 0, cases = 0;
+    for (int c = 0; c < 60; c++) {
+        int n = 1 + (c * 37) % N;
+        for (int i = 0; i < n; i++) x[i] = (float)(rand() % 50); /* many ties */
+        if (c % 5 == 1) x[(c * 13) % n] = NAN;
+        if (c % 5 == 2) for (int i = 0; i < n; i++) x[i] = i % 3 ? NAN : -INFINITY; /* nothing wins: 0 */
+        if (c % 5 == 3) x[n - 1] = INFINITY; /* in the tail or the last lane */
+        if (c % 5 == 4) x[n / 2] = 1000, x[n / 2 + 9] = 1000; /* a tie across steps */
+        int32_t want = 0; /* the definition: the first index of a value above all before it */
+        float top = -INFINITY;
+        for (int32_t i = 0; i < n; i++)
+            if (x[i] > top) top = x[i], want = i;
+        for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+            if (kernel_force_isa(isas[k]) != 0) continue;
+            cases++;
+            if (kernel_argmax(x, n) != want) bad++;
+        }
+    }
+    kernel_force_isa(saved);
+    CHECK_EQ_INT(bad, 0);
+    CHECK(cases >= 120);
+}
+
 static void test_dot_products(void)
 {
     kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
@@ -527,6 +588,8 @@ int main(void)
     RUN(test_axpy_f16);
     RUN(test_bf16);
     RUN(test_q8_0_quantize);
+    RUN(test_q8_0_quantize_sets_agree);
+    RUN(test_argmax_sets_agree);
     RUN(test_dot_products);
     RUN(test_matmul);
     RUN(test_matmul_multi);
