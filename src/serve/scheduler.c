@@ -278,6 +278,14 @@ static void worker_run_job(sched_worker *w, int lane, sched_job *job)
     if (job->n_mates > 0) worker_share_choices(w, lane, job); /* cancelled or not: they are handed over */
     if (!atomic_load(&job->cancelled))
         rc = engine_run_lane(w->model, lane, &job->req, worker_on_output, job, &result, err, sizeof err);
+    /* The lane is free before its answer goes out: a client that sends its
+     * next request as soon as it has the answer must find it idle (n
+     * choices reserve only idle lanes, placement reads only free ones).
+     * Nothing on the lane runs from here on; the loop at worker_main's top
+     * takes whatever is assigned to it or waiting meanwhile. */
+    pthread_mutex_lock(&w->lock);
+    if (!w->assigned[lane] && !w->reserved[lane]) w->idle[lane] = 1;
+    pthread_mutex_unlock(&w->lock);
     worker_finish(job, &result, rc, err);
 }
 
