@@ -272,7 +272,7 @@ int main(int argc, char **argv)
             for (int i = 0; i < cols; i++) wf[i] = (float)rand() / RAND_MAX - 0.5f;
             quantize_row(t, wf, w + (size_t)r * row, cols);
         }
-        kernel_matrix m = {t, rows, cols, w};
+        kernel_matrix m = {t, rows, cols, w, 0};
         double times[101];
         kernel_matmul(pool, &m, x, 1, y, scratch); /* warm up */
         for (int r = 0; r < runs; r++) {
