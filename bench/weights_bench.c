@@ -1,7 +1,7 @@
 /* weights_bench.c: how fast model identity and tensor fetches are.
  *
  *   weights_bench [--mb N] [--runs R] [--window BYTES] [--skip-hash]
- *                 [--source-ns NETNS:IP --fetcher-ns NETNS:IP]
+ *                 [--source-ns NETNS:IP --fetcher-ns NETNS:IP] [--sources 2 [--source2-ns NETNS:IP]]
  *
  * 1. Writes a synthetic GGUF of about N MiB (default 1024) in $TMPDIR: a
  *    head and 16 layers of F32 matrices with pseudo-random bytes.
@@ -16,6 +16,13 @@
  *    --fetcher-ns the two processes run in those network namespaces (made
  *    beforehand, e.g. joined by a veth pair with a tbf qdisc at 1 Gbit/s:
  *    see bench/weights_bench.sh --link) and listen on those addresses.
+ *    With --sources 2 a second source process (its own home, the same file,
+ *    in --source2-ns when given) joins the first's mesh, and every fetch
+ *    takes chunks from both at once (fetch.c, "several sources"); each run
+ *    prints how many bytes came from each.
+ * Every run also prints the CPU time (user + system) of the fetching
+ * process and of the source(s) per MB fetched, from /proc: on a machine
+ * shared with other work that says more than the wall-clock rate.
  * Run on a release build (bench/weights_bench.sh). */
 #define _GNU_SOURCE
 #include <event2/event.h>
@@ -165,13 +172,32 @@ static int enter_netns(const char *spec, char *listen, size_t cap)
     return 0;
 }
 
-static const char *source_ns, *fetcher_ns;
+static const char *source_ns, *fetcher_ns, *source2_ns;
 
-static int run_source(const char *model, const char *home, int out_fd)
+/* CPU seconds (user + system) of process pid so far, from /proc. */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    unsigned long long ut = 0, st = 0;
+    /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2) return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static int run_source(const char *model, const char *home, int out_fd, const char *ns, const char *join)
 {
     char err[512], listen[128];
-    if (enter_netns(source_ns, listen, sizeof listen) < 0) return 1;
-    mesh_config cfg = {.home = home, .listen = listen, .role = "host"};
+    if (enter_netns(ns, listen, sizeof listen) < 0) return 1;
+    const char *joins[1] = {join};
+    mesh_config cfg = {.home = home, .listen = listen, .role = "host", .join_tokens = join ? joins : NULL,
+                       .n_join = join ? 1 : 0};
     mesh *m = mesh_new(base, &cfg, err, sizeof err);
     if (!m) {
         fprintf(stderr, "source: %s\n", err);
@@ -187,7 +213,9 @@ static int run_source(const char *model, const char *home, int out_fd)
     char line[1024];
     char hex[WEIGHTS_HASH_HEX];
     weights_hex(hash, hex);
-    int n = snprintf(line, sizeof line, "%s %s\n", hex, mesh_token(m));
+    char id[WEIGHTS_HASH_HEX];
+    weights_hex(mesh_node_id(m), id);
+    int n = snprintf(line, sizeof line, "%s %s %s\n", hex, mesh_token(m), id);
     if (write(out_fd, line, (size_t)n) != n) return 1;
     close(out_fd);
     struct event *term = evsignal_new(base, SIGTERM, on_term, NULL);
@@ -285,6 +313,7 @@ int main(int argc, char **argv)
     uint64_t mb = 1024;
     int runs = 3, skip_hash = 0;
     uint32_t window = 0;
+    int n_sources = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--mb") && i + 1 < argc) mb = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
@@ -292,9 +321,11 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--skip-hash")) skip_hash = 1;
         else if (!strcmp(argv[i], "--source-ns") && i + 1 < argc) source_ns = argv[++i];
         else if (!strcmp(argv[i], "--fetcher-ns") && i + 1 < argc) fetcher_ns = argv[++i];
+        else if (!strcmp(argv[i], "--source2-ns") && i + 1 < argc) source2_ns = argv[++i];
+        else if (!strcmp(argv[i], "--sources") && i + 1 < argc) n_sources = atoi(argv[++i]) == 2 ? 2 : 1;
         else {
             fprintf(stderr, "usage: weights_bench [--mb N] [--runs R] [--window BYTES] [--skip-hash] "
-                            "[--source-ns NETNS:IP --fetcher-ns NETNS:IP]\n");
+                            "[--source-ns NETNS:IP --fetcher-ns NETNS:IP] [--sources 2 [--source2-ns NETNS:IP]]\n");
             return 2;
         }
     }
@@ -341,19 +372,40 @@ int main(int argc, char **argv)
         base = event_base_new();
         char home[600];
         snprintf(home, sizeof home, "%s/source", dir);
-        _exit(run_source(model, home, pipefd[1]));
+        _exit(run_source(model, home, pipefd[1], source_ns, NULL));
     }
     close(pipefd[1]);
     char line[1024] = "";
     ssize_t got = read(pipefd[0], line, sizeof line - 1);
     close(pipefd[0]);
-    char hex[WEIGHTS_HASH_HEX], token[900];
-    if (got <= 0 || sscanf(line, "%64s %899s", hex, token) != 2) {
+    char hex[WEIGHTS_HASH_HEX], token[900], first_id[WEIGHTS_HASH_HEX];
+    if (got <= 0 || sscanf(line, "%64s %899s %64s", hex, token, first_id) != 3) {
         fprintf(stderr, "weights_bench: the source did not start\n");
         return 1;
     }
     uint8_t hash[WEIGHTS_HASH_BYTES];
     weights_parse_hex(hex, hash);
+    pid_t child2 = 0;
+    if (n_sources == 2) {
+        if (pipe(pipefd) != 0) return 1;
+        child2 = fork();
+        if (child2 == 0) {
+            close(pipefd[0]);
+            evthread_use_pthreads();
+            base = event_base_new();
+            char home[600];
+            snprintf(home, sizeof home, "%s/source2", dir);
+            _exit(run_source(model, home, pipefd[1], source2_ns, token));
+        }
+        close(pipefd[1]);
+        char line2[1024] = "";
+        got = read(pipefd[0], line2, sizeof line2 - 1);
+        close(pipefd[0]);
+        if (got <= 0) {
+            fprintf(stderr, "weights_bench: the second source did not start\n");
+            return 1;
+        }
+    }
 
     evthread_use_pthreads();
     base = event_base_new();
@@ -368,9 +420,20 @@ int main(int argc, char **argv)
     uint8_t peer[MESH_ID_BYTES];
     double deadline = now_s() + 20;
     for (;;) {
-        mesh_peer p[2];
-        if (mesh_peers(m, p, 2) == 1 && !strcmp(p[0].state, "alive")) {
-            weights_parse_hex(p[0].id, peer);
+        /* Every source alive, and the second's record saying it holds the model. */
+        mesh_peer p[3];
+        int np = mesh_peers(m, p, 3), alive = 0, held = 0;
+        uint8_t ids[2][MESH_ID_BYTES], buf[MESH_MAX_HOLDINGS];
+        for (int i = 0; i < np && i < 2; i++)
+            if (!strcmp(p[i].state, "alive") && weights_parse_hex(p[i].id, ids[alive]) == 0) {
+                held += mesh_node_holdings(m, ids[alive], buf, sizeof buf) > 0;
+                alive++;
+            }
+        if (alive == n_sources && held == n_sources) {
+            /* the source named is the first one, the other found by its record */
+            memcpy(peer, ids[0], MESH_ID_BYTES);
+            for (int i = 0; i < alive; i++)
+                if (!strcmp(p[i].id, first_id)) memcpy(peer, ids[i], MESH_ID_BYTES);
             break;
         }
         if (now_s() > deadline) {
@@ -403,6 +466,7 @@ int main(int argc, char **argv)
         weights_fetch_callbacks cb = {on_progress, on_done};
         run_for(0.05); /* an echo held up by the last run's clean-up is not this run's */
         probe->n = 0;
+        double cpu0 = cpu_seconds(getpid()), cpu_src0 = cpu_seconds(child) + (child2 ? cpu_seconds(child2) : 0);
         double t0 = now_s();
         if (!weights_fetch_start(ws, hash, peer, 0, LAYERS, 1, &cb, &res, err, sizeof err)) {
             fprintf(stderr, "weights_bench: %s\n", err);
@@ -418,6 +482,18 @@ int main(int argc, char **argv)
         printf("  run %d: %.0f MB in %.2f s = %.0f MB/s (%.0f%% of 1 Gbit/s), of which %.2f s to sync after the "
                "last chunk\n", r + 1, res.total / 1e6, secs, mbs, mbs / 125.0 * 100, now_s() - res.last_chunk);
         if (mbs > best) best = mbs;
+        double cpu = cpu_seconds(getpid()) - cpu0;
+        double cpu_src = cpu_seconds(child) + (child2 ? cpu_seconds(child2) : 0) - cpu_src0;
+        printf("    CPU per MB: fetcher %.2f ms (%.0f%% of one core), source%s %.2f ms\n", cpu * 1e3 / (res.total / 1e6),
+               100 * cpu / secs, child2 ? "s" : "", cpu_src * 1e3 / (res.total / 1e6));
+        weights_source_bytes from[4];
+        int nf = weights_store_fetched_from(ws, from, 4);
+        for (int i = 0; i < nf; i++) {
+            char h[WEIGHTS_HASH_HEX];
+            weights_hex(from[i].peer, h);
+            printf("    from %.12s%s: %.0f MB\n", h, memcmp(from[i].peer, peer, MESH_ID_BYTES) ? "" : " (named)",
+                   from[i].bytes / 1e6);
+        }
         probe_report("during the fetch", probe);
         weights_store_free(ws);
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", rhome);
@@ -446,6 +522,10 @@ int main(int argc, char **argv)
     mesh_free(m);
     kill(child, SIGTERM);
     waitpid(child, NULL, 0);
+    if (child2) {
+        kill(child2, SIGTERM);
+        waitpid(child2, NULL, 0);
+    }
     event_base_free(base);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     return system(cmd) != 0;

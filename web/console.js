@@ -2,10 +2,13 @@
 // /api/events (server-sent events, read with fetch so that an API key can
 // go in the Authorization header, which EventSource cannot send) and draws
 // it; rates (bytes/s, requests/s, tokens/s) are the differences between two
-// documents over the time between them, and the page keeps each model's
-// rates of the last HISTORY_MS for the traffic graphs (nothing is kept by the
-// node: a page opened now starts with empty graphs). The chat panel streams
-// from this node's /v1/chat/completions on the same origin.
+// documents over the time between them. The traffic graphs cover the last
+// HISTORY_MS: when the page connects it asks the node for the points it kept
+// (/api/history, one per 5 s, so a page opened now draws the recent past at
+// once), then adds a point per document. The chat panel streams from this
+// node's /v1/chat/completions on the same origin, and shows under each answer
+// where its time went (the answer's `timings`: per stage of a split, and the
+// hops).
 //
 // Everything shown comes from the mesh (model names, ids, reasons), so it
 // is put on the page as text (textContent), never as HTML.
@@ -20,10 +23,13 @@ const state = {
   rates: { peers: {}, models: {} },
   chat: [],          // [{role, content}]
   busy: null,        // AbortController of the running chat request
-  history: new Map(), // model -> [{t, req, tok}], the last HISTORY_MS, oldest first
-  since: performance.now(), // the page's start, for the graphs' time span
+  history: new Map(), // model -> [{t, req, tok, ttft, queued}], the last HISTORY_MS, oldest first
+  since: performance.now(), // the oldest point's time (or the page's start), for the graphs' span
+  stageLive: new Map(), // "model/stage" -> {compute, send, at}: per-position ms over the last interval with work
+  ringLive: new Map(),  // model -> {rt, at}: mean ring round trip over the last interval with steps
 };
-const HISTORY_MS = 5 * 60 * 1000;
+const HISTORY_MS = 10 * 60 * 1000;  // the node keeps as much (serve/console_history.h)
+const LIVE_MS = 10000;              // a stage's "now" figures stay shown this long after its last work
 
 const $ = (sel) => document.querySelector(sel);
 function el(tag, attrs, ...children) {
@@ -85,9 +91,11 @@ async function follow() {
       if (res.status === 503) {
         // Too many watchers on this node: ask now and then instead.
         polled = true;
+        if (!state.history.size) loadHistory();
         const s = await fetch('/api/status', { headers: headers(), cache: 'no-store' });
         if (s.ok) show(await s.json());
       } else if (res.ok && res.body) {
+        loadHistory();
         await readEvents(res.body.getReader());
       }
     } catch (e) {
@@ -173,21 +181,90 @@ function computeRates() {
       itl: di > 0 ? ((x.itl_seconds || 0) - (b.itl_seconds || 0)) / di : -1,
     };
   }
+  stageRates(s, p);
   remember(state.at);
 }
 
+// Per stage of the plans this node coordinates: compute and send time per
+// position over the last interval in which the stage computed something
+// (the counters are totals since the plan started), and the ring's mean
+// round trip over the decode steps of that interval. Kept LIVE_MS after
+// the last work, so that a short answer's figures stay readable.
+function stageRates(s, p) {
+  const before = new Map((p.plans || []).filter((x) => x.counters).map((x) => [x.model + '/' + x.coordinator, x]));
+  for (const plan of s.plans || []) {
+    const b = before.get(plan.model + '/' + plan.coordinator);
+    if (!plan.counters || !b || (b.stages || []).length !== (plan.stages || []).length) continue;
+    plan.stages.forEach((st, i) => {
+      const c = st.counters, cb = b.stages[i].counters;
+      if (!c || !cb || b.stages[i].node !== st.node) return;
+      const dn = c.tokens - cb.tokens;
+      if (!(dn > 0)) return;
+      state.stageLive.set(plan.model + '/' + i, {
+        node: st.node, at: state.at,
+        compute: (c.compute_ms - cb.compute_ms) / dn,
+        send: c.send_ms !== undefined && cb.send_ms !== undefined ? (c.send_ms - cb.send_ms) / dn : -1,
+      });
+    });
+    const pc = plan.counters, bc = b.counters, dr = pc.round_trips - bc.round_trips;
+    if (dr > 0)
+      state.ringLive.set(plan.model, { at: state.at,
+        rt: (pc.round_trip_ms * pc.round_trips - bc.round_trip_ms * bc.round_trips) / dr });
+  }
+}
+
 // One point per document and model into the history; points older than
-// HISTORY_MS go, and so do models with no point left.
+// HISTORY_MS go, and so do models with no point left. TTFT is null when no
+// generation finished between the two documents; the queue is null for a
+// model not served here.
 function remember(now) {
+  const queued = new Map((state.status.traffic || []).map((x) => [x.model, x.queued]));
   for (const [model, r] of Object.entries(state.rates.models)) {
     if (!(r.req >= 0) || !(r.tok >= 0)) continue;   // a counter went down: no point
     if (!state.history.has(model)) state.history.set(model, []);
-    state.history.get(model).push({ t: now, req: r.req, tok: r.tok });
+    const q = queued.get(model);
+    state.history.get(model).push({ t: now, req: r.req, tok: r.tok, ttft: r.ttft >= 0 ? r.ttft * 1000 : null,
+      queued: q >= 0 ? q : null });
   }
+  forget(now);
+}
+
+function forget(now) {
   for (const [model, pts] of state.history) {
     while (pts.length && now - pts[0].t > HISTORY_MS) pts.shift();
     if (!pts.length) state.history.delete(model);
   }
+}
+
+// The node's history (/api/history): its points go before the page's own
+// (those newer than its last point are kept), so a page opened now, or one
+// that reconnects to a restarted node, shows what the node saw.
+async function loadHistory() {
+  let h;
+  try {
+    const res = await fetch('/api/history', { headers: headers(), cache: 'no-store' });
+    if (!res.ok) return;
+    h = await res.json();
+  } catch (e) {
+    return;   // an older node, or it went away: the page's own points will do
+  }
+  const now = performance.now(), ago = h.ago_ms || [];
+  if (!ago.length) return;
+  const newest = now - ago[ago.length - 1];
+  const merged = new Map();
+  for (const m of h.models || []) {
+    const pts = ago.map((a, i) => ({ t: now - a, req: m.req_s[i], tok: m.tok_s[i], ttft: m.ttft_ms[i],
+      queued: m.queued[i], node: true })).filter((p) => p.req !== null && p.tok !== null);
+    merged.set(m.model, pts);
+  }
+  for (const [model, pts] of state.history) {
+    const own = pts.filter((p) => !p.node && p.t > newest);
+    merged.set(model, (merged.get(model) || []).concat(own));
+  }
+  state.history = merged;
+  state.since = Math.min(state.since, now - ago[0]);
+  forget(now);
+  if (state.status) drawTraffic(state.status);
 }
 
 // A small line graph of one series of a model's history, scaled to its own
@@ -195,14 +272,17 @@ function remember(now) {
 // HISTORY_MS ago, or less while the page has not been open that long (at
 // least a minute), so that the first minutes are not squeezed to the edge.
 function spark(model, key, unit) {
-  const W = 96, H = 22, pts = state.history.get(model) || [];
+  const W = 96, H = 22;
+  const all = state.history.get(model) || [];
+  const pts = all.filter((p) => p[key] !== null && p[key] !== undefined);
   const max = pts.reduce((m, p) => Math.max(m, p[key]), 0);
   const g = svg('svg', { class: 'spark', viewBox: `0 0 ${W} ${H}`, width: W, height: H,
-    'data-series': key, 'data-points': pts.length, 'data-max': max.toFixed(3), role: 'img',
-    'aria-label': `${key} over the last ${HISTORY_MS / 60000} minutes, at most ${max.toFixed(2)} ${unit}` });
+    'data-series': key, 'data-points': pts.length, 'data-node-points': pts.filter((p) => p.node).length,
+    'data-max': max.toFixed(3), role: 'img',
+    'aria-label': `${unit} over the last ${HISTORY_MS / 60000} minutes, at most ${max.toFixed(2)}` });
   g.append(svg('title', {}, `${unit} over the last ${HISTORY_MS / 60000} min (max ${max.toFixed(2)})`));
   if (pts.length >= 2) {
-    const now = state.at;
+    const now = Math.max(state.at, pts[pts.length - 1].t);
     const span = Math.min(HISTORY_MS, Math.max(60000, now - state.since));
     const xy = pts.map((p) => [W - ((now - p.t) / span) * W, H - 2 - (max > 0 ? (p[key] / max) * (H - 4) : 0)]);
     g.append(svg('polyline', { points: xy.map(([x, y]) => x.toFixed(1) + ',' + y.toFixed(1)).join(' ') }));
@@ -364,26 +444,44 @@ function drawPlans(s) {
       const fill = el('span');
       fill.style.width = pct + '%';
       bar.append(fill);
-      const perTok = (x) => (c && c.tokens ? fixed(x / c.tokens, 3) + ' ms' : '–');
       tb.append(el('tr', { 'data-stage': i, 'data-stage-node': st.node },
         el('td', { class: 'num', text: String(i) }),
         el('td', { class: 'mono', title: st.node, text: shortId(st.node) }),
         el('td', { class: 'mono', text: '[' + st.layers[0] + ', ' + st.layers[1] + ')' }),
         el('td', {}, el('span', { class: 'state state-' + st.state, text: st.state })),
-        el('td', {}, bar),
+        el('td', { title: bytes(st.fetched_bytes) + ' of ' + bytes(st.total_bytes) + ' (' + Math.round(pct) + '%)' }, bar),
         el('td', { class: 'num', text: c ? String(c.tokens) : '–' }),
-        el('td', { class: 'num', text: c ? perTok(c.compute_ms) : '–' }),
-        el('td', { class: 'num', text: c ? perTok(c.send_ms) : '–' })));
+        stageTime(p.model, i, st, 'compute', 'compute_ms'),
+        stageTime(p.model, i, st, 'send', 'send_ms')));
     });
     div.append(el('div', { class: 'scroll' }, el('table', { class: 'stages' },
       el('thead', {}, el('tr', {}, ...['#', 'node', 'layers', 'state', 'fetch/load', 'positions',
         'compute/pos', 'send/pos'].map((h) => el('th', { text: h })))), tb)));
-    if (p.counters && p.counters.round_trips)
-      div.append(el('p', { class: 'small muted', text: 'ring round trip ' +
+    if (p.counters && p.counters.round_trips) {
+      const live = state.ringLive.get(p.model);
+      const now = live && state.at - live.at < LIVE_MS;
+      div.append(el('p', { class: 'small muted', 'data-ring-ms': fixed(now ? live.rt : p.counters.round_trip_ms, 3),
+        text: 'ring round trip ' + (now ? fixed(live.rt, 2) + ' ms now, ' : '') +
         fixed(p.counters.round_trip_ms, 2) + ' ms mean over ' +
         p.counters.round_trips + ' decode steps · breaks ' + p.counters.breaks }));
+    }
     box.append(div);
   }
+}
+
+// A stage's time per position: over the last interval it worked in (shown
+// as it is), else its mean since the plan started (marked "avg"). Stage 0
+// (the coordinator's own layers) has compute only.
+function stageTime(model, i, st, key, field) {
+  const c = st.counters;
+  if (!c || c[field] === undefined || !c.tokens) return el('td', { class: 'num', text: '–' });
+  const live = state.stageLive.get(model + '/' + i);
+  const mean = c[field] / c.tokens;
+  if (live && live.node === st.node && state.at - live.at < LIVE_MS && live[key] >= 0)
+    return el('td', { class: 'num', 'data-live': 'yes', ['data-' + key + '-ms']: live[key].toFixed(4),
+      title: 'since the last update; ' + fixed(mean, 3) + ' ms on average', text: fixed(live[key], 3) + ' ms' });
+  return el('td', { class: 'num muted', 'data-live': 'no', ['data-' + key + '-ms']: mean.toFixed(4),
+    title: 'mean since the plan started', text: fixed(mean, 3) + ' ms avg' });
 }
 
 function drawTraffic(s) {
@@ -399,11 +497,17 @@ function drawTraffic(s) {
       el('td', { class: 'num', text: ms(r.ttft >= 0 ? r.ttft : (t.ttft_count ? t.ttft_seconds / t.ttft_count : -1)) }),
       el('td', { class: 'num', text: ms(r.itl >= 0 ? r.itl : (t.itl_count ? t.itl_seconds / t.itl_count : -1)) }),
       el('td', { class: 'num', text: t.lanes !== undefined ? t.lanes_busy + ' / ' + t.lanes : '–' }),
-      el('td', { class: 'num', text: t.queued !== undefined ? String(t.queued) : '–' }),
-      el('td', { class: 'graphs' }, spark(t.model, 'req', 'req/s'), spark(t.model, 'tok', 'tok/s'))));
+      el('td', { class: 'num', text: t.queued !== undefined ? String(t.queued) : '–' })));
+    // Under it, the last HISTORY_MS of each series, one small graph each.
+    const graph = (key, label, unit) => el('figure', {}, el('figcaption', { class: 'small muted', text: label }),
+      spark(t.model, key, unit));
+    body.append(el('tr', { class: 'graphs', 'data-traffic-graphs': t.model }, el('td', { colspan: 7 },
+      el('div', { class: 'sparks', title: 'the last ' + HISTORY_MS / 60000 + ' minutes' },
+        graph('req', 'req/s', 'requests/s'), graph('tok', 'tok/s', 'tokens/s'),
+        graph('ttft', 'TTFT', 'time to first token, ms'), graph('queued', 'queued', 'requests queued')))));
   }
   if (!body.children.length)
-    body.append(el('tr', {}, el('td', { colspan: 8, class: 'muted', text: 'No requests through this node yet.' })));
+    body.append(el('tr', {}, el('td', { colspan: 7, class: 'muted', text: 'No requests through this node yet.' })));
 }
 
 // ---- chat ----------------------------------------------------------------
@@ -443,7 +547,7 @@ async function send(ev) {
   state.busy = ctl;
   $('#chat-send').textContent = 'Stop';
   const t0 = performance.now();
-  let first = 0, chunks = 0, usage = null, answer = '';
+  let first = 0, chunks = 0, usage = null, answer = '', timings = null;
   const update = () => {
     const now = performance.now();
     const n = usage ? usage.completion_tokens : chunks;
@@ -484,6 +588,7 @@ async function send(ev) {
           try { j = JSON.parse(data); } catch (e) { continue; }
           if (j.error) throw new Error(j.error.message || 'error');
           if (j.usage) usage = j.usage;
+          if (j.timings) timings = j.timings;   // in the chunk with the finish reason
           const delta = j.choices && j.choices[0] && j.choices[0].delta;
           if (delta && delta.content) {
             if (!first) first = performance.now();
@@ -496,6 +601,11 @@ async function send(ev) {
       update();
     }
     update();
+    if (timings) {
+      const box = timingsView(timings);
+      out.after(box);
+      box.scrollIntoView({ block: 'nearest' });
+    }
     state.chat.push({ role: 'assistant', content: answer });
     out.dataset.done = 'yes';
   } catch (e) {
@@ -505,6 +615,48 @@ async function send(ev) {
     state.busy = null;
     $('#chat-send').textContent = 'Send';
   }
+}
+
+// Where an answer's time went, from its `timings`: the engine's prompt and
+// generation times, and for a split model each stage's compute and waits
+// (its share of the batch steps it ran in) and the hops between them (the
+// round trips less the stages' times: wire, QUIC, framing), as a bar and
+// as figures.
+function timingsView(t) {
+  const stages = t.stages || [];
+  const box = el('div', { class: 'timings small', 'data-stages': stages.length });
+  box.append(el('div', { class: 'muted', text: 'prompt ' + t.prompt_n + ' tokens in ' + fixed(t.prompt_ms, 1) +
+    ' ms' + (t.cache_n ? ' (' + t.cache_n + ' cached)' : '') + ' · ' + t.predicted_n + ' tokens in ' +
+    fixed(t.predicted_ms, 1) + ' ms (' + fixed(t.predicted_per_second, 1) + ' tok/s)' }));
+  if (!stages.length) return box;
+  const parts = stages.map((st, i) => ({ label: 'stage ' + i, ms: st.compute_ms + st.wait_ms, colour: 'hsl(' + ((i * 97 + 210) % 360) + ' 55% 50%)' }));
+  parts.push({ label: 'hops', ms: t.hop_ms, colour: 'var(--muted)' });
+  const total = parts.reduce((a, x) => a + Math.max(0, x.ms), 0);
+  const bar = el('div', { class: 'bar', title: 'where the answer\'s time went' });
+  const legend = el('div', { class: 'legend' });
+  for (const x of parts) {
+    const span = el('span', { title: x.label + ': ' + fixed(x.ms, 1) + ' ms' });
+    span.style.width = (total > 0 ? (100 * Math.max(0, x.ms)) / total : 0) + '%';
+    span.style.background = x.colour;
+    bar.append(span);
+    const i = el('i');
+    i.style.background = x.colour;
+    legend.append(el('span', {}, i, x.label + ' ' + fixed(x.ms, 1) + ' ms'));
+  }
+  const rows = stages.map((st, i) => el('tr', { 'data-timing-stage': i, 'data-compute-ms': st.compute_ms,
+    'data-wait-ms': st.wait_ms },
+    el('td', { text: 'stage ' + i }),
+    el('td', { class: 'mono', title: st.node, text: shortId(st.node) }),
+    el('td', { class: 'mono', text: '[' + st.layers[0] + ', ' + st.layers[1] + ')' }),
+    el('td', { class: 'num', text: fixed(st.compute_ms, 2) + ' ms' }),
+    el('td', { class: 'num', text: fixed(st.wait_ms, 2) + ' ms' })));
+  rows.push(el('tr', { 'data-timing-hops': '', 'data-hop-ms': t.hop_ms },
+    el('td', { text: 'hops' }), el('td', { colspan: 3, class: 'muted', text: 'network between the stages' }),
+    el('td', { class: 'num', text: fixed(t.hop_ms, 2) + ' ms' })));
+  box.append(bar, legend, el('div', { class: 'scroll' }, el('table', {},
+    el('thead', {}, el('tr', {}, ...['', 'node', 'layers', 'compute', 'waits'].map((h) => el('th', { text: h })))),
+    el('tbody', {}, ...rows))));
+  return box;
 }
 
 // ---- add a node -------------------------------------------------------------

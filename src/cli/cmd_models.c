@@ -12,8 +12,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "cli/cli_common.h"
 #include "mesh/identity.h"
+#include "models/download.h"
 #include "models/hf.h"
 #include "models/ref.h"
 #include "models/resolve.h"
@@ -35,12 +38,14 @@ static const char download_usage[] =
     "file's path (one line per part) on stdout.\n";
 
 static const char models_usage[] =
-    "usage: llmesh models [--catalog] [--home DIR]\n"
+    "usage: llmesh models [--catalog] [--home DIR] [--console URL|PORT] [--api-key KEY]\n"
     "\n"
     "Without --catalog: the GGUF models on this machine (the Hugging Face cache,\n"
-    "--home's downloads/ and models/), with their sizes and the reference that\n"
-    "loads each. With --catalog: the built-in names `serve --model` and\n"
-    "`download` accept.\n";
+    "--home's downloads/ and models/), with their sizes, whether the node running\n"
+    "here serves each (asked on its console: --console, default\n"
+    "http://127.0.0.1:3131; --api-key or LLMESH_API_KEY when it wants a key), and\n"
+    "the reference that loads each. With --catalog: the built-in names\n"
+    "`serve --model` and `download` accept.\n";
 
 /* ---- the progress bar ------------------------------------------------------ */
 
@@ -138,15 +143,69 @@ static void print_size(uint64_t b)
     else printf("%7.1f MB", (double)b / 1e6);
 }
 
-/* One GGUF: size, model id, and the reference that loads it. */
+/* ---- what the running node serves -------------------------------------------- */
+
+#define MODELS_MAX_SERVED 64
+#define MODELS_STATUS_MAX (4u << 20)
+
+typedef struct {
+    char ids[MODELS_MAX_SERVED][128];  /* model ids the node serves (ready), or coordinates */
+    int n;
+    int asked;                         /* 1: a node answered */
+} served_set;
+
+/* GET console/api/status: the ids in "models" (served here) and "plans"
+ * (coordinated here: a split). 0, or -1 with err (no node there, a key
+ * wanted). */
+static int ask_node(const char *console, const char *key, served_set *sv, char *err, size_t errlen)
+{
+    char url[600];
+    snprintf(url, sizeof url, "%.500s/api/status", console);
+    dl_auth auth = {key, console};
+    char *body = NULL;
+    size_t len = 0;
+    if (dl_get_small(url, &auth, MODELS_STATUS_MAX, &body, &len, err, errlen) != 0) return -1;
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    free(body);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        snprintf(err, errlen, "%s: not a node's status", url);
+        return -1;
+    }
+    const cJSON *models = cJSON_GetObjectItemCaseSensitive(root, "models"), *plans =
+        cJSON_GetObjectItemCaseSensitive(root, "plans"), *it;
+    cJSON_ArrayForEach(it, models)
+        if (cJSON_IsString(it) && sv->n < MODELS_MAX_SERVED) snprintf(sv->ids[sv->n++], 128, "%s", it->valuestring);
+    cJSON_ArrayForEach(it, plans) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(it, "model");
+        if (!cJSON_IsString(m)) continue;
+        int seen = 0;
+        for (int i = 0; i < sv->n && !seen; i++) seen = !strcmp(sv->ids[i], m->valuestring);
+        if (!seen && sv->n < MODELS_MAX_SERVED) snprintf(sv->ids[sv->n++], 128, "%s", m->valuestring);
+    }
+    cJSON_Delete(root);
+    sv->asked = 1;
+    return 0;
+}
+
+static served_set served;
+static int served_matched[MODELS_MAX_SERVED];
+
+/* One GGUF: size, model id, served or not, and the reference that loads it. */
 static void list_file(const char *path, const char *ref)
 {
     struct stat sb;
     if (stat(path, &sb) != 0) return;
     char id[128];
     model_ref_id_from_file(path, id, sizeof id);
+    const char *mark = served.asked ? "-" : "?";
+    for (int i = 0; i < served.n; i++)
+        if (!strcmp(served.ids[i], id)) {
+            mark = "serving";
+            served_matched[i] = 1;
+        }
     print_size((uint64_t)sb.st_size);
-    printf("  %-40s %s\n", id, ref);
+    printf("  %-40s %-8s %s\n", id, mark, ref);
 }
 
 static void list_hf_cache(const hf_env *env)
@@ -209,7 +268,8 @@ static void list_dir(const char *dir, int depth)
 
 int cmd_models(int argc, char **argv)
 {
-    const char *home_flag = NULL;
+    const char *home_flag = NULL, *console = "http://127.0.0.1:3131", *key = getenv("LLMESH_API_KEY");
+    char console_url[300];
     int catalog = 0;
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -219,6 +279,27 @@ int cmd_models(int argc, char **argv)
         if ((m = cli_flag_value("models", argc, argv, &i, "--home", &v))) {
             if (m < 0) return 2;
             home_flag = v;
+            continue;
+        }
+        if ((m = cli_flag_value("models", argc, argv, &i, "--console", &v))) {
+            if (m < 0) return 2;
+            /* A port alone means this machine's loopback. */
+            if (v[0] && strspn(v, "0123456789") == strlen(v) && strlen(v) <= 5)
+                snprintf(console_url, sizeof console_url, "http://127.0.0.1:%s", v);
+            else if ((!strncmp(v, "http://", 7) || !strncmp(v, "https://", 8)) && strlen(v) < 256)
+                snprintf(console_url, sizeof console_url, "%s", v);
+            else {
+                fprintf(stderr, "llmesh models: --console takes a port or an http:// URL, not '%s'\n", v);
+                return 2;
+            }
+            size_t n = strlen(console_url);
+            while (n > 0 && console_url[n - 1] == '/') console_url[--n] = 0;
+            console = console_url;
+            continue;
+        }
+        if ((m = cli_flag_value("models", argc, argv, &i, "--api-key", &v))) {
+            if (m < 0) return 2;
+            key = v;
             continue;
         }
         fprintf(stderr, "llmesh models: unknown option %s\n%s", argv[i], models_usage);
@@ -241,12 +322,18 @@ int cmd_models(int argc, char **argv)
     }
     hf_env env;
     hf_env_read(&env);
-    printf("%10s  %-40s %s\n", "size", "model id", "reference");
+    char inner[700];
+    if (ask_node(console, key && *key ? key : NULL, &served, inner, sizeof inner) != 0)
+        fprintf(stderr, "llmesh models: no node's status from %s (%s): the served column says ?\n", console, inner);
+    printf("%10s  %-40s %-8s %s\n", "size", "model id", "served", "reference");
     list_hf_cache(&env);
     char dir[4200];
     snprintf(dir, sizeof dir, "%s/downloads", home);
     list_dir(dir, 1);
     snprintf(dir, sizeof dir, "%s/models", home);
     list_dir(dir, 0);
+    /* What the node serves from elsewhere (a path, a joined multi-part). */
+    for (int i = 0; i < served.n; i++)
+        if (!served_matched[i]) printf("%10s  %-40s %-8s %s\n", "", served.ids[i], "serving", "(not among these files)");
     return 0;
 }

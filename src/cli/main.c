@@ -1,5 +1,6 @@
 /* main.c: llmesh's entry point; dispatches to a subcommand. */
 #include "cli/cli.h"
+#include "lib/crash.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -27,6 +28,7 @@ int main(int argc, char **argv)
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    crash_handlers_install();
     const char *cmd = argv[1];
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "client")) return cmd_client(argc - 1, argv + 1);

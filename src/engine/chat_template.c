@@ -620,6 +620,59 @@ static int bind_globals(ct_ctx *c, const chat_message *msgs, int n_msgs,
     return 0;
 }
 
+/* The last occurrence of needle (n bytes) in hay, or NULL. */
+static const char *last_occurrence(const char *hay, size_t len, const char *needle, size_t n)
+{
+    if (n == 0 || n > len) return NULL;
+    for (size_t i = len - n + 1; i-- > 0;)
+        if (hay[i] == needle[0] && !memcmp(hay + i, needle, n)) return hay + i;
+    return NULL;
+}
+
+/* Cut after the content, not a generation prompt plus the content: the
+ * turn then opens as the template writes it (Mistral's space after [/INST],
+ * Llama 3's trimming), which the two can differ in. */
+int chat_template_render_continue(const chat_template *t, const chat_message *msgs, int n_msgs,
+                                  const chat_template_vars *vars, char **out, size_t *out_len,
+                                  char *err, size_t errlen)
+{
+    char dummy[1];
+    if (!err || !errlen) { err = dummy; errlen = sizeof dummy; }
+    if (out) *out = NULL;
+    if (!vars || !out || !out_len || n_msgs < 1 || !msgs) {
+        set_err(err, errlen, "invalid arguments");
+        return -1;
+    }
+    chat_template_vars v = *vars;
+    const char *content = msgs[n_msgs - 1].content ? msgs[n_msgs - 1].content : "";
+    size_t a = 0, b = strlen(content);
+    while (a < b && strchr(" \t\r\n", content[a])) a++;
+    while (b > a && strchr(" \t\r\n", content[b - 1])) b--;
+    if (a == b) { /* nothing to continue: the turn opens as for any answer */
+        v.add_generation_prompt = 1;
+        return chat_template_render(t, msgs, n_msgs - 1, &v, out, out_len, err, errlen);
+    }
+    v.add_generation_prompt = 0;
+    if (chat_template_render(t, msgs, n_msgs, &v, out, out_len, err, errlen) != 0) return -1;
+    size_t n = strlen(content);
+    const char *at = last_occurrence(*out, *out_len, content, n);
+    if (!at) { /* the template trims it */
+        n = b - a;
+        at = last_occurrence(*out, *out_len, content + a, n);
+    }
+    if (!at) {
+        free(*out);
+        *out = NULL;
+        *out_len = 0;
+        set_err(err, errlen, "the chat template does not write the last assistant turn's text as given, so "
+                "the answer cannot continue it");
+        return -1;
+    }
+    *out_len = (size_t)(at - *out) + n;
+    (*out)[*out_len] = 0;
+    return 0;
+}
+
 int chat_template_render(const chat_template *t, const chat_message *msgs, int n_msgs,
                          const chat_template_vars *vars, char **out, size_t *out_len,
                          char *err, size_t errlen)

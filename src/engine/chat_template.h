@@ -76,6 +76,19 @@ int chat_template_render(const chat_template *t, const chat_message *msgs, int n
                          const chat_template_vars *vars, char **out, size_t *out_len,
                          char *err, size_t errlen);
 
+/* msgs with the last message (an assistant turn) left open, its text for
+ * the answer to continue (an assistant "prefill"), as Hugging Face's
+ * continue_final_message: rendered with every turn closed and no
+ * generation prompt (vars' add_generation_prompt is ignored), then cut right
+ * after the last occurrence of that message's content (or of it trimmed,
+ * for templates that trim it). A content that is empty or white space opens
+ * the turn as the generation prompt does (msgs without it). Same contract as
+ * chat_template_render; -1 also when the template does not write the
+ * content as given. */
+int chat_template_render_continue(const chat_template *t, const chat_message *msgs, int n_msgs,
+                                  const chat_template_vars *vars, char **out, size_t *out_len,
+                                  char *err, size_t errlen);
+
 /* The format used when a model has no template: ChatML, as llama.cpp and
  * Hugging Face fall back to, so a prompt looks like what users see elsewhere:
  *   <|im_start|>{role}\n{content}<|im_end|>\n   for each message, then

@@ -265,12 +265,34 @@ int engine_render_chat(const engine_model *m, const chat_message *msgs, int n_ms
 }
 
 int engine_render_chat_tools(const engine_model *m, const chat_message *msgs, int n_msgs,
-                             const char *tools_json, char **out, size_t *out_len, int *parse_special,
-                             char *err, size_t errlen)
+                             const char *tools_json, int continue_final, char **out, size_t *out_len,
+                             int *parse_special, char *err, size_t errlen)
 {
-    if (!tools_json) return engine_render_chat(m, msgs, n_msgs, out, out_len, parse_special, err, errlen);
     *out = NULL;
-    *parse_special = 1;
+    if (continue_final && (n_msgs < 1 || strcmp(msgs[n_msgs - 1].role, "assistant") != 0)) {
+        snprintf(err, errlen, "the last message must be an assistant turn to continue it");
+        return -1;
+    }
+    if (!tools_json && !continue_final)
+        return engine_render_chat(m, msgs, n_msgs, out, out_len, parse_special, err, errlen);
+    *parse_special = m->chat != NULL;
+    if (!m->chat && !tools_json) {
+        /* the plain form: "Assistant:" opens the turn, its text follows */
+        const char *content = msgs[n_msgs - 1].content ? msgs[n_msgs - 1].content : "";
+        char *p = NULL;
+        size_t len = 0;
+        if (render_plain_chat(msgs, n_msgs - 1, &p, &len) == 0) {
+            char *q = realloc(p, len + strlen(content) + 2);
+            if (q) {
+                *out_len = len + (size_t)sprintf(q + len, "%s%s", content[0] ? " " : "", content);
+                *out = q;
+                return 0;
+            }
+            free(p);
+        }
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     if (!m->chat) {
         snprintf(err, errlen, "the model has no chat template%s%s, so it cannot take tools",
                  m->chat_error[0] ? " that parses: " : "", m->chat_error);
@@ -278,7 +300,8 @@ int engine_render_chat_tools(const engine_model *m, const chat_message *msgs, in
     }
     chat_template_extra tools = {.name = "tools", .json = tools_json};
     chat_template_vars vars = {.bos_token = m->bos_text, .eos_token = m->eos_text, .add_generation_prompt = 1,
-                               .extra = &tools, .n_extra = 1};
+                               .extra = tools_json ? &tools : NULL, .n_extra = tools_json ? 1 : 0};
+    if (continue_final) return chat_template_render_continue(m->chat, msgs, n_msgs, &vars, out, out_len, err, errlen);
     return chat_template_render(m->chat, msgs, n_msgs, &vars, out, out_len, err, errlen);
 }
 
@@ -504,7 +527,7 @@ static void lane_truncate(engine_lane *ln, int keep)
  * in the batch steps shared with the other lanes (engine_step.c); [start,
  * from) are a replay whose logits nobody needs. 0, -1 or ENGINE_TAIL_BROKEN. */
 static int eval_steps(engine_model *m, int lane, const engine_split *sp, int start, int from, int n,
-                      float *all, char *err, size_t errlen)
+                      float *all, float *rows, char *err, size_t errlen)
 {
     const model_part *part = model_get_part(m->model);
     int n_layer = model_get_config(m->model)->n_layer;
@@ -513,19 +536,21 @@ static int eval_steps(engine_model *m, int lane, const engine_split *sp, int sta
         return -1;
     }
     assert(!sp->has_tail || sp->local_end == 0 || model_state_n_past(m->lanes[lane].state) == start);
-    return engine_step_eval(m, lane, sp, start, from, n, all, err, errlen);
+    return engine_step_eval(m, lane, sp, start, from, n, all, rows, err, errlen);
 }
 
 /* The one place that evaluates. Appends tokens[from..n) to the lane's
  * sequence, whose record holds tokens[0..from) (n_cached == from), and
  * computes the logits of the last position into ln->logits, or with all those
- * of every new position into all (n - from, n_vocab). A lane whose caches
+ * of every new position into all (n - from, n_vocab), or (a split, for
+ * embeddings) with rows every new position's final normed hidden state into
+ * rows (n - from, n_embd). A lane whose caches
  * belong to an older split generation first replays its record from position
  * 0 on the current split; a pipeline that breaks is resumed and the whole
  * evaluation replayed from 0. On error the record stays (tokens[0..from)) and
  * the lane is marked for a replay: the other stages' caches are unknown. */
-static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int from, int n, float *all,
-                         char *err, size_t errlen)
+static int lane_evaluate_rows(engine_model *m, int lane, const int32_t *tokens, int from, int n, float *all,
+                              float *rows, char *err, size_t errlen)
 {
     engine_lane *ln = &m->lanes[lane];
     assert(ln->n_cached == from && from < n);
@@ -546,7 +571,7 @@ static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int f
             model_state_truncate(ln->state, 0);
             ln->generation = sp.generation;
         }
-        int rc = eval_steps(m, lane, &sp, start, from, n, all, err, errlen);
+        int rc = eval_steps(m, lane, &sp, start, from, n, all, rows, err, errlen);
         if (rc == 0) {
             ln->n_cached = n;
             return 0;
@@ -569,6 +594,12 @@ static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int f
             }
         }
     }
+}
+
+static int lane_evaluate(engine_model *m, int lane, const int32_t *tokens, int from, int n, float *all,
+                         char *err, size_t errlen)
+{
+    return lane_evaluate_rows(m, lane, tokens, from, n, all, NULL, err, errlen);
 }
 
 /* Fills t with the log-probability of id under logits (log-softmax, NaN as
@@ -812,6 +843,37 @@ int engine_lane_cached_prefix(const engine_model *m, int lane, const int32_t *id
     return keep;
 }
 
+int engine_lane_share_prompt(engine_model *m, int lane, const int32_t *ids, int n_ids, const int *to, int n_to,
+                             char *err, size_t errlen)
+{
+    if (lane < 0 || lane >= m->n_lanes || n_ids < 2) return 0;
+    engine_split sp;
+    pthread_mutex_lock(&m->split_lock);
+    sp = m->split;
+    pthread_mutex_unlock(&m->split_lock);
+    /* Split: the other stages' caches of the lanes cannot be copied from
+     * here; each choice evaluates its prompt (in the same steps). */
+    if (sp.has_tail || model_get_part(m->model)->end < model_get_config(m->model)->n_layer) return 0;
+    engine_lane *ln = &m->lanes[lane];
+    int n = n_ids - 1; /* the last token is each sequence's own first evaluation */
+    int keep = engine_lane_cached_prefix(m, lane, ids, n_ids);
+    lane_truncate(ln, keep);
+    int evaluated = 0;
+    if (keep < n) {
+        if (lane_evaluate(m, lane, ids, keep, n, NULL, err, errlen) != 0) return -1;
+        evaluated = n - keep;
+    }
+    for (int i = 0; i < n_to; i++) {
+        if (to[i] < 0 || to[i] >= m->n_lanes || to[i] == lane) continue;
+        engine_lane *dst = &m->lanes[to[i]];
+        model_state_copy_prefix(dst->state, ln->state, n);
+        memcpy(dst->cached, ids, sizeof(int32_t) * (size_t)n);
+        dst->n_cached = n;
+        dst->generation = ln->generation;
+    }
+    return evaluated;
+}
+
 /* ---- constrained sampling (engine/json_grammar.h) ---- */
 
 /* A constrained request's state: where its output is in the grammar, and
@@ -906,6 +968,46 @@ static int pooling_type(const engine_model *m)
  * cached prefix is dropped): each MODEL_BATCH piece embedded, run through
  * every layer, normed like the classifier's input, and pooled; then
  * L2-normalised into out (n_embd). Solo models only. */
+/* out (dim) = the L2-normalised pooling of final normed hidden states. */
+static void pool_normalise(const double *acc, int dim, float *out)
+{
+    double norm = 0;
+    for (int d = 0; d < dim; d++) norm += acc[d] * acc[d];
+    norm = sqrt(norm);
+    for (int d = 0; d < dim; d++) out[d] = norm > 0 ? (float)(acc[d] / norm) : 0.0f;
+}
+
+/* An embedding through a split: the input goes through the batch steps
+ * like any prompt, its pieces asking every position's final hidden state
+ * back from the last stage (ENGINE_ROWS_ALL), and stage 0 applies the
+ * final norm (it holds the head) and pools. A pipeline that breaks is
+ * resumed and the input replayed, as a prompt's. */
+static int embed_tokens_split(engine_model *m, engine_lane *ln, const int32_t *ids, int n, int pool, float *out,
+                              char *err, size_t errlen)
+{
+    int lane = (int)(ln - m->lanes), dim = model_get_config(m->model)->n_embd;
+    float *rows = malloc(sizeof(float) * (size_t)n * (size_t)dim);
+    double *acc = calloc((size_t)dim, sizeof *acc);
+    if (!rows || !acc) {
+        free(rows);
+        free(acc);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    /* From position 0 (from an empty cache, as solo: a vector never
+     * depends on what ran on the lane before). The lane's record then holds
+     * the input, as after a prompt. */
+    lane_truncate(ln, 0);
+    int rc = lane_evaluate_rows(m, lane, ids, 0, n, NULL, rows, err, errlen);
+    for (int p = 0; rc == 0 && p < n; p++)
+        if (pool == POOL_MEAN || (pool == POOL_CLS && p == 0) || (pool == POOL_LAST && p == n - 1))
+            for (int d = 0; d < dim; d++) acc[d] += rows[(size_t)p * dim + d];
+    if (rc == 0) pool_normalise(acc, dim, out);
+    free(rows);
+    free(acc);
+    return rc == 0 ? 0 : -1;
+}
+
 static int embed_tokens(engine_model *m, engine_lane *ln, const int32_t *ids, int n, float *out, char *err,
                         size_t errlen)
 {
@@ -915,11 +1017,14 @@ static int embed_tokens(engine_model *m, engine_lane *ln, const int32_t *ids, in
         snprintf(err, errlen, "the model's pooling type %d is not supported (mean, cls, last are)", pool);
         return -1;
     }
+    engine_split sp;
     pthread_mutex_lock(&m->split_lock);
-    int split = m->split.has_tail;
+    sp = m->split;
     pthread_mutex_unlock(&m->split_lock);
-    if (split || model_get_part(m->model)->end < c->n_layer) {
-        snprintf(err, errlen, "embeddings of a model split over several nodes are not supported yet");
+    if (sp.has_tail) return embed_tokens_split(m, ln, ids, n, pool, out, err, errlen);
+    if (model_get_part(m->model)->end < c->n_layer) {
+        snprintf(err, errlen, "layers [%d, %d) are not loaded here and no split is set", model_get_part(m->model)->end,
+                 c->n_layer);
         return -1;
     }
     float *x = malloc(sizeof(float) * MODEL_BATCH * (size_t)dim);
@@ -947,10 +1052,7 @@ static int embed_tokens(engine_model *m, engine_lane *ln, const int32_t *ids, in
         }
     }
     model_state_truncate(ln->state, 0);
-    double norm = 0;
-    for (int d = 0; d < dim; d++) norm += acc[d] * acc[d];
-    norm = sqrt(norm);
-    for (int d = 0; d < dim; d++) out[d] = norm > 0 ? (float)(acc[d] / norm) : 0.0f;
+    pool_normalise(acc, dim, out);
     free(x);
     free(acc);
     return rc;

@@ -212,6 +212,16 @@ int engine_prompt_tokens(const engine_model *m, const engine_request *r, int32_t
  * always evaluated). Only while no request runs on the lane (the caller
  * serialises it with the lane's runs). */
 int engine_lane_cached_prefix(const engine_model *m, int lane, const int32_t *ids, int n_ids);
+/* Several sequences of one prompt (a request's n choices): lane's cache is
+ * made to hold ids[0, n_ids - 1) (what it lacks evaluated, in the batch
+ * steps), then those keys and values are copied to the lanes to[0, n_to),
+ * so that a request with this prompt on any of them evaluates only its last
+ * token. Solo models only: on a split (the other stages' caches stay where
+ * they are) nothing is done. Only while no request runs on these lanes (the
+ * caller serialises them). Returns the positions evaluated (0: the prefix
+ * was cached, or a split), or -1 with a message. */
+int engine_lane_share_prompt(engine_model *m, int lane, const int32_t *ids, int n_ids, const int *to, int n_to,
+                             char *err, size_t errlen);
 
 /* The batch steps of a solo model (continuous batching: every running lane's
  * next evaluation in one forward pass). Counts since load. */
@@ -303,12 +313,17 @@ int engine_model_n_vocab(const engine_model *m);
 int engine_render_chat(const engine_model *m, const chat_message *msgs, int n_msgs, char **out,
                        size_t *out_len, int *parse_special, char *err, size_t errlen);
 /* engine_render_chat with the template variable `tools` set to tools_json (a
- * JSON list of OpenAI tool objects; NULL: none) and without the generation
- * prompt when add_generation_prompt is 0. A model with no usable template
- * cannot take tools: -1 with a message. */
+ * JSON list of OpenAI tool objects; NULL: none). A model with no usable
+ * template cannot take tools: -1 with a message. With continue_final, the
+ * last message (an assistant turn) is left open, its text to be continued
+ * (an assistant prefill): the template renders every turn closed without
+ * the generation prompt and the text is cut right after that message's
+ * content (Hugging Face's continue_final_message; -1 when the template does
+ * not write the content as given); an empty content opens the turn as the
+ * generation prompt does; the plain template ends "Assistant: <content>". */
 int engine_render_chat_tools(const engine_model *m, const chat_message *msgs, int n_msgs,
-                             const char *tools_json, char **out, size_t *out_len, int *parse_special,
-                             char *err, size_t errlen);
+                             const char *tools_json, int continue_final, char **out, size_t *out_len,
+                             int *parse_special, char *err, size_t errlen);
 /* How the model's chat template asks it to write tool calls, read from the
  * template's text at load: Hermes/Qwen (<tool_call>{json}</tool_call>),
  * Llama 3.1+ (a JSON object {"name", "parameters"}), Mistral

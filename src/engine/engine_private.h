@@ -79,12 +79,14 @@ struct engine_model {
 /* Evaluation of positions [start, n) of lane's record (ln->cached), solo
  * or through the split sp (the lane's snapshot), in the batch steps shared
  * by every lane: logits of the last position into ln->logits, or with all
- * those of every position of [from, n) into all (n - from, n_vocab); [start,
- * from) is a replay whose logits nobody needs. Blocks until done; the
+ * those of every position of [from, n) into all (n - from, n_vocab), or (a
+ * split only: the last stage returns every position's final hidden state)
+ * with rows their final normed hidden states into rows (n - from, n_embd),
+ * for embeddings; [start, from) is a replay whose logits nobody needs. Blocks until done; the
  * calling thread may run steps for other lanes meanwhile. 0, -1 with a
  * message, or ENGINE_TAIL_BROKEN (split: resume, then replay). */
 int engine_step_eval(engine_model *m, int lane, const engine_split *sp, int start, int from, int n,
-                     float *all, char *err, size_t errlen);
+                     float *all, float *rows, char *err, size_t errlen);
 /* Marks lane as generating token by token (1) or not (0): steps wait a
  * moment for a decoding lane that has not queued its next token yet. */
 void engine_step_set_decoding(engine_model *m, int lane, int decoding);

@@ -45,6 +45,8 @@ struct engine_step_job {
     int from;     /* positions before from are a replay: no logits */
     int end;      /* evaluate up to here (exclusive) */
     float *all;   /* (end - from, n_vocab) every new position's logits, or NULL: the last's */
+    float *rows;  /* split only: (end - from, n_embd) every new position's final normed hidden
+                     state instead of logits (embeddings), or NULL */
     engine_split split; /* where its layers run (the snapshot its lane took) */
     int take;     /* positions this step takes (leader only) */
     int done, rc; /* rc: 0, -1 or ENGINE_TAIL_BROKEN */
@@ -101,7 +103,7 @@ static int lane_missing_locked(const engine_model *m)
  * of its own. */
 static int step_compose_locked(engine_model *m, model_seq *seqs, engine_step_job **jobs)
 {
-    int n_vocab = model_get_config(m->model)->n_vocab;
+    int n_vocab = model_get_config(m->model)->n_vocab, n_embd = model_get_config(m->model)->n_embd;
     int budget = MODEL_BATCH, n = 0, singles = 0, max_singles = MODEL_BATCH;
     for (int pass = 0; pass < 2; pass++) { /* 0: single tokens (decoding), 1: prompt chunks */
         for (engine_step_job *j = m->step_head; j && budget > 0; j = j->next) {
@@ -122,13 +124,14 @@ static int step_compose_locked(engine_model *m, model_seq *seqs, engine_step_job
             int take = limit - j->pos < budget ? limit - j->pos : budget;
             engine_lane *ln = &m->lanes[j->lane];
             float *logits = NULL;
-            if (j->all && j->pos >= j->from) logits = j->all + (size_t)(j->pos - j->from) * n_vocab;
-            else if (!j->all && j->pos + take == j->end) logits = ln->logits;
+            if (j->rows && j->pos >= j->from) logits = j->rows + (size_t)(j->pos - j->from) * n_embd;
+            else if (j->all && j->pos >= j->from) logits = j->all + (size_t)(j->pos - j->from) * n_vocab;
+            else if (!j->all && !j->rows && j->pos + take == j->end) logits = ln->logits;
             j->take = take;
             budget -= take;
             jobs[n] = j;
             seqs[n++] = (model_seq){.state = ln->state, .tokens = ln->cached + j->pos, .n = take,
-                                    .logits = logits, .all_logits = j->all != NULL && logits != NULL};
+                                    .logits = logits, .all_logits = (j->all || j->rows) && logits != NULL};
         }
     }
     return n;
@@ -182,7 +185,9 @@ static void step_split(engine_model *m, float *hidden, const engine_split *sp, c
         engine_lane *ln = &m->lanes[pieces[i].lane];
         int n_rows = pieces[i].rows == ENGINE_ROWS_ALL ? pieces[i].n : 1;
         int r = sp->tail.receive(sp->tail.ctx, pieces[i].lane, ln->rows, n_rows, errs[i], sizeof errs[i]);
-        if (r == 0) {
+        if (r == 0 && jobs[i]->rows) { /* an embedding: the hidden states as the classifier sees them */
+            r = model_final_norm(m->model, ln->rows, n_rows, seqs[i].logits, errs[i], sizeof errs[i]);
+        } else if (r == 0) {
             pthread_mutex_lock(&m->compute);
             r = model_output(m->model, ln->state, m->pool, ln->rows, n_rows, seqs[i].logits, errs[i],
                              sizeof errs[i]);
@@ -263,10 +268,15 @@ static int step_run_locked(engine_model *m, int lane)
 }
 
 int engine_step_eval(engine_model *m, int lane, const engine_split *sp, int start, int from, int n,
-                     float *all, char *err, size_t errlen)
+                     float *all, float *rows, char *err, size_t errlen)
 {
-    engine_step_job job = {.lane = lane, .pos = start, .from = from, .end = n, .all = all, .split = *sp};
+    engine_step_job job = {.lane = lane, .pos = start, .from = from, .end = n, .all = all, .rows = rows,
+                           .split = *sp};
     if (start >= n) return 0;
+    if (rows && !sp->has_tail) { /* a solo step has no hidden states to give */
+        snprintf(err, errlen, "hidden states from the batch steps need a split");
+        return -1;
+    }
     pthread_cond_init(&job.cond, NULL);
     pthread_mutex_lock(&m->step_lock);
     if (m->step_tail) m->step_tail->next = &job;

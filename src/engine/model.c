@@ -1102,6 +1102,22 @@ void model_state_truncate(model_state *s, int n_past)
     s->n_past = n_past; /* stale cache rows are overwritten before they are read */
 }
 
+void model_state_copy_prefix(model_state *dst, const model_state *src, int n)
+{
+    assert(dst->m == src->m && dst->n_ctx == src->n_ctx && dst->kv_type == src->kv_type);
+    assert(dst->first == src->first && dst->n_layers == src->n_layers);
+    assert(n >= 0 && n <= src->n_past);
+    size_t row = (size_t)src->kv_dim * model_kv_type_size(src->kv_type);
+    for (int l = 0; l < src->n_layers && n > 0; l++) {
+        size_t at = (size_t)l * (size_t)src->n_ctx * row;
+        memcpy((char *)dst->key_cache + at, (const char *)src->key_cache + at, (size_t)n * row);
+        memcpy((char *)dst->value_cache + at, (const char *)src->value_cache + at, (size_t)n * row);
+    }
+    dst->n_past = n;
+    dst->range_first = src->range_first;
+    dst->range_end = src->range_end;
+}
+
 /* ======================================================================== */
 /* forward pass                                                              */
 /* ======================================================================== */

@@ -182,6 +182,12 @@ int model_state_n_past(const model_state *s);
 /* Forgets positions from n_past on (0 empties the cache). n_past must not
  * exceed the current count. */
 void model_state_truncate(model_state *s, int n_past);
+/* dst holds positions [0, n) of src's caches (n <= src's positions), and no
+ * more: a copy of a shared prompt's keys and values, so another sequence
+ * goes on from there without evaluating it. Both states of the same model
+ * part, n_ctx and kv_type. src must not be written meanwhile (reading it is
+ * fine: the copy only reads). */
+void model_state_copy_prefix(model_state *dst, const model_state *src, int n);
 
 /* Appends n tokens to the state and computes their logits. With all_logits,
  * logits receives [n][n_vocab]; otherwise only the last token's [n_vocab].

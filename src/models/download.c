@@ -153,6 +153,10 @@ int dl_head(const char *url, const dl_auth *auth, dl_meta *out, char *err, size_
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     if (cc != CURLE_OK) {
         snprintf(err, errlen, "%s: %s", url, ebuf[0] ? ebuf : curl_easy_strerror(cc));
+        rc = DL_UNREACHABLE;
+    } else if (status >= 500) {
+        http_error(status, url, err, errlen);
+        rc = DL_UNREACHABLE;
     } else if (status >= 300 && status < 400) {
         char *loc = NULL;
         curl_easy_getinfo(c, CURLINFO_REDIRECT_URL, &loc);
@@ -259,7 +263,7 @@ int dl_get_small(const char *url, const dl_auth *auth, size_t max, char **body, 
         return 0;
     }
     free(b.buf);
-    return -1;
+    return (cc != CURLE_OK && cc != CURLE_WRITE_ERROR) || status >= 500 ? DL_UNREACHABLE : -1;
 }
 
 long dl_get_head_bytes(const char *url, const dl_auth *auth, uint8_t *buf, size_t len, char *err,

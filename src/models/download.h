@@ -35,13 +35,19 @@ typedef struct {
     const char *token_for; /* URL prefix the token may go to (the hub endpoint) */
 } dl_auth;
 
+/* What dl_head and dl_get_small return when the server gave no answer (no
+ * connection, a timeout) or a 5xx: the hub is down, as opposed to a refusal. */
+#define DL_UNREACHABLE (-2)
+
 /* HEAD url without following redirects to another host: a hub resolve URL
  * answers 302 with the hash headers and the CDN's Location. 0, or -1 with
- * err (an HTTP error says which status: 401/403 names HF_TOKEN, 404 the file). */
+ * err (an HTTP error says which status: 401/403 names HF_TOKEN, 404 the
+ * file), or DL_UNREACHABLE with err. */
 int dl_head(const char *url, const dl_auth *auth, dl_meta *out, char *err, size_t errlen);
 
 /* GET url into a malloc'ed NUL-terminated buffer (at most max bytes: the
- * hub's file listing). 0, or -1 with err. The caller frees *body. */
+ * hub's file listing). 0, or -1 or DL_UNREACHABLE with err. The caller
+ * frees *body. */
 int dl_get_small(const char *url, const dl_auth *auth, size_t max, char **body, size_t *len,
                  char *err, size_t errlen);
 

@@ -59,6 +59,11 @@ void hf_env_read(hf_env *e)
             trim_line(e->token);
         }
     }
+    /* huggingface_hub's reading: 1, ON, YES, TRUE (any case) mean no request
+     * to the hub at all. */
+    const char *off = getenv("HF_HUB_OFFLINE");
+    e->offline = off && (!strcmp(off, "1") || !strcasecmp(off, "on") || !strcasecmp(off, "yes") ||
+                         !strcasecmp(off, "true"));
 }
 
 void hf_repo_dir(const hf_env *e, const char *repo, char *out, size_t cap)
@@ -222,12 +227,29 @@ static void scan_gguf(const char *root, const char *rel, int depth, char (*names
         char full[HF_MAX_PATH + HF_NAME_CAP];
         snprintf(full, sizeof full, "%s/%s", root, sub);
         struct stat sb;
-        if (stat(full, &sb) != 0) continue;
-        if (S_ISDIR(sb.st_mode) && depth < 4) scan_gguf(root, sub, depth + 1, names, max, n);
-        else if (S_ISREG(sb.st_mode) && strlen(sub) > 5 && !strcasecmp(sub + strlen(sub) - 5, ".gguf"))
+        int dangling = stat(full, &sb) != 0;
+        if (dangling && !(lstat(full, &sb) == 0 && S_ISLNK(sb.st_mode))) continue;
+        if (!dangling && S_ISDIR(sb.st_mode) && depth < 4)
+            scan_gguf(root, sub, depth + 1, names, max, n);
+        else if ((dangling || S_ISREG(sb.st_mode)) && strlen(sub) > 5 && !strcasecmp(sub + strlen(sub) - 5, ".gguf"))
             snprintf(names[(*n)++], HF_NAME_CAP, "%s", sub);
     }
     closedir(d);
+}
+
+int hf_snapshot_blob(const hf_env *e, const char *repo, const char *commit, const char *path, char name[65])
+{
+    char dir[HF_MAX_PATH], link[HF_MAX_PATH + 1024], target[HF_MAX_PATH];
+    hf_repo_dir(e, repo, dir, sizeof dir);
+    snprintf(link, sizeof link, "%.4000s/snapshots/%.64s/%.900s", dir, commit, path);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0) return 0;
+    target[n] = 0;
+    const char *base = strrchr(target, '/');
+    base = base ? base + 1 : target;
+    if (strlen(base) != 64 || strspn(base, "0123456789abcdef") != 64) return 0;
+    memcpy(name, base, 65);
+    return 1;
 }
 
 int hf_cached_gguf_files(const hf_env *e, const char *repo, const char *commit, char (*names)[HF_NAME_CAP],
@@ -375,7 +397,8 @@ int hf_cache_held(const hf_env *e, void *out_files, int max)
                 int dup = 0;
                 for (int j = 0; j < n && !dup; j++) dup = !memcmp(out[j].sha256, sha, 32);
                 weights_held_file *f = &out[n];
-                if (dup || snprintf(f->ref, sizeof f->ref, "%s/%s", repo, names[i]) >= (int)sizeof f->ref) continue;
+                if (dup || snprintf(f->ref, sizeof f->ref, "%s/%s@%s", repo, names[i], se->d_name) >= (int)sizeof f->ref)
+                    continue;
                 memcpy(f->sha256, sha, 32);
                 f->size = (uint64_t)sb.st_size;
                 snprintf(f->path, sizeof f->path, "%s", target);

@@ -8,6 +8,7 @@
  *                 $HF_HOME/token that `huggingface-cli login` writes)
  *   HF_HUB_CACHE  the cache (default $HF_HOME/hub)
  *   HF_HOME       default $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface
+ *   HF_HUB_OFFLINE 1/on/yes/true: no request to the hub (the cache, and peers)
  *
  * Cache layout (one directory per repo, shared with huggingface_hub):
  *   CACHE/models--ORG--REPO/blobs/<sha256 or etag>     the bytes, once
@@ -27,6 +28,7 @@ typedef struct {
     char endpoint[512];   /* no trailing slash */
     char token[512];      /* "" none */
     char cache[HF_MAX_PATH];
+    int offline;          /* HF_HUB_OFFLINE: never ask the hub */
 } hf_env;
 
 void hf_env_read(hf_env *e);
@@ -57,8 +59,14 @@ int hf_blob_path(const hf_env *e, const char *repo, const char *blob_name, char 
 int hf_link_snapshot(const hf_env *e, const char *repo, const char *revision, const char *commit,
                      const char *path, const char *blob_name, char *out, size_t cap, char *err, size_t errlen);
 
+/* The SHA-256 a snapshot's link names (its target, a blob named by 64 hex
+ * digits), also when the blob is gone: the cache's own word on what the
+ * file is. 1 with name, or 0 (no link, or a blob named otherwise). */
+int hf_snapshot_blob(const hf_env *e, const char *repo, const char *commit, const char *path, char name[65]);
+
 /* The .gguf files in a cached snapshot (recursive, at most max, paths
- * relative to the snapshot) into names (max x HF_NAME_CAP). The count. */
+ * relative to the snapshot; a link whose blob is gone too: hf_cached_file
+ * says which are there) into names (max x HF_NAME_CAP). The count. */
 #define HF_NAME_CAP 512
 int hf_cached_gguf_files(const hf_env *e, const char *repo, const char *commit, char (*names)[HF_NAME_CAP],
                          int max);
@@ -81,7 +89,8 @@ int hf_pick_quant(char (*names)[HF_NAME_CAP], int n, const char *quant, int *out
  * .gguf in a snapshot whose link leads to a complete blob named by its
  * SHA-256 (64 hex digits: the hub's LFS hash; blobs named by an etag are
  * left out, they cannot be checked by a requester), once per blob, with
- * its reference org/repo/path (at most WEIGHTS_HELD_REF_MAX bytes; longer
+ * its reference org/repo/path@commit (the snapshot's: what lets a peer
+ * name the file without the hub; at most WEIGHTS_HELD_REF_MAX bytes; longer
  * ones are left out). At most max entries into out_files, a
  * weights_held_file array (models/weights_store.h; void here so that this
  * header stays below the store); the count. Reads directories: a few stat

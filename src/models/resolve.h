@@ -28,9 +28,20 @@
 
 #include "models/download.h"
 #include "models/peer_file.h"
+#include "models/ref.h"
 
 #define MODEL_MAX_PARTS 16
 #define MODEL_PATH_MAX 4096
+#define MODEL_PEER_REF_MAX 200
+#define MODEL_MAX_PEER_FILES 512
+
+/* A whole file a peer's record lists (hf.h hf_cache_held): what lets a hub
+ * reference be resolved by the mesh when the hub cannot be asked. */
+typedef struct {
+    char ref[MODEL_PEER_REF_MAX + 1];  /* org/repo/path@commit */
+    char sha256[65];                   /* hex */
+    uint64_t size;
+} model_peer_file;
 
 typedef struct {
     const char *home;          /* llmesh home: URL downloads go to home/downloads/ */
@@ -53,6 +64,17 @@ typedef struct {
      * NULL: never. Called on the calling thread: it must be thread-safe. */
     int (*find_peer)(void *ctx, const char *sha256, uint64_t size, peer_file_target *out);
     void *peer_ctx;
+    /* The hub down (no answer, a 5xx) or HF_HUB_OFFLINE set, and a hub
+     * reference not in the cache: the files the peers' records list
+     * (into out, at most max; the count), or -1 while the mesh is not
+     * known yet (just joined: records still arriving), so that the
+     * reference is resolved from them: its files, SHA-256 and commit are
+     * the peers' word, its bytes come from them (find_peer) and are
+     * checked against that SHA-256. Waited for at most mesh_wait_ms while
+     * it says -1. NULL: no mesh to ask. Called on the calling thread
+     * with peer_ctx: it must be thread-safe. */
+    int (*peer_files)(void *ctx, model_peer_file *out, int max);
+    int mesh_wait_ms;
 } model_fetch_opts;
 
 typedef struct {
@@ -63,6 +85,9 @@ typedef struct {
     uint64_t need_bytes;                        /* 0 when no check ran */
     uint64_t downloaded_bytes;                  /* fetched by this call */
     int from_cache;                             /* 1: no request was made */
+    int from_mesh;                              /* 1: resolved by the peers' records (the hub down) */
+    int hub_unreachable;                        /* on failure: the hub could not be asked (down,
+                                                   HF_HUB_OFFLINE) and the files are not cached */
 } model_files;
 
 /* Resolves ref (a path, a hub file or quant, a URL, a catalog name) to
@@ -79,5 +104,16 @@ int model_fetch(const char *ref, const model_fetch_opts *o, model_files *out, ch
  * reads). Exposed for tests. */
 int model_need_from_head(const uint8_t *head, size_t head_len, uint64_t file_size, uint64_t rest_bytes,
                          const model_fetch_opts *o, uint64_t *need, char *err, size_t errlen);
+
+/* Which of the peers' files (as their records list them) the hub
+ * reference r (a hub file, a repo and quant, a catalog name) means: the
+ * file, or every part of a multi-part one in order, each as an index into
+ * files (into idx, at most max). Entries of a revision that is a commit
+ * must be at that commit; for a branch or tag any commit a peer holds
+ * will do (as the cache's refs/ would). The count, 0 when no peer lists
+ * it (err says what is missing), or -1 with err when peers disagree (two
+ * different files under one name: name a commit with @). Pure. */
+int model_match_peer_files(const model_ref *r, const model_peer_file *files, int n, int *idx, int max,
+                           char *err, size_t errlen);
 
 #endif

@@ -212,6 +212,11 @@ static int serve_pump(serve_stream *st)
         if (mesh_stream_send(st->s, buf, FETCH_DATA_HEAD + (size_t)len) < 0) return 0; /* on_close follows */
         ws->counters.served_bytes += len;
         st->chunks++;
+        if (ws->test_chunk_delay_ms > 0) { /* the test knob: a slow source */
+            struct timeval tv = {ws->test_chunk_delay_ms / 1000, (ws->test_chunk_delay_ms % 1000) * 1000};
+            evtimer_add(st->poll, &tv);
+            return 0;
+        }
     }
     if (st->q_len) {
         struct timeval tv = {0, SERVE_POLL_MS * 1000};

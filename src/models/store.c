@@ -658,6 +658,8 @@ weights_store *weights_store_new(struct event_base *base, mesh *m, const char *h
     ws->max_attempts = FETCH_MAX_ATTEMPTS;
     const char *delay = getenv("LLMESH_DEBUG_FILE_SERVE_DELAY_MS"); /* a test knob: a slow source */
     ws->test_file_delay_ms = delay ? atoi(delay) : 0;
+    delay = getenv("LLMESH_DEBUG_CHUNK_SERVE_DELAY_MS"); /* the same for chunks (DATA) */
+    ws->test_chunk_delay_ms = delay ? atoi(delay) : 0;
     pthread_mutex_init(&ws->lock, NULL);
     pthread_cond_init(&ws->cond, NULL);
     char *cache = join(home, "cache");
@@ -788,6 +790,14 @@ void weights_store_status_json(const weights_store *ws, cJSON *obj)
         cJSON_AddNumberToObject(o, "total_bytes", (double)f->total_bytes);
         cJSON_AddNumberToObject(o, "attempts", f->attempts);
         if (f->last_error[0]) cJSON_AddStringToObject(o, "last_error", f->last_error);
+        cJSON *sources = cJSON_AddArrayToObject(o, "sources");
+        for (int k = 0; k < f->n_sources; k++) {
+            cJSON *so = cJSON_CreateObject();
+            cJSON_AddStringToObject(so, "peer", f->sources[k].peer);
+            cJSON_AddNumberToObject(so, "bytes", (double)f->sources[k].bytes);
+            cJSON_AddBoolToObject(so, "streaming", f->sources[k].streaming);
+            cJSON_AddItemToArray(sources, so);
+        }
         cJSON_AddItemToArray(fetches, o);
     }
     const weights_counters *c = &ws->counters;
@@ -802,6 +812,16 @@ void weights_store_status_json(const weights_store *ws, cJSON *obj)
     cJSON_AddNumberToObject(k, "files_hashed", (double)c->files_hashed);
     cJSON_AddNumberToObject(k, "bytes_hashed", (double)c->bytes_hashed);
     cJSON_AddNumberToObject(k, "cache_discarded", (double)c->cache_discarded);
+    weights_source_bytes from[FETCH_MAX_TALLY];
+    int nf = weights_store_fetched_from(ws, from, FETCH_MAX_TALLY);
+    cJSON *fa = cJSON_AddArrayToObject(k, "fetched_from");
+    for (int i = 0; i < nf; i++) {
+        cJSON *o = cJSON_CreateObject();
+        weights_hex(from[i].peer, hex);
+        cJSON_AddStringToObject(o, "peer", hex);
+        cJSON_AddNumberToObject(o, "bytes", (double)from[i].bytes);
+        cJSON_AddItemToArray(fa, o);
+    }
 }
 
 void weights_test_set_retry(weights_store *ws, int base_ms, int max_attempts)

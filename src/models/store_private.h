@@ -13,10 +13,17 @@
 
 #define WEIGHTS_LOG "weights"
 
-/* Requester: chunk bytes asked for and not yet received. Enough to fill a
- * 1 Gbit/s link up to ~60 ms of RTT, small enough that stage frames on the
- * same connection do not queue behind much bulk (docs/weights.md). */
+/* Requester: chunk bytes asked for and not yet received, per stream (one
+ * per source), and chunk bytes received and not yet written, per job.
+ * Enough to fill a 1 Gbit/s link up to ~60 ms of RTT, small enough that
+ * stage frames on the same connection do not queue behind much bulk
+ * (docs/weights.md). */
 #define FETCH_WINDOW_BYTES (8u << 20)
+#define FETCH_MAX_STREAMS 4           /* sources one fetch asks at once (a bit each in part_chunk) */
+#define FETCH_STALL_MS 5000           /* a stream with chunks out and none back for this long is dropped */
+#define FETCH_TICK_MS 500             /* how often a job looks for stalled streams and the endgame */
+#define FETCH_ENDGAME_MS 1000         /* a chunk out this long is asked of another source too (at the end) */
+#define FETCH_MAX_TALLY 16            /* peers whose bytes the store counts (fetched_from) */
 #define FETCH_MAX_OUTSTANDING 32      /* chunk requests in flight, whatever their size */
 #define FETCH_MAX_ATTEMPTS 6          /* failed attempts in a row (no chunk between) */
 #define FETCH_RETRY_BASE_MS 250       /* doubles per attempt */
@@ -93,10 +100,13 @@ struct weights_store {
     serve_stream *serving;
     int n_serving;
     weights_counters counters;
+    weights_source_bytes fetched_from[FETCH_MAX_TALLY]; /* verified chunk bytes per source peer */
+    int n_fetched_from;
     int n_threads;               /* for hashing; 0 = one per CPU */
     weights_held_file held[WEIGHTS_MAX_HELD]; /* whole files served by SHA-256 */
     int n_held;
     int test_file_delay_ms;      /* LLMESH_DEBUG_FILE_SERVE_DELAY_MS: a pause after each FILE_DATA */
+    int test_chunk_delay_ms;     /* LLMESH_DEBUG_CHUNK_SERVE_DELAY_MS: a pause after each DATA */
     uint8_t *scratch;            /* one DATA frame being built */
     size_t scratch_cap;
     /* workers: one thread per lane; lock guards every field below */

@@ -75,14 +75,17 @@ typedef struct {
 
 /* Fetches exactly the tensors of layers [first, end) (+ the head tensors
  * when head; rope_freqs / rope_factors_* always, since every layer uses
- * them) of the model with this hash from peer, into a GGUF under
+ * them) of the model with this hash from every alive node whose record says
+ * it holds them and from peer (named; asked last when others hold it), up
+ * to FETCH_MAX_STREAMS at once, into a GGUF under
  * $home/cache/parts/ that holds the metadata and just those tensors (opens
  * with gguf_open; data aligned as the source file's). A complete cached part
  * answers on the next loop turn without traffic; a partial one resumes where
  * it stopped (also after a restart): its chunks are checked against the
  * manifest and only the missing or damaged ones are fetched. The manifest
  * is checked against the model hash before use, each chunk against its
- * hash on arrival. A broken connection is retried with backoff (6
+ * hash on arrival. A source that breaks, stalls or lags gives its chunks to
+ * the others; with none left, the fetch is retried with backoff (6
  * attempts without progress, then on_done with the reason). Two starts of
  * the same part share one transfer; another process fetching the same part
  * makes this one fail at once (err). NULL with err for bad arguments or
@@ -117,16 +120,31 @@ void weights_get_counters(const weights_store *ws, weights_counters *out);
 typedef struct {
     uint8_t sha256[32];
     uint64_t size;
-    char ref[WEIGHTS_HELD_REF_MAX + 1]; /* org/repo/path in the repo */
+    char ref[WEIGHTS_HELD_REF_MAX + 1]; /* org/repo/path@commit (the snapshot) */
     char path[4096];                    /* the blob on this disk */
 } weights_held_file;
 void weights_store_set_held(weights_store *ws, const weights_held_file *files, int n);
 
+/* Verified chunk bytes this node fetched from one peer (all fetches since
+ * start; the store counts the FETCH_MAX_TALLY peers it fetched from last). */
+typedef struct {
+    uint8_t peer[MESH_ID_BYTES];
+    uint64_t bytes;
+} weights_source_bytes;
+int weights_store_fetched_from(const weights_store *ws, weights_source_bytes *out, int max);
+
 /* Fetches under way, for /api/status. */
+#define WEIGHTS_INFO_SOURCES 4
 typedef struct {
     char model[WEIGHTS_HASH_HEX];
     int first, end, head;
-    char peer[MESH_ID_HEX];
+    char peer[MESH_ID_HEX];      /* the source of the first stream (or the last one tried) */
+    int n_sources;               /* sources asked in this fetch: */
+    struct {
+        char peer[MESH_ID_HEX];
+        uint64_t bytes;          /* verified chunk bytes from it */
+        int streaming;           /* a stream to it is open now */
+    } sources[WEIGHTS_INFO_SOURCES];
     uint64_t done_bytes, total_bytes;
     const char *state;           /* "connecting", "manifest", "checking", "fetching", "retrying" */
     int attempts;                /* failed attempts since the last progress */

@@ -6,9 +6,10 @@
  * ignored by the README's unknown-field rule (metadata, service_tier, and
  * cache_control on a block: hints that cannot change the answer), or
  * refused with 400 naming it. Content blocks other than text, tool_use
- * (assistant turns) and tool_result (user turns) are refused, as is a final
- * assistant turn (Anthropic's "prefill": the chat templates close every
- * turn, so the answer would not continue it). */
+ * (assistant turns) and tool_result (user turns) are refused: images and
+ * documents too, since the engine runs no vision model. A final assistant
+ * turn is Anthropic's "prefill": the answer continues its text (the chat
+ * path's continue_final_message). */
 #define _GNU_SOURCE /* memmem */
 #include "serve/anthropic.h"
 
@@ -132,11 +133,6 @@ static int translate_message(const cJSON *msg, int last, cJSON *out, char *err, 
     }
     if (openai_check_fields(msg, msg_fields, "a message", err, errlen)) return -1;
     int assistant = role->valuestring[0] == 'a';
-    if (assistant && last) {
-        snprintf(err, errlen, "the last message is an assistant turn (a prefill): llmesh renders every turn "
-                 "closed with the model's chat template, so it cannot continue one; end with a user turn");
-        return -1;
-    }
     text_buf text = {0};
     cJSON *calls = NULL;
     int n_results = 0;
@@ -209,6 +205,20 @@ static int translate_message(const cJSON *msg, int last, cJSON *out, char *err, 
     if (text.oom) {
         snprintf(err, errlen, "out of memory");
         goto fail;
+    }
+    /* A final assistant turn is a prefill: the answer continues its text
+     * (continue_final_message on the chat path). As Anthropic's API: text
+     * only, without trailing white space. */
+    if (assistant && last) {
+        if (calls) {
+            snprintf(err, errlen, "the last message is an assistant turn (a prefill) with tool_use blocks: a "
+                     "prefill may hold text only");
+            goto fail;
+        }
+        if (text.len > 0 && strchr(" \t\r\n", text.p[text.len - 1])) {
+            snprintf(err, errlen, "final assistant content cannot end with trailing whitespace");
+            goto fail;
+        }
     }
     /* A user turn of tool results alone is those tool messages. */
     if (assistant || text.len > 0 || n_results == 0) {
@@ -386,8 +396,11 @@ int anthropic_translate_request(const char *body, size_t len, int count_tokens, 
     info->stream = cJSON_IsTrue(stream);
     if (info->stream) {
         cJSON_AddTrueToObject(chat, "stream");
-        /* the counts come with the last chunk; message_delta carries them */
-        cJSON_AddTrueToObject(cJSON_AddObjectToObject(chat, "stream_options"), "include_usage");
+        /* the prompt's count comes with the first chunk (message_start has
+         * it), all of them with the last (message_delta) */
+        cJSON *so = cJSON_AddObjectToObject(chat, "stream_options");
+        cJSON_AddTrueToObject(so, "include_usage");
+        cJSON_AddTrueToObject(so, "prompt_usage");
     }
 
     cJSON *msgs = cJSON_AddArrayToObject(chat, "messages");
@@ -412,8 +425,11 @@ int anthropic_translate_request(const char *body, size_t len, int count_tokens, 
     }
     const cJSON *msg;
     int i = 0;
+    const cJSON *last_role = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(messages, n - 1), "role");
+    int prefill = cJSON_IsString(last_role) && !strcmp(last_role->valuestring, "assistant");
     cJSON_ArrayForEach(msg, messages)
-        if (translate_message(msg, ++i == n && !count_tokens, msgs, err, errlen)) goto done;
+        if (translate_message(msg, ++i == n, msgs, err, errlen)) goto done;
+    if (prefill) cJSON_AddTrueToObject(chat, "continue_final_message");
 
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
     if (tools && !cJSON_IsNull(tools) && translate_tools(tools, chat, err, errlen)) goto done;
@@ -614,8 +630,9 @@ static void message_start(anthropic_answer *a, const char *openai_id)
     cJSON_AddArrayToObject(m, "content");
     cJSON_AddNullToObject(m, "stop_reason");
     cJSON_AddNullToObject(m, "stop_sequence");
-    /* The prompt's count is known at the end (message_delta has it). */
-    usage_object(m, 0, 0, 0);
+    /* The prompt's count comes with the first chunk (the chat path's
+     * stream_options.prompt_usage); the others with message_delta. */
+    usage_object(m, a->prompt_tokens, 0, a->cached_tokens);
     send_event(a, "message_start", e);
     send_event(a, "ping", cJSON_CreateObject());
     a->started = 1;
@@ -631,7 +648,6 @@ static void stream_chunk(anthropic_answer *a, const cJSON *chunk)
         return;
     }
     if (a->ended) return;
-    if (!a->started) message_start(a, cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(chunk, "id")));
     const cJSON *usage = cJSON_GetObjectItemCaseSensitive(chunk, "usage");
     if (cJSON_IsObject(usage)) {
         const cJSON *details = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens_details");
@@ -639,6 +655,7 @@ static void stream_chunk(anthropic_answer *a, const cJSON *chunk)
         a->completion_tokens = count_of(cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens"));
         a->cached_tokens = count_of(cJSON_GetObjectItemCaseSensitive(details, "cached_tokens"));
     }
+    if (!a->started) message_start(a, cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(chunk, "id")));
     const cJSON *choice = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(chunk, "choices"), 0);
     if (!cJSON_IsObject(choice)) return;
     const cJSON *delta = cJSON_GetObjectItemCaseSensitive(choice, "delta");

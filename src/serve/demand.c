@@ -67,6 +67,13 @@ void demand_note(demand *d, const char *model)
     e->last_ms = now;
 }
 
+uint64_t demand_last_ms(const demand *d, const char *model)
+{
+    for (int i = 0; d && i < d->n; i++)
+        if (!strcmp(d->e[i].model, model)) return d->e[i].last_ms;
+    return 0;
+}
+
 int demand_rates(void *ctx, plan_demand *out, int max)
 {
     demand *d = ctx;

@@ -29,6 +29,9 @@ void demand_note(demand *d, const char *model);
 /* This node's rates above zero, into out (at most max); the count. Has the
  * shape of pipelines_demand_fn (ctx: the demand). */
 int demand_rates(void *d, plan_demand *out, int max);
+/* When this node last saw a request for model (clock_ms), 0 never (or
+ * forgotten: the oldest of more than PLAN_MAX_DEMAND names). */
+uint64_t demand_last_ms(const demand *d, const char *model);
 /* Every model some record asks for (this node's counts and every peer's
  * record that the mesh still holds, dead and left ones included), with the
  * largest rate seen for each. The count. */

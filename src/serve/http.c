@@ -46,6 +46,8 @@ struct http_server {
     http_text_fn metrics_text;      /* console: GET /metrics; NULL: no such route */
     void *metrics_ctx;
     console_events *events;         /* console: GET /api/events */
+    http_json_fn history;           /* console: GET /api/history; NULL: no such route */
+    void *history_ctx;
     http_post_fn post;              /* console: POST /api/models/...; NULL: no such route */
     void *post_ctx;
     metrics *metrics;               /* API: answers counted by model and status; may be NULL */
@@ -251,6 +253,24 @@ static int console_is_get(struct evhttp_request *req)
     return cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD;
 }
 
+/* 200 with a JSON document from a GET route (frees json; NULL: out of
+ * memory, 500). */
+static void console_send_json(struct evhttp_request *req, char *json)
+{
+    if (!json) {
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    struct evbuffer *body = evbuffer_new();
+    evbuffer_add(body, json, strlen(json));
+    evhttp_add_header(headers, "Content-Type", "application/json");
+    evhttp_add_header(headers, "Cache-Control", "no-store");
+    evhttp_send_reply(req, 200, "OK", body);
+    evbuffer_free(body);
+    free(json);
+}
+
 static void console_request_cb(struct evhttp_request *req, http_server *h)
 {
     const char *uri = evhttp_request_get_uri(req);
@@ -291,14 +311,12 @@ static void console_request_cb(struct evhttp_request *req, http_server *h)
     }
     if (n == strlen("/api/status") && !strncmp(uri, "/api/status", n) &&
         evhttp_request_get_command(req) == EVHTTP_REQ_GET) {
-        char *json = h->status(h->status_ctx);
-        struct evbuffer *body = evbuffer_new();
-        evbuffer_add(body, json ? json : "{}", json ? strlen(json) : 2);
-        evhttp_add_header(headers, "Content-Type", "application/json");
-        evhttp_add_header(headers, "Cache-Control", "no-store");
-        evhttp_send_reply(req, 200, "OK", body);
-        evbuffer_free(body);
-        free(json);
+        console_send_json(req, h->status(h->status_ctx));
+        return;
+    }
+    if (h->history && n == strlen("/api/history") && !strncmp(uri, "/api/history", n) &&
+        evhttp_request_get_command(req) == EVHTTP_REQ_GET) {
+        console_send_json(req, h->history(h->history_ctx));
         return;
     }
     if (h->post && n > strlen(HTTP_POST_PREFIX) && !strncmp(uri, HTTP_POST_PREFIX, strlen(HTTP_POST_PREFIX)) &&
@@ -539,6 +557,12 @@ void http_console_set_metrics(http_server *h, http_text_fn text, void *ctx)
 void http_server_set_metrics(http_server *h, metrics *m) { h->metrics = m; }
 
 void http_console_set_api(http_server *h, api *a) { h->api = a; }
+
+void http_console_set_history(http_server *h, http_json_fn history, void *ctx)
+{
+    h->history = history;
+    h->history_ctx = ctx;
+}
 
 void http_console_events_stats(const http_server *h, console_events_stats *out)
 {

@@ -58,6 +58,9 @@ void http_console_set_metrics(http_server *h, http_text_fn text, void *ctx);
 /* Console: also answer /v1/... with this api, as the API server does (the
  * web console's chat panel calls it on its own origin). */
 void http_console_set_api(http_server *h, api *a);
+/* Console: GET /api/history answers fn's JSON document (the traffic of the
+ * last minutes, serve/console_history.h), behind the key like /api/status. */
+void http_console_set_history(http_server *h, http_json_fn fn, void *ctx);
 /* Console: the /api/events hub's figures (zeros for another server). */
 void http_console_events_stats(const http_server *h, console_events_stats *out);
 /* Console: POST HTTP_POST_PREFIX... (the model load API, serve/model_loader.c)

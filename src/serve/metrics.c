@@ -15,6 +15,7 @@
 #include "engine/engine.h"
 #include "lib/prom.h"
 #include "mesh/mesh.h"
+#include "models/download.h"
 #include "models/weights_store.h"
 #include "serve/api.h"
 #include "serve/pipeline.h"
@@ -275,6 +276,22 @@ static void render_counters(prom_buf *b, const metrics_sources *src)
     counter(b, "llmesh_weights_bad_frames_total", "Malformed weight fetch frames.", (double)wc.bad_frames);
     counter(b, "llmesh_weights_bad_chunks_total", "Fetched weight chunks whose hash did not match.",
             (double)wc.bad_chunks);
+
+    /* Whole model files (models/download.c: process-wide, atomic). */
+    dl_counters dc;
+    dl_get_counters(&dc);
+    counter(b, "llmesh_download_requests_total", "HTTP requests made for model downloads (HEAD, GET, listings).",
+            (double)dc.requests);
+    counter(b, "llmesh_download_bytes_total", "Model file bytes downloaded (body bytes received).",
+            (double)dc.bytes);
+    counter(b, "llmesh_download_peer_bytes_total",
+            "Of those, bytes of whole files fetched from peers that hold them instead of the hub.",
+            (double)dc.source_bytes);
+    counter(b, "llmesh_download_peer_failures_total", "Peers given up on in the middle of a file (the hub took over).",
+            (double)dc.source_failures);
+    counter(b, "llmesh_download_resumed_total", "Downloads that continued a partial file.", (double)dc.resumed);
+    counter(b, "llmesh_download_retries_total", "Download attempts made again after a transient failure.",
+            (double)dc.retries);
 }
 
 static void render_lanes(prom_buf *b, sched *s)
@@ -358,7 +375,8 @@ typedef struct {
     double scale;   /* ms -> s */
 } split_family;
 
-/* Per stage (1..n-1) of each plan this node coordinates, and per plan. */
+/* Per stage of each plan this node coordinates (stage 0: tokens and
+ * compute only), and per plan. */
 static const split_family stage_families[] = {
     {"llmesh_split_stage_tokens_total", "tokens", "Positions a stage computed.", 1},
     {"llmesh_split_stage_compute_seconds_total", "compute_ms", "Time a stage spent computing, as it reports.", 1e-3},
@@ -395,7 +413,10 @@ static void render_split(prom_buf *b, const pipelines *ps)
                 const cJSON *node = cJSON_GetObjectItemCaseSensitive(st, "node");
                 char idx[16];
                 snprintf(idx, sizeof idx, "%d", index++);
-                if (!c || !cJSON_IsString(model) || !cJSON_IsString(node)) continue;
+                /* Stage 0 has no send time or bytes of its own: no sample. */
+                if (!c || !cJSON_IsString(model) || !cJSON_IsString(node) ||
+                    !cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(c, stage_families[f].key)))
+                    continue;
                 prom_sample(b, stage_families[f].name,
                             (const char *[]){"model", model->valuestring, "stage", idx, "node", node->valuestring, NULL},
                             json_number(c, stage_families[f].key) * stage_families[f].scale);
@@ -419,6 +440,43 @@ static void render_split(prom_buf *b, const pipelines *ps)
     cJSON_Delete(root);
 }
 
+/* The splits' per-step histograms: each family written whole, so the plans
+ * are walked once per family. */
+typedef struct {
+    prom_buf *b;
+    int hop;   /* 0: stage compute, 1: hops */
+} step_writer;
+
+static void write_step_histograms(void *ctx, const char *model, int n_stages, const char (*nodes)[MESH_ID_HEX],
+                                  const prom_histogram *compute, const prom_histogram *hop)
+{
+    step_writer *w = ctx;
+    if (w->hop) {
+        prom_histogram_write(w->b, "llmesh_split_step_hop_seconds", (const char *[]){"model", model, NULL}, hop);
+        return;
+    }
+    for (int s = 0; s < n_stages; s++) {
+        char idx[16];
+        snprintf(idx, sizeof idx, "%d", s);
+        prom_histogram_write(w->b, "llmesh_split_step_compute_seconds",
+                             (const char *[]){"model", model, "stage", idx, "node", nodes[s], NULL}, &compute[s]);
+    }
+}
+
+static void render_step_histograms(prom_buf *b, const pipelines *ps)
+{
+    prom_family(b, "llmesh_split_step_compute_seconds", "histogram",
+                "Time a batch step of a split spent in each stage's layers (stage 0: the coordinator's), "
+                "one observation per step and stage.");
+    step_writer w = {b, 0};
+    pipelines_step_histograms(ps, write_step_histograms, &w);
+    prom_family(b, "llmesh_split_step_hop_seconds", "histogram",
+                "A batch step's round trip less the stages' times: the wire, QUIC and framing, one observation "
+                "per step.");
+    w.hop = 1;
+    pipelines_step_histograms(ps, write_step_histograms, &w);
+}
+
 char *metrics_render(const metrics *m, const metrics_sources *src)
 {
     prom_buf b = {0};
@@ -428,6 +486,7 @@ char *metrics_render(const metrics *m, const metrics_sources *src)
         render_lanes(&b, src->sched);
         render_peers(&b, src->mesh);
         render_split(&b, src->pipelines);
+        render_step_histograms(&b, src->pipelines);
     }
     return prom_buf_take(&b);
 }

@@ -41,12 +41,17 @@
 #define ML_RETRY_FAILED_MS 30000   /* a failed takeover of a model is not retried sooner */
 #define ML_MAX_WATCH 32
 #define ML_FILES_MS 2000           /* the cache's files and the peers' are looked at this often */
-#define ML_MAX_PEER_FILES 512
+#define ML_MAX_PEER_FILES MODEL_MAX_PEER_FILES
+#define ML_MESH_SETTLE_MS 3000     /* the peers' records are taken as known this long after the first arrived */
+#define ML_MESH_WAIT_MS 5000       /* a load with the hub down waits this long for the records ... */
+#define ML_START_MESH_WAIT_MS 30000 /* ... a --model at start-up this long (the mesh is being joined) */
+#define ML_SECOND_HOST_CALM_MS 10000 /* a second host leaves after this long of calm (see drop_second_hosts) */
 
 typedef struct {
     uint8_t peer[MESH_ID_BYTES];
     uint8_t sha256[32];
     uint64_t size;
+    char ref[PLAN_FILE_REF_MAX + 1];  /* org/repo/path@commit */
 } peer_holding;
 
 typedef enum { JOB_DOWNLOADING, JOB_LOADING, JOB_READY, JOB_FAILED, JOB_UNLOADED } job_state;
@@ -57,6 +62,10 @@ typedef struct {
     char ref[MODEL_REF_MAX + 1];
     char id[MESH_MAX_NAME];           /* known once resolved */
     int takeover;                     /* started by standby takeover */
+    int at_start;                     /* a --model the hub could not give at start-up: its failure stops the node */
+    int second_host;                  /* added as a second host of a saturated model: leaves when the load goes */
+    uint32_t peak_per_min;            /* second host, ready: the most requests a minute it has seen for the model */
+    uint64_t calm_since_ms;           /* second host: since when it may leave (0: not calm) */
     job_state state;                  /* loop thread */
     char error[1024];
     uint64_t started_ms, ended_ms;
@@ -107,10 +116,13 @@ struct model_loader {
     pthread_mutex_t files_lock;
     peer_holding holdings[ML_MAX_PEER_FILES];
     int n_holdings;
+    uint64_t records_since_ms;        /* when a peer's record was first seen; 0 not yet */
     plan_file files[PLAN_MAX_FILES];  /* loop: this node's, as published */
     int n_files;
     saturated_model saturated[PLAN_MAX_PLANS]; /* loop: from the peers' records */
     int n_saturated;
+    char marked[PLAN_MAX_PLANS][MESH_MAX_NAME]; /* loop: models some alive peer marks saturated */
+    int n_marked;
 };
 
 /* ---- a load ------------------------------------------------------------------ */
@@ -148,7 +160,8 @@ typedef struct {
     char join_dir[MODEL_PATH_MAX];
 } job_arg;
 
-/* A download thread: a peer whose record lists this file (model_fetch_opts.find_peer). */
+/* A download thread: the peers whose records list this file, up to
+ * PEER_FILE_MAX_PEERS (model_fetch_opts.find_peer): they share the work. */
 static int find_peer(void *ctx, const char *sha256, uint64_t size, peer_file_target *out)
 {
     model_loader *L = ctx;
@@ -156,16 +169,39 @@ static int find_peer(void *ctx, const char *sha256, uint64_t size, peer_file_tar
     if (weights_parse_hex(sha256, sha) != 0) return 0;
     int found = 0;
     pthread_mutex_lock(&L->files_lock);
-    for (int i = 0; i < L->n_holdings && !found; i++) {
+    for (int i = 0; i < L->n_holdings && found < PEER_FILE_MAX_PEERS; i++) {
         const peer_holding *h = &L->holdings[i];
         if (h->size != size || memcmp(h->sha256, sha, 32)) continue;
-        *out = (peer_file_target){.base = L->base, .mesh = L->mesh, .size = size};
-        memcpy(out->peer, h->peer, MESH_ID_BYTES);
-        memcpy(out->sha256, sha, 32);
-        found = 1;
+        if (!found) {
+            *out = (peer_file_target){.base = L->base, .mesh = L->mesh, .size = size};
+            memcpy(out->peer, h->peer, MESH_ID_BYTES);
+            memcpy(out->sha256, sha, 32);
+        } else {
+            memcpy(out->more[out->n_more++], h->peer, MESH_ID_BYTES);
+        }
+        found++;
     }
     pthread_mutex_unlock(&L->files_lock);
     return found;
+}
+
+/* A download thread, the hub down: what the peers' records list
+ * (model_fetch_opts.peer_files); -1 until they are known. */
+static int peer_files(void *ctx, model_peer_file *out, int max)
+{
+    model_loader *L = ctx;
+    int n = 0;
+    pthread_mutex_lock(&L->files_lock);
+    if (!L->records_since_ms || clock_ms() - L->records_since_ms < ML_MESH_SETTLE_MS) n = -1;
+    for (int i = 0; n >= 0 && i < L->n_holdings && n < max; i++) {
+        const peer_holding *h = &L->holdings[i];
+        snprintf(out[n].ref, sizeof out[n].ref, "%s", h->ref);
+        weights_hex(h->sha256, out[n].sha256);
+        out[n].size = h->size;
+        n++;
+    }
+    pthread_mutex_unlock(&L->files_lock);
+    return n;
 }
 
 /* The loop: this node's whole files, offered and published; the peers'. */
@@ -195,8 +231,9 @@ static void refresh_files(model_loader *L)
     static plan_file theirs[PLAN_MAX_FILES];
     static plan_saturated sat[PLAN_MAX_PLANS];
     static peer_holding found[ML_MAX_PEER_FILES];
-    int nh = 0, np = mesh_peers(L->mesh, peers, ML_MAX_PEERS);
+    int nh = 0, records = 0, np = mesh_peers(L->mesh, peers, ML_MAX_PEERS);
     L->n_saturated = 0;
+    L->n_marked = 0;
     for (int i = 0; i < np && i < ML_MAX_PEERS; i++) {
         if (strcmp(peers[i].state, "alive")) continue;
         uint8_t id[MESH_ID_BYTES];
@@ -210,7 +247,12 @@ static void refresh_files(model_loader *L)
                                                      err, sizeof err)) < 0)
             continue;
         nf = extra.n_files;
+        records++;
         for (int s = 0; s < extra.n_saturated; s++) {
+            int seen = 0;
+            for (int q = 0; q < L->n_marked && !seen; q++) seen = !strcmp(L->marked[q], sat[s].model);
+            if (!seen && L->n_marked < PLAN_MAX_PLANS)
+                snprintf(L->marked[L->n_marked++], MESH_MAX_NAME, "%.127s", sat[s].model);
             int at = 0;
             while (at < L->n_saturated && strcmp(L->saturated[at].model, sat[s].model)) at++;
             if (at == L->n_saturated) {
@@ -228,6 +270,7 @@ static void refresh_files(model_loader *L)
             memcpy(found[nh].peer, id, MESH_ID_BYTES);
             memcpy(found[nh].sha256, theirs[f].sha256, 32);
             found[nh].size = theirs[f].size;
+            snprintf(found[nh].ref, sizeof found[nh].ref, "%s", theirs[f].ref);
             nh++;
         }
     }
@@ -243,6 +286,7 @@ static void refresh_files(model_loader *L)
     pthread_mutex_lock(&L->files_lock);
     memcpy(L->holdings, found, (size_t)nh * sizeof found[0]);
     L->n_holdings = nh;
+    if (records && !L->records_since_ms) L->records_since_ms = clock_ms();
     pthread_mutex_unlock(&L->files_lock);
 }
 
@@ -257,6 +301,14 @@ static void *job_main(void *arg)
     job_arg *a = arg;
     load_job *j = a->job;
     char err[1024] = "";
+    /* A --model at start-up: the peers' records first, so that a peer
+     * holding the file gives it (find_peer) instead of the hub. */
+    for (int waited = 0; j->at_start && waited < ML_START_MESH_WAIT_MS && !j->cancel &&
+                         peer_files(j->L, NULL, 0) < 0;
+         waited += 100) {
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     j->rc = model_fetch(j->ref, &a->o, j->mf, err, sizeof err);
     if (j->rc != 0) snprintf(j->error, sizeof j->error, "%s", err);
     free(a);
@@ -266,19 +318,24 @@ static void *job_main(void *arg)
 
 static void refresh_files(model_loader *L);
 
+/* The loop: a load ends in failure; one the node was started with stops it. */
+static void job_failed(load_job *j, const char *error)
+{
+    j->state = JOB_FAILED;
+    if (error != j->error) snprintf(j->error, sizeof j->error, "%s", error);
+    log_warn(ML_LOG, "load %s: %s", j->ref, j->error);
+    if (j->at_start && j->L->cfg.on_start_failed) j->L->cfg.on_start_failed(j->L->cfg.start_ctx, j->ref, j->error);
+}
+
 /* The loop: the file is hashed (remembered), so the pipelines' own add is
  * instant: map, plan, serve. */
 static void serve_loaded(load_job *j, const char *error)
 {
     char err[1024];
     if (error) {
-        j->state = JOB_FAILED;
-        snprintf(j->error, sizeof j->error, "%s", error);
-        log_warn(ML_LOG, "load %s: %s", j->ref, error);
+        job_failed(j, error);
     } else if (pipelines_add_model(j->L->ps, j->path, err, sizeof err) != 0) {
-        j->state = JOB_FAILED;
-        snprintf(j->error, sizeof j->error, "%s", err);
-        log_warn(ML_LOG, "load %s: %s", j->ref, err);
+        job_failed(j, err);
     } else {
         j->state = JOB_READY;
         log_info(ML_LOG, "load %s: serving %s%s", j->ref, j->id, j->takeover ? " (standby takeover)" : "");
@@ -300,10 +357,9 @@ static void on_job_done(evutil_socket_t fd, short what, void *arg)
     j->thread_live = 0;
     j->ended_ms = clock_ms();
     if (j->rc != 0) {
-        j->state = JOB_FAILED;
-        log_warn(ML_LOG, "load %s: %s", j->ref, j->error);
         free(j->mf);
         j->mf = NULL;
+        job_failed(j, j->error);
         return;
     }
     snprintf(j->id, sizeof j->id, "%s", j->mf->id);
@@ -350,7 +406,9 @@ static int job_slot(model_loader *L)
     return best;
 }
 
-static int start_job(model_loader *L, const char *ref, int takeover, char *err, size_t errlen)
+typedef enum { START_API, START_TAKEOVER, START_SECOND_HOST, START_AT_START } start_kind;
+
+static int start_job(model_loader *L, const char *ref, start_kind kind, char *err, size_t errlen)
 {
     for (int i = 0; i < L->n_jobs; i++)
         if (!strcmp(L->jobs[i]->ref, ref) &&
@@ -374,7 +432,10 @@ static int start_job(model_loader *L, const char *ref, int takeover, char *err, 
     pthread_mutex_init(&j->lock, NULL);
     j->L = L;
     snprintf(j->ref, sizeof j->ref, "%s", ref);
+    int takeover = kind == START_TAKEOVER || kind == START_SECOND_HOST, at_start = kind == START_AT_START;
     j->takeover = takeover;
+    j->second_host = kind == START_SECOND_HOST;
+    j->at_start = at_start;
     j->state = JOB_DOWNLOADING;
     j->started_ms = clock_ms();
     j->done = event_new(L->base, -1, 0, on_job_done, j);
@@ -387,7 +448,14 @@ static int start_job(model_loader *L, const char *ref, int takeover, char *err, 
                               .n_ctx = L->cfg.n_ctx, .n_lanes = L->cfg.n_lanes, .n_threads = L->cfg.n_threads,
                               .kv_type = L->cfg.kv_type,
                               .progress = on_progress, .progress_ctx = j, .cancel = &j->cancel,
-                              .join_dir = a->join_dir, .find_peer = find_peer, .peer_ctx = L};
+                              .join_dir = a->join_dir, .find_peer = find_peer, .peer_ctx = L,
+                              .peer_files = peer_files,
+                              .mesh_wait_ms = at_start ? ML_START_MESH_WAIT_MS : ML_MESH_WAIT_MS};
+    if (at_start) {
+        /* As at start-up: this node's own budget, none with --split. */
+        a->o.avail_bytes = budget_free(L->budget);
+        a->o.avail_what = L->cfg.split ? NULL : "this node's free budget (--max-memory)";
+    }
     refresh_files(L); /* the peers' files as they are now */
     snprintf(a->join_dir, sizeof a->join_dir, "%.4000s/cache/joined", L->cfg.home);
     L->jobs[slot] = j;
@@ -411,7 +479,12 @@ int model_loader_start(model_loader *L, const char *ref, char *err, size_t errle
     /* A malformed reference is refused now, not in the status later. */
     if (!(strlen(ref) < MODEL_PATH_MAX && stat(ref, &sb) == 0) && model_ref_parse(ref, &r, err, errlen) != 0)
         return -1;
-    return start_job(L, ref, 0, err, errlen);
+    return start_job(L, ref, START_API, err, errlen);
+}
+
+int model_loader_start_waiting(model_loader *L, const char *ref, char *err, size_t errlen)
+{
+    return start_job(L, ref, START_AT_START, err, errlen);
 }
 
 /* ---- standby takeover ----------------------------------------------------------- */
@@ -503,6 +576,80 @@ static watch *watch_of(model_loader *L, const char *model)
     return w;
 }
 
+/* Whether model is marked saturated by a host: this node's own record, or
+ * an alive peer's (refresh_files). */
+static int marked_saturated(model_loader *L, const char *model)
+{
+    static uint8_t app[MESH_MAX_APP];
+    for (int i = 0; i < L->n_marked; i++)
+        if (!strcmp(L->marked[i], model)) return 1;
+    int len = mesh_node_app_data(L->mesh, mesh_node_id(L->mesh), app, sizeof app);
+    return len > 0 && plan_app_marks_saturated(app, (size_t)len, model);
+}
+
+/* An alive peer serves model (so leaving it leaves it served). */
+static int served_elsewhere(model_loader *L, const char *model)
+{
+    static mesh_peer peers[ML_MAX_PEERS];
+    int n = mesh_peers(L->mesh, peers, ML_MAX_PEERS);
+    for (int i = 0; i < n && i < ML_MAX_PEERS; i++) {
+        if (strcmp(peers[i].state, "alive")) continue;
+        for (int j = 0; j < peers[i].n_models; j++)
+            if (!strcmp(peers[i].models[j], model)) return 1;
+    }
+    return 0;
+}
+
+/* A second host leaves when the load that brought it has gone: the
+ * trigger was "every host saturated"; leaving needs a second, lower
+ * threshold held for a while, or the two would chase each other (the
+ * load split over two hosts clears the first one's mark at once):
+ *   - no host marks the model saturated (its own record and its peers'),
+ *   - another alive node serves it,
+ *   - this node saw no request for it for ML_SECOND_HOST_CALM_MS, or the
+ *     requests a minute it sees for it fell to half the most it has seen
+ *     since it became a host (a load that stays keeps the rate near its
+ *     peak; the one-minute window is slow to fall, hence the idle test),
+ * all of them for ML_SECOND_HOST_CALM_MS without a break. It then unloads
+ * the model with the API's drain (requests in flight finish; new ones go
+ * to the other host) and does not take it again for ML_RETRY_FAILED_MS. */
+static void drop_second_hosts(model_loader *L, uint64_t now)
+{
+    static plan_demand mine[PLAN_MAX_DEMAND];
+    int nd = demand_rates(L->demand, mine, PLAN_MAX_DEMAND);
+    for (int i = 0; i < L->n_jobs; i++) {
+        load_job *j = L->jobs[i];
+        if (!j->second_host || j->state != JOB_READY) continue;
+        uint32_t rate = 0;
+        for (int k = 0; k < nd; k++)
+            if (!strcmp(mine[k].model, j->id)) rate = mine[k].per_min;
+        if (rate > j->peak_per_min) j->peak_per_min = rate;
+        uint64_t last = demand_last_ms(L->demand, j->id);
+        int idle = now - (last > j->ended_ms ? last : j->ended_ms) >= ML_SECOND_HOST_CALM_MS;
+        int calm = !marked_saturated(L, j->id) && served_elsewhere(L, j->id) &&
+                   (idle || 2ull * rate <= j->peak_per_min);
+        if (!calm) {
+            j->calm_since_ms = 0;
+            continue;
+        }
+        if (!j->calm_since_ms) j->calm_since_ms = now;
+        if (now - j->calm_since_ms < ML_SECOND_HOST_CALM_MS) continue;
+        char err[512];
+        int rc = pipelines_remove_model(L->ps, j->id, MODEL_DRAIN_DEFAULT_S * 1000, err, sizeof err);
+        if (rc < 0 || rc == 1) {
+            log_warn(ML_LOG, "%s: leaving as a second host: %s", j->id, err);
+            j->calm_since_ms = 0;
+            continue;
+        }
+        log_info(ML_LOG, "%s: the load is gone (%s; %u requests a minute here, %u at most; no host saturated "
+                 "for %d s): no longer a second host%s", j->id, idle ? "no request here" : "half the peak rate", rate,
+                 j->peak_per_min, ML_SECOND_HOST_CALM_MS / 1000, rc == 2 ? " (draining)" : "");
+        j->state = JOB_UNLOADED;
+        watch *w = watch_of(L, j->id);
+        if (w) w->failed_at_ms = now;
+    }
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     model_loader *L = arg;
@@ -528,7 +675,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         if (!takeover_ref(L, model, ref, sizeof ref)) continue;
         log_info(ML_LOG, "%s is asked for (%u a minute) and no live node serves it: taking it over from %s",
                  model, wanted[i].per_min, ref);
-        if (start_job(L, ref, 1, err, sizeof err) != 0) {
+        if (start_job(L, ref, START_TAKEOVER, err, sizeof err) != 0) {
             w->failed_at_ms = now;
             log_warn(ML_LOG, "takeover of %s: %s", model, err);
         }
@@ -554,11 +701,12 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         log_info(ML_LOG, "%s: every host is saturated (%d): adding this node as another host, from %s", sm->model,
                  sm->saturated_hosts, ref);
         w->saturated_since_ms = 0;
-        if (start_job(L, ref, 1, err, sizeof err) != 0) {
+        if (start_job(L, ref, START_SECOND_HOST, err, sizeof err) != 0) {
             w->failed_at_ms = now;
             log_warn(ML_LOG, "second host for %s: %s", sm->model, err);
         }
     }
+    drop_second_hosts(L, now);
     /* A takeover that failed is not tried again at once. */
     for (int i = 0; i < L->n_jobs; i++) {
         load_job *j = L->jobs[i];
@@ -646,6 +794,7 @@ void model_loader_status(model_loader *L, cJSON *root)
         if (j->id[0]) cJSON_AddStringToObject(o, "model", j->id);
         cJSON_AddStringToObject(o, "state", job_state_names[j->state]);
         cJSON_AddBoolToObject(o, "takeover", j->takeover);
+        if (j->second_host) cJSON_AddBoolToObject(o, "second_host", 1);
         pthread_mutex_lock(&j->lock);
         cJSON_AddNumberToObject(o, "done_bytes", (double)j->done_bytes);
         cJSON_AddNumberToObject(o, "total_bytes", (double)j->total_bytes);

@@ -23,6 +23,11 @@
  * alive standbys (so that two standbys do not both take the same model;
  * the first one's plan shows in its record before the next one's turn).
  *
+ * A second host: a standby with room and a source for a model every alive
+ * host of which marks saturated loads it too; it leaves again (unloads,
+ * draining) once no host is saturated, another serves it, and its own
+ * requests a minute for it are down to half their peak, for 10 s.
+ *
  * Weights cross the internet once: every ML_FILES_MS the loader lists the
  * whole files of the Hugging Face cache (models/hf.h hf_cache_held), offers
  * them to peers (weights_store_set_held) and publishes them in the node
@@ -58,6 +63,11 @@ typedef struct {
     const char *const *standby_for;  /* references this node may take over (may be 0 of them) */
     int n_standby_for;
     struct weights_store *weights;   /* serves the files of the HF cache to peers; may be NULL */
+    int split;                       /* --split: no fit check for a --model (the planner decides) */
+    /* A load of model_loader_start_waiting failed: the node cannot serve
+     * what it was started with (err says why). Loop thread. */
+    void (*on_start_failed)(void *ctx, const char *ref, const char *err);
+    void *start_ctx;
 } model_loader_config;
 
 model_loader *model_loader_new(struct event_base *base, struct mesh *m, struct pipelines *ps,
@@ -68,6 +78,12 @@ void model_loader_free(model_loader *L);
 /* Starts loading ref in the background. 0, or -1 with err (a malformed
  * reference, a load of it already under way, too many loads). */
 int model_loader_start(model_loader *L, const char *ref, char *err, size_t errlen);
+/* A --model that the hub could not give at start-up (down, or
+ * HF_HUB_OFFLINE) and that is not in the cache: loaded as above once the
+ * mesh is known (the peers' records name its files and hold its bytes),
+ * waiting for the records up to 30 s, with the fit check against this
+ * node's budget; a failure calls cfg.on_start_failed. 0, or -1 with err. */
+int model_loader_start_waiting(model_loader *L, const char *ref, char *err, size_t errlen);
 /* "loads" (and "demand": the mesh's) into root, for /api/status. */
 void model_loader_status(model_loader *L, struct cJSON *root);
 /* The console's POST /api/models/... (http_post_fn). */

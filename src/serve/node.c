@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,6 +26,7 @@
 #include "models/weights_store.h"
 #include "serve/api.h"
 #include "serve/budget.h"
+#include "serve/console_history.h"
 #include "serve/demand.h"
 #include "serve/http.h"
 #include "serve/metrics.h"
@@ -50,6 +52,8 @@ typedef struct {
     http_server *api_http;
     http_server *console_http;
     metrics *metrics;
+    console_history *history;    /* GET /api/history: the traffic of the last minutes */
+    struct event *history_timer;
     demand *demand;
     model_loader *loader;
     struct event *sigint, *sigterm, *drain_timer;
@@ -57,6 +61,9 @@ typedef struct {
     uint64_t drain_deadline_ms;
     const char *role;
     int console_loopback;        /* the console is bound to loopback only: it may show the token */
+    int waiting[NODE_MAX_MODELS]; /* --model indexes the hub could not give: loaded from the mesh */
+    int n_waiting;
+    int start_failed;            /* one of them failed: the node exits with 1 */
 } node;
 
 static char *status_json(void *ctx)
@@ -217,6 +224,48 @@ static char *metrics_text(void *ctx)
     return metrics_render(n->metrics, &src);
 }
 
+/* A number of a "traffic" entry, or absent when it has none. */
+static double traffic_number(const cJSON *o, const char *key, double absent)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 ? v->valuedouble : absent;
+}
+
+/* Every CONSOLE_HISTORY_INTERVAL_MS: a point of the console's history, from
+ * the same per-model totals as the status's "traffic" (so the graphs a
+ * fresh page draws agree with the rates it computes from the status). */
+static void on_history_timer(evutil_socket_t fd, short what, void *arg)
+{
+    node *n = arg;
+    cJSON *traffic = cJSON_CreateArray();
+    if (!traffic) return;
+    metrics_status_json(n->metrics, n->sched, traffic);
+    console_history_sample s[CONSOLE_HISTORY_MODELS];
+    int count = 0;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, traffic) {
+        const cJSON *model = cJSON_GetObjectItemCaseSensitive(t, "model");
+        if (count == CONSOLE_HISTORY_MODELS || !cJSON_IsString(model) || !model->valuestring[0]) continue;
+        /* A model served here with no traffic yet has its lanes only. */
+        s[count++] = (console_history_sample){
+            .model = model->valuestring,
+            .requests = (uint64_t)traffic_number(t, "requests", 0),
+            .completion_tokens = (uint64_t)traffic_number(t, "completion_tokens", 0),
+            .ttft_count = (uint64_t)traffic_number(t, "ttft_count", 0),
+            .ttft_seconds = traffic_number(t, "ttft_seconds", 0),
+            .queued = (int)traffic_number(t, "queued", -1),
+        };
+    }
+    console_history_record(n->history, clock_ms(), s, count);
+    cJSON_Delete(traffic);
+}
+
+static char *history_json(void *ctx)
+{
+    node *n = ctx;
+    return console_history_json(n->history, clock_ms());
+}
+
 /* Shutdown budget: in-flight requests get NODE_GRACE_MS to finish, then are
  * closed with an error; NODE_FLUSH_MS more lets those last bytes leave the
  * sockets before the servers are torn down. Both fit the 2 s promise. */
@@ -266,7 +315,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 /* --model REF: a path is loaded as it is; a name is found in the cache or
  * downloaded first (blocking: the node is not in anyone's way before its
- * token is printed), after the check that it fits this node's budget. */
+ * token is printed), after the check that it fits this node's budget.
+ * A hub file not in the cache, on a node that joins a mesh, is left to
+ * the loader, which waits for the peers' records first
+ * (model_loader_start_waiting): a peer that holds it gives its bytes,
+ * and with the hub down names it too. A node alone downloads it now, or
+ * fails now when the hub cannot be asked. */
 static int load_models(node *n)
 {
     model_files *mf = malloc(sizeof *mf);
@@ -280,8 +334,21 @@ static int load_models(node *n)
                               .avail_what = n->cfg->split ? NULL : "this node's free budget (--max-memory)",
                               .n_ctx = n->cfg->ctx, .n_lanes = n->cfg->parallel > 0 ? n->cfg->parallel : 2,
                               .n_threads = n->cfg->threads, .kv_type = n->cfg->kv_type, .join_dir = joined};
+        model_ref r;
+        struct stat sb;
+        int joins = n->cfg->n_joins > 0 && !n->cfg->client;
+        o.offline = joins && stat(n->cfg->models[i], &sb) != 0 &&
+                    model_ref_parse(n->cfg->models[i], &r, err, sizeof err) == 0 &&
+                    (r.kind == MODEL_REF_HF_FILE || r.kind == MODEL_REF_HF_QUANT || r.kind == MODEL_REF_CATALOG);
         if (model_fetch(n->cfg->models[i], &o, mf, err, sizeof err) != 0) {
-            fprintf(stderr, "llmesh: --model %s: %s\n", n->cfg->models[i], err);
+            if (joins && (o.offline || mf->hub_unreachable)) {
+                log_info("node", "--model %s is not in the cache: it will come from a peer once the mesh is known "
+                         "(or from the hub when no peer has it)", n->cfg->models[i]);
+                n->waiting[n->n_waiting++] = i;
+                continue;
+            }
+            fprintf(stderr, "llmesh: --model %s: %s%s\n", n->cfg->models[i], err,
+                    mf->hub_unreachable ? " (with --join, a peer holding it would give it)" : "");
             rc = -1;
         } else if (pipelines_add_model(n->pipelines, mf->files[0], err, sizeof err) != 0) {
             fprintf(stderr, "llmesh: cannot load model %s\n", err);
@@ -290,6 +357,16 @@ static int load_models(node *n)
     }
     free(mf);
     return rc;
+}
+
+/* The loop: a --model the hub could not give did not come from the mesh
+ * either: the node stops, as it would have at start. */
+static void on_start_failed(void *ctx, const char *ref, const char *err)
+{
+    node *n = ctx;
+    fprintf(stderr, "llmesh: --model %s: %s\n", ref, err);
+    n->start_failed = 1;
+    event_base_loopbreak(n->base);
 }
 
 int node_run(const node_config *cfg)
@@ -350,16 +427,26 @@ int node_run(const node_config *cfg)
                                   .n_threads = cfg->threads, .kv_type = cfg->kv_type,
                                   .take_over = !cfg->n_models || cfg->n_standby_for,
                                   .standby_for = cfg->standby_for, .n_standby_for = cfg->n_standby_for,
-                                  .weights = n.weights};
+                                  .weights = n.weights, .split = cfg->split,
+                                  .on_start_failed = on_start_failed, .start_ctx = &n};
         if (!(n.demand = demand_new()) ||
             !(n.loader = model_loader_new(n.base, n.mesh, n.pipelines, &n.budget, n.demand, &lc)))
             goto out;
         pipelines_set_demand_source(n.pipelines, demand_rates, n.demand);
+        for (int i = 0; i < n.n_waiting; i++)
+            if (model_loader_start_waiting(n.loader, cfg->models[n.waiting[i]], err, sizeof err) != 0) {
+                fprintf(stderr, "llmesh: --model %s: %s\n", cfg->models[n.waiting[i]], err);
+                goto out;
+            }
     }
 
     n.api = api_new(n.base, n.sched, n.mesh);
     n.metrics = metrics_new();
-    if (!n.api || !n.metrics) goto out;
+    n.history = console_history_new(clock_ms());
+    n.history_timer = event_new(n.base, -1, EV_PERSIST, on_history_timer, &n);
+    if (!n.api || !n.metrics || !n.history || !n.history_timer) goto out;
+    struct timeval every = {CONSOLE_HISTORY_INTERVAL_MS / 1000, (CONSOLE_HISTORY_INTERVAL_MS % 1000) * 1000};
+    event_add(n.history_timer, &every);
     api_set_metrics(n.api, n.metrics);
     api_serve_tunnel(n.api);
     api_set_pipelines(n.api, n.pipelines);
@@ -374,6 +461,7 @@ int node_run(const node_config *cfg)
     if (!n.console_http) { fprintf(stderr, "llmesh: console (--console): %s\n", err); goto out; }
     http_console_set_metrics(n.console_http, metrics_text, &n);
     http_console_set_api(n.console_http, n.api);
+    http_console_set_history(n.console_http, history_json, &n);
     http_server_set_metrics(n.console_http, n.metrics);
     http_server_set_limits(n.console_http, &cfg->http_limits);
     if (n.loader) http_console_set_post(n.console_http, model_loader_http, n.loader);
@@ -398,9 +486,10 @@ int node_run(const node_config *cfg)
     fflush(stdout);
 
     event_base_dispatch(n.base);
-    rc = 0;
+    rc = n.start_failed;
 out:
     if (n.drain_timer) event_free(n.drain_timer);
+    if (n.history_timer) event_free(n.history_timer);
     if (n.sigint) event_free(n.sigint);
     if (n.sigterm) event_free(n.sigterm);
     /* HTTP first (aborts calls, which cancel jobs), then the mesh (closes
@@ -419,6 +508,7 @@ out:
     sched_free(n.sched);
     pipelines_free(n.pipelines);
     metrics_free(n.metrics);
+    console_history_free(n.history);
     demand_free(n.demand);
     event_base_free(n.base);
     return rc;

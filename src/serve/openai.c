@@ -346,6 +346,15 @@ int openai_parse_request(const char *body, size_t len, int chat, openai_request 
     if (chat) {
         if (parse_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), req, err, errlen)) goto done;
         if (tools_parse_request(root, &req->tools, err, errlen)) goto done;
+        /* vLLM's name: the answer continues the last (assistant) message,
+         * rendered open (an assistant prefill, as Anthropic's API has it). */
+        if (openai_read_bool(root, "continue_final_message", &req->continue_final, err, errlen)) goto done;
+        const chat_message *last = &req->msgs[req->n_msgs - 1];
+        if (req->continue_final && (strcmp(last->role, "assistant") != 0 || last->json)) {
+            snprintf(err, errlen, "'continue_final_message' needs the last message to be an assistant turn "
+                     "with text content only (the text the answer continues)");
+            goto done;
+        }
     } else if (parse_prompt(cJSON_GetObjectItemCaseSensitive(root, "prompt"), req, err, errlen)) {
         goto done;
     }
@@ -431,7 +440,8 @@ int openai_parse_request(const char *body, size_t len, int chat, openai_request 
     if (openai_read_bool(root, "stream", &req->stream, err, errlen)) goto done;
     cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
     if (so && !cJSON_IsNull(so)) {
-        if (!cJSON_IsObject(so) || openai_read_bool(so, "include_usage", &req->include_usage, err, errlen)) {
+        if (!cJSON_IsObject(so) || openai_read_bool(so, "include_usage", &req->include_usage, err, errlen) ||
+            openai_read_bool(so, "prompt_usage", &req->prompt_usage, err, errlen)) {
             if (!cJSON_IsObject(so)) snprintf(err, errlen, "'stream_options' must be an object");
             goto done;
         }
@@ -452,7 +462,7 @@ int openai_request_render_chat(openai_request *req, const engine_model *em, char
     int parse_special = 0;
     if (req->tools) {
         json_grammar *call = NULL;
-        if (tools_render(req->tools, em, req->msgs, req->n_msgs, &req->prompt, &req->prompt_len,
+        if (tools_render(req->tools, em, req->msgs, req->n_msgs, req->continue_final, &req->prompt, &req->prompt_len,
                          &parse_special, &call, err, errlen) != 0)
             return -1;
         if (call && req->grammar) {
@@ -466,8 +476,8 @@ int openai_request_render_chat(openai_request *req, const engine_model *em, char
         }
         req->tool_forced = call != NULL;
         if (req->tools->choice != TOOLS_NONE) req->tool_format = engine_chat_tool_format(em);
-    } else if (engine_render_chat(em, req->msgs, req->n_msgs, &req->prompt, &req->prompt_len, &parse_special,
-                                  err, errlen) != 0) {
+    } else if (engine_render_chat_tools(em, req->msgs, req->n_msgs, NULL, req->continue_final, &req->prompt,
+                                        &req->prompt_len, &parse_special, err, errlen) != 0) {
         return -1;
     }
     req->er->prompt = req->prompt;
@@ -578,12 +588,28 @@ void openai_answer_init(openai_answer *ans, api_sink *sink, const char *model, c
              (unsigned long long)(serial * 0x9E3779B97F4A7C15ull ^ (uint64_t)ans->created));
 }
 
+static void choice_state_free(openai_choice_state *st)
+{
+    cJSON_Delete(st->done);
+    free(st->text);
+    free(st->toks);
+    memset(st, 0, sizeof *st);
+}
+
 void openai_answer_free(openai_answer *ans)
 {
-    cJSON_Delete(ans->choices_done);
-    free(ans->text);
+    choice_state_free(&ans->cur);
+    for (int i = 0; i < OPENAI_MAX_CHOICES; i++) choice_state_free(&ans->saved[i]);
     free(ans->echo_text);
-    free(ans->toks);
+}
+
+void openai_answer_select(openai_answer *ans, int i)
+{
+    if (i < 0 || i >= OPENAI_MAX_CHOICES || i == ans->choice) return;
+    ans->saved[ans->choice] = ans->cur;
+    ans->cur = ans->saved[i];
+    memset(&ans->saved[i], 0, sizeof ans->saved[i]);
+    ans->choice = i;
 }
 
 int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_model *em)
@@ -594,6 +620,7 @@ int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_
     ans->logprobs = req->er->logprobs;
     ans->top_logprobs = req->er->top_logprobs;
     ans->include_usage = req->include_usage;
+    ans->prompt_usage = req->prompt_usage;
     ans->tool_format = req->tool_format;
     ans->tool_forced = req->tool_forced;
     ans->tools_parallel = req->tools ? req->tools->parallel : 1;
@@ -660,7 +687,7 @@ static double json_logprob(float lp) { return lp > -9999.0f ? (double)lp : -9999
 
 /* Completions' legacy logprobs object for tokens t[0, n): tokens,
  * token_logprobs, top_logprobs, text_offset. Offsets are characters into the
- * choice's text; ans->text_offset carries on across streamed chunks. */
+ * choice's text; ans->cur.text_offset carries on across streamed chunks. */
 static cJSON *completion_logprobs(openai_answer *ans, const engine_token *t, int n)
 {
     cJSON *o = cJSON_CreateObject();
@@ -669,16 +696,16 @@ static cJSON *completion_logprobs(openai_answer *ans, const engine_token *t, int
     cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs");
     cJSON *offsets = cJSON_AddArrayToObject(o, "text_offset");
     for (int i = 0; i < n; i++) {
-        if (!t[i].prompt && !ans->past_prompt) {
+        if (!t[i].prompt && !ans->cur.past_prompt) {
             /* The completion starts after the echoed prompt text (whose
              * tokens' strings need not add up to it, e.g. a BOS). */
-            ans->past_prompt = 1;
-            if (ans->echo_text) ans->text_offset = utf8_chars(ans->echo_text);
+            ans->cur.past_prompt = 1;
+            if (ans->echo_text) ans->cur.text_offset = utf8_chars(ans->echo_text);
         }
         char *s = token_string(ans, t[i].id, NULL, NULL);
         cJSON_AddItemToArray(tokens, cJSON_CreateString(s ? s : ""));
-        cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)ans->text_offset));
-        ans->text_offset += s ? utf8_chars(s) : 0;
+        cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)ans->cur.text_offset));
+        ans->cur.text_offset += s ? utf8_chars(s) : 0;
         free(s);
         if (isnan(t[i].logprob)) {
             cJSON_AddItemToArray(lps, cJSON_CreateNull());
@@ -739,12 +766,13 @@ static void add_logprobs(openai_answer *ans, cJSON *choice, const engine_token *
 }
 
 /* llama-server's `timings` (its field names): the prompt tokens evaluated
- * (the cached ones not) and their time, the generated tokens and theirs,
- * and the rates. Times are the engine's: they leave out the queue and HTTP. */
-static void add_timings(cJSON *o, const engine_result *r)
+ * (prompt_n: the cached ones not; with several choices, over all of them:
+ * the prompt once and each other choice's last token) and their time, the
+ * generated tokens and theirs, and the rates. Times are the engine's: they leave out the queue and HTTP. */
+static void add_timings(cJSON *o, const engine_result *r, int prompt_n)
 {
     cJSON *t = cJSON_AddObjectToObject(o, "timings");
-    int prompt_n = r->prompt_tokens - r->cached_tokens, predicted_n = r->completion_tokens;
+    int predicted_n = r->completion_tokens;
     cJSON_AddNumberToObject(t, "cache_n", r->cached_tokens);
     cJSON_AddNumberToObject(t, "prompt_n", prompt_n);
     cJSON_AddNumberToObject(t, "prompt_ms", r->prompt_ms);
@@ -771,6 +799,8 @@ static void add_timings(cJSON *o, const engine_result *r)
     }
     cJSON_AddNumberToObject(t, "hop_ms", r->hop_ms);
 }
+
+static void add_usage(cJSON *o, const engine_result *r);
 
 /* One streamed choice: text (may be NULL for the role-only first chat chunk),
  * the tokens it carries and an optional finish reason. */
@@ -799,59 +829,76 @@ static void send_stream_chunk(openai_answer *ans, const char *text, size_t len, 
     if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
     else cJSON_AddNullToObject(choice, "finish_reason");
     if (finish && ans->stopped_by) cJSON_AddStringToObject(choice, "stop_reason", ans->stopped_by);
-    if (finish && ans->result) add_timings(o, ans->result);
+    if (finish && ans->result) add_timings(o, ans->result, ans->prompt_evaluated);
+    if (ans->prompt_usage && !ans->prompt_usage_sent && ans->prompt_known > 0) {
+        /* stream_options.prompt_usage: the prompt's count in the first
+         * chunk (serve/anthropic.c's message_start needs it then) */
+        ans->prompt_usage_sent = 1;
+        engine_result r = {.prompt_tokens = ans->prompt_known, .cached_tokens = ans->prompt_known_cached};
+        add_usage(o, &r);
+    }
     sse_send(ans->sink, o);
     cJSON_Delete(o);
     free(copy);
 }
 
+/* A streamed choice's first chunks: chat's role, and the echoed prompt
+ * when it does not wait for its tokens. */
+static void choice_begin(openai_answer *ans)
+{
+    if (!ans->stream || ans->cur.begun) return;
+    ans->cur.begun = 1;
+    if (ans->chat) send_stream_chunk(ans, NULL, 0, NULL, 0, NULL, 1);
+    if (ans->echo_text && !ans->logprobs) { /* with logprobs it goes out with the prompt's tokens */
+        ans->cur.echo_sent = 1;
+        send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
+    }
+}
+
 void openai_answer_begin_stream(openai_answer *ans)
 {
     ans->sink->ops->begin(ans->sink, 200, "text/event-stream");
-    if (ans->chat) send_stream_chunk(ans, NULL, 0, NULL, 0, NULL, 1);
-    if (ans->echo_text && !ans->logprobs) { /* with logprobs it goes out with the prompt's tokens */
-        ans->echo_sent = 1;
-        send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
-    }
+    choice_begin(ans);
 }
 
 void openai_answer_output(openai_answer *ans, const char *text, size_t len, const engine_token *toks,
                           int n_toks)
 {
+    choice_begin(ans);
     if (ans->stream && ans->tool_format != ENGINE_TOOLS_NONE) {
         /* Tools: content goes out up to where a call may begin; the rest
          * waits for the end (openai_answer_finish). */
-        if (len) append_text(&ans->text, &ans->text_len, &ans->text_cap, text, len);
-        size_t upto = tools_stream_release(ans->tool_format, ans->tool_forced, ans->text ? ans->text : "",
-                                           ans->text_len);
-        if (upto > ans->released) {
-            send_stream_chunk(ans, ans->text + ans->released, upto - ans->released, toks, n_toks, NULL, 0);
-            ans->released = upto;
+        if (len) append_text(&ans->cur.text, &ans->cur.text_len, &ans->cur.text_cap, text, len);
+        size_t upto = tools_stream_release(ans->tool_format, ans->tool_forced, ans->cur.text ? ans->cur.text : "",
+                                           ans->cur.text_len);
+        if (upto > ans->cur.released) {
+            send_stream_chunk(ans, ans->cur.text + ans->cur.released, upto - ans->cur.released, toks, n_toks, NULL, 0);
+            ans->cur.released = upto;
         }
         return;
     }
     if (ans->stream) {
         /* The echoed prompt goes out with its tokens, in the first chunk. */
-        if (ans->echo_text && !ans->echo_sent && n_toks > 0 && toks[0].prompt) {
-            ans->echo_sent = 1;
+        if (ans->echo_text && !ans->cur.echo_sent && n_toks > 0 && toks[0].prompt) {
+            ans->cur.echo_sent = 1;
             send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), toks, n_toks, NULL, 0);
         } else {
             send_stream_chunk(ans, text, len, toks, n_toks, NULL, 0);
         }
         return;
     }
-    if (len) append_text(&ans->text, &ans->text_len, &ans->text_cap, text, len);
+    if (len) append_text(&ans->cur.text, &ans->cur.text_len, &ans->cur.text_cap, text, len);
     if (n_toks > 0) {
-        if (ans->n_toks + n_toks > ans->toks_cap) {
-            int cap = ans->toks_cap ? ans->toks_cap : 64;
-            while (cap < ans->n_toks + n_toks) cap *= 2;
-            engine_token *p = realloc(ans->toks, sizeof *p * (size_t)cap);
+        if (ans->cur.n_toks + n_toks > ans->cur.toks_cap) {
+            int cap = ans->cur.toks_cap ? ans->cur.toks_cap : 64;
+            while (cap < ans->cur.n_toks + n_toks) cap *= 2;
+            engine_token *p = realloc(ans->cur.toks, sizeof *p * (size_t)cap);
             if (!p) return;
-            ans->toks = p;
-            ans->toks_cap = cap;
+            ans->cur.toks = p;
+            ans->cur.toks_cap = cap;
         }
-        memcpy(ans->toks + ans->n_toks, toks, sizeof *toks * (size_t)n_toks);
-        ans->n_toks += n_toks;
+        memcpy(ans->cur.toks + ans->cur.n_toks, toks, sizeof *toks * (size_t)n_toks);
+        ans->cur.n_toks += n_toks;
     }
 }
 
@@ -947,27 +994,6 @@ static const char *tool_message(openai_answer *ans, cJSON *msg, const tools_call
     return "tool_calls";
 }
 
-/* The answer as it starts a new choice: what the last one accumulated is
- * dropped, and a stream begins the choice as it began the first. */
-static void next_choice(openai_answer *ans)
-{
-    ans->choice++;
-    ans->text_len = 0;
-    if (ans->text) ans->text[0] = 0;
-    ans->n_toks = 0;
-    ans->released = 0;
-    ans->text_offset = 0;
-    ans->past_prompt = 0;
-    ans->echo_sent = 0;
-    if (ans->stream) {
-        if (ans->chat) send_stream_chunk(ans, NULL, 0, NULL, 0, NULL, 1);
-        if (ans->echo_text && !ans->logprobs) {
-            ans->echo_sent = 1;
-            send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
-        }
-    }
-}
-
 /* The finished choice's object for a JSON answer. */
 static cJSON *final_choice(openai_answer *ans, const char *finish, const tools_call *calls, int n_calls,
                            const char *content)
@@ -978,13 +1004,13 @@ static cJSON *final_choice(openai_answer *ans, const char *finish, const tools_c
         char *whole = NULL;
         size_t wlen = 0, wcap = 0;
         append_text(&whole, &wlen, &wcap, ans->echo_text, strlen(ans->echo_text));
-        if (ans->text) append_text(&whole, &wlen, &wcap, ans->text, ans->text_len);
-        free(ans->text);
-        ans->text = whole;
-        ans->text_len = wlen;
-        ans->text_cap = wcap;
+        if (ans->cur.text) append_text(&whole, &wlen, &wcap, ans->cur.text, ans->cur.text_len);
+        free(ans->cur.text);
+        ans->cur.text = whole;
+        ans->cur.text_len = wlen;
+        ans->cur.text_cap = wcap;
     }
-    const char *text = ans->text ? ans->text : "";
+    const char *text = ans->cur.text ? ans->cur.text : "";
     if (ans->chat) {
         cJSON *msg = cJSON_AddObjectToObject(choice, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
@@ -993,7 +1019,7 @@ static cJSON *final_choice(openai_answer *ans, const char *finish, const tools_c
     } else {
         cJSON_AddStringToObject(choice, "text", text);
     }
-    add_logprobs(ans, choice, ans->toks, ans->n_toks);
+    add_logprobs(ans, choice, ans->cur.toks, ans->cur.n_toks);
     cJSON_AddStringToObject(choice, "finish_reason", finish);
     if (ans->stopped_by) cJSON_AddStringToObject(choice, "stop_reason", ans->stopped_by);
     return choice;
@@ -1007,17 +1033,18 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
     const char *finish = r->finish_reason ? r->finish_reason : "stop";
     ans->stopped_by = r->stop_string > 0 && r->stop_string <= ans->n_stop ? ans->stop[r->stop_string - 1] : NULL;
     if (ans->tool_format != ENGINE_TOOLS_NONE) {
-        if (tools_parse_output(ans->tool_format, ans->tool_forced, ans->text ? ans->text : "", ans->text_len,
-                               &calls, &n_parsed, &content) != 0)
+        if (tools_parse_output(ans->tool_format, ans->tool_forced, ans->cur.text ? ans->cur.text : "",
+                               ans->cur.text_len, &calls, &n_parsed, &content) != 0)
             log_warn("api", "out of memory parsing tool calls");
         n_calls = n_parsed;
         if (n_calls > 1 && !ans->tools_parallel) n_calls = 1; /* parallel_tool_calls: false */
         if (n_calls && !strcmp(finish, "stop")) finish = "tool_calls";
     }
-    /* Usage over the choices: the prompt once (each choice reuses its
-     * cached keys and values), every choice's completion. */
+    /* Usage over the choices: the prompt once (they share its keys and
+     * values), every choice's completion. */
     ans->prompt_tokens = r->prompt_tokens;
     ans->completion_tokens += r->completion_tokens;
+    ans->prompt_evaluated += r->prompt_tokens - r->cached_tokens;
     if (ans->choice == 0) {
         ans->cached_tokens = r->cached_tokens;
         ans->prompt_ms = r->prompt_ms;
@@ -1041,16 +1068,18 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
                            .prompt_ms = ans->prompt_ms, .predicted_ms = ans->predicted_ms,
                            .n_stages = ans->n_stages, .hop_ms = ans->hop_ms};
     memcpy(total.stages, ans->stages, sizeof total.stages[0] * (size_t)ans->n_stages);
-    int last = ans->choice + 1 >= ans->n_choices;
+    choice_begin(ans);
+    ans->cur.finished = 1;
+    int last = ++ans->n_finished >= ans->n_choices;
     if (ans->stream) {
         if (ans->tool_format != ENGINE_TOOLS_NONE) {
             /* What was held back: content not yet sent, then the calls. */
             size_t clen = content ? strlen(content) : 0;
-            if (!n_calls) clen = ans->text_len; /* no calls: all of the text is content */
-            if (clen > ans->released)
-                send_stream_chunk(ans, ans->text + ans->released, clen - ans->released, NULL, 0, NULL, 0);
+            if (!n_calls) clen = ans->cur.text_len; /* no calls: all of the text is content */
+            if (clen > ans->cur.released)
+                send_stream_chunk(ans, ans->cur.text + ans->cur.released, clen - ans->cur.released, NULL, 0, NULL, 0);
             send_tool_call_chunks(ans, calls, n_calls);
-        } else if (ans->echo_text && !ans->echo_sent) {
+        } else if (ans->echo_text && !ans->cur.echo_sent) {
             send_stream_chunk(ans, ans->echo_text, strlen(ans->echo_text), NULL, 0, NULL, 0);
         }
         ans->result = last ? &total : NULL; /* the last finish chunk carries the timings */
@@ -1058,10 +1087,7 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
         ans->result = NULL;
         tools_calls_free(calls, n_parsed);
         free(content);
-        if (!last) {
-            next_choice(ans);
-            return 1;
-        }
+        if (!last) return 1;
         if (ans->include_usage) { /* OpenAI: one more chunk, empty choices, with usage */
             cJSON *o = chunk_object(ans);
             cJSON_AddArrayToObject(o, "choices");
@@ -1073,23 +1099,24 @@ int openai_answer_finish(openai_answer *ans, const engine_result *r)
         ans->sink->ops->end(ans->sink);
         return 0;
     }
-    if (!ans->choices_done) ans->choices_done = cJSON_CreateArray();
-    cJSON_AddItemToArray(ans->choices_done, final_choice(ans, finish, calls, n_calls, content));
+    ans->cur.done = final_choice(ans, finish, calls, n_calls, content);
     tools_calls_free(calls, n_parsed);
     free(content);
-    if (!last) {
-        next_choice(ans);
-        return 1;
+    if (!last) return 1;
+    cJSON *choices = cJSON_CreateArray();
+    for (int i = 0; i < ans->n_choices; i++) { /* in index order, whatever order they ended in */
+        openai_answer_select(ans, i);
+        cJSON_AddItemToArray(choices, ans->cur.done);
+        ans->cur.done = NULL;
     }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", ans->id);
     cJSON_AddStringToObject(o, "object", ans->chat ? "chat.completion" : "text_completion");
     cJSON_AddNumberToObject(o, "created", (double)ans->created);
     cJSON_AddStringToObject(o, "model", ans->model);
-    cJSON_AddItemToObject(o, "choices", ans->choices_done);
-    ans->choices_done = NULL;
+    cJSON_AddItemToObject(o, "choices", choices);
     add_usage(o, &total);
-    add_timings(o, &total);
+    add_timings(o, &total, ans->prompt_evaluated);
     openai_send_json(ans->sink, 200, o);
     cJSON_Delete(o);
     return 0;

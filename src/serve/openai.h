@@ -44,6 +44,8 @@ typedef struct {
     int n_ids;
     int stream;
     int include_usage;      /* stream_options.include_usage */
+    int prompt_usage;       /* stream_options.prompt_usage (llmesh's): usage of the prompt in the
+                               first chunk */
     int echo;               /* completions: the prompt comes back before the completion */
     int max_id;             /* largest token id in the prompt or logit_bias (-1: none) */
     chat_message *msgs;     /* chat: owned roles and contents, rendered by the serving node */
@@ -54,6 +56,7 @@ typedef struct {
     int tool_format;        /* set by rendering: the family's call format when tools are on */
     int tool_forced;        /* required or named: the output is one call */
     int n_choices;          /* n: 1..OPENAI_MAX_CHOICES */
+    int continue_final;     /* chat: continue_final_message, the last (assistant) turn left open */
 } openai_request;
 
 /* Parses a completion (chat 0) or chat request body; every bound is checked
@@ -87,6 +90,21 @@ int32_t *openai_read_token_ids(cJSON *arr, const char *name, int *n_out, int *ma
 
 /* ---- answers ---------------------------------------------------------------*/
 
+/* What one choice of a local answer has accumulated. */
+typedef struct {
+    char *text;             /* whole completion (non-streaming; streaming with tools: held) */
+    size_t text_len, text_cap;
+    engine_token *toks;     /* non-streaming: every token reported */
+    int n_toks, toks_cap;
+    long text_offset;       /* characters of text the reported tokens covered */
+    int past_prompt;        /* a completion token was reported */
+    size_t released;        /* streaming with tools: bytes of text sent as content */
+    int echo_sent;          /* streaming: echo_text went out */
+    int begun;              /* streaming: its first chunk (role, echo) went out */
+    int finished;           /* its end went out (stream) or is in done (JSON) */
+    cJSON *done;            /* non-streaming: the finished choice's object */
+} openai_choice_state;
+
 /* One answer being rendered: the identity of a completion (id, model,
  * created), its shape (stream, chat) and, for a local generation, what it
  * has accumulated so far. Embedded in each in-flight call; a forwarded call
@@ -98,27 +116,27 @@ typedef struct {
     char id[48];
     char model[MESH_MAX_NAME];
     long created;
-    char *text;             /* whole completion (non-streaming) */
-    size_t text_len, text_cap;
     /* Local generation: log-probabilities and echo. */
     engine_model *engine;   /* the served model (its tokenizer names tokens) */
     int logprobs, top_logprobs, include_usage;
     char *echo_text;        /* echo: the prompt text, sent before the completion */
-    int echo_sent;          /* streaming: echo_text went out */
-    engine_token *toks;     /* non-streaming: every token reported */
-    int n_toks, toks_cap;
-    long text_offset;       /* characters of text the reported tokens covered */
-    int past_prompt;        /* a completion token was reported */
     /* Tools: the output is parsed into tool_calls at the end; a stream
      * sends content only up to where a call may begin. */
     int tool_format;        /* engine_tool_format; ENGINE_TOOLS_NONE: no tools */
     int tool_forced, tools_parallel;
-    size_t released;        /* streaming: bytes of text sent as content */
-    /* Several choices (n), generated one after another. */
-    int choice, n_choices;  /* the choice being generated, and how many */
-    cJSON *choices_done;    /* non-streaming: the finished choices' objects */
-    int prompt_tokens, completion_tokens; /* usage over the choices */
-    int cached_tokens;      /* the first choice's (later ones reuse its prompt) */
+    /* Several choices (n), generated at once: cur is choice `choice`'s
+     * state (openai_answer_select swaps it with saved[]). */
+    int choice, n_choices;  /* the choice output goes to, and how many */
+    openai_choice_state cur;
+    openai_choice_state saved[OPENAI_MAX_CHOICES];
+    int n_finished;
+    int prompt_tokens, completion_tokens; /* usage over the choices: the prompt once */
+    int cached_tokens;      /* the first choice's (prompt tokens held from earlier requests) */
+    int prompt_evaluated;   /* prompt positions evaluated over every choice (timings.prompt_n) */
+    int prompt_usage;       /* stream_options.prompt_usage: the first chunk has the prompt's usage */
+    int prompt_usage_sent;
+    int prompt_known, prompt_known_cached; /* streaming: the prompt's tokens before the end (0:
+                               unknown) and how many were cached */
     double prompt_ms, predicted_ms; /* timings: the first choice's prompt, every choice's output */
     int n_stages;           /* a split model's stage times, over the choices */
     engine_stage_time stages[ENGINE_MAX_STAGES];
@@ -145,15 +163,18 @@ int openai_answer_prepare(openai_answer *ans, const openai_request *req, engine_
 /* Streaming: begins the SSE answer (200), sends chat's role chunk and the
  * echoed prompt when it does not wait for its tokens. */
 void openai_answer_begin_stream(openai_answer *ans);
+/* Makes choice i (0 <= i < n_choices) the one the next output and finish
+ * are for. */
+void openai_answer_select(openai_answer *ans, int i);
 /* New text and tokens from the engine: a chunk when streaming, else kept
  * for the final object. */
 void openai_answer_output(openai_answer *ans, const char *text, size_t len, const engine_token *toks,
                           int n_toks);
-/* The generation of a choice succeeded. When more choices are to come, its
- * end is sent (stream) or kept (JSON), the answer is readied for the next
- * one, and 1 is returned: the caller generates it. After the last choice
- * the rest of the answer goes out (the final chunk, usage and [DONE]; or the
- * whole JSON object with every choice), the sink ends, and 0 is returned. */
+/* The generation of the selected choice succeeded: its end is sent
+ * (stream) or kept (JSON). While other choices are still to finish, 1 is
+ * returned. After the last one the rest of the answer goes out (the final
+ * chunk with the timings, usage and [DONE]; or the whole JSON object with
+ * every choice in index order), the sink ends, and 0 is returned. */
 int openai_answer_finish(openai_answer *ans, const engine_result *r);
 
 /* ---- other answers ---------------------------------------------------------*/

@@ -38,7 +38,8 @@ static const char *const chat_fields[] = {
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
     "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "repeat_penalty",
     "repeat_last_n", "seed", "n", "stop", "logit_bias", "logprobs", "top_logprobs", "stream",
-    "stream_options", "response_format", "tools", "tool_choice", "parallel_tool_calls", NULL,
+    "stream_options", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+    "continue_final_message", NULL,
 };
 
 /* Fields of one chat message. "name" (a participant's name) is metadata:

@@ -40,6 +40,7 @@
 #include "lib/clock.h"
 #include "lib/cpu_relax.h"
 #include "lib/log.h"
+#include "lib/prom.h"
 #include "mesh/identity.h"
 #include "models/weights_store.h"
 #include "serve/plan.h"
@@ -118,6 +119,8 @@ typedef struct pipe {
     uint64_t stage_need[PLAN_MAX_STAGES];     /* what each stage was assigned */
     mesh_stream *control[PLAN_MAX_STAGES];
     stage_stats stats[PLAN_MAX_STAGES];
+    prom_histogram step_compute[PLAN_MAX_STAGES]; /* per batch step: each stage's compute (s) */
+    prom_histogram step_hop;                      /* per step: its round trip less the stages' times (s) */
     mesh_stream *data_out, *data_in;
     uint8_t avoid[PIPE_MAX_AVOID][MESH_ID_BYTES];
     uint64_t avoid_until[PIPE_MAX_AVOID];
@@ -547,6 +550,18 @@ static void lanes_ready(pipe *p)
     pthread_mutex_unlock(&p->lock);
 }
 
+/* A batch step's compute in one stage, or its hops: 0.1 ms (a few layers of
+ * a small model) to 10 s (a long prompt on a slow node or link). */
+static const double step_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                     0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+static void step_histograms_reset(pipe *p)
+{
+    int n = (int)(sizeof step_bounds / sizeof step_bounds[0]);
+    for (int i = 0; i < PLAN_MAX_STAGES; i++) prom_histogram_init(&p->step_compute[i], step_bounds, n);
+    prom_histogram_init(&p->step_hop, step_bounds, n);
+}
+
 /* Closes every stream of the current plan and gives back this node's part. */
 static void plan_teardown(pipe *p)
 {
@@ -561,6 +576,7 @@ static void plan_teardown(pipe *p)
     if (p->reserved) budget_release(p->ps->budget, p->reserved);
     p->reserved = 0;
     memset(p->stats, 0, sizeof p->stats);
+    step_histograms_reset(p);
 }
 
 static void plan_start(pipe *p);
@@ -834,6 +850,14 @@ static void step_times(pipe *p, const pipe_step *st, const stage_states *o)
     double rt = (double)(clock_us() - st->sent_us), staged = 0;
     for (int k = 0; k < o->n_trail; k++) staged += (double)o->trail[k].compute_us + o->trail[k].wait_us;
     double hop = rt > staged ? rt - staged : 0;
+    /* Stage 0's counters, beside those the other stages report. */
+    p->stats[0].frames++;
+    p->stats[0].tokens += st->total;
+    p->stats[0].compute_us += st->local_us;
+    prom_histogram_observe(&p->step_compute[0], (double)st->local_us / 1e6);
+    for (int k = 0; k < o->n_trail && k + 1 < PLAN_MAX_STAGES; k++)
+        prom_histogram_observe(&p->step_compute[k + 1], (double)o->trail[k].compute_us / 1e6);
+    prom_histogram_observe(&p->step_hop, hop / 1e6);
     for (int i = 0; i < st->n; i++) {
         pipe_times *t = &p->lanes[st->lane[i]].times;
         double share = (double)st->positions[i] / st->total;
@@ -1122,6 +1146,7 @@ int pipelines_add_model(pipelines *ps, const char *path, char *err, size_t errle
         return -1;
     }
     pthread_mutex_init(&p->lock, NULL);
+    step_histograms_reset(p);
     pthread_cond_init(&p->cond, NULL);
     p->ps = ps;
     snprintf(p->path, sizeof p->path, "%s", path);
@@ -1355,14 +1380,16 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
         cJSON_AddStringToObject(so, "state", stage_state_name(st->state));
         cJSON_AddNumberToObject(so, "fetched_bytes", (double)st->fetched_bytes);
         cJSON_AddNumberToObject(so, "total_bytes", (double)st->total_bytes);
-        if (own && s > 0) {
+        if (own && pl->n_stages > 1) {
             const stage_stats *c = &own->stats[s];
             cJSON *cs = cJSON_AddObjectToObject(so, "counters");
             cJSON_AddNumberToObject(cs, "tokens", (double)c->tokens);
             cJSON_AddNumberToObject(cs, "compute_ms", c->compute_us / 1000.0);
-            cJSON_AddNumberToObject(cs, "send_ms", c->send_us / 1000.0);
-            cJSON_AddNumberToObject(cs, "bytes_in", (double)c->bytes_in);
-            cJSON_AddNumberToObject(cs, "bytes_out", (double)c->bytes_out);
+            if (s > 0) { /* stage 0, the coordinator's layers, counts its compute only */
+                cJSON_AddNumberToObject(cs, "send_ms", c->send_us / 1000.0);
+                cJSON_AddNumberToObject(cs, "bytes_in", (double)c->bytes_in);
+                cJSON_AddNumberToObject(cs, "bytes_out", (double)c->bytes_out);
+            }
         }
         cJSON_AddItemToArray(stages, so);
     }
@@ -1393,6 +1420,17 @@ static int status_peer_plan(void *ctx, const plan *pl, const char *coordinator_h
 {
     status_plan(ctx, pl, coordinator_hex, NULL);
     return 0;
+}
+
+void pipelines_step_histograms(const pipelines *ps, pipelines_histograms_fn fn, void *ctx)
+{
+    for (int i = 0; ps && i < ps->n_pipes; i++) {
+        const pipe *p = ps->pipes[i];
+        if (p->plan.n_stages < 2 || p->plan.state != PLAN_READY) continue;
+        char nodes[PLAN_MAX_STAGES][MESH_ID_HEX];
+        for (int s = 0; s < p->plan.n_stages; s++) identity_id_hex(p->plan.stages[s].node, nodes[s]);
+        fn(ctx, p->id, p->plan.n_stages, (const char(*)[MESH_ID_HEX])nodes, p->step_compute, &p->step_hop);
+    }
 }
 
 void pipelines_status(const pipelines *ps, cJSON *root)

@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/prom.h"
 #include "mesh/mesh.h"
 #include "serve/budget.h"
 #include "serve/plan.h"
@@ -93,5 +94,14 @@ int pipelines_coordinates(const pipelines *ps, const char *model_id);
 /* /api/status: "plans" (every plan this node knows: its own and those in
  * peers' records) into root. */
 void pipelines_status(const pipelines *ps, struct cJSON *root);
+
+/* /metrics: for each split this node coordinates and that is ready, its
+ * per-batch-step histograms (seconds): compute[s] of each of its n_stages
+ * stages (on nodes[s]), and the hops (a step's round trip less the stages'
+ * times). Loop thread; the pointers last only for the call. */
+typedef void (*pipelines_histograms_fn)(void *ctx, const char *model, int n_stages,
+                                        const char (*nodes)[MESH_ID_HEX], const prom_histogram *compute,
+                                        const prom_histogram *hop);
+void pipelines_step_histograms(const pipelines *ps, pipelines_histograms_fn fn, void *ctx);
 
 #endif

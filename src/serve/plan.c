@@ -287,6 +287,24 @@ int plan_decode_app_files(const uint8_t *data, size_t len, plan *out, int max, p
     return n;
 }
 
+int plan_app_marks_saturated(const uint8_t *p, size_t len, const char *model)
+{
+    static plan plans[PLAN_MAX_PLANS];
+    static plan_demand demand[PLAN_MAX_DEMAND];
+    static plan_file files[PLAN_MAX_FILES];
+    static plan_saturated sat[PLAN_MAX_PLANS];
+    plan_extra extra = {.files = files, .max_files = PLAN_MAX_FILES, .saturated = sat,
+                        .max_saturated = PLAN_MAX_PLANS};
+    int nd;
+    char err[128];
+    if (plan_decode_app_files(p, len, plans, PLAN_MAX_PLANS, demand, PLAN_MAX_DEMAND, &nd, &extra, err,
+                              sizeof err) < 0)
+        return 0;
+    for (int i = 0; i < extra.n_saturated; i++)
+        if (!strcmp(sat[i].model, model)) return 1;
+    return 0;
+}
+
 /* ======================================================================== */
 /* the planner                                                               */
 /* ======================================================================== */

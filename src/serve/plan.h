@@ -106,6 +106,9 @@ int plan_encode_app_files(const plan *plans, int n, const plan_demand *demand, i
                           const plan_extra *extra, uint8_t *out, size_t cap);
 int plan_decode_app_files(const uint8_t *p, size_t len, plan *out, int max, plan_demand *demand,
                           int max_demand, int *n_demand, plan_extra *extra, char *err, size_t errlen);
+/* 1 when the application field marks model saturated, else 0 (a field that
+ * does not decode marks nothing). Loop thread (static buffers). */
+int plan_app_marks_saturated(const uint8_t *p, size_t len, const char *model);
 
 /* Decodes what plan_encode_list wrote into out (room for max plans): the
  * count, or -1 with err when the bytes are malformed (bad counts, ranges that

@@ -26,6 +26,7 @@
 
 #define ROUTER_MAX_PEERS 256
 #define ROUTER_MAX_ATTEMPTS 3  /* hosts tried for one forwarded request */
+_Static_assert(OPENAI_MAX_CHOICES <= SCHED_MAX_CHOICES, "a request's choices are jobs of one group");
 
 struct router {
     sched *sched;
@@ -40,19 +41,23 @@ struct router {
 
 typedef enum { CALL_LOCAL, CALL_REMOTE } call_kind;
 
+/* A local choice's handle: what its job's callbacks get as user. */
+typedef struct {
+    struct api_call *c;
+    int index;
+} call_choice;
+
 struct api_call {
     router *r;
     api_sink proxy;         /* what a tunnel writes into (CALL_REMOTE) */
     call_kind kind;
-    sched_job *job;
+    sched_job *jobs[OPENAI_MAX_CHOICES]; /* local: the choices' jobs (NULL once done); embeddings: [0] */
+    call_choice choices[OPENAI_MAX_CHOICES];
+    int n_jobs;
     tunnel_call *tunnel;
     int failed_status;      /* remote answer status, for counters */
     int began;              /* sink->begin was called */
     uint64_t start_ns, first_output_ns; /* local: job queued, first text or token delivered (0: none yet) */
-    /* Several choices (n): the request again for the next ones (its prompt,
-     * ids and a reference to its grammar owned here), and the first seed. */
-    engine_request *again;
-    uint64_t seed0;
     /* Embeddings: the inputs, the next one to run, the items so far. */
     embeddings_request *emb;
     int emb_next, emb_tokens;
@@ -99,43 +104,10 @@ static void call_free(api_call *c)
     if (c->next) c->next->prev = c->prev;
     free(c->path);
     free(c->body);
-    if (c->again) {
-        free((char *)c->again->prompt);
-        free((int32_t *)c->again->prompt_ids);
-        json_grammar_free((json_grammar *)c->again->grammar);
-        free(c->again);
-    }
     embeddings_request_free(c->emb);
     cJSON_Delete(c->emb_data);
     openai_answer_free(&c->answer);
     free(c);
-}
-
-/* Keeps req's engine request for the choices after the first: a copy with
- * its own prompt and ids, and a reference to the grammar. -1 out of memory. */
-static int keep_for_choices(api_call *c, const openai_request *req)
-{
-    engine_request *e = malloc(sizeof *e);
-    if (!e) return -1;
-    *e = *req->er;
-    e->prompt = NULL;
-    e->prompt_ids = NULL;
-    e->grammar = NULL;
-    c->again = e;
-    char *prompt = malloc(req->er->prompt_len + 1);
-    if (!prompt) return -1;
-    memcpy(prompt, req->er->prompt, req->er->prompt_len);
-    prompt[req->er->prompt_len] = 0;
-    e->prompt = prompt;
-    if (req->er->prompt_ids) {
-        int32_t *ids = malloc(sizeof(int32_t) * (size_t)(req->er->n_prompt_ids > 0 ? req->er->n_prompt_ids : 1));
-        if (!ids) return -1;
-        memcpy(ids, req->er->prompt_ids, sizeof(int32_t) * (size_t)req->er->n_prompt_ids);
-        e->prompt_ids = ids;
-    }
-    e->grammar = json_grammar_retain(req->grammar);
-    c->seed0 = req->er->sampling.seed;
-    return 0;
 }
 
 /* ---- local generation -----------------------------------------------------*/
@@ -155,45 +127,62 @@ static void count_generation(router *r, api_call *c, const engine_result *result
     metrics_count_generation(r->metrics, c->answer.model, result->prompt_tokens, n, ttft);
 }
 
+/* Cancels the call's jobs still running (its answer is over). */
+static void cancel_jobs(api_call *c)
+{
+    for (int i = 0; i < c->n_jobs; i++)
+        if (c->jobs[i]) {
+            sched_cancel(c->jobs[i]);
+            c->jobs[i] = NULL;
+        }
+}
+
 /* A stream's head goes out with its first output (or its end), not at
  * submission: a request refused by the queue (429) or that waited past its
- * deadline (503) can then still say so with its status. */
-static void local_begin_stream(api_call *c)
+ * deadline (503) can then still say so with its status. The first output
+ * also knows the prompt's tokens (stream_options.prompt_usage). */
+static void local_begin_stream(api_call *c, int i)
 {
+    openai_answer_select(&c->answer, i);
     if (c->answer.stream && !c->began) {
         c->began = 1;
+        if (c->jobs[i]) c->answer.prompt_known = sched_job_prompt_tokens(c->jobs[i], &c->answer.prompt_known_cached);
         openai_answer_begin_stream(&c->answer);
     }
 }
 
 static void local_on_output(void *user, const char *text, size_t len, const engine_token *toks, int n_toks)
 {
-    api_call *c = user;
+    call_choice *ch = user;
+    api_call *c = ch->c;
     if (!c->first_output_ns && len && c->r->metrics) c->first_output_ns = clock_ns();
-    local_begin_stream(c);
+    local_begin_stream(c, ch->index);
     openai_answer_output(&c->answer, text, len, toks, n_toks);
 }
 
-static const sched_callbacks local_callbacks; /* below: local_on_done submits the next choice */
-
 static void local_on_gaps(void *user, const uint32_t *gaps_us, int n_gaps)
 {
-    api_call *c = user;
-    metrics_observe_gaps(c->r->metrics, c->answer.model, gaps_us, n_gaps);
+    call_choice *ch = user;
+    metrics_observe_gaps(ch->c->r->metrics, ch->c->answer.model, gaps_us, n_gaps);
 }
 
+/* A choice ended. The answer ends with the last one, or with the first
+ * error (the other choices are then cancelled). */
 static void local_on_done(void *user, const engine_result *result, const char *error, int status)
 {
-    api_call *c = user;
+    call_choice *ch = user;
+    api_call *c = ch->c;
     router *r = c->r;
-    c->job = NULL;
+    c->jobs[ch->index] = NULL;
     if (error && status && !c->began) {
+        cancel_jobs(c);
         openai_send_error(r->counters, c->answer.sink, status, NULL, "%s", error);
         call_free(c);
         return;
     }
-    local_begin_stream(c);
+    local_begin_stream(c, ch->index);
     if (error) {
+        cancel_jobs(c);
         if (c->answer.stream) {
             openai_sse_error_and_done(c->answer.sink, error);
             c->answer.sink->ops->end(c->answer.sink);
@@ -208,25 +197,7 @@ static void local_on_done(void *user, const engine_result *result, const char *e
         return;
     }
     count_generation(r, c, result);
-    if (openai_answer_finish(&c->answer, result) && c->again) {
-        /* The next choice, one after another on a lane: the prompt's keys
-         * and values are reused through the lane's cached prefix (one shared
-         * prefill for all choices waits on batching, issue 10). Its own
-         * sampling stream: the seed plus the choice's index. */
-        c->again->sampling.seed = c->seed0 + (uint64_t)c->answer.choice;
-        json_grammar_retain((json_grammar *)c->again->grammar); /* the job takes one */
-        c->start_ns = r->metrics ? clock_ns() : 0;
-        c->first_output_ns = 0;
-        c->job = sched_submit(r->sched, c->answer.model, c->again, &local_callbacks, c, NULL);
-        if (c->job) return;
-        json_grammar_free((json_grammar *)c->again->grammar);
-        if (c->answer.stream) {
-            openai_sse_error_and_done(c->answer.sink, "could not queue the next choice");
-            c->answer.sink->ops->end(c->answer.sink);
-        } else {
-            openai_send_error(r->counters, c->answer.sink, 500, NULL, "could not queue the next choice");
-        }
-    }
+    if (openai_answer_finish(&c->answer, result)) return; /* other choices still run */
     call_free(c);
 }
 
@@ -249,17 +220,28 @@ api_call *router_run_local(router *r, api_sink *sink, openai_request *req, engin
     }
     c->kind = CALL_LOCAL;
     c->start_ns = r->metrics ? clock_ns() : 0;
-    if (openai_answer_prepare(&c->answer, req, em) != 0 || (req->n_choices > 1 && keep_for_choices(c, req) != 0)) {
+    if (openai_answer_prepare(&c->answer, req, em) != 0) {
         call_free(c);
         openai_request_free(req);
         openai_send_error(r->counters, sink, 500, NULL, "out of memory");
         return NULL;
     }
+    /* The choices at once, in the same batch steps (sched_submit_choices):
+     * choice i's seed is the request's plus i. */
+    int n = c->answer.n_choices;
+    void *users[OPENAI_MAX_CHOICES];
+    for (int i = 0; i < n; i++) {
+        c->choices[i] = (call_choice){c, i};
+        users[i] = &c->choices[i];
+    }
     sched_refusal why;
-    c->job = sched_submit(r->sched, req->model, req->er, &local_callbacks, c, &why);
-    if (c->job) req->grammar = NULL; /* the job owns it now */
+    int rc = sched_submit_choices(r->sched, req->model, req->er, n, &local_callbacks, users, c->jobs, &why);
+    if (rc == 0) {
+        c->n_jobs = n;
+        req->grammar = NULL; /* the jobs own it now */
+    }
     openai_request_free(req);
-    if (!c->job) {
+    if (rc != 0) {
         char model[MESH_MAX_NAME];
         snprintf(model, sizeof model, "%s", c->answer.model);
         call_free(c);
@@ -294,9 +276,10 @@ static int embed_submit(router *r, api_call *c)
     }
     e->embed = 1;
     sched_refusal why;
-    c->job = sched_submit(r->sched, c->emb->model, e, &embed_callbacks, c, &why);
+    c->jobs[0] = sched_submit(r->sched, c->emb->model, e, &embed_callbacks, c, &why);
+    c->n_jobs = 1;
     free(e);
-    return c->job ? 0 : why == SCHED_REFUSED_FULL ? 429 : 500;
+    return c->jobs[0] ? 0 : why == SCHED_REFUSED_FULL ? 429 : 500;
 }
 
 static void embed_on_output(void *user, const char *text, size_t len, const engine_token *toks, int n)
@@ -308,7 +291,7 @@ static void embed_on_done(void *user, const engine_result *result, const char *e
 {
     api_call *c = user;
     router *r = c->r;
-    c->job = NULL;
+    c->jobs[0] = NULL;
     cJSON *item = error ? NULL : embeddings_item(c->emb_next, result->embedding, result->n_embedding, c->emb->base64);
     if (!item) {
         int bad = error && (strstr(error, "context") || strstr(error, "out of range") || strstr(error, "empty prompt") ||
@@ -376,15 +359,19 @@ static int host_tried(const api_call *c, const uint8_t id[MESH_ID_BYTES])
  * candidates the choice is a rendezvous hash of (this node's id, host id, model): each entry
  * node sticks to one host per model (its KV cache stays warm for follow-up
  * prompts), different entry nodes spread over the hosts, and when a host
- * goes away only the entry nodes that used it move. */
+ * goes away only the entry nodes that used it move. A host whose record
+ * marks the model saturated (its queue over the threshold, with
+ * hysteresis: docs/models.md) comes after every host that does not: the
+ * entry node moves off it while it is saturated, and back when it clears. */
 static int pick_untried_host(const api_call *c, uint8_t out[MESH_ID_BYTES])
 {
     mesh *m = c->r->mesh;
     static mesh_peer peers[ROUTER_MAX_PEERS];
     int n = mesh_peers(m, peers, ROUTER_MAX_PEERS);
     if (n > ROUTER_MAX_PEERS) n = ROUTER_MAX_PEERS;
+    static uint8_t app[MESH_MAX_APP];
     uint64_t best_score = 0;
-    int found = 0;
+    int found = 0, best_saturated = 0;
     size_t model_len = strlen(c->answer.model);
     for (int i = 0; i < n; i++) {
         if (strcmp(peers[i].state, "alive") != 0) continue;
@@ -398,8 +385,11 @@ static int pick_untried_host(const api_call *c, uint8_t out[MESH_ID_BYTES])
         memcpy(key + MESH_ID_BYTES, id, MESH_ID_BYTES);
         memcpy(key + 2 * MESH_ID_BYTES, c->answer.model, model_len);
         uint64_t score = hash_fnv1a(key, 2 * MESH_ID_BYTES + model_len);
-        if (!found || score > best_score) {
+        int len = peers[i].app_len ? mesh_node_app_data(m, id, app, sizeof app) : 0;
+        int saturated = len > 0 && plan_app_marks_saturated(app, (size_t)len, c->answer.model);
+        if (!found || saturated < best_saturated || (saturated == best_saturated && score > best_score)) {
             best_score = score;
+            best_saturated = saturated;
             memcpy(out, id, MESH_ID_BYTES);
             found = 1;
         }
@@ -571,7 +561,7 @@ void router_free(router *r) { free(r); }
 void router_call_abort(api_call *c)
 {
     if (c->kind == CALL_LOCAL) {
-        if (c->job) sched_cancel(c->job);
+        cancel_jobs(c);
     } else if (c->tunnel) {
         tunnel_abort(c->tunnel);
     }
@@ -593,9 +583,8 @@ void router_close_all(router *r, const char *reason)
 {
     while (r->live) {
         api_call *c = r->live;
-        if (c->kind == CALL_LOCAL && c->job) sched_cancel(c->job);
+        if (c->kind == CALL_LOCAL) cancel_jobs(c);
         if (c->kind == CALL_REMOTE && c->tunnel) tunnel_abort(c->tunnel);
-        c->job = NULL;
         c->tunnel = NULL;
         if (!c->began) {
             openai_send_error(r->counters, c->answer.sink, 503, NULL, "%s", reason);

@@ -56,6 +56,16 @@ struct sched_job {
     int aborted;               /* error set by sched_abort_model: the worker keeps it */
     uint64_t queued_ns;        /* when it joined the FIFO (the queue deadline counts from here) */
     int prepared;              /* its prompt is token ids already (engine_prompt_tokens) */
+    atomic_int prompt_tokens;  /* the prompt's tokens once the worker has them (0: not yet) */
+    atomic_int prompt_cached;  /* of which its lane's cache holds (set before prompt_tokens) */
+    /* A request's choices (sched_submit_choices): jobs of one group sit
+     * together in the FIFO; the lane that runs the first takes the others
+     * onto idle lanes and shares the prompt's keys and values with them. */
+    uint64_t group;            /* 0: a job alone */
+    struct sched_job *mates[SCHED_MAX_CHOICES]; /* the first choice: those given lanes with it */
+    int mate_lanes[SCHED_MAX_CHOICES], n_mates; /* (reserved until the prompt is shared) */
+    int shared_prompt;         /* worker: positions the first choice evaluated for all of them */
+    double shared_ms;          /* and their time */
     /* Loop thread only: */
     int owner_gone;
     sched_job *next_queued;    /* worker FIFO, under worker->lock */
@@ -74,6 +84,7 @@ typedef struct sched_worker {
     pthread_cond_t *lane_cond; /* (n_lanes) a job for this lane */
     int *idle;                 /* (n_lanes) the lane waits for a job */
     sched_job **assigned;      /* (n_lanes) a prepared job handed to this lane (prompt cache) */
+    int *reserved;             /* (n_lanes) held for a choice while its prompt is copied in */
     uint64_t *lane_used;       /* (n_lanes) when the lane last took a job: least recent first on ties */
     uint64_t use_clock;
     sched_job *head, *tail;    /* the FIFO: jobs waiting for a lane */
@@ -100,6 +111,7 @@ struct sched {
     sched_job *ready;
     sched_job *all;
     int n_active;
+    uint64_t next_group;       /* loop thread: the last choice group's id */
     sched_worker *workers[SCHED_MAX_MODELS];
     int n_workers;
 };
@@ -177,6 +189,11 @@ static void worker_finish(sched_job *job, const engine_result *result, int rc, c
     sched *s = job->s;
     pthread_mutex_lock(&s->lock);
     job->result = *result;
+    if (job->shared_prompt > 0) { /* the prompt it evaluated for its group counts as its own */
+        job->result.cached_tokens -= job->shared_prompt;
+        if (job->result.cached_tokens < 0) job->result.cached_tokens = 0;
+        job->result.prompt_ms += job->shared_ms;
+    }
     if (rc != 0 && !job->aborted) snprintf(job->error, sizeof job->error, "%s", err[0] ? err : "generation failed");
     job->worker_done = 1;
     job_post_ready_locked(job);
@@ -184,11 +201,79 @@ static void worker_finish(sched_job *job, const engine_result *result, int rc, c
     event_active(s->wake, EV_READ, 0);
 }
 
+/* The first of a request's choices, placed on a lane (under w->lock): the
+ * choices right behind it in the FIFO go onto idle lanes, reserved until
+ * worker_share_choices hands them over, so that no one else takes them.
+ * Choices beyond the idle lanes stay in the FIFO and run as lanes free;
+ * the prompt cache then puts them on a lane that ran a choice, whose cache
+ * holds the prompt. */
+static void worker_reserve_choices_locked(sched_worker *w, int lane, sched_job *job)
+{
+    for (int l = 0; l < w->n_lanes && job->n_mates < SCHED_MAX_CHOICES && w->head && w->head->group == job->group;
+         l++) {
+        if (l == lane || !w->idle[l] || w->assigned[l] || w->reserved[l]) continue;
+        sched_job *mate = w->head;
+        w->head = mate->next_queued;
+        if (!w->head) w->tail = NULL;
+        w->n_queued--;
+        w->idle[l] = 0;
+        w->reserved[l] = 1;
+        job->mates[job->n_mates] = mate;
+        job->mate_lanes[job->n_mates++] = l;
+    }
+    if (w->n_waking > w->n_queued) w->n_waking = w->n_queued;
+}
+
+/* The first choice, about to run on lane: its prompt is evaluated once
+ * here and its keys and values copied to the lanes reserved for the other
+ * choices (engine_lane_share_prompt), which then take them: every choice
+ * evaluates only the prompt's last token, and they all decode in the same
+ * batch steps. */
+static void worker_share_choices(sched_worker *w, int lane, sched_job *job)
+{
+    int k = job->n_mates;
+    char err[256];
+    uint64_t t0 = clock_ns();
+    int shared = 0;
+    if (job->prepared && !atomic_load(&job->cancelled)) /* cancelled: the choices are handed over all the same */
+        shared = engine_lane_share_prompt(w->model, lane, job->req.prompt_ids, job->req.n_prompt_ids, job->mate_lanes,
+                                          k, err, sizeof err);
+    if (shared < 0) log_warn("sched", "choices of one prompt: %s (each evaluates it)", err);
+    job->shared_prompt = shared > 0 ? shared : 0;
+    job->shared_ms = (double)(clock_ns() - t0) * 1e-6;
+    for (int i = 0; i < k && job->prepared; i++) { /* the same ids: no tokenizing again */
+        sched_job *mate = job->mates[i];
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)job->req.n_prompt_ids);
+        if (!ids) continue;
+        memcpy(ids, job->req.prompt_ids, sizeof(int32_t) * (size_t)job->req.n_prompt_ids);
+        free((int32_t *)mate->req.prompt_ids);
+        mate->req.prompt_ids = ids;
+        mate->req.n_prompt_ids = job->req.n_prompt_ids;
+        mate->prepared = 1;
+        /* what its lane holds now (the prompt but its last token, unless a split kept it from
+         * being copied); the lane is reserved: nothing runs on it */
+        atomic_store(&mate->prompt_cached, engine_lane_cached_prefix(w->model, job->mate_lanes[i], ids,
+                                                                     job->req.n_prompt_ids));
+        atomic_store(&mate->prompt_tokens, job->req.n_prompt_ids);
+    }
+    pthread_mutex_lock(&w->lock);
+    for (int i = 0; i < k; i++) {
+        int l = job->mate_lanes[i];
+        w->reserved[l] = 0;
+        w->assigned[l] = job->mates[i];
+        w->lane_used[l] = ++w->use_clock;
+        pthread_cond_signal(&w->lane_cond[l]);
+    }
+    job->n_mates = 0;
+    pthread_mutex_unlock(&w->lock);
+}
+
 static void worker_run_job(sched_worker *w, int lane, sched_job *job)
 {
     engine_result result = {0};
     char err[256] = "";
     int rc = 0;
+    if (job->n_mates > 0) worker_share_choices(w, lane, job); /* cancelled or not: they are handed over */
     if (!atomic_load(&job->cancelled))
         rc = engine_run_lane(w->model, lane, &job->req, worker_on_output, job, &result, err, sizeof err);
     worker_finish(job, &result, rc, err);
@@ -240,14 +325,17 @@ static int worker_place(sched_worker *w, int lane, sched_job *job)
         }
     }
     w->lane_used[best] = ++w->use_clock;
+    atomic_store(&job->prompt_cached, engine_lane_cached_prefix(w->model, best, ids, n));
+    atomic_store(&job->prompt_tokens, n);
     if (best != lane) {
         w->assigned[best] = job;
         w->idle[best] = 0;
         /* this lane is free again at once (under the same lock), so a
          * submission meanwhile never sees every lane busy */
         w->idle[lane] = 1;
-        pthread_cond_signal(&w->lane_cond[best]);
     }
+    if (job->group) worker_reserve_choices_locked(w, best, job);
+    if (best != lane) pthread_cond_signal(&w->lane_cond[best]);
     pthread_mutex_unlock(&w->lock);
     return best;
 }
@@ -259,8 +347,9 @@ static void *worker_main(void *arg)
     sched_worker *w = lane.w;
     for (;;) {
         pthread_mutex_lock(&w->lock);
-        while (!w->assigned[lane.lane] && !w->head && !w->stop) {
-            w->idle[lane.lane] = 1;
+        /* a reserved lane waits for the choice it is held for */
+        while (!w->assigned[lane.lane] && (!w->head || w->reserved[lane.lane]) && !w->stop) {
+            if (!w->reserved[lane.lane]) w->idle[lane.lane] = 1;
             pthread_cond_wait(&w->lane_cond[lane.lane], &w->lock);
         }
         w->idle[lane.lane] = 0;
@@ -304,6 +393,7 @@ static void sched_worker_free(sched_worker *w)
     free(w->lane_cond);
     free(w->idle);
     free(w->assigned);
+    free(w->reserved);
     free(w->lane_used);
     free(w->threads);
     pthread_mutex_destroy(&w->lock);
@@ -483,10 +573,12 @@ int sched_add_model(sched *s, engine_model *m)
     w->lane_cond = calloc((size_t)w->n_lanes, sizeof *w->lane_cond);
     w->idle = calloc((size_t)w->n_lanes, sizeof *w->idle);
     w->assigned = calloc((size_t)w->n_lanes, sizeof *w->assigned);
+    w->reserved = calloc((size_t)w->n_lanes, sizeof *w->reserved);
     w->lane_used = calloc((size_t)w->n_lanes, sizeof *w->lane_used);
     pthread_mutex_init(&w->lock, NULL);
     for (int l = 0; w->lane_cond && l < w->n_lanes; l++) pthread_cond_init(&w->lane_cond[l], NULL);
-    for (int l = 0; w->threads && w->lane_cond && w->idle && w->assigned && w->lane_used && l < w->n_lanes; l++) {
+    for (int l = 0; w->threads && w->lane_cond && w->idle && w->assigned && w->reserved && w->lane_used &&
+                    l < w->n_lanes; l++) {
         sched_lane *arg = malloc(sizeof *arg);
         if (!arg) break;
         arg->w = w;
@@ -627,31 +719,24 @@ void sched_model_get_stats(const sched *s, int i, sched_model_stats *out)
     engine_model_step_stats(w->model, &out->steps);
 }
 
-sched_job *sched_submit(sched *s, const char *model_id, const engine_request *req,
-                        const sched_callbacks *cb, void *user, sched_refusal *why)
+/* A job for req on w (copies of its prompt and ids; the grammar is the
+ * caller's to hand over), linked into s->all, not yet queued. NULL: out of
+ * memory. */
+static sched_job *job_new(sched *s, sched_worker *w, const engine_request *req, const sched_callbacks *cb,
+                          void *user)
 {
-    sched_refusal ignored;
-    if (!why) why = &ignored;
-    *why = SCHED_REFUSED_UNKNOWN;
-    sched_worker *w = find_worker(s, model_id);
-    if (!w) return NULL;
-    if (sched_model_full(s, model_id)) {
-        *why = SCHED_REFUSED_FULL;
-        pthread_mutex_lock(&w->lock);
-        w->refused_full++;
-        pthread_mutex_unlock(&w->lock);
-        return NULL;
-    }
-    *why = SCHED_REFUSED_MEMORY;
     sched_job *job = calloc(1, sizeof *job);
     if (!job) return NULL;
     job->req = *req;
     char *prompt = malloc(req->prompt_len + 1);
     int32_t *ids = NULL;
     if (req->prompt_ids) ids = malloc(sizeof(int32_t) * (size_t)(req->n_prompt_ids > 0 ? req->n_prompt_ids : 1));
-    if (!prompt || (req->prompt_ids && !ids)) {
+    /* An embedding is written into the job, which outlives on_done. */
+    float *embedding = req->embed ? calloc((size_t)engine_model_n_embd(w->model), sizeof(float)) : NULL;
+    if (!prompt || (req->prompt_ids && !ids) || (req->embed && !embedding)) {
         free(prompt);
         free(ids);
+        free(embedding);
         free(job);
         return NULL;
     }
@@ -660,32 +745,81 @@ sched_job *sched_submit(sched *s, const char *model_id, const engine_request *re
     if (ids && req->n_prompt_ids > 0) memcpy(ids, req->prompt_ids, sizeof(int32_t) * (size_t)req->n_prompt_ids);
     job->req.prompt = prompt;
     job->req.prompt_ids = ids;
-    /* An embedding is written into the job, which outlives on_done. */
-    job->req.embedding = req->embed ? calloc((size_t)engine_model_n_embd(w->model), sizeof(float)) : NULL;
-    if (req->embed && !job->req.embedding) {
-        free(prompt);
-        free(ids);
-        free(job);
-        return NULL;
-    }
+    job->req.embedding = embedding;
+    job->req.grammar = NULL;
     job->s = s;
     job->worker = w;
     job->cb = *cb;
     job->user = user;
     atomic_init(&job->cancelled, 0);
+    atomic_init(&job->prompt_tokens, 0);
+    atomic_init(&job->prompt_cached, 0);
     job->next_all = s->all;
     if (s->all) s->all->prev_all = job;
     s->all = job;
     s->n_active++;
+    return job;
+}
 
-    job->queued_ns = clock_ns();
+/* Whether n more jobs would leave more than queue_max waiting. Under w->lock. */
+static int worker_full_locked(const sched *s, const sched_worker *w, int n)
+{
+    int idle = 0;
+    for (int l = 0; l < w->n_lanes; l++) idle += w->idle[l];
+    /* a job sits in the FIFO for a moment while the lane woken for it
+     * comes: it does not count as waiting */
+    int waiting = w->n_queued - w->n_waking + n - idle;
+    return waiting > 0 && waiting > s->queue_max;
+}
+
+int sched_submit_choices(sched *s, const char *model_id, const engine_request *req, int n,
+                         const sched_callbacks *cb, void *const *users, sched_job **jobs, sched_refusal *why)
+{
+    sched_refusal ignored;
+    if (!why) why = &ignored;
+    *why = SCHED_REFUSED_UNKNOWN;
+    sched_worker *w = find_worker(s, model_id);
+    if (!w) return -1;
+    if (n < 1 || n > SCHED_MAX_CHOICES) return -1;
     pthread_mutex_lock(&w->lock);
-    if (w->tail) w->tail->next_queued = job;
-    else w->head = job;
-    w->tail = job;
-    w->n_queued++;
-    /* The lowest idle lane wakes for it and places it (worker_place) on
-     * the idle lane whose cache shares the longest prefix with it. */
+    int full = worker_full_locked(s, w, n);
+    if (full) w->refused_full++;
+    pthread_mutex_unlock(&w->lock);
+    if (full) {
+        *why = SCHED_REFUSED_FULL;
+        return -1;
+    }
+    *why = SCHED_REFUSED_MEMORY;
+    for (int i = 0; i < n; i++) {
+        engine_request one = *req;
+        one.sampling.seed = req->sampling.seed + (uint64_t)i; /* each choice its own sampling stream */
+        jobs[i] = job_new(s, w, &one, cb, users[i]);
+        if (!jobs[i]) {
+            while (i-- > 0) {
+                jobs[i]->owner_gone = 1;
+                job_free(jobs[i]);
+                jobs[i] = NULL;
+            }
+            return -1;
+        }
+    }
+    /* Every job takes a reference to the grammar (the caller's is the first). */
+    for (int i = 0; i < n; i++)
+        jobs[i]->req.grammar = i == 0 ? req->grammar : json_grammar_retain((json_grammar *)req->grammar);
+    uint64_t group = n > 1 ? ++s->next_group : 0;
+    uint64_t now = clock_ns();
+    pthread_mutex_lock(&w->lock);
+    for (int i = 0; i < n; i++) {
+        jobs[i]->group = group;
+        jobs[i]->queued_ns = now;
+        if (w->tail) w->tail->next_queued = jobs[i];
+        else w->head = jobs[i];
+        w->tail = jobs[i];
+        w->n_queued++;
+    }
+    /* The lowest idle lane wakes for the first and places it (worker_place)
+     * on the idle lane whose cache shares the longest prefix with it; that
+     * lane takes the other choices (worker_start_choices). */
     for (int l = 0; l < w->n_lanes; l++)
         if (w->idle[l]) {
             w->idle[l] = 0;
@@ -694,7 +828,21 @@ sched_job *sched_submit(sched *s, const char *model_id, const engine_request *re
             break;
         }
     pthread_mutex_unlock(&w->lock);
-    return job;
+    return 0;
+}
+
+sched_job *sched_submit(sched *s, const char *model_id, const engine_request *req,
+                        const sched_callbacks *cb, void *user, sched_refusal *why)
+{
+    sched_job *job;
+    return sched_submit_choices(s, model_id, req, 1, cb, &user, &job, why) == 0 ? job : NULL;
+}
+
+int sched_job_prompt_tokens(sched_job *job, int *cached)
+{
+    int n = atomic_load(&job->prompt_tokens);
+    *cached = n ? atomic_load(&job->prompt_cached) : 0;
+    return n;
 }
 
 int sched_model_full(const sched *s, const char *model_id)
@@ -702,11 +850,7 @@ int sched_model_full(const sched *s, const char *model_id)
     sched_worker *w = find_worker(s, model_id);
     if (!w) return 0;
     pthread_mutex_lock(&w->lock);
-    int idle = 0;
-    for (int l = 0; l < w->n_lanes; l++) idle += w->idle[l];
-    /* a job sits in the FIFO for a moment while the lane woken for it
-     * comes: it does not count as waiting */
-    int full = idle == 0 && w->n_queued - w->n_waking >= s->queue_max;
+    int full = worker_full_locked(s, w, 1);
     pthread_mutex_unlock(&w->lock);
     return full;
 }

@@ -92,6 +92,25 @@ engine_model *sched_model_at(const sched *s, int i);
  * (counted) or memory is out: then the grammar stays the caller's. */
 sched_job *sched_submit(sched *s, const char *model_id, const engine_request *req,
                         const sched_callbacks *cb, void *user, sched_refusal *why);
+/* A request's n choices (OpenAI's `n`) as n jobs of req, choice i with the
+ * seed req->sampling.seed + i (its own sampling stream) and users[i]; each
+ * job takes a reference to req's grammar (the caller's one included). They
+ * queue together; the lane that runs the first puts the others on the idle
+ * lanes and evaluates the prompt once for all of them (solo models: its
+ * keys and values copied to their lanes), so that they decode in the same
+ * batch steps. Choices beyond the idle lanes wait in the queue for lanes
+ * (and count against queue_max; a request whose choices would overflow it
+ * is refused whole). Its first choice's result counts the shared prompt
+ * evaluation as its own (cached_tokens, prompt_ms), the others evaluate
+ * the prompt's last token only. n <= SCHED_MAX_CHOICES. 0 with jobs[0..n) set, or -1 with the
+ * reason (nothing queued; the grammar stays the caller's). */
+#define SCHED_MAX_CHOICES 8
+int sched_submit_choices(sched *s, const char *model_id, const engine_request *req, int n,
+                         const sched_callbacks *cb, void *const *users, sched_job **jobs, sched_refusal *why);
+/* The job's prompt tokens once a worker has tokenized it and placed it on a
+ * lane (before its first output), else 0; *cached: how many of them that
+ * lane's cache held then. */
+int sched_job_prompt_tokens(sched_job *job, int *cached);
 /* Whether a job for model_id would be refused as SCHED_REFUSED_FULL now. */
 int sched_model_full(const sched *s, const char *model_id);
 /* The owner loses interest: no more callbacks; the worker stops at its next token. */

@@ -273,19 +273,26 @@ static json_grammar *call_grammar(const tools_request *t, engine_tool_format fmt
 }
 
 int tools_render(const tools_request *t, const engine_model *em, const chat_message *msgs, int n_msgs,
-                 char **prompt, size_t *len, int *parse_special, struct json_grammar **grammar,
-                 char *err, size_t errlen)
+                 int continue_final, char **prompt, size_t *len, int *parse_special,
+                 struct json_grammar **grammar, char *err, size_t errlen)
 {
     *grammar = NULL;
     if (t->choice == TOOLS_NONE)
-        return engine_render_chat_tools(em, msgs, n_msgs, NULL, prompt, len, parse_special, err, errlen);
+        return engine_render_chat_tools(em, msgs, n_msgs, NULL, continue_final, prompt, len, parse_special, err,
+                                        errlen);
+    if (continue_final && t->choice != TOOLS_AUTO) {
+        snprintf(err, errlen, "a required or named 'tool_choice' cannot continue an assistant turn's text "
+                 "(continue_final_message)");
+        return -1;
+    }
     engine_tool_format fmt = engine_chat_tool_format(em);
     if (fmt == ENGINE_TOOLS_NONE) {
         snprintf(err, errlen, "model '%s' cannot take tools: its chat template shows no tool-call format "
                  "(Hermes/Qwen <tool_call>, Llama 3.1 JSON, Mistral [TOOL_CALLS])", engine_model_id(em));
         return -1;
     }
-    if (engine_render_chat_tools(em, msgs, n_msgs, t->tools_json, prompt, len, parse_special, err, errlen))
+    if (engine_render_chat_tools(em, msgs, n_msgs, t->tools_json, continue_final, prompt, len, parse_special, err,
+                                 errlen))
         return -1;
     for (int i = 0; i < t->n_tools; i++)
         if (!strstr(*prompt, t->names[i])) {

@@ -55,10 +55,12 @@ int tools_message_json(const cJSON *msg, char **json, char *err, size_t errlen);
 /* On the serving node: the prompt rendered with the tools (engine), checked
  * to show every tool (else the template does not take tools: 400); for
  * required/named, the family's opener appended and *grammar set to the
- * call's grammar. 0, or -1 with a message. */
+ * call's grammar. continue_final: the last (assistant) turn left open
+ * (engine_render_chat_tools), refused with a forced call. 0, or -1 with a
+ * message. */
 int tools_render(const tools_request *t, const engine_model *em, const chat_message *msgs, int n_msgs,
-                 char **prompt, size_t *len, int *parse_special, struct json_grammar **grammar,
-                 char *err, size_t errlen);
+                 int continue_final, char **prompt, size_t *len, int *parse_special,
+                 struct json_grammar **grammar, char *err, size_t errlen);
 
 /* ---- answers ----------------------------------------------------------------*/
 

@@ -5,7 +5,11 @@
  *   0: a reference; whatever parses must hold only checked characters and
  *      parse again to the same thing from its parts;
  *   1: a listing (JSON), then hf_pick_quant over its names;
- *   2: a file name through the name helpers.
+ *   2: a file name through the name helpers;
+ *   3: files as peers' records list them (a line each: org/repo/path@commit),
+ *      matched against a few references (model_match_peer_files, the hub
+ *      down): what is chosen must be a listed entry of the repo whose path
+ *      is safe in the cache.
  * Seeds: tests/fuzz/corpus/model_ref. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +17,35 @@
 
 #include "models/hf.h"
 #include "models/ref.h"
+#include "models/resolve.h"
+
+static void peer_refs(char *text)
+{
+    static model_peer_file files[64];
+    int n = 0;
+    for (char *line = strtok(text, "\n"); line && n < 64; line = strtok(NULL, "\n")) {
+        snprintf(files[n].ref, sizeof files[n].ref, "%.200s", line);
+        memset(files[n].sha256, n % 3 ? 'a' : 'b', 64);
+        files[n].sha256[64] = 0;
+        files[n].size = (uint64_t)(n % 2) + 1;
+        n++;
+    }
+    const char *refs[] = {"Org/m:Q8_0", "Org/m/m-Q8_0.gguf", "Org/m/b-00001-of-00002.gguf",
+                          "Org/m:Q4_K_M@0123456789abcdef0123456789abcdef01234567"};
+    for (size_t q = 0; q < sizeof refs / sizeof refs[0]; q++) {
+        model_ref r;
+        char err[512];
+        int idx[MODEL_MAX_PARTS];
+        if (model_ref_parse(refs[q], &r, err, sizeof err) != 0) abort();
+        int k = model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err);
+        if (k < -1 || k > MODEL_MAX_PARTS) abort();
+        for (int i = 0; i < k; i++) {
+            if (idx[i] < 0 || idx[i] >= n) abort();
+            const char *ref = files[idx[i]].ref;
+            if (strncmp(ref, "Org/m/", 6) || strstr(ref, "..") || !strchr(ref, '@')) abort();
+        }
+    }
+}
 
 static void one_ref(const char *s)
 {
@@ -41,7 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!text) return 0;
     memcpy(text, data + 1, size - 1);
     text[size - 1] = 0;
-    switch (data[0] % 3) {
+    switch (data[0] % 4) {
     case 0:
         one_ref(text);
         break;
@@ -61,6 +94,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         break;
     }
+    case 3:
+        peer_refs(text);
+        break;
     default: {
         int no, count;
         size_t stem;

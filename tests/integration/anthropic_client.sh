@@ -9,7 +9,8 @@
 # Anthropic's shape, and the API key sent as x-api-key. The requests enter a
 # passive client node C and are forwarded to the host A (a Messages request
 # travels as a chat request), so the forwarded path is what is tested; B
-# requires an API key; D and E run the demo model split in two stages.
+# requires an API key; D and E run the demo model split in two stages (also
+# OpenAI's n there: the choices in the split's batch steps).
 set -u
 . "$(dirname "$0")/common.bash"
 E2E="$SRC/tests/e2e/anthropic"
@@ -72,6 +73,15 @@ curl -sfN "$E_API/messages" -d "${MSG%\}},\"stream\":true}" | sed -n 's/^data: /
   jq -j 'select(.type == "content_block_delta") | .delta.text' >"$T/split-stream.txt"
 check "split: the streamed text equals the solo answer" cmp "$T/solo.txt" "$T/split-stream.txt"
 check "split: the answer is not empty" test -s "$T/solo.txt"
+# several choices on the split (OpenAI's n): at once in its batch steps, each evaluating the
+# prompt (the other stage's caches cannot be copied from stage 0), all equal to the solo answer
+N3='{"model":"kjv-llama-6.3M-q8_0","prompt":"In the beginning God created","max_tokens":12,"temperature":0'
+curl -sf "$C_API/completions" -d "$N3}" | jq -r '.choices[0].text' >"$T/n-solo.txt"
+curl -sf "$E_API/completions" -d "$N3,\"n\":3}" >"$T/n-split.json"
+check "split: n=3 greedy choices all equal the solo answer" \
+  test "$(jq -r '.choices | map(.text) | unique | .[]' "$T/n-split.json")" = "$(cat "$T/n-solo.txt")"
+check "split: n=3, three indexes, each choice evaluated its prompt" \
+  jq -e '(.choices | map(.index)) == [0,1,2] and .timings.prompt_n + .timings.cache_n >= .usage.prompt_tokens' "$T/n-split.json"
 
 (cd "$E2E" && timeout 600 node anthropic.mjs "${C_API%/v1}" "${B_API%/v1}" "$KEY" kjv-llama-6.3M-q8_0 \
   tools-qwen2.5 tools-llama3.2 tools-mistral-v0.3) || FAILS=$((FAILS + 1))

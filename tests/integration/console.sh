@@ -6,13 +6,16 @@
 # - HTTP: the page and its files are served without the key, with their
 #   content type, no-cache and an ETag (304 when it matches); /api/ and
 #   unknown paths need the key (401); on D an unknown path is 404.
-#   /api/events: the status at once, then again within 2 s; at most 16
+#   /api/events: the status at once, then at least every 2 s; at most 16
 #   subscribers (the 17th gets 503, counted), gone ones forgotten.
+#   /api/history: the node's own points (one per 5 s), behind the key.
 # - In a real browser (Debian's chromium, driven by playwright-core from npm,
 #   tests/e2e/console/console.mjs): the key prompt, every node, the split's
 #   stages and layers, the join command with the token and its copy button,
-#   a streamed chat answer with its speed, C killed (kill -9) turning dead,
-#   a phone-sized screen, and D's own console. Screenshots go to
+#   a streamed chat answer with its speed and, under it, its stage times and
+#   hops; each stage's compute per position and the ring round trip in the
+#   model panel; C killed (kill -9) turning dead; a fresh page (phone-sized)
+#   whose traffic graphs hold the node's history at once; D's own console. Screenshots go to
 #   $LLMESH_ARTIFACTS_DIR/console (the build dir's test-artifacts/).
 # - A's /metrics, parsed by prometheus_client, against the status the page
 #   draws from (console_metrics.py).
@@ -61,7 +64,7 @@ ctype=$(curl -s -o /dev/null -w '%{content_type}' "$A_CONSOLE/console.js")
 [ "$ctype" = "text/javascript; charset=utf-8" ] && pass "console.js: $ctype" || fail "console.js: '$ctype'"
 ctype=$(curl -s -o /dev/null -w '%{content_type}' "$A_CONSOLE/console.css")
 [ "$ctype" = "text/css; charset=utf-8" ] && pass "console.css: $ctype" || fail "console.css: '$ctype'"
-for path in /api/status /api/events /metrics /no-such-file; do
+for path in /api/status /api/events /api/history /metrics /no-such-file; do
   code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$A_CONSOLE$path")
   [ "$code" = 401 ] && pass "A $path without the key -> 401" || fail "A $path without the key -> $code"
 done
@@ -71,9 +74,19 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$D_CONSOLE/")
 [ "$code" = 404 ] && pass "D POST / -> 404" || fail "D POST / -> $code"
 
 # ---- /api/events: at once, then within 2 s; the subscriber bound
-timeout 3.5 curl -sN "${AUTH[@]}" "$A_CONSOLE/api/events" >"$T/events.txt"
-n=$(grep -c '^event: status' "$T/events.txt")
-[ "$n" -ge 2 ] && pass "/api/events: $n status events in 3.5 s" || fail "/api/events: $n events in 3.5 s"
+# Each event's arrival time (curl's output through a line-by-line timestamper):
+# the first at once, then never more than 2 s apart (2.5 s allowed for a
+# loaded machine's scheduling).
+timeout 6.5 curl -sN "${AUTH[@]}" "$A_CONSOLE/api/events" |
+  "$PY" -u -c 'import sys, time
+t0 = time.monotonic()
+for line in sys.stdin:
+    if line.startswith("event: status"): print(f"{time.monotonic() - t0:.3f}", flush=True)
+    sys.stderr.write(line)' >"$T/events.times" 2>"$T/events.txt"
+n=$(wc -l <"$T/events.times")
+[ "$n" -ge 3 ] && pass "/api/events: $n status events in 6.5 s" || fail "/api/events: $n events in 6.5 s"
+check "/api/events: the first at once (< 1 s), then at most 2 s apart ($(tr '\n' ' ' <"$T/events.times"))" \
+  awk 'NR == 1 && $1 >= 1 {bad = 1} NR > 1 && $1 - last > 2.5 {bad = 1} {last = $1} END {exit bad || NR < 3}' "$T/events.times"
 check "each event's data is the status document" \
   sh -c "sed -n 's/^data: //p' '$T/events.txt' | jq -e -s 'length >= 2 and all(.node_id == \"$A_ID\")'"
 SUBS=()
@@ -89,6 +102,19 @@ check "refused subscribers counted" subscribers 16
 check "console_events.refused == 1" sh -c "curl -sf '$D_CONSOLE/api/status' | jq -e '.console_events.refused == 1'"
 kill "${SUBS[@]}" 2>/dev/null; wait "${SUBS[@]}" 2>/dev/null
 wait_for 10 subscribers 0 && pass "gone subscribers are forgotten" || fail "subscribers left after their clients went"
+
+# ---- /api/history: a point per 5 s since the start, every series as long as the times
+history_points() { curl -sf "${AUTH[@]}" "$A_CONSOLE/api/history" -o "$T/history.json" && jq -e ".ago_ms | length >= $1" "$T/history.json"; }
+wait_for 15 history_points 2 || fail "A's /api/history: fewer than 2 points 15 s on"
+what="/api/history: 5 s points, newest last, series as long as ago_ms, the model served"
+if jq -e --arg m "$MODEL_ID" '.ago_ms as $a | .interval_ms == 5000 and .max_points == 120 and
+    ($a | length) >= 2 and $a == ($a | sort_by(-.)) and ([.models[] | select(.model == $m)] | length) == 1 and
+    all(.models[]; [.req_s, .tok_s, .ttft_ms, .queued] | all(length == ($a | length))) and
+    ([.models[] | select(.model == $m) | .queued[-1]] == [0])' "$T/history.json" >/dev/null; then
+  pass "$what"
+else
+  fail "$what"; head -c 1500 "$T/history.json"; echo
+fi
 
 # ---- a request through the client, so D has used A (its routing at work)
 curl -sf "$D_API/completions" -o "$T/viaD.json" \

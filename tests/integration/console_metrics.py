@@ -52,6 +52,19 @@ if t:
           t["itl_count"] > 0 and value("llmesh_inter_token_latency_seconds_count", model=model) == t["itl_count"])
     check("lanes == traffic.lanes", value("llmesh_lanes", model=model) == t["lanes"])
 
+# Stage timings: every stage of the plan A coordinates, stage 0 (A's own
+# layers) included, with the compute time the console's model panel shows.
+plan = next((p for p in status["plans"] if p["model"] == model and "counters" in p), None)
+check("status has the plan A coordinates", plan is not None)
+if plan:
+    for i, st in enumerate(plan["stages"]):
+        c = st.get("counters", {})
+        got = value("llmesh_split_stage_compute_seconds_total", model=model, stage=str(i))
+        check(f"stage {i}: split_stage_compute_seconds_total == compute_ms / 1000 ({c.get('compute_ms')}) > 0",
+              got is not None and c.get("compute_ms", 0) > 0 and abs(got - c["compute_ms"] / 1000) < 1e-6, got)
+    check("stage 0 has no send samples (no send of its own)",
+          value("llmesh_split_stage_send_seconds_total", model=model, stage="0") is None)
+
 linked = [p for p in status["peers"] if "link" in p and p["state"] == "alive"]
 check("A has connected peers", len(linked) >= 1)
 for p in linked:

@@ -182,7 +182,32 @@ if want.get("split_model"):
                                    ("llmesh_split_stage_received_bytes_total", "bytes_in", 1),
                                    ("llmesh_split_stage_sent_bytes_total", "bytes_out", 1)]:
             got = value(metric, **labels)
+            if key not in sc:   # stage 0, the coordinator's own layers: compute only
+                check(f"stage {i}: no {metric} (no {key} of its own)", got is None, got)
+                continue
             check(f"stage {i}: {metric} == {key}", got is not None and abs(got - sc[key] * scale) < 1e-6, got)
+    check("stage 0 (the coordinator's layers) has counters", "counters" in plan["stages"][0])
+
+    # Per-step histograms: one observation per batch step for every stage
+    # and for the hops; stage 0's sum is the same time as its counter.
+    hop = value("llmesh_split_step_hop_seconds_count", model=plan["model"])
+    check("split_step_hop_seconds: a histogram with one observation per step (> 0)",
+          type_lines.get("llmesh_split_step_hop_seconds") == "histogram" and hop is not None and hop > 0, hop)
+    check("split_step_compute_seconds is a histogram",
+          type_lines.get("llmesh_split_step_compute_seconds") == "histogram")
+    for i, st in enumerate(plan["stages"]):
+        labels = dict(model=plan["model"], stage=str(i), node=st["node"])
+        n = value("llmesh_split_step_compute_seconds_count", **labels)
+        check(f"stage {i}: step_compute_seconds count == the hops' ({hop})", n == hop, n)
+        buckets = sorted((float(s.labels["le"]), s.value) for s in values("llmesh_split_step_compute_seconds_bucket")
+                         if all(s.labels.get(k) == v for k, v in labels.items()))
+        counts = [v for _, v in buckets]
+        check(f"stage {i}: step_compute_seconds buckets cumulative, +Inf == count",
+              counts == sorted(counts) and buckets and buckets[-1][0] == math.inf and counts[-1] == n, counts)
+    s0 = value("llmesh_split_step_compute_seconds_sum", model=plan["model"], stage="0", node=plan["stages"][0]["node"])
+    c0 = plan["stages"][0]["counters"]["compute_ms"] / 1000
+    check(f"stage 0: step_compute_seconds sum == its compute counter ({c0})", s0 is not None and c0 > 0 and
+          abs(s0 - c0) < 1e-6, s0)
 
 print(f"{len(type_lines)} families, {len(samples)} samples")
 sys.exit(1 if fails else 0)

@@ -11,7 +11,12 @@
 #   - a model in 3 parts (tests/tools/gguf_split) is fetched whole and loaded
 #     as one model with the one-file model's answers;
 #   - a model too large for --max-memory is refused before any weight byte
-#     is requested (only the header's Range), with how much is missing.
+#     is requested (only the header's Range), with how much is missing, by
+#     download, serve and the load API;
+#   - a gated repo needs HF_TOKEN (or $HF_HOME/token): 401 names it;
+#   - `serve --model` by catalog name and by URL answers as the path does;
+#   - on a terminal, `download` draws a progress bar (bytes, rate, time left);
+#     a load's progress is in /api/status and, every 5 s, in the log.
 set -u
 . "$(dirname "$0")/common.bash"
 MODEL_ID=kjv-llama-6.3M-q8_0
@@ -71,6 +76,10 @@ out=$(dl qwen2.5-0.5b-instruct) || fail "download by catalog name"
 check "a catalog name resolves to its repo and file" \
   test "$out" = "$CACHE/models--Qwen--Qwen2.5-0.5B-Instruct-GGUF/snapshots/0123456789abcdef0123456789abcdef01234567/qwen2.5-0.5b-instruct-q4_k_m.gguf"
 check "llmesh models lists the cached files" bash -c "'$LLMESH' models --home '$T/home' | grep -q 'qwen2.5-0.5b-instruct-q4_k_m'"
+catalog=$("$LLMESH" models --catalog)
+families() { for f in Qwen Llama Gemma Mistral Phi; do grep -qE "^[^ ]+ +$f +[0-9.]+ (MB|GB) +[^ ]+/[^ ]+\.gguf\$" <<<"$catalog" || return 1; done; }
+check "llmesh models --catalog lists the Qwen, Llama, Gemma, Mistral and Phi families with sizes and files" families
+check "and the catalog name used above" grep -q "^qwen2.5-0.5b-instruct " <<<"$catalog"
 
 # ---- by URL, killed halfway and resumed on the next run ----------------------------------
 reset_log
@@ -116,6 +125,28 @@ check "no blob was written" bash -c "! ls '$T/hf3/hub/models--TestOrg--kjv-GGUF/
 HF_HOME="$T/hf3" "$LLMESH" serve --home "$T/big" --listen 127.0.0.1:0 --port 0 --console 0 --max-memory 1M \
   --model TestOrg/kjv-GGUF/sub/kjv-llama-6.3M-F99.gguf >/dev/null 2>"$T/bigserve.log"
 check "serve --model refuses a model over its budget with the shortfall" grep -q "GB missing; nothing was downloaded" "$T/bigserve.log"
+# The load API of a running node: the check is against the mesh's free memory (here its own).
+reset_log
+HF_HOME="$T/hf3" start_node BIG serve --max-memory 1M --threads 1
+code=$(curl -s -o /dev/null -w '%{http_code}' "$BIG_CONSOLE/api/models/load" -d '{"model": "TestOrg/kjv-GGUF:Q8_0"}')
+check "the load API takes it (202)" test "$code" = 202
+big_failed() { curl -sf "$BIG_CONSOLE/api/status" | jq -e -r '.loads[] | select(.state == "failed") | .error'; }
+wait_for 20 big_failed >/dev/null || fail "the load of a model over the mesh's memory did not fail"
+big_err=$(big_failed)
+echo "the load's error: $big_err"
+says_missing() { grep -qE "needs [0-9.]+ GB .* but the mesh's free memory \(this node and 0 members\) is [0-9.]+ GB: [0-9.]+ GB missing; nothing was downloaded" <<<"$big_err"; }
+check "its error says how much the mesh lacks" says_missing
+check "and only the header was read" test "$(jq -r 'select(.method == "GET" and (.path | startswith("/cdn/"))) | .range // "none"' "$T/hub.jsonl" | tr '\n' ' ')" = "bytes=0-2097151 "
+kill -TERM "$BIG_PID"
+
+# ---- a gated repo: HF_TOKEN, else $HF_HOME/token -----------------------------------------
+start_hub --token sekrit
+HF_HOME="$T/hf6" "$LLMESH" download --home "$T/home" TestOrg/kjv-GGUF:Q8_0 >/dev/null 2>"$T/token.log" &&
+  fail "a gated repo was downloaded without a token"
+check "without a token: 401, and the message names HF_TOKEN" grep -q "HTTP 401: not allowed .*HF_TOKEN" "$T/token.log"
+check "with HF_TOKEN it downloads" env HF_HOME="$T/hf6" HF_TOKEN=sekrit "$LLMESH" download --home "$T/home" TestOrg/kjv-GGUF:Q8_0
+mkdir -p "$T/hf7" && echo sekrit >"$T/hf7/token"
+check "with \$HF_HOME/token (huggingface-cli login) it downloads" env HF_HOME="$T/hf7" "$LLMESH" download --home "$T/home" TestOrg/kjv-GGUF:Q8_0
 
 # ---- serve --model REF: downloads, loads, answers as the path does ---------------------
 rm -rf "$T/hf4"
@@ -129,6 +160,9 @@ p=$(curl -sf "$P_API/completions" -d "${body/MODEL/$MODEL_ID}" | jq -r '.choices
 echo "by reference: $a"
 check "serve --model org/repo:QUANT answers" test -n "$a"
 check "its answer equals the same file served by path" test "$a" = "$p"
+dl=$(curl -sf "$A_CONSOLE/api/status" | jq '.downloads.bytes')
+check "A's /metrics counts the bytes downloaded as its status does ($dl)" \
+  bash -c "[ '$dl' -gt 0 ] && curl -sf '$A_CONSOLE/metrics' | grep -qx 'llmesh_download_bytes_total $dl'"
 # ---- multi-part: every part fetched, loaded as one model, same answers ----------------
 GGUF_SPLIT="$(dirname "$LLMESH")/gguf_split"
 mkdir -p "$T/root/TestOrg/kjv-split-GGUF"
@@ -149,5 +183,32 @@ reset_log
 start_node A2 serve --model TestOrg/kjv-GGUF:Q8_0 --threads 1 --home "$T/A"
 check "a second start of serve --model REF makes no request" test "$(requests)" -eq 0
 check "and serves the model" bash -c "curl -sf '$A2_CONSOLE/api/status' | jq -e '.models | index(\"kjv-llama-6.3M-Q8_0\")'"
+
+# ---- serve by catalog name and by URL (both downloaded above): answers as the path ------------
+HF_HOME="$T/hf" start_node Q serve --model qwen2.5-0.5b-instruct --threads 1
+q=$(curl -sf "$Q_API/completions" -d "${body/MODEL/qwen2.5-0.5b-instruct-q4_k_m}" | jq -r '.choices[0].text')
+check "serve --model CATALOG-NAME answers as the same file by path" test "$q" = "$p"
+start_node U serve --model "$HF_ENDPOINT/plain/$MODEL_ID.gguf" --threads 1 --home "$T/home"
+u=$(curl -sf "$U_API/completions" -d "${body/MODEL/$MODEL_ID}" | jq -r '.choices[0].text')
+check "serve --model URL answers as the same file by path" test "$u" = "$p"
+
+# ---- progress of a load in /api/status and in the log (the CDN slowed to ~1 MB/s) ----------------
+start_hub --rate 1000000
+HF_HOME="$T/hf8" start_node SLOW serve --threads 1
+code=$(curl -s -o /dev/null -w '%{http_code}' "$SLOW_CONSOLE/api/models/load" -d '{"model": "TestOrg/kjv-GGUF:Q8_0"}')
+check "a slow load: 202" test "$code" = 202
+midway() { curl -sf "$SLOW_CONSOLE/api/status" | jq -e \
+  '.loads[0] | select(.state == "downloading" and .done_bytes > 0 and .done_bytes < .total_bytes and .bytes_per_s > 0)'; }
+check "its progress shows in /api/status while it downloads (bytes, total, rate)" wait_for 10 midway
+slow_ready() { curl -sf "$SLOW_CONSOLE/api/status" | jq -e '.loads[0].state == "ready"'; }
+wait_for 30 slow_ready || fail "the slow load did not finish"
+check "and in the log every 5 s (bytes of total, rate)" grep -qE "kjv-llama-6.3M-Q8_0.gguf: [0-9.]+ of 6.9 MB, [0-9.]+ MB/s" "$T/SLOW.log"
+kill -TERM "$SLOW_PID"
+start_hub
+
+# ---- the progress bar on a terminal ----------------------------------------------------------
+HF_HOME="$T/hf5" script -qec "'$LLMESH' download --home '$T/home' TestOrg/kjv-GGUF:Q8_0" /dev/null >"$T/tty.out" 2>&1
+check "on a terminal, download draws a bar to 100% with the rate and time left" \
+  grep -qE '\[#{30}\] 100\.0% +[0-9.]+ / [0-9.]+ MB +[0-9.]+ MB/s +ETA' "$T/tty.out"
 
 finish

@@ -8,24 +8,20 @@
 #     what the file is (HEAD, the fit check's header Range) but gets the
 #     bytes from A over the mesh: the hub's log shows no whole-file GET by
 #     B; B's blob has the hub's SHA-256, and B answers as A does;
+#   - D starts with `serve --model REF --join A` (the hub up, its own cache):
+#     it waits for the mesh and gets the bytes from A, not from the hub;
 #   - C loads it while A serves slowly (LLMESH_DEBUG_FILE_SERVE_DELAY_MS) and
 #     A is killed -9 halfway: C goes on from the hub with Range from the
 #     bytes it got from A (resumed, not restarted), verifies, and answers.
 set -u
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/fake_hub.bash"
 MODEL_ID=kjv-llama-6.3M-q8_0
 REF=TestOrg/kjv-GGUF:Q8_0
 SIZE=$(stat -c %s "$DEMO_MODEL")
 SHA=$(sha256sum "$DEMO_MODEL" | cut -d' ' -f1)
 
-mkdir -p "$T/root/TestOrg/kjv-GGUF"
-cp "$DEMO_MODEL" "$T/root/TestOrg/kjv-GGUF/$MODEL_ID.gguf"
-python3 "$SRC/tests/tools/fake_hub.py" --root "$T/root" --port-file "$T/hub.port" --log "$T/hub.jsonl" \
-  2>"$T/hub.log" &
-PIDS+=($!)
-wait_for 10 test -s "$T/hub.port" || die "the fake hub did not start"
-export HF_ENDPOINT="http://127.0.0.1:$(cat "$T/hub.port")" LLMESH_DOWNLOAD_RETRY_MS=100
-unset HF_HUB_CACHE HF_TOKEN
+start_fake_hub
 body=$(jq -n --arg m "$MODEL_ID" '{model: $m, prompt: "In the beginning", max_tokens: 12, temperature: 0}')
 answer() { curl -sf "$1/completions" -d "$body" | jq -e -r '.choices[0].text | select(length > 0)'; }
 # A GET of the file's bytes that is not the fit check's header (bytes=0-N):
@@ -38,7 +34,7 @@ sees_file() { curl -sf "$1/api/status" | jq -e '.peer_files >= 1'; }
 HF_HOME="$T/hfA" LLMESH_DEBUG_FILE_SERVE_DELAY_MS=400 start_node A serve --model "$REF" --threads 1
 check "A downloaded the file from the hub" test "$(weight_gets | wc -l)" -ge 1
 check "A lists the file in its status (SHA-256, size, reference)" bash -c \
-  "curl -sf '$A_CONSOLE/api/status' | jq -e '.files[] | select(.sha256 == \"$SHA\" and .size == $SIZE and .ref == \"TestOrg/kjv-GGUF/$MODEL_ID.gguf\")'"
+  "curl -sf '$A_CONSOLE/api/status' | jq -e '.files[] | select(.sha256 == \"$SHA\" and .size == $SIZE and .ref == \"TestOrg/kjv-GGUF/$MODEL_ID.gguf@0123456789abcdef0123456789abcdef01234567\")'"
 a=$(answer "$A_API") || die "A does not answer"
 
 # ---- B: from A over the mesh -------------------------------------------------------------
@@ -58,7 +54,20 @@ check "B counts the bytes as from a peer" bash -c "curl -sf '$B_CONSOLE/api/stat
 check "A served the whole file" bash -c "curl -sf '$A_CONSOLE/api/status' | jq -e '.weights.counters.file_bytes_served == $SIZE'"
 b=$(answer "$B_API")
 check "B answers as A does" test "$b" = "$a"
-kill -TERM "$B_PID"
+
+# ---- D: serve --model at start, --join A: from A, not the hub ---------------------------------
+: >"$T/hub.jsonl"
+served() { echo $(( $(curl -sf "$A_CONSOLE/api/status" | jq '.weights.counters.file_bytes_served') + \
+  $(curl -sf "$B_CONSOLE/api/status" | jq '.weights.counters.file_bytes_served') )); }
+served_before=$(served)
+HF_HOME="$T/hfD" start_node D serve --model "$REF" --join "$A_TOKEN" --threads 1
+wait_for 45 ready "$D_CONSOLE" || fail "D's --model did not become ready: $(curl -s "$D_CONSOLE/api/status" | jq -c .loads)"
+check "D's start waited for the mesh" grep -q "it will come from a peer once the mesh is known" "$T/D.log"
+check "the hub saw no download of the file's bytes by D" test -z "$(weight_gets)"
+check "D got the whole file from a peer" bash -c "curl -sf '$D_CONSOLE/api/status' | jq -e '.downloads.from_peers_bytes == $SIZE'"
+check "A or B (both hold it) served it, once" test "$(served)" -eq $((served_before + SIZE))
+check "D answers as A does" test "$(answer "$D_API")" = "$a"
+kill -TERM "$B_PID" "$D_PID"
 wait_for 20 bash -c "curl -sf '$A_CONSOLE/api/status' | jq -e '[.peers[] | select(.state == \"alive\")] | length == 0'" ||
   fail "A still sees B alive"
 

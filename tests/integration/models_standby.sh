@@ -13,16 +13,11 @@
 #     C succeed again within 15 s, answered by S, identical to H's.
 set -u
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/fake_hub.bash"
 MODEL_ID=kjv-llama-6.3M-q8_0
 
-mkdir -p "$T/root/TestOrg/kjv-GGUF"
-cp "$DEMO_MODEL" "$T/root/TestOrg/kjv-GGUF/$MODEL_ID.gguf"
-python3 "$SRC/tests/tools/fake_hub.py" --root "$T/root" --port-file "$T/hub.port" --log "$T/hub.jsonl" \
-  2>"$T/hub.log" &
-PIDS+=($!)
-wait_for 10 test -s "$T/hub.port" || die "the fake hub did not start"
-export HF_ENDPOINT="http://127.0.0.1:$(cat "$T/hub.port")" HF_HOME="$T/hf" LLMESH_DOWNLOAD_RETRY_MS=100
-unset HF_HUB_CACHE HF_TOKEN
+start_fake_hub
+export HF_HOME="$T/hf"
 body='{"model": "MODEL", "prompt": "In the beginning", "max_tokens": 12, "temperature": 0}'
 
 # ---- the load API -------------------------------------------------------------------------

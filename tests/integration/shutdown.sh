@@ -69,4 +69,23 @@ wait "$D_PID" 2>/dev/null
 rc=$?
 check "exit code after a second signal is 130 (got $rc)" [ "$rc" = 130 ]
 
+
+# 5. A crash leaves the crashing thread's stack in the log (lib/crash.c): the
+#    frames map back to source lines with addr2line, so a crash seen once in
+#    CI can be read. The default action follows (status 128 + 11). Sanitizer
+#    builds keep their own reports instead.
+if ! nm "$LLMESH" 2>/dev/null | grep -qE '__(asan|tsan)_init'; then
+  start_node E serve --model "$DEMO_MODEL"
+  kill -SEGV "$E_PID"
+  wait_for 5 exited "$E_PID"
+  wait "$E_PID" 2>/dev/null
+  rc=$?
+  check "a fatal signal ends the node with its default status (got $rc)" [ "$rc" = 139 ]
+  check "the log names the signal" grep -q '^llmesh: fatal signal 11 (SIGSEGV)' "$T/E.log"
+  check "the log holds the stack, with frames of llmesh itself" grep -q 'llmesh(+0x[0-9a-f]*)' "$T/E.log"
+  frame=$(grep -o 'llmesh(+0x[0-9a-f]*)' "$T/E.log" | sed -n '2s/.*(+\(0x[0-9a-f]*\))/\1/p')
+  check "a frame maps back to a function with addr2line" \
+    bash -c "[ -n '$frame' ] && addr2line -f -e '$LLMESH' $frame | head -n 1 | grep -qv '^??\$'"
+fi
+
 finish

@@ -17,6 +17,8 @@ request" or "resumed with Range". Faults, for tests of the client:
                      the CDN with one byte flipped, while the headers keep
                      publishing the true hash
   --token TOK        resolve and listing requests need "Authorization: Bearer TOK"
+  --rate BPS         CDN bodies of more than 64 KiB are sent at about BPS bytes a
+                     second (a download long enough to watch its progress)
 The port it bound is written to --port-file. Never reaches the internet.
 """
 import argparse
@@ -25,6 +27,7 @@ import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -198,6 +201,8 @@ class Handler(BaseHTTPRequestHandler):
                     return
                 self.wfile.write(block)
                 pos += len(block)
+                if cdn and self.hub.args.rate and end - start + 1 > (1 << 16):
+                    time.sleep(len(block) / self.hub.args.rate)
                 left -= len(block)
 
 
@@ -210,6 +215,7 @@ def main():
     p.add_argument("--cut-once", type=int)
     p.add_argument("--corrupt")
     p.add_argument("--token")
+    p.add_argument("--rate", type=int)
     args = p.parse_args()
     hub = Hub(args)
     # Hash every file up front so that /cdn/SHA finds it.

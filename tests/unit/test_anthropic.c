@@ -122,10 +122,29 @@ static void test_translate_conversation(void)
     CHECK(cJSON_GetObjectItem(j, "stream") == NULL);
     cJSON_Delete(j);
 
-    /* count_tokens: no max_tokens; a final assistant turn is fine to count */
+    /* count_tokens: no max_tokens; a final assistant turn is a prefill there too */
     j = translate("{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"},"
                   " {\"role\": \"assistant\", \"content\": \"y\"}]}", 1, err, sizeof err);
-    CHECK(j != NULL);
+    REQUIRE(j);
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(j, "continue_final_message")));
+    cJSON_Delete(j);
+
+    /* a prefill: the answer continues the last assistant turn's text; a
+     * stream asks for the prompt's usage in its first chunk */
+    j = translate("{\"model\": \"m\", \"max_tokens\": 5, \"stream\": true, \"messages\": [{\"role\": \"user\","
+                  " \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": [{\"type\": \"text\", \"text\": \"The\"}]}]}",
+                  0, err, sizeof err);
+    REQUIRE(j);
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(j, "continue_final_message")));
+    CHECK_EQ_STR(str_at(j, "messages.1.role"), "assistant");
+    CHECK_EQ_STR(str_at(j, "messages.1.content"), "The");
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "stream_options"), "prompt_usage")));
+    cJSON_Delete(j);
+    /* no prefill: no continue_final_message */
+    j = translate("{\"model\": \"m\", \"max_tokens\": 5, \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}",
+                  0, err, sizeof err);
+    REQUIRE(j);
+    CHECK(cJSON_GetObjectItem(j, "continue_final_message") == NULL);
     cJSON_Delete(j);
 }
 
@@ -143,7 +162,9 @@ static void test_translate_refusals(void)
         {"{\"model\": \"m\", \"max_tokens\": 5, \"thinking\": {}, \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}", "'thinking'", 0},
         {"{\"model\": \"m\", \"max_tokens\": 5, \"messages\": [{\"role\": \"system\", \"content\": \"x\"}]}", "\"user\" or \"assistant\"", 0},
         {"{\"model\": \"m\", \"max_tokens\": 5, \"messages\": [{\"role\": \"user\", \"content\": \"x\", \"name\": \"n\"}]}", "'name'", 0},
-        {"{\"model\": \"m\", \"max_tokens\": 5, \"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y\"}]}", "prefill", 0},
+        {"{\"model\": \"m\", \"max_tokens\": 5, \"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y \"}]}", "trailing whitespace", 0},
+        {"{\"model\": \"m\", \"max_tokens\": 5, \"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": [{\"type\": \"tool_use\", \"id\": \"1\", \"name\": \"f\", \"input\": {}}]}]}", "prefill", 0},
+        {"{\"model\": \"m\", \"max_tokens\": 5, \"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"document\"}]}]}", "'document'", 0},
         {"{\"model\": \"m\", \"max_tokens\": 5, \"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image\"}]}]}", "'image'", 0},
         {"{\"model\": \"m\", \"max_tokens\": 5, \"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"tool_use\", \"id\": \"1\", \"name\": \"f\", \"input\": {}}]}]}", "'tool_use'", 0},
         {"{\"model\": \"m\", \"max_tokens\": 5, \"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\"}]}]}", "text blocks", 0},
@@ -286,6 +307,32 @@ static void events_of(const char *body, char *names, size_t cap, char *text, siz
 
 #define CHUNK(delta, finish) "data: {\"id\":\"chatcmpl-abc\",\"choices\":[{\"index\":0,\"delta\":" delta \
                              ",\"finish_reason\":" finish "}]}\n\n"
+
+/* The first chunk with the prompt's usage (stream_options.prompt_usage):
+ * message_start carries it. */
+static void test_rewrite_stream_prompt_usage(void)
+{
+    static const char stream[] =
+        "data: {\"id\":\"chatcmpl-abc\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"},"
+        "\"finish_reason\":null}],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":0,"
+        "\"prompt_tokens_details\":{\"cached_tokens\":3}}}\n\n"
+        CHUNK("{\"content\":\"Hi\"}", "null")
+        CHUNK("{}", "\"stop\"")
+        "data: {\"id\":\"chatcmpl-abc\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":1,"
+        "\"prompt_tokens_details\":{\"cached_tokens\":3}}}\n\n"
+        "data: [DONE]\n\n";
+    record_sink r;
+    rewrite(&r, ANTHROPIC_MESSAGE, 200, "text/event-stream", stream, sizeof stream);
+    const char *start = strstr(r.body, "event: message_start");
+    const char *delta = strstr(r.body, "event: message_delta");
+    REQUIRE(start && delta);
+    const char *u = strstr(start, "\"input_tokens\":7,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":3,"
+                                  "\"output_tokens\":0");
+    CHECK(u != NULL && u < delta);
+    CHECK(strstr(delta, "\"input_tokens\":7,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":3,"
+                        "\"output_tokens\":1") != NULL);
+    free(r.body);
+}
 
 static void test_rewrite_stream(void)
 {
@@ -484,6 +531,7 @@ int main(void)
     RUN(test_translate_refusals);
     RUN(test_rewrite_json);
     RUN(test_rewrite_stream);
+    RUN(test_rewrite_stream_prompt_usage);
     RUN(test_release);
     RUN(test_served);
     if (a) {

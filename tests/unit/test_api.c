@@ -543,6 +543,32 @@ static void test_abort_mid_stream(void)
     CHECK_EQ_INT(r.ended, 0);
     CHECK_EQ_INT(sched_jobs_active(sch), 0);
     free(r.body);
+
+    /* several choices (the model has one lane: one runs, two wait): every
+     * job of the call goes with it */
+    memset(&r, 0, sizeof r);
+    r.sink.ops = &rec_ops;
+    r.base = base;
+    body = "{\"model\": \"" MODEL_ID "\", \"prompt\": \"In the beginning\", \"max_tokens\": 200, \"n\": 3,"
+           " \"stream\": true}";
+    c = api_handle(a, "POST", "/v1/completions", body, strlen(body), &r.sink, 0);
+    REQUIRE(c);
+    for (int i = 0; i < 200 && r.len < 300; i++) {
+        event_base_loopexit(base, &tick);
+        event_base_dispatch(base);
+    }
+    REQUIRE(r.len > 0);
+    REQUIRE(r.ended == 0);
+    CHECK_EQ_INT(sched_jobs_active(sch), 3);
+    api_call_abort(c);
+    len_at_abort = r.len;
+    event_base_loopexit(base, &settle);
+    event_base_dispatch(base);
+    CHECK_EQ_INT(r.len, len_at_abort);
+    CHECK_EQ_INT(r.ended, 0);
+    CHECK_EQ_INT(sched_jobs_active(sch), 0);
+    CHECK_EQ_INT(api_calls_active(a), 0);
+    free(r.body);
 }
 
 /* The data: events of an SSE body, parsed; NULL-terminated array (caller

@@ -506,6 +506,71 @@ static void test_mistral_v03(void)
                 "user/assistant/user/assistant/...", __LINE__);
 }
 
+/* An assistant prefill (continue_final_message): the conversation ends in
+ * an open assistant turn holding the given text, as each template opens it. */
+static void check_continue(const char *src, const char *last, const char *expected, int line)
+{
+    const chat_message msgs[] = {conv[0], conv[1], conv[2], conv[3], {"assistant", last, NULL}};
+    chat_template_vars v = {"<s>", "</s>", 1, NULL, 0, 0};
+    if (src == LLAMA32) v.bos_token = "<|begin_of_text|>", v.eos_token = "<|eot_id|>";
+    if (src == QWEN25) v.bos_token = "", v.eos_token = "<|im_end|>";
+    chat_template *t = chat_template_parse(src, strlen(src), errbuf, sizeof errbuf);
+    char *out = NULL;
+    size_t len = 0;
+    int r = t ? chat_template_render_continue(t, msgs, 5, &v, &out, &len, errbuf, sizeof errbuf) : -1;
+    if (r != 0 || strcmp(out, expected) != 0 || len != strlen(expected)) {
+        fprintf(stderr, "  line %d: continue: expected\n%s\ngot\n%s (%s)\n", line, expected, out ? out : "(none)",
+                errbuf);
+        testlib_failed_checks++;
+    }
+    free(out);
+    chat_template_free(t);
+}
+#define CHECK_CONTINUE(src, last, expected) check_continue(src, last, expected, __LINE__)
+
+static void test_continue_final(void)
+{
+    CHECK_CONTINUE(QWEN25, "I am",
+                   "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n"
+                   "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\nHi there<|im_end|>\n"
+                   "<|im_start|>user\nWho are you<|im_end|>\n<|im_start|>assistant\nI am");
+    /* Llama 3.2 trims a turn's content: the text is found trimmed */
+    CHECK_CONTINUE(LLAMA32, " I am",
+                   "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                   "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+                   "You are a helpful assistant<|eot_id|>"
+                   "<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>"
+                   "<|start_header_id|>assistant<|end_header_id|>\n\nHi there<|eot_id|>"
+                   "<|start_header_id|>user<|end_header_id|>\n\nWho are you<|eot_id|>"
+                   "<|start_header_id|>assistant<|end_header_id|>\n\nI am");
+    /* Mistral v0.3 opens an answer with a space after [/INST], which a
+     * generation prompt would not write; its system message goes into the
+     * user turn only when that turn is the last message (as Hugging Face
+     * renders it too) */
+    CHECK_CONTINUE(MISTRAL03, "I am", "<s>[INST] Hello[/INST] Hi there</s>[INST] Who are you[/INST] I am");
+    /* the text occurs earlier too: the last occurrence is the one cut at */
+    CHECK_CONTINUE(QWEN25, "Hello",
+                   "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n"
+                   "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\nHi there<|im_end|>\n"
+                   "<|im_start|>user\nWho are you<|im_end|>\n<|im_start|>assistant\nHello");
+    /* an empty prefill: the generation prompt */
+    CHECK_CONTINUE(QWEN25, "",
+                   "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n"
+                   "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\nHi there<|im_end|>\n"
+                   "<|im_start|>user\nWho are you<|im_end|>\n<|im_start|>assistant\n");
+    /* a template that does not write the content: an error */
+    const chat_message msgs[] = {{"user", "x", NULL}, {"assistant", "hidden", NULL}};
+    chat_template *t = chat_template_parse("{% for m in messages %}[{{ m.role }}]{% endfor %}", 49, errbuf,
+                                           sizeof errbuf);
+    REQUIRE(t);
+    chat_template_vars v = {"", "", 1, NULL, 0, 0};
+    char *out = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(chat_template_render_continue(t, msgs, 2, &v, &out, &len, errbuf, sizeof errbuf), -1);
+    CHECK(out == NULL && strstr(errbuf, "cannot continue") != NULL);
+    chat_template_free(t);
+}
+
 /* Gemma 3: system text + blank line prefixes the first user turn; the
  * assistant role is called model. */
 static void test_gemma3(void)
@@ -743,6 +808,7 @@ int main(void)
     RUN(test_llama32);
     RUN(test_llama2);
     RUN(test_mistral_v03);
+    RUN(test_continue_final);
     RUN(test_gemma3);
     RUN(test_phi35);
     RUN(test_zephyr);

@@ -449,6 +449,67 @@ static void test_lanes_batched_equal_alone(void)
     engine_model_free(m);
 }
 
+/* One prompt for several sequences (a request's n choices): lane 0
+ * evaluates it but its last token once and its keys and values are copied
+ * to lanes 1-3 (engine_lane_share_prompt); then four runs at once, each
+ * evaluating only the last prompt token, give byte for byte (tokens and
+ * log-probabilities) what the prompt alone on a fresh lane gives. */
+static void test_share_prompt(void)
+{
+    static const char prompt[] = "And the LORD spake unto Moses, saying, Speak unto the children of Israel";
+    char err[512];
+    engine_load_opts o = {.n_threads = 2, .n_lanes = LANES};
+    engine_model *m = engine_model_load_opts(demo_model(), &o, err, sizeof err);
+    REQUIRE(m);
+    static transcript alone, shared[LANES];
+    transcript *all[LANES + 1] = {&alone, &shared[0], &shared[1], &shared[2], &shared[3]};
+    for (int i = 0; i <= LANES; i++) {
+        transcript *tr = all[i];
+        memset(tr, 0, sizeof *tr);
+        tr->m = m;
+        tr->lane = i ? i - 1 : LANES - 1;
+        engine_request_defaults(&tr->req);
+        tr->req.prompt = prompt;
+        tr->req.prompt_len = strlen(prompt);
+        tr->req.sampling.temperature = 0;
+        tr->req.sampling.max_tokens = 30;
+        tr->req.logprobs = 1;
+    }
+    transcript_thread(&alone); /* on lane 3, then emptied by the share below */
+    int32_t *ids = NULL;
+    int n = 0;
+    REQUIRE(engine_prompt_tokens(m, &alone.req, &ids, &n, err, sizeof err) == 0);
+    int to[3] = {1, 2, 3};
+    CHECK_EQ_INT(engine_lane_share_prompt(m, 0, ids, n, to, 3, err, sizeof err), n - 1);
+    for (int l = 0; l < LANES; l++) CHECK_EQ_INT(engine_lane_cached_prefix(m, l, ids, n), n - 1);
+    /* again: lane 0 holds it now, nothing to evaluate */
+    CHECK_EQ_INT(engine_lane_share_prompt(m, 0, ids, n, to, 3, err, sizeof err), 0);
+    engine_step_stats before, after;
+    engine_model_step_stats(m, &before);
+    pthread_t th[LANES];
+    for (int i = 0; i < LANES; i++) REQUIRE(pthread_create(&th[i], NULL, transcript_thread, &shared[i]) == 0);
+    for (int i = 0; i < LANES; i++) pthread_join(th[i], NULL);
+    engine_model_step_stats(m, &after);
+    for (int i = 0; i < LANES; i++) {
+        CHECK_EQ_INT(shared[i].rc, 0);
+        CHECK(shared[i].len == alone.len && !memcmp(shared[i].text, alone.text, alone.len));
+        CHECK_EQ_INT(shared[i].n_toks, alone.n_toks);
+        int differ = 0;
+        for (int k = 0; k < alone.n_toks && k < shared[i].n_toks; k++)
+            differ += alone.toks[k].id != shared[i].toks[k].id ||
+                      memcmp(&alone.toks[k].logprob, &shared[i].toks[k].logprob, sizeof alone.toks[k].logprob);
+        CHECK_EQ_INT(differ, 0);
+        CHECK_EQ_INT(shared[i].r.cached_tokens, n - 1);
+    }
+    /* the steps evaluated each sequence's last prompt token and its tokens
+     * but the last sampled one: no prompt again */
+    int completion = alone.r.completion_tokens;
+    int length_end = !strcmp(alone.r.finish_reason, "length");
+    CHECK_EQ_INT((int)(after.tokens - before.tokens), LANES * (1 + completion - length_end));
+    free(ids);
+    engine_model_free(m);
+}
+
 /* Random weights emit random byte tokens, split UTF-8 characters and
  * invalid sequences: every piece must still be valid UTF-8. */
 static void test_pieces_are_valid_utf8(void)
@@ -482,5 +543,6 @@ int main(void)
     RUN(test_demo_sampling_seeded);
     RUN(test_pieces_are_valid_utf8);
     RUN(test_lanes_batched_equal_alone);
+    RUN(test_share_prompt);
     return testlib_finish();
 }

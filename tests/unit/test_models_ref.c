@@ -9,6 +9,7 @@
 #include "models/hf.h"
 #include "models/ref.h"
 #include "models/resolve.h"
+#include "models/weights_store.h"
 #include "testlib.h"
 
 static model_ref parse_ok(const char *s)
@@ -201,6 +202,33 @@ static void test_cache_layout(void)
     static char names[4][HF_NAME_CAP];
     CHECK_EQ_INT(hf_cached_gguf_files(&e, "a/b", commit, names, 4), 1);
     CHECK_EQ_STR(names[0], "d/m.gguf");
+    /* What peers are told this node holds names the snapshot's commit (a
+     * blob named by a 64-hex SHA-256 only). */
+    const char *sha = "5555555555555555555555555555555555555555555555555555555555555555";
+    char sha_blob[HF_MAX_PATH], link[HF_MAX_PATH];
+    REQUIRE(hf_blob_path(&e, "a/b", sha, sha_blob, sizeof sha_blob, err, sizeof err) == 0);
+    REQUIRE((f = fopen(sha_blob, "w")) != NULL);
+    fputs("GGUF", f);
+    fclose(f);
+    REQUIRE(hf_link_snapshot(&e, "a/b", "main", commit, "q.gguf", sha, link, sizeof link, err, sizeof err) == 0);
+    static weights_held_file held[4];
+    CHECK_EQ_INT(hf_cache_held(&e, held, 4), 1);
+    char want[300];
+    snprintf(want, sizeof want, "a/b/q.gguf@%s", commit);
+    CHECK_EQ_STR(held[0].ref, want);
+    CHECK_EQ_INT(held[0].size, 4);
+    /* The blob deleted: the link still names it (the cache's word when the
+     * hub is down), the file is not cached, nothing is offered. */
+    char named[65];
+    CHECK_EQ_INT(hf_snapshot_blob(&e, "a/b", commit, "q.gguf", named), 1);
+    CHECK_EQ_STR(named, sha);
+    unlink(sha_blob);
+    CHECK_EQ_INT(hf_snapshot_blob(&e, "a/b", commit, "q.gguf", named), 1);
+    CHECK_EQ_INT(hf_cached_file(&e, "a/b", commit, "q.gguf", path, sizeof path), 0);
+    CHECK_EQ_INT(hf_cached_gguf_files(&e, "a/b", commit, names, 4), 2);
+    CHECK_EQ_INT(hf_snapshot_blob(&e, "a/b", commit, "d/m.gguf", named), 0); /* "abc": not a SHA-256 */
+    CHECK_EQ_INT(hf_snapshot_blob(&e, "a/b", commit, "none.gguf", named), 0);
+    CHECK_EQ_INT(hf_cache_held(&e, held, 4), 0);
     /* A blob deleted by hand leaves a dangling link: not cached. */
     char blob[HF_MAX_PATH];
     REQUIRE(hf_blob_path(&e, "a/b", "abc", blob, sizeof blob, err, sizeof err) == 0);
@@ -209,6 +237,105 @@ static void test_cache_layout(void)
     unsetenv("HF_HUB_CACHE");
     unsetenv("HF_ENDPOINT");
     unsetenv("HF_TOKEN");
+}
+
+/* HF_HUB_OFFLINE as huggingface_hub reads it. */
+static void test_hub_offline(void)
+{
+    const char *on[] = {"1", "ON", "yes", "True"}, *off[] = {"0", "", "no", "false", "2"};
+    hf_env e;
+    for (size_t i = 0; i < sizeof on / sizeof on[0]; i++) {
+        setenv("HF_HUB_OFFLINE", on[i], 1);
+        hf_env_read(&e);
+        CHECK_EQ_INT(e.offline, 1);
+    }
+    for (size_t i = 0; i < sizeof off / sizeof off[0]; i++) {
+        setenv("HF_HUB_OFFLINE", off[i], 1);
+        hf_env_read(&e);
+        CHECK_EQ_INT(e.offline, 0);
+    }
+    unsetenv("HF_HUB_OFFLINE");
+    hf_env_read(&e);
+    CHECK_EQ_INT(e.offline, 0);
+}
+
+static model_peer_file listed(const char *ref, char hex, uint64_t size)
+{
+    model_peer_file f = {.size = size};
+    snprintf(f.ref, sizeof f.ref, "%.200s", ref);
+    memset(f.sha256, hex, 64);
+    return f;
+}
+
+/* A hub reference named by the peers' records (the hub down). */
+static void test_match_peer_files(void)
+{
+    const char *c1 = "0123456789abcdef0123456789abcdef01234567", *c2 = "89abcdef0123456789abcdef0123456789abcdef";
+    char ref[300], err[512];
+    model_peer_file files[8];
+    int n = 0, idx[MODEL_MAX_PARTS];
+    snprintf(ref, sizeof ref, "Org/m-GGUF/m-Q8_0.gguf@%s", c1);
+    files[n++] = listed(ref, 'a', 100);
+    snprintf(ref, sizeof ref, "Org/m-GGUF/m-Q4_K_M.gguf@%s", c1);
+    files[n++] = listed(ref, 'b', 50);
+    snprintf(ref, sizeof ref, "Org/big/b-Q4_0-00002-of-00002.gguf@%s", c1);
+    files[n++] = listed(ref, 'd', 20);
+    snprintf(ref, sizeof ref, "Org/big/b-Q4_0-00001-of-00002.gguf@%s", c1);
+    files[n++] = listed(ref, 'c', 10);
+    snprintf(ref, sizeof ref, "Org/m-GGUF-other/m-Q8_0.gguf@%s", c1);  /* another repo with the same prefix */
+    files[n++] = listed(ref, 'e', 100);
+    /* The same file held by a second peer, at the same commit: one entry. */
+    snprintf(ref, sizeof ref, "Org/m-GGUF/m-Q8_0.gguf@%s", c1);
+    files[n++] = listed(ref, 'a', 100);
+
+    model_ref r = parse_ok("Org/m-GGUF:q8_0");
+    CHECK_EQ_INT(model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err), 1);
+    CHECK_EQ_INT(idx[0], 0);
+    r = parse_ok("Org/m-GGUF/m-Q4_K_M.gguf");
+    CHECK_EQ_INT(model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err), 1);
+    CHECK_EQ_INT(idx[0], 1);
+    /* Any part names every part, in order. */
+    r = parse_ok("Org/big/b-Q4_0-00002-of-00002.gguf");
+    CHECK_EQ_INT(model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err), 2);
+    CHECK_EQ_INT(idx[0], 3);
+    CHECK_EQ_INT(idx[1], 2);
+    r = parse_ok("Org/big:Q4_0");
+    CHECK_EQ_INT(model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err), 2);
+    CHECK_EQ_INT(idx[0], 3);
+    /* Nobody has it: 0 and the message says what is missing. */
+    r = parse_ok("Org/m-GGUF:Q2_K");
+    CHECK_EQ_INT(model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err), 0);
+    CHECK(strstr(err, "Q2_K") != NULL);
+    r = parse_ok("Org/m-GGUF/none.gguf");
+    CHECK_EQ_INT(model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err), 0);
+    CHECK(strstr(err, "no peer lists Org/m-GGUF/none.gguf") != NULL);
+    /* A revision that is a commit wants that commit. */
+    snprintf(ref, sizeof ref, "Org/m-GGUF/m-Q8_0.gguf@%s", c2);
+    r = parse_ok(ref);
+    CHECK_EQ_INT(model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err), 0);
+    snprintf(ref, sizeof ref, "Org/m-GGUF/m-Q8_0.gguf@%s", c1);
+    r = parse_ok(ref);
+    CHECK_EQ_INT(model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err), 1);
+    /* Two peers holding different bytes as one name: ambiguous without the
+     * hub, refused; naming the commit settles it. */
+    snprintf(ref, sizeof ref, "Org/m-GGUF/m-Q8_0.gguf@%s", c2);
+    files[n++] = listed(ref, 'f', 100);
+    r = parse_ok("Org/m-GGUF:Q8_0");
+    CHECK_EQ_INT(model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err), -1);
+    CHECK(strstr(err, "different files") != NULL);
+    r = parse_ok(ref);
+    CHECK_EQ_INT(model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err), 1);
+    CHECK_EQ_INT(idx[0], n - 1);
+    /* Two quants matching: named, refused. */
+    snprintf(ref, sizeof ref, "Org/m-GGUF/sub/m-Q4_K_M.gguf@%s", c1);
+    files[n++] = listed(ref, '1', 50);
+    r = parse_ok("Org/m-GGUF:Q4_K_M");
+    CHECK_EQ_INT(model_match_peer_files(&r, files, n, idx, MODEL_MAX_PARTS, err, sizeof err), -1);
+    CHECK(strstr(err, "matches 2 files") != NULL);
+    /* Records are outside input: a ref without a commit is skipped. */
+    files[0] = listed("Org/m-GGUF/m-Q8_0.gguf", 'a', 100);
+    r = parse_ok("Org/m-GGUF/m-Q8_0.gguf@" "0123456789abcdef0123456789abcdef01234567");
+    CHECK_EQ_INT(model_match_peer_files(&r, files, 1, idx, MODEL_MAX_PARTS, err, sizeof err), 0);
 }
 
 /* The need from a file's first bytes equals the need from the whole file,
@@ -249,6 +376,8 @@ int main(void)
     RUN(test_pick_quant);
     RUN(test_listing);
     RUN(test_cache_layout);
+    RUN(test_hub_offline);
+    RUN(test_match_peer_files);
     RUN(test_need_from_head);
     return testlib_finish();
 }

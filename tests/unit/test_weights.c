@@ -15,6 +15,8 @@
  * models of a few MB have hundreds of them. Every wait is bounded. */
 #include <cjson/cJSON.h>
 #include <event2/event.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,9 +26,11 @@
 #include <unistd.h>
 
 #include "gguf_writer.h"
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "mesh/mesh.h"
 #include "models/fetch_wire.h"
+#include "models/peer_file.h"
 #include "models/store_private.h" /* white box: retry, window and fault knobs */
 #include "models/weights.h"
 #include "models/weights_store.h"
@@ -921,16 +925,28 @@ static void test_fetch_from_part(void)
     w = (holds_wait){c, mesh_node_id(s.p.b), s.hash, 2, 5, 1, 0};
     CHECK(holds(&w));
 
-    /* [3, 5), naming A: B is asked (it holds it), A serves nothing. */
-    weights_counters ca0, cb0, ca, cb;
+    /* [3, 5), naming A: B is asked (it holds it), and A, the peer named,
+     * too: both serve chunks, each chunk is written once, and C's tally
+     * says who sent what. */
+    weights_counters ca0, cb0, ca, cb, cc0, cc1;
     weights_get_counters(s.sa, &ca0);
     weights_get_counters(s.sb, &cb0);
+    weights_get_counters(sc, &cc0);
     CHECK(fetch_and_check(sc, s.hash, s.p.a, s.model, 3, 5, 0, &st));
     weights_get_counters(s.sa, &ca);
     weights_get_counters(s.sb, &cb);
-    CHECK_EQ_INT(ca.served_bytes, ca0.served_bytes);
-    CHECK_EQ_INT(cb.served_bytes - cb0.served_bytes, part_bytes(m, 3, 5, 0));
+    weights_get_counters(sc, &cc1);
+    CHECK(ca.served_bytes > ca0.served_bytes);
+    CHECK(cb.served_bytes > cb0.served_bytes);
+    CHECK(ca.served_bytes - ca0.served_bytes + cb.served_bytes - cb0.served_bytes >= part_bytes(m, 3, 5, 0));
+    CHECK_EQ_INT(cc1.fetched_bytes - cc0.fetched_bytes, part_bytes(m, 3, 5, 0));
+    weights_source_bytes from[4];
+    int nf = weights_store_fetched_from(sc, from, 4);
+    CHECK_EQ_INT(nf, 2);
+    CHECK_EQ_INT(from[0].bytes + from[1].bytes, part_bytes(m, 3, 5, 0));
+    CHECK(from[0].bytes > 0 && from[1].bytes > 0);
     /* With the head, B does not hold it: A serves. */
+    weights_get_counters(s.sa, &ca0);
     CHECK(fetch_and_check(sc, s.hash, s.p.a, s.model, 3, 5, 1, &st));
     weights_get_counters(s.sa, &ca);
     CHECK_EQ_INT(ca.served_bytes - ca0.served_bytes, part_bytes(m, 3, 5, 1));
@@ -969,6 +985,201 @@ static void test_fetch_from_part(void)
     teardown_pair(&s);
 }
 
+/* One fetch from two holders at once, one of which vanishes halfway (its
+ * mesh freed, as a process killed): the other takes its chunks, the part
+ * is complete and byte for byte the source's, and every chunk was written
+ * once. A slow holder (a pause after each chunk) gets fewer chunks than a
+ * fast one but some. */
+static void test_fetch_two_sources(void)
+{
+    setup s;
+    setup_pair(&s, "two", 6);
+    const weights_manifest *m = weights_store_manifest(s.sa, s.hash);
+    REQUIRE(m);
+    fetch_state st;
+    CHECK(fetch_and_check(s.sb, s.hash, s.p.a, s.model, 0, 6, 1, &st)); /* B holds everything too */
+    mesh *c = testnet_mesh("two-c", NULL, "host", mesh_token(s.p.a));
+    REQUIRE(c);
+    REQUIRE(testnet_connect(c, s.p.a, WAIT_MS) && testnet_connect(c, s.p.b, WAIT_MS));
+    char err[256];
+    weights_store *sc = weights_store_new(base, c, testlib_tmp_path("two-c"), err, sizeof err);
+    REQUIRE(sc);
+    weights_test_set_retry(sc, 20, 4);
+    holds_wait w = {c, mesh_node_id(s.p.b), s.hash, 0, 6, 1, 1};
+    CHECK(testnet_run_until(holds, &w, WAIT_MS));
+
+    /* A slow (10 ms per chunk), B not: both serve, B more. (A window of 4
+     * chunks per stream: with the default, one stream could ask for the
+     * whole of this small part before the other opens.) */
+    weights_test_set_window(sc, 4 * CHUNK);
+    uint64_t want = part_bytes(m, 1, 3, 0);
+    weights_counters ca0, cb0, ca, cb;
+    weights_get_counters(s.sa, &ca0);
+    weights_get_counters(s.sb, &cb0);
+    s.sa->test_chunk_delay_ms = 10;
+    CHECK(fetch_and_check(sc, s.hash, s.p.a, s.model, 1, 3, 0, &st));
+    s.sa->test_chunk_delay_ms = 0;
+    weights_get_counters(s.sa, &ca);
+    weights_get_counters(s.sb, &cb);
+    CHECK(ca.served_bytes > ca0.served_bytes);
+    CHECK(cb.served_bytes - cb0.served_bytes > ca.served_bytes - ca0.served_bytes);
+    weights_counters cc;
+    weights_get_counters(sc, &cc);
+    CHECK_EQ_INT(cc.fetched_bytes, want);
+    weights_source_bytes from[4];
+    int nf = weights_store_fetched_from(sc, from, 4);
+    CHECK_EQ_INT(nf, 2);
+    for (int i = 0; i < nf; i++) CHECK(from[i].bytes >= CHUNK);
+
+    /* A stops answering after its first chunk (a pause of a minute): the
+     * chunks it was asked for go to B after FETCH_ENDGAME_MS (the endgame),
+     * and the fetch ends in seconds, not when A wakes up. */
+    weights_test_set_window(sc, 8 * CHUNK);
+    s.sa->test_chunk_delay_ms = 60000;
+    weights_counters cc0;
+    weights_get_counters(sc, &cc0);
+    uint64_t t0 = clock_ms();
+    CHECK(fetch_and_check(sc, s.hash, s.p.a, s.model, 3, 5, 0, &st));
+    uint64_t took = clock_ms() - t0;
+    s.sa->test_chunk_delay_ms = 0;
+    CHECK(took < 10000);
+    weights_counters cc1;
+    weights_get_counters(sc, &cc1);
+    CHECK_EQ_INT(cc1.fetched_bytes - cc0.fetched_bytes, part_bytes(m, 3, 5, 0));
+
+    /* B goes away a third of the way in, with chunks asked of it: A,
+     * slow enough that B has its share by then, does the rest. */
+    s.sa->test_chunk_delay_ms = 5;
+    s.sb->test_chunk_delay_ms = 5;
+    REQUIRE(start_fetch_breaking(sc, s.hash, s.p.a, 2, 6, 1, &st));
+    CHECK(testnet_run_until(progressed, &st, WAIT_MS));
+    REQUIRE(st.done == 0);
+    nf = weights_store_fetched_from(sc, from, 4);
+    uint64_t from_b = 0;
+    for (int i = 0; i < nf; i++)
+        if (!memcmp(from[i].peer, mesh_node_id(s.p.b), MESH_ID_BYTES)) from_b = from[i].bytes;
+    weights_store_free(s.sb);
+    s.sb = NULL;
+    mesh_free(s.p.b);
+    s.p.b = NULL;
+    CHECK(testnet_run_until(fetch_done, &st, WAIT_MS * 2));
+    CHECK_EQ_STR(st.error, "");
+    CHECK(part_matches(st.path, s.model, 2, 6, 1));
+    weights_counters cc2;
+    weights_get_counters(sc, &cc2);
+    CHECK_EQ_INT(cc2.fetched_bytes - cc1.fetched_bytes, part_bytes(m, 2, 6, 1));
+    CHECK_EQ_INT(cc2.bad_chunks, 0);
+    CHECK(from_b > 0); /* B had served its share before it went */
+    s.sa->test_chunk_delay_ms = 0;
+    weights_store_free(sc);
+    mesh_free(c);
+    teardown_pair(&s);
+}
+
+/* ---- whole files from several holders (peer_file) ---------------------------------------------*/
+
+typedef struct {
+    peer_file *pf;
+    uint8_t *buf;
+    size_t cap, got;
+    long last;
+    char err[256];
+    atomic_int done;
+    atomic_int first_read;    /* the reader has its first MiB */
+} file_reader;
+
+static void *reader_main(void *arg)
+{
+    file_reader *r = arg;
+    for (;;) {
+        long n = peer_file_read(r->pf, r->buf + r->got, r->cap - r->got > 65536 ? 65536 : r->cap - r->got, NULL,
+                                r->err, sizeof r->err);
+        r->last = n;
+        if (n <= 0) break;
+        r->got += (size_t)n;
+        if (r->got >= (1u << 20)) atomic_store(&r->first_read, 1);
+    }
+    peer_file_close(r->pf);
+    atomic_store(&r->done, 1);
+    return NULL;
+}
+
+static int reader_done(void *arg) { return atomic_load(&((file_reader *)arg)->done); }
+static int reader_started(void *arg) { return atomic_load(&((file_reader *)arg)->first_read); }
+
+/* A file held by A and B is read through one peer_file from both: every
+ * byte in order, both served some. Then again with B gone (its mesh freed,
+ * as a process killed) once the reader has its first MiB and B has pieces
+ * out: A serves the rest, the bytes are still the file's. */
+static void test_peer_file_two_holders(void)
+{
+    setup s;
+    setup_pair(&s, "pf", 24); /* ~6 MiB: several 1 MiB pieces */
+    FILE *f = fopen(s.model, "rb");
+    REQUIRE(f);
+    fseek(f, 0, SEEK_END);
+    size_t size = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *want = malloc(size);
+    REQUIRE(want && fread(want, 1, size, f) == size);
+    fclose(f);
+    REQUIRE(size > 3 * FETCH_FILE_PIECE);
+    weights_held_file held = {.size = size};
+    weights_sha256(want, size, held.sha256);
+    snprintf(held.ref, sizeof held.ref, "Org/repo/pf.gguf");
+    snprintf(held.path, sizeof held.path, "%s", s.model);
+    weights_store_set_held(s.sa, &held, 1);
+    weights_store_set_held(s.sb, &held, 1);
+    mesh *c = testnet_mesh("pf-c", NULL, "host", mesh_token(s.p.a));
+    REQUIRE(c);
+    REQUIRE(testnet_connect(c, s.p.a, WAIT_MS) && testnet_connect(c, s.p.b, WAIT_MS));
+    uint8_t peers[2][MESH_ID_BYTES];
+    memcpy(peers[0], mesh_node_id(s.p.a), MESH_ID_BYTES);
+    memcpy(peers[1], mesh_node_id(s.p.b), MESH_ID_BYTES);
+
+    for (int round = 0; round < 2; round++) {
+        weights_counters a0, b0, a1, b1;
+        weights_get_counters(s.sa, &a0);
+        weights_get_counters(s.sb, &b0);
+        /* A pause after each piece, so that both get pieces to serve, and
+         * in the second round B still has some out when it goes. */
+        s.sa->test_file_delay_ms = s.sb->test_file_delay_ms = round ? 200 : 20;
+        file_reader r = {.cap = size, .buf = calloc(1, size)};
+        r.pf = peer_file_open(base, c, (const uint8_t(*)[MESH_ID_BYTES])peers, 2, held.sha256, size, 0);
+        REQUIRE(r.pf && r.buf);
+        pthread_t th;
+        REQUIRE(pthread_create(&th, NULL, reader_main, &r) == 0);
+        if (round == 1) { /* B vanishes with pieces asked of it */
+            CHECK(testnet_run_until(reader_started, &r, WAIT_MS));
+            weights_get_counters(s.sb, &b1);
+            CHECK(b1.file_bytes_served > b0.file_bytes_served);
+            weights_store_free(s.sb);
+            s.sb = NULL;
+            mesh_free(s.p.b);
+            s.p.b = NULL;
+        }
+        CHECK(testnet_run_until(reader_done, &r, WAIT_MS * 3));
+        pthread_join(th, NULL);
+        if (r.last < 0) fprintf(stderr, "  peer_file_read: %s\n", r.err);
+        CHECK_EQ_INT(r.last, 0);
+        CHECK_EQ_INT(r.got, size);
+        CHECK(memcmp(r.buf, want, size) == 0);
+        weights_get_counters(s.sa, &a1);
+        CHECK(a1.file_bytes_served > a0.file_bytes_served);
+        if (round == 0) {
+            weights_get_counters(s.sb, &b1);
+            CHECK(b1.file_bytes_served > b0.file_bytes_served);
+        }
+        s.sa->test_file_delay_ms = 0;
+        if (s.sb) s.sb->test_file_delay_ms = 0;
+        free(r.buf);
+        testnet_run_for(50); /* the loop lets the streams go */
+    }
+    free(want);
+    mesh_free(c);
+    teardown_pair(&s);
+}
+
 int main(void)
 {
     const char *level = getenv("LLMESH_TEST_LOG");
@@ -985,6 +1196,8 @@ int main(void)
     RUN(test_fetch_errors);
     RUN(test_holdings_wire);
     RUN(test_fetch_from_part);
+    RUN(test_fetch_two_sources);
+    RUN(test_peer_file_two_holders);
     testnet_loop_free();
     return testlib_finish();
 }

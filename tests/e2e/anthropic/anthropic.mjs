@@ -4,7 +4,8 @@
 // max_tokens, count_tokens, tool use (forced by name and with 'any', plain and
 // streamed, on models with the real Qwen2.5, Llama 3.2 and Mistral v0.3
 // templates and random weights) and the tool_result turn after it, the errors
-// in Anthropic's shape, and the API key as x-api-key. Random weights: only
+// in Anthropic's shape, the API key as x-api-key, and an assistant prefill (the
+// answer continues the last turn; message_start carries the prompt's count). Random weights: only
 // what is deterministic is asserted (greedy text on the demo model; a forced
 // call parses and fits its schema).
 // usage: node anthropic.mjs BASE_URL KEYED_BASE_URL KEY DEMO_MODEL TOOL_MODEL...
@@ -176,6 +177,48 @@ await refused('an image block: BadRequestError',
   () => client.messages.create({ model: demo, max_tokens: 4, messages: [{ role: 'user', content: [
     { type: 'image', source: { type: 'base64', media_type: 'image/png', data: 'AAAA' } }] }] }),
   Anthropic.BadRequestError, 'invalid_request_error', "'image'");
+await refused('a document block: BadRequestError (no vision or document model in the engine)',
+  () => client.messages.create({ model: demo, max_tokens: 4, messages: [{ role: 'user', content: [
+    { type: 'document', source: { type: 'text', media_type: 'text/plain', data: 'x' } }] }] }),
+  Anthropic.BadRequestError, 'invalid_request_error', "'document'");
+
+// ---- prefill: a last assistant turn the answer continues
+const prefilled = [{ role: 'user', content: 'In the beginning' }, { role: 'assistant', content: 'And God' }];
+await check('prefill: the answer continues the assistant turn (= a completion of the prompt ending in its text)',
+  async () => {
+    const r = await client.messages.create({ model: demo, max_tokens: 12, temperature: 0, messages: prefilled });
+    // the demo model has no chat template: the plain form, "Assistant: " and the text
+    const res = await fetch(`${baseURL}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: demo, max_tokens: 12, temperature: 0,
+        prompt: 'User: In the beginning\nAssistant: And God' }) });
+    const c = await res.json();
+    const ok = r.content[0].text === c.choices[0].text && r.content[0].text.length > 0
+      && r.usage.input_tokens + r.usage.cache_read_input_tokens === c.usage.prompt_tokens;
+    if (!ok) console.log(`  got ${JSON.stringify(r.content[0].text)} vs ${JSON.stringify(c.choices[0].text)}`);
+    return ok;
+  });
+for (const model of [demo, ...toolModels]) {
+  await check(`prefill, streamed (${model}): message_start has the prompt's input_tokens (= count_tokens)`, async () => {
+    const msgs = [{ role: 'user', content: 'What is the weather?' }, { role: 'assistant', content: 'The weather is' }];
+    const stream = await client.messages.create({ model, max_tokens: 4, temperature: 0, messages: msgs, stream: true });
+    let start = null, delta = null;
+    for await (const ev of stream) {
+      if (ev.type === 'message_start') start = ev.message.usage;
+      if (ev.type === 'message_delta') delta = ev.usage;
+    }
+    const c = await client.messages.countTokens({ model, messages: msgs });
+    const open = await client.messages.countTokens({ model, messages: msgs.slice(0, 1) });
+    const ok = start.input_tokens + start.cache_read_input_tokens === c.input_tokens
+      && delta.input_tokens + delta.cache_read_input_tokens === c.input_tokens
+      && start.input_tokens === delta.input_tokens && c.input_tokens > open.input_tokens;
+    if (!ok) console.log(`  start ${JSON.stringify(start)} delta ${JSON.stringify(delta)} count ${c.input_tokens}`);
+    return ok;
+  });
+}
+await refused('prefill with trailing white space: BadRequestError, as Anthropic',
+  () => client.messages.create({ model: demo, max_tokens: 4, messages: [{ role: 'user', content: 'x' },
+    { role: 'assistant', content: 'And ' }] }), Anthropic.BadRequestError, 'invalid_request_error', 'trailing whitespace');
+
 await check('metadata is ignored (the documented rule)', async () => {
   const r = await client.messages.create({ model: demo, max_tokens: 2, messages: prompt, metadata: { user_id: 'u1' } });
   return r.type === 'message';

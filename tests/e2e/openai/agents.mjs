@@ -98,11 +98,40 @@ await check('json_schema: the answer parses and validates (several seeds)', asyn
   return true;
 });
 
-await check('n: three completions, each its own index and sampling stream', async () => {
+await check('n: three completions, each its own index and sampling stream, different texts', async () => {
   const r = await client.completions.create({ model: demo, prompt: 'And God said', max_tokens: 12, seed: 9, n: 3 });
   const single = await client.completions.create({ model: demo, prompt: 'And God said', max_tokens: 12, seed: 11 });
-  return r.choices.length === 3 && r.choices.every((c, i) => c.index === i)
+  const texts = new Set(r.choices.map((c) => c.text));
+  return r.choices.length === 3 && r.choices.every((c, i) => c.index === i) && texts.size > 1
     && r.choices[2].text === single.choices[0].text; // choice i samples with seed + i
+});
+
+await check('n greedy: every choice is the single answer; the prompt evaluated once (usage, timings)', async () => {
+  const prompt = 'Then said Jesus unto his disciples, If any man will come after me';
+  const r = await client.completions.create({ model: demo, prompt, max_tokens: 16, temperature: 0, n: 4 });
+  const single = await client.completions.create({ model: demo, prompt, max_tokens: 16, temperature: 0 });
+  const t = r.timings, u = r.usage;
+  // the prompt once on the first choice's lane, then each other choice its last token
+  return r.choices.length === 4 && r.choices.every((c) => c.text === single.choices[0].text)
+    && u.prompt_tokens === single.usage.prompt_tokens && u.completion_tokens === 4 * single.usage.completion_tokens
+    && t.cache_n + t.prompt_n === u.prompt_tokens + 3;
+});
+
+await check('n streamed (chat): the choices interleave by index, each a role chunk, its text, a finish', async () => {
+  const stream = await client.chat.completions.create({ model: demo, max_tokens: 10, seed: 3, n: 3, stream: true,
+    messages: [{ role: 'user', content: 'Who is my neighbour?' }] });
+  const text = ['', '', ''], roles = [0, 0, 0], finishes = [0, 0, 0];
+  for await (const chunk of stream) {
+    for (const c of chunk.choices) {
+      if (c.delta.role === 'assistant') roles[c.index]++;
+      if (c.delta.content) text[c.index] += c.delta.content;
+      if (c.finish_reason) finishes[c.index]++;
+    }
+  }
+  const plain = await client.chat.completions.create({ model: demo, max_tokens: 10, seed: 3, n: 3,
+    messages: [{ role: 'user', content: 'Who is my neighbour?' }] });
+  return roles.every((n) => n === 1) && finishes.every((n) => n === 1)
+    && plain.choices.every((c, i) => c.message.content === text[i]);
 });
 
 await check('n with json_schema: every choice parses and validates', async () => {

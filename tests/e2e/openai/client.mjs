@@ -29,6 +29,7 @@ await check('streamed completion equals llmesh run', async () => {
   const stream = await client.completions.create({ model, prompt, max_tokens: 32, temperature: 0, stream: true });
   let text = '', chunks = 0;
   for await (const chunk of stream) { text += chunk.choices[0]?.text ?? ''; chunks++; }
+  if (text !== expected || chunks <= 3) console.log(`  got ${JSON.stringify(text)} in ${chunks} chunks`);
   return text === expected && chunks > 3;
 });
 
