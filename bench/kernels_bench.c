@@ -14,7 +14,10 @@
  * multiply-adds per second of each and their ratio; for a type with
  * prepared activations at the active ISA (kernel_prep_avx512), a "+p" line:
  * the same two on them, as kernel_matmul runs it.
- * Usage: kernels_bench [--rows R] [--cols C] [--runs N] [--isa NAME] [--variants | --prompt N] */
+ * With --layout, for each type with rows kernels: one vector through
+ * kernel_matmul on the row-major matrix and on its interleaved copy
+ * (kernel_interleave, what the model loader makes), in turn, GB/s of each.
+ * Usage: kernels_bench [--rows R] [--cols C] [--runs N] [--isa NAME] [--variants | --prompt N | --layout] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,6 +133,65 @@ static kernel_tile_fn active_tile(ggml_type t)
     }
 }
 
+/* Microseconds of one matvec through kernel_matmul, averaged over ~50 ms. */
+static double time_matvec(threadpool *pool, const kernel_matrix *m, const float *x, float *y, void *scratch)
+{
+    double t0 = now();
+    int reps = 0;
+    do {
+        kernel_matmul(pool, m, x, 1, y, scratch);
+        reps++;
+    } while (now() - t0 < 0.05);
+    return (now() - t0) / reps * 1e6;
+}
+
+/* --layout: one vector through kernel_matmul on the row-major matrix and on
+ * its interleaved copy (kernel_interleave), in turn, per type with rows
+ * kernels: GB/s of weights read by each. */
+static int bench_layout(int rows, int cols, int runs)
+{
+    static const ggml_type types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0, GGML_TYPE_Q2_K,
+                                      GGML_TYPE_Q3_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
+    printf("isa %s, %d x %d, 1 vector, 1 thread, median of %d (CPU time), GB/s of weights\n",
+           kernel_isa_name(kernel_active_isa()), rows, cols, runs);
+    printf("%-6s %12s %12s %8s\n", "type", "row-major", "interleaved", "ratio");
+    char err[256];
+    threadpool *pool = threadpool_create(1, err, sizeof err);
+    float *wf = malloc(sizeof(float) * (size_t)cols), *x = malloc(sizeof(float) * (size_t)cols);
+    float *y = malloc(sizeof(float) * (size_t)rows);
+    void *scratch = malloc(kernel_matmul_scratch_bytes(GGML_TYPE_Q4_K, cols, 1) + 1);
+    if (!pool || !wf || !x || !y || !scratch) return 1;
+    for (int i = 0; i < cols; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        ggml_type t = types[k];
+        size_t row = kernel_row_bytes(t, cols), bytes = row * (size_t)rows;
+        uint8_t *w = malloc(bytes), *wi = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!w || !wi) return 1;
+        for (int r = 0; r < rows; r++) {
+            for (int i = 0; i < cols; i++) wf[i] = (float)rand() / RAND_MAX - 0.5f;
+            quantize_row(t, wf, w + (size_t)r * row, cols);
+        }
+        kernel_matrix m = {t, rows, cols, w, 0};
+        kernel_interleave(&m, wi);
+        kernel_matrix mi = {t, rows, cols, wi, 1};
+        double tp[101], ti[101];
+        time_matvec(pool, &m, x, y, scratch); /* warm up */
+        time_matvec(pool, &mi, x, y, scratch);
+        for (int r = 0; r < runs; r++) {
+            tp[r] = time_matvec(pool, &m, x, y, scratch);
+            ti[r] = time_matvec(pool, &mi, x, y, scratch);
+        }
+        qsort(tp, (size_t)runs, sizeof tp[0], cmp_double);
+        qsort(ti, (size_t)runs, sizeof ti[0], cmp_double);
+        printf("%-6s %12.2f %12.2f %7.2fx\n", ggml_type_name(t), bytes / tp[runs / 2] * 1e-3, bytes / ti[runs / 2] * 1e-3,
+               tp[runs / 2] / ti[runs / 2]);
+        free(w), free(wi);
+    }
+    threadpool_free(pool);
+    free(wf), free(x), free(y), free(scratch);
+    return 0;
+}
+
 /* --prompt: rows kernels token by token against tile kernels, per type. */
 static int bench_prompt(int rows, int cols, int runs, int ntok)
 {
@@ -210,7 +272,7 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
 
 int main(int argc, char **argv)
 {
-    int rows = 4096, cols = 4096, runs = 7, variants = 0, prompt = 0;
+    int rows = 4096, cols = 4096, runs = 7, variants = 0, prompt = 0, layout = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rows") && i + 1 < argc) rows = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cols") && i + 1 < argc) cols = atoi(argv[++i]);
@@ -223,15 +285,17 @@ int main(int argc, char **argv)
             }
         } else if (!strcmp(argv[i], "--scalar")) kernel_force_isa(KERNEL_ISA_SCALAR);
         else if (!strcmp(argv[i], "--variants")) variants = 1;
+        else if (!strcmp(argv[i], "--layout")) layout = 1;
         else if (!strcmp(argv[i], "--prompt") && i + 1 < argc) prompt = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: kernels_bench [--rows R] [--cols C (multiple of 256)] [--runs N] [--isa NAME] "
-                            "[--variants | --prompt N]\n");
+                            "[--variants | --prompt N | --layout]\n");
             return 2;
         }
     }
     if (rows < 1 || cols < 256 || cols % 256 || runs < 1 || runs > 101 || prompt < 0 || prompt > 512) return 2;
     if (prompt) return bench_prompt(rows, cols, runs, prompt);
+    if (layout) return bench_layout(rows, cols, runs);
     static const ggml_type types[] = {
         GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
         GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q2_K, GGML_TYPE_Q3_K,
@@ -272,7 +336,7 @@ int main(int argc, char **argv)
             for (int i = 0; i < cols; i++) wf[i] = (float)rand() / RAND_MAX - 0.5f;
             quantize_row(t, wf, w + (size_t)r * row, cols);
         }
-        kernel_matrix m = {t, rows, cols, w};
+        kernel_matrix m = {t, rows, cols, w, 0};
         double times[101];
         kernel_matmul(pool, &m, x, 1, y, scratch); /* warm up */
         for (int r = 0; r < runs; r++) {

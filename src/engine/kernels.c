@@ -655,6 +655,58 @@ void kernel_fp32_to_fp16_row(const float *src, uint16_t *dst, int n)
 /* matrix products                                                           */
 /* ======================================================================== */
 
+/* ---- interleaved matrices (kernels.h, kernels_rows.h) ---- */
+
+/* The unit kernel_interleave moves: one block of the type (F16: 16 values),
+ * or 0 for a type or width it does not take. */
+static size_t interleave_unit(ggml_type t, int cols)
+{
+    switch (t) {
+    case GGML_TYPE_F16: return cols % 32 == 0 ? 32 : 0;
+    case GGML_TYPE_Q8_0:
+    case GGML_TYPE_Q4_0:
+    case GGML_TYPE_Q5_0:
+    case GGML_TYPE_Q2_K:
+    case GGML_TYPE_Q3_K:
+    case GGML_TYPE_Q4_K:
+    case GGML_TYPE_Q5_K:
+    case GGML_TYPE_Q6_K: return kernel_row_bytes(t, (int64_t)ggml_type_block_elems(t));
+    default: return 0;
+    }
+}
+
+int kernel_interleavable(ggml_type t, int cols) { return cols > 0 && interleave_unit(t, cols) != 0; }
+
+void kernel_interleave(const kernel_matrix *w, void *dst)
+{
+    size_t unit = interleave_unit(w->type, w->cols), row = kernel_row_bytes(w->type, w->cols);
+    assert(unit && !w->interleaved && row % unit == 0);
+    size_t units = row / unit;
+    const uint8_t *src = w->data;
+    uint8_t *out = dst;
+    int whole = w->rows / KERNEL_ROWS * KERNEL_ROWS;
+    for (int g = 0; g < whole; g += KERNEL_ROWS) {
+        const uint8_t *s = src + (size_t)g * row;
+        uint8_t *d = out + (size_t)g * row;
+        for (size_t i = 0; i < units; i++)
+            for (int r = 0; r < KERNEL_ROWS; r++, d += unit) memcpy(d, s + (size_t)r * row + i * unit, unit);
+    }
+    memcpy(out + (size_t)whole * row, src + (size_t)whole * row, (size_t)(w->rows - whole) * row);
+}
+
+const void *kernel_matrix_row(const kernel_matrix *w, int r, void *buf)
+{
+    size_t row = kernel_row_bytes(w->type, w->cols);
+    const uint8_t *data = w->data;
+    int whole = w->rows / KERNEL_ROWS * KERNEL_ROWS;
+    if (!w->interleaved || r >= whole) return data + (size_t)r * row;
+    size_t unit = interleave_unit(w->type, w->cols), units = row / unit;
+    const uint8_t *group = data + (size_t)(r - r % KERNEL_ROWS) * row;
+    for (size_t i = 0; i < units; i++)
+        memcpy((uint8_t *)buf + i * unit, group + (i * KERNEL_ROWS + (size_t)(r % KERNEL_ROWS)) * unit, unit);
+    return buf;
+}
+
 /* Input vectors handled per pass over a row block: enough reuse of the
  * weight rows (which stay in L1) without pushing the inputs out of L2. */
 #define MATMUL_TOKEN_TILE 8
@@ -689,6 +741,13 @@ typedef struct {
     matmul_part part[KERNEL_MATMUL_MAX];
 } matmul_job;
 
+/* The stride argument for a group of nr rows of part's matrix: the row
+ * bytes, flagged KERNEL_STRIDE_IL for a whole group of an interleaved one. */
+static size_t group_stride(const matmul_part *part, int nr)
+{
+    return part->w_stride | (part->w->interleaved && nr == KERNEL_ROWS ? KERNEL_STRIDE_IL : 0);
+}
+
 /* out[k] = row r0 + k of part's matrix dotted with input vector t, k < nr. */
 static void matmul_rows(const matmul_job *job, const matmul_part *part, int r0, int nr, int t,
                         float *out)
@@ -698,11 +757,13 @@ static void matmul_rows(const matmul_job *job, const matmul_part *part, int r0, 
     const uint8_t *act = part->act + (size_t)t * part->act_stride;
     int cols = w->cols;
     if (part->rows) {
-        part->rows(wrow, part->w_stride, nr, act, cols, out);
+        part->rows(wrow, group_stride(part, nr), nr, act, cols, out);
         return;
     }
     const kernel_ops *o = job->ops;
-    for (int k = 0; k < nr; k++, wrow += part->w_stride) {
+    _Alignas(64) uint8_t buf[w->interleaved ? part->w_stride : 1]; /* a row in row-major form (scalar ISA) */
+    for (int k = 0; k < nr; k++) {
+        wrow = kernel_matrix_row(w, r0 + k, buf);
         switch (w->type) {
         case GGML_TYPE_F32: out[k] = o->dot_f32((const float *)wrow, (const float *)act, cols); break;
         case GGML_TYPE_F16: out[k] = o->dot_f16_f32((const uint16_t *)wrow, (const float *)act, cols); break;
@@ -738,8 +799,8 @@ static void matmul_task(void *ctx, int task, int thread)
         _Alignas(64) uint8_t slab[MATMUL_SLAB_BYTES];
         for (int r = r0; r < r1; r += KERNEL_ROWS) {
             int nr = r1 - r < KERNEL_ROWS ? r1 - r : KERNEL_ROWS;
-            part->slab.unpack((const uint8_t *)part->w->data + (size_t)r * part->w_stride, part->w_stride, nr,
-                              cols, slab);
+            part->slab.unpack((const uint8_t *)part->w->data + (size_t)r * part->w_stride, group_stride(part, nr),
+                              nr, cols, slab);
             part->slab.tile(slab, KERNEL_SLAB_ROW_BYTES(cols), nr, part->act, part->act_stride, job->n, cols,
                             part->y + r, (size_t)rows);
         }
@@ -748,7 +809,7 @@ static void matmul_task(void *ctx, int task, int thread)
     if (part->tile && job->n > 1) {
         for (int r = r0; r < r1; r += KERNEL_ROWS) {
             int nr = r1 - r < KERNEL_ROWS ? r1 - r : KERNEL_ROWS;
-            part->tile((const uint8_t *)part->w->data + (size_t)r * part->w_stride, part->w_stride, nr,
+            part->tile((const uint8_t *)part->w->data + (size_t)r * part->w_stride, group_stride(part, nr), nr,
                        part->act, part->act_stride, job->n, part->w->cols, part->y + r, (size_t)rows);
         }
         return;
@@ -905,10 +966,10 @@ void kernel_matmul(threadpool *pool, const kernel_matrix *w, const float *x, int
 
 void kernel_matmul_ref(const kernel_matrix *w, const float *x, int n, float *y)
 {
-    size_t stride = kernel_row_bytes(w->type, w->cols);
     float row[w->cols];
+    _Alignas(64) uint8_t buf[kernel_row_bytes(w->type, w->cols)];
     for (int r = 0; r < w->rows; r++) {
-        kernel_dequantize_row(w->type, (const uint8_t *)w->data + (size_t)r * stride, row, w->cols);
+        kernel_dequantize_row(w->type, kernel_matrix_row(w, r, buf), row, w->cols);
         for (int t = 0; t < n; t++) {
             double sum = 0;
             for (int i = 0; i < w->cols; i++) sum += (double)row[i] * x[(size_t)t * w->cols + i];

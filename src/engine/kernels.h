@@ -75,14 +75,33 @@ float kernel_dot_q8_0(const kernel_block_q8_0 *a, const kernel_block_q8_0 *b, in
 
 /* ---- matrix products ----------------------------------------------------- */
 
-/* A weight matrix as stored in GGUF: rows of `cols` elements (ne[0] = cols),
- * row-major, pointing into the mapped file. */
+/* A weight matrix: rows of `cols` elements (ne[0] = cols), row-major as
+ * GGUF stores them (pointing into the mapped file), or interleaved
+ * (kernel_interleave): the same bytes in another order, each whole group of
+ * 4 rows with its rows' blocks side by side, so that the rows kernels read
+ * one stream. */
 typedef struct {
     ggml_type type;
     int rows;
     int cols;
     const void *data;
+    int interleaved; /* 0: row-major; 1: kernel_interleave's layout */
 } kernel_matrix;
+
+/* Whether kernel_interleave takes a matrix of this type and width: the types
+ * with rows kernels (F16 with cols % 32 == 0, Q8_0, Q4_0, Q5_0, Q2_K-Q6_K). */
+int kernel_interleavable(ggml_type t, int cols);
+/* Writes w's bytes (row-major) to dst (kernel_row_bytes(type, cols) * rows
+ * bytes, not overlapping w->data) in the interleaved layout: in each whole
+ * group of 4 rows, block i of the group's row r lands at (i * 4 + r) units
+ * from the group's start (a unit is one block of the type; F16: 16 values);
+ * the last rows % 4 rows stay as they are. Every product gives the same
+ * bits on either layout (the kernels read the same values in the same
+ * order). */
+void kernel_interleave(const kernel_matrix *w, void *dst);
+/* Row r of w in row-major form: a pointer into w->data, or, when w is
+ * interleaved, buf (kernel_row_bytes(type, cols) bytes) filled with it. */
+const void *kernel_matrix_row(const kernel_matrix *w, int r, void *buf);
 
 /* Scratch bytes kernel_matmul needs for n input vectors against w's type (the
  * input converted to the layout the weight type's dot product wants: Q8_0

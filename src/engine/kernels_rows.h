@@ -30,6 +30,18 @@
 
 #define KERNEL_ROWS 4
 
+/* Interleaved groups (kernel_interleave, kernels.h). When a matrix is
+ * interleaved, each whole group of KERNEL_ROWS rows holds its rows' blocks
+ * side by side: block i of the group's row r at group + (i * KERNEL_ROWS +
+ * r) * unit, unit being one block of the type (F16: 16 values). The caller
+ * passes such a group to a rows or tile kernel or a slab's unpack with
+ * nrows == KERNEL_ROWS and KERNEL_STRIDE_IL set in stride (the row bytes
+ * stay in the other bits: the next group still starts KERNEL_ROWS rows
+ * later); a kernel reads the same values in the same order either way, so
+ * the two layouts give the same bits. Partial groups (a matrix's last rows
+ * % KERNEL_ROWS) are never interleaved and never flagged. */
+#define KERNEL_STRIDE_IL ((size_t)1 << 62)
+
 typedef void (*kernel_rows_fn)(const void *w, size_t stride, int nrows, const void *act, int n,
                                float *out);
 

@@ -36,11 +36,12 @@
 
 ROWS_INLINE void f16_body512(BODY_ARGS)
 {
+    IL_OPEN(32);
     const uint16_t *p[KERNEL_ROWS];
     __m512 s0[KERNEL_ROWS][TILE_MAX], s1[KERNEL_ROWS][TILE_MAX];
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
-        p[r] = (const uint16_t *)(w + r * stride);
+        p[r] = (const uint16_t *)(w + r * rs);
 #pragma GCC unroll 8
         for (int t = 0; t < nt; t++) s0[r][t] = s1[r][t] = _mm512_setzero_ps();
     }
@@ -48,9 +49,9 @@ ROWS_INLINE void f16_body512(BODY_ARGS)
     for (; i + 32 <= n; i += 32) {
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            PREFETCH_NEXT_GROUP(p[r] + i, stride);
-            __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + i)));
-            __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + i + 16)));
+            PREFETCH_NEXT_GROUP(F16_AT(p[r], i), stride);
+            __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)F16_AT(p[r], i)));
+            __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)F16_AT(p[r], i + 16)));
 #pragma GCC unroll 8
             for (int t = 0; t < nt; t++) {
                 const float *x = ACT(float, t);
@@ -66,7 +67,7 @@ ROWS_INLINE void f16_body512(BODY_ARGS)
             const float *x = ACT(float, t);
             __m128 sum = _mm_set_ss(_mm512_reduce_add_ps(_mm512_add_ps(s0[r][t], s1[r][t])));
             for (int j = i; j < n; j++)
-                sum = _mm_fmadd_ss(_mm_set_ss(_cvtsh_ss(p[r][j])), _mm_set_ss(x[j]), sum);
+                sum = _mm_fmadd_ss(_mm_set_ss(_cvtsh_ss(*F16_AT(p[r], j))), _mm_set_ss(x[j]), sum);
             OUT(r, t) = _mm_cvtss_f32(sum);
         }
 }
@@ -96,11 +97,12 @@ ROWS_INLINE __m128 fp16x2(uint16_t d0, uint16_t d1)
 ROWS_INLINE void q8_0_body512(BODY_ARGS)
 {
     const __m512i bias = _mm512_set1_epi8((char)0x80);
+    IL_OPEN(sizeof(kernel_block_q8_0));
     const kernel_block_q8_0 *b[KERNEL_ROWS];
     __m512 acc[KERNEL_ROWS][TILE_MAX];
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
-        b[r] = (const kernel_block_q8_0 *)(w + r * stride);
+        b[r] = (const kernel_block_q8_0 *)(w + r * rs);
 #pragma GCC unroll 8
         for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
     }
@@ -119,10 +121,11 @@ ROWS_INLINE void q8_0_body512(BODY_ARGS)
         }
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            PREFETCH_NEXT_GROUP(&b[r][i], stride);
-            PREFETCH_NEXT_GROUP(&b[r][i + 1].qs[31], stride);
-            __m512i q = _mm512_xor_si512(load_2x32(b[r][i].qs, pair ? b[r][i + 1].qs : NULL), bias);
-            __m512 dw = spread2(fp16x2(b[r][i].d, pair ? b[r][i + 1].d : 0), halves);
+            const kernel_block_q8_0 *b0 = &b[r][i * bm], *b1 = &b[r][(i + 1) * bm];
+            PREFETCH_NEXT_GROUP(b0, stride);
+            PREFETCH_NEXT_GROUP(&b1->qs[31], stride);
+            __m512i q = _mm512_xor_si512(load_2x32(b0->qs, pair ? b1->qs : NULL), bias);
+            __m512 dw = spread2(fp16x2(b0->d, pair ? b1->d : 0), halves);
 #pragma GCC unroll 8
             for (int t = 0; t < nt; t++) {
                 __m512i p = _mm512_dpbusd_epi32(start[t], q, yv[t]);
@@ -175,11 +178,12 @@ ROWS_INLINE void q8_0p_body512(BODY_ARGS)
 {
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    IL_OPEN(sizeof(kernel_block_q8_0));
     const kernel_block_q8_0 *b[KERNEL_ROWS];
     __m512 acc[KERNEL_ROWS][TILE_MAX];
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
-        b[r] = (const kernel_block_q8_0 *)(w + r * stride);
+        b[r] = (const kernel_block_q8_0 *)(w + r * rs);
 #pragma GCC unroll 8
         for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
     }
@@ -188,10 +192,11 @@ ROWS_INLINE void q8_0p_body512(BODY_ARGS)
         int pair = i + 1 < nb;
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            PREFETCH_NEXT_GROUP(&b[r][i], stride);
-            PREFETCH_NEXT_GROUP(&b[r][i + 1].qs[31], stride);
-            __m512i q = _mm512_xor_si512(load_2x32(b[r][i].qs, pair ? b[r][i + 1].qs : NULL), bias);
-            __m512 dw = spread2(fp16x2(b[r][i].d, pair ? b[r][i + 1].d : 0), halves);
+            const kernel_block_q8_0 *b0 = &b[r][i * bm], *b1 = &b[r][(i + 1) * bm];
+            PREFETCH_NEXT_GROUP(b0, stride);
+            PREFETCH_NEXT_GROUP(&b1->qs[31], stride);
+            __m512i q = _mm512_xor_si512(load_2x32(b0->qs, pair ? b1->qs : NULL), bias);
+            __m512 dw = spread2(fp16x2(b0->d, pair ? b1->d : 0), halves);
 #pragma GCC unroll 8
             for (int t = 0; t < nt; t++) {
                 const prep_2blocks *y = ACT(prep_2blocks, t) + i / 2;
@@ -213,11 +218,12 @@ ROWS_INLINE void q4_0_body512(BODY_ARGS)
 {
     const __m256i m15 = _mm256_set1_epi8(15);
     const __m512i quarters = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    IL_OPEN(sizeof(quant_block_q4_0));
     const quant_block_q4_0 *b[KERNEL_ROWS];
     __m512 acc[KERNEL_ROWS][TILE_MAX];
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
-        b[r] = (const quant_block_q4_0 *)(w + r * stride);
+        b[r] = (const quant_block_q4_0 *)(w + r * rs);
 #pragma GCC unroll 8
         for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
     }
@@ -240,13 +246,14 @@ ROWS_INLINE void q4_0_body512(BODY_ARGS)
         }
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            PREFETCH_NEXT_GROUP(&b[r][i], stride);
-            __m128i qa = _mm_loadu_si128((const __m128i *)b[r][i].qs);
-            __m128i qb = pair ? _mm_loadu_si128((const __m128i *)b[r][i + 1].qs) : _mm_setzero_si128();
+            const quant_block_q4_0 *b0 = &b[r][i * bm], *b1 = &b[r][(i + 1) * bm];
+            PREFETCH_NEXT_GROUP(b0, stride);
+            __m128i qa = _mm_loadu_si128((const __m128i *)b0->qs);
+            __m128i qb = pair ? _mm_loadu_si128((const __m128i *)b1->qs) : _mm_setzero_si128();
             __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(qa), qb, 1);
             __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m15)),
                                            _mm256_and_si256(_mm256_srli_epi16(v, 4), m15), 1);
-            __m512 dw = spread2(fp16x2(b[r][i].d, pair ? b[r][i + 1].d : 0), quarters);
+            __m512 dw = spread2(fp16x2(b0->d, pair ? b1->d : 0), quarters);
 #pragma GCC unroll 8
             for (int t = 0; t < nt; t++) {
                 __m512i p = _mm512_dpbusd_epi32(start[t], q, yv[t]);
@@ -287,11 +294,12 @@ ROWS_INLINE void q4_0p_body512(BODY_ARGS)
 {
     const __m256i m15 = _mm256_set1_epi8(15);
     const __m512i quarters = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    IL_OPEN(sizeof(quant_block_q4_0));
     const quant_block_q4_0 *b[KERNEL_ROWS];
     __m512 acc[KERNEL_ROWS][TILE_MAX];
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
-        b[r] = (const quant_block_q4_0 *)(w + r * stride);
+        b[r] = (const quant_block_q4_0 *)(w + r * rs);
 #pragma GCC unroll 8
         for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
     }
@@ -300,13 +308,14 @@ ROWS_INLINE void q4_0p_body512(BODY_ARGS)
         int pair = i + 1 < nb;
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            PREFETCH_NEXT_GROUP(&b[r][i], stride);
-            __m128i qa = _mm_loadu_si128((const __m128i *)b[r][i].qs);
-            __m128i qb = pair ? _mm_loadu_si128((const __m128i *)b[r][i + 1].qs) : _mm_setzero_si128();
+            const quant_block_q4_0 *b0 = &b[r][i * bm], *b1 = &b[r][(i + 1) * bm];
+            PREFETCH_NEXT_GROUP(b0, stride);
+            __m128i qa = _mm_loadu_si128((const __m128i *)b0->qs);
+            __m128i qb = pair ? _mm_loadu_si128((const __m128i *)b1->qs) : _mm_setzero_si128();
             __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(qa), qb, 1);
             __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m15)),
                                            _mm256_and_si256(_mm256_srli_epi16(v, 4), m15), 1);
-            __m512 dw = spread2(fp16x2(b[r][i].d, pair ? b[r][i + 1].d : 0), quarters);
+            __m512 dw = spread2(fp16x2(b0->d, pair ? b1->d : 0), quarters);
 #pragma GCC unroll 8
             for (int t = 0; t < nt; t++) {
                 const prep_2blocks *y = ACT(prep_2blocks, t) + i / 2;

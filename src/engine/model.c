@@ -17,6 +17,8 @@
 
 #include <assert.h>
 #include <math.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +61,8 @@ struct model {
     model_layer *layers;       /* (n_layer), indexed by layer; [part.first, part.end) loaded */
     uint64_t weight_bytes;
     size_t matmul_scratch;     /* bytes kernel_matmul needs for MODEL_BATCH tokens */
+    void *arena;               /* the interleaved copies of the matrices (interleave_weights), or NULL */
+    size_t arena_bytes;
 };
 
 /* ======================================================================== */
@@ -451,6 +455,7 @@ static int get_matrix(const gguf_file *f, const char *name, int rows, int cols, 
     out->rows = rows;
     out->cols = cols;
     out->data = t->data;
+    out->interleaved = 0;
     *bytes += t->nbytes;
     return 0;
 }
@@ -525,6 +530,60 @@ static kernel_matrix matrix_rows(const kernel_matrix *m, int first, int rows)
     v.rows = rows;
     v.data = (const uint8_t *)m->data + (size_t)first * kernel_row_bytes(m->type, m->cols);
     return v;
+}
+
+/* Copies every matrix the kernels can read interleaved (kernel_interleave)
+ * into one owned arena in that layout, so that a group of 4 rows is one
+ * stream of memory for the rows kernels; the rest stay in the mapping. The
+ * file's mapping is left as it is (a peer fetch hashes and sends its bytes)
+ * and the pages the copy read are dropped from this process (madvise: the
+ * page cache keeps them while memory allows). A tied classifier shares
+ * token_embd's copy; phi3's views each get their own. LLMESH_INTERLEAVE=0
+ * keeps every matrix in place in the mapping (the layout before, same bits,
+ * no copy). Returns -1 when out of memory. */
+static int interleave_weights(model *m, char *err, size_t errlen)
+{
+    const char *env = getenv("LLMESH_INTERLEAVE");
+    if (env && !strcmp(env, "0")) return 0;
+    kernel_matrix *all[2 + 7 * MODEL_MAX_LAYERS];
+    int n = 0, tied = m->part.head && m->output.data == m->token_embd.data;
+    if (m->part.head) {
+        all[n++] = &m->token_embd;
+        if (!tied) all[n++] = &m->output;
+    }
+    for (int l = m->part.first; l < m->part.end; l++) {
+        model_layer *L = &m->layers[l];
+        kernel_matrix *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int k = 0; k < 7; k++) all[n++] = mats[k];
+    }
+    size_t total = 0;
+    for (int k = 0; k < n; k++)
+        if (kernel_interleavable(all[k]->type, all[k]->cols) && all[k]->rows >= 4)
+            total += (kernel_row_bytes(all[k]->type, all[k]->cols) * (size_t)all[k]->rows + 63) / 64 * 64;
+    if (total == 0) return 0;
+    uint8_t *arena = NULL;
+    if (posix_memalign((void **)&arena, 64, total) != 0) {
+        snprintf(err, errlen, "out of memory: %zu bytes for the interleaved weights "
+                 "(LLMESH_INTERLEAVE=0 runs them from the file's mapping)", total);
+        return -1;
+    }
+    m->arena = arena;
+    m->arena_bytes = total;
+    long page = sysconf(_SC_PAGESIZE);
+    for (int k = 0; k < n; k++) {
+        kernel_matrix *w = all[k];
+        if (!kernel_interleavable(w->type, w->cols) || w->rows < 4) continue;
+        size_t bytes = kernel_row_bytes(w->type, w->cols) * (size_t)w->rows;
+        kernel_interleave(w, arena);
+        uintptr_t from = ((uintptr_t)w->data + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+        uintptr_t to = ((uintptr_t)w->data + bytes) / (uintptr_t)page * (uintptr_t)page;
+        if (to > from) madvise((void *)from, to - from, MADV_DONTNEED); /* advice: failure changes nothing */
+        w->data = arena;
+        w->interleaved = 1;
+        arena += (bytes + 63) / 64 * 64;
+    }
+    if (tied) m->output = m->token_embd; /* the same copy */
+    return 0;
 }
 
 /* The place (tensor_place) of f's tensor i under c's architecture. */
@@ -727,6 +786,7 @@ static model *load(const gguf_file *f, const model_part *part, char *err, size_t
     if (m->part.head)
         m->matmul_scratch = max_size(m->matmul_scratch,
                                      kernel_matmul_scratch_bytes(m->output.type, c->n_embd, MODEL_BATCH));
+    if (interleave_weights(m, err, errlen) != 0) goto fail;
     return m;
 fail:
     model_free(m);
@@ -794,6 +854,7 @@ void model_free(model *m)
     free(m->rope_freq_factors);
     free(m->rope_factors_long);
     free(m->rope_factors_short);
+    free(m->arena);
     free(m);
 }
 
@@ -1366,10 +1427,10 @@ static void embed_rows(const model *m, const int32_t *tokens, int n, float *x)
     int dim = c->n_embd;
     size_t embd_row = kernel_row_bytes(m->token_embd.type, dim);
     float embd_scale = sqrtf((float)dim); /* gemma3, in float as llama.cpp */
+    _Alignas(64) uint8_t buf[embd_row]; /* an interleaved row in row-major form */
     for (int i = 0; i < n; i++) {
         float *xi = x + (size_t)i * dim;
-        kernel_dequantize_row(m->token_embd.type,
-                              (const uint8_t *)m->token_embd.data + (size_t)tokens[i] * embd_row, xi, dim);
+        kernel_dequantize_row(m->token_embd.type, kernel_matrix_row(&m->token_embd, tokens[i], buf), xi, dim);
         for (int e = 0; e < dim && c->arch == MODEL_ARCH_GEMMA3; e++) xi[e] *= embd_scale;
     }
 }

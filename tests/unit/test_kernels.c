@@ -406,7 +406,7 @@ static void test_matmul(void)
     for (int i = 0; i < NMAX * COLS; i++) x[i] = rnd_uniform(-2, 2);
 
     for (size_t ti = 0; ti < 4; ti++) {
-        kernel_matrix w = {types[ti], ROWS, COLS, make_matrix(types[ti], ROWS, COLS, 0.5f)};
+        kernel_matrix w = {types[ti], ROWS, COLS, make_matrix(types[ti], ROWS, COLS, 0.5f), 0};
         REQUIRE(kernel_matmul_scratch_bytes(w.type, COLS, NMAX) <= sizeof scratch);
         kernel_matmul_ref(&w, x, NMAX, yref);
         for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
@@ -462,9 +462,9 @@ static void test_matmul_multi(void)
     char err[128];
     threadpool *pool = threadpool_create(3, err, sizeof err);
     REQUIRE(pool);
-    kernel_matrix a = {GGML_TYPE_F32, 40, COLS, make_matrix(GGML_TYPE_F32, 40, COLS, 1)};
-    kernel_matrix b = {GGML_TYPE_Q8_0, 9, COLS, make_matrix(GGML_TYPE_Q8_0, 9, COLS, 1)};
-    kernel_matrix c = {GGML_TYPE_F16, 130, COLS, make_matrix(GGML_TYPE_F16, 130, COLS, 1)};
+    kernel_matrix a = {GGML_TYPE_F32, 40, COLS, make_matrix(GGML_TYPE_F32, 40, COLS, 1), 0};
+    kernel_matrix b = {GGML_TYPE_Q8_0, 9, COLS, make_matrix(GGML_TYPE_Q8_0, 9, COLS, 1), 0};
+    kernel_matrix c = {GGML_TYPE_F16, 130, COLS, make_matrix(GGML_TYPE_F16, 130, COLS, 1), 0};
     static float x[N * COLS], ya[N * 40], yb[N * 9], yc[N * 130], za[N * 40], zb[N * 9], zc[N * 130];
     static uint8_t scratch[N * COLS * 8]; /* Q8_0 blocks and their prepared form (avx512) */
     REQUIRE(kernel_matmul_scratch_bytes(b.type, COLS, N) <= sizeof scratch);

@@ -664,7 +664,7 @@ static void test_matmul_all_types(void)
         size_t row = kernel_row_bytes(all_types[k], COLS);
         data[k] = malloc(row * ROWS);
         for (int r = 0; r < ROWS; r++) quantize_row(all_types[k], wf + r * COLS, data[k] + r * row, COLS);
-        m[k] = (kernel_matrix){all_types[k], ROWS, COLS, data[k]};
+        m[k] = (kernel_matrix){all_types[k], ROWS, COLS, data[k], 0};
         size_t s = kernel_matmul_scratch_bytes(all_types[k], COLS, NTOK);
         scratch_bytes = s > scratch_bytes ? s : scratch_bytes;
     }
@@ -698,6 +698,69 @@ static void test_matmul_all_types(void)
     free(scratch);
     free(wf);
     free(x);
+    threadpool_free(pool);
+}
+
+/* Interleaved matrices (kernel_interleave): every product on the interleaved
+ * copy has the very bits of the same product on the row-major matrix, on
+ * every ISA this CPU has (scalar: rows read back through
+ * kernel_matrix_row), for one token (rows kernels), a few (tiles, leftover
+ * tiles) and a batch past MATMUL_SLAB_MIN_TOKENS (slabs), with a leftover
+ * group of 3 rows that stays row-major, even and odd block counts; and
+ * kernel_matrix_row gives back each row's bytes. */
+static void test_interleaved_matrices(void)
+{
+    enum { ROWS = 27, MAXCOLS = 800, MAXTOK = 40 };
+    static const ggml_type types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0,
+                                      GGML_TYPE_Q2_K, GGML_TYPE_Q3_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K,
+                                      GGML_TYPE_Q6_K};
+    static const int widths[] = {768, 800}; /* 768: 3 K-blocks, 24 32-blocks; 800: 25 32-blocks */
+    static const int ntoks[] = {1, 3, 5, MAXTOK};
+    char err[256];
+    threadpool *pool = threadpool_create(2, err, sizeof err);
+    REQUIRE(pool);
+    float *wf = malloc(sizeof(float) * ROWS * MAXCOLS), *x = malloc(sizeof(float) * MAXTOK * MAXCOLS);
+    float *y0 = malloc(sizeof(float) * MAXTOK * ROWS), *y1 = malloc(sizeof(float) * MAXTOK * ROWS);
+    for (int i = 0; i < ROWS * MAXCOLS; i++) wf[i] = rnd_uniform(-1, 1);
+    for (int i = 0; i < MAXTOK * MAXCOLS; i++) x[i] = rnd_uniform(-1, 1);
+    CHECK(!kernel_interleavable(GGML_TYPE_F32, 768) && !kernel_interleavable(GGML_TYPE_Q4_1, 768) &&
+          !kernel_interleavable(GGML_TYPE_F16, 784) && kernel_interleavable(GGML_TYPE_F16, 800));
+    kernel_isa saved = kernel_active_isa();
+    int compared = 0;
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++)
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+            ggml_type t = types[k];
+            int cols = widths[wi];
+            if (cols % (int)ggml_type_block_elems(t) != 0) continue;
+            REQUIRE(kernel_interleavable(t, cols));
+            size_t row = kernel_row_bytes(t, cols);
+            uint8_t *plain = malloc(row * ROWS), *il = malloc(row * ROWS), *buf = malloc(row);
+            for (int r = 0; r < ROWS; r++) quantize_row(t, wf + r * cols, plain + r * row, cols);
+            kernel_matrix a = {t, ROWS, cols, plain, 0};
+            kernel_interleave(&a, il);
+            kernel_matrix b = {t, ROWS, cols, il, 1};
+            CHECK(memcmp(plain, il, row * 4) != 0); /* the first group did move */
+            for (int r = 0; r < ROWS; r++) CHECK(memcmp(kernel_matrix_row(&b, r, buf), plain + r * row, row) == 0);
+            void *scratch = malloc(kernel_matmul_scratch_bytes(t, cols, MAXTOK) + 1);
+            for (int isa = 0; isa < KERNEL_ISA_COUNT; isa++) {
+                if (kernel_force_isa((kernel_isa)isa) != 0) break;
+                for (size_t ti = 0; ti < sizeof ntoks / sizeof ntoks[0]; ti++) {
+                    int nt = ntoks[ti];
+                    kernel_matmul(pool, &a, x, nt, y0, scratch);
+                    kernel_matmul(pool, &b, x, nt, y1, scratch);
+                    if (memcmp(y0, y1, sizeof(float) * (size_t)nt * ROWS) != 0) {
+                        fprintf(stderr, "  %s, %d columns, isa %d, %d tokens: interleaved differs\n",
+                                ggml_type_name(t), cols, isa, nt);
+                        CHECK(0);
+                    }
+                    compared++;
+                }
+            }
+            kernel_force_isa(saved);
+            free(plain), free(il), free(buf), free(scratch);
+        }
+    CHECK(compared >= 2 * 4 * 9); /* scalar and avx2 at least, every type */
+    free(wf), free(x), free(y0), free(y1);
     threadpool_free(pool);
 }
 
@@ -806,6 +869,12 @@ static void test_models_track_f32(void)
         CHECK(rel <= bound);
         CHECK_EQ_INT(unexplained, 0);
         CHECK(memcmp(got, tbt, sizeof(float) * NTOK * (size_t)nv) == 0);
+        /* the weights in the file's mapping, not interleaved: the same bits */
+        setenv("LLMESH_INTERLEAVE", "0", 1);
+        float *mapped = model_logits(out, tokens, NTOK, 0);
+        unsetenv("LLMESH_INTERLEAVE");
+        CHECK(memcmp(got, mapped, sizeof(float) * NTOK * (size_t)nv) == 0);
+        free(mapped);
         free(got);
         free(tbt);
     }
@@ -912,6 +981,7 @@ int main(void)
     RUN(test_prepared_kernels);
     RUN(test_slab_kernels);
     RUN(test_matmul_all_types);
+    RUN(test_interleaved_matrices);
     RUN(test_recipes);
     RUN(test_models_track_f32);
     return testlib_finish();
