@@ -72,8 +72,10 @@ check "/metrics counts the batch steps" bash -c "curl -sf '$A_CONSOLE/metrics' |
 # The hand-off from lane threads to the loop (scheduler.c, sched_on_wake) once
 # freed a job still on the ready list when a worker posted it while the loop
 # walked that list: a double free, 1 run in 10 of section 1 and 1 in 3 of
-# eight streams on a 0.5B model. Twelve rounds of eight short streams (more
-# than A's four lanes: some wait in the queue) must all complete.
+# eight streams on a 0.5B model. tests/unit/test_scheduler.c reproduces it
+# (3 failures in 3 runs before the fix); here, end to end, twelve rounds of
+# eight short streams (more than A's four lanes: some wait in the queue) must
+# all complete (on this tiny model this did not catch the old code in 3 runs).
 burst_ok=0
 for round in $(seq 12); do
   pids=()
