@@ -9,7 +9,10 @@ set -u
 PROMPT="And Jesus said unto them,"
 MODEL_ID=kjv-llama-6.3M-q8_0
 
-start_node A serve --model "$DEMO_MODEL"
+# Tokens 3 ms apart (a testing knob): the demo model makes 32 tokens in a few ms, and
+# a busy loop then sends several in one SSE chunk, so "the stream has several chunks"
+# failed once in CI; paced, every token is its own chunk, as a real model's are.
+LLMESH_DEBUG_TOKEN_DELAY_MS=3 start_node A serve --model "$DEMO_MODEL"
 start_node B serve --join "$A_TOKEN"
 start_node C client --join "$B_TOKEN"
 A_ID=$(curl -sf "$A_CONSOLE/api/status" | jq -r .node_id)
