@@ -194,7 +194,7 @@ typedef struct pipe {
     pipe_out *out_head, *out_tail;
     int flushing;                             /* the loop is sending frames it took from the outbox */
     int last_sent_now;                        /* the last FORWARD left from its lane (no pre-wake then) */
-    uint64_t sent_now;                        /* FORWARDs sent by their lanes (of sent_frames) */
+    uint64_t sent_now, sent_now_us;           /* FORWARDs sent by their lanes (of sent_frames), their time */
     uint64_t sent_frames, sent_bytes, recv_rows;
     uint64_t sent_pieces;                     /* lanes' pieces in the FORWARDs queued */
     uint64_t steps_sent, steps_back;          /* FORWARDs queued and OUTPUTs received, this plan */
@@ -373,8 +373,10 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
     int now_rc = 1;
     if (p->ps->send_now && !p->out_head && !p->flushing && p->data_out &&
         mesh_transport_trylock(p->ps->mesh) == 0) {
+        uint64_t t = clock_us();
         now_rc = mesh_stream_send_now(p->data_out, o->frame + o->start, o->len);
         mesh_transport_unlock(p->ps->mesh);
+        p->sent_now_us += clock_us() - t;
     }
     p->last_sent_now = now_rc == 0;
     if (now_rc == 0) {
@@ -1641,6 +1643,7 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
         pthread_mutex_lock(&p->lock);
         cJSON_AddNumberToObject(c, "frames_sent", (double)p->sent_frames);
         cJSON_AddNumberToObject(c, "frames_sent_now", (double)p->sent_now);
+        cJSON_AddNumberToObject(c, "send_now_ms", p->sent_now_us / 1000.0);
         cJSON_AddNumberToObject(c, "pieces_sent", (double)p->sent_pieces);
         cJSON_AddNumberToObject(c, "steps_in_flight", (double)(p->steps_sent - p->steps_back));
         cJSON_AddNumberToObject(c, "window", (double)p->window);
