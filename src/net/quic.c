@@ -36,6 +36,7 @@
 
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/precise_timer.h"
 #include "lib/sockaddr_ip.h"
 
 #include <assert.h>
@@ -157,6 +158,7 @@ struct quic_conn {
     int outgoing, have_peer_key, ready, closing, retired, dirty, half_open;
     int got_stateless_reset;
     int write_error;             /* an ngtcp2 error met by quic_stream_write_now, for the loop to handle */
+    ngtcp2_tstamp timer_at;      /* what its libevent timer is set for; UINT64_MAX: not set */
     uint32_t vpath;              /* virtual path it runs on; 0 = the socket */
     /* UDP payload bytes of its packets, both ways (QUIC headers and
      * encryption included, retransmissions counted again): what the link
@@ -212,6 +214,9 @@ struct quic_endpoint {
     pthread_mutex_t mu;          /* recursive: everything below, see "One other thread may send" */
     int in_io;                   /* inside a top-level handler that ends with ep_settle */
     int foreign;                 /* conn_write runs for quic_stream_write_now: no callbacks */
+    precise_timer *now_timer;    /* expiries set by quic_stream_write_now (NULL: no timerfd) */
+    ngtcp2_tstamp now_timer_at;  /* ... armed for then; 0: not armed */
+    quic_conn *now_conn;         /* ... for that connection; NULL: for several */
     int freeing;
     int depth;                   /* application callbacks on the stack */
     quic_virtual_send_fn vsend;  /* virtual paths: where their packets go */
@@ -1290,6 +1295,7 @@ static void conn_retire(quic_conn *c)
 
 static void conn_free(quic_conn *c)
 {
+    if (c->ep->now_conn == c) c->ep->now_conn = NULL; /* the now timer, if set, walks them all */
     if (c->timer) event_free(c->timer);
     if (c->conn) ngtcp2_conn_del(c->conn);
     if (c->tls) gnutls_deinit(c->tls);
@@ -1336,6 +1342,7 @@ static int conn_attach(quic_conn *c, const ngtcp2_cid *scid)
     quic_endpoint *ep = c->ep;
     c->timer = evtimer_new(ep->base, conn_on_timer, c);
     if (!c->timer) return -1;
+    c->timer_at = UINT64_MAX;
     if (conn_add_cid(c, scid) != 0) return -1;
     /* Keep-alives hold NAT bindings open and keep idle mesh links from
      * timing out; a third of the idle timeout survives one lost PING. */
@@ -1530,9 +1537,16 @@ static void conn_write(quic_conn *c)
 
 static void conn_arm_timer(quic_conn *c)
 {
+    quic_endpoint *ep = c->ep;
     ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(c->conn);
     /* Our own handshake deadline as a backstop to ngtcp2's. */
     if (!c->ready && c->hs_deadline < exp) exp = c->hs_deadline;
+    c->timer_at = exp;
+    if (ep->now_timer_at && ep->now_conn == c) { /* its own timer covers it again */
+        precise_timer_stop(ep->now_timer);
+        ep->now_timer_at = 0;
+        ep->now_conn = NULL;
+    }
     if (exp == UINT64_MAX) {
         event_del(c->timer);
         return;
@@ -1637,6 +1651,32 @@ static void ep_on_flush(evutil_socket_t fd, short what, void *arg)
     quic_endpoint *ep = arg;
     EP_LOCK(ep);
     ep->in_io = 1;
+    ep_settle(ep);
+    ep->in_io = 0;
+    EP_UNLOCK(ep);
+}
+
+/* An expiry quic_stream_write_now set (loss detection for what it sent)
+ * came before the connection's own timer: handled as that timer would,
+ * and the connection's timer set again. */
+static void ep_on_now_timer(void *arg)
+{
+    quic_endpoint *ep = arg;
+    EP_LOCK(ep);
+    ep->now_timer_at = 0;
+    ep->now_conn = NULL;
+    ep->in_io = 1;
+    ngtcp2_tstamp t = quic_now();
+    for (quic_conn *c = ep->conns; c; c = c->next) {
+        if (c->closing || c->retired || !c->conn) continue;
+        ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(c->conn);
+        if (exp >= c->timer_at) continue;
+        if (exp <= t) {
+            int rv = ngtcp2_conn_handle_expiry(c->conn, t);
+            if (rv != 0) conn_on_ngtcp2_error(c, rv);
+        }
+        conn_mark_dirty(c); /* settle writes what is due and sets its timer */
+    }
     ep_settle(ep);
     ep->in_io = 0;
     EP_UNLOCK(ep);
@@ -2049,6 +2089,11 @@ quic_endpoint *quic_endpoint_new(struct event_base *base, const quic_config *cfg
         err_set(err, errlen, "libevent: cannot create events");
         goto fail;
     }
+    {
+        char why[128];
+        ep->now_timer = precise_timer_new(base, ep_on_now_timer, ep, why, sizeof why);
+        if (!ep->now_timer) log_debug(MOD, "writes from other threads will wake the loop to set timers: %s", why);
+    }
     ep->stats.gso = ep->gso;
     ep->stats.gro = ep->gro;
     if (log_enabled(LOG_DEBUG)) {
@@ -2078,6 +2123,7 @@ void quic_endpoint_free(quic_endpoint *ep)
     pthread_mutex_destroy(&ep->mu);
     if (ep->read_ev) event_free(ep->read_ev);
     if (ep->flush_ev) event_free(ep->flush_ev);
+    precise_timer_free(ep->now_timer);
     if (ep->fd >= 0) close(ep->fd);
     if (ep->cred) gnutls_certificate_free_credentials(ep->cred);
     if (ep->prio) gnutls_priority_deinit(ep->prio);
@@ -2403,9 +2449,25 @@ int quic_stream_write_now(quic_stream *s, const void *head, size_t head_len, con
     ep->in_io = 0;
     if (c->write_error) {
         conn_mark_dirty(c); /* the loop closes it, with its callbacks */
-    } else {
-        ep->stats.tx_now_writes++;
-        conn_arm_timer(c); /* loss detection for what just left */
+        return 0;
+    }
+    ep->stats.tx_now_writes++;
+    /* Loss detection for what just left: its expiry is usually earlier than
+     * the connection's timer. Setting that libevent timer from here would
+     * wake the loop at once (libevent recomputes its epoll timeout), just
+     * when the next stage's process wants the idle CPU to receive this; a
+     * timerfd set for the earliest such expiry wakes nobody until it fires,
+     * and the loop stops it when it sets the connection's timer itself. */
+    ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(c->conn);
+    if (exp >= c->timer_at) return 0;
+    if (!ep->now_timer) {
+        conn_arm_timer(c);
+    } else if (!ep->now_timer_at || exp < ep->now_timer_at) {
+        ep->now_conn = !ep->now_timer_at || ep->now_conn == c ? c : NULL;
+        ep->now_timer_at = exp;
+        precise_timer_at(ep->now_timer, (exp + 999) / 1000);
+    } else if (ep->now_conn != c) {
+        ep->now_conn = NULL;
     }
     return 0;
 }
