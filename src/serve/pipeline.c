@@ -423,11 +423,16 @@ static void tail_wait_due(pipe *p, pipe_lane *L, int lane, int n_rows)
         while (!p->closed && !L->broken && L->got < n_rows && rc != ETIMEDOUT)
             rc = pthread_cond_timedwait(&p->cond, &p->lock, &at);
     }
-    while (!p->closed && !L->broken && L->got < n_rows && clock_us() < until) {
-        pthread_mutex_unlock(&p->lock);
+    /* The polls read the three words without the lock, which is taken
+     * again only when one changed: a poller that held it between looks
+     * made the loop, arriving with the rows, sleep on the mutex and need a
+     * wake-up of its own. Aligned ints, written under the lock. */
+    if (p->closed || L->broken || L->got >= n_rows) return;
+    pthread_mutex_unlock(&p->lock);
+    while (!__atomic_load_n(&p->closed, __ATOMIC_RELAXED) && !__atomic_load_n(&L->broken, __ATOMIC_RELAXED) &&
+           __atomic_load_n(&L->got, __ATOMIC_RELAXED) < n_rows && clock_us() < until)
         for (int i = 0; i < 64; i++) cpu_relax();
-        pthread_mutex_lock(&p->lock);
-    }
+    pthread_mutex_lock(&p->lock);
 }
 
 static int tail_receive(void *ctx, int lane, float *out, int n_rows, char *err, size_t errlen)
@@ -1056,7 +1061,7 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
         }
         if (!L->broken) {
             memcpy(L->rows + (size_t)L->got * p->n_embd, data, bytes);
-            L->got += q->n;
+            __atomic_store_n(&L->got, L->got + q->n, __ATOMIC_RELAXED); /* a lane may poll it (tail_wait_due) */
             p->recv_rows += q->n;
             if (p->sent_at_us[q->lane]) {
                 uint64_t rt = now - p->sent_at_us[q->lane];
