@@ -207,6 +207,7 @@ typedef struct pipe {
     uint64_t steps_max;                       /* the most ever on it at once (<= window) */
     uint64_t window_waits;                    /* sends that waited for the window */
     uint64_t round_trips, round_trip_us;      /* send of a last row to its arrival */
+    uint64_t replies_early, replies_caught, replies_late; /* decode replies vs the lane's poll (tail_wait_due) */
     uint64_t *sent_at_us;                     /* (n_lanes) when a lane last asked for rows */
     uint64_t send_gap_us, send_gap_dev_us;    /* a decode step's rows in -> next FORWARD queued: moving
                                                  average and deviation (the pre-wake) */
@@ -404,7 +405,9 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
  * reply is due the lane sleeps (a timed wait, off the critical path), then
  * polls with the lock released between looks, PIPE_SPIN_EARLY_US +
  * PIPE_SPIN_LATE_US at most: a few percent of a core at tens of tokens per
- * second. A late reply is then waited for on the condition as before. */
+ * second. A late reply is then waited for on the condition as before.
+ * Counts where the reply found the lane (under the lock): asleep before the
+ * window (early), polling (caught), or after it (late: asleep again). */
 static void tail_wait_due(pipe *p, pipe_lane *L, int lane, int n_rows)
 {
     uint64_t sent = p->sent_at_us[lane];
@@ -422,6 +425,10 @@ static void tail_wait_due(pipe *p, pipe_lane *L, int lane, int n_rows)
         int rc = 0;
         while (!p->closed && !L->broken && L->got < n_rows && rc != ETIMEDOUT)
             rc = pthread_cond_timedwait(&p->cond, &p->lock, &at);
+        if (L->got >= n_rows) {
+            p->replies_early++;
+            return;
+        }
     }
     /* The polls read the three words without the lock, which is taken
      * again only when one changed: a poller that held it between looks
@@ -433,6 +440,8 @@ static void tail_wait_due(pipe *p, pipe_lane *L, int lane, int n_rows)
            __atomic_load_n(&L->got, __ATOMIC_RELAXED) < n_rows && clock_us() < until)
         for (int i = 0; i < 64; i++) cpu_relax();
     pthread_mutex_lock(&p->lock);
+    if (L->got >= n_rows) p->replies_caught++;
+    else if (!p->closed && !L->broken) p->replies_late++;
 }
 
 static int tail_receive(void *ctx, int lane, float *out, int n_rows, char *err, size_t errlen)
@@ -1659,6 +1668,9 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
         cJSON_AddNumberToObject(c, "round_trips", (double)p->round_trips);
         cJSON_AddNumberToObject(c, "round_trip_ms",
                                 p->round_trips ? p->round_trip_us / 1000.0 / (double)p->round_trips : 0);
+        cJSON_AddNumberToObject(c, "replies_early", (double)p->replies_early);
+        cJSON_AddNumberToObject(c, "replies_caught", (double)p->replies_caught);
+        cJSON_AddNumberToObject(c, "replies_late", (double)p->replies_late);
         pthread_mutex_unlock(&p->lock);
         cJSON_AddNumberToObject(c, "prewakes", (double)p->prewakes);
         cJSON_AddNumberToObject(c, "prewake_hits", (double)p->prewake_hits);
