@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/kernels.h"
 
@@ -974,6 +975,8 @@ struct model_batch {
     float *last_logits; /* (last_rows, n_vocab) model_forward_batch's last-token logits */
     int last_rows;
     void *scratch;      /* kernel_matmul's converted inputs */
+    uint64_t *profile;  /* (MODEL_PHASE_COUNT) ns per phase, or NULL (model_batch_profile) */
+    uint64_t phase_start; /* the calling thread's CPU time when the current phase began */
 };
 
 struct model_state {
@@ -1022,6 +1025,26 @@ oom:
     snprintf(err, errlen, "out of memory for a batch of %d tokens", MODEL_BATCH);
     model_batch_free(b);
     return NULL;
+}
+
+void model_batch_profile(model_batch *b, uint64_t *ns) { b->profile = ns; }
+
+/* The calling thread's CPU time: on a shared machine, time descheduled
+ * would swamp the phases' own. */
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The phase that just ended gets the time since the previous mark. */
+static void phase_end(model_batch *b, model_phase phase)
+{
+    if (!b->profile) return;
+    uint64_t now = thread_cpu_ns();
+    b->profile[phase] += now - b->phase_start;
+    b->phase_start = now;
 }
 
 void model_batch_free(model_batch *b)
@@ -1241,9 +1264,11 @@ static void norm_qkv(const model_config *c, const model_layer *L, model_batch *b
     int dim = c->n_embd;
     for (int i = 0; i < n; i++)
         kernel_rmsnorm(b->xb + (size_t)i * dim, x + (size_t)i * dim, L->attn_norm, dim, c->norm_eps);
+    phase_end(b, MODEL_PHASE_NORM);
     const kernel_matrix *qkv[3] = {&L->wq, &L->wk, &L->wv};
     float *qkv_out[3] = {b->q, b->k_new, b->v_new};
     kernel_matmul_multi(pool, 3, qkv, b->xb, n, qkv_out, b->scratch);
+    phase_end(b, MODEL_PHASE_QKV);
 }
 
 /* qwen3, gemma3: each head (head_dim) of one token's q and k = rmsnorm(head)
@@ -1282,6 +1307,7 @@ static void attend(const model_config *c, model_batch *b, threadpool *pool, int 
 {
     attention_job job = {c, b, l, window};
     threadpool_run(pool, n * c->n_head, attention_task, &job);
+    phase_end(b, MODEL_PHASE_ATTENTION);
 }
 
 /* Feed-forward input of layer L: xb = rmsnorm(x) * ffn_norm, then gate, up =
@@ -1292,9 +1318,11 @@ static void norm_gate_up(const model_config *c, const model_layer *L, model_batc
     int dim = c->n_embd;
     for (int i = 0; i < n; i++)
         kernel_rmsnorm(b->xb + (size_t)i * dim, x + (size_t)i * dim, L->ffn_norm, dim, c->norm_eps);
+    phase_end(b, MODEL_PHASE_NORM);
     const kernel_matrix *gate_up[2] = {&L->w_gate, &L->w_up};
     float *gate_up_out[2] = {b->hb, b->hb2};
     kernel_matmul_multi(pool, 2, gate_up, b->xb, n, gate_up_out, b->scratch);
+    phase_end(b, MODEL_PHASE_GATE_UP);
 }
 
 /* Runs the batch's n <= MODEL_BATCH hidden states x (n, n_embd) through
@@ -1335,20 +1363,26 @@ static void forward_layers(const model *m, model_batch *b, threadpool *pool, int
                        b->rope_sin + i * half);
         }
         store_kv(c, b, l, n);
+        phase_end(b, MODEL_PHASE_ROPE_KV);
 
         /* ---- grouped-query attention over positions 0 .. pos, one task per (token, head) ---- */
         attend(c, b, pool, l, n, 0); /* -> att_out (n, q_dim) */
 
         /* ---- output projection and residual: x += att_out Wo ---- */
         kernel_matmul(pool, &L->wo, b->att_out, n, b->xb, b->scratch); /* (n, dim) */
+        phase_end(b, MODEL_PHASE_WO);
         for (int i = 0; i < n && L->bo; i++) kernel_add(b->xb + (size_t)i * dim, L->bo, dim);
         kernel_add(x, b->xb, n * dim);
+        phase_end(b, MODEL_PHASE_RESIDUAL);
 
         /* ---- feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x) * ffn_norm ---- */
         norm_gate_up(c, L, b, pool, x, n); /* (n, n_ff) x 2 */
         kernel_swiglu(b->hb, b->hb2, n * c->n_ff);
+        phase_end(b, MODEL_PHASE_ACTIVATION);
         kernel_matmul(pool, &L->w_down, b->hb, n, b->xb, b->scratch); /* (n, dim) */
+        phase_end(b, MODEL_PHASE_DOWN);
         kernel_add(x, b->xb, n * dim);
+        phase_end(b, MODEL_PHASE_RESIDUAL);
     }
 }
 
@@ -1456,7 +1490,9 @@ static void output_rows(const model *m, model_batch *b, threadpool *pool, const 
     assert(n > 0 && n <= MODEL_BATCH);
     for (int i = 0; i < n; i++)
         kernel_rmsnorm(b->xb + (size_t)i * dim, x + (size_t)i * dim, m->output_norm, dim, c->norm_eps);
+    phase_end(b, MODEL_PHASE_NORM);
     kernel_matmul(pool, &m->output, b->xb, n, logits, b->scratch); /* (n, n_vocab) */
+    phase_end(b, MODEL_PHASE_CLASSIFIER);
 }
 
 static int check_tokens(const model *m, const int32_t *tokens, int n, char *err, size_t errlen)
@@ -1673,11 +1709,13 @@ int model_forward_batch(const model *m, model_batch *b, threadpool *pool, const 
     }
 
     /* ---- embed every sequence's tokens, one after another; place them ---- */
+    if (b->profile) b->phase_start = thread_cpu_ns();
     int dim = c->n_embd;
     for (int k = 0, i0 = 0; k < n_seq; i0 += seqs[k].n, k++) {
         embed_rows(m, seqs[k].tokens, seqs[k].n, b->x + (size_t)i0 * dim);
         batch_place(m, b, i0, seqs[k].state, seqs[k].n);
     }
+    phase_end(b, MODEL_PHASE_EMBED);
 
     /* ---- every layer over the whole batch ---- */
     run_layers(m, b, pool, 0, c->n_layer, b->x, total);
@@ -1696,6 +1734,7 @@ int model_forward_batch(const model *m, model_batch *b, threadpool *pool, const 
         for (int k = 0, r = 0; k < n_seq; k++)
             if (seqs[k].logits && !seqs[k].all_logits)
                 memcpy(seqs[k].logits, b->last_logits + (size_t)r++ * c->n_vocab, sizeof(float) * c->n_vocab);
+        phase_end(b, MODEL_PHASE_LOGITS);
     }
     return 0;
 }
