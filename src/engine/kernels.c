@@ -406,6 +406,63 @@ AVX2_TARGET static void axpy_f16_avx2(float *out, float a, const uint16_t *v, in
 }
 #endif /* KERNELS_HAVE_AVX2 */
 
+static void swiglu_scalar(float *x, const float *y, int n)
+{
+    for (int i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])) * y[i];
+}
+
+#ifdef KERNELS_HAVE_AVX2
+/* e^x for 8 floats, x in [-87, 88] (clamped: 2^n stays a normal float;
+ * silu needs no more). n = round(x / ln 2), r = x - n ln 2 in two parts
+ * (|r| <= ln 2 / 2), e^r by its Taylor series to r^7 (truncation below
+ * 6e-9 relative, so about one rounding of float), times 2^n built in the
+ * exponent bits. Only lane-wise operations: a value's result never depends
+ * on its neighbours, so any split of a row gives the same bits. */
+AVX2_TARGET static inline __m256 exp_avx2(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);  /* ln 2's first 16 bits */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.4286068202862268e-06f), r);     /* and the rest */
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+AVX2_TARGET static inline __m256 swiglu8_avx2(__m256 g, __m256 u)
+{
+    __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
+}
+
+/* x[i] = x[i] / (1 + e^-x[i]) * y[i], 8 at a time; the tail goes through
+ * the same vector code (padded), so every element gets the same bits
+ * wherever it sits: the batch's composition and the split over threads
+ * change nothing (docs/engine.md, "Determinism"). It replaced a scalar
+ * expf loop that took 3-4% of a 4-sequence Q4_0 step, on one thread. */
+AVX2_TARGET static void swiglu_avx2(float *x, const float *y, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, swiglu8_avx2(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    if (i < n) {
+        float g[8] = {0}, u[8] = {0};
+        memcpy(g, x + i, sizeof(float) * (size_t)(n - i));
+        memcpy(u, y + i, sizeof(float) * (size_t)(n - i));
+        _mm256_storeu_ps(g, swiglu8_avx2(_mm256_loadu_ps(g), _mm256_loadu_ps(u)));
+        memcpy(x + i, g, sizeof(float) * (size_t)(n - i));
+    }
+}
+#endif
+
 /* The first index of the largest value; NaN never compares, so never wins
  * (0 when nothing beats -inf). */
 static int32_t argmax_scalar(const float *x, int n)
@@ -514,19 +571,20 @@ typedef struct {
     void (*axpy_f16)(float *, float, const uint16_t *, int);
     void (*quantize_q8_0)(const float *, kernel_block_q8_0 *, int);
     int32_t (*argmax)(const float *, int);
+    void (*swiglu)(float *, const float *, int);
 } kernel_ops;
 
 static const kernel_ops ops_scalar = {
     KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
     dot_q8_0_scalar, fp16_row_scalar, fp32_to_fp16_row_scalar, axpy_scalar, axpy_f16_scalar,
-    quantize_row_q8_0_scalar, argmax_scalar,
+    quantize_row_q8_0_scalar, argmax_scalar, swiglu_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
 /* AVX-VNNI and AVX-512 differ from AVX2 only in the rows kernels of the
  * matrix products (kernels_rows.h); the one-row dot products are AVX2's. */
 #define OPS_AVX2(isa)                                                                          \
     {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2,       \
-     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2}
+     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2, swiglu_avx2}
 static const kernel_ops ops_avx2 = OPS_AVX2(KERNEL_ISA_AVX2);
 static const kernel_ops ops_avxvnni = OPS_AVX2(KERNEL_ISA_AVXVNNI);
 static const kernel_ops ops_avx512 = OPS_AVX2(KERNEL_ISA_AVX512);
@@ -1004,10 +1062,7 @@ void kernel_softmax(float *x, int n)
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
-void kernel_swiglu(float *x, const float *y, int n)
-{
-    for (int i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])) * y[i];
-}
+void kernel_swiglu(float *x, const float *y, int n) { ops()->swiglu(x, y, n); }
 
 void kernel_add(float *x, const float *y, int n)
 {

@@ -1325,6 +1325,36 @@ static void norm_gate_up(const model_config *c, const model_layer *L, model_batc
     phase_end(b, MODEL_PHASE_GATE_UP);
 }
 
+typedef struct {
+    float *x;
+    const float *y;
+    int n, slice;
+} swiglu_job;
+
+static void swiglu_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    const swiglu_job *job = ctx;
+    int at = task * job->slice, len = job->n - at < job->slice ? job->n - at : job->slice;
+    kernel_swiglu(job->x + at, job->y + at, len);
+}
+
+/* hb = silu(hb) * hb2 over the batch's n rows (n, n_ff), in slices over the
+ * pool: an element's result does not depend on its slice (kernel_swiglu is
+ * elementwise, any tail included), so neither the thread count nor the
+ * batch changes a bit. A slice is at least SWIGLU_SLICE values: one token
+ * of a 0.5B model (4864) runs on the caller, whose hand-off would cost
+ * about what the work does. */
+#define SWIGLU_SLICE 4096
+static void swiglu_rows(const model_config *c, model_batch *b, threadpool *pool, int n)
+{
+    int total = n * c->n_ff, tasks = total / SWIGLU_SLICE;
+    if (tasks > threadpool_size(pool)) tasks = threadpool_size(pool);
+    if (tasks < 1) tasks = 1;
+    swiglu_job job = {b->hb, b->hb2, total, (total + tasks - 1) / tasks};
+    threadpool_run(pool, tasks, swiglu_task, &job);
+}
+
 /* Runs the batch's n <= MODEL_BATCH hidden states x (n, n_embd) through
  * layers [first, end), in place: x leaves as those layers' output (after the
  * last, before the final norm). Token i is at position b->tok_pos[i] of
@@ -1377,7 +1407,7 @@ static void forward_layers(const model *m, model_batch *b, threadpool *pool, int
 
         /* ---- feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x) * ffn_norm ---- */
         norm_gate_up(c, L, b, pool, x, n); /* (n, n_ff) x 2 */
-        kernel_swiglu(b->hb, b->hb2, n * c->n_ff);
+        swiglu_rows(c, b, pool, n); /* hb = silu(hb) * hb2 */
         phase_end(b, MODEL_PHASE_ACTIVATION);
         kernel_matmul(pool, &L->w_down, b->hb, n, b->xb, b->scratch); /* (n, dim) */
         phase_end(b, MODEL_PHASE_DOWN);
