@@ -1212,18 +1212,18 @@ typedef struct {
     model_batch *b;
     int layer;  /* the model's layer index */
     int window; /* > 0: attend to the last `window` positions only (sliding window) */
+    int pairs, per_task; /* (token, head) pairs in all, and per task */
 } attention_job;
 
 /* One (token, head) pair: causal softmax attention over its own sequence's
  * cache, positions 0 .. its position. An F16 cache is read as is, each
  * element converted in the dot product and the weighted sum (vcvtph2ps on
  * x86-64): no float copy of the cache, half the memory traffic. */
-static void attention_task(void *ctx, int task, int thread)
+static void attention_pair(const attention_job *job, int pair, int thread)
 {
-    const attention_job *job = ctx;
     const model_config *c = job->c;
     model_batch *b = job->b;
-    int i = task / c->n_head, h = task % c->n_head;
+    int i = pair / c->n_head, h = pair % c->n_head;
     const model_state *s = b->tok_state[i];
     int pos = b->tok_pos[i];
     int hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
@@ -1300,13 +1300,26 @@ static void store_kv(const model_config *c, model_batch *b, int l, int n)
     }
 }
 
-/* Causal attention of the batch's n tokens over their caches of layer l, one
- * task per (token, head); window > 0 limits each query to the last window
+/* A run of consecutive (token, head) pairs. */
+static void attention_task(void *ctx, int task, int thread)
+{
+    const attention_job *job = ctx;
+    int end = (task + 1) * job->per_task < job->pairs ? (task + 1) * job->per_task : job->pairs;
+    for (int pair = task * job->per_task; pair < end; pair++) attention_pair(job, pair, thread);
+}
+
+/* Causal attention of the batch's n tokens over their caches of layer l,
+ * about four tasks per thread, each a run of (token, head) pairs: at a
+ * decode step a pair is ~1 us of work, so one task per pair (as before)
+ * spent a good part of it claiming tasks and counting them done on atomics
+ * shared by both threads. window > 0 limits each query to the last window
  * positions. -> b->att_out (n, n_head * head_dim). */
 static void attend(const model_config *c, model_batch *b, threadpool *pool, int l, int n, int window)
 {
-    attention_job job = {c, b, l, window};
-    threadpool_run(pool, n * c->n_head, attention_task, &job);
+    int pairs = n * c->n_head, want = 4 * threadpool_size(pool);
+    int per_task = (pairs + want - 1) / want;
+    attention_job job = {c, b, l, window, pairs, per_task};
+    threadpool_run(pool, (pairs + per_task - 1) / per_task, attention_task, &job);
     phase_end(b, MODEL_PHASE_ATTENTION);
 }
 
@@ -1395,7 +1408,7 @@ static void forward_layers(const model *m, model_batch *b, threadpool *pool, int
         store_kv(c, b, l, n);
         phase_end(b, MODEL_PHASE_ROPE_KV);
 
-        /* ---- grouped-query attention over positions 0 .. pos, one task per (token, head) ---- */
+        /* ---- grouped-query attention over positions 0 .. pos, per (token, head) ---- */
         attend(c, b, pool, l, n, 0); /* -> att_out (n, q_dim) */
 
         /* ---- output projection and residual: x += att_out Wo ---- */
@@ -1702,6 +1715,19 @@ int model_forward(const model *m, model_state *s, threadpool *pool, const int32_
     return 0;
 }
 
+typedef struct {
+    const float *src; /* (n, n_vocab) */
+    float *dst[MODEL_BATCH];
+    int n, n_vocab;
+} logits_copy_job;
+
+static void logits_copy_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    const logits_copy_job *job = ctx;
+    memcpy(job->dst[task], job->src + (size_t)task * job->n_vocab, sizeof(float) * (size_t)job->n_vocab);
+}
+
 int model_forward_batch(const model *m, model_batch *b, threadpool *pool, const model_seq *seqs,
                         int n_seq, char *err, size_t errlen)
 {
@@ -1759,11 +1785,15 @@ int model_forward_batch(const model *m, model_batch *b, threadpool *pool, const 
         else /* gather the last rows at the front of x: rows before i0 + n - 1 are done with */
             memmove(b->x + (size_t)r++ * dim, b->x + (size_t)(i0 + seqs[k].n - 1) * dim, sizeof(float) * dim);
     }
-    if (n_last > 0) {
+    if (n_last == 1) { /* straight into the one sequence's row */
+        for (int k = 0; k < n_seq; k++)
+            if (seqs[k].logits && !seqs[k].all_logits) output_rows(m, b, pool, b->x, 1, seqs[k].logits);
+    } else if (n_last > 1) {
         output_rows(m, b, pool, b->x, n_last, b->last_logits); /* (n_last, n_vocab) */
-        for (int k = 0, r = 0; k < n_seq; k++)
-            if (seqs[k].logits && !seqs[k].all_logits)
-                memcpy(seqs[k].logits, b->last_logits + (size_t)r++ * c->n_vocab, sizeof(float) * c->n_vocab);
+        logits_copy_job job = {.src = b->last_logits, .n_vocab = c->n_vocab};
+        for (int k = 0; k < n_seq; k++)
+            if (seqs[k].logits && !seqs[k].all_logits) job.dst[job.n++] = seqs[k].logits;
+        threadpool_run(pool, job.n, logits_copy_task, &job); /* 600 KB a row for a 152k vocabulary */
         phase_end(b, MODEL_PHASE_LOGITS);
     }
     return 0;
