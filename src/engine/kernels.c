@@ -406,6 +406,41 @@ AVX2_TARGET static void axpy_f16_avx2(float *out, float a, const uint16_t *v, in
 }
 #endif /* KERNELS_HAVE_AVX2 */
 
+static void rmsnorm_scalar(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0; /* double: a long sum of squares loses digits in float */
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+#ifdef KERNELS_HAVE_AVX2
+/* rmsnorm_scalar with the sum of squares in four double lanes x 2 (another
+ * order of the same double sum: a row's bits depend on its length only, as
+ * the scalar's do) and the scaling 8 floats at a time with the scalar's two
+ * roundings, (x * scale) * w. */
+AVX2_TARGET static void rmsnorm_avx2(float *out, const float *x, const float *w, int n, float eps)
+{
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), hi = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+        s0 = _mm256_fmadd_pd(lo, lo, s0);
+        s1 = _mm256_fmadd_pd(hi, hi, s1);
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
+    double ss = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (int k = i; k < n; k++) ss += (double)x[k] * x[k];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    __m256 vs = _mm256_set1_ps(scale);
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), vs), _mm256_loadu_ps(w + j)));
+    for (; j < n; j++) out[j] = x[j] * scale * w[j];
+}
+#endif
+
 static void swiglu_scalar(float *x, const float *y, int n)
 {
     for (int i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])) * y[i];
@@ -572,19 +607,21 @@ typedef struct {
     void (*quantize_q8_0)(const float *, kernel_block_q8_0 *, int);
     int32_t (*argmax)(const float *, int);
     void (*swiglu)(float *, const float *, int);
+    void (*rmsnorm)(float *, const float *, const float *, int, float);
 } kernel_ops;
 
 static const kernel_ops ops_scalar = {
     KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
     dot_q8_0_scalar, fp16_row_scalar, fp32_to_fp16_row_scalar, axpy_scalar, axpy_f16_scalar,
-    quantize_row_q8_0_scalar, argmax_scalar, swiglu_scalar,
+    quantize_row_q8_0_scalar, argmax_scalar, swiglu_scalar, rmsnorm_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
 /* AVX-VNNI and AVX-512 differ from AVX2 only in the rows kernels of the
  * matrix products (kernels_rows.h); the one-row dot products are AVX2's. */
 #define OPS_AVX2(isa)                                                                          \
     {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2,       \
-     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2, swiglu_avx2}
+     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2, swiglu_avx2,  \
+     rmsnorm_avx2}
 static const kernel_ops ops_avx2 = OPS_AVX2(KERNEL_ISA_AVX2);
 static const kernel_ops ops_avxvnni = OPS_AVX2(KERNEL_ISA_AVXVNNI);
 static const kernel_ops ops_avx512 = OPS_AVX2(KERNEL_ISA_AVX512);
@@ -1042,10 +1079,7 @@ void kernel_matmul_ref(const kernel_matrix *w, const float *x, int n, float *y)
 
 void kernel_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
-    double ss = 0; /* double: a long sum of squares loses digits in float */
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float scale = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+    ops()->rmsnorm(out, x, w, n, eps);
 }
 
 void kernel_softmax(float *x, int n)
