@@ -498,6 +498,63 @@ AVX2_TARGET static void swiglu_avx2(float *x, const float *y, int n)
 }
 #endif
 
+static void softmax_scalar(float *x, int n)
+{
+    float max = x[0];
+    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+#ifdef KERNELS_HAVE_AVX2
+/* softmax_scalar with swiglu's exponential, 8 at a time (the tail through
+ * the same code, padded and its padding left out of the sum; a score more
+ * than 87 below the row's largest gives 0, as expf's underflow would, not
+ * the clamp's 2^-126), the sum in double lanes. Attention runs it over every (token, head) pair's scores:
+ * with expf one at a time it was about a sixth of a decode pair's work. A
+ * row's bits depend on its values only. */
+AVX2_TARGET static inline __m256 softmax_exp_avx2(__m256 d)
+{
+    return _mm256_andnot_ps(_mm256_cmp_ps(d, _mm256_set1_ps(-87.0f), _CMP_LT_OQ), exp_avx2(d));
+}
+
+AVX2_TARGET static void softmax_avx2(float *x, int n)
+{
+    float max = x[0];
+    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    __m256 vmax = _mm256_set1_ps(max);
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = softmax_exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+        _mm256_storeu_ps(x + i, e);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
+    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    if (i < n) {
+        float t[8];
+        for (int k = 0; k < 8; k++) t[k] = i + k < n ? x[i + k] : max;
+        _mm256_storeu_ps(t, softmax_exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(t), vmax)));
+        for (int k = 0; i + k < n; k++) {
+            x[i + k] = t[k];
+            sum += t[k];
+        }
+    }
+    __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+    int j = 0;
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), inv));
+    for (; j < n; j++) x[j] *= _mm256_cvtss_f32(inv);
+}
+#endif
+
 /* The first index of the largest value; NaN never compares, so never wins
  * (0 when nothing beats -inf). */
 static int32_t argmax_scalar(const float *x, int n)
@@ -608,12 +665,14 @@ typedef struct {
     int32_t (*argmax)(const float *, int);
     void (*swiglu)(float *, const float *, int);
     void (*rmsnorm)(float *, const float *, const float *, int, float);
+    void (*softmax)(float *, int);
 } kernel_ops;
 
 static const kernel_ops ops_scalar = {
     KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
     dot_q8_0_scalar, fp16_row_scalar, fp32_to_fp16_row_scalar, axpy_scalar, axpy_f16_scalar,
     quantize_row_q8_0_scalar, argmax_scalar, swiglu_scalar, rmsnorm_scalar,
+    softmax_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
 /* AVX-VNNI and AVX-512 differ from AVX2 only in the rows kernels of the
@@ -621,7 +680,7 @@ static const kernel_ops ops_scalar = {
 #define OPS_AVX2(isa)                                                                          \
     {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2,       \
      fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2, swiglu_avx2,  \
-     rmsnorm_avx2}
+     rmsnorm_avx2, softmax_avx2}
 static const kernel_ops ops_avx2 = OPS_AVX2(KERNEL_ISA_AVX2);
 static const kernel_ops ops_avxvnni = OPS_AVX2(KERNEL_ISA_AVXVNNI);
 static const kernel_ops ops_avx512 = OPS_AVX2(KERNEL_ISA_AVX512);
@@ -1176,15 +1235,7 @@ void kernel_rmsnorm(float *out, const float *x, const float *w, int n, float eps
 void kernel_softmax(float *x, int n)
 {
     assert(n > 0);
-    float max = x[0];
-    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
-    double sum = 0;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    float inv = (float)(1.0 / sum);
-    for (int i = 0; i < n; i++) x[i] *= inv;
+    ops()->softmax(x, n);
 }
 
 void kernel_swiglu(float *x, const float *y, int n) { ops()->swiglu(x, y, n); }
