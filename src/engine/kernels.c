@@ -406,6 +406,155 @@ AVX2_TARGET static void axpy_f16_avx2(float *out, float a, const uint16_t *v, in
 }
 #endif /* KERNELS_HAVE_AVX2 */
 
+static void rmsnorm_scalar(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0; /* double: a long sum of squares loses digits in float */
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+#ifdef KERNELS_HAVE_AVX2
+/* rmsnorm_scalar with the sum of squares in four double lanes x 2 (another
+ * order of the same double sum: a row's bits depend on its length only, as
+ * the scalar's do) and the scaling 8 floats at a time with the scalar's two
+ * roundings, (x * scale) * w. */
+AVX2_TARGET static void rmsnorm_avx2(float *out, const float *x, const float *w, int n, float eps)
+{
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), hi = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+        s0 = _mm256_fmadd_pd(lo, lo, s0);
+        s1 = _mm256_fmadd_pd(hi, hi, s1);
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
+    double ss = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (int k = i; k < n; k++) ss += (double)x[k] * x[k];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    __m256 vs = _mm256_set1_ps(scale);
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), vs), _mm256_loadu_ps(w + j)));
+    for (; j < n; j++) out[j] = x[j] * scale * w[j];
+}
+#endif
+
+static void swiglu_scalar(float *x, const float *y, int n)
+{
+    for (int i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])) * y[i];
+}
+
+#ifdef KERNELS_HAVE_AVX2
+/* e^x for 8 floats, x in [-87, 88] (clamped: 2^n stays a normal float;
+ * silu needs no more). n = round(x / ln 2), r = x - n ln 2 in two parts
+ * (|r| <= ln 2 / 2), e^r by its Taylor series to r^7 (truncation below
+ * 6e-9 relative, so about one rounding of float), times 2^n built in the
+ * exponent bits. Only lane-wise operations: a value's result never depends
+ * on its neighbours, so any split of a row gives the same bits. */
+AVX2_TARGET static inline __m256 exp_avx2(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);  /* ln 2's first 16 bits */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.4286068202862268e-06f), r);     /* and the rest */
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+AVX2_TARGET static inline __m256 swiglu8_avx2(__m256 g, __m256 u)
+{
+    __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
+}
+
+/* x[i] = x[i] / (1 + e^-x[i]) * y[i], 8 at a time; the tail goes through
+ * the same vector code (padded), so every element gets the same bits
+ * wherever it sits: the batch's composition and the split over threads
+ * change nothing (docs/engine.md, "Determinism"). It replaced a scalar
+ * expf loop that took 3-4% of a 4-sequence Q4_0 step, on one thread. */
+AVX2_TARGET static void swiglu_avx2(float *x, const float *y, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, swiglu8_avx2(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    if (i < n) {
+        float g[8] = {0}, u[8] = {0};
+        memcpy(g, x + i, sizeof(float) * (size_t)(n - i));
+        memcpy(u, y + i, sizeof(float) * (size_t)(n - i));
+        _mm256_storeu_ps(g, swiglu8_avx2(_mm256_loadu_ps(g), _mm256_loadu_ps(u)));
+        memcpy(x + i, g, sizeof(float) * (size_t)(n - i));
+    }
+}
+#endif
+
+static void softmax_scalar(float *x, int n)
+{
+    float max = x[0];
+    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+#ifdef KERNELS_HAVE_AVX2
+/* softmax_scalar with swiglu's exponential, 8 at a time (the tail through
+ * the same code, padded and its padding left out of the sum; a score more
+ * than 87 below the row's largest gives 0, as expf's underflow would, not
+ * the clamp's 2^-126), the sum in double lanes. Attention runs it over every (token, head) pair's scores:
+ * with expf one at a time it was about a sixth of a decode pair's work. A
+ * row's bits depend on its values only. */
+AVX2_TARGET static inline __m256 softmax_exp_avx2(__m256 d)
+{
+    return _mm256_andnot_ps(_mm256_cmp_ps(d, _mm256_set1_ps(-87.0f), _CMP_LT_OQ), exp_avx2(d));
+}
+
+AVX2_TARGET static void softmax_avx2(float *x, int n)
+{
+    float max = x[0];
+    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    __m256 vmax = _mm256_set1_ps(max);
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = softmax_exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+        _mm256_storeu_ps(x + i, e);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
+    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    if (i < n) {
+        float t[8];
+        for (int k = 0; k < 8; k++) t[k] = i + k < n ? x[i + k] : max;
+        _mm256_storeu_ps(t, softmax_exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(t), vmax)));
+        for (int k = 0; i + k < n; k++) {
+            x[i + k] = t[k];
+            sum += t[k];
+        }
+    }
+    __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+    int j = 0;
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), inv));
+    for (; j < n; j++) x[j] *= _mm256_cvtss_f32(inv);
+}
+#endif
+
 /* The first index of the largest value; NaN never compares, so never wins
  * (0 when nothing beats -inf). */
 static int32_t argmax_scalar(const float *x, int n)
@@ -514,19 +663,24 @@ typedef struct {
     void (*axpy_f16)(float *, float, const uint16_t *, int);
     void (*quantize_q8_0)(const float *, kernel_block_q8_0 *, int);
     int32_t (*argmax)(const float *, int);
+    void (*swiglu)(float *, const float *, int);
+    void (*rmsnorm)(float *, const float *, const float *, int, float);
+    void (*softmax)(float *, int);
 } kernel_ops;
 
 static const kernel_ops ops_scalar = {
     KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
     dot_q8_0_scalar, fp16_row_scalar, fp32_to_fp16_row_scalar, axpy_scalar, axpy_f16_scalar,
-    quantize_row_q8_0_scalar, argmax_scalar,
+    quantize_row_q8_0_scalar, argmax_scalar, swiglu_scalar, rmsnorm_scalar,
+    softmax_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
 /* AVX-VNNI and AVX-512 differ from AVX2 only in the rows kernels of the
  * matrix products (kernels_rows.h); the one-row dot products are AVX2's. */
 #define OPS_AVX2(isa)                                                                          \
     {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2,       \
-     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2}
+     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2, swiglu_avx2,  \
+     rmsnorm_avx2, softmax_avx2}
 static const kernel_ops ops_avx2 = OPS_AVX2(KERNEL_ISA_AVX2);
 static const kernel_ops ops_avxvnni = OPS_AVX2(KERNEL_ISA_AVXVNNI);
 static const kernel_ops ops_avx512 = OPS_AVX2(KERNEL_ISA_AVX512);
@@ -677,6 +831,35 @@ static size_t interleave_unit(ggml_type t, int cols)
 
 int kernel_interleavable(ggml_type t, int cols) { return cols > 0 && interleave_unit(t, cols) != 0; }
 
+/* Whether type t's interleaved layout is the row-lane one (kernels_rows.h,
+ * docs/engine.md "Row lanes"): groups of KERNEL_LANE_ROWS rows, a group's
+ * block i at 288 i holding the 16 rows' fp16 scales, then chunk k (0..3) at
+ * 32 + 64 k with row r's qs[4k .. 4k+3] at 4 r. */
+static int lane_layout(ggml_type t) { return t == GGML_TYPE_Q4_0; }
+#define LANE_BLOCK_BYTES (KERNEL_LANE_ROWS * sizeof(quant_block_q4_0))
+#define LANE_QS_AT(k, r) (2 * KERNEL_LANE_ROWS + 64 * (k) + 4 * (r))
+
+static int group_rows(ggml_type t) { return lane_layout(t) ? KERNEL_LANE_ROWS : KERNEL_ROWS; }
+
+/* Row r's blocks into a lane group, and back. */
+static void lane_put_row(uint8_t *group, const quant_block_q4_0 *row, int r, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++) {
+        uint8_t *blk = group + i * LANE_BLOCK_BYTES;
+        memcpy(blk + 2 * r, &row[i].d, 2);
+        for (int k = 0; k < 4; k++) memcpy(blk + LANE_QS_AT(k, r), row[i].qs + 4 * k, 4);
+    }
+}
+
+static void lane_get_row(const uint8_t *group, quant_block_q4_0 *row, int r, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++) {
+        const uint8_t *blk = group + i * LANE_BLOCK_BYTES;
+        memcpy(&row[i].d, blk + 2 * r, 2);
+        for (int k = 0; k < 4; k++) memcpy(row[i].qs + 4 * k, blk + LANE_QS_AT(k, r), 4);
+    }
+}
+
 void kernel_interleave(const kernel_matrix *w, void *dst)
 {
     size_t unit = interleave_unit(w->type, w->cols), row = kernel_row_bytes(w->type, w->cols);
@@ -684,10 +867,14 @@ void kernel_interleave(const kernel_matrix *w, void *dst)
     size_t units = row / unit;
     const uint8_t *src = w->data;
     uint8_t *out = dst;
-    int whole = w->rows / KERNEL_ROWS * KERNEL_ROWS;
-    for (int g = 0; g < whole; g += KERNEL_ROWS) {
+    int gr = group_rows(w->type), whole = w->rows / gr * gr;
+    for (int g = 0; g < whole; g += gr) {
         const uint8_t *s = src + (size_t)g * row;
         uint8_t *d = out + (size_t)g * row;
+        if (lane_layout(w->type)) {
+            for (int r = 0; r < gr; r++) lane_put_row(d, (const quant_block_q4_0 *)(s + (size_t)r * row), r, units);
+            continue;
+        }
         for (size_t i = 0; i < units; i++)
             for (int r = 0; r < KERNEL_ROWS; r++, d += unit) memcpy(d, s + (size_t)r * row + i * unit, unit);
     }
@@ -698,13 +885,29 @@ const void *kernel_matrix_row(const kernel_matrix *w, int r, void *buf)
 {
     size_t row = kernel_row_bytes(w->type, w->cols);
     const uint8_t *data = w->data;
-    int whole = w->rows / KERNEL_ROWS * KERNEL_ROWS;
+    int gr = group_rows(w->type), whole = w->rows / gr * gr;
     if (!w->interleaved || r >= whole) return data + (size_t)r * row;
     size_t unit = interleave_unit(w->type, w->cols), units = row / unit;
-    const uint8_t *group = data + (size_t)(r - r % KERNEL_ROWS) * row;
+    const uint8_t *group = data + (size_t)(r - r % gr) * row;
+    if (lane_layout(w->type)) {
+        lane_get_row(group, buf, r % gr, units);
+        return buf;
+    }
     for (size_t i = 0; i < units; i++)
         memcpy((uint8_t *)buf + i * unit, group + (i * KERNEL_ROWS + (size_t)(r % KERNEL_ROWS)) * unit, unit);
     return buf;
+}
+
+void kernel_lane_prep(const void *q8_0, kernel_lane_act *out, int n)
+{
+    const kernel_block_q8_0 *y = q8_0;
+    for (int i = 0; i < n / KERNEL_Q8_0_BLOCK; i++) {
+        int32_t sum = 0;
+        for (int j = 0; j < KERNEL_Q8_0_BLOCK; j++) sum += y[i].qs[j];
+        out[i].d = kernel_fp16_to_fp32(y[i].d);
+        out[i].sum = sum;
+        memcpy(out[i].qs, y[i].qs, sizeof out[i].qs);
+    }
 }
 
 /* Input vectors handled per pass over a row block: enough reuse of the
@@ -728,6 +931,9 @@ typedef struct {
     kernel_tile_fn tile;   /* its tile kernel (several tokens per pass), or NULL */
     kernel_slab slab;      /* its slab (large batches), or {NULL, NULL} */
     quant_dot_fn qdot;     /* quants.c types: the one-row dot product for the active ISA */
+    kernel_lane_fn lane;   /* a matrix in the row-lane layout: its lane kernel, or NULL */
+    const uint8_t *lane_act; /* then the prepared activations (kernel_lane_act blocks) */
+    size_t lane_stride;    /* bytes between tokens there */
     const uint8_t *act;    /* the input in the layout the type takes: floats, Q8_0 or Q8_K */
     size_t act_stride;     /* bytes between input vectors there */
     int rows_per_task;
@@ -794,6 +1000,13 @@ static void matmul_task(void *ctx, int task, int thread)
     int r0 = (task - part->first_task) * part->rows_per_task;
     int r1 = r0 + part->rows_per_task < rows ? r0 + part->rows_per_task : rows;
     int cols = part->w->cols;
+    if (part->lane) { /* whole lane groups (r0 is on one), every token per pass; leftover rows below */
+        int whole = rows / KERNEL_LANE_ROWS * KERNEL_LANE_ROWS, g1 = r1 < whole ? r1 : whole;
+        for (; r0 < g1; r0 += KERNEL_LANE_ROWS)
+            part->lane((const uint8_t *)part->w->data + (size_t)r0 * part->w_stride, part->lane_act,
+                       part->lane_stride, job->n, cols, part->y + r0, (size_t)rows);
+        if (r0 >= r1) return;
+    }
     if (part->slab.tile && job->n >= MATMUL_SLAB_MIN_TOKENS &&
         KERNEL_ROWS * KERNEL_SLAB_ROW_BYTES(cols) <= MATMUL_SLAB_BYTES) {
         _Alignas(64) uint8_t slab[MATMUL_SLAB_BYTES];
@@ -831,8 +1044,9 @@ static void matmul_task(void *ctx, int task, int thread)
 /* Scratch layout for quantized weights: [n][cols] as Q8_0 blocks, then
  * (when cols % 256 == 0) [n][cols] as Q8_K blocks, then (from a 64-byte
  * boundary) [n] prepared activations (kernel_prep_avx512, from the Q8_0
- * blocks). Every quantized
- * type asks for all three, so the largest requirement over the products of
+ * blocks), then (from a 64-byte boundary) [n] row-lane activations
+ * (kernel_lane_prep, from the Q8_0 blocks). Every quantized
+ * type asks for all four, so the largest requirement over the products of
  * one kernel_matmul_multi covers any mix of activation layouts. */
 #define PREP_ALIGN 64 /* the prepared part starts on a cache line (its blocks are whole lines) */
 static size_t q8_0_part_bytes(int cols, int n) { return kernel_row_bytes(GGML_TYPE_Q8_0, cols) * (size_t)n; }
@@ -841,11 +1055,27 @@ static size_t q8_k_part_bytes(int cols, int n)
     return cols % QUANT_K == 0 ? kernel_row_bytes(GGML_TYPE_Q8_K, cols) * (size_t)n : 0;
 }
 
+static size_t lane_part_bytes(int cols, int n)
+{
+    return sizeof(kernel_lane_act) * (size_t)(cols / KERNEL_Q8_0_BLOCK) * (size_t)n;
+}
+
 size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n)
 {
     if (t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16) return 0;
     size_t prep = kernel_prep_bytes(cols) * (size_t)n;
-    return q8_0_part_bytes(cols, n) + q8_k_part_bytes(cols, n) + (prep ? prep + PREP_ALIGN : 0);
+    return q8_0_part_bytes(cols, n) + q8_k_part_bytes(cols, n) + (prep ? prep + PREP_ALIGN : 0) +
+           lane_part_bytes(cols, n) + PREP_ALIGN;
+}
+
+static kernel_lane_fn lane_kernel(ggml_type t, kernel_isa isa)
+{
+    switch (isa) {
+    case KERNEL_ISA_AVX512: return kernel_lane_avx512(t);
+    case KERNEL_ISA_AVXVNNI: return kernel_lane_avxvnni(t);
+    case KERNEL_ISA_AVX2: return kernel_lane_avx2(t);
+    default: return NULL;
+    }
 }
 
 static kernel_rows_fn rows_kernel(ggml_type t, kernel_isa isa)
@@ -900,6 +1130,10 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
     uint8_t *prep_base = q8k_base + q8_k_part_bytes(cols, n);
     prep_base += (PREP_ALIGN - (uintptr_t)prep_base % PREP_ALIGN) % PREP_ALIGN;
     size_t prep_stride = kernel_prep_bytes(cols);
+    uint8_t *lane_base = prep_base + (prep_stride ? prep_stride * (size_t)n : 0);
+    lane_base += (PREP_ALIGN - (uintptr_t)lane_base % PREP_ALIGN) % PREP_ALIGN;
+    size_t lane_stride = sizeof(kernel_lane_act) * (size_t)(cols / KERNEL_Q8_0_BLOCK);
+    int need_lane = 0;
     kernel_prep_fn prep = NULL; /* the products' one prepared layout (the first part's that has one) */
     for (int i = 0; i < n_mats; i++) {
         assert(kernel_type_supported(w[i]->type));
@@ -913,8 +1147,16 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
         part->tile = tile_kernel(t, job.ops->isa);
         part->slab = slab_kernel(t, job.ops->isa);
         part->rows_per_task = rows_per_task;
+        if (w[i]->interleaved && lane_layout(t)) part->lane = lane_kernel(t, job.ops->isa);
+        if (part->lane) { /* tasks in whole lane groups; the 4-row kernels are not used */
+            part->rows_per_task = (rows_per_task + KERNEL_LANE_ROWS - 1) / KERNEL_LANE_ROWS * KERNEL_LANE_ROWS;
+            part->rows = NULL, part->tile = NULL, part->slab = (kernel_slab){NULL, NULL};
+            part->lane_act = lane_base;
+            part->lane_stride = lane_stride;
+            need_lane = 1;
+        }
         part->first_task = n_tasks;
-        n_tasks += (w[i]->rows + rows_per_task - 1) / rows_per_task;
+        n_tasks += (w[i]->rows + part->rows_per_task - 1) / part->rows_per_task;
         const quant_traits *qt = quant_get_traits(t);
         if (qt) part->qdot = job.ops->isa >= KERNEL_ISA_AVX2 && qt->dot_avx2 ? qt->dot_avx2 : qt->dot_scalar;
         if (t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16) {
@@ -931,7 +1173,7 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
             part->act_stride = q8_stride;
             kernel_rows_fn rows_p = NULL;
             kernel_tile_fn tile_p = NULL;
-            kernel_prep_fn p = job.ops->isa == KERNEL_ISA_AVX512 ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
+            kernel_prep_fn p = job.ops->isa == KERNEL_ISA_AVX512 && !part->lane ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
             /* its kernels on the Q8_0 blocks prepared (after the Q8_K part), when
              * no other type of these products took that area: same bits either way */
             if (p && (!prep || prep == p)) {
@@ -955,6 +1197,9 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
     }
     if (prep) /* once per token here rather than once per group of rows in the kernel */
         for (int t = 0; t < n; t++) prep((uint8_t *)scratch + t * q8_stride, prep_base + t * prep_stride, cols);
+    if (need_lane) /* the row-lane kernels' activations, once per token */
+        for (int t = 0; t < n; t++)
+            kernel_lane_prep((uint8_t *)scratch + t * q8_stride, (kernel_lane_act *)(lane_base + t * lane_stride), cols);
     threadpool_run(pool, n_tasks, matmul_task, &job);
 }
 
@@ -984,30 +1229,16 @@ void kernel_matmul_ref(const kernel_matrix *w, const float *x, int n, float *y)
 
 void kernel_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
-    double ss = 0; /* double: a long sum of squares loses digits in float */
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float scale = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+    ops()->rmsnorm(out, x, w, n, eps);
 }
 
 void kernel_softmax(float *x, int n)
 {
     assert(n > 0);
-    float max = x[0];
-    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
-    double sum = 0;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    float inv = (float)(1.0 / sum);
-    for (int i = 0; i < n; i++) x[i] *= inv;
+    ops()->softmax(x, n);
 }
 
-void kernel_swiglu(float *x, const float *y, int n)
-{
-    for (int i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])) * y[i];
-}
+void kernel_swiglu(float *x, const float *y, int n) { ops()->swiglu(x, y, n); }
 
 void kernel_add(float *x, const float *y, int n)
 {

@@ -698,17 +698,21 @@ static inline int32_t isum8(const int8_t *a, int n)
     return s;
 }
 
+/* Q4_0's canonical order (docs/engine.md, "Row lanes"), which every Q4_0
+ * kernel of every ISA follows, so they all give these bits: per block in
+ * order, acc = fma(exact integer dot, d_w * d_y, acc). */
 static float dot_q4_0_scalar(const void *w, const void *act, int n)
 {
     const quant_block_q4_0 *b = w;
     const kernel_block_q8_0 *y = act;
-    float sum = 0;
+    float acc = 0;
     int8_t q[32];
     for (int i = 0; i < n / 32; i++) {
         unpack_q4_0(&b[i], q);
-        sum += (float)idot(q, y[i].qs, 32) * (h2f(b[i].d) * h2f(y[i].d));
+        float d = h2f(b[i].d) * h2f(y[i].d);
+        acc = fmaf((float)idot(q, y[i].qs, 32), d, acc);
     }
-    return sum;
+    return acc;
 }
 
 /* sum (d q + m) * dy qy = d dy sum(q qy) + m dy sum(qy) */
@@ -910,17 +914,23 @@ AVX2_TARGET static inline __m256i sum_s8(__m256i y)
     return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), y), _mm256_set1_epi16(1));
 }
 
+/* The canonical order (dot_q4_0_scalar): the block's integer dot summed
+ * across the lanes (exact), then one scalar fma per block. */
 AVX2_TARGET static float dot_q4_0_avx2(const void *w, const void *act, int n)
 {
     const quant_block_q4_0 *b = w;
     const kernel_block_q8_0 *y = act;
-    __m256 acc = _mm256_setzero_ps();
+    __m128 acc = _mm_setzero_ps();
     for (int i = 0; i < n / 32; i++) {
         __m256i q = _mm256_sub_epi8(nibbles32(b[i].qs), _mm256_set1_epi8(8));
         __m256i p = dot_s8(q, _mm256_loadu_si256((const __m256i *)y[i].qs));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(_cvtsh_ss(b[i].d) * _cvtsh_ss(y[i].d)), acc);
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+        s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+        __m128 d = _mm_set_ss(_cvtsh_ss(b[i].d) * _cvtsh_ss(y[i].d));
+        acc = _mm_fmadd_ss(_mm_cvtepi32_ps(s), d, acc);
     }
-    return hsum_ps(acc);
+    return _mm_cvtss_f32(acc);
 }
 
 AVX2_TARGET static float dot_q5_0_avx2(const void *w, const void *act, int n)
