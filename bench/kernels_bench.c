@@ -11,9 +11,8 @@
  * vectors through the rows kernel one vector at a time (the path before tile
  * kernels: 8 vectors per pass over a 4-row group) and through the tile
  * kernel (all N vectors per group), in turn, run after run; prints G
- * multiply-adds per second of each and their ratio; for a type with
- * prepared activations at the active ISA (kernel_prep_avx512), a "+p" line:
- * the same two on them, as kernel_matmul runs it.
+ * multiply-adds per second of each and their ratio (Q4_0 and Q8_0 run in
+ * row lanes, without rows or tile kernels: see --matmul).
  * With --layout, for each type with rows kernels: one vector through
  * kernel_matmul on the row-major matrix and on its interleaved copy
  * (kernel_interleave, what the model loader makes), in turn, GB/s of each.
@@ -290,10 +289,7 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
             else if (at == GGML_TYPE_Q8_K) quant_quantize_row_q8_k(x, (quant_block_q8_k *)a, cols);
             else kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)a, cols);
         }
-        kernel_rows_fn rows_p = NULL;
-        kernel_tile_fn tile_p = NULL;
-        kernel_prep_fn prep = kernel_active_isa() == KERNEL_ISA_AVX512 ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
-        kernel_slab sl_plain = active_slab(t); /* on plain activations: none where there is a prep */
+        kernel_slab sl_plain = active_slab(t);
         double tr[101], tt[101], ts[101];
         time_prompt(rows_fn, NULL, w, stride, rows, act, astride, ntok, cols, y); /* warm up */
         time_prompt(rows_fn, tile, w, stride, rows, act, astride, ntok, cols, y);
@@ -310,21 +306,6 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
                tr[runs / 2] / tt[runs / 2]);
         if (sl_plain.tile) printf(" %16.2f %10.2fx\n", macs / ts[runs / 2] * 1e-3, tt[runs / 2] / ts[runs / 2]);
         else printf(" %16s %11s\n", "-", "-");
-        if (prep) { /* the same on prepared activations (what kernel_matmul uses): "+p" */
-            size_t pstride = kernel_prep_bytes(cols);
-            uint8_t *pact = malloc(pstride * (size_t)ntok);
-            if (!pact) return 1;
-            for (int n = 0; n < ntok; n++) prep(act + (size_t)n * astride, pact + (size_t)n * pstride, cols);
-            for (int r = 0; r < runs; r++) {
-                tr[r] = time_prompt(rows_p, NULL, w, stride, rows, pact, pstride, ntok, cols, y);
-                tt[r] = time_prompt(rows_p, tile_p, w, stride, rows, pact, pstride, ntok, cols, y);
-            }
-            qsort(tr, (size_t)runs, sizeof tr[0], cmp_double);
-            qsort(tt, (size_t)runs, sizeof tt[0], cmp_double);
-            printf("%-4s+p %16.2f %16.2f %7.2fx\n", ggml_type_name(t), macs / tr[runs / 2] * 1e-3,
-                   macs / tt[runs / 2] * 1e-3, tr[runs / 2] / tt[runs / 2]);
-            free(pact);
-        }
         free(w);
     }
     free(wf), free(x), free(y), free(act), free(slab);
