@@ -686,30 +686,36 @@ int kernel_interleavable(ggml_type t, int cols) { return cols > 0 && interleave_
 
 /* Whether type t's interleaved layout is the row-lane one (kernels_rows.h,
  * docs/engine.md "Row lanes"): groups of KERNEL_LANE_ROWS rows; a block of
- * the type is its fp16 scale then its qs bytes (Q4_0: 16, Q8_0: 32), and a
- * group's block i, at 16 i block sizes, holds the 16 rows' scales, then
- * chunks k of 64 bytes at 32 + 64 k with row r's qs[4k .. 4k+3] at 4 r. */
-static int lane_layout(ggml_type t) { return t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q8_0; }
-#define LANE_QS_AT(k, r) (2 * KERNEL_LANE_ROWS + 64 * (k) + 4 * (r))
+ * the type is its fp16 scale, Q5_0's 4 bytes of fifth bits, then its qs
+ * bytes (Q4_0 and Q5_0: 16, Q8_0: 32), and a group's block i, at 16 i block
+ * sizes, holds the 16 rows' scales (row r at 2 r), for Q5_0 the 16 rows'
+ * fifth bits (row r at 32 + 4 r), then chunks k of 64 bytes with row r's
+ * qs[4k .. 4k+3] at 4 r. */
+static int lane_layout(ggml_type t) { return t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q5_0; }
 
 static int group_rows(ggml_type t) { return lane_layout(t) ? KERNEL_LANE_ROWS : KERNEL_ROWS; }
 
-/* Row r's nb blocks of `unit` bytes into a lane group, and back. */
-static void lane_put_row(uint8_t *group, const uint8_t *row, int r, size_t nb, size_t unit)
+/* Row r's nb blocks of `unit` bytes (qh: Q5_0's fifth bits after the
+ * scale) into a lane group, and back. */
+static void lane_put_row(uint8_t *group, const uint8_t *row, int r, size_t nb, size_t unit, int qh)
 {
+    size_t qs_at = qh ? 6 : 2, chunks_at = qh ? 96 : 32;
     for (size_t i = 0; i < nb; i++, row += unit) {
         uint8_t *blk = group + i * unit * KERNEL_LANE_ROWS;
         memcpy(blk + 2 * r, row, 2);
-        for (size_t k = 0; k < (unit - 2) / 4; k++) memcpy(blk + LANE_QS_AT(k, r), row + 2 + 4 * k, 4);
+        if (qh) memcpy(blk + 32 + 4 * r, row + 2, 4);
+        for (size_t k = 0; k < (unit - qs_at) / 4; k++) memcpy(blk + chunks_at + 64 * k + 4 * r, row + qs_at + 4 * k, 4);
     }
 }
 
-static void lane_get_row(const uint8_t *group, uint8_t *row, int r, size_t nb, size_t unit)
+static void lane_get_row(const uint8_t *group, uint8_t *row, int r, size_t nb, size_t unit, int qh)
 {
+    size_t qs_at = qh ? 6 : 2, chunks_at = qh ? 96 : 32;
     for (size_t i = 0; i < nb; i++, row += unit) {
         const uint8_t *blk = group + i * unit * KERNEL_LANE_ROWS;
         memcpy(row, blk + 2 * r, 2);
-        for (size_t k = 0; k < (unit - 2) / 4; k++) memcpy(row + 2 + 4 * k, blk + LANE_QS_AT(k, r), 4);
+        if (qh) memcpy(row + 2, blk + 32 + 4 * r, 4);
+        for (size_t k = 0; k < (unit - qs_at) / 4; k++) memcpy(row + qs_at + 4 * k, blk + chunks_at + 64 * k + 4 * r, 4);
     }
 }
 
@@ -725,7 +731,7 @@ void kernel_interleave(const kernel_matrix *w, void *dst)
         const uint8_t *s = src + (size_t)g * row;
         uint8_t *d = out + (size_t)g * row;
         if (lane_layout(w->type)) {
-            for (int r = 0; r < gr; r++) lane_put_row(d, s + (size_t)r * row, r, units, unit);
+            for (int r = 0; r < gr; r++) lane_put_row(d, s + (size_t)r * row, r, units, unit, w->type == GGML_TYPE_Q5_0);
             continue;
         }
         for (size_t i = 0; i < units; i++)
@@ -743,7 +749,7 @@ const void *kernel_matrix_row(const kernel_matrix *w, int r, void *buf)
     size_t unit = interleave_unit(w->type, w->cols), units = row / unit;
     const uint8_t *group = data + (size_t)(r - r % gr) * row;
     if (lane_layout(w->type)) {
-        lane_get_row(group, buf, r % gr, units, unit);
+        lane_get_row(group, buf, r % gr, units, unit, w->type == GGML_TYPE_Q5_0);
         return buf;
     }
     for (size_t i = 0; i < units; i++)

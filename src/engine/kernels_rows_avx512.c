@@ -1,6 +1,6 @@
 /* kernels_rows_avx512.c: the rows kernels (kernels_rows.h) for AVX-512 F, BW,
  * VL and VNNI (with FMA and F16C): a 512-bit kernel for F16, the 256-bit
- * body in its EVEX form for every type, and Q4_0's and Q8_0's row-lane
+ * body in its EVEX form for every type, and Q4_0's, Q5_0's and Q8_0's row-lane
  * kernels (16 rows in one register; docs/engine.md, "Row lanes"). Which
  * width a type uses is decided by measurement (docs/engine.md, "CPU
  * dispatch"), in kernel_rows_avx512; kernel_rows_avx512_width gives either
@@ -163,10 +163,67 @@ ROWS_FN void lane512_q8_0(const void *group, const void *act, size_t astride, in
     LANE_TILES(LANE512_Q8_AT, ROWS_LANE_T512, 0);
 }
 
+/* Q5_0 in row lanes: the 256-bit body's fifth bits (lane_bit4_256), 16
+ * lanes at once. */
+ROWS_INLINE __m512i lane_bit4_512(__m512i qh, int shift)
+{
+    __m512i x = _mm512_and_si512(_mm512_srli_epi32(qh, shift), _mm512_set1_epi32(15));
+    return _mm512_and_si512(_mm512_mullo_epi32(x, _mm512_set1_epi32(0x02040810)), _mm512_set1_epi32(0x10101010));
+}
+
+ROWS_INLINE void q5_0_lane_body512(const uint8_t *g, const uint8_t *act, size_t astride, int nb, float *out,
+                                   size_t ostride, const int nt)
+{
+    const __m512i m15 = _mm512_set1_epi8(15);
+    __m512 acc[LANE_TILE_MAX];
+#pragma GCC unroll 16
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *blk = g + (size_t)i * LANE_BLOCK_Q5;
+        __m512i qh = _mm512_loadu_si512(blk + 32);
+        __m512i p[LANE_TILE_MAX];
+#pragma GCC unroll 16
+        for (int t = 0; t < nt; t++) p[t] = _mm512_set1_epi32(-16 * LANE_ACT(t, i)->sum);
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            __m512i v = _mm512_loadu_si512(blk + 96 + 64 * k);
+            __m512i lo = _mm512_or_si512(_mm512_and_si512(v, m15), lane_bit4_512(qh, 4 * k));
+            __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), m15), lane_bit4_512(qh, 16 + 4 * k));
+#pragma GCC unroll 16
+            for (int t = 0; t < nt; t++) {
+                const kernel_lane_act *a = LANE_ACT(t, i);
+                p[t] = _mm512_dpbusd_epi32(p[t], lo, _mm512_set1_epi32(lane_bytes4(a->qs + 4 * k)));
+                p[t] = _mm512_dpbusd_epi32(p[t], hi, _mm512_set1_epi32(lane_bytes4(a->qs + 16 + 4 * k)));
+            }
+        }
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+#pragma GCC unroll 16
+        for (int t = 0; t < nt; t++)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t]), _mm512_mul_ps(dw, _mm512_set1_ps(LANE_ACT(t, i)->d)),
+                                     acc[t]);
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(out + (size_t)t * ostride, acc[t]);
+}
+
+#define LANE512_Q5_AT(unused, t0, k) \
+    q5_0_lane_body512(g, a + (size_t)(t0) * astride, astride, n / QUANT_BLOCK, out + (size_t)(t0) * ostride, ostride, k)
+ROWS_FN void lane512_q5_0(const void *group, const void *act, size_t astride, int ntok, int n, float *out,
+                          size_t ostride)
+{
+    const uint8_t *g = group, *a = act;
+    LANE_TILES(LANE512_Q5_AT, ROWS_LANE_T512, 0);
+}
+
 kernel_lane_fn kernel_lane_avx512_width(ggml_type t, int bits)
 {
     if (bits == 256) return lane256_get(t);
-    return t == GGML_TYPE_Q4_0 ? lane512_q4_0 : t == GGML_TYPE_Q8_0 ? lane512_q8_0 : NULL;
+    switch (t) {
+    case GGML_TYPE_Q4_0: return lane512_q4_0;
+    case GGML_TYPE_Q5_0: return lane512_q5_0;
+    case GGML_TYPE_Q8_0: return lane512_q8_0;
+    default: return NULL;
+    }
 }
 kernel_lane_fn kernel_lane_avx512(ggml_type t) { return kernel_lane_avx512_width(t, 512); }
 

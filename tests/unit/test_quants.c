@@ -705,7 +705,7 @@ static float lane_ref_dot(ggml_type t, kernel_isa isa, const void *w, const void
     return v;
 }
 
-/* Row lanes (kernels_rows.h, docs/engine.md "Row lanes"): Q4_0 and Q8_0 in
+/* Row lanes (kernels_rows.h, docs/engine.md "Row lanes"): Q4_0, Q5_0 and Q8_0 in
  * the lane layout, through kernel_matmul on every ISA this CPU has and
  * through each lane kernel called directly (the 512-bit one and the 256-bit
  * body in its AVX2, AVX-VNNI and EVEX forms), for every token count 1..17
@@ -714,7 +714,7 @@ static float lane_ref_dot(ggml_type t, kernel_isa isa, const void *w, const void
  * scalar one-row dot (the canonical order), memcmp; the one-row AVX2 dot
  * too; the row-major matrix gives the same. Rows differ in scale (one tiny,
  * one large) and tokens too, so a mixed-up row, token or scale would show;
- * Q4_0 holds levels 0 and 15, Q8_0 weights -128 and 127 against
+ * Q4_0 holds levels 0 and 15, Q5_0 0 and 31, Q8_0 weights -128 and 127 against
  * activations +-127 (the offsets' and the sign trick's extremes). */
 static void check_lanes(ggml_type t, threadpool *pool)
 {
@@ -740,6 +740,9 @@ static void check_lanes(ggml_type t, threadpool *pool)
             for (int i = 0; i < cols; i++) x[k * cols + i] = rnd_uniform(-2, 2) * (k == 3 ? 1e-3f : k == 5 ? 10.0f : 1.0f);
         if (t == GGML_TYPE_Q4_0) {
             ((quant_block_q4_0 *)(plain + 3 * rb))->qs[0] = 0xf0; /* levels 0 and 15 */
+        } else if (t == GGML_TYPE_Q5_0) { /* levels 0 and 31: element 0 (low nibble 0, fifth bit 0), 16 (15, 1) */
+            quant_block_q5_0 *b = (quant_block_q5_0 *)(plain + 3 * rb);
+            b->qs[0] = 0xf0, b->qh[0] &= 0xfe, b->qh[2] |= 1;
         } else {
             kernel_block_q8_0 *b = (kernel_block_q8_0 *)(plain + 3 * rb);
             b[0].qs[0] = -128, b[0].qs[1] = -128, b[0].qs[2] = 127;
@@ -820,8 +823,9 @@ static void test_lane_kernels(void)
     REQUIRE(pool);
     check_lanes(GGML_TYPE_Q4_0, pool);
     check_lanes(GGML_TYPE_Q8_0, pool);
+    check_lanes(GGML_TYPE_Q5_0, pool);
     CHECK(kernel_lane_avx2(GGML_TYPE_Q4_K) == NULL && kernel_lane_avx512(GGML_TYPE_F16) == NULL &&
-          kernel_lane_avxvnni(GGML_TYPE_Q5_0) == NULL);
+          kernel_lane_avxvnni(GGML_TYPE_Q4_1) == NULL);
     threadpool_free(pool);
 }
 
