@@ -237,15 +237,19 @@ static float dot_bf16_f32_scalar(const uint16_t *a, const float *b, int n)
     return sum_acc(acc);
 }
 
+/* Q8_0's canonical order (docs/engine.md, "Row lanes"), which every Q8_0
+ * kernel of every ISA follows: per block in order, acc = fma(exact integer
+ * dot, d_a * d_b, acc). */
 static float dot_q8_0_scalar(const kernel_block_q8_0 *a, const kernel_block_q8_0 *b, int n)
 {
-    float sum = 0;
+    float acc = 0;
     for (int k = 0; k < n / KERNEL_Q8_0_BLOCK; k++) {
         int32_t isum = 0;
         for (int i = 0; i < KERNEL_Q8_0_BLOCK; i++) isum += (int32_t)a[k].qs[i] * b[k].qs[i];
-        sum += (float)isum * (kernel_fp16_to_fp32(a[k].d) * kernel_fp16_to_fp32(b[k].d));
+        float d = kernel_fp16_to_fp32(a[k].d) * kernel_fp16_to_fp32(b[k].d);
+        acc = fmaf((float)isum, d, acc);
     }
-    return sum;
+    return acc;
 }
 
 static void axpy_scalar(float *out, float a, const float *v, int n)
@@ -352,18 +356,21 @@ AVX2_TARGET static float dot_q8_0_avx2(const kernel_block_q8_0 *a, const kernel_
                                        int n)
 {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc = _mm256_setzero_ps();
-    for (int k = 0; k < n / KERNEL_Q8_0_BLOCK; k++) {
+    __m128 acc = _mm_setzero_ps();
+    for (int k = 0; k < n / KERNEL_Q8_0_BLOCK; k++) { /* the canonical order (dot_q8_0_scalar) */
         __m256i qa = _mm256_loadu_si256((const __m256i *)a[k].qs);
         __m256i qb = _mm256_loadu_si256((const __m256i *)b[k].qs);
         __m256i abs_a = _mm256_sign_epi8(qa, qa);
         __m256i signed_b = _mm256_sign_epi8(qb, qa);
         __m256i p16 = _mm256_maddubs_epi16(abs_a, signed_b);
         __m256i p32 = _mm256_madd_epi16(p16, ones);
-        __m256 d = _mm256_set1_ps(_cvtsh_ss(a[k].d) * _cvtsh_ss(b[k].d));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, acc);
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256(p32, 1));
+        s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+        __m128 d = _mm_set_ss(_cvtsh_ss(a[k].d) * _cvtsh_ss(b[k].d));
+        acc = _mm_fmadd_ss(_mm_cvtepi32_ps(s), d, acc);
     }
-    return hsum256(acc);
+    return _mm_cvtss_f32(acc);
 }
 
 AVX2_TARGET static void axpy_avx2(float *out, float a, const float *v, int n)
@@ -832,31 +839,37 @@ static size_t interleave_unit(ggml_type t, int cols)
 int kernel_interleavable(ggml_type t, int cols) { return cols > 0 && interleave_unit(t, cols) != 0; }
 
 /* Whether type t's interleaved layout is the row-lane one (kernels_rows.h,
- * docs/engine.md "Row lanes"): groups of KERNEL_LANE_ROWS rows, a group's
- * block i at 288 i holding the 16 rows' fp16 scales, then chunk k (0..3) at
- * 32 + 64 k with row r's qs[4k .. 4k+3] at 4 r. */
-static int lane_layout(ggml_type t) { return t == GGML_TYPE_Q4_0; }
-#define LANE_BLOCK_BYTES (KERNEL_LANE_ROWS * sizeof(quant_block_q4_0))
-#define LANE_QS_AT(k, r) (2 * KERNEL_LANE_ROWS + 64 * (k) + 4 * (r))
+ * docs/engine.md "Row lanes"): groups of KERNEL_LANE_ROWS rows; a block of
+ * the type is its fp16 scale, Q5_0's 4 bytes of fifth bits, then its qs
+ * bytes (Q4_0 and Q5_0: 16, Q8_0: 32), and a group's block i, at 16 i block
+ * sizes, holds the 16 rows' scales (row r at 2 r), for Q5_0 the 16 rows'
+ * fifth bits (row r at 32 + 4 r), then chunks k of 64 bytes with row r's
+ * qs[4k .. 4k+3] at 4 r. */
+static int lane_layout(ggml_type t) { return t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q5_0; }
 
 static int group_rows(ggml_type t) { return lane_layout(t) ? KERNEL_LANE_ROWS : KERNEL_ROWS; }
 
-/* Row r's blocks into a lane group, and back. */
-static void lane_put_row(uint8_t *group, const quant_block_q4_0 *row, int r, size_t nb)
+/* Row r's nb blocks of `unit` bytes (qh: Q5_0's fifth bits after the
+ * scale) into a lane group, and back. */
+static void lane_put_row(uint8_t *group, const uint8_t *row, int r, size_t nb, size_t unit, int qh)
 {
-    for (size_t i = 0; i < nb; i++) {
-        uint8_t *blk = group + i * LANE_BLOCK_BYTES;
-        memcpy(blk + 2 * r, &row[i].d, 2);
-        for (int k = 0; k < 4; k++) memcpy(blk + LANE_QS_AT(k, r), row[i].qs + 4 * k, 4);
+    size_t qs_at = qh ? 6 : 2, chunks_at = qh ? 96 : 32;
+    for (size_t i = 0; i < nb; i++, row += unit) {
+        uint8_t *blk = group + i * unit * KERNEL_LANE_ROWS;
+        memcpy(blk + 2 * r, row, 2);
+        if (qh) memcpy(blk + 32 + 4 * r, row + 2, 4);
+        for (size_t k = 0; k < (unit - qs_at) / 4; k++) memcpy(blk + chunks_at + 64 * k + 4 * r, row + qs_at + 4 * k, 4);
     }
 }
 
-static void lane_get_row(const uint8_t *group, quant_block_q4_0 *row, int r, size_t nb)
+static void lane_get_row(const uint8_t *group, uint8_t *row, int r, size_t nb, size_t unit, int qh)
 {
-    for (size_t i = 0; i < nb; i++) {
-        const uint8_t *blk = group + i * LANE_BLOCK_BYTES;
-        memcpy(&row[i].d, blk + 2 * r, 2);
-        for (int k = 0; k < 4; k++) memcpy(row[i].qs + 4 * k, blk + LANE_QS_AT(k, r), 4);
+    size_t qs_at = qh ? 6 : 2, chunks_at = qh ? 96 : 32;
+    for (size_t i = 0; i < nb; i++, row += unit) {
+        const uint8_t *blk = group + i * unit * KERNEL_LANE_ROWS;
+        memcpy(row, blk + 2 * r, 2);
+        if (qh) memcpy(row + 2, blk + 32 + 4 * r, 4);
+        for (size_t k = 0; k < (unit - qs_at) / 4; k++) memcpy(row + qs_at + 4 * k, blk + chunks_at + 64 * k + 4 * r, 4);
     }
 }
 
@@ -872,7 +885,7 @@ void kernel_interleave(const kernel_matrix *w, void *dst)
         const uint8_t *s = src + (size_t)g * row;
         uint8_t *d = out + (size_t)g * row;
         if (lane_layout(w->type)) {
-            for (int r = 0; r < gr; r++) lane_put_row(d, (const quant_block_q4_0 *)(s + (size_t)r * row), r, units);
+            for (int r = 0; r < gr; r++) lane_put_row(d, s + (size_t)r * row, r, units, unit, w->type == GGML_TYPE_Q5_0);
             continue;
         }
         for (size_t i = 0; i < units; i++)
@@ -890,7 +903,7 @@ const void *kernel_matrix_row(const kernel_matrix *w, int r, void *buf)
     size_t unit = interleave_unit(w->type, w->cols), units = row / unit;
     const uint8_t *group = data + (size_t)(r - r % gr) * row;
     if (lane_layout(w->type)) {
-        lane_get_row(group, buf, r % gr, units);
+        lane_get_row(group, buf, r % gr, units, unit, w->type == GGML_TYPE_Q5_0);
         return buf;
     }
     for (size_t i = 0; i < units; i++)
@@ -1043,12 +1056,10 @@ static void matmul_task(void *ctx, int task, int thread)
 
 /* Scratch layout for quantized weights: [n][cols] as Q8_0 blocks, then
  * (when cols % 256 == 0) [n][cols] as Q8_K blocks, then (from a 64-byte
- * boundary) [n] prepared activations (kernel_prep_avx512, from the Q8_0
- * blocks), then (from a 64-byte boundary) [n] row-lane activations
- * (kernel_lane_prep, from the Q8_0 blocks). Every quantized
- * type asks for all four, so the largest requirement over the products of
+ * boundary) [n] row-lane activations (kernel_lane_prep, from the Q8_0
+ * blocks). Every quantized type asks for all three, so the largest requirement over the products of
  * one kernel_matmul_multi covers any mix of activation layouts. */
-#define PREP_ALIGN 64 /* the prepared part starts on a cache line (its blocks are whole lines) */
+#define PREP_ALIGN 64 /* the row-lane part starts on a cache line */
 static size_t q8_0_part_bytes(int cols, int n) { return kernel_row_bytes(GGML_TYPE_Q8_0, cols) * (size_t)n; }
 static size_t q8_k_part_bytes(int cols, int n)
 {
@@ -1063,9 +1074,7 @@ static size_t lane_part_bytes(int cols, int n)
 size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n)
 {
     if (t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16) return 0;
-    size_t prep = kernel_prep_bytes(cols) * (size_t)n;
-    return q8_0_part_bytes(cols, n) + q8_k_part_bytes(cols, n) + (prep ? prep + PREP_ALIGN : 0) +
-           lane_part_bytes(cols, n) + PREP_ALIGN;
+    return q8_0_part_bytes(cols, n) + q8_k_part_bytes(cols, n) + lane_part_bytes(cols, n) + PREP_ALIGN;
 }
 
 static kernel_lane_fn lane_kernel(ggml_type t, kernel_isa isa)
@@ -1127,14 +1136,10 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
     size_t q8_stride = kernel_row_bytes(GGML_TYPE_Q8_0, cols);
     size_t q8k_stride = cols % QUANT_K == 0 ? kernel_row_bytes(GGML_TYPE_Q8_K, cols) : 0;
     uint8_t *q8k_base = (uint8_t *)scratch + q8_0_part_bytes(cols, n);
-    uint8_t *prep_base = q8k_base + q8_k_part_bytes(cols, n);
-    prep_base += (PREP_ALIGN - (uintptr_t)prep_base % PREP_ALIGN) % PREP_ALIGN;
-    size_t prep_stride = kernel_prep_bytes(cols);
-    uint8_t *lane_base = prep_base + (prep_stride ? prep_stride * (size_t)n : 0);
+    uint8_t *lane_base = q8k_base + q8_k_part_bytes(cols, n);
     lane_base += (PREP_ALIGN - (uintptr_t)lane_base % PREP_ALIGN) % PREP_ALIGN;
     size_t lane_stride = sizeof(kernel_lane_act) * (size_t)(cols / KERNEL_Q8_0_BLOCK);
     int need_lane = 0;
-    kernel_prep_fn prep = NULL; /* the products' one prepared layout (the first part's that has one) */
     for (int i = 0; i < n_mats; i++) {
         assert(kernel_type_supported(w[i]->type));
         assert(w[i]->cols == cols && w[i]->rows > 0);
@@ -1171,18 +1176,6 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
             need_q8 = 1;
             part->act = scratch;
             part->act_stride = q8_stride;
-            kernel_rows_fn rows_p = NULL;
-            kernel_tile_fn tile_p = NULL;
-            kernel_prep_fn p = job.ops->isa == KERNEL_ISA_AVX512 && !part->lane ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
-            /* its kernels on the Q8_0 blocks prepared (after the Q8_K part), when
-             * no other type of these products took that area: same bits either way */
-            if (p && (!prep || prep == p)) {
-                prep = p;
-                part->rows = rows_p;
-                part->tile = tile_p;
-                part->act = prep_base;
-                part->act_stride = prep_stride;
-            }
         }
     }
     if (need_q8k) { /* K-quant weights take Q8_K blocks */
@@ -1195,8 +1188,6 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
         for (int t = 0; t < n; t++)
             kernel_quantize_row_q8_0(x + (size_t)t * cols, (kernel_block_q8_0 *)((uint8_t *)scratch + t * q8_stride), cols);
     }
-    if (prep) /* once per token here rather than once per group of rows in the kernel */
-        for (int t = 0; t < n; t++) prep((uint8_t *)scratch + t * q8_stride, prep_base + t * prep_stride, cols);
     if (need_lane) /* the row-lane kernels' activations, once per token */
         for (int t = 0; t < n; t++)
             kernel_lane_prep((uint8_t *)scratch + t * q8_stride, (kernel_lane_act *)(lane_base + t * lane_stride), cols);
