@@ -756,9 +756,9 @@ static float dot_q5_1_scalar(const void *w, const void *act, int n)
 }
 
 /* K-quants: per super-block, integer sums per sub-block weighted by the
- * integer sub-block scales (exact in int32), then two float multiplies:
- * sum = d dy sum_s sc_s sum(q qy) - dmin dy sum_s mn_s sum(qy), the second
- * sum coming from Q8_K's precomputed bsums. */
+ * integer sub-block scales (exact in int32), then the canonical float steps
+ * (quant_k_fma, quants.h): sum = d dy sum_s sc_s sum(q qy) - dmin dy sum_s
+ * mn_s sum(qy), the second sum coming from Q8_K's precomputed bsums. */
 static float dot_q2_k_scalar(const void *w, const void *act, int n)
 {
     const quant_block_q2_k *b = w;
@@ -773,7 +773,8 @@ static float dot_q2_k_scalar(const void *w, const void *act, int n)
             isum += sc[s] * idot(q + 16 * s, y[i].qs + 16 * s, 16);
             msum += mn[s] * y[i].bsums[s];
         }
-        sum += y[i].d * (h2f(b[i].d) * (float)isum - h2f(b[i].dmin) * (float)msum);
+        sum = quant_k_fma(sum, isum, h2f(b[i].d), y[i].d);
+        sum = quant_k_fma(sum, -msum, h2f(b[i].dmin), y[i].d);
     }
     return sum;
 }
@@ -788,12 +789,12 @@ static float dot_q3_k_scalar(const void *w, const void *act, int n)
         unpack_q3_k(&b[i], q, sc);
         int32_t isum = 0;
         for (int s = 0; s < 16; s++) isum += sc[s] * idot(q + 16 * s, y[i].qs + 16 * s, 16);
-        sum += y[i].d * h2f(b[i].d) * (float)isum;
+        sum = quant_k_fma(sum, isum, h2f(b[i].d), y[i].d);
     }
     return sum;
 }
 
-static float dot_q45_k_block(const int8_t q[256], const uint8_t sc[8], const uint8_t mn[8],
+static float dot_q45_k_block(float acc, const int8_t q[256], const uint8_t sc[8], const uint8_t mn[8],
                              float d, float dmin, const quant_block_q8_k *y)
 {
     int32_t isum = 0, msum = 0;
@@ -801,7 +802,8 @@ static float dot_q45_k_block(const int8_t q[256], const uint8_t sc[8], const uin
         isum += sc[s] * idot(q + 32 * s, y->qs + 32 * s, 32);
         msum += mn[s] * (y->bsums[2 * s] + y->bsums[2 * s + 1]);
     }
-    return y->d * (d * (float)isum - dmin * (float)msum);
+    acc = quant_k_fma(acc, isum, d, y->d);
+    return quant_k_fma(acc, -msum, dmin, y->d);
 }
 
 static float dot_q4_k_scalar(const void *w, const void *act, int n)
@@ -813,7 +815,7 @@ static float dot_q4_k_scalar(const void *w, const void *act, int n)
     uint8_t sc[8], mn[8];
     for (int i = 0; i < n / 256; i++) {
         unpack_q45_k(b[i].scales, b[i].qs, NULL, q, sc, mn);
-        sum += dot_q45_k_block(q, sc, mn, h2f(b[i].d), h2f(b[i].dmin), &y[i]);
+        sum = dot_q45_k_block(sum, q, sc, mn, h2f(b[i].d), h2f(b[i].dmin), &y[i]);
     }
     return sum;
 }
@@ -827,7 +829,7 @@ static float dot_q5_k_scalar(const void *w, const void *act, int n)
     uint8_t sc[8], mn[8];
     for (int i = 0; i < n / 256; i++) {
         unpack_q45_k(b[i].scales, b[i].qs, b[i].qh, q, sc, mn);
-        sum += dot_q45_k_block(q, sc, mn, h2f(b[i].d), h2f(b[i].dmin), &y[i]);
+        sum = dot_q45_k_block(sum, q, sc, mn, h2f(b[i].d), h2f(b[i].dmin), &y[i]);
     }
     return sum;
 }
@@ -842,7 +844,7 @@ static float dot_q6_k_scalar(const void *w, const void *act, int n)
         unpack_q6_k(&b[i], q);
         int32_t isum = 0;
         for (int s = 0; s < 16; s++) isum += b[i].scales[s] * idot(q + 16 * s, y[i].qs + 16 * s, 16);
-        sum += y[i].d * h2f(b[i].d) * (float)isum;
+        sum = quant_k_fma(sum, isum, h2f(b[i].d), y[i].d);
     }
     return sum;
 }
@@ -979,14 +981,27 @@ AVX2_TARGET static inline __m256i scaled16x2(__m256i q, const int8_t *y, int sa,
     return _mm256_madd_epi16(p, sc);
 }
 
-/* The end of every K-quant block: acc += isum * dy * d; returns the term the
- * caller subtracts, dy * dmin * msum (the mins, or for Q3_K/Q6_K, whose dmin
- * is d, the level offset times sum(sc * bsums)). */
-AVX2_TARGET static inline float k_block_end(__m256i isum, int32_t msum, float dy, float d,
-                                            float dmin, __m256 *acc)
+AVX2_TARGET static inline int32_t hsum_epi32(__m256i v)
 {
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dy * d), *acc);
-    return dy * dmin * (float)msum;
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* The end of every K-quant block: the lanes' exact integer sum, then the
+ * canonical float steps (quant_k_fma, quants.h). With mins (Q2_K, Q4_K,
+ * Q5_K): the levels' term, then the mins'. */
+AVX2_TARGET static inline float k_end_mins(float acc, __m256i isum, int32_t msum, float dy, float d, float dmin)
+{
+    acc = quant_k_fma(acc, hsum_epi32(isum), d, dy);
+    return quant_k_fma(acc, -msum, dmin, dy);
+}
+
+/* With an offset (Q3_K, Q6_K): it comes off the integer sum. */
+AVX2_TARGET static inline float k_end_offset(float acc, __m256i isum, int32_t offs, float dy, float d)
+{
+    return quant_k_fma(acc, hsum_epi32(isum) - offs, d, dy);
 }
 
 AVX2_TARGET static float dot_q2_k_avx2(const void *w, const void *act, int n)
@@ -994,8 +1009,7 @@ AVX2_TARGET static float dot_q2_k_avx2(const void *w, const void *act, int n)
     const quant_block_q2_k *b = w;
     const quant_block_q8_k *y = act;
     const __m256i m3 = _mm256_set1_epi8(3);
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0;
+    float acc = 0;
     for (int i = 0; i < n / 256; i++) {
         __m256i isum = _mm256_setzero_si256();
         int32_t msum = 0;
@@ -1009,9 +1023,9 @@ AVX2_TARGET static float dot_q2_k_avx2(const void *w, const void *act, int n)
                                                          b[i].scales[s] & 15, b[i].scales[s + 1] & 15));
             }
         }
-        mins += k_block_end(isum, msum, y[i].d, _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin), &acc);
+        acc = k_end_mins(acc, isum, msum, y[i].d, _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin));
     }
-    return hsum_ps(acc) - mins;
+    return acc;
 }
 
 AVX2_TARGET static float dot_q3_k_avx2(const void *w, const void *act, int n)
@@ -1019,8 +1033,7 @@ AVX2_TARGET static float dot_q3_k_avx2(const void *w, const void *act, int n)
     const quant_block_q3_k *b = w;
     const quant_block_q8_k *y = act;
     const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
-    __m256 acc = _mm256_setzero_ps();
-    float offs = 0;
+    float acc = 0;
     for (int i = 0; i < n / 256; i++) {
         int sc[16];
         int32_t osum = 0;
@@ -1040,17 +1053,16 @@ AVX2_TARGET static float dot_q3_k_avx2(const void *w, const void *act, int n)
                 isum = _mm256_add_epi32(isum, scaled16x2(q, y[i].qs + 128 * h + 32 * k, sc[s], sc[s + 1]));
             }
         }
-        float d = _cvtsh_ss(b[i].d);
-        offs += k_block_end(isum, 4 * osum, y[i].d, d, d, &acc);
+        acc = k_end_offset(acc, isum, 4 * osum, y[i].d, _cvtsh_ss(b[i].d));
     }
-    return hsum_ps(acc) - offs;
+    return acc;
 }
 
 /* Q4_K / Q5_K: chunk c holds sub-blocks 2c (low nibbles) and 2c + 1 (high);
  * qh (Q5_K, may be NULL) adds bit s of each byte as the fifth bit. */
-AVX2_TARGET static inline float q45_k_block(const uint8_t *scales, const uint8_t *qs,
+AVX2_TARGET static inline float q45_k_block(float acc, const uint8_t *scales, const uint8_t *qs,
                                             const uint8_t *qh, const quant_block_q8_k *y,
-                                            float d, float dmin, __m256 *acc)
+                                            float d, float dmin)
 {
     const __m256i m15 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     uint8_t sc[8], mn[8];
@@ -1074,29 +1086,27 @@ AVX2_TARGET static inline float q45_k_block(const uint8_t *scales, const uint8_t
         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
     }
-    return k_block_end(isum, msum, y->d, d, dmin, acc);
+    return k_end_mins(acc, isum, msum, y->d, d, dmin);
 }
 
 AVX2_TARGET static float dot_q4_k_avx2(const void *w, const void *act, int n)
 {
     const quant_block_q4_k *b = w;
     const quant_block_q8_k *y = act;
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0;
+    float acc = 0;
     for (int i = 0; i < n / 256; i++)
-        mins += q45_k_block(b[i].scales, b[i].qs, NULL, &y[i], _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin), &acc);
-    return hsum_ps(acc) - mins;
+        acc = q45_k_block(acc, b[i].scales, b[i].qs, NULL, &y[i], _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin));
+    return acc;
 }
 
 AVX2_TARGET static float dot_q5_k_avx2(const void *w, const void *act, int n)
 {
     const quant_block_q5_k *b = w;
     const quant_block_q8_k *y = act;
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0;
+    float acc = 0;
     for (int i = 0; i < n / 256; i++)
-        mins += q45_k_block(b[i].scales, b[i].qs, b[i].qh, &y[i], _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin), &acc);
-    return hsum_ps(acc) - mins;
+        acc = q45_k_block(acc, b[i].scales, b[i].qs, b[i].qh, &y[i], _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin));
+    return acc;
 }
 
 AVX2_TARGET static float dot_q6_k_avx2(const void *w, const void *act, int n)
@@ -1104,8 +1114,7 @@ AVX2_TARGET static float dot_q6_k_avx2(const void *w, const void *act, int n)
     const quant_block_q6_k *b = w;
     const quant_block_q8_k *y = act;
     const __m256i m15 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
-    __m256 acc = _mm256_setzero_ps();
-    float offs = 0;
+    float acc = 0;
     for (int i = 0; i < n / 256; i++) {
         const int8_t *sc = b[i].scales;
         int32_t osum = 0;
@@ -1127,10 +1136,9 @@ AVX2_TARGET static float dot_q6_k_avx2(const void *w, const void *act, int n)
                 isum = _mm256_add_epi32(isum, scaled16x2(q, y[i].qs + 128 * h + 32 * k, sc[s], sc[s + 1]));
             }
         }
-        float d = _cvtsh_ss(b[i].d);
-        offs += k_block_end(isum, 32 * osum, y[i].d, d, d, &acc);
+        acc = k_end_offset(acc, isum, 32 * osum, y[i].d, _cvtsh_ss(b[i].d));
     }
-    return hsum_ps(acc) - offs;
+    return acc;
 }
 #endif /* QUANTS_HAVE_AVX2 */
 

@@ -301,6 +301,8 @@ static void test_dot_products(void)
             kernel_force_isa(KERNEL_ISA_SCALAR);
             CHECK(n_isa >= 1);
             if (n_isa == 2) CHECK(fabs(results[0] - results[1]) <= 1e-5 * mag + 1e-30);
+            /* the K-quants' canonical order (quant_k_fma): the same bits on both */
+            if (n_isa == 2 && tr->act_type == GGML_TYPE_Q8_K) CHECK(memcmp(&results[0], &results[1], sizeof(float)) == 0);
         }
     }
     kernel_force_isa(best);
@@ -383,6 +385,9 @@ static void test_rows_kernels(void)
                 one_row[r] = t == GGML_TYPE_Q8_0
                                  ? kernel_dot_q8_0((const kernel_block_q8_0 *)(w + r * stride), (const kernel_block_q8_0 *)act, n)
                                  : qt->dot_avx2(w + r * stride, act, n);
+            /* the K-quants' canonical order (quant_k_fma): every set gives the scalar dot's bits */
+            float canonical[R];
+            for (int r = 0; k_type && r < R; r++) canonical[r] = qt->dot_scalar(w + r * stride, act, n);
             float first256[R];
             int have256 = 0;
             for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
@@ -411,6 +416,10 @@ static void test_rows_kernels(void)
                                 r, alone[r], exact);
                         CHECK(0);
                     }
+                }
+                if (k_type && memcmp(alone, canonical, sizeof alone)) {
+                    fprintf(stderr, "  %s %s n=%d: not the scalar canonical bits\n", ggml_type_name(t), sets[si].name, n);
+                    CHECK(0);
                 }
                 if (sets[si].bits == 256) {
                     if (have256) CHECK(memcmp(alone, first256, sizeof alone) == 0);
