@@ -98,6 +98,16 @@ kernel_tile_fn kernel_tile_avxvnni(ggml_type t);
 kernel_tile_fn kernel_tile_avx512(ggml_type t);
 kernel_tile_fn kernel_tile_avx512_width(ggml_type t, int bits);
 
+/* Row-lane kernels (docs/engine.md, "K-quants in row lanes"): w is one group
+ * of QUANT_LANES rows in quant_lanes_pack's layout (quants.h), nrows ==
+ * QUANT_LANES, stride unused; otherwise as kernel_tile_fn (ntok 1 is the
+ * decode step). Every output has the canonical order's bits, the scalar dot
+ * product's of that row and token. NULL for a type without them or a set
+ * the build lacks; only call a set's function when the CPU has that set. */
+kernel_tile_fn kernel_lanes_avx512(ggml_type t);
+kernel_tile_fn kernel_lanes_avx2(ggml_type t);
+kernel_tile_fn kernel_lanes_avxvnni(ggml_type t);
+
 /* Prepared activations. kernel_prep_avx512 gives, for a type whose 512-bit
  * kernels also come in a form that takes its activations prepared once per
  * product (Q8_0 and Q4_0: the per-block work on the activations, done once

@@ -23,6 +23,7 @@
 kernel_rows_fn kernel_rows_avx2(ggml_type t) { return rows256_get(t); }
 kernel_tile_fn kernel_tile_avx2(ggml_type t) { return tile256_get(t); }
 kernel_slab kernel_slab_avx2(ggml_type t) { return slab256_get(t); }
+kernel_tile_fn kernel_lanes_avx2(ggml_type t) { return lanes256_get(t); }
 #else
 kernel_rows_fn kernel_rows_avx2(ggml_type t)
 {
@@ -38,5 +39,10 @@ kernel_slab kernel_slab_avx2(ggml_type t)
 {
     (void)t;
     return (kernel_slab){NULL, NULL};
+}
+kernel_tile_fn kernel_lanes_avx2(ggml_type t)
+{
+    (void)t;
+    return NULL;
 }
 #endif

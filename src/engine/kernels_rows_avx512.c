@@ -331,6 +331,176 @@ ROWS_INLINE void q4_0p_body512(BODY_ARGS)
 }
 KERNELS(rows512_q4_0p, tile512_q4_0p, q4_0p_body512)
 
+/* ---- K-quants in row lanes (docs/engine.md, "K-quants in row lanes") ------ */
+
+/* Lane r of every vector is row r of the group (quant_lanes_pack's layout):
+ * a dpbusd multiplies 4 levels of each of the 16 rows by the same 4
+ * activation bytes, broadcast, so the unpacked levels serve every token of
+ * the tile and each token has one accumulator vector for 16 rows; the float
+ * steps are the canonical ones (quant_k_fma), lane by lane. 4 tokens per
+ * pass: 4 vectors per token (accumulator, isum, two sub-block chains) plus
+ * the shared levels fit the 32 registers. */
+#define LANES_TILE_T 4
+#define LANES_BODY_ARGS const uint8_t *g, const void *act, size_t astride, int n, float *out, size_t ostride, const int nt
+
+ROWS_INLINE __m512i bcast4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* Q4_K: per 64-value chunk c, a load is 4 values of 16 rows for sub-blocks
+ * 2c (low nibbles) and 2c + 1 (high); each sub-block's chain of 8 dpbusd is
+ * exact in int32 and multiplied by the rows' scales (vpmulld); the mins'
+ * term is 4 vpdpwssd of the rows' mins (16-bit pairs) with the token's
+ * sub-block sums (16-bit pairs, exact: |sum| <= 32 * 127). */
+ROWS_INLINE void q4_k_lanes_body512(LANES_BODY_ARGS)
+{
+    const __m512i m15 = _mm512_set1_epi8(15);
+    __m512 acc[LANES_TILE_T];
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int i = 0; i < n / QUANT_K; i++, g += 2368) {
+        __m512i isum[LANES_TILE_T];
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) isum[t] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            __m512i lo_sum[LANES_TILE_T], hi_sum[LANES_TILE_T];
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) lo_sum[t] = hi_sum[t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int q = 0; q < 8; q++) {
+                __m512i v = _mm512_loadu_si512(g + 320 + 512 * c + 64 * q);
+                __m512i lo = _mm512_and_si512(v, m15), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m15);
+#pragma GCC unroll 4
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *y = ACT(quant_block_q8_k, t)[i].qs + 64 * c + 4 * q;
+                    lo_sum[t] = _mm512_dpbusd_epi32(lo_sum[t], lo, bcast4(y));
+                    hi_sum[t] = _mm512_dpbusd_epi32(hi_sum[t], hi, bcast4(y + 32));
+                }
+            }
+            __m512i slo = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(g + 64 + 32 * c)));
+            __m512i shi = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(g + 80 + 32 * c)));
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++)
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(lo_sum[t], slo),
+                                                                     _mm512_mullo_epi32(hi_sum[t], shi)));
+        }
+        __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const quant_block_q8_k *y = ACT(quant_block_q8_k, t) + i;
+            /* dwords 0, 1, 4, 5: the sub-block sums (0, 1), (2, 3), (4, 5), (6, 7) as 16-bit pairs */
+            __m256i s32 = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), _mm256_set1_epi16(1));
+            int32_t pairs[8];
+            _mm256_storeu_si256((__m256i *)pairs, _mm256_packs_epi32(s32, s32));
+            __m512i msum = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++)
+                msum = _mm512_dpwssd_epi32(msum, _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(g + 192 + 32 * j))),
+                                           _mm512_set1_epi32(pairs[j < 2 ? j : j + 2]));
+            __m512 dy = _mm512_set1_ps(y->d);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, dy), acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, dy), acc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(out + (size_t)t * ostride, acc[t]);
+}
+
+/* Q6_K: for half h and quarter k, a load of ql and one of qh are 4 values of
+ * 16 rows; the levels 0..63 are (ql's nibble) | (qh's 2 bits) << 4. The
+ * offset 32 is folded into each sub-block's chain, which starts at -32
+ * times the token's sum of that sub-block (exact: the chain stays within
+ * 16 * 63 * 127 + 32 * 16 * 127), then times the rows' int8 scales. */
+ROWS_INLINE void q6_k_lanes_body512(LANES_BODY_ARGS)
+{
+    const __m512i m15 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    __m512 acc[LANES_TILE_T];
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int i = 0; i < n / QUANT_K; i++, g += 3360) {
+        int32_t start[LANES_TILE_T][16];
+        __m512i isum[LANES_TILE_T];
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            __m512i bs = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)ACT(quant_block_q8_k, t)[i].bsums));
+            _mm512_storeu_si512(start[t], _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(bs, 5)));
+            isum[t] = _mm512_setzero_si512();
+        }
+        for (int h = 0; h < 2; h++)
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++) {
+                const int s0 = 8 * h + 2 * k;
+                const uint8_t *ql = g + 288 + 1024 * h + 512 * (k & 1), *qh = g + 2336 + 512 * h;
+                __m512i a0[LANES_TILE_T], a1[LANES_TILE_T];
+#pragma GCC unroll 4
+                for (int t = 0; t < nt; t++) {
+                    a0[t] = _mm512_set1_epi32(start[t][s0]);
+                    a1[t] = _mm512_set1_epi32(start[t][s0 + 1]);
+                }
+#pragma GCC unroll 8
+                for (int q = 0; q < 8; q++) {
+                    __m512i l = _mm512_loadu_si512(ql + 64 * q), hb = _mm512_loadu_si512(qh + 64 * q);
+                    if (k >= 2) l = _mm512_srli_epi16(l, 4);
+                    /* bits 2k, 2k + 1 of each qh byte to bits 4, 5 */
+                    hb = k == 0 ? _mm512_slli_epi16(hb, 4) : k == 1 ? _mm512_slli_epi16(hb, 2) : k == 3 ? _mm512_srli_epi16(hb, 2) : hb;
+                    __m512i lv = _mm512_or_si512(_mm512_and_si512(l, m15), _mm512_and_si512(hb, m30));
+#pragma GCC unroll 4
+                    for (int t = 0; t < nt; t++) {
+                        __m512i y = bcast4(ACT(quant_block_q8_k, t)[i].qs + 128 * h + 32 * k + 4 * q);
+                        if (q < 4)
+                            a0[t] = _mm512_dpbusd_epi32(a0[t], lv, y);
+                        else
+                            a1[t] = _mm512_dpbusd_epi32(a1[t], lv, y);
+                    }
+                }
+                __m512i sc0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * s0)));
+                __m512i sc1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 48 + 16 * s0)));
+#pragma GCC unroll 4
+                for (int t = 0; t < nt; t++)
+                    isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(a0[t], sc0),
+                                                                         _mm512_mullo_epi32(a1[t], sc1)));
+            }
+        __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            __m512 dy = _mm512_set1_ps(ACT(quant_block_q8_k, t)[i].d);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, dy), acc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(out + (size_t)t * ostride, acc[t]);
+}
+
+/* Whole tiles of LANES_TILE_T tokens, then the 1-3 left as one tile. */
+#define LANES_WRAPPER(name, body)                                                                  \
+    ROWS_FN void name(const void *w, size_t stride, int nrows, const void *act, size_t astride,    \
+                      int ntok, int n, float *out, size_t ostride)                                 \
+    {                                                                                              \
+        (void)stride, (void)nrows;                                                                 \
+        const uint8_t *a = act;                                                                    \
+        int t = 0;                                                                                 \
+        for (; t + LANES_TILE_T <= ntok; t += LANES_TILE_T)                                        \
+            body(w, a + t * astride, astride, n, out + t * ostride, ostride, LANES_TILE_T);        \
+        switch (ntok - t) {                                                                        \
+        case 3: body(w, a + t * astride, astride, n, out + t * ostride, ostride, 3); break;        \
+        case 2: body(w, a + t * astride, astride, n, out + t * ostride, ostride, 2); break;        \
+        case 1: body(w, a + t * astride, astride, n, out + t * ostride, ostride, 1); break;        \
+        default: break;                                                                            \
+        }                                                                                          \
+    }
+_Static_assert(LANES_TILE_T == 4, "the leftover tiles above cover 1-3 tokens");
+LANES_WRAPPER(lanes512_q4_k, q4_k_lanes_body512)
+LANES_WRAPPER(lanes512_q6_k, q6_k_lanes_body512)
+
+kernel_tile_fn kernel_lanes_avx512(ggml_type t)
+{
+    return t == GGML_TYPE_Q4_K ? lanes512_q4_k : t == GGML_TYPE_Q6_K ? lanes512_q6_k : NULL;
+}
+
 size_t kernel_prep_bytes(int n) { return sizeof(prep_2blocks) * (size_t)((n / KERNEL_Q8_0_BLOCK + 1) / 2); }
 
 kernel_prep_fn kernel_prep_avx512(ggml_type t, kernel_rows_fn *rows, kernel_tile_fn *tile)
@@ -420,6 +590,11 @@ kernel_slab kernel_slab_avx512(ggml_type t)
 {
     (void)t;
     return (kernel_slab){NULL, NULL};
+}
+kernel_tile_fn kernel_lanes_avx512(ggml_type t)
+{
+    (void)t;
+    return NULL;
 }
 size_t kernel_prep_bytes(int n)
 {

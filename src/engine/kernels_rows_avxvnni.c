@@ -24,6 +24,7 @@
 kernel_rows_fn kernel_rows_avxvnni(ggml_type t) { return rows256_get(t); }
 kernel_tile_fn kernel_tile_avxvnni(ggml_type t) { return tile256_get(t); }
 kernel_slab kernel_slab_avxvnni(ggml_type t) { return slab256_get(t); }
+kernel_tile_fn kernel_lanes_avxvnni(ggml_type t) { return lanes256_get(t); }
 #else
 kernel_rows_fn kernel_rows_avxvnni(ggml_type t)
 {
@@ -39,5 +40,10 @@ kernel_slab kernel_slab_avxvnni(ggml_type t)
 {
     (void)t;
     return (kernel_slab){NULL, NULL};
+}
+kernel_tile_fn kernel_lanes_avxvnni(ggml_type t)
+{
+    (void)t;
+    return NULL;
 }
 #endif

@@ -850,6 +850,91 @@ static float dot_q6_k_scalar(const void *w, const void *act, int n)
 }
 
 /* ======================================================================== */
+/* the row-lane layout (quants.h, docs/engine.md "K-quants in row lanes")    */
+/* ======================================================================== */
+
+#define LANES_Q4_K_BYTES (QUANT_LANES * 148)
+#define LANES_Q6_K_BYTES (QUANT_LANES * 210)
+_Static_assert(LANES_Q4_K_BYTES == 320 + 2048, "Q4_K lanes: header then levels");
+_Static_assert(LANES_Q6_K_BYTES == 2336 + 1024, "Q6_K lanes: header, ql, then qh");
+
+size_t quant_lanes_block_bytes(ggml_type t)
+{
+    return t == GGML_TYPE_Q4_K ? LANES_Q4_K_BYTES : t == GGML_TYPE_Q6_K ? LANES_Q6_K_BYTES : 0;
+}
+
+/* One block of row r <-> its places in a group's super-block g. The same
+ * walk both ways (to_lanes 1: block -> g, 0: g -> block), so the two
+ * directions cannot disagree about an address. */
+static void lanes_q4_k(quant_block_q4_k *b, uint8_t *g, int r, int to_lanes)
+{
+    uint8_t sc[8], mn[8];
+    if (to_lanes) {
+        memcpy(g + 2 * r, &b->d, 2);
+        memcpy(g + 32 + 2 * r, &b->dmin, 2);
+        for (int s = 0; s < 8; s++) {
+            scale_min_k4(b->scales, s, &sc[s], &mn[s]);
+            g[64 + 16 * s + r] = sc[s];
+            g[192 + 32 * (s / 2) + 2 * r + s % 2] = mn[s];
+        }
+    } else {
+        memcpy(&b->d, g + 2 * r, 2);
+        memcpy(&b->dmin, g + 32 + 2 * r, 2);
+        memset(b->scales, 0, sizeof b->scales);
+        for (int s = 0; s < 8; s++)
+            pack_scale_min_k4(b->scales, s, g[64 + 16 * s + r], g[192 + 32 * (s / 2) + 2 * r + s % 2]);
+    }
+    for (int c = 0; c < 4; c++)
+        for (int q = 0; q < 8; q++) {
+            uint8_t *lane = g + 320 + 512 * c + 64 * q + 4 * r, *blk = b->qs + 32 * c + 4 * q;
+            memcpy(to_lanes ? lane : blk, to_lanes ? blk : lane, 4);
+        }
+}
+
+static void lanes_q6_k(quant_block_q6_k *b, uint8_t *g, int r, int to_lanes)
+{
+#define LANES_MOVE(lane, blk, bytes) memcpy(to_lanes ? (void *)(lane) : (void *)(blk), to_lanes ? (void *)(blk) : (void *)(lane), bytes)
+    LANES_MOVE(g + 2 * r, &b->d, 2);
+    for (int s = 0; s < 16; s++) LANES_MOVE(g + 32 + 16 * s + r, &b->scales[s], 1);
+    for (int h = 0; h < 2; h++)
+        for (int q = 0; q < 8; q++) {
+            for (int j = 0; j < 2; j++)
+                LANES_MOVE(g + 288 + 1024 * h + 512 * j + 64 * q + 4 * r, b->ql + 64 * h + 32 * j + 4 * q, 4);
+            LANES_MOVE(g + 2336 + 512 * h + 64 * q + 4 * r, b->qh + 32 * h + 4 * q, 4);
+        }
+#undef LANES_MOVE
+}
+
+void quant_lanes_pack(ggml_type t, const void *src, size_t stride, int n, void *dst)
+{
+    size_t gb = quant_lanes_block_bytes(t), bb = t == GGML_TYPE_Q4_K ? sizeof(quant_block_q4_k) : sizeof(quant_block_q6_k);
+    assert(gb && n % QUANT_K == 0);
+    for (int r = 0; r < QUANT_LANES; r++)
+        for (int i = 0; i < n / QUANT_K; i++) {
+            uint8_t blk[sizeof(quant_block_q6_k)]; /* a copy: the walk takes a writable block */
+            memcpy(blk, (const uint8_t *)src + r * stride + i * bb, bb);
+            uint8_t *g = (uint8_t *)dst + i * gb;
+            if (t == GGML_TYPE_Q4_K)
+                lanes_q4_k((quant_block_q4_k *)blk, g, r, 1);
+            else
+                lanes_q6_k((quant_block_q6_k *)blk, g, r, 1);
+        }
+}
+
+void quant_lanes_row(ggml_type t, const void *group, int r, int n, void *dst)
+{
+    size_t gb = quant_lanes_block_bytes(t);
+    assert(gb && n % QUANT_K == 0 && r >= 0 && r < QUANT_LANES);
+    for (int i = 0; i < n / QUANT_K; i++) {
+        uint8_t *g = (uint8_t *)group + i * gb; /* read only: to_lanes 0 writes the block */
+        if (t == GGML_TYPE_Q4_K)
+            lanes_q4_k((quant_block_q4_k *)dst + i, g, r, 0);
+        else
+            lanes_q6_k((quant_block_q6_k *)dst + i, g, r, 0);
+    }
+}
+
+/* ======================================================================== */
 /* AVX2 dot products                                                         */
 /* ======================================================================== */
 

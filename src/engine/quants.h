@@ -139,6 +139,19 @@ static inline float quant_k_fma(float acc, int32_t isum, float d, float dy)
     return __builtin_fmaf((float)isum, d * dy, acc);
 }
 
+/* The row-lane layout of Q4_K and Q6_K (docs/engine.md, "K-quants in row
+ * lanes"): a group of QUANT_LANES rows stored super-block by super-block so
+ * that one vector lane holds one row. quant_lanes_block_bytes: the bytes of
+ * one super-block of a group (2368 for Q4_K, 3360 for Q6_K), 0 for a type
+ * without the layout. quant_lanes_pack: QUANT_LANES rows of n values (row r
+ * at src + r * stride, GGUF blocks) into a group at dst (n / 256 times the
+ * block bytes). quant_lanes_row: row r of a group back into GGUF blocks at
+ * dst. n % 256 == 0. */
+#define QUANT_LANES 16
+size_t quant_lanes_block_bytes(ggml_type t);
+void quant_lanes_pack(ggml_type t, const void *src, size_t stride, int n, void *dst);
+void quant_lanes_row(ggml_type t, const void *group, int r, int n, void *dst);
+
 /* n % 256 == 0. */
 void quant_quantize_row_q8_k(const float *x, quant_block_q8_k *out, int n);
 
