@@ -677,6 +677,37 @@ static size_t interleave_unit(ggml_type t, int cols)
 
 int kernel_interleavable(ggml_type t, int cols) { return cols > 0 && interleave_unit(t, cols) != 0; }
 
+/* Whether type t's interleaved layout is the row-lane one (kernels_rows.h,
+ * docs/engine.md "Row lanes"): groups of KERNEL_LANE_ROWS rows, a group's
+ * block i at 288 i holding the 16 rows' fp16 scales, then chunk k (0..3) at
+ * 32 + 64 k with row r's qs[4k .. 4k+3] at 4 r. */
+static int lane_layout(ggml_type t) { return t == GGML_TYPE_Q4_0 || quant_lanes_block_bytes(t); }
+/* Q4_K and Q6_K have their own lane layout (quant_lanes_pack, quants.h; docs/engine.md "K-quants
+ * in row lanes"), and take Q8_K blocks as they are. */
+#define LANE_BLOCK_BYTES (KERNEL_LANE_ROWS * sizeof(quant_block_q4_0))
+#define LANE_QS_AT(k, r) (2 * KERNEL_LANE_ROWS + 64 * (k) + 4 * (r))
+
+static int group_rows(ggml_type t) { return lane_layout(t) ? KERNEL_LANE_ROWS : KERNEL_ROWS; }
+
+/* Row r's blocks into a lane group, and back. */
+static void lane_put_row(uint8_t *group, const quant_block_q4_0 *row, int r, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++) {
+        uint8_t *blk = group + i * LANE_BLOCK_BYTES;
+        memcpy(blk + 2 * r, &row[i].d, 2);
+        for (int k = 0; k < 4; k++) memcpy(blk + LANE_QS_AT(k, r), row[i].qs + 4 * k, 4);
+    }
+}
+
+static void lane_get_row(const uint8_t *group, quant_block_q4_0 *row, int r, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++) {
+        const uint8_t *blk = group + i * LANE_BLOCK_BYTES;
+        memcpy(&row[i].d, blk + 2 * r, 2);
+        for (int k = 0; k < 4; k++) memcpy(row[i].qs + 4 * k, blk + LANE_QS_AT(k, r), 4);
+    }
+}
+
 void kernel_interleave(const kernel_matrix *w, void *dst)
 {
     size_t unit = interleave_unit(w->type, w->cols), row = kernel_row_bytes(w->type, w->cols);
@@ -684,10 +715,18 @@ void kernel_interleave(const kernel_matrix *w, void *dst)
     size_t units = row / unit;
     const uint8_t *src = w->data;
     uint8_t *out = dst;
-    int whole = w->rows / KERNEL_ROWS * KERNEL_ROWS;
-    for (int g = 0; g < whole; g += KERNEL_ROWS) {
+    int gr = group_rows(w->type), whole = w->rows / gr * gr;
+    for (int g = 0; g < whole; g += gr) {
         const uint8_t *s = src + (size_t)g * row;
         uint8_t *d = out + (size_t)g * row;
+        if (quant_lanes_block_bytes(w->type)) {
+            quant_lanes_pack(w->type, s, row, w->cols, d);
+            continue;
+        }
+        if (lane_layout(w->type)) {
+            for (int r = 0; r < gr; r++) lane_put_row(d, (const quant_block_q4_0 *)(s + (size_t)r * row), r, units);
+            continue;
+        }
         for (size_t i = 0; i < units; i++)
             for (int r = 0; r < KERNEL_ROWS; r++, d += unit) memcpy(d, s + (size_t)r * row + i * unit, unit);
     }
@@ -698,13 +737,33 @@ const void *kernel_matrix_row(const kernel_matrix *w, int r, void *buf)
 {
     size_t row = kernel_row_bytes(w->type, w->cols);
     const uint8_t *data = w->data;
-    int whole = w->rows / KERNEL_ROWS * KERNEL_ROWS;
+    int gr = group_rows(w->type), whole = w->rows / gr * gr;
     if (!w->interleaved || r >= whole) return data + (size_t)r * row;
     size_t unit = interleave_unit(w->type, w->cols), units = row / unit;
-    const uint8_t *group = data + (size_t)(r - r % KERNEL_ROWS) * row;
+    const uint8_t *group = data + (size_t)(r - r % gr) * row;
+    if (quant_lanes_block_bytes(w->type)) {
+        quant_lanes_row(w->type, group, r % gr, w->cols, buf);
+        return buf;
+    }
+    if (lane_layout(w->type)) {
+        lane_get_row(group, buf, r % gr, units);
+        return buf;
+    }
     for (size_t i = 0; i < units; i++)
         memcpy((uint8_t *)buf + i * unit, group + (i * KERNEL_ROWS + (size_t)(r % KERNEL_ROWS)) * unit, unit);
     return buf;
+}
+
+void kernel_lane_prep(const void *q8_0, kernel_lane_act *out, int n)
+{
+    const kernel_block_q8_0 *y = q8_0;
+    for (int i = 0; i < n / KERNEL_Q8_0_BLOCK; i++) {
+        int32_t sum = 0;
+        for (int j = 0; j < KERNEL_Q8_0_BLOCK; j++) sum += y[i].qs[j];
+        out[i].d = kernel_fp16_to_fp32(y[i].d);
+        out[i].sum = sum;
+        memcpy(out[i].qs, y[i].qs, sizeof out[i].qs);
+    }
 }
 
 /* Input vectors handled per pass over a row block: enough reuse of the
@@ -728,6 +787,9 @@ typedef struct {
     kernel_tile_fn tile;   /* its tile kernel (several tokens per pass), or NULL */
     kernel_slab slab;      /* its slab (large batches), or {NULL, NULL} */
     quant_dot_fn qdot;     /* quants.c types: the one-row dot product for the active ISA */
+    kernel_lane_fn lane;   /* a matrix in the row-lane layout: its lane kernel, or NULL */
+    const uint8_t *lane_act; /* then the prepared activations (kernel_lane_act blocks) */
+    size_t lane_stride;    /* bytes between tokens there */
     const uint8_t *act;    /* the input in the layout the type takes: floats, Q8_0 or Q8_K */
     size_t act_stride;     /* bytes between input vectors there */
     int rows_per_task;
@@ -794,6 +856,13 @@ static void matmul_task(void *ctx, int task, int thread)
     int r0 = (task - part->first_task) * part->rows_per_task;
     int r1 = r0 + part->rows_per_task < rows ? r0 + part->rows_per_task : rows;
     int cols = part->w->cols;
+    if (part->lane) { /* whole lane groups (r0 is on one), every token per pass; leftover rows below */
+        int whole = rows / KERNEL_LANE_ROWS * KERNEL_LANE_ROWS, g1 = r1 < whole ? r1 : whole;
+        for (; r0 < g1; r0 += KERNEL_LANE_ROWS)
+            part->lane((const uint8_t *)part->w->data + (size_t)r0 * part->w_stride, part->lane_act,
+                       part->lane_stride, job->n, cols, part->y + r0, (size_t)rows);
+        if (r0 >= r1) return;
+    }
     if (part->slab.tile && job->n >= MATMUL_SLAB_MIN_TOKENS &&
         KERNEL_ROWS * KERNEL_SLAB_ROW_BYTES(cols) <= MATMUL_SLAB_BYTES) {
         _Alignas(64) uint8_t slab[MATMUL_SLAB_BYTES];
@@ -831,8 +900,9 @@ static void matmul_task(void *ctx, int task, int thread)
 /* Scratch layout for quantized weights: [n][cols] as Q8_0 blocks, then
  * (when cols % 256 == 0) [n][cols] as Q8_K blocks, then (from a 64-byte
  * boundary) [n] prepared activations (kernel_prep_avx512, from the Q8_0
- * blocks). Every quantized
- * type asks for all three, so the largest requirement over the products of
+ * blocks), then (from a 64-byte boundary) [n] row-lane activations
+ * (kernel_lane_prep, from the Q8_0 blocks). Every quantized
+ * type asks for all four, so the largest requirement over the products of
  * one kernel_matmul_multi covers any mix of activation layouts. */
 #define PREP_ALIGN 64 /* the prepared part starts on a cache line (its blocks are whole lines) */
 static size_t q8_0_part_bytes(int cols, int n) { return kernel_row_bytes(GGML_TYPE_Q8_0, cols) * (size_t)n; }
@@ -841,11 +911,27 @@ static size_t q8_k_part_bytes(int cols, int n)
     return cols % QUANT_K == 0 ? kernel_row_bytes(GGML_TYPE_Q8_K, cols) * (size_t)n : 0;
 }
 
+static size_t lane_part_bytes(int cols, int n)
+{
+    return sizeof(kernel_lane_act) * (size_t)(cols / KERNEL_Q8_0_BLOCK) * (size_t)n;
+}
+
 size_t kernel_matmul_scratch_bytes(ggml_type t, int cols, int n)
 {
     if (t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16) return 0;
     size_t prep = kernel_prep_bytes(cols) * (size_t)n;
-    return q8_0_part_bytes(cols, n) + q8_k_part_bytes(cols, n) + (prep ? prep + PREP_ALIGN : 0);
+    return q8_0_part_bytes(cols, n) + q8_k_part_bytes(cols, n) + (prep ? prep + PREP_ALIGN : 0) +
+           lane_part_bytes(cols, n) + PREP_ALIGN;
+}
+
+static kernel_lane_fn lane_kernel(ggml_type t, kernel_isa isa)
+{
+    switch (isa) {
+    case KERNEL_ISA_AVX512: return kernel_lane_avx512(t);
+    case KERNEL_ISA_AVXVNNI: return kernel_lane_avxvnni(t);
+    case KERNEL_ISA_AVX2: return kernel_lane_avx2(t);
+    default: return NULL;
+    }
 }
 
 static kernel_rows_fn rows_kernel(ggml_type t, kernel_isa isa)
@@ -900,6 +986,10 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
     uint8_t *prep_base = q8k_base + q8_k_part_bytes(cols, n);
     prep_base += (PREP_ALIGN - (uintptr_t)prep_base % PREP_ALIGN) % PREP_ALIGN;
     size_t prep_stride = kernel_prep_bytes(cols);
+    uint8_t *lane_base = prep_base + (prep_stride ? prep_stride * (size_t)n : 0);
+    lane_base += (PREP_ALIGN - (uintptr_t)lane_base % PREP_ALIGN) % PREP_ALIGN;
+    size_t lane_stride = sizeof(kernel_lane_act) * (size_t)(cols / KERNEL_Q8_0_BLOCK);
+    int need_lane = 0;
     kernel_prep_fn prep = NULL; /* the products' one prepared layout (the first part's that has one) */
     for (int i = 0; i < n_mats; i++) {
         assert(kernel_type_supported(w[i]->type));
@@ -913,8 +1003,23 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
         part->tile = tile_kernel(t, job.ops->isa);
         part->slab = slab_kernel(t, job.ops->isa);
         part->rows_per_task = rows_per_task;
+        if (w[i]->interleaved && lane_layout(t)) part->lane = lane_kernel(t, job.ops->isa);
+        if (part->lane) { /* tasks in whole lane groups; the 4-row kernels are not used */
+            part->rows_per_task = (rows_per_task + KERNEL_LANE_ROWS - 1) / KERNEL_LANE_ROWS * KERNEL_LANE_ROWS;
+            part->rows = NULL, part->tile = NULL, part->slab = (kernel_slab){NULL, NULL};
+            if (quant_lanes_block_bytes(t)) { /* the K-quants' lane kernels read Q8_K blocks */
+                part->lane_act = q8k_base;
+                part->lane_stride = q8k_stride;
+            } else {
+                part->lane_act = lane_base;
+                part->lane_stride = lane_stride;
+                need_lane = 1;
+            }
+        } else if (w[i]->interleaved && lane_layout(t)) { /* no lane kernel at this set: rows gathered one at a time */
+            part->rows = NULL, part->tile = NULL, part->slab = (kernel_slab){NULL, NULL};
+        }
         part->first_task = n_tasks;
-        n_tasks += (w[i]->rows + rows_per_task - 1) / rows_per_task;
+        n_tasks += (w[i]->rows + part->rows_per_task - 1) / part->rows_per_task;
         const quant_traits *qt = quant_get_traits(t);
         if (qt) part->qdot = job.ops->isa >= KERNEL_ISA_AVX2 && qt->dot_avx2 ? qt->dot_avx2 : qt->dot_scalar;
         if (t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16) {
@@ -931,7 +1036,7 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
             part->act_stride = q8_stride;
             kernel_rows_fn rows_p = NULL;
             kernel_tile_fn tile_p = NULL;
-            kernel_prep_fn p = job.ops->isa == KERNEL_ISA_AVX512 ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
+            kernel_prep_fn p = job.ops->isa == KERNEL_ISA_AVX512 && !part->lane ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
             /* its kernels on the Q8_0 blocks prepared (after the Q8_K part), when
              * no other type of these products took that area: same bits either way */
             if (p && (!prep || prep == p)) {
@@ -955,6 +1060,9 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
     }
     if (prep) /* once per token here rather than once per group of rows in the kernel */
         for (int t = 0; t < n; t++) prep((uint8_t *)scratch + t * q8_stride, prep_base + t * prep_stride, cols);
+    if (need_lane) /* the row-lane kernels' activations, once per token */
+        for (int t = 0; t < n; t++)
+            kernel_lane_prep((uint8_t *)scratch + t * q8_stride, (kernel_lane_act *)(lane_base + t * lane_stride), cols);
     threadpool_run(pool, n_tasks, matmul_task, &job);
 }
 

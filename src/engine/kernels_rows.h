@@ -25,6 +25,7 @@
 #define LLMESH_KERNELS_ROWS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "engine/gguf.h"
 
@@ -98,16 +99,6 @@ kernel_tile_fn kernel_tile_avxvnni(ggml_type t);
 kernel_tile_fn kernel_tile_avx512(ggml_type t);
 kernel_tile_fn kernel_tile_avx512_width(ggml_type t, int bits);
 
-/* Row-lane kernels (docs/engine.md, "K-quants in row lanes"): w is one group
- * of QUANT_LANES rows in quant_lanes_pack's layout (quants.h), nrows ==
- * QUANT_LANES, stride unused; otherwise as kernel_tile_fn (ntok 1 is the
- * decode step). Every output has the canonical order's bits, the scalar dot
- * product's of that row and token. NULL for a type without them or a set
- * the build lacks; only call a set's function when the CPU has that set. */
-kernel_tile_fn kernel_lanes_avx512(ggml_type t);
-kernel_tile_fn kernel_lanes_avx2(ggml_type t);
-kernel_tile_fn kernel_lanes_avxvnni(ggml_type t);
-
 /* Prepared activations. kernel_prep_avx512 gives, for a type whose 512-bit
  * kernels also come in a form that takes its activations prepared once per
  * product (Q8_0 and Q4_0: the per-block work on the activations, done once
@@ -119,5 +110,35 @@ kernel_tile_fn kernel_lanes_avxvnni(ggml_type t);
 typedef void (*kernel_prep_fn)(const void *q8_0, void *out, int n);
 size_t kernel_prep_bytes(int n);
 kernel_prep_fn kernel_prep_avx512(ggml_type t, kernel_rows_fn *rows, kernel_tile_fn *tile);
+
+/* Row lanes (docs/engine.md, "Row lanes"). A type in the lane layout (Q4_0)
+ * keeps each whole group of KERNEL_LANE_ROWS rows as its blocks in order, a
+ * group's block holding every row's scale and levels so that one 32-bit
+ * vector lane is one row. Its activations are prepared once per product:
+ * per token, one kernel_lane_act per block of 32 values. */
+#define KERNEL_LANE_ROWS 16
+typedef struct {
+    float d;        /* the Q8_0 block's scale, fp16 -> f32 */
+    int32_t sum;    /* the sum of its 32 bytes (the unsigned levels' offset correction) */
+    int8_t qs[32];  /* its bytes */
+} kernel_lane_act;
+
+/* Q8_0 blocks of n values -> kernel_lane_act blocks (n % 32 == 0). */
+void kernel_lane_prep(const void *q8_0, kernel_lane_act *out, int n);
+
+/* A lane kernel: out[t * out_stride + r] = dot(row r, token t) for r <
+ * KERNEL_LANE_ROWS and t < ntok, the group's bytes at group, token t's
+ * prepared activations at act + t * act_stride (bytes). Every output is the
+ * type's canonical value (docs/engine.md): the bits of the scalar one-row
+ * dot product, on every ISA, whatever ntok. */
+typedef void (*kernel_lane_fn)(const void *group, const void *act, size_t act_stride, int ntok, int n,
+                               float *out, size_t out_stride);
+/* The lane kernel of type t for each set, or NULL. */
+kernel_lane_fn kernel_lane_avx2(ggml_type t);
+kernel_lane_fn kernel_lane_avxvnni(ggml_type t);
+kernel_lane_fn kernel_lane_avx512(ggml_type t);
+/* AVX-512's lane kernel at a width (256: the 256-bit body in EVEX form), for
+ * tests and benchmarks. */
+kernel_lane_fn kernel_lane_avx512_width(ggml_type t, int bits);
 
 #endif

@@ -18,12 +18,15 @@
  * (0.92x, kernels_bench --prompt), so F16 goes one token at a time. */
 #define ROWS_TILE_T 2
 #define ROWS_TILE_T_F16 1
+/* Row lanes: tokens per pass over a group's block (an int32 and a float
+ * accumulator each, with the block's two unpacked halves: 13 registers). */
+#define ROWS_LANE_T 4
 #include "engine/kernels_rows256.inc"
 
 kernel_rows_fn kernel_rows_avx2(ggml_type t) { return rows256_get(t); }
 kernel_tile_fn kernel_tile_avx2(ggml_type t) { return tile256_get(t); }
 kernel_slab kernel_slab_avx2(ggml_type t) { return slab256_get(t); }
-kernel_tile_fn kernel_lanes_avx2(ggml_type t) { return lanes256_get(t); }
+kernel_lane_fn kernel_lane_avx2(ggml_type t) { return lane256_get(t); }
 #else
 kernel_rows_fn kernel_rows_avx2(ggml_type t)
 {
@@ -40,7 +43,7 @@ kernel_slab kernel_slab_avx2(ggml_type t)
     (void)t;
     return (kernel_slab){NULL, NULL};
 }
-kernel_tile_fn kernel_lanes_avx2(ggml_type t)
+kernel_lane_fn kernel_lane_avx2(ggml_type t)
 {
     (void)t;
     return NULL;

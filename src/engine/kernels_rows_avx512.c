@@ -1,15 +1,14 @@
 /* kernels_rows_avx512.c: the rows kernels (kernels_rows.h) for AVX-512 F, BW,
- * VL and VNNI (with FMA and F16C): 512-bit kernels for F16, Q8_0 and Q4_0,
- * and the 256-bit body in its EVEX form for every type. Which width a type
+ * VL and VNNI (with FMA and F16C): 512-bit kernels for F16 and Q8_0, the
+ * 256-bit body in its EVEX form for every type, and Q4_0's row-lane kernel
+ * (16 rows in one register; docs/engine.md, "Row lanes"). Which width a type
  * uses is decided by measurement (docs/engine.md, "CPU dispatch"), in
  * kernel_rows_avx512; kernel_rows_avx512_width gives either for tests and
  * benchmarks.
  *
  * The 512-bit kernels take two 32-blocks per step (F16: 32 values). Q8_0
- * puts block i in the low half and i + 1 in the high half of each register;
- * Q4_0's nibbles come as 16 bytes per block, so a step's weights are [low
- * nibbles of i, of i + 1, high nibbles of i, of i + 1] and the activations
- * are permuted once per step (for all rows) to match. An odd last block
+ * puts block i in the low half and i + 1 in the high half of each register.
+ * An odd last block
  * runs with a zero partner. The integer lanes are the 256-bit kernels'
  * (see kernels_rows256.inc); only the float summation order differs. */
 #include "engine/kernels_rows.h"
@@ -30,6 +29,10 @@
  * against 1.4x, kernels_bench --prompt 64, 896 x 4864). */
 #define ROWS_TILE_T 4
 #define ROWS_TILE_T_F16 2
+/* Row lanes: tokens per pass over a group's block (an int32 and a float
+ * accumulator each): 256-bit body (two halves of 8 rows), 512-bit body. */
+#define ROWS_LANE_T 8
+#define ROWS_LANE_T512 8
 #include "engine/kernels_rows256.inc"
 
 /* ---- F16 ----------------------------------------------------------------- */
@@ -141,7 +144,7 @@ ROWS_INLINE void q8_0_body512(BODY_ARGS)
 KERNELS(rows512_q8_0, tile512_q8_0, q8_0_body512)
 
 /* Activations prepared once per product (kernel_prep_avx512) for the Q8_0
- * and Q4_0 kernels: the bodies above spend, per block pair and token, about
+ * kernels: the bodies above spend, per block pair and token, about
  * as many instructions on the activations (loading and placing the two
  * blocks, spreading their scales, the offset correction) as on the products
  * themselves, and do it again for every group of 4 rows. On prepared
@@ -212,124 +215,63 @@ ROWS_INLINE void q8_0p_body512(BODY_ARGS)
 }
 KERNELS(rows512_q8_0p, tile512_q8_0p, q8_0p_body512)
 
-/* ---- Q4_0 ---------------------------------------------------------------- */
+/* ---- Q4_0 in row lanes (docs/engine.md, "Row lanes") --------------------- */
 
-ROWS_INLINE void q4_0_body512(BODY_ARGS)
+/* The 256-bit body's lanes, 16 rows in one register: per block and token,
+ * 8 dpbusd of each row's 4 levels by the same 4 activation bytes
+ * (broadcast), started at -8 x the activation sum, then one fma with the 16
+ * rows' scales x the token's. The unpacked block serves every token of the
+ * tile; no horizontal sum. The canonical order, so the bits of every other
+ * set's lane kernel and of the one-row dot products. */
+ROWS_INLINE void q4_0_lane_body512(const uint8_t *g, const uint8_t *act, size_t astride, int nb, float *out,
+                                   size_t ostride, const int nt)
 {
-    const __m256i m15 = _mm256_set1_epi8(15);
-    const __m512i quarters = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    IL_OPEN(sizeof(quant_block_q4_0));
-    const quant_block_q4_0 *b[KERNEL_ROWS];
-    __m512 acc[KERNEL_ROWS][TILE_MAX];
+    const __m512i m15 = _mm512_set1_epi8(15);
+    __m512 acc[LANE_TILE_MAX];
+#pragma GCC unroll 16
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *blk = g + (size_t)i * LANE_BLOCK;
+        __m512i p[LANE_TILE_MAX];
+#pragma GCC unroll 16
+        for (int t = 0; t < nt; t++) p[t] = _mm512_set1_epi32(-8 * LANE_ACT(t, i)->sum);
 #pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) {
-        b[r] = (const quant_block_q4_0 *)(w + r * rs);
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
-    }
-    int nb = n / QUANT_BLOCK;
-    for (int i = 0; i < nb; i += 2) {
-        int pair = i + 1 < nb;
-        __m512i yv[TILE_MAX], start[TILE_MAX];
-        __m512 dy[TILE_MAX];
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) {
-            const kernel_block_q8_0 *y = ACT(kernel_block_q8_0, t);
-            __m256i ya = _mm256_loadu_si256((const __m256i *)y[i].qs);
-            __m256i yb = pair ? _mm256_loadu_si256((const __m256i *)y[i + 1].qs) : _mm256_setzero_si256();
-            /* [i: 0-15, i+1: 0-15, i: 16-31, i+1: 16-31], as the nibbles come */
-            yv[t] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(ya, yb, 0x20)),
-                                       _mm256_permute2x128_si256(ya, yb, 0x31), 1);
-            dy[t] = spread2(_mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0), quarters);
-            start[t] = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), yv[t]));
-        }
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            const quant_block_q4_0 *b0 = &b[r][i * bm], *b1 = &b[r][(i + 1) * bm];
-            PREFETCH_NEXT_GROUP(b0, stride);
-            __m128i qa = _mm_loadu_si128((const __m128i *)b0->qs);
-            __m128i qb = pair ? _mm_loadu_si128((const __m128i *)b1->qs) : _mm_setzero_si128();
-            __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(qa), qb, 1);
-            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m15)),
-                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), m15), 1);
-            __m512 dw = spread2(fp16x2(b0->d, pair ? b1->d : 0), quarters);
-#pragma GCC unroll 8
+        for (int k = 0; k < 4; k++) {
+            __m512i v = _mm512_loadu_si512(blk + 32 + 64 * k);
+            __m512i lo = _mm512_and_si512(v, m15), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m15);
+#pragma GCC unroll 16
             for (int t = 0; t < nt; t++) {
-                __m512i p = _mm512_dpbusd_epi32(start[t], q, yv[t]);
-                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, dy[t]), acc[r][t]);
+                const kernel_lane_act *a = LANE_ACT(t, i);
+                p[t] = _mm512_dpbusd_epi32(p[t], lo, _mm512_set1_epi32(lane_bytes4(a->qs + 4 * k)));
+                p[t] = _mm512_dpbusd_epi32(p[t], hi, _mm512_set1_epi32(lane_bytes4(a->qs + 16 + 4 * k)));
             }
         }
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+#pragma GCC unroll 16
+        for (int t = 0; t < nt; t++)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t]), _mm512_mul_ps(dw, _mm512_set1_ps(LANE_ACT(t, i)->d)),
+                                     acc[t]);
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++)
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) OUT(r, t) = _mm512_reduce_add_ps(acc[r][t]);
-}
-KERNELS(rows512_q4_0, tile512_q4_0, q4_0_body512)
-
-/* The same kernels on prepared activations (see prep_2blocks above). */
-ROWS_FN void prep512_q4_0(const void *q8, void *out, int n)
-{
-    const kernel_block_q8_0 *y = q8;
-    prep_2blocks *o = out;
-    const __m512i quarters = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    int nb = n / QUANT_BLOCK;
-    for (int i = 0; i < nb; i += 2, o++) {
-        int pair = i + 1 < nb;
-        __m256i ya = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        __m256i yb = pair ? _mm256_loadu_si256((const __m256i *)y[i + 1].qs) : _mm256_setzero_si256();
-        __m512i yv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(ya, yb, 0x20)),
-                                        _mm256_permute2x128_si256(ya, yb, 0x31), 1);
-        __m512 dy = spread2(_mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0), quarters);
-        __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                         _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), yv));
-        _mm512_storeu_si512(o->qs, yv);
-        _mm512_storeu_si512(o->start, start);
-        _mm512_storeu_ps(o->d, dy);
-    }
+#pragma GCC unroll 16
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(out + (size_t)t * ostride, acc[t]);
 }
 
-ROWS_INLINE void q4_0p_body512(BODY_ARGS)
+#define LANE512_AT(unused, t0, k) \
+    q4_0_lane_body512(g, a + (size_t)(t0) * astride, astride, n / QUANT_BLOCK, out + (size_t)(t0) * ostride, ostride, k)
+ROWS_FN void lane512_q4_0(const void *group, const void *act, size_t astride, int ntok, int n, float *out,
+                          size_t ostride)
 {
-    const __m256i m15 = _mm256_set1_epi8(15);
-    const __m512i quarters = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    IL_OPEN(sizeof(quant_block_q4_0));
-    const quant_block_q4_0 *b[KERNEL_ROWS];
-    __m512 acc[KERNEL_ROWS][TILE_MAX];
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) {
-        b[r] = (const quant_block_q4_0 *)(w + r * rs);
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
-    }
-    int nb = n / QUANT_BLOCK;
-    for (int i = 0; i < nb; i += 2) {
-        int pair = i + 1 < nb;
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            const quant_block_q4_0 *b0 = &b[r][i * bm], *b1 = &b[r][(i + 1) * bm];
-            PREFETCH_NEXT_GROUP(b0, stride);
-            __m128i qa = _mm_loadu_si128((const __m128i *)b0->qs);
-            __m128i qb = pair ? _mm_loadu_si128((const __m128i *)b1->qs) : _mm_setzero_si128();
-            __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(qa), qb, 1);
-            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m15)),
-                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), m15), 1);
-            __m512 dw = spread2(fp16x2(b0->d, pair ? b1->d : 0), quarters);
-#pragma GCC unroll 8
-            for (int t = 0; t < nt; t++) {
-                const prep_2blocks *y = ACT(prep_2blocks, t) + i / 2;
-                __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(y->start), q, _mm512_loadu_si512(y->qs));
-                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, _mm512_loadu_ps(y->d)), acc[r][t]);
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++)
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) OUT(r, t) = _mm512_reduce_add_ps(acc[r][t]);
+    const uint8_t *g = group, *a = act;
+    LANE_TILES(LANE512_AT, ROWS_LANE_T512, 0);
 }
-KERNELS(rows512_q4_0p, tile512_q4_0p, q4_0p_body512)
+
+static kernel_lane_fn kquant_lane512(ggml_type t); /* Q4_K, Q6_K: below */
+kernel_lane_fn kernel_lane_avx512_width(ggml_type t, int bits)
+{
+    if (bits == 256) return lane256_get(t);
+    return t == GGML_TYPE_Q4_0 ? lane512_q4_0 : kquant_lane512(t);
+}
+kernel_lane_fn kernel_lane_avx512(ggml_type t) { return kernel_lane_avx512_width(t, 512); }
 
 /* ---- K-quants in row lanes (docs/engine.md, "K-quants in row lanes") ------ */
 
@@ -350,6 +292,30 @@ ROWS_INLINE __m512i bcast4(const int8_t *p)
     return _mm512_set1_epi32(v);
 }
 
+/* Q4_K's 6-bit scales (int32 per lane) and mins (16-bit pairs, for
+ * vpdpwssd) from the rows' 12 packed bytes as 3 vectors of dwords a, b, c
+ * (quants.h: scales 0-3 are a's bytes' low six bits, 4-7 c's low nibbles with
+ * a's top two bits above; mins likewise from b and c's high nibbles). */
+ROWS_INLINE __m512i q4_k_lane_scale(__m512i a, __m512i c, const int s)
+{
+    const __m512i m63 = _mm512_set1_epi32(63), m15 = _mm512_set1_epi32(15), m48 = _mm512_set1_epi32(0x30);
+    if (s < 4) return _mm512_and_si512(_mm512_srli_epi32(a, 8 * s), m63);
+    return _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 8 * (s - 4)), m15),
+                           _mm512_and_si512(_mm512_srli_epi32(a, 8 * (s - 4) + 2), m48));
+}
+
+/* mins 2j and 2j + 1 as a 16-bit pair per lane */
+ROWS_INLINE __m512i q4_k_lane_min_pair(__m512i b, __m512i c, const int j)
+{
+    /* bytes 2 (j % 2) and 2 (j % 2) + 1 of each dword to its two 16-bit halves */
+    __m512i idx = _mm512_set4_epi32(j % 2 ? (int)0x800f800e : (int)0x800d800c, j % 2 ? (int)0x800b800a : (int)0x80098008,
+                                    j % 2 ? (int)0x80078006 : (int)0x80058004, j % 2 ? (int)0x80038002 : (int)0x80018000);
+    if (j < 2) return _mm512_and_si512(_mm512_shuffle_epi8(b, idx), _mm512_set1_epi16(63));
+    __m512i lo = _mm512_and_si512(_mm512_srli_epi16(_mm512_shuffle_epi8(c, idx), 4), _mm512_set1_epi16(15));
+    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(_mm512_shuffle_epi8(b, idx), 2), _mm512_set1_epi16(0x30));
+    return _mm512_or_si512(lo, hi);
+}
+
 /* Q4_K: per 64-value chunk c, a load is 4 values of 16 rows for sub-blocks
  * 2c (low nibbles) and 2c + 1 (high); each sub-block's chain of 8 dpbusd is
  * exact in int32 and multiplied by the rows' scales (vpmulld); the mins'
@@ -361,17 +327,19 @@ ROWS_INLINE void q4_k_lanes_body512(LANES_BODY_ARGS)
     __m512 acc[LANES_TILE_T];
 #pragma GCC unroll 4
     for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
-    for (int i = 0; i < n / QUANT_K; i++, g += 2368) {
+    for (int i = 0; i < n / QUANT_K; i++, g += 2304) {
+        const __m512i sa = _mm512_loadu_si512(g + 64), sb = _mm512_loadu_si512(g + 128), scw = _mm512_loadu_si512(g + 192);
         __m512i isum[LANES_TILE_T];
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) isum[t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
             __m512i lo_sum[LANES_TILE_T], hi_sum[LANES_TILE_T];
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) lo_sum[t] = hi_sum[t] = _mm512_setzero_si512();
 #pragma GCC unroll 8
             for (int q = 0; q < 8; q++) {
-                __m512i v = _mm512_loadu_si512(g + 320 + 512 * c + 64 * q);
+                __m512i v = _mm512_loadu_si512(g + 256 + 512 * c + 64 * q);
                 __m512i lo = _mm512_and_si512(v, m15), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m15);
 #pragma GCC unroll 4
                 for (int t = 0; t < nt; t++) {
@@ -380,13 +348,15 @@ ROWS_INLINE void q4_k_lanes_body512(LANES_BODY_ARGS)
                     hi_sum[t] = _mm512_dpbusd_epi32(hi_sum[t], hi, bcast4(y + 32));
                 }
             }
-            __m512i slo = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(g + 64 + 32 * c)));
-            __m512i shi = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(g + 80 + 32 * c)));
+            __m512i slo = q4_k_lane_scale(sa, scw, 2 * c), shi = q4_k_lane_scale(sa, scw, 2 * c + 1);
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++)
                 isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(lo_sum[t], slo),
                                                                      _mm512_mullo_epi32(hi_sum[t], shi)));
         }
+        __m512i mn[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) mn[j] = q4_k_lane_min_pair(sb, scw, j);
         __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
         __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));
 #pragma GCC unroll 4
@@ -398,9 +368,7 @@ ROWS_INLINE void q4_k_lanes_body512(LANES_BODY_ARGS)
             _mm256_storeu_si256((__m256i *)pairs, _mm256_packs_epi32(s32, s32));
             __m512i msum = _mm512_setzero_si512();
 #pragma GCC unroll 4
-            for (int j = 0; j < 4; j++)
-                msum = _mm512_dpwssd_epi32(msum, _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(g + 192 + 32 * j))),
-                                           _mm512_set1_epi32(pairs[j < 2 ? j : j + 2]));
+            for (int j = 0; j < 4; j++) msum = _mm512_dpwssd_epi32(msum, mn[j], _mm512_set1_epi32(pairs[j < 2 ? j : j + 2]));
             __m512 dy = _mm512_set1_ps(y->d);
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, dy), acc[t]);
             acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, dy), acc[t]);
@@ -477,18 +445,17 @@ ROWS_INLINE void q6_k_lanes_body512(LANES_BODY_ARGS)
 
 /* Whole tiles of LANES_TILE_T tokens, then the 1-3 left as one tile. */
 #define LANES_WRAPPER(name, body)                                                                  \
-    ROWS_FN void name(const void *w, size_t stride, int nrows, const void *act, size_t astride,    \
-                      int ntok, int n, float *out, size_t ostride)                                 \
+    ROWS_FN void name(const void *group, const void *act, size_t astride, int ntok, int n, float *out, \
+                      size_t ostride)                                                              \
     {                                                                                              \
-        (void)stride, (void)nrows;                                                                 \
         const uint8_t *a = act;                                                                    \
         int t = 0;                                                                                 \
         for (; t + LANES_TILE_T <= ntok; t += LANES_TILE_T)                                        \
-            body(w, a + t * astride, astride, n, out + t * ostride, ostride, LANES_TILE_T);        \
+            body(group, a + t * astride, astride, n, out + t * ostride, ostride, LANES_TILE_T);    \
         switch (ntok - t) {                                                                        \
-        case 3: body(w, a + t * astride, astride, n, out + t * ostride, ostride, 3); break;        \
-        case 2: body(w, a + t * astride, astride, n, out + t * ostride, ostride, 2); break;        \
-        case 1: body(w, a + t * astride, astride, n, out + t * ostride, ostride, 1); break;        \
+        case 3: body(group, a + t * astride, astride, n, out + t * ostride, ostride, 3); break;    \
+        case 2: body(group, a + t * astride, astride, n, out + t * ostride, ostride, 2); break;    \
+        case 1: body(group, a + t * astride, astride, n, out + t * ostride, ostride, 1); break;    \
         default: break;                                                                            \
         }                                                                                          \
     }
@@ -496,7 +463,8 @@ _Static_assert(LANES_TILE_T == 4, "the leftover tiles above cover 1-3 tokens");
 LANES_WRAPPER(lanes512_q4_k, q4_k_lanes_body512)
 LANES_WRAPPER(lanes512_q6_k, q6_k_lanes_body512)
 
-kernel_tile_fn kernel_lanes_avx512(ggml_type t)
+/* The K-quants' 512-bit lane kernels (their activations: Q8_K blocks as they are). */
+static kernel_lane_fn kquant_lane512(ggml_type t)
 {
     return t == GGML_TYPE_Q4_K ? lanes512_q4_k : t == GGML_TYPE_Q6_K ? lanes512_q6_k : NULL;
 }
@@ -510,10 +478,6 @@ kernel_prep_fn kernel_prep_avx512(ggml_type t, kernel_rows_fn *rows, kernel_tile
         *rows = rows512_q8_0p;
         *tile = tile512_q8_0p;
         return prep512_q8_0;
-    case GGML_TYPE_Q4_0:
-        *rows = rows512_q4_0p;
-        *tile = tile512_q4_0p;
-        return prep512_q4_0;
     default: return NULL;
     }
 }
@@ -524,13 +488,12 @@ kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)
     switch (t) {
     case GGML_TYPE_F16: return rows512_f16;
     case GGML_TYPE_Q8_0: return rows512_q8_0;
-    case GGML_TYPE_Q4_0: return rows512_q4_0;
     default: return NULL;
     }
 }
 
 /* Per type, the faster width on the machine measured (docs/engine.md, "512
- * or 256 bits"): 512 for Q8_0 and Q4_0; F16 is memory-bound out of cache,
+ * or 256 bits"): 512 for Q8_0; F16 is memory-bound out of cache,
  * where both widths tie, and 256 is faster in cache. */
 kernel_rows_fn kernel_rows_avx512(ggml_type t)
 {
@@ -544,7 +507,6 @@ kernel_tile_fn kernel_tile_avx512_width(ggml_type t, int bits)
     switch (t) {
     case GGML_TYPE_F16: return tile512_f16;
     case GGML_TYPE_Q8_0: return tile512_q8_0;
-    case GGML_TYPE_Q4_0: return tile512_q4_0;
     default: return NULL;
     }
 }
@@ -556,15 +518,9 @@ kernel_tile_fn kernel_tile_avx512(ggml_type t)
     return wide ? wide : tile256_get(t);
 }
 
-/* The 256-bit body's slabs for the types that run at 256 bits here (Q4_K).
- * None for Q4_0: on prepared activations (kernel_prep_avx512) its 512-bit
- * tile kernel is as fast as a slab (kernels_bench --prompt 64, 896 x 4864:
- * slab / tile 0.98-1.01x), so the unpacking is no longer what it waits on. */
-kernel_slab kernel_slab_avx512(ggml_type t)
-{
-    kernel_slab none = {NULL, NULL};
-    return t == GGML_TYPE_Q4_0 ? none : slab256_get(t);
-}
+/* The 256-bit body's slabs for the types that run at 256 bits here (Q4_K;
+ * Q4_0 runs in row lanes). */
+kernel_slab kernel_slab_avx512(ggml_type t) { return slab256_get(t); }
 #else
 kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)
 {
@@ -591,11 +547,6 @@ kernel_slab kernel_slab_avx512(ggml_type t)
     (void)t;
     return (kernel_slab){NULL, NULL};
 }
-kernel_tile_fn kernel_lanes_avx512(ggml_type t)
-{
-    (void)t;
-    return NULL;
-}
 size_t kernel_prep_bytes(int n)
 {
     (void)n;
@@ -604,6 +555,16 @@ size_t kernel_prep_bytes(int n)
 kernel_prep_fn kernel_prep_avx512(ggml_type t, kernel_rows_fn *rows, kernel_tile_fn *tile)
 {
     (void)t, (void)rows, (void)tile;
+    return NULL;
+}
+kernel_lane_fn kernel_lane_avx512_width(ggml_type t, int bits)
+{
+    (void)t, (void)bits;
+    return NULL;
+}
+kernel_lane_fn kernel_lane_avx512(ggml_type t)
+{
+    (void)t;
     return NULL;
 }
 #endif

@@ -698,17 +698,21 @@ static inline int32_t isum8(const int8_t *a, int n)
     return s;
 }
 
+/* Q4_0's canonical order (docs/engine.md, "Row lanes"), which every Q4_0
+ * kernel of every ISA follows, so they all give these bits: per block in
+ * order, acc = fma(exact integer dot, d_w * d_y, acc). */
 static float dot_q4_0_scalar(const void *w, const void *act, int n)
 {
     const quant_block_q4_0 *b = w;
     const kernel_block_q8_0 *y = act;
-    float sum = 0;
+    float acc = 0;
     int8_t q[32];
     for (int i = 0; i < n / 32; i++) {
         unpack_q4_0(&b[i], q);
-        sum += (float)idot(q, y[i].qs, 32) * (h2f(b[i].d) * h2f(y[i].d));
+        float d = h2f(b[i].d) * h2f(y[i].d);
+        acc = fmaf((float)idot(q, y[i].qs, 32), d, acc);
     }
-    return sum;
+    return acc;
 }
 
 /* sum (d q + m) * dy qy = d dy sum(q qy) + m dy sum(qy) */
@@ -853,9 +857,13 @@ static float dot_q6_k_scalar(const void *w, const void *act, int n)
 /* the row-lane layout (quants.h, docs/engine.md "K-quants in row lanes")    */
 /* ======================================================================== */
 
-#define LANES_Q4_K_BYTES (QUANT_LANES * 148)
-#define LANES_Q6_K_BYTES (QUANT_LANES * 210)
-_Static_assert(LANES_Q4_K_BYTES == 320 + 2048, "Q4_K lanes: header then levels");
+/* The same bytes as the group's GGUF blocks, moved (both directions: the
+ * walks below, to_lanes 1: block -> group, 0: group -> block). */
+#define LANES_Q4_K_BYTES (QUANT_LANES * sizeof(quant_block_q4_k))
+#define LANES_Q6_K_BYTES (QUANT_LANES * sizeof(quant_block_q6_k))
+#define LANES_MOVE(lane, blk, bytes) \
+    memcpy(to_lanes ? (void *)(lane) : (void *)(blk), to_lanes ? (void *)(blk) : (void *)(lane), bytes)
+_Static_assert(LANES_Q4_K_BYTES == 256 + 2048, "Q4_K lanes: header then levels");
 _Static_assert(LANES_Q6_K_BYTES == 2336 + 1024, "Q6_K lanes: header, ql, then qh");
 
 size_t quant_lanes_block_bytes(ggml_type t)
@@ -863,37 +871,19 @@ size_t quant_lanes_block_bytes(ggml_type t)
     return t == GGML_TYPE_Q4_K ? LANES_Q4_K_BYTES : t == GGML_TYPE_Q6_K ? LANES_Q6_K_BYTES : 0;
 }
 
-/* One block of row r <-> its places in a group's super-block g. The same
- * walk both ways (to_lanes 1: block -> g, 0: g -> block), so the two
- * directions cannot disagree about an address. */
+/* One block of row r <-> its places in a group's super-block g: one walk
+ * for both directions, so they cannot disagree about an address. */
 static void lanes_q4_k(quant_block_q4_k *b, uint8_t *g, int r, int to_lanes)
 {
-    uint8_t sc[8], mn[8];
-    if (to_lanes) {
-        memcpy(g + 2 * r, &b->d, 2);
-        memcpy(g + 32 + 2 * r, &b->dmin, 2);
-        for (int s = 0; s < 8; s++) {
-            scale_min_k4(b->scales, s, &sc[s], &mn[s]);
-            g[64 + 16 * s + r] = sc[s];
-            g[192 + 32 * (s / 2) + 2 * r + s % 2] = mn[s];
-        }
-    } else {
-        memcpy(&b->d, g + 2 * r, 2);
-        memcpy(&b->dmin, g + 32 + 2 * r, 2);
-        memset(b->scales, 0, sizeof b->scales);
-        for (int s = 0; s < 8; s++)
-            pack_scale_min_k4(b->scales, s, g[64 + 16 * s + r], g[192 + 32 * (s / 2) + 2 * r + s % 2]);
-    }
+    LANES_MOVE(g + 2 * r, &b->d, 2);
+    LANES_MOVE(g + 32 + 2 * r, &b->dmin, 2);
+    for (int k = 0; k < 3; k++) LANES_MOVE(g + 64 + 64 * k + 4 * r, b->scales + 4 * k, 4);
     for (int c = 0; c < 4; c++)
-        for (int q = 0; q < 8; q++) {
-            uint8_t *lane = g + 320 + 512 * c + 64 * q + 4 * r, *blk = b->qs + 32 * c + 4 * q;
-            memcpy(to_lanes ? lane : blk, to_lanes ? blk : lane, 4);
-        }
+        for (int q = 0; q < 8; q++) LANES_MOVE(g + 256 + 512 * c + 64 * q + 4 * r, b->qs + 32 * c + 4 * q, 4);
 }
 
 static void lanes_q6_k(quant_block_q6_k *b, uint8_t *g, int r, int to_lanes)
 {
-#define LANES_MOVE(lane, blk, bytes) memcpy(to_lanes ? (void *)(lane) : (void *)(blk), to_lanes ? (void *)(blk) : (void *)(lane), bytes)
     LANES_MOVE(g + 2 * r, &b->d, 2);
     for (int s = 0; s < 16; s++) LANES_MOVE(g + 32 + 16 * s + r, &b->scales[s], 1);
     for (int h = 0; h < 2; h++)
@@ -902,8 +892,8 @@ static void lanes_q6_k(quant_block_q6_k *b, uint8_t *g, int r, int to_lanes)
                 LANES_MOVE(g + 288 + 1024 * h + 512 * j + 64 * q + 4 * r, b->ql + 64 * h + 32 * j + 4 * q, 4);
             LANES_MOVE(g + 2336 + 512 * h + 64 * q + 4 * r, b->qh + 32 * h + 4 * q, 4);
         }
-#undef LANES_MOVE
 }
+#undef LANES_MOVE
 
 void quant_lanes_pack(ggml_type t, const void *src, size_t stride, int n, void *dst)
 {
@@ -997,17 +987,23 @@ AVX2_TARGET static inline __m256i sum_s8(__m256i y)
     return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), y), _mm256_set1_epi16(1));
 }
 
+/* The canonical order (dot_q4_0_scalar): the block's integer dot summed
+ * across the lanes (exact), then one scalar fma per block. */
 AVX2_TARGET static float dot_q4_0_avx2(const void *w, const void *act, int n)
 {
     const quant_block_q4_0 *b = w;
     const kernel_block_q8_0 *y = act;
-    __m256 acc = _mm256_setzero_ps();
+    __m128 acc = _mm_setzero_ps();
     for (int i = 0; i < n / 32; i++) {
         __m256i q = _mm256_sub_epi8(nibbles32(b[i].qs), _mm256_set1_epi8(8));
         __m256i p = dot_s8(q, _mm256_loadu_si256((const __m256i *)y[i].qs));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(_cvtsh_ss(b[i].d) * _cvtsh_ss(y[i].d)), acc);
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+        s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+        __m128 d = _mm_set_ss(_cvtsh_ss(b[i].d) * _cvtsh_ss(y[i].d));
+        acc = _mm_fmadd_ss(_mm_cvtepi32_ps(s), d, acc);
     }
-    return hsum_ps(acc);
+    return _mm_cvtss_f32(acc);
 }
 
 AVX2_TARGET static float dot_q5_0_avx2(const void *w, const void *act, int n)

@@ -514,8 +514,8 @@ static void test_tile_kernels(void)
 
 /* Slabs (kernels_rows.h): rows unpacked once, then every token over them,
  * give the very bits of the same set's rows kernel, one row and token at a
- * time: Q4_0 and Q4_K, whole groups and a leftover group, an odd block count
- * (the 512-bit Q4_0 kernel's missing partner) and an even one, rows as wide
+ * time: Q4_K (Q4_0 runs in row lanes, test_lane_kernels), whole groups and a
+ * leftover group, rows as wide
  * as the stack slab takes; the slab's bytes past what the unpacking writes
  * are never read (poisoned here). */
 static void test_slab_kernels(void)
@@ -528,8 +528,7 @@ static void test_slab_kernels(void)
     static const struct {
         ggml_type t;
         int n;
-    } cases[] = {{GGML_TYPE_Q4_0, 800}, {GGML_TYPE_Q4_0, 96}, {GGML_TYPE_Q4_0, 4864},
-                 {GGML_TYPE_Q4_K, 256}, {GGML_TYPE_Q4_K, 4864}, {GGML_TYPE_Q4_K, 8960}};
+    } cases[] = {{GGML_TYPE_Q4_K, 256}, {GGML_TYPE_Q4_K, 4864}, {GGML_TYPE_Q4_K, 8960}};
     int ran = 0;
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         int n = cases[ci].n;
@@ -560,12 +559,8 @@ static void test_slab_kernels(void)
                              : isa == KERNEL_ISA_AVXVNNI ? kernel_slab_avxvnni(t)
                                                          : kernel_slab_avx512(t);
             REQUIRE(rows);
-            CHECK(!kernel_slab_avx2(GGML_TYPE_Q8_0).tile); /* Q4_0 and Q4_K only, for now */
-            /* avx512 runs Q4_0 on prepared activations, where a slab gains nothing: none */
-            if (isa == KERNEL_ISA_AVX512 && t == GGML_TYPE_Q4_0) {
-                CHECK(!sl.unpack && !sl.tile);
-                continue;
-            }
+            CHECK(!kernel_slab_avx2(GGML_TYPE_Q8_0).tile); /* Q4_K only, for now */
+            CHECK(!kernel_slab_avx2(GGML_TYPE_Q4_0).tile && !kernel_slab_avx512(GGML_TYPE_Q4_0).tile);
             REQUIRE(sl.unpack && sl.tile);
             ran++;
             memset(slabbed, 0xff, sizeof slabbed);
@@ -591,8 +586,8 @@ static void test_slab_kernels(void)
 /* The kernels on prepared activations (kernels_rows.h, kernel_prep_avx512):
  * rows and tiles of every token count, on blocks prepared once, give every
  * output the bits of the 512-bit rows kernel on the plain Q8_0 blocks, for
- * Q8_0 and Q4_0, an even and an odd count of blocks (the missing partner of
- * the last). */
+ * Q8_0, an even and an odd count of blocks (the missing partner of the
+ * last). Q4_0 has none (row lanes prepare their own, test_lane_kernels). */
 static void test_prepared_kernels(void)
 {
     enum { R = 7, NT = 11 };
@@ -603,7 +598,8 @@ static void test_prepared_kernels(void)
     kernel_rows_fn rows_p = NULL;
     kernel_tile_fn tile_p = NULL;
     CHECK(kernel_prep_avx512(GGML_TYPE_Q5_0, &rows_p, &tile_p) == NULL && !rows_p && !tile_p);
-    static const ggml_type types[] = {GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
+    CHECK(kernel_prep_avx512(GGML_TYPE_Q4_0, &rows_p, &tile_p) == NULL && !rows_p && !tile_p);
+    static const ggml_type types[] = {GGML_TYPE_Q8_0};
     static const int widths[] = {1024, 800, 96, 32};
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         ggml_type t = types[ti];
@@ -682,7 +678,7 @@ static void test_matmul_all_types(void)
     kernel_isa saved = kernel_active_isa();
     for (int isa = 0; isa < KERNEL_ISA_COUNT; isa++)
     for (int k = 0; k + 3 < N_TYPES + 3; k += 4) {
-        if (kernel_force_isa((kernel_isa)isa) != 0) break;
+        if (kernel_force_isa((kernel_isa)isa) != 0) continue; /* a CPU may have AVX-512 without AVX-VNNI */
         int n = N_TYPES - k < 4 ? N_TYPES - k : 4;
         const kernel_matrix *ws[4];
         float *ys[4];
@@ -752,7 +748,7 @@ static void test_interleaved_matrices(void)
             for (int r = 0; r < ROWS; r++) CHECK(memcmp(kernel_matrix_row(&b, r, buf), plain + r * row, row) == 0);
             void *scratch = malloc(kernel_matmul_scratch_bytes(t, cols, MAXTOK) + 1);
             for (int isa = 0; isa < KERNEL_ISA_COUNT; isa++) {
-                if (kernel_force_isa((kernel_isa)isa) != 0) break;
+                if (kernel_force_isa((kernel_isa)isa) != 0) continue; /* a CPU may have AVX-512 without AVX-VNNI */
                 for (size_t ti = 0; ti < sizeof ntoks / sizeof ntoks[0]; ti++) {
                     int nt = ntoks[ti];
                     kernel_matmul(pool, &a, x, nt, y0, scratch);
@@ -770,6 +766,109 @@ static void test_interleaved_matrices(void)
         }
     CHECK(compared >= 2 * 4 * 9); /* scalar and avx2 at least, every type */
     free(wf), free(x), free(y0), free(y1);
+    threadpool_free(pool);
+}
+
+/* Row lanes (kernels_rows.h, docs/engine.md "Row lanes"): Q4_0 in the lane
+ * layout, through kernel_matmul on every ISA this CPU has and through each
+ * lane kernel called directly (the 512-bit one and the 256-bit body in its
+ * AVX2, AVX-VNNI and EVEX forms), for every token count 1..17 (whole tiles
+ * and every leftover), three lane groups and a leftover of 5 rows, widths of
+ * 1, 3 and 28 blocks: every output has the bits of quants.c's scalar
+ * one-row dot (the canonical order), memcmp; the one-row AVX2 dot too.
+ * Rows differ in scale (one tiny, one with the largest levels) and tokens
+ * too, so a mixed-up row, token or scale would show. */
+static void test_lane_kernels(void)
+{
+    enum { ROWS = 3 * KERNEL_LANE_ROWS + 5, MAXCOLS = 896, MAXTOK = 17 };
+    static const int widths[] = {32, 96, 896};
+    const quant_traits *qt = quant_get_traits(GGML_TYPE_Q4_0);
+    char err[256];
+    threadpool *pool = threadpool_create(2, err, sizeof err);
+    REQUIRE(pool && qt);
+    float *wf = malloc(sizeof(float) * MAXCOLS), *x = malloc(sizeof(float) * MAXTOK * MAXCOLS);
+    float *want = malloc(sizeof(float) * MAXTOK * ROWS), *got = malloc(sizeof(float) * MAXTOK * ROWS);
+    size_t row = kernel_row_bytes(GGML_TYPE_Q4_0, MAXCOLS), arow = kernel_row_bytes(GGML_TYPE_Q8_0, MAXCOLS);
+    uint8_t *plain = malloc(row * ROWS), *il = malloc(row * ROWS), *act = malloc(arow * MAXTOK);
+    kernel_lane_act *lact = malloc(sizeof(kernel_lane_act) * (MAXCOLS / 32) * MAXTOK);
+    REQUIRE(wf && x && want && got && plain && il && act && lact);
+    kernel_isa saved = kernel_active_isa();
+    int compared = 0, direct = 0;
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+        int cols = widths[wi];
+        size_t rb = kernel_row_bytes(GGML_TYPE_Q4_0, cols), ab = kernel_row_bytes(GGML_TYPE_Q8_0, cols);
+        size_t lstride = sizeof(kernel_lane_act) * (size_t)(cols / 32);
+        for (int r = 0; r < ROWS; r++) {
+            for (int i = 0; i < cols; i++) wf[i] = rnd_uniform(-1, 1) * (r == 7 ? 1e-3f : r == 20 ? 30.0f : 1.0f);
+            quantize_row(GGML_TYPE_Q4_0, wf, plain + r * rb, cols);
+        }
+        ((quant_block_q4_0 *)(plain + 3 * rb))->qs[0] = 0xf0; /* levels 0 and 15 */
+        for (int k = 0; k < MAXTOK; k++) {
+            for (int i = 0; i < cols; i++) x[k * cols + i] = rnd_uniform(-2, 2) * (k == 3 ? 1e-3f : k == 5 ? 10.0f : 1.0f);
+            kernel_quantize_row_q8_0(x + k * cols, (kernel_block_q8_0 *)(act + k * ab), cols);
+            kernel_lane_prep(act + k * ab, lact + (size_t)k * (cols / 32), cols);
+        }
+        for (int k = 0; k < MAXTOK; k++)
+            for (int r = 0; r < ROWS; r++) {
+                want[k * ROWS + r] = qt->dot_scalar(plain + r * rb, act + k * ab, cols);
+                if (qt->dot_avx2 && kernel_isa_available(KERNEL_ISA_AVX2)) {
+                    float v = qt->dot_avx2(plain + r * rb, act + k * ab, cols);
+                    CHECK(memcmp(&v, &want[k * ROWS + r], sizeof v) == 0);
+                }
+            }
+        kernel_matrix a = {GGML_TYPE_Q4_0, ROWS, cols, plain, 0};
+        kernel_interleave(&a, il);
+        kernel_matrix b = {GGML_TYPE_Q4_0, ROWS, cols, il, 1};
+        uint8_t buf[MAXCOLS / 32 * 18];
+        for (int r = 0; r < ROWS; r++) CHECK(memcmp(kernel_matrix_row(&b, r, buf), plain + r * rb, rb) == 0);
+        CHECK(memcmp(il + ROWS / KERNEL_LANE_ROWS * KERNEL_LANE_ROWS * rb,
+                     plain + ROWS / KERNEL_LANE_ROWS * KERNEL_LANE_ROWS * rb, 5 * rb) == 0); /* leftover: row-major */
+        void *scratch = malloc(kernel_matmul_scratch_bytes(GGML_TYPE_Q4_0, cols, MAXTOK));
+        REQUIRE(scratch);
+        for (int isa = 0; isa < KERNEL_ISA_COUNT; isa++) {
+            if (kernel_force_isa((kernel_isa)isa) != 0) continue; /* a CPU may have AVX-512 without AVX-VNNI */
+            for (int nt = 1; nt <= MAXTOK; nt++)
+                for (int m = 0; m < 2; m++) { /* the lane layout, and the row-major matrix */
+                    memset(got, 0xff, sizeof(float) * MAXTOK * ROWS);
+                    kernel_matmul(pool, m ? &a : &b, x, nt, got, scratch);
+                    if (memcmp(got, want, sizeof(float) * (size_t)nt * ROWS) != 0) {
+                        fprintf(stderr, "  Q4_0 %d columns, isa %d, %d tokens, %s: not the canonical bits\n", cols,
+                                isa, nt, m ? "row-major" : "lanes");
+                        CHECK(0);
+                    }
+                    compared++;
+                }
+        }
+        kernel_force_isa(saved);
+        struct {
+            kernel_isa isa;
+            kernel_lane_fn fn;
+        } fns[] = {{KERNEL_ISA_AVX2, kernel_lane_avx2(GGML_TYPE_Q4_0)},
+                   {KERNEL_ISA_AVXVNNI, kernel_lane_avxvnni(GGML_TYPE_Q4_0)},
+                   {KERNEL_ISA_AVX512, kernel_lane_avx512_width(GGML_TYPE_Q4_0, 256)},
+                   {KERNEL_ISA_AVX512, kernel_lane_avx512_width(GGML_TYPE_Q4_0, 512)}};
+        for (size_t f = 0; f < sizeof fns / sizeof fns[0]; f++) {
+            if (!fns[f].fn || !kernel_isa_available(fns[f].isa)) continue;
+            for (int nt = 1; nt <= MAXTOK; nt++) {
+                memset(got, 0xff, sizeof(float) * MAXTOK * ROWS);
+                for (int g = 0; g + KERNEL_LANE_ROWS <= ROWS; g += KERNEL_LANE_ROWS)
+                    fns[f].fn(il + g * rb, lact, lstride, nt, cols, got + g, ROWS);
+                for (int k = 0; k < nt; k++)
+                    if (memcmp(got + k * ROWS, want + k * ROWS, sizeof(float) * 3 * KERNEL_LANE_ROWS) != 0) {
+                        fprintf(stderr, "  Q4_0 %d columns, lane kernel %zu, %d tokens: token %d differs\n", cols, f,
+                                nt, k);
+                        CHECK(0);
+                        break;
+                    }
+                direct++;
+            }
+        }
+        free(scratch);
+    }
+    CHECK(compared >= 3 * 17 * 2 * 2); /* scalar and avx2 at least */
+    CHECK(kernel_lane_avx2(GGML_TYPE_Q4_K) == NULL && kernel_lane_avx512(GGML_TYPE_F16) == NULL);
+    if (!direct) fprintf(stderr, "  (no SIMD lane kernels on this CPU: only kernel_matmul checked)\n");
+    free(wf), free(x), free(want), free(got), free(plain), free(il), free(act), free(lact);
     threadpool_free(pool);
 }
 
@@ -987,9 +1086,10 @@ static void test_recipes(void)
  * floats, half random bytes with sane fp16 scales (levels, scales and mins
  * over their whole ranges, Q6_K's int8 scales down to -128); tokens differ in
  * scale and each block's largest activation is +-127. */
-static void test_lane_kernels(void)
+static void test_kquant_lane_kernels(void)
 {
-    enum { G = QUANT_LANES, NT = 17, OS = G + 3 };
+    enum { G = KERNEL_LANE_ROWS, NT = 17, OS = G + 3 };
+    _Static_assert(KERNEL_LANE_ROWS == QUANT_LANES, "one group size");
     static const ggml_type types[] = {GGML_TYPE_Q4_K, GGML_TYPE_Q6_K};
     static const int widths[] = {256, 768, 2048};
     int ran = 0;
@@ -1041,16 +1141,17 @@ static void test_lane_kernels(void)
             struct {
                 const char *name;
                 kernel_isa isa;
-                kernel_tile_fn fn;
-            } sets[] = {{"avx2", KERNEL_ISA_AVX2, kernel_lanes_avx2(t)},
-                        {"avxvnni", KERNEL_ISA_AVXVNNI, kernel_lanes_avxvnni(t)},
-                        {"avx512", KERNEL_ISA_AVX512, kernel_lanes_avx512(t)}};
+                kernel_lane_fn fn;
+            } sets[] = {{"avx2", KERNEL_ISA_AVX2, kernel_lane_avx2(t)},
+                        {"avxvnni", KERNEL_ISA_AVXVNNI, kernel_lane_avxvnni(t)},
+                        {"avx512/256", KERNEL_ISA_AVX512, kernel_lane_avx512_width(t, 256)},
+                        {"avx512", KERNEL_ISA_AVX512, kernel_lane_avx512(t)}};
             for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
                 if (!sets[si].fn || !kernel_isa_available(sets[si].isa)) continue;
                 ran++;
                 for (int ntok = 1; ntok <= NT; ntok++) {
                     for (int i = 0; i < NT * OS; i++) got[i] = -1;
-                    sets[si].fn(group, 0, G, act, astride, ntok, n, got, OS);
+                    sets[si].fn(group, act, astride, ntok, n, got, OS);
                     int bad = 0;
                     for (int k = 0; k < ntok; k++)
                         for (int r = 0; r < G; r++)
@@ -1080,6 +1181,7 @@ int main(void)
     RUN(test_lane_kernels);
     RUN(test_matmul_all_types);
     RUN(test_interleaved_matrices);
+    RUN(test_kquant_lane_kernels);
     RUN(test_recipes);
     RUN(test_models_track_f32);
     return testlib_finish();
