@@ -383,9 +383,47 @@ ROWS_INLINE void q4_k_lanes_body512(LANES_BODY_ARGS)
  * offset 32 is folded into each sub-block's chain, which starts at -32
  * times the token's sum of that sub-block (exact: the chain stays within
  * 16 * 63 * 127 + 32 * 16 * 127), then times the rows' int8 scales. */
-ROWS_INLINE void q6_k_lanes_body512(LANES_BODY_ARGS)
+/* Half h, quarter k of a Q6_K super-block: sub-blocks 8h + 2k and 8h + 2k + 1
+ * into isum (k constant at every call, so the shifts are immediates). */
+ROWS_INLINE void q6_k_lanes_quarter512(const uint8_t *g, const void *act, size_t astride, int i, const int h,
+                                       const int k, const int nt, int32_t start[][16], __m512i *isum)
 {
     const __m512i m15 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const int s0 = 8 * h + 2 * k;
+    const uint8_t *half = g + 288 + 1536 * h;
+    __m512i a0[LANES_TILE_T], a1[LANES_TILE_T];
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) {
+        a0[t] = _mm512_set1_epi32(start[t][s0]);
+        a1[t] = _mm512_set1_epi32(start[t][s0 + 1]);
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; q++) {
+        __m512i l = _mm512_loadu_si512(half + (k & 1 ? 1024 + 64 * q : 128 * q)), hb = _mm512_loadu_si512(half + 128 * q + 64);
+        if (k >= 2) l = _mm512_srli_epi16(l, 4);
+        /* bits 2k, 2k + 1 of each qh byte to bits 4, 5 */
+        if (k == 0) hb = _mm512_slli_epi16(hb, 4);
+        if (k == 1) hb = _mm512_slli_epi16(hb, 2);
+        if (k == 3) hb = _mm512_srli_epi16(hb, 2);
+        __m512i lv = _mm512_ternarylogic_epi32(_mm512_and_si512(l, m15), hb, m30, 0xf8); /* a | (b & c) */
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            __m512i y = bcast4(ACT(quant_block_q8_k, t)[i].qs + 128 * h + 32 * k + 4 * q);
+            if (q < 4)
+                a0[t] = _mm512_dpbusd_epi32(a0[t], lv, y);
+            else
+                a1[t] = _mm512_dpbusd_epi32(a1[t], lv, y);
+        }
+    }
+    __m512i sc0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * s0)));
+    __m512i sc1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 48 + 16 * s0)));
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(a0[t], sc0), _mm512_mullo_epi32(a1[t], sc1)));
+}
+
+ROWS_INLINE void q6_k_lanes_body512(LANES_BODY_ARGS)
+{
     __m512 acc[LANES_TILE_T];
 #pragma GCC unroll 4
     for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
@@ -398,40 +436,14 @@ ROWS_INLINE void q6_k_lanes_body512(LANES_BODY_ARGS)
             _mm512_storeu_si512(start[t], _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(bs, 5)));
             isum[t] = _mm512_setzero_si512();
         }
-        for (int h = 0; h < 2; h++)
-#pragma GCC unroll 4
-            for (int k = 0; k < 4; k++) {
-                const int s0 = 8 * h + 2 * k;
-                const uint8_t *ql = g + 288 + 1024 * h + 512 * (k & 1), *qh = g + 2336 + 512 * h;
-                __m512i a0[LANES_TILE_T], a1[LANES_TILE_T];
-#pragma GCC unroll 4
-                for (int t = 0; t < nt; t++) {
-                    a0[t] = _mm512_set1_epi32(start[t][s0]);
-                    a1[t] = _mm512_set1_epi32(start[t][s0 + 1]);
-                }
-#pragma GCC unroll 8
-                for (int q = 0; q < 8; q++) {
-                    __m512i l = _mm512_loadu_si512(ql + 64 * q), hb = _mm512_loadu_si512(qh + 64 * q);
-                    if (k >= 2) l = _mm512_srli_epi16(l, 4);
-                    /* bits 2k, 2k + 1 of each qh byte to bits 4, 5 */
-                    hb = k == 0 ? _mm512_slli_epi16(hb, 4) : k == 1 ? _mm512_slli_epi16(hb, 2) : k == 3 ? _mm512_srli_epi16(hb, 2) : hb;
-                    __m512i lv = _mm512_or_si512(_mm512_and_si512(l, m15), _mm512_and_si512(hb, m30));
-#pragma GCC unroll 4
-                    for (int t = 0; t < nt; t++) {
-                        __m512i y = bcast4(ACT(quant_block_q8_k, t)[i].qs + 128 * h + 32 * k + 4 * q);
-                        if (q < 4)
-                            a0[t] = _mm512_dpbusd_epi32(a0[t], lv, y);
-                        else
-                            a1[t] = _mm512_dpbusd_epi32(a1[t], lv, y);
-                    }
-                }
-                __m512i sc0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * s0)));
-                __m512i sc1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 48 + 16 * s0)));
-#pragma GCC unroll 4
-                for (int t = 0; t < nt; t++)
-                    isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(a0[t], sc0),
-                                                                         _mm512_mullo_epi32(a1[t], sc1)));
-            }
+        q6_k_lanes_quarter512(g, act, astride, i, 0, 0, nt, start, isum);
+        q6_k_lanes_quarter512(g, act, astride, i, 0, 1, nt, start, isum);
+        q6_k_lanes_quarter512(g, act, astride, i, 0, 2, nt, start, isum);
+        q6_k_lanes_quarter512(g, act, astride, i, 0, 3, nt, start, isum);
+        q6_k_lanes_quarter512(g, act, astride, i, 1, 0, nt, start, isum);
+        q6_k_lanes_quarter512(g, act, astride, i, 1, 1, nt, start, isum);
+        q6_k_lanes_quarter512(g, act, astride, i, 1, 2, nt, start, isum);
+        q6_k_lanes_quarter512(g, act, astride, i, 1, 3, nt, start, isum);
         __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {

@@ -864,7 +864,7 @@ static float dot_q6_k_scalar(const void *w, const void *act, int n)
 #define LANES_MOVE(lane, blk, bytes) \
     memcpy(to_lanes ? (void *)(lane) : (void *)(blk), to_lanes ? (void *)(blk) : (void *)(lane), bytes)
 _Static_assert(LANES_Q4_K_BYTES == 256 + 2048, "Q4_K lanes: header then levels");
-_Static_assert(LANES_Q6_K_BYTES == 2336 + 1024, "Q6_K lanes: header, ql, then qh");
+_Static_assert(LANES_Q6_K_BYTES == 288 + 2 * 1536, "Q6_K lanes: header, then per half ql and qh");
 
 size_t quant_lanes_block_bytes(ggml_type t)
 {
@@ -888,9 +888,10 @@ static void lanes_q6_k(quant_block_q6_k *b, uint8_t *g, int r, int to_lanes)
     for (int s = 0; s < 16; s++) LANES_MOVE(g + 32 + 16 * s + r, &b->scales[s], 1);
     for (int h = 0; h < 2; h++)
         for (int q = 0; q < 8; q++) {
-            for (int j = 0; j < 2; j++)
-                LANES_MOVE(g + 288 + 1024 * h + 512 * j + 64 * q + 4 * r, b->ql + 64 * h + 32 * j + 4 * q, 4);
-            LANES_MOVE(g + 2336 + 512 * h + 64 * q + 4 * r, b->qh + 32 * h + 4 * q, 4);
+            uint8_t *half = g + 288 + 1536 * h; /* in the order the kernel first reads them */
+            LANES_MOVE(half + 128 * q + 4 * r, b->ql + 64 * h + 4 * q, 4);
+            LANES_MOVE(half + 128 * q + 64 + 4 * r, b->qh + 32 * h + 4 * q, 4);
+            LANES_MOVE(half + 1024 + 64 * q + 4 * r, b->ql + 64 * h + 32 + 4 * q, 4);
         }
 }
 #undef LANES_MOVE
