@@ -844,8 +844,13 @@ int kernel_interleavable(ggml_type t, int cols) { return cols > 0 && interleave_
  * bytes (Q4_0 and Q5_0: 16, Q8_0: 32), and a group's block i, at 16 i block
  * sizes, holds the 16 rows' scales (row r at 2 r), for Q5_0 the 16 rows'
  * fifth bits (row r at 32 + 4 r), then chunks k of 64 bytes with row r's
- * qs[4k .. 4k+3] at 4 r. */
-static int lane_layout(ggml_type t) { return t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q5_0; }
+ * qs[4k .. 4k+3] at 4 r. Q4_K and Q6_K have their own lane layout
+ * (quant_lanes_pack, quants.h; docs/engine.md "K-quants in row lanes"), and
+ * take Q8_K blocks as they are. */
+static int lane_layout(ggml_type t)
+{
+    return t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q5_0 || quant_lanes_block_bytes(t);
+}
 
 static int group_rows(ggml_type t) { return lane_layout(t) ? KERNEL_LANE_ROWS : KERNEL_ROWS; }
 
@@ -884,6 +889,10 @@ void kernel_interleave(const kernel_matrix *w, void *dst)
     for (int g = 0; g < whole; g += gr) {
         const uint8_t *s = src + (size_t)g * row;
         uint8_t *d = out + (size_t)g * row;
+        if (quant_lanes_block_bytes(w->type)) {
+            quant_lanes_pack(w->type, s, row, w->cols, d);
+            continue;
+        }
         if (lane_layout(w->type)) {
             for (int r = 0; r < gr; r++) lane_put_row(d, s + (size_t)r * row, r, units, unit, w->type == GGML_TYPE_Q5_0);
             continue;
@@ -902,6 +911,10 @@ const void *kernel_matrix_row(const kernel_matrix *w, int r, void *buf)
     if (!w->interleaved || r >= whole) return data + (size_t)r * row;
     size_t unit = interleave_unit(w->type, w->cols), units = row / unit;
     const uint8_t *group = data + (size_t)(r - r % gr) * row;
+    if (quant_lanes_block_bytes(w->type)) {
+        quant_lanes_row(w->type, group, r % gr, w->cols, buf);
+        return buf;
+    }
     if (lane_layout(w->type)) {
         lane_get_row(group, buf, r % gr, units, unit, w->type == GGML_TYPE_Q5_0);
         return buf;
@@ -1156,9 +1169,16 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
         if (part->lane) { /* tasks in whole lane groups; the 4-row kernels are not used */
             part->rows_per_task = (rows_per_task + KERNEL_LANE_ROWS - 1) / KERNEL_LANE_ROWS * KERNEL_LANE_ROWS;
             part->rows = NULL, part->tile = NULL, part->slab = (kernel_slab){NULL, NULL};
-            part->lane_act = lane_base;
-            part->lane_stride = lane_stride;
-            need_lane = 1;
+            if (quant_lanes_block_bytes(t)) { /* the K-quants' lane kernels read Q8_K blocks */
+                part->lane_act = q8k_base;
+                part->lane_stride = q8k_stride;
+            } else {
+                part->lane_act = lane_base;
+                part->lane_stride = lane_stride;
+                need_lane = 1;
+            }
+        } else if (w[i]->interleaved && lane_layout(t)) { /* no lane kernel at this set: rows gathered one at a time */
+            part->rows = NULL, part->tile = NULL, part->slab = (kernel_slab){NULL, NULL};
         }
         part->first_task = n_tasks;
         n_tasks += (w[i]->rows + part->rows_per_task - 1) / part->rows_per_task;
