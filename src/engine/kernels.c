@@ -411,7 +411,62 @@ AVX2_TARGET static void axpy_f16_avx2(float *out, float a, const uint16_t *v, in
         _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, load_f16x8(v + i), _mm256_loadu_ps(out + i)));
     for (; i < n; i++) out[i] += a * _cvtsh_ss(v[i]);
 }
+
+/* dot_f16_f32_avx2(k, q + g * n, n) for each g < n_q, the key row converted
+ * once for all of them (grouped-query attention: the query heads of one kv
+ * head). For n a multiple of 32 up to 256 each head's sum takes exactly
+ * dot_f16_f32_avx2's operations (the same converted values in the same four
+ * accumulators, added the same way), so the bits are the one-head kernel's;
+ * other widths call it head by head. */
+AVX2_TARGET static void dot_f16_group_avx2(const uint16_t *k, const float *q, int n_q, int n, float *out)
+{
+    if (n % 32 != 0 || n > 256) {
+        for (int g = 0; g < n_q; g++) out[g] = dot_f16_f32_avx2(k, q + (size_t)g * n, n);
+        return;
+    }
+    __m256 kc[32];
+    for (int c = 0; c < n / 8; c++) kc[c] = load_f16x8(k + 8 * c);
+    for (int g = 0; g < n_q; g++) {
+        const float *qg = q + (size_t)g * n;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int i = 0; i < n; i += 32) {
+            s0 = _mm256_fmadd_ps(kc[i / 8], _mm256_loadu_ps(qg + i), s0);
+            s1 = _mm256_fmadd_ps(kc[i / 8 + 1], _mm256_loadu_ps(qg + i + 8), s1);
+            s2 = _mm256_fmadd_ps(kc[i / 8 + 2], _mm256_loadu_ps(qg + i + 16), s2);
+            s3 = _mm256_fmadd_ps(kc[i / 8 + 3], _mm256_loadu_ps(qg + i + 24), s3);
+        }
+        out[g] = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    }
+}
+
+/* axpy_f16_avx2(out + g * n, a[g], v, n) for each g < n_q, each 8 values
+ * of the value row converted once for all of them; the same operation per
+ * element as the one-head kernel (n a multiple of 8; else head by head). */
+AVX2_TARGET static void axpy_f16_group_avx2(float *out, const float *a, const uint16_t *v, int n_q, int n)
+{
+    if (n % 8 != 0) {
+        for (int g = 0; g < n_q; g++) axpy_f16_avx2(out + (size_t)g * n, a[g], v, n);
+        return;
+    }
+    for (int i = 0; i < n; i += 8) {
+        __m256 vc = load_f16x8(v + i);
+        for (int g = 0; g < n_q; g++) {
+            float *o = out + (size_t)g * n + i;
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_set1_ps(a[g]), vc, _mm256_loadu_ps(o)));
+        }
+    }
+}
 #endif /* KERNELS_HAVE_AVX2 */
+
+static void dot_f16_group_scalar(const uint16_t *k, const float *q, int n_q, int n, float *out)
+{
+    for (int g = 0; g < n_q; g++) out[g] = dot_f16_f32_scalar(k, q + (size_t)g * n, n);
+}
+
+static void axpy_f16_group_scalar(float *out, const float *a, const uint16_t *v, int n_q, int n)
+{
+    for (int g = 0; g < n_q; g++) axpy_f16_scalar(out + (size_t)g * n, a[g], v, n);
+}
 
 static void rmsnorm_scalar(float *out, const float *x, const float *w, int n, float eps)
 {
@@ -673,13 +728,15 @@ typedef struct {
     void (*swiglu)(float *, const float *, int);
     void (*rmsnorm)(float *, const float *, const float *, int, float);
     void (*softmax)(float *, int);
+    void (*dot_f16_group)(const uint16_t *, const float *, int, int, float *);
+    void (*axpy_f16_group)(float *, const float *, const uint16_t *, int, int);
 } kernel_ops;
 
 static const kernel_ops ops_scalar = {
     KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
     dot_q8_0_scalar, fp16_row_scalar, fp32_to_fp16_row_scalar, axpy_scalar, axpy_f16_scalar,
     quantize_row_q8_0_scalar, argmax_scalar, swiglu_scalar, rmsnorm_scalar,
-    softmax_scalar,
+    softmax_scalar, dot_f16_group_scalar, axpy_f16_group_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
 /* AVX-VNNI and AVX-512 differ from AVX2 only in the rows kernels of the
@@ -687,7 +744,7 @@ static const kernel_ops ops_scalar = {
 #define OPS_AVX2(isa)                                                                          \
     {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2,       \
      fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2, swiglu_avx2,  \
-     rmsnorm_avx2, softmax_avx2}
+     rmsnorm_avx2, softmax_avx2, dot_f16_group_avx2, axpy_f16_group_avx2}
 static const kernel_ops ops_avx2 = OPS_AVX2(KERNEL_ISA_AVX2);
 static const kernel_ops ops_avxvnni = OPS_AVX2(KERNEL_ISA_AVXVNNI);
 static const kernel_ops ops_avx512 = OPS_AVX2(KERNEL_ISA_AVX512);
@@ -1258,3 +1315,11 @@ void kernel_add(float *x, const float *y, int n)
 
 void kernel_axpy(float *out, float a, const float *v, int n) { ops()->axpy(out, a, v, n); }
 void kernel_axpy_f16(float *out, float a, const uint16_t *v, int n) { ops()->axpy_f16(out, a, v, n); }
+void kernel_dot_f16_group(const uint16_t *k, const float *q, int n_q, int n, float *out)
+{
+    ops()->dot_f16_group(k, q, n_q, n, out);
+}
+void kernel_axpy_f16_group(float *out, const float *a, const uint16_t *v, int n_q, int n)
+{
+    ops()->axpy_f16_group(out, a, v, n_q, n);
+}

@@ -913,9 +913,9 @@ uint64_t model_kv_bytes_per_pos(const model_sizes *z, model_kv_type t)
 }
 
 /* Bytes model_state_new allocates for n_ctx positions of n_layers layers
- * in a cache of kv_type, with attention rows for n_threads, given the matmul
- * scratch. One formula for the estimate and the state's own count
- * (model_state_bytes). */
+ * in a cache of kv_type, with attention rows for n_threads (one per query
+ * head of a kv head's group each), given the matmul scratch. One formula
+ * for the estimate and the state's own count (model_state_bytes). */
 static uint64_t state_bytes(const model_config *c, int n_layers, int n_ctx, model_kv_type kv_type,
                             int n_threads, uint64_t matmul_scratch)
 {
@@ -924,7 +924,9 @@ static uint64_t state_bytes(const model_config *c, int n_layers, int n_ctx, mode
     uint64_t batch = (uint64_t)MODEL_BATCH * (2 * (uint64_t)c->n_embd + 2 * q_dim + 2 * kv_dim + 2 * (uint64_t)c->n_ff +
                                               (c->n_swa > 0 ? 4 : 2) * half);
     return model_kv_type_size(kv_type) * 2 * (uint64_t)n_layers * (uint64_t)n_ctx * kv_dim +
-           sizeof(float) * (batch + (uint64_t)n_threads * (uint64_t)n_ctx) + matmul_scratch;
+           sizeof(float) * (batch + (uint64_t)n_threads * (uint64_t)(c->n_head / c->n_head_kv) * (uint64_t)n_ctx +
+                            (uint64_t)n_threads * (uint64_t)(c->n_head / c->n_head_kv)) +
+           matmul_scratch;
 }
 
 uint64_t model_part_need(const model_sizes *z, const model_part *part, int n_ctx,
@@ -970,8 +972,10 @@ struct model_batch {
     float *rope_sin;    /* (MODEL_BATCH, n_rot / 2) */
     float *rope_cos_swa; /* (MODEL_BATCH, n_rot / 2) gemma3's local layers, else NULL */
     float *rope_sin_swa; /* (MODEL_BATCH, n_rot / 2) */
-    float *att;         /* (att_rows, att_ctx) attention weights, one row per pool thread */
-    int att_rows, att_ctx;
+    float *att;         /* (att_threads, group, att_ctx) attention weights, a row per query
+                           head of a kv group per pool thread; group = n_head / n_head_kv */
+    float *att_row;     /* (att_threads, group) one position's weights, one per query head of a group */
+    int att_threads, att_ctx;
     float *last_logits; /* (last_rows, n_vocab) model_forward_batch's last-token logits */
     int last_rows;
     void *scratch;      /* kernel_matmul's converted inputs */
@@ -1063,6 +1067,7 @@ void model_batch_free(model_batch *b)
     free(b->rope_cos_swa);
     free(b->rope_sin_swa);
     free(b->att);
+    free(b->att_row);
     free(b->last_logits);
     free(b->scratch);
     free(b);
@@ -1115,7 +1120,7 @@ int model_state_n_past(const model_state *s) { return s->n_past; }
 
 uint64_t model_state_bytes(const model_state *s)
 {
-    return state_bytes(&s->m->c, s->n_layers, s->n_ctx, s->kv_type, s->work->att_rows,
+    return state_bytes(&s->m->c, s->n_layers, s->n_ctx, s->kv_type, s->work->att_threads,
                        s->m->matmul_scratch);
 }
 
@@ -1212,44 +1217,58 @@ typedef struct {
     model_batch *b;
     int layer;  /* the model's layer index */
     int window; /* > 0: attend to the last `window` positions only (sliding window) */
-    int pairs, per_task; /* (token, head) pairs in all, and per task */
+    int pairs, per_task; /* (token, kv head) pairs in all, and per task */
 } attention_job;
 
-/* One (token, head) pair: causal softmax attention over its own sequence's
- * cache, positions 0 .. its position. An F16 cache is read as is, each
- * element converted in the dot product and the weighted sum (vcvtph2ps on
- * x86-64): no float copy of the cache, half the memory traffic. */
+/* One (token, kv head) pair: causal softmax attention of the kv head's
+ * group of query heads (n_head / n_head_kv of them: 7 for Qwen2.5-0.5B)
+ * over its own sequence's cache, positions t0 .. its position. An F16 cache
+ * is read as is, each key and value row once for the whole group, converted
+ * once (kernel_dot_f16_group, kernel_axpy_f16_group: no float copy of the
+ * cache, half the memory traffic); each head gets the bits it got when it ran
+ * alone (kernel_dot_f16_f32, kernel_axpy_f16), whatever the batch and the
+ * thread. */
 static void attention_pair(const attention_job *job, int pair, int thread)
 {
     const model_config *c = job->c;
     model_batch *b = job->b;
-    int i = pair / c->n_head, h = pair % c->n_head;
+    int group = c->n_head / c->n_head_kv;
+    int i = pair / c->n_head_kv, kv_head = pair % c->n_head_kv, h0 = kv_head * group;
     const model_state *s = b->tok_state[i];
     int pos = b->tok_pos[i];
     int hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
-    int kv_head = h / (c->n_head / c->n_head_kv);
+    size_t ctx = (size_t)b->att_ctx;
     /* element offset of this layer's and kv head's first row */
     size_t off = (size_t)(job->layer - s->first) * s->n_ctx * kv_dim + (size_t)kv_head * hd;
-    const float *q = b->q + (size_t)i * q_dim + h * hd;                    /* (head_dim) */
-    float *att = b->att + (size_t)thread * b->att_ctx;                     /* (pos + 1) */
-    float *out = b->att_out + (size_t)i * q_dim + h * hd;                  /* (head_dim) */
+    const float *q = b->q + (size_t)i * q_dim + (size_t)h0 * hd;           /* (group, head_dim) */
+    float *att = b->att + (size_t)thread * group * ctx;                    /* (group, att_ctx) */
+    float *w = b->att_row + (size_t)thread * group;                        /* (group) one position's */
+    float *out = b->att_out + (size_t)i * q_dim + (size_t)h0 * hd;         /* (group, head_dim) */
 
     int t0 = job->window > 0 && pos - job->window + 1 > 0 ? pos - job->window + 1 : 0;
-    memset(out, 0, sizeof(float) * hd);
+    memset(out, 0, sizeof(float) * (size_t)group * hd);
     if (s->kv_type == MODEL_KV_F16) {
         const uint16_t *keys = (const uint16_t *)s->key_cache + off;       /* (pos + 1, kv_dim) */
         const uint16_t *values = (const uint16_t *)s->value_cache + off;   /* (pos + 1, kv_dim) */
-        for (int t = t0; t <= pos; t++)
-            att[t] = kernel_dot_f16_f32(keys + (size_t)t * kv_dim, q, hd) * c->attn_scale;
-        kernel_softmax(att + t0, pos + 1 - t0);
-        for (int t = t0; t <= pos; t++) kernel_axpy_f16(out, att[t], values + (size_t)t * kv_dim, hd);
+        for (int t = t0; t <= pos; t++) {
+            kernel_dot_f16_group(keys + (size_t)t * kv_dim, q, group, hd, w);
+            for (int g = 0; g < group; g++) att[g * ctx + t] = w[g] * c->attn_scale;
+        }
+        for (int g = 0; g < group; g++) kernel_softmax(att + g * ctx + t0, pos + 1 - t0);
+        for (int t = t0; t <= pos; t++) {
+            for (int g = 0; g < group; g++) w[g] = att[g * ctx + t];
+            kernel_axpy_f16_group(out, w, values + (size_t)t * kv_dim, group, hd);
+        }
     } else {
         const float *keys = (const float *)s->key_cache + off;             /* (pos + 1, kv_dim) */
         const float *values = (const float *)s->value_cache + off;         /* (pos + 1, kv_dim) */
-        for (int t = t0; t <= pos; t++)
-            att[t] = kernel_dot_f32(q, keys + (size_t)t * kv_dim, hd) * c->attn_scale;
-        kernel_softmax(att + t0, pos + 1 - t0);
-        for (int t = t0; t <= pos; t++) kernel_axpy(out, att[t], values + (size_t)t * kv_dim, hd);
+        for (int g = 0; g < group; g++) {
+            float *a = att + g * ctx;
+            for (int t = t0; t <= pos; t++)
+                a[t] = kernel_dot_f32(q + (size_t)g * hd, keys + (size_t)t * kv_dim, hd) * c->attn_scale;
+            kernel_softmax(a + t0, pos + 1 - t0);
+            for (int t = t0; t <= pos; t++) kernel_axpy(out + (size_t)g * hd, a[t], values + (size_t)t * kv_dim, hd);
+        }
     }
 }
 
@@ -1300,7 +1319,7 @@ static void store_kv(const model_config *c, model_batch *b, int l, int n)
     }
 }
 
-/* A run of consecutive (token, head) pairs. */
+/* A run of consecutive (token, kv head) pairs. */
 static void attention_task(void *ctx, int task, int thread)
 {
     const attention_job *job = ctx;
@@ -1309,14 +1328,14 @@ static void attention_task(void *ctx, int task, int thread)
 }
 
 /* Causal attention of the batch's n tokens over their caches of layer l,
- * about four tasks per thread, each a run of (token, head) pairs: at a
- * decode step a pair is ~1 us of work, so one task per pair (as before)
- * spent a good part of it claiming tasks and counting them done on atomics
- * shared by both threads. window > 0 limits each query to the last window
- * positions. -> b->att_out (n, n_head * head_dim). */
+ * up to about four tasks per thread, each a run of (token, kv head) pairs
+ * (one task per (token, query head), as before, spent a good part of a
+ * decode pair's ~1 us claiming it and counting it done on atomics shared by
+ * both threads). window > 0 limits each query to the last window positions.
+ * -> b->att_out (n, n_head * head_dim). */
 static void attend(const model_config *c, model_batch *b, threadpool *pool, int l, int n, int window)
 {
-    int pairs = n * c->n_head, want = 4 * threadpool_size(pool);
+    int pairs = n * c->n_head_kv, want = 4 * threadpool_size(pool);
     int per_task = (pairs + want - 1) / want;
     attention_job job = {c, b, l, window, pairs, per_task};
     threadpool_run(pool, (pairs + per_task - 1) / per_task, attention_task, &job);
@@ -1408,7 +1427,7 @@ static void forward_layers(const model *m, model_batch *b, threadpool *pool, int
         store_kv(c, b, l, n);
         phase_end(b, MODEL_PHASE_ROPE_KV);
 
-        /* ---- grouped-query attention over positions 0 .. pos, per (token, head) ---- */
+        /* ---- grouped-query attention over positions 0 .. pos, per (token, kv head) ---- */
         attend(c, b, pool, l, n, 0); /* -> att_out (n, q_dim) */
 
         /* ---- output projection and residual: x += att_out Wo ---- */
@@ -1553,20 +1572,24 @@ static int check_tokens(const model *m, const int32_t *tokens, int n, char *err,
     return 0;
 }
 
-/* Gives b a row of attention scratch of n_ctx per pool thread. */
+/* Gives b, per pool thread, a row of attention scratch of n_ctx for each
+ * query head of a kv group, and a group's weights of one position. */
 static int batch_reserve(model_batch *b, threadpool *pool, int n_ctx, char *err, size_t errlen)
 {
-    int threads = threadpool_size(pool);
-    if (threads > b->att_rows || n_ctx > b->att_ctx) {
-        int rows = threads > b->att_rows ? threads : b->att_rows;
+    const model_config *c = &b->m->c;
+    int threads = threadpool_size(pool), group = c->n_head / c->n_head_kv;
+    if (threads > b->att_threads || n_ctx > b->att_ctx) {
+        int rows = threads > b->att_threads ? threads : b->att_threads;
         int ctx = n_ctx > b->att_ctx ? n_ctx : b->att_ctx;
-        float *att = realloc(b->att, sizeof(float) * (size_t)rows * (size_t)ctx);
-        if (!att) {
+        float *att = realloc(b->att, sizeof(float) * (size_t)rows * (size_t)group * (size_t)ctx);
+        float *row = att ? realloc(b->att_row, sizeof(float) * (size_t)rows * (size_t)group) : NULL;
+        if (att) b->att = att;
+        if (!att || !row) {
             snprintf(err, errlen, "out of memory for attention scratch");
             return -1;
         }
-        b->att = att;
-        b->att_rows = rows;
+        b->att_row = row;
+        b->att_threads = rows;
         b->att_ctx = ctx;
     }
     return 0;

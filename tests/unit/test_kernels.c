@@ -686,6 +686,47 @@ static void test_softmax_sets(void)
     CHECK(cases >= 2 * 20);
 }
 
+/* The grouped-query kernels give each head the one-head kernels' bits, on
+ * every ISA: widths the fast path takes (multiples of 32 up to 256) and
+ * others (8, 40, 288), groups of 1 to 9 heads. */
+static void test_attention_group_kernels(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
+    kernel_isa saved = kernel_active_isa();
+    enum { MAXN = 288, MAXQ = 9 };
+    static const int widths[] = {8, 32, 40, 64, 96, 128, 256, 288};
+    static uint16_t kv[MAXN];
+    static float q[MAXQ * MAXN], out_group[MAXQ * MAXN], out_one[MAXQ * MAXN];
+    float a[MAXQ], dots_group[MAXQ];
+    int cases = 0, differs = 0;
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+        if (kernel_force_isa(isas[k]) != 0) continue;
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+            int n = widths[wi];
+            for (int n_q = 1; n_q <= MAXQ; n_q++) {
+                cases++;
+                for (int i = 0; i < n; i++) kv[i] = kernel_fp32_to_fp16((float)(rand() / (double)RAND_MAX - 0.5) * 3);
+                for (int i = 0; i < n_q * n; i++) {
+                    q[i] = (float)(rand() / (double)RAND_MAX - 0.5);
+                    out_group[i] = out_one[i] = (float)(rand() / (double)RAND_MAX);
+                }
+                for (int g = 0; g < n_q; g++) a[g] = (float)(rand() / (double)RAND_MAX);
+                kernel_dot_f16_group(kv, q, n_q, n, dots_group);
+                for (int g = 0; g < n_q; g++) {
+                    float one = kernel_dot_f16_f32(kv, q + g * n, n);
+                    differs += memcmp(&one, &dots_group[g], sizeof one) != 0;
+                    kernel_axpy_f16(out_one + g * n, a[g], kv, n);
+                }
+                kernel_axpy_f16_group(out_group, a, kv, n_q, n);
+                differs += memcmp(out_one, out_group, sizeof(float) * (size_t)(n_q * n)) != 0;
+            }
+        }
+    }
+    kernel_force_isa(saved);
+    CHECK_EQ_INT(differs, 0);
+    CHECK(cases >= 2 * 8 * 9);
+}
+
 int main(void)
 {
     RUN(test_fp16_to_fp32_exhaustive);
@@ -707,6 +748,7 @@ int main(void)
     RUN(test_swiglu_sets);
     RUN(test_rmsnorm_sets);
     RUN(test_softmax_sets);
+    RUN(test_attention_group_kernels);
     RUN(test_threadpool);
     RUN(test_threadpool_after_idle);
     return testlib_finish();
