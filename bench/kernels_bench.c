@@ -11,13 +11,17 @@
  * vectors through the rows kernel one vector at a time (the path before tile
  * kernels: 8 vectors per pass over a 4-row group) and through the tile
  * kernel (all N vectors per group), in turn, run after run; prints G
- * multiply-adds per second of each and their ratio; for a type with
- * prepared activations at the active ISA (kernel_prep_avx512), a "+p" line:
- * the same two on them, as kernel_matmul runs it.
+ * multiply-adds per second of each and their ratio (Q4_0 and Q8_0 run in
+ * row lanes, without rows or tile kernels: see --matmul).
  * With --layout, for each type with rows kernels: one vector through
  * kernel_matmul on the row-major matrix and on its interleaved copy
  * (kernel_interleave, what the model loader makes), in turn, GB/s of each.
- * Usage: kernels_bench [--rows R] [--cols C] [--runs N] [--isa NAME] [--variants | --prompt N | --layout] */
+ * With --matmul N: kernel_matmul on the interleaved copy, 1 vector and N
+ * vectors, G multiply-adds per second (what the engine runs; only
+ * kernel_matmul and kernel_interleave, so it builds against older libraries
+ * for A/B).
+ * Usage: kernels_bench [--rows R] [--cols C] [--runs N] [--isa NAME]
+ *                      [--variants | --prompt N | --layout | --matmul N] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -192,6 +196,62 @@ static int bench_layout(int rows, int cols, int runs)
     return 0;
 }
 
+/* --matmul N: what the engine runs, per type: kernel_matmul on the
+ * interleaved copy (the loader's layout; Q4_0's row lanes) with 1 vector and
+ * with N, one thread; G multiply-adds per second of each and the cost of N
+ * vectors relative to 1. Uses only kernel_matmul and kernel_interleave, so
+ * the same source measures an older library (A/B). */
+static int bench_matmul(int rows, int cols, int runs, int ntok)
+{
+    static const ggml_type types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0, GGML_TYPE_Q4_K,
+                                      GGML_TYPE_Q6_K};
+    printf("isa %s, %d x %d, 1 and %d vectors through kernel_matmul (interleaved), 1 thread, median of %d (CPU time)\n",
+           kernel_isa_name(kernel_active_isa()), rows, cols, ntok, runs);
+    printf("%-6s %12s %12s %14s\n", "type", "GMAC/s x1", "GMAC/s xN", "time N / 1");
+    char err[256];
+    threadpool *pool = threadpool_create(1, err, sizeof err);
+    float *wf = malloc(sizeof(float) * (size_t)cols), *x = malloc(sizeof(float) * (size_t)cols * ntok);
+    float *y = malloc(sizeof(float) * (size_t)rows * ntok);
+    void *scratch = malloc(kernel_matmul_scratch_bytes(GGML_TYPE_Q4_K, cols, ntok) + 1);
+    if (!pool || !wf || !x || !y || !scratch) return 1;
+    for (int i = 0; i < cols * ntok; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        ggml_type t = types[k];
+        if (!kernel_interleavable(t, cols)) continue;
+        size_t row = kernel_row_bytes(t, cols), bytes = row * (size_t)rows;
+        uint8_t *w = malloc(bytes), *wi = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!w || !wi) return 1;
+        for (int r = 0; r < rows; r++) {
+            for (int i = 0; i < cols; i++) wf[i] = (float)rand() / RAND_MAX - 0.5f;
+            quantize_row(t, wf, w + (size_t)r * row, cols);
+        }
+        kernel_matrix m = {t, rows, cols, w, 0};
+        kernel_interleave(&m, wi);
+        kernel_matrix mi = {t, rows, cols, wi, 1};
+        double t1[101], tn[101];
+        for (int r = -1; r < runs; r++) { /* r = -1 warms up */
+            double a = now();
+            int reps = 0;
+            do kernel_matmul(pool, &mi, x, 1, y, scratch), reps++;
+            while (now() - a < 0.05);
+            double one = (now() - a) / reps;
+            a = now(), reps = 0;
+            do kernel_matmul(pool, &mi, x, ntok, y, scratch), reps++;
+            while (now() - a < 0.1);
+            if (r >= 0) t1[r] = one, tn[r] = (now() - a) / reps;
+        }
+        qsort(t1, (size_t)runs, sizeof t1[0], cmp_double);
+        qsort(tn, (size_t)runs, sizeof tn[0], cmp_double);
+        double macs = (double)rows * cols;
+        printf("%-6s %12.2f %12.2f %13.2fx\n", ggml_type_name(t), macs / t1[runs / 2] * 1e-9,
+               macs * ntok / tn[runs / 2] * 1e-9, tn[runs / 2] / t1[runs / 2]);
+        free(w), free(wi);
+    }
+    threadpool_free(pool);
+    free(wf), free(x), free(y), free(scratch);
+    return 0;
+}
+
 /* --prompt: rows kernels token by token against tile kernels, per type. */
 static int bench_prompt(int rows, int cols, int runs, int ntok)
 {
@@ -229,10 +289,7 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
             else if (at == GGML_TYPE_Q8_K) quant_quantize_row_q8_k(x, (quant_block_q8_k *)a, cols);
             else kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)a, cols);
         }
-        kernel_rows_fn rows_p = NULL;
-        kernel_tile_fn tile_p = NULL;
-        kernel_prep_fn prep = kernel_active_isa() == KERNEL_ISA_AVX512 ? kernel_prep_avx512(t, &rows_p, &tile_p) : NULL;
-        kernel_slab sl_plain = active_slab(t); /* on plain activations: none where there is a prep */
+        kernel_slab sl_plain = active_slab(t);
         double tr[101], tt[101], ts[101];
         time_prompt(rows_fn, NULL, w, stride, rows, act, astride, ntok, cols, y); /* warm up */
         time_prompt(rows_fn, tile, w, stride, rows, act, astride, ntok, cols, y);
@@ -249,21 +306,6 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
                tr[runs / 2] / tt[runs / 2]);
         if (sl_plain.tile) printf(" %16.2f %10.2fx\n", macs / ts[runs / 2] * 1e-3, tt[runs / 2] / ts[runs / 2]);
         else printf(" %16s %11s\n", "-", "-");
-        if (prep) { /* the same on prepared activations (what kernel_matmul uses): "+p" */
-            size_t pstride = kernel_prep_bytes(cols);
-            uint8_t *pact = malloc(pstride * (size_t)ntok);
-            if (!pact) return 1;
-            for (int n = 0; n < ntok; n++) prep(act + (size_t)n * astride, pact + (size_t)n * pstride, cols);
-            for (int r = 0; r < runs; r++) {
-                tr[r] = time_prompt(rows_p, NULL, w, stride, rows, pact, pstride, ntok, cols, y);
-                tt[r] = time_prompt(rows_p, tile_p, w, stride, rows, pact, pstride, ntok, cols, y);
-            }
-            qsort(tr, (size_t)runs, sizeof tr[0], cmp_double);
-            qsort(tt, (size_t)runs, sizeof tt[0], cmp_double);
-            printf("%-4s+p %16.2f %16.2f %7.2fx\n", ggml_type_name(t), macs / tr[runs / 2] * 1e-3,
-                   macs / tt[runs / 2] * 1e-3, tr[runs / 2] / tt[runs / 2]);
-            free(pact);
-        }
         free(w);
     }
     free(wf), free(x), free(y), free(act), free(slab);
@@ -272,7 +314,7 @@ static int bench_prompt(int rows, int cols, int runs, int ntok)
 
 int main(int argc, char **argv)
 {
-    int rows = 4096, cols = 4096, runs = 7, variants = 0, prompt = 0, layout = 0;
+    int rows = 4096, cols = 4096, runs = 7, variants = 0, prompt = 0, layout = 0, matmul = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rows") && i + 1 < argc) rows = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cols") && i + 1 < argc) cols = atoi(argv[++i]);
@@ -286,16 +328,18 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--scalar")) kernel_force_isa(KERNEL_ISA_SCALAR);
         else if (!strcmp(argv[i], "--variants")) variants = 1;
         else if (!strcmp(argv[i], "--layout")) layout = 1;
+        else if (!strcmp(argv[i], "--matmul") && i + 1 < argc) matmul = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--prompt") && i + 1 < argc) prompt = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: kernels_bench [--rows R] [--cols C (multiple of 256)] [--runs N] [--isa NAME] "
-                            "[--variants | --prompt N | --layout]\n");
+                            "[--variants | --prompt N | --layout | --matmul N]\n");
             return 2;
         }
     }
     if (rows < 1 || cols < 256 || cols % 256 || runs < 1 || runs > 101 || prompt < 0 || prompt > 512) return 2;
     if (prompt) return bench_prompt(rows, cols, runs, prompt);
     if (layout) return bench_layout(rows, cols, runs);
+    if (matmul > 0) return bench_matmul(rows, cols, runs, matmul);
     static const ggml_type types[] = {
         GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
         GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q2_K, GGML_TYPE_Q3_K,

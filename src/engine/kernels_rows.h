@@ -99,18 +99,6 @@ kernel_tile_fn kernel_tile_avxvnni(ggml_type t);
 kernel_tile_fn kernel_tile_avx512(ggml_type t);
 kernel_tile_fn kernel_tile_avx512_width(ggml_type t, int bits);
 
-/* Prepared activations. kernel_prep_avx512 gives, for a type whose 512-bit
- * kernels also come in a form that takes its activations prepared once per
- * product (Q8_0 and Q4_0: the per-block work on the activations, done once
- * instead of once per group of rows), the function that prepares one token's Q8_0
- * blocks of n values (kernel_prep_bytes(n) bytes, n % 32 == 0), and sets
- * *rows and *tile to the kernels that take them. Their outputs have the bits
- * of kernel_rows_avx512_width(t, 512) on the unprepared blocks. NULL (and
- * nothing set) for other types. Only call it when the CPU has AVX-512. */
-typedef void (*kernel_prep_fn)(const void *q8_0, void *out, int n);
-size_t kernel_prep_bytes(int n);
-kernel_prep_fn kernel_prep_avx512(ggml_type t, kernel_rows_fn *rows, kernel_tile_fn *tile);
-
 /* Row lanes (docs/engine.md, "Row lanes"). A type in the lane layout (Q4_0)
  * keeps each whole group of KERNEL_LANE_ROWS rows as its blocks in order, a
  * group's block holding every row's scale and levels so that one 32-bit

@@ -1,16 +1,11 @@
 /* kernels_rows_avx512.c: the rows kernels (kernels_rows.h) for AVX-512 F, BW,
- * VL and VNNI (with FMA and F16C): 512-bit kernels for F16 and Q8_0, the
- * 256-bit body in its EVEX form for every type, and Q4_0's row-lane kernel
- * (16 rows in one register; docs/engine.md, "Row lanes"). Which width a type
- * uses is decided by measurement (docs/engine.md, "CPU dispatch"), in
- * kernel_rows_avx512; kernel_rows_avx512_width gives either for tests and
- * benchmarks.
- *
- * The 512-bit kernels take two 32-blocks per step (F16: 32 values). Q8_0
- * puts block i in the low half and i + 1 in the high half of each register.
- * An odd last block
- * runs with a zero partner. The integer lanes are the 256-bit kernels'
- * (see kernels_rows256.inc); only the float summation order differs. */
+ * VL and VNNI (with FMA and F16C): a 512-bit kernel for F16, the 256-bit
+ * body in its EVEX form for every type, and Q4_0's, Q5_0's and Q8_0's row-lane
+ * kernels (16 rows in one register; docs/engine.md, "Row lanes"). Which
+ * width a type uses is decided by measurement (docs/engine.md, "CPU
+ * dispatch"), in kernel_rows_avx512; kernel_rows_avx512_width gives either
+ * for tests and benchmarks. The 512-bit F16 kernel takes 32 values per step;
+ * only its float summation order differs from the 256-bit one's. */
 #include "engine/kernels_rows.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -77,144 +72,6 @@ ROWS_INLINE void f16_body512(BODY_ARGS)
 ROWS_WRAPPER(rows512_f16, f16_body512)
 TILE_WRAPPER(tile512_f16, f16_body512, ROWS_TILE_T_F16)
 
-/* ---- Q8_0 ---------------------------------------------------------------- */
-
-/* 32 bytes at lo in the low half, at hi (or zeros) in the high half. */
-ROWS_INLINE __m512i load_2x32(const int8_t *lo, const int8_t *hi)
-{
-    __m256i h = hi ? _mm256_loadu_si256((const __m256i *)hi) : _mm256_setzero_si256();
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lo)), h, 1);
-}
-
-/* The scales of blocks i and i + 1 (lanes 0 and 1 of v) spread over the
- * lanes by idx. The product of a weight's and an activation's spread scales
- * is, lane by lane, the product d_w * d_y of the one-block kernels: the
- * weights' are spread once per row, the activations' once per token. */
-ROWS_INLINE __m512 spread2(__m128 v, __m512i idx) { return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v)); }
-
-ROWS_INLINE __m128 fp16x2(uint16_t d0, uint16_t d1)
-{
-    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)(d0 | (uint32_t)d1 << 16)));
-}
-
-ROWS_INLINE void q8_0_body512(BODY_ARGS)
-{
-    const __m512i bias = _mm512_set1_epi8((char)0x80);
-    IL_OPEN(sizeof(kernel_block_q8_0));
-    const kernel_block_q8_0 *b[KERNEL_ROWS];
-    __m512 acc[KERNEL_ROWS][TILE_MAX];
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) {
-        b[r] = (const kernel_block_q8_0 *)(w + r * rs);
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
-    }
-    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    int nb = n / KERNEL_Q8_0_BLOCK;
-    for (int i = 0; i < nb; i += 2) {
-        int pair = i + 1 < nb;
-        __m512i yv[TILE_MAX], start[TILE_MAX];
-        __m512 dy[TILE_MAX];
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) {
-            const kernel_block_q8_0 *y = ACT(kernel_block_q8_0, t);
-            yv[t] = load_2x32(y[i].qs, pair ? y[i + 1].qs : NULL);
-            dy[t] = spread2(_mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0), halves);
-            start[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, yv[t]));
-        }
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            const kernel_block_q8_0 *b0 = &b[r][i * bm], *b1 = &b[r][(i + 1) * bm];
-            PREFETCH_NEXT_GROUP(b0, stride);
-            PREFETCH_NEXT_GROUP(&b1->qs[31], stride);
-            __m512i q = _mm512_xor_si512(load_2x32(b0->qs, pair ? b1->qs : NULL), bias);
-            __m512 dw = spread2(fp16x2(b0->d, pair ? b1->d : 0), halves);
-#pragma GCC unroll 8
-            for (int t = 0; t < nt; t++) {
-                __m512i p = _mm512_dpbusd_epi32(start[t], q, yv[t]);
-                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, dy[t]), acc[r][t]);
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++)
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) OUT(r, t) = _mm512_reduce_add_ps(acc[r][t]);
-}
-KERNELS(rows512_q8_0, tile512_q8_0, q8_0_body512)
-
-/* Activations prepared once per product (kernel_prep_avx512) for the Q8_0
- * kernels: the bodies above spend, per block pair and token, about
- * as many instructions on the activations (loading and placing the two
- * blocks, spreading their scales, the offset correction) as on the products
- * themselves, and do it again for every group of 4 rows. On prepared
- * activations a (row, token) pair costs its four operations (dpbusd,
- * convert, scale, fused add) and the activations are loads, which is what
- * lets a tile of 4 tokens cost much less than 4 single-token passes. The
- * same operations on the same values, so the same bits
- * (test_prepared_kernels). */
-typedef struct {
-    int8_t qs[64];     /* blocks i and i + 1 placed as the type's body places them (zeros for a missing i + 1) */
-    int32_t start[16]; /* the offset correction: -(offset * the sum of each lane's 4 values) */
-    float d[16];       /* the two scales spread as the weights' (0 for a missing i + 1) */
-} prep_2blocks;
-
-ROWS_FN void prep512_q8_0(const void *q8, void *out, int n)
-{
-    const kernel_block_q8_0 *y = q8;
-    prep_2blocks *o = out;
-    const __m512i bias = _mm512_set1_epi8((char)0x80);
-    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    int nb = n / KERNEL_Q8_0_BLOCK;
-    for (int i = 0; i < nb; i += 2, o++) {
-        int pair = i + 1 < nb;
-        __m512i yv = load_2x32(y[i].qs, pair ? y[i + 1].qs : NULL);
-        __m512 dy = spread2(_mm_setr_ps(_cvtsh_ss(y[i].d), pair ? _cvtsh_ss(y[i + 1].d) : 0.0f, 0, 0), halves);
-        __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, yv));
-        _mm512_storeu_si512(o->qs, yv);
-        _mm512_storeu_si512(o->start, start);
-        _mm512_storeu_ps(o->d, dy);
-    }
-}
-
-ROWS_INLINE void q8_0p_body512(BODY_ARGS)
-{
-    const __m512i bias = _mm512_set1_epi8((char)0x80);
-    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    IL_OPEN(sizeof(kernel_block_q8_0));
-    const kernel_block_q8_0 *b[KERNEL_ROWS];
-    __m512 acc[KERNEL_ROWS][TILE_MAX];
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) {
-        b[r] = (const kernel_block_q8_0 *)(w + r * rs);
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
-    }
-    int nb = n / KERNEL_Q8_0_BLOCK;
-    for (int i = 0; i < nb; i += 2) {
-        int pair = i + 1 < nb;
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            const kernel_block_q8_0 *b0 = &b[r][i * bm], *b1 = &b[r][(i + 1) * bm];
-            PREFETCH_NEXT_GROUP(b0, stride);
-            PREFETCH_NEXT_GROUP(&b1->qs[31], stride);
-            __m512i q = _mm512_xor_si512(load_2x32(b0->qs, pair ? b1->qs : NULL), bias);
-            __m512 dw = spread2(fp16x2(b0->d, pair ? b1->d : 0), halves);
-#pragma GCC unroll 8
-            for (int t = 0; t < nt; t++) {
-                const prep_2blocks *y = ACT(prep_2blocks, t) + i / 2;
-                __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(y->start), q, _mm512_loadu_si512(y->qs));
-                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, _mm512_loadu_ps(y->d)), acc[r][t]);
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++)
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) OUT(r, t) = _mm512_reduce_add_ps(acc[r][t]);
-}
-KERNELS(rows512_q8_0p, tile512_q8_0p, q8_0p_body512)
-
 /* ---- Q4_0 in row lanes (docs/engine.md, "Row lanes") --------------------- */
 
 /* The 256-bit body's lanes, 16 rows in one register: per block and token,
@@ -265,13 +122,98 @@ ROWS_FN void lane512_q4_0(const void *group, const void *act, size_t astride, in
     LANE_TILES(LANE512_AT, ROWS_LANE_T512, 0);
 }
 
-static kernel_lane_fn kquant_lane512(ggml_type t); /* Q4_K, Q6_K: below */
-kernel_lane_fn kernel_lane_avx512_width(ggml_type t, int bits)
+/* Q8_0 in row lanes: the weights xor 0x80 (w + 128, dpbusd's unsigned
+ * operand), each lane starting at -128 x the activation sum; 8 chunks per
+ * block. */
+ROWS_INLINE void q8_0_lane_body512(const uint8_t *g, const uint8_t *act, size_t astride, int nb, float *out,
+                                   size_t ostride, const int nt)
 {
-    if (bits == 256) return lane256_get(t);
-    return t == GGML_TYPE_Q4_0 ? lane512_q4_0 : kquant_lane512(t);
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    __m512 acc[LANE_TILE_MAX];
+#pragma GCC unroll 16
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *blk = g + (size_t)i * LANE_BLOCK_Q8;
+        __m512i p[LANE_TILE_MAX];
+#pragma GCC unroll 16
+        for (int t = 0; t < nt; t++) p[t] = _mm512_set1_epi32(-128 * LANE_ACT(t, i)->sum);
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            __m512i u = _mm512_xor_si512(_mm512_loadu_si512(blk + 32 + 64 * k), bias);
+#pragma GCC unroll 16
+            for (int t = 0; t < nt; t++)
+                p[t] = _mm512_dpbusd_epi32(p[t], u, _mm512_set1_epi32(lane_bytes4(LANE_ACT(t, i)->qs + 4 * k)));
+        }
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+#pragma GCC unroll 16
+        for (int t = 0; t < nt; t++)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t]), _mm512_mul_ps(dw, _mm512_set1_ps(LANE_ACT(t, i)->d)),
+                                     acc[t]);
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(out + (size_t)t * ostride, acc[t]);
 }
-kernel_lane_fn kernel_lane_avx512(ggml_type t) { return kernel_lane_avx512_width(t, 512); }
+
+#define LANE512_Q8_AT(unused, t0, k) \
+    q8_0_lane_body512(g, a + (size_t)(t0) * astride, astride, n / QUANT_BLOCK, out + (size_t)(t0) * ostride, ostride, k)
+ROWS_FN void lane512_q8_0(const void *group, const void *act, size_t astride, int ntok, int n, float *out,
+                          size_t ostride)
+{
+    const uint8_t *g = group, *a = act;
+    LANE_TILES(LANE512_Q8_AT, ROWS_LANE_T512, 0);
+}
+
+/* Q5_0 in row lanes: the 256-bit body's fifth bits (lane_bit4_256), 16
+ * lanes at once. */
+ROWS_INLINE __m512i lane_bit4_512(__m512i qh, int shift)
+{
+    __m512i x = _mm512_and_si512(_mm512_srli_epi32(qh, shift), _mm512_set1_epi32(15));
+    return _mm512_and_si512(_mm512_mullo_epi32(x, _mm512_set1_epi32(0x02040810)), _mm512_set1_epi32(0x10101010));
+}
+
+ROWS_INLINE void q5_0_lane_body512(const uint8_t *g, const uint8_t *act, size_t astride, int nb, float *out,
+                                   size_t ostride, const int nt)
+{
+    const __m512i m15 = _mm512_set1_epi8(15);
+    __m512 acc[LANE_TILE_MAX];
+#pragma GCC unroll 16
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *blk = g + (size_t)i * LANE_BLOCK_Q5;
+        __m512i qh = _mm512_loadu_si512(blk + 32);
+        __m512i p[LANE_TILE_MAX];
+#pragma GCC unroll 16
+        for (int t = 0; t < nt; t++) p[t] = _mm512_set1_epi32(-16 * LANE_ACT(t, i)->sum);
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            __m512i v = _mm512_loadu_si512(blk + 96 + 64 * k);
+            __m512i lo = _mm512_or_si512(_mm512_and_si512(v, m15), lane_bit4_512(qh, 4 * k));
+            __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), m15), lane_bit4_512(qh, 16 + 4 * k));
+#pragma GCC unroll 16
+            for (int t = 0; t < nt; t++) {
+                const kernel_lane_act *a = LANE_ACT(t, i);
+                p[t] = _mm512_dpbusd_epi32(p[t], lo, _mm512_set1_epi32(lane_bytes4(a->qs + 4 * k)));
+                p[t] = _mm512_dpbusd_epi32(p[t], hi, _mm512_set1_epi32(lane_bytes4(a->qs + 16 + 4 * k)));
+            }
+        }
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+#pragma GCC unroll 16
+        for (int t = 0; t < nt; t++)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t]), _mm512_mul_ps(dw, _mm512_set1_ps(LANE_ACT(t, i)->d)),
+                                     acc[t]);
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(out + (size_t)t * ostride, acc[t]);
+}
+
+#define LANE512_Q5_AT(unused, t0, k) \
+    q5_0_lane_body512(g, a + (size_t)(t0) * astride, astride, n / QUANT_BLOCK, out + (size_t)(t0) * ostride, ostride, k)
+ROWS_FN void lane512_q5_0(const void *group, const void *act, size_t astride, int ntok, int n, float *out,
+                          size_t ostride)
+{
+    const uint8_t *g = group, *a = act;
+    LANE_TILES(LANE512_Q5_AT, ROWS_LANE_T512, 0);
+}
 
 /* ---- K-quants in row lanes (docs/engine.md, "K-quants in row lanes") ------ */
 
@@ -481,32 +423,31 @@ static kernel_lane_fn kquant_lane512(ggml_type t)
     return t == GGML_TYPE_Q4_K ? lanes512_q4_k : t == GGML_TYPE_Q6_K ? lanes512_q6_k : NULL;
 }
 
-size_t kernel_prep_bytes(int n) { return sizeof(prep_2blocks) * (size_t)((n / KERNEL_Q8_0_BLOCK + 1) / 2); }
-
-kernel_prep_fn kernel_prep_avx512(ggml_type t, kernel_rows_fn *rows, kernel_tile_fn *tile)
+kernel_lane_fn kernel_lane_avx512_width(ggml_type t, int bits)
 {
+    if (bits == 256) return lane256_get(t);
     switch (t) {
-    case GGML_TYPE_Q8_0:
-        *rows = rows512_q8_0p;
-        *tile = tile512_q8_0p;
-        return prep512_q8_0;
-    default: return NULL;
+    case GGML_TYPE_Q4_0: return lane512_q4_0;
+    case GGML_TYPE_Q5_0: return lane512_q5_0;
+    case GGML_TYPE_Q8_0: return lane512_q8_0;
+    default: return kquant_lane512(t);
     }
 }
+kernel_lane_fn kernel_lane_avx512(ggml_type t) { return kernel_lane_avx512_width(t, 512); }
 
 kernel_rows_fn kernel_rows_avx512_width(ggml_type t, int bits)
 {
     if (bits == 256) return rows256_get(t);
     switch (t) {
     case GGML_TYPE_F16: return rows512_f16;
-    case GGML_TYPE_Q8_0: return rows512_q8_0;
     default: return NULL;
     }
 }
 
 /* Per type, the faster width on the machine measured (docs/engine.md, "512
- * or 256 bits"): 512 for Q8_0; F16 is memory-bound out of cache,
- * where both widths tie, and 256 is faster in cache. */
+ * or 256 bits"): F16 is memory-bound out of cache, where both widths tie,
+ * and 256 is faster in cache (Q8_0 and Q4_0 run in row lanes: no rows
+ * kernel). */
 kernel_rows_fn kernel_rows_avx512(ggml_type t)
 {
     kernel_rows_fn wide = t == GGML_TYPE_F16 ? NULL : kernel_rows_avx512_width(t, 512);
@@ -518,7 +459,6 @@ kernel_tile_fn kernel_tile_avx512_width(ggml_type t, int bits)
     if (bits == 256) return tile256_get(t);
     switch (t) {
     case GGML_TYPE_F16: return tile512_f16;
-    case GGML_TYPE_Q8_0: return tile512_q8_0;
     default: return NULL;
     }
 }
@@ -558,16 +498,6 @@ kernel_slab kernel_slab_avx512(ggml_type t)
 {
     (void)t;
     return (kernel_slab){NULL, NULL};
-}
-size_t kernel_prep_bytes(int n)
-{
-    (void)n;
-    return 0;
-}
-kernel_prep_fn kernel_prep_avx512(ggml_type t, kernel_rows_fn *rows, kernel_tile_fn *tile)
-{
-    (void)t, (void)rows, (void)tile;
-    return NULL;
 }
 kernel_lane_fn kernel_lane_avx512_width(ggml_type t, int bits)
 {

@@ -737,9 +737,10 @@ static float dot_q5_0_scalar(const void *w, const void *act, int n)
     const kernel_block_q8_0 *y = act;
     float sum = 0;
     int8_t q[32];
-    for (int i = 0; i < n / 32; i++) {
+    for (int i = 0; i < n / 32; i++) { /* the canonical order (dot_q4_0_scalar) */
         unpack_q5(b[i].qh, b[i].qs, 16, q);
-        sum += (float)idot(q, y[i].qs, 32) * (h2f(b[i].d) * h2f(y[i].d));
+        float d = h2f(b[i].d) * h2f(y[i].d);
+        sum = fmaf((float)idot(q, y[i].qs, 32), d, sum);
     }
     return sum;
 }
@@ -1007,18 +1008,23 @@ AVX2_TARGET static float dot_q4_0_avx2(const void *w, const void *act, int n)
     return _mm_cvtss_f32(acc);
 }
 
+/* The canonical order (dot_q4_0_avx2). */
 AVX2_TARGET static float dot_q5_0_avx2(const void *w, const void *act, int n)
 {
     const quant_block_q5_0 *b = w;
     const kernel_block_q8_0 *y = act;
-    __m256 acc = _mm256_setzero_ps();
+    __m128 acc = _mm_setzero_ps();
     for (int i = 0; i < n / 32; i++) {
         __m256i q = _mm256_or_si256(nibbles32(b[i].qs), bit4_from_bits32(load_u32(b[i].qh)));
         q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
         __m256i p = dot_s8(q, _mm256_loadu_si256((const __m256i *)y[i].qs));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(_cvtsh_ss(b[i].d) * _cvtsh_ss(y[i].d)), acc);
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+        s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+        __m128 d = _mm_set_ss(_cvtsh_ss(b[i].d) * _cvtsh_ss(y[i].d));
+        acc = _mm_fmadd_ss(_mm_cvtepi32_ps(s), d, acc);
     }
-    return hsum_ps(acc);
+    return _mm_cvtss_f32(acc);
 }
 
 /* Q4_1 / Q5_1: d dy sum(q y) + m dy sum(y). */

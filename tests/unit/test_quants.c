@@ -583,74 +583,6 @@ static void test_slab_kernels(void)
     if (!ran) fprintf(stderr, "  (no SIMD slab kernels on this CPU: nothing to check)\n");
 }
 
-/* The kernels on prepared activations (kernels_rows.h, kernel_prep_avx512):
- * rows and tiles of every token count, on blocks prepared once, give every
- * output the bits of the 512-bit rows kernel on the plain Q8_0 blocks, for
- * Q8_0, an even and an odd count of blocks (the missing partner of the
- * last). Q4_0 has none (row lanes prepare their own, test_lane_kernels). */
-static void test_prepared_kernels(void)
-{
-    enum { R = 7, NT = 11 };
-    if (!kernel_isa_available(KERNEL_ISA_AVX512)) {
-        fprintf(stderr, "  (no AVX-512 on this CPU: nothing to check)\n");
-        return;
-    }
-    kernel_rows_fn rows_p = NULL;
-    kernel_tile_fn tile_p = NULL;
-    CHECK(kernel_prep_avx512(GGML_TYPE_Q5_0, &rows_p, &tile_p) == NULL && !rows_p && !tile_p);
-    CHECK(kernel_prep_avx512(GGML_TYPE_Q4_0, &rows_p, &tile_p) == NULL && !rows_p && !tile_p);
-    static const ggml_type types[] = {GGML_TYPE_Q8_0};
-    static const int widths[] = {1024, 800, 96, 32};
-    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
-        ggml_type t = types[ti];
-        kernel_prep_fn prep = kernel_prep_avx512(t, &rows_p, &tile_p);
-        kernel_rows_fn rows = kernel_rows_avx512_width(t, 512);
-        REQUIRE(prep && rows_p && tile_p && rows);
-        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
-            int n = widths[wi];
-            size_t stride = kernel_row_bytes(t, n), astride = kernel_row_bytes(GGML_TYPE_Q8_0, n);
-            size_t pstride = kernel_prep_bytes(n);
-            CHECK(pstride > 0);
-            uint8_t *w = malloc(stride * R), *act = malloc(astride * NT), *pact = malloc(pstride * NT);
-            float *wf = malloc(sizeof(float) * n), *x = malloc(sizeof(float) * n);
-            float alone[NT][R], got[NT][R];
-            REQUIRE(w && act && pact && wf && x);
-            for (int r = 0; r < R; r++) {
-                for (int i = 0; i < n; i++) wf[i] = rnd_uniform(-1, 1);
-                quantize_row(t, wf, w + r * stride, n);
-            }
-            for (int k = 0; k < NT; k++) {
-                float scale = k == 3 ? 1e-3f : k == 5 ? 10.0f : 1.0f;
-                for (int i = 0; i < n; i++) x[i] = rnd_uniform(-2, 2) * scale;
-                kernel_quantize_row_q8_0(x, (kernel_block_q8_0 *)(act + k * astride), n);
-                prep(act + k * astride, pact + k * pstride, n);
-                for (int r = 0; r < R; r++) rows(w + r * stride, stride, 1, act + k * astride, n, &alone[k][r]);
-            }
-            memset(got, 0xff, sizeof got);
-            for (int k = 0; k < NT; k++) {
-                rows_p(w, stride, KERNEL_ROWS, pact + k * pstride, n, &got[k][0]);
-                rows_p(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, pact + k * pstride, n, &got[k][KERNEL_ROWS]);
-            }
-            if (memcmp(got, alone, sizeof got)) {
-                fprintf(stderr, "  %s n=%d: rows on prepared activations differ from the plain ones\n",
-                        ggml_type_name(t), n);
-                CHECK(0);
-            }
-            for (int nt = 1; nt <= NT; nt++) {
-                memset(got, 0xff, sizeof got);
-                tile_p(w, stride, KERNEL_ROWS, pact, pstride, nt, n, &got[0][0], R);
-                tile_p(w + KERNEL_ROWS * stride, stride, R - KERNEL_ROWS, pact, pstride, nt, n, &got[0][KERNEL_ROWS], R);
-                if (memcmp(got, alone, sizeof got[0] * nt)) {
-                    fprintf(stderr, "  %s n=%d, %d tokens: tiles on prepared activations differ from the plain rows\n",
-                            ggml_type_name(t), n, nt);
-                    CHECK(0);
-                }
-            }
-            free(w), free(act), free(pact), free(wf), free(x);
-        }
-    }
-}
-
 /* kernel_matmul over every type (and mixed types in one multi-product, which
  * share the scratch) against kernel_matmul_ref, on every ISA this CPU has. */
 static void test_matmul_all_types(void)
@@ -769,71 +701,93 @@ static void test_interleaved_matrices(void)
     threadpool_free(pool);
 }
 
-/* Row lanes (kernels_rows.h, docs/engine.md "Row lanes"): Q4_0 in the lane
- * layout, through kernel_matmul on every ISA this CPU has and through each
- * lane kernel called directly (the 512-bit one and the 256-bit body in its
- * AVX2, AVX-VNNI and EVEX forms), for every token count 1..17 (whole tiles
- * and every leftover), three lane groups and a leftover of 5 rows, widths of
- * 1, 3 and 28 blocks: every output has the bits of quants.c's scalar
- * one-row dot (the canonical order), memcmp; the one-row AVX2 dot too.
- * Rows differ in scale (one tiny, one with the largest levels) and tokens
- * too, so a mixed-up row, token or scale would show. */
-static void test_lane_kernels(void)
+/* The canonical one-row dot of a lane type (Q4_0: quants.c; Q8_0:
+ * kernels.c) at ISA isa (scalar or AVX2). */
+static float lane_ref_dot(ggml_type t, kernel_isa isa, const void *w, const void *act, int n)
+{
+    const quant_traits *qt = quant_get_traits(t);
+    if (t != GGML_TYPE_Q8_0) return isa == KERNEL_ISA_SCALAR ? qt->dot_scalar(w, act, n) : qt->dot_avx2(w, act, n);
+    kernel_isa saved = kernel_active_isa();
+    kernel_force_isa(isa);
+    float v = kernel_dot_q8_0(w, act, n);
+    kernel_force_isa(saved);
+    return v;
+}
+
+/* Row lanes (kernels_rows.h, docs/engine.md "Row lanes"): Q4_0, Q5_0 and Q8_0 in
+ * the lane layout, through kernel_matmul on every ISA this CPU has and
+ * through each lane kernel called directly (the 512-bit one and the 256-bit
+ * body in its AVX2, AVX-VNNI and EVEX forms), for every token count 1..17
+ * (whole tiles and every leftover), three lane groups and a leftover of 5
+ * rows, widths of 1, 3 and 28 blocks: every output has the bits of the
+ * scalar one-row dot (the canonical order), memcmp; the one-row AVX2 dot
+ * too; the row-major matrix gives the same. Rows differ in scale (one tiny,
+ * one large) and tokens too, so a mixed-up row, token or scale would show;
+ * Q4_0 holds levels 0 and 15, Q5_0 0 and 31, Q8_0 weights -128 and 127 against
+ * activations +-127 (the offsets' and the sign trick's extremes). */
+static void check_lanes(ggml_type t, threadpool *pool)
 {
     enum { ROWS = 3 * KERNEL_LANE_ROWS + 5, MAXCOLS = 896, MAXTOK = 17 };
     static const int widths[] = {32, 96, 896};
-    const quant_traits *qt = quant_get_traits(GGML_TYPE_Q4_0);
-    char err[256];
-    threadpool *pool = threadpool_create(2, err, sizeof err);
-    REQUIRE(pool && qt);
     float *wf = malloc(sizeof(float) * MAXCOLS), *x = malloc(sizeof(float) * MAXTOK * MAXCOLS);
     float *want = malloc(sizeof(float) * MAXTOK * ROWS), *got = malloc(sizeof(float) * MAXTOK * ROWS);
-    size_t row = kernel_row_bytes(GGML_TYPE_Q4_0, MAXCOLS), arow = kernel_row_bytes(GGML_TYPE_Q8_0, MAXCOLS);
-    uint8_t *plain = malloc(row * ROWS), *il = malloc(row * ROWS), *act = malloc(arow * MAXTOK);
+    size_t row = kernel_row_bytes(t, MAXCOLS), arow = kernel_row_bytes(GGML_TYPE_Q8_0, MAXCOLS);
+    uint8_t *plain = malloc(row * ROWS), *il = malloc(row * ROWS), *act = malloc(arow * MAXTOK), *buf = malloc(row);
     kernel_lane_act *lact = malloc(sizeof(kernel_lane_act) * (MAXCOLS / 32) * MAXTOK);
-    REQUIRE(wf && x && want && got && plain && il && act && lact);
+    REQUIRE(wf && x && want && got && plain && il && act && buf && lact);
     kernel_isa saved = kernel_active_isa();
     int compared = 0, direct = 0;
     for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
         int cols = widths[wi];
-        size_t rb = kernel_row_bytes(GGML_TYPE_Q4_0, cols), ab = kernel_row_bytes(GGML_TYPE_Q8_0, cols);
+        size_t rb = kernel_row_bytes(t, cols), ab = kernel_row_bytes(GGML_TYPE_Q8_0, cols);
         size_t lstride = sizeof(kernel_lane_act) * (size_t)(cols / 32);
         for (int r = 0; r < ROWS; r++) {
             for (int i = 0; i < cols; i++) wf[i] = rnd_uniform(-1, 1) * (r == 7 ? 1e-3f : r == 20 ? 30.0f : 1.0f);
-            quantize_row(GGML_TYPE_Q4_0, wf, plain + r * rb, cols);
+            quantize_row(t, wf, plain + r * rb, cols);
         }
-        ((quant_block_q4_0 *)(plain + 3 * rb))->qs[0] = 0xf0; /* levels 0 and 15 */
-        for (int k = 0; k < MAXTOK; k++) {
+        for (int k = 0; k < MAXTOK; k++)
             for (int i = 0; i < cols; i++) x[k * cols + i] = rnd_uniform(-2, 2) * (k == 3 ? 1e-3f : k == 5 ? 10.0f : 1.0f);
+        if (t == GGML_TYPE_Q4_0) {
+            ((quant_block_q4_0 *)(plain + 3 * rb))->qs[0] = 0xf0; /* levels 0 and 15 */
+        } else if (t == GGML_TYPE_Q5_0) { /* levels 0 and 31: element 0 (low nibble 0, fifth bit 0), 16 (15, 1) */
+            quant_block_q5_0 *b = (quant_block_q5_0 *)(plain + 3 * rb);
+            b->qs[0] = 0xf0, b->qh[0] &= 0xfe, b->qh[2] |= 1;
+        } else {
+            kernel_block_q8_0 *b = (kernel_block_q8_0 *)(plain + 3 * rb);
+            b[0].qs[0] = -128, b[0].qs[1] = -128, b[0].qs[2] = 127;
+            x[0] = 2, x[1] = -2, x[2] = 2; /* the block's largest: +-127 */
+        }
+        for (int k = 0; k < MAXTOK; k++) {
             kernel_quantize_row_q8_0(x + k * cols, (kernel_block_q8_0 *)(act + k * ab), cols);
             kernel_lane_prep(act + k * ab, lact + (size_t)k * (cols / 32), cols);
         }
+        int have_avx2 = kernel_isa_available(KERNEL_ISA_AVX2);
         for (int k = 0; k < MAXTOK; k++)
             for (int r = 0; r < ROWS; r++) {
-                want[k * ROWS + r] = qt->dot_scalar(plain + r * rb, act + k * ab, cols);
-                if (qt->dot_avx2 && kernel_isa_available(KERNEL_ISA_AVX2)) {
-                    float v = qt->dot_avx2(plain + r * rb, act + k * ab, cols);
+                want[k * ROWS + r] = lane_ref_dot(t, KERNEL_ISA_SCALAR, plain + r * rb, act + k * ab, cols);
+                if (have_avx2) {
+                    float v = lane_ref_dot(t, KERNEL_ISA_AVX2, plain + r * rb, act + k * ab, cols);
                     CHECK(memcmp(&v, &want[k * ROWS + r], sizeof v) == 0);
                 }
             }
-        kernel_matrix a = {GGML_TYPE_Q4_0, ROWS, cols, plain, 0};
+        kernel_matrix a = {t, ROWS, cols, plain, 0};
         kernel_interleave(&a, il);
-        kernel_matrix b = {GGML_TYPE_Q4_0, ROWS, cols, il, 1};
-        uint8_t buf[MAXCOLS / 32 * 18];
+        kernel_matrix b = {t, ROWS, cols, il, 1};
+        CHECK(memcmp(plain, il, rb * KERNEL_LANE_ROWS) != 0); /* the first group did move */
         for (int r = 0; r < ROWS; r++) CHECK(memcmp(kernel_matrix_row(&b, r, buf), plain + r * rb, rb) == 0);
-        CHECK(memcmp(il + ROWS / KERNEL_LANE_ROWS * KERNEL_LANE_ROWS * rb,
-                     plain + ROWS / KERNEL_LANE_ROWS * KERNEL_LANE_ROWS * rb, 5 * rb) == 0); /* leftover: row-major */
-        void *scratch = malloc(kernel_matmul_scratch_bytes(GGML_TYPE_Q4_0, cols, MAXTOK));
+        size_t whole = ROWS / KERNEL_LANE_ROWS * KERNEL_LANE_ROWS;
+        CHECK(memcmp(il + whole * rb, plain + whole * rb, (ROWS - whole) * rb) == 0); /* leftover: row-major */
+        void *scratch = malloc(kernel_matmul_scratch_bytes(t, cols, MAXTOK));
         REQUIRE(scratch);
         for (int isa = 0; isa < KERNEL_ISA_COUNT; isa++) {
-            if (kernel_force_isa((kernel_isa)isa) != 0) continue; /* a CPU may have AVX-512 without AVX-VNNI */
+            if (kernel_force_isa((kernel_isa)isa) != 0) continue;
             for (int nt = 1; nt <= MAXTOK; nt++)
                 for (int m = 0; m < 2; m++) { /* the lane layout, and the row-major matrix */
                     memset(got, 0xff, sizeof(float) * MAXTOK * ROWS);
                     kernel_matmul(pool, m ? &a : &b, x, nt, got, scratch);
                     if (memcmp(got, want, sizeof(float) * (size_t)nt * ROWS) != 0) {
-                        fprintf(stderr, "  Q4_0 %d columns, isa %d, %d tokens, %s: not the canonical bits\n", cols,
-                                isa, nt, m ? "row-major" : "lanes");
+                        fprintf(stderr, "  %s %d columns, isa %d, %d tokens, %s: not the canonical bits\n",
+                                ggml_type_name(t), cols, isa, nt, m ? "row-major" : "lanes");
                         CHECK(0);
                     }
                     compared++;
@@ -843,20 +797,21 @@ static void test_lane_kernels(void)
         struct {
             kernel_isa isa;
             kernel_lane_fn fn;
-        } fns[] = {{KERNEL_ISA_AVX2, kernel_lane_avx2(GGML_TYPE_Q4_0)},
-                   {KERNEL_ISA_AVXVNNI, kernel_lane_avxvnni(GGML_TYPE_Q4_0)},
-                   {KERNEL_ISA_AVX512, kernel_lane_avx512_width(GGML_TYPE_Q4_0, 256)},
-                   {KERNEL_ISA_AVX512, kernel_lane_avx512_width(GGML_TYPE_Q4_0, 512)}};
+        } fns[] = {{KERNEL_ISA_AVX2, kernel_lane_avx2(t)},
+                   {KERNEL_ISA_AVXVNNI, kernel_lane_avxvnni(t)},
+                   {KERNEL_ISA_AVX512, kernel_lane_avx512_width(t, 256)},
+                   {KERNEL_ISA_AVX512, kernel_lane_avx512_width(t, 512)}};
         for (size_t f = 0; f < sizeof fns / sizeof fns[0]; f++) {
-            if (!fns[f].fn || !kernel_isa_available(fns[f].isa)) continue;
+            if (!kernel_isa_available(fns[f].isa)) continue;
+            REQUIRE(fns[f].fn);
             for (int nt = 1; nt <= MAXTOK; nt++) {
                 memset(got, 0xff, sizeof(float) * MAXTOK * ROWS);
-                for (int g = 0; g + KERNEL_LANE_ROWS <= ROWS; g += KERNEL_LANE_ROWS)
+                for (size_t g = 0; g < whole; g += KERNEL_LANE_ROWS)
                     fns[f].fn(il + g * rb, lact, lstride, nt, cols, got + g, ROWS);
                 for (int k = 0; k < nt; k++)
-                    if (memcmp(got + k * ROWS, want + k * ROWS, sizeof(float) * 3 * KERNEL_LANE_ROWS) != 0) {
-                        fprintf(stderr, "  Q4_0 %d columns, lane kernel %zu, %d tokens: token %d differs\n", cols, f,
-                                nt, k);
+                    if (memcmp(got + k * ROWS, want + k * ROWS, sizeof(float) * whole) != 0) {
+                        fprintf(stderr, "  %s %d columns, lane kernel %zu, %d tokens: token %d differs\n",
+                                ggml_type_name(t), cols, f, nt, k);
                         CHECK(0);
                         break;
                     }
@@ -866,9 +821,20 @@ static void test_lane_kernels(void)
         free(scratch);
     }
     CHECK(compared >= 3 * 17 * 2 * 2); /* scalar and avx2 at least */
-    CHECK(kernel_lane_avx2(GGML_TYPE_Q5_K) == NULL && kernel_lane_avx512(GGML_TYPE_F16) == NULL);
     if (!direct) fprintf(stderr, "  (no SIMD lane kernels on this CPU: only kernel_matmul checked)\n");
-    free(wf), free(x), free(want), free(got), free(plain), free(il), free(act), free(lact);
+    free(wf), free(x), free(want), free(got), free(plain), free(il), free(act), free(buf), free(lact);
+}
+
+static void test_lane_kernels(void)
+{
+    char err[256];
+    threadpool *pool = threadpool_create(2, err, sizeof err);
+    REQUIRE(pool);
+    check_lanes(GGML_TYPE_Q4_0, pool);
+    check_lanes(GGML_TYPE_Q8_0, pool);
+    check_lanes(GGML_TYPE_Q5_0, pool);
+    CHECK(kernel_lane_avx2(GGML_TYPE_Q5_K) == NULL && kernel_lane_avx512(GGML_TYPE_F16) == NULL &&
+          kernel_lane_avxvnni(GGML_TYPE_Q4_1) == NULL);
     threadpool_free(pool);
 }
 
@@ -1176,7 +1142,6 @@ int main(void)
     RUN(test_dot_products);
     RUN(test_rows_kernels);
     RUN(test_tile_kernels);
-    RUN(test_prepared_kernels);
     RUN(test_slab_kernels);
     RUN(test_lane_kernels);
     RUN(test_matmul_all_types);
