@@ -9,9 +9,9 @@ their end token, so each stream runs to max_tokens). Prints one JSON line:
 streams, tokens (sum of usage.completion_tokens), wall_s (first request sent
 -> last stream done), agg_tok_s (tokens / wall_s), ttft_ms p50/p99 (request
 sent -> first text chunk), itl_ms p50/p99 (gaps between consecutive text
-chunks of a stream, over every stream; a chunk may carry more than one
-token when the event loop batches deliveries, which then shows as one
-longer gap). Usage: batch_client.py URL MODEL STREAMS MAX_TOKENS [SALT]
+chunks of a stream, over every stream; a chunk carries one token: the
+scheduler keeps each token's text apart however late the event loop takes
+it, since 066feeb). Usage: batch_client.py URL MODEL STREAMS MAX_TOKENS [SALT]
 Standard library only.
 """
 import http.client

@@ -11,10 +11,17 @@
  * spent descheduled must not count. The process's CPU time is read
  * (CLOCK_PROCESS_CPUTIME_ID), so with --threads above 1 the pool workers'
  * idle spinning between products counts too; --threads 1 gives the steps'
- * own work.
+ * own work. The wall time per step is printed beside it (meaningful on a
+ * quiet machine only).
+ *
+ * --phases: also where each width's decode steps spend their time, phase
+ * by phase (model_batch_profile: the calling thread's CPU time, so a
+ * parallel phase includes its spin waiting for the pool's last task; the
+ * wall time of a step on a quiet machine), in ms per step, mean over every
+ * timed run.
  *
  * Usage: step_bench --model PATH [--widths 1,2,4,8] [--steps 32]
- *                   [--prompt 16] [--runs 5] [--threads 1]
+ *                   [--prompt 16] [--runs 5] [--threads 1] [--phases 1]
  * Build: bench/step_bench.sh (release build, no sanitizers). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +42,18 @@ static double cpu_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+static double wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static const char *const phase_names[MODEL_PHASE_COUNT] = {
+    "embed, RoPE tables", "RMSNorms", "q/k/v products", "biases, RoPE, KV store", "attention",
+    "output projection", "gate/up products", "SwiGLU", "down product", "residual adds",
+    "classifier", "logits copied out"};
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -42,9 +61,10 @@ static int cmp_double(const void *a, const void *b)
 }
 
 /* CPU seconds of `steps` decode steps of `width` sequences from a fresh
- * prompt each; -1 on error (printed). */
+ * prompt each (their wall seconds in *wall); -1 on error (printed). With
+ * phases, the steps' time per phase is added there. */
 static double run_width(const model *m, model_batch *b, threadpool *pool, model_state **states, int width,
-                        int prompt, int steps, float *logits, unsigned *seed)
+                        int prompt, int steps, float *logits, unsigned *seed, double *wall, uint64_t *phases)
 {
     const model_config *c = model_get_config(m);
     char err[256];
@@ -60,7 +80,8 @@ static double run_width(const model *m, model_batch *b, threadpool *pool, model_
         }
     }
     int32_t next[MODEL_BATCH];
-    double t0 = cpu_s();
+    model_batch_profile(b, phases);
+    double t0 = cpu_s(), w0 = wall_s();
     for (int s = 0; s < steps; s++) {
         for (int k = 0; k < width; k++) {
             next[k] = (int32_t)(rand_r(seed) % (unsigned)c->n_vocab);
@@ -72,13 +93,16 @@ static double run_width(const model *m, model_batch *b, threadpool *pool, model_
             return -1;
         }
     }
-    return cpu_s() - t0;
+    double cpu = cpu_s() - t0;
+    *wall = wall_s() - w0;
+    model_batch_profile(b, NULL);
+    return cpu;
 }
 
 int main(int argc, char **argv)
 {
     const char *path = NULL;
-    int widths[MAX_WIDTHS] = {1, 2, 4, 8}, n_widths = 4, steps = 32, prompt = 16, runs = 5, threads = 1;
+    int widths[MAX_WIDTHS] = {1, 2, 4, 8}, n_widths = 4, steps = 32, prompt = 16, runs = 5, threads = 1, phases = 0;
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) goto usage;
         const char *v = argv[++i];
@@ -87,6 +111,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i - 1], "--prompt")) prompt = atoi(v);
         else if (!strcmp(argv[i - 1], "--runs")) runs = atoi(v);
         else if (!strcmp(argv[i - 1], "--threads")) threads = atoi(v);
+        else if (!strcmp(argv[i - 1], "--phases")) phases = atoi(v);
         else if (!strcmp(argv[i - 1], "--widths")) {
             n_widths = 0;
             for (char *s = (char *)v; *s && n_widths < MAX_WIDTHS; s += *s == ',') widths[n_widths++] = (int)strtol(s, &s, 10);
@@ -124,23 +149,48 @@ int main(int argc, char **argv)
         }
 
     unsigned seed = 12345;
-    double t[MAX_WIDTHS][MAX_RUNS];
+    double t[MAX_WIDTHS][MAX_RUNS], wall[MAX_WIDTHS][MAX_RUNS], unused;
+    static uint64_t phase_ns[MAX_WIDTHS][MODEL_PHASE_COUNT];
     for (int w = 0; w < n_widths; w++) /* warm-up: faults the mapped weights in */
-        if (run_width(m, b, pool, states, widths[w], prompt, 2, logits, &seed) < 0) return 1;
+        if (run_width(m, b, pool, states, widths[w], prompt, 2, logits, &seed, &unused, NULL) < 0) return 1;
     for (int r = 0; r < runs; r++)
         for (int w = 0; w < n_widths; w++)
-            if ((t[w][r] = run_width(m, b, pool, states, widths[w], prompt, steps, logits, &seed)) < 0) return 1;
+            if ((t[w][r] = run_width(m, b, pool, states, widths[w], prompt, steps, logits, &seed, &wall[w][r],
+                                     phases ? phase_ns[w] : NULL)) < 0)
+                return 1;
 
     printf("%s, %d thread%s, %d steps after a %d-token prompt, CPU time, median of %d\n", path, threads,
            threads > 1 ? "s" : "", steps, prompt, runs);
-    printf("| sequences | ms per step | ms per token | tokens per CPU-s vs 1 |\n|---:|---:|---:|---:|\n");
+    printf("| sequences | CPU ms per step | CPU ms per token | tokens per CPU-s vs 1 | wall ms per step |\n"
+           "|---:|---:|---:|---:|---:|\n");
     double one = 0;
     for (int w = 0; w < n_widths; w++) {
         qsort(t[w], (size_t)runs, sizeof t[w][0], cmp_double);
+        qsort(wall[w], (size_t)runs, sizeof wall[w][0], cmp_double);
         double step_ms = t[w][runs / 2] / steps * 1e3;
         if (w == 0) one = step_ms / widths[0];
-        printf("| %d | %.2f | %.2f | %.2fx |\n", widths[w], step_ms, step_ms / widths[w],
-               one / (step_ms / widths[w]));
+        printf("| %d | %.2f | %.2f | %.2fx | %.2f |\n", widths[w], step_ms, step_ms / widths[w],
+               one / (step_ms / widths[w]), wall[w][runs / 2] / steps * 1e3);
+    }
+    if (phases) {
+        printf("\nms per step by phase (the calling thread's CPU time, mean over %d runs)\n| phase |", runs);
+        for (int w = 0; w < n_widths; w++) printf(" %d seq |", widths[w]);
+        printf("\n|---|");
+        for (int w = 0; w < n_widths; w++) printf("---:|");
+        printf("\n");
+        double total[MAX_WIDTHS] = {0};
+        for (int p = 0; p < MODEL_PHASE_COUNT; p++) {
+            printf("| %s |", phase_names[p]);
+            for (int w = 0; w < n_widths; w++) {
+                double ms = phase_ns[w][p] * 1e-6 / ((double)runs * steps);
+                total[w] += ms;
+                printf(" %.3f |", ms);
+            }
+            printf("\n");
+        }
+        printf("| total |");
+        for (int w = 0; w < n_widths; w++) printf(" %.3f |", total[w]);
+        printf("\n");
     }
     for (int k = 0; k < max_width; k++) model_state_free(states[k]);
     free(logits);

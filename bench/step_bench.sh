@@ -2,7 +2,7 @@
 # step_bench.sh: builds bench/step_bench.c against a release build and runs
 # it with the given arguments (see step_bench.c: what a decode step of B
 # sequences costs in CPU time, without the server).
-# Usage: bench/step_bench.sh --model PATH [--widths 1,2,4,8] [--steps N] [--prompt N] [--runs N] [--threads N]
+# Usage: bench/step_bench.sh --model PATH [--widths 1,2,4,8] [--steps N] [--prompt N] [--runs N] [--threads N] [--phases 1]
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(dirname "$here")

@@ -411,7 +411,211 @@ AVX2_TARGET static void axpy_f16_avx2(float *out, float a, const uint16_t *v, in
         _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, load_f16x8(v + i), _mm256_loadu_ps(out + i)));
     for (; i < n; i++) out[i] += a * _cvtsh_ss(v[i]);
 }
+
+/* dot_f16_f32_avx2(k, q + g * n, n) for each g < n_q, the key row converted
+ * once for all of them (grouped-query attention: the query heads of one kv
+ * head). For n a multiple of 32 up to 256 each head's sum takes exactly
+ * dot_f16_f32_avx2's operations (the same converted values in the same four
+ * accumulators, added the same way), so the bits are the one-head kernel's;
+ * other widths call it head by head. */
+AVX2_TARGET static void dot_f16_group_avx2(const uint16_t *k, const float *q, int n_q, int n, float *out)
+{
+    if (n % 32 != 0 || n > 256) {
+        for (int g = 0; g < n_q; g++) out[g] = dot_f16_f32_avx2(k, q + (size_t)g * n, n);
+        return;
+    }
+    __m256 kc[32];
+    for (int c = 0; c < n / 8; c++) kc[c] = load_f16x8(k + 8 * c);
+    for (int g = 0; g < n_q; g++) {
+        const float *qg = q + (size_t)g * n;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int i = 0; i < n; i += 32) {
+            s0 = _mm256_fmadd_ps(kc[i / 8], _mm256_loadu_ps(qg + i), s0);
+            s1 = _mm256_fmadd_ps(kc[i / 8 + 1], _mm256_loadu_ps(qg + i + 8), s1);
+            s2 = _mm256_fmadd_ps(kc[i / 8 + 2], _mm256_loadu_ps(qg + i + 16), s2);
+            s3 = _mm256_fmadd_ps(kc[i / 8 + 3], _mm256_loadu_ps(qg + i + 24), s3);
+        }
+        out[g] = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    }
+}
+
+/* axpy_f16_avx2(out + g * n, a[g], v, n) for each g < n_q, each 8 values
+ * of the value row converted once for all of them; the same operation per
+ * element as the one-head kernel (n a multiple of 8; else head by head). */
+AVX2_TARGET static void axpy_f16_group_avx2(float *out, const float *a, const uint16_t *v, int n_q, int n)
+{
+    if (n % 8 != 0) {
+        for (int g = 0; g < n_q; g++) axpy_f16_avx2(out + (size_t)g * n, a[g], v, n);
+        return;
+    }
+    for (int i = 0; i < n; i += 8) {
+        __m256 vc = load_f16x8(v + i);
+        for (int g = 0; g < n_q; g++) {
+            float *o = out + (size_t)g * n + i;
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_set1_ps(a[g]), vc, _mm256_loadu_ps(o)));
+        }
+    }
+}
 #endif /* KERNELS_HAVE_AVX2 */
+
+static void dot_f16_group_scalar(const uint16_t *k, const float *q, int n_q, int n, float *out)
+{
+    for (int g = 0; g < n_q; g++) out[g] = dot_f16_f32_scalar(k, q + (size_t)g * n, n);
+}
+
+static void axpy_f16_group_scalar(float *out, const float *a, const uint16_t *v, int n_q, int n)
+{
+    for (int g = 0; g < n_q; g++) axpy_f16_scalar(out + (size_t)g * n, a[g], v, n);
+}
+
+static void rmsnorm_scalar(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0; /* double: a long sum of squares loses digits in float */
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+#ifdef KERNELS_HAVE_AVX2
+/* rmsnorm_scalar with the sum of squares in four double lanes x 2 (another
+ * order of the same double sum: a row's bits depend on its length only, as
+ * the scalar's do) and the scaling 8 floats at a time with the scalar's two
+ * roundings, (x * scale) * w. */
+AVX2_TARGET static void rmsnorm_avx2(float *out, const float *x, const float *w, int n, float eps)
+{
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), hi = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+        s0 = _mm256_fmadd_pd(lo, lo, s0);
+        s1 = _mm256_fmadd_pd(hi, hi, s1);
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
+    double ss = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (int k = i; k < n; k++) ss += (double)x[k] * x[k];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    __m256 vs = _mm256_set1_ps(scale);
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), vs), _mm256_loadu_ps(w + j)));
+    for (; j < n; j++) out[j] = x[j] * scale * w[j];
+}
+#endif
+
+static void swiglu_scalar(float *x, const float *y, int n)
+{
+    for (int i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])) * y[i];
+}
+
+#ifdef KERNELS_HAVE_AVX2
+/* e^x for 8 floats, x in [-87, 88] (clamped: 2^n stays a normal float;
+ * silu needs no more). n = round(x / ln 2), r = x - n ln 2 in two parts
+ * (|r| <= ln 2 / 2), e^r by its Taylor series to r^7 (truncation below
+ * 6e-9 relative, so about one rounding of float), times 2^n built in the
+ * exponent bits. Only lane-wise operations: a value's result never depends
+ * on its neighbours, so any split of a row gives the same bits. */
+AVX2_TARGET static inline __m256 exp_avx2(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);  /* ln 2's first 16 bits */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.4286068202862268e-06f), r);     /* and the rest */
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+AVX2_TARGET static inline __m256 swiglu8_avx2(__m256 g, __m256 u)
+{
+    __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
+}
+
+/* x[i] = x[i] / (1 + e^-x[i]) * y[i], 8 at a time; the tail goes through
+ * the same vector code (padded), so every element gets the same bits
+ * wherever it sits: the batch's composition and the split over threads
+ * change nothing (docs/engine.md, "Determinism"). It replaced a scalar
+ * expf loop that took 3-4% of a 4-sequence Q4_0 step, on one thread. */
+AVX2_TARGET static void swiglu_avx2(float *x, const float *y, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, swiglu8_avx2(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    if (i < n) {
+        float g[8] = {0}, u[8] = {0};
+        memcpy(g, x + i, sizeof(float) * (size_t)(n - i));
+        memcpy(u, y + i, sizeof(float) * (size_t)(n - i));
+        _mm256_storeu_ps(g, swiglu8_avx2(_mm256_loadu_ps(g), _mm256_loadu_ps(u)));
+        memcpy(x + i, g, sizeof(float) * (size_t)(n - i));
+    }
+}
+#endif
+
+static void softmax_scalar(float *x, int n)
+{
+    float max = x[0];
+    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+#ifdef KERNELS_HAVE_AVX2
+/* softmax_scalar with swiglu's exponential, 8 at a time (the tail through
+ * the same code, padded and its padding left out of the sum; a score more
+ * than 87 below the row's largest gives 0, as expf's underflow would, not
+ * the clamp's 2^-126), the sum in double lanes. Attention runs it over every (token, head) pair's scores:
+ * with expf one at a time it was about a sixth of a decode pair's work. A
+ * row's bits depend on its values only. */
+AVX2_TARGET static inline __m256 softmax_exp_avx2(__m256 d)
+{
+    return _mm256_andnot_ps(_mm256_cmp_ps(d, _mm256_set1_ps(-87.0f), _CMP_LT_OQ), exp_avx2(d));
+}
+
+AVX2_TARGET static void softmax_avx2(float *x, int n)
+{
+    float max = x[0];
+    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    __m256 vmax = _mm256_set1_ps(max);
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = softmax_exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+        _mm256_storeu_ps(x + i, e);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
+    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    if (i < n) {
+        float t[8];
+        for (int k = 0; k < 8; k++) t[k] = i + k < n ? x[i + k] : max;
+        _mm256_storeu_ps(t, softmax_exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(t), vmax)));
+        for (int k = 0; i + k < n; k++) {
+            x[i + k] = t[k];
+            sum += t[k];
+        }
+    }
+    __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+    int j = 0;
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), inv));
+    for (; j < n; j++) x[j] *= _mm256_cvtss_f32(inv);
+}
+#endif
 
 /* The first index of the largest value; NaN never compares, so never wins
  * (0 when nothing beats -inf). */
@@ -521,19 +725,26 @@ typedef struct {
     void (*axpy_f16)(float *, float, const uint16_t *, int);
     void (*quantize_q8_0)(const float *, kernel_block_q8_0 *, int);
     int32_t (*argmax)(const float *, int);
+    void (*swiglu)(float *, const float *, int);
+    void (*rmsnorm)(float *, const float *, const float *, int, float);
+    void (*softmax)(float *, int);
+    void (*dot_f16_group)(const uint16_t *, const float *, int, int, float *);
+    void (*axpy_f16_group)(float *, const float *, const uint16_t *, int, int);
 } kernel_ops;
 
 static const kernel_ops ops_scalar = {
     KERNEL_ISA_SCALAR, dot_f32_scalar, dot_f16_f32_scalar, dot_bf16_f32_scalar,
     dot_q8_0_scalar, fp16_row_scalar, fp32_to_fp16_row_scalar, axpy_scalar, axpy_f16_scalar,
-    quantize_row_q8_0_scalar, argmax_scalar,
+    quantize_row_q8_0_scalar, argmax_scalar, swiglu_scalar, rmsnorm_scalar,
+    softmax_scalar, dot_f16_group_scalar, axpy_f16_group_scalar,
 };
 #ifdef KERNELS_HAVE_AVX2
 /* AVX-VNNI and AVX-512 differ from AVX2 only in the rows kernels of the
  * matrix products (kernels_rows.h); the one-row dot products are AVX2's. */
 #define OPS_AVX2(isa)                                                                          \
     {isa, dot_f32_avx2, dot_f16_f32_avx2, dot_bf16_f32_avx2, dot_q8_0_avx2, fp16_row_avx2,       \
-     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2}
+     fp32_to_fp16_row_avx2, axpy_avx2, axpy_f16_avx2, quantize_row_q8_0_avx2, argmax_avx2, swiglu_avx2,  \
+     rmsnorm_avx2, softmax_avx2, dot_f16_group_avx2, axpy_f16_group_avx2}
 static const kernel_ops ops_avx2 = OPS_AVX2(KERNEL_ISA_AVX2);
 static const kernel_ops ops_avxvnni = OPS_AVX2(KERNEL_ISA_AVXVNNI);
 static const kernel_ops ops_avx512 = OPS_AVX2(KERNEL_ISA_AVX512);
@@ -690,8 +901,13 @@ int kernel_interleavable(ggml_type t, int cols) { return cols > 0 && interleave_
  * bytes (Q4_0 and Q5_0: 16, Q8_0: 32), and a group's block i, at 16 i block
  * sizes, holds the 16 rows' scales (row r at 2 r), for Q5_0 the 16 rows'
  * fifth bits (row r at 32 + 4 r), then chunks k of 64 bytes with row r's
- * qs[4k .. 4k+3] at 4 r. */
-static int lane_layout(ggml_type t) { return t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q5_0; }
+ * qs[4k .. 4k+3] at 4 r. Q4_K and Q6_K have their own lane layout
+ * (quant_lanes_pack, quants.h; docs/engine.md "K-quants in row lanes"), and
+ * take Q8_K blocks as they are. */
+static int lane_layout(ggml_type t)
+{
+    return t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q5_0 || quant_lanes_block_bytes(t);
+}
 
 static int group_rows(ggml_type t) { return lane_layout(t) ? KERNEL_LANE_ROWS : KERNEL_ROWS; }
 
@@ -730,6 +946,10 @@ void kernel_interleave(const kernel_matrix *w, void *dst)
     for (int g = 0; g < whole; g += gr) {
         const uint8_t *s = src + (size_t)g * row;
         uint8_t *d = out + (size_t)g * row;
+        if (quant_lanes_block_bytes(w->type)) {
+            quant_lanes_pack(w->type, s, row, w->cols, d);
+            continue;
+        }
         if (lane_layout(w->type)) {
             for (int r = 0; r < gr; r++) lane_put_row(d, s + (size_t)r * row, r, units, unit, w->type == GGML_TYPE_Q5_0);
             continue;
@@ -748,6 +968,10 @@ const void *kernel_matrix_row(const kernel_matrix *w, int r, void *buf)
     if (!w->interleaved || r >= whole) return data + (size_t)r * row;
     size_t unit = interleave_unit(w->type, w->cols), units = row / unit;
     const uint8_t *group = data + (size_t)(r - r % gr) * row;
+    if (quant_lanes_block_bytes(w->type)) {
+        quant_lanes_row(w->type, group, r % gr, w->cols, buf);
+        return buf;
+    }
     if (lane_layout(w->type)) {
         lane_get_row(group, buf, r % gr, units, unit, w->type == GGML_TYPE_Q5_0);
         return buf;
@@ -1002,9 +1226,16 @@ void kernel_matmul_multi(threadpool *pool, int n_mats, const kernel_matrix *cons
         if (part->lane) { /* tasks in whole lane groups; the 4-row kernels are not used */
             part->rows_per_task = (rows_per_task + KERNEL_LANE_ROWS - 1) / KERNEL_LANE_ROWS * KERNEL_LANE_ROWS;
             part->rows = NULL, part->tile = NULL, part->slab = (kernel_slab){NULL, NULL};
-            part->lane_act = lane_base;
-            part->lane_stride = lane_stride;
-            need_lane = 1;
+            if (quant_lanes_block_bytes(t)) { /* the K-quants' lane kernels read Q8_K blocks */
+                part->lane_act = q8k_base;
+                part->lane_stride = q8k_stride;
+            } else {
+                part->lane_act = lane_base;
+                part->lane_stride = lane_stride;
+                need_lane = 1;
+            }
+        } else if (w[i]->interleaved && lane_layout(t)) { /* no lane kernel at this set: rows gathered one at a time */
+            part->rows = NULL, part->tile = NULL, part->slab = (kernel_slab){NULL, NULL};
         }
         part->first_task = n_tasks;
         n_tasks += (w[i]->rows + part->rows_per_task - 1) / part->rows_per_task;
@@ -1066,30 +1297,16 @@ void kernel_matmul_ref(const kernel_matrix *w, const float *x, int n, float *y)
 
 void kernel_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
-    double ss = 0; /* double: a long sum of squares loses digits in float */
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float scale = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+    ops()->rmsnorm(out, x, w, n, eps);
 }
 
 void kernel_softmax(float *x, int n)
 {
     assert(n > 0);
-    float max = x[0];
-    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
-    double sum = 0;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    float inv = (float)(1.0 / sum);
-    for (int i = 0; i < n; i++) x[i] *= inv;
+    ops()->softmax(x, n);
 }
 
-void kernel_swiglu(float *x, const float *y, int n)
-{
-    for (int i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])) * y[i];
-}
+void kernel_swiglu(float *x, const float *y, int n) { ops()->swiglu(x, y, n); }
 
 void kernel_add(float *x, const float *y, int n)
 {
@@ -1098,3 +1315,11 @@ void kernel_add(float *x, const float *y, int n)
 
 void kernel_axpy(float *out, float a, const float *v, int n) { ops()->axpy(out, a, v, n); }
 void kernel_axpy_f16(float *out, float a, const uint16_t *v, int n) { ops()->axpy_f16(out, a, v, n); }
+void kernel_dot_f16_group(const uint16_t *k, const float *q, int n_q, int n, float *out)
+{
+    ops()->dot_f16_group(k, q, n_q, n, out);
+}
+void kernel_axpy_f16_group(float *out, const float *a, const uint16_t *v, int n_q, int n)
+{
+    ops()->axpy_f16_group(out, a, v, n_q, n);
+}

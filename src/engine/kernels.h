@@ -142,6 +142,12 @@ void kernel_add(float *x, const float *y, int n);
 void kernel_axpy(float *out, float a, const float *v, int n);
 /* out[i] += a * v[i], v in fp16 (an F16 KV cache's values) */
 void kernel_axpy_f16(float *out, float a, const uint16_t *v, int n);
+/* Grouped-query attention, the query heads of one kv head at once (q and out
+ * are n_q rows of n): out[g] = kernel_dot_f16_f32(k, q + g * n, n), and
+ * out + g * n += a[g] * v (kernel_axpy_f16), with the bits of those one-head
+ * kernels; the F16 row is read and converted once for the group. */
+void kernel_dot_f16_group(const uint16_t *k, const float *q, int n_q, int n, float *out);
+void kernel_axpy_f16_group(float *out, const float *a, const uint16_t *v, int n_q, int n);
 /* The first index of the largest of x[0, n) (NaN never wins; 0 when
  * nothing beats -inf), the same at every ISA. */
 int32_t kernel_argmax(const float *x, int n);

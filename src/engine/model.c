@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/kernels.h"
 
@@ -912,9 +913,9 @@ uint64_t model_kv_bytes_per_pos(const model_sizes *z, model_kv_type t)
 }
 
 /* Bytes model_state_new allocates for n_ctx positions of n_layers layers
- * in a cache of kv_type, with attention rows for n_threads, given the matmul
- * scratch. One formula for the estimate and the state's own count
- * (model_state_bytes). */
+ * in a cache of kv_type, with attention rows for n_threads (one per query
+ * head of a kv head's group each), given the matmul scratch. One formula
+ * for the estimate and the state's own count (model_state_bytes). */
 static uint64_t state_bytes(const model_config *c, int n_layers, int n_ctx, model_kv_type kv_type,
                             int n_threads, uint64_t matmul_scratch)
 {
@@ -923,7 +924,9 @@ static uint64_t state_bytes(const model_config *c, int n_layers, int n_ctx, mode
     uint64_t batch = (uint64_t)MODEL_BATCH * (2 * (uint64_t)c->n_embd + 2 * q_dim + 2 * kv_dim + 2 * (uint64_t)c->n_ff +
                                               (c->n_swa > 0 ? 4 : 2) * half);
     return model_kv_type_size(kv_type) * 2 * (uint64_t)n_layers * (uint64_t)n_ctx * kv_dim +
-           sizeof(float) * (batch + (uint64_t)n_threads * (uint64_t)n_ctx) + matmul_scratch;
+           sizeof(float) * (batch + (uint64_t)n_threads * (uint64_t)(c->n_head / c->n_head_kv) * (uint64_t)n_ctx +
+                            (uint64_t)n_threads * (uint64_t)(c->n_head / c->n_head_kv)) +
+           matmul_scratch;
 }
 
 uint64_t model_part_need(const model_sizes *z, const model_part *part, int n_ctx,
@@ -969,11 +972,15 @@ struct model_batch {
     float *rope_sin;    /* (MODEL_BATCH, n_rot / 2) */
     float *rope_cos_swa; /* (MODEL_BATCH, n_rot / 2) gemma3's local layers, else NULL */
     float *rope_sin_swa; /* (MODEL_BATCH, n_rot / 2) */
-    float *att;         /* (att_rows, att_ctx) attention weights, one row per pool thread */
-    int att_rows, att_ctx;
+    float *att;         /* (att_threads, group, att_ctx) attention weights, a row per query
+                           head of a kv group per pool thread; group = n_head / n_head_kv */
+    float *att_row;     /* (att_threads, group) one position's weights, one per query head of a group */
+    int att_threads, att_ctx;
     float *last_logits; /* (last_rows, n_vocab) model_forward_batch's last-token logits */
     int last_rows;
     void *scratch;      /* kernel_matmul's converted inputs */
+    uint64_t *profile;  /* (MODEL_PHASE_COUNT) ns per phase, or NULL (model_batch_profile) */
+    uint64_t phase_start; /* the calling thread's CPU time when the current phase began */
 };
 
 struct model_state {
@@ -1024,6 +1031,26 @@ oom:
     return NULL;
 }
 
+void model_batch_profile(model_batch *b, uint64_t *ns) { b->profile = ns; }
+
+/* The calling thread's CPU time: on a shared machine, time descheduled
+ * would swamp the phases' own. */
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The phase that just ended gets the time since the previous mark. */
+static void phase_end(model_batch *b, model_phase phase)
+{
+    if (!b->profile) return;
+    uint64_t now = thread_cpu_ns();
+    b->profile[phase] += now - b->phase_start;
+    b->phase_start = now;
+}
+
 void model_batch_free(model_batch *b)
 {
     if (!b) return;
@@ -1040,6 +1067,7 @@ void model_batch_free(model_batch *b)
     free(b->rope_cos_swa);
     free(b->rope_sin_swa);
     free(b->att);
+    free(b->att_row);
     free(b->last_logits);
     free(b->scratch);
     free(b);
@@ -1092,7 +1120,7 @@ int model_state_n_past(const model_state *s) { return s->n_past; }
 
 uint64_t model_state_bytes(const model_state *s)
 {
-    return state_bytes(&s->m->c, s->n_layers, s->n_ctx, s->kv_type, s->work->att_rows,
+    return state_bytes(&s->m->c, s->n_layers, s->n_ctx, s->kv_type, s->work->att_threads,
                        s->m->matmul_scratch);
 }
 
@@ -1189,44 +1217,58 @@ typedef struct {
     model_batch *b;
     int layer;  /* the model's layer index */
     int window; /* > 0: attend to the last `window` positions only (sliding window) */
+    int pairs, per_task; /* (token, kv head) pairs in all, and per task */
 } attention_job;
 
-/* One (token, head) pair: causal softmax attention over its own sequence's
- * cache, positions 0 .. its position. An F16 cache is read as is, each
- * element converted in the dot product and the weighted sum (vcvtph2ps on
- * x86-64): no float copy of the cache, half the memory traffic. */
-static void attention_task(void *ctx, int task, int thread)
+/* One (token, kv head) pair: causal softmax attention of the kv head's
+ * group of query heads (n_head / n_head_kv of them: 7 for Qwen2.5-0.5B)
+ * over its own sequence's cache, positions t0 .. its position. An F16 cache
+ * is read as is, each key and value row once for the whole group, converted
+ * once (kernel_dot_f16_group, kernel_axpy_f16_group: no float copy of the
+ * cache, half the memory traffic); each head gets the bits it got when it ran
+ * alone (kernel_dot_f16_f32, kernel_axpy_f16), whatever the batch and the
+ * thread. */
+static void attention_pair(const attention_job *job, int pair, int thread)
 {
-    const attention_job *job = ctx;
     const model_config *c = job->c;
     model_batch *b = job->b;
-    int i = task / c->n_head, h = task % c->n_head;
+    int group = c->n_head / c->n_head_kv;
+    int i = pair / c->n_head_kv, kv_head = pair % c->n_head_kv, h0 = kv_head * group;
     const model_state *s = b->tok_state[i];
     int pos = b->tok_pos[i];
     int hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = s->kv_dim;
-    int kv_head = h / (c->n_head / c->n_head_kv);
+    size_t ctx = (size_t)b->att_ctx;
     /* element offset of this layer's and kv head's first row */
     size_t off = (size_t)(job->layer - s->first) * s->n_ctx * kv_dim + (size_t)kv_head * hd;
-    const float *q = b->q + (size_t)i * q_dim + h * hd;                    /* (head_dim) */
-    float *att = b->att + (size_t)thread * b->att_ctx;                     /* (pos + 1) */
-    float *out = b->att_out + (size_t)i * q_dim + h * hd;                  /* (head_dim) */
+    const float *q = b->q + (size_t)i * q_dim + (size_t)h0 * hd;           /* (group, head_dim) */
+    float *att = b->att + (size_t)thread * group * ctx;                    /* (group, att_ctx) */
+    float *w = b->att_row + (size_t)thread * group;                        /* (group) one position's */
+    float *out = b->att_out + (size_t)i * q_dim + (size_t)h0 * hd;         /* (group, head_dim) */
 
     int t0 = job->window > 0 && pos - job->window + 1 > 0 ? pos - job->window + 1 : 0;
-    memset(out, 0, sizeof(float) * hd);
+    memset(out, 0, sizeof(float) * (size_t)group * hd);
     if (s->kv_type == MODEL_KV_F16) {
         const uint16_t *keys = (const uint16_t *)s->key_cache + off;       /* (pos + 1, kv_dim) */
         const uint16_t *values = (const uint16_t *)s->value_cache + off;   /* (pos + 1, kv_dim) */
-        for (int t = t0; t <= pos; t++)
-            att[t] = kernel_dot_f16_f32(keys + (size_t)t * kv_dim, q, hd) * c->attn_scale;
-        kernel_softmax(att + t0, pos + 1 - t0);
-        for (int t = t0; t <= pos; t++) kernel_axpy_f16(out, att[t], values + (size_t)t * kv_dim, hd);
+        for (int t = t0; t <= pos; t++) {
+            kernel_dot_f16_group(keys + (size_t)t * kv_dim, q, group, hd, w);
+            for (int g = 0; g < group; g++) att[g * ctx + t] = w[g] * c->attn_scale;
+        }
+        for (int g = 0; g < group; g++) kernel_softmax(att + g * ctx + t0, pos + 1 - t0);
+        for (int t = t0; t <= pos; t++) {
+            for (int g = 0; g < group; g++) w[g] = att[g * ctx + t];
+            kernel_axpy_f16_group(out, w, values + (size_t)t * kv_dim, group, hd);
+        }
     } else {
         const float *keys = (const float *)s->key_cache + off;             /* (pos + 1, kv_dim) */
         const float *values = (const float *)s->value_cache + off;         /* (pos + 1, kv_dim) */
-        for (int t = t0; t <= pos; t++)
-            att[t] = kernel_dot_f32(q, keys + (size_t)t * kv_dim, hd) * c->attn_scale;
-        kernel_softmax(att + t0, pos + 1 - t0);
-        for (int t = t0; t <= pos; t++) kernel_axpy(out, att[t], values + (size_t)t * kv_dim, hd);
+        for (int g = 0; g < group; g++) {
+            float *a = att + g * ctx;
+            for (int t = t0; t <= pos; t++)
+                a[t] = kernel_dot_f32(q + (size_t)g * hd, keys + (size_t)t * kv_dim, hd) * c->attn_scale;
+            kernel_softmax(a + t0, pos + 1 - t0);
+            for (int t = t0; t <= pos; t++) kernel_axpy(out + (size_t)g * hd, a[t], values + (size_t)t * kv_dim, hd);
+        }
     }
 }
 
@@ -1241,9 +1283,11 @@ static void norm_qkv(const model_config *c, const model_layer *L, model_batch *b
     int dim = c->n_embd;
     for (int i = 0; i < n; i++)
         kernel_rmsnorm(b->xb + (size_t)i * dim, x + (size_t)i * dim, L->attn_norm, dim, c->norm_eps);
+    phase_end(b, MODEL_PHASE_NORM);
     const kernel_matrix *qkv[3] = {&L->wq, &L->wk, &L->wv};
     float *qkv_out[3] = {b->q, b->k_new, b->v_new};
     kernel_matmul_multi(pool, 3, qkv, b->xb, n, qkv_out, b->scratch);
+    phase_end(b, MODEL_PHASE_QKV);
 }
 
 /* qwen3, gemma3: each head (head_dim) of one token's q and k = rmsnorm(head)
@@ -1275,13 +1319,27 @@ static void store_kv(const model_config *c, model_batch *b, int l, int n)
     }
 }
 
-/* Causal attention of the batch's n tokens over their caches of layer l, one
- * task per (token, head); window > 0 limits each query to the last window
- * positions. -> b->att_out (n, n_head * head_dim). */
+/* A run of consecutive (token, kv head) pairs. */
+static void attention_task(void *ctx, int task, int thread)
+{
+    const attention_job *job = ctx;
+    int end = (task + 1) * job->per_task < job->pairs ? (task + 1) * job->per_task : job->pairs;
+    for (int pair = task * job->per_task; pair < end; pair++) attention_pair(job, pair, thread);
+}
+
+/* Causal attention of the batch's n tokens over their caches of layer l,
+ * up to about four tasks per thread, each a run of (token, kv head) pairs
+ * (one task per (token, query head), as before, spent a good part of a
+ * decode pair's ~1 us claiming it and counting it done on atomics shared by
+ * both threads). window > 0 limits each query to the last window positions.
+ * -> b->att_out (n, n_head * head_dim). */
 static void attend(const model_config *c, model_batch *b, threadpool *pool, int l, int n, int window)
 {
-    attention_job job = {c, b, l, window};
-    threadpool_run(pool, n * c->n_head, attention_task, &job);
+    int pairs = n * c->n_head_kv, want = 4 * threadpool_size(pool);
+    int per_task = (pairs + want - 1) / want;
+    attention_job job = {c, b, l, window, pairs, per_task};
+    threadpool_run(pool, (pairs + per_task - 1) / per_task, attention_task, &job);
+    phase_end(b, MODEL_PHASE_ATTENTION);
 }
 
 /* Feed-forward input of layer L: xb = rmsnorm(x) * ffn_norm, then gate, up =
@@ -1292,9 +1350,41 @@ static void norm_gate_up(const model_config *c, const model_layer *L, model_batc
     int dim = c->n_embd;
     for (int i = 0; i < n; i++)
         kernel_rmsnorm(b->xb + (size_t)i * dim, x + (size_t)i * dim, L->ffn_norm, dim, c->norm_eps);
+    phase_end(b, MODEL_PHASE_NORM);
     const kernel_matrix *gate_up[2] = {&L->w_gate, &L->w_up};
     float *gate_up_out[2] = {b->hb, b->hb2};
     kernel_matmul_multi(pool, 2, gate_up, b->xb, n, gate_up_out, b->scratch);
+    phase_end(b, MODEL_PHASE_GATE_UP);
+}
+
+typedef struct {
+    float *x;
+    const float *y;
+    int n, slice;
+} swiglu_job;
+
+static void swiglu_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    const swiglu_job *job = ctx;
+    int at = task * job->slice, len = job->n - at < job->slice ? job->n - at : job->slice;
+    kernel_swiglu(job->x + at, job->y + at, len);
+}
+
+/* hb = silu(hb) * hb2 over the batch's n rows (n, n_ff), in slices over the
+ * pool: an element's result does not depend on its slice (kernel_swiglu is
+ * elementwise, any tail included), so neither the thread count nor the
+ * batch changes a bit. A slice is at least SWIGLU_SLICE values: one token
+ * of a 0.5B model (4864) runs on the caller, whose hand-off would cost
+ * about what the work does. */
+#define SWIGLU_SLICE 4096
+static void swiglu_rows(const model_config *c, model_batch *b, threadpool *pool, int n)
+{
+    int total = n * c->n_ff, tasks = total / SWIGLU_SLICE;
+    if (tasks > threadpool_size(pool)) tasks = threadpool_size(pool);
+    if (tasks < 1) tasks = 1;
+    swiglu_job job = {b->hb, b->hb2, total, (total + tasks - 1) / tasks};
+    threadpool_run(pool, tasks, swiglu_task, &job);
 }
 
 /* Runs the batch's n <= MODEL_BATCH hidden states x (n, n_embd) through
@@ -1335,20 +1425,26 @@ static void forward_layers(const model *m, model_batch *b, threadpool *pool, int
                        b->rope_sin + i * half);
         }
         store_kv(c, b, l, n);
+        phase_end(b, MODEL_PHASE_ROPE_KV);
 
-        /* ---- grouped-query attention over positions 0 .. pos, one task per (token, head) ---- */
+        /* ---- grouped-query attention over positions 0 .. pos, per (token, kv head) ---- */
         attend(c, b, pool, l, n, 0); /* -> att_out (n, q_dim) */
 
         /* ---- output projection and residual: x += att_out Wo ---- */
         kernel_matmul(pool, &L->wo, b->att_out, n, b->xb, b->scratch); /* (n, dim) */
+        phase_end(b, MODEL_PHASE_WO);
         for (int i = 0; i < n && L->bo; i++) kernel_add(b->xb + (size_t)i * dim, L->bo, dim);
         kernel_add(x, b->xb, n * dim);
+        phase_end(b, MODEL_PHASE_RESIDUAL);
 
         /* ---- feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x) * ffn_norm ---- */
         norm_gate_up(c, L, b, pool, x, n); /* (n, n_ff) x 2 */
-        kernel_swiglu(b->hb, b->hb2, n * c->n_ff);
+        swiglu_rows(c, b, pool, n); /* hb = silu(hb) * hb2 */
+        phase_end(b, MODEL_PHASE_ACTIVATION);
         kernel_matmul(pool, &L->w_down, b->hb, n, b->xb, b->scratch); /* (n, dim) */
+        phase_end(b, MODEL_PHASE_DOWN);
         kernel_add(x, b->xb, n * dim);
+        phase_end(b, MODEL_PHASE_RESIDUAL);
     }
 }
 
@@ -1456,7 +1552,9 @@ static void output_rows(const model *m, model_batch *b, threadpool *pool, const 
     assert(n > 0 && n <= MODEL_BATCH);
     for (int i = 0; i < n; i++)
         kernel_rmsnorm(b->xb + (size_t)i * dim, x + (size_t)i * dim, m->output_norm, dim, c->norm_eps);
+    phase_end(b, MODEL_PHASE_NORM);
     kernel_matmul(pool, &m->output, b->xb, n, logits, b->scratch); /* (n, n_vocab) */
+    phase_end(b, MODEL_PHASE_CLASSIFIER);
 }
 
 static int check_tokens(const model *m, const int32_t *tokens, int n, char *err, size_t errlen)
@@ -1474,20 +1572,24 @@ static int check_tokens(const model *m, const int32_t *tokens, int n, char *err,
     return 0;
 }
 
-/* Gives b a row of attention scratch of n_ctx per pool thread. */
+/* Gives b, per pool thread, a row of attention scratch of n_ctx for each
+ * query head of a kv group, and a group's weights of one position. */
 static int batch_reserve(model_batch *b, threadpool *pool, int n_ctx, char *err, size_t errlen)
 {
-    int threads = threadpool_size(pool);
-    if (threads > b->att_rows || n_ctx > b->att_ctx) {
-        int rows = threads > b->att_rows ? threads : b->att_rows;
+    const model_config *c = &b->m->c;
+    int threads = threadpool_size(pool), group = c->n_head / c->n_head_kv;
+    if (threads > b->att_threads || n_ctx > b->att_ctx) {
+        int rows = threads > b->att_threads ? threads : b->att_threads;
         int ctx = n_ctx > b->att_ctx ? n_ctx : b->att_ctx;
-        float *att = realloc(b->att, sizeof(float) * (size_t)rows * (size_t)ctx);
-        if (!att) {
+        float *att = realloc(b->att, sizeof(float) * (size_t)rows * (size_t)group * (size_t)ctx);
+        float *row = att ? realloc(b->att_row, sizeof(float) * (size_t)rows * (size_t)group) : NULL;
+        if (att) b->att = att;
+        if (!att || !row) {
             snprintf(err, errlen, "out of memory for attention scratch");
             return -1;
         }
-        b->att = att;
-        b->att_rows = rows;
+        b->att_row = row;
+        b->att_threads = rows;
         b->att_ctx = ctx;
     }
     return 0;
@@ -1636,6 +1738,19 @@ int model_forward(const model *m, model_state *s, threadpool *pool, const int32_
     return 0;
 }
 
+typedef struct {
+    const float *src; /* (n, n_vocab) */
+    float *dst[MODEL_BATCH];
+    int n, n_vocab;
+} logits_copy_job;
+
+static void logits_copy_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    const logits_copy_job *job = ctx;
+    memcpy(job->dst[task], job->src + (size_t)task * job->n_vocab, sizeof(float) * (size_t)job->n_vocab);
+}
+
 int model_forward_batch(const model *m, model_batch *b, threadpool *pool, const model_seq *seqs,
                         int n_seq, char *err, size_t errlen)
 {
@@ -1673,11 +1788,13 @@ int model_forward_batch(const model *m, model_batch *b, threadpool *pool, const 
     }
 
     /* ---- embed every sequence's tokens, one after another; place them ---- */
+    if (b->profile) b->phase_start = thread_cpu_ns();
     int dim = c->n_embd;
     for (int k = 0, i0 = 0; k < n_seq; i0 += seqs[k].n, k++) {
         embed_rows(m, seqs[k].tokens, seqs[k].n, b->x + (size_t)i0 * dim);
         batch_place(m, b, i0, seqs[k].state, seqs[k].n);
     }
+    phase_end(b, MODEL_PHASE_EMBED);
 
     /* ---- every layer over the whole batch ---- */
     run_layers(m, b, pool, 0, c->n_layer, b->x, total);
@@ -1691,11 +1808,16 @@ int model_forward_batch(const model *m, model_batch *b, threadpool *pool, const 
         else /* gather the last rows at the front of x: rows before i0 + n - 1 are done with */
             memmove(b->x + (size_t)r++ * dim, b->x + (size_t)(i0 + seqs[k].n - 1) * dim, sizeof(float) * dim);
     }
-    if (n_last > 0) {
+    if (n_last == 1) { /* straight into the one sequence's row */
+        for (int k = 0; k < n_seq; k++)
+            if (seqs[k].logits && !seqs[k].all_logits) output_rows(m, b, pool, b->x, 1, seqs[k].logits);
+    } else if (n_last > 1) {
         output_rows(m, b, pool, b->x, n_last, b->last_logits); /* (n_last, n_vocab) */
-        for (int k = 0, r = 0; k < n_seq; k++)
-            if (seqs[k].logits && !seqs[k].all_logits)
-                memcpy(seqs[k].logits, b->last_logits + (size_t)r++ * c->n_vocab, sizeof(float) * c->n_vocab);
+        logits_copy_job job = {.src = b->last_logits, .n_vocab = c->n_vocab};
+        for (int k = 0; k < n_seq; k++)
+            if (seqs[k].logits && !seqs[k].all_logits) job.dst[job.n++] = seqs[k].logits;
+        threadpool_run(pool, job.n, logits_copy_task, &job); /* 600 KB a row for a 152k vocabulary */
+        phase_end(b, MODEL_PHASE_LOGITS);
     }
     return 0;
 }

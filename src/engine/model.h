@@ -207,6 +207,29 @@ typedef struct model_batch model_batch;
 model_batch *model_batch_new(const model *m, char *err, size_t errlen);
 void model_batch_free(model_batch *b);
 
+/* Where a batch's time goes (bench/step_bench's breakdown): with a table
+ * of MODEL_PHASE_COUNT counters, every model_forward_batch on b adds each
+ * phase's nanoseconds of its calling thread's CPU time, which is the
+ * phase's wall time when nothing deschedules it (the caller spins while it
+ * waits for the pool's last task, so a parallel phase's wait counts); NULL
+ * stops it. Off by default; when on, one clock read (a system call) per phase. */
+typedef enum {
+    MODEL_PHASE_EMBED,      /* embedding rows and RoPE tables */
+    MODEL_PHASE_NORM,       /* RMSNorms: attention and FFN inputs, the final one */
+    MODEL_PHASE_QKV,        /* the q/k/v products (the input quantized included, as in each product) */
+    MODEL_PHASE_ROPE_KV,    /* biases, per-head norms, RoPE, keys and values into the caches */
+    MODEL_PHASE_ATTENTION,  /* softmax(q k^T) v over the caches */
+    MODEL_PHASE_WO,         /* the attention's output product */
+    MODEL_PHASE_GATE_UP,    /* the gate/up products */
+    MODEL_PHASE_ACTIVATION, /* SwiGLU (GELU for gemma3) */
+    MODEL_PHASE_DOWN,       /* the down product */
+    MODEL_PHASE_RESIDUAL,   /* residual adds */
+    MODEL_PHASE_CLASSIFIER, /* the output product over the rows that want logits */
+    MODEL_PHASE_LOGITS,     /* the last rows' logits copied to their sequences */
+    MODEL_PHASE_COUNT
+} model_phase;
+void model_batch_profile(model_batch *b, uint64_t *ns);
+
 /* One sequence's share of a mixed batch: n tokens appended to state's cache
  * at positions n_past .. n_past + n - 1, and where their logits go: none
  * (logits NULL), the last token's (n_vocab), or with all_logits every

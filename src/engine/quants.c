@@ -761,9 +761,9 @@ static float dot_q5_1_scalar(const void *w, const void *act, int n)
 }
 
 /* K-quants: per super-block, integer sums per sub-block weighted by the
- * integer sub-block scales (exact in int32), then two float multiplies:
- * sum = d dy sum_s sc_s sum(q qy) - dmin dy sum_s mn_s sum(qy), the second
- * sum coming from Q8_K's precomputed bsums. */
+ * integer sub-block scales (exact in int32), then the canonical float steps
+ * (quant_k_fma, quants.h): sum = d dy sum_s sc_s sum(q qy) - dmin dy sum_s
+ * mn_s sum(qy), the second sum coming from Q8_K's precomputed bsums. */
 static float dot_q2_k_scalar(const void *w, const void *act, int n)
 {
     const quant_block_q2_k *b = w;
@@ -778,7 +778,8 @@ static float dot_q2_k_scalar(const void *w, const void *act, int n)
             isum += sc[s] * idot(q + 16 * s, y[i].qs + 16 * s, 16);
             msum += mn[s] * y[i].bsums[s];
         }
-        sum += y[i].d * (h2f(b[i].d) * (float)isum - h2f(b[i].dmin) * (float)msum);
+        sum = quant_k_fma(sum, isum, h2f(b[i].d), y[i].d);
+        sum = quant_k_fma(sum, -msum, h2f(b[i].dmin), y[i].d);
     }
     return sum;
 }
@@ -793,12 +794,12 @@ static float dot_q3_k_scalar(const void *w, const void *act, int n)
         unpack_q3_k(&b[i], q, sc);
         int32_t isum = 0;
         for (int s = 0; s < 16; s++) isum += sc[s] * idot(q + 16 * s, y[i].qs + 16 * s, 16);
-        sum += y[i].d * h2f(b[i].d) * (float)isum;
+        sum = quant_k_fma(sum, isum, h2f(b[i].d), y[i].d);
     }
     return sum;
 }
 
-static float dot_q45_k_block(const int8_t q[256], const uint8_t sc[8], const uint8_t mn[8],
+static float dot_q45_k_block(float acc, const int8_t q[256], const uint8_t sc[8], const uint8_t mn[8],
                              float d, float dmin, const quant_block_q8_k *y)
 {
     int32_t isum = 0, msum = 0;
@@ -806,7 +807,8 @@ static float dot_q45_k_block(const int8_t q[256], const uint8_t sc[8], const uin
         isum += sc[s] * idot(q + 32 * s, y->qs + 32 * s, 32);
         msum += mn[s] * (y->bsums[2 * s] + y->bsums[2 * s + 1]);
     }
-    return y->d * (d * (float)isum - dmin * (float)msum);
+    acc = quant_k_fma(acc, isum, d, y->d);
+    return quant_k_fma(acc, -msum, dmin, y->d);
 }
 
 static float dot_q4_k_scalar(const void *w, const void *act, int n)
@@ -818,7 +820,7 @@ static float dot_q4_k_scalar(const void *w, const void *act, int n)
     uint8_t sc[8], mn[8];
     for (int i = 0; i < n / 256; i++) {
         unpack_q45_k(b[i].scales, b[i].qs, NULL, q, sc, mn);
-        sum += dot_q45_k_block(q, sc, mn, h2f(b[i].d), h2f(b[i].dmin), &y[i]);
+        sum = dot_q45_k_block(sum, q, sc, mn, h2f(b[i].d), h2f(b[i].dmin), &y[i]);
     }
     return sum;
 }
@@ -832,7 +834,7 @@ static float dot_q5_k_scalar(const void *w, const void *act, int n)
     uint8_t sc[8], mn[8];
     for (int i = 0; i < n / 256; i++) {
         unpack_q45_k(b[i].scales, b[i].qs, b[i].qh, q, sc, mn);
-        sum += dot_q45_k_block(q, sc, mn, h2f(b[i].d), h2f(b[i].dmin), &y[i]);
+        sum = dot_q45_k_block(sum, q, sc, mn, h2f(b[i].d), h2f(b[i].dmin), &y[i]);
     }
     return sum;
 }
@@ -847,9 +849,81 @@ static float dot_q6_k_scalar(const void *w, const void *act, int n)
         unpack_q6_k(&b[i], q);
         int32_t isum = 0;
         for (int s = 0; s < 16; s++) isum += b[i].scales[s] * idot(q + 16 * s, y[i].qs + 16 * s, 16);
-        sum += y[i].d * h2f(b[i].d) * (float)isum;
+        sum = quant_k_fma(sum, isum, h2f(b[i].d), y[i].d);
     }
     return sum;
+}
+
+/* ======================================================================== */
+/* the row-lane layout (quants.h, docs/engine.md "K-quants in row lanes")    */
+/* ======================================================================== */
+
+/* The same bytes as the group's GGUF blocks, moved (both directions: the
+ * walks below, to_lanes 1: block -> group, 0: group -> block). */
+#define LANES_Q4_K_BYTES (QUANT_LANES * sizeof(quant_block_q4_k))
+#define LANES_Q6_K_BYTES (QUANT_LANES * sizeof(quant_block_q6_k))
+#define LANES_MOVE(lane, blk, bytes) \
+    memcpy(to_lanes ? (void *)(lane) : (void *)(blk), to_lanes ? (void *)(blk) : (void *)(lane), bytes)
+_Static_assert(LANES_Q4_K_BYTES == 256 + 2048, "Q4_K lanes: header then levels");
+_Static_assert(LANES_Q6_K_BYTES == 288 + 2 * 1536, "Q6_K lanes: header, then per half ql and qh");
+
+size_t quant_lanes_block_bytes(ggml_type t)
+{
+    return t == GGML_TYPE_Q4_K ? LANES_Q4_K_BYTES : t == GGML_TYPE_Q6_K ? LANES_Q6_K_BYTES : 0;
+}
+
+/* One block of row r <-> its places in a group's super-block g: one walk
+ * for both directions, so they cannot disagree about an address. */
+static void lanes_q4_k(quant_block_q4_k *b, uint8_t *g, int r, int to_lanes)
+{
+    LANES_MOVE(g + 2 * r, &b->d, 2);
+    LANES_MOVE(g + 32 + 2 * r, &b->dmin, 2);
+    for (int k = 0; k < 3; k++) LANES_MOVE(g + 64 + 64 * k + 4 * r, b->scales + 4 * k, 4);
+    for (int c = 0; c < 4; c++)
+        for (int q = 0; q < 8; q++) LANES_MOVE(g + 256 + 512 * c + 64 * q + 4 * r, b->qs + 32 * c + 4 * q, 4);
+}
+
+static void lanes_q6_k(quant_block_q6_k *b, uint8_t *g, int r, int to_lanes)
+{
+    LANES_MOVE(g + 2 * r, &b->d, 2);
+    for (int s = 0; s < 16; s++) LANES_MOVE(g + 32 + 16 * s + r, &b->scales[s], 1);
+    for (int h = 0; h < 2; h++)
+        for (int q = 0; q < 8; q++) {
+            uint8_t *half = g + 288 + 1536 * h; /* in the order the kernel first reads them */
+            LANES_MOVE(half + 128 * q + 4 * r, b->ql + 64 * h + 4 * q, 4);
+            LANES_MOVE(half + 128 * q + 64 + 4 * r, b->qh + 32 * h + 4 * q, 4);
+            LANES_MOVE(half + 1024 + 64 * q + 4 * r, b->ql + 64 * h + 32 + 4 * q, 4);
+        }
+}
+#undef LANES_MOVE
+
+void quant_lanes_pack(ggml_type t, const void *src, size_t stride, int n, void *dst)
+{
+    size_t gb = quant_lanes_block_bytes(t), bb = t == GGML_TYPE_Q4_K ? sizeof(quant_block_q4_k) : sizeof(quant_block_q6_k);
+    assert(gb && n % QUANT_K == 0);
+    for (int r = 0; r < QUANT_LANES; r++)
+        for (int i = 0; i < n / QUANT_K; i++) {
+            uint8_t blk[sizeof(quant_block_q6_k)]; /* a copy: the walk takes a writable block */
+            memcpy(blk, (const uint8_t *)src + r * stride + i * bb, bb);
+            uint8_t *g = (uint8_t *)dst + i * gb;
+            if (t == GGML_TYPE_Q4_K)
+                lanes_q4_k((quant_block_q4_k *)blk, g, r, 1);
+            else
+                lanes_q6_k((quant_block_q6_k *)blk, g, r, 1);
+        }
+}
+
+void quant_lanes_row(ggml_type t, const void *group, int r, int n, void *dst)
+{
+    size_t gb = quant_lanes_block_bytes(t);
+    assert(gb && n % QUANT_K == 0 && r >= 0 && r < QUANT_LANES);
+    for (int i = 0; i < n / QUANT_K; i++) {
+        uint8_t *g = (uint8_t *)group + i * gb; /* read only: to_lanes 0 writes the block */
+        if (t == GGML_TYPE_Q4_K)
+            lanes_q4_k((quant_block_q4_k *)dst + i, g, r, 0);
+        else
+            lanes_q6_k((quant_block_q6_k *)dst + i, g, r, 0);
+    }
 }
 
 /* ======================================================================== */
@@ -995,14 +1069,27 @@ AVX2_TARGET static inline __m256i scaled16x2(__m256i q, const int8_t *y, int sa,
     return _mm256_madd_epi16(p, sc);
 }
 
-/* The end of every K-quant block: acc += isum * dy * d; returns the term the
- * caller subtracts, dy * dmin * msum (the mins, or for Q3_K/Q6_K, whose dmin
- * is d, the level offset times sum(sc * bsums)). */
-AVX2_TARGET static inline float k_block_end(__m256i isum, int32_t msum, float dy, float d,
-                                            float dmin, __m256 *acc)
+AVX2_TARGET static inline int32_t hsum_epi32(__m256i v)
 {
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dy * d), *acc);
-    return dy * dmin * (float)msum;
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* The end of every K-quant block: the lanes' exact integer sum, then the
+ * canonical float steps (quant_k_fma, quants.h). With mins (Q2_K, Q4_K,
+ * Q5_K): the levels' term, then the mins'. */
+AVX2_TARGET static inline float k_end_mins(float acc, __m256i isum, int32_t msum, float dy, float d, float dmin)
+{
+    acc = quant_k_fma(acc, hsum_epi32(isum), d, dy);
+    return quant_k_fma(acc, -msum, dmin, dy);
+}
+
+/* With an offset (Q3_K, Q6_K): it comes off the integer sum. */
+AVX2_TARGET static inline float k_end_offset(float acc, __m256i isum, int32_t offs, float dy, float d)
+{
+    return quant_k_fma(acc, hsum_epi32(isum) - offs, d, dy);
 }
 
 AVX2_TARGET static float dot_q2_k_avx2(const void *w, const void *act, int n)
@@ -1010,8 +1097,7 @@ AVX2_TARGET static float dot_q2_k_avx2(const void *w, const void *act, int n)
     const quant_block_q2_k *b = w;
     const quant_block_q8_k *y = act;
     const __m256i m3 = _mm256_set1_epi8(3);
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0;
+    float acc = 0;
     for (int i = 0; i < n / 256; i++) {
         __m256i isum = _mm256_setzero_si256();
         int32_t msum = 0;
@@ -1025,9 +1111,9 @@ AVX2_TARGET static float dot_q2_k_avx2(const void *w, const void *act, int n)
                                                          b[i].scales[s] & 15, b[i].scales[s + 1] & 15));
             }
         }
-        mins += k_block_end(isum, msum, y[i].d, _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin), &acc);
+        acc = k_end_mins(acc, isum, msum, y[i].d, _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin));
     }
-    return hsum_ps(acc) - mins;
+    return acc;
 }
 
 AVX2_TARGET static float dot_q3_k_avx2(const void *w, const void *act, int n)
@@ -1035,8 +1121,7 @@ AVX2_TARGET static float dot_q3_k_avx2(const void *w, const void *act, int n)
     const quant_block_q3_k *b = w;
     const quant_block_q8_k *y = act;
     const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
-    __m256 acc = _mm256_setzero_ps();
-    float offs = 0;
+    float acc = 0;
     for (int i = 0; i < n / 256; i++) {
         int sc[16];
         int32_t osum = 0;
@@ -1056,17 +1141,16 @@ AVX2_TARGET static float dot_q3_k_avx2(const void *w, const void *act, int n)
                 isum = _mm256_add_epi32(isum, scaled16x2(q, y[i].qs + 128 * h + 32 * k, sc[s], sc[s + 1]));
             }
         }
-        float d = _cvtsh_ss(b[i].d);
-        offs += k_block_end(isum, 4 * osum, y[i].d, d, d, &acc);
+        acc = k_end_offset(acc, isum, 4 * osum, y[i].d, _cvtsh_ss(b[i].d));
     }
-    return hsum_ps(acc) - offs;
+    return acc;
 }
 
 /* Q4_K / Q5_K: chunk c holds sub-blocks 2c (low nibbles) and 2c + 1 (high);
  * qh (Q5_K, may be NULL) adds bit s of each byte as the fifth bit. */
-AVX2_TARGET static inline float q45_k_block(const uint8_t *scales, const uint8_t *qs,
+AVX2_TARGET static inline float q45_k_block(float acc, const uint8_t *scales, const uint8_t *qs,
                                             const uint8_t *qh, const quant_block_q8_k *y,
-                                            float d, float dmin, __m256 *acc)
+                                            float d, float dmin)
 {
     const __m256i m15 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     uint8_t sc[8], mn[8];
@@ -1090,29 +1174,27 @@ AVX2_TARGET static inline float q45_k_block(const uint8_t *scales, const uint8_t
         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
     }
-    return k_block_end(isum, msum, y->d, d, dmin, acc);
+    return k_end_mins(acc, isum, msum, y->d, d, dmin);
 }
 
 AVX2_TARGET static float dot_q4_k_avx2(const void *w, const void *act, int n)
 {
     const quant_block_q4_k *b = w;
     const quant_block_q8_k *y = act;
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0;
+    float acc = 0;
     for (int i = 0; i < n / 256; i++)
-        mins += q45_k_block(b[i].scales, b[i].qs, NULL, &y[i], _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin), &acc);
-    return hsum_ps(acc) - mins;
+        acc = q45_k_block(acc, b[i].scales, b[i].qs, NULL, &y[i], _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin));
+    return acc;
 }
 
 AVX2_TARGET static float dot_q5_k_avx2(const void *w, const void *act, int n)
 {
     const quant_block_q5_k *b = w;
     const quant_block_q8_k *y = act;
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0;
+    float acc = 0;
     for (int i = 0; i < n / 256; i++)
-        mins += q45_k_block(b[i].scales, b[i].qs, b[i].qh, &y[i], _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin), &acc);
-    return hsum_ps(acc) - mins;
+        acc = q45_k_block(acc, b[i].scales, b[i].qs, b[i].qh, &y[i], _cvtsh_ss(b[i].d), _cvtsh_ss(b[i].dmin));
+    return acc;
 }
 
 AVX2_TARGET static float dot_q6_k_avx2(const void *w, const void *act, int n)
@@ -1120,8 +1202,7 @@ AVX2_TARGET static float dot_q6_k_avx2(const void *w, const void *act, int n)
     const quant_block_q6_k *b = w;
     const quant_block_q8_k *y = act;
     const __m256i m15 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
-    __m256 acc = _mm256_setzero_ps();
-    float offs = 0;
+    float acc = 0;
     for (int i = 0; i < n / 256; i++) {
         const int8_t *sc = b[i].scales;
         int32_t osum = 0;
@@ -1143,10 +1224,9 @@ AVX2_TARGET static float dot_q6_k_avx2(const void *w, const void *act, int n)
                 isum = _mm256_add_epi32(isum, scaled16x2(q, y[i].qs + 128 * h + 32 * k, sc[s], sc[s + 1]));
             }
         }
-        float d = _cvtsh_ss(b[i].d);
-        offs += k_block_end(isum, 32 * osum, y[i].d, d, d, &acc);
+        acc = k_end_offset(acc, isum, 32 * osum, y[i].d, _cvtsh_ss(b[i].d));
     }
-    return hsum_ps(acc) - offs;
+    return acc;
 }
 #endif /* QUANTS_HAVE_AVX2 */
 

@@ -120,6 +120,38 @@ typedef struct {
     int16_t bsums[QUANT_K / 16];
 } quant_block_q8_k;
 
+/* The canonical order of the K-quants' dot products (docs/engine.md, "K-quants
+ * in row lanes"): per super-block, the integer sums are exact in int32 (isum =
+ * sum over sub-blocks of the sub-block scale times the levels' integer dot;
+ * for Q3_K and Q6_K their offset comes off it as 4 or 32 times sum(sc *
+ * bsums); msum = sum over sub-blocks of the min times the activations' sum),
+ * then one fused multiply-add per super-block into the row's one float
+ * accumulator, starting at 0, super-blocks in order:
+ *   acc = fma(float(isum), d * dy, acc)         (Q3_K, Q6_K: that alone)
+ *   acc = fma(-float(msum), dmin * dy, acc)     (Q2_K, Q4_K, Q5_K: then this)
+ * d, dmin the block's fp16 scales as floats, dy the Q8_K block's float scale,
+ * d * dy one float product. Every kernel of every instruction set (scalar,
+ * AVX2, AVX-VNNI, AVX-512; one row, rows, tiles, slabs, row lanes) computes
+ * exactly this, so all give the same bits. fmaf is exact whether the
+ * compiler emits the instruction or calls libm. */
+static inline float quant_k_fma(float acc, int32_t isum, float d, float dy)
+{
+    return __builtin_fmaf((float)isum, d * dy, acc);
+}
+
+/* The row-lane layout of Q4_K and Q6_K (docs/engine.md, "K-quants in row
+ * lanes"): a group of QUANT_LANES rows stored super-block by super-block so
+ * that one vector lane holds one row. quant_lanes_block_bytes: the bytes of
+ * one super-block of a group (2368 for Q4_K, 3360 for Q6_K), 0 for a type
+ * without the layout. quant_lanes_pack: QUANT_LANES rows of n values (row r
+ * at src + r * stride, GGUF blocks) into a group at dst (n / 256 times the
+ * block bytes). quant_lanes_row: row r of a group back into GGUF blocks at
+ * dst. n % 256 == 0. */
+#define QUANT_LANES 16
+size_t quant_lanes_block_bytes(ggml_type t);
+void quant_lanes_pack(ggml_type t, const void *src, size_t stride, int n, void *dst);
+void quant_lanes_row(ggml_type t, const void *group, int r, int n, void *dst);
+
 /* n % 256 == 0. */
 void quant_quantize_row_q8_k(const float *x, quant_block_q8_k *out, int n);
 

@@ -3,7 +3,9 @@
  * whose timeout is whole milliseconds rounded up, so they fire up to a
  * millisecond late; this one is a timerfd (Linux) watched by the loop.
  * Not for: periodic timers, or anything a millisecond late does not hurt
- * (use evtimer). Loop thread only. */
+ * (use evtimer). Loop thread only, except precise_timer_at and
+ * precise_timer_stop: a syscall on the timerfd, safe from any thread, and
+ * unlike an evtimer set from another thread they do not wake the loop. */
 #ifndef LLMESH_PRECISE_TIMER_H
 #define LLMESH_PRECISE_TIMER_H
 

@@ -187,6 +187,18 @@ mesh_stream *mesh_stream_open(mesh *m, const uint8_t peer_id[MESH_ID_BYTES], uin
 void mesh_stream_set_handlers(mesh_stream *s, const mesh_stream_handlers *h, void *user);
 /* Queues one frame (len <= MESH_MAX_FRAME). 0 or -1. */
 int mesh_stream_send(mesh_stream *s, const void *payload, size_t len);
+/* Sending from a thread other than the loop's (a pipeline stage's compute
+ * thread: its frame leaves without waking the loop). Take the transport's
+ * lock with mesh_transport_trylock (0: taken; -1: the loop is busy in it,
+ * go through the loop instead: it never waits), then mesh_stream_send_now
+ * writes the frame's packets at once: 0 sent, 1 not now (nothing queued: the
+ * stream is not on a direct connection yet or any more, or is relayed), -1
+ * failed as mesh_stream_send. The caller must know s is alive meanwhile
+ * (its owner clears its pointer under a lock the caller holds before it
+ * aborts s, and its on_close takes that lock). Then mesh_transport_unlock. */
+int mesh_transport_trylock(mesh *m);
+void mesh_transport_unlock(mesh *m);
+int mesh_stream_send_now(mesh_stream *s, const void *payload, size_t len);
 /* No more frames from this side (FIN after the queued ones). */
 void mesh_stream_finish(mesh_stream *s);
 /* Resets the stream; no more callbacks; the handle is invalid on return. */

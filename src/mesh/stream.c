@@ -515,6 +515,18 @@ int mesh_stream_send(mesh_stream *s, const void *payload, size_t len)
     return 0;
 }
 
+int mesh_transport_trylock(mesh *m) { return quic_endpoint_trylock(m->ep); }
+void mesh_transport_unlock(mesh *m) { quic_endpoint_unlock(m->ep); }
+
+int mesh_stream_send_now(mesh_stream *s, const void *payload, size_t len)
+{
+    if (s->dead || s->waiting || !s->qs) return 1;
+    if (len > MESH_MAX_FRAME) return -1;
+    uint8_t head[FRAME_HEADER_BYTES];
+    frame_header_encode(head, (uint32_t)len);
+    return quic_stream_write_now(s->qs, head, sizeof head, payload, len);
+}
+
 void mesh_stream_finish(mesh_stream *s)
 {
     if (s->waiting) s->fin_queued = 1;

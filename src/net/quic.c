@@ -23,12 +23,20 @@
  *   - Nothing is freed while a callback might be on the stack: dead streams
  *     wait on their connection's dead list, dead connections on the
  *     endpoint's reap list, both emptied at the end of ep_settle.
+ *   - One other thread may send (quic_stream_write_now): everything above
+ *     runs under the endpoint's lock (ep->mu, recursive), taken by the three
+ *     top-level places and by every public function that touches state; a
+ *     thread that holds it (quic_endpoint_trylock) can write one stream's
+ *     packets itself while the loop thread is elsewhere. It never delivers an
+ *     application callback: an error on that write is kept for the loop's
+ *     next settle (write_error).
  * See docs/quic.md for the design and measured figures. */
 #define _GNU_SOURCE
 #include "net/quic.h"
 
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/precise_timer.h"
 #include "lib/sockaddr_ip.h"
 
 #include <assert.h>
@@ -37,6 +45,7 @@
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,6 +157,8 @@ struct quic_conn {
     ngtcp2_tstamp hs_deadline;
     int outgoing, have_peer_key, ready, closing, retired, dirty, half_open;
     int got_stateless_reset;
+    int write_error;             /* an ngtcp2 error met by quic_stream_write_now, for the loop to handle */
+    ngtcp2_tstamp timer_at;      /* what its libevent timer is set for; UINT64_MAX: not set */
     uint32_t vpath;              /* virtual path it runs on; 0 = the socket */
     /* UDP payload bytes of its packets, both ways (QUIC headers and
      * encryption included, retransmissions counted again): what the link
@@ -200,7 +211,12 @@ struct quic_endpoint {
     uint8_t *rxbuf, *txbuf;
     int gso, gro;
     ngtcp2_cc_algo cc_algo;      /* congestion control: BBR unless LLMESH_QUIC_CC says otherwise */
+    pthread_mutex_t mu;          /* recursive: everything below, see "One other thread may send" */
     int in_io;                   /* inside a top-level handler that ends with ep_settle */
+    int foreign;                 /* conn_write runs for quic_stream_write_now: no callbacks */
+    precise_timer *now_timer;    /* expiries set by quic_stream_write_now (NULL: no timerfd) */
+    ngtcp2_tstamp now_timer_at;  /* ... armed for then; 0: not armed */
+    quic_conn *now_conn;         /* ... for that connection; NULL: for several */
     int freeing;
     int depth;                   /* application callbacks on the stack */
     quic_virtual_send_fn vsend;  /* virtual paths: where their packets go */
@@ -318,6 +334,8 @@ static int addr_eq(const struct sockaddr *a, socklen_t alen, const struct sockad
 /* Application callbacks go through these so ep->depth knows when one is on
  * the stack (quic_endpoint_free asserts it is not). */
 #define APP_CALL(ep, call) do { (ep)->depth++; call; (ep)->depth--; } while (0)
+#define EP_LOCK(ep) pthread_mutex_lock(&(ep)->mu)
+#define EP_UNLOCK(ep) pthread_mutex_unlock(&(ep)->mu)
 
 /* ---- connection id map -----------------------------------------------------*/
 /* Open addressing with linear probing and backward-shift deletion (no
@@ -1277,6 +1295,7 @@ static void conn_retire(quic_conn *c)
 
 static void conn_free(quic_conn *c)
 {
+    if (c->ep->now_conn == c) c->ep->now_conn = NULL; /* the now timer, if set, walks them all */
     if (c->timer) event_free(c->timer);
     if (c->conn) ngtcp2_conn_del(c->conn);
     if (c->tls) gnutls_deinit(c->tls);
@@ -1323,6 +1342,7 @@ static int conn_attach(quic_conn *c, const ngtcp2_cid *scid)
     quic_endpoint *ep = c->ep;
     c->timer = evtimer_new(ep->base, conn_on_timer, c);
     if (!c->timer) return -1;
+    c->timer_at = UINT64_MAX;
     if (conn_add_cid(c, scid) != 0) return -1;
     /* Keep-alives hold NAT bindings open and keep idle mesh links from
      * timing out; a third of the idle timeout survives one lost PING. */
@@ -1458,7 +1478,8 @@ static void conn_write(quic_conn *c)
                 continue;
             }
             if (bsegs) conn_send(c, (struct sockaddr *)&bto, btolen, ep->txbuf + bstart, boff - bstart, bseg);
-            conn_on_ngtcp2_error(c, (int)n);
+            if (ep->foreign) c->write_error = (int)n; /* callbacks only on the loop: conn_settle */
+            else conn_on_ngtcp2_error(c, (int)n);
             return;
         }
         if (s) {
@@ -1516,9 +1537,16 @@ static void conn_write(quic_conn *c)
 
 static void conn_arm_timer(quic_conn *c)
 {
+    quic_endpoint *ep = c->ep;
     ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(c->conn);
     /* Our own handshake deadline as a backstop to ngtcp2's. */
     if (!c->ready && c->hs_deadline < exp) exp = c->hs_deadline;
+    c->timer_at = exp;
+    if (ep->now_timer_at && ep->now_conn == c) { /* its own timer covers it again */
+        precise_timer_stop(ep->now_timer);
+        ep->now_timer_at = 0;
+        ep->now_conn = NULL;
+    }
     if (exp == UINT64_MAX) {
         event_del(c->timer);
         return;
@@ -1555,6 +1583,12 @@ static void conn_settle(quic_conn *c)
     if (c->closing) {
         conn_send_close(c);
         conn_retire(c);
+        return;
+    }
+    if (c->write_error) {
+        int rv = c->write_error;
+        c->write_error = 0;
+        conn_on_ngtcp2_error(c, rv); /* closing and dirty: ep_settle comes back to it */
         return;
     }
     if (c->npending_resets) conn_apply_resets(c);
@@ -1595,7 +1629,11 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
 {
     quic_conn *c = arg;
     quic_endpoint *ep = c->ep;
-    if (c->closing) return;
+    EP_LOCK(ep);
+    if (c->closing) {
+        EP_UNLOCK(ep);
+        return;
+    }
     ep->in_io = 1;
     ngtcp2_tstamp t = quic_now();
     int rv = ngtcp2_conn_handle_expiry(c->conn, t);
@@ -1605,14 +1643,43 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     conn_mark_dirty(c);
     ep_settle(ep);
     ep->in_io = 0;
+    EP_UNLOCK(ep);
 }
 
 static void ep_on_flush(evutil_socket_t fd, short what, void *arg)
 {
     quic_endpoint *ep = arg;
+    EP_LOCK(ep);
     ep->in_io = 1;
     ep_settle(ep);
     ep->in_io = 0;
+    EP_UNLOCK(ep);
+}
+
+/* An expiry quic_stream_write_now set (loss detection for what it sent)
+ * came before the connection's own timer: handled as that timer would,
+ * and the connection's timer set again. */
+static void ep_on_now_timer(void *arg)
+{
+    quic_endpoint *ep = arg;
+    EP_LOCK(ep);
+    ep->now_timer_at = 0;
+    ep->now_conn = NULL;
+    ep->in_io = 1;
+    ngtcp2_tstamp t = quic_now();
+    for (quic_conn *c = ep->conns; c; c = c->next) {
+        if (c->closing || c->retired || !c->conn) continue;
+        ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(c->conn);
+        if (exp >= c->timer_at) continue;
+        if (exp <= t) {
+            int rv = ngtcp2_conn_handle_expiry(c->conn, t);
+            if (rv != 0) conn_on_ngtcp2_error(c, rv);
+        }
+        conn_mark_dirty(c); /* settle writes what is due and sets its timer */
+    }
+    ep_settle(ep);
+    ep->in_io = 0;
+    EP_UNLOCK(ep);
 }
 
 /* ---- reading ----------------------------------------------------------------*/
@@ -1833,6 +1900,7 @@ static void ep_handle_datagram(quic_endpoint *ep, const struct sockaddr_storage 
 static void ep_on_readable(evutil_socket_t fd, short what, void *arg)
 {
     quic_endpoint *ep = arg;
+    EP_LOCK(ep);
     ep->in_io = 1;
     for (int i = 0; i < QUIC_RX_BATCH; i++) {
         struct sockaddr_storage from;
@@ -1879,6 +1947,7 @@ static void ep_on_readable(evutil_socket_t fd, short what, void *arg)
     }
     ep_settle(ep);
     ep->in_io = 0;
+    EP_UNLOCK(ep);
 }
 
 /* ---- endpoint ---------------------------------------------------------------*/
@@ -1955,6 +2024,11 @@ quic_endpoint *quic_endpoint_new(struct event_base *base, const quic_config *cfg
         err_set(err, errlen, "out of memory");
         return NULL;
     }
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&ep->mu, &attr);
+    pthread_mutexattr_destroy(&attr);
     ep->fd = -1;
     ep->base = base;
     ep->cb = *cb;
@@ -2015,6 +2089,11 @@ quic_endpoint *quic_endpoint_new(struct event_base *base, const quic_config *cfg
         err_set(err, errlen, "libevent: cannot create events");
         goto fail;
     }
+    {
+        char why[128];
+        ep->now_timer = precise_timer_new(base, ep_on_now_timer, ep, why, sizeof why);
+        if (!ep->now_timer) log_debug(MOD, "writes from other threads will wake the loop to set timers: %s", why);
+    }
     ep->stats.gso = ep->gso;
     ep->stats.gro = ep->gro;
     if (log_enabled(LOG_DEBUG)) {
@@ -2033,14 +2112,18 @@ void quic_endpoint_free(quic_endpoint *ep)
 {
     if (!ep) return;
     assert(ep->depth == 0 && "quic_endpoint_free called from inside a quic callback");
+    EP_LOCK(ep); /* no other thread may send from here on (the caller stopped them) */
     ep->freeing = 1;
     ep->in_io = 1;
     for (quic_conn *c = ep->conns; c; c = c->next)
         conn_terminate(c, CLOSE_APP, 0, "endpoint shutting down");
     ep_settle(ep);
     assert(!ep->conns && ep->nconns == 0);
+    EP_UNLOCK(ep);
+    pthread_mutex_destroy(&ep->mu);
     if (ep->read_ev) event_free(ep->read_ev);
     if (ep->flush_ev) event_free(ep->flush_ev);
+    precise_timer_free(ep->now_timer);
     if (ep->fd >= 0) close(ep->fd);
     if (ep->cred) gnutls_certificate_free_credentials(ep->cred);
     if (ep->prio) gnutls_priority_deinit(ep->prio);
@@ -2067,12 +2150,18 @@ uint16_t quic_endpoint_port(const quic_endpoint *ep)
 
 void quic_endpoint_stats(const quic_endpoint *ep, quic_stats *out)
 {
+    quic_endpoint *w = (quic_endpoint *)ep; /* the lock only */
+    EP_LOCK(w);
     *out = ep->stats;
     out->conns_open = ep->nconns;
     out->conns_half_open = ep->nhalf_open;
     out->gso = ep->gso;
     out->gro = ep->gro;
+    EP_UNLOCK(w);
 }
+
+int quic_endpoint_trylock(quic_endpoint *ep) { return pthread_mutex_trylock(&ep->mu) == 0 ? 0 : -1; }
+void quic_endpoint_unlock(quic_endpoint *ep) { EP_UNLOCK(ep); }
 
 /* ---- connections: public API -----------------------------------------------*/
 
@@ -2129,9 +2218,23 @@ quic_conn *quic_connect_virtual(quic_endpoint *ep, uint32_t path,
     return conn_start(ep, &remote, remote_len, path, peer_key, err, errlen);
 }
 
+static quic_conn *conn_start_locked(quic_endpoint *ep, const struct sockaddr_storage *remote,
+                                    socklen_t remote_len, uint32_t vpath,
+                                    const uint8_t peer_key[QUIC_KEY_BYTES], char *err, size_t errlen);
+
 static quic_conn *conn_start(quic_endpoint *ep, const struct sockaddr_storage *remote,
                              socklen_t remote_len, uint32_t vpath,
                              const uint8_t peer_key[QUIC_KEY_BYTES], char *err, size_t errlen)
+{
+    EP_LOCK(ep);
+    quic_conn *c = conn_start_locked(ep, remote, remote_len, vpath, peer_key, err, errlen);
+    EP_UNLOCK(ep);
+    return c;
+}
+
+static quic_conn *conn_start_locked(quic_endpoint *ep, const struct sockaddr_storage *remote,
+                                    socklen_t remote_len, uint32_t vpath,
+                                    const uint8_t peer_key[QUIC_KEY_BYTES], char *err, size_t errlen)
 {
     if (ep->freeing) {
         err_set(err, errlen, "endpoint is shutting down");
@@ -2172,7 +2275,12 @@ void quic_endpoint_set_virtual_sender(quic_endpoint *ep, quic_virtual_send_fn fn
 
 void quic_endpoint_input_virtual(quic_endpoint *ep, uint32_t path, const uint8_t *pkt, size_t len)
 {
-    if (path == 0 || path > QUIC_VPATH_MAX || len == 0 || ep->freeing) return;
+    if (path == 0 || path > QUIC_VPATH_MAX || len == 0) return;
+    EP_LOCK(ep);
+    if (ep->freeing) {
+        EP_UNLOCK(ep);
+        return;
+    }
     struct sockaddr_storage from;
     socklen_t fromlen;
     vpath_addr(ep->family, path, &from, &fromlen);
@@ -2183,6 +2291,7 @@ void quic_endpoint_input_virtual(quic_endpoint *ep, uint32_t path, const uint8_t
     ep_handle_datagram(ep, &from, fromlen, pkt, len, path);
     if (!was) ep_settle(ep);
     ep->in_io = was;
+    EP_UNLOCK(ep);
 }
 
 uint32_t quic_conn_virtual_path(const quic_conn *c) { return c->vpath; }
@@ -2196,19 +2305,25 @@ int quic_endpoint_punch(quic_endpoint *ep, const struct sockaddr *addr, socklen_
      * every QUIC endpoint (ours: ngtcp2_pkt_decode_version_cid) drops
      * without an answer; too short for a stateless reset to be due. */
     static const uint8_t probe[1] = {0};
-    if (send_one(ep, (const struct sockaddr *)&to, tolen, probe, sizeof probe, 0) != 0) {
+    EP_LOCK(ep);
+    int rc = send_one(ep, (const struct sockaddr *)&to, tolen, probe, sizeof probe, 0);
+    if (rc != 0) {
         ep->stats.tx_errors++;
-        return -1;
+    } else {
+        ep->stats.tx_datagrams++;
+        ep->stats.tx_bytes += sizeof probe;
     }
-    ep->stats.tx_datagrams++;
-    ep->stats.tx_bytes += sizeof probe;
-    return 0;
+    EP_UNLOCK(ep);
+    return rc != 0 ? -1 : 0;
 }
 
 void quic_conn_close(quic_conn *c, const char *reason)
 {
-    if (!c || c->closing) return;
-    conn_terminate(c, CLOSE_APP, 0, reason && *reason ? reason : "closed");
+    if (!c) return;
+    quic_endpoint *ep = c->ep;
+    EP_LOCK(ep);
+    if (!c->closing) conn_terminate(c, CLOSE_APP, 0, reason && *reason ? reason : "closed");
+    EP_UNLOCK(ep);
 }
 
 int quic_conn_is_ready(const quic_conn *c) { return c->ready && !c->closing; }
@@ -2236,8 +2351,10 @@ const struct sockaddr *quic_conn_remote_addr(const quic_conn *c, socklen_t *len)
 
 void quic_conn_bytes(const quic_conn *c, uint64_t *rx, uint64_t *tx)
 {
+    EP_LOCK(c->ep);
     *rx = c->rx_bytes;
     *tx = c->tx_bytes;
+    EP_UNLOCK(c->ep);
 }
 
 int quic_conn_export_keying(const quic_conn *c, const char *label, uint8_t *out, size_t len)
@@ -2251,7 +2368,9 @@ uint64_t quic_conn_rtt_us(const quic_conn *c)
 {
     if (!c->conn) return 0;
     ngtcp2_conn_stat st;
+    EP_LOCK(c->ep);
     ngtcp2_conn_get_conn_stat(c->conn, &st);
+    EP_UNLOCK(c->ep);
     if (st.first_rtt_sample_ts == UINT64_MAX) return 0; /* smoothed_rtt is still the guess */
     return st.smoothed_rtt / NGTCP2_MICROSECONDS;
 }
@@ -2260,19 +2379,23 @@ uint64_t quic_conn_rtt_us(const quic_conn *c)
 
 quic_stream *quic_stream_open(quic_conn *c, const quic_stream_callbacks *cb, void *user)
 {
-    if (!c || !c->ready || c->closing) return NULL;
-    quic_stream *s = stream_new(c, -1);
-    if (!s) return NULL;
+    if (!c) return NULL;
+    EP_LOCK(c->ep);
+    quic_stream *s = NULL;
     int64_t id;
+    if (!c->ready || c->closing || !(s = stream_new(c, -1))) goto out;
     /* Safe inside ngtcp2 callbacks: it only creates stream state. */
     if (ngtcp2_conn_open_bidi_stream(c->conn, &id, s) != 0) {
         list_unlink(&c->streams, s);
         stream_free(s);
-        return NULL;
+        s = NULL;
+        goto out;
     }
     s->id = id;
     if (cb) s->cb = *cb;
     s->user = user;
+out:
+    EP_UNLOCK(c->ep);
     return s;
 }
 
@@ -2286,31 +2409,100 @@ void quic_stream_set_callbacks(quic_stream *s, const quic_stream_callbacks *cb, 
 int quic_stream_write(quic_stream *s, const void *data, size_t len)
 {
     quic_conn *c = s->conn;
-    if (s->detached || s->fin_requested || s->ng_closed || c->closing) return -1;
-    if (!len) return 0;
-    if (stream_append(s, data, len) != 0) return -1;
+    EP_LOCK(c->ep);
+    int rc = -1;
+    if (s->detached || s->fin_requested || s->ng_closed || c->closing) goto out;
+    rc = 0;
+    if (!len) goto out;
+    if (stream_append(s, data, len) != 0) {
+        rc = -1;
+        goto out;
+    }
     sendq_add(s);
     conn_mark_dirty(c);
+out:
+    EP_UNLOCK(c->ep);
+    return rc;
+}
+
+/* Why a thread other than the loop's may send at all: a pipeline stage's
+ * hidden states are ready on a compute thread, and handing them to the loop
+ * costs a thread wake-up (~50 us on the development VM) on every hop of
+ * every token; written here, under the lock, they leave as soon as they
+ * exist. The loop keeps everything else: reading, timers, other streams'
+ * writes, every callback. */
+int quic_stream_write_now(quic_stream *s, const void *head, size_t head_len, const void *data, size_t len)
+{
+    quic_conn *c = s->conn;
+    quic_endpoint *ep = c->ep;
+    /* Held by us (trylock): the loop thread is outside every handler, so
+     * in_io and depth are 0 unless this thread is itself inside one. */
+    if (ep->in_io || ep->depth || ep->freeing || c->vpath || !c->ready || c->closing || c->retired ||
+        c->write_error || s->detached || s->fin_requested || s->ng_closed)
+        return 1;
+    if (stream_append(s, head, head_len) != 0 || (len && stream_append(s, data, len) != 0)) return -1;
+    sendq_add(s);
+    ep->in_io = 1; /* conn_mark_dirty: no flush event, we write now */
+    ep->foreign = 1;
+    conn_write(c);
+    ep->foreign = 0;
+    ep->in_io = 0;
+    if (c->write_error) {
+        conn_mark_dirty(c); /* the loop closes it, with its callbacks */
+        return 0;
+    }
+    ep->stats.tx_now_writes++;
+    /* Loss detection for what just left: its expiry is usually earlier than
+     * the connection's timer. Setting that libevent timer from here would
+     * wake the loop at once (libevent recomputes its epoll timeout), just
+     * when the next stage's process wants the idle CPU to receive this; a
+     * timerfd set for the earliest such expiry wakes nobody until it fires,
+     * and the loop stops it when it sets the connection's timer itself. */
+    ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(c->conn);
+    if (exp >= c->timer_at) return 0;
+    if (!ep->now_timer) {
+        conn_arm_timer(c);
+    } else if (!ep->now_timer_at || exp < ep->now_timer_at) {
+        ep->now_conn = !ep->now_timer_at || ep->now_conn == c ? c : NULL;
+        ep->now_timer_at = exp;
+        precise_timer_at(ep->now_timer, (exp + 999) / 1000);
+    } else if (ep->now_conn != c) {
+        ep->now_conn = NULL;
+    }
     return 0;
 }
 
 int quic_stream_finish(quic_stream *s)
 {
     quic_conn *c = s->conn;
-    if (s->detached || s->ng_closed || c->closing) return -1;
-    if (s->fin_requested) return 0;
+    EP_LOCK(c->ep);
+    int rc = -1;
+    if (s->detached || s->ng_closed || c->closing) goto out;
+    rc = 0;
+    if (s->fin_requested) goto out;
     s->fin_requested = 1;
     sendq_add(s);
     conn_mark_dirty(c);
-    return 0;
+out:
+    EP_UNLOCK(c->ep);
+    return rc;
 }
 
 void quic_stream_reset(quic_stream *s, uint64_t app_error)
 {
-    if (!s || s->detached) return;
-    stream_abort(s, app_error);
+    if (!s) return;
+    quic_endpoint *ep = s->conn->ep;
+    EP_LOCK(ep);
+    if (!s->detached) stream_abort(s, app_error);
+    EP_UNLOCK(ep);
 }
 
-size_t quic_stream_unacked(const quic_stream *s) { return (size_t)(s->end_off - s->acked_off); }
+size_t quic_stream_unacked(const quic_stream *s)
+{
+    EP_LOCK(s->conn->ep);
+    size_t n = (size_t)(s->end_off - s->acked_off);
+    EP_UNLOCK(s->conn->ep);
+    return n;
+}
 quic_conn *quic_stream_conn(const quic_stream *s) { return s->conn; }
 int64_t quic_stream_id(const quic_stream *s) { return s->id; }

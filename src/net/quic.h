@@ -12,7 +12,11 @@
  * move to ngtcp2 1.x or to a TCP+TLS fallback touches this module only.
  *
  * Threading: every function must be called on the thread running the
- * endpoint's event_base; callbacks run on that thread.
+ * endpoint's event_base, and callbacks run on that thread, with one
+ * exception: another thread that holds the endpoint's lock
+ * (quic_endpoint_trylock) may call quic_stream_write_now, and nothing else,
+ * on a stream it knows to be alive. The loop thread holds the same lock
+ * while it runs any of this module's code, so the two never overlap.
  *
  * Lifetimes: a quic_conn is valid from quic_connect (or stream/ready callback)
  * until its conn_closed callback returns. A quic_stream is valid until its
@@ -141,6 +145,19 @@ int quic_stream_finish(quic_stream *s);
 void quic_stream_reset(quic_stream *s, uint64_t app_error);
 /* Bytes queued but not yet acknowledged (for back-pressure). */
 size_t quic_stream_unacked(const quic_stream *s);
+/* From a thread other than the loop's (a pipeline stage's compute thread),
+ * holding the endpoint's lock: queues head then data on s, like two
+ * quic_stream_write calls, and writes the connection's packets at once
+ * instead of on the loop's next turn. 0: sent (or queued behind the
+ * congestion window; the loop sends the rest); 1: not now, nothing queued
+ * (s or its connection closing, a virtual path, the lock taken from inside
+ * a callback): use quic_stream_write on the loop thread; -1: out of memory,
+ * as quic_stream_write. Never calls back into the application. */
+int quic_stream_write_now(quic_stream *s, const void *head, size_t head_len, const void *data, size_t len);
+/* The endpoint's lock, for quic_stream_write_now: 0 when taken, -1 when
+ * another thread holds it (the loop is busy in this module: never waits). */
+int quic_endpoint_trylock(quic_endpoint *ep);
+void quic_endpoint_unlock(quic_endpoint *ep);
 quic_conn *quic_stream_conn(const quic_stream *s);
 int64_t quic_stream_id(const quic_stream *s);
 
@@ -183,6 +200,7 @@ typedef struct {
     uint64_t rx_dropped;                 /* garbage, unknown connection, refused, malformed */
     uint64_t tx_errors;                  /* datagrams the kernel refused (EAGAIN, EMSGSIZE, ...) */
     uint64_t vpath_rx, vpath_tx;         /* packets in and out on virtual paths */
+    uint64_t tx_now_writes;              /* writes by quic_stream_write_now (another thread) */
     uint64_t conns_accepted;             /* incoming connections created from an Initial */
     uint64_t conns_refused;              /* Initials dropped because of connection limits */
     uint64_t conns_refused_addr;         /* of those, because of the per-address limits */

@@ -17,7 +17,22 @@
  *   - frames the lanes queue (the outbox) carry the epoch they were made in,
  *     and the loop drops those of an older epoch.
  *
- * Why the loop spins before a decode step is sent (the "pre-wake"): a lane
+ * Why a lane sends its FORWARD itself: handing it to the loop thread costs
+ * that thread's wake-up (~50 us of every round trip on the development VM,
+ * the loop asleep in epoll, its vCPU halted) before QUIC even starts. So
+ * the lane that computed the step writes it to the stream and its packets
+ * to the socket (mesh_stream_send_now), under the transport's lock, which
+ * the loop holds while it runs any QUIC code: taken with trylock, so a lane
+ * never waits for the loop; when the loop is busy in QUIC, or frames are
+ * still queued before this one (order), or the stream is not on a direct
+ * connection, the FORWARD goes through the outbox and the loop as before
+ * (counters: frames_sent_now of frames_sent). The lock order is p->lock,
+ * then the transport's (only ever tried); p->data_out changes under p->lock
+ * before the stream is aborted, and its on_close takes p->lock, so a lane
+ * holding p->lock sends on a live stream.
+ *
+ * Why the loop spins before a decode step is sent (the "pre-wake", for
+ * FORWARDs that still go through the loop): a lane
  * queues its FORWARD and wakes the loop thread, which sends it; on the
  * development VM that wake-up took ~50 us of every round trip (the loop
  * sleeps in epoll, its vCPU halts), a quarter of what the ring costs us
@@ -156,7 +171,7 @@ typedef struct pipe {
     stage_stats stats[PLAN_MAX_STAGES];
     prom_histogram step_compute[PLAN_MAX_STAGES]; /* per batch step: each stage's compute (s) */
     prom_histogram step_hop;                      /* per step: its round trip less the stages' times (s) */
-    mesh_stream *data_out, *data_in;
+    mesh_stream *data_out, *data_in;          /* data_out: written under lock (lanes send on it) */
     uint8_t avoid[PIPE_MAX_AVOID][MESH_ID_BYTES];
     uint64_t avoid_until[PIPE_MAX_AVOID];
     uint64_t planning_since_ms;
@@ -177,6 +192,9 @@ typedef struct pipe {
     char fail_reason[PLAN_MAX_REASON];
     pipe_lane *lanes;
     pipe_out *out_head, *out_tail;
+    int flushing;                             /* the loop is sending frames it took from the outbox */
+    int last_sent_now;                        /* the last FORWARD left from its lane (no pre-wake then) */
+    uint64_t sent_now, sent_now_us;           /* FORWARDs sent by their lanes (of sent_frames), their time */
     uint64_t sent_frames, sent_bytes, recv_rows;
     uint64_t sent_pieces;                     /* lanes' pieces in the FORWARDs queued */
     uint64_t steps_sent, steps_back;          /* FORWARDs queued and OUTPUTs received, this plan */
@@ -189,6 +207,7 @@ typedef struct pipe {
     uint64_t steps_max;                       /* the most ever on it at once (<= window) */
     uint64_t window_waits;                    /* sends that waited for the window */
     uint64_t round_trips, round_trip_us;      /* send of a last row to its arrival */
+    uint64_t replies_early, replies_caught, replies_late; /* decode replies vs the lane's poll (tail_wait_due) */
     uint64_t *sent_at_us;                     /* (n_lanes) when a lane last asked for rows */
     uint64_t send_gap_us, send_gap_dev_us;    /* a decode step's rows in -> next FORWARD queued: moving
                                                  average and deviation (the pre-wake) */
@@ -217,6 +236,7 @@ struct pipelines {
     struct event *timer;      /* replanning, deferred publication */
     precise_timer *prewake;   /* the pre-wake (see the top); NULL if none: no CPU to spare for it */
     int poll_replies;         /* lanes may poll for their replies: the process has 2 CPUs or more */
+    int send_now;             /* lanes send their FORWARDs (see the top); LLMESH_SPLIT_LOOP_SEND=1: no */
     int publish_dirty;
     uint64_t last_publish_ms;
     pipelines_demand_fn demand;   /* this node's demand, published after the plans; may be NULL */
@@ -350,6 +370,26 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
     p->sent_pieces += h.n_pieces;
     p->steps_sent++;
     if (p->steps_sent - p->steps_back > p->steps_max) p->steps_max = p->steps_sent - p->steps_back;
+    /* Sent from here when nothing queued is due before it (see the top). */
+    int now_rc = 1;
+    if (p->ps->send_now && !p->out_head && !p->flushing && p->data_out &&
+        mesh_transport_trylock(p->ps->mesh) == 0) {
+        uint64_t t = clock_us();
+        now_rc = mesh_stream_send_now(p->data_out, o->frame + o->start, o->len);
+        mesh_transport_unlock(p->ps->mesh);
+        p->sent_now_us += clock_us() - t;
+    }
+    p->last_sent_now = now_rc == 0;
+    if (now_rc == 0) {
+        p->sent_frames++;
+        p->sent_bytes += o->len;
+        p->sent_now++;
+    }
+    if (now_rc != 1) { /* sent, or failed as the loop's send would have */
+        pthread_mutex_unlock(&p->lock);
+        free(o);
+        return 0;
+    }
     if (p->out_tail) p->out_tail->next = o;
     else p->out_head = o;
     p->out_tail = o;
@@ -365,7 +405,9 @@ static int tail_send(void *ctx, engine_tail_piece *pieces, int n_pieces, const f
  * reply is due the lane sleeps (a timed wait, off the critical path), then
  * polls with the lock released between looks, PIPE_SPIN_EARLY_US +
  * PIPE_SPIN_LATE_US at most: a few percent of a core at tens of tokens per
- * second. A late reply is then waited for on the condition as before. */
+ * second. A late reply is then waited for on the condition as before.
+ * Counts where the reply found the lane (under the lock): asleep before the
+ * window (early), polling (caught), or after it (late: asleep again). */
 static void tail_wait_due(pipe *p, pipe_lane *L, int lane, int n_rows)
 {
     uint64_t sent = p->sent_at_us[lane];
@@ -383,12 +425,23 @@ static void tail_wait_due(pipe *p, pipe_lane *L, int lane, int n_rows)
         int rc = 0;
         while (!p->closed && !L->broken && L->got < n_rows && rc != ETIMEDOUT)
             rc = pthread_cond_timedwait(&p->cond, &p->lock, &at);
+        if (L->got >= n_rows) {
+            p->replies_early++;
+            return;
+        }
     }
-    while (!p->closed && !L->broken && L->got < n_rows && clock_us() < until) {
-        pthread_mutex_unlock(&p->lock);
+    /* The polls read the three words without the lock, which is taken
+     * again only when one changed: a poller that held it between looks
+     * made the loop, arriving with the rows, sleep on the mutex and need a
+     * wake-up of its own. Aligned ints, written under the lock. */
+    if (p->closed || L->broken || L->got >= n_rows) return;
+    pthread_mutex_unlock(&p->lock);
+    while (!__atomic_load_n(&p->closed, __ATOMIC_RELAXED) && !__atomic_load_n(&L->broken, __ATOMIC_RELAXED) &&
+           __atomic_load_n(&L->got, __ATOMIC_RELAXED) < n_rows && clock_us() < until)
         for (int i = 0; i < 64; i++) cpu_relax();
-        pthread_mutex_lock(&p->lock);
-    }
+    pthread_mutex_lock(&p->lock);
+    if (L->got >= n_rows) p->replies_caught++;
+    else if (!p->closed && !L->broken) p->replies_late++;
 }
 
 static int tail_receive(void *ctx, int lane, float *out, int n_rows, char *err, size_t errlen)
@@ -643,9 +696,13 @@ static void plan_teardown(pipe *p)
             mesh_stream_abort(p->control[i]);
             p->control[i] = NULL;
         }
-    if (p->data_out) mesh_stream_abort(p->data_out);
+    mesh_stream *out = p->data_out;
+    pthread_mutex_lock(&p->lock); /* no lane sends on it from here */
+    p->data_out = NULL;
+    pthread_mutex_unlock(&p->lock);
+    if (out) mesh_stream_abort(out);
     if (p->data_in) mesh_stream_abort(p->data_in);
-    p->data_out = p->data_in = NULL;
+    p->data_in = NULL;
     if (p->reserved) budget_release(p->ps->budget, p->reserved);
     p->reserved = 0;
     memset(p->stats, 0, sizeof p->stats);
@@ -687,9 +744,9 @@ static void plan_go(pipe *p)
     uint8_t start = STAGE_START;
     for (int i = 1; i < p->plan.n_stages; i++) mesh_stream_send(p->control[i], &start, 1);
     char err[256];
-    p->data_out = mesh_stream_open(p->ps->mesh, p->plan.stages[1].node, STAGE_STREAM_DATA,
-                                   &data_out_handlers, p, err, sizeof err);
-    if (!p->data_out) {
+    mesh_stream *out = mesh_stream_open(p->ps->mesh, p->plan.stages[1].node, STAGE_STREAM_DATA,
+                                        &data_out_handlers, p, err, sizeof err);
+    if (!out) {
         plan_break(p, p->plan.stages[1].node, err);
         return;
     }
@@ -701,7 +758,10 @@ static void plan_go(pipe *p)
     hello.stage = 1;
     uint8_t frame[256];
     int n = stage_encode_hello(&hello, frame, sizeof frame);
-    mesh_stream_send(p->data_out, frame, (size_t)n);
+    mesh_stream_send(out, frame, (size_t)n);
+    pthread_mutex_lock(&p->lock);
+    p->data_out = out;
+    pthread_mutex_unlock(&p->lock);
     p->tail.depth = p->plan.n_stages; /* the window: one step per stage (tail_send) */
     engine_set_split(p->em, p->plan.stages[0].end, &p->tail);
     p->plan.state = PLAN_READY;
@@ -900,7 +960,9 @@ static void data_out_on_frame(void *user, mesh_stream *s, const uint8_t *f, size
 {
     pipe *p = user;
     stage_host_count_bad_frame(p->ps->stages); /* nothing comes back this way */
+    pthread_mutex_lock(&p->lock);
     p->data_out = NULL;
+    pthread_mutex_unlock(&p->lock);
     mesh_stream_abort(s);
     plan_break(p, p->plan.stages[1].node, "a frame on the outgoing data stream");
 }
@@ -909,7 +971,9 @@ static void data_out_on_close(void *user, mesh_stream *s, const char *error)
 {
     pipe *p = user;
     if (p->data_out != s) return;
+    pthread_mutex_lock(&p->lock); /* a lane sending on it finishes first */
     p->data_out = NULL;
+    pthread_mutex_unlock(&p->lock);
     plan_break(p, p->plan.stages[1].node, error ? error : "stage 1 closed the data stream");
 }
 
@@ -1006,7 +1070,7 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
         }
         if (!L->broken) {
             memcpy(L->rows + (size_t)L->got * p->n_embd, data, bytes);
-            L->got += q->n;
+            __atomic_store_n(&L->got, L->got + q->n, __ATOMIC_RELAXED); /* a lane may poll it (tail_wait_due) */
             p->recv_rows += q->n;
             if (p->sent_at_us[q->lane]) {
                 uint64_t rt = now - p->sent_at_us[q->lane];
@@ -1027,8 +1091,9 @@ static void data_in_on_frame(void *user, mesh_stream *s, const uint8_t *f, size_
     }
     pthread_cond_broadcast(&p->cond);
     uint64_t gap = p->send_gap_us, jitter = p->send_gap_dev_us;
+    int sent_now = p->last_sent_now;
     pthread_mutex_unlock(&p->lock);
-    if (decode_back) prewake_expect(p, now, gap, jitter);
+    if (decode_back && !sent_now) prewake_expect(p, now, gap, jitter);
     return;
 bad:
     log_warn(PIPE_LOG, "%s: bad frame from the last stage: %s", p->id, err);
@@ -1080,18 +1145,25 @@ static int pipe_flush(pipe *p)
     pipe_out *list = p->out_head;
     p->out_head = p->out_tail = NULL;
     uint32_t epoch = p->epoch;
+    p->flushing = list != NULL; /* lanes queue behind these rather than overtake them */
     pthread_mutex_unlock(&p->lock);
-    int any = list != NULL;
+    if (!list) return 0;
+    uint64_t frames = 0, bytes = 0;
     while (list) {
         pipe_out *o = list;
         list = o->next;
         if (o->epoch == epoch && p->data_out && mesh_stream_send(p->data_out, o->frame + o->start, o->len) == 0) {
-            p->sent_frames++;
-            p->sent_bytes += o->len;
+            frames++;
+            bytes += o->len;
         }
         free(o);
     }
-    return any;
+    pthread_mutex_lock(&p->lock);
+    p->sent_frames += frames;
+    p->sent_bytes += bytes;
+    p->flushing = 0;
+    pthread_mutex_unlock(&p->lock);
+    return 1;
 }
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)
@@ -1273,6 +1345,10 @@ pipelines *pipelines_new(struct event_base *base, mesh *m, sched *s, stage_host 
     ps->ws = ws;
     ps->budget = b;
     ps->cfg = *cfg;
+    /* A knob for comparing the two ways of sending (bench/split_hop_ab.sh)
+     * and for testing the pre-wake, which only the loop's sends use. */
+    const char *loop_send = getenv("LLMESH_SPLIT_LOOP_SEND");
+    ps->send_now = !(loop_send && !strcmp(loop_send, "1"));
     ps->wake = event_new(base, -1, 0, on_wake, ps);
     ps->timer = event_new(base, -1, EV_PERSIST, on_timer, ps);
     if (!ps->wake || !ps->timer) {
@@ -1580,6 +1656,8 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
         cJSON *c = cJSON_AddObjectToObject(o, "counters");
         pthread_mutex_lock(&p->lock);
         cJSON_AddNumberToObject(c, "frames_sent", (double)p->sent_frames);
+        cJSON_AddNumberToObject(c, "frames_sent_now", (double)p->sent_now);
+        cJSON_AddNumberToObject(c, "send_now_ms", p->sent_now_us / 1000.0);
         cJSON_AddNumberToObject(c, "pieces_sent", (double)p->sent_pieces);
         cJSON_AddNumberToObject(c, "steps_in_flight", (double)(p->steps_sent - p->steps_back));
         cJSON_AddNumberToObject(c, "window", (double)p->window);
@@ -1590,6 +1668,9 @@ static void status_plan(cJSON *list, const plan *pl, const char *coordinator, co
         cJSON_AddNumberToObject(c, "round_trips", (double)p->round_trips);
         cJSON_AddNumberToObject(c, "round_trip_ms",
                                 p->round_trips ? p->round_trip_us / 1000.0 / (double)p->round_trips : 0);
+        cJSON_AddNumberToObject(c, "replies_early", (double)p->replies_early);
+        cJSON_AddNumberToObject(c, "replies_caught", (double)p->replies_caught);
+        cJSON_AddNumberToObject(c, "replies_late", (double)p->replies_late);
         pthread_mutex_unlock(&p->lock);
         cJSON_AddNumberToObject(c, "prewakes", (double)p->prewakes);
         cJSON_AddNumberToObject(c, "prewake_hits", (double)p->prewake_hits);

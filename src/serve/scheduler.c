@@ -4,7 +4,8 @@
  * scheduler.h for the contract.
  *
  * Hand-off protocol (the one subtle part): a job is touched by two threads.
- * The worker appends text to job->pending and, at the end, sets
+ * The worker appends text to job->pending (one piece per engine output, kept
+ * apart: see sched_piece) and, at the end, sets
  * job->worker_done, each time under s->lock, and puts the job on s->ready.
  * It never touches the job after setting worker_done. The loop thread drains
  * s->ready under the same lock and is the only thread that frees jobs: when
@@ -15,6 +16,7 @@
 
 #include "engine/json_grammar.h"
 
+#include <assert.h>
 #include <event2/event.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -30,6 +32,15 @@
 #define SCHED_DEADLINE_CHECK_MS 250
 #define SCHED_MIN_SHARED 4 /* tokens of cached prefix that make a lane the place for a prompt */
 
+/* Where one engine output ends in a job's pending text and tokens. The
+ * loop may take several outputs in one wake-up (a fast model on a busy
+ * loop); it delivers them one by one, so that a stream sends one chunk per
+ * token, as OpenAI does, however late the loop runs. */
+typedef struct {
+    size_t text_end;
+    int toks_end;
+} sched_piece;
+
 struct sched_job {
     sched *s;
     struct sched_worker *worker;
@@ -43,6 +54,8 @@ struct sched_job {
     size_t pending_len, pending_cap;
     engine_token *pending_toks; /* tokens produced and not yet delivered */
     int n_pending_toks, pending_toks_cap;
+    sched_piece *pending_pieces; /* one per output not yet delivered */
+    int n_pending_pieces, pending_pieces_cap;
     /* Inter-token gaps: time between the worker's text outputs, measured
      * where they are produced (the loop may get several in one wake-up). */
     uint64_t last_text_ns;      /* worker only */
@@ -153,6 +166,13 @@ static int worker_on_output(void *user, const char *text, size_t len, const engi
         job->pending_toks = p;
         job->pending_toks_cap = cap;
     }
+    if (job->n_pending_pieces == job->pending_pieces_cap) {
+        int cap = job->pending_pieces_cap ? job->pending_pieces_cap * 2 : 16;
+        sched_piece *p = realloc(job->pending_pieces, sizeof *p * (size_t)cap);
+        if (!p) { pthread_mutex_unlock(&s->lock); return 1; }
+        job->pending_pieces = p;
+        job->pending_pieces_cap = cap;
+    }
     if (len) {
         /* One gap per text output after the first: what a streaming client
          * sees between chunks (usually one token each), read where the
@@ -178,6 +198,7 @@ static int worker_on_output(void *user, const char *text, size_t len, const engi
     job->pending_len += len;
     if (n_tokens) memcpy(job->pending_toks + job->n_pending_toks, tokens, sizeof *tokens * (size_t)n_tokens);
     job->n_pending_toks += n_tokens;
+    job->pending_pieces[job->n_pending_pieces++] = (sched_piece){job->pending_len, job->n_pending_toks};
     job_post_ready_locked(job);
     pthread_mutex_unlock(&s->lock);
     event_active(s->wake, EV_READ, 0);
@@ -467,6 +488,7 @@ static void job_free(sched_job *job)
     s->n_active--;
     free(job->pending);
     free(job->pending_toks);
+    free(job->pending_pieces);
     free(job->pending_gaps);
     free((char *)job->req.prompt);
     free((int32_t *)job->req.prompt_ids);
@@ -502,7 +524,8 @@ static void sched_on_wake(evutil_socket_t fd, short what, void *arg)
         char *text = job->pending;
         size_t len = job->pending_len;
         engine_token *toks = job->pending_toks;
-        int n_toks = job->n_pending_toks;
+        sched_piece *pieces = job->pending_pieces;
+        int n_pieces = job->n_pending_pieces;
         uint32_t *gaps = job->pending_gaps;
         int n_gaps = job->n_pending_gaps;
         job->pending_gaps = NULL;
@@ -511,14 +534,27 @@ static void sched_on_wake(evutil_socket_t fd, short what, void *arg)
         job->pending_len = job->pending_cap = 0;
         job->pending_toks = NULL;
         job->n_pending_toks = job->pending_toks_cap = 0;
+        job->pending_pieces = NULL;
+        job->n_pending_pieces = job->pending_pieces_cap = 0;
         int done = job->worker_done;
         pthread_mutex_unlock(&s->lock);
 
         if (!job->owner_gone && n_gaps && job->cb.on_gaps) job->cb.on_gaps(job->user, gaps, n_gaps);
         free(gaps);
-        if (!job->owner_gone && (len || n_toks)) job->cb.on_output(job->user, text ? text : "", len, toks, n_toks);
+        /* one call per engine output: a stream's chunk per token */
+        size_t text_at = 0;
+        int toks_at = 0;
+        for (int k = 0; k < n_pieces && !job->owner_gone; k++) {
+            const sched_piece *pc = &pieces[k];
+            assert(pc->text_end >= text_at && pc->text_end <= len && pc->toks_end >= toks_at);
+            job->cb.on_output(job->user, text ? text + text_at : "", pc->text_end - text_at,
+                              toks ? toks + toks_at : NULL, pc->toks_end - toks_at);
+            text_at = pc->text_end;
+            toks_at = pc->toks_end;
+        }
         free(text);
         free(toks);
+        free(pieces);
         if (done) {
             if (!job->owner_gone) {
                 job->owner_gone = 1;

@@ -91,6 +91,7 @@ typedef struct stage_run {
     int stop;
     stage_stats stats;            /* under lock */
     uint64_t pieces;              /* under lock: lanes' pieces in the FORWARDs computed */
+    uint64_t frames_inline;       /* under lock: FORWARDs computed on the loop thread (in_on_frame) */
     stage_stats stats_sent;       /* loop thread */
     struct stage_run *next;
 } stage_run;
@@ -690,6 +691,7 @@ static void in_on_frame(void *user, mesh_stream *s, const uint8_t *p, size_t len
         worker_forward(r, &f, now);
         pthread_mutex_lock(&r->lock);
         r->busy = 0;
+        r->frames_inline++;
         pthread_mutex_unlock(&r->lock);
         r->inline_end_us = clock_us();
         host_on_wake(-1, 0, h); /* send it now, not on the next loop turn */
@@ -844,9 +846,10 @@ void stage_host_status(const stage_host *h, cJSON *array)
         stage_stats st;
         pthread_mutex_lock((pthread_mutex_t *)&r->lock);
         st = r->stats;
-        uint64_t pieces = r->pieces;
+        uint64_t pieces = r->pieces, frames_inline = r->frames_inline;
         pthread_mutex_unlock((pthread_mutex_t *)&r->lock);
         cJSON_AddNumberToObject(o, "frames", (double)st.frames);
+        cJSON_AddNumberToObject(o, "frames_inline", (double)frames_inline);
         cJSON_AddNumberToObject(o, "pieces", (double)pieces);
         cJSON_AddNumberToObject(o, "tokens", (double)st.tokens);
         cJSON_AddNumberToObject(o, "compute_ms", st.compute_us / 1000.0);

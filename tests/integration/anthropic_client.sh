@@ -55,6 +55,9 @@ check "a stream's events: message_start, ping, a text block, message_delta, mess
   grep -qx 'message_start ping content_block_start content_block_delta content_block_stop message_delta message_stop ' "$T/events.txt"
 check "each event's data names its event" bash -c "paste -d' ' <(sed -n 's/^event: //p' '$T/stream.txt') \
   <(sed -n 's/^data: //p' '$T/stream.txt' | jq -r .type) | awk '\$1 != \$2 { exit 1 }'"
+check "one content_block_delta per output token (unpaced demo model)" test "$(sed -n 's/^data: //p' "$T/stream.txt" |
+  jq -s '([.[] | select(.type == "content_block_delta")] | length) as $d
+         | ([.[] | select(.type == "message_delta")][0].usage.output_tokens) as $n | $n > 0 and $d == $n')" = true
 
 # ---- a split model: D coordinates the demo model in 2 stages (E runs stage 1,
 # fetching its layers), a mesh of their own; a message to E goes to D as a chat

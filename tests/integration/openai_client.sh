@@ -17,10 +17,9 @@ if [ ! -d "$E2E/node_modules/openai" ]; then
   (cd "$E2E" && npm ci --no-audit --no-fund >"$T/npm.log" 2>&1) || die "npm ci in tests/e2e/openai failed: $(tail -n 3 "$T/npm.log")"
 fi
 
-# Tokens 3 ms apart (a testing knob): the demo model makes 32 tokens in a few ms, and
-# a busy loop then sends several in one SSE chunk, so "the stream has several chunks"
-# failed once in CI; paced, every token is its own chunk, as a real model's are.
-LLMESH_DEBUG_TOKEN_DELAY_MS=3 start_node A serve --model "$DEMO_MODEL"
+# Not paced: the demo model makes 32 tokens in a few ms, and each must still come
+# as its own chunk (client.mjs counts them).
+start_node A serve --model "$DEMO_MODEL"
 KEY="sk-e2e-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 start_node C client --join "$A_TOKEN" --api-key "$KEY"
 has_model() { curl -sf "$C_API/models" -H "Authorization: Bearer $KEY" | jq -e --arg m "$MODEL_ID" '.data | map(.id) | index($m)'; }

@@ -9,10 +9,9 @@ set -u
 PROMPT="And Jesus said unto them,"
 MODEL_ID=kjv-llama-6.3M-q8_0
 
-# Tokens 3 ms apart (a testing knob): the demo model makes 32 tokens in a few ms, and
-# a busy loop then sends several in one SSE chunk, so "the stream has several chunks"
-# failed once in CI; paced, every token is its own chunk, as a real model's are.
-LLMESH_DEBUG_TOKEN_DELAY_MS=3 start_node A serve --model "$DEMO_MODEL"
+# Not paced: the demo model makes 32 tokens in a few ms, faster than a busy loop
+# takes them, and each must still go out as its own SSE chunk (checked below).
+start_node A serve --model "$DEMO_MODEL"
 start_node B serve --join "$A_TOKEN"
 start_node C client --join "$B_TOKEN"
 A_ID=$(curl -sf "$A_CONSOLE/api/status" | jq -r .node_id)
@@ -52,7 +51,16 @@ curl -sfN "$C_API/completions" -H 'Content-Type: application/json' -d "$sbody" >
 grep '^data: {' "$T/stream.txt" | sed 's/^data: //' | jq -j '.choices[0].text' >"$T/got-stream.txt"
 check "streamed completion equals llmesh run output" cmp "$T/expected.txt" "$T/got-stream.txt"
 check "stream ends with data: [DONE]" bash -c "grep -v '^\$' '$T/stream.txt' | tail -n 1 | grep -qx 'data: \[DONE\]'"
-check "stream has several chunks" bash -c "[ \$(grep -c '^data: {' '$T/stream.txt') -gt 3 ]"
+# One chunk per token, as OpenAI streams: 32 tokens, 32 chunks with text, each
+# carrying one token's log-probability.
+text_chunks() { grep '^data: {' "$1" | sed 's/^data: //' | jq -s "$2"; }
+check "stream has one chunk with text per token (32)" \
+  test "$(text_chunks "$T/stream.txt" '[.[] | select(.choices[0].text != "")] | length')" = 32
+lbody=$(jq -n --arg m "$MODEL_ID" --arg p "$PROMPT" '{model: $m, prompt: $p, max_tokens: 32, temperature: 0, stream: true, logprobs: 1}')
+curl -sfN "$C_API/completions" -H 'Content-Type: application/json' -d "$lbody" >"$T/stream-lp.txt" \
+  || die "streaming request with logprobs to C failed"
+check "streamed logprobs: 32 chunks of exactly one token each" \
+  test "$(text_chunks "$T/stream-lp.txt" '[.[] | select(.choices[0].text != "") | .choices[0].logprobs.tokens | length] | (length == 32 and all(. == 1))')" = true
 
 cbody=$(jq -n --arg m "$MODEL_ID" '{model: $m, messages: [{role: "user", content: "Who is my shepherd?"}], max_tokens: 8, temperature: 0}')
 check "chat completion through C" bash -c "curl -sf '$C_API/chat/completions' -d '$cbody' | jq -e '.object == \"chat.completion\" and .choices[0].message.role == \"assistant\" and .usage.completion_tokens > 0'"

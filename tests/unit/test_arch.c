@@ -243,15 +243,17 @@ static void test_batching_and_threads_are_exact(void)
  * tokens, some steps without one of them, the order of the sequences
  * changing), each piece asking for every row's logits, the last row's or
  * none: every row equals the same sequence run alone, bit for bit, for every
- * architecture (gemma3's window and global layer, phi3's LongRoPE included). */
+ * architecture (gemma3's window and global layer, phi3's LongRoPE included).
+ * Alone on one thread, mixed on two: neither the batch nor the thread count
+ * may change a bit. */
 static void test_mixed_batches_are_exact(void)
 {
     const char *arches[] = {"llama", "qwen2", "qwen3", "gemma3", "phi3"};
     enum { S = 3, V = 300, MAXN = 80 };
     static const int len[S] = {37, 80, 23};
     char err[256];
-    threadpool *pool = threadpool_create(2, err, sizeof err);
-    REQUIRE(pool);
+    threadpool *pool = threadpool_create(2, err, sizeof err), *one = threadpool_create(1, err, sizeof err);
+    REQUIRE(pool && one);
     for (size_t a = 0; a < sizeof arches / sizeof arches[0]; a++) {
         model_writer_params p = small(arches[a], 60 + a);
         p.type = a % 2 ? GGML_TYPE_Q8_0 : GGML_TYPE_F32;
@@ -268,7 +270,7 @@ static void test_mixed_batches_are_exact(void)
             /* the sequences' caches of different types share the batch */
             st[k] = model_state_new(L.m, 0, (model_kv_type)((k + a) % MODEL_KV_TYPE_COUNT), err, sizeof err);
             REQUIRE(st[k]);
-            REQUIRE(model_forward(L.m, st[k], pool, tokens[k], len[k], alone[k], 1, err, sizeof err) == 0);
+            REQUIRE(model_forward(L.m, st[k], one, tokens[k], len[k], alone[k], 1, err, sizeof err) == 0);
             model_state_truncate(st[k], 0);
         }
         model_batch *b = model_batch_new(L.m, err, sizeof err);
@@ -323,6 +325,7 @@ static void test_mixed_batches_are_exact(void)
         unload(&L);
     }
     threadpool_free(pool);
+    threadpool_free(one);
 }
 
 /* ---- refusals ---------------------------------------------------------------- */

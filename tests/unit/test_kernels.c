@@ -576,6 +576,157 @@ static void test_threadpool_after_idle(void)
     threadpool_free(pool);
 }
 
+/* SwiGLU on every ISA: within 4 float roundings of the definition in
+ * double (the AVX2 exponential is a polynomial, not libm's; results under
+ * 1e-35, from gates below -80, are left out: both paths flush them
+ * differently), and the same bits for a value whatever its place
+ * and the length of the call (a row, a slice of a thread, a tail). */
+static void test_swiglu_sets(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
+    kernel_isa saved = kernel_active_isa();
+    enum { N = 4099 };
+    static float g[N], u[N], whole[N], piece[N];
+    for (int i = 0; i < N; i++) {
+        g[i] = (float)((rand() / (double)RAND_MAX - 0.5) * (i % 7 == 0 ? 200 : 20)); /* some past e^+-88 */
+        u[i] = (float)((rand() / (double)RAND_MAX - 0.5) * 4);
+    }
+    g[0] = 0, g[1] = -0.0f, g[2] = 88.5f, g[3] = -88.5f, g[4] = 1e-30f, g[5] = -1e-30f;
+    int cases = 0, far = 0, differs = 0;
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+        if (kernel_force_isa(isas[k]) != 0) continue;
+        cases++;
+        memcpy(whole, g, sizeof whole);
+        kernel_swiglu(whole, u, N);
+        for (int i = 0; i < N; i++) {
+            double want = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+            if (fabs(whole[i] - want) > 4 * 0x1p-24 * fabs(want) + 1e-35) far++; /* below: e^-88 territory */
+        }
+        /* pieces of 1 to 19 values at odd offsets */
+        memcpy(piece, g, sizeof piece);
+        for (int at = 0, len = 1; at < N; at += len, len = len % 19 + 1)
+            kernel_swiglu(piece + at, u + at, at + len <= N ? len : N - at);
+        differs += memcmp(whole, piece, sizeof whole) != 0;
+    }
+    kernel_force_isa(saved);
+    CHECK_EQ_INT(far, 0);
+    CHECK_EQ_INT(differs, 0);
+    CHECK(cases >= 2);
+}
+
+/* RMSNorm on every ISA, rows of 1 to 900 values: within 3 float roundings
+ * of the definition in double, and in place (per-head norms) equal to out
+ * of place. */
+static void test_rmsnorm_sets(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
+    kernel_isa saved = kernel_active_isa();
+    enum { N = 900 };
+    static float x[N], w[N], out[N], inplace[N];
+    int cases = 0, far = 0, differs = 0;
+    for (int n = 1; n <= N; n += n < 40 ? 1 : 97) {
+        for (int i = 0; i < n; i++) {
+            x[i] = (float)((rand() / (double)RAND_MAX - 0.5) * 8);
+            w[i] = (float)(rand() / (double)RAND_MAX + 0.5);
+        }
+        double ss = 0;
+        for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+        double scale = 1.0 / sqrt(ss / n + 1e-6);
+        for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+            if (kernel_force_isa(isas[k]) != 0) continue;
+            cases++;
+            kernel_rmsnorm(out, x, w, n, 1e-6f);
+            memcpy(inplace, x, sizeof(float) * (size_t)n);
+            kernel_rmsnorm(inplace, inplace, w, n, 1e-6f);
+            for (int i = 0; i < n; i++) {
+                double want = x[i] * scale * w[i];
+                if (fabs(out[i] - want) > 3 * 0x1p-24 * fabs(want) + 1e-30) far++;
+            }
+            differs += memcmp(out, inplace, sizeof(float) * (size_t)n) != 0;
+        }
+    }
+    kernel_force_isa(saved);
+    CHECK_EQ_INT(far, 0);
+    CHECK_EQ_INT(differs, 0);
+    CHECK(cases >= 2 * 40);
+}
+
+/* Softmax on every ISA, rows of 1 to 300 scores: within 4 float roundings
+ * of the double definition (plus the rounding of x - max in float, which
+ * exp scales by |x - max|), a score far below the largest exactly 0. */
+static void test_softmax_sets(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
+    kernel_isa saved = kernel_active_isa();
+    enum { N = 300 };
+    static float x[N], y[N];
+    int cases = 0, far = 0, not_zero = 0;
+    for (int n = 1; n <= N; n += n < 20 ? 1 : 37) {
+        for (int i = 0; i < n; i++) x[i] = (float)((rand() / (double)RAND_MAX - 0.5) * 30);
+        if (n > 3) x[n / 2] = -200, x[n - 1] = -INFINITY;
+        double max = -INFINITY, sum = 0;
+        for (int i = 0; i < n; i++) max = x[i] > max ? x[i] : max;
+        for (int i = 0; i < n; i++) sum += exp((double)x[i] - max);
+        for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+            if (kernel_force_isa(isas[k]) != 0) continue;
+            cases++;
+            memcpy(y, x, sizeof(float) * (size_t)n);
+            kernel_softmax(y, n);
+            for (int i = 0; i < n; i++) {
+                double want = exp((double)x[i] - max) / sum;
+                /* x - max rounds to float: |x - max| * 2^-24 relative after exp */
+                if (fabs(y[i] - want) > (4 + fabs(x[i] - max)) * 0x1p-24 * want + 1e-30) far++;
+            }
+            if (n > 3) not_zero += y[n / 2] != 0 || y[n - 1] != 0;
+        }
+    }
+    kernel_force_isa(saved);
+    CHECK_EQ_INT(far, 0);
+    CHECK_EQ_INT(not_zero, 0);
+    CHECK(cases >= 2 * 20);
+}
+
+/* The grouped-query kernels give each head the one-head kernels' bits, on
+ * every ISA: widths the fast path takes (multiples of 32 up to 256) and
+ * others (8, 40, 288), groups of 1 to 9 heads. */
+static void test_attention_group_kernels(void)
+{
+    kernel_isa isas[] = {KERNEL_ISA_SCALAR, KERNEL_ISA_AVX2, KERNEL_ISA_AVXVNNI, KERNEL_ISA_AVX512};
+    kernel_isa saved = kernel_active_isa();
+    enum { MAXN = 288, MAXQ = 9 };
+    static const int widths[] = {8, 32, 40, 64, 96, 128, 256, 288};
+    static uint16_t kv[MAXN];
+    static float q[MAXQ * MAXN], out_group[MAXQ * MAXN], out_one[MAXQ * MAXN];
+    float a[MAXQ], dots_group[MAXQ];
+    int cases = 0, differs = 0;
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
+        if (kernel_force_isa(isas[k]) != 0) continue;
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+            int n = widths[wi];
+            for (int n_q = 1; n_q <= MAXQ; n_q++) {
+                cases++;
+                for (int i = 0; i < n; i++) kv[i] = kernel_fp32_to_fp16((float)(rand() / (double)RAND_MAX - 0.5) * 3);
+                for (int i = 0; i < n_q * n; i++) {
+                    q[i] = (float)(rand() / (double)RAND_MAX - 0.5);
+                    out_group[i] = out_one[i] = (float)(rand() / (double)RAND_MAX);
+                }
+                for (int g = 0; g < n_q; g++) a[g] = (float)(rand() / (double)RAND_MAX);
+                kernel_dot_f16_group(kv, q, n_q, n, dots_group);
+                for (int g = 0; g < n_q; g++) {
+                    float one = kernel_dot_f16_f32(kv, q + g * n, n);
+                    differs += memcmp(&one, &dots_group[g], sizeof one) != 0;
+                    kernel_axpy_f16(out_one + g * n, a[g], kv, n);
+                }
+                kernel_axpy_f16_group(out_group, a, kv, n_q, n);
+                differs += memcmp(out_one, out_group, sizeof(float) * (size_t)(n_q * n)) != 0;
+            }
+        }
+    }
+    kernel_force_isa(saved);
+    CHECK_EQ_INT(differs, 0);
+    CHECK(cases >= 2 * 8 * 9);
+}
+
 int main(void)
 {
     RUN(test_fp16_to_fp32_exhaustive);
@@ -594,6 +745,10 @@ int main(void)
     RUN(test_matmul);
     RUN(test_matmul_multi);
     RUN(test_vector_ops);
+    RUN(test_swiglu_sets);
+    RUN(test_rmsnorm_sets);
+    RUN(test_softmax_sets);
+    RUN(test_attention_group_kernels);
     RUN(test_threadpool);
     RUN(test_threadpool_after_idle);
     return testlib_finish();

@@ -301,6 +301,8 @@ static void test_dot_products(void)
             kernel_force_isa(KERNEL_ISA_SCALAR);
             CHECK(n_isa >= 1);
             if (n_isa == 2) CHECK(fabs(results[0] - results[1]) <= 1e-5 * mag + 1e-30);
+            /* the K-quants' canonical order (quant_k_fma): the same bits on both */
+            if (n_isa == 2 && tr->act_type == GGML_TYPE_Q8_K) CHECK(memcmp(&results[0], &results[1], sizeof(float)) == 0);
         }
     }
     kernel_force_isa(best);
@@ -383,6 +385,9 @@ static void test_rows_kernels(void)
                 one_row[r] = t == GGML_TYPE_Q8_0
                                  ? kernel_dot_q8_0((const kernel_block_q8_0 *)(w + r * stride), (const kernel_block_q8_0 *)act, n)
                                  : qt->dot_avx2(w + r * stride, act, n);
+            /* the K-quants' canonical order (quant_k_fma): every set gives the scalar dot's bits */
+            float canonical[R];
+            for (int r = 0; k_type && r < R; r++) canonical[r] = qt->dot_scalar(w + r * stride, act, n);
             float first256[R];
             int have256 = 0;
             for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
@@ -411,6 +416,10 @@ static void test_rows_kernels(void)
                                 r, alone[r], exact);
                         CHECK(0);
                     }
+                }
+                if (k_type && memcmp(alone, canonical, sizeof alone)) {
+                    fprintf(stderr, "  %s %s n=%d: not the scalar canonical bits\n", ggml_type_name(t), sets[si].name, n);
+                    CHECK(0);
                 }
                 if (sets[si].bits == 256) {
                     if (have256) CHECK(memcmp(alone, first256, sizeof alone) == 0);
@@ -824,7 +833,7 @@ static void test_lane_kernels(void)
     check_lanes(GGML_TYPE_Q4_0, pool);
     check_lanes(GGML_TYPE_Q8_0, pool);
     check_lanes(GGML_TYPE_Q5_0, pool);
-    CHECK(kernel_lane_avx2(GGML_TYPE_Q4_K) == NULL && kernel_lane_avx512(GGML_TYPE_F16) == NULL &&
+    CHECK(kernel_lane_avx2(GGML_TYPE_Q5_K) == NULL && kernel_lane_avx512(GGML_TYPE_F16) == NULL &&
           kernel_lane_avxvnni(GGML_TYPE_Q4_1) == NULL);
     threadpool_free(pool);
 }
@@ -1035,6 +1044,96 @@ static void test_recipes(void)
     CHECK_EQ_INT(recipe_type("Q3_K", "blk.40.attn_v.weight", sq, 80, 0, 8), Q3); /* pure stays pure */
 }
 
+/* The row-lane layout and kernels of Q4_K and Q6_K (docs/engine.md, "K-quants
+ * in row lanes"): a group of 16 rows packed and read back row by row gives
+ * the GGUF bytes again; every set's row-lane kernel, for every token count
+ * 1..17 (whole tiles and every leftover), gives every (row, token) the bits of
+ * the scalar dot product (the canonical order). Half the rows are quantized
+ * floats, half random bytes with sane fp16 scales (levels, scales and mins
+ * over their whole ranges, Q6_K's int8 scales down to -128); tokens differ in
+ * scale and each block's largest activation is +-127. */
+static void test_kquant_lane_kernels(void)
+{
+    enum { G = KERNEL_LANE_ROWS, NT = 17, OS = G + 3 };
+    _Static_assert(KERNEL_LANE_ROWS == QUANT_LANES, "one group size");
+    static const ggml_type types[] = {GGML_TYPE_Q4_K, GGML_TYPE_Q6_K};
+    static const int widths[] = {256, 768, 2048};
+    int ran = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+            ggml_type t = types[ti];
+            int n = widths[wi];
+            const quant_traits *qt = quant_get_traits(t);
+            size_t stride = kernel_row_bytes(t, n), astride = kernel_row_bytes(GGML_TYPE_Q8_K, n);
+            size_t bb = (size_t)qt->block_bytes;
+            uint8_t *w = malloc(stride * G), *group = malloc(quant_lanes_block_bytes(t) * (size_t)(n / 256));
+            uint8_t *back = malloc(stride), *act = malloc(astride * NT);
+            float *x = malloc(sizeof(float) * n), *want = malloc(sizeof(float) * NT * G);
+            float *got = malloc(sizeof(float) * NT * OS);
+            REQUIRE(w && group && back && act && x && want && got);
+            for (int r = 0; r < G; r++) {
+                uint8_t *row = w + r * stride;
+                if (r % 2 == 0) {
+                    for (int i = 0; i < n; i++) x[i] = rnd_uniform(-1, 1) * (r == 4 ? 1e-3f : 1.0f);
+                    quantize_row(t, x, row, n);
+                    continue;
+                }
+                for (size_t i = 0; i < stride; i++) row[i] = (uint8_t)rnd_u32();
+                for (int i = 0; i < n / 256; i++) { /* d (and dmin) in [2^-8, 2^-7) */
+                    uint16_t d = (uint16_t)(0x1c00 | (rnd_u32() & 0x3ff)), dmin = (uint16_t)(0x1c00 | (rnd_u32() & 0x3ff));
+                    if (t == GGML_TYPE_Q4_K) {
+                        memcpy(row + i * bb, &d, 2);
+                        memcpy(row + i * bb + 2, &dmin, 2);
+                    } else {
+                        memcpy(row + i * bb + offsetof(quant_block_q6_k, d), &d, 2);
+                        if (r == 1) row[i * bb + offsetof(quant_block_q6_k, scales)] = 0x80; /* -128 */
+                    }
+                }
+            }
+            quant_lanes_pack(t, w, stride, n, group);
+            for (int r = 0; r < G; r++) {
+                quant_lanes_row(t, group, r, n, back);
+                if (memcmp(back, w + r * stride, stride)) {
+                    fprintf(stderr, "  %s n=%d: row %d does not come back from its group\n", ggml_type_name(t), n, r);
+                    CHECK(0);
+                }
+            }
+            for (int k = 0; k < NT; k++) {
+                float scale = k % 3 == 0 ? 1e-3f : k % 3 == 1 ? 1.0f : 10.0f;
+                for (int i = 0; i < n; i++) x[i] = rnd_uniform(-2, 2) * scale;
+                quant_quantize_row_q8_k(x, (quant_block_q8_k *)(act + k * astride), n);
+                for (int r = 0; r < G; r++) want[k * G + r] = qt->dot_scalar(w + r * stride, act + k * astride, n);
+            }
+            struct {
+                const char *name;
+                kernel_isa isa;
+                kernel_lane_fn fn;
+            } sets[] = {{"avx2", KERNEL_ISA_AVX2, kernel_lane_avx2(t)},
+                        {"avxvnni", KERNEL_ISA_AVXVNNI, kernel_lane_avxvnni(t)},
+                        {"avx512/256", KERNEL_ISA_AVX512, kernel_lane_avx512_width(t, 256)},
+                        {"avx512", KERNEL_ISA_AVX512, kernel_lane_avx512(t)}};
+            for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
+                if (!sets[si].fn || !kernel_isa_available(sets[si].isa)) continue;
+                ran++;
+                for (int ntok = 1; ntok <= NT; ntok++) {
+                    for (int i = 0; i < NT * OS; i++) got[i] = -1;
+                    sets[si].fn(group, act, astride, ntok, n, got, OS);
+                    int bad = 0;
+                    for (int k = 0; k < ntok; k++)
+                        for (int r = 0; r < G; r++)
+                            if (memcmp(&got[k * OS + r], &want[k * G + r], sizeof(float)) && bad++ < 3)
+                                fprintf(stderr, "  %s %s n=%d ntok=%d: token %d row %d: %.9g, scalar %.9g\n",
+                                        ggml_type_name(t), sets[si].name, n, ntok, k, r, got[k * OS + r], want[k * G + r]);
+                    for (int k = 0; k < ntok; k++)
+                        for (int r = G; r < OS; r++) bad += got[k * OS + r] != -1; /* nothing past the group */
+                    CHECK_EQ_INT(bad, 0);
+                }
+            }
+            free(w), free(group), free(back), free(act), free(x), free(want), free(got);
+        }
+    if (!ran) fprintf(stderr, "  (no row-lane kernels on this CPU: only the layout checked)\n");
+}
+
 int main(void)
 {
     RUN(test_known_answers_32);
@@ -1044,9 +1143,10 @@ int main(void)
     RUN(test_rows_kernels);
     RUN(test_tile_kernels);
     RUN(test_slab_kernels);
+    RUN(test_lane_kernels);
     RUN(test_matmul_all_types);
     RUN(test_interleaved_matrices);
-    RUN(test_lane_kernels);
+    RUN(test_kquant_lane_kernels);
     RUN(test_recipes);
     RUN(test_models_track_f32);
     return testlib_finish();

@@ -13,8 +13,10 @@
 
 #include <arpa/inet.h>
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <gnutls/crypto.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -341,6 +343,88 @@ static void test_echo(void)
     CHECK(WAIT_FOR(srv->nclose == 1, 2000));
     CHECK_EQ_STR(srv->err, "");
     CHECK(srv->fin);
+    pair_down(&a, &b);
+}
+
+/* quic_stream_write_now from another thread while the loop runs (as a
+ * pipeline's lane sends): 300 records of 1004 bytes, each written under the
+ * endpoint's lock taken with trylock (retried when the loop holds it), come
+ * back from the echo server complete and in order; then the loop's own
+ * writes and FIN still work, and a finished stream refuses write_now. */
+#define NOW_RECORDS 300
+#define NOW_PAYLOAD 1000
+
+typedef struct {
+    quic_endpoint *ep;
+    quic_stream *s;
+    int sent, busy, refused, failed;
+    int done; /* __atomic */
+} now_writer;
+
+static void *now_writer_main(void *arg)
+{
+    now_writer *w = arg;
+    uint8_t head[4], payload[NOW_PAYLOAD];
+    for (int i = 0; i < NOW_RECORDS; i++) {
+        head[0] = (uint8_t)(i >> 24), head[1] = (uint8_t)(i >> 16), head[2] = (uint8_t)(i >> 8), head[3] = (uint8_t)i;
+        for (int k = 0; k < NOW_PAYLOAD; k++) payload[k] = pattern((uint64_t)i * NOW_PAYLOAD + (uint64_t)k);
+        int rc = 1;
+        for (int tries = 0; tries < 200000; tries++) { /* bounded: ~10 s at most */
+            if (quic_endpoint_trylock(w->ep) == 0) {
+                rc = quic_stream_write_now(w->s, head, sizeof head, payload, sizeof payload);
+                quic_endpoint_unlock(w->ep);
+                break;
+            }
+            w->busy++;
+            usleep(50);
+        }
+        if (rc == 0) w->sent++;
+        else if (rc == 1) w->refused++;
+        else w->failed++;
+        if (i % 16 == 0) usleep(200); /* let the loop take the lock now and then */
+    }
+    __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static void test_write_now_from_thread(void)
+{
+    node a, b;
+    pair_up(&a, &b);
+    sctx *x = ctx_new(&b);
+    quic_stream *s = quic_stream_open(b.conn, &collect_cbs, x);
+    REQUIRE(s != NULL);
+    CHECK(quic_stream_write(s, "go", 2) == 0); /* the loop's write first, then the thread's */
+    now_writer w = {.ep = b.ep, .s = s};
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, now_writer_main, &w) == 0);
+    size_t want = 2 + (size_t)NOW_RECORDS * (4 + NOW_PAYLOAD);
+    CHECK(WAIT_FOR(__atomic_load_n(&w.done, __ATOMIC_ACQUIRE) && x->len >= want, 20000));
+    pthread_join(t, NULL);
+    CHECK_EQ_INT(w.sent, NOW_RECORDS);
+    CHECK_EQ_INT(w.refused + w.failed, 0);
+    quic_stats st;
+    quic_endpoint_stats(b.ep, &st);
+    CHECK(st.tx_now_writes == (uint64_t)NOW_RECORDS);
+    REQUIRE(x->len == want);
+    CHECK(memcmp(x->buf, "go", 2) == 0);
+    int bad = 0;
+    for (int i = 0; i < NOW_RECORDS && !bad; i++) {
+        const uint8_t *r = x->buf + 2 + (size_t)i * (4 + NOW_PAYLOAD);
+        if ((int)((uint32_t)r[0] << 24 | (uint32_t)r[1] << 16 | (uint32_t)r[2] << 8 | r[3]) != i) bad = 1;
+        for (int k = 0; k < NOW_PAYLOAD && !bad; k++)
+            if (r[4 + k] != pattern((uint64_t)i * NOW_PAYLOAD + (uint64_t)k)) bad = 1;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK(quic_stream_write(s, "end", 3) == 0);
+    CHECK(quic_stream_finish(s) == 0);
+    REQUIRE(quic_endpoint_trylock(b.ep) == 0); /* no handler runs: this thread may take it */
+    CHECK(quic_stream_write_now(s, "x", 1, NULL, 0) == 1); /* finished: not now, nothing queued */
+    quic_endpoint_unlock(b.ep);
+    CHECK(WAIT_FOR(x->nclose == 1, 5000));
+    CHECK(x->fin && x->len == want + 3 && memcmp(x->buf + want, "end", 3) == 0);
+    CHECK_EQ_INT(x->bad, 0);
+    CHECK_EQ_STR(x->err, "");
     pair_down(&a, &b);
 }
 
@@ -804,6 +888,11 @@ static void run_virtual(unsigned drop_every, size_t bulk)
     sctx *x = ctx_new(&b);
     quic_stream *s = quic_stream_open(b.conn, &collect_cbs, x);
     REQUIRE(s != NULL);
+    /* Another thread may not send on a relayed path (its packets go
+     * through an application callback): refused, nothing queued. */
+    REQUIRE(quic_endpoint_trylock(b.ep) == 0);
+    CHECK(quic_stream_write_now(s, "x", 1, NULL, 0) == 1);
+    quic_endpoint_unlock(b.ep);
     uint8_t *buf = malloc(bulk);
     for (size_t i = 0; i < bulk; i++) buf[i] = pattern(i);
     uint64_t t0 = now_ms();
@@ -1199,6 +1288,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (getenv("QUIC_TEST_LOG")) log_set_level(log_parse_level(getenv("QUIC_TEST_LOG")));
     if (argc == 5 && strcmp(argv[1], "--serve") == 0) return serve_main(argv);
+    evthread_use_pthreads(); /* test_write_now_from_thread: a second thread sends */
     base = event_base_new();
     tick_ev = evtimer_new(base, tick_cb, NULL);
     const char *only = getenv("QUIC_TEST_ONLY");
@@ -1213,6 +1303,7 @@ int main(int argc, char **argv)
     RUN(test_peer_closes_connection);
     RUN(test_200_streams);
     RUN(test_bulk_20mb);
+    RUN(test_write_now_from_thread);
     RUN(test_garbage_dropped);
     RUN(test_close_from_stream_callback);
     RUN(test_close_with_queued_data);

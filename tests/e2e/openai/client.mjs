@@ -25,12 +25,16 @@ await check('completions.create, greedy, equals llmesh run', async () => {
   return r.choices[0].text === expected && r.usage.completion_tokens === 32;
 });
 
-await check('streamed completion equals llmesh run', async () => {
+await check('streamed completion equals llmesh run, one chunk per token', async () => {
   const stream = await client.completions.create({ model, prompt, max_tokens: 32, temperature: 0, stream: true });
   let text = '', chunks = 0;
-  for await (const chunk of stream) { text += chunk.choices[0]?.text ?? ''; chunks++; }
-  if (text !== expected || chunks <= 3) console.log(`  got ${JSON.stringify(text)} in ${chunks} chunks`);
-  return text === expected && chunks > 3;
+  for await (const chunk of stream) {
+    const piece = chunk.choices[0]?.text ?? '';
+    text += piece;
+    if (piece !== '') chunks++;
+  }
+  if (text !== expected || chunks !== 32) console.log(`  got ${JSON.stringify(text)} in ${chunks} chunks with text`);
+  return text === expected && chunks === 32;
 });
 
 await check('streamed chat completion carries deltas and a finish reason', async () => {
