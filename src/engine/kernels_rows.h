@@ -4,8 +4,8 @@
  *
  * A rows kernel computes out[r] = dot(row r, act) for r < nrows (1 ..
  * KERNEL_ROWS), the rows at w + r * stride, act one input vector in the
- * layout the weight type takes (floats for F16, Q8_0 blocks for Q8_0, Q4_0
- * and Q5_0, Q8_K blocks for Q4_K, Q5_K and Q6_K). Working on several rows per pass lets
+ * layout the weight type takes (floats for F16, Q8_K blocks for Q4_K, Q5_K
+ * and Q6_K; Q4_0, Q5_0 and Q8_0 run in row lanes, below). Working on several rows per pass lets
  * one activation load serve every row and gives the core independent
  * accumulator chains (a single row's chain of fused multiply-adds is bound by
  * their latency, not by memory).
@@ -66,10 +66,9 @@ typedef void (*kernel_tile_fn)(const void *w, size_t stride, int nrows, const vo
  * belongs to the set (and width) that wrote it; a row takes at most
  * KERNEL_SLAB_ROW_BYTES(n). Contract: the slab tile kernel gives every output
  * the very bits the same set's rows kernel gives (the same integer lanes and
- * float operations; only where the levels are read from differs). Q4_0 and
- * Q4_K for now: a Q4_0 block's fp16 scale and 32 levels, one per byte, take
- * 34 bytes per 32 values; a Q4_K block's d, dmin, 8 scales, 8 mins and 256
- * levels 276 per 256 (34.5 per 32). */
+ * float operations; only where the levels are read from differs). Q4_K
+ * for now: a Q4_K block's d, dmin, 8 scales, 8 mins and 256 levels take 276
+ * bytes per 256 values (34.5 per 32; the bound below allows 35 per 32). */
 #define KERNEL_SLAB_ROW_BYTES(n) ((size_t)((n) / 32 + 1) * 35)
 typedef void (*kernel_unpack_fn)(const void *w, size_t stride, int nrows, int n, void *slab);
 typedef struct {
