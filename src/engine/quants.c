@@ -989,6 +989,16 @@ AVX2_TARGET static inline __m256i sum_s8(__m256i y)
     return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), y), _mm256_set1_epi16(1));
 }
 
+/* One block of the canonical order: the block's integer dot p summed across
+ * its 8 lanes (exact), then acc = fma(sum, d_w * d_y, acc), one rounding. */
+AVX2_TARGET static inline __m128 block_fma_ss(__m256i p, uint16_t dw, uint16_t dy, __m128 acc)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_fmadd_ss(_mm_cvtepi32_ps(s), _mm_set_ss(_cvtsh_ss(dw) * _cvtsh_ss(dy)), acc);
+}
+
 /* The canonical order (dot_q4_0_scalar): the block's integer dot summed
  * across the lanes (exact), then one scalar fma per block. */
 AVX2_TARGET static float dot_q4_0_avx2(const void *w, const void *act, int n)
@@ -998,12 +1008,7 @@ AVX2_TARGET static float dot_q4_0_avx2(const void *w, const void *act, int n)
     __m128 acc = _mm_setzero_ps();
     for (int i = 0; i < n / 32; i++) {
         __m256i q = _mm256_sub_epi8(nibbles32(b[i].qs), _mm256_set1_epi8(8));
-        __m256i p = dot_s8(q, _mm256_loadu_si256((const __m256i *)y[i].qs));
-        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
-        s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
-        __m128 d = _mm_set_ss(_cvtsh_ss(b[i].d) * _cvtsh_ss(y[i].d));
-        acc = _mm_fmadd_ss(_mm_cvtepi32_ps(s), d, acc);
+        acc = block_fma_ss(dot_s8(q, _mm256_loadu_si256((const __m256i *)y[i].qs)), b[i].d, y[i].d, acc);
     }
     return _mm_cvtss_f32(acc);
 }
@@ -1017,12 +1022,7 @@ AVX2_TARGET static float dot_q5_0_avx2(const void *w, const void *act, int n)
     for (int i = 0; i < n / 32; i++) {
         __m256i q = _mm256_or_si256(nibbles32(b[i].qs), bit4_from_bits32(load_u32(b[i].qh)));
         q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
-        __m256i p = dot_s8(q, _mm256_loadu_si256((const __m256i *)y[i].qs));
-        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
-        s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
-        __m128 d = _mm_set_ss(_cvtsh_ss(b[i].d) * _cvtsh_ss(y[i].d));
-        acc = _mm_fmadd_ss(_mm_cvtepi32_ps(s), d, acc);
+        acc = block_fma_ss(dot_s8(q, _mm256_loadu_si256((const __m256i *)y[i].qs)), b[i].d, y[i].d, acc);
     }
     return _mm_cvtss_f32(acc);
 }
