@@ -74,28 +74,43 @@ TILE_WRAPPER(tile512_f16, f16_body512, ROWS_TILE_T_F16)
 
 /* ---- Q4_0 in row lanes (docs/engine.md, "Row lanes") --------------------- */
 
+/* Q5_0's fifth bits (lane_bit4_256's operations, 16 lanes at once): bit 4
+ * of the 4 levels of each lane, from the row's 32 fifth bits. */
+ROWS_INLINE __m512i lane_bit4_512(__m512i qh, int shift)
+{
+    __m512i x = _mm512_and_si512(_mm512_srli_epi32(qh, shift), _mm512_set1_epi32(15));
+    return _mm512_and_si512(_mm512_mullo_epi32(x, _mm512_set1_epi32(0x02040810)), _mm512_set1_epi32(0x10101010));
+}
+
 /* The 256-bit body's lanes, 16 rows in one register: per block and token,
  * 8 dpbusd of each row's 4 levels by the same 4 activation bytes
  * (broadcast), started at -8 x the activation sum, then one fma with the 16
  * rows' scales x the token's. The unpacked block serves every token of the
  * tile; no horizontal sum. The canonical order, so the bits of every other
- * set's lane kernel and of the one-row dot products. */
-ROWS_INLINE void q4_0_lane_body512(const uint8_t *g, const uint8_t *act, size_t astride, int nb, float *out,
-                                   size_t ostride, const int nt)
+ * set's lane kernel and of the one-row dot products.
+ * Q5_0 (five): the 16 rows' fifth bits follow the scales, levels 0..31,
+ * lanes started at -16 x the activation sum. */
+ROWS_INLINE void q45_0_lane_body512(const uint8_t *g, const uint8_t *act, size_t astride, int nb, float *out,
+                                    size_t ostride, const int nt, const int five)
 {
     const __m512i m15 = _mm512_set1_epi8(15);
     __m512 acc[LANE_TILE_MAX];
 #pragma GCC unroll 16
     for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
     for (int i = 0; i < nb; i++) {
-        const uint8_t *blk = g + (size_t)i * LANE_BLOCK;
+        const uint8_t *blk = g + (size_t)i * (five ? LANE_BLOCK_Q5 : LANE_BLOCK);
+        __m512i qh = five ? _mm512_loadu_si512(blk + 32) : _mm512_setzero_si512();
         __m512i p[LANE_TILE_MAX];
 #pragma GCC unroll 16
-        for (int t = 0; t < nt; t++) p[t] = _mm512_set1_epi32(-8 * LANE_ACT(t, i)->sum);
+        for (int t = 0; t < nt; t++) p[t] = _mm512_set1_epi32((five ? -16 : -8) * LANE_ACT(t, i)->sum);
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
-            __m512i v = _mm512_loadu_si512(blk + 32 + 64 * k);
+            __m512i v = _mm512_loadu_si512(blk + (five ? 96 : 32) + 64 * k);
             __m512i lo = _mm512_and_si512(v, m15), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m15);
+            if (five) {
+                lo = _mm512_or_si512(lo, lane_bit4_512(qh, 4 * k));
+                hi = _mm512_or_si512(hi, lane_bit4_512(qh, 16 + 4 * k));
+            }
 #pragma GCC unroll 16
             for (int t = 0; t < nt; t++) {
                 const kernel_lane_act *a = LANE_ACT(t, i);
@@ -114,7 +129,7 @@ ROWS_INLINE void q4_0_lane_body512(const uint8_t *g, const uint8_t *act, size_t 
 }
 
 #define LANE512_AT(unused, t0, k) \
-    q4_0_lane_body512(g, a + (size_t)(t0) * astride, astride, n / QUANT_BLOCK, out + (size_t)(t0) * ostride, ostride, k)
+    q45_0_lane_body512(g, a + (size_t)(t0) * astride, astride, n / QUANT_BLOCK, out + (size_t)(t0) * ostride, ostride, k, 0)
 ROWS_FN void lane512_q4_0(const void *group, const void *act, size_t astride, int ntok, int n, float *out,
                           size_t ostride)
 {
@@ -163,51 +178,9 @@ ROWS_FN void lane512_q8_0(const void *group, const void *act, size_t astride, in
     LANE_TILES(LANE512_Q8_AT, ROWS_LANE_T512, 0);
 }
 
-/* Q5_0 in row lanes: the 256-bit body's fifth bits (lane_bit4_256), 16
- * lanes at once. */
-ROWS_INLINE __m512i lane_bit4_512(__m512i qh, int shift)
-{
-    __m512i x = _mm512_and_si512(_mm512_srli_epi32(qh, shift), _mm512_set1_epi32(15));
-    return _mm512_and_si512(_mm512_mullo_epi32(x, _mm512_set1_epi32(0x02040810)), _mm512_set1_epi32(0x10101010));
-}
-
-ROWS_INLINE void q5_0_lane_body512(const uint8_t *g, const uint8_t *act, size_t astride, int nb, float *out,
-                                   size_t ostride, const int nt)
-{
-    const __m512i m15 = _mm512_set1_epi8(15);
-    __m512 acc[LANE_TILE_MAX];
-#pragma GCC unroll 16
-    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
-    for (int i = 0; i < nb; i++) {
-        const uint8_t *blk = g + (size_t)i * LANE_BLOCK_Q5;
-        __m512i qh = _mm512_loadu_si512(blk + 32);
-        __m512i p[LANE_TILE_MAX];
-#pragma GCC unroll 16
-        for (int t = 0; t < nt; t++) p[t] = _mm512_set1_epi32(-16 * LANE_ACT(t, i)->sum);
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) {
-            __m512i v = _mm512_loadu_si512(blk + 96 + 64 * k);
-            __m512i lo = _mm512_or_si512(_mm512_and_si512(v, m15), lane_bit4_512(qh, 4 * k));
-            __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), m15), lane_bit4_512(qh, 16 + 4 * k));
-#pragma GCC unroll 16
-            for (int t = 0; t < nt; t++) {
-                const kernel_lane_act *a = LANE_ACT(t, i);
-                p[t] = _mm512_dpbusd_epi32(p[t], lo, _mm512_set1_epi32(lane_bytes4(a->qs + 4 * k)));
-                p[t] = _mm512_dpbusd_epi32(p[t], hi, _mm512_set1_epi32(lane_bytes4(a->qs + 16 + 4 * k)));
-            }
-        }
-        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
-#pragma GCC unroll 16
-        for (int t = 0; t < nt; t++)
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t]), _mm512_mul_ps(dw, _mm512_set1_ps(LANE_ACT(t, i)->d)),
-                                     acc[t]);
-    }
-#pragma GCC unroll 16
-    for (int t = 0; t < nt; t++) _mm512_storeu_ps(out + (size_t)t * ostride, acc[t]);
-}
-
+/* Q5_0 in row lanes: q45_0_lane_body512 with the fifth bits. */
 #define LANE512_Q5_AT(unused, t0, k) \
-    q5_0_lane_body512(g, a + (size_t)(t0) * astride, astride, n / QUANT_BLOCK, out + (size_t)(t0) * ostride, ostride, k)
+    q45_0_lane_body512(g, a + (size_t)(t0) * astride, astride, n / QUANT_BLOCK, out + (size_t)(t0) * ostride, ostride, k, 1)
 ROWS_FN void lane512_q5_0(const void *group, const void *act, size_t astride, int ntok, int n, float *out,
                           size_t ostride)
 {
